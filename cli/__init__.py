@@ -1,0 +1,1 @@
+"""The dlcpu command (installed as dlcpu.cli)."""

@@ -1,0 +1,36 @@
+"""Every DLCPU_* environment variable is read here, and only here.
+
+DLCPU_ISA          avx512 | avx2 | scalar: force a microkernel path (default: best the CPU has)
+DLCPU_NUM_THREADS  thread count when a call does not pass one (else OMP_NUM_THREADS, else all cores)
+DLCPU_DEBUG        1: the CLI prints tracebacks instead of one-line errors
+"""
+import os
+
+ISA_NAMES = ("scalar", "avx2", "avx512")
+
+
+def env_isa():
+    """The forced ISA name, or None.  An unknown value is an error, not a silent fallback."""
+    value = os.environ.get("DLCPU_ISA", "").strip().lower()
+    if not value:
+        return None
+    if value not in ISA_NAMES:
+        raise ValueError(f"DLCPU_ISA={value!r} is not one of {', '.join(ISA_NAMES)}")
+    return value
+
+
+def env_num_threads():
+    value = os.environ.get("DLCPU_NUM_THREADS", "").strip()
+    if not value:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"DLCPU_NUM_THREADS={value!r} is not an integer") from None
+    if n < 1:
+        raise ValueError(f"DLCPU_NUM_THREADS={n} must be >= 1")
+    return n
+
+
+def env_debug():
+    return os.environ.get("DLCPU_DEBUG", "0").strip() not in ("", "0", "false", "no")

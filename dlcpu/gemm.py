@@ -1,0 +1,120 @@
+"""The batch-reduce GEMM, exposed, and a plain GEMM built on it.
+
+    dlcpu.brgemm(a, b, c=None, *, variant='strd', a_index=None, b_index=None, beta=0,
+                 bias=None, relu=False)
+        C = beta*C + sum_i B_i @ A_i  (+ bias) (ReLU)
+        a: (blocks, k, M) float32, M a multiple of 16 (output channels); k <= 16 (one channel block)
+        b: (blocks, n, k) float32 (n pixels);  c: (n, M) float32
+        variant 'strd' reduces over blocks i = 0..batch-1 in order; 'offs' and 'addr' reduce over
+        the blocks named by a_index/b_index (as offset or pointer arrays, LIBXSMM's three flavours).
+
+    dlcpu.matmul(x, y): (m, K) @ (K, n) float32, on BRGEMM calls over packed operands.
+"""
+import numpy as np
+
+from . import cpu
+from ._ext import brgemm as _brgemm
+
+CB = cpu.CHANNEL_BLOCK
+VARIANTS = {"strd": 0, "offs": 1, "addr": 2}
+
+# Rows per GEMM row tile: the pixel budget of one mv=2 call (pyx/kernels/brgemm_f32.h).
+_GEMM_TILE_ROWS = {"avx512": 14, "avx2": 3, "scalar": 8}
+
+
+def _f32(arr, name, ndim, fn):
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{fn}: {name} must be a numpy array, got {type(arr).__name__}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{fn}: {name} must be {ndim}-d, got shape {arr.shape}")
+    if arr.dtype != np.float32:
+        raise TypeError(f"{fn}: {name} must be float32, got {arr.dtype}")
+    return np.ascontiguousarray(arr)
+
+
+def brgemm(a, b, c=None, *, variant="strd", a_index=None, b_index=None, beta=0, bias=None,
+           relu=False, isa=None):
+    """Batch-reduce GEMM on one (n x M) output tile; returns C.  See the module docstring."""
+    fn = "brgemm"
+    a = _f32(a, "a", 3, fn)
+    b = _f32(b, "b", 3, fn)
+    na, k, M = a.shape
+    nb, n, kb = b.shape
+    if variant not in VARIANTS:
+        raise ValueError(f"{fn}: variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    if M % CB or M == 0:
+        raise ValueError(f"{fn}: M (a.shape[2]) must be a positive multiple of {CB}, got a {a.shape}")
+    if not 1 <= k <= CB:
+        raise ValueError(f"{fn}: k (a.shape[1]) must be in 1..{CB} (one channel block), got a {a.shape}")
+    if kb != k:
+        raise ValueError(f"{fn}: b's k={kb} (b.shape[2]) does not match a's k={k} (a {a.shape}, b {b.shape})")
+    if n < 1 or na < 1 or nb < 1:
+        raise ValueError(f"{fn}: empty operands (a {a.shape}, b {b.shape})")
+    if variant == "strd":
+        if a_index is not None or b_index is not None:
+            raise ValueError(f"{fn}: variant 'strd' takes no a_index/b_index")
+        if na != nb:
+            raise ValueError(f"{fn}: 'strd' reduces block i of a with block i of b: a has {na}, b has {nb} blocks")
+        a_index = b_index = np.arange(na, dtype=np.int64)
+    else:
+        if a_index is None or b_index is None:
+            raise ValueError(f"{fn}: variant {variant!r} needs a_index and b_index")
+        a_index = np.ascontiguousarray(a_index, dtype=np.int64).reshape(-1)
+        b_index = np.ascontiguousarray(b_index, dtype=np.int64).reshape(-1)
+        if a_index.shape != b_index.shape or a_index.size == 0:
+            raise ValueError(f"{fn}: a_index and b_index must be non-empty and of equal length, got {a_index.size} and {b_index.size}")
+        if a_index.min() < 0 or a_index.max() >= na:
+            raise ValueError(f"{fn}: a_index must lie in [0, {na}), got range [{a_index.min()}, {a_index.max()}]")
+        if b_index.min() < 0 or b_index.max() >= nb:
+            raise ValueError(f"{fn}: b_index must lie in [0, {nb}), got range [{b_index.min()}, {b_index.max()}]")
+    if beta not in (0, 1):
+        raise ValueError(f"{fn}: beta must be 0 or 1, got {beta!r}")
+    if c is None:
+        if beta == 1:
+            raise ValueError(f"{fn}: beta=1 accumulates into c, so c must be given")
+        c = np.empty((n, M), dtype=np.float32)
+    else:
+        if not isinstance(c, np.ndarray) or c.dtype != np.float32 or c.shape != (n, M) or not c.flags.c_contiguous:
+            raise ValueError(f"{fn}: c must be a C-contiguous float32 array of shape ({n}, {M})")
+    if bias is None:
+        bias = np.empty(0, dtype=np.float32)
+    else:
+        bias = _f32(bias, "bias", 1, fn)
+        if bias.shape != (M,):
+            raise ValueError(f"{fn}: bias must have shape ({M},), got {bias.shape}")
+    # Microkernel layouts: A groups of 16 columns with rows of 16; B pixels 16 floats apart.
+    a_packed = np.ascontiguousarray(a.reshape(na, k, M // CB, CB).transpose(0, 2, 1, 3))
+    b_packed = np.zeros((nb, n, CB), dtype=np.float32)
+    b_packed[:, :, :k] = b
+    err = _brgemm.brgemm_f32(a_packed, b_packed, c, a_index, b_index, VARIANTS[variant], k,
+                             int(beta), bias, bool(relu), cpu.isa_code(isa))
+    if err:
+        raise RuntimeError(f"{fn}: internal error: no microkernel for a tile (a {a.shape}, b {b.shape})")
+    return c
+
+
+def matmul(x, y, *, n_threads=None, isa=None):
+    """x @ y for float32 matrices (m, K) and (K, n), on BRGEMM calls over packed operands."""
+    fn = "matmul"
+    x = _f32(x, "x", 2, fn)
+    y = _f32(y, "y", 2, fn)
+    m, K = x.shape
+    K2, n = y.shape
+    if K != K2:
+        raise ValueError(f"{fn}: inner dimensions differ: x {x.shape} @ y {y.shape}")
+    if min(m, K, n) < 1:
+        raise ValueError(f"{fn}: empty operands: x {x.shape} @ y {y.shape}")
+    n_threads = cpu.resolve_threads(n_threads)
+    isa_name = cpu.resolve_isa(isa)
+    T = _GEMM_TILE_ROWS[isa_name]
+    kc = -(-K // CB)
+    xp = np.empty((-(-m // T), kc, T, CB), dtype=np.float32)
+    yp = np.empty((-(-n // CB), kc, CB, CB), dtype=np.float32)
+    _brgemm.pack_gemm_a(x, xp, n_threads)
+    _brgemm.pack_gemm_b(y, yp, n_threads)
+    n_pad = yp.shape[0] * CB
+    out = np.empty((m, n_pad), dtype=np.float32)
+    err = _brgemm.gemm_packed_f32(xp, yp, out, m, n_threads, cpu.ISA_CODES[isa_name])
+    if err:
+        raise RuntimeError(f"{fn}: internal error: no microkernel for a tile (x {x.shape}, y {y.shape})")
+    return out if n_pad == n else np.ascontiguousarray(out[:, :n])

@@ -1,0 +1,119 @@
+"""Blocked tensor layouts and the small tensor type that carries them.
+
+  activations  NCHW  <->  I[N][ceil(C/16)][H][W][16]          (to_blocked / from_blocked)
+  conv weights KCRS  <->  W[ceil(K/16)][ceil(C/16)][R][S][16c][16k]  (block_weights / unblock_weights)
+
+Channels that do not fill a block are zero-padded, and every dlcpu op keeps them zero, so a
+blocked tensor can flow from op to op without conversions.  Round trips are exact (pure copies).
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import cpu
+from ._ext import layout as _layout
+
+CB = cpu.CHANNEL_BLOCK
+
+
+def n_blocks(channels):
+    return -(-channels // CB)
+
+
+@dataclass(frozen=True)
+class BlockedTensor:
+    """A tensor in a blocked layout: padded `data` plus the logical `shape` it stands for.
+
+    kind 'activation': shape (N, C, H, W), data (N, C/16, H, W, 16)
+    kind 'weight':     shape (K, C, R, S), data (K/16, C/16, R, S, 16, 16)
+    `scale` is reserved for the shared exponent/scale of DFP-16 and int8 tensors (None for fp32).
+    """
+
+    data: np.ndarray
+    shape: tuple
+    kind: str = "activation"
+    scale: object = None
+
+    def __post_init__(self):
+        if self.kind not in ("activation", "weight"):
+            raise ValueError(f"BlockedTensor: kind must be 'activation' or 'weight', got {self.kind!r}")
+        if len(self.shape) != 4:
+            raise ValueError(f"BlockedTensor: shape must have 4 dims, got {self.shape}")
+        expected = blocked_shape(self.shape, self.kind)
+        if tuple(self.data.shape) != expected:
+            raise ValueError(
+                f"BlockedTensor: data shape {tuple(self.data.shape)} does not match logical "
+                f"{self.kind} shape {tuple(self.shape)} (expected {expected})"
+            )
+        if not self.data.flags.c_contiguous:
+            raise ValueError("BlockedTensor: data must be C-contiguous")
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def numpy(self):
+        """The logical tensor as a plain NCHW (or KCRS) array."""
+        return from_blocked(self) if self.kind == "activation" else unblock_weights(self)
+
+    def __repr__(self):
+        return f"BlockedTensor(kind={self.kind!r}, shape={tuple(self.shape)}, dtype={self.dtype}, data={tuple(self.data.shape)})"
+
+
+def blocked_shape(shape, kind="activation"):
+    if kind == "activation":
+        n, c, h, w = shape
+        return (n, n_blocks(c), h, w, CB)
+    k, c, r, s = shape
+    return (n_blocks(k), n_blocks(c), r, s, CB, CB)
+
+
+def _as_float32_4d(x, name, what):
+    if isinstance(x, BlockedTensor):
+        raise TypeError(f"{name}: expected a plain numpy array, got a BlockedTensor")
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray ({what}), got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expected a 4-d {what} array, got shape {x.shape}")
+    if x.dtype != np.float32:
+        raise TypeError(f"{name}: expected dtype float32, got {x.dtype} (convert with .astype(np.float32))")
+    if any(d < 1 for d in x.shape):
+        raise ValueError(f"{name}: every dimension must be >= 1, got shape {x.shape}")
+    # Strided or Fortran-ordered input is copied once, explicitly, never read out of bounds.
+    return np.ascontiguousarray(x)
+
+
+def to_blocked(x, n_threads=None):
+    """NCHW float32 -> BlockedTensor I[N][C/16][H][W][16]."""
+    x = _as_float32_4d(x, "to_blocked", "NCHW")
+    out = np.empty(blocked_shape(x.shape), dtype=np.float32)
+    _layout.nchw_to_blocked(x, out, cpu.resolve_threads(n_threads))
+    return BlockedTensor(out, tuple(x.shape), "activation")
+
+
+def from_blocked(t, n_threads=None):
+    """BlockedTensor (activation) -> NCHW float32."""
+    if not isinstance(t, BlockedTensor) or t.kind != "activation":
+        raise TypeError("from_blocked: expected an activation BlockedTensor")
+    if t.dtype != np.float32:
+        raise TypeError(f"from_blocked: only float32 tensors convert here, got {t.dtype}")
+    out = np.empty(t.shape, dtype=np.float32)
+    _layout.blocked_to_nchw(t.data, out, cpu.resolve_threads(n_threads))
+    return out
+
+
+def block_weights(w, n_threads=None):
+    """KCRS float32 -> BlockedTensor W[K/16][C/16][R][S][16c][16k]."""
+    w = _as_float32_4d(w, "block_weights", "KCRS")
+    out = np.empty(blocked_shape(w.shape, "weight"), dtype=np.float32)
+    _layout.kcrs_to_blocked(w, out, cpu.resolve_threads(n_threads))
+    return BlockedTensor(out, tuple(w.shape), "weight")
+
+
+def unblock_weights(t, n_threads=None):
+    """BlockedTensor (weight) -> KCRS float32."""
+    if not isinstance(t, BlockedTensor) or t.kind != "weight":
+        raise TypeError("unblock_weights: expected a weight BlockedTensor")
+    out = np.empty(t.shape, dtype=np.float32)
+    _layout.blocked_to_kcrs(t.data, out, cpu.resolve_threads(n_threads))
+    return out

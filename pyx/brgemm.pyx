@@ -1,0 +1,172 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""BRGEMM entry points: the direct call (for tests and users building their own ops) and a
+plain GEMM expressed on it (for `dlcpu bench gemm`).
+
+Packed operand layouts (dlcpu/gemm.py packs and validates):
+  A blocks  [nblk_a][M/16][k][16]   one block = k rows of M output columns, 16 per group
+  B blocks  [nblk_b][n][16]         one block = n pixels of k <= 16 reduction values
+  C         [n][ldc]                row-major; group g at column 16*g
+
+GEMM (out = X @ Y, X: m x K, Y: K x n) packs Y like conv weights, Yp[n/16][K/16][16][16], and X
+into row tiles Xp[m/T][K/16][T][16], then, per thread over its own row tiles:
+    for each K chunk (KC blocks of 16):           C tile accumulates across chunks (beta=1)
+      for each column group (NG columns):          Yp chunk of the group stays in L2
+        for each row tile:                         Xp chunk of the tile stays in L1
+          for each 32-column panel: BRGEMM strd over the chunk's K blocks
+"""
+from libc.stdint cimport int64_t
+from libc.stdlib cimport malloc, free
+from cython.parallel cimport prange
+
+from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_f32_max_pixels,
+                            dlcpu_omp_thread_num, DLCPU_BR_STRD, DLCPU_BR_OFFS, DLCPU_BR_ADDR)
+
+# K chunk and column group of the GEMM driver: a 512-deep chunk of a 256-column group is
+# 512 KiB of Yp, half of Zen 5's 1 MiB L2, and a 14-row Xp chunk is 28 KiB, within its 48 KiB L1.
+DEF GEMM_KC_BLOCKS = 32
+DEF GEMM_GROUP_COLS = 256
+
+
+def brgemm_f32(const float[:, :, :, ::1] a, const float[:, :, ::1] b, float[:, ::1] c,
+               const int64_t[::1] a_index, const int64_t[::1] b_index, int variant, int k,
+               int beta, const float[::1] bias, bint relu, int isa):
+    """C = beta*C + sum_i B[b_i] @ A[a_i] (+ bias, ReLU) with every tile one BRGEMM call."""
+    cdef int64_t batch = a_index.shape[0]
+    cdef int64_t groups = a.shape[1], n = b.shape[1]
+    cdef int64_t a_blk = a.shape[1] * a.shape[2] * 16, b_blk = b.shape[1] * 16
+    cdef int64_t i, g0, j0
+    cdef int mv, nc_max, err = 0
+    cdef dlcpu_brgemm_f32_t p
+    cdef int64_t *a_offs = <int64_t *> malloc(sizeof(int64_t) * (batch + 1))
+    cdef int64_t *b_offs = <int64_t *> malloc(sizeof(int64_t) * (batch + 1))
+    cdef const float **a_ptrs = <const float **> malloc(sizeof(float *) * (batch + 1))
+    cdef const float **b_ptrs = <const float **> malloc(sizeof(float *) * (batch + 1))
+    if a_offs == NULL or b_offs == NULL or a_ptrs == NULL or b_ptrs == NULL:
+        free(a_offs); free(b_offs); free(a_ptrs); free(b_ptrs)
+        raise MemoryError("brgemm: cannot allocate the offset arrays")
+    with nogil:
+        p.kind = variant
+        p.k = k
+        p.batch = batch
+        p.a_mstride = a.shape[2] * 16
+        p.b_rstride = 0
+        p.nr = 1
+        p.ldc = c.shape[1]
+        p.c_rstride = 0
+        p.c_mstride = 16
+        p.beta = beta
+        p.relu = relu
+        p.a_stride = a_blk
+        p.b_stride = b_blk
+        g0 = 0
+        while g0 < groups:
+            mv = 2 if g0 + 2 <= groups else 1
+            nc_max = dlcpu_brgemm_f32_max_pixels(isa, mv)
+            j0 = 0
+            while j0 < n:
+                p.mv = mv
+                p.nc = <int>min(<int64_t>nc_max, n - j0)
+                # Each tile sees its own view: shift the blocks to the tile's group and pixels.
+                for i in range(batch):
+                    a_offs[i] = a_index[i] * a_blk + g0 * a.shape[2] * 16
+                    b_offs[i] = b_index[i] * b_blk + j0 * 16
+                    a_ptrs[i] = &a[0, 0, 0, 0] + a_offs[i]
+                    b_ptrs[i] = &b[0, 0, 0] + b_offs[i]
+                if variant == DLCPU_BR_STRD:
+                    p.a = &a[0, 0, 0, 0] + g0 * a.shape[2] * 16
+                    p.b = &b[0, 0, 0] + j0 * 16
+                else:
+                    p.a = &a[0, 0, 0, 0]
+                    p.b = &b[0, 0, 0]
+                p.a_offs = a_offs
+                p.b_offs = b_offs
+                p.a_ptrs = a_ptrs
+                p.b_ptrs = b_ptrs
+                p.c = &c[j0, g0 * 16]
+                p.bias = &bias[g0 * 16] if bias.shape[0] > 0 else NULL
+                err |= dlcpu_brgemm_f32(&p, isa)
+                j0 = j0 + p.nc
+            g0 = g0 + mv
+    free(a_offs); free(b_offs); free(a_ptrs); free(b_ptrs)
+    return err
+
+
+def pack_gemm_b(const float[:, ::1] y, float[:, :, :, ::1] yp, int n_threads):
+    """Y (K x n) -> Yp[n/16][K/16][16][16], zero-padded."""
+    cdef int64_t K = y.shape[0], n = y.shape[1], Kc = yp.shape[1]
+    cdef int64_t nb, kc, kk, m, row, col
+    for nb in prange(yp.shape[0], nogil=True, schedule='static', num_threads=n_threads):
+        for kc in range(Kc):
+            for kk in range(16):
+                row = kc * 16 + kk
+                for m in range(16):
+                    col = nb * 16 + m
+                    yp[nb, kc, kk, m] = y[row, col] if (row < K and col < n) else 0.0
+
+
+def pack_gemm_a(const float[:, ::1] x, float[:, :, :, ::1] xp, int n_threads):
+    """X (m x K) -> Xp[m/T][K/16][T][16], zero-padded."""
+    cdef int64_t M = x.shape[0], K = x.shape[1], T = xp.shape[2], Kc = xp.shape[1]
+    cdef int64_t t, kc, j, kk, row
+    for t in prange(xp.shape[0], nogil=True, schedule='static', num_threads=n_threads):
+        for kc in range(Kc):
+            for j in range(T):
+                row = t * T + j
+                for kk in range(16):
+                    xp[t, kc, j, kk] = x[row, kc * 16 + kk] if (row < M and kc * 16 + kk < K) else 0.0
+
+
+cdef int gemm_row_tiles(const float *xp, const float *yp, float *out, int64_t t_lo, int64_t t_hi,
+                        int64_t m, int64_t Kc, int64_t T, int64_t n_groups16, int64_t ldc,
+                        int isa) noexcept nogil:
+    """One thread's share of the GEMM: row tiles t_lo..t_hi, every column."""
+    cdef int64_t t, kc0, nchunk, grp0, grp1, nb
+    cdef int mv, err = 0
+    cdef dlcpu_brgemm_f32_t p
+    p.kind = DLCPU_BR_STRD
+    p.k = 16
+    p.a_stride = 256
+    p.b_stride = T * 16
+    p.a_mstride = Kc * 256
+    p.b_rstride = 0
+    p.nr = 1
+    p.ldc = ldc
+    p.c_rstride = 0
+    p.c_mstride = 16
+    p.bias = NULL
+    p.relu = 0
+    kc0 = 0
+    while kc0 < Kc:
+        nchunk = min(<int64_t>GEMM_KC_BLOCKS, Kc - kc0)
+        p.batch = nchunk
+        p.beta = 1 if kc0 > 0 else 0
+        grp0 = 0
+        while grp0 < n_groups16:
+            grp1 = min(n_groups16, grp0 + GEMM_GROUP_COLS // 16)
+            for t in range(t_lo, t_hi):
+                p.nc = <int>min(T, m - t * T)
+                nb = grp0
+                while nb < grp1:
+                    mv = 2 if nb + 2 <= grp1 else 1
+                    p.mv = mv
+                    p.a = yp + (nb * Kc + kc0) * 256
+                    p.b = xp + (t * Kc + kc0) * T * 16
+                    p.c = out + t * T * ldc + nb * 16
+                    err |= dlcpu_brgemm_f32(&p, isa)
+                    nb = nb + mv
+            grp0 = grp1
+        kc0 = kc0 + nchunk
+    return err
+
+
+def gemm_packed_f32(const float[:, :, :, ::1] xp, const float[:, :, :, ::1] yp, float[:, ::1] out,
+                    int64_t m, int n_threads, int isa):
+    """out[:m, :] = Xp @ Yp on packed operands (out's width is a multiple of 16)."""
+    cdef int64_t n_tiles = xp.shape[0], Kc = xp.shape[1], T = xp.shape[2]
+    cdef int64_t tid
+    cdef int err = 0
+    for tid in prange(n_threads, nogil=True, schedule='static', num_threads=n_threads):
+        err += gemm_row_tiles(&xp[0, 0, 0, 0], &yp[0, 0, 0, 0], &out[0, 0],
+                              tid * n_tiles // n_threads, (tid + 1) * n_tiles // n_threads,
+                              m, Kc, T, yp.shape[0], out.shape[1], isa)
+    return err

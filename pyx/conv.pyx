@@ -1,0 +1,142 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Blocked direct convolution, forward, fp32: the parallel driver around the BRGEMM.
+
+The plan (dlcpu/conv.py: choose_conv_blocking) fixes everything; this file only walks it.
+Work items are (image, output-channel group, output-row block), split statically over threads.
+One item:
+  1. tile mode: pack the input rows it needs into a per-thread zero-padded, phase-split tile
+     (conv_f32.h); flat mode (1x1, stride 1, no padding): read the input in place, the item's
+     rows being one contiguous run of pixels;
+  2. for each output-channel block pair (mv=2) or block: for each register tile of pixels, one
+     BRGEMM call reducing over every (input-channel block, r, s) with beta=0 and bias/ReLU fused,
+     so each output is written exactly once, by one thread, in a fixed order: results do not
+     depend on the thread count.
+Python (dlcpu/conv.py) has validated every shape and pointer extent before this runs.
+"""
+from libc.stdint cimport int64_t
+from libc.stdlib cimport malloc, free
+from cython.parallel cimport prange, parallel
+
+from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_conv_pack_tile_f32,
+                            DLCPU_BR_OFFS)
+
+
+cdef struct conv_geom:
+    int64_t N, Cb, Kb, H, W, P, Q, R, S, sh, sw, ph, pw
+    int k, relu, has_bias
+    int tile_mode, mv, nr, nc, isa
+    int64_t hb, n_row_blocks, kb_per_group, n_groups, TR, PW, tile_floats, batch
+
+
+cdef int run_item(const conv_geom *g, int64_t item, const float *x, const float *w,
+                  const float *bias, float *y, const int64_t *a_offs, const int64_t *b_offs,
+                  float *tile) noexcept nogil:
+    cdef int64_t rb = item % g.n_row_blocks
+    cdef int64_t rest = item // g.n_row_blocks
+    cdef int64_t grp = rest % g.n_groups
+    cdef int64_t n = rest // g.n_groups
+    cdef int64_t p0 = rb * g.hb
+    cdef int64_t p1 = min(g.P, p0 + g.hb)
+    cdef int64_t kb0 = grp * g.kb_per_group
+    cdef int64_t kb1 = min(g.Kb, kb0 + g.kb_per_group)
+    cdef int64_t kb, i0, q0, t0, t1, npix
+    cdef int mv, nrr, ncc, err = 0
+    cdef const float *x_img = x + n * g.Cb * g.H * g.W * 16
+    cdef const float *base
+    cdef dlcpu_brgemm_f32_t p
+
+    if g.tile_mode:
+        dlcpu_conv_pack_tile_f32(x_img, tile, g.Cb, g.H, g.W, p0 * g.sh - g.ph,
+                                 g.TR, g.sw, g.PW, g.pw)
+        base = tile
+    else:
+        base = x_img + p0 * g.W * 16
+
+    p.kind = DLCPU_BR_OFFS
+    p.a_offs = a_offs
+    p.b_offs = b_offs
+    p.batch = g.batch
+    p.k = g.k
+    p.a_mstride = g.Cb * g.R * g.S * 256
+    p.c_mstride = g.P * g.Q * 16
+    p.ldc = 16
+    p.beta = 0
+    p.relu = g.relu
+    p.b_rstride = g.sh * g.sw * g.PW * 16
+    p.c_rstride = g.Q * 16
+
+    kb = kb0
+    while kb < kb1:
+        mv = g.mv if kb + g.mv <= kb1 else 1
+        p.mv = mv
+        p.a = w + kb * g.Cb * g.R * g.S * 256
+        p.bias = bias + kb * 16 if g.has_bias else NULL
+        if g.tile_mode:
+            i0 = p0
+            while i0 < p1:
+                nrr = <int>min(<int64_t>g.nr, p1 - i0)
+                q0 = 0
+                while q0 < g.Q:
+                    ncc = <int>min(<int64_t>g.nc, g.Q - q0)
+                    p.nr = nrr
+                    p.nc = ncc
+                    p.b = base + (i0 - p0) * p.b_rstride + q0 * 16
+                    p.c = y + ((n * g.Kb + kb) * g.P + i0) * g.Q * 16 + q0 * 16
+                    err |= dlcpu_brgemm_f32(&p, g.isa)
+                    q0 = q0 + ncc
+                i0 = i0 + nrr
+        else:
+            # Flat pixel run: rows p0..p1 of a 1x1/stride-1/unpadded conv are contiguous.
+            npix = (p1 - p0) * g.Q
+            t0 = 0
+            p.nr = 1
+            while t0 < npix:
+                ncc = <int>min(<int64_t>g.nc, npix - t0)
+                p.nc = ncc
+                p.b = base + t0 * 16
+                p.c = y + ((n * g.Kb + kb) * g.P + p0) * g.Q * 16 + t0 * 16
+                err |= dlcpu_brgemm_f32(&p, g.isa)
+                t0 = t0 + ncc
+        kb = kb + mv
+    return err
+
+
+def conv2d_forward_f32(const float[::1] x, const float[::1] w, const float[::1] bias,
+                       float[::1] y, dict shape, dict plan,
+                       const int64_t[::1] a_offs, const int64_t[::1] b_offs, int n_threads):
+    """Run a planned forward convolution on blocked buffers (flattened, C-contiguous).
+
+    `shape` and `plan` are ConvShape/ConvPlan as dicts (dlcpu/conv.py); extents were checked
+    there.  Returns the number of kernel calls that found no microkernel (0 when all is well).
+    """
+    cdef conv_geom g
+    g.N = shape["N"]; g.Cb = shape["Cb"]; g.Kb = shape["Kb"]; g.H = shape["H"]; g.W = shape["W"]
+    g.P = shape["P"]; g.Q = shape["Q"]; g.R = shape["R"]; g.S = shape["S"]
+    g.sh = shape["stride_h"]; g.sw = shape["stride_w"]; g.ph = shape["pad_h"]; g.pw = shape["pad_w"]
+    g.relu = 1 if plan["relu"] else 0
+    g.has_bias = 1 if bias.shape[0] > 0 else 0
+    g.k = plan["k"]; g.tile_mode = 1 if plan["tile_mode"] else 0
+    g.mv = plan["mv"]; g.nr = plan["nr"]; g.nc = plan["nc"]; g.isa = plan["isa"]
+    g.hb = plan["rows_per_item"]; g.n_row_blocks = plan["row_blocks"]
+    g.kb_per_group = plan["kb_per_group"]; g.n_groups = plan["k_groups"]
+    g.TR = plan["tile_rows"]; g.PW = plan["tile_phase_width"]; g.tile_floats = plan["tile_floats"]
+    g.batch = a_offs.shape[0]
+
+    cdef int64_t n_items = g.N * g.n_groups * g.n_row_blocks
+    cdef int64_t item
+    cdef int errors = 0
+    cdef float *tile = NULL
+    cdef const float *bias_ptr = &bias[0] if g.has_bias else NULL
+
+    with nogil, parallel(num_threads=n_threads):
+        # Per-thread tile, allocated inside the region so its pages are first touched by the
+        # thread that uses them.
+        tile = <float *> malloc(sizeof(float) * (g.tile_floats + 16)) if g.tile_mode else NULL
+        for item in prange(n_items, schedule='static'):
+            if g.tile_mode and tile == NULL:
+                errors += 1
+            else:
+                errors += run_item(&g, item, &x[0], &w[0], bias_ptr, &y[0],
+                                   &a_offs[0], &b_offs[0], tile)
+        free(tile)
+    return errors

@@ -1,0 +1,52 @@
+/*
+ * Helpers of the blocked direct convolution that are not the BRGEMM itself.
+ *
+ * dlcpu_conv_pack_tile_f32 copies the input rows one work item needs into a per-thread tile that
+ * is zero-padded (so no tap ever needs a bounds check) and, for a stride sw > 1, split into sw
+ * column phases (so the pixels one BRGEMM call walks are always 16 floats apart, which is the
+ * only pixel stride the microkernels are built for).  Tile layout:
+ *     T[cb][tr][phase][pos][16],  padded column  pos*sw + phase  <->  input column  -pad_w + that.
+ * The copy is paid once per work item and reused by every output-channel block, so it is a few
+ * per mille of the FMAs of a ResNet-50 layer; a padded copy of the whole tensor instead would
+ * cost 5-15% (it streams the full input through memory once more per call).
+ */
+#ifndef DLCPU_CONV_F32_H
+#define DLCPU_CONV_F32_H
+#include <stdint.h>
+#include <string.h>
+
+static inline void
+dlcpu_conv_pack_tile_f32(const float *x_img, float *tile, int64_t Cb, int64_t H, int64_t W,
+                         int64_t ih0, int64_t TR, int64_t sw, int64_t PW, int64_t pad_w)
+{
+    for (int64_t cb = 0; cb < Cb; cb++) {
+        for (int64_t tr = 0; tr < TR; tr++) {
+            const int64_t ih = ih0 + tr;
+            float *dst_row = tile + (cb * TR + tr) * sw * PW * 16;
+            if (ih < 0 || ih >= H) {
+                memset(dst_row, 0, sizeof(float) * sw * PW * 16);
+                continue;
+            }
+            const float *src_row = x_img + (cb * H + ih) * W * 16;
+            if (sw == 1) {
+                /* Left pad, one contiguous copy, right pad. */
+                int64_t lo = pad_w, hi = pad_w + W;          /* padded columns holding data */
+                if (hi > PW) hi = PW;
+                if (lo > PW) lo = PW;
+                memset(dst_row, 0, sizeof(float) * 16 * lo);
+                if (hi > lo) memcpy(dst_row + 16 * lo, src_row, sizeof(float) * 16 * (hi - lo));
+                if (PW > hi) memset(dst_row + 16 * hi, 0, sizeof(float) * 16 * (PW - hi));
+                continue;
+            }
+            for (int64_t ph = 0; ph < sw; ph++) {
+                float *dst = dst_row + ph * PW * 16;
+                for (int64_t pos = 0; pos < PW; pos++) {
+                    const int64_t iw = pos * sw + ph - pad_w;
+                    if (iw < 0 || iw >= W) memset(dst + pos * 16, 0, sizeof(float) * 16);
+                    else memcpy(dst + pos * 16, src_row + iw * 16, sizeof(float) * 16);
+                }
+            }
+        }
+    }
+}
+#endif

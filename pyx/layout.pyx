@@ -1,0 +1,75 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Layout conversions between plain and blocked tensors (parallel, nogil).
+
+  activations  NCHW            <-> I[N][C/16][H][W][16]        (channels zero-padded to 16)
+  conv weights KCRS            <-> W[K/16][C/16][R][S][16c][16k]
+
+Each loop is parallel over the outer blocks and contiguous on the side that is written, because
+these conversions sit on users' critical path (NCHW in, NCHW out).  dlcpu/layout.py validates
+shapes and allocates; these functions only move numbers.
+"""
+from libc.stdint cimport int64_t
+from libc.string cimport memset
+from cython.parallel cimport prange
+
+
+def nchw_to_blocked(const float[:, :, :, ::1] x, float[:, :, :, :, ::1] out, int n_threads):
+    cdef int64_t N = x.shape[0], C = x.shape[1], HW = x.shape[2] * x.shape[3]
+    cdef int64_t Cb = out.shape[1], W = x.shape[3]
+    cdef int64_t nc, n, cb, c, cc, pix
+    cdef float *dst
+    cdef const float *src
+    for nc in prange(N * Cb, nogil=True, schedule='static', num_threads=n_threads):
+        n = nc // Cb
+        cb = nc % Cb
+        dst = &out[n, cb, 0, 0, 0]
+        cc = min(<int64_t>16, C - cb * 16)
+        if cc < 16:
+            memset(dst, 0, sizeof(float) * HW * 16)
+        for c in range(cc):
+            src = &x[n, cb * 16 + c, 0, 0]
+            for pix in range(HW):
+                dst[pix * 16 + c] = src[pix]
+
+
+def blocked_to_nchw(const float[:, :, :, :, ::1] xb, float[:, :, :, ::1] out, int n_threads):
+    cdef int64_t N = out.shape[0], C = out.shape[1], HW = out.shape[2] * out.shape[3]
+    cdef int64_t nc, n, c, pix
+    cdef const float *src
+    cdef float *dst
+    for nc in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
+        n = nc // C
+        c = nc % C
+        src = &xb[n, c // 16, 0, 0, c % 16]
+        dst = &out[n, c, 0, 0]
+        for pix in range(HW):
+            dst[pix] = src[pix * 16]
+
+
+def kcrs_to_blocked(const float[:, :, :, ::1] w, float[:, :, :, :, :, ::1] out, int n_threads):
+    cdef int64_t K = w.shape[0], C = w.shape[1], R = w.shape[2], S = w.shape[3]
+    cdef int64_t Kb = out.shape[0], Cb = out.shape[1]
+    cdef int64_t kc, kb, cb, r, s, c, k
+    cdef float v
+    for kc in prange(Kb * Cb, nogil=True, schedule='static', num_threads=n_threads):
+        kb = kc // Cb
+        cb = kc % Cb
+        for r in range(R):
+            for s in range(S):
+                for c in range(16):
+                    for k in range(16):
+                        v = 0.0
+                        if kb * 16 + k < K and cb * 16 + c < C:
+                            v = w[kb * 16 + k, cb * 16 + c, r, s]
+                        out[kb, cb, r, s, c, k] = v
+
+
+def blocked_to_kcrs(const float[:, :, :, :, :, ::1] wb, float[:, :, :, ::1] out, int n_threads):
+    cdef int64_t K = out.shape[0], C = out.shape[1], R = out.shape[2], S = out.shape[3]
+    cdef int64_t kc, k, c, r, s
+    for kc in prange(K * C, nogil=True, schedule='static', num_threads=n_threads):
+        k = kc // C
+        c = kc % C
+        for r in range(R):
+            for s in range(S):
+                out[k, c, r, s] = wb[k // 16, c // 16, r, s, c % 16, k % 16]
