@@ -1,1 +1,259 @@
-def main():\n    pass
+"""The `dlcpu` command: parse, call the library, render.  No maths here.
+
+    dlcpu info [--json]
+    dlcpu bench peak [--threads 1,2] [--json]
+    dlcpu bench conv [--layer DESC ...] [--layers FILTER] [--batch N] [--threads 1,2]
+                     [--compare torch] [--check] [--show-plan] [--json]
+    dlcpu bench gemm [--size 2048] [--threads 2] [--no-compare] [--json]
+
+Exit codes: 0 success, 1 handled error (one line on stderr; DLCPU_DEBUG=1 for the traceback),
+2 usage error.  --json prints JSON on stdout only; progress and logs go to stderr.
+"""
+import functools
+import json
+import sys
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .. import _config, benchmarks, cpu, workloads
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="dlcpu: CPU deep-learning kernels, benchmarks and tools.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks against the machine's peak and a peer library.")
+app.add_typer(bench_app, name="bench")
+
+# Tables are wide; when stdout is not a terminal (CI logs, files) do not squeeze them to 80 columns.
+out = Console()
+if not out.is_terminal:
+    out = Console(width=160)
+err = Console(stderr=True)
+
+
+class CliError(Exception):
+    """A handled error: printed as one line, exit code 1."""
+
+
+def handled(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, TypeError, CliError, MemoryError) as exc:
+            if _config.env_debug():
+                raise
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+def parse_threads(text):
+    if text is None:
+        return [cpu.resolve_threads()]
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"--threads must be a comma list of integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise CliError(f"--threads values must be >= 1, got {text!r}")
+    return values
+
+
+def emit_json(obj):
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def progress():
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=True)
+
+
+# ------------------------------------------------------------------------------------------ info
+@app.command()
+@handled
+def info(as_json: bool = typer.Option(False, "--json", help="JSON on stdout.")):
+    """Version, build, OpenMP, threads, CPU features and the ISA path in use."""
+    data = cpu.info()
+    if as_json:
+        emit_json(data)
+        return
+    table = Table(show_header=False, title="dlcpu info")
+    for key, value in data.items():
+        if key == "features":
+            value = " ".join(f"{k}{'' if v else '(no)'}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(value)
+        table.add_row(key, str(value))
+    out.print(table)
+
+
+# ------------------------------------------------------------------------------------------ peak
+@bench_app.command("peak")
+@handled
+def bench_peak(
+    threads: Optional[str] = typer.Option(None, help="Comma list of thread counts (default 1..all)."),
+    seconds: float = typer.Option(0.25, help="Seconds per measurement."),
+    as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
+):
+    """This machine's fp32 FMA peak in GFLOP/s, per thread count."""
+    counts = parse_threads(threads) if threads else list(range(1, cpu.resolve_threads() + 1))
+    rows = []
+    with progress() as bar:
+        task = bar.add_task("FMA peak", total=len(counts))
+        for n in counts:
+            rows.append(benchmarks.measure_peak(n, seconds=seconds))
+            bar.advance(task)
+    isa = cpu.resolve_isa()
+    if as_json:
+        emit_json({"isa": isa, "peak": rows})
+        return
+    table = Table(title=f"fp32 FMA peak ({isa}, independent FMA chains, best of 5)")
+    for col in ("threads", "GFLOP/s", "median", "per thread"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["threads"]), f"{r['gflops']:.1f}", f"{r['median_gflops']:.1f}", f"{r['per_thread_gflops']:.1f}")
+    out.print(table)
+
+
+# ------------------------------------------------------------------------------------------ conv
+def _select_layers(layer_descs, name_filter):
+    if layer_descs:
+        layers = [workloads.parse_conv_descriptor(d) for d in layer_descs]
+    else:
+        layers = workloads.resnet50_layers()
+    if name_filter:
+        keys = [k.strip() for k in name_filter.split(",") if k.strip()]
+        layers = [l for l in layers if any(k in l.name for k in keys)]
+        if not layers:
+            raise CliError(f"--layers {name_filter!r} matches no layer")
+    return layers
+
+
+@bench_app.command("conv")
+@handled
+def bench_conv(
+    layer: Optional[List[str]] = typer.Option(None, "--layer", help="benchdnn-style descriptor, e.g. mb4ic64ih56oc64oh56kh3ph1 (repeatable). Default: the ResNet-50 v1.5 table."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Only layers whose name contains one of these (comma list)."),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Minibatch (default: the thread count; a descriptor's mb wins unless --batch is given)."),
+    threads: Optional[str] = typer.Option(None, "--threads", help="Comma list of thread counts, e.g. 1,2 (default: all)."),
+    compare: Optional[str] = typer.Option(None, "--compare", help="Peer to time in the same run: torch."),
+    check: bool = typer.Option(False, "--check", help="Verify every layer against the float64 reference."),
+    show_plan: bool = typer.Option(False, "--show-plan", help="Print each layer's blocking plan."),
+    repeats: int = typer.Option(7, "--repeats", min=1, help="Timed repeats per layer (median reported)."),
+    as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
+):
+    """Forward convolution GFLOP/s per layer, % of measured peak, peer and ratio."""
+    if compare not in (None, "torch"):
+        raise CliError(f"--compare must be 'torch', got {compare!r}")
+    selected = _select_layers(layer, layers)
+    counts = parse_threads(threads)
+    isa = cpu.resolve_isa()
+    runs = []
+    any_failed = False
+    for n_threads in counts:
+        mb = batch or n_threads
+        if batch:
+            selected_run = [workloads.ConvLayer(**{**l.__dict__, "mb": 0}) for l in selected]
+        else:
+            selected_run = selected
+        peak = benchmarks.measure_peak(n_threads, seconds=0.1, repeats=3)
+        results = []
+        with progress() as bar:
+            task = bar.add_task(f"conv fwd, {n_threads} thread(s)", total=len(selected_run))
+            for l in selected_run:
+                bar.update(task, description=f"conv fwd {l.name} ({n_threads}T)")
+                results.append(benchmarks.bench_conv_layer(
+                    l, mb, n_threads, peak["gflops"], compare=compare, check=check, repeats=repeats))
+                bar.advance(task)
+        total = benchmarks.conv_totals(results)
+        any_failed |= any(r.check and not r.check["passed"] for r in results)
+        runs.append({"threads": n_threads, "batch": mb, "isa": isa, "peak_gflops": peak["gflops"],
+                     "layers": [r.__dict__ for r in results], "total": total})
+        if not as_json:
+            _render_conv(runs[-1], compare, check, show_plan)
+    if as_json:
+        emit_json({"flop_convention": benchmarks.FLOP_CONVENTION, "direction": "forward", "dtype": "f32",
+                   "timed_path": "blocked in, blocked out (no layout conversion)", "runs": runs})
+    if any_failed:
+        raise typer.Exit(1)
+
+
+def _render_conv(run, compare, check, show_plan):
+    t = Table(title=f"conv forward f32 | {run['threads']} thread(s), batch {run['batch']}, isa {run['isa']}, "
+                    f"peak {run['peak_gflops']:.0f} GFLOP/s")
+    for col in ("layer", "x", "GFLOP", "ms", "GFLOP/s", "% peak"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    if compare:
+        for col in ("peer GFLOP/s", "peer layout", "ratio"):
+            t.add_column(col, justify="right")
+    if check:
+        t.add_column("check", justify="right")
+    for r in run["layers"]:
+        row = [r["name"], str(r["count"]), f"{r['gflop']:.3f}", f"{r['seconds']['median_s'] * 1e3:.3f}",
+               f"{r['gflops']:.1f}", f"{r['pct_peak']:.1f}"]
+        if compare:
+            p = r["peer"]
+            row += [f"{p['gflops']:.1f}", p["layout"], f"{p['ratio']:.2f}"]
+        if check:
+            c = r["check"]
+            row.append(("ok " if c["passed"] else "FAIL ") + f"{c['rel_l2']:.1e}")
+        t.add_row(*row)
+    tot = run["total"]
+    row = ["total (count-weighted)", "", f"{tot['gflop']:.2f}", f"{tot['seconds'] * 1e3:.2f}",
+           f"{tot['gflops']:.1f}", f"{100 * tot['gflops'] / run['peak_gflops']:.1f}"]
+    if compare:
+        row += [f"{tot.get('peer_gflops', 0):.1f}", "", f"{tot.get('ratio', 0):.2f}"]
+    if check:
+        row.append("")
+    t.add_row(*row, style="bold")
+    out.print(t)
+    out.print(f"ratio = peer time / dlcpu time (>1: dlcpu faster). FLOPs: {benchmarks.FLOP_CONVENTION}. "
+              "dlcpu timed blocked-in/blocked-out; the peer in the faster of NCHW and channels_last.",
+              highlight=False)
+    if show_plan:
+        for r in run["layers"]:
+            out.print(f"[bold]{r['name']}[/] {r['descriptor']}\n  plan: {r['plan']}", highlight=False)
+
+
+# ------------------------------------------------------------------------------------------ gemm
+@bench_app.command("gemm")
+@handled
+def bench_gemm(
+    size: int = typer.Option(2048, "--size", min=1, help="m = n = k."),
+    threads: Optional[str] = typer.Option(None, "--threads", help="Comma list of thread counts (default: all)."),
+    compare: bool = typer.Option(True, "--compare/--no-compare", help="Time numpy.matmul in the same run."),
+    repeats: int = typer.Option(5, "--repeats", min=1),
+    as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
+):
+    """A large plain GEMM on the BRGEMM vs numpy.matmul (OpenBLAS), same run."""
+    rows = []
+    for n_threads in parse_threads(threads):
+        peak = benchmarks.measure_peak(n_threads, seconds=0.1, repeats=3)
+        with err.status(f"gemm {size}^3, {n_threads} thread(s)"):
+            r = benchmarks.bench_gemm(size, size, size, n_threads, peak["gflops"],
+                                      compare_numpy=compare, repeats=repeats)
+        r["peak_gflops"] = peak["gflops"]
+        rows.append(r)
+    if as_json:
+        emit_json({"gemm": rows})
+        return
+    t = Table(title=f"sgemm {size}^3 (dlcpu.matmul: packing + BRGEMM; numpy: its BLAS)")
+    for col in ("threads", "dlcpu GFLOP/s", "% peak", "numpy GFLOP/s", "ratio", "BLAS kernel"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        p = r.get("peer")
+        blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} {b.get('architecture')}" for b in p["blas"]) if p else ""
+        t.add_row(str(r["threads"]), f"{r['gflops']:.1f}", f"{r['pct_peak']:.1f}",
+                  f"{p['gflops']:.1f}" if p else "-", f"{p['ratio']:.2f}" if p else "-", blas)
+    out.print(t)
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -16,6 +16,7 @@ into row tiles Xp[m/T][K/16][T][16], then, per thread over its own row tiles:
 """
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
 from cython.parallel cimport prange
 
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_f32_max_pixels,
@@ -92,28 +93,34 @@ def brgemm_f32(const float[:, :, :, ::1] a, const float[:, :, ::1] b, float[:, :
 
 
 def pack_gemm_b(const float[:, ::1] y, float[:, :, :, ::1] yp, int n_threads):
-    """Y (K x n) -> Yp[n/16][K/16][16][16], zero-padded."""
+    """Y (K x n) -> Yp[n/16][K/16][16][16], zero-padded.  Full 16-wide rows are one memcpy."""
     cdef int64_t K = y.shape[0], n = y.shape[1], Kc = yp.shape[1]
-    cdef int64_t nb, kc, kk, m, row, col
+    cdef int64_t nb, kc, kk, m, row, col0
     for nb in prange(yp.shape[0], nogil=True, schedule='static', num_threads=n_threads):
+        col0 = nb * 16
         for kc in range(Kc):
             for kk in range(16):
                 row = kc * 16 + kk
-                for m in range(16):
-                    col = nb * 16 + m
-                    yp[nb, kc, kk, m] = y[row, col] if (row < K and col < n) else 0.0
+                if row < K and col0 + 16 <= n:
+                    memcpy(&yp[nb, kc, kk, 0], &y[row, col0], 16 * sizeof(float))
+                else:
+                    for m in range(16):
+                        yp[nb, kc, kk, m] = y[row, col0 + m] if (row < K and col0 + m < n) else 0.0
 
 
 def pack_gemm_a(const float[:, ::1] x, float[:, :, :, ::1] xp, int n_threads):
-    """X (m x K) -> Xp[m/T][K/16][T][16], zero-padded."""
+    """X (m x K) -> Xp[m/T][K/16][T][16], zero-padded.  Full 16-deep pieces are one memcpy."""
     cdef int64_t M = x.shape[0], K = x.shape[1], T = xp.shape[2], Kc = xp.shape[1]
     cdef int64_t t, kc, j, kk, row
     for t in prange(xp.shape[0], nogil=True, schedule='static', num_threads=n_threads):
         for kc in range(Kc):
             for j in range(T):
                 row = t * T + j
-                for kk in range(16):
-                    xp[t, kc, j, kk] = x[row, kc * 16 + kk] if (row < M and kc * 16 + kk < K) else 0.0
+                if row < M and kc * 16 + 16 <= K:
+                    memcpy(&xp[t, kc, j, 0], &x[row, kc * 16], 16 * sizeof(float))
+                else:
+                    for kk in range(16):
+                        xp[t, kc, j, kk] = x[row, kc * 16 + kk] if (row < M and kc * 16 + kk < K) else 0.0
 
 
 cdef int gemm_row_tiles(const float *xp, const float *yp, float *out, int64_t t_lo, int64_t t_hi,

@@ -1,0 +1,220 @@
+"""Benchmark harness behind `dlcpu bench ...` (and the asv-shaped suites in bench/).
+
+Rules (DESIGN.md section 9): inputs are made and first-touched outside the timed region; each
+timed function is warmed up; dlcpu and the peer are timed interleaved, repeat by repeat, in the
+same process, so machine noise hits both; medians are reported (min kept too).  FLOPs: full taps
+(2*N*K*P*Q*C*R*S, padding taps included), as LIBXSMM counts.
+"""
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import cpu
+from .conv import ConvShape, conv2d, get_plan
+from .layout import block_weights, to_blocked
+
+FLOP_CONVENTION = "full taps: 2*N*K*P*Q*C*R*S (padding taps counted, as LIBXSMM)"
+#: relative L2 error a checked fp32 layer must stay under (accumulations of up to 4608 terms)
+CHECK_RTOL = 1e-5
+
+
+# Pause between timed calls of different libraries.  Each library's idle OpenMP/BLAS workers
+# spin for a while after a parallel region and, on a 2-core machine, steal the cores from the
+# next library's threads.  libgomp (ours, torch's) spins briefly: 20 ms is plenty.  OpenBLAS
+# spins for about 2^28 cycles: measured, dlcpu.matmul at 2 threads ran at 244 / 280 / 435
+# GFLOP/s when started 0 / 20 / 40 ms after a numpy.matmul, so the GEMM bench waits 150 ms.
+SETTLE_SECONDS = 0.02
+SETTLE_AFTER_OPENBLAS = 0.15
+
+
+def time_interleaved(fns, repeats=7, warmup=2, min_seconds=0.0, settle=SETTLE_SECONDS):
+    """Time several callables round-robin; returns one list of seconds per callable."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < repeats or time.perf_counter() - start < min_seconds:
+        for i, fn in enumerate(fns):
+            if settle and len(fns) > 1:
+                time.sleep(settle)
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+        rounds += 1
+        if rounds >= 10 * repeats:
+            break
+    return times
+
+
+def summarize(seconds):
+    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "repeats": len(seconds)}
+
+
+# -------------------------------------------------------------------------------------- peak
+def measure_peak(n_threads, isa=None, seconds=0.25, repeats=5):
+    """Measured fp32 FMA peak (GFLOP/s) on n_threads threads: best of `repeats` runs."""
+    iters = 1 << 16
+    while True:  # calibrate: a run of about `seconds`
+        t0 = time.perf_counter()
+        cpu.run_fma_probe(iters, n_threads, isa)
+        dt = time.perf_counter() - t0
+        if dt > seconds / 4 or iters > 1 << 34:
+            break
+        iters *= 4
+    iters = max(1, int(iters * seconds / max(dt, 1e-9)))
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        flops = cpu.run_fma_probe(iters, n_threads, isa)
+        rates.append(flops / (time.perf_counter() - t0) / 1e9)
+    return {"threads": n_threads, "gflops": max(rates), "median_gflops": statistics.median(rates),
+            "per_thread_gflops": max(rates) / n_threads}
+
+
+# -------------------------------------------------------------------------------------- torch
+def torch_or_none():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+@contextmanager
+def torch_threads(torch, n):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# -------------------------------------------------------------------------------------- conv
+@dataclass
+class ConvResult:
+    name: str
+    count: int
+    descriptor: str
+    gflop: float
+    seconds: dict
+    gflops: float
+    pct_peak: float
+    plan: str = ""
+    peer: dict = field(default_factory=dict)
+    check: dict = field(default_factory=dict)
+
+
+def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, compare=None, check=False,
+                     repeats=7, warmup=2, isa=None, seed=0):
+    """Time one forward conv in the blocked path (and the peer, interleaved)."""
+    mb = layer.mb or batch
+    shape = ConvShape(mb, layer.C, layer.K, layer.H, layer.W, layer.R, layer.S,
+                      layer.stride_h, layer.stride_w, layer.pad_h, layer.pad_w)
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (mb, layer.C, layer.H, layer.W)).astype(np.float32)
+    w = rng.uniform(-1, 1, (layer.K, layer.C, layer.R, layer.S)).astype(np.float32)
+    xb, wb = to_blocked(x, n_threads), block_weights(w, n_threads)
+    stride, pad = (layer.stride_h, layer.stride_w), (layer.pad_h, layer.pad_w)
+    out = conv2d(xb, wb, stride=stride, padding=pad, n_threads=n_threads, isa=isa)  # first touch
+
+    def ours():
+        conv2d(xb, wb, stride=stride, padding=pad, n_threads=n_threads, isa=isa, out=out)
+
+    fns, peer_layouts = [ours], []
+    torch = None
+    if compare == "torch":
+        torch = torch_or_none()
+        if torch is None:
+            raise ValueError("--compare torch needs PyTorch: pip install 'dlcpu[compare]'")
+        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+        xcl = xt.contiguous(memory_format=torch.channels_last)
+        wcl = wt.contiguous(memory_format=torch.channels_last)
+        peer_layouts = ["nchw", "channels_last"]
+        fns.append(lambda: torch.nn.functional.conv2d(xt, wt, stride=stride, padding=pad))
+        fns.append(lambda: torch.nn.functional.conv2d(xcl, wcl, stride=stride, padding=pad))
+    flops = shape.flops()
+    if torch is not None:
+        with torch_threads(torch, n_threads), torch.inference_mode():
+            times = time_interleaved(fns, repeats, warmup)
+    else:
+        times = time_interleaved(fns, repeats, warmup)
+    ours_t = summarize(times[0])
+    gflops = flops / ours_t["median_s"] / 1e9
+    res = ConvResult(
+        name=layer.name, count=layer.count, descriptor=layer.descriptor(mb), gflop=flops / 1e9,
+        seconds=ours_t, gflops=gflops, pct_peak=100.0 * gflops / peak_gflops,
+        plan=get_plan(shape, isa, n_threads).describe(),
+    )
+    if peer_layouts:
+        per_layout = {lay: summarize(t) for lay, t in zip(peer_layouts, times[1:])}
+        best = min(per_layout, key=lambda k: per_layout[k]["median_s"])
+        peer_s = per_layout[best]["median_s"]
+        res.peer = {"name": f"torch {torch.__version__} conv2d", "layout": best,
+                    "seconds": per_layout[best], "gflops": flops / peer_s / 1e9,
+                    "ratio": peer_s / ours_t["median_s"],
+                    "gflops_by_layout": {k: flops / v["median_s"] / 1e9 for k, v in per_layout.items()}}
+    if check:
+        res.check = check_conv_layer(x, w, stride, pad, n_threads, isa)
+    return res
+
+
+def check_conv_layer(x, w, stride, pad, n_threads, isa=None):
+    from . import _reference
+
+    y = conv2d(x, w, stride=stride, padding=pad, n_threads=n_threads, isa=isa)
+    y_ref = _reference.conv2d_forward(x, w, None, stride, pad)
+    err = float(np.linalg.norm(y - y_ref) / max(np.linalg.norm(y_ref), 1e-300))
+    return {"rel_l2": err, "tolerance": CHECK_RTOL, "passed": bool(err <= CHECK_RTOL)}
+
+
+def conv_totals(results):
+    """Count-weighted totals: the whole network's forward convolutions."""
+    flops = sum(r.count * r.gflop for r in results)
+    secs = sum(r.count * r.seconds["median_s"] for r in results)
+    total = {"gflop": flops, "seconds": secs, "gflops": flops / secs if secs else 0.0}
+    if results and all(r.peer for r in results):
+        peer_secs = sum(r.count * r.peer["seconds"]["median_s"] for r in results)
+        total["peer_seconds"] = peer_secs
+        total["peer_gflops"] = flops / peer_secs
+        total["ratio"] = peer_secs / secs
+    return total
+
+
+# -------------------------------------------------------------------------------------- gemm
+def bench_gemm(m, n, k, n_threads, peak_gflops, *, compare_numpy=True, repeats=5, warmup=1, isa=None):
+    """dlcpu.matmul (BRGEMM over packed operands, packing timed) vs numpy.matmul, interleaved."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from .gemm import matmul
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (m, k)).astype(np.float32)
+    y = rng.uniform(-1, 1, (k, n)).astype(np.float32)
+    fns = [lambda: matmul(x, y, n_threads=n_threads, isa=isa)]
+    if compare_numpy:
+        fns.append(lambda: np.matmul(x, y))
+    with threadpool_limits(limits=n_threads, user_api="blas"):
+        times = time_interleaved(fns, repeats, warmup, settle=SETTLE_AFTER_OPENBLAS)
+        blas = [
+            {k: v for k, v in d.items() if k in ("internal_api", "version", "architecture", "num_threads")}
+            for d in threadpool_info() if d.get("user_api") == "blas"
+        ]
+    flops = 2.0 * m * n * k
+    ours = summarize(times[0])
+    out = {"m": m, "n": n, "k": k, "threads": n_threads, "seconds": ours,
+           "gflops": flops / ours["median_s"] / 1e9}
+    out["pct_peak"] = 100.0 * out["gflops"] / peak_gflops
+    if compare_numpy:
+        peer = summarize(times[1])
+        out["peer"] = {"name": f"numpy {np.__version__} matmul", "blas": blas, "seconds": peer,
+                       "gflops": flops / peer["median_s"] / 1e9,
+                       "ratio": peer["median_s"] / ours["median_s"]}
+    err = float(np.abs(matmul(x[:64], y, n_threads=n_threads, isa=isa) - x[:64].astype(np.float64) @ y).max())
+    out["check_max_abs_err_first64rows"] = err
+    return out
