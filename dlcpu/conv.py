@@ -140,6 +140,16 @@ def choose_conv_blocking(shape, isa="avx512", n_threads=1, relu=False):
     per_item_rows = max(1, _TILE_BYTES // max(1, row_bytes * (1 if flat else s.stride_h)))
     hb = max(nr, (min(per_item_rows, P) // nr) * nr)
     row_blocks = -(-P // hb)
+    # Equalize the row blocks (13+13+13+13+4 -> 12+11+11+11+11 rows), and when there are few
+    # items, prefer a count that splits evenly over the threads: with static scheduling the
+    # slowest thread sets the time.
+    for extra in range(0, row_blocks + 1):
+        blocks = row_blocks + extra
+        if s.N * blocks % n_threads == 0 or s.N * blocks >= 8 * n_threads or blocks >= P:
+            row_blocks = blocks
+            break
+    hb = -(-(-(-P // row_blocks)) // nr) * nr
+    row_blocks = -(-P // hb)
     # Enough work items to keep every thread busy: first smaller row blocks, then K groups.
     while s.N * row_blocks < n_threads and hb > nr:
         hb = max(nr, hb // 2)

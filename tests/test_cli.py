@@ -1,0 +1,89 @@
+"""The dlcpu command: exit codes, --json output, error lines."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import HAVE_TORCH
+
+
+def run(*args):
+    return subprocess.run(["dlcpu", *args], capture_output=True, text=True, cwd="/", timeout=300)
+
+
+def test_info_json():
+    res = run("info", "--json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    for key in ("version", "compiler", "compile_flags", "openmp", "threads", "cpu_model", "features", "isa", "channel_block"):
+        assert key in data
+    assert data["channel_block"] == 16
+    assert set(data["features"]) >= {"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}
+
+
+def test_info_table():
+    res = run("info")
+    assert res.returncode == 0 and "isa" in res.stdout
+
+
+def test_bench_peak_json():
+    res = run("bench", "peak", "--threads", "1", "--seconds", "0.02", "--json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["peak"][0]["threads"] == 1 and data["peak"][0]["gflops"] > 0
+
+
+def test_bench_conv_layer_check_json():
+    args = ["bench", "conv", "--layer", "mb2ic16ih10oc32oh10kh3ph1", "--layer", 'ic3ih20oc16kh7sh2ph3n"first*2"',
+            "--threads", "1", "--check", "--repeats", "1", "--json", "--show-plan"]
+    if HAVE_TORCH:
+        args += ["--compare", "torch"]
+    res = run(*args)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    run0 = data["runs"][0]
+    assert [l["name"] for l in run0["layers"]] == ["layer", "first"]
+    assert run0["layers"][1]["count"] == 2
+    assert all(l["check"]["passed"] for l in run0["layers"])
+    assert run0["total"]["gflops"] > 0
+    if HAVE_TORCH:
+        assert "ratio" in run0["total"] and run0["layers"][0]["peer"]["layout"] in ("nchw", "channels_last")
+
+
+def test_bench_conv_table_filter():
+    res = run("bench", "conv", "--layers", "res5b_branch2b", "--batch", "1", "--threads", "1", "--repeats", "1")
+    assert res.returncode == 0, res.stderr
+    assert "res5b_branch2b" in res.stdout and "total" in res.stdout
+
+
+def test_bench_gemm_json():
+    res = run("bench", "gemm", "--size", "96", "--threads", "1", "--repeats", "1", "--json")
+    assert res.returncode == 0, res.stderr
+    row = json.loads(res.stdout)["gemm"][0]
+    assert row["gflops"] > 0 and row["peer"]["ratio"] > 0 and row["check_max_abs_err_first64rows"] < 1e-3
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("bench", "conv", "--layer", "mb4ic64xx"), "cannot parse"),
+    (("bench", "conv", "--layer", "ic3ih5oc4kh3dh1"), "dilation"),
+    (("bench", "conv", "--layers", "nosuchlayer"), "matches no layer"),
+    (("bench", "conv", "--threads", "a,b"), "--threads"),
+    (("bench", "conv", "--compare", "mkl"), "--compare must be 'torch'"),
+])
+def test_handled_errors_exit_1_with_one_line(args, needle):
+    res = run(*args)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("args", [("bench", "conv", "--batch", "0"), ("bench", "nosuch"), ("info", "--bogus")])
+def test_usage_errors_exit_2(args):
+    assert run(*args).returncode == 2
+
+
+def test_module_entry_point():
+    res = subprocess.run([sys.executable, "-m", "dlcpu.cli.main", "info", "--json"], capture_output=True, text=True, cwd="/")
+    assert res.returncode == 0 and json.loads(res.stdout)["version"]

@@ -1,0 +1,32 @@
+"""dlcpu.matmul (plain GEMM on the BRGEMM) against float64 NumPy."""
+import numpy as np
+import pytest
+
+import dlcpu
+from dlcpu import _reference as ref
+
+from conftest import ISAS, assert_close, max_threads
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (13, 17, 31), (14, 16, 16), (29, 600, 33), (100, 40, 70)])
+def test_matmul(rng, isa, shape):
+    m, k, n = shape
+    x = rng.uniform(-1, 1, (m, k)).astype(np.float32)
+    y = rng.uniform(-1, 1, (k, n)).astype(np.float32)
+    assert_close(dlcpu.matmul(x, y, isa=isa), ref.matmul(x, y))
+
+
+def test_matmul_threads_bitwise(rng):
+    x = rng.uniform(-1, 1, (97, 530)).astype(np.float32)
+    y = rng.uniform(-1, 1, (530, 300)).astype(np.float32)
+    assert np.array_equal(dlcpu.matmul(x, y, n_threads=1), dlcpu.matmul(x, y, n_threads=max_threads()))
+
+
+def test_matmul_errors():
+    with pytest.raises(ValueError, match="inner dimensions differ"):
+        dlcpu.matmul(np.zeros((2, 3), np.float32), np.zeros((4, 2), np.float32))
+    with pytest.raises(TypeError, match="float32"):
+        dlcpu.matmul(np.zeros((2, 3)), np.zeros((3, 2), np.float32))
+    with pytest.raises(ValueError, match="2-d"):
+        dlcpu.matmul(np.zeros(3, np.float32), np.zeros((3, 2), np.float32))
