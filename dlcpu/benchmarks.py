@@ -30,11 +30,23 @@ SETTLE_SECONDS = 0.02
 SETTLE_AFTER_OPENBLAS = 0.15
 
 
-def time_interleaved(fns, repeats=7, warmup=2, min_seconds=0.0, settle=SETTLE_SECONDS):
-    """Time several callables round-robin; returns one list of seconds per callable."""
+def time_interleaved(fns, repeats=7, warmup=2, min_seconds=0.0, settle=SETTLE_SECONDS, sample_seconds=0.02):
+    """Time several callables round-robin; returns one list of per-call seconds per callable.
+
+    One sample is a run of back-to-back calls lasting about `sample_seconds` (the per-call mean
+    is recorded), so a 1 ms layer is measured in its steady state, threads awake and caches
+    warm, as benchdnn does; the pause `settle` between samples of different libraries keeps one
+    library's spinning workers off the other's cores.
+    """
     for _ in range(warmup):
         for fn in fns:
             fn()
+    inner = []
+    for fn in fns:  # calibrate calls per sample
+        t0 = time.perf_counter()
+        fn()
+        one = max(time.perf_counter() - t0, 1e-7)
+        inner.append(max(1, min(1000, int(sample_seconds / one))))
     times = [[] for _ in fns]
     start = time.perf_counter()
     rounds = 0
@@ -43,8 +55,9 @@ def time_interleaved(fns, repeats=7, warmup=2, min_seconds=0.0, settle=SETTLE_SE
             if settle and len(fns) > 1:
                 time.sleep(settle)
             t0 = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - t0)
+            for _ in range(inner[i]):
+                fn()
+            times[i].append((time.perf_counter() - t0) / inner[i])
         rounds += 1
         if rounds >= 10 * repeats:
             break
