@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import cpu
-from .conv import ConvShape, conv2d, get_plan
+from .conv import conv2d, get_plan
 from .layout import block_weights, to_blocked
 
 FLOP_CONVENTION = "full taps: 2*N*K*P*Q*C*R*S (padding taps counted, as LIBXSMM)"
@@ -126,9 +126,8 @@ class ConvResult:
 def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, compare=None, check=False,
                      repeats=7, warmup=2, isa=None, seed=0):
     """Time one forward conv in the blocked path (and the peer, interleaved)."""
-    mb = layer.mb or batch
-    shape = ConvShape(mb, layer.C, layer.K, layer.H, layer.W, layer.R, layer.S,
-                      layer.stride_h, layer.stride_w, layer.pad_h, layer.pad_w)
+    shape = layer.shape(batch)
+    mb = shape.N
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, (mb, layer.C, layer.H, layer.W)).astype(np.float32)
     w = rng.uniform(-1, 1, (layer.K, layer.C, layer.R, layer.S)).astype(np.float32)

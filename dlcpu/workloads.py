@@ -29,13 +29,20 @@ class ConvLayer:
     pad_w: int
     mb: int = 0  # 0: use the run's --batch
 
+    def shape(self, mb):
+        """The ConvShape of this layer at minibatch mb (the descriptor's own mb wins)."""
+        from .conv import ConvShape
+
+        return ConvShape(self.mb or mb, self.C, self.K, self.H, self.W, self.R, self.S,
+                         self.stride_h, self.stride_w, self.pad_h, self.pad_w)
+
     @property
     def P(self):
-        return (self.H + 2 * self.pad_h - self.R) // self.stride_h + 1
+        return self.shape(1).P
 
     @property
     def Q(self):
-        return (self.W + 2 * self.pad_w - self.S) // self.stride_w + 1
+        return self.shape(1).Q
 
     def descriptor(self, mb):
         """The benchdnn repro string for this layer at minibatch mb."""
