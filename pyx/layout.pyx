@@ -14,8 +14,11 @@ from cython.parallel cimport prange
 
 
 def nchw_to_blocked(const float[:, :, :, ::1] x, float[:, :, :, :, ::1] out, int n_threads):
+    # Pixel-major: each output pixel's 16 floats are written together from 16 input planes
+    # (16 sequential read streams).  Channel-major (16 strided passes over the output) measured
+    # 1.8 ms vs 1.0 ms for this order (4x256x56x56, one thread; numpy transpose-copy: 2.1 ms).
     cdef int64_t N = x.shape[0], C = x.shape[1], HW = x.shape[2] * x.shape[3]
-    cdef int64_t Cb = out.shape[1], W = x.shape[3]
+    cdef int64_t Cb = out.shape[1]
     cdef int64_t nc, n, cb, c, cc, pix
     cdef float *dst
     cdef const float *src
@@ -23,27 +26,32 @@ def nchw_to_blocked(const float[:, :, :, ::1] x, float[:, :, :, :, ::1] out, int
         n = nc // Cb
         cb = nc % Cb
         dst = &out[n, cb, 0, 0, 0]
+        src = &x[n, cb * 16, 0, 0]
         cc = min(<int64_t>16, C - cb * 16)
         if cc < 16:
             memset(dst, 0, sizeof(float) * HW * 16)
-        for c in range(cc):
-            src = &x[n, cb * 16 + c, 0, 0]
-            for pix in range(HW):
-                dst[pix * 16 + c] = src[pix]
+        for pix in range(HW):
+            for c in range(cc):
+                dst[pix * 16 + c] = src[c * HW + pix]
 
 
 def blocked_to_nchw(const float[:, :, :, :, ::1] xb, float[:, :, :, ::1] out, int n_threads):
+    # Pixel-major again: each input pixel's 16 floats are read together and scattered to 16
+    # output planes (16 sequential write streams).
     cdef int64_t N = out.shape[0], C = out.shape[1], HW = out.shape[2] * out.shape[3]
-    cdef int64_t nc, n, c, pix
+    cdef int64_t Cb = xb.shape[1]
+    cdef int64_t nc, n, cb, c, cc, pix
     cdef const float *src
     cdef float *dst
-    for nc in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
-        n = nc // C
-        c = nc % C
-        src = &xb[n, c // 16, 0, 0, c % 16]
-        dst = &out[n, c, 0, 0]
+    for nc in prange(N * Cb, nogil=True, schedule='static', num_threads=n_threads):
+        n = nc // Cb
+        cb = nc % Cb
+        src = &xb[n, cb, 0, 0, 0]
+        dst = &out[n, cb * 16, 0, 0]
+        cc = min(<int64_t>16, C - cb * 16)
         for pix in range(HW):
-            dst[pix] = src[pix * 16]
+            for c in range(cc):
+                dst[c * HW + pix] = src[pix * 16 + c]
 
 
 def kcrs_to_blocked(const float[:, :, :, ::1] w, float[:, :, :, :, :, ::1] out, int n_threads):

@@ -86,10 +86,11 @@ dlcpu_brgemm_f32_avx512_body(const dlcpu_brgemm_f32_t *p, const int MV, const in
     for (int64_t i = 0; i < p->batch; i++) {
         const float *a, *b;
         dlcpu_br_block(p, i, &a, &b);
-        if (i + 1 < p->batch) {
+        if (k >= 8 && i + 1 < p->batch) {
             /* Prefetch the next A block (one 1 KiB weight block per group) into L1 while this
              * block's FMAs run; B rows are walked sequentially and the hardware prefetcher
-             * keeps up with them. */
+             * keeps up with them.  With k < 8 (first layers, C=3) a block is too short to hide
+             * the prefetch's own cost: skipping it measured +4% on ResNet-50 conv1. */
             const float *an, *bn;
             dlcpu_br_block(p, i + 1, &an, &bn);
             _mm_prefetch((const char *)(an), _MM_HINT_T0);
