@@ -69,3 +69,26 @@ def block_weights(w, cb=16):
         for ch in range(c):
             out[kk // cb, ch // cb, :, :, ch % cb, kk % cb] = w[kk, ch]
     return out
+
+
+def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0)):
+    """(dx, dw, db) of conv2d_forward in float64, by scattering every tap explicitly."""
+    dy = np.asarray(dy, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    sh, sw = stride
+    ph, pw = padding
+    n, c, h, wd = x.shape
+    k, _, r, s = w.shape
+    p, q = dy.shape[2], dy.shape[3]
+    xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
+    xp[:, :, ph:ph + h, pw:pw + wd] = x
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for rr in range(r):
+        for ss in range(s):
+            rows = slice(rr, rr + sh * (p - 1) + 1, sh)
+            cols = slice(ss, ss + sw * (q - 1) + 1, sw)
+            dw[:, :, rr, ss] = np.einsum("nkpq,ncpq->kc", dy, xp[:, :, rows, cols])
+            dxp[:, :, rows, cols] += np.einsum("nkpq,kc->ncpq", dy, w[:, :, rr, ss])
+    return dxp[:, :, ph:ph + h, pw:pw + wd], dw, dy.sum(axis=(0, 2, 3))

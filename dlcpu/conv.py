@@ -40,14 +40,26 @@ class ConvShape:
     stride_w: int = 1
     pad_h: int = 0
     pad_w: int = 0
+    # Bottom/right padding when it differs from top/left (None: symmetric).  Only the backward
+    # pass builds such shapes (its per-phase sub-problems); users' padding is symmetric.
+    pad_bottom: int = None
+    pad_right: int = None
+
+    @property
+    def pad_b(self):
+        return self.pad_h if self.pad_bottom is None else self.pad_bottom
+
+    @property
+    def pad_r(self):
+        return self.pad_w if self.pad_right is None else self.pad_right
 
     @property
     def P(self):
-        return (self.H + 2 * self.pad_h - self.R) // self.stride_h + 1
+        return (self.H + self.pad_h + self.pad_b - self.R) // self.stride_h + 1
 
     @property
     def Q(self):
-        return (self.W + 2 * self.pad_w - self.S) // self.stride_w + 1
+        return (self.W + self.pad_w + self.pad_r - self.S) // self.stride_w + 1
 
     @property
     def Cb(self):
@@ -118,7 +130,8 @@ def choose_conv_blocking(shape, isa="avx512", n_threads=1, relu=False):
     budget = _ACCUMULATORS[isa_name] // mv
     why.append(f"mv={mv}: {'Kb>=2, broadcast shared by 2 FMAs' if mv == 2 else 'one K block'}")
 
-    flat = s.R == 1 and s.S == 1 and s.stride_h == 1 and s.stride_w == 1 and s.pad_h == 0 and s.pad_w == 0
+    flat = (s.R == 1 and s.S == 1 and s.stride_h == 1 and s.stride_w == 1
+            and s.pad_h == s.pad_w == s.pad_b == s.pad_r == 0)
     if flat:
         # 1x1, stride 1, no padding: the rows of one item are a contiguous pixel run, so pixel
         # tiles need not stop at row ends (the 7x7 and 14x14 layers get full 14-pixel tiles).
@@ -242,6 +255,35 @@ def conv_shape(x_shape, w_shape, stride=1, padding=0):
     return shape
 
 
+def _operand(t, kind, fn, name):
+    """(BlockedTensor or None, logical shape) for an array/BlockedTensor argument."""
+    layout = "NCHW" if kind == "activation" else "KCRS"
+    if isinstance(t, BlockedTensor):
+        if t.kind != kind or t.dtype != np.float32:
+            hint = "" if kind == "activation" else " (dlcpu.block_weights)"
+            raise TypeError(f"{fn}: {name} must be a float32 {kind} BlockedTensor{hint}")
+        return t, tuple(t.shape)
+    if not isinstance(t, np.ndarray):
+        raise TypeError(f"{fn}: {name} must be a numpy array or a BlockedTensor, got {type(t).__name__}")
+    if t.ndim != 4:
+        raise ValueError(f"{fn}: {name} must be 4-d {layout}, got shape {t.shape}")
+    return None, tuple(t.shape)
+
+
+def _forward_into(x_data, w_data, bias_p, y, shape, isa_code, n_threads, relu):
+    """Run the planned forward kernel on blocked buffers; y has shape (N, Kb, P, Q, 16)."""
+    plan, a_offs, b_offs, shape_args, plan_args = _cached_plan(shape, isa_code, n_threads, relu)
+    errors = _conv.conv2d_forward_f32(
+        x_data.reshape(-1), w_data.reshape(-1), bias_p, y.reshape(-1),
+        shape_args, plan_args, a_offs, b_offs, n_threads,
+    )
+    if errors:
+        raise RuntimeError(f"conv: internal error, {errors} kernel call(s) had no microkernel ({plan.describe()})")
+
+
+_NO_BIAS = np.empty(0, dtype=np.float32)
+
+
 def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, n_threads=None, isa=None, out=None):
     """2-D convolution (cross-correlation, as PyTorch and oneDNN define it), fp32.
 
@@ -254,29 +296,10 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, n_threads=N
     """
     if activation not in (None, "relu"):
         raise ValueError(f"conv2d: activation must be None or 'relu', got {activation!r}")
-    blocked_in = isinstance(x, BlockedTensor)
-    if blocked_in:
-        if x.kind != "activation" or x.dtype != np.float32:
-            raise TypeError("conv2d: x must be a float32 activation BlockedTensor")
-        xb = x
-    else:
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"conv2d: x must be a numpy array or a BlockedTensor, got {type(x).__name__}")
-        if x.ndim != 4:
-            raise ValueError(f"conv2d: x must be 4-d NCHW, got shape {x.shape}")
-        xb = None
-    if isinstance(w, BlockedTensor):
-        if w.kind != "weight" or w.dtype != np.float32:
-            raise TypeError("conv2d: w must be a float32 weight BlockedTensor (dlcpu.block_weights)")
-        wb = w
-    else:
-        if not isinstance(w, np.ndarray):
-            raise TypeError(f"conv2d: w must be a numpy array or a BlockedTensor, got {type(w).__name__}")
-        if w.ndim != 4:
-            raise ValueError(f"conv2d: w must be 4-d KCRS, got shape {w.shape}")
-        wb = None
-    x_shape = x.shape
-    shape = conv_shape(x_shape, w.shape, stride, padding)
+    xb, x_shape = _operand(x, "activation", "conv2d", "x")
+    wb, w_shape = _operand(w, "weight", "conv2d", "w")
+    blocked_in = xb is not None
+    shape = conv_shape(x_shape, w_shape, stride, padding)
     if bias is not None:
         if not isinstance(bias, np.ndarray):
             raise TypeError(f"conv2d: bias must be a numpy array, got {type(bias).__name__}")
@@ -285,32 +308,196 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, n_threads=N
         if bias.dtype != np.float32:
             raise TypeError(f"conv2d: bias must be float32, got {bias.dtype}")
     n_threads = cpu.resolve_threads(n_threads)
-    if xb is None:
-        xb = to_blocked(x, n_threads)  # validates dtype/contiguity of x
-    if wb is None:
-        wb = block_weights(w, n_threads)
-    plan, a_offs, b_offs, shape_args, plan_args = _cached_plan(shape, cpu.isa_code(isa), n_threads,
-                                                               activation == "relu")
-
-    if bias is None:
-        bias_p = np.empty(0, dtype=np.float32)
-    else:
-        bias_p = np.zeros(shape.Kb * CB, dtype=np.float32)
-        bias_p[: shape.K] = bias
+    isa_code = cpu.isa_code(isa)
     out_shape = (shape.N, shape.Kb, shape.P, shape.Q, CB)
     if out is not None:
         if not blocked_in:
             raise ValueError("conv2d: out= is only for the blocked path")
         if not isinstance(out, BlockedTensor) or out.data.shape != out_shape or out.dtype != np.float32:
             raise ValueError(f"conv2d: out must be a float32 BlockedTensor with data shape {out_shape}")
-        y = out.data
+    if xb is None:
+        xb = to_blocked(x, n_threads)  # validates dtype/contiguity of x
+    if wb is None:
+        wb = block_weights(w, n_threads)
+    if bias is None:
+        bias_p = _NO_BIAS
     else:
-        y = np.empty(out_shape, dtype=np.float32)
-    errors = _conv.conv2d_forward_f32(
-        xb.data.reshape(-1), wb.data.reshape(-1), bias_p, y.reshape(-1),
-        shape_args, plan_args, a_offs, b_offs, n_threads,
-    )
-    if errors:
-        raise RuntimeError(f"conv2d: internal error, {errors} kernel call(s) had no microkernel ({plan.describe()})")
+        bias_p = np.zeros(shape.Kb * CB, dtype=np.float32)
+        bias_p[: shape.K] = bias
+    y = out.data if out is not None else np.empty(out_shape, dtype=np.float32)
+    _forward_into(xb.data, wb.data, bias_p, y, shape, isa_code, n_threads, activation == "relu")
     yb = out if out is not None else BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation")
     return yb if blocked_in else from_blocked(yb, n_threads)
+
+
+# ==============================================================================================
+# Backward passes
+# ==============================================================================================
+@dataclass(frozen=True)
+class WeightGradPlan:
+    """How the weight update is cut into transposed-B BRGEMM calls (pyx/conv.pyx: wu_item).
+
+    Items are (K group, C group) pairs; one item reduces its dW blocks over every image and
+    output row, `rows_per_block` rows (one call's batch) at a time."""
+
+    isa: int
+    tile_mode: bool
+    rows_per_block: int
+    row_blocks: int
+    kb_per_item: int
+    k_groups: int
+    cb_per_item: int
+    c_groups: int
+    tile_rows: int
+    tile_phase_width: int
+    tile_floats: int
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def choose_weight_grad_blocking(shape, isa="avx512", n_threads=1):
+    isa_code = cpu.ISA_CODES[isa] if isinstance(isa, str) else isa
+    s = shape
+    flat = (s.R == 1 and s.S == 1 and s.stride_h == 1 and s.stride_w == 1
+            and s.pad_h == s.pad_w == s.pad_b == s.pad_r == 0)
+    # Split K first (every item then packs the input of its C group once per row block and
+    # reuses it for all its K blocks), then C, until every thread has an item.
+    k_groups = min(s.Kb, n_threads)
+    c_groups = 1
+    while k_groups * c_groups < n_threads and c_groups < s.Cb:
+        c_groups += 1
+    kb_per_item = -(-s.Kb // k_groups)
+    k_groups = -(-s.Kb // kb_per_item)
+    cb_per_item = -(-s.Cb // c_groups)
+    c_groups = -(-s.Cb // cb_per_item)
+    phase_width = -(-((s.Q - 1) * s.stride_w + s.S) // s.stride_w)
+    row_bytes = cb_per_item * s.stride_h * s.stride_w * phase_width * CB * 4
+    # One call reduces rows_per_block output rows: long enough that the dW tile's load and
+    # store vanish (>= ~100 pixels), short enough that the input tile stays in L2.
+    hb = max(1, min(s.P, _TILE_BYTES // max(1, row_bytes), -(-128 // s.Q) * 4))
+    row_blocks = -(-s.P // hb)
+    hb = -(-s.P // row_blocks)
+    tile_rows = 0 if flat else (hb - 1) * s.stride_h + s.R
+    tile_floats = 0 if flat else cb_per_item * tile_rows * s.stride_w * phase_width * CB
+    return WeightGradPlan(isa_code, not flat, hb, row_blocks, kb_per_item, k_groups, cb_per_item,
+                          c_groups, tile_rows, phase_width, tile_floats)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_weight_grad_plan(shape, isa, n_threads):
+    plan = choose_weight_grad_blocking(shape, isa, n_threads)
+    return plan, shape.as_dict(), plan.as_dict()
+
+
+def _stride_phases(shape):
+    """Backward-data sub-problems, one per stride phase (rho_h, rho_w) that has taps.
+
+    dx at rows h = rho_h - pad_h + sh*m (likewise columns) is a stride-1 correlation of dy with
+    the phase's taps r = rho_h + sh*j, flipped; each phase is a forward problem on dy with
+    asymmetric padding chosen so that its output rows are exactly the dx rows of the phase.
+    Yields (rho_h, rho_w, first dx row, first dx col, ConvShape of the sub-problem)."""
+    s = shape
+    for rho_h in range(s.stride_h):
+        jh = len(range(rho_h, s.R, s.stride_h))
+        m_lo = -(-(s.pad_h - rho_h) // s.stride_h)
+        m_hi = (s.H - 1 - rho_h + s.pad_h) // s.stride_h + 1
+        for rho_w in range(s.stride_w):
+            jw = len(range(rho_w, s.S, s.stride_w))
+            n_lo = -(-(s.pad_w - rho_w) // s.stride_w)
+            n_hi = (s.W - 1 - rho_w + s.pad_w) // s.stride_w + 1
+            if jh == 0 or jw == 0 or m_hi <= m_lo or n_hi <= n_lo:
+                continue  # no tap reaches these dx positions: they stay zero
+            top, left = jh - 1 - m_lo, jw - 1 - n_lo
+            sub = ConvShape(s.N, s.K, s.C, s.P, s.Q, jh, jw, 1, 1, top, left,
+                            pad_bottom=(m_hi - m_lo) - 1 + jh - s.P - top,
+                            pad_right=(n_hi - n_lo) - 1 + jw - s.Q - left)
+            yield rho_h, rho_w, rho_h - s.pad_h + s.stride_h * m_lo, rho_w - s.pad_w + s.stride_w * n_lo, sub
+
+
+class ConvGrads(tuple):
+    """(dx, dw, db) of conv2d_backward; entries not asked for are None."""
+
+    __slots__ = ()
+
+    def __new__(cls, dx, dw, db):
+        return super().__new__(cls, (dx, dw, db))
+
+    dx = property(lambda self: self[0])
+    dw = property(lambda self: self[1])
+    db = property(lambda self: self[2])
+
+
+def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, n_threads=None, isa=None):
+    """Gradients of y = conv2d(x, w, b, stride, padding) given dy = dL/dy.
+
+    dx (bwd-data): the forward kernels on dy with channel-swapped, spatially flipped weights, one
+    sub-problem per stride phase.  dw (weight update): transposed-B BRGEMM calls reducing over
+    pixels; each dW block is summed by one thread in a fixed order, so results do not depend on
+    the thread count.  db: the sum of dy over N, H, W.
+    Same layouts and input rules as conv2d: arrays in -> arrays out (dx NCHW, dw KCRS, db (K,));
+    BlockedTensors in -> BlockedTensors out (db stays a plain (K,) array).
+    """
+    fn = "conv2d_backward"
+    need = (need,) if isinstance(need, str) else tuple(need)
+    bad = [n for n in need if n not in ("dx", "dw", "db")]
+    if bad or not need:
+        raise ValueError(f"{fn}: need must name some of 'dx', 'dw', 'db', got {need!r}")
+    dyb, dy_shape = _operand(dy, "activation", fn, "dy")
+    xb, x_shape = _operand(x, "activation", fn, "x")
+    wb, w_shape = _operand(w, "weight", fn, "w")
+    blocked_in = dyb is not None
+    if (xb is not None) != blocked_in or (wb is not None) != blocked_in:
+        raise TypeError(f"{fn}: dy, x and w must be all numpy arrays or all BlockedTensors")
+    shape = conv_shape(x_shape, w_shape, stride, padding)
+    expected = (shape.N, shape.K, shape.P, shape.Q)
+    if tuple(dy_shape) != expected:
+        raise ValueError(f"{fn}: dy has shape {tuple(dy_shape)} but the forward problem (x {tuple(x_shape)}, "
+                         f"w {tuple(w_shape)}, stride ({shape.stride_h}, {shape.stride_w}), padding "
+                         f"({shape.pad_h}, {shape.pad_w})) gives y of shape {expected}")
+    n_threads = cpu.resolve_threads(n_threads)
+    isa_code = cpu.isa_code(isa)
+    if dyb is None:
+        dyb = to_blocked(dy, n_threads)
+    if xb is None and "dw" in need:
+        xb = to_blocked(x, n_threads)
+    if wb is None and "dx" in need:
+        wb = block_weights(w, n_threads)
+    dx = dw = db = None
+
+    if "dx" in need:
+        dx_data = _backward_data(dyb.data, wb.data, shape, isa_code, n_threads)
+        dx = BlockedTensor(dx_data, (shape.N, shape.C, shape.H, shape.W), "activation")
+        if not blocked_in:
+            dx = from_blocked(dx, n_threads)
+    if "dw" in need:
+        plan, shape_args, plan_args = _cached_weight_grad_plan(shape, isa_code, n_threads)
+        dw_data = np.zeros((shape.Kb, shape.Cb, shape.R, shape.S, CB, CB), dtype=np.float32)
+        errors = _conv.conv2d_weight_grad_f32(xb.data.reshape(-1), dyb.data.reshape(-1),
+                                              dw_data.reshape(-1), shape_args, plan_args, n_threads)
+        if errors:
+            raise RuntimeError(f"{fn}: internal error, {errors} weight-update call(s) had no microkernel")
+        dw = BlockedTensor(dw_data, (shape.K, shape.C, shape.R, shape.S), "weight")
+        if not blocked_in:
+            dw = dw.numpy()
+    if "db" in need:
+        # float64 accumulation in NumPy's fixed pairwise order: exact enough, thread-independent.
+        db = dyb.data.sum(axis=(0, 2, 3), dtype=np.float64).reshape(-1)[: shape.K].astype(np.float32)
+    return ConvGrads(dx, dw, db)
+
+
+def _backward_data(dy_data, w_data, shape, isa_code, n_threads):
+    """dx in the blocked layout, from blocked dy and weights (see _stride_phases)."""
+    s = shape
+    strided = s.stride_h > 1 or s.stride_w > 1
+    dx = (np.zeros if strided else np.empty)((s.N, s.Cb, s.H, s.W, CB), dtype=np.float32)
+    for rho_h, rho_w, h0, w0, sub in _stride_phases(s):
+        wt = np.empty((s.Cb, s.Kb, sub.R, sub.S, CB, CB), dtype=np.float32)
+        _conv.flip_transpose_weights(w_data, wt, rho_h, rho_w, s.stride_h, s.stride_w, n_threads)
+        if not strided:
+            _forward_into(dy_data, wt, _NO_BIAS, dx, sub, isa_code, n_threads, False)
+            continue
+        part = np.empty((s.N, s.Cb, sub.P, sub.Q, CB), dtype=np.float32)
+        _forward_into(dy_data, wt, _NO_BIAS, part, sub, isa_code, n_threads, False)
+        dx[:, :, h0::s.stride_h, w0::s.stride_w, :][:, :, : sub.P, : sub.Q] = part
+    return dx

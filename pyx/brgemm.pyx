@@ -47,6 +47,7 @@ def brgemm_f32(const float[:, :, :, ::1] a, const float[:, :, ::1] b, float[:, :
         raise MemoryError("brgemm: cannot allocate the offset arrays")
     with nogil:
         p.kind = variant
+        p.b_trans = 0
         p.k = k
         p.batch = batch
         p.a_mstride = a.shape[2] * 16
@@ -131,6 +132,7 @@ cdef int gemm_row_tiles(const float *xp, const float *yp, float *out, int64_t t_
     cdef int mv, err = 0
     cdef dlcpu_brgemm_f32_t p
     p.kind = DLCPU_BR_STRD
+    p.b_trans = 0
     p.k = 16
     p.a_stride = 256
     p.b_stride = T * 16

@@ -17,8 +17,8 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange, parallel
 
-from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_conv_pack_tile_f32,
-                            DLCPU_BR_OFFS)
+from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_f32_t_max_rows,
+                            dlcpu_conv_pack_tile_f32, DLCPU_BR_OFFS, DLCPU_BR_STRD)
 
 
 cdef struct conv_geom:
@@ -53,6 +53,7 @@ cdef int run_item(const conv_geom *g, int64_t item, const float *x, const float 
         base = x_img + p0 * g.W * 16
 
     p.kind = DLCPU_BR_OFFS
+    p.b_trans = 0
     p.a_offs = a_offs
     p.b_offs = b_offs
     p.batch = g.batch
@@ -140,3 +141,132 @@ def conv2d_forward_f32(const float[::1] x, const float[::1] w, const float[::1] 
                                    &a_offs[0], &b_offs[0], tile)
         free(tile)
     return errors
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward: weight update and the weight transform of the backward-data pass
+# ----------------------------------------------------------------------------------------------
+cdef struct wu_geom:
+    int64_t N, Cb, Kb, H, W, P, Q, R, S, sh, sw, ph, pw, C
+    int tile_mode, isa, max_rows
+    int64_t hb, n_row_blocks, kb_per_item, cb_per_item, n_kgroups, n_cgroups, TR, PW
+
+
+cdef int wu_item(const wu_geom *g, int64_t item, const float *x, const float *dy, float *dw,
+                 float *tile) noexcept nogil:
+    """dW blocks of one (K group, C group): reduce over every image and output row."""
+    cdef int64_t cg = item % g.n_cgroups
+    cdef int64_t kg = item // g.n_cgroups
+    cdef int64_t kb0 = kg * g.kb_per_item, kb1 = min(g.Kb, kb0 + g.kb_per_item)
+    cdef int64_t cb0 = cg * g.cb_per_item, cb1 = min(g.Cb, cb0 + g.cb_per_item)
+    cdef int64_t ncb = cb1 - cb0
+    cdef int64_t n, rb, p0, p1, kb, cb, r, s, j0, rows_c
+    cdef int err = 0
+    cdef bint first = True
+    cdef const float *x_img
+    cdef const float *bbase
+    cdef int64_t b_row_stride
+    cdef dlcpu_brgemm_f32_t p
+    p.kind = DLCPU_BR_STRD
+    p.b_trans = 1
+    p.mv = 1
+    p.nr = 1
+    p.k = <int>g.Q
+    p.a_stride = g.Q * 16
+    p.ldc = 16
+    p.c_rstride = 0
+    p.c_mstride = 0
+    p.a_mstride = 0
+    p.b_rstride = 0
+    p.bias = NULL
+    p.relu = 0
+    for n in range(g.N):
+        for rb in range(g.n_row_blocks):
+            p0 = rb * g.hb
+            p1 = min(g.P, p0 + g.hb)
+            x_img = x + (n * g.Cb + cb0) * g.H * g.W * 16
+            if g.tile_mode:
+                dlcpu_conv_pack_tile_f32(x_img, tile, ncb, g.H, g.W, p0 * g.sh - g.ph,
+                                         g.TR, g.sw, g.PW, g.pw)
+                b_row_stride = g.sh * g.sw * g.PW * 16
+            else:
+                b_row_stride = g.W * 16
+            p.batch = p1 - p0
+            p.b_stride = b_row_stride
+            p.beta = 0 if first else 1
+            for kb in range(kb0, kb1):
+                p.a = dy + ((n * g.Kb + kb) * g.P + p0) * g.Q * 16
+                for cb in range(cb0, cb1):
+                    # Rows of the dW block that are real input channels (C=3: only 3 of 16).
+                    rows_c = min(<int64_t>16, g.C - cb * 16)
+                    for r in range(g.R):
+                        for s in range(g.S):
+                            if g.tile_mode:
+                                bbase = tile + (((cb - cb0) * g.TR + r) * g.sw + s % g.sw) * g.PW * 16 + (s // g.sw) * 16
+                            else:
+                                bbase = x_img + ((cb - cb0) * g.H + p0) * g.W * 16
+                            j0 = 0
+                            while j0 < rows_c:
+                                p.nc = <int>min(<int64_t>g.max_rows, rows_c - j0)
+                                p.b = bbase + j0
+                                p.c = dw + (((kb * g.Cb + cb) * g.R + r) * g.S + s) * 256 + j0 * 16
+                                err |= dlcpu_brgemm_f32(&p, g.isa)
+                                j0 = j0 + p.nc
+            first = False
+    return err
+
+
+def conv2d_weight_grad_f32(const float[::1] x, const float[::1] dy, float[::1] dw, dict shape,
+                           dict plan, int n_threads):
+    """dW[kb][cb][r][s][16c][16k] = sum_{n,p,q} x[n][cb][p*sh-ph+r][q*sw-pw+s][c] dy[n][kb][p][q][k].
+
+    Work items are (K group, C group) pairs; each reduces over all images and rows in a fixed
+    order, so dW does not depend on the thread count.  dw must be zero-filled by the caller
+    (rows of padded input channels are never written).
+    """
+    cdef wu_geom g
+    g.N = shape["N"]; g.Cb = shape["Cb"]; g.Kb = shape["Kb"]; g.H = shape["H"]; g.W = shape["W"]
+    g.P = shape["P"]; g.Q = shape["Q"]; g.R = shape["R"]; g.S = shape["S"]; g.C = shape["C"]
+    g.sh = shape["stride_h"]; g.sw = shape["stride_w"]; g.ph = shape["pad_h"]; g.pw = shape["pad_w"]
+    g.tile_mode = 1 if plan["tile_mode"] else 0
+    g.isa = plan["isa"]
+    g.max_rows = dlcpu_brgemm_f32_t_max_rows(g.isa)
+    g.hb = plan["rows_per_block"]; g.n_row_blocks = plan["row_blocks"]
+    g.kb_per_item = plan["kb_per_item"]; g.cb_per_item = plan["cb_per_item"]
+    g.n_kgroups = plan["k_groups"]; g.n_cgroups = plan["c_groups"]
+    g.TR = plan["tile_rows"]; g.PW = plan["tile_phase_width"]
+    cdef int64_t tile_floats = plan["tile_floats"]
+    cdef int64_t n_items = g.n_kgroups * g.n_cgroups
+    cdef int64_t item
+    cdef int errors = 0
+    cdef float *tile = NULL
+    with nogil, parallel(num_threads=n_threads):
+        tile = <float *> malloc(sizeof(float) * (tile_floats + 16)) if g.tile_mode else NULL
+        for item in prange(n_items, schedule='static'):
+            if g.tile_mode and tile == NULL:
+                errors += 1
+            else:
+                errors += wu_item(&g, item, &x[0], &dy[0], &dw[0], tile)
+        free(tile)
+    return errors
+
+
+def flip_transpose_weights(const float[:, :, :, :, :, ::1] wb, float[:, :, :, :, :, ::1] out,
+                           int rho_h, int rho_w, int sh, int sw, int n_threads):
+    """Backward-data weights for one stride phase (rho_h, rho_w):
+        out[cb][kb][j][i][k][c] = wb[kb][cb][rho_h + sh*(Jh-1-j)][rho_w + sw*(Jw-1-i)][c][k]
+    (channels swapped, taps of the phase only, spatially flipped), so that the forward kernels
+    run on dy compute dx at that phase's positions."""
+    cdef int64_t Kb = wb.shape[0], Cb = wb.shape[1]
+    cdef int64_t Jh = out.shape[2], Jw = out.shape[3]
+    cdef int64_t kc, kb, cb, j, i, k, c, r, s
+    for kc in prange(Kb * Cb, nogil=True, schedule='static', num_threads=n_threads):
+        kb = kc // Cb
+        cb = kc % Cb
+        for j in range(Jh):
+            r = rho_h + sh * (Jh - 1 - j)
+            for i in range(Jw):
+                s = rho_w + sw * (Jw - 1 - i)
+                for k in range(16):
+                    for c in range(16):
+                        out[cb, kb, j, i, k, c] = wb[kb, cb, r, s, c, k]

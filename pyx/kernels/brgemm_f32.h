@@ -16,6 +16,12 @@
  * (element offset arrays) and addr (pointer arrays).  The three share one body; the variant is
  * resolved once per batch element, which costs nothing next to the 16*mv*n FMAs per block.
  *
+ * Transposed-B flavour (b_trans=1, used by the convolution weight update): the roles of the two
+ * B strides swap, so B element (tile row j, reduction index kk) sits at  b + kk*16 + j  and k may
+ * be any length.  There the reduction runs over pixels (kk), the 16-wide vector is the output
+ * channel k of dy, and the C tile rows j are input channels c: exactly a dW[.][.][r][s][16c][16k]
+ * block.  Only mv=1, nr=1 tiles are built for it.
+ *
  * One body per ISA, instantiated for every register block the planner may ask for, picked at
  * run time from a table.  Measured on Zen 5 (3x3, C=K=64, 56x56 rows): mv=2 x 14 pixels reaches
  * 262 GFLOP/s, 99% of one core's FMA peak, mv=1 x 28 pixels 243, mv=1 x 14 pixels 227 --
@@ -49,6 +55,7 @@ typedef struct {
     int beta;                           /* 0 overwrite, 1 accumulate */
     const float *bias;                  /* NULL or 16*mv floats */
     int relu;
+    int b_trans;                        /* 1: B element (j, kk) at b + kk*16 + j (weight update) */
 } dlcpu_brgemm_f32_t;
 
 static inline __attribute__((always_inline)) void
@@ -74,7 +81,8 @@ dlcpu_br_block(const dlcpu_brgemm_f32_t *p, int64_t i, const float **a, const fl
 /* AVX-512                                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
-dlcpu_brgemm_f32_avx512_body(const dlcpu_brgemm_f32_t *p, const int MV, const int NR, const int NC)
+dlcpu_brgemm_f32_avx512_body(const dlcpu_brgemm_f32_t *p, const int MV, const int NR, const int NC,
+                             const int BT)
 {
     __m512 acc[DLCPU_AVX512_MAX_ACC];
     const int NP = NR * NC;
@@ -86,11 +94,12 @@ dlcpu_brgemm_f32_avx512_body(const dlcpu_brgemm_f32_t *p, const int MV, const in
     for (int64_t i = 0; i < p->batch; i++) {
         const float *a, *b;
         dlcpu_br_block(p, i, &a, &b);
-        if (k >= 8 && i + 1 < p->batch) {
+        if (!BT && k >= 8 && i + 1 < p->batch) {
             /* Prefetch the next A block (one 1 KiB weight block per group) into L1 while this
              * block's FMAs run; B rows are walked sequentially and the hardware prefetcher
              * keeps up with them.  With k < 8 (first layers, C=3) a block is too short to hide
-             * the prefetch's own cost: skipping it measured +4% on ResNet-50 conv1. */
+             * the prefetch's own cost: skipping it measured +4% on ResNet-50 conv1.  The
+             * transposed flavour streams long pixel runs, which the hardware prefetcher covers. */
             const float *an, *bn;
             dlcpu_br_block(p, i + 1, &an, &bn);
             _mm_prefetch((const char *)(an), _MM_HINT_T0);
@@ -103,10 +112,10 @@ dlcpu_brgemm_f32_avx512_body(const dlcpu_brgemm_f32_t *p, const int MV, const in
             const __m512 w1 = MV > 1 ? _mm512_loadu_ps(a + p->a_mstride + kk * 16) : w0;
 #pragma GCC unroll 4
             for (int r = 0; r < NR; r++) {
-                const float *br = b + r * p->b_rstride + kk;
+                const float *br = BT ? b + kk * 16 : b + r * p->b_rstride + kk;
 #pragma GCC unroll 28
                 for (int j = 0; j < NC; j++) {
-                    const __m512 x = _mm512_set1_ps(br[j * 16]);
+                    const __m512 x = _mm512_set1_ps(br[BT ? j : j * 16]);
                     acc[r * NC + j] = _mm512_fmadd_ps(w0, x, acc[r * NC + j]);
                     if (MV > 1) acc[NP + r * NC + j] = _mm512_fmadd_ps(w1, x, acc[NP + r * NC + j]);
                 }
@@ -136,7 +145,8 @@ dlcpu_brgemm_f32_avx512_body(const dlcpu_brgemm_f32_t *p, const int MV, const in
 /* AVX2 + FMA: a 16-float group is two ymm halves                                             */
 /* ------------------------------------------------------------------------------------------ */
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX2 void
-dlcpu_brgemm_f32_avx2_body(const dlcpu_brgemm_f32_t *p, const int MV, const int NR, const int NC)
+dlcpu_brgemm_f32_avx2_body(const dlcpu_brgemm_f32_t *p, const int MV, const int NR, const int NC,
+                           const int BT)
 {
     __m256 acc[2 * DLCPU_AVX2_MAX_ACC];
     const int NP = NR * NC;
@@ -148,7 +158,7 @@ dlcpu_brgemm_f32_avx2_body(const dlcpu_brgemm_f32_t *p, const int MV, const int 
     for (int64_t i = 0; i < p->batch; i++) {
         const float *a, *b;
         dlcpu_br_block(p, i, &a, &b);
-        if (i + 1 < p->batch) {
+        if (!BT && i + 1 < p->batch) {
             const float *an, *bn;
             dlcpu_br_block(p, i + 1, &an, &bn);
             _mm_prefetch((const char *)(an), _MM_HINT_T0);
@@ -164,10 +174,10 @@ dlcpu_brgemm_f32_avx2_body(const dlcpu_brgemm_f32_t *p, const int MV, const int 
             }
 #pragma GCC unroll 6
             for (int r = 0; r < NR; r++) {
-                const float *br = b + r * p->b_rstride + kk;
+                const float *br = BT ? b + kk * 16 : b + r * p->b_rstride + kk;
 #pragma GCC unroll 6
                 for (int j = 0; j < NC; j++) {
-                    const __m256 x = _mm256_broadcast_ss(br + j * 16);
+                    const __m256 x = _mm256_broadcast_ss(br + (BT ? j : j * 16));
 #pragma GCC unroll 4
                     for (int h = 0; h < 2 * MV; h++) {
                         const int t = (h >> 1) * 2 * NP + (r * NC + j) * 2 + (h & 1);
@@ -214,7 +224,7 @@ dlcpu_brgemm_f32_scalar(const dlcpu_brgemm_f32_t *p)
             for (int r = 0; r < p->nr; r++)
                 for (int j = 0; j < p->nc; j++)
                     for (int kk = 0; kk < p->k; kk++) {
-                        const float x = b[r * p->b_rstride + j * 16 + kk];
+                        const float x = p->b_trans ? b[kk * 16 + j] : b[r * p->b_rstride + j * 16 + kk];
                         const float *w = a + g * p->a_mstride + kk * 16;
                         for (int m = 0; m < 16; m++) acc[g][r * p->nc + j][m] += w[m] * x;
                     }
@@ -242,8 +252,12 @@ typedef void (*dlcpu_brgemm_f32_fn)(const dlcpu_brgemm_f32_t *);
 
 #define DLCPU_BR_INST(ISA, MV, NR, NC)                                                          \
     static DLCPU_TARGET_##ISA void dlcpu_brgemm_f32_##ISA##_##MV##_##NR##_##NC(               \
-        const dlcpu_brgemm_f32_t *p) { dlcpu_brgemm_f32_##ISA##_body(p, MV, NR, NC); }
+        const dlcpu_brgemm_f32_t *p) { dlcpu_brgemm_f32_##ISA##_body(p, MV, NR, NC, 0); }
 #define DLCPU_BR_SLOT(ISA, MV, NR, NC) [MV - 1][NR - 1][NC - 1] = dlcpu_brgemm_f32_##ISA##_##MV##_##NR##_##NC,
+#define DLCPU_BRT_INST(ISA, NC)                                                                  \
+    static DLCPU_TARGET_##ISA void dlcpu_brgemm_f32_t_##ISA##_##NC(const dlcpu_brgemm_f32_t *p) \
+        { dlcpu_brgemm_f32_##ISA##_body(p, 1, 1, NC, 1); }
+#define DLCPU_BRT_SLOT(ISA, NC) [NC - 1] = dlcpu_brgemm_f32_t_##ISA##_##NC,
 
 /* The tiles each ISA is built for: mv*nr*nc accumulators within its register budget. */
 #define DLCPU_BR_AVX512_TILES(X)                                                                  \
@@ -272,17 +286,34 @@ typedef void (*dlcpu_brgemm_f32_fn)(const dlcpu_brgemm_f32_t *);
     X(AVX2,1,2,1) X(AVX2,1,2,2) X(AVX2,1,2,3) X(AVX2,1,3,1) X(AVX2,1,3,2) X(AVX2,1,4,1)                 \
     X(AVX2,2,1,1) X(AVX2,2,1,2) X(AVX2,2,1,3) X(AVX2,2,2,1) X(AVX2,2,3,1)
 
+/* Transposed-B tiles: one dW block is 16 rows (input channels); AVX2 takes them 6 at a time. */
+#define DLCPU_BRT_AVX512_TILES(X)                                                                 \
+    X(AVX512,1) X(AVX512,2) X(AVX512,3) X(AVX512,4) X(AVX512,5) X(AVX512,6) X(AVX512,7)            \
+    X(AVX512,8) X(AVX512,9) X(AVX512,10) X(AVX512,11) X(AVX512,12) X(AVX512,13) X(AVX512,14)      \
+    X(AVX512,15) X(AVX512,16)
+#define DLCPU_BRT_AVX2_TILES(X) X(AVX2,1) X(AVX2,2) X(AVX2,3) X(AVX2,4) X(AVX2,5) X(AVX2,6)
+#define DLCPU_BRT_MAX_NC 16
+
 #define dlcpu_brgemm_f32_AVX512_body dlcpu_brgemm_f32_avx512_body
 #define dlcpu_brgemm_f32_AVX2_body dlcpu_brgemm_f32_avx2_body
 
 DLCPU_BR_AVX512_TILES(DLCPU_BR_INST)
 DLCPU_BR_AVX2_TILES(DLCPU_BR_INST)
+DLCPU_BRT_AVX512_TILES(DLCPU_BRT_INST)
+DLCPU_BRT_AVX2_TILES(DLCPU_BRT_INST)
 
 static const dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_avx512_table[2][DLCPU_BR_MAX_NR][DLCPU_BR_MAX_NC] = {
     DLCPU_BR_AVX512_TILES(DLCPU_BR_SLOT)
 };
 static const dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_avx2_table[2][DLCPU_BR_MAX_NR][DLCPU_BR_MAX_NC] = {
     DLCPU_BR_AVX2_TILES(DLCPU_BR_SLOT)
+};
+
+static const dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_t_avx512_table[DLCPU_BRT_MAX_NC] = {
+    DLCPU_BRT_AVX512_TILES(DLCPU_BRT_SLOT)
+};
+static const dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_t_avx2_table[DLCPU_BRT_MAX_NC] = {
+    DLCPU_BRT_AVX2_TILES(DLCPU_BRT_SLOT)
 };
 
 /* Most pixels one call may hold for a given ISA and group count (the planner's budget). */
@@ -304,11 +335,31 @@ static inline dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_lookup(int isa, int mv, int n
     return NULL;
 }
 
+/* Rows one transposed-B call may hold for an ISA. */
+static inline int dlcpu_brgemm_f32_t_max_rows(int isa)
+{
+    return isa == DLCPU_ISA_AVX2 ? 6 : DLCPU_BRT_MAX_NC;
+}
+
+static inline dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_t_lookup(int isa, int mv, int nr, int nc)
+{
+    if (mv != 1 || nr != 1 || nc < 1 || nc > DLCPU_BRT_MAX_NC) return NULL;
+    if (isa == DLCPU_ISA_AVX512) return dlcpu_brgemm_f32_t_avx512_table[nc - 1];
+    if (isa == DLCPU_ISA_AVX2) return dlcpu_brgemm_f32_t_avx2_table[nc - 1];
+    return dlcpu_brgemm_f32_scalar;
+}
+
 /* Run one call; returns 0, or -1 when no kernel exists for the tile (callers plan around it). */
 static inline int dlcpu_brgemm_f32(const dlcpu_brgemm_f32_t *p, int isa)
 {
-    dlcpu_brgemm_f32_fn f = dlcpu_brgemm_f32_lookup(isa, p->mv, p->nr, p->nc);
-    if (f == NULL || p->k < 1 || p->k > 16) return -1;
+    dlcpu_brgemm_f32_fn f;
+    if (p->b_trans) {
+        f = dlcpu_brgemm_f32_t_lookup(isa, p->mv, p->nr, p->nc);
+        if (f == NULL || p->k < 1) return -1;
+    } else {
+        f = dlcpu_brgemm_f32_lookup(isa, p->mv, p->nr, p->nc);
+        if (f == NULL || p->k < 1 || p->k > 16) return -1;
+    }
     f(p);
     return 0;
 }

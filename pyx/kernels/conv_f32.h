@@ -29,12 +29,14 @@ dlcpu_conv_pack_tile_f32(const float *x_img, float *tile, int64_t Cb, int64_t H,
             }
             const float *src_row = x_img + (cb * H + ih) * W * 16;
             if (sw == 1) {
-                /* Left pad, one contiguous copy, right pad. */
-                int64_t lo = pad_w, hi = pad_w + W;          /* padded columns holding data */
-                if (hi > PW) hi = PW;
+                /* Zeros, one contiguous copy, zeros.  pad_w may be negative (the backward pass
+                 * crops): padded column pos holds input column pos - pad_w. */
+                int64_t lo = pad_w < 0 ? 0 : pad_w, hi = pad_w + W;
                 if (lo > PW) lo = PW;
+                if (hi > PW) hi = PW;
+                if (hi < lo) hi = lo;
                 memset(dst_row, 0, sizeof(float) * 16 * lo);
-                if (hi > lo) memcpy(dst_row + 16 * lo, src_row, sizeof(float) * 16 * (hi - lo));
+                if (hi > lo) memcpy(dst_row + 16 * lo, src_row + 16 * (lo - pad_w), sizeof(float) * 16 * (hi - lo));
                 if (PW > hi) memset(dst_row + 16 * hi, 0, sizeof(float) * 16 * (PW - hi));
                 continue;
             }

@@ -1,0 +1,151 @@
+"""conv2d_backward (bwd-data, weight update, bias) against the float64 twin, finite differences,
+PyTorch, every ISA and thread counts."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dlcpu
+from dlcpu import _reference as ref
+
+from conftest import ISAS, assert_close, max_threads, needs_torch
+
+
+def problem(rng, n, c, k, h, w, r, s, stride, pad):
+    x = rng.uniform(-1, 1, (n, c, h, w)).astype(np.float32)
+    wt = rng.uniform(-1, 1, (k, c, r, s)).astype(np.float32)
+    y = dlcpu.conv2d(x, wt, stride=stride, padding=pad)
+    dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
+    return x, wt, dy
+
+
+def pairs(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
+def check_against_reference(g, x, wt, dy, stride, pad):
+    dx, dw, db = ref.conv2d_backward(dy, x, wt, pairs(stride), pairs(pad))
+    assert_close(g.dx, dx)
+    assert_close(g.dw, dw)
+    assert_close(g.db, db)
+
+
+CASES = [
+    # n, c, k, h, w, r, s, stride, padding
+    (2, 3, 5, 9, 9, 3, 3, 1, 1),
+    (1, 17, 33, 10, 7, 3, 2, 2, 0),
+    (2, 33, 15, 11, 13, 3, 3, 3, 3),
+    (1, 16, 32, 14, 14, 3, 3, 2, 1),     # strided 3x3 (ResNet downsampling)
+    (1, 32, 48, 14, 14, 1, 1, 2, 0),     # strided 1x1: odd dx positions get no gradient
+    (1, 3, 32, 23, 23, 7, 7, 2, 3),      # first layer
+    (2, 20, 20, 8, 8, 1, 1, 1, 1),       # 1x1 with padding: the sub-problem crops
+    (2, 16, 16, 8, 8, 1, 1, 1, 0),       # flat 1x1
+    (1, 5, 7, 6, 9, 2, 4, (2, 1), (1, 2)),
+    (1, 4, 4, 5, 5, 5, 5, 1, 0),         # filter as large as the input
+    (1, 2, 3, 1, 12, 1, 3, (1, 3), 0),   # one-row image
+]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_against_reference(rng, isa, case):
+    n, c, k, h, w, r, s, stride, pad = case
+    x, wt, dy = problem(rng, n, c, k, h, w, r, s, stride, pad)
+    g = dlcpu.conv2d_backward(dy, x, wt, stride, pad, isa=isa)
+    check_against_reference(g, x, wt, dy, stride, pad)
+
+
+@pytest.mark.parametrize("c", [1, 3, 15, 16, 17, 33])
+@pytest.mark.parametrize("k", [1, 16, 17, 33])
+def test_channel_block_boundaries(rng, c, k):
+    x, wt, dy = problem(rng, 2, c, k, 6, 7, 3, 3, 1, 1)
+    check_against_reference(dlcpu.conv2d_backward(dy, x, wt, 1, 1), x, wt, dy, 1, 1)
+
+
+@pytest.mark.parametrize("case", CASES[:6], ids=str)
+def test_finite_differences(rng, case):
+    """L = <conv2d(x, w) + b, dy> is linear in x, w and b, so a central difference along a
+    random direction equals the directional derivative up to float32 rounding."""
+    n, c, k, h, w, r, s, stride, pad = case
+    x, wt, dy = problem(rng, n, c, k, h, w, r, s, stride, pad)
+    b = rng.uniform(-1, 1, k).astype(np.float32)
+    g = dlcpu.conv2d_backward(dy, x, wt, stride, pad)
+
+    def loss(x_, w_, b_):
+        y = dlcpu.conv2d(x_, w_, b_, stride=stride, padding=pad)
+        return float(np.sum(y.astype(np.float64) * dy))
+
+    eps = 0.25
+    for grad, which in ((g.dx, 0), (g.dw, 1), (g.db, 2)):
+        args = [x, wt, b]
+        v = rng.standard_normal(args[which].shape).astype(np.float32)
+        plus, minus = list(args), list(args)
+        plus[which] = (args[which] + eps * v).astype(np.float32)
+        minus[which] = (args[which] - eps * v).astype(np.float32)
+        fd = (loss(*plus) - loss(*minus)) / (2 * eps)
+        analytic = float(np.sum(grad.astype(np.float64) * v))
+        assert abs(fd - analytic) <= 1e-4 * (abs(analytic) + np.abs(grad).sum() * 1e-2), (which, fd, analytic)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[5]], ids=str)
+def test_thread_count_bitwise(rng, case):
+    n, c, k, h, w, r, s, stride, pad = case
+    x, wt, dy = problem(rng, n, c, k, h, w, r, s, stride, pad)
+    g1 = dlcpu.conv2d_backward(dy, x, wt, stride, pad, n_threads=1)
+    gn = dlcpu.conv2d_backward(dy, x, wt, stride, pad, n_threads=max_threads())
+    g3 = dlcpu.conv2d_backward(dy, x, wt, stride, pad, n_threads=3)
+    for a, b, c3 in zip(g1, gn, g3):
+        assert np.array_equal(a, b) and np.array_equal(a, c3)
+
+
+def test_blocked_path_and_need(rng):
+    x, wt, dy = problem(rng, 2, 20, 24, 8, 9, 3, 3, 1, 1)
+    xb, wb, dyb = dlcpu.to_blocked(x), dlcpu.block_weights(wt), dlcpu.to_blocked(dy)
+    g = dlcpu.conv2d_backward(dyb, xb, wb, 1, 1)
+    assert isinstance(g.dx, dlcpu.BlockedTensor) and isinstance(g.dw, dlcpu.BlockedTensor)
+    assert not g.dx.data[:, 1, :, :, 4:].any(), "padded input channels of dx must stay zero"
+    assert not g.dw.data[1, :, :, :, :, 8:].any() and not g.dw.data[:, 1, :, :, 4:, :].any()
+    plain = dlcpu.conv2d_backward(dy, x, wt, 1, 1)
+    assert np.array_equal(g.dx.numpy(), plain.dx) and np.array_equal(g.dw.numpy(), plain.dw)
+    only_w = dlcpu.conv2d_backward(dy, x, wt, 1, 1, need=("dw",))
+    assert only_w.dx is None and only_w.db is None and np.array_equal(only_w.dw, plain.dw)
+
+
+@needs_torch
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_against_torch(rng, case):
+    import torch
+
+    n, c, k, h, w, r, s, stride, pad = case
+    x, wt, dy = problem(rng, n, c, k, h, w, r, s, stride, pad)
+    g = dlcpu.conv2d_backward(dy, x, wt, stride, pad)
+    tdy = torch.from_numpy(dy)
+    assert_close(g.dx, torch.nn.grad.conv2d_input(x.shape, torch.from_numpy(wt), tdy, stride=stride, padding=pad).numpy())
+    assert_close(g.dw, torch.nn.grad.conv2d_weight(torch.from_numpy(x), wt.shape, tdy, stride=stride, padding=pad).numpy())
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 2), c=st.integers(1, 36), k=st.integers(1, 36), h=st.integers(1, 10),
+       w=st.integers(1, 10), r=st.integers(1, 4), s=st.integers(1, 4), sh=st.integers(1, 3),
+       sw=st.integers(1, 3), ph=st.integers(0, 3), pw=st.integers(0, 3))
+def test_random_shapes(n, c, k, h, w, r, s, sh, sw, ph, pw):
+    if r > h + 2 * ph or s > w + 2 * pw:
+        return
+    rng = np.random.default_rng(c * 100 + k)
+    x, wt, dy = problem(rng, n, c, k, h, w, r, s, (sh, sw), (ph, pw))
+    g = dlcpu.conv2d_backward(dy, x, wt, (sh, sw), (ph, pw))
+    check_against_reference(g, x, wt, dy, (sh, sw), (ph, pw))
+
+
+def test_bad_input(rng):
+    x, wt, dy = problem(rng, 1, 3, 4, 5, 5, 3, 3, 1, 0)
+    with pytest.raises(ValueError, match=r"dy has shape \(1, 4, 4, 3\) but the forward problem .* gives y of shape \(1, 4, 3, 3\)"):
+        dlcpu.conv2d_backward(np.zeros((1, 4, 4, 3), np.float32), x, wt)
+    with pytest.raises(ValueError, match="need must name"):
+        dlcpu.conv2d_backward(dy, x, wt, need=("dz",))
+    with pytest.raises(TypeError, match="all numpy arrays or all BlockedTensors"):
+        dlcpu.conv2d_backward(dlcpu.to_blocked(dy), x, wt)
+    with pytest.raises(TypeError, match="float32"):
+        dlcpu.conv2d_backward(dy.astype(np.float64), x, wt)
+    with pytest.raises(ValueError, match="weights expect C=3"):
+        dlcpu.conv2d_backward(dy, x[:, :2], wt)
