@@ -139,15 +139,19 @@ def bench_conv(
     layers: Optional[str] = typer.Option(None, "--layers", help="Only layers whose name contains one of these (comma list)."),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Minibatch (default: the thread count; a descriptor's mb wins unless --batch is given)."),
     threads: Optional[str] = typer.Option(None, "--threads", help="Comma list of thread counts, e.g. 1,2 (default: all)."),
+    passes: str = typer.Option("fwd", "--pass", help="Comma list of passes: fwd, bwd_d (input gradient), bwd_w (weight gradient)."),
     compare: Optional[str] = typer.Option(None, "--compare", help="Peer to time in the same run: torch."),
     check: bool = typer.Option(False, "--check", help="Verify every layer against the float64 reference."),
     show_plan: bool = typer.Option(False, "--show-plan", help="Print each layer's blocking plan."),
     repeats: int = typer.Option(7, "--repeats", min=1, help="Timed repeats per layer (median reported)."),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
 ):
-    """Forward convolution GFLOP/s per layer, % of measured peak, peer and ratio."""
+    """Convolution GFLOP/s per layer and pass, % of measured peak, peer and ratio."""
     if compare not in (None, "torch"):
         raise CliError(f"--compare must be 'torch', got {compare!r}")
+    directions = [p.strip() for p in passes.split(",") if p.strip()]
+    if not directions or any(p not in benchmarks.PASSES for p in directions):
+        raise CliError(f"--pass must be a comma list of {', '.join(benchmarks.PASSES)}, got {passes!r}")
     selected = _select_layers(layer, layers)
     counts = parse_threads(threads)
     isa = cpu.resolve_isa()
@@ -160,29 +164,32 @@ def bench_conv(
         else:
             selected_run = selected
         peak = benchmarks.measure_peak(n_threads, seconds=0.1, repeats=3)
-        results = []
-        with progress() as bar:
-            task = bar.add_task(f"conv fwd, {n_threads} thread(s)", total=len(selected_run))
-            for l in selected_run:
-                bar.update(task, description=f"conv fwd {l.name} ({n_threads}T)")
-                results.append(benchmarks.bench_conv_layer(
-                    l, mb, n_threads, peak["gflops"], compare=compare, check=check, repeats=repeats))
-                bar.advance(task)
-        total = benchmarks.conv_totals(results)
-        any_failed |= any(r.check and not r.check["passed"] for r in results)
-        runs.append({"threads": n_threads, "batch": mb, "isa": isa, "peak_gflops": peak["gflops"],
-                     "layers": [r.__dict__ for r in results], "total": total})
-        if not as_json:
-            _render_conv(runs[-1], compare, check, show_plan)
+        for direction in directions:
+            results = []
+            with progress() as bar:
+                task = bar.add_task(f"conv {direction}, {n_threads} thread(s)", total=len(selected_run))
+                for l in selected_run:
+                    bar.update(task, description=f"conv {direction} {l.name} ({n_threads}T)")
+                    results.append(benchmarks.bench_conv_layer(
+                        l, mb, n_threads, peak["gflops"], direction=direction, compare=compare,
+                        check=check, repeats=repeats))
+                    bar.advance(task)
+            total = benchmarks.conv_totals(results)
+            any_failed |= any(r.check and not r.check["passed"] for r in results)
+            runs.append({"threads": n_threads, "batch": mb, "isa": isa, "pass": direction,
+                         "peak_gflops": peak["gflops"], "layers": [r.__dict__ for r in results],
+                         "total": total})
+            if not as_json:
+                _render_conv(runs[-1], compare, check, show_plan)
     if as_json:
-        emit_json({"flop_convention": benchmarks.FLOP_CONVENTION, "direction": "forward", "dtype": "f32",
+        emit_json({"flop_convention": benchmarks.FLOP_CONVENTION, "dtype": "f32",
                    "timed_path": "blocked in, blocked out (no layout conversion)", "runs": runs})
     if any_failed:
         raise typer.Exit(1)
 
 
 def _render_conv(run, compare, check, show_plan):
-    t = Table(title=f"conv forward f32 | {run['threads']} thread(s), batch {run['batch']}, isa {run['isa']}, "
+    t = Table(title=f"conv {run['pass']} f32 | {run['threads']} thread(s), batch {run['batch']}, isa {run['isa']}, "
                     f"peak {run['peak_gflops']:.0f} GFLOP/s")
     for col in ("layer", "x", "GFLOP", "ms", "GFLOP/s", "% peak"):
         t.add_column(col, justify="left" if col == "layer" else "right")

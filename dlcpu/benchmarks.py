@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import cpu
-from .conv import conv2d, get_plan
+from .conv import conv2d, conv2d_backward, get_plan
 from .layout import block_weights, to_blocked
 
 FLOP_CONVENTION = "full taps: 2*N*K*P*Q*C*R*S (padding taps counted, as LIBXSMM)"
@@ -123,33 +123,58 @@ class ConvResult:
     check: dict = field(default_factory=dict)
 
 
-def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, compare=None, check=False,
-                     repeats=7, warmup=2, isa=None, seed=0):
-    """Time one forward conv in the blocked path (and the peer, interleaved)."""
+PASSES = ("fwd", "bwd_d", "bwd_w")
+
+
+def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", compare=None,
+                     check=False, repeats=7, warmup=2, isa=None, seed=0):
+    """Time one convolution pass in the blocked path (and the peer, interleaved).
+
+    direction: 'fwd' (y from x, w), 'bwd_d' (dx from dy, w) or 'bwd_w' (dW from x, dy).  Every
+    pass does the same FLOPs as the forward.  Peers: torch conv2d, torch.nn.grad.conv2d_input,
+    torch.nn.grad.conv2d_weight, each in the faster of NCHW and channels_last."""
+    if direction not in PASSES:
+        raise ValueError(f"--pass must be among {', '.join(PASSES)}, got {direction!r}")
     shape = layer.shape(batch)
     mb = shape.N
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, (mb, layer.C, layer.H, layer.W)).astype(np.float32)
     w = rng.uniform(-1, 1, (layer.K, layer.C, layer.R, layer.S)).astype(np.float32)
-    xb, wb = to_blocked(x, n_threads), block_weights(w, n_threads)
+    dy = rng.uniform(-1, 1, (mb, layer.K, shape.P, shape.Q)).astype(np.float32)
+    xb, wb, dyb = to_blocked(x, n_threads), block_weights(w, n_threads), to_blocked(dy, n_threads)
     stride, pad = (layer.stride_h, layer.stride_w), (layer.pad_h, layer.pad_w)
-    out = conv2d(xb, wb, stride=stride, padding=pad, n_threads=n_threads, isa=isa)  # first touch
+    kw = dict(n_threads=n_threads, isa=isa)
+    if direction == "fwd":
+        out = conv2d(xb, wb, stride=stride, padding=pad, **kw)  # first touch
 
-    def ours():
-        conv2d(xb, wb, stride=stride, padding=pad, n_threads=n_threads, isa=isa, out=out)
+        def ours():
+            conv2d(xb, wb, stride=stride, padding=pad, out=out, **kw)
+    else:
+        need = ("dx",) if direction == "bwd_d" else ("dw",)
 
-    fns, peer_layouts = [ours], []
+        def ours():
+            conv2d_backward(dyb, xb, wb, stride, pad, need=need, **kw)
+
+    fns, peer_layouts, peer_name = [ours], [], ""
     torch = None
     if compare == "torch":
         torch = torch_or_none()
         if torch is None:
             raise ValueError("--compare torch needs PyTorch: pip install 'dlcpu[compare]'")
-        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
-        xcl = xt.contiguous(memory_format=torch.channels_last)
-        wcl = wt.contiguous(memory_format=torch.channels_last)
         peer_layouts = ["nchw", "channels_last"]
-        fns.append(lambda: torch.nn.functional.conv2d(xt, wt, stride=stride, padding=pad))
-        fns.append(lambda: torch.nn.functional.conv2d(xcl, wcl, stride=stride, padding=pad))
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            xt = torch.from_numpy(x).contiguous(memory_format=fmt)
+            wt = torch.from_numpy(w).contiguous(memory_format=fmt)
+            dyt = torch.from_numpy(dy).contiguous(memory_format=fmt)
+            if direction == "fwd":
+                peer_name = "conv2d"
+                fns.append(lambda xt=xt, wt=wt: torch.nn.functional.conv2d(xt, wt, stride=stride, padding=pad))
+            elif direction == "bwd_d":
+                peer_name = "nn.grad.conv2d_input"
+                fns.append(lambda wt=wt, dyt=dyt: torch.nn.grad.conv2d_input(x.shape, wt, dyt, stride=stride, padding=pad))
+            else:
+                peer_name = "nn.grad.conv2d_weight"
+                fns.append(lambda xt=xt, dyt=dyt: torch.nn.grad.conv2d_weight(xt, w.shape, dyt, stride=stride, padding=pad))
     flops = shape.flops()
     if torch is not None:
         with torch_threads(torch, n_threads), torch.inference_mode():
@@ -161,27 +186,45 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, compare=None, chec
     res = ConvResult(
         name=layer.name, count=layer.count, descriptor=layer.descriptor(mb), gflop=flops / 1e9,
         seconds=ours_t, gflops=gflops, pct_peak=100.0 * gflops / peak_gflops,
-        plan=get_plan(shape, isa, n_threads).describe(),
+        plan=describe_plan(shape, direction, isa, n_threads),
     )
     if peer_layouts:
         per_layout = {lay: summarize(t) for lay, t in zip(peer_layouts, times[1:])}
         best = min(per_layout, key=lambda k: per_layout[k]["median_s"])
         peer_s = per_layout[best]["median_s"]
-        res.peer = {"name": f"torch {torch.__version__} conv2d", "layout": best,
+        res.peer = {"name": f"torch {torch.__version__} {peer_name}", "layout": best,
                     "seconds": per_layout[best], "gflops": flops / peer_s / 1e9,
                     "ratio": peer_s / ours_t["median_s"],
                     "gflops_by_layout": {k: flops / v["median_s"] / 1e9 for k, v in per_layout.items()}}
     if check:
-        res.check = check_conv_layer(x, w, stride, pad, n_threads, isa)
+        res.check = check_conv_layer(x, w, dy, stride, pad, direction, n_threads, isa)
     return res
 
 
-def check_conv_layer(x, w, stride, pad, n_threads, isa=None):
+def describe_plan(shape, direction, isa, n_threads):
+    from .conv import _stride_phases, choose_weight_grad_blocking
+
+    isa_name = cpu.resolve_isa(isa)
+    if direction == "fwd":
+        return get_plan(shape, isa, n_threads).describe()
+    if direction == "bwd_w":
+        return str(choose_weight_grad_blocking(shape, isa_name, n_threads))
+    return " || ".join(f"phase ({rh},{rw}): {sub.R}x{sub.S} taps, {get_plan(sub, isa, n_threads).describe()}"
+                       for rh, rw, _, _, sub in _stride_phases(shape))
+
+
+def check_conv_layer(x, w, dy, stride, pad, direction, n_threads, isa=None):
     from . import _reference
 
-    y = conv2d(x, w, stride=stride, padding=pad, n_threads=n_threads, isa=isa)
-    y_ref = _reference.conv2d_forward(x, w, None, stride, pad)
-    err = float(np.linalg.norm(y - y_ref) / max(np.linalg.norm(y_ref), 1e-300))
+    if direction == "fwd":
+        got = conv2d(x, w, stride=stride, padding=pad, n_threads=n_threads, isa=isa)
+        want = _reference.conv2d_forward(x, w, None, stride, pad)
+    else:
+        g = conv2d_backward(dy, x, w, stride, pad, n_threads=n_threads, isa=isa,
+                            need=("dx",) if direction == "bwd_d" else ("dw",))
+        dx, dw, _ = _reference.conv2d_backward(dy, x, w, stride, pad)
+        got, want = (g.dx, dx) if direction == "bwd_d" else (g.dw, dw)
+    err = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300))
     return {"rel_l2": err, "tolerance": CHECK_RTOL, "passed": bool(err <= CHECK_RTOL)}
 
 
