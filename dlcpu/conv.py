@@ -16,15 +16,55 @@ import numpy as np
 from . import cpu
 from .layout import CB, BlockedTensor, block_weights, from_blocked, n_blocks, to_blocked
 from ._ext import conv as _conv
+from ._workspace import scratch
 
 # Per-ISA pixel budget of one BRGEMM call for one 16-channel group (pyx/kernels/brgemm_f32.h).
 # The scalar path has no register limit; 8 keeps its stack tile small.
 _ACCUMULATORS = {"avx512": 28, "avx2": 6, "scalar": 8}
 
-# Bytes of input tile (or, in flat mode, input rows) one work item keeps hot.  Zen 5 has 1 MiB of
+# Bytes of input tile (or of input rows read in place) one work item keeps hot.  Zen 5 has 1 MiB of
 # L2 per core; on res2/res3 3x3 layers tiles of 64-256 KiB measured within 1% of each other and
 # 512 KiB lost ~3%, so aim below 192 KiB and leave L2 to the weights.
 _TILE_BYTES = 192 * 1024
+
+# How a work item gets its input (pyx/conv.pyx): in place, a padded phase-split tile, or a
+# dense subsampled tile (strided 1x1).
+TILE_NONE, TILE_PADDED, TILE_SUBSAMPLED = 0, 1, 2
+_TILE_MODE_NAMES = {TILE_NONE: "in place", TILE_PADDED: "padded phase-split tile",
+                    TILE_SUBSAMPLED: "subsampled tile"}
+
+
+def _input_mode(s):
+    """TILE_* for a shape: 1x1/s1/unpadded reads in place, other 1x1s subsample, the rest pad."""
+    if s.R == 1 and s.S == 1:
+        if s.stride_h == s.stride_w == 1 and s.pad_h == s.pad_w == s.pad_b == s.pad_r == 0:
+            return TILE_NONE
+        return TILE_SUBSAMPLED
+    return TILE_PADDED
+
+
+def _phase_width(s):
+    """Padded columns per stride phase of a TILE_PADDED tile."""
+    return -(-((s.Q - 1) * s.stride_w + s.S) // s.stride_w)
+
+
+def _tile_geometry(s, mode, rows, cbs):
+    """(tile rows, columns per phase, floats) of a tile holding `rows` output rows of cbs blocks."""
+    if mode == TILE_NONE:
+        return 0, 0, 0
+    if mode == TILE_SUBSAMPLED:
+        return rows, s.Q, cbs * rows * s.Q * CB
+    tile_rows = (rows - 1) * s.stride_h + s.R
+    return tile_rows, _phase_width(s), cbs * tile_rows * s.stride_w * _phase_width(s) * CB
+
+
+def _tile_row_bytes(s, mode, cbs):
+    """Bytes of tile (or in-place input) per output row."""
+    if mode == TILE_NONE:
+        return cbs * s.W * CB * 4
+    if mode == TILE_SUBSAMPLED:
+        return cbs * s.Q * CB * 4
+    return cbs * s.stride_h * s.stride_w * _phase_width(s) * CB * 4
 
 
 @dataclass(frozen=True)
@@ -85,10 +125,10 @@ class ConvPlan:
 
     isa: int
     n_threads: int
-    tile_mode: bool         # pack a padded/phase-split input tile per work item (else read in place)
+    tile_mode: int          # TILE_NONE / TILE_PADDED / TILE_SUBSAMPLED
     mv: int                 # output-channel blocks per call (2: each broadcast feeds 2 FMAs)
     nr: int                 # output rows per call
-    nc: int                 # output columns (flat mode: pixels) per call
+    nc: int                 # output columns (dense rows: pixels) per call
     k: int                  # reduction length of one block: 16, or C when C < 16
     rows_per_item: int      # output rows one work item covers
     row_blocks: int
@@ -105,7 +145,7 @@ class ConvPlan:
 
     def describe(self):
         isa = cpu.ISA_BY_CODE[self.isa]
-        mode = "tile (padded, phase-split copy)" if self.tile_mode else "flat (in place)"
+        mode = _TILE_MODE_NAMES[self.tile_mode]
         return (
             f"isa={isa} threads={self.n_threads} mode={mode} block={self.mv}x16ch x {self.nr}x{self.nc}px "
             f"k={self.k} rows/item={self.rows_per_item} ({self.row_blocks} blocks) "
@@ -130,27 +170,24 @@ def choose_conv_blocking(shape, isa="avx512", n_threads=1, relu=False):
     budget = _ACCUMULATORS[isa_name] // mv
     why.append(f"mv={mv}: {'Kb>=2, broadcast shared by 2 FMAs' if mv == 2 else 'one K block'}")
 
-    flat = (s.R == 1 and s.S == 1 and s.stride_h == 1 and s.stride_w == 1
-            and s.pad_h == s.pad_w == s.pad_b == s.pad_r == 0)
-    if flat:
-        # 1x1, stride 1, no padding: the rows of one item are a contiguous pixel run, so pixel
-        # tiles need not stop at row ends (the 7x7 and 14x14 layers get full 14-pixel tiles).
+    mode = _input_mode(s)
+    if mode != TILE_PADDED:
+        # Dense rows (1x1: in place, or subsampled when strided/padded): the rows of one item
+        # are a contiguous run of pixels, so pixel tiles need not stop at row ends (the 7x7 and
+        # 14x14 layers get full 14-pixel tiles).
         nr, nc = 1, budget
-        tile_rows = phase_width = tile_floats = 0
-        row_bytes = Cb * s.W * CB * 4
-        why.append("flat: 1x1/s1/p0 reads the input in place, pixels run across rows")
+        why.append(f"{_TILE_MODE_NAMES[mode]}: 1x1, pixels run across rows")
     else:
         # Equalized column blocks (LIBXSMM find_rb): ceil(Q/budget) blocks of near-equal width,
         # so no call runs with a handful of accumulators.  Short rows stack rows instead.
         col_blocks = -(-Q // budget)
         nc = -(-Q // col_blocks)
         nr = max(1, min(4, budget // nc, P))
-        phase_width = -(-((Q - 1) * s.stride_w + s.S) // s.stride_w)
-        row_bytes = Cb * s.stride_w * phase_width * CB * 4
-        why.append(f"tile: pad/stride folded into a per-item copy; {col_blocks} col block(s) of <= {nc}")
+        why.append(f"padded tile: pad/stride folded into a per-item copy; {col_blocks} col block(s) of <= {nc}")
+    row_bytes = _tile_row_bytes(s, mode, Cb)
 
     # Rows per work item: as many as fit the tile budget, a multiple of nr.
-    per_item_rows = max(1, _TILE_BYTES // max(1, row_bytes * (1 if flat else s.stride_h)))
+    per_item_rows = max(1, _TILE_BYTES // max(1, row_bytes))
     hb = max(nr, (min(per_item_rows, P) // nr) * nr)
     row_blocks = -(-P // hb)
     # Equalize the row blocks (13+13+13+13+4 -> 12+11+11+11+11 rows), and when there are few
@@ -176,12 +213,9 @@ def choose_conv_blocking(shape, isa="avx512", n_threads=1, relu=False):
     k_groups = -(-Kb // kb_per_group)
     why.append(f"items={s.N}x{k_groups}x{row_blocks} for {n_threads} thread(s)")
 
-    if not flat:
-        tile_rows = (hb - 1) * s.stride_h + s.R
-        tile_floats = Cb * tile_rows * s.stride_w * phase_width * CB
-
+    tile_rows, phase_width, tile_floats = _tile_geometry(s, mode, hb, Cb)
     return ConvPlan(
-        isa=isa_code, n_threads=n_threads, tile_mode=not flat, mv=mv, nr=nr, nc=nc,
+        isa=isa_code, n_threads=n_threads, tile_mode=mode, mv=mv, nr=nr, nc=nc,
         k=s.C if Cb == 1 else CB, rows_per_item=hb, row_blocks=row_blocks,
         kb_per_group=kb_per_group, k_groups=k_groups, tile_rows=tile_rows,
         tile_phase_width=phase_width, tile_floats=tile_floats, relu=bool(relu),
@@ -195,9 +229,11 @@ def batch_offsets(shape, plan):
     cb, r, q = np.meshgrid(np.arange(s.Cb), np.arange(s.R), np.arange(s.S), indexing="ij")
     cb, r, q = cb.ravel(), r.ravel(), q.ravel()
     a_offs = ((cb * s.R + r) * s.S + q) * CB * CB
-    if plan.tile_mode:
+    if plan.tile_mode == TILE_PADDED:
         sw, pw = s.stride_w, plan.tile_phase_width
         b_offs = ((cb * plan.tile_rows + r) * sw + q % sw) * pw * CB + (q // sw) * CB
+    elif plan.tile_mode == TILE_SUBSAMPLED:
+        b_offs = cb * plan.tile_rows * plan.tile_phase_width * CB
     else:
         b_offs = cb * s.H * s.W * CB
     return np.ascontiguousarray(a_offs, dtype=np.int64), np.ascontiguousarray(b_offs, dtype=np.int64)
@@ -341,7 +377,7 @@ class WeightGradPlan:
     output row, `rows_per_block` rows (one call's batch) at a time."""
 
     isa: int
-    tile_mode: bool
+    tile_mode: int
     rows_per_block: int
     row_blocks: int
     kb_per_item: int
@@ -359,8 +395,7 @@ class WeightGradPlan:
 def choose_weight_grad_blocking(shape, isa="avx512", n_threads=1):
     isa_code = cpu.ISA_CODES[isa] if isinstance(isa, str) else isa
     s = shape
-    flat = (s.R == 1 and s.S == 1 and s.stride_h == 1 and s.stride_w == 1
-            and s.pad_h == s.pad_w == s.pad_b == s.pad_r == 0)
+    mode = _input_mode(s)
     # Split K first (every item then packs the input of its C group once per row block and
     # reuses it for all its K blocks), then C, until every thread has an item.
     k_groups = min(s.Kb, n_threads)
@@ -371,16 +406,14 @@ def choose_weight_grad_blocking(shape, isa="avx512", n_threads=1):
     k_groups = -(-s.Kb // kb_per_item)
     cb_per_item = -(-s.Cb // c_groups)
     c_groups = -(-s.Cb // cb_per_item)
-    phase_width = -(-((s.Q - 1) * s.stride_w + s.S) // s.stride_w)
-    row_bytes = cb_per_item * s.stride_h * s.stride_w * phase_width * CB * 4
+    row_bytes = _tile_row_bytes(s, mode, cb_per_item)
     # One call reduces rows_per_block output rows: long enough that the dW tile's load and
     # store vanish (>= ~100 pixels), short enough that the input tile stays in L2.
     hb = max(1, min(s.P, _TILE_BYTES // max(1, row_bytes), -(-128 // s.Q) * 4))
     row_blocks = -(-s.P // hb)
     hb = -(-s.P // row_blocks)
-    tile_rows = 0 if flat else (hb - 1) * s.stride_h + s.R
-    tile_floats = 0 if flat else cb_per_item * tile_rows * s.stride_w * phase_width * CB
-    return WeightGradPlan(isa_code, not flat, hb, row_blocks, kb_per_item, k_groups, cb_per_item,
+    tile_rows, phase_width, tile_floats = _tile_geometry(s, mode, hb, cb_per_item)
+    return WeightGradPlan(isa_code, mode, hb, row_blocks, kb_per_item, k_groups, cb_per_item,
                           c_groups, tile_rows, phase_width, tile_floats)
 
 
@@ -492,12 +525,12 @@ def _backward_data(dy_data, w_data, shape, isa_code, n_threads):
     strided = s.stride_h > 1 or s.stride_w > 1
     dx = (np.zeros if strided else np.empty)((s.N, s.Cb, s.H, s.W, CB), dtype=np.float32)
     for rho_h, rho_w, h0, w0, sub in _stride_phases(s):
-        wt = np.empty((s.Cb, s.Kb, sub.R, sub.S, CB, CB), dtype=np.float32)
+        wt = scratch("conv.bwd_weights", (s.Cb, s.Kb, sub.R, sub.S, CB, CB))
         _conv.flip_transpose_weights(w_data, wt, rho_h, rho_w, s.stride_h, s.stride_w, n_threads)
         if not strided:
             _forward_into(dy_data, wt, _NO_BIAS, dx, sub, isa_code, n_threads, False)
             continue
-        part = np.empty((s.N, s.Cb, sub.P, sub.Q, CB), dtype=np.float32)
+        part = scratch("conv.bwd_phase", (s.N, s.Cb, sub.P, sub.Q, CB))
         _forward_into(dy_data, wt, _NO_BIAS, part, sub, isa_code, n_threads, False)
         dx[:, :, h0::s.stride_h, w0::s.stride_w, :][:, :, : sub.P, : sub.Q] = part
     return dx

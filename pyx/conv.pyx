@@ -1,24 +1,34 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Blocked direct convolution, forward, fp32: the parallel driver around the BRGEMM.
+"""Blocked direct convolution, fp32: the parallel drivers around the BRGEMM.
 
-The plan (dlcpu/conv.py: choose_conv_blocking) fixes everything; this file only walks it.
-Work items are (image, output-channel group, output-row block), split statically over threads.
-One item:
-  1. tile mode: pack the input rows it needs into a per-thread zero-padded, phase-split tile
-     (conv_f32.h); flat mode (1x1, stride 1, no padding): read the input in place, the item's
-     rows being one contiguous run of pixels;
-  2. for each output-channel block pair (mv=2) or block: for each register tile of pixels, one
-     BRGEMM call reducing over every (input-channel block, r, s) with beta=0 and bias/ReLU fused,
-     so each output is written exactly once, by one thread, in a fixed order: results do not
-     depend on the thread count.
-Python (dlcpu/conv.py) has validated every shape and pointer extent before this runs.
+The plans (dlcpu/conv.py: choose_conv_blocking, choose_weight_grad_blocking) fix everything;
+this file only walks them.  How an item gets its input (plan "tile_mode"):
+  TILE_NONE        1x1, stride 1, no padding: read in place, the item's rows being one
+                   contiguous run of pixels;
+  TILE_PADDED      pack the rows the item needs into a per-thread zero-padded, phase-split tile
+                   (conv_f32.h), so no tap needs a bounds check and pixels are 16 floats apart;
+  TILE_SUBSAMPLED  strided 1x1: pack only the pixels used, densely, then as TILE_NONE.
+
+Forward: work items are (image, output-channel group, output-row block), split statically over
+threads.  For each output-channel block pair (mv=2) or block, and each register tile of pixels,
+one BRGEMM call reduces over every (input-channel block, r, s) with beta=0 and bias/ReLU fused,
+so each output is written once, by one thread, in a fixed order: results do not depend on the
+thread count.  Python has validated every shape and pointer extent before this runs.
 """
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange, parallel
 
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_f32_t_max_rows,
-                            dlcpu_conv_pack_tile_f32, DLCPU_BR_OFFS, DLCPU_BR_STRD)
+                            dlcpu_conv_pack_tile_f32, dlcpu_conv_pack_subsampled_f32,
+                            dlcpu_transpose_16x16_f32,
+                            DLCPU_BR_OFFS, DLCPU_BR_STRD)
+
+# Values of the plans' tile_mode (mirrored in dlcpu/conv.py).
+cdef enum:
+    TILE_NONE = 0
+    TILE_PADDED = 1
+    TILE_SUBSAMPLED = 2
 
 
 cdef struct conv_geom:
@@ -26,6 +36,53 @@ cdef struct conv_geom:
     int k, relu, has_bias
     int tile_mode, mv, nr, nc, isa
     int64_t hb, n_row_blocks, kb_per_group, n_groups, TR, PW, tile_floats, batch
+
+
+cdef const float *item_input(int mode, const float *x_img, float *tile, int64_t Cb, int64_t H,
+                             int64_t W, int64_t p0, int64_t sh, int64_t sw, int64_t ph, int64_t pw,
+                             int64_t TR, int64_t PW) noexcept nogil:
+    """Where one item's B blocks start: the image in place, or a freshly packed tile."""
+    if mode == TILE_PADDED:
+        dlcpu_conv_pack_tile_f32(x_img, tile, Cb, H, W, p0 * sh - ph, TR, sw, PW, pw)
+        return tile
+    if mode == TILE_SUBSAMPLED:
+        dlcpu_conv_pack_subsampled_f32(x_img, tile, Cb, H, W, p0 * sh - ph, TR, sh, -pw, PW, sw)
+        return tile
+    return x_img + p0 * W * 16
+
+
+cdef int run_tiles(const conv_geom *g, dlcpu_brgemm_f32_t *p, const float *base, float *y_kb,
+                   int64_t p0, int64_t p1) noexcept nogil:
+    """Every register tile of output rows p0..p1 for one (image, K block): one call each."""
+    cdef int64_t i0, q0, t0, npix
+    cdef int nrr, ncc, err = 0
+    if g.tile_mode == TILE_PADDED:
+        i0 = p0
+        while i0 < p1:
+            nrr = <int>min(<int64_t>g.nr, p1 - i0)
+            q0 = 0
+            while q0 < g.Q:
+                ncc = <int>min(<int64_t>g.nc, g.Q - q0)
+                p.nr = nrr
+                p.nc = ncc
+                p.b = base + (i0 - p0) * p.b_rstride + q0 * 16
+                p.c = y_kb + (i0 * g.Q + q0) * 16
+                err |= dlcpu_brgemm_f32(p, g.isa)
+                q0 = q0 + ncc
+            i0 = i0 + nrr
+    else:
+        # Dense rows (in place or subsampled): one pixel run across the item's rows.
+        npix = (p1 - p0) * g.Q
+        t0 = 0
+        p.nr = 1
+        while t0 < npix:
+            ncc = <int>min(<int64_t>g.nc, npix - t0)
+            p.nc = ncc
+            p.b = base + t0 * 16
+            p.c = y_kb + (p0 * g.Q + t0) * 16
+            err |= dlcpu_brgemm_f32(p, g.isa)
+            t0 = t0 + ncc
+    return err
 
 
 cdef int run_item(const conv_geom *g, int64_t item, const float *x, const float *w,
@@ -39,18 +96,11 @@ cdef int run_item(const conv_geom *g, int64_t item, const float *x, const float 
     cdef int64_t p1 = min(g.P, p0 + g.hb)
     cdef int64_t kb0 = grp * g.kb_per_group
     cdef int64_t kb1 = min(g.Kb, kb0 + g.kb_per_group)
-    cdef int64_t kb, i0, q0, t0, t1, npix
-    cdef int mv, nrr, ncc, err = 0
-    cdef const float *x_img = x + n * g.Cb * g.H * g.W * 16
-    cdef const float *base
+    cdef int64_t kb
+    cdef int mv, err = 0
+    cdef const float *base = item_input(g.tile_mode, x + n * g.Cb * g.H * g.W * 16, tile, g.Cb,
+                                        g.H, g.W, p0, g.sh, g.sw, g.ph, g.pw, g.TR, g.PW)
     cdef dlcpu_brgemm_f32_t p
-
-    if g.tile_mode:
-        dlcpu_conv_pack_tile_f32(x_img, tile, g.Cb, g.H, g.W, p0 * g.sh - g.ph,
-                                 g.TR, g.sw, g.PW, g.pw)
-        base = tile
-    else:
-        base = x_img + p0 * g.W * 16
 
     p.kind = DLCPU_BR_OFFS
     p.b_trans = 0
@@ -72,32 +122,7 @@ cdef int run_item(const conv_geom *g, int64_t item, const float *x, const float 
         p.mv = mv
         p.a = w + kb * g.Cb * g.R * g.S * 256
         p.bias = bias + kb * 16 if g.has_bias else NULL
-        if g.tile_mode:
-            i0 = p0
-            while i0 < p1:
-                nrr = <int>min(<int64_t>g.nr, p1 - i0)
-                q0 = 0
-                while q0 < g.Q:
-                    ncc = <int>min(<int64_t>g.nc, g.Q - q0)
-                    p.nr = nrr
-                    p.nc = ncc
-                    p.b = base + (i0 - p0) * p.b_rstride + q0 * 16
-                    p.c = y + ((n * g.Kb + kb) * g.P + i0) * g.Q * 16 + q0 * 16
-                    err |= dlcpu_brgemm_f32(&p, g.isa)
-                    q0 = q0 + ncc
-                i0 = i0 + nrr
-        else:
-            # Flat pixel run: rows p0..p1 of a 1x1/stride-1/unpadded conv are contiguous.
-            npix = (p1 - p0) * g.Q
-            t0 = 0
-            p.nr = 1
-            while t0 < npix:
-                ncc = <int>min(<int64_t>g.nc, npix - t0)
-                p.nc = ncc
-                p.b = base + t0 * 16
-                p.c = y + ((n * g.Kb + kb) * g.P + p0) * g.Q * 16 + t0 * 16
-                err |= dlcpu_brgemm_f32(&p, g.isa)
-                t0 = t0 + ncc
+        err |= run_tiles(g, &p, base, y + (n * g.Kb + kb) * g.P * g.Q * 16, p0, p1)
         kb = kb + mv
     return err
 
@@ -116,7 +141,7 @@ def conv2d_forward_f32(const float[::1] x, const float[::1] w, const float[::1] 
     g.sh = shape["stride_h"]; g.sw = shape["stride_w"]; g.ph = shape["pad_h"]; g.pw = shape["pad_w"]
     g.relu = 1 if plan["relu"] else 0
     g.has_bias = 1 if bias.shape[0] > 0 else 0
-    g.k = plan["k"]; g.tile_mode = 1 if plan["tile_mode"] else 0
+    g.k = plan["k"]; g.tile_mode = plan["tile_mode"]
     g.mv = plan["mv"]; g.nr = plan["nr"]; g.nc = plan["nc"]; g.isa = plan["isa"]
     g.hb = plan["rows_per_item"]; g.n_row_blocks = plan["row_blocks"]
     g.kb_per_group = plan["kb_per_group"]; g.n_groups = plan["k_groups"]
@@ -132,9 +157,9 @@ def conv2d_forward_f32(const float[::1] x, const float[::1] w, const float[::1] 
     with nogil, parallel(num_threads=n_threads):
         # Per-thread tile, allocated inside the region so its pages are first touched by the
         # thread that uses them.
-        tile = <float *> malloc(sizeof(float) * (g.tile_floats + 16)) if g.tile_mode else NULL
+        tile = <float *> malloc(sizeof(float) * (g.tile_floats + 16)) if g.tile_mode != TILE_NONE else NULL
         for item in prange(n_items, schedule='static'):
-            if g.tile_mode and tile == NULL:
+            if g.tile_mode != TILE_NONE and tile == NULL:
                 errors += 1
             else:
                 errors += run_item(&g, item, &x[0], &w[0], bias_ptr, &y[0],
@@ -184,13 +209,12 @@ cdef int wu_item(const wu_geom *g, int64_t item, const float *x, const float *dy
         for rb in range(g.n_row_blocks):
             p0 = rb * g.hb
             p1 = min(g.P, p0 + g.hb)
-            x_img = x + (n * g.Cb + cb0) * g.H * g.W * 16
-            if g.tile_mode:
-                dlcpu_conv_pack_tile_f32(x_img, tile, ncb, g.H, g.W, p0 * g.sh - g.ph,
-                                         g.TR, g.sw, g.PW, g.pw)
+            x_img = item_input(g.tile_mode, x + (n * g.Cb + cb0) * g.H * g.W * 16, tile, ncb,
+                               g.H, g.W, p0, g.sh, g.sw, g.ph, g.pw, g.TR, g.PW)
+            if g.tile_mode == TILE_PADDED:
                 b_row_stride = g.sh * g.sw * g.PW * 16
             else:
-                b_row_stride = g.W * 16
+                b_row_stride = g.Q * 16
             p.batch = p1 - p0
             p.b_stride = b_row_stride
             p.beta = 0 if first else 1
@@ -201,10 +225,12 @@ cdef int wu_item(const wu_geom *g, int64_t item, const float *x, const float *dy
                     rows_c = min(<int64_t>16, g.C - cb * 16)
                     for r in range(g.R):
                         for s in range(g.S):
-                            if g.tile_mode:
-                                bbase = tile + (((cb - cb0) * g.TR + r) * g.sw + s % g.sw) * g.PW * 16 + (s // g.sw) * 16
+                            if g.tile_mode == TILE_PADDED:
+                                bbase = x_img + (((cb - cb0) * g.TR + r) * g.sw + s % g.sw) * g.PW * 16 + (s // g.sw) * 16
+                            elif g.tile_mode == TILE_SUBSAMPLED:
+                                bbase = x_img + (cb - cb0) * g.TR * g.PW * 16
                             else:
-                                bbase = x_img + ((cb - cb0) * g.H + p0) * g.W * 16
+                                bbase = x_img + (cb - cb0) * g.H * g.W * 16
                             j0 = 0
                             while j0 < rows_c:
                                 p.nc = <int>min(<int64_t>g.max_rows, rows_c - j0)
@@ -228,7 +254,7 @@ def conv2d_weight_grad_f32(const float[::1] x, const float[::1] dy, float[::1] d
     g.N = shape["N"]; g.Cb = shape["Cb"]; g.Kb = shape["Kb"]; g.H = shape["H"]; g.W = shape["W"]
     g.P = shape["P"]; g.Q = shape["Q"]; g.R = shape["R"]; g.S = shape["S"]; g.C = shape["C"]
     g.sh = shape["stride_h"]; g.sw = shape["stride_w"]; g.ph = shape["pad_h"]; g.pw = shape["pad_w"]
-    g.tile_mode = 1 if plan["tile_mode"] else 0
+    g.tile_mode = plan["tile_mode"]
     g.isa = plan["isa"]
     g.max_rows = dlcpu_brgemm_f32_t_max_rows(g.isa)
     g.hb = plan["rows_per_block"]; g.n_row_blocks = plan["row_blocks"]
@@ -241,9 +267,9 @@ def conv2d_weight_grad_f32(const float[::1] x, const float[::1] dy, float[::1] d
     cdef int errors = 0
     cdef float *tile = NULL
     with nogil, parallel(num_threads=n_threads):
-        tile = <float *> malloc(sizeof(float) * (tile_floats + 16)) if g.tile_mode else NULL
+        tile = <float *> malloc(sizeof(float) * (tile_floats + 16)) if g.tile_mode != TILE_NONE else NULL
         for item in prange(n_items, schedule='static'):
-            if g.tile_mode and tile == NULL:
+            if g.tile_mode != TILE_NONE and tile == NULL:
                 errors += 1
             else:
                 errors += wu_item(&g, item, &x[0], &dy[0], &dw[0], tile)
@@ -256,17 +282,19 @@ def flip_transpose_weights(const float[:, :, :, :, :, ::1] wb, float[:, :, :, :,
     """Backward-data weights for one stride phase (rho_h, rho_w):
         out[cb][kb][j][i][k][c] = wb[kb][cb][rho_h + sh*(Jh-1-j)][rho_w + sw*(Jw-1-i)][c][k]
     (channels swapped, taps of the phase only, spatially flipped), so that the forward kernels
-    run on dy compute dx at that phase's positions."""
-    cdef int64_t Kb = wb.shape[0], Cb = wb.shape[1]
+    run on dy compute dx at that phase's positions.  Written in output order, one 16x16
+    transpose per block."""
+    cdef int64_t Kb = wb.shape[0], Cb = wb.shape[1], R = wb.shape[2], S = wb.shape[3]
     cdef int64_t Jh = out.shape[2], Jw = out.shape[3]
-    cdef int64_t kc, kb, cb, j, i, k, c, r, s
-    for kc in prange(Kb * Cb, nogil=True, schedule='static', num_threads=n_threads):
-        kb = kc // Cb
-        cb = kc % Cb
+    cdef int64_t ck, kb, cb, j, i, r, s
+    cdef const float *src = &wb[0, 0, 0, 0, 0, 0]
+    cdef float *dst = &out[0, 0, 0, 0, 0, 0]
+    for ck in prange(Cb * Kb, nogil=True, schedule='static', num_threads=n_threads):
+        cb = ck // Kb
+        kb = ck % Kb
         for j in range(Jh):
             r = rho_h + sh * (Jh - 1 - j)
             for i in range(Jw):
                 s = rho_w + sw * (Jw - 1 - i)
-                for k in range(16):
-                    for c in range(16):
-                        out[cb, kb, j, i, k, c] = wb[kb, cb, r, s, c, k]
+                dlcpu_transpose_16x16_f32(src + (((kb * Cb + cb) * R + r) * S + s) * 256,
+                                          dst + ((ck * Jh + j) * Jw + i) * 256)

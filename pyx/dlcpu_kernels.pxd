@@ -50,6 +50,10 @@ cdef extern from "brgemm_f32.h" nogil:
 cdef extern from "conv_f32.h" nogil:
     void dlcpu_conv_pack_tile_f32(const float *x_img, float *tile, int64_t Cb, int64_t H, int64_t W,
                                   int64_t ih0, int64_t TR, int64_t sw, int64_t PW, int64_t pad_w)
+    void dlcpu_conv_pack_subsampled_f32(const float *x_img, float *tile, int64_t Cb, int64_t H,
+                                        int64_t W, int64_t ih0, int64_t rows, int64_t sh,
+                                        int64_t iw0, int64_t cols, int64_t sw)
+    void dlcpu_transpose_16x16_f32(const float *src, float *dst)
 
 cdef extern from "peak.h" nogil:
     double dlcpu_peak_run(int isa, int64_t iters)

@@ -51,4 +51,40 @@ dlcpu_conv_pack_tile_f32(const float *x_img, float *tile, int64_t Cb, int64_t H,
         }
     }
 }
+
+/* dst[k][c] = src[c][k] for one 16x16 weight block (bwd-data weights swap C and K). */
+static inline void dlcpu_transpose_16x16_f32(const float *src, float *dst)
+{
+    for (int k = 0; k < 16; k++)
+        for (int c = 0; c < 16; c++) dst[k * 16 + c] = src[c * 16 + k];
+}
+
+/*
+ * Strided 1x1 convolutions read one input pixel in sh*sw: their tile is the subsampled input,
+ *     T[cb][i][j][16] = x[cb][ih0 + i*sh][iw0 + j*sw][16]   (zero outside the image),
+ * dense, so the kernels run on it as on an unstrided 1x1 (pixel runs across rows) and the copy
+ * moves only the pixels that are used (the padded phase-split tile would move sh*sw times more).
+ */
+static inline void
+dlcpu_conv_pack_subsampled_f32(const float *x_img, float *tile, int64_t Cb, int64_t H, int64_t W,
+                               int64_t ih0, int64_t rows, int64_t sh, int64_t iw0, int64_t cols,
+                               int64_t sw)
+{
+    for (int64_t cb = 0; cb < Cb; cb++) {
+        for (int64_t i = 0; i < rows; i++) {
+            const int64_t ih = ih0 + i * sh;
+            float *dst = tile + (cb * rows + i) * cols * 16;
+            if (ih < 0 || ih >= H) {
+                memset(dst, 0, sizeof(float) * cols * 16);
+                continue;
+            }
+            const float *src_row = x_img + (cb * H + ih) * W * 16;
+            for (int64_t j = 0; j < cols; j++) {
+                const int64_t iw = iw0 + j * sw;
+                if (iw < 0 || iw >= W) memset(dst + j * 16, 0, sizeof(float) * 16);
+                else memcpy(dst + j * 16, src_row + iw * 16, sizeof(float) * 16);
+            }
+        }
+    }
+}
 #endif
