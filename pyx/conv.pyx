@@ -19,7 +19,7 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange, parallel
 
-from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_f32_t_max_rows,
+from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_f32_t_max_acc,
                             dlcpu_conv_pack_tile_f32, dlcpu_conv_pack_subsampled_f32,
                             dlcpu_transpose_16x16_f32,
                             DLCPU_BR_OFFS, DLCPU_BR_STRD)
@@ -173,7 +173,7 @@ def conv2d_forward_f32(const float[::1] x, const float[::1] w, const float[::1] 
 # ----------------------------------------------------------------------------------------------
 cdef struct wu_geom:
     int64_t N, Cb, Kb, H, W, P, Q, R, S, sh, sw, ph, pw, C
-    int tile_mode, isa, max_rows
+    int tile_mode, isa, max_acc
     int64_t hb, n_row_blocks, kb_per_item, cb_per_item, n_kgroups, n_cgroups, TR, PW
 
 
@@ -185,7 +185,7 @@ cdef int wu_item(const wu_geom *g, int64_t item, const float *x, const float *dy
     cdef int64_t kb0 = kg * g.kb_per_item, kb1 = min(g.Kb, kb0 + g.kb_per_item)
     cdef int64_t cb0 = cg * g.cb_per_item, cb1 = min(g.Cb, cb0 + g.cb_per_item)
     cdef int64_t ncb = cb1 - cb0
-    cdef int64_t n, rb, p0, p1, kb, cb, r, s, j0, rows_c
+    cdef int64_t n, rb, p0, p1, kb, cb, r, s, j0, rows_c, phase, taps, t0, nc
     cdef int err = 0
     cdef bint first = True
     cdef const float *x_img
@@ -199,10 +199,10 @@ cdef int wu_item(const wu_geom *g, int64_t item, const float *x, const float *dy
     p.k = <int>g.Q
     p.a_stride = g.Q * 16
     p.ldc = 16
-    p.c_rstride = 0
+    p.c_rstride = g.sw * 256      # stacked taps: s -> s + sw
     p.c_mstride = 0
     p.a_mstride = 0
-    p.b_rstride = 0
+    p.b_rstride = 16              # ... and one tile position further
     p.bias = NULL
     p.relu = 0
     for n in range(g.N):
@@ -224,20 +224,29 @@ cdef int wu_item(const wu_geom *g, int64_t item, const float *x, const float *dy
                     # Rows of the dW block that are real input channels (C=3: only 3 of 16).
                     rows_c = min(<int64_t>16, g.C - cb * 16)
                     for r in range(g.R):
-                        for s in range(g.S):
-                            if g.tile_mode == TILE_PADDED:
-                                bbase = x_img + (((cb - cb0) * g.TR + r) * g.sw + s % g.sw) * g.PW * 16 + (s // g.sw) * 16
-                            elif g.tile_mode == TILE_SUBSAMPLED:
-                                bbase = x_img + (cb - cb0) * g.TR * g.PW * 16
-                            else:
-                                bbase = x_img + (cb - cb0) * g.H * g.W * 16
-                            j0 = 0
-                            while j0 < rows_c:
-                                p.nc = <int>min(<int64_t>g.max_rows, rows_c - j0)
-                                p.b = bbase + j0
-                                p.c = dw + (((kb * g.Cb + cb) * g.R + r) * g.S + s) * 256 + j0 * 16
-                                err |= dlcpu_brgemm_f32(&p, g.isa)
-                                j0 = j0 + p.nc
+                        for phase in range(min(g.sw, g.S)):
+                            # Taps s = phase + sw*t share the tile phase: tap t+1 reads one
+                            # position (16 floats) further, so they stack as kernel rows.
+                            taps = (g.S - phase + g.sw - 1) // g.sw
+                            t0 = 0
+                            while t0 < taps:
+                                s = phase + g.sw * t0
+                                if g.tile_mode == TILE_PADDED:
+                                    bbase = x_img + (((cb - cb0) * g.TR + r) * g.sw + phase) * g.PW * 16 + (s // g.sw) * 16
+                                elif g.tile_mode == TILE_SUBSAMPLED:
+                                    bbase = x_img + (cb - cb0) * g.TR * g.PW * 16
+                                else:
+                                    bbase = x_img + (cb - cb0) * g.H * g.W * 16
+                                nc = min(rows_c, <int64_t>min(16, g.max_acc))
+                                p.nr = <int>min(min(<int64_t>4, taps - t0), g.max_acc // nc)
+                                j0 = 0
+                                while j0 < rows_c:
+                                    p.nc = <int>min(nc, rows_c - j0)
+                                    p.b = bbase + j0
+                                    p.c = dw + (((kb * g.Cb + cb) * g.R + r) * g.S + s) * 256 + j0 * 16
+                                    err |= dlcpu_brgemm_f32(&p, g.isa)
+                                    j0 = j0 + p.nc
+                                t0 = t0 + p.nr
             first = False
     return err
 
@@ -256,7 +265,7 @@ def conv2d_weight_grad_f32(const float[::1] x, const float[::1] dy, float[::1] d
     g.sh = shape["stride_h"]; g.sw = shape["stride_w"]; g.ph = shape["pad_h"]; g.pw = shape["pad_w"]
     g.tile_mode = plan["tile_mode"]
     g.isa = plan["isa"]
-    g.max_rows = dlcpu_brgemm_f32_t_max_rows(g.isa)
+    g.max_acc = dlcpu_brgemm_f32_t_max_acc(g.isa)
     g.hb = plan["rows_per_block"]; g.n_row_blocks = plan["row_blocks"]
     g.kb_per_item = plan["kb_per_item"]; g.cb_per_item = plan["cb_per_item"]
     g.n_kgroups = plan["k_groups"]; g.n_cgroups = plan["c_groups"]

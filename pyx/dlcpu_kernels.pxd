@@ -45,7 +45,7 @@ cdef extern from "brgemm_f32.h" nogil:
         int b_trans
     int dlcpu_brgemm_f32(const dlcpu_brgemm_f32_t *p, int isa)
     int dlcpu_brgemm_f32_max_pixels(int isa, int mv)
-    int dlcpu_brgemm_f32_t_max_rows(int isa)
+    int dlcpu_brgemm_f32_t_max_acc(int isa)
 
 cdef extern from "conv_f32.h" nogil:
     void dlcpu_conv_pack_tile_f32(const float *x_img, float *tile, int64_t Cb, int64_t H, int64_t W,

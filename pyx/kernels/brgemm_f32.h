@@ -20,7 +20,9 @@
  * B strides swap, so B element (tile row j, reduction index kk) sits at  b + kk*16 + j  and k may
  * be any length.  There the reduction runs over pixels (kk), the 16-wide vector is the output
  * channel k of dy, and the C tile rows j are input channels c: exactly a dW[.][.][r][s][16c][16k]
- * block.  Only mv=1, nr=1 tiles are built for it.
+ * block.  Only mv=1 tiles are built for it; nr > 1 stacks several taps that share the A operand
+ * (dy) but read B at b + r*b_rstride and write C at c + r*c_rstride (few-channel first layers:
+ * 4 taps x 3 channels keep 12 accumulators busy instead of 3).
  *
  * One body per ISA, instantiated for every register block the planner may ask for, picked at
  * run time from a table.  Measured on Zen 5 (3x3, C=K=64, 56x56 rows): mv=2 x 14 pixels reaches
@@ -112,7 +114,7 @@ dlcpu_brgemm_f32_avx512_body(const dlcpu_brgemm_f32_t *p, const int MV, const in
             const __m512 w1 = MV > 1 ? _mm512_loadu_ps(a + p->a_mstride + kk * 16) : w0;
 #pragma GCC unroll 4
             for (int r = 0; r < NR; r++) {
-                const float *br = BT ? b + kk * 16 : b + r * p->b_rstride + kk;
+                const float *br = b + r * p->b_rstride + (BT ? kk * 16 : kk);
 #pragma GCC unroll 28
                 for (int j = 0; j < NC; j++) {
                     const __m512 x = _mm512_set1_ps(br[BT ? j : j * 16]);
@@ -174,7 +176,7 @@ dlcpu_brgemm_f32_avx2_body(const dlcpu_brgemm_f32_t *p, const int MV, const int 
             }
 #pragma GCC unroll 6
             for (int r = 0; r < NR; r++) {
-                const float *br = BT ? b + kk * 16 : b + r * p->b_rstride + kk;
+                const float *br = b + r * p->b_rstride + (BT ? kk * 16 : kk);
 #pragma GCC unroll 6
                 for (int j = 0; j < NC; j++) {
                     const __m256 x = _mm256_broadcast_ss(br + (BT ? j : j * 16));
@@ -224,7 +226,7 @@ dlcpu_brgemm_f32_scalar(const dlcpu_brgemm_f32_t *p)
             for (int r = 0; r < p->nr; r++)
                 for (int j = 0; j < p->nc; j++)
                     for (int kk = 0; kk < p->k; kk++) {
-                        const float x = p->b_trans ? b[kk * 16 + j] : b[r * p->b_rstride + j * 16 + kk];
+                        const float x = p->b_trans ? b[r * p->b_rstride + kk * 16 + j] : b[r * p->b_rstride + j * 16 + kk];
                         const float *w = a + g * p->a_mstride + kk * 16;
                         for (int m = 0; m < 16; m++) acc[g][r * p->nc + j][m] += w[m] * x;
                     }
@@ -254,10 +256,10 @@ typedef void (*dlcpu_brgemm_f32_fn)(const dlcpu_brgemm_f32_t *);
     static DLCPU_TARGET_##ISA void dlcpu_brgemm_f32_##ISA##_##MV##_##NR##_##NC(               \
         const dlcpu_brgemm_f32_t *p) { dlcpu_brgemm_f32_##ISA##_body(p, MV, NR, NC, 0); }
 #define DLCPU_BR_SLOT(ISA, MV, NR, NC) [MV - 1][NR - 1][NC - 1] = dlcpu_brgemm_f32_##ISA##_##MV##_##NR##_##NC,
-#define DLCPU_BRT_INST(ISA, NC)                                                                  \
-    static DLCPU_TARGET_##ISA void dlcpu_brgemm_f32_t_##ISA##_##NC(const dlcpu_brgemm_f32_t *p) \
-        { dlcpu_brgemm_f32_##ISA##_body(p, 1, 1, NC, 1); }
-#define DLCPU_BRT_SLOT(ISA, NC) [NC - 1] = dlcpu_brgemm_f32_t_##ISA##_##NC,
+#define DLCPU_BRT_INST(ISA, NR, NC)                                                              \
+    static DLCPU_TARGET_##ISA void dlcpu_brgemm_f32_t_##ISA##_##NR##_##NC(                       \
+        const dlcpu_brgemm_f32_t *p) { dlcpu_brgemm_f32_##ISA##_body(p, 1, NR, NC, 1); }
+#define DLCPU_BRT_SLOT(ISA, NR, NC) [NR - 1][NC - 1] = dlcpu_brgemm_f32_t_##ISA##_##NR##_##NC,
 
 /* The tiles each ISA is built for: mv*nr*nc accumulators within its register budget. */
 #define DLCPU_BR_AVX512_TILES(X)                                                                  \
@@ -286,12 +288,21 @@ typedef void (*dlcpu_brgemm_f32_fn)(const dlcpu_brgemm_f32_t *);
     X(AVX2,1,2,1) X(AVX2,1,2,2) X(AVX2,1,2,3) X(AVX2,1,3,1) X(AVX2,1,3,2) X(AVX2,1,4,1)                 \
     X(AVX2,2,1,1) X(AVX2,2,1,2) X(AVX2,2,1,3) X(AVX2,2,2,1) X(AVX2,2,3,1)
 
-/* Transposed-B tiles: one dW block is 16 rows (input channels); AVX2 takes them 6 at a time. */
+/* Transposed-B tiles (taps x dW rows): a dW block has 16 rows (input channels); AVX2 takes 6. */
 #define DLCPU_BRT_AVX512_TILES(X)                                                                 \
-    X(AVX512,1) X(AVX512,2) X(AVX512,3) X(AVX512,4) X(AVX512,5) X(AVX512,6) X(AVX512,7)            \
-    X(AVX512,8) X(AVX512,9) X(AVX512,10) X(AVX512,11) X(AVX512,12) X(AVX512,13) X(AVX512,14)      \
-    X(AVX512,15) X(AVX512,16)
-#define DLCPU_BRT_AVX2_TILES(X) X(AVX2,1) X(AVX2,2) X(AVX2,3) X(AVX2,4) X(AVX2,5) X(AVX2,6)
+    X(AVX512,1,1) X(AVX512,1,2) X(AVX512,1,3) X(AVX512,1,4) X(AVX512,1,5) X(AVX512,1,6)          \
+    X(AVX512,1,7) X(AVX512,1,8) X(AVX512,1,9) X(AVX512,1,10) X(AVX512,1,11) X(AVX512,1,12)       \
+    X(AVX512,1,13) X(AVX512,1,14) X(AVX512,1,15) X(AVX512,1,16)                                 \
+    X(AVX512,2,1) X(AVX512,2,2) X(AVX512,2,3) X(AVX512,2,4) X(AVX512,2,5) X(AVX512,2,6)          \
+    X(AVX512,2,7) X(AVX512,2,8) X(AVX512,2,9) X(AVX512,2,10) X(AVX512,2,11) X(AVX512,2,12)       \
+    X(AVX512,2,13) X(AVX512,2,14)                                                               \
+    X(AVX512,3,1) X(AVX512,3,2) X(AVX512,3,3) X(AVX512,3,4) X(AVX512,3,5) X(AVX512,3,6)          \
+    X(AVX512,3,7) X(AVX512,3,8) X(AVX512,3,9)                                                   \
+    X(AVX512,4,1) X(AVX512,4,2) X(AVX512,4,3) X(AVX512,4,4) X(AVX512,4,5) X(AVX512,4,6)          \
+    X(AVX512,4,7)
+#define DLCPU_BRT_AVX2_TILES(X)                                                                   \
+    X(AVX2,1,1) X(AVX2,1,2) X(AVX2,1,3) X(AVX2,1,4) X(AVX2,1,5) X(AVX2,1,6)                      \
+    X(AVX2,2,1) X(AVX2,2,2) X(AVX2,2,3) X(AVX2,3,1) X(AVX2,3,2) X(AVX2,4,1)
 #define DLCPU_BRT_MAX_NC 16
 
 #define dlcpu_brgemm_f32_AVX512_body dlcpu_brgemm_f32_avx512_body
@@ -309,10 +320,10 @@ static const dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_avx2_table[2][DLCPU_BR_MAX_NR]
     DLCPU_BR_AVX2_TILES(DLCPU_BR_SLOT)
 };
 
-static const dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_t_avx512_table[DLCPU_BRT_MAX_NC] = {
+static const dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_t_avx512_table[DLCPU_BR_MAX_NR][DLCPU_BRT_MAX_NC] = {
     DLCPU_BRT_AVX512_TILES(DLCPU_BRT_SLOT)
 };
-static const dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_t_avx2_table[DLCPU_BRT_MAX_NC] = {
+static const dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_t_avx2_table[DLCPU_BR_MAX_NR][DLCPU_BRT_MAX_NC] = {
     DLCPU_BRT_AVX2_TILES(DLCPU_BRT_SLOT)
 };
 
@@ -335,18 +346,18 @@ static inline dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_lookup(int isa, int mv, int n
     return NULL;
 }
 
-/* Rows one transposed-B call may hold for an ISA. */
-static inline int dlcpu_brgemm_f32_t_max_rows(int isa)
+/* Accumulators (taps x dW rows) one transposed-B call may hold for an ISA. */
+static inline int dlcpu_brgemm_f32_t_max_acc(int isa)
 {
-    return isa == DLCPU_ISA_AVX2 ? 6 : DLCPU_BRT_MAX_NC;
+    return isa == DLCPU_ISA_AVX2 ? DLCPU_AVX2_MAX_ACC : DLCPU_AVX512_MAX_ACC;
 }
 
 static inline dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_t_lookup(int isa, int mv, int nr, int nc)
 {
-    if (mv != 1 || nr != 1 || nc < 1 || nc > DLCPU_BRT_MAX_NC) return NULL;
-    if (isa == DLCPU_ISA_AVX512) return dlcpu_brgemm_f32_t_avx512_table[nc - 1];
-    if (isa == DLCPU_ISA_AVX2) return dlcpu_brgemm_f32_t_avx2_table[nc - 1];
-    return dlcpu_brgemm_f32_scalar;
+    if (mv != 1 || nr < 1 || nr > DLCPU_BR_MAX_NR || nc < 1 || nc > DLCPU_BRT_MAX_NC) return NULL;
+    if (isa == DLCPU_ISA_AVX512) return dlcpu_brgemm_f32_t_avx512_table[nr - 1][nc - 1];
+    if (isa == DLCPU_ISA_AVX2) return dlcpu_brgemm_f32_t_avx2_table[nr - 1][nc - 1];
+    return nr * nc <= DLCPU_AVX512_MAX_ACC ? dlcpu_brgemm_f32_scalar : NULL;
 }
 
 /* Run one call; returns 0, or -1 when no kernel exists for the tile (callers plan around it). */
