@@ -175,29 +175,39 @@ cdef struct wu_geom:
     int64_t N, Cb, Kb, H, W, P, Q, R, S, sh, sw, ph, pw, C
     int tile_mode, isa, max_acc
     int64_t hb, n_row_blocks, kb_per_item, cb_per_item, n_kgroups, n_cgroups, TR, PW
+    int64_t ipb, tile_floats
+    int k_inner
 
 
 cdef int wu_item(const wu_geom *g, int64_t item, const float *x, const float *dy, float *dw,
-                 float *tile) noexcept nogil:
-    """dW blocks of one (K group, C group): reduce over every image and output row."""
+                 float *tile, int64_t *a_offs, int64_t *b_offs) noexcept nogil:
+    """dW blocks of one (K group, C group): reduce over every image and output row.
+
+    One call's batch is the rows of one row block of `ipb` images (several small images per
+    call keep the dW tile's load/store and the call overhead small next to the FMAs)."""
     cdef int64_t cg = item % g.n_cgroups
     cdef int64_t kg = item // g.n_cgroups
     cdef int64_t kb0 = kg * g.kb_per_item, kb1 = min(g.Kb, kb0 + g.kb_per_item)
     cdef int64_t cb0 = cg * g.cb_per_item, cb1 = min(g.Cb, cb0 + g.cb_per_item)
     cdef int64_t ncb = cb1 - cb0
-    cdef int64_t n, rb, p0, p1, kb, cb, r, s, j0, rows_c, phase, taps, t0, nc
+    cdef int64_t n_outer = ncb if g.k_inner else kb1 - kb0
+    cdef int64_t n_inner = kb1 - kb0 if g.k_inner else ncb
+    cdef int64_t outer, inner
+    cdef int64_t n0, n1, m, i, rb, p0, p1, kb, cb, r, s, j0, rows_c, phase, taps, t0, nc
     cdef int err = 0
     cdef bint first = True
     cdef const float *x_img
+    cdef const float *x_img_m
     cdef const float *bbase
-    cdef int64_t b_row_stride
+    cdef int64_t b_row_stride = g.sh * g.sw * g.PW * 16 if g.tile_mode == TILE_PADDED else g.Q * 16
     cdef dlcpu_brgemm_f32_t p
-    p.kind = DLCPU_BR_STRD
+    p.kind = DLCPU_BR_OFFS
+    p.a_offs = a_offs
+    p.b_offs = b_offs
     p.b_trans = 1
     p.mv = 1
     p.nr = 1
     p.k = <int>g.Q
-    p.a_stride = g.Q * 16
     p.ldc = 16
     p.c_rstride = g.sw * 256      # stacked taps: s -> s + sw
     p.c_mstride = 0
@@ -205,22 +215,33 @@ cdef int wu_item(const wu_geom *g, int64_t item, const float *x, const float *dy
     p.b_rstride = 16              # ... and one tile position further
     p.bias = NULL
     p.relu = 0
-    for n in range(g.N):
+    n0 = 0
+    while n0 < g.N:
+        n1 = min(g.N, n0 + g.ipb)
         for rb in range(g.n_row_blocks):
             p0 = rb * g.hb
             p1 = min(g.P, p0 + g.hb)
-            x_img = item_input(g.tile_mode, x + (n * g.Cb + cb0) * g.H * g.W * 16, tile, ncb,
-                               g.H, g.W, p0, g.sh, g.sw, g.ph, g.pw, g.TR, g.PW)
-            if g.tile_mode == TILE_PADDED:
-                b_row_stride = g.sh * g.sw * g.PW * 16
-            else:
-                b_row_stride = g.Q * 16
-            p.batch = p1 - p0
-            p.b_stride = b_row_stride
+            x_img = NULL
+            for m in range(n0, n1):
+                x_img_m = item_input(g.tile_mode, x + (m * g.Cb + cb0) * g.H * g.W * 16,
+                                     tile + (m - n0) * g.tile_floats, ncb, g.H, g.W, p0, g.sh,
+                                     g.sw, g.ph, g.pw, g.TR, g.PW)
+                if m == n0:
+                    x_img = x_img_m
+                for i in range(p1 - p0):
+                    a_offs[(m - n0) * (p1 - p0) + i] = (m * g.Kb * g.P + p0 + i) * g.Q * 16
+                    b_offs[(m - n0) * (p1 - p0) + i] = (x_img_m - x_img) + i * b_row_stride
+            p.batch = (n1 - n0) * (p1 - p0)
             p.beta = 0 if first else 1
-            for kb in range(kb0, kb1):
-                p.a = dy + ((n * g.Kb + kb) * g.P + p0) * g.Q * 16
-                for cb in range(cb0, cb1):
+            for outer in range(n_outer):
+                for inner in range(n_inner):
+                    if g.k_inner:
+                        cb = cb0 + outer
+                        kb = kb0 + inner
+                    else:
+                        kb = kb0 + outer
+                        cb = cb0 + inner
+                    p.a = dy + kb * g.P * g.Q * 16
                     # Rows of the dW block that are real input channels (C=3: only 3 of 16).
                     rows_c = min(<int64_t>16, g.C - cb * 16)
                     for r in range(g.R):
@@ -248,6 +269,7 @@ cdef int wu_item(const wu_geom *g, int64_t item, const float *x, const float *dy
                                     j0 = j0 + p.nc
                                 t0 = t0 + p.nr
             first = False
+        n0 = n1
     return err
 
 
@@ -270,19 +292,23 @@ def conv2d_weight_grad_f32(const float[::1] x, const float[::1] dy, float[::1] d
     g.kb_per_item = plan["kb_per_item"]; g.cb_per_item = plan["cb_per_item"]
     g.n_kgroups = plan["k_groups"]; g.n_cgroups = plan["c_groups"]
     g.TR = plan["tile_rows"]; g.PW = plan["tile_phase_width"]
-    cdef int64_t tile_floats = plan["tile_floats"]
+    g.tile_floats = plan["tile_floats"]; g.ipb = plan["images_per_block"]
+    g.k_inner = 1 if plan["k_inner"] else 0
     cdef int64_t n_items = g.n_kgroups * g.n_cgroups
     cdef int64_t item
     cdef int errors = 0
     cdef float *tile = NULL
+    cdef int64_t *offs = NULL
     with nogil, parallel(num_threads=n_threads):
-        tile = <float *> malloc(sizeof(float) * (tile_floats + 16)) if g.tile_mode != TILE_NONE else NULL
+        tile = <float *> malloc(sizeof(float) * (g.tile_floats * g.ipb + 16)) if g.tile_mode != TILE_NONE else NULL
+        offs = <int64_t *> malloc(sizeof(int64_t) * 2 * g.ipb * g.hb)
         for item in prange(n_items, schedule='static'):
-            if g.tile_mode != TILE_NONE and tile == NULL:
+            if (g.tile_mode != TILE_NONE and tile == NULL) or offs == NULL:
                 errors += 1
             else:
-                errors += wu_item(&g, item, &x[0], &dy[0], &dw[0], tile)
+                errors += wu_item(&g, item, &x[0], &dy[0], &dw[0], tile, offs, offs + g.ipb * g.hb)
         free(tile)
+        free(offs)
     return errors
 
 

@@ -98,6 +98,24 @@ def test_thread_count_bitwise(rng, case):
         assert np.array_equal(a, b) and np.array_equal(a, c3)
 
 
+def test_weight_grad_grouping_ignores_threads():
+    """How each dW element's sum is grouped into calls must not depend on the thread count."""
+    from dlcpu.conv import choose_weight_grad_blocking, conv_shape
+    from dlcpu.workloads import resnet50_layers
+
+    for layer in resnet50_layers():
+        plans = [choose_weight_grad_blocking(layer.shape(4), "avx512", t) for t in (1, 2, 3, 16)]
+        assert len({(p.rows_per_block, p.images_per_block, p.row_blocks) for p in plans}) == 1, layer.name
+    shape = conv_shape((2, 256, 14, 14), (256, 256, 3, 3), 1, 1)
+    assert len({choose_weight_grad_blocking(shape, "avx512", t).rows_per_block for t in (1, 2, 5)}) == 1
+
+
+def test_weight_grad_bitwise_on_budget_bound_shape(rng):
+    x, wt, dy = problem(rng, 2, 256, 64, 14, 14, 3, 3, 1, 1)
+    dws = [dlcpu.conv2d_backward(dy, x, wt, 1, 1, need="dw", n_threads=t).dw for t in (1, 2, 3)]
+    assert np.array_equal(dws[0], dws[1]) and np.array_equal(dws[0], dws[2])
+
+
 def test_blocked_path_and_need(rng):
     x, wt, dy = problem(rng, 2, 20, 24, 8, 9, 3, 3, 1, 1)
     xb, wb, dyb = dlcpu.to_blocked(x), dlcpu.block_weights(wt), dlcpu.to_blocked(dy)
