@@ -22,6 +22,7 @@ EXTENSIONS = {
     "layout": "pyx/layout.pyx",
     "brgemm": "pyx/brgemm.pyx",
     "conv": "pyx/conv.pyx",
+    "pool": "pyx/pool.pyx",
 }
 
 BASE_CFLAGS = ["-O3", "-fno-strict-aliasing", "-Wno-unused-function", "-Wno-unreachable-code"]

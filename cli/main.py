@@ -20,10 +20,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .. import _config, benchmarks, cpu, workloads
+from ..train import TrainingDiverged
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="dlcpu: CPU deep-learning kernels, benchmarks and tools.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks against the machine's peak and a peer library.")
 app.add_typer(bench_app, name="bench")
+train_app = typer.Typer(no_args_is_help=True, help="Train models on dlcpu kernels.")
+app.add_typer(train_app, name="train")
+bench_train_app = typer.Typer(no_args_is_help=True, help="Training throughput against PyTorch.")
+bench_app.add_typer(bench_train_app, name="train")
 
 # Tables are wide; when stdout is not a terminal (CI logs, files) do not squeeze them to 80 columns.
 out = Console()
@@ -41,7 +46,7 @@ def handled(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, TypeError, CliError, MemoryError) as exc:
+        except (ValueError, TypeError, CliError, MemoryError, TrainingDiverged) as exc:
             if _config.env_debug():
                 raise
             err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
@@ -256,6 +261,83 @@ def bench_gemm(
         t.add_row(str(r["threads"]), f"{r['gflops']:.1f}", f"{r['pct_peak']:.1f}",
                   f"{p['gflops']:.1f}" if p else "-", f"{p['ratio']:.2f}" if p else "-", blas)
     out.print(t)
+
+
+# ----------------------------------------------------------------------------------------- train
+@train_app.command("digits")
+@handled
+def train_digits(
+    epochs: int = typer.Option(15, "--epochs", min=1),
+    batch: int = typer.Option(64, "--batch", min=1),
+    lr: float = typer.Option(0.05, "--lr", min=1e-12),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Kernel threads (default: all)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the split, the initialization and the shuffling."),
+    out_path: Optional[str] = typer.Option(None, "--out", help="Save the model here (.npz) after every epoch."),
+    as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
+):
+    """Train a small ResNet-style CNN on scikit-learn's handwritten digits (8x8, no download)."""
+    from threadpoolctl import threadpool_limits
+
+    from .. import train as training
+
+    n_threads = threads or cpu.resolve_threads()
+    data = training.load_digits_split(seed)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task("epoch 1", total=epochs * -(-len(data.x_train) // batch), status="")
+        last = {"acc": ""}
+
+        def on_step(epoch, step, steps, loss):
+            bar.update(task, advance=1, description=f"epoch {epoch}/{epochs}",
+                       status=f"loss {loss:.4f} {last['acc']}")
+
+        def on_epoch(stats):
+            last["acc"] = f"test acc {100 * stats.test_accuracy:.2f}%"
+            if not as_json:
+                err.print(f"epoch {stats.epoch:3d}  loss {stats.loss:.4f}  train acc {100 * stats.train_accuracy:6.2f}%  "
+                          f"test acc {100 * stats.test_accuracy:6.2f}%  {stats.images_per_second:8.0f} img/s", highlight=False)
+
+        with threadpool_limits(limits=n_threads, user_api="openmp"):
+            result = training.train_digits(epochs, batch, lr, seed=seed, out=out_path, data=data,
+                                           on_step=on_step, on_epoch=on_epoch)
+    summary = {"dataset": "sklearn digits (1797 8x8 images)", "train_images": len(data.x_train),
+               "test_images": len(data.x_test), "threads": n_threads, "epochs": epochs, "batch": batch,
+               "lr": lr, "seed": seed, "test_accuracy": result.test_accuracy,
+               "seconds": result.total_seconds, "model": out_path,
+               "history": [s.__dict__ for s in result.epochs]}
+    if as_json:
+        emit_json(summary)
+        return
+    saved = f", model saved to {out_path}" if out_path else ""
+    out.print(f"test accuracy {100 * result.test_accuracy:.2f}% after {epochs} epochs in "
+                    f"{result.total_seconds:.1f} s on {n_threads} thread(s){saved}", highlight=False)
+
+
+@bench_train_app.command("digits")
+@handled
+def bench_train_digits(
+    epochs: int = typer.Option(3, "--epochs", min=1, help="Timed epochs per framework (median reported)."),
+    batch: int = typer.Option(64, "--batch", min=1),
+    threads: Optional[str] = typer.Option(None, "--threads", help="Comma list of thread counts (default: all)."),
+    as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
+):
+    """Training images/s of the digits CNN: dlcpu vs the same model in PyTorch, same data and run."""
+    rows = []
+    for n_threads in parse_threads(threads):
+        with err.status(f"training throughput, {n_threads} thread(s)"):
+            rows.append(benchmarks.bench_train_digits(epochs, batch, n_threads))
+    if as_json:
+        emit_json({"train_digits": rows})
+        return
+    t = Table(title=f"digits CNN training throughput (batch {batch}, forward+backward+SGD, median of {epochs} epochs)")
+    for col in ("threads", "dlcpu img/s", "torch img/s", "ratio"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(str(r["threads"]), f"{r['images_per_second']:.0f}", f"{r['peer']['images_per_second']:.0f}",
+                  f"{r['peer']['ratio']:.2f}")
+    out.print(t)
+    out.print("ratio = dlcpu images/s / torch images/s (>1: dlcpu faster)", highlight=False)
 
 
 def main():

@@ -273,3 +273,28 @@ def bench_gemm(m, n, k, n_threads, peak_gflops, *, compare_numpy=True, repeats=5
     err = float(np.abs(matmul(x[:64], y, n_threads=n_threads, isa=isa) - x[:64].astype(np.float64) @ y).max())
     out["check_max_abs_err_first64rows"] = err
     return out
+
+
+# -------------------------------------------------------------------------------------- train
+def bench_train_digits(epochs, batch, n_threads, seed=0):
+    """Digits CNN training images/s, dlcpu vs the same model in PyTorch (alternating epochs)."""
+    from threadpoolctl import threadpool_limits
+
+    from . import train
+
+    torch = torch_or_none()
+    if torch is None:
+        raise ValueError("bench train needs PyTorch: pip install 'dlcpu[compare]'")
+    data = train.load_digits_split(seed)
+    with threadpool_limits(limits=n_threads, user_api="openmp"), torch_threads(torch, n_threads):
+        train.train_throughput("dlcpu", data, 1, batch, seed=seed)   # warm-up (plans, pages)
+        train.train_throughput("torch", data, 1, batch, seed=seed, threads=n_threads)
+        ours, peer = [], []
+        for _ in range(epochs):
+            ours.append(train.train_throughput("dlcpu", data, 1, batch, seed=seed)[0])
+            time.sleep(SETTLE_SECONDS)
+            peer.append(train.train_throughput("torch", data, 1, batch, seed=seed, threads=n_threads)[0])
+            time.sleep(SETTLE_SECONDS)
+    mine, theirs = statistics.median(ours), statistics.median(peer)
+    return {"threads": n_threads, "batch": batch, "epochs": epochs, "images_per_second": mine,
+            "peer": {"name": f"torch {torch.__version__}", "images_per_second": theirs, "ratio": mine / theirs}}

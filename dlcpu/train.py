@@ -1,0 +1,190 @@
+"""Training on real data with dlcpu.nn: scikit-learn's bundled handwritten digits (1797 8x8
+images, no download), and the same run with an equivalent PyTorch model for `bench train`.
+
+The split is fixed and seeded (stratified 80/20), pixels are scaled by the training set's mean
+and deviation, and the model is checkpointed atomically after every epoch, so an interrupted or
+diverged run keeps the last good model.
+"""
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import nn
+from .layout import to_blocked
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class DigitsData:
+    x_train: np.ndarray  # (n, 1, 8, 8) float32, standardized
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def load_digits_split(seed=0, test_fraction=0.2):
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError:
+        raise ValueError("training on digits needs scikit-learn: pip install scikit-learn") from None
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
+    x_tr, x_te, y_tr, y_te = train_test_split(x, digits.target, test_size=test_fraction,
+                                              random_state=seed, stratify=digits.target)
+    mean, std = float(x_tr.mean()), float(x_tr.std())
+    norm = lambda a: np.ascontiguousarray((a - mean) / std, dtype=np.float32)  # noqa: E731
+    return DigitsData(norm(x_tr), y_tr.astype(np.int64), norm(x_te), y_te.astype(np.int64))
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    train_accuracy: float
+    test_accuracy: float
+    seconds: float
+    images_per_second: float
+
+
+@dataclass
+class TrainResult:
+    epochs: list = field(default_factory=list)
+    total_seconds: float = 0.0
+    checkpoint: str = None
+
+    @property
+    def test_accuracy(self):
+        return self.epochs[-1].test_accuracy if self.epochs else float("nan")
+
+
+def evaluate(model, x, y, batch=512):
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch):
+        logits = model(to_blocked(x[i:i + batch]))
+        correct += int((logits.argmax(axis=1) == y[i:i + batch]).sum())
+    return correct / len(x)
+
+
+def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, width=16, seed=0,
+                 out=None, on_step=None, on_epoch=None, data=None):
+    """Train digits_resnet on the digits split; returns TrainResult.
+
+    on_step(epoch, step, steps, loss) and on_epoch(EpochStats) feed progress displays.  With
+    `out`, the model is saved after every epoch (atomically).  A NaN/inf loss stops training
+    with TrainingDiverged, leaving the last checkpoint as it was."""
+    if epochs < 1 or batch < 1 or not lr > 0:
+        raise ValueError(f"train: need epochs >= 1, batch >= 1 and lr > 0 (got {epochs}, {batch}, {lr})")
+    data = data or load_digits_split(seed)
+    model = nn.digits_resnet(width, seed=seed)
+    opt = nn.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    rng = np.random.default_rng(seed)
+    n = len(data.x_train)
+    steps = math.ceil(n / batch)
+    result = TrainResult(checkpoint=out)
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        perm = rng.permutation(n)
+        loss_sum, correct = 0.0, 0
+        for step in range(steps):
+            idx = perm[step * batch:(step + 1) * batch]
+            logits = model(to_blocked(data.x_train[idx]))
+            loss, dlogits = nn.softmax_cross_entropy(logits, data.y_train[idx])
+            if not math.isfinite(loss):
+                kept = f"; the last good model is in {out}" if out and epoch > 1 else ""
+                raise TrainingDiverged(f"training diverged: loss is {loss} at epoch {epoch}, step {step + 1} "
+                                       f"(try a smaller --lr than {lr}){kept}")
+            model.backward(dlogits)
+            opt.step()
+            opt.zero_grad()
+            loss_sum += loss * len(idx)
+            correct += int((logits.argmax(axis=1) == data.y_train[idx]).sum())
+            if on_step:
+                on_step(epoch, step + 1, steps, loss)
+        seconds = time.perf_counter() - t0
+        stats = EpochStats(epoch, loss_sum / n, correct / n, evaluate(model, data.x_test, data.y_test),
+                           seconds, n / seconds)
+        result.epochs.append(stats)
+        if out:
+            nn.save(model, out)
+        if on_epoch:
+            on_epoch(stats)
+    result.total_seconds = time.perf_counter() - start
+    result.model = model
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# The same model and loop in PyTorch, for `dlcpu bench train digits`
+# ------------------------------------------------------------------------------------------------
+def torch_digits_resnet(torch, width=16, classes=10):
+    tnn = torch.nn
+
+    class Block(tnn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(cout)
+            self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(cout)
+            self.short = tnn.Sequential()
+            if stride != 1 or cin != cout:
+                self.short = tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, 0, bias=False), tnn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            h = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+            return torch.relu(h + self.short(x))
+
+    return tnn.Sequential(
+        tnn.Conv2d(1, width, 3, 1, 1, bias=False), tnn.BatchNorm2d(width), tnn.ReLU(),
+        Block(width, width, 1), Block(width, 2 * width, 2),
+        tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(2 * width, classes),
+    )
+
+
+def train_throughput(framework, data, epochs, batch, lr=0.05, seed=0, threads=1):
+    """Images/s of the training loop (forward, loss, backward, SGD step) for 'dlcpu' or 'torch'."""
+    n = len(data.x_train)
+    rng = np.random.default_rng(seed)
+    if framework == "dlcpu":
+        model = nn.digits_resnet(16, seed=seed)
+        opt = nn.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+
+        def step(idx):
+            logits = model(to_blocked(data.x_train[idx]))
+            _, g = nn.softmax_cross_entropy(logits, data.y_train[idx])
+            model.backward(g)
+            opt.step()
+            opt.zero_grad()
+    else:
+        import torch
+
+        torch.manual_seed(seed)
+        torch.set_num_threads(threads)
+        model = torch_digits_resnet(torch)
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+        xt, yt = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def step(idx):
+            i = torch.from_numpy(idx)
+            loss = loss_fn(model(xt[i]), yt[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    times = []
+    for _ in range(epochs):
+        perm = rng.permutation(n)
+        t0 = time.perf_counter()
+        for s in range(0, n, batch):
+            step(perm[s:s + batch])
+        times.append(time.perf_counter() - t0)
+    return n / float(np.median(times)), times
