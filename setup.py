@@ -23,6 +23,7 @@ EXTENSIONS = {
     "brgemm": "pyx/brgemm.pyx",
     "conv": "pyx/conv.pyx",
     "pool": "pyx/pool.pyx",
+    "norm": "pyx/norm.pyx",
 }
 
 BASE_CFLAGS = ["-O3", "-fno-strict-aliasing", "-Wno-unused-function", "-Wno-unreachable-code"]

@@ -23,7 +23,7 @@ import zipfile
 
 import numpy as np
 
-from . import pool
+from . import norm, pool
 from .conv import conv2d, conv2d_backward
 from .gemm import matmul
 from .layout import CB, BlockedTensor, block_weights, n_blocks, unblock_weights
@@ -188,14 +188,16 @@ class Conv2d(Module):
 
 @_register
 class BatchNorm2d(Module):
-    """Batch normalization over (N, H, W) per channel, fp32 statistics.
+    """Batch normalization over (N, H, W) per channel, fp32 statistics; relu=True fuses a
+    following ReLU into the same passes (forward and backward).
 
     Training mode normalizes with the batch's mean and biased variance and updates the running
     estimates (unbiased variance, momentum 0.1, as PyTorch); eval mode uses the running ones."""
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, relu=False):
         super().__init__()
-        self.args = dict(num_features=num_features, eps=eps, momentum=momentum)
+        self.args = dict(num_features=num_features, eps=eps, momentum=momentum, relu=relu)
+        self.relu = bool(relu)
         self.C, self.eps, self.momentum = num_features, eps, momentum
         padded = n_blocks(num_features) * CB
         gamma = np.zeros(padded, np.float32)
@@ -205,51 +207,23 @@ class BatchNorm2d(Module):
         self.running_mean = np.zeros(padded, np.float32)
         self.running_var = np.zeros(padded, np.float32)
         self.running_var[:num_features] = 1.0
-        self._cache = None
+        self._saved = None
 
     def own_parameters(self):
         return {"weight": self.weight, "bias": self.bias}
 
-    @staticmethod
-    def _per_channel(v, cb):
-        return v.reshape(1, cb, 1, 1, CB)
-
     def forward(self, x):
         _expect_blocked(x, self.describe(), self.C)
-        d = x.data
-        cb = d.shape[1]
-        m = d.shape[0] * d.shape[2] * d.shape[3]
-        if self.training:
-            mean = d.mean(axis=(0, 2, 3), dtype=np.float64)
-            var = np.square(d - mean.reshape(1, cb, 1, 1, CB).astype(np.float32)).mean(axis=(0, 2, 3), dtype=np.float64)
-            unbiased = var * m / max(m - 1, 1)
-            self.running_mean = ((1 - self.momentum) * self.running_mean + self.momentum * mean.reshape(-1)).astype(np.float32)
-            self.running_var = ((1 - self.momentum) * self.running_var + self.momentum * unbiased.reshape(-1)).astype(np.float32)
-            mean = mean.astype(np.float32).reshape(-1)
-            var = var.astype(np.float32).reshape(-1)
-        else:
-            mean, var = self.running_mean, self.running_var
-        invstd = (1.0 / np.sqrt(var + self.eps)).astype(np.float32)
-        xhat = (d - self._per_channel(mean, cb)) * self._per_channel(invstd, cb)
-        y = xhat * self._per_channel(self.weight.data, cb) + self._per_channel(self.bias.data, cb)
-        self._cache = (xhat, invstd, m)
-        return BlockedTensor(y.astype(np.float32, copy=False), x.shape)
+        y, self._saved = norm.batchnorm_forward(x, self.weight.data, self.bias.data, self.running_mean,
+                                                self.running_var, self.training, eps=self.eps,
+                                                momentum=self.momentum, relu=self.relu)
+        return y
 
     def backward(self, dy):
-        xhat, invstd, m = self._cache
-        g = dy.data
-        cb = g.shape[1]
-        dbeta = g.sum(axis=(0, 2, 3), dtype=np.float64).reshape(-1)
-        dgamma = (g * xhat).sum(axis=(0, 2, 3), dtype=np.float64).reshape(-1)
-        self.weight.grad += dgamma.astype(np.float32)
-        self.bias.grad += dbeta.astype(np.float32)
-        if not self.training:  # eval mode: statistics are constants
-            scale = self.weight.data * invstd
-            return BlockedTensor((g * self._per_channel(scale, cb)).astype(np.float32), dy.shape)
-        scale = (self.weight.data * invstd / m).astype(np.float32)
-        dx = self._per_channel(scale, cb) * (
-            m * g - self._per_channel(dbeta.astype(np.float32), cb) - xhat * self._per_channel(dgamma.astype(np.float32), cb))
-        return BlockedTensor(dx.astype(np.float32, copy=False), dy.shape)
+        dx, dgamma, dbeta = norm.batchnorm_backward(dy, self._saved)
+        self.weight.grad += dgamma
+        self.bias.grad += dbeta
+        return dx
 
     def config(self):
         return {"type": "BatchNorm2d", "args": self.args}
@@ -266,22 +240,22 @@ class BatchNorm2d(Module):
             target[:c] = _take(state, prefix + key, (c,), self.describe())
 
     def describe(self):
-        return f"BatchNorm2d({self.C})"
+        return f"BatchNorm2d({self.C}{', relu' if self.relu else ''})"
 
 
 @_register
 class ReLU(Module):
     def __init__(self):
         super().__init__()
-        self._mask = None
+        self._y = None
 
     def forward(self, x):
         _expect_blocked(x, "ReLU", None)
-        self._mask = x.data > 0
-        return BlockedTensor(np.maximum(x.data, 0.0), x.shape)
+        self._y = BlockedTensor(np.maximum(x.data, np.float32(0.0)), x.shape)
+        return self._y
 
     def backward(self, dy):
-        return BlockedTensor(np.where(self._mask, dy.data, np.float32(0.0)), dy.shape)
+        return norm.relu_backward(dy, self._y)
 
     def config(self):
         return {"type": "ReLU", "args": {}}
@@ -437,14 +411,14 @@ class Sequential(Module):
 @_register
 class BasicBlock(Module):
     """ResNet basic block: relu(bn2(conv3x3(relu(bn1(conv3x3_s(x))))) + shortcut(x)), the
-    shortcut a strided 1x1 conv + BN when the shape changes, else the identity."""
+    shortcut a strided 1x1 conv + BN when the shape changes, else the identity (the first ReLU
+    is fused into bn1)."""
 
     def __init__(self, in_channels, out_channels, stride=1, seed=0):
         super().__init__()
         self.args = dict(in_channels=in_channels, out_channels=out_channels, stride=stride, seed=seed)
         self.conv1 = Conv2d(in_channels, out_channels, 3, stride, 1, bias=False, seed=seed)
-        self.bn1 = BatchNorm2d(out_channels)
-        self.relu1 = ReLU()
+        self.bn1 = BatchNorm2d(out_channels, relu=True)
         self.conv2 = Conv2d(out_channels, out_channels, 3, 1, 1, bias=False, seed=seed + 1)
         self.bn2 = BatchNorm2d(out_channels)
         self.relu_out = ReLU()
@@ -454,11 +428,11 @@ class BasicBlock(Module):
                              BatchNorm2d(out_channels)]
 
     def children(self):
-        return [self.conv1, self.bn1, self.relu1, self.conv2, self.bn2, self.relu_out, *self.shortcut]
+        return [self.conv1, self.bn1, self.conv2, self.bn2, self.relu_out, *self.shortcut]
 
     def forward(self, x):
         _expect_blocked(x, self.describe(), self.args["in_channels"])
-        h = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
+        h = self.bn2(self.conv2(self.bn1(self.conv1(x))))
         s = x
         for m in self.shortcut:
             s = m(s)
@@ -467,7 +441,7 @@ class BasicBlock(Module):
 
     def backward(self, dy):
         g = self.relu_out.backward(dy)
-        dx = self.conv1.backward(self.bn1.backward(self.relu1.backward(self.conv2.backward(self.bn2.backward(g)))))
+        dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(self.bn2.backward(g))))
         ds = g
         for m in reversed(self.shortcut):
             ds = m.backward(ds)
@@ -577,7 +551,7 @@ def digits_resnet(width=16, classes=10, seed=0):
     first = Conv2d(1, width, 3, 1, 1, bias=False, seed=seed)
     first.needs_input_grad = False  # nothing upstream of the first layer wants dx
     return Sequential(
-        first, BatchNorm2d(width), ReLU(),
+        first, BatchNorm2d(width, relu=True),
         BasicBlock(width, width, 1, seed=seed + 10),
         BasicBlock(width, 2 * width, 2, seed=seed + 20),
         GlobalAvgPool(),

@@ -1,0 +1,157 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Batch normalization and ReLU on blocked activations I[N][C/16][H][W][16].
+
+Parallel over channel blocks; within a block the reduction runs over (n, h, w) in a fixed order
+with 16 double accumulators (one per lane), so statistics and gradients do not depend on the
+thread count.  Forward in training mode takes two passes for the statistics (mean, then the
+centred second moment: no cancellation) and one to normalize; the backward takes one pass for
+the two channel sums and one for dx.  A ReLU after the normalization can be fused into both
+(forward: clamp while normalizing; backward: mask dy by the output while reducing).
+"""
+from libc.stdint cimport int64_t
+from libc.math cimport sqrt
+from libc.stdlib cimport malloc, free
+from cython.parallel cimport prange, parallel
+
+cdef extern from "norm_f32.h" nogil:
+    void dlcpu_bn_apply_plane(const float *x, float *y, const float *scale, const float *shift,
+                              int64_t hw, int relu)
+    void dlcpu_relu_mask(const float *dy, const float *y, float *g, int64_t n)
+
+
+cdef void stats_block(const float[:, :, :, :, ::1] x, int64_t cb, double *mean,
+                      double *var) noexcept nogil:
+    # Per-block helper: its accumulators live on this call's stack (an array declared in the
+    # prange function itself would be shared by all threads).
+    cdef int64_t N = x.shape[0], HW = x.shape[2] * x.shape[3]
+    cdef int64_t n, i, lane
+    cdef double acc[16]
+    cdef double d
+    cdef const float *px
+    for lane in range(16):
+        acc[lane] = 0.0
+    for n in range(N):
+        px = &x[n, cb, 0, 0, 0]
+        for i in range(HW):
+            for lane in range(16):
+                acc[lane] += px[i * 16 + lane]
+    for lane in range(16):
+        mean[lane] = acc[lane] / (N * HW)
+        acc[lane] = 0.0
+    for n in range(N):
+        px = &x[n, cb, 0, 0, 0]
+        for i in range(HW):
+            for lane in range(16):
+                d = px[i * 16 + lane] - mean[lane]
+                acc[lane] += d * d
+    for lane in range(16):
+        var[lane] = acc[lane] / (N * HW)
+
+
+def batchnorm_stats(const float[:, :, :, :, ::1] x, double[:, ::1] mean, double[:, ::1] var,
+                    int n_threads):
+    """Per-channel mean and biased variance over (N, H, W); mean/var are (C/16, 16)."""
+    cdef int64_t cb
+    for cb in prange(x.shape[1], nogil=True, schedule='static', num_threads=n_threads):
+        stats_block(x, cb, &mean[cb, 0], &var[cb, 0])
+
+
+def batchnorm_apply(const float[:, :, :, :, ::1] x, const float[:, ::1] scale,
+                    const float[:, ::1] shift, float[:, :, :, :, ::1] y, bint relu, int n_threads):
+    """y = x*scale + shift per channel (scale = gamma/std, shift = beta - mean*scale), ReLU fused."""
+    cdef int64_t N = x.shape[0], Cb = x.shape[1], HW = x.shape[2] * x.shape[3]
+    cdef int64_t nc, n, cb
+    for nc in prange(N * Cb, nogil=True, schedule='static', num_threads=n_threads):
+        n = nc // Cb
+        cb = nc % Cb
+        dlcpu_bn_apply_plane(&x[n, cb, 0, 0, 0], &y[n, cb, 0, 0, 0], &scale[cb, 0], &shift[cb, 0],
+                             HW, relu)
+
+
+cdef void backward_block(const float[:, :, :, :, ::1] dy, const float[:, :, :, :, ::1] x,
+                         const float *mean, const float *invstd, const float *gamma,
+                         float[:, :, :, :, ::1] dx, double *dgamma, double *dbeta, int64_t cb,
+                         bint training, const float *y, float *g) noexcept nogil:
+    """One channel block.  g: per-thread scratch of one image plane (H*W*16 floats) holding
+    dy, masked by the fused ReLU's output when y is given; separate plain loops keep both
+    passes vectorized."""
+    cdef int64_t N = x.shape[0], Cb = x.shape[1], HW = x.shape[2] * x.shape[3]
+    cdef int64_t n, i, lane, j
+    cdef double M = N * HW
+    cdef double sg[16]
+    cdef double sb[16]
+    cdef float k1[16]
+    cdef float k2[16]
+    cdef float k3[16]
+    cdef float xh
+    cdef const float *px
+    cdef const float *pd
+    cdef float *po
+    for lane in range(16):
+        sg[lane] = 0.0
+        sb[lane] = 0.0
+    for n in range(N):
+        px = &x[n, cb, 0, 0, 0]
+        pd = &dy[n, cb, 0, 0, 0]
+        if y != NULL:
+            dlcpu_relu_mask(pd, y + (n * Cb + cb) * HW * 16, g, HW * 16)
+            pd = g
+        for i in range(HW):
+            for lane in range(16):
+                j = i * 16 + lane
+                sb[lane] += pd[j]
+                sg[lane] += pd[j] * (px[j] - mean[lane]) * invstd[lane]
+    for lane in range(16):
+        dgamma[lane] = sg[lane]
+        dbeta[lane] = sb[lane]
+        k1[lane] = gamma[lane] * invstd[lane]
+        k2[lane] = <float>(sb[lane] / M) if training else 0.0
+        k3[lane] = <float>(sg[lane] / M) if training else 0.0
+    for n in range(N):
+        px = &x[n, cb, 0, 0, 0]
+        pd = &dy[n, cb, 0, 0, 0]
+        po = &dx[n, cb, 0, 0, 0]
+        if y != NULL:
+            dlcpu_relu_mask(pd, y + (n * Cb + cb) * HW * 16, g, HW * 16)
+            pd = g
+        for i in range(HW):
+            for lane in range(16):
+                j = i * 16 + lane
+                xh = (px[j] - mean[lane]) * invstd[lane]
+                po[j] = k1[lane] * (pd[j] - k2[lane] - xh * k3[lane])
+
+
+def batchnorm_backward(const float[:, :, :, :, ::1] dy, const float[:, :, :, :, ::1] x,
+                       const float[:, ::1] mean, const float[:, ::1] invstd,
+                       const float[:, ::1] gamma, float[:, :, :, :, ::1] dx,
+                       double[:, ::1] dgamma, double[:, ::1] dbeta, bint training,
+                       const float[:, :, :, :, ::1] y, int n_threads):
+    """dgamma = sum g*xhat, dbeta = sum g and, in training mode,
+    dx = gamma*invstd/M * (M*g - dbeta - xhat*dgamma); in eval mode dx = gamma*invstd*g, where
+    g = dy, or with a fused ReLU (y: the forward output, else an empty array) dy masked by y > 0."""
+    cdef int64_t cb
+    cdef const float *py = &y[0, 0, 0, 0, 0] if y.shape[0] > 0 else NULL
+    cdef float *g = NULL
+    cdef int errors = 0
+    with nogil, parallel(num_threads=n_threads):
+        g = <float *> malloc(sizeof(float) * x.shape[2] * x.shape[3] * 16) if py != NULL else NULL
+        for cb in prange(x.shape[1], schedule='static'):
+            if py != NULL and g == NULL:
+                errors += 1
+            else:
+                backward_block(dy, x, &mean[cb, 0], &invstd[cb, 0], &gamma[cb, 0], dx,
+                               &dgamma[cb, 0], &dbeta[cb, 0], cb, training, py, g)
+        free(g)
+    if errors:
+        raise MemoryError("batchnorm_backward: cannot allocate the per-thread gradient plane")
+
+
+def relu_backward(const float[:, :, :, :, ::1] dy, const float[:, :, :, :, ::1] y,
+                  float[:, :, :, :, ::1] dx, int n_threads):
+    """dx = dy where the ReLU's output y > 0, else 0."""
+    cdef int64_t N = dy.shape[0], Cb = dy.shape[1], plane = dy.shape[2] * dy.shape[3] * 16
+    cdef int64_t nc, n, cb
+    for nc in prange(N * Cb, nogil=True, schedule='static', num_threads=n_threads):
+        n = nc // Cb
+        cb = nc % Cb
+        dlcpu_relu_mask(&dy[n, cb, 0, 0, 0], &y[n, cb, 0, 0, 0], &dx[n, cb, 0, 0, 0], plane)
