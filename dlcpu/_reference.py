@@ -92,3 +92,82 @@ def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0)):
             dw[:, :, rr, ss] = np.einsum("nkpq,ncpq->kc", dy, xp[:, :, rows, cols])
             dxp[:, :, rows, cols] += np.einsum("nkpq,kc->ncpq", dy, w[:, :, rr, ss])
     return dxp[:, :, ph:ph + h, pw:pw + wd], dw, dy.sum(axis=(0, 2, 3))
+
+
+def _windows(x, r, s, sh, sw, ph, pw, fill):
+    """(N, C, P, Q, R, S) view of every pooling window of x padded with `fill`."""
+    n, c, h, w = x.shape
+    xp = np.full((n, c, h + 2 * ph, w + 2 * pw), fill)
+    xp[:, :, ph:ph + h, pw:pw + w] = x
+    p = (h + 2 * ph - r) // sh + 1
+    q = (w + 2 * pw - s) // sw + 1
+    out = np.empty((n, c, p, q, r, s))
+    for i in range(r):
+        for j in range(s):
+            out[..., i, j] = xp[:, :, i:i + sh * (p - 1) + 1:sh, j:j + sw * (q - 1) + 1:sw]
+    return out
+
+
+def max_pool2d(x, kernel, stride, padding):
+    """Max over each window (padding never wins) in float64."""
+    return _windows(np.asarray(x, np.float64), *kernel, *stride, *padding, -np.inf).max(axis=(4, 5))
+
+
+def max_pool2d_backward(dy, x, kernel, stride, padding):
+    """Route each dy to the first maximal position of its window."""
+    x = np.asarray(x, np.float64)
+    r, s = kernel
+    sh, sw = stride
+    ph, pw = padding
+    win = _windows(x, r, s, sh, sw, ph, pw, -np.inf)
+    n, c, p, q = win.shape[:4]
+    flat = win.reshape(n, c, p, q, r * s).argmax(axis=4)
+    dx = np.zeros((n, c, x.shape[2] + 2 * ph, x.shape[3] + 2 * pw))
+    for pi in range(p):
+        for qi in range(q):
+            rr, ss = np.divmod(flat[:, :, pi, qi], s)
+            ni, ci = np.indices((n, c))
+            np.add.at(dx, (ni, ci, pi * sh + rr, qi * sw + ss), dy[:, :, pi, qi])
+    return dx[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
+
+
+def avg_pool2d(x, kernel, stride, padding):
+    """Window sums / (R*S), padding counted as zeros (PyTorch's count_include_pad=True)."""
+    return _windows(np.asarray(x, np.float64), *kernel, *stride, *padding, 0.0).mean(axis=(4, 5))
+
+
+def avg_pool2d_backward(dy, x_shape, kernel, stride, padding):
+    n, c, h, w = x_shape
+    r, s = kernel
+    sh, sw = stride
+    ph, pw = padding
+    dx = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
+    p, q = dy.shape[2], dy.shape[3]
+    for i in range(r):
+        for j in range(s):
+            dx[:, :, i:i + sh * (p - 1) + 1:sh, j:j + sw * (q - 1) + 1:sw] += dy / (r * s)
+    return dx[:, :, ph:ph + h, pw:pw + w]
+
+
+def batchnorm_forward(x, gamma, beta, eps=1e-5):
+    """Training-mode batch norm over (N, H, W): returns (y, mean, biased var)."""
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=(0, 2, 3))
+    var = x.var(axis=(0, 2, 3))
+    xhat = (x - mean[None, :, None, None]) / np.sqrt(var + eps)[None, :, None, None]
+    return xhat * np.asarray(gamma, np.float64)[None, :, None, None] + np.asarray(beta, np.float64)[None, :, None, None], mean, var
+
+
+def batchnorm_backward(dy, x, gamma, eps=1e-5):
+    """(dx, dgamma, dbeta) of training-mode batch norm, from the textbook formula."""
+    dy = np.asarray(dy, np.float64)
+    x = np.asarray(x, np.float64)
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = x.mean(axis=(0, 2, 3))[None, :, None, None]
+    invstd = 1.0 / np.sqrt(x.var(axis=(0, 2, 3)) + eps)[None, :, None, None]
+    xhat = (x - mean) * invstd
+    dbeta = dy.sum(axis=(0, 2, 3))
+    dgamma = (dy * xhat).sum(axis=(0, 2, 3))
+    dx = np.asarray(gamma, np.float64)[None, :, None, None] * invstd / m * (
+        m * dy - dbeta[None, :, None, None] - xhat * dgamma[None, :, None, None])
+    return dx, dgamma, dbeta

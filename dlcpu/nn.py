@@ -270,7 +270,8 @@ class MaxPool2d(Module):
 
     def forward(self, x):
         _expect_blocked(x, self.describe(), None)
-        y, arg = pool.max_pool2d(x, **self.args)
+        a = self.args
+        y, arg = pool.max_pool2d(x, a["kernel_size"], a["stride"], a["padding"])
         self._cache = (arg, x.shape)
         return y
 
@@ -295,7 +296,8 @@ class AvgPool2d(Module):
     def forward(self, x):
         _expect_blocked(x, self.describe(), None)
         self._x_shape = x.shape
-        return pool.avg_pool2d(x, **self.args)
+        a = self.args
+        return pool.avg_pool2d(x, a["kernel_size"], a["stride"], a["padding"])
 
     def backward(self, dy):
         a = self.args

@@ -85,10 +85,18 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
     model = nn.digits_resnet(width, seed=seed)
     opt = nn.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
-    n = len(data.x_train)
-    steps = math.ceil(n / batch)
     result = TrainResult(checkpoint=out)
     start = time.perf_counter()
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected on the loss
+        _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch, result)
+    result.total_seconds = time.perf_counter() - start
+    result.model = model
+    return result
+
+
+def _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch, result):
+    n = len(data.x_train)
+    steps = math.ceil(n / batch)
     for epoch in range(1, epochs + 1):
         model.train()
         t0 = time.perf_counter()
@@ -117,9 +125,6 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
             nn.save(model, out)
         if on_epoch:
             on_epoch(stats)
-    result.total_seconds = time.perf_counter() - start
-    result.model = model
-    return result
 
 
 # ------------------------------------------------------------------------------------------------

@@ -87,3 +87,44 @@ def test_usage_errors_exit_2(args):
 def test_module_entry_point():
     res = subprocess.run([sys.executable, "-m", "dlcpu.cli.main", "info", "--json"], capture_output=True, text=True, cwd="/")
     assert res.returncode == 0 and json.loads(res.stdout)["version"]
+
+
+def test_bench_conv_backward_passes_json():
+    args = ["bench", "conv", "--layer", "mb2ic16ih10oc32oh5kh3sh2ph1", "--pass", "bwd_d,bwd_w",
+            "--threads", "1", "--check", "--repeats", "1", "--json"]
+    if HAVE_TORCH:
+        args += ["--compare", "torch"]
+    res = run(*args)
+    assert res.returncode == 0, res.stderr
+    runs = json.loads(res.stdout)["runs"]
+    assert [r["pass"] for r in runs] == ["bwd_d", "bwd_w"]
+    assert all(l["check"]["passed"] for r in runs for l in r["layers"])
+
+
+def test_bench_conv_bad_pass():
+    res = run("bench", "conv", "--pass", "sideways")
+    assert res.returncode == 1 and "--pass must be a comma list" in res.stderr
+
+
+def test_train_digits_json_and_model(tmp_path):
+    out = str(tmp_path / "m.npz")
+    res = run("train", "digits", "--epochs", "2", "--threads", "1", "--out", out, "--json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert len(data["history"]) == 2 and data["model"] == out and data["test_images"] == 360
+    from dlcpu import nn
+
+    nn.load(out)
+
+
+def test_train_digits_divergence_exit_1(tmp_path):
+    res = run("train", "digits", "--epochs", "2", "--lr", "1e6", "--out", str(tmp_path / "m.npz"))
+    assert res.returncode == 1 and "training diverged" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.skipif(not HAVE_TORCH, reason="needs PyTorch")
+def test_bench_train_digits_json():
+    res = run("bench", "train", "digits", "--epochs", "1", "--threads", "1", "--json")
+    assert res.returncode == 0, res.stderr
+    row = json.loads(res.stdout)["train_digits"][0]
+    assert row["images_per_second"] > 0 and row["peer"]["ratio"] > 0

@@ -1,0 +1,161 @@
+"""Pooling and batch normalization kernels against float64 twins, PyTorch and thread counts."""
+import numpy as np
+import pytest
+
+import dlcpu
+from dlcpu import _reference as ref
+from dlcpu import norm, pool
+
+from conftest import assert_close, max_threads, needs_torch
+
+POOLS = [  # n, c, h, w, kernel, stride, padding
+    (2, 20, 9, 7, (3, 3), (2, 2), (1, 1)),
+    (1, 16, 8, 8, (2, 2), (2, 2), (0, 0)),
+    (3, 3, 5, 6, (3, 2), (1, 2), (1, 1)),
+    (1, 33, 4, 4, (4, 4), (4, 4), (2, 0)),
+]
+
+
+@pytest.mark.parametrize("case", POOLS, ids=str)
+def test_max_pool(rng, case):
+    n, c, h, w, k, s, p = case
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    y, arg = pool.max_pool2d(dlcpu.to_blocked(x), k, s, p)
+    assert_close(y.numpy(), ref.max_pool2d(x, k, s, p))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = pool.max_pool2d_backward(dlcpu.to_blocked(dy), arg, x.shape)
+    assert_close(dx.numpy(), ref.max_pool2d_backward(dy, x, k, s, p))
+    assert not dx.data[:, -1, :, :, (c - 1) % 16 + 1:].any() if c % 16 else True
+
+
+@pytest.mark.parametrize("case", POOLS, ids=str)
+def test_avg_pool(rng, case):
+    n, c, h, w, k, s, p = case
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    y = pool.avg_pool2d(dlcpu.to_blocked(x), k, s, p)
+    assert_close(y.numpy(), ref.avg_pool2d(x, k, s, p))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = pool.avg_pool2d_backward(dlcpu.to_blocked(dy), x.shape, k, s, p)
+    assert_close(dx.numpy(), ref.avg_pool2d_backward(dy, x.shape, k, s, p))
+
+
+@needs_torch
+def test_pools_against_torch(rng):
+    import torch
+
+    x = rng.standard_normal((2, 20, 9, 7)).astype(np.float32)
+    xb = dlcpu.to_blocked(x)
+    assert np.array_equal(pool.max_pool2d(xb, 3, 2, 1)[0].numpy(), torch.nn.functional.max_pool2d(torch.from_numpy(x), 3, 2, 1).numpy())
+    assert_close(pool.avg_pool2d(xb, 3, 2, 1).numpy(), torch.nn.functional.avg_pool2d(torch.from_numpy(x), 3, 2, 1).numpy())
+
+
+def test_max_pool_nan_propagates():
+    x = np.zeros((1, 1, 2, 2), np.float32)
+    x[0, 0, 1, 0] = np.nan
+    y, _ = pool.max_pool2d(dlcpu.to_blocked(x), 2)
+    assert np.isnan(y.numpy()[0, 0, 0, 0])
+
+
+def test_pool_errors():
+    xb = dlcpu.to_blocked(np.zeros((1, 2, 4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"padding must be in \[0, kernel/2\]"):
+        pool.max_pool2d(xb, 2, padding=2)
+    with pytest.raises(ValueError, match="output size would be <= 0"):
+        pool.avg_pool2d(xb, 5)
+    with pytest.raises(TypeError, match="BlockedTensor"):
+        pool.max_pool2d(np.zeros((1, 2, 4, 4), np.float32), 2)
+
+
+def test_global_avg_pool(rng):
+    x = rng.standard_normal((3, 20, 5, 4)).astype(np.float32)
+    y = pool.global_avg_pool(dlcpu.to_blocked(x))
+    assert_close(y, x.astype(np.float64).mean(axis=(2, 3)))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = pool.global_avg_pool_backward(dy, x.shape)
+    assert_close(dx.numpy(), np.broadcast_to(dy[:, :, None, None] / 20.0, x.shape))
+
+
+def bn_args(c):
+    cb = -(-c // 16) * 16
+    gamma = np.zeros(cb, np.float32)
+    beta = np.zeros(cb, np.float32)
+    gamma[:c] = np.linspace(0.5, 1.5, c)
+    beta[:c] = np.linspace(-0.2, 0.3, c)
+    return gamma, beta, np.zeros(cb, np.float32), np.ones(cb, np.float32)
+
+
+@pytest.mark.parametrize("c", [1, 16, 20, 33])
+@pytest.mark.parametrize("relu", [False, True])
+def test_batchnorm_training(rng, c, relu):
+    x = (rng.standard_normal((4, c, 5, 6)) * 3 + 1).astype(np.float32)
+    gamma, beta, rm, rv = bn_args(c)
+    y, saved = norm.batchnorm_forward(dlcpu.to_blocked(x), gamma, beta, rm, rv, True, relu=relu)
+    y_ref, mean, var = ref.batchnorm_forward(x, gamma[:c], beta[:c])
+    if relu:
+        y_ref = np.maximum(y_ref, 0)
+    assert_close(y.numpy(), y_ref)
+    assert not y.data[:, -1, :, :, (c - 1) % 16 + 1:].any() if c % 16 else True
+    assert_close(rm[:c], 0.1 * mean)
+    assert_close(rv[:c], 0.9 + 0.1 * var * (4 * 30) / (4 * 30 - 1))
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dx, dgamma, dbeta = norm.batchnorm_backward(dlcpu.to_blocked(dy), saved)
+    dyr = dy * (y_ref > 0) if relu else dy
+    dx_ref, dg_ref, db_ref = ref.batchnorm_backward(dyr, x, gamma[:c])
+    assert_close(dx.numpy(), dx_ref)
+    assert_close(dgamma[:c], dg_ref)
+    assert_close(dbeta[:c], db_ref)
+    assert not dgamma[c:].any() and not dbeta[c:].any()
+
+
+def test_batchnorm_eval_uses_running_stats(rng):
+    x = rng.standard_normal((2, 16, 3, 3)).astype(np.float32)
+    gamma, beta, rm, rv = bn_args(16)
+    rm[:] = 0.5
+    rv[:] = 4.0
+    y, saved = norm.batchnorm_forward(dlcpu.to_blocked(x), gamma, beta, rm, rv, False)
+    assert_close(y.numpy(), (x - 0.5) / np.sqrt(4.0 + 1e-5) * gamma[None, :, None, None] + beta[None, :, None, None])
+    assert (rm == 0.5).all()
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dx, _, _ = norm.batchnorm_backward(dlcpu.to_blocked(dy), saved)
+    assert_close(dx.numpy(), dy * (gamma / np.sqrt(4.0 + 1e-5))[None, :, None, None])
+
+
+@needs_torch
+def test_batchnorm_against_torch(rng):
+    import torch
+
+    x = rng.standard_normal((4, 20, 5, 6)).astype(np.float32)
+    gamma, beta, rm, rv = bn_args(20)
+    y, saved = norm.batchnorm_forward(dlcpu.to_blocked(x), gamma, beta, rm, rv, True)
+    bn = torch.nn.BatchNorm2d(20)
+    with torch.no_grad():
+        bn.weight.copy_(torch.from_numpy(gamma[:20]))
+        bn.bias.copy_(torch.from_numpy(beta[:20]))
+    xt = torch.from_numpy(x).requires_grad_()
+    yt = bn(xt)
+    assert_close(y.numpy(), yt.detach().numpy())
+    assert_close(rv[:20], bn.running_var.numpy())
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    yt.backward(torch.from_numpy(dy))
+    dx, dgamma, _ = norm.batchnorm_backward(dlcpu.to_blocked(dy), saved)
+    assert_close(dx.numpy(), xt.grad.numpy())
+    assert_close(dgamma[:20], bn.weight.grad.numpy())
+
+
+def test_batchnorm_threads_bitwise(rng):
+    x = rng.standard_normal((8, 40, 6, 6)).astype(np.float32)
+    dy = dlcpu.to_blocked(rng.standard_normal(x.shape).astype(np.float32))
+    outs = []
+    for t in (1, max_threads(), 3):
+        gamma, beta, rm, rv = bn_args(40)
+        y, saved = norm.batchnorm_forward(dlcpu.to_blocked(x), gamma, beta, rm, rv, True, relu=True, n_threads=t)
+        outs.append((y.data, *norm.batchnorm_backward(dy, saved, n_threads=t)))
+    for other in outs[1:]:
+        assert np.array_equal(outs[0][0], other[0]) and np.array_equal(outs[0][1].data, other[1].data)
+        assert np.array_equal(outs[0][2], other[2])
+
+
+def test_relu_backward(rng):
+    y = dlcpu.to_blocked(np.maximum(rng.standard_normal((2, 17, 3, 3)), 0).astype(np.float32))
+    dy = dlcpu.to_blocked(rng.standard_normal((2, 17, 3, 3)).astype(np.float32))
+    assert np.array_equal(norm.relu_backward(dy, y).data, np.where(y.data > 0, dy.data, 0))
