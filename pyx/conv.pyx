@@ -333,3 +333,128 @@ def flip_transpose_weights(const float[:, :, :, :, :, ::1] wb, float[:, :, :, :,
                 s = rho_w + sw * (Jw - 1 - i)
                 dlcpu_transpose_16x16_f32(src + (((kb * Cb + cb) * R + r) * S + s) * 256,
                                           dst + ((ck * Jh + j) * Jw + i) * 256)
+
+
+# ----------------------------------------------------------------------------------------------
+# Winograd F(m x m, 3 x 3), stride 1: transforms in winograd_f32.h, the alpha^2 GEMMs on the BRGEMM
+# ----------------------------------------------------------------------------------------------
+cdef extern from "winograd_f32.h" nogil:
+    void dlcpu_wino_filter_block(const float *w, float *u, int64_t u_stride, int alpha)
+    void dlcpu_wino_input_tile(const float *x_plane, int64_t H, int64_t W, int64_t h0, int64_t w0,
+                               float *v, int64_t v_stride, int alpha)
+    void dlcpu_wino_output_tile(const float *m_in, int64_t m_stride, float *y_plane, int64_t P,
+                                int64_t Q, int64_t p0, int64_t q0, const float *bias, int relu,
+                                int alpha)
+
+
+def winograd_filter_transform(const float[::1] w, float[::1] u, int64_t Kb, int64_t Cb, int alpha,
+                              int n_threads):
+    """U[xi*alpha+nu][kb][cb][16c][16k] = G g G^T from blocked 3x3 weights W[kb][cb][3][3][c][k]."""
+    cdef int64_t kc
+    for kc in prange(Kb * Cb, nogil=True, schedule='static', num_threads=n_threads):
+        dlcpu_wino_filter_block(&w[0] + kc * 9 * 256, &u[0] + kc * 256, Kb * Cb * 256, alpha)
+
+
+cdef struct wino_geom:
+    int64_t N, Cb, Kb, H, W, P, Q, ph, pw, tiles_h, tiles_w, n_tiles, T, kb_per_item, k_groups
+    int alpha, m, mv, k, isa, relu, has_bias, max_nc
+
+
+cdef int wino_item(const wino_geom *g, int64_t item, const float *x, const float *u,
+                   const float *bias, float *y, float *v, float *mbuf) noexcept nogil:
+    """T consecutive tiles (across images) x one group of output-channel blocks: input transform,
+    alpha^2 BRGEMMs per output-channel block pair, output transform with bias/ReLU.  Splitting K
+    across items (rather than only tiles) lets each thread stream only its share of U, which is
+    4x the weights for F(4x4) and dominates small-image layers."""
+    cdef int64_t a2 = g.alpha * g.alpha
+    cdef int64_t kg = item % g.k_groups
+    cdef int64_t kb1 = min(g.Kb, (kg + 1) * g.kb_per_item)
+    cdef int64_t t0 = (item // g.k_groups) * g.T
+    cdef int64_t nt = min(g.T, g.n_tiles - t0)
+    cdef int64_t t, tg, n, rem, th, tw, cb, kb, e, tc, gg
+    cdef int mv, err = 0
+    cdef dlcpu_brgemm_f32_t p
+    cdef int64_t tpi = g.tiles_h * g.tiles_w
+    for t in range(nt):
+        tg = t0 + t
+        n = tg // tpi
+        rem = tg % tpi
+        th = rem // g.tiles_w
+        tw = rem % g.tiles_w
+        for cb in range(g.Cb):
+            dlcpu_wino_input_tile(x + (n * g.Cb + cb) * g.H * g.W * 16, g.H, g.W, th * g.m - g.ph,
+                                  tw * g.m - g.pw, v + (cb * g.T + t) * 16, g.Cb * g.T * 16, g.alpha)
+    p.kind = DLCPU_BR_STRD
+    p.b_trans = 0
+    p.k = g.k
+    p.batch = g.Cb
+    p.a_stride = 256
+    p.b_stride = g.T * 16
+    p.a_mstride = g.Cb * 256
+    p.b_rstride = 0
+    p.nr = 1
+    p.ldc = 16
+    p.c_rstride = 0
+    p.c_mstride = g.T * 16
+    p.beta = 0
+    p.bias = NULL
+    p.relu = 0
+    kb = kg * g.kb_per_item
+    while kb < kb1:
+        mv = g.mv if kb + g.mv <= kb1 else 1
+        p.mv = mv
+        for e in range(a2):
+            tc = 0
+            while tc < nt:
+                p.nc = <int>min(<int64_t>g.max_nc, nt - tc)
+                p.a = u + (e * g.Kb + kb) * g.Cb * 256
+                p.b = v + (e * g.Cb * g.T + tc) * 16
+                p.c = mbuf + (e * 2 * g.T + tc) * 16
+                err |= dlcpu_brgemm_f32(&p, g.isa)
+                tc = tc + p.nc
+        for t in range(nt):
+            tg = t0 + t
+            n = tg // tpi
+            rem = tg % tpi
+            th = rem // g.tiles_w
+            tw = rem % g.tiles_w
+            for gg in range(mv):
+                dlcpu_wino_output_tile(mbuf + (gg * g.T + t) * 16, 2 * g.T * 16,
+                                       y + (n * g.Kb + kb + gg) * g.P * g.Q * 16, g.P, g.Q,
+                                       th * g.m, tw * g.m,
+                                       bias + (kb + gg) * 16 if g.has_bias else NULL, g.relu, g.alpha)
+        kb = kb + mv
+    return err
+
+
+def conv2d_winograd_f32(const float[::1] x, const float[::1] u, const float[::1] bias,
+                        float[::1] y, dict shape, dict plan, int n_threads):
+    """Forward 3x3 stride-1 convolution by Winograd F(m x m, 3 x 3) on blocked buffers; u from
+    winograd_filter_transform.  Work items are blocks of T tiles, split statically."""
+    cdef wino_geom g
+    g.N = shape["N"]; g.Cb = shape["Cb"]; g.Kb = shape["Kb"]; g.H = shape["H"]; g.W = shape["W"]
+    g.P = shape["P"]; g.Q = shape["Q"]; g.ph = shape["pad_h"]; g.pw = shape["pad_w"]
+    g.alpha = plan["alpha"]; g.m = g.alpha - 2; g.mv = plan["mv"]; g.k = plan["k"]
+    g.isa = plan["isa"]; g.relu = 1 if plan["relu"] else 0; g.max_nc = plan["nc"]
+    g.tiles_h = plan["tiles_h"]; g.tiles_w = plan["tiles_w"]; g.n_tiles = g.N * g.tiles_h * g.tiles_w
+    g.T = plan["tiles_per_item"]
+    g.kb_per_item = plan["kb_per_item"]; g.k_groups = plan["k_groups"]
+    g.has_bias = 1 if bias.shape[0] > 0 else 0
+    cdef int64_t a2 = g.alpha * g.alpha
+    cdef int64_t n_items = (g.n_tiles + g.T - 1) // g.T * g.k_groups
+    cdef int64_t item
+    cdef int errors = 0
+    cdef float *v = NULL
+    cdef float *mbuf = NULL
+    cdef const float *bias_ptr = &bias[0] if g.has_bias else NULL
+    with nogil, parallel(num_threads=n_threads):
+        v = <float *> malloc(sizeof(float) * a2 * g.Cb * g.T * 16)
+        mbuf = <float *> malloc(sizeof(float) * a2 * 2 * g.T * 16)
+        for item in prange(n_items, schedule='static'):
+            if v == NULL or mbuf == NULL:
+                errors += 1
+            else:
+                errors += wino_item(&g, item, &x[0], &u[0], bias_ptr, &y[0], v, mbuf)
+        free(v)
+        free(mbuf)
+    return errors

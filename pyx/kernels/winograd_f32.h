@@ -1,0 +1,137 @@
+/*
+ * Winograd F(m x m, 3 x 3) transforms on blocked data (Lavin & Gray): m = 2 (alpha = 4) and
+ * m = 4 (alpha = 6).  The alpha^2 element-wise products between transformed filters U and
+ * transformed input tiles V become alpha^2 independent GEMMs, which run on the BRGEMM; these
+ * functions are the transforms around them.  Every loop's innermost dimension is the 16-lane
+ * channel block, so each step is one vector operation; matrix entries that are zero are skipped
+ * (the tests below are on compile-time-constant tables, so the branches are predictable).
+ *
+ *   U[xi][nu] = (G g G^T)[xi][nu]      per (k, c): filter transform, once per weight tensor
+ *   V[xi][nu] = (B^T d B)[xi][nu]      per (tile, c): input transform of an alpha x alpha patch
+ *   Y         = A^T M A                per (tile, k): output transform to an m x m patch
+ */
+#ifndef DLCPU_WINOGRAD_F32_H
+#define DLCPU_WINOGRAD_F32_H
+#include <stdint.h>
+#include <string.h>
+
+#define DLCPU_WINO_MAX_ALPHA 6
+
+static const float dlcpu_wino_bt4[4][4] = {
+    {1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+static const float dlcpu_wino_g4[4][3] = {
+    {1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
+static const float dlcpu_wino_at4[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+
+static const float dlcpu_wino_bt6[6][6] = {
+    {4, 0, -5, 0, 1, 0}, {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+    {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+static const float dlcpu_wino_g6[6][3] = {
+    {0.25f, 0, 0}, {-1.0f / 6, -1.0f / 6, -1.0f / 6}, {-1.0f / 6, 1.0f / 6, -1.0f / 6},
+    {1.0f / 24, 1.0f / 12, 1.0f / 6}, {1.0f / 24, -1.0f / 12, 1.0f / 6}, {0, 0, 1}};
+static const float dlcpu_wino_at6[4][6] = {
+    {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+
+static inline const float *dlcpu_wino_bt(int alpha, int i, int j)
+{
+    return alpha == 4 ? &dlcpu_wino_bt4[i][j] : &dlcpu_wino_bt6[i][j];
+}
+
+/* U[(xi*alpha+nu)*u_stride + c*16 + k] for one 16x16 (c, k) weight block w[r][s][c][k]. */
+static inline void
+dlcpu_wino_filter_block(const float *w, float *u, int64_t u_stride, int alpha)
+{
+    float t[DLCPU_WINO_MAX_ALPHA][3][256];
+    for (int xi = 0; xi < alpha; xi++)
+        for (int s = 0; s < 3; s++) {
+            float *dst = t[xi][s];
+            for (int e = 0; e < 256; e++) dst[e] = 0.0f;
+            for (int r = 0; r < 3; r++) {
+                const float g = alpha == 4 ? dlcpu_wino_g4[xi][r] : dlcpu_wino_g6[xi][r];
+                if (g == 0.0f) continue;
+                const float *src = w + (r * 3 + s) * 256;
+                for (int e = 0; e < 256; e++) dst[e] += g * src[e];
+            }
+        }
+    for (int xi = 0; xi < alpha; xi++)
+        for (int nu = 0; nu < alpha; nu++) {
+            float *dst = u + (xi * alpha + nu) * u_stride;
+            for (int e = 0; e < 256; e++) dst[e] = 0.0f;
+            for (int s = 0; s < 3; s++) {
+                const float g = alpha == 4 ? dlcpu_wino_g4[nu][s] : dlcpu_wino_g6[nu][s];
+                if (g == 0.0f) continue;
+                for (int e = 0; e < 256; e++) dst[e] += g * t[xi][s][e];
+            }
+        }
+}
+
+/* V[(xi*alpha+nu)*v_stride + lane] for the alpha x alpha patch of one channel block whose top-left
+ * input pixel is (h0, w0); pixels outside the H x W plane are zero (padding). */
+static inline void
+dlcpu_wino_input_tile(const float *x_plane, int64_t H, int64_t W, int64_t h0, int64_t w0,
+                      float *v, int64_t v_stride, int alpha)
+{
+    float d[DLCPU_WINO_MAX_ALPHA][DLCPU_WINO_MAX_ALPHA][16];
+    float t[DLCPU_WINO_MAX_ALPHA][DLCPU_WINO_MAX_ALPHA][16];
+    for (int i = 0; i < alpha; i++)
+        for (int j = 0; j < alpha; j++) {
+            const int64_t h = h0 + i, w = w0 + j;
+            if (h < 0 || h >= H || w < 0 || w >= W) memset(d[i][j], 0, sizeof(d[i][j]));
+            else memcpy(d[i][j], x_plane + (h * W + w) * 16, sizeof(d[i][j]));
+        }
+    for (int xi = 0; xi < alpha; xi++)           /* t = B^T d */
+        for (int j = 0; j < alpha; j++) {
+            for (int l = 0; l < 16; l++) t[xi][j][l] = 0.0f;
+            for (int i = 0; i < alpha; i++) {
+                const float b = *dlcpu_wino_bt(alpha, xi, i);
+                if (b == 0.0f) continue;
+                for (int l = 0; l < 16; l++) t[xi][j][l] += b * d[i][j][l];
+            }
+        }
+    for (int xi = 0; xi < alpha; xi++)           /* V = t B */
+        for (int nu = 0; nu < alpha; nu++) {
+            float *dst = v + (xi * alpha + nu) * v_stride;
+            for (int l = 0; l < 16; l++) dst[l] = 0.0f;
+            for (int j = 0; j < alpha; j++) {
+                const float b = *dlcpu_wino_bt(alpha, nu, j);
+                if (b == 0.0f) continue;
+                for (int l = 0; l < 16; l++) dst[l] += b * t[xi][j][l];
+            }
+        }
+}
+
+/* y[(i*Q + j)*16] for the m x m output patch at (p0, q0) from M[(xi*alpha+nu)*m_stride + lane],
+ * cropped to P x Q; bias (16 floats or NULL) and ReLU fused. */
+static inline void
+dlcpu_wino_output_tile(const float *m_in, int64_t m_stride, float *y_plane, int64_t P, int64_t Q,
+                       int64_t p0, int64_t q0, const float *bias, int relu, int alpha)
+{
+    const int m = alpha - 2;
+    float t[4][DLCPU_WINO_MAX_ALPHA][16];
+    for (int i = 0; i < m; i++)                  /* t = A^T M */
+        for (int nu = 0; nu < alpha; nu++) {
+            for (int l = 0; l < 16; l++) t[i][nu][l] = 0.0f;
+            for (int xi = 0; xi < alpha; xi++) {
+                const float a = alpha == 4 ? dlcpu_wino_at4[i][xi] : dlcpu_wino_at6[i][xi];
+                if (a == 0.0f) continue;
+                const float *src = m_in + (xi * alpha + nu) * m_stride;
+                for (int l = 0; l < 16; l++) t[i][nu][l] += a * src[l];
+            }
+        }
+    for (int i = 0; i < m; i++) {                /* Y = t A */
+        if (p0 + i >= P) break;
+        for (int j = 0; j < m; j++) {
+            if (q0 + j >= Q) break;
+            float acc[16];
+            for (int l = 0; l < 16; l++) acc[l] = bias ? bias[l] : 0.0f;
+            for (int nu = 0; nu < alpha; nu++) {
+                const float a = alpha == 4 ? dlcpu_wino_at4[j][nu] : dlcpu_wino_at6[j][nu];
+                if (a == 0.0f) continue;
+                for (int l = 0; l < 16; l++) acc[l] += a * t[i][nu][l];
+            }
+            float *dst = y_plane + ((p0 + i) * Q + q0 + j) * 16;
+            for (int l = 0; l < 16; l++) dst[l] = relu ? (acc[l] < 0.0f ? 0.0f : acc[l]) : acc[l];
+        }
+    }
+}
+#endif

@@ -1,0 +1,92 @@
+"""Winograd F(2x2,3x3) and F(4x4,3x3): accuracy contract, shapes, prepared weights, errors."""
+import numpy as np
+import pytest
+
+import dlcpu
+from dlcpu import _reference as ref
+from dlcpu.conv import choose_algorithm, conv_shape, prepare_winograd
+
+from conftest import ISAS, max_threads, needs_torch, rel_l2
+
+# The accuracy contract (relative L2 error vs the float64 reference, inputs in [-1, 1]).
+CONTRACT = {"direct": 1e-6, "winograd2": 2e-6, "winograd4": 2e-5}
+
+SHAPES = [  # n, c, k, h, w, padding
+    (2, 3, 5, 9, 9, 1),
+    (1, 17, 33, 10, 7, 0),
+    (2, 64, 64, 14, 14, 1),
+    (1, 16, 32, 7, 7, 1),
+    (1, 20, 18, 5, 12, 2),
+    (3, 8, 40, 3, 3, 1),
+    (1, 1, 1, 3, 3, 0),
+]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("algorithm", ["winograd2", "winograd4"])
+@pytest.mark.parametrize("case", SHAPES, ids=str)
+def test_accuracy_contract(rng, isa, algorithm, case):
+    n, c, k, h, w, pad = case
+    x = rng.uniform(-1, 1, (n, c, h, w)).astype(np.float32)
+    wt = rng.uniform(-1, 1, (k, c, 3, 3)).astype(np.float32)
+    b = rng.uniform(-1, 1, k).astype(np.float32)
+    want = ref.conv2d_forward(x, wt, b, (1, 1), (pad, pad), relu=True)
+    got = dlcpu.conv2d(x, wt, b, padding=pad, activation="relu", algorithm=algorithm, isa=isa)
+    assert rel_l2(got, want) <= CONTRACT[algorithm]
+
+
+@pytest.mark.parametrize("c", [64, 128, 256])
+def test_contract_on_resnet_style_layers(rng, c):
+    x = rng.uniform(-1, 1, (2, c, 14, 14)).astype(np.float32)
+    wt = rng.uniform(-1, 1, (c, c, 3, 3)).astype(np.float32)
+    want = ref.conv2d_forward(x, wt, None, (1, 1), (1, 1))
+    for algorithm, bound in CONTRACT.items():
+        assert rel_l2(dlcpu.conv2d(x, wt, padding=1, algorithm=algorithm), want) <= bound, algorithm
+
+
+def test_prepared_weights_and_blocked_path(rng):
+    x = rng.uniform(-1, 1, (2, 32, 12, 12)).astype(np.float32)
+    wt = rng.uniform(-1, 1, (40, 32, 3, 3)).astype(np.float32)
+    xb = dlcpu.to_blocked(x)
+    u = prepare_winograd(dlcpu.block_weights(wt), "winograd4")
+    y1 = dlcpu.conv2d(xb, u, padding=1)                  # 'auto' follows the prepared weights
+    y2 = dlcpu.conv2d(xb, wt, padding=1, algorithm="winograd4")
+    assert np.array_equal(y1.data, y2.data)
+    assert not y1.data[:, 2, :, :, 8:].any(), "padded output channels must stay zero"
+    with pytest.raises(ValueError, match="prepared for winograd4, not winograd2"):
+        dlcpu.conv2d(xb, u, padding=1, algorithm="winograd2")
+
+
+def test_thread_count_bitwise(rng):
+    x = rng.uniform(-1, 1, (3, 40, 13, 11)).astype(np.float32)
+    wt = rng.uniform(-1, 1, (36, 40, 3, 3)).astype(np.float32)
+    for algorithm in ("winograd2", "winograd4"):
+        ys = [dlcpu.conv2d(x, wt, padding=1, algorithm=algorithm, n_threads=t) for t in (1, max_threads(), 3)]
+        assert np.array_equal(ys[0], ys[1]) and np.array_equal(ys[0], ys[2])
+
+
+@needs_torch
+def test_against_torch(rng):
+    import torch
+
+    x = rng.uniform(-1, 1, (2, 24, 10, 10)).astype(np.float32)
+    wt = rng.uniform(-1, 1, (20, 24, 3, 3)).astype(np.float32)
+    yt = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(wt), padding=1).numpy()
+    assert rel_l2(dlcpu.conv2d(x, wt, padding=1, algorithm="winograd4"), yt) <= CONTRACT["winograd4"]
+
+
+def test_auto_rule():
+    assert choose_algorithm(conv_shape((4, 128, 28, 28), (128, 128, 3, 3), 1, 1), "avx512") == "winograd4"
+    assert choose_algorithm(conv_shape((4, 512, 7, 7), (512, 512, 3, 3), 1, 1), "avx512") == "direct"
+    assert choose_algorithm(conv_shape((4, 128, 56, 56), (128, 128, 3, 3), 2, 1), "avx512") == "direct"
+    assert choose_algorithm(conv_shape((4, 128, 28, 28), (128, 128, 1, 1), 1, 0), "avx512") == "direct"
+
+
+def test_errors(rng):
+    x = np.zeros((1, 4, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="needs a 3x3 filter and stride 1"):
+        dlcpu.conv2d(x, np.zeros((4, 4, 3, 3), np.float32), stride=2, algorithm="winograd4")
+    with pytest.raises(ValueError, match="needs 3x3 filters"):
+        prepare_winograd(np.zeros((4, 4, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        dlcpu.conv2d(x, np.zeros((4, 4, 3, 3), np.float32), algorithm="fft")
