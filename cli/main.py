@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .. import _config, benchmarks, cpu, workloads
+from ..conv import winograd_applies
 from ..train import TrainingDiverged
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="dlcpu: CPU deep-learning kernels, benchmarks and tools.")
@@ -145,6 +146,7 @@ def bench_conv(
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Minibatch (default: the thread count; a descriptor's mb wins unless --batch is given)."),
     threads: Optional[str] = typer.Option(None, "--threads", help="Comma list of thread counts, e.g. 1,2 (default: all)."),
     passes: str = typer.Option("fwd", "--pass", help="Comma list of passes: fwd, bwd_d (input gradient), bwd_w (weight gradient)."),
+    algs: str = typer.Option("direct", "--alg", help="Comma list of forward algorithms: direct, winograd2, winograd4 (3x3 stride-1 layers only)."),
     compare: Optional[str] = typer.Option(None, "--compare", help="Peer to time in the same run: torch."),
     check: bool = typer.Option(False, "--check", help="Verify every layer against the float64 reference."),
     show_plan: bool = typer.Option(False, "--show-plan", help="Print each layer's blocking plan."),
@@ -157,6 +159,9 @@ def bench_conv(
     directions = [p.strip() for p in passes.split(",") if p.strip()]
     if not directions or any(p not in benchmarks.PASSES for p in directions):
         raise CliError(f"--pass must be a comma list of {', '.join(benchmarks.PASSES)}, got {passes!r}")
+    algorithms = [a.strip() for a in algs.split(",") if a.strip()]
+    if not algorithms or any(a not in ("direct", "winograd2", "winograd4") for a in algorithms):
+        raise CliError(f"--alg must be a comma list of direct, winograd2, winograd4, got {algs!r}")
     selected = _select_layers(layer, layers)
     counts = parse_threads(threads)
     isa = cpu.resolve_isa()
@@ -169,21 +174,26 @@ def bench_conv(
         else:
             selected_run = selected
         peak = benchmarks.measure_peak(n_threads, seconds=0.1, repeats=3)
-        for direction in directions:
+        for direction, algorithm in [(d, a) for d in directions for a in (algorithms if d == "fwd" else ["direct"])]:
+            layers_run = selected_run
+            if algorithm != "direct":  # Winograd covers 3x3 stride-1 layers only
+                layers_run = [l for l in selected_run if winograd_applies(l.shape(mb))]
+                if not layers_run:
+                    continue
             results = []
             with progress() as bar:
-                task = bar.add_task(f"conv {direction}, {n_threads} thread(s)", total=len(selected_run))
-                for l in selected_run:
-                    bar.update(task, description=f"conv {direction} {l.name} ({n_threads}T)")
+                task = bar.add_task(f"conv {direction}, {n_threads} thread(s)", total=len(layers_run))
+                for l in layers_run:
+                    bar.update(task, description=f"conv {direction} {algorithm} {l.name} ({n_threads}T)")
                     results.append(benchmarks.bench_conv_layer(
-                        l, mb, n_threads, peak["gflops"], direction=direction, compare=compare,
-                        check=check, repeats=repeats))
+                        l, mb, n_threads, peak["gflops"], direction=direction, algorithm=algorithm,
+                        compare=compare, check=check, repeats=repeats))
                     bar.advance(task)
             total = benchmarks.conv_totals(results)
             any_failed |= any(r.check and not r.check["passed"] for r in results)
             runs.append({"threads": n_threads, "batch": mb, "isa": isa, "pass": direction,
-                         "peak_gflops": peak["gflops"], "layers": [r.__dict__ for r in results],
-                         "total": total})
+                         "algorithm": algorithm, "peak_gflops": peak["gflops"],
+                         "layers": [r.__dict__ for r in results], "total": total})
             if not as_json:
                 _render_conv(runs[-1], compare, check, show_plan)
     if as_json:
@@ -194,7 +204,8 @@ def bench_conv(
 
 
 def _render_conv(run, compare, check, show_plan):
-    t = Table(title=f"conv {run['pass']} f32 | {run['threads']} thread(s), batch {run['batch']}, isa {run['isa']}, "
+    alg = "" if run["algorithm"] == "direct" else f" {run['algorithm']}"
+    t = Table(title=f"conv {run['pass']}{alg} f32 | {run['threads']} thread(s), batch {run['batch']}, isa {run['isa']}, "
                     f"peak {run['peak_gflops']:.0f} GFLOP/s")
     for col in ("layer", "x", "GFLOP", "ms", "GFLOP/s", "% peak"):
         t.add_column(col, justify="left" if col == "layer" else "right")

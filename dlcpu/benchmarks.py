@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import cpu
-from .conv import conv2d, conv2d_backward, get_plan
+from .conv import conv2d, conv2d_backward, get_plan, prepare_winograd, winograd_applies
 from .layout import block_weights, to_blocked
 
 FLOP_CONVENTION = "full taps: 2*N*K*P*Q*C*R*S (padding taps counted, as LIBXSMM)"
-#: relative L2 error a checked fp32 layer must stay under (accumulations of up to 4608 terms)
+#: relative L2 error a checked fp32 layer must stay under (accumulations of up to 4608 terms);
+#: Winograd's transforms add error, F(4x4) most (its documented contract is 2e-5)
 CHECK_RTOL = 1e-5
+CHECK_RTOL_BY_ALGORITHM = {"direct": CHECK_RTOL, "winograd2": CHECK_RTOL, "winograd4": 2e-5}
 
 
 # Pause between timed calls of different libraries.  Each library's idle OpenMP/BLAS workers
@@ -126,8 +128,8 @@ class ConvResult:
 PASSES = ("fwd", "bwd_d", "bwd_w")
 
 
-def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", compare=None,
-                     check=False, repeats=7, warmup=2, isa=None, seed=0):
+def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", algorithm="direct",
+                     compare=None, check=False, repeats=7, warmup=2, isa=None, seed=0):
     """Time one convolution pass in the blocked path (and the peer, interleaved).
 
     direction: 'fwd' (y from x, w), 'bwd_d' (dx from dy, w) or 'bwd_w' (dW from x, dy).  Every
@@ -145,10 +147,13 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", c
     stride, pad = (layer.stride_h, layer.stride_w), (layer.pad_h, layer.pad_w)
     kw = dict(n_threads=n_threads, isa=isa)
     if direction == "fwd":
-        out = conv2d(xb, wb, stride=stride, padding=pad, **kw)  # first touch
+        # Winograd weights are transformed once, outside the timed region (as a oneDNN user
+        # creates the primitive once).
+        wk = wb if algorithm == "direct" else prepare_winograd(wb, algorithm, n_threads=n_threads)
+        out = conv2d(xb, wk, stride=stride, padding=pad, algorithm=algorithm, **kw)  # first touch
 
         def ours():
-            conv2d(xb, wb, stride=stride, padding=pad, out=out, **kw)
+            conv2d(xb, wk, stride=stride, padding=pad, out=out, algorithm=algorithm, **kw)
     else:
         need = ("dx",) if direction == "bwd_d" else ("dw",)
 
@@ -186,7 +191,7 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", c
     res = ConvResult(
         name=layer.name, count=layer.count, descriptor=layer.descriptor(mb), gflop=flops / 1e9,
         seconds=ours_t, gflops=gflops, pct_peak=100.0 * gflops / peak_gflops,
-        plan=describe_plan(shape, direction, isa, n_threads),
+        plan=describe_plan(shape, direction, isa, n_threads, algorithm),
     )
     if peer_layouts:
         per_layout = {lay: summarize(t) for lay, t in zip(peer_layouts, times[1:])}
@@ -197,14 +202,16 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", c
                     "ratio": peer_s / ours_t["median_s"],
                     "gflops_by_layout": {k: flops / v["median_s"] / 1e9 for k, v in per_layout.items()}}
     if check:
-        res.check = check_conv_layer(x, w, dy, stride, pad, direction, n_threads, isa)
+        res.check = check_conv_layer(x, w, dy, stride, pad, direction, n_threads, isa, algorithm)
     return res
 
 
-def describe_plan(shape, direction, isa, n_threads):
-    from .conv import _stride_phases, choose_weight_grad_blocking
+def describe_plan(shape, direction, isa, n_threads, algorithm="direct"):
+    from .conv import _ALPHA, _stride_phases, choose_weight_grad_blocking, choose_winograd_blocking
 
     isa_name = cpu.resolve_isa(isa)
+    if direction == "fwd" and algorithm != "direct":
+        return choose_winograd_blocking(shape, _ALPHA[algorithm], isa_name, n_threads).describe()
     if direction == "fwd":
         return get_plan(shape, isa, n_threads).describe()
     if direction == "bwd_w":
@@ -213,11 +220,12 @@ def describe_plan(shape, direction, isa, n_threads):
                        for rh, rw, _, _, sub in _stride_phases(shape))
 
 
-def check_conv_layer(x, w, dy, stride, pad, direction, n_threads, isa=None):
+def check_conv_layer(x, w, dy, stride, pad, direction, n_threads, isa=None, algorithm="direct"):
     from . import _reference
 
+    tolerance = CHECK_RTOL_BY_ALGORITHM[algorithm]
     if direction == "fwd":
-        got = conv2d(x, w, stride=stride, padding=pad, n_threads=n_threads, isa=isa)
+        got = conv2d(x, w, stride=stride, padding=pad, n_threads=n_threads, isa=isa, algorithm=algorithm)
         want = _reference.conv2d_forward(x, w, None, stride, pad)
     else:
         g = conv2d_backward(dy, x, w, stride, pad, n_threads=n_threads, isa=isa,
@@ -225,7 +233,7 @@ def check_conv_layer(x, w, dy, stride, pad, direction, n_threads, isa=None):
         dx, dw, _ = _reference.conv2d_backward(dy, x, w, stride, pad)
         got, want = (g.dx, dx) if direction == "bwd_d" else (g.dw, dw)
     err = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300))
-    return {"rel_l2": err, "tolerance": CHECK_RTOL, "passed": bool(err <= CHECK_RTOL)}
+    return {"rel_l2": err, "tolerance": tolerance, "passed": bool(err <= tolerance)}
 
 
 def conv_totals(results):

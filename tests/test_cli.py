@@ -128,3 +128,12 @@ def test_bench_train_digits_json():
     assert res.returncode == 0, res.stderr
     row = json.loads(res.stdout)["train_digits"][0]
     assert row["images_per_second"] > 0 and row["peer"]["ratio"] > 0
+
+
+def test_bench_conv_winograd_json():
+    res = run("bench", "conv", "--layer", "mb2ic32ih12oc32oh12kh3ph1", "--layer", "ic16ih8oc16kh1",
+              "--alg", "direct,winograd4", "--threads", "1", "--check", "--repeats", "1", "--json")
+    assert res.returncode == 0, res.stderr
+    runs = json.loads(res.stdout)["runs"]
+    assert [(r["algorithm"], len(r["layers"])) for r in runs] == [("direct", 2), ("winograd4", 1)]
+    assert all(l["check"]["passed"] for r in runs for l in r["layers"])
