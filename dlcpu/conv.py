@@ -9,6 +9,7 @@ Blocking is decided once per (shape, ISA, threads) by `choose_conv_blocking` and
 driver (pyx/conv.pyx) only walks the plan.  `dlcpu bench conv --show-plan` prints it.
 """
 import functools
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -353,9 +354,10 @@ class WinogradPlan:
                 f"{self.alpha ** 2} BRGEMMs of {self.mv}x16ch x <= {self.nc} tiles")
 
 
-# Tiles one Winograd work item transforms and multiplies: its V scratch (alpha^2 * C * 64 B per
-# tile) should stay in L2 next to the U blocks streaming through.
-_WINO_V_BYTES = 1024 * 1024
+# Most V scratch (alpha^2 * C * 64 B per tile) one Winograd work item may use: about L2 (1 MiB
+# on Zen 5) plus what the L3 serves without stalls; 0.25 / 1 / 2 MiB measured within noise of
+# each other on res3b/res4b_branch2b, so the larger value, which cuts U re-reads, is used.
+_WINO_V_BYTES = 2 * 1024 * 1024
 
 
 def choose_winograd_blocking(shape, alpha, isa="avx512", n_threads=1, relu=False):
@@ -367,21 +369,35 @@ def choose_winograd_blocking(shape, alpha, isa="avx512", n_threads=1, relu=False
     tiles_h, tiles_w = -(-s.P // m), -(-s.Q // m)
     total = s.N * tiles_h * tiles_w
     per_tile = alpha * alpha * s.Cb * CB * 4
-    t = min(total, max(nc, (_WINO_V_BYTES // per_tile) // nc * nc))
-    tile_blocks = -(-total // t)
-    # Too few tile blocks for the threads: split K instead of shrinking the blocks (each item
-    # streams U for its K blocks only; measured on res4b_branch2b at 2 threads, splitting tiles
-    # left both threads streaming all of U).
-    k_groups = 1
-    while tile_blocks * k_groups < n_threads and (k_groups + 1) * mv <= s.Kb:
-        k_groups += 1
+    # Items are (tile block, K group) pairs.  Each item streams U (alpha^2/9 times the weights)
+    # for its K blocks and transforms the input of its tiles, so pick the split with the least
+    # traffic, tile_blocks * |U| + k_groups * |V|, among those whose V scratch fits the budget
+    # and whose items divide evenly over the threads (static schedule).  Measured: 3 items on
+    # 2 threads ran res4b_branch2b at 1.08x direct instead of 1.8x; splitting tiles rather than
+    # K on res5b_branch2b left both threads streaming all of its 37 MB of U.
+    u_bytes = alpha * alpha * s.Kb * s.Cb * CB * CB * 4
+    v_bytes = total * per_tile
+    best = None
+    for tile_blocks in range(1, total + 1):
+        t = -(-total // tile_blocks)
+        if t * per_tile > _WINO_V_BYTES and t > nc:
+            continue
+        for k_groups in range(1, max(1, s.Kb // mv) + 1):
+            items = tile_blocks * k_groups
+            if items % n_threads and items < 4 * n_threads:
+                continue
+            cost = tile_blocks * u_bytes + k_groups * v_bytes
+            if best is None or cost < best[0]:
+                best = (cost, t, k_groups)
+        if best is not None and tile_blocks * u_bytes > best[0]:
+            break
+    if best is None:  # nothing divides evenly (tiny problems): one K group, nc-tile blocks
+        best = (0, min(total, nc), 1)
+    _, t, k_groups = best
     kb_per_item = -(-s.Kb // k_groups)
     if kb_per_item > mv and kb_per_item % mv:
         kb_per_item += 1
     k_groups = -(-s.Kb // kb_per_item)
-    while tile_blocks * k_groups < n_threads and t > nc:   # still short: smaller tile blocks
-        t = max(nc, t // 2)
-        tile_blocks = -(-total // t)
     return WinogradPlan(cpu.ISA_CODES[isa_name], alpha, mv, nc, s.C if s.Cb == 1 else CB,
                         tiles_h, tiles_w, t, kb_per_item, k_groups, bool(relu))
 
@@ -713,9 +729,10 @@ def _backward_data(dy_data, w_data, shape, isa_code, n_threads):
 
 
 def _winograd4_wins(shape):
-    """Measured (batch 4, 1 and 2 threads, F(4x4) with prepared weights vs direct; ranges over
-    repeated runs on this noisy machine): res3b_branch2b (28x28, C=K=128) 1.38-1.67x, res4b_branch2b
-    (14x14, 256) 0.8-1.75x, res5b_branch2b (7x7, 512) 0.59-1.17x (streaming U, 4x the weights,
-    for only 16 tiles per image batch), res2a_branch2b (56x56, 64) 0.83-1.08x.  So: F(4x4) for
-    C, K >= 128 on images of at least 14x14 outputs."""
+    """Measured (batch 4, F(4x4) with prepared weights vs direct, 1 / 2 threads, this machine):
+    res3b_branch2b (28x28, C=K=128) 1.84x / 1.85x, res4b_branch2b (14x14, 256) 1.61x / 1.51x,
+    res5b_branch2b (7x7, 512) 1.16x / 1.07x (U, 4x the weights, streams for only 16 tiles),
+    res2a_branch2b (56x56, 64) 1.17x / 1.27x.  'auto' takes F(4x4) only where it clearly wins,
+    since it also costs accuracy (relative error ~2e-6 against ~6e-7 direct): C, K >= 128 on
+    outputs of at least 14x14."""
     return shape.C >= 128 and shape.K >= 128 and shape.P >= 14 and shape.Q >= 14

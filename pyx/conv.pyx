@@ -341,10 +341,10 @@ def flip_transpose_weights(const float[:, :, :, :, :, ::1] wb, float[:, :, :, :,
 cdef extern from "winograd_f32.h" nogil:
     void dlcpu_wino_filter_block(const float *w, float *u, int64_t u_stride, int alpha)
     void dlcpu_wino_input_tile(const float *x_plane, int64_t H, int64_t W, int64_t h0, int64_t w0,
-                               float *v, int64_t v_stride, int alpha)
+                               float *v, int64_t v_stride, int alpha, int isa)
     void dlcpu_wino_output_tile(const float *m_in, int64_t m_stride, float *y_plane, int64_t P,
                                 int64_t Q, int64_t p0, int64_t q0, const float *bias, int relu,
-                                int alpha)
+                                int alpha, int isa)
 
 
 def winograd_filter_transform(const float[::1] w, float[::1] u, int64_t Kb, int64_t Cb, int alpha,
@@ -383,7 +383,8 @@ cdef int wino_item(const wino_geom *g, int64_t item, const float *x, const float
         tw = rem % g.tiles_w
         for cb in range(g.Cb):
             dlcpu_wino_input_tile(x + (n * g.Cb + cb) * g.H * g.W * 16, g.H, g.W, th * g.m - g.ph,
-                                  tw * g.m - g.pw, v + (cb * g.T + t) * 16, g.Cb * g.T * 16, g.alpha)
+                                  tw * g.m - g.pw, v + (cb * g.T + t) * 16, g.Cb * g.T * 16, g.alpha,
+                                  g.isa)
     p.kind = DLCPU_BR_STRD
     p.b_trans = 0
     p.k = g.k
@@ -422,7 +423,8 @@ cdef int wino_item(const wino_geom *g, int64_t item, const float *x, const float
                 dlcpu_wino_output_tile(mbuf + (gg * g.T + t) * 16, 2 * g.T * 16,
                                        y + (n * g.Kb + kb + gg) * g.P * g.Q * 16, g.P, g.Q,
                                        th * g.m, tw * g.m,
-                                       bias + (kb + gg) * 16 if g.has_bias else NULL, g.relu, g.alpha)
+                                       bias + (kb + gg) * 16 if g.has_bias else NULL, g.relu, g.alpha,
+                                       g.isa)
         kb = kb + mv
     return err
 

@@ -14,6 +14,7 @@
 #define DLCPU_WINOGRAD_F32_H
 #include <stdint.h>
 #include <string.h>
+#include "isa.h"
 
 #define DLCPU_WINO_MAX_ALPHA 6
 
@@ -67,9 +68,9 @@ dlcpu_wino_filter_block(const float *w, float *u, int64_t u_stride, int alpha)
 
 /* V[(xi*alpha+nu)*v_stride + lane] for the alpha x alpha patch of one channel block whose top-left
  * input pixel is (h0, w0); pixels outside the H x W plane are zero (padding). */
-static inline void
-dlcpu_wino_input_tile(const float *x_plane, int64_t H, int64_t W, int64_t h0, int64_t w0,
-                      float *v, int64_t v_stride, int alpha)
+static inline __attribute__((always_inline)) void
+dlcpu_wino_input_tile_body(const float *x_plane, int64_t H, int64_t W, int64_t h0, int64_t w0,
+                           float *v, int64_t v_stride, const int alpha)
 {
     float d[DLCPU_WINO_MAX_ALPHA][DLCPU_WINO_MAX_ALPHA][16];
     float t[DLCPU_WINO_MAX_ALPHA][DLCPU_WINO_MAX_ALPHA][16];
@@ -102,9 +103,10 @@ dlcpu_wino_input_tile(const float *x_plane, int64_t H, int64_t W, int64_t h0, in
 
 /* y[(i*Q + j)*16] for the m x m output patch at (p0, q0) from M[(xi*alpha+nu)*m_stride + lane],
  * cropped to P x Q; bias (16 floats or NULL) and ReLU fused. */
-static inline void
-dlcpu_wino_output_tile(const float *m_in, int64_t m_stride, float *y_plane, int64_t P, int64_t Q,
-                       int64_t p0, int64_t q0, const float *bias, int relu, int alpha)
+static inline __attribute__((always_inline)) void
+dlcpu_wino_output_tile_body(const float *m_in, int64_t m_stride, float *y_plane, int64_t P,
+                            int64_t Q, int64_t p0, int64_t q0, const float *bias, int relu,
+                            const int alpha)
 {
     const int m = alpha - 2;
     float t[4][DLCPU_WINO_MAX_ALPHA][16];
@@ -132,6 +134,60 @@ dlcpu_wino_output_tile(const float *m_in, int64_t m_stride, float *y_plane, int6
             float *dst = y_plane + ((p0 + i) * Q + q0 + j) * 16;
             for (int l = 0; l < 16; l++) dst[l] = relu ? (acc[l] < 0.0f ? 0.0f : acc[l]) : acc[l];
         }
+    }
+}
+
+/* Instances: alpha is a compile-time constant in each, so the table lookups fold and the zero
+ * coefficients vanish; the AVX-512 ones do a 16-lane step in one instruction.  Measured on
+ * res3b_branch2b (1 thread): the generic-alpha, SSE-only transforms took about half the time. */
+#define DLCPU_WINO_INSTANCES(SUFFIX, TARGET)                                                       \
+    static TARGET void dlcpu_wino_input_tile4_##SUFFIX(const float *x, int64_t H, int64_t W,       \
+        int64_t h0, int64_t w0, float *v, int64_t vs)                                              \
+        { dlcpu_wino_input_tile_body(x, H, W, h0, w0, v, vs, 4); }                                 \
+    static TARGET void dlcpu_wino_input_tile6_##SUFFIX(const float *x, int64_t H, int64_t W,       \
+        int64_t h0, int64_t w0, float *v, int64_t vs)                                              \
+        { dlcpu_wino_input_tile_body(x, H, W, h0, w0, v, vs, 6); }                                 \
+    static TARGET void dlcpu_wino_output_tile4_##SUFFIX(const float *m, int64_t ms, float *y,      \
+        int64_t P, int64_t Q, int64_t p0, int64_t q0, const float *b, int relu)                    \
+        { dlcpu_wino_output_tile_body(m, ms, y, P, Q, p0, q0, b, relu, 4); }                       \
+    static TARGET void dlcpu_wino_output_tile6_##SUFFIX(const float *m, int64_t ms, float *y,      \
+        int64_t P, int64_t Q, int64_t p0, int64_t q0, const float *b, int relu)                    \
+        { dlcpu_wino_output_tile_body(m, ms, y, P, Q, p0, q0, b, relu, 6); }
+
+#define DLCPU_NO_TARGET
+DLCPU_WINO_INSTANCES(avx512, DLCPU_TARGET_AVX512)
+DLCPU_WINO_INSTANCES(avx2, DLCPU_TARGET_AVX2)
+DLCPU_WINO_INSTANCES(generic, DLCPU_NO_TARGET)
+
+static inline void
+dlcpu_wino_input_tile(const float *x_plane, int64_t H, int64_t W, int64_t h0, int64_t w0,
+                      float *v, int64_t v_stride, int alpha, int isa)
+{
+    if (isa == DLCPU_ISA_AVX512) {
+        if (alpha == 4) dlcpu_wino_input_tile4_avx512(x_plane, H, W, h0, w0, v, v_stride);
+        else dlcpu_wino_input_tile6_avx512(x_plane, H, W, h0, w0, v, v_stride);
+    } else if (isa == DLCPU_ISA_AVX2) {
+        if (alpha == 4) dlcpu_wino_input_tile4_avx2(x_plane, H, W, h0, w0, v, v_stride);
+        else dlcpu_wino_input_tile6_avx2(x_plane, H, W, h0, w0, v, v_stride);
+    } else {
+        if (alpha == 4) dlcpu_wino_input_tile4_generic(x_plane, H, W, h0, w0, v, v_stride);
+        else dlcpu_wino_input_tile6_generic(x_plane, H, W, h0, w0, v, v_stride);
+    }
+}
+
+static inline void
+dlcpu_wino_output_tile(const float *m_in, int64_t m_stride, float *y_plane, int64_t P, int64_t Q,
+                       int64_t p0, int64_t q0, const float *bias, int relu, int alpha, int isa)
+{
+    if (isa == DLCPU_ISA_AVX512) {
+        if (alpha == 4) dlcpu_wino_output_tile4_avx512(m_in, m_stride, y_plane, P, Q, p0, q0, bias, relu);
+        else dlcpu_wino_output_tile6_avx512(m_in, m_stride, y_plane, P, Q, p0, q0, bias, relu);
+    } else if (isa == DLCPU_ISA_AVX2) {
+        if (alpha == 4) dlcpu_wino_output_tile4_avx2(m_in, m_stride, y_plane, P, Q, p0, q0, bias, relu);
+        else dlcpu_wino_output_tile6_avx2(m_in, m_stride, y_plane, P, Q, p0, q0, bias, relu);
+    } else {
+        if (alpha == 4) dlcpu_wino_output_tile4_generic(m_in, m_stride, y_plane, P, Q, p0, q0, bias, relu);
+        else dlcpu_wino_output_tile6_generic(m_in, m_stride, y_plane, P, Q, p0, q0, bias, relu);
     }
 }
 #endif
