@@ -301,7 +301,7 @@ _ALPHA = {"winograd2": 4, "winograd4": 6}
 
 @dataclass(frozen=True, eq=False)
 class WinogradWeights:
-    """3x3 weights transformed once for Winograd: data[alpha^2][K/16][C/16][16c][16k]."""
+    """3x3 weights transformed once for Winograd: data[K/16][alpha^2][C/16][16c][16k]."""
 
     data: np.ndarray
     shape: tuple   # logical (K, C, 3, 3)
@@ -325,7 +325,7 @@ def prepare_winograd(w, algorithm="winograd4", *, n_threads=None):
         wb = block_weights(w, n_threads)
     kb, cb = wb.data.shape[:2]
     alpha = _ALPHA[algorithm]
-    u = np.empty((alpha * alpha, kb, cb, CB, CB), dtype=np.float32)
+    u = np.empty((kb, alpha * alpha, cb, CB, CB), dtype=np.float32)
     _conv.winograd_filter_transform(wb.data.reshape(-1), u.reshape(-1), kb, cb, alpha, n_threads)
     return WinogradWeights(u, tuple(w_shape), alpha)
 

@@ -349,10 +349,14 @@ cdef extern from "winograd_f32.h" nogil:
 
 def winograd_filter_transform(const float[::1] w, float[::1] u, int64_t Kb, int64_t Cb, int alpha,
                               int n_threads):
-    """U[xi*alpha+nu][kb][cb][16c][16k] = G g G^T from blocked 3x3 weights W[kb][cb][3][3][c][k]."""
-    cdef int64_t kc
+    """U[kb][xi*alpha+nu][cb][16c][16k] = G g G^T from blocked 3x3 weights W[kb][cb][3][3][c][k].
+    K-block-major, so the alpha^2 GEMMs of one K block read one contiguous stretch of U."""
+    cdef int64_t kc, kb, cb
     for kc in prange(Kb * Cb, nogil=True, schedule='static', num_threads=n_threads):
-        dlcpu_wino_filter_block(&w[0] + kc * 9 * 256, &u[0] + kc * 256, Kb * Cb * 256, alpha)
+        kb = kc // Cb
+        cb = kc % Cb
+        dlcpu_wino_filter_block(&w[0] + kc * 9 * 256, &u[0] + (kb * alpha * alpha * Cb + cb) * 256,
+                                Cb * 256, alpha)
 
 
 cdef struct wino_geom:
@@ -391,7 +395,7 @@ cdef int wino_item(const wino_geom *g, int64_t item, const float *x, const float
     p.batch = g.Cb
     p.a_stride = 256
     p.b_stride = g.T * 16
-    p.a_mstride = g.Cb * 256
+    p.a_mstride = a2 * g.Cb * 256
     p.b_rstride = 0
     p.nr = 1
     p.ldc = 16
@@ -408,7 +412,7 @@ cdef int wino_item(const wino_geom *g, int64_t item, const float *x, const float
             tc = 0
             while tc < nt:
                 p.nc = <int>min(<int64_t>g.max_nc, nt - tc)
-                p.a = u + (e * g.Kb + kb) * g.Cb * 256
+                p.a = u + (kb * a2 + e) * g.Cb * 256
                 p.b = v + (e * g.Cb * g.T + tc) * 16
                 p.c = mbuf + (e * 2 * g.T + tc) * 16
                 err |= dlcpu_brgemm_f32(&p, g.isa)
