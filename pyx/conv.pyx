@@ -379,6 +379,10 @@ cdef int wino_item(const wino_geom *g, int64_t item, const float *x, const float
     cdef int mv, err = 0
     cdef dlcpu_brgemm_f32_t p
     cdef int64_t tpi = g.tiles_h * g.tiles_w
+    # Equal tile chunks per call (16 tiles: 8 + 8, not 14 + 2, whose second call would be
+    # latency-bound on 4 accumulators).
+    cdef int64_t chunks = (nt + g.max_nc - 1) // g.max_nc
+    cdef int64_t chunk = (nt + chunks - 1) // chunks
     for t in range(nt):
         tg = t0 + t
         n = tg // tpi
@@ -411,7 +415,7 @@ cdef int wino_item(const wino_geom *g, int64_t item, const float *x, const float
         for e in range(a2):
             tc = 0
             while tc < nt:
-                p.nc = <int>min(<int64_t>g.max_nc, nt - tc)
+                p.nc = <int>min(chunk, nt - tc)
                 p.a = u + (kb * a2 + e) * g.Cb * 256
                 p.b = v + (e * g.Cb * g.T + tc) * 16
                 p.c = mbuf + (e * 2 * g.T + tc) * 16
