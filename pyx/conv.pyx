@@ -54,7 +54,7 @@ cdef const float *item_input(int mode, const float *x_img, float *tile, int64_t 
 cdef int run_tiles(const conv_geom *g, dlcpu_brgemm_f32_t *p, const float *base, float *y_kb,
                    int64_t p0, int64_t p1) noexcept nogil:
     """Every register tile of output rows p0..p1 for one (image, K block): one call each."""
-    cdef int64_t i0, q0, t0, npix
+    cdef int64_t i0, q0, t0, npix, chunk
     cdef int nrr, ncc, err = 0
     if g.tile_mode == TILE_PADDED:
         i0 = p0
@@ -71,12 +71,15 @@ cdef int run_tiles(const conv_geom *g, dlcpu_brgemm_f32_t *p, const float *base,
                 q0 = q0 + ncc
             i0 = i0 + nrr
     else:
-        # Dense rows (in place or subsampled): one pixel run across the item's rows.
+        # Dense rows (in place or subsampled): one pixel run across the item's rows, cut into
+        # equal chunks (21 pixels: 11 + 10, not 14 + 7).
         npix = (p1 - p0) * g.Q
+        chunk = (npix + g.nc - 1) // g.nc
+        chunk = (npix + chunk - 1) // chunk
         t0 = 0
         p.nr = 1
         while t0 < npix:
-            ncc = <int>min(<int64_t>g.nc, npix - t0)
+            ncc = <int>min(chunk, npix - t0)
             p.nc = ncc
             p.b = base + t0 * 16
             p.c = y_kb + (p0 * g.Q + t0) * 16
