@@ -24,7 +24,7 @@ def test_workloads_shipped():
 
 def test_public_api_is_small():
     assert set(dlcpu.__all__) == {"BlockedTensor", "block_weights", "brgemm", "conv2d", "conv2d_backward",
-                                  "from_blocked", "info",
+                                  "prepare_winograd", "from_blocked", "info",
                                   "matmul", "to_blocked", "unblock_weights", "__version__"}
 
 
