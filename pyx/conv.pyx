@@ -367,6 +367,16 @@ cdef struct wino_geom:
     int alpha, m, mv, k, isa, relu, has_bias, max_nc
 
 
+cdef inline void tile_origin(const wino_geom *g, int64_t tile, int64_t *n, int64_t *p0,
+                             int64_t *q0) noexcept nogil:
+    """Image and top-left output pixel of a tile numbered across the batch (image-major)."""
+    cdef int64_t per_image = g.tiles_h * g.tiles_w
+    cdef int64_t rem = tile % per_image
+    n[0] = tile // per_image
+    p0[0] = (rem // g.tiles_w) * g.m
+    q0[0] = (rem % g.tiles_w) * g.m
+
+
 cdef int wino_item(const wino_geom *g, int64_t item, const float *x, const float *u,
                    const float *bias, float *y, float *v, float *mbuf) noexcept nogil:
     """T consecutive tiles (across images) x one group of output-channel blocks: input transform,
@@ -378,23 +388,18 @@ cdef int wino_item(const wino_geom *g, int64_t item, const float *x, const float
     cdef int64_t kb1 = min(g.Kb, (kg + 1) * g.kb_per_item)
     cdef int64_t t0 = (item // g.k_groups) * g.T
     cdef int64_t nt = min(g.T, g.n_tiles - t0)
-    cdef int64_t t, tg, n, rem, th, tw, cb, kb, e, tc, gg
+    cdef int64_t t, n, p0, q0, cb, kb, e, tc, gg
     cdef int mv, err = 0
     cdef dlcpu_brgemm_f32_t p
-    cdef int64_t tpi = g.tiles_h * g.tiles_w
     # Equal tile chunks per call (16 tiles: 8 + 8, not 14 + 2, whose second call would be
     # latency-bound on 4 accumulators).
     cdef int64_t chunks = (nt + g.max_nc - 1) // g.max_nc
     cdef int64_t chunk = (nt + chunks - 1) // chunks
     for t in range(nt):
-        tg = t0 + t
-        n = tg // tpi
-        rem = tg % tpi
-        th = rem // g.tiles_w
-        tw = rem % g.tiles_w
+        tile_origin(g, t0 + t, &n, &p0, &q0)
         for cb in range(g.Cb):
-            dlcpu_wino_input_tile(x + (n * g.Cb + cb) * g.H * g.W * 16, g.H, g.W, th * g.m - g.ph,
-                                  tw * g.m - g.pw, v + (cb * g.T + t) * 16, g.Cb * g.T * 16, g.alpha,
+            dlcpu_wino_input_tile(x + (n * g.Cb + cb) * g.H * g.W * 16, g.H, g.W, p0 - g.ph,
+                                  q0 - g.pw, v + (cb * g.T + t) * 16, g.Cb * g.T * 16, g.alpha,
                                   g.isa)
     p.kind = DLCPU_BR_STRD
     p.b_trans = 0
@@ -425,15 +430,11 @@ cdef int wino_item(const wino_geom *g, int64_t item, const float *x, const float
                 err |= dlcpu_brgemm_f32(&p, g.isa)
                 tc = tc + p.nc
         for t in range(nt):
-            tg = t0 + t
-            n = tg // tpi
-            rem = tg % tpi
-            th = rem // g.tiles_w
-            tw = rem % g.tiles_w
+            tile_origin(g, t0 + t, &n, &p0, &q0)
             for gg in range(mv):
                 dlcpu_wino_output_tile(mbuf + (gg * g.T + t) * 16, 2 * g.T * 16,
                                        y + (n * g.Kb + kb + gg) * g.P * g.Q * 16, g.P, g.Q,
-                                       th * g.m, tw * g.m,
+                                       p0, q0,
                                        bias + (kb + gg) * 16 if g.has_bias else NULL, g.relu, g.alpha,
                                        g.isa)
         kb = kb + mv
