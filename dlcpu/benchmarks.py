@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import cpu
-from .conv import conv2d, conv2d_backward, get_plan, prepare_winograd, winograd_applies
+from .conv import conv2d, conv2d_backward, get_plan, prepare_winograd
 from .layout import block_weights, to_blocked
 
 FLOP_CONVENTION = "full taps: 2*N*K*P*Q*C*R*S (padding taps counted, as LIBXSMM)"

@@ -9,7 +9,6 @@ Blocking is decided once per (shape, ISA, threads) by `choose_conv_blocking` and
 driver (pyx/conv.pyx) only walks the plan.  `dlcpu bench conv --show-plan` prints it.
 """
 import functools
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -33,6 +32,10 @@ _TILE_BYTES = 192 * 1024
 TILE_NONE, TILE_PADDED, TILE_SUBSAMPLED = 0, 1, 2
 _TILE_MODE_NAMES = {TILE_NONE: "in place", TILE_PADDED: "padded phase-split tile",
                     TILE_SUBSAMPLED: "subsampled tile"}
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
 
 
 def _input_mode(s):
@@ -199,7 +202,7 @@ def choose_conv_blocking(shape, isa="avx512", n_threads=1, relu=False):
         if s.N * blocks % n_threads == 0 or s.N * blocks >= 8 * n_threads or blocks >= P:
             row_blocks = blocks
             break
-    hb = -(-(-(-P // row_blocks)) // nr) * nr
+    hb = _ceil_div(_ceil_div(P, row_blocks), nr) * nr   # equal blocks, a multiple of nr rows
     row_blocks = -(-P // hb)
     # Enough work items to keep every thread busy: first smaller row blocks, then K groups.
     while s.N * row_blocks < n_threads and hb > nr:

@@ -20,7 +20,7 @@ from libc.string cimport memcpy
 from cython.parallel cimport prange
 
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_f32_max_pixels,
-                            dlcpu_omp_thread_num, DLCPU_BR_STRD, DLCPU_BR_OFFS, DLCPU_BR_ADDR)
+                            DLCPU_BR_STRD)
 
 # K chunk and column group of the GEMM driver: a 512-deep chunk of a 256-column group is
 # 512 KiB of Yp, half of Zen 5's 1 MiB L2, and a 14-row Xp chunk is 28 KiB, within its 48 KiB L1.

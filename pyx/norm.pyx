@@ -9,7 +9,6 @@ the two channel sums and one for dx.  A ReLU after the normalization can be fuse
 (forward: clamp while normalizing; backward: mask dy by the output while reducing).
 """
 from libc.stdint cimport int64_t
-from libc.math cimport sqrt
 from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange, parallel
 

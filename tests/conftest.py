@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-import dlcpu
 from dlcpu import cpu
 
 #: relative L2 error bounds per dtype (DESIGN.md section 8)
