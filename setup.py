@@ -24,6 +24,7 @@ EXTENSIONS = {
     "conv": "pyx/conv.pyx",
     "pool": "pyx/pool.pyx",
     "norm": "pyx/norm.pyx",
+    "rnn": "pyx/rnn.pyx",
 }
 
 BASE_CFLAGS = ["-O3", "-fno-strict-aliasing", "-Wno-unused-function", "-Wno-unreachable-code"]

@@ -1,0 +1,164 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""LSTM time loops: the recurrent BRGEMM of each step with the cell math fused on its hot tile.
+
+dlcpu/rnn.py has already computed x.W_ih^T + b for all T as one large GEMM (G, row-major
+(T*N, 4*Kp), gate g at columns g*Kp) and re-blocked the recurrent weights; here each step runs
+the h.W_hh^T BRGEMMs straight onto G's tiles (beta=1) and finishes the tile in cache
+(rnn_f32.h).  The whole time loop is one parallel region: each step is a worksharing loop over
+(hidden block, row tile) items with one barrier per step (two in the backward: gate gradients,
+then the recurrent product).  Each value is produced by one thread in a fixed order, so results
+do not depend on the thread count.
+
+Blocked states: H, Cs [T+1][Kb][N][16] (index 0: the initial state).
+"""
+from libc.stdint cimport int64_t
+from libc.string cimport memcpy
+from cython.parallel cimport prange, parallel
+
+from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_f32_max_pixels,
+                            DLCPU_BR_STRD)
+
+cdef extern from "rnn_f32.h" nogil:
+    ctypedef struct dlcpu_act_table_t:
+        pass
+    dlcpu_act_table_t dlcpu_act_table(int isa)
+    void dlcpu_lstm_fwd_tile(float *gates, int64_t gate_stride, int64_t ldg, const float *c_prev,
+                             float *c, float *h, int64_t rows, const dlcpu_act_table_t *act)
+    void dlcpu_lstm_bwd_tile(const float *gates, int64_t gate_stride, int64_t ldg,
+                             const float *c_prev, const float *c, const float *dh, float *dc,
+                             float *dc_prev, float *dgates, int64_t rows,
+                             const dlcpu_act_table_t *act)
+
+
+cdef int lstm_fwd_item(float *G, const float *R, float *H, float *Cs, int64_t t, int64_t item,
+                       int64_t N, int64_t Kb, int64_t rows_per_tile, int k, int isa,
+                       const dlcpu_act_table_t *act) noexcept nogil:
+    cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
+    cdef int64_t kb = item // n_tiles
+    cdef int64_t n0 = (item % n_tiles) * rows_per_tile
+    cdef int64_t rows = min(rows_per_tile, N - n0)
+    cdef int64_t Kp = Kb * 16, ldg = 4 * Kb * 16
+    cdef float *gates = G + (t * N + n0) * ldg + kb * 16
+    cdef int64_t state = Kb * N * 16
+    cdef int err = 0
+    cdef int pair
+    cdef dlcpu_brgemm_f32_t p
+    p.kind = DLCPU_BR_STRD
+    p.b_trans = 0
+    p.k = k
+    p.batch = Kb
+    p.a_stride = 256
+    p.b_stride = N * 16
+    p.a_mstride = Kb * Kb * 256
+    p.b_rstride = 0
+    p.mv = 2
+    p.nr = 1
+    p.nc = <int>rows
+    p.ldc = ldg
+    p.c_rstride = 0
+    p.c_mstride = Kp
+    p.beta = 1
+    p.bias = NULL
+    p.relu = 0
+    p.b = H + t * state + n0 * 16
+    for pair in range(2):   # gates (i, f), then (g, o)
+        p.a = R + ((2 * pair) * Kb + kb) * Kb * 256
+        p.c = gates + 2 * pair * Kp
+        err |= dlcpu_brgemm_f32(&p, isa)
+    dlcpu_lstm_fwd_tile(gates, Kp, ldg, Cs + t * state + (kb * N + n0) * 16,
+                        Cs + (t + 1) * state + (kb * N + n0) * 16,
+                        H + (t + 1) * state + (kb * N + n0) * 16, rows, act)
+    return err
+
+
+def lstm_forward_f32(float[:, ::1] G, const float[::1] R, float[::1] H, float[::1] Cs,
+                     int64_t T, int64_t N, int64_t Kb, int k, int isa, int n_threads):
+    """Run T steps; G holds x.W_ih^T + b on entry and the gate activations on exit."""
+    cdef int64_t rows = min(<int64_t>dlcpu_brgemm_f32_max_pixels(isa, 2), N)
+    cdef int64_t n_items = Kb * ((N + rows - 1) // rows)
+    cdef int64_t t, item
+    cdef int errors = 0
+    cdef dlcpu_act_table_t act = dlcpu_act_table(isa)
+    with nogil, parallel(num_threads=n_threads):
+        for t in range(T):
+            for item in prange(n_items, schedule='static'):
+                errors += lstm_fwd_item(&G[0, 0], &R[0], &H[0], &Cs[0], t, item, N, Kb, rows,
+                                        k, isa, &act)
+    return errors
+
+
+cdef void lstm_bwd_gates_item(const float *G, const float *Cs, const float *dY, float *dh,
+                              float *dc, float *dG, float *dGb, int64_t t, int64_t item,
+                              int64_t N, int64_t Kb, int64_t rows_per_tile,
+                              const dlcpu_act_table_t *act) noexcept nogil:
+    cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
+    cdef int64_t kb = item // n_tiles
+    cdef int64_t n0 = (item % n_tiles) * rows_per_tile
+    cdef int64_t rows = min(rows_per_tile, N - n0)
+    cdef int64_t Kp = Kb * 16, ldg = 4 * Kb * 16, state = Kb * N * 16
+    cdef int64_t i, g, n
+    cdef float *dh_blk = dh + (kb * N + n0) * 16
+    cdef const float *dy_blk = dY + t * state + (kb * N + n0) * 16
+    for i in range(rows * 16):          # the step's total dh: from y_t and from step t+1
+        dh_blk[i] = dh_blk[i] + dy_blk[i]
+    dlcpu_lstm_bwd_tile(G + (t * N + n0) * ldg + kb * 16, Kp, ldg,
+                        Cs + t * state + (kb * N + n0) * 16, Cs + (t + 1) * state + (kb * N + n0) * 16,
+                        dh_blk, dc + (kb * N + n0) * 16, dc + (kb * N + n0) * 16,
+                        dG + (t * N + n0) * ldg + kb * 16, rows, act)
+    for g in range(4):                  # blocked copy: the B operand of the recurrent product
+        for n in range(rows):
+            memcpy(dGb + ((g * Kb + kb) * N + n0 + n) * 16, dG + (t * N + n0 + n) * ldg + g * Kp + kb * 16,
+                   16 * sizeof(float))
+
+
+cdef int lstm_bwd_recurrent_item(const float *RT, const float *dGb, float *dh, int64_t item,
+                                 int64_t N, int64_t Kb, int64_t rows_per_tile,
+                                 int isa) noexcept nogil:
+    """dh[kb] = sum over the 4*Kb gate blocks j of dG[j] . W_hh[j-rows, kb-columns]."""
+    cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
+    cdef int64_t kb = item // n_tiles
+    cdef int64_t n0 = (item % n_tiles) * rows_per_tile
+    cdef dlcpu_brgemm_f32_t p
+    p.kind = DLCPU_BR_STRD
+    p.b_trans = 0
+    p.k = 16
+    p.batch = 4 * Kb
+    p.a_stride = 256
+    p.b_stride = N * 16
+    p.a_mstride = 0
+    p.b_rstride = 0
+    p.mv = 1
+    p.nr = 1
+    p.nc = <int>min(rows_per_tile, N - n0)
+    p.ldc = 16
+    p.c_rstride = 0
+    p.c_mstride = 0
+    p.beta = 0
+    p.bias = NULL
+    p.relu = 0
+    p.a = RT + kb * 4 * Kb * 256
+    p.b = dGb + n0 * 16
+    p.c = dh + (kb * N + n0) * 16
+    return dlcpu_brgemm_f32(&p, isa)
+
+
+def lstm_backward_f32(const float[:, ::1] G, const float[::1] Cs, const float[::1] RT,
+                      const float[::1] dY, float[::1] dh, float[::1] dc, float[:, ::1] dG,
+                      float[::1] dGb, int64_t T, int64_t N, int64_t Kb, int isa, int n_threads):
+    """Backpropagate through T steps.  dh, dc hold dL/dh_T, dL/dc_T on entry and dL/dh_0,
+    dL/dc_0 on exit; dG receives the pre-activation gate gradients of every step (row-major
+    like G), from which dlcpu/rnn.py computes dx, dW and db with large GEMMs."""
+    cdef int64_t rows = min(<int64_t>dlcpu_brgemm_f32_max_pixels(isa, 1), N)
+    cdef int64_t n_items = Kb * ((N + rows - 1) // rows)
+    cdef int64_t t, step, item
+    cdef int errors = 0
+    cdef dlcpu_act_table_t act = dlcpu_act_table(isa)
+    with nogil, parallel(num_threads=n_threads):
+        for step in range(T):
+            t = T - 1 - step
+            for item in prange(n_items, schedule='static'):
+                lstm_bwd_gates_item(&G[0, 0], &Cs[0], &dY[0], &dh[0], &dc[0], &dG[0, 0], &dGb[0],
+                                    t, item, N, Kb, rows, &act)
+            for item in prange(n_items, schedule='static'):
+                errors += lstm_bwd_recurrent_item(&RT[0], &dGb[0], &dh[0], item, N, Kb, rows, isa)
+    return errors
