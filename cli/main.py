@@ -274,6 +274,68 @@ def bench_gemm(
     out.print(t)
 
 
+# ------------------------------------------------------------------------------------------ lstm
+@bench_app.command("lstm")
+@handled
+def bench_lstm(
+    layers: Optional[str] = typer.Option(None, "--layers", help="Only grid rows whose name contains one of these (comma list)."),
+    threads: Optional[str] = typer.Option(None, "--threads", help="Comma list of thread counts (default: all)."),
+    compare: Optional[str] = typer.Option(None, "--compare", help="Peer to time in the same run: torch."),
+    repeats: int = typer.Option(5, "--repeats", min=1),
+    as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
+):
+    """LSTM forward (inference) and training step over the LSTM grid, vs torch.nn.LSTM."""
+    if compare not in (None, "torch"):
+        raise CliError(f"--compare must be 'torch', got {compare!r}")
+    grid = workloads.lstm_layers()
+    if layers:
+        keys = [k.strip() for k in layers.split(",") if k.strip()]
+        grid = [g for g in grid if any(k in g.name for k in keys)]
+        if not grid:
+            raise CliError(f"--layers {layers!r} matches no row of the LSTM grid")
+    runs = []
+    for n_threads in parse_threads(threads):
+        peak = benchmarks.measure_peak(n_threads, seconds=0.1, repeats=3)
+        rows = []
+        with progress() as bar:
+            task = bar.add_task(f"lstm, {n_threads} thread(s)", total=len(grid))
+            for g in grid:
+                bar.update(task, description=f"lstm {g.name} ({n_threads}T)")
+                rows.append(benchmarks.bench_lstm_layer(g, n_threads, peak["gflops"], compare=compare, repeats=repeats))
+                bar.advance(task)
+        run = {"threads": n_threads, "peak_gflops": peak["gflops"], "rows": rows}
+        if compare:
+            run["geomean_ratio"] = {k: benchmarks.geomean([r[k]["peer"]["ratio"] for r in rows]) for k in ("forward", "train")}
+        runs.append(run)
+        if not as_json:
+            t = Table(title=f"LSTM f32 | {n_threads} thread(s), peak {peak['gflops']:.0f} GFLOP/s "
+                            f"(forward FLOPs 2*T*N*4K*(C+K); training step 3x that)")
+            cols = ["row", "N", "C", "K", "T", "fwd GFLOP/s", "% peak"]
+            if compare:
+                cols += ["torch fwd", "ratio"]
+            cols += ["train GFLOP/s", "% peak"]
+            if compare:
+                cols += ["torch train", "ratio"]
+            for col in cols:
+                t.add_column(col, justify="left" if col == "row" else "right")
+            for r in rows:
+                cells = [r["name"], str(r["N"]), str(r["C"]), str(r["K"]), str(r["T"]),
+                         f"{r['forward']['gflops']:.1f}", f"{r['forward']['pct_peak']:.1f}"]
+                if compare:
+                    cells += [f"{r['forward']['peer']['gflops']:.1f}", f"{r['forward']['peer']['ratio']:.2f}"]
+                cells += [f"{r['train']['gflops']:.1f}", f"{r['train']['pct_peak']:.1f}"]
+                if compare:
+                    cells += [f"{r['train']['peer']['gflops']:.1f}", f"{r['train']['peer']['ratio']:.2f}"]
+                t.add_row(*cells)
+            if compare:
+                gm = run["geomean_ratio"]
+                t.add_row("geometric mean", "", "", "", "", "", "", "", f"{gm['forward']:.2f}", "", "", "",
+                          f"{gm['train']:.2f}", style="bold")
+            out.print(t)
+    if as_json:
+        emit_json({"lstm": runs})
+
+
 # ----------------------------------------------------------------------------------------- train
 @train_app.command("digits")
 @handled

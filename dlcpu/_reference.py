@@ -171,3 +171,49 @@ def batchnorm_backward(dy, x, gamma, eps=1e-5):
     dx = np.asarray(gamma, np.float64)[None, :, None, None] * invstd / m * (
         m * dy - dbeta[None, :, None, None] - xhat * dgamma[None, :, None, None])
     return dx, dgamma, dbeta
+
+
+def _sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0):
+    """float64 LSTM, gate order i, f, g, o: returns y (T, N, K), h_T, c_T and the per-step
+    (gates, c) needed by lstm_backward."""
+    x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh))
+    b = np.asarray(b_ih, np.float64) + np.asarray(b_hh, np.float64)
+    h, c = np.asarray(h0, np.float64), np.asarray(c0, np.float64)
+    K = w_hh.shape[1]
+    ys, steps = [], []
+    for t in range(x.shape[0]):
+        z = x[t] @ w_ih.T + h @ w_hh.T + b
+        i, f, g, o = _sigmoid(z[:, :K]), _sigmoid(z[:, K:2 * K]), np.tanh(z[:, 2 * K:3 * K]), _sigmoid(z[:, 3 * K:])
+        c_prev, h_prev = c, h
+        c = f * c_prev + i * g
+        h = o * np.tanh(c)
+        steps.append((i, f, g, o, c_prev, c, h_prev))
+        ys.append(h)
+    return np.stack(ys), h, c, steps
+
+
+def lstm_backward(dy, x, w_ih, w_hh, steps, dh_T, dc_T):
+    """Backpropagation through time in float64: (dx, dw_ih, dw_hh, db, dh0, dc0)."""
+    dy, x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (dy, x, w_ih, w_hh))
+    dh, dc = np.asarray(dh_T, np.float64).copy(), np.asarray(dc_T, np.float64).copy()
+    dx = np.zeros_like(x)
+    dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
+    db = np.zeros(w_ih.shape[0])
+    for t in reversed(range(x.shape[0])):
+        i, f, g, o, c_prev, c, h_prev = steps[t]
+        dh = dh + dy[t]
+        tc = np.tanh(c)
+        dc = dc + dh * o * (1 - tc * tc)
+        dz = np.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
+                             dh * tc * o * (1 - o)], axis=1)
+        dx[t] = dz @ w_ih
+        dw_ih += dz.T @ x[t]
+        dw_hh += dz.T @ h_prev
+        db += dz.sum(axis=0)
+        dh = dz @ w_hh
+        dc = dc * f
+    return dx, dw_ih, dw_hh, db, dh, dc

@@ -306,3 +306,70 @@ def bench_train_digits(epochs, batch, n_threads, seed=0):
     mine, theirs = statistics.median(ours), statistics.median(peer)
     return {"threads": n_threads, "batch": batch, "epochs": epochs, "images_per_second": mine,
             "peer": {"name": f"torch {torch.__version__}", "images_per_second": theirs, "ratio": mine / theirs}}
+
+
+# -------------------------------------------------------------------------------------- lstm
+def bench_lstm_layer(layer, n_threads, peak_gflops, *, compare=None, repeats=5, warmup=1, seed=0):
+    """LSTM inference (forward) and training step (forward + backward; 3x the forward GEMM FLOPs)
+    on prepared weights; the peer is torch.nn.LSTM with the same weights, timed interleaved."""
+    from . import rnn
+
+    rng = np.random.default_rng(seed)
+    T, N, C, K = layer.T, layer.N, layer.C, layer.K
+    x = rng.uniform(-1, 1, (T, N, C)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (T, N, K)).astype(np.float32)
+    bound = 1.0 / np.sqrt(K)
+    w_ih = rng.uniform(-bound, bound, (4 * K, C)).astype(np.float32)
+    w_hh = rng.uniform(-bound, bound, (4 * K, K)).astype(np.float32)
+    b = rng.uniform(-bound, bound, 4 * K).astype(np.float32)
+    weights = rnn.prepare_lstm(w_ih, w_hh, b, b)
+
+    def ours_fwd():
+        rnn.lstm_forward(x, weights=weights, n_threads=n_threads)
+
+    def ours_train():
+        _, _, cache = rnn.lstm_forward(x, weights=weights, train=True, n_threads=n_threads)
+        rnn.lstm_backward(dy, cache)
+
+    fns = [ours_fwd, ours_train]
+    torch = None
+    if compare == "torch":
+        torch = torch_or_none()
+        if torch is None:
+            raise ValueError("--compare torch needs PyTorch: pip install 'dlcpu[compare]'")
+        m = torch.nn.LSTM(C, K)
+        with torch.no_grad():
+            for p, v in zip((m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0), (w_ih, w_hh, b, b)):
+                p.copy_(torch.from_numpy(v))
+        xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+
+        def peer_fwd():
+            with torch.no_grad():
+                m(xt)
+
+        def peer_train():
+            y, _ = m(xt)
+            y.backward(dyt)
+
+        fns += [peer_fwd, peer_train]
+    if torch is not None:
+        with torch_threads(torch, n_threads):
+            times = time_interleaved(fns, repeats, warmup)
+    else:
+        times = time_interleaved(fns, repeats, warmup)
+    flops = layer.forward_flops()
+    out = {"name": layer.name, "N": N, "C": C, "K": K, "T": T, "gflop_forward": flops / 1e9}
+    for i, (kind, f) in enumerate((("forward", flops), ("train", 3 * flops))):
+        s = summarize(times[i])
+        out[kind] = {"seconds": s, "gflops": f / s["median_s"] / 1e9,
+                     "pct_peak": 100.0 * f / s["median_s"] / 1e9 / peak_gflops}
+        if torch is not None:
+            ps = summarize(times[2 + i])
+            out[kind]["peer"] = {"name": f"torch {torch.__version__} nn.LSTM", "seconds": ps,
+                                 "gflops": f / ps["median_s"] / 1e9, "ratio": ps["median_s"] / s["median_s"]}
+    return out
+
+
+def geomean(values):
+    values = [v for v in values if v > 0]
+    return float(np.exp(np.mean(np.log(values)))) if values else float("nan")

@@ -144,3 +144,23 @@ def parse_conv_descriptor(text):
     if min(layer.C, layer.K, layer.H, layer.W, layer.R, layer.S) < 1:
         raise ValueError(f"conv descriptor {text!r}: every size must be >= 1")
     return layer
+
+
+@dataclass(frozen=True)
+class LSTMLayer:
+    name: str
+    N: int
+    C: int
+    K: int
+    T: int
+
+    def forward_flops(self):
+        """2*T*N*4K*(C+K): the input and recurrent GEMMs (the cell math is not counted)."""
+        return 2 * self.T * self.N * 4 * self.K * (self.C + self.K)
+
+
+def lstm_layers():
+    """The LSTM grid shipped as package data (LIBXSMM lstmdriver sizes plus GNMT-like ones)."""
+    rows = csv.reader(line for line in _workload_text("lstm.csv").splitlines()
+                      if line.strip() and not line.startswith("#"))
+    return [LSTMLayer(r[0], *map(int, r[1:5])) for r in rows]

@@ -137,3 +137,20 @@ def test_bench_conv_winograd_json():
     runs = json.loads(res.stdout)["runs"]
     assert [(r["algorithm"], len(r["layers"])) for r in runs] == [("direct", 2), ("winograd4", 1)]
     assert all(l["check"]["passed"] for r in runs for l in r["layers"])
+
+
+def test_bench_lstm_json():
+    args = ["bench", "lstm", "--layers", "lstm_256_256", "--threads", "1", "--repeats", "1", "--json"]
+    if HAVE_TORCH:
+        args += ["--compare", "torch"]
+    res = run(*args)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)["lstm"][0]
+    assert data["rows"][0]["forward"]["gflops"] > 0 and data["rows"][0]["train"]["gflops"] > 0
+    if HAVE_TORCH:
+        assert data["geomean_ratio"]["forward"] > 0
+
+
+def test_bench_lstm_bad_filter():
+    res = run("bench", "lstm", "--layers", "nope")
+    assert res.returncode == 1 and "matches no row" in res.stderr

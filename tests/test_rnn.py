@@ -1,0 +1,136 @@
+"""LSTM forward/backward against the float64 twin, PyTorch, finite differences, threads, ISAs."""
+import numpy as np
+import pytest
+
+from dlcpu import _reference as ref
+from dlcpu import rnn
+
+from conftest import ISAS, assert_close, max_threads, needs_torch
+
+
+def problem(rng, T, N, C, K, init=True):
+    x = rng.uniform(-1, 1, (T, N, C)).astype(np.float32)
+    w_ih = rng.uniform(-0.4, 0.4, (4 * K, C)).astype(np.float32)
+    w_hh = rng.uniform(-0.4, 0.4, (4 * K, K)).astype(np.float32)
+    b_ih = rng.uniform(-0.4, 0.4, 4 * K).astype(np.float32)
+    b_hh = rng.uniform(-0.4, 0.4, 4 * K).astype(np.float32)
+    h0 = rng.uniform(-1, 1, (N, K)).astype(np.float32) if init else None
+    c0 = rng.uniform(-1, 1, (N, K)).astype(np.float32) if init else None
+    return x, w_ih, w_hh, b_ih, b_hh, h0, c0
+
+
+SIZES = [(1, 1, 1, 1), (3, 7, 16, 7), (2, 16, 33, 16), (4, 33, 7, 33), (1, 5, 20, 40), (6, 2, 3, 17)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("size", SIZES, ids=str)
+@pytest.mark.parametrize("init", [True, False])
+def test_against_reference(rng, isa, size, init):
+    T, N, C, K = size
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = problem(rng, T, N, C, K, init)
+    y, (h, c), cache = rnn.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, train=True, isa=isa)
+    z = np.zeros((N, K), np.float32)
+    y_r, h_r, c_r, steps = ref.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, z if h0 is None else h0, z if c0 is None else c0)
+    assert_close(y, y_r)
+    assert_close(h, h_r)
+    assert_close(c, c_r)
+    dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
+    dh_T = rng.uniform(-1, 1, (N, K)).astype(np.float32)
+    dc_T = rng.uniform(-1, 1, (N, K)).astype(np.float32)
+    got = rnn.lstm_backward(dy, cache, dh_T, dc_T)
+    dx, dw_ih, dw_hh, db, dh0, dc0 = ref.lstm_backward(dy, x, w_ih, w_hh, steps, dh_T, dc_T)
+    for a, b in zip(got, (dx, dw_ih, dw_hh, db, db, dh0, dc0)):
+        assert_close(a, b)
+
+
+def test_finite_differences(rng):
+    T, N, C, K = 3, 2, 5, 6
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = problem(rng, T, N, C, K)
+    dy = rng.uniform(-1, 1, (T, N, K)).astype(np.float32)
+    y, _, cache = rnn.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, train=True)
+    grads = rnn.lstm_backward(dy, cache)
+
+    def loss(args):
+        yy, _ = rnn.lstm_forward(*args)
+        return float((yy.astype(np.float64) * dy).sum())
+
+    args = [x, w_ih, w_hh, b_ih, b_hh, h0, c0]
+    eps = 1e-2
+    for which, grad in ((0, grads[0]), (1, grads[1]), (2, grads[2]), (3, grads[3]), (5, grads[5]), (6, grads[6])):
+        v = rng.standard_normal(args[which].shape).astype(np.float32)
+        plus, minus = list(args), list(args)
+        plus[which] = (args[which] + eps * v).astype(np.float32)
+        minus[which] = (args[which] - eps * v).astype(np.float32)
+        fd = (loss(plus) - loss(minus)) / (2 * eps)
+        analytic = float((grad.astype(np.float64) * v).sum())
+        assert abs(fd - analytic) <= 2e-3 * abs(analytic) + 2e-3, (which, fd, analytic)
+
+
+@needs_torch
+@pytest.mark.parametrize("size", [(5, 33, 16, 33), (4, 16, 7, 64)], ids=str)
+def test_against_torch(rng, size):
+    import torch
+
+    T, N, C, K = size
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = problem(rng, T, N, C, K)
+    m = torch.nn.LSTM(C, K)
+    with torch.no_grad():
+        for p, v in zip((m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0), (w_ih, w_hh, b_ih, b_hh)):
+            p.copy_(torch.from_numpy(v))
+    xt = torch.from_numpy(x).requires_grad_()
+    yt, (ht, ct) = m(xt, (torch.from_numpy(h0)[None], torch.from_numpy(c0)[None]))
+    y, (h, c), cache = rnn.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, train=True)
+    assert_close(y, yt.detach().numpy())
+    assert_close(c, ct[0].detach().numpy())
+    dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
+    yt.backward(torch.from_numpy(dy))
+    dx, dw_ih, dw_hh, db_ih, _, _, _ = rnn.lstm_backward(dy, cache)
+    assert_close(dx, xt.grad.numpy())
+    assert_close(dw_ih, m.weight_ih_l0.grad.numpy())
+    assert_close(dw_hh, m.weight_hh_l0.grad.numpy())
+    assert_close(db_ih, m.bias_ih_l0.grad.numpy())
+
+
+def test_thread_count_bitwise(rng):
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = problem(rng, 4, 37, 20, 48)
+    dy = rng.uniform(-1, 1, (4, 37, 48)).astype(np.float32)
+    outs = []
+    for t in (1, max_threads(), 3):
+        y, (h, c), cache = rnn.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, train=True, n_threads=t)
+        outs.append((y, h, c, *rnn.lstm_backward(dy, cache)))
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            assert np.array_equal(a, b)
+
+
+def test_prepared_weights_reused(rng):
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = problem(rng, 3, 4, 5, 6)
+    w = rnn.prepare_lstm(w_ih, w_hh, b_ih, b_hh)
+    y1, _ = rnn.lstm_forward(x, weights=w)
+    y2, _ = rnn.lstm_forward(x, w_ih, w_hh, b_ih, b_hh)
+    assert np.array_equal(y1, y2)
+
+
+def test_nan_propagates(rng):
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = problem(rng, 3, 2, 4, 5)
+    x[1, 0, 0] = np.nan
+    y, _ = rnn.lstm_forward(x, w_ih, w_hh, b_ih, b_hh)
+    assert np.isnan(y[1:, 0]).all() and np.isfinite(y[0]).all() and np.isfinite(y[:, 1]).all()
+
+
+def test_bad_input(rng):
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = problem(rng, 3, 2, 4, 5)
+    with pytest.raises(ValueError, match=r"w_hh must have shape \(4K, K\)"):
+        rnn.lstm_forward(x, w_ih, w_hh[:, :4])
+    with pytest.raises(ValueError, match=r"w_ih must have shape \(4K, C\) = \(20, C\) for K=5"):
+        rnn.lstm_forward(x, w_ih[:19], w_hh)
+    with pytest.raises(ValueError, match="x has C=4 features but w_ih expects C=3"):
+        rnn.lstm_forward(x, w_ih[:, :3], w_hh)
+    with pytest.raises(ValueError, match=r"need T >= 1"):
+        rnn.lstm_forward(x[:0], w_ih, w_hh)
+    with pytest.raises(ValueError, match=r"h0 must have shape \(2, 5\)"):
+        rnn.lstm_forward(x, w_ih, w_hh, h0=np.zeros((3, 5), np.float32))
+    with pytest.raises(ValueError, match=r"b_ih must have shape \(20,\)"):
+        rnn.lstm_forward(x, w_ih, w_hh, b_ih[:3])
+    with pytest.raises(TypeError, match="float32"):
+        rnn.lstm_forward(x.astype(np.float64), w_ih, w_hh)
