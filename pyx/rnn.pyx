@@ -30,6 +30,13 @@ cdef extern from "rnn_f32.h" nogil:
                              const dlcpu_act_table_t *act)
 
 
+cdef int64_t row_tile(int64_t N, int64_t budget) noexcept nogil:
+    """Rows per tile: equal tiles within the register budget (N=16: 8+8, not 14+2, whose second
+    call would run on a handful of accumulators)."""
+    cdef int64_t tiles = (N + budget - 1) // budget
+    return (N + tiles - 1) // tiles
+
+
 cdef int lstm_fwd_item(float *G, const float *R, float *H, float *Cs, int64_t t, int64_t item,
                        int64_t N, int64_t Kb, int64_t rows_per_tile, int k, int isa,
                        const dlcpu_act_table_t *act) noexcept nogil:
@@ -74,7 +81,7 @@ cdef int lstm_fwd_item(float *G, const float *R, float *H, float *Cs, int64_t t,
 def lstm_forward_f32(float[:, ::1] G, const float[::1] R, float[::1] H, float[::1] Cs,
                      int64_t T, int64_t N, int64_t Kb, int k, int isa, int n_threads):
     """Run T steps; G holds x.W_ih^T + b on entry and the gate activations on exit."""
-    cdef int64_t rows = min(<int64_t>dlcpu_brgemm_f32_max_pixels(isa, 2), N)
+    cdef int64_t rows = row_tile(N, dlcpu_brgemm_f32_max_pixels(isa, 2))
     cdef int64_t n_items = Kb * ((N + rows - 1) // rows)
     cdef int64_t t, item
     cdef int errors = 0
@@ -148,7 +155,7 @@ def lstm_backward_f32(const float[:, ::1] G, const float[::1] Cs, const float[::
     """Backpropagate through T steps.  dh, dc hold dL/dh_T, dL/dc_T on entry and dL/dh_0,
     dL/dc_0 on exit; dG receives the pre-activation gate gradients of every step (row-major
     like G), from which dlcpu/rnn.py computes dx, dW and db with large GEMMs."""
-    cdef int64_t rows = min(<int64_t>dlcpu_brgemm_f32_max_pixels(isa, 1), N)
+    cdef int64_t rows = row_tile(N, dlcpu_brgemm_f32_max_pixels(isa, 1))
     cdef int64_t n_items = Kb * ((N + rows - 1) // rows)
     cdef int64_t t, step, item
     cdef int errors = 0
