@@ -10,6 +10,8 @@
 
     dlcpu.matmul(x, y): (m, K) @ (K, n) float32, on BRGEMM calls over packed operands.
 """
+from dataclasses import dataclass
+
 import numpy as np
 
 from . import cpu
@@ -94,28 +96,64 @@ def brgemm(a, b, c=None, *, variant="strd", a_index=None, b_index=None, beta=0, 
     return c
 
 
-def matmul(x, y, *, n_threads=None, isa=None):
-    """x @ y for float32 matrices (m, K) and (K, n), on BRGEMM calls over packed operands."""
+@dataclass(frozen=True, eq=False)
+class PackedMatrix:
+    """The right-hand operand of matmul, packed once (weights reused across calls):
+    data[n/16][K/16][16][16] of a (K, n) matrix."""
+
+    data: np.ndarray
+    shape: tuple
+
+
+def pack_matmul_operand(y, *, n_threads=None):
+    """Pack y (K, n) for repeated matmul(x, packed) calls."""
+    y = _f32(y, "y", 2, "pack_matmul_operand")
+    K, n = y.shape
+    if min(K, n) < 1:
+        raise ValueError(f"pack_matmul_operand: empty operand {y.shape}")
+    yp = np.empty((-(-n // CB), -(-K // CB), CB, CB), dtype=np.float32)
+    _brgemm.pack_gemm_b(y, yp, cpu.resolve_threads(n_threads))
+    return PackedMatrix(yp, (K, n))
+
+
+_NO_BIAS = np.empty(0, dtype=np.float32)
+
+
+def matmul(x, y, *, bias=None, n_threads=None, isa=None):
+    """x @ y (+ bias) for float32 matrices (m, K) and (K, n), on BRGEMM calls over packed
+    operands; y may be a PackedMatrix from pack_matmul_operand (packed once, reused)."""
     fn = "matmul"
     x = _f32(x, "x", 2, fn)
-    y = _f32(y, "y", 2, fn)
+    packed = y if isinstance(y, PackedMatrix) else None
+    if packed is None:
+        y = _f32(y, "y", 2, fn)
     m, K = x.shape
-    K2, n = y.shape
+    K2, n = packed.shape if packed is not None else y.shape
     if K != K2:
-        raise ValueError(f"{fn}: inner dimensions differ: x {x.shape} @ y {y.shape}")
+        raise ValueError(f"{fn}: inner dimensions differ: x {x.shape} @ y {(K2, n)}")
     if min(m, K, n) < 1:
-        raise ValueError(f"{fn}: empty operands: x {x.shape} @ y {y.shape}")
+        raise ValueError(f"{fn}: empty operands: x {x.shape} @ y {(K2, n)}")
     n_threads = cpu.resolve_threads(n_threads)
     isa_name = cpu.resolve_isa(isa)
     T = _GEMM_TILE_ROWS[isa_name]
     kc = -(-K // CB)
     xp = scratch("gemm.x", (-(-m // T), kc, T, CB))
-    yp = scratch("gemm.y", (-(-n // CB), kc, CB, CB))
     _brgemm.pack_gemm_a(x, xp, n_threads)
-    _brgemm.pack_gemm_b(y, yp, n_threads)
+    if packed is None:
+        yp = scratch("gemm.y", (-(-n // CB), kc, CB, CB))
+        _brgemm.pack_gemm_b(y, yp, n_threads)
+    else:
+        yp = packed.data
     n_pad = yp.shape[0] * CB
+    bias_p = _NO_BIAS
+    if bias is not None:
+        bias = _f32(bias, "bias", 1, fn)
+        if bias.shape != (n,):
+            raise ValueError(f"{fn}: bias must have shape ({n},), got {bias.shape}")
+        bias_p = np.zeros(n_pad, np.float32)
+        bias_p[:n] = bias
     out = np.empty((m, n_pad), dtype=np.float32)
-    err = _brgemm.gemm_packed_f32(xp, yp, out, m, n_threads, cpu.ISA_CODES[isa_name])
+    err = _brgemm.gemm_packed_f32(xp, yp, out, m, bias_p, n_threads, cpu.ISA_CODES[isa_name])
     if err:
-        raise RuntimeError(f"{fn}: internal error: no microkernel for a tile (x {x.shape}, y {y.shape})")
+        raise RuntimeError(f"{fn}: internal error: no microkernel for a tile (x {x.shape}, y {(K2, n)})")
     return out if n_pad == n else np.ascontiguousarray(out[:, :n])

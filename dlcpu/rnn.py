@@ -23,7 +23,7 @@ import numpy as np
 
 from . import cpu
 from ._ext import rnn as _rnn
-from .gemm import matmul
+from .gemm import PackedMatrix, matmul, pack_matmul_operand
 from .layout import CB
 
 GATES = 4
@@ -35,8 +35,8 @@ class LSTMWeights:
 
     C: int
     K: int
-    w_ih_t: np.ndarray     # (C, 4*Kp): x @ w_ih_t gives the gate pre-activations
-    w_ih_p: np.ndarray     # (4*Kp, C): for dx
+    w_ih_t: PackedMatrix   # (C, 4*Kp) packed: x @ w_ih_t gives the gate pre-activations
+    w_ih_p: PackedMatrix   # (4*Kp, C) packed: dG @ w_ih_p gives dx
     bias: np.ndarray       # (4*Kp,): b_ih + b_hh, padded
     recurrent: np.ndarray  # [4][Kb][Kb][16][16]: per gate, output block, input block (forward)
     recurrent_t: np.ndarray  # [Kb][4*Kb][16][16]: transposed blocks (backward)
@@ -85,7 +85,8 @@ def prepare_lstm(w_ih, w_hh, b_ih=None, b_hh=None):
     w_hh_p = w_hh_p.reshape(GATES * kp, kp)
     # recurrent_t[kb][j][kk][m] = w_hh[j*16 + kk][kb*16 + m]  (j runs over the 4*Kb gate blocks)
     rec_t = np.ascontiguousarray(w_hh_p.reshape(GATES * kb, CB, kb, CB).transpose(2, 0, 1, 3))
-    return LSTMWeights(C, K, np.ascontiguousarray(w_ih_p.T), w_ih_p, bias_p.reshape(-1), rec, rec_t, w_hh_p)
+    return LSTMWeights(C, K, pack_matmul_operand(np.ascontiguousarray(w_ih_p.T)), pack_matmul_operand(w_ih_p),
+                       bias_p.reshape(-1), rec, rec_t, w_hh_p)
 
 
 def _state(s, name, N, K, kb):
@@ -128,8 +129,7 @@ def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None
     H[0] = _state(h0, "h0", N, K, kb)
     Cs[0] = _state(c0, "c0", N, K, kb)
     x2 = x.reshape(T * N, C)
-    G = matmul(x2, weights.w_ih_t, n_threads=n_threads, isa=isa)
-    G += weights.bias
+    G = matmul(x2, weights.w_ih_t, bias=weights.bias, n_threads=n_threads, isa=isa)
     errors = _rnn.lstm_forward_f32(G, weights.recurrent.reshape(-1), H.reshape(-1), Cs.reshape(-1),
                                    T, N, kb, CB, isa_code, n_threads)
     if errors:
@@ -161,11 +161,13 @@ def lstm_backward(dy, cache, dh_T=None, dc_T=None):
     if errors:
         raise RuntimeError(f"lstm_backward: internal error ({errors} kernel calls had no microkernel)")
     # The three large GEMMs over all T (on the BRGEMM).
-    dG_t = np.ascontiguousarray(dG.T)
     dx = matmul(dG, w.w_ih_p, n_threads=n_threads, isa=isa).reshape(T, N, w.C)
-    dw_ih = matmul(dG_t, cache["x"], n_threads=n_threads, isa=isa)
-    h_prev = np.ascontiguousarray(cache["H"][:T].transpose(0, 2, 1, 3).reshape(T * N, kp))
-    dw_hh = matmul(dG_t, h_prev, n_threads=n_threads, isa=isa)
+    # dW_ih and dW_hh share the left operand dG^T: one GEMM against [x | h_{t-1}].
+    xh = np.empty((T * N, w.C + kp), np.float32)
+    xh[:, :w.C] = cache["x"]
+    xh[:, w.C:] = cache["H"][:T].transpose(0, 2, 1, 3).reshape(T * N, kp)
+    dw_all = matmul(np.ascontiguousarray(dG.T), xh, n_threads=n_threads, isa=isa)
+    dw_ih, dw_hh = dw_all[:, :w.C], dw_all[:, w.C:]
     db = dG.sum(axis=0, dtype=np.float64).astype(np.float32)
 
     def unpad_rows(a):

@@ -126,7 +126,7 @@ def pack_gemm_a(const float[:, ::1] x, float[:, :, :, ::1] xp, int n_threads):
 
 cdef int gemm_row_tiles(const float *xp, const float *yp, float *out, int64_t t_lo, int64_t t_hi,
                         int64_t m, int64_t Kc, int64_t T, int64_t n_groups16, int64_t ldc,
-                        int isa) noexcept nogil:
+                        const float *bias, int isa) noexcept nogil:
     """One thread's share of the GEMM: row tiles t_lo..t_hi, every column."""
     cdef int64_t t, kc0, nchunk, grp0, grp1, nb
     cdef int mv, err = 0
@@ -161,6 +161,8 @@ cdef int gemm_row_tiles(const float *xp, const float *yp, float *out, int64_t t_
                     p.a = yp + (nb * Kc + kc0) * 256
                     p.b = xp + (t * Kc + kc0) * T * 16
                     p.c = out + t * T * ldc + nb * 16
+                    # The bias joins in the first K chunk's epilogue (later chunks accumulate).
+                    p.bias = bias + nb * 16 if (bias != NULL and kc0 == 0) else NULL
                     err |= dlcpu_brgemm_f32(&p, isa)
                     nb = nb + mv
             grp0 = grp1
@@ -169,13 +171,14 @@ cdef int gemm_row_tiles(const float *xp, const float *yp, float *out, int64_t t_
 
 
 def gemm_packed_f32(const float[:, :, :, ::1] xp, const float[:, :, :, ::1] yp, float[:, ::1] out,
-                    int64_t m, int n_threads, int isa):
-    """out[:m, :] = Xp @ Yp on packed operands (out's width is a multiple of 16)."""
+                    int64_t m, const float[::1] bias, int n_threads, int isa):
+    """out[:m, :] = Xp @ Yp (+ bias, padded to out's width, or empty) on packed operands."""
     cdef int64_t n_tiles = xp.shape[0], Kc = xp.shape[1], T = xp.shape[2]
     cdef int64_t tid
     cdef int err = 0
+    cdef const float *b = &bias[0] if bias.shape[0] > 0 else NULL
     for tid in prange(n_threads, nogil=True, schedule='static', num_threads=n_threads):
         err += gemm_row_tiles(&xp[0, 0, 0, 0], &yp[0, 0, 0, 0], &out[0, 0],
                               tid * n_tiles // n_threads, (tid + 1) * n_tiles // n_threads,
-                              m, Kc, T, yp.shape[0], out.shape[1], isa)
+                              m, Kc, T, yp.shape[0], out.shape[1], b, isa)
     return err

@@ -121,9 +121,10 @@ cdef void lstm_bwd_gates_item(const float *G, const float *Cs, const float *dY, 
 cdef int lstm_bwd_recurrent_item(const float *RT, const float *dGb, float *dh, int64_t item,
                                  int64_t N, int64_t Kb, int64_t rows_per_tile,
                                  int isa) noexcept nogil:
-    """dh[kb] = sum over the 4*Kb gate blocks j of dG[j] . W_hh[j-rows, kb-columns]."""
+    """dh[kb] = sum over the 4*Kb gate blocks j of dG[j] . W_hh[j-rows, kb-columns], for a pair
+    of hidden blocks per call (mv=2: each broadcast of dG feeds two FMAs)."""
     cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
-    cdef int64_t kb = item // n_tiles
+    cdef int64_t kb = (item // n_tiles) * 2
     cdef int64_t n0 = (item % n_tiles) * rows_per_tile
     cdef dlcpu_brgemm_f32_t p
     p.kind = DLCPU_BR_STRD
@@ -132,14 +133,14 @@ cdef int lstm_bwd_recurrent_item(const float *RT, const float *dGb, float *dh, i
     p.batch = 4 * Kb
     p.a_stride = 256
     p.b_stride = N * 16
-    p.a_mstride = 0
+    p.a_mstride = 4 * Kb * 256
     p.b_rstride = 0
-    p.mv = 1
+    p.mv = 2 if kb + 1 < Kb else 1
     p.nr = 1
     p.nc = <int>min(rows_per_tile, N - n0)
     p.ldc = 16
     p.c_rstride = 0
-    p.c_mstride = 0
+    p.c_mstride = N * 16
     p.beta = 0
     p.bias = NULL
     p.relu = 0
@@ -155,8 +156,10 @@ def lstm_backward_f32(const float[:, ::1] G, const float[::1] Cs, const float[::
     """Backpropagate through T steps.  dh, dc hold dL/dh_T, dL/dc_T on entry and dL/dh_0,
     dL/dc_0 on exit; dG receives the pre-activation gate gradients of every step (row-major
     like G), from which dlcpu/rnn.py computes dx, dW and db with large GEMMs."""
-    cdef int64_t rows = row_tile(N, dlcpu_brgemm_f32_max_pixels(isa, 1))
-    cdef int64_t n_items = Kb * ((N + rows - 1) // rows)
+    cdef int64_t rows = row_tile(N, dlcpu_brgemm_f32_max_pixels(isa, 2))
+    cdef int64_t n_tiles = (N + rows - 1) // rows
+    cdef int64_t n_items = Kb * n_tiles
+    cdef int64_t n_pair_items = (Kb + 1) // 2 * n_tiles
     cdef int64_t t, step, item
     cdef int errors = 0
     cdef dlcpu_act_table_t act = dlcpu_act_table(isa)
@@ -166,6 +169,6 @@ def lstm_backward_f32(const float[:, ::1] G, const float[::1] Cs, const float[::
             for item in prange(n_items, schedule='static'):
                 lstm_bwd_gates_item(&G[0, 0], &Cs[0], &dY[0], &dh[0], &dc[0], &dG[0, 0], &dGb[0],
                                     t, item, N, Kb, rows, &act)
-            for item in prange(n_items, schedule='static'):
+            for item in prange(n_pair_items, schedule='static'):
                 errors += lstm_bwd_recurrent_item(&RT[0], &dGb[0], &dh[0], item, N, Kb, rows, isa)
     return errors
