@@ -119,18 +119,19 @@ def pack_matmul_operand(y, *, n_threads=None):
 _NO_BIAS = np.empty(0, dtype=np.float32)
 
 
-def matmul(x, y, *, bias=None, n_threads=None, isa=None):
+def matmul(x, y, *, bias=None, transpose_x=False, n_threads=None, isa=None):
     """x @ y (+ bias) for float32 matrices (m, K) and (K, n), on BRGEMM calls over packed
-    operands; y may be a PackedMatrix from pack_matmul_operand (packed once, reused)."""
+    operands; y may be a PackedMatrix from pack_matmul_operand (packed once, reused).
+    transpose_x=True computes x.T @ y from x of shape (K, m), packing x transposed on the fly."""
     fn = "matmul"
     x = _f32(x, "x", 2, fn)
     packed = y if isinstance(y, PackedMatrix) else None
     if packed is None:
         y = _f32(y, "y", 2, fn)
-    m, K = x.shape
+    m, K = x.shape[::-1] if transpose_x else x.shape
     K2, n = packed.shape if packed is not None else y.shape
     if K != K2:
-        raise ValueError(f"{fn}: inner dimensions differ: x {x.shape} @ y {(K2, n)}")
+        raise ValueError(f"{fn}: inner dimensions differ: x{'.T' if transpose_x else ''} {(m, K)} @ y {(K2, n)}")
     if min(m, K, n) < 1:
         raise ValueError(f"{fn}: empty operands: x {x.shape} @ y {(K2, n)}")
     n_threads = cpu.resolve_threads(n_threads)
@@ -138,7 +139,10 @@ def matmul(x, y, *, bias=None, n_threads=None, isa=None):
     T = _GEMM_TILE_ROWS[isa_name]
     kc = -(-K // CB)
     xp = scratch("gemm.x", (-(-m // T), kc, T, CB))
-    _brgemm.pack_gemm_a(x, xp, n_threads)
+    if transpose_x:
+        _brgemm.pack_gemm_a_transposed(x, xp, n_threads)
+    else:
+        _brgemm.pack_gemm_a(x, xp, n_threads)
     if packed is None:
         yp = scratch("gemm.y", (-(-n // CB), kc, CB, CB))
         _brgemm.pack_gemm_b(y, yp, n_threads)

@@ -166,7 +166,7 @@ def lstm_backward(dy, cache, dh_T=None, dc_T=None):
     xh = np.empty((T * N, w.C + kp), np.float32)
     xh[:, :w.C] = cache["x"]
     xh[:, w.C:] = cache["H"][:T].transpose(0, 2, 1, 3).reshape(T * N, kp)
-    dw_all = matmul(np.ascontiguousarray(dG.T), xh, n_threads=n_threads, isa=isa)
+    dw_all = matmul(dG, xh, transpose_x=True, n_threads=n_threads, isa=isa)
     dw_ih, dw_hh = dw_all[:, :w.C], dw_all[:, w.C:]
     db = dG.sum(axis=0, dtype=np.float64).astype(np.float32)
 

@@ -30,3 +30,16 @@ def test_matmul_errors():
         dlcpu.matmul(np.zeros((2, 3)), np.zeros((3, 2), np.float32))
     with pytest.raises(ValueError, match="2-d"):
         dlcpu.matmul(np.zeros(3, np.float32), np.zeros((3, 2), np.float32))
+
+
+def test_matmul_transposed_packed_and_bias(rng):
+    from dlcpu.gemm import pack_matmul_operand
+
+    xt = rng.uniform(-1, 1, (37, 29)).astype(np.float32)   # x = xt.T is (29, 37)
+    y = rng.uniform(-1, 1, (37, 21)).astype(np.float32)
+    b = rng.uniform(-1, 1, 21).astype(np.float32)
+    want = xt.T.astype(np.float64) @ y + b
+    assert_close(dlcpu.matmul(xt, y, bias=b, transpose_x=True), want)
+    assert_close(dlcpu.matmul(np.ascontiguousarray(xt.T), pack_matmul_operand(y), bias=b), want)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        dlcpu.matmul(xt, y, bias=b[:3], transpose_x=True)
