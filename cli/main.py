@@ -278,15 +278,18 @@ def bench_gemm(
 @bench_app.command("lstm")
 @handled
 def bench_lstm(
+    cell: str = typer.Option("lstm", "--cell", help="Recurrent cell: lstm or gru."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Only grid rows whose name contains one of these (comma list)."),
     threads: Optional[str] = typer.Option(None, "--threads", help="Comma list of thread counts (default: all)."),
     compare: Optional[str] = typer.Option(None, "--compare", help="Peer to time in the same run: torch."),
     repeats: int = typer.Option(5, "--repeats", min=1),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
 ):
-    """LSTM forward (inference) and training step over the LSTM grid, vs torch.nn.LSTM."""
+    """LSTM/GRU forward (inference) and training step over the LSTM grid, vs torch.nn.LSTM/GRU."""
     if compare not in (None, "torch"):
         raise CliError(f"--compare must be 'torch', got {compare!r}")
+    if cell not in benchmarks.RNN_CELLS:
+        raise CliError(f"--cell must be one of {', '.join(benchmarks.RNN_CELLS)}, got {cell!r}")
     grid = workloads.lstm_layers()
     if layers:
         keys = [k.strip() for k in layers.split(",") if k.strip()]
@@ -301,15 +304,17 @@ def bench_lstm(
             task = bar.add_task(f"lstm, {n_threads} thread(s)", total=len(grid))
             for g in grid:
                 bar.update(task, description=f"lstm {g.name} ({n_threads}T)")
-                rows.append(benchmarks.bench_lstm_layer(g, n_threads, peak["gflops"], compare=compare, repeats=repeats))
+                rows.append(benchmarks.bench_lstm_layer(g, n_threads, peak["gflops"], cell=cell,
+                                                        compare=compare, repeats=repeats))
                 bar.advance(task)
-        run = {"threads": n_threads, "peak_gflops": peak["gflops"], "rows": rows}
+        run = {"threads": n_threads, "cell": cell, "peak_gflops": peak["gflops"], "rows": rows}
         if compare:
             run["geomean_ratio"] = {k: benchmarks.geomean([r[k]["peer"]["ratio"] for r in rows]) for k in ("forward", "train")}
         runs.append(run)
         if not as_json:
-            t = Table(title=f"LSTM f32 | {n_threads} thread(s), peak {peak['gflops']:.0f} GFLOP/s "
-                            f"(forward FLOPs 2*T*N*4K*(C+K); training step 3x that)")
+            gates = benchmarks.RNN_CELLS[cell]
+            t = Table(title=f"{cell.upper()} f32 | {n_threads} thread(s), peak {peak['gflops']:.0f} GFLOP/s "
+                            f"(forward FLOPs 2*T*N*{gates}K*(C+K); training step 3x that)")
             cols = ["row", "N", "C", "K", "T", "fwd GFLOP/s", "% peak"]
             if compare:
                 cols += ["torch fwd", "ratio"]

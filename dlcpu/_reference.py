@@ -217,3 +217,47 @@ def lstm_backward(dy, x, w_ih, w_hh, steps, dh_T, dc_T):
         dh = dz @ w_hh
         dc = dc * f
     return dx, dw_ih, dw_hh, db, dh, dc
+
+
+def gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0):
+    """float64 GRU (PyTorch's formulation, gates r, z, n): y, h_T and per-step values."""
+    x, w_ih, w_hh, b_ih, b_hh = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh, b_ih, b_hh))
+    h = np.asarray(h0, np.float64)
+    K = w_hh.shape[1]
+    ys, steps = [], []
+    for t in range(x.shape[0]):
+        gx = x[t] @ w_ih.T + b_ih
+        gh = h @ w_hh.T + b_hh
+        r = _sigmoid(gx[:, :K] + gh[:, :K])
+        z = _sigmoid(gx[:, K:2 * K] + gh[:, K:2 * K])
+        hn = gh[:, 2 * K:]
+        n = np.tanh(gx[:, 2 * K:] + r * hn)
+        h_prev = h
+        h = (1 - z) * n + z * h_prev
+        steps.append((r, z, n, hn, h_prev))
+        ys.append(h)
+    return np.stack(ys), h, steps
+
+
+def gru_backward(dy, x, w_ih, w_hh, steps, dh_T):
+    """BPTT for gru_forward in float64: (dx, dw_ih, dw_hh, db_ih, db_hh, dh0)."""
+    dy, x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (dy, x, w_ih, w_hh))
+    dh = np.asarray(dh_T, np.float64).copy()
+    dx = np.zeros_like(x)
+    dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
+    db_ih, db_hh = np.zeros(w_ih.shape[0]), np.zeros(w_hh.shape[0])
+    for t in reversed(range(x.shape[0])):
+        r, z, n, hn, h_prev = steps[t]
+        dh = dh + dy[t]
+        dn = dh * (1 - z) * (1 - n * n)
+        dz = dh * (h_prev - n) * z * (1 - z)
+        dr = dn * hn * r * (1 - r)
+        dgx = np.concatenate([dr, dz, dn], axis=1)
+        dgh = np.concatenate([dr, dz, dn * r], axis=1)
+        dx[t] = dgx @ w_ih
+        dw_ih += dgx.T @ x[t]
+        dw_hh += dgh.T @ h_prev
+        db_ih += dgx.sum(axis=0)
+        db_hh += dgh.sum(axis=0)
+        dh = dh * z + dgh @ w_hh
+    return dx, dw_ih, dw_hh, db_ih, db_hh, dh

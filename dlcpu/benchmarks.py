@@ -309,27 +309,37 @@ def bench_train_digits(epochs, batch, n_threads, seed=0):
 
 
 # -------------------------------------------------------------------------------------- lstm
-def bench_lstm_layer(layer, n_threads, peak_gflops, *, compare=None, repeats=5, warmup=1, seed=0):
-    """LSTM inference (forward) and training step (forward + backward; 3x the forward GEMM FLOPs)
-    on prepared weights; the peer is torch.nn.LSTM with the same weights, timed interleaved."""
+RNN_CELLS = {"lstm": 4, "gru": 3}
+
+
+def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None, repeats=5,
+                     warmup=1, seed=0):
+    """Recurrent inference (forward) and training step (forward + backward; 3x the forward GEMM
+    FLOPs) on prepared weights for cell 'lstm' or 'gru'; the peer is torch.nn.LSTM / GRU with the
+    same weights, timed interleaved."""
     from . import rnn
 
+    if cell not in RNN_CELLS:
+        raise ValueError(f"--cell must be one of {', '.join(RNN_CELLS)}, got {cell!r}")
+    gates = RNN_CELLS[cell]
     rng = np.random.default_rng(seed)
     T, N, C, K = layer.T, layer.N, layer.C, layer.K
     x = rng.uniform(-1, 1, (T, N, C)).astype(np.float32)
     dy = rng.uniform(-1, 1, (T, N, K)).astype(np.float32)
     bound = 1.0 / np.sqrt(K)
-    w_ih = rng.uniform(-bound, bound, (4 * K, C)).astype(np.float32)
-    w_hh = rng.uniform(-bound, bound, (4 * K, K)).astype(np.float32)
-    b = rng.uniform(-bound, bound, 4 * K).astype(np.float32)
-    weights = rnn.prepare_lstm(w_ih, w_hh, b, b)
+    w_ih = rng.uniform(-bound, bound, (gates * K, C)).astype(np.float32)
+    w_hh = rng.uniform(-bound, bound, (gates * K, K)).astype(np.float32)
+    b = rng.uniform(-bound, bound, gates * K).astype(np.float32)
+    prepare, forward, backward = {"lstm": (rnn.prepare_lstm, rnn.lstm_forward, rnn.lstm_backward),
+                                  "gru": (rnn.prepare_gru, rnn.gru_forward, rnn.gru_backward)}[cell]
+    weights = prepare(w_ih, w_hh, b, b)
 
     def ours_fwd():
-        rnn.lstm_forward(x, weights=weights, n_threads=n_threads)
+        forward(x, weights=weights, n_threads=n_threads)
 
     def ours_train():
-        _, _, cache = rnn.lstm_forward(x, weights=weights, train=True, n_threads=n_threads)
-        rnn.lstm_backward(dy, cache)
+        cache = forward(x, weights=weights, train=True, n_threads=n_threads)[-1]
+        backward(dy, cache)
 
     fns = [ours_fwd, ours_train]
     torch = None
@@ -337,7 +347,7 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, compare=None, repeats=5, 
         torch = torch_or_none()
         if torch is None:
             raise ValueError("--compare torch needs PyTorch: pip install 'dlcpu[compare]'")
-        m = torch.nn.LSTM(C, K)
+        m = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(C, K)
         with torch.no_grad():
             for p, v in zip((m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0), (w_ih, w_hh, b, b)):
                 p.copy_(torch.from_numpy(v))
@@ -357,15 +367,15 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, compare=None, repeats=5, 
             times = time_interleaved(fns, repeats, warmup)
     else:
         times = time_interleaved(fns, repeats, warmup)
-    flops = layer.forward_flops()
-    out = {"name": layer.name, "N": N, "C": C, "K": K, "T": T, "gflop_forward": flops / 1e9}
+    flops = layer.forward_flops() * gates // 4
+    out = {"name": layer.name, "cell": cell, "N": N, "C": C, "K": K, "T": T, "gflop_forward": flops / 1e9}
     for i, (kind, f) in enumerate((("forward", flops), ("train", 3 * flops))):
         s = summarize(times[i])
         out[kind] = {"seconds": s, "gflops": f / s["median_s"] / 1e9,
                      "pct_peak": 100.0 * f / s["median_s"] / 1e9 / peak_gflops}
         if torch is not None:
             ps = summarize(times[2 + i])
-            out[kind]["peer"] = {"name": f"torch {torch.__version__} nn.LSTM", "seconds": ps,
+            out[kind]["peer"] = {"name": f"torch {torch.__version__} nn.{cell.upper()}", "seconds": ps,
                                  "gflops": f / ps["median_s"] / 1e9, "ratio": ps["median_s"] / s["median_s"]}
     return out
 

@@ -26,21 +26,24 @@ from ._ext import rnn as _rnn
 from .gemm import PackedMatrix, matmul, pack_matmul_operand
 from .layout import CB
 
-GATES = 4
+LSTM_GATES, GRU_GATES = 4, 3
 
 
 @dataclass(frozen=True, eq=False)
-class LSTMWeights:
-    """LSTM weights re-blocked once for the kernels (reusable across calls)."""
+class RecurrentWeights:
+    """A cell's weights re-blocked once for the kernels (reusable across calls).  Hidden units
+    are padded to Kp = 16*Kb per gate; gate g occupies columns g*Kp.. of the gate matrices."""
 
+    cell: str              # "lstm" or "gru"
+    gates: int
     C: int
     K: int
-    w_ih_t: PackedMatrix   # (C, 4*Kp) packed: x @ w_ih_t gives the gate pre-activations
-    w_ih_p: PackedMatrix   # (4*Kp, C) packed: dG @ w_ih_p gives dx
-    bias: np.ndarray       # (4*Kp,): b_ih + b_hh, padded
-    recurrent: np.ndarray  # [4][Kb][Kb][16][16]: per gate, output block, input block (forward)
-    recurrent_t: np.ndarray  # [Kb][4*Kb][16][16]: transposed blocks (backward)
-    w_hh_p: np.ndarray     # (4*Kp, Kp) padded w_hh
+    w_ih_t: PackedMatrix   # (C, gates*Kp) packed: x @ w_ih_t gives the x-side pre-activations
+    w_ih_p: PackedMatrix   # (gates*Kp, C) packed: dG @ w_ih_p gives dx
+    bias: np.ndarray       # (gates*Kp,) x-side bias (LSTM: b_ih + b_hh; GRU: b_ih + b_hh for r, z)
+    b_hn: np.ndarray       # GRU: (Kp,) b_hn, applied inside r * (W_hn h + b_hn); LSTM: empty
+    recurrent: np.ndarray  # [gates][Kb][Kb][16][16]: per gate, output block, input block
+    recurrent_t: np.ndarray  # [Kb][gates*Kb][16][16]: transposed blocks (backward)
 
     @property
     def Kb(self):
@@ -49,44 +52,59 @@ class LSTMWeights:
 
 def _f32(a, name, shape):
     if not isinstance(a, np.ndarray):
-        raise TypeError(f"lstm: {name} must be a numpy array, got {type(a).__name__}")
+        raise TypeError(f"rnn: {name} must be a numpy array, got {type(a).__name__}")
     if a.dtype != np.float32:
-        raise TypeError(f"lstm: {name} must be float32, got {a.dtype}")
+        raise TypeError(f"rnn: {name} must be float32, got {a.dtype}")
     if tuple(a.shape) != tuple(shape):
-        raise ValueError(f"lstm: {name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+        raise ValueError(f"rnn: {name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
     return np.ascontiguousarray(a)
+
+
+def _prepare(cell, gates, w_ih, w_hh, b_ih, b_hh):
+    g = f"{gates}K"
+    if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or w_hh.shape[0] != gates * w_hh.shape[1] or w_hh.shape[1] < 1:
+        raise ValueError(f"{cell}: w_hh must have shape ({g}, K), got {getattr(w_hh, 'shape', None)}")
+    K = w_hh.shape[1]
+    if not isinstance(w_ih, np.ndarray) or w_ih.ndim != 2 or w_ih.shape[0] != gates * K or w_ih.shape[1] < 1:
+        raise ValueError(f"{cell}: w_ih must have shape ({g}, C) = ({gates * K}, C) for K={K}, got {getattr(w_ih, 'shape', None)}")
+    C = w_ih.shape[1]
+    w_ih = _f32(w_ih, "w_ih", (gates * K, C))
+    w_hh = _f32(w_hh, "w_hh", (gates * K, K))
+    b_ih = np.zeros(gates * K, np.float32) if b_ih is None else _f32(b_ih, "b_ih", (gates * K,))
+    b_hh = np.zeros(gates * K, np.float32) if b_hh is None else _f32(b_hh, "b_hh", (gates * K,))
+    kb = -(-K // CB)
+    kp = kb * CB
+
+    def pad_gates(a):  # (gates*K, ...) -> (gates*Kp, ...), zero rows for padded units
+        out = np.zeros((gates, kp) + a.shape[1:], np.float32)
+        out[:, :K] = a.reshape((gates, K) + a.shape[1:])
+        return out.reshape((gates * kp,) + a.shape[1:])
+
+    w_ih_p = pad_gates(w_ih)
+    w_hh_p = np.zeros((gates * kp, kp), np.float32)
+    w_hh_p[:, :K] = pad_gates(w_hh)
+    b_hh_p = pad_gates(b_hh)
+    bias = pad_gates(b_ih) + b_hh_p
+    b_hn = np.empty(0, np.float32)
+    if cell == "gru":  # b_hn acts inside r * (W_hn h + b_hn), not on the pre-activation
+        bias[2 * kp:] -= b_hh_p[2 * kp:]
+        b_hn = np.ascontiguousarray(b_hh_p[2 * kp:])
+    # recurrent[g][kb][cb][kk][m] = w_hh[g*Kp + kb*16 + m][cb*16 + kk]
+    rec = np.ascontiguousarray(w_hh_p.reshape(gates, kb, CB, kb, CB).transpose(0, 1, 3, 4, 2))
+    # recurrent_t[kb][j][kk][m] = w_hh[j*16 + kk][kb*16 + m]  (j runs over the gates*Kb gate blocks)
+    rec_t = np.ascontiguousarray(w_hh_p.reshape(gates * kb, CB, kb, CB).transpose(2, 0, 1, 3))
+    return RecurrentWeights(cell, gates, C, K, pack_matmul_operand(np.ascontiguousarray(w_ih_p.T)),
+                            pack_matmul_operand(w_ih_p), bias, b_hn, rec, rec_t)
 
 
 def prepare_lstm(w_ih, w_hh, b_ih=None, b_hh=None):
     """Validate and re-block LSTM weights (w_ih (4K, C), w_hh (4K, K), biases (4K,))."""
-    if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or w_hh.shape[0] != GATES * w_hh.shape[1] or w_hh.shape[1] < 1:
-        raise ValueError(f"lstm: w_hh must have shape (4K, K), got {getattr(w_hh, 'shape', None)}")
-    K = w_hh.shape[1]
-    if not isinstance(w_ih, np.ndarray) or w_ih.ndim != 2 or w_ih.shape[0] != GATES * K or w_ih.shape[1] < 1:
-        raise ValueError(f"lstm: w_ih must have shape (4K, C) = ({GATES * K}, C) for K={K}, got {getattr(w_ih, 'shape', None)}")
-    C = w_ih.shape[1]
-    w_ih = _f32(w_ih, "w_ih", (GATES * K, C))
-    w_hh = _f32(w_hh, "w_hh", (GATES * K, K))
-    bias = np.zeros(GATES * K, np.float32)
-    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
-        if b is not None:
-            bias += _f32(b, name, (GATES * K,))
-    kb = -(-K // CB)
-    kp = kb * CB
-    w_ih_p = np.zeros((GATES, kp, C), np.float32)
-    w_ih_p[:, :K] = w_ih.reshape(GATES, K, C)
-    w_ih_p = w_ih_p.reshape(GATES * kp, C)
-    bias_p = np.zeros((GATES, kp), np.float32)
-    bias_p[:, :K] = bias.reshape(GATES, K)
-    w_hh_p = np.zeros((GATES, kp, kp), np.float32)
-    w_hh_p[:, :K, :K] = w_hh.reshape(GATES, K, K)
-    # recurrent[g][kb][cb][kk][m] = w_hh[g*Kp + kb*16 + m][cb*16 + kk]
-    rec = np.ascontiguousarray(w_hh_p.reshape(GATES, kb, CB, kb, CB).transpose(0, 1, 3, 4, 2))
-    w_hh_p = w_hh_p.reshape(GATES * kp, kp)
-    # recurrent_t[kb][j][kk][m] = w_hh[j*16 + kk][kb*16 + m]  (j runs over the 4*Kb gate blocks)
-    rec_t = np.ascontiguousarray(w_hh_p.reshape(GATES * kb, CB, kb, CB).transpose(2, 0, 1, 3))
-    return LSTMWeights(C, K, pack_matmul_operand(np.ascontiguousarray(w_ih_p.T)), pack_matmul_operand(w_ih_p),
-                       bias_p.reshape(-1), rec, rec_t, w_hh_p)
+    return _prepare("lstm", LSTM_GATES, w_ih, w_hh, b_ih, b_hh)
+
+
+def prepare_gru(w_ih, w_hh, b_ih=None, b_hh=None):
+    """Validate and re-block GRU weights (w_ih (3K, C), w_hh (3K, K), biases (3K,); r, z, n)."""
+    return _prepare("gru", GRU_GATES, w_ih, w_hh, b_ih, b_hh)
 
 
 def _state(s, name, N, K, kb):
@@ -102,24 +120,44 @@ def _unblock_state(s, N, K):
     return np.ascontiguousarray(s.transpose(1, 0, 2).reshape(N, -1)[:, :K])
 
 
+def _weights(cell, prepare, weights, w_ih, w_hh, b_ih, b_hh):
+    if weights is None:
+        if w_ih is None or w_hh is None:
+            raise ValueError(f"{cell}_forward: pass w_ih and w_hh, or weights=prepare_{cell}(...)")
+        return prepare(w_ih, w_hh, b_ih, b_hh)
+    if not isinstance(weights, RecurrentWeights) or weights.cell != cell:
+        raise TypeError(f"{cell}_forward: weights must come from dlcpu.rnn.prepare_{cell}")
+    return weights
+
+
+def _sequence(fn, x, weights):
+    if not isinstance(x, np.ndarray) or x.ndim != 3:
+        raise ValueError(f"{fn}: x must be a (T, N, C) array, got {getattr(x, 'shape', None)}")
+    T, N, C = x.shape
+    if T < 1 or N < 1:
+        raise ValueError(f"{fn}: need T >= 1 and N >= 1, got x {x.shape}")
+    if C != weights.C:
+        raise ValueError(f"{fn}: x has C={C} features but w_ih expects C={weights.C} (x {x.shape})")
+    return _f32(x, "x", (T, N, C)), T, N, C
+
+
+def _blocked_sequence(a, T, N, K, kb):
+    """(T, N, K) -> [T][Kb][N][16], zero-padded."""
+    out = np.zeros((T, kb, N, CB), np.float32)
+    out[:] = np.pad(a, ((0, 0), (0, 0), (0, kb * CB - K))).reshape(T, N, kb, CB).transpose(0, 2, 1, 3)
+    return out
+
+
+def _unpad_gate_rows(a, gates, K, kp):
+    return np.ascontiguousarray(a.reshape((gates, kp) + a.shape[1:])[:, :K].reshape((gates * K,) + a.shape[1:]))
+
+
 def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None, *, weights=None,
                  train=False, n_threads=None, isa=None):
     """LSTM over a whole sequence; see the module docstring.  With train=True also returns the
     cache lstm_backward needs."""
-    if weights is None:
-        if w_ih is None or w_hh is None:
-            raise ValueError("lstm_forward: pass w_ih and w_hh, or weights=prepare_lstm(...)")
-        weights = prepare_lstm(w_ih, w_hh, b_ih, b_hh)
-    elif not isinstance(weights, LSTMWeights):
-        raise TypeError("lstm_forward: weights must come from dlcpu.rnn.prepare_lstm")
-    if not isinstance(x, np.ndarray) or x.ndim != 3:
-        raise ValueError(f"lstm_forward: x must be a (T, N, C) array, got {getattr(x, 'shape', None)}")
-    T, N, C = x.shape
-    if T < 1 or N < 1:
-        raise ValueError(f"lstm_forward: need T >= 1 and N >= 1, got x {x.shape}")
-    if C != weights.C:
-        raise ValueError(f"lstm_forward: x has C={C} features but w_ih expects C={weights.C} (x {x.shape})")
-    x = _f32(x, "x", (T, N, C))
+    weights = _weights("lstm", prepare_lstm, weights, w_ih, w_hh, b_ih, b_hh)
+    x, T, N, C = _sequence("lstm_forward", x, weights)
     K, kb = weights.K, weights.Kb
     kp = kb * CB
     n_threads = cpu.resolve_threads(n_threads)
@@ -148,13 +186,11 @@ def lstm_backward(dy, cache, dh_T=None, dc_T=None):
     T, N, K, kb = cache["T"], cache["N"], w.K, w.Kb
     kp = kb * CB
     n_threads, isa = cache["n_threads"], cache["isa"]
-    dy = _f32(dy, "dy", (T, N, K))
-    dY = np.zeros((T, kb, N, CB), np.float32)
-    dY.reshape(T, kb, N, CB)[:] = np.pad(dy, ((0, 0), (0, 0), (0, kp - K))).reshape(T, N, kb, CB).transpose(0, 2, 1, 3)
+    dY = _blocked_sequence(_f32(dy, "dy", (T, N, K)), T, N, K, kb)
     dh = _state(dh_T, "dh_T", N, K, kb)
     dc = _state(dc_T, "dc_T", N, K, kb)
-    dG = np.empty((T * N, GATES * kp), np.float32)
-    dGb = np.empty((GATES * kb, N, CB), np.float32)
+    dG = np.empty((T * N, LSTM_GATES * kp), np.float32)
+    dGb = np.empty((LSTM_GATES * kb, N, CB), np.float32)
     errors = _rnn.lstm_backward_f32(cache["G"], cache["Cs"].reshape(-1), w.recurrent_t.reshape(-1),
                                     dY.reshape(-1), dh.reshape(-1), dc.reshape(-1), dG, dGb.reshape(-1),
                                     T, N, kb, cpu.isa_code(isa), n_threads)
@@ -168,12 +204,63 @@ def lstm_backward(dy, cache, dh_T=None, dc_T=None):
     xh[:, w.C:] = cache["H"][:T].transpose(0, 2, 1, 3).reshape(T * N, kp)
     dw_all = matmul(dG, xh, transpose_x=True, n_threads=n_threads, isa=isa)
     dw_ih, dw_hh = dw_all[:, :w.C], dw_all[:, w.C:]
-    db = dG.sum(axis=0, dtype=np.float64).astype(np.float32)
-
-    def unpad_rows(a):
-        return np.ascontiguousarray(a.reshape(GATES, kp, *a.shape[1:])[:, :K].reshape(GATES * K, *a.shape[1:]))
-
-    dw_ih = unpad_rows(dw_ih)
-    dw_hh = unpad_rows(dw_hh)[:, :K].copy()
-    db = unpad_rows(db)
+    db = _unpad_gate_rows(dG.sum(axis=0, dtype=np.float64).astype(np.float32), LSTM_GATES, K, kp)
+    dw_ih = _unpad_gate_rows(dw_ih, LSTM_GATES, K, kp)
+    dw_hh = _unpad_gate_rows(dw_hh, LSTM_GATES, K, kp)[:, :K].copy()
     return dx, dw_ih, dw_hh, db, db.copy(), _unblock_state(dh, N, K), _unblock_state(dc, N, K)
+
+
+def gru_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, weights=None, train=False,
+                n_threads=None, isa=None):
+    """GRU over a whole sequence (PyTorch's formulation, gate order r, z, n):
+        r = s(W_ir x + b_ir + W_hr h + b_hr),  z = s(W_iz x + b_iz + W_hz h + b_hz)
+        n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h
+    Returns y (T, N, K) and h_T; with train=True also the cache gru_backward needs."""
+    weights = _weights("gru", prepare_gru, weights, w_ih, w_hh, b_ih, b_hh)
+    x, T, N, C = _sequence("gru_forward", x, weights)
+    K, kb = weights.K, weights.Kb
+    kp = kb * CB
+    n_threads = cpu.resolve_threads(n_threads)
+    isa_code = cpu.isa_code(isa)
+    H = np.empty((T + 1, kb, N, CB), np.float32)
+    H[0] = _state(h0, "h0", N, K, kb)
+    x2 = x.reshape(T * N, C)
+    G = matmul(x2, weights.w_ih_t, bias=weights.bias, n_threads=n_threads, isa=isa)
+    HN = np.empty((T * N, kp), np.float32)
+    errors = _rnn.gru_forward_f32(G, HN, weights.recurrent.reshape(-1), weights.b_hn, H.reshape(-1),
+                                  T, N, kb, isa_code, n_threads)
+    if errors:
+        raise RuntimeError(f"gru_forward: internal error ({errors} kernel calls had no microkernel)")
+    y = np.ascontiguousarray(H[1:].transpose(0, 2, 1, 3).reshape(T, N, kp)[:, :, :K])
+    h_T = _unblock_state(H[T], N, K)
+    if train:
+        cache = dict(x=x2, G=G, HN=HN, H=H, weights=weights, T=T, N=N, isa=isa, n_threads=n_threads)
+        return y, h_T, cache
+    return y, h_T
+
+
+def gru_backward(dy, cache, dh_T=None):
+    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0) from dy (T, N, K) and gru_forward's cache."""
+    w = cache["weights"]
+    T, N, K, kb = cache["T"], cache["N"], w.K, w.Kb
+    kp = kb * CB
+    n_threads, isa = cache["n_threads"], cache["isa"]
+    dY = _blocked_sequence(_f32(dy, "dy", (T, N, K)), T, N, K, kb)
+    dh = _state(dh_T, "dh_T", N, K, kb)
+    dGx = np.empty((T * N, GRU_GATES * kp), np.float32)
+    dGh = np.empty((T * N, GRU_GATES * kp), np.float32)
+    dGhb = np.empty((GRU_GATES * kb, N, CB), np.float32)
+    errors = _rnn.gru_backward_f32(cache["G"], cache["HN"], cache["H"].reshape(-1), w.recurrent_t.reshape(-1),
+                                   dY.reshape(-1), dh.reshape(-1), dGx, dGh, dGhb.reshape(-1), T, N, kb,
+                                   cpu.isa_code(isa), n_threads)
+    if errors:
+        raise RuntimeError(f"gru_backward: internal error ({errors} kernel calls had no microkernel)")
+    dx = matmul(dGx, w.w_ih_p, n_threads=n_threads, isa=isa).reshape(T, N, w.C)
+    dw_ih = matmul(dGx, cache["x"], transpose_x=True, n_threads=n_threads, isa=isa)
+    h_prev = np.ascontiguousarray(cache["H"][:T].transpose(0, 2, 1, 3).reshape(T * N, kp))
+    dw_hh = matmul(dGh, h_prev, transpose_x=True, n_threads=n_threads, isa=isa)
+    db_ih = _unpad_gate_rows(dGx.sum(axis=0, dtype=np.float64).astype(np.float32), GRU_GATES, K, kp)
+    db_hh = _unpad_gate_rows(dGh.sum(axis=0, dtype=np.float64).astype(np.float32), GRU_GATES, K, kp)
+    dw_ih = _unpad_gate_rows(dw_ih, GRU_GATES, K, kp)
+    dw_hh = _unpad_gate_rows(dw_hh, GRU_GATES, K, kp)[:, :K].copy()
+    return dx, dw_ih, dw_hh, db_ih, db_hh, _unblock_state(dh, N, K)

@@ -28,6 +28,12 @@ cdef extern from "rnn_f32.h" nogil:
                              const float *c_prev, const float *c, const float *dh, float *dc,
                              float *dc_prev, float *dgates, int64_t rows,
                              const dlcpu_act_table_t *act)
+    void dlcpu_gru_fwd_tile(float *gates, int64_t gate_stride, int64_t ldg, const float *hn,
+                            int64_t ldn, const float *h_prev, float *h, int64_t rows,
+                            const dlcpu_act_table_t *act)
+    void dlcpu_gru_bwd_tile(const float *gates, int64_t gate_stride, int64_t ldg, const float *hn,
+                            int64_t ldn, const float *h_prev, const float *dh, float *dh_direct,
+                            float *dgx, float *dgh, int64_t rows)
 
 
 cdef int64_t row_tile(int64_t N, int64_t budget) noexcept nogil:
@@ -171,4 +177,144 @@ def lstm_backward_f32(const float[:, ::1] G, const float[::1] Cs, const float[::
                                     t, item, N, Kb, rows, &act)
             for item in prange(n_pair_items, schedule='static'):
                 errors += lstm_bwd_recurrent_item(&RT[0], &dGb[0], &dh[0], item, N, Kb, rows, isa)
+    return errors
+
+
+# ----------------------------------------------------------------------------------------------
+# GRU: gates r, z, n; G = x.W_ih^T + b_ih (3 gates); HN[t] = h.W_hn^T + b_hn per step
+# ----------------------------------------------------------------------------------------------
+cdef inline void recurrent_call(dlcpu_brgemm_f32_t *p, int64_t Kb, int64_t N) noexcept nogil:
+    """Shared settings of a recurrent BRGEMM: batch over the Kb hidden blocks of h (B, [Kb][N][16])
+    with A the [Kb][16][16] blocks of one gate's output block."""
+    p.kind = DLCPU_BR_STRD
+    p.b_trans = 0
+    p.k = 16
+    p.batch = Kb
+    p.a_stride = 256
+    p.b_stride = N * 16
+    p.b_rstride = 0
+    p.nr = 1
+    p.c_rstride = 0
+    p.relu = 0
+
+
+cdef int gru_fwd_item(float *G, float *HN, const float *R, const float *b_hn, float *H,
+                      int64_t t, int64_t item, int64_t N, int64_t Kb, int64_t rows_per_tile,
+                      int isa, const dlcpu_act_table_t *act) noexcept nogil:
+    cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
+    cdef int64_t kb = item // n_tiles
+    cdef int64_t n0 = (item % n_tiles) * rows_per_tile
+    cdef int64_t rows = min(rows_per_tile, N - n0)
+    cdef int64_t Kp = Kb * 16, ldg = 3 * Kb * 16, state = Kb * N * 16
+    cdef float *gates = G + (t * N + n0) * ldg + kb * 16
+    cdef float *hn = HN + (t * N + n0) * Kp + kb * 16
+    cdef int err = 0
+    cdef dlcpu_brgemm_f32_t p
+    recurrent_call(&p, Kb, N)
+    p.nc = <int>rows
+    p.b = H + t * state + n0 * 16
+    # r and z: onto the x-side pre-activations (beta=1), one call for the pair
+    p.mv = 2
+    p.a = R + kb * Kb * 256
+    p.a_mstride = Kb * Kb * 256
+    p.c = gates
+    p.ldc = ldg
+    p.c_mstride = Kp
+    p.beta = 1
+    p.bias = NULL
+    err |= dlcpu_brgemm_f32(&p, isa)
+    # n: W_hn h + b_hn kept apart (r multiplies it)
+    p.mv = 1
+    p.a = R + (2 * Kb + kb) * Kb * 256
+    p.c = hn
+    p.ldc = Kp
+    p.beta = 0
+    p.bias = b_hn + kb * 16
+    err |= dlcpu_brgemm_f32(&p, isa)
+    dlcpu_gru_fwd_tile(gates, Kp, ldg, hn, Kp, H + t * state + (kb * N + n0) * 16,
+                       H + (t + 1) * state + (kb * N + n0) * 16, rows, act)
+    return err
+
+
+def gru_forward_f32(float[:, ::1] G, float[:, ::1] HN, const float[::1] R, const float[::1] b_hn,
+                    float[::1] H, int64_t T, int64_t N, int64_t Kb, int isa, int n_threads):
+    """Run T GRU steps; G: x.W_ih^T + b_ih on entry, activations r, z, n on exit; HN receives
+    W_hn h + b_hn per step (both kept for the backward)."""
+    cdef int64_t rows = row_tile(N, dlcpu_brgemm_f32_max_pixels(isa, 2))
+    cdef int64_t n_items = Kb * ((N + rows - 1) // rows)
+    cdef int64_t t, item
+    cdef int errors = 0
+    cdef dlcpu_act_table_t act = dlcpu_act_table(isa)
+    with nogil, parallel(num_threads=n_threads):
+        for t in range(T):
+            for item in prange(n_items, schedule='static'):
+                errors += gru_fwd_item(&G[0, 0], &HN[0, 0], &R[0], &b_hn[0], &H[0], t, item, N,
+                                       Kb, rows, isa, &act)
+    return errors
+
+
+cdef void gru_bwd_gates_item(const float *G, const float *HN, const float *H, const float *dY,
+                             float *dh, float *dGx, float *dGh, float *dGhb, int64_t t,
+                             int64_t item, int64_t N, int64_t Kb, int64_t rows_per_tile) noexcept nogil:
+    cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
+    cdef int64_t kb = item // n_tiles
+    cdef int64_t n0 = (item % n_tiles) * rows_per_tile
+    cdef int64_t rows = min(rows_per_tile, N - n0)
+    cdef int64_t Kp = Kb * 16, ldg = 3 * Kb * 16, state = Kb * N * 16
+    cdef int64_t i, g, n
+    cdef float *dh_blk = dh + (kb * N + n0) * 16
+    cdef const float *dy_blk = dY + t * state + (kb * N + n0) * 16
+    for i in range(rows * 16):
+        dh_blk[i] = dh_blk[i] + dy_blk[i]
+    # dh_blk is read, then overwritten with dh*z (the direct part of dh_{t-1}) per element
+    dlcpu_gru_bwd_tile(G + (t * N + n0) * ldg + kb * 16, Kp, ldg, HN + (t * N + n0) * Kp + kb * 16, Kp,
+                       H + t * state + (kb * N + n0) * 16, dh_blk, dh_blk,
+                       dGx + (t * N + n0) * ldg + kb * 16, dGh + (t * N + n0) * ldg + kb * 16, rows)
+    for g in range(3):
+        for n in range(rows):
+            memcpy(dGhb + ((g * Kb + kb) * N + n0 + n) * 16, dGh + (t * N + n0 + n) * ldg + g * Kp + kb * 16,
+                   16 * sizeof(float))
+
+
+cdef int gru_bwd_recurrent_item(const float *RT, const float *dGhb, float *dh, int64_t item,
+                                int64_t N, int64_t Kb, int64_t rows_per_tile, int isa) noexcept nogil:
+    """dh[kb] += sum over the 3*Kb gate blocks of dGh . W_hh (beta=1 onto dh*z)."""
+    cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
+    cdef int64_t kb = (item // n_tiles) * 2
+    cdef int64_t n0 = (item % n_tiles) * rows_per_tile
+    cdef dlcpu_brgemm_f32_t p
+    recurrent_call(&p, 3 * Kb, N)
+    p.a_mstride = 3 * Kb * 256
+    p.mv = 2 if kb + 1 < Kb else 1
+    p.nc = <int>min(rows_per_tile, N - n0)
+    p.ldc = 16
+    p.c_mstride = N * 16
+    p.beta = 1
+    p.bias = NULL
+    p.a = RT + kb * 3 * Kb * 256
+    p.b = dGhb + n0 * 16
+    p.c = dh + (kb * N + n0) * 16
+    return dlcpu_brgemm_f32(&p, isa)
+
+
+def gru_backward_f32(const float[:, ::1] G, const float[:, ::1] HN, const float[::1] H,
+                     const float[::1] RT, const float[::1] dY, float[::1] dh, float[:, ::1] dGx,
+                     float[:, ::1] dGh, float[::1] dGhb, int64_t T, int64_t N, int64_t Kb, int isa,
+                     int n_threads):
+    """Backpropagate through T GRU steps; dh holds dL/dh_T on entry, dL/dh_0 on exit; dGx, dGh
+    receive the gradients of the x-side and h-side pre-activations of every step."""
+    cdef int64_t rows = row_tile(N, dlcpu_brgemm_f32_max_pixels(isa, 2))
+    cdef int64_t n_tiles = (N + rows - 1) // rows
+    cdef int64_t n_items = Kb * n_tiles
+    cdef int64_t n_pair_items = (Kb + 1) // 2 * n_tiles
+    cdef int64_t t, step, item
+    cdef int errors = 0
+    with nogil, parallel(num_threads=n_threads):
+        for step in range(T):
+            t = T - 1 - step
+            for item in prange(n_items, schedule='static'):
+                gru_bwd_gates_item(&G[0, 0], &HN[0, 0], &H[0], &dY[0], &dh[0], &dGx[0, 0],
+                                   &dGh[0, 0], &dGhb[0], t, item, N, Kb, rows)
+            for item in prange(n_pair_items, schedule='static'):
+                errors += gru_bwd_recurrent_item(&RT[0], &dGhb[0], &dh[0], item, N, Kb, rows, isa)
     return errors

@@ -154,3 +154,12 @@ def test_bench_lstm_json():
 def test_bench_lstm_bad_filter():
     res = run("bench", "lstm", "--layers", "nope")
     assert res.returncode == 1 and "matches no row" in res.stderr
+    res = run("bench", "lstm", "--cell", "rnn")
+    assert res.returncode == 1 and "--cell must be one of lstm, gru" in res.stderr
+
+
+def test_bench_gru_json():
+    res = run("bench", "lstm", "--cell", "gru", "--layers", "lstm_256_256", "--threads", "1", "--repeats", "1", "--json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)["lstm"][0]
+    assert data["cell"] == "gru" and data["rows"][0]["train"]["gflops"] > 0

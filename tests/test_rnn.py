@@ -134,3 +134,88 @@ def test_bad_input(rng):
         rnn.lstm_forward(x, w_ih, w_hh, b_ih[:3])
     with pytest.raises(TypeError, match="float32"):
         rnn.lstm_forward(x.astype(np.float64), w_ih, w_hh)
+
+
+# ------------------------------------------------------------------------------------------- GRU
+def gru_problem(rng, T, N, C, K, init=True):
+    x = rng.uniform(-1, 1, (T, N, C)).astype(np.float32)
+    w_ih = rng.uniform(-0.4, 0.4, (3 * K, C)).astype(np.float32)
+    w_hh = rng.uniform(-0.4, 0.4, (3 * K, K)).astype(np.float32)
+    b_ih = rng.uniform(-0.4, 0.4, 3 * K).astype(np.float32)
+    b_hh = rng.uniform(-0.4, 0.4, 3 * K).astype(np.float32)
+    h0 = rng.uniform(-1, 1, (N, K)).astype(np.float32) if init else None
+    return x, w_ih, w_hh, b_ih, b_hh, h0
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("size", SIZES, ids=str)
+@pytest.mark.parametrize("init", [True, False])
+def test_gru_against_reference(rng, isa, size, init):
+    T, N, C, K = size
+    x, w_ih, w_hh, b_ih, b_hh, h0 = gru_problem(rng, T, N, C, K, init)
+    y, h, cache = rnn.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, train=True, isa=isa)
+    y_r, h_r, steps = ref.gru_forward(x, w_ih, w_hh, b_ih, b_hh, np.zeros((N, K)) if h0 is None else h0)
+    assert_close(y, y_r)
+    assert_close(h, h_r)
+    dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
+    dh_T = rng.uniform(-1, 1, (N, K)).astype(np.float32)
+    got = rnn.gru_backward(dy, cache, dh_T)
+    for a, b in zip(got, ref.gru_backward(dy, x, w_ih, w_hh, steps, dh_T)):
+        assert_close(a, b)
+
+
+def test_gru_finite_differences(rng):
+    T, N, C, K = 3, 2, 5, 6
+    x, w_ih, w_hh, b_ih, b_hh, h0 = gru_problem(rng, T, N, C, K)
+    dy = rng.uniform(-1, 1, (T, N, K)).astype(np.float32)
+    _, _, cache = rnn.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, train=True)
+    grads = rnn.gru_backward(dy, cache)
+    args = [x, w_ih, w_hh, b_ih, b_hh, h0]
+    eps = 1e-2
+    for which, grad in ((0, grads[0]), (1, grads[1]), (2, grads[2]), (3, grads[3]), (4, grads[4]), (5, grads[5])):
+        v = rng.standard_normal(args[which].shape).astype(np.float32)
+        plus, minus = list(args), list(args)
+        plus[which] = (args[which] + eps * v).astype(np.float32)
+        minus[which] = (args[which] - eps * v).astype(np.float32)
+        fd = (float((rnn.gru_forward(*plus)[0].astype(np.float64) * dy).sum())
+              - float((rnn.gru_forward(*minus)[0].astype(np.float64) * dy).sum())) / (2 * eps)
+        analytic = float((grad.astype(np.float64) * v).sum())
+        assert abs(fd - analytic) <= 2e-3 * abs(analytic) + 2e-3, (which, fd, analytic)
+
+
+@needs_torch
+def test_gru_against_torch(rng):
+    import torch
+
+    T, N, C, K = 5, 33, 16, 33
+    x, w_ih, w_hh, b_ih, b_hh, h0 = gru_problem(rng, T, N, C, K)
+    m = torch.nn.GRU(C, K)
+    with torch.no_grad():
+        for p, v in zip((m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0), (w_ih, w_hh, b_ih, b_hh)):
+            p.copy_(torch.from_numpy(v))
+    xt = torch.from_numpy(x).requires_grad_()
+    yt, _ = m(xt, torch.from_numpy(h0)[None])
+    y, _, cache = rnn.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, train=True)
+    assert_close(y, yt.detach().numpy())
+    dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
+    yt.backward(torch.from_numpy(dy))
+    dx, dw_ih, dw_hh, db_ih, db_hh, _ = rnn.gru_backward(dy, cache)
+    assert_close(dx, xt.grad.numpy())
+    assert_close(dw_hh, m.weight_hh_l0.grad.numpy())
+    assert_close(db_hh, m.bias_hh_l0.grad.numpy())
+
+
+def test_gru_threads_bitwise_and_errors(rng):
+    x, w_ih, w_hh, b_ih, b_hh, h0 = gru_problem(rng, 4, 37, 20, 48)
+    dy = rng.uniform(-1, 1, (4, 37, 48)).astype(np.float32)
+    outs = []
+    for t in (1, max_threads(), 3):
+        y, h, cache = rnn.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, train=True, n_threads=t)
+        outs.append((y, h, *rnn.gru_backward(dy, cache)))
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match=r"gru: w_hh must have shape \(3K, K\)"):
+        rnn.gru_forward(x, w_ih, w_hh[:, :4])
+    with pytest.raises(TypeError, match="must come from dlcpu.rnn.prepare_gru"):
+        rnn.gru_forward(x, weights=rnn.prepare_lstm(np.zeros((8, 20), np.float32), np.zeros((8, 2), np.float32)))

@@ -140,4 +140,54 @@ dlcpu_lstm_bwd_tile(const float *gates, int64_t gate_stride, int64_t ldg, const 
         }
     }
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* GRU (PyTorch's formulation): r, z from x and h; n = tanh(x_n + r * (W_hn h + b_hn))       */
+/* ---------------------------------------------------------------------------------------- */
+/* gates: pre-activations (x part + recurrent part for r, z; x part only for n) -> activations
+ * r, z, n in place; hn: W_hn h + b_hn of this tile (kept for backward); h_prev/h: blocked. */
+static inline void
+dlcpu_gru_fwd_tile(float *gates, int64_t gate_stride, int64_t ldg, const float *hn, int64_t ldn,
+                   const float *h_prev, float *h, int64_t rows, const dlcpu_act_table_t *act)
+{
+    for (int64_t n = 0; n < rows; n++) {
+        float *gr = gates + n * ldg, *gz = gr + gate_stride, *gn = gz + gate_stride;
+        const float *hnr = hn + n * ldn;
+        act->sigmoid(gr);
+        act->sigmoid(gz);
+        for (int l = 0; l < 16; l++) gn[l] += gr[l] * hnr[l];
+        act->tanh(gn);
+        for (int l = 0; l < 16; l++)
+            h[n * 16 + l] = (1.0f - gz[l]) * gn[l] + gz[l] * h_prev[n * 16 + l];
+    }
+}
+
+/* GRU backward for one hidden block: dh is the step's total dh; writes dgx (gradients of the
+ * x-side pre-activations r, z, n), dgh (of the h-side ones: r, z and W_hn h + b_hn) and
+ * dh_direct = dh * z (the part of dh_{t-1} that skips the recurrent product). */
+static inline void
+dlcpu_gru_bwd_tile(const float *gates, int64_t gate_stride, int64_t ldg, const float *hn,
+                   int64_t ldn, const float *h_prev, const float *dh, float *dh_direct,
+                   float *dgx, float *dgh, int64_t rows)
+{
+    for (int64_t n = 0; n < rows; n++) {
+        const float *gr = gates + n * ldg, *gz = gr + gate_stride, *gn = gz + gate_stride;
+        const float *hnr = hn + n * ldn;
+        float *xr = dgx + n * ldg, *xz = xr + gate_stride, *xn = xz + gate_stride;
+        float *hr = dgh + n * ldg, *hz = hr + gate_stride, *hh = hz + gate_stride;
+        for (int l = 0; l < 16; l++) {
+            const float d = dh[n * 16 + l];
+            const float dn = d * (1.0f - gz[l]) * (1.0f - gn[l] * gn[l]);
+            const float dz = d * (h_prev[n * 16 + l] - gn[l]) * gz[l] * (1.0f - gz[l]);
+            const float dr = dn * hnr[l] * gr[l] * (1.0f - gr[l]);
+            xr[l] = dr;
+            xz[l] = dz;
+            xn[l] = dn;
+            hr[l] = dr;
+            hz[l] = dz;
+            hh[l] = dn * gr[l];
+            dh_direct[n * 16 + l] = d * gz[l];
+        }
+    }
+}
 #endif
