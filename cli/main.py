@@ -278,7 +278,7 @@ def bench_gemm(
 @bench_app.command("lstm")
 @handled
 def bench_lstm(
-    cell: str = typer.Option("lstm", "--cell", help="Recurrent cell: lstm or gru."),
+    cell: str = typer.Option("lstm", "--cell", help="Recurrent cell: lstm, gru or rnn (tanh)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Only grid rows whose name contains one of these (comma list)."),
     threads: Optional[str] = typer.Option(None, "--threads", help="Comma list of thread counts (default: all)."),
     compare: Optional[str] = typer.Option(None, "--compare", help="Peer to time in the same run: torch."),

@@ -261,3 +261,35 @@ def gru_backward(dy, x, w_ih, w_hh, steps, dh_T):
         db_hh += dgh.sum(axis=0)
         dh = dh * z + dgh @ w_hh
     return dx, dw_ih, dw_hh, db_ih, db_hh, dh
+
+
+def rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, relu=False):
+    """float64 vanilla RNN: y, h_T, per-step (y_t, h_{t-1})."""
+    x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh))
+    b = np.asarray(b_ih, np.float64) + np.asarray(b_hh, np.float64)
+    h = np.asarray(h0, np.float64)
+    ys, steps = [], []
+    for t in range(x.shape[0]):
+        pre = x[t] @ w_ih.T + h @ w_hh.T + b
+        h_prev, h = h, (np.maximum(pre, 0) if relu else np.tanh(pre))
+        steps.append((h, h_prev))
+        ys.append(h)
+    return np.stack(ys), h, steps
+
+
+def rnn_backward(dy, x, w_ih, w_hh, steps, dh_T, relu=False):
+    dy, x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (dy, x, w_ih, w_hh))
+    dh = np.asarray(dh_T, np.float64).copy()
+    dx = np.zeros_like(x)
+    dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
+    db = np.zeros(w_ih.shape[0])
+    for t in reversed(range(x.shape[0])):
+        y, h_prev = steps[t]
+        dh = dh + dy[t]
+        dpre = dh * (y > 0) if relu else dh * (1 - y * y)
+        dx[t] = dpre @ w_ih
+        dw_ih += dpre.T @ x[t]
+        dw_hh += dpre.T @ h_prev
+        db += dpre.sum(axis=0)
+        dh = dpre @ w_hh
+    return dx, dw_ih, dw_hh, db, db, dh

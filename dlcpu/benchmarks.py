@@ -309,7 +309,7 @@ def bench_train_digits(epochs, batch, n_threads, seed=0):
 
 
 # -------------------------------------------------------------------------------------- lstm
-RNN_CELLS = {"lstm": 4, "gru": 3}
+RNN_CELLS = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None, repeats=5,
@@ -331,7 +331,8 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None
     w_hh = rng.uniform(-bound, bound, (gates * K, K)).astype(np.float32)
     b = rng.uniform(-bound, bound, gates * K).astype(np.float32)
     prepare, forward, backward = {"lstm": (rnn.prepare_lstm, rnn.lstm_forward, rnn.lstm_backward),
-                                  "gru": (rnn.prepare_gru, rnn.gru_forward, rnn.gru_backward)}[cell]
+                                  "gru": (rnn.prepare_gru, rnn.gru_forward, rnn.gru_backward),
+                                  "rnn": (rnn.prepare_rnn, rnn.rnn_forward, rnn.rnn_backward)}[cell]
     weights = prepare(w_ih, w_hh, b, b)
 
     def ours_fwd():
@@ -347,7 +348,7 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None
         torch = torch_or_none()
         if torch is None:
             raise ValueError("--compare torch needs PyTorch: pip install 'dlcpu[compare]'")
-        m = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(C, K)
+        m = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](C, K)
         with torch.no_grad():
             for p, v in zip((m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0), (w_ih, w_hh, b, b)):
                 p.copy_(torch.from_numpy(v))

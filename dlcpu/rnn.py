@@ -4,6 +4,8 @@ torch.nn.LSTM):
     y, (h_T, c_T) = lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None, c0=None)
     y, (h_T, c_T), cache = lstm_forward(..., train=True)
     dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0 = lstm_backward(dy, cache, dh_T=None, dc_T=None)
+    y, h_T = gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0)          # gates r, z, n; 3K rows
+    y, h_T = rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity="tanh"|"relu")  # K rows
 
 x (T, N, C), w_ih (4K, C), w_hh (4K, K), biases (4K,), gate order i, f, g, o; h0/c0 (N, K).
 
@@ -26,7 +28,8 @@ from ._ext import rnn as _rnn
 from .gemm import PackedMatrix, matmul, pack_matmul_operand
 from .layout import CB
 
-LSTM_GATES, GRU_GATES = 4, 3
+LSTM_GATES, GRU_GATES, RNN_GATES = 4, 3, 1
+NONLINEARITIES = ("tanh", "relu")
 
 
 @dataclass(frozen=True, eq=False)
@@ -34,7 +37,7 @@ class RecurrentWeights:
     """A cell's weights re-blocked once for the kernels (reusable across calls).  Hidden units
     are padded to Kp = 16*Kb per gate; gate g occupies columns g*Kp.. of the gate matrices."""
 
-    cell: str              # "lstm" or "gru"
+    cell: str              # "lstm", "gru" or "rnn"
     gates: int
     C: int
     K: int
@@ -100,6 +103,11 @@ def _prepare(cell, gates, w_ih, w_hh, b_ih, b_hh):
 def prepare_lstm(w_ih, w_hh, b_ih=None, b_hh=None):
     """Validate and re-block LSTM weights (w_ih (4K, C), w_hh (4K, K), biases (4K,))."""
     return _prepare("lstm", LSTM_GATES, w_ih, w_hh, b_ih, b_hh)
+
+
+def prepare_rnn(w_ih, w_hh, b_ih=None, b_hh=None):
+    """Validate and re-block vanilla RNN weights (w_ih (K, C), w_hh (K, K), biases (K,))."""
+    return _prepare("rnn", RNN_GATES, w_ih, w_hh, b_ih, b_hh)
 
 
 def prepare_gru(w_ih, w_hh, b_ih=None, b_hh=None):
@@ -264,3 +272,56 @@ def gru_backward(dy, cache, dh_T=None):
     dw_ih = _unpad_gate_rows(dw_ih, GRU_GATES, K, kp)
     dw_hh = _unpad_gate_rows(dw_hh, GRU_GATES, K, kp)[:, :K].copy()
     return dx, dw_ih, dw_hh, db_ih, db_hh, _unblock_state(dh, N, K)
+
+
+def rnn_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
+                weights=None, train=False, n_threads=None, isa=None):
+    """Vanilla RNN (torch.nn.RNN): h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh
+    or relu.  Returns y (T, N, K) and h_T; with train=True also the cache rnn_backward needs."""
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"rnn_forward: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    weights = _weights("rnn", prepare_rnn, weights, w_ih, w_hh, b_ih, b_hh)
+    x, T, N, C = _sequence("rnn_forward", x, weights)
+    K, kb = weights.K, weights.Kb
+    kp = kb * CB
+    n_threads = cpu.resolve_threads(n_threads)
+    H = np.empty((T + 1, kb, N, CB), np.float32)
+    H[0] = _state(h0, "h0", N, K, kb)
+    x2 = x.reshape(T * N, C)
+    G = matmul(x2, weights.w_ih_t, bias=weights.bias, n_threads=n_threads, isa=isa)
+    relu = nonlinearity == "relu"
+    errors = _rnn.rnn_forward_f32(G, weights.recurrent.reshape(-1), H.reshape(-1), T, N, kb, relu,
+                                  cpu.isa_code(isa), n_threads)
+    if errors:
+        raise RuntimeError(f"rnn_forward: internal error ({errors} kernel calls had no microkernel)")
+    y = np.ascontiguousarray(G.reshape(T, N, kp)[:, :, :K])
+    h_T = _unblock_state(H[T], N, K)
+    if train:
+        cache = dict(x=x2, G=G, H=H, weights=weights, relu=relu, T=T, N=N, isa=isa, n_threads=n_threads)
+        return y, h_T, cache
+    return y, h_T
+
+
+def rnn_backward(dy, cache, dh_T=None):
+    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0) from dy (T, N, K) and rnn_forward's cache."""
+    w = cache["weights"]
+    T, N, K, kb = cache["T"], cache["N"], w.K, w.Kb
+    kp = kb * CB
+    n_threads, isa = cache["n_threads"], cache["isa"]
+    dY = _blocked_sequence(_f32(dy, "dy", (T, N, K)), T, N, K, kb)
+    dh = _state(dh_T, "dh_T", N, K, kb)
+    dG = np.empty((T * N, kp), np.float32)
+    dGb = np.empty((kb, N, CB), np.float32)
+    errors = _rnn.rnn_backward_f32(cache["G"], w.recurrent_t.reshape(-1), dY.reshape(-1), dh.reshape(-1),
+                                   dG, dGb.reshape(-1), T, N, kb, cache["relu"], cpu.isa_code(isa), n_threads)
+    if errors:
+        raise RuntimeError(f"rnn_backward: internal error ({errors} kernel calls had no microkernel)")
+    dx = matmul(dG, w.w_ih_p, n_threads=n_threads, isa=isa).reshape(T, N, w.C)
+    xh = np.empty((T * N, w.C + kp), np.float32)
+    xh[:, :w.C] = cache["x"]
+    xh[:, w.C:] = cache["H"][:T].transpose(0, 2, 1, 3).reshape(T * N, kp)
+    dw_all = matmul(dG, xh, transpose_x=True, n_threads=n_threads, isa=isa)
+    db = dG[:, :K].sum(axis=0, dtype=np.float64).astype(np.float32)
+    dw_ih = np.ascontiguousarray(dw_all[:K, :w.C])
+    dw_hh = np.ascontiguousarray(dw_all[:K, w.C:w.C + K])
+    return dx, dw_ih, dw_hh, db, db.copy(), _unblock_state(dh, N, K)

@@ -28,6 +28,10 @@ cdef extern from "rnn_f32.h" nogil:
                              const float *c_prev, const float *c, const float *dh, float *dc,
                              float *dc_prev, float *dgates, int64_t rows,
                              const dlcpu_act_table_t *act)
+    void dlcpu_rnn_fwd_tile(float *gates, int64_t ldg, float *h, int64_t rows, int relu,
+                            const dlcpu_act_table_t *act)
+    void dlcpu_rnn_bwd_tile(const float *gates, int64_t ldg, const float *dh, float *dgates,
+                            int64_t rows, int relu)
     void dlcpu_gru_fwd_tile(float *gates, int64_t gate_stride, int64_t ldg, const float *hn,
                             int64_t ldn, const float *h_prev, float *h, int64_t rows,
                             const dlcpu_act_table_t *act)
@@ -126,9 +130,10 @@ cdef void lstm_bwd_gates_item(const float *G, const float *Cs, const float *dY, 
 
 cdef int lstm_bwd_recurrent_item(const float *RT, const float *dGb, float *dh, int64_t item,
                                  int64_t N, int64_t Kb, int64_t rows_per_tile,
-                                 int isa) noexcept nogil:
-    """dh[kb] = sum over the 4*Kb gate blocks j of dG[j] . W_hh[j-rows, kb-columns], for a pair
-    of hidden blocks per call (mv=2: each broadcast of dG feeds two FMAs)."""
+                                 int isa, int gates) noexcept nogil:
+    """dh[kb] = sum over the gates*Kb gate blocks j of dG[j] . W_hh[j-rows, kb-columns], for a
+    pair of hidden blocks per call (mv=2: each broadcast of dG feeds two FMAs).  Shared by the
+    LSTM (4 gates) and the vanilla RNN (1)."""
     cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
     cdef int64_t kb = (item // n_tiles) * 2
     cdef int64_t n0 = (item % n_tiles) * rows_per_tile
@@ -136,10 +141,10 @@ cdef int lstm_bwd_recurrent_item(const float *RT, const float *dGb, float *dh, i
     p.kind = DLCPU_BR_STRD
     p.b_trans = 0
     p.k = 16
-    p.batch = 4 * Kb
+    p.batch = gates * Kb
     p.a_stride = 256
     p.b_stride = N * 16
-    p.a_mstride = 4 * Kb * 256
+    p.a_mstride = gates * Kb * 256
     p.b_rstride = 0
     p.mv = 2 if kb + 1 < Kb else 1
     p.nr = 1
@@ -150,7 +155,7 @@ cdef int lstm_bwd_recurrent_item(const float *RT, const float *dGb, float *dh, i
     p.beta = 0
     p.bias = NULL
     p.relu = 0
-    p.a = RT + kb * 4 * Kb * 256
+    p.a = RT + kb * gates * Kb * 256
     p.b = dGb + n0 * 16
     p.c = dh + (kb * N + n0) * 16
     return dlcpu_brgemm_f32(&p, isa)
@@ -176,7 +181,7 @@ def lstm_backward_f32(const float[:, ::1] G, const float[::1] Cs, const float[::
                 lstm_bwd_gates_item(&G[0, 0], &Cs[0], &dY[0], &dh[0], &dc[0], &dG[0, 0], &dGb[0],
                                     t, item, N, Kb, rows, &act)
             for item in prange(n_pair_items, schedule='static'):
-                errors += lstm_bwd_recurrent_item(&RT[0], &dGb[0], &dh[0], item, N, Kb, rows, isa)
+                errors += lstm_bwd_recurrent_item(&RT[0], &dGb[0], &dh[0], item, N, Kb, rows, isa, 4)
     return errors
 
 
@@ -317,4 +322,93 @@ def gru_backward_f32(const float[:, ::1] G, const float[:, ::1] HN, const float[
                                    &dGh[0, 0], &dGhb[0], t, item, N, Kb, rows)
             for item in prange(n_pair_items, schedule='static'):
                 errors += gru_bwd_recurrent_item(&RT[0], &dGhb[0], &dh[0], item, N, Kb, rows, isa)
+    return errors
+
+
+# ----------------------------------------------------------------------------------------------
+# Vanilla RNN: h_t = act(x.W_ih^T + b + h_{t-1}.W_hh^T), act tanh or relu; items are pairs of
+# hidden blocks (mv=2) x row tiles, in G's row-major layout (T*N, Kp)
+# ----------------------------------------------------------------------------------------------
+cdef int rnn_fwd_item(float *G, const float *R, float *H, int64_t t, int64_t item, int64_t N,
+                      int64_t Kb, int64_t rows_per_tile, int relu, int isa,
+                      const dlcpu_act_table_t *act) noexcept nogil:
+    cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
+    cdef int64_t kb = (item // n_tiles) * 2
+    cdef int64_t n0 = (item % n_tiles) * rows_per_tile
+    cdef int64_t rows = min(rows_per_tile, N - n0)
+    cdef int64_t Kp = Kb * 16, state = Kb * N * 16
+    cdef int64_t g
+    cdef int err
+    cdef dlcpu_brgemm_f32_t p
+    recurrent_call(&p, Kb, N)
+    p.mv = 2 if kb + 1 < Kb else 1
+    p.nc = <int>rows
+    p.a = R + kb * Kb * 256
+    p.a_mstride = Kb * 256
+    p.b = H + t * state + n0 * 16
+    p.c = G + (t * N + n0) * Kp + kb * 16
+    p.ldc = Kp
+    p.c_mstride = 16
+    p.beta = 1
+    p.bias = NULL
+    err = dlcpu_brgemm_f32(&p, isa)
+    for g in range(p.mv):
+        dlcpu_rnn_fwd_tile(G + (t * N + n0) * Kp + (kb + g) * 16, Kp,
+                           H + (t + 1) * state + ((kb + g) * N + n0) * 16, rows, relu, act)
+    return err
+
+
+def rnn_forward_f32(float[:, ::1] G, const float[::1] R, float[::1] H, int64_t T, int64_t N,
+                    int64_t Kb, bint relu, int isa, int n_threads):
+    """Run T steps; G: x.W_ih^T + b on entry, the outputs h_t (row-major) on exit."""
+    cdef int64_t rows = row_tile(N, dlcpu_brgemm_f32_max_pixels(isa, 2))
+    cdef int64_t n_items = (Kb + 1) // 2 * ((N + rows - 1) // rows)
+    cdef int64_t t, item
+    cdef int errors = 0
+    cdef dlcpu_act_table_t act = dlcpu_act_table(isa)
+    with nogil, parallel(num_threads=n_threads):
+        for t in range(T):
+            for item in prange(n_items, schedule='static'):
+                errors += rnn_fwd_item(&G[0, 0], &R[0], &H[0], t, item, N, Kb, rows, relu, isa, &act)
+    return errors
+
+
+cdef void rnn_bwd_gates_item(const float *G, const float *dY, float *dh, float *dG, float *dGb,
+                             int64_t t, int64_t item, int64_t N, int64_t Kb,
+                             int64_t rows_per_tile, int relu) noexcept nogil:
+    cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
+    cdef int64_t kb = item // n_tiles
+    cdef int64_t n0 = (item % n_tiles) * rows_per_tile
+    cdef int64_t rows = min(rows_per_tile, N - n0)
+    cdef int64_t Kp = Kb * 16, state = Kb * N * 16
+    cdef int64_t i, n
+    cdef float *dh_blk = dh + (kb * N + n0) * 16
+    cdef const float *dy_blk = dY + t * state + (kb * N + n0) * 16
+    for i in range(rows * 16):
+        dh_blk[i] = dh_blk[i] + dy_blk[i]
+    dlcpu_rnn_bwd_tile(G + (t * N + n0) * Kp + kb * 16, Kp, dh_blk, dG + (t * N + n0) * Kp + kb * 16,
+                       rows, relu)
+    for n in range(rows):
+        memcpy(dGb + (kb * N + n0 + n) * 16, dG + (t * N + n0 + n) * Kp + kb * 16, 16 * sizeof(float))
+
+
+def rnn_backward_f32(const float[:, ::1] G, const float[::1] RT, const float[::1] dY, float[::1] dh,
+                     float[:, ::1] dG, float[::1] dGb, int64_t T, int64_t N, int64_t Kb, bint relu,
+                     int isa, int n_threads):
+    """Backpropagate through T steps; dh: dL/dh_T on entry, dL/dh_0 on exit; dG receives the
+    pre-activation gradients of every step."""
+    cdef int64_t rows = row_tile(N, dlcpu_brgemm_f32_max_pixels(isa, 2))
+    cdef int64_t n_tiles = (N + rows - 1) // rows
+    cdef int64_t n_items = Kb * n_tiles
+    cdef int64_t n_pair_items = (Kb + 1) // 2 * n_tiles
+    cdef int64_t t, step, item
+    cdef int errors = 0
+    with nogil, parallel(num_threads=n_threads):
+        for step in range(T):
+            t = T - 1 - step
+            for item in prange(n_items, schedule='static'):
+                rnn_bwd_gates_item(&G[0, 0], &dY[0], &dh[0], &dG[0, 0], &dGb[0], t, item, N, Kb,
+                                   rows, relu)
+            for item in prange(n_pair_items, schedule='static'):
+                errors += lstm_bwd_recurrent_item(&RT[0], &dGb[0], &dh[0], item, N, Kb, rows, isa, 1)
     return errors

@@ -154,8 +154,8 @@ def test_bench_lstm_json():
 def test_bench_lstm_bad_filter():
     res = run("bench", "lstm", "--layers", "nope")
     assert res.returncode == 1 and "matches no row" in res.stderr
-    res = run("bench", "lstm", "--cell", "rnn")
-    assert res.returncode == 1 and "--cell must be one of lstm, gru" in res.stderr
+    res = run("bench", "lstm", "--cell", "transformer")
+    assert res.returncode == 1 and "--cell must be one of lstm, gru, rnn" in res.stderr
 
 
 def test_bench_gru_json():

@@ -219,3 +219,52 @@ def test_gru_threads_bitwise_and_errors(rng):
         rnn.gru_forward(x, w_ih, w_hh[:, :4])
     with pytest.raises(TypeError, match="must come from dlcpu.rnn.prepare_gru"):
         rnn.gru_forward(x, weights=rnn.prepare_lstm(np.zeros((8, 20), np.float32), np.zeros((8, 2), np.float32)))
+
+
+# ----------------------------------------------------------------------------------- vanilla RNN
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("size", SIZES, ids=str)
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_against_reference(rng, isa, size, nonlinearity):
+    T, N, C, K = size
+    x = rng.uniform(-1, 1, (T, N, C)).astype(np.float32)
+    w_ih = rng.uniform(-0.4, 0.4, (K, C)).astype(np.float32)
+    w_hh = rng.uniform(-0.4, 0.4, (K, K)).astype(np.float32)
+    b_ih = rng.uniform(-0.4, 0.4, K).astype(np.float32)
+    b_hh = rng.uniform(-0.4, 0.4, K).astype(np.float32)
+    h0 = rng.uniform(-1, 1, (N, K)).astype(np.float32)
+    relu = nonlinearity == "relu"
+    y, h, cache = rnn.rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity=nonlinearity, train=True, isa=isa)
+    y_r, h_r, steps = ref.rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, relu)
+    assert_close(y, y_r)
+    assert_close(h, h_r)
+    dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
+    dh_T = rng.uniform(-1, 1, (N, K)).astype(np.float32)
+    for a, b in zip(rnn.rnn_backward(dy, cache, dh_T), ref.rnn_backward(dy, x, w_ih, w_hh, steps, dh_T, relu)):
+        assert_close(a, b)
+
+
+@needs_torch
+def test_rnn_against_torch_and_threads(rng):
+    import torch
+
+    T, N, C, K = 5, 33, 16, 40
+    x = rng.uniform(-1, 1, (T, N, C)).astype(np.float32)
+    m = torch.nn.RNN(C, K, nonlinearity="relu")
+    w = [p.detach().numpy().copy() for p in (m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0)]
+    xt = torch.from_numpy(x).requires_grad_()
+    yt, _ = m(xt)
+    outs = []
+    for t in (1, max_threads(), 3):
+        y, h, cache = rnn.rnn_forward(x, *w, nonlinearity="relu", train=True, n_threads=t)
+        dy = np.ones_like(y)
+        outs.append((y, *rnn.rnn_backward(dy, cache)))
+    assert_close(outs[0][0], yt.detach().numpy())
+    yt.backward(torch.ones_like(yt))
+    assert_close(outs[0][1], xt.grad.numpy())
+    assert_close(outs[0][3], m.weight_hh_l0.grad.numpy())
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            assert np.array_equal(a, b)
+    with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu'"):
+        rnn.rnn_forward(x, *w, nonlinearity="gelu")

@@ -142,6 +142,39 @@ dlcpu_lstm_bwd_tile(const float *gates, int64_t gate_stride, int64_t ldg, const 
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* Vanilla RNN: h = act(pre), act tanh or relu                                              */
+/* ---------------------------------------------------------------------------------------- */
+static inline void
+dlcpu_rnn_fwd_tile(float *gates, int64_t ldg, float *h, int64_t rows, int relu,
+                   const dlcpu_act_table_t *act)
+{
+    for (int64_t n = 0; n < rows; n++) {
+        float *g = gates + n * ldg;
+        if (relu) {
+            for (int l = 0; l < 16; l++) g[l] = g[l] < 0.0f ? 0.0f : g[l];
+        } else {
+            act->tanh(g);
+        }
+        for (int l = 0; l < 16; l++) h[n * 16 + l] = g[l];
+    }
+}
+
+/* dgates = dh * act'(pre), from the saved outputs y = act(pre): tanh' = 1 - y^2, relu' = y > 0. */
+static inline void
+dlcpu_rnn_bwd_tile(const float *gates, int64_t ldg, const float *dh, float *dgates, int64_t rows,
+                   int relu)
+{
+    for (int64_t n = 0; n < rows; n++) {
+        const float *y = gates + n * ldg;
+        float *d = dgates + n * ldg;
+        for (int l = 0; l < 16; l++) {
+            const float g = dh[n * 16 + l];
+            d[l] = relu ? (y[l] > 0.0f ? g : 0.0f) : g * (1.0f - y[l] * y[l]);
+        }
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* GRU (PyTorch's formulation): r, z from x and h; n = tanh(x_n + r * (W_hn h + b_hn))       */
 /* ---------------------------------------------------------------------------------------- */
 /* gates: pre-activations (x part + recurrent part for r, z; x part only for n) -> activations
