@@ -342,18 +342,8 @@ def bench_lstm(
 
 
 # ----------------------------------------------------------------------------------------- train
-@train_app.command("digits")
-@handled
-def train_digits(
-    epochs: int = typer.Option(15, "--epochs", min=1),
-    batch: int = typer.Option(64, "--batch", min=1),
-    lr: float = typer.Option(0.05, "--lr", min=1e-12),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Kernel threads (default: all)."),
-    seed: int = typer.Option(0, "--seed", help="Seeds the split, the initialization and the shuffling."),
-    out_path: Optional[str] = typer.Option(None, "--out", help="Save the model here (.npz) after every epoch."),
-    as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
-):
-    """Train a small ResNet-style CNN on scikit-learn's handwritten digits (8x8, no download)."""
+def _train(model, epochs, batch, lr, threads, seed, out_path, as_json):
+    """Shared body of the `dlcpu train` commands (model 'cnn' or 'rnn')."""
     from threadpoolctl import threadpool_limits
 
     from .. import train as training
@@ -378,11 +368,13 @@ def train_digits(
 
         with threadpool_limits(limits=n_threads, user_api="openmp"):
             result = training.train_digits(epochs, batch, lr, seed=seed, out=out_path, data=data,
-                                           on_step=on_step, on_epoch=on_epoch)
-    summary = {"dataset": "sklearn digits (1797 8x8 images)", "train_images": len(data.x_train),
+                                           on_step=on_step, on_epoch=on_epoch, model=model)
+    summary = {"dataset": "sklearn digits (1797 8x8 images)",
+               "model": "digits_resnet (CNN)" if model == "cnn" else "digits_rnn (LSTM over image rows)",
+               "train_images": len(data.x_train),
                "test_images": len(data.x_test), "threads": n_threads, "epochs": epochs, "batch": batch,
                "lr": lr, "seed": seed, "test_accuracy": result.test_accuracy,
-               "seconds": result.total_seconds, "model": out_path,
+               "seconds": result.total_seconds, "saved_to": out_path,
                "history": [s.__dict__ for s in result.epochs]}
     if as_json:
         emit_json(summary)
@@ -390,6 +382,44 @@ def train_digits(
     saved = f", model saved to {out_path}" if out_path else ""
     out.print(f"test accuracy {100 * result.test_accuracy:.2f}% after {epochs} epochs in "
                     f"{result.total_seconds:.1f} s on {n_threads} thread(s){saved}", highlight=False)
+
+
+_OPTS = dict(
+    threads=typer.Option(None, "--threads", min=1, help="Kernel threads (default: all)."),
+    seed=typer.Option(0, "--seed", help="Seeds the split, the initialization and the shuffling."),
+    out_path=typer.Option(None, "--out", help="Save the model here (.npz) after every epoch."),
+    as_json=typer.Option(False, "--json", help="JSON on stdout."),
+)
+
+
+@train_app.command("digits")
+@handled
+def train_digits(
+    epochs: int = typer.Option(15, "--epochs", min=1),
+    batch: int = typer.Option(64, "--batch", min=1),
+    lr: float = typer.Option(0.05, "--lr", min=1e-12),
+    threads: Optional[int] = _OPTS["threads"],
+    seed: int = _OPTS["seed"],
+    out_path: Optional[str] = _OPTS["out_path"],
+    as_json: bool = _OPTS["as_json"],
+):
+    """Train a small ResNet-style CNN on scikit-learn's handwritten digits (8x8, no download)."""
+    _train("cnn", epochs, batch, lr, threads, seed, out_path, as_json)
+
+
+@train_app.command("digits-rnn")
+@handled
+def train_digits_rnn(
+    epochs: int = typer.Option(30, "--epochs", min=1),
+    batch: int = typer.Option(64, "--batch", min=1),
+    lr: float = typer.Option(0.1, "--lr", min=1e-12),
+    threads: Optional[int] = _OPTS["threads"],
+    seed: int = _OPTS["seed"],
+    out_path: Optional[str] = _OPTS["out_path"],
+    as_json: bool = _OPTS["as_json"],
+):
+    """Train an LSTM that reads each digit image row by row (T=8 steps of 8 pixels)."""
+    _train("rnn", epochs, batch, lr, threads, seed, out_path, as_json)
 
 
 @bench_train_app.command("digits")

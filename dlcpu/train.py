@@ -63,38 +63,52 @@ class TrainResult:
         return self.epochs[-1].test_accuracy if self.epochs else float("nan")
 
 
-def evaluate(model, x, y, batch=512):
+def image_batch(x):
+    """(n, 1, 8, 8) images -> the CNN's blocked input."""
+    return to_blocked(x)
+
+
+def row_sequence(x):
+    """(n, 1, 8, 8) images -> the RNN's input: T=8 steps of 8 pixels, (8, n, 8)."""
+    return np.ascontiguousarray(x[:, 0].transpose(1, 0, 2))
+
+
+def evaluate(model, x, y, batch=512, inputs=image_batch):
     model.eval()
     correct = 0
     for i in range(0, len(x), batch):
-        logits = model(to_blocked(x[i:i + batch]))
+        logits = model(inputs(x[i:i + batch]))
         correct += int((logits.argmax(axis=1) == y[i:i + batch]).sum())
     return correct / len(x)
 
 
 def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, width=16, seed=0,
-                 out=None, on_step=None, on_epoch=None, data=None):
-    """Train digits_resnet on the digits split; returns TrainResult.
+                 out=None, on_step=None, on_epoch=None, data=None, model="cnn"):
+    """Train on the digits split; returns TrainResult.  model 'cnn': nn.digits_resnet on the
+    images; 'rnn': nn.digits_rnn (an LSTM) reading each image row by row.
 
     on_step(epoch, step, steps, loss) and on_epoch(EpochStats) feed progress displays.  With
     `out`, the model is saved after every epoch (atomically).  A NaN/inf loss stops training
     with TrainingDiverged, leaving the last checkpoint as it was."""
     if epochs < 1 or batch < 1 or not lr > 0:
         raise ValueError(f"train: need epochs >= 1, batch >= 1 and lr > 0 (got {epochs}, {batch}, {lr})")
+    if model not in ("cnn", "rnn"):
+        raise ValueError(f"train: model must be 'cnn' or 'rnn', got {model!r}")
     data = data or load_digits_split(seed)
-    model = nn.digits_resnet(width, seed=seed)
+    inputs = image_batch if model == "cnn" else row_sequence
+    model = nn.digits_resnet(width, seed=seed) if model == "cnn" else nn.digits_rnn(seed=seed)
     opt = nn.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
     result = TrainResult(checkpoint=out)
     start = time.perf_counter()
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected on the loss
-        _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch, result)
+        _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch, result, inputs)
     result.total_seconds = time.perf_counter() - start
     result.model = model
     return result
 
 
-def _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch, result):
+def _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch, result, inputs):
     n = len(data.x_train)
     steps = math.ceil(n / batch)
     for epoch in range(1, epochs + 1):
@@ -104,7 +118,7 @@ def _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch
         loss_sum, correct = 0.0, 0
         for step in range(steps):
             idx = perm[step * batch:(step + 1) * batch]
-            logits = model(to_blocked(data.x_train[idx]))
+            logits = model(inputs(data.x_train[idx]))
             loss, dlogits = nn.softmax_cross_entropy(logits, data.y_train[idx])
             if not math.isfinite(loss):
                 kept = f"; the last good model is in {out}" if out and epoch > 1 else ""
@@ -118,7 +132,7 @@ def _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch
             if on_step:
                 on_step(epoch, step + 1, steps, loss)
         seconds = time.perf_counter() - t0
-        stats = EpochStats(epoch, loss_sum / n, correct / n, evaluate(model, data.x_test, data.y_test),
+        stats = EpochStats(epoch, loss_sum / n, correct / n, evaluate(model, data.x_test, data.y_test, inputs=inputs),
                            seconds, n / seconds)
         result.epochs.append(stats)
         if out:

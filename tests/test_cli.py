@@ -111,7 +111,7 @@ def test_train_digits_json_and_model(tmp_path):
     res = run("train", "digits", "--epochs", "2", "--threads", "1", "--out", out, "--json")
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
-    assert len(data["history"]) == 2 and data["model"] == out and data["test_images"] == 360
+    assert len(data["history"]) == 2 and data["saved_to"] == out and data["test_images"] == 360
     from dlcpu import nn
 
     nn.load(out)
@@ -163,3 +163,10 @@ def test_bench_gru_json():
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)["lstm"][0]
     assert data["cell"] == "gru" and data["rows"][0]["train"]["gflops"] > 0
+
+
+def test_train_digits_rnn_json():
+    res = run("train", "digits-rnn", "--epochs", "2", "--threads", "1", "--json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert "LSTM" in data["model"] and len(data["history"]) == 2

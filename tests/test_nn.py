@@ -175,3 +175,49 @@ def test_divergence_stops_cleanly_and_keeps_checkpoint(tmp_path):
         train.train_digits(epochs=3, lr=1e6, out=out)
     nn.load(out)  # still a readable model
     assert os.path.getmtime(out) >= before
+
+
+# ------------------------------------------------------------------------------ recurrent layers
+@needs_torch
+@pytest.mark.parametrize("cls,tcls", [("LSTM", "LSTM"), ("GRU", "GRU"), ("RNN", "RNN")])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_recurrent_layers_match_torch(rng, cls, tcls, bidirectional, batch_first):
+    import torch
+
+    layer = getattr(nn, cls)(6, 10, num_layers=2, bidirectional=bidirectional, batch_first=batch_first, seed=3)
+    tlayer = getattr(torch.nn, tcls)(6, 10, num_layers=2, bidirectional=bidirectional, batch_first=batch_first)
+    with torch.no_grad():
+        for name, p in layer.own_parameters().items():
+            getattr(tlayer, name).copy_(torch.from_numpy(p.data))
+    x = rng.uniform(-1, 1, (4, 5, 6) if batch_first else (5, 4, 6)).astype(np.float32)
+    y = layer(x)
+    xt = torch.from_numpy(x).requires_grad_()
+    yt, _ = tlayer(xt)
+    assert_close(y, yt.detach().numpy())
+    dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
+    dx = layer.backward(dy)
+    yt.backward(torch.from_numpy(dy))
+    assert_close(dx, xt.grad.numpy())
+    for name, p in layer.own_parameters().items():
+        assert_close(p.grad, getattr(tlayer, name).grad.numpy())
+
+
+def test_recurrent_save_load_and_errors(tmp_path, rng):
+    model = nn.Sequential(nn.GRU(8, 12, num_layers=2, bidirectional=True), nn.LastTimeStep(), nn.Linear(24, 3))
+    x = rng.uniform(-1, 1, (7, 2, 8)).astype(np.float32)
+    path = str(tmp_path / "r.npz")
+    nn.save(model, path)
+    assert np.array_equal(nn.load(path).eval()(x), model.eval()(x))
+    with pytest.raises(ValueError, match=r"layer 0 \(GRU\(8->12, layers=2, bidirectional\)\).*expected a \(T, N, 8\) array, got shape \(7, 2, 5\)"):
+        model(x[:, :, :5])
+    with pytest.raises(ValueError, match="backward needs a forward in training mode"):
+        nn.LSTM(3, 4).eval().backward(np.zeros((2, 1, 4), np.float32))
+
+
+def test_train_digits_rnn_reaches_95_percent(tmp_path):
+    out = str(tmp_path / "rnn.npz")
+    result = train.train_digits(epochs=20, lr=0.1, weight_decay=0.0, model="rnn", out=out)
+    assert result.test_accuracy >= 0.95
+    data = train.load_digits_split(0)
+    assert train.evaluate(nn.load(out), data.x_test, data.y_test, inputs=train.row_sequence) == pytest.approx(result.test_accuracy)
