@@ -156,6 +156,38 @@ def _blocked_sequence(a, T, N, K, kb):
     return out
 
 
+def _backward_setup(dy, cache, dh_T):
+    """Common start of every backward: sizes, dy blocked per step, the carried dh."""
+    w = cache["weights"]
+    T, N, K, kb = cache["T"], cache["N"], w.K, w.Kb
+    dY = _blocked_sequence(_f32(dy, "dy", (T, N, K)), T, N, K, kb)
+    return w, T, N, K, kb, kb * CB, dY, _state(dh_T, "dh_T", N, K, kb)
+
+
+def _check(errors, fn):
+    if errors:
+        raise RuntimeError(f"{fn}: internal error ({errors} kernel calls had no microkernel)")
+
+
+def _outputs(H, T, N, K, kp):
+    """(y (T, N, K), h_T (N, K)) from the blocked hidden states."""
+    y = np.ascontiguousarray(H[1:].transpose(0, 2, 1, 3).reshape(T, N, kp)[:, :, :K])
+    return y, _unblock_state(H[T], N, K)
+
+
+def _weight_grads(w, dG, x2, H, T, N, kp, gates, n_threads, isa):
+    """dx and (dW_ih | dW_hh) from the pre-activation gradients dG (T*N, gates*Kp): one GEMM for
+    dx, and one for both weight gradients (they share dG^T, packed transposed on the fly)."""
+    dx = matmul(dG, w.w_ih_p, n_threads=n_threads, isa=isa).reshape(T, N, w.C)
+    xh = np.empty((T * N, w.C + kp), np.float32)
+    xh[:, :w.C] = x2
+    xh[:, w.C:] = H[:T].transpose(0, 2, 1, 3).reshape(T * N, kp)
+    dw_all = matmul(dG, xh, transpose_x=True, n_threads=n_threads, isa=isa)
+    dw_ih = _unpad_gate_rows(dw_all[:, :w.C], gates, w.K, kp)
+    dw_hh = _unpad_gate_rows(dw_all[:, w.C:], gates, w.K, kp)[:, :w.K].copy()
+    return dx, dw_ih, dw_hh
+
+
 def _unpad_gate_rows(a, gates, K, kp):
     return np.ascontiguousarray(a.reshape((gates, kp) + a.shape[1:])[:, :K].reshape((gates * K,) + a.shape[1:]))
 
@@ -176,12 +208,10 @@ def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None
     Cs[0] = _state(c0, "c0", N, K, kb)
     x2 = x.reshape(T * N, C)
     G = matmul(x2, weights.w_ih_t, bias=weights.bias, n_threads=n_threads, isa=isa)
-    errors = _rnn.lstm_forward_f32(G, weights.recurrent.reshape(-1), H.reshape(-1), Cs.reshape(-1),
-                                   T, N, kb, CB, isa_code, n_threads)
-    if errors:
-        raise RuntimeError(f"lstm_forward: internal error ({errors} kernel calls had no microkernel)")
-    y = np.ascontiguousarray(H[1:].transpose(0, 2, 1, 3).reshape(T, N, kp)[:, :, :K])
-    out = (y, (_unblock_state(H[T], N, K), _unblock_state(Cs[T], N, K)))
+    _check(_rnn.lstm_forward_f32(G, weights.recurrent.reshape(-1), H.reshape(-1), Cs.reshape(-1),
+                                 T, N, kb, CB, isa_code, n_threads), "lstm_forward")
+    y, h_T = _outputs(H, T, N, K, kp)
+    out = (y, (h_T, _unblock_state(Cs[T], N, K)))
     if train:
         cache = dict(x=x2, G=G, H=H, Cs=Cs, weights=weights, T=T, N=N, isa=isa, n_threads=n_threads)
         return (*out, cache)
@@ -190,31 +220,16 @@ def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None
 
 def lstm_backward(dy, cache, dh_T=None, dc_T=None):
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0) from dy (T, N, K) and the forward's cache."""
-    w = cache["weights"]
-    T, N, K, kb = cache["T"], cache["N"], w.K, w.Kb
-    kp = kb * CB
+    w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T)
     n_threads, isa = cache["n_threads"], cache["isa"]
-    dY = _blocked_sequence(_f32(dy, "dy", (T, N, K)), T, N, K, kb)
-    dh = _state(dh_T, "dh_T", N, K, kb)
     dc = _state(dc_T, "dc_T", N, K, kb)
     dG = np.empty((T * N, LSTM_GATES * kp), np.float32)
     dGb = np.empty((LSTM_GATES * kb, N, CB), np.float32)
-    errors = _rnn.lstm_backward_f32(cache["G"], cache["Cs"].reshape(-1), w.recurrent_t.reshape(-1),
-                                    dY.reshape(-1), dh.reshape(-1), dc.reshape(-1), dG, dGb.reshape(-1),
-                                    T, N, kb, cpu.isa_code(isa), n_threads)
-    if errors:
-        raise RuntimeError(f"lstm_backward: internal error ({errors} kernel calls had no microkernel)")
-    # The three large GEMMs over all T (on the BRGEMM).
-    dx = matmul(dG, w.w_ih_p, n_threads=n_threads, isa=isa).reshape(T, N, w.C)
-    # dW_ih and dW_hh share the left operand dG^T: one GEMM against [x | h_{t-1}].
-    xh = np.empty((T * N, w.C + kp), np.float32)
-    xh[:, :w.C] = cache["x"]
-    xh[:, w.C:] = cache["H"][:T].transpose(0, 2, 1, 3).reshape(T * N, kp)
-    dw_all = matmul(dG, xh, transpose_x=True, n_threads=n_threads, isa=isa)
-    dw_ih, dw_hh = dw_all[:, :w.C], dw_all[:, w.C:]
+    _check(_rnn.lstm_backward_f32(cache["G"], cache["Cs"].reshape(-1), w.recurrent_t.reshape(-1),
+                                  dY.reshape(-1), dh.reshape(-1), dc.reshape(-1), dG, dGb.reshape(-1),
+                                  T, N, kb, cpu.isa_code(isa), n_threads), "lstm_backward")
+    dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, LSTM_GATES, n_threads, isa)
     db = _unpad_gate_rows(dG.sum(axis=0, dtype=np.float64).astype(np.float32), LSTM_GATES, K, kp)
-    dw_ih = _unpad_gate_rows(dw_ih, LSTM_GATES, K, kp)
-    dw_hh = _unpad_gate_rows(dw_hh, LSTM_GATES, K, kp)[:, :K].copy()
     return dx, dw_ih, dw_hh, db, db.copy(), _unblock_state(dh, N, K), _unblock_state(dc, N, K)
 
 
@@ -235,12 +250,9 @@ def gru_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, weigh
     x2 = x.reshape(T * N, C)
     G = matmul(x2, weights.w_ih_t, bias=weights.bias, n_threads=n_threads, isa=isa)
     HN = np.empty((T * N, kp), np.float32)
-    errors = _rnn.gru_forward_f32(G, HN, weights.recurrent.reshape(-1), weights.b_hn, H.reshape(-1),
-                                  T, N, kb, isa_code, n_threads)
-    if errors:
-        raise RuntimeError(f"gru_forward: internal error ({errors} kernel calls had no microkernel)")
-    y = np.ascontiguousarray(H[1:].transpose(0, 2, 1, 3).reshape(T, N, kp)[:, :, :K])
-    h_T = _unblock_state(H[T], N, K)
+    _check(_rnn.gru_forward_f32(G, HN, weights.recurrent.reshape(-1), weights.b_hn, H.reshape(-1),
+                                T, N, kb, isa_code, n_threads), "gru_forward")
+    y, h_T = _outputs(H, T, N, K, kp)
     if train:
         cache = dict(x=x2, G=G, HN=HN, H=H, weights=weights, T=T, N=N, isa=isa, n_threads=n_threads)
         return y, h_T, cache
@@ -249,29 +261,22 @@ def gru_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, weigh
 
 def gru_backward(dy, cache, dh_T=None):
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0) from dy (T, N, K) and gru_forward's cache."""
-    w = cache["weights"]
-    T, N, K, kb = cache["T"], cache["N"], w.K, w.Kb
-    kp = kb * CB
+    w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T)
     n_threads, isa = cache["n_threads"], cache["isa"]
-    dY = _blocked_sequence(_f32(dy, "dy", (T, N, K)), T, N, K, kb)
-    dh = _state(dh_T, "dh_T", N, K, kb)
     dGx = np.empty((T * N, GRU_GATES * kp), np.float32)
     dGh = np.empty((T * N, GRU_GATES * kp), np.float32)
     dGhb = np.empty((GRU_GATES * kb, N, CB), np.float32)
-    errors = _rnn.gru_backward_f32(cache["G"], cache["HN"], cache["H"].reshape(-1), w.recurrent_t.reshape(-1),
-                                   dY.reshape(-1), dh.reshape(-1), dGx, dGh, dGhb.reshape(-1), T, N, kb,
-                                   cpu.isa_code(isa), n_threads)
-    if errors:
-        raise RuntimeError(f"gru_backward: internal error ({errors} kernel calls had no microkernel)")
+    _check(_rnn.gru_backward_f32(cache["G"], cache["HN"], cache["H"].reshape(-1), w.recurrent_t.reshape(-1),
+                                 dY.reshape(-1), dh.reshape(-1), dGx, dGh, dGhb.reshape(-1), T, N, kb,
+                                 cpu.isa_code(isa), n_threads), "gru_backward")
+    # x-side and h-side gradients differ for GRU (r multiplies W_hn h + b_hn): separate GEMMs.
     dx = matmul(dGx, w.w_ih_p, n_threads=n_threads, isa=isa).reshape(T, N, w.C)
-    dw_ih = matmul(dGx, cache["x"], transpose_x=True, n_threads=n_threads, isa=isa)
+    dw_ih = _unpad_gate_rows(matmul(dGx, cache["x"], transpose_x=True, n_threads=n_threads, isa=isa), GRU_GATES, K, kp)
     h_prev = np.ascontiguousarray(cache["H"][:T].transpose(0, 2, 1, 3).reshape(T * N, kp))
-    dw_hh = matmul(dGh, h_prev, transpose_x=True, n_threads=n_threads, isa=isa)
+    dw_hh = _unpad_gate_rows(matmul(dGh, h_prev, transpose_x=True, n_threads=n_threads, isa=isa), GRU_GATES, K, kp)
     db_ih = _unpad_gate_rows(dGx.sum(axis=0, dtype=np.float64).astype(np.float32), GRU_GATES, K, kp)
     db_hh = _unpad_gate_rows(dGh.sum(axis=0, dtype=np.float64).astype(np.float32), GRU_GATES, K, kp)
-    dw_ih = _unpad_gate_rows(dw_ih, GRU_GATES, K, kp)
-    dw_hh = _unpad_gate_rows(dw_hh, GRU_GATES, K, kp)[:, :K].copy()
-    return dx, dw_ih, dw_hh, db_ih, db_hh, _unblock_state(dh, N, K)
+    return dx, dw_ih, dw_hh[:, :K].copy(), db_ih, db_hh, _unblock_state(dh, N, K)
 
 
 def rnn_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
@@ -290,12 +295,9 @@ def rnn_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, nonli
     x2 = x.reshape(T * N, C)
     G = matmul(x2, weights.w_ih_t, bias=weights.bias, n_threads=n_threads, isa=isa)
     relu = nonlinearity == "relu"
-    errors = _rnn.rnn_forward_f32(G, weights.recurrent.reshape(-1), H.reshape(-1), T, N, kb, relu,
-                                  cpu.isa_code(isa), n_threads)
-    if errors:
-        raise RuntimeError(f"rnn_forward: internal error ({errors} kernel calls had no microkernel)")
-    y = np.ascontiguousarray(G.reshape(T, N, kp)[:, :, :K])
-    h_T = _unblock_state(H[T], N, K)
+    _check(_rnn.rnn_forward_f32(G, weights.recurrent.reshape(-1), H.reshape(-1), T, N, kb, relu,
+                                cpu.isa_code(isa), n_threads), "rnn_forward")
+    y, h_T = _outputs(H, T, N, K, kp)
     if train:
         cache = dict(x=x2, G=G, H=H, weights=weights, relu=relu, T=T, N=N, isa=isa, n_threads=n_threads)
         return y, h_T, cache
@@ -304,24 +306,13 @@ def rnn_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, nonli
 
 def rnn_backward(dy, cache, dh_T=None):
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0) from dy (T, N, K) and rnn_forward's cache."""
-    w = cache["weights"]
-    T, N, K, kb = cache["T"], cache["N"], w.K, w.Kb
-    kp = kb * CB
+    w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T)
     n_threads, isa = cache["n_threads"], cache["isa"]
-    dY = _blocked_sequence(_f32(dy, "dy", (T, N, K)), T, N, K, kb)
-    dh = _state(dh_T, "dh_T", N, K, kb)
     dG = np.empty((T * N, kp), np.float32)
     dGb = np.empty((kb, N, CB), np.float32)
-    errors = _rnn.rnn_backward_f32(cache["G"], w.recurrent_t.reshape(-1), dY.reshape(-1), dh.reshape(-1),
-                                   dG, dGb.reshape(-1), T, N, kb, cache["relu"], cpu.isa_code(isa), n_threads)
-    if errors:
-        raise RuntimeError(f"rnn_backward: internal error ({errors} kernel calls had no microkernel)")
-    dx = matmul(dG, w.w_ih_p, n_threads=n_threads, isa=isa).reshape(T, N, w.C)
-    xh = np.empty((T * N, w.C + kp), np.float32)
-    xh[:, :w.C] = cache["x"]
-    xh[:, w.C:] = cache["H"][:T].transpose(0, 2, 1, 3).reshape(T * N, kp)
-    dw_all = matmul(dG, xh, transpose_x=True, n_threads=n_threads, isa=isa)
+    _check(_rnn.rnn_backward_f32(cache["G"], w.recurrent_t.reshape(-1), dY.reshape(-1), dh.reshape(-1),
+                                 dG, dGb.reshape(-1), T, N, kb, cache["relu"], cpu.isa_code(isa), n_threads),
+           "rnn_backward")
+    dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, RNN_GATES, n_threads, isa)
     db = dG[:, :K].sum(axis=0, dtype=np.float64).astype(np.float32)
-    dw_ih = np.ascontiguousarray(dw_all[:K, :w.C])
-    dw_hh = np.ascontiguousarray(dw_all[:K, w.C:w.C + K])
     return dx, dw_ih, dw_hh, db, db.copy(), _unblock_state(dh, N, K)
