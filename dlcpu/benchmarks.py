@@ -32,7 +32,7 @@ SETTLE_SECONDS = 0.02
 SETTLE_AFTER_OPENBLAS = 0.15
 
 
-def time_interleaved(fns, repeats=7, warmup=2, min_seconds=0.0, settle=SETTLE_SECONDS, sample_seconds=0.02):
+def time_interleaved(fns, repeats=7, warmup=2, settle=SETTLE_SECONDS, sample_seconds=0.02):
     """Time several callables round-robin; returns one list of per-call seconds per callable.
 
     One sample is a run of back-to-back calls lasting about `sample_seconds` (the per-call mean
@@ -50,9 +50,7 @@ def time_interleaved(fns, repeats=7, warmup=2, min_seconds=0.0, settle=SETTLE_SE
         one = max(time.perf_counter() - t0, 1e-7)
         inner.append(max(1, min(1000, int(sample_seconds / one))))
     times = [[] for _ in fns]
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < repeats or time.perf_counter() - start < min_seconds:
+    for _ in range(repeats):
         for i, fn in enumerate(fns):
             if settle and len(fns) > 1:
                 time.sleep(settle)
@@ -60,9 +58,6 @@ def time_interleaved(fns, repeats=7, warmup=2, min_seconds=0.0, settle=SETTLE_SE
             for _ in range(inner[i]):
                 fn()
             times[i].append((time.perf_counter() - t0) / inner[i])
-        rounds += 1
-        if rounds >= 10 * repeats:
-            break
     return times
 
 

@@ -23,8 +23,9 @@ from ._workspace import scratch
 _ACCUMULATORS = {"avx512": 28, "avx2": 6, "scalar": 8}
 
 # Bytes of input tile (or of input rows read in place) one work item keeps hot.  Zen 5 has 1 MiB of
-# L2 per core; on res2/res3 3x3 layers tiles of 64-256 KiB measured within 1% of each other and
-# 512 KiB lost ~3%, so aim below 192 KiB and leave L2 to the weights.
+# L2 per core.  Measured at 1 thread, batch 4: 64 / 192 / 512 KiB gave 251 / 250 / 251 GFLOP/s on
+# res2a_branch2b and 257 / 250 / 254 on res3b_branch2b (the same within this machine's noise);
+# 192 KiB is kept as the middle, leaving most of L2 to the weights.
 _TILE_BYTES = 192 * 1024
 
 # How a work item gets its input (pyx/conv.pyx): in place, a padded phase-split tile, or a

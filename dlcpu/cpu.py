@@ -104,7 +104,7 @@ def info():
         "features": features(),
         "supported_isas": supported_isas(),
         "isa": isa,
-        "isa_forced": _config.env_isa() is not None if isa_error is None else True,
+        "isa_forced": isa_error is not None or _config.env_isa() is not None,
         "channel_block": CHANNEL_BLOCK,
     }
     if isa_error:

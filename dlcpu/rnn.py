@@ -119,7 +119,7 @@ def _state(s, name, N, K, kb):
     out = np.zeros((kb, N, CB), np.float32)
     if s is not None:
         s = _f32(s, name, (N, K))
-        out.reshape(kb, N, CB)[:] = np.pad(s, ((0, 0), (0, kb * CB - K))).reshape(N, kb, CB).transpose(1, 0, 2)
+        out[:] = np.pad(s, ((0, 0), (0, kb * CB - K))).reshape(N, kb, CB).transpose(1, 0, 2)
     return out
 
 

@@ -57,6 +57,7 @@ class TrainResult:
     epochs: list = field(default_factory=list)
     total_seconds: float = 0.0
     checkpoint: str = None
+    model: object = None    # the trained nn module
 
     @property
     def test_accuracy(self):
@@ -144,11 +145,12 @@ def _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch
 # ------------------------------------------------------------------------------------------------
 # The same model and loop in PyTorch, for `dlcpu bench train digits`
 # ------------------------------------------------------------------------------------------------
-def torch_digits_resnet(torch, width=16, classes=10):
+def torch_basic_block(torch, cin, cout, stride):
+    """PyTorch twin of nn.BasicBlock (for the peer benchmark and the equivalence tests)."""
     tnn = torch.nn
 
     class Block(tnn.Module):
-        def __init__(self, cin, cout, stride):
+        def __init__(self):
             super().__init__()
             self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
             self.bn1 = tnn.BatchNorm2d(cout)
@@ -162,9 +164,15 @@ def torch_digits_resnet(torch, width=16, classes=10):
             h = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
             return torch.relu(h + self.short(x))
 
+    return Block()
+
+
+def torch_digits_resnet(torch, width=16, classes=10):
+    """PyTorch twin of nn.digits_resnet."""
+    tnn = torch.nn
     return tnn.Sequential(
         tnn.Conv2d(1, width, 3, 1, 1, bias=False), tnn.BatchNorm2d(width), tnn.ReLU(),
-        Block(width, width, 1), Block(width, 2 * width, 2),
+        torch_basic_block(torch, width, width, 1), torch_basic_block(torch, width, 2 * width, 2),
         tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(2 * width, classes),
     )
 
