@@ -209,7 +209,7 @@ def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None
     x2 = x.reshape(T * N, C)
     G = matmul(x2, weights.w_ih_t, bias=weights.bias, n_threads=n_threads, isa=isa)
     _check(_rnn.lstm_forward_f32(G, weights.recurrent.reshape(-1), H.reshape(-1), Cs.reshape(-1),
-                                 T, N, kb, CB, isa_code, n_threads), "lstm_forward")
+                                 T, N, kb, isa_code, n_threads), "lstm_forward")
     y, h_T = _outputs(H, T, N, K, kp)
     out = (y, (h_T, _unblock_state(Cs[T], N, K)))
     if train:

@@ -67,6 +67,16 @@ def batchnorm_apply(const float[:, :, :, :, ::1] x, const float[:, ::1] scale,
                              HW, relu)
 
 
+cdef inline const float *grad_plane(const float[:, :, :, :, ::1] dy, const float *y, float *g,
+                                    int64_t n, int64_t cb) noexcept nogil:
+    """The (n, cb) plane of dy, or, with a fused ReLU (y: its output), dy masked by y > 0 in g."""
+    cdef int64_t plane = dy.shape[2] * dy.shape[3] * 16
+    if y == NULL:
+        return &dy[n, cb, 0, 0, 0]
+    dlcpu_relu_mask(&dy[n, cb, 0, 0, 0], y + (n * dy.shape[1] + cb) * plane, g, plane)
+    return g
+
+
 cdef void backward_block(const float[:, :, :, :, ::1] dy, const float[:, :, :, :, ::1] x,
                          const float *mean, const float *invstd, const float *gamma,
                          float[:, :, :, :, ::1] dx, double *dgamma, double *dbeta, int64_t cb,
@@ -74,7 +84,7 @@ cdef void backward_block(const float[:, :, :, :, ::1] dy, const float[:, :, :, :
     """One channel block.  g: per-thread scratch of one image plane (H*W*16 floats) holding
     dy, masked by the fused ReLU's output when y is given; separate plain loops keep both
     passes vectorized."""
-    cdef int64_t N = x.shape[0], Cb = x.shape[1], HW = x.shape[2] * x.shape[3]
+    cdef int64_t N = x.shape[0], HW = x.shape[2] * x.shape[3]
     cdef int64_t n, i, lane, j
     cdef double M = N * HW
     cdef double sg[16]
@@ -91,10 +101,7 @@ cdef void backward_block(const float[:, :, :, :, ::1] dy, const float[:, :, :, :
         sb[lane] = 0.0
     for n in range(N):
         px = &x[n, cb, 0, 0, 0]
-        pd = &dy[n, cb, 0, 0, 0]
-        if y != NULL:
-            dlcpu_relu_mask(pd, y + (n * Cb + cb) * HW * 16, g, HW * 16)
-            pd = g
+        pd = grad_plane(dy, y, g, n, cb)
         for i in range(HW):
             for lane in range(16):
                 j = i * 16 + lane
@@ -108,11 +115,8 @@ cdef void backward_block(const float[:, :, :, :, ::1] dy, const float[:, :, :, :
         k3[lane] = <float>(sg[lane] / M) if training else 0.0
     for n in range(N):
         px = &x[n, cb, 0, 0, 0]
-        pd = &dy[n, cb, 0, 0, 0]
+        pd = grad_plane(dy, y, g, n, cb)
         po = &dx[n, cb, 0, 0, 0]
-        if y != NULL:
-            dlcpu_relu_mask(pd, y + (n * Cb + cb) * HW * 16, g, HW * 16)
-            pd = g
         for i in range(HW):
             for lane in range(16):
                 j = i * 16 + lane

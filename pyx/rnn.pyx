@@ -47,8 +47,41 @@ cdef int64_t row_tile(int64_t N, int64_t budget) noexcept nogil:
     return (N + tiles - 1) // tiles
 
 
+cdef inline void recurrent_call(dlcpu_brgemm_f32_t *p, int64_t blocks, int64_t N) noexcept nogil:
+    """Settings every recurrent BRGEMM shares: the batch runs over `blocks` 16-blocks of a
+    blocked [blocks][N][16] operand B (h, or gate gradients), A over consecutive 1 KiB blocks."""
+    p.kind = DLCPU_BR_STRD
+    p.b_trans = 0
+    p.k = 16
+    p.batch = blocks
+    p.a_stride = 256
+    p.b_stride = N * 16
+    p.b_rstride = 0
+    p.nr = 1
+    p.c_rstride = 0
+    p.relu = 0
+
+
+cdef inline void add_step_gradient(float *dh_blk, const float *dy_blk, int64_t n) noexcept nogil:
+    """dh += dy_t: the step's total dh (from its output and from step t+1)."""
+    cdef int64_t i
+    for i in range(n):
+        dh_blk[i] = dh_blk[i] + dy_blk[i]
+
+
+cdef inline void gates_to_blocked(float *dgb, const float *dg, int64_t gates, int64_t Kb, int64_t N,
+                                  int64_t n0, int64_t rows, int64_t kb, int64_t ldg) noexcept nogil:
+    """Copy one tile's gate gradients from the row-major dG (row n0.., columns g*Kp + kb*16) to
+    the blocked [gates*Kb][N][16] layout the recurrent BRGEMM reads as its B operand."""
+    cdef int64_t g, n
+    for g in range(gates):
+        for n in range(rows):
+            memcpy(dgb + ((g * Kb + kb) * N + n0 + n) * 16, dg + n * ldg + g * Kb * 16 + kb * 16,
+                   16 * sizeof(float))
+
+
 cdef int lstm_fwd_item(float *G, const float *R, float *H, float *Cs, int64_t t, int64_t item,
-                       int64_t N, int64_t Kb, int64_t rows_per_tile, int k, int isa,
+                       int64_t N, int64_t Kb, int64_t rows_per_tile, int isa,
                        const dlcpu_act_table_t *act) noexcept nogil:
     cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
     cdef int64_t kb = item // n_tiles
@@ -60,23 +93,14 @@ cdef int lstm_fwd_item(float *G, const float *R, float *H, float *Cs, int64_t t,
     cdef int err = 0
     cdef int pair
     cdef dlcpu_brgemm_f32_t p
-    p.kind = DLCPU_BR_STRD
-    p.b_trans = 0
-    p.k = k
-    p.batch = Kb
-    p.a_stride = 256
-    p.b_stride = N * 16
+    recurrent_call(&p, Kb, N)
     p.a_mstride = Kb * Kb * 256
-    p.b_rstride = 0
     p.mv = 2
-    p.nr = 1
     p.nc = <int>rows
     p.ldc = ldg
-    p.c_rstride = 0
     p.c_mstride = Kp
     p.beta = 1
     p.bias = NULL
-    p.relu = 0
     p.b = H + t * state + n0 * 16
     for pair in range(2):   # gates (i, f), then (g, o)
         p.a = R + ((2 * pair) * Kb + kb) * Kb * 256
@@ -89,7 +113,7 @@ cdef int lstm_fwd_item(float *G, const float *R, float *H, float *Cs, int64_t t,
 
 
 def lstm_forward_f32(float[:, ::1] G, const float[::1] R, float[::1] H, float[::1] Cs,
-                     int64_t T, int64_t N, int64_t Kb, int k, int isa, int n_threads):
+                     int64_t T, int64_t N, int64_t Kb, int isa, int n_threads):
     """Run T steps; G holds x.W_ih^T + b on entry and the gate activations on exit."""
     cdef int64_t rows = row_tile(N, dlcpu_brgemm_f32_max_pixels(isa, 2))
     cdef int64_t n_items = Kb * ((N + rows - 1) // rows)
@@ -100,7 +124,7 @@ def lstm_forward_f32(float[:, ::1] G, const float[::1] R, float[::1] H, float[::
         for t in range(T):
             for item in prange(n_items, schedule='static'):
                 errors += lstm_fwd_item(&G[0, 0], &R[0], &H[0], &Cs[0], t, item, N, Kb, rows,
-                                        k, isa, &act)
+                                        isa, &act)
     return errors
 
 
@@ -113,19 +137,13 @@ cdef void lstm_bwd_gates_item(const float *G, const float *Cs, const float *dY, 
     cdef int64_t n0 = (item % n_tiles) * rows_per_tile
     cdef int64_t rows = min(rows_per_tile, N - n0)
     cdef int64_t Kp = Kb * 16, ldg = 4 * Kb * 16, state = Kb * N * 16
-    cdef int64_t i, g, n
     cdef float *dh_blk = dh + (kb * N + n0) * 16
-    cdef const float *dy_blk = dY + t * state + (kb * N + n0) * 16
-    for i in range(rows * 16):          # the step's total dh: from y_t and from step t+1
-        dh_blk[i] = dh_blk[i] + dy_blk[i]
+    add_step_gradient(dh_blk, dY + t * state + (kb * N + n0) * 16, rows * 16)
     dlcpu_lstm_bwd_tile(G + (t * N + n0) * ldg + kb * 16, Kp, ldg,
                         Cs + t * state + (kb * N + n0) * 16, Cs + (t + 1) * state + (kb * N + n0) * 16,
                         dh_blk, dc + (kb * N + n0) * 16, dc + (kb * N + n0) * 16,
                         dG + (t * N + n0) * ldg + kb * 16, rows, act)
-    for g in range(4):                  # blocked copy: the B operand of the recurrent product
-        for n in range(rows):
-            memcpy(dGb + ((g * Kb + kb) * N + n0 + n) * 16, dG + (t * N + n0 + n) * ldg + g * Kp + kb * 16,
-                   16 * sizeof(float))
+    gates_to_blocked(dGb, dG + (t * N + n0) * ldg, 4, Kb, N, n0, rows, kb, ldg)
 
 
 cdef int lstm_bwd_recurrent_item(const float *RT, const float *dGb, float *dh, int64_t item,
@@ -138,23 +156,14 @@ cdef int lstm_bwd_recurrent_item(const float *RT, const float *dGb, float *dh, i
     cdef int64_t kb = (item // n_tiles) * 2
     cdef int64_t n0 = (item % n_tiles) * rows_per_tile
     cdef dlcpu_brgemm_f32_t p
-    p.kind = DLCPU_BR_STRD
-    p.b_trans = 0
-    p.k = 16
-    p.batch = gates * Kb
-    p.a_stride = 256
-    p.b_stride = N * 16
+    recurrent_call(&p, gates * Kb, N)
     p.a_mstride = gates * Kb * 256
-    p.b_rstride = 0
     p.mv = 2 if kb + 1 < Kb else 1
-    p.nr = 1
     p.nc = <int>min(rows_per_tile, N - n0)
     p.ldc = 16
-    p.c_rstride = 0
     p.c_mstride = N * 16
     p.beta = 0
     p.bias = NULL
-    p.relu = 0
     p.a = RT + kb * gates * Kb * 256
     p.b = dGb + n0 * 16
     p.c = dh + (kb * N + n0) * 16
@@ -188,21 +197,6 @@ def lstm_backward_f32(const float[:, ::1] G, const float[::1] Cs, const float[::
 # ----------------------------------------------------------------------------------------------
 # GRU: gates r, z, n; G = x.W_ih^T + b_ih (3 gates); HN[t] = h.W_hn^T + b_hn per step
 # ----------------------------------------------------------------------------------------------
-cdef inline void recurrent_call(dlcpu_brgemm_f32_t *p, int64_t Kb, int64_t N) noexcept nogil:
-    """Shared settings of a recurrent BRGEMM: batch over the Kb hidden blocks of h (B, [Kb][N][16])
-    with A the [Kb][16][16] blocks of one gate's output block."""
-    p.kind = DLCPU_BR_STRD
-    p.b_trans = 0
-    p.k = 16
-    p.batch = Kb
-    p.a_stride = 256
-    p.b_stride = N * 16
-    p.b_rstride = 0
-    p.nr = 1
-    p.c_rstride = 0
-    p.relu = 0
-
-
 cdef int gru_fwd_item(float *G, float *HN, const float *R, const float *b_hn, float *H,
                       int64_t t, int64_t item, int64_t N, int64_t Kb, int64_t rows_per_tile,
                       int isa, const dlcpu_act_table_t *act) noexcept nogil:
@@ -266,19 +260,13 @@ cdef void gru_bwd_gates_item(const float *G, const float *HN, const float *H, co
     cdef int64_t n0 = (item % n_tiles) * rows_per_tile
     cdef int64_t rows = min(rows_per_tile, N - n0)
     cdef int64_t Kp = Kb * 16, ldg = 3 * Kb * 16, state = Kb * N * 16
-    cdef int64_t i, g, n
     cdef float *dh_blk = dh + (kb * N + n0) * 16
-    cdef const float *dy_blk = dY + t * state + (kb * N + n0) * 16
-    for i in range(rows * 16):
-        dh_blk[i] = dh_blk[i] + dy_blk[i]
+    add_step_gradient(dh_blk, dY + t * state + (kb * N + n0) * 16, rows * 16)
     # dh_blk is read, then overwritten with dh*z (the direct part of dh_{t-1}) per element
     dlcpu_gru_bwd_tile(G + (t * N + n0) * ldg + kb * 16, Kp, ldg, HN + (t * N + n0) * Kp + kb * 16, Kp,
                        H + t * state + (kb * N + n0) * 16, dh_blk, dh_blk,
                        dGx + (t * N + n0) * ldg + kb * 16, dGh + (t * N + n0) * ldg + kb * 16, rows)
-    for g in range(3):
-        for n in range(rows):
-            memcpy(dGhb + ((g * Kb + kb) * N + n0 + n) * 16, dGh + (t * N + n0 + n) * ldg + g * Kp + kb * 16,
-                   16 * sizeof(float))
+    gates_to_blocked(dGhb, dGh + (t * N + n0) * ldg, 3, Kb, N, n0, rows, kb, ldg)
 
 
 cdef int gru_bwd_recurrent_item(const float *RT, const float *dGhb, float *dh, int64_t item,
@@ -381,15 +369,11 @@ cdef void rnn_bwd_gates_item(const float *G, const float *dY, float *dh, float *
     cdef int64_t n0 = (item % n_tiles) * rows_per_tile
     cdef int64_t rows = min(rows_per_tile, N - n0)
     cdef int64_t Kp = Kb * 16, state = Kb * N * 16
-    cdef int64_t i, n
     cdef float *dh_blk = dh + (kb * N + n0) * 16
-    cdef const float *dy_blk = dY + t * state + (kb * N + n0) * 16
-    for i in range(rows * 16):
-        dh_blk[i] = dh_blk[i] + dy_blk[i]
+    add_step_gradient(dh_blk, dY + t * state + (kb * N + n0) * 16, rows * 16)
     dlcpu_rnn_bwd_tile(G + (t * N + n0) * Kp + kb * 16, Kp, dh_blk, dG + (t * N + n0) * Kp + kb * 16,
                        rows, relu)
-    for n in range(rows):
-        memcpy(dGb + (kb * N + n0 + n) * 16, dG + (t * N + n0 + n) * Kp + kb * 16, 16 * sizeof(float))
+    gates_to_blocked(dGb, dG + (t * N + n0) * Kp, 1, Kb, N, n0, rows, kb, Kp)
 
 
 def rnn_backward_f32(const float[:, ::1] G, const float[::1] RT, const float[::1] dY, float[::1] dh,
