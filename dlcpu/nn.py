@@ -60,8 +60,8 @@ class Module:
         return []
 
     def own_parameters(self):
-        """{name: Parameter} of this module alone."""
-        return {}
+        """{name: Parameter} of this module alone: its `weight` and `bias` when it has them."""
+        return {name: p for name in ("weight", "bias") if isinstance(p := getattr(self, name, None), Parameter)}
 
     def named_parameters(self, prefix=""):
         out = [(prefix + k, p) for k, p in self.own_parameters().items()]
@@ -146,12 +146,6 @@ class Conv2d(Module):
         self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None
         self._x = None
 
-    def own_parameters(self):
-        params = {"weight": self.weight}
-        if self.bias is not None:
-            params["bias"] = self.bias
-        return params
-
     def forward(self, x):
         _expect_blocked(x, self.describe(), self.args["in_channels"])
         self._x = x
@@ -208,9 +202,6 @@ class BatchNorm2d(Module):
         self.running_var = np.zeros(padded, np.float32)
         self.running_var[:num_features] = 1.0
         self._saved = None
-
-    def own_parameters(self):
-        return {"weight": self.weight, "bias": self.bias}
 
     def forward(self, x):
         _expect_blocked(x, self.describe(), self.C)
@@ -342,12 +333,6 @@ class Linear(Module):
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32))
         self.bias = Parameter(np.zeros(out_features, np.float32)) if bias else None
         self._x = None
-
-    def own_parameters(self):
-        params = {"weight": self.weight}
-        if self.bias is not None:
-            params["bias"] = self.bias
-        return params
 
     def forward(self, x):
         if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != self.args["in_features"]:
