@@ -38,7 +38,11 @@ def time_interleaved(fns, repeats=7, warmup=2, settle=SETTLE_SECONDS, sample_sec
     One sample is a run of back-to-back calls lasting about `sample_seconds` (the per-call mean
     is recorded), so a 1 ms layer is measured in its steady state, threads awake and caches
     warm, as benchdnn does; the pause `settle` between samples of different libraries keeps one
-    library's spinning workers off the other's cores.
+    library's spinning workers off the other's cores.  With several callables each sample also
+    starts with one untimed call: the first call after another library pays for that library's
+    allocator churn (measured: after a torch LSTM training step, the next dlcpu training step
+    took 41-50 ms instead of 25, 1000-2700 page faults and 16-27 ms of system time), which a
+    training loop running one library never sees.
     """
     for _ in range(warmup):
         for fn in fns:
@@ -52,8 +56,10 @@ def time_interleaved(fns, repeats=7, warmup=2, settle=SETTLE_SECONDS, sample_sec
     times = [[] for _ in fns]
     for _ in range(repeats):
         for i, fn in enumerate(fns):
-            if settle and len(fns) > 1:
-                time.sleep(settle)
+            if len(fns) > 1:
+                if settle:
+                    time.sleep(settle)
+                fn()
             t0 = time.perf_counter()
             for _ in range(inner[i]):
                 fn()
@@ -347,7 +353,10 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None
         with torch.no_grad():
             for p, v in zip((m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0), (w_ih, w_hh, b, b)):
                 p.copy_(torch.from_numpy(v))
-        xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+        # x requires grad so the peer's backward computes dx too: lstm_backward always returns
+        # it, and the FLOP count (3x the forward) includes it.  Without this torch skips the dx
+        # GEMM (2*T*N*gates*K*C FLOPs) and the two sides would not do the same work.
+        xt, dyt = torch.from_numpy(x).requires_grad_(True), torch.from_numpy(dy)
 
         def peer_fwd():
             with torch.no_grad():
