@@ -122,18 +122,26 @@ _NO_BIAS = np.empty(0, dtype=np.float32)
 def matmul(x, y, *, bias=None, transpose_x=False, n_threads=None, isa=None):
     """x @ y (+ bias) for float32 matrices (m, K) and (K, n), on BRGEMM calls over packed
     operands; y may be a PackedMatrix from pack_matmul_operand (packed once, reused).
-    transpose_x=True computes x.T @ y from x of shape (K, m), packing x transposed on the fly."""
+    transpose_x=True computes x.T @ y from x of shape (K, m), packing x transposed on the fly.
+    y may also be a tuple of right-hand operands (no bias then): x is packed once and the tuple
+    of products x @ y_i comes back (the RNN weight gradients dG^T @ x and dG^T @ h share dG^T)."""
     fn = "matmul"
     x = _f32(x, "x", 2, fn)
-    packed = y if isinstance(y, PackedMatrix) else None
-    if packed is None:
-        y = _f32(y, "y", 2, fn)
+    many = isinstance(y, tuple)
+    ys = y if many else (y,)
+    if many and (bias is not None or not ys):
+        raise ValueError(f"{fn}: a tuple of right-hand operands must be non-empty and takes no bias")
     m, K = x.shape[::-1] if transpose_x else x.shape
-    K2, n = packed.shape if packed is not None else y.shape
-    if K != K2:
-        raise ValueError(f"{fn}: inner dimensions differ: x{'.T' if transpose_x else ''} {(m, K)} @ y {(K2, n)}")
-    if min(m, K, n) < 1:
-        raise ValueError(f"{fn}: empty operands: x {x.shape} @ y {(K2, n)}")
+    checked = []
+    for yi in ys:
+        if not isinstance(yi, PackedMatrix):
+            yi = _f32(yi, "y", 2, fn)
+        K2, n = yi.shape
+        if K != K2:
+            raise ValueError(f"{fn}: inner dimensions differ: x{'.T' if transpose_x else ''} {(m, K)} @ y {(K2, n)}")
+        if min(m, K, n) < 1:
+            raise ValueError(f"{fn}: empty operands: x {x.shape} @ y {(K2, n)}")
+        checked.append(yi)
     n_threads = cpu.resolve_threads(n_threads)
     isa_name = cpu.resolve_isa(isa)
     T = _GEMM_TILE_ROWS[isa_name]
@@ -143,11 +151,18 @@ def matmul(x, y, *, bias=None, transpose_x=False, n_threads=None, isa=None):
         _brgemm.pack_gemm_a_transposed(x, xp, n_threads)
     else:
         _brgemm.pack_gemm_a(x, xp, n_threads)
-    if packed is None:
+    outs = tuple(_product(xp, yi, m, kc, bias, n_threads, isa_name, fn) for yi in checked)
+    return outs if many else outs[0]
+
+
+def _product(xp, y, m, kc, bias, n_threads, isa_name, fn):
+    """One x @ y on an already packed x."""
+    n = y.shape[1]
+    if isinstance(y, PackedMatrix):
+        yp = y.data
+    else:
         yp = scratch("gemm.y", (-(-n // CB), kc, CB, CB))
         _brgemm.pack_gemm_b(y, yp, n_threads)
-    else:
-        yp = packed.data
     n_pad = yp.shape[0] * CB
     bias_p = _NO_BIAS
     if bias is not None:
@@ -159,5 +174,5 @@ def matmul(x, y, *, bias=None, transpose_x=False, n_threads=None, isa=None):
     out = np.empty((m, n_pad), dtype=np.float32)
     err = _brgemm.gemm_packed_f32(xp, yp, out, m, bias_p, n_threads, cpu.ISA_CODES[isa_name])
     if err:
-        raise RuntimeError(f"{fn}: internal error: no microkernel for a tile (x {x.shape}, y {(K2, n)})")
+        raise RuntimeError(f"{fn}: internal error: no microkernel for a tile (x rows {m}, y {y.shape})")
     return out if n_pad == n else np.ascontiguousarray(out[:, :n])

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import cpu
 from ._ext import rnn as _rnn
+from ._workspace import scratch
 from .gemm import PackedMatrix, matmul, pack_matmul_operand
 from .layout import CB
 
@@ -150,9 +151,13 @@ def _sequence(fn, x, weights):
 
 
 def _blocked_sequence(a, T, N, K, kb):
-    """(T, N, K) -> [T][Kb][N][16], zero-padded."""
-    out = np.zeros((T, kb, N, CB), np.float32)
-    out[:] = np.pad(a, ((0, 0), (0, 0), (0, kb * CB - K))).reshape(T, N, kb, CB).transpose(0, 2, 1, 3)
+    """(T, N, K) -> [T][Kb][N][16], zero-padded, in a scratch buffer (valid for this call)."""
+    out = scratch("rnn.dy", (T, kb, N, CB))
+    full = K // CB
+    out[:, :full] = a[:, :, :full * CB].reshape(T, N, full, CB).transpose(0, 2, 1, 3)
+    if full < kb:
+        out[:, full, :, :K - full * CB] = a[:, :, full * CB:]
+        out[:, full, :, K - full * CB:] = 0.0
     return out
 
 
@@ -176,20 +181,35 @@ def _outputs(H, T, N, K, kp):
 
 
 def _weight_grads(w, dG, x2, H, T, N, kp, gates, n_threads, isa):
-    """dx and (dW_ih | dW_hh) from the pre-activation gradients dG (T*N, gates*Kp): one GEMM for
-    dx, and one for both weight gradients (they share dG^T, packed transposed on the fly)."""
+    """dx, dW_ih and dW_hh from the pre-activation gradients dG (T*N, gates*Kp): one GEMM for
+    dx, and dG^T packed once (transposed on the fly) for both weight gradients."""
     dx = matmul(dG, w.w_ih_p, n_threads=n_threads, isa=isa).reshape(T, N, w.C)
-    xh = np.empty((T * N, w.C + kp), np.float32)
-    xh[:, :w.C] = x2
-    xh[:, w.C:] = H[:T].transpose(0, 2, 1, 3).reshape(T * N, kp)
-    dw_all = matmul(dG, xh, transpose_x=True, n_threads=n_threads, isa=isa)
-    dw_ih = _unpad_gate_rows(dw_all[:, :w.C], gates, w.K, kp)
-    dw_hh = _unpad_gate_rows(dw_all[:, w.C:], gates, w.K, kp)[:, :w.K].copy()
-    return dx, dw_ih, dw_hh
+    dw_ih, dw_hh = matmul(dG, (x2, _packed_states(H, T, N)), transpose_x=True, n_threads=n_threads, isa=isa)
+    return dx, _unpad_gate_rows(dw_ih, gates, w.K, kp), _unpad_gate_rows(dw_hh, gates, w.K, kp, cols=w.K)
 
 
-def _unpad_gate_rows(a, gates, K, kp):
-    return np.ascontiguousarray(a.reshape((gates, kp) + a.shape[1:])[:, :K].reshape((gates * K,) + a.shape[1:]))
+def _packed_states(H, T, N):
+    """h_0..h_{T-1} from the blocked H [T+1][Kb][N][16] as the packed (T*N, Kp) right-hand
+    operand of matmul: its layout [Kp/16][rows/16][16][16] is H's blocks with the step and batch
+    axes merged, so this is one copy (instead of unblocking to row-major and packing that)."""
+    kb = H.shape[1]
+    rows = T * N
+    rp = -(-rows // CB) * CB
+    data = scratch("rnn.states", (kb, rp, CB))
+    data[:, :rows] = H[:T].transpose(1, 0, 2, 3).reshape(kb, rows, CB)
+    data[:, rows:] = 0.0
+    return PackedMatrix(data.reshape(kb, rp // CB, CB, CB), (rows, kb * CB))
+
+
+def _unpad_gate_rows(a, gates, K, kp, cols=None):
+    """Drop the padded hidden units of each gate's rows (a: (gates*Kp,) or (gates*Kp, n)), and
+    of a 2-d a the columns beyond `cols`; no copy when there is nothing to drop."""
+    if a.ndim == 1:
+        return a if kp == K else np.ascontiguousarray(a.reshape(gates, kp)[:, :K].reshape(-1))
+    cols = a.shape[1] if cols is None else cols
+    if kp == K and cols == a.shape[1]:
+        return a
+    return np.ascontiguousarray(a.reshape(gates, kp, a.shape[1])[:, :K, :cols].reshape(gates * K, cols))
 
 
 def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None, *, weights=None,
@@ -223,8 +243,8 @@ def lstm_backward(dy, cache, dh_T=None, dc_T=None):
     w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T)
     n_threads, isa = cache["n_threads"], cache["isa"]
     dc = _state(dc_T, "dc_T", N, K, kb)
-    dG = np.empty((T * N, LSTM_GATES * kp), np.float32)
-    dGb = np.empty((LSTM_GATES * kb, N, CB), np.float32)
+    dG = scratch("rnn.dg", (T * N, LSTM_GATES * kp))
+    dGb = scratch("rnn.dgb", (LSTM_GATES * kb, N, CB))
     _check(_rnn.lstm_backward_f32(cache["G"], cache["Cs"].reshape(-1), w.recurrent_t.reshape(-1),
                                   dY.reshape(-1), dh.reshape(-1), dc.reshape(-1), dG, dGb.reshape(-1),
                                   T, N, kb, cpu.isa_code(isa), n_threads), "lstm_backward")
@@ -263,20 +283,20 @@ def gru_backward(dy, cache, dh_T=None):
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0) from dy (T, N, K) and gru_forward's cache."""
     w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T)
     n_threads, isa = cache["n_threads"], cache["isa"]
-    dGx = np.empty((T * N, GRU_GATES * kp), np.float32)
-    dGh = np.empty((T * N, GRU_GATES * kp), np.float32)
-    dGhb = np.empty((GRU_GATES * kb, N, CB), np.float32)
+    dGx = scratch("rnn.dg", (T * N, GRU_GATES * kp))
+    dGh = scratch("rnn.dgh", (T * N, GRU_GATES * kp))
+    dGhb = scratch("rnn.dgb", (GRU_GATES * kb, N, CB))
     _check(_rnn.gru_backward_f32(cache["G"], cache["HN"], cache["H"].reshape(-1), w.recurrent_t.reshape(-1),
                                  dY.reshape(-1), dh.reshape(-1), dGx, dGh, dGhb.reshape(-1), T, N, kb,
                                  cpu.isa_code(isa), n_threads), "gru_backward")
     # x-side and h-side gradients differ for GRU (r multiplies W_hn h + b_hn): separate GEMMs.
     dx = matmul(dGx, w.w_ih_p, n_threads=n_threads, isa=isa).reshape(T, N, w.C)
     dw_ih = _unpad_gate_rows(matmul(dGx, cache["x"], transpose_x=True, n_threads=n_threads, isa=isa), GRU_GATES, K, kp)
-    h_prev = np.ascontiguousarray(cache["H"][:T].transpose(0, 2, 1, 3).reshape(T * N, kp))
-    dw_hh = _unpad_gate_rows(matmul(dGh, h_prev, transpose_x=True, n_threads=n_threads, isa=isa), GRU_GATES, K, kp)
+    dw_hh = _unpad_gate_rows(matmul(dGh, _packed_states(cache["H"], T, N), transpose_x=True,
+                                    n_threads=n_threads, isa=isa), GRU_GATES, K, kp, cols=K)
     db_ih = _unpad_gate_rows(dGx.sum(axis=0, dtype=np.float64).astype(np.float32), GRU_GATES, K, kp)
     db_hh = _unpad_gate_rows(dGh.sum(axis=0, dtype=np.float64).astype(np.float32), GRU_GATES, K, kp)
-    return dx, dw_ih, dw_hh[:, :K].copy(), db_ih, db_hh, _unblock_state(dh, N, K)
+    return dx, dw_ih, dw_hh, db_ih, db_hh, _unblock_state(dh, N, K)
 
 
 def rnn_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
@@ -308,8 +328,8 @@ def rnn_backward(dy, cache, dh_T=None):
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0) from dy (T, N, K) and rnn_forward's cache."""
     w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T)
     n_threads, isa = cache["n_threads"], cache["isa"]
-    dG = np.empty((T * N, kp), np.float32)
-    dGb = np.empty((kb, N, CB), np.float32)
+    dG = scratch("rnn.dg", (T * N, kp))
+    dGb = scratch("rnn.dgb", (kb, N, CB))
     _check(_rnn.rnn_backward_f32(cache["G"], w.recurrent_t.reshape(-1), dY.reshape(-1), dh.reshape(-1),
                                  dG, dGb.reshape(-1), T, N, kb, cache["relu"], cpu.isa_code(isa), n_threads),
            "rnn_backward")

@@ -43,3 +43,23 @@ def test_matmul_transposed_packed_and_bias(rng):
     assert_close(dlcpu.matmul(np.ascontiguousarray(xt.T), pack_matmul_operand(y), bias=b), want)
     with pytest.raises(ValueError, match="bias must have shape"):
         dlcpu.matmul(xt, y, bias=b[:3], transpose_x=True)
+
+
+def test_matmul_tuple_shares_packed_x(rng):
+    """A tuple of right-hand operands: one product each, bitwise equal to separate calls."""
+    from dlcpu.gemm import pack_matmul_operand
+
+    xt = rng.uniform(-1, 1, (45, 30)).astype(np.float32)   # x = xt.T is (30, 45)
+    y1 = rng.uniform(-1, 1, (45, 17)).astype(np.float32)
+    y2 = rng.uniform(-1, 1, (45, 32)).astype(np.float32)
+    p1, p2 = dlcpu.matmul(xt, (y1, pack_matmul_operand(y2)), transpose_x=True)
+    assert p1.shape == (30, 17) and p2.shape == (30, 32)
+    assert np.array_equal(p1, dlcpu.matmul(xt, y1, transpose_x=True))
+    assert np.array_equal(p2, dlcpu.matmul(xt, y2, transpose_x=True))
+    assert_close(p2, xt.T.astype(np.float64) @ y2)
+    with pytest.raises(ValueError, match="inner dimensions differ"):
+        dlcpu.matmul(xt, (y1, y2[:40]), transpose_x=True)
+    with pytest.raises(ValueError, match="takes no bias"):
+        dlcpu.matmul(xt, (y1,), bias=np.zeros(17, np.float32), transpose_x=True)
+    with pytest.raises(ValueError, match="non-empty"):
+        dlcpu.matmul(xt, (), transpose_x=True)
