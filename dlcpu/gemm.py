@@ -8,7 +8,8 @@
         variant 'strd' reduces over blocks i = 0..batch-1 in order; 'offs' and 'addr' reduce over
         the blocks named by a_index/b_index (as offset or pointer arrays, LIBXSMM's three flavours).
 
-    dlcpu.matmul(x, y): (m, K) @ (K, n) float32, on BRGEMM calls over packed operands.
+    dlcpu.matmul(x, y): (m, K) @ (K, n) float32, on BRGEMM calls over packed operands; y may be
+        a tuple of operands sharing one packed x (one product each).
 """
 from dataclasses import dataclass
 

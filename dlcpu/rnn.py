@@ -15,7 +15,8 @@ How it runs (pyx/rnn.pyx, pyx/kernels/rnn_f32.h):
      the cell math finished on each tile while it is in cache; the T steps are one parallel
      region with one barrier per step;
   3. backward: per step (in reverse) the gate gradients on each tile, then dh_{t-1} as BRGEMM
-     calls; dx, dW_ih, dW_hh and the biases afterwards as three large GEMMs over all T.
+     calls; afterwards dx as one large GEMM over all T, and dW_ih, dW_hh as two products on
+     one packed dG^T (the biases are column sums of dG).
 Hidden sizes are padded to whole 16-blocks internally; the padded units stay exactly zero.
 Weights are re-blocked by `prepare_lstm` (done per call unless you pass its result as `weights`).
 """
