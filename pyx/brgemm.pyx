@@ -148,10 +148,10 @@ def pack_gemm_a_transposed(const float[:, ::1] xt, float[:, :, :, ::1] xp, int n
                         dst[j * 16 + kk] = xt[k, row] if (row < M and k < K) else 0.0
 
 
-cdef int gemm_row_tiles(const float *xp, const float *yp, float *out, int64_t t_lo, int64_t t_hi,
-                        int64_t m, int64_t Kc, int64_t T, int64_t n_groups16, int64_t ldc,
-                        const float *bias, int isa) noexcept nogil:
-    """One thread's share of the GEMM: row tiles t_lo..t_hi, every column."""
+cdef int gemm_block(const float *xp, const float *yp, float *out, int64_t t_lo, int64_t t_hi,
+                    int64_t g_lo, int64_t g_hi, int64_t m, int64_t Kc, int64_t T, int64_t ldc,
+                    const float *bias, int isa) noexcept nogil:
+    """One thread's share of the GEMM: row tiles t_lo..t_hi, 16-column blocks g_lo..g_hi."""
     cdef int64_t t, kc0, nchunk, grp0, grp1, nb
     cdef int mv, err = 0
     cdef dlcpu_brgemm_f32_t p
@@ -173,9 +173,9 @@ cdef int gemm_row_tiles(const float *xp, const float *yp, float *out, int64_t t_
         nchunk = min(<int64_t>GEMM_KC_BLOCKS, Kc - kc0)
         p.batch = nchunk
         p.beta = 1 if kc0 > 0 else 0
-        grp0 = 0
-        while grp0 < n_groups16:
-            grp1 = min(n_groups16, grp0 + GEMM_GROUP_COLS // 16)
+        grp0 = g_lo
+        while grp0 < g_hi:
+            grp1 = min(g_hi, grp0 + GEMM_GROUP_COLS // 16)
             for t in range(t_lo, t_hi):
                 p.nc = <int>min(T, m - t * T)
                 nb = grp0
@@ -196,13 +196,25 @@ cdef int gemm_row_tiles(const float *xp, const float *yp, float *out, int64_t t_
 
 def gemm_packed_f32(const float[:, :, :, ::1] xp, const float[:, :, :, ::1] yp, float[:, ::1] out,
                     int64_t m, const float[::1] bias, int n_threads, int isa):
-    """out[:m, :] = Xp @ Yp (+ bias, padded to out's width, or empty) on packed operands."""
-    cdef int64_t n_tiles = xp.shape[0], Kc = xp.shape[1], T = xp.shape[2]
+    """out[:m, :] = Xp @ Yp (+ bias, padded to out's width, or empty) on packed operands.
+
+    Threads split the row tiles when there are plenty of them; a short x (the T=1 LSTM's 64
+    rows are 5 tiles: 3 + 2 on two threads, 17% idle) splits the columns instead, in pairs of
+    16-blocks so every thread keeps the mv=2 calls."""
+    cdef int64_t n_tiles = xp.shape[0], Kc = xp.shape[1], T = xp.shape[2], ng = yp.shape[0]
+    cdef int64_t n_pairs = (ng + 1) // 2
+    cdef bint split_rows = n_tiles >= 8 * n_threads or n_pairs < n_threads
     cdef int64_t tid
     cdef int err = 0
     cdef const float *b = &bias[0] if bias.shape[0] > 0 else NULL
     for tid in prange(n_threads, nogil=True, schedule='static', num_threads=n_threads):
-        err += gemm_row_tiles(&xp[0, 0, 0, 0], &yp[0, 0, 0, 0], &out[0, 0],
-                              tid * n_tiles // n_threads, (tid + 1) * n_tiles // n_threads,
-                              m, Kc, T, yp.shape[0], out.shape[1], b, isa)
+        if split_rows:
+            err += gemm_block(&xp[0, 0, 0, 0], &yp[0, 0, 0, 0], &out[0, 0],
+                              tid * n_tiles // n_threads, (tid + 1) * n_tiles // n_threads, 0, ng,
+                              m, Kc, T, out.shape[1], b, isa)
+        else:
+            err += gemm_block(&xp[0, 0, 0, 0], &yp[0, 0, 0, 0], &out[0, 0], 0, n_tiles,
+                              2 * (tid * n_pairs // n_threads),
+                              min(ng, 2 * ((tid + 1) * n_pairs // n_threads)),
+                              m, Kc, T, out.shape[1], b, isa)
     return err
