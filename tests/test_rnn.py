@@ -43,6 +43,28 @@ def test_against_reference(rng, isa, size, init):
         assert_close(a, b)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_saturated_gates(rng, isa):
+    """Pre-activations of +-100s: the fused AVX-512 tiles (rcp14 + Newton reciprocals, clamped
+    exp) must saturate to 0/1 and +-1 exactly like the float64 reference, forward and backward."""
+    T, N, C, K = 3, 5, 7, 33
+    x = (rng.standard_normal((T, N, C)) * 50).astype(np.float32)
+    w_ih = (rng.standard_normal((4 * K, C)) * 5).astype(np.float32)
+    w_hh = (rng.standard_normal((4 * K, K)) * 5).astype(np.float32)
+    b = np.zeros(4 * K, np.float32)
+    z = np.zeros((N, K), np.float32)
+    y, (h, c), cache = rnn.lstm_forward(x, w_ih, w_hh, b, b, train=True, isa=isa)
+    with np.errstate(over="ignore"):
+        y_r, h_r, c_r, steps = ref.lstm_forward(x, w_ih, w_hh, b, b, z, z)
+    assert np.abs(y - y_r).max() < 1e-4 and np.abs(c - c_r).max() < 1e-4
+    dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
+    got = rnn.lstm_backward(dy, cache)
+    want = ref.lstm_backward(dy, x, w_ih, w_hh, steps, z, z)
+    for a, w in zip(got[:3], want[:3]):
+        assert np.isfinite(a).all()
+        assert np.abs(a - w).max() <= 1e-3 * max(1.0, np.abs(w).max())
+
+
 def test_finite_differences(rng):
     T, N, C, K = 3, 2, 5, 6
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = problem(rng, T, N, C, K)
