@@ -551,31 +551,34 @@ def digits_resnet(width=16, classes=10, seed=0):
 # ============================================================================================
 def _cell_ops(cell, nonlinearity):
     """(prepare, forward, backward) of dlcpu.rnn for a cell, with uniform signatures:
-    forward(x, weights, h0, train) -> (y, h_T, cache); backward(dy, cache) -> (dx, dw_ih, dw_hh,
-    db_ih, db_hh)."""
+    forward(x, weights, train) -> (y, cache); backward(dy, cache, need_dx) -> (dx or None, dw_ih,
+    dw_hh, db_ih, db_hh)."""
     from . import rnn
 
     if cell == "lstm":
         def fwd(x, w, train):
             y, (h, _c), *cache = rnn.lstm_forward(x, weights=w, train=train)
             return y, (cache[0] if cache else None)
-        return rnn.prepare_lstm, fwd, lambda dy, c: rnn.lstm_backward(dy, c)[:5]
+        return rnn.prepare_lstm, fwd, lambda dy, c, need_dx: rnn.lstm_backward(dy, c, need_dx=need_dx)[:5]
     if cell == "gru":
         def fwd(x, w, train):
             y, _h, *cache = rnn.gru_forward(x, weights=w, train=train)
             return y, (cache[0] if cache else None)
-        return rnn.prepare_gru, fwd, lambda dy, c: rnn.gru_backward(dy, c)[:5]
+        return rnn.prepare_gru, fwd, lambda dy, c, need_dx: rnn.gru_backward(dy, c, need_dx=need_dx)[:5]
 
     def fwd(x, w, train):
         y, _h, *cache = rnn.rnn_forward(x, weights=w, nonlinearity=nonlinearity, train=train)
         return y, (cache[0] if cache else None)
-    return rnn.prepare_rnn, fwd, lambda dy, c: rnn.rnn_backward(dy, c)[:5]
+    return rnn.prepare_rnn, fwd, lambda dy, c, need_dx: rnn.rnn_backward(dy, c, need_dx=need_dx)[:5]
 
 
 class _Recurrent(Module):
     """Multi-layer, optionally bidirectional recurrent layer with PyTorch's parameter layout
     (weight_ih_l{k}[_reverse], ...); input (T, N, C), or (N, T, C) with batch_first; output the
-    last layer's hidden states, directions concatenated.  Initial states are zero."""
+    last layer's hidden states, directions concatenated.  Initial states are zero.  Set
+    needs_input_grad = False on a first layer (its input is data): backward then skips the
+    first layer's dx GEMM and returns None, as PyTorch's autograd does for an input that does
+    not require grad."""
 
     cell = None
     gates = None
@@ -604,6 +607,7 @@ class _Recurrent(Module):
                                     (f"bias_ih{sfx}", (g,)), (f"bias_hh{sfx}", (g,))):
                     self.params[name] = Parameter(rng.uniform(-bound, bound, shape).astype(np.float32))
         self._caches = None
+        self.needs_input_grad = True
 
     def own_parameters(self):
         return dict(self.params)
@@ -643,11 +647,15 @@ class _Recurrent(Module):
                 part = np.ascontiguousarray(g[:, :, d * K:(d + 1) * K])
                 if d:
                     part = np.ascontiguousarray(part[::-1])
-                grads = bwd(part, self._caches[layer][d])
+                need_dx = layer > 0 or self.needs_input_grad
+                grads = bwd(part, self._caches[layer][d], need_dx)
                 for name, grad in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), grads[1:]):
                     self.params[f"{name}{sfx}"].grad += grad
-                gx = grads[0][::-1] if d else grads[0]
-                dx = gx if dx is None else dx + gx
+                if need_dx:
+                    gx = grads[0][::-1] if d else grads[0]
+                    dx = gx if dx is None else dx + gx
+            if dx is None:
+                return None
             g = np.ascontiguousarray(dx)
         return np.ascontiguousarray(g.transpose(1, 0, 2)) if a["batch_first"] else g
 
@@ -710,4 +718,6 @@ class LastTimeStep(Module):
 def digits_rnn(hidden=64, classes=10, seed=0):
     """`dlcpu train digits-rnn`: an LSTM reading the 8x8 digits row by row (T=8 steps of 8
     pixels), classifying from its last hidden state."""
-    return Sequential(LSTM(8, hidden, seed=seed), LastTimeStep(), Linear(hidden, classes, seed=seed + 1))
+    lstm = LSTM(8, hidden, seed=seed)
+    lstm.needs_input_grad = False  # its input is the image rows
+    return Sequential(lstm, LastTimeStep(), Linear(hidden, classes, seed=seed + 1))

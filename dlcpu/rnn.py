@@ -4,6 +4,7 @@ torch.nn.LSTM):
     y, (h_T, c_T) = lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0=None, c0=None)
     y, (h_T, c_T), cache = lstm_forward(..., train=True)
     dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0 = lstm_backward(dy, cache, dh_T=None, dc_T=None)
+    lstm_backward(..., need_dx=False)                            # dx is None, its GEMM skipped
     y, h_T = gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0)          # gates r, z, n; 3K rows
     y, h_T = rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity="tanh"|"relu")  # K rows
 
@@ -181,10 +182,15 @@ def _outputs(H, T, N, K, kp):
     return y, _unblock_state(H[T], N, K)
 
 
-def _weight_grads(w, dG, x2, H, T, N, kp, gates, n_threads, isa):
-    """dx, dW_ih and dW_hh from the pre-activation gradients dG (T*N, gates*Kp): one GEMM for
-    dx, and dG^T packed once (transposed on the fly) for both weight gradients."""
-    dx = matmul(dG, w.w_ih_p, n_threads=n_threads, isa=isa).reshape(T, N, w.C)
+def _input_grad(need_dx, dG, w, T, N, n_threads, isa):
+    """dx = dG . W_ih over all T as one GEMM, or None when the caller does not need it."""
+    return matmul(dG, w.w_ih_p, n_threads=n_threads, isa=isa).reshape(T, N, w.C) if need_dx else None
+
+
+def _weight_grads(w, dG, x2, H, T, N, kp, gates, n_threads, isa, need_dx):
+    """dx (or None), dW_ih and dW_hh from the pre-activation gradients dG (T*N, gates*Kp): one
+    GEMM for dx, and dG^T packed once (transposed on the fly) for both weight gradients."""
+    dx = _input_grad(need_dx, dG, w, T, N, n_threads, isa)
     dw_ih, dw_hh = matmul(dG, (x2, _packed_states(H, T, N)), transpose_x=True, n_threads=n_threads, isa=isa)
     return dx, _unpad_gate_rows(dw_ih, gates, w.K, kp), _unpad_gate_rows(dw_hh, gates, w.K, kp, cols=w.K)
 
@@ -239,8 +245,9 @@ def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None
     return out
 
 
-def lstm_backward(dy, cache, dh_T=None, dc_T=None):
-    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0) from dy (T, N, K) and the forward's cache."""
+def lstm_backward(dy, cache, dh_T=None, dc_T=None, *, need_dx=True):
+    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0) from dy (T, N, K) and the forward's cache.
+    need_dx=False skips the dx GEMM (a first layer, whose input is data) and returns dx=None."""
     w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T)
     n_threads, isa = cache["n_threads"], cache["isa"]
     dc = _state(dc_T, "dc_T", N, K, kb)
@@ -249,7 +256,7 @@ def lstm_backward(dy, cache, dh_T=None, dc_T=None):
     _check(_rnn.lstm_backward_f32(cache["G"], cache["Cs"].reshape(-1), w.recurrent_t.reshape(-1),
                                   dY.reshape(-1), dh.reshape(-1), dc.reshape(-1), dG, dGb.reshape(-1),
                                   T, N, kb, cpu.isa_code(isa), n_threads), "lstm_backward")
-    dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, LSTM_GATES, n_threads, isa)
+    dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, LSTM_GATES, n_threads, isa, need_dx)
     db = _unpad_gate_rows(dG.sum(axis=0, dtype=np.float64).astype(np.float32), LSTM_GATES, K, kp)
     return dx, dw_ih, dw_hh, db, db.copy(), _unblock_state(dh, N, K), _unblock_state(dc, N, K)
 
@@ -280,8 +287,9 @@ def gru_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, weigh
     return y, h_T
 
 
-def gru_backward(dy, cache, dh_T=None):
-    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0) from dy (T, N, K) and gru_forward's cache."""
+def gru_backward(dy, cache, dh_T=None, *, need_dx=True):
+    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0) from dy (T, N, K) and gru_forward's cache
+    (dx=None with need_dx=False)."""
     w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T)
     n_threads, isa = cache["n_threads"], cache["isa"]
     dGx = scratch("rnn.dg", (T * N, GRU_GATES * kp))
@@ -291,7 +299,7 @@ def gru_backward(dy, cache, dh_T=None):
                                  dY.reshape(-1), dh.reshape(-1), dGx, dGh, dGhb.reshape(-1), T, N, kb,
                                  cpu.isa_code(isa), n_threads), "gru_backward")
     # x-side and h-side gradients differ for GRU (r multiplies W_hn h + b_hn): separate GEMMs.
-    dx = matmul(dGx, w.w_ih_p, n_threads=n_threads, isa=isa).reshape(T, N, w.C)
+    dx = _input_grad(need_dx, dGx, w, T, N, n_threads, isa)
     dw_ih = _unpad_gate_rows(matmul(dGx, cache["x"], transpose_x=True, n_threads=n_threads, isa=isa), GRU_GATES, K, kp)
     dw_hh = _unpad_gate_rows(matmul(dGh, _packed_states(cache["H"], T, N), transpose_x=True,
                                     n_threads=n_threads, isa=isa), GRU_GATES, K, kp, cols=K)
@@ -325,8 +333,9 @@ def rnn_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, nonli
     return y, h_T
 
 
-def rnn_backward(dy, cache, dh_T=None):
-    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0) from dy (T, N, K) and rnn_forward's cache."""
+def rnn_backward(dy, cache, dh_T=None, *, need_dx=True):
+    """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0) from dy (T, N, K) and rnn_forward's cache
+    (dx=None with need_dx=False)."""
     w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T)
     n_threads, isa = cache["n_threads"], cache["isa"]
     dG = scratch("rnn.dg", (T * N, kp))
@@ -334,6 +343,6 @@ def rnn_backward(dy, cache, dh_T=None):
     _check(_rnn.rnn_backward_f32(cache["G"], w.recurrent_t.reshape(-1), dY.reshape(-1), dh.reshape(-1),
                                  dG, dGb.reshape(-1), T, N, kb, cache["relu"], cpu.isa_code(isa), n_threads),
            "rnn_backward")
-    dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, RNN_GATES, n_threads, isa)
+    dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, RNN_GATES, n_threads, isa, need_dx)
     db = dG[:, :K].sum(axis=0, dtype=np.float64).astype(np.float32)
     return dx, dw_ih, dw_hh, db, db.copy(), _unblock_state(dh, N, K)

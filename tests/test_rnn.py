@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from dlcpu import _reference as ref
-from dlcpu import rnn
+from dlcpu import nn, rnn
 
 from conftest import ISAS, assert_close, max_threads, needs_torch
 
@@ -290,3 +290,40 @@ def test_rnn_against_torch_and_threads(rng):
             assert np.array_equal(a, b)
     with pytest.raises(ValueError, match="nonlinearity must be 'tanh' or 'relu'"):
         rnn.rnn_forward(x, *w, nonlinearity="gelu")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_need_dx_false_skips_dx_only(rng, cell):
+    """need_dx=False: dx is None, every other gradient bitwise the same as with dx."""
+    T, N, C, K = 4, 3, 9, 18
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    x = rng.uniform(-1, 1, (T, N, C)).astype(np.float32)
+    w_ih = rng.uniform(-0.3, 0.3, (gates * K, C)).astype(np.float32)
+    w_hh = rng.uniform(-0.3, 0.3, (gates * K, K)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (T, N, K)).astype(np.float32)
+    fwd = getattr(rnn, f"{cell}_forward")
+    bwd = getattr(rnn, f"{cell}_backward")
+    cache = fwd(x, w_ih, w_hh, train=True)[-1]
+    full = bwd(dy, cache)
+    part = bwd(dy, cache, need_dx=False)
+    assert part[0] is None and full[0].shape == x.shape
+    for a, b in zip(full[1:], part[1:]):
+        assert np.array_equal(a, b)
+
+
+def test_layer_without_input_grad(rng):
+    """A first LSTM layer with needs_input_grad=False returns None from backward and still
+    accumulates the same weight gradients."""
+    x = rng.uniform(-1, 1, (5, 4, 6)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (5, 4, 2 * 8)).astype(np.float32)
+    grads = []
+    for needs in (True, False):
+        m = nn.LSTM(6, 8, num_layers=2, bidirectional=True, seed=3)
+        m.needs_input_grad = needs
+        m.train()
+        m(x)
+        dx = m.backward(dy)
+        assert (dx is None) == (not needs)
+        grads.append({k: p.grad.copy() for k, p in m.params.items()})
+    for k in grads[0]:
+        assert np.array_equal(grads[0][k], grads[1][k]), k
