@@ -327,3 +327,26 @@ def test_layer_without_input_grad(rng):
         grads.append({k: p.grad.copy() for k, p in m.params.items()})
     for k in grads[0]:
         assert np.array_equal(grads[0][k], grads[1][k]), k
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_activation_relative_accuracy(isa):
+    """tanh and sigmoid element by element, relative to float64, over the fp32 range where the
+    result is a normal number: the relative-L2 tests above cannot see an error confined to
+    small |x| (an exp-based tanh returned 0 for tanh(1e-8))."""
+    v = np.concatenate([np.logspace(-30, np.log10(80), 1500), -np.logspace(-30, np.log10(80), 1500)]).astype(np.float32)
+    K = v.size
+    zeros_k = np.zeros(K, np.float32)
+    # vanilla RNN, one step, x = 0, W_hh = 0: h = tanh(b_ih)
+    y, _ = rnn.rnn_forward(np.zeros((1, 1, 1), np.float32), np.zeros((K, 1), np.float32),
+                           np.zeros((K, K), np.float32), v, zeros_k, isa=isa)
+    want = np.tanh(v.astype(np.float64))
+    assert np.max(np.abs(y[0, 0] - want) / np.abs(want)) < 1e-6
+    # LSTM, one step, c0 = 0, g saturated to 1: c_T = sigmoid(b_i)
+    b = np.zeros(4 * K, np.float32)
+    b[:K] = v
+    b[2 * K:3 * K] = 100.0
+    _, (_, c) = rnn.lstm_forward(np.zeros((1, 1, 1), np.float32), np.zeros((4 * K, 1), np.float32),
+                                 np.zeros((4 * K, K), np.float32), b, np.zeros(4 * K, np.float32), isa=isa)
+    want = 1.0 / (1.0 + np.exp(-v.astype(np.float64)))
+    assert np.max(np.abs(c[0] - want) / want) < 1e-6
