@@ -146,12 +146,12 @@ cdef void lstm_bwd_gates_item(const float *G, const float *Cs, const float *dY, 
     gates_to_blocked(dGb, dG + (t * N + n0) * ldg, 4, Kb, N, n0, rows, kb, ldg)
 
 
-cdef int lstm_bwd_recurrent_item(const float *RT, const float *dGb, float *dh, int64_t item,
-                                 int64_t N, int64_t Kb, int64_t rows_per_tile,
-                                 int isa, int gates) noexcept nogil:
-    """dh[kb] = sum over the gates*Kb gate blocks j of dG[j] . W_hh[j-rows, kb-columns], for a
-    pair of hidden blocks per call (mv=2: each broadcast of dG feeds two FMAs).  Shared by the
-    LSTM (4 gates) and the vanilla RNN (1)."""
+cdef int bwd_recurrent_item(const float *RT, const float *dGb, float *dh, int64_t item,
+                            int64_t N, int64_t Kb, int64_t rows_per_tile, int isa, int gates,
+                            int beta) noexcept nogil:
+    """dh[kb] (beta=0: =, beta=1: +=) sum over the gates*Kb gate blocks j of dG[j] . W_hh[j-rows,
+    kb-columns], for a pair of hidden blocks per call (mv=2: each broadcast of dG feeds two
+    FMAs).  Shared by the LSTM (4 gates), the GRU (3, beta=1 onto dh*z) and the vanilla RNN (1)."""
     cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
     cdef int64_t kb = (item // n_tiles) * 2
     cdef int64_t n0 = (item % n_tiles) * rows_per_tile
@@ -162,7 +162,7 @@ cdef int lstm_bwd_recurrent_item(const float *RT, const float *dGb, float *dh, i
     p.nc = <int>min(rows_per_tile, N - n0)
     p.ldc = 16
     p.c_mstride = N * 16
-    p.beta = 0
+    p.beta = beta
     p.bias = NULL
     p.a = RT + kb * gates * Kb * 256
     p.b = dGb + n0 * 16
@@ -190,7 +190,7 @@ def lstm_backward_f32(const float[:, ::1] G, const float[::1] Cs, const float[::
                 lstm_bwd_gates_item(&G[0, 0], &Cs[0], &dY[0], &dh[0], &dc[0], &dG[0, 0], &dGb[0],
                                     t, item, N, Kb, rows, &act)
             for item in prange(n_pair_items, schedule='static'):
-                errors += lstm_bwd_recurrent_item(&RT[0], &dGb[0], &dh[0], item, N, Kb, rows, isa, 4)
+                errors += bwd_recurrent_item(&RT[0], &dGb[0], &dh[0], item, N, Kb, rows, isa, 4, 0)
     return errors
 
 
@@ -269,27 +269,6 @@ cdef void gru_bwd_gates_item(const float *G, const float *HN, const float *H, co
     gates_to_blocked(dGhb, dGh + (t * N + n0) * ldg, 3, Kb, N, n0, rows, kb, ldg)
 
 
-cdef int gru_bwd_recurrent_item(const float *RT, const float *dGhb, float *dh, int64_t item,
-                                int64_t N, int64_t Kb, int64_t rows_per_tile, int isa) noexcept nogil:
-    """dh[kb] += sum over the 3*Kb gate blocks of dGh . W_hh (beta=1 onto dh*z)."""
-    cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
-    cdef int64_t kb = (item // n_tiles) * 2
-    cdef int64_t n0 = (item % n_tiles) * rows_per_tile
-    cdef dlcpu_brgemm_f32_t p
-    recurrent_call(&p, 3 * Kb, N)
-    p.a_mstride = 3 * Kb * 256
-    p.mv = 2 if kb + 1 < Kb else 1
-    p.nc = <int>min(rows_per_tile, N - n0)
-    p.ldc = 16
-    p.c_mstride = N * 16
-    p.beta = 1
-    p.bias = NULL
-    p.a = RT + kb * 3 * Kb * 256
-    p.b = dGhb + n0 * 16
-    p.c = dh + (kb * N + n0) * 16
-    return dlcpu_brgemm_f32(&p, isa)
-
-
 def gru_backward_f32(const float[:, ::1] G, const float[:, ::1] HN, const float[::1] H,
                      const float[::1] RT, const float[::1] dY, float[::1] dh, float[:, ::1] dGx,
                      float[:, ::1] dGh, float[::1] dGhb, int64_t T, int64_t N, int64_t Kb, int isa,
@@ -309,7 +288,7 @@ def gru_backward_f32(const float[:, ::1] G, const float[:, ::1] HN, const float[
                 gru_bwd_gates_item(&G[0, 0], &HN[0, 0], &H[0], &dY[0], &dh[0], &dGx[0, 0],
                                    &dGh[0, 0], &dGhb[0], t, item, N, Kb, rows)
             for item in prange(n_pair_items, schedule='static'):
-                errors += gru_bwd_recurrent_item(&RT[0], &dGhb[0], &dh[0], item, N, Kb, rows, isa)
+                errors += bwd_recurrent_item(&RT[0], &dGhb[0], &dh[0], item, N, Kb, rows, isa, 3, 1)
     return errors
 
 
@@ -394,5 +373,5 @@ def rnn_backward_f32(const float[:, ::1] G, const float[::1] RT, const float[::1
                 rnn_bwd_gates_item(&G[0, 0], &dY[0], &dh[0], &dG[0, 0], &dGb[0], t, item, N, Kb,
                                    rows, relu)
             for item in prange(n_pair_items, schedule='static'):
-                errors += lstm_bwd_recurrent_item(&RT[0], &dGb[0], &dh[0], item, N, Kb, rows, isa, 1)
+                errors += bwd_recurrent_item(&RT[0], &dGb[0], &dh[0], item, N, Kb, rows, isa, 1, 0)
     return errors
