@@ -163,6 +163,34 @@ def _blocked_sequence(a, T, N, K, kb):
     return out
 
 
+def _forward_setup(cell, prepare, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads):
+    """Common start of every forward: validated weights and x (as x2 (T*N, C)), sizes, and the
+    blocked hidden states H [T+1][Kb][N][16] with h0 in H[0]."""
+    fn = f"{cell}_forward"
+    weights = _weights(cell, prepare, weights, w_ih, w_hh, b_ih, b_hh)
+    x, T, N, C = _sequence(fn, x, weights)
+    K, kb = weights.K, weights.Kb
+    n_threads = cpu.resolve_threads(n_threads)
+    H = np.empty((T + 1, kb, N, CB), np.float32)
+    H[0] = _state(h0, "h0", N, K, kb)
+    return weights, x.reshape(T * N, C), H, T, N, K, kb, n_threads
+
+
+def _input_projection(weights, x2, n_threads, isa):
+    """G = x.W_ih^T + b for all T at once: one large GEMM, before the time loop."""
+    return matmul(x2, weights.w_ih_t, bias=weights.bias, n_threads=n_threads, isa=isa)
+
+
+def _cache(weights, x2, G, H, T, N, isa, n_threads, **extra):
+    """What a backward needs from its forward."""
+    return dict(x=x2, G=G, H=H, weights=weights, T=T, N=N, isa=isa, n_threads=n_threads, **extra)
+
+
+def _column_sums(a):
+    """Bias gradients: column sums of the pre-activation gradients, accumulated in float64."""
+    return a.sum(axis=0, dtype=np.float64).astype(np.float32)
+
+
 def _backward_setup(dy, cache, dh_T):
     """Common start of every backward: sizes, dy blocked per step, the carried dh."""
     w = cache["weights"]
@@ -223,25 +251,17 @@ def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None
                  train=False, n_threads=None, isa=None):
     """LSTM over a whole sequence; see the module docstring.  With train=True also returns the
     cache lstm_backward needs."""
-    weights = _weights("lstm", prepare_lstm, weights, w_ih, w_hh, b_ih, b_hh)
-    x, T, N, C = _sequence("lstm_forward", x, weights)
-    K, kb = weights.K, weights.Kb
-    kp = kb * CB
-    n_threads = cpu.resolve_threads(n_threads)
-    isa_code = cpu.isa_code(isa)
-    H = np.empty((T + 1, kb, N, CB), np.float32)
-    Cs = np.empty((T + 1, kb, N, CB), np.float32)
-    H[0] = _state(h0, "h0", N, K, kb)
+    weights, x2, H, T, N, K, kb, n_threads = _forward_setup(
+        "lstm", prepare_lstm, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
+    Cs = np.empty_like(H)
     Cs[0] = _state(c0, "c0", N, K, kb)
-    x2 = x.reshape(T * N, C)
-    G = matmul(x2, weights.w_ih_t, bias=weights.bias, n_threads=n_threads, isa=isa)
+    G = _input_projection(weights, x2, n_threads, isa)
     _check(_rnn.lstm_forward_f32(G, weights.recurrent.reshape(-1), H.reshape(-1), Cs.reshape(-1),
-                                 T, N, kb, isa_code, n_threads), "lstm_forward")
-    y, h_T = _outputs(H, T, N, K, kp)
+                                 T, N, kb, cpu.isa_code(isa), n_threads), "lstm_forward")
+    y, h_T = _outputs(H, T, N, K, kb * CB)
     out = (y, (h_T, _unblock_state(Cs[T], N, K)))
     if train:
-        cache = dict(x=x2, G=G, H=H, Cs=Cs, weights=weights, T=T, N=N, isa=isa, n_threads=n_threads)
-        return (*out, cache)
+        return (*out, _cache(weights, x2, G, H, T, N, isa, n_threads, Cs=Cs))
     return out
 
 
@@ -257,7 +277,7 @@ def lstm_backward(dy, cache, dh_T=None, dc_T=None, *, need_dx=True):
                                   dY.reshape(-1), dh.reshape(-1), dc.reshape(-1), dG, dGb.reshape(-1),
                                   T, N, kb, cpu.isa_code(isa), n_threads), "lstm_backward")
     dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, LSTM_GATES, n_threads, isa, need_dx)
-    db = _unpad_gate_rows(dG.sum(axis=0, dtype=np.float64).astype(np.float32), LSTM_GATES, K, kp)
+    db = _unpad_gate_rows(_column_sums(dG), LSTM_GATES, K, kp)
     return dx, dw_ih, dw_hh, db, db.copy(), _unblock_state(dh, N, K), _unblock_state(dc, N, K)
 
 
@@ -267,23 +287,15 @@ def gru_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, weigh
         r = s(W_ir x + b_ir + W_hr h + b_hr),  z = s(W_iz x + b_iz + W_hz h + b_hz)
         n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h
     Returns y (T, N, K) and h_T; with train=True also the cache gru_backward needs."""
-    weights = _weights("gru", prepare_gru, weights, w_ih, w_hh, b_ih, b_hh)
-    x, T, N, C = _sequence("gru_forward", x, weights)
-    K, kb = weights.K, weights.Kb
-    kp = kb * CB
-    n_threads = cpu.resolve_threads(n_threads)
-    isa_code = cpu.isa_code(isa)
-    H = np.empty((T + 1, kb, N, CB), np.float32)
-    H[0] = _state(h0, "h0", N, K, kb)
-    x2 = x.reshape(T * N, C)
-    G = matmul(x2, weights.w_ih_t, bias=weights.bias, n_threads=n_threads, isa=isa)
-    HN = np.empty((T * N, kp), np.float32)
+    weights, x2, H, T, N, K, kb, n_threads = _forward_setup(
+        "gru", prepare_gru, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
+    G = _input_projection(weights, x2, n_threads, isa)
+    HN = np.empty((T * N, kb * CB), np.float32)
     _check(_rnn.gru_forward_f32(G, HN, weights.recurrent.reshape(-1), weights.b_hn, H.reshape(-1),
-                                T, N, kb, isa_code, n_threads), "gru_forward")
-    y, h_T = _outputs(H, T, N, K, kp)
+                                T, N, kb, cpu.isa_code(isa), n_threads), "gru_forward")
+    y, h_T = _outputs(H, T, N, K, kb * CB)
     if train:
-        cache = dict(x=x2, G=G, HN=HN, H=H, weights=weights, T=T, N=N, isa=isa, n_threads=n_threads)
-        return y, h_T, cache
+        return y, h_T, _cache(weights, x2, G, H, T, N, isa, n_threads, HN=HN)
     return y, h_T
 
 
@@ -303,8 +315,8 @@ def gru_backward(dy, cache, dh_T=None, *, need_dx=True):
     dw_ih = _unpad_gate_rows(matmul(dGx, cache["x"], transpose_x=True, n_threads=n_threads, isa=isa), GRU_GATES, K, kp)
     dw_hh = _unpad_gate_rows(matmul(dGh, _packed_states(cache["H"], T, N), transpose_x=True,
                                     n_threads=n_threads, isa=isa), GRU_GATES, K, kp, cols=K)
-    db_ih = _unpad_gate_rows(dGx.sum(axis=0, dtype=np.float64).astype(np.float32), GRU_GATES, K, kp)
-    db_hh = _unpad_gate_rows(dGh.sum(axis=0, dtype=np.float64).astype(np.float32), GRU_GATES, K, kp)
+    db_ih = _unpad_gate_rows(_column_sums(dGx), GRU_GATES, K, kp)
+    db_hh = _unpad_gate_rows(_column_sums(dGh), GRU_GATES, K, kp)
     return dx, dw_ih, dw_hh, db_ih, db_hh, _unblock_state(dh, N, K)
 
 
@@ -314,22 +326,15 @@ def rnn_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, nonli
     or relu.  Returns y (T, N, K) and h_T; with train=True also the cache rnn_backward needs."""
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"rnn_forward: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    weights = _weights("rnn", prepare_rnn, weights, w_ih, w_hh, b_ih, b_hh)
-    x, T, N, C = _sequence("rnn_forward", x, weights)
-    K, kb = weights.K, weights.Kb
-    kp = kb * CB
-    n_threads = cpu.resolve_threads(n_threads)
-    H = np.empty((T + 1, kb, N, CB), np.float32)
-    H[0] = _state(h0, "h0", N, K, kb)
-    x2 = x.reshape(T * N, C)
-    G = matmul(x2, weights.w_ih_t, bias=weights.bias, n_threads=n_threads, isa=isa)
+    weights, x2, H, T, N, K, kb, n_threads = _forward_setup(
+        "rnn", prepare_rnn, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
+    G = _input_projection(weights, x2, n_threads, isa)
     relu = nonlinearity == "relu"
     _check(_rnn.rnn_forward_f32(G, weights.recurrent.reshape(-1), H.reshape(-1), T, N, kb, relu,
                                 cpu.isa_code(isa), n_threads), "rnn_forward")
-    y, h_T = _outputs(H, T, N, K, kp)
+    y, h_T = _outputs(H, T, N, K, kb * CB)
     if train:
-        cache = dict(x=x2, G=G, H=H, weights=weights, relu=relu, T=T, N=N, isa=isa, n_threads=n_threads)
-        return y, h_T, cache
+        return y, h_T, _cache(weights, x2, G, H, T, N, isa, n_threads, relu=relu)
     return y, h_T
 
 
@@ -344,5 +349,5 @@ def rnn_backward(dy, cache, dh_T=None, *, need_dx=True):
                                  dG, dGb.reshape(-1), T, N, kb, cache["relu"], cpu.isa_code(isa), n_threads),
            "rnn_backward")
     dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, RNN_GATES, n_threads, isa, need_dx)
-    db = dG[:, :K].sum(axis=0, dtype=np.float64).astype(np.float32)
+    db = _column_sums(dG[:, :K])
     return dx, dw_ih, dw_hh, db, db.copy(), _unblock_state(dh, N, K)
