@@ -8,12 +8,14 @@ from dlcpu import nn, rnn
 from conftest import ISAS, assert_close, max_threads, needs_torch
 
 
-def problem(rng, T, N, C, K, init=True):
+def problem(rng, T, N, C, K, init=True, gates=4):
+    """x, w_ih, w_hh, b_ih, b_hh, h0, c0 for a cell with `gates` gates (LSTM 4, GRU 3, RNN 1);
+    h0, c0 None with init=False."""
     x = rng.uniform(-1, 1, (T, N, C)).astype(np.float32)
-    w_ih = rng.uniform(-0.4, 0.4, (4 * K, C)).astype(np.float32)
-    w_hh = rng.uniform(-0.4, 0.4, (4 * K, K)).astype(np.float32)
-    b_ih = rng.uniform(-0.4, 0.4, 4 * K).astype(np.float32)
-    b_hh = rng.uniform(-0.4, 0.4, 4 * K).astype(np.float32)
+    w_ih = rng.uniform(-0.4, 0.4, (gates * K, C)).astype(np.float32)
+    w_hh = rng.uniform(-0.4, 0.4, (gates * K, K)).astype(np.float32)
+    b_ih = rng.uniform(-0.4, 0.4, gates * K).astype(np.float32)
+    b_hh = rng.uniform(-0.4, 0.4, gates * K).astype(np.float32)
     h0 = rng.uniform(-1, 1, (N, K)).astype(np.float32) if init else None
     c0 = rng.uniform(-1, 1, (N, K)).astype(np.float32) if init else None
     return x, w_ih, w_hh, b_ih, b_hh, h0, c0
@@ -160,13 +162,7 @@ def test_bad_input(rng):
 
 # ------------------------------------------------------------------------------------------- GRU
 def gru_problem(rng, T, N, C, K, init=True):
-    x = rng.uniform(-1, 1, (T, N, C)).astype(np.float32)
-    w_ih = rng.uniform(-0.4, 0.4, (3 * K, C)).astype(np.float32)
-    w_hh = rng.uniform(-0.4, 0.4, (3 * K, K)).astype(np.float32)
-    b_ih = rng.uniform(-0.4, 0.4, 3 * K).astype(np.float32)
-    b_hh = rng.uniform(-0.4, 0.4, 3 * K).astype(np.float32)
-    h0 = rng.uniform(-1, 1, (N, K)).astype(np.float32) if init else None
-    return x, w_ih, w_hh, b_ih, b_hh, h0
+    return problem(rng, T, N, C, K, init, gates=3)[:6]
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -249,12 +245,7 @@ def test_gru_threads_bitwise_and_errors(rng):
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_rnn_against_reference(rng, isa, size, nonlinearity):
     T, N, C, K = size
-    x = rng.uniform(-1, 1, (T, N, C)).astype(np.float32)
-    w_ih = rng.uniform(-0.4, 0.4, (K, C)).astype(np.float32)
-    w_hh = rng.uniform(-0.4, 0.4, (K, K)).astype(np.float32)
-    b_ih = rng.uniform(-0.4, 0.4, K).astype(np.float32)
-    b_hh = rng.uniform(-0.4, 0.4, K).astype(np.float32)
-    h0 = rng.uniform(-1, 1, (N, K)).astype(np.float32)
+    x, w_ih, w_hh, b_ih, b_hh, h0, _ = problem(rng, T, N, C, K, gates=1)
     relu = nonlinearity == "relu"
     y, h, cache = rnn.rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity=nonlinearity, train=True, isa=isa)
     y_r, h_r, steps = ref.rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, relu)
@@ -296,10 +287,7 @@ def test_rnn_against_torch_and_threads(rng):
 def test_need_dx_false_skips_dx_only(rng, cell):
     """need_dx=False: dx is None, every other gradient bitwise the same as with dx."""
     T, N, C, K = 4, 3, 9, 18
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
-    x = rng.uniform(-1, 1, (T, N, C)).astype(np.float32)
-    w_ih = rng.uniform(-0.3, 0.3, (gates * K, C)).astype(np.float32)
-    w_hh = rng.uniform(-0.3, 0.3, (gates * K, K)).astype(np.float32)
+    x, w_ih, w_hh, *_ = problem(rng, T, N, C, K, gates={"lstm": 4, "gru": 3, "rnn": 1}[cell])
     dy = rng.uniform(-1, 1, (T, N, K)).astype(np.float32)
     fwd = getattr(rnn, f"{cell}_forward")
     bwd = getattr(rnn, f"{cell}_backward")
