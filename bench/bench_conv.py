@@ -2,6 +2,8 @@
 
 Run with asv (benchmark dir = bench/) or with the tiny runner: python bench/run.py conv
 """
+from typing import ClassVar
+
 import numpy as np
 
 import dlcpu
@@ -12,7 +14,7 @@ LAYERS = {l.name: l for l in workloads.resnet50_layers()}
 
 class TimeConvForward:
     params = (sorted(LAYERS), [1, 2])
-    param_names = ["layer", "threads"]
+    param_names: ClassVar[list] = ["layer", "threads"]
     timeout = 120
 
     def setup(self, name, threads):
@@ -21,7 +23,7 @@ class TimeConvForward:
         x = rng.uniform(-1, 1, (4, l.C, l.H, l.W)).astype(np.float32)
         w = rng.uniform(-1, 1, (l.K, l.C, l.R, l.S)).astype(np.float32)
         self.xb, self.wb = dlcpu.to_blocked(x), dlcpu.block_weights(w)
-        self.kw = dict(stride=(l.stride_h, l.stride_w), padding=(l.pad_h, l.pad_w), n_threads=threads)
+        self.kw = {"stride": (l.stride_h, l.stride_w), "padding": (l.pad_h, l.pad_w), "n_threads": threads}
         self.out = dlcpu.conv2d(self.xb, self.wb, **self.kw)  # first touch outside the timing
 
     def time_forward(self, name, threads):

@@ -1,4 +1,6 @@
 """asv-shaped suite: dlcpu.matmul (BRGEMM over packed operands) at square sizes."""
+from typing import ClassVar
+
 import numpy as np
 
 import dlcpu
@@ -6,7 +8,7 @@ import dlcpu
 
 class TimeMatmul:
     params = ([256, 1024, 2048], [1, 2])
-    param_names = ["size", "threads"]
+    param_names: ClassVar[list] = ["size", "threads"]
 
     def setup(self, size, threads):
         rng = np.random.default_rng(0)

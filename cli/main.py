@@ -12,7 +12,6 @@ Exit codes: 0 success, 1 handled error (one line on stderr; DLCPU_DEBUG=1 for th
 import functools
 import json
 import sys
-from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -100,7 +99,7 @@ def info(as_json: bool = typer.Option(False, "--json", help="JSON on stdout.")):
 @bench_app.command("peak")
 @handled
 def bench_peak(
-    threads: Optional[str] = typer.Option(None, help="Comma list of thread counts (default 1..all)."),
+    threads: str | None = typer.Option(None, help="Comma list of thread counts (default 1..all)."),
     seconds: float = typer.Option(0.25, help="Seconds per measurement."),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
 ):
@@ -141,13 +140,13 @@ def _select_layers(layer_descs, name_filter):
 @bench_app.command("conv")
 @handled
 def bench_conv(
-    layer: Optional[List[str]] = typer.Option(None, "--layer", help="benchdnn-style descriptor, e.g. mb4ic64ih56oc64oh56kh3ph1 (repeatable). Default: the ResNet-50 v1.5 table."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Only layers whose name contains one of these (comma list)."),
-    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Minibatch (default: the thread count; a descriptor's mb wins unless --batch is given)."),
-    threads: Optional[str] = typer.Option(None, "--threads", help="Comma list of thread counts, e.g. 1,2 (default: all)."),
+    layer: list[str] | None = typer.Option(None, "--layer", help="benchdnn-style descriptor, e.g. mb4ic64ih56oc64oh56kh3ph1 (repeatable). Default: the ResNet-50 v1.5 table."),
+    layers: str | None = typer.Option(None, "--layers", help="Only layers whose name contains one of these (comma list)."),
+    batch: int | None = typer.Option(None, "--batch", min=1, help="Minibatch (default: the thread count; a descriptor's mb wins unless --batch is given)."),
+    threads: str | None = typer.Option(None, "--threads", help="Comma list of thread counts, e.g. 1,2 (default: all)."),
     passes: str = typer.Option("fwd", "--pass", help="Comma list of passes: fwd, bwd_d (input gradient), bwd_w (weight gradient)."),
     algs: str = typer.Option("direct", "--alg", help="Comma list of forward algorithms: direct, winograd2, winograd4 (3x3 stride-1 layers only)."),
-    compare: Optional[str] = typer.Option(None, "--compare", help="Peer to time in the same run: torch."),
+    compare: str | None = typer.Option(None, "--compare", help="Peer to time in the same run: torch."),
     check: bool = typer.Option(False, "--check", help="Verify every layer against the float64 reference."),
     show_plan: bool = typer.Option(False, "--show-plan", help="Print each layer's blocking plan."),
     repeats: int = typer.Option(7, "--repeats", min=1, help="Timed repeats per layer (median reported)."),
@@ -246,7 +245,7 @@ def _render_conv(run, compare, check, show_plan):
 @handled
 def bench_gemm(
     size: int = typer.Option(2048, "--size", min=1, help="m = n = k."),
-    threads: Optional[str] = typer.Option(None, "--threads", help="Comma list of thread counts (default: all)."),
+    threads: str | None = typer.Option(None, "--threads", help="Comma list of thread counts (default: all)."),
     compare: bool = typer.Option(True, "--compare/--no-compare", help="Time numpy.matmul in the same run."),
     repeats: int = typer.Option(5, "--repeats", min=1),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
@@ -279,9 +278,9 @@ def bench_gemm(
 @handled
 def bench_lstm(
     cell: str = typer.Option("lstm", "--cell", help="Recurrent cell: lstm, gru or rnn (tanh)."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Only grid rows whose name contains one of these (comma list)."),
-    threads: Optional[str] = typer.Option(None, "--threads", help="Comma list of thread counts (default: all)."),
-    compare: Optional[str] = typer.Option(None, "--compare", help="Peer to time in the same run: torch."),
+    layers: str | None = typer.Option(None, "--layers", help="Only grid rows whose name contains one of these (comma list)."),
+    threads: str | None = typer.Option(None, "--threads", help="Comma list of thread counts (default: all)."),
+    compare: str | None = typer.Option(None, "--compare", help="Peer to time in the same run: torch."),
     repeats: int = typer.Option(5, "--repeats", min=1),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
 ):
@@ -384,12 +383,12 @@ def _train(model, epochs, batch, lr, threads, seed, out_path, as_json):
                     f"{result.total_seconds:.1f} s on {n_threads} thread(s){saved}", highlight=False)
 
 
-_OPTS = dict(
-    threads=typer.Option(None, "--threads", min=1, help="Kernel threads (default: all)."),
-    seed=typer.Option(0, "--seed", help="Seeds the split, the initialization and the shuffling."),
-    out_path=typer.Option(None, "--out", help="Save the model here (.npz) after every epoch."),
-    as_json=typer.Option(False, "--json", help="JSON on stdout."),
-)
+_OPTS = {
+    "threads": typer.Option(None, "--threads", min=1, help="Kernel threads (default: all)."),
+    "seed": typer.Option(0, "--seed", help="Seeds the split, the initialization and the shuffling."),
+    "out_path": typer.Option(None, "--out", help="Save the model here (.npz) after every epoch."),
+    "as_json": typer.Option(False, "--json", help="JSON on stdout."),
+}
 
 
 @train_app.command("digits")
@@ -398,9 +397,9 @@ def train_digits(
     epochs: int = typer.Option(15, "--epochs", min=1),
     batch: int = typer.Option(64, "--batch", min=1),
     lr: float = typer.Option(0.05, "--lr", min=1e-12),
-    threads: Optional[int] = _OPTS["threads"],
+    threads: int | None = _OPTS["threads"],
     seed: int = _OPTS["seed"],
-    out_path: Optional[str] = _OPTS["out_path"],
+    out_path: str | None = _OPTS["out_path"],
     as_json: bool = _OPTS["as_json"],
 ):
     """Train a small ResNet-style CNN on scikit-learn's handwritten digits (8x8, no download)."""
@@ -413,9 +412,9 @@ def train_digits_rnn(
     epochs: int = typer.Option(30, "--epochs", min=1),
     batch: int = typer.Option(64, "--batch", min=1),
     lr: float = typer.Option(0.1, "--lr", min=1e-12),
-    threads: Optional[int] = _OPTS["threads"],
+    threads: int | None = _OPTS["threads"],
     seed: int = _OPTS["seed"],
-    out_path: Optional[str] = _OPTS["out_path"],
+    out_path: str | None = _OPTS["out_path"],
     as_json: bool = _OPTS["as_json"],
 ):
     """Train an LSTM that reads each digit image row by row (T=8 steps of 8 pixels)."""
@@ -427,7 +426,7 @@ def train_digits_rnn(
 def bench_train_digits(
     epochs: int = typer.Option(3, "--epochs", min=1, help="Timed epochs per framework (median reported)."),
     batch: int = typer.Option(64, "--batch", min=1),
-    threads: Optional[str] = typer.Option(None, "--threads", help="Comma list of thread counts (default: all)."),
+    threads: str | None = typer.Option(None, "--threads", help="Comma list of thread counts (default: all)."),
     as_json: bool = typer.Option(False, "--json", help="JSON on stdout."),
 ):
     """Training images/s of the digits CNN: dlcpu vs the same model in PyTorch, same data and run."""

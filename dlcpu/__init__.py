@@ -15,6 +15,16 @@ from .gemm import brgemm, matmul
 from .layout import BlockedTensor, block_weights, from_blocked, to_blocked, unblock_weights
 
 __all__ = [
-    "BlockedTensor", "block_weights", "brgemm", "conv2d", "conv2d_backward", "from_blocked", "info",
-    "matmul", "prepare_winograd", "to_blocked", "unblock_weights", "__version__",
+    "BlockedTensor",
+    "__version__",
+    "block_weights",
+    "brgemm",
+    "conv2d",
+    "conv2d_backward",
+    "from_blocked",
+    "info",
+    "matmul",
+    "prepare_winograd",
+    "to_blocked",
+    "unblock_weights",
 ]

@@ -79,7 +79,7 @@ def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0)):
     sh, sw = stride
     ph, pw = padding
     n, c, h, wd = x.shape
-    k, _, r, s = w.shape
+    _k, _, r, s = w.shape
     p, q = dy.shape[2], dy.shape[3]
     xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw))
     xp[:, :, ph:ph + h, pw:pw + wd] = x

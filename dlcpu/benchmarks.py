@@ -146,7 +146,7 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", a
     dy = rng.uniform(-1, 1, (mb, layer.K, shape.P, shape.Q)).astype(np.float32)
     xb, wb, dyb = to_blocked(x, n_threads), block_weights(w, n_threads), to_blocked(dy, n_threads)
     stride, pad = (layer.stride_h, layer.stride_w), (layer.pad_h, layer.pad_w)
-    kw = dict(n_threads=n_threads, isa=isa)
+    kw = {"n_threads": n_threads, "isa": isa}
     if direction == "fwd":
         # Winograd weights are transformed once, outside the timed region (as a oneDNN user
         # creates the primitive once).

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import cpu
-from .layout import CB, BlockedTensor, block_weights, from_blocked, n_blocks, to_blocked
 from ._ext import conv as _conv
 from ._workspace import scratch
+from .layout import CB, BlockedTensor, block_weights, from_blocked, n_blocks, to_blocked
 
 # Per-ISA pixel budget of one BRGEMM call for one 16-channel group (pyx/kernels/brgemm_f32.h).
 # The scalar path has no register limit; 8 keeps its stack tile small.
@@ -198,7 +198,7 @@ def choose_conv_blocking(shape, isa="avx512", n_threads=1, relu=False):
     # Equalize the row blocks (13+13+13+13+4 -> 12+11+11+11+11 rows), and when there are few
     # items, prefer a count that splits evenly over the threads: with static scheduling the
     # slowest thread sets the time.
-    for extra in range(0, row_blocks + 1):
+    for extra in range(row_blocks + 1):
         blocks = row_blocks + extra
         if s.N * blocks % n_threads == 0 or s.N * blocks >= 8 * n_threads or blocks >= P:
             row_blocks = blocks
@@ -700,7 +700,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, n
         if not blocked_in:
             dx = from_blocked(dx, n_threads)
     if "dw" in need:
-        plan, shape_args, plan_args = _cached_weight_grad_plan(shape, isa_code, n_threads)
+        _plan, shape_args, plan_args = _cached_weight_grad_plan(shape, isa_code, n_threads)
         dw_data = np.zeros((shape.Kb, shape.Cb, shape.R, shape.S, CB, CB), dtype=np.float32)
         errors = _conv.conv2d_weight_grad_f32(xb.data.reshape(-1), dyb.data.reshape(-1),
                                               dw_data.reshape(-1), shape_args, plan_args, n_threads)

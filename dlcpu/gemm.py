@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import cpu
-from ._workspace import scratch
 from ._ext import brgemm as _brgemm
+from ._workspace import scratch
 
 CB = cpu.CHANNEL_BLOCK
 VARIANTS = {"strd": 0, "offs": 1, "addr": 2}

@@ -134,8 +134,8 @@ class Conv2d(Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, seed=0):
         super().__init__()
-        self.args = dict(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size,
-                         stride=stride, padding=padding, bias=bias, seed=seed)
+        self.args = {"in_channels": in_channels, "out_channels": out_channels, "kernel_size": kernel_size,
+                         "stride": stride, "padding": padding, "bias": bias, "seed": seed}
         k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         self.stride, self.padding = stride, padding
         self.needs_input_grad = True
@@ -190,7 +190,7 @@ class BatchNorm2d(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, relu=False):
         super().__init__()
-        self.args = dict(num_features=num_features, eps=eps, momentum=momentum, relu=relu)
+        self.args = {"num_features": num_features, "eps": eps, "momentum": momentum, "relu": relu}
         self.relu = bool(relu)
         self.C, self.eps, self.momentum = num_features, eps, momentum
         padded = n_blocks(num_features) * CB
@@ -256,7 +256,7 @@ class ReLU(Module):
 class MaxPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        self.args = dict(kernel_size=kernel_size, stride=stride, padding=padding)
+        self.args = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
         self._cache = None
 
     def forward(self, x):
@@ -281,7 +281,7 @@ class MaxPool2d(Module):
 class AvgPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        self.args = dict(kernel_size=kernel_size, stride=stride, padding=padding)
+        self.args = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
         self._x_shape = None
 
     def forward(self, x):
@@ -327,7 +327,7 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, seed=0):
         super().__init__()
-        self.args = dict(in_features=in_features, out_features=out_features, bias=bias, seed=seed)
+        self.args = {"in_features": in_features, "out_features": out_features, "bias": bias, "seed": seed}
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(in_features)
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32))
@@ -403,7 +403,7 @@ class BasicBlock(Module):
 
     def __init__(self, in_channels, out_channels, stride=1, seed=0):
         super().__init__()
-        self.args = dict(in_channels=in_channels, out_channels=out_channels, stride=stride, seed=seed)
+        self.args = {"in_channels": in_channels, "out_channels": out_channels, "stride": stride, "seed": seed}
         self.conv1 = Conv2d(in_channels, out_channels, 3, stride, 1, bias=False, seed=seed)
         self.bn1 = BatchNorm2d(out_channels, relu=True)
         self.conv2 = Conv2d(out_channels, out_channels, 3, 1, 1, bias=False, seed=seed + 1)
@@ -557,7 +557,7 @@ def _cell_ops(cell, nonlinearity):
 
     if cell == "lstm":
         def fwd(x, w, train):
-            y, (h, _c), *cache = rnn.lstm_forward(x, weights=w, train=train)
+            y, (_h, _c), *cache = rnn.lstm_forward(x, weights=w, train=train)
             return y, (cache[0] if cache else None)
         return rnn.prepare_lstm, fwd, lambda dy, c, need_dx: rnn.lstm_backward(dy, c, need_dx=need_dx)[:5]
     if cell == "gru":
@@ -589,8 +589,8 @@ class _Recurrent(Module):
         if min(input_size, hidden_size, num_layers) < 1:
             raise ValueError(f"{type(self).__name__}: sizes must be >= 1, got input {input_size}, "
                              f"hidden {hidden_size}, layers {num_layers}")
-        self.args = dict(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
-                         bidirectional=bidirectional, batch_first=batch_first, seed=seed)
+        self.args = {"input_size": input_size, "hidden_size": hidden_size, "num_layers": num_layers,
+                         "bidirectional": bidirectional, "batch_first": batch_first, "seed": seed}
         if self.cell == "rnn":
             self.args["nonlinearity"] = nonlinearity
         self.nonlinearity = nonlinearity
@@ -696,7 +696,7 @@ class LastTimeStep(Module):
 
     def __init__(self, batch_first=False):
         super().__init__()
-        self.args = dict(batch_first=batch_first)
+        self.args = {"batch_first": batch_first}
         self._shape = None
 
     def forward(self, x):

@@ -14,7 +14,6 @@ from . import cpu
 from ._ext import norm as _norm
 from .layout import CB, BlockedTensor
 
-
 _NO_OUTPUT = np.empty((0, 1, 1, 1, CB), np.float32)
 
 

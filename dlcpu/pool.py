@@ -54,7 +54,7 @@ def max_pool2d(x, kernel, stride=None, padding=0, *, n_threads=None):
 def max_pool2d_backward(dy, arg, x_shape, *, n_threads=None):
     if not isinstance(dy, BlockedTensor) or arg.shape != dy.data.shape:
         raise ValueError("max_pool2d_backward: dy must be a BlockedTensor matching the forward output")
-    n, c, h, w = x_shape
+    n, _c, h, w = x_shape
     dx = np.empty((n, dy.data.shape[1], h, w, CB), np.float32)
     _pool.max_pool_backward(dy.data, arg, dx, cpu.resolve_threads(n_threads))
     return BlockedTensor(dx, tuple(x_shape))
@@ -68,7 +68,7 @@ def avg_pool2d(x, kernel, stride=None, padding=0, *, n_threads=None):
 
 
 def avg_pool2d_backward(dy, x_shape, kernel, stride=None, padding=0, *, n_threads=None):
-    n, c, h, w = x_shape
+    n, _c, h, w = x_shape
     x_like = BlockedTensor(np.zeros((n, dy.data.shape[1], h, w, CB), np.float32), tuple(x_shape))
     geo, out_shape = _geometry(x_like, kernel, stride, padding, "avg_pool2d_backward")
     if tuple(dy.shape) != out_shape:
@@ -81,7 +81,7 @@ def global_avg_pool(x):
     """(N, C) float32 means over H and W of an activation BlockedTensor."""
     if not isinstance(x, BlockedTensor) or x.kind != "activation":
         raise TypeError("global_avg_pool: x must be an activation BlockedTensor")
-    n, c, h, w = x.shape
+    n, c, _h, _w = x.shape
     return x.data.mean(axis=(2, 3), dtype=np.float32).reshape(n, -1)[:, :c].copy()
 
 

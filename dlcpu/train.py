@@ -38,7 +38,7 @@ def load_digits_split(seed=0, test_fraction=0.2):
     x_tr, x_te, y_tr, y_te = train_test_split(x, digits.target, test_size=test_fraction,
                                               random_state=seed, stratify=digits.target)
     mean, std = float(x_tr.mean()), float(x_tr.std())
-    norm = lambda a: np.ascontiguousarray((a - mean) / std, dtype=np.float32)  # noqa: E731
+    norm = lambda a: np.ascontiguousarray((a - mean) / std, dtype=np.float32)
     return DigitsData(norm(x_tr), y_tr.astype(np.int64), norm(x_te), y_te.astype(np.int64))
 
 

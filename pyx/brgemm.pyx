@@ -43,7 +43,10 @@ def brgemm_f32(const float[:, :, :, ::1] a, const float[:, :, ::1] b, float[:, :
     cdef const float **a_ptrs = <const float **> malloc(sizeof(float *) * (batch + 1))
     cdef const float **b_ptrs = <const float **> malloc(sizeof(float *) * (batch + 1))
     if a_offs == NULL or b_offs == NULL or a_ptrs == NULL or b_ptrs == NULL:
-        free(a_offs); free(b_offs); free(a_ptrs); free(b_ptrs)
+        free(a_offs)
+        free(b_offs)
+        free(a_ptrs)
+        free(b_ptrs)
         raise MemoryError("brgemm: cannot allocate the offset arrays")
     with nogil:
         p.kind = variant
@@ -89,7 +92,10 @@ def brgemm_f32(const float[:, :, :, ::1] a, const float[:, :, ::1] b, float[:, :
                 err |= dlcpu_brgemm_f32(&p, isa)
                 j0 = j0 + p.nc
             g0 = g0 + mv
-    free(a_offs); free(b_offs); free(a_ptrs); free(b_ptrs)
+    free(a_offs)
+    free(b_offs)
+    free(a_ptrs)
+    free(b_ptrs)
     return err
 
 

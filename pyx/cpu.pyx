@@ -23,8 +23,8 @@ def omp_max_threads():
 def peak_flops(int isa, int64_t iters, int n_threads):
     """Run the FMA probe on n_threads threads; returns total FLOPs executed."""
     cdef double total = 0.0
-    cdef int t
-    for t in prange(n_threads, nogil=True, schedule='static', num_threads=n_threads):
+    cdef int _t
+    for _t in prange(n_threads, nogil=True, schedule='static', num_threads=n_threads):
         total += dlcpu_peak_run(isa, iters)
     return total
 

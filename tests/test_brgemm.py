@@ -1,11 +1,10 @@
 """The batch-reduce GEMM: three addressing variants, beta, fused epilogue, every ISA, every tile."""
 import numpy as np
 import pytest
+from conftest import ISAS, assert_close
 
 import dlcpu
 from dlcpu import _reference as ref
-
-from conftest import ISAS, assert_close
 
 
 def operands(rng, blocks, k, m, n):
@@ -54,20 +53,20 @@ def test_variants_agree_bitwise(rng):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(a=np.zeros((2, 16, 20), np.float32)), "multiple of 16"),
-    (dict(a=np.zeros((2, 17, 16), np.float32)), "k .* must be in 1..16"),
-    (dict(b=np.zeros((2, 4, 8), np.float32)), "does not match"),
-    (dict(b=np.zeros((3, 4, 16), np.float32)), "'strd' reduces block i"),
-    (dict(variant="offs"), "needs a_index and b_index"),
-    (dict(variant="offs", a_index=[0, 2], b_index=[0, 1]), r"a_index must lie in \[0, 2\)"),
-    (dict(variant="xyz"), "variant must be one of"),
-    (dict(beta=1), "c must be given"),
-    (dict(beta=2), "beta must be 0 or 1"),
-    (dict(bias=np.zeros(8, np.float32)), r"bias must have shape \(16,\)"),
-    (dict(c=np.zeros((4, 8), np.float32)), "c must be a C-contiguous float32 array of shape"),
+    ({"a": np.zeros((2, 16, 20), np.float32)}, "multiple of 16"),
+    ({"a": np.zeros((2, 17, 16), np.float32)}, "k .* must be in 1..16"),
+    ({"b": np.zeros((2, 4, 8), np.float32)}, "does not match"),
+    ({"b": np.zeros((3, 4, 16), np.float32)}, "'strd' reduces block i"),
+    ({"variant": "offs"}, "needs a_index and b_index"),
+    ({"variant": "offs", "a_index": [0, 2], "b_index": [0, 1]}, r"a_index must lie in \[0, 2\)"),
+    ({"variant": "xyz"}, "variant must be one of"),
+    ({"beta": 1}, "c must be given"),
+    ({"beta": 2}, "beta must be 0 or 1"),
+    ({"bias": np.zeros(8, np.float32)}, r"bias must have shape \(16,\)"),
+    ({"c": np.zeros((4, 8), np.float32)}, "c must be a C-contiguous float32 array of shape"),
 ])
 def test_bad_input(kwargs, match):
-    args = dict(a=np.zeros((2, 16, 16), np.float32), b=np.zeros((2, 4, 16), np.float32))
+    args = {"a": np.zeros((2, 16, 16), np.float32), "b": np.zeros((2, 4, 16), np.float32)}
     args.update(kwargs)
     a, b = args.pop("a"), args.pop("b")
     with pytest.raises((ValueError, TypeError), match=match):

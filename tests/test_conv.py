@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ISAS, assert_close, max_threads, needs_torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
@@ -12,8 +13,6 @@ from threadpoolctl import threadpool_limits
 import dlcpu
 from dlcpu import _reference as ref
 from dlcpu.conv import conv_shape, get_plan
-
-from conftest import ISAS, assert_close, max_threads, needs_torch
 
 
 def make(rng, n, c, k, h, w, r, s):
@@ -65,7 +64,7 @@ def test_geometry(rng, isa, case, relu):
 @pytest.mark.parametrize("stride", [1, 2, 3])
 @pytest.mark.parametrize("pad", [0, 1, 2, 3])
 def test_strides_and_paddings(rng, stride, pad):
-    x, w, b = make(rng, 1, 17, 33, 12, 10, 3, 2)
+    x, w, _b = make(rng, 1, 17, 33, 12, 10, 3, 2)
     y = dlcpu.conv2d(x, w, None, stride=stride, padding=pad)
     assert_close(y, ref.conv2d_forward(x, w, None, (stride, stride), (pad, pad)))
 
@@ -119,16 +118,16 @@ def test_isa_env_variable(rng):
             "print(dlcpu.info()['isa'])")
     for isa in ISAS:
         env = dict(os.environ, DLCPU_ISA=isa)
-        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd="/")
+        res = subprocess.run([sys.executable, "-c", code], env=env, check=False, capture_output=True, text=True, cwd="/")
         assert res.returncode == 0, res.stderr
         assert res.stdout.strip() == isa
     env = dict(os.environ, DLCPU_ISA="sse9")
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd="/")
+    res = subprocess.run([sys.executable, "-c", code], env=env, check=False, capture_output=True, text=True, cwd="/")
     assert res.returncode != 0 and "DLCPU_ISA" in res.stderr
 
 
 def test_nan_and_inf_pass_through(rng):
-    x, w, b = make(rng, 1, 16, 16, 4, 4, 1, 1)
+    x, w, _b = make(rng, 1, 16, 16, 4, 4, 1, 1)
     x[0, 0, 1, 1] = np.nan
     x[0, 1, 2, 2] = np.inf
     y = dlcpu.conv2d(x, np.abs(w), activation="relu")
@@ -169,28 +168,28 @@ def test_random_shapes(n, c, k, h, w, r, s, sh, sw, ph, pw, relu):
 
 
 BAD = [
-    (dict(x=np.zeros((1, 3, 5), np.float32)), ValueError, "4-d NCHW"),
-    (dict(w=np.zeros((4, 2, 3, 3), np.float32)), ValueError, "C=3 channels but weights expect C=2"),
-    (dict(x=np.zeros((1, 3, 5, 5), np.float64)), TypeError, "float32"),
-    (dict(x=[[1.0]]), TypeError, "numpy array"),
-    (dict(w=np.zeros((4, 3, 9, 9), np.float32)), ValueError, "output size would be <= 0"),
-    (dict(padding=-1), ValueError, "padding must be >= 0"),
-    (dict(stride=0), ValueError, "stride must be >= 1"),
-    (dict(stride=(1, 2, 3)), TypeError, "stride must be an int or an"),
-    (dict(stride=1.5), TypeError, "stride must be an int"),
-    (dict(bias=np.zeros(5, np.float32)), ValueError, r"bias must have shape \(4,\)"),
-    (dict(bias=np.zeros(4, np.float64)), TypeError, "bias must be float32"),
-    (dict(activation="gelu"), ValueError, "activation must be None or 'relu'"),
-    (dict(x=np.zeros((0, 3, 5, 5), np.float32)), ValueError, "every dimension must be >= 1"),
-    (dict(n_threads=0), ValueError, "n_threads=0 must be >= 1"),
-    (dict(isa="neon"), ValueError, "isa='neon' is not one of"),
+    ({"x": np.zeros((1, 3, 5), np.float32)}, ValueError, "4-d NCHW"),
+    ({"w": np.zeros((4, 2, 3, 3), np.float32)}, ValueError, "C=3 channels but weights expect C=2"),
+    ({"x": np.zeros((1, 3, 5, 5), np.float64)}, TypeError, "float32"),
+    ({"x": [[1.0]]}, TypeError, "numpy array"),
+    ({"w": np.zeros((4, 3, 9, 9), np.float32)}, ValueError, "output size would be <= 0"),
+    ({"padding": -1}, ValueError, "padding must be >= 0"),
+    ({"stride": 0}, ValueError, "stride must be >= 1"),
+    ({"stride": (1, 2, 3)}, TypeError, "stride must be an int or an"),
+    ({"stride": 1.5}, TypeError, "stride must be an int"),
+    ({"bias": np.zeros(5, np.float32)}, ValueError, r"bias must have shape \(4,\)"),
+    ({"bias": np.zeros(4, np.float64)}, TypeError, "bias must be float32"),
+    ({"activation": "gelu"}, ValueError, "activation must be None or 'relu'"),
+    ({"x": np.zeros((0, 3, 5, 5), np.float32)}, ValueError, "every dimension must be >= 1"),
+    ({"n_threads": 0}, ValueError, "n_threads=0 must be >= 1"),
+    ({"isa": "neon"}, ValueError, "isa='neon' is not one of"),
 ]
 
 
 @pytest.mark.parametrize("change,exc,match", BAD, ids=[b[2] for b in BAD])
 def test_bad_input(change, exc, match):
-    args = dict(x=np.zeros((1, 3, 5, 5), np.float32), w=np.zeros((4, 3, 3, 3), np.float32), bias=None,
-                stride=1, padding=0, activation=None)
+    args = {"x": np.zeros((1, 3, 5, 5), np.float32), "w": np.zeros((4, 3, 3, 3), np.float32), "bias": None,
+                "stride": 1, "padding": 0, "activation": None}
     extra = {k: change.pop(k) for k in ("n_threads", "isa") if k in change}
     args.update(change)
     with pytest.raises(exc, match=match):

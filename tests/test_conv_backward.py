@@ -2,13 +2,12 @@
 PyTorch, every ISA and thread counts."""
 import numpy as np
 import pytest
+from conftest import ISAS, assert_close, max_threads, needs_torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dlcpu
 from dlcpu import _reference as ref
-
-from conftest import ISAS, assert_close, max_threads, needs_torch
 
 
 def problem(rng, n, c, k, h, w, r, s, stride, pad):

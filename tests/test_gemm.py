@@ -1,11 +1,10 @@
 """dlcpu.matmul (plain GEMM on the BRGEMM) against float64 NumPy."""
 import numpy as np
 import pytest
+from conftest import ISAS, assert_close, max_threads
 
 import dlcpu
 from dlcpu import _reference as ref
-
-from conftest import ISAS, assert_close, max_threads
 
 
 @pytest.mark.parametrize("isa", ISAS)

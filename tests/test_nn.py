@@ -4,11 +4,10 @@ import os
 
 import numpy as np
 import pytest
+from conftest import assert_close, needs_torch
 
 import dlcpu
 from dlcpu import nn, train
-
-from conftest import assert_close, needs_torch
 
 
 def test_linear_matches_numpy(rng):

@@ -1,12 +1,11 @@
 """Pooling and batch normalization kernels against float64 twins, PyTorch and thread counts."""
 import numpy as np
 import pytest
+from conftest import assert_close, max_threads, needs_torch
 
 import dlcpu
 from dlcpu import _reference as ref
 from dlcpu import norm, pool
-
-from conftest import assert_close, max_threads, needs_torch
 
 POOLS = [  # n, c, h, w, kernel, stride, padding
     (2, 20, 9, 7, (3, 3), (2, 2), (1, 1)),

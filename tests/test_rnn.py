@@ -1,11 +1,10 @@
 """LSTM forward/backward against the float64 twin, PyTorch, finite differences, threads, ISAs."""
 import numpy as np
 import pytest
+from conftest import ISAS, assert_close, max_threads, needs_torch
 
 from dlcpu import _reference as ref
 from dlcpu import nn, rnn
-
-from conftest import ISAS, assert_close, max_threads, needs_torch
 
 
 def problem(rng, T, N, C, K, init=True, gates=4):
@@ -55,9 +54,9 @@ def test_saturated_gates(rng, isa):
     w_hh = (rng.standard_normal((4 * K, K)) * 5).astype(np.float32)
     b = np.zeros(4 * K, np.float32)
     z = np.zeros((N, K), np.float32)
-    y, (h, c), cache = rnn.lstm_forward(x, w_ih, w_hh, b, b, train=True, isa=isa)
+    y, (_h, c), cache = rnn.lstm_forward(x, w_ih, w_hh, b, b, train=True, isa=isa)
     with np.errstate(over="ignore"):
-        y_r, h_r, c_r, steps = ref.lstm_forward(x, w_ih, w_hh, b, b, z, z)
+        y_r, _h_r, c_r, steps = ref.lstm_forward(x, w_ih, w_hh, b, b, z, z)
     assert np.abs(y - y_r).max() < 1e-4 and np.abs(c - c_r).max() < 1e-4
     dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
     got = rnn.lstm_backward(dy, cache)
@@ -71,7 +70,7 @@ def test_finite_differences(rng):
     T, N, C, K = 3, 2, 5, 6
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = problem(rng, T, N, C, K)
     dy = rng.uniform(-1, 1, (T, N, K)).astype(np.float32)
-    y, _, cache = rnn.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, train=True)
+    _y, _, cache = rnn.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, train=True)
     grads = rnn.lstm_backward(dy, cache)
 
     def loss(args):
@@ -102,8 +101,8 @@ def test_against_torch(rng, size):
         for p, v in zip((m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0), (w_ih, w_hh, b_ih, b_hh)):
             p.copy_(torch.from_numpy(v))
     xt = torch.from_numpy(x).requires_grad_()
-    yt, (ht, ct) = m(xt, (torch.from_numpy(h0)[None], torch.from_numpy(c0)[None]))
-    y, (h, c), cache = rnn.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, train=True)
+    yt, (_ht, ct) = m(xt, (torch.from_numpy(h0)[None], torch.from_numpy(c0)[None]))
+    y, (_h, c), cache = rnn.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, train=True)
     assert_close(y, yt.detach().numpy())
     assert_close(c, ct[0].detach().numpy())
     dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
@@ -128,7 +127,7 @@ def test_thread_count_bitwise(rng):
 
 
 def test_prepared_weights_reused(rng):
-    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = problem(rng, 3, 4, 5, 6)
+    x, w_ih, w_hh, b_ih, b_hh, _h0, _c0 = problem(rng, 3, 4, 5, 6)
     w = rnn.prepare_lstm(w_ih, w_hh, b_ih, b_hh)
     y1, _ = rnn.lstm_forward(x, weights=w)
     y2, _ = rnn.lstm_forward(x, w_ih, w_hh, b_ih, b_hh)
@@ -136,14 +135,14 @@ def test_prepared_weights_reused(rng):
 
 
 def test_nan_propagates(rng):
-    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = problem(rng, 3, 2, 4, 5)
+    x, w_ih, w_hh, b_ih, b_hh, _h0, _c0 = problem(rng, 3, 2, 4, 5)
     x[1, 0, 0] = np.nan
     y, _ = rnn.lstm_forward(x, w_ih, w_hh, b_ih, b_hh)
     assert np.isnan(y[1:, 0]).all() and np.isfinite(y[0]).all() and np.isfinite(y[:, 1]).all()
 
 
 def test_bad_input(rng):
-    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = problem(rng, 3, 2, 4, 5)
+    x, w_ih, w_hh, b_ih, _b_hh, _h0, _c0 = problem(rng, 3, 2, 4, 5)
     with pytest.raises(ValueError, match=r"w_hh must have shape \(4K, K\)"):
         rnn.lstm_forward(x, w_ih, w_hh[:, :4])
     with pytest.raises(ValueError, match=r"w_ih must have shape \(4K, C\) = \(20, C\) for K=5"):
@@ -217,7 +216,7 @@ def test_gru_against_torch(rng):
     assert_close(y, yt.detach().numpy())
     dy = rng.uniform(-1, 1, y.shape).astype(np.float32)
     yt.backward(torch.from_numpy(dy))
-    dx, dw_ih, dw_hh, db_ih, db_hh, _ = rnn.gru_backward(dy, cache)
+    dx, _dw_ih, dw_hh, _db_ih, db_hh, _ = rnn.gru_backward(dy, cache)
     assert_close(dx, xt.grad.numpy())
     assert_close(dw_hh, m.weight_hh_l0.grad.numpy())
     assert_close(db_hh, m.bias_hh_l0.grad.numpy())
@@ -269,7 +268,7 @@ def test_rnn_against_torch_and_threads(rng):
     yt, _ = m(xt)
     outs = []
     for t in (1, max_threads(), 3):
-        y, h, cache = rnn.rnn_forward(x, *w, nonlinearity="relu", train=True, n_threads=t)
+        y, _h, cache = rnn.rnn_forward(x, *w, nonlinearity="relu", train=True, n_threads=t)
         dy = np.ones_like(y)
         outs.append((y, *rnn.rnn_backward(dy, cache)))
     assert_close(outs[0][0], yt.detach().numpy())
