@@ -21,7 +21,9 @@ EXTENSIONS = {
     "cpu": "pyx/cpu.pyx",
     "layout": "pyx/layout.pyx",
     "brgemm": "pyx/brgemm.pyx",
-    "conv": "pyx/conv.pyx",
+    "conv_direct": "pyx/conv_direct.pyx",
+    "conv_wu": "pyx/conv_wu.pyx",
+    "winograd": "pyx/winograd.pyx",
     "pool": "pyx/pool.pyx",
     "norm": "pyx/norm.pyx",
     "rnn": "pyx/rnn.pyx",
@@ -96,7 +98,7 @@ extensions = [
         [path],
         include_dirs=["pyx/kernels", "pyx", numpy.get_include()],
         depends=[os.path.join("pyx/kernels", h) for h in os.listdir("pyx/kernels")]
-        + ["pyx/dlcpu_kernels.pxd"],
+        + ["pyx/dlcpu_kernels.pxd", "pyx/dlcpu_plans.pxd"],
     )
     for name, path in EXTENSIONS.items()
 ]

@@ -236,8 +236,14 @@ def _render_conv(run, compare, check, show_plan):
               "dlcpu timed blocked-in/blocked-out; the peer in the faster of NCHW and channels_last.",
               highlight=False)
     if show_plan:
+        tc = cpu.TILE_CONSTANTS
+        out.print(f"plans ({run['pass']}{alg}); register budgets from pyx/kernels/tiles.h: "
+                  + ", ".join(f"{isa} {n} accumulators" for isa, n in tc["max_acc"].items())
+                  + f"; tiles up to mv={tc['br_max_mv']} x nr={tc['br_max_nr']} x nc={tc['br_max_nc']} "
+                  f"(transposed nc={tc['brt_max_nc']})", highlight=False)
         for r in run["layers"]:
-            out.print(f"[bold]{r['name']}[/] {r['descriptor']}\n  plan: {r['plan']}", highlight=False)
+            out.print(f"[bold]{r['name']}[/] {r['descriptor']}", highlight=False)
+            out.print("  " + r["plan"].replace("\n", "\n  "), highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------------ gemm

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import cpu
-from .conv import conv2d, conv2d_backward, get_plan, prepare_winograd
+from .conv import conv2d, conv2d_backward, pass_plans, prepare_winograd
 from .layout import block_weights, to_blocked
 
 FLOP_CONVENTION = "full taps: 2*N*K*P*Q*C*R*S (padding taps counted, as LIBXSMM)"
@@ -208,17 +208,9 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", a
 
 
 def describe_plan(shape, direction, isa, n_threads, algorithm="direct"):
-    from .conv import _ALPHA, _stride_phases, choose_weight_grad_blocking, choose_winograd_blocking
-
-    isa_name = cpu.resolve_isa(isa)
-    if direction == "fwd" and algorithm != "direct":
-        return choose_winograd_blocking(shape, _ALPHA[algorithm], isa_name, n_threads).describe()
-    if direction == "fwd":
-        return get_plan(shape, isa, n_threads).describe()
-    if direction == "bwd_w":
-        return str(choose_weight_grad_blocking(shape, isa_name, n_threads))
-    return " || ".join(f"phase ({rh},{rw}): {sub.R}x{sub.S} taps, {get_plan(sub, isa, n_threads).describe()}"
-                       for rh, rw, _, _, sub in _stride_phases(shape))
+    """Every plan the pass runs, each with the rules that fired (for --show-plan)."""
+    return "\n".join(f"{title}\n  {plan.describe()}".replace("\n", "\n  ").rstrip()
+                     for title, plan in pass_plans(shape, direction, algorithm, isa, n_threads))
 
 
 def check_conv_layer(x, w, dy, stride, pad, direction, n_threads, isa=None, algorithm="direct"):

@@ -5,22 +5,36 @@
 x, w plain float32 NCHW/KCRS arrays -> NCHW array; or BlockedTensors -> BlockedTensor (no layout
 conversion at all in that path).  Every argument is checked here, before any kernel runs.
 
-Blocking is decided once per (shape, ISA, threads) by `choose_conv_blocking` and cached; the
-driver (pyx/conv.pyx) only walks the plan.  `dlcpu bench conv --show-plan` prints it.
+Blocking is decided once per (shape, ISA, threads) by one choose_* function per plan family and
+cached by shape: choose_conv_blocking (forward, and backward-data, which is a forward on dy),
+choose_weight_grad_blocking (weight update) and choose_winograd_blocking.  Each returns a typed
+plan (dlcpu/_plans.py) backed by the C struct of pyx/kernels/plans.h that its driver reads:
+pyx/conv_direct.pyx (forward, bwd-data weight flip), pyx/conv_wu.pyx (weight update) and
+pyx/winograd.pyx (Winograd).  This module is the only importer of those three extensions.
+Register budgets and tile modes come from the compiled pyx/kernels/tiles.h (cpu.TILE_CONSTANTS);
+every rule below names the measurement behind it, and records itself in the plan's `rules`,
+which `dlcpu bench conv --show-plan` prints.
+
+Non-finite input: Winograd's transforms turn an Inf into NaN (Inf - Inf) in most outputs of its
+tiles.  algorithm='auto' therefore keeps IEEE propagation identical to direct convolution: the
+Winograd transforms report non-finite inputs (one FMA per loaded vector, no extra pass) and the
+call is recomputed by the direct algorithm when they do.  An explicit 'winograd2'/'winograd4'
+does not fall back (see conv2d).
 """
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import cpu
-from ._ext import conv as _conv
+from ._ext import conv_direct as _direct
+from ._ext import conv_wu as _wu
+from ._ext import winograd as _wino
+from ._plans import Plan
 from ._workspace import scratch
 from .layout import CB, BlockedTensor, block_weights, from_blocked, n_blocks, to_blocked
 
-# Per-ISA pixel budget of one BRGEMM call for one 16-channel group (pyx/kernels/brgemm_f32.h).
-# The scalar path has no register limit; 8 keeps its stack tile small.
-_ACCUMULATORS = {"avx512": 28, "avx2": 6, "scalar": 8}
+_TC = cpu.TILE_CONSTANTS
 
 # Bytes of input tile (or of input rows read in place) one work item keeps hot.  Zen 5 has 1 MiB of
 # L2 per core.  Measured at 1 thread, batch 4: 64 / 192 / 512 KiB gave 251 / 250 / 251 GFLOP/s on
@@ -28,9 +42,9 @@ _ACCUMULATORS = {"avx512": 28, "avx2": 6, "scalar": 8}
 # 192 KiB is kept as the middle, leaving most of L2 to the weights.
 _TILE_BYTES = 192 * 1024
 
-# How a work item gets its input (pyx/conv.pyx): in place, a padded phase-split tile, or a
-# dense subsampled tile (strided 1x1).
-TILE_NONE, TILE_PADDED, TILE_SUBSAMPLED = 0, 1, 2
+# How a work item gets its input (pyx/kernels/tiles.h, DLCPU_TILE_*): in place, a padded
+# phase-split tile, or a dense subsampled tile (strided 1x1).
+TILE_NONE, TILE_PADDED, TILE_SUBSAMPLED = (_TC["tile_modes"][m] for m in ("none", "padded", "subsampled"))
 _TILE_MODE_NAMES = {TILE_NONE: "in place", TILE_PADDED: "padded phase-split tile",
                     TILE_SUBSAMPLED: "subsampled tile"}
 
@@ -118,45 +132,29 @@ class ConvShape:
         """Forward FLOPs, full taps (every r, s counted, padding included: LIBXSMM's convention)."""
         return 2 * self.N * self.K * self.P * self.Q * self.C * self.R * self.S
 
-    def as_dict(self):
-        d = asdict(self)
-        d.update(P=self.P, Q=self.Q, Cb=self.Cb, Kb=self.Kb)
-        return d
+    def geometry(self):
+        """The shape as the plans' C struct dlcpu_conv_shape_t holds it (pyx/kernels/plans.h)."""
+        return {"N": self.N, "C": self.C, "K": self.K, "Cb": self.Cb, "Kb": self.Kb, "H": self.H, "W": self.W,
+                "P": self.P, "Q": self.Q, "R": self.R, "S": self.S, "stride_h": self.stride_h,
+                "stride_w": self.stride_w, "pad_h": self.pad_h, "pad_w": self.pad_w, "pad_b": self.pad_b,
+                "pad_r": self.pad_r}
 
 
-@dataclass(frozen=True)
-class ConvPlan:
-    """How one forward convolution is cut into BRGEMM calls.  See choose_conv_blocking."""
+class ConvPlan(Plan):
+    """How one forward convolution is cut into BRGEMM calls (struct dlcpu_conv_plan_t; see
+    choose_conv_blocking).  Fields: isa, n_threads, tile_mode, the register tile mv x nr x nc,
+    k, relu, rows_per_item/row_blocks, kb_per_group/k_groups, tile_rows/tile_phase_width/
+    tile_floats, and the shape `s`."""
 
-    isa: int
-    n_threads: int
-    tile_mode: int          # TILE_NONE / TILE_PADDED / TILE_SUBSAMPLED
-    mv: int                 # output-channel blocks per call (2: each broadcast feeds 2 FMAs)
-    nr: int                 # output rows per call
-    nc: int                 # output columns (dense rows: pixels) per call
-    k: int                  # reduction length of one block: 16, or C when C < 16
-    rows_per_item: int      # output rows one work item covers
-    row_blocks: int
-    kb_per_group: int       # output-channel blocks one work item covers
-    k_groups: int
-    tile_rows: int          # input rows in a tile
-    tile_phase_width: int   # padded columns per stride phase in a tile
-    tile_floats: int
-    relu: bool
-    reason: str             # the rules that fired, for --show-plan
+    struct = _direct.ConvPlanStruct
+    family = "direct conv"
+    __slots__ = ()
 
-    def as_dict(self):
-        return asdict(self)
-
-    def describe(self):
-        isa = cpu.ISA_BY_CODE[self.isa]
-        mode = _TILE_MODE_NAMES[self.tile_mode]
-        return (
-            f"isa={isa} threads={self.n_threads} mode={mode} block={self.mv}x16ch x {self.nr}x{self.nc}px "
-            f"k={self.k} rows/item={self.rows_per_item} ({self.row_blocks} blocks) "
-            f"kb/item={self.kb_per_group} ({self.k_groups} groups) tile={self.tile_floats * 4 // 1024} KiB"
-            f" | {self.reason}"
-        )
+    def summary(self):
+        return (f"isa={self.isa_name} threads={self.n_threads} input={_TILE_MODE_NAMES[self.tile_mode]} "
+                f"tile={self.mv}x16ch x {self.nr}x{self.nc}px k={self.k} rows/item={self.rows_per_item} "
+                f"({self.row_blocks} blocks) kb/item={self.kb_per_group} ({self.k_groups} groups) "
+                f"scratch={self.tile_floats * 4 // 1024} KiB/thread")
 
 
 def choose_conv_blocking(shape, isa="avx512", n_threads=1, relu=False):
@@ -172,8 +170,11 @@ def choose_conv_blocking(shape, isa="avx512", n_threads=1, relu=False):
     # mv=2 shares each input broadcast between two output-channel blocks: 262 vs 243 GFLOP/s
     # (99% vs 92% of peak) on the res2 3x3 rows, measured with the standalone kernel.
     mv = 2 if Kb >= 2 and isa_name != "scalar" else 1
-    budget = _ACCUMULATORS[isa_name] // mv
-    why.append(f"mv={mv}: {'Kb>=2, broadcast shared by 2 FMAs' if mv == 2 else 'one K block'}")
+    budget = cpu.max_accumulators(isa_name) // mv
+    why.append(f"mv={mv}: " + ("Kb>=2, each broadcast feeds 2 FMAs (262 vs 243 GFLOP/s on res2 3x3)" if mv == 2
+                               else ("one K block" if Kb < 2 else "scalar path")))
+    why.append(f"register budget: {cpu.max_accumulators(isa_name)} accumulators on {isa_name} "
+               f"(tiles.h) -> {budget} pixels per call")
 
     mode = _input_mode(s)
     if mode != TILE_PADDED:
@@ -181,14 +182,15 @@ def choose_conv_blocking(shape, isa="avx512", n_threads=1, relu=False):
         # are a contiguous run of pixels, so pixel tiles need not stop at row ends (the 7x7 and
         # 14x14 layers get full 14-pixel tiles).
         nr, nc = 1, budget
-        why.append(f"{_TILE_MODE_NAMES[mode]}: 1x1, pixels run across rows")
+        why.append(f"input {_TILE_MODE_NAMES[mode]}: 1x1, pixel tiles run across rows (full tiles on 7x7/14x14)")
     else:
         # Equalized column blocks (LIBXSMM find_rb): ceil(Q/budget) blocks of near-equal width,
         # so no call runs with a handful of accumulators.  Short rows stack rows instead.
         col_blocks = -(-Q // budget)
         nc = -(-Q // col_blocks)
         nr = max(1, min(4, budget // nc, P))
-        why.append(f"padded tile: pad/stride folded into a per-item copy; {col_blocks} col block(s) of <= {nc}")
+        why.append(f"input padded tile: pad/stride folded into a per-item copy; Q={Q} in {col_blocks} "
+                   f"equal column block(s) of <= {nc} (LIBXSMM find_rb), {nr} row(s) per call")
     row_bytes = _tile_row_bytes(s, mode, Cb)
 
     # Rows per work item: as many as fit the tile budget, a multiple of nr.
@@ -216,15 +218,17 @@ def choose_conv_blocking(shape, isa="avx512", n_threads=1, relu=False):
     if kb_per_group > mv and kb_per_group % mv:
         kb_per_group += 1
     k_groups = -(-Kb // kb_per_group)
-    why.append(f"items={s.N}x{k_groups}x{row_blocks} for {n_threads} thread(s)")
+    why.append(f"rows/item={hb}: input of one item within {_TILE_BYTES // 1024} KiB of L2 (64/192/512 KiB "
+               "measured equal), equalized")
+    why.append(f"work items: {s.N} image(s) x {k_groups} K group(s) x {row_blocks} row block(s) for "
+               f"{n_threads} thread(s), static schedule")
 
     tile_rows, phase_width, tile_floats = _tile_geometry(s, mode, hb, Cb)
     return ConvPlan(
-        isa=isa_code, n_threads=n_threads, tile_mode=mode, mv=mv, nr=nr, nc=nc,
+        why, s=s.geometry(), isa=isa_code, n_threads=n_threads, tile_mode=mode, mv=mv, nr=nr, nc=nc,
         k=s.C if Cb == 1 else CB, rows_per_item=hb, row_blocks=row_blocks,
         kb_per_group=kb_per_group, k_groups=k_groups, tile_rows=tile_rows,
-        tile_phase_width=phase_width, tile_floats=tile_floats, relu=bool(relu),
-        reason="; ".join(why),
+        tile_phase_width=phase_width, tile_floats=tile_floats, relu=int(bool(relu)),
     )
 
 
@@ -246,13 +250,13 @@ def batch_offsets(shape, plan):
 
 @functools.lru_cache(maxsize=256)
 def _cached_plan(shape, isa, n_threads, relu):
-    """Plan, offset arrays and the driver's argument dicts, built once per shape: building the
-    dicts on every call cost ~30 us, 10% of a 0.3 ms layer."""
+    """Plan (with its C struct) and offset arrays, built once per shape: building the driver's
+    arguments on every call cost ~30 us, 10% of a 0.3 ms layer."""
     plan = choose_conv_blocking(shape, isa, n_threads, relu)
     a_offs, b_offs = batch_offsets(shape, plan)
     a_offs.setflags(write=False)
     b_offs.setflags(write=False)
-    return plan, a_offs, b_offs, shape.as_dict(), plan.as_dict()
+    return plan, a_offs, b_offs
 
 
 def get_plan(shape, isa=None, n_threads=None, activation=None):
@@ -305,11 +309,13 @@ _ALPHA = {"winograd2": 4, "winograd4": 6}
 
 @dataclass(frozen=True, eq=False)
 class WinogradWeights:
-    """3x3 weights transformed once for Winograd: data[K/16][alpha^2][C/16][16c][16k]."""
+    """3x3 weights transformed once for Winograd: data[K/16][alpha^2][C/16][16c][16k].
+    `finite`: the weights held no Inf/NaN (else 'auto' runs such weights by the direct algorithm)."""
 
     data: np.ndarray
     shape: tuple   # logical (K, C, 3, 3)
     alpha: int
+    finite: bool = True
 
     @property
     def algorithm(self):
@@ -330,30 +336,21 @@ def prepare_winograd(w, algorithm="winograd4", *, n_threads=None):
     kb, cb = wb.data.shape[:2]
     alpha = _ALPHA[algorithm]
     u = np.empty((kb, alpha * alpha, cb, CB, CB), dtype=np.float32)
-    _conv.winograd_filter_transform(wb.data.reshape(-1), u.reshape(-1), kb, cb, alpha, n_threads)
-    return WinogradWeights(u, tuple(w_shape), alpha)
+    nonfinite = _wino.winograd_filter_transform(wb.data.reshape(-1), u.reshape(-1), kb, cb, alpha, n_threads)
+    return WinogradWeights(u, tuple(w_shape), alpha, finite=nonfinite == 0)
 
 
-@dataclass(frozen=True)
-class WinogradPlan:
-    isa: int
-    alpha: int
-    mv: int
-    nc: int                 # tiles per BRGEMM call
-    k: int
-    tiles_h: int
-    tiles_w: int
-    tiles_per_item: int
-    kb_per_item: int
-    k_groups: int
-    relu: bool
+class WinogradPlan(Plan):
+    """How one Winograd F(m x m, 3x3) convolution is cut into transforms and BRGEMM calls (struct
+    dlcpu_wino_plan_t; see choose_winograd_blocking)."""
 
-    def as_dict(self):
-        return asdict(self)
+    struct = _wino.WinogradPlanStruct
+    family = "winograd"
+    __slots__ = ()
 
-    def describe(self):
+    def summary(self):
         m = self.alpha - 2
-        return (f"winograd F({m}x{m},3x3) isa={cpu.ISA_BY_CODE[self.isa]} tiles={self.tiles_h}x{self.tiles_w}/image "
+        return (f"F({m}x{m},3x3) isa={self.isa_name} threads={self.n_threads} tiles={self.tiles_h}x{self.tiles_w}/image, "
                 f"{self.tiles_per_item} tiles/item, kb/item={self.kb_per_item} ({self.k_groups} groups), "
                 f"{self.alpha ** 2} BRGEMMs of {self.mv}x16ch x <= {self.nc} tiles")
 
@@ -369,7 +366,9 @@ def choose_winograd_blocking(shape, alpha, isa="avx512", n_threads=1, relu=False
     s = shape
     m = alpha - 2
     mv = 2 if s.Kb >= 2 and isa_name != "scalar" else 1
-    nc = _ACCUMULATORS[isa_name] // mv
+    nc = cpu.max_accumulators(isa_name) // mv
+    why = [(f"mv={mv}, nc={nc}: the direct kernels' register budget ({cpu.max_accumulators(isa_name)} "
+           f"accumulators on {isa_name}, tiles.h), tiles as pixels")]
     tiles_h, tiles_w = -(-s.P // m), -(-s.Q // m)
     total = s.N * tiles_h * tiles_w
     per_tile = alpha * alpha * s.Cb * CB * 4
@@ -397,27 +396,34 @@ def choose_winograd_blocking(shape, alpha, isa="avx512", n_threads=1, relu=False
             break
     if best is None:  # nothing divides evenly (tiny problems): one K group, nc-tile blocks
         best = (0, min(total, nc), 1)
+        why.append("split: no split divides evenly over the threads; one K group, nc-tile blocks")
+    else:
+        why.append(f"split: least U+V traffic among splits whose V scratch fits {_WINO_V_BYTES // 2**20} MiB "
+                   "and whose items divide evenly (3 items on 2 threads measured 1.08x instead of 1.8x)")
     _, t, k_groups = best
     kb_per_item = -(-s.Kb // k_groups)
     if kb_per_item > mv and kb_per_item % mv:
         kb_per_item += 1
     k_groups = -(-s.Kb // kb_per_item)
-    return WinogradPlan(cpu.ISA_CODES[isa_name], alpha, mv, nc, s.C if s.Cb == 1 else CB,
-                        tiles_h, tiles_w, t, kb_per_item, k_groups, bool(relu))
+    why.append(f"work items: {-(-total // t)} tile block(s) of {t} x {k_groups} K group(s) for {n_threads} thread(s)")
+    return WinogradPlan(why, s=s.geometry(), isa=cpu.ISA_CODES[isa_name], n_threads=n_threads, alpha=alpha, mv=mv,
+                        nc=nc, k=s.C if s.Cb == 1 else CB, relu=int(bool(relu)), tiles_h=tiles_h, tiles_w=tiles_w,
+                        tiles_per_item=t, kb_per_item=kb_per_item, k_groups=k_groups)
 
 
 @functools.lru_cache(maxsize=256)
 def _cached_winograd_plan(shape, alpha, isa, n_threads, relu):
-    plan = choose_winograd_blocking(shape, alpha, isa, n_threads, relu)
-    return plan, shape.as_dict(), plan.as_dict()
+    return choose_winograd_blocking(shape, alpha, isa, n_threads, relu)
 
 
 def _winograd_into(x_data, u, bias_p, y, shape, isa_code, n_threads, relu):
-    plan, shape_args, plan_args = _cached_winograd_plan(shape, u.alpha, isa_code, n_threads, relu)
-    errors = _conv.conv2d_winograd_f32(x_data.reshape(-1), u.data.reshape(-1), bias_p, y.reshape(-1),
-                                       shape_args, plan_args, n_threads)
+    """Run the Winograd driver; returns the number of input patches that held a non-finite value."""
+    plan = _cached_winograd_plan(shape, u.alpha, isa_code, n_threads, relu)
+    errors, nonfinite = _wino.conv2d_winograd_f32(x_data.reshape(-1), u.data.reshape(-1), bias_p, y.reshape(-1),
+                                                  plan.c, n_threads)
     if errors:
-        raise RuntimeError(f"conv2d: internal error in the Winograd path ({errors}; {plan.describe()})")
+        raise MemoryError(f"conv2d: could not allocate the Winograd scratch of {errors} work item(s) ({plan.summary()})")
+    return nonfinite
 
 
 def winograd_applies(shape):
@@ -427,7 +433,8 @@ def winograd_applies(shape):
 
 def choose_algorithm(shape, isa_name):
     """'auto': the direct kernels everywhere, except where measurements said Winograd F(4x4)
-    wins (see the rule's comment)."""
+    wins (see the rule's comment).  conv2d falls back to direct for a call whose input or
+    weights hold Inf/NaN, so 'auto' propagates them exactly as direct convolution does."""
     if not winograd_applies(shape) or isa_name == "scalar":
         return "direct"
     return "winograd4" if _winograd4_wins(shape) else "direct"
@@ -450,13 +457,12 @@ def _operand(t, kind, fn, name):
 
 def _forward_into(x_data, w_data, bias_p, y, shape, isa_code, n_threads, relu):
     """Run the planned forward kernel on blocked buffers; y has shape (N, Kb, P, Q, 16)."""
-    plan, a_offs, b_offs, shape_args, plan_args = _cached_plan(shape, isa_code, n_threads, relu)
-    errors = _conv.conv2d_forward_f32(
-        x_data.reshape(-1), w_data.reshape(-1), bias_p, y.reshape(-1),
-        shape_args, plan_args, a_offs, b_offs, n_threads,
-    )
+    plan, a_offs, b_offs = _cached_plan(shape, isa_code, n_threads, relu)
+    errors = _direct.conv2d_forward_f32(x_data.reshape(-1), w_data.reshape(-1), bias_p, y.reshape(-1),
+                                        plan.c, a_offs, b_offs, n_threads)
     if errors:
-        raise RuntimeError(f"conv: internal error, {errors} kernel call(s) had no microkernel ({plan.describe()})")
+        raise MemoryError(f"conv: could not allocate the per-thread input tile of {errors} work item(s) "
+                          f"({plan.summary()})")
 
 
 _NO_BIAS = np.empty(0, dtype=np.float32)
@@ -475,6 +481,11 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     algorithm: 'direct', 'winograd2' / 'winograd4' (F(2x2,3x3) / F(4x4,3x3), 3x3 stride 1 only;
     w may be a WinogradWeights from prepare_winograd, else it is transformed on every call) or
     'auto' (direct, or Winograd F(4x4) where a measured rule says it is faster).
+    Non-finite values: 'direct' and 'auto' propagate Inf/NaN as IEEE arithmetic says (as PyTorch
+    does); when 'auto' chose Winograd and the input or weights hold an Inf or NaN, the call is
+    recomputed by the direct algorithm, so 'auto' gives direct's result exactly there.  An explicit
+    'winograd2'/'winograd4' (or prepared weights) has no such fallback: like every Winograd
+    implementation, its transforms may turn an Inf into NaN (Inf - Inf) across the Inf's tiles.
     """
     if activation not in (None, "relu"):
         raise ValueError(f"conv2d: activation must be None or 'relu', got {activation!r}")
@@ -509,7 +520,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
             raise ValueError(f"conv2d: out must be a float32 BlockedTensor with data shape {out_shape}")
     if xb is None:
         xb = to_blocked(x, n_threads)  # validates dtype/contiguity of x
-    if algorithm == "auto":
+    auto = algorithm == "auto"
+    if auto:
         algorithm = choose_algorithm(shape, cpu.ISA_BY_CODE[isa_code])
     if algorithm != "direct":
         if not winograd_applies(shape):
@@ -517,7 +529,9 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
                              f"stride ({shape.stride_h}, {shape.stride_w})")
         if prepared is None:
             prepared = prepare_winograd(wb if wb is not None else w, algorithm, n_threads=n_threads)
-    elif wb is None and prepared is None:
+            if auto and not prepared.finite:   # Inf/NaN weights: direct's IEEE propagation
+                algorithm, prepared = "direct", None
+    if algorithm == "direct" and wb is None and prepared is None:
         wb = block_weights(w, n_threads)
     if bias is None:
         bias_p = _NO_BIAS
@@ -529,8 +543,10 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
         if wb is None:
             raise ValueError("conv2d: WinogradWeights cannot run the direct algorithm; pass the weights themselves")
         _forward_into(xb.data, wb.data, bias_p, y, shape, isa_code, n_threads, activation == "relu")
-    else:
-        _winograd_into(xb.data, prepared, bias_p, y, shape, isa_code, n_threads, activation == "relu")
+    elif _winograd_into(xb.data, prepared, bias_p, y, shape, isa_code, n_threads, activation == "relu") and auto:
+        # Non-finite input under 'auto': recompute by the direct algorithm (see the docstring).
+        _forward_into(xb.data, wb.data if wb is not None else block_weights(w, n_threads).data, bias_p, y, shape,
+                      isa_code, n_threads, activation == "relu")
     yb = out if out is not None else BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation")
     return yb if blocked_in else from_blocked(yb, n_threads)
 
@@ -538,29 +554,24 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
 # ==============================================================================================
 # Backward passes
 # ==============================================================================================
-@dataclass(frozen=True)
-class WeightGradPlan:
-    """How the weight update is cut into transposed-B BRGEMM calls (pyx/conv.pyx: wu_item).
+class WeightGradPlan(Plan):
+    """How the weight update is cut into transposed-B BRGEMM calls (struct dlcpu_wu_plan_t,
+    pyx/conv_wu.pyx: wu_item).
 
     Items are (K group, C group) pairs; one item reduces its dW blocks over every image and
     output row, `rows_per_block` rows (one call's batch) at a time."""
 
-    isa: int
-    tile_mode: int
-    rows_per_block: int
-    row_blocks: int
-    images_per_block: int
-    k_inner: bool           # loop K blocks inside C blocks (else C inside K)
-    kb_per_item: int
-    k_groups: int
-    cb_per_item: int
-    c_groups: int
-    tile_rows: int
-    tile_phase_width: int
-    tile_floats: int
+    struct = _wu.WeightGradPlanStruct
+    family = "weight update"
+    __slots__ = ()
 
-    def as_dict(self):
-        return asdict(self)
+    def summary(self):
+        return (f"isa={self.isa_name} threads={self.n_threads} input={_TILE_MODE_NAMES[self.tile_mode]} "
+                f"tile<= {self.nr} taps x {self.nc} dW rows (max_acc {self.max_acc}) "
+                f"loop={'K inside C' if self.k_inner else 'C inside K'} rows/call={self.rows_per_block} "
+                f"({self.row_blocks} blocks) images/call={self.images_per_block} "
+                f"items={self.k_groups} K x {self.c_groups} C groups "
+                f"scratch={self.tile_floats * self.images_per_block * 4 // 1024} KiB/thread")
 
 
 # Pixels one weight-update call should reduce over (see images_per_block).
@@ -572,9 +583,17 @@ _WU_REREAD_BYTES = 384 * 1024
 
 
 def choose_weight_grad_blocking(shape, isa="avx512", n_threads=1):
+    """Pick the work split, loop order and row blocking of one weight update (WeightGradPlan)."""
     isa_code = cpu.ISA_CODES[isa] if isinstance(isa, str) else isa
     s = shape
     mode = _input_mode(s)
+    max_acc = cpu.max_accumulators(isa_code)
+    # A call holds up to 16 dW rows (one input-channel block) and stacks up to 4 taps, within
+    # the register budget: 4 taps x 3 channels keep 12 accumulators busy on C=3 first layers.
+    nc = min(_TC["brt_max_nc"], max_acc)
+    nr = _TC["br_max_nr"]
+    why = [(f"tile: up to {nr} taps x {nc} dW rows within {max_acc} accumulators ({cpu.ISA_BY_CODE[isa_code]}, "
+           "tiles.h); taps stack when C < 16")]
     # Split K first (every item then packs the input of its C group once per row block and
     # reuses it for all its K blocks), then C, until every thread has an item.
     k_groups = min(s.Kb, n_threads)
@@ -608,15 +627,26 @@ def choose_weight_grad_blocking(shape, isa="avx512", n_threads=1):
     if row_blocks == 1:
         images = min(s.N, max(1, _WU_PIXELS_PER_CALL // (s.P * s.Q)),
                      max(1, _WU_REREAD_BYTES // max(1, row_bytes * hb)))
+    why.append(f"work items: {k_groups} K group(s) x {c_groups} C group(s) for {n_threads} thread(s): K split "
+               "first, so each item packs its input once per row block")
+    why.append("loop order: " + (f"K inside C (Kb={s.Kb} < Cb={s.Cb}: dy rows stay in L2; res5b_branch2a "
+                                 "279 -> 386 GFLOP/s)" if k_inner else
+                                 f"C inside K (Cb={s.Cb} <= Kb={s.Kb}: the input tile stays in L2)"))
+    why.append(f"rows/call={hb}: >= ~128 pixels per call, re-read operand within {_WU_REREAD_BYTES // 1024} KiB "
+               "(sized for the whole problem, so sums do not depend on the thread count)")
+    if images > 1:
+        why.append(f"images/call={images}: small images share a call (res5b_branch2b 352 -> 404 GFLOP/s)")
     tile_rows, phase_width, tile_floats = _tile_geometry(s, mode, hb, cb_per_item)
-    return WeightGradPlan(isa_code, mode, hb, row_blocks, images, k_inner, kb_per_item, k_groups, cb_per_item,
-                          c_groups, tile_rows, phase_width, tile_floats)
+    return WeightGradPlan(
+        why, s=s.geometry(), isa=isa_code, n_threads=n_threads, tile_mode=mode, max_acc=max_acc, nc=nc, nr=nr,
+        k_inner=int(k_inner), rows_per_block=hb, row_blocks=row_blocks, images_per_block=images,
+        kb_per_item=kb_per_item, k_groups=k_groups, cb_per_item=cb_per_item, c_groups=c_groups,
+        tile_rows=tile_rows, tile_phase_width=phase_width, tile_floats=tile_floats)
 
 
 @functools.lru_cache(maxsize=256)
 def _cached_weight_grad_plan(shape, isa, n_threads):
-    plan = choose_weight_grad_blocking(shape, isa, n_threads)
-    return plan, shape.as_dict(), plan.as_dict()
+    return choose_weight_grad_blocking(shape, isa, n_threads)
 
 
 def _stride_phases(shape):
@@ -700,12 +730,13 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, n
         if not blocked_in:
             dx = from_blocked(dx, n_threads)
     if "dw" in need:
-        _plan, shape_args, plan_args = _cached_weight_grad_plan(shape, isa_code, n_threads)
+        plan = _cached_weight_grad_plan(shape, isa_code, n_threads)
         dw_data = np.zeros((shape.Kb, shape.Cb, shape.R, shape.S, CB, CB), dtype=np.float32)
-        errors = _conv.conv2d_weight_grad_f32(xb.data.reshape(-1), dyb.data.reshape(-1),
-                                              dw_data.reshape(-1), shape_args, plan_args, n_threads)
+        errors = _wu.conv2d_weight_grad_f32(xb.data.reshape(-1), dyb.data.reshape(-1), dw_data.reshape(-1),
+                                            plan.c, n_threads)
         if errors:
-            raise RuntimeError(f"{fn}: internal error, {errors} weight-update call(s) had no microkernel")
+            raise MemoryError(f"{fn}: could not allocate the weight-update scratch of {errors} work item(s) "
+                              f"({plan.summary()})")
         dw = BlockedTensor(dw_data, (shape.K, shape.C, shape.R, shape.S), "weight")
         if not blocked_in:
             dw = dw.numpy()
@@ -722,7 +753,7 @@ def _backward_data(dy_data, w_data, shape, isa_code, n_threads):
     dx = (np.zeros if strided else np.empty)((s.N, s.Cb, s.H, s.W, CB), dtype=np.float32)
     for rho_h, rho_w, h0, w0, sub in _stride_phases(s):
         wt = scratch("conv.bwd_weights", (s.Cb, s.Kb, sub.R, sub.S, CB, CB))
-        _conv.flip_transpose_weights(w_data, wt, rho_h, rho_w, s.stride_h, s.stride_w, n_threads)
+        _direct.flip_transpose_weights(w_data, wt, rho_h, rho_w, s.stride_h, s.stride_w, n_threads)
         if not strided:
             _forward_into(dy_data, wt, _NO_BIAS, dx, sub, isa_code, n_threads, False)
             continue
@@ -730,6 +761,27 @@ def _backward_data(dy_data, w_data, shape, isa_code, n_threads):
         _forward_into(dy_data, wt, _NO_BIAS, part, sub, isa_code, n_threads, False)
         dx[:, :, h0::s.stride_h, w0::s.stride_w, :][:, :, : sub.P, : sub.Q] = part
     return dx
+
+
+def pass_plans(shape, direction="fwd", algorithm="direct", isa=None, n_threads=None):
+    """Every plan one pass would run, as (title, plan) pairs: the forward plan, the Winograd
+    plan, the weight-update plan, or for bwd-data the forward plan on dy of each stride phase.
+    The same cached plans conv2d / conv2d_backward use (what `--show-plan` prints)."""
+    isa_code = cpu.isa_code(isa)
+    n_threads = cpu.resolve_threads(n_threads)
+    if direction == "fwd" and algorithm == "auto":
+        algorithm = choose_algorithm(shape, cpu.ISA_BY_CODE[isa_code])
+    if direction == "fwd" and algorithm != "direct":
+        return [(f"forward {algorithm}", _cached_winograd_plan(shape, _ALPHA[algorithm], isa_code, n_threads, False))]
+    if direction == "fwd":
+        return [("forward", _cached_plan(shape, isa_code, n_threads, False)[0])]
+    if direction == "bwd_w":
+        return [("weight update", _cached_weight_grad_plan(shape, isa_code, n_threads))]
+    if direction != "bwd_d":
+        raise ValueError(f"pass_plans: direction must be fwd, bwd_d or bwd_w, got {direction!r}")
+    return [((f"bwd-data phase ({rh},{rw}): forward on dy, {sub.R}x{sub.S} flipped taps, pad "
+             f"({sub.pad_h},{sub.pad_w},{sub.pad_b},{sub.pad_r})"), _cached_plan(sub, isa_code, n_threads, False)[0])
+            for rh, rw, _, _, sub in _stride_phases(shape)]
 
 
 def _winograd4_wins(shape):

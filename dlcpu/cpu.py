@@ -10,12 +10,22 @@ import platform
 from . import _config
 from ._ext import cpu as _cpu
 
-ISA_SCALAR, ISA_AVX2, ISA_AVX512 = 0, 1, 2
-ISA_CODES = {"scalar": ISA_SCALAR, "avx2": ISA_AVX2, "avx512": ISA_AVX512}
+#: The tile and register-budget constants, read from the compiled header pyx/kernels/tiles.h
+#: (max_acc per ISA, table bounds, tile modes, ISA codes): the planners use these, never copies.
+TILE_CONSTANTS = _cpu.TILE_CONSTANTS
+has_tile = _cpu.has_tile
+
+ISA_CODES = dict(TILE_CONSTANTS["isa_codes"])
+ISA_SCALAR, ISA_AVX2, ISA_AVX512 = ISA_CODES["scalar"], ISA_CODES["avx2"], ISA_CODES["avx512"]
 ISA_BY_CODE = {v: k for k, v in ISA_CODES.items()}
 
 #: channel block of the fp32 blocked layouts: one AVX-512 vector of float32
-CHANNEL_BLOCK = 16
+CHANNEL_BLOCK = TILE_CONSTANTS["channel_block"]
+
+
+def max_accumulators(isa):
+    """Register budget (16-float accumulators) of one BRGEMM call on an ISA path (name or code)."""
+    return TILE_CONSTANTS["max_acc"][isa if isinstance(isa, str) else ISA_BY_CODE[isa]]
 
 _FEATURE_BITS = {
     "avx2": 1, "fma": 2, "avx512f": 4, "avx512bw": 8, "avx512vl": 16, "avx512dq": 32,

@@ -22,8 +22,6 @@ from ._workspace import scratch
 CB = cpu.CHANNEL_BLOCK
 VARIANTS = {"strd": 0, "offs": 1, "addr": 2}
 
-# Rows per GEMM row tile: the pixel budget of one mv=2 call (pyx/kernels/brgemm_f32.h).
-_GEMM_TILE_ROWS = {"avx512": 14, "avx2": 3, "scalar": 8}
 
 
 def _f32(arr, name, ndim, fn):
@@ -145,7 +143,8 @@ def matmul(x, y, *, bias=None, transpose_x=False, n_threads=None, isa=None):
         checked.append(yi)
     n_threads = cpu.resolve_threads(n_threads)
     isa_name = cpu.resolve_isa(isa)
-    T = _GEMM_TILE_ROWS[isa_name]
+    # Rows per row tile: the pixel budget of one mv=2 call (tiles.h: 14 on AVX-512, 3 on AVX2).
+    T = cpu.max_accumulators(isa_name) // 2
     kc = -(-K // CB)
     xp = scratch("gemm.x", (-(-m // T), kc, T, CB))
     if transpose_x:

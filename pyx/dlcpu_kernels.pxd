@@ -45,7 +45,7 @@ cdef extern from "brgemm_f32.h" nogil:
         int b_trans
     int dlcpu_brgemm_f32(const dlcpu_brgemm_f32_t *p, int isa)
     int dlcpu_brgemm_f32_max_pixels(int isa, int mv)
-    int dlcpu_brgemm_f32_t_max_acc(int isa)
+    int dlcpu_brgemm_has_tile(int isa, int mv, int nr, int nc, int transposed)
 
 cdef extern from "conv_f32.h" nogil:
     void dlcpu_conv_pack_tile_f32(const float *x_img, float *tile, int64_t Cb, int64_t H, int64_t W,
@@ -54,6 +54,9 @@ cdef extern from "conv_f32.h" nogil:
                                         int64_t W, int64_t ih0, int64_t rows, int64_t sh,
                                         int64_t iw0, int64_t cols, int64_t sw)
     void dlcpu_transpose_16x16_f32(const float *src, float *dst)
+    const float *dlcpu_conv_item_input(int mode, const float *x_img, float *tile, int64_t Cb, int64_t H,
+                                       int64_t W, int64_t p0, int64_t sh, int64_t sw, int64_t ph,
+                                       int64_t pw, int64_t TR, int64_t PW)
 
 cdef extern from "peak.h" nogil:
     double dlcpu_peak_run(int isa, int64_t iters)

@@ -11,7 +11,7 @@ def test_cli_is_installed_inside_dlcpu():
 
 
 def test_extensions_present():
-    for name in ("cpu", "layout", "brgemm", "conv", "pool", "norm"):
+    for name in ("cpu", "layout", "brgemm", "conv_direct", "conv_wu", "winograd", "pool", "norm", "rnn"):
         assert importlib.util.find_spec(f"dlcpu._ext.{name}") is not None
 
 

@@ -89,3 +89,50 @@ def test_errors(rng):
         prepare_winograd(np.zeros((4, 4, 5, 5), np.float32))
     with pytest.raises(ValueError, match="algorithm must be one of"):
         dlcpu.conv2d(x, np.zeros((4, 4, 3, 3), np.float32), algorithm="fft")
+
+
+def _nonfinite_case(rng, where):
+    """A 128 -> 128 3x3 layer that 'auto' runs by Winograd F(4x4), with Inf/NaN planted."""
+    x = rng.uniform(-1, 1, (2, 128, 14, 14)).astype(np.float32)
+    wt = rng.uniform(-1, 1, (128, 128, 3, 3)).astype(np.float32)
+    if where == "inf":
+        x[0, 5, 7, 7] = np.inf
+    elif where == "-inf+nan":
+        x[1, 100, 0, 13] = -np.inf
+        x[0, 17, 3, 4] = np.nan
+    else:   # weights
+        wt[3, 7, 1, 1] = np.inf
+    return x, wt
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("where", ["inf", "-inf+nan", "weights"])
+def test_auto_propagates_nonfinite_like_direct(rng, isa, where):
+    """'auto' falls back to direct when Winograd's transforms see Inf/NaN: the same positions of
+    Inf, -Inf and NaN as direct convolution, finite values close (issue 8)."""
+    x, wt = _nonfinite_case(rng, where)
+    b = rng.uniform(-1, 1, 128).astype(np.float32)
+    direct = dlcpu.conv2d(x, wt, b, padding=1, algorithm="direct", isa=isa)
+    auto = dlcpu.conv2d(x, wt, b, padding=1, isa=isa)
+    for mask in (np.isnan, np.isposinf, np.isneginf):
+        assert np.array_equal(mask(auto), mask(direct)), mask.__name__
+    assert np.isinf(direct).any()
+    fin = np.isfinite(direct)
+    assert rel_l2(auto[fin], direct[fin]) <= CONTRACT["winograd4"]
+
+
+def test_auto_picks_winograd_and_explicit_winograd_makes_nan(rng):
+    """The case above really runs Winograd under 'auto' (so the fallback is what keeps Inf), and
+    an explicit algorithm='winograd4' documents its NaN."""
+    x, wt = _nonfinite_case(rng, "inf")
+    shape = conv_shape(x.shape, wt.shape, 1, 1)
+    assert choose_algorithm(shape, "avx512") == "winograd4"
+    y = dlcpu.conv2d(x, wt, padding=1, algorithm="winograd4")
+    assert np.isnan(y).sum() > 0
+
+
+def test_finite_auto_is_winograd_bitwise(rng):
+    """With finite input the fallback never fires: 'auto' equals the Winograd result bitwise."""
+    x, wt = _nonfinite_case(rng, "none")
+    wt[3, 7, 1, 1] = 0.5
+    assert np.array_equal(dlcpu.conv2d(x, wt, padding=1), dlcpu.conv2d(x, wt, padding=1, algorithm="winograd4"))

@@ -37,6 +37,7 @@
 #include <string.h>
 #include <immintrin.h>
 #include "isa.h"
+#include "tiles.h"
 
 enum { DLCPU_BR_STRD = 0, DLCPU_BR_OFFS = 1, DLCPU_BR_ADDR = 2 };
 
@@ -75,9 +76,7 @@ dlcpu_br_block(const dlcpu_brgemm_f32_t *p, int64_t i, const float **a, const fl
     }
 }
 
-/* Largest accumulator tile (in 16-float groups x pixels) each ISA's kernels are built for. */
-#define DLCPU_AVX512_MAX_ACC 28   /* 32 zmm: 28 accumulators + 2 weight vectors + broadcasts */
-#define DLCPU_AVX2_MAX_ACC 6      /* 16 ymm, a 16-float group is 2 ymm: 12 + 2 weights + 1 */
+/* The register budgets (DLCPU_*_MAX_ACC) and table bounds come from tiles.h. */
 
 /* ------------------------------------------------------------------------------------------ */
 /* AVX-512                                                                                     */
@@ -216,7 +215,7 @@ dlcpu_brgemm_f32_avx2_body(const dlcpu_brgemm_f32_t *p, const int MV, const int 
 static void
 dlcpu_brgemm_f32_scalar(const dlcpu_brgemm_f32_t *p)
 {
-    float acc[2][DLCPU_AVX512_MAX_ACC][16];
+    float acc[DLCPU_SCALAR_MAX_ACC][16];   /* group g, pixel t at acc[g * NP + t] */
     const int NP = p->nr * p->nc;
     memset(acc, 0, sizeof(acc));
     for (int64_t i = 0; i < p->batch; i++) {
@@ -228,14 +227,14 @@ dlcpu_brgemm_f32_scalar(const dlcpu_brgemm_f32_t *p)
                     for (int kk = 0; kk < p->k; kk++) {
                         const float x = p->b_trans ? b[r * p->b_rstride + kk * 16 + j] : b[r * p->b_rstride + j * 16 + kk];
                         const float *w = a + g * p->a_mstride + kk * 16;
-                        for (int m = 0; m < 16; m++) acc[g][r * p->nc + j][m] += w[m] * x;
+                        for (int m = 0; m < 16; m++) acc[g * NP + r * p->nc + j][m] += w[m] * x;
                     }
     }
     for (int g = 0; g < p->mv; g++)
         for (int t = 0; t < NP; t++) {
             float *c = p->c + g * p->c_mstride + (t / p->nc) * p->c_rstride + (t % p->nc) * p->ldc;
             for (int m = 0; m < 16; m++) {
-                float v = acc[g][t][m];
+                float v = acc[g * NP + t][m];
                 if (p->beta) v += c[m];
                 if (p->bias) v += p->bias[16 * g + m];
                 if (p->relu && v < 0.0f) v = 0.0f;
@@ -248,9 +247,6 @@ dlcpu_brgemm_f32_scalar(const dlcpu_brgemm_f32_t *p)
 /* Instances and dispatch                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 typedef void (*dlcpu_brgemm_f32_fn)(const dlcpu_brgemm_f32_t *);
-
-#define DLCPU_BR_MAX_NR 4
-#define DLCPU_BR_MAX_NC 28
 
 #define DLCPU_BR_INST(ISA, MV, NR, NC)                                                          \
     static DLCPU_TARGET_##ISA void dlcpu_brgemm_f32_##ISA##_##MV##_##NR##_##NC(               \
@@ -303,7 +299,6 @@ typedef void (*dlcpu_brgemm_f32_fn)(const dlcpu_brgemm_f32_t *);
 #define DLCPU_BRT_AVX2_TILES(X)                                                                   \
     X(AVX2,1,1) X(AVX2,1,2) X(AVX2,1,3) X(AVX2,1,4) X(AVX2,1,5) X(AVX2,1,6)                      \
     X(AVX2,2,1) X(AVX2,2,2) X(AVX2,2,3) X(AVX2,3,1) X(AVX2,3,2) X(AVX2,4,1)
-#define DLCPU_BRT_MAX_NC 16
 
 #define dlcpu_brgemm_f32_AVX512_body dlcpu_brgemm_f32_avx512_body
 #define dlcpu_brgemm_f32_AVX2_body dlcpu_brgemm_f32_avx2_body
@@ -313,10 +308,10 @@ DLCPU_BR_AVX2_TILES(DLCPU_BR_INST)
 DLCPU_BRT_AVX512_TILES(DLCPU_BRT_INST)
 DLCPU_BRT_AVX2_TILES(DLCPU_BRT_INST)
 
-static const dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_avx512_table[2][DLCPU_BR_MAX_NR][DLCPU_BR_MAX_NC] = {
+static const dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_avx512_table[DLCPU_BR_MAX_MV][DLCPU_BR_MAX_NR][DLCPU_BR_MAX_NC] = {
     DLCPU_BR_AVX512_TILES(DLCPU_BR_SLOT)
 };
-static const dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_avx2_table[2][DLCPU_BR_MAX_NR][DLCPU_BR_MAX_NC] = {
+static const dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_avx2_table[DLCPU_BR_MAX_MV][DLCPU_BR_MAX_NR][DLCPU_BR_MAX_NC] = {
     DLCPU_BR_AVX2_TILES(DLCPU_BR_SLOT)
 };
 
@@ -330,26 +325,19 @@ static const dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_t_avx2_table[DLCPU_BR_MAX_NR][
 /* Most pixels one call may hold for a given ISA and group count (the planner's budget). */
 static inline int dlcpu_brgemm_f32_max_pixels(int isa, int mv)
 {
-    if (isa == DLCPU_ISA_AVX512) return DLCPU_AVX512_MAX_ACC / mv;
-    if (isa == DLCPU_ISA_AVX2) return DLCPU_AVX2_MAX_ACC / mv;
-    return DLCPU_AVX512_MAX_ACC / mv;
+    return dlcpu_max_acc(isa) / mv;
 }
 
-/* Look up the kernel for (isa, mv, nr, nc); NULL when that tile was not built. */
+/* Look up the kernel for (isa, mv, nr, nc); NULL when that tile was not built.  The scalar path
+ * has one generic body for every tile within its budget. */
 static inline dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_lookup(int isa, int mv, int nr, int nc)
 {
-    if (mv < 1 || mv > 2 || nr < 1 || nr > DLCPU_BR_MAX_NR || nc < 1 || nc > DLCPU_BR_MAX_NC)
+    if (mv < 1 || mv > DLCPU_BR_MAX_MV || nr < 1 || nr > DLCPU_BR_MAX_NR || nc < 1 || nc > DLCPU_BR_MAX_NC)
         return NULL;
     if (isa == DLCPU_ISA_AVX512) return dlcpu_brgemm_f32_avx512_table[mv - 1][nr - 1][nc - 1];
     if (isa == DLCPU_ISA_AVX2) return dlcpu_brgemm_f32_avx2_table[mv - 1][nr - 1][nc - 1];
-    if (mv * nr * nc <= DLCPU_AVX512_MAX_ACC) return dlcpu_brgemm_f32_scalar;
+    if (isa == DLCPU_ISA_SCALAR && mv * nr * nc <= DLCPU_SCALAR_MAX_ACC) return dlcpu_brgemm_f32_scalar;
     return NULL;
-}
-
-/* Accumulators (taps x dW rows) one transposed-B call may hold for an ISA. */
-static inline int dlcpu_brgemm_f32_t_max_acc(int isa)
-{
-    return isa == DLCPU_ISA_AVX2 ? DLCPU_AVX2_MAX_ACC : DLCPU_AVX512_MAX_ACC;
 }
 
 static inline dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_t_lookup(int isa, int mv, int nr, int nc)
@@ -357,7 +345,16 @@ static inline dlcpu_brgemm_f32_fn dlcpu_brgemm_f32_t_lookup(int isa, int mv, int
     if (mv != 1 || nr < 1 || nr > DLCPU_BR_MAX_NR || nc < 1 || nc > DLCPU_BRT_MAX_NC) return NULL;
     if (isa == DLCPU_ISA_AVX512) return dlcpu_brgemm_f32_t_avx512_table[nr - 1][nc - 1];
     if (isa == DLCPU_ISA_AVX2) return dlcpu_brgemm_f32_t_avx2_table[nr - 1][nc - 1];
-    return nr * nc <= DLCPU_AVX512_MAX_ACC ? dlcpu_brgemm_f32_scalar : NULL;
+    if (isa == DLCPU_ISA_SCALAR && nr * nc <= DLCPU_SCALAR_MAX_ACC) return dlcpu_brgemm_f32_scalar;
+    return NULL;
+}
+
+/* Whether this build has a kernel for a tile: the question every plan asks when it is made
+ * (dlcpu/_plans.py), so a plan the build cannot run is refused there, never inside a driver. */
+static inline int dlcpu_brgemm_has_tile(int isa, int mv, int nr, int nc, int transposed)
+{
+    return (transposed ? dlcpu_brgemm_f32_t_lookup(isa, mv, nr, nc)
+                       : dlcpu_brgemm_f32_lookup(isa, mv, nr, nc)) != NULL;
 }
 
 /* Run one call; returns 0, or -1 when no kernel exists for the tile (callers plan around it). */

@@ -14,6 +14,7 @@
 #define DLCPU_CONV_F32_H
 #include <stdint.h>
 #include <string.h>
+#include "tiles.h"
 
 static inline void
 dlcpu_conv_pack_tile_f32(const float *x_img, float *tile, int64_t Cb, int64_t H, int64_t W,
@@ -86,5 +87,23 @@ dlcpu_conv_pack_subsampled_f32(const float *x_img, float *tile, int64_t Cb, int6
             }
         }
     }
+}
+
+/* Where one work item's B blocks start (tile mode DLCPU_TILE_*, tiles.h): the image in place, or a
+ * freshly packed tile of the TR input rows from output row p0 on.  Shared by the forward and the
+ * weight-update drivers. */
+static inline const float *
+dlcpu_conv_item_input(int mode, const float *x_img, float *tile, int64_t Cb, int64_t H, int64_t W,
+                      int64_t p0, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t TR, int64_t PW)
+{
+    if (mode == DLCPU_TILE_PADDED) {
+        dlcpu_conv_pack_tile_f32(x_img, tile, Cb, H, W, p0 * sh - ph, TR, sw, PW, pw);
+        return tile;
+    }
+    if (mode == DLCPU_TILE_SUBSAMPLED) {
+        dlcpu_conv_pack_subsampled_f32(x_img, tile, Cb, H, W, p0 * sh - ph, TR, sh, -pw, PW, sw);
+        return tile;
+    }
+    return x_img + p0 * W * 16;
 }
 #endif

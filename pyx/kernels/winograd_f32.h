@@ -9,6 +9,14 @@
  *   U[xi][nu] = (G g G^T)[xi][nu]      per (k, c): filter transform, once per weight tensor
  *   V[xi][nu] = (B^T d B)[xi][nu]      per (tile, c): input transform of an alpha x alpha patch
  *   Y         = A^T M A                per (tile, k): output transform to an m x m patch
+ *
+ * Non-finite values: the transforms add and subtract neighbouring pixels, so one Inf becomes
+ * Inf - Inf = NaN in most outputs of its tiles, where a direct convolution gives Inf.  So the
+ * filter and input transforms also report whether anything they loaded was not finite: each
+ * loaded vector is folded into a lane accumulator as v * 0 (0 for finite v, NaN for Inf or NaN),
+ * one FMA per vector already in registers, no extra pass over memory.  The driver
+ * (pyx/winograd.pyx) returns the count, and dlcpu.conv2d(algorithm="auto") reruns such a call
+ * with the direct algorithm, so 'auto' propagates Inf/NaN exactly as direct convolution does.
  */
 #ifndef DLCPU_WINOGRAD_F32_H
 #define DLCPU_WINOGRAD_F32_H
@@ -38,11 +46,23 @@ static inline const float *dlcpu_wino_bt(int alpha, int i, int j)
     return alpha == 4 ? &dlcpu_wino_bt4[i][j] : &dlcpu_wino_bt6[i][j];
 }
 
-/* U[(xi*alpha+nu)*u_stride + c*16 + k] for one 16x16 (c, k) weight block w[r][s][c][k]. */
-static inline void
+/* 1 when any lane of a non-finite accumulator (see the top of this file) is not 0. */
+static inline int dlcpu_wino_any_nonfinite(const float *acc, int n)
+{
+    int bad = 0;
+    for (int l = 0; l < n; l++) bad |= acc[l] != 0.0f;   /* NaN != 0 */
+    return bad;
+}
+
+/* U[(xi*alpha+nu)*u_stride + c*16 + k] for one 16x16 (c, k) weight block w[r][s][c][k].
+ * Returns 1 when the block holds a non-finite weight. */
+static inline int
 dlcpu_wino_filter_block(const float *w, float *u, int64_t u_stride, int alpha)
 {
     float t[DLCPU_WINO_MAX_ALPHA][3][256];
+    float nf[256] = {0};
+    for (int rs = 0; rs < 9; rs++)
+        for (int e = 0; e < 256; e++) nf[e] += w[rs * 256 + e] * 0.0f;
     for (int xi = 0; xi < alpha; xi++)
         for (int s = 0; s < 3; s++) {
             float *dst = t[xi][s];
@@ -64,21 +84,25 @@ dlcpu_wino_filter_block(const float *w, float *u, int64_t u_stride, int alpha)
                 for (int e = 0; e < 256; e++) dst[e] += g * t[xi][s][e];
             }
         }
+    return dlcpu_wino_any_nonfinite(nf, 256);
 }
 
 /* V[(xi*alpha+nu)*v_stride + lane] for the alpha x alpha patch of one channel block whose top-left
- * input pixel is (h0, w0); pixels outside the H x W plane are zero (padding). */
-static inline __attribute__((always_inline)) void
+ * input pixel is (h0, w0); pixels outside the H x W plane are zero (padding).  Returns 1 when the
+ * patch holds a non-finite value. */
+static inline __attribute__((always_inline)) int
 dlcpu_wino_input_tile_body(const float *x_plane, int64_t H, int64_t W, int64_t h0, int64_t w0,
                            float *v, int64_t v_stride, const int alpha)
 {
     float d[DLCPU_WINO_MAX_ALPHA][DLCPU_WINO_MAX_ALPHA][16];
     float t[DLCPU_WINO_MAX_ALPHA][DLCPU_WINO_MAX_ALPHA][16];
+    float nf[16] = {0};
     for (int i = 0; i < alpha; i++)
         for (int j = 0; j < alpha; j++) {
             const int64_t h = h0 + i, w = w0 + j;
             if (h < 0 || h >= H || w < 0 || w >= W) memset(d[i][j], 0, sizeof(d[i][j]));
             else memcpy(d[i][j], x_plane + (h * W + w) * 16, sizeof(d[i][j]));
+            for (int l = 0; l < 16; l++) nf[l] += d[i][j][l] * 0.0f;
         }
     for (int xi = 0; xi < alpha; xi++)           /* t = B^T d */
         for (int j = 0; j < alpha; j++) {
@@ -99,6 +123,7 @@ dlcpu_wino_input_tile_body(const float *x_plane, int64_t H, int64_t W, int64_t h
                 for (int l = 0; l < 16; l++) dst[l] += b * t[xi][j][l];
             }
         }
+    return dlcpu_wino_any_nonfinite(nf, 16);
 }
 
 /* y[(i*Q + j)*16] for the m x m output patch at (p0, q0) from M[(xi*alpha+nu)*m_stride + lane],
@@ -141,12 +166,12 @@ dlcpu_wino_output_tile_body(const float *m_in, int64_t m_stride, float *y_plane,
  * coefficients vanish; the AVX-512 ones do a 16-lane step in one instruction.  Measured on
  * res3b_branch2b (1 thread): the generic-alpha, SSE-only transforms took about half the time. */
 #define DLCPU_WINO_INSTANCES(SUFFIX, TARGET)                                                       \
-    static TARGET void dlcpu_wino_input_tile4_##SUFFIX(const float *x, int64_t H, int64_t W,       \
+    static TARGET int dlcpu_wino_input_tile4_##SUFFIX(const float *x, int64_t H, int64_t W,        \
         int64_t h0, int64_t w0, float *v, int64_t vs)                                              \
-        { dlcpu_wino_input_tile_body(x, H, W, h0, w0, v, vs, 4); }                                 \
-    static TARGET void dlcpu_wino_input_tile6_##SUFFIX(const float *x, int64_t H, int64_t W,       \
+        { return dlcpu_wino_input_tile_body(x, H, W, h0, w0, v, vs, 4); }                          \
+    static TARGET int dlcpu_wino_input_tile6_##SUFFIX(const float *x, int64_t H, int64_t W,        \
         int64_t h0, int64_t w0, float *v, int64_t vs)                                              \
-        { dlcpu_wino_input_tile_body(x, H, W, h0, w0, v, vs, 6); }                                 \
+        { return dlcpu_wino_input_tile_body(x, H, W, h0, w0, v, vs, 6); }                          \
     static TARGET void dlcpu_wino_output_tile4_##SUFFIX(const float *m, int64_t ms, float *y,      \
         int64_t P, int64_t Q, int64_t p0, int64_t q0, const float *b, int relu)                    \
         { dlcpu_wino_output_tile_body(m, ms, y, P, Q, p0, q0, b, relu, 4); }                       \
@@ -159,20 +184,19 @@ DLCPU_WINO_INSTANCES(avx512, DLCPU_TARGET_AVX512)
 DLCPU_WINO_INSTANCES(avx2, DLCPU_TARGET_AVX2)
 DLCPU_WINO_INSTANCES(generic, DLCPU_NO_TARGET)
 
-static inline void
+/* Input transform of one patch on an ISA path; returns 1 when the patch holds a non-finite value. */
+static inline int
 dlcpu_wino_input_tile(const float *x_plane, int64_t H, int64_t W, int64_t h0, int64_t w0,
                       float *v, int64_t v_stride, int alpha, int isa)
 {
-    if (isa == DLCPU_ISA_AVX512) {
-        if (alpha == 4) dlcpu_wino_input_tile4_avx512(x_plane, H, W, h0, w0, v, v_stride);
-        else dlcpu_wino_input_tile6_avx512(x_plane, H, W, h0, w0, v, v_stride);
-    } else if (isa == DLCPU_ISA_AVX2) {
-        if (alpha == 4) dlcpu_wino_input_tile4_avx2(x_plane, H, W, h0, w0, v, v_stride);
-        else dlcpu_wino_input_tile6_avx2(x_plane, H, W, h0, w0, v, v_stride);
-    } else {
-        if (alpha == 4) dlcpu_wino_input_tile4_generic(x_plane, H, W, h0, w0, v, v_stride);
-        else dlcpu_wino_input_tile6_generic(x_plane, H, W, h0, w0, v, v_stride);
-    }
+    if (isa == DLCPU_ISA_AVX512)
+        return alpha == 4 ? dlcpu_wino_input_tile4_avx512(x_plane, H, W, h0, w0, v, v_stride)
+                          : dlcpu_wino_input_tile6_avx512(x_plane, H, W, h0, w0, v, v_stride);
+    if (isa == DLCPU_ISA_AVX2)
+        return alpha == 4 ? dlcpu_wino_input_tile4_avx2(x_plane, H, W, h0, w0, v, v_stride)
+                          : dlcpu_wino_input_tile6_avx2(x_plane, H, W, h0, w0, v, v_stride);
+    return alpha == 4 ? dlcpu_wino_input_tile4_generic(x_plane, H, W, h0, w0, v, v_stride)
+                      : dlcpu_wino_input_tile6_generic(x_plane, H, W, h0, w0, v, v_stride);
 }
 
 static inline void

@@ -1,0 +1,185 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Blocked direct convolution, fp32: the forward driver around the BRGEMM (the backward-data
+pass runs it too, on dy with flipped, transposed weights: flip_transpose_weights below).
+
+The plan (dlcpu/conv.py choose_conv_blocking) fixes everything; it arrives as a ConvPlanStruct,
+which owns the C struct dlcpu_conv_plan_t (pyx/kernels/plans.h) and was checked against the
+compiled tile table when it was made, so the driver only walks it.  How an item gets its input
+(plan tile_mode, tiles.h):
+  DLCPU_TILE_NONE        1x1, stride 1, no padding: read in place, the item's rows being one
+                         contiguous run of pixels;
+  DLCPU_TILE_PADDED      pack the rows the item needs into a per-thread zero-padded, phase-split
+                         tile (conv_f32.h), so no tap needs a bounds check and pixels are 16
+                         floats apart;
+  DLCPU_TILE_SUBSAMPLED  strided 1x1: pack only the pixels used, densely, then as TILE_NONE.
+
+Forward: work items are (image, output-channel group, output-row block), split statically over
+threads.  For each output-channel block pair (mv=2) or block, and each register tile of pixels,
+one BRGEMM call reduces over every (input-channel block, r, s) with beta=0 and bias/ReLU fused,
+so each output is written once, by one thread, in a fixed order: results do not depend on the
+thread count.  Python has validated every shape and pointer extent before this runs.
+"""
+from libc.stdint cimport int64_t
+from libc.stdlib cimport malloc, free
+from cython.parallel cimport prange, parallel
+
+from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_has_tile,
+                            dlcpu_conv_item_input, dlcpu_transpose_16x16_f32, DLCPU_BR_OFFS)
+from dlcpu_plans cimport dlcpu_conv_plan_t, dlcpu_conv_shape_t, DLCPU_TILE_NONE, DLCPU_TILE_PADDED
+
+
+cdef class ConvPlanStruct:
+    """The C plan of one forward convolution, built once from the planner's fields (a dict with
+    every field of dlcpu_conv_plan_t, nested `s` for the shape) and checked against the tile
+    table: the driver may ask for any tile up to (mv, nr, nc), and a remainder tile with mv=1."""
+    cdef dlcpu_conv_plan_t c
+
+    def __init__(self, dict fields):
+        self.c = fields
+        cdef int mv, nr, nc
+        for mv in sorted({1, self.c.mv}):
+            for nr in range(1, self.c.nr + 1):
+                for nc in range(1, self.c.nc + 1):
+                    if not dlcpu_brgemm_has_tile(self.c.isa, mv, nr, nc, 0):
+                        raise ValueError(f"conv plan needs a BRGEMM tile mv={mv} nr={nr} nc={nc} that this build "
+                                         f"lacks for isa code {self.c.isa} (pyx/kernels/brgemm_f32.h)")
+
+    def fields(self):
+        """Every field, read back from the C struct."""
+        return self.c
+
+
+cdef int run_tiles(const dlcpu_conv_plan_t *g, dlcpu_brgemm_f32_t *p, const float *base, float *y_kb,
+                   int64_t p0, int64_t p1) noexcept nogil:
+    """Every register tile of output rows p0..p1 for one (image, K block): one call each."""
+    cdef int64_t i0, q0, t0, npix, chunk
+    cdef int nrr, ncc, err = 0
+    cdef int64_t Q = g.s.Q
+    if g.tile_mode == DLCPU_TILE_PADDED:
+        i0 = p0
+        while i0 < p1:
+            nrr = <int>min(<int64_t>g.nr, p1 - i0)
+            q0 = 0
+            while q0 < Q:
+                ncc = <int>min(<int64_t>g.nc, Q - q0)
+                p.nr = nrr
+                p.nc = ncc
+                p.b = base + (i0 - p0) * p.b_rstride + q0 * 16
+                p.c = y_kb + (i0 * Q + q0) * 16
+                err |= dlcpu_brgemm_f32(p, g.isa)
+                q0 = q0 + ncc
+            i0 = i0 + nrr
+    else:
+        # Dense rows (in place or subsampled): one pixel run across the item's rows, cut into
+        # equal chunks (21 pixels: 11 + 10, not 14 + 7).
+        npix = (p1 - p0) * Q
+        chunk = (npix + g.nc - 1) // g.nc
+        chunk = (npix + chunk - 1) // chunk
+        t0 = 0
+        p.nr = 1
+        while t0 < npix:
+            ncc = <int>min(chunk, npix - t0)
+            p.nc = ncc
+            p.b = base + t0 * 16
+            p.c = y_kb + (p0 * Q + t0) * 16
+            err |= dlcpu_brgemm_f32(p, g.isa)
+            t0 = t0 + ncc
+    return err
+
+
+cdef int run_item(const dlcpu_conv_plan_t *g, int64_t item, const float *x, const float *w,
+                  const float *bias, float *y, const int64_t *a_offs, const int64_t *b_offs,
+                  int64_t batch, float *tile) noexcept nogil:
+    cdef const dlcpu_conv_shape_t *s = &g.s
+    cdef int64_t rb = item % g.row_blocks
+    cdef int64_t rest = item // g.row_blocks
+    cdef int64_t grp = rest % g.k_groups
+    cdef int64_t n = rest // g.k_groups
+    cdef int64_t p0 = rb * g.rows_per_item
+    cdef int64_t p1 = min(s.P, p0 + g.rows_per_item)
+    cdef int64_t kb0 = grp * g.kb_per_group
+    cdef int64_t kb1 = min(s.Kb, kb0 + g.kb_per_group)
+    cdef int64_t kb
+    cdef int mv, err = 0
+    cdef const float *base = dlcpu_conv_item_input(g.tile_mode, x + n * s.Cb * s.H * s.W * 16, tile,
+                                                   s.Cb, s.H, s.W, p0, s.stride_h, s.stride_w, s.pad_h,
+                                                   s.pad_w, g.tile_rows, g.tile_phase_width)
+    cdef dlcpu_brgemm_f32_t p
+
+    p.kind = DLCPU_BR_OFFS
+    p.b_trans = 0
+    p.a_offs = a_offs
+    p.b_offs = b_offs
+    p.batch = batch
+    p.k = g.k
+    p.a_mstride = s.Cb * s.R * s.S * 256
+    p.c_mstride = s.P * s.Q * 16
+    p.ldc = 16
+    p.beta = 0
+    p.relu = g.relu
+    p.b_rstride = s.stride_h * s.stride_w * g.tile_phase_width * 16
+    p.c_rstride = s.Q * 16
+
+    kb = kb0
+    while kb < kb1:
+        mv = g.mv if kb + g.mv <= kb1 else 1
+        p.mv = mv
+        p.a = w + kb * s.Cb * s.R * s.S * 256
+        p.bias = bias + kb * 16 if bias != NULL else NULL
+        err |= run_tiles(g, &p, base, y + (n * s.Kb + kb) * s.P * s.Q * 16, p0, p1)
+        kb = kb + mv
+    return err
+
+
+def conv2d_forward_f32(const float[::1] x, const float[::1] w, const float[::1] bias,
+                       float[::1] y, ConvPlanStruct plan,
+                       const int64_t[::1] a_offs, const int64_t[::1] b_offs, int n_threads):
+    """Run a planned forward convolution on blocked buffers (flattened, C-contiguous).
+
+    Extents were checked in dlcpu/conv.py.  Returns the number of kernel calls that failed: 0,
+    since the plan was checked against the tile table when it was made (a failed scratch
+    allocation is the one remaining cause).
+    """
+    cdef const dlcpu_conv_plan_t *g = &plan.c
+    cdef int64_t batch = a_offs.shape[0]
+    cdef int64_t n_items = g.s.N * g.k_groups * g.row_blocks
+    cdef int64_t item
+    cdef int errors = 0
+    cdef float *tile = NULL
+    cdef const float *bias_ptr = &bias[0] if bias.shape[0] > 0 else NULL
+
+    with nogil, parallel(num_threads=n_threads):
+        # Per-thread tile, allocated inside the region so its pages are first touched by the
+        # thread that uses them.
+        tile = <float *> malloc(sizeof(float) * (g.tile_floats + 16)) if g.tile_mode != DLCPU_TILE_NONE else NULL
+        for item in prange(n_items, schedule='static'):
+            if g.tile_mode != DLCPU_TILE_NONE and tile == NULL:
+                errors += 1
+            else:
+                errors += run_item(g, item, &x[0], &w[0], bias_ptr, &y[0], &a_offs[0], &b_offs[0],
+                                   batch, tile)
+        free(tile)
+    return errors
+
+
+def flip_transpose_weights(const float[:, :, :, :, :, ::1] wb, float[:, :, :, :, :, ::1] out,
+                           int rho_h, int rho_w, int sh, int sw, int n_threads):
+    """Backward-data weights for one stride phase (rho_h, rho_w):
+        out[cb][kb][j][i][k][c] = wb[kb][cb][rho_h + sh*(Jh-1-j)][rho_w + sw*(Jw-1-i)][c][k]
+    (channels swapped, taps of the phase only, spatially flipped), so that the forward kernels
+    run on dy compute dx at that phase's positions.  Written in output order, one 16x16
+    transpose per block."""
+    cdef int64_t Kb = wb.shape[0], Cb = wb.shape[1], R = wb.shape[2], S = wb.shape[3]
+    cdef int64_t Jh = out.shape[2], Jw = out.shape[3]
+    cdef int64_t ck, kb, cb, j, i, r, s
+    cdef const float *src = &wb[0, 0, 0, 0, 0, 0]
+    cdef float *dst = &out[0, 0, 0, 0, 0, 0]
+    for ck in prange(Cb * Kb, nogil=True, schedule='static', num_threads=n_threads):
+        cb = ck // Kb
+        kb = ck % Kb
+        for j in range(Jh):
+            r = rho_h + sh * (Jh - 1 - j)
+            for i in range(Jw):
+                s = rho_w + sw * (Jw - 1 - i)
+                dlcpu_transpose_16x16_f32(src + (((kb * Cb + cb) * R + r) * S + s) * 256,
+                                          dst + ((ck * Jh + j) * Jw + i) * 256)

@@ -1,0 +1,42 @@
+# Cython's view of pyx/kernels/plans.h (the plan structs) and pyx/kernels/tiles.h (the tile and
+# register-budget constants).  The C headers are the definition; this file only repeats the field
+# lists because Cython needs them to generate the dict -> struct conversion.
+from libc.stdint cimport int64_t
+
+cdef extern from "tiles.h" nogil:
+    enum:
+        DLCPU_CHANNEL_BLOCK
+        DLCPU_AVX512_MAX_ACC
+        DLCPU_AVX2_MAX_ACC
+        DLCPU_SCALAR_MAX_ACC
+        DLCPU_BR_MAX_MV
+        DLCPU_BR_MAX_NR
+        DLCPU_BR_MAX_NC
+        DLCPU_BRT_MAX_NC
+        DLCPU_TILE_NONE
+        DLCPU_TILE_PADDED
+        DLCPU_TILE_SUBSAMPLED
+    int dlcpu_max_acc(int isa)
+
+cdef extern from "plans.h" nogil:
+    ctypedef struct dlcpu_conv_shape_t:
+        int64_t N, C, K, Cb, Kb, H, W, P, Q, R, S
+        int64_t stride_h, stride_w, pad_h, pad_w, pad_b, pad_r
+
+    ctypedef struct dlcpu_conv_plan_t:
+        dlcpu_conv_shape_t s
+        int isa, n_threads, tile_mode, mv, nr, nc, k, relu
+        int64_t rows_per_item, row_blocks, kb_per_group, k_groups
+        int64_t tile_rows, tile_phase_width, tile_floats
+
+    ctypedef struct dlcpu_wu_plan_t:
+        dlcpu_conv_shape_t s
+        int isa, n_threads, tile_mode, max_acc, nc, nr, k_inner
+        int64_t rows_per_block, row_blocks, images_per_block
+        int64_t kb_per_item, k_groups, cb_per_item, c_groups
+        int64_t tile_rows, tile_phase_width, tile_floats
+
+    ctypedef struct dlcpu_wino_plan_t:
+        dlcpu_conv_shape_t s
+        int isa, n_threads, alpha, mv, nc, k, relu
+        int64_t tiles_h, tiles_w, tiles_per_item, kb_per_item, k_groups

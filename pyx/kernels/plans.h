@@ -1,0 +1,65 @@
+/*
+ * The plans: how one operation is cut into BRGEMM calls, as C structs, declared once.
+ *
+ * A planner in Python (dlcpu/conv.py choose_conv_blocking, choose_weight_grad_blocking,
+ * choose_winograd_blocking) decides every field once per shape;
+ * dlcpu/_plans.py turns its choice into one of these structs (Cython's dict -> struct coercion,
+ * which refuses a missing field), owned by a small Cython class of the driver module that runs it
+ * (pyx/conv_direct.pyx, conv_wu.pyx, winograd.pyx).  That class checks the plan
+ * against the compiled tile table when it is made, and the driver reads the struct directly:
+ * no dicts or string lookups between Python and the kernels.  pyx/dlcpu_plans.pxd mirrors these
+ * declarations for Cython (the language needs the field list there too); Python reads the fields
+ * back from the struct, so the two sides cannot disagree.
+ *
+ * Fields are int64_t where they enter address arithmetic, int where they are tile sizes or flags.
+ */
+#ifndef DLCPU_PLANS_H
+#define DLCPU_PLANS_H
+#include <stdint.h>
+
+/* Geometry of one convolution (dlcpu.conv.ConvShape).  pad_b/pad_r differ from pad_h/pad_w only in
+ * the backward-data sub-problems; P and Q already account for them. */
+typedef struct {
+    int64_t N, C, K, Cb, Kb, H, W, P, Q, R, S;
+    int64_t stride_h, stride_w, pad_h, pad_w, pad_b, pad_r;
+} dlcpu_conv_shape_t;
+
+/* Direct convolution, forward (and backward-data, which is a forward on dy): work items are
+ * (image, K group, output-row block); one call per (K block pair, register tile). */
+typedef struct {
+    dlcpu_conv_shape_t s;
+    int isa, n_threads;
+    int tile_mode;              /* DLCPU_TILE_* (tiles.h) */
+    int mv, nr, nc;             /* register tile: mv x 16 channels x nr rows x nc columns/pixels */
+    int k;                      /* reduction length of one block: 16, or C when C < 16 */
+    int relu;
+    int64_t rows_per_item, row_blocks;
+    int64_t kb_per_group, k_groups;
+    int64_t tile_rows, tile_phase_width, tile_floats;
+} dlcpu_conv_plan_t;
+
+/* Weight update: work items are (K group, C group); transposed-B calls reduce over pixels. */
+typedef struct {
+    dlcpu_conv_shape_t s;
+    int isa, n_threads;
+    int tile_mode;
+    int max_acc;                /* accumulator budget of one transposed call (tiles.h) */
+    int nc;                     /* dW rows (input channels) per call, <= DLCPU_BRT_MAX_NC */
+    int nr;                     /* taps stacked per call at most */
+    int k_inner;                /* 1: K blocks inside C blocks */
+    int64_t rows_per_block, row_blocks, images_per_block;
+    int64_t kb_per_item, k_groups, cb_per_item, c_groups;
+    int64_t tile_rows, tile_phase_width, tile_floats;
+} dlcpu_wu_plan_t;
+
+/* Winograd F(m x m, 3 x 3), m = alpha - 2: work items are (block of tiles, K group). */
+typedef struct {
+    dlcpu_conv_shape_t s;
+    int isa, n_threads;
+    int alpha, mv;
+    int nc;                     /* transformed tiles per BRGEMM call at most */
+    int k, relu;
+    int64_t tiles_h, tiles_w, tiles_per_item, kb_per_item, k_groups;
+} dlcpu_wino_plan_t;
+
+#endif

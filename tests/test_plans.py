@@ -1,0 +1,94 @@
+"""Plans: one typed object per family backed by its C struct, constants from tiles.h, tiles
+checked when a plan is made, --show-plan text."""
+import numpy as np
+import pytest
+
+import dlcpu
+from dlcpu import cpu
+from dlcpu.conv import (
+    ConvPlan,
+    WeightGradPlan,
+    WinogradPlan,
+    choose_conv_blocking,
+    choose_weight_grad_blocking,
+    choose_winograd_blocking,
+    conv_shape,
+    pass_plans,
+)
+
+RES3 = conv_shape((4, 128, 28, 28), (128, 128, 3, 3), 1, 1)
+STRIDED = conv_shape((2, 64, 15, 15), (32, 64, 3, 3), 2, 1)
+
+
+def test_constants_come_from_the_header():
+    tc = cpu.TILE_CONSTANTS
+    assert tc["channel_block"] == cpu.CHANNEL_BLOCK == 16
+    assert set(tc["max_acc"]) == {"scalar", "avx2", "avx512"}
+    assert cpu.ISA_CODES == tc["isa_codes"]
+    # The budgets are what the tables hold: every mv x nc tile within the budget is built.
+    for isa, budget in tc["max_acc"].items():
+        code = cpu.ISA_CODES[isa]
+        for mv in (1, 2):
+            assert all(cpu.has_tile(code, mv, 1, nc) for nc in range(1, budget // mv + 1)), (isa, mv)
+        assert not cpu.has_tile(code, 1, 1, tc["br_max_nc"] + 1)
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_plans_read_back_from_the_struct(isa):
+    plan = choose_conv_blocking(RES3, isa, 2)
+    assert isinstance(plan, ConvPlan)
+    assert plan.as_dict()["s"]["Kb"] == RES3.Kb and plan.s["P"] == RES3.P
+    assert plan.nc <= cpu.max_accumulators(isa) // plan.mv
+    assert plan.rules and all(":" in r for r in plan.rules)
+    with pytest.raises(AttributeError, match="read-only"):
+        plan.nc = 3
+    wu = choose_weight_grad_blocking(RES3, isa, 2)
+    assert isinstance(wu, WeightGradPlan) and wu.max_acc == cpu.max_accumulators(isa)
+    wino = choose_winograd_blocking(RES3, 6, isa, 2)
+    assert isinstance(wino, WinogradPlan) and wino.alpha == 6
+
+
+def test_missing_tile_fails_when_the_plan_is_made():
+    fields = choose_conv_blocking(RES3, "avx2", 1).as_dict()
+    fields["nc"] = cpu.max_accumulators("avx2")   # 6 pixels x mv=2: beyond AVX2's 6 accumulators
+    with pytest.raises(ValueError, match=r"tile mv=2 nr=1 nc=4 that this build lacks"):
+        ConvPlan(**fields)
+    wfields = choose_winograd_blocking(RES3, 6, "avx512", 1).as_dict()
+    wfields["nc"] = 29
+    with pytest.raises(ValueError, match="mv=1 nr=1 nc=29"):
+        WinogradPlan(**wfields)
+    ufields = choose_weight_grad_blocking(RES3, "avx512", 1).as_dict()
+    ufields["nc"] = 17
+    with pytest.raises(ValueError, match="max_acc"):
+        WeightGradPlan(**{**ufields, "max_acc": 8})
+    with pytest.raises(ValueError, match="transposed BRGEMM tile"):
+        WeightGradPlan(**{**ufields, "max_acc": 28})
+
+
+def test_plan_fields_are_checked():
+    fields = choose_conv_blocking(RES3, "avx512", 1).as_dict()
+    with pytest.raises(TypeError, match="unknown plan field"):
+        ConvPlan(**fields, bogus=1)
+    del fields["tile_rows"]
+    with pytest.raises(ValueError, match="tile_rows"):
+        ConvPlan(**fields)
+
+
+def test_pass_plans_cover_every_pass():
+    assert [t for t, _ in pass_plans(RES3, "fwd")] == ["forward"]
+    assert isinstance(pass_plans(RES3, "fwd", "winograd4")[0][1], WinogradPlan)
+    assert isinstance(pass_plans(RES3, "fwd", "auto", "avx512")[0][1], WinogradPlan)
+    assert isinstance(pass_plans(RES3, "bwd_w")[0][1], WeightGradPlan)
+    phases = pass_plans(STRIDED, "bwd_d")
+    assert len(phases) == 4 and all(isinstance(p, ConvPlan) for _, p in phases)
+    text = "\n".join(p.describe() for _, p in phases)
+    assert "phase" in phases[0][0] and "rows/item" in text
+
+
+def test_plans_are_the_ones_that_run(rng):
+    """The cached plan conv2d runs is the one pass_plans reports (same object)."""
+    x = rng.uniform(-1, 1, (1, 20, 9, 9)).astype(np.float32)
+    w = rng.uniform(-1, 1, (24, 20, 3, 3)).astype(np.float32)
+    dlcpu.conv2d(x, w, padding=1, algorithm="direct", n_threads=1)
+    shape = conv_shape(x.shape, w.shape, 1, 1)
+    assert pass_plans(shape, "fwd", n_threads=1)[0][1] is pass_plans(shape, "fwd", n_threads=1)[0][1]
