@@ -11,12 +11,14 @@
     dlcpu.matmul(x, y): (m, K) @ (K, n) float32, on BRGEMM calls over packed operands; y may be
         a tuple of operands sharing one packed x (one product each).
 """
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import cpu
 from ._ext import brgemm as _brgemm
+from ._plans import Plan
 from ._workspace import scratch
 
 CB = cpu.CHANNEL_BLOCK
@@ -95,6 +97,46 @@ def brgemm(a, b, c=None, *, variant="strd", a_index=None, b_index=None, beta=0, 
     return c
 
 
+class GemmPlan(Plan):
+    """How one GEMM is cut into BRGEMM calls and split over threads (struct dlcpu_gemm_plan_t;
+    see choose_gemm_split)."""
+
+    struct = _brgemm.GemmPlanStruct
+    family = "gemm"
+    __slots__ = ()
+
+    def summary(self):
+        return (f"isa={self.isa_name} threads={self.n_threads} {self.m}x{self.K} @ {self.K}x{self.n}: row tiles of "
+                f"{self.rows}, K chunks of {self.kc_blocks * CB}, column groups of {self.group_cols}, threads split "
+                f"{'row tiles' if self.split_rows else 'column-block pairs'}")
+
+
+# K chunk and column group of the GEMM driver: a 512-deep chunk of a 256-column group is
+# 512 KiB of Yp, half of Zen 5's 1 MiB L2, and a 14-row Xp chunk is 28 KiB, within its 48 KiB L1.
+_GEMM_KC_BLOCKS = 32
+_GEMM_GROUP_COLS = 256
+
+
+@functools.lru_cache(maxsize=256)
+def choose_gemm_split(m, n, K, isa, n_threads):
+    """The GEMM plan for (m x K) @ (K x n) on an ISA path (name or code) and thread count."""
+    isa_name = isa if isinstance(isa, str) else cpu.ISA_BY_CODE[isa]
+    # Rows per row tile: the pixel budget of one mv=2 call (tiles.h: 14 on AVX-512, 3 on AVX2).
+    rows = cpu.max_accumulators(isa_name) // 2
+    n_tiles = -(-m // rows)
+    n_pairs = (-(-n // CB) + 1) // 2
+    # Threads split the row tiles when there are plenty of them; a short x (the T=1 LSTM's 64
+    # rows are 5 tiles: 3 + 2 on two threads, 17% idle) splits the column-block pairs instead.
+    split_rows = n_tiles >= 8 * n_threads or n_pairs < n_threads
+    why = [f"row tile: {rows} rows = one mv=2 call ({cpu.max_accumulators(isa_name)} accumulators on {isa_name}, tiles.h)",
+           (f"blocking: K chunks of {_GEMM_KC_BLOCKS * CB} x column groups of {_GEMM_GROUP_COLS}: 512 KiB of Yp in L2, "
+           "a 28 KiB Xp chunk in L1"),
+           (f"threads: split {'row tiles' if split_rows else 'column-block pairs'} ({n_tiles} row tiles, {n_pairs} "
+           f"column pairs, {n_threads} thread(s); 5 row tiles on 2 threads left 17% idle)")]
+    return GemmPlan(why, isa=cpu.ISA_CODES[isa_name], n_threads=n_threads, rows=rows, kc_blocks=_GEMM_KC_BLOCKS,
+                    group_cols=_GEMM_GROUP_COLS, split_rows=int(split_rows), m=m, n=n, K=K)
+
+
 @dataclass(frozen=True, eq=False)
 class PackedMatrix:
     """The right-hand operand of matmul, packed once (weights reused across calls):
@@ -143,8 +185,7 @@ def matmul(x, y, *, bias=None, transpose_x=False, n_threads=None, isa=None):
         checked.append(yi)
     n_threads = cpu.resolve_threads(n_threads)
     isa_name = cpu.resolve_isa(isa)
-    # Rows per row tile: the pixel budget of one mv=2 call (tiles.h: 14 on AVX-512, 3 on AVX2).
-    T = cpu.max_accumulators(isa_name) // 2
+    T = choose_gemm_split(m, 16, K, isa_name, n_threads).rows   # rows per row tile depend on the ISA only
     kc = -(-K // CB)
     xp = scratch("gemm.x", (-(-m // T), kc, T, CB))
     if transpose_x:
@@ -172,7 +213,9 @@ def _product(xp, y, m, kc, bias, n_threads, isa_name, fn):
         bias_p = np.zeros(n_pad, np.float32)
         bias_p[:n] = bias
     out = np.empty((m, n_pad), dtype=np.float32)
-    err = _brgemm.gemm_packed_f32(xp, yp, out, m, bias_p, n_threads, cpu.ISA_CODES[isa_name])
-    if err:
-        raise RuntimeError(f"{fn}: internal error: no microkernel for a tile (x rows {m}, y {y.shape})")
+    plan = choose_gemm_split(m, n, y.shape[0], isa_name, n_threads)
+    if xp.shape[2] != plan.rows:
+        raise ValueError(f"{fn}: x was packed in row tiles of {xp.shape[2]}, the plan needs {plan.rows}")
+    if _brgemm.gemm_packed_f32(xp, yp, out, bias_p, plan.c):
+        raise RuntimeError(f"{fn}: a BRGEMM call failed ({plan.summary()})")
     return out if n_pad == n else np.ascontiguousarray(out[:, :n])

@@ -13,6 +13,9 @@ into row tiles Xp[m/T][K/16][T][16], then, per thread over its own row tiles:
       for each column group (NG columns):          Yp chunk of the group stays in L2
         for each row tile:                         Xp chunk of the tile stays in L1
           for each 32-column panel: BRGEMM strd over the chunk's K blocks
+T, KC, NG and the thread split are the GEMM plan (dlcpu/gemm.py choose_gemm_split), which arrives
+as a GemmPlanStruct owning the C struct dlcpu_gemm_plan_t (pyx/kernels/plans.h), checked against
+the compiled tile table when it was made.
 """
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
@@ -20,12 +23,30 @@ from libc.string cimport memcpy
 from cython.parallel cimport prange
 
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_f32_max_pixels,
-                            DLCPU_BR_STRD)
+                            dlcpu_brgemm_has_tile, DLCPU_BR_STRD)
+from dlcpu_plans cimport dlcpu_gemm_plan_t
 
-# K chunk and column group of the GEMM driver: a 512-deep chunk of a 256-column group is
-# 512 KiB of Yp, half of Zen 5's 1 MiB L2, and a 14-row Xp chunk is 28 KiB, within its 48 KiB L1.
-DEF GEMM_KC_BLOCKS = 32
-DEF GEMM_GROUP_COLS = 256
+
+cdef class GemmPlanStruct:
+    """The C plan of one GEMM, built once from the planner's fields and checked against the tile
+    table: calls of mv=2 (or 1 for an odd last column block) x 1 x up to `rows` rows."""
+    cdef dlcpu_gemm_plan_t c
+
+    def __init__(self, dict fields):
+        self.c = fields
+        cdef int mv, nc
+        if self.c.kc_blocks < 1 or self.c.group_cols < 32 or self.c.group_cols % 32:
+            raise ValueError(f"GEMM plan: kc_blocks={self.c.kc_blocks} must be >= 1 and group_cols="
+                             f"{self.c.group_cols} a positive multiple of 32")
+        for mv in (1, 2):
+            for nc in range(1, self.c.rows + 1):
+                if not dlcpu_brgemm_has_tile(self.c.isa, mv, 1, nc, 0):
+                    raise ValueError(f"GEMM plan needs a BRGEMM tile mv={mv} nr=1 nc={nc} that this build "
+                                     f"lacks for isa code {self.c.isa} (pyx/kernels/brgemm_f32.h)")
+
+    def fields(self):
+        """Every field, read back from the C struct."""
+        return self.c
 
 
 def brgemm_f32(const float[:, :, :, ::1] a, const float[:, :, ::1] b, float[:, ::1] c,
@@ -154,11 +175,13 @@ def pack_gemm_a_transposed(const float[:, ::1] xt, float[:, :, :, ::1] xp, int n
                         dst[j * 16 + kk] = xt[k, row] if (row < M and k < K) else 0.0
 
 
-cdef int gemm_block(const float *xp, const float *yp, float *out, int64_t t_lo, int64_t t_hi,
-                    int64_t g_lo, int64_t g_hi, int64_t m, int64_t Kc, int64_t T, int64_t ldc,
-                    const float *bias, int isa) noexcept nogil:
+cdef int gemm_block(const dlcpu_gemm_plan_t *g, const float *xp, const float *yp, float *out, int64_t t_lo,
+                    int64_t t_hi, int64_t g_lo, int64_t g_hi, int64_t Kc, int64_t ldc,
+                    const float *bias) noexcept nogil:
     """One thread's share of the GEMM: row tiles t_lo..t_hi, 16-column blocks g_lo..g_hi."""
     cdef int64_t t, kc0, nchunk, grp0, grp1, nb
+    cdef int64_t T = g.rows, m = g.m
+    cdef int isa = g.isa
     cdef int mv, err = 0
     cdef dlcpu_brgemm_f32_t p
     p.kind = DLCPU_BR_STRD
@@ -176,12 +199,12 @@ cdef int gemm_block(const float *xp, const float *yp, float *out, int64_t t_lo, 
     p.relu = 0
     kc0 = 0
     while kc0 < Kc:
-        nchunk = min(<int64_t>GEMM_KC_BLOCKS, Kc - kc0)
+        nchunk = min(<int64_t>g.kc_blocks, Kc - kc0)
         p.batch = nchunk
         p.beta = 1 if kc0 > 0 else 0
         grp0 = g_lo
         while grp0 < g_hi:
-            grp1 = min(g_hi, grp0 + GEMM_GROUP_COLS // 16)
+            grp1 = min(g_hi, grp0 + g.group_cols // 16)
             for t in range(t_lo, t_hi):
                 p.nc = <int>min(T, m - t * T)
                 nb = grp0
@@ -201,26 +224,25 @@ cdef int gemm_block(const float *xp, const float *yp, float *out, int64_t t_lo, 
 
 
 def gemm_packed_f32(const float[:, :, :, ::1] xp, const float[:, :, :, ::1] yp, float[:, ::1] out,
-                    int64_t m, const float[::1] bias, int n_threads, int isa):
-    """out[:m, :] = Xp @ Yp (+ bias, padded to out's width, or empty) on packed operands.
-
-    Threads split the row tiles when there are plenty of them; a short x (the T=1 LSTM's 64
-    rows are 5 tiles: 3 + 2 on two threads, 17% idle) splits the columns instead, in pairs of
-    16-blocks so every thread keeps the mv=2 calls."""
-    cdef int64_t n_tiles = xp.shape[0], Kc = xp.shape[1], T = xp.shape[2], ng = yp.shape[0]
+                    const float[::1] bias, GemmPlanStruct plan):
+    """out[:m, :] = Xp @ Yp (+ bias, padded to out's width, or empty) on packed operands, as the
+    plan says: threads split the row tiles (plan split_rows) or the 16-column blocks in pairs, so
+    every thread keeps the mv=2 calls.  Python checked the operands against the plan."""
+    cdef const dlcpu_gemm_plan_t *g = &plan.c
+    cdef int n_threads = g.n_threads
+    cdef int64_t n_tiles = xp.shape[0], Kc = xp.shape[1], ng = yp.shape[0]
     cdef int64_t n_pairs = (ng + 1) // 2
-    cdef bint split_rows = n_tiles >= 8 * n_threads or n_pairs < n_threads
     cdef int64_t tid
     cdef int err = 0
     cdef const float *b = &bias[0] if bias.shape[0] > 0 else NULL
     for tid in prange(n_threads, nogil=True, schedule='static', num_threads=n_threads):
-        if split_rows:
-            err += gemm_block(&xp[0, 0, 0, 0], &yp[0, 0, 0, 0], &out[0, 0],
+        if g.split_rows:
+            err += gemm_block(g, &xp[0, 0, 0, 0], &yp[0, 0, 0, 0], &out[0, 0],
                               tid * n_tiles // n_threads, (tid + 1) * n_tiles // n_threads, 0, ng,
-                              m, Kc, T, out.shape[1], b, isa)
+                              Kc, out.shape[1], b)
         else:
-            err += gemm_block(&xp[0, 0, 0, 0], &yp[0, 0, 0, 0], &out[0, 0], 0, n_tiles,
+            err += gemm_block(g, &xp[0, 0, 0, 0], &yp[0, 0, 0, 0], &out[0, 0], 0, n_tiles,
                               2 * (tid * n_pairs // n_threads),
                               min(ng, 2 * ((tid + 1) * n_pairs // n_threads)),
-                              m, Kc, T, out.shape[1], b, isa)
+                              Kc, out.shape[1], b)
     return err

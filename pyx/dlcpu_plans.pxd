@@ -40,3 +40,7 @@ cdef extern from "plans.h" nogil:
         dlcpu_conv_shape_t s
         int isa, n_threads, alpha, mv, nc, k, relu
         int64_t tiles_h, tiles_w, tiles_per_item, kb_per_item, k_groups
+
+    ctypedef struct dlcpu_gemm_plan_t:
+        int isa, n_threads, rows, kc_blocks, group_cols, split_rows
+        int64_t m, n, K

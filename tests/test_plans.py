@@ -92,3 +92,14 @@ def test_plans_are_the_ones_that_run(rng):
     dlcpu.conv2d(x, w, padding=1, algorithm="direct", n_threads=1)
     shape = conv_shape(x.shape, w.shape, 1, 1)
     assert pass_plans(shape, "fwd", n_threads=1)[0][1] is pass_plans(shape, "fwd", n_threads=1)[0][1]
+
+
+def test_gemm_plan():
+    from dlcpu.gemm import GemmPlan, choose_gemm_split
+
+    plan = choose_gemm_split(64, 512, 256, "avx512", 2)
+    assert isinstance(plan, GemmPlan) and plan.rows == cpu.max_accumulators("avx512") // 2
+    assert plan.split_rows == 0   # 5 row tiles on 2 threads: split the column pairs instead
+    assert choose_gemm_split(4096, 512, 256, "avx512", 2).split_rows == 1
+    with pytest.raises(ValueError, match="mv=2 nr=1 nc=4 that this build lacks"):
+        GemmPlan(**{**choose_gemm_split(64, 64, 64, "avx2", 1).as_dict(), "rows": 4})

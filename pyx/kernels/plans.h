@@ -2,10 +2,10 @@
  * The plans: how one operation is cut into BRGEMM calls, as C structs, declared once.
  *
  * A planner in Python (dlcpu/conv.py choose_conv_blocking, choose_weight_grad_blocking,
- * choose_winograd_blocking) decides every field once per shape;
+ * choose_winograd_blocking; dlcpu/gemm.py choose_gemm_split) decides every field once per shape;
  * dlcpu/_plans.py turns its choice into one of these structs (Cython's dict -> struct coercion,
  * which refuses a missing field), owned by a small Cython class of the driver module that runs it
- * (pyx/conv_direct.pyx, conv_wu.pyx, winograd.pyx).  That class checks the plan
+ * (pyx/conv_direct.pyx, conv_wu.pyx, winograd.pyx, brgemm.pyx).  That class checks the plan
  * against the compiled tile table when it is made, and the driver reads the struct directly:
  * no dicts or string lookups between Python and the kernels.  pyx/dlcpu_plans.pxd mirrors these
  * declarations for Cython (the language needs the field list there too); Python reads the fields
@@ -61,5 +61,15 @@ typedef struct {
     int k, relu;
     int64_t tiles_h, tiles_w, tiles_per_item, kb_per_item, k_groups;
 } dlcpu_wino_plan_t;
+
+/* Plain GEMM out = X @ Y on packed operands (pyx/brgemm.pyx gemm_packed_f32). */
+typedef struct {
+    int isa, n_threads;
+    int rows;                   /* rows per X tile (one mv=2 call's pixels) */
+    int kc_blocks;              /* K blocks of 16 per chunk (C accumulates across chunks) */
+    int group_cols;             /* output columns per group (its Y chunk stays in L2) */
+    int split_rows;             /* 1: threads split the row tiles, 0: the column pairs */
+    int64_t m, n, K;
+} dlcpu_gemm_plan_t;
 
 #endif
