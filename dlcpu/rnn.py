@@ -177,8 +177,17 @@ def _forward_setup(cell, prepare, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_thre
 
 
 def _input_projection(weights, x2, n_threads, isa):
-    """G = x.W_ih^T + b for all T at once: one large GEMM, before the time loop."""
-    return matmul(x2, weights.w_ih_t, bias=weights.bias, n_threads=n_threads, isa=isa)
+    """G = x.W_ih^T + b for all T at once: one large GEMM, before the time loop.
+
+    The padded units' columns of W_ih^T are zero, so for finite x they come out exactly 0; but an
+    Inf in x gives 0 * Inf = NaN there, the padded h turns NaN, and the next step's recurrent GEMM
+    (0 * NaN) spreads it to every real unit where PyTorch stays finite.  Writing the padded
+    columns back to 0 keeps them inert (a no-op for finite input)."""
+    G = matmul(x2, weights.w_ih_t, bias=weights.bias, n_threads=n_threads, isa=isa)
+    kp = weights.Kb * CB
+    if kp != weights.K:
+        G.reshape(G.shape[0], weights.gates, kp)[:, :, weights.K:] = 0.0
+    return G
 
 
 def _cache(weights, x2, G, H, T, N, isa, n_threads, **extra):
