@@ -16,14 +16,18 @@ from ._ext import pool as _pool
 from ._validate import blocked_activation, fits_in_memory, float32_array, pair, shape4
 from .layout import CB, BlockedTensor, blocked_shape
 
+# Pool kinds of pyx/pool.pyx's drivers, and the unused `arg` operand of average pooling.
+_MAX, _AVG = 0, 1
+_NO_ARG = np.empty((0, 1, 1, 1, CB), np.int32)
+
 
 class MaxPoolSaved:
     """What max_pool2d_backward needs from its forward; opaque to callers."""
 
-    __slots__ = ("_arg", "_x_shape")
+    __slots__ = ("_arg", "_geo", "_x_shape")
 
-    def __init__(self, arg, x_shape):
-        self._arg, self._x_shape = arg, tuple(x_shape)
+    def __init__(self, arg, geo, x_shape):
+        self._arg, self._geo, self._x_shape = arg, geo, tuple(x_shape)
 
     def __repr__(self):
         return f"MaxPoolSaved(x_shape={self._x_shape}, y_blocks={self._arg.shape})"
@@ -51,8 +55,8 @@ def max_pool2d(x, kernel, stride=None, padding=0, *, n_threads=None):
     geo, out_shape = _geometry(x, kernel, stride, padding, "max_pool2d")
     y = np.empty((out_shape[0], x.data.shape[1], out_shape[2], out_shape[3], CB), np.float32)
     arg = np.empty(y.shape, np.int32)
-    _pool.max_pool_forward(x.data, y, arg, *geo, cpu.resolve_threads(n_threads))
-    return BlockedTensor(y, out_shape), MaxPoolSaved(arg, x.shape)
+    _pool.pool_forward(x.data, y, arg, _MAX, *geo, cpu.resolve_threads(n_threads))
+    return BlockedTensor(y, out_shape), MaxPoolSaved(arg, geo, x.shape)
 
 
 def max_pool2d_backward(dy, saved, *, n_threads=None):
@@ -65,14 +69,14 @@ def max_pool2d_backward(dy, saved, *, n_threads=None):
         y_shape = (saved._x_shape[0], saved._x_shape[1]) + saved._arg.shape[2:4]
         raise ValueError(f"{fn}: dy has shape {tuple(dy.shape)} but the forward output was {y_shape}")
     dx = np.empty(blocked_shape(saved._x_shape), np.float32)
-    _pool.max_pool_backward(dy.data, saved._arg, dx, cpu.resolve_threads(n_threads))
+    _pool.pool_backward(dy.data, saved._arg, dx, _MAX, *saved._geo, cpu.resolve_threads(n_threads))
     return BlockedTensor(dx, saved._x_shape)
 
 
 def avg_pool2d(x, kernel, stride=None, padding=0, *, n_threads=None):
     geo, out_shape = _geometry(x, kernel, stride, padding, "avg_pool2d")
     y = np.empty((out_shape[0], x.data.shape[1], out_shape[2], out_shape[3], CB), np.float32)
-    _pool.avg_pool_forward(x.data, y, *geo, cpu.resolve_threads(n_threads))
+    _pool.pool_forward(x.data, y, _NO_ARG, _AVG, *geo, cpu.resolve_threads(n_threads))
     return BlockedTensor(y, out_shape)
 
 
@@ -88,7 +92,7 @@ def avg_pool2d_backward(dy, x_shape, kernel, stride=None, padding=0, *, n_thread
     geo, out_shape = _geometry(x_like, kernel, stride, padding, fn)
     if tuple(dy.shape) != out_shape:
         raise ValueError(f"{fn}: dy has shape {tuple(dy.shape)}, the forward output is {out_shape}")
-    _pool.avg_pool_backward(dy.data, x_like.data, *geo, cpu.resolve_threads(n_threads))
+    _pool.pool_backward(dy.data, _NO_ARG, x_like.data, _AVG, *geo, cpu.resolve_threads(n_threads))
     return x_like
 
 
