@@ -55,7 +55,7 @@ def max_pool2d(x, kernel, stride=None, padding=0, *, n_threads=None):
     geo, out_shape = _geometry(x, kernel, stride, padding, "max_pool2d")
     y = np.empty((out_shape[0], x.data.shape[1], out_shape[2], out_shape[3], CB), np.float32)
     arg = np.empty(y.shape, np.int32)
-    _pool.pool_forward(x.data, y, arg, _MAX, *geo, cpu.resolve_threads(n_threads))
+    _pool.pool_pass(x.data, y, arg, _MAX, False, *geo, cpu.resolve_threads(n_threads))
     return BlockedTensor(y, out_shape), MaxPoolSaved(arg, geo, x.shape)
 
 
@@ -69,14 +69,14 @@ def max_pool2d_backward(dy, saved, *, n_threads=None):
         y_shape = (saved._x_shape[0], saved._x_shape[1]) + saved._arg.shape[2:4]
         raise ValueError(f"{fn}: dy has shape {tuple(dy.shape)} but the forward output was {y_shape}")
     dx = np.empty(blocked_shape(saved._x_shape), np.float32)
-    _pool.pool_backward(dy.data, saved._arg, dx, _MAX, *saved._geo, cpu.resolve_threads(n_threads))
+    _pool.pool_pass(dy.data, dx, saved._arg, _MAX, True, *saved._geo, cpu.resolve_threads(n_threads))
     return BlockedTensor(dx, saved._x_shape)
 
 
 def avg_pool2d(x, kernel, stride=None, padding=0, *, n_threads=None):
     geo, out_shape = _geometry(x, kernel, stride, padding, "avg_pool2d")
     y = np.empty((out_shape[0], x.data.shape[1], out_shape[2], out_shape[3], CB), np.float32)
-    _pool.pool_forward(x.data, y, _NO_ARG, _AVG, *geo, cpu.resolve_threads(n_threads))
+    _pool.pool_pass(x.data, y, _NO_ARG, _AVG, False, *geo, cpu.resolve_threads(n_threads))
     return BlockedTensor(y, out_shape)
 
 
@@ -92,7 +92,7 @@ def avg_pool2d_backward(dy, x_shape, kernel, stride=None, padding=0, *, n_thread
     geo, out_shape = _geometry(x_like, kernel, stride, padding, fn)
     if tuple(dy.shape) != out_shape:
         raise ValueError(f"{fn}: dy has shape {tuple(dy.shape)}, the forward output is {out_shape}")
-    _pool.pool_backward(dy.data, _NO_ARG, x_like.data, _AVG, *geo, cpu.resolve_threads(n_threads))
+    _pool.pool_pass(dy.data, x_like.data, _NO_ARG, _AVG, True, *geo, cpu.resolve_threads(n_threads))
     return x_like
 
 

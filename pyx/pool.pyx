@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Max and average pooling on blocked activations I[N][C/16][H][W][16], forward and backward.
 
-One forward and one backward driver, parallel over (image, channel block), walk the output pixels;
+One driver for both directions, parallel over (image, channel block), walks the pooled pixels;
 per pixel, a window helper does the kind-specific work on 16 lanes at once (the lanes are the
 innermost loop, so each window step is one 16-float vector operation):
   max  forward records the winning input position per lane (int32, h*W + w) for the backward;
@@ -92,43 +92,33 @@ cdef inline void route_to_winners(float *plane, const int32_t *arg16, const floa
             plane[arg16[lane] * 16 + lane] += dy16[lane]
 
 
-def pool_forward(const float[:, :, :, :, ::1] x, float[:, :, :, :, ::1] y, int32_t[:, :, :, :, ::1] arg,
-                 int kind, int R, int S, int sh, int sw, int ph, int pw, int n_threads):
-    """y (and, for max, arg) of every output pixel; arg is unused for avg."""
-    cdef int64_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int64_t P = y.shape[2], Q = y.shape[3]
+def pool_pass(const float[:, :, :, :, ::1] src, float[:, :, :, :, ::1] dst, int32_t[:, :, :, :, ::1] arg,
+              int kind, bint backward, int R, int S, int sh, int sw, int ph, int pw, int n_threads):
+    """Forward (src x, dst y; max also fills arg) or backward (src dy, dst dx; max reads arg):
+    max routes each lane to its recorded winner, avg spreads over the window.  arg is unused
+    for avg."""
+    cdef int64_t N = dst.shape[0], Cb = dst.shape[1]
+    # The image side (x or dx) and the pooled side (y or dy).
+    cdef int64_t H = dst.shape[2] if backward else src.shape[2]
+    cdef int64_t W = dst.shape[3] if backward else src.shape[3]
+    cdef int64_t P = src.shape[2] if backward else dst.shape[2]
+    cdef int64_t Q = src.shape[3] if backward else dst.shape[3]
     cdef int64_t nc, n, cb, p, q
     cdef window_t win
     cdef float scale = 1.0 / (R * S)
     for nc in prange(N * Cb, nogil=True, schedule='static', num_threads=n_threads):
         n = nc // Cb
         cb = nc % Cb
+        if backward:
+            memset(&dst[n, cb, 0, 0, 0], 0, sizeof(float) * H * W * 16)
         for p in range(P):
             for q in range(Q):
                 win = window_at(p, q, R, S, sh, sw, ph, pw, H, W)
-                if kind == POOL_MAX:
-                    max_window(&x[n, cb, 0, 0, 0], W, win, &y[n, cb, p, q, 0], &arg[n, cb, p, q, 0])
+                if not backward and kind == POOL_MAX:
+                    max_window(&src[n, cb, 0, 0, 0], W, win, &dst[n, cb, p, q, 0], &arg[n, cb, p, q, 0])
+                elif not backward:
+                    mean_window(&src[n, cb, 0, 0, 0], W, win, scale, &dst[n, cb, p, q, 0])
+                elif kind == POOL_MAX:
+                    route_to_winners(&dst[n, cb, 0, 0, 0], &arg[n, cb, p, q, 0], &src[n, cb, p, q, 0])
                 else:
-                    mean_window(&x[n, cb, 0, 0, 0], W, win, scale, &y[n, cb, p, q, 0])
-
-
-def pool_backward(const float[:, :, :, :, ::1] dy, const int32_t[:, :, :, :, ::1] arg,
-                  float[:, :, :, :, ::1] dx, int kind, int R, int S, int sh, int sw, int ph, int pw,
-                  int n_threads):
-    """dx from dy: max routes each lane to its recorded winner, avg spreads over the window."""
-    cdef int64_t N = dx.shape[0], Cb = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
-    cdef int64_t P = dy.shape[2], Q = dy.shape[3]
-    cdef int64_t nc, n, cb, p, q
-    cdef window_t win
-    cdef float scale = 1.0 / (R * S)
-    for nc in prange(N * Cb, nogil=True, schedule='static', num_threads=n_threads):
-        n = nc // Cb
-        cb = nc % Cb
-        memset(&dx[n, cb, 0, 0, 0], 0, sizeof(float) * H * W * 16)
-        for p in range(P):
-            for q in range(Q):
-                if kind == POOL_MAX:
-                    route_to_winners(&dx[n, cb, 0, 0, 0], &arg[n, cb, p, q, 0], &dy[n, cb, p, q, 0])
-                else:
-                    win = window_at(p, q, R, S, sh, sw, ph, pw, H, W)
-                    spread_window(&dx[n, cb, 0, 0, 0], W, win, scale, &dy[n, cb, p, q, 0])
+                    spread_window(&dst[n, cb, 0, 0, 0], W, win, scale, &src[n, cb, p, q, 0])
