@@ -169,7 +169,7 @@ def bench_conv(
     for n_threads in counts:
         mb = batch or n_threads
         if batch:
-            selected_run = [workloads.ConvLayer(**{**l.__dict__, "mb": 0}) for l in selected]
+            selected_run = [layer.without_batch() for layer in selected]
         else:
             selected_run = selected
         peak = benchmarks.measure_peak(n_threads, seconds=0.1, repeats=3)

@@ -5,12 +5,13 @@ Plain NumPy, written for clarity, never for speed.  Nothing here is used by the 
 import numpy as np
 
 
+def _conv_operands(x, w, stride, padding):
+    return np.asarray(x, dtype=np.float64), np.asarray(w, dtype=np.float64), tuple(stride), tuple(padding)
+
+
 def conv2d_forward(x, w, bias=None, stride=(1, 1), padding=(0, 0), relu=False):
     """NCHW x KCRS -> NKPQ in float64: y[n,k,p,q] = sum_{c,r,s} x[n,c,p*sh+r-ph,q*sw+s-pw] w[k,c,r,s]."""
-    x = np.asarray(x, dtype=np.float64)
-    w = np.asarray(w, dtype=np.float64)
-    sh, sw = stride
-    ph, pw = padding
+    x, w, (sh, sw), (ph, pw) = _conv_operands(x, w, stride, padding)
     n, c, h, wd = x.shape
     k, _, r, s = w.shape
     p = (h + 2 * ph - r) // sh + 1
@@ -74,10 +75,7 @@ def block_weights(w, cb=16):
 def conv2d_backward(dy, x, w, stride=(1, 1), padding=(0, 0)):
     """(dx, dw, db) of conv2d_forward in float64, by scattering every tap explicitly."""
     dy = np.asarray(dy, dtype=np.float64)
-    x = np.asarray(x, dtype=np.float64)
-    w = np.asarray(w, dtype=np.float64)
-    sh, sw = stride
-    ph, pw = padding
+    x, w, (sh, sw), (ph, pw) = _conv_operands(x, w, stride, padding)
     n, c, h, wd = x.shape
     _k, _, r, s = w.shape
     p, q = dy.shape[2], dy.shape[3]

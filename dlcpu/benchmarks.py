@@ -303,13 +303,18 @@ def bench_train_digits(epochs, batch, n_threads, seed=0):
 
 # -------------------------------------------------------------------------------------- lstm
 RNN_CELLS = {"lstm": 4, "gru": 3, "rnn": 1}
+LSTM_TIMED_REGION = ("forward: dlcpu on weights prepared once, torch under no_grad; training step: dlcpu "
+                     "re-blocks the weights (prepare_*), forward + backward incl. dx; torch forward + "
+                     "backward with x.requires_grad")
 
 
 def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None, repeats=5,
                      warmup=1, seed=0):
-    """Recurrent inference (forward) and training step (forward + backward; 3x the forward GEMM
-    FLOPs) on prepared weights for cell 'lstm' or 'gru'; the peer is torch.nn.LSTM / GRU with the
-    same weights, timed interleaved."""
+    """Recurrent inference (forward, on weights prepared once as an inference user does) and
+    training step (forward + backward; 3x the forward GEMM FLOPs) for cell 'lstm', 'gru' or
+    'rnn'.  The training step re-blocks the weights inside the timed region, because a training
+    loop changes them at every step (DESIGN.md section 9).  The peer is torch.nn.LSTM / GRU / RNN
+    with the same weights, timed interleaved."""
     from . import rnn
 
     if cell not in RNN_CELLS:
@@ -332,7 +337,8 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None
         forward(x, weights=weights, n_threads=n_threads)
 
     def ours_train():
-        cache = forward(x, weights=weights, train=True, n_threads=n_threads)[-1]
+        step_weights = prepare(w_ih, w_hh, b, b)  # the weights changed at the last optimizer step
+        cache = forward(x, weights=step_weights, train=True, n_threads=n_threads)[-1]
         backward(dy, cache)
 
     fns = [ours_fwd, ours_train]
@@ -365,7 +371,8 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None
     else:
         times = time_interleaved(fns, repeats, warmup)
     flops = layer.forward_flops() * gates // 4
-    out = {"name": layer.name, "cell": cell, "N": N, "C": C, "K": K, "T": T, "gflop_forward": flops / 1e9}
+    out = {"name": layer.name, "cell": cell, "N": N, "C": C, "K": K, "T": T, "gflop_forward": flops / 1e9,
+           "timed_region": LSTM_TIMED_REGION}
     for i, (kind, f) in enumerate((("forward", flops), ("train", 3 * flops))):
         s = summarize(times[i])
         out[kind] = {"seconds": s, "gflops": f / s["median_s"] / 1e9,

@@ -31,6 +31,7 @@ from ._ext import conv_direct as _direct
 from ._ext import conv_wu as _wu
 from ._ext import winograd as _wino
 from ._plans import Plan
+from ._validate import fits_in_memory, not_aliased, pair
 from ._workspace import scratch
 from .layout import CB, BlockedTensor, block_weights, from_blocked, n_blocks, to_blocked
 
@@ -264,39 +265,38 @@ def get_plan(shape, isa=None, n_threads=None, activation=None):
     return _cached_plan(shape, cpu.isa_code(isa), cpu.resolve_threads(n_threads), activation == "relu")[0]
 
 
-def _pair(value, name):
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"conv2d: {name} must be an int or an (h, w) pair of ints, got {value!r}")
-    if isinstance(value, (int, np.integer)):
-        return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in value
-    ):
-        return int(value[0]), int(value[1])
-    raise TypeError(f"conv2d: {name} must be an int or an (h, w) pair of ints, got {value!r}")
-
-
 def conv_shape(x_shape, w_shape, stride=1, padding=0):
     """Validate the geometry and return the ConvShape; raises ValueError naming the rule."""
-    sh, sw = _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
+    fn = "conv2d"
+    sh, sw = pair(stride, "stride", fn)
+    ph, pw = pair(padding, "padding", fn)
     if sh < 1 or sw < 1:
-        raise ValueError(f"conv2d: stride must be >= 1, got ({sh}, {sw})")
+        raise ValueError(f"{fn}: stride must be >= 1, got ({sh}, {sw})")
     if ph < 0 or pw < 0:
-        raise ValueError(f"conv2d: padding must be >= 0, got ({ph}, {pw})")
+        raise ValueError(f"{fn}: padding must be >= 0, got ({ph}, {pw})")
     n, c, h, w = x_shape
     k, wc, r, s = w_shape
+    if min(n, c, h, w) < 1 or min(k, wc, r, s) < 1:
+        raise ValueError(f"{fn}: every dimension must be >= 1, got x {tuple(x_shape)}, w {tuple(w_shape)}")
     if wc != c:
-        raise ValueError(f"conv2d: input has C={c} channels but weights expect C={wc} (x {tuple(x_shape)}, w {tuple(w_shape)})")
+        raise ValueError(f"{fn}: input has C={c} channels but weights expect C={wc} (x {tuple(x_shape)}, w {tuple(w_shape)})")
     if r > h + 2 * ph or s > w + 2 * pw:
         raise ValueError(
-            f"conv2d: output size would be <= 0: filter {r}x{s} is larger than the padded input "
+            f"{fn}: output size would be <= 0: filter {r}x{s} is larger than the padded input "
             f"{h + 2 * ph}x{w + 2 * pw} (x {tuple(x_shape)}, w {tuple(w_shape)}, padding ({ph}, {pw}))"
         )
+    # A stride at least as large as the padded input leaves a single output window whatever its
+    # value, but the phase-split input tiles and the bwd-data phase loop grow with it (stride 10**9
+    # asked for a 179 GiB tile): such strides are replaced by the padded extent, which gives the
+    # same single window, so results are exact for any stride.
+    sh, sw = min(sh, h + 2 * ph), min(sw, w + 2 * pw)
     shape = ConvShape(n, c, k, h, w, r, s, sh, sw, ph, pw)
-    # Extent guard: every offset the kernels form must fit comfortably in int64 / memory.
-    if max(shape.N * shape.Cb * h * w, shape.N * shape.Kb * shape.P * shape.Q) * CB >= 2**40:
-        raise ValueError(f"conv2d: tensors too large (x {tuple(x_shape)}, w {tuple(w_shape)})")
+    # Absurd paddings make absurd outputs: say how much memory the blocked input, weights and
+    # output would take (float64 products, so nothing overflows on the way).
+    floats = (float(shape.N) * shape.Cb * (h + 2 * ph) * (w + 2 * pw) + float(shape.Kb) * shape.Cb * r * s * CB
+              + float(shape.N) * shape.Kb * shape.P * shape.Q) * CB
+    fits_in_memory(4 * floats, f"this convolution (x {tuple(x_shape)}, w {tuple(w_shape)}, stride ({sh}, {sw}), "
+                               f"padding ({ph}, {pw}), y {(n, k, shape.P, shape.Q)})", fn)
     return shape
 
 
@@ -518,6 +518,9 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
             raise ValueError("conv2d: out= is only for the blocked path")
         if not isinstance(out, BlockedTensor) or out.data.shape != out_shape or out.dtype != np.float32:
             raise ValueError(f"conv2d: out must be a float32 BlockedTensor with data shape {out_shape}")
+        not_aliased(out.data, {"x": xb.data, "w": wb.data if wb is not None else None,
+                               "the Winograd weights": prepared.data if prepared is not None else None,
+                               "bias": bias}, "conv2d")
     if xb is None:
         xb = to_blocked(x, n_threads)  # validates dtype/contiguity of x
     auto = algorithm == "auto"
@@ -657,11 +660,13 @@ def _stride_phases(shape):
     asymmetric padding chosen so that its output rows are exactly the dx rows of the phase.
     Yields (rho_h, rho_w, first dx row, first dx col, ConvShape of the sub-problem)."""
     s = shape
-    for rho_h in range(s.stride_h):
+    # Phases at or beyond the filter size have no taps (their dx stays zero): looping over them
+    # made a stride of 10**7 run for minutes.
+    for rho_h in range(min(s.stride_h, s.R)):
         jh = len(range(rho_h, s.R, s.stride_h))
         m_lo = -(-(s.pad_h - rho_h) // s.stride_h)
         m_hi = (s.H - 1 - rho_h + s.pad_h) // s.stride_h + 1
-        for rho_w in range(s.stride_w):
+        for rho_w in range(min(s.stride_w, s.S)):
             jw = len(range(rho_w, s.S, s.stride_w))
             n_lo = -(-(s.pad_w - rho_w) // s.stride_w)
             n_hi = (s.W - 1 - rho_w + s.pad_w) // s.stride_w + 1

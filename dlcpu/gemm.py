@@ -19,6 +19,7 @@ import numpy as np
 from . import cpu
 from ._ext import brgemm as _brgemm
 from ._plans import Plan
+from ._validate import fits_in_memory
 from ._workspace import scratch
 
 CB = cpu.CHANNEL_BLOCK
@@ -145,6 +146,19 @@ class PackedMatrix:
     data: np.ndarray
     shape: tuple
 
+    def __post_init__(self):
+        # The kernels trust data's extent: check it against the logical shape once, here.
+        ok = (isinstance(self.shape, tuple) and len(self.shape) == 2
+              and all(isinstance(v, (int, np.integer)) and v >= 1 for v in self.shape))
+        if not ok:
+            raise ValueError(f"PackedMatrix: shape must be a (K, n) pair of positive ints, got {self.shape!r}")
+        K, n = self.shape
+        expected = (-(-n // CB), -(-K // CB), CB, CB)
+        if (not isinstance(self.data, np.ndarray) or self.data.dtype != np.float32
+                or self.data.shape != expected or not self.data.flags.c_contiguous):
+            raise ValueError(f"PackedMatrix: data must be a C-contiguous float32 array of shape {expected} "
+                             f"for a ({K}, {n}) matrix; use pack_matmul_operand")
+
 
 def pack_matmul_operand(y, *, n_threads=None):
     """Pack y (K, n) for repeated matmul(x, packed) calls."""
@@ -183,6 +197,7 @@ def matmul(x, y, *, bias=None, transpose_x=False, n_threads=None, isa=None):
         if min(m, K, n) < 1:
             raise ValueError(f"{fn}: empty operands: x {x.shape} @ y {(K2, n)}")
         checked.append(yi)
+    fits_in_memory(4.0 * m * sum(-(-yi.shape[1] // CB) * CB for yi in checked), f"the product of x {x.shape}", fn)
     n_threads = cpu.resolve_threads(n_threads)
     isa_name = cpu.resolve_isa(isa)
     T = choose_gemm_split(m, 16, K, isa_name, n_threads).rows   # rows per row tile depend on the ISA only

@@ -37,8 +37,11 @@ class BlockedTensor:
     def __post_init__(self):
         if self.kind not in ("activation", "weight"):
             raise ValueError(f"BlockedTensor: kind must be 'activation' or 'weight', got {self.kind!r}")
-        if len(self.shape) != 4:
-            raise ValueError(f"BlockedTensor: shape must have 4 dims, got {self.shape}")
+        if not isinstance(self.data, np.ndarray):
+            raise TypeError(f"BlockedTensor: data must be a numpy array, got {type(self.data).__name__}")
+        if (not isinstance(self.shape, tuple) or len(self.shape) != 4
+                or not all(isinstance(d, (int, np.integer)) and d >= 1 for d in self.shape)):
+            raise ValueError(f"BlockedTensor: shape must be a tuple of 4 positive ints, got {self.shape!r}")
         expected = blocked_shape(self.shape, self.kind)
         if tuple(self.data.shape) != expected:
             raise ValueError(

@@ -262,13 +262,11 @@ class MaxPool2d(Module):
     def forward(self, x):
         _expect_blocked(x, self.describe(), None)
         a = self.args
-        y, arg = pool.max_pool2d(x, a["kernel_size"], a["stride"], a["padding"])
-        self._cache = (arg, x.shape)
+        y, self._cache = pool.max_pool2d(x, a["kernel_size"], a["stride"], a["padding"])
         return y
 
     def backward(self, dy):
-        arg, x_shape = self._cache
-        return pool.max_pool2d_backward(dy, arg, x_shape)
+        return pool.max_pool2d_backward(dy, self._cache)
 
     def config(self):
         return {"type": "MaxPool2d", "args": self.args}

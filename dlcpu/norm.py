@@ -4,6 +4,7 @@
     dx, dgamma, dbeta = batchnorm_backward(dy, saved)      # relu=True: the ReLU's backward too
     dx = relu_backward(dy, y)
 
+`saved` is an opaque BatchNormSaved; every argument is checked before a nogil kernel runs.
 gamma, beta and the running statistics are padded to whole channel blocks (C/16*16 floats);
 padded channels have gamma = beta = 0, so they stay zero.  Statistics are float64 sums in a
 fixed order per channel block: results do not depend on the thread count.
@@ -12,9 +13,22 @@ import numpy as np
 
 from . import cpu
 from ._ext import norm as _norm
+from ._validate import blocked_activation, float32_array
 from .layout import CB, BlockedTensor
 
 _NO_OUTPUT = np.empty((0, 1, 1, 1, CB), np.float32)
+
+
+class BatchNormSaved:
+    """What batchnorm_backward needs from its forward; opaque to callers."""
+
+    __slots__ = ("gamma", "invstd", "mean", "training", "x", "y")
+
+    def __init__(self, x, mean, invstd, gamma, training, y):
+        self.x, self.mean, self.invstd, self.gamma, self.training, self.y = x, mean, invstd, gamma, training, y
+
+    def __repr__(self):
+        return f"BatchNormSaved(x_shape={tuple(self.x.shape)}, training={self.training})"
 
 
 def _blocks(v, cb):
@@ -25,12 +39,18 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, *, ep
                       momentum=0.1, relu=False, n_threads=None):
     """Normalize (training: batch statistics, updating the running ones in place; eval: the
     running ones), scale, shift, optional fused ReLU.  Returns (y, saved-for-backward)."""
-    if not isinstance(x, BlockedTensor) or x.kind != "activation" or x.dtype != np.float32:
-        raise TypeError("batchnorm_forward: x must be a float32 activation BlockedTensor")
+    fn = "batchnorm_forward"
+    blocked_activation(x, "x", fn)
     cb = x.data.shape[1]
     for name, v in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
-        if v.shape != (cb * CB,):
-            raise ValueError(f"batchnorm_forward: {name} must have {cb * CB} entries (padded channels), got {v.shape}")
+        float32_array(v, name, fn, shape=(cb * CB,))
+    for name, v in (("running_mean", running_mean), ("running_var", running_var)):
+        if training and not v.flags.writeable:
+            raise ValueError(f"{fn}: {name} is updated in place in training mode and must be writeable")
+    if not eps > 0:
+        raise ValueError(f"{fn}: eps must be > 0, got {eps}")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"{fn}: momentum must be in [0, 1], got {momentum}")
     n_threads = cpu.resolve_threads(n_threads)
     if training:
         mean = np.empty((cb, CB))
@@ -51,16 +71,20 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, *, ep
     shift = beta - mean * scale
     y = np.empty_like(x.data)
     _norm.batchnorm_apply(x.data, _blocks(scale, cb), _blocks(shift, cb), y, bool(relu), n_threads)
-    saved = (x, _blocks(mean, cb), _blocks(invstd, cb), _blocks(gamma, cb), bool(training),
-             y if relu else _NO_OUTPUT)
+    saved = BatchNormSaved(x, _blocks(mean, cb), _blocks(invstd, cb), _blocks(gamma, cb), bool(training),
+                           y if relu else _NO_OUTPUT)
     return BlockedTensor(y, x.shape), saved
 
 
 def batchnorm_backward(dy, saved, *, n_threads=None):
     """(dx, dgamma, dbeta) with dgamma/dbeta padded like gamma (float32)."""
-    x, mean, invstd, gamma, training, y = saved
-    if not isinstance(dy, BlockedTensor) or dy.data.shape != x.data.shape:
-        raise ValueError(f"batchnorm_backward: dy must be a BlockedTensor shaped like the forward input {tuple(x.shape)}")
+    fn = "batchnorm_backward"
+    if not isinstance(saved, BatchNormSaved):
+        raise TypeError(f"{fn}: saved must be the BatchNormSaved that batchnorm_forward returned, got {type(saved).__name__}")
+    x, mean, invstd, gamma, training, y = saved.x, saved.mean, saved.invstd, saved.gamma, saved.training, saved.y
+    blocked_activation(dy, "dy", fn)
+    if dy.data.shape != x.data.shape:
+        raise ValueError(f"{fn}: dy has shape {tuple(dy.shape)} but the forward input was {tuple(x.shape)}")
     cb = x.data.shape[1]
     dx = np.empty_like(x.data)
     dgamma = np.empty((cb, CB))
@@ -72,6 +96,11 @@ def batchnorm_backward(dy, saved, *, n_threads=None):
 
 def relu_backward(dy, y, *, n_threads=None):
     """dx = dy where y > 0 (y: the ReLU's output), else 0."""
+    fn = "relu_backward"
+    blocked_activation(dy, "dy", fn)
+    blocked_activation(y, "y", fn)
+    if dy.data.shape != y.data.shape:
+        raise ValueError(f"{fn}: dy has shape {tuple(dy.shape)} but the ReLU's output y has shape {tuple(y.shape)}")
     dx = np.empty_like(dy.data)
     _norm.relu_backward(dy.data, y.data, dx, cpu.resolve_threads(n_threads))
     return BlockedTensor(dx, dy.shape)

@@ -1,35 +1,43 @@
 """Max and average pooling on blocked activations (forward and backward), kernels in pyx/pool.pyx.
 
-    y, arg = max_pool2d(xb, kernel, stride=None, padding=0)     dx = max_pool2d_backward(dy, arg, x_shape)
+    y, saved = max_pool2d(xb, kernel, stride=None, padding=0)   dx = max_pool2d_backward(dy, saved)
     y = avg_pool2d(xb, kernel, stride=None, padding=0)          dx = avg_pool2d_backward(dy, x_shape, ...)
     y = global_avg_pool(xb) -> (N, C) array                     dx = global_avg_pool_backward(dy, x_shape)
 
 Inputs and outputs are activation BlockedTensors (no layout conversion); stride defaults to the
-kernel size and padding must be at most half the kernel, as in PyTorch.
+kernel size and padding must be at most half the kernel, as in PyTorch.  Max pooling hands its
+backward an opaque MaxPoolSaved (winning positions plus the input shape), so the two cannot be
+mismatched; every extent is checked here before a nogil kernel runs.
 """
 import numpy as np
 
 from . import cpu
 from ._ext import pool as _pool
-from .layout import CB, BlockedTensor
+from ._validate import blocked_activation, fits_in_memory, float32_array, pair, shape4
+from .layout import CB, BlockedTensor, blocked_shape
+
+# Pool kinds of pyx/pool.pyx's drivers, and the unused `arg` operand of average pooling.
+_MAX, _AVG = 0, 1
+_NO_ARG = np.empty((0, 1, 1, 1, CB), np.int32)
 
 
-def _pair(v, name, fn):
-    if isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{fn}: {name} must be an int or an (h, w) pair of ints, got {v!r}")
-    if isinstance(v, (int, np.integer)):
-        return int(v), int(v)
-    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(e, (int, np.integer)) for e in v):
-        return int(v[0]), int(v[1])
-    raise TypeError(f"{fn}: {name} must be an int or an (h, w) pair of ints, got {v!r}")
+class MaxPoolSaved:
+    """What max_pool2d_backward needs from its forward; opaque to callers."""
+
+    __slots__ = ("_arg", "_geo", "_x_shape")
+
+    def __init__(self, arg, geo, x_shape):
+        self._arg, self._geo, self._x_shape = arg, geo, tuple(x_shape)
+
+    def __repr__(self):
+        return f"MaxPoolSaved(x_shape={self._x_shape}, y_blocks={self._arg.shape})"
 
 
 def _geometry(x, kernel, stride, padding, fn):
-    if not isinstance(x, BlockedTensor) or x.kind != "activation" or x.dtype != np.float32:
-        raise TypeError(f"{fn}: x must be a float32 activation BlockedTensor")
-    r, s = _pair(kernel, "kernel", fn)
-    sh, sw = _pair(kernel if stride is None else stride, "stride", fn)
-    ph, pw = _pair(padding, "padding", fn)
+    blocked_activation(x, "x", fn)
+    r, s = pair(kernel, "kernel", fn)
+    sh, sw = pair(kernel if stride is None else stride, "stride", fn)
+    ph, pw = pair(padding, "padding", fn)
     if min(r, s, sh, sw) < 1:
         raise ValueError(f"{fn}: kernel and stride must be >= 1, got kernel ({r}, {s}), stride ({sh}, {sw})")
     if ph < 0 or pw < 0 or 2 * ph > r or 2 * pw > s:
@@ -43,54 +51,65 @@ def _geometry(x, kernel, stride, padding, fn):
 
 
 def max_pool2d(x, kernel, stride=None, padding=0, *, n_threads=None):
-    """Returns (y, arg): y a BlockedTensor, arg the winning positions for max_pool2d_backward."""
+    """Returns (y, saved): y a BlockedTensor, saved what max_pool2d_backward needs."""
     geo, out_shape = _geometry(x, kernel, stride, padding, "max_pool2d")
     y = np.empty((out_shape[0], x.data.shape[1], out_shape[2], out_shape[3], CB), np.float32)
     arg = np.empty(y.shape, np.int32)
-    _pool.max_pool_forward(x.data, y, arg, *geo, cpu.resolve_threads(n_threads))
-    return BlockedTensor(y, out_shape), arg
+    _pool.pool_pass(x.data, y, arg, _MAX, False, *geo, cpu.resolve_threads(n_threads))
+    return BlockedTensor(y, out_shape), MaxPoolSaved(arg, geo, x.shape)
 
 
-def max_pool2d_backward(dy, arg, x_shape, *, n_threads=None):
-    if not isinstance(dy, BlockedTensor) or arg.shape != dy.data.shape:
-        raise ValueError("max_pool2d_backward: dy must be a BlockedTensor matching the forward output")
-    n, _c, h, w = x_shape
-    dx = np.empty((n, dy.data.shape[1], h, w, CB), np.float32)
-    _pool.max_pool_backward(dy.data, arg, dx, cpu.resolve_threads(n_threads))
-    return BlockedTensor(dx, tuple(x_shape))
+def max_pool2d_backward(dy, saved, *, n_threads=None):
+    """dx: dy routed to the positions that won the forward's max."""
+    fn = "max_pool2d_backward"
+    if not isinstance(saved, MaxPoolSaved):
+        raise TypeError(f"{fn}: saved must be the MaxPoolSaved that max_pool2d returned, got {type(saved).__name__}")
+    blocked_activation(dy, "dy", fn)
+    if dy.data.shape != saved._arg.shape:
+        y_shape = (saved._x_shape[0], saved._x_shape[1]) + saved._arg.shape[2:4]
+        raise ValueError(f"{fn}: dy has shape {tuple(dy.shape)} but the forward output was {y_shape}")
+    dx = np.empty(blocked_shape(saved._x_shape), np.float32)
+    _pool.pool_pass(dy.data, dx, saved._arg, _MAX, True, *saved._geo, cpu.resolve_threads(n_threads))
+    return BlockedTensor(dx, saved._x_shape)
 
 
 def avg_pool2d(x, kernel, stride=None, padding=0, *, n_threads=None):
     geo, out_shape = _geometry(x, kernel, stride, padding, "avg_pool2d")
     y = np.empty((out_shape[0], x.data.shape[1], out_shape[2], out_shape[3], CB), np.float32)
-    _pool.avg_pool_forward(x.data, y, *geo, cpu.resolve_threads(n_threads))
+    _pool.pool_pass(x.data, y, _NO_ARG, _AVG, False, *geo, cpu.resolve_threads(n_threads))
     return BlockedTensor(y, out_shape)
 
 
 def avg_pool2d_backward(dy, x_shape, kernel, stride=None, padding=0, *, n_threads=None):
-    n, _c, h, w = x_shape
-    x_like = BlockedTensor(np.zeros((n, dy.data.shape[1], h, w, CB), np.float32), tuple(x_shape))
-    geo, out_shape = _geometry(x_like, kernel, stride, padding, "avg_pool2d_backward")
+    """dx for y = avg_pool2d(x, kernel, stride, padding), x of logical shape x_shape."""
+    fn = "avg_pool2d_backward"
+    blocked_activation(dy, "dy", fn)
+    x_shape = shape4(x_shape, "x_shape", fn)
+    if tuple(dy.shape[:2]) != x_shape[:2]:
+        raise ValueError(f"{fn}: dy has shape {tuple(dy.shape)}, which cannot come from an input of shape {x_shape}")
+    fits_in_memory(4 * int(np.prod(blocked_shape(x_shape), dtype=np.float64)), f"dx of shape {x_shape}", fn)
+    x_like = BlockedTensor(np.zeros(blocked_shape(x_shape), np.float32), x_shape)
+    geo, out_shape = _geometry(x_like, kernel, stride, padding, fn)
     if tuple(dy.shape) != out_shape:
-        raise ValueError(f"avg_pool2d_backward: dy has shape {tuple(dy.shape)}, the forward output is {out_shape}")
-    _pool.avg_pool_backward(dy.data, x_like.data, *geo, cpu.resolve_threads(n_threads))
+        raise ValueError(f"{fn}: dy has shape {tuple(dy.shape)}, the forward output is {out_shape}")
+    _pool.pool_pass(dy.data, x_like.data, _NO_ARG, _AVG, True, *geo, cpu.resolve_threads(n_threads))
     return x_like
 
 
 def global_avg_pool(x):
     """(N, C) float32 means over H and W of an activation BlockedTensor."""
-    if not isinstance(x, BlockedTensor) or x.kind != "activation":
-        raise TypeError("global_avg_pool: x must be an activation BlockedTensor")
+    blocked_activation(x, "x", "global_avg_pool")
     n, c, _h, _w = x.shape
     return x.data.mean(axis=(2, 3), dtype=np.float32).reshape(n, -1)[:, :c].copy()
 
 
 def global_avg_pool_backward(dy, x_shape):
-    n, c, h, w = x_shape
-    if dy.shape != (n, c):
-        raise ValueError(f"global_avg_pool_backward: dy must have shape {(n, c)}, got {dy.shape}")
+    fn = "global_avg_pool_backward"
+    n, c, h, w = shape4(x_shape, "x_shape", fn)
+    dy = float32_array(dy, "dy", fn, shape=(n, c))
+    fits_in_memory(4 * int(np.prod(blocked_shape((n, c, h, w)), dtype=np.float64)), f"dx of shape {(n, c, h, w)}", fn)
     cbs = -(-c // CB)
     g = np.zeros((n, cbs * CB), np.float32)
     g[:, :c] = dy / (h * w)
     dx = np.broadcast_to(g.reshape(n, cbs, 1, 1, CB), (n, cbs, h, w, CB))
-    return BlockedTensor(np.ascontiguousarray(dx), tuple(x_shape))
+    return BlockedTensor(np.ascontiguousarray(dx), (n, c, h, w))

@@ -177,13 +177,33 @@ def _forward_setup(cell, prepare, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_thre
 
 
 def _input_projection(weights, x2, n_threads, isa):
-    """G = x.W_ih^T + b for all T at once: one large GEMM, before the time loop."""
-    return matmul(x2, weights.w_ih_t, bias=weights.bias, n_threads=n_threads, isa=isa)
+    """G = x.W_ih^T + b for all T at once: one large GEMM, before the time loop.
+
+    The padded units' columns of W_ih^T are zero, so for finite x they come out exactly 0; but an
+    Inf in x gives 0 * Inf = NaN there, the padded h turns NaN, and the next step's recurrent GEMM
+    (0 * NaN) spreads it to every real unit where PyTorch stays finite.  Writing the padded
+    columns back to 0 keeps them inert (a no-op for finite input)."""
+    G = matmul(x2, weights.w_ih_t, bias=weights.bias, n_threads=n_threads, isa=isa)
+    kp = weights.Kb * CB
+    if kp != weights.K:
+        G.reshape(G.shape[0], weights.gates, kp)[:, :, weights.K:] = 0.0
+    return G
+
+
+class RecurrentCache(dict):
+    """What a backward needs from its forward (train=True); opaque to callers.  The backward
+    checks that the cache is one of these and came from the same kind of cell."""
+
+    __slots__ = ()
+
+    def __repr__(self):
+        w = self["weights"]
+        return f"RecurrentCache(cell={w.cell!r}, T={self['T']}, N={self['N']}, C={w.C}, K={w.K})"
 
 
 def _cache(weights, x2, G, H, T, N, isa, n_threads, **extra):
     """What a backward needs from its forward."""
-    return dict(x=x2, G=G, H=H, weights=weights, T=T, N=N, isa=isa, n_threads=n_threads, **extra)
+    return RecurrentCache(x=x2, G=G, H=H, weights=weights, T=T, N=N, isa=isa, n_threads=n_threads, **extra)
 
 
 def _column_sums(a):
@@ -191,8 +211,11 @@ def _column_sums(a):
     return a.sum(axis=0, dtype=np.float64).astype(np.float32)
 
 
-def _backward_setup(dy, cache, dh_T):
+def _backward_setup(dy, cache, dh_T, cell):
     """Common start of every backward: sizes, dy blocked per step, the carried dh."""
+    if not isinstance(cache, RecurrentCache) or cache["weights"].cell != cell:
+        got = repr(cache) if isinstance(cache, RecurrentCache) else type(cache).__name__
+        raise TypeError(f"{cell}_backward: cache must be what {cell}_forward(..., train=True) returned, got {got}")
     w = cache["weights"]
     T, N, K, kb = cache["T"], cache["N"], w.K, w.Kb
     dY = _blocked_sequence(_f32(dy, "dy", (T, N, K)), T, N, K, kb)
@@ -268,7 +291,7 @@ def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None
 def lstm_backward(dy, cache, dh_T=None, dc_T=None, *, need_dx=True):
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0) from dy (T, N, K) and the forward's cache.
     need_dx=False skips the dx GEMM (a first layer, whose input is data) and returns dx=None."""
-    w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T)
+    w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T, "lstm")
     n_threads, isa = cache["n_threads"], cache["isa"]
     dc = _state(dc_T, "dc_T", N, K, kb)
     dG = scratch("rnn.dg", (T * N, LSTM_GATES * kp))
@@ -302,7 +325,7 @@ def gru_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, weigh
 def gru_backward(dy, cache, dh_T=None, *, need_dx=True):
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0) from dy (T, N, K) and gru_forward's cache
     (dx=None with need_dx=False)."""
-    w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T)
+    w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T, "gru")
     n_threads, isa = cache["n_threads"], cache["isa"]
     dGx = scratch("rnn.dg", (T * N, GRU_GATES * kp))
     dGh = scratch("rnn.dgh", (T * N, GRU_GATES * kp))
@@ -341,7 +364,7 @@ def rnn_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, nonli
 def rnn_backward(dy, cache, dh_T=None, *, need_dx=True):
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0) from dy (T, N, K) and rnn_forward's cache
     (dx=None with need_dx=False)."""
-    w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T)
+    w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T, "rnn")
     n_threads, isa = cache["n_threads"], cache["isa"]
     dG = scratch("rnn.dg", (T * N, kp))
     dGb = scratch("rnn.dgb", (kb, N, CB))

@@ -1,6 +1,6 @@
 """Built-in workloads (package data) and the benchdnn-style problem descriptors.
 
-A conv layer is a `ConvLayer` (name, count, C, K, H, W, R, S, stride, pad, mb).  It comes from
+A conv layer is a `ConvLayer`: a name, a repeat count and a ConvShape (N = the descriptor's mb).  It comes from
 the shipped ResNet-50 v1.5 table, or from a descriptor in oneDNN benchdnn's grammar, e.g.
     mb4ic64ih56oc64oh56kh3ph1        ic3ih224oc64kh7sh2ph3n"resnet_50:conv1"
 Rules (as benchdnn): `_` separators are optional; missing w values copy the h values; a missing
@@ -9,40 +9,38 @@ trailing `*3` in the name is a repeat count.  Groups, dilation and 3-D problems 
 """
 import csv
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
+
+from .conv import ConvShape
 
 
 @dataclass(frozen=True)
 class ConvLayer:
+    """A named convolution problem with its repeat count in the network.  The geometry is a
+    ConvShape whose N is the descriptor's minibatch (0: use the run's --batch); its fields
+    (C, K, H, W, R, S, stride_h, ..., P, Q) read through, as `layer.C`."""
+
     name: str
     count: int
-    C: int
-    K: int
-    H: int
-    W: int
-    R: int
-    S: int
-    stride_h: int
-    stride_w: int
-    pad_h: int
-    pad_w: int
-    mb: int = 0  # 0: use the run's --batch
+    problem: ConvShape
+
+    def __getattr__(self, attr):
+        if attr.startswith("__") or attr == "problem":
+            raise AttributeError(attr)
+        return getattr(self.problem, attr)
+
+    @property
+    def mb(self):
+        return self.problem.N
 
     def shape(self, mb):
         """The ConvShape of this layer at minibatch mb (the descriptor's own mb wins)."""
-        from .conv import ConvShape
+        return replace(self.problem, N=self.problem.N or mb)
 
-        return ConvShape(self.mb or mb, self.C, self.K, self.H, self.W, self.R, self.S,
-                         self.stride_h, self.stride_w, self.pad_h, self.pad_w)
-
-    @property
-    def P(self):
-        return self.shape(1).P
-
-    @property
-    def Q(self):
-        return self.shape(1).Q
+    def without_batch(self):
+        """The same layer run at the caller's minibatch."""
+        return replace(self, problem=replace(self.problem, N=0))
 
     def descriptor(self, mb):
         """The benchdnn repro string for this layer at minibatch mb."""
@@ -73,7 +71,7 @@ def resnet50_layers():
     for row in rows:
         name, count, c, k, h, w, r, s, stride, pad = row
         c, k, h, w, r, s, stride, pad = map(int, (c, k, h, w, r, s, stride, pad))
-        layers.append(ConvLayer(name, int(count), c, k, h, w, r, s, stride, stride, pad, pad))
+        layers.append(ConvLayer(name, int(count), ConvShape(0, c, k, h, w, r, s, stride, stride, pad, pad)))
     return layers
 
 
@@ -133,8 +131,8 @@ def parse_conv_descriptor(text):
     ph = pad_for(vals.get("oh"), ih, kh, sh, vals.get("ph"))
     pw = pad_for(vals.get("ow", vals.get("oh") if iw == ih and kw == kh and sw == sh else None),
                  iw, kw, sw, vals.get("pw", vals.get("ph")))
-    layer = ConvLayer(name or "layer", count, vals["ic"], vals["oc"], ih, iw, kh, kw, sh, sw, ph, pw,
-                      vals.get("mb", 0))
+    layer = ConvLayer(name or "layer", count,
+                      ConvShape(vals.get("mb", 0), vals["ic"], vals["oc"], ih, iw, kh, kw, sh, sw, ph, pw))
     if layer.P < 1 or layer.Q < 1:
         raise ValueError(f"conv descriptor {text!r}: output size would be <= 0")
     for key, want in (("oh", layer.P), ("ow", layer.Q)):

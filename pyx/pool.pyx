@@ -1,128 +1,124 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Max and average pooling on blocked activations I[N][C/16][H][W][16], forward and backward.
 
-Parallel over (image, channel block); the 16 lanes of a pixel are the innermost loop, so each
-window step is one 16-float vector operation.  Max pooling records the winning input position
-per output lane (int32, h*W + w) for the backward pass; ties go to the first position in
-row-major window order, as in PyTorch.  Average pooling divides by R*S (padding counted, PyTorch's
-count_include_pad=True default).  The backward passes write each (image, block) plane from one
-thread, in a fixed order: results do not depend on the thread count.
+One driver for both directions, parallel over (image, channel block), walks the pooled pixels;
+per pixel, a window helper does the kind-specific work on 16 lanes at once (the lanes are the
+innermost loop, so each window step is one 16-float vector operation):
+  max  forward records the winning input position per lane (int32, h*W + w) for the backward;
+       ties go to the first position in row-major window order, and the first NaN wins, as in
+       PyTorch; backward adds dy at the recorded position.
+  avg  divides by R*S (padding counted: PyTorch's count_include_pad=True default); backward
+       spreads dy/(R*S) over the window.
+Padding taps are skipped, never read.  Each (image, block) plane is written by one thread in a
+fixed order, so results do not depend on the thread count.  dlcpu/pool.py has checked every
+extent before these run.
 """
 from libc.stdint cimport int64_t, int32_t
 from libc.string cimport memset
 from libc.math cimport INFINITY
 from cython.parallel cimport prange
 
-
-# Taps [first_tap, end_tap) of the window at output o are those whose input position
-# o*stride - pad + tap lies in [0, L): padding taps are skipped, never read.  (Returned by value:
-# a prange loop's variables must be assigned directly to be thread-private.)
-cdef inline int64_t first_tap(int64_t o, int64_t stride, int64_t pad) noexcept nogil:
-    cdef int64_t start = o * stride - pad
-    return -start if start < 0 else 0
+cdef enum:
+    POOL_MAX = 0
+    POOL_AVG = 1
 
 
-cdef inline int64_t end_tap(int64_t o, int64_t stride, int64_t pad, int64_t K, int64_t L) noexcept nogil:
-    cdef int64_t start = o * stride - pad
-    return L - start if start + K > L else K
+cdef struct window_t:
+    # Taps [r0, r1) x [s0, s1) of one output pixel's window whose input row h0 + r and column
+    # w0 + s lie inside the image.  Returned by value: a prange loop's variables must be assigned
+    # directly to be thread-private.
+    int64_t h0, w0, r0, r1, s0, s1
 
 
-def max_pool_forward(const float[:, :, :, :, ::1] x, float[:, :, :, :, ::1] y,
-                     int32_t[:, :, :, :, ::1] arg, int R, int S, int sh, int sw, int ph, int pw,
-                     int n_threads):
-    cdef int64_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int64_t P = y.shape[2], Q = y.shape[3]
-    cdef int64_t nc, n, cb, p, q, r, s, h, w, lane, r0, r1, s0, s1
-    cdef float v, cur
-    for nc in prange(N * Cb, nogil=True, schedule='static', num_threads=n_threads):
-        n = nc // Cb
-        cb = nc % Cb
-        for p in range(P):
-            for q in range(Q):
-                for lane in range(16):
-                    y[n, cb, p, q, lane] = -INFINITY
-                    arg[n, cb, p, q, lane] = -1
-                r0 = first_tap(p, sh, ph)
-                r1 = end_tap(p, sh, ph, R, H)
-                s0 = first_tap(q, sw, pw)
-                s1 = end_tap(q, sw, pw, S, W)
-                for r in range(r0, r1):
-                    h = p * sh - ph + r
-                    for s in range(s0, s1):
-                        w = q * sw - pw + s
-                        for lane in range(16):
-                            v = x[n, cb, h, w, lane]
-                            cur = y[n, cb, p, q, lane]
-                            # First valid tap, a strictly larger value (ties keep the first), or
-                            # the first NaN (NaN propagates, as in PyTorch).
-                            if arg[n, cb, p, q, lane] < 0 or v > cur or (v != v and cur == cur):
-                                y[n, cb, p, q, lane] = v
-                                arg[n, cb, p, q, lane] = <int32_t>(h * W + w)
+cdef inline window_t window_at(int64_t p, int64_t q, int64_t R, int64_t S, int64_t sh, int64_t sw,
+                               int64_t ph, int64_t pw, int64_t H, int64_t W) noexcept nogil:
+    cdef window_t win
+    win.h0 = p * sh - ph
+    win.w0 = q * sw - pw
+    win.r0 = -win.h0 if win.h0 < 0 else 0
+    win.r1 = H - win.h0 if win.h0 + R > H else R
+    win.s0 = -win.w0 if win.w0 < 0 else 0
+    win.s1 = W - win.w0 if win.w0 + S > W else S
+    return win
 
 
-def max_pool_backward(const float[:, :, :, :, ::1] dy, const int32_t[:, :, :, :, ::1] arg,
-                      float[:, :, :, :, ::1] dx, int n_threads):
-    cdef int64_t N = dx.shape[0], Cb = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
-    cdef int64_t P = dy.shape[2], Q = dy.shape[3]
-    cdef int64_t nc, n, cb, p, q, lane, pos
-    for nc in prange(N * Cb, nogil=True, schedule='static', num_threads=n_threads):
-        n = nc // Cb
-        cb = nc % Cb
-        memset(&dx[n, cb, 0, 0, 0], 0, sizeof(float) * H * W * 16)
-        for p in range(P):
-            for q in range(Q):
-                for lane in range(16):
-                    pos = arg[n, cb, p, q, lane]
-                    if pos >= 0:
-                        dx[n, cb, pos // W, pos % W, lane] += dy[n, cb, p, q, lane]
+cdef inline void max_window(const float *plane, int64_t W, window_t win, float *y16,
+                            int32_t *arg16) noexcept nogil:
+    cdef int64_t r, s, lane, pos
+    cdef float v
+    for lane in range(16):
+        y16[lane] = -INFINITY
+        arg16[lane] = -1
+    for r in range(win.r0, win.r1):
+        for s in range(win.s0, win.s1):
+            pos = (win.h0 + r) * W + win.w0 + s
+            for lane in range(16):
+                v = plane[pos * 16 + lane]
+                # First valid tap, a strictly larger value (ties keep the first), or the first
+                # NaN (NaN propagates, as in PyTorch).
+                if arg16[lane] < 0 or v > y16[lane] or (v != v and y16[lane] == y16[lane]):
+                    y16[lane] = v
+                    arg16[lane] = <int32_t>pos
 
 
-def avg_pool_forward(const float[:, :, :, :, ::1] x, float[:, :, :, :, ::1] y, int R, int S,
-                     int sh, int sw, int ph, int pw, int n_threads):
-    cdef int64_t N = x.shape[0], Cb = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int64_t P = y.shape[2], Q = y.shape[3]
-    cdef int64_t nc, n, cb, p, q, r, s, h, w, lane, r0, r1, s0, s1
+cdef inline void mean_window(const float *plane, int64_t W, window_t win, float scale,
+                             float *y16) noexcept nogil:
+    cdef int64_t r, s, lane, pos
+    for lane in range(16):
+        y16[lane] = 0.0
+    for r in range(win.r0, win.r1):
+        for s in range(win.s0, win.s1):
+            pos = (win.h0 + r) * W + win.w0 + s
+            for lane in range(16):
+                y16[lane] += plane[pos * 16 + lane]
+    for lane in range(16):
+        y16[lane] *= scale
+
+
+cdef inline void spread_window(float *plane, int64_t W, window_t win, float scale,
+                               const float *dy16) noexcept nogil:
+    cdef int64_t r, s, lane, pos
+    for r in range(win.r0, win.r1):
+        for s in range(win.s0, win.s1):
+            pos = (win.h0 + r) * W + win.w0 + s
+            for lane in range(16):
+                plane[pos * 16 + lane] += dy16[lane] * scale
+
+
+cdef inline void route_to_winners(float *plane, const int32_t *arg16, const float *dy16) noexcept nogil:
+    cdef int64_t lane
+    for lane in range(16):
+        if arg16[lane] >= 0:
+            plane[arg16[lane] * 16 + lane] += dy16[lane]
+
+
+def pool_pass(const float[:, :, :, :, ::1] src, float[:, :, :, :, ::1] dst, int32_t[:, :, :, :, ::1] arg,
+              int kind, bint backward, int R, int S, int sh, int sw, int ph, int pw, int n_threads):
+    """Forward (src x, dst y; max also fills arg) or backward (src dy, dst dx; max reads arg):
+    max routes each lane to its recorded winner, avg spreads over the window.  arg is unused
+    for avg."""
+    cdef int64_t N = dst.shape[0], Cb = dst.shape[1]
+    # The image side (x or dx) and the pooled side (y or dy).
+    cdef int64_t H = dst.shape[2] if backward else src.shape[2]
+    cdef int64_t W = dst.shape[3] if backward else src.shape[3]
+    cdef int64_t P = src.shape[2] if backward else dst.shape[2]
+    cdef int64_t Q = src.shape[3] if backward else dst.shape[3]
+    cdef int64_t nc, n, cb, p, q
+    cdef window_t win
     cdef float scale = 1.0 / (R * S)
     for nc in prange(N * Cb, nogil=True, schedule='static', num_threads=n_threads):
         n = nc // Cb
         cb = nc % Cb
+        if backward:
+            memset(&dst[n, cb, 0, 0, 0], 0, sizeof(float) * H * W * 16)
         for p in range(P):
             for q in range(Q):
-                for lane in range(16):
-                    y[n, cb, p, q, lane] = 0.0
-                r0 = first_tap(p, sh, ph)
-                r1 = end_tap(p, sh, ph, R, H)
-                s0 = first_tap(q, sw, pw)
-                s1 = end_tap(q, sw, pw, S, W)
-                for r in range(r0, r1):
-                    h = p * sh - ph + r
-                    for s in range(s0, s1):
-                        w = q * sw - pw + s
-                        for lane in range(16):
-                            y[n, cb, p, q, lane] += x[n, cb, h, w, lane]
-                for lane in range(16):
-                    y[n, cb, p, q, lane] *= scale
-
-
-def avg_pool_backward(const float[:, :, :, :, ::1] dy, float[:, :, :, :, ::1] dx, int R, int S,
-                      int sh, int sw, int ph, int pw, int n_threads):
-    cdef int64_t N = dx.shape[0], Cb = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
-    cdef int64_t P = dy.shape[2], Q = dy.shape[3]
-    cdef int64_t nc, n, cb, p, q, r, s, h, w, lane, r0, r1, s0, s1
-    cdef float scale = 1.0 / (R * S)
-    for nc in prange(N * Cb, nogil=True, schedule='static', num_threads=n_threads):
-        n = nc // Cb
-        cb = nc % Cb
-        memset(&dx[n, cb, 0, 0, 0], 0, sizeof(float) * H * W * 16)
-        for p in range(P):
-            for q in range(Q):
-                r0 = first_tap(p, sh, ph)
-                r1 = end_tap(p, sh, ph, R, H)
-                s0 = first_tap(q, sw, pw)
-                s1 = end_tap(q, sw, pw, S, W)
-                for r in range(r0, r1):
-                    h = p * sh - ph + r
-                    for s in range(s0, s1):
-                        w = q * sw - pw + s
-                        for lane in range(16):
-                            dx[n, cb, h, w, lane] += dy[n, cb, p, q, lane] * scale
+                win = window_at(p, q, R, S, sh, sw, ph, pw, H, W)
+                if not backward and kind == POOL_MAX:
+                    max_window(&src[n, cb, 0, 0, 0], W, win, &dst[n, cb, p, q, 0], &arg[n, cb, p, q, 0])
+                elif not backward:
+                    mean_window(&src[n, cb, 0, 0, 0], W, win, scale, &dst[n, cb, p, q, 0])
+                elif kind == POOL_MAX:
+                    route_to_winners(&dst[n, cb, 0, 0, 0], &arg[n, cb, p, q, 0], &src[n, cb, p, q, 0])
+                else:
+                    spread_window(&dst[n, cb, 0, 0, 0], W, win, scale, &src[n, cb, p, q, 0])

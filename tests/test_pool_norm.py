@@ -22,7 +22,7 @@ def test_max_pool(rng, case):
     y, arg = pool.max_pool2d(dlcpu.to_blocked(x), k, s, p)
     assert_close(y.numpy(), ref.max_pool2d(x, k, s, p))
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    dx = pool.max_pool2d_backward(dlcpu.to_blocked(dy), arg, x.shape)
+    dx = pool.max_pool2d_backward(dlcpu.to_blocked(dy), arg)
     assert_close(dx.numpy(), ref.max_pool2d_backward(dy, x, k, s, p))
     assert not dx.data[:, -1, :, :, (c - 1) % 16 + 1:].any() if c % 16 else True
 
@@ -158,3 +158,22 @@ def test_relu_backward(rng):
     y = dlcpu.to_blocked(np.maximum(rng.standard_normal((2, 17, 3, 3)), 0).astype(np.float32))
     dy = dlcpu.to_blocked(rng.standard_normal((2, 17, 3, 3)).astype(np.float32))
     assert np.array_equal(norm.relu_backward(dy, y).data, np.where(y.data > 0, dy.data, 0))
+
+
+def test_pool_backward_mismatches_refused():
+    """The issue's crash: max_pool2d on (8, 16, 64, 64), backward with another shape's state."""
+    xb = dlcpu.to_blocked(np.zeros((8, 16, 64, 64), np.float32))
+    y, saved = pool.max_pool2d(xb, 2)
+    small = dlcpu.to_blocked(np.zeros((8, 16, 2, 2), np.float32))
+    with pytest.raises(ValueError, match="dy has shape"):
+        pool.max_pool2d_backward(small, saved)
+    with pytest.raises(TypeError, match="MaxPoolSaved"):
+        pool.max_pool2d_backward(y, np.zeros(y.data.shape, np.int32))
+    with pytest.raises(ValueError, match="x_shape"):
+        pool.avg_pool2d_backward(y, (8, 16, 64), 2)
+    with pytest.raises(ValueError, match="cannot come from an input"):
+        pool.avg_pool2d_backward(y, (8, 32, 64, 64), 2)
+    with pytest.raises(ValueError, match="shape"):
+        pool.global_avg_pool_backward(np.zeros((8, 15), np.float32), (8, 16, 4, 4))
+    with pytest.raises(TypeError, match="float32"):
+        pool.global_avg_pool_backward(np.zeros((8, 16)), (8, 16, 4, 4))

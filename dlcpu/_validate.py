@@ -1,0 +1,88 @@
+"""Argument checks shared by every public entry point, defined once.
+
+The kernels run `nogil` with bounds checks off, so the Python layer must prove every extent before
+a call: these helpers raise ValueError (a rule about values or shapes) or TypeError (a wrong kind
+of object or dtype), always naming the function, the argument and what was given.
+"""
+import os
+
+import numpy as np
+
+
+def pair(value, name, fn):
+    """An int or an (h, w) pair of ints (bools are refused) -> (h, w)."""
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    if is_int(value):
+        return int(value), int(value)
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(is_int(v) for v in value):
+        return int(value[0]), int(value[1])
+    raise TypeError(f"{fn}: {name} must be an int or an (h, w) pair of ints, got {value!r}")
+
+
+def positive_int(value, name, fn, minimum=1):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{fn}: {name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def shape4(value, name, fn):
+    """A logical 4-d shape of positive ints (e.g. a forward input's (N, C, H, W))."""
+    if not isinstance(value, (tuple, list)) or len(value) != 4:
+        raise ValueError(f"{fn}: {name} must be a 4-tuple of ints, got {value!r}")
+    return tuple(positive_int(v, f"{name}[{i}]", fn) for i, v in enumerate(value))
+
+
+def float32_array(a, name, fn, shape=None, ndim=None):
+    """A float32 numpy array of the given shape/ndim, made C-contiguous (a copy if it was not)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{fn}: {name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(f"{fn}: {name} must be float32, got {a.dtype} (convert with .astype(np.float32))")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{fn}: {name} must be {ndim}-d, got shape {a.shape}")
+    if shape is not None and tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{fn}: {name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
+    return np.ascontiguousarray(a)
+
+
+def blocked_activation(t, name, fn):
+    """A float32 activation BlockedTensor (its data shape was checked when it was made)."""
+    from .layout import BlockedTensor  # layout imports the extensions; keep this module light
+
+    if not isinstance(t, BlockedTensor) or t.kind != "activation":
+        raise TypeError(f"{fn}: {name} must be an activation BlockedTensor, got {type(t).__name__}")
+    if t.dtype != np.float32:
+        raise TypeError(f"{fn}: {name} must be float32, got {t.dtype}")
+    return t
+
+
+def not_aliased(out, inputs, fn):
+    """Refuse an output buffer that overlaps any input: the kernels read inputs while they write."""
+    for name, a in inputs.items():
+        if a is not None and np.may_share_memory(out, a):
+            raise ValueError(f"{fn}: out= overlaps {name}; the kernels would read values they already "
+                             f"overwrote — pass a separate buffer")
+
+
+def _memory_bytes():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def _gib(n):
+    return f"{n / 2**30:.3g} GiB"
+
+
+def fits_in_memory(n_bytes, what, fn):
+    """Refuse up front a problem whose buffers could never be allocated, saying how much it needs
+    (numpy would otherwise fail deep inside, or the kernels' int64 offsets could overflow)."""
+    limit = _memory_bytes()
+    if n_bytes > limit:
+        raise ValueError(f"{fn}: {what} would need {_gib(n_bytes)}, more than this machine's "
+                         f"{_gib(limit)} of memory")

@@ -1,0 +1,190 @@
+"""Every code block in README.md runs, so the user's guide cannot drift from the code.
+
+- ```python blocks are executed in order, in one shared namespace (later blocks use names that
+  earlier ones define), each as its own test, in a temporary working directory.
+- ```bash blocks: every line that starts with `dlcpu ` runs with the installed `dlcpu` command
+  and must exit 0.  A block right after `<!-- readme-test: skip (reason) -->` is skipped with
+  that reason (installing packages, long benchmarks).
+- Blocks in any other language (```text, or none: output shown as text) are not code.
+- The README's relative links point at files and headings that exist.
+
+The README sits next to tests/, in the source tree; the code under test is the installed package.
+"""
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+FENCE = re.compile(r"^```(\S*)\s*$")
+SKIP_MARK = re.compile(r"^<!--\s*readme-test:\s*skip\s*\((.+)\)\s*-->\s*$")
+
+
+def parse_blocks(text):
+    """[(language, first line number, code, skip reason or None)] of the fenced blocks."""
+    blocks = []
+    lines = text.splitlines()
+    i = 0
+    last_nonblank = ""
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if not m:
+            if lines[i].strip():
+                last_nonblank = lines[i].strip()
+            i += 1
+            continue
+        lang, start = m.group(1).lower(), i + 1
+        j = start
+        while j < len(lines) and not lines[j].startswith("```"):
+            j += 1
+        if j == len(lines):
+            raise ValueError(f"README.md: the code block opened on line {i + 1} is never closed")
+        skip = SKIP_MARK.match(last_nonblank)
+        blocks.append((lang, start + 1, "\n".join(lines[start:j]) + "\n", skip.group(1) if skip else None))
+        last_nonblank = ""
+        i = j + 1
+    return blocks
+
+
+BLOCKS = parse_blocks(README.read_text(encoding="utf-8")) if README.is_file() else []
+PYTHON = [b for b in BLOCKS if b[0] in ("python", "py")]
+BASH = [b for b in BLOCKS if b[0] in ("bash", "sh", "shell", "console")]
+needs_readme = pytest.mark.skipif(not README.is_file(), reason=f"{README} is not there (tests run outside a source tree)")
+
+
+def _id(block):
+    return f"line{block[1]}"
+
+
+# ------------------------------------------------------------------------------------ python
+@pytest.fixture(scope="module")
+def namespace():
+    return {"__name__": "__readme__"}
+
+
+@needs_readme
+@pytest.mark.parametrize("block", PYTHON, ids=[_id(b) for b in PYTHON])
+def test_python_block(block, namespace, tmp_path, monkeypatch):
+    _, line, code, skip = block
+    if skip:
+        pytest.skip(skip)
+    if namespace.get("__failed__"):
+        pytest.skip(f"an earlier README block failed (line {namespace['__failed__']})")
+    monkeypatch.chdir(tmp_path)
+    # Padding with blank lines makes tracebacks name the README's own line numbers.
+    compiled = compile("\n" * (line - 1) + code, str(README), "exec")
+    try:
+        exec(compiled, namespace)  # noqa: S102 -- running the README is the point
+    except BaseException:
+        namespace["__failed__"] = line
+        raise
+
+
+# -------------------------------------------------------------------------------------- bash
+def dlcpu_executable():
+    """The `dlcpu` installed with the Python running the tests (same venv), else one on PATH."""
+    here = Path(sys.executable).parent / "dlcpu"
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    return shutil.which("dlcpu")
+
+
+def commands(code):
+    return [line.strip() for line in code.splitlines() if line.strip().startswith("dlcpu ")]
+
+
+@needs_readme
+@pytest.mark.parametrize("block", BASH, ids=[_id(b) for b in BASH])
+def test_bash_block(block, tmp_path):
+    _, line, code, skip = block
+    if skip:
+        pytest.skip(skip)
+    cmds = commands(code)
+    if not cmds:
+        pytest.skip(f"the bash block on line {line} has no dlcpu command")
+    exe = dlcpu_executable()
+    if exe is None:
+        pytest.fail("the dlcpu command is not installed")
+    for cmd in cmds:
+        argv = shlex.split(cmd, comments=True)
+        res = subprocess.run([exe, *argv[1:]], check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert res.returncode == 0, (
+            f"README line {line}: `{cmd}` exited {res.returncode}\n"
+            f"stdout:\n{res.stdout[-2000:]}\nstderr:\n{res.stderr[-2000:]}")
+
+
+# ------------------------------------------------------------------------------------- links
+def slug(heading):
+    """The anchor GitHub makes of a heading: lower case, punctuation dropped, spaces to '-'."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path):
+    found, fenced = set(), False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            found.add(slug(line.lstrip("#")))
+    return found
+
+
+@needs_readme
+def test_relative_links_resolve():
+    text = README.read_text(encoding="utf-8")
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"^[a-z]+:", target):
+            continue  # http(s), mailto: not checked here
+        path, _, anchor = target.partition("#")
+        file = (README.parent / path) if path else README
+        if not file.exists():
+            broken.append(f"{target}: no file {file}")
+        elif anchor and file.suffix == ".md" and anchor not in anchors(file):
+            broken.append(f"{target}: no heading #{anchor} in {file.name}")
+    assert not broken, "broken links in README.md:\n" + "\n".join(broken)
+
+
+# ------------------------------------------------------------------------------- the harness
+def test_parser_finds_blocks_and_skip_marks():
+    text = ("intro\n\n<!-- readme-test: skip (installs) -->\n```bash\npip install x && dlcpu a\n```\n"
+            "```python\nx = 1\n```\n```\nplain output\n```\n```bash\ndlcpu info  # comment\n```\n")
+    blocks = parse_blocks(text)
+    assert [(b[0], b[3]) for b in blocks] == [("bash", "installs"), ("python", None), ("", None), ("bash", None)]
+    assert blocks[1][1] == 8 and blocks[1][2] == "x = 1\n"
+    assert commands(blocks[0][2]) == [] and commands(blocks[3][2]) == ["dlcpu info  # comment"]
+    assert shlex.split(commands(blocks[3][2])[0], comments=True) == ["dlcpu", "info"]
+
+
+def test_a_failing_block_fails(tmp_path, monkeypatch):
+    """The runners really run the code: a python block that raises fails its test (and later
+    blocks are skipped, not run on a half-built namespace); a dlcpu command that exits non-zero
+    fails its test."""
+    ns = {}
+    test_python_block(("python", 3, "ok = 1\n", None), ns, tmp_path, monkeypatch)
+    assert ns["ok"] == 1
+    with pytest.raises(ZeroDivisionError) as info:
+        test_python_block(("python", 7, "1 / 0\n", None), ns, tmp_path, monkeypatch)
+    assert info.traceback[-1].lineno + 1 == 7  # reported at the README's own line
+    with pytest.raises(pytest.skip.Exception):
+        test_python_block(("python", 9, "ok = 2\n", None), ns, tmp_path, monkeypatch)
+    assert ns["ok"] == 1
+    if dlcpu_executable() is None:
+        pytest.skip("the dlcpu command is not installed")
+    with pytest.raises(AssertionError, match="exited 2"):
+        test_bash_block(("bash", 1, "dlcpu no-such-command\n", None), tmp_path)
+
+
+def test_slug_matches_github():
+    assert slug(" Convolution, ResNet-50 v1.5") == "convolution-resnet-50-v15"
+    assert slug(" Winograd F(4x4,3x3) against direct") == "winograd-f4x43x3-against-direct"
+    assert slug(" LSTM training step with per-step weight preparation") == \
+        "lstm-training-step-with-per-step-weight-preparation"
