@@ -1,10 +1,10 @@
 """Plans: one typed object per plan family, backed by the C struct its driver reads.
 
 A planner (dlcpu.conv.choose_conv_blocking, choose_weight_grad_blocking, choose_winograd_blocking,
-dlcpu.gemm.choose_gemm_split) computes every field of its family's struct, declared once in
-pyx/kernels/plans.h, and the rules that fired, then makes the plan object.  Making it builds the
-struct inside the driver module's small Cython class (the `struct` class attribute of each
-family), which refuses a missing field and checks every tile the driver will ask for against
+dlcpu.gemm.choose_gemm_split, dlcpu.rnn.choose_recurrent_tiles) computes every field of its
+family's struct, declared once in pyx/kernels/plans.h, and the rules that fired, then makes the
+plan object.  Making it builds the struct inside the driver module's small Cython class (the
+`struct` class attribute of each family), which refuses a missing field and checks every tile the driver will ask for against
 the compiled tile table, so a plan the build cannot run fails here, with the tile named, and
 never as an "internal error" in a kernel.  The driver reads the struct directly (no dicts).
 

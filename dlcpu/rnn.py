@@ -10,7 +10,8 @@ torch.nn.LSTM):
 
 x (T, N, C), w_ih (4K, C), w_hh (4K, K), biases (4K,), gate order i, f, g, o; h0/c0 (N, K).
 
-How it runs (pyx/rnn.pyx, pyx/kernels/rnn_f32.h):
+How it runs (pyx/rnn.pyx, pyx/kernels/rnn_f32.h; one forward and one backward time-loop driver
+for every cell, run by a RecurrentPlan from choose_recurrent_tiles):
   1. x.W_ih^T + b for all T at once: one large GEMM on the BRGEMM (dlcpu.matmul);
   2. per step, h_{t-1}.W_hh^T as BRGEMM calls written straight onto that step's gate tiles, and
      the cell math finished on each tile while it is in cache; the T steps are one parallel
@@ -21,18 +22,61 @@ How it runs (pyx/rnn.pyx, pyx/kernels/rnn_f32.h):
 Hidden sizes are padded to whole 16-blocks internally; the padded units stay exactly zero.
 Weights are re-blocked by `prepare_lstm` (done per call unless you pass its result as `weights`).
 """
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import cpu
 from ._ext import rnn as _rnn
+from ._plans import Plan
 from ._workspace import scratch
 from .gemm import PackedMatrix, matmul, pack_matmul_operand
 from .layout import CB
 
 LSTM_GATES, GRU_GATES, RNN_GATES = 4, 3, 1
 NONLINEARITIES = ("tanh", "relu")
+_GATES = {"lstm": LSTM_GATES, "gru": GRU_GATES, "rnn_tanh": RNN_GATES, "rnn_relu": RNN_GATES}
+_EMPTY = np.empty(0, np.float32)
+
+
+class RecurrentPlan(Plan):
+    """How a recurrent layer's time loops are cut into work items (struct dlcpu_rnn_plan_t; see
+    choose_recurrent_tiles)."""
+
+    struct = _rnn.RecurrentPlanStruct
+    family = "recurrent"
+    __slots__ = ()
+
+    def summary(self):
+        cell = {v: k for k, v in _rnn.CELLS.items()}[self.cell]
+        return (f"{cell} isa={self.isa_name} threads={self.n_threads} T={self.T} N={self.N} Kb={self.Kb}: row tiles "
+                f"of {self.rows} ({self.n_tiles}), {self.fwd_items} forward items/step, {self.gate_items} gate + "
+                f"{self.pair_items} recurrent backward items/step")
+
+
+@functools.lru_cache(maxsize=256)
+def choose_recurrent_tiles(cell, T, N, Kb, isa, n_threads):
+    """The recurrent plan for a cell ('lstm', 'gru', 'rnn_tanh', 'rnn_relu') on an ISA path
+    (name or code)."""
+    isa_code = cpu.isa_code(isa) if isinstance(isa, str) or isa is None else isa
+    budget = cpu.max_accumulators(isa_code) // 2
+    # Rows per tile: equal tiles within one mv=2 call's pixels (N=16: 8+8, not 14+2, whose
+    # second call would run on a handful of accumulators).
+    tiles = -(-N // budget)
+    rows = -(-N // tiles)
+    n_tiles = -(-N // rows)
+    pairs = (Kb + 1) // 2
+    # The vanilla RNN has one gate: its forward items are pairs of hidden blocks (mv=2 calls);
+    # the LSTM/GRU calls pair gates instead, so their items are single hidden blocks.
+    fwd_items = (pairs if cell.startswith("rnn") else Kb) * n_tiles
+    why = [(f"row tiles: {n_tiles} equal tile(s) of {rows} rows within {budget} pixels of a mv=2 call "
+           f"({cpu.max_accumulators(isa_code)} accumulators on {cpu.ISA_BY_CODE[isa_code]}, tiles.h)"),
+           (f"items: {fwd_items} forward, {Kb * n_tiles} gate-gradient and {pairs * n_tiles} recurrent-product "
+           "backward items per step, one barrier each")]
+    return RecurrentPlan(why, cell=_rnn.CELLS[cell], gates=_GATES[cell], isa=isa_code, n_threads=n_threads, T=T, N=N,
+                         Kb=Kb, rows=rows, n_tiles=n_tiles, fwd_items=fwd_items, gate_items=Kb * n_tiles,
+                         pair_items=pairs * n_tiles)
 
 
 @dataclass(frozen=True, eq=False)
@@ -222,9 +266,23 @@ def _backward_setup(dy, cache, dh_T, cell):
     return w, T, N, K, kb, kb * CB, dY, _state(dh_T, "dh_T", N, K, kb)
 
 
-def _check(errors, fn):
-    if errors:
-        raise RuntimeError(f"{fn}: internal error ({errors} kernel calls had no microkernel)")
+def _forward(cell, G, weights, H, T, N, isa, n_threads, Cs=_EMPTY, HN=_EMPTY, b_hn=_EMPTY):
+    """Run the time loops of a forward on the cell's plan."""
+    plan = choose_recurrent_tiles(cell, T, N, weights.Kb, cpu.isa_code(isa), n_threads)
+    if _rnn.recurrent_forward_f32(plan.c, G.reshape(-1), weights.recurrent.reshape(-1), H.reshape(-1),
+                                  Cs.reshape(-1), HN.reshape(-1), b_hn):
+        raise RuntimeError(f"{cell}_forward: a BRGEMM call failed ({plan.summary()})")
+
+
+def _backward(cell, cache, dY, dh, dG, dGb, dc=_EMPTY, dGh=_EMPTY):
+    """Run the time loops of a backward on the plan its forward ran."""
+    w, T, N = cache["weights"], cache["T"], cache["N"]
+    plan = choose_recurrent_tiles(cell, T, N, w.Kb, cpu.isa_code(cache["isa"]), cache["n_threads"])
+    if _rnn.recurrent_backward_f32(plan.c, cache["G"].reshape(-1), cache["H"].reshape(-1),
+                                   cache.get("Cs", _EMPTY).reshape(-1), cache.get("HN", _EMPTY).reshape(-1),
+                                   w.recurrent_t.reshape(-1), dY.reshape(-1), dh.reshape(-1), dc.reshape(-1),
+                                   dG.reshape(-1), dGh.reshape(-1), dGb.reshape(-1)):
+        raise RuntimeError(f"{cell}_backward: a BRGEMM call failed ({plan.summary()})")
 
 
 def _outputs(H, T, N, K, kp):
@@ -279,8 +337,7 @@ def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None
     Cs = np.empty_like(H)
     Cs[0] = _state(c0, "c0", N, K, kb)
     G = _input_projection(weights, x2, n_threads, isa)
-    _check(_rnn.lstm_forward_f32(G, weights.recurrent.reshape(-1), H.reshape(-1), Cs.reshape(-1),
-                                 T, N, kb, cpu.isa_code(isa), n_threads), "lstm_forward")
+    _forward("lstm", G, weights, H, T, N, isa, n_threads, Cs=Cs)
     y, h_T = _outputs(H, T, N, K, kb * CB)
     out = (y, (h_T, _unblock_state(Cs[T], N, K)))
     if train:
@@ -296,9 +353,7 @@ def lstm_backward(dy, cache, dh_T=None, dc_T=None, *, need_dx=True):
     dc = _state(dc_T, "dc_T", N, K, kb)
     dG = scratch("rnn.dg", (T * N, LSTM_GATES * kp))
     dGb = scratch("rnn.dgb", (LSTM_GATES * kb, N, CB))
-    _check(_rnn.lstm_backward_f32(cache["G"], cache["Cs"].reshape(-1), w.recurrent_t.reshape(-1),
-                                  dY.reshape(-1), dh.reshape(-1), dc.reshape(-1), dG, dGb.reshape(-1),
-                                  T, N, kb, cpu.isa_code(isa), n_threads), "lstm_backward")
+    _backward("lstm", cache, dY, dh, dG, dGb, dc=dc)
     dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, LSTM_GATES, n_threads, isa, need_dx)
     db = _unpad_gate_rows(_column_sums(dG), LSTM_GATES, K, kp)
     return dx, dw_ih, dw_hh, db, db.copy(), _unblock_state(dh, N, K), _unblock_state(dc, N, K)
@@ -314,8 +369,7 @@ def gru_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, weigh
         "gru", prepare_gru, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
     G = _input_projection(weights, x2, n_threads, isa)
     HN = np.empty((T * N, kb * CB), np.float32)
-    _check(_rnn.gru_forward_f32(G, HN, weights.recurrent.reshape(-1), weights.b_hn, H.reshape(-1),
-                                T, N, kb, cpu.isa_code(isa), n_threads), "gru_forward")
+    _forward("gru", G, weights, H, T, N, isa, n_threads, HN=HN, b_hn=weights.b_hn)
     y, h_T = _outputs(H, T, N, K, kb * CB)
     if train:
         return y, h_T, _cache(weights, x2, G, H, T, N, isa, n_threads, HN=HN)
@@ -330,9 +384,7 @@ def gru_backward(dy, cache, dh_T=None, *, need_dx=True):
     dGx = scratch("rnn.dg", (T * N, GRU_GATES * kp))
     dGh = scratch("rnn.dgh", (T * N, GRU_GATES * kp))
     dGhb = scratch("rnn.dgb", (GRU_GATES * kb, N, CB))
-    _check(_rnn.gru_backward_f32(cache["G"], cache["HN"], cache["H"].reshape(-1), w.recurrent_t.reshape(-1),
-                                 dY.reshape(-1), dh.reshape(-1), dGx, dGh, dGhb.reshape(-1), T, N, kb,
-                                 cpu.isa_code(isa), n_threads), "gru_backward")
+    _backward("gru", cache, dY, dh, dGx, dGhb, dGh=dGh)
     # x-side and h-side gradients differ for GRU (r multiplies W_hn h + b_hn): separate GEMMs.
     dx = _input_grad(need_dx, dGx, w, T, N, n_threads, isa)
     dw_ih = _unpad_gate_rows(matmul(dGx, cache["x"], transpose_x=True, n_threads=n_threads, isa=isa), GRU_GATES, K, kp)
@@ -353,8 +405,7 @@ def rnn_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, nonli
         "rnn", prepare_rnn, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
     G = _input_projection(weights, x2, n_threads, isa)
     relu = nonlinearity == "relu"
-    _check(_rnn.rnn_forward_f32(G, weights.recurrent.reshape(-1), H.reshape(-1), T, N, kb, relu,
-                                cpu.isa_code(isa), n_threads), "rnn_forward")
+    _forward("rnn_relu" if relu else "rnn_tanh", G, weights, H, T, N, isa, n_threads)
     y, h_T = _outputs(H, T, N, K, kb * CB)
     if train:
         return y, h_T, _cache(weights, x2, G, H, T, N, isa, n_threads, relu=relu)
@@ -368,9 +419,7 @@ def rnn_backward(dy, cache, dh_T=None, *, need_dx=True):
     n_threads, isa = cache["n_threads"], cache["isa"]
     dG = scratch("rnn.dg", (T * N, kp))
     dGb = scratch("rnn.dgb", (kb, N, CB))
-    _check(_rnn.rnn_backward_f32(cache["G"], w.recurrent_t.reshape(-1), dY.reshape(-1), dh.reshape(-1),
-                                 dG, dGb.reshape(-1), T, N, kb, cache["relu"], cpu.isa_code(isa), n_threads),
-           "rnn_backward")
+    _backward("rnn_relu" if cache["relu"] else "rnn_tanh", cache, dY, dh, dG, dGb)
     dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, RNN_GATES, n_threads, isa, need_dx)
     db = _column_sums(dG[:, :K])
     return dx, dw_ih, dw_hh, db, db.copy(), _unblock_state(dh, N, K)

@@ -44,3 +44,13 @@ cdef extern from "plans.h" nogil:
     ctypedef struct dlcpu_gemm_plan_t:
         int isa, n_threads, rows, kc_blocks, group_cols, split_rows
         int64_t m, n, K
+
+    enum:
+        DLCPU_CELL_LSTM
+        DLCPU_CELL_GRU
+        DLCPU_CELL_RNN_TANH
+        DLCPU_CELL_RNN_RELU
+
+    ctypedef struct dlcpu_rnn_plan_t:
+        int cell, gates, isa, n_threads
+        int64_t T, N, Kb, rows, n_tiles, fwd_items, gate_items, pair_items

@@ -1,13 +1,21 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""LSTM time loops: the recurrent BRGEMM of each step with the cell math fused on its hot tile.
+"""Recurrent time loops (LSTM, GRU, RNN): the recurrent BRGEMM of each step with the cell math
+fused on its hot tile.  One forward driver and one backward driver, parameterised by the cell.
 
 dlcpu/rnn.py has already computed x.W_ih^T + b for all T as one large GEMM (G, row-major
-(T*N, 4*Kp), gate g at columns g*Kp) and re-blocked the recurrent weights; here each step runs
+(T*N, gates*Kp), gate g at columns g*Kp) and re-blocked the recurrent weights; here each step runs
 the h.W_hh^T BRGEMMs straight onto G's tiles (beta=1) and finishes the tile in cache
 (rnn_f32.h).  The whole time loop is one parallel region: each step is a worksharing loop over
 (hidden block, row tile) items with one barrier per step (two in the backward: gate gradients,
 then the recurrent product).  Each value is produced by one thread in a fixed order, so results
 do not depend on the thread count.
+
+What differs between cells is only the work of one item (a step's recurrent products and gate
+math: lstm_fwd_item, gru_fwd_item, rnn_fwd_item; the gate gradients: *_bwd_gates_item) and the
+gate count; the time loops, the item split and the backward recurrent product are shared.  The
+plan (dlcpu/rnn.py choose_recurrent_tiles) arrives as a RecurrentPlanStruct owning the C struct
+dlcpu_rnn_plan_t (pyx/kernels/plans.h): cell, row tile, item counts, checked against the compiled
+tile table when it was made.  Buffers a cell does not use are passed empty.
 
 Blocked states: H, Cs [T+1][Kb][N][16] (index 0: the initial state).
 """
@@ -15,8 +23,9 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 from cython.parallel cimport prange, parallel
 
-from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_f32_max_pixels,
-                            DLCPU_BR_STRD)
+from dlcpu_kernels cimport dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_has_tile, DLCPU_BR_STRD
+from dlcpu_plans cimport (dlcpu_rnn_plan_t, DLCPU_CELL_LSTM, DLCPU_CELL_GRU, DLCPU_CELL_RNN_TANH,
+                          DLCPU_CELL_RNN_RELU)
 
 cdef extern from "rnn_f32.h" nogil:
     ctypedef struct dlcpu_act_table_t:
@@ -40,11 +49,63 @@ cdef extern from "rnn_f32.h" nogil:
                             float *dgx, float *dgh, int64_t rows)
 
 
-cdef int64_t row_tile(int64_t N, int64_t budget) noexcept nogil:
-    """Rows per tile: equal tiles within the register budget (N=16: 8+8, not 14+2, whose second
-    call would run on a handful of accumulators)."""
-    cdef int64_t tiles = (N + budget - 1) // budget
-    return (N + tiles - 1) // tiles
+#: Cell codes of the plans (pyx/kernels/plans.h), for dlcpu/rnn.py.
+CELLS = {"lstm": DLCPU_CELL_LSTM, "gru": DLCPU_CELL_GRU, "rnn_tanh": DLCPU_CELL_RNN_TANH,
+         "rnn_relu": DLCPU_CELL_RNN_RELU}
+
+
+cdef class RecurrentPlanStruct:
+    """The C plan of one recurrent layer's time loops, built once from the planner's fields and
+    checked against the tile table: calls of mv=2 or 1 x 1 x up to `rows` batch rows."""
+    cdef dlcpu_rnn_plan_t c
+
+    def __init__(self, dict fields):
+        self.c = fields
+        cdef int mv, nc
+        if self.c.cell not in CELLS.values():
+            raise ValueError(f"recurrent plan: unknown cell code {self.c.cell}")
+        for mv in (1, 2):
+            for nc in range(1, self.c.rows + 1):
+                if not dlcpu_brgemm_has_tile(self.c.isa, mv, 1, nc, 0):
+                    raise ValueError(f"recurrent plan needs a BRGEMM tile mv={mv} nr=1 nc={nc} that this build "
+                                     f"lacks for isa code {self.c.isa} (pyx/kernels/brgemm_f32.h)")
+
+    def fields(self):
+        """Every field, read back from the C struct."""
+        return self.c
+
+
+cdef struct rnn_bufs:
+    # Forward: G (gates), H (hidden states), R (recurrent weights), and per cell Cs (LSTM cell
+    # states) or HN, b_hn (GRU: W_hn h + b_hn per step).  Backward adds dY, dh, dc (LSTM), RT
+    # (transposed recurrent weights), dG (for the GRU: of the x side), dGh (GRU: h side), dGb
+    # (the blocked gate gradients the recurrent product reads).
+    float *G
+    float *H
+    float *Cs
+    float *HN
+    const float *R
+    const float *b_hn
+    const float *RT
+    const float *dY
+    float *dh
+    float *dc
+    float *dG
+    float *dGh
+    float *dGb
+
+
+cdef inline float *ptr(float[::1] a) noexcept:
+    """The buffer's start, or NULL for an empty (unused) buffer."""
+    return &a[0] if a.shape[0] > 0 else NULL
+
+
+cdef inline void item_tile(const dlcpu_rnn_plan_t *g, int64_t item, int64_t blocks_per_item,
+                           int64_t *kb, int64_t *n0, int64_t *rows) noexcept nogil:
+    """First hidden block, first batch row and row count of a work item (block-major)."""
+    kb[0] = (item // g.n_tiles) * blocks_per_item
+    n0[0] = (item % g.n_tiles) * g.rows
+    rows[0] = min(g.rows, g.N - n0[0])
 
 
 cdef inline void recurrent_call(dlcpu_brgemm_f32_t *p, int64_t blocks, int64_t N) noexcept nogil:
@@ -80,15 +141,17 @@ cdef inline void gates_to_blocked(float *dgb, const float *dg, int64_t gates, in
                    16 * sizeof(float))
 
 
-cdef int lstm_fwd_item(float *G, const float *R, float *H, float *Cs, int64_t t, int64_t item,
-                       int64_t N, int64_t Kb, int64_t rows_per_tile, int isa,
+# ----------------------------------------------------------------------------------------------
+# Forward: one item of one step, per cell
+# ----------------------------------------------------------------------------------------------
+cdef int lstm_fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, int64_t item,
                        const dlcpu_act_table_t *act) noexcept nogil:
-    cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
-    cdef int64_t kb = item // n_tiles
-    cdef int64_t n0 = (item % n_tiles) * rows_per_tile
-    cdef int64_t rows = min(rows_per_tile, N - n0)
+    """Gates i, f, g, o: two mv=2 calls onto G, then the cell update of the tile."""
+    cdef int64_t kb, n0, rows
+    item_tile(g, item, 1, &kb, &n0, &rows)
+    cdef int64_t N = g.N, Kb = g.Kb
     cdef int64_t Kp = Kb * 16, ldg = 4 * Kb * 16
-    cdef float *gates = G + (t * N + n0) * ldg + kb * 16
+    cdef float *gates = b.G + (t * N + n0) * ldg + kb * 16
     cdef int64_t state = Kb * N * 16
     cdef int err = 0
     cdef int pair
@@ -101,277 +164,226 @@ cdef int lstm_fwd_item(float *G, const float *R, float *H, float *Cs, int64_t t,
     p.c_mstride = Kp
     p.beta = 1
     p.bias = NULL
-    p.b = H + t * state + n0 * 16
+    p.b = b.H + t * state + n0 * 16
     for pair in range(2):   # gates (i, f), then (g, o)
-        p.a = R + ((2 * pair) * Kb + kb) * Kb * 256
+        p.a = b.R + ((2 * pair) * Kb + kb) * Kb * 256
         p.c = gates + 2 * pair * Kp
-        err |= dlcpu_brgemm_f32(&p, isa)
-    dlcpu_lstm_fwd_tile(gates, Kp, ldg, Cs + t * state + (kb * N + n0) * 16,
-                        Cs + (t + 1) * state + (kb * N + n0) * 16,
-                        H + (t + 1) * state + (kb * N + n0) * 16, rows, act)
+        err |= dlcpu_brgemm_f32(&p, g.isa)
+    dlcpu_lstm_fwd_tile(gates, Kp, ldg, b.Cs + t * state + (kb * N + n0) * 16,
+                        b.Cs + (t + 1) * state + (kb * N + n0) * 16,
+                        b.H + (t + 1) * state + (kb * N + n0) * 16, rows, act)
     return err
 
 
-def lstm_forward_f32(float[:, ::1] G, const float[::1] R, float[::1] H, float[::1] Cs,
-                     int64_t T, int64_t N, int64_t Kb, int isa, int n_threads):
-    """Run T steps; G holds x.W_ih^T + b on entry and the gate activations on exit."""
-    cdef int64_t rows = row_tile(N, dlcpu_brgemm_f32_max_pixels(isa, 2))
-    cdef int64_t n_items = Kb * ((N + rows - 1) // rows)
-    cdef int64_t t, item
-    cdef int errors = 0
-    cdef dlcpu_act_table_t act = dlcpu_act_table(isa)
-    with nogil, parallel(num_threads=n_threads):
-        for t in range(T):
-            for item in prange(n_items, schedule='static'):
-                errors += lstm_fwd_item(&G[0, 0], &R[0], &H[0], &Cs[0], t, item, N, Kb, rows,
-                                        isa, &act)
-    return errors
-
-
-cdef void lstm_bwd_gates_item(const float *G, const float *Cs, const float *dY, float *dh,
-                              float *dc, float *dG, float *dGb, int64_t t, int64_t item,
-                              int64_t N, int64_t Kb, int64_t rows_per_tile,
-                              const dlcpu_act_table_t *act) noexcept nogil:
-    cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
-    cdef int64_t kb = item // n_tiles
-    cdef int64_t n0 = (item % n_tiles) * rows_per_tile
-    cdef int64_t rows = min(rows_per_tile, N - n0)
-    cdef int64_t Kp = Kb * 16, ldg = 4 * Kb * 16, state = Kb * N * 16
-    cdef float *dh_blk = dh + (kb * N + n0) * 16
-    add_step_gradient(dh_blk, dY + t * state + (kb * N + n0) * 16, rows * 16)
-    dlcpu_lstm_bwd_tile(G + (t * N + n0) * ldg + kb * 16, Kp, ldg,
-                        Cs + t * state + (kb * N + n0) * 16, Cs + (t + 1) * state + (kb * N + n0) * 16,
-                        dh_blk, dc + (kb * N + n0) * 16, dc + (kb * N + n0) * 16,
-                        dG + (t * N + n0) * ldg + kb * 16, rows, act)
-    gates_to_blocked(dGb, dG + (t * N + n0) * ldg, 4, Kb, N, n0, rows, kb, ldg)
-
-
-cdef int bwd_recurrent_item(const float *RT, const float *dGb, float *dh, int64_t item,
-                            int64_t N, int64_t Kb, int64_t rows_per_tile, int isa, int gates,
-                            int beta) noexcept nogil:
-    """dh[kb] (beta=0: =, beta=1: +=) sum over the gates*Kb gate blocks j of dG[j] . W_hh[j-rows,
-    kb-columns], for a pair of hidden blocks per call (mv=2: each broadcast of dG feeds two
-    FMAs).  Shared by the LSTM (4 gates), the GRU (3, beta=1 onto dh*z) and the vanilla RNN (1)."""
-    cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
-    cdef int64_t kb = (item // n_tiles) * 2
-    cdef int64_t n0 = (item % n_tiles) * rows_per_tile
-    cdef dlcpu_brgemm_f32_t p
-    recurrent_call(&p, gates * Kb, N)
-    p.a_mstride = gates * Kb * 256
-    p.mv = 2 if kb + 1 < Kb else 1
-    p.nc = <int>min(rows_per_tile, N - n0)
-    p.ldc = 16
-    p.c_mstride = N * 16
-    p.beta = beta
-    p.bias = NULL
-    p.a = RT + kb * gates * Kb * 256
-    p.b = dGb + n0 * 16
-    p.c = dh + (kb * N + n0) * 16
-    return dlcpu_brgemm_f32(&p, isa)
-
-
-def lstm_backward_f32(const float[:, ::1] G, const float[::1] Cs, const float[::1] RT,
-                      const float[::1] dY, float[::1] dh, float[::1] dc, float[:, ::1] dG,
-                      float[::1] dGb, int64_t T, int64_t N, int64_t Kb, int isa, int n_threads):
-    """Backpropagate through T steps.  dh, dc hold dL/dh_T, dL/dc_T on entry and dL/dh_0,
-    dL/dc_0 on exit; dG receives the pre-activation gate gradients of every step (row-major
-    like G), from which dlcpu/rnn.py computes dx, dW and db with large GEMMs."""
-    cdef int64_t rows = row_tile(N, dlcpu_brgemm_f32_max_pixels(isa, 2))
-    cdef int64_t n_tiles = (N + rows - 1) // rows
-    cdef int64_t n_items = Kb * n_tiles
-    cdef int64_t n_pair_items = (Kb + 1) // 2 * n_tiles
-    cdef int64_t t, step, item
-    cdef int errors = 0
-    cdef dlcpu_act_table_t act = dlcpu_act_table(isa)
-    with nogil, parallel(num_threads=n_threads):
-        for step in range(T):
-            t = T - 1 - step
-            for item in prange(n_items, schedule='static'):
-                lstm_bwd_gates_item(&G[0, 0], &Cs[0], &dY[0], &dh[0], &dc[0], &dG[0, 0], &dGb[0],
-                                    t, item, N, Kb, rows, &act)
-            for item in prange(n_pair_items, schedule='static'):
-                errors += bwd_recurrent_item(&RT[0], &dGb[0], &dh[0], item, N, Kb, rows, isa, 4, 0)
-    return errors
-
-
-# ----------------------------------------------------------------------------------------------
-# GRU: gates r, z, n; G = x.W_ih^T + b_ih (3 gates); HN[t] = h.W_hn^T + b_hn per step
-# ----------------------------------------------------------------------------------------------
-cdef int gru_fwd_item(float *G, float *HN, const float *R, const float *b_hn, float *H,
-                      int64_t t, int64_t item, int64_t N, int64_t Kb, int64_t rows_per_tile,
-                      int isa, const dlcpu_act_table_t *act) noexcept nogil:
-    cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
-    cdef int64_t kb = item // n_tiles
-    cdef int64_t n0 = (item % n_tiles) * rows_per_tile
-    cdef int64_t rows = min(rows_per_tile, N - n0)
+cdef int gru_fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, int64_t item,
+                      const dlcpu_act_table_t *act) noexcept nogil:
+    """Gates r, z onto G (one mv=2 call); W_hn h + b_hn into HN (r multiplies it); the update."""
+    cdef int64_t kb, n0, rows
+    item_tile(g, item, 1, &kb, &n0, &rows)
+    cdef int64_t N = g.N, Kb = g.Kb
     cdef int64_t Kp = Kb * 16, ldg = 3 * Kb * 16, state = Kb * N * 16
-    cdef float *gates = G + (t * N + n0) * ldg + kb * 16
-    cdef float *hn = HN + (t * N + n0) * Kp + kb * 16
+    cdef float *gates = b.G + (t * N + n0) * ldg + kb * 16
+    cdef float *hn = b.HN + (t * N + n0) * Kp + kb * 16
     cdef int err = 0
     cdef dlcpu_brgemm_f32_t p
     recurrent_call(&p, Kb, N)
     p.nc = <int>rows
-    p.b = H + t * state + n0 * 16
+    p.b = b.H + t * state + n0 * 16
     # r and z: onto the x-side pre-activations (beta=1), one call for the pair
     p.mv = 2
-    p.a = R + kb * Kb * 256
+    p.a = b.R + kb * Kb * 256
     p.a_mstride = Kb * Kb * 256
     p.c = gates
     p.ldc = ldg
     p.c_mstride = Kp
     p.beta = 1
     p.bias = NULL
-    err |= dlcpu_brgemm_f32(&p, isa)
+    err |= dlcpu_brgemm_f32(&p, g.isa)
     # n: W_hn h + b_hn kept apart (r multiplies it)
     p.mv = 1
-    p.a = R + (2 * Kb + kb) * Kb * 256
+    p.a = b.R + (2 * Kb + kb) * Kb * 256
     p.c = hn
     p.ldc = Kp
     p.beta = 0
-    p.bias = b_hn + kb * 16
-    err |= dlcpu_brgemm_f32(&p, isa)
-    dlcpu_gru_fwd_tile(gates, Kp, ldg, hn, Kp, H + t * state + (kb * N + n0) * 16,
-                       H + (t + 1) * state + (kb * N + n0) * 16, rows, act)
+    p.bias = b.b_hn + kb * 16
+    err |= dlcpu_brgemm_f32(&p, g.isa)
+    dlcpu_gru_fwd_tile(gates, Kp, ldg, hn, Kp, b.H + t * state + (kb * N + n0) * 16,
+                       b.H + (t + 1) * state + (kb * N + n0) * 16, rows, act)
     return err
 
 
-def gru_forward_f32(float[:, ::1] G, float[:, ::1] HN, const float[::1] R, const float[::1] b_hn,
-                    float[::1] H, int64_t T, int64_t N, int64_t Kb, int isa, int n_threads):
-    """Run T GRU steps; G: x.W_ih^T + b_ih on entry, activations r, z, n on exit; HN receives
-    W_hn h + b_hn per step (both kept for the backward)."""
-    cdef int64_t rows = row_tile(N, dlcpu_brgemm_f32_max_pixels(isa, 2))
-    cdef int64_t n_items = Kb * ((N + rows - 1) // rows)
-    cdef int64_t t, item
-    cdef int errors = 0
-    cdef dlcpu_act_table_t act = dlcpu_act_table(isa)
-    with nogil, parallel(num_threads=n_threads):
-        for t in range(T):
-            for item in prange(n_items, schedule='static'):
-                errors += gru_fwd_item(&G[0, 0], &HN[0, 0], &R[0], &b_hn[0], &H[0], t, item, N,
-                                       Kb, rows, isa, &act)
-    return errors
-
-
-cdef void gru_bwd_gates_item(const float *G, const float *HN, const float *H, const float *dY,
-                             float *dh, float *dGx, float *dGh, float *dGhb, int64_t t,
-                             int64_t item, int64_t N, int64_t Kb, int64_t rows_per_tile) noexcept nogil:
-    cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
-    cdef int64_t kb = item // n_tiles
-    cdef int64_t n0 = (item % n_tiles) * rows_per_tile
-    cdef int64_t rows = min(rows_per_tile, N - n0)
-    cdef int64_t Kp = Kb * 16, ldg = 3 * Kb * 16, state = Kb * N * 16
-    cdef float *dh_blk = dh + (kb * N + n0) * 16
-    add_step_gradient(dh_blk, dY + t * state + (kb * N + n0) * 16, rows * 16)
-    # dh_blk is read, then overwritten with dh*z (the direct part of dh_{t-1}) per element
-    dlcpu_gru_bwd_tile(G + (t * N + n0) * ldg + kb * 16, Kp, ldg, HN + (t * N + n0) * Kp + kb * 16, Kp,
-                       H + t * state + (kb * N + n0) * 16, dh_blk, dh_blk,
-                       dGx + (t * N + n0) * ldg + kb * 16, dGh + (t * N + n0) * ldg + kb * 16, rows)
-    gates_to_blocked(dGhb, dGh + (t * N + n0) * ldg, 3, Kb, N, n0, rows, kb, ldg)
-
-
-def gru_backward_f32(const float[:, ::1] G, const float[:, ::1] HN, const float[::1] H,
-                     const float[::1] RT, const float[::1] dY, float[::1] dh, float[:, ::1] dGx,
-                     float[:, ::1] dGh, float[::1] dGhb, int64_t T, int64_t N, int64_t Kb, int isa,
-                     int n_threads):
-    """Backpropagate through T GRU steps; dh holds dL/dh_T on entry, dL/dh_0 on exit; dGx, dGh
-    receive the gradients of the x-side and h-side pre-activations of every step."""
-    cdef int64_t rows = row_tile(N, dlcpu_brgemm_f32_max_pixels(isa, 2))
-    cdef int64_t n_tiles = (N + rows - 1) // rows
-    cdef int64_t n_items = Kb * n_tiles
-    cdef int64_t n_pair_items = (Kb + 1) // 2 * n_tiles
-    cdef int64_t t, step, item
-    cdef int errors = 0
-    with nogil, parallel(num_threads=n_threads):
-        for step in range(T):
-            t = T - 1 - step
-            for item in prange(n_items, schedule='static'):
-                gru_bwd_gates_item(&G[0, 0], &HN[0, 0], &H[0], &dY[0], &dh[0], &dGx[0, 0],
-                                   &dGh[0, 0], &dGhb[0], t, item, N, Kb, rows)
-            for item in prange(n_pair_items, schedule='static'):
-                errors += bwd_recurrent_item(&RT[0], &dGhb[0], &dh[0], item, N, Kb, rows, isa, 3, 1)
-    return errors
-
-
-# ----------------------------------------------------------------------------------------------
-# Vanilla RNN: h_t = act(x.W_ih^T + b + h_{t-1}.W_hh^T), act tanh or relu; items are pairs of
-# hidden blocks (mv=2) x row tiles, in G's row-major layout (T*N, Kp)
-# ----------------------------------------------------------------------------------------------
-cdef int rnn_fwd_item(float *G, const float *R, float *H, int64_t t, int64_t item, int64_t N,
-                      int64_t Kb, int64_t rows_per_tile, int relu, int isa,
+cdef int rnn_fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, int64_t item,
                       const dlcpu_act_table_t *act) noexcept nogil:
-    cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
-    cdef int64_t kb = (item // n_tiles) * 2
-    cdef int64_t n0 = (item % n_tiles) * rows_per_tile
-    cdef int64_t rows = min(rows_per_tile, N - n0)
+    """h_t = act(G + h_{t-1}.W_hh^T) for a pair of hidden blocks (mv=2) in G's row-major
+    layout (T*N, Kp)."""
+    cdef int64_t kb, n0, rows
+    item_tile(g, item, 2, &kb, &n0, &rows)
+    cdef int64_t N = g.N, Kb = g.Kb
     cdef int64_t Kp = Kb * 16, state = Kb * N * 16
-    cdef int64_t g
+    cdef int64_t gg
     cdef int err
     cdef dlcpu_brgemm_f32_t p
     recurrent_call(&p, Kb, N)
     p.mv = 2 if kb + 1 < Kb else 1
     p.nc = <int>rows
-    p.a = R + kb * Kb * 256
+    p.a = b.R + kb * Kb * 256
     p.a_mstride = Kb * 256
-    p.b = H + t * state + n0 * 16
-    p.c = G + (t * N + n0) * Kp + kb * 16
+    p.b = b.H + t * state + n0 * 16
+    p.c = b.G + (t * N + n0) * Kp + kb * 16
     p.ldc = Kp
     p.c_mstride = 16
     p.beta = 1
     p.bias = NULL
-    err = dlcpu_brgemm_f32(&p, isa)
-    for g in range(p.mv):
-        dlcpu_rnn_fwd_tile(G + (t * N + n0) * Kp + (kb + g) * 16, Kp,
-                           H + (t + 1) * state + ((kb + g) * N + n0) * 16, rows, relu, act)
+    err = dlcpu_brgemm_f32(&p, g.isa)
+    for gg in range(p.mv):
+        dlcpu_rnn_fwd_tile(b.G + (t * N + n0) * Kp + (kb + gg) * 16, Kp,
+                           b.H + (t + 1) * state + ((kb + gg) * N + n0) * 16, rows,
+                           g.cell == DLCPU_CELL_RNN_RELU, act)
     return err
 
 
-def rnn_forward_f32(float[:, ::1] G, const float[::1] R, float[::1] H, int64_t T, int64_t N,
-                    int64_t Kb, bint relu, int isa, int n_threads):
-    """Run T steps; G: x.W_ih^T + b on entry, the outputs h_t (row-major) on exit."""
-    cdef int64_t rows = row_tile(N, dlcpu_brgemm_f32_max_pixels(isa, 2))
-    cdef int64_t n_items = (Kb + 1) // 2 * ((N + rows - 1) // rows)
+cdef inline int fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, int64_t item,
+                         const dlcpu_act_table_t *act) noexcept nogil:
+    if g.cell == DLCPU_CELL_LSTM:
+        return lstm_fwd_item(g, b, t, item, act)
+    if g.cell == DLCPU_CELL_GRU:
+        return gru_fwd_item(g, b, t, item, act)
+    return rnn_fwd_item(g, b, t, item, act)
+
+
+def recurrent_forward_f32(RecurrentPlanStruct plan, float[::1] G, const float[::1] R, float[::1] H,
+                          float[::1] Cs, float[::1] HN, const float[::1] b_hn):
+    """Run the plan's T steps for its cell.  G (flattened (T*N, gates*Kp)) holds x.W_ih^T + b on
+    entry and, on exit, the gate activations (LSTM, GRU: r, z, n) or the outputs h_t (RNN).
+    Cs: LSTM cell states; HN, b_hn: the GRU's W_hn h + b_hn per step and b_hn (empty otherwise).
+    Returns the number of failed calls (0: the plan's tiles were checked when it was made)."""
+    cdef const dlcpu_rnn_plan_t *g = &plan.c
+    cdef rnn_bufs b
+    b.G = &G[0]
+    b.H = &H[0]
+    b.R = &R[0]
+    b.Cs = ptr(Cs)
+    b.HN = ptr(HN)
+    b.b_hn = &b_hn[0] if b_hn.shape[0] > 0 else NULL
     cdef int64_t t, item
     cdef int errors = 0
-    cdef dlcpu_act_table_t act = dlcpu_act_table(isa)
-    with nogil, parallel(num_threads=n_threads):
-        for t in range(T):
-            for item in prange(n_items, schedule='static'):
-                errors += rnn_fwd_item(&G[0, 0], &R[0], &H[0], t, item, N, Kb, rows, relu, isa, &act)
+    cdef dlcpu_act_table_t act = dlcpu_act_table(g.isa)
+    with nogil, parallel(num_threads=g.n_threads):
+        for t in range(g.T):
+            for item in prange(g.fwd_items, schedule='static'):
+                errors += fwd_item(g, &b, t, item, &act)
     return errors
 
 
-cdef void rnn_bwd_gates_item(const float *G, const float *dY, float *dh, float *dG, float *dGb,
-                             int64_t t, int64_t item, int64_t N, int64_t Kb,
-                             int64_t rows_per_tile, int relu) noexcept nogil:
-    cdef int64_t n_tiles = (N + rows_per_tile - 1) // rows_per_tile
-    cdef int64_t kb = item // n_tiles
-    cdef int64_t n0 = (item % n_tiles) * rows_per_tile
-    cdef int64_t rows = min(rows_per_tile, N - n0)
+# ----------------------------------------------------------------------------------------------
+# Backward: per step, the gate gradients of each item (per cell), then the shared recurrent product
+# ----------------------------------------------------------------------------------------------
+cdef void lstm_bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, int64_t item,
+                              const dlcpu_act_table_t *act) noexcept nogil:
+    cdef int64_t kb, n0, rows
+    item_tile(g, item, 1, &kb, &n0, &rows)
+    cdef int64_t N = g.N, Kb = g.Kb
+    cdef int64_t Kp = Kb * 16, ldg = 4 * Kb * 16, state = Kb * N * 16
+    cdef float *dh_blk = b.dh + (kb * N + n0) * 16
+    add_step_gradient(dh_blk, b.dY + t * state + (kb * N + n0) * 16, rows * 16)
+    dlcpu_lstm_bwd_tile(b.G + (t * N + n0) * ldg + kb * 16, Kp, ldg,
+                        b.Cs + t * state + (kb * N + n0) * 16, b.Cs + (t + 1) * state + (kb * N + n0) * 16,
+                        dh_blk, b.dc + (kb * N + n0) * 16, b.dc + (kb * N + n0) * 16,
+                        b.dG + (t * N + n0) * ldg + kb * 16, rows, act)
+    gates_to_blocked(b.dGb, b.dG + (t * N + n0) * ldg, 4, Kb, N, n0, rows, kb, ldg)
+
+
+cdef void gru_bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t,
+                             int64_t item) noexcept nogil:
+    cdef int64_t kb, n0, rows
+    item_tile(g, item, 1, &kb, &n0, &rows)
+    cdef int64_t N = g.N, Kb = g.Kb
+    cdef int64_t Kp = Kb * 16, ldg = 3 * Kb * 16, state = Kb * N * 16
+    cdef float *dh_blk = b.dh + (kb * N + n0) * 16
+    add_step_gradient(dh_blk, b.dY + t * state + (kb * N + n0) * 16, rows * 16)
+    # dh_blk is read, then overwritten with dh*z (the direct part of dh_{t-1}) per element
+    dlcpu_gru_bwd_tile(b.G + (t * N + n0) * ldg + kb * 16, Kp, ldg, b.HN + (t * N + n0) * Kp + kb * 16, Kp,
+                       b.H + t * state + (kb * N + n0) * 16, dh_blk, dh_blk,
+                       b.dG + (t * N + n0) * ldg + kb * 16, b.dGh + (t * N + n0) * ldg + kb * 16, rows)
+    gates_to_blocked(b.dGb, b.dGh + (t * N + n0) * ldg, 3, Kb, N, n0, rows, kb, ldg)
+
+
+cdef void rnn_bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t,
+                             int64_t item) noexcept nogil:
+    cdef int64_t kb, n0, rows
+    item_tile(g, item, 1, &kb, &n0, &rows)
+    cdef int64_t N = g.N, Kb = g.Kb
     cdef int64_t Kp = Kb * 16, state = Kb * N * 16
-    cdef float *dh_blk = dh + (kb * N + n0) * 16
-    add_step_gradient(dh_blk, dY + t * state + (kb * N + n0) * 16, rows * 16)
-    dlcpu_rnn_bwd_tile(G + (t * N + n0) * Kp + kb * 16, Kp, dh_blk, dG + (t * N + n0) * Kp + kb * 16,
-                       rows, relu)
-    gates_to_blocked(dGb, dG + (t * N + n0) * Kp, 1, Kb, N, n0, rows, kb, Kp)
+    cdef float *dh_blk = b.dh + (kb * N + n0) * 16
+    add_step_gradient(dh_blk, b.dY + t * state + (kb * N + n0) * 16, rows * 16)
+    dlcpu_rnn_bwd_tile(b.G + (t * N + n0) * Kp + kb * 16, Kp, dh_blk, b.dG + (t * N + n0) * Kp + kb * 16,
+                       rows, g.cell == DLCPU_CELL_RNN_RELU)
+    gates_to_blocked(b.dGb, b.dG + (t * N + n0) * Kp, 1, Kb, N, n0, rows, kb, Kp)
 
 
-def rnn_backward_f32(const float[:, ::1] G, const float[::1] RT, const float[::1] dY, float[::1] dh,
-                     float[:, ::1] dG, float[::1] dGb, int64_t T, int64_t N, int64_t Kb, bint relu,
-                     int isa, int n_threads):
-    """Backpropagate through T steps; dh: dL/dh_T on entry, dL/dh_0 on exit; dG receives the
-    pre-activation gradients of every step."""
-    cdef int64_t rows = row_tile(N, dlcpu_brgemm_f32_max_pixels(isa, 2))
-    cdef int64_t n_tiles = (N + rows - 1) // rows
-    cdef int64_t n_items = Kb * n_tiles
-    cdef int64_t n_pair_items = (Kb + 1) // 2 * n_tiles
+cdef inline void bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, int64_t item,
+                                const dlcpu_act_table_t *act) noexcept nogil:
+    if g.cell == DLCPU_CELL_LSTM:
+        lstm_bwd_gates_item(g, b, t, item, act)
+    elif g.cell == DLCPU_CELL_GRU:
+        gru_bwd_gates_item(g, b, t, item)
+    else:
+        rnn_bwd_gates_item(g, b, t, item)
+
+
+cdef int bwd_recurrent_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t item) noexcept nogil:
+    """dh[kb] (beta=0: =, beta=1: +=) sum over the gates*Kb gate blocks j of dG[j] . W_hh[j-rows,
+    kb-columns], for a pair of hidden blocks per call (mv=2: each broadcast of dG feeds two
+    FMAs).  Shared by the LSTM (4 gates), the GRU (3, beta=1 onto dh*z) and the vanilla RNN (1)."""
+    cdef int64_t kb, n0, rows
+    item_tile(g, item, 2, &kb, &n0, &rows)
+    cdef int64_t N = g.N, Kb = g.Kb
+    cdef int gates = g.gates
+    cdef dlcpu_brgemm_f32_t p
+    recurrent_call(&p, gates * Kb, N)
+    p.a_mstride = gates * Kb * 256
+    p.mv = 2 if kb + 1 < Kb else 1
+    p.nc = <int>rows
+    p.ldc = 16
+    p.c_mstride = N * 16
+    p.beta = 1 if g.cell == DLCPU_CELL_GRU else 0
+    p.bias = NULL
+    p.a = b.RT + kb * gates * Kb * 256
+    p.b = b.dGb + n0 * 16
+    p.c = b.dh + (kb * N + n0) * 16
+    return dlcpu_brgemm_f32(&p, g.isa)
+
+
+def recurrent_backward_f32(RecurrentPlanStruct plan, const float[::1] G, const float[::1] H,
+                           const float[::1] Cs, const float[::1] HN, const float[::1] RT,
+                           const float[::1] dY, float[::1] dh, float[::1] dc, float[::1] dG,
+                           float[::1] dGh, float[::1] dGb):
+    """Backpropagate through the plan's T steps for its cell.  dh (and dc, LSTM) hold dL/dh_T
+    (dL/dc_T) on entry and dL/dh_0 (dL/dc_0) on exit; dG receives the pre-activation gate
+    gradients of every step (row-major like G; for the GRU those of the x side, and dGh those of
+    the h side), from which dlcpu/rnn.py computes dx, dW and db with large GEMMs.  Buffers the
+    cell does not use are empty."""
+    cdef const dlcpu_rnn_plan_t *g = &plan.c
+    cdef rnn_bufs b
+    b.G = <float *>&G[0]       # read only here: the struct is shared with the forward
+    b.H = <float *>&H[0]
+    b.Cs = <float *>&Cs[0] if Cs.shape[0] > 0 else NULL
+    b.HN = <float *>&HN[0] if HN.shape[0] > 0 else NULL
+    b.RT = &RT[0]
+    b.dY = &dY[0]
+    b.dh = &dh[0]
+    b.dc = ptr(dc)
+    b.dG = &dG[0]
+    b.dGh = ptr(dGh)
+    b.dGb = &dGb[0]
     cdef int64_t t, step, item
     cdef int errors = 0
-    with nogil, parallel(num_threads=n_threads):
-        for step in range(T):
-            t = T - 1 - step
-            for item in prange(n_items, schedule='static'):
-                rnn_bwd_gates_item(&G[0, 0], &dY[0], &dh[0], &dG[0, 0], &dGb[0], t, item, N, Kb,
-                                   rows, relu)
-            for item in prange(n_pair_items, schedule='static'):
-                errors += bwd_recurrent_item(&RT[0], &dGb[0], &dh[0], item, N, Kb, rows, isa, 1, 0)
+    cdef dlcpu_act_table_t act = dlcpu_act_table(g.isa)
+    with nogil, parallel(num_threads=g.n_threads):
+        for step in range(g.T):
+            t = g.T - 1 - step
+            for item in prange(g.gate_items, schedule='static'):
+                bwd_gates_item(g, &b, t, item, &act)
+            for item in prange(g.pair_items, schedule='static'):
+                errors += bwd_recurrent_item(g, &b, item)
     return errors

@@ -103,3 +103,16 @@ def test_gemm_plan():
     assert choose_gemm_split(4096, 512, 256, "avx512", 2).split_rows == 1
     with pytest.raises(ValueError, match="mv=2 nr=1 nc=4 that this build lacks"):
         GemmPlan(**{**choose_gemm_split(64, 64, 64, "avx2", 1).as_dict(), "rows": 4})
+
+
+def test_recurrent_plan():
+    from dlcpu.rnn import RecurrentPlan, choose_recurrent_tiles
+
+    plan = choose_recurrent_tiles("lstm", 5, 16, 3, cpu.ISA_CODES["avx512"], 2)
+    assert isinstance(plan, RecurrentPlan) and plan.gates == 4
+    assert plan.rows == 8 and plan.n_tiles == 2   # N=16: 8 + 8, not 14 + 2
+    assert plan.fwd_items == 3 * 2 and plan.pair_items == 2 * 2
+    rnn = choose_recurrent_tiles("rnn_relu", 5, 16, 3, cpu.ISA_CODES["avx512"], 2)
+    assert rnn.fwd_items == 2 * 2 and rnn.gates == 1
+    with pytest.raises(ValueError, match="mv=2 nr=1 nc=4 that this build lacks"):
+        RecurrentPlan(**{**choose_recurrent_tiles("gru", 2, 8, 1, cpu.ISA_CODES["avx2"], 1).as_dict(), "rows": 4})

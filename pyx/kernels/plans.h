@@ -2,10 +2,11 @@
  * The plans: how one operation is cut into BRGEMM calls, as C structs, declared once.
  *
  * A planner in Python (dlcpu/conv.py choose_conv_blocking, choose_weight_grad_blocking,
- * choose_winograd_blocking; dlcpu/gemm.py choose_gemm_split) decides every field once per shape;
+ * choose_winograd_blocking; dlcpu/gemm.py choose_gemm_split; dlcpu/rnn.py choose_recurrent_tiles)
+ * decides every field once per shape;
  * dlcpu/_plans.py turns its choice into one of these structs (Cython's dict -> struct coercion,
  * which refuses a missing field), owned by a small Cython class of the driver module that runs it
- * (pyx/conv_direct.pyx, conv_wu.pyx, winograd.pyx, brgemm.pyx).  That class checks the plan
+ * (pyx/conv_direct.pyx, conv_wu.pyx, winograd.pyx, brgemm.pyx, rnn.pyx).  That class checks the plan
  * against the compiled tile table when it is made, and the driver reads the struct directly:
  * no dicts or string lookups between Python and the kernels.  pyx/dlcpu_plans.pxd mirrors these
  * declarations for Cython (the language needs the field list there too); Python reads the fields
@@ -71,5 +72,22 @@ typedef struct {
     int split_rows;             /* 1: threads split the row tiles, 0: the column pairs */
     int64_t m, n, K;
 } dlcpu_gemm_plan_t;
+
+/* Recurrent time loops (pyx/rnn.pyx): one driver for every cell, parameterised by it.  Work items
+ * of a step are (hidden block, row tile) for the gate math and (hidden block pair, row tile) for
+ * the recurrent products that run as mv=2 calls. */
+enum { DLCPU_CELL_LSTM = 0, DLCPU_CELL_GRU = 1, DLCPU_CELL_RNN_TANH = 2, DLCPU_CELL_RNN_RELU = 3 };
+
+typedef struct {
+    int cell;                   /* DLCPU_CELL_* */
+    int gates;                  /* 4 (LSTM), 3 (GRU), 1 (RNN) */
+    int isa, n_threads;
+    int64_t T, N, Kb;
+    int64_t rows;               /* batch rows per tile: equal tiles of at most one mv=2 call's pixels */
+    int64_t n_tiles;            /* row tiles: ceil(N / rows) */
+    int64_t fwd_items;          /* forward items per step */
+    int64_t gate_items;         /* backward gate-gradient items per step: Kb * n_tiles */
+    int64_t pair_items;         /* backward recurrent-product items per step: ceil(Kb/2) * n_tiles */
+} dlcpu_rnn_plan_t;
 
 #endif
