@@ -20,7 +20,7 @@ from dlcpu_plans cimport dlcpu_wino_plan_t, dlcpu_conv_shape_t
 cdef extern from "winograd_f32.h" nogil:
     int dlcpu_wino_filter_block(const float *w, float *u, int64_t u_stride, int alpha)
     int dlcpu_wino_input_tile(const float *x_plane, int64_t H, int64_t W, int64_t h0, int64_t w0,
-                              float *v, int64_t v_stride, int alpha, int isa)
+                              float *v, int64_t v_stride, int check_h, int check_w, int alpha, int isa)
     void dlcpu_wino_output_tile(const float *m_in, int64_t m_stride, float *y_plane, int64_t P,
                                 int64_t Q, int64_t p0, int64_t q0, const float *bias, int relu,
                                 int alpha, int isa)
@@ -88,7 +88,8 @@ cdef int wino_item(const dlcpu_wino_plan_t *g, int64_t item, const float *x, con
     cdef int64_t n_tiles = s.N * g.tiles_h * g.tiles_w
     cdef int64_t nt = min(T, n_tiles - t0)
     cdef int64_t t, n, p0, q0, cb, kb, e, tc, gg
-    cdef int mv, err = 0, bad = 0
+    cdef int mv, err = 0, bad = 0, check_h, check_w
+    cdef int m = g.alpha - 2
     cdef dlcpu_brgemm_f32_t p
     # Equal tile chunks per call (16 tiles: 8 + 8, not 14 + 2, whose second call would be
     # latency-bound on 4 accumulators).
@@ -96,10 +97,13 @@ cdef int wino_item(const dlcpu_wino_plan_t *g, int64_t item, const float *x, con
     cdef int64_t chunk = (nt + chunks - 1) // chunks
     for t in range(nt):
         tile_origin(g, t0 + t, &n, &p0, &q0)
+        # Non-finite check: the m x m corner no later tile reloads, the whole patch at the edges.
+        check_h = g.alpha if p0 + m >= s.P else m
+        check_w = g.alpha if q0 + m >= s.Q else m
         for cb in range(s.Cb):
             bad |= dlcpu_wino_input_tile(x + (n * s.Cb + cb) * s.H * s.W * 16, s.H, s.W, p0 - s.pad_h,
-                                         q0 - s.pad_w, v + (cb * T + t) * 16, s.Cb * T * 16, g.alpha,
-                                         g.isa)
+                                         q0 - s.pad_w, v + (cb * T + t) * 16, s.Cb * T * 16, check_h,
+                                         check_w, g.alpha, g.isa)
     nonfinite[0] += bad
     p.kind = DLCPU_BR_STRD
     p.b_trans = 0

@@ -136,3 +136,20 @@ def test_finite_auto_is_winograd_bitwise(rng):
     x, wt = _nonfinite_case(rng, "none")
     wt[3, 7, 1, 1] = 0.5
     assert np.array_equal(dlcpu.conv2d(x, wt, padding=1), dlcpu.conv2d(x, wt, padding=1, algorithm="winograd4"))
+
+
+@pytest.mark.parametrize("pad", [0, 1])
+def test_nonfinite_detected_at_every_input_pixel(rng, pad):
+    """Tiles overlap and each checks only the corner no later tile reloads (the whole patch at the
+    edges): one Inf at each input pixel in turn must still send 'auto' to the direct result."""
+    x0 = rng.uniform(-1, 1, (1, 128, 16, 16)).astype(np.float32)
+    wt = dlcpu.block_weights(rng.uniform(-1, 1, (128, 128, 3, 3)).astype(np.float32))
+    assert choose_algorithm(conv_shape(x0.shape, (128, 128, 3, 3), 1, pad), "avx512") == "winograd4"
+    for h in range(16):
+        for w in range(16):
+            x = x0.copy()
+            x[0, 3, h, w] = np.inf
+            xb = dlcpu.to_blocked(x)
+            auto = dlcpu.conv2d(xb, wt, padding=pad).data
+            assert not np.isnan(auto).any(), (h, w)
+            assert np.array_equal(np.isinf(auto), np.isinf(dlcpu.conv2d(xb, wt, padding=pad, algorithm="direct").data))

@@ -14,7 +14,10 @@
  * Inf - Inf = NaN in most outputs of its tiles, where a direct convolution gives Inf.  So the
  * filter and input transforms also report whether anything they loaded was not finite: each
  * loaded vector is folded into a lane accumulator as v * 0 (0 for finite v, NaN for Inf or NaN),
- * one FMA per vector already in registers, no extra pass over memory.  The driver
+ * one FMA per vector already in registers, no extra pass over memory.  Input tiles overlap (a
+ * 6x6 patch per 4x4 outputs), so each tile checks only the check_h x check_w corner of its patch
+ * that no later tile loads again: m x m, or the whole patch in the last tile row / column, which
+ * together cover every input pixel any tile reads (a full check cost res3b_branch2b ~1.5%).  The driver
  * (pyx/winograd.pyx) returns the count, and dlcpu.conv2d(algorithm="auto") reruns such a call
  * with the direct algorithm, so 'auto' propagates Inf/NaN exactly as direct convolution does.
  */
@@ -89,10 +92,10 @@ dlcpu_wino_filter_block(const float *w, float *u, int64_t u_stride, int alpha)
 
 /* V[(xi*alpha+nu)*v_stride + lane] for the alpha x alpha patch of one channel block whose top-left
  * input pixel is (h0, w0); pixels outside the H x W plane are zero (padding).  Returns 1 when the
- * patch holds a non-finite value. */
+ * check_h x check_w corner of the patch holds a non-finite value (see the top of this file). */
 static inline __attribute__((always_inline)) int
 dlcpu_wino_input_tile_body(const float *x_plane, int64_t H, int64_t W, int64_t h0, int64_t w0,
-                           float *v, int64_t v_stride, const int alpha)
+                           float *v, int64_t v_stride, int check_h, int check_w, const int alpha)
 {
     float d[DLCPU_WINO_MAX_ALPHA][DLCPU_WINO_MAX_ALPHA][16];
     float t[DLCPU_WINO_MAX_ALPHA][DLCPU_WINO_MAX_ALPHA][16];
@@ -102,8 +105,10 @@ dlcpu_wino_input_tile_body(const float *x_plane, int64_t H, int64_t W, int64_t h
             const int64_t h = h0 + i, w = w0 + j;
             if (h < 0 || h >= H || w < 0 || w >= W) memset(d[i][j], 0, sizeof(d[i][j]));
             else memcpy(d[i][j], x_plane + (h * W + w) * 16, sizeof(d[i][j]));
-            for (int l = 0; l < 16; l++) nf[l] += d[i][j][l] * 0.0f;
         }
+    for (int i = 0; i < check_h; i++)
+        for (int j = 0; j < check_w; j++)
+            for (int l = 0; l < 16; l++) nf[l] += d[i][j][l] * 0.0f;
     for (int xi = 0; xi < alpha; xi++)           /* t = B^T d */
         for (int j = 0; j < alpha; j++) {
             for (int l = 0; l < 16; l++) t[xi][j][l] = 0.0f;
@@ -167,11 +172,11 @@ dlcpu_wino_output_tile_body(const float *m_in, int64_t m_stride, float *y_plane,
  * res3b_branch2b (1 thread): the generic-alpha, SSE-only transforms took about half the time. */
 #define DLCPU_WINO_INSTANCES(SUFFIX, TARGET)                                                       \
     static TARGET int dlcpu_wino_input_tile4_##SUFFIX(const float *x, int64_t H, int64_t W,        \
-        int64_t h0, int64_t w0, float *v, int64_t vs)                                              \
-        { return dlcpu_wino_input_tile_body(x, H, W, h0, w0, v, vs, 4); }                          \
+        int64_t h0, int64_t w0, float *v, int64_t vs, int ch, int cw)                              \
+        { return dlcpu_wino_input_tile_body(x, H, W, h0, w0, v, vs, ch, cw, 4); }                  \
     static TARGET int dlcpu_wino_input_tile6_##SUFFIX(const float *x, int64_t H, int64_t W,        \
-        int64_t h0, int64_t w0, float *v, int64_t vs)                                              \
-        { return dlcpu_wino_input_tile_body(x, H, W, h0, w0, v, vs, 6); }                          \
+        int64_t h0, int64_t w0, float *v, int64_t vs, int ch, int cw)                              \
+        { return dlcpu_wino_input_tile_body(x, H, W, h0, w0, v, vs, ch, cw, 6); }                  \
     static TARGET void dlcpu_wino_output_tile4_##SUFFIX(const float *m, int64_t ms, float *y,      \
         int64_t P, int64_t Q, int64_t p0, int64_t q0, const float *b, int relu)                    \
         { dlcpu_wino_output_tile_body(m, ms, y, P, Q, p0, q0, b, relu, 4); }                       \
@@ -187,16 +192,16 @@ DLCPU_WINO_INSTANCES(generic, DLCPU_NO_TARGET)
 /* Input transform of one patch on an ISA path; returns 1 when the patch holds a non-finite value. */
 static inline int
 dlcpu_wino_input_tile(const float *x_plane, int64_t H, int64_t W, int64_t h0, int64_t w0,
-                      float *v, int64_t v_stride, int alpha, int isa)
+                      float *v, int64_t v_stride, int check_h, int check_w, int alpha, int isa)
 {
     if (isa == DLCPU_ISA_AVX512)
-        return alpha == 4 ? dlcpu_wino_input_tile4_avx512(x_plane, H, W, h0, w0, v, v_stride)
-                          : dlcpu_wino_input_tile6_avx512(x_plane, H, W, h0, w0, v, v_stride);
+        return alpha == 4 ? dlcpu_wino_input_tile4_avx512(x_plane, H, W, h0, w0, v, v_stride, check_h, check_w)
+                          : dlcpu_wino_input_tile6_avx512(x_plane, H, W, h0, w0, v, v_stride, check_h, check_w);
     if (isa == DLCPU_ISA_AVX2)
-        return alpha == 4 ? dlcpu_wino_input_tile4_avx2(x_plane, H, W, h0, w0, v, v_stride)
-                          : dlcpu_wino_input_tile6_avx2(x_plane, H, W, h0, w0, v, v_stride);
-    return alpha == 4 ? dlcpu_wino_input_tile4_generic(x_plane, H, W, h0, w0, v, v_stride)
-                      : dlcpu_wino_input_tile6_generic(x_plane, H, W, h0, w0, v, v_stride);
+        return alpha == 4 ? dlcpu_wino_input_tile4_avx2(x_plane, H, W, h0, w0, v, v_stride, check_h, check_w)
+                          : dlcpu_wino_input_tile6_avx2(x_plane, H, W, h0, w0, v, v_stride, check_h, check_w);
+    return alpha == 4 ? dlcpu_wino_input_tile4_generic(x_plane, H, W, h0, w0, v, v_stride, check_h, check_w)
+                      : dlcpu_wino_input_tile6_generic(x_plane, H, W, h0, w0, v, v_stride, check_h, check_w);
 }
 
 static inline void
