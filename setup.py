@@ -223,6 +223,8 @@ def compiler_identity(command):
 class BuildExt(build_ext):
     """Parallel, content-keyed build: Cython and gcc run only where their inputs changed."""
 
+    cython_build_dir = CYTHON_BUILD_DIR
+
     def finalize_options(self):
         super().finalize_options()
         if not self.parallel:
@@ -245,7 +247,7 @@ class BuildExt(build_ext):
         directives = cython_directives()
         debug = any(directives.get(k) for k in DEBUG_DIRECTIVES)
         jobs = build_jobs() if self.parallel is True else int(self.parallel)
-        cythonize_changed(self.extensions, directives, jobs=jobs)
+        cythonize_changed(self.extensions, directives, jobs=jobs, build_dir=self.cython_build_dir)
 
         flags = BASE_CFLAGS + ([OPENMP_FLAG] if use_openmp else [])
         build_flags = " ".join(flags + (["DLCPU_BOUNDSCHECK=1"] if debug else []))
