@@ -7,8 +7,7 @@ Public API (small on purpose; the `dlcpu` command mirrors it):
     info                                                         machine, build, ISA, threads
     dlcpu.nn, dlcpu.train                                        layers, SGD, save/load, training
 """
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .conv import conv2d, conv2d_backward, prepare_winograd
 from .cpu import info
 from .gemm import brgemm, matmul
