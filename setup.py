@@ -102,7 +102,7 @@ extensions = [
 ]
 
 setup(
-    packages=["dlcpu", "dlcpu._ext", "dlcpu.cli"],
+    packages=["dlcpu", "dlcpu._ext", "dlcpu.nn", "dlcpu.cli"],
     package_dir={"dlcpu": "dlcpu", "dlcpu.cli": "cli"},
     package_data={"dlcpu": ["workloads/*.csv"]},
     ext_modules=cythonize(
