@@ -740,3 +740,20 @@ def _winograd4_wins(shape):
     since it also costs accuracy (relative error ~2e-6 against ~6e-7 direct): C, K >= 128 on
     outputs of at least 14x14."""
     return shape.C >= 128 and shape.K >= 128 and shape.P >= 14 and shape.Q >= 14
+
+
+def describe_plan(shape, direction="fwd", isa=None, n_threads=None, algorithm="direct"):
+    """The plan(s) a pass over a ConvShape runs, as text (for `dlcpu bench conv --show-plan`).
+
+    direction: 'fwd' (algorithm 'direct', 'winograd2' or 'winograd4'), 'bwd_d' (one direct plan
+    per stride phase) or 'bwd_w' (the weight-update plan)."""
+    isa_name = cpu.resolve_isa(isa)
+    n_threads = cpu.resolve_threads(n_threads)
+    if direction == "fwd" and algorithm != "direct":
+        return choose_winograd_blocking(shape, _ALPHA[algorithm], isa_name, n_threads).describe()
+    if direction == "fwd":
+        return get_plan(shape, isa, n_threads).describe()
+    if direction == "bwd_w":
+        return str(choose_weight_grad_blocking(shape, isa_name, n_threads))
+    return " || ".join(f"phase ({rh},{rw}): {sub.R}x{sub.S} taps, {get_plan(sub, isa, n_threads).describe()}"
+                       for rh, rw, _, _, sub in _stride_phases(shape))

@@ -7,7 +7,7 @@ import pytest
 from conftest import assert_close, needs_torch
 
 import dlcpu
-from dlcpu import nn, train
+from dlcpu import _peers, nn, train
 
 
 def test_linear_matches_numpy(rng):
@@ -69,7 +69,7 @@ def test_network_against_torch(rng):
     labels = rng.integers(0, 4, 4)
     tnet = torch.nn.Sequential(
         torch.nn.Conv2d(3, 16, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
-        train.torch_basic_block(torch, 16, 32, 2),
+        _peers.basic_block(torch, 16, 32, 2),
         torch.nn.MaxPool2d(2), torch.nn.AvgPool2d(1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
         torch.nn.Linear(32, 4))
     tparams = list(tnet.parameters())
