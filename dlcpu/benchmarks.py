@@ -68,8 +68,18 @@ def summarize(seconds):
 
 
 # -------------------------------------------------------------------------------------- peak
+#: shortest measurement `measure_peak` accepts: below it the probe's thread start-up dominates
+#: (measured: --seconds 0 reported 0.3 GFLOP/s)
+MIN_PEAK_SECONDS = 0.01
+
+
 def measure_peak(n_threads, isa=None, seconds=0.25, repeats=5):
-    """Measured fp32 FMA peak (GFLOP/s) on n_threads threads: best of `repeats` runs."""
+    """Measured fp32 FMA peak (GFLOP/s) on n_threads threads: best of `repeats` runs of about
+    `seconds` each (at least MIN_PEAK_SECONDS)."""
+    if not seconds >= MIN_PEAK_SECONDS:
+        raise ValueError(f"measure_peak: seconds must be >= {MIN_PEAK_SECONDS}, got {seconds}")
+    if repeats < 1 or n_threads < 1:
+        raise ValueError(f"measure_peak: need n_threads >= 1 and repeats >= 1, got {n_threads} and {repeats}")
     iters = 1 << 16
     while True:  # calibrate: a run of about `seconds`
         t0 = time.perf_counter()

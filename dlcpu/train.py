@@ -89,12 +89,15 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
     images; 'rnn': nn.digits_rnn (an LSTM) reading each image row by row.
 
     on_step(epoch, step, steps, loss) and on_epoch(EpochStats) feed progress displays.  With
-    `out`, the model is saved after every epoch (atomically).  A NaN/inf loss stops training
+    `out`, the model is saved after every epoch (atomically); a path that cannot be written is
+    refused with ValueError before training starts.  A NaN/inf loss stops training
     with TrainingDiverged, leaving the last checkpoint as it was."""
     if epochs < 1 or batch < 1 or not lr > 0:
         raise ValueError(f"train: need epochs >= 1, batch >= 1 and lr > 0 (got {epochs}, {batch}, {lr})")
     if model not in ("cnn", "rnn"):
         raise ValueError(f"train: model must be 'cnn' or 'rnn', got {model!r}")
+    if out:
+        nn.check_writable(out)  # before any training, not after the first epoch
     data = data or load_digits_split(seed)
     inputs = image_batch if model == "cnn" else row_sequence
     model = nn.digits_resnet(width, seed=seed) if model == "cnn" else nn.digits_rnn(seed=seed)

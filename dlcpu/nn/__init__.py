@@ -11,7 +11,7 @@ One room per concern: module (Parameter, Module, the layer registry), layers (fe
 layers on blocked activations), recurrent (LSTM, GRU, RNN), losses, optim, io (save/load),
 models.  Everything public is re-exported here, so `from dlcpu import nn; nn.Conv2d` is the API.
 """
-from .io import build, load, save
+from .io import build, check_writable, load, save
 from .layers import AvgPool2d, BasicBlock, BatchNorm2d, Conv2d, GlobalAvgPool, Linear, MaxPool2d, ReLU, Sequential
 from .losses import softmax_cross_entropy
 from .models import digits_resnet, digits_rnn
@@ -38,6 +38,7 @@ __all__ = [
     "ReLU",
     "Sequential",
     "build",
+    "check_writable",
     "digits_resnet",
     "digits_rnn",
     "load",
