@@ -13,7 +13,7 @@ from .. import norm, pool
 from ..conv import conv2d, conv2d_backward
 from ..gemm import matmul
 from ..layout import CB, BlockedTensor, block_weights, n_blocks, unblock_weights
-from .module import Module, Parameter, _expect_blocked, _take, register
+from .module import Module, Parameter, _expect_blocked, _take, check_bool, check_float, check_int, check_int_pair, register
 
 
 @register
@@ -22,9 +22,15 @@ class Conv2d(Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, seed=0):
         super().__init__()
+        check_int("Conv2d", "in_channels", in_channels)
+        check_int("Conv2d", "out_channels", out_channels)
+        k = check_int_pair("Conv2d", "kernel_size", kernel_size)
+        check_int_pair("Conv2d", "stride", stride)
+        check_int_pair("Conv2d", "padding", padding, minimum=0)
+        check_bool("Conv2d", "bias", bias)
+        check_int("Conv2d", "seed", seed, minimum=0)
         self.args = {"in_channels": in_channels, "out_channels": out_channels, "kernel_size": kernel_size,
-                         "stride": stride, "padding": padding, "bias": bias, "seed": seed}
-        k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+                     "stride": stride, "padding": padding, "bias": bias, "seed": seed}
         self.stride, self.padding = stride, padding
         self.needs_input_grad = True
         rng = np.random.default_rng(seed)
@@ -41,8 +47,9 @@ class Conv2d(Module):
                       stride=self.stride, padding=self.padding)
 
     def backward(self, dy):
+        x = self._require_forward(self._x)
         need = ("dx", "dw", "db") if self.needs_input_grad else ("dw", "db")
-        g = conv2d_backward(dy, self._x, self.weight_b, self.stride, self.padding, need=need)
+        g = conv2d_backward(dy, x, self.weight_b, self.stride, self.padding, need=need)
         self.weight.grad += g.dw.data
         if self.bias is not None:
             self.bias.grad += g.db
@@ -78,6 +85,10 @@ class BatchNorm2d(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, relu=False):
         super().__init__()
+        check_int("BatchNorm2d", "num_features", num_features)
+        check_float("BatchNorm2d", "eps", eps, 0.0)
+        check_float("BatchNorm2d", "momentum", momentum, 0.0, 1.0, low_inclusive=True)
+        check_bool("BatchNorm2d", "relu", relu)
         self.args = {"num_features": num_features, "eps": eps, "momentum": momentum, "relu": relu}
         self.relu = bool(relu)
         self.C, self.eps, self.momentum = num_features, eps, momentum
@@ -99,7 +110,7 @@ class BatchNorm2d(Module):
         return y
 
     def backward(self, dy):
-        dx, dgamma, dbeta = norm.batchnorm_backward(dy, self._saved)
+        dx, dgamma, dbeta = norm.batchnorm_backward(dy, self._require_forward(self._saved))
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         return dx
@@ -134,7 +145,7 @@ class ReLU(Module):
         return self._y
 
     def backward(self, dy):
-        return norm.relu_backward(dy, self._y)
+        return norm.relu_backward(dy, self._require_forward(self._y))
 
     def config(self):
         return {"type": "ReLU", "args": {}}
@@ -144,6 +155,7 @@ class ReLU(Module):
 class MaxPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
+        _check_pool_args(self.name, kernel_size, stride, padding)
         self.args = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
         self._cache = None
 
@@ -155,7 +167,7 @@ class MaxPool2d(Module):
         return y
 
     def backward(self, dy):
-        arg, x_shape = self._cache
+        arg, x_shape = self._require_forward(self._cache)
         return pool.max_pool2d_backward(dy, arg, x_shape)
 
     def config(self):
@@ -169,6 +181,7 @@ class MaxPool2d(Module):
 class AvgPool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
+        _check_pool_args(self.name, kernel_size, stride, padding)
         self.args = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
         self._x_shape = None
 
@@ -180,7 +193,8 @@ class AvgPool2d(Module):
 
     def backward(self, dy):
         a = self.args
-        return pool.avg_pool2d_backward(dy, self._x_shape, a["kernel_size"], a["stride"], a["padding"])
+        x_shape = self._require_forward(self._x_shape)
+        return pool.avg_pool2d_backward(dy, x_shape, a["kernel_size"], a["stride"], a["padding"])
 
     def config(self):
         return {"type": "AvgPool2d", "args": self.args}
@@ -203,7 +217,7 @@ class GlobalAvgPool(Module):
         return pool.global_avg_pool(x)
 
     def backward(self, dy):
-        return pool.global_avg_pool_backward(dy, self._x_shape)
+        return pool.global_avg_pool_backward(dy, self._require_forward(self._x_shape))
 
     def config(self):
         return {"type": "GlobalAvgPool", "args": {}}
@@ -215,6 +229,10 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, seed=0):
         super().__init__()
+        check_int("Linear", "in_features", in_features)
+        check_int("Linear", "out_features", out_features)
+        check_bool("Linear", "bias", bias)
+        check_int("Linear", "seed", seed, minimum=0)
         self.args = {"in_features": in_features, "out_features": out_features, "bias": bias, "seed": seed}
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(in_features)
@@ -233,8 +251,13 @@ class Linear(Module):
         return y
 
     def backward(self, dy):
+        x = self._require_forward(self._x)
+        want = (x.shape[0], self.args["out_features"])
+        if getattr(dy, "shape", None) != want:
+            raise ValueError(f"{self.describe()}: dy has shape {getattr(dy, 'shape', None)}, "
+                             f"but the forward output has shape {want}")
         dy = np.ascontiguousarray(dy, dtype=np.float32)
-        self.weight.grad += matmul(np.ascontiguousarray(dy.T), self._x)
+        self.weight.grad += matmul(np.ascontiguousarray(dy.T), x)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0, dtype=np.float64).astype(np.float32)
         return matmul(dy, self.weight.data)
@@ -261,6 +284,9 @@ class Linear(Module):
 class Sequential(Module):
     def __init__(self, *modules):
         super().__init__()
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: layer {i} must be a dlcpu.nn Module, got {type(m).__name__}")
         self.modules = list(modules)
 
     def children(self):
@@ -291,6 +317,10 @@ class BasicBlock(Module):
 
     def __init__(self, in_channels, out_channels, stride=1, seed=0):
         super().__init__()
+        check_int("BasicBlock", "in_channels", in_channels)
+        check_int("BasicBlock", "out_channels", out_channels)
+        check_int("BasicBlock", "stride", stride)
+        check_int("BasicBlock", "seed", seed, minimum=0)
         self.args = {"in_channels": in_channels, "out_channels": out_channels, "stride": stride, "seed": seed}
         self.conv1 = Conv2d(in_channels, out_channels, 3, stride, 1, bias=False, seed=seed)
         self.bn1 = BatchNorm2d(out_channels, relu=True)
@@ -330,3 +360,13 @@ class BasicBlock(Module):
     def describe(self):
         a = self.args
         return f"BasicBlock({a['in_channels']}->{a['out_channels']}, s={a['stride']})"
+
+
+def _check_pool_args(layer, kernel_size, stride, padding):
+    k = check_int_pair(layer, "kernel_size", kernel_size)
+    if stride is not None:
+        check_int_pair(layer, "stride", stride)
+    p = check_int_pair(layer, "padding", padding, minimum=0)
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"{layer}: padding must be at most half the kernel size, got padding {padding!r} "
+                         f"for kernel_size {kernel_size!r}")

@@ -91,6 +91,58 @@ class Module:
     def describe(self):
         return self.name
 
+    def _require_forward(self, value):
+        """What this layer's forward kept for backward; RuntimeError when there is none."""
+        if value is None:
+            raise RuntimeError(f"{self.name}.backward called before forward")
+        return value
+
+
+# -- argument checks of the layer constructors: TypeError for a wrong type, ValueError for a
+# wrong value, both naming the layer and the rule.  NOTE: the int-or-pair rule is the one of
+# conv2d's stride/padding; it moves to the shared dlcpu._validate once that module exists.
+def _is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_int(layer, name, value, minimum=1):
+    """An int >= minimum."""
+    if not _is_int(value):
+        raise TypeError(f"{layer}: {name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_int_pair(layer, name, value, minimum=1):
+    """An int or an (h, w) pair of ints, each >= minimum; returns the pair."""
+    if _is_int(value):
+        pair = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{layer}: {name} must be an int or an (h, w) pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def check_bool(layer, name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{layer}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_float(layer, name, value, low, high=None, low_inclusive=False):
+    """A real number in (low, high] (or [low, high] with low_inclusive)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{layer}: {name} must be a number, got {value!r}")
+    above = value >= low if low_inclusive else value > low
+    if not (above and (high is None or value <= high)):
+        rule = f"{'>=' if low_inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+        raise ValueError(f"{layer}: {name} must be {rule}, got {value!r}")
+    return float(value)
+
 
 def _expect_blocked(x, layer, channels):
     if not isinstance(x, BlockedTensor) or x.kind != "activation":

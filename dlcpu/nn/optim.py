@@ -5,6 +5,8 @@ Design: an optimizer holds a list of Parameters and updates their `data` in plac
 """
 import numpy as np
 
+from .module import Parameter
+
 
 class SGD:
     """SGD with momentum and weight decay, PyTorch's formulation:
@@ -14,6 +16,9 @@ class SGD:
         if lr <= 0 or momentum < 0 or weight_decay < 0:
             raise ValueError(f"SGD: need lr > 0, momentum >= 0, weight_decay >= 0 (got {lr}, {momentum}, {weight_decay})")
         self.params = list(params)
+        for i, p in enumerate(self.params):
+            if not isinstance(p, Parameter):
+                raise TypeError(f"SGD: params must be dlcpu.nn Parameters (model.parameters()), item {i} is {type(p).__name__}")
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.velocity = [np.zeros_like(p.data) for p in self.params]
 

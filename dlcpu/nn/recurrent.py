@@ -7,7 +7,7 @@ float32 arrays (or (N, T, C) with batch_first).
 """
 import numpy as np
 
-from .module import Module, Parameter, _take, register
+from .module import Module, Parameter, _take, check_bool, check_int, register
 
 
 def _cell_ops(cell, nonlinearity):
@@ -47,9 +47,14 @@ class _Recurrent(Module):
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, batch_first=False,
                  seed=0, nonlinearity="tanh"):
         super().__init__()
-        if min(input_size, hidden_size, num_layers) < 1:
-            raise ValueError(f"{type(self).__name__}: sizes must be >= 1, got input {input_size}, "
-                             f"hidden {hidden_size}, layers {num_layers}")
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            check_int(self.name, name, value)
+        check_bool(self.name, "bidirectional", bidirectional)
+        check_bool(self.name, "batch_first", batch_first)
+        check_int(self.name, "seed", seed, minimum=0)
+        if nonlinearity not in ("tanh", "relu") or (self.cell != "rnn" and nonlinearity != "tanh"):
+            allowed = "'tanh' or 'relu'" if self.cell == "rnn" else "'tanh' (only RNN takes 'relu')"
+            raise ValueError(f"{self.name}: nonlinearity must be {allowed}, got {nonlinearity!r}")
         self.args = {"input_size": input_size, "hidden_size": hidden_size, "num_layers": num_layers,
                          "bidirectional": bidirectional, "batch_first": batch_first, "seed": seed}
         if self.cell == "rnn":
@@ -68,6 +73,7 @@ class _Recurrent(Module):
                                     (f"bias_ih{sfx}", (g,)), (f"bias_hh{sfx}", (g,))):
                     self.params[name] = Parameter(rng.uniform(-bound, bound, shape).astype(np.float32))
         self._caches = None
+        self._out_shape = None
         self.needs_input_grad = True
 
     def own_parameters(self):
@@ -92,13 +98,19 @@ class _Recurrent(Module):
                 caches.append(cache)
             seq = np.ascontiguousarray(np.concatenate(outs, axis=2)) if self.directions > 1 else outs[0]
             self._caches.append(caches)
-        return np.ascontiguousarray(seq.transpose(1, 0, 2)) if a["batch_first"] else seq
+        y = np.ascontiguousarray(seq.transpose(1, 0, 2)) if a["batch_first"] else seq
+        self._out_shape = y.shape
+        return y
 
     def backward(self, dy):
         a = self.args
         _, _, bwd = _cell_ops(self.cell, self.nonlinearity)
-        if self._caches is None or self._caches[0][0] is None:
-            raise ValueError(f"{self.describe()}: backward needs a forward in training mode")
+        self._require_forward(self._caches)
+        if self._caches[0][0] is None:
+            raise RuntimeError(f"{self.describe()}: backward needs a forward in training mode (this one ran in eval mode)")
+        if not isinstance(dy, np.ndarray) or dy.shape != self._out_shape:
+            raise ValueError(f"{self.describe()}: dy has shape {getattr(dy, 'shape', None)}, but the forward output "
+                             f"has shape {self._out_shape}")
         g = np.ascontiguousarray(dy.transpose(1, 0, 2) if a["batch_first"] else dy, dtype=np.float32)
         K = a["hidden_size"]
         for layer in reversed(range(a["num_layers"])):
@@ -157,15 +169,22 @@ class LastTimeStep(Module):
 
     def __init__(self, batch_first=False):
         super().__init__()
+        check_bool("LastTimeStep", "batch_first", batch_first)
         self.args = {"batch_first": batch_first}
         self._shape = None
 
     def forward(self, x):
+        if not isinstance(x, np.ndarray) or x.ndim != 3:
+            raise ValueError(f"LastTimeStep: expected a 3-d sequence array, got shape {getattr(x, 'shape', None)}")
         self._shape = x.shape
         return np.ascontiguousarray(x[:, -1] if self.args["batch_first"] else x[-1])
 
     def backward(self, dy):
-        g = np.zeros(self._shape, np.float32)
+        shape = self._require_forward(self._shape)
+        want = (shape[0], shape[2]) if self.args["batch_first"] else shape[1:]
+        if getattr(dy, "shape", None) != want:
+            raise ValueError(f"LastTimeStep: dy has shape {getattr(dy, 'shape', None)}, but the forward output has shape {want}")
+        g = np.zeros(shape, np.float32)
         if self.args["batch_first"]:
             g[:, -1] = dy
         else:
