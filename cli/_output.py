@@ -5,6 +5,7 @@ go to stderr.  Every error is one line, `error: ...`, and the exit code says who
 
     2  a bad option value (typer's own checks, `bad_option`, unparseable lists, unusable --out)
     1  a failure while running (CliError, or a ValueError/TypeError/OSError/... from the library)
+    130  interrupted (Ctrl-C), as typer and shells have it
 
 `run_app` prints typer's usage errors as that one line too instead of a help panel.
 DLCPU_DEBUG=1 re-raises handled errors, for their traceback.  Commands are declared with
@@ -33,6 +34,7 @@ err = Console(stderr=True)
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 #: the --json flag every reporting command takes
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables (progress and logs stay on stderr).")]
@@ -124,6 +126,8 @@ def run_app(app, args=None):
     except typer.Abort:
         print_error("aborted")
         return EXIT_FAILURE
+    if rv == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code
+        print_error("interrupted")
     return rv if isinstance(rv, int) else 0
 
 

@@ -27,8 +27,15 @@ def _compare(value):
     return value
 
 
-def _keys(text):
-    return [k.strip() for k in text.split(",") if k.strip()]
+def _by_name(items, name_filter, option, what):
+    """Items whose name contains one of the comma list's keys; none is a bad option value."""
+    if not name_filter:
+        return items
+    keys = [k.strip() for k in name_filter.split(",") if k.strip()]
+    chosen = [i for i in items if any(k in i.name for k in keys)]
+    if not chosen:
+        raise bad_option(option, f"{name_filter!r} matches no {what}")
+    return chosen
 
 
 # ------------------------------------------------------------------------------------------ peak
@@ -69,12 +76,7 @@ def _select_layers(layer_descs, name_filter):
             raise bad_option("--layer", str(exc)) from None
     else:
         layers = workloads.resnet50_layers()
-    if name_filter:
-        keys = _keys(name_filter)
-        layers = [l for l in layers if any(k in l.name for k in keys)]
-        if not layers:
-            raise bad_option("--layers", f"{name_filter!r} matches no layer")
-    return layers
+    return _by_name(layers, name_filter, "--layers", "layer")
 
 
 @command(app, "conv")
@@ -228,12 +230,7 @@ def bench_lstm(
     compare = _compare(compare)
     if cell not in benchmarks.RNN_CELLS:
         raise bad_option("--cell", f"must be one of {', '.join(benchmarks.RNN_CELLS)}, got {cell!r}")
-    grid = workloads.lstm_layers()
-    if layers:
-        keys = _keys(layers)
-        grid = [g for g in grid if any(k in g.name for k in keys)]
-        if not grid:
-            raise bad_option("--layers", f"{layers!r} matches no row of the LSTM grid")
+    grid = _by_name(workloads.lstm_layers(), layers, "--layers", "row of the LSTM grid")
     counts = parse_threads(threads)
     runs = []
     for n_threads in counts:

@@ -13,13 +13,6 @@ from ._output import JsonFlag, check_output_path, command, emit_json, err, group
 
 app = group("Train models on dlcpu kernels.")
 
-Batch = Annotated[int, typer.Option("--batch", min=1, help="Images per training step.")]
-Threads = Annotated[int | None, typer.Option("--threads", min=1, help="Kernel threads (default: all cores).")]
-Seed = Annotated[int, typer.Option("--seed", help="Seeds the split, the initialization and the shuffling.")]
-OutPath = Annotated[str | None, typer.Option(
-    "--out", metavar="<file>", help="Save the model here (.npz) after every epoch; the directory must exist and be writable.")]
-
-
 def _train(model, epochs, batch, lr, threads, seed, out_path, as_json):
     """Shared body of the `dlcpu train` commands (model 'cnn' or 'rnn')."""
     from threadpoolctl import threadpool_limits
@@ -61,29 +54,28 @@ def _train(model, epochs, batch, lr, threads, seed, out_path, as_json):
               f"{result.total_seconds:.1f} s on {n_threads} thread(s){saved}", highlight=False)
 
 
-@command(app, "digits")
-def train_digits(
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the 1437 training images.")] = 15,
-    batch: Batch = 64,
-    lr: Annotated[float, typer.Option("--lr", min=1e-12, help="SGD learning rate (momentum 0.9, weight decay 5e-4).")] = 0.05,
-    threads: Threads = None,
-    seed: Seed = 0,
-    out_path: OutPath = None,
-    as_json: JsonFlag = False,
-):
-    """Train a small ResNet-style CNN on scikit-learn's handwritten digits (8x8, no download)."""
-    _train("cnn", epochs, batch, lr, threads, seed, out_path, as_json)
+def _register(name, model, epochs_default, lr_default, doc):
+    """Declare `dlcpu train <name>`: the same options for every model, its own defaults."""
+    def train_command(
+        epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the 1437 training images.")] = epochs_default,
+        batch: Annotated[int, typer.Option("--batch", min=1, help="Images per training step.")] = 64,
+        lr: Annotated[float, typer.Option("--lr", min=1e-12,
+                                          help="SGD learning rate (momentum 0.9, weight decay 5e-4).")] = lr_default,
+        threads: Annotated[int | None, typer.Option("--threads", min=1, help="Kernel threads (default: all cores).")] = None,
+        seed: Annotated[int, typer.Option("--seed", help="Seeds the split, the initialization and the shuffling.")] = 0,
+        out_path: Annotated[str | None, typer.Option(
+            "--out", metavar="<file>",
+            help="Save the model here (.npz) after every epoch; the directory must exist and be writable.")] = None,
+        as_json: JsonFlag = False,
+    ):
+        _train(model, epochs, batch, lr, threads, seed, out_path, as_json)
+
+    train_command.__doc__ = doc
+    train_command.__name__ = f"train_{name.replace('-', '_')}"
+    command(app, name)(train_command)
 
 
-@command(app, "digits-rnn")
-def train_digits_rnn(
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Passes over the 1437 training images.")] = 30,
-    batch: Batch = 64,
-    lr: Annotated[float, typer.Option("--lr", min=1e-12, help="SGD learning rate (momentum 0.9, weight decay 5e-4).")] = 0.1,
-    threads: Threads = None,
-    seed: Seed = 0,
-    out_path: OutPath = None,
-    as_json: JsonFlag = False,
-):
-    """Train an LSTM that reads each digit image row by row (T=8 steps of 8 pixels)."""
-    _train("rnn", epochs, batch, lr, threads, seed, out_path, as_json)
+_register("digits", "cnn", 15, 0.05,
+          "Train a small ResNet-style CNN on scikit-learn's handwritten digits (8x8, no download).")
+_register("digits-rnn", "rnn", 30, 0.1,
+          "Train an LSTM that reads each digit image row by row (T=8 steps of 8 pixels).")

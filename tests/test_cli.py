@@ -3,6 +3,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -161,6 +162,21 @@ def test_failure_while_running_exits_1_with_one_line(tmp_path):
     res = run("train", "digits", "--epochs", "2", "--lr", "1e6", "--out", str(out))
     assert_one_line_error(res, 1, "training diverged")
     assert not out.exists() and os.listdir(tmp_path) == []  # diverged in epoch 1: nothing saved, no temp files
+
+
+def test_ctrl_c_during_training_is_one_line_and_leaves_no_temp_file(tmp_path):
+    out = tmp_path / "m.npz"
+    # SIGINT back to its default first: a shell starts background jobs with it ignored
+    reset_sigint = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    proc = subprocess.Popen([sys.executable, "-c", reset_sigint, DLCPU, "train", "digits", "--epochs", "500", "--threads", "1",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    first = proc.stderr.readline()  # an epoch line: the model has been saved once
+    assert first.startswith("epoch"), first
+    proc.send_signal(signal.SIGINT)
+    stdout, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 130, rest
+    assert [l for l in rest.splitlines() if l.strip()][-1] == "error: interrupted" and "Traceback" not in rest
+    assert os.listdir(tmp_path) == ["m.npz"] and stdout == ""
 
 
 def test_debug_env_shows_the_traceback():
