@@ -55,9 +55,6 @@ class Conv2d(Module):
             self.bias.grad += g.db
         return g.dx
 
-    def config(self):
-        return {"type": "Conv2d", "args": self.args}
-
     def state(self):
         out = {"weight": unblock_weights(self.weight_b)}
         if self.bias is not None:
@@ -115,9 +112,6 @@ class BatchNorm2d(Module):
         self.bias.grad += dbeta
         return dx
 
-    def config(self):
-        return {"type": "BatchNorm2d", "args": self.args}
-
     def state(self):
         c = self.C
         return {"weight": self.weight.data[:c].copy(), "bias": self.bias.data[:c].copy(),
@@ -137,6 +131,7 @@ class BatchNorm2d(Module):
 class ReLU(Module):
     def __init__(self):
         super().__init__()
+        self.args = {}
         self._y = None
 
     def forward(self, x):
@@ -147,16 +142,30 @@ class ReLU(Module):
     def backward(self, dy):
         return norm.relu_backward(dy, self._require_forward(self._y))
 
-    def config(self):
-        return {"type": "ReLU", "args": {}}
+
+class _Pool2d(Module):
+    """Shared constructor of the 2-D pools: kernel_size, stride (None: the kernel size), padding
+    (at most half the kernel, as in PyTorch)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        k = check_int_pair(self.name, "kernel_size", kernel_size)
+        if stride is not None:
+            check_int_pair(self.name, "stride", stride)
+        p = check_int_pair(self.name, "padding", padding, minimum=0)
+        if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+            raise ValueError(f"{self.name}: padding must be at most half the kernel size, got padding {padding!r} "
+                             f"for kernel_size {kernel_size!r}")
+        self.args = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
+
+    def describe(self):
+        return f"{self.name}(k={self.args['kernel_size']})"
 
 
 @register
-class MaxPool2d(Module):
+class MaxPool2d(_Pool2d):
     def __init__(self, kernel_size, stride=None, padding=0):
-        super().__init__()
-        _check_pool_args(self.name, kernel_size, stride, padding)
-        self.args = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
+        super().__init__(kernel_size, stride, padding)
         self._cache = None
 
     def forward(self, x):
@@ -170,19 +179,11 @@ class MaxPool2d(Module):
         arg, x_shape = self._require_forward(self._cache)
         return pool.max_pool2d_backward(dy, arg, x_shape)
 
-    def config(self):
-        return {"type": "MaxPool2d", "args": self.args}
-
-    def describe(self):
-        return f"MaxPool2d(k={self.args['kernel_size']})"
-
 
 @register
-class AvgPool2d(Module):
+class AvgPool2d(_Pool2d):
     def __init__(self, kernel_size, stride=None, padding=0):
-        super().__init__()
-        _check_pool_args(self.name, kernel_size, stride, padding)
-        self.args = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
+        super().__init__(kernel_size, stride, padding)
         self._x_shape = None
 
     def forward(self, x):
@@ -196,12 +197,6 @@ class AvgPool2d(Module):
         x_shape = self._require_forward(self._x_shape)
         return pool.avg_pool2d_backward(dy, x_shape, a["kernel_size"], a["stride"], a["padding"])
 
-    def config(self):
-        return {"type": "AvgPool2d", "args": self.args}
-
-    def describe(self):
-        return f"AvgPool2d(k={self.args['kernel_size']})"
-
 
 @register
 class GlobalAvgPool(Module):
@@ -209,6 +204,7 @@ class GlobalAvgPool(Module):
 
     def __init__(self):
         super().__init__()
+        self.args = {}
         self._x_shape = None
 
     def forward(self, x):
@@ -218,9 +214,6 @@ class GlobalAvgPool(Module):
 
     def backward(self, dy):
         return pool.global_avg_pool_backward(dy, self._require_forward(self._x_shape))
-
-    def config(self):
-        return {"type": "GlobalAvgPool", "args": {}}
 
 
 @register
@@ -261,9 +254,6 @@ class Linear(Module):
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0, dtype=np.float64).astype(np.float32)
         return matmul(dy, self.weight.data)
-
-    def config(self):
-        return {"type": "Linear", "args": self.args}
 
     def state(self):
         out = {"weight": self.weight.data.copy()}
@@ -354,19 +344,7 @@ class BasicBlock(Module):
             return None
         return BlockedTensor(dx.data + ds.data, dx.shape)
 
-    def config(self):
-        return {"type": "BasicBlock", "args": self.args}
-
     def describe(self):
         a = self.args
         return f"BasicBlock({a['in_channels']}->{a['out_channels']}, s={a['stride']})"
 
-
-def _check_pool_args(layer, kernel_size, stride, padding):
-    k = check_int_pair(layer, "kernel_size", kernel_size)
-    if stride is not None:
-        check_int_pair(layer, "stride", stride)
-    p = check_int_pair(layer, "padding", padding, minimum=0)
-    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
-        raise ValueError(f"{layer}: padding must be at most half the kernel size, got padding {padding!r} "
-                         f"for kernel_size {kernel_size!r}")

@@ -74,8 +74,12 @@ class Module:
 
     # -- save/load ----------------------------------------------------------------------------
     def config(self):
-        """{'type': class name, 'args': constructor arguments} (JSON-serializable)."""
-        raise NotImplementedError(f"{type(self).__name__} does not describe its configuration")
+        """{'type': class name, 'args': constructor arguments} (JSON-serializable): a layer keeps
+        its constructor arguments in `self.args`."""
+        args = getattr(self, "args", None)
+        if args is None:
+            raise NotImplementedError(f"{type(self).__name__} does not describe its configuration (no self.args)")
+        return {"type": type(self).__name__, "args": args}
 
     def state(self):
         """{name: array in the logical layout} for save (buffers included)."""

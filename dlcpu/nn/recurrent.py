@@ -132,9 +132,6 @@ class _Recurrent(Module):
             g = np.ascontiguousarray(dx)
         return np.ascontiguousarray(g.transpose(1, 0, 2)) if a["batch_first"] else g
 
-    def config(self):
-        return {"type": type(self).__name__, "args": self.args}
-
     def state(self):
         return {k: p.data.copy() for k, p in self.params.items()}
 
@@ -191,5 +188,3 @@ class LastTimeStep(Module):
             g[-1] = dy
         return g
 
-    def config(self):
-        return {"type": "LastTimeStep", "args": self.args}
