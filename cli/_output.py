@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from typer._click.exceptions import UsageError
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer vendors click and does not re-export these
 from typer.core import TyperCommand, TyperGroup
 
 from .. import _config, cpu
@@ -118,7 +118,7 @@ def run_app(app, args=None):
     try:
         rv = cmd.main(args=args, prog_name="dlcpu", standalone_mode=False)
     except UsageError as exc:
-        if exc.ctx is not None and isinstance(exc, typer._click.exceptions.NoArgsIsHelpError):
+        if isinstance(exc, NoArgsIsHelpError):  # `dlcpu` or `dlcpu bench` alone: the help, exit 2
             exc.show()
             return EXIT_USAGE
         print_error(_escape(_one_line(exc.format_message())))

@@ -184,6 +184,12 @@ def test_debug_env_shows_the_traceback():
     assert res.returncode != 0 and "Traceback" in res.stderr and "TrainingDiverged" in res.stderr
 
 
+@pytest.mark.parametrize("args", [(), ("bench",), ("train",), ("bench", "train")])
+def test_group_without_a_command_shows_its_help_and_exits_2(args):
+    res = run(*args)
+    assert res.returncode == 2 and "Usage: dlcpu" in res.stdout + res.stderr and "Traceback" not in res.stderr
+
+
 def test_version():
     res = run("--version")
     assert res.returncode == 0 and res.stdout == f"dlcpu {dlcpu.__version__}\n" and res.stderr == ""
