@@ -68,19 +68,23 @@ def digits_resnet(torch, width=16, classes=10):
     )
 
 
-def recurrent(torch, cell, w_ih, w_hh, b_ih, b_hh, nonlinearity="tanh"):
-    """A one-layer torch.nn.LSTM / GRU / RNN (cell 'lstm', 'gru', 'rnn') holding the given
-    PyTorch-layout weights (numpy arrays): the twin of dlcpu.rnn's forward on those weights."""
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
-    hidden, inputs = w_hh.shape[1], w_ih.shape[1]
-    assert w_ih.shape[0] == gates * hidden
+def recurrent(torch, cell, weights, *, num_layers=1, bidirectional=False, batch_first=False, nonlinearity="tanh"):
+    """torch.nn.LSTM / GRU / RNN (cell 'lstm', 'gru', 'rnn') holding `weights`, a dict of numpy
+    arrays under PyTorch's names (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ...,
+    `_reverse` for the second direction): the twin of dlcpu.rnn on those weights and of
+    nn.LSTM / GRU / RNN (whose own_parameters() use the same names)."""
+    w_ih = weights["weight_ih_l0"]
+    hidden = weights["weight_hh_l0"].shape[1]
+    kwargs = {"num_layers": num_layers, "bidirectional": bidirectional, "batch_first": batch_first}
     if cell == "rnn":
-        m = torch.nn.RNN(inputs, hidden, nonlinearity=nonlinearity)
-    else:
-        m = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](inputs, hidden)
+        kwargs["nonlinearity"] = nonlinearity
+    m = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](w_ih.shape[1], hidden, **kwargs)
+    params = dict(m.named_parameters())
+    if set(params) != set(weights):
+        raise ValueError(f"recurrent twin: weights {sorted(weights)} do not match torch's {sorted(params)}")
     with torch.no_grad():
-        for p, v in zip((m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0), (w_ih, w_hh, b_ih, b_hh)):
-            p.copy_(torch.from_numpy(v))
+        for name, p in params.items():
+            p.copy_(torch.from_numpy(weights[name]))
     return m
 
 

@@ -347,7 +347,7 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None
     torch = None
     if compare == "torch":
         torch = _peers.require_torch("--compare torch")
-        m = _peers.recurrent(torch, cell, w_ih, w_hh, b, b)
+        m = _peers.recurrent(torch, cell, {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh, "bias_ih_l0": b, "bias_hh_l0": b})
         # x requires grad so the peer's backward computes dx too: lstm_backward always returns
         # it, and the FLOP count (3x the forward) includes it.  Without this torch skips the dx
         # GEMM (2*T*N*gates*K*C FLOPs) and the two sides would not do the same work.

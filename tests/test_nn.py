@@ -242,17 +242,15 @@ def test_interrupted_save_leaves_no_temporary_file(tmp_path, monkeypatch, interr
 
 # ------------------------------------------------------------------------------ recurrent layers
 @needs_torch
-@pytest.mark.parametrize("cls,tcls", [("LSTM", "LSTM"), ("GRU", "GRU"), ("RNN", "RNN")])
+@pytest.mark.parametrize("cls,cell", [("LSTM", "lstm"), ("GRU", "gru"), ("RNN", "rnn")])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_recurrent_layers_match_torch(rng, cls, tcls, bidirectional, batch_first):
+def test_recurrent_layers_match_torch(rng, cls, cell, bidirectional, batch_first):
     import torch
 
     layer = getattr(nn, cls)(6, 10, num_layers=2, bidirectional=bidirectional, batch_first=batch_first, seed=3)
-    tlayer = getattr(torch.nn, tcls)(6, 10, num_layers=2, bidirectional=bidirectional, batch_first=batch_first)
-    with torch.no_grad():
-        for name, p in layer.own_parameters().items():
-            getattr(tlayer, name).copy_(torch.from_numpy(p.data))
+    tlayer = _peers.recurrent(torch, cell, {name: p.data for name, p in layer.own_parameters().items()},
+                              num_layers=2, bidirectional=bidirectional, batch_first=batch_first)
     x = rng.uniform(-1, 1, (4, 5, 6) if batch_first else (5, 4, 6)).astype(np.float32)
     y = layer(x)
     xt = torch.from_numpy(x).requires_grad_()
