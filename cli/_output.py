@@ -172,6 +172,7 @@ def emit_json(obj):
 
 
 def progress(*extra_columns):
-    """A transient rich progress bar on stderr."""
+    """A transient rich progress bar on stderr; off when stderr is not a terminal (a log file or
+    a pipe would only get the blank line a stopped bar leaves)."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra_columns,
-                    TimeElapsedColumn(), console=err, transient=True)
+                    TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal)

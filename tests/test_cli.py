@@ -161,6 +161,7 @@ def test_failure_while_running_exits_1_with_one_line(tmp_path):
     out = tmp_path / "m.npz"
     res = run("train", "digits", "--epochs", "2", "--lr", "1e6", "--out", str(out))
     assert_one_line_error(res, 1, "training diverged")
+    assert res.stderr.count("\n") == 1  # not even a blank line from the progress bar
     assert not out.exists() and os.listdir(tmp_path) == []  # diverged in epoch 1: nothing saved, no temp files
 
 
