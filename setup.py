@@ -308,7 +308,7 @@ def make_extension(name, path):
 
 if __name__ == "__main__":
     setup(
-        packages=["dlcpu", "dlcpu._ext", "dlcpu.cli"],
+        packages=["dlcpu", "dlcpu._ext", "dlcpu.nn", "dlcpu.cli"],
         package_dir={"dlcpu": "dlcpu", "dlcpu.cli": "cli"},
         package_data={"dlcpu": ["workloads/*.csv"]},
         ext_modules=[make_extension(name, path) for name, path in EXTENSIONS.items()],

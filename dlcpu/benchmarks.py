@@ -7,20 +7,16 @@ same process, so machine noise hits both; medians are reported (min kept too).  
 """
 import statistics
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import cpu
-from .conv import conv2d, conv2d_backward, pass_plans, prepare_winograd
+from . import _peers, _tolerances, cpu
+from ._peers import torch_threads
+from .conv import conv2d, conv2d_backward, describe_plan, prepare_winograd
 from .layout import block_weights, to_blocked
 
 FLOP_CONVENTION = "full taps: 2*N*K*P*Q*C*R*S (padding taps counted, as LIBXSMM)"
-#: relative L2 error a checked fp32 layer must stay under (accumulations of up to 4608 terms);
-#: Winograd's transforms add error, F(4x4) most (its documented contract is 2e-5)
-CHECK_RTOL = 1e-5
-CHECK_RTOL_BY_ALGORITHM = {"direct": CHECK_RTOL, "winograd2": CHECK_RTOL, "winograd4": 2e-5}
 
 
 # Pause between timed calls of different libraries.  Each library's idle OpenMP/BLAS workers
@@ -72,8 +68,18 @@ def summarize(seconds):
 
 
 # -------------------------------------------------------------------------------------- peak
+#: shortest measurement `measure_peak` accepts: below it the probe's thread start-up dominates
+#: (measured: --seconds 0 reported 0.3 GFLOP/s)
+MIN_PEAK_SECONDS = 0.01
+
+
 def measure_peak(n_threads, isa=None, seconds=0.25, repeats=5):
-    """Measured fp32 FMA peak (GFLOP/s) on n_threads threads: best of `repeats` runs."""
+    """Measured fp32 FMA peak (GFLOP/s) on n_threads threads: best of `repeats` runs of about
+    `seconds` each (at least MIN_PEAK_SECONDS)."""
+    if not seconds >= MIN_PEAK_SECONDS:
+        raise ValueError(f"measure_peak: seconds must be >= {MIN_PEAK_SECONDS}, got {seconds}")
+    if repeats < 1 or n_threads < 1:
+        raise ValueError(f"measure_peak: need n_threads >= 1 and repeats >= 1, got {n_threads} and {repeats}")
     iters = 1 << 16
     while True:  # calibrate: a run of about `seconds`
         t0 = time.perf_counter()
@@ -90,25 +96,6 @@ def measure_peak(n_threads, isa=None, seconds=0.25, repeats=5):
         rates.append(flops / (time.perf_counter() - t0) / 1e9)
     return {"threads": n_threads, "gflops": max(rates), "median_gflops": statistics.median(rates),
             "per_thread_gflops": max(rates) / n_threads}
-
-
-# -------------------------------------------------------------------------------------- torch
-def torch_or_none():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
-@contextmanager
-def torch_threads(torch, n):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 # -------------------------------------------------------------------------------------- conv
@@ -164,9 +151,7 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", a
     fns, peer_layouts, peer_name = [ours], [], ""
     torch = None
     if compare == "torch":
-        torch = torch_or_none()
-        if torch is None:
-            raise ValueError("--compare torch needs PyTorch: pip install 'dlcpu[compare]'")
+        torch = _peers.require_torch("--compare torch")
         peer_layouts = ["nchw", "channels_last"]
         for fmt in (torch.contiguous_format, torch.channels_last):
             xt = torch.from_numpy(x).contiguous(memory_format=fmt)
@@ -207,16 +192,10 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", a
     return res
 
 
-def describe_plan(shape, direction, isa, n_threads, algorithm="direct"):
-    """Every plan the pass runs, each with the rules that fired (for --show-plan)."""
-    return "\n".join(f"{title}\n  {plan.describe()}".replace("\n", "\n  ").rstrip()
-                     for title, plan in pass_plans(shape, direction, algorithm, isa, n_threads))
-
-
 def check_conv_layer(x, w, dy, stride, pad, direction, n_threads, isa=None, algorithm="direct"):
     from . import _reference
 
-    tolerance = CHECK_RTOL_BY_ALGORITHM[algorithm]
+    tolerance = _tolerances.conv_check_f32(algorithm)
     if direction == "fwd":
         got = conv2d(x, w, stride=stride, padding=pad, n_threads=n_threads, isa=isa, algorithm=algorithm)
         want = _reference.conv2d_forward(x, w, None, stride, pad)
@@ -277,24 +256,53 @@ def bench_gemm(m, n, k, n_threads, peak_gflops, *, compare_numpy=True, repeats=5
 
 
 # -------------------------------------------------------------------------------------- train
+def train_throughput(framework, data, epochs, batch, lr=0.05, seed=0, threads=1):
+    """Images/s of the training loop (forward, loss, backward, SGD step) for 'dlcpu' or 'torch'
+    (the digits_resnet twin from dlcpu._peers), and the per-epoch seconds."""
+    n = len(data.x_train)
+    rng = np.random.default_rng(seed)
+    if framework == "dlcpu":
+        from . import nn
+
+        model = nn.digits_resnet(16, seed=seed)
+        opt = nn.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+
+        def step(idx):
+            logits = model(to_blocked(data.x_train[idx]))
+            _, g = nn.softmax_cross_entropy(logits, data.y_train[idx])
+            model.backward(g)
+            opt.step()
+            opt.zero_grad()
+    else:
+        torch = _peers.require_torch("bench train")
+        torch.set_num_threads(threads)
+        step = _peers.digits_train_step(torch, data.x_train, data.y_train, lr=lr, seed=seed)
+    times = []
+    for _ in range(epochs):
+        perm = rng.permutation(n)
+        t0 = time.perf_counter()
+        for s in range(0, n, batch):
+            step(perm[s:s + batch])
+        times.append(time.perf_counter() - t0)
+    return n / float(np.median(times)), times
+
+
 def bench_train_digits(epochs, batch, n_threads, seed=0):
     """Digits CNN training images/s, dlcpu vs the same model in PyTorch (alternating epochs)."""
     from threadpoolctl import threadpool_limits
 
     from . import train
 
-    torch = torch_or_none()
-    if torch is None:
-        raise ValueError("bench train needs PyTorch: pip install 'dlcpu[compare]'")
+    torch = _peers.require_torch("bench train")
     data = train.load_digits_split(seed)
     with threadpool_limits(limits=n_threads, user_api="openmp"), torch_threads(torch, n_threads):
-        train.train_throughput("dlcpu", data, 1, batch, seed=seed)   # warm-up (plans, pages)
-        train.train_throughput("torch", data, 1, batch, seed=seed, threads=n_threads)
+        train_throughput("dlcpu", data, 1, batch, seed=seed)   # warm-up (plans, pages)
+        train_throughput("torch", data, 1, batch, seed=seed, threads=n_threads)
         ours, peer = [], []
         for _ in range(epochs):
-            ours.append(train.train_throughput("dlcpu", data, 1, batch, seed=seed)[0])
+            ours.append(train_throughput("dlcpu", data, 1, batch, seed=seed)[0])
             time.sleep(SETTLE_SECONDS)
-            peer.append(train.train_throughput("torch", data, 1, batch, seed=seed, threads=n_threads)[0])
+            peer.append(train_throughput("torch", data, 1, batch, seed=seed, threads=n_threads)[0])
             time.sleep(SETTLE_SECONDS)
     mine, theirs = statistics.median(ours), statistics.median(peer)
     return {"threads": n_threads, "batch": batch, "epochs": epochs, "images_per_second": mine,
@@ -344,13 +352,8 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None
     fns = [ours_fwd, ours_train]
     torch = None
     if compare == "torch":
-        torch = torch_or_none()
-        if torch is None:
-            raise ValueError("--compare torch needs PyTorch: pip install 'dlcpu[compare]'")
-        m = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](C, K)
-        with torch.no_grad():
-            for p, v in zip((m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0), (w_ih, w_hh, b, b)):
-                p.copy_(torch.from_numpy(v))
+        torch = _peers.require_torch("--compare torch")
+        m = _peers.recurrent(torch, cell, {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh, "bias_ih_l0": b, "bias_hh_l0": b})
         # x requires grad so the peer's backward computes dx too: lstm_backward always returns
         # it, and the FLOP count (3x the forward) includes it.  Without this torch skips the dx
         # GEMM (2*T*N*gates*K*C FLOPs) and the two sides would not do the same work.

@@ -797,3 +797,11 @@ def _winograd4_wins(shape):
     since it also costs accuracy (relative error ~2e-6 against ~6e-7 direct): C, K >= 128 on
     outputs of at least 14x14."""
     return shape.C >= 128 and shape.K >= 128 and shape.P >= 14 and shape.Q >= 14
+
+
+def describe_plan(shape, direction="fwd", isa=None, n_threads=None, algorithm="direct"):
+    """Every plan a pass over a ConvShape runs, each titled and with the rules that fired, as text
+    (what `dlcpu bench conv --show-plan` prints).  direction: 'fwd' (algorithm 'direct', 'auto',
+    'winograd2' or 'winograd4'), 'bwd_d' (one forward plan per stride phase) or 'bwd_w'."""
+    return "\n".join(f"{title}\n  {plan.describe()}".replace("\n", "\n  ").rstrip()
+                     for title, plan in pass_plans(shape, direction, algorithm, isa, n_threads))

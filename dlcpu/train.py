@@ -1,5 +1,5 @@
 """Training on real data with dlcpu.nn: scikit-learn's bundled handwritten digits (1797 8x8
-images, no download), and the same run with an equivalent PyTorch model for `bench train`.
+images, no download).  (The PyTorch twin that `dlcpu bench train` runs lives in dlcpu._peers.)
 
 The split is fixed and seeded (stratified 80/20), pixels are scaled by the training set's mean
 and deviation, and the model is checkpointed atomically after every epoch, so an interrupted or
@@ -89,12 +89,15 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
     images; 'rnn': nn.digits_rnn (an LSTM) reading each image row by row.
 
     on_step(epoch, step, steps, loss) and on_epoch(EpochStats) feed progress displays.  With
-    `out`, the model is saved after every epoch (atomically).  A NaN/inf loss stops training
+    `out`, the model is saved after every epoch (atomically); a path that cannot be written is
+    refused with ValueError before training starts.  A NaN/inf loss stops training
     with TrainingDiverged, leaving the last checkpoint as it was."""
     if epochs < 1 or batch < 1 or not lr > 0:
         raise ValueError(f"train: need epochs >= 1, batch >= 1 and lr > 0 (got {epochs}, {batch}, {lr})")
     if model not in ("cnn", "rnn"):
         raise ValueError(f"train: model must be 'cnn' or 'rnn', got {model!r}")
+    if out:
+        nn.check_writable(out)  # before any training, not after the first epoch
     data = data or load_digits_split(seed)
     inputs = image_batch if model == "cnn" else row_sequence
     model = nn.digits_resnet(width, seed=seed) if model == "cnn" else nn.digits_rnn(seed=seed)
@@ -140,78 +143,3 @@ def _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch
             nn.save(model, out)
         if on_epoch:
             on_epoch(stats)
-
-
-# ------------------------------------------------------------------------------------------------
-# The same model and loop in PyTorch, for `dlcpu bench train digits`
-# ------------------------------------------------------------------------------------------------
-def torch_basic_block(torch, cin, cout, stride):
-    """PyTorch twin of nn.BasicBlock (for the peer benchmark and the equivalence tests)."""
-    tnn = torch.nn
-
-    class Block(tnn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = tnn.BatchNorm2d(cout)
-            self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = tnn.BatchNorm2d(cout)
-            self.short = tnn.Sequential()
-            if stride != 1 or cin != cout:
-                self.short = tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, 0, bias=False), tnn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            h = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
-            return torch.relu(h + self.short(x))
-
-    return Block()
-
-
-def torch_digits_resnet(torch, width=16, classes=10):
-    """PyTorch twin of nn.digits_resnet."""
-    tnn = torch.nn
-    return tnn.Sequential(
-        tnn.Conv2d(1, width, 3, 1, 1, bias=False), tnn.BatchNorm2d(width), tnn.ReLU(),
-        torch_basic_block(torch, width, width, 1), torch_basic_block(torch, width, 2 * width, 2),
-        tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(2 * width, classes),
-    )
-
-
-def train_throughput(framework, data, epochs, batch, lr=0.05, seed=0, threads=1):
-    """Images/s of the training loop (forward, loss, backward, SGD step) for 'dlcpu' or 'torch'."""
-    n = len(data.x_train)
-    rng = np.random.default_rng(seed)
-    if framework == "dlcpu":
-        model = nn.digits_resnet(16, seed=seed)
-        opt = nn.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-
-        def step(idx):
-            logits = model(to_blocked(data.x_train[idx]))
-            _, g = nn.softmax_cross_entropy(logits, data.y_train[idx])
-            model.backward(g)
-            opt.step()
-            opt.zero_grad()
-    else:
-        import torch
-
-        torch.manual_seed(seed)
-        torch.set_num_threads(threads)
-        model = torch_digits_resnet(torch)
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-        xt, yt = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-        loss_fn = torch.nn.CrossEntropyLoss()
-
-        def step(idx):
-            i = torch.from_numpy(idx)
-            loss = loss_fn(model(xt[i]), yt[i])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    times = []
-    for _ in range(epochs):
-        perm = rng.permutation(n)
-        t0 = time.perf_counter()
-        for s in range(0, n, batch):
-            step(perm[s:s + batch])
-        times.append(time.perf_counter() - t0)
-    return n / float(np.median(times)), times

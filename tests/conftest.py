@@ -1,11 +1,9 @@
-"""Shared test settings: tolerances (written once, here), ISA list, seeds."""
+"""Shared test settings: tolerances (from dlcpu._tolerances, their one definition), ISA list, seeds."""
 import numpy as np
 import pytest
 
 from dlcpu import cpu
-
-#: relative L2 error bounds per dtype (DESIGN.md section 8)
-RTOL = {"f32": 1e-5, "bf16": 1e-2}
+from dlcpu._tolerances import CONV_F32, RTOL  # noqa: F401  (CONV_F32: the convolution contract)
 
 #: every microkernel path this CPU can run; tests loop over all of them
 ISAS = cpu.supported_isas()

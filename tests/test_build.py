@@ -1,5 +1,7 @@
 """The installed package: layout, package data, no stray top-level modules."""
+import ast
 import importlib.util
+import pathlib
 
 import dlcpu
 from dlcpu import workloads
@@ -10,9 +12,20 @@ def test_cli_is_installed_inside_dlcpu():
     assert importlib.util.find_spec("cli") is None, "a top-level 'cli' package must not be installed"
 
 
+def setup_extensions():
+    """The names in setup.py's EXTENSIONS table (read, not executed), so this list cannot drift."""
+    tree = ast.parse((pathlib.Path(__file__).resolve().parents[1] / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "EXTENSIONS" for t in node.targets):
+            return sorted(ast.literal_eval(node.value))
+    raise AssertionError("setup.py has no EXTENSIONS table")
+
+
 def test_extensions_present():
-    for name in ("cpu", "layout", "brgemm", "conv_direct", "conv_wu", "winograd", "pool", "norm", "rnn"):
-        assert importlib.util.find_spec(f"dlcpu._ext.{name}") is not None
+    names = setup_extensions()
+    assert {"cpu", "layout", "brgemm", "conv_direct", "conv_wu", "winograd", "pool", "norm", "rnn"} <= set(names)
+    for name in names:
+        assert importlib.util.find_spec(f"dlcpu._ext.{name}") is not None, name
 
 
 def test_workloads_shipped():

@@ -1,14 +1,41 @@
-"""The dlcpu command: exit codes, --json output, error lines."""
+"""The dlcpu command: exit codes, --json output, one-line errors, --help, --version, python -m dlcpu."""
 import json
+import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import HAVE_TORCH
 
+import dlcpu
 
-def run(*args):
-    return subprocess.run(["dlcpu", *args], check=False, capture_output=True, text=True, cwd="/", timeout=300)
+
+def _dlcpu_script():
+    """The console script of the environment under test (next to its python), not whichever
+    `dlcpu` comes first on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), "dlcpu")
+    return here if os.path.exists(here) else shutil.which("dlcpu")
+
+
+DLCPU = _dlcpu_script()
+
+
+def run(*args, env=None):
+    return subprocess.run([DLCPU, *args], check=False, capture_output=True, text=True, cwd="/", timeout=300,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})
+
+
+def assert_one_line_error(res, code, needle=""):
+    """Exit `code`, exactly one non-empty stderr line starting with 'error:', no traceback, no stdout."""
+    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
+    assert "Traceback" not in res.stderr and res.stdout == ""
 
 
 def test_info_json():
@@ -63,29 +90,170 @@ def test_bench_gemm_json():
     assert row["gflops"] > 0 and row["peer"]["ratio"] > 0 and row["check_max_abs_err_first64rows"] < 1e-3
 
 
-@pytest.mark.parametrize("args,needle", [
+BAD_OPTION_VALUES = [  # (args, what the one line must say): every command group, exit 2
     (("bench", "conv", "--layer", "mb4ic64xx"), "cannot parse"),
     (("bench", "conv", "--layer", "ic3ih5oc4kh3dh1"), "dilation"),
+    (("bench", "conv", "--layer", "ic3ih2oc4kh5"), "output size would be <= 0"),
     (("bench", "conv", "--layers", "nosuchlayer"), "matches no layer"),
-    (("bench", "conv", "--threads", "a,b"), "--threads"),
-    (("bench", "conv", "--compare", "mkl"), "--compare must be 'torch'"),
-])
-def test_handled_errors_exit_1_with_one_line(args, needle):
+    (("bench", "conv", "--threads", "a,b"), "'--threads': must be a comma list of integers"),
+    (("bench", "conv", "--threads", "0"), "'--threads': values must be >= 1"),
+    (("bench", "conv", "--compare", "mkl"), "'--compare': must be 'torch'"),
+    (("bench", "conv", "--pass", "sideways"), "'--pass': must be a comma list of fwd, bwd_d, bwd_w"),
+    (("bench", "conv", "--alg", "fft"), "'--alg'"),
+    (("bench", "conv", "--batch", "0"), "'--batch'"),
+    (("bench", "conv", "--repeats", "0"), "'--repeats'"),
+    (("bench", "peak", "--seconds", "0"), "'--seconds'"),
+    (("bench", "peak", "--seconds", "-1"), "'--seconds'"),
+    (("bench", "peak", "--seconds", "0.001"), "'--seconds'"),
+    (("bench", "peak", "--threads", "x"), "'--threads'"),
+    (("bench", "gemm", "--size", "0"), "'--size'"),
+    (("bench", "gemm", "--threads", "1,,-2"), "'--threads'"),
+    (("bench", "lstm", "--layers", "nope"), "matches no row"),
+    (("bench", "lstm", "--cell", "transformer"), "'--cell': must be one of lstm, gru, rnn"),
+    (("bench", "lstm", "--threads", "two"), "'--threads'"),
+    (("bench", "train", "digits", "--epochs", "0"), "'--epochs'"),
+    (("train", "digits", "--batch", "0"), "'--batch'"),
+    (("train", "digits", "--lr", "0"), "'--lr'"),
+    (("train", "digits", "--threads", "0"), "'--threads'"),
+    (("train", "digits", "--epochs", "many"), "'--epochs'"),
+    (("train", "digits-rnn", "--epochs", "0"), "'--epochs'"),
+    (("train", "digits", "--out", "/nonexistent-dir/m.npz"), "directory /nonexistent-dir does not exist"),
+    (("train", "digits", "--out", "/tmp"), "/tmp is a directory"),
+    (("train", "digits", "--out", f"{sys.executable}/m.npz"), f"{sys.executable} is not a directory"),
+    (("train", "digits-rnn", "--out", "/nonexistent-dir/m.npz"), "does not exist"),
+    (("info", "--bogus"), "No such option: --bogus"),
+    (("bench", "nosuch"), "No such command"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD_OPTION_VALUES, ids=[" ".join(a) for a, _ in BAD_OPTION_VALUES])
+def test_bad_option_values_exit_2_with_one_line(args, needle):
+    assert_one_line_error(run(*args), 2, needle)
+
+
+def _unwritable_dir():
+    """A directory this process cannot create files in (root ignores permission bits, so a
+    read-only mount where one exists, else a chmod 555 directory for other users)."""
+    for d in ("/sys", "/proc"):
+        try:
+            with open(os.path.join(d, ".dlcpu-probe"), "wb"):
+                pass
+        except OSError:
+            return d
+    return None
+
+
+def test_out_in_unwritable_directory_fails_before_training(tmp_path):
+    d = _unwritable_dir()
+    if d is None and os.geteuid() != 0:
+        d = tmp_path / "ro"
+        d.mkdir()
+        d.chmod(0o555)
+    if d is None:
+        pytest.skip("no directory here that this user cannot write")
+    t0 = time.perf_counter()
+    res = run("train", "digits", "--epochs", "50", "--out", os.path.join(str(d), "m.npz"))
+    assert_one_line_error(res, 2, "cannot write to directory")
+    assert time.perf_counter() - t0 < 30  # refused up front, not after 50 epochs
+
+
+def test_failure_while_running_exits_1_with_one_line(tmp_path):
+    out = tmp_path / "m.npz"
+    res = run("train", "digits", "--epochs", "2", "--lr", "1e6", "--out", str(out))
+    assert_one_line_error(res, 1, "training diverged")
+    assert res.stderr.count("\n") == 1  # not even a blank line from the progress bar
+    assert not out.exists() and os.listdir(tmp_path) == []  # diverged in epoch 1: nothing saved, no temp files
+
+
+def test_ctrl_c_during_training_is_one_line_and_leaves_no_temp_file(tmp_path):
+    out = tmp_path / "m.npz"
+    # SIGINT back to its default first: a shell starts background jobs with it ignored
+    reset_sigint = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    proc = subprocess.Popen([sys.executable, "-c", reset_sigint, DLCPU, "train", "digits", "--epochs", "500", "--threads", "1",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    first = proc.stderr.readline()  # an epoch line: the model has been saved once
+    assert first.startswith("epoch"), first
+    proc.send_signal(signal.SIGINT)
+    stdout, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 130, rest
+    assert [l for l in rest.splitlines() if l.strip()][-1] == "error: interrupted" and "Traceback" not in rest
+    assert os.listdir(tmp_path) == ["m.npz"] and stdout == ""
+
+
+def test_debug_env_shows_the_traceback():
+    res = run("train", "digits", "--epochs", "1", "--lr", "1e6", env={"DLCPU_DEBUG": "1"})
+    assert res.returncode != 0 and "Traceback" in res.stderr and "TrainingDiverged" in res.stderr
+
+
+@pytest.mark.parametrize("args", [(), ("bench",), ("train",), ("bench", "train")])
+def test_group_without_a_command_shows_its_help_and_exits_2(args):
     res = run(*args)
-    assert res.returncode == 1, (res.stdout, res.stderr)
-    lines = [l for l in res.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1 and needle in lines[0], res.stderr
-    assert "Traceback" not in res.stderr
+    assert res.returncode == 2 and "Usage: dlcpu" in res.stdout + res.stderr and "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("args", [("bench", "conv", "--batch", "0"), ("bench", "nosuch"), ("info", "--bogus")])
-def test_usage_errors_exit_2(args):
-    assert run(*args).returncode == 2
+def test_version():
+    res = run("--version")
+    assert res.returncode == 0 and res.stdout == f"dlcpu {dlcpu.__version__}\n" and res.stderr == ""
+
+
+def test_python_m_dlcpu():
+    res = subprocess.run([sys.executable, "-m", "dlcpu", "info", "--json"], check=False, capture_output=True, text=True, cwd="/")
+    assert res.returncode == 0 and json.loads(res.stdout)["version"] == dlcpu.__version__
+    res = subprocess.run([sys.executable, "-m", "dlcpu", "--version"], check=False, capture_output=True, text=True, cwd="/")
+    assert res.returncode == 0 and res.stdout.strip() == f"dlcpu {dlcpu.__version__}"
+    res = subprocess.run([sys.executable, "-m", "dlcpu", "bench", "peak", "--seconds", "0"], check=False,
+                         capture_output=True, text=True, cwd="/")
+    assert_one_line_error(res, 2, "'--seconds'")
 
 
 def test_module_entry_point():
     res = subprocess.run([sys.executable, "-m", "dlcpu.cli.main", "info", "--json"], check=False, capture_output=True, text=True, cwd="/")
     assert res.returncode == 0 and json.loads(res.stdout)["version"]
+
+
+def _commands():
+    """(path, click command) for every command and group of the app."""
+    import typer
+    from dlcpu.cli.main import app
+
+    todo, found = [((), typer.main.get_command(app))], []
+    while todo:
+        path, cmd = todo.pop()
+        found.append((path, cmd))
+        for name, sub in getattr(cmd, "commands", {}).items():
+            todo.append(((*path, name), sub))
+    return found
+
+
+def test_every_option_has_a_description():
+    missing = [(" ".join(path), p.name) for path, cmd in _commands() for p in cmd.params
+               if p.param_type_name == "option" and not (p.help or "").strip()]
+    assert not missing, missing
+    assert len(_commands()) >= 10
+
+
+@pytest.mark.parametrize("path", [p for p, _ in _commands()], ids=lambda p: " ".join(p) or "dlcpu")
+def test_help_shows_real_types_and_descriptions(path):
+    res = run(*path, "--help")
+    assert res.returncode == 0, res.stderr
+    assert "<bool>" not in res.stdout  # flags take no value
+    cmd = dict(_commands())[path]
+    for p in cmd.params:
+        if p.param_type_name != "option":
+            continue
+        line = next((l for l in res.stdout.splitlines() if re.search(rf"{re.escape(p.opts[0])}\b", l)), None)
+        assert line is not None, (p.opts, res.stdout)
+        assert p.help.split()[0] in line, (line, p.help)  # the description starts on the option's line
+        if not p.is_flag:
+            assert re.search(r"<[a-z][a-z ]*>", line), line  # its value type, e.g. <int range> or <list>
+
+
+def test_help_of_train_shows_types():
+    res = run("train", "digits", "--help")
+    text = " ".join(res.stdout.split())
+    for needle in ("--epochs <int range> [x>=1] Passes over", "--lr <float range>", "--out <file> Save the model",
+                   "--json Print JSON", "--seed <int>"):
+        assert needle in text, needle
 
 
 def test_bench_conv_backward_passes_json():
@@ -100,11 +268,6 @@ def test_bench_conv_backward_passes_json():
     assert all(l["check"]["passed"] for r in runs for l in r["layers"])
 
 
-def test_bench_conv_bad_pass():
-    res = run("bench", "conv", "--pass", "sideways")
-    assert res.returncode == 1 and "--pass must be a comma list" in res.stderr
-
-
 def test_train_digits_json_and_model(tmp_path):
     out = str(tmp_path / "m.npz")
     res = run("train", "digits", "--epochs", "2", "--threads", "1", "--out", out, "--json")
@@ -116,11 +279,7 @@ def test_train_digits_json_and_model(tmp_path):
     nn.load(out)
 
 
-def test_train_digits_divergence_exit_1(tmp_path):
-    res = run("train", "digits", "--epochs", "2", "--lr", "1e6", "--out", str(tmp_path / "m.npz"))
-    assert res.returncode == 1 and "training diverged" in res.stderr and "Traceback" not in res.stderr
-
-
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_TORCH, reason="needs PyTorch")
 def test_bench_train_digits_json():
     res = run("bench", "train", "digits", "--epochs", "1", "--threads", "1", "--json")
@@ -148,13 +307,6 @@ def test_bench_lstm_json():
     assert data["rows"][0]["forward"]["gflops"] > 0 and data["rows"][0]["train"]["gflops"] > 0
     if HAVE_TORCH:
         assert data["geomean_ratio"]["forward"] > 0
-
-
-def test_bench_lstm_bad_filter():
-    res = run("bench", "lstm", "--layers", "nope")
-    assert res.returncode == 1 and "matches no row" in res.stderr
-    res = run("bench", "lstm", "--cell", "transformer")
-    assert res.returncode == 1 and "--cell must be one of lstm, gru, rnn" in res.stderr
 
 
 def test_bench_gru_json():

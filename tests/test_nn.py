@@ -1,13 +1,16 @@
-"""dlcpu.nn: layer gradients, a whole block against PyTorch, SGD, save/load, training on digits."""
+"""dlcpu.nn: layer gradients, a whole block against PyTorch, SGD, save/load, argument checks,
+training on digits."""
+import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 from conftest import assert_close, needs_torch
 
 import dlcpu
-from dlcpu import nn, train
+from dlcpu import _peers, nn, train
 
 
 def test_linear_matches_numpy(rng):
@@ -69,7 +72,7 @@ def test_network_against_torch(rng):
     labels = rng.integers(0, 4, 4)
     tnet = torch.nn.Sequential(
         torch.nn.Conv2d(3, 16, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
-        train.torch_basic_block(torch, 16, 32, 2),
+        _peers.basic_block(torch, 16, 32, 2),
         torch.nn.MaxPool2d(2), torch.nn.AvgPool2d(1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
         torch.nn.Linear(32, 4))
     tparams = list(tnet.parameters())
@@ -158,6 +161,7 @@ def test_load_errors(tmp_path):
         nn.load(str(tmp_path / "missing.npz"))
 
 
+@pytest.mark.slow
 def test_train_digits_reaches_97_percent(tmp_path):
     out = str(tmp_path / "digits.npz")
     result = train.train_digits(epochs=12, out=out)
@@ -166,29 +170,87 @@ def test_train_digits_reaches_97_percent(tmp_path):
     assert train.evaluate(nn.load(out), data.x_test, data.y_test) == pytest.approx(result.test_accuracy)
 
 
-def test_divergence_stops_cleanly_and_keeps_checkpoint(tmp_path):
+def _digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def small_digits(n=256):
+    data = train.load_digits_split(0)
+    return train.DigitsData(data.x_train[:n], data.y_train[:n], data.x_test[:64], data.y_test[:64])
+
+
+def test_divergence_stops_cleanly_and_keeps_checkpoint(tmp_path, monkeypatch):
+    """Epoch 1 is saved; the loss turns NaN in epoch 2: TrainingDiverged, and the file is still
+    byte for byte epoch 1's checkpoint, with no temporary file beside it."""
     out = str(tmp_path / "digits.npz")
-    train.train_digits(epochs=1, out=out)
-    before = os.path.getmtime(out)
-    with pytest.raises(train.TrainingDiverged, match="loss is nan|loss is inf"):
-        train.train_digits(epochs=3, lr=1e6, out=out)
+    saved = {}
+    calls = {"n": 0}
+    real_loss = nn.softmax_cross_entropy
+    steps_per_epoch = 256 // 64
+
+    def loss_turning_nan(logits, labels):
+        calls["n"] += 1
+        loss, grad = real_loss(logits, labels)
+        return (float("nan") if calls["n"] > steps_per_epoch + 1 else loss), grad
+
+    def on_epoch(stats):
+        saved[stats.epoch] = _digest(out)
+
+    monkeypatch.setattr(train.nn, "softmax_cross_entropy", loss_turning_nan)
+    with pytest.raises(train.TrainingDiverged, match=r"loss is nan at epoch 2, step 2.*last good model is in"):
+        train.train_digits(epochs=3, out=out, data=small_digits(), on_epoch=on_epoch)
+    assert list(saved) == [1]
+    assert _digest(out) == saved[1]
+    assert os.listdir(tmp_path) == ["digits.npz"]
     nn.load(out)  # still a readable model
-    assert os.path.getmtime(out) >= before
+
+
+def test_diverging_first_epoch_leaves_an_existing_file_untouched(tmp_path):
+    out = str(tmp_path / "digits.npz")
+    nn.save(nn.digits_resnet(), out)
+    before = _digest(out)
+    with pytest.raises(train.TrainingDiverged, match="loss is nan|loss is inf"):
+        train.train_digits(epochs=3, lr=1e6, out=out)  # diverges within the first epoch
+    assert _digest(out) == before and os.listdir(tmp_path) == ["digits.npz"]
+
+
+def test_train_refuses_an_unwritable_out_before_training(tmp_path):
+    calls = []
+    for bad, match in ((str(tmp_path / "missing" / "m.npz"), "does not exist"), (str(tmp_path), "is a directory")):
+        with pytest.raises(ValueError, match=match):
+            train.train_digits(epochs=1, out=bad, data=small_digits(), on_step=lambda *a: calls.append(a))
+    assert calls == []
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, OSError])
+def test_interrupted_save_leaves_no_temporary_file(tmp_path, monkeypatch, interrupt):
+    out = str(tmp_path / "m.npz")
+    model = nn.Sequential(nn.Linear(3, 2))
+    nn.save(model, out)
+    before = _digest(out)
+
+    def savez_interrupted(f, **arrays):
+        f.write(b"partial")
+        raise interrupt("interrupted mid-write")
+
+    monkeypatch.setattr(np, "savez", savez_interrupted)
+    with pytest.raises(interrupt):
+        nn.save(nn.Sequential(nn.Linear(3, 2, seed=1)), out)
+    assert os.listdir(tmp_path) == ["m.npz"] and _digest(out) == before
 
 
 # ------------------------------------------------------------------------------ recurrent layers
 @needs_torch
-@pytest.mark.parametrize("cls,tcls", [("LSTM", "LSTM"), ("GRU", "GRU"), ("RNN", "RNN")])
+@pytest.mark.parametrize("cls,cell", [("LSTM", "lstm"), ("GRU", "gru"), ("RNN", "rnn")])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_recurrent_layers_match_torch(rng, cls, tcls, bidirectional, batch_first):
+def test_recurrent_layers_match_torch(rng, cls, cell, bidirectional, batch_first):
     import torch
 
     layer = getattr(nn, cls)(6, 10, num_layers=2, bidirectional=bidirectional, batch_first=batch_first, seed=3)
-    tlayer = getattr(torch.nn, tcls)(6, 10, num_layers=2, bidirectional=bidirectional, batch_first=batch_first)
-    with torch.no_grad():
-        for name, p in layer.own_parameters().items():
-            getattr(tlayer, name).copy_(torch.from_numpy(p.data))
+    tlayer = _peers.recurrent(torch, cell, {name: p.data for name, p in layer.own_parameters().items()},
+                              num_layers=2, bidirectional=bidirectional, batch_first=batch_first)
     x = rng.uniform(-1, 1, (4, 5, 6) if batch_first else (5, 4, 6)).astype(np.float32)
     y = layer(x)
     xt = torch.from_numpy(x).requires_grad_()
@@ -210,13 +272,160 @@ def test_recurrent_save_load_and_errors(tmp_path, rng):
     assert np.array_equal(nn.load(path).eval()(x), model.eval()(x))
     with pytest.raises(ValueError, match=r"layer 0 \(GRU\(8->12, layers=2, bidirectional\)\).*expected a \(T, N, 8\) array, got shape \(7, 2, 5\)"):
         model(x[:, :, :5])
-    with pytest.raises(ValueError, match="backward needs a forward in training mode"):
-        nn.LSTM(3, 4).eval().backward(np.zeros((2, 1, 4), np.float32))
+    lstm = nn.LSTM(3, 4).eval()
+    lstm(np.zeros((2, 1, 3), np.float32))
+    with pytest.raises(RuntimeError, match="backward needs a forward in training mode"):
+        lstm.backward(np.zeros((2, 1, 4), np.float32))
 
 
+@pytest.mark.slow
 def test_train_digits_rnn_reaches_95_percent(tmp_path):
     out = str(tmp_path / "rnn.npz")
     result = train.train_digits(epochs=20, lr=0.1, weight_decay=0.0, model="rnn", out=out)
     assert result.test_accuracy >= 0.95
     data = train.load_digits_split(0)
     assert train.evaluate(nn.load(out), data.x_test, data.y_test, inputs=train.row_sequence) == pytest.approx(result.test_accuracy)
+
+
+# ------------------------------------------------------------------------------ argument checks
+BAD_LAYERS = [
+    (lambda: nn.Conv2d(0, 4, 3), ValueError, "Conv2d: in_channels must be >= 1, got 0"),
+    (lambda: nn.Conv2d(3, 0, 3), ValueError, "Conv2d: out_channels must be >= 1"),
+    (lambda: nn.Conv2d(3, 4, 0), ValueError, "Conv2d: kernel_size must be >= 1"),
+    (lambda: nn.Conv2d(3, 4, (3, 0)), ValueError, "Conv2d: kernel_size must be >= 1"),
+    (lambda: nn.Conv2d(3, 4, 3.0), TypeError, "Conv2d: kernel_size must be an int or an"),
+    (lambda: nn.Conv2d(3, 4, 3, stride=0), ValueError, "Conv2d: stride must be >= 1"),
+    (lambda: nn.Conv2d(3, 4, 3, stride=(1, 2, 3)), TypeError, "Conv2d: stride must be an int or an"),
+    (lambda: nn.Conv2d(3, 4, 3, padding=-1), ValueError, "Conv2d: padding must be >= 0"),
+    (lambda: nn.Conv2d(3, 4, 3, bias="yes"), TypeError, "Conv2d: bias must be True or False"),
+    (lambda: nn.Conv2d(True, 4, 3), TypeError, "Conv2d: in_channels must be an int"),
+    (lambda: nn.BatchNorm2d(0), ValueError, "BatchNorm2d: num_features must be >= 1"),
+    (lambda: nn.BatchNorm2d(4, eps=0), ValueError, "BatchNorm2d: eps must be > 0"),
+    (lambda: nn.BatchNorm2d(4, momentum=1.5), ValueError, "BatchNorm2d: momentum must be >= 0.0 and <= 1.0"),
+    (lambda: nn.MaxPool2d(0), ValueError, "MaxPool2d: kernel_size must be >= 1"),
+    (lambda: nn.MaxPool2d(2, stride=0), ValueError, "MaxPool2d: stride must be >= 1"),
+    (lambda: nn.AvgPool2d(2, padding=2), ValueError, "AvgPool2d: padding must be at most half the kernel size"),
+    (lambda: nn.Linear(0, 3), ValueError, "Linear: in_features must be >= 1, got 0"),
+    (lambda: nn.Linear(3, 0), ValueError, "Linear: out_features must be >= 1"),
+    (lambda: nn.Linear("3", 2), TypeError, "Linear: in_features must be an int"),
+    (lambda: nn.BasicBlock(0, 16), ValueError, "BasicBlock: in_channels must be >= 1"),
+    (lambda: nn.BasicBlock(16, 16, stride=0), ValueError, "BasicBlock: stride must be >= 1"),
+    (lambda: nn.Sequential(nn.ReLU(), "relu"), TypeError, "Sequential: layer 1 must be a dlcpu.nn Module, got str"),
+    (lambda: nn.LSTM(0, 4), ValueError, "LSTM: input_size must be >= 1"),
+    (lambda: nn.GRU(3, 0), ValueError, "GRU: hidden_size must be >= 1"),
+    (lambda: nn.RNN(3, 4, num_layers=0), ValueError, "RNN: num_layers must be >= 1"),
+    (lambda: nn.RNN(3, 4, nonlinearity="sigmoid"), ValueError, "RNN: nonlinearity must be 'tanh' or 'relu'"),
+    (lambda: nn.LSTM(3, 4, bidirectional=2), TypeError, "LSTM: bidirectional must be True or False"),
+    (lambda: nn.LastTimeStep(batch_first=None), TypeError, "LastTimeStep: batch_first must be True or False"),
+    (lambda: nn.SGD([np.zeros(3)]), TypeError, "SGD: params must be dlcpu.nn Parameters"),
+]
+
+
+@pytest.mark.parametrize("make,exc,match", BAD_LAYERS, ids=[b[2] for b in BAD_LAYERS])
+def test_constructors_name_the_rule(make, exc, match):
+    with pytest.raises(exc, match=re.escape(match)):
+        make()
+
+
+@pytest.mark.parametrize("layer,name", [
+    (nn.Conv2d(3, 4, 3), "Conv2d"), (nn.BatchNorm2d(4), "BatchNorm2d"), (nn.ReLU(), "ReLU"),
+    (nn.MaxPool2d(2), "MaxPool2d"), (nn.AvgPool2d(2), "AvgPool2d"), (nn.GlobalAvgPool(), "GlobalAvgPool"),
+    (nn.Linear(3, 2), "Linear"), (nn.LSTM(3, 4), "LSTM"), (nn.GRU(3, 4), "GRU"), (nn.RNN(3, 4), "RNN"),
+    (nn.LastTimeStep(), "LastTimeStep"), (nn.BasicBlock(16, 16), "ReLU"), (nn.digits_resnet(), "Linear"),
+], ids=str)
+def test_backward_before_forward_is_a_clear_error(layer, name):
+    with pytest.raises(RuntimeError, match=f"^{name}.backward called before forward$"):
+        layer.backward(np.zeros((1, 2), np.float32))
+
+
+@pytest.mark.parametrize("cls", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_recurrent_backward_checks_dy_shape(rng, cls, batch_first):
+    layer = getattr(nn, cls)(3, 5, bidirectional=True, batch_first=batch_first)
+    x = rng.uniform(-1, 1, (2, 4, 3)).astype(np.float32)
+    y = layer(x)
+    assert y.shape == (2, 4, 10)
+    for bad in ((2, 4, 5), (2, 3, 10), (4, 2, 10), (2, 4, 10, 1)):
+        with pytest.raises(ValueError, match=re.escape(f"dy has shape {bad}, but the forward output has shape (2, 4, 10)")):
+            layer.backward(np.zeros(bad, np.float32))
+    assert layer.backward(np.zeros(y.shape, np.float32)).shape == x.shape
+
+
+def test_linear_and_last_step_backward_check_dy_shape(rng):
+    lin = nn.Linear(4, 3)
+    lin(rng.standard_normal((5, 4)).astype(np.float32))
+    with pytest.raises(ValueError, match=re.escape("dy has shape (5, 4), but the forward output has shape (5, 3)")):
+        lin.backward(np.zeros((5, 4), np.float32))
+    last = nn.LastTimeStep()
+    last(np.zeros((7, 2, 3), np.float32))
+    with pytest.raises(ValueError, match=re.escape("dy has shape (7, 3), but the forward output has shape (2, 3)")):
+        last.backward(np.zeros((7, 3), np.float32))
+
+
+BAD_CONFIGS = [
+    ([1, 2], "a layer must be described by a dict"),
+    ({"type": "Transformer", "args": {}}, "unknown layer type 'Transformer'"),
+    ({"type": 3}, "unknown layer type 3"),
+    ({"type": "Linear", "args": [3, 2]}, "'args' of Linear must be a dict, got list"),
+    ({"type": "Linear", "args": {"in_features": 3}}, "cannot build Linear from args"),
+    ({"type": "Linear", "args": {"in_features": 0, "out_features": 2}}, "Linear: in_features must be >= 1"),
+    ({"type": "Linear", "args": {"in_features": 3, "out_features": 2, "colour": 1}}, "unexpected keyword argument 'colour'"),
+    ({"type": "Sequential", "args": {}}, "Sequential needs args {'modules': [layer configurations]}"),
+    ({"type": "Sequential", "args": {"modules": [{"type": "ReLU"}, {"type": "Conv2d", "args": {}}]}}, "Sequential layer 1"),
+]
+
+
+@pytest.mark.parametrize("config,match", BAD_CONFIGS, ids=[b[1] for b in BAD_CONFIGS])
+def test_malformed_configs_are_value_errors(config, match):
+    with pytest.raises(ValueError, match=re.escape(match)):
+        nn.build(config)
+
+
+def _rewrite(src, dst, **changes):
+    with np.load(src) as f:
+        files = dict(f.items())
+    files.update(changes)
+    for k in [k for k, v in changes.items() if v is None]:
+        del files[k]
+    np.savez(dst, **files)
+    return dst
+
+
+def test_load_refuses_malformed_and_foreign_files(tmp_path):
+    good = str(tmp_path / "m.npz")
+    nn.save(nn.Sequential(nn.Linear(3, 2), nn.ReLU()), good)
+    cases = [
+        (_rewrite(good, str(tmp_path / "cfg.npz"), __config__=np.array('{"type": "Sequential", "args": {"modules": 5}}')),
+         "model configuration: Sequential needs args"),
+        (_rewrite(good, str(tmp_path / "json.npz"), __config__=np.array("{not json")), "corrupt model configuration"),
+        (_rewrite(good, str(tmp_path / "ver.npz"), __format_version__=np.array("one")), "format version is"),
+        (_rewrite(good, str(tmp_path / "extra.npz"), **{"param:9.weight": np.zeros(3, np.float32)}),
+         "entries the model does not use: 9.weight"),
+        (_rewrite(good, str(tmp_path / "missing.npz"), **{"param:0.bias": None}), "no entry '0.bias' for Linear(3->2)"),
+        (_rewrite(good, str(tmp_path / "noconfig.npz"), __config__=None), "no format version or configuration"),
+    ]
+    np.save(str(tmp_path / "plain.npy"), np.zeros(3))
+    cases.append((str(tmp_path / "plain.npy"), "a single .npy array"))
+    np.savez(str(tmp_path / "other.npz"), weights=np.zeros(3))
+    cases.append((str(tmp_path / "other.npz"), "not a dlcpu model file"))
+    for path, match in cases:
+        with pytest.raises(ValueError, match=re.escape(match)):
+            nn.load(path)
+    nn.load(good)
+
+
+def test_files_of_the_previous_layout_still_load(tmp_path):
+    """A file written as the one-module nn.py wrote it (same format version 1, same keys)."""
+    path = str(tmp_path / "old.npz")
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, 1, 1, bias=False), nn.BatchNorm2d(4, relu=True), nn.GlobalAvgPool(),
+                          nn.Linear(4, 2))
+    config = {"type": "Sequential", "args": {"modules": [
+        {"type": "Conv2d", "args": {"in_channels": 1, "out_channels": 4, "kernel_size": 3, "stride": 1, "padding": 1,
+                                    "bias": False, "seed": 0}},
+        {"type": "BatchNorm2d", "args": {"num_features": 4, "eps": 1e-5, "momentum": 0.1, "relu": True}},
+        {"type": "GlobalAvgPool", "args": {}},
+        {"type": "Linear", "args": {"in_features": 4, "out_features": 2, "bias": True, "seed": 0}}]}}
+    np.savez(path, __format_version__=np.int64(1), __config__=np.array(json.dumps(config)),
+             **{f"param:{k}": v for k, v in model.state().items()})
+    x = dlcpu.to_blocked(np.ones((2, 1, 5, 5), np.float32))
+    assert np.array_equal(nn.load(path).eval()(x), model.eval()(x))

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from conftest import ISAS, assert_close, max_threads, needs_torch
 
+from dlcpu import _peers, nn, rnn
 from dlcpu import _reference as ref
-from dlcpu import nn, rnn
 
 
 def problem(rng, T, N, C, K, init=True, gates=4):
@@ -19,6 +19,9 @@ def problem(rng, T, N, C, K, init=True, gates=4):
     c0 = rng.uniform(-1, 1, (N, K)).astype(np.float32) if init else None
     return x, w_ih, w_hh, b_ih, b_hh, h0, c0
 
+
+#: PyTorch's names for one layer's weights, the keys _peers.recurrent takes
+WEIGHT_NAMES = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 
 SIZES = [(1, 1, 1, 1), (3, 7, 16, 7), (2, 16, 33, 16), (4, 33, 7, 33), (1, 5, 20, 40), (6, 2, 3, 17)]
 
@@ -96,10 +99,7 @@ def test_against_torch(rng, size):
 
     T, N, C, K = size
     x, w_ih, w_hh, b_ih, b_hh, h0, c0 = problem(rng, T, N, C, K)
-    m = torch.nn.LSTM(C, K)
-    with torch.no_grad():
-        for p, v in zip((m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0), (w_ih, w_hh, b_ih, b_hh)):
-            p.copy_(torch.from_numpy(v))
+    m = _peers.recurrent(torch, "lstm", dict(zip(WEIGHT_NAMES, (w_ih, w_hh, b_ih, b_hh))))
     xt = torch.from_numpy(x).requires_grad_()
     yt, (_ht, ct) = m(xt, (torch.from_numpy(h0)[None], torch.from_numpy(c0)[None]))
     y, (_h, c), cache = rnn.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, train=True)
@@ -206,10 +206,7 @@ def test_gru_against_torch(rng):
 
     T, N, C, K = 5, 33, 16, 33
     x, w_ih, w_hh, b_ih, b_hh, h0 = gru_problem(rng, T, N, C, K)
-    m = torch.nn.GRU(C, K)
-    with torch.no_grad():
-        for p, v in zip((m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0), (w_ih, w_hh, b_ih, b_hh)):
-            p.copy_(torch.from_numpy(v))
+    m = _peers.recurrent(torch, "gru", dict(zip(WEIGHT_NAMES, (w_ih, w_hh, b_ih, b_hh))))
     xt = torch.from_numpy(x).requires_grad_()
     yt, _ = m(xt, torch.from_numpy(h0)[None])
     y, _, cache = rnn.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, train=True)

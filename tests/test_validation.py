@@ -7,11 +7,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 import dlcpu
 from dlcpu import _reference as ref
 from dlcpu import gemm, norm, rnn
-from conftest import assert_close
 
 
 def test_relu_backward_mismatched_y_is_refused():

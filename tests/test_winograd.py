@@ -1,14 +1,14 @@
 """Winograd F(2x2,3x3) and F(4x4,3x3): accuracy contract, shapes, prepared weights, errors."""
 import numpy as np
 import pytest
-from conftest import ISAS, max_threads, needs_torch, rel_l2
+from conftest import CONV_F32, ISAS, max_threads, needs_torch, rel_l2
 
 import dlcpu
 from dlcpu import _reference as ref
 from dlcpu.conv import choose_algorithm, conv_shape, prepare_winograd
 
 # The accuracy contract (relative L2 error vs the float64 reference, inputs in [-1, 1]).
-CONTRACT = {"direct": 1e-6, "winograd2": 2e-6, "winograd4": 2e-5}
+CONTRACT = CONV_F32
 
 SHAPES = [  # n, c, k, h, w, padding
     (2, 3, 5, 9, 9, 1),

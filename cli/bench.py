@@ -1,0 +1,315 @@
+"""`dlcpu bench {peak,conv,gemm,lstm,train}`: the library's benchmark harness (dlcpu.benchmarks),
+rendered as tables or JSON.  No timing logic here: every number comes from dlcpu.benchmarks."""
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .. import benchmarks, cpu, workloads
+from ..conv import winograd_applies
+from ._output import JsonFlag, ThreadList, bad_option, command, emit_json, err, group, out, parse_choices, parse_threads, progress
+
+app = group("Benchmarks against the machine's peak and a peer library.")
+train_app = group("Training throughput against PyTorch.")
+app.add_typer(train_app, name="train")
+
+ALGORITHMS = ("direct", "winograd2", "winograd4")
+#: shortest --seconds for `bench peak`: below it, the probe's start-up dominates the timing
+MIN_PEAK_SECONDS = benchmarks.MIN_PEAK_SECONDS
+
+Compare = Annotated[str | None, typer.Option("--compare", metavar="<peer>", help="Peer library to time in the same run: torch.")]
+Repeats = Annotated[int, typer.Option("--repeats", min=1, help="Timed repeats per measurement (the median is reported).")]
+
+
+def _compare(value):
+    if value not in (None, "torch"):
+        raise bad_option("--compare", f"must be 'torch', got {value!r}")
+    return value
+
+
+def _by_name(items, name_filter, option, what):
+    """Items whose name contains one of the comma list's keys; none is a bad option value."""
+    if not name_filter:
+        return items
+    keys = [k.strip() for k in name_filter.split(",") if k.strip()]
+    chosen = [i for i in items if any(k in i.name for k in keys)]
+    if not chosen:
+        raise bad_option(option, f"{name_filter!r} matches no {what}")
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------ peak
+@command(app, "peak")
+def bench_peak(
+    threads: Annotated[str | None, typer.Option("--threads", metavar="<list>",
+                                                help="Comma list of thread counts (default: 1 up to all cores).")] = None,
+    seconds: Annotated[float, typer.Option("--seconds", min=MIN_PEAK_SECONDS,
+                                           help="Seconds per measurement (best of 5 is reported).")] = 0.25,
+    as_json: JsonFlag = False,
+):
+    """This machine's fp32 FMA peak in GFLOP/s, per thread count."""
+    counts = parse_threads(threads) if threads else list(range(1, cpu.resolve_threads() + 1))
+    rows = []
+    with progress() as bar:
+        task = bar.add_task("FMA peak", total=len(counts))
+        for n in counts:
+            rows.append(benchmarks.measure_peak(n, seconds=seconds))
+            bar.advance(task)
+    isa = cpu.resolve_isa()
+    if as_json:
+        emit_json({"isa": isa, "peak": rows})
+        return
+    table = Table(title=f"fp32 FMA peak ({isa}, independent FMA chains, best of 5)")
+    for col in ("threads", "GFLOP/s", "median", "per thread"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["threads"]), f"{r['gflops']:.1f}", f"{r['median_gflops']:.1f}", f"{r['per_thread_gflops']:.1f}")
+    out.print(table)
+
+
+# ------------------------------------------------------------------------------------------ conv
+def _select_layers(layer_descs, name_filter):
+    if layer_descs:
+        try:
+            layers = [workloads.parse_conv_descriptor(d) for d in layer_descs]
+        except ValueError as exc:
+            raise bad_option("--layer", str(exc)) from None
+    else:
+        layers = workloads.resnet50_layers()
+    return _by_name(layers, name_filter, "--layers", "layer")
+
+
+@command(app, "conv")
+def bench_conv(
+    layer: Annotated[list[str] | None, typer.Option(
+        "--layer", metavar="<descriptor>",
+        help="benchdnn-style descriptor, e.g. mb4ic64ih56oc64oh56kh3ph1 (repeatable). Default: the ResNet-50 v1.5 table.")] = None,
+    layers: Annotated[str | None, typer.Option(
+        "--layers", metavar="<names>", help="Only layers whose name contains one of these (comma list).")] = None,
+    batch: Annotated[int | None, typer.Option(
+        "--batch", min=1, help="Minibatch (default: the thread count; a descriptor's mb wins unless --batch is given).")] = None,
+    threads: ThreadList = None,
+    passes: Annotated[str, typer.Option(
+        "--pass", metavar="<list>", help="Comma list of passes: fwd, bwd_d (input gradient), bwd_w (weight gradient).")] = "fwd",
+    algs: Annotated[str, typer.Option(
+        "--alg", metavar="<list>", help="Comma list of forward algorithms: direct, winograd2, winograd4 (3x3 stride-1 layers only).")] = "direct",
+    compare: Compare = None,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Verify every layer against the float64 reference (bounds: dlcpu._tolerances); exit 1 if one fails.")] = False,
+    show_plan: Annotated[bool, typer.Option("--show-plan", help="Print each layer's blocking plan.")] = False,
+    repeats: Repeats = 7,
+    as_json: JsonFlag = False,
+):
+    """Convolution GFLOP/s per layer and pass, % of measured peak, peer and ratio."""
+    compare = _compare(compare)
+    directions = parse_choices(passes, benchmarks.PASSES, "--pass")
+    algorithms = parse_choices(algs, ALGORITHMS, "--alg")
+    selected = _select_layers(layer, layers)
+    counts = parse_threads(threads)
+    isa = cpu.resolve_isa()
+    runs = []
+    any_failed = False
+    for n_threads in counts:
+        mb = batch or n_threads
+        if batch:
+            selected_run = [layer.without_batch() for layer in selected]
+        else:
+            selected_run = selected
+        peak = benchmarks.measure_peak(n_threads, seconds=0.1, repeats=3)
+        for direction, algorithm in [(d, a) for d in directions for a in (algorithms if d == "fwd" else ["direct"])]:
+            layers_run = selected_run
+            if algorithm != "direct":  # Winograd covers 3x3 stride-1 layers only
+                layers_run = [l for l in selected_run if winograd_applies(l.shape(mb))]
+                if not layers_run:
+                    continue
+            results = []
+            with progress() as bar:
+                task = bar.add_task(f"conv {direction}, {n_threads} thread(s)", total=len(layers_run))
+                for l in layers_run:
+                    bar.update(task, description=f"conv {direction} {algorithm} {l.name} ({n_threads}T)")
+                    results.append(benchmarks.bench_conv_layer(
+                        l, mb, n_threads, peak["gflops"], direction=direction, algorithm=algorithm,
+                        compare=compare, check=check, repeats=repeats))
+                    bar.advance(task)
+            total = benchmarks.conv_totals(results)
+            any_failed |= any(r.check and not r.check["passed"] for r in results)
+            runs.append({"threads": n_threads, "batch": mb, "isa": isa, "pass": direction,
+                         "algorithm": algorithm, "peak_gflops": peak["gflops"],
+                         "layers": [r.__dict__ for r in results], "total": total})
+            if not as_json:
+                _render_conv(runs[-1], compare, check, show_plan)
+    if as_json:
+        emit_json({"flop_convention": benchmarks.FLOP_CONVENTION, "dtype": "f32",
+                   "timed_path": "blocked in, blocked out (no layout conversion)", "runs": runs})
+    if any_failed:
+        raise typer.Exit(1)
+
+
+def _render_conv(run, compare, check, show_plan):
+    alg = "" if run["algorithm"] == "direct" else f" {run['algorithm']}"
+    t = Table(title=f"conv {run['pass']}{alg} f32 | {run['threads']} thread(s), batch {run['batch']}, isa {run['isa']}, "
+                    f"peak {run['peak_gflops']:.0f} GFLOP/s")
+    for col in ("layer", "x", "GFLOP", "ms", "GFLOP/s", "% peak"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    if compare:
+        for col in ("peer GFLOP/s", "peer layout", "ratio"):
+            t.add_column(col, justify="right")
+    if check:
+        t.add_column("check", justify="right")
+    for r in run["layers"]:
+        row = [r["name"], str(r["count"]), f"{r['gflop']:.3f}", f"{r['seconds']['median_s'] * 1e3:.3f}",
+               f"{r['gflops']:.1f}", f"{r['pct_peak']:.1f}"]
+        if compare:
+            p = r["peer"]
+            row += [f"{p['gflops']:.1f}", p["layout"], f"{p['ratio']:.2f}"]
+        if check:
+            c = r["check"]
+            row.append(("ok " if c["passed"] else "FAIL ") + f"{c['rel_l2']:.1e}")
+        t.add_row(*row)
+    tot = run["total"]
+    row = ["total (count-weighted)", "", f"{tot['gflop']:.2f}", f"{tot['seconds'] * 1e3:.2f}",
+           f"{tot['gflops']:.1f}", f"{100 * tot['gflops'] / run['peak_gflops']:.1f}"]
+    if compare:
+        row += [f"{tot.get('peer_gflops', 0):.1f}", "", f"{tot.get('ratio', 0):.2f}"]
+    if check:
+        row.append("")
+    t.add_row(*row, style="bold")
+    out.print(t)
+    out.print(f"ratio = peer time / dlcpu time (>1: dlcpu faster). FLOPs: {benchmarks.FLOP_CONVENTION}. "
+              "dlcpu timed blocked-in/blocked-out; the peer in the faster of NCHW and channels_last.",
+              highlight=False)
+    if show_plan:
+        tc = cpu.TILE_CONSTANTS
+        out.print(f"plans ({run['pass']}{alg}); register budgets from pyx/kernels/tiles.h: "
+                  + ", ".join(f"{isa} {n} accumulators" for isa, n in tc["max_acc"].items())
+                  + f"; tiles up to mv={tc['br_max_mv']} x nr={tc['br_max_nr']} x nc={tc['br_max_nc']} "
+                  f"(transposed nc={tc['brt_max_nc']})", highlight=False)
+        for r in run["layers"]:
+            out.print(f"[bold]{r['name']}[/] {r['descriptor']}", highlight=False)
+            out.print("  " + r["plan"].replace("\n", "\n  "), highlight=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------------------------------ gemm
+@command(app, "gemm")
+def bench_gemm(
+    size: Annotated[int, typer.Option("--size", min=1, help="Matrix size: m = n = k.")] = 2048,
+    threads: ThreadList = None,
+    compare: Annotated[bool, typer.Option("--compare/--no-compare", help="Time numpy.matmul in the same run.")] = True,
+    repeats: Repeats = 5,
+    as_json: JsonFlag = False,
+):
+    """A large plain GEMM on the BRGEMM vs numpy.matmul (OpenBLAS), same run."""
+    rows = []
+    for n_threads in parse_threads(threads):
+        peak = benchmarks.measure_peak(n_threads, seconds=0.1, repeats=3)
+        with err.status(f"gemm {size}^3, {n_threads} thread(s)"):
+            r = benchmarks.bench_gemm(size, size, size, n_threads, peak["gflops"],
+                                      compare_numpy=compare, repeats=repeats)
+        r["peak_gflops"] = peak["gflops"]
+        rows.append(r)
+    if as_json:
+        emit_json({"gemm": rows})
+        return
+    t = Table(title=f"sgemm {size}^3 (dlcpu.matmul: packing + BRGEMM; numpy: its BLAS)")
+    for col in ("threads", "dlcpu GFLOP/s", "% peak", "numpy GFLOP/s", "ratio", "BLAS kernel"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        p = r.get("peer")
+        blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} {b.get('architecture')}" for b in p["blas"]) if p else ""
+        t.add_row(str(r["threads"]), f"{r['gflops']:.1f}", f"{r['pct_peak']:.1f}",
+                  f"{p['gflops']:.1f}" if p else "-", f"{p['ratio']:.2f}" if p else "-", blas)
+    out.print(t)
+
+
+# ------------------------------------------------------------------------------------------ lstm
+@command(app, "lstm")
+def bench_lstm(
+    cell: Annotated[str, typer.Option("--cell", metavar="<cell>", help="Recurrent cell: lstm, gru or rnn (tanh).")] = "lstm",
+    layers: Annotated[str | None, typer.Option(
+        "--layers", metavar="<names>", help="Only grid rows whose name contains one of these (comma list).")] = None,
+    threads: ThreadList = None,
+    compare: Compare = None,
+    repeats: Repeats = 5,
+    as_json: JsonFlag = False,
+):
+    """LSTM/GRU/RNN forward (inference) and training step over the LSTM grid, vs torch.nn.LSTM/GRU/RNN."""
+    compare = _compare(compare)
+    if cell not in benchmarks.RNN_CELLS:
+        raise bad_option("--cell", f"must be one of {', '.join(benchmarks.RNN_CELLS)}, got {cell!r}")
+    grid = _by_name(workloads.lstm_layers(), layers, "--layers", "row of the LSTM grid")
+    counts = parse_threads(threads)
+    runs = []
+    for n_threads in counts:
+        peak = benchmarks.measure_peak(n_threads, seconds=0.1, repeats=3)
+        rows = []
+        with progress() as bar:
+            task = bar.add_task(f"lstm, {n_threads} thread(s)", total=len(grid))
+            for g in grid:
+                bar.update(task, description=f"lstm {g.name} ({n_threads}T)")
+                rows.append(benchmarks.bench_lstm_layer(g, n_threads, peak["gflops"], cell=cell,
+                                                        compare=compare, repeats=repeats))
+                bar.advance(task)
+        run = {"threads": n_threads, "cell": cell, "peak_gflops": peak["gflops"], "rows": rows}
+        if compare:
+            run["geomean_ratio"] = {k: benchmarks.geomean([r[k]["peer"]["ratio"] for r in rows]) for k in ("forward", "train")}
+        runs.append(run)
+        if not as_json:
+            _render_lstm(run, compare)
+    if as_json:
+        emit_json({"lstm": runs})
+
+
+def _render_lstm(run, compare):
+    cell, rows = run["cell"], run["rows"]
+    gates = benchmarks.RNN_CELLS[cell]
+    t = Table(title=f"{cell.upper()} f32 | {run['threads']} thread(s), peak {run['peak_gflops']:.0f} GFLOP/s "
+                    f"(forward FLOPs 2*T*N*{gates}K*(C+K); training step 3x that)")
+    cols = ["row", "N", "C", "K", "T", "fwd GFLOP/s", "% peak"]
+    if compare:
+        cols += ["torch fwd", "ratio"]
+    cols += ["train GFLOP/s", "% peak"]
+    if compare:
+        cols += ["torch train", "ratio"]
+    for col in cols:
+        t.add_column(col, justify="left" if col == "row" else "right")
+    for r in rows:
+        cells = [r["name"], str(r["N"]), str(r["C"]), str(r["K"]), str(r["T"]),
+                 f"{r['forward']['gflops']:.1f}", f"{r['forward']['pct_peak']:.1f}"]
+        if compare:
+            cells += [f"{r['forward']['peer']['gflops']:.1f}", f"{r['forward']['peer']['ratio']:.2f}"]
+        cells += [f"{r['train']['gflops']:.1f}", f"{r['train']['pct_peak']:.1f}"]
+        if compare:
+            cells += [f"{r['train']['peer']['gflops']:.1f}", f"{r['train']['peer']['ratio']:.2f}"]
+        t.add_row(*cells)
+    if compare:
+        gm = run["geomean_ratio"]
+        t.add_row("geometric mean", "", "", "", "", "", "", "", f"{gm['forward']:.2f}", "", "", "",
+                  f"{gm['train']:.2f}", style="bold")
+    out.print(t)
+    out.print(f"timed: {benchmarks.LSTM_TIMED_REGION}.", highlight=False, soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------------------- train
+@command(train_app, "digits")
+def bench_train_digits(
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Timed epochs per framework (median reported).")] = 3,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per training step.")] = 64,
+    threads: ThreadList = None,
+    as_json: JsonFlag = False,
+):
+    """Training images/s of the digits CNN: dlcpu vs the same model in PyTorch, same data and run."""
+    rows = []
+    for n_threads in parse_threads(threads):
+        with err.status(f"training throughput, {n_threads} thread(s)"):
+            rows.append(benchmarks.bench_train_digits(epochs, batch, n_threads))
+    if as_json:
+        emit_json({"train_digits": rows})
+        return
+    t = Table(title=f"digits CNN training throughput (batch {batch}, forward+backward+SGD, median of {epochs} epochs)")
+    for col in ("threads", "dlcpu img/s", "torch img/s", "ratio"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(str(r["threads"]), f"{r['images_per_second']:.0f}", f"{r['peer']['images_per_second']:.0f}",
+                  f"{r['peer']['ratio']:.2f}")
+    out.print(t)
+    out.print("ratio = dlcpu images/s / torch images/s (>1: dlcpu faster)", highlight=False)

@@ -1,0 +1,107 @@
+"""PyTorch twins of dlcpu's models and layers: the peers that benchmarks and tests compare against.
+
+Private, and the only place in the package that builds PyTorch models, so training code never
+carries a peer library's models.  Every function takes the imported `torch` module (PyTorch is an
+optional dependency: `torch_or_none()` says whether it is there) and builds the exact counterpart
+of a dlcpu model: same layers, same order of parameters, so weights copy across one to one.
+"""
+from contextlib import contextmanager
+
+
+def torch_or_none():
+    """The torch module, or None where PyTorch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def require_torch(what):
+    """The torch module, or ValueError telling the user how to install it."""
+    torch = torch_or_none()
+    if torch is None:
+        raise ValueError(f"{what} needs PyTorch: pip install 'dlcpu[compare]'")
+    return torch
+
+
+@contextmanager
+def torch_threads(torch, n):
+    """torch.set_num_threads(n) for the duration of the block."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def basic_block(torch, cin, cout, stride):
+    """Twin of nn.BasicBlock: conv3x3-BN-ReLU-conv3x3-BN plus the (1x1 conv + BN) shortcut, ReLU."""
+    tnn = torch.nn
+
+    class Block(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(cout)
+            self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(cout)
+            self.short = tnn.Sequential()
+            if stride != 1 or cin != cout:
+                self.short = tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, 0, bias=False), tnn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            h = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+            return torch.relu(h + self.short(x))
+
+    return Block()
+
+
+def digits_resnet(torch, width=16, classes=10):
+    """Twin of nn.digits_resnet."""
+    tnn = torch.nn
+    return tnn.Sequential(
+        tnn.Conv2d(1, width, 3, 1, 1, bias=False), tnn.BatchNorm2d(width), tnn.ReLU(),
+        basic_block(torch, width, width, 1), basic_block(torch, width, 2 * width, 2),
+        tnn.AdaptiveAvgPool2d(1), tnn.Flatten(), tnn.Linear(2 * width, classes),
+    )
+
+
+def recurrent(torch, cell, weights, *, num_layers=1, bidirectional=False, batch_first=False, nonlinearity="tanh"):
+    """torch.nn.LSTM / GRU / RNN (cell 'lstm', 'gru', 'rnn') holding `weights`, a dict of numpy
+    arrays under PyTorch's names (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ...,
+    `_reverse` for the second direction): the twin of dlcpu.rnn on those weights and of
+    nn.LSTM / GRU / RNN (whose own_parameters() use the same names)."""
+    w_ih = weights["weight_ih_l0"]
+    hidden = weights["weight_hh_l0"].shape[1]
+    kwargs = {"num_layers": num_layers, "bidirectional": bidirectional, "batch_first": batch_first}
+    if cell == "rnn":
+        kwargs["nonlinearity"] = nonlinearity
+    m = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](w_ih.shape[1], hidden, **kwargs)
+    params = dict(m.named_parameters())
+    if set(params) != set(weights):
+        raise ValueError(f"recurrent twin: weights {sorted(weights)} do not match torch's {sorted(params)}")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(torch.from_numpy(weights[name]))
+    return m
+
+
+def digits_train_step(torch, x_train, y_train, lr=0.05, seed=0):
+    """step(idx): one SGD step of the digits_resnet twin on x_train[idx] (the peer side of
+    `dlcpu bench train digits`; same optimizer settings as dlcpu.train)."""
+    torch.manual_seed(seed)
+    model = digits_resnet(torch)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step(idx):
+        i = torch.from_numpy(idx)
+        loss = loss_fn(model(xt[i]), yt[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step

@@ -1,0 +1,47 @@
+"""dlcpu.nn: layers with forward and backward passes on dlcpu's kernels, a ResNet basic block,
+recurrent layers, a loss, SGD, save/load and the models `dlcpu train` trains.
+
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), ...)
+    logits = model(xb)                       # forward, remembers what backward needs
+    loss, dlogits = nn.softmax_cross_entropy(logits, labels)
+    model.backward(dlogits)                  # accumulates .grad on every Parameter
+    opt.step(); opt.zero_grad()
+
+One room per concern: module (Parameter, Module, the layer registry), layers (feed-forward
+layers on blocked activations), recurrent (LSTM, GRU, RNN), losses, optim, io (save/load),
+models.  Everything public is re-exported here, so `from dlcpu import nn; nn.Conv2d` is the API.
+"""
+from .io import build, check_writable, load, save
+from .layers import AvgPool2d, BasicBlock, BatchNorm2d, Conv2d, GlobalAvgPool, Linear, MaxPool2d, ReLU, Sequential
+from .losses import softmax_cross_entropy
+from .models import digits_resnet, digits_rnn
+from .module import FORMAT_VERSION, Module, Parameter
+from .optim import SGD
+from .recurrent import GRU, LSTM, RNN, LastTimeStep
+
+__all__ = [
+    "FORMAT_VERSION",
+    "GRU",
+    "LSTM",
+    "RNN",
+    "SGD",
+    "AvgPool2d",
+    "BasicBlock",
+    "BatchNorm2d",
+    "Conv2d",
+    "GlobalAvgPool",
+    "LastTimeStep",
+    "Linear",
+    "MaxPool2d",
+    "Module",
+    "Parameter",
+    "ReLU",
+    "Sequential",
+    "build",
+    "check_writable",
+    "digits_resnet",
+    "digits_rnn",
+    "load",
+    "save",
+    "softmax_cross_entropy",
+]

@@ -1,0 +1,348 @@
+"""Feed-forward layers of dlcpu.nn on the blocked kernels: Conv2d, BatchNorm2d, ReLU, pools,
+GlobalAvgPool, Linear, Sequential and the ResNet BasicBlock.
+
+Design: activations flow between layers as activation BlockedTensors (I[N][C/16][H][W][16]);
+there is no NCHW round trip inside a model.  Convolution weights live in the blocked weight
+layout and their gradients arrive in it, so the optimizer updates them in place.  Padded
+channels stay zero through every layer: padded weights, BatchNorm scales and biases are zero
+and receive zero gradients.  GlobalAvgPool is the bridge from blocked maps to (N, C) arrays.
+"""
+import numpy as np
+
+from .. import norm, pool
+from ..conv import conv2d, conv2d_backward
+from ..gemm import matmul
+from ..layout import CB, BlockedTensor, block_weights, n_blocks, unblock_weights
+from .module import Module, Parameter, _expect_blocked, _take, check_bool, check_float, check_int, check_int_pair, register
+
+
+@register
+class Conv2d(Module):
+    """2-D convolution, weights in the blocked layout, optional bias; He-normal initialization."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, seed=0):
+        super().__init__()
+        check_int("Conv2d", "in_channels", in_channels)
+        check_int("Conv2d", "out_channels", out_channels)
+        k = check_int_pair("Conv2d", "kernel_size", kernel_size)
+        check_int_pair("Conv2d", "stride", stride)
+        check_int_pair("Conv2d", "padding", padding, minimum=0)
+        check_bool("Conv2d", "bias", bias)
+        check_int("Conv2d", "seed", seed, minimum=0)
+        self.args = {"in_channels": in_channels, "out_channels": out_channels, "kernel_size": kernel_size,
+                     "stride": stride, "padding": padding, "bias": bias, "seed": seed}
+        self.stride, self.padding = stride, padding
+        self.needs_input_grad = True
+        rng = np.random.default_rng(seed)
+        w = rng.standard_normal((out_channels, in_channels, *k)) * np.sqrt(2.0 / (in_channels * k[0] * k[1]))
+        self.weight_b = block_weights(w.astype(np.float32))
+        self.weight = Parameter(self.weight_b.data)
+        self.bias = Parameter(np.zeros(out_channels, np.float32)) if bias else None
+        self._x = None
+
+    def forward(self, x):
+        _expect_blocked(x, self.describe(), self.args["in_channels"])
+        self._x = x
+        return conv2d(x, self.weight_b, None if self.bias is None else self.bias.data,
+                      stride=self.stride, padding=self.padding)
+
+    def backward(self, dy):
+        x = self._require_forward(self._x)
+        need = ("dx", "dw", "db") if self.needs_input_grad else ("dw", "db")
+        g = conv2d_backward(dy, x, self.weight_b, self.stride, self.padding, need=need)
+        self.weight.grad += g.dw.data
+        if self.bias is not None:
+            self.bias.grad += g.db
+        return g.dx
+
+    def state(self):
+        out = {"weight": unblock_weights(self.weight_b)}
+        if self.bias is not None:
+            out["bias"] = self.bias.data.copy()
+        return out
+
+    def load_state(self, state, prefix=""):
+        shape = self.weight_b.shape
+        self.weight.data[...] = block_weights(_take(state, prefix + "weight", shape, self.describe())).data
+        if self.bias is not None:
+            self.bias.data[...] = _take(state, prefix + "bias", self.bias.data.shape, self.describe())
+
+    def describe(self):
+        a = self.args
+        return f"Conv2d({a['in_channels']}->{a['out_channels']}, k={a['kernel_size']}, s={a['stride']}, p={a['padding']})"
+
+
+@register
+class BatchNorm2d(Module):
+    """Batch normalization over (N, H, W) per channel, fp32 statistics; relu=True fuses a
+    following ReLU into the same passes (forward and backward).
+
+    Training mode normalizes with the batch's mean and biased variance and updates the running
+    estimates (unbiased variance, momentum 0.1, as PyTorch); eval mode uses the running ones."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, relu=False):
+        super().__init__()
+        check_int("BatchNorm2d", "num_features", num_features)
+        check_float("BatchNorm2d", "eps", eps, 0.0)
+        check_float("BatchNorm2d", "momentum", momentum, 0.0, 1.0, low_inclusive=True)
+        check_bool("BatchNorm2d", "relu", relu)
+        self.args = {"num_features": num_features, "eps": eps, "momentum": momentum, "relu": relu}
+        self.relu = bool(relu)
+        self.C, self.eps, self.momentum = num_features, eps, momentum
+        padded = n_blocks(num_features) * CB
+        gamma = np.zeros(padded, np.float32)
+        gamma[:num_features] = 1.0
+        self.weight = Parameter(gamma)
+        self.bias = Parameter(np.zeros(padded, np.float32))
+        self.running_mean = np.zeros(padded, np.float32)
+        self.running_var = np.zeros(padded, np.float32)
+        self.running_var[:num_features] = 1.0
+        self._saved = None
+
+    def forward(self, x):
+        _expect_blocked(x, self.describe(), self.C)
+        y, self._saved = norm.batchnorm_forward(x, self.weight.data, self.bias.data, self.running_mean,
+                                                self.running_var, self.training, eps=self.eps,
+                                                momentum=self.momentum, relu=self.relu)
+        return y
+
+    def backward(self, dy):
+        dx, dgamma, dbeta = norm.batchnorm_backward(dy, self._require_forward(self._saved))
+        self.weight.grad += dgamma
+        self.bias.grad += dbeta
+        return dx
+
+    def state(self):
+        c = self.C
+        return {"weight": self.weight.data[:c].copy(), "bias": self.bias.data[:c].copy(),
+                "running_mean": self.running_mean[:c].copy(), "running_var": self.running_var[:c].copy()}
+
+    def load_state(self, state, prefix=""):
+        c = self.C
+        for key, target in (("weight", self.weight.data), ("bias", self.bias.data),
+                            ("running_mean", self.running_mean), ("running_var", self.running_var)):
+            target[:c] = _take(state, prefix + key, (c,), self.describe())
+
+    def describe(self):
+        return f"BatchNorm2d({self.C}{', relu' if self.relu else ''})"
+
+
+@register
+class ReLU(Module):
+    def __init__(self):
+        super().__init__()
+        self.args = {}
+        self._y = None
+
+    def forward(self, x):
+        _expect_blocked(x, "ReLU", None)
+        self._y = BlockedTensor(np.maximum(x.data, np.float32(0.0)), x.shape)
+        return self._y
+
+    def backward(self, dy):
+        return norm.relu_backward(dy, self._require_forward(self._y))
+
+
+class _Pool2d(Module):
+    """Shared constructor of the 2-D pools: kernel_size, stride (None: the kernel size), padding
+    (at most half the kernel, as in PyTorch)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        k = check_int_pair(self.name, "kernel_size", kernel_size)
+        if stride is not None:
+            check_int_pair(self.name, "stride", stride)
+        p = check_int_pair(self.name, "padding", padding, minimum=0)
+        if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+            raise ValueError(f"{self.name}: padding must be at most half the kernel size, got padding {padding!r} "
+                             f"for kernel_size {kernel_size!r}")
+        self.args = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
+
+    def describe(self):
+        return f"{self.name}(k={self.args['kernel_size']})"
+
+
+@register
+class MaxPool2d(_Pool2d):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__(kernel_size, stride, padding)
+        self._cache = None
+
+    def forward(self, x):
+        _expect_blocked(x, self.describe(), None)
+        a = self.args
+        y, self._cache = pool.max_pool2d(x, a["kernel_size"], a["stride"], a["padding"])
+        return y
+
+    def backward(self, dy):
+        return pool.max_pool2d_backward(dy, self._require_forward(self._cache))
+
+
+@register
+class AvgPool2d(_Pool2d):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__(kernel_size, stride, padding)
+        self._x_shape = None
+
+    def forward(self, x):
+        _expect_blocked(x, self.describe(), None)
+        self._x_shape = x.shape
+        a = self.args
+        return pool.avg_pool2d(x, a["kernel_size"], a["stride"], a["padding"])
+
+    def backward(self, dy):
+        a = self.args
+        x_shape = self._require_forward(self._x_shape)
+        return pool.avg_pool2d_backward(dy, x_shape, a["kernel_size"], a["stride"], a["padding"])
+
+
+@register
+class GlobalAvgPool(Module):
+    """Blocked (N, C, H, W) -> plain (N, C) means: the bridge to Linear layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.args = {}
+        self._x_shape = None
+
+    def forward(self, x):
+        _expect_blocked(x, "GlobalAvgPool", None)
+        self._x_shape = x.shape
+        return pool.global_avg_pool(x)
+
+    def backward(self, dy):
+        return pool.global_avg_pool_backward(dy, self._require_forward(self._x_shape))
+
+
+@register
+class Linear(Module):
+    """Fully connected layer on (N, in) float32 arrays; all three products on dlcpu.matmul."""
+
+    def __init__(self, in_features, out_features, bias=True, seed=0):
+        super().__init__()
+        check_int("Linear", "in_features", in_features)
+        check_int("Linear", "out_features", out_features)
+        check_bool("Linear", "bias", bias)
+        check_int("Linear", "seed", seed, minimum=0)
+        self.args = {"in_features": in_features, "out_features": out_features, "bias": bias, "seed": seed}
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(in_features)
+        self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32))
+        self.bias = Parameter(np.zeros(out_features, np.float32)) if bias else None
+        self._x = None
+
+    def forward(self, x):
+        if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != self.args["in_features"]:
+            shape = getattr(x, "shape", None)
+            raise ValueError(f"{self.describe()}: expected a (N, {self.args['in_features']}) array, got shape {shape}")
+        self._x = np.ascontiguousarray(x, dtype=np.float32)
+        y = matmul(self._x, np.ascontiguousarray(self.weight.data.T))
+        if self.bias is not None:
+            y += self.bias.data
+        return y
+
+    def backward(self, dy):
+        x = self._require_forward(self._x)
+        want = (x.shape[0], self.args["out_features"])
+        if getattr(dy, "shape", None) != want:
+            raise ValueError(f"{self.describe()}: dy has shape {getattr(dy, 'shape', None)}, "
+                             f"but the forward output has shape {want}")
+        dy = np.ascontiguousarray(dy, dtype=np.float32)
+        self.weight.grad += matmul(np.ascontiguousarray(dy.T), x)
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=0, dtype=np.float64).astype(np.float32)
+        return matmul(dy, self.weight.data)
+
+    def state(self):
+        out = {"weight": self.weight.data.copy()}
+        if self.bias is not None:
+            out["bias"] = self.bias.data.copy()
+        return out
+
+    def load_state(self, state, prefix=""):
+        self.weight.data[...] = _take(state, prefix + "weight", self.weight.data.shape, self.describe())
+        if self.bias is not None:
+            self.bias.data[...] = _take(state, prefix + "bias", self.bias.data.shape, self.describe())
+
+    def describe(self):
+        return f"Linear({self.args['in_features']}->{self.args['out_features']})"
+
+
+@register
+class Sequential(Module):
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential: layer {i} must be a dlcpu.nn Module, got {type(m).__name__}")
+        self.modules = list(modules)
+
+    def children(self):
+        return self.modules
+
+    def forward(self, x):
+        for i, m in enumerate(self.modules):
+            try:
+                x = m.forward(x)
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(f"layer {i} ({m.describe()}): {exc}") from None
+        return x
+
+    def backward(self, dy):
+        for m in reversed(self.modules):
+            dy = m.backward(dy)
+        return dy
+
+    def config(self):
+        return {"type": "Sequential", "args": {"modules": [m.config() for m in self.modules]}}
+
+
+@register
+class BasicBlock(Module):
+    """ResNet basic block: relu(bn2(conv3x3(relu(bn1(conv3x3_s(x))))) + shortcut(x)), the
+    shortcut a strided 1x1 conv + BN when the shape changes, else the identity (the first ReLU
+    is fused into bn1)."""
+
+    def __init__(self, in_channels, out_channels, stride=1, seed=0):
+        super().__init__()
+        check_int("BasicBlock", "in_channels", in_channels)
+        check_int("BasicBlock", "out_channels", out_channels)
+        check_int("BasicBlock", "stride", stride)
+        check_int("BasicBlock", "seed", seed, minimum=0)
+        self.args = {"in_channels": in_channels, "out_channels": out_channels, "stride": stride, "seed": seed}
+        self.conv1 = Conv2d(in_channels, out_channels, 3, stride, 1, bias=False, seed=seed)
+        self.bn1 = BatchNorm2d(out_channels, relu=True)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, 1, 1, bias=False, seed=seed + 1)
+        self.bn2 = BatchNorm2d(out_channels)
+        self.relu_out = ReLU()
+        self.shortcut = []
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = [Conv2d(in_channels, out_channels, 1, stride, 0, bias=False, seed=seed + 2),
+                             BatchNorm2d(out_channels)]
+
+    def children(self):
+        return [self.conv1, self.bn1, self.conv2, self.bn2, self.relu_out, *self.shortcut]
+
+    def forward(self, x):
+        _expect_blocked(x, self.describe(), self.args["in_channels"])
+        h = self.bn2(self.conv2(self.bn1(self.conv1(x))))
+        s = x
+        for m in self.shortcut:
+            s = m(s)
+        # Residual add: padded channels are zero on both sides, so they stay zero.
+        return self.relu_out(BlockedTensor(h.data + s.data, h.shape))
+
+    def backward(self, dy):
+        g = self.relu_out.backward(dy)
+        dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(self.bn2.backward(g))))
+        ds = g
+        for m in reversed(self.shortcut):
+            ds = m.backward(ds)
+        if dx is None:
+            return None
+        return BlockedTensor(dx.data + ds.data, dx.shape)
+
+    def describe(self):
+        a = self.args
+        return f"BasicBlock({a['in_channels']}->{a['out_channels']}, s={a['stride']})"
+

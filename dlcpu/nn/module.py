@@ -1,0 +1,153 @@
+"""The module base of dlcpu.nn: Parameter, Module and the registry of layer types.
+
+Design: a Module owns its Parameters (`weight`, `bias`, or a dict for recurrent layers) and its
+children; named_parameters() walks the tree in a fixed order, which SGD and save/load rely on.
+Every concrete layer is registered by class name with `register`, so a saved configuration
+({'type': name, 'args': constructor arguments}) rebuilds the model in `io.build` without pickles.
+A layer keeps what its backward needs from its own forward; calling backward first is an error
+(`require_forward`).
+"""
+import numpy as np
+
+from .. import _validate
+from ..layout import BlockedTensor
+
+FORMAT_VERSION = 1
+
+_REGISTRY = {}
+
+
+def register(cls):
+    """Class decorator: make a layer type buildable from a saved configuration."""
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+class Parameter:
+    """A trainable array and its gradient (same shape, accumulated by backward)."""
+
+    __slots__ = ("data", "grad")
+
+    def __init__(self, data):
+        self.data = data
+        self.grad = np.zeros_like(data)
+
+
+class Module:
+    """Base class: parameters, children, train/eval mode, configuration for save/load."""
+
+    def __init__(self):
+        self.training = True
+        self.name = type(self).__name__
+
+    # -- structure --------------------------------------------------------------------------
+    def children(self):
+        return []
+
+    def own_parameters(self):
+        """{name: Parameter} of this module alone: its `weight` and `bias` when it has them."""
+        return {name: p for name in ("weight", "bias") if isinstance(p := getattr(self, name, None), Parameter)}
+
+    def named_parameters(self, prefix=""):
+        out = [(prefix + k, p) for k, p in self.own_parameters().items()]
+        for i, child in enumerate(self.children()):
+            out += child.named_parameters(f"{prefix}{i}.")
+        return out
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad.fill(0.0)
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        for child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    # -- save/load ----------------------------------------------------------------------------
+    def config(self):
+        """{'type': class name, 'args': constructor arguments} (JSON-serializable): a layer keeps
+        its constructor arguments in `self.args`."""
+        args = getattr(self, "args", None)
+        if args is None:
+            raise NotImplementedError(f"{type(self).__name__} does not describe its configuration (no self.args)")
+        return {"type": type(self).__name__, "args": args}
+
+    def state(self):
+        """{name: array in the logical layout} for save (buffers included)."""
+        out = {}
+        for i, child in enumerate(self.children()):
+            out.update({f"{i}.{k}": v for k, v in child.state().items()})
+        return out
+
+    def load_state(self, state, prefix=""):
+        for i, child in enumerate(self.children()):
+            child.load_state(state, f"{prefix}{i}.")
+
+    def describe(self):
+        return self.name
+
+    def _require_forward(self, value):
+        """What this layer's forward kept for backward; RuntimeError when there is none."""
+        if value is None:
+            raise RuntimeError(f"{self.name}.backward called before forward")
+        return value
+
+
+# -- argument checks of the layer constructors: TypeError for a wrong type, ValueError for a
+# wrong value, both naming the layer and the rule.  The int and int-or-pair rules are the shared
+# ones of dlcpu._validate (the same that conv2d and the pooling functions apply).
+def check_int(layer, name, value, minimum=1):
+    """An int >= minimum."""
+    return _validate.positive_int(value, name, layer, minimum=minimum)
+
+
+def check_int_pair(layer, name, value, minimum=1):
+    """An int or an (h, w) pair of ints, each >= minimum; returns the pair."""
+    pair = _validate.pair(value, name, layer)
+    if min(pair) < minimum:
+        raise ValueError(f"{layer}: {name} must be >= {minimum}, got {value!r}")
+    return pair
+
+
+def check_bool(layer, name, value):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{layer}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_float(layer, name, value, low, high=None, low_inclusive=False):
+    """A real number in (low, high] (or [low, high] with low_inclusive)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{layer}: {name} must be a number, got {value!r}")
+    above = value >= low if low_inclusive else value > low
+    if not (above and (high is None or value <= high)):
+        rule = f"{'>=' if low_inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+        raise ValueError(f"{layer}: {name} must be {rule}, got {value!r}")
+    return float(value)
+
+
+def _expect_blocked(x, layer, channels):
+    if not isinstance(x, BlockedTensor) or x.kind != "activation":
+        raise TypeError(f"{layer}: expected an activation BlockedTensor, got {type(x).__name__}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{layer}: input has {x.shape[1]} channels (shape {tuple(x.shape)}) "
+                         f"but the layer expects {channels}")
+
+
+def _take(state, key, shape, layer):
+    if key not in state:
+        raise ValueError(f"model file has no entry {key!r} for {layer}")
+    arr = np.asarray(state[key])
+    if arr.shape != tuple(shape):
+        raise ValueError(f"model file entry {key!r} for {layer} has shape {arr.shape}, expected {tuple(shape)}")
+    return arr.astype(np.float32)

@@ -1,0 +1,190 @@
+"""Recurrent layers of dlcpu.nn: LSTM, GRU, RNN (tanh/relu) and LastTimeStep.
+
+Design: one layer class, `_Recurrent`, parameterised by the cell, stacks layers and directions
+over dlcpu.rnn's prepared-weight forward/backward; parameters use PyTorch's names and layout
+(weight_ih_l{k}[_reverse], ...) so weights copy across one to one.  Sequences are plain (T, N, C)
+float32 arrays (or (N, T, C) with batch_first).
+"""
+import numpy as np
+
+from .module import Module, Parameter, _take, check_bool, check_int, register
+
+
+def _cell_ops(cell, nonlinearity):
+    """(prepare, forward, backward) of dlcpu.rnn for a cell, with uniform signatures:
+    forward(x, weights, train) -> (y, cache); backward(dy, cache, need_dx) -> (dx or None, dw_ih,
+    dw_hh, db_ih, db_hh)."""
+    from .. import rnn
+
+    if cell == "lstm":
+        def fwd(x, w, train):
+            y, (_h, _c), *cache = rnn.lstm_forward(x, weights=w, train=train)
+            return y, (cache[0] if cache else None)
+        return rnn.prepare_lstm, fwd, lambda dy, c, need_dx: rnn.lstm_backward(dy, c, need_dx=need_dx)[:5]
+    if cell == "gru":
+        def fwd(x, w, train):
+            y, _h, *cache = rnn.gru_forward(x, weights=w, train=train)
+            return y, (cache[0] if cache else None)
+        return rnn.prepare_gru, fwd, lambda dy, c, need_dx: rnn.gru_backward(dy, c, need_dx=need_dx)[:5]
+
+    def fwd(x, w, train):
+        y, _h, *cache = rnn.rnn_forward(x, weights=w, nonlinearity=nonlinearity, train=train)
+        return y, (cache[0] if cache else None)
+    return rnn.prepare_rnn, fwd, lambda dy, c, need_dx: rnn.rnn_backward(dy, c, need_dx=need_dx)[:5]
+
+
+class _Recurrent(Module):
+    """Multi-layer, optionally bidirectional recurrent layer with PyTorch's parameter layout
+    (weight_ih_l{k}[_reverse], ...); input (T, N, C), or (N, T, C) with batch_first; output the
+    last layer's hidden states, directions concatenated.  Initial states are zero.  Set
+    needs_input_grad = False on a first layer (its input is data): backward then skips the
+    first layer's dx GEMM and returns None, as PyTorch's autograd does for an input that does
+    not require grad."""
+
+    cell = None
+    gates = None
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, batch_first=False,
+                 seed=0, nonlinearity="tanh"):
+        super().__init__()
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
+            check_int(self.name, name, value)
+        check_bool(self.name, "bidirectional", bidirectional)
+        check_bool(self.name, "batch_first", batch_first)
+        check_int(self.name, "seed", seed, minimum=0)
+        if nonlinearity not in ("tanh", "relu") or (self.cell != "rnn" and nonlinearity != "tanh"):
+            allowed = "'tanh' or 'relu'" if self.cell == "rnn" else "'tanh' (only RNN takes 'relu')"
+            raise ValueError(f"{self.name}: nonlinearity must be {allowed}, got {nonlinearity!r}")
+        self.args = {"input_size": input_size, "hidden_size": hidden_size, "num_layers": num_layers,
+                         "bidirectional": bidirectional, "batch_first": batch_first, "seed": seed}
+        if self.cell == "rnn":
+            self.args["nonlinearity"] = nonlinearity
+        self.nonlinearity = nonlinearity
+        self.directions = 2 if bidirectional else 1
+        rng = np.random.default_rng(seed)
+        bound = 1.0 / np.sqrt(hidden_size)
+        self.params = {}
+        for layer in range(num_layers):
+            cin = input_size if layer == 0 else hidden_size * self.directions
+            for d in range(self.directions):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                g = self.gates * hidden_size
+                for name, shape in ((f"weight_ih{sfx}", (g, cin)), (f"weight_hh{sfx}", (g, hidden_size)),
+                                    (f"bias_ih{sfx}", (g,)), (f"bias_hh{sfx}", (g,))):
+                    self.params[name] = Parameter(rng.uniform(-bound, bound, shape).astype(np.float32))
+        self._caches = None
+        self._out_shape = None
+        self.needs_input_grad = True
+
+    def own_parameters(self):
+        return dict(self.params)
+
+    def forward(self, x):
+        a = self.args
+        if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] != a["input_size"]:
+            raise ValueError(f"{self.describe()}: expected a ({'N, T' if a['batch_first'] else 'T, N'}, "
+                             f"{a['input_size']}) array, got shape {getattr(x, 'shape', None)}")
+        seq = np.ascontiguousarray(x.transpose(1, 0, 2) if a["batch_first"] else x, dtype=np.float32)
+        prepare, fwd, _ = _cell_ops(self.cell, self.nonlinearity)
+        self._caches = []
+        for layer in range(a["num_layers"]):
+            outs, caches = [], []
+            for d in range(self.directions):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                p = [self.params[f"{n}{sfx}"].data for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                inp = seq[::-1] if d else seq
+                y, cache = fwd(np.ascontiguousarray(inp), prepare(*p), self.training)
+                outs.append(y[::-1] if d else y)
+                caches.append(cache)
+            seq = np.ascontiguousarray(np.concatenate(outs, axis=2)) if self.directions > 1 else outs[0]
+            self._caches.append(caches)
+        y = np.ascontiguousarray(seq.transpose(1, 0, 2)) if a["batch_first"] else seq
+        self._out_shape = y.shape
+        return y
+
+    def backward(self, dy):
+        a = self.args
+        _, _, bwd = _cell_ops(self.cell, self.nonlinearity)
+        self._require_forward(self._caches)
+        if self._caches[0][0] is None:
+            raise RuntimeError(f"{self.describe()}: backward needs a forward in training mode (this one ran in eval mode)")
+        if not isinstance(dy, np.ndarray) or dy.shape != self._out_shape:
+            raise ValueError(f"{self.describe()}: dy has shape {getattr(dy, 'shape', None)}, but the forward output "
+                             f"has shape {self._out_shape}")
+        g = np.ascontiguousarray(dy.transpose(1, 0, 2) if a["batch_first"] else dy, dtype=np.float32)
+        K = a["hidden_size"]
+        for layer in reversed(range(a["num_layers"])):
+            dx = None
+            for d in range(self.directions):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                part = np.ascontiguousarray(g[:, :, d * K:(d + 1) * K])
+                if d:
+                    part = np.ascontiguousarray(part[::-1])
+                need_dx = layer > 0 or self.needs_input_grad
+                grads = bwd(part, self._caches[layer][d], need_dx)
+                for name, grad in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), grads[1:]):
+                    self.params[f"{name}{sfx}"].grad += grad
+                if need_dx:
+                    gx = grads[0][::-1] if d else grads[0]
+                    dx = gx if dx is None else dx + gx
+            if dx is None:
+                return None
+            g = np.ascontiguousarray(dx)
+        return np.ascontiguousarray(g.transpose(1, 0, 2)) if a["batch_first"] else g
+
+    def state(self):
+        return {k: p.data.copy() for k, p in self.params.items()}
+
+    def load_state(self, state, prefix=""):
+        for k, p in self.params.items():
+            p.data[...] = _take(state, prefix + k, p.data.shape, self.describe())
+
+    def describe(self):
+        a = self.args
+        return (f"{type(self).__name__}({a['input_size']}->{a['hidden_size']}, layers={a['num_layers']}"
+                f"{', bidirectional' if a['bidirectional'] else ''})")
+
+
+@register
+class LSTM(_Recurrent):
+    cell, gates = "lstm", 4
+
+
+@register
+class GRU(_Recurrent):
+    cell, gates = "gru", 3
+
+
+@register
+class RNN(_Recurrent):
+    cell, gates = "rnn", 1
+
+
+@register
+class LastTimeStep(Module):
+    """(T, N, F) -> (N, F): the last step of a sequence (N, T, F with batch_first)."""
+
+    def __init__(self, batch_first=False):
+        super().__init__()
+        check_bool("LastTimeStep", "batch_first", batch_first)
+        self.args = {"batch_first": batch_first}
+        self._shape = None
+
+    def forward(self, x):
+        if not isinstance(x, np.ndarray) or x.ndim != 3:
+            raise ValueError(f"LastTimeStep: expected a 3-d sequence array, got shape {getattr(x, 'shape', None)}")
+        self._shape = x.shape
+        return np.ascontiguousarray(x[:, -1] if self.args["batch_first"] else x[-1])
+
+    def backward(self, dy):
+        shape = self._require_forward(self._shape)
+        want = (shape[0], shape[2]) if self.args["batch_first"] else shape[1:]
+        if getattr(dy, "shape", None) != want:
+            raise ValueError(f"LastTimeStep: dy has shape {getattr(dy, 'shape', None)}, but the forward output has shape {want}")
+        g = np.zeros(shape, np.float32)
+        if self.args["batch_first"]:
+            g[:, -1] = dy
+        else:
+            g[-1] = dy
+        return g
+
