@@ -3,8 +3,8 @@
 A planner (dlcpu.conv.choose_conv_blocking, choose_weight_grad_blocking, choose_winograd_blocking,
 dlcpu.gemm.choose_gemm_split, dlcpu.rnn.choose_recurrent_tiles) computes every field of its
 family's struct, declared once in pyx/kernels/plans.h, and the rules that fired, then makes the
-plan object.  Making it builds the struct inside the driver module's small Cython class (the
-`struct` class attribute of each family), which refuses a missing field and checks every tile the driver will ask for against
+plan object.  Making it builds the struct inside the driver module's small Cython class (named in
+each family's class statement), which refuses a missing field and checks every tile the driver will ask for against
 the compiled tile table, so a plan the build cannot run fails here, with the tile named, and
 never as an "internal error" in a kernel.  The driver reads the struct directly (no dicts).
 
@@ -17,11 +17,17 @@ from . import cpu
 
 
 class Plan:
-    """Base of the plan families; subclasses set `struct` (the Cython class) and `family`."""
+    """Base of the plan families.  A family names its Cython struct class and its title in the
+    class statement: `class GemmPlan(Plan, struct=_brgemm.GemmPlanStruct, family="gemm")`."""
 
     struct = None
     family = "plan"
     __slots__ = ("_fields", "c", "rules")
+
+    def __init_subclass__(cls, *, struct, family, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.struct = struct
+        cls.family = family
 
     def __init__(self, rules=(), **fields):
         c = self.struct(fields)            # ValueError: missing field, or a tile the build lacks

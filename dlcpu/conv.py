@@ -141,14 +141,12 @@ class ConvShape:
                 "pad_r": self.pad_r}
 
 
-class ConvPlan(Plan):
+class ConvPlan(Plan, struct=_direct.ConvPlanStruct, family="direct conv"):
     """How one forward convolution is cut into BRGEMM calls (struct dlcpu_conv_plan_t; see
     choose_conv_blocking).  Fields: isa, n_threads, tile_mode, the register tile mv x nr x nc,
     k, relu, rows_per_item/row_blocks, kb_per_group/k_groups, tile_rows/tile_phase_width/
     tile_floats, and the shape `s`."""
 
-    struct = _direct.ConvPlanStruct
-    family = "direct conv"
     __slots__ = ()
 
     def summary(self):
@@ -340,12 +338,10 @@ def prepare_winograd(w, algorithm="winograd4", *, n_threads=None):
     return WinogradWeights(u, tuple(w_shape), alpha, finite=nonfinite == 0)
 
 
-class WinogradPlan(Plan):
+class WinogradPlan(Plan, struct=_wino.WinogradPlanStruct, family="winograd"):
     """How one Winograd F(m x m, 3x3) convolution is cut into transforms and BRGEMM calls (struct
     dlcpu_wino_plan_t; see choose_winograd_blocking)."""
 
-    struct = _wino.WinogradPlanStruct
-    family = "winograd"
     __slots__ = ()
 
     def summary(self):
@@ -557,15 +553,13 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
 # ==============================================================================================
 # Backward passes
 # ==============================================================================================
-class WeightGradPlan(Plan):
+class WeightGradPlan(Plan, struct=_wu.WeightGradPlanStruct, family="weight update"):
     """How the weight update is cut into transposed-B BRGEMM calls (struct dlcpu_wu_plan_t,
     pyx/conv_wu.pyx: wu_item).
 
     Items are (K group, C group) pairs; one item reduces its dW blocks over every image and
     output row, `rows_per_block` rows (one call's batch) at a time."""
 
-    struct = _wu.WeightGradPlanStruct
-    family = "weight update"
     __slots__ = ()
 
     def summary(self):

@@ -98,12 +98,10 @@ def brgemm(a, b, c=None, *, variant="strd", a_index=None, b_index=None, beta=0, 
     return c
 
 
-class GemmPlan(Plan):
+class GemmPlan(Plan, struct=_brgemm.GemmPlanStruct, family="gemm"):
     """How one GEMM is cut into BRGEMM calls and split over threads (struct dlcpu_gemm_plan_t;
     see choose_gemm_split)."""
 
-    struct = _brgemm.GemmPlanStruct
-    family = "gemm"
     __slots__ = ()
 
     def summary(self):

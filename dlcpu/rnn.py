@@ -40,12 +40,10 @@ _GATES = {"lstm": LSTM_GATES, "gru": GRU_GATES, "rnn_tanh": RNN_GATES, "rnn_relu
 _EMPTY = np.empty(0, np.float32)
 
 
-class RecurrentPlan(Plan):
+class RecurrentPlan(Plan, struct=_rnn.RecurrentPlanStruct, family="recurrent"):
     """How a recurrent layer's time loops are cut into work items (struct dlcpu_rnn_plan_t; see
     choose_recurrent_tiles)."""
 
-    struct = _rnn.RecurrentPlanStruct
-    family = "recurrent"
     __slots__ = ()
 
     def summary(self):
@@ -245,11 +243,6 @@ class RecurrentCache(dict):
         return f"RecurrentCache(cell={w.cell!r}, T={self['T']}, N={self['N']}, C={w.C}, K={w.K})"
 
 
-def _cache(weights, x2, G, H, T, N, isa, n_threads, **extra):
-    """What a backward needs from its forward."""
-    return RecurrentCache(x=x2, G=G, H=H, weights=weights, T=T, N=N, isa=isa, n_threads=n_threads, **extra)
-
-
 def _column_sums(a):
     """Bias gradients: column sums of the pre-activation gradients, accumulated in float64."""
     return a.sum(axis=0, dtype=np.float64).astype(np.float32)
@@ -266,12 +259,22 @@ def _backward_setup(dy, cache, dh_T, cell):
     return w, T, N, K, kb, kb * CB, dY, _state(dh_T, "dh_T", N, K, kb)
 
 
-def _forward(cell, G, weights, H, T, N, isa, n_threads, Cs=_EMPTY, HN=_EMPTY, b_hn=_EMPTY):
-    """Run the time loops of a forward on the cell's plan."""
+def _run_forward(cell, weights, x2, H, T, N, isa, n_threads, train, Cs=_EMPTY, HN=_EMPTY):
+    """The input projection, the time loops on the cell's plan and the outputs, shared by every
+    cell: (y (T, N, K), h_T (N, K), the cache for the backward or None unless train).  Cs: the
+    LSTM's cell states, HN: the GRU's W_hn h + b_hn per step (empty for the other cells)."""
+    G = _input_projection(weights, x2, n_threads, isa)
     plan = choose_recurrent_tiles(cell, T, N, weights.Kb, cpu.isa_code(isa), n_threads)
+    b_hn = weights.b_hn if HN.size else _EMPTY
     if _rnn.recurrent_forward_f32(plan.c, G.reshape(-1), weights.recurrent.reshape(-1), H.reshape(-1),
                                   Cs.reshape(-1), HN.reshape(-1), b_hn):
-        raise RuntimeError(f"{cell}_forward: a BRGEMM call failed ({plan.summary()})")
+        raise RuntimeError(f"{weights.cell}_forward: a BRGEMM call failed ({plan.summary()})")
+    y, h_T = _outputs(H, T, N, weights.K, weights.Kb * CB)
+    cache = None
+    if train:
+        cache = RecurrentCache(x=x2, G=G, H=H, Cs=Cs, HN=HN, cell=cell, weights=weights, T=T, N=N, isa=isa,
+                               n_threads=n_threads)
+    return y, h_T, cache
 
 
 def _backward(cell, cache, dY, dh, dG, dGb, dc=_EMPTY, dGh=_EMPTY):
@@ -279,7 +282,7 @@ def _backward(cell, cache, dY, dh, dG, dGb, dc=_EMPTY, dGh=_EMPTY):
     w, T, N = cache["weights"], cache["T"], cache["N"]
     plan = choose_recurrent_tiles(cell, T, N, w.Kb, cpu.isa_code(cache["isa"]), cache["n_threads"])
     if _rnn.recurrent_backward_f32(plan.c, cache["G"].reshape(-1), cache["H"].reshape(-1),
-                                   cache.get("Cs", _EMPTY).reshape(-1), cache.get("HN", _EMPTY).reshape(-1),
+                                   cache["Cs"].reshape(-1), cache["HN"].reshape(-1),
                                    w.recurrent_t.reshape(-1), dY.reshape(-1), dh.reshape(-1), dc.reshape(-1),
                                    dG.reshape(-1), dGh.reshape(-1), dGb.reshape(-1)):
         raise RuntimeError(f"{cell}_backward: a BRGEMM call failed ({plan.summary()})")
@@ -336,13 +339,9 @@ def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None
         "lstm", prepare_lstm, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
     Cs = np.empty_like(H)
     Cs[0] = _state(c0, "c0", N, K, kb)
-    G = _input_projection(weights, x2, n_threads, isa)
-    _forward("lstm", G, weights, H, T, N, isa, n_threads, Cs=Cs)
-    y, h_T = _outputs(H, T, N, K, kb * CB)
+    y, h_T, cache = _run_forward("lstm", weights, x2, H, T, N, isa, n_threads, train, Cs=Cs)
     out = (y, (h_T, _unblock_state(Cs[T], N, K)))
-    if train:
-        return (*out, _cache(weights, x2, G, H, T, N, isa, n_threads, Cs=Cs))
-    return out
+    return (*out, cache) if train else out
 
 
 def lstm_backward(dy, cache, dh_T=None, dc_T=None, *, need_dx=True):
@@ -365,15 +364,11 @@ def gru_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, weigh
         r = s(W_ir x + b_ir + W_hr h + b_hr),  z = s(W_iz x + b_iz + W_hz h + b_hz)
         n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h
     Returns y (T, N, K) and h_T; with train=True also the cache gru_backward needs."""
-    weights, x2, H, T, N, K, kb, n_threads = _forward_setup(
+    weights, x2, H, T, N, _, kb, n_threads = _forward_setup(
         "gru", prepare_gru, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
-    G = _input_projection(weights, x2, n_threads, isa)
     HN = np.empty((T * N, kb * CB), np.float32)
-    _forward("gru", G, weights, H, T, N, isa, n_threads, HN=HN, b_hn=weights.b_hn)
-    y, h_T = _outputs(H, T, N, K, kb * CB)
-    if train:
-        return y, h_T, _cache(weights, x2, G, H, T, N, isa, n_threads, HN=HN)
-    return y, h_T
+    y, h_T, cache = _run_forward("gru", weights, x2, H, T, N, isa, n_threads, train, HN=HN)
+    return (y, h_T, cache) if train else (y, h_T)
 
 
 def gru_backward(dy, cache, dh_T=None, *, need_dx=True):
@@ -401,15 +396,10 @@ def rnn_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, nonli
     or relu.  Returns y (T, N, K) and h_T; with train=True also the cache rnn_backward needs."""
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"rnn_forward: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    weights, x2, H, T, N, K, kb, n_threads = _forward_setup(
+    weights, x2, H, T, N, _, _, n_threads = _forward_setup(
         "rnn", prepare_rnn, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
-    G = _input_projection(weights, x2, n_threads, isa)
-    relu = nonlinearity == "relu"
-    _forward("rnn_relu" if relu else "rnn_tanh", G, weights, H, T, N, isa, n_threads)
-    y, h_T = _outputs(H, T, N, K, kb * CB)
-    if train:
-        return y, h_T, _cache(weights, x2, G, H, T, N, isa, n_threads, relu=relu)
-    return y, h_T
+    y, h_T, cache = _run_forward(f"rnn_{nonlinearity}", weights, x2, H, T, N, isa, n_threads, train)
+    return (y, h_T, cache) if train else (y, h_T)
 
 
 def rnn_backward(dy, cache, dh_T=None, *, need_dx=True):
@@ -419,7 +409,7 @@ def rnn_backward(dy, cache, dh_T=None, *, need_dx=True):
     n_threads, isa = cache["n_threads"], cache["isa"]
     dG = scratch("rnn.dg", (T * N, kp))
     dGb = scratch("rnn.dgb", (kb, N, CB))
-    _backward("rnn_relu" if cache["relu"] else "rnn_tanh", cache, dY, dh, dG, dGb)
+    _backward(cache["cell"], cache, dY, dh, dG, dGb)
     dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, RNN_GATES, n_threads, isa, need_dx)
     db = _column_sums(dG[:, :K])
     return dx, dw_ih, dw_hh, db, db.copy(), _unblock_state(dh, N, K)

@@ -23,8 +23,8 @@ from libc.string cimport memcpy
 from cython.parallel cimport prange
 
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_f32_max_pixels,
-                            dlcpu_brgemm_has_tile, DLCPU_BR_STRD)
-from dlcpu_plans cimport dlcpu_gemm_plan_t
+                            DLCPU_BR_STRD)
+from dlcpu_plans cimport dlcpu_gemm_plan_t, require_tiles
 
 
 cdef class GemmPlanStruct:
@@ -34,15 +34,10 @@ cdef class GemmPlanStruct:
 
     def __init__(self, dict fields):
         self.c = fields
-        cdef int mv, nc
         if self.c.kc_blocks < 1 or self.c.group_cols < 32 or self.c.group_cols % 32:
             raise ValueError(f"GEMM plan: kc_blocks={self.c.kc_blocks} must be >= 1 and group_cols="
                              f"{self.c.group_cols} a positive multiple of 32")
-        for mv in (1, 2):
-            for nc in range(1, self.c.rows + 1):
-                if not dlcpu_brgemm_has_tile(self.c.isa, mv, 1, nc, 0):
-                    raise ValueError(f"GEMM plan needs a BRGEMM tile mv={mv} nr=1 nc={nc} that this build "
-                                     f"lacks for isa code {self.c.isa} (pyx/kernels/brgemm_f32.h)")
+        require_tiles("GEMM", self.c.isa, 2, 1, self.c.rows)
 
     def fields(self):
         """Every field, read back from the C struct."""

@@ -23,9 +23,10 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange, parallel
 
-from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_has_tile,
+from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32,
                             dlcpu_conv_item_input, dlcpu_transpose_16x16_f32, DLCPU_BR_OFFS)
-from dlcpu_plans cimport dlcpu_conv_plan_t, dlcpu_conv_shape_t, DLCPU_TILE_NONE, DLCPU_TILE_PADDED
+from dlcpu_plans cimport (dlcpu_conv_plan_t, dlcpu_conv_shape_t, DLCPU_TILE_NONE, DLCPU_TILE_PADDED,
+                          require_tiles)
 
 
 cdef class ConvPlanStruct:
@@ -36,13 +37,7 @@ cdef class ConvPlanStruct:
 
     def __init__(self, dict fields):
         self.c = fields
-        cdef int mv, nr, nc
-        for mv in sorted({1, self.c.mv}):
-            for nr in range(1, self.c.nr + 1):
-                for nc in range(1, self.c.nc + 1):
-                    if not dlcpu_brgemm_has_tile(self.c.isa, mv, nr, nc, 0):
-                        raise ValueError(f"conv plan needs a BRGEMM tile mv={mv} nr={nr} nc={nc} that this build "
-                                         f"lacks for isa code {self.c.isa} (pyx/kernels/brgemm_f32.h)")
+        require_tiles("conv", self.c.isa, self.c.mv, self.c.nr, self.c.nc)
 
     def fields(self):
         """Every field, read back from the C struct."""

@@ -3,6 +3,8 @@
 # lists because Cython needs them to generate the dict -> struct conversion.
 from libc.stdint cimport int64_t
 
+from dlcpu_kernels cimport dlcpu_brgemm_has_tile
+
 cdef extern from "tiles.h" nogil:
     enum:
         DLCPU_CHANNEL_BLOCK
@@ -54,3 +56,16 @@ cdef extern from "plans.h" nogil:
     ctypedef struct dlcpu_rnn_plan_t:
         int cell, gates, isa, n_threads
         int64_t T, N, Kb, rows, n_tiles, fwd_items, gate_items, pair_items
+
+
+cdef inline int require_tiles(str plan, int isa, int max_mv, int max_nr, int max_nc) except -1:
+    """Refuse a plan whose driver may ask for a BRGEMM tile (mv 1 or max_mv, nr <= max_nr,
+    nc <= max_nc, B not transposed) that the compiled tile table lacks, naming the first."""
+    cdef int mv, nr, nc
+    for mv in sorted({1, max_mv}):
+        for nr in range(1, max_nr + 1):
+            for nc in range(1, max_nc + 1):
+                if not dlcpu_brgemm_has_tile(isa, mv, nr, nc, 0):
+                    raise ValueError(f"{plan} plan needs a BRGEMM tile mv={mv} nr={nr} nc={nc} that this build "
+                                     f"lacks for isa code {isa} (pyx/kernels/brgemm_f32.h)")
+    return 0

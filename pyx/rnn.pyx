@@ -23,9 +23,9 @@ from libc.stdint cimport int64_t
 from libc.string cimport memcpy
 from cython.parallel cimport prange, parallel
 
-from dlcpu_kernels cimport dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_has_tile, DLCPU_BR_STRD
+from dlcpu_kernels cimport dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, DLCPU_BR_STRD
 from dlcpu_plans cimport (dlcpu_rnn_plan_t, DLCPU_CELL_LSTM, DLCPU_CELL_GRU, DLCPU_CELL_RNN_TANH,
-                          DLCPU_CELL_RNN_RELU)
+                          DLCPU_CELL_RNN_RELU, require_tiles)
 
 cdef extern from "rnn_f32.h" nogil:
     ctypedef struct dlcpu_act_table_t:
@@ -61,14 +61,9 @@ cdef class RecurrentPlanStruct:
 
     def __init__(self, dict fields):
         self.c = fields
-        cdef int mv, nc
         if self.c.cell not in CELLS.values():
             raise ValueError(f"recurrent plan: unknown cell code {self.c.cell}")
-        for mv in (1, 2):
-            for nc in range(1, self.c.rows + 1):
-                if not dlcpu_brgemm_has_tile(self.c.isa, mv, 1, nc, 0):
-                    raise ValueError(f"recurrent plan needs a BRGEMM tile mv={mv} nr=1 nc={nc} that this build "
-                                     f"lacks for isa code {self.c.isa} (pyx/kernels/brgemm_f32.h)")
+        require_tiles("recurrent", self.c.isa, 2, 1, self.c.rows)
 
     def fields(self):
         """Every field, read back from the C struct."""
@@ -100,12 +95,36 @@ cdef inline float *ptr(float[::1] a) noexcept:
     return &a[0] if a.shape[0] > 0 else NULL
 
 
-cdef inline void item_tile(const dlcpu_rnn_plan_t *g, int64_t item, int64_t blocks_per_item,
-                           int64_t *kb, int64_t *n0, int64_t *rows) noexcept nogil:
-    """First hidden block, first batch row and row count of a work item (block-major)."""
-    kb[0] = (item // g.n_tiles) * blocks_per_item
-    n0[0] = (item % g.n_tiles) * g.rows
-    rows[0] = min(g.rows, g.N - n0[0])
+cdef struct item_tile_t:
+    # One work item of one step: its tile and the offsets of that tile in every buffer.
+    int64_t kb, n0, rows    # first hidden block, first batch row, batch rows
+    int64_t N, Kb, Kp       # batch, hidden blocks, padded hidden size (Kb * 16)
+    int64_t ldg             # row stride of G and dG: gates * Kp
+    int64_t state           # size of one blocked state [Kb][N][16]
+    int64_t blk             # the tile in one blocked state (dh, dc): (kb, n0)
+    int64_t prev, next      # the tile in the [T+1] states H, Cs: state t, state t + 1
+    int64_t gate            # G, dG: row t*N + n0, column kb*16 (gate 0)
+    int64_t hn              # the GRU's HN (T*N, Kp): row t*N + n0, column kb*16
+
+
+cdef inline item_tile_t item_tile(const dlcpu_rnn_plan_t *g, int64_t t, int64_t item,
+                                  int64_t blocks_per_item) noexcept nogil:
+    """The tile of a work item of step t (items are block-major over (hidden block, row tile))."""
+    cdef item_tile_t s
+    s.kb = (item // g.n_tiles) * blocks_per_item
+    s.n0 = (item % g.n_tiles) * g.rows
+    s.rows = min(g.rows, g.N - s.n0)
+    s.N = g.N
+    s.Kb = g.Kb
+    s.Kp = g.Kb * 16
+    s.ldg = g.gates * s.Kp
+    s.state = g.Kb * g.N * 16
+    s.blk = (s.kb * g.N + s.n0) * 16
+    s.prev = t * s.state + s.blk
+    s.next = s.prev + s.state
+    s.gate = (t * g.N + s.n0) * s.ldg + s.kb * 16
+    s.hn = (t * g.N + s.n0) * s.Kp + s.kb * 16
+    return s
 
 
 cdef inline void recurrent_call(dlcpu_brgemm_f32_t *p, int64_t blocks, int64_t N) noexcept nogil:
@@ -130,14 +149,14 @@ cdef inline void add_step_gradient(float *dh_blk, const float *dy_blk, int64_t n
         dh_blk[i] = dh_blk[i] + dy_blk[i]
 
 
-cdef inline void gates_to_blocked(float *dgb, const float *dg, int64_t gates, int64_t Kb, int64_t N,
-                                  int64_t n0, int64_t rows, int64_t kb, int64_t ldg) noexcept nogil:
-    """Copy one tile's gate gradients from the row-major dG (row n0.., columns g*Kp + kb*16) to
-    the blocked [gates*Kb][N][16] layout the recurrent BRGEMM reads as its B operand."""
-    cdef int64_t g, n
-    for g in range(gates):
-        for n in range(rows):
-            memcpy(dgb + ((g * Kb + kb) * N + n0 + n) * 16, dg + n * ldg + g * Kb * 16 + kb * 16,
+cdef inline void gates_to_blocked(float *dgb, const float *dg, const item_tile_t *s,
+                                  int64_t gates) noexcept nogil:
+    """Copy one tile's gate gradients from the row-major dG (dg: the tile's gate-0 corner) to the
+    blocked [gates*Kb][N][16] layout the recurrent BRGEMM reads as its B operand."""
+    cdef int64_t j, n
+    for j in range(gates):
+        for n in range(s.rows):
+            memcpy(dgb + ((j * s.Kb + s.kb) * s.N + s.n0 + n) * 16, dg + n * s.ldg + j * s.Kp,
                    16 * sizeof(float))
 
 
@@ -147,68 +166,55 @@ cdef inline void gates_to_blocked(float *dgb, const float *dg, int64_t gates, in
 cdef int lstm_fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, int64_t item,
                        const dlcpu_act_table_t *act) noexcept nogil:
     """Gates i, f, g, o: two mv=2 calls onto G, then the cell update of the tile."""
-    cdef int64_t kb, n0, rows
-    item_tile(g, item, 1, &kb, &n0, &rows)
-    cdef int64_t N = g.N, Kb = g.Kb
-    cdef int64_t Kp = Kb * 16, ldg = 4 * Kb * 16
-    cdef float *gates = b.G + (t * N + n0) * ldg + kb * 16
-    cdef int64_t state = Kb * N * 16
+    cdef item_tile_t s = item_tile(g, t, item, 1)
     cdef int err = 0
     cdef int pair
     cdef dlcpu_brgemm_f32_t p
-    recurrent_call(&p, Kb, N)
-    p.a_mstride = Kb * Kb * 256
+    recurrent_call(&p, s.Kb, s.N)
+    p.a_mstride = s.Kb * s.Kb * 256
     p.mv = 2
-    p.nc = <int>rows
-    p.ldc = ldg
-    p.c_mstride = Kp
+    p.nc = <int>s.rows
+    p.ldc = s.ldg
+    p.c_mstride = s.Kp
     p.beta = 1
     p.bias = NULL
-    p.b = b.H + t * state + n0 * 16
+    p.b = b.H + t * s.state + s.n0 * 16
     for pair in range(2):   # gates (i, f), then (g, o)
-        p.a = b.R + ((2 * pair) * Kb + kb) * Kb * 256
-        p.c = gates + 2 * pair * Kp
+        p.a = b.R + ((2 * pair) * s.Kb + s.kb) * s.Kb * 256
+        p.c = b.G + s.gate + 2 * pair * s.Kp
         err |= dlcpu_brgemm_f32(&p, g.isa)
-    dlcpu_lstm_fwd_tile(gates, Kp, ldg, b.Cs + t * state + (kb * N + n0) * 16,
-                        b.Cs + (t + 1) * state + (kb * N + n0) * 16,
-                        b.H + (t + 1) * state + (kb * N + n0) * 16, rows, act)
+    dlcpu_lstm_fwd_tile(b.G + s.gate, s.Kp, s.ldg, b.Cs + s.prev, b.Cs + s.next, b.H + s.next, s.rows, act)
     return err
 
 
 cdef int gru_fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, int64_t item,
                       const dlcpu_act_table_t *act) noexcept nogil:
     """Gates r, z onto G (one mv=2 call); W_hn h + b_hn into HN (r multiplies it); the update."""
-    cdef int64_t kb, n0, rows
-    item_tile(g, item, 1, &kb, &n0, &rows)
-    cdef int64_t N = g.N, Kb = g.Kb
-    cdef int64_t Kp = Kb * 16, ldg = 3 * Kb * 16, state = Kb * N * 16
-    cdef float *gates = b.G + (t * N + n0) * ldg + kb * 16
-    cdef float *hn = b.HN + (t * N + n0) * Kp + kb * 16
+    cdef item_tile_t s = item_tile(g, t, item, 1)
     cdef int err = 0
     cdef dlcpu_brgemm_f32_t p
-    recurrent_call(&p, Kb, N)
-    p.nc = <int>rows
-    p.b = b.H + t * state + n0 * 16
+    recurrent_call(&p, s.Kb, s.N)
+    p.nc = <int>s.rows
+    p.b = b.H + t * s.state + s.n0 * 16
     # r and z: onto the x-side pre-activations (beta=1), one call for the pair
     p.mv = 2
-    p.a = b.R + kb * Kb * 256
-    p.a_mstride = Kb * Kb * 256
-    p.c = gates
-    p.ldc = ldg
-    p.c_mstride = Kp
+    p.a = b.R + s.kb * s.Kb * 256
+    p.a_mstride = s.Kb * s.Kb * 256
+    p.c = b.G + s.gate
+    p.ldc = s.ldg
+    p.c_mstride = s.Kp
     p.beta = 1
     p.bias = NULL
     err |= dlcpu_brgemm_f32(&p, g.isa)
     # n: W_hn h + b_hn kept apart (r multiplies it)
     p.mv = 1
-    p.a = b.R + (2 * Kb + kb) * Kb * 256
-    p.c = hn
-    p.ldc = Kp
+    p.a = b.R + (2 * s.Kb + s.kb) * s.Kb * 256
+    p.c = b.HN + s.hn
+    p.ldc = s.Kp
     p.beta = 0
-    p.bias = b.b_hn + kb * 16
+    p.bias = b.b_hn + s.kb * 16
     err |= dlcpu_brgemm_f32(&p, g.isa)
-    dlcpu_gru_fwd_tile(gates, Kp, ldg, hn, Kp, b.H + t * state + (kb * N + n0) * 16,
-                       b.H + (t + 1) * state + (kb * N + n0) * 16, rows, act)
+    dlcpu_gru_fwd_tile(b.G + s.gate, s.Kp, s.ldg, b.HN + s.hn, s.Kp, b.H + s.prev, b.H + s.next, s.rows, act)
     return err
 
 
@@ -216,28 +222,24 @@ cdef int rnn_fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, i
                       const dlcpu_act_table_t *act) noexcept nogil:
     """h_t = act(G + h_{t-1}.W_hh^T) for a pair of hidden blocks (mv=2) in G's row-major
     layout (T*N, Kp)."""
-    cdef int64_t kb, n0, rows
-    item_tile(g, item, 2, &kb, &n0, &rows)
-    cdef int64_t N = g.N, Kb = g.Kb
-    cdef int64_t Kp = Kb * 16, state = Kb * N * 16
-    cdef int64_t gg
+    cdef item_tile_t s = item_tile(g, t, item, 2)
+    cdef int64_t j
     cdef int err
     cdef dlcpu_brgemm_f32_t p
-    recurrent_call(&p, Kb, N)
-    p.mv = 2 if kb + 1 < Kb else 1
-    p.nc = <int>rows
-    p.a = b.R + kb * Kb * 256
-    p.a_mstride = Kb * 256
-    p.b = b.H + t * state + n0 * 16
-    p.c = b.G + (t * N + n0) * Kp + kb * 16
-    p.ldc = Kp
+    recurrent_call(&p, s.Kb, s.N)
+    p.mv = 2 if s.kb + 1 < s.Kb else 1
+    p.nc = <int>s.rows
+    p.a = b.R + s.kb * s.Kb * 256
+    p.a_mstride = s.Kb * 256
+    p.b = b.H + t * s.state + s.n0 * 16
+    p.c = b.G + s.gate
+    p.ldc = s.Kp
     p.c_mstride = 16
     p.beta = 1
     p.bias = NULL
     err = dlcpu_brgemm_f32(&p, g.isa)
-    for gg in range(p.mv):
-        dlcpu_rnn_fwd_tile(b.G + (t * N + n0) * Kp + (kb + gg) * 16, Kp,
-                           b.H + (t + 1) * state + ((kb + gg) * N + n0) * 16, rows,
+    for j in range(p.mv):   # hidden blocks kb and kb + 1
+        dlcpu_rnn_fwd_tile(b.G + s.gate + j * 16, s.Kp, b.H + s.next + j * s.N * 16, s.rows,
                            g.cell == DLCPU_CELL_RNN_RELU, act)
     return err
 
@@ -280,45 +282,29 @@ def recurrent_forward_f32(RecurrentPlanStruct plan, float[::1] G, const float[::
 # ----------------------------------------------------------------------------------------------
 cdef void lstm_bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, int64_t item,
                               const dlcpu_act_table_t *act) noexcept nogil:
-    cdef int64_t kb, n0, rows
-    item_tile(g, item, 1, &kb, &n0, &rows)
-    cdef int64_t N = g.N, Kb = g.Kb
-    cdef int64_t Kp = Kb * 16, ldg = 4 * Kb * 16, state = Kb * N * 16
-    cdef float *dh_blk = b.dh + (kb * N + n0) * 16
-    add_step_gradient(dh_blk, b.dY + t * state + (kb * N + n0) * 16, rows * 16)
-    dlcpu_lstm_bwd_tile(b.G + (t * N + n0) * ldg + kb * 16, Kp, ldg,
-                        b.Cs + t * state + (kb * N + n0) * 16, b.Cs + (t + 1) * state + (kb * N + n0) * 16,
-                        dh_blk, b.dc + (kb * N + n0) * 16, b.dc + (kb * N + n0) * 16,
-                        b.dG + (t * N + n0) * ldg + kb * 16, rows, act)
-    gates_to_blocked(b.dGb, b.dG + (t * N + n0) * ldg, 4, Kb, N, n0, rows, kb, ldg)
+    cdef item_tile_t s = item_tile(g, t, item, 1)
+    add_step_gradient(b.dh + s.blk, b.dY + s.prev, s.rows * 16)
+    dlcpu_lstm_bwd_tile(b.G + s.gate, s.Kp, s.ldg, b.Cs + s.prev, b.Cs + s.next, b.dh + s.blk,
+                        b.dc + s.blk, b.dc + s.blk, b.dG + s.gate, s.rows, act)
+    gates_to_blocked(b.dGb, b.dG + s.gate, &s, 4)
 
 
 cdef void gru_bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t,
                              int64_t item) noexcept nogil:
-    cdef int64_t kb, n0, rows
-    item_tile(g, item, 1, &kb, &n0, &rows)
-    cdef int64_t N = g.N, Kb = g.Kb
-    cdef int64_t Kp = Kb * 16, ldg = 3 * Kb * 16, state = Kb * N * 16
-    cdef float *dh_blk = b.dh + (kb * N + n0) * 16
-    add_step_gradient(dh_blk, b.dY + t * state + (kb * N + n0) * 16, rows * 16)
-    # dh_blk is read, then overwritten with dh*z (the direct part of dh_{t-1}) per element
-    dlcpu_gru_bwd_tile(b.G + (t * N + n0) * ldg + kb * 16, Kp, ldg, b.HN + (t * N + n0) * Kp + kb * 16, Kp,
-                       b.H + t * state + (kb * N + n0) * 16, dh_blk, dh_blk,
-                       b.dG + (t * N + n0) * ldg + kb * 16, b.dGh + (t * N + n0) * ldg + kb * 16, rows)
-    gates_to_blocked(b.dGb, b.dGh + (t * N + n0) * ldg, 3, Kb, N, n0, rows, kb, ldg)
+    cdef item_tile_t s = item_tile(g, t, item, 1)
+    add_step_gradient(b.dh + s.blk, b.dY + s.prev, s.rows * 16)
+    # dh is read, then overwritten with dh*z (the direct part of dh_{t-1}) per element
+    dlcpu_gru_bwd_tile(b.G + s.gate, s.Kp, s.ldg, b.HN + s.hn, s.Kp, b.H + s.prev, b.dh + s.blk,
+                       b.dh + s.blk, b.dG + s.gate, b.dGh + s.gate, s.rows)
+    gates_to_blocked(b.dGb, b.dGh + s.gate, &s, 3)
 
 
 cdef void rnn_bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t,
                              int64_t item) noexcept nogil:
-    cdef int64_t kb, n0, rows
-    item_tile(g, item, 1, &kb, &n0, &rows)
-    cdef int64_t N = g.N, Kb = g.Kb
-    cdef int64_t Kp = Kb * 16, state = Kb * N * 16
-    cdef float *dh_blk = b.dh + (kb * N + n0) * 16
-    add_step_gradient(dh_blk, b.dY + t * state + (kb * N + n0) * 16, rows * 16)
-    dlcpu_rnn_bwd_tile(b.G + (t * N + n0) * Kp + kb * 16, Kp, dh_blk, b.dG + (t * N + n0) * Kp + kb * 16,
-                       rows, g.cell == DLCPU_CELL_RNN_RELU)
-    gates_to_blocked(b.dGb, b.dG + (t * N + n0) * Kp, 1, Kb, N, n0, rows, kb, Kp)
+    cdef item_tile_t s = item_tile(g, t, item, 1)
+    add_step_gradient(b.dh + s.blk, b.dY + s.prev, s.rows * 16)
+    dlcpu_rnn_bwd_tile(b.G + s.gate, s.Kp, b.dh + s.blk, b.dG + s.gate, s.rows, g.cell == DLCPU_CELL_RNN_RELU)
+    gates_to_blocked(b.dGb, b.dG + s.gate, &s, 1)
 
 
 cdef inline void bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, int64_t item,
@@ -335,22 +321,20 @@ cdef int bwd_recurrent_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_
     """dh[kb] (beta=0: =, beta=1: +=) sum over the gates*Kb gate blocks j of dG[j] . W_hh[j-rows,
     kb-columns], for a pair of hidden blocks per call (mv=2: each broadcast of dG feeds two
     FMAs).  Shared by the LSTM (4 gates), the GRU (3, beta=1 onto dh*z) and the vanilla RNN (1)."""
-    cdef int64_t kb, n0, rows
-    item_tile(g, item, 2, &kb, &n0, &rows)
-    cdef int64_t N = g.N, Kb = g.Kb
+    cdef item_tile_t s = item_tile(g, 0, item, 2)
     cdef int gates = g.gates
     cdef dlcpu_brgemm_f32_t p
-    recurrent_call(&p, gates * Kb, N)
-    p.a_mstride = gates * Kb * 256
-    p.mv = 2 if kb + 1 < Kb else 1
-    p.nc = <int>rows
+    recurrent_call(&p, gates * s.Kb, s.N)
+    p.a_mstride = gates * s.Kb * 256
+    p.mv = 2 if s.kb + 1 < s.Kb else 1
+    p.nc = <int>s.rows
     p.ldc = 16
-    p.c_mstride = N * 16
+    p.c_mstride = s.N * 16
     p.beta = 1 if g.cell == DLCPU_CELL_GRU else 0
     p.bias = NULL
-    p.a = b.RT + kb * gates * Kb * 256
-    p.b = b.dGb + n0 * 16
-    p.c = b.dh + (kb * N + n0) * 16
+    p.a = b.RT + s.kb * gates * s.Kb * 256
+    p.b = b.dGb + s.n0 * 16
+    p.c = b.dh + s.blk
     return dlcpu_brgemm_f32(&p, g.isa)
 
 

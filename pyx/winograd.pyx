@@ -13,8 +13,8 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange, parallel
 
-from dlcpu_kernels cimport dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_has_tile, DLCPU_BR_STRD
-from dlcpu_plans cimport dlcpu_wino_plan_t, dlcpu_conv_shape_t
+from dlcpu_kernels cimport dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, DLCPU_BR_STRD
+from dlcpu_plans cimport dlcpu_wino_plan_t, dlcpu_conv_shape_t, require_tiles
 
 
 cdef extern from "winograd_f32.h" nogil:
@@ -33,14 +33,9 @@ cdef class WinogradPlanStruct:
 
     def __init__(self, dict fields):
         self.c = fields
-        cdef int mv, nc
         if self.c.alpha not in (4, 6):
             raise ValueError(f"Winograd plan: alpha must be 4 (F(2x2)) or 6 (F(4x4)), got {self.c.alpha}")
-        for mv in sorted({1, self.c.mv}):
-            for nc in range(1, self.c.nc + 1):
-                if not dlcpu_brgemm_has_tile(self.c.isa, mv, 1, nc, 0):
-                    raise ValueError(f"Winograd plan needs a BRGEMM tile mv={mv} nr=1 nc={nc} that this build "
-                                     f"lacks for isa code {self.c.isa} (pyx/kernels/brgemm_f32.h)")
+        require_tiles("Winograd", self.c.isa, self.c.mv, 1, self.c.nc)
 
     def fields(self):
         """Every field, read back from the C struct."""

@@ -13,7 +13,18 @@ from .. import norm, pool
 from ..conv import conv2d, conv2d_backward
 from ..gemm import matmul
 from ..layout import CB, BlockedTensor, block_weights, n_blocks, unblock_weights
-from .module import Module, Parameter, _expect_blocked, _take, check_bool, check_float, check_int, check_int_pair, register
+from .module import (
+    Module,
+    Parameter,
+    _expect_blocked,
+    _take,
+    check_bool,
+    check_float,
+    check_int,
+    check_int_pair,
+    check_ints,
+    register,
+)
 
 
 @register
@@ -22,13 +33,11 @@ class Conv2d(Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, seed=0):
         super().__init__()
-        check_int("Conv2d", "in_channels", in_channels)
-        check_int("Conv2d", "out_channels", out_channels)
+        check_ints("Conv2d", in_channels=in_channels, out_channels=out_channels, seed=seed)
         k = check_int_pair("Conv2d", "kernel_size", kernel_size)
         check_int_pair("Conv2d", "stride", stride)
         check_int_pair("Conv2d", "padding", padding, minimum=0)
         check_bool("Conv2d", "bias", bias)
-        check_int("Conv2d", "seed", seed, minimum=0)
         self.args = {"in_channels": in_channels, "out_channels": out_channels, "kernel_size": kernel_size,
                      "stride": stride, "padding": padding, "bias": bias, "seed": seed}
         self.stride, self.padding = stride, padding
@@ -127,25 +136,37 @@ class BatchNorm2d(Module):
         return f"BatchNorm2d({self.C}{', relu' if self.relu else ''})"
 
 
-@register
-class ReLU(Module):
+class _OneCall(Module):
+    """A parameterless layer whose forward is one library call: subclasses define
+    _forward(x) -> (y, what the backward needs) and _backward(dy, that)."""
+
     def __init__(self):
         super().__init__()
         self.args = {}
-        self._y = None
+        self._saved = None
 
     def forward(self, x):
-        _expect_blocked(x, "ReLU", None)
-        self._y = BlockedTensor(np.maximum(x.data, np.float32(0.0)), x.shape)
-        return self._y
+        _expect_blocked(x, self.describe(), None)
+        y, self._saved = self._forward(x)
+        return y
 
     def backward(self, dy):
-        return norm.relu_backward(dy, self._require_forward(self._y))
+        return self._backward(dy, self._require_forward(self._saved))
 
 
-class _Pool2d(Module):
-    """Shared constructor of the 2-D pools: kernel_size, stride (None: the kernel size), padding
-    (at most half the kernel, as in PyTorch)."""
+@register
+class ReLU(_OneCall):
+    def _forward(self, x):
+        y = BlockedTensor(np.maximum(x.data, np.float32(0.0)), x.shape)
+        return y, y
+
+    def _backward(self, dy, y):
+        return norm.relu_backward(dy, y)
+
+
+class _Pool2d(_OneCall):
+    """The 2-D pools: kernel_size, stride (None: the kernel size), padding (at most half the
+    kernel, as in PyTorch)."""
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
@@ -161,57 +182,38 @@ class _Pool2d(Module):
     def describe(self):
         return f"{self.name}(k={self.args['kernel_size']})"
 
+    def _window(self):
+        a = self.args
+        return a["kernel_size"], a["stride"], a["padding"]
+
 
 @register
 class MaxPool2d(_Pool2d):
-    def __init__(self, kernel_size, stride=None, padding=0):
-        super().__init__(kernel_size, stride, padding)
-        self._cache = None
+    def _forward(self, x):
+        return pool.max_pool2d(x, *self._window())   # (y, MaxPoolSaved)
 
-    def forward(self, x):
-        _expect_blocked(x, self.describe(), None)
-        a = self.args
-        y, self._cache = pool.max_pool2d(x, a["kernel_size"], a["stride"], a["padding"])
-        return y
-
-    def backward(self, dy):
-        return pool.max_pool2d_backward(dy, self._require_forward(self._cache))
+    def _backward(self, dy, saved):
+        return pool.max_pool2d_backward(dy, saved)
 
 
 @register
 class AvgPool2d(_Pool2d):
-    def __init__(self, kernel_size, stride=None, padding=0):
-        super().__init__(kernel_size, stride, padding)
-        self._x_shape = None
+    def _forward(self, x):
+        return pool.avg_pool2d(x, *self._window()), x.shape
 
-    def forward(self, x):
-        _expect_blocked(x, self.describe(), None)
-        self._x_shape = x.shape
-        a = self.args
-        return pool.avg_pool2d(x, a["kernel_size"], a["stride"], a["padding"])
-
-    def backward(self, dy):
-        a = self.args
-        x_shape = self._require_forward(self._x_shape)
-        return pool.avg_pool2d_backward(dy, x_shape, a["kernel_size"], a["stride"], a["padding"])
+    def _backward(self, dy, x_shape):
+        return pool.avg_pool2d_backward(dy, x_shape, *self._window())
 
 
 @register
-class GlobalAvgPool(Module):
+class GlobalAvgPool(_OneCall):
     """Blocked (N, C, H, W) -> plain (N, C) means: the bridge to Linear layers."""
 
-    def __init__(self):
-        super().__init__()
-        self.args = {}
-        self._x_shape = None
+    def _forward(self, x):
+        return pool.global_avg_pool(x), x.shape
 
-    def forward(self, x):
-        _expect_blocked(x, "GlobalAvgPool", None)
-        self._x_shape = x.shape
-        return pool.global_avg_pool(x)
-
-    def backward(self, dy):
-        return pool.global_avg_pool_backward(dy, self._require_forward(self._x_shape))
+    def _backward(self, dy, x_shape):
+        return pool.global_avg_pool_backward(dy, x_shape)
 
 
 @register
@@ -220,10 +222,8 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, seed=0):
         super().__init__()
-        check_int("Linear", "in_features", in_features)
-        check_int("Linear", "out_features", out_features)
+        check_ints("Linear", in_features=in_features, out_features=out_features, seed=seed)
         check_bool("Linear", "bias", bias)
-        check_int("Linear", "seed", seed, minimum=0)
         self.args = {"in_features": in_features, "out_features": out_features, "bias": bias, "seed": seed}
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(in_features)
@@ -305,10 +305,7 @@ class BasicBlock(Module):
 
     def __init__(self, in_channels, out_channels, stride=1, seed=0):
         super().__init__()
-        check_int("BasicBlock", "in_channels", in_channels)
-        check_int("BasicBlock", "out_channels", out_channels)
-        check_int("BasicBlock", "stride", stride)
-        check_int("BasicBlock", "seed", seed, minimum=0)
+        check_ints("BasicBlock", in_channels=in_channels, out_channels=out_channels, stride=stride, seed=seed)
         self.args = {"in_channels": in_channels, "out_channels": out_channels, "stride": stride, "seed": seed}
         self.conv1 = Conv2d(in_channels, out_channels, 3, stride, 1, bias=False, seed=seed)
         self.bn1 = BatchNorm2d(out_channels, relu=True)

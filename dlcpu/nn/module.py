@@ -111,6 +111,12 @@ def check_int(layer, name, value, minimum=1):
     return _validate.positive_int(value, name, layer, minimum=minimum)
 
 
+def check_ints(layer, **values):
+    """check_int on each keyword: sizes and strides >= 1, a `seed` >= 0."""
+    for name, value in values.items():
+        check_int(layer, name, value, minimum=0 if name == "seed" else 1)
+
+
 def check_int_pair(layer, name, value, minimum=1):
     """An int or an (h, w) pair of ints, each >= minimum; returns the pair."""
     pair = _validate.pair(value, name, layer)

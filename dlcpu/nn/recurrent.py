@@ -7,7 +7,7 @@ float32 arrays (or (N, T, C) with batch_first).
 """
 import numpy as np
 
-from .module import Module, Parameter, _take, check_bool, check_int, register
+from .module import Module, Parameter, _take, check_bool, check_ints, register
 
 
 def _cell_ops(cell, nonlinearity):
@@ -47,11 +47,9 @@ class _Recurrent(Module):
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, batch_first=False,
                  seed=0, nonlinearity="tanh"):
         super().__init__()
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            check_int(self.name, name, value)
+        check_ints(self.name, input_size=input_size, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
         check_bool(self.name, "bidirectional", bidirectional)
         check_bool(self.name, "batch_first", batch_first)
-        check_int(self.name, "seed", seed, minimum=0)
         if nonlinearity not in ("tanh", "relu") or (self.cell != "rnn" and nonlinearity != "tanh"):
             allowed = "'tanh' or 'relu'" if self.cell == "rnn" else "'tanh' (only RNN takes 'relu')"
             raise ValueError(f"{self.name}: nonlinearity must be {allowed}, got {nonlinearity!r}")
