@@ -3,6 +3,10 @@
 DLCPU_ISA          avx512 | avx2 | scalar: force a microkernel path (default: best the CPU has)
 DLCPU_NUM_THREADS  thread count when a call does not pass one (else OMP_NUM_THREADS, else all cores)
 DLCPU_DEBUG        1: the CLI prints tracebacks instead of one-line errors
+
+Build time (read by setup.py, which cannot import the package):
+DLCPU_NO_OPENMP    1: serial kernels, no OpenMP
+DLCPU_BOUNDSCHECK  1: Cython bounds, wraparound and initialization checks in every driver
 """
 import os
 
