@@ -313,7 +313,8 @@ def bench_train_digits(epochs, batch, n_threads, seed=0):
 RNN_CELLS = {"lstm": 4, "gru": 3, "rnn": 1}
 LSTM_TIMED_REGION = ("forward: dlcpu on weights prepared once, torch under no_grad; training step: dlcpu "
                      "re-blocks the weights (prepare_*), forward + backward incl. dx; torch forward + "
-                     "backward with x.requires_grad")
+                     "backward with x.requires_grad; 'prepared': the same dlcpu step without the "
+                     "re-blocking (weights prepared once), against the same torch step")
 
 
 def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None, repeats=5,
@@ -339,17 +340,19 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None
     prepare, forward, backward = {"lstm": (rnn.prepare_lstm, rnn.lstm_forward, rnn.lstm_backward),
                                   "gru": (rnn.prepare_gru, rnn.gru_forward, rnn.gru_backward),
                                   "rnn": (rnn.prepare_rnn, rnn.rnn_forward, rnn.rnn_backward)}[cell]
-    weights = prepare(w_ih, w_hh, b, b)
+    weights = prepare(w_ih, w_hh, b, b, n_threads=n_threads)
 
     def ours_fwd():
         forward(x, weights=weights, n_threads=n_threads)
 
-    def ours_train():
-        step_weights = prepare(w_ih, w_hh, b, b)  # the weights changed at the last optimizer step
+    def ours_train(prepared=None):
+        # the weights changed at the last optimizer step: re-block them, unless `prepared` (the
+        # figure that leaves the re-blocking out, reported beside it)
+        step_weights = prepared if prepared is not None else prepare(w_ih, w_hh, b, b, n_threads=n_threads)
         cache = forward(x, weights=step_weights, train=True, n_threads=n_threads)[-1]
         backward(dy, cache)
 
-    fns = [ours_fwd, ours_train]
+    fns = [ours_fwd, ours_train, lambda: ours_train(weights)]
     torch = None
     if compare == "torch":
         torch = _peers.require_torch("--compare torch")
@@ -376,12 +379,13 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None
     flops = layer.forward_flops() * gates // 4
     out = {"name": layer.name, "cell": cell, "N": N, "C": C, "K": K, "T": T, "gflop_forward": flops / 1e9,
            "timed_region": LSTM_TIMED_REGION}
-    for i, (kind, f) in enumerate((("forward", flops), ("train", 3 * flops))):
+    for i, (kind, f, peer) in enumerate((("forward", flops, 3), ("train", 3 * flops, 4),
+                                         ("train_prepared", 3 * flops, 4))):
         s = summarize(times[i])
         out[kind] = {"seconds": s, "gflops": f / s["median_s"] / 1e9,
                      "pct_peak": 100.0 * f / s["median_s"] / 1e9 / peak_gflops}
         if torch is not None:
-            ps = summarize(times[2 + i])
+            ps = summarize(times[peer])
             out[kind]["peer"] = {"name": f"torch {torch.__version__} nn.{cell.upper()}", "seconds": ps,
                                  "gflops": f / ps["median_s"] / 1e9, "ratio": ps["median_s"] / s["median_s"]}
     return out

@@ -158,14 +158,16 @@ class PackedMatrix:
                              f"for a ({K}, {n}) matrix; use pack_matmul_operand")
 
 
-def pack_matmul_operand(y, *, n_threads=None):
-    """Pack y (K, n) for repeated matmul(x, packed) calls."""
+def pack_matmul_operand(y, *, transpose=False, n_threads=None):
+    """Pack y (K, n) for repeated matmul(x, packed) calls; transpose=True packs y.T from y given
+    as (n, K), without a transposed copy."""
     y = _f32(y, "y", 2, "pack_matmul_operand")
-    K, n = y.shape
+    K, n = y.shape[::-1] if transpose else y.shape
     if min(K, n) < 1:
         raise ValueError(f"pack_matmul_operand: empty operand {y.shape}")
     yp = np.empty((-(-n // CB), -(-K // CB), CB, CB), dtype=np.float32)
-    _brgemm.pack_gemm_b(y, yp, cpu.resolve_threads(n_threads))
+    pack = _brgemm.pack_gemm_b_transposed if transpose else _brgemm.pack_gemm_b
+    pack(y, yp, cpu.resolve_threads(n_threads))
     return PackedMatrix(yp, (K, n))
 
 

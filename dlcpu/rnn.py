@@ -108,7 +108,7 @@ def _f32(a, name, shape):
     return np.ascontiguousarray(a)
 
 
-def _prepare(cell, gates, w_ih, w_hh, b_ih, b_hh):
+def _prepare(cell, gates, w_ih, w_hh, b_ih, b_hh, n_threads):
     g = f"{gates}K"
     if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or w_hh.shape[0] != gates * w_hh.shape[1] or w_hh.shape[1] < 1:
         raise ValueError(f"{cell}: w_hh must have shape ({g}, K), got {getattr(w_hh, 'shape', None)}")
@@ -124,40 +124,44 @@ def _prepare(cell, gates, w_ih, w_hh, b_ih, b_hh):
     kp = kb * CB
 
     def pad_gates(a):  # (gates*K, ...) -> (gates*Kp, ...), zero rows for padded units
+        if kp == K:
+            return a
         out = np.zeros((gates, kp) + a.shape[1:], np.float32)
         out[:, :K] = a.reshape((gates, K) + a.shape[1:])
         return out.reshape((gates * kp,) + a.shape[1:])
 
     w_ih_p = pad_gates(w_ih)
-    w_hh_p = np.zeros((gates * kp, kp), np.float32)
-    w_hh_p[:, :K] = pad_gates(w_hh)
     b_hh_p = pad_gates(b_hh)
-    bias = pad_gates(b_ih) + b_hh_p
+    bias = pad_gates(b_ih) + b_hh_p   # a new array: b_ih and b_hh are never written
     b_hn = np.empty(0, np.float32)
     if cell == "gru":  # b_hn acts inside r * (W_hn h + b_hn), not on the pre-activation
         bias[2 * kp:] -= b_hh_p[2 * kp:]
-        b_hn = np.ascontiguousarray(b_hh_p[2 * kp:])
-    # recurrent[g][kb][cb][kk][m] = w_hh[g*Kp + kb*16 + m][cb*16 + kk]
-    rec = np.ascontiguousarray(w_hh_p.reshape(gates, kb, CB, kb, CB).transpose(0, 1, 3, 4, 2))
-    # recurrent_t[kb][j][kk][m] = w_hh[j*16 + kk][kb*16 + m]  (j runs over the gates*Kb gate blocks)
-    rec_t = np.ascontiguousarray(w_hh_p.reshape(gates * kb, CB, kb, CB).transpose(2, 0, 1, 3))
-    return RecurrentWeights(cell, gates, C, K, pack_matmul_operand(np.ascontiguousarray(w_ih_p.T)),
-                            pack_matmul_operand(w_ih_p), bias, b_hn, rec, rec_t)
+        b_hn = b_hh_p[2 * kp:].copy()
+    n_threads = cpu.resolve_threads(n_threads)
+    rec = np.empty((gates, kb, kb, CB, CB), np.float32)    # per gate, output block, input block
+    rec_t = np.empty((kb, gates * kb, CB, CB), np.float32)  # transposed blocks, for the backward
+    _rnn.block_recurrent_weights(w_hh, gates, rec.reshape(-1), rec_t.reshape(-1), n_threads)
+    # A training loop re-runs this after every weight update, so it is inside each training step:
+    # W_ih^T is packed straight from W_ih (a transposed copy took 28 of 74 ms for C = K = 1024),
+    # W_hh is blocked in one parallel pass, and aligned weights (K % 16 == 0) are not copied for
+    # padding.
+    return RecurrentWeights(cell, gates, C, K, pack_matmul_operand(w_ih_p, transpose=True, n_threads=n_threads),
+                            pack_matmul_operand(w_ih_p, n_threads=n_threads), bias, b_hn, rec, rec_t)
 
 
-def prepare_lstm(w_ih, w_hh, b_ih=None, b_hh=None):
+def prepare_lstm(w_ih, w_hh, b_ih=None, b_hh=None, *, n_threads=None):
     """Validate and re-block LSTM weights (w_ih (4K, C), w_hh (4K, K), biases (4K,))."""
-    return _prepare("lstm", LSTM_GATES, w_ih, w_hh, b_ih, b_hh)
+    return _prepare("lstm", LSTM_GATES, w_ih, w_hh, b_ih, b_hh, n_threads)
 
 
-def prepare_rnn(w_ih, w_hh, b_ih=None, b_hh=None):
+def prepare_rnn(w_ih, w_hh, b_ih=None, b_hh=None, *, n_threads=None):
     """Validate and re-block vanilla RNN weights (w_ih (K, C), w_hh (K, K), biases (K,))."""
-    return _prepare("rnn", RNN_GATES, w_ih, w_hh, b_ih, b_hh)
+    return _prepare("rnn", RNN_GATES, w_ih, w_hh, b_ih, b_hh, n_threads)
 
 
-def prepare_gru(w_ih, w_hh, b_ih=None, b_hh=None):
+def prepare_gru(w_ih, w_hh, b_ih=None, b_hh=None, *, n_threads=None):
     """Validate and re-block GRU weights (w_ih (3K, C), w_hh (3K, K), biases (3K,); r, z, n)."""
-    return _prepare("gru", GRU_GATES, w_ih, w_hh, b_ih, b_hh)
+    return _prepare("gru", GRU_GATES, w_ih, w_hh, b_ih, b_hh, n_threads)
 
 
 def _state(s, name, N, K, kb):
@@ -173,11 +177,11 @@ def _unblock_state(s, N, K):
     return np.ascontiguousarray(s.transpose(1, 0, 2).reshape(N, -1)[:, :K])
 
 
-def _weights(cell, prepare, weights, w_ih, w_hh, b_ih, b_hh):
+def _weights(cell, prepare, weights, w_ih, w_hh, b_ih, b_hh, n_threads):
     if weights is None:
         if w_ih is None or w_hh is None:
             raise ValueError(f"{cell}_forward: pass w_ih and w_hh, or weights=prepare_{cell}(...)")
-        return prepare(w_ih, w_hh, b_ih, b_hh)
+        return prepare(w_ih, w_hh, b_ih, b_hh, n_threads=n_threads)
     if not isinstance(weights, RecurrentWeights) or weights.cell != cell:
         raise TypeError(f"{cell}_forward: weights must come from dlcpu.rnn.prepare_{cell}")
     return weights
@@ -209,10 +213,10 @@ def _forward_setup(cell, prepare, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_thre
     """Common start of every forward: validated weights and x (as x2 (T*N, C)), sizes, and the
     blocked hidden states H [T+1][Kb][N][16] with h0 in H[0]."""
     fn = f"{cell}_forward"
-    weights = _weights(cell, prepare, weights, w_ih, w_hh, b_ih, b_hh)
+    n_threads = cpu.resolve_threads(n_threads)
+    weights = _weights(cell, prepare, weights, w_ih, w_hh, b_ih, b_hh, n_threads)
     x, T, N, C = _sequence(fn, x, weights)
     K, kb = weights.K, weights.Kb
-    n_threads = cpu.resolve_threads(n_threads)
     H = np.empty((T + 1, kb, N, CB), np.float32)
     H[0] = _state(h0, "h0", N, K, kb)
     return weights, x.reshape(T * N, C), H, T, N, K, kb, n_threads

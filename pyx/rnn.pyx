@@ -160,6 +160,34 @@ cdef inline void gates_to_blocked(float *dgb, const float *dg, const item_tile_t
                    16 * sizeof(float))
 
 
+def block_recurrent_weights(const float[:, ::1] w_hh, int gates, float[::1] rec, float[::1] rec_t,
+                            int n_threads):
+    """W_hh (gates*K, K) -> both blocked layouts in one parallel pass (a training step re-blocks
+    after every weight update; numpy's two transposing copies took 16 ms for K = 1024):
+        rec   [gates][Kb][Kb][16][16]: rec[g][ob][ib][kk][m]       = W_hh[g*K + ob*16 + m][ib*16 + kk]
+        rec_t [Kb][gates*Kb][16][16]:  rec_t[ib][g*Kb + ob][kk][m] = W_hh[g*K + ob*16 + kk][ib*16 + m]
+    with zeros for padded units (unit >= K) on both sides."""
+    cdef int64_t K = w_hh.shape[1], Kb = (K + 15) // 16
+    cdef int64_t item, g, ob, ib, u, c
+    cdef float v
+    cdef float *r
+    cdef float *rt
+    for item in prange(gates * Kb, nogil=True, schedule='static', num_threads=n_threads):
+        g = item // Kb
+        ob = item % Kb
+        for ib in range(Kb):
+            r = &rec[((g * Kb + ob) * Kb + ib) * 256]
+            rt = &rec_t[(ib * gates * Kb + g * Kb + ob) * 256]
+            for u in range(16):
+                for c in range(16):
+                    if ob * 16 + u < K and ib * 16 + c < K:
+                        v = w_hh[g * K + ob * 16 + u, ib * 16 + c]
+                    else:
+                        v = 0.0
+                    r[c * 16 + u] = v
+                    rt[u * 16 + c] = v
+
+
 # ----------------------------------------------------------------------------------------------
 # Forward: one item of one step, per cell
 # ----------------------------------------------------------------------------------------------

@@ -44,6 +44,21 @@ def test_matmul_transposed_packed_and_bias(rng):
         dlcpu.matmul(xt, y, bias=b[:3], transpose_x=True)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (16, 16), (17, 33), (45, 30), (64, 200)])
+def test_pack_transposed_equals_pack_of_the_transpose(rng, shape):
+    """pack_matmul_operand(yt, transpose=True) packs yt.T exactly as packing a transposed copy,
+    padding included (partial 16-blocks on both sides)."""
+    from dlcpu.gemm import pack_matmul_operand
+
+    yt = rng.uniform(-1, 1, shape).astype(np.float32)          # y = yt.T is (shape[1], shape[0])
+    direct = pack_matmul_operand(yt, transpose=True, n_threads=max_threads())
+    copied = pack_matmul_operand(np.ascontiguousarray(yt.T), n_threads=1)
+    assert direct.shape == copied.shape == shape[::-1]
+    assert np.array_equal(direct.data, copied.data)
+    x = rng.uniform(-1, 1, (5, shape[1])).astype(np.float32)
+    assert_close(dlcpu.matmul(x, direct), x.astype(np.float64) @ yt.T)
+
+
 def test_matmul_tuple_shares_packed_x(rng):
     """A tuple of right-hand operands: one product each, bitwise equal to separate calls."""
     from dlcpu.gemm import pack_matmul_operand

@@ -134,6 +134,25 @@ def test_prepared_weights_reused(rng):
     assert np.array_equal(y1, y2)
 
 
+@pytest.mark.parametrize("K", [16, 32, 5])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_prepared_weights_do_not_alias_the_caller(rng, cell, K):
+    """Prepared weights are copies: an optimizer updating w_ih, w_hh and the biases in place after
+    prepare must not change them (aligned K skips the padding copy, so this can fail)."""
+    gates = 4 if cell == "lstm" else 3
+    prepare, forward = (rnn.prepare_lstm, rnn.lstm_forward) if cell == "lstm" else (rnn.prepare_gru, rnn.gru_forward)
+    x = rng.uniform(-1, 1, (3, 2, 7)).astype(np.float32)
+    w_ih = rng.uniform(-1, 1, (gates * K, 7)).astype(np.float32)
+    w_hh = rng.uniform(-1, 1, (gates * K, K)).astype(np.float32)
+    b_ih = rng.uniform(-1, 1, gates * K).astype(np.float32)
+    b_hh = rng.uniform(-1, 1, gates * K).astype(np.float32)
+    w = prepare(w_ih, w_hh, b_ih, b_hh)
+    before = forward(x, weights=w)[0]
+    for a in (w_ih, w_hh, b_ih, b_hh):
+        a += 1.0
+    assert np.array_equal(forward(x, weights=w)[0], before)
+
+
 def test_nan_propagates(rng):
     x, w_ih, w_hh, b_ih, b_hh, _h0, _c0 = problem(rng, 3, 2, 4, 5)
     x[1, 0, 0] = np.nan
