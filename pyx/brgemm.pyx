@@ -19,7 +19,7 @@ the compiled tile table when it was made.
 """
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from cython.parallel cimport prange
 
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_f32_max_pixels,
@@ -137,23 +137,20 @@ def pack_gemm_b_transposed(const float[:, ::1] yt, float[:, :, :, ::1] yp, int n
     transpose of an LSTM's W_ih took 28 ms of the 74 ms weight preparation.  Full blocks are a
     16x16 transpose of 16 contiguous rows of yt."""
     cdef int64_t n = yt.shape[0], K = yt.shape[1], Kc = yp.shape[1]
-    cdef int64_t nb, kc, kk, m, col, k
+    cdef int64_t nb, kc, kk, m, rows, cols
     cdef const float *src
     cdef float *dst
     for nb in prange(yp.shape[0], nogil=True, schedule='static', num_threads=n_threads):
+        rows = min(16, n - nb * 16)             # of yt in this block (columns of Y)
         for kc in range(Kc):
+            cols = min(16, K - kc * 16)
             dst = &yp[nb, kc, 0, 0]
-            if (nb + 1) * 16 <= n and (kc + 1) * 16 <= K:
-                for m in range(16):
-                    src = &yt[nb * 16 + m, kc * 16]
-                    for kk in range(16):
-                        dst[kk * 16 + m] = src[kk]
-            else:
-                for m in range(16):
-                    col = nb * 16 + m
-                    for kk in range(16):
-                        k = kc * 16 + kk
-                        dst[kk * 16 + m] = yt[col, k] if (col < n and k < K) else 0.0
+            if rows < 16 or cols < 16:          # an edge block: its padding is zero
+                memset(dst, 0, 256 * sizeof(float))
+            for m in range(rows):
+                src = &yt[nb * 16 + m, kc * 16]
+                for kk in range(cols):
+                    dst[kk * 16 + m] = src[kk]
 
 
 def pack_gemm_a(const float[:, ::1] x, float[:, :, :, ::1] xp, int n_threads):
