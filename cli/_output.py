@@ -144,8 +144,8 @@ def parse_threads(text, option="--threads"):
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise bad_option(option, f"must be a comma list of integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise bad_option(option, f"values must be >= 1, got {text!r}")
+    if not values or any(not 1 <= v <= cpu.MAX_THREADS for v in values):
+        raise bad_option(option, f"values must be between 1 and {cpu.MAX_THREADS}, got {text!r}")
     return values
 
 

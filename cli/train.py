@@ -61,7 +61,7 @@ def _register(name, model, epochs_default, lr_default, doc):
         batch: Annotated[int, typer.Option("--batch", min=1, help="Images per training step.")] = 64,
         lr: Annotated[float, typer.Option("--lr", min=1e-12,
                                           help="SGD learning rate (momentum 0.9, weight decay 5e-4).")] = lr_default,
-        threads: Annotated[int | None, typer.Option("--threads", min=1, help="Kernel threads (default: all cores).")] = None,
+        threads: Annotated[int | None, typer.Option("--threads", min=1, max=cpu.MAX_THREADS, help="Kernel threads (default: all cores).")] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seeds the split, the initialization and the shuffling.")] = 0,
         out_path: Annotated[str | None, typer.Option(
             "--out", metavar="<file>",

@@ -7,6 +7,8 @@ hidden dispatch state in the compiled code.
 import os
 import platform
 
+import numpy as np
+
 from . import _config
 from ._ext import cpu as _cpu
 
@@ -67,6 +69,11 @@ def isa_code(isa=None):
     return ISA_CODES[resolve_isa(isa)]
 
 
+#: Most threads a parallel region may ask for.  OpenMP (libgomp) sets up every requested thread
+#: before the region runs: n_threads=10**9 aborted the whole process asking for 224 GB.
+MAX_THREADS = 1024
+
+
 def resolve_threads(n_threads=None):
     """Thread count for a parallel region: the argument, else DLCPU_NUM_THREADS, else OpenMP's
     current maximum (OMP_NUM_THREADS, threadpoolctl limits and all cores feed that)."""
@@ -74,11 +81,11 @@ def resolve_threads(n_threads=None):
         n_threads = _config.env_num_threads()
     if n_threads is None:
         n_threads = _cpu.omp_max_threads()
-    if isinstance(n_threads, bool) or not isinstance(n_threads, int):
+    if isinstance(n_threads, (bool, np.bool_)) or not isinstance(n_threads, (int, np.integer)):
         raise TypeError(f"n_threads must be an int, got {type(n_threads).__name__}")
-    if n_threads < 1:
-        raise ValueError(f"n_threads={n_threads} must be >= 1")
-    return n_threads if _cpu.openmp_enabled() else 1
+    if not 1 <= n_threads <= MAX_THREADS:
+        raise ValueError(f"n_threads={n_threads} must be between 1 and {MAX_THREADS}")
+    return int(n_threads) if _cpu.openmp_enabled() else 1
 
 
 def cpu_model():

@@ -97,6 +97,18 @@ def test_threadpoolctl_limits_threads():
         assert dlcpu.cpu.resolve_threads() == 1
 
 
+@pytest.mark.parametrize("bad", [0, -1, 1025, 10**9])
+def test_thread_count_out_of_range_is_refused(bad):
+    """OpenMP sets up every requested thread before a region runs: 10**9 aborted the process."""
+    from dlcpu import rnn
+
+    x = np.ones((1, 3, 5, 5), np.float32)
+    with pytest.raises(ValueError, match="between 1 and 1024"):
+        dlcpu.conv2d(x, np.ones((4, 3, 3, 3), np.float32), n_threads=bad)
+    with pytest.raises(ValueError, match="between 1 and 1024"):
+        rnn.prepare_lstm(np.ones((8, 3), np.float32), np.ones((8, 2), np.float32), n_threads=bad)
+
+
 def test_blocked_path_keeps_layout_and_padding_zero(rng):
     x, w, b = make(rng, 2, 20, 24, 8, 9, 3, 3)
     xb, wb = dlcpu.to_blocked(x), dlcpu.block_weights(w)
@@ -180,7 +192,7 @@ BAD = [
     ({"bias": np.zeros(4, np.float64)}, TypeError, "bias must be float32"),
     ({"activation": "gelu"}, ValueError, "activation must be None or 'relu'"),
     ({"x": np.zeros((0, 3, 5, 5), np.float32)}, ValueError, "every dimension must be >= 1"),
-    ({"n_threads": 0}, ValueError, "n_threads=0 must be >= 1"),
+    ({"n_threads": 0}, ValueError, "n_threads=0 must be between 1 and 1024"),
     ({"isa": "neon"}, ValueError, "isa='neon' is not one of"),
 ]
 
