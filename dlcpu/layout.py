@@ -40,7 +40,8 @@ class BlockedTensor:
         if not isinstance(self.data, np.ndarray):
             raise TypeError(f"BlockedTensor: data must be a numpy array, got {type(self.data).__name__}")
         if (not isinstance(self.shape, tuple) or len(self.shape) != 4
-                or not all(isinstance(d, (int, np.integer)) and d >= 1 for d in self.shape)):
+                or not all(isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d >= 1
+                           for d in self.shape)):
             raise ValueError(f"BlockedTensor: shape must be a tuple of 4 positive ints, got {self.shape!r}")
         expected = blocked_shape(self.shape, self.kind)
         if tuple(self.data.shape) != expected:
@@ -117,6 +118,8 @@ def unblock_weights(t, n_threads=None):
     """BlockedTensor (weight) -> KCRS float32."""
     if not isinstance(t, BlockedTensor) or t.kind != "weight":
         raise TypeError("unblock_weights: expected a weight BlockedTensor")
+    if t.dtype != np.float32:
+        raise TypeError(f"unblock_weights: only float32 tensors convert here, got {t.dtype}")
     out = np.empty(t.shape, dtype=np.float32)
     _layout.blocked_to_kcrs(t.data, out, cpu.resolve_threads(n_threads))
     return out

@@ -30,6 +30,22 @@ class BatchNormSaved:
     def __repr__(self):
         return f"BatchNormSaved(x_shape={tuple(self.x.shape)}, training={self.training})"
 
+    def _check(self, fn):
+        """Its parts must still agree with each other (a caller can reach them): the kernel
+        indexes the statistics by x's channel blocks and reads y where x is."""
+        x = self.x
+        ok = isinstance(x, BlockedTensor) and x.kind == "activation" and x.dtype == np.float32
+        if ok:
+            stats = (x.data.shape[1], CB)
+            ok = all(isinstance(v, np.ndarray) and v.dtype == np.float32 and v.flags.c_contiguous and v.shape == stats
+                     for v in (self.mean, self.invstd, self.gamma))
+            ok = (ok and isinstance(self.training, bool) and isinstance(self.y, np.ndarray)
+                  and self.y.dtype == np.float32 and self.y.flags.c_contiguous
+                  and self.y.shape in (x.data.shape, _NO_OUTPUT.shape))
+        if not ok:
+            raise ValueError(f"{fn}: saved is not a consistent BatchNormSaved (its parts were changed after "
+                             "batchnorm_forward made it)")
+
 
 def _blocks(v, cb):
     return np.ascontiguousarray(v, dtype=np.float32).reshape(cb, CB)
@@ -47,8 +63,14 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, *, ep
     for name, v in (("running_mean", running_mean), ("running_var", running_var)):
         if training and not v.flags.writeable:
             raise ValueError(f"{fn}: {name} is updated in place in training mode and must be writeable")
-    if not eps > 0:
-        raise ValueError(f"{fn}: eps must be > 0, got {eps}")
+    for name, flag in (("training", training), ("relu", relu)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{fn}: {name} must be True or False, got {flag!r}")
+    for name, v in (("eps", eps), ("momentum", momentum)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{fn}: {name} must be a number, got {v!r}")
+    if not 0 < eps < np.inf:
+        raise ValueError(f"{fn}: eps must be finite and > 0, got {eps}")
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"{fn}: momentum must be in [0, 1], got {momentum}")
     n_threads = cpu.resolve_threads(n_threads)
@@ -81,9 +103,10 @@ def batchnorm_backward(dy, saved, *, n_threads=None):
     fn = "batchnorm_backward"
     if not isinstance(saved, BatchNormSaved):
         raise TypeError(f"{fn}: saved must be the BatchNormSaved that batchnorm_forward returned, got {type(saved).__name__}")
+    saved._check(fn)
     x, mean, invstd, gamma, training, y = saved.x, saved.mean, saved.invstd, saved.gamma, saved.training, saved.y
     blocked_activation(dy, "dy", fn)
-    if dy.data.shape != x.data.shape:
+    if tuple(dy.shape) != tuple(x.shape):
         raise ValueError(f"{fn}: dy has shape {tuple(dy.shape)} but the forward input was {tuple(x.shape)}")
     cb = x.data.shape[1]
     dx = np.empty_like(x.data)
@@ -99,7 +122,7 @@ def relu_backward(dy, y, *, n_threads=None):
     fn = "relu_backward"
     blocked_activation(dy, "dy", fn)
     blocked_activation(y, "y", fn)
-    if dy.data.shape != y.data.shape:
+    if tuple(dy.shape) != tuple(y.shape):
         raise ValueError(f"{fn}: dy has shape {tuple(dy.shape)} but the ReLU's output y has shape {tuple(y.shape)}")
     dx = np.empty_like(dy.data)
     _norm.relu_backward(dy.data, y.data, dx, cpu.resolve_threads(n_threads))

@@ -22,7 +22,8 @@ _NO_ARG = np.empty((0, 1, 1, 1, CB), np.int32)
 
 
 class MaxPoolSaved:
-    """What max_pool2d_backward needs from its forward; opaque to callers."""
+    """What max_pool2d_backward needs from its forward; opaque to callers.  The backward checks
+    its parts against each other again (_check), since a caller can still reach them."""
 
     __slots__ = ("_arg", "_geo", "_x_shape")
 
@@ -31,6 +32,22 @@ class MaxPoolSaved:
 
     def __repr__(self):
         return f"MaxPoolSaved(x_shape={self._x_shape}, y_blocks={self._arg.shape})"
+
+    def _check(self, fn):
+        """The winners' array must have the forward output's blocked shape and hold positions
+        inside the input plane (-1: a window without a tap), or the kernel would write outside dx."""
+        arg, geo, x_shape = self._arg, self._geo, self._x_shape
+        ok = (isinstance(arg, np.ndarray) and arg.dtype == np.int32 and arg.flags.c_contiguous
+              and isinstance(geo, tuple) and len(geo) == 6 and len(x_shape) == 4)
+        if ok:
+            n, c, h, w = x_shape
+            r, s, sh, sw, ph, pw = geo
+            p, q = (h + 2 * ph - r) // sh + 1, (w + 2 * pw - s) // sw + 1
+            ok = arg.shape == (n, -(-c // CB), p, q, CB)
+            ok = ok and (arg.size == 0 or (int(arg.min()) >= -1 and int(arg.max()) < h * w))
+        if not ok:
+            raise ValueError(f"{fn}: saved is not a consistent MaxPoolSaved (its parts were changed after "
+                             "max_pool2d made it)")
 
 
 def _geometry(x, kernel, stride, padding, fn):
@@ -43,10 +60,15 @@ def _geometry(x, kernel, stride, padding, fn):
     if ph < 0 or pw < 0 or 2 * ph > r or 2 * pw > s:
         raise ValueError(f"{fn}: padding must be in [0, kernel/2], got padding ({ph}, {pw}) for kernel ({r}, {s})")
     n, c, h, w = x.shape
+    if r > h + 2 * ph or s > w + 2 * pw:
+        raise ValueError(f"{fn}: output size would be <= 0: kernel ({r}, {s}) on a {h}x{w} input with padding ({ph}, {pw})")
+    # A stride beyond the padded extent leaves one output row (column) whatever its value, so it
+    # is the same pooling as that extent, which keeps every value in the kernel's C int range.
+    sh, sw = min(sh, h + 2 * ph), min(sw, w + 2 * pw)
+    if r * s >= 2**31:
+        raise ValueError(f"{fn}: the kernel's area must be below 2**31 taps, got kernel ({r}, {s})")
     p = (h + 2 * ph - r) // sh + 1
     q = (w + 2 * pw - s) // sw + 1
-    if p < 1 or q < 1:
-        raise ValueError(f"{fn}: output size would be <= 0: kernel ({r}, {s}) on a {h}x{w} input with padding ({ph}, {pw})")
     return (r, s, sh, sw, ph, pw), (n, c, p, q)
 
 
@@ -64,9 +86,10 @@ def max_pool2d_backward(dy, saved, *, n_threads=None):
     fn = "max_pool2d_backward"
     if not isinstance(saved, MaxPoolSaved):
         raise TypeError(f"{fn}: saved must be the MaxPoolSaved that max_pool2d returned, got {type(saved).__name__}")
+    saved._check(fn)
     blocked_activation(dy, "dy", fn)
-    if dy.data.shape != saved._arg.shape:
-        y_shape = (saved._x_shape[0], saved._x_shape[1]) + saved._arg.shape[2:4]
+    y_shape = (saved._x_shape[0], saved._x_shape[1]) + saved._arg.shape[2:4]
+    if tuple(dy.shape) != y_shape:
         raise ValueError(f"{fn}: dy has shape {tuple(dy.shape)} but the forward output was {y_shape}")
     dx = np.empty(blocked_shape(saved._x_shape), np.float32)
     _pool.pool_pass(dy.data, dx, saved._arg, _MAX, True, *saved._geo, cpu.resolve_threads(n_threads))

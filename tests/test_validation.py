@@ -105,3 +105,90 @@ def test_blocked_tensor_refuses_non_arrays():
         dlcpu.BlockedTensor([1, 2], (1, 1, 1, 1))
     with pytest.raises(ValueError, match="4 positive ints"):
         dlcpu.BlockedTensor(np.zeros((1, 1, 1, 1, 16), np.float32), (1, 1, 1, 0))
+    with pytest.raises(ValueError, match="4 positive ints"):
+        dlcpu.BlockedTensor(np.zeros((1, 1, 1, 1, 16), np.float32), (1, True, 1, 1))
+
+
+def _blocked(rng, *shape):
+    return dlcpu.to_blocked(rng.uniform(-1, 1, shape).astype(np.float32))
+
+
+def test_tampered_max_pool_saved_state_is_refused(rng):
+    """The backward re-checks the saved winners: out-of-range positions would be written
+    outside dx, a wrong input shape would size dx wrongly (both segfaulted)."""
+    from dlcpu import pool
+
+    y, saved = pool.max_pool2d(_blocked(rng, 2, 16, 8, 8), 2)
+    saved._arg[0, 0, 0, 0, 0] = 10**8
+    with pytest.raises(ValueError, match="not a consistent MaxPoolSaved"):
+        pool.max_pool2d_backward(y, saved)
+    y, saved = pool.max_pool2d(_blocked(rng, 2, 16, 8, 8), 2)
+    saved._x_shape = (2, 16, 2, 2)
+    with pytest.raises(ValueError, match="not a consistent MaxPoolSaved"):
+        pool.max_pool2d_backward(y, saved)
+
+
+def test_tampered_batchnorm_saved_state_is_refused(rng):
+    x = _blocked(rng, 1, 10, 2, 2)
+    c = 16
+    _, saved = norm.batchnorm_forward(x, np.ones(c, np.float32), np.zeros(c, np.float32), np.zeros(c, np.float32),
+                                      np.ones(c, np.float32), True)
+    big = dlcpu.BlockedTensor(np.zeros((1, 4000, 1, 1, 16), np.float32), (1, 64000, 1, 1))
+    saved.x = big
+    with pytest.raises(ValueError, match="not a consistent BatchNormSaved"):
+        norm.batchnorm_backward(big, saved)
+
+
+def test_backward_dy_must_match_the_logical_shape(rng):
+    """Padded data shapes agree for C = 10 and 16, so the logical shapes must be compared."""
+    from dlcpu import pool
+
+    _, saved = pool.max_pool2d(_blocked(rng, 2, 16, 8, 8), 2)
+    with pytest.raises(ValueError, match="dy has shape"):
+        pool.max_pool2d_backward(_blocked(rng, 2, 10, 4, 4), saved)
+    c = 16
+    _, saved = norm.batchnorm_forward(_blocked(rng, 2, 10, 3, 3), np.ones(c, np.float32), np.zeros(c, np.float32),
+                                      np.zeros(c, np.float32), np.ones(c, np.float32), True)
+    with pytest.raises(ValueError, match="dy has shape"):
+        norm.batchnorm_backward(_blocked(rng, 2, 16, 3, 3), saved)
+    with pytest.raises(ValueError, match="dy has shape"):
+        norm.relu_backward(_blocked(rng, 2, 16, 3, 3), _blocked(rng, 2, 10, 3, 3))
+
+
+def test_batchnorm_flags_and_eps_are_checked(rng):
+    c = 16
+    args = (_blocked(rng, 1, 16, 2, 2), np.ones(c, np.float32), np.zeros(c, np.float32), np.zeros(c, np.float32),
+            np.ones(c, np.float32))
+    with pytest.raises(TypeError, match="training must be True or False"):
+        norm.batchnorm_forward(*args, "no")
+    with pytest.raises(TypeError, match="relu must be True or False"):
+        norm.batchnorm_forward(*args, True, relu="no")
+    with pytest.raises(TypeError, match="eps must be a number"):
+        norm.batchnorm_forward(*args, True, eps="a")
+    with pytest.raises(ValueError, match="eps must be finite"):
+        norm.batchnorm_forward(*args, True, eps=np.inf)
+
+
+@pytest.mark.parametrize("kw", [{"stride": 10**12}, {"stride": (1, 2**70)}])
+def test_pool_huge_strides_are_exact(rng, kw):
+    """A stride beyond the padded extent pools one window per row/column, like stride = extent."""
+    from dlcpu import pool
+
+    x = _blocked(rng, 1, 16, 7, 9)
+    want = pool.max_pool2d(x, 3, stride=(7 if kw["stride"] == 10**12 else 1, 9))[0].numpy()
+    assert np.array_equal(pool.max_pool2d(x, 3, **kw)[0].numpy(), want)
+    want = pool.avg_pool2d(x, 3, stride=(7 if kw["stride"] == 10**12 else 1, 9)).numpy()
+    assert np.array_equal(pool.avg_pool2d(x, 3, **kw).numpy(), want)
+
+
+def test_pool_kernel_area_beyond_int_range_is_refused(rng):
+    from dlcpu import pool
+
+    with pytest.raises(ValueError, match="area must be below 2"):
+        pool.avg_pool2d(_blocked(rng, 1, 16, 2, 2), (2**16, 2**16), padding=(2**15, 2**15))
+
+
+def test_unblock_weights_refuses_other_dtypes():
+    t = dlcpu.BlockedTensor(np.zeros((1, 1, 1, 1, 16, 16), np.float64), (16, 16, 1, 1), "weight")
+    with pytest.raises(TypeError, match="only float32"):
+        dlcpu.unblock_weights(t)
