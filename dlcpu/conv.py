@@ -31,7 +31,7 @@ from ._ext import conv_direct as _direct
 from ._ext import conv_wu as _wu
 from ._ext import winograd as _wino
 from ._plans import Plan
-from ._validate import fits_in_memory, not_aliased, pair
+from ._validate import fits_in_memory, not_aliased, pair, positive_int
 from ._workspace import scratch
 from .layout import CB, BlockedTensor, block_weights, from_blocked, n_blocks, to_blocked
 
@@ -315,6 +315,33 @@ class WinogradWeights:
     alpha: int
     finite: bool = True
 
+    def __post_init__(self):
+        # conv2d hands data to the Winograd driver sized by shape and alpha: check them against
+        # each other once, here (a stale or hand-made object must not reach the kernel).
+        fn = "WinogradWeights"
+        if not isinstance(self.shape, tuple) or len(self.shape) != 4:
+            raise ValueError(f"{fn}: shape must be a logical (K, C, 3, 3) tuple of ints, got {self.shape!r}")
+        shape = tuple(positive_int(v, f"shape[{i}]", fn) for i, v in enumerate(self.shape))
+        if shape[2:] != (3, 3):
+            raise ValueError(f"{fn}: Winograd F(m, 3x3) weights are 3x3, got shape {shape}")
+        alpha = positive_int(self.alpha, "alpha", fn)
+        if alpha not in _ALPHA.values():
+            raise ValueError(f"{fn}: alpha must be 4 (winograd2) or 6 (winograd4), got {alpha}")
+        if not isinstance(self.finite, (bool, np.bool_)):
+            raise TypeError(f"{fn}: finite must be True or False, got {self.finite!r}")
+        if not isinstance(self.data, np.ndarray):
+            raise TypeError(f"{fn}: data must be a numpy array, got {type(self.data).__name__}")
+        if self.data.dtype != np.float32:
+            raise TypeError(f"{fn}: data must be float32, got {self.data.dtype}")
+        K, C = shape[:2]
+        expected = (n_blocks(K), alpha * alpha, n_blocks(C), CB, CB)
+        if tuple(self.data.shape) != expected or not self.data.flags.c_contiguous:
+            raise ValueError(f"{fn}: data must be a C-contiguous array of shape {expected} for weights {shape} "
+                             f"and alpha={alpha}, got {tuple(self.data.shape)}; use dlcpu.prepare_winograd")
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "alpha", alpha)
+        object.__setattr__(self, "finite", bool(self.finite))
+
     @property
     def algorithm(self):
         return "winograd2" if self.alpha == 4 else "winograd4"
@@ -512,8 +539,16 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     if out is not None:
         if not blocked_in:
             raise ValueError("conv2d: out= is only for the blocked path")
-        if not isinstance(out, BlockedTensor) or out.data.shape != out_shape or out.dtype != np.float32:
-            raise ValueError(f"conv2d: out must be a float32 BlockedTensor with data shape {out_shape}")
+        y_shape = (shape.N, shape.K, shape.P, shape.Q)
+        if not isinstance(out, BlockedTensor):
+            raise TypeError(f"conv2d: out must be a float32 activation BlockedTensor, got {type(out).__name__}")
+        if (out.kind != "activation" or out.data.shape != out_shape or tuple(out.shape) != y_shape
+                or out.dtype != np.float32):
+            raise ValueError(f"conv2d: out must be a float32 activation BlockedTensor of shape {y_shape} (data shape "
+                             f"{out_shape}), got kind {out.kind!r}, shape {tuple(out.shape)}, data shape "
+                             f"{tuple(out.data.shape)}, {out.dtype}")
+        if not out.data.flags.writeable:
+            raise ValueError("conv2d: out is written in place and must be writeable (its data is read-only)")
         not_aliased(out.data, {"x": xb.data, "w": wb.data if wb is not None else None,
                                "the Winograd weights": prepared.data if prepared is not None else None,
                                "bias": bias}, "conv2d")

@@ -19,7 +19,7 @@ import numpy as np
 from . import cpu
 from ._ext import brgemm as _brgemm
 from ._plans import Plan
-from ._validate import fits_in_memory
+from ._validate import fits_in_memory, not_aliased
 from ._workspace import scratch
 
 CB = cpu.CHANNEL_BLOCK
@@ -35,6 +35,35 @@ def _f32(arr, name, ndim, fn):
     if arr.dtype != np.float32:
         raise TypeError(f"{fn}: {name} must be float32, got {arr.dtype}")
     return np.ascontiguousarray(arr)
+
+
+def _flag(value, name, fn):
+    """A True/False switch: anything else (a string such as 'no' is truthy) is refused."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{fn}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _block_index(index, name, blocks, fn):
+    """An index array of blocks -> contiguous int64, each in [0, blocks).  Integers only (a float
+    or bool would be truncated silently); the range is checked before the int64 conversion, so
+    an index beyond int64 is a ValueError naming the rule, not an OverflowError."""
+    try:
+        arr = np.asarray(index)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{fn}: {name} must be an array of ints, got {type(index).__name__} ({e})") from None
+    arr = arr.reshape(-1)
+    if arr.size == 0:   # refused by the caller, which names both index arrays
+        return np.empty(0, np.int64)
+    # Python ints beyond int64 (e.g. 2**70) make an object array; they are compared exactly below.
+    ints = arr.dtype.kind in "iu" or (arr.dtype.kind == "O" and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in arr))
+    if not ints:
+        raise TypeError(f"{fn}: {name} must hold ints, got dtype {arr.dtype}")
+    if arr.min() < 0 or arr.max() >= blocks:
+        raise ValueError(f"{fn}: {name} must lie in [0, {blocks}) (blocks of the batch; int64), "
+                         f"got range [{arr.min()}, {arr.max()}]")
+    return np.ascontiguousarray(arr, dtype=np.int64)
 
 
 def brgemm(a, b, c=None, *, variant="strd", a_index=None, b_index=None, beta=0, bias=None,
@@ -64,14 +93,10 @@ def brgemm(a, b, c=None, *, variant="strd", a_index=None, b_index=None, beta=0, 
     else:
         if a_index is None or b_index is None:
             raise ValueError(f"{fn}: variant {variant!r} needs a_index and b_index")
-        a_index = np.ascontiguousarray(a_index, dtype=np.int64).reshape(-1)
-        b_index = np.ascontiguousarray(b_index, dtype=np.int64).reshape(-1)
+        a_index = _block_index(a_index, "a_index", na, fn)
+        b_index = _block_index(b_index, "b_index", nb, fn)
         if a_index.shape != b_index.shape or a_index.size == 0:
             raise ValueError(f"{fn}: a_index and b_index must be non-empty and of equal length, got {a_index.size} and {b_index.size}")
-        if a_index.min() < 0 or a_index.max() >= na:
-            raise ValueError(f"{fn}: a_index must lie in [0, {na}), got range [{a_index.min()}, {a_index.max()}]")
-        if b_index.min() < 0 or b_index.max() >= nb:
-            raise ValueError(f"{fn}: b_index must lie in [0, {nb}), got range [{b_index.min()}, {b_index.max()}]")
     if beta not in (0, 1):
         raise ValueError(f"{fn}: beta must be 0 or 1, got {beta!r}")
     if c is None:
@@ -81,18 +106,24 @@ def brgemm(a, b, c=None, *, variant="strd", a_index=None, b_index=None, beta=0, 
     else:
         if not isinstance(c, np.ndarray) or c.dtype != np.float32 or c.shape != (n, M) or not c.flags.c_contiguous:
             raise ValueError(f"{fn}: c must be a C-contiguous float32 array of shape ({n}, {M})")
+        if not c.flags.writeable:
+            raise ValueError(f"{fn}: c is written in place and must be writeable (got a read-only array)")
     if bias is None:
         bias = np.empty(0, dtype=np.float32)
     else:
         bias = _f32(bias, "bias", 1, fn)
         if bias.shape != (M,):
             raise ValueError(f"{fn}: bias must have shape ({M},), got {bias.shape}")
+    # The kernel reads bias while it writes c (a and b are repacked first, but an output that
+    # overlaps an input is refused as everywhere else).
+    not_aliased(c, {"a": a, "b": b, "bias": bias}, fn)
+    relu = _flag(relu, "relu", fn)
     # Microkernel layouts: A groups of 16 columns with rows of 16; B pixels 16 floats apart.
     a_packed = np.ascontiguousarray(a.reshape(na, k, M // CB, CB).transpose(0, 2, 1, 3))
     b_packed = np.zeros((nb, n, CB), dtype=np.float32)
     b_packed[:, :, :k] = b
     err = _brgemm.brgemm_f32(a_packed, b_packed, c, a_index, b_index, VARIANTS[variant], k,
-                             int(beta), bias, bool(relu), cpu.isa_code(isa))
+                             int(beta), bias, relu, cpu.isa_code(isa))
     if err:
         raise RuntimeError(f"{fn}: internal error: no microkernel for a tile (a {a.shape}, b {b.shape})")
     return c
@@ -147,7 +178,8 @@ class PackedMatrix:
     def __post_init__(self):
         # The kernels trust data's extent: check it against the logical shape once, here.
         ok = (isinstance(self.shape, tuple) and len(self.shape) == 2
-              and all(isinstance(v, (int, np.integer)) and v >= 1 for v in self.shape))
+              and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 1
+                      for v in self.shape))
         if not ok:
             raise ValueError(f"PackedMatrix: shape must be a (K, n) pair of positive ints, got {self.shape!r}")
         K, n = self.shape
@@ -161,6 +193,7 @@ class PackedMatrix:
 def pack_matmul_operand(y, *, transpose=False, n_threads=None):
     """Pack y (K, n) for repeated matmul(x, packed) calls; transpose=True packs y.T from y given
     as (n, K), without a transposed copy."""
+    transpose = _flag(transpose, "transpose", "pack_matmul_operand")
     y = _f32(y, "y", 2, "pack_matmul_operand")
     K, n = y.shape[::-1] if transpose else y.shape
     if min(K, n) < 1:
@@ -181,6 +214,7 @@ def matmul(x, y, *, bias=None, transpose_x=False, n_threads=None, isa=None):
     y may also be a tuple of right-hand operands (no bias then): x is packed once and the tuple
     of products x @ y_i comes back (the RNN weight gradients dG^T @ x and dG^T @ h share dG^T)."""
     fn = "matmul"
+    transpose_x = _flag(transpose_x, "transpose_x", fn)
     x = _f32(x, "x", 2, fn)
     many = isinstance(y, tuple)
     ys = y if many else (y,)

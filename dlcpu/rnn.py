@@ -30,6 +30,7 @@ import numpy as np
 from . import cpu
 from ._ext import rnn as _rnn
 from ._plans import Plan
+from ._validate import positive_int
 from ._workspace import scratch
 from .gemm import PackedMatrix, matmul, pack_matmul_operand
 from .layout import CB
@@ -37,6 +38,7 @@ from .layout import CB
 LSTM_GATES, GRU_GATES, RNN_GATES = 4, 3, 1
 NONLINEARITIES = ("tanh", "relu")
 _GATES = {"lstm": LSTM_GATES, "gru": GRU_GATES, "rnn_tanh": RNN_GATES, "rnn_relu": RNN_GATES}
+_CELL_GATES = {"lstm": LSTM_GATES, "gru": GRU_GATES, "rnn": RNN_GATES}   # RecurrentWeights.cell
 _EMPTY = np.empty(0, np.float32)
 
 
@@ -93,6 +95,41 @@ class RecurrentWeights:
     recurrent: np.ndarray  # [gates][Kb][Kb][16][16]: per gate, output block, input block
     recurrent_t: np.ndarray  # [Kb][gates*Kb][16][16]: transposed blocks (backward)
 
+    def __post_init__(self):
+        # The time-loop drivers trust every extent here (sized by the plan from K and the cell):
+        # check each array against cell, C and K once, when the object is made.  Shape checks
+        # only, no copies: a training loop makes one of these every step.
+        fn = "RecurrentWeights"
+        if not isinstance(self.cell, str) or self.cell not in _CELL_GATES:
+            raise ValueError(f"{fn}: cell must be one of {', '.join(_CELL_GATES)}, got {self.cell!r}")
+        gates = positive_int(self.gates, "gates", fn)
+        if gates != _CELL_GATES[self.cell]:
+            raise ValueError(f"{fn}: cell {self.cell!r} has {_CELL_GATES[self.cell]} gate(s), got gates={gates}")
+        C = positive_int(self.C, "C", fn)
+        K = positive_int(self.K, "K", fn)
+        kb = -(-K // CB)
+        kp = kb * CB
+        for name, want in (("w_ih_t", (C, gates * kp)), ("w_ih_p", (gates * kp, C))):
+            m = getattr(self, name)
+            if not isinstance(m, PackedMatrix):
+                raise TypeError(f"{fn}: {name} must be a PackedMatrix, got {type(m).__name__}")
+            if tuple(m.shape) != want:
+                raise ValueError(f"{fn}: {name} must be packed from a {want} matrix for cell {self.cell!r} with "
+                                 f"C={C}, K={K}, got {tuple(m.shape)}; use dlcpu.rnn.prepare_{self.cell}")
+        for name, want in (("bias", (gates * kp,)), ("b_hn", (kp,) if self.cell == "gru" else (0,)),
+                           ("recurrent", (gates, kb, kb, CB, CB)), ("recurrent_t", (kb, gates * kb, CB, CB))):
+            a = getattr(self, name)
+            if not isinstance(a, np.ndarray):
+                raise TypeError(f"{fn}: {name} must be a numpy array, got {type(a).__name__}")
+            if a.dtype != np.float32:
+                raise TypeError(f"{fn}: {name} must be float32, got {a.dtype}")
+            if a.shape != want or not a.flags.c_contiguous:
+                raise ValueError(f"{fn}: {name} must be a C-contiguous array of shape {want} for cell "
+                                 f"{self.cell!r} with C={C}, K={K}, got {a.shape}; use dlcpu.rnn.prepare_{self.cell}")
+        object.__setattr__(self, "gates", gates)
+        object.__setattr__(self, "C", C)
+        object.__setattr__(self, "K", K)
+
     @property
     def Kb(self):
         return -(-self.K // CB)
@@ -110,6 +147,9 @@ def _f32(a, name, shape):
 
 def _prepare(cell, gates, w_ih, w_hh, b_ih, b_hh, n_threads):
     g = f"{gates}K"
+    for name, a in (("w_ih", w_ih), ("w_hh", w_hh)):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"prepare_{cell}: {name} must be a numpy array, got {type(a).__name__}")
     if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or w_hh.shape[0] != gates * w_hh.shape[1] or w_hh.shape[1] < 1:
         raise ValueError(f"{cell}: w_hh must have shape ({g}, K), got {getattr(w_hh, 'shape', None)}")
     K = w_hh.shape[1]
@@ -246,6 +286,28 @@ class RecurrentCache(dict):
         w = self["weights"]
         return f"RecurrentCache(cell={w.cell!r}, T={self['T']}, N={self['N']}, C={w.C}, K={w.K})"
 
+    def _check(self, fn):
+        """Its entries must still agree with each other (a dict stays reachable): the time loops
+        index every buffer by T, N and the weights' sizes."""
+        want = {"weights", "x", "G", "H", "Cs", "HN", "cell", "T", "N", "isa", "n_threads"}
+        ok = set(self) == want and isinstance(self["weights"], RecurrentWeights)
+        if ok:
+            w, T, N = self["weights"], self["T"], self["N"]
+            ok = (isinstance(T, int) and isinstance(N, int) and T >= 1 and N >= 1
+                  and self["cell"] in _rnn.CELLS and self["cell"].split("_")[0] == w.cell)
+        if ok:
+            kp = w.Kb * CB
+            shapes = {"x": (T * N, w.C), "G": (T * N, w.gates * kp), "H": (T + 1, w.Kb, N, CB),
+                      "Cs": (T + 1, w.Kb, N, CB) if w.cell == "lstm" else _EMPTY.shape,
+                      "HN": (T * N, kp) if w.cell == "gru" else _EMPTY.shape}
+            ok = all(isinstance(self[k], np.ndarray) and self[k].dtype == np.float32 and self[k].flags.c_contiguous
+                     and self[k].shape == shape for k, shape in shapes.items())
+        if not ok:
+            raise ValueError(f"{fn}: cache is not a consistent RecurrentCache (its entries were changed after the "
+                             "forward made it)")
+        cpu.resolve_threads(self["n_threads"])
+        cpu.isa_code(self["isa"])
+
 
 def _column_sums(a):
     """Bias gradients: column sums of the pre-activation gradients, accumulated in float64."""
@@ -257,6 +319,7 @@ def _backward_setup(dy, cache, dh_T, cell):
     if not isinstance(cache, RecurrentCache) or cache["weights"].cell != cell:
         got = repr(cache) if isinstance(cache, RecurrentCache) else type(cache).__name__
         raise TypeError(f"{cell}_backward: cache must be what {cell}_forward(..., train=True) returned, got {got}")
+    cache._check(f"{cell}_backward")
     w = cache["weights"]
     T, N, K, kb = cache["T"], cache["N"], w.K, w.Kb
     dY = _blocked_sequence(_f32(dy, "dy", (T, N, K)), T, N, K, kb)

@@ -192,3 +192,20 @@ def test_unblock_weights_refuses_other_dtypes():
     t = dlcpu.BlockedTensor(np.zeros((1, 1, 1, 1, 16, 16), np.float64), (16, 16, 1, 1), "weight")
     with pytest.raises(TypeError, match="only float32"):
         dlcpu.unblock_weights(t)
+
+
+def test_tampered_recurrent_cache_is_refused(rng):
+    x = rng.standard_normal((3, 2, 4)).astype(np.float32)
+    w = [rng.standard_normal(s).astype(np.float32) for s in ((4 * 5, 4), (4 * 5, 5))]
+    y, _, cache = rnn.lstm_forward(x, *w, train=True)
+    cache["G"] = cache["G"][:1].copy()
+    with pytest.raises(ValueError, match="not a consistent RecurrentCache"):
+        rnn.lstm_backward(y, cache)
+    y, _, cache = rnn.lstm_forward(x, *w, train=True)
+    cache["T"] = 300
+    with pytest.raises(ValueError, match="not a consistent RecurrentCache"):
+        rnn.lstm_backward(y, cache)
+    y, _, cache = rnn.lstm_forward(x, *w, train=True)
+    cache["n_threads"] = 10**9
+    with pytest.raises(ValueError, match="between 1 and 1024"):
+        rnn.lstm_backward(y, cache)
