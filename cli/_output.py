@@ -160,6 +160,8 @@ def parse_choices(text, choices, option):
 def check_output_path(path, option="--out"):
     """Before any work: `path` can be written (dlcpu.nn.check_writable); else a bad option value."""
     if path is not None:
+        if not path.strip():
+            raise bad_option(option, "must be a file name, got an empty string")
         try:
             check_writable(path)
         except ValueError as exc:

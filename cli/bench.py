@@ -16,6 +16,8 @@ app.add_typer(train_app, name="train")
 ALGORITHMS = ("direct", "winograd2", "winograd4")
 #: shortest --seconds for `bench peak`: below it, the probe's start-up dominates the timing
 MIN_PEAK_SECONDS = benchmarks.MIN_PEAK_SECONDS
+#: longest --seconds (typer refuses inf and larger values with exit 2)
+MAX_PEAK_SECONDS = benchmarks.MAX_PEAK_SECONDS
 
 Compare = Annotated[str | None, typer.Option("--compare", metavar="<peer>", help="Peer library to time in the same run: torch.")]
 Repeats = Annotated[int, typer.Option("--repeats", min=1, help="Timed repeats per measurement (the median is reported).")]
@@ -43,7 +45,7 @@ def _by_name(items, name_filter, option, what):
 def bench_peak(
     threads: Annotated[str | None, typer.Option("--threads", metavar="<list>",
                                                 help="Comma list of thread counts (default: 1 up to all cores).")] = None,
-    seconds: Annotated[float, typer.Option("--seconds", min=MIN_PEAK_SECONDS,
+    seconds: Annotated[float, typer.Option("--seconds", min=MIN_PEAK_SECONDS, max=MAX_PEAK_SECONDS,
                                            help="Seconds per measurement (best of 5 is reported).")] = 0.25,
     as_json: JsonFlag = False,
 ):
@@ -79,6 +81,28 @@ def _select_layers(layer_descs, name_filter):
     return _by_name(layers, name_filter, "--layers", "layer")
 
 
+def _check_layer_sizes(selected, batch, counts, from_descriptors, compare, check):
+    """Before any timing: every layer's geometry and memory at every run's minibatch
+    (benchmarks.conv_layer_shape).  A layer that cannot run is a bad option value (exit 2), as
+    an unparseable --layer is: the fault is --batch when the layer runs at minibatch 1, else
+    --layer (or --threads, the default minibatch, for the built-in table)."""
+    for n_threads in counts:
+        mb = batch or n_threads
+        for l in selected:
+            run_layer = l.without_batch() if batch else l
+            try:
+                benchmarks.conv_layer_shape(run_layer, mb, compare=compare, check=check)
+            except ValueError as exc:
+                option = "--layer" if from_descriptors else "--threads"
+                if batch:
+                    try:
+                        benchmarks.conv_layer_shape(run_layer, 1, compare=compare, check=check)
+                        option = "--batch"
+                    except ValueError:
+                        pass
+                raise bad_option(option, str(exc)) from None
+
+
 @command(app, "conv")
 def bench_conv(
     layer: Annotated[list[str] | None, typer.Option(
@@ -106,6 +130,7 @@ def bench_conv(
     algorithms = parse_choices(algs, ALGORITHMS, "--alg")
     selected = _select_layers(layer, layers)
     counts = parse_threads(threads)
+    _check_layer_sizes(selected, batch, counts, bool(layer), compare, check)
     isa = cpu.resolve_isa()
     runs = []
     any_failed = False

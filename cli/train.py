@@ -13,6 +13,9 @@ from ._output import JsonFlag, check_output_path, command, emit_json, err, group
 
 app = group("Train models on dlcpu kernels.")
 
+#: --seed range: scikit-learn's and numpy's legacy seeds are 32-bit unsigned
+MAX_SEED = 2**32 - 1
+
 def _train(model, epochs, batch, lr, threads, seed, out_path, as_json):
     """Shared body of the `dlcpu train` commands (model 'cnn' or 'rnn')."""
     from threadpoolctl import threadpool_limits
@@ -62,7 +65,8 @@ def _register(name, model, epochs_default, lr_default, doc):
         lr: Annotated[float, typer.Option("--lr", min=1e-12,
                                           help="SGD learning rate (momentum 0.9, weight decay 5e-4).")] = lr_default,
         threads: Annotated[int | None, typer.Option("--threads", min=1, max=cpu.MAX_THREADS, help="Kernel threads (default: all cores).")] = None,
-        seed: Annotated[int, typer.Option("--seed", help="Seeds the split, the initialization and the shuffling.")] = 0,
+        seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED,
+                                           help="Seeds the split, the initialization and the shuffling.")] = 0,
         out_path: Annotated[str | None, typer.Option(
             "--out", metavar="<file>",
             help="Save the model here (.npz) after every epoch; the directory must exist and be writable.")] = None,

@@ -12,6 +12,10 @@ import os
 
 ISA_NAMES = ("scalar", "avx2", "avx512")
 
+#: Most threads DLCPU_NUM_THREADS may ask for: the value of dlcpu.cpu.MAX_THREADS, repeated here
+#: because cpu imports this module (keep the two equal; tests/test_validation_nn_cli.py checks).
+MAX_THREADS = 1024
+
 
 def env_isa():
     """The forced ISA name, or None.  An unknown value is an error, not a silent fallback."""
@@ -31,8 +35,8 @@ def env_num_threads():
         n = int(value)
     except ValueError:
         raise ValueError(f"DLCPU_NUM_THREADS={value!r} is not an integer") from None
-    if n < 1:
-        raise ValueError(f"DLCPU_NUM_THREADS={n} must be >= 1")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"DLCPU_NUM_THREADS={n} must be between 1 and {MAX_THREADS}")
     return n
 
 

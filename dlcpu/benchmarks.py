@@ -13,8 +13,9 @@ import numpy as np
 
 from . import _peers, _tolerances, cpu
 from ._peers import torch_threads
-from .conv import conv2d, conv2d_backward, describe_plan, prepare_winograd
-from .layout import block_weights, to_blocked
+from ._validate import fits_in_memory
+from .conv import conv2d, conv2d_backward, conv_shape, describe_plan, prepare_winograd
+from .layout import CB, block_weights, n_blocks, to_blocked
 
 FLOP_CONVENTION = "full taps: 2*N*K*P*Q*C*R*S (padding taps counted, as LIBXSMM)"
 
@@ -71,13 +72,19 @@ def summarize(seconds):
 #: shortest measurement `measure_peak` accepts: below it the probe's thread start-up dominates
 #: (measured: --seconds 0 reported 0.3 GFLOP/s)
 MIN_PEAK_SECONDS = 0.01
+#: longest measurement `measure_peak` accepts (seconds=inf ran forever); 5 repeats of a minute
+#: already take five minutes per thread count
+MAX_PEAK_SECONDS = 60.0
 
 
 def measure_peak(n_threads, isa=None, seconds=0.25, repeats=5):
     """Measured fp32 FMA peak (GFLOP/s) on n_threads threads: best of `repeats` runs of about
-    `seconds` each (at least MIN_PEAK_SECONDS)."""
-    if not seconds >= MIN_PEAK_SECONDS:
-        raise ValueError(f"measure_peak: seconds must be >= {MIN_PEAK_SECONDS}, got {seconds}")
+    `seconds` each (between MIN_PEAK_SECONDS and MAX_PEAK_SECONDS)."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float, np.integer, np.floating)):
+        raise TypeError(f"measure_peak: seconds must be a number, got {seconds!r}")
+    if not MIN_PEAK_SECONDS <= seconds <= MAX_PEAK_SECONDS:  # NaN and Inf fail this too
+        raise ValueError(f"measure_peak: seconds must be between {MIN_PEAK_SECONDS} and {MAX_PEAK_SECONDS}, "
+                         f"got {seconds}")
     if repeats < 1 or n_threads < 1:
         raise ValueError(f"measure_peak: need n_threads >= 1 and repeats >= 1, got {n_threads} and {repeats}")
     iters = 1 << 16
@@ -125,7 +132,7 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", a
     torch.nn.grad.conv2d_weight, each in the faster of NCHW and channels_last."""
     if direction not in PASSES:
         raise ValueError(f"--pass must be among {', '.join(PASSES)}, got {direction!r}")
-    shape = layer.shape(batch)
+    shape = conv_layer_shape(layer, batch, compare=compare, check=check)
     mb = shape.N
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, (mb, layer.C, layer.H, layer.W)).astype(np.float32)
@@ -190,6 +197,33 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", a
     if check:
         res.check = check_conv_layer(x, w, dy, stride, pad, direction, n_threads, isa, algorithm)
     return res
+
+
+def conv_layer_shape(layer, batch, *, compare=None, check=False):
+    """The ConvShape `bench_conv_layer` runs for `layer` at minibatch `batch`, after the checks
+    that come before any allocation: the convolution's geometry (dlcpu.conv.conv_shape's rules)
+    and the memory the benchmark's buffers need (dlcpu._validate.fits_in_memory): the float64
+    random draws, the float32 x, w, dy, their blocked copies and the output, and with `compare`
+    the peer's copies, with `check` the float64 reference.  ValueError names the layer."""
+    fn = f"bench conv, layer {layer.name} ({layer.descriptor(layer.shape(batch).N)})"
+    shape = layer.shape(batch)
+    try:
+        conv_shape((shape.N, shape.C, shape.H, shape.W), (shape.K, shape.C, shape.R, shape.S),
+                   (shape.stride_h, shape.stride_w), (shape.pad_h, shape.pad_w))
+    except ValueError as exc:
+        raise ValueError(f"{fn}: {exc}") from None
+    n, c, k = shape.N, shape.C, shape.K
+    x, w, dy = n * c * shape.H * shape.W, k * c * shape.R * shape.S, n * k * shape.P * shape.Q
+    cp, kp = n_blocks(c) * CB, n_blocks(k) * CB
+    blocked = n * cp * shape.H * shape.W + kp * cp * shape.R * shape.S + 2 * n * kp * shape.P * shape.Q
+    n_bytes = 8 * max(x, w, dy) + 4 * (x + w + dy) + 4 * blocked
+    if compare:
+        n_bytes += 2 * 4 * (x + w + dy)      # the peer's NCHW and channels_last copies
+    if check:
+        n_bytes += 8 * (x + w + 2 * dy)      # the float64 reference and its result
+    fits_in_memory(n_bytes, f"x {(n, c, shape.H, shape.W)}, w {(k, c, shape.R, shape.S)} and y "
+                            f"{(n, k, shape.P, shape.Q)} with the benchmark's copies", fn)
+    return shape
 
 
 def check_conv_layer(x, w, dy, stride, pad, direction, n_threads, isa=None, algorithm="direct"):

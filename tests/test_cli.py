@@ -254,7 +254,7 @@ def test_help_of_train_shows_types():
     res = run("train", "digits", "--help")
     text = " ".join(res.stdout.split())
     for needle in ("--epochs <int range> [x>=1] Passes over", "--lr <float range>", "--out <file> Save the model",
-                   "--json Print JSON", "--seed <int>"):
+                   "--json Print JSON", "--seed <int range>"):
         assert needle in text, needle
 
 

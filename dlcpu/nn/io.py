@@ -17,9 +17,15 @@ import numpy as np
 from .layers import Sequential
 from .module import _REGISTRY, FORMAT_VERSION
 
+#: deepest nesting of Sequentials `build` accepts (a crafted file nests thousands, which would
+#: otherwise end in a RecursionError)
+MAX_NESTING = 100
 
-def build(config, where="model configuration"):
+
+def build(config, where="model configuration", _depth=0):
     """A module from its config() dict; ValueError naming what is wrong with a malformed one."""
+    if _depth > MAX_NESTING:
+        raise ValueError(f"{where}: Sequentials are nested more than {MAX_NESTING} deep")
     if not isinstance(config, dict):
         raise ValueError(f"{where}: a layer must be described by a dict with 'type' and 'args', got "  # noqa: TRY004 (bad file content)
                          f"{type(config).__name__}")
@@ -33,7 +39,7 @@ def build(config, where="model configuration"):
         modules = args.get("modules")
         if set(args) != {"modules"} or not isinstance(modules, list):
             raise ValueError(f"{where}: Sequential needs args {{'modules': [layer configurations]}}, got keys {sorted(args)}")
-        return Sequential(*[build(c, f"{where}, Sequential layer {i}") for i, c in enumerate(modules)])
+        return Sequential(*[build(c, f"{where}, Sequential layer {i}", _depth + 1) for i, c in enumerate(modules)])
     try:
         return _REGISTRY[kind](**args)
     except (TypeError, ValueError) as exc:
@@ -44,6 +50,10 @@ def check_writable(path):
     """ValueError unless `save` can write `path`: its directory exists and takes a new file (a
     real write, since os.access says yes to root on a read-only mount), and it is not a directory.
     Call it before long work whose result goes there."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"check_writable: path must be a str or os.PathLike, got {type(path).__name__}")
+    if not os.fspath(path).strip():
+        raise ValueError("the file name is empty; give a file name such as model.npz")
     if os.path.isdir(path):
         raise ValueError(f"{path} is a directory; give a file name such as {os.path.join(path, 'model.npz')}")
     parent = os.path.dirname(os.path.abspath(path))
@@ -87,8 +97,8 @@ def load(path):
     try:
         with f:
             files = dict(f.items())
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ValueError(f"{path}: not a readable dlcpu model file ({exc})") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, MemoryError) as exc:
+        raise ValueError(f"{path}: not a readable dlcpu model file ({exc or type(exc).__name__})") from None
     if "__format_version__" not in files or "__config__" not in files:
         raise ValueError(f"{path}: not a dlcpu model file (no format version or configuration)")
     stamp = files["__format_version__"]
@@ -101,7 +111,14 @@ def load(path):
         config = json.loads(str(files["__config__"]))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: corrupt model configuration ({exc})") from None
-    model = build(config, f"{path}: model configuration")
+    except RecursionError:
+        raise ValueError(f"{path}: model configuration is nested too deeply to be a dlcpu model") from None
+    try:
+        model = build(config, f"{path}: model configuration")
+    except RecursionError:
+        raise ValueError(f"{path}: model configuration is nested too deeply to be a dlcpu model") from None
+    except MemoryError as exc:
+        raise ValueError(f"{path}: the model's parameters do not fit in memory ({exc or 'MemoryError'})") from None
     state = {k[len("param:"):]: v for k, v in files.items() if k.startswith("param:")}
     try:
         model.load_state(state)

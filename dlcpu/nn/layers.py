@@ -20,9 +20,11 @@ from .module import (
     _take,
     check_bool,
     check_float,
+    check_float32,
     check_int,
     check_int_pair,
     check_ints,
+    check_parameter_memory,
     register,
 )
 
@@ -42,6 +44,12 @@ class Conv2d(Module):
                      "stride": stride, "padding": padding, "bias": bias, "seed": seed}
         self.stride, self.padding = stride, padding
         self.needs_input_grad = True
+        # the float64 draw and its scaled copy, the float32 weights, the blocked (channel-padded)
+        # weights and their gradient, the bias and its gradient
+        n = out_channels * in_channels * k[0] * k[1]
+        padded = n_blocks(out_channels) * n_blocks(in_channels) * CB * CB * k[0] * k[1]
+        check_parameter_memory("Conv2d", f"the parameters of {self.describe()} (weight {(out_channels, in_channels, *k)})",
+                               20 * n + 8 * padded + 8 * out_channels)
         rng = np.random.default_rng(seed)
         w = rng.standard_normal((out_channels, in_channels, *k)) * np.sqrt(2.0 / (in_channels * k[0] * k[1]))
         self.weight_b = block_weights(w.astype(np.float32))
@@ -99,6 +107,8 @@ class BatchNorm2d(Module):
         self.relu = bool(relu)
         self.C, self.eps, self.momentum = num_features, eps, momentum
         padded = n_blocks(num_features) * CB
+        # gamma, beta, their gradients and the two running statistics, float32
+        check_parameter_memory("BatchNorm2d", f"the parameters of {self.describe()}", 6 * 4 * padded)
         gamma = np.zeros(padded, np.float32)
         gamma[:num_features] = 1.0
         self.weight = Parameter(gamma)
@@ -225,6 +235,9 @@ class Linear(Module):
         check_ints("Linear", in_features=in_features, out_features=out_features, seed=seed)
         check_bool("Linear", "bias", bias)
         self.args = {"in_features": in_features, "out_features": out_features, "bias": bias, "seed": seed}
+        # the float64 draw, the float32 weights and their gradient, the bias and its gradient
+        check_parameter_memory("Linear", f"the parameters of {self.describe()} (weight {(out_features, in_features)})",
+                               16 * out_features * in_features + 8 * out_features)
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(in_features)
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32))
@@ -235,7 +248,8 @@ class Linear(Module):
         if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != self.args["in_features"]:
             shape = getattr(x, "shape", None)
             raise ValueError(f"{self.describe()}: expected a (N, {self.args['in_features']}) array, got shape {shape}")
-        self._x = np.ascontiguousarray(x, dtype=np.float32)
+        check_float32(self.describe(), "x", x)
+        self._x = np.ascontiguousarray(x)
         y = matmul(self._x, np.ascontiguousarray(self.weight.data.T))
         if self.bias is not None:
             y += self.bias.data
@@ -247,7 +261,7 @@ class Linear(Module):
         if getattr(dy, "shape", None) != want:
             raise ValueError(f"{self.describe()}: dy has shape {getattr(dy, 'shape', None)}, "
                              f"but the forward output has shape {want}")
-        dy = np.ascontiguousarray(dy, dtype=np.float32)
+        dy = np.ascontiguousarray(check_float32(self.describe(), "dy", dy))
         self.weight.grad += matmul(np.ascontiguousarray(dy.T), x)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0, dtype=np.float64).astype(np.float32)

@@ -7,6 +7,8 @@ Every concrete layer is registered by class name with `register`, so a saved con
 A layer keeps what its backward needs from its own forward; calling backward first is an error
 (`require_forward`).
 """
+import math
+
 import numpy as np
 
 from .. import _validate
@@ -132,14 +134,33 @@ def check_bool(layer, name, value):
 
 
 def check_float(layer, name, value, low, high=None, low_inclusive=False):
-    """A real number in (low, high] (or [low, high] with low_inclusive)."""
+    """A finite real number in (low, high] (or [low, high] with low_inclusive); NaN and Inf are
+    refused (an infinite eps or learning rate only turns every result into NaN)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{layer}: {name} must be a number, got {value!r}")
     above = value >= low if low_inclusive else value > low
-    if not (above and (high is None or value <= high)):
-        rule = f"{'>=' if low_inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else "")
+    if not (math.isfinite(value) and above and (high is None or value <= high)):
+        rule = f"{'>=' if low_inclusive else '>'} {low}" + (f" and <= {high}" if high is not None else " and finite")
         raise ValueError(f"{layer}: {name} must be {rule}, got {value!r}")
     return float(value)
+
+
+def check_parameter_memory(layer, what, n_bytes):
+    """Refuse up front (ValueError, dlcpu._validate.fits_in_memory) parameters whose `n_bytes`
+    (initialization temporaries, data and gradients) could never be allocated, before numpy fails
+    deep inside the initialization, e.g. building Linear(60000, 60000) from a small model file."""
+    _validate.fits_in_memory(n_bytes, what, layer)
+
+
+def check_float32(layer, name, a):
+    """A float32 numpy array: other dtypes are refused, never silently converted (design.md
+    section 8, as dlcpu.conv2d and dlcpu.matmul do)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{layer}: {name} must be a float32 numpy array, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise TypeError(f"{layer}: {name} must be float32, got {a.dtype} with shape {a.shape} "
+                        f"(convert with .astype(np.float32))")
+    return a
 
 
 def _expect_blocked(x, layer, channels):

@@ -5,7 +5,7 @@ Design: an optimizer holds a list of Parameters and updates their `data` in plac
 """
 import numpy as np
 
-from .module import Parameter
+from .module import Parameter, check_float
 
 
 class SGD:
@@ -13,8 +13,9 @@ class SGD:
     d = grad + wd*p;  v = momentum*v + d;  p -= lr*v."""
 
     def __init__(self, params, lr=0.1, momentum=0.9, weight_decay=0.0):
-        if lr <= 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"SGD: need lr > 0, momentum >= 0, weight_decay >= 0 (got {lr}, {momentum}, {weight_decay})")
+        lr = check_float("SGD", "lr", lr, 0.0)
+        momentum = check_float("SGD", "momentum", momentum, 0.0, low_inclusive=True)
+        weight_decay = check_float("SGD", "weight_decay", weight_decay, 0.0, low_inclusive=True)
         self.params = list(params)
         for i, p in enumerate(self.params):
             if not isinstance(p, Parameter):

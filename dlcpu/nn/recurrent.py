@@ -7,7 +7,7 @@ float32 arrays (or (N, T, C) with batch_first).
 """
 import numpy as np
 
-from .module import Module, Parameter, _take, check_bool, check_ints, register
+from .module import Module, Parameter, _take, check_bool, check_float32, check_ints, check_parameter_memory, register
 
 
 def _cell_ops(cell, nonlinearity):
@@ -59,6 +59,13 @@ class _Recurrent(Module):
             self.args["nonlinearity"] = nonlinearity
         self.nonlinearity = nonlinearity
         self.directions = 2 if bidirectional else 1
+        # every layer and direction: gates*hidden x (inputs + hidden + 2 biases) parameters, each
+        # a float64 draw, float32 data and a float32 gradient
+        g = self.gates * hidden_size
+        n = sum(self.directions * g * ((input_size if layer == 0 else hidden_size * self.directions) + hidden_size + 2)
+                for layer in range(min(num_layers, 2))) + max(0, num_layers - 2) * self.directions * g * (
+                    hidden_size * self.directions + hidden_size + 2)
+        check_parameter_memory(self.name, f"the parameters of {self.describe()}", 16 * n)
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(hidden_size)
         self.params = {}
@@ -82,7 +89,8 @@ class _Recurrent(Module):
         if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] != a["input_size"]:
             raise ValueError(f"{self.describe()}: expected a ({'N, T' if a['batch_first'] else 'T, N'}, "
                              f"{a['input_size']}) array, got shape {getattr(x, 'shape', None)}")
-        seq = np.ascontiguousarray(x.transpose(1, 0, 2) if a["batch_first"] else x, dtype=np.float32)
+        check_float32(self.describe(), "x", x)
+        seq = np.ascontiguousarray(x.transpose(1, 0, 2) if a["batch_first"] else x)
         prepare, fwd, _ = _cell_ops(self.cell, self.nonlinearity)
         self._caches = []
         for layer in range(a["num_layers"]):
@@ -109,7 +117,8 @@ class _Recurrent(Module):
         if not isinstance(dy, np.ndarray) or dy.shape != self._out_shape:
             raise ValueError(f"{self.describe()}: dy has shape {getattr(dy, 'shape', None)}, but the forward output "
                              f"has shape {self._out_shape}")
-        g = np.ascontiguousarray(dy.transpose(1, 0, 2) if a["batch_first"] else dy, dtype=np.float32)
+        check_float32(self.describe(), "dy", dy)
+        g = np.ascontiguousarray(dy.transpose(1, 0, 2) if a["batch_first"] else dy)
         K = a["hidden_size"]
         for layer in reversed(range(a["num_layers"])):
             dx = None
@@ -171,6 +180,7 @@ class LastTimeStep(Module):
     def forward(self, x):
         if not isinstance(x, np.ndarray) or x.ndim != 3:
             raise ValueError(f"LastTimeStep: expected a 3-d sequence array, got shape {getattr(x, 'shape', None)}")
+        check_float32("LastTimeStep", "x", x)
         self._shape = x.shape
         return np.ascontiguousarray(x[:, -1] if self.args["batch_first"] else x[-1])
 
@@ -179,6 +189,7 @@ class LastTimeStep(Module):
         want = (shape[0], shape[2]) if self.args["batch_first"] else shape[1:]
         if getattr(dy, "shape", None) != want:
             raise ValueError(f"LastTimeStep: dy has shape {getattr(dy, 'shape', None)}, but the forward output has shape {want}")
+        check_float32("LastTimeStep", "dy", dy)
         g = np.zeros(shape, np.float32)
         if self.args["batch_first"]:
             g[:, -1] = dy
