@@ -95,15 +95,20 @@ def to_blocked(x, n_threads=None):
     return BlockedTensor(out, tuple(x.shape), "activation")
 
 
+def _unblocked(t, kind, fn, convert, n_threads):
+    """The logical array of a float32 BlockedTensor of `kind`, by the driver `convert`."""
+    if not isinstance(t, BlockedTensor) or t.kind != kind:
+        raise TypeError(f"{fn}: expected {'an activation' if kind == 'activation' else 'a weight'} BlockedTensor")
+    if t.dtype != np.float32:
+        raise TypeError(f"{fn}: only float32 tensors convert here, got {t.dtype}")
+    out = np.empty(t.shape, dtype=np.float32)
+    convert(t.data, out, cpu.resolve_threads(n_threads))
+    return out
+
+
 def from_blocked(t, n_threads=None):
     """BlockedTensor (activation) -> NCHW float32."""
-    if not isinstance(t, BlockedTensor) or t.kind != "activation":
-        raise TypeError("from_blocked: expected an activation BlockedTensor")
-    if t.dtype != np.float32:
-        raise TypeError(f"from_blocked: only float32 tensors convert here, got {t.dtype}")
-    out = np.empty(t.shape, dtype=np.float32)
-    _layout.blocked_to_nchw(t.data, out, cpu.resolve_threads(n_threads))
-    return out
+    return _unblocked(t, "activation", "from_blocked", _layout.blocked_to_nchw, n_threads)
 
 
 def block_weights(w, n_threads=None):
@@ -116,10 +121,4 @@ def block_weights(w, n_threads=None):
 
 def unblock_weights(t, n_threads=None):
     """BlockedTensor (weight) -> KCRS float32."""
-    if not isinstance(t, BlockedTensor) or t.kind != "weight":
-        raise TypeError("unblock_weights: expected a weight BlockedTensor")
-    if t.dtype != np.float32:
-        raise TypeError(f"unblock_weights: only float32 tensors convert here, got {t.dtype}")
-    out = np.empty(t.shape, dtype=np.float32)
-    _layout.blocked_to_kcrs(t.data, out, cpu.resolve_threads(n_threads))
-    return out
+    return _unblocked(t, "weight", "unblock_weights", _layout.blocked_to_kcrs, n_threads)

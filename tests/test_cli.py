@@ -24,8 +24,8 @@ def _dlcpu_script():
 DLCPU = _dlcpu_script()
 
 
-def run(*args, env=None):
-    return subprocess.run([DLCPU, *args], check=False, capture_output=True, text=True, cwd="/", timeout=300,
+def run(*args, env=None, timeout=300):
+    return subprocess.run([DLCPU, *args], check=False, capture_output=True, text=True, cwd="/", timeout=timeout,
                           env={**os.environ, "COLUMNS": "200", **(env or {})})
 
 

@@ -3,38 +3,15 @@ absurd sizes, non-finite values, wrong dtypes and deeply nested files are refuse
 with a ValueError/TypeError naming the function or layer, and by the CLI with one line and
 exit code 2 (a bad option value)."""
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from test_cli import assert_one_line_error, run  # the CLI runner and the one-line error rule
 
 from dlcpu import _config, benchmarks, cpu, nn, train, workloads
 
-
-def _dlcpu_script():
-    here = os.path.join(os.path.dirname(sys.executable), "dlcpu")
-    return here if os.path.exists(here) else shutil.which("dlcpu")
-
-
-DLCPU = _dlcpu_script()
 HUGE = 10**7  # Linear(HUGE, HUGE) needs 1.6 PB: refused on any machine
-
-
-def run(*args, env=None, timeout=120):
-    return subprocess.run([DLCPU, *args], check=False, capture_output=True, text=True, cwd="/", timeout=timeout,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})})
-
-
-def assert_one_line_error(res, code, needle=""):
-    assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
-    lines = [l for l in res.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
-    assert "Traceback" not in res.stderr and res.stdout == ""
 
 
 # ---------------------------------------------------------------- 1. bench peak --seconds inf
