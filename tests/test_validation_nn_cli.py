@@ -62,7 +62,7 @@ def test_bench_conv_layer_checks_the_problem_before_allocating():
     (lambda: nn.Conv2d(10**5, 10**5, 100), r"Conv2d: the parameters of Conv2d\(100000->100000.* would need"),
     (lambda: nn.BatchNorm2d(10**13), r"BatchNorm2d: the parameters of BatchNorm2d\(10000000000000\) would need"),
     (lambda: nn.LSTM(HUGE, HUGE), r"LSTM: the parameters of LSTM\(10000000->10000000.* would need"),
-    (lambda: nn.GRU(8, 8, num_layers=10**12), r"GRU: the parameters of GRU\(8->8, layers=1000000000000\) would need"),
+    (lambda: nn.GRU(8, 10**6, num_layers=10**12), r"GRU: the parameters of GRU\(8->1000000, layers=1000000000000\) would need"),
     (lambda: nn.RNN(4, 10**6, bidirectional=True, num_layers=10**4), r"RNN: the parameters of RNN.* would need"),
 ], ids=["Linear", "Conv2d", "BatchNorm2d", "LSTM", "GRU", "RNN"])
 def test_constructors_refuse_parameters_that_cannot_fit(make, match):
