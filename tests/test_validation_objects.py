@@ -52,7 +52,8 @@ _CRASHES = textwrap.dedent("""
 
 @pytest.mark.parametrize("case", ["winograd", "lstm_K", "rnn_as_lstm"])
 def test_forged_prepared_weights_do_not_crash(case):
-    res = subprocess.run([sys.executable, "-c", _CRASHES, case], check=False, capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", _CRASHES, case], check=False, capture_output=True, text=True, timeout=120,
+                         cwd="/")  # not the checkout: the installed package is under test
     assert res.returncode == 0, f"rc={res.returncode}\n{res.stdout}\n{res.stderr}"
     assert "refused:" in res.stdout
 
