@@ -21,6 +21,13 @@ def pair(value, name, fn):
     raise TypeError(f"{fn}: {name} must be an int or an (h, w) pair of ints, got {value!r}")
 
 
+def flag(value, name, fn):
+    """A True/False switch: anything else (a string such as 'no' is truthy) is refused."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{fn}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def positive_int(value, name, fn, minimum=1):
     if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{fn}: {name} must be an int, got {value!r}")

@@ -19,7 +19,7 @@ import numpy as np
 from . import cpu
 from ._ext import brgemm as _brgemm
 from ._plans import Plan
-from ._validate import fits_in_memory, not_aliased
+from ._validate import fits_in_memory, flag, not_aliased
 from ._workspace import scratch
 
 CB = cpu.CHANNEL_BLOCK
@@ -35,13 +35,6 @@ def _f32(arr, name, ndim, fn):
     if arr.dtype != np.float32:
         raise TypeError(f"{fn}: {name} must be float32, got {arr.dtype}")
     return np.ascontiguousarray(arr)
-
-
-def _flag(value, name, fn):
-    """A True/False switch: anything else (a string such as 'no' is truthy) is refused."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{fn}: {name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def _block_index(index, name, blocks, fn):
@@ -117,7 +110,7 @@ def brgemm(a, b, c=None, *, variant="strd", a_index=None, b_index=None, beta=0, 
     # The kernel reads bias while it writes c (a and b are repacked first, but an output that
     # overlaps an input is refused as everywhere else).
     not_aliased(c, {"a": a, "b": b, "bias": bias}, fn)
-    relu = _flag(relu, "relu", fn)
+    relu = flag(relu, "relu", fn)
     # Microkernel layouts: A groups of 16 columns with rows of 16; B pixels 16 floats apart.
     a_packed = np.ascontiguousarray(a.reshape(na, k, M // CB, CB).transpose(0, 2, 1, 3))
     b_packed = np.zeros((nb, n, CB), dtype=np.float32)
@@ -193,7 +186,7 @@ class PackedMatrix:
 def pack_matmul_operand(y, *, transpose=False, n_threads=None):
     """Pack y (K, n) for repeated matmul(x, packed) calls; transpose=True packs y.T from y given
     as (n, K), without a transposed copy."""
-    transpose = _flag(transpose, "transpose", "pack_matmul_operand")
+    transpose = flag(transpose, "transpose", "pack_matmul_operand")
     y = _f32(y, "y", 2, "pack_matmul_operand")
     K, n = y.shape[::-1] if transpose else y.shape
     if min(K, n) < 1:
@@ -214,7 +207,7 @@ def matmul(x, y, *, bias=None, transpose_x=False, n_threads=None, isa=None):
     y may also be a tuple of right-hand operands (no bias then): x is packed once and the tuple
     of products x @ y_i comes back (the RNN weight gradients dG^T @ x and dG^T @ h share dG^T)."""
     fn = "matmul"
-    transpose_x = _flag(transpose_x, "transpose_x", fn)
+    transpose_x = flag(transpose_x, "transpose_x", fn)
     x = _f32(x, "x", 2, fn)
     many = isinstance(y, tuple)
     ys = y if many else (y,)

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import cpu
 from ._ext import norm as _norm
-from ._validate import blocked_activation, float32_array
+from ._validate import blocked_activation, flag, float32_array
 from .layout import CB, BlockedTensor
 
 _NO_OUTPUT = np.empty((0, 1, 1, 1, CB), np.float32)
@@ -63,9 +63,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, *, ep
     for name, v in (("running_mean", running_mean), ("running_var", running_var)):
         if training and not v.flags.writeable:
             raise ValueError(f"{fn}: {name} is updated in place in training mode and must be writeable")
-    for name, flag in (("training", training), ("relu", relu)):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise TypeError(f"{fn}: {name} must be True or False, got {flag!r}")
+    training, relu = flag(training, "training", fn), flag(relu, "relu", fn)
     for name, v in (("eps", eps), ("momentum", momentum)):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
             raise TypeError(f"{fn}: {name} must be a number, got {v!r}")

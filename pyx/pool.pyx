@@ -85,10 +85,14 @@ cdef inline void spread_window(float *plane, int64_t W, window_t win, float scal
                 plane[pos * 16 + lane] += dy16[lane] * scale
 
 
-cdef inline void route_to_winners(float *plane, const int32_t *arg16, const float *dy16) noexcept nogil:
+cdef inline void route_to_winners(float *plane, int64_t plane_pixels, const int32_t *arg16,
+                                  const float *dy16) noexcept nogil:
+    """dy to each lane's recorded winner; a position outside the plane (a saved state altered
+    after the forward) is skipped, so the write never leaves dx (one compare per lane, instead
+    of a separate pass over arg in Python)."""
     cdef int64_t lane
     for lane in range(16):
-        if arg16[lane] >= 0:
+        if 0 <= arg16[lane] < plane_pixels:
             plane[arg16[lane] * 16 + lane] += dy16[lane]
 
 
@@ -119,6 +123,6 @@ def pool_pass(const float[:, :, :, :, ::1] src, float[:, :, :, :, ::1] dst, int3
                 elif not backward:
                     mean_window(&src[n, cb, 0, 0, 0], W, win, scale, &dst[n, cb, p, q, 0])
                 elif kind == POOL_MAX:
-                    route_to_winners(&dst[n, cb, 0, 0, 0], &arg[n, cb, p, q, 0], &src[n, cb, p, q, 0])
+                    route_to_winners(&dst[n, cb, 0, 0, 0], H * W, &arg[n, cb, p, q, 0], &src[n, cb, p, q, 0])
                 else:
                     spread_window(&dst[n, cb, 0, 0, 0], W, win, scale, &src[n, cb, p, q, 0])

@@ -128,9 +128,7 @@ def check_int_pair(layer, name, value, minimum=1):
 
 
 def check_bool(layer, name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{layer}: {name} must be True or False, got {value!r}")
-    return bool(value)
+    return _validate.flag(value, name, layer)
 
 
 def check_float(layer, name, value, low, high=None, low_inclusive=False):
