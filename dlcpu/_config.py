@@ -12,8 +12,7 @@ import os
 
 ISA_NAMES = ("scalar", "avx2", "avx512")
 
-#: Most threads DLCPU_NUM_THREADS may ask for: the value of dlcpu.cpu.MAX_THREADS, repeated here
-#: because cpu imports this module (keep the two equal; tests/test_validation_nn_cli.py checks).
+#: Most threads a parallel region (and DLCPU_NUM_THREADS) may ask for; cpu.MAX_THREADS is this.
 MAX_THREADS = 1024
 
 

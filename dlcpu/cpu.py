@@ -69,9 +69,10 @@ def isa_code(isa=None):
     return ISA_CODES[resolve_isa(isa)]
 
 
-#: Most threads a parallel region may ask for.  OpenMP (libgomp) sets up every requested thread
-#: before the region runs: n_threads=10**9 aborted the whole process asking for 224 GB.
-MAX_THREADS = 1024
+#: Most threads a parallel region may ask for (defined in _config, which DLCPU_NUM_THREADS also
+#: obeys).  OpenMP (libgomp) sets up every requested thread before the region runs:
+#: n_threads=10**9 aborted the whole process asking for 224 GB.
+MAX_THREADS = _config.MAX_THREADS
 
 
 def resolve_threads(n_threads=None):
