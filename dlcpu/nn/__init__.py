@@ -1,5 +1,5 @@
 """dlcpu.nn: layers with forward and backward passes on dlcpu's kernels, a ResNet basic block,
-recurrent layers, a loss, SGD, save/load and the models `dlcpu train` trains.
+recurrent layers, a loss, SGD, save/load, magnitude pruning and the models `dlcpu train` trains.
 
     model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), ...)
     logits = model(xb)                       # forward, remembers what backward needs
@@ -9,7 +9,8 @@ recurrent layers, a loss, SGD, save/load and the models `dlcpu train` trains.
 
 One room per concern: module (Parameter, Module, the layer registry), layers (feed-forward
 layers on blocked activations), recurrent (LSTM, GRU, RNN), losses, optim, io (save/load),
-models.  Everything public is re-exported here, so `from dlcpu import nn; nn.Conv2d` is the API.
+prune (magnitude pruning whose masks SGD keeps), models.  Everything public is re-exported
+here, so `from dlcpu import nn; nn.Conv2d` is the API.
 """
 from .io import build, check_writable, load, save
 from .layers import AvgPool2d, BasicBlock, BatchNorm2d, Conv2d, GlobalAvgPool, Linear, MaxPool2d, ReLU, Sequential
@@ -17,6 +18,7 @@ from .losses import softmax_cross_entropy
 from .models import digits_resnet, digits_rnn
 from .module import FORMAT_VERSION, Module, Parameter
 from .optim import SGD
+from .prune import LayerSparsity, prune, sparsity_report, total_sparsity
 from .recurrent import GRU, LSTM, RNN, LastTimeStep
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "Conv2d",
     "GlobalAvgPool",
     "LastTimeStep",
+    "LayerSparsity",
     "Linear",
     "MaxPool2d",
     "Module",
@@ -42,6 +45,9 @@ __all__ = [
     "digits_resnet",
     "digits_rnn",
     "load",
+    "prune",
     "save",
     "softmax_cross_entropy",
+    "sparsity_report",
+    "total_sparsity",
 ]

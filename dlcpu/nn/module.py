@@ -26,13 +26,15 @@ def register(cls):
 
 
 class Parameter:
-    """A trainable array and its gradient (same shape, accumulated by backward)."""
+    """A trainable array and its gradient (same shape, accumulated by backward); `mask`, set by
+    nn.prune, is None or a bool array of that shape whose False entries the optimizer keeps at 0."""
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "grad", "mask")
 
     def __init__(self, data):
         self.data = data
         self.grad = np.zeros_like(data)
+        self.mask = None
 
 
 class Module:

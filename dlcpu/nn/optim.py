@@ -2,6 +2,9 @@
 
 Design: an optimizer holds a list of Parameters and updates their `data` in place from their
 `grad`, so blocked convolution weights are updated in their blocked layout without copies.
+A pruned Parameter (its `mask` set by nn.prune) has its masked gradient, velocity and weights
+zeroed at every step, so pruned weights stay exactly 0 and momentum cannot regrow them; the
+others pay one `is None` test.
 """
 import numpy as np
 
@@ -25,10 +28,19 @@ class SGD:
 
     def step(self):
         for p, v in zip(self.params, self.velocity):
+            pruned = None if p.mask is None else ~p.mask
+            if pruned is not None:
+                np.copyto(p.grad, 0.0, where=pruned)
             d = p.grad + self.weight_decay * p.data if self.weight_decay else p.grad
             v *= self.momentum
             v += d
+            if pruned is not None:
+                # zeroed, not multiplied (inf * 0 is NaN); the velocity too, since one from
+                # before the pruning would regrow the weights
+                np.copyto(v, 0.0, where=pruned)
             p.data -= self.lr * v
+            if pruned is not None:
+                np.copyto(p.data, 0.0, where=pruned)
 
     def zero_grad(self):
         for p in self.params:
