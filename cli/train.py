@@ -1,28 +1,69 @@
 """`dlcpu train {digits,digits-rnn}`: train dlcpu.nn models on scikit-learn's digits
 (dlcpu.train), with a progress bar on stderr and a summary table or JSON on stdout.
 
---out is checked before any training starts (its directory exists and is writable, it is not a
-directory), so a bad path fails in a second, not after an epoch."""
+--out, --from and --prune are checked before any training starts (--out's directory exists and
+is writable, --from is a dlcpu model of the command's kind, --prune is in [0, 1)), so a bad value
+fails in a second, not after an epoch.  With --from or --prune, a per-layer table of the trained
+model's weight sparsity follows the summary; --json always carries it."""
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
 from rich.progress import TextColumn
+from rich.table import Table
 
-from .. import cpu
-from ._output import JsonFlag, check_output_path, command, emit_json, err, group, out, progress
+from .. import cpu, nn
+from ..nn.prune import check_sparsity
+from ._output import JsonFlag, bad_option, check_output_path, command, emit_json, err, group, out, progress
 
 app = group("Train models on dlcpu kernels.")
 
 #: --seed range: scikit-learn's and numpy's legacy seeds are 32-bit unsigned
 MAX_SEED = 2**32 - 1
 
-def _train(model, epochs, batch, lr, threads, seed, out_path, as_json):
+def _check_prune(sparsity):
+    if sparsity is not None:
+        try:
+            check_sparsity(sparsity, "train")
+        except (TypeError, ValueError) as exc:
+            raise bad_option("--prune", str(exc).removeprefix("train: ")) from None
+    return sparsity
+
+
+def _load_from(path, model):
+    """--from: the model to fine-tune, loaded and checked up front (a bad option value)."""
+    if path is None:
+        return None
+    from .. import train as training
+
+    try:
+        return training.load_pretrained(path, model)
+    except (TypeError, ValueError) as exc:
+        raise bad_option("--from", str(exc)) from None
+
+
+def _sparsity_table(report):
+    t = Table(title="weight sparsity of the trained model (logical weights, channel padding not counted)")
+    for col, justify in (("weight", "left"), ("layer", "left"), ("shape", "left"), ("weights", "right"),
+                         ("zeros", "right"), ("sparsity", "right"), ("masked", "left")):
+        t.add_column(col, justify=justify)
+    for i, r in enumerate(report):
+        t.add_row(r.name, r.layer, "x".join(map(str, r.shape)), str(r.size), str(r.zeros), f"{100 * r.sparsity:.2f}%",
+                  "yes" if r.masked else "no", end_section=i == len(report) - 1)
+    size, zeros = sum(r.size for r in report), sum(r.zeros for r in report)
+    t.add_row("total", "", "", str(size), str(zeros), f"{100 * nn.total_sparsity(report):.2f}%", "")
+    return t
+
+
+def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=None, from_path=None):
     """Shared body of the `dlcpu train` commands (model 'cnn' or 'rnn')."""
     from threadpoolctl import threadpool_limits
 
     from .. import train as training
 
     check_output_path(out_path)
+    _check_prune(sparsity)
+    initial = _load_from(from_path, model)
     n_threads = threads or cpu.resolve_threads()
     data = training.load_digits_split(seed)
     with progress(TextColumn("{task.fields[status]}")) as bar:
@@ -41,20 +82,26 @@ def _train(model, epochs, batch, lr, threads, seed, out_path, as_json):
 
         with threadpool_limits(limits=n_threads, user_api="openmp"):
             result = training.train_digits(epochs, batch, lr, seed=seed, out=out_path, data=data,
-                                           on_step=on_step, on_epoch=on_epoch, model=model)
+                                           on_step=on_step, on_epoch=on_epoch, model=model,
+                                           prune=sparsity, init_from=initial)
     summary = {"dataset": "sklearn digits (1797 8x8 images)",
                "model": "digits_resnet (CNN)" if model == "cnn" else "digits_rnn (LSTM over image rows)",
                "train_images": len(data.x_train),
                "test_images": len(data.x_test), "threads": n_threads, "epochs": epochs, "batch": batch,
                "lr": lr, "seed": seed, "test_accuracy": result.test_accuracy,
-               "seconds": result.total_seconds, "saved_to": out_path,
-               "history": [s.__dict__ for s in result.epochs]}
+               "seconds": result.total_seconds, "saved_to": out_path, "from": from_path, "prune": sparsity,
+               "history": [s.__dict__ for s in result.epochs],
+               "sparsity": {"total": nn.total_sparsity(result.sparsity), "layers": [asdict(r) for r in result.sparsity]}}
     if as_json:
         emit_json(summary)
         return
     saved = f", model saved to {out_path}" if out_path else ""
-    out.print(f"test accuracy {100 * result.test_accuracy:.2f}% after {epochs} epochs in "
+    start = f"fine-tuning {from_path}" if from_path else "training"
+    pruned = f", {100 * sparsity:g}% of each weight tensor pruned" if sparsity is not None else ""
+    out.print(f"test accuracy {100 * result.test_accuracy:.2f}% after {epochs} epochs of {start}{pruned} in "
               f"{result.total_seconds:.1f} s on {n_threads} thread(s){saved}", highlight=False)
+    if sparsity is not None or from_path:
+        out.print(_sparsity_table(result.sparsity))
 
 
 def _register(name, model, epochs_default, lr_default, doc):
@@ -70,9 +117,16 @@ def _register(name, model, epochs_default, lr_default, doc):
         out_path: Annotated[str | None, typer.Option(
             "--out", metavar="<file>",
             help="Save the model here (.npz) after every epoch; the directory must exist and be writable.")] = None,
+        from_path: Annotated[str | None, typer.Option(
+            "--from", metavar="<file>",
+            help="Fine-tune this saved model (a --out file of the same command) instead of a fresh one.")] = None,
+        sparsity: Annotated[float | None, typer.Option(
+            "--prune", metavar="<fraction>",
+            help="Before training, set this fraction in [0, 1) of each weight tensor's smallest weights to zero "
+                 "and keep them zero while training (magnitude pruning).")] = None,
         as_json: JsonFlag = False,
     ):
-        _train(model, epochs, batch, lr, threads, seed, out_path, as_json)
+        _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity, from_path)
 
     train_command.__doc__ = doc
     train_command.__name__ = f"train_{name.replace('-', '_')}"

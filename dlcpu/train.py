@@ -3,9 +3,11 @@ images, no download).  (The PyTorch twin that `dlcpu bench train` runs lives in 
 
 The split is fixed and seeded (stratified 80/20), pixels are scaled by the training set's mean
 and deviation, and the model is checkpointed atomically after every epoch, so an interrupted or
-diverged run keeps the last good model.
+diverged run keeps the last good model.  A saved model can be fine-tuned (`init_from`), and
+pruned first (`prune`, nn.prune's masks are kept by SGD through the fine-tuning).
 """
 import math
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -13,6 +15,7 @@ import numpy as np
 
 from . import nn
 from .layout import to_blocked
+from .nn.prune import check_sparsity
 
 
 class TrainingDiverged(RuntimeError):
@@ -58,6 +61,7 @@ class TrainResult:
     total_seconds: float = 0.0
     checkpoint: str = None
     model: object = None    # the trained nn module
+    sparsity: list = field(default_factory=list)   # nn.sparsity_report of the trained model
 
     @property
     def test_accuracy(self):
@@ -83,10 +87,58 @@ def evaluate(model, x, y, batch=512, inputs=image_batch):
     return correct / len(x)
 
 
+MODEL_KINDS = {"cnn": "a digits CNN (nn.digits_resnet)", "rnn": "a digits RNN (nn.digits_rnn, recurrent layers)"}
+
+
+def _has_recurrent(module):
+    return isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)) or any(_has_recurrent(c) for c in module.children())
+
+
+def load_pretrained(source, model="cnn"):
+    """The model to fine-tune as `model` ('cnn' or 'rnn'): `source` is a path of a file written
+    by nn.save (or a Module already loaded).  ValueError, naming the file, for a missing file, a
+    file that is not a dlcpu model, a model of the other kind (recurrent layers or not) or one
+    that does not map digits to 10 classes."""
+    if model not in MODEL_KINDS:
+        raise ValueError(f"train: model must be 'cnn' or 'rnn', got {model!r}")
+    if isinstance(source, nn.Module):
+        where, m = "the initial model", source
+    elif isinstance(source, (str, os.PathLike)):
+        where = os.fspath(source)
+        if not os.path.exists(where):
+            raise ValueError(f"model file {where} does not exist")
+        m = nn.load(where)
+    else:
+        raise TypeError(f"train: init_from must be a model file path or a dlcpu.nn Module, got {type(source).__name__}")
+    kind = "rnn" if _has_recurrent(m) else "cnn"
+    if kind != model:
+        raise ValueError(f"{where} holds {MODEL_KINDS[kind]}, not {MODEL_KINDS[model]}")
+    inputs = image_batch if model == "cnn" else row_sequence
+    m.eval()
+    try:
+        y = m(inputs(np.zeros((2, 1, 8, 8), np.float32)))
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ValueError(f"{where}: the model does not take 1x8x8 digit images ({exc})") from None
+    finally:
+        m.train()
+    if getattr(y, "shape", None) != (2, 10):
+        raise ValueError(f"{where}: the model maps digits to shape {getattr(y, 'shape', None)}, not to 10 class scores")
+    first = m.modules[0] if isinstance(m, nn.Sequential) and m.modules else None
+    if hasattr(first, "needs_input_grad"):  # not saved: its input is data, no dx wanted
+        first.needs_input_grad = False
+    return m
+
+
 def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, width=16, seed=0,
-                 out=None, on_step=None, on_epoch=None, data=None, model="cnn"):
+                 out=None, on_step=None, on_epoch=None, data=None, model="cnn", prune=None, init_from=None):
     """Train on the digits split; returns TrainResult.  model 'cnn': nn.digits_resnet on the
     images; 'rnn': nn.digits_rnn (an LSTM) reading each image row by row.
+
+    init_from: fine-tune the model saved at this path (nn.save; or a Module) instead of a fresh
+    one (`width` is then unused); it must be of the same kind (load_pretrained).  prune: a
+    sparsity in [0, 1): nn.prune(scope="layer") before training, its masks kept by SGD, so the
+    trained model has exactly that fraction of zeros in every Conv2d/Linear/recurrent weight.
+    TrainResult.sparsity is the per-layer nn.sparsity_report of the trained model.
 
     on_step(epoch, step, steps, loss) and on_epoch(EpochStats) feed progress displays.  With
     `out`, the model is saved after every epoch (atomically); a path that cannot be written is
@@ -94,13 +146,20 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
     with TrainingDiverged, leaving the last checkpoint as it was."""
     if epochs < 1 or batch < 1 or not lr > 0:
         raise ValueError(f"train: need epochs >= 1, batch >= 1 and lr > 0 (got {epochs}, {batch}, {lr})")
-    if model not in ("cnn", "rnn"):
+    if model not in MODEL_KINDS:
         raise ValueError(f"train: model must be 'cnn' or 'rnn', got {model!r}")
+    if prune is not None:
+        prune = check_sparsity(prune, "train")
     if out:
         nn.check_writable(out)  # before any training, not after the first epoch
-    data = data or load_digits_split(seed)
     inputs = image_batch if model == "cnn" else row_sequence
-    model = nn.digits_resnet(width, seed=seed) if model == "cnn" else nn.digits_rnn(seed=seed)
+    if init_from is not None:
+        model = load_pretrained(init_from, model)
+    else:
+        model = nn.digits_resnet(width, seed=seed) if model == "cnn" else nn.digits_rnn(seed=seed)
+    data = data or load_digits_split(seed)
+    if prune is not None:
+        nn.prune(model, prune, scope="layer")
     opt = nn.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
     result = TrainResult(checkpoint=out)
@@ -109,6 +168,7 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
         _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch, result, inputs)
     result.total_seconds = time.perf_counter() - start
     result.model = model
+    result.sparsity = nn.sparsity_report(model)
     return result
 
 
