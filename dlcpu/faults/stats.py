@@ -15,8 +15,8 @@ Design
   reproduces all the commonly quoted values at p = 0.5: 9604, 16587 and 384 (N -> inf) and 9513,
   16316 and 623875 (N = 1e6). Ceiling the value computed with the exact quantile would give 385,
   16588, 16317 and 623880 instead. ``convention="exact"`` does exactly that (exact quantile, round
-  up), which guarantees the margin is met at the stated confidence; it asks for at most a few per
-  mille more injections (385 instead of 384 is the largest relative step). Either way 1 <= n <= N.
+  up), which guarantees the margin is met at the stated confidence; it can ask for a few more
+  injections (385 instead of 384, 16588 instead of 16587). Either way 1 <= n <= N.
 * ``wilson_interval`` is the Wilson score interval, vectorised over NumPy arrays; its coverage is
   close to nominal for the rates a campaign reports (unlike the Wald interval near 0 and 1).
 
