@@ -43,6 +43,7 @@ EXTENSIONS = {
     "pool": "pyx/pool.pyx",
     "norm": "pyx/norm.pyx",
     "rnn": "pyx/rnn.pyx",
+    "faults": "pyx/faults.pyx",
 }
 
 PYX_DIR = "pyx"
@@ -308,7 +309,7 @@ def make_extension(name, path):
 
 if __name__ == "__main__":
     setup(
-        packages=["dlcpu", "dlcpu._ext", "dlcpu.nn", "dlcpu.cli"],
+        packages=["dlcpu", "dlcpu._ext", "dlcpu.nn", "dlcpu.faults", "dlcpu.cli"],
         package_dir={"dlcpu": "dlcpu", "dlcpu.cli": "cli"},
         package_data={"dlcpu": ["workloads/*.csv"]},
         ext_modules=[make_extension(name, path) for name, path in EXTENSIONS.items()],

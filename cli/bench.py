@@ -340,3 +340,53 @@ def bench_train_digits(
                   f"{r['peer']['ratio']:.2f}")
     out.print(t)
     out.print("ratio = dlcpu images/s / torch images/s (>1: dlcpu faster)", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------- faults
+@command(app, "faults")
+def bench_faults(
+    model_path: Annotated[str | None, typer.Option("--model", metavar="<file>",
+                                                   help="A digits CNN saved by `dlcpu train digits` (default: train one "
+                                                        "for 3 epochs first, outside the timed region).")] = None,
+    compare: Annotated[str | None, typer.Option("--compare", metavar="<peer>",
+                                                help="Peer to time in the same run: pytorchfi.")] = None,
+    n: Annotated[int, typer.Option("--n", min=100, max=10_000_000, help="Injections of the activation campaign.")] = 20000,
+    n_weights: Annotated[int, typer.Option("--n-weights", min=10, max=1_000_000,
+                                           help="Injections of the weight campaign.")] = 1000,
+    threads: ThreadList = "1,2",
+    as_json: JsonFlag = False,
+):
+    """Fault-injection campaigns/s on the digits CNN: activation and weight campaigns, and PyTorchFI."""
+    from .. import train
+
+    if compare not in (None, "pytorchfi"):
+        raise bad_option("--compare", f"must be 'pytorchfi', got {compare!r}")
+    thread_counts = parse_threads(threads)
+    data = train.load_digits_split(0)
+    if model_path is None:
+        with err.status("training a digits CNN for 3 epochs (not timed)"):
+            model = train.train_digits(epochs=3, data=data).model.eval()
+    else:
+        model, inputs = train.digits_model(model_path)
+        if inputs is not train.image_batch:
+            raise ValueError(f"{model_path} is a recurrent model; bench faults runs on the digits CNN")
+    rows = []
+    for n_threads in thread_counts:
+        with err.status(f"fault-injection campaigns, {n_threads} thread(s)"):
+            rows += benchmarks.bench_faults(model, data, n_threads, n_activations=n, n_weights=n_weights, compare=compare)
+    if as_json:
+        emit_json({"faults": rows, "timed_region": benchmarks.FAULTS_TIMED_REGION})
+        return
+    t = Table(title="single-bit fault-injection campaigns on the digits CNN (sklearn digits test split)")
+    for col in ("threads", "campaign", "framework", "injections", "injections/s", "dlcpu / peer", "SDC-1 %", "outcomes agree"):
+        t.add_column(col, justify="left" if col in ("campaign", "framework") else "right")
+    for r in rows:
+        t.add_row(str(r["threads"]), r["campaign"], r["framework"], f"{r['injections']:,}", f"{r['per_second']:,.0f}",
+                  f"{r['dlcpu_ratio']:.1f}" if "dlcpu_ratio" in r else "", f"{100 * r['sdc1_rate']:.2f}",
+                  f"{100 * r['outcome_agreement']:.1f}%" if "outcome_agreement" in r else "")
+    out.print(t)
+    out.print(f"timed: {benchmarks.FAULTS_TIMED_REGION}.", highlight=False, soft_wrap=True)
+    if compare:
+        out.print("PyTorchFI 0.6.0's random_neuron_single_bit_inj fails (it calls a method it lacks) and its bit flip is "
+                  "a fixed-point model; the peer runs declare_neuron_fi with an IEEE bit-flip function of ours on the "
+                  "same faults.", highlight=False, soft_wrap=True)

@@ -7,6 +7,8 @@ of a dlcpu model: same layers, same order of parameters, so weights copy across 
 """
 from contextlib import contextmanager
 
+import numpy as np
+
 
 def torch_or_none():
     """The torch module, or None where PyTorch is not installed."""
@@ -105,3 +107,73 @@ def digits_train_step(torch, x_train, y_train, lr=0.05, seed=0):
         opt.step()
 
     return step
+
+
+#: dlcpu digits_resnet state names -> the twin's (the prefix of each layer; ReLU, pooling and
+#: Flatten have no state)
+_DIGITS_NAMES = {"0.": "0.", "1.": "1.", "2.0.": "3.conv1.", "2.1.": "3.bn1.", "2.2.": "3.conv2.", "2.3.": "3.bn2.",
+                 "3.0.": "4.conv1.", "3.1.": "4.bn1.", "3.2.": "4.conv2.", "3.3.": "4.bn2.", "3.5.": "4.short.0.",
+                 "3.6.": "4.short.1.", "5.": "7."}
+
+
+def digits_resnet_from(torch, model):
+    """The digits_resnet twin holding a trained dlcpu nn.digits_resnet's weights and running
+    statistics, in eval mode (the peer of `dlcpu bench faults`)."""
+    state = model.state()
+    width = state["0.weight"].shape[0]
+    twin = digits_resnet(torch, width, state["5.weight"].shape[0])
+    tensors = {}
+    for name, value in state.items():
+        prefix = max((p for p in _DIGITS_NAMES if name.startswith(p)), key=len)
+        tensors[_DIGITS_NAMES[prefix] + name[len(prefix):]] = torch.from_numpy(value.copy())
+    missing = set(twin.state_dict()) - set(tensors) - {k for k in twin.state_dict() if k.endswith("num_batches_tracked")}
+    if missing:
+        raise ValueError(f"digits twin: the dlcpu model has no values for {sorted(missing)}")
+    twin.load_state_dict(tensors, strict=False)
+    return twin.eval()
+
+
+def pytorchfi_or_none():
+    """(pytorchfi.core module, version) or None where PyTorchFI is not installed."""
+    try:
+        from importlib.metadata import version
+
+        from pytorchfi import core
+    except ImportError:
+        return None
+    return core, version("pytorchfi")
+
+
+def pytorchfi_bitflip_campaign(torch, core, twin, images, faults, batch=1):
+    """Run single-bit activation faults with PyTorchFI on `twin`: faults is a list of
+    (conv layer number, sample, c, h, w, bit); images the (N, 1, 8, 8) float32 inputs.  batch=1:
+    one image per injection (how PyTorchFI's examples run campaigns); batch=B: B faults per
+    declared injection, one per batch element (its batched mode).  PyTorchFI 0.6.0's own
+    random_neuron_single_bit_inj calls a method it lacks, and its bit flip is the fixed-point
+    model, so the IEEE flip is our function passed to declare_neuron_fi(function=...), the
+    documented way to inject a custom error.  Returns the faulty logits (len(faults), classes)."""
+    fi = core.fault_injection(twin, batch, input_shape=list(images.shape[1:]), layer_types=[torch.nn.Conv2d])
+    x_all = torch.from_numpy(images)
+    out = []
+    for start in range(0, len(faults), batch):
+        group = faults[start:start + batch]
+        fi.reset_current_layer()
+
+        def flip(module, inputs, output, group=group):
+            layer = fi.get_current_layer()
+            for b, (lay, _s, c, h, w, bit) in enumerate(group):
+                if lay == layer:
+                    word = output[b, c, h, w].view(torch.int32)
+                    output[b, c, h, w] = (word ^ torch.tensor(-2**31 if bit == 31 else 1 << bit,
+                                                              dtype=torch.int32)).view(torch.float32)
+            fi.updateLayer()
+            if fi.get_current_layer() >= fi.get_total_layers():
+                fi.reset_current_layer()
+
+        corrupted = fi.declare_neuron_fi(batch=list(range(len(group))), layer_num=[g[0] for g in group],
+                                         dim1=[g[2] for g in group], dim2=[g[3] for g in group],
+                                         dim3=[g[4] for g in group], function=flip)
+        x = x_all[[g[1] for g in group]]
+        with torch.no_grad():
+            out.append(corrupted(x).numpy())
+    return np.concatenate(out)

@@ -5,6 +5,7 @@ timed function is warmed up; dlcpu and the peer are timed interleaved, repeat by
 same process, so machine noise hits both; medians are reported (min kept too).  FLOPs: full taps
 (2*N*K*P*Q*C*R*S, padding taps included), as LIBXSMM counts.
 """
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -428,3 +429,91 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None
 def geomean(values):
     values = [v for v in values if v > 0]
     return float(np.exp(np.mean(np.log(values)))) if values else float("nan")
+
+
+# -------------------------------------------------------------------------------------- faults
+FAULTS_TIMED_REGION = ("dlcpu: the whole campaign (golden run, drawing, batched faulty inferences, outcomes, "
+                       "one JSONL line written and flushed per injection); PyTorchFI: per declared injection "
+                       "its declare_neuron_fi (a deep copy of the model plus hooks) and the faulty inference, "
+                       "outcomes against golden logits computed once outside the timed region")
+
+
+def _timed_campaign(model, inputs, repeats=3, **kwargs):
+    """(median injections/s over `repeats` runs, Campaign, records) of one campaign, each run
+    written to a fresh temporary JSONL file."""
+    import tempfile
+
+    from . import faults
+
+    rates = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "results.jsonl")
+            t0 = time.perf_counter()
+            camp = faults.Campaign(model, inputs, **kwargs)
+            camp.run(path)
+            rates.append(camp.n / (time.perf_counter() - t0))
+            records = faults.read_results(path).records
+        time.sleep(SETTLE_SECONDS)
+    return statistics.median(rates), camp, records
+
+
+def bench_faults(model, data, n_threads, *, n_activations=20000, n_weights=1000, images=64, compare=None,
+                 n_peer=1000, n_peer_batched=8192, peer_batch=256, seed=0):
+    """Injections/s of single-bit campaigns on a digits CNN at `n_threads`: an activation
+    campaign over the conv layers' outputs (each fault one test image), a weight campaign over
+    all weights (each fault evaluated on `images` test images) and, with compare='pytorchfi', the
+    first faults of the same activation campaign run by PyTorchFI on the PyTorch twin with the
+    same weights: n_peer of them one image per injection, n_peer_batched of them `peer_batch`
+    per injection (its batched mode), with how often its outcomes agree with dlcpu's."""
+    from threadpoolctl import threadpool_limits
+
+    from . import faults
+    from .train import image_batch
+
+    convs = [r.name for r in faults.model_layers(model) if r.kind == "Conv2d"]
+    rows = []
+    with threadpool_limits(limits=n_threads, user_api="openmp"):
+        rate, camp, records = _timed_campaign(model, image_batch(data.x_test), target="activations", layers=convs,
+                                              n=n_activations, seed=seed)
+        rows.append({"campaign": "activations (conv outputs), 1 image per fault", "framework": "dlcpu",
+                     "threads": n_threads, "injections": camp.n, "per_second": rate,
+                     "sdc1_rate": sum(r["outcome"] in ("sdc1", "sdc5") for r in records) / len(records)})
+        w_rate, w_camp, w_records = _timed_campaign(model, image_batch(data.x_test[:images]), target="weights",
+                                                    n=n_weights, seed=seed)
+        rows.append({"campaign": f"weights (all layers), {images} images per fault", "framework": "dlcpu",
+                     "threads": n_threads, "injections": w_camp.n, "per_second": w_rate,
+                     "sdc1_rate": sum(r["outcome"] in ("sdc1", "sdc5") for r in w_records) / len(w_records)})
+    if compare == "pytorchfi":
+        rows += _pytorchfi_rows(model, data, n_threads, records, convs, {1: n_peer, peer_batch: n_peer_batched}, rate)
+    return rows
+
+
+def _pytorchfi_rows(model, data, n_threads, records, convs, runs, dlcpu_rate):
+    """PyTorchFI on the first runs[batch] faults of `records`, for each batch size in `runs`."""
+    from . import faults
+
+    torch = _peers.require_torch("bench faults --compare pytorchfi")
+    found = _peers.pytorchfi_or_none()
+    if found is None:
+        raise ValueError("bench faults --compare pytorchfi needs PyTorchFI: pip install pytorchfi==0.6.0")
+    core, version = found
+    twin = _peers.digits_resnet_from(torch, model)
+    rows = []
+    with torch_threads(torch, n_threads), torch.no_grad():
+        golden = twin(torch.from_numpy(data.x_test)).numpy()
+        for batch, count in runs.items():
+            chosen = records[:count]
+            plan = [(convs.index(r["layer"]), r["sample"], *r["index"], r["bit"]) for r in chosen]
+            ours = np.array([faults.OUTCOMES.index(r["outcome"]) for r in chosen])
+            t0 = time.perf_counter()
+            logits = _peers.pytorchfi_bitflip_campaign(torch, core, twin, data.x_test, plan, batch=batch)
+            seconds = time.perf_counter() - t0
+            outcome, _ = faults.classify(golden[[p[1] for p in plan]], logits)
+            rate = len(plan) / seconds
+            rows.append({"campaign": f"activations (conv outputs), {'1 image' if batch == 1 else f'{batch} faults'} "
+                                     f"per injection", "framework": f"pytorchfi {version} (torch {torch.__version__})",
+                         "threads": n_threads, "injections": len(plan), "per_second": rate,
+                         "dlcpu_ratio": dlcpu_rate / rate, "outcome_agreement": float((outcome == ours).mean()),
+                         "sdc1_rate": float(np.isin(outcome, (1, 2)).mean())})
+    return rows

@@ -129,6 +129,19 @@ def load_pretrained(source, model="cnn"):
     return m
 
 
+def digits_model(source):
+    """(model, input builder) for a digits model file or Module of either kind, checked as
+    load_pretrained checks it (ValueError naming the file otherwise); the model is in eval mode."""
+    kind = "rnn" if isinstance(source, nn.Module) and _has_recurrent(source) else "cnn"
+    if not isinstance(source, nn.Module):
+        if not isinstance(source, (str, os.PathLike)) or not os.path.exists(source):
+            raise ValueError(f"model file {source} does not exist")
+        source = nn.load(source) if not isinstance(source, nn.Module) else source
+        kind = "rnn" if _has_recurrent(source) else "cnn"
+    model = load_pretrained(source, kind)
+    return model.eval(), (row_sequence if kind == "rnn" else image_batch)
+
+
 def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, width=16, seed=0,
                  out=None, on_step=None, on_epoch=None, data=None, model="cnn", prune=None, init_from=None):
     """Train on the digits split; returns TrainResult.  model 'cnn': nn.digits_resnet on the

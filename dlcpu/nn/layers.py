@@ -297,7 +297,7 @@ class Sequential(Module):
     def forward(self, x):
         for i, m in enumerate(self.modules):
             try:
-                x = m.forward(x)
+                x = m(x)
             except (ValueError, TypeError) as exc:
                 raise type(exc)(f"layer {i} ({m.describe()}): {exc}") from None
         return x

@@ -37,12 +37,30 @@ class Parameter:
         self.mask = None
 
 
+class _HookHandle:
+    """What register_output_hook returns: remove() unregisters the hook (once)."""
+
+    def __init__(self, hooks, hook):
+        self._hooks, self._hook = hooks, hook
+
+    def remove(self):
+        if self._hook in self._hooks:
+            self._hooks.remove(self._hook)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
 class Module:
     """Base class: parameters, children, train/eval mode, configuration for save/load."""
 
     def __init__(self):
         self.training = True
         self.name = type(self).__name__
+        self._output_hooks = []
 
     # -- structure --------------------------------------------------------------------------
     def children(self):
@@ -75,7 +93,19 @@ class Module:
         return self.train(False)
 
     def __call__(self, x):
-        return self.forward(x)
+        y = self.forward(x)
+        for hook in self._output_hooks:
+            y = hook(self, y)
+        return y
+
+    def register_output_hook(self, hook):
+        """Run hook(module, y) -> y on this module's output every time it is called (as PyTorch's
+        forward hooks); returns a handle whose remove() takes it off again.  dlcpu.faults flips
+        activation bits this way."""
+        if not callable(hook):
+            raise TypeError(f"{self.name}.register_output_hook: hook must be callable, got {type(hook).__name__}")
+        self._output_hooks.append(hook)
+        return _HookHandle(self._output_hooks, hook)
 
     # -- save/load ----------------------------------------------------------------------------
     def config(self):

@@ -1,0 +1,204 @@
+"""Running a model with faults: the golden run, weight and activation injections, and outcomes.
+
+Design: `GoldenRun` runs the fault-free model once over the evaluation inputs (eval mode, so
+every sample is independent of the others in its batch) and keeps the input of every top-level
+layer.  A fault in top-level layer s therefore re-runs only layers s, s+1, ... on the affected
+samples; a fault in the output of a top-level layer starts from the kept output itself.  The
+kernels give every sample bitwise the same result whatever the batch and thread count (tested),
+so a batch of B faulty inferences, each sample carrying its own fault, equals B single runs.
+
+Activation faults are transient: they are applied to a copy of the kept activations, or by an
+output hook (Module.register_output_hook) on a layer inside a block, during one batched call.
+Weight faults persist for one injection: the stored weight is flipped in place, the model re-run
+from that layer on every evaluation input, and the flip undone bitwise before the next one.
+
+Outcome of a faulty run against the golden one, per sample (most severe first):
+  due    the output holds a NaN or Inf (a detected, unrecoverable error)
+  sdc5   the fault-free top-1 class left the top 5 (implies the top-1 changed)
+  sdc1   the top-1 class changed, the fault-free one is still among the top 5
+  masked the top-1 class is unchanged
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bitflip import fixed_point_flip, flip_bits, storage_width
+from .sites import activation_format, batch_size, check_index, find_layer, take_rows
+
+OUTCOMES = ("masked", "sdc1", "sdc5", "due")
+MASKED, SDC1, SDC5, DUE = range(4)
+
+#: the fault models: IEEE/integer bit flips of the stored bits, or PyTorchFI's fixed-point model
+FAULT_MODELS = ("ieee", "fixed8", "fixed16")
+
+
+def check_fault_model(fault_model):
+    if fault_model not in FAULT_MODELS:
+        raise ValueError(f"fault model must be one of {', '.join(FAULT_MODELS)}, got {fault_model!r}")
+    return 32 if fault_model == "ieee" else int(fault_model[5:])
+
+
+def classify(golden, faulty):
+    """(outcome codes, max-abs deviation) per row of faulty logits (n, classes) against golden."""
+    golden = np.asarray(golden, np.float32)
+    faulty = np.asarray(faulty, np.float32)
+    finite = np.isfinite(faulty).all(axis=1)
+    ref = golden.argmax(axis=1)
+    top1 = np.where(finite, np.nan_to_num(faulty).argmax(axis=1), -1)
+    at_ref = faulty[np.arange(len(faulty)), ref]
+    # the fault-free class left the top 5 when at least 5 classes score strictly higher
+    above = (faulty > at_ref[:, None]).sum(axis=1)
+    outcome = np.full(len(faulty), MASKED, np.int8)
+    outcome[top1 != ref] = SDC1
+    outcome[(above >= 5) & (top1 != ref)] = SDC5
+    outcome[~finite] = DUE
+    with np.errstate(invalid="ignore", over="ignore"):
+        dev = np.abs(faulty.astype(np.float64) - golden).max(axis=1)
+    dev[~finite] = np.inf
+    return outcome, dev
+
+
+class GoldenRun:
+    """The fault-free run of `model` on `inputs` (the model's input for all evaluation samples),
+    keeping each top-level layer's input; profiles every layer's output format and range."""
+
+    def __init__(self, model, inputs, input_module=None):
+        from ..nn.layers import Sequential
+
+        self.model = model.eval()
+        self.stages = model.modules if isinstance(model, Sequential) else [model]
+        first = self.stages[0]
+        self.input_format = activation_format(inputs, input_module or first)
+        self.n = batch_size(inputs, self.input_format)
+        self.formats, self.ranges = {}, {}
+        handles = []
+        from .sites import model_layers
+
+        self.layers = model_layers(model) if isinstance(model, Sequential) else []
+        for ref in self.layers:
+            handles.append(ref.module.register_output_hook(self._profiler(ref.name)))
+        try:
+            self.kept = [inputs]
+            x = inputs
+            for stage in self.stages:
+                x = stage(x)
+                self.kept.append(x)
+        finally:
+            for h in handles:
+                h.remove()
+        self.logits = np.asarray(self.kept[-1], np.float32)
+        if self.logits.ndim != 2:
+            raise ValueError(f"faults: the model's output must be (N, classes) scores, got shape {self.logits.shape}")
+
+    def _profiler(self, name):
+        def hook(module, y):
+            fmt = activation_format(y, module)
+            self.formats[name] = fmt
+            values = fmt.storage(y)
+            finite = values[np.isfinite(values)]
+            self.ranges[name] = max(self.ranges.get(name, 0.0), float(np.abs(finite).max()) if finite.size else 0.0)
+            return y
+        return hook
+
+    @property
+    def predictions(self):
+        return self.logits.argmax(axis=1)
+
+    def run_from(self, stage, x):
+        """Layers stage, stage+1, ... on x."""
+        for m in self.stages[stage:]:
+            x = m(x)
+        return np.asarray(x, np.float32)
+
+    def stage_of(self, ref):
+        return ref.path[0] if ref.path else 0
+
+
+@dataclass
+class ChangedValues:
+    """What the faults did to the targeted elements: bit patterns (as stored) and values."""
+
+    old_bits: np.ndarray
+    new_bits: np.ndarray
+    old_values: np.ndarray
+    new_values: np.ndarray
+
+
+def _apply(storage, offsets, bits, fault_model, value_range):
+    """Apply the faults to `storage` in place; returns (ChangedValues, undo callable)."""
+    if fault_model == "ieee":
+        flips = flip_bits(storage, offsets, bits)
+        flat = storage.reshape(-1)
+        old_vals = _values_of(flips.old, storage.dtype)
+        return ChangedValues(flips.old, flips.new, old_vals, flat[offsets].copy()), flips.undo
+    if storage.dtype != np.float32:
+        raise ValueError(f"the {fault_model} fault model applies to float32 values, the target stores {storage.dtype}")
+    flat = storage.reshape(-1)
+    old = flat[offsets].copy()
+    new = fixed_point_flip(old, bits, value_range, int(fault_model[5:]))
+    flat[offsets] = new
+
+    def undo():
+        flat[offsets] = old
+    return ChangedValues(old.view(np.uint32), new.view(np.uint32), old, new), undo
+
+
+def _values_of(patterns, dtype):
+    """Values of stored bit patterns (uint32 words) in `dtype`."""
+    width = storage_width(dtype)
+    words = patterns.astype({8: np.uint8, 16: np.uint16, 32: np.uint32}[width])
+    return words.view(dtype)
+
+
+def activation_faults(golden, layer, rows, indices, bits, fault_model="ieee"):
+    """Run one batch of activation faults: sample rows[j] of the golden inputs with bit bits[j] of
+    element indices[j] (logical, per sample) of `layer`'s output flipped.  Returns (faulty logits
+    (n, classes), ChangedValues)."""
+    ref = find_layer(golden.model, layer) if isinstance(layer, str) else layer
+    fmt = golden.formats[ref.name]
+    rows = np.asarray(rows, np.int64)
+    n = len(rows)
+    idx = check_index(fmt.sample_shape, indices, f"layer {ref.name} output")
+    offsets = fmt.offsets(n, np.arange(n), idx)
+    value_range = golden.ranges[ref.name] or 1.0
+    stage = golden.stage_of(ref)
+    changed = {}
+    if len(ref.path) == 1:          # the output of a top-level layer is the next one's kept input
+        x = take_rows(golden.kept[stage + 1], fmt, rows)
+        changed["v"], _ = _apply(fmt.storage(x), offsets, bits, fault_model, value_range)
+        return golden.run_from(stage + 1, x), changed["v"]
+
+    def hook(module, y):
+        changed["v"], _ = _apply(fmt.storage(y), offsets, bits, fault_model, value_range)
+        return y
+
+    x = take_rows(golden.kept[stage], golden.input_format if stage == 0 else
+                  activation_format(golden.kept[stage], golden.stages[stage - 1]), rows)
+    with ref.module.register_output_hook(hook):
+        logits = golden.run_from(stage, x)
+    return logits, changed["v"]
+
+
+def tensor_range(tensor):
+    """max |w| over a weight tensor's finite stored values (the fixed-point models' range)."""
+    values = tensor.storage[np.isfinite(tensor.storage)] if tensor.storage.dtype.kind == "f" else tensor.storage
+    return float(np.abs(values).max()) if values.size and np.abs(values).max() > 0 else 1.0
+
+
+def weight_fault(golden, tensor, index, bit, fault_model="ieee"):
+    """Run the golden inputs with bit `bit` of weight element `index` (logical) of `tensor` (a
+    WeightTensor) flipped; the flip is undone before returning.  Returns (faulty logits,
+    ChangedValues)."""
+    idx = check_index(tensor.shape, index, tensor.name)
+    offsets = tensor.offsets(idx)
+    changed, undo = _apply(tensor.storage, offsets, np.atleast_1d(bit), fault_model,
+                           1.0 if fault_model == "ieee" else tensor_range(tensor))
+    try:
+        if tensor.after_change:
+            tensor.after_change(offsets)
+        logits = golden.run_from(golden.stage_of(tensor.layer), golden.kept[golden.stage_of(tensor.layer)])
+    finally:
+        undo()
+        if tensor.after_change:
+            tensor.after_change(offsets)
+    return logits, changed
