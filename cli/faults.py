@@ -310,9 +310,8 @@ def compare(
         raise ValueError(f"{model_path} is a recurrent model; the compression study runs on the digits CNN")
 
     def on_variant(row):
-        lo, hi = row.interval
         err.print(f"{row.name:>22}: accuracy {100 * row.accuracy:.2f}%, SDC-1 {100 * row.rate:.3f}% "
-                  f"[{100 * lo:.3f}, {100 * hi:.3f}] over {row.n:,} injections", highlight=False)
+                  f"[{100 * row.low:.3f}, {100 * row.high:.3f}] over {row.n:,} injections", highlight=False)
 
     with _threads(threads):
         rows = compress.compare(model, data, target=target, sparsities=fractions, finetune_epochs=epochs,
@@ -321,18 +320,22 @@ def compare(
     if as_json:
         emit_json({"model": model_path, "target": target, "seed": seed, "rows": [r.as_dict() for r in rows]})
         return
-    t = Table(title=f"Resilience to single-bit {target} faults ({model_path}; factor = dense SDC-1 rate / variant's)")
-    for c in ("variant", "accuracy %", "sparsity %", "fault model", "n", "SDC-1 % [95% CI]", "DUE %",
-              "factor (>= at 95%)", "paper"):
+    per = "per (fault, test image) pair" if target == "weights" else "per fault (one test image each)"
+    t = Table(title=f"Resilience to single-bit {target} faults ({model_path}); SDC-1 rate {per}, factor = dense "
+                    f"rate / variant rate")
+    columns = ["variant", "accuracy %", "sparsity %", "fault model", "n", "SDC-1 % [95% CI]"]
+    columns += ["faults changing any image %"] if target == "weights" else []
+    columns += ["DUE %", "factor (>= at 95%)", "paper"]
+    for c in columns:
         t.add_column(c, justify="left" if c == "variant" else "right")
     for r in rows:
         d = r.as_dict()
         factor = "-" if r.kind == "dense" else ("inf" if r.factor is None else f"{r.factor:.1f}")
         low = f" (>= {r.factor_low:.1f})" if r.kind != "dense" and r.factor_low else ""
-        paper = f"{d['paper_factor']}x" if d["paper_factor"] else "-"
-        lo, hi = r.interval
-        t.add_row(r.name, f"{100 * r.accuracy:.2f}", f"{100 * d['sparsity_measured']:.1f}",
-                  f"{r.fault_model} ({r.bits_per_element}-bit)", f"{r.n:,}",
-                  f"{100 * r.rate:.3f} [{100 * lo:.3f}, {100 * hi:.3f}]", f"{100 * r.due / r.n:.3f}",
-                  factor + low, paper)
+        cells = [r.name, f"{100 * r.accuracy:.2f}", f"{100 * d['sparsity_measured']:.1f}",
+                 f"{r.fault_model} ({r.bits_per_element}-bit)", f"{r.n:,}",
+                 f"{100 * r.rate:.3f} [{100 * r.low:.3f}, {100 * r.high:.3f}]"]
+        cells += [f"{100 * r.any_input_rate:.2f}"] if target == "weights" else []
+        cells += [f"{100 * r.due_rate:.3f}", factor + low, f"{d['paper_factor']}x" if d["paper_factor"] else "-"]
+        t.add_row(*cells)
     out.print(t)

@@ -29,7 +29,7 @@ from .. import __version__
 from .bitflip import is_float_storage, parse_bits, storage_width
 from .inject import DUE, OUTCOMES, SDC1, SDC5, GoldenRun, activation_faults, check_fault_model, classify, weight_fault
 from .sites import find_layer, model_layers, weight_tensors
-from .stats import sample_size
+from .stats import sample_size, z_for_confidence
 
 FORMAT = "dlcpu-faults/1"
 TARGETS = ("activations", "weights")
@@ -322,6 +322,8 @@ class CampaignState:
     sdc5: int = 0
     due: int = 0
     note: str = None
+    image_sdc1: float = 0.0      # sum over injections of the fraction of inputs whose top-1 changed
+    image_sdc1_sq: float = 0.0   # and of its square
 
     def add(self, rec):
         self.done += 1
@@ -329,6 +331,21 @@ class CampaignState:
         self.sdc1 += o in ("sdc1", "sdc5")
         self.sdc5 += o == "sdc5"
         self.due += o == "due"
+        frac = rec["sdc1_images"] / rec["images"] if "images" in rec else float(o in ("sdc1", "sdc5"))
+        self.image_sdc1 += frac
+        self.image_sdc1_sq += frac * frac
+
+    def per_image_rate(self, confidence=0.95):
+        """(rate, low, high): the fraction of (fault, input) pairs whose top-1 changed.  A weight
+        fault is evaluated on every input, so its inputs are not independent draws: the interval
+        is the normal one over the injections' per-fault fractions (the injections are the
+        independent units), clipped to [0, 1].  For one input per fault it is the plain rate."""
+        if not self.done:
+            return float("nan"), 0.0, 1.0
+        mean = self.image_sdc1 / self.done
+        var = max(self.image_sdc1_sq / self.done - mean * mean, 0.0) * self.done / max(self.done - 1, 1)
+        half = z_for_confidence(confidence) * math.sqrt(var / self.done)
+        return mean, max(0.0, mean - half), min(1.0, mean + half)
 
 
 def open_results(path, header, resume):

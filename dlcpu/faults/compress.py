@@ -22,7 +22,6 @@ from ..layout import block_weights, unblock_weights
 from ..nn import io as nn_io
 from ..nn.layers import Conv2d, Linear
 from .sites import WeightTensor, _conv_weight_offsets, model_layers
-from .stats import wilson_interval
 
 #: the paper's resilience factors (dense SDC rate / variant SDC rate), for the side-by-side table
 PAPER_FACTORS = {"pruning": 9.0, "quantization": 27.4, "both": 108.7}
@@ -95,37 +94,33 @@ def int8_state_bytes(layers):
 
 @dataclass
 class VariantResult:
-    """One row of the resilience study."""
+    """One row of the resilience study.  The SDC-1 rate is per (fault, input) pair: for weight
+    faults, the fraction of the evaluation inputs whose top-1 changed, averaged over faults (the
+    rate at which a fault misclassifies an input); `any_input_rate` is the fraction of weight
+    faults that changed at least one of them, which one borderline input can dominate."""
 
     name: str
     kind: str                 # dense | pruning | quantization | both
     sparsity: float
     accuracy: float
     n: int
-    sdc1: int
-    sdc5: int
-    due: int
+    rate: float
+    low: float
+    high: float
+    any_input_rate: float
+    due_rate: float
     fault_model: str
     bits_per_element: int
-    confidence: float = 0.95
     factor: float = None      # dense SDC-1 rate / this one
-    factor_low: float = None  # a conservative factor: dense rate / this rate's upper Wilson limit
+    factor_low: float = None  # conservative: dense rate's lower limit / this rate's upper limit
     extra: dict = field(default_factory=dict)
 
-    @property
-    def rate(self):
-        return self.sdc1 / self.n if self.n else float("nan")
-
-    @property
-    def interval(self):
-        return wilson_interval(self.sdc1, self.n, self.confidence)
-
     def as_dict(self):
-        lo, hi = self.interval
         return {"variant": self.name, "kind": self.kind, "sparsity": self.sparsity, "accuracy": self.accuracy,
                 "fault_model": self.fault_model, "bits_per_element": self.bits_per_element, "n": self.n,
-                "sdc1": self.sdc1, "sdc1_rate": self.rate, "sdc1_low": lo, "sdc1_high": hi, "sdc5": self.sdc5,
-                "due": self.due, "resilience_factor": self.factor, "resilience_factor_low": self.factor_low,
+                "sdc1_rate": self.rate, "sdc1_low": self.low, "sdc1_high": self.high,
+                "any_input_sdc1_rate": self.any_input_rate, "due_rate": self.due_rate,
+                "resilience_factor": self.factor, "resilience_factor_low": self.factor_low,
                 "paper_factor": PAPER_FACTORS.get(self.kind), **self.extra}
 
 
@@ -189,7 +184,7 @@ def compare(model, data, *, target="weights", sparsities=(0.5, 0.75, 0.9), finet
     for s in sparsities:
         variants.append((f"pruned {round(100 * s)}% + int8", "both", s, lambda s=s: quantize_int8(pruned(s))[0]))
 
-    results, dense_rate, planned_n = [], None, n
+    results, dense, planned_n = [], None, n
     for name, kind, sparsity, make in variants:
         variant = make()
         int8 = kind in ("quantization", "both")
@@ -200,22 +195,22 @@ def compare(model, data, *, target="weights", sparsities=(0.5, 0.75, 0.9), finet
         if planned_n == "auto":
             planned_n = camp.n           # every variant runs the dense campaign's sample size
         accuracy = evaluate(variant, data.x_test, data.y_test)
-        width = 8 if int8 else 32
-        row = VariantResult(name, kind, float(sparsity), accuracy, state.done, state.sdc1, state.sdc5, state.due,
-                            fault_model, width, confidence,
-                            extra={"population": camp.population, "sparsity_measured": _sparsity(variant, layers)})
-        if dense_rate is None:
-            dense_rate = row.rate
-        if row.sdc1:
-            row.factor = dense_rate / row.rate
-        row.factor_low = dense_rate / row.interval[1] if row.interval[1] > 0 else None
+        rate, low, high = state.per_image_rate(confidence)
+        row = VariantResult(name, kind, float(sparsity), accuracy, state.done, rate, low, high,
+                            state.sdc1 / state.done, state.due / state.done, fault_model, 8 if int8 else 32,
+                            extra={"population": camp.population, "sparsity_measured": _sparsity(variant)})
+        if dense is None:
+            dense = row
+        elif row.rate > 0:
+            row.factor = dense.rate / row.rate
+            row.factor_low = dense.low / row.high if row.high > 0 else None
         results.append(row)
         if on_variant:
             on_variant(row)
     return results
 
 
-def _sparsity(model, layers):
+def _sparsity(model):
     """Fraction of exact zeros over the Conv2d and Linear weights (logical, unpadded)."""
     zeros = total = 0
     for ref in model_layers(model):
