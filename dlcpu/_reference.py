@@ -2,6 +2,8 @@
 
 Plain NumPy, written for clarity, never for speed.  Nothing here is used by the fast paths.
 """
+import math
+
 import numpy as np
 
 
@@ -291,3 +293,30 @@ def rnn_backward(dy, x, w_ih, w_hh, steps, dh_T, relu=False):
         db += dpre.sum(axis=0)
         dh = dpre @ w_hh
     return dx, dw_ih, dw_hh, db, db, dh
+
+
+# -- fault models (dlcpu.faults.bitflip) ---------------------------------------------------------
+def bit_flip(array, flat_index, bit):
+    """A copy of `array` with bit `bit` of element `flat_index` flipped, done on the raw bytes
+    (little-endian x86: bit b of an element lives in byte b // 8 of it)."""
+    a = np.ascontiguousarray(array)
+    raw = bytearray(a.tobytes())
+    raw[flat_index * a.dtype.itemsize + bit // 8] ^= 1 << (bit % 8)
+    return np.frombuffer(bytes(raw), dtype=a.dtype).reshape(a.shape).copy()
+
+
+def fixed_point_flip(value, bit, value_range, total_bits=8):
+    """PyTorchFI's single_bit_flip_signed on one value, step by step as it does it (with Python
+    ints and a bit string, bit 0 the least significant), plus saturation of out-of-range values
+    (where PyTorchFI stops with an AssertionError)."""
+    half = 2 ** (total_bits - 1)
+    q = value / value_range * half
+    q = 0 if math.isnan(q) else (half - 1 if q >= half else (-half if q <= -half else int(q)))
+    twos = q + (1 << total_bits) if q < 0 else q
+    bits = list(format(twos, f"0{total_bits}b"))
+    pos = total_bits - 1 - bit
+    bits[pos] = "1" if bits[pos] == "0" else "0"
+    new = int("".join(bits), 2)
+    if new & (1 << (total_bits - 1)):
+        new -= 1 << total_bits
+    return new * 2.0 ** -(total_bits - 1) * value_range
