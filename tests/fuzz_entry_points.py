@@ -20,7 +20,7 @@ import numpy as np
 
 import dlcpu
 from dlcpu import _reference as ref
-from dlcpu import gemm, nn, norm, pool, rnn
+from dlcpu import faults, gemm, nn, norm, pool, rnn
 
 RTOL = 1e-4  # relative L2: loose enough for any size here, tight enough to catch a wrong index
 
@@ -288,7 +288,62 @@ def b_nn_linear(rng):
     return {"layer": nn.Linear(c, int(rng.integers(1, 20))), "x": f32(rng, 3, c)}, None
 
 
+FLIP_DTYPES = [np.float32, np.int32, np.uint16, np.int16, np.int8, np.uint8]
+
+
+def b_flip_bits(rng):
+    dtype = np.dtype(FLIP_DTYPES[int(rng.integers(len(FLIP_DTYPES)))])
+    a = rng.integers(-100, 100, int(rng.integers(1, 40))).astype(dtype)
+    n = int(rng.integers(1, 4))
+    kw = {"array": a, "offsets": rng.integers(0, a.size, n), "bits": rng.integers(0, 8 * dtype.itemsize, n)}
+
+    def check(kw, flips):
+        return np.array_equal(flips.old ^ flips.new, np.uint32(1) << np.asarray(kw["bits"], np.uint32))
+    return kw, check
+
+
+def b_fixed_point_flip(rng):
+    total = int(rng.choice([8, 16]))
+    kw = {"values": f32(rng, int(rng.integers(1, 20))) * 3, "bits": None, "value_range": float(rng.uniform(0.5, 2)),
+          "total_bits": total}
+    kw["bits"] = rng.integers(0, total, kw["values"].shape)
+
+    def check(kw, new):
+        want = [ref.fixed_point_flip(float(v), int(b), kw["value_range"], kw["total_bits"])
+                for v, b in zip(kw["values"], kw["bits"])]
+        return np.array_equal(new, np.asarray(want, np.float32))
+    return kw, check
+
+
+def fault_model_problem(rng):
+    c = int(rng.choice([1, 5, 17]))
+    model = nn.Sequential(nn.Conv2d(1, c, 3, padding=1), nn.BatchNorm2d(c, relu=True), nn.GlobalAvgPool(),
+                          nn.Linear(c, 4)).eval()
+    return faults.GoldenRun(model, dlcpu.to_blocked(f32(rng, 3, 1, 4, 4)))
+
+
+def b_activation_faults(rng):
+    golden = fault_model_problem(rng)
+    layer = str(rng.integers(4))
+    shape = golden.formats[layer].sample_shape
+    n = int(rng.integers(1, 4))
+    return {"golden": golden, "layer": layer, "rows": rng.integers(0, 3, n),
+            "indices": np.stack([rng.integers(0, d, n) for d in shape], axis=1), "bits": rng.integers(0, 32, n)}, None
+
+
+def b_weight_fault(rng):
+    golden = fault_model_problem(rng)
+    tensors = faults.weight_tensors(golden.model)
+    t = tensors[int(rng.integers(len(tensors)))]
+    return {"golden": golden, "tensor": t, "index": np.array([int(rng.integers(d)) for d in t.shape]),
+            "bit": int(rng.integers(32))}, None
+
+
 ENTRY_POINTS = {
+    "faults.flip_bits": (b_flip_bits, faults.flip_bits),
+    "faults.fixed_point_flip": (b_fixed_point_flip, faults.fixed_point_flip),
+    "faults.activation_faults": (b_activation_faults, faults.activation_faults),
+    "faults.weight_fault": (b_weight_fault, faults.weight_fault),
     "conv2d": (b_conv2d, dlcpu.conv2d),
     "conv2d(out=)": (b_conv2d_out, dlcpu.conv2d),
     "conv2d_backward": (b_conv2d_backward, dlcpu.conv2d_backward),

@@ -216,8 +216,23 @@ def test_batchnorm_targets_are_the_logical_channels():
     tensors = layer_weights(faults.LayerRef("1", (1,), bn))
     assert [(t.param, t.shape) for t in tensors] == [("weight", (17,)), ("bias", (17,))]
     assert tensors[0].storage.shape == (32,)
+    model = nn.Sequential(nn.Conv2d(1, 17, 3, padding=1), bn, nn.GlobalAvgPool()).eval()
+    golden = faults.GoldenRun(model, to_blocked(np.ones((2, 1, 4, 4), np.float32)))
+    (gamma, _) = faults.weight_tensors(model, ["1"])
     with pytest.raises(ValueError, match="coordinate 0 must be in 0..16"):
-        faults.weight_fault(None, tensors[0], [17], 0)
+        faults.weight_fault(golden, gamma, [17], 0)
+    with pytest.raises(ValueError, match="not a weight of the golden run's model"):
+        faults.weight_fault(golden, layer_weights(faults.LayerRef("1", (1,), nn.BatchNorm2d(17)))[0], [1], 0)
+    with pytest.raises(TypeError, match="golden must be a GoldenRun"):
+        faults.weight_fault(None, gamma, [1], 0)
+    with pytest.raises(ValueError, match="bit 32 is beyond"):
+        faults.weight_fault(golden, gamma, [1], 32)
+    with pytest.raises(ValueError, match="rows must be samples 0..1"):
+        faults.activation_faults(golden, "1", [2], [[0, 0, 0]], [3])
+    with pytest.raises(ValueError, match="same number of faults"):
+        faults.activation_faults(golden, "1", [0, 1], [[0, 0, 0]], [3, 4])
+    with pytest.raises(TypeError, match="integers"):
+        faults.activation_faults(golden, "1", [0.5], [[0, 0, 0]], [3])
 
 
 # -- faulty inferences ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bitflip import fixed_point_flip, flip_bits, storage_width
-from .sites import activation_format, batch_size, check_index, find_layer, take_rows
+from .sites import LayerRef, WeightTensor, activation_format, batch_size, check_index, find_layer, take_rows
 
 OUTCOMES = ("masked", "sdc1", "sdc5", "due")
 MASKED, SDC1, SDC5, DUE = range(4)
@@ -154,11 +154,27 @@ def activation_faults(golden, layer, rows, indices, bits, fault_model="ieee"):
     """Run one batch of activation faults: sample rows[j] of the golden inputs with bit bits[j] of
     element indices[j] (logical, per sample) of `layer`'s output flipped.  Returns (faulty logits
     (n, classes), ChangedValues)."""
-    ref = find_layer(golden.model, layer) if isinstance(layer, str) else layer
+    if not isinstance(golden, GoldenRun):
+        raise TypeError(f"activation_faults: golden must be a GoldenRun, got {type(golden).__name__}")
+    if isinstance(layer, LayerRef):
+        ref = layer
+    elif isinstance(layer, str):
+        ref = find_layer(golden.model, layer)
+    else:
+        raise TypeError(f"activation_faults: layer must be a layer name such as '2.0' or a LayerRef, got "
+                        f"{type(layer).__name__}")
+    if ref.name not in golden.formats:
+        raise ValueError(f"activation_faults: layer {ref.name} ({ref.module.describe()}) produced no output in the golden run")
     fmt = golden.formats[ref.name]
-    rows = np.asarray(rows, np.int64)
+    rows = _check_ints(rows, "activation_faults: rows")
     n = len(rows)
+    if n and (rows.min() < 0 or rows.max() >= golden.n):
+        raise ValueError(f"activation_faults: rows must be samples 0..{golden.n - 1} of the golden run, got {rows.tolist()[:8]}")
     idx = check_index(fmt.sample_shape, indices, f"layer {ref.name} output")
+    bits = _check_ints(bits, "activation_faults: bits")
+    if not len(idx) == len(bits) == n:
+        raise ValueError(f"activation_faults: rows, indices and bits must describe the same number of faults, got "
+                         f"{n}, {len(idx)} and {len(bits)}")
     offsets = fmt.offsets(n, np.arange(n), idx)
     value_range = golden.ranges[ref.name] or 1.0
     stage = golden.stage_of(ref)
@@ -185,13 +201,32 @@ def tensor_range(tensor):
     return float(np.abs(values).max()) if values.size and np.abs(values).max() > 0 else 1.0
 
 
+def _check_ints(values, what):
+    """A 1-d int64 array of `values`; TypeError for non-integers."""
+    arr = np.atleast_1d(np.asarray(values))
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise TypeError(f"{what} must be a 1-d list of integers, got {arr.dtype} with shape {arr.shape}")
+    return arr.astype(np.int64)
+
+
 def weight_fault(golden, tensor, index, bit, fault_model="ieee"):
     """Run the golden inputs with bit `bit` of weight element `index` (logical) of `tensor` (a
     WeightTensor) flipped; the flip is undone before returning.  Returns (faulty logits,
     ChangedValues)."""
+    if not isinstance(golden, GoldenRun):
+        raise TypeError(f"weight_fault: golden must be a GoldenRun, got {type(golden).__name__}")
+    if not isinstance(tensor, WeightTensor):
+        raise TypeError(f"weight_fault: tensor must be a WeightTensor (faults.weight_tensors), got {type(tensor).__name__}")
+    if tensor.layer.module is not find_layer(golden.model, tensor.layer.name).module:
+        raise ValueError(f"weight_fault: {tensor.name} is not a weight of the golden run's model")
     idx = check_index(tensor.shape, index, tensor.name)
+    if len(idx) != 1:
+        raise ValueError(f"weight_fault: one index at a time, got {len(idx)}")
     offsets = tensor.offsets(idx)
-    changed, undo = _apply(tensor.storage, offsets, np.atleast_1d(bit), fault_model,
+    bits = _check_ints(bit, "weight_fault: bit")
+    if len(bits) != 1:
+        raise ValueError(f"weight_fault: one bit at a time, got {bits.tolist()}")
+    changed, undo = _apply(tensor.storage, offsets, bits, fault_model,
                            1.0 if fault_model == "ieee" else tensor_range(tensor))
     try:
         if tensor.after_change:
