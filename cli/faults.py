@@ -43,6 +43,14 @@ def _target(value):
     return value
 
 
+def _fault_model(value):
+    from ..faults.inject import FAULT_MODELS
+
+    if value not in FAULT_MODELS:
+        raise bad_option("--fault-model", f"must be one of {', '.join(FAULT_MODELS)}, got {value!r}")
+    return value
+
+
 def _threads(n):
     from threadpoolctl import threadpool_limits
 
@@ -85,6 +93,7 @@ def inject(
     from .. import faults
 
     _target(target)
+    _fault_model(fault_model)
     model, build_inputs, data = _digits(model_path)
     if list_layers:
         return _list(model, build_inputs, data, as_json)
@@ -175,6 +184,7 @@ def campaign(
     from .. import faults
 
     _target(target)
+    _fault_model(fault_model)
     if n != "auto" and not (n.isdigit() and int(n) >= 1):
         raise bad_option("--n", f"must be 'auto' or a positive integer, got {n!r}")
     if out_path is None:
@@ -194,9 +204,10 @@ def campaign(
         plan = (f"fault space N = {camp.population:,} ({target}, bits {bits}, {len(camp.sites)} tensors, "
                 f"{camp.inputs} inputs); " + (f"n = {camp.n:,} for margin e = {margin} at {confidence:.0%} "
                                               f"(t = {t:.4f}, p = 0.5)" if n == "auto" else f"n = {camp.n:,} (given)"))
-        err.print(plan, highlight=False)
         try:
-            state = _run_with_progress(camp, out_path, resume)
+            # the plan is printed once the results file has been checked, so that a file of another
+            # campaign or a damaged one is refused with one line
+            state = _run_with_progress(camp, out_path, resume, lambda: err.print(plan, highlight=False))
         except KeyboardInterrupt:
             err.print(f"interrupted; the records made so far are in {out_path}: continue with --resume", highlight=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -216,7 +227,7 @@ def _pct(rate):
     return f"{100 * rate.rate:.3f}% [{100 * rate.low:.3f}, {100 * rate.high:.3f}]"
 
 
-def _run_with_progress(camp, out_path, resume):
+def _run_with_progress(camp, out_path, resume, on_start):
     from rich.progress import TextColumn
 
     from .. import faults
@@ -231,7 +242,7 @@ def _run_with_progress(camp, out_path, resume):
                 bar.update(task, completed=state.done,
                            status=f"SDC-1 {100 * state.sdc1 / state.done:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]")
 
-        state = camp.run(out_path, resume=resume, on_record=on_record)
+        state = camp.run(out_path, resume=resume, on_record=on_record, on_start=on_start)
     if state.note:
         err.print(state.note, highlight=False)
     return state
@@ -271,7 +282,7 @@ def report(
     for c in (by or "all", "n", "SDC-1 %", "SDC-5 %", "DUE %", "masked %"):
         t.add_column(c, justify="left" if c == (by or "all") else "right")
     for r in rows:
-        t.add_row(str(r.key), f"{r.n:,}", _pct(r.sdc1), _pct(r.sdc5), _pct(r.due), f"{100 * r.masked.rate:.2f}")
+        t.add_row("all" if by is None else str(r.key), f"{r.n:,}", _pct(r.sdc1), _pct(r.sdc5), _pct(r.due), f"{100 * r.masked.rate:.2f}")
     out.print(t)
 
 
@@ -280,6 +291,8 @@ def compare(
     model_path: Model,
     target: Target = "weights",
     sparsities: Annotated[str, typer.Option("--sparsities", metavar="<list>", help="Pruning sparsities.")] = "0.5,0.75,0.9",
+    prune_scope: Annotated[str, typer.Option("--prune-scope", metavar="<scope>",
+                                             help="global (one magnitude threshold) or layer (each layer alike).")] = "global",
     epochs: Annotated[int, typer.Option("--epochs", min=1, max=1000, help="Fine-tuning epochs after pruning.")] = 3,
     lr: Annotated[float, typer.Option("--lr", min=1e-9, max=10.0, help="Fine-tuning learning rate.")] = 0.01,
     n: Annotated[str, typer.Option("--n", metavar="<count>", help="Injections per variant.")] = "auto",
@@ -303,6 +316,8 @@ def compare(
         raise bad_option("--sparsities", f"every sparsity must be in (0, 1), got {sparsities!r}")
     if n != "auto" and not (n.isdigit() and int(n) >= 1):
         raise bad_option("--n", f"must be 'auto' or a positive integer, got {n!r}")
+    if prune_scope not in ("global", "layer"):
+        raise bad_option("--prune-scope", f"must be 'global' or 'layer', got {prune_scope!r}")
     if out_dir is not None and not os.path.isdir(out_dir):
         raise bad_option("--out-dir", f"{out_dir} is not a directory")
     model, build_inputs, data = _digits(model_path)
@@ -314,7 +329,8 @@ def compare(
                   f"[{100 * row.low:.3f}, {100 * row.high:.3f}] over {row.n:,} injections", highlight=False)
 
     with _threads(threads):
-        rows = compress.compare(model, data, target=target, sparsities=fractions, finetune_epochs=epochs,
+        rows = compress.compare(model, data, target=target, sparsities=fractions, prune_scope=prune_scope,
+                                finetune_epochs=epochs,
                                 finetune_lr=lr, n="auto" if n == "auto" else int(n), bits=bits, seed=seed,
                                 margin=margin, out_dir=out_dir, on_variant=on_variant)
     if as_json:

@@ -143,14 +143,16 @@ def digits_model(source):
 
 
 def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, width=16, seed=0,
-                 out=None, on_step=None, on_epoch=None, data=None, model="cnn", prune=None, init_from=None):
+                 out=None, on_step=None, on_epoch=None, data=None, model="cnn", prune=None, init_from=None,
+                 prune_scope="layer"):
     """Train on the digits split; returns TrainResult.  model 'cnn': nn.digits_resnet on the
     images; 'rnn': nn.digits_rnn (an LSTM) reading each image row by row.
 
     init_from: fine-tune the model saved at this path (nn.save; or a Module) instead of a fresh
     one (`width` is then unused); it must be of the same kind (load_pretrained).  prune: a
-    sparsity in [0, 1): nn.prune(scope="layer") before training, its masks kept by SGD, so the
-    trained model has exactly that fraction of zeros in every Conv2d/Linear/recurrent weight.
+    sparsity in [0, 1): nn.prune(scope=prune_scope) before training, its masks kept by SGD, so the
+    trained model has exactly that fraction of zeros in every Conv2d/Linear/recurrent weight
+    (prune_scope "layer") or over all of them together ("global").
     TrainResult.sparsity is the per-layer nn.sparsity_report of the trained model.
 
     on_step(epoch, step, steps, loss) and on_epoch(EpochStats) feed progress displays.  With
@@ -172,7 +174,7 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
         model = nn.digits_resnet(width, seed=seed) if model == "cnn" else nn.digits_rnn(seed=seed)
     data = data or load_digits_split(seed)
     if prune is not None:
-        nn.prune(model, prune, scope="layer")
+        nn.prune(model, prune, scope=prune_scope)
     opt = nn.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
     result = TrainResult(checkpoint=out)

@@ -228,11 +228,14 @@ class Campaign:
             rec["due_images"] = int((outcome == DUE).sum())
             yield rec
 
-    def run(self, out=None, resume=False, on_record=None):
+    def run(self, out=None, resume=False, on_record=None, on_start=None):
         """Run the campaign; with `out`, append records to that JSONL file (header first), flushed
         one by one; `resume` continues a file this campaign wrote.  Returns CampaignState (the
-        records, counts).  on_record(record, state) is called after each record."""
+        records, counts).  on_record(record, state) is called after each record; on_start() once
+        the results file has been checked, before the first injection."""
         state = CampaignState(self.n)
+        if on_start and out is None:
+            on_start()
         if out is None:
             for rec in self.records():
                 state.add(rec)
@@ -240,6 +243,8 @@ class Campaign:
                     on_record(rec, state)
             return state
         start, existing, note = open_results(out, self.header(), resume)
+        if on_start:
+            on_start()
         state.note = note
         for rec in existing:
             state.add(rec)

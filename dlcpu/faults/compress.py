@@ -22,6 +22,7 @@ from ..layout import block_weights, unblock_weights
 from ..nn import io as nn_io
 from ..nn.layers import Conv2d, Linear
 from .sites import WeightTensor, _conv_weight_offsets, model_layers
+from .stats import wilson_interval
 
 #: the paper's resilience factors (dense SDC rate / variant SDC rate), for the side-by-side table
 PAPER_FACTORS = {"pruning": 9.0, "quantization": 27.4, "both": 108.7}
@@ -140,12 +141,16 @@ def _variant_campaign(model, inputs, target, fault_model, bits, n, seed, confide
     return camp, camp.run(out, resume=True) if out else camp.run()
 
 
-def compare(model, data, *, target="weights", sparsities=(0.5, 0.75, 0.9), finetune_epochs=3, finetune_lr=0.01,
+def compare(model, data, *, target="weights", sparsities=(0.5, 0.75, 0.9), prune_scope="global", finetune_epochs=3,
+            finetune_lr=0.01,
             n="auto", bits="all", seed=0, confidence=0.95, margin=0.01, images=64, batch=2048, out_dir=None,
             on_variant=None, on_progress=None):
     """The LASCAS 2020 study on a trained digits CNN: the same single-bit campaign on the dense
     model, on magnitude-pruned and fine-tuned variants at each sparsity, on the int8 variant and
-    on pruned + int8.  Returns [VariantResult].
+    on pruned + int8.  Returns [VariantResult].  Pruning is nn.prune's magnitude pruning at
+    `prune_scope` ('global': one threshold over all weights, which spares small layers such as
+    the 144-weight first convolution; 'layer': the same sparsity in every layer), then
+    `finetune_epochs` of SGD at `finetune_lr` with the masks kept.
 
     data: dlcpu.train.DigitsData (fine-tuning uses its training split; accuracy and the campaign
     its test split: activation faults over all test images, weight faults evaluated on the first
@@ -171,11 +176,11 @@ def compare(model, data, *, target="weights", sparsities=(0.5, 0.75, 0.9), finet
     variants = [("dense fp32", "dense", 0.0, lambda: copy_model(model))]
 
     def pruned(s):
-        path = os.path.join(out_dir, f"pruned-{round(100 * s)}.npz") if out_dir else None
+        path = os.path.join(out_dir, f"pruned-{prune_scope}-{round(100 * s)}.npz") if out_dir else None
         if path and os.path.exists(path):
             return nn.load(path)
         res = train_digits(epochs=finetune_epochs, lr=finetune_lr, seed=seed, data=data, init_from=copy_model(model),
-                           prune=s, out=path)
+                           prune=s, prune_scope=prune_scope, out=path)
         return res.model
 
     for s in sparsities:
@@ -189,13 +194,18 @@ def compare(model, data, *, target="weights", sparsities=(0.5, 0.75, 0.9), finet
         variant = make()
         int8 = kind in ("quantization", "both")
         fault_model = "fixed8" if int8 and target == "activations" else "ieee"
-        out = os.path.join(out_dir, name.replace(" ", "-").replace("%", "").replace("+-", "") + ".jsonl") if out_dir else None
+        slug = name.replace(" + ", "-").replace(" ", "-").replace("%", "")
+        if kind in ("pruning", "both"):
+            slug = f"{prune_scope}-{slug}"
+        out = os.path.join(out_dir, f"{target}-{slug}.jsonl") if out_dir else None
         camp, state = _variant_campaign(variant, inputs, target, fault_model, bits, planned_n, seed, confidence,
                                         margin, batch, layers, out)
         if planned_n == "auto":
             planned_n = camp.n           # every variant runs the dense campaign's sample size
         accuracy = evaluate(variant, data.x_test, data.y_test)
         rate, low, high = state.per_image_rate(confidence)
+        if target == "activations":         # one input per fault: a binomial proportion
+            low, high = wilson_interval(state.sdc1, state.done, confidence)
         row = VariantResult(name, kind, float(sparsity), accuracy, state.done, rate, low, high,
                             state.sdc1 / state.done, state.due / state.done, fault_model, 8 if int8 else 32,
                             extra={"population": camp.population, "sparsity_measured": _sparsity(variant)})
