@@ -279,11 +279,21 @@ def report(
         return
     t = Table(title=f"{results}: {len(res.records):,} of {res.header.get('n')} injections, {res.header.get('target')}, "
                     f"{confidence:.0%} Wilson intervals")
-    for c in (by or "all", "n", "SDC-1 %", "SDC-5 %", "DUE %", "masked %"):
+    per_input = bool(rows) and rows[0].per_input is not None
+    columns = [by or "all", "n", "SDC-1 %", "SDC-5 %", "DUE %", "masked %"]
+    columns += ["SDC-1 % per (fault, image)"] if per_input else []
+    for c in columns:
         t.add_column(c, justify="left" if c == (by or "all") else "right")
     for r in rows:
-        t.add_row("all" if by is None else str(r.key), f"{r.n:,}", _pct(r.sdc1), _pct(r.sdc5), _pct(r.due), f"{100 * r.masked.rate:.2f}")
+        cells = ["all" if by is None else str(r.key), f"{r.n:,}", _pct(r.sdc1), _pct(r.sdc5), _pct(r.due),
+                 f"{100 * r.masked.rate:.2f}"]
+        cells += [_pct(r.per_input)] if per_input else []
+        t.add_row(*cells)
     out.print(t)
+    if per_input:
+        out.print(f"weight faults: a fault counts as SDC when it changes the top-1 of any of the "
+                  f"{res.header.get('inputs')} test images; the last column is the rate per (fault, image) pair.",
+                  highlight=False)
 
 
 @command(app, "compare")

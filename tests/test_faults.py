@@ -451,3 +451,18 @@ def test_int8_variant_stores_codes_and_flips_hit_them(cnn):
     np.testing.assert_array_equal(logits, twin.eval()(to_blocked(x)))
     camp = faults.Campaign(q, to_blocked(x[:8]), target="weights", n=50, layers=list(layers), params=("weight",))
     assert {s.dtype for s in camp.sites} == {"int8"} and all(len(s.bits) == 8 for s in camp.sites)
+
+
+def test_per_input_rate_of_weight_campaigns_agrees_between_run_and_report(cnn):
+    model, x = cnn
+    camp = faults.Campaign(model, to_blocked(x[:16]), target="weights", n=120, seed=8, bits="30")
+    with np.errstate(all="ignore"):
+        state = camp.run()
+        records = list(camp.records())
+    (row,) = faults.summarize(records)
+    rate, low, high = state.per_image_rate()
+    assert row.per_input.rate == pytest.approx(rate) and row.per_input.low == pytest.approx(low)
+    assert row.per_input.high == pytest.approx(high)
+    by_hand = np.mean([r["sdc1_images"] / r["images"] for r in records])
+    assert rate == pytest.approx(by_hand) and low <= rate <= high
+    assert faults.summarize(list(faults.Campaign(model, to_blocked(x), n=20).records()))[0].per_input is None

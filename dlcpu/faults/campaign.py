@@ -29,7 +29,7 @@ from .. import __version__
 from .bitflip import is_float_storage, parse_bits, storage_width
 from .inject import DUE, OUTCOMES, SDC1, SDC5, GoldenRun, activation_faults, check_fault_model, classify, weight_fault
 from .sites import find_layer, model_layers, weight_tensors
-from .stats import sample_size, z_for_confidence
+from .stats import mean_fraction_interval, sample_size
 
 FORMAT = "dlcpu-faults/1"
 TARGETS = ("activations", "weights")
@@ -341,16 +341,10 @@ class CampaignState:
         self.image_sdc1_sq += frac * frac
 
     def per_image_rate(self, confidence=0.95):
-        """(rate, low, high): the fraction of (fault, input) pairs whose top-1 changed.  A weight
-        fault is evaluated on every input, so its inputs are not independent draws: the interval
-        is the normal one over the injections' per-fault fractions (the injections are the
-        independent units), clipped to [0, 1].  For one input per fault it is the plain rate."""
-        if not self.done:
-            return float("nan"), 0.0, 1.0
-        mean = self.image_sdc1 / self.done
-        var = max(self.image_sdc1_sq / self.done - mean * mean, 0.0) * self.done / max(self.done - 1, 1)
-        half = z_for_confidence(confidence) * math.sqrt(var / self.done)
-        return mean, max(0.0, mean - half), min(1.0, mean + half)
+        """(rate, low, high): the fraction of (fault, input) pairs whose top-1 changed, with
+        stats.mean_fraction_interval (a weight fault's inputs are not independent draws).  For
+        one input per fault it is the plain SDC-1 rate."""
+        return mean_fraction_interval(self.image_sdc1, self.image_sdc1_sq, self.done, confidence)
 
 
 def open_results(path, header, resume):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stats import wilson_interval
+from .stats import mean_fraction_interval, wilson_interval
 
 __all__ = [
     "FORMAT",
@@ -188,12 +188,15 @@ class SummaryRow:
     due: Rate
     masked: Rate
     confidence: float
+    per_input: Rate = None   # weight faults: SDC-1 per (fault, input) pair, normal interval
 
     def as_dict(self) -> dict:
         """Plain dict for JSON output."""
         out = {"key": self.key, "n": self.n, "confidence": self.confidence}
         for name in _RATES:
             out[name] = getattr(self, name).as_dict()
+        if self.per_input is not None:
+            out["sdc1_per_input"] = self.per_input.as_dict()
         return out
 
 
@@ -264,8 +267,19 @@ def summarize(records, by: str | None = None, confidence: float = 0.95, *,
         rates = {name: Rate(int(counts[g, j]), float(rate[g, j]), float(low[g, j]),
                             float(high[g, j]))
                  for j, name in enumerate(_RATES)}
-        rows.append(SummaryRow(key=key, n=int(n[g, 0]), confidence=float(confidence), **rates))
+        rows.append(SummaryRow(key=key, n=int(n[g, 0]), confidence=float(confidence),
+                               per_input=_per_input(groups[key], confidence), **rates))
     return rows
+
+
+def _per_input(records, confidence):
+    """For weight-fault records (each evaluated on `images` inputs): the fraction of (fault,
+    input) pairs whose top-1 changed; None for other records."""
+    if not records or not all("images" in r and "sdc1_images" in r for r in records):
+        return None
+    frac = np.array([r["sdc1_images"] / r["images"] for r in records], np.float64)
+    mean, low, high = mean_fraction_interval(frac.sum(), (frac * frac).sum(), len(frac), confidence)
+    return Rate(int(sum(r["sdc1_images"] for r in records)), mean, low, high)
 
 
 def heatmap(records, *, layers=None):

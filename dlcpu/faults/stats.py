@@ -181,3 +181,16 @@ def wilson_interval(successes, n, confidence: float = 0.95):
     if scalar:
         return float(low), float(high)
     return low, high
+
+
+def mean_fraction_interval(total, total_sq, n, confidence: float = 0.95):
+    """(mean, low, high) of n per-injection fractions in [0, 1] given their sum and sum of
+    squares: the normal interval over the injections (the independent units when each fault is
+    evaluated on several inputs), clipped to [0, 1].  n = 0 gives (NaN, 0, 1)."""
+    if n <= 0:
+        return float("nan"), 0.0, 1.0
+    mean = total / n
+    var = max(total_sq / n - mean * mean, 0.0) * n / max(n - 1, 1)
+    half = z_for_confidence(confidence) * math.sqrt(var / n)
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
