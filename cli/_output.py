@@ -53,7 +53,8 @@ def bad_option(option, message):
 
 
 def print_error(message):
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True)
+    # emoji=False: rich would turn "results.jsonl:100: corrupt line" into an emoji
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True, markup=True, emoji=False)
 
 
 def handled(fn):

@@ -362,14 +362,14 @@ def bench_faults(
     if compare not in (None, "pytorchfi"):
         raise bad_option("--compare", f"must be 'pytorchfi', got {compare!r}")
     thread_counts = parse_threads(threads)
+    if model_path is not None:        # a bad model file fails before the data is loaded
+        model, inputs = train.digits_model(model_path)
+        if inputs is not train.image_batch:
+            raise ValueError(f"{model_path} is a recurrent model; bench faults runs on the digits CNN")
     data = train.load_digits_split(0)
     if model_path is None:
         with err.status("training a digits CNN for 3 epochs (not timed)"):
             model = train.train_digits(epochs=3, data=data).model.eval()
-    else:
-        model, inputs = train.digits_model(model_path)
-        if inputs is not train.image_batch:
-            raise ValueError(f"{model_path} is a recurrent model; bench faults runs on the digits CNN")
     rows = []
     for n_threads in thread_counts:
         with err.status(f"fault-injection campaigns, {n_threads} thread(s)"):

@@ -466,3 +466,18 @@ def test_per_input_rate_of_weight_campaigns_agrees_between_run_and_report(cnn):
     by_hand = np.mean([r["sdc1_images"] / r["images"] for r in records])
     assert rate == pytest.approx(by_hand) and low <= rate <= high
     assert faults.summarize(list(faults.Campaign(model, to_blocked(x), n=20).records()))[0].per_input is None
+
+
+def test_resume_after_a_kill_during_the_header_or_right_after_it(cnn, tmp_path):
+    model, x = cnn
+    camp = faults.Campaign(model, to_blocked(x), n=50, seed=3)
+    whole = tmp_path / "whole.jsonl"
+    with np.errstate(all="ignore"):
+        camp.run(str(whole))
+        lines = whole.read_text().splitlines(keepends=True)
+        for kept in (lines[0][:25], lines[0], "".join(lines[:3]) + lines[3][:10]):
+            part = tmp_path / "part.jsonl"
+            part.write_text(kept)
+            state = camp.run(str(part), resume=True)
+            assert part.read_text() == whole.read_text(), kept[:40]
+            assert state.done == 50

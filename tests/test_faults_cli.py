@@ -547,8 +547,6 @@ def test_a_misplaced_record_in_the_middle_is_refused(cnn, campaign300, tmp_path)
     assert file_state(path) == before
 
 
-@pytest.mark.xfail(reason="cli/_output.print_error prints with rich's emoji codes on: 'file:100: corrupt line' "
-                          "shows ':100:' as an emoji; fix: err.print(..., emoji=False) there", strict=False)
 def test_a_corrupt_line_100_is_named(campaign300, tmp_path):
     path = _damaged(campaign300, tmp_path, 100, "garbage")
     assert_one_line_error(faults_cmd("report", str(path)), 1, f"{path}:100: corrupt line")

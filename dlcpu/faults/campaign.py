@@ -248,8 +248,9 @@ class Campaign:
         state.note = note
         for rec in existing:
             state.add(rec)
+        fresh = not os.path.exists(out) or os.path.getsize(out) == 0   # else the header is on file
         with open(out, "a", encoding="utf-8") as f:
-            if start == 0 and not existing:
+            if fresh:
                 f.write(json.dumps(self.header()) + "\n")
                 f.flush()
             for rec in self.records(start):
@@ -392,6 +393,10 @@ def open_results(path, header, resume):
         good_end = end
         pos = end
     if good_end == 0:
+        if b"\n" not in data:          # killed while writing its header: nothing was recorded yet
+            with open(path, "r+b") as f:
+                f.truncate(0)
+            return 0, [], f"{path}: the header line was cut mid-write; the campaign starts from the beginning"
         raise ValueError(f"{path}: no campaign header on line 1; not a dlcpu faults results file")
     if good_end < len(data):
         with open(path, "r+b") as f:

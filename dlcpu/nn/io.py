@@ -91,7 +91,9 @@ def load(path):
     try:
         f = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise ValueError(f"{path}: not a readable dlcpu model file ({exc})") from None
+        # numpy reads any file that is not .npy/.npz as a pickle and says so; name the real problem
+        why = "neither an .npz archive nor an .npy array" if "pickle" in str(exc) else str(exc)
+        raise ValueError(f"{path}: not a readable dlcpu model file ({why})") from None
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise ValueError(f"{path}: not a dlcpu model file (a single .npy array, not an .npz archive)")  # noqa: TRY004
     try:
