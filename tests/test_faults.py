@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import ISAS
 from threadpoolctl import threadpool_limits
 
 from dlcpu import _reference, faults, nn
@@ -481,3 +482,15 @@ def test_resume_after_a_kill_during_the_header_or_right_after_it(cnn, tmp_path):
             state = camp.run(str(part), resume=True)
             assert part.read_text() == whole.read_text(), kept[:40]
             assert state.done == 50
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_batching_is_exact_on_every_isa_path(cnn, isa, monkeypatch):
+    """The batched campaign relies on each sample's result not depending on its batch: true on
+    every microkernel path."""
+    monkeypatch.setenv("DLCPU_ISA", isa)
+    model, x = cnn
+    with np.errstate(all="ignore"):
+        one = list(faults.Campaign(model, to_blocked(x), n=120, seed=21, batch=1).records())
+        many = list(faults.Campaign(model, to_blocked(x), n=120, seed=21).records())
+    assert one == many
