@@ -91,6 +91,8 @@ def inject(
 ):
     """Inject one specified fault and show the golden and faulty predictions and the changed value."""
     from .. import faults
+    from ..faults.inject import DUE
+    from ..faults.sites import layer_weights
 
     _target(target)
     _fault_model(fault_model)
@@ -112,19 +114,24 @@ def inject(
         else:
             golden = faults.GoldenRun(model, build_inputs(data.x_test[sample:sample + 1]))
             ref = faults.find_layer(model, layer)
-            tensors = {w.param: w for w in faults.weight_tensors(model, [ref.name])}
+            tensors = {w.param: w for w in layer_weights(ref)}
             if param not in tensors:
-                raise ValueError(f"layer {ref.name} ({ref.module.describe()}) has no parameter {param!r}; "
-                                 f"it has {', '.join(tensors)}")
+                has = f"it has {', '.join(tensors)}" if tensors else "it has no weights of its own"
+                raise ValueError(f"layer {ref.name} ({ref.module.describe()}) has no parameter {param!r}; {has}")
             logits, changed = faults.weight_fault(golden, tensors[param], idx, bit, fault_model)
             where = f"{param} of layer {ref.name} ({ref.module.describe()}) at {idx}"
     outcome, dev = faults.classify(golden.logits, logits)
+    if fault_model != "ieee":
+        width = int(fault_model[5:])
+    else:
+        width = 32 if target == "activations" else faults.storage_width(tensors[param].storage.dtype)
+    digits = width // 4
     result = {"model": model_path, "target": target, "layer": ref.name, "layer_type": ref.kind,
               "param": param if target == "weights" else None, "index": idx, "bit": bit, "sample": sample,
               "fault_model": fault_model, "label": int(data.y_test[sample]),
               "golden_prediction": int(golden.logits[0].argmax()),
-              "faulty_prediction": int(logits[0].argmax()) if outcome[0] != 3 else None,
-              "old_bits": f"0x{int(changed.old_bits[0]):x}", "new_bits": f"0x{int(changed.new_bits[0]):x}",
+              "faulty_prediction": int(logits[0].argmax()) if outcome[0] != DUE else None,
+              "old_bits": f"0x{int(changed.old_bits[0]):0{digits}x}", "new_bits": f"0x{int(changed.new_bits[0]):0{digits}x}",
               "old_value": float(changed.old_values[0]), "new_value": float(changed.new_values[0]),
               "outcome": faults.OUTCOMES[outcome[0]], "max_abs_dev": float(dev[0])}
     if as_json:
@@ -214,7 +221,7 @@ def campaign(
     summary = {"results": out_path, "target": target, "population": camp.population, "n": camp.n, "done": state.done,
                "seed": seed, "confidence": confidence, "margin": margin}
     rows = faults.summarize(faults.read_results(out_path).records, confidence=confidence)
-    summary.update(rows[0].as_dict())
+    summary["rates"] = {k: v for k, v in rows[0].as_dict().items() if k not in ("key", "n", "confidence")}
     if as_json:
         emit_json(summary)
         return
@@ -281,7 +288,7 @@ def report(
                     f"{confidence:.0%} Wilson intervals")
     per_input = bool(rows) and rows[0].per_input is not None
     columns = [by or "all", "n", "SDC-1 %", "SDC-5 %", "DUE %", "masked %"]
-    columns += ["SDC-1 % per (fault, image)"] if per_input else []
+    columns += ["SDC-1 % per (fault, image), normal CI over faults"] if per_input else []
     for c in columns:
         t.add_column(c, justify="left" if c == (by or "all") else "right")
     for r in rows:

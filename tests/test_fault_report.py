@@ -115,10 +115,10 @@ def test_bad_records_are_refused(tmp_path, mutate, match):
 def test_bad_headers_are_refused(tmp_path):
     recs = _records()
     path = tmp_path / "r.jsonl"
-    with pytest.raises(ValueError, match="first line must be a dlcpu-faults/1 header"):
+    with pytest.raises(ValueError, match="first line must be a dlcpu-faults/2 header"):
         read_results(_write(path, recs[0], recs[1:]))
-    with pytest.raises(ValueError, match="unsupported results format 'dlcpu-faults/2'"):
-        read_results(_write(path, _header(format="dlcpu-faults/2"), recs))
+    with pytest.raises(ValueError, match="unsupported results format 'dlcpu-faults/1'"):
+        read_results(_write(path, _header(format="dlcpu-faults/1"), recs))
     path.write_text("")
     with pytest.raises(ValueError, match="empty file"):
         read_results(path)

@@ -494,3 +494,141 @@ def test_batching_is_exact_on_every_isa_path(cnn, isa, monkeypatch):
         one = list(faults.Campaign(model, to_blocked(x), n=120, seed=21, batch=1).records())
         many = list(faults.Campaign(model, to_blocked(x), n=120, seed=21).records())
     assert one == many
+
+
+# -- review fixes: sampling without repetition, layer lists, other roots, pinned algorithm ----------
+def test_permute_is_a_bijection_and_campaigns_never_repeat_a_fault(cnn):
+    from dlcpu.faults.campaign import permute
+
+    keys = np.arange(1, 5, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    for n in (1, 2, 3, 17, 1000, 4096, 5001):
+        p = permute(np.arange(n, dtype=np.uint64), n, keys)
+        assert sorted(p.tolist()) == list(range(n))
+    model, x = cnn
+    camp = faults.Campaign(model, to_blocked(x[:4]), target="weights", layers=["5"], params=["bias"], bits="30-31",
+                           n="auto")
+    assert camp.population == 20 and camp.n == 20          # the formula never asks for more than N
+    _, element, bit, _ = camp.draw(0, 20)
+    assert len(set(zip(element.tolist(), bit.tolist()))) == 20
+    with pytest.raises(ValueError, match="more than the 20 possible faults"):
+        faults.Campaign(model, to_blocked(x[:4]), target="weights", layers=["5"], params=["bias"], bits="30-31", n=21)
+
+
+def test_layer_lists_are_deduplicated_and_put_in_model_order(cnn):
+    model, x = cnn
+    a = faults.Campaign(model, to_blocked(x), layers=["2.0", "0"], n=60, seed=2)
+    b = faults.Campaign(model, to_blocked(x), layers=["0", "2.0", "0"], n=60, seed=2)
+    assert [s.layer for s in b.sites] == ["0", "2.0"] and a.population == b.population
+    with np.errstate(all="ignore"):
+        assert list(a.records()) == list(b.records())
+    with pytest.raises(ValueError, match="layers 2 and 2.4 are the same tensor"):
+        faults.Campaign(model, to_blocked(x), layers=["2", "2.4"], n=10)
+    weights = faults.Campaign(model, to_blocked(x), target="weights", layers=["2"], n=10)
+    assert {s.layer for s in weights.sites} == {"2.0", "2.1", "2.2", "2.3"}      # a block names its layers
+
+
+class _Net(nn.Module):
+    """A root that is not a Sequential (and does not call Module.__init__)."""
+
+    def __init__(self):
+        self.training = True
+        self.name = "_Net"
+        self.conv, self.pool, self.fc = nn.Conv2d(1, 4, 3, padding=1, seed=2), nn.GlobalAvgPool(), nn.Linear(4, 3)
+
+    def children(self):
+        return [self.conv, self.pool, self.fc]
+
+    def forward(self, x):
+        return self.fc(self.pool(self.conv(x)))
+
+
+def test_a_root_that_is_not_a_sequential():
+    net = _Net()
+    x = np.random.default_rng(4).standard_normal((5, 1, 6, 6)).astype(np.float32)
+    golden = faults.GoldenRun(net, to_blocked(x))
+    assert set(golden.formats) == {"0", "1", "2"}
+    (w, _) = faults.weight_tensors(net, ["0"])
+    with np.errstate(all="ignore"):
+        logits, _ = faults.weight_fault(golden, w, [1, 0, 2, 2], 30)
+    twin = _Net()
+    state = net.state() if hasattr(net, "state") else None
+    twin.conv.weight.data[...] = net.conv.weight.data
+    twin.fc.weight.data[...], twin.fc.bias.data[...] = net.fc.weight.data, net.fc.bias.data
+    with faults.flip(twin.conv.weight_b.data, (0, 0, 2, 2, 0, 1), 30), np.errstate(all="ignore"):
+        np.testing.assert_array_equal(logits, twin.eval()(to_blocked(x)))
+    del state
+    logits, _ = faults.activation_faults(golden, "1", [3], [[2]], [31])
+    expected = _hooked_logits_bits(net, x[3:4], "1", [2], 31)
+    np.testing.assert_array_equal(logits[0], expected[0])
+
+
+def test_convolutions_run_direct_under_a_golden_run_so_an_inf_stays_in_its_sample():
+    # the fault goes into the batch-norm output, upstream of a convolution where 'auto' picks Winograd
+    model = nn.Sequential(nn.BatchNorm2d(128), nn.Conv2d(128, 128, 3, padding=1, bias=False, seed=1),
+                          nn.GlobalAvgPool(), nn.Linear(128, 10, seed=2)).eval()
+    assert dlcpu_winograd_applies(model)
+    x = np.random.default_rng(5).uniform(1.2, 1.9, (3, 128, 14, 14)).astype(np.float32)   # exponent 0x7f
+    golden = faults.GoldenRun(model, to_blocked(x))
+    assert model.modules[1].algorithm == "auto"                     # restored after the run
+    rows, idx, bits = [0, 1, 2], [[0, 0, 0], [5, 3, 3], [7, 1, 1]], [30, 0, 0]   # sample 0's value -> NaN
+    with np.errstate(all="ignore"):
+        batched, _ = faults.activation_faults(golden, "0", rows, idx, bits)
+        for j in range(3):
+            single, _ = faults.activation_faults(golden, "0", [rows[j]], [idx[j]], [bits[j]])
+            np.testing.assert_array_equal(batched[j], single[0])
+
+
+def dlcpu_winograd_applies(model):
+    """Whether conv2d's 'auto' would pick Winograd for the model's first layer on 14x14 inputs."""
+    from dlcpu import cpu
+    from dlcpu.conv import choose_algorithm, conv_shape
+
+    shape = conv_shape((3, 128, 14, 14), (128, 128, 3, 3), 1, 1)
+    return choose_algorithm(shape, cpu.resolve_isa()) != "direct"
+
+
+def test_model_tensor_flips_never_hit_padding_and_refresh_int8_weights(cnn):
+    model, _ = cnn
+    conv = next(w for w in faults.weight_tensors(model) if w.name == "3.5.weight")       # 16 -> 32, 1x1
+    before = conv.storage.copy()
+    flips = conv.random_flips(200, np.random.default_rng(0))
+    logical = np.stack(np.unravel_index(np.arange(conv.size), conv.shape), axis=1)
+    assert set(flips.offsets.tolist()) <= set(conv.offsets(logical).tolist())
+    flips.undo()
+    np.testing.assert_array_equal(conv.storage.view(np.uint32), before.view(np.uint32))
+    q, layers = compress.quantize_int8(model)
+    codes = next(w for w in faults.weight_tensors(q) if w.name == "5.weight")
+    compute = q.modules[5].weight.data.copy()
+    flips = codes.bit_error_flips(0.01, np.random.default_rng(1))
+    assert len(flips.offsets) > 0
+    changed = q.modules[5].weight.data.reshape(-1)[flips.offsets]
+    expected = codes.storage.reshape(-1)[flips.offsets].astype(np.float32) * layers["5"].scales[flips.offsets // 32]
+    np.testing.assert_array_equal(changed, expected)
+    flips.undo()
+    np.testing.assert_array_equal(q.modules[5].weight.data, compute)
+
+
+def test_fixed_point_records_carry_the_fixed_point_codes(cnn):
+    model, x = cnn
+    camp = faults.Campaign(model, to_blocked(x), fault_model="fixed8", n=200, seed=6)
+    with np.errstate(all="ignore"):
+        records = list(camp.records())
+    for r in records:
+        assert r["dtype"] == "fixed8" and 0 <= r["bit"] < 8 and len(r["old"]) == 4
+        assert int(r["old"], 16) ^ int(r["new"], 16) == 1 << r["bit"]
+
+
+def test_resume_refuses_other_inputs_of_the_same_size(cnn, tmp_path):
+    model, x = cnn
+    path = str(tmp_path / "r.jsonl")
+    faults.Campaign(model, to_blocked(x), n=30).run(path)
+    other = faults.Campaign(model, to_blocked(x[::-1].copy()), n=30)
+    with pytest.raises(ValueError, match="inputs_sha256"):
+        other.run(path, resume=True)
+
+
+def test_per_input_interval_does_not_collapse_when_nothing_changed():
+    from dlcpu.faults.stats import mean_fraction_interval
+
+    mean, low, high = mean_fraction_interval(0.0, 0.0, 500)
+    assert mean == 0 and low == 0 and 0.005 < high < 0.01

@@ -4,8 +4,8 @@ Design: a fault is (element, bit) on the array's own storage.  `flip_bits` valid
 and the (flat offset, bit) lists here, then one call of the kernel (dlcpu._ext.faults) XORs the
 bits in place and returns the old bit patterns, so every injection can be undone exactly
 (`Flips.undo`, the same XOR again) and logged as old/new patterns.  Supported storage: float32,
-int32/uint32 (32-bit words), bf16 (ml_dtypes.bfloat16, or its uint16 bit patterns), int16/uint16,
-int8/uint8.  Bit 0 is the least significant bit of the element; the IEEE classes are
+int32/uint32 (32-bit words), bf16 (ml_dtypes.bfloat16; raw uint16 bf16 patterns are flipped as
+16-bit integers, so name their bits by position), int16/uint16, int8/uint8.  Bit 0 is the least significant bit of the element; the IEEE classes are
 `BIT_CLASSES` (fp32: sign 31, exponent 30..23, mantissa 22..0; bf16: 15, 14..7, 6..0).
 
 Locations are drawn in Python from a seeded numpy Generator (`random_flips`, `bit_error_flips`),
@@ -102,6 +102,7 @@ class Flips:
     old: np.ndarray
     new: np.ndarray
     undone: bool = False
+    after_undo: object = None   # called after undo (a layer refreshing what it derives from the array)
 
     def undo(self):
         if not self.undone:
@@ -109,6 +110,8 @@ class Flips:
             # XOR is its own inverse and the flips commute: the same list again restores the storage
             _kernel.flip_bits(words, self.offsets, self.bits, np.empty(len(self.offsets), np.uint32))
             self.undone = True
+            if self.after_undo:
+                self.after_undo()
 
     def __enter__(self):
         return self
@@ -161,35 +164,47 @@ def flip(array, index, bit):
     return flip_bits(array, flat_offset(array.shape, index), int(bit))
 
 
-def random_flips(array, k, rng, bits="all"):
-    """k simultaneous flips at distinct (element, bit) pairs drawn uniformly by `rng` (a numpy
-    Generator) among the bit positions `bits` (a parse_bits spec); returns Flips."""
-    width = storage_width(array.dtype)
-    allowed = np.asarray(parse_bits(bits, width, is_float_storage(array.dtype)), np.int64)
-    space = array.size * len(allowed)
+def draw_flips(size, width, is_float, k, rng, bits="all"):
+    """(elements, bits): k distinct (element, bit) pairs drawn uniformly by `rng` among `size`
+    elements and the bit positions `bits` (a parse_bits spec) of `width`-bit elements."""
+    allowed = np.asarray(parse_bits(bits, width, is_float), np.int64)
+    space = size * len(allowed)
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 0 <= k <= space:
         raise ValueError(f"random_flips: k must be an int in 0..{space} (elements x allowed bits), got {k!r}")
     pick = rng.choice(space, size=k, replace=False)
-    return flip_bits(array, pick // len(allowed), allowed[pick % len(allowed)])
+    return pick // len(allowed), allowed[pick % len(allowed)]
+
+
+def bit_error_count(size, width, is_float, rate, rng, bits="all"):
+    """How many bits a bit error rate flips: Binomial(allowed bits in `size` elements, rate)."""
+    if not isinstance(rate, (int, float, np.floating)) or isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
+        raise ValueError(f"bit_error_flips: rate must be a probability in [0, 1], got {rate!r}")
+    return int(rng.binomial(size * len(parse_bits(bits, width, is_float)), rate))
+
+
+def random_flips(array, k, rng, bits="all"):
+    """k simultaneous flips at distinct (element, bit) pairs drawn uniformly by `rng` (a numpy
+    Generator) among the bit positions `bits` (a parse_bits spec); returns Flips.  For plain
+    arrays: every element is a target.  A model's stored tensors carry padding; draw on them with
+    WeightTensor.random_flips, which maps logical elements to the stored ones."""
+    width = storage_width(array.dtype)
+    elements, chosen = draw_flips(array.size, width, is_float_storage(array.dtype), k, rng, bits)
+    return flip_bits(array, elements, chosen)
 
 
 def bit_error_flips(array, rate, rng, bits="all"):
     """Flip each allowed bit of every element independently with probability `rate` (a bit error
     rate, as Ares sweeps it): the count is Binomial(bits in the array, rate), the positions
-    distinct and uniform.  Returns Flips."""
-    if not isinstance(rate, (int, float, np.floating)) or isinstance(rate, bool) or not 0.0 <= rate <= 1.0:
-        raise ValueError(f"bit_error_flips: rate must be a probability in [0, 1], got {rate!r}")
+    distinct and uniform.  Returns Flips.  Plain arrays only, as random_flips; for a model's
+    tensors use WeightTensor.bit_error_flips."""
     width = storage_width(array.dtype)
-    space = array.size * len(parse_bits(bits, width, is_float_storage(array.dtype)))
-    return random_flips(array, int(rng.binomial(space, rate)), rng, bits)
+    k = bit_error_count(array.size, width, is_float_storage(array.dtype), rate, rng, bits)
+    return random_flips(array, k, rng, bits)
 
 
-def fixed_point_flip(values, bits, value_range, total_bits=8):
-    """PyTorchFI's bit-flip model (single_bit_flip_signed): quantize each value to a signed
-    `total_bits` fixed-point integer relative to `value_range` (q = trunc(v / range * 2^(b-1))),
-    flip bit `bits` of its two's complement (0 = least significant, as PyTorchFI counts), and
-    dequantize.  Returns the new float32 values.  Values outside +-range saturate to the end of the
-    integer range here; PyTorchFI stops with an AssertionError on them."""
+def fixed_point_codes(values, bits, value_range, total_bits=8):
+    """The steps of `fixed_point_flip`: (codes before, codes after the flip, new float32 values),
+    the codes as signed int64."""
     values = np.asarray(values, np.float64)
     bits = np.asarray(bits, np.int64)
     if not 2 <= total_bits <= 32:
@@ -205,4 +220,17 @@ def fixed_point_flip(values, bits, value_range, total_bits=8):
     mask = (1 << total_bits) - 1
     flipped = (q & mask) ^ (np.int64(1) << bits)
     signed = np.where(flipped >= int(half), flipped - (1 << total_bits), flipped)
-    return (signed / half * value_range).astype(np.float32)
+    return q, signed, (signed / half * value_range).astype(np.float32)
+
+
+def fixed_point_flip(values, bits, value_range, total_bits=8):
+    """PyTorchFI's bit-flip model (single_bit_flip_signed): quantize each value to a signed
+    `total_bits` fixed-point integer relative to `value_range` (q = trunc(v / range * 2^(b-1))),
+    flip bit `bits` of its two's complement (0 = least significant, as PyTorchFI counts), and
+    dequantize.  Returns the new float32 values.
+
+    Values at or beyond +-range saturate to the end of the integer range (q = 2^(b-1) becomes
+    2^(b-1) - 1); PyTorchFI stops with an AssertionError on them, and the layer's maximum, which
+    it is given as the range, is such a value.  The quotient is formed in float64 (PyTorchFI: in
+    the tensor's float32), so a value within an ulp of a code boundary may truncate differently."""
+    return fixed_point_codes(values, bits, value_range, total_bits)[2]

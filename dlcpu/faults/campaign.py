@@ -5,9 +5,10 @@ Design:
 - The fault space is every (sample, element, bit) of the targeted layers' outputs (activation
   campaigns) or every (element, bit) of their weights (weight campaigns, each fault evaluated on
   all the campaign's inputs).  Its size N gives the sample size of Leveugle et al. (stats.py).
-- Injection i is drawn from the generator seeded by (seed, i // CHUNK): one integer uniform over
-  the fault space picks the site, the element and the bit at once.  So injection i is the same
-  fault whatever the batch size, the thread count, or where an earlier run was interrupted.
+- Injection i is fault number permute(i) of the fault space (a keyed pseudo-random permutation,
+  seeded by `seed`): faults are drawn uniformly and without repetition, as the sample-size
+  formula assumes, and injection i is the same fault whatever the batch size, the thread count,
+  or where an earlier run was interrupted.
 - Activation faults run `batch` at a time, grouped by layer (inject.activation_faults); weight
   faults one at a time on the kept inputs of their layer (inject.weight_fault).
 - The results file starts with a header record holding the campaign's parameters; each
@@ -29,16 +30,14 @@ import numpy as np
 from .. import __version__
 from .bitflip import is_float_storage, parse_bits, storage_width
 from .inject import DUE, OUTCOMES, SDC1, SDC5, GoldenRun, activation_faults, check_fault_model, classify, weight_fault
+from .report import FORMAT
 from .sites import find_layer, model_layers, weight_tensors
 from .stats import mean_fraction_interval, sample_size
 
-FORMAT = "dlcpu-faults/1"
 TARGETS = ("activations", "weights")
-#: injections drawn from one seeded generator (the unit of reproducibility, not of work)
-CHUNK = 4096
 #: header fields that must agree for --resume to continue a file
 RESUME_KEYS = ("model_sha256", "target", "fault_model", "bits", "layers", "params", "seed", "n", "confidence",
-               "margin", "inputs")
+               "margin", "inputs", "inputs_sha256")
 
 
 @dataclass(frozen=True)
@@ -89,9 +88,9 @@ class Campaign:
         if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or not 1 <= batch <= 65536:
             raise ValueError(f"campaign: batch must be an int in 1..65536, got {batch!r}")
         if layers is not None:
-            layers = [str(name) for name in layers]
-            for name in layers:
-                find_layer(model, name)
+            # one order for any spelling of the list: the draws map onto sites in this order
+            refs = {find_layer(model, str(name)).name: None for name in layers}
+            layers = sorted(refs, key=_layer_order)
         self.target, self.fault_model, self.seed, self.batch = target, fault_model, int(seed), int(batch)
         self.bits_spec = str(bits)
         self.model_path = model_path
@@ -108,16 +107,23 @@ class Campaign:
         for i, s in enumerate(self.sites):
             self._bit_table[i, :len(s.bits)] = s.bits
         self.inputs = self.golden.n
+        self.inputs_id = _array_digest(inputs)
         self.population = int(self._cum[-1]) * (self.inputs if target == "activations" else 1)
+        if self.population >= 2**62:
+            raise ValueError(f"campaign: the fault space has {self.population:.3g} faults, more than this sampler "
+                             f"handles (2^62); target fewer layers or inputs")
         self.confidence, self.margin = confidence, margin
-        planned = sample_size(self.population, margin, confidence)
-        if isinstance(n, str) and n == "auto":
-            self.n = planned
+        self.auto = isinstance(n, str) and n == "auto"
+        if self.auto:
+            self.n = sample_size(self.population, margin, confidence)
         elif isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1:
             self.n = int(n)
         else:
             raise ValueError(f"campaign: n must be 'auto' or an int >= 1, got {n!r}")
-        self.auto = self.n == planned
+        if self.n > self.population:
+            raise ValueError(f"campaign: n = {self.n} is more than the {self.population} possible faults; faults are "
+                             f"drawn without repetition, so n must be at most that")
+        self._keys = np.random.default_rng([self.seed, 0xF1]).integers(0, 2**63, _FEISTEL_ROUNDS, dtype=np.uint64)
 
     # -- the fault space ------------------------------------------------------------------------
     def _sites(self, layers):
@@ -132,7 +138,14 @@ class Campaign:
                     raise ValueError(f"campaign: layer {ref.name} ({ref.module.describe()}) produced no output in the golden run")
                 width = 32 if float_model else int(self.fault_model[5:])
                 bits = parse_bits(self.bits_spec, width, float_model)
-                out.append(Site(ref.name, "activations", None, fmt.sample_shape, "float32", tuple(bits)))
+                dtype = "float32" if float_model else self.fault_model   # fixed8: the stored 8-bit code
+                out.append(Site(ref.name, "activations", None, fmt.sample_shape, dtype, tuple(bits), width=width))
+            same = [(a.layer, self.golden.aliases[a.layer]) for a in out
+                    if self.golden.aliases.get(a.layer) in {b.layer for b in out}]
+            if same:
+                a, b = same[0]
+                raise ValueError(f"campaign: layers {a} and {b} are the same tensor ({a}'s output is {b}'s output); "
+                                 f"select one of them")
             return out
         for w in weight_tensors(self.golden.model, layers):
             if self.params is not None and w.param not in self.params:
@@ -146,21 +159,18 @@ class Campaign:
                                      f"{w.name} stores {dtype}")
                 width, is_float = int(self.fault_model[5:]), False
             bits = parse_bits(self.bits_spec, width, is_float)
-            out.append(Site(w.layer.name, "weights", w.param, w.shape, str(dtype), tuple(bits), w, storage_width(dtype)))
+            name = str(dtype) if float_model else self.fault_model
+            out.append(Site(w.layer.name, "weights", w.param, w.shape, name, tuple(bits), w, width))
         return out
 
     def draw(self, start, stop):
-        """Injections start..stop-1 as arrays (site, element, bit, sample), independent of how
-        the campaign is cut into batches."""
-        parts = []
-        for chunk in range(start // CHUNK, (stop - 1) // CHUNK + 1):
-            rng = np.random.default_rng([self.seed, chunk])
-            u = rng.integers(0, self._cum[-1], CHUNK)
-            sample = rng.integers(0, self.inputs, CHUNK)
-            lo, hi = max(start, chunk * CHUNK) - chunk * CHUNK, min(stop, (chunk + 1) * CHUNK) - chunk * CHUNK
-            parts.append((u[lo:hi], sample[lo:hi]))
-        u = np.concatenate([p[0] for p in parts])
-        sample = np.concatenate([p[1] for p in parts])
+        """Injections start..stop-1 as arrays (site, element, bit, sample).  Injection i is fault
+        number permute(i) of the fault space, a keyed pseudo-random permutation: faults are drawn
+        without repetition (as the sample-size formula assumes), and injection i is the same fault
+        however the campaign is cut into batches or resumed."""
+        u = permute(np.arange(start, stop, dtype=np.uint64), self.population, self._keys).astype(np.int64)
+        per_input = int(self._cum[-1])
+        sample, u = (u // per_input, u % per_input) if self.target == "activations" else (np.zeros_like(u), u)
         site = np.searchsorted(self._cum, u, side="right") - 1
         within = u - self._cum[site]
         n_bits = self._n_bits[site]
@@ -176,7 +186,7 @@ class Campaign:
                            "bits": len(s.bits)} for s in self.sites],
                 "seed": self.seed, "n": self.n, "n_auto": self.auto, "population": self.population,
                 "confidence": self.confidence, "margin": self.margin, "inputs": self.inputs,
-                "dlcpu_version": __version__}
+                "inputs_sha256": self.inputs_id, "dlcpu_version": __version__}
 
     def records(self, start=0, stop=None):
         """Yield the injection records start..stop-1 (dicts), batch by batch."""
@@ -261,6 +271,46 @@ class Campaign:
                 if on_record:
                     on_record(rec, state)
         return state
+
+
+#: rounds of the Feistel network of `permute` (4 make a pseudo-random permutation, Luby-Rackoff)
+_FEISTEL_ROUNDS = 4
+
+
+def _mix(z):
+    """splitmix64's finalizer on uint64 arrays (wrapping arithmetic): the Feistel round function."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def permute(i, n, keys):
+    """A keyed pseudo-random permutation of [0, n) evaluated at the uint64 array i: a balanced
+    Feistel network on the smallest even number of bits that holds n, cycle-walking (applying it
+    again) to the values that land at or beyond n.  Each value is a pure function of (i, keys),
+    which is what lets a campaign be cut into batches and resumed anywhere."""
+    bits = max(2, int(n - 1).bit_length())
+    bits += bits % 2
+    half = np.uint64(bits // 2)
+    mask = np.uint64((1 << (bits // 2)) - 1)
+    out = np.array(i, np.uint64)
+    todo = np.ones(out.shape, bool)
+    with np.errstate(over="ignore"):
+        while todo.any():
+            x = out[todo]
+            left, right = x >> half, x & mask
+            for k in keys:
+                left, right = right, left ^ (_mix(right ^ k) & mask)
+            out[todo] = (left << half) | right
+            todo[todo] = out[todo] >= np.uint64(n)
+    return out
+
+
+def _array_digest(x):
+    """SHA-256 of an input batch (a BlockedTensor's data or an array): the header records it so
+    that --resume refuses other inputs of the same size."""
+    data = getattr(x, "data", x) if not isinstance(x, np.ndarray) else x
+    return hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
 
 
 def model_digest(model):
@@ -387,7 +437,7 @@ def open_results(path, header, resume):
         except ValueError:
             if last:
                 note = (f"{path}: line {lineno} is truncated (the run was stopped while writing it); dropped, "
-                        f"the campaign continues after injection {len(records) - 1}")
+                        f"the campaign continues at injection {len(records)}")
                 break
             raise ValueError(f"{path}: line {lineno} is not a JSON record; the file is damaged") from None
         if lineno == 1:

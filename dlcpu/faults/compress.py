@@ -21,6 +21,7 @@ import numpy as np
 from ..layout import block_weights, unblock_weights
 from ..nn import io as nn_io
 from ..nn.layers import Conv2d, Linear
+from .bitflip import parse_bits
 from .sites import WeightTensor, _conv_weight_offsets, model_layers
 from .stats import wilson_interval
 
@@ -175,13 +176,27 @@ def compare(model, data, *, target="weights", sparsities=(0.5, 0.75, 0.9), prune
 
     variants = [("dense fp32", "dense", 0.0, lambda: copy_model(model))]
 
+    parse_bits(bits, 32, True)           # a bad spec fails now, not after the first variants ran
+    parse_bits(bits, 8, False)            # the int8 variants' targets are 8-bit codes (or fixed8 values)
+    done = {}
+
     def pruned(s):
+        """The pruned, fine-tuned model at sparsity s: trained once per study; with out_dir kept
+        there, written under a temporary name and renamed after the last epoch, so a file
+        there is always a finished model (training saves after every epoch)."""
+        if s in done:
+            return done[s]
         path = os.path.join(out_dir, f"pruned-{prune_scope}-{round(100 * s)}.npz") if out_dir else None
         if path and os.path.exists(path):
-            return nn.load(path)
+            done[s] = nn.load(path)
+            return done[s]
+        partial = f"{path}.partial.npz" if path else None
         res = train_digits(epochs=finetune_epochs, lr=finetune_lr, seed=seed, data=data, init_from=copy_model(model),
-                           prune=s, prune_scope=prune_scope, out=path)
-        return res.model
+                           prune=s, prune_scope=prune_scope, out=partial)
+        if path:
+            os.replace(partial, path)
+        done[s] = res.model
+        return done[s]
 
     for s in sparsities:
         variants.append((f"pruned {round(100 * s)}%", "pruning", s, lambda s=s: pruned(s)))

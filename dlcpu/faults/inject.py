@@ -18,11 +18,12 @@ Outcome of a faulty run against the golden one, per sample (most severe first):
   sdc1   the top-1 class changed, the fault-free one is still among the top 5
   masked the top-1 class is unchanged
 """
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from .bitflip import fixed_point_flip, flip_bits, storage_width
+from .bitflip import fixed_point_codes, flip_bits, storage_width
 from .sites import LayerRef, WeightTensor, activation_format, batch_size, check_index, find_layer, take_rows
 
 OUTCOMES = ("masked", "sdc1", "sdc5", "due")
@@ -60,45 +61,71 @@ def classify(golden, faulty):
 
 class GoldenRun:
     """The fault-free run of `model` on `inputs` (the model's input for all evaluation samples),
-    keeping each top-level layer's input; profiles every layer's output format and range."""
+    keeping each top-level layer's input; profiles every layer's output format and range.
+
+    The model is left in eval mode.  While a GoldenRun runs the model (here and in run_from),
+    its convolutions use the direct algorithm: conv2d's 'auto' may pick Winograd and then
+    recompute a whole call with direct when any sample holds an Inf, which would make one
+    sample's fault change the rounding of the others in its batch."""
 
     def __init__(self, model, inputs, input_module=None):
-        from ..nn.layers import Sequential
-
-        self.model = model.eval()
-        self.stages = model.modules if isinstance(model, Sequential) else [model]
-        first = self.stages[0]
-        self.input_format = activation_format(inputs, input_module or first)
-        self.n = batch_size(inputs, self.input_format)
-        self.formats, self.ranges = {}, {}
-        handles = []
+        from ..nn.layers import Conv2d, Sequential
         from .sites import model_layers
 
-        self.layers = model_layers(model) if isinstance(model, Sequential) else []
-        for ref in self.layers:
-            handles.append(ref.module.register_output_hook(self._profiler(ref.name)))
+        self.model = model.eval()
+        self.sequential = isinstance(model, Sequential)
+        self.stages = model.modules if self.sequential else [model]
+        self.input_format = activation_format(inputs, input_module or self.stages[0])
+        self.n = batch_size(inputs, self.input_format)
+        self.formats, self.ranges, self.aliases = {}, {}, {}
+        self.layers = model_layers(model)
+        self._convs = [r.module for r in self.layers if isinstance(r.module, Conv2d)] + (
+            [model] if isinstance(model, Conv2d) else [])
+        self._outputs = {}
+        handles = [ref.module.register_output_hook(self._profiler(ref)) for ref in self.layers]
         try:
             self.kept = [inputs]
-            x = inputs
-            for stage in self.stages:
-                x = stage(x)
-                self.kept.append(x)
+            with self.direct_convolutions():
+                x = inputs
+                for stage in self.stages:
+                    x = stage(x)
+                    self.kept.append(x)
         finally:
             for h in handles:
                 h.remove()
+            self._outputs = {}
         self.logits = np.asarray(self.kept[-1], np.float32)
         if self.logits.ndim != 2:
             raise ValueError(f"faults: the model's output must be (N, classes) scores, got shape {self.logits.shape}")
 
-    def _profiler(self, name):
+    def _profiler(self, ref):
+        name = ref.name
+
         def hook(module, y):
             fmt = activation_format(y, module)
             self.formats[name] = fmt
             values = fmt.storage(y)
             finite = values[np.isfinite(values)]
             self.ranges[name] = max(self.ranges.get(name, 0.0), float(np.abs(finite).max()) if finite.size else 0.0)
+            # a block returns its last layer's output object: both names are one tensor
+            for other, out in self._outputs.items():
+                if out is y and other.startswith(name + "."):
+                    self.aliases[name], self.aliases[other] = other, name
+            self._outputs[name] = y
             return y
         return hook
+
+    @contextmanager
+    def direct_convolutions(self):
+        """Run the model's Conv2d layers with algorithm='direct' inside the block."""
+        saved = [m.algorithm for m in self._convs]
+        for m in self._convs:
+            m.algorithm = "direct"
+        try:
+            yield
+        finally:
+            for m, a in zip(self._convs, saved):
+                m.algorithm = a
 
     @property
     def predictions(self):
@@ -106,12 +133,18 @@ class GoldenRun:
 
     def run_from(self, stage, x):
         """Layers stage, stage+1, ... on x."""
-        for m in self.stages[stage:]:
-            x = m(x)
+        with self.direct_convolutions():
+            for m in self.stages[stage:]:
+                x = m(x)
         return np.asarray(x, np.float32)
 
     def stage_of(self, ref):
-        return ref.path[0] if ref.path else 0
+        """The top-level stage holding layer `ref` (0 when the root is not a Sequential)."""
+        return ref.path[0] if self.sequential and ref.path else 0
+
+    def is_stage(self, ref):
+        """Whether `ref` is a whole top-level stage (its output is the next stage's kept input)."""
+        return self.sequential and len(ref.path) == 1
 
 
 @dataclass
@@ -124,23 +157,30 @@ class ChangedValues:
     new_values: np.ndarray
 
 
-def _apply(storage, offsets, bits, fault_model, value_range):
-    """Apply the faults to `storage` in place; returns (ChangedValues, undo callable)."""
-    if fault_model == "ieee":
-        flips = flip_bits(storage, offsets, bits)
-        flat = storage.reshape(-1)
-        old_vals = _values_of(flips.old, storage.dtype)
-        return ChangedValues(flips.old, flips.new, old_vals, flat[offsets].copy()), flips.undo
-    if storage.dtype != np.float32:
-        raise ValueError(f"the {fault_model} fault model applies to float32 values, the target stores {storage.dtype}")
+def _apply(storage, offsets, bits, fault_model, value_range, restores):
+    """Apply the faults to `storage` in place; returns ChangedValues.  Before anything changes,
+    a function that writes the saved old elements back is appended to `restores`, so whatever
+    interrupts the caller afterwards (Ctrl-C included), running `restores` restores the storage
+    bitwise."""
+    if not storage.flags.c_contiguous:
+        raise ValueError(f"faults: the target storage must be C-contiguous (shape {storage.shape})")
     flat = storage.reshape(-1)
     old = flat[offsets].copy()
-    new = fixed_point_flip(old, bits, value_range, int(fault_model[5:]))
-    flat[offsets] = new
 
-    def undo():
+    def restore():
         flat[offsets] = old
-    return ChangedValues(old.view(np.uint32), new.view(np.uint32), old, new), undo
+    restores.append(restore)
+    if fault_model == "ieee":
+        flips = flip_bits(storage, offsets, bits)
+        return ChangedValues(flips.old, flips.new, _values_of(flips.old, storage.dtype),
+                             _values_of(flips.new, storage.dtype))
+    if storage.dtype != np.float32:
+        raise ValueError(f"the {fault_model} fault model applies to float32 values, the target stores {storage.dtype}")
+    total_bits = int(fault_model[5:])
+    code, flipped, new = fixed_point_codes(old, bits, value_range, total_bits)
+    flat[offsets] = new
+    mask = (1 << total_bits) - 1
+    return ChangedValues((code & mask).astype(np.uint32), (flipped & mask).astype(np.uint32), old, new)
 
 
 def _values_of(patterns, dtype):
@@ -179,13 +219,14 @@ def activation_faults(golden, layer, rows, indices, bits, fault_model="ieee"):
     value_range = golden.ranges[ref.name] or 1.0
     stage = golden.stage_of(ref)
     changed = {}
-    if len(ref.path) == 1:          # the output of a top-level layer is the next one's kept input
+    if golden.is_stage(ref):        # the output of a top-level layer is the next one's kept input
         x = take_rows(golden.kept[stage + 1], fmt, rows)
-        changed["v"], _ = _apply(fmt.storage(x), offsets, bits, fault_model, value_range)
+        changed["v"] = _apply(fmt.storage(x), offsets, bits, fault_model, value_range, [])
         return golden.run_from(stage + 1, x), changed["v"]
 
     def hook(module, y):
-        changed["v"], _ = _apply(fmt.storage(y), offsets, bits, fault_model, value_range)
+        if "v" not in changed:        # once, even if the layer is called again in the same forward
+            changed["v"] = _apply(fmt.storage(y), offsets, bits, fault_model, value_range, [])
         return y
 
     x = take_rows(golden.kept[stage], golden.input_format if stage == 0 else
@@ -226,14 +267,19 @@ def weight_fault(golden, tensor, index, bit, fault_model="ieee"):
     bits = _check_ints(bit, "weight_fault: bit")
     if len(bits) != 1:
         raise ValueError(f"weight_fault: one bit at a time, got {bits.tolist()}")
-    changed, undo = _apply(tensor.storage, offsets, bits, fault_model,
-                           1.0 if fault_model == "ieee" else tensor_range(tensor))
+    value_range = 1.0 if fault_model == "ieee" else tensor_range(tensor)
+    restores = []
     try:
+        changed = _apply(tensor.storage, offsets, bits, fault_model, value_range, restores)
         if tensor.after_change:
             tensor.after_change(offsets)
-        logits = golden.run_from(golden.stage_of(tensor.layer), golden.kept[golden.stage_of(tensor.layer)])
+        stage = golden.stage_of(tensor.layer)
+        logits = golden.run_from(stage, golden.kept[stage])
     finally:
-        undo()
-        if tensor.after_change:
-            tensor.after_change(offsets)
+        try:
+            for restore in restores:
+                restore()
+        finally:
+            if tensor.after_change and restores:
+                tensor.after_change(offsets)
     return logits, changed

@@ -2,7 +2,7 @@
 
 Design
 ------
-A campaign writes a JSONL file: one ``{"kind": "header", "format": "dlcpu-faults/1", ...}`` line,
+A campaign writes a JSONL file: one ``{"kind": "header", "format": "dlcpu-faults/2", ...}`` line,
 then one ``{"kind": "injection", "i": ..., "outcome": ...}`` line per injection. ``read_results``
 checks that shape. A campaign that was killed may leave half a line at the end, so a corrupt *last*
 line is dropped and reported in ``Results.warning``; a corrupt line anywhere else means the file
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .inject import OUTCOMES
 from .stats import mean_fraction_interval, wilson_interval
 
 __all__ = [
@@ -47,13 +48,12 @@ __all__ = [
     "summarize",
 ]
 
-FORMAT = "dlcpu-faults/1"
-OUTCOMES = ("masked", "sdc1", "sdc5", "due")
+FORMAT = "dlcpu-faults/2"
 # rate name -> the outcomes it counts (SDC-1 means "top-1 changed", which sdc5 implies)
 _RATES = {"sdc1": ("sdc1", "sdc5"), "sdc5": ("sdc5",), "due": ("due",), "masked": ("masked",)}
 _BY = (None, "layer", "bit", "target")
 _DTYPE_BITS = {"float64": 64, "float32": 32, "float16": 16, "bfloat16": 16, "int32": 32,
-               "int16": 16, "int8": 8, "uint8": 8, "fixed8": 8}
+               "int16": 16, "uint16": 16, "uint32": 32, "int8": 8, "uint8": 8, "fixed8": 8, "fixed16": 16}
 
 
 class Results(tuple):
@@ -95,7 +95,7 @@ def read_results(path) -> Results:
     """Read and check a campaign's JSONL file; returns ``Results(header, records)``.
 
     Records are sorted by ``i``. Raises ValueError (naming the line) when the header is missing
-    or not ``dlcpu-faults/1``, a line before the last is not valid JSON or not a valid record, or
+    or not ``dlcpu-faults/2``, a line before the last is not valid JSON or not a valid record, or
     the ``i`` values are duplicated or have gaps.
     """
     path = os.fspath(path)

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..layout import CB, BlockedTensor
 from ..nn.module import Module
+from .bitflip import bit_error_count, draw_flips, flip_bits, is_float_storage, storage_width
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,30 @@ class WeightTensor:
         idx = np.asarray(idx, np.int64).reshape(-1, len(self.shape))
         return np.asarray(self.to_offsets(self.shape, idx), np.int64)
 
+    def random_flips(self, k, rng, bits="all"):
+        """k simultaneous flips at distinct (logical element, bit) pairs drawn by `rng`, applied
+        to the stored tensor (never to padding); returns Flips, whose undo() also refreshes what
+        is derived from the storage."""
+        width = storage_width(self.storage.dtype)
+        return self._flip_drawn(draw_flips(self.size, width, is_float_storage(self.storage.dtype), k, rng, bits))
+
+    def bit_error_flips(self, rate, rng, bits="all"):
+        """Each allowed bit of every logical element flipped independently with probability
+        `rate`, on the stored tensor; returns Flips as random_flips does."""
+        width = storage_width(self.storage.dtype)
+        is_float = is_float_storage(self.storage.dtype)
+        k = bit_error_count(self.size, width, is_float, rate, rng, bits)
+        return self._flip_drawn(draw_flips(self.size, width, is_float, k, rng, bits))
+
+    def _flip_drawn(self, drawn):
+        elements, bits = drawn
+        offsets = self.offsets(np.stack(np.unravel_index(elements, self.shape), axis=1))
+        flips = flip_bits(self.storage, offsets, bits)
+        if self.after_change:
+            self.after_change(offsets)
+            flips.after_undo = lambda: self.after_change(offsets)
+        return flips
+
 
 def layer_weights(ref):
     """The WeightTensors of one layer (none for a layer without parameters)."""
@@ -124,14 +149,17 @@ def layer_weights(ref):
 
 
 def weight_tensors(model, layers=None):
-    """Every WeightTensor of the model (or of the named layers), in model order."""
-    refs = model_layers(model) if layers is None else [find_layer(model, name) for name in layers]
-    out = [w for ref in refs for w in layer_weights(ref)]
-    if layers is not None:
-        empty = [ref.name for ref in refs if not layer_weights(ref)]
-        if empty:
-            raise ValueError(f"layer(s) {', '.join(empty)} have no weights to inject into")
-    return out
+    """Every WeightTensor of the model, or of the named layers (a block names all the layers in
+    it), in model order."""
+    everything = model_layers(model)
+    if layers is None:
+        return [w for ref in everything for w in layer_weights(ref)]
+    names = [find_layer(model, name).name for name in layers]
+    within = lambda ref, name: ref.name == name or ref.name.startswith(name + ".")
+    empty = [name for name in names if not any(layer_weights(r) for r in everything if within(r, name))]
+    if empty:
+        raise ValueError(f"layer(s) {', '.join(empty)} have no weights to inject into")
+    return [w for ref in everything if any(within(ref, name) for name in names) for w in layer_weights(ref)]
 
 
 # -- activations ------------------------------------------------------------------------------

@@ -192,5 +192,12 @@ def mean_fraction_interval(total, total_sq, n, confidence: float = 0.95):
     mean = total / n
     var = max(total_sq / n - mean * mean, 0.0) * n / max(n - 1, 1)
     half = z_for_confidence(confidence) * math.sqrt(var / n)
-    return mean, max(0.0, mean - half), min(1.0, mean + half)
+    low, high = max(0.0, mean - half), min(1.0, mean + half)
+    if var == 0.0:
+        # every fraction equal (typically all 0: no fault changed any input): the normal interval
+        # collapses to a point; the Wilson interval of that many 0/1 outcomes bounds the mean,
+        # since a fraction lies between 0 and 1 whenever its indicator does
+        wl, wh = wilson_interval(round(mean * n), n, confidence)
+        low, high = min(low, wl), max(high, wh)
+    return mean, low, high
 

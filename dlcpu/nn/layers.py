@@ -31,7 +31,10 @@ from .module import (
 
 @register
 class Conv2d(Module):
-    """2-D convolution, weights in the blocked layout, optional bias; He-normal initialization."""
+    """2-D convolution, weights in the blocked layout, optional bias; He-normal initialization.
+    `algorithm` is conv2d's (default 'auto'); dlcpu.faults pins it to 'direct' while it runs."""
+
+    algorithm = "auto"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, seed=0):
         super().__init__()
@@ -61,7 +64,7 @@ class Conv2d(Module):
         _expect_blocked(x, self.describe(), self.args["in_channels"])
         self._x = x
         return conv2d(x, self.weight_b, None if self.bias is None else self.bias.data,
-                      stride=self.stride, padding=self.padding)
+                      stride=self.stride, padding=self.padding, algorithm=self.algorithm)
 
     def backward(self, dy):
         x = self._require_forward(self._x)

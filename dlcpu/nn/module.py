@@ -57,6 +57,10 @@ class _HookHandle:
 class Module:
     """Base class: parameters, children, train/eval mode, configuration for save/load."""
 
+    #: output hooks (register_output_hook); a class-level empty default keeps subclasses that do
+    #: not call Module.__init__ working
+    _output_hooks = ()
+
     def __init__(self):
         self.training = True
         self.name = type(self).__name__
@@ -104,6 +108,8 @@ class Module:
         activation bits this way."""
         if not callable(hook):
             raise TypeError(f"{self.name}.register_output_hook: hook must be callable, got {type(hook).__name__}")
+        if not isinstance(self._output_hooks, list):
+            self._output_hooks = []
         self._output_hooks.append(hook)
         return _HookHandle(self._output_hooks, hook)
 
