@@ -323,6 +323,7 @@ def compare(
 ):
     """The LASCAS 2020 study: SDC rates of dense, pruned, int8 and pruned + int8 variants."""
     from ..faults import compress
+    from ..train import image_batch
 
     _target(target)
     try:
@@ -338,7 +339,7 @@ def compare(
     if out_dir is not None and not os.path.isdir(out_dir):
         raise bad_option("--out-dir", f"{out_dir} is not a directory")
     model, build_inputs, data = _digits(model_path)
-    if build_inputs.__name__ != "image_batch":
+    if build_inputs is not image_batch:
         raise ValueError(f"{model_path} is a recurrent model; the compression study runs on the digits CNN")
 
     def on_variant(row):

@@ -90,7 +90,7 @@ class Campaign:
         if layers is not None:
             # one order for any spelling of the list: the draws map onto sites in this order
             refs = {find_layer(model, str(name)).name: None for name in layers}
-            layers = sorted(refs, key=_layer_order)
+            layers = sorted(refs, key=_path_key)
         self.target, self.fault_model, self.seed, self.batch = target, fault_model, int(seed), int(batch)
         self.bits_spec = str(bits)
         self.model_path = model_path
@@ -180,7 +180,7 @@ class Campaign:
     def header(self):
         return {"kind": "header", "format": FORMAT, "model": self.model_path, "model_sha256": self.model_id,
                 "target": self.target, "fault_model": self.fault_model, "bits": self.bits_spec,
-                "layers": sorted({s.layer for s in self.sites}, key=_layer_order),
+                "layers": sorted({s.layer for s in self.sites}, key=_path_key),
                 "params": None if self.params is None else list(self.params),
                 "sites": [{"layer": s.layer, "param": s.param, "shape": list(s.shape), "dtype": s.dtype,
                            "bits": len(s.bits)} for s in self.sites],
@@ -323,7 +323,8 @@ def model_digest(model):
     return h.hexdigest()
 
 
-def _layer_order(name):
+def _path_key(name):
+    """Sort key of a layer name in model order: '2.10' after '2.9'."""
     return [int(p) for p in name.split(".")] if name else []
 
 
@@ -407,6 +408,8 @@ class CampaignState:
 
 def open_results(path, header, resume):
     """Prepare a results file: (first injection to run, records already on file, note).
+    Stricter than report.read_results, which only reads: a file this returns is one the
+    campaign can append to (header matching, injections 0..k-1 in order, cut line removed).
 
     Without resume the file must not exist (or be empty).  With resume its header must match
     `header` on RESUME_KEYS; a truncated or corrupt last line is cut off (and reported in the
