@@ -55,7 +55,8 @@ def _sparsity_table(report):
     return t
 
 
-def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=None, from_path=None):
+def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=None, from_path=None,
+           prune_scope="layer"):
     """Shared body of the `dlcpu train` commands (model 'cnn' or 'rnn')."""
     from threadpoolctl import threadpool_limits
 
@@ -63,6 +64,8 @@ def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=
 
     check_output_path(out_path)
     _check_prune(sparsity)
+    if prune_scope not in ("layer", "global"):
+        raise bad_option("--prune-scope", f"must be 'layer' or 'global', got {prune_scope!r}")
     initial = _load_from(from_path, model)
     n_threads = threads or cpu.resolve_threads()
     data = training.load_digits_split(seed)
@@ -83,13 +86,14 @@ def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=
         with threadpool_limits(limits=n_threads, user_api="openmp"):
             result = training.train_digits(epochs, batch, lr, seed=seed, out=out_path, data=data,
                                            on_step=on_step, on_epoch=on_epoch, model=model,
-                                           prune=sparsity, init_from=initial)
+                                           prune=sparsity, init_from=initial, prune_scope=prune_scope)
     summary = {"dataset": "sklearn digits (1797 8x8 images)",
                "model": "digits_resnet (CNN)" if model == "cnn" else "digits_rnn (LSTM over image rows)",
                "train_images": len(data.x_train),
                "test_images": len(data.x_test), "threads": n_threads, "epochs": epochs, "batch": batch,
                "lr": lr, "seed": seed, "test_accuracy": result.test_accuracy,
                "seconds": result.total_seconds, "saved_to": out_path, "from": from_path, "prune": sparsity,
+               "prune_scope": prune_scope if sparsity is not None else None,
                "history": [s.__dict__ for s in result.epochs],
                "sparsity": {"total": nn.total_sparsity(result.sparsity), "layers": [asdict(r) for r in result.sparsity]}}
     if as_json:
@@ -97,7 +101,8 @@ def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=
         return
     saved = f", model saved to {out_path}" if out_path else ""
     start = f"fine-tuning {from_path}" if from_path else "training"
-    pruned = f", {100 * sparsity:g}% of each weight tensor pruned" if sparsity is not None else ""
+    where = "of each weight tensor" if prune_scope == "layer" else "of all weights (one threshold)"
+    pruned = f", {100 * sparsity:g}% {where} pruned" if sparsity is not None else ""
     out.print(f"test accuracy {100 * result.test_accuracy:.2f}% after {epochs} epochs of {start}{pruned} in "
               f"{result.total_seconds:.1f} s on {n_threads} thread(s){saved}", highlight=False)
     if sparsity is not None or from_path:
@@ -124,9 +129,12 @@ def _register(name, model, epochs_default, lr_default, doc):
             "--prune", metavar="<fraction>",
             help="Before training, set this fraction in [0, 1) of each weight tensor's smallest weights to zero "
                  "and keep them zero while training (magnitude pruning).")] = None,
+        prune_scope: Annotated[str, typer.Option(
+            "--prune-scope", metavar="<scope>",
+            help="layer: the same fraction in every weight tensor; global: one magnitude threshold over all.")] = "layer",
         as_json: JsonFlag = False,
     ):
-        _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity, from_path)
+        _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity, from_path, prune_scope)
 
     train_command.__doc__ = doc
     train_command.__name__ = f"train_{name.replace('-', '_')}"

@@ -281,7 +281,18 @@ def test_cli_prune_on_digits_rnn(tmp_path):
     assert all(l["zeros"] == l["size"] // 2 for l in layers)
 
 
+def test_cli_global_prune_scope(tmp_path):
+    res = run("train", "digits", "--prune", "0.75", "--prune-scope", "global", "--epochs", "1", "--threads", "1",
+              "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    layers = out["sparsity"]["layers"]
+    assert out["prune_scope"] == "global" and out["sparsity"]["total"] == pytest.approx(0.75, abs=1e-3)
+    assert len({round(l["sparsity"], 3) for l in layers}) > 1        # one threshold: layers differ
+
+
 BAD_PRUNE_OPTIONS = [  # bad option values, exit 2 like every other one (test_cli.BAD_OPTION_VALUES)
+    (("train", "digits", "--prune", "0.5", "--prune-scope", "net"), "'--prune-scope': must be 'layer' or 'global'"),
     (("train", "digits", "--prune", "1.0"), "'--prune': sparsity must be >= 0 and < 1"),
     (("train", "digits", "--prune", "-0.1"), "'--prune': sparsity must be >= 0 and < 1"),
     (("train", "digits", "--prune", "nan"), "'--prune': sparsity must be >= 0 and < 1"),
