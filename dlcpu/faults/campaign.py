@@ -18,7 +18,7 @@ Design:
   Lines reach the OS at every flush, so they survive Ctrl-C and SIGKILL (not a power cut: no
   fsync per line, which would cost more than the injection).
 """
-import functools
+import contextlib
 import hashlib
 import json
 import math
@@ -30,7 +30,7 @@ import numpy as np
 from .. import __version__
 from .bitflip import is_float_storage, parse_bits, storage_width
 from .inject import DUE, OUTCOMES, SDC1, SDC5, GoldenRun, activation_faults, check_fault_model, classify, weight_fault
-from .report import FORMAT
+from .report import FORMAT, check_record
 from .sites import find_layer, model_layers, weight_tensors
 from .stats import mean_fraction_interval, sample_size
 
@@ -82,7 +82,7 @@ class Campaign:
                  input_module=None):
         if target not in TARGETS:
             raise ValueError(f"campaign: target must be 'activations' or 'weights', got {target!r}")
-        check_fault_model(fault_model)
+        self._width = check_fault_model(fault_model)     # bits of a fixed-point code (32 for ieee)
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**63:
             raise ValueError(f"campaign: seed must be an int >= 0, got {seed!r}")
         if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or not 1 <= batch <= 65536:
@@ -114,8 +114,9 @@ class Campaign:
                              f"handles (2^62); target fewer layers or inputs")
         self.confidence, self.margin = confidence, margin
         self.auto = isinstance(n, str) and n == "auto"
+        planned = sample_size(self.population, margin, confidence)    # also checks margin and confidence
         if self.auto:
-            self.n = sample_size(self.population, margin, confidence)
+            self.n = planned
         elif isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1:
             self.n = int(n)
         else:
@@ -136,7 +137,7 @@ class Campaign:
                 fmt = self.golden.formats.get(ref.name)
                 if fmt is None:
                     raise ValueError(f"campaign: layer {ref.name} ({ref.module.describe()}) produced no output in the golden run")
-                width = 32 if float_model else int(self.fault_model[5:])
+                width = self._width
                 bits = parse_bits(self.bits_spec, width, float_model)
                 dtype = "float32" if float_model else self.fault_model   # fixed8: the stored 8-bit code
                 out.append(Site(ref.name, "activations", None, fmt.sample_shape, dtype, tuple(bits), width=width))
@@ -157,7 +158,7 @@ class Campaign:
                 if dtype != np.float32:
                     raise ValueError(f"campaign: the {self.fault_model} fault model needs float32 weights, "
                                      f"{w.name} stores {dtype}")
-                width, is_float = int(self.fault_model[5:]), False
+                width, is_float = self._width, False
             bits = parse_bits(self.bits_spec, width, is_float)
             name = str(dtype) if float_model else self.fault_model
             out.append(Site(w.layer.name, "weights", w.param, w.shape, name, tuple(bits), w, width))
@@ -242,31 +243,24 @@ class Campaign:
     def run(self, out=None, resume=False, on_record=None, on_start=None):
         """Run the campaign; with `out`, append records to that JSONL file (header first), flushed
         one by one; `resume` continues a file this campaign wrote.  Returns CampaignState (the
-        records, counts).  on_record(record, state) is called after each record; on_start() once
-        the results file has been checked, before the first injection."""
+        counts).  on_record(record, state) is called after each record; on_start() once the
+        results file has been checked, before the first injection."""
         state = CampaignState(self.n)
-        if on_start and out is None:
-            on_start()
-        if out is None:
-            for rec in self.records():
+        start = 0
+        if out is not None:
+            start, existing, state.note = open_results(out, self.header(), resume)
+            for rec in existing:
                 state.add(rec)
-                if on_record:
-                    on_record(rec, state)
-            return state
-        start, existing, note = open_results(out, self.header(), resume)
         if on_start:
             on_start()
-        state.note = note
-        for rec in existing:
-            state.add(rec)
-        fresh = not os.path.exists(out) or os.path.getsize(out) == 0   # else the header is on file
-        with open(out, "a", encoding="utf-8") as f:
-            if fresh:
-                f.write(json.dumps(self.header()) + "\n")
+        with open(out, "a", encoding="utf-8") if out is not None else contextlib.nullcontext() as f:
+            if f is not None and f.tell() == 0:          # a new file (open_results emptied a cut header)
+                f.write(_encode(self.header()) + "\n")
                 f.flush()
             for rec in self.records(start):
-                f.write(record_line(rec) + "\n")
-                f.flush()
+                if f is not None:
+                    f.write(_encode(rec) + "\n")
+                    f.flush()
                 state.add(rec)
                 if on_record:
                     on_record(rec, state)
@@ -345,35 +339,9 @@ def _record(i, site, index, sample, bit, old, new, old_value, new_value, outcome
             "outcome": OUTCOMES[outcome], "max_abs_dev": _number(dev)}
 
 
-_LINE = ('{"kind": "injection", "i": %d, "layer": %s, "target": %s, "param": %s, "index": [%s], "sample": %s, '
-         '"bit": %d, "dtype": %s, "old": "%s", "new": "%s", "old_value": %s, "new_value": %s, "outcome": "%s", '
-         '"max_abs_dev": %s')
-
-
-def record_line(rec):
-    """json.dumps(rec) for an injection record, several times faster (the JSON encoder was half
-    the time of an activation campaign): the fixed fields by one format string, the few distinct
-    strings (layer, target, param, dtype) encoded once each, the rest by json."""
-    line = _LINE % (rec["i"], _json_str(rec["layer"]), _json_str(rec["target"]), _json_str(rec["param"]),
-                    ", ".join(map(str, rec["index"])), "null" if rec["sample"] is None else rec["sample"], rec["bit"],
-                    _json_str(rec["dtype"]), rec["old"], rec["new"], _json_number(rec["old_value"]),
-                    _json_number(rec["new_value"]), rec["outcome"], _json_number(rec["max_abs_dev"]))
-    if len(rec) == len(_FIXED):
-        return line + "}"
-    return line + "".join(f", {json.dumps(k)}: {json.dumps(v)}" for k, v in rec.items() if k not in _FIXED) + "}"
-
-
-@functools.lru_cache(maxsize=4096)
-def _json_str(value):
-    return json.dumps(value)
-
-
-_FIXED = frozenset(("kind", "i", "layer", "target", "param", "index", "sample", "bit", "dtype", "old", "new",
-                    "old_value", "new_value", "outcome", "max_abs_dev"))
-
-
-def _json_number(v):
-    return f'"{v}"' if isinstance(v, str) else repr(v)
+#: the JSON encoder of the record lines, made once (json.dumps builds one per call: 12.6 us a
+#: record here, this one 11.5 us)
+_encode = json.JSONEncoder(check_circular=False).encode
 
 
 @dataclass
@@ -449,6 +417,7 @@ def open_results(path, header, resume):
             if rec.get("kind") != "injection" or rec.get("i") != len(records):
                 raise ValueError(f"{path}: line {lineno} should be injection {len(records)}, got "
                                  f"{rec.get('kind')} {rec.get('i')}; the file is damaged")
+            check_record(rec, f"{path}:{lineno}")
             records.append(rec)
         good_end = end
         pos = end

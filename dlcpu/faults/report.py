@@ -77,7 +77,8 @@ class Results(tuple):
         return self[1]
 
 
-def _check_record(rec: dict, where: str) -> None:
+def check_record(rec: dict, where: str) -> None:
+    """ValueError naming `where` unless `rec` is a well-formed injection record."""
     i = rec.get("i")
     if isinstance(i, bool) or not isinstance(i, int) or i < 0:
         raise ValueError(f"{where}: injection record needs an integer 'i' >= 0, got {i!r}")
@@ -142,7 +143,7 @@ def read_results(path) -> Results:
             raise ValueError(f"{where}: a second header line (are two result files concatenated?)")
         if kind != "injection":
             continue
-        _check_record(rec, where)
+        check_record(rec, where)
         i = rec["i"]
         if i in seen:
             raise ValueError(f"{where}: duplicate injection i={i} (first on line {seen[i]})")
