@@ -11,7 +11,6 @@ from threadpoolctl import threadpool_limits
 
 from dlcpu import _reference, faults, nn
 from dlcpu.faults import compress
-from dlcpu.faults.campaign import record_line
 from dlcpu.faults.sites import activation_format, layer_weights
 from dlcpu.layout import BlockedTensor, block_weights, from_blocked, to_blocked
 
@@ -234,6 +233,10 @@ def test_batchnorm_targets_are_the_logical_channels():
         faults.activation_faults(golden, "1", [0, 1], [[0, 0, 0]], [3, 4])
     with pytest.raises(TypeError, match="integers"):
         faults.activation_faults(golden, "1", [0.5], [[0, 0, 0]], [3])
+    with pytest.raises(ValueError, match="fault model must be one of ieee, fixed8, fixed16, got 'fixed'"):
+        faults.activation_faults(golden, "1", [0], [[0, 0, 0]], [3], fault_model="fixed")
+    with pytest.raises(ValueError, match="fault model must be one of"):
+        faults.weight_fault(golden, gamma, [1], 3, fault_model="ieee754")
 
 
 # -- faulty inferences ---------------------------------------------------------------------------
@@ -384,14 +387,17 @@ def test_draws_cover_the_fault_space_uniformly(cnn):
         np.testing.assert_array_equal(whole, np.concatenate(part))
 
 
-def test_record_lines_are_the_json_of_the_records(cnn):
+def test_the_results_file_holds_the_records(cnn, tmp_path):
     model, x = cnn
     for target in ("activations", "weights"):
         camp = faults.Campaign(model, to_blocked(x[:8]), target=target, n=300, seed=2)
+        path = tmp_path / f"{target}.jsonl"
         with np.errstate(all="ignore"):
-            for rec in camp.records():
-                assert record_line(rec) == json.dumps(rec)
-                assert json.loads(record_line(rec)) == rec
+            camp.run(str(path))
+            records = list(camp.records())
+        lines = path.read_text().splitlines()
+        assert json.loads(lines[0]) == camp.header()
+        assert [json.loads(line) for line in lines[1:]] == records
 
 
 def test_campaign_on_the_recurrent_model():
@@ -632,3 +638,19 @@ def test_per_input_interval_does_not_collapse_when_nothing_changed():
 
     mean, low, high = mean_fraction_interval(0.0, 0.0, 500)
     assert mean == 0 and low == 0 and 0.005 < high < 0.01
+
+
+def test_resume_refuses_a_malformed_record(cnn, tmp_path):
+    model, x = cnn
+    camp = faults.Campaign(model, to_blocked(x), n=20, seed=3)
+    path = tmp_path / "r.jsonl"
+    camp.run(str(path))
+    lines = path.read_text().splitlines(keepends=True)
+    rec = json.loads(lines[5])
+    del rec["outcome"]
+    lines[5] = json.dumps(rec) + "\n"
+    path.write_text("".join(lines))
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"r.jsonl:6: outcome must be one of"):
+        camp.run(str(path), resume=True)
+    assert path.read_bytes() == before

@@ -13,7 +13,6 @@ Design:
   magnitude-pruned and fine-tuned variants, the int8 variant and pruned + int8, and reports SDC
   rates with Wilson intervals, accuracy and resilience factors (dense rate / variant rate).
 """
-import io
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +37,7 @@ def copy_model(model):
 
 class Int8Weights:
     """int8 codes (logical layout: KCRS or (out, in)) and per-output-channel float32 scales of one
-    layer; `dequantize_into(offsets)` rewrites those elements of the layer's fp32 weights."""
+    layer; `refresh(offsets)` rewrites those elements of the layer's fp32 weights."""
 
     def __init__(self, layer):
         self.layer = layer
@@ -90,10 +89,6 @@ def quantize_int8(model):
     return q, layers
 
 
-def int8_state_bytes(layers):
-    return sum(w.codes.nbytes + w.scales.nbytes for w in layers.values())
-
-
 @dataclass
 class VariantResult:
     """One row of the resilience study.  The SDC-1 rate is per (fault, input) pair: for weight
@@ -126,13 +121,6 @@ class VariantResult:
                 "paper_factor": PAPER_FACTORS.get(self.kind), **self.extra}
 
 
-def saved_bytes(model):
-    """Size of the model as nn.save writes it (for the table)."""
-    buf = io.BytesIO()
-    np.savez(buf, **{k: v for k, v in model.state().items()})
-    return buf.tell()
-
-
 def _variant_campaign(model, inputs, target, fault_model, bits, n, seed, confidence, margin, batch, layers, out):
     from .campaign import Campaign
 
@@ -145,7 +133,7 @@ def _variant_campaign(model, inputs, target, fault_model, bits, n, seed, confide
 def compare(model, data, *, target="weights", sparsities=(0.5, 0.75, 0.9), prune_scope="global", finetune_epochs=3,
             finetune_lr=0.01,
             n="auto", bits="all", seed=0, confidence=0.95, margin=0.01, images=64, batch=2048, out_dir=None,
-            on_variant=None, on_progress=None):
+            on_variant=None):
     """The LASCAS 2020 study on a trained digits CNN: the same single-bit campaign on the dense
     model, on magnitude-pruned and fine-tuned variants at each sparsity, on the int8 variant and
     on pruned + int8.  Returns [VariantResult].  Pruning is nn.prune's magnitude pruning at

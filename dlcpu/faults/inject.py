@@ -34,6 +34,8 @@ FAULT_MODELS = ("ieee", "fixed8", "fixed16")
 
 
 def check_fault_model(fault_model):
+    """The bits of one fault-model code (32 for 'ieee': the stored word decides); ValueError for
+    an unknown model."""
     if fault_model not in FAULT_MODELS:
         raise ValueError(f"fault model must be one of {', '.join(FAULT_MODELS)}, got {fault_model!r}")
     return 32 if fault_model == "ieee" else int(fault_model[5:])
@@ -94,6 +96,8 @@ class GoldenRun:
             for h in handles:
                 h.remove()
             self._outputs = {}
+        # the layout of each kept input (a 3-d sequence is batch-first if its producer says so)
+        self.kept_formats = [self.input_format] + [activation_format(y, m) for y, m in zip(self.kept[1:-1], self.stages)]
         self.logits = np.asarray(self.kept[-1], np.float32)
         if self.logits.ndim != 2:
             raise ValueError(f"faults: the model's output must be (N, classes) scores, got shape {self.logits.shape}")
@@ -176,7 +180,7 @@ def _apply(storage, offsets, bits, fault_model, value_range, restores):
                              _values_of(flips.new, storage.dtype))
     if storage.dtype != np.float32:
         raise ValueError(f"the {fault_model} fault model applies to float32 values, the target stores {storage.dtype}")
-    total_bits = int(fault_model[5:])
+    total_bits = check_fault_model(fault_model)
     code, flipped, new = fixed_point_codes(old, bits, value_range, total_bits)
     flat[offsets] = new
     mask = (1 << total_bits) - 1
@@ -196,6 +200,7 @@ def activation_faults(golden, layer, rows, indices, bits, fault_model="ieee"):
     (n, classes), ChangedValues)."""
     if not isinstance(golden, GoldenRun):
         raise TypeError(f"activation_faults: golden must be a GoldenRun, got {type(golden).__name__}")
+    check_fault_model(fault_model)
     if isinstance(layer, LayerRef):
         ref = layer
     elif isinstance(layer, str):
@@ -229,8 +234,7 @@ def activation_faults(golden, layer, rows, indices, bits, fault_model="ieee"):
             changed["v"] = _apply(fmt.storage(y), offsets, bits, fault_model, value_range, [])
         return y
 
-    x = take_rows(golden.kept[stage], golden.input_format if stage == 0 else
-                  activation_format(golden.kept[stage], golden.stages[stage - 1]), rows)
+    x = take_rows(golden.kept[stage], golden.kept_formats[stage], rows)
     with ref.module.register_output_hook(hook):
         logits = golden.run_from(stage, x)
     return logits, changed["v"]
@@ -258,6 +262,7 @@ def weight_fault(golden, tensor, index, bit, fault_model="ieee"):
         raise TypeError(f"weight_fault: golden must be a GoldenRun, got {type(golden).__name__}")
     if not isinstance(tensor, WeightTensor):
         raise TypeError(f"weight_fault: tensor must be a WeightTensor (faults.weight_tensors), got {type(tensor).__name__}")
+    check_fault_model(fault_model)
     if tensor.layer.module is not find_layer(golden.model, tensor.layer.name).module:
         raise ValueError(f"weight_fault: {tensor.name} is not a weight of the golden run's model")
     idx = check_index(tensor.shape, index, tensor.name)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..layout import CB, BlockedTensor
+from ..nn.layers import BatchNorm2d, Conv2d
 from ..nn.module import Module
 from .bitflip import bit_error_count, draw_flips, flip_bits, is_float_storage, storage_width
 
@@ -139,9 +140,9 @@ def layer_weights(ref):
         return list(m.fault_targets(ref))
     out = []
     for param, p in m.own_parameters().items():
-        if param == "weight" and hasattr(m, "weight_b"):          # Conv2d: blocked storage
+        if param == "weight" and isinstance(m, Conv2d):          # blocked, channel-padded storage
             out.append(WeightTensor(ref, param, tuple(m.weight_b.shape), p.data, _conv_weight_offsets))
-        elif hasattr(m, "C") and p.data.ndim == 1 and p.data.shape[0] != m.C:   # BatchNorm2d: padded
+        elif isinstance(m, BatchNorm2d):                           # channel-padded vectors
             out.append(WeightTensor(ref, param, (m.C,), p.data))
         else:
             out.append(WeightTensor(ref, param, tuple(p.data.shape), p.data))
