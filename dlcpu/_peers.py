@@ -157,15 +157,20 @@ def pytorchfi_bitflip_campaign(torch, core, twin, images, faults, batch=1):
     out = []
     for start in range(0, len(faults), batch):
         group = faults[start:start + batch]
+        # per conv layer, the batch rows and the element and XOR mask of its faults, as index tensors
+        # built before the forward, so the hook does one indexed XOR (no Python loop over faults)
+        by_layer = {}
+        for b, (lay, _s, c, h, w, bit) in enumerate(group):
+            by_layer.setdefault(lay, []).append((b, c, h, w, -2**31 if bit == 31 else 1 << bit))
+        by_layer = {lay: [torch.tensor(col) for col in zip(*rows)] for lay, rows in by_layer.items()}
         fi.reset_current_layer()
 
-        def flip(module, inputs, output, group=group):
-            layer = fi.get_current_layer()
-            for b, (lay, _s, c, h, w, bit) in enumerate(group):
-                if lay == layer:
-                    word = output[b, c, h, w].view(torch.int32)
-                    output[b, c, h, w] = (word ^ torch.tensor(-2**31 if bit == 31 else 1 << bit,
-                                                              dtype=torch.int32)).view(torch.float32)
+        def flip(module, inputs, output, by_layer=by_layer):
+            sel = by_layer.get(fi.get_current_layer())
+            if sel is not None:
+                b, c, h, w, mask = sel
+                words = output.view(torch.int32)        # conv outputs are contiguous NCHW
+                words[b, c, h, w] ^= mask.to(torch.int32)
             fi.updateLayer()
             if fi.get_current_layer() >= fi.get_total_layers():
                 fi.reset_current_layer()
