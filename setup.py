@@ -44,6 +44,7 @@ EXTENSIONS = {
     "norm": "pyx/norm.pyx",
     "rnn": "pyx/rnn.pyx",
     "faults": "pyx/faults.pyx",
+    "approx": "pyx/approx.pyx",
 }
 
 PYX_DIR = "pyx"
@@ -309,7 +310,7 @@ def make_extension(name, path):
 
 if __name__ == "__main__":
     setup(
-        packages=["dlcpu", "dlcpu._ext", "dlcpu.nn", "dlcpu.faults", "dlcpu.cli"],
+        packages=["dlcpu", "dlcpu._ext", "dlcpu.nn", "dlcpu.faults", "dlcpu.approx", "dlcpu.cli"],
         package_dir={"dlcpu": "dlcpu", "dlcpu.cli": "cli"},
         package_data={"dlcpu": ["workloads/*.csv"]},
         ext_modules=[make_extension(name, path) for name, path in EXTENSIONS.items()],

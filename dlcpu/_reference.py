@@ -3,6 +3,7 @@
 Plain NumPy, written for clarity, never for speed.  Nothing here is used by the fast paths.
 """
 import math
+import struct
 
 import numpy as np
 
@@ -320,3 +321,182 @@ def fixed_point_flip(value, bit, value_range, total_bits=8):
     if new & (1 << (total_bits - 1)):
         new -= 1 << total_bits
     return new * 2.0 ** -(total_bits - 1) * value_range
+
+
+# -- Taylor softmax and its relatives (dlcpu.nn.losses; papers.md section 2) ---------------------
+def softmax(z):
+    """Softmax of each row of a 2-D array, in float64 (max subtracted: exp is shift-invariant)."""
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def taylor_exp(z, n):
+    """f_n(z) = sum_{k=0}^{n} z^k / k! element-wise in float64, term by term."""
+    z = np.asarray(z, dtype=np.float64)
+    return sum(z ** k / math.factorial(k) for k in range(n + 1))
+
+
+def taylor_softmax(z, n):
+    """Taylor softmax of each row of a 2-D array: f_n(z_i) / sum_j f_n(z_j), float64.  No max is
+    subtracted: unlike softmax it is not shift-invariant."""
+    f = taylor_exp(z, n)
+    return f / f.sum(axis=1, keepdims=True)
+
+
+def taylor_softmax_backward(dp, z, n, gradient="exact"):
+    """The vector-Jacobian product of taylor_softmax: dz given dp = dL/dp, row by row.
+    With S = sum_j f_n(z_j) and p = f_n(z)/S:  dz_i = g_i / S * (dp_i - sum_j dp_j p_j), where
+    g = f_{n-1} = f_n' ('exact') or g = f_n (the 'softmax' form, f_n treated as exp)."""
+    if gradient not in ("exact", "softmax"):
+        raise ValueError(f"gradient must be 'exact' or 'softmax', got {gradient!r}")
+    z = np.asarray(z, dtype=np.float64)
+    dp = np.asarray(dp, dtype=np.float64)
+    f = taylor_exp(z, n)
+    s = f.sum(axis=1, keepdims=True)
+    p = f / s
+    g = taylor_exp(z, n - 1) if gradient == "exact" else f
+    return g / s * (dp - (dp * p).sum(axis=1, keepdims=True))
+
+
+# -- K-TanH and the activation flavours (dlcpu.approx) ----------------------------------------------
+# tanh three ways ("exact" float64, "fast" = the rational 7/8 Pade of LIBXSMM, "ktanh" = the K-TanH
+# bit recipe on the bf16 truncation of a float32), and sigmoid / swish / GELU derived from each by
+# the identities sigmoid(x) = 0.5 + 0.5 tanh(x/2), swish(x) = x sigmoid(beta x),
+# gelu(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).  K-TanH spec: papers.md section 1.
+_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_A = 0.044715
+_TANH_FLAVOURS = ("exact", "fast", "ktanh")
+
+
+def _ktanh_bf16_table(table):
+    if table is None:
+        from .approx.ktanh_table import PUBLISHED_TABLE
+        return PUBLISHED_TABLE
+    if getattr(table, "mantissa_bits", None) != 7:
+        raise ValueError("table must be a bf16 KTanhTable (mantissa_bits=7)")
+    return table
+
+
+def _ktanh_bf16_one(bits, table):
+    """K-TanH of one bf16 bit pattern (a Python int), step by step as the spec says."""
+    sign, magnitude = bits & 0x8000, bits & 0x7FFF
+    if magnitude > 0x7F80:                  # NaN: returned unchanged (compares would send it to +/-1)
+        return bits
+    ax = struct.unpack("<f", struct.pack("<I", magnitude << 16))[0]  # |x|, exactly
+    low, high = table.thresholds
+    if ax < low:                            # tanh(x) ~ x; also +/-0 and denormals
+        return bits
+    if ax > high:                           # saturation, also +/-Inf
+        return sign | 0x3F80
+    e, r, b = table.row((bits >> 4) & 31)   # t: low 2 exponent bits, top 3 mantissa bits
+    return sign | ((e << 7) + ((bits & 0x7F) >> r) + b)
+
+
+def ktanh_bf16_bits(bits, table=None):
+    """K-TanH on bf16 bit patterns (uint16 in, uint16 out), one element at a time.
+    `table`: a bf16 KTanhTable, by default the published one."""
+    table = _ktanh_bf16_table(table)
+    a = np.asarray(bits)
+    if a.dtype.kind not in "iu" or (a.size and (a.min() < 0 or a.max() > 0xFFFF)):
+        raise ValueError("ktanh_bf16_bits: bits must be integers in [0, 0xFFFF]")
+    out = [_ktanh_bf16_one(int(v), table) for v in a.ravel().tolist()]
+    return np.array(out, dtype=np.uint16).reshape(a.shape)
+
+
+def ktanh_f32(x, table=None):
+    """K-TanH on float32 (other dtypes are cast to float32 first), one element at a time: NaN
+    unchanged, |x| < 0.25 unchanged, |x| > 3.75 (on the float32 value) -> +/-1, otherwise the table
+    applied to the bf16 truncation of x (its top 16 bits), the result in the top 16 bits."""
+    table = _ktanh_bf16_table(table)
+    x = np.array(x, dtype=np.float32)
+    low, high = table.thresholds
+    out = []
+    for u in x.reshape(-1).view(np.uint32).tolist():
+        v = struct.unpack("<f", struct.pack("<I", u))[0]
+        if math.isnan(v) or abs(v) < low:
+            out.append(u)
+        elif abs(v) > high:
+            out.append((u & 0x80000000) | 0x3F800000)
+        else:
+            out.append(_ktanh_bf16_one(u >> 16, table) << 16)
+    return np.array(out, dtype=np.uint32).view(np.float32).reshape(x.shape)
+
+
+def tanh_pade(x):
+    """The rational 7/8 Pade tanh in float64, sign(x) for |x| > 4.97; NaN stays NaN."""
+    x = np.asarray(x, dtype=np.float64)
+    x2 = x * x
+    with np.errstate(over="ignore", invalid="ignore"):
+        p = x * (((36.0 * x2 + 6930.0) * x2 + 270270.0) * x2 + 2027025.0)
+        q = (((x2 + 630.0) * x2 + 51975.0) * x2 + 945945.0) * x2 + 2027025.0
+        y = p / q
+    return np.where(np.abs(x) > 4.97, np.sign(x), y)
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)) in float64, without overflow for large |x|."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def sigmoid_grad(x):
+    s = sigmoid(x)
+    return s * (1.0 - s)
+
+
+def swish(x, beta=1.0):
+    x = np.asarray(x, dtype=np.float64)
+    return x * sigmoid(beta * x)
+
+
+def swish_grad(x, beta=1.0):
+    x = np.asarray(x, dtype=np.float64)
+    s = sigmoid(beta * x)
+    return s + beta * x * s * (1.0 - s)
+
+
+def gelu_tanh(x):
+    """GELU, tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    x = np.asarray(x, dtype=np.float64)
+    return 0.5 * x * (1.0 + np.tanh(_GELU_C * (x + _GELU_A * x ** 3)))
+
+
+def gelu_tanh_grad(x):
+    x = np.asarray(x, dtype=np.float64)
+    th = np.tanh(_GELU_C * (x + _GELU_A * x ** 3))
+    return 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * _GELU_C * (1.0 + 3.0 * _GELU_A * x * x)
+
+
+def tanh_flavour(x, impl):
+    """float64 tanh by `impl`: "exact" (np.tanh), "fast" (tanh_pade) or "ktanh" (ktanh_f32 on
+    float32(x)).  The derived flavours below form their tanh argument in float64; for float32
+    inputs and the scale 0.5 that equals the float32 product a kernel computes."""
+    if impl == "exact":
+        return np.tanh(np.asarray(x, dtype=np.float64))
+    if impl == "fast":
+        return tanh_pade(x)
+    if impl == "ktanh":
+        return ktanh_f32(np.asarray(x, dtype=np.float32)).astype(np.float64)
+    raise ValueError(f"impl must be one of {_TANH_FLAVOURS}, got {impl!r}")
+
+
+def sigmoid_flavour(x, impl):
+    if impl == "exact":
+        return sigmoid(x)
+    return 0.5 + 0.5 * tanh_flavour(0.5 * np.asarray(x, dtype=np.float64), impl)
+
+
+def swish_flavour(x, impl, beta=1.0):
+    if impl == "exact":
+        return swish(x, beta)
+    x = np.asarray(x, dtype=np.float64)
+    return x * (0.5 + 0.5 * tanh_flavour(0.5 * beta * x, impl))
+
+
+def gelu_flavour(x, impl):
+    if impl == "exact":
+        return gelu_tanh(x)
+    x = np.asarray(x, dtype=np.float64)
+    return 0.5 * x * (1.0 + tanh_flavour(_GELU_C * (x + _GELU_A * x ** 3), impl))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import cpu
+from ._ext import approx as _approx
 from ._ext import rnn as _rnn
 from ._plans import Plan
 from ._validate import positive_int
@@ -56,9 +57,9 @@ class RecurrentPlan(Plan, struct=_rnn.RecurrentPlanStruct, family="recurrent"):
 
 
 @functools.lru_cache(maxsize=256)
-def choose_recurrent_tiles(cell, T, N, Kb, isa, n_threads):
+def choose_recurrent_tiles(cell, T, N, Kb, isa, n_threads, activation_impl="exact"):
     """The recurrent plan for a cell ('lstm', 'gru', 'rnn_tanh', 'rnn_relu') on an ISA path
-    (name or code)."""
+    (name or code), with the activation flavour the gate tiles run ('exact', 'fast', 'ktanh')."""
     isa_code = cpu.isa_code(isa) if isinstance(isa, str) or isa is None else isa
     budget = cpu.max_accumulators(isa_code) // 2
     # Rows per tile: equal tiles within one mv=2 call's pixels (N=16: 8+8, not 14+2, whose
@@ -74,7 +75,8 @@ def choose_recurrent_tiles(cell, T, N, Kb, isa, n_threads):
            f"({cpu.max_accumulators(isa_code)} accumulators on {cpu.ISA_BY_CODE[isa_code]}, tiles.h)"),
            (f"items: {fwd_items} forward, {Kb * n_tiles} gate-gradient and {pairs * n_tiles} recurrent-product "
            "backward items per step, one barrier each")]
-    return RecurrentPlan(why, cell=_rnn.CELLS[cell], gates=_GATES[cell], isa=isa_code, n_threads=n_threads, T=T, N=N,
+    return RecurrentPlan(why, cell=_rnn.CELLS[cell], gates=_GATES[cell], isa=isa_code, n_threads=n_threads,
+                         act=_approx.IMPLS[activation_impl], T=T, N=N,
                          Kb=Kb, rows=rows, n_tiles=n_tiles, fwd_items=fwd_items, gate_items=Kb * n_tiles,
                          pair_items=pairs * n_tiles)
 
@@ -289,12 +291,13 @@ class RecurrentCache(dict):
     def _check(self, fn):
         """Its entries must still agree with each other (a dict stays reachable): the time loops
         index every buffer by T, N and the weights' sizes."""
-        want = {"weights", "x", "G", "H", "Cs", "HN", "cell", "T", "N", "isa", "n_threads"}
+        want = {"weights", "x", "G", "H", "Cs", "HN", "cell", "T", "N", "isa", "n_threads", "activation_impl"}
         ok = set(self) == want and isinstance(self["weights"], RecurrentWeights)
         if ok:
             w, T, N = self["weights"], self["T"], self["N"]
             ok = (isinstance(T, int) and isinstance(N, int) and T >= 1 and N >= 1
-                  and self["cell"] in _rnn.CELLS and self["cell"].split("_")[0] == w.cell)
+                  and self["cell"] in _rnn.CELLS and self["cell"].split("_")[0] == w.cell
+                  and self["activation_impl"] in _approx.IMPLS)
         if ok:
             kp = w.Kb * CB
             shapes = {"x": (T * N, w.C), "G": (T * N, w.gates * kp), "H": (T + 1, w.Kb, N, CB),
@@ -326,12 +329,20 @@ def _backward_setup(dy, cache, dh_T, cell):
     return w, T, N, K, kb, kb * CB, dY, _state(dh_T, "dh_T", N, K, kb)
 
 
-def _run_forward(cell, weights, x2, H, T, N, isa, n_threads, train, Cs=_EMPTY, HN=_EMPTY):
+def check_activation_impl(activation_impl, fn):
+    """The activation flavour of a recurrent cell: 'exact', 'fast' (rational tanh) or 'ktanh'."""
+    if not isinstance(activation_impl, str) or activation_impl not in _approx.IMPLS:
+        raise ValueError(f"{fn}: activation_impl must be one of {', '.join(map(repr, _approx.IMPLS))}, "
+                         f"got {activation_impl!r}")
+    return activation_impl
+
+
+def _run_forward(cell, weights, x2, H, T, N, isa, n_threads, train, act, Cs=_EMPTY, HN=_EMPTY):
     """The input projection, the time loops on the cell's plan and the outputs, shared by every
     cell: (y (T, N, K), h_T (N, K), the cache for the backward or None unless train).  Cs: the
     LSTM's cell states, HN: the GRU's W_hn h + b_hn per step (empty for the other cells)."""
     G = _input_projection(weights, x2, n_threads, isa)
-    plan = choose_recurrent_tiles(cell, T, N, weights.Kb, cpu.isa_code(isa), n_threads)
+    plan = choose_recurrent_tiles(cell, T, N, weights.Kb, cpu.isa_code(isa), n_threads, act)
     b_hn = weights.b_hn if HN.size else _EMPTY
     if _rnn.recurrent_forward_f32(plan.c, G.reshape(-1), weights.recurrent.reshape(-1), H.reshape(-1),
                                   Cs.reshape(-1), HN.reshape(-1), b_hn):
@@ -340,14 +351,15 @@ def _run_forward(cell, weights, x2, H, T, N, isa, n_threads, train, Cs=_EMPTY, H
     cache = None
     if train:
         cache = RecurrentCache(x=x2, G=G, H=H, Cs=Cs, HN=HN, cell=cell, weights=weights, T=T, N=N, isa=isa,
-                               n_threads=n_threads)
+                               n_threads=n_threads, activation_impl=act)
     return y, h_T, cache
 
 
 def _backward(cell, cache, dY, dh, dG, dGb, dc=_EMPTY, dGh=_EMPTY):
     """Run the time loops of a backward on the plan its forward ran."""
     w, T, N = cache["weights"], cache["T"], cache["N"]
-    plan = choose_recurrent_tiles(cell, T, N, w.Kb, cpu.isa_code(cache["isa"]), cache["n_threads"])
+    plan = choose_recurrent_tiles(cell, T, N, w.Kb, cpu.isa_code(cache["isa"]), cache["n_threads"],
+                                  cache["activation_impl"])
     if _rnn.recurrent_backward_f32(plan.c, cache["G"].reshape(-1), cache["H"].reshape(-1),
                                    cache["Cs"].reshape(-1), cache["HN"].reshape(-1),
                                    w.recurrent_t.reshape(-1), dY.reshape(-1), dh.reshape(-1), dc.reshape(-1),
@@ -399,14 +411,17 @@ def _unpad_gate_rows(a, gates, K, kp, cols=None):
 
 
 def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None, *, weights=None,
-                 train=False, n_threads=None, isa=None):
+                 train=False, n_threads=None, isa=None, activation_impl="exact"):
     """LSTM over a whole sequence; see the module docstring.  With train=True also returns the
-    cache lstm_backward needs."""
+    cache lstm_backward needs.  activation_impl: 'exact', 'fast' (rational tanh) or 'ktanh'
+    (K-TanH) for every sigmoid and tanh of the cell, inside the fused gate tiles; the backward
+    uses the same flavour."""
+    act = check_activation_impl(activation_impl, "lstm_forward")
     weights, x2, H, T, N, K, kb, n_threads = _forward_setup(
         "lstm", prepare_lstm, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
     Cs = np.empty_like(H)
     Cs[0] = _state(c0, "c0", N, K, kb)
-    y, h_T, cache = _run_forward("lstm", weights, x2, H, T, N, isa, n_threads, train, Cs=Cs)
+    y, h_T, cache = _run_forward("lstm", weights, x2, H, T, N, isa, n_threads, train, act, Cs=Cs)
     out = (y, (h_T, _unblock_state(Cs[T], N, K)))
     return (*out, cache) if train else out
 
@@ -426,15 +441,17 @@ def lstm_backward(dy, cache, dh_T=None, dc_T=None, *, need_dx=True):
 
 
 def gru_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, weights=None, train=False,
-                n_threads=None, isa=None):
+                n_threads=None, isa=None, activation_impl="exact"):
     """GRU over a whole sequence (PyTorch's formulation, gate order r, z, n):
         r = s(W_ir x + b_ir + W_hr h + b_hr),  z = s(W_iz x + b_iz + W_hz h + b_hz)
         n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h
-    Returns y (T, N, K) and h_T; with train=True also the cache gru_backward needs."""
+    Returns y (T, N, K) and h_T; with train=True also the cache gru_backward needs.
+    activation_impl: as lstm_forward's."""
+    act = check_activation_impl(activation_impl, "gru_forward")
     weights, x2, H, T, N, _, kb, n_threads = _forward_setup(
         "gru", prepare_gru, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
     HN = np.empty((T * N, kb * CB), np.float32)
-    y, h_T, cache = _run_forward("gru", weights, x2, H, T, N, isa, n_threads, train, HN=HN)
+    y, h_T, cache = _run_forward("gru", weights, x2, H, T, N, isa, n_threads, train, act, HN=HN)
     return (y, h_T, cache) if train else (y, h_T)
 
 
@@ -458,14 +475,16 @@ def gru_backward(dy, cache, dh_T=None, *, need_dx=True):
 
 
 def rnn_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
-                weights=None, train=False, n_threads=None, isa=None):
+                weights=None, train=False, n_threads=None, isa=None, activation_impl="exact"):
     """Vanilla RNN (torch.nn.RNN): h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh
-    or relu.  Returns y (T, N, K) and h_T; with train=True also the cache rnn_backward needs."""
+    or relu.  Returns y (T, N, K) and h_T; with train=True also the cache rnn_backward needs.
+    activation_impl: the tanh flavour, as lstm_forward's (no effect with relu)."""
+    act = check_activation_impl(activation_impl, "rnn_forward")
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"rnn_forward: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     weights, x2, H, T, N, _, _, n_threads = _forward_setup(
         "rnn", prepare_rnn, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
-    y, h_T, cache = _run_forward(f"rnn_{nonlinearity}", weights, x2, H, T, N, isa, n_threads, train)
+    y, h_T, cache = _run_forward(f"rnn_{nonlinearity}", weights, x2, H, T, N, isa, n_threads, train, act)
     return (y, h_T, cache) if train else (y, h_T)
 
 

@@ -54,7 +54,7 @@ cdef extern from "plans.h" nogil:
         DLCPU_CELL_RNN_RELU
 
     ctypedef struct dlcpu_rnn_plan_t:
-        int cell, gates, isa, n_threads
+        int cell, gates, isa, n_threads, act
         int64_t T, N, Kb, rows, n_tiles, fwd_items, gate_items, pair_items
 
 

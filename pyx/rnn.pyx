@@ -30,7 +30,7 @@ from dlcpu_plans cimport (dlcpu_rnn_plan_t, DLCPU_CELL_LSTM, DLCPU_CELL_GRU, DLC
 cdef extern from "rnn_f32.h" nogil:
     ctypedef struct dlcpu_act_table_t:
         pass
-    dlcpu_act_table_t dlcpu_act_table(int isa)
+    dlcpu_act_table_t dlcpu_act_table(int isa, int impl)
     void dlcpu_lstm_fwd_tile(float *gates, int64_t gate_stride, int64_t ldg, const float *c_prev,
                              float *c, float *h, int64_t rows, const dlcpu_act_table_t *act)
     void dlcpu_lstm_bwd_tile(const float *gates, int64_t gate_stride, int64_t ldg,
@@ -63,6 +63,8 @@ cdef class RecurrentPlanStruct:
         self.c = fields
         if self.c.cell not in CELLS.values():
             raise ValueError(f"recurrent plan: unknown cell code {self.c.cell}")
+        if not 0 <= self.c.act <= 2:
+            raise ValueError(f"recurrent plan: unknown activation flavour code {self.c.act}")
         require_tiles("recurrent", self.c.isa, 2, 1, self.c.rows)
 
     def fields(self):
@@ -297,7 +299,7 @@ def recurrent_forward_f32(RecurrentPlanStruct plan, float[::1] G, const float[::
     b.b_hn = &b_hn[0] if b_hn.shape[0] > 0 else NULL
     cdef int64_t t, item
     cdef int errors = 0
-    cdef dlcpu_act_table_t act = dlcpu_act_table(g.isa)
+    cdef dlcpu_act_table_t act = dlcpu_act_table(g.isa, g.act)
     with nogil, parallel(num_threads=g.n_threads):
         for t in range(g.T):
             for item in prange(g.fwd_items, schedule='static'):
@@ -390,7 +392,7 @@ def recurrent_backward_f32(RecurrentPlanStruct plan, const float[::1] G, const f
     b.dGb = &dGb[0]
     cdef int64_t t, step, item
     cdef int errors = 0
-    cdef dlcpu_act_table_t act = dlcpu_act_table(g.isa)
+    cdef dlcpu_act_table_t act = dlcpu_act_table(g.isa, g.act)
     with nogil, parallel(num_threads=g.n_threads):
         for step in range(g.T):
             t = g.T - 1 - step

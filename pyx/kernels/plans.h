@@ -82,6 +82,7 @@ typedef struct {
     int cell;                   /* DLCPU_CELL_* */
     int gates;                  /* 4 (LSTM), 3 (GRU), 1 (RNN) */
     int isa, n_threads;
+    int act;                    /* activation flavour: DLCPU_ACT_* (approx_f32.h) */
     int64_t T, N, Kb;
     int64_t rows;               /* batch rows per tile: equal tiles of at most one mv=2 call's pixels */
     int64_t n_tiles;            /* row tiles: ceil(N / rows) */

@@ -4,8 +4,9 @@
  * The recurrent BRGEMM of one step leaves the four gate pre-activations of a tile (rows = batch
  * entries, 16 lanes = hidden units of one block) in cache; these functions finish the step on
  * that tile at once: activations, cell update, hidden state (forward), or the gate gradients
- * (backward).  Activations come from a table (dlcpu_act_table) chosen per ISA, so the fast
- * approximations of a later issue can be dropped in as another row.
+ * (backward).  Activations come from a table (dlcpu_act_table) chosen per ISA path and
+ * flavour (exact, fast, ktanh: approx_f32.h); on AVX-512 each flavour has its own fused LSTM
+ * tiles, so an approximation runs inside the tile, not as a separate pass.
  *
  * Layouts (floats): gate g of row n at  gates + g*gate_stride + n*ldg + lane   (row-major G[t]),
  * states c, h at  c + n*16 + lane  within one hidden block of a blocked [K/16][N][16] tensor.
@@ -16,88 +17,40 @@
 #include <stdint.h>
 #include <immintrin.h>
 #include "isa.h"
+#include "approx_f32.h"
 
 /* ---------------------------------------------------------------------------------------- */
 /* Activations over 16 contiguous floats, in place                                          */
 /* ---------------------------------------------------------------------------------------- */
 typedef void (*dlcpu_act16_fn)(float *v);
 
-static void dlcpu_sigmoid16_scalar(float *v)
+/* Scalar rows, one per flavour (the definitions of approx_f32.h with the published K-TanH table) */
+#define DLCPU_ACT16_SCALAR(NAME, IMPL)                                                               \
+    static void dlcpu_sigmoid16_##NAME(float *v)                                                     \
+    {                                                                                                \
+        for (int l = 0; l < 16; l++)                                                                 \
+            v[l] = dlcpu_sigmoid_scalar1(v[l], IMPL, dlcpu_ktanh_published_base, dlcpu_ktanh_published_shift); \
+    }                                                                                                \
+    static void dlcpu_tanh16_##NAME(float *v)                                                        \
+    {                                                                                                \
+        for (int l = 0; l < 16; l++)                                                                 \
+            v[l] = dlcpu_tanh_scalar1(v[l], IMPL, dlcpu_ktanh_published_base, dlcpu_ktanh_published_shift); \
+    }
+DLCPU_ACT16_SCALAR(scalar_exact, DLCPU_ACT_EXACT)
+DLCPU_ACT16_SCALAR(scalar_fast, DLCPU_ACT_FAST)
+DLCPU_ACT16_SCALAR(scalar_ktanh, DLCPU_ACT_KTANH)
+
+/* AVX2: the fast tanh and K-TanH 8 lanes at a time (sigmoid stays scalar on this path) */
+static void dlcpu_tanh16_avx2_fast(float *v)
 {
-    for (int l = 0; l < 16; l++) v[l] = 1.0f / (1.0f + expf(-v[l]));
+    dlcpu_act_avx2(DLCPU_OP_TANH, 0, DLCPU_ACT_FAST, v, NULL, v, 16, 1.0f, dlcpu_ktanh_published_base,
+                   dlcpu_ktanh_published_shift);
 }
 
-static void dlcpu_tanh16_scalar(float *v)
+static void dlcpu_tanh16_avx2_ktanh(float *v)
 {
-    for (int l = 0; l < 16; l++) v[l] = tanhf(v[l]);
-}
-
-/* exp on AVX-512: 2^n * p(r), x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial (rel. err ~2e-7). */
-static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 __m512 dlcpu_exp_avx512(__m512 x)
-{
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-88.0f)), _mm512_set1_ps(88.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 720);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-
-/* 1 / d to ~1 ulp: rcp14 plus one Newton step instead of vdivps (the fused LSTM tiles below
- * need five reciprocals per row; tiles and reciprocals together took the forward time loop
- * from 194-225 to 209-240 GFLOP/s and the backward from 172-217 to 219-246 on one core).
- * Relative error: within 2.5e-7 for sigmoid and tanh, test_activation_relative_accuracy. */
-static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 __m512 dlcpu_recip_avx512(__m512 d)
-{
-    const __m512 r = _mm512_rcp14_ps(d);
-    return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
-}
-
-static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 __m512 dlcpu_sigmoid_avx512(__m512 x)
-{
-    const __m512 e = dlcpu_exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x));
-    const __m512 s = dlcpu_recip_avx512(_mm512_add_ps(_mm512_set1_ps(1.0f), e));
-    /* NaN in, NaN out (the clamp in exp would otherwise turn it into a number). */
-    return _mm512_mask_mov_ps(s, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
-}
-
-static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 __m512 dlcpu_tanh_avx512(__m512 x)
-{
-    /* |x| >= 1/4: tanh |x| = (1 - e) / (1 + e), e = exp(-2|x|) <= 0.61, so 1 - e loses at most
-     * a factor 1.6 to cancellation and large |x| saturate cleanly.  |x| < 1/4: the odd series
-     * x + x^3 (-1/3 + x^2 (2/15 + x^2 (-17/315 + x^2 62/2835))), truncation below 1e-8
-     * relative.  (The exp form alone returned 0 for tanh(1e-8) and lost ~1e-5 relative at
-     * 1e-3, which the relative-L2 tests could not see.) */
-    const __m512 ax = _mm512_abs_ps(x);
-    const __m512 e = dlcpu_exp_avx512(_mm512_mul_ps(ax, _mm512_set1_ps(-2.0f)));
-    __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e),
-                             dlcpu_recip_avx512(_mm512_add_ps(_mm512_set1_ps(1.0f), e)));
-    const __m512 x2 = _mm512_mul_ps(ax, ax);
-    __m512 p = _mm512_fmadd_ps(x2, _mm512_set1_ps(62.0f / 2835), _mm512_set1_ps(-17.0f / 315));
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.0f / 15));
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1.0f / 3));
-    const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, x2), ax, ax);
-    t = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.25f), _CMP_LT_OQ), small);
-    const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
-    t = _mm512_mask_sub_ps(t, neg, _mm512_setzero_ps(), t);
-    return _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
-}
-
-static DLCPU_TARGET_AVX512 void dlcpu_sigmoid16_avx512(float *v)
-{
-    _mm512_storeu_ps(v, dlcpu_sigmoid_avx512(_mm512_loadu_ps(v)));
-}
-
-static DLCPU_TARGET_AVX512 void dlcpu_tanh16_avx512(float *v)
-{
-    _mm512_storeu_ps(v, dlcpu_tanh_avx512(_mm512_loadu_ps(v)));
+    dlcpu_act_avx2(DLCPU_OP_TANH, 0, DLCPU_ACT_KTANH, v, NULL, v, 16, 1.0f, dlcpu_ktanh_published_base,
+                   dlcpu_ktanh_published_shift);
 }
 
 /* A row of the table: the activations over 16 floats, and optionally whole LSTM tiles fused
@@ -118,61 +71,94 @@ typedef struct dlcpu_act_table_s {
 } dlcpu_act_table_t;
 
 /* ---------------------------------------------------------------------------------------- */
-/* LSTM tiles fused on AVX-512 (same math as the generic tiles below)                       */
+/* AVX-512 rows: activations and whole LSTM tiles, one set per flavour                      */
 /* ---------------------------------------------------------------------------------------- */
-static DLCPU_TARGET_AVX512 void
-dlcpu_lstm_fwd_tile_avx512(float *gates, int64_t gate_stride, int64_t ldg, const float *c_prev,
-                           float *c, float *h, int64_t rows)
-{
-    for (int64_t n = 0; n < rows; n++) {
-        float *gi = gates + n * ldg, *gf = gi + gate_stride, *gg = gf + gate_stride, *go = gg + gate_stride;
-        const __m512 i = dlcpu_sigmoid_avx512(_mm512_loadu_ps(gi));
-        const __m512 f = dlcpu_sigmoid_avx512(_mm512_loadu_ps(gf));
-        const __m512 g = dlcpu_tanh_avx512(_mm512_loadu_ps(gg));
-        const __m512 o = dlcpu_sigmoid_avx512(_mm512_loadu_ps(go));
-        _mm512_storeu_ps(gi, i);
-        _mm512_storeu_ps(gf, f);
-        _mm512_storeu_ps(gg, g);
-        _mm512_storeu_ps(go, o);
-        const __m512 cn = _mm512_fmadd_ps(f, _mm512_loadu_ps(c_prev + n * 16), _mm512_mul_ps(i, g));
-        _mm512_storeu_ps(c + n * 16, cn);
-        _mm512_storeu_ps(h + n * 16, _mm512_mul_ps(o, dlcpu_tanh_avx512(cn)));
-    }
+/* The flavour is a constant in each instance, so the activations inline into the tile (the
+ * K-TanH tables are loaded into two zmm once per tile call). */
+#define DLCPU_ACT_ROW_AVX512(NAME, IMPL)                                                             \
+static DLCPU_TARGET_AVX512 void dlcpu_sigmoid16_avx512_##NAME(float *v)                              \
+{                                                                                                    \
+    const dlcpu_ktanh_regs_t k = dlcpu_ktanh_regs_from(dlcpu_ktanh_published_entry);                 \
+    _mm512_storeu_ps(v, dlcpu_sigmoid_impl_avx512(_mm512_loadu_ps(v), IMPL, k));                     \
+}                                                                                                    \
+static DLCPU_TARGET_AVX512 void dlcpu_tanh16_avx512_##NAME(float *v)                                 \
+{                                                                                                    \
+    const dlcpu_ktanh_regs_t k = dlcpu_ktanh_regs_from(dlcpu_ktanh_published_entry);                 \
+    _mm512_storeu_ps(v, dlcpu_tanh_impl_avx512(_mm512_loadu_ps(v), IMPL, k));                        \
+}                                                                                                    \
+static DLCPU_TARGET_AVX512 void                                                                      \
+dlcpu_lstm_fwd_tile_avx512_##NAME(float *gates, int64_t gate_stride, int64_t ldg, const float *c_prev, \
+                                  float *c, float *h, int64_t rows)                                  \
+{                                                                                                    \
+    const dlcpu_ktanh_regs_t k = dlcpu_ktanh_regs_from(dlcpu_ktanh_published_entry);                 \
+    for (int64_t n = 0; n < rows; n++) {                                                             \
+        float *gi = gates + n * ldg, *gf = gi + gate_stride, *gg = gf + gate_stride, *go = gg + gate_stride; \
+        const __m512 i = dlcpu_sigmoid_impl_avx512(_mm512_loadu_ps(gi), IMPL, k);                    \
+        const __m512 f = dlcpu_sigmoid_impl_avx512(_mm512_loadu_ps(gf), IMPL, k);                    \
+        const __m512 g = dlcpu_tanh_impl_avx512(_mm512_loadu_ps(gg), IMPL, k);                       \
+        const __m512 o = dlcpu_sigmoid_impl_avx512(_mm512_loadu_ps(go), IMPL, k);                    \
+        _mm512_storeu_ps(gi, i);                                                                     \
+        _mm512_storeu_ps(gf, f);                                                                     \
+        _mm512_storeu_ps(gg, g);                                                                     \
+        _mm512_storeu_ps(go, o);                                                                     \
+        const __m512 cn = _mm512_fmadd_ps(f, _mm512_loadu_ps(c_prev + n * 16), _mm512_mul_ps(i, g)); \
+        _mm512_storeu_ps(c + n * 16, cn);                                                            \
+        _mm512_storeu_ps(h + n * 16, _mm512_mul_ps(o, dlcpu_tanh_impl_avx512(cn, IMPL, k)));         \
+    }                                                                                                \
+}                                                                                                    \
+static DLCPU_TARGET_AVX512 void                                                                      \
+dlcpu_lstm_bwd_tile_avx512_##NAME(const float *gates, int64_t gate_stride, int64_t ldg,              \
+                                  const float *c_prev, const float *c, const float *dh, float *dc,   \
+                                  float *dc_prev, float *dgates, int64_t rows)                       \
+{                                                                                                    \
+    const dlcpu_ktanh_regs_t k = dlcpu_ktanh_regs_from(dlcpu_ktanh_published_entry);                 \
+    const __m512 one = _mm512_set1_ps(1.0f);                                                         \
+    for (int64_t n = 0; n < rows; n++) {                                                             \
+        const float *gi = gates + n * ldg, *gf = gi + gate_stride, *gg = gf + gate_stride, *go = gg + gate_stride; \
+        float *di = dgates + n * ldg, *df = di + gate_stride, *dg = df + gate_stride, *dO = dg + gate_stride; \
+        const __m512 i = _mm512_loadu_ps(gi), f = _mm512_loadu_ps(gf);                               \
+        const __m512 g = _mm512_loadu_ps(gg), o = _mm512_loadu_ps(go);                               \
+        const __m512 tc = dlcpu_tanh_impl_avx512(_mm512_loadu_ps(c + n * 16), IMPL, k);              \
+        const __m512 d = _mm512_loadu_ps(dh + n * 16);                                               \
+        const __m512 dcl = _mm512_fmadd_ps(_mm512_mul_ps(d, o), _mm512_fnmadd_ps(tc, tc, one),       \
+                                           _mm512_loadu_ps(dc + n * 16));                            \
+        _mm512_storeu_ps(dO, _mm512_mul_ps(_mm512_mul_ps(d, tc), _mm512_mul_ps(o, _mm512_sub_ps(one, o)))); \
+        _mm512_storeu_ps(di, _mm512_mul_ps(_mm512_mul_ps(dcl, g), _mm512_mul_ps(i, _mm512_sub_ps(one, i)))); \
+        _mm512_storeu_ps(dg, _mm512_mul_ps(_mm512_mul_ps(dcl, i), _mm512_fnmadd_ps(g, g, one)));     \
+        _mm512_storeu_ps(df, _mm512_mul_ps(_mm512_mul_ps(dcl, _mm512_loadu_ps(c_prev + n * 16)),     \
+                                           _mm512_mul_ps(f, _mm512_sub_ps(one, f))));                \
+        _mm512_storeu_ps(dc_prev + n * 16, _mm512_mul_ps(dcl, f));                                   \
+    }                                                                                                \
 }
+DLCPU_ACT_ROW_AVX512(exact, DLCPU_ACT_EXACT)
+DLCPU_ACT_ROW_AVX512(fast, DLCPU_ACT_FAST)
+DLCPU_ACT_ROW_AVX512(ktanh, DLCPU_ACT_KTANH)
 
-static DLCPU_TARGET_AVX512 void
-dlcpu_lstm_bwd_tile_avx512(const float *gates, int64_t gate_stride, int64_t ldg, const float *c_prev,
-                           const float *c, const float *dh, float *dc, float *dc_prev, float *dgates,
-                           int64_t rows)
+/* One row per (ISA path, flavour). */
+static inline dlcpu_act_table_t dlcpu_act_table(int isa, int impl)
 {
-    const __m512 one = _mm512_set1_ps(1.0f);
-    for (int64_t n = 0; n < rows; n++) {
-        const float *gi = gates + n * ldg, *gf = gi + gate_stride, *gg = gf + gate_stride, *go = gg + gate_stride;
-        float *di = dgates + n * ldg, *df = di + gate_stride, *dg = df + gate_stride, *dO = dg + gate_stride;
-        const __m512 i = _mm512_loadu_ps(gi), f = _mm512_loadu_ps(gf);
-        const __m512 g = _mm512_loadu_ps(gg), o = _mm512_loadu_ps(go);
-        const __m512 tc = dlcpu_tanh_avx512(_mm512_loadu_ps(c + n * 16));
-        const __m512 d = _mm512_loadu_ps(dh + n * 16);
-        const __m512 dcl = _mm512_fmadd_ps(_mm512_mul_ps(d, o), _mm512_fnmadd_ps(tc, tc, one),
-                                           _mm512_loadu_ps(dc + n * 16));
-        _mm512_storeu_ps(dO, _mm512_mul_ps(_mm512_mul_ps(d, tc), _mm512_mul_ps(o, _mm512_sub_ps(one, o))));
-        _mm512_storeu_ps(di, _mm512_mul_ps(_mm512_mul_ps(dcl, g), _mm512_mul_ps(i, _mm512_sub_ps(one, i))));
-        _mm512_storeu_ps(dg, _mm512_mul_ps(_mm512_mul_ps(dcl, i), _mm512_fnmadd_ps(g, g, one)));
-        _mm512_storeu_ps(df, _mm512_mul_ps(_mm512_mul_ps(dcl, _mm512_loadu_ps(c_prev + n * 16)),
-                                           _mm512_mul_ps(f, _mm512_sub_ps(one, f))));
-        _mm512_storeu_ps(dc_prev + n * 16, _mm512_mul_ps(dcl, f));
+    dlcpu_act_table_t t = {dlcpu_sigmoid16_scalar_exact, dlcpu_tanh16_scalar_exact, NULL, NULL};
+    if (impl == DLCPU_ACT_FAST) {
+        t.sigmoid = dlcpu_sigmoid16_scalar_fast;
+        t.tanh = isa == DLCPU_ISA_AVX2 ? dlcpu_tanh16_avx2_fast : dlcpu_tanh16_scalar_fast;
+    } else if (impl == DLCPU_ACT_KTANH) {
+        t.sigmoid = dlcpu_sigmoid16_scalar_ktanh;
+        t.tanh = isa == DLCPU_ISA_AVX2 ? dlcpu_tanh16_avx2_ktanh : dlcpu_tanh16_scalar_ktanh;
     }
-}
-
-/* One row per ISA path; AVX2 has no vector exp here yet and uses the scalar row. */
-static inline dlcpu_act_table_t dlcpu_act_table(int isa)
-{
-    dlcpu_act_table_t t = {dlcpu_sigmoid16_scalar, dlcpu_tanh16_scalar, NULL, NULL};
     if (isa == DLCPU_ISA_AVX512) {
-        t.sigmoid = dlcpu_sigmoid16_avx512;
-        t.tanh = dlcpu_tanh16_avx512;
-        t.lstm_fwd = dlcpu_lstm_fwd_tile_avx512;
-        t.lstm_bwd = dlcpu_lstm_bwd_tile_avx512;
+        if (impl == DLCPU_ACT_FAST) {
+            dlcpu_act_table_t a = {dlcpu_sigmoid16_avx512_fast, dlcpu_tanh16_avx512_fast,
+                                   dlcpu_lstm_fwd_tile_avx512_fast, dlcpu_lstm_bwd_tile_avx512_fast};
+            t = a;
+        } else if (impl == DLCPU_ACT_KTANH) {
+            dlcpu_act_table_t a = {dlcpu_sigmoid16_avx512_ktanh, dlcpu_tanh16_avx512_ktanh,
+                                   dlcpu_lstm_fwd_tile_avx512_ktanh, dlcpu_lstm_bwd_tile_avx512_ktanh};
+            t = a;
+        } else {
+            dlcpu_act_table_t a = {dlcpu_sigmoid16_avx512_exact, dlcpu_tanh16_avx512_exact,
+                                   dlcpu_lstm_fwd_tile_avx512_exact, dlcpu_lstm_bwd_tile_avx512_exact};
+            t = a;
+        }
     }
     return t;
 }

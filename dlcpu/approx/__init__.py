@@ -1,0 +1,303 @@
+"""Fast activation approximations and the Taylor softmax family.
+
+    y = approx.ktanh(x)                        # uint16 bf16 bits -> bits; float32 -> float32
+    y = approx.tanh(x, impl="fast")            # impl: "exact" | "fast" | "ktanh"
+    y = approx.sigmoid(x, impl="ktanh")        # 1/2 + tanh(x/2)/2 for fast and ktanh
+    y = approx.swish(x, beta=1.0, impl=...)    # x sigmoid(beta x)
+    y = approx.gelu(x, impl=...)               # tanh form: x/2 (1 + tanh(0.79788 (x + 0.044715 x^3)))
+    dx = approx.tanh_backward(dy, y)           # from the forward's output (also sigmoid_backward)
+    dx = approx.gelu_backward(dy, x, impl=...) # from the forward's input (also swish_backward)
+    p = approx.softmax(z, kind="taylor:4")     # rows of z; kind "softmax" or "taylor:n", n even
+    dz = approx.softmax_backward(dp, z, kind="taylor:4", gradient="exact")
+
+Three flavours of every tanh-based function (pyx/kernels/approx_f32.h says how each is built):
+"exact" (about 1e-7 relative), "fast" (the rational 7/8 Pade tanh, 9.6e-5 absolute) and "ktanh"
+(K-TanH: integer operations on bf16 bit patterns, 8.9e-3 absolute).  The LSTM, GRU and RNN take
+the same names as `activation_impl`.
+
+Arrays of any shape are accepted (float inputs other than float32 are converted to float32;
+integer, bool and complex inputs are refused) and results have the input's shape.  `out=` takes a
+preallocated C-contiguous float32 array of that shape (uint16 for bf16 K-TanH).  Everything is
+validated here; the kernels run without the GIL, split across `n_threads` (default: dlcpu's
+thread count) and on the ISA path `isa` (default: the best this CPU has; DLCPU_ISA forces one).
+
+Taylor softmax replaces exp by f_n(z) = sum_{k<=n} z^k/k!; for even n f_n > 0 everywhere, odd n
+goes negative and is refused.  It is not shift-invariant, so nothing subtracts the row maximum
+(the exp softmax does, as usual).  Soft-margin variants need the labels: they are losses,
+dlcpu.nn.softmax_cross_entropy(kind="sm-taylor:n:m").
+"""
+import math
+
+import numpy as np
+
+from .. import cpu
+from .._ext import approx as _approx
+from .ktanh_table import PUBLISHED_TABLE, KTanhTable
+
+__all__ = [
+    "IMPLS",
+    "TAYLOR_ORDERS",
+    "check_impl",
+    "check_taylor_order",
+    "gelu",
+    "gelu_backward",
+    "ktanh",
+    "parse_softmax_kind",
+    "sigmoid",
+    "sigmoid_backward",
+    "softmax",
+    "softmax_backward",
+    "swish",
+    "swish_backward",
+    "tanh",
+    "tanh_backward",
+]
+
+#: activation flavours, in the order of the kernels' codes
+IMPLS = tuple(_approx.IMPLS)
+#: Taylor softmax orders: even (f_n > 0 everywhere), up to ten terms as in the paper
+TAYLOR_ORDERS = (2, 4, 6, 8, 10)
+
+
+def check_impl(impl, fn):
+    if not isinstance(impl, str) or impl not in _approx.IMPLS:
+        raise ValueError(f"{fn}: impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
+    return _approx.IMPLS[impl]
+
+
+def check_taylor_order(n, fn):
+    """An order of the Taylor softmax: an even integer in 2..10."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{fn}: the Taylor order must be an integer, got {n!r}")
+    if n % 2:
+        raise ValueError(f"{fn}: Taylor order {n} is odd; odd orders are refused because their truncated "
+                         f"exponential has a real root and goes negative (use an even order in {TAYLOR_ORDERS})")
+    if n not in TAYLOR_ORDERS:
+        raise ValueError(f"{fn}: Taylor order must be one of {TAYLOR_ORDERS}, got {n}")
+    return int(n)
+
+
+def parse_softmax_kind(kind, fn="softmax"):
+    """'softmax' -> ('softmax', None); 'taylor:n' -> ('taylor', n) with n checked."""
+    if kind == "softmax":
+        return "softmax", None
+    if isinstance(kind, str) and kind.startswith("taylor:"):
+        text = kind.split(":", 1)[1]
+        try:
+            n = int(text)
+        except ValueError:
+            raise ValueError(f"{fn}: kind {kind!r} must be 'taylor:n' with an integer order n") from None
+        return "taylor", check_taylor_order(n, fn)
+    if isinstance(kind, str) and kind.startswith(("sm-", "sm_")):
+        raise ValueError(f"{fn}: kind {kind!r} has a margin on the target class and needs the labels; "
+                         "use dlcpu.nn.softmax_cross_entropy(logits, labels, kind=...)")
+    raise ValueError(f"{fn}: kind must be 'softmax' or 'taylor:n' (n even, 2..10), got {kind!r}")
+
+
+def _float_input(x, fn, name="x"):
+    """x as a C-contiguous float32 array (float inputs converted), or a TypeError naming the dtype."""
+    a = np.asarray(x)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{fn}: {name} must be a floating-point array, got dtype {a.dtype} with shape {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _output(out, shape, dtype, fn):
+    if out is None:
+        return np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != shape or not out.flags.c_contiguous:
+        got = (f"{out.dtype} {out.shape}{'' if out.flags.c_contiguous else ' (not C-contiguous)'}"
+               if isinstance(out, np.ndarray) else type(out).__name__)
+        raise ValueError(f"{fn}: out must be a C-contiguous {np.dtype(dtype)} array of shape {shape}, got {got}")
+    if not out.flags.writeable:
+        raise ValueError(f"{fn}: out is read-only")
+    return out
+
+
+def _run_args(n_threads, isa):
+    return cpu.isa_code(isa), cpu.resolve_threads(n_threads)
+
+
+def _table_words(table, fn):
+    if table is None:
+        table = PUBLISHED_TABLE
+    if not isinstance(table, KTanhTable):
+        raise TypeError(f"{fn}: table must be a dlcpu.approx.ktanh_table.KTanhTable, got {type(table).__name__}")
+    if table.mantissa_bits != 7 or table.exponent_bias != 127 or tuple(table.thresholds) != (0.25, 3.75):
+        raise ValueError(f"{fn}: the kernels run bf16 tables (mantissa_bits=7, thresholds (0.25, 3.75)), got "
+                         f"mantissa_bits={table.mantissa_bits}, thresholds={tuple(table.thresholds)}")
+    base, shift = table.combined()
+    return np.ascontiguousarray(base, np.uint16), np.ascontiguousarray(shift, np.uint16)
+
+
+_PUBLISHED_WORDS = None
+
+
+def _default_words():
+    global _PUBLISHED_WORDS
+    if _PUBLISHED_WORDS is None:
+        _PUBLISHED_WORDS = _table_words(PUBLISHED_TABLE, "ktanh")
+    return _PUBLISHED_WORDS
+
+
+def ktanh(x, *, table=None, out=None, n_threads=None, isa=None):
+    """K-TanH of an array of bf16 bit patterns (uint16, or ml_dtypes.bfloat16) or of float32.
+
+    bf16: integer operations on the patterns only; |x| < 0.25 (and denormals, zeros) pass through,
+    |x| > 3.75 and +-Inf give +-1, NaN stays the same NaN.  float32: the same regions decided on
+    the fp32 value, the identity region returning x unchanged and the table indexed by the bf16
+    truncation of x.  Bit-identical on every ISA path.  `table` is a KTanhTable for bf16
+    (default: the published one; dlcpu.approx.ktanh_table.fit_ktanh_table makes others)."""
+    fn = "ktanh"
+    a = np.asarray(x)
+    bf16 = a.dtype == np.uint16 or a.dtype.name == "bfloat16"
+    if not bf16 and a.dtype != np.float32:
+        raise TypeError(f"ktanh: x must be uint16 bf16 bit patterns, ml_dtypes.bfloat16 or float32, got dtype "
+                        f"{a.dtype} with shape {a.shape} (convert other floats to float32 first)")
+    words = _default_words() if table is None else _table_words(table, fn)
+    isa_code, threads = _run_args(n_threads, isa)
+    if bf16:
+        bits = np.ascontiguousarray(a).view(np.uint16)
+        y = _output(None if out is None else np.asarray(out).view(np.uint16) if isinstance(out, np.ndarray)
+                    and out.dtype == a.dtype else out, a.shape, np.uint16, fn)
+        _approx.ktanh_bf16(isa_code, threads, bits.reshape(-1), y.reshape(-1), *words)
+        return y.view(a.dtype) if a.dtype != np.uint16 else y
+    a = np.ascontiguousarray(a)
+    y = _output(out, a.shape, np.float32, fn)
+    _approx.activation_f32(isa_code, threads, _approx.OPS["tanh"], 0, _approx.IMPLS["ktanh"], a.reshape(-1),
+                           _EMPTY, y.reshape(-1), 1.0, *words)
+    return y
+
+
+_EMPTY = np.empty(0, np.float32)
+
+
+def _check_beta(beta, fn):
+    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)) or not math.isfinite(beta):
+        raise ValueError(f"{fn}: beta must be a finite number, got {beta!r}")
+    return float(beta)
+
+
+def _forward(op, x, impl, beta, out, n_threads, isa):
+    fn = op
+    code = check_impl(impl, fn)
+    beta = _check_beta(beta, fn)
+    a = _float_input(x, fn)
+    isa_code, threads = _run_args(n_threads, isa)
+    y = _output(out, a.shape, np.float32, fn)
+    _approx.activation_f32(isa_code, threads, _approx.OPS[op], 0, code, a.reshape(-1), _EMPTY, y.reshape(-1), beta,
+                           *_default_words())
+    return y
+
+
+def _backward(op, dy, saved, saved_name, impl, beta, out, n_threads, isa):
+    fn = f"{op}_backward"
+    code = check_impl(impl, fn)
+    beta = _check_beta(beta, fn)
+    d = _float_input(dy, fn, "dy")
+    s = _float_input(saved, fn, saved_name)
+    if d.shape != s.shape:
+        raise ValueError(f"{fn}: dy must have the shape of the forward's {saved_name}, got dy {d.shape} and "
+                         f"{saved_name} {s.shape}")
+    isa_code, threads = _run_args(n_threads, isa)
+    dx = _output(out, d.shape, np.float32, fn)
+    _approx.activation_f32(isa_code, threads, _approx.OPS[op], 1, code, s.reshape(-1), d.reshape(-1), dx.reshape(-1),
+                           beta, *_default_words())
+    return dx
+
+
+def tanh(x, impl="exact", *, out=None, n_threads=None, isa=None):
+    """tanh(x) in the flavour `impl` ('exact', 'fast', 'ktanh')."""
+    return _forward("tanh", x, impl, 1.0, out, n_threads, isa)
+
+
+def sigmoid(x, impl="exact", *, out=None, n_threads=None, isa=None):
+    """sigmoid(x); 'fast' and 'ktanh' compute 1/2 + tanh(x/2)/2 with that flavour's tanh."""
+    return _forward("sigmoid", x, impl, 1.0, out, n_threads, isa)
+
+
+def swish(x, beta=1.0, impl="exact", *, out=None, n_threads=None, isa=None):
+    """swish(x) = x sigmoid(beta x) (beta=1: SiLU)."""
+    return _forward("swish", x, impl, beta, out, n_threads, isa)
+
+
+def gelu(x, impl="exact", *, out=None, n_threads=None, isa=None):
+    """GELU, tanh form: x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return _forward("gelu", x, impl, 1.0, out, n_threads, isa)
+
+
+def tanh_backward(dy, y, *, out=None, n_threads=None, isa=None):
+    """dy (1 - y^2) from the forward's output y (any flavour: the derivative of tanh evaluated at
+    the flavour's value, as the recurrent cells do)."""
+    return _backward("tanh", dy, y, "y", "exact", 1.0, out, n_threads, isa)
+
+
+def sigmoid_backward(dy, y, *, out=None, n_threads=None, isa=None):
+    """dy y (1 - y) from the forward's output y."""
+    return _backward("sigmoid", dy, y, "y", "exact", 1.0, out, n_threads, isa)
+
+
+def swish_backward(dy, x, beta=1.0, impl="exact", *, out=None, n_threads=None, isa=None):
+    """dy (s + beta x s (1 - s)), s = sigmoid(beta x) in the flavour `impl`, from the forward's input."""
+    return _backward("swish", dy, x, "x", impl, beta, out, n_threads, isa)
+
+
+def gelu_backward(dy, x, impl="exact", *, out=None, n_threads=None, isa=None):
+    """dy ((1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 0.044715 x^2)), t the flavour's tanh, from the
+    forward's input."""
+    return _backward("gelu", dy, x, "x", impl, 1.0, out, n_threads, isa)
+
+
+def _rows(z, fn, name="z"):
+    a = _float_input(z, fn, name)
+    if a.ndim == 0:
+        raise ValueError(f"{fn}: {name} must have at least one axis (the classes), got a scalar")
+    return a, a.reshape(-1, a.shape[-1]) if a.shape[-1] else a.reshape(-1, 0)
+
+
+def softmax(z, kind="softmax", *, out=None, n_threads=None, isa=None):
+    """Softmax-family probabilities along the last axis of z: 'softmax' (max-shifted exp) or
+    'taylor:n' (f_n(z) / sum f_n(z), n even in 2..10, never shifted)."""
+    fn = "softmax"
+    name, order = parse_softmax_kind(kind, fn)
+    a, z2 = _rows(z, fn)
+    isa_code, threads = _run_args(n_threads, isa)
+    p = _output(out, a.shape, np.float32, fn)
+    _approx.softmax_rows_f32(isa_code, threads, _approx.SOFTMAX_KINDS[name], order or 0, z2, p.reshape(z2.shape))
+    return p
+
+
+def _taylor(z, n):
+    """f_n(z) by Horner in float32, as the kernel evaluates it."""
+    f = np.full_like(z, 1.0 / math.factorial(n))
+    for k in range(n - 1, -1, -1):
+        f = f * z + np.float32(1.0 / math.factorial(k))
+    return f
+
+
+def softmax_backward(dp, z, kind="softmax", gradient="exact", *, n_threads=None, isa=None):
+    """dL/dz from dL/dp for p = softmax(z, kind), along the last axis.
+
+    gradient='exact' differentiates the kind's own function (Taylor: f_n' = f_{n-1}, so
+    dz_i = f_{n-1}(z_i)/S (dp_i - sum_j dp_j p_j)); gradient='softmax' treats f_n as exp
+    (dz_i = p_i (dp_i - sum_j dp_j p_j)), the paper's 'infinite series' rule.  For 'softmax' both
+    are the same."""
+    fn = "softmax_backward"
+    name, order = parse_softmax_kind(kind, fn)
+    if gradient not in ("exact", "softmax"):
+        raise ValueError(f"{fn}: gradient must be 'exact' or 'softmax', got {gradient!r}")
+    a, z2 = _rows(z, fn)
+    d = _float_input(dp, fn, "dp")
+    if d.shape != a.shape:
+        raise ValueError(f"{fn}: dp must have the shape of z, got dp {d.shape} and z {a.shape}")
+    d2 = d.reshape(z2.shape)
+    p = softmax(z2, kind, n_threads=n_threads, isa=isa)
+    dot = np.einsum("ij,ij->i", d2, p, dtype=np.float64)[:, None].astype(np.float32)
+    if name == "softmax" or gradient == "softmax":
+        dz = p * (d2 - dot)
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            f = _taylor(z2, order)
+            s = f.sum(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+            dz = _taylor(z2, order - 1) / s * (d2 - dot)
+    return np.ascontiguousarray(dz, np.float32).reshape(a.shape)
