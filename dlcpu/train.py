@@ -5,6 +5,15 @@ The split is fixed and seeded (stratified 80/20), pixels are scaled by the train
 and deviation, and the model is checkpointed atomically after every epoch, so an interrupted or
 diverged run keeps the last good model.  A saved model can be fine-tuned (`init_from`), and
 pruned first (`prune`, nn.prune's masks are kept by SGD through the fine-tuning).
+
+The loss is the cross-entropy of any kind nn.softmax_cross_entropy takes (softmax, Taylor,
+soft-margin and SM-Taylor softmax, with the exact or the softmax-style gradient).  Whatever the
+kind, the prediction is the argmax of the logits.  For softmax that is the argmax of p; for the
+Taylor kinds it need not be: f_n is not monotonic (it falls to its minimum, at z = -1 for n = 2
+and near -1.6 for n = 4, then rises again), so a very negative logit can get more probability
+than a larger one.  Training with a Taylor loss pulls the other classes' logits toward that
+minimum rather than to -inf, so on a trained model the two rules agree almost always; the
+logits' argmax is one rule for every kind, and the one an exported model is used with.
 """
 import math
 import os
@@ -15,7 +24,10 @@ import numpy as np
 
 from . import nn
 from .layout import to_blocked
+from .nn.losses import check_gradient
+from .nn.models import RNN_CELLS
 from .nn.prune import check_sparsity
+from .nn.recurrent import check_activation_impl
 
 
 class TrainingDiverged(RuntimeError):
@@ -62,6 +74,10 @@ class TrainResult:
     checkpoint: str = None
     model: object = None    # the trained nn module
     sparsity: list = field(default_factory=list)   # nn.sparsity_report of the trained model
+    loss: str = "softmax"           # the canonical loss kind (nn.parse_loss_kind)
+    loss_gradient: str = "exact"
+    cell: str = None                # 'lstm' or 'gru' for an RNN, None for the CNN
+    activation_impl: str = None     # the RNN's sigmoid/tanh implementation, None for the CNN
 
     @property
     def test_accuracy(self):
@@ -90,8 +106,48 @@ def evaluate(model, x, y, batch=512, inputs=image_batch):
 MODEL_KINDS = {"cnn": "a digits CNN (nn.digits_resnet)", "rnn": "a digits RNN (nn.digits_rnn, recurrent layers)"}
 
 
+def _recurrent_layers(module):
+    own = [module] if isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)) else []
+    return own + [r for c in module.children() for r in _recurrent_layers(c)]
+
+
 def _has_recurrent(module):
-    return isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)) or any(_has_recurrent(c) for c in module.children())
+    return bool(_recurrent_layers(module))
+
+
+def _check_rnn_options(model, cell, activation_impl):
+    """cell (None, 'lstm', 'gru') and activation_impl (None or nn.LSTM's values) for `model`:
+    the CNN has neither a recurrent cell nor a tanh, so it takes only None (and 'exact')."""
+    if cell is not None and (not isinstance(cell, str) or cell not in RNN_CELLS):
+        raise ValueError(f"train: cell must be 'lstm' or 'gru', got {cell!r}")
+    if activation_impl is not None:
+        check_activation_impl("train", activation_impl)
+    if model == "cnn" and cell is not None:
+        raise ValueError(f"train: cell={cell!r} applies to the digits RNN (model='rnn'); the CNN has no recurrent cell")
+    if model == "cnn" and activation_impl not in (None, "exact"):
+        raise ValueError(f"train: activation_impl={activation_impl!r} applies to the digits RNN (model='rnn'); "
+                         f"the CNN has no sigmoid or tanh")
+
+
+def check_cell(model, cell, where="the initial model"):
+    """ValueError, naming `where`, unless every recurrent layer of `model` (a digits RNN to
+    fine-tune) has cell `cell` ('lstm' or 'gru'; None accepts any)."""
+    cells = {r.cell for r in _recurrent_layers(model)}
+    if cell is not None and cells != {cell}:
+        raise ValueError(f"{where} holds a {'/'.join(sorted(cells)).upper()} model, not cell={cell!r}")
+
+
+def _adopt_rnn_options(model, where, cell, activation_impl):
+    """A loaded RNN to fine-tune: its cell must be `cell` (when given); `activation_impl` (when
+    given) replaces its layers' own.  Returns the (cell, activation_impl) it trains with."""
+    check_cell(model, cell, where)
+    layers = _recurrent_layers(model)
+    cells = {r.cell for r in layers}
+    for r in layers:
+        if activation_impl is not None:
+            r.activation_impl = activation_impl
+    impls = {r.activation_impl for r in layers}
+    return "/".join(sorted(cells)), "/".join(sorted(impls))
 
 
 def load_pretrained(source, model="cnn"):
@@ -144,9 +200,19 @@ def digits_model(source):
 
 def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, width=16, seed=0,
                  out=None, on_step=None, on_epoch=None, data=None, model="cnn", prune=None, init_from=None,
-                 prune_scope="layer"):
+                 prune_scope="layer", loss="softmax", loss_gradient="exact", activation_impl=None, cell=None):
     """Train on the digits split; returns TrainResult.  model 'cnn': nn.digits_resnet on the
-    images; 'rnn': nn.digits_rnn (an LSTM) reading each image row by row.
+    images; 'rnn': nn.digits_rnn (an LSTM, or a GRU with cell='gru') reading each image row by
+    row.
+
+    loss: the kind of nn.softmax_cross_entropy every step uses ('softmax', 'taylor:4',
+    'sm-softmax:0.4', 'sm-taylor:4:0.6', ...) and loss_gradient its gradient ('exact' or
+    'softmax'); accuracy is the argmax of the logits for every kind (module docstring).
+    cell ('lstm' or 'gru') and activation_impl ('exact', 'fast' or 'ktanh', nn.LSTM's) are the
+    RNN's; None means 'lstm' and 'exact' for a fresh model and the model's own with init_from
+    (a given cell must then be the model's; a given activation_impl replaces its own).  Both
+    are kept in a saved model's configuration; the loss kind is not (a model file holds the
+    model, not how it was trained): TrainResult carries all four.
 
     init_from: fine-tune the model saved at this path (nn.save; or a Module) instead of a fresh
     one (`width` is then unused); it must be of the same kind (load_pretrained).  prune: a
@@ -165,29 +231,44 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
         raise ValueError(f"train: model must be 'cnn' or 'rnn', got {model!r}")
     if prune is not None:
         prune = check_sparsity(prune, "train")
+    try:
+        spec = nn.parse_loss_kind(loss)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"train: {exc}") from None
+    check_gradient(loss_gradient, "train")
+    _check_rnn_options(model, cell, activation_impl)
     if out:
         nn.check_writable(out)  # before any training, not after the first epoch
     inputs = image_batch if model == "cnn" else row_sequence
+    result = TrainResult(checkpoint=out, loss=str(spec), loss_gradient=loss_gradient)
+    kind = model
     if init_from is not None:
         model = load_pretrained(init_from, model)
+        if kind == "rnn":
+            where = os.fspath(init_from) if isinstance(init_from, (str, os.PathLike)) else "the initial model"
+            result.cell, result.activation_impl = _adopt_rnn_options(model, where, cell, activation_impl)
+    elif kind == "cnn":
+        model = nn.digits_resnet(width, seed=seed)
     else:
-        model = nn.digits_resnet(width, seed=seed) if model == "cnn" else nn.digits_rnn(seed=seed)
+        result.cell, result.activation_impl = cell or "lstm", activation_impl or "exact"
+        model = nn.digits_rnn(seed=seed, cell=result.cell, activation_impl=result.activation_impl)
     data = data or load_digits_split(seed)
     if prune is not None:
         nn.prune(model, prune, scope=prune_scope)
     opt = nn.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
-    result = TrainResult(checkpoint=out)
+    # the loss's keywords only for another kind than softmax (for which both gradients agree)
+    loss_args = {} if spec.name == "softmax" else {"kind": spec, "gradient": loss_gradient}
     start = time.perf_counter()
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected on the loss
-        _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch, result, inputs)
+        _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch, result, inputs, loss_args)
     result.total_seconds = time.perf_counter() - start
     result.model = model
     result.sparsity = nn.sparsity_report(model)
     return result
 
 
-def _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch, result, inputs):
+def _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch, result, inputs, loss_args):
     n = len(data.x_train)
     steps = math.ceil(n / batch)
     for epoch in range(1, epochs + 1):
@@ -198,7 +279,7 @@ def _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch
         for step in range(steps):
             idx = perm[step * batch:(step + 1) * batch]
             logits = model(inputs(data.x_train[idx]))
-            loss, dlogits = nn.softmax_cross_entropy(logits, data.y_train[idx])
+            loss, dlogits = nn.softmax_cross_entropy(logits, data.y_train[idx], **loss_args)
             if not math.isfinite(loss):
                 kept = f"; the last good model is in {out}" if out and epoch > 1 else ""
                 raise TrainingDiverged(f"training diverged: loss is {loss} at epoch {epoch}, step {step + 1} "

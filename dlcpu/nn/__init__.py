@@ -14,7 +14,7 @@ here, so `from dlcpu import nn; nn.Conv2d` is the API.
 """
 from .io import build, check_writable, load, save
 from .layers import AvgPool2d, BasicBlock, BatchNorm2d, Conv2d, GlobalAvgPool, Linear, MaxPool2d, ReLU, Sequential
-from .losses import softmax_cross_entropy
+from .losses import LossKind, parse_loss_kind, softmax_cross_entropy
 from .models import digits_resnet, digits_rnn
 from .module import FORMAT_VERSION, Module, Parameter
 from .optim import SGD
@@ -35,6 +35,7 @@ __all__ = [
     "LastTimeStep",
     "LayerSparsity",
     "Linear",
+    "LossKind",
     "MaxPool2d",
     "Module",
     "Parameter",
@@ -45,6 +46,7 @@ __all__ = [
     "digits_resnet",
     "digits_rnn",
     "load",
+    "parse_loss_kind",
     "prune",
     "save",
     "softmax_cross_entropy",

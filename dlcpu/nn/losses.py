@@ -3,14 +3,139 @@
 Design: a loss is a plain function of the logits and the labels that returns (loss, dlogits),
 the gradient the model's backward starts from; it computes in float64 so that the mean over a
 batch does not lose the small terms, and hands back a float32 gradient.
+
+Besides the softmax, the cross-entropy takes the alternatives of "Exploring Alternatives to
+Softmax Function" (Banerjee et al., DeLTA 2021), chosen by a kind string (`parse_loss_kind`):
+
+    softmax           p_i = e^{z_i} / sum_j e^{z_j}
+    taylor:n          p_i = f_n(z_i) / sum_j f_n(z_j), f_n(z) = sum_{k<=n} z^k/k!, n even in 2..10
+    sm-softmax:m      soft-margin softmax: the target logit enters as z_y - m (numerator and sum)
+    sm-taylor:n:m     both: f_n with the target logit z_y - m
+
+The loss is the batch mean of -log p_y.  For the Taylor kinds the gradient is either the exact
+one ("exact": f_n' = f_{n-1}, the paper's "finite" series) or the softmax-style p - onehot
+("softmax": f_n treated as exp, the paper's "infinite" series), p with the margin applied.
+Taylor softmax is not shift-invariant, so its logits are used as they are (no max subtracted);
+f_n of an even order is positive everywhere (its minimum is z^n/n! at a root of f_{n-1}), so p
+is always defined.
 """
+import math
+import re
+from dataclasses import dataclass
+
 import numpy as np
 
+#: the orders taylor kinds accept (the paper expands up to ten terms; odd orders are refused)
+TAYLOR_ORDERS = (2, 4, 6, 8, 10)
+#: the values of `gradient`
+GRADIENTS = ("exact", "softmax")
+_FORMS = "softmax, taylor:<n>, sm-softmax:<m> or sm-taylor:<n>:<m>"
 
-def softmax_cross_entropy(logits, labels):
-    """Mean cross-entropy of softmax(logits) against integer labels; returns (loss, dlogits).
-    logits: real (N, classes); labels: integer (N,) class indices in [0, classes)."""
+
+@dataclass(frozen=True)
+class LossKind:
+    """A parsed loss kind: name 'softmax', 'taylor', 'sm-softmax' or 'sm-taylor'; order the
+    Taylor order (None for the exp kinds); margin the target-class margin (0.0 without one).
+    str() gives the canonical kind string, which parse_loss_kind reads back to an equal kind."""
+
+    name: str
+    order: int | None = None
+    margin: float = 0.0
+
+    @property
+    def taylor(self):
+        return self.order is not None
+
+    def __str__(self):
+        m = f"{self.margin:g}" if float(f"{self.margin:g}") == self.margin else repr(self.margin)
+        return {"softmax": "softmax", "taylor": f"taylor:{self.order}", "sm-softmax": f"sm-softmax:{m}",
+                "sm-taylor": f"sm-taylor:{self.order}:{m}"}[self.name]
+
+
+def _order(text, kind):
+    if not re.fullmatch(r"\+?\d+", text.strip()):
+        raise ValueError(f"loss kind {kind!r}: the order must be an even integer from 2 to 10, got {text!r}")
+    n = int(text)
+    if not 2 <= n <= 10:
+        raise ValueError(f"loss kind {kind!r}: the order must be an even integer from 2 to 10, got {n}")
+    if n % 2:
+        raise ValueError(f"loss kind {kind!r}: the order must be even, got {n}: a Taylor polynomial of odd order "
+                         f"has a real root, so it goes negative and the probabilities are not defined")
+    return n
+
+
+def _margin(text, kind):
+    try:
+        m = float(text)
+    except ValueError:
+        raise ValueError(f"loss kind {kind!r}: the margin must be a finite number >= 0, got {text!r}") from None
+    if not (math.isfinite(m) and m >= 0):
+        raise ValueError(f"loss kind {kind!r}: the margin must be a finite number >= 0, got {m!r}")
+    return m + 0.0  # -0.0 -> 0.0
+
+
+def parse_loss_kind(kind):
+    """'softmax', 'taylor:<n>', 'sm-softmax:<m>' or 'sm-taylor:<n>:<m>' (or a LossKind, returned
+    as it is) -> LossKind.  n: an even order from 2 to 10; m: a finite margin >= 0.  ValueError
+    naming the rule and the value otherwise; TypeError for a non-string."""
+    if isinstance(kind, LossKind):
+        return kind
+    if not isinstance(kind, str):
+        raise TypeError(f"loss kind must be a string such as 'taylor:4', got {type(kind).__name__}")
+    text = kind.strip().lower()
+    name, *parts = text.split(":")
+    shapes = {"softmax": (0, "softmax"), "taylor": (1, "taylor:<n>"), "sm-softmax": (1, "sm-softmax:<m>"),
+              "sm-taylor": (2, "sm-taylor:<n>:<m>")}
+    if name not in shapes:
+        raise ValueError(f"unknown loss kind {kind!r}: expected {_FORMS} (n an even order 2..10, m a margin >= 0)")
+    count, form = shapes[name]
+    if len(parts) != count or any(not p.strip() for p in parts):
+        raise ValueError(f"malformed loss kind {kind!r}: expected {form} (n an even order 2..10, m a margin >= 0)")
+    if name == "softmax":
+        return LossKind("softmax")
+    if name == "taylor":
+        return LossKind("taylor", _order(parts[0], kind))
+    if name == "sm-softmax":
+        return LossKind("sm-softmax", None, _margin(parts[0], kind))
+    return LossKind("sm-taylor", _order(parts[0], kind), _margin(parts[1], kind))
+
+
+def check_gradient(gradient, fn="softmax_cross_entropy"):
+    """`gradient` is 'exact' or 'softmax' (ValueError naming both otherwise)."""
+    if not isinstance(gradient, str) or gradient not in GRADIENTS:
+        raise ValueError(f"{fn}: gradient must be 'exact' (the derivative of the loss) or 'softmax' (p - onehot, "
+                         f"the Taylor series treated as exp), got {gradient!r}")
+    return gradient
+
+
+def taylor_terms(z, n):
+    """(f_n(z), f_{n-1}(z)) in float64, f_n(z) = sum_{k<=n} z^k/k!, summing the terms
+    t_k = t_{k-1} z / k (no max subtracted: Taylor softmax is not shift-invariant)."""
+    z = np.asarray(z, dtype=np.float64)
+    term = np.ones_like(z)
+    total = np.ones_like(z)
+    prev = total
+    for k in range(1, n + 1):
+        term = term * z / k
+        prev = total
+        total = total + term
+    return total, prev
+
+
+def softmax_cross_entropy(logits, labels, kind="softmax", gradient="exact"):
+    """Mean cross-entropy -log p_y of integer labels under p = the `kind` of softmax of the
+    logits (see the module docstring and parse_loss_kind); returns (loss, dlogits float32).
+    logits: real (N, classes); labels: integer (N,) class indices in [0, classes).
+    gradient: 'exact' (the loss's derivative) or 'softmax' (p - onehot, the paper's "infinite"
+    Taylor series); for the exp kinds the two are the same.  NaN or infinite logits give a NaN or
+    infinite loss (what a training loop checks for), never an error; an empty batch gives a NaN
+    loss and an empty gradient."""
     fn = "softmax_cross_entropy"
+    try:
+        spec = parse_loss_kind(kind)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{fn}: {exc}") from None
+    check_gradient(gradient, fn)
     logits, labels = np.asarray(logits), np.asarray(labels)
     if logits.dtype.kind not in "fiu":
         raise TypeError(f"{fn}: logits must be a real-valued array, got dtype {logits.dtype} with shape {logits.shape}")
@@ -25,10 +150,31 @@ def softmax_cross_entropy(logits, labels):
     if labels.size and (labels.min() < 0 or labels.max() >= logits.shape[1]):
         raise ValueError(f"{fn}: labels must lie in [0, {logits.shape[1]}) for logits of shape {logits.shape}, "
                          f"got labels from {labels.min()} to {labels.max()}")
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     n = logits.shape[0]
-    loss = -logp[np.arange(n), labels].mean()
-    grad = np.exp(logp)
-    grad[np.arange(n), labels] -= 1.0
+    if n == 0:  # the mean of nothing
+        return float("nan"), np.zeros(logits.shape, np.float32)
+    rows = np.arange(n)
+    labels = labels.astype(np.intp)
+    z = logits
+    if spec.margin:
+        z = z.copy()
+        z[rows, labels] -= spec.margin
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # NaN/inf logits -> a NaN/inf loss
+        if not spec.taylor:
+            shifted = z - z.max(axis=1, keepdims=True)
+            logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+            loss = -logp[rows, labels].mean()
+            grad = np.exp(logp)
+            grad[rows, labels] -= 1.0
+        else:
+            f, f_prev = taylor_terms(z, spec.order)
+            total = f.sum(axis=1, keepdims=True)
+            f_y = f[rows, labels]
+            loss = (np.log(total[:, 0]) - np.log(f_y)).mean()
+            if gradient == "softmax":
+                grad = f / total
+                grad[rows, labels] -= 1.0
+            else:
+                grad = f_prev / total
+                grad[rows, labels] -= f_prev[rows, labels] / f_y
     return float(loss), (grad / n).astype(np.float32)

@@ -4,7 +4,7 @@ Design: a model is a function returning a Sequential of registered layers, so it
 like any other model; its PyTorch twin (for benchmarks and tests) lives in dlcpu._peers, not here.
 """
 from .layers import BasicBlock, BatchNorm2d, Conv2d, GlobalAvgPool, Linear, Sequential
-from .recurrent import LSTM, LastTimeStep
+from .recurrent import GRU, LSTM, LastTimeStep
 
 
 def digits_resnet(width=16, classes=10, seed=0):
@@ -20,9 +20,16 @@ def digits_resnet(width=16, classes=10, seed=0):
     )
 
 
-def digits_rnn(hidden=64, classes=10, seed=0):
-    """`dlcpu train digits-rnn`: an LSTM reading the 8x8 digits row by row (T=8 steps of 8
-    pixels), classifying from its last hidden state."""
-    lstm = LSTM(8, hidden, seed=seed)
-    lstm.needs_input_grad = False  # its input is the image rows
-    return Sequential(lstm, LastTimeStep(), Linear(hidden, classes, seed=seed + 1))
+#: the cells digits_rnn builds
+RNN_CELLS = {"lstm": LSTM, "gru": GRU}
+
+
+def digits_rnn(hidden=64, classes=10, seed=0, cell="lstm", activation_impl="exact"):
+    """`dlcpu train digits-rnn`: an LSTM (cell 'lstm') or GRU ('gru') reading the 8x8 digits row
+    by row (T=8 steps of 8 pixels), classifying from its last hidden state.  activation_impl:
+    how the cell evaluates sigmoid/tanh, 'exact', 'fast' or 'ktanh' (see nn.LSTM)."""
+    if not isinstance(cell, str) or cell not in RNN_CELLS:
+        raise ValueError(f"digits_rnn: cell must be 'lstm' or 'gru', got {cell!r}")
+    rnn = RNN_CELLS[cell](8, hidden, seed=seed, activation_impl=activation_impl)
+    rnn.needs_input_grad = False  # its input is the image rows
+    return Sequential(rnn, LastTimeStep(), Linear(hidden, classes, seed=seed + 1))

@@ -4,31 +4,47 @@ Design: one layer class, `_Recurrent`, parameterised by the cell, stacks layers 
 over dlcpu.rnn's prepared-weight forward/backward; parameters use PyTorch's names and layout
 (weight_ih_l{k}[_reverse], ...) so weights copy across one to one.  Sequences are plain (T, N, C)
 float32 arrays (or (N, T, C) with batch_first).
+
+activation_impl picks how the cells evaluate their sigmoid/tanh (dlcpu.rnn): "exact" (libm),
+"fast" (LIBXSMM's rational approximations) or "ktanh" (K-TanH).  It is kept in the saved
+configuration only when it is not "exact", so files written before it existed load unchanged.
 """
 import numpy as np
 
 from .module import Module, Parameter, _take, check_bool, check_float32, check_ints, check_parameter_memory, register
 
+#: the values of the recurrent layers' activation_impl
+ACTIVATION_IMPLS = ("exact", "fast", "ktanh")
 
-def _cell_ops(cell, nonlinearity):
+
+def check_activation_impl(layer, value):
+    """`value` is one of ACTIVATION_IMPLS (ValueError naming them otherwise)."""
+    if not isinstance(value, str) or value not in ACTIVATION_IMPLS:
+        raise ValueError(f"{layer}: activation_impl must be 'exact', 'fast' or 'ktanh', got {value!r}")
+    return value
+
+
+def _cell_ops(cell, nonlinearity, activation_impl="exact"):
     """(prepare, forward, backward) of dlcpu.rnn for a cell, with uniform signatures:
     forward(x, weights, train) -> (y, cache); backward(dy, cache, need_dx) -> (dx or None, dw_ih,
-    dw_hh, db_ih, db_hh)."""
+    dw_hh, db_ih, db_hh).  The backward reads the activation implementation from the cache."""
     from .. import rnn
 
+    # the keyword only when it is not the default, so the exact path runs on any dlcpu.rnn
+    impl = {} if activation_impl == "exact" else {"activation_impl": activation_impl}
     if cell == "lstm":
         def fwd(x, w, train):
-            y, (_h, _c), *cache = rnn.lstm_forward(x, weights=w, train=train)
+            y, (_h, _c), *cache = rnn.lstm_forward(x, weights=w, train=train, **impl)
             return y, (cache[0] if cache else None)
         return rnn.prepare_lstm, fwd, lambda dy, c, need_dx: rnn.lstm_backward(dy, c, need_dx=need_dx)[:5]
     if cell == "gru":
         def fwd(x, w, train):
-            y, _h, *cache = rnn.gru_forward(x, weights=w, train=train)
+            y, _h, *cache = rnn.gru_forward(x, weights=w, train=train, **impl)
             return y, (cache[0] if cache else None)
         return rnn.prepare_gru, fwd, lambda dy, c, need_dx: rnn.gru_backward(dy, c, need_dx=need_dx)[:5]
 
     def fwd(x, w, train):
-        y, _h, *cache = rnn.rnn_forward(x, weights=w, nonlinearity=nonlinearity, train=train)
+        y, _h, *cache = rnn.rnn_forward(x, weights=w, nonlinearity=nonlinearity, train=train, **impl)
         return y, (cache[0] if cache else None)
     return rnn.prepare_rnn, fwd, lambda dy, c, need_dx: rnn.rnn_backward(dy, c, need_dx=need_dx)[:5]
 
@@ -39,13 +55,18 @@ class _Recurrent(Module):
     last layer's hidden states, directions concatenated.  Initial states are zero.  Set
     needs_input_grad = False on a first layer (its input is data): backward then skips the
     first layer's dx GEMM and returns None, as PyTorch's autograd does for an input that does
-    not require grad."""
+    not require grad.
+
+    activation_impl: 'exact', 'fast' or 'ktanh', how the gates' sigmoid/tanh are evaluated
+    (dlcpu.rnn); it can also be changed later by assigning the attribute (fine-tuning a trained
+    model under another implementation).  An RNN with nonlinearity='relu' has no sigmoid or
+    tanh: it accepts the argument, which then changes nothing."""
 
     cell = None
     gates = None
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, batch_first=False,
-                 seed=0, nonlinearity="tanh"):
+                 seed=0, nonlinearity="tanh", activation_impl="exact"):
         super().__init__()
         check_ints(self.name, input_size=input_size, hidden_size=hidden_size, num_layers=num_layers, seed=seed)
         check_bool(self.name, "bidirectional", bidirectional)
@@ -58,6 +79,7 @@ class _Recurrent(Module):
         if self.cell == "rnn":
             self.args["nonlinearity"] = nonlinearity
         self.nonlinearity = nonlinearity
+        self.activation_impl = activation_impl
         self.directions = 2 if bidirectional else 1
         # every layer and direction: gates*hidden x (inputs + hidden + 2 biases) parameters, each
         # a float64 draw, float32 data and a float32 gradient
@@ -81,6 +103,18 @@ class _Recurrent(Module):
         self._out_shape = None
         self.needs_input_grad = True
 
+    @property
+    def activation_impl(self):
+        return self.args.get("activation_impl", "exact")
+
+    @activation_impl.setter
+    def activation_impl(self, value):
+        check_activation_impl(self.name, value)
+        if value == "exact":  # not saved: the configuration of files from before the option
+            self.args.pop("activation_impl", None)
+        else:
+            self.args["activation_impl"] = value
+
     def own_parameters(self):
         return dict(self.params)
 
@@ -91,7 +125,7 @@ class _Recurrent(Module):
                              f"{a['input_size']}) array, got shape {getattr(x, 'shape', None)}")
         check_float32(self.describe(), "x", x)
         seq = np.ascontiguousarray(x.transpose(1, 0, 2) if a["batch_first"] else x)
-        prepare, fwd, _ = _cell_ops(self.cell, self.nonlinearity)
+        prepare, fwd, _ = _cell_ops(self.cell, self.nonlinearity, self.activation_impl)
         self._caches = []
         for layer in range(a["num_layers"]):
             outs, caches = [], []
@@ -149,7 +183,8 @@ class _Recurrent(Module):
     def describe(self):
         a = self.args
         return (f"{type(self).__name__}({a['input_size']}->{a['hidden_size']}, layers={a['num_layers']}"
-                f"{', bidirectional' if a['bidirectional'] else ''})")
+                f"{', bidirectional' if a['bidirectional'] else ''}"
+                f"{', activation_impl=' + a['activation_impl'] if 'activation_impl' in a else ''})")
 
 
 @register
