@@ -390,3 +390,138 @@ def bench_faults(
         out.print("PyTorchFI 0.6.0's random_neuron_single_bit_inj fails (it calls a method it lacks) and its bit flip is "
                   "a fixed-point model; the peer runs declare_neuron_fi with an IEEE bit-flip function of ours on the "
                   "same faults.", highlight=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------------------------ activations
+def _parse_sizes(text):
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise bad_option("--sizes", f"must be a comma list of element counts, got {text!r}") from None
+    if not sizes or any(not 1 <= s <= 1 << 30 for s in sizes):
+        raise bad_option("--sizes", f"element counts must be between 1 and {1 << 30}, got {text!r}")
+    return sizes
+
+
+def _parse_matrix(text):
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise bad_option("--softmax", f"must be ROWSxCLASSES such as 4096x1000, got {text!r}") from None
+    if not (1 <= rows <= 1 << 20 and 1 <= cols <= 1 << 20 and rows * cols <= 1 << 28):
+        raise bad_option("--softmax", f"rows and classes must be >= 1 with at most 2^28 elements, got {text!r}")
+    return rows, cols
+
+
+@command(app, "act")
+def bench_act(
+    accuracy: Annotated[bool, typer.Option("--accuracy", help="Instead of timing: errors of every flavour against "
+                                           "float64 over every finite bf16 input and 10^7 fp32 inputs in [-9, 9].")] = False,
+    sizes: Annotated[str, typer.Option("--sizes", metavar="<list>", help="Element counts to time (comma list).")] =
+        ",".join(map(str, benchmarks.ACT_SIZES)),
+    softmax: Annotated[str, typer.Option("--softmax", metavar="<RxC>", help="Logits matrix of the softmax rows.")] =
+        "4096x1000",
+    layers: Annotated[str | None, typer.Option(
+        "--layers", metavar="<names>", help="LSTM grid rows to time (names containing one of these; 'none': skip).")] = None,
+    threads: ThreadList = "1,2",
+    compare: Compare = None,
+    repeats: Repeats = 7,
+    as_json: JsonFlag = False,
+):
+    """Activation approximations: K-TanH, fast and exact tanh, sigmoid, swish, GELU, Taylor softmax, LSTM flavours."""
+    if accuracy:
+        _act_accuracy(as_json)
+        return
+    compare = _compare(compare)
+    counts = parse_threads(threads)
+    size_list = _parse_sizes(sizes)
+    rows_cols = _parse_matrix(softmax)
+    grid = [] if layers == "none" else _by_name(workloads.lstm_layers(), layers, "--layers", "row of the LSTM grid")
+    result = {"activations": [], "softmax": [], "lstm": [], "timed_region": {
+        "activations": benchmarks.ACT_TIMED_REGION, "softmax": benchmarks.SOFTMAX_TIMED_REGION,
+        "lstm": benchmarks.LSTM_ACT_TIMED_REGION}}
+    with progress() as bar:
+        task = bar.add_task("activations", total=len(counts) * (len(size_list) + 1 + len(grid)))
+        for n_threads in counts:
+            for n in size_list:
+                bar.update(task, description=f"activations, {n:,} elements ({n_threads}T)")
+                rows = benchmarks.bench_activations(n, n_threads, compare=compare, repeats=repeats)
+                result["activations"].append({"elements": n, "threads": n_threads, "rows": rows,
+                                              "ratios": benchmarks.activation_ratios(rows)})
+                bar.advance(task)
+            bar.update(task, description=f"softmax {rows_cols[0]}x{rows_cols[1]} ({n_threads}T)")
+            result["softmax"] += benchmarks.bench_softmax(*rows_cols, n_threads, compare=compare, repeats=repeats)
+            bar.advance(task)
+            for g in grid:
+                bar.update(task, description=f"lstm {g.name} ({n_threads}T)")
+                result["lstm"].append(benchmarks.bench_lstm_flavours(g, n_threads, repeats=max(3, repeats // 2)))
+                bar.advance(task)
+    if as_json:
+        emit_json(result)
+        return
+    _render_act(result)
+
+
+def _render_act(result):
+    for run in result["activations"]:
+        t = Table(title=f"activations over {run['elements']:,} elements, {run['threads']} thread(s)")
+        for col in ("function", "library", "dtype", "Gelem/s", "GB/s in+out"):
+            t.add_column(col, justify="right" if col in ("Gelem/s", "GB/s in+out") else "left")
+        for r in run["rows"]:
+            width = 2 if r["dtype"] == "bf16" else 4
+            t.add_row(r["name"], r["library"], r["dtype"], f"{r['elements_per_s'] / 1e9:.2f}",
+                      f"{2 * width * r['elements_per_s'] / 1e9:.1f}")
+        out.print(t)
+        out.print("K-TanH bf16: " + ", ".join(f"{k.removeprefix('ktanh_bf16_vs_').replace('_', ' ')} {v:.2f}x"
+                                             for k, v in run["ratios"].items()), highlight=False)
+    if result["softmax"]:
+        r0 = result["softmax"][0]
+        t = Table(title=f"softmax rows of a {r0['rows']}x{r0['classes']} logits matrix")
+        for col in ("threads", "kind", "library", "ms", "Gelem/s", "vs dlcpu softmax"):
+            t.add_column(col, justify="left" if col in ("kind", "library") else "right")
+        for r in result["softmax"]:
+            t.add_row(str(r["threads"]), r["kind"], r["library"], f"{r['seconds']['median_s'] * 1e3:.3f}",
+                      f"{r['elements_per_s'] / 1e9:.2f}", f"{r['speedup_vs_dlcpu_softmax']:.2f}x")
+        out.print(t)
+    if result["lstm"]:
+        t = Table(title="LSTM forward by activation_impl (weights prepared once)")
+        for col in ("threads", "row", "N", "C", "K", "T", "exact ms", "fast ms", "ktanh ms", "fast speedup",
+                    "ktanh speedup"):
+            t.add_column(col, justify="left" if col == "row" else "right")
+        for r in result["lstm"]:
+            t.add_row(str(r["threads"]), r["name"], str(r["N"]), str(r["C"]), str(r["K"]), str(r["T"]),
+                      *(f"{r[i]['seconds']['median_s'] * 1e3:.2f}" for i in ("exact", "fast", "ktanh")),
+                      f"{r['fast']['speedup_vs_exact']:.2f}x", f"{r['ktanh']['speedup_vs_exact']:.2f}x")
+        out.print(t)
+    tr = result["timed_region"]
+    out.print(f"timed: activations: {tr['activations']}; softmax: {tr['softmax']}; lstm: {tr['lstm']}.",
+              highlight=False, soft_wrap=True)
+
+
+def _act_accuracy(as_json):
+    from ..approx import accuracy
+
+    with err.status("accuracy: every bf16 input and 10^7 fp32 inputs per function and flavour"):
+        kt = accuracy.ktanh_bits_exhaustive()
+        rows = accuracy.measure()
+    if as_json:
+        emit_json({"ktanh_bf16": kt, "functions": [r.as_dict() for r in rows]})
+        return
+    pub = kt["published"]
+    out.print(f"K-TanH, bf16 in and out, all {kt['inputs']:,} inputs against float64 tanh: max abs error "
+              f"{kt['max_abs']:.3g} (at x = {kt['worst_input']:g}; paper {pub['max_abs']:.3g}), mean abs error over "
+              f"the {kt['points']} inputs in [0.25, 3.75] {kt['mean_abs_table_region']:.3g} (paper "
+              f"{pub['mean_abs_table_region']:.3g}); NaN -> NaN {kt['nan_to_nan']}, +-Inf -> +-1 {kt['inf_to_pm1']}, "
+              f"signed zeros kept {kt['signed_zeros_kept']}", highlight=False, soft_wrap=True)
+    t = Table(title="activation flavours against float64 (fp32 in and out)")
+    for col in ("function", "flavour", "bf16 inputs: max abs", "mean abs", "over", "fp32 sample: max abs", "mean abs",
+                "points"):
+        t.add_column(col, justify="left" if col in ("function", "flavour", "over") else "right")
+    for r in rows:
+        t.add_row(r.function, r.impl, accuracy.fmt(r.bf16_max_abs), accuracy.fmt(r.bf16_mean_abs),
+                  f"{r.bf16_region} ({r.bf16_points:,})", accuracy.fmt(r.fp32_max_abs), accuracy.fmt(r.fp32_mean_abs),
+                  f"{r.fp32_points:,}")
+    out.print(t)
+    out.print("bf16 inputs: every finite bf16 value; fp32 sample: every 217th fp32 bit pattern in [0, 9] and the "
+              "negatives (every binade represented).  swish has beta = 1; GELU is the tanh form.",
+              highlight=False, soft_wrap=True)

@@ -517,3 +517,132 @@ def _pytorchfi_rows(model, data, n_threads, records, convs, runs, dlcpu_rate):
                          "dlcpu_ratio": dlcpu_rate / rate, "outcome_agreement": float((outcome == ours).mean()),
                          "sdc1_rate": float(np.isin(outcome, (1, 2)).mean())})
     return rows
+
+
+# ----------------------------------------------------------------------------------- activations
+ACT_TIMED_REGION = ("one call into a preallocated output (out=) wherever the library has one (dlcpu, numpy, "
+                    "torch.tanh/sigmoid; torch's silu and gelu allocate theirs), inputs first-touched outside "
+                    "the timed region; elements/s of the input; 'copy' is numpy.copyto of the same bytes")
+#: in cache (L1/L2), the issue's K-TanH target size, and streaming from memory
+ACT_SIZES = (16 * 1024, 64 * 1024, 16 * 1024 * 1024)
+SOFTMAX_TIMED_REGION = ("rows of a (rows x classes) float32 logits matrix, dlcpu into a preallocated output "
+                        "(torch.softmax has no out= and allocates)")
+
+
+def _act_inputs(n, seed=0):
+    """fp32 inputs ~ N(0, 2^2) (most of them inside K-TanH's table region) and their bf16
+    truncations as uint16 patterns, with outputs, all first-touched."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(n) * 2.0).astype(np.float32)
+    b = (x.view(np.uint32) >> 16).astype(np.uint16)
+    return x, np.zeros_like(x), b, np.zeros_like(b)
+
+
+def bench_activations(n, n_threads, *, compare=None, repeats=7):
+    """Elements/s of every activation flavour over n elements at n_threads, with numpy and the
+    peer (torch's vectorized math library) in the same interleaved run.  Returns a list of row
+    dicts: name, library, dtype, elements_per_s, seconds."""
+    from . import approx
+
+    x, y, b, yb = _act_inputs(n)
+    kw = {"n_threads": n_threads}
+    rows = [("copy bf16", "numpy", "bf16", lambda: np.copyto(yb, b)),
+            ("copy fp32", "numpy", "fp32", lambda: np.copyto(y, x)),
+            ("ktanh", "dlcpu", "bf16", lambda: approx.ktanh(b, out=yb, **kw)),
+            ("ktanh", "dlcpu", "fp32", lambda: approx.ktanh(x, out=y, **kw))]
+    for op in ("tanh", "sigmoid", "swish", "gelu"):
+        for impl in approx.IMPLS:
+            if not (op == "tanh" and impl == "ktanh"):       # that is the row above
+                rows.append((f"{op} {impl}", "dlcpu", "fp32",
+                             lambda op=op, impl=impl: getattr(approx, op)(x, impl=impl, out=y, **kw)))
+    rows.append(("tanh", "numpy", "fp32", lambda: np.tanh(x, out=y)))
+    torch = _peers.require_torch("--compare torch") if compare == "torch" else None
+    if torch is not None:
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        fnn = torch.nn.functional
+        rows += [("tanh", "torch", "fp32", lambda: torch.tanh(xt, out=yt)),
+                 ("sigmoid", "torch", "fp32", lambda: torch.sigmoid(xt, out=yt)),
+                 ("swish (silu)", "torch", "fp32", lambda: fnn.silu(xt)),
+                 ("gelu tanh", "torch", "fp32", lambda: fnn.gelu(xt, approximate="tanh"))]
+    fns = [r[3] for r in rows]
+    if torch is not None:
+        with torch_threads(torch, n_threads):
+            times = time_interleaved(fns, repeats, warmup=2)
+    else:
+        times = time_interleaved(fns, repeats, warmup=2)
+    out = []
+    for (name, lib, dtype, _), t in zip(rows, times):
+        s = summarize(t)
+        out.append({"name": name, "library": lib, "dtype": dtype, "elements": n, "threads": n_threads,
+                    "seconds": s, "elements_per_s": n / s["median_s"]})
+    return out
+
+
+def activation_ratios(rows):
+    """The issue's headline ratios from one bench_activations run: K-TanH bf16 against torch.tanh,
+    dlcpu's fast fp32 tanh and a copy of the same bytes."""
+    rate = {(r["name"], r["library"], r["dtype"]): r["elements_per_s"] for r in rows}
+    k = rate[("ktanh", "dlcpu", "bf16")]
+    ratios = {"ktanh_bf16_vs_fast_tanh": k / rate[("tanh fast", "dlcpu", "fp32")],
+              "ktanh_bf16_vs_copy": k / rate[("copy bf16", "numpy", "bf16")],
+              "ktanh_bf16_vs_numpy_tanh": k / rate[("tanh", "numpy", "fp32")]}
+    if ("tanh", "torch", "fp32") in rate:
+        ratios["ktanh_bf16_vs_torch_tanh"] = k / rate[("tanh", "torch", "fp32")]
+    return ratios
+
+
+def bench_softmax(rows, classes, n_threads, *, orders=(2, 4, 6, 8, 10), compare=None, repeats=7):
+    """Softmax against Taylor softmax of each order over a (rows x classes) logits matrix."""
+    from . import approx
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((rows, classes)).astype(np.float32)
+    p = np.zeros_like(z)
+    kinds = ["softmax"] + [f"taylor:{n}" for n in orders]
+    fns = [lambda kind=kind: approx.softmax(z, kind, out=p, n_threads=n_threads) for kind in kinds]
+    names = [(kind, "dlcpu") for kind in kinds]
+    torch = _peers.require_torch("--compare torch") if compare == "torch" else None
+    if torch is not None:
+        zt = torch.from_numpy(z)
+        fns.append(lambda: torch.softmax(zt, 1))      # no out= in torch.softmax: it allocates
+        names.append(("softmax", "torch"))
+        with torch_threads(torch, n_threads):
+            times = time_interleaved(fns, repeats, warmup=2)
+    else:
+        times = time_interleaved(fns, repeats, warmup=2)
+    out = []
+    base = statistics.median(times[0])
+    for (kind, lib), t in zip(names, times):
+        s = summarize(t)
+        out.append({"kind": kind, "library": lib, "rows": rows, "classes": classes, "threads": n_threads,
+                    "seconds": s, "elements_per_s": rows * classes / s["median_s"],
+                    "speedup_vs_dlcpu_softmax": base / s["median_s"]})
+    return out
+
+
+LSTM_ACT_TIMED_REGION = "LSTM forward (inference) on weights prepared once, one call per activation flavour"
+
+
+def bench_lstm_flavours(layer, n_threads, *, repeats=5, seed=0):
+    """The LSTM forward of one grid row with activation_impl = exact, fast and ktanh, interleaved;
+    times and each flavour's speedup over 'exact'."""
+    from . import approx, rnn
+
+    rng = np.random.default_rng(seed)
+    T, N, C, K = layer.T, layer.N, layer.C, layer.K
+    x = rng.uniform(-1, 1, (T, N, C)).astype(np.float32)
+    bound = 1.0 / np.sqrt(K)
+    w_ih = rng.uniform(-bound, bound, (4 * K, C)).astype(np.float32)
+    w_hh = rng.uniform(-bound, bound, (4 * K, K)).astype(np.float32)
+    b = rng.uniform(-bound, bound, 4 * K).astype(np.float32)
+    weights = rnn.prepare_lstm(w_ih, w_hh, b, b, n_threads=n_threads)
+    fns = [lambda impl=impl: rnn.lstm_forward(x, weights=weights, n_threads=n_threads, activation_impl=impl)
+           for impl in approx.IMPLS]
+    times = time_interleaved(fns, repeats, warmup=1)
+    out = {"name": layer.name, "N": N, "C": C, "K": K, "T": T, "threads": n_threads,
+           "gflop_forward": layer.forward_flops() / 1e9, "timed_region": LSTM_ACT_TIMED_REGION}
+    exact = statistics.median(times[0])
+    for impl, t in zip(approx.IMPLS, times):
+        s = summarize(t)
+        out[impl] = {"seconds": s, "speedup_vs_exact": exact / s["median_s"]}
+    return out

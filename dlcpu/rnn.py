@@ -28,11 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import cpu
-from ._ext import approx as _approx
 from ._ext import rnn as _rnn
 from ._plans import Plan
 from ._validate import positive_int
 from ._workspace import scratch
+from .approx import IMPLS as ACTIVATION_IMPLS
+from .approx import check_impl
 from .gemm import PackedMatrix, matmul, pack_matmul_operand
 from .layout import CB
 
@@ -76,7 +77,7 @@ def choose_recurrent_tiles(cell, T, N, Kb, isa, n_threads, activation_impl="exac
            (f"items: {fwd_items} forward, {Kb * n_tiles} gate-gradient and {pairs * n_tiles} recurrent-product "
            "backward items per step, one barrier each")]
     return RecurrentPlan(why, cell=_rnn.CELLS[cell], gates=_GATES[cell], isa=isa_code, n_threads=n_threads,
-                         act=_approx.IMPLS[activation_impl], T=T, N=N,
+                         act=ACTIVATION_IMPLS.index(activation_impl), T=T, N=N,
                          Kb=Kb, rows=rows, n_tiles=n_tiles, fwd_items=fwd_items, gate_items=Kb * n_tiles,
                          pair_items=pairs * n_tiles)
 
@@ -297,7 +298,7 @@ class RecurrentCache(dict):
             w, T, N = self["weights"], self["T"], self["N"]
             ok = (isinstance(T, int) and isinstance(N, int) and T >= 1 and N >= 1
                   and self["cell"] in _rnn.CELLS and self["cell"].split("_")[0] == w.cell
-                  and self["activation_impl"] in _approx.IMPLS)
+                  and self["activation_impl"] in ACTIVATION_IMPLS)
         if ok:
             kp = w.Kb * CB
             shapes = {"x": (T * N, w.C), "G": (T * N, w.gates * kp), "H": (T + 1, w.Kb, N, CB),
@@ -327,14 +328,6 @@ def _backward_setup(dy, cache, dh_T, cell):
     T, N, K, kb = cache["T"], cache["N"], w.K, w.Kb
     dY = _blocked_sequence(_f32(dy, "dy", (T, N, K)), T, N, K, kb)
     return w, T, N, K, kb, kb * CB, dY, _state(dh_T, "dh_T", N, K, kb)
-
-
-def check_activation_impl(activation_impl, fn):
-    """The activation flavour of a recurrent cell: 'exact', 'fast' (rational tanh) or 'ktanh'."""
-    if not isinstance(activation_impl, str) or activation_impl not in _approx.IMPLS:
-        raise ValueError(f"{fn}: activation_impl must be one of {', '.join(map(repr, _approx.IMPLS))}, "
-                         f"got {activation_impl!r}")
-    return activation_impl
 
 
 def _run_forward(cell, weights, x2, H, T, N, isa, n_threads, train, act, Cs=_EMPTY, HN=_EMPTY):
@@ -416,7 +409,7 @@ def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None
     cache lstm_backward needs.  activation_impl: 'exact', 'fast' (rational tanh) or 'ktanh'
     (K-TanH) for every sigmoid and tanh of the cell, inside the fused gate tiles; the backward
     uses the same flavour."""
-    act = check_activation_impl(activation_impl, "lstm_forward")
+    act = check_impl(activation_impl, "lstm_forward", "activation_impl")
     weights, x2, H, T, N, K, kb, n_threads = _forward_setup(
         "lstm", prepare_lstm, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
     Cs = np.empty_like(H)
@@ -447,7 +440,7 @@ def gru_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, weigh
         n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h
     Returns y (T, N, K) and h_T; with train=True also the cache gru_backward needs.
     activation_impl: as lstm_forward's."""
-    act = check_activation_impl(activation_impl, "gru_forward")
+    act = check_impl(activation_impl, "gru_forward", "activation_impl")
     weights, x2, H, T, N, _, kb, n_threads = _forward_setup(
         "gru", prepare_gru, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
     HN = np.empty((T * N, kb * CB), np.float32)
@@ -479,7 +472,7 @@ def rnn_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, nonli
     """Vanilla RNN (torch.nn.RNN): h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh
     or relu.  Returns y (T, N, K) and h_T; with train=True also the cache rnn_backward needs.
     activation_impl: the tanh flavour, as lstm_forward's (no effect with relu)."""
-    act = check_activation_impl(activation_impl, "rnn_forward")
+    act = check_impl(activation_impl, "rnn_forward", "activation_impl")
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"rnn_forward: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     weights, x2, H, T, N, _, _, n_threads = _forward_setup(

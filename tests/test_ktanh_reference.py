@@ -254,3 +254,13 @@ def test_ktanh_flavour_is_the_bit_recipe():
         ref.tanh_flavour(x, "svml")
     with pytest.raises(ValueError, match="impl"):
         ref.gelu_flavour(x, "svml")
+
+
+def test_kernel_table_is_the_published_table():
+    """The kernels compile the table from an X-macro (approx_f32.h); it must be ktanh_table's."""
+    from dlcpu._ext import approx as kernels
+
+    base, shift = kernels.published_table()
+    want_base, want_shift = PUBLISHED_TABLE.combined()
+    assert base == [int(v) for v in want_base]
+    assert shift == [int(v) for v in want_shift]

@@ -59,10 +59,12 @@ IMPLS = tuple(_approx.IMPLS)
 TAYLOR_ORDERS = (2, 4, 6, 8, 10)
 
 
-def check_impl(impl, fn):
+def check_impl(impl, fn, argument="impl"):
+    """An activation flavour name ('exact', 'fast', 'ktanh'); every layer that takes one checks it
+    here (`argument`: the name the caller knows it by, such as activation_impl)."""
     if not isinstance(impl, str) or impl not in _approx.IMPLS:
-        raise ValueError(f"{fn}: impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
-    return _approx.IMPLS[impl]
+        raise ValueError(f"{fn}: {argument} must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
+    return impl
 
 
 def check_taylor_order(n, fn):
@@ -180,7 +182,7 @@ def _check_beta(beta, fn):
 
 def _forward(op, x, impl, beta, out, n_threads, isa):
     fn = op
-    code = check_impl(impl, fn)
+    code = _approx.IMPLS[check_impl(impl, fn)]
     beta = _check_beta(beta, fn)
     a = _float_input(x, fn)
     isa_code, threads = _run_args(n_threads, isa)
@@ -192,7 +194,7 @@ def _forward(op, x, impl, beta, out, n_threads, isa):
 
 def _backward(op, dy, saved, saved_name, impl, beta, out, n_threads, isa):
     fn = f"{op}_backward"
-    code = check_impl(impl, fn)
+    code = _approx.IMPLS[check_impl(impl, fn)]
     beta = _check_beta(beta, fn)
     d = _float_input(dy, fn, "dy")
     s = _float_input(saved, fn, saved_name)

@@ -9,9 +9,11 @@ recurrent layers, a loss, SGD, save/load, magnitude pruning and the models `dlcp
 
 One room per concern: module (Parameter, Module, the layer registry), layers (feed-forward
 layers on blocked activations), recurrent (LSTM, GRU, RNN), losses, optim, io (save/load),
-prune (magnitude pruning whose masks SGD keeps), models.  Everything public is re-exported
+prune (magnitude pruning whose masks SGD keeps), activations (Tanh, Sigmoid, Swish, GELU in
+exact/fast/K-TanH flavours), models.  Everything public is re-exported
 here, so `from dlcpu import nn; nn.Conv2d` is the API.
 """
+from .activations import GELU, Sigmoid, Swish, Tanh
 from .io import build, check_writable, load, save
 from .layers import AvgPool2d, BasicBlock, BatchNorm2d, Conv2d, GlobalAvgPool, Linear, MaxPool2d, ReLU, Sequential
 from .losses import LossKind, parse_loss_kind, softmax_cross_entropy
@@ -23,6 +25,7 @@ from .recurrent import GRU, LSTM, RNN, LastTimeStep
 
 __all__ = [
     "FORMAT_VERSION",
+    "GELU",
     "GRU",
     "LSTM",
     "RNN",
@@ -41,6 +44,9 @@ __all__ = [
     "Parameter",
     "ReLU",
     "Sequential",
+    "Sigmoid",
+    "Swish",
+    "Tanh",
     "build",
     "check_writable",
     "digits_resnet",

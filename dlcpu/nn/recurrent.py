@@ -11,17 +11,14 @@ configuration only when it is not "exact", so files written before it existed lo
 """
 import numpy as np
 
+from ..approx import IMPLS as ACTIVATION_IMPLS  # noqa: F401  (the values of activation_impl)
+from ..approx import check_impl
 from .module import Module, Parameter, _take, check_bool, check_float32, check_ints, check_parameter_memory, register
-
-#: the values of the recurrent layers' activation_impl
-ACTIVATION_IMPLS = ("exact", "fast", "ktanh")
 
 
 def check_activation_impl(layer, value):
-    """`value` is one of ACTIVATION_IMPLS (ValueError naming them otherwise)."""
-    if not isinstance(value, str) or value not in ACTIVATION_IMPLS:
-        raise ValueError(f"{layer}: activation_impl must be 'exact', 'fast' or 'ktanh', got {value!r}")
-    return value
+    """`value` is one of dlcpu.approx.IMPLS (ValueError naming them otherwise)."""
+    return check_impl(value, layer, "activation_impl")
 
 
 def _cell_ops(cell, nonlinearity, activation_impl="exact"):

@@ -232,7 +232,10 @@ static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 __m512 dlcpu_re
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 __m512 dlcpu_sigmoid_avx512(__m512 x)
 {
     const __m512 e = dlcpu_exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x));
-    const __m512 s = dlcpu_recip_avx512(_mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    __m512 s = dlcpu_recip_avx512(_mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    /* Below -88 the clamped exp leaves s at 6e-39 where the true value is smaller still; swish
+     * multiplies it by x (up to 3e38): give 0, as 1/(1 + expf(-x)) does from -88.7 on. */
+    s = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-88.0f), _CMP_NLT_UQ), s);
     /* NaN in, NaN out (the clamp in exp would otherwise turn it into a number). */
     return _mm512_mask_mov_ps(s, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
 }
@@ -254,8 +257,9 @@ static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 __m512 dlcpu_ta
     p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1.0f / 3));
     const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, x2), ax, ax);
     t = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(ax, _mm512_set1_ps(0.25f), _CMP_LT_OQ), small);
-    const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
-    t = _mm512_mask_sub_ps(t, neg, _mm512_setzero_ps(), t);
+    /* the sign of x onto tanh |x| >= 0 by OR, so that tanh(-0) = -0 */
+    t = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(t), _mm512_castps_si512(x),
+                                                      _mm512_set1_epi32((int)0x80000000u), 0xF8));
     return _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
 }
 
@@ -276,13 +280,16 @@ static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 __m512 dlcpu_ta
     return _mm512_mask_mov_ps(y, big, one);
 }
 
-/* K-TanH's two tables for fp32 lanes: entry[t] = base | shift << 16 in two zmm (t < 16, t >= 16) */
-typedef struct { __m512i lo, hi; } dlcpu_ktanh_regs_t;
+/* K-TanH's tables for fp32 lanes, two zmm each (rows 0-15, 16-31): base << 16 and shift, so the
+ * output mantissa is formed in place in the upper half of the word (no shifts down and back). */
+typedef struct { __m512i base_lo, base_hi, shift_lo, shift_hi; } dlcpu_ktanh_regs_t;
 
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 dlcpu_ktanh_regs_t
 dlcpu_ktanh_regs_from(const int32_t *entry)
 {
-    dlcpu_ktanh_regs_t r = {_mm512_loadu_si512(entry), _mm512_loadu_si512(entry + 16)};
+    const __m512i lo = _mm512_loadu_si512(entry), hi = _mm512_loadu_si512(entry + 16);
+    dlcpu_ktanh_regs_t r = {_mm512_slli_epi32(lo, 16), _mm512_slli_epi32(hi, 16),
+                            _mm512_srli_epi32(lo, 16), _mm512_srli_epi32(hi, 16)};
     return r;
 }
 
@@ -294,22 +301,30 @@ dlcpu_ktanh_regs(const uint16_t *base, const uint16_t *shift)
     return dlcpu_ktanh_regs_from(entry);
 }
 
+/* 15 ops per 16 lanes: sign merge and the clearing of the low half are one vpternlog each; the
+ * region tests are one unsigned compare each ((a - 0.25) > (Inf - 0.25) after wrap-around covers
+ * both the identity region and NaN). */
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 __m512
 dlcpu_ktanh_avx512(__m512 x, dlcpu_ktanh_regs_t k)
 {
     const __m512i u = _mm512_castps_si512(x);
     const __m512i absm = _mm512_set1_epi32(0x7FFFFFFF);
-    const __m512i a = _mm512_and_si512(u, absm), s = _mm512_andnot_si512(absm, u);
+    const __m512i a = _mm512_and_si512(u, absm);
     /* vpermt2d reads the low 5 bits of the index: (u >> 20) needs no mask */
-    const __m512i e = _mm512_permutex2var_epi32(k.lo, _mm512_srli_epi32(u, 20), k.hi);
-    const __m512i c = _mm512_and_si512(e, _mm512_set1_epi32(0xFFFF)), r = _mm512_srli_epi32(e, 16);
-    const __m512i m = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x7F));
-    __m512i out = _mm512_and_si512(_mm512_add_epi32(c, _mm512_srlv_epi32(m, r)), _mm512_set1_epi32(0x7FFF));
-    out = _mm512_or_si512(s, _mm512_slli_epi32(out, 16));
+    const __m512i t = _mm512_srli_epi32(u, 20);
+    const __m512i c = _mm512_permutex2var_epi32(k.base_lo, t, k.base_hi);
+    const __m512i r = _mm512_permutex2var_epi32(k.shift_lo, t, k.shift_hi);
+    const __m512i m = _mm512_and_si512(u, _mm512_set1_epi32(0x007F0000));
+    const __m512i sum = _mm512_add_epi32(c, _mm512_srlv_epi32(m, r));
+    /* vpternlog 0xCA is the bit select A ? B : C: out = (sum & 0x7FFF0000) | (u & ~0x7FFF0000),
+     * then the low half cleared */
+    __m512i out = _mm512_ternarylogic_epi32(_mm512_set1_epi32(0x7FFF0000), sum, u, 0xCA);
+    out = _mm512_and_si512(out, _mm512_set1_epi32((int)0xFFFF0000u));
+    const __mmask16 keep = _mm512_cmpgt_epu32_mask(_mm512_sub_epi32(a, _mm512_set1_epi32((int)(DLCPU_KT_LO << 16))),
+                                                   _mm512_set1_epi32((int)((DLCPU_KT_INF - DLCPU_KT_LO) << 16)));
     const __mmask16 sat = _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32((int)(DLCPU_KT_HI << 16)));
-    const __mmask16 keep = _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32((int)(DLCPU_KT_LO << 16))) |
-                           _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32((int)(DLCPU_KT_INF << 16)));
-    out = _mm512_mask_or_epi32(out, sat, s, _mm512_set1_epi32((int)(DLCPU_KT_ONE << 16)));
+    out = _mm512_mask_mov_epi32(out, sat, _mm512_ternarylogic_epi32(absm, _mm512_set1_epi32((int)(DLCPU_KT_ONE << 16)),
+                                                                    u, 0xCA));
     return _mm512_castsi512_ps(_mm512_mask_mov_epi32(out, keep, u));
 }
 
@@ -375,13 +390,22 @@ dlcpu_sigmoid_impl_avx512(__m512 x, int impl, dlcpu_ktanh_regs_t k)
 /* One AVX-512 loop per (op, impl): the switch sits outside the loops and every body inlines
  * with a constant impl (a switch per vector cost 20% on the K-TanH loop). */
 #define DLCPU_MAP_AVX512(EXPR)                                                               \
-    for (int64_t i = 0; i < n; i += 16) {                                                    \
-        const __mmask16 lanes = i + 16 <= n ? 0xFFFF : (__mmask16)((1u << (n - i)) - 1);    \
-        const __m512 v = _mm512_maskz_loadu_ps(lanes, x + i);                                \
-        const __m512 d = dy ? _mm512_maskz_loadu_ps(lanes, dy + i) : v;                      \
-        (void)d;                                                                             \
-        _mm512_mask_storeu_ps(y + i, lanes, EXPR);                                           \
-    }
+    do {                                                                                     \
+        int64_t i = 0;                                                                       \
+        for (; i + 16 <= n; i += 16) {       /* whole vectors: plain loads and stores */     \
+            const __m512 v = _mm512_loadu_ps(x + i);                                         \
+            const __m512 d = dy ? _mm512_loadu_ps(dy + i) : v;                               \
+            (void)d;                                                                         \
+            _mm512_storeu_ps(y + i, EXPR);                                                   \
+        }                                                                                    \
+        if (i < n) {                         /* the tail under a lane mask */                \
+            const __mmask16 lanes = (__mmask16)((1u << (n - i)) - 1);                        \
+            const __m512 v = _mm512_maskz_loadu_ps(lanes, x + i);                            \
+            const __m512 d = dy ? _mm512_maskz_loadu_ps(lanes, dy + i) : v;                  \
+            (void)d;                                                                         \
+            _mm512_mask_storeu_ps(y + i, lanes, EXPR);                                       \
+        }                                                                                    \
+    } while (0)
 
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
 dlcpu_act_avx512_impl(int op, int backward, const int impl, const float *x, const float *dy, float *y,

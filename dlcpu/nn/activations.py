@@ -1,0 +1,118 @@
+"""Smooth activation layers of dlcpu.nn: Tanh, Sigmoid, Swish and GELU (tanh form), each in the
+flavour `activation_impl` = "exact" | "fast" | "ktanh" of dlcpu.approx.
+
+Design: one small class per function over one shared base.  A layer takes what its neighbours
+pass: an activation BlockedTensor between convolutions (the blocked data is mapped element-wise
+in place of a copy to NCHW) or a plain float array after Linear or GlobalAvgPool.  Padded
+channels of a BlockedTensor must stay zero: tanh, swish and GELU map 0 to 0, sigmoid maps it to
+1/2, so Sigmoid writes the padded lanes back to zero (and their gradient is zero because dy's is).
+The backward reads what dlcpu.approx's backward wants: the output for Tanh and Sigmoid, the input
+for Swish and GELU.
+"""
+import math
+
+import numpy as np
+
+from .. import approx
+from ..layout import CB, BlockedTensor
+from .module import Module, check_float, register
+
+
+def _data(x, layer, what="input"):
+    """(float32 array to map, how to wrap a result like it) for a BlockedTensor or a float array."""
+    if isinstance(x, BlockedTensor):
+        if x.kind != "activation":
+            raise TypeError(f"{layer}: expected an activation BlockedTensor or a float array, got a {x.kind} "
+                            "BlockedTensor")
+        return x.data, (lambda a: BlockedTensor(a, x.shape))
+    a = np.asarray(x)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{layer}: {what} must be a float array or an activation BlockedTensor, got dtype {a.dtype} "
+                        f"with shape {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.float32), (lambda r: r)
+
+
+def _kind(x):
+    """('blocked', logical shape) or ('array', shape): what a dy must match."""
+    if isinstance(x, BlockedTensor):
+        return "a BlockedTensor", tuple(x.shape)
+    return "an array", tuple(np.shape(x))
+
+
+class _Activation(Module):
+    """Parameterless element-wise layer: subclasses set `op` (dlcpu.approx's function name) and
+    `saves_output` (the backward reads y rather than x)."""
+
+    op = None
+    saves_output = False
+
+    def __init__(self, activation_impl="exact"):
+        super().__init__()
+        self.activation_impl = approx.check_impl(activation_impl, self.name, "activation_impl")
+        self.args = {"activation_impl": activation_impl}
+        self._saved = None
+
+    def _call(self, a):
+        return getattr(approx, self.op)(a, impl=self.activation_impl)
+
+    def _grad(self, d, saved):
+        return getattr(approx, f"{self.op}_backward")(d, saved, impl=self.activation_impl)
+
+    def forward(self, x):
+        a, wrap = _data(x, self.describe())
+        y = self._call(a)
+        if isinstance(x, BlockedTensor) and self.op == "sigmoid" and x.shape[1] % CB:
+            y[:, -1, ..., x.shape[1] % CB:] = 0.0
+        self._saved = (y if self.saves_output else a, _kind(x))
+        return wrap(y)
+
+    def backward(self, dy):
+        saved, kind = self._require_forward(self._saved)
+        d, wrap = _data(dy, self.describe(), "dy")
+        if _kind(dy) != kind:
+            raise ValueError(f"{self.describe()}: dy must match the forward's output ({kind[0]} of shape {kind[1]}), "
+                             f"got {_kind(dy)[0]} of shape {_kind(dy)[1]}")
+        return wrap(self._grad(d, saved))
+
+
+@register
+class Tanh(_Activation):
+    op = "tanh"
+    saves_output = True
+
+    def _grad(self, d, y):
+        return approx.tanh_backward(d, y)
+
+
+@register
+class Sigmoid(_Activation):
+    op = "sigmoid"
+    saves_output = True
+
+    def _grad(self, d, y):
+        return approx.sigmoid_backward(d, y)
+
+
+@register
+class Swish(_Activation):
+    """x sigmoid(beta x); beta=1 is PyTorch's SiLU."""
+
+    op = "swish"
+
+    def __init__(self, beta=1.0, activation_impl="exact"):
+        super().__init__(activation_impl)
+        self.beta = check_float(self.name, "beta", beta, -math.inf)
+        self.args["beta"] = self.beta
+
+    def _call(self, a):
+        return approx.swish(a, self.beta, impl=self.activation_impl)
+
+    def _grad(self, d, x):
+        return approx.swish_backward(d, x, self.beta, impl=self.activation_impl)
+
+
+@register
+class GELU(_Activation):
+    """GELU in its tanh form (PyTorch's approximate='tanh')."""
+
+    op = "gelu"
