@@ -178,9 +178,22 @@ def _sigmoid(v):
     return 1.0 / (1.0 + np.exp(-v))
 
 
-def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0):
+def _cell_activations(impl):
+    """(sigmoid, tanh) of the recurrent twins: float64 exact for "exact" (the default, unchanged),
+    else the flavour twins sigmoid_flavour/tanh_flavour of dlcpu.approx ("fast", "ktanh")."""
+    if impl == "exact":
+        return _sigmoid, np.tanh
+    if impl not in _TANH_FLAVOURS:
+        raise ValueError(f"impl must be one of {_TANH_FLAVOURS}, got {impl!r}")
+    return (lambda v: sigmoid_flavour(v, impl)), (lambda v: tanh_flavour(v, impl))
+
+
+def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, impl="exact"):
     """float64 LSTM, gate order i, f, g, o: returns y (T, N, K), h_T, c_T and the per-step
-    (gates, c) needed by lstm_backward."""
+    (gates, c) needed by lstm_backward.  impl: the activation flavour ("exact", "fast", "ktanh";
+    dlcpu.rnn's activation_impl); "ktanh" applies K-TanH to the float32 rounding of the float64
+    pre-activations, so a value the kernel rounds to the other side of a bf16 boundary differs."""
+    sig, tanh = _cell_activations(impl)
     x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh))
     b = np.asarray(b_ih, np.float64) + np.asarray(b_hh, np.float64)
     h, c = np.asarray(h0, np.float64), np.asarray(c0, np.float64)
@@ -188,17 +201,20 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0):
     ys, steps = [], []
     for t in range(x.shape[0]):
         z = x[t] @ w_ih.T + h @ w_hh.T + b
-        i, f, g, o = _sigmoid(z[:, :K]), _sigmoid(z[:, K:2 * K]), np.tanh(z[:, 2 * K:3 * K]), _sigmoid(z[:, 3 * K:])
+        i, f, g, o = sig(z[:, :K]), sig(z[:, K:2 * K]), tanh(z[:, 2 * K:3 * K]), sig(z[:, 3 * K:])
         c_prev, h_prev = c, h
         c = f * c_prev + i * g
-        h = o * np.tanh(c)
+        h = o * tanh(c)
         steps.append((i, f, g, o, c_prev, c, h_prev))
         ys.append(h)
     return np.stack(ys), h, c, steps
 
 
-def lstm_backward(dy, x, w_ih, w_hh, steps, dh_T, dc_T):
-    """Backpropagation through time in float64: (dx, dw_ih, dw_hh, db, dh0, dc0)."""
+def lstm_backward(dy, x, w_ih, w_hh, steps, dh_T, dc_T, impl="exact"):
+    """Backpropagation through time in float64: (dx, dw_ih, dw_hh, db, dh0, dc0).  impl: the
+    forward's flavour; tanh(c) is recomputed with it and every derivative is the analytic one
+    evaluated at the flavour's values (1 - y^2, s (1 - s)), as the kernels do."""
+    tanh = _cell_activations(impl)[1]
     dy, x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (dy, x, w_ih, w_hh))
     dh, dc = np.asarray(dh_T, np.float64).copy(), np.asarray(dc_T, np.float64).copy()
     dx = np.zeros_like(x)
@@ -207,7 +223,7 @@ def lstm_backward(dy, x, w_ih, w_hh, steps, dh_T, dc_T):
     for t in reversed(range(x.shape[0])):
         i, f, g, o, c_prev, c, h_prev = steps[t]
         dh = dh + dy[t]
-        tc = np.tanh(c)
+        tc = tanh(c)
         dc = dc + dh * o * (1 - tc * tc)
         dz = np.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
                              dh * tc * o * (1 - o)], axis=1)
@@ -220,8 +236,11 @@ def lstm_backward(dy, x, w_ih, w_hh, steps, dh_T, dc_T):
     return dx, dw_ih, dw_hh, db, dh, dc
 
 
-def gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0):
-    """float64 GRU (PyTorch's formulation, gates r, z, n): y, h_T and per-step values."""
+def gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, impl="exact"):
+    """float64 GRU (PyTorch's formulation, gates r, z, n): y, h_T and per-step values.
+    impl: the activation flavour, as lstm_forward's (gru_backward needs no flavour: it reads the
+    saved activations)."""
+    sig, tanh = _cell_activations(impl)
     x, w_ih, w_hh, b_ih, b_hh = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh, b_ih, b_hh))
     h = np.asarray(h0, np.float64)
     K = w_hh.shape[1]
@@ -229,10 +248,10 @@ def gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0):
     for t in range(x.shape[0]):
         gx = x[t] @ w_ih.T + b_ih
         gh = h @ w_hh.T + b_hh
-        r = _sigmoid(gx[:, :K] + gh[:, :K])
-        z = _sigmoid(gx[:, K:2 * K] + gh[:, K:2 * K])
+        r = sig(gx[:, :K] + gh[:, :K])
+        z = sig(gx[:, K:2 * K] + gh[:, K:2 * K])
         hn = gh[:, 2 * K:]
-        n = np.tanh(gx[:, 2 * K:] + r * hn)
+        n = tanh(gx[:, 2 * K:] + r * hn)
         h_prev = h
         h = (1 - z) * n + z * h_prev
         steps.append((r, z, n, hn, h_prev))
@@ -264,15 +283,17 @@ def gru_backward(dy, x, w_ih, w_hh, steps, dh_T):
     return dx, dw_ih, dw_hh, db_ih, db_hh, dh
 
 
-def rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, relu=False):
-    """float64 vanilla RNN: y, h_T, per-step (y_t, h_{t-1})."""
+def rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, relu=False, impl="exact"):
+    """float64 vanilla RNN: y, h_T, per-step (y_t, h_{t-1}).  impl: the tanh flavour, as
+    lstm_forward's (no effect with relu)."""
+    tanh = _cell_activations(impl)[1]
     x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh))
     b = np.asarray(b_ih, np.float64) + np.asarray(b_hh, np.float64)
     h = np.asarray(h0, np.float64)
     ys, steps = [], []
     for t in range(x.shape[0]):
         pre = x[t] @ w_ih.T + h @ w_hh.T + b
-        h_prev, h = h, (np.maximum(pre, 0) if relu else np.tanh(pre))
+        h_prev, h = h, (np.maximum(pre, 0) if relu else tanh(pre))
         steps.append((h, h_prev))
         ys.append(h)
     return np.stack(ys), h, steps

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import cpu
 from .._ext import approx as _approx
+from .kinds import TAYLOR_ORDERS, parse_loss_kind
 from .ktanh_table import PUBLISHED_TABLE, KTanhTable
 
 __all__ = [
@@ -55,8 +56,6 @@ __all__ = [
 
 #: activation flavours, in the order of the kernels' codes
 IMPLS = tuple(_approx.IMPLS)
-#: Taylor softmax orders: even (f_n > 0 everywhere), up to ten terms as in the paper
-TAYLOR_ORDERS = (2, 4, 6, 8, 10)
 
 
 def check_impl(impl, fn, argument="impl"):
@@ -68,32 +67,23 @@ def check_impl(impl, fn, argument="impl"):
 
 
 def check_taylor_order(n, fn):
-    """An order of the Taylor softmax: an even integer in 2..10."""
+    """An order of the Taylor softmax: an even integer in 2..10 (the rules of kinds.parse_loss_kind)."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"{fn}: the Taylor order must be an integer, got {n!r}")
-    if n % 2:
-        raise ValueError(f"{fn}: Taylor order {n} is odd; odd orders are refused because their truncated "
-                         f"exponential has a real root and goes negative (use an even order in {TAYLOR_ORDERS})")
-    if n not in TAYLOR_ORDERS:
-        raise ValueError(f"{fn}: Taylor order must be one of {TAYLOR_ORDERS}, got {n}")
-    return int(n)
+    return parse_softmax_kind(f"taylor:{int(n)}", fn)[1]
 
 
 def parse_softmax_kind(kind, fn="softmax"):
-    """'softmax' -> ('softmax', None); 'taylor:n' -> ('taylor', n) with n checked."""
-    if kind == "softmax":
-        return "softmax", None
-    if isinstance(kind, str) and kind.startswith("taylor:"):
-        text = kind.split(":", 1)[1]
-        try:
-            n = int(text)
-        except ValueError:
-            raise ValueError(f"{fn}: kind {kind!r} must be 'taylor:n' with an integer order n") from None
-        return "taylor", check_taylor_order(n, fn)
-    if isinstance(kind, str) and kind.startswith(("sm-", "sm_")):
+    """'softmax' -> ('softmax', None); 'taylor:n' -> ('taylor', n), n even in 2..10.  The margin
+    kinds need labels and are refused here (they are losses)."""
+    try:
+        spec = parse_loss_kind(kind)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{fn}: {exc}") from None
+    if spec.name.startswith("sm-"):
         raise ValueError(f"{fn}: kind {kind!r} has a margin on the target class and needs the labels; "
                          "use dlcpu.nn.softmax_cross_entropy(logits, labels, kind=...)")
-    raise ValueError(f"{fn}: kind must be 'softmax' or 'taylor:n' (n even, 2..10), got {kind!r}")
+    return spec.name, spec.order
 
 
 def _float_input(x, fn, name="x"):
@@ -101,7 +91,7 @@ def _float_input(x, fn, name="x"):
     a = np.asarray(x)
     if a.dtype.kind != "f":
         raise TypeError(f"{fn}: {name} must be a floating-point array, got dtype {a.dtype} with shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    return np.asarray(a, dtype=np.float32, order="C")      # (ascontiguousarray would make 0-d 1-d)
 
 
 def _output(out, shape, dtype, fn):
@@ -159,12 +149,14 @@ def ktanh(x, *, table=None, out=None, n_threads=None, isa=None):
     words = _default_words() if table is None else _table_words(table, fn)
     isa_code, threads = _run_args(n_threads, isa)
     if bf16:
-        bits = np.ascontiguousarray(a).view(np.uint16)
-        y = _output(None if out is None else np.asarray(out).view(np.uint16) if isinstance(out, np.ndarray)
+        bits = np.asarray(a, order="C").view(np.uint16)
+        y = _output(None if out is None else out.view(np.uint16) if isinstance(out, np.ndarray)
                     and out.dtype == a.dtype else out, a.shape, np.uint16, fn)
         _approx.ktanh_bf16(isa_code, threads, bits.reshape(-1), y.reshape(-1), *words)
+        if out is not None:
+            return out
         return y.view(a.dtype) if a.dtype != np.uint16 else y
-    a = np.ascontiguousarray(a)
+    a = np.asarray(a, order="C")
     y = _output(out, a.shape, np.float32, fn)
     _approx.activation_f32(isa_code, threads, _approx.OPS["tanh"], 0, _approx.IMPLS["ktanh"], a.reshape(-1),
                            _EMPTY, y.reshape(-1), 1.0, *words)
@@ -254,7 +246,7 @@ def _rows(z, fn, name="z"):
     a = _float_input(z, fn, name)
     if a.ndim == 0:
         raise ValueError(f"{fn}: {name} must have at least one axis (the classes), got a scalar")
-    return a, a.reshape(-1, a.shape[-1]) if a.shape[-1] else a.reshape(-1, 0)
+    return a, a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
 
 
 def softmax(z, kind="softmax", *, out=None, n_threads=None, isa=None):

@@ -596,12 +596,23 @@ static DLCPU_TARGET_AVX512 void dlcpu_softmax_rows_avx512(int kind, int order, c
                 _mm512_mask_storeu_ps(pr + j, lanes, f);
             }
         } else {
+            /* vmaxps drops NaN and the exp clamp would turn inf - inf into a number: a row with a
+             * NaN or +Inf, or with nothing above -Inf, is NaN, as the scalar path computes it */
             __m512 mx = _mm512_set1_ps(-INFINITY);
+            __mmask16 bad = 0;
             for (int64_t j = 0; j < cols; j += 16) {
                 const __mmask16 lanes = j + 16 <= cols ? 0xFFFF : (__mmask16)((1u << (cols - j)) - 1);
-                mx = _mm512_mask_max_ps(mx, lanes, mx, _mm512_maskz_loadu_ps(lanes, zr + j));
+                const __m512 v = _mm512_maskz_loadu_ps(lanes, zr + j);
+                bad |= _mm512_mask_cmp_ps_mask(lanes, v, v, _CMP_UNORD_Q) |
+                       _mm512_mask_cmp_ps_mask(lanes, v, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ);
+                mx = _mm512_mask_max_ps(mx, lanes, mx, v);
             }
-            const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+            const float top = _mm512_reduce_max_ps(mx);
+            if (bad || top == -INFINITY) {
+                for (int64_t j = 0; j < cols; j++) pr[j] = NAN;
+                continue;
+            }
+            const __m512 m = _mm512_set1_ps(top);
             for (int64_t j = 0; j < cols; j += 16) {
                 const __mmask16 lanes = j + 16 <= cols ? 0xFFFF : (__mmask16)((1u << (cols - j)) - 1);
                 const __m512 e = dlcpu_exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, zr + j), m));
