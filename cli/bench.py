@@ -419,7 +419,7 @@ def bench_act(
                                            "float64 over every finite bf16 input and 10^7 fp32 inputs in [-9, 9].")] = False,
     sizes: Annotated[str, typer.Option("--sizes", metavar="<list>", help="Element counts to time (comma list).")] =
         ",".join(map(str, benchmarks.ACT_SIZES)),
-    softmax: Annotated[str, typer.Option("--softmax", metavar="<RxC>", help="Logits matrix of the softmax rows.")] =
+    softmax: Annotated[str, typer.Option("--softmax", metavar="<rows x classes>", help="Logits matrix of the softmax rows, as 4096x1000.")] =
         "4096x1000",
     layers: Annotated[str | None, typer.Option(
         "--layers", metavar="<names>", help="LSTM grid rows to time (names containing one of these; 'none': skip).")] = None,

@@ -9,7 +9,16 @@ model's weight sparsity follows the summary; --json always carries it.
 --loss picks the cross-entropy (softmax, Taylor, soft-margin or SM-Taylor softmax, see
 dlcpu.nn.losses) and --loss-gradient its gradient; digits-rnn also takes --cell (LSTM or GRU) and
 --activation-impl (how the cell evaluates sigmoid/tanh).  The CNN has neither, so `train digits`
-does not offer them.  All are checked before any work, like the options above."""
+does not offer them.  All are checked before any work, like the options above.
+
+Sweeps: --loss, --cell and --activation-impl take comma lists, and --seeds a list of seeds (instead
+of --seed); with more than one run the command trains every combination (cell x activation_impl x
+loss x seed, dlcpu.train.sweep_digits) in turn, prints each finished run as a line on stderr and
+then one table row per configuration: the test accuracy's mean ± sample std (ddof=1) over the
+seeds, min, max, runs and mean training time.  A value listed twice is refused; --out is refused
+(one file, many models); --from is allowed (every run fine-tunes a fresh copy of it).  Ctrl-C
+prints the table of the runs finished so far and exits 130.  One run (single values) prints and
+writes exactly what it always did."""
 import inspect
 from dataclasses import asdict
 from typing import Annotated
@@ -23,7 +32,7 @@ from ..nn.losses import GRADIENTS
 from ..nn.models import RNN_CELLS
 from ..nn.prune import check_sparsity
 from ..nn.recurrent import ACTIVATION_IMPLS
-from ._output import JsonFlag, bad_option, check_output_path, command, emit_json, err, group, out, progress
+from ._output import EXIT_INTERRUPTED, JsonFlag, bad_option, check_output_path, command, emit_json, err, group, out, progress
 
 app = group("Train models on dlcpu kernels.")
 
@@ -78,28 +87,93 @@ def _sparsity_table(report):
     return t
 
 
-def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=None, from_path=None,
-           prune_scope="layer", loss="softmax", loss_gradient="exact", cell=None, activation_impl=None):
-    """Shared body of the `dlcpu train` commands (model 'cnn' or 'rnn')."""
-    from threadpoolctl import threadpool_limits
+def _items(text):
+    """A comma list option's items, blanks dropped; a text with no item at all stays one item, so
+    that it gets the single value's message ('' is an unknown loss kind)."""
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    return items or [text]
 
+
+def _distinct(option, values):
+    """Each value of a comma list once: a repeated one (after canonicalization) is a bad value,
+    not a silent second set of runs that would weigh its configuration twice."""
+    for i, v in enumerate(values):
+        if v in values[:i]:
+            raise bad_option(option, f"lists {v!r} twice; give each value once")
+    return values
+
+
+def _check_losses(text):
+    """--loss: a comma list of kinds, each canonical (nn.parse_loss_kind) and listed once."""
+    return _distinct("--loss", [_check_loss(kind) for kind in _items(text)])
+
+
+def _check_choices(option, text, choices):
+    """--cell / --activation-impl: None (the default) or a comma list of `choices`, each once."""
+    if text is None:
+        return [None]
+    return _distinct(option, [_check_choice(option, v, choices) for v in _items(text)])
+
+
+def _check_seeds(seed, seeds):
+    """--seed N or --seeds a,b,c (not both) -> the list of seeds; neither: [0]."""
+    if seeds is None:
+        return [0 if seed is None else seed]
+    if seed is not None:
+        raise bad_option("--seeds", "cannot be combined with --seed; list every seed in --seeds")
+    try:
+        values = [int(v) for v in _items(seeds)]
+    except ValueError:
+        raise bad_option("--seeds", f"must be a comma list of integers, e.g. 0,1,2, got {seeds!r}") from None
+    if any(not 0 <= v <= MAX_SEED for v in values):
+        raise bad_option("--seeds", f"seeds must be between 0 and {MAX_SEED}, got {seeds!r}")
+    return _distinct("--seeds", values)
+
+
+def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=None, from_path=None,
+           prune_scope="layer", loss="softmax", loss_gradient="exact", cell=None, activation_impl=None, seeds=None):
+    """Shared body of the `dlcpu train` commands (model 'cnn' or 'rnn'): one run, or with more
+    than one value of --loss/--cell/--activation-impl/--seeds a sweep over their product."""
     from .. import train as training
 
     check_output_path(out_path)
     _check_prune(sparsity)
     if prune_scope not in ("layer", "global"):
         raise bad_option("--prune-scope", f"must be 'layer' or 'global', got {prune_scope!r}")
-    loss = _check_loss(loss)
+    losses = _check_losses(loss)
     _check_choice("--loss-gradient", loss_gradient, GRADIENTS)
-    _check_choice("--cell", cell, tuple(RNN_CELLS))
-    _check_choice("--activation-impl", activation_impl, ACTIVATION_IMPLS)
+    cells = _check_choices("--cell", cell, tuple(RNN_CELLS))
+    impls = _check_choices("--activation-impl", activation_impl, ACTIVATION_IMPLS)
+    seed_list = _check_seeds(seed, seeds)
+    runs = len(losses) * len(cells) * len(impls) * len(seed_list)
+    if runs > 1 and out_path is not None:
+        raise bad_option("--out", f"saves one model, but this sweep trains {runs} (one per combination of "
+                                  "--loss, --cell, --activation-impl and --seeds); drop --out, or train the "
+                                  "configuration to keep on its own")
     initial = _load_from(from_path, model)
     if initial is not None and model == "rnn":
-        try:
-            training.check_cell(initial, cell, from_path)
-        except ValueError as exc:
-            raise bad_option("--cell", str(exc)) from None
+        for c in cells:
+            try:
+                training.check_cell(initial, c, from_path)
+            except ValueError as exc:
+                raise bad_option("--cell", str(exc)) from None
     n_threads = threads or cpu.resolve_threads()
+    if runs > 1:
+        configs = training.sweep_configs(losses, cells, impls)
+        _sweep(model, configs, seed_list, epochs=epochs, batch=batch, lr=lr, n_threads=n_threads, as_json=as_json,
+               sparsity=sparsity, from_path=from_path, prune_scope=prune_scope, loss_gradient=loss_gradient)
+        return
+    _train_one(model, epochs, batch, lr, n_threads, seed_list[0], out_path, as_json, sparsity, from_path, initial,
+               prune_scope, losses[0], loss_gradient, cells[0], impls[0])
+
+
+def _train_one(model, epochs, batch, lr, n_threads, seed, out_path, as_json, sparsity, from_path, initial,
+               prune_scope, loss, loss_gradient, cell, activation_impl):
+    """One training run: epoch lines on stderr, a summary line (or JSON) on stdout."""
+    from threadpoolctl import threadpool_limits
+
+    from .. import train as training
+
     data = training.load_digits_split(seed)
     with progress(TextColumn("{task.fields[status]}")) as bar:
         task = bar.add_task("epoch 1", total=epochs * -(-len(data.x_train) // batch), status="")
@@ -149,6 +223,103 @@ def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=
         out.print(_sparsity_table(result.sparsity))
 
 
+def _config_columns(model):
+    """The configuration columns of a sweep's tables: the RNN's cell and activations, the loss."""
+    return (("cell", "cell"), ("activation_impl", "activations"), ("loss", "loss")) if model == "rnn" else \
+        (("loss", "loss"),)
+
+
+def _run_label(model, config):
+    label = f"loss {config.loss}"
+    if model == "rnn":
+        label = f"{(config.cell or 'lstm').upper()} {config.activation_impl or 'exact'}, {label}"
+    return label
+
+
+def _sweep(model, configs, seeds, *, epochs, batch, lr, n_threads, as_json, sparsity, from_path, prune_scope,
+           loss_gradient):
+    """A sweep: every (configuration, seed) in turn, each finished run a line on stderr; then the
+    table of mean ± std per configuration (or JSON).  Ctrl-C or a failing run still reports the
+    runs finished so far (exit 130, or 1 with the error's line)."""
+    from threadpoolctl import threadpool_limits
+
+    from .. import train as training
+
+    total = len(configs) * len(seeds)
+    settings = {"command": "digits" if model == "cnn" else "digits-rnn", "model": model, "epochs": epochs,
+                "batch": batch, "lr": lr, "threads": n_threads, "loss_gradient": loss_gradient, "from": from_path,
+                "prune": sparsity, "prune_scope": prune_scope if sparsity is not None else None, "seeds": seeds}
+    done, stopped, failure = [], None, None
+    try:
+        with progress(TextColumn("{task.fields[status]}")) as bar:
+            task = bar.add_task(f"run 1/{total}", total=total, status="")
+            current = {"index": 0, "label": ""}
+
+            def on_start(index, total, config, seed):
+                current.update(index=index, label=f"{_run_label(model, config)}, seed {seed}")
+                bar.update(task, completed=index, description=f"run {index + 1}/{total}", status=current["label"])
+
+            def on_step(epoch, step, steps, loss):
+                bar.update(task, completed=current["index"] + ((epoch - 1) * steps + step) / (epochs * steps),
+                           status=f"{current['label']}: epoch {epoch}/{epochs}, loss {loss:.4f}")
+
+            with threadpool_limits(limits=n_threads, user_api="openmp"):
+                for run in training.sweep_digits(configs, seeds, model=model, on_start=on_start, on_step=on_step,
+                                                 epochs=epochs, batch=batch, lr=lr, loss_gradient=loss_gradient,
+                                                 prune=sparsity, prune_scope=prune_scope, init_from=from_path):
+                    done.append(run)
+                    bar.update(task, completed=len(done))
+                    err.print(f"run {len(done)}/{total}  {_run_label(model, run.config)}, seed {run.seed}: "
+                              f"test acc {100 * run.test_accuracy:6.2f}%  final loss {run.final_loss:.4f}  "
+                              f"{run.seconds:.1f} s", highlight=False, soft_wrap=True)
+    except KeyboardInterrupt:
+        stopped = f"interrupted after {len(done)} of {total} runs"
+    except (ValueError, TypeError, OSError, MemoryError, training.TrainingDiverged) as exc:
+        # a diverged run, ...: report the runs finished, then fail as a single run does (`handled`)
+        stopped, failure = f"stopped by an error after {len(done)} of {total} runs", exc
+    summary = training.summarize_runs(done)
+    if as_json and done:
+        data = {"settings": settings, "runs": [r.as_dict() for r in done], "summary": [s.as_dict() for s in summary]}
+        if stopped:
+            data["incomplete"] = stopped
+        emit_json(data)
+    elif done:
+        out.print(_sweep_table(model, summary, settings, total, stopped))
+    if failure is not None:
+        raise failure
+    if stopped:
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _plural(n, noun):
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _sweep_table(model, summary, settings, total, stopped):
+    runs = sum(s.runs for s in summary)
+    what = "digits CNN" if model == "cnn" else "digits RNN"
+    seeds = settings["seeds"]
+    contiguous = len(seeds) > 2 and seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+    title = (f"{what}: test accuracy over seeds {f'{seeds[0]}-{seeds[-1]}' if contiguous else ','.join(map(str, seeds))} "
+             f"({_plural(runs, 'run')}, {_plural(settings['epochs'], 'epoch')}, batch {settings['batch']}, lr {settings['lr']:g}, "
+             f"{settings['loss_gradient']} loss gradient, {settings['threads']} thread(s))")
+    if stopped:
+        title += f"; {stopped}"
+    t = Table(title=title, caption="± is the sample standard deviation (ddof=1) over a row's runs (seeds), "
+                                   "n/a for a single run; time: the mean training time of one run")
+    columns = _config_columns(model)
+    for _, header in columns:
+        t.add_column(header)
+    for header in ("test acc % (mean ± std)", "min %", "max %", "runs", "mean time s"):
+        t.add_column(header, justify="right")
+    for s in summary:
+        config = s.config.as_dict()
+        std = "n/a" if s.runs < 2 else f"{100 * s.std:.2f}"
+        t.add_row(*(str(config[key]) for key, _ in columns), f"{100 * s.mean:.2f} ± {std}", f"{100 * s.min:.2f}",
+                  f"{100 * s.max:.2f}", str(s.runs), f"{s.mean_seconds:.1f}")
+    return t
+
+
 #: the options only the RNN command has (the CNN has no recurrent cell and no tanh)
 RNN_ONLY = ("cell", "activation_impl")
 
@@ -163,8 +334,12 @@ def _register(name, model, epochs_default, lr_default, doc):
         lr: Annotated[float, typer.Option("--lr", min=1e-12,
                                           help="SGD learning rate (momentum 0.9, weight decay 5e-4).")] = lr_default,
         threads: Annotated[int | None, typer.Option("--threads", min=1, max=cpu.MAX_THREADS, help="Kernel threads (default: all cores).")] = None,
-        seed: Annotated[int, typer.Option("--seed", min=0, max=MAX_SEED,
-                                           help="Seeds the split, the initialization and the shuffling.")] = 0,
+        seed: Annotated[int | None, typer.Option("--seed", min=0, max=MAX_SEED,
+                                                  help="Seeds the split, the initialization and the shuffling "
+                                                       "(default 0).")] = None,
+        seeds: Annotated[str | None, typer.Option(
+            "--seeds", metavar="<list>",
+            help="Comma list of seeds, e.g. 0,1,2: one run per seed (a sweep; not with --seed).")] = None,
         out_path: Annotated[str | None, typer.Option(
             "--out", metavar="<file>",
             help="Save the model here (.npz) after every epoch; the directory must exist and be writable.")] = None,
@@ -181,21 +356,22 @@ def _register(name, model, epochs_default, lr_default, doc):
         loss: Annotated[str, typer.Option(
             "--loss", metavar="<kind>",
             help="Cross-entropy of: softmax; taylor:N (Taylor softmax, N even in 2..10); sm-softmax:M (soft-margin "
-                 "softmax, margin M >= 0 on the true class); sm-taylor:N:M (both).")] = "softmax",
+                 "softmax, margin M >= 0 on the true class); sm-taylor:N:M (both).  A comma list sweeps them.")] = "softmax",
         loss_gradient: Annotated[str, typer.Option(
             "--loss-gradient", metavar="<kind>",
             help="exact: the loss's derivative; softmax: p - onehot (the Taylor series treated as exp). "
                  "The same for the exp kinds.")] = "exact",
         cell: Annotated[str | None, typer.Option(
-            "--cell", metavar="<cell>", help="lstm or gru (default: lstm, or the --from model's).")] = None,
+            "--cell", metavar="<cell>",
+            help="lstm or gru (default: lstm, or the --from model's); a comma list sweeps both.")] = None,
         activation_impl: Annotated[str | None, typer.Option(
             "--activation-impl", metavar="<impl>",
             help="How the cell computes sigmoid/tanh: exact, fast (rational approximations) or ktanh "
-                 "(default: exact, or the --from model's).")] = None,
+                 "(default: exact, or the --from model's); a comma list sweeps them.")] = None,
         as_json: JsonFlag = False,
     ):
         _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity, from_path, prune_scope,
-               loss, loss_gradient, cell, activation_impl)
+               loss, loss_gradient, cell, activation_impl, seeds)
 
     if model != "rnn":
         sig = inspect.signature(train_command)

@@ -299,3 +299,148 @@ def _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch
             nn.save(model, out)
         if on_epoch:
             on_epoch(stats)
+
+
+# ------------------------------------------------------------------------------------ sweeps
+@dataclass(frozen=True)
+class SweepConfig:
+    """One configuration of a sweep: a loss kind (canonical, nn.parse_loss_kind) and, for the
+    RNN, its cell and activation_impl (None: train_digits' default, or the --from model's)."""
+    loss: str = "softmax"
+    cell: str = None
+    activation_impl: str = None
+
+    def as_dict(self):
+        return {"loss": self.loss, "cell": self.cell, "activation_impl": self.activation_impl}
+
+
+@dataclass
+class SweepRun:
+    """One finished run of a sweep.  config is the configuration the run trained with (its
+    loss canonical, cell and activation_impl resolved: 'lstm'/'exact' for a fresh RNN's None,
+    None for the CNN), so runs of the same configuration group together however it was asked."""
+    config: SweepConfig
+    seed: int
+    test_accuracy: float
+    final_loss: float       # the last epoch's mean training loss
+    seconds: float          # TrainResult.total_seconds: the training loop, data loading excluded
+    result: TrainResult = field(default=None, repr=False, compare=False)  # the whole result, model included
+
+    def as_dict(self):
+        return {**self.config.as_dict(), "seed": self.seed, "test_accuracy": self.test_accuracy,
+                "final_loss": self.final_loss, "seconds": self.seconds}
+
+
+@dataclass
+class SweepSummary:
+    """The test accuracies of one configuration's runs.  std is the sample standard deviation
+    (ddof=1) over the runs, NaN for a single run (one run says nothing about the spread)."""
+    config: SweepConfig
+    runs: int
+    seeds: list
+    mean: float
+    std: float
+    min: float
+    max: float
+    mean_seconds: float
+
+    def as_dict(self):
+        """JSON-ready: a single run's std (NaN) is None, as JSON has no NaN."""
+        return {**self.config.as_dict(), "runs": self.runs, "seeds": list(self.seeds), "mean": self.mean,
+                "std": None if math.isnan(self.std) else self.std, "min": self.min, "max": self.max,
+                "mean_seconds": self.mean_seconds}
+
+
+def _unique(values, what):
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise ValueError(f"train: {what} {v!r} is listed twice")
+        seen.add(v)
+    return list(values)
+
+
+def sweep_configs(losses=("softmax",), cells=(None,), activation_impls=(None,)):
+    """The configurations of a sweep: the cartesian product cells × activation_impls × losses,
+    in that order (the loss varies fastest).  Loss kinds are canonicalized (nn.parse_loss_kind);
+    an unknown cell or activation_impl, or a value listed twice (after canonicalization: 'taylor:4'
+    and ' TAYLOR:4' are one kind), is a ValueError naming it."""
+    kinds = []
+    for loss in losses:
+        try:
+            kinds.append(str(nn.parse_loss_kind(loss)))
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"train: {exc}") from None
+    for cell in cells:
+        _check_rnn_options("rnn", cell, None)
+    for impl in activation_impls:
+        _check_rnn_options("rnn", None, impl)
+    kinds, cells, impls = (_unique(kinds, "loss kind"), _unique(list(cells), "cell"),
+                           _unique(list(activation_impls), "activation_impl"))
+    if not (kinds and cells and impls):
+        raise ValueError("train: a sweep needs at least one loss kind, cell and activation_impl")
+    return [SweepConfig(loss, cell, impl) for cell in cells for impl in impls for loss in kinds]
+
+
+def check_seeds(seeds):
+    """A sweep's seeds: a non-empty list of distinct integers >= 0 (ValueError otherwise)."""
+    seeds = list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in seeds):
+        raise ValueError(f"train: seeds must be a non-empty list of integers >= 0, got {seeds!r}")
+    return _unique([int(s) for s in seeds], "seed")
+
+
+def sweep_digits(configs, seeds, model="cnn", on_start=None, data=None, **train_args):
+    """Run train_digits once for every (config, seed) of configs × seeds, sequentially, the seed
+    varying fastest; yield a SweepRun as each run finishes (a consumer that stops, or a Ctrl-C,
+    keeps every run yielded so far).  Every config and seed is checked before the first run.
+
+    configs: SweepConfig objects (sweep_configs builds the product).  on_start(index, total,
+    config, seed) is called before each run (index from 0).  data: one DigitsData for every run;
+    by default each seed gets its own split (load_digits_split(seed), loaded once per seed), as a
+    single train_digits(seed=...) run does.  train_args (epochs, batch, lr, loss_gradient, prune,
+    init_from, on_step, on_epoch, ...) go to every run; init_from should be a path, so that
+    each run fine-tunes a fresh copy (a Module would be trained on, run after run)."""
+    configs, seeds = list(configs), check_seeds(seeds)
+    if model not in MODEL_KINDS:
+        raise ValueError(f"train: model must be 'cnn' or 'rnn', got {model!r}")
+    if not configs or not all(isinstance(c, SweepConfig) for c in configs):
+        raise TypeError("train: configs must be a non-empty list of SweepConfig (see sweep_configs)")
+    for bad in ("seed", "loss", "cell", "activation_impl"):
+        if bad in train_args:
+            raise TypeError(f"train: sweep_digits takes {bad} from configs and seeds, not as a keyword")
+    try:
+        configs = [SweepConfig(str(nn.parse_loss_kind(c.loss)), c.cell, c.activation_impl) for c in configs]
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"train: {exc}") from None
+    _unique(configs, "configuration")
+    for c in configs:
+        _check_rnn_options(model, c.cell, c.activation_impl)
+    splits = {}
+    total = len(configs) * len(seeds)
+    for i, (config, seed) in enumerate((c, s) for c in configs for s in seeds):
+        if on_start:
+            on_start(i, total, config, seed)
+        if data is None and seed not in splits:
+            splits[seed] = load_digits_split(seed)
+        result = train_digits(seed=seed, data=data if data is not None else splits[seed], model=model,
+                              loss=config.loss, cell=config.cell, activation_impl=config.activation_impl, **train_args)
+        final_loss = result.epochs[-1].loss if result.epochs else float("nan")
+        yield SweepRun(SweepConfig(result.loss, result.cell, result.activation_impl), seed, result.test_accuracy,
+                       final_loss, result.total_seconds, result)
+
+
+def summarize_runs(runs):
+    """One SweepSummary per configuration, in the order each first appears in `runs`: the mean,
+    sample standard deviation (ddof=1; NaN for one run), min and max of the test accuracy, and
+    the mean training time."""
+    groups = {}
+    for r in runs:
+        groups.setdefault(r.config, []).append(r)
+    rows = []
+    for config, group in groups.items():
+        acc = np.array([r.test_accuracy for r in group], dtype=np.float64)
+        rows.append(SweepSummary(config, len(group), [r.seed for r in group], float(acc.mean()),
+                                 float(acc.std(ddof=1)) if len(acc) > 1 else float("nan"),
+                                 float(acc.min()), float(acc.max()), float(np.mean([r.seconds for r in group]))))
+    return rows
