@@ -262,3 +262,16 @@ def test_non_finite_logits_give_a_non_finite_loss(kind, bad, gradient):
     else:
         assert not math.isfinite(loss)
     assert grad.shape == z.shape and grad.dtype == np.float32
+
+
+def test_predict_classes_follows_the_kind():
+    # class 2's logit is far out on f_4's rising branch: f_4(-6) = 31 > f_4(3) = 16.375
+    z = np.array([[3.0, -1.5, -6.0], [0.5, 2.0, -1.0]])
+    np.testing.assert_array_equal(nn.predict_classes(z), [0, 1])
+    np.testing.assert_array_equal(nn.predict_classes(z, "taylor:4"), [2, 1])
+    np.testing.assert_array_equal(nn.predict_classes(z, "sm-taylor:4:0.6"), [2, 1])
+    np.testing.assert_array_equal(nn.predict_classes(z, "sm-softmax:0.5"), [0, 1])
+    with pytest.raises(ValueError, match="logits must be"):
+        nn.predict_classes(np.zeros(3))
+    with pytest.raises(ValueError, match="odd"):
+        nn.predict_classes(z, "taylor:3")

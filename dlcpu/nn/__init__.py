@@ -16,7 +16,7 @@ here, so `from dlcpu import nn; nn.Conv2d` is the API.
 from .activations import GELU, Sigmoid, Swish, Tanh
 from .io import build, check_writable, load, save
 from .layers import AvgPool2d, BasicBlock, BatchNorm2d, Conv2d, GlobalAvgPool, Linear, MaxPool2d, ReLU, Sequential
-from .losses import LossKind, parse_loss_kind, softmax_cross_entropy
+from .losses import LossKind, parse_loss_kind, predict_classes, softmax_cross_entropy
 from .models import digits_resnet, digits_rnn
 from .module import FORMAT_VERSION, Module, Parameter
 from .optim import SGD
@@ -53,6 +53,7 @@ __all__ = [
     "digits_rnn",
     "load",
     "parse_loss_kind",
+    "predict_classes",
     "prune",
     "save",
     "softmax_cross_entropy",

@@ -105,3 +105,18 @@ def softmax_cross_entropy(logits, labels, kind="softmax", gradient="exact"):
                 grad = f_prev / total
                 grad[rows, labels] -= f_prev[rows, labels] / f_y
     return float(loss), (grad / n).astype(np.float32)
+
+
+def predict_classes(logits, kind="softmax"):
+    """The class of highest probability under the softmax kind `kind` for each row of the logits
+    (N, classes).  Exp kinds: the logits' argmax.  Taylor kinds: the argmax of f_n(z), which
+    differs from the logits' argmax whenever a very negative logit climbs back up f_n's far
+    branch.  A margin only shapes training and does not enter."""
+    spec = parse_loss_kind(kind)
+    logits = np.asarray(logits)
+    if logits.ndim != 2:
+        raise ValueError(f"predict_classes: logits must be (N, classes), got shape {logits.shape}")
+    if not spec.taylor:
+        return logits.argmax(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return taylor_terms(logits, spec.order)[0].argmax(axis=1)
