@@ -429,14 +429,15 @@ def bench_act(
     as_json: JsonFlag = False,
 ):
     """Activation approximations: K-TanH, fast and exact tanh, sigmoid, swish, GELU, Taylor softmax, LSTM flavours."""
-    if accuracy:
-        _act_accuracy(as_json)
-        return
+    # every option is checked first: a bad value is exit 2 with --accuracy too, not silently ignored
     compare = _compare(compare)
     counts = parse_threads(threads)
     size_list = _parse_sizes(sizes)
     rows_cols = _parse_matrix(softmax)
     grid = [] if layers == "none" else _by_name(workloads.lstm_layers(), layers, "--layers", "row of the LSTM grid")
+    if accuracy:
+        _act_accuracy(as_json)
+        return
     result = {"activations": [], "softmax": [], "lstm": [], "timed_region": {
         "activations": benchmarks.ACT_TIMED_REGION, "softmax": benchmarks.SOFTMAX_TIMED_REGION,
         "lstm": benchmarks.LSTM_ACT_TIMED_REGION}}

@@ -20,7 +20,13 @@ import numpy as np
 
 import dlcpu
 from dlcpu import _reference as ref
-from dlcpu import faults, gemm, nn, norm, pool, rnn
+from dlcpu import approx, faults, gemm, nn, norm, pool, rnn
+from dlcpu.approx.ktanh_table import PUBLISHED_TABLE, fit_ktanh_table
+
+try:
+    import ml_dtypes
+except ImportError:  # optional: the bf16 dtype of K-TanH's bits path
+    ml_dtypes = None
 
 RTOL = 1e-4  # relative L2: loose enough for any size here, tight enough to catch a wrong index
 
@@ -274,7 +280,8 @@ def nn_forward_backward(layer, x):
 def b_nn_recurrent(rng):
     C, K = int(rng.integers(1, 9)), int(rng.integers(1, 20))
     layer = [nn.LSTM, nn.GRU, nn.RNN][int(rng.integers(3))](C, K, num_layers=int(rng.integers(1, 3)),
-                                                           bidirectional=bool(rng.integers(2)))
+                                                           bidirectional=bool(rng.integers(2)),
+                                                           activation_impl=str(rng.choice(IMPLS)))
     return {"layer": layer, "x": f32(rng, 3, 2, C)}, None
 
 
@@ -339,6 +346,298 @@ def b_weight_fault(rng):
             "bit": int(rng.integers(32))}, None
 
 
+# ------------------------------------------------------------- dlcpu.approx and the activation layers
+# The twins are dlcpu._reference's float64 flavours (tanh_flavour, sigmoid_flavour, ...), fed the
+# float32 inner argument a kernel forms where one exists (beta x for swish, the GELU polynomial):
+# K-TanH indexes its table by the bf16 truncation of that argument, and a float64 argument can
+# truncate to the neighbouring bf16 value, one table step (~0.02) away (tests/test_approx.py).
+IMPLS = ("exact", "fast", "ktanh")
+BAD_IMPLS = ("bogus", "EXACT", None, 1)
+ACT_OPS = ("tanh", "sigmoid", "swish", "gelu")
+#: |got - twin| / max(1, |twin|) per flavour: the measured maxima of tests/test_approx.py (2.2e-7,
+#: 1.1e-6, 6e-8) with a margin; backward three times that
+ACT_TOL = {"exact": 2e-6, "fast": 6e-6, "ktanh": 2e-6}
+GELU_C0 = np.float32(0.7978845608)
+GELU_C1 = np.float32(GELU_C0 * np.float32(0.044715))
+SOFTMAX_KINDS = ("softmax",) + tuple(f"taylor:{n}" for n in approx.TAYLOR_ORDERS)
+BAD_SOFTMAX_KINDS = ("taylor:3", "taylor:12", "taylor:0", "sm-taylor:4:0.5", "sm-softmax:0.1", "exp", "", None, 4)
+KTANH_STEP = 2.0 ** -7   # the largest step between neighbouring K-TanH outputs
+_FITTED = []
+
+
+def fitted_table():
+    if not _FITTED:
+        _FITTED.append(fit_ktanh_table())
+    return _FITTED[0]
+
+
+def act_array(rng, scale=None):
+    """A float32 array of 0 to 3 axes (sometimes empty, sometimes long enough for two threads),
+    values uniform in +-scale (scale up to 10: the saturated regions too)."""
+    scale = float(rng.choice([1.0, 4.0, 10.0])) if scale is None else scale
+    if rng.integers(8) == 0:
+        return f32(rng, int(rng.integers(8192, 20000))) * np.float32(scale)
+    shape = tuple(int(v) for v in rng.integers(0 if rng.integers(6) == 0 else 1, 9, int(rng.integers(0, 4))))
+    return f32(rng, *shape) * np.float32(scale)
+
+
+def gelu_inner(x):
+    """The kernels' float32 GELU tanh argument x (C1 x^2 + C0), the fmaf done exactly in float64."""
+    x = np.asarray(x, np.float32)
+    return x * (np.float64(GELU_C1) * (x * x).astype(np.float64) + np.float64(GELU_C0)).astype(np.float32)
+
+
+def act_twin(op, x, impl, beta=1.0):
+    x32 = np.asarray(x, np.float32)
+    x64 = x32.astype(np.float64)
+    if op == "tanh":
+        return ref.tanh_flavour(x64, impl)
+    if op == "sigmoid":
+        return ref.sigmoid_flavour(x64, impl)
+    if op == "swish":
+        return x64 * ref.sigmoid_flavour((x64 * float(np.float32(beta))).astype(np.float32), impl)
+    if impl == "exact":
+        return ref.gelu_flavour(x64, impl)
+    return 0.5 * x64 * (1.0 + ref.tanh_flavour(gelu_inner(x32), impl))
+
+
+def act_grad_twin(op, x, impl, beta=1.0):
+    """d op/dx of swish and GELU, the analytic formula at the flavour's values (the kernels' rule)."""
+    x32 = np.asarray(x, np.float32)
+    x64 = x32.astype(np.float64)
+    if op == "swish":
+        b32 = float(np.float32(beta))
+        if impl == "exact":
+            return ref.swish_grad(x64, b32)
+        bx = (x64 * b32).astype(np.float32).astype(np.float64)
+        sg = ref.sigmoid_flavour(bx, impl)
+        return sg + bx * sg * (1.0 - sg)
+    if impl == "exact":
+        return ref.gelu_tanh_grad(x64)
+    t = ref.tanh_flavour(gelu_inner(x32), impl)
+    c, a = np.sqrt(2 / np.pi), 0.044715
+    return 0.5 * (1.0 + t) + 0.5 * x64 * (1.0 - t * t) * c * (1.0 + 3.0 * a * x64 * x64)
+
+
+def saved_grad_twin(op, dy, y):
+    """tanh/sigmoid backward from the forward's output y."""
+    d, y = np.asarray(dy, np.float64), np.asarray(y, np.float64)
+    return d * ((1.0 - y * y) if op == "tanh" else y * (1.0 - y))
+
+
+def act_close(got, want, tol):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape or not np.array_equal(np.isnan(got), np.isnan(want)):
+        return False
+    f = ~np.isnan(want)
+    return bool(np.all(np.abs(got[f] - want[f]) <= tol * np.maximum(1.0, np.abs(want[f]))))
+
+
+def pick(rng, good, bad, p_bad=5):
+    """One of `good`, or one of `bad` one time in p_bad: (value, valid)."""
+    if rng.integers(p_bad) == 0:
+        return bad[int(rng.integers(len(bad)))], False
+    return good[int(rng.integers(len(good)))], True
+
+
+def b_ktanh(rng):
+    """bf16 bit patterns (uint16 or ml_dtypes.bfloat16; every pattern: NaN, Inf, denormals) or
+    float32 (values and random bit patterns), published or fitted table, sometimes out= (in place)."""
+    kind = int(rng.integers(3 if ml_dtypes is not None else 2))
+    n = int(rng.integers(0, 300)) if rng.integers(8) else int(rng.integers(8192, 20000))
+    if kind == 1:
+        x = (f32(rng, n) * np.float32(rng.choice([1.0, 4.0])) if rng.integers(2)
+             else rng.integers(0, 1 << 32, n, dtype=np.uint64).astype(np.uint32).view(np.float32))
+    else:
+        x = rng.integers(0, 1 << 16, n).astype(np.uint16)
+        if kind == 2:
+            x = x.view(ml_dtypes.bfloat16)
+    if rng.integers(2):
+        x = x.reshape(-1, 3) if n % 3 == 0 else x
+    x0 = x.copy()
+    kw = {"x": x, "n_threads": int(rng.integers(1, 3))}
+    table = [None, PUBLISHED_TABLE, fitted_table()][int(rng.integers(3))]
+    if table is not None:
+        kw["table"] = table
+    kw["out"] = None if rng.integers(4) else x if rng.integers(2) else np.empty_like(x)
+
+    def check(kw, y):
+        if x0.dtype == np.float32:
+            return np.array_equal(np.asarray(y).view(np.uint32), ref.ktanh_f32(x0, table).view(np.uint32))
+        return (y.dtype == x0.dtype or kw["out"] is not None) and np.array_equal(
+            np.asarray(y).view(np.uint16), ref.ktanh_bf16_bits(x0.view(np.uint16), table))
+    return kw, check
+
+
+def act_forward_builder(op):
+    def build(rng):
+        x = act_array(rng)
+        x0 = x.copy()
+        impl, ok = pick(rng, IMPLS, BAD_IMPLS)
+        kw = {"x": x, "impl": impl, "n_threads": int(rng.integers(1, 3))}
+        beta = 1.0
+        if op == "swish" and rng.integers(2):
+            beta = kw["beta"] = float(np.float32(rng.choice([0.0, 0.5, 1.7, -2.0, 10.0])))
+        kw["out"] = None if rng.integers(4) else x if rng.integers(2) else np.empty_like(x)
+
+        def check(kw, y):
+            return ok and act_close(y, act_twin(op, x0, impl, beta), ACT_TOL[impl])
+        return kw, check
+    build.__name__ = op
+    return build, getattr(approx, op)
+
+
+def act_backward_builder(op):
+    """dy and what the backward reads (y = the forward's output for tanh/sigmoid, x for swish/GELU);
+    one time in six a dy of another shape (a broadcastable one included), which must be refused."""
+    saved_name = "y" if op in ("tanh", "sigmoid") else "x"
+
+    def build(rng):
+        x = act_array(rng)
+        impl, ok = pick(rng, IMPLS, BAD_IMPLS) if saved_name == "x" else ("exact", True)
+        saved = getattr(approx, op)(x, impl="fast") if saved_name == "y" else x
+        dy = f32(rng, *saved.shape)
+        if rng.integers(6) == 0:
+            # (at most 3 axes, as act_array: m_type blocks 4-d arrays, which an empty one cannot be)
+            shapes = [s for s in [(1,), (*saved.shape[:-1], saved.shape[-1] + 1) if saved.ndim else (2,),
+                                  (saved.size + 1,), saved.shape[::-1], (*saved.shape[1:], 1)] if s != saved.shape]
+            dy, ok = f32(rng, *shapes[int(rng.integers(len(shapes)))]), False
+        d0, s0 = dy.copy(), saved.copy()
+        kw = {"dy": dy, saved_name: saved, "n_threads": int(rng.integers(1, 3))}
+        beta = 1.0
+        if saved_name == "x":
+            kw["impl"] = impl
+            if op == "swish" and rng.integers(2):
+                beta = kw["beta"] = float(np.float32(rng.choice([0.5, 1.7, -2.0])))
+        kw["out"] = None if rng.integers(4) else dy if rng.integers(2) else np.empty_like(dy)
+
+        def check(kw, dx):
+            if not ok:
+                return False
+            if saved_name == "y":
+                return act_close(dx, saved_grad_twin(op, d0, s0), ACT_TOL["exact"])
+            return act_close(dx, d0.astype(np.float64) * act_grad_twin(op, s0, impl, beta), 3 * ACT_TOL[impl])
+        return kw, check
+    build.__name__ = f"{op}_backward"
+    return build, getattr(approx, f"{op}_backward")
+
+
+def softmax_twin(z, kind):
+    rows = np.asarray(z, np.float64).reshape(-1, z.shape[-1])
+    p = ref.softmax(rows) if kind == "softmax" else ref.taylor_softmax(rows, int(kind.split(":")[1]))
+    return p.reshape(z.shape)
+
+
+def softmax_problem(rng):
+    shape = tuple(int(v) for v in rng.integers(0 if rng.integers(6) == 0 else 1, 7, int(rng.integers(0, 3))))
+    return f32(rng, *shape, int(rng.integers(1, 40))) * np.float32(rng.choice([1.0, 3.0]))
+
+
+def b_softmax(rng):
+    z = softmax_problem(rng)
+    z0 = z.copy()
+    kind, ok = pick(rng, SOFTMAX_KINDS, BAD_SOFTMAX_KINDS, 4)
+    kw = {"z": z, "kind": kind, "n_threads": int(rng.integers(1, 3))}
+    kw["out"] = None if rng.integers(4) else z if rng.integers(2) else np.empty_like(z)
+    return kw, lambda kw, p: ok and close(p, softmax_twin(z0, kind))
+
+
+def b_softmax_backward(rng):
+    z = softmax_problem(rng)
+    dp = f32(rng, *z.shape)
+    kind, ok = pick(rng, SOFTMAX_KINDS, BAD_SOFTMAX_KINDS, 4)
+    gradient, ok_g = pick(rng, ("exact", "softmax"), ("taylor", None, "EXACT"), 6)
+    if rng.integers(6) == 0:
+        shapes = [s for s in [(*z.shape[:-1], z.shape[-1] + 1), z.shape[-1:], (1,), (*z.shape[1:], 1)] if s != z.shape]
+        dp, ok = f32(rng, *shapes[int(rng.integers(len(shapes)))]), False
+    kw = {"dp": dp, "z": z, "kind": kind, "gradient": gradient, "n_threads": int(rng.integers(1, 3))}
+    d0, z0 = dp.copy(), z.copy()
+
+    def check(kw, dz):
+        if not (ok and ok_g):
+            return False
+        rows, d2 = z0.reshape(-1, z0.shape[-1]), d0.reshape(-1, z0.shape[-1])
+        if kind == "softmax":
+            p = ref.softmax(rows)
+            want = p * (d2 - (d2 * p).sum(axis=1, keepdims=True))
+        else:
+            want = ref.taylor_softmax_backward(d2, rows, int(kind.split(":")[1]), gradient)
+        # (relative L2 as close(), floored at 1e-3 |dp|: with one class the gradient is 0 and the
+        # float32 dp - sum(dp p) leaves a rounding residue of a few 1e-8)
+        dz, want = np.asarray(dz, np.float64), want.reshape(z0.shape)
+        return dz.shape == want.shape and bool(np.linalg.norm(dz - want) <= RTOL * max(
+            np.linalg.norm(want), 1e-3 * np.linalg.norm(d0), 1e-6))
+    return kw, check
+
+
+ACT_LAYERS = {"tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "swish": nn.Swish, "gelu": nn.GELU}
+
+
+def b_nn_activation(rng):
+    """nn.Tanh/Sigmoid/Swish/GELU, forward on a BlockedTensor (padded channels) or a plain array,
+    then backward on a dy of the same kind; the result is (y, dx)."""
+    op = ACT_OPS[int(rng.integers(4))]
+    impl = str(rng.choice(IMPLS))
+    beta = float(np.float32(rng.choice([1.0, 0.5, 1.7]))) if op == "swish" else 1.0
+    layer = nn.Swish(beta, impl) if op == "swish" else ACT_LAYERS[op](impl)
+    blocked = bool(rng.integers(2))
+    x = f32(rng, int(rng.integers(1, 3)), int(rng.integers(1, 20)), int(rng.integers(1, 4)), int(rng.integers(1, 4))) \
+        if blocked else act_array(rng, 4.0)
+    x = x * np.float32(3)
+    dy = f32(rng, *x.shape)
+    x0, d0 = x.copy(), dy.copy()
+    if blocked:
+        x, dy = dlcpu.to_blocked(x), dlcpu.to_blocked(dy)
+
+    def check(kw, res):
+        y, dx = res
+        if isinstance(kw["x"], dlcpu.BlockedTensor) != isinstance(y, dlcpu.BlockedTensor):
+            return False
+        if isinstance(y, dlcpu.BlockedTensor) and x0.shape[1] % 16 and np.any(y.data[:, -1, ..., x0.shape[1] % 16:]):
+            return False   # padded channels must stay zero (sigmoid(0) = 1/2)
+        yv = plain(y)
+        if not act_close(yv, act_twin(op, x0, impl, beta), ACT_TOL[impl]):
+            return False
+        if op in ("tanh", "sigmoid"):
+            return act_close(plain(dx), saved_grad_twin(op, d0, yv), ACT_TOL["exact"])
+        return act_close(plain(dx), d0.astype(np.float64) * act_grad_twin(op, x0, impl, beta), 3 * ACT_TOL[impl])
+    return {"layer": layer, "x": x, "dy": dy}, check
+
+
+def nn_activation_forward_backward(layer, x, dy):
+    y = layer(x)
+    return y, layer.backward(dy)
+
+
+def b_lstm_flavour(rng):
+    """rnn.lstm_forward with a random activation_impl against ref.lstm_forward of that flavour.
+    K-TanH: the twin truncates the float64 pre-activation, the kernel its float32 GEMM sum, so an
+    element can land one table step away and carry it through the recurrence: the result must be
+    within 4 steps of the K-TanH twin and (relative L2) at least 4x closer to it than to the exact
+    twin (measured over 3000 such problems: at most 0.063x, max 0.0022 abs)."""
+    kw = rnn_problem(rng, "lstm")
+    impl, ok = pick(rng, IMPLS, BAD_IMPLS)
+    kw["activation_impl"] = impl
+    kw["n_threads"] = int(rng.integers(1, 3))
+
+    def check(kw, res):
+        if not ok:
+            return False
+        _, N, _ = kw["x"].shape
+        z = np.zeros((N, kw["w_hh"].shape[1]), np.float32)
+        args = (kw["x"], kw["w_ih"], kw["w_hh"], kw["b_ih"], kw["b_hh"], z, z)
+        y, h, c, _ = ref.lstm_forward(*args, impl=impl)
+        got, want = (res[0], *res[1]), (y, h, c)
+        if impl != "ktanh":
+            return all(close(a, b) for a, b in zip(got, want))
+        exact = ref.lstm_forward(*args)[:3]
+        rel = [np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-6) for a, b in zip(got, want)]
+        rel_e = [np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-6) for a, b in zip(got, exact)]
+        return all(np.abs(a - b).max() <= 4 * KTANH_STEP and r <= 0.25 * max(re, 1e-9)
+                   for a, b, r, re in zip(got, want, rel, rel_e))
+    return kw, check
+
+
 ENTRY_POINTS = {
     "faults.flip_bits": (b_flip_bits, faults.flip_bits),
     "faults.fixed_point_flip": (b_fixed_point_flip, faults.fixed_point_flip),
@@ -369,6 +668,14 @@ ENTRY_POINTS = {
 for _cell in RNN_GATES:
     ENTRY_POINTS[f"{_cell}_forward"] = rnn_forward_builder(_cell)
     ENTRY_POINTS[f"{_cell}_backward"] = rnn_backward_builder(_cell)
+ENTRY_POINTS["approx.ktanh"] = (b_ktanh, approx.ktanh)
+for _op in ACT_OPS:
+    ENTRY_POINTS[f"approx.{_op}"] = act_forward_builder(_op)
+    ENTRY_POINTS[f"approx.{_op}_backward"] = act_backward_builder(_op)
+ENTRY_POINTS["approx.softmax"] = (b_softmax, approx.softmax)
+ENTRY_POINTS["approx.softmax_backward"] = (b_softmax_backward, approx.softmax_backward)
+ENTRY_POINTS["nn activation"] = (b_nn_activation, nn_activation_forward_backward)
+ENTRY_POINTS["lstm_forward(activation_impl=)"] = (b_lstm_flavour, rnn.lstm_forward)
 
 
 # ---------------------------------------------------------------------------------- mutations
@@ -421,7 +728,7 @@ def m_type(rng, kw, build):
 
 
 def m_int(rng, kw, build):
-    keys = [k for k, v in kw.items() if k in ("stride", "padding", "kernel")]
+    keys = [k for k, v in kw.items() if k in ("stride", "padding", "kernel", "n_threads")]
     if not keys:
         return None, False
     k = keys[int(rng.integers(len(keys)))]
@@ -432,7 +739,7 @@ def m_int(rng, kw, build):
 def m_swap(rng, kw, build):
     """Another problem's saved state / dy / shape: a mismatched pair."""
     other, _ = build(rng)
-    keys = [k for k in kw if k in ("saved", "cache", "dy", "x_shape", "y", "out")]
+    keys = [k for k in kw if k in ("saved", "cache", "dy", "dp", "x_shape", "y", "out")]
     if not keys:
         return None, False
     k = keys[int(rng.integers(len(keys)))]

@@ -556,6 +556,93 @@ def test_activation_out_and_threads(rng):
         approx.gelu_backward(dy, x, out=np.empty(2 * BIG, np.float32)[::2])
 
 
+def test_out_partly_overlapping_an_input_is_refused(rng):
+    """out= may be an input itself (in place) but not a shifted view of it: the kernels would read
+    elements they already wrote (tanh(buf[:-1], out=buf[1:]) changed 6248 of 10^5 values)."""
+    buf = rng.uniform(-3, 3, BIG + 8).astype(np.float32)
+    bits = buf.view(np.uint16)
+    calls = {"tanh": lambda: approx.tanh(buf[:-1], "fast", out=buf[1:]),
+             "swish": lambda: approx.swish(buf[1:], out=buf[:-1]),
+             "gelu_backward": lambda: approx.gelu_backward(buf[:-8], buf[8:], out=buf[4:-4]),
+             "tanh_backward": lambda: approx.tanh_backward(buf[8:], buf[:-8], out=buf[4:-4]),
+             "ktanh": lambda: approx.ktanh(bits[:-1], out=bits[1:]),
+             "softmax": lambda: approx.softmax(buf[:4000].reshape(4, 1000), "taylor:4",
+                                               out=buf[1000:5000].reshape(4, 1000))}
+    before = buf.copy()
+    for fn, refused in calls.items():
+        with pytest.raises(ValueError, match=rf"{fn}: out partly overlaps"):
+            refused()
+    assert np.array_equal(buf, before, equal_nan=True), "a refused call wrote to out"
+    # in place stays allowed and exact, element-wise and by rows, on two threads
+    x = rng.uniform(-5, 5, BIG).astype(np.float32)
+    for op in OPS:
+        want, y = call(op, x, "ktanh", None), x.copy()
+        assert call(op, y, "ktanh", None, out=y, n_threads=2) is y and np.array_equal(y, want)
+    d = rng.uniform(-1, 1, BIG).astype(np.float32)
+    want, y = approx.gelu_backward(d, x, "fast"), d.copy()
+    assert np.array_equal(approx.gelu_backward(y, x, "fast", out=y), want)
+    z = rng.standard_normal((40, 1000)).astype(np.float32)
+    want, zz = approx.softmax(z, "taylor:6"), z.copy()
+    assert np.array_equal(approx.softmax(zz, "taylor:6", out=zz, n_threads=2), want)
+    b = random_bits(rng, BIG)
+    want, bb = approx.ktanh(b), b.copy()
+    assert np.array_equal(approx.ktanh(bb, out=bb), want)
+
+
+def test_impossible_sizes_are_refused_before_allocating():
+    """A 2^40-element np.broadcast_to view costs nothing to make; converting it (or allocating the
+    result) used to end in numpy's MemoryError.  Now: a ValueError naming the function and size."""
+    huge = np.broadcast_to(np.float32(1), (1 << 40,))
+    rows = np.broadcast_to(np.float32(1), (1 << 20, 1 << 20))
+    calls = [("tanh", lambda: approx.tanh(huge)), ("gelu", lambda: approx.gelu(np.broadcast_to(1.0, (1 << 40,)))),
+             ("ktanh", lambda: approx.ktanh(huge)),
+             ("ktanh", lambda: approx.ktanh(np.broadcast_to(np.uint16(0x3F00), (1 << 40,)))),
+             ("gelu_backward", lambda: approx.gelu_backward(huge, huge)),
+             ("softmax", lambda: approx.softmax(rows)), ("softmax_backward", lambda: approx.softmax_backward(rows, rows))]
+    for fn, huge_call in calls:
+        with pytest.raises(ValueError, match=rf"^{fn}: .*shape \(.*would need .* GiB, more than this machine"):
+            huge_call()
+
+
+def test_threads_and_isa_errors_name_the_function():
+    x = np.zeros((2, 3), np.float32)
+    calls = {"tanh": lambda **kw: approx.tanh(x, **kw), "ktanh": lambda **kw: approx.ktanh(x, **kw),
+             "gelu_backward": lambda **kw: approx.gelu_backward(x, x, **kw),
+             "softmax": lambda **kw: approx.softmax(x, **kw), "softmax_backward": lambda **kw: approx.softmax_backward(x, x, **kw)}
+    for fn, f in calls.items():
+        for bad, exc in [(0, ValueError), (-1, ValueError), (10**9, ValueError), (True, TypeError), (2.5, TypeError)]:
+            with pytest.raises(exc, match=rf"^{fn}: n_threads"):
+                f(n_threads=bad)
+        for bad in ("avx9", 3):
+            with pytest.raises(ValueError, match=rf"^{fn}: isa="):
+                f(isa=bad)
+
+
+def test_beta_must_stay_finite_in_float32():
+    """The kernels take a float beta: 1e39 became inf there, swish(0) = 0 * sigmoid(inf * 0) NaN and
+    every swish_backward NaN, where the float64 twin gives 0 and finite gradients."""
+    x = np.linspace(-3, 3, 11).astype(np.float32)
+    for bad in (1e39, -1e39, 10**400, np.float64(3.5e38)):
+        for f in (lambda b: approx.swish(x, b), lambda b: approx.swish_backward(x, x, b)):
+            with pytest.raises(ValueError, match=r"beta must be a finite number with \|beta\| <= 3\.40282e\+38"):
+                f(bad)
+    assert np.isfinite(approx.swish(x, 3e38)).all()
+
+
+def test_bench_act_checks_every_option_with_accuracy():
+    """`dlcpu bench act --accuracy` used to run the accuracy tables and ignore bad --sizes,
+    --softmax, --layers, --threads and --compare values; now they are exit 2 first."""
+    import subprocess
+    import sys
+
+    for args, needle in [(["--sizes", "abc"], "'--sizes'"), (["--softmax", "4096"], "'--softmax'"),
+                         (["--layers", "nosuchrow"], "'--layers'"), (["--threads", "0"], "'--threads'"),
+                         (["--compare", "jax"], "'--compare'")]:
+        res = subprocess.run([sys.executable, "-m", "dlcpu", "bench", "act", "--accuracy", *args], cwd="/",
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr, (args, res.stderr)
+
+
 # ============================================================================ against PyTorch
 @needs_torch
 @pytest.mark.parametrize("isa", ISAS)

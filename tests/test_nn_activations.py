@@ -122,3 +122,28 @@ def test_nonfinite_inputs_follow_the_twins():
         assert np.signbit(y[0, 4]) and y[0, 3] == 0.0
         s = nn.Sigmoid(impl)(x)
         assert np.isnan(s[0, 0]) and s[0, 1] == 1.0 and s[0, 2] == 0.0 and s[0, 3] == 0.5
+
+
+def test_zero_dim_input_keeps_its_shape():
+    """A 0-d input gave a (1,) output (np.ascontiguousarray makes 0-d arrays 1-d), unlike
+    dlcpu.approx and NumPy; backward likewise."""
+    for name, (make, _) in LAYERS.items():
+        layer = make("fast")
+        y = layer(np.float32(0.5))
+        assert y.shape == () and layer(0.5).shape == (), name
+        assert layer.backward(np.float32(1.0)).shape == (), name
+
+
+def test_swish_beta_must_stay_finite_in_float32():
+    """nn.Swish(1e39) was accepted: the kernels' float beta is then inf (NaN outputs and gradients)."""
+    for bad in (1e39, -1e39):
+        with pytest.raises(ValueError, match=r"Swish: beta must be a finite number with \|beta\| <= 3\.4"):
+            nn.Swish(bad)
+    assert nn.Swish(-3e38).beta == -3e38
+
+
+def test_impossible_input_size_is_refused():
+    huge = np.broadcast_to(np.float32(1), (1 << 40,))
+    for name, (make, _) in LAYERS.items():
+        with pytest.raises(ValueError, match=rf"^{name}: input of shape \(1099511627776,\).*would need"):
+            make("exact")(huge)

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import cpu
 from .._ext import approx as _approx
+from .._validate import fits_in_memory
 from .kinds import TAYLOR_ORDERS, parse_loss_kind
 from .ktanh_table import PUBLISHED_TABLE, KTanhTable
 
@@ -86,15 +87,30 @@ def parse_softmax_kind(kind, fn="softmax"):
     return spec.name, spec.order
 
 
-def _float_input(x, fn, name="x"):
-    """x as a C-contiguous float32 array (float inputs converted), or a TypeError naming the dtype."""
+def _fits(a, buffers, itemsize, fn, name):
+    """Refuse (ValueError) a call whose `buffers` arrays of a's size (its contiguous copy, the
+    result, temporaries) could never fit in this machine's memory, before anything is allocated:
+    a huge np.broadcast_to view would otherwise end in numpy's MemoryError.  (Below 1 GiB the
+    question is skipped: asking the OS costs 0.6 us, 10% of a small call.)"""
+    n_bytes = buffers * itemsize * a.size
+    if n_bytes > 1 << 30:
+        fits_in_memory(n_bytes, f"{name} of shape {a.shape} ({buffers} buffers of its size)", fn)
+
+
+def _float_input(x, fn, name="x", buffers=2):
+    """x as a C-contiguous float32 array (float inputs converted), or a TypeError naming the dtype.
+    buffers: how many float32 arrays of x's size the call holds at once (input, result, ...)."""
     a = np.asarray(x)
     if a.dtype.kind != "f":
         raise TypeError(f"{fn}: {name} must be a floating-point array, got dtype {a.dtype} with shape {a.shape}")
+    _fits(a, buffers, 4, fn, name)
     return np.asarray(a, dtype=np.float32, order="C")      # (ascontiguousarray would make 0-d 1-d)
 
 
-def _output(out, shape, dtype, fn):
+def _output(out, shape, dtype, fn, inputs=()):
+    """The result array: a new one, or `out` checked.  `out` may be one of `inputs` itself (the
+    kernels are element-wise, or read a row before writing it) but must not partly overlap one:
+    they would read values they already overwrote."""
     if out is None:
         return np.empty(shape, dtype)
     if not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != shape or not out.flags.c_contiguous:
@@ -103,11 +119,17 @@ def _output(out, shape, dtype, fn):
         raise ValueError(f"{fn}: out must be a C-contiguous {np.dtype(dtype)} array of shape {shape}, got {got}")
     if not out.flags.writeable:
         raise ValueError(f"{fn}: out is read-only")
+    for name, a in inputs:   # (all C-contiguous, of out's shape and item size: same start = same memory)
+        if np.may_share_memory(out, a) and out.ctypes.data != a.ctypes.data:
+            raise ValueError(f"{fn}: out partly overlaps {name}; pass {name} itself (in place) or a separate buffer")
     return out
 
 
-def _run_args(n_threads, isa):
-    return cpu.isa_code(isa), cpu.resolve_threads(n_threads)
+def _run_args(n_threads, isa, fn):
+    try:
+        return cpu.isa_code(isa), cpu.resolve_threads(n_threads)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{fn}: {exc}") from None
 
 
 def _table_words(table, fn):
@@ -147,17 +169,18 @@ def ktanh(x, *, table=None, out=None, n_threads=None, isa=None):
         raise TypeError(f"ktanh: x must be uint16 bf16 bit patterns, ml_dtypes.bfloat16 or float32, got dtype "
                         f"{a.dtype} with shape {a.shape} (convert other floats to float32 first)")
     words = _default_words() if table is None else _table_words(table, fn)
-    isa_code, threads = _run_args(n_threads, isa)
+    isa_code, threads = _run_args(n_threads, isa, fn)
+    _fits(a, 2, a.dtype.itemsize, fn, "x")
     if bf16:
         bits = np.asarray(a, order="C").view(np.uint16)
         y = _output(None if out is None else out.view(np.uint16) if isinstance(out, np.ndarray)
-                    and out.dtype == a.dtype else out, a.shape, np.uint16, fn)
+                    and out.dtype == a.dtype else out, a.shape, np.uint16, fn, [("x", bits)])
         _approx.ktanh_bf16(isa_code, threads, bits.reshape(-1), y.reshape(-1), *words)
         if out is not None:
             return out
         return y.view(a.dtype) if a.dtype != np.uint16 else y
     a = np.asarray(a, order="C")
-    y = _output(out, a.shape, np.float32, fn)
+    y = _output(out, a.shape, np.float32, fn, [("x", a)])
     _approx.activation_f32(isa_code, threads, _approx.OPS["tanh"], 0, _approx.IMPLS["ktanh"], a.reshape(-1),
                            _EMPTY, y.reshape(-1), 1.0, *words)
     return y
@@ -166,9 +189,18 @@ def ktanh(x, *, table=None, out=None, n_threads=None, isa=None):
 _EMPTY = np.empty(0, np.float32)
 
 
+_FLT_MAX = float(np.finfo(np.float32).max)
+
+
 def _check_beta(beta, fn):
-    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating, np.integer)) or not math.isfinite(beta):
-        raise ValueError(f"{fn}: beta must be a finite number, got {beta!r}")
+    """A finite number that stays finite in float32 (the kernels take a float beta: 1e39 would be inf)."""
+    try:
+        ok = (not isinstance(beta, bool) and isinstance(beta, (int, float, np.floating, np.integer))
+              and abs(float(beta)) <= _FLT_MAX)
+    except OverflowError:      # an int too large for a float
+        ok = False
+    if not ok:
+        raise ValueError(f"{fn}: beta must be a finite number with |beta| <= {_FLT_MAX:.6g} (float32), got {beta!r}")
     return float(beta)
 
 
@@ -177,8 +209,8 @@ def _forward(op, x, impl, beta, out, n_threads, isa):
     code = _approx.IMPLS[check_impl(impl, fn)]
     beta = _check_beta(beta, fn)
     a = _float_input(x, fn)
-    isa_code, threads = _run_args(n_threads, isa)
-    y = _output(out, a.shape, np.float32, fn)
+    isa_code, threads = _run_args(n_threads, isa, fn)
+    y = _output(out, a.shape, np.float32, fn, [("x", a)])
     _approx.activation_f32(isa_code, threads, _approx.OPS[op], 0, code, a.reshape(-1), _EMPTY, y.reshape(-1), beta,
                            *_default_words())
     return y
@@ -188,13 +220,13 @@ def _backward(op, dy, saved, saved_name, impl, beta, out, n_threads, isa):
     fn = f"{op}_backward"
     code = _approx.IMPLS[check_impl(impl, fn)]
     beta = _check_beta(beta, fn)
-    d = _float_input(dy, fn, "dy")
-    s = _float_input(saved, fn, saved_name)
+    d = _float_input(dy, fn, "dy", buffers=3)
+    s = _float_input(saved, fn, saved_name, buffers=3)
     if d.shape != s.shape:
         raise ValueError(f"{fn}: dy must have the shape of the forward's {saved_name}, got dy {d.shape} and "
                          f"{saved_name} {s.shape}")
-    isa_code, threads = _run_args(n_threads, isa)
-    dx = _output(out, d.shape, np.float32, fn)
+    isa_code, threads = _run_args(n_threads, isa, fn)
+    dx = _output(out, d.shape, np.float32, fn, [("dy", d), (saved_name, s)])
     _approx.activation_f32(isa_code, threads, _approx.OPS[op], 1, code, s.reshape(-1), d.reshape(-1), dx.reshape(-1),
                            beta, *_default_words())
     return dx
@@ -242,8 +274,8 @@ def gelu_backward(dy, x, impl="exact", *, out=None, n_threads=None, isa=None):
     return _backward("gelu", dy, x, "x", impl, 1.0, out, n_threads, isa)
 
 
-def _rows(z, fn, name="z"):
-    a = _float_input(z, fn, name)
+def _rows(z, fn, name="z", buffers=2):
+    a = _float_input(z, fn, name, buffers)
     if a.ndim == 0:
         raise ValueError(f"{fn}: {name} must have at least one axis (the classes), got a scalar")
     return a, a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
@@ -255,8 +287,8 @@ def softmax(z, kind="softmax", *, out=None, n_threads=None, isa=None):
     fn = "softmax"
     name, order = parse_softmax_kind(kind, fn)
     a, z2 = _rows(z, fn)
-    isa_code, threads = _run_args(n_threads, isa)
-    p = _output(out, a.shape, np.float32, fn)
+    isa_code, threads = _run_args(n_threads, isa, fn)
+    p = _output(out, a.shape, np.float32, fn, [("z", a)])
     _approx.softmax_rows_f32(isa_code, threads, _approx.SOFTMAX_KINDS[name], order or 0, z2, p.reshape(z2.shape))
     return p
 
@@ -269,6 +301,10 @@ def _taylor(z, n):
     return f
 
 
+#: float32 arrays of z's size softmax_backward holds at its peak (z, dp, p and the temporaries)
+_BACKWARD_BUFFERS = 8
+
+
 def softmax_backward(dp, z, kind="softmax", gradient="exact", *, n_threads=None, isa=None):
     """dL/dz from dL/dp for p = softmax(z, kind), along the last axis.
 
@@ -278,10 +314,11 @@ def softmax_backward(dp, z, kind="softmax", gradient="exact", *, n_threads=None,
     are the same."""
     fn = "softmax_backward"
     name, order = parse_softmax_kind(kind, fn)
-    if gradient not in ("exact", "softmax"):
+    if not isinstance(gradient, str) or gradient not in ("exact", "softmax"):
         raise ValueError(f"{fn}: gradient must be 'exact' or 'softmax', got {gradient!r}")
-    a, z2 = _rows(z, fn)
-    d = _float_input(dp, fn, "dp")
+    _run_args(n_threads, isa, fn)
+    a, z2 = _rows(z, fn, buffers=_BACKWARD_BUFFERS)
+    d = _float_input(dp, fn, "dp", buffers=_BACKWARD_BUFFERS)
     if d.shape != a.shape:
         raise ValueError(f"{fn}: dp must have the shape of z, got dp {d.shape} and z {a.shape}")
     d2 = d.reshape(z2.shape)

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .. import approx
+from .. import _validate, approx
 from ..layout import CB, BlockedTensor
 from .module import Module, check_float, register
 
@@ -29,7 +29,9 @@ def _data(x, layer, what="input"):
     if a.dtype.kind != "f":
         raise TypeError(f"{layer}: {what} must be a float array or an activation BlockedTensor, got dtype {a.dtype} "
                         f"with shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float32), (lambda r: r)
+    if a.size > 1 << 27:   # (over 1 GiB with the result: a huge broadcast view would end in a MemoryError)
+        _validate.fits_in_memory(8 * a.size, f"{what} of shape {a.shape} (its float32 copy and the result)", layer)
+    return np.asarray(a, dtype=np.float32, order="C"), (lambda r: r)   # (ascontiguousarray makes 0-d 1-d)
 
 
 def _kind(x):
@@ -101,7 +103,7 @@ class Swish(_Activation):
 
     def __init__(self, beta=1.0, activation_impl="exact"):
         super().__init__(activation_impl)
-        self.beta = check_float(self.name, "beta", beta, -math.inf)
+        self.beta = approx._check_beta(check_float(self.name, "beta", beta, -math.inf), self.name)
         self.args["beta"] = self.beta
 
     def _call(self, a):

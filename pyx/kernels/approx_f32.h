@@ -407,6 +407,24 @@ dlcpu_sigmoid_impl_avx512(__m512 x, int impl, dlcpu_ktanh_regs_t k)
         }                                                                                    \
     } while (0)
 
+/* Backward passes take their derivative at x clamped to +-limit (NaN kept): past it the functions
+ * are flat to float precision, and the clamp keeps x^2 and beta x finite, where 0 * inf would
+ * otherwise give NaN (GELU at |x| >= 1.9e19, swish when beta x overflows). */
+#define DLCPU_GELU_FLAT 10.0f      /* |u| = 43 there: every flavour's tanh is +-1 */
+#define DLCPU_SWISH_FLAT 100.0f    /* sigmoid is 1 or below 4e-44 there */
+
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 __m512 dlcpu_clamp_avx512(__m512 x, float limit)
+{
+    const __mmask16 big = _mm512_cmp_ps_mask(_mm512_abs_ps(x), _mm512_set1_ps(limit), _CMP_GT_OQ);
+    const __m512i sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u));
+    return _mm512_mask_mov_ps(x, big, _mm512_castsi512_ps(_mm512_or_si512(sign, _mm512_castps_si512(_mm512_set1_ps(limit)))));
+}
+
+static inline float dlcpu_clamp1(float x, float limit)
+{
+    return fabsf(x) > limit ? copysignf(limit, x) : x;
+}
+
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
 dlcpu_act_avx512_impl(int op, int backward, const int impl, const float *x, const float *dy, float *y,
                       int64_t n, float beta, dlcpu_ktanh_regs_t k)
@@ -432,7 +450,7 @@ dlcpu_act_avx512_impl(int op, int backward, const int impl, const float *x, cons
         break;
     case DLCPU_OP_SWISH * 2 + 1: {      /* s + beta x s (1 - s), s = sigmoid(beta x) */
 #define DLCPU_SWISH_GRAD(V)                                                                  \
-        ({ const __m512 bx = _mm512_mul_ps(b, V);                                            \
+        ({ const __m512 bx = dlcpu_clamp_avx512(_mm512_mul_ps(b, V), DLCPU_SWISH_FLAT);      \
            const __m512 s = dlcpu_sigmoid_impl_avx512(bx, impl, k);                          \
            _mm512_mul_ps(s, _mm512_fmadd_ps(bx, _mm512_sub_ps(one, s), one)); })
         DLCPU_MAP_AVX512(_mm512_mul_ps(d, DLCPU_SWISH_GRAD(v)));
@@ -447,10 +465,11 @@ dlcpu_act_avx512_impl(int op, int backward, const int impl, const float *x, cons
         break;
     case DLCPU_OP_GELU * 2 + 1:         /* (1 + t)/2 + x/2 (1 - t^2) (c0 + 3 c1 x^2) */
         DLCPU_MAP_AVX512(({
-            const __m512 x2 = _mm512_mul_ps(v, v);
-            const __m512 t = dlcpu_tanh_impl_avx512(_mm512_mul_ps(v, _mm512_fmadd_ps(c1, x2, c0)), impl, k);
+            const __m512 xc = dlcpu_clamp_avx512(v, DLCPU_GELU_FLAT);
+            const __m512 x2 = _mm512_mul_ps(xc, xc);
+            const __m512 t = dlcpu_tanh_impl_avx512(_mm512_mul_ps(xc, _mm512_fmadd_ps(c1, x2, c0)), impl, k);
             const __m512 du = _mm512_fmadd_ps(c3, x2, c0);
-            const __m512 g = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_mul_ps(h, v), _mm512_fnmadd_ps(t, t, one)), du,
+            const __m512 g = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_mul_ps(h, xc), _mm512_fnmadd_ps(t, t, one)), du,
                                              _mm512_fmadd_ps(h, t, h));
             _mm512_mul_ps(d, g); }));
         break;
@@ -479,7 +498,7 @@ static inline float dlcpu_act1(int op, int backward, int impl, float v, float d,
     case DLCPU_OP_SIGMOID * 2 + 1: return d * (v * (1.0f - v));
     case DLCPU_OP_SWISH * 2: return v * dlcpu_sigmoid_scalar1(beta * v, impl, base, shift);
     case DLCPU_OP_SWISH * 2 + 1: {
-        const float bx = beta * v, s = dlcpu_sigmoid_scalar1(bx, impl, base, shift);
+        const float bx = dlcpu_clamp1(beta * v, DLCPU_SWISH_FLAT), s = dlcpu_sigmoid_scalar1(bx, impl, base, shift);
         return d * (s * fmaf(bx, 1.0f - s, 1.0f));
     }
     case DLCPU_OP_GELU * 2: {
@@ -487,10 +506,10 @@ static inline float dlcpu_act1(int op, int backward, int impl, float v, float d,
         return fmaf(hx, dlcpu_tanh_scalar1(v * fmaf(DLCPU_GELU_C1, v * v, DLCPU_GELU_C0), impl, base, shift), hx);
     }
     default: {
-        const float x2 = v * v;
-        const float t = dlcpu_tanh_scalar1(v * fmaf(DLCPU_GELU_C1, x2, DLCPU_GELU_C0), impl, base, shift);
+        const float xc = dlcpu_clamp1(v, DLCPU_GELU_FLAT), x2 = xc * xc;
+        const float t = dlcpu_tanh_scalar1(xc * fmaf(DLCPU_GELU_C1, x2, DLCPU_GELU_C0), impl, base, shift);
         const float du = fmaf(3.0f * DLCPU_GELU_C1, x2, DLCPU_GELU_C0);
-        return d * fmaf((0.5f * v) * (1.0f - t * t), du, fmaf(0.5f, t, 0.5f));
+        return d * fmaf((0.5f * xc) * (1.0f - t * t), du, fmaf(0.5f, t, 0.5f));
     }
     }
 }
@@ -577,6 +596,12 @@ static void dlcpu_softmax_rows_scalar(int kind, int order, const float *z, float
     }
 }
 
+#define DLCPU_FLUSH_ROW_SUM(j)                                                                   \
+    if (((j) & 1023) == 1008) {                                                                  \
+        sum += _mm512_reduce_add_ps(acc);                                                        \
+        acc = _mm512_setzero_ps();                                                               \
+    }
+
 static DLCPU_TARGET_AVX512 void dlcpu_softmax_rows_avx512(int kind, int order, const float *z, float *p,
                                                          int64_t rows, int64_t cols)
 {
@@ -585,7 +610,10 @@ static DLCPU_TARGET_AVX512 void dlcpu_softmax_rows_avx512(int kind, int order, c
     for (int64_t r = 0; r < rows; r++) {
         const float *zr = z + r * cols;
         float *pr = p + r * cols;
+        /* the row sum: float lanes over blocks of 1024 columns, the blocks added in double (a
+         * float accumulator alone was off by 3e-3 at 2^22 classes) */
         __m512 acc = _mm512_setzero_ps();
+        double sum = 0.0;
         if (kind == DLCPU_SOFTMAX_TAYLOR) {
             for (int64_t j = 0; j < cols; j += 16) {
                 const __mmask16 lanes = j + 16 <= cols ? 0xFFFF : (__mmask16)((1u << (cols - j)) - 1);
@@ -594,6 +622,7 @@ static DLCPU_TARGET_AVX512 void dlcpu_softmax_rows_avx512(int kind, int order, c
                 for (int k = order - 1; k >= 0; k--) f = _mm512_fmadd_ps(f, v, _mm512_set1_ps(c[k]));
                 acc = _mm512_mask_add_ps(acc, lanes, acc, f);
                 _mm512_mask_storeu_ps(pr + j, lanes, f);
+                DLCPU_FLUSH_ROW_SUM(j);
             }
         } else {
             /* vmaxps drops NaN and the exp clamp would turn inf - inf into a number: a row with a
@@ -618,9 +647,11 @@ static DLCPU_TARGET_AVX512 void dlcpu_softmax_rows_avx512(int kind, int order, c
                 const __m512 e = dlcpu_exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, zr + j), m));
                 acc = _mm512_mask_add_ps(acc, lanes, acc, e);
                 _mm512_mask_storeu_ps(pr + j, lanes, e);
+                DLCPU_FLUSH_ROW_SUM(j);
             }
         }
-        const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(acc));
+        sum += _mm512_reduce_add_ps(acc);
+        const __m512 inv = _mm512_set1_ps((float)(1.0 / sum));
         for (int64_t j = 0; j < cols; j += 16) {
             const __mmask16 lanes = j + 16 <= cols ? 0xFFFF : (__mmask16)((1u << (cols - j)) - 1);
             _mm512_mask_storeu_ps(pr + j, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, pr + j), inv));
