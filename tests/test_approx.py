@@ -1009,3 +1009,24 @@ def test_cell_unknown_activation_impl(cell, rng):
             cell_forward(cell, args, activation_impl=bad)
     with pytest.raises(ValueError, match="impl must be one of"):
         ref.lstm_forward(*cell_problem(rng, "lstm", 2, 3, 4, 5), impl="bogus")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("impl", ["exact", "fast", "ktanh"])
+def test_backward_flat_beyond_overflow(isa, impl):
+    """x^2 and beta x overflowing float32 must not give 0 * inf = NaN in the derivative."""
+    one = np.ones(4, np.float32)
+    x = np.array([2e19, -2e19, 3.4e38, -3.4e38], np.float32)
+    np.testing.assert_array_equal(approx.gelu_backward(one, x, impl, isa=isa), [1, 0, 1, 0])
+    np.testing.assert_array_equal(approx.swish_backward(one, x, 2.0, impl, isa=isa), [1, 0, 1, 0])
+    np.testing.assert_array_equal(approx.swish_backward(one[:2], np.array([3, -3], np.float32), 3e38, impl, isa=isa),
+                                  [1, 0])
+    assert np.isnan(approx.gelu_backward(one[:1], np.array([np.nan], np.float32), impl, isa=isa)[0])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kind", ["softmax", "taylor:4"])
+def test_wide_rows_sum_to_one(isa, kind):
+    """The row sum is accumulated in double per block: a float accumulator was 3e-3 off at 2^22."""
+    p = approx.softmax(np.full((1, 1 << 22), 0.5, np.float32), kind, isa=isa)
+    assert abs(float(p[0, 0]) * (1 << 22) - 1.0) < 1e-5
