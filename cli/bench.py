@@ -455,7 +455,7 @@ def bench_act(
             bar.advance(task)
             for g in grid:
                 bar.update(task, description=f"lstm {g.name} ({n_threads}T)")
-                result["lstm"].append(benchmarks.bench_lstm_flavours(g, n_threads, repeats=max(3, repeats // 2)))
+                result["lstm"].append(benchmarks.bench_lstm_flavours(g, n_threads, repeats=repeats))
                 bar.advance(task)
     if as_json:
         emit_json(result)

@@ -44,38 +44,50 @@ cdef inline int64_t chunk_size(int64_t n, int n_threads) noexcept nogil:
     return max(c, min_chunk)
 
 
-def ktanh_bf16(int isa, int n_threads, const uint16_t[::1] x, uint16_t[::1] y,
-               const uint16_t[::1] base, const uint16_t[::1] shift):
-    """y = K-TanH(x) on bf16 bit patterns."""
+cdef inline const uint16_t *table_or(object words, const uint16_t *published) except? NULL:
+    """A table's 32 words (a C-contiguous uint16 array), or the compiled published table for None
+    (no buffer to acquire: a quarter microsecond of a small call each)."""
+    cdef const uint16_t[::1] w
+    if words is None:
+        return published
+    w = words
+    return &w[0]
+
+
+def ktanh_bf16(int isa, int n_threads, const uint16_t[::1] x, uint16_t[::1] y, base=None, shift=None):
+    """y = K-TanH(x) on bf16 bit patterns; base/shift: a table's words (None: the published one)."""
     cdef int64_t n = x.shape[0], c = chunk_size(n, n_threads), chunks = (n + c - 1) // c, i, lo
+    cdef const uint16_t *b = table_or(base, dlcpu_ktanh_published_base)
+    cdef const uint16_t *s = table_or(shift, dlcpu_ktanh_published_shift)
     if n == 0:
         return
     if chunks == 1:                    # no parallel region for one chunk (about 1 us saved)
         with nogil:
-            dlcpu_ktanh_bf16(isa, &x[0], &y[0], n, &base[0], &shift[0])
+            dlcpu_ktanh_bf16(isa, &x[0], &y[0], n, b, s)
         return
     for i in prange(chunks, nogil=True, num_threads=n_threads, schedule='static'):
         lo = i * c
-        dlcpu_ktanh_bf16(isa, &x[lo], &y[lo], min(c, n - lo), &base[0], &shift[0])
+        dlcpu_ktanh_bf16(isa, &x[lo], &y[lo], min(c, n - lo), b, s)
 
 
 def activation_f32(int isa, int n_threads, int op, int backward, int impl, const float[::1] x,
-                   const float[::1] dy, float[::1] y, float beta, const uint16_t[::1] base,
-                   const uint16_t[::1] shift):
+                   const float[::1] dy, float[::1] y, float beta, base=None, shift=None):
     """Forward (dy empty): y = op(x); backward: y = dy * op'(.), x holding what the op's backward
     reads (the forward output for tanh and sigmoid, the input for swish and GELU)."""
     cdef int64_t n = x.shape[0], c = chunk_size(n, n_threads), chunks = (n + c - 1) // c, i, lo
     cdef const float *d = &dy[0] if backward else NULL
+    cdef const uint16_t *b = table_or(base, dlcpu_ktanh_published_base)
+    cdef const uint16_t *s = table_or(shift, dlcpu_ktanh_published_shift)
     if n == 0:
         return
     if chunks == 1:
         with nogil:
-            dlcpu_act(isa, op, backward, impl, &x[0], d, &y[0], n, beta, &base[0], &shift[0])
+            dlcpu_act(isa, op, backward, impl, &x[0], d, &y[0], n, beta, b, s)
         return
     for i in prange(chunks, nogil=True, num_threads=n_threads, schedule='static'):
         lo = i * c
         dlcpu_act(isa, op, backward, impl, &x[lo], d + lo if d != NULL else NULL, &y[lo],
-                  min(c, n - lo), beta, &base[0], &shift[0])
+                  min(c, n - lo), beta, b, s)
 
 
 def softmax_rows_f32(int isa, int n_threads, int kind, int order, const float[:, ::1] z, float[:, ::1] p):

@@ -113,14 +113,15 @@ def _output(out, shape, dtype, fn, inputs=()):
     they would read values they already overwrote."""
     if out is None:
         return np.empty(shape, dtype)
-    if not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != shape or not out.flags.c_contiguous:
-        got = (f"{out.dtype} {out.shape}{'' if out.flags.c_contiguous else ' (not C-contiguous)'}"
-               if isinstance(out, np.ndarray) else type(out).__name__)
+    flags = out.flags if isinstance(out, np.ndarray) else None
+    if flags is None or out.dtype != dtype or out.shape != shape or not flags.c_contiguous:
+        got = (f"{out.dtype} {out.shape}{'' if flags.c_contiguous else ' (not C-contiguous)'}"
+               if flags is not None else type(out).__name__)
         raise ValueError(f"{fn}: out must be a C-contiguous {np.dtype(dtype)} array of shape {shape}, got {got}")
-    if not out.flags.writeable:
+    if not flags.writeable:
         raise ValueError(f"{fn}: out is read-only")
     for name, a in inputs:   # (all C-contiguous, of out's shape and item size: same start = same memory)
-        if np.may_share_memory(out, a) and out.ctypes.data != a.ctypes.data:
+        if out is not a and np.may_share_memory(out, a) and out.ctypes.data != a.ctypes.data:
             raise ValueError(f"{fn}: out partly overlaps {name}; pass {name} itself (in place) or a separate buffer")
     return out
 
@@ -144,16 +145,6 @@ def _table_words(table, fn):
     return np.ascontiguousarray(base, np.uint16), np.ascontiguousarray(shift, np.uint16)
 
 
-_PUBLISHED_WORDS = None
-
-
-def _default_words():
-    global _PUBLISHED_WORDS
-    if _PUBLISHED_WORDS is None:
-        _PUBLISHED_WORDS = _table_words(PUBLISHED_TABLE, "ktanh")
-    return _PUBLISHED_WORDS
-
-
 def ktanh(x, *, table=None, out=None, n_threads=None, isa=None):
     """K-TanH of an array of bf16 bit patterns (uint16, or ml_dtypes.bfloat16) or of float32.
 
@@ -168,7 +159,7 @@ def ktanh(x, *, table=None, out=None, n_threads=None, isa=None):
     if not bf16 and a.dtype != np.float32:
         raise TypeError(f"ktanh: x must be uint16 bf16 bit patterns, ml_dtypes.bfloat16 or float32, got dtype "
                         f"{a.dtype} with shape {a.shape} (convert other floats to float32 first)")
-    words = _default_words() if table is None else _table_words(table, fn)
+    words = (None, None) if table is None else _table_words(table, fn)
     isa_code, threads = _run_args(n_threads, isa, fn)
     _fits(a, 2, a.dtype.itemsize, fn, "x")
     if bf16:
@@ -212,7 +203,7 @@ def _forward(op, x, impl, beta, out, n_threads, isa):
     isa_code, threads = _run_args(n_threads, isa, fn)
     y = _output(out, a.shape, np.float32, fn, [("x", a)])
     _approx.activation_f32(isa_code, threads, _approx.OPS[op], 0, code, a.reshape(-1), _EMPTY, y.reshape(-1), beta,
-                           *_default_words())
+                           None, None)
     return y
 
 
@@ -228,7 +219,7 @@ def _backward(op, dy, saved, saved_name, impl, beta, out, n_threads, isa):
     isa_code, threads = _run_args(n_threads, isa, fn)
     dx = _output(out, d.shape, np.float32, fn, [("dy", d), (saved_name, s)])
     _approx.activation_f32(isa_code, threads, _approx.OPS[op], 1, code, s.reshape(-1), d.reshape(-1), dx.reshape(-1),
-                           beta, *_default_words())
+                           beta, None, None)
     return dx
 
 
