@@ -524,5 +524,6 @@ def _act_accuracy(as_json):
                   f"{r.fp32_points:,}")
     out.print(t)
     out.print("bf16 inputs: every finite bf16 value; fp32 sample: every 217th fp32 bit pattern in [0, 9] and the "
-              "negatives (every binade represented).  swish has beta = 1; GELU is the tanh form.",
+              "negatives (every binade represented), max over all of them, mean over |x| >= 0.25.  swish has "
+              "beta = 1; GELU is the tanh form.",
               highlight=False, soft_wrap=True)

@@ -33,7 +33,7 @@ from ._plans import Plan
 from ._validate import positive_int
 from ._workspace import scratch
 from .approx import IMPLS as ACTIVATION_IMPLS
-from .approx import check_impl
+from .approx import check_impl, impl_code
 from .gemm import PackedMatrix, matmul, pack_matmul_operand
 from .layout import CB
 
@@ -77,7 +77,7 @@ def choose_recurrent_tiles(cell, T, N, Kb, isa, n_threads, activation_impl="exac
            (f"items: {fwd_items} forward, {Kb * n_tiles} gate-gradient and {pairs * n_tiles} recurrent-product "
            "backward items per step, one barrier each")]
     return RecurrentPlan(why, cell=_rnn.CELLS[cell], gates=_GATES[cell], isa=isa_code, n_threads=n_threads,
-                         act=ACTIVATION_IMPLS.index(activation_impl), T=T, N=N,
+                         act=impl_code(activation_impl), T=T, N=N,
                          Kb=Kb, rows=rows, n_tiles=n_tiles, fwd_items=fwd_items, gate_items=Kb * n_tiles,
                          pair_items=pairs * n_tiles)
 

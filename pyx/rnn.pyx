@@ -31,6 +31,7 @@ cdef extern from "rnn_f32.h" nogil:
     ctypedef struct dlcpu_act_table_t:
         pass
     dlcpu_act_table_t dlcpu_act_table(int isa, int impl)
+    int DLCPU_ACT_EXACT, DLCPU_ACT_FAST, DLCPU_ACT_KTANH
     void dlcpu_lstm_fwd_tile(float *gates, int64_t gate_stride, int64_t ldg, const float *c_prev,
                              float *c, float *h, int64_t rows, const dlcpu_act_table_t *act)
     void dlcpu_lstm_bwd_tile(const float *gates, int64_t gate_stride, int64_t ldg,
@@ -63,7 +64,7 @@ cdef class RecurrentPlanStruct:
         self.c = fields
         if self.c.cell not in CELLS.values():
             raise ValueError(f"recurrent plan: unknown cell code {self.c.cell}")
-        if not 0 <= self.c.act <= 2:
+        if self.c.act not in (DLCPU_ACT_EXACT, DLCPU_ACT_FAST, DLCPU_ACT_KTANH):
             raise ValueError(f"recurrent plan: unknown activation flavour code {self.c.act}")
         require_tiles("recurrent", self.c.isa, 2, 1, self.c.rows)
 

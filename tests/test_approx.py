@@ -1030,3 +1030,12 @@ def test_wide_rows_sum_to_one(isa, kind):
     """The row sum is accumulated in double per block: a float accumulator was 3e-3 off at 2^22."""
     p = approx.softmax(np.full((1, 1 << 22), 0.5, np.float32), kind, isa=isa)
     assert abs(float(p[0, 0]) * (1 << 22) - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_exp_softmax_masked_logits_get_zero(isa):
+    """-inf (a masked class) and logits 100 below the row's maximum get exactly 0."""
+    z = np.array([[0.0, -np.inf, 1.0, -100.0, 2.0]], np.float32)
+    p = approx.softmax(z, isa=isa)
+    assert p[0, 1] == 0.0 and p[0, 3] == 0.0
+    np.testing.assert_allclose(p[0, [0, 2, 4]], ref.softmax(np.array([[0.0, 1.0, 2.0]]))[0], rtol=1e-6)

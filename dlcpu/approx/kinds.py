@@ -10,6 +10,8 @@ import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 #: the orders taylor kinds accept (the paper expands up to ten terms; odd orders are refused)
 TAYLOR_ORDERS = (2, 4, 6, 8, 10)
 _FORMS = "softmax, taylor:<n>, sm-softmax:<m> or sm-taylor:<n>:<m>"
@@ -81,3 +83,17 @@ def parse_loss_kind(kind):
     if name == "sm-softmax":
         return LossKind("sm-softmax", None, _margin(parts[0], kind))
     return LossKind("sm-taylor", _order(parts[0], kind), _margin(parts[1], kind))
+
+
+def taylor_terms(z, n):
+    """(f_n(z), f_{n-1}(z)) in float64, f_n(z) = sum_{k<=n} z^k/k!, summing the terms
+    t_k = t_{k-1} z / k (no max subtracted: Taylor softmax is not shift-invariant)."""
+    z = np.asarray(z, dtype=np.float64)
+    term = np.ones_like(z)
+    total = np.ones_like(z)
+    prev = total
+    for k in range(1, n + 1):
+        term = term * z / k
+        prev = total
+        total = total + term
+    return total, prev

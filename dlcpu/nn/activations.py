@@ -50,9 +50,22 @@ class _Activation(Module):
 
     def __init__(self, activation_impl="exact"):
         super().__init__()
-        self.activation_impl = approx.check_impl(activation_impl, self.name, "activation_impl")
-        self.args = {"activation_impl": activation_impl}
+        self.args = {}
+        self.activation_impl = activation_impl
         self._saved = None
+
+    @property
+    def activation_impl(self):
+        return self.args["activation_impl"]
+
+    @activation_impl.setter
+    def activation_impl(self, value):
+        """Checked, and kept in the configuration nn.save writes (a flavour changed after
+        construction, to fine-tune with another one, is what the saved model runs)."""
+        self.args["activation_impl"] = approx.check_impl(value, self.name, "activation_impl")
+
+    def describe(self):
+        return f"{self.name}(activation_impl={self.activation_impl})"
 
     def _call(self, a):
         return getattr(approx, self.op)(a, impl=self.activation_impl)
@@ -105,6 +118,9 @@ class Swish(_Activation):
         super().__init__(activation_impl)
         self.beta = approx._check_beta(check_float(self.name, "beta", beta, -math.inf), self.name)
         self.args["beta"] = self.beta
+
+    def describe(self):
+        return f"Swish(beta={self.beta:g}, activation_impl={self.activation_impl})"
 
     def _call(self, a):
         return approx.swish(a, self.beta, impl=self.activation_impl)

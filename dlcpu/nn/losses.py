@@ -21,7 +21,7 @@ is always defined.
 """
 import numpy as np
 
-from ..approx.kinds import TAYLOR_ORDERS, LossKind, parse_loss_kind  # noqa: F401  (re-exported by nn)
+from ..approx.kinds import TAYLOR_ORDERS, LossKind, parse_loss_kind, taylor_terms  # noqa: F401  (re-exported)
 
 #: the values of `gradient`
 GRADIENTS = ("exact", "softmax")
@@ -33,20 +33,6 @@ def check_gradient(gradient, fn="softmax_cross_entropy"):
         raise ValueError(f"{fn}: gradient must be 'exact' (the derivative of the loss) or 'softmax' (p - onehot, "
                          f"the Taylor series treated as exp), got {gradient!r}")
     return gradient
-
-
-def taylor_terms(z, n):
-    """(f_n(z), f_{n-1}(z)) in float64, f_n(z) = sum_{k<=n} z^k/k!, summing the terms
-    t_k = t_{k-1} z / k (no max subtracted: Taylor softmax is not shift-invariant)."""
-    z = np.asarray(z, dtype=np.float64)
-    term = np.ones_like(z)
-    total = np.ones_like(z)
-    prev = total
-    for k in range(1, n + 1):
-        term = term * z / k
-        prev = total
-        total = total + term
-    return total, prev
 
 
 def softmax_cross_entropy(logits, labels, kind="softmax", gradient="exact"):

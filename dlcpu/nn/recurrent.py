@@ -27,8 +27,7 @@ def _cell_ops(cell, nonlinearity, activation_impl="exact"):
     dw_hh, db_ih, db_hh).  The backward reads the activation implementation from the cache."""
     from .. import rnn
 
-    # the keyword only when it is not the default, so the exact path runs on any dlcpu.rnn
-    impl = {} if activation_impl == "exact" else {"activation_impl": activation_impl}
+    impl = {"activation_impl": activation_impl}
     if cell == "lstm":
         def fwd(x, w, train):
             y, (_h, _c), *cache = rnn.lstm_forward(x, weights=w, train=train, **impl)

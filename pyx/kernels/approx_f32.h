@@ -233,8 +233,9 @@ static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 __m512 dlcpu_si
 {
     const __m512 e = dlcpu_exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x));
     __m512 s = dlcpu_recip_avx512(_mm512_add_ps(_mm512_set1_ps(1.0f), e));
-    /* Below -88 the clamped exp leaves s at 6e-39 where the true value is smaller still; swish
-     * multiplies it by x (up to 3e38): give 0, as 1/(1 + expf(-x)) does from -88.7 on. */
+    /* Below -88 the clamped exp leaves s at 6e-39 where the true value is smaller still, and swish
+     * multiplies it by x (up to 3e38): give 0 (the scalar 1/(1 + expf(-x)) is below 6e-39 there
+     * and reaches 0 at -88.7). */
     s = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-88.0f), _CMP_NLT_UQ), s);
     /* NaN in, NaN out (the clamp in exp would otherwise turn it into a number). */
     return _mm512_mask_mov_ps(s, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
@@ -527,8 +528,12 @@ static DLCPU_TARGET_AVX2 void dlcpu_act_avx2(int op, int backward, int impl, con
 {
     int64_t i = 0;
     if (op == DLCPU_OP_TANH && !backward && impl != DLCPU_ACT_EXACT) {
-        int32_t entry[32];
-        dlcpu_ktanh_entries(base, shift, entry);
+        int32_t own[32];
+        const int32_t *entry = dlcpu_ktanh_published_entry;
+        if (base != dlcpu_ktanh_published_base || shift != dlcpu_ktanh_published_shift) {
+            dlcpu_ktanh_entries(base, shift, own);      /* a fitted table: built once per call */
+            entry = own;
+        }
         for (; i + 8 <= n; i += 8) {
             const __m256 v = _mm256_loadu_ps(x + i);
             const __m256 r = impl == DLCPU_ACT_FAST ? dlcpu_tanh_fast_avx2(v)
@@ -644,7 +649,10 @@ static DLCPU_TARGET_AVX512 void dlcpu_softmax_rows_avx512(int kind, int order, c
             const __m512 m = _mm512_set1_ps(top);
             for (int64_t j = 0; j < cols; j += 16) {
                 const __mmask16 lanes = j + 16 <= cols ? 0xFFFF : (__mmask16)((1u << (cols - j)) - 1);
-                const __m512 e = dlcpu_exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, zr + j), m));
+                const __m512 s = _mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, zr + j), m);
+                /* exp clamps at -88 (4e-39): a masked (-inf) or far lower logit must get 0 */
+                const __m512 e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s, _mm512_set1_ps(-88.0f), _CMP_GE_OQ),
+                                                     dlcpu_exp_avx512(s));
                 acc = _mm512_mask_add_ps(acc, lanes, acc, e);
                 _mm512_mask_storeu_ps(pr + j, lanes, e);
                 DLCPU_FLUSH_ROW_SUM(j);
