@@ -21,6 +21,8 @@ cdef extern from "approx_f32.h" nogil:
                    int64_t n, float beta, const uint16_t *base, const uint16_t *shift)
     void dlcpu_softmax_rows(int isa, int kind, int order, const float *z, float *p, int64_t rows,
                             int64_t cols)
+    void dlcpu_softmax_bwd_rows(int isa, int kind, int order, int exact, const float *z, const float *dp,
+                                float *dz, int64_t rows, int64_t cols)
 
 IMPLS = {"exact": DLCPU_ACT_EXACT, "fast": DLCPU_ACT_FAST, "ktanh": DLCPU_ACT_KTANH}
 OPS = {"tanh": DLCPU_OP_TANH, "sigmoid": DLCPU_OP_SIGMOID, "swish": DLCPU_OP_SWISH, "gelu": DLCPU_OP_GELU}
@@ -104,3 +106,21 @@ def softmax_rows_f32(int isa, int n_threads, int kind, int order, const float[:,
     for i in prange(chunks, nogil=True, num_threads=n_threads, schedule='static'):
         lo = i * c
         dlcpu_softmax_rows(isa, kind, order, &z[lo, 0], &p[lo, 0], min(c, rows - lo), cols)
+
+
+def softmax_rows_backward_f32(int isa, int n_threads, int kind, int order, int exact, const float[:, ::1] z,
+                              const float[:, ::1] dp, float[:, ::1] dz):
+    """dz from dp along rows for p = softmax-family(z); exact: Taylor's own derivative f_{n-1},
+    else the softmax-style rule (f_n treated as exp)."""
+    cdef int64_t rows = z.shape[0], cols = z.shape[1], i, lo
+    cdef int64_t per = max(<int64_t>1, min_chunk // max(cols, <int64_t>1))
+    cdef int64_t c = max((rows + n_threads - 1) // n_threads, per), chunks = (rows + c - 1) // c
+    if rows == 0 or cols == 0:
+        return
+    if chunks == 1:
+        with nogil:
+            dlcpu_softmax_bwd_rows(isa, kind, order, exact, &z[0, 0], &dp[0, 0], &dz[0, 0], rows, cols)
+        return
+    for i in prange(chunks, nogil=True, num_threads=n_threads, schedule='static'):
+        lo = i * c
+        dlcpu_softmax_bwd_rows(isa, kind, order, exact, &z[lo, 0], &dp[lo, 0], &dz[lo, 0], min(c, rows - lo), cols)

@@ -773,13 +773,14 @@ def test_shift_invariance(isa, rng):
         assert np.abs(b - softmax_twin(zs, kind)).max() < 1e-6
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("gradient", ["exact", "softmax"])
-def test_softmax_backward_vs_twin(kind, gradient, rng):
+def test_softmax_backward_vs_twin(isa, kind, gradient, rng):
     for shape in SHAPES:
         z = (rng.standard_normal(shape) * 2).astype(np.float32)
         dp = rng.uniform(-1, 1, shape).astype(np.float32)
-        dz = approx.softmax_backward(dp, z, kind, gradient=gradient)
+        dz = approx.softmax_backward(dp, z, kind, gradient=gradient, isa=isa)
         assert dz.dtype == np.float32 and dz.shape == shape
         if kind == "softmax":
             p = ref.softmax(z)
@@ -1040,3 +1041,14 @@ def test_exp_softmax_masked_logits_get_zero(isa):
     p = approx.softmax(z, isa=isa)
     assert p[0, 1] == 0.0 and 0.0 <= p[0, 3] < 1e-44
     np.testing.assert_allclose(p[0, [0, 2, 4]], ref.softmax(np.array([[0.0, 1.0, 2.0]]))[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "taylor:4"])
+def test_softmax_backward_threads_bitwise_and_nonfinite(kind, rng):
+    z = rng.standard_normal((4096, 67)).astype(np.float32)
+    dp = rng.uniform(-1, 1, z.shape).astype(np.float32)
+    one = approx.softmax_backward(dp, z, kind, n_threads=1)
+    assert np.array_equal(one, approx.softmax_backward(dp, z, kind, n_threads=2))
+    z[3, 5] = np.nan
+    dz = approx.softmax_backward(dp, z, kind)
+    assert np.isnan(dz[3]).all() and np.isfinite(np.delete(dz, 3, axis=0)).all()

@@ -35,7 +35,7 @@ import numpy as np
 from .. import cpu
 from .._ext import approx as _approx
 from .._validate import fits_in_memory
-from .kinds import TAYLOR_ORDERS, parse_loss_kind, taylor_terms
+from .kinds import TAYLOR_ORDERS, parse_loss_kind
 from .ktanh_table import PUBLISHED_TABLE, KTanhTable
 
 __all__ = [
@@ -296,8 +296,8 @@ def softmax(z, kind="softmax", *, out=None, n_threads=None, isa=None):
     return p
 
 
-#: float32 arrays of z's size softmax_backward holds at its peak (z, dp, p and the temporaries)
-_BACKWARD_BUFFERS = 8
+#: float32 arrays of z's size softmax_backward holds at once (z, dp, dz)
+_BACKWARD_BUFFERS = 3
 
 
 def softmax_backward(dp, z, kind="softmax", gradient="exact", *, n_threads=None, isa=None):
@@ -311,18 +311,12 @@ def softmax_backward(dp, z, kind="softmax", gradient="exact", *, n_threads=None,
     name, order = parse_softmax_kind(kind, fn)
     if not isinstance(gradient, str) or gradient not in ("exact", "softmax"):
         raise ValueError(f"{fn}: gradient must be 'exact' or 'softmax', got {gradient!r}")
-    _run_args(n_threads, isa, fn)
     a, z2 = _rows(z, fn, buffers=_BACKWARD_BUFFERS)
     d = _float_input(dp, fn, "dp", buffers=_BACKWARD_BUFFERS)
     if d.shape != a.shape:
         raise ValueError(f"{fn}: dp must have the shape of z, got dp {d.shape} and z {a.shape}")
-    d2 = d.reshape(z2.shape)
-    p = softmax(z2, kind, n_threads=n_threads, isa=isa)
-    dot = np.einsum("ij,ij->i", d2, p, dtype=np.float64)[:, None].astype(np.float32)
-    if name == "softmax" or gradient == "softmax":
-        dz = p * (d2 - dot)
-    else:
-        with np.errstate(over="ignore", invalid="ignore"):
-            f, f_prev = taylor_terms(z2, order)
-            dz = (f_prev / f.sum(axis=1, keepdims=True) * (d2 - dot)).astype(np.float32)
-    return np.ascontiguousarray(dz, np.float32).reshape(a.shape)
+    isa_code, threads = _run_args(n_threads, isa, fn)
+    dz = np.empty(a.shape, np.float32)
+    _approx.softmax_rows_backward_f32(isa_code, threads, _approx.SOFTMAX_KINDS[name], order or 0,
+                                      int(gradient == "exact"), z2, d.reshape(z2.shape), dz.reshape(z2.shape))
+    return dz

@@ -673,4 +673,111 @@ static inline void dlcpu_softmax_rows(int isa, int kind, int order, const float 
     if (isa == DLCPU_ISA_AVX512) dlcpu_softmax_rows_avx512(kind, order, z, p, rows, cols);
     else dlcpu_softmax_rows_scalar(kind, order, z, p, rows, cols);
 }
+
+/* ---------------------------------------------------------------------------------------- */
+/* Softmax rows, backward: dz from dp, recomputing f from z (nothing of the forward is kept)  */
+/* ---------------------------------------------------------------------------------------- */
+/* With f = exp(z - max) or f_n(z), S = sum f, p = f / S and dot = sum dp p = (sum dp f) / S:
+ *   dz_j = g_j / S (dp_j - dot),  g = f_{n-1} (Taylor, exact gradient) or f (exp, or the
+ *   softmax-style gradient, which treats f_n as exp).
+ * Pass 1 forms S and sum dp f (float lanes, blocks of 1024 columns added in double, as the
+ * forward); pass 2 recomputes g and writes dz. */
+static void dlcpu_softmax_bwd_rows_scalar(int kind, int order, int exact, const float *z, const float *dp, float *dz,
+                                          int64_t rows, int64_t cols)
+{
+    float c[16];
+    const int taylor = kind == DLCPU_SOFTMAX_TAYLOR;
+    if (taylor) dlcpu_taylor_coeffs(order, c);
+    const int g_order = taylor && exact ? order - 1 : order;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *zr = z + r * cols, *dr = dp + r * cols;
+        float *out = dz + r * cols;
+        float m = -INFINITY;
+        if (!taylor)
+            for (int64_t j = 0; j < cols; j++) m = zr[j] > m ? zr[j] : m;
+        double sum = 0.0, dsum = 0.0;
+        for (int64_t j = 0; j < cols; j++) {
+            const float f = taylor ? dlcpu_taylor1(zr[j], order, c) : expf(zr[j] - m);
+            sum += f;
+            dsum += (double)dr[j] * f;
+        }
+        const float inv = (float)(1.0 / sum), dot = (float)(dsum / sum);
+        for (int64_t j = 0; j < cols; j++) {
+            const float g = taylor ? dlcpu_taylor1(zr[j], g_order, c) : expf(zr[j] - m);
+            out[j] = g * inv * (dr[j] - dot);
+        }
+    }
+}
+
+static DLCPU_TARGET_AVX512 void dlcpu_softmax_bwd_rows_avx512(int kind, int order, int exact, const float *z,
+                                                             const float *dp, float *dz, int64_t rows, int64_t cols)
+{
+    float c[16];
+    const int taylor = kind == DLCPU_SOFTMAX_TAYLOR;
+    if (taylor) dlcpu_taylor_coeffs(order, c);
+    const int g_order = taylor && exact ? order - 1 : order;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *zr = z + r * cols, *dr = dp + r * cols;
+        float *out = dz + r * cols;
+        __m512 m = _mm512_set1_ps(0.0f);
+        if (!taylor) {      /* as the forward: a row with NaN, +Inf or nothing above -Inf is NaN */
+            __m512 mx = _mm512_set1_ps(-INFINITY);
+            __mmask16 bad = 0;
+            for (int64_t j = 0; j < cols; j += 16) {
+                const __mmask16 lanes = j + 16 <= cols ? 0xFFFF : (__mmask16)((1u << (cols - j)) - 1);
+                const __m512 v = _mm512_maskz_loadu_ps(lanes, zr + j);
+                bad |= _mm512_mask_cmp_ps_mask(lanes, v, v, _CMP_UNORD_Q) |
+                       _mm512_mask_cmp_ps_mask(lanes, v, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ);
+                mx = _mm512_mask_max_ps(mx, lanes, mx, v);
+            }
+            const float top = _mm512_reduce_max_ps(mx);
+            if (bad || top == -INFINITY) {
+                for (int64_t j = 0; j < cols; j++) out[j] = NAN;
+                continue;
+            }
+            m = _mm512_set1_ps(top);
+        }
+#define DLCPU_SOFTMAX_F(V, ORDER)                                                                  \
+        ({ __m512 f_;                                                                              \
+           if (taylor) {                                                                           \
+               f_ = _mm512_set1_ps(c[ORDER]);                                                      \
+               for (int k = (ORDER) - 1; k >= 0; k--) f_ = _mm512_fmadd_ps(f_, V, _mm512_set1_ps(c[k])); \
+           } else {                                                                                \
+               const __m512 s_ = _mm512_sub_ps(V, m);                                              \
+               f_ = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s_, _mm512_set1_ps(-88.0f), _CMP_GE_OQ),  \
+                                        dlcpu_exp_avx512(s_));                                     \
+           }                                                                                       \
+           f_; })
+        __m512 acc = _mm512_setzero_ps(), dacc = _mm512_setzero_ps();
+        double sum = 0.0, dsum = 0.0;
+        for (int64_t j = 0; j < cols; j += 16) {
+            const __mmask16 lanes = j + 16 <= cols ? 0xFFFF : (__mmask16)((1u << (cols - j)) - 1);
+            const __m512 f = DLCPU_SOFTMAX_F(_mm512_maskz_loadu_ps(lanes, zr + j), order);
+            acc = _mm512_mask_add_ps(acc, lanes, acc, f);
+            dacc = _mm512_mask3_fmadd_ps(_mm512_maskz_loadu_ps(lanes, dr + j), f, dacc, lanes);  /* tail: keep dacc */
+            if ((j & 1023) == 1008) {
+                sum += _mm512_reduce_add_ps(acc);
+                dsum += _mm512_reduce_add_ps(dacc);
+                acc = dacc = _mm512_setzero_ps();
+            }
+        }
+        sum += _mm512_reduce_add_ps(acc);
+        dsum += _mm512_reduce_add_ps(dacc);
+        const __m512 inv = _mm512_set1_ps((float)(1.0 / sum)), dot = _mm512_set1_ps((float)(dsum / sum));
+        for (int64_t j = 0; j < cols; j += 16) {
+            const __mmask16 lanes = j + 16 <= cols ? 0xFFFF : (__mmask16)((1u << (cols - j)) - 1);
+            const __m512 g = DLCPU_SOFTMAX_F(_mm512_maskz_loadu_ps(lanes, zr + j), g_order);
+            const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, dr + j), dot);
+            _mm512_mask_storeu_ps(out + j, lanes, _mm512_mul_ps(_mm512_mul_ps(g, inv), d));
+        }
+#undef DLCPU_SOFTMAX_F
+    }
+}
+
+static inline void dlcpu_softmax_bwd_rows(int isa, int kind, int order, int exact, const float *z, const float *dp,
+                                          float *dz, int64_t rows, int64_t cols)
+{
+    if (isa == DLCPU_ISA_AVX512) dlcpu_softmax_bwd_rows_avx512(kind, order, exact, z, dp, dz, rows, cols);
+    else dlcpu_softmax_bwd_rows_scalar(kind, order, exact, z, dp, dz, rows, cols);
+}
 #endif
