@@ -5,6 +5,7 @@
     dlcpu bench {peak,conv,gemm,lstm,train digits} ...     cli/bench.py
     dlcpu train {digits,digits-rnn} ...                    cli/train.py
     dlcpu faults {inject,campaign,report,compare} ...      cli/faults.py
+    dlcpu scale threads WORKLOAD ...                       cli/scale.py
 
 Exit codes: 0 success, 1 a failure while running, 2 a bad option value; every error is one line
 on stderr (DLCPU_DEBUG=1 for the traceback).  --json prints JSON on stdout only; progress and
@@ -16,7 +17,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import bench, faults, info, train
+from . import bench, faults, info, scale, train
 from ._output import command, group, run_app
 
 app = group("dlcpu: CPU deep-learning kernels, benchmarks and tools.")
@@ -40,6 +41,7 @@ command(app, "info")(info.info)
 app.add_typer(bench.app, name="bench")
 app.add_typer(train.app, name="train")
 app.add_typer(faults.app, name="faults")
+app.add_typer(scale.app, name="scale")
 
 
 def main(args=None):

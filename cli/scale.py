@@ -1,0 +1,154 @@
+"""`dlcpu scale ...`: scaling sweeps (dlcpu.scaling), rendered as tables, JSON and plots.
+
+    dlcpu scale threads WORKLOAD --threads 1,2,4 --mode strong|weak [--plot FILE.png] [--json]
+    dlcpu scale buckets [--ranks 2,4] [--batch-per-rank 32] [--buckets 5] [--json]
+
+One section per command; a command parses its options, calls dlcpu.scaling and renders.  No
+timing or fitting logic here.
+"""
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .. import scaling
+from ._output import JsonFlag, bad_option, check_output_path, command, emit_json, err, group, out, progress
+
+app = group("Scaling sweeps: thread scaling with Amdahl and Gustafson fits; data-parallel bucketing.")
+
+Repeats = Annotated[int, typer.Option("--repeats", min=1, help="Timed repeats per thread count (the median is reported).")]
+Plot = Annotated[str | None, typer.Option("--plot", metavar="<file>",
+                                          help="Save a PNG of speedup vs threads, with the ideal line and the fit.")]
+
+
+def _warn(lines):
+    for line in lines:
+        err.print(f"[bold yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------- threads
+def _thread_counts(text):
+    """--threads: a comma list that includes 1 and one more count; else a bad option value."""
+    if text is None:
+        return scaling.default_thread_counts()
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise bad_option("--threads", f"must be a comma list of integers, got {text!r}") from None
+    try:
+        return scaling.check_thread_counts(values)
+    except ValueError as exc:
+        raise bad_option("--threads", str(exc)) from None
+
+
+@command(app, "threads")
+def scale_threads(
+    workload: Annotated[str, typer.Argument(metavar="WORKLOAD", help=f"What to time: {scaling.WORKLOAD_FORMS}.",
+                                            show_default=False)],
+    threads: Annotated[str | None, typer.Option(
+        "--threads", metavar="<list>",
+        help="Comma list of thread counts including 1, e.g. 1,2,4 (default: 1, 2, 4, ... up to the cores).")] = None,
+    mode: Annotated[str, typer.Option(
+        "--mode", metavar="<mode>",
+        help="strong: the same problem at every thread count; weak: the batch (N; M for gemm) times the thread count.")] = "strong",
+    batch: Annotated[int | None, typer.Option(
+        "--batch", min=1, help="Minibatch of a conv layer named without mb (default: the largest thread count, "
+                               "so that every thread has an image, as `bench conv`).")] = None,
+    plot: Plot = None,
+    repeats: Repeats = 5,
+    as_json: JsonFlag = False,
+):
+    """Thread scaling of one workload: speedup, efficiency, Amdahl (strong) or Gustafson (weak) fit."""
+    if mode not in scaling.MODES:
+        raise bad_option("--mode", f"must be one of {', '.join(scaling.MODES)}, got {mode!r}")
+    counts = _thread_counts(threads)
+    try:
+        work = scaling.parse_workload(workload, batch=batch or max(counts))
+    except ValueError as exc:
+        raise bad_option("WORKLOAD", str(exc)) from None
+    check_output_path(plot, "--plot")
+    _warn(scaling.core_warnings(counts))
+    with progress() as bar:
+        task = bar.add_task(f"{mode} scaling, {work.describe()}", total=len(counts))
+        result = scaling.thread_scaling(work, counts, mode, repeats=repeats,
+                                        on_point=lambda t: bar.advance(task))
+    if plot:
+        scaling.plot_scaling(result, plot)
+        err.print(f"plot saved to {plot}", highlight=False)
+    if as_json:
+        emit_json(result)
+        return
+    _render_threads(result)
+
+
+def _render_threads(result):
+    strong = result["mode"] == "strong"
+    t = Table(title=f"{result['mode']} thread scaling: {result['workload']} ({result['cores']} cores available)")
+    for col in ("threads", "problem", "ms (median)", "speedup" if strong else "scaled speedup", "efficiency"):
+        t.add_column(col, justify="left" if col == "problem" else "right")
+    for p in result["points"]:
+        t.add_row(str(p["threads"]), p["problem"], f"{p['seconds']['median_s'] * 1e3:.3f}",
+                  f"{p['speedup']:.2f}", f"{100 * p['efficiency']:.1f}%")
+    out.print(t)
+    fit = result["fit"]
+    if fit["model"] == "amdahl":
+        head = f"Amdahl fit: parallel fraction p = {fit['p']:.4f}"
+    else:
+        head = f"Gustafson fit: serial fraction s = {fit['s']:.4f}"
+    pred = ", ".join(f"{q['speedup']:.2f}x at {q['threads']} threads" for q in fit["predicted"])
+    out.print(f"{head} (rms residual {fit['rms_residual']:.3g}); predicted: {pred}", highlight=False)
+    if fit["clamped"]:
+        out.print(f"note: {fit['clamped']}", highlight=False)
+    out.print(f"timed: {result['timed_region']}.", highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------- buckets
+@command(app, "buckets")
+def scale_buckets(
+    ranks: Annotated[str, typer.Option("--ranks", metavar="<list>", help="Rank counts to simulate (comma list).")] = "2,4",
+    batch_per_rank: Annotated[int, typer.Option("--batch-per-rank", min=1, help="Sequences per rank per step.")] = 32,
+    buckets: Annotated[int, typer.Option("--buckets", min=1, max=1000, help="Length buckets.")] = 5,
+    bucket_width: Annotated[str, typer.Option(
+        "--bucket-width", metavar="<width>",
+        help="Bucket width: auto = the 99th-percentile length / --buckets; max = the longest / --buckets "
+             "(TF-NMT's rule); or a number of tokens.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Shuffle seed, shared by all ranks.")] = 0,
+    as_json: JsonFlag = False,
+):
+    """Padding waste and cross-rank imbalance of naive, per-rank and load-balanced bucketing."""
+    from .. import data
+
+    try:
+        rank_counts = [int(v) for v in ranks.split(",") if v.strip()]
+    except ValueError:
+        raise bad_option("--ranks", f"must be a comma list of integers, got {ranks!r}") from None
+    if not rank_counts or any(not 1 <= r <= 4096 for r in rank_counts):
+        raise bad_option("--ranks", f"rank counts must be between 1 and 4096, got {ranks!r}")
+    if bucket_width not in ("auto", "max"):
+        try:
+            width = int(bucket_width)
+        except ValueError:
+            raise bad_option("--bucket-width", f"must be auto, max or a positive integer, got {bucket_width!r}") from None
+        if width < 1:
+            raise bad_option("--bucket-width", f"must be auto, max or a positive integer, got {bucket_width!r}")
+    text_name, text_lengths = data.text_sentence_lengths()
+    sets = [("synthetic log-normal (20,000 sentences, mean 25)", data.synthetic_lengths()), (text_name, text_lengths)]
+    rows = []
+    for name, lengths in sets:
+        width = data.bucket_width_for(lengths, buckets, bucket_width)
+        for r in rank_counts:
+            for res in data.bucket_study(lengths, r, batch_per_rank, buckets, seed, bucket_width=width):
+                rows.append({"lengths": name, "sentences": len(lengths), "ranks": r, "bucket_width": width, **res})
+    if as_json:
+        emit_json({"rows": rows, "batch_per_rank": batch_per_rank, "buckets": buckets})
+        return
+    t = Table(title=f"data-parallel batching: {batch_per_rank} sequences per rank, {buckets} buckets")
+    for col in ("lengths", "ranks", "width", "scheme", "steps", "padding waste", "imbalance mean", "imbalance max"):
+        t.add_column(col, justify="left" if col in ("lengths", "scheme") else "right")
+    for r in rows:
+        t.add_row(r["lengths"], str(r["ranks"]), str(r["bucket_width"]), r["scheme"], str(r["steps"]),
+                  f"{100 * r['padding_waste']:.1f}%", f"{r['imbalance_mean']:.3f}", f"{r['imbalance_max']:.3f}")
+    out.print(t)
+    out.print("padding waste: padded tokens / all tokens computed; imbalance: per step, the longest rank slice's padded "
+              "length over the ranks' mean (the straggler factor at the allreduce), mean and max over the epoch.",
+              highlight=False, soft_wrap=True)
