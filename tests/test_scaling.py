@@ -224,3 +224,21 @@ def test_cli_bad_options_exit_2(args, needle):
 def test_cli_group_without_command_shows_help():
     res = run("scale")
     assert res.returncode == 2 and "threads" in res.stdout + res.stderr
+
+
+def test_conv_step_times_direct_convolution(monkeypatch):
+    """TIMED_REGION says direct: the conv default 'auto' would pick Winograd for 3x3 layers."""
+    from dlcpu import conv
+
+    seen = []
+    real = conv.conv2d
+
+    def spy(*args, **kw):
+        seen.append(kw.get("algorithm"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(conv, "conv2d", spy)
+    step = scaling.make_step(scaling.parse_workload("res4b_branch2b"), 1)
+    step()
+    assert seen and set(seen) == {"direct"}
+    assert "direct" in scaling.TIMED_REGION["conv"]
