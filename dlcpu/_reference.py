@@ -521,3 +521,56 @@ def gelu_flavour(x, impl):
         return gelu_tanh(x)
     x = np.asarray(x, dtype=np.float64)
     return 0.5 * x * (1.0 + tanh_flavour(_GELU_C * (x + _GELU_A * x ** 3), impl))
+
+
+# ------------------------------------------- the flavours fed the kernels' float32 inner arguments
+# K-TanH truncates its argument to bf16, so a float64 twin that forms beta*x or GELU's
+# x (C1 x^2 + C0) in float64 can index another table row than the kernel, one step away.  These
+# twins form the inner argument exactly as the kernels do in float32, then compute in float64.
+_GELU_C0_32 = np.float32(0.7978845608)
+_GELU_C1_32 = np.float32(_GELU_C0_32 * np.float32(0.044715))
+
+
+def _product32(x32, b):
+    """float32 x * b for a b that is exactly a float32: exact in float64, then one rounding."""
+    return (np.asarray(x32, np.float64) * b).astype(np.float32)
+
+
+def _gelu_inner32(x32):
+    """The kernels' float32 GELU argument x * fmaf(C1, x^2, C0) (the fmaf exact in float64)."""
+    t = (np.float64(_GELU_C1_32) * (x32 * x32).astype(np.float64) + np.float64(_GELU_C0_32)).astype(np.float32)
+    return x32 * t
+
+
+def kernel_flavour(op, x, impl, beta=1.0):
+    """op ('tanh', 'sigmoid', 'swish', 'gelu') of float32 x in flavour `impl`, in float64, with the
+    kernels' float32 inner arguments."""
+    x32 = np.asarray(x, np.float32)
+    x64 = x32.astype(np.float64)
+    if op == "tanh":
+        return tanh_flavour(x64, impl)
+    if op == "sigmoid":
+        return sigmoid_flavour(x64, impl)
+    if op == "swish":
+        return x64 * sigmoid_flavour(_product32(x32, float(np.float32(beta))), impl)
+    if impl == "exact":
+        return gelu_tanh(x64)
+    return 0.5 * x64 * (1.0 + tanh_flavour(_gelu_inner32(x32), impl))
+
+
+def kernel_flavour_grad(op, x, impl, beta=1.0):
+    """d op/dx of 'swish' or 'gelu' by the analytic formula at the flavour's values (the kernels'
+    convention), with the kernels' float32 inner arguments."""
+    x32 = np.asarray(x, np.float32)
+    x64 = x32.astype(np.float64)
+    if op == "swish":
+        b32 = float(np.float32(beta))
+        if impl == "exact":
+            return swish_grad(x64, b32)
+        bx = _product32(x32, b32).astype(np.float64)
+        s = sigmoid_flavour(bx, impl)
+        return s + bx * s * (1.0 - s)
+    if impl == "exact":
+        return gelu_tanh_grad(x64)
+    t = tanh_flavour(_gelu_inner32(x32), impl)
+    return 0.5 * (1.0 + t) + 0.5 * x64 * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_A * x64 * x64)

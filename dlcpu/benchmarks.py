@@ -352,6 +352,19 @@ LSTM_TIMED_REGION = ("forward: dlcpu on weights prepared once, torch under no_gr
                      "re-blocking (weights prepared once), against the same torch step")
 
 
+def recurrent_problem(T, N, C, K, gates=4, seed=0):
+    """x (T, N, C) and dy (T, N, K) uniform in [-1, 1], and PyTorch-initialised weights w_ih, w_hh
+    and one bias b (used for both biases) of a cell with `gates` gates."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (T, N, C)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (T, N, K)).astype(np.float32)
+    bound = 1.0 / np.sqrt(K)
+    w_ih = rng.uniform(-bound, bound, (gates * K, C)).astype(np.float32)
+    w_hh = rng.uniform(-bound, bound, (gates * K, K)).astype(np.float32)
+    b = rng.uniform(-bound, bound, gates * K).astype(np.float32)
+    return x, dy, w_ih, w_hh, b
+
+
 def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None, repeats=5,
                      warmup=1, seed=0):
     """Recurrent inference (forward, on weights prepared once as an inference user does) and
@@ -364,14 +377,8 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None
     if cell not in RNN_CELLS:
         raise ValueError(f"--cell must be one of {', '.join(RNN_CELLS)}, got {cell!r}")
     gates = RNN_CELLS[cell]
-    rng = np.random.default_rng(seed)
     T, N, C, K = layer.T, layer.N, layer.C, layer.K
-    x = rng.uniform(-1, 1, (T, N, C)).astype(np.float32)
-    dy = rng.uniform(-1, 1, (T, N, K)).astype(np.float32)
-    bound = 1.0 / np.sqrt(K)
-    w_ih = rng.uniform(-bound, bound, (gates * K, C)).astype(np.float32)
-    w_hh = rng.uniform(-bound, bound, (gates * K, K)).astype(np.float32)
-    b = rng.uniform(-bound, bound, gates * K).astype(np.float32)
+    x, dy, w_ih, w_hh, b = recurrent_problem(T, N, C, K, gates, seed)
     prepare, forward, backward = {"lstm": (rnn.prepare_lstm, rnn.lstm_forward, rnn.lstm_backward),
                                   "gru": (rnn.prepare_gru, rnn.gru_forward, rnn.gru_backward),
                                   "rnn": (rnn.prepare_rnn, rnn.rnn_forward, rnn.rnn_backward)}[cell]
@@ -629,13 +636,8 @@ def bench_lstm_flavours(layer, n_threads, *, repeats=5, seed=0):
     times and each flavour's speedup over 'exact'."""
     from . import approx, rnn
 
-    rng = np.random.default_rng(seed)
     T, N, C, K = layer.T, layer.N, layer.C, layer.K
-    x = rng.uniform(-1, 1, (T, N, C)).astype(np.float32)
-    bound = 1.0 / np.sqrt(K)
-    w_ih = rng.uniform(-bound, bound, (4 * K, C)).astype(np.float32)
-    w_hh = rng.uniform(-bound, bound, (4 * K, K)).astype(np.float32)
-    b = rng.uniform(-bound, bound, 4 * K).astype(np.float32)
+    x, _, w_ih, w_hh, b = recurrent_problem(T, N, C, K, 4, seed)
     weights = rnn.prepare_lstm(w_ih, w_hh, b, b, n_threads=n_threads)
     fns = [lambda impl=impl: rnn.lstm_forward(x, weights=weights, n_threads=n_threads, activation_impl=impl)
            for impl in approx.IMPLS]

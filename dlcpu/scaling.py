@@ -14,11 +14,10 @@ Design.  A sweep has three independent parts, each usable on its own from Python
    LSTM and train, M for GEMM): weak scaling grows the problem with the thread count this way.
    `make_step(workload, n_threads)` allocates and first-touches the inputs outside the timed
    region and returns the zero-argument callable that is timed.  What one call does:
-       conv   the direct forward convolution, blocked in and blocked out (as `bench conv`), mb 1
-              unless the descriptor gives mb
-       lstm   forward (train=True) + backward incl. dx on weights prepared once (the re-blocking a
-              training loop pays when its weights change is left out, as `bench lstm`'s
-              'prepared' figure), exact activations
+       conv   the direct forward convolution, blocked in and blocked out (as `bench conv`), at
+              the descriptor's mb, else `batch` (the CLI's --batch: the largest thread count)
+       lstm   a training step: the weights re-blocked (a training loop's weights change every
+              step), forward (train=True), backward incl. dx, exact activations
        gemm   dlcpu.matmul, operand packing included (as `bench gemm`)
        train  forward, softmax cross-entropy, backward and an SGD step (momentum 0.9) of
               dlcpu.nn.digits_resnet(16) on 64 training images (cycling through the data set)
@@ -35,7 +34,6 @@ Design.  A sweep has three independent parts, each usable on its own from Python
 the optional `plot` extra, imported lazily).  Thread counts above the cores available are allowed
 (oversubscription is worth seeing) but produce a warning in the result.
 """
-import math
 import os
 import re
 from dataclasses import dataclass, replace
@@ -55,7 +53,8 @@ PREDICT_AT = (2, 4)
 
 TIMED_REGION = {
     "conv": "direct forward convolution, blocked in and blocked out, output preallocated",
-    "lstm": "LSTM forward (train=True) + backward incl. dx, weights prepared once, exact activations",
+    "lstm": "LSTM training step: weights re-blocked (they change every step), forward (train=True), backward "
+            "incl. dx, exact activations",
     "gemm": "dlcpu.matmul (operand packing + BRGEMM)",
     "train": f"digits CNN training step: forward, softmax cross-entropy, backward, SGD (batch {TRAIN_BATCH})",
 }
@@ -184,15 +183,11 @@ def _conv_step(layer, n_threads, rng):
 def _lstm_step(T, N, C, K, n_threads, rng):
     from . import rnn
 
-    x = rng.uniform(-1, 1, (T, N, C)).astype(np.float32)
-    dy = rng.uniform(-1, 1, (T, N, K)).astype(np.float32)
-    bound = 1.0 / math.sqrt(K)
-    w_ih = rng.uniform(-bound, bound, (4 * K, C)).astype(np.float32)
-    w_hh = rng.uniform(-bound, bound, (4 * K, K)).astype(np.float32)
-    b = rng.uniform(-bound, bound, 4 * K).astype(np.float32)
-    weights = rnn.prepare_lstm(w_ih, w_hh, b, b, n_threads=n_threads)
+    x, dy, w_ih, w_hh, b = benchmarks.recurrent_problem(T, N, C, K, 4, int(rng.integers(2**31)))
 
     def step():
+        # a training step's weights changed at the last update: re-blocked inside the step
+        weights = rnn.prepare_lstm(w_ih, w_hh, b, b, n_threads=n_threads)
         cache = rnn.lstm_forward(x, weights=weights, train=True, n_threads=n_threads)[-1]
         rnn.lstm_backward(dy, cache)
 

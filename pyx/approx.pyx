@@ -56,6 +56,12 @@ cdef inline const uint16_t *table_or(object words, const uint16_t *published) ex
     return &w[0]
 
 
+cdef inline int64_t row_chunk(int64_t rows, int64_t cols, int n_threads) noexcept nogil:
+    """Rows per thread for the row kernels: an equal share, at least MIN_CHUNK elements' worth."""
+    cdef int64_t per = max(<int64_t>1, min_chunk // max(cols, <int64_t>1))
+    return max((rows + n_threads - 1) // n_threads, per)
+
+
 def ktanh_bf16(int isa, int n_threads, const uint16_t[::1] x, uint16_t[::1] y, base=None, shift=None):
     """y = K-TanH(x) on bf16 bit patterns; base/shift: a table's words (None: the published one)."""
     cdef int64_t n = x.shape[0], c = chunk_size(n, n_threads), chunks = (n + c - 1) // c, i, lo
@@ -94,9 +100,8 @@ def activation_f32(int isa, int n_threads, int op, int backward, int impl, const
 
 def softmax_rows_f32(int isa, int n_threads, int kind, int order, const float[:, ::1] z, float[:, ::1] p):
     """p = softmax-family(z) along rows: kind DLCPU_SOFTMAX_EXP (max-shifted exp) or TAYLOR."""
-    cdef int64_t rows = z.shape[0], cols = z.shape[1], i, lo
-    cdef int64_t per = max(<int64_t>1, min_chunk // max(cols, <int64_t>1))
-    cdef int64_t c = max((rows + n_threads - 1) // n_threads, per), chunks = (rows + c - 1) // c
+    cdef int64_t rows = z.shape[0], cols = z.shape[1], c = row_chunk(rows, cols, n_threads), i, lo
+    cdef int64_t chunks = (rows + c - 1) // c if rows else 0
     if rows == 0 or cols == 0:
         return
     if chunks == 1:
@@ -112,9 +117,8 @@ def softmax_rows_backward_f32(int isa, int n_threads, int kind, int order, int e
                               const float[:, ::1] dp, float[:, ::1] dz):
     """dz from dp along rows for p = softmax-family(z); exact: Taylor's own derivative f_{n-1},
     else the softmax-style rule (f_n treated as exp)."""
-    cdef int64_t rows = z.shape[0], cols = z.shape[1], i, lo
-    cdef int64_t per = max(<int64_t>1, min_chunk // max(cols, <int64_t>1))
-    cdef int64_t c = max((rows + n_threads - 1) // n_threads, per), chunks = (rows + c - 1) // c
+    cdef int64_t rows = z.shape[0], cols = z.shape[1], c = row_chunk(rows, cols, n_threads), i, lo
+    cdef int64_t chunks = (rows + c - 1) // c if rows else 0
     if rows == 0 or cols == 0:
         return
     if chunks == 1:

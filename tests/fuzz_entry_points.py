@@ -357,8 +357,6 @@ ACT_OPS = ("tanh", "sigmoid", "swish", "gelu")
 #: |got - twin| / max(1, |twin|) per flavour: the measured maxima of tests/test_approx.py (2.2e-7,
 #: 1.1e-6, 6e-8) with a margin; backward three times that
 ACT_TOL = {"exact": 2e-6, "fast": 6e-6, "ktanh": 2e-6}
-GELU_C0 = np.float32(0.7978845608)
-GELU_C1 = np.float32(GELU_C0 * np.float32(0.044715))
 SOFTMAX_KINDS = ("softmax",) + tuple(f"taylor:{n}" for n in approx.TAYLOR_ORDERS)
 BAD_SOFTMAX_KINDS = ("taylor:3", "taylor:12", "taylor:0", "sm-taylor:4:0.5", "sm-softmax:0.1", "exp", "", None, 4)
 KTANH_STEP = 2.0 ** -7   # the largest step between neighbouring K-TanH outputs
@@ -379,44 +377,6 @@ def act_array(rng, scale=None):
         return f32(rng, int(rng.integers(8192, 20000))) * np.float32(scale)
     shape = tuple(int(v) for v in rng.integers(0 if rng.integers(6) == 0 else 1, 9, int(rng.integers(0, 4))))
     return f32(rng, *shape) * np.float32(scale)
-
-
-def gelu_inner(x):
-    """The kernels' float32 GELU tanh argument x (C1 x^2 + C0), the fmaf done exactly in float64."""
-    x = np.asarray(x, np.float32)
-    return x * (np.float64(GELU_C1) * (x * x).astype(np.float64) + np.float64(GELU_C0)).astype(np.float32)
-
-
-def act_twin(op, x, impl, beta=1.0):
-    x32 = np.asarray(x, np.float32)
-    x64 = x32.astype(np.float64)
-    if op == "tanh":
-        return ref.tanh_flavour(x64, impl)
-    if op == "sigmoid":
-        return ref.sigmoid_flavour(x64, impl)
-    if op == "swish":
-        return x64 * ref.sigmoid_flavour((x64 * float(np.float32(beta))).astype(np.float32), impl)
-    if impl == "exact":
-        return ref.gelu_flavour(x64, impl)
-    return 0.5 * x64 * (1.0 + ref.tanh_flavour(gelu_inner(x32), impl))
-
-
-def act_grad_twin(op, x, impl, beta=1.0):
-    """d op/dx of swish and GELU, the analytic formula at the flavour's values (the kernels' rule)."""
-    x32 = np.asarray(x, np.float32)
-    x64 = x32.astype(np.float64)
-    if op == "swish":
-        b32 = float(np.float32(beta))
-        if impl == "exact":
-            return ref.swish_grad(x64, b32)
-        bx = (x64 * b32).astype(np.float32).astype(np.float64)
-        sg = ref.sigmoid_flavour(bx, impl)
-        return sg + bx * sg * (1.0 - sg)
-    if impl == "exact":
-        return ref.gelu_tanh_grad(x64)
-    t = ref.tanh_flavour(gelu_inner(x32), impl)
-    c, a = np.sqrt(2 / np.pi), 0.044715
-    return 0.5 * (1.0 + t) + 0.5 * x64 * (1.0 - t * t) * c * (1.0 + 3.0 * a * x64 * x64)
 
 
 def saved_grad_twin(op, dy, y):
@@ -481,7 +441,7 @@ def act_forward_builder(op):
         kw["out"] = None if rng.integers(4) else x if rng.integers(2) else np.empty_like(x)
 
         def check(kw, y):
-            return ok and act_close(y, act_twin(op, x0, impl, beta), ACT_TOL[impl])
+            return ok and act_close(y, ref.kernel_flavour(op, x0, impl, beta), ACT_TOL[impl])
         return kw, check
     build.__name__ = op
     return build, getattr(approx, op)
@@ -516,7 +476,7 @@ def act_backward_builder(op):
                 return False
             if saved_name == "y":
                 return act_close(dx, saved_grad_twin(op, d0, s0), ACT_TOL["exact"])
-            return act_close(dx, d0.astype(np.float64) * act_grad_twin(op, s0, impl, beta), 3 * ACT_TOL[impl])
+            return act_close(dx, d0.astype(np.float64) * ref.kernel_flavour_grad(op, s0, impl, beta), 3 * ACT_TOL[impl])
         return kw, check
     build.__name__ = f"{op}_backward"
     return build, getattr(approx, f"{op}_backward")
@@ -596,11 +556,11 @@ def b_nn_activation(rng):
         if isinstance(y, dlcpu.BlockedTensor) and x0.shape[1] % 16 and np.any(y.data[:, -1, ..., x0.shape[1] % 16:]):
             return False   # padded channels must stay zero (sigmoid(0) = 1/2)
         yv = plain(y)
-        if not act_close(yv, act_twin(op, x0, impl, beta), ACT_TOL[impl]):
+        if not act_close(yv, ref.kernel_flavour(op, x0, impl, beta), ACT_TOL[impl]):
             return False
         if op in ("tanh", "sigmoid"):
             return act_close(plain(dx), saved_grad_twin(op, d0, yv), ACT_TOL["exact"])
-        return act_close(plain(dx), d0.astype(np.float64) * act_grad_twin(op, x0, impl, beta), 3 * ACT_TOL[impl])
+        return act_close(plain(dx), d0.astype(np.float64) * ref.kernel_flavour_grad(op, x0, impl, beta), 3 * ACT_TOL[impl])
     return {"layer": layer, "x": x, "dy": dy}, check
 
 

@@ -12,7 +12,6 @@ Tolerances used below, measured on the installed kernels (max over the inputs he
   * fast tanh AVX-512 (rcp14 + one Newton step) vs scalar/AVX2 (true division): 2 ulp;
   * softmax rows, |p - twin| / max(twin in the row): 2.8e-7 -> 1e-6.
 """
-import math
 
 import numpy as np
 import pytest
@@ -30,9 +29,6 @@ OPS = ("tanh", "sigmoid", "swish", "gelu")
 BIG = 3 * 8192 + 77
 #: forward tolerance per flavour, |got - twin| / max(1, |twin|) (see the module docstring)
 FWD_TOL = {"exact": 1e-6, "fast": 3e-6, "ktanh": 1e-6}
-#: the kernels' GELU constants, as C folds them in float: sqrt(2/pi) and sqrt(2/pi) * 0.044715
-GELU_C0 = np.float32(0.7978845608)
-GELU_C1 = np.float32(np.float32(0.7978845608) * np.float32(0.044715))
 #: the largest step between neighbouring K-TanH outputs: one bf16 ulp of [0.5, 1) is 2^-8; the
 #: steepest rows (shift 0, slope 1 in [0.25, 0.5) and t=16/24) step by at most 2^-7
 KTANH_STEP = 2.0 ** -7
@@ -264,61 +260,6 @@ def test_ktanh_f32_identity_and_table_regions(isa, rng):
 
 
 # ============================================================================ flavours: twins
-def kernel_product(a, b):
-    """float32 a * b (b float64 that is exactly a float32): the product in float64 is exact, so one
-    rounding to float32 gives the kernel's product."""
-    return (np.asarray(a, np.float64) * b).astype(np.float32)
-
-
-def gelu_inner(x):
-    """The kernels' float32 GELU tanh argument x (C1 x^2 + C0) (fmaf emulated in float64: the
-    product of two floats is exact there)."""
-    x = np.asarray(x, np.float32)
-    t = (np.float64(GELU_C1) * (x * x).astype(np.float64) + np.float64(GELU_C0)).astype(np.float32)
-    return x * t
-
-
-def twin_tanh_of(u, impl):
-    return ref.tanh_flavour(u, impl)
-
-
-def twin_forward(op, x, impl, beta=1.0):
-    """The float64 twin of `op` in flavour `impl`, fed the float32 inner arguments the kernels form
-    (beta x rounded to float32 with float32 beta, the GELU argument via gelu_inner), so that K-TanH
-    truncates the same value."""
-    x32 = np.asarray(x, np.float32)
-    x64 = x32.astype(np.float64)
-    if op == "tanh":
-        return ref.tanh_flavour(x64, impl)
-    if op == "sigmoid":
-        return ref.sigmoid_flavour(x64, impl)
-    if op == "swish":
-        bx = kernel_product(x32, float(np.float32(beta)))
-        return x64 * ref.sigmoid_flavour(bx, impl)
-    if impl == "exact":
-        return ref.gelu_tanh(x64)
-    return 0.5 * x64 * (1.0 + twin_tanh_of(gelu_inner(x32), impl))
-
-
-def twin_grad(op, x, impl, beta=1.0):
-    """d op / dx by the analytic formula evaluated with the flavour's values (the kernels'
-    convention): ref.*_grad for exact."""
-    x32 = np.asarray(x, np.float32)
-    x64 = x32.astype(np.float64)
-    if op == "swish":
-        b32 = float(np.float32(beta))
-        if impl == "exact":
-            return ref.swish_grad(x64, b32)
-        bx = kernel_product(x32, b32).astype(np.float64)
-        s = ref.sigmoid_flavour(bx, impl)
-        return s + bx * s * (1.0 - s)
-    if impl == "exact":
-        return ref.gelu_tanh_grad(x64)
-    t = twin_tanh_of(gelu_inner(x32), impl)
-    c, a = math.sqrt(2 / math.pi), 0.044715
-    return 0.5 * (1.0 + t) + 0.5 * x64 * (1.0 - t * t) * c * (1.0 + 3.0 * a * x64 * x64)
-
-
 def call(op, x, impl, isa, beta=1.0, **kw):
     if op == "swish":
         return approx.swish(x, beta, impl=impl, isa=isa, **kw)
@@ -338,7 +279,7 @@ CASES = [(op, 1.0) for op in OPS] + [("swish", 1.7)]
 def test_forward_vs_twin(isa, impl, op, beta, inputs):
     y = call(op, inputs, impl, isa, beta)
     assert y.dtype == np.float32 and y.shape == inputs.shape
-    err = scaled_err(y, twin_forward(op, inputs, impl, beta))
+    err = scaled_err(y, ref.kernel_flavour(op, inputs, impl, beta))
     assert err.max() < FWD_TOL[impl], f"max scaled error {err.max():.2e}"
     # the plain float64 twins of dlcpu._reference (inner argument formed in float64): for ktanh a
     # few arguments land on the other side of a bf16 truncation boundary, each off by at most one
@@ -390,7 +331,7 @@ def test_backward_vs_analytic_twin(isa, impl, op, beta, inputs, rng):
     else:
         dx = approx.gelu_backward(dy, inputs, impl=impl, isa=isa)
     assert dx.dtype == np.float32 and dx.shape == inputs.shape
-    want = d64 * twin_grad(op, inputs, impl, beta)
+    want = d64 * ref.kernel_flavour_grad(op, inputs, impl, beta)
     err = scaled_err(dx, want)
     assert err.max() < 3 * FWD_TOL[impl], f"max scaled error {err.max():.2e}"
 
@@ -458,7 +399,7 @@ def test_nonfinite_and_extreme_inputs(isa, impl, op):
     swish(+inf) = +inf and swish(-inf) = -inf * 0 = NaN (as torch.nn.functional.silu), gelu the same,
     swish/gelu of -FLT_MAX (-)0."""
     with np.errstate(over="ignore", invalid="ignore"):
-        want = twin_forward(op, NONFINITE, impl)
+        want = ref.kernel_flavour(op, NONFINITE, impl)
     y = call(op, NONFINITE, impl, isa)
     np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6, equal_nan=True)
     with np.errstate(invalid="ignore"):

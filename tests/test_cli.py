@@ -29,12 +29,13 @@ def run(*args, env=None, timeout=300):
                           env={**os.environ, "COLUMNS": "200", **(env or {})})
 
 
-def assert_one_line_error(res, code, needle=""):
-    """Exit `code`, exactly one non-empty stderr line starting with 'error:', no traceback, no stdout."""
+def assert_one_line_error(res, code, *needles):
+    """Exit `code`, exactly one non-empty stderr line starting with 'error:' and naming every needle,
+    no traceback, no stdout."""
     assert res.returncode == code, (res.returncode, res.stdout, res.stderr)
     lines = [l for l in res.stderr.splitlines() if l.strip()]
     assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
+    assert lines[0].startswith("error: ") and all(n in lines[0] for n in needles), lines[0]
     assert "Traceback" not in res.stderr and res.stdout == ""
 
 

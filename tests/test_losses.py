@@ -19,6 +19,17 @@ KINDS = ["softmax", *(f"taylor:{n}" for n in ORDERS), "sm-softmax:0.5", "sm-tayl
          "sm-taylor:10:1.5"]
 
 
+def central_differences(f, z, h=1e-6):
+    """d f / d z of a scalar function of a float64 array, element by element."""
+    fd = np.zeros_like(z)
+    for idx in np.ndindex(z.shape):
+        zp, zm = z.copy(), z.copy()
+        zp[idx] += h
+        zm[idx] -= h
+        fd[idx] = (f(zp) - f(zm)) / (2 * h)
+    return fd
+
+
 def _batch(seed=0, n=5, classes=7, scale=2.0):
     rng = np.random.default_rng(seed)
     return rng.standard_normal((n, classes)) * scale, rng.integers(0, classes, n)
@@ -89,13 +100,7 @@ def test_loss_is_mean_negative_log_likelihood(kind):
 def test_exact_gradient_matches_central_differences(kind):
     z, y = _batch(2)
     _, grad = nn.softmax_cross_entropy(z, y, kind, gradient="exact")
-    h = 1e-6
-    fd = np.zeros_like(z)
-    for idx in np.ndindex(z.shape):
-        zp, zm = z.copy(), z.copy()
-        zp[idx] += h
-        zm[idx] -= h
-        fd[idx] = (nn.softmax_cross_entropy(zp, y, kind)[0] - nn.softmax_cross_entropy(zm, y, kind)[0]) / (2 * h)
+    fd = central_differences(lambda v: nn.softmax_cross_entropy(v, y, kind)[0], z)
     np.testing.assert_allclose(grad, fd, rtol=1e-4, atol=1e-7)
 
 
@@ -169,13 +174,7 @@ def test_reference_vjp(n, gradient):
     w = rng.standard_normal((3, 6))
     dz = ref.taylor_softmax_backward(w, z, n, gradient)
     if gradient == "exact":  # the true derivative of sum(w * p)
-        h = 1e-6
-        fd = np.zeros_like(z)
-        for idx in np.ndindex(z.shape):
-            zp, zm = z.copy(), z.copy()
-            zp[idx] += h
-            zm[idx] -= h
-            fd[idx] = ((w * ref.taylor_softmax(zp, n)).sum() - (w * ref.taylor_softmax(zm, n)).sum()) / (2 * h)
+        fd = central_differences(lambda v: (w * ref.taylor_softmax(v, n)).sum(), z)
         np.testing.assert_allclose(dz, fd, rtol=1e-6, atol=1e-9)
     else:  # the softmax Jacobian (diag(p) - p p^T) at p = the Taylor probabilities
         p = ref.taylor_softmax(z, n)

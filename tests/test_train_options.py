@@ -2,13 +2,10 @@
 its activation implementation, through dlcpu.train, dlcpu.nn and `dlcpu train`."""
 import inspect
 import json
-import os
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from test_cli import assert_one_line_error, run
 
 import dlcpu.rnn
 from dlcpu import nn, train
@@ -18,23 +15,11 @@ HAVE_ACTIVATION_IMPL = "activation_impl" in inspect.signature(dlcpu.rnn.lstm_for
 needs_activation_impl = pytest.mark.skipif(not HAVE_ACTIVATION_IMPL,
                                            reason="dlcpu.rnn's forwards do not take activation_impl yet")
 
-DLCPU = os.path.join(os.path.dirname(sys.executable), "dlcpu")
-if not os.path.exists(DLCPU):
-    DLCPU = shutil.which("dlcpu")
-
-
-def run(*args, timeout=300):
-    return subprocess.run([DLCPU, *args], check=False, capture_output=True, text=True, cwd="/", timeout=timeout,
-                          env={**os.environ, "COLUMNS": "200"})
 
 
 def assert_bad_option(res, *needles):
     """Exit 2 with one 'error:' line on stderr naming every needle, nothing on stdout."""
-    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    assert all(n in lines[0] for n in needles), lines[0]
-    assert "Traceback" not in res.stderr and res.stdout == ""
+    assert_one_line_error(res, 2, *needles)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ configuration) and the CLI's comma lists, --seeds, table, JSON and Ctrl-C."""
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,13 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_cli import DLCPU, assert_one_line_error, run
 
 from dlcpu import train
 from dlcpu.train import SweepConfig, SweepRun
-
-DLCPU = os.path.join(os.path.dirname(sys.executable), "dlcpu")
-if not os.path.exists(DLCPU):
-    DLCPU = shutil.which("dlcpu")
 
 #: the keys of a single run's --json, as they were before sweeps existed
 SINGLE_RUN_KEYS = {"dataset", "model", "loss", "loss_gradient", "cell", "activation_impl", "train_images",
@@ -26,17 +22,9 @@ SINGLE_RUN_KEYS = {"dataset", "model", "loss", "loss_gradient", "cell", "activat
                    "from", "prune", "prune_scope", "history", "sparsity"}
 
 
-def run(*args, timeout=300):
-    return subprocess.run([DLCPU, *args], check=False, capture_output=True, text=True, cwd="/", timeout=timeout,
-                          env={**os.environ, "COLUMNS": "200"})
-
-
 def assert_bad_option(res, *needles):
-    assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
-    lines = [line for line in res.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    assert all(n in lines[0] for n in needles), lines[0]
-    assert "Traceback" not in res.stderr and res.stdout == ""
+    """Exit 2 with one 'error:' line on stderr naming every needle, nothing on stdout."""
+    assert_one_line_error(res, 2, *needles)
 
 
 def fake_run(acc, seed=0, loss="softmax", cell=None, impl=None, seconds=1.0):

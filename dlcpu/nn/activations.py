@@ -71,7 +71,10 @@ class _Activation(Module):
         return getattr(approx, self.op)(a, impl=self.activation_impl)
 
     def _grad(self, d, saved):
-        return getattr(approx, f"{self.op}_backward")(d, saved, impl=self.activation_impl)
+        backward = getattr(approx, f"{self.op}_backward")
+        if self.saves_output:   # tanh, sigmoid: the derivative from the output, the same for every flavour
+            return backward(d, saved)
+        return backward(d, saved, impl=self.activation_impl)
 
     def forward(self, x):
         a, wrap = _data(x, self.describe())
@@ -95,17 +98,11 @@ class Tanh(_Activation):
     op = "tanh"
     saves_output = True
 
-    def _grad(self, d, y):
-        return approx.tanh_backward(d, y)
-
 
 @register
 class Sigmoid(_Activation):
     op = "sigmoid"
     saves_output = True
-
-    def _grad(self, d, y):
-        return approx.sigmoid_backward(d, y)
 
 
 @register

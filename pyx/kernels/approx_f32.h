@@ -601,67 +601,80 @@ static void dlcpu_softmax_rows_scalar(int kind, int order, const float *z, float
     }
 }
 
-#define DLCPU_FLUSH_ROW_SUM(j)                                                                   \
-    if (((j) & 1023) == 1008) {                                                                  \
-        sum += _mm512_reduce_add_ps(acc);                                                        \
-        acc = _mm512_setzero_ps();                                                               \
+/* Pieces both AVX-512 row kernels (forward, backward) share. */
+static inline __attribute__((always_inline)) __mmask16 dlcpu_lanes16(int64_t j, int64_t n)
+{
+    return j + 16 <= n ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+}
+
+/* The row's maximum for the exp softmax, or 0 when the row must come out NaN (vmaxps drops NaN,
+ * and the exp clamp would turn inf - inf into a number): a NaN or +Inf in the row, or nothing
+ * above -Inf, as the scalar path computes it. */
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 int
+dlcpu_row_max_avx512(const float *zr, int64_t cols, float *top)
+{
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    __mmask16 bad = 0;
+    for (int64_t j = 0; j < cols; j += 16) {
+        const __mmask16 lanes = dlcpu_lanes16(j, cols);
+        const __m512 v = _mm512_maskz_loadu_ps(lanes, zr + j);
+        bad |= _mm512_mask_cmp_ps_mask(lanes, v, v, _CMP_UNORD_Q) |
+               _mm512_mask_cmp_ps_mask(lanes, v, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ);
+        mx = _mm512_mask_max_ps(mx, lanes, mx, v);
     }
+    *top = _mm512_reduce_max_ps(mx);
+    return !bad && *top != -INFINITY;
+}
+
+/* f of one vector: f_order(v) by Horner (Taylor), or exp(v - m) with lanes below the exp's clamp
+ * at -88 (a masked -inf logit, or one far below the maximum) exactly 0. */
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 __m512
+dlcpu_softmax_f_avx512(__m512 v, int taylor, int order, const float *c, __m512 m)
+{
+    if (taylor) {
+        __m512 f = _mm512_set1_ps(c[order]);
+        for (int k = order - 1; k >= 0; k--) f = _mm512_fmadd_ps(f, v, _mm512_set1_ps(c[k]));
+        return f;
+    }
+    const __m512 s = _mm512_sub_ps(v, m);
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s, _mm512_set1_ps(-88.0f), _CMP_GE_OQ), dlcpu_exp_avx512(s));
+}
+
+/* Row sums: float lanes over blocks of 1024 columns, the blocks added in double (a float
+ * accumulator alone was off by 3e-3 at 2^22 classes). */
+#define DLCPU_ROW_BLOCK_END(j) (((j) & 1023) == 1008)
 
 static DLCPU_TARGET_AVX512 void dlcpu_softmax_rows_avx512(int kind, int order, const float *z, float *p,
                                                          int64_t rows, int64_t cols)
 {
     float c[16];
-    if (kind == DLCPU_SOFTMAX_TAYLOR) dlcpu_taylor_coeffs(order, c);
+    const int taylor = kind == DLCPU_SOFTMAX_TAYLOR;
+    if (taylor) dlcpu_taylor_coeffs(order, c);
     for (int64_t r = 0; r < rows; r++) {
         const float *zr = z + r * cols;
         float *pr = p + r * cols;
-        /* the row sum: float lanes over blocks of 1024 columns, the blocks added in double (a
-         * float accumulator alone was off by 3e-3 at 2^22 classes) */
+        float top = 0.0f;
+        if (!taylor && !dlcpu_row_max_avx512(zr, cols, &top)) {
+            for (int64_t j = 0; j < cols; j++) pr[j] = NAN;
+            continue;
+        }
+        const __m512 m = _mm512_set1_ps(top);
         __m512 acc = _mm512_setzero_ps();
         double sum = 0.0;
-        if (kind == DLCPU_SOFTMAX_TAYLOR) {
-            for (int64_t j = 0; j < cols; j += 16) {
-                const __mmask16 lanes = j + 16 <= cols ? 0xFFFF : (__mmask16)((1u << (cols - j)) - 1);
-                const __m512 v = _mm512_maskz_loadu_ps(lanes, zr + j);
-                __m512 f = _mm512_set1_ps(c[order]);
-                for (int k = order - 1; k >= 0; k--) f = _mm512_fmadd_ps(f, v, _mm512_set1_ps(c[k]));
-                acc = _mm512_mask_add_ps(acc, lanes, acc, f);
-                _mm512_mask_storeu_ps(pr + j, lanes, f);
-                DLCPU_FLUSH_ROW_SUM(j);
-            }
-        } else {
-            /* vmaxps drops NaN and the exp clamp would turn inf - inf into a number: a row with a
-             * NaN or +Inf, or with nothing above -Inf, is NaN, as the scalar path computes it */
-            __m512 mx = _mm512_set1_ps(-INFINITY);
-            __mmask16 bad = 0;
-            for (int64_t j = 0; j < cols; j += 16) {
-                const __mmask16 lanes = j + 16 <= cols ? 0xFFFF : (__mmask16)((1u << (cols - j)) - 1);
-                const __m512 v = _mm512_maskz_loadu_ps(lanes, zr + j);
-                bad |= _mm512_mask_cmp_ps_mask(lanes, v, v, _CMP_UNORD_Q) |
-                       _mm512_mask_cmp_ps_mask(lanes, v, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ);
-                mx = _mm512_mask_max_ps(mx, lanes, mx, v);
-            }
-            const float top = _mm512_reduce_max_ps(mx);
-            if (bad || top == -INFINITY) {
-                for (int64_t j = 0; j < cols; j++) pr[j] = NAN;
-                continue;
-            }
-            const __m512 m = _mm512_set1_ps(top);
-            for (int64_t j = 0; j < cols; j += 16) {
-                const __mmask16 lanes = j + 16 <= cols ? 0xFFFF : (__mmask16)((1u << (cols - j)) - 1);
-                const __m512 s = _mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, zr + j), m);
-                /* exp clamps at -88 (4e-39): a masked (-inf) or far lower logit must get 0 */
-                const __m512 e = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s, _mm512_set1_ps(-88.0f), _CMP_GE_OQ),
-                                                     dlcpu_exp_avx512(s));
-                acc = _mm512_mask_add_ps(acc, lanes, acc, e);
-                _mm512_mask_storeu_ps(pr + j, lanes, e);
-                DLCPU_FLUSH_ROW_SUM(j);
+        for (int64_t j = 0; j < cols; j += 16) {
+            const __mmask16 lanes = dlcpu_lanes16(j, cols);
+            const __m512 f = dlcpu_softmax_f_avx512(_mm512_maskz_loadu_ps(lanes, zr + j), taylor, order, c, m);
+            acc = _mm512_mask_add_ps(acc, lanes, acc, f);
+            _mm512_mask_storeu_ps(pr + j, lanes, f);
+            if (DLCPU_ROW_BLOCK_END(j)) {
+                sum += _mm512_reduce_add_ps(acc);
+                acc = _mm512_setzero_ps();
             }
         }
         sum += _mm512_reduce_add_ps(acc);
         const __m512 inv = _mm512_set1_ps((float)(1.0 / sum));
         for (int64_t j = 0; j < cols; j += 16) {
-            const __mmask16 lanes = j + 16 <= cols ? 0xFFFF : (__mmask16)((1u << (cols - j)) - 1);
+            const __mmask16 lanes = dlcpu_lanes16(j, cols);
             _mm512_mask_storeu_ps(pr + j, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, pr + j), inv));
         }
     }
@@ -719,43 +732,20 @@ static DLCPU_TARGET_AVX512 void dlcpu_softmax_bwd_rows_avx512(int kind, int orde
     for (int64_t r = 0; r < rows; r++) {
         const float *zr = z + r * cols, *dr = dp + r * cols;
         float *out = dz + r * cols;
-        __m512 m = _mm512_set1_ps(0.0f);
-        if (!taylor) {      /* as the forward: a row with NaN, +Inf or nothing above -Inf is NaN */
-            __m512 mx = _mm512_set1_ps(-INFINITY);
-            __mmask16 bad = 0;
-            for (int64_t j = 0; j < cols; j += 16) {
-                const __mmask16 lanes = j + 16 <= cols ? 0xFFFF : (__mmask16)((1u << (cols - j)) - 1);
-                const __m512 v = _mm512_maskz_loadu_ps(lanes, zr + j);
-                bad |= _mm512_mask_cmp_ps_mask(lanes, v, v, _CMP_UNORD_Q) |
-                       _mm512_mask_cmp_ps_mask(lanes, v, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ);
-                mx = _mm512_mask_max_ps(mx, lanes, mx, v);
-            }
-            const float top = _mm512_reduce_max_ps(mx);
-            if (bad || top == -INFINITY) {
-                for (int64_t j = 0; j < cols; j++) out[j] = NAN;
-                continue;
-            }
-            m = _mm512_set1_ps(top);
+        float top = 0.0f;
+        if (!taylor && !dlcpu_row_max_avx512(zr, cols, &top)) {
+            for (int64_t j = 0; j < cols; j++) out[j] = NAN;
+            continue;
         }
-#define DLCPU_SOFTMAX_F(V, ORDER)                                                                  \
-        ({ __m512 f_;                                                                              \
-           if (taylor) {                                                                           \
-               f_ = _mm512_set1_ps(c[ORDER]);                                                      \
-               for (int k = (ORDER) - 1; k >= 0; k--) f_ = _mm512_fmadd_ps(f_, V, _mm512_set1_ps(c[k])); \
-           } else {                                                                                \
-               const __m512 s_ = _mm512_sub_ps(V, m);                                              \
-               f_ = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s_, _mm512_set1_ps(-88.0f), _CMP_GE_OQ),  \
-                                        dlcpu_exp_avx512(s_));                                     \
-           }                                                                                       \
-           f_; })
+        const __m512 m = _mm512_set1_ps(top);
         __m512 acc = _mm512_setzero_ps(), dacc = _mm512_setzero_ps();
         double sum = 0.0, dsum = 0.0;
         for (int64_t j = 0; j < cols; j += 16) {
-            const __mmask16 lanes = j + 16 <= cols ? 0xFFFF : (__mmask16)((1u << (cols - j)) - 1);
-            const __m512 f = DLCPU_SOFTMAX_F(_mm512_maskz_loadu_ps(lanes, zr + j), order);
+            const __mmask16 lanes = dlcpu_lanes16(j, cols);
+            const __m512 f = dlcpu_softmax_f_avx512(_mm512_maskz_loadu_ps(lanes, zr + j), taylor, order, c, m);
             acc = _mm512_mask_add_ps(acc, lanes, acc, f);
             dacc = _mm512_mask3_fmadd_ps(_mm512_maskz_loadu_ps(lanes, dr + j), f, dacc, lanes);  /* tail: keep dacc */
-            if ((j & 1023) == 1008) {
+            if (DLCPU_ROW_BLOCK_END(j)) {
                 sum += _mm512_reduce_add_ps(acc);
                 dsum += _mm512_reduce_add_ps(dacc);
                 acc = dacc = _mm512_setzero_ps();
@@ -765,12 +755,11 @@ static DLCPU_TARGET_AVX512 void dlcpu_softmax_bwd_rows_avx512(int kind, int orde
         dsum += _mm512_reduce_add_ps(dacc);
         const __m512 inv = _mm512_set1_ps((float)(1.0 / sum)), dot = _mm512_set1_ps((float)(dsum / sum));
         for (int64_t j = 0; j < cols; j += 16) {
-            const __mmask16 lanes = j + 16 <= cols ? 0xFFFF : (__mmask16)((1u << (cols - j)) - 1);
-            const __m512 g = DLCPU_SOFTMAX_F(_mm512_maskz_loadu_ps(lanes, zr + j), g_order);
+            const __mmask16 lanes = dlcpu_lanes16(j, cols);
+            const __m512 g = dlcpu_softmax_f_avx512(_mm512_maskz_loadu_ps(lanes, zr + j), taylor, g_order, c, m);
             const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, dr + j), dot);
             _mm512_mask_storeu_ps(out + j, lanes, _mm512_mul_ps(_mm512_mul_ps(g, inv), d));
         }
-#undef DLCPU_SOFTMAX_F
     }
 }
 
