@@ -28,10 +28,10 @@ from rich.progress import TextColumn
 from rich.table import Table
 
 from .. import cpu, nn
+from ..approx import IMPLS as ACTIVATION_IMPLS
 from ..nn.losses import GRADIENTS
 from ..nn.models import RNN_CELLS
 from ..nn.prune import check_sparsity
-from ..nn.recurrent import ACTIVATION_IMPLS
 from ._output import EXIT_INTERRUPTED, JsonFlag, bad_option, check_output_path, command, emit_json, err, group, out, progress
 
 app = group("Train models on dlcpu kernels.")

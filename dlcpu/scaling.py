@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import benchmarks, cpu, workloads
+from ._validate import fits_in_memory
 
 MODES = ("strong", "weak")
 #: what WORKLOAD may be, for error messages and --help
@@ -147,6 +148,21 @@ def parse_workload(text, batch=None):
             return Workload("conv", src, replace(layer, problem=replace(layer.problem, N=layer.mb or batch or 1)))
     raise ValueError(f"unknown workload {src!r}: a workload is {WORKLOAD_FORMS} "
                      f"(ResNet-50 layers: {', '.join(l.name for l in workloads.resnet50_layers())})")
+
+
+def check_memory(workload):
+    """Refuse (ValueError) a gemm or LSTM workload whose buffers could never be allocated, before
+    anything is (the float64 draws of the inputs, the float32 copies, outputs and packed operands;
+    conv layers are checked by benchmarks.conv_layer_shape when their step is made)."""
+    if workload.kind == "gemm":
+        m, n, k = workload.dims
+        need = 16 * (m * k + k * n) + 8 * m * n
+    elif workload.kind == "lstm":
+        T, N, C, K = workload.dims
+        need = 16 * T * N * (C + K) + 24 * 4 * K * (C + K) + 40 * T * N * 4 * K
+    else:
+        return
+    fits_in_memory(need, f"workload {workload.describe()}", "scale threads")
 
 
 def make_step(workload, n_threads, seed=0):
@@ -368,6 +384,7 @@ def thread_scaling(workload, threads, mode="strong", *, repeats=5, warmup=1, on_
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     threads = check_thread_counts(threads)
+    check_memory(workload.scaled(max(threads)) if mode == "weak" else workload)
     cores = available_cores()
     points = measure_threads(workload, threads, mode, repeats=repeats, warmup=warmup, on_point=on_point)
     result = analyse(threads, [p["seconds"]["median_s"] for p in points], mode)

@@ -274,3 +274,12 @@ def test_predict_classes_follows_the_kind():
         nn.predict_classes(np.zeros(3))
     with pytest.raises(ValueError, match="odd"):
         nn.predict_classes(z, "taylor:3")
+
+
+def test_predict_classes_refuses_bad_logits():
+    with pytest.raises(TypeError, match="predict_classes: logits must be a real-valued array"):
+        nn.predict_classes(np.array([["a", "b"]]), "taylor:4")
+    with pytest.raises(ValueError, match="predict_classes: logits must be .* at least one class"):
+        nn.predict_classes(np.zeros((2, 0)))
+    with pytest.raises(ValueError, match="predict_classes: .*order must be even"):
+        nn.predict_classes(np.zeros((2, 3)), "taylor:3")

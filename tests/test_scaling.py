@@ -242,3 +242,9 @@ def test_conv_step_times_direct_convolution(monkeypatch):
     step()
     assert seen and set(seen) == {"direct"}
     assert "direct" in scaling.TIMED_REGION["conv"]
+
+
+@pytest.mark.parametrize("text", ["gemm:100000,100000,100000", "lstm:50,64,100000,100000"])
+def test_impossible_workload_is_refused_before_allocating(text):
+    with pytest.raises(ValueError, match="would need .* more than this machine"):
+        scaling.thread_scaling(text, [1, 2])

@@ -98,10 +98,16 @@ def predict_classes(logits, kind="softmax"):
     (N, classes).  Exp kinds: the logits' argmax.  Taylor kinds: the argmax of f_n(z), which
     differs from the logits' argmax whenever a very negative logit climbs back up f_n's far
     branch.  A margin only shapes training and does not enter."""
-    spec = parse_loss_kind(kind)
+    fn = "predict_classes"
+    try:
+        spec = parse_loss_kind(kind)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{fn}: {exc}") from None
     logits = np.asarray(logits)
-    if logits.ndim != 2:
-        raise ValueError(f"predict_classes: logits must be (N, classes), got shape {logits.shape}")
+    if logits.dtype.kind not in "fiu":
+        raise TypeError(f"{fn}: logits must be a real-valued array, got dtype {logits.dtype} with shape {logits.shape}")
+    if logits.ndim != 2 or logits.shape[1] < 1:
+        raise ValueError(f"{fn}: logits must be (N, classes) with at least one class, got shape {logits.shape}")
     if not spec.taylor:
         return logits.argmax(axis=1)
     with np.errstate(over="ignore", invalid="ignore"):

@@ -11,7 +11,6 @@ configuration only when it is not "exact", so files written before it existed lo
 """
 import numpy as np
 
-from ..approx import IMPLS as ACTIVATION_IMPLS  # noqa: F401  (the values of activation_impl)
 from ..approx import check_impl
 from .module import Module, Parameter, _take, check_bool, check_float32, check_ints, check_parameter_memory, register
 
