@@ -122,7 +122,8 @@ def run_app(app, args=None):
         if isinstance(exc, NoArgsIsHelpError):  # `dlcpu` or `dlcpu bench` alone: the help, exit 2
             exc.show()
             return EXIT_USAGE
-        print_error(_escape(_one_line(exc.format_message())))
+        if not _launched_rank_above_zero():   # under mpiexec every rank finds the same bad option: say it once
+            print_error(_escape(_one_line(exc.format_message())))
         return EXIT_USAGE
     except typer.Abort:
         print_error("aborted")
@@ -130,6 +131,13 @@ def run_app(app, args=None):
     if rv == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this exit code
         print_error("interrupted")
     return rv if isinstance(rv, int) else 0
+
+
+def _launched_rank_above_zero():
+    """True in a process an MPI launcher started as a rank other than 0 (no MPI import)."""
+    from ..distributed import launcher_rank
+
+    return bool(launcher_rank())
 
 
 def _one_line(text):

@@ -2,6 +2,7 @@
 
     dlcpu scale threads WORKLOAD --threads 1,2,4 --mode strong|weak [--plot FILE.png] [--json]
     dlcpu scale buckets [--ranks 2,4] [--batch-per-rank 32] [--buckets 5] [--json]
+    dlcpu scale ranks train:digits --ranks 1,2 --mode weak|strong [--batch 64] [--threads 1] [--json]
 
 One section per command; a command parses its options, calls dlcpu.scaling and renders.  No
 timing or fitting logic here.
@@ -12,6 +13,7 @@ import typer
 from rich.table import Table
 
 from .. import scaling
+from ._dist import CommCore, Compress, DistArgs, FusionThreshold, Overlap, dist_options
 from ._output import JsonFlag, bad_option, check_output_path, command, emit_json, err, group, out, progress
 
 app = group("Scaling sweeps: thread scaling with Amdahl and Gustafson fits; data-parallel bucketing.")
@@ -152,3 +154,91 @@ def scale_buckets(
     out.print("padding waste: padded tokens / all tokens computed; imbalance: per step, the longest rank slice's padded "
               "length over the ranks' mean (the straggler factor at the allreduce), mean and max over the epoch.",
               highlight=False, soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------------------- ranks
+@command(app, "ranks")
+def scale_ranks(
+    workload: Annotated[str, typer.Argument(
+        metavar="WORKLOAD", help="What to train: train:digits (the CNN) or train:digits-rnn (the LSTM).",
+        show_default=False)],
+    ranks: Annotated[str, typer.Option("--ranks", metavar="<list>",
+                                       help="Comma list of rank counts including 1, e.g. 1,2.")] = "1,2",
+    mode: Annotated[str, typer.Option(
+        "--mode", metavar="<mode>",
+        help="weak: a fixed batch per rank (the global batch grows with the ranks); strong: a fixed global "
+             "batch, split over the ranks.")] = "weak",
+    batch: Annotated[int, typer.Option("--batch", min=1, max=1_000_000,
+                                       help="Images per rank (weak) or per step (strong).")] = 64,
+    threads: Annotated[int, typer.Option("--threads", min=1, max=1024, help="Compute threads per rank.")] = 1,
+    steps: Annotated[int, typer.Option("--steps", min=3, max=100_000, help="Timed steps per launch.")] = 40,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, max=10_000, help="Untimed steps first.")] = 5,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, max=100,
+                                         help="Launches per rank count, interleaved; the median is reported.")] = 3,
+    fusion_threshold: FusionThreshold = None,
+    compress: Compress = None,
+    comm_core: CommCore = False,
+    overlap: Overlap = True,
+    as_json: JsonFlag = False,
+):
+    """Data-parallel training throughput at 1, 2, ... MPI ranks (launches itself under mpiexec)."""
+    from .. import distributed, scaling_ranks
+
+    try:
+        scaling_ranks.parse_rank_workload(workload)
+    except ValueError as exc:
+        raise bad_option("WORKLOAD", str(exc)) from None
+    if mode not in scaling.MODES:
+        raise bad_option("--mode", f"must be one of {', '.join(scaling.MODES)}, got {mode!r}")
+    try:
+        counts = scaling_ranks.check_rank_counts([int(v) for v in ranks.split(",") if v.strip()])
+        scaling_ranks.check_batch(mode, batch, counts)
+    except ValueError as exc:
+        option = "--batch" if "batch" in str(exc) else "--ranks"
+        message = str(exc) if option == "--batch" else f"must be a comma list of integers including 1: {exc}"
+        raise bad_option(option, message) from None
+    options = dist_options(DistArgs(True, fusion_threshold, compress, comm_core, overlap=overlap))
+    if max(counts) > 1:
+        try:
+            scaling_ranks.find_mpiexec()
+        except distributed.DistributedError as exc:
+            raise bad_option("--ranks", str(exc)) from None
+    with progress() as bar:
+        task = bar.add_task(f"{mode} rank scaling, {workload}", total=len(counts) * repeats)
+        result = scaling_ranks.rank_scaling(workload, counts, mode, batch, threads, steps, warmup, repeats, options,
+                                            on_point=lambda r: bar.advance(task))
+    if as_json:
+        emit_json(result)
+        return
+    _render_ranks(result)
+
+
+def _render_ranks(result):
+    def ms(seconds):
+        return f"{1e3 * seconds:.2f}"
+
+    o = result["options"]
+    t = Table(title=f"{result['mode']} rank scaling: {result['workload']}, {result['threads_per_rank']} thread(s) per "
+                    f"rank ({result['cores']} cores available); fusion {o['fusion_threshold']} B, compression "
+                    f"{o['compression']}, overlap {'on' if o['overlap'] else 'off'}"
+                    f"{', communication core' if o['comm_core'] else ''}")
+    for col in ("ranks", "global batch", "step ms (median)", "images/s", "speedup", "efficiency", "allreduce ms",
+                "allreduce % of step", "exposed ms", "exposed % of step", "exposed % of allreduce"):
+        t.add_column(col, justify="right")
+    for p in result["points"]:
+        c = p["communication"]
+        comm = ("-",) * 5
+        if c:
+            comm = (ms(c["comm_seconds"]), f"{100 * c['comm_share']:.1f}%", ms(c["exposed_seconds"]),
+                    f"{100 * c['exposed_share']:.1f}%", f"{100 * c['exposed_of_comm']:.0f}%")
+        t.add_row(str(p["ranks"]), str(p["global_batch"]), ms(p["seconds"]["median_s"]), f"{p['images_per_second']:.0f}",
+                  f"{p['speedup']:.2f}", f"{100 * p['efficiency']:.1f}%", *comm)
+    out.print(t)
+    fit = result["fit"]
+    head = (f"Amdahl fit: parallel fraction p = {fit['p']:.4f}" if fit["model"] == "amdahl"
+            else f"Gustafson fit: serial fraction s = {fit['s']:.4f}")
+    pred = ", ".join(f"{q['speedup']:.2f}x at {q['threads']} ranks" for q in fit["predicted"])
+    out.print(f"{head}; predicted: {pred}", highlight=False)
+    out.print(f"timed: {result['timed_region']}; median of {result['steps']} steps per launch, median launch of "
+              f"{result['repeats']}.  1 rank is one process without MPI.", highlight=False, soft_wrap=True)
+    _warn(result["warnings"])

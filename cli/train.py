@@ -20,6 +20,7 @@ seeds, min, max, runs and mean training time.  A value listed twice is refused; 
 prints the table of the runs finished so far and exits 130.  One run (single values) prints and
 writes exactly what it always did."""
 import inspect
+import os
 from dataclasses import asdict
 from typing import Annotated
 
@@ -32,7 +33,20 @@ from ..approx import IMPLS as ACTIVATION_IMPLS
 from ..nn.losses import GRADIENTS
 from ..nn.models import RNN_CELLS
 from ..nn.prune import check_sparsity
-from ._output import EXIT_INTERRUPTED, JsonFlag, bad_option, check_output_path, command, emit_json, err, group, out, progress
+from ._dist import CommCore, Compress, DistArgs, FusionThreshold, Overlap, dist_options
+from ._output import (
+    EXIT_INTERRUPTED,
+    JsonFlag,
+    bad_option,
+    check_output_path,
+    command,
+    emit_json,
+    err,
+    group,
+    out,
+    print_error,
+    progress,
+)
 
 app = group("Train models on dlcpu kernels.")
 
@@ -130,12 +144,45 @@ def _check_seeds(seed, seeds):
     return _distinct("--seeds", values)
 
 
+def _join_ranks(options, batch, threads):
+    """Start MPI for --dist: (communicator, compute threads per rank).  --batch is the global
+    batch: it must divide by the rank count.  Warns (rank 0) when the node's ranks ask for more
+    threads than it has cores."""
+    from .. import distributed
+    from ..scaling import available_cores
+
+    try:
+        comm = distributed.world(options.timeout, options.comm_core)
+    except distributed.DistributedError as exc:
+        raise bad_option("--dist", str(exc)) from None
+    if batch % comm.size:
+        raise bad_option("--batch", f"{batch} does not divide by the {comm.size} ranks: --batch is the global batch, "
+                                    f"{comm.size} equal slices per step; use a multiple of {comm.size} (an epoch's "
+                                    "last, shorter batch is split as evenly as possible)")
+    cores = os.cpu_count() or 1
+    bound = available_cores() < cores           # a launcher that binds ranks to cores
+    per_rank = threads or distributed.threads_per_rank(1 if bound else comm.local_size,
+                                                       available_cores() if bound else cores, options.comm_core)
+    warning = distributed.oversubscription_warning(per_rank, 1 if bound else comm.local_size,
+                                                   available_cores() if bound else cores, options.comm_core)
+    if warning and comm.rank == 0:
+        err.print(f"warning: {warning}", highlight=False, soft_wrap=True)
+    return comm, per_rank
+
+
 def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=None, from_path=None,
-           prune_scope="layer", loss="softmax", loss_gradient="exact", cell=None, activation_impl=None, seeds=None):
+           prune_scope="layer", loss="softmax", loss_gradient="exact", cell=None, activation_impl=None, seeds=None,
+           dist_args=None):
     """Shared body of the `dlcpu train` commands (model 'cnn' or 'rnn'): one run, or with more
     than one value of --loss/--cell/--activation-impl/--seeds a sweep over their product."""
+    from .. import distributed
     from .. import train as training
 
+    options = dist_options(dist_args or DistArgs())
+    launched = distributed.launcher_size()
+    if options is None and launched and launched > 1:
+        err.print(f"warning: started by an MPI launcher with {launched} ranks but without --dist: every rank trains "
+                  "its own model; add --dist to train one model data-parallel", highlight=False, soft_wrap=True)
     check_output_path(out_path)
     _check_prune(sparsity)
     if prune_scope not in ("layer", "global"):
@@ -157,6 +204,13 @@ def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=
                 training.check_cell(initial, c, from_path)
             except ValueError as exc:
                 raise bad_option("--cell", str(exc)) from None
+    if options is not None and runs > 1:
+        raise bad_option("--dist", f"trains one configuration, but this sweep has {runs} runs; run them one at a time")
+    if options is not None:
+        comm, n_threads = _join_ranks(options, batch, threads)
+        _train_one(model, epochs, batch, lr, n_threads, seed_list[0], out_path, as_json, sparsity, from_path, initial,
+                   prune_scope, losses[0], loss_gradient, cells[0], impls[0], options, comm)
+        return
     n_threads = threads or cpu.resolve_threads()
     if runs > 1:
         configs = training.sweep_configs(losses, cells, impls)
@@ -168,13 +222,41 @@ def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=
 
 
 def _train_one(model, epochs, batch, lr, n_threads, seed, out_path, as_json, sparsity, from_path, initial,
-               prune_scope, loss, loss_gradient, cell, activation_impl):
-    """One training run: epoch lines on stderr, a summary line (or JSON) on stdout."""
+               prune_scope, loss, loss_gradient, cell, activation_impl, dist=None, comm=None):
+    """One training run: epoch lines on stderr, a summary line (or JSON) on stdout.  Data-parallel
+    (dist, comm), rank 0 alone reports; an error on one rank ends the whole job."""
+    if comm is None:
+        return _train_one_process(model, epochs, batch, lr, n_threads, seed, out_path, as_json, sparsity, from_path,
+                                  initial, prune_scope, loss, loss_gradient, cell, activation_impl)
+    from .. import distributed
+    from .. import train as training
+
+    try:
+        _train_one_process(model, epochs, batch, lr, n_threads, seed, out_path, as_json, sparsity, from_path, initial,
+                           prune_scope, loss, loss_gradient, cell, activation_impl, dist, comm.rank)
+    except training.TrainingDiverged:
+        # every rank saw the same global loss and stops at the same step: rank 0 says so
+        if comm.rank == 0:
+            raise
+        raise typer.Exit(1) from None
+    except (distributed.DistributedError, ValueError, TypeError, OSError, MemoryError, KeyboardInterrupt) as exc:
+        # this rank alone may have failed: say which, then end every rank (they would wait for it)
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc) or type(exc).__name__
+        who = f"rank {comm.rank} of {comm.size}"
+        print_error(what if what.startswith(who) else f"{who}: {what}")
+        if comm.size > 1:
+            comm.abort(EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else 1)
+        raise typer.Exit(1) from None
+
+
+def _train_one_process(model, epochs, batch, lr, n_threads, seed, out_path, as_json, sparsity, from_path, initial,
+                       prune_scope, loss, loss_gradient, cell, activation_impl, dist=None, rank=0):
     from threadpoolctl import threadpool_limits
 
     from .. import train as training
 
     data = training.load_digits_split(seed)
+    quiet = rank != 0           # data-parallel: only rank 0 shows progress and the result
     with progress(TextColumn("{task.fields[status]}")) as bar:
         task = bar.add_task("epoch 1", total=epochs * -(-len(data.x_train) // batch), status="")
         last = {"acc": ""}
@@ -185,15 +267,18 @@ def _train_one(model, epochs, batch, lr, n_threads, seed, out_path, as_json, spa
 
         def on_epoch(stats):
             last["acc"] = f"test acc {100 * stats.test_accuracy:.2f}%"
-            if not as_json:
+            if not as_json and not quiet:
                 err.print(f"epoch {stats.epoch:3d}  loss {stats.loss:.4f}  train acc {100 * stats.train_accuracy:6.2f}%  "
                           f"test acc {100 * stats.test_accuracy:6.2f}%  {stats.images_per_second:8.0f} img/s", highlight=False)
 
         with threadpool_limits(limits=n_threads, user_api="openmp"):
             result = training.train_digits(epochs, batch, lr, seed=seed, out=out_path, data=data,
-                                           on_step=on_step, on_epoch=on_epoch, model=model,
+                                           on_step=None if quiet else on_step, on_epoch=on_epoch, model=model,
                                            prune=sparsity, init_from=initial, prune_scope=prune_scope, loss=loss,
-                                           loss_gradient=loss_gradient, cell=cell, activation_impl=activation_impl)
+                                           loss_gradient=loss_gradient, cell=cell, activation_impl=activation_impl,
+                                           dist=dist)
+    if quiet:
+        return
     summary = {"dataset": "sklearn digits (1797 8x8 images)",
                "model": "digits_resnet (CNN)" if model == "cnn" else
                         f"digits_rnn ({(result.cell or 'lstm').upper()} over image rows)",
@@ -204,6 +289,7 @@ def _train_one(model, epochs, batch, lr, n_threads, seed, out_path, as_json, spa
                "lr": lr, "seed": seed, "test_accuracy": result.test_accuracy,
                "seconds": result.total_seconds, "saved_to": out_path, "from": from_path, "prune": sparsity,
                "prune_scope": prune_scope if sparsity is not None else None,
+               "ranks": result.ranks, "communication": result.communication,
                "history": [s.__dict__ for s in result.epochs],
                "sparsity": {"total": nn.total_sparsity(result.sparsity), "layers": [asdict(r) for r in result.sparsity]}}
     if as_json:
@@ -217,10 +303,23 @@ def _train_one(model, epochs, batch, lr, n_threads, seed, out_path, as_json, spa
         pruned += f", {result.loss} loss ({result.loss_gradient} gradient)"
     if result.cell is not None and (result.cell, result.activation_impl) != ("lstm", "exact"):
         pruned += f", {result.cell.upper()} cell with {result.activation_impl} activations"
+    where = f"{n_threads} thread(s)" if dist is None else f"{result.ranks} rank(s) x {n_threads} thread(s)"
     out.print(f"test accuracy {100 * result.test_accuracy:.2f}% after {epochs} epochs of {start}{pruned} in "
-              f"{result.total_seconds:.1f} s on {n_threads} thread(s){saved}", highlight=False)
+              f"{result.total_seconds:.1f} s on {where}{saved}", highlight=False)
+    if result.communication:
+        out.print(_communication_line(result.communication), highlight=False)
     if sparsity is not None or from_path:
         out.print(_sparsity_table(result.sparsity))
+
+
+def _communication_line(c):
+    """One line on a data-parallel run's communication (DataParallel.comm_summary)."""
+    ms = lambda v: f"{1e3 * v:.2f} ms"
+    return (f"per step (median of {c['steps']}, rank 0): {ms(c['step_seconds'])}; allreduce in flight "
+            f"{ms(c['comm_seconds'])} ({100 * c['comm_share']:.1f}% of the step), exposed {ms(c['exposed_seconds'])} "
+            f"({100 * c['exposed_share']:.1f}% of the step, {100 * c['exposed_of_comm']:.0f}% of the allreduce time); "
+            f"{c['buckets']} fusion bucket(s), compression {c['compression']}"
+            f"{', communication core' if c['comm_core'] else ''}")
 
 
 def _config_columns(model):
@@ -368,10 +467,29 @@ def _register(name, model, epochs_default, lr_default, doc):
             "--activation-impl", metavar="<impl>",
             help="How the cell computes sigmoid/tanh: exact, fast (rational approximations) or ktanh "
                  "(default: exact, or the --from model's); a comma list sweeps them.")] = None,
+        dist: Annotated[bool, typer.Option(
+            "--dist", help="Train data-parallel over MPI: launch with mpiexec -n <ranks>; --batch is the global batch, "
+                           "split over the ranks, and --threads is per rank.  Needs pip install \"dlcpu[mpi]\".")] = False,
+        fusion_threshold: FusionThreshold = None,
+        compress: Compress = None,
+        comm_core: CommCore = False,
+        timeline: Annotated[str | None, typer.Option(
+            "--timeline", metavar="<file>",
+            help="With --dist: write every rank's compute and communication spans as chrome-trace JSON "
+                 "(chrome://tracing, ui.perfetto.dev).")] = None,
+        comm_timeout: Annotated[float | None, typer.Option(
+            "--comm-timeout", metavar="<seconds>", min=0.001, max=86400.0,
+            help="With --dist: a collective that takes longer ends the job with an error (a rank died or "
+                 "stalled; default 120).")] = None,
+        check_replicas: Annotated[bool, typer.Option(
+            "--check-replicas", help="With --dist: after every step, check that all ranks' weights are bitwise "
+                                     "identical (a checksum allgather).")] = False,
+        overlap: Overlap = True,
         as_json: JsonFlag = False,
     ):
         _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity, from_path, prune_scope,
-               loss, loss_gradient, cell, activation_impl, seeds)
+               loss, loss_gradient, cell, activation_impl, seeds,
+               DistArgs(dist, fusion_threshold, compress, comm_core, timeline, comm_timeout, check_replicas, overlap))
 
     if model != "rnn":
         sig = inspect.signature(train_command)

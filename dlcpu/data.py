@@ -15,6 +15,8 @@ What is here (pure NumPy index bookkeeping; no tensors are touched):
   length list and uses the same seed, so all ranks build the same sequence of GLOBAL minibatches of
   ``num_ranks * batch_per_rank`` sequences, each drawn from ONE bucket; rank ``r`` keeps rows
   ``[r*B, (r+1)*B)``. Nothing is communicated: agreement comes from the shared seed.
+* ``shard`` — a rank's slice of a global batch (the even split both the sampler and
+  data-parallel training, dlcpu.distributed, use).
 * ``bucket_study`` — padding waste and straggler factor of three schemes (naive, per-rank
   bucketing, load-balanced) on a list of lengths, computed without running a model.
 * ``synthetic_lengths`` and ``text_sentence_lengths`` — length lists to study: log-normal
@@ -37,6 +39,7 @@ __all__ = [
     "BucketBatcher",
     "DistributedBucketSampler",
     "bucket_study",
+    "shard",
     "synthetic_lengths",
     "text_sentence_lengths",
 ]
@@ -180,6 +183,14 @@ class BucketBatcher:
 # ----------------------------------------------------------------------------------------------
 # multi-node, load balanced
 
+def shard(global_batch, num_ranks, rank):
+    """Rank `rank`'s rows of a global batch of indices, as evenly as possible
+    (``numpy.array_split``): m rows give the first ``m % num_ranks`` ranks ``ceil(m / num_ranks)``
+    rows and the others ``floor(m / num_ranks)``, possibly 0.  The slices are disjoint, in rank
+    order, and together are the global batch."""
+    return np.array_split(np.asarray(global_batch, dtype=np.int64), num_ranks)[rank]
+
+
 class DistributedBucketSampler:
     """Load-balanced multi-node bucketing (papers.md §10.2): one bucket per GLOBAL step.
 
@@ -249,8 +260,7 @@ class DistributedBucketSampler:
 
     def rank_slice(self, global_batch, rank=None):
         """Rank's rows of a global batch: [r*B, (r+1)*B) when full, an even split when not."""
-        r = self.rank if rank is None else rank
-        return np.array_split(np.asarray(global_batch, dtype=np.int64), self.num_ranks)[r]
+        return shard(global_batch, self.num_ranks, self.rank if rank is None else rank)
 
     def __iter__(self):
         return iter([self.rank_slice(gb) for _, gb in self.global_batches()])

@@ -22,6 +22,7 @@ so its logit is pushed down without end, past f_n's minimum, where its probabili
 On the digits CNN taylor:4, taylor:8 and sm-taylor:4:0.4 reached a NaN loss within 15 epochs and
 taylor:2 collapsed to 10% accuracy with logits near 1e24.
 """
+import functools
 import math
 import os
 import time
@@ -85,6 +86,9 @@ class TrainResult:
     loss_gradient: str = "exact"
     cell: str = None                # 'lstm' or 'gru' for an RNN, None for the CNN
     activation_impl: str = None     # the RNN's sigmoid/tanh implementation, None for the CNN
+    ranks: int = 1                  # data-parallel ranks (train_digits(dist=...)), 1 otherwise
+    rank: int = 0                   # this process's rank
+    communication: dict = None      # DataParallel.comm_summary() of a data-parallel run
 
     @property
     def test_accuracy(self):
@@ -101,14 +105,19 @@ def row_sequence(x):
     return np.ascontiguousarray(x[:, 0].transpose(1, 0, 2))
 
 
-def evaluate(model, x, y, batch=512, inputs=image_batch, loss="softmax"):
-    """Test accuracy: the share of x whose predicted class (under the loss kind `loss`) is y."""
+def count_correct(model, x, y, batch=512, inputs=image_batch, loss="softmax"):
+    """How many of x the model (in eval mode) classifies as y, under the loss kind `loss`."""
     model.eval()
     correct = 0
     for i in range(0, len(x), batch):
         logits = model(inputs(x[i:i + batch]))
         correct += int((nn.predict_classes(logits, loss) == y[i:i + batch]).sum())
-    return correct / len(x)
+    return correct
+
+
+def evaluate(model, x, y, batch=512, inputs=image_batch, loss="softmax"):
+    """Test accuracy: the share of x whose predicted class (under the loss kind `loss`) is y."""
+    return count_correct(model, x, y, batch, inputs, loss) / len(x)
 
 
 MODEL_KINDS = {"cnn": "a digits CNN (nn.digits_resnet)", "rnn": "a digits RNN (nn.digits_rnn, recurrent layers)"}
@@ -208,7 +217,8 @@ def digits_model(source):
 
 def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, width=16, seed=0,
                  out=None, on_step=None, on_epoch=None, data=None, model="cnn", prune=None, init_from=None,
-                 prune_scope="layer", loss="softmax", loss_gradient="exact", activation_impl=None, cell=None):
+                 prune_scope="layer", loss="softmax", loss_gradient="exact", activation_impl=None, cell=None,
+                 dist=None):
     """Train on the digits split; returns TrainResult.  model 'cnn': nn.digits_resnet on the
     images; 'rnn': nn.digits_rnn (an LSTM, or a GRU with cell='gru') reading each image row by
     row.
@@ -261,6 +271,10 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
         result.cell, result.activation_impl = cell or "lstm", activation_impl or "exact"
         model = nn.digits_rnn(seed=seed, cell=result.cell, activation_impl=result.activation_impl)
     data = data or load_digits_split(seed)
+    dp = None
+    if dist is not None:
+        dp = _data_parallel(model, dist)
+        result.ranks, result.rank = dp.size, dp.rank
     if prune is not None:
         nn.prune(model, prune, scope=prune_scope)
     opt = nn.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -268,15 +282,77 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
     # the loss's keywords only for another kind than softmax (for which both gradients agree)
     loss_args = {} if spec.name == "softmax" else {"kind": spec, "gradient": loss_gradient}
     start = time.perf_counter()
-    with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected on the loss
-        _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch, result, inputs, loss_args)
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected on the loss
+            _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch, result, inputs, loss_args, dp)
+        if dp is not None:
+            result.communication = dp.comm_summary()
+            dp.write_timeline()
+    finally:
+        if dp is not None:
+            dp.close()
     result.total_seconds = time.perf_counter() - start
     result.model = model
     result.sparsity = nn.sparsity_report(model)
     return result
 
 
-def _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch, result, inputs, loss_args):
+def _data_parallel(model, dist):
+    """dist: True (the defaults) or a distributed.DataParallelOptions -> a DataParallel, which
+    broadcasts rank 0's weights to every rank."""
+    from . import distributed
+
+    if dist is True:
+        dist = distributed.DataParallelOptions()
+    if not isinstance(dist, distributed.DataParallelOptions):
+        raise TypeError(f"train: dist must be True or a dlcpu.distributed.DataParallelOptions, got {type(dist).__name__}")
+    return distributed.DataParallel(model, dist)
+
+
+def _check_finite(loss, epoch, step, lr, out):
+    """TrainingDiverged, before the update that would spoil the weights, for a NaN/inf loss."""
+    if not math.isfinite(loss):
+        kept = f"; the last good model is in {out}" if out and epoch > 1 else ""
+        raise TrainingDiverged(f"training diverged: loss is {loss} at epoch {epoch}, step {step} "
+                               f"(try a smaller --lr than {lr}){kept}")
+
+
+def _local_step(model, opt, x, y, inputs, loss_args, loss_kind, check):
+    """One single-process step on the batch (x, y) -> (mean loss, correct predictions)."""
+    logits = model(inputs(x))
+    loss, dlogits = nn.softmax_cross_entropy(logits, y, **loss_args)
+    check(loss)
+    model.backward(dlogits)
+    opt.step()
+    opt.zero_grad()
+    return loss, int((nn.predict_classes(logits, loss_kind) == y).sum())
+
+
+def _data_parallel_step(model, opt, dp, x, y, inputs, loss_args, loss_kind, check, where):
+    """One data-parallel step: this rank takes its shard of the global batch (x, y) (possibly
+    none, on a short last batch), the gradients are averaged over the ranks during backward, and
+    the divergence check sees the global loss, so every rank decides alike.  -> (mean loss,
+    correct predictions), both over the global batch."""
+    mine = dp.my_slice(np.arange(len(x)))
+    dp.begin(where)
+    loss_sum, correct = 0.0, 0
+    if len(mine):
+        logits = model(inputs(x[mine]))
+        loss, dlogits = nn.softmax_cross_entropy(logits, y[mine], **loss_args)
+        loss_sum = loss * len(mine)
+        correct = int((nn.predict_classes(logits, loss_kind) == y[mine]).sum())
+    dp.start_gradients(len(mine), len(x), loss_sum, correct)
+    if len(mine):
+        model.backward(dlogits)
+    loss_sum, correct, n = dp.finish_gradients()
+    check(loss_sum / n)
+    opt.step()
+    opt.zero_grad()
+    dp.end_step()
+    return loss_sum / n, correct
+
+
+def _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch, result, inputs, loss_args, dp=None):
     n = len(data.x_train)
     steps = math.ceil(n / batch)
     loss_kind = loss_args.get("kind", "softmax")     # predictions: the kind's probabilities
@@ -287,28 +363,36 @@ def _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch
         loss_sum, correct = 0.0, 0
         for step in range(steps):
             idx = perm[step * batch:(step + 1) * batch]
-            logits = model(inputs(data.x_train[idx]))
-            loss, dlogits = nn.softmax_cross_entropy(logits, data.y_train[idx], **loss_args)
-            if not math.isfinite(loss):
-                kept = f"; the last good model is in {out}" if out and epoch > 1 else ""
-                raise TrainingDiverged(f"training diverged: loss is {loss} at epoch {epoch}, step {step + 1} "
-                                       f"(try a smaller --lr than {lr}){kept}")
-            model.backward(dlogits)
-            opt.step()
-            opt.zero_grad()
+            check = functools.partial(_check_finite, epoch=epoch, step=step + 1, lr=lr, out=out)
+            x, y = data.x_train[idx], data.y_train[idx]
+            if dp is None:
+                loss, step_correct = _local_step(model, opt, x, y, inputs, loss_args, loss_kind, check)
+            else:
+                loss, step_correct = _data_parallel_step(model, opt, dp, x, y, inputs, loss_args, loss_kind, check,
+                                                         f"epoch {epoch}, step {step + 1}")
             loss_sum += loss * len(idx)
-            correct += int((nn.predict_classes(logits, loss_kind) == data.y_train[idx]).sum())
+            correct += step_correct
             if on_step:
                 on_step(epoch, step + 1, steps, loss)
         seconds = time.perf_counter() - t0
-        stats = EpochStats(epoch, loss_sum / n, correct / n,
-                           evaluate(model, data.x_test, data.y_test, inputs=inputs, loss=loss_kind),
+        stats = EpochStats(epoch, loss_sum / n, correct / n, _test_accuracy(model, data, inputs, loss_kind, dp),
                            seconds, n / seconds)
         result.epochs.append(stats)
-        if out:
+        if out and (dp is None or dp.rank == 0):     # one writer: rank 0
             nn.save(model, out)
         if on_epoch:
             on_epoch(stats)
+
+
+def _test_accuracy(model, data, inputs, loss_kind, dp):
+    """The test accuracy; data-parallel, after the ranks' BatchNorm statistics are averaged, each
+    rank counts its shard of the test set and the counts are summed."""
+    if dp is None:
+        return evaluate(model, data.x_test, data.y_test, inputs=inputs, loss=loss_kind)
+    dp.average_buffers()
+    mine = dp.my_slice(np.arange(len(data.x_test)))
+    correct = count_correct(model, data.x_test[mine], data.y_test[mine], inputs=inputs, loss=loss_kind) if len(mine) else 0
+    return float(dp.sum_counts([correct], "the sum of the test counts")[0]) / len(data.x_test)
 
 
 # ------------------------------------------------------------------------------------ sweeps

@@ -6,7 +6,12 @@ Every concrete layer is registered by class name with `register`, so a saved con
 ({'type': name, 'args': constructor arguments}) rebuilds the model in `io.build` without pickles.
 A layer keeps what its backward needs from its own forward; calling backward first is an error
 (`require_forward`).
+Every backward a subclass defines is wrapped (`__init_subclass__`) to run the module's backward
+hooks once it returns, i.e. once this module's parameter gradients are complete: data-parallel
+training (dlcpu.distributed) starts a gradient bucket's allreduce there, while the layers in
+front of it still compute theirs.
 """
+import functools
 import math
 
 import numpy as np
@@ -54,17 +59,37 @@ class _HookHandle:
         self.remove()
 
 
+def _run_backward_hooks(backward):
+    """`backward` followed by the module's backward hooks (a subclass's backward that calls its
+    parent's runs them twice: hooks must be idempotent within a step)."""
+    @functools.wraps(backward)
+    def backward_then_hooks(self, dy):
+        dx = backward(self, dy)
+        for hook in self._backward_hooks:
+            hook(self)
+        return dx
+
+    return backward_then_hooks
+
+
 class Module:
     """Base class: parameters, children, train/eval mode, configuration for save/load."""
 
-    #: output hooks (register_output_hook); a class-level empty default keeps subclasses that do
-    #: not call Module.__init__ working
+    #: output and backward hooks (register_output_hook, register_backward_hook); class-level empty
+    #: defaults keep subclasses that do not call Module.__init__ working
     _output_hooks = ()
+    _backward_hooks = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "backward" in cls.__dict__:
+            cls.backward = _run_backward_hooks(cls.__dict__["backward"])
 
     def __init__(self):
         self.training = True
         self.name = type(self).__name__
         self._output_hooks = []
+        self._backward_hooks = []
 
     # -- structure --------------------------------------------------------------------------
     def children(self):
@@ -112,6 +137,16 @@ class Module:
             self._output_hooks = []
         self._output_hooks.append(hook)
         return _HookHandle(self._output_hooks, hook)
+
+    def register_backward_hook(self, hook):
+        """Run hook(module) every time this module's backward returns, when the gradients of its
+        own parameters are complete for the step; returns a handle whose remove() takes it off."""
+        if not callable(hook):
+            raise TypeError(f"{self.name}.register_backward_hook: hook must be callable, got {type(hook).__name__}")
+        if not isinstance(self._backward_hooks, list):
+            self._backward_hooks = []
+        self._backward_hooks.append(hook)
+        return _HookHandle(self._backward_hooks, hook)
 
     # -- save/load ----------------------------------------------------------------------------
     def config(self):

@@ -1,0 +1,659 @@
+"""Data-parallel training over MPI (mpi4py), in Horovod's manner.
+
+Every rank holds a full replica of the model and trains on its own slice of each global batch
+(dlcpu.data.shard); after backward the gradients are averaged over the ranks with an allreduce,
+so every replica applies the same update and stays bitwise identical.  MPI is the engine, so a
+job that runs with ``mpiexec -n 2`` on one machine runs unchanged with ``mpiexec -hosts ...`` or
+``srun`` on a cluster.  mpi4py is optional (``pip install "dlcpu[mpi]"`` brings it and the mpich
+wheel); nothing here imports it until a Communicator is made.
+
+The pieces, each usable on its own:
+
+* ``Communicator`` — the MPI communicator with a deadline on every collective.  Collectives are
+  started non-blocking and polled; one that has not completed after ``timeout`` seconds raises
+  CollectiveTimeout naming the collective, the step and the rank, instead of hanging forever when
+  a peer has died or stalled.  (mpiexec's hydra already tears a job down when a rank is killed;
+  the deadline covers a rank that stops without exiting and launchers that do not clean up.)
+* ``GradientReducer`` — Horovod's tensor fusion with overlap.  The parameters are grouped, in the
+  order backward produces their gradients (the model's last layer first), into fusion buckets of
+  at most ``fusion_threshold`` bytes; each Parameter's ``grad`` becomes a view into its bucket's
+  flat buffer, so nothing is copied.  A backward hook on every layer with parameters
+  (nn.Module.register_backward_hook) marks its gradients ready; a bucket whose gradients are all
+  ready is scaled by this rank's share of the global batch (n_rank / n_global: "divide before the
+  sum", so the sum is the global mean and bf16 cannot overflow) and its in-place Iallreduce starts
+  at once, while the layers in front still compute theirs.  Buckets are started strictly in index
+  order, so every rank issues the collectives in the same order whatever its timing (MPI's rule
+  for non-blocking collectives).  ``finish()`` waits for the rest: that wait is the *exposed*
+  communication.
+* bf16 compression — the scaled gradients are rounded to bf16 (round to nearest even) and summed
+  with an MPI user operation that adds in fp32 and rounds each partial sum back to bf16: half the
+  bytes on the wire, about 3 significant digits per gradient.
+* ``Timeline`` — per-step spans of compute (forward, backward, optimizer) and communication (each
+  bucket from its start to its observed completion, and the exposed wait), written as a
+  chrome-trace JSON (chrome://tracing, Perfetto) with one process row per rank.
+* ``DataParallel`` — the pieces together for a training loop: broadcast of rank 0's parameters
+  and buffers, a step's gradient averaging with the loss statistics, the BatchNorm running
+  statistics averaged across ranks (as each rank normalizes its own slice: Horovod's default,
+  not synchronized BatchNorm), sharded evaluation and a replica check.
+
+A communication core (``comm_core=True``): MPICH's asynchronous progress thread
+(MPIR_CVAR_ASYNC_PROGRESS=1) progresses the allreduces while the compute threads run, at the
+price of a core per rank: the MLSL trade-off.  Without it the allreduces progress when the
+training loop polls them, after every layer's backward.
+"""
+import json
+import math
+import os
+import time
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _validate
+
+#: what --dist and Communicator say when mpi4py (or an MPI library) is missing
+MPI_HINT = ('data-parallel training needs MPI: pip install "dlcpu[mpi]" (mpi4py and the mpich wheel, no '
+            'compiler needed), then launch it with mpiexec -n <ranks> ... (see docs/cluster.md)')
+
+#: Default fusion threshold.  The digits CNN has 100 KB of gradients: 32 KiB buckets give four
+#: of them, so the first allreduces overlap the rest of backward; Horovod's 64 MiB default would
+#: make one bucket that can only start once backward is over.
+DEFAULT_FUSION_THRESHOLD = 32 * 1024
+
+#: Default deadline of a collective, seconds: far above a step of any model dlcpu trains (ranks
+#: start their first collective up to a few seconds apart while they import and load data).
+DEFAULT_TIMEOUT = 120.0
+
+COMPRESSIONS = ("none", "bf16")
+
+
+class DistributedError(RuntimeError):
+    """Data-parallel training cannot go on: MPI is missing, the ranks disagree, or a peer is gone."""
+
+
+class CollectiveTimeout(DistributedError):
+    """A collective did not complete within the deadline: a rank has died, stalled or left."""
+
+
+def launcher_size():
+    """The rank count a launcher (mpiexec/hydra, Open MPI, Slurm's PMI) announces in this
+    process's environment, or None when it was not started by one; no MPI import."""
+    for key in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        value = os.environ.get(key, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def launcher_rank():
+    """This process's rank as its launcher announces it, or None outside a launcher."""
+    for key in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+        value = os.environ.get(key, "").strip()
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def load_mpi(async_progress=False):
+    """mpi4py's MPI module, initialized; DistributedError with the install hint when mpi4py or
+    its MPI library is missing.  async_progress asks MPICH for its progress thread, which must be
+    decided before MPI starts (a later request is refused with an error)."""
+    import sys
+
+    if async_progress:
+        if "mpi4py.MPI" in sys.modules:
+            from mpi4py import MPI
+            if MPI.Is_initialized() and os.environ.get("MPIR_CVAR_ASYNC_PROGRESS") != "1":
+                raise DistributedError("a communication core (comm_core) must be chosen before MPI starts: "
+                                       "this process has already initialized MPI without it")
+        os.environ["MPIR_CVAR_ASYNC_PROGRESS"] = "1"
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError, OSError) as exc:   # no mpi4py, or no libmpi under it
+        raise DistributedError(f"{MPI_HINT} ({exc})") from None
+    return MPI
+
+
+def check_fusion_threshold(value, where="fusion_threshold"):
+    """Bytes (an int >= 0; 0: one bucket per parameter, no fusion)."""
+    return _validate.positive_int(value, where, "distributed", minimum=0)
+
+
+def parse_bytes(text):
+    """'64K', '1M', '32768', '0' -> bytes (K and M are 1024-based); ValueError otherwise."""
+    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}.get(t[-1:], 1)
+    number = t[:-1] if scale > 1 else t
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"must be a size in bytes such as 32K, 1M or 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0 or value * scale > 2**40:
+        raise ValueError(f"must be between 0 and 1T bytes, got {text!r}")
+    return int(value * scale)
+
+
+# ------------------------------------------------------------------------------------ bf16 wire
+def to_bf16_bits(x):
+    """float32 array -> uint16 bf16 patterns, round to nearest even; NaN stays a quiet NaN."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        rounded[nan] = ((u[nan] >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16)
+    return rounded
+
+
+def from_bf16_bits(bits, out=None):
+    """uint16 bf16 patterns -> float32 (exact)."""
+    wide = bits.astype(np.uint32) << np.uint32(16)
+    if out is None:
+        return wide.view(np.float32)
+    out[...] = wide.view(np.float32)
+    return out
+
+
+def _bf16_sum(inbuf, inoutbuf, datatype):
+    """MPI user operation: inout = bf16(fp32(in) + fp32(inout)), elementwise (commutative)."""
+    a = np.frombuffer(inbuf, dtype=np.uint16)
+    b = np.frombuffer(inoutbuf, dtype=np.uint16)
+    b[...] = to_bf16_bits(from_bf16_bits(a) + from_bf16_bits(b))
+
+
+# -------------------------------------------------------------------------------- communicator
+class Communicator:
+    """An MPI communicator (COMM_WORLD by default) whose collectives have a deadline.
+
+    rank, size: this process's rank and the rank count; local_size: ranks on this node (MPI's
+    shared-memory split), for the threads x ranks > cores check.  timeout: seconds a collective
+    may take before CollectiveTimeout.  async_progress: MPICH's progress thread (a communication
+    core); `async_progress` afterwards says whether MPI granted it (it needs MPI_THREAD_MULTIPLE)."""
+
+    def __init__(self, comm=None, timeout=DEFAULT_TIMEOUT, async_progress=False):
+        self.timeout = check_timeout(timeout)
+        self.MPI = MPI = load_mpi(async_progress)
+        self.comm = MPI.COMM_WORLD if comm is None else comm
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_size, self.local_rank = local.Get_size(), local.Get_rank()
+        local.Free()
+        self.async_progress = bool(async_progress) and MPI.Query_thread() == MPI.THREAD_MULTIPLE
+        self.where = ""          # what the training loop is doing, for timeout messages
+        self._bf16_op = None
+
+    def describe(self):
+        return f"rank {self.rank} of {self.size}"
+
+    def wait(self, request, what):
+        """Wait for a non-blocking request, polling; CollectiveTimeout after `timeout` seconds."""
+        if request.Test():
+            return
+        deadline = time.monotonic() + self.timeout
+        spin_until = time.monotonic() + 2e-4     # spin first: most collectives finish in microseconds
+        pause = 0.0
+        while not request.Test():
+            now = time.monotonic()
+            if now > deadline:
+                at = f" at {self.where}" if self.where else ""
+                raise CollectiveTimeout(
+                    f"{self.describe()}: {what}{at} did not complete within {self.timeout:g} s: another rank "
+                    f"has died, stalled or left the job (the deadline is --comm-timeout)")
+            if now > spin_until:
+                pause = min(1e-3, pause * 2 or 1e-5)
+                time.sleep(pause)
+
+    def allreduce(self, array, what):
+        """In-place sum of a float32/float64 array over the ranks."""
+        self.wait(self.comm.Iallreduce(self.MPI.IN_PLACE, array, op=self.MPI.SUM), what)
+        return array
+
+    def broadcast(self, array, what, root=0):
+        """In place: every rank's `array` becomes root's."""
+        self.wait(self.comm.Ibcast(array, root=root), what)
+        return array
+
+    def allgather(self, values, what):
+        """float64 values (the same count on every rank) -> a (size, count) array of everyone's."""
+        mine = np.ascontiguousarray(values, dtype=np.float64).ravel()
+        out = np.empty((self.size, mine.size), np.float64)
+        self.wait(self.comm.Iallgather(mine, out), what)
+        return out
+
+    def gather_rows(self, rows, what, root=0):
+        """(k_rank, w) float64 arrays of any k -> on root, all ranks' rows in rank order; None elsewhere."""
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        width = rows.shape[1]
+        counts = self.allgather([rows.size], f"{what} (sizes)")[:, 0].astype(np.int64)
+        out = np.empty(int(counts.sum()), np.float64) if self.rank == root else None
+        recv = [out, (counts, np.concatenate([[0], np.cumsum(counts)[:-1]])), self.MPI.DOUBLE] if out is not None else None
+        self.wait(self.comm.Igatherv(rows.ravel(), recv, root=root), what)
+        return None if out is None else out.reshape(-1, width)
+
+    def start_allreduce(self, buffer, bf16=False):
+        """Start the in-place sum of a float32 buffer (or, bf16=True, of uint16 bf16 patterns)."""
+        if bf16:
+            if self._bf16_op is None:
+                self._bf16_op = self.MPI.Op.Create(_bf16_sum, commute=True)
+            return self.comm.Iallreduce(self.MPI.IN_PLACE, [buffer, self.MPI.UINT16_T], op=self._bf16_op)
+        return self.comm.Iallreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
+
+    def abort(self, code=1):
+        """End the whole job (every rank) with exit code `code`: what a rank does after an error
+        the others cannot know about, so that they do not wait for it until their deadline."""
+        self.comm.Abort(code)
+
+
+_WORLD = None
+
+
+def world(timeout=DEFAULT_TIMEOUT, async_progress=False):
+    """The Communicator of MPI_COMM_WORLD, made once per process (MPI starts once); a later call
+    sets its deadline to `timeout`."""
+    global _WORLD
+    if _WORLD is None:
+        _WORLD = Communicator(timeout=timeout, async_progress=async_progress)
+    else:
+        _WORLD.timeout = check_timeout(timeout)
+    return _WORLD
+
+
+def threads_per_rank(local_ranks, cores, comm_core=False):
+    """Default compute threads of each rank: the node's cores shared out over its ranks, one
+    fewer per rank with a communication core (never below 1)."""
+    share = max(1, cores // max(1, local_ranks))
+    return max(1, share - 1) if comm_core else share
+
+
+def oversubscription_warning(threads, local_ranks, cores, comm_core=False):
+    """A warning (str) when the ranks on this node ask for more threads than it has cores, else
+    None: oversubscribed ranks time-slice, and a rank that is descheduled holds every other rank
+    at the next allreduce."""
+    per_rank = threads + (1 if comm_core else 0)
+    if per_rank * local_ranks <= cores:
+        return None
+    what = f"{threads} compute thread(s){' + 1 communication thread' if comm_core else ''}"
+    return (f"{local_ranks} rank(s) on this node x {what} = {per_rank * local_ranks} threads for {cores} cores: "
+            f"the ranks will time-slice and wait for each other at every allreduce; use --threads "
+            f"{threads_per_rank(local_ranks, cores, comm_core)} or fewer ranks per node")
+
+
+def check_timeout(timeout):
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"distributed: timeout must be a finite number of seconds > 0, got {timeout!r}")
+    return float(timeout)
+
+
+# ------------------------------------------------------------------------------------ timeline
+#: timeline span names; a rank's spans travel to rank 0 as (name index, step, start, duration) rows
+SPANS = ("forward", "backward", "optimizer", "wait", "allreduce")
+_COMPUTE_TID, _COMM_TID = 0, 1
+
+
+class Timeline:
+    """Spans of one rank's training steps, in seconds from `origin` (perf_counter)."""
+
+    def __init__(self, origin=None):
+        self.origin = time.perf_counter() if origin is None else origin
+        self.rows = []        # (span index, step, start s, duration s, bucket or -1)
+
+    def add(self, name, step, start, end, bucket=-1):
+        self.rows.append((SPANS.index(name), step, start - self.origin, end - start, bucket))
+
+    def as_array(self):
+        return np.asarray(self.rows, dtype=np.float64).reshape(-1, 5)
+
+
+def chrome_trace(rows_by_rank, buckets=None):
+    """{'traceEvents': [...]} from each rank's Timeline rows: one process per rank, thread 0
+    compute, thread 1 communication; times in microseconds."""
+    events = []
+    for rank, rows in enumerate(rows_by_rank):
+        events.append({"name": "process_name", "ph": "M", "pid": rank, "args": {"name": f"rank {rank}"}})
+        events += [{"name": n, "ph": "M", "pid": rank, "tid": t, "args": {"name": label}}
+                   for t, label in ((_COMPUTE_TID, "compute"), (_COMM_TID, "communication")) for n in ("thread_name",)]
+        for code, step, start, dur, bucket in np.asarray(rows).reshape(-1, 5):
+            name = SPANS[int(code)]
+            tid = _COMM_TID if name in ("wait", "allreduce") else _COMPUTE_TID
+            args = {"step": int(step)}
+            if bucket >= 0:
+                args["bucket"] = int(bucket)
+                if buckets:
+                    args["bytes"] = buckets[int(bucket)]
+                name = f"allreduce bucket {int(bucket)}"
+            events.append({"name": name, "ph": "X", "pid": rank, "tid": tid, "ts": start * 1e6,
+                           "dur": dur * 1e6, "args": args})
+    return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def write_json_atomic(path, data):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def union_seconds(intervals):
+    """Total length of the union of (start, end) intervals."""
+    total, end = 0.0, -math.inf
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+# -------------------------------------------------------------------------------- fusion buckets
+@dataclass
+class _Bucket:
+    params: list          # Parameters, in backward order
+    buffer: np.ndarray    # flat float32: the params' gradients are views into it
+    wire: np.ndarray      # what travels: the buffer itself, or its bf16 patterns
+    pending: set = None   # ids of params whose gradient is not complete yet this step
+    request: object = None
+    started: float = 0.0
+    done: float = 0.0
+
+    @property
+    def nbytes(self):
+        return self.wire.nbytes
+
+
+def plan_buckets(params, threshold):
+    """Greedy fusion: consecutive params (backward order) in buckets of at most `threshold`
+    float32 bytes; a larger parameter has a bucket to itself; threshold 0: one bucket each."""
+    buckets, current, size = [], [], 0
+    for p in params:
+        n = p.grad.nbytes
+        if current and size + n > threshold:
+            buckets.append(current)
+            current, size = [], 0
+        current.append(p)
+        size += n
+    if current:
+        buckets.append(current)
+    return buckets
+
+
+class GradientReducer:
+    """Averages a model's gradients over the ranks in fusion buckets that start during backward.
+
+    Per step: start_step(share) (this rank's n_local / n_global), then the model's backward (the
+    hooks start the buckets), then finish() -> exposed seconds.  overlap=False starts every bucket
+    only in finish() (the baseline a timeline compares with)."""
+
+    def __init__(self, model, comm, fusion_threshold=DEFAULT_FUSION_THRESHOLD, compression="none", overlap=True,
+                 timeline=None):
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"distributed: compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+        self.comm, self.compression, self.overlap, self.timeline = comm, compression, bool(overlap), timeline
+        self.threshold = check_fusion_threshold(fusion_threshold)
+        named = model.named_parameters()
+        order = [p for _, p in reversed(named)]      # backward produces the last layer's first
+        self.buckets = []
+        for group in plan_buckets(order, self.threshold):
+            buffer = np.zeros(sum(p.grad.size for p in group), np.float32)
+            offset = 0
+            for p in group:
+                view = buffer[offset:offset + p.grad.size].reshape(p.grad.shape)
+                view[...] = p.grad
+                p.grad = view
+                offset += p.grad.size
+            wire = buffer if compression == "none" else np.zeros(buffer.size, np.uint16)
+            self.buckets.append(_Bucket(group, buffer, wire))
+        self._bucket_of = {id(p): i for i, b in enumerate(self.buckets) for p in b.params}
+        self._handles = [m.register_backward_hook(self._on_backward) for m in _modules_with_parameters(model)]
+        self.step, self._next, self.share = 0, 0, 1.0
+
+    def close(self):
+        """Take the backward hooks off the model (its gradients stay views into the buffers)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    @property
+    def bucket_bytes(self):
+        return [b.nbytes for b in self.buckets]
+
+    def start_step(self, share, step):
+        self.share, self.step, self._next = float(share), step, 0
+        for b in self.buckets:
+            b.pending = {id(p) for p in b.params}
+            b.request, b.started, b.done = None, 0.0, 0.0
+
+    def _on_backward(self, module):
+        for p in module.own_parameters().values():
+            i = self._bucket_of.get(id(p))
+            if i is not None:
+                self.buckets[i].pending.discard(id(p))
+        if self.overlap:
+            while self._next < len(self.buckets) and not self.buckets[self._next].pending:
+                self._start(self._next)
+            self._poll()
+
+    def _start(self, i):
+        b = self.buckets[i]
+        if self.share != 1.0:
+            b.buffer *= np.float32(self.share)
+        if self.compression == "bf16":
+            b.wire[...] = to_bf16_bits(b.buffer)
+        b.started = time.perf_counter()
+        b.request = self.comm.start_allreduce(b.wire, bf16=self.compression == "bf16")
+        self._next = i + 1
+
+    def _poll(self):
+        for b in self.buckets[:self._next]:
+            if not b.done and b.request.Test():
+                b.done = time.perf_counter()
+
+    def finish(self):
+        """Start the buckets not started yet (in order), wait for all; returns the exposed
+        seconds (from here until the last bucket completed)."""
+        t0 = time.perf_counter()
+        while self._next < len(self.buckets):
+            self._start(self._next)
+        for i, b in enumerate(self.buckets):
+            if not b.done:
+                self.comm.wait(b.request, f"the allreduce of gradient bucket {i} ({b.nbytes} bytes)")
+                b.done = time.perf_counter()
+            if self.compression == "bf16":
+                from_bf16_bits(b.wire, out=b.buffer)
+        t1 = time.perf_counter()
+        if self.timeline is not None:
+            for i, b in enumerate(self.buckets):
+                self.timeline.add("allreduce", self.step, b.started, b.done, bucket=i)
+        return t1 - t0
+
+    def comm_seconds(self):
+        """This step's communication time: the union of the buckets' [start, completion] spans."""
+        return union_seconds([(b.started, b.done) for b in self.buckets])
+
+
+def _modules_with_parameters(model):
+    own = [model] if model.own_parameters() else []
+    return own + [m for c in model.children() for m in _modules_with_parameters(c)]
+
+
+def _buffers(model):
+    """The model's non-trainable state that training changes: BatchNorm running statistics."""
+    own = [getattr(model, n) for n in ("running_mean", "running_var") if isinstance(getattr(model, n, None), np.ndarray)]
+    return own + [a for c in model.children() for a in _buffers(c)]
+
+
+def parameters_checksum(model):
+    """crc32 of every parameter's bytes, in order: equal on two ranks iff (almost surely) their
+    weights are bitwise identical."""
+    crc = 0
+    for p in model.parameters():
+        crc = zlib.crc32(np.ascontiguousarray(p.data).view(np.uint8), crc)
+    return crc
+
+
+# -------------------------------------------------------------------------------- data parallel
+@dataclass
+class StepComm:
+    """One step's timing on this rank, seconds."""
+    step: float        # forward start -> optimizer end
+    comm: float        # union of the allreduce spans
+    exposed: float     # waiting for communication after backward
+
+
+@dataclass
+class DataParallelOptions:
+    """How `dlcpu train --dist` averages gradients (see the module docstring)."""
+    fusion_threshold: int = DEFAULT_FUSION_THRESHOLD
+    compression: str = "none"
+    overlap: bool = True
+    comm_core: bool = False
+    timeout: float = DEFAULT_TIMEOUT
+    check_replicas: bool = False
+    timeline: str = None
+
+    def __post_init__(self):
+        check_fusion_threshold(self.fusion_threshold)
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"distributed: compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
+        check_timeout(self.timeout)
+        if self.timeline is not None:
+            from .nn import check_writable
+            check_writable(self.timeline)
+
+
+class DataParallel:
+    """A model replica on every rank, kept identical: what a training loop needs.
+
+        dp = DataParallel(model, options)      # broadcasts rank 0's weights and buffers
+        x_local = x[dp.my_slice(global_idx)]
+        dp.begin(n_local, n_global, step)       # before backward
+        ... forward, loss ...
+        dp.start_stats(loss * n_local, correct)
+        model.backward(dloss)                   # buckets start in the hooks
+        loss_mean, correct = dp.finish()        # gradients are the global mean now
+        opt.step(); dp.after_update()
+    """
+
+    def __init__(self, model, options=None, comm=None):
+        self.options = options or DataParallelOptions()
+        self.comm = comm or world(self.options.timeout, self.options.comm_core)
+        self.rank, self.size = self.comm.rank, self.comm.size
+        self.model = model
+        self.timeline = Timeline() if self.options.timeline else None
+        self.comm.where = "the start (broadcast of rank 0's weights)"
+        for i, p in enumerate(model.parameters()):
+            self.comm.broadcast(p.data, f"the broadcast of parameter {i}")
+        for i, a in enumerate(_buffers(model)):
+            self.comm.broadcast(a, f"the broadcast of buffer {i}")
+        self.reducer = GradientReducer(model, self.comm, self.options.fusion_threshold, self.options.compression,
+                                       self.options.overlap, self.timeline)
+        self.history = []            # StepComm per step
+        self._stats = np.zeros(3, np.float64)
+        self._stats_request = None
+        self.step_count = 0
+        # every rank starts its clock together, so the timeline's rows line up
+        self.comm.wait(self.comm.comm.Ibarrier(), "the start barrier")
+        if self.timeline is not None:
+            self.timeline.origin = time.perf_counter()
+
+    def my_slice(self, global_batch):
+        from .data import shard
+        return shard(global_batch, self.size, self.rank)
+
+    def begin(self, step_label):
+        """A step starts (its forward is next)."""
+        self.step_count += 1
+        self.comm.where = step_label
+        self._t_start = time.perf_counter()
+
+    def start_gradients(self, n_local, n_global, loss_sum, correct):
+        """After the forward and loss, before backward: start the statistics' allreduce and arm
+        the fusion buckets with this rank's share of the global batch."""
+        self._t_forward = time.perf_counter()
+        self._stats[:] = (loss_sum, correct, n_local)
+        self._stats_request = self.comm.comm.Iallreduce(self.comm.MPI.IN_PLACE, self._stats, op=self.comm.MPI.SUM)
+        self.reducer.start_step(n_local / n_global, self.step_count)
+
+    def finish_gradients(self):
+        """After backward: wait for every bucket; returns (global loss sum, global correct count,
+        global sample count)."""
+        t_backward = time.perf_counter()
+        exposed = self.reducer.finish()
+        t0 = time.perf_counter()
+        self.comm.wait(self._stats_request, "the allreduce of the loss statistics")
+        exposed += time.perf_counter() - t0
+        self._t_backward, self._exposed = t_backward, exposed
+        return float(self._stats[0]), round(self._stats[1]), round(self._stats[2])
+
+    def end_step(self):
+        """After the optimizer: record the step's timing (and check the replicas if asked)."""
+        t_end = time.perf_counter()
+        self.history.append(StepComm(t_end - self._t_start, self.reducer.comm_seconds(), self._exposed))
+        if self.timeline is not None:
+            tl, s = self.timeline, self.step_count
+            tl.add("forward", s, self._t_start, self._t_forward)
+            tl.add("backward", s, self._t_forward, self._t_backward)
+            tl.add("wait", s, self._t_backward, self._t_backward + self._exposed)
+            tl.add("optimizer", s, self._t_backward + self._exposed, t_end)
+        if self.options.check_replicas:
+            self.check_replicas()
+
+    def check_replicas(self):
+        """DistributedError unless every rank's parameters are bitwise identical to rank 0's."""
+        sums = self.comm.allgather([parameters_checksum(self.model)], "the replica check")[:, 0]
+        differ = [r for r in range(self.size) if sums[r] != sums[0]]
+        if differ:
+            raise DistributedError(f"after {self.comm.where}: the weights of rank(s) {differ} differ from rank 0's "
+                                   f"(checksums {[int(v) for v in sums]})")
+
+    def average_buffers(self):
+        """Average the BatchNorm running statistics over the ranks (each rank estimated them on
+        its own slices); called before evaluation and checkpoints."""
+        buffers = _buffers(self.model)
+        if not buffers or self.size == 1:
+            return
+        flat = np.concatenate([a.ravel() for a in buffers]).astype(np.float64)
+        self.comm.allreduce(flat, "the averaging of the BatchNorm statistics")
+        flat /= self.size
+        offset = 0
+        for a in buffers:
+            a.ravel()[...] = flat[offset:offset + a.size]
+            offset += a.size
+
+    def sum_counts(self, values, what):
+        arr = np.asarray(values, dtype=np.float64).copy()
+        return self.comm.allreduce(arr, what)
+
+    def comm_summary(self, skip=1):
+        """Medians over the steps (the first `skip` left out: warm-up) of step, communication and
+        exposed time, and the shares of a step they are."""
+        rows = self.history[skip:] if len(self.history) > skip else self.history
+        if not rows:
+            return {}
+        step = float(np.median([r.step for r in rows]))
+        comm = float(np.median([r.comm for r in rows]))
+        exposed = float(np.median([r.exposed for r in rows]))
+        return {"steps": len(rows), "step_seconds": step, "comm_seconds": comm, "exposed_seconds": exposed,
+                "comm_share": comm / step if step else float("nan"),
+                "exposed_share": exposed / step if step else float("nan"),
+                "exposed_of_comm": exposed / comm if comm else float("nan"),
+                "buckets": len(self.reducer.buckets), "bucket_bytes": self.reducer.bucket_bytes,
+                "compression": self.options.compression, "overlap": self.options.overlap,
+                "comm_core": self.comm.async_progress, "ranks": self.size}
+
+    def write_timeline(self):
+        """Gather every rank's spans on rank 0 and write the chrome trace there (atomically)."""
+        if self.timeline is None:
+            return
+        mine = self.timeline.as_array()
+        mine = np.hstack([mine, np.full((len(mine), 1), self.rank, np.float64)])
+        rows = self.comm.gather_rows(mine, "the gathering of the timeline")
+        if self.rank == 0:
+            by_rank = [rows[rows[:, 5] == r][:, :5] for r in range(self.size)]
+            write_json_atomic(self.options.timeline, chrome_trace(by_rank, self.reducer.bucket_bytes))
+
+    def close(self):
+        self.reducer.close()

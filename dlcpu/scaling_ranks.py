@@ -1,0 +1,213 @@
+"""Rank scaling behind `dlcpu scale ranks`: data-parallel training steps timed at 1, 2, ... MPI
+ranks, the sweep launching itself under mpiexec.
+
+Design.  `rank_scaling` runs, for each rank count R (in turn, `repeats` times, interleaved so
+that the machine's drift hits every count alike):
+
+    R = 1    python -m dlcpu.scaling_ranks SPEC OUT              one process, no MPI at all
+    R > 1    mpiexec -n R python -m dlcpu.scaling_ranks SPEC OUT  dlcpu.distributed.DataParallel
+
+Every process times `warmup + steps` training steps of the model (dlcpu.train's own step
+functions: forward, loss, backward with the gradients averaged during it, SGD) and rank 0 writes
+the median step time and DataParallel's communication summary to OUT as JSON.  The 1-rank
+baseline is the plain single-process step, so the efficiency charges the data-parallel machinery
+(hooks, fusion buffers, MPI) to the multi-rank runs.
+
+Modes: strong keeps the global batch (--batch) at every R, each rank taking batch/R images; weak
+keeps each rank's batch (--batch) and grows the global batch to R x batch.  Throughput is global
+images per second; speedup is throughput(R) / throughput(1) (the scaled speedup for weak), the
+efficiency speedup / R, and dlcpu.scaling.analyse fits Amdahl's p (strong) or Gustafson's s
+(weak) over the rank counts.  The communication columns come from rank 0's steps: the allreduce
+time in flight and the part of it that was exposed (waited for after backward).
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+
+import numpy as np
+
+from . import benchmarks, distributed
+from .scaling import MODES, analyse, available_cores
+
+#: WORKLOAD of `dlcpu scale ranks` -> dlcpu.train's model kind
+RANK_WORKLOADS = {"train:digits": "cnn", "train:digits-rnn": "rnn"}
+TIMED_REGION = ("one data-parallel training step on every rank: its slice of the global batch, forward, softmax "
+                "cross-entropy, backward with the fusion buckets' allreduces started during it, the wait for the "
+                "rest, SGD (momentum 0.9); 1 rank: the same step in one process without MPI")
+#: most ranks a sweep may ask for (each is a process on this machine or a cluster's)
+MAX_RANKS = 4096
+#: seconds one launch (all its steps) may take before the sweep gives up on it
+LAUNCH_TIMEOUT = 900
+
+
+def parse_rank_workload(text):
+    """WORKLOAD -> dlcpu.train model kind ('cnn' or 'rnn'); ValueError listing the choices."""
+    kind = RANK_WORKLOADS.get(str(text).strip().lower())
+    if kind is None:
+        raise ValueError(f"unknown workload {text!r}: rank scaling trains {' or '.join(RANK_WORKLOADS)}")
+    return kind
+
+
+def check_rank_counts(ranks):
+    """Distinct integers in [1, MAX_RANKS] that include 1 (the baseline) and one more; sorted."""
+    ranks = list(ranks)
+    if any(isinstance(r, bool) or not isinstance(r, (int, np.integer)) for r in ranks):
+        raise TypeError(f"rank counts must be integers, got {ranks}")
+    if any(not 1 <= r <= MAX_RANKS for r in ranks) or len(set(ranks)) != len(ranks):
+        raise ValueError(f"rank counts must be distinct and between 1 and {MAX_RANKS}, got {ranks}")
+    if 1 not in ranks or len(ranks) < 2:
+        raise ValueError(f"rank counts must include 1 (the baseline) and at least one more, got {ranks}")
+    return sorted(int(r) for r in ranks)
+
+
+def find_mpiexec():
+    """The mpiexec of this Python's environment (the mpich wheel puts it beside python), else the
+    one on PATH; DistributedError with the install hint when there is none or no mpi4py."""
+    import importlib.util
+
+    here = os.path.dirname(sys.executable)
+    path = shutil.which("mpiexec", path=os.pathsep.join([here, os.environ.get("PATH", "")]))
+    if path is None or importlib.util.find_spec("mpi4py") is None:
+        raise distributed.DistributedError(distributed.MPI_HINT)
+    return path
+
+
+def global_batch(mode, batch, ranks):
+    """The global batch of a launch: --batch (strong), or --batch per rank (weak)."""
+    return batch if mode == "strong" else batch * ranks
+
+
+def check_batch(mode, batch, ranks):
+    """Strong scaling splits --batch over every rank count: it must divide by each."""
+    if mode == "strong":
+        bad = [r for r in ranks if batch % r]
+        if bad:
+            raise ValueError(f"strong scaling splits the global batch {batch} over the ranks, but it does not divide "
+                             f"by {', '.join(map(str, bad))}: use a multiple of {int(np.lcm.reduce(ranks))}")
+
+
+# ------------------------------------------------------------------------------------- one launch
+def time_steps(model="cnn", global_batch=64, steps=40, warmup=5, threads=1, options=None, seed=0):
+    """In this process (a rank of an mpiexec job with `options`, alone without): time `warmup +
+    steps` training steps on the digits data (cycling through it); returns the steady steps'
+    summary (dlcpu.benchmarks.summarize) and, data-parallel, DataParallel.comm_summary."""
+    from threadpoolctl import threadpool_limits
+
+    from . import nn
+    from .train import _data_parallel_step, _local_step, image_batch, load_digits_split, row_sequence
+
+    data = load_digits_split(seed)
+    net = nn.digits_resnet(16, seed=seed) if model == "cnn" else nn.digits_rnn(seed=seed)
+    inputs = image_batch if model == "cnn" else row_sequence
+    dp = distributed.DataParallel(net, options) if options is not None else None
+    opt = nn.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    order = np.resize(np.random.default_rng(seed).permutation(len(data.x_train)), (warmup + steps) * global_batch)
+    seconds = []
+    with threadpool_limits(limits=threads, user_api="openmp"):
+        for i in range(warmup + steps):
+            idx = order[i * global_batch:(i + 1) * global_batch]
+            x, y = data.x_train[idx], data.y_train[idx]
+            t0 = time.perf_counter()
+            if dp is None:
+                _local_step(net, opt, x, y, inputs, {}, "softmax", _ignore_loss)
+            else:
+                _data_parallel_step(net, opt, dp, x, y, inputs, {}, "softmax", _ignore_loss, f"step {i + 1}")
+            seconds.append(time.perf_counter() - t0)
+    out = {"seconds": benchmarks.summarize(seconds[warmup:]), "rank": 0, "ranks": 1}
+    if dp is not None:
+        out.update(communication=dp.comm_summary(skip=warmup), rank=dp.rank, ranks=dp.size)
+        dp.close()
+    return out
+
+
+def _ignore_loss(loss):
+    """Timing, not training to a result: a diverging loss does not stop the clock."""
+
+
+def _worker(spec_json, out_path):
+    """`python -m dlcpu.scaling_ranks SPEC OUT`: time_steps(**SPEC); rank 0 writes OUT."""
+    spec = json.loads(spec_json)
+    options = spec.pop("options")
+    if options is not None:
+        options = distributed.DataParallelOptions(**options)
+    result = time_steps(options=options, **spec)
+    if result["rank"] == 0:
+        distributed.write_json_atomic(out_path, result)
+
+
+def launch(ranks, spec, timeout=LAUNCH_TIMEOUT):
+    """Run one launch of `ranks` processes (mpiexec for more than one); its rank 0's result."""
+    spec = dict(spec)
+    if ranks == 1:
+        spec["options"] = None
+        cmd = [sys.executable, "-m", "dlcpu.scaling_ranks"]
+    else:
+        cmd = [find_mpiexec(), "-n", str(ranks), sys.executable, "-m", "dlcpu.scaling_ranks"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
+    with tempfile.TemporaryDirectory(prefix="dlcpu-ranks-") as tmp:
+        out_path = os.path.join(tmp, "result.json")
+        try:
+            proc = subprocess.run([*cmd, json.dumps(spec), out_path], env=env, capture_output=True, text=True,
+                                  timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise distributed.DistributedError(f"the {ranks}-rank launch did not finish within {timeout} s") from None
+        if proc.returncode != 0 or not os.path.exists(out_path):
+            tail = " | ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-4:])
+            raise distributed.DistributedError(f"the {ranks}-rank launch failed (exit code {proc.returncode}): {tail}")
+        with open(out_path) as f:
+            return json.load(f)
+
+
+def rank_scaling(workload, ranks, mode="weak", batch=64, threads=1, steps=40, warmup=5, repeats=3, options=None,
+                 on_point=None):
+    """The whole sweep (module docstring): a JSON-ready dict with one point per rank count and
+    the fit.  options: distributed.DataParallelOptions of the multi-rank launches (fusion
+    threshold, compression, overlap, communication core)."""
+    model = parse_rank_workload(workload)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    ranks = check_rank_counts(ranks)
+    check_batch(mode, batch, ranks)
+    options = options or distributed.DataParallelOptions()
+    if options.timeline is not None:
+        raise ValueError("rank scaling writes no timeline: time one run with dlcpu train --dist --timeline")
+    if max(ranks) > 1:
+        find_mpiexec()
+    runs = {r: [] for r in ranks}
+    for _ in range(repeats):
+        for r in ranks:
+            spec = {"model": model, "global_batch": global_batch(mode, batch, r), "steps": steps, "warmup": warmup,
+                    "threads": threads, "options": asdict(options)}
+            runs[r].append(launch(r, spec))
+            if on_point:
+                on_point(r)
+    points = []
+    for r in ranks:
+        by_time = sorted(runs[r], key=lambda res: res["seconds"]["median_s"])
+        middle = by_time[len(by_time) // 2]                 # the median launch, its communication with it
+        seconds = middle["seconds"]["median_s"]
+        gb = global_batch(mode, batch, r)
+        points.append({"ranks": r, "global_batch": gb, "batch_per_rank": gb / r, "seconds": middle["seconds"],
+                       "launch_medians_s": [res["seconds"]["median_s"] for res in runs[r]],
+                       "images_per_second": gb / seconds, "communication": middle.get("communication")})
+    # analyse's strong/weak speedups on step times: weak's R*T(1)/T(R) is the throughput ratio
+    result = analyse(ranks, [p["seconds"]["median_s"] for p in points], mode)
+    for p, s, e in zip(points, result.pop("speedup"), result.pop("efficiency")):
+        p.update(speedup=s, efficiency=e)
+    cores = available_cores()
+    warnings = [f"{r} ranks x {threads} thread(s) exceed the {cores} cores available: this point measures "
+                f"oversubscription, not scaling" for r in ranks if r * (threads + options.comm_core) > cores]
+    return {"workload": workload, "model": model, "mode": mode, "batch": batch, "threads_per_rank": threads,
+            "steps": steps, "warmup": warmup, "repeats": repeats, "cores": cores, "timed_region": TIMED_REGION,
+            "options": {k: v for k, v in asdict(options).items() if k in ("fusion_threshold", "compression", "overlap",
+                                                                         "comm_core")},
+            "points": points, "fit": result["fit"], "warnings": warnings}
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], sys.argv[2])

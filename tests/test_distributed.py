@@ -1,0 +1,318 @@
+"""dlcpu.distributed without MPI: bf16 wire format, fusion-bucket planning, the gradient reducer
+driven by a fake communicator (start order during backward, views, shares), backward hooks,
+timeline and warnings.  The multi-rank behaviour is tested under mpiexec in test_mpi.py."""
+import json
+
+import numpy as np
+import pytest
+
+from dlcpu import distributed, nn, train
+from dlcpu.data import shard
+from dlcpu.distributed import GradientReducer, from_bf16_bits, parse_bytes, plan_buckets, to_bf16_bits
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+
+
+# ------------------------------------------------------------------------------------ bf16 wire
+def test_bf16_rounding_matches_ml_dtypes(rng):
+    x = np.concatenate([rng.standard_normal(20000).astype(np.float32) * 10.0 ** rng.integers(-30, 30, 20000),
+                        np.array([0.0, -0.0, np.inf, -np.inf, 1e-40, -1e-40, 3.3895314e38, 1.0 + 2**-8,
+                                  1.0 + 3 * 2**-8, np.finfo(np.float32).max], np.float32)]).astype(np.float32)
+    got = to_bf16_bits(x)
+    want = x.astype(ml_dtypes.bfloat16).view(np.uint16)
+    np.testing.assert_array_equal(got, want)
+    back = from_bf16_bits(got)
+    np.testing.assert_array_equal(back, want.view(ml_dtypes.bfloat16).astype(np.float32))
+
+
+def test_bf16_nan_stays_nan():
+    x = np.array([np.nan, -np.nan, np.float32(np.uint32(0x7F800001).view(np.float32))], np.float32)
+    assert np.isnan(from_bf16_bits(to_bf16_bits(x))).all()
+
+
+def test_bf16_sum_op_adds_and_rounds(rng):
+    a = rng.standard_normal(1000).astype(np.float32)
+    b = rng.standard_normal(1000).astype(np.float32)
+    wa, wb = to_bf16_bits(a), to_bf16_bits(b)
+    distributed._bf16_sum(memoryview(wa), memoryview(wb), None)
+    want = (from_bf16_bits(to_bf16_bits(a)) + from_bf16_bits(to_bf16_bits(b))).astype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(wb, want.view(np.uint16))
+
+
+# ------------------------------------------------------------------------------------ options
+@pytest.mark.parametrize("text, value", [("0", 0), ("32768", 32768), ("32K", 32768), ("32k", 32768), ("1M", 2**20),
+                                         ("1MiB", 2**20), ("1.5K", 1536), ("64KB", 65536)])
+def test_parse_bytes(text, value):
+    assert parse_bytes(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-1", "1e400", "nan", "inf", "2T", "K"])
+def test_parse_bytes_refuses(text):
+    with pytest.raises(ValueError, match="size in bytes|between 0 and"):
+        parse_bytes(text)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"fusion_threshold": -1}, "fusion_threshold"), ({"compression": "fp16"}, "compression"),
+    ({"timeout": 0}, "timeout"), ({"timeout": float("nan")}, "timeout"), ({"timeout": float("inf")}, "timeout")])
+def test_options_refuse_bad_values(kwargs, words):
+    with pytest.raises((ValueError, TypeError), match=words):
+        distributed.DataParallelOptions(**kwargs)
+
+
+def test_options_refuse_unwritable_timeline(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        distributed.DataParallelOptions(timeline=str(tmp_path / "no" / "t.json"))
+
+
+def test_train_refuses_bad_dist():
+    with pytest.raises(TypeError, match="dist must be True or a dlcpu.distributed.DataParallelOptions"):
+        train.train_digits(epochs=1, dist="yes")
+
+
+# ------------------------------------------------------------------------------- fusion buckets
+def _params(*sizes):
+    return [nn.Parameter(np.zeros(n, np.float32)) for n in sizes]
+
+
+def test_plan_buckets_greedy_in_order():
+    ps = _params(10, 10, 10, 100, 5)     # 40, 40, 40, 400, 20 bytes
+    groups = plan_buckets(ps, 80)
+    assert [[p.grad.size for p in g] for g in groups] == [[10, 10], [10], [100], [5]]
+    assert [p for g in groups for p in g] == ps                       # every parameter once, in order
+    assert [len(g) for g in plan_buckets(ps, 0)] == [1] * 5           # 0: no fusion
+    assert [len(g) for g in plan_buckets(ps, 10**9)] == [5]           # one bucket
+
+
+class FakeRequest:
+    def __init__(self, log):
+        self.log = log
+
+    def Test(self):
+        return True
+
+
+class FakeComm:
+    """A one-rank communicator: records the order and the moment buckets start."""
+
+    rank, size, timeout, where = 0, 1, 1.0, ""
+
+    def __init__(self):
+        self.started = []
+        self.hooks_seen = 0
+
+    def start_allreduce(self, buffer, bf16=False):
+        self.started.append((buffer.size, self.hooks_seen, bf16))
+        return FakeRequest(self.started)
+
+    def wait(self, request, what):
+        pass
+
+
+def _digits_step(model, n=8):
+    data = train.load_digits_split(0)
+    logits = model(train.image_batch(data.x_train[:n]))
+    _, dlogits = nn.softmax_cross_entropy(logits, data.y_train[:n])
+    return dlogits
+
+
+def test_reducer_grads_are_bucket_views_and_start_during_backward():
+    model = nn.digits_resnet(16, seed=0)
+    comm = FakeComm()
+    red = GradientReducer(model, comm, fusion_threshold=32 * 1024)
+    assert len(red.buckets) >= 3
+    for b in red.buckets:
+        for p in b.params:
+            assert np.shares_memory(p.grad, b.buffer)
+    counter = {"n": 0}
+
+    def count(module):
+        counter["n"] += 1
+        comm.hooks_seen = counter["n"]
+
+    layers = distributed._modules_with_parameters(model)
+    for m in layers:            # registered after the reducer's: counts the layers done so far
+        m.register_backward_hook(count)
+    dlogits = _digits_step(model)
+    red.start_step(0.5, 1)
+    model.backward(dlogits)
+    started_during = len(comm.started)
+    red.finish()
+    assert len(comm.started) == len(red.buckets)
+    # the first buckets started before backward reached the first layers: overlap
+    assert started_during >= len(red.buckets) - 1
+    assert comm.started[0][1] < len(layers)
+    # buckets start in index order (their sizes, in order)
+    assert [s[0] for s in comm.started] == [b.buffer.size for b in red.buckets]
+
+
+def test_reducer_share_scales_gradients_and_no_overlap_waits():
+    model = nn.digits_resnet(16, seed=0)
+    ref = nn.digits_resnet(16, seed=0)
+    comm = FakeComm()
+    red = GradientReducer(model, comm, overlap=False)
+    red.start_step(0.25, 1)
+    model.backward(_digits_step(model))
+    assert comm.started == []                 # overlap off: nothing before finish
+    red.finish()
+    ref.backward(_digits_step(ref))
+    for p, q in zip(model.parameters(), ref.parameters()):
+        np.testing.assert_allclose(p.grad, 0.25 * q.grad, rtol=1e-6, atol=1e-9)
+    red.close()
+    comm.started.clear()
+    model.zero_grad()
+    model.backward(_digits_step(model))        # hooks removed: nothing starts
+    assert comm.started == []
+
+
+def test_reducer_bf16_rounds_gradients():
+    model = nn.digits_rnn(seed=0)
+    comm = FakeComm()
+    red = GradientReducer(model, comm, compression="bf16")
+    data = train.load_digits_split(0)
+    logits = model(train.row_sequence(data.x_train[:16]))
+    _, dl = nn.softmax_cross_entropy(logits, data.y_train[:16])
+    red.start_step(1.0, 1)
+    model.backward(dl)
+    red.finish()
+    assert all(s[2] for s in comm.started)
+    for p in model.parameters():   # the fake sum is the identity: the gradient is its bf16 rounding
+        np.testing.assert_array_equal(p.grad, from_bf16_bits(to_bf16_bits(p.grad)))
+
+
+def test_reducer_refuses_bad_compression():
+    with pytest.raises(ValueError, match="compression"):
+        GradientReducer(nn.digits_rnn(seed=0), FakeComm(), compression="int8")
+
+
+# ------------------------------------------------------------------------------ backward hooks
+def test_backward_hook_runs_once_per_backward_and_removes():
+    layer = nn.Linear(4, 3, seed=0)
+    seen = []
+    handle = layer.register_backward_hook(lambda m: seen.append(m))
+    x = np.ones((2, 4), np.float32)
+    layer(x)
+    layer.backward(np.ones((2, 3), np.float32))
+    assert seen == [layer]
+    handle.remove()
+    layer.backward(np.ones((2, 3), np.float32))
+    assert seen == [layer]
+    with pytest.raises(TypeError, match="hook must be callable"):
+        layer.register_backward_hook(3)
+
+
+def test_backward_hook_of_an_outer_module_runs_after_its_children():
+    model = nn.digits_resnet(16, seed=0)
+    order = []
+    block = model.modules[3]
+    block.register_backward_hook(lambda m: order.append("block"))
+    block.conv1.register_backward_hook(lambda m: order.append("conv1"))
+    model.backward(_digits_step(model))
+    assert order == ["conv1", "block"]
+
+
+# ------------------------------------------------------------------------------------ helpers
+def test_shard_disjoint_union_even():
+    idx = np.arange(10, 33)
+    for ranks in (1, 2, 3, 7, 30):
+        parts = [shard(idx, ranks, r) for r in range(ranks)]
+        assert np.array_equal(np.concatenate(parts), idx)
+        sizes = [len(p) for p in parts]
+        assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_union_seconds():
+    assert distributed.union_seconds([]) == 0.0
+    assert distributed.union_seconds([(0, 1), (0.5, 2), (3, 4), (3.5, 3.6)]) == pytest.approx(3.0)
+
+
+def test_chrome_trace_rows():
+    tl = distributed.Timeline(origin=10.0)
+    tl.add("forward", 1, 10.0, 10.5)
+    tl.add("allreduce", 1, 10.2, 10.4, bucket=2)
+    trace = distributed.chrome_trace([tl.as_array(), tl.as_array()], buckets=[1, 2, 300])
+    json.dumps(trace)
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert {e["pid"] for e in spans} == {0, 1}
+    fwd = next(e for e in spans if e["name"] == "forward")
+    assert fwd["tid"] == 0 and fwd["ts"] == 0.0 and fwd["dur"] == pytest.approx(5e5)
+    ar = next(e for e in spans if e["name"].startswith("allreduce"))
+    assert ar["tid"] == 1 and ar["args"] == {"step": 1, "bucket": 2, "bytes": 300}
+
+
+def test_oversubscription_warning_and_default_threads():
+    assert distributed.oversubscription_warning(1, 2, 2) is None
+    assert "3 threads for 2 cores" not in (distributed.oversubscription_warning(1, 2, 2) or "")
+    w = distributed.oversubscription_warning(2, 2, 2)
+    assert "4 threads for 2 cores" in w and "--threads 1" in w
+    assert "communication thread" in distributed.oversubscription_warning(1, 2, 2, comm_core=True)
+    assert distributed.threads_per_rank(2, 16) == 8
+    assert distributed.threads_per_rank(2, 16, comm_core=True) == 7
+    assert distributed.threads_per_rank(4, 2) == 1
+
+
+def test_launcher_environment(monkeypatch):
+    for key in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "PMI_RANK",
+                "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    assert distributed.launcher_size() is None and distributed.launcher_rank() is None
+    monkeypatch.setenv("PMI_SIZE", "4")
+    monkeypatch.setenv("PMI_RANK", "3")
+    assert distributed.launcher_size() == 4 and distributed.launcher_rank() == 3
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def _cli(*args, pre=""):
+    import os
+    import subprocess
+    import sys
+
+    code = f"import sys; {pre}from dlcpu.cli.main import main; main({list(args)!r})"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd="/",
+                          env={**os.environ, "COLUMNS": "200"}, timeout=300)
+
+
+def test_dist_without_mpi4py_says_how_to_install():
+    res = _cli("train", "digits", "--dist", "--epochs", "1", pre="sys.modules['mpi4py'] = None; ")
+    assert res.returncode == 2, res.stderr
+    assert 'pip install "dlcpu[mpi]"' in res.stderr and "mpiexec -n" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_single_process_training_works_without_mpi4py():
+    res = _cli("train", "digits", "--epochs", "1", "--threads", "1", pre="sys.modules['mpi4py'] = None; ")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("test accuracy")
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--compress", "bf16"], ["--compress", "add --dist"]),
+    (["--timeline", "t.json"], ["--timeline", "add --dist"]),
+    (["--no-overlap"], ["--no-overlap", "add --dist"]),
+    (["--dist", "--fusion-threshold", "lots"], ["--fusion-threshold", "size in bytes"]),
+    (["--dist", "--compress", "fp8"], ["--compress", "none or bf16"]),
+    (["--dist", "--timeline", "/no/such/dir/t.json"], ["--timeline", "does not exist"]),
+    (["--dist", "--comm-timeout", "0"], ["--comm-timeout"]),
+    (["--dist", "--seeds", "1,2"], ["--dist", "one configuration"]),
+])
+def test_train_dist_bad_options(args, needles):
+    res = _cli("train", "digits", "--epochs", "1", *args)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    line = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+    assert len(line) == 1 and all(n in line[0] for n in needles), res.stderr
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["train:resnet"], ["WORKLOAD", "train:digits or train:digits-rnn"]),
+    (["train:digits", "--ranks", "2,4"], ["--ranks", "include 1"]),
+    (["train:digits", "--ranks", "1,1"], ["--ranks", "distinct"]),
+    (["train:digits", "--ranks", "1,x"], ["--ranks", "comma list"]),
+    (["train:digits", "--ranks", "1,3", "--mode", "strong", "--batch", "64"], ["--batch", "does not divide by 3"]),
+    (["train:digits", "--mode", "medium"], ["--mode", "strong, weak"]),
+    (["train:digits", "--compress", "int8"], ["--compress"]),
+])
+def test_scale_ranks_bad_options(args, needles):
+    res = _cli("scale", "ranks", *args)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    line = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+    assert len(line) == 1 and all(n in line[0] for n in needles), res.stderr
