@@ -3,6 +3,7 @@
     dlcpu scale threads WORKLOAD --threads 1,2,4 --mode strong|weak [--plot FILE.png] [--json]
     dlcpu scale buckets [--ranks 2,4] [--batch-per-rank 32] [--buckets 5] [--json]
     dlcpu scale ranks train:digits --ranks 1,2 --mode weak|strong [--batch 64] [--threads 1] [--json]
+    dlcpu scale timeline FILE.json [--json]      (a `dlcpu train --dist --timeline` trace, summarized)
 
 One section per command; a command parses its options, calls dlcpu.scaling and renders.  No
 timing or fitting logic here.
@@ -179,6 +180,9 @@ def scale_ranks(
     compress: Compress = None,
     comm_core: CommCore = False,
     overlap: Overlap = True,
+    bind: Annotated[bool, typer.Option(
+        "--bind/--no-bind", help="Pin each rank (the 1-rank baseline too) to cores of its own, as mpiexec "
+                                 "-bind-to core does (default).")] = True,
     as_json: JsonFlag = False,
 ):
     """Data-parallel training throughput at 1, 2, ... MPI ranks (launches itself under mpiexec)."""
@@ -206,7 +210,7 @@ def scale_ranks(
     with progress() as bar:
         task = bar.add_task(f"{mode} rank scaling, {workload}", total=len(counts) * repeats)
         result = scaling_ranks.rank_scaling(workload, counts, mode, batch, threads, steps, warmup, repeats, options,
-                                            on_point=lambda r: bar.advance(task))
+                                            bind=bind, on_point=lambda r: bar.advance(task))
     if as_json:
         emit_json(result)
         return
@@ -221,7 +225,7 @@ def _render_ranks(result):
     t = Table(title=f"{result['mode']} rank scaling: {result['workload']}, {result['threads_per_rank']} thread(s) per "
                     f"rank ({result['cores']} cores available); fusion {o['fusion_threshold']} B, compression "
                     f"{o['compression']}, overlap {'on' if o['overlap'] else 'off'}"
-                    f"{', communication core' if o['comm_core'] else ''}")
+                    f"{', communication core' if o['comm_core'] else ''}{', ranks pinned to cores' if result['bind'] else ''}")
     for col in ("ranks", "global batch", "step ms (median)", "images/s", "speedup", "efficiency", "allreduce ms",
                 "allreduce % of step", "exposed ms", "exposed % of step", "exposed % of allreduce"):
         t.add_column(col, justify="right")
@@ -242,3 +246,32 @@ def _render_ranks(result):
     out.print(f"timed: {result['timed_region']}; median of {result['steps']} steps per launch, median launch of "
               f"{result['repeats']}.  1 rank is one process without MPI.", highlight=False, soft_wrap=True)
     _warn(result["warnings"])
+
+
+# -------------------------------------------------------------------------------------- timeline
+@command(app, "timeline")
+def scale_timeline(
+    path: Annotated[str, typer.Argument(metavar="FILE", help="A chrome-trace JSON written by dlcpu train --dist "
+                                                             "--timeline.", show_default=False)],
+    skip: Annotated[int, typer.Option("--skip", min=0, max=1_000_000, help="Leading steps to leave out (warm-up).")] = 1,
+    as_json: JsonFlag = False,
+):
+    """Per rank: median step, compute, allreduce in flight and exposed communication of a timeline."""
+    from .. import distributed
+
+    rows = distributed.summarize_timeline(path, skip=skip)
+    if as_json:
+        emit_json({"timeline": path, "ranks": rows})
+        return
+    t = Table(title=f"timeline {path}: medians over steps (the first {skip} left out)")
+    for col in ("rank", "steps", "step ms", "compute ms", "allreduce in flight ms", "exposed ms", "exposed % of step",
+                "exposed % of allreduce"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(str(r["rank"]), str(r["steps"]), f"{1e3 * r['step_seconds']:.2f}", f"{1e3 * r['compute_seconds']:.2f}",
+                  f"{1e3 * r['comm_seconds']:.2f}", f"{1e3 * r['exposed_seconds']:.2f}",
+                  f"{100 * r['exposed_share']:.1f}%", f"{100 * r['exposed_of_comm']:.0f}%")
+    out.print(t)
+    out.print("allreduce in flight: the union of the fusion buckets' spans, from each start (during backward) to its "
+              "observed completion; exposed: the wait after backward for the buckets still in flight.",
+              highlight=False, soft_wrap=True)

@@ -326,6 +326,51 @@ def chrome_trace(rows_by_rank, buckets=None):
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
+def summarize_timeline(trace, skip=1):
+    """Per rank, the medians over steps (the first `skip` left out) of a chrome trace written by
+    --timeline: step time (forward start to optimizer end), compute (forward + backward +
+    optimizer), allreduce time in flight (the union of the buckets' spans) and exposed
+    communication (the wait after backward); with exposed / in flight, the share of the
+    communication that overlap did not hide.  `trace`: the dict or a path to the JSON file."""
+    if not isinstance(trace, dict):
+        try:
+            with open(trace) as f:
+                trace = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read the timeline {trace}: {exc}") from None
+    events = trace.get("traceEvents") if isinstance(trace, dict) else None
+    if not isinstance(events, list):
+        raise ValueError("not a dlcpu timeline: no traceEvents list")  # noqa: TRY004  (bad file content, not a bad argument)
+    steps = {}
+    for e in events:
+        if not isinstance(e, dict) or e.get("ph") != "X" or "step" not in e.get("args", {}):
+            continue
+        key = (e.get("pid", 0), e["args"]["step"])
+        steps.setdefault(key, []).append(e)
+    if not steps:
+        raise ValueError("the timeline has no step spans (was it written by dlcpu train --dist --timeline?)")
+    rows = []
+    for rank in sorted({r for r, _ in steps}):
+        numbers = sorted(s for r, s in steps if r == rank)
+        kept = numbers[skip:] if len(numbers) > skip else numbers
+        per = {"step": [], "compute": [], "comm": [], "exposed": []}
+        for s in kept:
+            spans = steps[(rank, s)]
+            start = min(e["ts"] for e in spans)
+            end = max(e["ts"] + e["dur"] for e in spans)
+            per["step"].append(end - start)
+            per["compute"].append(sum(e["dur"] for e in spans if e["name"] in ("forward", "backward", "optimizer")))
+            per["comm"].append(union_seconds([(e["ts"], e["ts"] + e["dur"]) for e in spans
+                                              if e["name"].startswith("allreduce")]))
+            per["exposed"].append(sum(e["dur"] for e in spans if e["name"] == "wait"))
+        med = {k: float(np.median(v)) * 1e-6 for k, v in per.items()}
+        rows.append({"rank": rank, "steps": len(kept), "step_seconds": med["step"], "compute_seconds": med["compute"],
+                     "comm_seconds": med["comm"], "exposed_seconds": med["exposed"],
+                     "exposed_of_comm": med["exposed"] / med["comm"] if med["comm"] else float("nan"),
+                     "exposed_share": med["exposed"] / med["step"] if med["step"] else float("nan")})
+    return rows
+
+
 def write_json_atomic(path, data):
     tmp = f"{path}.tmp-{os.getpid()}"
     try:

@@ -316,3 +316,26 @@ def test_scale_ranks_bad_options(args, needles):
     assert res.returncode == 2, (res.stdout, res.stderr)
     line = [l for l in res.stderr.splitlines() if l.startswith("error:")]
     assert len(line) == 1 and all(n in line[0] for n in needles), res.stderr
+
+
+def test_summarize_timeline_medians_and_bad_files(tmp_path):
+    tl = distributed.Timeline(origin=0.0)
+    for step in range(1, 5):
+        t = step * 1.0
+        tl.add("forward", step, t, t + 0.1)
+        tl.add("backward", step, t + 0.1, t + 0.3)
+        tl.add("allreduce", step, t + 0.2, t + 0.35, bucket=0)
+        tl.add("allreduce", step, t + 0.25, t + 0.32, bucket=1)
+        tl.add("wait", step, t + 0.3, t + 0.35)
+        tl.add("optimizer", step, t + 0.35, t + 0.4)
+    path = tmp_path / "tl.json"
+    path.write_text(json.dumps(distributed.chrome_trace([tl.as_array()])))
+    (row,) = distributed.summarize_timeline(str(path))
+    assert row["rank"] == 0 and row["steps"] == 3
+    assert row["step_seconds"] == pytest.approx(0.4) and row["compute_seconds"] == pytest.approx(0.35)
+    assert row["comm_seconds"] == pytest.approx(0.15) and row["exposed_seconds"] == pytest.approx(0.05)
+    assert row["exposed_of_comm"] == pytest.approx(1 / 3)
+    for text, words in (("{}", "no traceEvents"), ('{"traceEvents": []}', "no step spans"), ("nope", "cannot read")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=words):
+            distributed.summarize_timeline(str(path))

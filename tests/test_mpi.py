@@ -160,6 +160,12 @@ def test_cli_dist_json_timeline_checkpoint(tmp_path):
     assert steps == set(range(1, 2 * 23 + 1))      # 1437 images, batch 64: 23 steps per epoch
     model = nn.load(str(tmp_path / "m.npz"))
     assert accuracy_of(model) == pytest.approx(summary["test_accuracy"], abs=0.02)
+    res = subprocess.run([DLCPU, "scale", "timeline", str(tmp_path / "tl.json"), "--json"], capture_output=True,
+                         text=True, env=ENV, check=False)
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)["ranks"]
+    assert [r["rank"] for r in rows] == [0, 1] and all(r["steps"] == 45 for r in rows)
+    assert all(0 <= r["exposed_seconds"] <= r["step_seconds"] for r in rows)
 
 
 def test_cli_dist_rnn_bf16(tmp_path):
