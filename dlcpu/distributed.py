@@ -67,6 +67,10 @@ DEFAULT_TIMEOUT = 120.0
 
 COMPRESSIONS = ("none", "bf16")
 
+#: How long a wait spins on MPI_Test before it starts to sleep between polls (see
+#: Communicator.wait): longer than any allreduce of a step, far shorter than a stalled peer.
+SPIN_SECONDS = 0.25
+
 
 class DistributedError(RuntimeError):
     """Data-parallel training cannot go on: MPI is missing, the ranks disagree, or a peer is gone."""
@@ -186,11 +190,17 @@ class Communicator:
         return f"rank {self.rank} of {self.size}"
 
     def wait(self, request, what):
-        """Wait for a non-blocking request, polling; CollectiveTimeout after `timeout` seconds."""
+        """Wait for a non-blocking request, polling; CollectiveTimeout after `timeout` seconds.
+
+        It spins on Test for SPIN_SECONDS before it sleeps between polls: without a progress
+        thread a collective advances only while its ranks poll, so a rank that sleeps stalls its
+        peers too.  (Measured: with sleeps after 0.2 ms of spinning, the four buckets of the
+        digits CNN took 10.6 ms to reduce after backward and a 2-rank step 16 ms against 4.6 ms
+        on one rank; MPI_Wait itself spins.)"""
         if request.Test():
             return
         deadline = time.monotonic() + self.timeout
-        spin_until = time.monotonic() + 2e-4     # spin first: most collectives finish in microseconds
+        spin_until = time.monotonic() + SPIN_SECONDS
         pause = 0.0
         while not request.Test():
             now = time.monotonic()
@@ -199,7 +209,7 @@ class Communicator:
                 raise CollectiveTimeout(
                     f"{self.describe()}: {what}{at} did not complete within {self.timeout:g} s: another rank "
                     f"has died, stalled or left the job (the deadline is --comm-timeout)")
-            if now > spin_until:
+            if now > spin_until:     # a long wait (a slow or lost peer): poll every millisecond at most
                 pause = min(1e-3, pause * 2 or 1e-5)
                 time.sleep(pause)
 
@@ -492,8 +502,12 @@ class GradientReducer:
         self._next = i + 1
 
     def _poll(self):
+        """Test the buckets in flight, oldest first, and stop at the first one still running:
+        one Test runs MPI's progress engine for all of them, and they complete in order."""
         for b in self.buckets[:self._next]:
-            if not b.done and b.request.Test():
+            if not b.done:
+                if not b.request.Test():
+                    return
                 b.done = time.perf_counter()
 
     def finish(self):

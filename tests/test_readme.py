@@ -3,7 +3,8 @@
 - ```python blocks are executed in order, in one shared namespace (later blocks use names that
   earlier ones define), each as its own test, in a temporary working directory.
 - ```bash blocks: every line that starts with `dlcpu ` runs with the installed `dlcpu` command
-  and must exit 0.  A block right after `<!-- readme-test: skip (reason) -->` is skipped with
+  and must exit 0; so does every `mpiexec ... dlcpu ...` line, with the mpiexec installed beside
+  the Python running the tests (skipped without MPI, unless DLCPU_REQUIRE_MPI=1).  A block right after `<!-- readme-test: skip (reason) -->` is skipped with
   that reason (installing packages, long benchmarks).
 - Blocks in any other language (```text, or none: output shown as text) are not code.
 - The README's relative links point at files and headings that exist.
@@ -96,7 +97,25 @@ def dlcpu_executable():
 
 
 def commands(code):
-    return [line.strip() for line in code.splitlines() if line.strip().startswith("dlcpu ")]
+    return [line.strip() for line in code.splitlines() if line.strip().startswith(("dlcpu ", "mpiexec "))]
+
+
+def mpiexec_executable():
+    """The mpiexec of the `mpi` extra (beside this Python), else one on PATH."""
+    return shutil.which("mpiexec", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+
+
+def argv_of(cmd, exe):
+    """The command line to run: `dlcpu` replaced by the installed one, `mpiexec` by the extra's."""
+    argv = shlex.split(cmd, comments=True)
+    if argv[0] == "mpiexec":
+        launcher = mpiexec_executable()
+        if launcher is None:
+            if os.environ.get("DLCPU_REQUIRE_MPI", "") == "1":
+                pytest.fail(f"`{cmd}` needs mpiexec (pip install '.[mpi]')")
+            pytest.skip(f"`{cmd}` needs mpiexec (pip install '.[mpi]')")
+        return [launcher, *(exe if a == "dlcpu" else a for a in argv[1:])]
+    return [exe, *argv[1:]]
 
 
 @needs_readme
@@ -112,8 +131,7 @@ def test_bash_block(block, tmp_path):
     if exe is None:
         pytest.fail("the dlcpu command is not installed")
     for cmd in cmds:
-        argv = shlex.split(cmd, comments=True)
-        res = subprocess.run([exe, *argv[1:]], check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        res = subprocess.run(argv_of(cmd, exe), check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300)
         assert res.returncode == 0, (
             f"README line {line}: `{cmd}` exited {res.returncode}\n"
             f"stdout:\n{res.stdout[-2000:]}\nstderr:\n{res.stderr[-2000:]}")
