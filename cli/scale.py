@@ -180,6 +180,10 @@ def scale_ranks(
     compress: Compress = None,
     comm_core: CommCore = False,
     overlap: Overlap = True,
+    compare: Annotated[str | None, typer.Option(
+        "--compare", metavar="<peer>",
+        help="torch: after every launch, the same launch of the PyTorch twin (DistributedDataParallel over "
+             "gloo for several ranks); adds its images/s, efficiency and dlcpu's ratio to it.")] = None,
     bind: Annotated[bool, typer.Option(
         "--bind/--no-bind", help="Pin each rank (the 1-rank baseline too) to cores of its own, as mpiexec "
                                  "-bind-to core does (default).")] = True,
@@ -201,6 +205,8 @@ def scale_ranks(
         option = "--batch" if "batch" in str(exc) else "--ranks"
         message = str(exc) if option == "--batch" else f"must be a comma list of integers including 1: {exc}"
         raise bad_option(option, message) from None
+    if compare not in (None, "torch"):
+        raise bad_option("--compare", f"must be torch, got {compare!r}")
     options = dist_options(DistArgs(True, fusion_threshold, compress, comm_core, overlap=overlap))
     if max(counts) > 1:
         try:
@@ -210,7 +216,7 @@ def scale_ranks(
     with progress() as bar:
         task = bar.add_task(f"{mode} rank scaling, {workload}", total=len(counts) * repeats)
         result = scaling_ranks.rank_scaling(workload, counts, mode, batch, threads, steps, warmup, repeats, options,
-                                            bind=bind, on_point=lambda r: bar.advance(task))
+                                            bind=bind, compare=compare, on_point=lambda r: bar.advance(task))
     if as_json:
         emit_json(result)
         return
@@ -226,8 +232,12 @@ def _render_ranks(result):
                     f"rank ({result['cores']} cores available); fusion {o['fusion_threshold']} B, compression "
                     f"{o['compression']}, overlap {'on' if o['overlap'] else 'off'}"
                     f"{', communication core' if o['comm_core'] else ''}{', ranks pinned to cores' if result['bind'] else ''}")
-    for col in ("ranks", "global batch", "step ms (median)", "images/s", "speedup", "efficiency", "allreduce ms",
-                "allreduce % of step", "exposed ms", "exposed % of step", "exposed % of allreduce"):
+    peer = result.get("peer")
+    columns = ["ranks", "global batch", "step ms (median)", "images/s", "speedup", "efficiency", "allreduce ms",
+               "allreduce % of step", "exposed ms", "exposed % of step", "exposed % of allreduce"]
+    if peer:
+        columns += ["torch images/s", "torch efficiency", "dlcpu / torch"]
+    for col in columns:
         t.add_column(col, justify="right")
     for p in result["points"]:
         c = p["communication"]
@@ -235,14 +245,21 @@ def _render_ranks(result):
         if c:
             comm = (ms(c["comm_seconds"]), f"{100 * c['comm_share']:.1f}%", ms(c["exposed_seconds"]),
                     f"{100 * c['exposed_share']:.1f}%", f"{100 * c['exposed_of_comm']:.0f}%")
+        versus = ()
+        if peer:
+            versus = (f"{p['peer']['images_per_second']:.0f}", f"{100 * p['peer']['efficiency']:.1f}%",
+                      f"{p['ratio_to_peer']:.2f}x")
         t.add_row(str(p["ranks"]), str(p["global_batch"]), ms(p["seconds"]["median_s"]), f"{p['images_per_second']:.0f}",
-                  f"{p['speedup']:.2f}", f"{100 * p['efficiency']:.1f}%", *comm)
+                  f"{p['speedup']:.2f}", f"{100 * p['efficiency']:.1f}%", *comm, *versus)
     out.print(t)
     fit = result["fit"]
     head = (f"Amdahl fit: parallel fraction p = {fit['p']:.4f}" if fit["model"] == "amdahl"
             else f"Gustafson fit: serial fraction s = {fit['s']:.4f}")
     pred = ", ".join(f"{q['speedup']:.2f}x at {q['threads']} ranks" for q in fit["predicted"])
     out.print(f"{head}; predicted: {pred}", highlight=False)
+    if peer:
+        out.print(f"peer: {peer['name']}, the same steps, shards and batch, launched right after each dlcpu launch.",
+                  highlight=False, soft_wrap=True)
     out.print(f"timed: {result['timed_region']}; median of {result['steps']} steps per launch, median launch of "
               f"{result['repeats']}.  1 rank is one process without MPI.", highlight=False, soft_wrap=True)
     _warn(result["warnings"])

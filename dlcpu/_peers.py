@@ -70,6 +70,24 @@ def digits_resnet(torch, width=16, classes=10):
     )
 
 
+def digits_rnn(torch, hidden=64, classes=10):
+    """Twin of nn.digits_rnn (LSTM cell): an LSTM over the T=8 image rows, a Linear on the last
+    hidden state; input (T, N, 8)."""
+    tnn = torch.nn
+
+    class DigitsRNN(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = tnn.LSTM(8, hidden)
+            self.fc = tnn.Linear(hidden, classes)
+
+        def forward(self, x):
+            y, _ = self.rnn(x)
+            return self.fc(y[-1])
+
+    return DigitsRNN()
+
+
 def recurrent(torch, cell, weights, *, num_layers=1, bidirectional=False, batch_first=False, nonlinearity="tanh"):
     """torch.nn.LSTM / GRU / RNN (cell 'lstm', 'gru', 'rnn') holding `weights`, a dict of numpy
     arrays under PyTorch's names (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0, ...,

@@ -125,6 +125,47 @@ def time_steps(model="cnn", global_batch=64, steps=40, warmup=5, threads=1, opti
     return out
 
 
+def time_torch_steps(model="cnn", global_batch=64, steps=40, warmup=5, threads=1, port=None, seed=0):
+    """The peer of time_steps: the same steps with the PyTorch twin (dlcpu._peers), one process
+    alone or, under a launcher with several ranks, wrapped in torch.nn.parallel.
+    DistributedDataParallel over the gloo backend (its default bucketing, overlap included),
+    every rank taking the same shard of each global batch as dlcpu's ranks do."""
+    from . import _peers
+    from .data import shard
+    from .train import load_digits_split, row_sequence
+
+    torch = _peers.require_torch("scale ranks --compare torch")
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rank, size = distributed.launcher_rank() or 0, distributed.launcher_size() or 1
+    data = load_digits_split(seed)
+    net = _peers.digits_resnet(torch) if model == "cnn" else _peers.digits_rnn(torch)
+    if size > 1:
+        import torch.distributed as tdist
+
+        tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
+        net = torch.nn.parallel.DistributedDataParallel(net)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    x_all = data.x_train if model == "cnn" else row_sequence(data.x_train)
+    order = np.resize(np.random.default_rng(seed).permutation(len(data.x_train)), (warmup + steps) * global_batch)
+    seconds = []
+    for i in range(warmup + steps):
+        idx = order[i * global_batch:(i + 1) * global_batch]
+        mine = idx[shard(np.arange(len(idx)), size, rank)]
+        x = torch.from_numpy(np.ascontiguousarray(x_all[mine] if model == "cnn" else x_all[:, mine]))
+        y = torch.from_numpy(data.y_train[mine])
+        t0 = time.perf_counter()
+        loss = loss_fn(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seconds.append(time.perf_counter() - t0)
+    if size > 1:
+        torch.distributed.destroy_process_group()
+    return {"seconds": benchmarks.summarize(seconds[warmup:]), "rank": rank, "ranks": size}
+
+
 def _ignore_loss(loss):
     """Timing, not training to a result: a diverging loss does not stop the clock."""
 
@@ -152,9 +193,13 @@ def _worker(spec_json, out_path):
     spec = json.loads(spec_json)
     options = spec.pop("options")
     cores = bind_to_cores(spec["threads"]) if spec.pop("bind") else None
-    if options is not None:
-        options = distributed.DataParallelOptions(**options)
-    result = time_steps(options=options, **spec)
+    framework, port = spec.pop("framework", "dlcpu"), spec.pop("port", None)
+    if framework == "torch":
+        result = time_torch_steps(port=port, **spec)
+    else:
+        if options is not None:
+            options = distributed.DataParallelOptions(**options)
+        result = time_steps(options=options, **spec)
     result["bound_to"] = cores
     if result["rank"] == 0:
         distributed.write_json_atomic(out_path, result)
@@ -163,6 +208,8 @@ def _worker(spec_json, out_path):
 def launch(ranks, spec, timeout=LAUNCH_TIMEOUT):
     """Run one launch of `ranks` processes (mpiexec for more than one); its rank 0's result."""
     spec = dict(spec)
+    if spec.get("framework") == "torch" and ranks > 1:
+        spec["port"] = _free_port()
     if ranks == 1:
         spec["options"] = None
         cmd = [sys.executable, "-m", "dlcpu.scaling_ranks"]
@@ -183,12 +230,28 @@ def launch(ranks, spec, timeout=LAUNCH_TIMEOUT):
             return json.load(f)
 
 
+def _free_port():
+    """A TCP port free on this machine now, for the peer's rendezvous (gloo over localhost)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def rank_scaling(workload, ranks, mode="weak", batch=64, threads=1, steps=40, warmup=5, repeats=3, options=None,
-                 bind=True, on_point=None):
+                 bind=True, compare=None, on_point=None):
     """The whole sweep (module docstring): a JSON-ready dict with one point per rank count and
     the fit.  options: distributed.DataParallelOptions of the multi-rank launches (fusion
     threshold, compression, overlap, communication core).  bind: pin each rank to cores of its
-    own (bind_to_cores), the 1-rank baseline too."""
+    own (bind_to_cores), the 1-rank baseline too.  compare='torch': every launch is followed by
+    the same launch of the PyTorch twin (DistributedDataParallel over gloo for several ranks), and
+    each point gets the peer's numbers and dlcpu's throughput ratio to it."""
+    if compare not in (None, "torch"):
+        raise ValueError(f"compare must be None or 'torch', got {compare!r}")
+    if compare:
+        from . import _peers
+        _peers.require_torch("scale ranks --compare torch")
     model = parse_rank_workload(workload)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -199,28 +262,25 @@ def rank_scaling(workload, ranks, mode="weak", batch=64, threads=1, steps=40, wa
         raise ValueError("rank scaling writes no timeline: time one run with dlcpu train --dist --timeline")
     if max(ranks) > 1:
         find_mpiexec()
-    runs = {r: [] for r in ranks}
+    frameworks = ["dlcpu", "torch"] if compare else ["dlcpu"]
+    runs = {(f, r): [] for f in frameworks for r in ranks}
     for _ in range(repeats):
         for r in ranks:
-            spec = {"model": model, "global_batch": global_batch(mode, batch, r), "steps": steps, "warmup": warmup,
-                    "threads": threads, "options": asdict(options), "bind": bool(bind)}
-            runs[r].append(launch(r, spec))
+            for f in frameworks:
+                spec = {"model": model, "global_batch": global_batch(mode, batch, r), "steps": steps, "warmup": warmup,
+                        "threads": threads, "options": asdict(options), "bind": bool(bind), "framework": f}
+                runs[(f, r)].append(launch(r, spec))
             if on_point:
                 on_point(r)
-    points = []
-    for r in ranks:
-        by_time = sorted(runs[r], key=lambda res: res["seconds"]["median_s"])
-        middle = by_time[len(by_time) // 2]                 # the median launch, its communication with it
-        seconds = middle["seconds"]["median_s"]
-        gb = global_batch(mode, batch, r)
-        points.append({"ranks": r, "global_batch": gb, "batch_per_rank": gb / r, "seconds": middle["seconds"],
-                       "launch_medians_s": [res["seconds"]["median_s"] for res in runs[r]],
-                       "images_per_second": gb / seconds, "communication": middle.get("communication"),
-                       "rank0_cores": middle.get("bound_to")})
-    # analyse's strong/weak speedups on step times: weak's R*T(1)/T(R) is the throughput ratio
-    result = analyse(ranks, [p["seconds"]["median_s"] for p in points], mode)
-    for p, s, e in zip(points, result.pop("speedup"), result.pop("efficiency")):
-        p.update(speedup=s, efficiency=e)
+    points = _points(runs, "dlcpu", ranks, mode, batch)
+    result = _analysed(points, ranks, mode)
+    if compare:
+        peer = _points(runs, "torch", ranks, mode, batch)
+        peer_fit = _analysed(peer, ranks, mode)
+        for p, q in zip(points, peer):
+            p["peer"] = {k: q[k] for k in ("seconds", "launch_medians_s", "images_per_second", "speedup", "efficiency")}
+            p["ratio_to_peer"] = p["images_per_second"] / q["images_per_second"]
+        result["peer"] = {"name": "PyTorch DistributedDataParallel (gloo); 1 rank: the plain twin", "fit": peer_fit["fit"]}
     cores = available_cores()
     warnings = [f"{r} ranks x {threads} thread(s) exceed the {cores} cores available: this point measures "
                 f"oversubscription, not scaling" for r in ranks if r * (threads + options.comm_core) > cores]
@@ -229,7 +289,30 @@ def rank_scaling(workload, ranks, mode="weak", batch=64, threads=1, steps=40, wa
             "timed_region": TIMED_REGION,
             "options": {k: v for k, v in asdict(options).items() if k in ("fusion_threshold", "compression", "overlap",
                                                                          "comm_core")},
-            "points": points, "fit": result["fit"], "warnings": warnings}
+            "points": points, "fit": result["fit"], "peer": result.get("peer"), "warnings": warnings}
+
+
+def _points(runs, framework, ranks, mode, batch):
+    """One point per rank count from its launches: the median launch (its communication with it)."""
+    points = []
+    for r in ranks:
+        by_time = sorted(runs[(framework, r)], key=lambda res: res["seconds"]["median_s"])
+        middle = by_time[len(by_time) // 2]
+        gb = global_batch(mode, batch, r)
+        points.append({"ranks": r, "global_batch": gb, "batch_per_rank": gb / r, "seconds": middle["seconds"],
+                       "launch_medians_s": [res["seconds"]["median_s"] for res in runs[(framework, r)]],
+                       "images_per_second": gb / middle["seconds"]["median_s"],
+                       "communication": middle.get("communication"), "rank0_cores": middle.get("bound_to")})
+    return points
+
+
+def _analysed(points, ranks, mode):
+    """analyse's speedups, efficiencies and fit on the points' step times, written into the
+    points (weak's R*T(1)/T(R) is the throughput ratio); returns {'fit': ...}."""
+    result = analyse(ranks, [p["seconds"]["median_s"] for p in points], mode)
+    for p, s, e in zip(points, result.pop("speedup"), result.pop("efficiency")):
+        p.update(speedup=s, efficiency=e)
+    return result
 
 
 if __name__ == "__main__":

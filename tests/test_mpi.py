@@ -209,6 +209,20 @@ def test_scale_ranks_json(tmp_path):
     assert out["fit"]["model"] == "gustafson"
 
 
+def test_scale_ranks_compare_torch(tmp_path):
+    pytest.importorskip("torch")
+    res = subprocess.run([DLCPU, "scale", "ranks", "train:digits-rnn", "--ranks", "1,2", "--mode", "strong", "--batch",
+                          "32", "--steps", "3", "--warmup", "1", "--repeats", "1", "--compare", "torch", "--json"],
+                         capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert [p["global_batch"] for p in out["points"]] == [32, 32]          # strong: the global batch stays
+    for p in out["points"]:
+        assert p["peer"]["images_per_second"] > 0
+        assert p["ratio_to_peer"] == pytest.approx(p["images_per_second"] / p["peer"]["images_per_second"])
+    assert "DistributedDataParallel" in out["peer"]["name"]
+
+
 # -------------------------------------------------------------------------------------- faults
 def rank_pids(launcher_pid):
     """{rank: pid} of the processes under the launcher (their PMI_RANK), from /proc."""
