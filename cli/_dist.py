@@ -60,7 +60,7 @@ def dist_options(d):
         raise bad_option("--fusion-threshold", str(exc)) from None
     if d.compress is not None and d.compress not in distributed.COMPRESSIONS:
         raise bad_option("--compress", f"must be {' or '.join(distributed.COMPRESSIONS)}, got {d.compress!r}")
-    if d.timeline is not None:
+    if d.timeline is not None and not distributed.launcher_rank():    # rank 0 alone writes it
         check_output_path(d.timeline, "--timeline")
     return distributed.DataParallelOptions(
         fusion_threshold=threshold, compression=d.compress or "none", overlap=d.overlap, comm_core=d.comm_core,

@@ -122,8 +122,11 @@ def run_app(app, args=None):
         if isinstance(exc, NoArgsIsHelpError):  # `dlcpu` or `dlcpu bench` alone: the help, exit 2
             exc.show()
             return EXIT_USAGE
-        if not _launched_rank_above_zero():   # under mpiexec every rank finds the same bad option: say it once
-            print_error(_escape(_one_line(exc.format_message())))
+        message = _one_line(exc.format_message())
+        # under mpiexec every rank finds the same bad option: rank 0 says it, unless the message
+        # names its rank (a file missing on one node)
+        if not _launched_rank_above_zero() or "(on rank " in message:
+            print_error(_escape(message))
         return EXIT_USAGE
     except typer.Abort:
         print_error("aborted")

@@ -20,7 +20,7 @@ seeds, min, max, runs and mean training time.  A value listed twice is refused; 
 prints the table of the runs finished so far and exits 130.  One run (single values) prints and
 writes exactly what it always did."""
 import inspect
-import os
+import traceback
 from dataclasses import asdict
 from typing import Annotated
 
@@ -28,7 +28,7 @@ import typer
 from rich.progress import TextColumn
 from rich.table import Table
 
-from .. import cpu, nn
+from .. import _config, cpu, nn
 from ..approx import IMPLS as ACTIVATION_IMPLS
 from ..nn.losses import GRADIENTS
 from ..nn.models import RNN_CELLS
@@ -36,6 +36,7 @@ from ..nn.prune import check_sparsity
 from ._dist import CommCore, Compress, DistArgs, FusionThreshold, Overlap, dist_options
 from ._output import (
     EXIT_INTERRUPTED,
+    EXIT_USAGE,
     JsonFlag,
     bad_option,
     check_output_path,
@@ -85,7 +86,26 @@ def _load_from(path, model):
     try:
         return training.load_pretrained(path, model)
     except (TypeError, ValueError) as exc:
-        raise bad_option("--from", str(exc)) from None
+        from ..distributed import launcher_rank
+
+        # under a launcher a file can be missing on one node only: name the rank (and the error
+        # of a rank above 0 is then not taken for a duplicate of rank 0's)
+        where = f" (on rank {launcher_rank()})" if launcher_rank() is not None else ""
+        raise bad_option("--from", f"{exc}{where}") from None
+
+
+def _initial_model(from_path, model, cells):
+    """--from loaded and checked against --cell (bad option values), or None without --from."""
+    from .. import train as training
+
+    initial = _load_from(from_path, model)
+    if initial is not None and model == "rnn":
+        for c in cells:
+            try:
+                training.check_cell(initial, c, from_path)
+            except ValueError as exc:
+                raise bad_option("--cell", str(exc)) from None
+    return initial
 
 
 def _sparsity_table(report):
@@ -149,7 +169,6 @@ def _join_ranks(options, batch, threads):
     batch: it must divide by the rank count.  Warns (rank 0) when the node's ranks ask for more
     threads than it has cores."""
     from .. import distributed
-    from ..scaling import available_cores
 
     try:
         comm = distributed.world(options.timeout, options.comm_core)
@@ -159,12 +178,7 @@ def _join_ranks(options, batch, threads):
         raise bad_option("--batch", f"{batch} does not divide by the {comm.size} ranks: --batch is the global batch, "
                                     f"{comm.size} equal slices per step; use a multiple of {comm.size} (an epoch's "
                                     "last, shorter batch is split as evenly as possible)")
-    cores = os.cpu_count() or 1
-    bound = available_cores() < cores           # a launcher that binds ranks to cores
-    per_rank = threads or distributed.threads_per_rank(1 if bound else comm.local_size,
-                                                       available_cores() if bound else cores, options.comm_core)
-    warning = distributed.oversubscription_warning(per_rank, 1 if bound else comm.local_size,
-                                                   available_cores() if bound else cores, options.comm_core)
+    per_rank, warning = distributed.rank_threads(threads, comm, options.comm_core)
     if warning and comm.rank == 0:
         err.print(f"warning: {warning}", highlight=False, soft_wrap=True)
     return comm, per_rank
@@ -180,6 +194,8 @@ def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=
 
     options = dist_options(dist_args or DistArgs())
     launched = distributed.launcher_size()
+    if options is not None and distributed.launcher_rank():
+        out_path = None     # data-parallel, rank 0 alone writes the checkpoint (and checks the path)
     if options is None and launched and launched > 1:
         err.print(f"warning: started by an MPI launcher with {launched} ranks but without --dist: every rank trains "
                   "its own model; add --dist to train one model data-parallel", highlight=False, soft_wrap=True)
@@ -197,20 +213,25 @@ def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=
         raise bad_option("--out", f"saves one model, but this sweep trains {runs} (one per combination of "
                                   "--loss, --cell, --activation-impl and --seeds); drop --out, or train the "
                                   "configuration to keep on its own")
-    initial = _load_from(from_path, model)
-    if initial is not None and model == "rnn":
-        for c in cells:
-            try:
-                training.check_cell(initial, c, from_path)
-            except ValueError as exc:
-                raise bad_option("--cell", str(exc)) from None
     if options is not None and runs > 1:
         raise bad_option("--dist", f"trains one configuration, but this sweep has {runs} runs; run them one at a time")
     if options is not None:
+        # MPI starts before --from is read: a file missing on one node is then reported by that
+        # rank, which ends the job (a rank that exits before MPI_Init leaves the others in it)
         comm, n_threads = _join_ranks(options, batch, threads)
+        try:
+            initial = _initial_model(from_path, model, cells)
+        except typer.BadParameter as exc:
+            if comm.size == 1:
+                raise
+            message = " ".join(exc.format_message().split())
+            if comm.rank == 0 or "(on rank " in message:
+                print_error(message)
+            comm.abort(EXIT_USAGE)
         _train_one(model, epochs, batch, lr, n_threads, seed_list[0], out_path, as_json, sparsity, from_path, initial,
                    prune_scope, losses[0], loss_gradient, cells[0], impls[0], options, comm)
         return
+    initial = _initial_model(from_path, model, cells)
     n_threads = threads or cpu.resolve_threads()
     if runs > 1:
         configs = training.sweep_configs(losses, cells, impls)
@@ -226,21 +247,22 @@ def _train_one(model, epochs, batch, lr, n_threads, seed, out_path, as_json, spa
     """One training run: epoch lines on stderr, a summary line (or JSON) on stdout.  Data-parallel
     (dist, comm), rank 0 alone reports; an error on one rank ends the whole job."""
     if comm is None:
-        return _train_one_process(model, epochs, batch, lr, n_threads, seed, out_path, as_json, sparsity, from_path,
-                                  initial, prune_scope, loss, loss_gradient, cell, activation_impl)
-    from .. import distributed
+        return _run_training(model, epochs, batch, lr, n_threads, seed, out_path, as_json, sparsity, from_path,
+                             initial, prune_scope, loss, loss_gradient, cell, activation_impl)
     from .. import train as training
 
     try:
-        _train_one_process(model, epochs, batch, lr, n_threads, seed, out_path, as_json, sparsity, from_path, initial,
-                           prune_scope, loss, loss_gradient, cell, activation_impl, dist, comm.rank)
+        _run_training(model, epochs, batch, lr, n_threads, seed, out_path, as_json, sparsity, from_path, initial,
+                      prune_scope, loss, loss_gradient, cell, activation_impl, dist, comm.rank)
     except training.TrainingDiverged:
         # every rank saw the same global loss and stops at the same step: rank 0 says so
         if comm.rank == 0:
             raise
         raise typer.Exit(1) from None
-    except (distributed.DistributedError, ValueError, TypeError, OSError, MemoryError, KeyboardInterrupt) as exc:
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001  (any failure of one rank must end every rank)
         # this rank alone may have failed: say which, then end every rank (they would wait for it)
+        if _config.env_debug():
+            traceback.print_exc()
         what = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc) or type(exc).__name__
         who = f"rank {comm.rank} of {comm.size}"
         print_error(what if what.startswith(who) else f"{who}: {what}")
@@ -249,8 +271,9 @@ def _train_one(model, epochs, batch, lr, n_threads, seed, out_path, as_json, spa
         raise typer.Exit(1) from None
 
 
-def _train_one_process(model, epochs, batch, lr, n_threads, seed, out_path, as_json, sparsity, from_path, initial,
-                       prune_scope, loss, loss_gradient, cell, activation_impl, dist=None, rank=0):
+def _run_training(model, epochs, batch, lr, n_threads, seed, out_path, as_json, sparsity, from_path, initial,
+                  prune_scope, loss, loss_gradient, cell, activation_impl, dist=None, rank=0):
+    """The training run itself (one process, or one rank of a data-parallel job: `rank`)."""
     from threadpoolctl import threadpool_limits
 
     from .. import train as training

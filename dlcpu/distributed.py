@@ -39,13 +39,14 @@ The pieces, each usable on its own:
 A communication core (``comm_core=True``): MPICH's asynchronous progress thread
 (MPIR_CVAR_ASYNC_PROGRESS=1) progresses the allreduces while the compute threads run, at the
 price of a core per rank: the MLSL trade-off.  Without it the allreduces progress when the
-training loop polls them, after every layer's backward.
+training loop polls them, after the backward of every layer that has parameters.
 """
 import json
 import math
 import os
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,7 +57,7 @@ from . import _validate
 MPI_HINT = ('data-parallel training needs MPI: pip install "dlcpu[mpi]" (mpi4py and the mpich wheel, no '
             'compiler needed), then launch it with mpiexec -n <ranks> ... (see docs/cluster.md)')
 
-#: Default fusion threshold.  The digits CNN has 100 KB of gradients: 32 KiB buckets give four
+#: Default fusion threshold.  The digits CNN has 87 KB of gradients: 32 KiB buckets give four
 #: of them, so the first allreduces overlap the rest of backward; Horovod's 64 MiB default would
 #: make one bucket that can only start once backward is over.
 DEFAULT_FUSION_THRESHOLD = 32 * 1024
@@ -83,11 +84,31 @@ class CollectiveTimeout(DistributedError):
 def launcher_size():
     """The rank count a launcher (mpiexec/hydra, Open MPI, Slurm's PMI) announces in this
     process's environment, or None when it was not started by one; no MPI import."""
-    for key in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+    for key in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):
         value = os.environ.get(key, "").strip()
         if value.isdigit():
             return int(value)
     return None
+
+
+@contextmanager
+def abort_on_error(comm=None):
+    """Around a rank's work: an exception (or Ctrl-C) in a job of several ranks is printed with
+    the rank's name and ends every rank with MPI_Abort, instead of leaving the others to wait
+    for this one until their deadline.  comm: a Communicator, by default the world's if MPI has
+    started (with one rank, or before MPI starts, the exception just propagates)."""
+    try:
+        yield
+    except (Exception, KeyboardInterrupt) as exc:
+        comm = comm or _WORLD
+        if comm is None or comm.size == 1:
+            raise
+        import sys
+        import traceback
+
+        traceback.print_exc()
+        print(f"error: rank {comm.rank} of {comm.size}: {exc or type(exc).__name__}", file=sys.stderr, flush=True)
+        comm.abort(130 if isinstance(exc, KeyboardInterrupt) else 1)
 
 
 def launcher_rank():
@@ -117,6 +138,13 @@ def load_mpi(async_progress=False):
     except (ImportError, RuntimeError, OSError) as exc:   # no mpi4py, or no libmpi under it
         raise DistributedError(f"{MPI_HINT} ({exc})") from None
     return MPI
+
+
+def check_compression(compression):
+    """'none' or 'bf16' (ValueError naming the choices otherwise)."""
+    if not isinstance(compression, str) or compression not in COMPRESSIONS:
+        raise ValueError(f"distributed: compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+    return compression
 
 
 def check_fusion_threshold(value, where="fusion_threshold"):
@@ -172,25 +200,36 @@ class Communicator:
     rank, size: this process's rank and the rank count; local_size: ranks on this node (MPI's
     shared-memory split), for the threads x ranks > cores check.  timeout: seconds a collective
     may take before CollectiveTimeout.  async_progress: MPICH's progress thread (a communication
-    core); `async_progress` afterwards says whether MPI granted it (it needs MPI_THREAD_MULTIPLE)."""
+    core; MPICH only, DistributedError elsewhere).  `where` names what the training loop is
+    doing, for timeout messages."""
 
     def __init__(self, comm=None, timeout=DEFAULT_TIMEOUT, async_progress=False):
         self.timeout = check_timeout(timeout)
         self.MPI = MPI = load_mpi(async_progress)
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.where = "the start"
+        self._bf16_op = None
+        # Split_type has no non-blocking form: meet at a barrier with a deadline first, so that a
+        # rank that never arrives is reported instead of hanging the others here
+        self.barrier("the first barrier")
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_size, self.local_rank = local.Get_size(), local.Get_rank()
         local.Free()
-        self.async_progress = bool(async_progress) and MPI.Query_thread() == MPI.THREAD_MULTIPLE
-        self.where = ""          # what the training loop is doing, for timeout messages
-        self._bf16_op = None
+        self.async_progress = False
+        if async_progress:
+            library = MPI.Get_library_version()
+            if "MPICH" not in library or MPI.Query_thread() != MPI.THREAD_MULTIPLE:
+                raise DistributedError(f"a communication core needs MPICH's asynchronous progress with "
+                                       f"MPI_THREAD_MULTIPLE; this MPI is {library.splitlines()[0].strip()!r}")
+            self.async_progress = True
 
     def describe(self):
         return f"rank {self.rank} of {self.size}"
 
-    def wait(self, request, what):
-        """Wait for a non-blocking request, polling; CollectiveTimeout after `timeout` seconds.
+    def wait(self, request, what, deadline=None):
+        """Wait for a non-blocking request, polling; CollectiveTimeout after `timeout` seconds
+        (or at `deadline`, a time.monotonic() value shared by several requests).
 
         It spins on Test for SPIN_SECONDS before it sleeps between polls: without a progress
         thread a collective advances only while its ranks poll, so a rank that sleeps stalls its
@@ -199,7 +238,8 @@ class Communicator:
         on one rank; MPI_Wait itself spins.)"""
         if request.Test():
             return
-        deadline = time.monotonic() + self.timeout
+        if deadline is None:
+            deadline = time.monotonic() + self.timeout
         spin_until = time.monotonic() + SPIN_SECONDS
         pause = 0.0
         while not request.Test():
@@ -215,8 +255,24 @@ class Communicator:
 
     def allreduce(self, array, what):
         """In-place sum of a float32/float64 array over the ranks."""
-        self.wait(self.comm.Iallreduce(self.MPI.IN_PLACE, array, op=self.MPI.SUM), what)
+        self.wait(self.start_sum(array), what)
         return array
+
+    def start_sum(self, array):
+        """Start the in-place sum of a float32/float64 array over the ranks; returns the request."""
+        return self.comm.Iallreduce(self.MPI.IN_PLACE, array, op=self.MPI.SUM)
+
+    def barrier(self, what):
+        self.wait(self.comm.Ibarrier(), what)
+
+    def agree(self, values, what):
+        """DistributedError unless every rank passed the same numbers (settings that must match
+        for the ranks to issue the same collectives, such as the data size and the batch)."""
+        everyone = self.allgather(values, f"the check that the ranks agree on {what}")
+        differ = [r for r in range(self.size) if not np.array_equal(everyone[r], everyone[0])]
+        if differ:
+            raise DistributedError(f"the ranks disagree on {what}: rank 0 has {everyone[0].tolist()}, "
+                                   + ", ".join(f"rank {r} has {everyone[r].tolist()}" for r in differ))
 
     def broadcast(self, array, what, root=0):
         """In place: every rank's `array` becomes root's."""
@@ -246,7 +302,7 @@ class Communicator:
             if self._bf16_op is None:
                 self._bf16_op = self.MPI.Op.Create(_bf16_sum, commute=True)
             return self.comm.Iallreduce(self.MPI.IN_PLACE, [buffer, self.MPI.UINT16_T], op=self._bf16_op)
-        return self.comm.Iallreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM)
+        return self.start_sum(buffer)
 
     def abort(self, code=1):
         """End the whole job (every rank) with exit code `code`: what a rank does after an error
@@ -273,6 +329,21 @@ def threads_per_rank(local_ranks, cores, comm_core=False):
     fewer per rank with a communication core (never below 1)."""
     share = max(1, cores // max(1, local_ranks))
     return max(1, share - 1) if comm_core else share
+
+
+def rank_threads(threads, comm, comm_core=False):
+    """(compute threads per rank, warning or None) for the ranks of `comm` on this node: `threads`
+    when given, else threads_per_rank.  A launcher that binds ranks to cores leaves each rank an
+    affinity mask smaller than the node; then the rank's own cores are the budget, else the
+    node's cores are shared by its ranks."""
+    node = os.cpu_count() or 1
+    try:
+        mine = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        mine = node
+    ranks, cores = (1, mine) if mine < node else (comm.local_size, node)
+    per_rank = threads or threads_per_rank(ranks, cores, comm_core)
+    return per_rank, oversubscription_warning(per_rank, ranks, cores, comm_core)
 
 
 def oversubscription_warning(threads, local_ranks, cores, comm_core=False):
@@ -320,8 +391,8 @@ def chrome_trace(rows_by_rank, buckets=None):
     events = []
     for rank, rows in enumerate(rows_by_rank):
         events.append({"name": "process_name", "ph": "M", "pid": rank, "args": {"name": f"rank {rank}"}})
-        events += [{"name": n, "ph": "M", "pid": rank, "tid": t, "args": {"name": label}}
-                   for t, label in ((_COMPUTE_TID, "compute"), (_COMM_TID, "communication")) for n in ("thread_name",)]
+        events += [{"name": "thread_name", "ph": "M", "pid": rank, "tid": t, "args": {"name": label}}
+                   for t, label in ((_COMPUTE_TID, "compute"), (_COMM_TID, "communication"))]
         for code, step, start, dur, bucket in np.asarray(rows).reshape(-1, 5):
             name = SPANS[int(code)]
             tid = _COMM_TID if name in ("wait", "allreduce") else _COMPUTE_TID
@@ -438,19 +509,30 @@ def plan_buckets(params, threshold):
 class GradientReducer:
     """Averages a model's gradients over the ranks in fusion buckets that start during backward.
 
-    Per step: start_step(share) (this rank's n_local / n_global), then the model's backward (the
-    hooks start the buckets), then finish() -> exposed seconds.  overlap=False starts every bucket
-    only in finish() (the baseline a timeline compares with)."""
+    Making one re-points every Parameter's `grad` at a view of its bucket's flat buffer (the
+    values are kept; close() leaves the views in place) and registers a backward hook on every
+    module that owns parameters.  Per step: start_step(share, step) (share: this rank's
+    n_local / n_global), then the model's backward (the hooks start the buckets), then finish()
+    -> exposed seconds.  overlap=False starts every bucket only in finish() (the baseline a
+    timeline compares with).
+
+    Each parameter must belong to one module, used once per backward: a module listed twice in
+    the model or a parameter shared between modules is refused (its bucket would be marked ready
+    after the first use, and its transfer would start while the second use still adds to it)."""
 
     def __init__(self, model, comm, fusion_threshold=DEFAULT_FUSION_THRESHOLD, compression="none", overlap=True,
                  timeline=None):
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"distributed: compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
+        check_compression(compression)
+        _check_unshared(model)
         self.comm, self.compression, self.overlap, self.timeline = comm, compression, bool(overlap), timeline
         self.threshold = check_fusion_threshold(fusion_threshold)
         named = model.named_parameters()
         order = [p for _, p in reversed(named)]      # backward produces the last layer's first
         self.buckets = []
+        for name, p in named:
+            if p.grad.dtype != np.float32 or p.grad.shape != p.data.shape:
+                raise TypeError(f"distributed: parameter {name} has a {p.grad.dtype} gradient of shape {p.grad.shape} "
+                                f"for {p.data.shape} weights; the fusion buffers hold float32 gradients")
         for group in plan_buckets(order, self.threshold):
             buffer = np.zeros(sum(p.grad.size for p in group), np.float32)
             offset = 0
@@ -516,9 +598,10 @@ class GradientReducer:
         t0 = time.perf_counter()
         while self._next < len(self.buckets):
             self._start(self._next)
+        deadline = time.monotonic() + self.comm.timeout     # one deadline for the whole step
         for i, b in enumerate(self.buckets):
             if not b.done:
-                self.comm.wait(b.request, f"the allreduce of gradient bucket {i} ({b.nbytes} bytes)")
+                self.comm.wait(b.request, f"the allreduce of gradient bucket {i} ({b.nbytes} bytes)", deadline)
                 b.done = time.perf_counter()
             if self.compression == "bf16":
                 from_bf16_bits(b.wire, out=b.buffer)
@@ -536,6 +619,22 @@ class GradientReducer:
 def _modules_with_parameters(model):
     own = [model] if model.own_parameters() else []
     return own + [m for c in model.children() for m in _modules_with_parameters(c)]
+
+
+def _check_unshared(model):
+    """ValueError when a module occurs twice in the model or a parameter belongs to two modules
+    (GradientReducer's docstring says why)."""
+    modules, owner = set(), {}
+    for m in _modules_with_parameters(model):
+        if id(m) in modules:
+            raise ValueError(f"distributed: {m.describe()} occurs twice in the model; data-parallel training needs "
+                             "every layer with parameters once (make a second layer instead of reusing it)")
+        modules.add(id(m))
+        for name, p in m.own_parameters().items():
+            if id(p) in owner:
+                raise ValueError(f"distributed: parameter {name} of {m.describe()} is shared with {owner[id(p)]}; "
+                                 "data-parallel training needs each parameter in one layer")
+            owner[id(p)] = m.describe()
 
 
 def _buffers(model):
@@ -575,25 +674,25 @@ class DataParallelOptions:
 
     def __post_init__(self):
         check_fusion_threshold(self.fusion_threshold)
-        if self.compression not in COMPRESSIONS:
-            raise ValueError(f"distributed: compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
+        check_compression(self.compression)
         check_timeout(self.timeout)
-        if self.timeline is not None:
+        if self.timeline is not None and not launcher_rank():      # rank 0 alone writes it
             from .nn import check_writable
             check_writable(self.timeline)
 
 
 class DataParallel:
-    """A model replica on every rank, kept identical: what a training loop needs.
+    """A model replica on every rank, kept identical: what a training loop needs (this is what
+    dlcpu.train.data_parallel_step does every step).
 
-        dp = DataParallel(model, options)      # broadcasts rank 0's weights and buffers
-        x_local = x[dp.my_slice(global_idx)]
-        dp.begin(n_local, n_global, step)       # before backward
-        ... forward, loss ...
-        dp.start_stats(loss * n_local, correct)
-        model.backward(dloss)                   # buckets start in the hooks
-        loss_mean, correct = dp.finish()        # gradients are the global mean now
-        opt.step(); dp.after_update()
+        dp = DataParallel(model, options)        # broadcasts rank 0's weights and buffers
+        mine = dp.my_slice(np.arange(len(x)))     # this rank's rows of the global batch x
+        dp.begin("epoch 1, step 3")               # names the step in timeout messages
+        logits = model(x[mine]); loss, dlogits = nn.softmax_cross_entropy(logits, y[mine])
+        dp.start_gradients(len(mine), len(x), loss * len(mine), correct)
+        model.backward(dlogits)                   # the hooks start the buckets
+        loss_sum, correct, n = dp.finish_gradients()   # the gradients are the global mean now
+        opt.step(); opt.zero_grad(); dp.end_step()
     """
 
     def __init__(self, model, options=None, comm=None):
@@ -614,7 +713,7 @@ class DataParallel:
         self._stats_request = None
         self.step_count = 0
         # every rank starts its clock together, so the timeline's rows line up
-        self.comm.wait(self.comm.comm.Ibarrier(), "the start barrier")
+        self.comm.barrier("the start barrier")
         if self.timeline is not None:
             self.timeline.origin = time.perf_counter()
 
@@ -633,7 +732,7 @@ class DataParallel:
         the fusion buckets with this rank's share of the global batch."""
         self._t_forward = time.perf_counter()
         self._stats[:] = (loss_sum, correct, n_local)
-        self._stats_request = self.comm.comm.Iallreduce(self.comm.MPI.IN_PLACE, self._stats, op=self.comm.MPI.SUM)
+        self._stats_request = self.comm.start_sum(self._stats)
         self.reducer.start_step(n_local / n_global, self.step_count)
 
     def finish_gradients(self):

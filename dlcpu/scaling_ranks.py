@@ -99,7 +99,7 @@ def time_steps(model="cnn", global_batch=64, steps=40, warmup=5, threads=1, opti
     from threadpoolctl import threadpool_limits
 
     from . import nn
-    from .train import _data_parallel_step, _local_step, image_batch, load_digits_split, row_sequence
+    from .train import data_parallel_step, image_batch, load_digits_split, local_step, row_sequence
 
     data = load_digits_split(seed)
     net = nn.digits_resnet(16, seed=seed) if model == "cnn" else nn.digits_rnn(seed=seed)
@@ -114,9 +114,9 @@ def time_steps(model="cnn", global_batch=64, steps=40, warmup=5, threads=1, opti
             x, y = data.x_train[idx], data.y_train[idx]
             t0 = time.perf_counter()
             if dp is None:
-                _local_step(net, opt, x, y, inputs, {}, "softmax", _ignore_loss)
+                local_step(net, opt, x, y, inputs, {}, "softmax", _ignore_loss)
             else:
-                _data_parallel_step(net, opt, dp, x, y, inputs, {}, "softmax", _ignore_loss, f"step {i + 1}")
+                data_parallel_step(net, opt, dp, x, y, inputs, {}, "softmax", _ignore_loss, f"step {i + 1}")
             seconds.append(time.perf_counter() - t0)
     out = {"seconds": benchmarks.summarize(seconds[warmup:]), "rank": 0, "ranks": 1}
     if dp is not None:
@@ -176,7 +176,7 @@ def bind_to_cores(threads):
     nothing) when the node's ranks need more cores than this process may use.  Unpinned ranks
     migrate between cores and were measured 25% slower (8.0 against 10.6 ms a 2-rank step)."""
     local_rank = 0
-    for key in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_RANK"):
+    for key in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"):
         if os.environ.get(key, "").isdigit():
             local_rank = int(os.environ[key])
             break
@@ -189,8 +189,13 @@ def bind_to_cores(threads):
 
 
 def _worker(spec_json, out_path):
-    """`python -m dlcpu.scaling_ranks SPEC OUT`: time_steps(**SPEC); rank 0 writes OUT."""
-    spec = json.loads(spec_json)
+    """`python -m dlcpu.scaling_ranks SPEC OUT`: time_steps(**SPEC); rank 0 writes OUT.  A rank
+    that fails ends the whole launch (distributed.abort_on_error)."""
+    with distributed.abort_on_error():
+        _work(json.loads(spec_json), out_path)
+
+
+def _work(spec, out_path):
     options = spec.pop("options")
     cores = bind_to_cores(spec["threads"]) if spec.pop("bind") else None
     framework, port = spec.pop("framework", "dlcpu"), spec.pop("port", None)

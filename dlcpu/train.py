@@ -275,6 +275,10 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
     if dist is not None:
         dp = _data_parallel(model, dist)
         result.ranks, result.rank = dp.size, dp.rank
+        # ranks that differ here would run different step counts and mismatch their collectives
+        dp.comm.agree([len(data.x_train), len(data.x_test), batch, epochs, seed,
+                       sum(p.data.size for p in model.parameters())],
+                      "the training and test set sizes, batch, epochs, seed and parameter count")
     if prune is not None:
         nn.prune(model, prune, scope=prune_scope)
     opt = nn.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -317,8 +321,11 @@ def _check_finite(loss, epoch, step, lr, out):
                                f"(try a smaller --lr than {lr}){kept}")
 
 
-def _local_step(model, opt, x, y, inputs, loss_args, loss_kind, check):
-    """One single-process step on the batch (x, y) -> (mean loss, correct predictions)."""
+def local_step(model, opt, x, y, inputs, loss_args, loss_kind, check):
+    """One single-process step on the batch (x, y) -> (mean loss, correct predictions).
+    inputs: the model's input builder (image_batch, row_sequence); loss_args:
+    nn.softmax_cross_entropy's keywords; loss_kind: predictions' kind; check(loss): raises to
+    stop before the update (divergence)."""
     logits = model(inputs(x))
     loss, dlogits = nn.softmax_cross_entropy(logits, y, **loss_args)
     check(loss)
@@ -328,8 +335,9 @@ def _local_step(model, opt, x, y, inputs, loss_args, loss_kind, check):
     return loss, int((nn.predict_classes(logits, loss_kind) == y).sum())
 
 
-def _data_parallel_step(model, opt, dp, x, y, inputs, loss_args, loss_kind, check, where):
-    """One data-parallel step: this rank takes its shard of the global batch (x, y) (possibly
+def data_parallel_step(model, opt, dp, x, y, inputs, loss_args, loss_kind, check, where):
+    """local_step's data-parallel twin (dp: a distributed.DataParallel; where: the step's name
+    for timeout messages).  This rank takes its shard of the global batch (x, y) (possibly
     none, on a short last batch), the gradients are averaged over the ranks during backward, and
     the divergence check sees the global loss, so every rank decides alike.  -> (mean loss,
     correct predictions), both over the global batch."""
@@ -366,9 +374,9 @@ def _run_epochs(model, opt, data, epochs, batch, lr, rng, out, on_step, on_epoch
             check = functools.partial(_check_finite, epoch=epoch, step=step + 1, lr=lr, out=out)
             x, y = data.x_train[idx], data.y_train[idx]
             if dp is None:
-                loss, step_correct = _local_step(model, opt, x, y, inputs, loss_args, loss_kind, check)
+                loss, step_correct = local_step(model, opt, x, y, inputs, loss_args, loss_kind, check)
             else:
-                loss, step_correct = _data_parallel_step(model, opt, dp, x, y, inputs, loss_args, loss_kind, check,
+                loss, step_correct = data_parallel_step(model, opt, dp, x, y, inputs, loss_args, loss_kind, check,
                                                          f"epoch {epoch}, step {step + 1}")
             loss_sum += loss * len(idx)
             correct += step_correct

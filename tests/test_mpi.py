@@ -21,6 +21,10 @@ from dlcpu import nn, train
 from dlcpu.data import shard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+# the worker's own data and initial weights, for the single-process twins
+from mpi_worker import initial_model, subset
+
 BIN = os.path.dirname(sys.executable)
 MPIEXEC = shutil.which("mpiexec", path=os.pathsep.join([BIN, os.environ.get("PATH", "")]))
 DLCPU = shutil.which("dlcpu", path=os.pathsep.join([BIN, os.environ.get("PATH", "")]))
@@ -54,11 +58,6 @@ def weights(saved):
     return [saved[f"p{i}"] for i in range(sum(k.startswith("p") for k in saved))]
 
 
-def subset(n):
-    d = train.load_digits_split(0)
-    return train.DigitsData(d.x_train[:n], d.y_train[:n], d.x_test, d.y_test)
-
-
 def accuracy_of(model):
     d = train.load_digits_split(0)
     return train.evaluate(model, d.x_test, d.y_test)
@@ -75,10 +74,11 @@ def assert_replicas_identical(per_rank):
                                       (257, 64)])    # last batch 1: rank 1 has nothing
 def test_two_ranks_equal_one_process_rnn(tmp_path, n, batch):
     """The digits LSTM has no batch statistics: 2 ranks on slices of each global batch must train
-    the single process's model, to fp32 rounding."""
+    the single process's model, to fp32 rounding (from rank 0's initial weights, broadcast)."""
     per_rank = run_worker(tmp_path, "rnn", n, batch, 2)
     assert_replicas_identical(per_rank)
-    single = train.train_digits(epochs=2, batch=batch, data=subset(n), model="rnn", seed=0)
+    single = train.train_digits(epochs=2, batch=batch, data=subset(n), model="rnn", seed=0,
+                                init_from=initial_model("rnn"))
     for a, b in zip(weights(per_rank[0]), [p.data for p in single.model.parameters()]):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
     assert float(per_rank[0]["loss"]) == pytest.approx(single.epochs[-1].loss, rel=1e-4)
@@ -89,7 +89,7 @@ def shard_twin_cnn(n, batch, epochs, ranks):
     its own (Horovod's default), so the twin runs the slices one after another and weighs each
     slice's gradient by its share of the global batch, before one SGD step."""
     data = subset(n)
-    model = nn.digits_resnet(16, seed=0)
+    model = initial_model("cnn")
     opt = nn.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     rng = np.random.default_rng(0)
     for _ in range(epochs):
@@ -118,7 +118,8 @@ def test_two_ranks_equal_shard_twin_cnn(tmp_path):
 def test_one_rank_equals_one_process_cnn(tmp_path):
     """With one rank the data-parallel machinery (views, hooks, allreduce) changes nothing."""
     per_rank = run_worker(tmp_path, "cnn", 301, 64, 1, ranks=1)
-    single = train.train_digits(epochs=1, batch=64, data=subset(301), model="cnn", seed=0)
+    single = train.train_digits(epochs=1, batch=64, data=subset(301), model="cnn", seed=0,
+                                init_from=initial_model("cnn"))
     for a, b in zip(weights(per_rank[0]), [p.data for p in single.model.parameters()]):
         np.testing.assert_array_equal(a, b)
 
@@ -159,7 +160,7 @@ def test_cli_dist_json_timeline_checkpoint(tmp_path):
     steps = {e["args"]["step"] for e in spans}
     assert steps == set(range(1, 2 * 23 + 1))      # 1437 images, batch 64: 23 steps per epoch
     model = nn.load(str(tmp_path / "m.npz"))
-    assert accuracy_of(model) == pytest.approx(summary["test_accuracy"], abs=0.02)
+    assert accuracy_of(model) == summary["test_accuracy"]   # the checkpoint holds the averaged statistics
     res = subprocess.run([DLCPU, "scale", "timeline", str(tmp_path / "tl.json"), "--json"], capture_output=True,
                          text=True, env=ENV, check=False)
     assert res.returncode == 0, res.stderr
@@ -223,6 +224,37 @@ def test_scale_ranks_compare_torch(tmp_path):
     assert "DistributedDataParallel" in out["peer"]["name"]
 
 
+def test_cli_comm_core_and_no_overlap_run(tmp_path):
+    for extra, key, value in ((["--comm-core"], "comm_core", True), (["--no-overlap"], "overlap", False),
+                              (["--comm-core", "--compress", "bf16"], "compression", "bf16")):
+        res = mpirun(2, DLCPU, "train", "digits", "--dist", "--epochs", "1", "--json", "--check-replicas", *extra,
+                     cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["communication"][key] == value
+
+
+def test_ranks_that_disagree_stop_with_a_clear_error(tmp_path):
+    """Different seeds on the two ranks (MPMD launch): they would run different epochs."""
+    t0 = time.monotonic()
+    res = subprocess.run([MPIEXEC, "-n", "1", DLCPU, "train", "digits", "--dist", "--epochs", "1", "--seed", "0", ":",
+                          "-n", "1", DLCPU, "train", "digits", "--dist", "--epochs", "1", "--seed", "1"],
+                         capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120, check=False)
+    assert res.returncode != 0 and time.monotonic() - t0 < 60
+    assert "the ranks disagree on" in res.stderr and "seed" in res.stderr, res.stderr[-2000:]
+
+
+def test_model_file_missing_on_one_rank_names_that_rank(tmp_path):
+    good = train.train_digits(epochs=1, data=subset(200), model="cnn")
+    nn.save(good.model, str(tmp_path / "m.npz"))
+    t0 = time.monotonic()
+    res = subprocess.run([MPIEXEC, "-n", "1", DLCPU, "train", "digits", "--dist", "--epochs", "1", "--from",
+                          str(tmp_path / "m.npz"), ":", "-n", "1", DLCPU, "train", "digits", "--dist", "--epochs", "1",
+                          "--from", str(tmp_path / "missing.npz")],
+                         capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120, check=False)
+    assert res.returncode != 0 and time.monotonic() - t0 < 60
+    assert "missing.npz does not exist (on rank 1)" in res.stderr, res.stderr[-2000:]
+
+
 # -------------------------------------------------------------------------------------- faults
 def rank_pids(launcher_pid):
     """{rank: pid} of the processes under the launcher (their PMI_RANK), from /proc."""
@@ -280,8 +312,8 @@ def finish_within(proc, seconds):
 def test_killed_rank_ends_the_job_and_keeps_the_checkpoint(tmp_path):
     proc, pids, ck = start_long_training(tmp_path, "--comm-timeout", "10")
     os.kill(pids[1], signal.SIGKILL)
-    rc, _, _, took = finish_within(proc, 60)
-    assert rc != 0 and took < 60
+    rc, _, _, _ = finish_within(proc, 60)      # bounded: hydra ends the job when a rank dies
+    assert rc != 0
     model = nn.load(str(ck))          # the last epoch's checkpoint, whole
     assert accuracy_of(model) > 0.5
 
@@ -296,6 +328,6 @@ def test_stalled_rank_times_out_with_a_clear_error(tmp_path):
             os.kill(pids[1], signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert rc != 0 and took < 60
+    assert rc != 0 and took < 30        # the 3 s deadline, not the launcher, ended it
     assert "rank 0 of 2" in err and "did not complete within 3 s" in err, err[-2000:]
     nn.load(str(ck))

@@ -60,13 +60,19 @@ class _HookHandle:
 
 
 def _run_backward_hooks(backward):
-    """`backward` followed by the module's backward hooks (a subclass's backward that calls its
-    parent's runs them twice: hooks must be idempotent within a step)."""
+    """`backward` followed by the module's backward hooks.  A subclass's backward that calls its
+    parent's (super().backward) is wrapped at both levels: the depth count runs the hooks once,
+    when the outermost call returns and the subclass has written all of its gradients."""
     @functools.wraps(backward)
     def backward_then_hooks(self, dy):
-        dx = backward(self, dy)
-        for hook in self._backward_hooks:
-            hook(self)
+        self._backward_depth = getattr(self, "_backward_depth", 0) + 1
+        try:
+            dx = backward(self, dy)
+        finally:
+            self._backward_depth -= 1
+        if self._backward_depth == 0:
+            for hook in self._backward_hooks:
+                hook(self)
         return dx
 
     return backward_then_hooks
