@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from ._output import bad_option, check_output_path
+from ._output import bad_option
 
 FusionThreshold = Annotated[str | None, typer.Option(
     "--fusion-threshold", metavar="<bytes>",
@@ -60,8 +60,9 @@ def dist_options(d):
         raise bad_option("--fusion-threshold", str(exc)) from None
     if d.compress is not None and d.compress not in distributed.COMPRESSIONS:
         raise bad_option("--compress", f"must be {' or '.join(distributed.COMPRESSIONS)}, got {d.compress!r}")
-    if d.timeline is not None and not distributed.launcher_rank():    # rank 0 alone writes it
-        check_output_path(d.timeline, "--timeline")
+    if d.timeline is not None and not d.timeline.strip():
+        raise bad_option("--timeline", "must be a file name, got an empty string")
+    # whether rank 0 can write --timeline is checked once MPI runs (cli/train.py, _join_ranks)
     return distributed.DataParallelOptions(
         fusion_threshold=threshold, compression=d.compress or "none", overlap=d.overlap, comm_core=d.comm_core,
         timeout=distributed.DEFAULT_TIMEOUT if d.comm_timeout is None else d.comm_timeout,

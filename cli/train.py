@@ -94,6 +94,14 @@ def _load_from(path, model):
         raise bad_option("--from", f"{exc}{where}") from None
 
 
+def _check_rank0_paths(comm, out_path, timeline):
+    """--out and --timeline, which rank 0 alone writes: its checks (bad option values there),
+    every rank told (distributed.Communicator.on_rank0)."""
+    for option, path in (("--out", out_path), ("--timeline", timeline)):
+        if path is not None:
+            comm.on_rank0(lambda option=option, path=path: check_output_path(path, option), option)
+
+
 def _initial_model(from_path, model, cells):
     """--from loaded and checked against --cell (bad option values), or None without --from."""
     from .. import train as training
@@ -194,12 +202,11 @@ def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=
 
     options = dist_options(dist_args or DistArgs())
     launched = distributed.launcher_size()
-    if options is not None and distributed.launcher_rank():
-        out_path = None     # data-parallel, rank 0 alone writes the checkpoint (and checks the path)
     if options is None and launched and launched > 1:
         err.print(f"warning: started by an MPI launcher with {launched} ranks but without --dist: every rank trains "
                   "its own model; add --dist to train one model data-parallel", highlight=False, soft_wrap=True)
-    check_output_path(out_path)
+    if options is None:
+        check_output_path(out_path)     # data-parallel: rank 0's check, once MPI runs (_join_ranks)
     _check_prune(sparsity)
     if prune_scope not in ("layer", "global"):
         raise bad_option("--prune-scope", f"must be 'layer' or 'global', got {prune_scope!r}")
@@ -219,6 +226,10 @@ def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=
         # MPI starts before --from is read: a file missing on one node is then reported by that
         # rank, which ends the job (a rank that exits before MPI_Init leaves the others in it)
         comm, n_threads = _join_ranks(options, batch, threads)
+        try:
+            _check_rank0_paths(comm, out_path, options.timeline)
+        except distributed.DistributedError:
+            raise typer.Exit(EXIT_USAGE) from None      # rank 0 refused a path and says why
         try:
             initial = _initial_model(from_path, model, cells)
         except typer.BadParameter as exc:

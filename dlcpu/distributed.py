@@ -265,6 +265,22 @@ class Communicator:
     def barrier(self, what):
         self.wait(self.comm.Ibarrier(), what)
 
+    def on_rank0(self, check, what):
+        """Run check() on rank 0 alone (a path only rank 0 writes) and let every rank know how it
+        went: rank 0 re-raises check's exception, the others raise DistributedError, so all ranks
+        stop together instead of waiting for rank 0 at the next collective."""
+        failure, ok = None, np.ones(1, np.float64)
+        if self.rank == 0:
+            try:
+                check()
+            except Exception as exc:   # noqa: BLE001  (re-raised below, after the others know)
+                failure, ok[0] = exc, 0.0
+        self.broadcast(ok, f"the result of rank 0's check of {what}")
+        if failure is not None:
+            raise failure
+        if not ok[0]:
+            raise DistributedError(f"rank 0 refused {what} (its error says why)")
+
     def agree(self, values, what):
         """DistributedError unless every rank passed the same numbers (settings that must match
         for the ranks to issue the same collectives, such as the data size and the batch)."""
@@ -676,9 +692,6 @@ class DataParallelOptions:
         check_fusion_threshold(self.fusion_threshold)
         check_compression(self.compression)
         check_timeout(self.timeout)
-        if self.timeline is not None and not launcher_rank():      # rank 0 alone writes it
-            from .nn import check_writable
-            check_writable(self.timeline)
 
 
 class DataParallel:
@@ -701,6 +714,9 @@ class DataParallel:
         self.rank, self.size = self.comm.rank, self.comm.size
         self.model = model
         self.timeline = Timeline() if self.options.timeline else None
+        if self.options.timeline is not None:        # rank 0 writes it: its check, every rank told
+            from .nn import check_writable
+            self.comm.on_rank0(lambda: check_writable(self.options.timeline), f"the timeline path {self.options.timeline}")
         self.comm.where = "the start (broadcast of rank 0's weights)"
         for i, p in enumerate(model.parameters()):
             self.comm.broadcast(p.data, f"the broadcast of parameter {i}")

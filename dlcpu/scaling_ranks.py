@@ -32,6 +32,7 @@ from dataclasses import asdict
 import numpy as np
 
 from . import benchmarks, distributed
+from ._validate import positive_int
 from .scaling import MODES, analyse, available_cores
 
 #: WORKLOAD of `dlcpu scale ranks` -> dlcpu.train's model kind
@@ -258,6 +259,9 @@ def rank_scaling(workload, ranks, mode="weak", batch=64, threads=1, steps=40, wa
         from . import _peers
         _peers.require_torch("scale ranks --compare torch")
     model = parse_rank_workload(workload)
+    for name, value, low in (("batch", batch, 1), ("threads", threads, 1), ("steps", steps, 1), ("warmup", warmup, 0),
+                             ("repeats", repeats, 1)):
+        positive_int(value, name, "rank_scaling", minimum=low)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     ranks = check_rank_counts(ranks)

@@ -183,6 +183,16 @@ def test_cli_batch_must_divide_by_ranks(tmp_path):
     assert len(lines) == 1 and "63 does not divide by the 2 ranks" in lines[0], res.stderr
 
 
+@pytest.mark.parametrize("option", ["--out", "--timeline"])
+def test_cli_unwritable_rank0_path_stops_every_rank(tmp_path, option):
+    t0 = time.monotonic()
+    res = mpirun(2, DLCPU, "train", "digits", "--dist", "--epochs", "1", option, str(tmp_path / "no" / "f"), cwd=tmp_path,
+                 timeout=120)
+    assert res.returncode == 2 and time.monotonic() - t0 < 60
+    lines = [l for l in res.stderr.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and option in lines[0] and "does not exist" in lines[0], res.stderr
+
+
 def test_cli_warns_when_ranks_oversubscribe(tmp_path):
     cores = os.cpu_count()
     res = mpirun(2, DLCPU, "train", "digits", "--dist", "--epochs", "1", "--threads", str(cores), cwd=tmp_path)
