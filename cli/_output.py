@@ -23,6 +23,7 @@ from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer vendo
 from typer.core import TyperCommand, TyperGroup
 
 from .. import _config, cpu
+from ..distributed import DistributedError
 from ..nn import check_writable
 from ..train import TrainingDiverged
 
@@ -63,7 +64,7 @@ def handled(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, TypeError, CliError, MemoryError, OSError, TrainingDiverged) as exc:
+        except (ValueError, TypeError, CliError, MemoryError, OSError, TrainingDiverged, DistributedError) as exc:
             if _config.env_debug():
                 raise
             print_error(_escape(str(exc) or type(exc).__name__))

@@ -169,7 +169,7 @@ def scale_ranks(
         "--mode", metavar="<mode>",
         help="weak: a fixed batch per rank (the global batch grows with the ranks); strong: a fixed global "
              "batch, split over the ranks.")] = "weak",
-    batch: Annotated[int, typer.Option("--batch", min=1, max=1_000_000,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=16384,
                                        help="Images per rank (weak) or per step (strong).")] = 64,
     threads: Annotated[int, typer.Option("--threads", min=1, max=1024, help="Compute threads per rank.")] = 1,
     steps: Annotated[int, typer.Option("--steps", min=3, max=100_000, help="Timed steps per launch.")] = 40,
@@ -192,6 +192,8 @@ def scale_ranks(
     """Data-parallel training throughput at 1, 2, ... MPI ranks (launches itself under mpiexec)."""
     from .. import distributed, scaling_ranks
 
+    if (distributed.launcher_size() or 1) > 1:
+        raise bad_option("--ranks", "scale ranks launches its own ranks under mpiexec: run it without mpiexec")
     try:
         scaling_ranks.parse_rank_workload(workload)
     except ValueError as exc:
@@ -203,7 +205,9 @@ def scale_ranks(
         scaling_ranks.check_batch(mode, batch, counts)
     except ValueError as exc:
         option = "--batch" if "batch" in str(exc) else "--ranks"
-        message = str(exc) if option == "--batch" else f"must be a comma list of integers including 1: {exc}"
+        message = str(exc) if option == "--batch" else (
+            f"must be a comma list of distinct integers including 1, e.g. 1,2; got {ranks!r}"
+            + (f" ({exc})" if "rank counts" in str(exc) else ""))
         raise bad_option(option, message) from None
     if compare not in (None, "torch"):
         raise bad_option("--compare", f"must be torch, got {compare!r}")

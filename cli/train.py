@@ -20,6 +20,8 @@ seeds, min, max, runs and mean training time.  A value listed twice is refused; 
 prints the table of the runs finished so far and exits 130.  One run (single values) prints and
 writes exactly what it always did."""
 import inspect
+import math
+import os
 import traceback
 from dataclasses import asdict
 from typing import Annotated
@@ -100,6 +102,22 @@ def _check_rank0_paths(comm, out_path, timeline):
     for option, path in (("--out", out_path), ("--timeline", timeline)):
         if path is not None:
             comm.on_rank0(lambda option=option, path=path: check_output_path(path, option), option)
+
+
+def _initial_model_on_ranks(comm, from_path, model, cells):
+    """_initial_model on every rank (each reads --from from its own file system); when it fails
+    on some rank, every rank stops (exit 2): if all failed alike rank 0 says why, else each
+    failing rank does, naming itself."""
+    try:
+        return_value, message = _initial_model(from_path, model, cells), None
+    except typer.BadParameter as exc:
+        return_value, message = None, " ".join(exc.format_message().split())
+    failed = comm.allgather([message is not None], "the check of --from")[:, 0].astype(bool)
+    if not failed.any():
+        return return_value
+    if message is not None and (comm.rank == 0 or not failed.all()):
+        print_error(message)
+    raise typer.Exit(EXIT_USAGE)
 
 
 def _initial_model(from_path, model, cells):
@@ -202,9 +220,16 @@ def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=
 
     options = dist_options(dist_args or DistArgs())
     launched = distributed.launcher_size()
-    if options is None and launched and launched > 1:
+    if options is None and launched and launched > 1 and not distributed.launcher_rank():
         err.print(f"warning: started by an MPI launcher with {launched} ranks but without --dist: every rank trains "
                   "its own model; add --dist to train one model data-parallel", highlight=False, soft_wrap=True)
+    if not math.isfinite(lr):
+        raise bad_option("--lr", f"must be a finite number > 0, got {lr}")
+    if options is not None and options.timeline is not None:
+        for option, path in (("--out", out_path), ("--from", from_path)):
+            if path is not None and os.path.abspath(path) == os.path.abspath(options.timeline):
+                raise bad_option("--timeline", f"names the same file as {option} ({path}): the trace would overwrite "
+                                               "the model; give the timeline a file of its own")
     if options is None:
         check_output_path(out_path)     # data-parallel: rank 0's check, once MPI runs (_join_ranks)
     _check_prune(sparsity)
@@ -230,15 +255,7 @@ def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=
             _check_rank0_paths(comm, out_path, options.timeline)
         except distributed.DistributedError:
             raise typer.Exit(EXIT_USAGE) from None      # rank 0 refused a path and says why
-        try:
-            initial = _initial_model(from_path, model, cells)
-        except typer.BadParameter as exc:
-            if comm.size == 1:
-                raise
-            message = " ".join(exc.format_message().split())
-            if comm.rank == 0 or "(on rank " in message:
-                print_error(message)
-            comm.abort(EXIT_USAGE)
+        initial = _initial_model_on_ranks(comm, from_path, model, cells)
         _train_one(model, epochs, batch, lr, n_threads, seed_list[0], out_path, as_json, sparsity, from_path, initial,
                    prune_scope, losses[0], loss_gradient, cells[0], impls[0], options, comm)
         return

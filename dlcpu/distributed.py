@@ -68,6 +68,10 @@ DEFAULT_TIMEOUT = 120.0
 
 COMPRESSIONS = ("none", "bf16")
 
+#: The least deadline of the collectives before the first step (Communicator's first barrier,
+#: the weight broadcast): ranks get there seconds apart while they import and load data.
+STARTUP_TIMEOUT = 60.0
+
 #: How long a wait spins on MPI_Test before it starts to sleep between polls (see
 #: Communicator.wait): longer than any allreduce of a step, far shorter than a stalled peer.
 SPIN_SECONDS = 0.25
@@ -154,7 +158,11 @@ def check_fusion_threshold(value, where="fusion_threshold"):
 
 def parse_bytes(text):
     """'64K', '1M', '32768', '0' -> bytes (K and M are 1024-based); ValueError otherwise."""
+    if not isinstance(text, (str, int)) or isinstance(text, bool):
+        raise TypeError(f"a size in bytes must be a str or int, got {type(text).__name__}")
     t = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    if not t.isascii():
+        raise ValueError(f"must be a size in bytes such as 32K, 1M or 0, got {text!r}")
     scale = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}.get(t[-1:], 1)
     number = t[:-1] if scale > 1 else t
     try:
@@ -162,7 +170,9 @@ def parse_bytes(text):
     except ValueError:
         raise ValueError(f"must be a size in bytes such as 32K, 1M or 0, got {text!r}") from None
     if not math.isfinite(value) or value < 0 or value * scale > 2**40:
-        raise ValueError(f"must be between 0 and 1T bytes, got {text!r}")
+        raise ValueError(f"must be between 0 and 1024G bytes, got {text!r}")
+    if value * scale != int(value * scale):
+        raise ValueError(f"must be a whole number of bytes, got {text!r}")
     return int(value * scale)
 
 
@@ -212,7 +222,9 @@ class Communicator:
         self._bf16_op = None
         # Split_type has no non-blocking form: meet at a barrier with a deadline first, so that a
         # rank that never arrives is reported instead of hanging the others here
+        self.timeout = max(self.timeout, STARTUP_TIMEOUT)
         self.barrier("the first barrier")
+        self.timeout = check_timeout(timeout)
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         self.local_size, self.local_rank = local.Get_size(), local.Get_rank()
         local.Free()
@@ -248,7 +260,7 @@ class Communicator:
                 at = f" at {self.where}" if self.where else ""
                 raise CollectiveTimeout(
                     f"{self.describe()}: {what}{at} did not complete within {self.timeout:g} s: another rank "
-                    f"has died, stalled or left the job (the deadline is --comm-timeout)")
+                    f"has died, stalled or left the job, or the deadline (--comm-timeout) is too short for it")
             if now > spin_until:     # a long wait (a slow or lost peer): poll every millisecond at most
                 pause = min(1e-3, pause * 2 or 1e-5)
                 time.sleep(pause)
@@ -370,9 +382,10 @@ def oversubscription_warning(threads, local_ranks, cores, comm_core=False):
     if per_rank * local_ranks <= cores:
         return None
     what = f"{threads} compute thread(s){' + 1 communication thread' if comm_core else ''}"
+    fit = threads_per_rank(local_ranks, cores, comm_core)
+    advice = f"use --threads {fit} or fewer ranks per node" if fit < threads else "use fewer ranks per node"
     return (f"{local_ranks} rank(s) on this node x {what} = {per_rank * local_ranks} threads for {cores} cores: "
-            f"the ranks will time-slice and wait for each other at every allreduce; use --threads "
-            f"{threads_per_rank(local_ranks, cores, comm_core)} or fewer ranks per node")
+            f"the ranks will time-slice and wait for each other at every allreduce; {advice}")
 
 
 def check_timeout(timeout):
@@ -429,7 +442,11 @@ def summarize_timeline(trace, skip=1):
     optimizer), allreduce time in flight (the union of the buckets' spans) and exposed
     communication (the wait after backward); with exposed / in flight, the share of the
     communication that overlap did not hide.  `trace`: the dict or a path to the JSON file."""
+    if isinstance(skip, bool) or not isinstance(skip, (int, np.integer)) or skip < 0:
+        raise ValueError(f"summarize_timeline: skip must be an int >= 0, got {skip!r}")
     if not isinstance(trace, dict):
+        if not isinstance(trace, (str, os.PathLike)):
+            raise TypeError(f"summarize_timeline: trace must be a dict or a file path, got {type(trace).__name__}")
         try:
             with open(trace) as f:
                 trace = json.load(f)
@@ -439,9 +456,11 @@ def summarize_timeline(trace, skip=1):
     if not isinstance(events, list):
         raise ValueError("not a dlcpu timeline: no traceEvents list")  # noqa: TRY004  (bad file content, not a bad argument)
     steps = {}
-    for e in events:
-        if not isinstance(e, dict) or e.get("ph") != "X" or "step" not in e.get("args", {}):
+    for i, e in enumerate(events):
+        if not isinstance(e, dict) or e.get("ph") != "X" or not isinstance(e.get("args"), dict) \
+                or "step" not in e["args"]:
             continue
+        _check_span(i, e)
         key = (e.get("pid", 0), e["args"]["step"])
         steps.setdefault(key, []).append(e)
     if not steps:
@@ -466,6 +485,25 @@ def summarize_timeline(trace, skip=1):
                      "exposed_of_comm": med["exposed"] / med["comm"] if med["comm"] else float("nan"),
                      "exposed_share": med["exposed"] / med["step"] if med["step"] else float("nan")})
     return rows
+
+
+def _check_span(i, e):
+    """ValueError naming event i unless it is a span summarize_timeline can use."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def integer(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    problem = None
+    if not isinstance(e.get("name"), str):
+        problem = "no name"
+    elif not number(e.get("ts")) or not number(e.get("dur")) or e["dur"] < 0:
+        problem = "no finite 'ts' and 'dur' >= 0"
+    elif not integer(e.get("pid", 0)) or not integer(e["args"]["step"]):
+        problem = "a 'pid' or 'step' that is not an integer"
+    if problem:
+        raise ValueError(f"not a dlcpu timeline: event {i} ({str(e)[:80]}) has {problem}")
 
 
 def write_json_atomic(path, data):
@@ -690,6 +728,8 @@ class DataParallelOptions:
 
     def __post_init__(self):
         check_fusion_threshold(self.fusion_threshold)
+        for name in ("overlap", "comm_core", "check_replicas"):
+            _validate.flag(getattr(self, name), name, "DataParallelOptions")
         check_compression(self.compression)
         check_timeout(self.timeout)
 
@@ -714,6 +754,9 @@ class DataParallel:
         self.rank, self.size = self.comm.rank, self.comm.size
         self.model = model
         self.timeline = Timeline() if self.options.timeline else None
+        # ranks reach the first collectives seconds apart (imports, data loading): a short
+        # --comm-timeout applies from the first step on
+        step_timeout, self.comm.timeout = self.comm.timeout, max(self.comm.timeout, STARTUP_TIMEOUT)
         if self.options.timeline is not None:        # rank 0 writes it: its check, every rank told
             from .nn import check_writable
             self.comm.on_rank0(lambda: check_writable(self.options.timeline), f"the timeline path {self.options.timeline}")
@@ -730,6 +773,7 @@ class DataParallel:
         self.step_count = 0
         # every rank starts its clock together, so the timeline's rows line up
         self.comm.barrier("the start barrier")
+        self.comm.timeout = step_timeout
         if self.timeline is not None:
             self.timeline.origin = time.perf_counter()
 

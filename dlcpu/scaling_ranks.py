@@ -231,7 +231,9 @@ def launch(ranks, spec, timeout=LAUNCH_TIMEOUT):
             raise distributed.DistributedError(f"the {ranks}-rank launch did not finish within {timeout} s") from None
         if proc.returncode != 0 or not os.path.exists(out_path):
             tail = " | ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-4:])
-            raise distributed.DistributedError(f"the {ranks}-rank launch failed (exit code {proc.returncode}): {tail}")
+            how = (f"was killed by signal {-proc.returncode}{' (out of memory?)' if proc.returncode == -9 else ''}"
+                   if proc.returncode < 0 else f"failed (exit code {proc.returncode})")
+            raise distributed.DistributedError(f"the {ranks}-rank launch {how}: {tail or 'no output'}")
         with open(out_path) as f:
             return json.load(f)
 

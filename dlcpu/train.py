@@ -243,6 +243,10 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
     `out`, the model is saved after every epoch (atomically); a path that cannot be written is
     refused with ValueError before training starts.  A NaN/inf loss stops training
     with TrainingDiverged, leaving the last checkpoint as it was."""
+    if dist is not None and not isinstance(dist, bool):
+        from .distributed import DataParallelOptions
+        if not isinstance(dist, DataParallelOptions):
+            raise TypeError(f"train: dist must be True or a dlcpu.distributed.DataParallelOptions, got {type(dist).__name__}")
     if epochs < 1 or batch < 1 or not lr > 0:
         raise ValueError(f"train: need epochs >= 1, batch >= 1 and lr > 0 (got {epochs}, {batch}, {lr})")
     if model not in MODEL_KINDS:
@@ -255,8 +259,8 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
         raise type(exc)(f"train: {exc}") from None
     check_gradient(loss_gradient, "train")
     _check_rnn_options(model, cell, activation_impl)
-    if out:
-        nn.check_writable(out)  # before any training, not after the first epoch
+    if out and not dist:
+        nn.check_writable(out)  # before any training, not after the first epoch (data-parallel: rank 0's check)
     inputs = image_batch if model == "cnn" else row_sequence
     result = TrainResult(checkpoint=out, loss=str(spec), loss_gradient=loss_gradient)
     kind = model
@@ -272,8 +276,10 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
         model = nn.digits_rnn(seed=seed, cell=result.cell, activation_impl=result.activation_impl)
     data = data or load_digits_split(seed)
     dp = None
-    if dist is not None:
+    if dist:
         dp = _data_parallel(model, dist)
+        if out:
+            dp.comm.on_rank0(lambda: nn.check_writable(out), f"the checkpoint path {out}")
         result.ranks, result.rank = dp.size, dp.rank
         # ranks that differ here would run different step counts and mismatch their collectives
         dp.comm.agree([len(data.x_train), len(data.x_test), batch, epochs, seed,

@@ -46,9 +46,9 @@ def test_parse_bytes(text, value):
     assert parse_bytes(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "abc", "-1", "1e400", "nan", "inf", "2T", "K"])
+@pytest.mark.parametrize("text", ["", "abc", "-1", "1e400", "nan", "inf", "2T", "K", "1.5", "1e-3", "\u0661\u0662"])
 def test_parse_bytes_refuses(text):
-    with pytest.raises(ValueError, match="size in bytes|between 0 and"):
+    with pytest.raises(ValueError, match="size in bytes|between 0 and|whole number"):
         parse_bytes(text)
 
 
@@ -60,9 +60,9 @@ def test_options_refuse_bad_values(kwargs, words):
         distributed.DataParallelOptions(**kwargs)
 
 
-def test_options_refuse_unwritable_timeline(tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
-        distributed.DataParallelOptions(timeline=str(tmp_path / "no" / "t.json"))
+def test_options_refuse_non_flags():
+    with pytest.raises(TypeError, match="comm_core"):
+        distributed.DataParallelOptions(comm_core="false")
 
 
 def test_train_refuses_bad_dist():
@@ -302,6 +302,8 @@ def test_single_process_training_works_without_mpi4py():
     (["--dist", "--timeline", "/no/such/dir/t.json"], ["--timeline", "does not exist"]),
     (["--dist", "--comm-timeout", "0"], ["--comm-timeout"]),
     (["--dist", "--seeds", "1,2"], ["--dist", "one configuration"]),
+    (["--lr", "inf"], ["--lr", "finite"]),
+    (["--dist", "--out", "same.npz", "--timeline", "same.npz"], ["--timeline", "same file as --out"]),
 ])
 def test_train_dist_bad_options(args, needles):
     res = _cli("train", "digits", "--epochs", "1", *args)
@@ -310,11 +312,16 @@ def test_train_dist_bad_options(args, needles):
     assert len(line) == 1 and all(n in line[0] for n in needles), res.stderr
 
 
+def test_scale_ranks_refuses_to_run_under_a_launcher():
+    res = _cli("scale", "ranks", "train:digits", pre="import os; os.environ['PMI_SIZE'] = '2'; ")
+    assert res.returncode == 2 and "run it without mpiexec" in res.stderr, res.stderr
+
+
 @pytest.mark.parametrize("args, needles", [
     (["train:resnet"], ["WORKLOAD", "train:digits or train:digits-rnn"]),
     (["train:digits", "--ranks", "2,4"], ["--ranks", "include 1"]),
     (["train:digits", "--ranks", "1,1"], ["--ranks", "distinct"]),
-    (["train:digits", "--ranks", "1,x"], ["--ranks", "comma list"]),
+    (["train:digits", "--ranks", "1,x"], ["--ranks", "comma list", "'1,x'"]),
     (["train:digits", "--ranks", "1,3", "--mode", "strong", "--batch", "64"], ["--batch", "does not divide by 3"]),
     (["train:digits", "--mode", "medium"], ["--mode", "strong, weak"]),
     (["train:digits", "--compress", "int8"], ["--compress"]),
@@ -343,10 +350,23 @@ def test_summarize_timeline_medians_and_bad_files(tmp_path):
     assert row["step_seconds"] == pytest.approx(0.4) and row["compute_seconds"] == pytest.approx(0.35)
     assert row["comm_seconds"] == pytest.approx(0.15) and row["exposed_seconds"] == pytest.approx(0.05)
     assert row["exposed_of_comm"] == pytest.approx(1 / 3)
-    for text, words in (("{}", "no traceEvents"), ('{"traceEvents": []}', "no step spans"), ("nope", "cannot read")):
+    bad_events = [({"ph": "X", "args": {"step": 1}}, "has no name"),
+                  ({"ph": "X", "name": "forward", "args": {"step": 1}}, "no finite 'ts'"),
+                  ({"ph": "X", "name": "forward", "ts": "abc", "dur": 1, "args": {"step": 1}}, "no finite 'ts'"),
+                  ({"ph": "X", "name": "forward", "ts": 1, "dur": -1, "args": {"step": 1}}, "'dur' >= 0"),
+                  ({"ph": "X", "name": "forward", "ts": 1, "dur": 1, "pid": [0], "args": {"step": 1}}, "not an integer"),
+                  ({"ph": "X", "name": 5, "ts": 1, "dur": 1, "args": {"step": 1}}, "has no name")]
+    cases = [("{}", "no traceEvents"), ('{"traceEvents": []}', "no step spans"), ("nope", "cannot read")]
+    cases += [(json.dumps({"traceEvents": [e]}), f"event 0 .* {words}") for e, words in bad_events]
+    for text, words in cases:
         path.write_text(text)
         with pytest.raises(ValueError, match=words):
             distributed.summarize_timeline(str(path))
+    for trace in (0, 1, True, []):
+        with pytest.raises(TypeError, match="trace must be a dict or a file path"):
+            distributed.summarize_timeline(trace)
+    with pytest.raises(ValueError, match="skip must be"):
+        distributed.summarize_timeline({}, skip=-1)
 
 
 def test_reducer_refuses_reused_layers_and_shared_parameters():
