@@ -338,6 +338,6 @@ def test_stalled_rank_times_out_with_a_clear_error(tmp_path):
             os.kill(pids[1], signal.SIGKILL)
         except ProcessLookupError:
             pass
-    assert rc != 0 and took < 30        # the 3 s deadline, not the launcher, ended it
+    assert rc != 0 and took < 60, (rc, took, err[-2000:])     # the 3 s deadline, not the launcher, ended it
     assert "rank 0 of 2" in err and "did not complete within 3 s" in err, err[-2000:]
     nn.load(str(ck))

@@ -119,10 +119,12 @@ class BatchNorm2d(Module):
         self.running_mean = np.zeros(padded, np.float32)
         self.running_var = np.zeros(padded, np.float32)
         self.running_var[:num_features] = 1.0
+        self.num_batches_tracked = 0      # training-mode forwards, as PyTorch counts them
         self._saved = None
 
     def forward(self, x):
         _expect_blocked(x, self.describe(), self.C)
+        self.num_batches_tracked += bool(self.training)
         y, self._saved = norm.batchnorm_forward(x, self.weight.data, self.bias.data, self.running_mean,
                                                 self.running_var, self.training, eps=self.eps,
                                                 momentum=self.momentum, relu=self.relu)
@@ -144,6 +146,9 @@ class BatchNorm2d(Module):
         for key, target in (("weight", self.weight.data), ("bias", self.bias.data),
                             ("running_mean", self.running_mean), ("running_var", self.running_var)):
             target[:c] = _take(state, prefix + key, (c,), self.describe())
+
+    def extra_state_dict(self):
+        return {"num_batches_tracked": np.array(self.num_batches_tracked, dtype=np.int64)}
 
     def describe(self):
         return f"BatchNorm2d({self.C}{', relu' if self.relu else ''})"
@@ -336,6 +341,11 @@ class BasicBlock(Module):
 
     def children(self):
         return [self.conv1, self.bn1, self.conv2, self.bn2, self.relu_out, *self.shortcut]
+
+    def named_state_children(self):
+        """torchvision's names: conv1, bn1, conv2, bn2 and the shortcut as downsample.0/.1."""
+        names = ["conv1", "bn1", "conv2", "bn2", "relu"] + [f"downsample.{j}" for j in range(len(self.shortcut))]
+        return list(zip(names, self.children()))
 
     def forward(self, x):
         _expect_blocked(x, self.describe(), self.args["in_channels"])

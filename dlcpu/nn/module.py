@@ -170,6 +170,75 @@ class Module:
             out.update({f"{i}.{k}": v for k, v in child.state().items()})
         return out
 
+    # -- PyTorch-compatible state dicts ------------------------------------------------------
+    def named_state_children(self):
+        """(name, child) for every child, in children() order, under the name PyTorch gives the
+        same submodule (Sequential: its index; a layer with named parts overrides this)."""
+        return [(str(i), c) for i, c in enumerate(self.children())]
+
+    def extra_state_dict(self):
+        """Entries a PyTorch twin has that dlcpu does not save (BatchNorm's num_batches_tracked)."""
+        return {}
+
+    def _state_names(self, torch_prefix="", own_prefix=""):
+        """[(PyTorch name, state() name)] of every saved array, and [(prefix, module)] of the
+        modules with extra_state_dict entries."""
+        children = self.children()
+        if not children:
+            return [(torch_prefix + k, own_prefix + k) for k in self.state()], [(torch_prefix, self)]
+        names, modules = [], []
+        for i, (name, child) in enumerate(self.named_state_children()):
+            n, m = child._state_names(f"{torch_prefix}{name}.", f"{own_prefix}{i}.")
+            names += n
+            modules += m
+        return names, modules
+
+    def state_dict(self):
+        """{PyTorch name: float32 numpy array in PyTorch's layout}: what torch's load_state_dict
+        of the same architecture takes (after torch.from_numpy).  Convolution weights are
+        unblocked to KCRS, channel padding is cut, BatchNorm adds num_batches_tracked."""
+        names, modules = self._state_names()
+        own = self.state()
+        out = {t: own[i] for t, i in names}
+        for prefix, m in modules:
+            out.update({prefix + k: v for k, v in m.extra_state_dict().items()})
+        return out
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Load {PyTorch name: numpy array or torch tensor}, e.g. a PyTorch twin's state_dict().
+        Keys ending in num_batches_tracked are accepted and ignored.  strict: missing and
+        unexpected keys are refused (ValueError naming them); strict=False loads the keys that
+        match and keeps the rest.  Shapes are checked for every key and floating dtypes are
+        converted to float32; anything else is refused before a value is written."""
+        if not hasattr(state_dict, "items"):
+            raise TypeError(f"{self.name}.load_state_dict: expected a mapping of names to arrays, "
+                            f"got {type(state_dict).__name__}")
+        names, _ = self._state_names()
+        internal = dict(names)
+        ignored = [k for k in state_dict if isinstance(k, str) and k.endswith("num_batches_tracked")]
+        given = {k: v for k, v in state_dict.items() if k not in ignored}
+        missing = [t for t, _ in names if t not in given]
+        unexpected = [k for k in given if k not in internal]
+        if strict and (missing or unexpected):
+            parts = ([f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}"] if missing else []) + \
+                    ([f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"] if unexpected else [])
+            raise ValueError(f"{self.name}.load_state_dict: the state dict does not match this model "
+                             f"({'; '.join(parts)}); pass strict=False to load the keys that match")
+        current = self.state()
+        state, wrong = {}, []
+        for t, i in names:
+            if t not in given:
+                state[i] = current[i]
+                continue
+            arr = _as_float_array(given[t], t, self.name)
+            if arr.shape != current[i].shape:
+                wrong.append(f"{t}: {arr.shape}, expected {current[i].shape}")
+            state[i] = arr
+        if wrong:
+            raise ValueError(f"{self.name}.load_state_dict: wrong shapes: {'; '.join(wrong[:8])}")
+        self.load_state(state)
+        return {"missing_keys": missing, "unexpected_keys": unexpected}
+
     def load_state(self, state, prefix=""):
         for i, child in enumerate(self.children()):
             child.load_state(state, f"{prefix}{i}.")
@@ -182,6 +251,20 @@ class Module:
         if value is None:
             raise RuntimeError(f"{self.name}.backward called before forward")
         return value
+
+
+def _as_float_array(value, key, where):
+    """A state dict value (numpy array, torch tensor, nested list) as a float32 numpy array;
+    TypeError naming the key for non-floating data (ints, bools, objects)."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):       # a torch tensor
+        t = value.detach().cpu()
+        if not t.is_floating_point():
+            raise TypeError(f"{where}.load_state_dict: {key} holds {t.dtype} values; parameters are floating point")
+        value = t.float().numpy()
+    arr = np.asarray(value)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(f"{where}.load_state_dict: {key} holds {arr.dtype} values; parameters are floating point")
+    return arr.astype(np.float32)
 
 
 # -- argument checks of the layer constructors: TypeError for a wrong type, ValueError for a
