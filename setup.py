@@ -45,6 +45,7 @@ EXTENSIONS = {
     "rnn": "pyx/rnn.pyx",
     "faults": "pyx/faults.pyx",
     "approx": "pyx/approx.pyx",
+    "optim": "pyx/optim.pyx",
 }
 
 PYX_DIR = "pyx"

@@ -257,7 +257,8 @@ def bench_lstm(
     repeats: Repeats = 5,
     as_json: JsonFlag = False,
 ):
-    """LSTM/GRU/RNN forward (inference) and training step over the LSTM grid, vs torch.nn.LSTM/GRU/RNN."""
+    """nn.LSTM/GRU/RNN inference and training step (with SGD) over the LSTM grid, module against
+    torch.nn.LSTM/GRU/RNN."""
     compare = _compare(compare)
     if cell not in benchmarks.RNN_CELLS:
         raise bad_option("--cell", f"must be one of {', '.join(benchmarks.RNN_CELLS)}, got {cell!r}")
@@ -277,7 +278,7 @@ def bench_lstm(
         run = {"threads": n_threads, "cell": cell, "peak_gflops": peak["gflops"], "rows": rows}
         if compare:
             run["geomean_ratio"] = {k: benchmarks.geomean([r[k]["peer"]["ratio"] for r in rows])
-                                    for k in ("forward", "train", "train_prepared")}
+                                    for k in ("infer", "train")}
         runs.append(run)
         if not as_json:
             _render_lstm(run, compare)
@@ -288,30 +289,27 @@ def bench_lstm(
 def _render_lstm(run, compare):
     cell, rows = run["cell"], run["rows"]
     gates = benchmarks.RNN_CELLS[cell]
-    t = Table(title=f"{cell.upper()} f32 | {run['threads']} thread(s), peak {run['peak_gflops']:.0f} GFLOP/s "
+    t = Table(title=f"nn.{cell.upper()} f32 | {run['threads']} thread(s), peak {run['peak_gflops']:.0f} GFLOP/s "
                     f"(forward FLOPs 2*T*N*{gates}K*(C+K); training step 3x that)")
-    cols = ["row", "N", "C", "K", "T", "fwd GFLOP/s", "% peak"]
+    cols = ["row", "N", "C", "K", "T", "infer GFLOP/s", "% peak"]
     if compare:
-        cols += ["torch fwd", "ratio"]
+        cols += ["torch infer", "ratio"]
     cols += ["train GFLOP/s", "% peak"]
     if compare:
-        cols += ["torch train", "ratio", "ratio, prepared"]
+        cols += ["torch train", "ratio"]
     for col in cols:
         t.add_column(col, justify="left" if col == "row" else "right")
     for r in rows:
-        cells = [r["name"], str(r["N"]), str(r["C"]), str(r["K"]), str(r["T"]),
-                 f"{r['forward']['gflops']:.1f}", f"{r['forward']['pct_peak']:.1f}"]
-        if compare:
-            cells += [f"{r['forward']['peer']['gflops']:.1f}", f"{r['forward']['peer']['ratio']:.2f}"]
-        cells += [f"{r['train']['gflops']:.1f}", f"{r['train']['pct_peak']:.1f}"]
-        if compare:
-            cells += [f"{r['train']['peer']['gflops']:.1f}", f"{r['train']['peer']['ratio']:.2f}",
-                      f"{r['train_prepared']['peer']['ratio']:.2f}"]
+        cells = [r["name"], str(r["N"]), str(r["C"]), str(r["K"]), str(r["T"])]
+        for kind in ("infer", "train"):
+            cells += [f"{r[kind]['gflops']:.1f}", f"{r[kind]['pct_peak']:.1f}"]
+            if compare:
+                cells += [f"{r[kind]['peer']['gflops']:.1f}", f"{r[kind]['peer']['ratio']:.2f}"]
         t.add_row(*cells)
     if compare:
         gm = run["geomean_ratio"]
-        t.add_row("geometric mean", "", "", "", "", "", "", "", f"{gm['forward']:.2f}", "", "", "",
-                  f"{gm['train']:.2f}", f"{gm['train_prepared']:.2f}", style="bold")
+        t.add_row("geometric mean", "", "", "", "", "", "", "", f"{gm['infer']:.2f}", "", "", "",
+                  f"{gm['train']:.2f}", style="bold")
     out.print(t)
     out.print(f"timed: {benchmarks.LSTM_TIMED_REGION}.", highlight=False, soft_wrap=True)
 

@@ -346,10 +346,12 @@ def bench_train_digits(epochs, batch, n_threads, seed=0):
 
 # -------------------------------------------------------------------------------------- lstm
 RNN_CELLS = {"lstm": 4, "gru": 3, "rnn": 1}
-LSTM_TIMED_REGION = ("forward: dlcpu on weights prepared once, torch under no_grad; training step: dlcpu "
-                     "re-blocks the weights (prepare_*), forward + backward incl. dx; torch forward + "
-                     "backward with x.requires_grad; 'prepared': the same dlcpu step without the "
-                     "re-blocking (weights prepared once), against the same torch step")
+LSTM_TIMED_REGION = ("module against module, same initial weights: inference = an eval-mode nn.LSTM/GRU/RNN "
+                     "call on fixed weights (kept in the kernels' layout, so nothing is re-packed) against "
+                     "torch.nn.LSTM/GRU/RNN under torch.inference_mode; training step = zero_grad, forward, "
+                     "backward with the input gradient (dx), and an SGD step with momentum 0.9 that updates "
+                     "the weights (so each step's transposed operands are made from new weights) against the "
+                     "same torch step (x.requires_grad, torch.optim.SGD)")
 
 
 def recurrent_problem(T, N, C, K, gates=4, seed=0):
@@ -367,67 +369,70 @@ def recurrent_problem(T, N, C, K, gates=4, seed=0):
 
 def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None, repeats=5,
                      warmup=1, seed=0):
-    """Recurrent inference (forward, on weights prepared once as an inference user does) and
-    training step (forward + backward; 3x the forward GEMM FLOPs) for cell 'lstm', 'gru' or
-    'rnn'.  The training step re-blocks the weights inside the timed region, because a training
-    loop changes them at every step (DESIGN.md section 9).  The peer is torch.nn.LSTM / GRU / RNN
-    with the same weights, timed interleaved."""
-    from . import rnn
+    """Module against module for cell 'lstm', 'gru' or 'rnn' (tanh) on one row of the LSTM grid:
+    eval-mode inference on fixed weights, and a whole training step (forward, backward with dx,
+    SGD with momentum; 3x the forward GEMM FLOPs) that updates the weights, as a training loop
+    does (DESIGN.md section 9).  The peer is torch.nn.LSTM / GRU / RNN loaded with the same state
+    dict, timed interleaved."""
+    from threadpoolctl import threadpool_limits
+
+    from . import nn
 
     if cell not in RNN_CELLS:
         raise ValueError(f"--cell must be one of {', '.join(RNN_CELLS)}, got {cell!r}")
     gates = RNN_CELLS[cell]
     T, N, C, K = layer.T, layer.N, layer.C, layer.K
-    x, dy, w_ih, w_hh, b = recurrent_problem(T, N, C, K, gates, seed)
-    prepare, forward, backward = {"lstm": (rnn.prepare_lstm, rnn.lstm_forward, rnn.lstm_backward),
-                                  "gru": (rnn.prepare_gru, rnn.gru_forward, rnn.gru_backward),
-                                  "rnn": (rnn.prepare_rnn, rnn.rnn_forward, rnn.rnn_backward)}[cell]
-    weights = prepare(w_ih, w_hh, b, b, n_threads=n_threads)
+    x, dy, _, _, _ = recurrent_problem(T, N, C, K, gates, seed)
+    model = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell](C, K, seed=seed)
+    opt = nn.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
-    def ours_fwd():
-        forward(x, weights=weights, n_threads=n_threads)
+    def ours_infer():
+        model.eval()
+        model(x)
 
-    def ours_train(prepared=None):
-        # the weights changed at the last optimizer step: re-block them, unless `prepared` (the
-        # figure that leaves the re-blocking out, reported beside it)
-        step_weights = prepared if prepared is not None else prepare(w_ih, w_hh, b, b, n_threads=n_threads)
-        cache = forward(x, weights=step_weights, train=True, n_threads=n_threads)[-1]
-        backward(dy, cache)
+    def ours_train():
+        model.train()
+        model.zero_grad()
+        model(x)
+        model.backward(dy)
+        opt.step()
 
-    fns = [ours_fwd, ours_train, lambda: ours_train(weights)]
+    fns = [ours_infer, ours_train]
     torch = None
     if compare == "torch":
         torch = _peers.require_torch("--compare torch")
-        m = _peers.recurrent(torch, cell, {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh, "bias_ih_l0": b, "bias_hh_l0": b})
-        # x requires grad so the peer's backward computes dx too: lstm_backward always returns
-        # it, and the FLOP count (3x the forward) includes it.  Without this torch skips the dx
-        # GEMM (2*T*N*gates*K*C FLOPs) and the two sides would not do the same work.
+        twin = _peers.recurrent(torch, cell, model.state())
+        topt = torch.optim.SGD(twin.parameters(), lr=1e-4, momentum=0.9)
+        # x requires grad so the peer's backward computes dx too, as nn's layer does (a layer
+        # inside a network): without it torch skips the dx GEMM and the work differs.
         xt, dyt = torch.from_numpy(x).requires_grad_(True), torch.from_numpy(dy)
 
-        def peer_fwd():
-            with torch.no_grad():
-                m(xt)
+        def peer_infer():
+            with torch.inference_mode():
+                twin(xt)
 
         def peer_train():
-            y, _ = m(xt)
+            topt.zero_grad()
+            y, _ = twin(xt)
             y.backward(dyt)
+            topt.step()
 
-        fns += [peer_fwd, peer_train]
-    if torch is not None:
-        with torch_threads(torch, n_threads):
+        fns += [peer_infer, peer_train]
+    with threadpool_limits(limits=n_threads, user_api="openmp"):
+        if torch is not None:
+            with torch_threads(torch, n_threads):
+                times = time_interleaved(fns, repeats, warmup)
+        else:
             times = time_interleaved(fns, repeats, warmup)
-    else:
-        times = time_interleaved(fns, repeats, warmup)
     flops = layer.forward_flops() * gates // 4
     out = {"name": layer.name, "cell": cell, "N": N, "C": C, "K": K, "T": T, "gflop_forward": flops / 1e9,
            "timed_region": LSTM_TIMED_REGION}
-    for i, (kind, f, peer) in enumerate((("forward", flops, 3), ("train", 3 * flops, 4),
-                                         ("train_prepared", 3 * flops, 4))):
+    for i, (kind, f) in enumerate((("infer", flops), ("train", 3 * flops))):
         s = summarize(times[i])
         out[kind] = {"seconds": s, "gflops": f / s["median_s"] / 1e9,
                      "pct_peak": 100.0 * f / s["median_s"] / 1e9 / peak_gflops}
         if torch is not None:
-            ps = summarize(times[peer])
+            ps = summarize(times[2 + i])
             out[kind]["peer"] = {"name": f"torch {torch.__version__} nn.{cell.upper()}", "seconds": ps,
                                  "gflops": f / ps["median_s"] / 1e9, "ratio": ps["median_s"] / s["median_s"]}
     return out

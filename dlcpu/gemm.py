@@ -9,7 +9,9 @@
         the blocks named by a_index/b_index (as offset or pointer arrays, LIBXSMM's three flavours).
 
     dlcpu.matmul(x, y): (m, K) @ (K, n) float32, on BRGEMM calls over packed operands; y may be
-        a tuple of operands sharing one packed x (one product each).
+        a tuple of operands sharing one packed x (one product each); out=PackedMatrix writes (or,
+        with accumulate=True, adds) the product straight into packed form, the layout in which
+        the recurrent layers keep their weights and receive their gradients.
 """
 import functools
 from dataclasses import dataclass
@@ -197,22 +199,42 @@ def pack_matmul_operand(y, *, transpose=False, n_threads=None):
     return PackedMatrix(yp, (K, n))
 
 
+def transpose_packed(packed, *, n_threads=None):
+    """The PackedMatrix of y.T from the PackedMatrix of y, in one pass over the tiles (no
+    unpacking): the recurrent backward needs W_ih and W_hh^T from weights kept as W^T."""
+    if not isinstance(packed, PackedMatrix):
+        raise TypeError(f"transpose_packed: expected a PackedMatrix, got {type(packed).__name__}")
+    K, n = packed.shape
+    data = np.empty((packed.data.shape[1], packed.data.shape[0], CB, CB), np.float32)
+    _brgemm.transpose_packed(packed.data, data, cpu.resolve_threads(n_threads))
+    return PackedMatrix(data, (n, K))
+
+
 _NO_BIAS = np.empty(0, dtype=np.float32)
 
 
-def matmul(x, y, *, bias=None, transpose_x=False, n_threads=None, isa=None):
+def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, n_threads=None, isa=None):
     """x @ y (+ bias) for float32 matrices (m, K) and (K, n), on BRGEMM calls over packed
     operands; y may be a PackedMatrix from pack_matmul_operand (packed once, reused).
     transpose_x=True computes x.T @ y from x of shape (K, m), packing x transposed on the fly.
     y may also be a tuple of right-hand operands (no bias then): x is packed once and the tuple
-    of products x @ y_i comes back (the RNN weight gradients dG^T @ x and dG^T @ h share dG^T)."""
+    of products x @ y_i comes back (the RNN weight gradients dG^T @ x and dG^T @ h share dG^T).
+
+    out: a PackedMatrix of shape (m, n) that receives the product in packed form (its padding
+    left zero) and is returned; accumulate=True adds the product to it instead (a gradient
+    accumulated in the layout its weight is kept in).  One right-hand operand and no bias then."""
     fn = "matmul"
     transpose_x = flag(transpose_x, "transpose_x", fn)
+    accumulate = flag(accumulate, "accumulate", fn)
     x = _f32(x, "x", 2, fn)
     many = isinstance(y, tuple)
     ys = y if many else (y,)
     if many and (bias is not None or not ys):
         raise ValueError(f"{fn}: a tuple of right-hand operands must be non-empty and takes no bias")
+    if out is None and accumulate:
+        raise ValueError(f"{fn}: accumulate=True adds to `out`, so out must be given")
+    if out is not None and (many or bias is not None):
+        raise ValueError(f"{fn}: out= takes one right-hand operand and no bias")
     m, K = x.shape[::-1] if transpose_x else x.shape
     checked = []
     for yi in ys:
@@ -234,12 +256,25 @@ def matmul(x, y, *, bias=None, transpose_x=False, n_threads=None, isa=None):
         _brgemm.pack_gemm_a_transposed(x, xp, n_threads)
     else:
         _brgemm.pack_gemm_a(x, xp, n_threads)
-    outs = tuple(_product(xp, yi, m, kc, bias, n_threads, isa_name, fn) for yi in checked)
+    if out is not None:
+        _check_packed_out(out, (m, checked[0].shape[1]), x, checked[0], fn)
+    outs = tuple(_product(xp, yi, m, kc, bias, n_threads, isa_name, fn, out, accumulate) for yi in checked)
     return outs if many else outs[0]
 
 
-def _product(xp, y, m, kc, bias, n_threads, isa_name, fn):
-    """One x @ y on an already packed x."""
+def _check_packed_out(out, shape, x, y, fn):
+    if not isinstance(out, PackedMatrix):
+        raise TypeError(f"{fn}: out must be a PackedMatrix, got {type(out).__name__}")
+    if tuple(out.shape) != shape:
+        raise ValueError(f"{fn}: out is a packed {tuple(out.shape)} matrix, the product is {shape}")
+    if not out.data.flags.writeable:
+        raise ValueError(f"{fn}: out is written in place and must be writeable (got a read-only array)")
+    operands = {"x": x, "y": y.data if isinstance(y, PackedMatrix) else y}
+    not_aliased(out.data, operands, fn)
+
+
+def _product(xp, y, m, kc, bias, n_threads, isa_name, fn, packed_out=None, accumulate=False):
+    """One x @ y on an already packed x (into packed_out's packed form when given)."""
     n = y.shape[1]
     if isinstance(y, PackedMatrix):
         yp = y.data
@@ -247,6 +282,20 @@ def _product(xp, y, m, kc, bias, n_threads, isa_name, fn):
         yp = scratch("gemm.y", (-(-n // CB), kc, CB, CB))
         _brgemm.pack_gemm_b(y, yp, n_threads)
     n_pad = yp.shape[0] * CB
+    plan = choose_gemm_split(m, n, y.shape[0], isa_name, n_threads)
+    if xp.shape[2] != plan.rows:
+        raise ValueError(f"{fn}: x was packed in row tiles of {xp.shape[2]}, the plan needs {plan.rows}")
+    if packed_out is not None:
+        # out[n/16][m/16][16][16] is the product's packed form: the kernels write each column
+        # block's rows 16 floats apart, and the padded rows (m % 16) are left as they are.
+        data = packed_out.data
+        c_rows = data.shape[1] * CB
+        if _brgemm.gemm_packed_f32(xp, yp, data.reshape(data.shape[0], c_rows * CB), _NO_BIAS, plan.c,
+                                   c_rows, accumulate):
+            raise RuntimeError(f"{fn}: a BRGEMM call failed ({plan.summary()})")
+        if not accumulate and m % CB:
+            data[:, m // CB, m % CB:] = 0.0
+        return packed_out
     bias_p = _NO_BIAS
     if bias is not None:
         bias = _f32(bias, "bias", 1, fn)
@@ -255,9 +304,6 @@ def _product(xp, y, m, kc, bias, n_threads, isa_name, fn):
         bias_p = np.zeros(n_pad, np.float32)
         bias_p[:n] = bias
     out = np.empty((m, n_pad), dtype=np.float32)
-    plan = choose_gemm_split(m, n, y.shape[0], isa_name, n_threads)
-    if xp.shape[2] != plan.rows:
-        raise ValueError(f"{fn}: x was packed in row tiles of {xp.shape[2]}, the plan needs {plan.rows}")
     if _brgemm.gemm_packed_f32(xp, yp, out, bias_p, plan.c):
         raise RuntimeError(f"{fn}: a BRGEMM call failed ({plan.summary()})")
     return out if n_pad == n else np.ascontiguousarray(out[:, :n])

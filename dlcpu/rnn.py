@@ -20,7 +20,11 @@ for every cell, run by a RecurrentPlan from choose_recurrent_tiles):
      calls; afterwards dx as one large GEMM over all T, and dW_ih, dW_hh as two products on
      one packed dG^T (the biases are column sums of dG).
 Hidden sizes are padded to whole 16-blocks internally; the padded units stay exactly zero.
-Weights are re-blocked by `prepare_lstm` (done per call unless you pass its result as `weights`).
+Weights are re-blocked by `prepare_lstm` (done per call unless you pass its result as `weights`)
+into the layout the kernels read (pack_gate_weights), forward operands only; a backward makes
+the two transposed operands it needs on first use.  nn.LSTM/GRU/RNN keep their parameters in
+that layout and receive their gradients in it (weight_grads=), so a training step packs
+nothing but those transposes, and inference packs nothing at all.
 """
 import functools
 from dataclasses import dataclass
@@ -34,7 +38,7 @@ from ._validate import positive_int
 from ._workspace import scratch
 from .approx import IMPLS as ACTIVATION_IMPLS
 from .approx import check_impl, impl_code
-from .gemm import PackedMatrix, matmul, pack_matmul_operand
+from .gemm import PackedMatrix, matmul, pack_matmul_operand, transpose_packed
 from .layout import CB
 
 LSTM_GATES, GRU_GATES, RNN_GATES = 4, 3, 1
@@ -84,19 +88,24 @@ def choose_recurrent_tiles(cell, T, N, Kb, isa, n_threads, activation_impl="exac
 
 @dataclass(frozen=True, eq=False)
 class RecurrentWeights:
-    """A cell's weights re-blocked once for the kernels (reusable across calls).  Hidden units
-    are padded to Kp = 16*Kb per gate; gate g occupies columns g*Kp.. of the gate matrices."""
+    """A cell's weights in the layout the kernels read (reusable across calls).  Hidden units are
+    padded to Kp = 16*Kb per gate; gate g occupies columns g*Kp.. of the gate matrices.
+
+    w_ih_t and recurrent are the forward's operands; nn.LSTM/GRU/RNN keep their parameters in
+    exactly these arrays (see pack_gate_weights), so a module's forward wraps them without a
+    copy.  The backward's two operands are transposes of those: made by backward_operands() the
+    first time a backward needs them (one pass each), never for inference."""
 
     cell: str              # "lstm", "gru" or "rnn"
     gates: int
     C: int
     K: int
     w_ih_t: PackedMatrix   # (C, gates*Kp) packed: x @ w_ih_t gives the x-side pre-activations
-    w_ih_p: PackedMatrix   # (gates*Kp, C) packed: dG @ w_ih_p gives dx
     bias: np.ndarray       # (gates*Kp,) x-side bias (LSTM: b_ih + b_hh; GRU: b_ih + b_hh for r, z)
     b_hn: np.ndarray       # GRU: (Kp,) b_hn, applied inside r * (W_hn h + b_hn); LSTM: empty
     recurrent: np.ndarray  # [gates][Kb][Kb][16][16]: per gate, output block, input block
-    recurrent_t: np.ndarray  # [Kb][gates*Kb][16][16]: transposed blocks (backward)
+    w_ih_p: PackedMatrix = None     # (gates*Kp, C) packed: dG @ w_ih_p gives dx (backward only)
+    recurrent_t: np.ndarray = None  # [Kb][gates*Kb][16][16]: transposed blocks (backward only)
 
     def __post_init__(self):
         # The time-loop drivers trust every extent here (sized by the plan from K and the cell):
@@ -114,6 +123,8 @@ class RecurrentWeights:
         kp = kb * CB
         for name, want in (("w_ih_t", (C, gates * kp)), ("w_ih_p", (gates * kp, C))):
             m = getattr(self, name)
+            if m is None and name == "w_ih_p":
+                continue
             if not isinstance(m, PackedMatrix):
                 raise TypeError(f"{fn}: {name} must be a PackedMatrix, got {type(m).__name__}")
             if tuple(m.shape) != want:
@@ -122,6 +133,8 @@ class RecurrentWeights:
         for name, want in (("bias", (gates * kp,)), ("b_hn", (kp,) if self.cell == "gru" else (0,)),
                            ("recurrent", (gates, kb, kb, CB, CB)), ("recurrent_t", (kb, gates * kb, CB, CB))):
             a = getattr(self, name)
+            if a is None and name == "recurrent_t":
+                continue
             if not isinstance(a, np.ndarray):
                 raise TypeError(f"{fn}: {name} must be a numpy array, got {type(a).__name__}")
             if a.dtype != np.float32:
@@ -129,6 +142,8 @@ class RecurrentWeights:
             if a.shape != want or not a.flags.c_contiguous:
                 raise ValueError(f"{fn}: {name} must be a C-contiguous array of shape {want} for cell "
                                  f"{self.cell!r} with C={C}, K={K}, got {a.shape}; use dlcpu.rnn.prepare_{self.cell}")
+        if (self.w_ih_p is None) != (self.recurrent_t is None):
+            raise ValueError(f"{fn}: give both backward operands (w_ih_p and recurrent_t) or neither")
         object.__setattr__(self, "gates", gates)
         object.__setattr__(self, "C", C)
         object.__setattr__(self, "K", K)
@@ -136,6 +151,16 @@ class RecurrentWeights:
     @property
     def Kb(self):
         return -(-self.K // CB)
+
+    def backward_operands(self, n_threads=None):
+        """(w_ih_p, recurrent_t), made from the forward operands on first use and kept: W_ih packed
+        for dx = dG . W_ih, and the recurrent blocks transposed for the backward recurrence."""
+        if self.w_ih_p is None:
+            kp = self.Kb * CB
+            rec = PackedMatrix(self.recurrent.reshape(self.gates * self.Kb, self.Kb, CB, CB), (kp, self.gates * kp))
+            object.__setattr__(self, "w_ih_p", transpose_packed(self.w_ih_t, n_threads=n_threads))
+            object.__setattr__(self, "recurrent_t", transpose_packed(rec, n_threads=n_threads).data)
+        return self.w_ih_p, self.recurrent_t
 
 
 def _f32(a, name, shape):
@@ -146,6 +171,78 @@ def _f32(a, name, shape):
     if tuple(a.shape) != tuple(shape):
         raise ValueError(f"rnn: {name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
     return np.ascontiguousarray(a)
+
+
+def packed_gate_shape(gates, K, inputs):
+    """The shape of a gate-stacked (gates*K, inputs) weight in the kernels' layout:
+    (gates*Kb, ceil(inputs/16), 16, 16)."""
+    return (gates * -(-K // CB), -(-inputs // CB), CB, CB)
+
+
+def pack_gate_weights(w, gates, *, n_threads=None):
+    """A gate-stacked weight in PyTorch's layout (W_ih (gates*K, C) or W_hh (gates*K, K)) ->
+    the layout the kernels read and nn.LSTM/GRU/RNN keep their parameters in: the packed
+    right-hand operand of x @ W^T with each gate padded to a multiple of 16 units,
+        out[g*Kb + u//16][c//16][c%16][u%16] = W[g*K + u][c],
+    zero for padded units and inputs.  Shape: packed_gate_shape(gates, K, w.shape[1])."""
+    if not isinstance(w, np.ndarray) or w.ndim != 2 or w.shape[0] % gates or w.shape[0] == 0 or w.shape[1] < 1:
+        raise ValueError(f"pack_gate_weights: expected a ({gates}K, inputs) array, got {getattr(w, 'shape', None)}")
+    w = _f32(w, "w", w.shape)
+    out = np.empty(packed_gate_shape(gates, w.shape[0] // gates, w.shape[1]), np.float32)
+    _rnn.pack_gate_weights(w, gates, out, cpu.resolve_threads(n_threads))
+    return out
+
+
+def unpack_gate_weights(packed, gates, K, inputs):
+    """The inverse of pack_gate_weights: (gates*K, inputs) in PyTorch's layout (a new array)."""
+    want = packed_gate_shape(gates, K, inputs)
+    if not isinstance(packed, np.ndarray) or packed.shape != want:
+        raise ValueError(f"unpack_gate_weights: expected an array of shape {want} for {gates} gate(s) of K={K} "
+                         f"and {inputs} inputs, got {getattr(packed, 'shape', None)}")
+    kb, ib = want[0] // gates, want[1]
+    full = packed.reshape(gates, kb, ib, CB, CB).transpose(0, 1, 4, 2, 3).reshape(gates, kb * CB, ib * CB)
+    return np.ascontiguousarray(full[:, :K, :inputs].reshape(gates * K, inputs), dtype=np.float32)
+
+
+def packed_gate_offsets(gates, K, inputs, rows, cols):
+    """Flat offsets in the pack_gate_weights layout of the logical elements W[rows, cols]."""
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    kb, ib = -(-K // CB), -(-inputs // CB)
+    g, u = rows // K, rows % K
+    return (((g * kb + u // CB) * ib + cols // CB) * CB + cols % CB) * CB + u % CB
+
+
+def _gate_bias(cell, gates, K, b_ih, b_hh):
+    """(bias, b_hn): the x-side bias (gates*Kp,) the input projection adds, and the GRU's b_hn
+    (Kp,) (empty for the other cells), zero for padded units."""
+    kp = -(-K // CB) * CB
+    bias = np.zeros((gates, kp), np.float32)
+    bias[:, :K] = b_ih.reshape(gates, K)
+    bias[:, :K] += b_hh.reshape(gates, K)
+    b_hn = _EMPTY
+    if cell == "gru":  # b_hn acts inside r * (W_hn h + b_hn), not on the pre-activation
+        bias[2, :K] = b_ih[2 * K:]
+        b_hn = np.zeros(kp, np.float32)
+        b_hn[:K] = b_hh[2 * K:]
+    return bias.reshape(-1), b_hn
+
+
+def weights_from_packed(cell, w_ih, w_hh, b_ih, b_hh, C, K):
+    """RecurrentWeights over weights already in the kernels' layout (pack_gate_weights' arrays,
+    used in place, no copy) and biases (gates*K,) in PyTorch's layout: what nn.LSTM/GRU/RNN do
+    at every forward."""
+    gates = _CELL_GATES[cell]
+    kb, kp = -(-K // CB), -(-K // CB) * CB
+    for name, a, inputs in (("w_ih", w_ih, C), ("w_hh", w_hh, K)):
+        want = packed_gate_shape(gates, K, inputs)
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != want or not a.flags.c_contiguous:
+            raise ValueError(f"weights_from_packed: {name} must be a C-contiguous float32 array of shape {want} "
+                             f"(pack_gate_weights), got {getattr(a, 'dtype', None)} {getattr(a, 'shape', None)}")
+    b_ih = _f32(b_ih, "b_ih", (gates * K,))
+    b_hh = _f32(b_hh, "b_hh", (gates * K,))
+    bias, b_hn = _gate_bias(cell, gates, K, b_ih, b_hh)
+    return RecurrentWeights(cell, gates, C, K, PackedMatrix(w_ih, (C, gates * kp)), bias, b_hn,
+                            w_hh.reshape(gates, kb, kb, CB, CB))
 
 
 def _prepare(cell, gates, w_ih, w_hh, b_ih, b_hh, n_threads):
@@ -163,33 +260,11 @@ def _prepare(cell, gates, w_ih, w_hh, b_ih, b_hh, n_threads):
     w_hh = _f32(w_hh, "w_hh", (gates * K, K))
     b_ih = np.zeros(gates * K, np.float32) if b_ih is None else _f32(b_ih, "b_ih", (gates * K,))
     b_hh = np.zeros(gates * K, np.float32) if b_hh is None else _f32(b_hh, "b_hh", (gates * K,))
-    kb = -(-K // CB)
-    kp = kb * CB
-
-    def pad_gates(a):  # (gates*K, ...) -> (gates*Kp, ...), zero rows for padded units
-        if kp == K:
-            return a
-        out = np.zeros((gates, kp) + a.shape[1:], np.float32)
-        out[:, :K] = a.reshape((gates, K) + a.shape[1:])
-        return out.reshape((gates * kp,) + a.shape[1:])
-
-    w_ih_p = pad_gates(w_ih)
-    b_hh_p = pad_gates(b_hh)
-    bias = pad_gates(b_ih) + b_hh_p   # a new array: b_ih and b_hh are never written
-    b_hn = np.empty(0, np.float32)
-    if cell == "gru":  # b_hn acts inside r * (W_hn h + b_hn), not on the pre-activation
-        bias[2 * kp:] -= b_hh_p[2 * kp:]
-        b_hn = b_hh_p[2 * kp:].copy()
+    # Forward operands only, one parallel pass per matrix; a backward transposes them when it
+    # first needs them (RecurrentWeights.backward_operands), so inference never pays for that.
     n_threads = cpu.resolve_threads(n_threads)
-    rec = np.empty((gates, kb, kb, CB, CB), np.float32)    # per gate, output block, input block
-    rec_t = np.empty((kb, gates * kb, CB, CB), np.float32)  # transposed blocks, for the backward
-    _rnn.block_recurrent_weights(w_hh, gates, rec.reshape(-1), rec_t.reshape(-1), n_threads)
-    # A training loop re-runs this after every weight update, so it is inside each training step:
-    # W_ih^T is packed straight from W_ih (a transposed copy took 28 of 74 ms for C = K = 1024),
-    # W_hh is blocked in one parallel pass, and aligned weights (K % 16 == 0) are not copied for
-    # padding.
-    return RecurrentWeights(cell, gates, C, K, pack_matmul_operand(w_ih_p, transpose=True, n_threads=n_threads),
-                            pack_matmul_operand(w_ih_p, n_threads=n_threads), bias, b_hn, rec, rec_t)
+    return weights_from_packed(cell, pack_gate_weights(w_ih, gates, n_threads=n_threads),
+                               pack_gate_weights(w_hh, gates, n_threads=n_threads), b_ih, b_hh, C, K)
 
 
 def prepare_lstm(w_ih, w_hh, b_ih=None, b_hh=None, *, n_threads=None):
@@ -353,9 +428,10 @@ def _backward(cell, cache, dY, dh, dG, dGb, dc=_EMPTY, dGh=_EMPTY):
     w, T, N = cache["weights"], cache["T"], cache["N"]
     plan = choose_recurrent_tiles(cell, T, N, w.Kb, cpu.isa_code(cache["isa"]), cache["n_threads"],
                                   cache["activation_impl"])
+    _, recurrent_t = w.backward_operands(cache["n_threads"])
     if _rnn.recurrent_backward_f32(plan.c, cache["G"].reshape(-1), cache["H"].reshape(-1),
                                    cache["Cs"].reshape(-1), cache["HN"].reshape(-1),
-                                   w.recurrent_t.reshape(-1), dY.reshape(-1), dh.reshape(-1), dc.reshape(-1),
+                                   recurrent_t.reshape(-1), dY.reshape(-1), dh.reshape(-1), dc.reshape(-1),
                                    dG.reshape(-1), dGh.reshape(-1), dGb.reshape(-1)):
         raise RuntimeError(f"{cell}_backward: a BRGEMM call failed ({plan.summary()})")
 
@@ -368,15 +444,76 @@ def _outputs(H, T, N, K, kp):
 
 def _input_grad(need_dx, dG, w, T, N, n_threads, isa):
     """dx = dG . W_ih over all T as one GEMM, or None when the caller does not need it."""
-    return matmul(dG, w.w_ih_p, n_threads=n_threads, isa=isa).reshape(T, N, w.C) if need_dx else None
+    if not need_dx:
+        return None
+    w_ih_p, _ = w.backward_operands(n_threads)
+    return matmul(dG, w_ih_p, n_threads=n_threads, isa=isa).reshape(T, N, w.C)
 
 
-def _weight_grads(w, dG, x2, H, T, N, kp, gates, n_threads, isa, need_dx):
+def _weight_grads(w, dG, x2, H, T, N, kp, gates, n_threads, isa, need_dx, into=None):
     """dx (or None), dW_ih and dW_hh from the pre-activation gradients dG (T*N, gates*Kp): one
-    GEMM for dx, and dG^T packed once (transposed on the fly) for both weight gradients."""
+    GEMM for dx, and dG^T packed once (transposed on the fly) for both weight gradients.  With
+    `into` (checked pair of arrays in the kernels' layout) the weight gradients are added to them
+    instead, and come back as None."""
     dx = _input_grad(need_dx, dG, w, T, N, n_threads, isa)
+    if into is not None:
+        _accumulate_weight_grads(w, into, dG, dG, x2, H, T, N, n_threads, isa)
+        return dx, None, None
     dw_ih, dw_hh = matmul(dG, (x2, _packed_states(H, T, N)), transpose_x=True, n_threads=n_threads, isa=isa)
     return dx, _unpad_gate_rows(dw_ih, gates, w.K, kp), _unpad_gate_rows(dw_hh, gates, w.K, kp, cols=w.K)
+
+
+def _check_weight_grads(fn, into, w):
+    """weight_grads=(gw_ih, gw_hh): writeable float32 arrays of the kernels' layout for w."""
+    if into is None:
+        return None
+    if not isinstance(into, (tuple, list)) or len(into) != 2:
+        raise TypeError(f"{fn}: weight_grads must be a pair of arrays (dW_ih, dW_hh) in the kernels' layout")
+    for name, a, inputs in (("dW_ih", into[0], w.C), ("dW_hh", into[1], w.K)):
+        want = packed_gate_shape(w.gates, w.K, inputs)
+        if (not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != want or not a.flags.c_contiguous
+                or not a.flags.writeable):
+            raise ValueError(f"{fn}: weight_grads {name} must be a writeable C-contiguous float32 array of shape "
+                             f"{want} (pack_gate_weights' layout), got {getattr(a, 'dtype', None)} "
+                             f"{getattr(a, 'shape', None)}")
+    if np.may_share_memory(into[0], into[1]):
+        raise ValueError(f"{fn}: the two weight_grads arrays overlap")
+    return tuple(into)
+
+
+def _accumulate_weight_grads(w, into, dG_x, dG_h, x2, H, T, N, n_threads, isa):
+    """into[0] += dW_ih and into[1] += dW_hh, written by the GEMMs straight into the kernels'
+    layout: x^T @ dG_x and h^T @ dG_h (dG_x and dG_h are the same array except for the GRU),
+    each gradient gate matrix packed once as the right-hand operand."""
+    kp = w.Kb * CB
+    packs = {}
+    for target, dG, left, inputs in ((into[0], dG_x, x2, w.C), (into[1], dG_h, _state_rows(H, T, N), kp)):
+        if id(dG) not in packs:
+            packs[id(dG)] = pack_matmul_operand(dG, n_threads=n_threads)
+        out = PackedMatrix(target, (inputs, w.gates * kp))
+        matmul(left, packs[id(dG)], transpose_x=True, out=out, accumulate=True, n_threads=n_threads, isa=isa)
+    _zero_gate_padding(into[0], w.gates, w.K, w.C)
+    _zero_gate_padding(into[1], w.gates, w.K, w.K)
+
+
+def _state_rows(H, T, N):
+    """h_0..h_{T-1} from the blocked H [T+1][Kb][N][16] as rows (T*N, Kp)."""
+    kb = H.shape[1]
+    out = scratch("rnn.state_rows", (T, N, kb, CB))
+    out[...] = H[:T].transpose(0, 2, 1, 3)
+    return out.reshape(T * N, kb * CB)
+
+
+def _zero_gate_padding(a, gates, K, inputs):
+    """Zero the padded units and inputs of an array in the kernels' layout (a no-op for finite
+    data; with Inf/NaN in a step they must not leak into the padding, which the kernels assume
+    is zero)."""
+    kb, ib = -(-K // CB), -(-inputs // CB)
+    v = a.reshape(gates, kb, ib, CB, CB)
+    if K % CB:
+        v[:, kb - 1, :, :, K % CB:] = 0.0
+    if inputs % CB:
+        v[:, :, ib - 1, inputs % CB:, :] = 0.0
 
 
 def _packed_states(H, T, N):
@@ -419,16 +556,21 @@ def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None
     return (*out, cache) if train else out
 
 
-def lstm_backward(dy, cache, dh_T=None, dc_T=None, *, need_dx=True):
+def lstm_backward(dy, cache, dh_T=None, dc_T=None, *, need_dx=True, weight_grads=None):
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0, dc0) from dy (T, N, K) and the forward's cache.
-    need_dx=False skips the dx GEMM (a first layer, whose input is data) and returns dx=None."""
+    need_dx=False skips the dx GEMM (a first layer, whose input is data) and returns dx=None.
+    weight_grads=(gw_ih, gw_hh): arrays in the kernels' layout (pack_gate_weights' shape; what
+    nn layers keep their gradients in) to which dW_ih and dW_hh are added, written there by the
+    GEMMs; dw_ih and dw_hh then come back as None."""
     w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T, "lstm")
+    into = _check_weight_grads("lstm_backward", weight_grads, w)
     n_threads, isa = cache["n_threads"], cache["isa"]
     dc = _state(dc_T, "dc_T", N, K, kb)
     dG = scratch("rnn.dg", (T * N, LSTM_GATES * kp))
     dGb = scratch("rnn.dgb", (LSTM_GATES * kb, N, CB))
     _backward("lstm", cache, dY, dh, dG, dGb, dc=dc)
-    dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, LSTM_GATES, n_threads, isa, need_dx)
+    dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, LSTM_GATES, n_threads, isa, need_dx,
+                                     into)
     db = _unpad_gate_rows(_column_sums(dG), LSTM_GATES, K, kp)
     return dx, dw_ih, dw_hh, db, db.copy(), _unblock_state(dh, N, K), _unblock_state(dc, N, K)
 
@@ -448,10 +590,14 @@ def gru_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, weigh
     return (y, h_T, cache) if train else (y, h_T)
 
 
-def gru_backward(dy, cache, dh_T=None, *, need_dx=True):
+def gru_backward(dy, cache, dh_T=None, *, need_dx=True, weight_grads=None):
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0) from dy (T, N, K) and gru_forward's cache
-    (dx=None with need_dx=False)."""
+    (dx=None with need_dx=False).
+    weight_grads=(gw_ih, gw_hh): arrays in the kernels' layout (pack_gate_weights' shape; what
+    nn layers keep their gradients in) to which dW_ih and dW_hh are added, written there by the
+    GEMMs; dw_ih and dw_hh then come back as None."""
     w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T, "gru")
+    into = _check_weight_grads("gru_backward", weight_grads, w)
     n_threads, isa = cache["n_threads"], cache["isa"]
     dGx = scratch("rnn.dg", (T * N, GRU_GATES * kp))
     dGh = scratch("rnn.dgh", (T * N, GRU_GATES * kp))
@@ -459,9 +605,14 @@ def gru_backward(dy, cache, dh_T=None, *, need_dx=True):
     _backward("gru", cache, dY, dh, dGx, dGhb, dGh=dGh)
     # x-side and h-side gradients differ for GRU (r multiplies W_hn h + b_hn): separate GEMMs.
     dx = _input_grad(need_dx, dGx, w, T, N, n_threads, isa)
-    dw_ih = _unpad_gate_rows(matmul(dGx, cache["x"], transpose_x=True, n_threads=n_threads, isa=isa), GRU_GATES, K, kp)
-    dw_hh = _unpad_gate_rows(matmul(dGh, _packed_states(cache["H"], T, N), transpose_x=True,
-                                    n_threads=n_threads, isa=isa), GRU_GATES, K, kp, cols=K)
+    if into is not None:
+        _accumulate_weight_grads(w, into, dGx, dGh, cache["x"], cache["H"], T, N, n_threads, isa)
+        dw_ih = dw_hh = None
+    else:
+        dw_ih = _unpad_gate_rows(matmul(dGx, cache["x"], transpose_x=True, n_threads=n_threads, isa=isa),
+                                 GRU_GATES, K, kp)
+        dw_hh = _unpad_gate_rows(matmul(dGh, _packed_states(cache["H"], T, N), transpose_x=True,
+                                        n_threads=n_threads, isa=isa), GRU_GATES, K, kp, cols=K)
     db_ih = _unpad_gate_rows(_column_sums(dGx), GRU_GATES, K, kp)
     db_hh = _unpad_gate_rows(_column_sums(dGh), GRU_GATES, K, kp)
     return dx, dw_ih, dw_hh, db_ih, db_hh, _unblock_state(dh, N, K)
@@ -481,14 +632,18 @@ def rnn_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, nonli
     return (y, h_T, cache) if train else (y, h_T)
 
 
-def rnn_backward(dy, cache, dh_T=None, *, need_dx=True):
+def rnn_backward(dy, cache, dh_T=None, *, need_dx=True, weight_grads=None):
     """(dx, dw_ih, dw_hh, db_ih, db_hh, dh0) from dy (T, N, K) and rnn_forward's cache
-    (dx=None with need_dx=False)."""
+    (dx=None with need_dx=False).
+    weight_grads=(gw_ih, gw_hh): arrays in the kernels' layout (pack_gate_weights' shape; what
+    nn layers keep their gradients in) to which dW_ih and dW_hh are added, written there by the
+    GEMMs; dw_ih and dw_hh then come back as None."""
     w, T, N, K, kb, kp, dY, dh = _backward_setup(dy, cache, dh_T, "rnn")
+    into = _check_weight_grads("rnn_backward", weight_grads, w)
     n_threads, isa = cache["n_threads"], cache["isa"]
     dG = scratch("rnn.dg", (T * N, kp))
     dGb = scratch("rnn.dgb", (kb, N, CB))
     _backward(cache["cell"], cache, dY, dh, dG, dGb)
-    dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, RNN_GATES, n_threads, isa, need_dx)
+    dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, RNN_GATES, n_threads, isa, need_dx, into)
     db = _column_sums(dG[:, :K])
     return dx, dw_ih, dw_hh, db, db.copy(), _unblock_state(dh, N, K)

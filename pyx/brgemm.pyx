@@ -192,10 +192,31 @@ def pack_gemm_a_transposed(const float[:, ::1] xt, float[:, :, :, ::1] xp, int n
                         dst[j * 16 + kk] = xt[k, row] if (row < M and k < K) else 0.0
 
 
+def transpose_packed(const float[:, :, :, ::1] src, float[:, :, :, ::1] dst, int n_threads):
+    """The packed form of Y^T from the packed form of Y: dst[b][a][i][j] = src[a][b][j][i]
+    (src[n/16][K/16][16][16] of a (K, n) matrix -> dst[K/16][n/16][16][16] of its (n, K)
+    transpose).  Padding moves with the tiles, so it stays zero.  A recurrent training step runs
+    this on its weights after every update (dx needs W_ih, the backward recurrence W_hh^T): one
+    pass at memory speed, each thread writing whole rows of destination tiles."""
+    cdef int64_t A = src.shape[0], B = src.shape[1]
+    cdef int64_t b, a, i, j
+    cdef const float *s
+    cdef float *d
+    for b in prange(B, nogil=True, schedule='static', num_threads=n_threads):
+        for a in range(A):
+            s = &src[a, b, 0, 0]
+            d = &dst[b, a, 0, 0]
+            for i in range(16):
+                for j in range(16):
+                    d[i * 16 + j] = s[j * 16 + i]
+
+
 cdef int gemm_block(const dlcpu_gemm_plan_t *g, const float *xp, const float *yp, float *out, int64_t t_lo,
                     int64_t t_hi, int64_t g_lo, int64_t g_hi, int64_t Kc, int64_t ldc,
-                    const float *bias) noexcept nogil:
-    """One thread's share of the GEMM: row tiles t_lo..t_hi, 16-column blocks g_lo..g_hi."""
+                    const float *bias, int64_t c_rows, int accumulate) noexcept nogil:
+    """One thread's share of the GEMM: row tiles t_lo..t_hi, 16-column blocks g_lo..g_hi.
+    c_rows > 0 writes out in packed form, out[n/16][c_rows][16] (column block nb at nb*c_rows*16,
+    rows 16 floats apart); accumulate adds to out instead of overwriting it (beta=1 throughout)."""
     cdef int64_t t, kc0, nchunk, grp0, grp1, nb
     cdef int64_t T = g.rows, m = g.m
     cdef int isa = g.isa
@@ -209,16 +230,16 @@ cdef int gemm_block(const dlcpu_gemm_plan_t *g, const float *xp, const float *yp
     p.a_mstride = Kc * 256
     p.b_rstride = 0
     p.nr = 1
-    p.ldc = ldc
+    p.ldc = 16 if c_rows > 0 else ldc
     p.c_rstride = 0
-    p.c_mstride = 16
+    p.c_mstride = c_rows * 16 if c_rows > 0 else 16
     p.bias = NULL
     p.relu = 0
     kc0 = 0
     while kc0 < Kc:
         nchunk = min(<int64_t>g.kc_blocks, Kc - kc0)
         p.batch = nchunk
-        p.beta = 1 if kc0 > 0 else 0
+        p.beta = 1 if (kc0 > 0 or accumulate) else 0
         grp0 = g_lo
         while grp0 < g_hi:
             grp1 = min(g_hi, grp0 + g.group_cols // 16)
@@ -230,7 +251,10 @@ cdef int gemm_block(const dlcpu_gemm_plan_t *g, const float *xp, const float *yp
                     p.mv = mv
                     p.a = yp + (nb * Kc + kc0) * 256
                     p.b = xp + (t * Kc + kc0) * T * 16
-                    p.c = out + t * T * ldc + nb * 16
+                    if c_rows > 0:
+                        p.c = out + (nb * c_rows + t * T) * 16
+                    else:
+                        p.c = out + t * T * ldc + nb * 16
                     # The bias joins in the first K chunk's epilogue (later chunks accumulate).
                     p.bias = bias + nb * 16 if (bias != NULL and kc0 == 0) else NULL
                     err |= dlcpu_brgemm_f32(&p, isa)
@@ -241,10 +265,12 @@ cdef int gemm_block(const dlcpu_gemm_plan_t *g, const float *xp, const float *yp
 
 
 def gemm_packed_f32(const float[:, :, :, ::1] xp, const float[:, :, :, ::1] yp, float[:, ::1] out,
-                    const float[::1] bias, GemmPlanStruct plan):
+                    const float[::1] bias, GemmPlanStruct plan, int64_t c_rows=0, bint accumulate=False):
     """out[:m, :] = Xp @ Yp (+ bias, padded to out's width, or empty) on packed operands, as the
     plan says: threads split the row tiles (plan split_rows) or the 16-column blocks in pairs, so
-    every thread keeps the mv=2 calls.  Python checked the operands against the plan."""
+    every thread keeps the mv=2 calls.  Python checked the operands against the plan.
+    c_rows > 0: out is the packed [n/16][c_rows][16] form (passed as a (n/16, c_rows*16) view) of
+    the product, as matmul's right-hand operand; accumulate: out += the product."""
     cdef const dlcpu_gemm_plan_t *g = &plan.c
     cdef int n_threads = g.n_threads
     cdef int64_t n_tiles = xp.shape[0], Kc = xp.shape[1], ng = yp.shape[0]
@@ -256,10 +282,10 @@ def gemm_packed_f32(const float[:, :, :, ::1] xp, const float[:, :, :, ::1] yp, 
         if g.split_rows:
             err += gemm_block(g, &xp[0, 0, 0, 0], &yp[0, 0, 0, 0], &out[0, 0],
                               tid * n_tiles // n_threads, (tid + 1) * n_tiles // n_threads, 0, ng,
-                              Kc, out.shape[1], b)
+                              Kc, out.shape[1], b, c_rows, accumulate)
         else:
             err += gemm_block(g, &xp[0, 0, 0, 0], &yp[0, 0, 0, 0], &out[0, 0], 0, n_tiles,
                               2 * (tid * n_pairs // n_threads),
                               min(ng, 2 * ((tid + 1) * n_pairs // n_threads)),
-                              Kc, out.shape[1], b)
+                              Kc, out.shape[1], b, c_rows, accumulate)
     return err

@@ -163,32 +163,31 @@ cdef inline void gates_to_blocked(float *dgb, const float *dg, const item_tile_t
                    16 * sizeof(float))
 
 
-def block_recurrent_weights(const float[:, ::1] w_hh, int gates, float[::1] rec, float[::1] rec_t,
-                            int n_threads):
-    """W_hh (gates*K, K) -> both blocked layouts in one parallel pass (a training step re-blocks
-    after every weight update; numpy's two transposing copies took 16 ms for K = 1024):
-        rec   [gates][Kb][Kb][16][16]: rec[g][ob][ib][kk][m]       = W_hh[g*K + ob*16 + m][ib*16 + kk]
-        rec_t [Kb][gates*Kb][16][16]:  rec_t[ib][g*Kb + ob][kk][m] = W_hh[g*K + ob*16 + kk][ib*16 + m]
-    with zeros for padded units (unit >= K) on both sides."""
-    cdef int64_t K = w_hh.shape[1], Kb = (K + 15) // 16
-    cdef int64_t item, g, ob, ib, u, c
-    cdef float v
+def pack_gate_weights(const float[:, ::1] w, int gates, float[:, :, :, ::1] out, int n_threads):
+    """A gate-stacked weight matrix W (gates*K, In) in PyTorch's layout -> the layout the kernels
+    read, out[gates*Kb][Inb][16][16] with
+        out[g*Kb + ob][ib][c][u] = W[g*K + ob*16 + u][ib*16 + c]
+    and zeros for padded units (u >= K) and padded inputs (c >= In).  This is the packed right-hand
+    operand of x @ W^T with each gate padded to Kp = 16*Kb columns (W_ih: the input projection's
+    GEMM operand; W_hh: the recurrent BRGEMM's A blocks, [gate][output block][input block]).
+    One parallel pass reading W's rows contiguously: a training loop that keeps PyTorch's layout
+    pays this after every update (numpy's transposing copies took 16 ms for K = 1024)."""
+    cdef int64_t In = w.shape[1], K = w.shape[0] // gates
+    cdef int64_t Kb = out.shape[0] // gates, Inb = out.shape[1]
+    cdef int64_t item, g, ob, ib, u, c, unit
     cdef float *r
-    cdef float *rt
     for item in prange(gates * Kb, nogil=True, schedule='static', num_threads=n_threads):
         g = item // Kb
         ob = item % Kb
-        for ib in range(Kb):
-            r = &rec[((g * Kb + ob) * Kb + ib) * 256]
-            rt = &rec_t[(ib * gates * Kb + g * Kb + ob) * 256]
+        for ib in range(Inb):
+            r = &out[item, ib, 0, 0]
             for u in range(16):
+                unit = ob * 16 + u
                 for c in range(16):
-                    if ob * 16 + u < K and ib * 16 + c < K:
-                        v = w_hh[g * K + ob * 16 + u, ib * 16 + c]
+                    if unit < K and ib * 16 + c < In:
+                        r[c * 16 + u] = w[g * K + unit, ib * 16 + c]
                     else:
-                        v = 0.0
-                    r[c * 16 + u] = v
-                    rt[u * 16 + c] = v
+                        r[c * 16 + u] = 0.0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import assert_close, needs_torch
+from conftest import ISAS, assert_close, max_threads, needs_torch
 
 import dlcpu
 from dlcpu import _peers, nn, train
@@ -249,7 +249,7 @@ def test_recurrent_layers_match_torch(rng, cls, cell, bidirectional, batch_first
     import torch
 
     layer = getattr(nn, cls)(6, 10, num_layers=2, bidirectional=bidirectional, batch_first=batch_first, seed=3)
-    tlayer = _peers.recurrent(torch, cell, {name: p.data for name, p in layer.own_parameters().items()},
+    tlayer = _peers.recurrent(torch, cell, layer.state(),
                               num_layers=2, bidirectional=bidirectional, batch_first=batch_first)
     x = rng.uniform(-1, 1, (4, 5, 6) if batch_first else (5, 4, 6)).astype(np.float32)
     y = layer(x)
@@ -261,7 +261,7 @@ def test_recurrent_layers_match_torch(rng, cls, cell, bidirectional, batch_first
     yt.backward(torch.from_numpy(dy))
     assert_close(dx, xt.grad.numpy())
     for name, p in layer.own_parameters().items():
-        assert_close(p.grad, getattr(tlayer, name).grad.numpy())
+        assert_close(layer.torch_layout(name, p.grad), getattr(tlayer, name).grad.numpy())
 
 
 def test_recurrent_save_load_and_errors(tmp_path, rng):
@@ -429,3 +429,38 @@ def test_files_of_the_previous_layout_still_load(tmp_path):
              **{f"param:{k}": v for k, v in model.state().items()})
     x = dlcpu.to_blocked(np.ones((2, 1, 5, 5), np.float32))
     assert np.array_equal(nn.load(path).eval()(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("size", [1, 17, 65536, 140000])
+@pytest.mark.parametrize("weight_decay", [0.0, 5e-4])
+def test_sgd_fused_step_matches_the_formula(monkeypatch, rng, isa, size, weight_decay):
+    """The fused update (pyx/kernels/optim_f32.h) on every ISA path against PyTorch's formula in
+    float64, over sizes around its vector width and its 64K chunk; 1 and all threads give the
+    same bits."""
+    from threadpoolctl import threadpool_limits
+
+    monkeypatch.setenv("DLCPU_ISA", isa)
+
+    p0 = rng.standard_normal(size).astype(np.float32)
+    g = rng.standard_normal(size).astype(np.float32)
+    results = []
+    for threads in (1, max_threads()):
+        p = nn.Parameter(p0.copy())
+        opt = nn.SGD([p], lr=0.1, momentum=0.9, weight_decay=weight_decay)
+        v64 = np.zeros(size)
+        w64 = p0.astype(np.float64)
+        with threadpool_limits(limits=threads, user_api="openmp"):
+            for _ in range(3):
+                p.grad[...] = g
+                opt.step()
+                v64 = 0.9 * v64 + g + weight_decay * w64
+                w64 = w64 - 0.1 * v64
+        np.testing.assert_allclose(p.data, w64, rtol=1e-5, atol=1e-6)
+        results.append(p.data.copy())
+    assert np.array_equal(results[0], results[1])
+    if weight_decay == 0.0 and size > 1:   # an Inf weight keeps its update finite-sign, not NaN
+        p = nn.Parameter(np.array([np.inf, 1.0] + [0.0] * (size - 2), np.float32))
+        p.grad[...] = 1.0
+        nn.SGD([p], lr=0.1, momentum=0.9).step()
+        assert p.data[0] == np.inf and p.data[1] == np.float32(0.9)

@@ -122,6 +122,8 @@ def lstm_weights(rng):
 
 def test_recurrent_weights_sizes_must_match_their_arrays(lstm_weights):
     w = lstm_weights
+    assert w.w_ih_p is None and w.recurrent_t is None   # forward operands only, until a backward
+    w.backward_operands()
     with pytest.raises(ValueError, match=r"RecurrentWeights: w_ih_t must be packed from a \(5, 4096\) matrix "
                                          r"for cell 'lstm' with C=5, K=1024, got \(5, 64\)"):
         dataclasses.replace(w, K=1024)
@@ -143,6 +145,8 @@ def test_recurrent_weights_sizes_must_match_their_arrays(lstm_weights):
         dataclasses.replace(w, w_ih_p=w.w_ih_p.data)
     with pytest.raises(ValueError, match=r"w_ih_p must be packed from a \(64, 5\) matrix"):
         dataclasses.replace(w, w_ih_p=w.w_ih_t)
+    with pytest.raises(ValueError, match="give both backward operands"):
+        dataclasses.replace(w, w_ih_p=None)
 
 
 def test_recurrent_weights_cell_and_gates_must_agree(rng, lstm_weights):

@@ -11,10 +11,11 @@ functions below turn them into flat offsets of the storage the kernels read:
   conv weight  (k, c, r, s) -> W[k/16][c/16][r][s][c%16][k%16]   (blocked, channel-padded)
   activation   (c, h, w)    -> I[n][c/16][h][w][c%16]             (blocked, channel-padded)
   batch norm   (c,)         -> c of the channel-padded scale/shift vectors
-  Linear, recurrent weights and biases, (N, F) and (T, N, F) activations: row-major
+  recurrent weight (row, col) -> the packed operand of x @ W^T (dlcpu.rnn.pack_gate_weights:
+                                 gates padded to 16 units), what the kernels read
+  Linear weights, biases, (N, F) and (T, N, F) activations: row-major
 
-so a padded lane can never be a target.  Recurrent layers store PyTorch's layout and re-block it
-inside every forward, so a flip there persists in what the kernel reads on the next call.
+so a padded lane can never be a target, and a flip lands in what the kernels read on the next call.
 """
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ import numpy as np
 from ..layout import CB, BlockedTensor
 from ..nn.layers import BatchNorm2d, Conv2d
 from ..nn.module import Module
+from ..nn.recurrent import _Recurrent
 from .bitflip import bit_error_count, draw_flips, flip_bits, is_float_storage, storage_width
 
 
@@ -144,6 +146,9 @@ def layer_weights(ref):
             out.append(WeightTensor(ref, param, tuple(m.weight_b.shape), p.data, _conv_weight_offsets))
         elif isinstance(m, BatchNorm2d):                           # channel-padded vectors
             out.append(WeightTensor(ref, param, (m.C,), p.data))
+        elif isinstance(m, _Recurrent) and param.startswith("weight"):   # packed gate matrices
+            offsets = lambda shape, idx, m=m, param=param: m.stored_offsets(param, idx[:, 0], idx[:, 1])
+            out.append(WeightTensor(ref, param, m.logical_shape(param), p.data, offsets))
         else:
             out.append(WeightTensor(ref, param, tuple(p.data.shape), p.data))
     return out

@@ -8,7 +8,19 @@ others pay one `is None` test.
 """
 import numpy as np
 
+from .. import cpu
+from .._ext import optim as _optim
 from .module import Parameter, check_float
+
+
+def _fusable(p, v):
+    """The fused kernel takes three distinct C-contiguous float32 arrays of one size; anything
+    else (a parameter whose arrays were replaced by the user) takes the NumPy loop."""
+    arrays = (p.data, p.grad, v)
+    return (all(isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous for a in arrays)
+            and p.data.size == p.grad.size == v.size and p.data.flags.writeable and v.flags.writeable
+            and not np.may_share_memory(p.data, p.grad) and not np.may_share_memory(p.data, v)
+            and not np.may_share_memory(p.grad, v))
 
 
 class SGD:
@@ -27,7 +39,13 @@ class SGD:
         self.velocity = [np.zeros_like(p.data) for p in self.params]
 
     def step(self):
+        n_threads, isa = cpu.resolve_threads(None), cpu.isa_code(None)
         for p, v in zip(self.params, self.velocity):
+            if p.mask is None and _fusable(p, v):
+                # one fused pass (pyx/optim.pyx), the same arithmetic as the loop below
+                _optim.sgd_momentum_f32(p.data.reshape(-1), p.grad.reshape(-1), v.reshape(-1), self.lr,
+                                        self.momentum, self.weight_decay, isa, n_threads)
+                continue
             pruned = None if p.mask is None else ~p.mask
             if pruned is not None:
                 np.copyto(p.grad, 0.0, where=pruned)

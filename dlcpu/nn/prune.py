@@ -63,17 +63,27 @@ class _Weight:
     """A prunable weight: name, layer, Parameter, and how to read it in the logical layout and
     turn a logical mask into one shaped like Parameter.data."""
 
-    def __init__(self, name, layer, param):
-        self.name, self.layer, self.param = name, layer, param
+    def __init__(self, name, layer, param, own_name="weight"):
+        self.name, self.layer, self.param, self.own_name = name, layer, param, own_name
         self.blocked = isinstance(layer, Conv2d)
+        self.packed = isinstance(layer, _Recurrent)
 
     def logical(self):
-        return unblock_weights(self.layer.weight_b) if self.blocked else self.param.data
+        if self.blocked:
+            return unblock_weights(self.layer.weight_b)
+        if self.packed:
+            return self.layer.torch_layout(self.own_name, self.param.data)
+        return self.param.data
 
     def stored_mask(self, keep):
-        if not self.blocked:
-            return keep
-        return block_weights(keep.astype(np.float32)).data != 0
+        if self.blocked:
+            return block_weights(keep.astype(np.float32)).data != 0
+        if self.packed:   # the kernels' layout; padding (always zero) is left unmasked
+            mask = np.ones(self.param.data.shape, bool)
+            rows, cols = np.indices(keep.shape)
+            mask.reshape(-1)[self.layer.stored_offsets(self.own_name, rows.ravel(), cols.ravel())] = keep.ravel()
+            return mask
+        return keep
 
 
 def _weights(module, prefix=""):
@@ -82,7 +92,7 @@ def _weights(module, prefix=""):
     if isinstance(module, (Conv2d, Linear)):
         out.append(_Weight(prefix + "weight", module, module.weight))
     elif isinstance(module, _Recurrent):
-        out += [_Weight(prefix + k, module, p) for k, p in module.own_parameters().items() if k.startswith("weight_")]
+        out += [_Weight(prefix + k, module, p, k) for k, p in module.own_parameters().items() if k.startswith("weight_")]
     for i, child in enumerate(module.children()):
         out += _weights(child, f"{prefix}{i}.")
     return out

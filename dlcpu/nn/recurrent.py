@@ -1,9 +1,14 @@
 """Recurrent layers of dlcpu.nn: LSTM, GRU, RNN (tanh/relu) and LastTimeStep.
 
 Design: one layer class, `_Recurrent`, parameterised by the cell, stacks layers and directions
-over dlcpu.rnn's prepared-weight forward/backward; parameters use PyTorch's names and layout
-(weight_ih_l{k}[_reverse], ...) so weights copy across one to one.  Sequences are plain (T, N, C)
-float32 arrays (or (N, T, C) with batch_first).
+over dlcpu.rnn's forward/backward.  Parameters have PyTorch's names (weight_ih_l{k}[_reverse],
+...), but the two weight matrices are kept in the layout the kernels read
+(dlcpu.rnn.pack_gate_weights: the packed operand of x @ W^T, each gate padded to 16 units), as
+Conv2d keeps its blocked weights: a forward wraps them without a copy (inference packs nothing),
+their gradients are written into that layout by the backward's GEMMs, and nn.SGD updates them in
+place.  A training step's only re-packing is the backward's two transposed operands, one pass
+each.  state() / state_dict() / save() give PyTorch's (gates*hidden, in) layout; biases are kept
+in it.  Sequences are plain (T, N, C) float32 arrays (or (N, T, C) with batch_first).
 
 activation_impl picks how the cells evaluate their sigmoid/tanh (dlcpu.rnn): "exact" (libm),
 "fast" (LIBXSMM's rational approximations) or "ktanh" (K-TanH).  It is kept in the saved
@@ -11,6 +16,7 @@ configuration only when it is not "exact", so files written before it existed lo
 """
 import numpy as np
 
+from .. import rnn
 from ..approx import check_impl
 from .module import Module, Parameter, _take, check_bool, check_float32, check_ints, check_parameter_memory, register
 
@@ -21,27 +27,31 @@ def check_activation_impl(layer, value):
 
 
 def _cell_ops(cell, nonlinearity, activation_impl="exact"):
-    """(prepare, forward, backward) of dlcpu.rnn for a cell, with uniform signatures:
-    forward(x, weights, train) -> (y, cache); backward(dy, cache, need_dx) -> (dx or None, dw_ih,
-    dw_hh, db_ih, db_hh).  The backward reads the activation implementation from the cache."""
-    from .. import rnn
-
-    impl = {"activation_impl": activation_impl}
+    """(forward, backward) of dlcpu.rnn for a cell, with uniform signatures:
+    forward(x, weights, train) -> (y, cache); backward(dy, cache, need_dx, weight_grads) -> (dx or
+    None, db_ih, db_hh), the weight gradients added to weight_grads.  The backward reads the
+    activation implementation from the cache."""
     if cell == "lstm":
         def fwd(x, w, train):
-            y, (_h, _c), *cache = rnn.lstm_forward(x, weights=w, train=train, **impl)
+            y, (_h, _c), *cache = rnn.lstm_forward(x, weights=w, train=train, activation_impl=activation_impl)
             return y, (cache[0] if cache else None)
-        return rnn.prepare_lstm, fwd, lambda dy, c, need_dx: rnn.lstm_backward(dy, c, need_dx=need_dx)[:5]
-    if cell == "gru":
+        backward = rnn.lstm_backward
+    elif cell == "gru":
         def fwd(x, w, train):
-            y, _h, *cache = rnn.gru_forward(x, weights=w, train=train, **impl)
+            y, _h, *cache = rnn.gru_forward(x, weights=w, train=train, activation_impl=activation_impl)
             return y, (cache[0] if cache else None)
-        return rnn.prepare_gru, fwd, lambda dy, c, need_dx: rnn.gru_backward(dy, c, need_dx=need_dx)[:5]
+        backward = rnn.gru_backward
+    else:
+        def fwd(x, w, train):
+            y, _h, *cache = rnn.rnn_forward(x, weights=w, nonlinearity=nonlinearity, train=train,
+                                            activation_impl=activation_impl)
+            return y, (cache[0] if cache else None)
+        backward = rnn.rnn_backward
 
-    def fwd(x, w, train):
-        y, _h, *cache = rnn.rnn_forward(x, weights=w, nonlinearity=nonlinearity, train=train, **impl)
-        return y, (cache[0] if cache else None)
-    return rnn.prepare_rnn, fwd, lambda dy, c, need_dx: rnn.rnn_backward(dy, c, need_dx=need_dx)[:5]
+    def bwd(dy, cache, need_dx, weight_grads):
+        dx, _, _, db_ih, db_hh, *_ = backward(dy, cache, need_dx=need_dx, weight_grads=weight_grads)
+        return dx, db_ih, db_hh
+    return fwd, bwd
 
 
 class _Recurrent(Module):
@@ -77,12 +87,13 @@ class _Recurrent(Module):
         self.activation_impl = activation_impl
         self.directions = 2 if bidirectional else 1
         # every layer and direction: gates*hidden x (inputs + hidden + 2 biases) parameters, each
-        # a float64 draw, float32 data and a float32 gradient
-        g = self.gates * hidden_size
-        n = sum(self.directions * g * ((input_size if layer == 0 else hidden_size * self.directions) + hidden_size + 2)
-                for layer in range(min(num_layers, 2))) + max(0, num_layers - 2) * self.directions * g * (
-                    hidden_size * self.directions + hidden_size + 2)
-        check_parameter_memory(self.name, f"the parameters of {self.describe()}", 16 * n)
+        # a float64 draw, a float32 copy, and float32 data and gradient (padded to 16-blocks)
+        pad = lambda v: -(-v // 16) * 16
+        g = self.gates * pad(hidden_size)
+        n = sum(self.directions * g * (pad(input_size if layer == 0 else hidden_size * self.directions)
+                                       + pad(hidden_size) + 2) for layer in range(min(num_layers, 2)))
+        n += max(0, num_layers - 2) * self.directions * g * (pad(hidden_size * self.directions) + pad(hidden_size) + 2)
+        check_parameter_memory(self.name, f"the parameters of {self.describe()}", 20 * n)
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(hidden_size)
         self.params = {}
@@ -93,7 +104,10 @@ class _Recurrent(Module):
                 g = self.gates * hidden_size
                 for name, shape in ((f"weight_ih{sfx}", (g, cin)), (f"weight_hh{sfx}", (g, hidden_size)),
                                     (f"bias_ih{sfx}", (g,)), (f"bias_hh{sfx}", (g,))):
-                    self.params[name] = Parameter(rng.uniform(-bound, bound, shape).astype(np.float32))
+                    value = rng.uniform(-bound, bound, shape).astype(np.float32)
+                    if name.startswith("weight"):
+                        value = rnn.pack_gate_weights(value, self.gates)
+                    self.params[name] = Parameter(value)
         self._caches = None
         self._out_shape = None
         self.needs_input_grad = True
@@ -113,6 +127,33 @@ class _Recurrent(Module):
     def own_parameters(self):
         return dict(self.params)
 
+    def _inputs_of(self, name):
+        """The input width of a parameter's layer (from its name, ..._l{k}[_reverse])."""
+        layer = int(name.split("_l")[-1].split("_")[0])
+        a = self.args
+        return a["input_size"] if layer == 0 else a["hidden_size"] * self.directions
+
+    def logical_shape(self, name):
+        """A parameter's shape in PyTorch's layout."""
+        g = self.gates * self.args["hidden_size"]
+        if name.startswith("bias"):
+            return (g,)
+        return (g, self._inputs_of(name) if name.startswith("weight_ih") else self.args["hidden_size"])
+
+    def torch_layout(self, name, value):
+        """A parameter-shaped array (the data or the gradient of parameter `name`) in PyTorch's
+        layout: weight matrices are unpacked from the kernels' layout, biases returned as they are."""
+        if name.startswith("bias"):
+            return value
+        _, inputs = self.logical_shape(name)
+        return rnn.unpack_gate_weights(value, self.gates, self.args["hidden_size"], inputs)
+
+    def stored_offsets(self, name, rows, cols):
+        """Flat offsets into parameter `name`'s storage of its logical elements [rows, cols]
+        (weights; in PyTorch's layout), e.g. for fault injection and pruning masks."""
+        _, inputs = self.logical_shape(name)
+        return rnn.packed_gate_offsets(self.gates, self.args["hidden_size"], inputs, rows, cols)
+
     def forward(self, x):
         a = self.args
         if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] != a["input_size"]:
@@ -120,15 +161,17 @@ class _Recurrent(Module):
                              f"{a['input_size']}) array, got shape {getattr(x, 'shape', None)}")
         check_float32(self.describe(), "x", x)
         seq = np.ascontiguousarray(x.transpose(1, 0, 2) if a["batch_first"] else x)
-        prepare, fwd, _ = _cell_ops(self.cell, self.nonlinearity, self.activation_impl)
+        fwd, _ = _cell_ops(self.cell, self.nonlinearity, self.activation_impl)
         self._caches = []
         for layer in range(a["num_layers"]):
             outs, caches = [], []
             for d in range(self.directions):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 p = [self.params[f"{n}{sfx}"].data for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                # the parameters are the kernels' operands: wrapped, not copied
+                weights = rnn.weights_from_packed(self.cell, *p, self._inputs_of(sfx), a["hidden_size"])
                 inp = seq[::-1] if d else seq
-                y, cache = fwd(np.ascontiguousarray(inp), prepare(*p), self.training)
+                y, cache = fwd(np.ascontiguousarray(inp), weights, self.training)
                 outs.append(y[::-1] if d else y)
                 caches.append(cache)
             seq = np.ascontiguousarray(np.concatenate(outs, axis=2)) if self.directions > 1 else outs[0]
@@ -139,7 +182,7 @@ class _Recurrent(Module):
 
     def backward(self, dy):
         a = self.args
-        _, _, bwd = _cell_ops(self.cell, self.nonlinearity)
+        _, bwd = _cell_ops(self.cell, self.nonlinearity)
         self._require_forward(self._caches)
         if self._caches[0][0] is None:
             raise RuntimeError(f"{self.describe()}: backward needs a forward in training mode (this one ran in eval mode)")
@@ -157,11 +200,12 @@ class _Recurrent(Module):
                 if d:
                     part = np.ascontiguousarray(part[::-1])
                 need_dx = layer > 0 or self.needs_input_grad
-                grads = bwd(part, self._caches[layer][d], need_dx)
-                for name, grad in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), grads[1:]):
-                    self.params[f"{name}{sfx}"].grad += grad
+                weight_grads = (self.params[f"weight_ih{sfx}"].grad, self.params[f"weight_hh{sfx}"].grad)
+                gx, db_ih, db_hh = bwd(part, self._caches[layer][d], need_dx, weight_grads)
+                self.params[f"bias_ih{sfx}"].grad += db_ih
+                self.params[f"bias_hh{sfx}"].grad += db_hh
                 if need_dx:
-                    gx = grads[0][::-1] if d else grads[0]
+                    gx = gx[::-1] if d else gx
                     dx = gx if dx is None else dx + gx
             if dx is None:
                 return None
@@ -169,11 +213,12 @@ class _Recurrent(Module):
         return np.ascontiguousarray(g.transpose(1, 0, 2)) if a["batch_first"] else g
 
     def state(self):
-        return {k: p.data.copy() for k, p in self.params.items()}
+        return {k: np.array(self.torch_layout(k, p.data)) for k, p in self.params.items()}
 
     def load_state(self, state, prefix=""):
         for k, p in self.params.items():
-            p.data[...] = _take(state, prefix + k, p.data.shape, self.describe())
+            value = _take(state, prefix + k, self.logical_shape(k), self.describe())
+            p.data[...] = value if k.startswith("bias") else rnn.pack_gate_weights(value, self.gates)
 
     def describe(self):
         a = self.args
