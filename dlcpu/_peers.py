@@ -200,3 +200,91 @@ def pytorchfi_bitflip_campaign(torch, core, twin, images, faults, batch=1):
         with torch.no_grad():
             out.append(corrupted(x).numpy())
     return np.concatenate(out)
+
+
+def resnet(torch, block="bottleneck", layers=(3, 4, 6, 3), num_classes=1000, in_channels=3):
+    """A PyTorch ResNet with torchvision's architecture and module names (torchvision.models.resnet
+    v1.5: the stride on the bottleneck's 3x3), so its state_dict() has exactly torchvision's keys:
+    the twin of nn.ResNet / nn.resnet50 / nn.resnet18.  Written here because torchvision's CPU
+    build is not on this project's package index; the structure is the published one."""
+    tnn = torch.nn
+
+    class Basic(tnn.Module):
+        expansion = 1
+
+        def __init__(self, cin, planes, stride):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(planes)
+            self.relu = tnn.ReLU(inplace=True)
+            self.conv2 = tnn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(planes)
+            self.downsample = None
+            if stride != 1 or cin != planes:
+                self.downsample = tnn.Sequential(tnn.Conv2d(cin, planes, 1, stride, bias=False), tnn.BatchNorm2d(planes))
+
+        def forward(self, x):
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+    class Bottleneck(tnn.Module):
+        expansion = 4
+
+        def __init__(self, cin, planes, stride):
+            super().__init__()
+            out = planes * 4
+            self.conv1 = tnn.Conv2d(cin, planes, 1, bias=False)
+            self.bn1 = tnn.BatchNorm2d(planes)
+            self.conv2 = tnn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+            self.bn2 = tnn.BatchNorm2d(planes)
+            self.conv3 = tnn.Conv2d(planes, out, 1, bias=False)
+            self.bn3 = tnn.BatchNorm2d(out)
+            self.relu = tnn.ReLU(inplace=True)
+            self.downsample = None
+            if stride != 1 or cin != out:
+                self.downsample = tnn.Sequential(tnn.Conv2d(cin, out, 1, stride, bias=False), tnn.BatchNorm2d(out))
+
+        def forward(self, x):
+            h = self.relu(self.bn1(self.conv1(x)))
+            h = self.relu(self.bn2(self.conv2(h)))
+            h = self.bn3(self.conv3(h))
+            return self.relu(h + (x if self.downsample is None else self.downsample(x)))
+
+    class ResNet(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            cls = Bottleneck if block == "bottleneck" else Basic
+            self.conv1 = tnn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+            self.bn1 = tnn.BatchNorm2d(64)
+            self.relu = tnn.ReLU(inplace=True)
+            self.maxpool = tnn.MaxPool2d(3, 2, 1)
+            cin = 64
+            for i, (planes, count) in enumerate(zip((64, 128, 256, 512), layers)):
+                blocks = []
+                for j in range(count):
+                    blocks.append(cls(cin, planes, 2 if (i > 0 and j == 0) else 1))
+                    cin = planes * cls.expansion
+                setattr(self, f"layer{i + 1}", tnn.Sequential(*blocks))
+            self.avgpool = tnn.AdaptiveAvgPool2d((1, 1))
+            self.fc = tnn.Linear(cin, num_classes)
+
+        def forward(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    return ResNet()
+
+
+def resnet_from(torch, model, memory_format=None):
+    """The twin of a dlcpu nn.ResNet holding its weights and running statistics (through
+    state_dict, PyTorch's names and layouts), in the model's train/eval mode; memory_format
+    torch.channels_last puts it on oneDNN's fast path."""
+    a = model.args
+    twin = resnet(torch, a["block"], a["layers"], a["num_classes"], a["in_channels"])
+    twin.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.state_dict().items()})
+    twin.train(model.training)
+    if memory_format is not None:
+        twin = twin.to(memory_format=memory_format)
+    return twin

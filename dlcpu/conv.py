@@ -721,7 +721,8 @@ class ConvGrads(tuple):
     db = property(lambda self: self[2])
 
 
-def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, n_threads=None, isa=None):
+def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, accumulate_dw=None,
+                    n_threads=None, isa=None):
     """Gradients of y = conv2d(x, w, b, stride, padding) given dy = dL/dy.
 
     dx (bwd-data): the forward kernels on dy with channel-swapped, spatially flipped weights, one
@@ -730,6 +731,8 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, n
     the thread count.  db: the sum of dy over N, H, W.
     Same layouts and input rules as conv2d: arrays in -> arrays out (dx NCHW, dw KCRS, db (K,));
     BlockedTensors in -> BlockedTensors out (db stays a plain (K,) array).
+    accumulate_dw: with BlockedTensors, a writeable float32 array of w's blocked shape (a layer's
+    gradient) to which dW is added in place by the kernels; dw is then that array, blocked.
     """
     fn = "conv2d_backward"
     need = (need,) if isinstance(need, str) else tuple(need)
@@ -743,6 +746,16 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, n
     if (xb is not None) != blocked_in or (wb is not None) != blocked_in:
         raise TypeError(f"{fn}: dy, x and w must be all numpy arrays or all BlockedTensors")
     shape = conv_shape(x_shape, w_shape, stride, padding)
+    if accumulate_dw is not None:
+        want = (shape.Kb, shape.Cb, shape.R, shape.S, CB, CB)
+        if (not blocked_in or "dw" not in need or not isinstance(accumulate_dw, np.ndarray)
+                or accumulate_dw.dtype != np.float32 or accumulate_dw.shape != want
+                or not accumulate_dw.flags.c_contiguous or not accumulate_dw.flags.writeable):
+            raise ValueError(f"{fn}: accumulate_dw must be a writeable C-contiguous float32 array of the blocked "
+                             f"weight shape {want}, with BlockedTensor inputs and 'dw' in need; got "
+                             f"{getattr(accumulate_dw, 'dtype', type(accumulate_dw).__name__)} "
+                             f"{getattr(accumulate_dw, 'shape', '')}")
+        not_aliased(accumulate_dw, {"x": xb.data, "dy": dyb.data}, fn)
     expected = (shape.N, shape.K, shape.P, shape.Q)
     if tuple(dy_shape) != expected:
         raise ValueError(f"{fn}: dy has shape {tuple(dy_shape)} but the forward problem (x {tuple(x_shape)}, "
@@ -765,9 +778,12 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, n
             dx = from_blocked(dx, n_threads)
     if "dw" in need:
         plan = _cached_weight_grad_plan(shape, isa_code, n_threads)
-        dw_data = np.zeros((shape.Kb, shape.Cb, shape.R, shape.S, CB, CB), dtype=np.float32)
+        if accumulate_dw is not None:
+            dw_data = accumulate_dw
+        else:
+            dw_data = np.zeros((shape.Kb, shape.Cb, shape.R, shape.S, CB, CB), dtype=np.float32)
         errors = _wu.conv2d_weight_grad_f32(xb.data.reshape(-1), dyb.data.reshape(-1), dw_data.reshape(-1),
-                                            plan.c, n_threads)
+                                            plan.c, n_threads, accumulate_dw is not None)
         if errors:
             raise MemoryError(f"{fn}: could not allocate the weight-update scratch of {errors} work item(s) "
                               f"({plan.summary()})")

@@ -4,6 +4,11 @@
     dx, dgamma, dbeta = batchnorm_backward(dy, saved)      # relu=True: the ReLU's backward too
     dx = relu_backward(dy, y)
 
+    # a ResNet block's end, relu(bn(x) + shortcut), in one pass; its backward:
+    y, saved = batchnorm_forward(xb, ..., relu=True, residual=shortcut)
+    g = relu_backward(dy, y)                                # the gradient of the sum (and the shortcut's)
+    dx, dgamma, dbeta = batchnorm_backward(g, saved)
+
 `saved` is an opaque BatchNormSaved; every argument is checked before a nogil kernel runs.
 gamma, beta and the running statistics are padded to whole channel blocks (C/16*16 floats);
 padded channels have gamma = beta = 0, so they stay zero.  Statistics are float64 sums in a
@@ -52,11 +57,19 @@ def _blocks(v, cb):
 
 
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, *, eps=1e-5,
-                      momentum=0.1, relu=False, n_threads=None):
+                      momentum=0.1, relu=False, residual=None, n_threads=None):
     """Normalize (training: batch statistics, updating the running ones in place; eval: the
-    running ones), scale, shift, optional fused ReLU.  Returns (y, saved-for-backward)."""
+    running ones), scale, shift, optional fused ReLU.  Returns (y, saved-for-backward).
+
+    residual: a blocked tensor of x's shape added before the ReLU (a ResNet block's shortcut).
+    Its backward takes the gradient of the sum, relu_backward(dy, y) with relu=True, which is
+    also the residual's gradient: batchnorm_backward then applies no mask of its own."""
     fn = "batchnorm_forward"
     blocked_activation(x, "x", fn)
+    if residual is not None:
+        blocked_activation(residual, "residual", fn)
+        if tuple(residual.shape) != tuple(x.shape):
+            raise ValueError(f"{fn}: residual has shape {tuple(residual.shape)} but x has {tuple(x.shape)}")
     cb = x.data.shape[1]
     for name, v in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
         float32_array(v, name, fn, shape=(cb * CB,))
@@ -90,9 +103,10 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, *, ep
     scale = gamma * invstd
     shift = beta - mean * scale
     y = np.empty_like(x.data)
-    _norm.batchnorm_apply(x.data, _blocks(scale, cb), _blocks(shift, cb), y, bool(relu), n_threads)
+    _norm.batchnorm_apply(x.data, _blocks(scale, cb), _blocks(shift, cb), y, bool(relu), n_threads,
+                          None if residual is None else residual.data)
     saved = BatchNormSaved(x, _blocks(mean, cb), _blocks(invstd, cb), _blocks(gamma, cb), bool(training),
-                           y if relu else _NO_OUTPUT)
+                           y if relu and residual is None else _NO_OUTPUT)
     return BlockedTensor(y, x.shape), saved
 
 

@@ -42,7 +42,7 @@ cdef class WeightGradPlanStruct:
 
 
 cdef int wu_item(const dlcpu_wu_plan_t *g, int64_t item, const float *x, const float *dy, float *dw,
-                 float *tile, int64_t *a_offs, int64_t *b_offs) noexcept nogil:
+                 float *tile, int64_t *a_offs, int64_t *b_offs, bint accumulate) noexcept nogil:
     """dW blocks of one (K group, C group): reduce over every image and output row.
 
     One call's batch is the rows of one row block of `images_per_block` images (several small
@@ -59,7 +59,7 @@ cdef int wu_item(const dlcpu_wu_plan_t *g, int64_t item, const float *x, const f
     cdef int64_t outer, inner
     cdef int64_t n0, n1, m, i, rb, p0, p1, kb, cb, r, s_, j0, rows_c, phase, taps, t0, nc
     cdef int err = 0
-    cdef bint first = True
+    cdef bint first = not accumulate      # the first call overwrites dW, unless adding to it
     cdef const float *x_img
     cdef const float *x_img_m
     cdef const float *bbase
@@ -141,10 +141,12 @@ cdef int wu_item(const dlcpu_wu_plan_t *g, int64_t item, const float *x, const f
 
 
 def conv2d_weight_grad_f32(const float[::1] x, const float[::1] dy, float[::1] dw,
-                           WeightGradPlanStruct plan, int n_threads):
+                           WeightGradPlanStruct plan, int n_threads, bint accumulate=False):
     """dW on blocked buffers (flattened); dw must be zero-filled by the caller (rows of padded
-    input channels are never written).  Returns the number of failed calls (0 unless a scratch
-    allocation failed: the plan's tiles were checked when it was made)."""
+    input channels are never written), or, with accumulate, hold the gradient dW is added to (a
+    layer's accumulated .grad: no zeroed temporary and no extra pass).  Returns the number of
+    failed calls (0 unless a scratch allocation failed: the plan's tiles were checked when it
+    was made)."""
     cdef const dlcpu_wu_plan_t *g = &plan.c
     cdef int64_t n_items = g.k_groups * g.c_groups
     cdef int64_t ipb = g.images_per_block, hb = g.rows_per_block
@@ -159,7 +161,7 @@ def conv2d_weight_grad_f32(const float[::1] x, const float[::1] dy, float[::1] d
             if (g.tile_mode != DLCPU_TILE_NONE and tile == NULL) or offs == NULL:
                 errors += 1
             else:
-                errors += wu_item(g, item, &x[0], &dy[0], &dw[0], tile, offs, offs + ipb * hb)
+                errors += wu_item(g, item, &x[0], &dy[0], &dw[0], tile, offs, offs + ipb * hb, accumulate)
         free(tile)
         free(offs)
     return errors

@@ -13,8 +13,8 @@ from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange, parallel
 
 cdef extern from "norm_f32.h" nogil:
-    void dlcpu_bn_apply_plane(const float *x, float *y, const float *scale, const float *shift,
-                              int64_t hw, int relu)
+    void dlcpu_bn_apply_plane(const float *x, const float *res, float *y, const float *scale,
+                              const float *shift, int64_t hw, int relu)
     void dlcpu_relu_mask(const float *dy, const float *y, float *g, int64_t n)
 
 
@@ -56,15 +56,18 @@ def batchnorm_stats(const float[:, :, :, :, ::1] x, double[:, ::1] mean, double[
 
 
 def batchnorm_apply(const float[:, :, :, :, ::1] x, const float[:, ::1] scale,
-                    const float[:, ::1] shift, float[:, :, :, :, ::1] y, bint relu, int n_threads):
-    """y = x*scale + shift per channel (scale = gamma/std, shift = beta - mean*scale), ReLU fused."""
+                    const float[:, ::1] shift, float[:, :, :, :, ::1] y, bint relu, int n_threads,
+                    const float[:, :, :, :, ::1] res=None):
+    """y = x*scale + shift per channel (scale = gamma/std, shift = beta - mean*scale), plus the
+    residual res when given (x's shape), ReLU fused."""
     cdef int64_t N = x.shape[0], Cb = x.shape[1], HW = x.shape[2] * x.shape[3]
     cdef int64_t nc, n, cb
+    cdef bint has_res = res is not None
     for nc in prange(N * Cb, nogil=True, schedule='static', num_threads=n_threads):
         n = nc // Cb
         cb = nc % Cb
-        dlcpu_bn_apply_plane(&x[n, cb, 0, 0, 0], &y[n, cb, 0, 0, 0], &scale[cb, 0], &shift[cb, 0],
-                             HW, relu)
+        dlcpu_bn_apply_plane(&x[n, cb, 0, 0, 0], &res[n, cb, 0, 0, 0] if has_res else NULL,
+                             &y[n, cb, 0, 0, 0], &scale[cb, 0], &shift[cb, 0], HW, relu)
 
 
 cdef inline const float *grad_plane(const float[:, :, :, :, ::1] dy, const float *y, float *g,

@@ -128,6 +128,30 @@ def test_blocked_path_and_need(rng):
     assert only_w.dx is None and only_w.db is None and np.array_equal(only_w.dw, plain.dw)
 
 
+def test_accumulate_dw_adds_in_place(rng):
+    """accumulate_dw: dW is added by the kernels to the given blocked gradient (what Conv2d does
+    with its .grad), padding untouched; bad targets are refused before any kernel runs."""
+    x, wt, dy = problem(rng, 2, 20, 24, 8, 9, 3, 3, 1, 1)
+    xb, wb, dyb = dlcpu.to_blocked(x), dlcpu.block_weights(wt), dlcpu.to_blocked(dy)
+    plain = dlcpu.conv2d_backward(dyb, xb, wb, 1, 1, need=("dw",))
+    start = dlcpu.block_weights(rng.standard_normal(wt.shape).astype(np.float32)).data
+    acc = start.copy()
+    got = dlcpu.conv2d_backward(dyb, xb, wb, 1, 1, need=("dw",), accumulate_dw=acc)
+    assert got.dw.data is acc
+    np.testing.assert_allclose(acc, start + plain.dw.data, rtol=1e-6, atol=1e-6)
+    assert not acc[1, :, :, :, :, 8:].any() and not acc[:, 1, :, :, 4:, :].any()
+    for bad in (acc[..., :8], acc.astype(np.float64), np.zeros((1, 2, 3, 3, 16, 16), np.float32)):
+        with pytest.raises(ValueError, match="accumulate_dw must be a writeable C-contiguous float32 array of the "
+                                             r"blocked weight shape \(2, 2, 3, 3, 16, 16\)"):
+            dlcpu.conv2d_backward(dyb, xb, wb, 1, 1, accumulate_dw=bad)
+    with pytest.raises(ValueError, match="with BlockedTensor inputs"):
+        dlcpu.conv2d_backward(dy, x, wt, 1, 1, accumulate_dw=acc)
+    frozen = acc.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="accumulate_dw must be a writeable"):
+        dlcpu.conv2d_backward(dyb, xb, wb, 1, 1, accumulate_dw=frozen)
+
+
 @needs_torch
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_against_torch(rng, case):

@@ -261,7 +261,7 @@ def test_recurrent_layers_match_torch(rng, cls, cell, bidirectional, batch_first
     yt.backward(torch.from_numpy(dy))
     assert_close(dx, xt.grad.numpy())
     for name, p in layer.own_parameters().items():
-        assert_close(layer.torch_layout(name, p.grad), getattr(tlayer, name).grad.numpy())
+        assert_close(layer.to_torch_layout(name, p.grad), getattr(tlayer, name).grad.numpy())
 
 
 def test_recurrent_save_load_and_errors(tmp_path, rng):
@@ -331,7 +331,8 @@ def test_constructors_name_the_rule(make, exc, match):
     (nn.Conv2d(3, 4, 3), "Conv2d"), (nn.BatchNorm2d(4), "BatchNorm2d"), (nn.ReLU(), "ReLU"),
     (nn.MaxPool2d(2), "MaxPool2d"), (nn.AvgPool2d(2), "AvgPool2d"), (nn.GlobalAvgPool(), "GlobalAvgPool"),
     (nn.Linear(3, 2), "Linear"), (nn.LSTM(3, 4), "LSTM"), (nn.GRU(3, 4), "GRU"), (nn.RNN(3, 4), "RNN"),
-    (nn.LastTimeStep(), "LastTimeStep"), (nn.BasicBlock(16, 16), "ReLU"), (nn.digits_resnet(), "Linear"),
+    (nn.LastTimeStep(), "LastTimeStep"), (nn.BasicBlock(16, 16), "BasicBlock"), (nn.digits_resnet(), "Linear"),
+    (nn.Bottleneck(16, 4), "Bottleneck"), (nn.resnet18(), "Linear"),
 ], ids=str)
 def test_backward_before_forward_is_a_clear_error(layer, name):
     with pytest.raises(RuntimeError, match=f"^{name}.backward called before forward$"):

@@ -106,6 +106,47 @@ def test_batchnorm_training(rng, c, relu):
     assert not dgamma[c:].any() and not dbeta[c:].any()
 
 
+@pytest.mark.parametrize("c", [1, 16, 20, 33])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_with_residual(rng, c, relu, training):
+    """relu(bn(x) + r) in one pass (a ResNet block's end) against the float64 twin; its backward
+    takes the gradient of the sum (relu_backward(dy, y)), which is also r's gradient."""
+    x = (rng.standard_normal((3, c, 4, 5)) * 3 + 1).astype(np.float32)
+    r = rng.standard_normal(x.shape).astype(np.float32)
+    gamma, beta, rm, rv = bn_args(c)
+    y, saved = norm.batchnorm_forward(dlcpu.to_blocked(x), gamma, beta, rm, rv, training, relu=relu,
+                                      residual=dlcpu.to_blocked(r))
+    if training:
+        bn_ref, _, _ = ref.batchnorm_forward(x, gamma[:c], beta[:c])
+    else:
+        bn_ref = (x.astype(np.float64) * (gamma[:c] / np.sqrt(1.0 + 1e-5))[None, :, None, None]
+                  + beta[:c][None, :, None, None])
+    s_ref = bn_ref + r
+    y_ref = np.maximum(s_ref, 0) if relu else s_ref
+    assert_close(y.numpy(), y_ref)
+    assert not y.data[:, -1, :, :, (c - 1) % 16 + 1:].any() if c % 16 else True
+    if not training:
+        return
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    g = norm.relu_backward(dlcpu.to_blocked(dy), y) if relu else dlcpu.to_blocked(dy)
+    dx, dgamma, dbeta = norm.batchnorm_backward(g, saved)
+    dx_ref, dg_ref, db_ref = ref.batchnorm_backward(dy * (s_ref > 0) if relu else dy, x, gamma[:c])
+    assert_close(dx.numpy(), dx_ref)
+    assert_close(dgamma[:c], dg_ref)
+    assert_close(dbeta[:c], db_ref)
+
+
+def test_batchnorm_residual_must_match(rng):
+    x = dlcpu.to_blocked(rng.standard_normal((2, 16, 3, 3)).astype(np.float32))
+    gamma, beta, rm, rv = bn_args(16)
+    with pytest.raises(ValueError, match=r"residual has shape \(2, 16, 3, 4\) but x has \(2, 16, 3, 3\)"):
+        norm.batchnorm_forward(x, gamma, beta, rm, rv, True,
+                               residual=dlcpu.to_blocked(np.zeros((2, 16, 3, 4), np.float32)))
+    with pytest.raises(TypeError, match="residual must be an activation BlockedTensor"):
+        norm.batchnorm_forward(x, gamma, beta, rm, rv, True, residual=np.zeros((2, 16, 3, 3), np.float32))
+
+
 def test_batchnorm_eval_uses_running_stats(rng):
     x = rng.standard_normal((2, 16, 3, 3)).astype(np.float32)
     gamma, beta, rm, rv = bn_args(16)

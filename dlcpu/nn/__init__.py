@@ -10,7 +10,7 @@ recurrent layers, a loss, SGD, save/load, magnitude pruning and the models `dlcp
 One room per concern: module (Parameter, Module, the layer registry), layers (feed-forward
 layers on blocked activations), recurrent (LSTM, GRU, RNN), losses, optim, io (save/load),
 prune (magnitude pruning whose masks SGD keeps), activations (Tanh, Sigmoid, Swish, GELU in
-exact/fast/K-TanH flavours), models.  Everything public is re-exported
+exact/fast/K-TanH flavours), models, resnet (ResNet-18/50 with torchvision's names).  Everything public is re-exported
 here, so `from dlcpu import nn; nn.Conv2d` is the API.
 """
 from .activations import GELU, Sigmoid, Swish, Tanh
@@ -22,6 +22,7 @@ from .module import FORMAT_VERSION, Module, Parameter
 from .optim import SGD
 from .prune import LayerSparsity, prune, sparsity_report, total_sparsity
 from .recurrent import GRU, LSTM, RNN, LastTimeStep
+from .resnet import Bottleneck, ResNet, resnet18, resnet50
 
 __all__ = [
     "FORMAT_VERSION",
@@ -33,6 +34,7 @@ __all__ = [
     "AvgPool2d",
     "BasicBlock",
     "BatchNorm2d",
+    "Bottleneck",
     "Conv2d",
     "GlobalAvgPool",
     "LastTimeStep",
@@ -43,6 +45,7 @@ __all__ = [
     "Module",
     "Parameter",
     "ReLU",
+    "ResNet",
     "Sequential",
     "Sigmoid",
     "Swish",
@@ -55,6 +58,8 @@ __all__ = [
     "parse_loss_kind",
     "predict_classes",
     "prune",
+    "resnet18",
+    "resnet50",
     "save",
     "softmax_cross_entropy",
     "sparsity_report",

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import norm, pool
 from ..conv import conv2d, conv2d_backward
-from ..gemm import matmul
+from ..gemm import matmul, pack_matmul_operand
 from ..layout import CB, BlockedTensor, block_weights, n_blocks, unblock_weights
 from .module import (
     Module,
@@ -68,9 +68,12 @@ class Conv2d(Module):
 
     def backward(self, dy):
         x = self._require_forward(self._x)
-        need = ("dx", "dw", "db") if self.needs_input_grad else ("dw", "db")
-        g = conv2d_backward(dy, x, self.weight_b, self.stride, self.padding, need=need)
-        self.weight.grad += g.dw.data
+        # db is a reduction over all of dy: skipped for bias-free convolutions (every ResNet
+        # conv; it took 35 ms of a 1.2 s ResNet-50 step at 224x224, batch 4)
+        need = (("dx",) if self.needs_input_grad else ()) + ("dw",) + (("db",) if self.bias is not None else ())
+        # dW is added to weight.grad by the kernels (no zeroed temporary, no extra pass)
+        g = conv2d_backward(dy, x, self.weight_b, self.stride, self.padding, need=need,
+                            accumulate_dw=self.weight.grad)
         if self.bias is not None:
             self.bias.grad += g.db
         return g.dx
@@ -80,6 +83,11 @@ class Conv2d(Module):
         if self.bias is not None:
             out["bias"] = self.bias.data.copy()
         return out
+
+    def to_torch_layout(self, name, value):
+        if name == "weight":
+            return unblock_weights(BlockedTensor(value, self.weight_b.shape, "weight"))
+        return value
 
     def load_state(self, state, prefix=""):
         shape = self.weight_b.shape
@@ -122,12 +130,15 @@ class BatchNorm2d(Module):
         self.num_batches_tracked = 0      # training-mode forwards, as PyTorch counts them
         self._saved = None
 
-    def forward(self, x):
+    def forward(self, x, residual=None, relu=None):
+        """relu(bn(x) (+ residual)); residual and relu (default: the layer's own) are for a
+        ResNet block's fused end (residual_end), whose backward takes the gradient of the sum."""
         _expect_blocked(x, self.describe(), self.C)
         self.num_batches_tracked += bool(self.training)
         y, self._saved = norm.batchnorm_forward(x, self.weight.data, self.bias.data, self.running_mean,
                                                 self.running_var, self.training, eps=self.eps,
-                                                momentum=self.momentum, relu=self.relu)
+                                                momentum=self.momentum,
+                                                relu=self.relu if relu is None else relu, residual=residual)
         return y
 
     def backward(self, dy):
@@ -149,6 +160,9 @@ class BatchNorm2d(Module):
 
     def extra_state_dict(self):
         return {"num_batches_tracked": np.array(self.num_batches_tracked, dtype=np.int64)}
+
+    def to_torch_layout(self, name, value):
+        return value[:self.C]
 
     def describe(self):
         return f"BatchNorm2d({self.C}{', relu' if self.relu else ''})"
@@ -258,7 +272,8 @@ class Linear(Module):
             raise ValueError(f"{self.describe()}: expected a (N, {self.args['in_features']}) array, got shape {shape}")
         check_float32(self.describe(), "x", x)
         self._x = np.ascontiguousarray(x)
-        y = matmul(self._x, np.ascontiguousarray(self.weight.data.T))
+        # W^T packed straight from W (one pass; a transposed copy first was a second one)
+        y = matmul(self._x, pack_matmul_operand(self.weight.data, transpose=True))
         if self.bias is not None:
             y += self.bias.data
         return y
@@ -319,6 +334,26 @@ class Sequential(Module):
         return {"type": "Sequential", "args": {"modules": [m.config() for m in self.modules]}}
 
 
+def residual_end(bn, relu, h, shortcut):
+    """relu(bn(h) + shortcut), a ResNet block's end, in one pass (norm.batchnorm_forward with a
+    residual).  Its layers stay separate modules for names, state and hooks: when `bn` has an
+    output hook (a fault injected on its output) the three steps run one by one so the hook sees
+    bn's output; `relu`'s hooks run on the fused result.  Returns relu's output."""
+    if bn._output_hooks:
+        return relu(BlockedTensor(bn(h).data + shortcut.data, h.shape))
+    y = bn.forward(h, residual=shortcut, relu=True)
+    relu._saved = y          # what ReLU's own backward masks with
+    for hook in relu._output_hooks:
+        y = hook(relu, y)
+    return y
+
+
+def residual_end_backward(bn, relu, y, dy):
+    """The gradient of the sum in residual_end (the shortcut's gradient, and bn's after its
+    own backward): ReLU's mask on dy."""
+    return relu.backward(dy)
+
+
 @register
 class BasicBlock(Module):
     """ResNet basic block: relu(bn2(conv3x3(relu(bn1(conv3x3_s(x))))) + shortcut(x)), the
@@ -334,6 +369,7 @@ class BasicBlock(Module):
         self.conv2 = Conv2d(out_channels, out_channels, 3, 1, 1, bias=False, seed=seed + 1)
         self.bn2 = BatchNorm2d(out_channels)
         self.relu_out = ReLU()
+        self._y = None
         self.shortcut = []
         if stride != 1 or in_channels != out_channels:
             self.shortcut = [Conv2d(in_channels, out_channels, 1, stride, 0, bias=False, seed=seed + 2),
@@ -349,15 +385,15 @@ class BasicBlock(Module):
 
     def forward(self, x):
         _expect_blocked(x, self.describe(), self.args["in_channels"])
-        h = self.bn2(self.conv2(self.bn1(self.conv1(x))))
+        h = self.conv2(self.bn1(self.conv1(x)))
         s = x
         for m in self.shortcut:
             s = m(s)
-        # Residual add: padded channels are zero on both sides, so they stay zero.
-        return self.relu_out(BlockedTensor(h.data + s.data, h.shape))
+        self._y = residual_end(self.bn2, self.relu_out, h, s)
+        return self._y
 
     def backward(self, dy):
-        g = self.relu_out.backward(dy)
+        g = residual_end_backward(self.bn2, self.relu_out, self._require_forward(self._y), dy)
         dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(self.bn2.backward(g))))
         ds = g
         for m in reversed(self.shortcut):

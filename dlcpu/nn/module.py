@@ -204,6 +204,26 @@ class Module:
             out.update({prefix + k: v for k, v in m.extra_state_dict().items()})
         return out
 
+    def to_torch_layout(self, name, value):
+        """A parameter-shaped array (the data or the gradient of own parameter `name`) in
+        PyTorch's layout; layers that store a parameter in another layout override this."""
+        return value
+
+    def _parameter_owners(self, prefix=""):
+        """(state() name, own name, Parameter, owning module) of every parameter."""
+        out = [(prefix + k, k, p, self) for k, p in self.own_parameters().items()]
+        for i, child in enumerate(self.children()):
+            out += child._parameter_owners(f"{prefix}{i}.")
+        return out
+
+    def grad_dict(self):
+        """{PyTorch name: gradient in PyTorch's layout} of every parameter: what p.grad holds in
+        a PyTorch twin after the same backward (blocked convolution weights unblocked, channel
+        padding cut, recurrent weights unpacked)."""
+        torch_name = {internal: t for t, internal in self._state_names()[0]}
+        return {torch_name[internal]: np.array(owner.to_torch_layout(own, p.grad))
+                for internal, own, p, owner in self._parameter_owners()}
+
     def load_state_dict(self, state_dict, strict=True):
         """Load {PyTorch name: numpy array or torch tensor}, e.g. a PyTorch twin's state_dict().
         Keys ending in num_batches_tracked are accepted and ignored.  strict: missing and

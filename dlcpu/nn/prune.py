@@ -72,7 +72,7 @@ class _Weight:
         if self.blocked:
             return unblock_weights(self.layer.weight_b)
         if self.packed:
-            return self.layer.torch_layout(self.own_name, self.param.data)
+            return self.layer.to_torch_layout(self.own_name, self.param.data)
         return self.param.data
 
     def stored_mask(self, keep):

@@ -140,7 +140,7 @@ class _Recurrent(Module):
             return (g,)
         return (g, self._inputs_of(name) if name.startswith("weight_ih") else self.args["hidden_size"])
 
-    def torch_layout(self, name, value):
+    def to_torch_layout(self, name, value):
         """A parameter-shaped array (the data or the gradient of parameter `name`) in PyTorch's
         layout: weight matrices are unpacked from the kernels' layout, biases returned as they are."""
         if name.startswith("bias"):
@@ -213,7 +213,7 @@ class _Recurrent(Module):
         return np.ascontiguousarray(g.transpose(1, 0, 2)) if a["batch_first"] else g
 
     def state(self):
-        return {k: np.array(self.torch_layout(k, p.data)) for k, p in self.params.items()}
+        return {k: np.array(self.to_torch_layout(k, p.data)) for k, p in self.params.items()}
 
     def load_state(self, state, prefix=""):
         for k, p in self.params.items():

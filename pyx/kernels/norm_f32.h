@@ -9,12 +9,24 @@
 #define DLCPU_NORM_F32_H
 #include <stdint.h>
 
-/* y = x*scale + shift per lane, optionally clamped at 0. */
+/* y = x*scale + shift (+ res) per lane, optionally clamped at 0.  res (NULL: none) is a
+ * ResNet block's shortcut: the block's last BN, the residual add and the ReLU are one pass over
+ * the tensor instead of three. */
 static inline void
-dlcpu_bn_apply_plane(const float *x, float *y, const float *scale, const float *shift,
+dlcpu_bn_apply_plane(const float *x, const float *res, float *y, const float *scale, const float *shift,
                      int64_t hw, int relu)
 {
-    if (relu) {
+    if (res != 0 && relu) {
+        for (int64_t i = 0; i < hw; i++)
+            for (int lane = 0; lane < 16; lane++) {
+                const float v = x[i * 16 + lane] * scale[lane] + shift[lane] + res[i * 16 + lane];
+                y[i * 16 + lane] = v < 0.0f ? 0.0f : v;
+            }
+    } else if (res != 0) {
+        for (int64_t i = 0; i < hw; i++)
+            for (int lane = 0; lane < 16; lane++)
+                y[i * 16 + lane] = x[i * 16 + lane] * scale[lane] + shift[lane] + res[i * 16 + lane];
+    } else if (relu) {
         for (int64_t i = 0; i < hw; i++)
             for (int lane = 0; lane < 16; lane++) {
                 const float v = x[i * 16 + lane] * scale[lane] + shift[lane];
