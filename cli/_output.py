@@ -149,16 +149,18 @@ def _one_line(text):
 
 
 # ------------------------------------------------------------------------------------ helpers
-def parse_threads(text, option="--threads"):
-    """'1,2' -> [1, 2]; None -> [all threads].  A bad list is a bad option value (exit 2)."""
+def parse_threads(text, option="--threads", maximum=None):
+    """'1,2' -> [1, 2]; None -> [all threads].  A bad list is a bad option value (exit 2).
+    maximum: the largest value allowed (default: the thread limit)."""
     if text is None:
         return [cpu.resolve_threads()]
+    maximum = cpu.MAX_THREADS if maximum is None else maximum
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise bad_option(option, f"must be a comma list of integers, got {text!r}") from None
-    if not values or any(not 1 <= v <= cpu.MAX_THREADS for v in values):
-        raise bad_option(option, f"values must be between 1 and {cpu.MAX_THREADS}, got {text!r}")
+    if not values or any(not 1 <= v <= maximum for v in values):
+        raise bad_option(option, f"values must be between 1 and {maximum}, got {text!r}")
     return values
 
 

@@ -5,13 +5,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .. import benchmarks, cpu, workloads
+from .. import bench_models, benchmarks, cpu, workloads
 from ..conv import winograd_applies
 from ._output import JsonFlag, ThreadList, bad_option, command, emit_json, err, group, out, parse_choices, parse_threads, progress
 
 app = group("Benchmarks against the machine's peak and a peer library.")
 train_app = group("Training throughput against PyTorch.")
 app.add_typer(train_app, name="train")
+infer_app = group("Inference throughput against PyTorch.")
+app.add_typer(infer_app, name="infer")
 
 ALGORITHMS = ("direct", "winograd2", "winograd4")
 #: shortest --seconds for `bench peak`: below it, the probe's start-up dominates the timing
@@ -338,6 +340,111 @@ def bench_train_digits(
                   f"{r['peer']['ratio']:.2f}")
     out.print(t)
     out.print("ratio = dlcpu images/s / torch images/s (>1: dlcpu faster)", highlight=False)
+
+
+Batch = Annotated[int, typer.Option("--batch", min=1, max=4096, help="Images per step.")]
+Image = Annotated[int, typer.Option("--image", min=32, max=1024, help="Image height and width (square).")]
+
+
+@command(train_app, "resnet50")
+def bench_train_resnet50(
+    batch: Batch = 4,
+    image: Image = 224,
+    threads: ThreadList = None,
+    compare: Compare = None,
+    repeats: Repeats = 5,
+    breakdown: Annotated[bool, typer.Option("--breakdown", help="Time per layer kind, both sides (torch.profiler "
+                                                                "for the peer).")] = False,
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure each side's peak RSS in a fresh "
+                                                                      "process.")] = True,
+    as_json: JsonFlag = False,
+):
+    """ResNet-50 v1.5 training steps (forward, loss, backward, SGD with momentum) in images/s, against
+    the same model in PyTorch (channels_last), with FLOPs, % of peak and peak memory."""
+    compare = _compare(compare)
+    runs = []
+    for n_threads in parse_threads(threads):
+        peak = bench_models.machine_peak(n_threads)
+        with err.status(f"ResNet-50 training, batch {batch}, {image}x{image}, {n_threads} thread(s)"):
+            run = bench_models.bench_train_resnet50(batch, image, n_threads, peak, compare=compare, repeats=repeats,
+                                                    breakdown=breakdown, memory=memory)
+        run["peak_gflops"] = peak
+        runs.append(run)
+        if not as_json:
+            _render_model_run(run, "training")
+    if as_json:
+        emit_json({"train_resnet50": runs})
+
+
+@command(infer_app, "resnet50")
+def bench_infer_resnet50(
+    batch: Annotated[str, typer.Option("--batch", metavar="<list>", help="Comma list of batch sizes.")] = "1,4",
+    image: Image = 224,
+    threads: ThreadList = None,
+    compare: Compare = None,
+    repeats: Repeats = 5,
+    as_json: JsonFlag = False,
+):
+    """ResNet-50 v1.5 eval-mode inference in images/s at each batch size, against the same model in
+    PyTorch (channels_last, inference_mode)."""
+    compare = _compare(compare)
+    batches = parse_threads(batch, option="--batch", maximum=4096)
+    runs = []
+    for n_threads in parse_threads(threads):
+        peak = bench_models.machine_peak(n_threads)
+        for b in batches:
+            with err.status(f"ResNet-50 inference, batch {b}, {image}x{image}, {n_threads} thread(s)"):
+                run = bench_models.bench_infer_resnet50(b, image, n_threads, peak, compare=compare, repeats=repeats)
+            run["peak_gflops"] = peak
+            runs.append(run)
+            if not as_json:
+                _render_model_run(run, "inference")
+    if as_json:
+        emit_json({"infer_resnet50": runs})
+
+
+def _gib(n):
+    return f"{n / 2**30:.2f} GiB"
+
+
+def _render_model_run(run, what):
+    t = Table(title=f"ResNet-50 {what} | batch {run['batch']}, {run['image']}x{run['image']}, {run['threads']} "
+                    f"thread(s), {run['gflop_per_step']:.1f} GFLOP per step, peak {run['peak_gflops']:.0f} GFLOP/s")
+    cols = ["side", "images/s", "ms/step", "GFLOP/s", "% peak"]
+    mem = "memory" in run
+    if mem:
+        cols += ["peak RSS", "step memory"]
+    for col in cols:
+        t.add_column(col, justify="left" if col == "side" else "right")
+    sides = [("dlcpu", run)] + ([(run["peer"]["name"], run["peer"])] if "peer" in run else [])
+    for name, side in sides:
+        cells = [name, f"{side['images_per_second']:.2f}", f"{side['seconds']['median_s'] * 1e3:.1f}",
+                 f"{side['gflops']:.1f}", f"{side['pct_peak']:.1f}"]
+        if mem:
+            m = side.get("memory")
+            cells += [_gib(m["peak_rss_bytes"]), _gib(m["step_bytes"])] if m else ["", ""]
+        t.add_row(*cells)
+    out.print(t)
+    if "peer" in run:
+        line = f"ratio (dlcpu images/s / torch images/s): {run['peer']['ratio']:.2f}"
+        if "memory_ratio" in run["peer"]:
+            line += f"; step memory dlcpu / torch: {run['peer']['memory_ratio']:.2f}"
+        out.print(line, highlight=False)
+    if "breakdown" in run:
+        b = Table(title="time per step by layer kind (ms)")
+        b.add_column("kind")
+        b.add_column("dlcpu", justify="right")
+        peer = run.get("peer", {}).get("breakdown")
+        if peer:
+            b.add_column("torch (profiler, self CPU)", justify="right")
+        for kind in bench_models.KINDS:
+            cells = [kind, f"{run['breakdown'][kind] * 1e3:.1f}"]
+            if peer:
+                cells.append(f"{peer[kind] * 1e3:.1f}")
+            if any(c not in ("0.0",) for c in cells[1:]):
+                b.add_row(*cells)
+        out.print(b)
+    out.print(f"timed: {run['timed_region']}.", highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------- faults

@@ -85,6 +85,11 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, *, ep
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"{fn}: momentum must be in [0, 1], got {momentum}")
     n_threads = cpu.resolve_threads(n_threads)
+    if training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
+        # one value per channel: normalized to exactly 0, output beta, every gradient 0 (PyTorch
+        # refuses the same)
+        raise ValueError(f"{fn}: training mode needs more than one value per channel to normalize over, got x of "
+                         f"shape {tuple(x.shape)} (N*H*W = 1)")
     if training:
         mean = np.empty((cb, CB))
         var = np.empty((cb, CB))

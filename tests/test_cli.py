@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import HAVE_TORCH
+from conftest import HAVE_TORCH, needs_torch
 
 import dlcpu
 
@@ -324,3 +324,33 @@ def test_train_digits_rnn_json():
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     assert "LSTM" in data["model"] and len(data["history"]) == 2
+
+
+@needs_torch
+def test_bench_train_resnet50_json():
+    """The whole-model training benchmark end to end at a small size: both sides, FLOPs, peak
+    memory from fresh processes, and the breakdown by layer kind."""
+    res = run("bench", "train", "resnet50", "--batch", "2", "--image", "32", "--threads", "1", "--repeats", "1",
+              "--compare", "torch", "--breakdown", "--json")
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout)["train_resnet50"][0]
+    assert r["gflop_per_step"] > 0 and r["images_per_second"] > 0 and r["peer"]["images_per_second"] > 0
+    assert r["memory"]["step_bytes"] > 100e6 and r["peer"]["memory"]["step_bytes"] > 100e6   # 3 x 100 MB of weights
+    assert r["breakdown"]["conv fwd"] > 0 and r["breakdown"]["conv bwd-weights"] > 0
+    assert r["peer"]["breakdown"]["conv bwd (data+weights)"] > 0
+
+
+@needs_torch
+def test_bench_infer_resnet50_json():
+    res = run("bench", "infer", "resnet50", "--batch", "1,2", "--image", "32", "--threads", "1", "--repeats", "1",
+              "--compare", "torch", "--json")
+    assert res.returncode == 0, res.stderr
+    runs = json.loads(res.stdout)["infer_resnet50"]
+    assert [r["batch"] for r in runs] == [1, 2] and all(r["peer"]["ratio"] > 0 for r in runs)
+
+
+def test_bench_model_bad_options():
+    for args, match in ((("train", "resnet50", "--image", "16"), "--image"), (("infer", "resnet50", "--batch", "0"), "--batch"),
+                        (("train", "resnet50", "--compare", "tf"), "--compare")):
+        res = run("bench", *args)
+        assert res.returncode == 2 and match in res.stderr, res.stderr

@@ -218,3 +218,12 @@ def test_pool_backward_mismatches_refused():
         pool.global_avg_pool_backward(np.zeros((8, 15), np.float32), (8, 16, 4, 4))
     with pytest.raises(TypeError, match="float32"):
         pool.global_avg_pool_backward(np.zeros((8, 16)), (8, 16, 4, 4))
+
+
+def test_batchnorm_training_needs_two_values_per_channel():
+    gamma, beta, rm, rv = bn_args(16)
+    x = dlcpu.to_blocked(np.ones((1, 16, 1, 1), np.float32))
+    with pytest.raises(ValueError, match=r"more than one value per channel.*\(1, 16, 1, 1\)"):
+        norm.batchnorm_forward(x, gamma, beta, rm, rv, True)
+    y, _ = norm.batchnorm_forward(x, gamma, beta, rm, rv, False)   # eval mode is fine
+    assert y.shape == (1, 16, 1, 1)

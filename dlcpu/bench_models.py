@@ -1,0 +1,405 @@
+"""Whole-model benchmarks behind `dlcpu bench train resnet50` and `dlcpu bench infer resnet50`:
+dlcpu's nn.resnet50 against its PyTorch twin (same initial weights, through state dicts), module
+against module and step against step.
+
+Timed regions (DESIGN.md section 9): a training step is everything a user's loop does once the
+batch is in memory: the NCHW images converted to the layout each side computes in (dlcpu: the
+blocked layout; PyTorch: channels_last, oneDNN's fast path), forward, loss, backward, SGD with
+momentum and weight decay, and zeroing the gradients.  Inference is an eval-mode forward (the
+peer under torch.inference_mode).  Both sides are timed interleaved, step by step, in one
+process; medians are reported.
+
+Peak memory is measured apart from the timing, one fresh process per side (multiprocessing,
+spawn): the process's peak RSS after its steps, and that peak minus the RSS after the imports
+(what the model, its optimizer state and one step's activations cost).
+
+--breakdown: dlcpu's time per layer kind, from timers put around the library calls the layers
+make (conv forward, backward-data and weight update; batch norm; pooling; eltwise; fc; layout
+conversions; optimizer) for a few extra steps, and the peer's from torch.profiler's self CPU time
+per operator, grouped into the same kinds.
+"""
+import multiprocessing
+import queue as _queue
+import resource
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+from . import _peers
+from .benchmarks import SETTLE_SECONDS, summarize, time_interleaved, torch_threads
+
+TRAIN_TIMED_REGION = ("one training step each side: NCHW float32 images -> the computing layout (dlcpu blocked, "
+                      "PyTorch channels_last), forward, softmax cross-entropy, backward, SGD (momentum 0.9, "
+                      "weight decay 1e-4), zero_grad; same initial weights (state dict), same images and labels")
+INFER_TIMED_REGION = ("eval-mode forward of NCHW float32 images to logits (dlcpu: blocked layout inside; "
+                      "PyTorch: channels_last model and input, under torch.inference_mode)")
+#: the layer kinds of --breakdown, in display order
+KINDS = ("conv fwd", "conv bwd-data", "conv bwd-weights", "conv bwd (data+weights)", "batch norm", "pooling",
+         "eltwise", "fc", "loss", "layout conversion", "optimizer", "other")
+
+
+def _model(name, num_classes, seed=0):
+    from . import nn
+
+    if name != "resnet50":
+        raise ValueError(f"bench: model must be 'resnet50', got {name!r}")
+    return nn.resnet50(num_classes=num_classes, seed=seed)
+
+
+def _problem(batch, image, num_classes, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, 3, image, image)).astype(np.float32)
+    return x, rng.integers(0, num_classes, batch)
+
+
+def model_flops(model, x, train):
+    """FLOPs of one forward (or training step) of a dlcpu model on images x: every Conv2d and
+    the fc at full taps (2*N*K*P*Q*C*R*S), from output shapes seen in one eval forward; a
+    training step adds backward-data (not for the stem, which needs no input gradient) and the
+    weight gradient, each as many FLOPs as the forward."""
+    from .nn import Conv2d, Linear
+
+    convs, handles = [], []
+
+    def record(m, y):
+        convs.append((m, y.shape))
+        return y
+
+    for m in _modules(model):
+        if isinstance(m, (Conv2d, Linear)):
+            handles.append(m.register_output_hook(record))
+    mode = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        model.train(mode)
+        for h in handles:
+            h.remove()
+    total = 0.0
+    for m, shape in convs:
+        if isinstance(m, Linear):
+            f = 2.0 * shape[0] * m.args["in_features"] * m.args["out_features"]
+            total += 3 * f if train else f
+            continue
+        r, s = (m.args["kernel_size"],) * 2 if isinstance(m.args["kernel_size"], int) else m.args["kernel_size"]
+        f = 2.0 * shape[0] * shape[1] * shape[2] * shape[3] * m.args["in_channels"] * r * s
+        total += f * ((2 + bool(m.needs_input_grad)) if train else 1)
+    return total
+
+
+def _modules(module):
+    yield module
+    for child in module.children():
+        yield from _modules(child)
+
+
+def _dlcpu_train_step(model, opt, x, labels):
+    from . import nn
+
+    def step():
+        logits = model(x)
+        _, g = nn.softmax_cross_entropy(logits, labels)
+        model.backward(g)
+        opt.step()
+        opt.zero_grad()
+    return step
+
+
+def _torch_train_step(torch, twin, x, labels):
+    opt = torch.optim.SGD(twin.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    xt, lt = torch.from_numpy(x), torch.from_numpy(labels)
+
+    def step():
+        logits = twin(xt.contiguous(memory_format=torch.channels_last))
+        loss = torch.nn.functional.cross_entropy(logits, lt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
+
+
+def _twin(torch, model):
+    return _peers.resnet_from(torch, model, memory_format=torch.channels_last)
+
+
+# ------------------------------------------------------------------------------------ memory
+def _rss_bytes():
+    """Resident set size now (Linux /proc), bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def _memory_child(side, name, batch, image, num_classes, steps, n_threads, train, queue):
+    """Run in a fresh process: peak RSS of `steps` steps of one side."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        if side == "torch":
+            import torch
+
+            torch.set_num_threads(n_threads)
+        from . import nn
+
+        base = _rss_bytes()
+        with threadpool_limits(limits=n_threads, user_api="openmp"):
+            model = _model(name, num_classes)
+            x, labels = _problem(batch, image, num_classes)
+            if side == "torch":
+                twin = _twin(torch, model)
+                del model
+                if train:
+                    step = _torch_train_step(torch, twin, x, labels)
+                else:
+                    twin.eval()
+
+                    def step():
+                        with torch.inference_mode():
+                            twin(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
+            else:
+                if train:
+                    step = _dlcpu_train_step(model, nn.SGD(model.parameters(), lr=1e-3, momentum=0.9,
+                                                           weight_decay=1e-4), x, labels)
+                else:
+                    model.eval()
+
+                    def step():
+                        model(x)
+            for _ in range(steps):
+                step()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        queue.put({"peak_rss_bytes": peak, "rss_after_imports_bytes": base, "step_bytes": peak - base})
+    except (ValueError, TypeError, RuntimeError, MemoryError, OSError, ImportError) as exc:
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})     # the parent names the side
+
+
+def peak_memory(side, name, batch, image, num_classes, n_threads, train, steps=2):
+    """{'peak_rss_bytes', 'rss_after_imports_bytes', 'step_bytes'} of one side, measured in a
+    fresh process (so neither side's allocations or caches count against the other)."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_memory_child, args=(side, name, batch, image, num_classes, steps, n_threads, train,
+                                                   queue))
+    proc.start()
+    result = None
+    try:
+        while result is None:
+            try:
+                result = queue.get(timeout=1.0)
+            except _queue.Empty:
+                if not proc.is_alive():   # died without a word (killed, out of memory)
+                    result = {"error": f"the process ended with exit code {proc.exitcode}"}
+    finally:
+        proc.join()
+    if "error" in result:
+        raise RuntimeError(f"peak memory of the {side} side failed: {result['error']}")
+    return result
+
+
+# --------------------------------------------------------------------------------- breakdown
+class _Timers:
+    """Seconds per kind, with nesting resolved: time inside an inner timed call is charged to the
+    inner kind only (a conv forward inside backward-data counts once, as backward-data)."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(KINDS, 0.0)
+        self.stack = []
+
+    def wrap(self, kind, fn):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            self.stack.append(0.0)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                inner = self.stack.pop()
+                spent = time.perf_counter() - start
+                self.seconds[kind] += spent - inner
+                if self.stack:
+                    self.stack[-1] += spent
+        return timed
+
+
+@contextmanager
+def _patched(targets):
+    """Replace (object, attribute) -> new value for the duration of the block."""
+    saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in targets]
+    try:
+        for obj, attr, value in targets:
+            setattr(obj, attr, value)
+        yield
+    finally:
+        for obj, attr, value in saved:
+            setattr(obj, attr, value)
+
+
+class _TimedWU:
+    """A stand-in for the weight-update extension module whose kernel entry is timed."""
+
+    def __init__(self, module, timers):
+        self._module = module
+        self.conv2d_weight_grad_f32 = timers.wrap("conv bwd-weights", module.conv2d_weight_grad_f32)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+
+def dlcpu_breakdown(model, opt, x, labels, steps=2):
+    """Seconds per layer kind of dlcpu training steps (averaged over `steps`), with 'other' the
+    rest of each step's wall time (Python between the calls, residual adds done in NumPy)."""
+    from . import conv, nn, norm, pool
+    from .nn import layers, resnet
+
+    timers = _Timers()
+    w = timers.wrap
+    targets = [(layers, "conv2d", w("conv fwd", layers.conv2d)),
+               (conv, "_backward_data", w("conv bwd-data", conv._backward_data)),
+               (conv, "_wu", _TimedWU(conv._wu, timers))]
+    targets += [(norm, f, w("batch norm" if "batchnorm" in f else "eltwise", getattr(norm, f)))
+                for f in ("batchnorm_forward", "batchnorm_backward", "relu_backward")]
+    targets += [(pool, f, w("pooling", getattr(pool, f))) for f in
+                ("max_pool2d", "max_pool2d_backward", "global_avg_pool", "global_avg_pool_backward")]
+    targets += [(layers, "matmul", w("fc", layers.matmul)), (layers, "pack_matmul_operand",
+                                                              w("fc", layers.pack_matmul_operand)),
+                (resnet, "to_blocked", w("layout conversion", resnet.to_blocked)),
+                (nn, "softmax_cross_entropy", w("loss", nn.softmax_cross_entropy)),
+                (opt, "step", w("optimizer", opt.step)), (opt, "zero_grad", w("optimizer", opt.zero_grad))]
+    step = _dlcpu_train_step(model, opt, x, labels)
+    with _patched(targets):
+        step()                                       # warm-up, not counted
+        timers.seconds = dict.fromkeys(KINDS, 0.0)
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = time.perf_counter() - start
+    out = {k: v / steps for k, v in timers.seconds.items()}
+    out["other"] = max(0.0, wall / steps - sum(out.values()))
+    return out
+
+
+#: torch operator names (self CPU time) -> kinds; anything unlisted counts as 'other'
+_TORCH_KINDS = (
+    ("convolution_backward", "conv bwd (data+weights)"), ("foreach", "optimizer"), ("sgd", "optimizer"),
+    ("zero_", "optimizer"),
+    ("conv", "conv fwd"), ("batch_norm", "batch norm"), ("max_pool", "pooling"), ("avg_pool", "pooling"),
+    ("adaptive_avg", "pooling"), ("mean", "pooling"), ("relu", "eltwise"), ("threshold", "eltwise"),
+    ("add", "eltwise"), ("mul", "eltwise"), ("addmm", "fc"), ("mm", "fc"), ("linear", "fc"),
+    ("cross_entropy", "loss"), ("log_softmax", "loss"), ("nll_loss", "loss"),
+    ("copy_", "layout conversion"), ("contiguous", "layout conversion"), ("clone", "layout conversion"),
+    ("to_copy", "layout conversion"),
+)
+
+
+def torch_breakdown(torch, step, steps=2):
+    """Seconds per layer kind of PyTorch steps from torch.profiler (self CPU time of each
+    operator, averaged over `steps`); the optimizer's foreach kernels count as optimizer."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    wall = time.perf_counter() - start
+    out = dict.fromkeys(KINDS, 0.0)
+    for ev in prof.key_averages():
+        name = ev.key.lower()
+        kind = next((k for key, k in _TORCH_KINDS if key in name), "other")
+        out[kind] += ev.self_cpu_time_total / 1e6 / steps
+    out["profiler_wall_s"] = wall / steps
+    return out
+
+
+# ------------------------------------------------------------------------------------ timing
+def bench_train_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, repeats=5, warmup=1,
+                         breakdown=False, memory=True, num_classes=1000):
+    """Training images/s of nn.resnet50 and (compare='torch') its PyTorch twin in channels_last,
+    timed interleaved; FLOPs, % of the FMA peak, peak memory (fresh process per side) and, with
+    breakdown, time per layer kind for both sides."""
+    from threadpoolctl import threadpool_limits
+
+    from . import nn
+
+    torch = _peers.require_torch("--compare torch") if compare == "torch" else None
+    model = _model("resnet50", num_classes)
+    x, labels = _problem(batch, image, num_classes)
+    flops = model_flops(model, x, train=True)
+    opt = nn.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    fns = [_dlcpu_train_step(model, opt, x, labels)]
+    if torch is not None:
+        fns.append(_torch_train_step(torch, _twin(torch, model), x, labels))
+    out = {"model": "resnet50", "batch": batch, "image": image, "threads": n_threads, "gflop_per_step": flops / 1e9,
+           "timed_region": TRAIN_TIMED_REGION}
+    with threadpool_limits(limits=n_threads, user_api="openmp"), \
+            (torch_threads(torch, n_threads) if torch is not None else _nothing()):
+        times = time_interleaved(fns, repeats, warmup, settle=SETTLE_SECONDS)
+        out.update(_side(times[0], batch, flops, peak_gflops))
+        if torch is not None:
+            peer = _side(times[1], batch, flops, peak_gflops)
+            peer["name"] = f"torch {torch.__version__}, channels_last"
+            peer["ratio"] = out["images_per_second"] / peer["images_per_second"]
+            out["peer"] = peer
+        if breakdown:
+            out["breakdown"] = dlcpu_breakdown(model, opt, x, labels)
+            if torch is not None:
+                out["peer"]["breakdown"] = torch_breakdown(torch, fns[1])
+    if memory:
+        out["memory"] = peak_memory("dlcpu", "resnet50", batch, image, num_classes, n_threads, True)
+        if torch is not None:
+            out["peer"]["memory"] = peak_memory("torch", "resnet50", batch, image, num_classes, n_threads, True)
+            out["peer"]["memory_ratio"] = out["memory"]["step_bytes"] / out["peer"]["memory"]["step_bytes"]
+    return out
+
+
+def bench_infer_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, repeats=5, warmup=1,
+                         num_classes=1000):
+    """Eval-mode images/s of nn.resnet50 and its twin (channels_last, inference_mode)."""
+    from threadpoolctl import threadpool_limits
+
+    torch = _peers.require_torch("--compare torch") if compare == "torch" else None
+    model = _model("resnet50", num_classes).eval()
+    x, _ = _problem(batch, image, num_classes)
+    flops = model_flops(model, x, train=False)
+    fns = [lambda: model(x)]
+    if torch is not None:
+        twin = _twin(torch, model).eval()
+        xt = torch.from_numpy(x)
+
+        def peer():
+            with torch.inference_mode():
+                twin(xt.contiguous(memory_format=torch.channels_last))
+        fns.append(peer)
+    out = {"model": "resnet50", "batch": batch, "image": image, "threads": n_threads,
+           "gflop_per_step": flops / 1e9, "timed_region": INFER_TIMED_REGION}
+    with threadpool_limits(limits=n_threads, user_api="openmp"), \
+            (torch_threads(torch, n_threads) if torch is not None else _nothing()):
+        times = time_interleaved(fns, repeats, warmup, settle=SETTLE_SECONDS)
+    out.update(_side(times[0], batch, flops, peak_gflops))
+    if torch is not None:
+        peer = _side(times[1], batch, flops, peak_gflops)
+        peer["name"] = f"torch {torch.__version__}, channels_last, inference_mode"
+        peer["ratio"] = out["images_per_second"] / peer["images_per_second"]
+        out["peer"] = peer
+    return out
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+def _side(seconds, batch, flops, peak_gflops):
+    s = summarize(seconds)
+    gflops = flops / s["median_s"] / 1e9
+    return {"seconds": s, "images_per_second": batch / s["median_s"], "gflops": gflops,
+            "pct_peak": 100.0 * gflops / peak_gflops}
+
+
+def machine_peak(n_threads):
+    """The measured FMA peak at n_threads (GFLOP/s), as every other bench reports against."""
+    from .benchmarks import measure_peak
+
+    return measure_peak(n_threads, seconds=0.1, repeats=3)["gflops"]
+
+
