@@ -403,6 +403,62 @@ def bench_infer_resnet50(
         emit_json({"infer_resnet50": runs})
 
 
+@command(train_app, "gnmt")
+def bench_train_gnmt(
+    vocab: Annotated[int, typer.Option("--vocab", min=2, max=1_000_000, help="Vocabulary size.")] = 8192,
+    hidden: Annotated[int, typer.Option("--hidden", min=2, max=8192, help="Hidden size (even).")] = 512,
+    layers: Annotated[int, typer.Option("--layers", min=2, max=16, help="LSTM layers (the first bidirectional).")] = 4,
+    seq: Annotated[int, typer.Option("--seq", min=1, max=10_000, help="Time steps T.")] = 25,
+    batch: Annotated[int, typer.Option("--batch", min=1, max=4096, help="Sequences per step N.")] = 32,
+    threads: ThreadList = None,
+    compare: Compare = None,
+    repeats: Repeats = 5,
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure each side's peak RSS in a fresh "
+                                                                      "process.")] = True,
+    as_json: JsonFlag = False,
+):
+    """Training tokens/s of the GNMT-style LSTM model (Embedding, a bidirectional then unidirectional
+    LSTM layers, vocabulary cross-entropy in blocks), against its PyTorch twin."""
+    compare = _compare(compare)
+    if hidden % 2:
+        raise bad_option("--hidden", f"must be even (hidden/2 units per direction in the first layer), got {hidden}")
+    runs = []
+    for n_threads in parse_threads(threads):
+        peak = bench_models.machine_peak(n_threads)
+        with err.status(f"GNMT training, {layers} layers of {hidden}, vocabulary {vocab}, T={seq}, N={batch}, "
+                        f"{n_threads} thread(s)"):
+            run = bench_models.bench_train_gnmt(vocab, hidden, layers, seq, batch, n_threads, peak, compare=compare,
+                                                repeats=repeats, memory=memory)
+        run["peak_gflops"] = peak
+        runs.append(run)
+        if not as_json:
+            _render_gnmt_run(run)
+    if as_json:
+        emit_json({"train_gnmt": runs})
+
+
+def _render_gnmt_run(run):
+    t = Table(title=f"GNMT training | {run['layers']} LSTM layers of {run['hidden']}, vocabulary {run['vocab']}, "
+                    f"T={run['seq']}, N={run['batch']}, {run['threads']} thread(s), {run['gflop_per_step']:.1f} GFLOP "
+                    f"per step, peak {run['peak_gflops']:.0f} GFLOP/s")
+    cols = ["side", "tokens/s", "ms/step", "GFLOP/s", "% peak"] + (["peak RSS", "step memory"] if "memory" in run else [])
+    for col in cols:
+        t.add_column(col, justify="left" if col == "side" else "right")
+    for name, side in [("dlcpu", run)] + ([(run["peer"]["name"], run["peer"])] if "peer" in run else []):
+        cells = [name, f"{side['tokens_per_second']:.0f}", f"{side['seconds']['median_s'] * 1e3:.1f}",
+                 f"{side['gflops']:.1f}", f"{side['pct_peak']:.1f}"]
+        if "memory" in run:
+            cells += [_gib(side["memory"]["peak_rss_bytes"]), _gib(side["memory"]["step_bytes"])]
+        t.add_row(*cells)
+    out.print(t)
+    if "peer" in run:
+        line = f"ratio (dlcpu tokens/s / torch tokens/s): {run['peer']['ratio']:.2f}"
+        if "memory_ratio" in run["peer"]:
+            line += f"; step memory dlcpu / torch: {run['peer']['memory_ratio']:.2f}"
+        out.print(line, highlight=False)
+    out.print(f"timed: {run['timed_region']}.", highlight=False, soft_wrap=True)
+
+
 def _gib(n):
     return f"{n / 2**30:.2f} GiB"
 

@@ -288,3 +288,40 @@ def resnet_from(torch, model, memory_format=None):
     if memory_format is not None:
         twin = twin.to(memory_format=memory_format)
     return twin
+
+
+def gnmt(torch, vocab, hidden, layers):
+    """The PyTorch twin of nn.GNMT: torch.nn.Embedding, a bidirectional torch.nn.LSTM of hidden/2
+    units per direction, unidirectional ones (residuals from the third layer on) and a Linear
+    over the vocabulary; loss(ids, targets) is the mean cross-entropy, as nn.GNMT.loss."""
+    tnn = torch.nn
+
+    class GNMT(tnn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = tnn.Embedding(vocab, hidden)
+            self.encoder = tnn.ModuleList([tnn.LSTM(hidden, hidden // 2, bidirectional=True)] +
+                                          [tnn.LSTM(hidden, hidden) for _ in range(layers - 1)])
+            self.classifier = tnn.Linear(hidden, vocab)
+
+        def forward(self, ids):
+            h = self.embedding(ids)
+            for i, layer in enumerate(self.encoder):
+                y, _ = layer(h)
+                h = y + h if i >= 2 else y
+            return h
+
+        def loss(self, ids, targets):
+            logits = self.classifier(self.forward(ids))
+            return tnn.functional.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
+
+    return GNMT()
+
+
+def gnmt_from(torch, model):
+    """The twin of a dlcpu nn.GNMT holding its weights (through state_dict)."""
+    a = model.args
+    twin = gnmt(torch, a["vocab"], a["hidden"], a["layers"])
+    twin.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in model.state_dict().items()})
+    twin.train(model.training)
+    return twin

@@ -1,6 +1,6 @@
-"""Whole-model benchmarks behind `dlcpu bench train resnet50` and `dlcpu bench infer resnet50`:
-dlcpu's nn.resnet50 against its PyTorch twin (same initial weights, through state dicts), module
-against module and step against step.
+"""Whole-model benchmarks behind `dlcpu bench train resnet50`, `dlcpu bench infer resnet50` and
+`dlcpu bench train gnmt`: dlcpu's nn.resnet50 / nn.gnmt against their PyTorch twins (same initial
+weights, through state dicts), model against model and step against step.
 
 Timed regions (DESIGN.md section 9): a training step is everything a user's loop does once the
 batch is in memory: the NCHW images converted to the layout each side computes in (dlcpu: the
@@ -120,6 +120,49 @@ def _torch_train_step(torch, twin, x, labels):
     return step
 
 
+def _tokens(spec, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (spec["seq"], spec["batch"])
+    return rng.integers(0, spec["vocab"], shape), rng.integers(0, spec["vocab"], shape)
+
+
+def _dlcpu_gnmt_step(model, ids, targets):
+    from . import nn
+
+    opt = nn.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        model.loss(ids, targets)
+        model.backward()
+        opt.step()
+        opt.zero_grad()
+    return step
+
+
+def _torch_gnmt_step(torch, twin, ids, targets):
+    opt = torch.optim.SGD(twin.parameters(), lr=1e-3, momentum=0.9)
+    it, tt = torch.from_numpy(ids), torch.from_numpy(targets)
+
+    def step():
+        loss = twin.loss(it, tt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step
+
+
+def gnmt_flops(vocab, hidden, layers, seq, batch):
+    """FLOPs of one GNMT training step: every LSTM layer's GEMMs (2*T*N*4K*(C+K) forward per
+    direction) and the vocabulary projection (2*T*N*hidden*vocab), each 3x for forward and
+    backward (dx included, as the layers compute it)."""
+    tokens = seq * batch
+    k = hidden // 2
+    fwd = 2 * 2.0 * tokens * 4 * k * (hidden + k)                       # the bidirectional first layer
+    fwd += (layers - 1) * 2.0 * tokens * 4 * hidden * (2 * hidden)
+    fwd += 2.0 * tokens * hidden * vocab
+    return 3 * fwd
+
+
 def _twin(torch, model):
     return _peers.resnet_from(torch, model, memory_format=torch.channels_last)
 
@@ -131,56 +174,78 @@ def _rss_bytes():
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def _memory_child(side, name, batch, image, num_classes, steps, n_threads, train, queue):
+def _peak_rss_bytes():
+    """This process's RSS high-water mark (VmHWM), bytes.  Not getrusage's ru_maxrss: that one
+    survives exec, so a child started by spawn (fork + exec) would report its parent's peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM line in /proc/self/status")
+
+
+def _make_step(side, spec, train, torch=None):
+    """The step function one side runs for a workload spec ({'model': 'resnet50', 'batch',
+    'image', 'num_classes'} or {'model': 'gnmt', 'vocab', 'hidden', 'layers', 'seq', 'batch'}),
+    building the dlcpu model first (the twin takes its weights from it)."""
+    from . import nn
+
+    if spec["model"] == "resnet50":
+        model = _model("resnet50", spec["num_classes"])
+        x, labels = _problem(spec["batch"], spec["image"], spec["num_classes"])
+        if side == "torch":
+            twin = _twin(torch, model)
+            if train:
+                return _torch_train_step(torch, twin, x, labels)
+            twin.eval()
+            xt = torch.from_numpy(x)
+
+            def peer():
+                with torch.inference_mode():
+                    twin(xt.contiguous(memory_format=torch.channels_last))
+            return peer
+        if train:
+            return _dlcpu_train_step(model, nn.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4),
+                                     x, labels)
+        model.eval()
+        return lambda: model(x)
+    model = nn.gnmt(spec["vocab"], spec["hidden"], spec["layers"])
+    ids, targets = _tokens(spec)
+    if side == "torch":
+        return _torch_gnmt_step(torch, _peers.gnmt_from(torch, model), ids, targets)
+    return _dlcpu_gnmt_step(model, ids, targets)
+
+
+def _memory_child(side, spec, steps, n_threads, train, queue):
     """Run in a fresh process: peak RSS of `steps` steps of one side."""
     try:
         from threadpoolctl import threadpool_limits
 
+        torch = None
         if side == "torch":
             import torch
 
             torch.set_num_threads(n_threads)
-        from . import nn
+        from . import nn  # noqa: F401  (imported before the baseline, like torch on the other side)
 
         base = _rss_bytes()
         with threadpool_limits(limits=n_threads, user_api="openmp"):
-            model = _model(name, num_classes)
-            x, labels = _problem(batch, image, num_classes)
-            if side == "torch":
-                twin = _twin(torch, model)
-                del model
-                if train:
-                    step = _torch_train_step(torch, twin, x, labels)
-                else:
-                    twin.eval()
-
-                    def step():
-                        with torch.inference_mode():
-                            twin(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
-            else:
-                if train:
-                    step = _dlcpu_train_step(model, nn.SGD(model.parameters(), lr=1e-3, momentum=0.9,
-                                                           weight_decay=1e-4), x, labels)
-                else:
-                    model.eval()
-
-                    def step():
-                        model(x)
+            step = _make_step(side, spec, train, torch)
             for _ in range(steps):
                 step()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = _peak_rss_bytes()
         queue.put({"peak_rss_bytes": peak, "rss_after_imports_bytes": base, "step_bytes": peak - base})
     except (ValueError, TypeError, RuntimeError, MemoryError, OSError, ImportError) as exc:
         queue.put({"error": f"{type(exc).__name__}: {exc}"})     # the parent names the side
 
 
-def peak_memory(side, name, batch, image, num_classes, n_threads, train, steps=2):
-    """{'peak_rss_bytes', 'rss_after_imports_bytes', 'step_bytes'} of one side, measured in a
-    fresh process (so neither side's allocations or caches count against the other)."""
+def peak_memory(side, spec, n_threads, train, steps=2):
+    """{'peak_rss_bytes', 'rss_after_imports_bytes', 'step_bytes'} of one side on a workload spec
+    (see _make_step), measured in a fresh process (so neither side's allocations or caches count
+    against the other)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_memory_child, args=(side, name, batch, image, num_classes, steps, n_threads, train,
-                                                   queue))
+    proc = ctx.Process(target=_memory_child, args=(side, spec, steps, n_threads, train, queue))
     proc.start()
     result = None
     try:
@@ -195,6 +260,13 @@ def peak_memory(side, name, batch, image, num_classes, n_threads, train, steps=2
     if "error" in result:
         raise RuntimeError(f"peak memory of the {side} side failed: {result['error']}")
     return result
+
+
+def _memories(out, spec, n_threads, train, compare):
+    out["memory"] = peak_memory("dlcpu", spec, n_threads, train)
+    if compare:
+        out["peer"]["memory"] = peak_memory("torch", spec, n_threads, train)
+        out["peer"]["memory_ratio"] = out["memory"]["step_bytes"] / out["peer"]["memory"]["step_bytes"]
 
 
 # --------------------------------------------------------------------------------- breakdown
@@ -345,10 +417,8 @@ def bench_train_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, 
             if torch is not None:
                 out["peer"]["breakdown"] = torch_breakdown(torch, fns[1])
     if memory:
-        out["memory"] = peak_memory("dlcpu", "resnet50", batch, image, num_classes, n_threads, True)
-        if torch is not None:
-            out["peer"]["memory"] = peak_memory("torch", "resnet50", batch, image, num_classes, n_threads, True)
-            out["peer"]["memory_ratio"] = out["memory"]["step_bytes"] / out["peer"]["memory"]["step_bytes"]
+        spec = {"model": "resnet50", "batch": batch, "image": image, "num_classes": num_classes}
+        _memories(out, spec, n_threads, True, torch is not None)
     return out
 
 
@@ -384,16 +454,54 @@ def bench_infer_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, 
     return out
 
 
+GNMT_TIMED_REGION = ("one training step each side on the same (T, N) token ids and next-token targets: embedding, "
+                     "LSTM layers (bidirectional first), vocabulary projection and mean cross-entropy (dlcpu: fused, "
+                     "in blocks of 32 tokens; PyTorch: Linear + cross_entropy on the dense logits), backward, SGD "
+                     "(momentum 0.9), zero_grad; same initial weights (state dict)")
+
+
+def bench_train_gnmt(vocab, hidden, layers, seq, batch, n_threads, peak_gflops, *, compare=None, repeats=5,
+                     warmup=1, memory=True):
+    """Training tokens/s of nn.gnmt and (compare='torch') its PyTorch twin, timed interleaved,
+    with FLOPs, % of peak and peak memory (fresh process per side)."""
+    from threadpoolctl import threadpool_limits
+
+    from . import nn
+
+    torch = _peers.require_torch("--compare torch") if compare == "torch" else None
+    spec = {"model": "gnmt", "vocab": vocab, "hidden": hidden, "layers": layers, "seq": seq, "batch": batch}
+    model = nn.gnmt(vocab, hidden, layers)
+    ids, targets = _tokens(spec)
+    fns = [_dlcpu_gnmt_step(model, ids, targets)]
+    if torch is not None:
+        fns.append(_torch_gnmt_step(torch, _peers.gnmt_from(torch, model), ids, targets))
+    flops = gnmt_flops(vocab, hidden, layers, seq, batch)
+    out = {"model": "gnmt", **spec, "threads": n_threads, "gflop_per_step": flops / 1e9,
+           "timed_region": GNMT_TIMED_REGION}
+    with threadpool_limits(limits=n_threads, user_api="openmp"), \
+            (torch_threads(torch, n_threads) if torch is not None else _nothing()):
+        times = time_interleaved(fns, repeats, warmup, settle=SETTLE_SECONDS)
+    tokens = seq * batch
+    out.update(_side(times[0], tokens, flops, peak_gflops, "tokens_per_second"))
+    if torch is not None:
+        peer = _side(times[1], tokens, flops, peak_gflops, "tokens_per_second")
+        peer["name"] = f"torch {torch.__version__}"
+        peer["ratio"] = out["tokens_per_second"] / peer["tokens_per_second"]
+        out["peer"] = peer
+    if memory:
+        _memories(out, spec, n_threads, True, torch is not None)
+    return out
+
+
 @contextmanager
 def _nothing():
     yield
 
 
-def _side(seconds, batch, flops, peak_gflops):
+def _side(seconds, items, flops, peak_gflops, rate="images_per_second"):
     s = summarize(seconds)
     gflops = flops / s["median_s"] / 1e9
-    return {"seconds": s, "images_per_second": batch / s["median_s"], "gflops": gflops,
-            "pct_peak": 100.0 * gflops / peak_gflops}
+    return {"seconds": s, rate: items / s["median_s"], "gflops": gflops, "pct_peak": 100.0 * gflops / peak_gflops}
 
 
 def machine_peak(n_threads):

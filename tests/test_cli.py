@@ -354,3 +354,15 @@ def test_bench_model_bad_options():
                         (("train", "resnet50", "--compare", "tf"), "--compare")):
         res = run("bench", *args)
         assert res.returncode == 2 and match in res.stderr, res.stderr
+
+
+@needs_torch
+def test_bench_train_gnmt_json():
+    res = run("bench", "train", "gnmt", "--vocab", "500", "--hidden", "32", "--layers", "3", "--seq", "5",
+              "--batch", "4", "--threads", "1", "--repeats", "1", "--compare", "torch", "--json")
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout)["train_gnmt"][0]
+    assert r["tokens_per_second"] > 0 and r["peer"]["ratio"] > 0 and r["gflop_per_step"] > 0
+    assert 0 < r["memory"]["step_bytes"] < r["memory"]["peak_rss_bytes"]
+    res = run("bench", "train", "gnmt", "--hidden", "33")
+    assert res.returncode == 2 and "--hidden" in res.stderr

@@ -10,7 +10,8 @@ recurrent layers, a loss, SGD, save/load, magnitude pruning and the models `dlcp
 One room per concern: module (Parameter, Module, the layer registry), layers (feed-forward
 layers on blocked activations), recurrent (LSTM, GRU, RNN), losses, optim, io (save/load),
 prune (magnitude pruning whose masks SGD keeps), activations (Tanh, Sigmoid, Swish, GELU in
-exact/fast/K-TanH flavours), models, resnet (ResNet-18/50 with torchvision's names).  Everything public is re-exported
+exact/fast/K-TanH flavours), models, resnet (ResNet-18/50 with torchvision's names), sequence (Embedding, a fused
+vocabulary cross-entropy, the GNMT-style LSTM model).  Everything public is re-exported
 here, so `from dlcpu import nn; nn.Conv2d` is the API.
 """
 from .activations import GELU, Sigmoid, Swish, Tanh
@@ -23,10 +24,12 @@ from .optim import SGD
 from .prune import LayerSparsity, prune, sparsity_report, total_sparsity
 from .recurrent import GRU, LSTM, RNN, LastTimeStep
 from .resnet import Bottleneck, ResNet, resnet18, resnet50
+from .sequence import GNMT, Embedding, LinearCrossEntropy, gnmt
 
 __all__ = [
     "FORMAT_VERSION",
     "GELU",
+    "GNMT",
     "GRU",
     "LSTM",
     "RNN",
@@ -36,10 +39,12 @@ __all__ = [
     "BatchNorm2d",
     "Bottleneck",
     "Conv2d",
+    "Embedding",
     "GlobalAvgPool",
     "LastTimeStep",
     "LayerSparsity",
     "Linear",
+    "LinearCrossEntropy",
     "LossKind",
     "MaxPool2d",
     "Module",
@@ -54,6 +59,7 @@ __all__ = [
     "check_writable",
     "digits_resnet",
     "digits_rnn",
+    "gnmt",
     "load",
     "parse_loss_kind",
     "predict_classes",

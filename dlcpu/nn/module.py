@@ -64,10 +64,10 @@ def _run_backward_hooks(backward):
     parent's (super().backward) is wrapped at both levels: the depth count runs the hooks once,
     when the outermost call returns and the subclass has written all of its gradients."""
     @functools.wraps(backward)
-    def backward_then_hooks(self, dy):
+    def backward_then_hooks(self, *args, **kwargs):   # dy, or a loss layer's optional dloss
         self._backward_depth = getattr(self, "_backward_depth", 0) + 1
         try:
-            dx = backward(self, dy)
+            dx = backward(self, *args, **kwargs)
         finally:
             self._backward_depth -= 1
         if self._backward_depth == 0:
