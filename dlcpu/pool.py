@@ -76,7 +76,7 @@ def max_pool2d(x, kernel, stride=None, padding=0, *, n_threads=None):
     geo, out_shape = _geometry(x, kernel, stride, padding, "max_pool2d")
     y = np.empty((out_shape[0], x.data.shape[1], out_shape[2], out_shape[3], CB), np.float32)
     arg = np.empty(y.shape, np.int32)
-    _pool.pool_pass(x.data, y, arg, _MAX, False, *geo, cpu.resolve_threads(n_threads))
+    _pool.pool_pass(x.data, y, arg, _MAX, False, *geo, cpu.resolve_threads(n_threads), cpu.isa_code(None))
     return BlockedTensor(y, out_shape), MaxPoolSaved(arg, geo, x.shape)
 
 

@@ -3,7 +3,8 @@
 
 One driver for both directions, parallel over (image, channel block), walks the pooled pixels;
 per pixel, a window helper does the kind-specific work on 16 lanes at once (the lanes are the
-innermost loop, so each window step is one 16-float vector operation):
+innermost loop, so each window step is one 16-float vector operation; the max window is C per
+ISA path, pyx/kernels/pool_f32.h):
   max  forward records the winning input position per lane (int32, h*W + w) for the backward;
        ties go to the first position in row-major window order, and the first NaN wins, as in
        PyTorch; backward adds dy at the recorded position.
@@ -15,8 +16,11 @@ extent before these run.
 """
 from libc.stdint cimport int64_t, int32_t
 from libc.string cimport memset
-from libc.math cimport INFINITY
 from cython.parallel cimport prange
+
+cdef extern from "pool_f32.h" nogil:
+    void dlcpu_max_window(int isa, const float *plane, int64_t W, int64_t h0, int64_t w0, int64_t r0,
+                          int64_t r1, int64_t s0, int64_t s1, float *y16, int32_t *arg16)
 
 cdef enum:
     POOL_MAX = 0
@@ -40,25 +44,6 @@ cdef inline window_t window_at(int64_t p, int64_t q, int64_t R, int64_t S, int64
     win.s0 = -win.w0 if win.w0 < 0 else 0
     win.s1 = W - win.w0 if win.w0 + S > W else S
     return win
-
-
-cdef inline void max_window(const float *plane, int64_t W, window_t win, float *y16,
-                            int32_t *arg16) noexcept nogil:
-    cdef int64_t r, s, lane, pos
-    cdef float v
-    for lane in range(16):
-        y16[lane] = -INFINITY
-        arg16[lane] = -1
-    for r in range(win.r0, win.r1):
-        for s in range(win.s0, win.s1):
-            pos = (win.h0 + r) * W + win.w0 + s
-            for lane in range(16):
-                v = plane[pos * 16 + lane]
-                # First valid tap, a strictly larger value (ties keep the first), or the first
-                # NaN (NaN propagates, as in PyTorch).
-                if arg16[lane] < 0 or v > y16[lane] or (v != v and y16[lane] == y16[lane]):
-                    y16[lane] = v
-                    arg16[lane] = <int32_t>pos
 
 
 cdef inline void mean_window(const float *plane, int64_t W, window_t win, float scale,
@@ -97,10 +82,11 @@ cdef inline void route_to_winners(float *plane, int64_t plane_pixels, const int3
 
 
 def pool_pass(const float[:, :, :, :, ::1] src, float[:, :, :, :, ::1] dst, int32_t[:, :, :, :, ::1] arg,
-              int kind, bint backward, int R, int S, int sh, int sw, int ph, int pw, int n_threads):
+              int kind, bint backward, int R, int S, int sh, int sw, int ph, int pw, int n_threads,
+              int isa=0):
     """Forward (src x, dst y; max also fills arg) or backward (src dy, dst dx; max reads arg):
     max routes each lane to its recorded winner, avg spreads over the window.  arg is unused
-    for avg."""
+    for avg.  isa: the ISA code of the max window's path (pyx/kernels/pool_f32.h)."""
     cdef int64_t N = dst.shape[0], Cb = dst.shape[1]
     # The image side (x or dx) and the pooled side (y or dy).
     cdef int64_t H = dst.shape[2] if backward else src.shape[2]
@@ -119,7 +105,8 @@ def pool_pass(const float[:, :, :, :, ::1] src, float[:, :, :, :, ::1] dst, int3
             for q in range(Q):
                 win = window_at(p, q, R, S, sh, sw, ph, pw, H, W)
                 if not backward and kind == POOL_MAX:
-                    max_window(&src[n, cb, 0, 0, 0], W, win, &dst[n, cb, p, q, 0], &arg[n, cb, p, q, 0])
+                    dlcpu_max_window(isa, &src[n, cb, 0, 0, 0], W, win.h0, win.w0, win.r0, win.r1, win.s0,
+                                     win.s1, &dst[n, cb, p, q, 0], &arg[n, cb, p, q, 0])
                 elif not backward:
                     mean_window(&src[n, cb, 0, 0, 0], W, win, scale, &dst[n, cb, p, q, 0])
                 elif kind == POOL_MAX:

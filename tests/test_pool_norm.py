@@ -1,7 +1,7 @@
 """Pooling and batch normalization kernels against float64 twins, PyTorch and thread counts."""
 import numpy as np
 import pytest
-from conftest import assert_close, max_threads, needs_torch
+from conftest import ISAS, assert_close, max_threads, needs_torch
 
 import dlcpu
 from dlcpu import _reference as ref
@@ -15,8 +15,10 @@ POOLS = [  # n, c, h, w, kernel, stride, padding
 ]
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("case", POOLS, ids=str)
-def test_max_pool(rng, case):
+def test_max_pool(monkeypatch, rng, isa, case):
+    monkeypatch.setenv("DLCPU_ISA", isa)
     n, c, h, w, k, s, p = case
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     y, arg = pool.max_pool2d(dlcpu.to_blocked(x), k, s, p)
@@ -48,11 +50,22 @@ def test_pools_against_torch(rng):
     assert_close(pool.avg_pool2d(xb, 3, 2, 1).numpy(), torch.nn.functional.avg_pool2d(torch.from_numpy(x), 3, 2, 1).numpy())
 
 
-def test_max_pool_nan_propagates():
-    x = np.zeros((1, 1, 2, 2), np.float32)
+@pytest.mark.parametrize("isa", ISAS)
+def test_max_pool_nan_propagates_and_ties_keep_the_first(monkeypatch, isa):
+    """The first NaN of a window wins and stays (as PyTorch); equal values route the gradient to
+    the first tap in row-major window order; every ISA path."""
+    monkeypatch.setenv("DLCPU_ISA", isa)
+    x = np.zeros((1, 16, 2, 2), np.float32)
     x[0, 0, 1, 0] = np.nan
-    y, _ = pool.max_pool2d(dlcpu.to_blocked(x), 2)
-    assert np.isnan(y.numpy()[0, 0, 0, 0])
+    x[0, 1, 0, 1] = np.nan
+    x[0, 1, 1, 1] = 5.0          # a larger value after a NaN does not replace it
+    x[0, 2] = [[1.0, 3.0], [3.0, 2.0]]   # a tie: the first 3.0 wins
+    x[0, 3] = [[-np.inf, -np.inf], [-np.inf, -np.inf]]
+    y, saved = pool.max_pool2d(dlcpu.to_blocked(x), 2)
+    out = y.numpy()[0, :, 0, 0]
+    assert np.isnan(out[0]) and np.isnan(out[1]) and out[2] == 3.0 and out[3] == -np.inf
+    dx = pool.max_pool2d_backward(dlcpu.to_blocked(np.ones((1, 16, 1, 1), np.float32)), saved).numpy()[0]
+    assert dx[2, 0, 1] == 1.0 and dx[2, 1, 0] == 0.0 and dx[3, 0, 0] == 1.0 and dx[1, 0, 1] == 1.0
 
 
 def test_pool_errors():
