@@ -362,6 +362,10 @@ def bench_train_resnet50(
     """ResNet-50 v1.5 training steps (forward, loss, backward, SGD with momentum) in images/s, against
     the same model in PyTorch (channels_last), with FLOPs, % of peak and peak memory."""
     compare = _compare(compare)
+    final = bench_models.resnet_final_size(image)
+    if batch * final * final < 2:
+        raise bad_option("--batch", f"at --image {image} the last stage is {final}x{final}, so batch norm in training "
+                                    f"needs --batch >= 2, got {batch}")
     runs = []
     for n_threads in parse_threads(threads):
         peak = bench_models.machine_peak(n_threads)

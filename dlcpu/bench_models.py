@@ -53,6 +53,15 @@ def _problem(batch, image, num_classes, seed=0):
     return x, rng.integers(0, num_classes, batch)
 
 
+def resnet_final_size(image):
+    """Height (= width) of ResNet-50's last stage for square images: the 7x7/2 stem, the 3x3/2
+    pool and three stride-2 stages.  Training needs batch * size**2 > 1 (BatchNorm)."""
+    size = (image + 2 * 3 - 7) // 2 + 1
+    for _ in range(4):
+        size = (size + 2 - 3) // 2 + 1
+    return size
+
+
 def model_flops(model, x, train):
     """FLOPs of one forward (or training step) of a dlcpu model on images x: every Conv2d and
     the fc at full taps (2*N*K*P*Q*C*R*S), from output shapes seen in one eval forward; a

@@ -748,14 +748,20 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     shape = conv_shape(x_shape, w_shape, stride, padding)
     if accumulate_dw is not None:
         want = (shape.Kb, shape.Cb, shape.R, shape.S, CB, CB)
-        if (not blocked_in or "dw" not in need or not isinstance(accumulate_dw, np.ndarray)
-                or accumulate_dw.dtype != np.float32 or accumulate_dw.shape != want
-                or not accumulate_dw.flags.c_contiguous or not accumulate_dw.flags.writeable):
+        if not blocked_in or "dw" not in need:
+            raise ValueError(f"{fn}: accumulate_dw needs BlockedTensor inputs and 'dw' in need (got "
+                             f"{'BlockedTensors' if blocked_in else 'numpy arrays'}, need={need})")
+        a = accumulate_dw
+        if (not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != want
+                or not a.flags.c_contiguous or not a.flags.writeable):
+            why = ("not a numpy array" if not isinstance(a, np.ndarray) else f"dtype {a.dtype}" if a.dtype != np.float32
+                   else f"shape {a.shape}" if a.shape != want else "not C-contiguous" if not a.flags.c_contiguous
+                   else "read-only")
             raise ValueError(f"{fn}: accumulate_dw must be a writeable C-contiguous float32 array of the blocked "
-                             f"weight shape {want}, with BlockedTensor inputs and 'dw' in need; got "
-                             f"{getattr(accumulate_dw, 'dtype', type(accumulate_dw).__name__)} "
-                             f"{getattr(accumulate_dw, 'shape', '')}")
-        not_aliased(accumulate_dw, {"x": xb.data, "dy": dyb.data}, fn)
+                             f"weight shape {want}; it is {why}")
+        for name, other in (("x", xb.data), ("dy", dyb.data)):
+            if np.may_share_memory(a, other):
+                raise ValueError(f"{fn}: accumulate_dw overlaps {name}; the kernels would read what they write")
     expected = (shape.N, shape.K, shape.P, shape.Q)
     if tuple(dy_shape) != expected:
         raise ValueError(f"{fn}: dy has shape {tuple(dy_shape)} but the forward problem (x {tuple(x_shape)}, "

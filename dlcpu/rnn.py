@@ -34,7 +34,7 @@ import numpy as np
 from . import cpu
 from ._ext import rnn as _rnn
 from ._plans import Plan
-from ._validate import positive_int
+from ._validate import fits_in_memory, positive_int
 from ._workspace import scratch
 from .approx import IMPLS as ACTIVATION_IMPLS
 from .approx import check_impl, impl_code
@@ -185,6 +185,7 @@ def pack_gate_weights(w, gates, *, n_threads=None):
     right-hand operand of x @ W^T with each gate padded to a multiple of 16 units,
         out[g*Kb + u//16][c//16][c%16][u%16] = W[g*K + u][c],
     zero for padded units and inputs.  Shape: packed_gate_shape(gates, K, w.shape[1])."""
+    gates = positive_int(gates, "gates", "pack_gate_weights")
     if not isinstance(w, np.ndarray) or w.ndim != 2 or w.shape[0] % gates or w.shape[0] == 0 or w.shape[1] < 1:
         raise ValueError(f"pack_gate_weights: expected a ({gates}K, inputs) array, got {getattr(w, 'shape', None)}")
     w = _f32(w, "w", w.shape)
@@ -205,8 +206,19 @@ def unpack_gate_weights(packed, gates, K, inputs):
 
 
 def packed_gate_offsets(gates, K, inputs, rows, cols):
-    """Flat offsets in the pack_gate_weights layout of the logical elements W[rows, cols]."""
-    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    """Flat offsets in the pack_gate_weights layout of the logical elements W[rows, cols]
+    (integer arrays of the same shape, rows in [0, gates*K), cols in [0, inputs))."""
+    fn = "packed_gate_offsets"
+    gates, K, inputs = (positive_int(v, n, fn) for v, n in ((gates, "gates"), (K, "K"), (inputs, "inputs")))
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    for name, a, bound in (("rows", rows, gates * K), ("cols", cols, inputs)):
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"{fn}: {name} must be integers, got dtype {a.dtype}")
+        if a.size and (a.min() < 0 or a.max() >= bound):
+            raise ValueError(f"{fn}: {name} must lie in [0, {bound}), got values from {a.min()} to {a.max()}")
+    if rows.shape != cols.shape:
+        raise ValueError(f"{fn}: rows and cols must have the same shape, got {rows.shape} and {cols.shape}")
+    rows, cols = rows.astype(np.int64), cols.astype(np.int64)
     kb, ib = -(-K // CB), -(-inputs // CB)
     g, u = rows // K, rows % K
     return (((g * kb + u // CB) * ib + cols // CB) * CB + cols % CB) * CB + u % CB
@@ -231,6 +243,8 @@ def weights_from_packed(cell, w_ih, w_hh, b_ih, b_hh, C, K):
     """RecurrentWeights over weights already in the kernels' layout (pack_gate_weights' arrays,
     used in place, no copy) and biases (gates*K,) in PyTorch's layout: what nn.LSTM/GRU/RNN do
     at every forward."""
+    if not isinstance(cell, str) or cell not in _CELL_GATES:
+        raise ValueError(f"weights_from_packed: cell must be one of {', '.join(_CELL_GATES)}, got {cell!r}")
     gates = _CELL_GATES[cell]
     kb, kp = -(-K // CB), -(-K // CB) * CB
     for name, a, inputs in (("w_ih", w_ih, C), ("w_hh", w_hh, K)):
@@ -335,6 +349,9 @@ def _forward_setup(cell, prepare, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_thre
     weights = _weights(cell, prepare, weights, w_ih, w_hh, b_ih, b_hh, n_threads)
     x, T, N, C = _sequence(fn, x, weights)
     K, kb = weights.K, weights.Kb
+    # the gate pre-activations G, the states H (and Cs), the output: refused up front when they
+    # could never be allocated, instead of a MemoryError from deep inside numpy
+    fits_in_memory(4.0 * (T + 1) * N * kb * CB * (weights.gates + 3), f"the buffers of a sequence x {x.shape}", fn)
     H = np.empty((T + 1, kb, N, CB), np.float32)
     H[0] = _state(h0, "h0", N, K, kb)
     return weights, x.reshape(T * N, C), H, T, N, K, kb, n_threads

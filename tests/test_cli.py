@@ -351,7 +351,8 @@ def test_bench_infer_resnet50_json():
 
 def test_bench_model_bad_options():
     for args, match in ((("train", "resnet50", "--image", "16"), "--image"), (("infer", "resnet50", "--batch", "0"), "--batch"),
-                        (("train", "resnet50", "--compare", "tf"), "--compare")):
+                        (("train", "resnet50", "--compare", "tf"), "--compare"),
+                        (("train", "resnet50", "--image", "32", "--batch", "1"), "needs --batch >= 2")):
         res = run("bench", *args)
         assert res.returncode == 2 and match in res.stderr, res.stderr
 

@@ -144,12 +144,14 @@ def test_accumulate_dw_adds_in_place(rng):
         with pytest.raises(ValueError, match="accumulate_dw must be a writeable C-contiguous float32 array of the "
                                              r"blocked weight shape \(2, 2, 3, 3, 16, 16\)"):
             dlcpu.conv2d_backward(dyb, xb, wb, 1, 1, accumulate_dw=bad)
-    with pytest.raises(ValueError, match="with BlockedTensor inputs"):
+    with pytest.raises(ValueError, match="accumulate_dw needs BlockedTensor inputs"):
         dlcpu.conv2d_backward(dy, x, wt, 1, 1, accumulate_dw=acc)
     frozen = acc.copy()
     frozen.flags.writeable = False
-    with pytest.raises(ValueError, match="accumulate_dw must be a writeable"):
+    with pytest.raises(ValueError, match="accumulate_dw must be a writeable.*it is read-only"):
         dlcpu.conv2d_backward(dyb, xb, wb, 1, 1, accumulate_dw=frozen)
+    with pytest.raises(ValueError, match="it is dtype float64"):
+        dlcpu.conv2d_backward(dyb, xb, wb, 1, 1, accumulate_dw=acc.astype(np.float64))
 
 
 @needs_torch

@@ -123,7 +123,30 @@ def test_bad_input(rng):
         nn.gnmt(hidden=15)
     with pytest.raises(ValueError, match="layers must be >= 2"):
         nn.gnmt(layers=1)
+    layer = nn.LinearCrossEntropy(3, 4)
+    layer.loss(np.zeros((2, 3), np.float32), np.array([0, 1]))
     with pytest.raises(ValueError, match="dloss must be finite"):
-        layer = nn.LinearCrossEntropy(3, 4)
-        layer.loss(np.zeros((2, 3), np.float32), np.array([0, 1]))
         layer.backward(float("nan"))
+
+
+def test_backward_once_per_loss(rng):
+    """backward() belongs to the loss() just before it: a forward() in between (the layers now
+    hold another batch) or a second backward is refused, as PyTorch frees its graph."""
+    model = nn.gnmt(vocab=20, hidden=8, layers=3)
+    ids = tokens(rng, 20, (3, 2))
+    model.loss(ids, ids)
+    model(tokens(rng, 20, (3, 2)))
+    with pytest.raises(RuntimeError, match="needs a training-mode loss"):
+        model.backward()
+    model.loss(ids, ids)
+    model.backward()
+    with pytest.raises(RuntimeError, match="needs a training-mode loss"):
+        model.backward()
+    layer = nn.LinearCrossEntropy(3, 4)
+    layer.loss(np.zeros((2, 3), np.float32), np.array([0, 1]))
+    for bad in ("abc", None, True, np.array([2.0])):
+        with pytest.raises(TypeError, match="dloss must be a real number"):
+            layer.backward(bad)
+    layer.backward(2)
+    with pytest.raises(RuntimeError, match="or twice after one"):
+        layer.backward()

@@ -161,6 +161,22 @@ def test_weight_grads_bad_input(rng):
         rnn.lstm_backward(dy, cache, weight_grads=(good[1], good[1]))
     with pytest.raises(ValueError, match=r"pack_gate_weights: expected a \(4K, inputs\) array, got \(5, 3\)"):
         rnn.pack_gate_weights(np.zeros((5, 3), np.float32), 4)
+    for gates, exc in ((0, ValueError), (-4, ValueError), ("4", TypeError), (True, TypeError), (None, TypeError)):
+        with pytest.raises(exc, match="pack_gate_weights: gates must be"):
+            rnn.pack_gate_weights(np.zeros((8, 5), np.float32), gates)
+    with pytest.raises(ValueError, match=r"rows must lie in \[0, 8\), got values from 8 to 100"):
+        rnn.packed_gate_offsets(4, 2, 5, [8, 100], [0, 0])
+    with pytest.raises(ValueError, match=r"cols must lie in \[0, 5\), got values from -1 to -1"):
+        rnn.packed_gate_offsets(4, 2, 5, [0], [-1])
+    with pytest.raises(TypeError, match="rows must be integers, got dtype float64"):
+        rnn.packed_gate_offsets(4, 2, 5, [0.5], [0])
+    with pytest.raises(ValueError, match="K must be >= 1"):
+        rnn.packed_gate_offsets(4, 0, 5, [0], [0])
+    with pytest.raises(ValueError, match="weights_from_packed: cell must be one of lstm, gru, rnn, got 'LSTM'"):
+        rnn.weights_from_packed("LSTM", good[0], good[1], np.zeros(28, np.float32), np.zeros(28, np.float32), 5, 7)
+    huge = rnn.prepare_lstm(np.zeros((4096, 1), np.float32), np.zeros((4096, 1024), np.float32))
+    with pytest.raises(ValueError, match="lstm_forward: the buffers of a sequence x .* would need"):
+        rnn.lstm_forward(np.broadcast_to(np.float32(0), (10**7, 1, 1)), weights=huge)
     with pytest.raises(ValueError, match=r"unpack_gate_weights: expected an array of shape \(4, 1, 16, 16\)"):
         rnn.unpack_gate_weights(np.zeros((4, 2, 16, 16), np.float32), 4, 7, 5)
     with pytest.raises(ValueError, match="weights_from_packed: w_hh must be a C-contiguous float32 array"):

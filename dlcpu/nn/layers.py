@@ -134,11 +134,11 @@ class BatchNorm2d(Module):
         """relu(bn(x) (+ residual)); residual and relu (default: the layer's own) are for a
         ResNet block's fused end (residual_end), whose backward takes the gradient of the sum."""
         _expect_blocked(x, self.describe(), self.C)
-        self.num_batches_tracked += bool(self.training)
         y, self._saved = norm.batchnorm_forward(x, self.weight.data, self.bias.data, self.running_mean,
                                                 self.running_var, self.training, eps=self.eps,
                                                 momentum=self.momentum,
                                                 relu=self.relu if relu is None else relu, residual=residual)
+        self.num_batches_tracked += bool(self.training)     # counted once the forward succeeded
         return y
 
     def backward(self, dy):

@@ -151,12 +151,17 @@ class LinearCrossEntropy(Module):
         return total / m
 
     def backward(self, dloss=1.0):
+        """dL/dh for L = dloss * loss; once per training-mode loss() (the saved gradient is
+        consumed, as PyTorch frees its graph)."""
         if self._saved is None:
-            raise RuntimeError(f"{self.name}.backward called before a training-mode loss")
-        h2, shape, dz = self._saved
+            raise RuntimeError(f"{self.name}.backward called before a training-mode loss (or twice after one)")
+        if isinstance(dloss, (bool, np.bool_)) or not isinstance(dloss, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{self.describe()}: dloss must be a real number, got {dloss!r}")
         scale = float(dloss)
         if not np.isfinite(scale):
             raise ValueError(f"{self.describe()}: dloss must be finite, got {dloss!r}")
+        h2, shape, dz = self._saved
+        self._saved = None
         dw = matmul(dz, h2, transpose_x=True)
         if scale != 1.0:
             dw *= np.float32(scale)
@@ -201,6 +206,7 @@ class GNMT(Module):
         first = LSTM(hidden, hidden // 2, bidirectional=True, seed=seed + 1)
         self.encoder = [first] + [LSTM(hidden, hidden, seed=seed + 2 + i) for i in range(layers - 1)]
         self.classifier = LinearCrossEntropy(hidden, vocab, seed=seed + 100)
+        self._loss_pending = False
 
     def children(self):
         return [self.embedding, *self.encoder, self.classifier]
@@ -211,6 +217,7 @@ class GNMT(Module):
 
     def forward(self, ids):
         ids = check_token_ids(ids, self.args["vocab"], "ids", self.describe(), ndim=2)
+        self._loss_pending = False    # the layers' caches now belong to this forward, not a loss
         h = self.embedding(ids)
         for i, layer in enumerate(self.encoder):
             y = layer(h)
@@ -223,9 +230,17 @@ class GNMT(Module):
         targets = check_token_ids(targets, self.args["vocab"], "targets", self.describe(), ndim=2)
         if targets.shape != ids.shape:
             raise ValueError(f"{self.describe()}: targets have shape {targets.shape}, ids {ids.shape}")
-        return self.classifier.loss(self.forward(ids), targets)
+        loss = self.classifier.loss(self.forward(ids), targets)
+        self._loss_pending = self.training
+        return loss
 
     def backward(self, dloss=1.0):
+        """Gradients of dloss * the last training-mode loss(); once per loss (a forward() in
+        between would leave the layers holding another batch, so it is refused)."""
+        if not getattr(self, "_loss_pending", False):
+            raise RuntimeError(f"{self.describe()}.backward needs a training-mode loss() right before it (a forward() "
+                               "or a backward since then replaced or consumed what it saved)")
+        self._loss_pending = False
         g = self.classifier.backward(dloss)
         for i in reversed(range(len(self.encoder))):
             gx = self.encoder[i].backward(g)
