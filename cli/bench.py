@@ -387,10 +387,12 @@ def bench_infer_resnet50(
     threads: ThreadList = None,
     compare: Compare = None,
     repeats: Repeats = 5,
+    memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure each side's peak RSS in a fresh "
+                                                                      "process.")] = True,
     as_json: JsonFlag = False,
 ):
     """ResNet-50 v1.5 eval-mode inference in images/s at each batch size, against the same model in
-    PyTorch (channels_last, inference_mode)."""
+    PyTorch (channels_last, inference_mode), with each side's peak memory."""
     compare = _compare(compare)
     batches = parse_threads(batch, option="--batch", maximum=4096)
     runs = []
@@ -398,7 +400,8 @@ def bench_infer_resnet50(
         peak = bench_models.machine_peak(n_threads)
         for b in batches:
             with err.status(f"ResNet-50 inference, batch {b}, {image}x{image}, {n_threads} thread(s)"):
-                run = bench_models.bench_infer_resnet50(b, image, n_threads, peak, compare=compare, repeats=repeats)
+                run = bench_models.bench_infer_resnet50(b, image, n_threads, peak, compare=compare, repeats=repeats,
+                                                        memory=memory)
             run["peak_gflops"] = peak
             runs.append(run)
             if not as_json:

@@ -32,8 +32,8 @@ from .benchmarks import SETTLE_SECONDS, summarize, time_interleaved, torch_threa
 TRAIN_TIMED_REGION = ("one training step each side: NCHW float32 images -> the computing layout (dlcpu blocked, "
                       "PyTorch channels_last), forward, softmax cross-entropy, backward, SGD (momentum 0.9, "
                       "weight decay 1e-4), zero_grad; same initial weights (state dict), same images and labels")
-INFER_TIMED_REGION = ("eval-mode forward of NCHW float32 images to logits (dlcpu: blocked layout inside; "
-                      "PyTorch: channels_last model and input, under torch.inference_mode)")
+INFER_TIMED_REGION = ("eval-mode forward of NCHW float32 images to logits (dlcpu: blocked layout inside, under "
+                      "nn.inference_mode; PyTorch: channels_last model and input, under torch.inference_mode)")
 #: the layer kinds of --breakdown, in display order
 KINDS = ("conv fwd", "conv bwd-data", "conv bwd-weights", "conv bwd (data+weights)", "batch norm", "pooling",
          "eltwise", "fc", "loss", "layout conversion", "optimizer", "other")
@@ -217,7 +217,11 @@ def _make_step(side, spec, train, torch=None):
             return _dlcpu_train_step(model, nn.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4),
                                      x, labels)
         model.eval()
-        return lambda: model(x)
+
+        def infer():
+            with nn.inference_mode():
+                model(x)
+        return infer
     model = nn.gnmt(spec["vocab"], spec["hidden"], spec["layers"])
     ids, targets = _tokens(spec)
     if side == "torch":
@@ -432,15 +436,21 @@ def bench_train_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, 
 
 
 def bench_infer_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, repeats=5, warmup=1,
-                         num_classes=1000):
-    """Eval-mode images/s of nn.resnet50 and its twin (channels_last, inference_mode)."""
+                         num_classes=1000, memory=True):
+    """Eval-mode images/s of nn.resnet50 and its twin (channels_last, inference_mode), with each
+    side's peak memory (fresh process per side)."""
     from threadpoolctl import threadpool_limits
 
     torch = _peers.require_torch("--compare torch") if compare == "torch" else None
     model = _model("resnet50", num_classes).eval()
     x, _ = _problem(batch, image, num_classes)
     flops = model_flops(model, x, train=False)
-    fns = [lambda: model(x)]
+    from . import nn
+
+    def ours():
+        with nn.inference_mode():      # as the peer's torch.inference_mode: nothing kept for a backward
+            model(x)
+    fns = [ours]
     if torch is not None:
         twin = _twin(torch, model).eval()
         xt = torch.from_numpy(x)
@@ -460,6 +470,9 @@ def bench_infer_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, 
         peer["name"] = f"torch {torch.__version__}, channels_last, inference_mode"
         peer["ratio"] = out["images_per_second"] / peer["images_per_second"]
         out["peer"] = peer
+    if memory:
+        spec = {"model": "resnet50", "batch": batch, "image": image, "num_classes": num_classes}
+        _memories(out, spec, n_threads, False, torch is not None)
     return out
 
 

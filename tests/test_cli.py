@@ -347,6 +347,7 @@ def test_bench_infer_resnet50_json():
     assert res.returncode == 0, res.stderr
     runs = json.loads(res.stdout)["infer_resnet50"]
     assert [r["batch"] for r in runs] == [1, 2] and all(r["peer"]["ratio"] > 0 for r in runs)
+    assert all(r["memory"]["step_bytes"] > 100e6 and r["peer"]["memory_ratio"] > 0 for r in runs)
 
 
 def test_bench_model_bad_options():

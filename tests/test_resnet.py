@@ -188,3 +188,39 @@ def test_bad_input(rng):
         nn.ResNet("basic", [2, 2, 2])
     with pytest.raises(ValueError, match="num_classes must be >= 1"):
         nn.resnet50(num_classes=0)
+
+
+def test_inference_mode_keeps_nothing(rng):
+    """Under nn.inference_mode() the logits are the same, no layer holds a saved tensor after
+    the call (an inference holds only the activations in use), a backward is refused naming
+    the reason, and the mode ends with the block (nested blocks restore the outer one)."""
+    from dlcpu.nn.module import _SAVED_STATE
+
+    model = nn.resnet18(num_classes=4).eval()
+    x = images(rng, 2, 32)
+    want = model(x)
+    with nn.inference_mode():
+        assert not nn.grad_enabled()
+        with nn.inference_mode():
+            pass
+        assert not nn.grad_enabled()
+        got = model(x)
+    assert nn.grad_enabled()
+    assert np.array_equal(got, want)
+
+    def modules(m):
+        yield m
+        for c in m.children():
+            yield from modules(c)
+
+    held = [(type(m).__name__, a) for m in modules(model) for a in _SAVED_STATE if getattr(m, a, None) is not None]
+    assert held == []
+    with pytest.raises(RuntimeError, match=r"the last forward ran under nn.inference_mode\(\)"):
+        model.backward(np.ones((2, 4), np.float32))
+    lstm = nn.LSTM(3, 4)
+    with nn.inference_mode():
+        lstm(rng.standard_normal((2, 1, 3)).astype(np.float32))
+    with pytest.raises(RuntimeError, match="inference_mode"):
+        lstm.backward(np.ones((2, 1, 4), np.float32))
+    model(x)                                  # a normal forward keeps state again
+    assert model.fc._x is not None

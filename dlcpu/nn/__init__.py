@@ -19,7 +19,7 @@ from .io import build, check_writable, load, save
 from .layers import AvgPool2d, BasicBlock, BatchNorm2d, Conv2d, GlobalAvgPool, Linear, MaxPool2d, ReLU, Sequential
 from .losses import LossKind, parse_loss_kind, predict_classes, softmax_cross_entropy
 from .models import digits_resnet, digits_rnn
-from .module import FORMAT_VERSION, Module, Parameter
+from .module import FORMAT_VERSION, Module, Parameter, grad_enabled, inference_mode
 from .optim import SGD
 from .prune import LayerSparsity, prune, sparsity_report, total_sparsity
 from .recurrent import GRU, LSTM, RNN, LastTimeStep
@@ -60,6 +60,8 @@ __all__ = [
     "digits_resnet",
     "digits_rnn",
     "gnmt",
+    "grad_enabled",
+    "inference_mode",
     "load",
     "parse_loss_kind",
     "predict_classes",

@@ -25,6 +25,7 @@ from .module import (
     check_int_pair,
     check_ints,
     check_parameter_memory,
+    grad_enabled,
     register,
 )
 
@@ -342,7 +343,11 @@ def residual_end(bn, relu, h, shortcut):
     if bn._output_hooks:
         return relu(BlockedTensor(bn(h).data + shortcut.data, h.shape))
     y = bn.forward(h, residual=shortcut, relu=True)
-    relu._saved = y          # what ReLU's own backward masks with
+    if grad_enabled():
+        relu._saved = y      # what ReLU's own backward masks with
+    else:
+        bn._saved = relu._saved = None
+        relu._forward_kept_nothing = True
     for hook in relu._output_hooks:
         y = hook(relu, y)
     return y

@@ -5,7 +5,9 @@ children; named_parameters() walks the tree in a fixed order, which SGD and save
 Every concrete layer is registered by class name with `register`, so a saved configuration
 ({'type': name, 'args': constructor arguments}) rebuilds the model in `io.build` without pickles.
 A layer keeps what its backward needs from its own forward; calling backward first is an error
-(`require_forward`).
+(`require_forward`).  Under `inference_mode()` (PyTorch's torch.inference_mode) a layer drops
+that state as soon as its call returns, so an inference holds only the activations still in
+use, and a backward is refused with an error that says why.
 Every backward a subclass defines is wrapped (`__init_subclass__`) to run the module's backward
 hooks once it returns, i.e. once this module's parameter gradients are complete: data-parallel
 training (dlcpu.distributed) starts a gradient bucket's allreduce there, while the layers in
@@ -22,6 +24,30 @@ from ..layout import BlockedTensor
 FORMAT_VERSION = 1
 
 _REGISTRY = {}
+
+#: what layers keep for their backward (cleared after each call under inference_mode)
+_SAVED_STATE = ("_x", "_saved", "_y", "_caches", "_ids")
+_GRAD = {"enabled": True}
+
+
+class inference_mode:
+    """Context manager: forwards inside keep nothing for a backward (each layer drops what it
+    saved as soon as its call returns), as torch.inference_mode; backward afterwards is refused.
+    Use it for inference to hold only the activations still in use (ResNet-50, batch 4: the
+    saved inputs of every layer otherwise stay alive until the next forward)."""
+
+    def __enter__(self):
+        self._before = _GRAD["enabled"]
+        _GRAD["enabled"] = False
+        return self
+
+    def __exit__(self, *exc):
+        _GRAD["enabled"] = self._before
+
+
+def grad_enabled():
+    """False inside inference_mode()."""
+    return _GRAD["enabled"]
 
 
 def register(cls):
@@ -129,6 +155,11 @@ class Module:
 
     def __call__(self, x):
         y = self.forward(x)
+        self._forward_kept_nothing = not _GRAD["enabled"]
+        if self._forward_kept_nothing:
+            for attr in _SAVED_STATE:
+                if getattr(self, attr, None) is not None:
+                    setattr(self, attr, None)
         for hook in self._output_hooks:
             y = hook(self, y)
         return y
@@ -269,6 +300,9 @@ class Module:
     def _require_forward(self, value):
         """What this layer's forward kept for backward; RuntimeError when there is none."""
         if value is None:
+            if getattr(self, "_forward_kept_nothing", False):
+                raise RuntimeError(f"{self.name}.backward: the last forward ran under nn.inference_mode(), which keeps "
+                                   "nothing for a backward")
             raise RuntimeError(f"{self.name}.backward called before forward")
         return value
 
