@@ -12,7 +12,8 @@
 `saved` is an opaque BatchNormSaved; every argument is checked before a nogil kernel runs.
 gamma, beta and the running statistics are padded to whole channel blocks (C/16*16 floats);
 padded channels have gamma = beta = 0, so they stay zero.  Statistics are float64 sums in a
-fixed order per channel block: results do not depend on the thread count.
+fixed order per channel block: results do not depend on the thread count (they may differ in
+the last bits between ISA paths, whose reductions are vectorized differently).
 """
 import numpy as np
 
@@ -93,7 +94,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, *, ep
     if training:
         mean = np.empty((cb, CB))
         var = np.empty((cb, CB))
-        _norm.batchnorm_stats(x.data, mean, var, n_threads)
+        _norm.batchnorm_stats(x.data, mean, var, n_threads, cpu.isa_code(None))
         m = x.data.shape[0] * x.data.shape[2] * x.data.shape[3]
         unbiased = var * (m / max(m - 1, 1))
         running_mean *= 1 - momentum
@@ -109,7 +110,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, *, ep
     shift = beta - mean * scale
     y = np.empty_like(x.data)
     _norm.batchnorm_apply(x.data, _blocks(scale, cb), _blocks(shift, cb), y, bool(relu), n_threads,
-                          None if residual is None else residual.data)
+                          None if residual is None else residual.data, cpu.isa_code(None))
     saved = BatchNormSaved(x, _blocks(mean, cb), _blocks(invstd, cb), _blocks(gamma, cb), bool(training),
                            y if relu and residual is None else _NO_OUTPUT)
     return BlockedTensor(y, x.shape), saved
@@ -130,7 +131,7 @@ def batchnorm_backward(dy, saved, *, n_threads=None):
     dgamma = np.empty((cb, CB))
     dbeta = np.empty((cb, CB))
     _norm.batchnorm_backward(dy.data, x.data, mean, invstd, gamma, dx, dgamma, dbeta, training, y,
-                             cpu.resolve_threads(n_threads))
+                             cpu.resolve_threads(n_threads), cpu.isa_code(None))
     return BlockedTensor(dx, x.shape), dgamma.reshape(-1).astype(np.float32), dbeta.reshape(-1).astype(np.float32)
 
 
@@ -142,5 +143,5 @@ def relu_backward(dy, y, *, n_threads=None):
     if tuple(dy.shape) != tuple(y.shape):
         raise ValueError(f"{fn}: dy has shape {tuple(dy.shape)} but the ReLU's output y has shape {tuple(y.shape)}")
     dx = np.empty_like(dy.data)
-    _norm.relu_backward(dy.data, y.data, dx, cpu.resolve_threads(n_threads))
+    _norm.relu_backward(dy.data, y.data, dx, cpu.resolve_threads(n_threads), cpu.isa_code(None))
     return BlockedTensor(dx, dy.shape)

@@ -13,51 +13,49 @@ from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange, parallel
 
 cdef extern from "norm_f32.h" nogil:
-    void dlcpu_bn_apply_plane(const float *x, const float *res, float *y, const float *scale,
+    void dlcpu_bn_apply_plane(int isa, const float *x, const float *res, float *y, const float *scale,
                               const float *shift, int64_t hw, int relu)
-    void dlcpu_relu_mask(const float *dy, const float *y, float *g, int64_t n)
+    void dlcpu_relu_mask(int isa, const float *dy, const float *y, float *g, int64_t n)
+    void dlcpu_bn_sum(int isa, const float *x, int64_t hw, double *acc)
+    void dlcpu_bn_sqdev(int isa, const float *x, int64_t hw, const double *mean, double *acc)
+    void dlcpu_bn_grad_sums(int isa, const float *dy, const float *x, int64_t hw, const float *mean,
+                            const float *invstd, double *sb, double *sg)
+    void dlcpu_bn_dx(int isa, const float *dy, const float *x, float *dx, int64_t hw, const float *mean,
+                     const float *invstd, const float *k1, const float *k2, const float *k3)
 
 
 cdef void stats_block(const float[:, :, :, :, ::1] x, int64_t cb, double *mean,
-                      double *var) noexcept nogil:
+                      double *var, int isa) noexcept nogil:
     # Per-block helper: its accumulators live on this call's stack (an array declared in the
-    # prange function itself would be shared by all threads).
+    # prange function itself would be shared by all threads).  Two passes (mean, then the
+    # centred second moment: no cancellation), each plane reduced in pixel order.
     cdef int64_t N = x.shape[0], HW = x.shape[2] * x.shape[3]
-    cdef int64_t n, i, lane
+    cdef int64_t n, lane
     cdef double acc[16]
-    cdef double d
-    cdef const float *px
     for lane in range(16):
         acc[lane] = 0.0
     for n in range(N):
-        px = &x[n, cb, 0, 0, 0]
-        for i in range(HW):
-            for lane in range(16):
-                acc[lane] += px[i * 16 + lane]
+        dlcpu_bn_sum(isa, &x[n, cb, 0, 0, 0], HW, acc)
     for lane in range(16):
         mean[lane] = acc[lane] / (N * HW)
         acc[lane] = 0.0
     for n in range(N):
-        px = &x[n, cb, 0, 0, 0]
-        for i in range(HW):
-            for lane in range(16):
-                d = px[i * 16 + lane] - mean[lane]
-                acc[lane] += d * d
+        dlcpu_bn_sqdev(isa, &x[n, cb, 0, 0, 0], HW, mean, acc)
     for lane in range(16):
         var[lane] = acc[lane] / (N * HW)
 
 
 def batchnorm_stats(const float[:, :, :, :, ::1] x, double[:, ::1] mean, double[:, ::1] var,
-                    int n_threads):
+                    int n_threads, int isa=0):
     """Per-channel mean and biased variance over (N, H, W); mean/var are (C/16, 16)."""
     cdef int64_t cb
     for cb in prange(x.shape[1], nogil=True, schedule='static', num_threads=n_threads):
-        stats_block(x, cb, &mean[cb, 0], &var[cb, 0])
+        stats_block(x, cb, &mean[cb, 0], &var[cb, 0], isa)
 
 
 def batchnorm_apply(const float[:, :, :, :, ::1] x, const float[:, ::1] scale,
                     const float[:, ::1] shift, float[:, :, :, :, ::1] y, bint relu, int n_threads,
-                    const float[:, :, :, :, ::1] res=None):
+                    const float[:, :, :, :, ::1] res=None, int isa=0):
     """y = x*scale + shift per channel (scale = gamma/std, shift = beta - mean*scale), plus the
     residual res when given (x's shape), ReLU fused."""
     cdef int64_t N = x.shape[0], Cb = x.shape[1], HW = x.shape[2] * x.shape[3]
@@ -66,50 +64,42 @@ def batchnorm_apply(const float[:, :, :, :, ::1] x, const float[:, ::1] scale,
     for nc in prange(N * Cb, nogil=True, schedule='static', num_threads=n_threads):
         n = nc // Cb
         cb = nc % Cb
-        dlcpu_bn_apply_plane(&x[n, cb, 0, 0, 0], &res[n, cb, 0, 0, 0] if has_res else NULL,
+        dlcpu_bn_apply_plane(isa, &x[n, cb, 0, 0, 0], &res[n, cb, 0, 0, 0] if has_res else NULL,
                              &y[n, cb, 0, 0, 0], &scale[cb, 0], &shift[cb, 0], HW, relu)
 
 
 cdef inline const float *grad_plane(const float[:, :, :, :, ::1] dy, const float *y, float *g,
-                                    int64_t n, int64_t cb) noexcept nogil:
+                                    int64_t n, int64_t cb, int isa) noexcept nogil:
     """The (n, cb) plane of dy, or, with a fused ReLU (y: its output), dy masked by y > 0 in g."""
     cdef int64_t plane = dy.shape[2] * dy.shape[3] * 16
     if y == NULL:
         return &dy[n, cb, 0, 0, 0]
-    dlcpu_relu_mask(&dy[n, cb, 0, 0, 0], y + (n * dy.shape[1] + cb) * plane, g, plane)
+    dlcpu_relu_mask(isa, &dy[n, cb, 0, 0, 0], y + (n * dy.shape[1] + cb) * plane, g, plane)
     return g
 
 
 cdef void backward_block(const float[:, :, :, :, ::1] dy, const float[:, :, :, :, ::1] x,
                          const float *mean, const float *invstd, const float *gamma,
                          float[:, :, :, :, ::1] dx, double *dgamma, double *dbeta, int64_t cb,
-                         bint training, const float *y, float *g) noexcept nogil:
+                         bint training, const float *y, float *g, int isa) noexcept nogil:
     """One channel block.  g: per-thread scratch of one image plane (H*W*16 floats) holding
-    dy, masked by the fused ReLU's output when y is given; separate plain loops keep both
-    passes vectorized."""
+    dy, masked by the fused ReLU's output when y is given; both passes are the plane loops of
+    norm_f32.h, per ISA path."""
     cdef int64_t N = x.shape[0], HW = x.shape[2] * x.shape[3]
-    cdef int64_t n, i, lane, j
+    cdef int64_t n, lane
     cdef double M = N * HW
     cdef double sg[16]
     cdef double sb[16]
     cdef float k1[16]
     cdef float k2[16]
     cdef float k3[16]
-    cdef float xh
-    cdef const float *px
     cdef const float *pd
-    cdef float *po
     for lane in range(16):
         sg[lane] = 0.0
         sb[lane] = 0.0
     for n in range(N):
-        px = &x[n, cb, 0, 0, 0]
-        pd = grad_plane(dy, y, g, n, cb)
-        for i in range(HW):
-            for lane in range(16):
-                j = i * 16 + lane
-                sb[lane] += pd[j]
-                sg[lane] += pd[j] * (px[j] - mean[lane]) * invstd[lane]
+        pd = grad_plane(dy, y, g, n, cb, isa)
+        dlcpu_bn_grad_sums(isa, pd, &x[n, cb, 0, 0, 0], HW, mean, invstd, sb, sg)
     for lane in range(16):
         dgamma[lane] = sg[lane]
         dbeta[lane] = sb[lane]
@@ -117,21 +107,15 @@ cdef void backward_block(const float[:, :, :, :, ::1] dy, const float[:, :, :, :
         k2[lane] = <float>(sb[lane] / M) if training else 0.0
         k3[lane] = <float>(sg[lane] / M) if training else 0.0
     for n in range(N):
-        px = &x[n, cb, 0, 0, 0]
-        pd = grad_plane(dy, y, g, n, cb)
-        po = &dx[n, cb, 0, 0, 0]
-        for i in range(HW):
-            for lane in range(16):
-                j = i * 16 + lane
-                xh = (px[j] - mean[lane]) * invstd[lane]
-                po[j] = k1[lane] * (pd[j] - k2[lane] - xh * k3[lane])
+        pd = grad_plane(dy, y, g, n, cb, isa)
+        dlcpu_bn_dx(isa, pd, &x[n, cb, 0, 0, 0], &dx[n, cb, 0, 0, 0], HW, mean, invstd, k1, k2, k3)
 
 
 def batchnorm_backward(const float[:, :, :, :, ::1] dy, const float[:, :, :, :, ::1] x,
                        const float[:, ::1] mean, const float[:, ::1] invstd,
                        const float[:, ::1] gamma, float[:, :, :, :, ::1] dx,
                        double[:, ::1] dgamma, double[:, ::1] dbeta, bint training,
-                       const float[:, :, :, :, ::1] y, int n_threads):
+                       const float[:, :, :, :, ::1] y, int n_threads, int isa=0):
     """dgamma = sum g*xhat, dbeta = sum g and, in training mode,
     dx = gamma*invstd/M * (M*g - dbeta - xhat*dgamma); in eval mode dx = gamma*invstd*g, where
     g = dy, or with a fused ReLU (y: the forward output, else an empty array) dy masked by y > 0."""
@@ -146,18 +130,18 @@ def batchnorm_backward(const float[:, :, :, :, ::1] dy, const float[:, :, :, :, 
                 errors += 1
             else:
                 backward_block(dy, x, &mean[cb, 0], &invstd[cb, 0], &gamma[cb, 0], dx,
-                               &dgamma[cb, 0], &dbeta[cb, 0], cb, training, py, g)
+                               &dgamma[cb, 0], &dbeta[cb, 0], cb, training, py, g, isa)
         free(g)
     if errors:
         raise MemoryError("batchnorm_backward: cannot allocate the per-thread gradient plane")
 
 
 def relu_backward(const float[:, :, :, :, ::1] dy, const float[:, :, :, :, ::1] y,
-                  float[:, :, :, :, ::1] dx, int n_threads):
+                  float[:, :, :, :, ::1] dx, int n_threads, int isa=0):
     """dx = dy where the ReLU's output y > 0, else 0."""
     cdef int64_t N = dy.shape[0], Cb = dy.shape[1], plane = dy.shape[2] * dy.shape[3] * 16
     cdef int64_t nc, n, cb
     for nc in prange(N * Cb, nogil=True, schedule='static', num_threads=n_threads):
         n = nc // Cb
         cb = nc % Cb
-        dlcpu_relu_mask(&dy[n, cb, 0, 0, 0], &y[n, cb, 0, 0, 0], &dx[n, cb, 0, 0, 0], plane)
+        dlcpu_relu_mask(isa, &dy[n, cb, 0, 0, 0], &y[n, cb, 0, 0, 0], &dx[n, cb, 0, 0, 0], plane)

@@ -96,9 +96,11 @@ def bn_args(c):
     return gamma, beta, np.zeros(cb, np.float32), np.ones(cb, np.float32)
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("c", [1, 16, 20, 33])
 @pytest.mark.parametrize("relu", [False, True])
-def test_batchnorm_training(rng, c, relu):
+def test_batchnorm_training(monkeypatch, rng, isa, c, relu):
+    monkeypatch.setenv("DLCPU_ISA", isa)
     x = (rng.standard_normal((4, c, 5, 6)) * 3 + 1).astype(np.float32)
     gamma, beta, rm, rv = bn_args(c)
     y, saved = norm.batchnorm_forward(dlcpu.to_blocked(x), gamma, beta, rm, rv, True, relu=relu)
@@ -119,12 +121,14 @@ def test_batchnorm_training(rng, c, relu):
     assert not dgamma[c:].any() and not dbeta[c:].any()
 
 
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("c", [1, 16, 20, 33])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("training", [True, False])
-def test_batchnorm_with_residual(rng, c, relu, training):
+def test_batchnorm_with_residual(monkeypatch, rng, isa, c, relu, training):
     """relu(bn(x) + r) in one pass (a ResNet block's end) against the float64 twin; its backward
     takes the gradient of the sum (relu_backward(dy, y)), which is also r's gradient."""
+    monkeypatch.setenv("DLCPU_ISA", isa)
     x = (rng.standard_normal((3, c, 4, 5)) * 3 + 1).astype(np.float32)
     r = rng.standard_normal(x.shape).astype(np.float32)
     gamma, beta, rm, rv = bn_args(c)
@@ -195,7 +199,9 @@ def test_batchnorm_against_torch(rng):
     assert_close(dgamma[:20], bn.weight.grad.numpy())
 
 
-def test_batchnorm_threads_bitwise(rng):
+@pytest.mark.parametrize("isa", ISAS)
+def test_batchnorm_threads_bitwise(monkeypatch, rng, isa):
+    monkeypatch.setenv("DLCPU_ISA", isa)
     x = rng.standard_normal((8, 40, 6, 6)).astype(np.float32)
     dy = dlcpu.to_blocked(rng.standard_normal(x.shape).astype(np.float32))
     outs = []
@@ -208,8 +214,11 @@ def test_batchnorm_threads_bitwise(rng):
         assert np.array_equal(outs[0][2], other[2])
 
 
-def test_relu_backward(rng):
+@pytest.mark.parametrize("isa", ISAS)
+def test_relu_backward(monkeypatch, rng, isa):
+    monkeypatch.setenv("DLCPU_ISA", isa)
     y = dlcpu.to_blocked(np.maximum(rng.standard_normal((2, 17, 3, 3)), 0).astype(np.float32))
+    y.data[0, 0, 0, 0, :3] = [np.nan, -0.0, np.inf]
     dy = dlcpu.to_blocked(rng.standard_normal((2, 17, 3, 3)).astype(np.float32))
     assert np.array_equal(norm.relu_backward(dy, y).data, np.where(y.data > 0, dy.data, 0))
 
