@@ -366,18 +366,12 @@ def bench_train_resnet50(
     if batch * final * final < 2:
         raise bad_option("--batch", f"at --image {image} the last stage is {final}x{final}, so batch norm in training "
                                     f"needs --batch >= 2, got {batch}")
-    runs = []
-    for n_threads in parse_threads(threads):
-        peak = bench_models.machine_peak(n_threads)
-        with err.status(f"ResNet-50 training, batch {batch}, {image}x{image}, {n_threads} thread(s)"):
-            run = bench_models.bench_train_resnet50(batch, image, n_threads, peak, compare=compare, repeats=repeats,
-                                                    breakdown=breakdown, memory=memory)
-        run["peak_gflops"] = peak
-        runs.append(run)
-        if not as_json:
-            _render_model_run(run, "training")
-    if as_json:
-        emit_json({"train_resnet50": runs})
+    def measure(n_threads, peak, _):
+        return bench_models.bench_train_resnet50(batch, image, n_threads, peak, compare=compare, repeats=repeats,
+                                                 breakdown=breakdown, memory=memory)
+
+    _model_runs(threads, [None], measure, lambda n, _: f"ResNet-50 training, batch {batch}, {image}x{image}, {n} thread(s)",
+                f"ResNet-50 training | batch {batch}, {image}x{image}", "train_resnet50", as_json)
 
 
 @command(infer_app, "resnet50")
@@ -395,19 +389,13 @@ def bench_infer_resnet50(
     PyTorch (channels_last, inference_mode), with each side's peak memory."""
     compare = _compare(compare)
     batches = parse_threads(batch, option="--batch", maximum=4096)
-    runs = []
-    for n_threads in parse_threads(threads):
-        peak = bench_models.machine_peak(n_threads)
-        for b in batches:
-            with err.status(f"ResNet-50 inference, batch {b}, {image}x{image}, {n_threads} thread(s)"):
-                run = bench_models.bench_infer_resnet50(b, image, n_threads, peak, compare=compare, repeats=repeats,
-                                                        memory=memory)
-            run["peak_gflops"] = peak
-            runs.append(run)
-            if not as_json:
-                _render_model_run(run, "inference")
-    if as_json:
-        emit_json({"infer_resnet50": runs})
+
+    def measure(n_threads, peak, b):
+        return bench_models.bench_infer_resnet50(b, image, n_threads, peak, compare=compare, repeats=repeats,
+                                                 memory=memory)
+
+    _model_runs(threads, batches, measure, lambda n, b: f"ResNet-50 inference, batch {b}, {image}x{image}, {n} thread(s)",
+                f"ResNet-50 inference | {image}x{image}", "infer_resnet50", as_json)
 
 
 @command(train_app, "gnmt")
@@ -429,51 +417,41 @@ def bench_train_gnmt(
     compare = _compare(compare)
     if hidden % 2:
         raise bad_option("--hidden", f"must be even (hidden/2 units per direction in the first layer), got {hidden}")
+    def measure(n_threads, peak, _):
+        return bench_models.bench_train_gnmt(vocab, hidden, layers, seq, batch, n_threads, peak, compare=compare,
+                                             repeats=repeats, memory=memory)
+
+    what = f"GNMT training | {layers} LSTM layers of {hidden}, vocabulary {vocab}, T={seq}"
+    _model_runs(threads, [None], measure, lambda n, _: f"{what}, {n} thread(s)", what, "train_gnmt", as_json)
+
+
+def _model_runs(threads, cases, measure, status, title, key, as_json):
+    """The loop every whole-model benchmark shares: per thread count, the machine's peak, then
+    measure(n_threads, peak, case) for each case (a batch size, or None), each run rendered as
+    it ends, or all of them as JSON under `key`."""
     runs = []
     for n_threads in parse_threads(threads):
         peak = bench_models.machine_peak(n_threads)
-        with err.status(f"GNMT training, {layers} layers of {hidden}, vocabulary {vocab}, T={seq}, N={batch}, "
-                        f"{n_threads} thread(s)"):
-            run = bench_models.bench_train_gnmt(vocab, hidden, layers, seq, batch, n_threads, peak, compare=compare,
-                                                repeats=repeats, memory=memory)
-        run["peak_gflops"] = peak
-        runs.append(run)
-        if not as_json:
-            _render_gnmt_run(run)
+        for case in cases:
+            with err.status(status(n_threads, case)):
+                run = measure(n_threads, peak, case)
+            run["peak_gflops"] = peak
+            runs.append(run)
+            if not as_json:
+                _render_model_run(run, title)
     if as_json:
-        emit_json({"train_gnmt": runs})
-
-
-def _render_gnmt_run(run):
-    t = Table(title=f"GNMT training | {run['layers']} LSTM layers of {run['hidden']}, vocabulary {run['vocab']}, "
-                    f"T={run['seq']}, N={run['batch']}, {run['threads']} thread(s), {run['gflop_per_step']:.1f} GFLOP "
-                    f"per step, peak {run['peak_gflops']:.0f} GFLOP/s")
-    cols = ["side", "tokens/s", "ms/step", "GFLOP/s", "% peak"] + (["peak RSS", "step memory"] if "memory" in run else [])
-    for col in cols:
-        t.add_column(col, justify="left" if col == "side" else "right")
-    for name, side in [("dlcpu", run)] + ([(run["peer"]["name"], run["peer"])] if "peer" in run else []):
-        cells = [name, f"{side['tokens_per_second']:.0f}", f"{side['seconds']['median_s'] * 1e3:.1f}",
-                 f"{side['gflops']:.1f}", f"{side['pct_peak']:.1f}"]
-        if "memory" in run:
-            cells += [_gib(side["memory"]["peak_rss_bytes"]), _gib(side["memory"]["step_bytes"])]
-        t.add_row(*cells)
-    out.print(t)
-    if "peer" in run:
-        line = f"ratio (dlcpu tokens/s / torch tokens/s): {run['peer']['ratio']:.2f}"
-        if "memory_ratio" in run["peer"]:
-            line += f"; step memory dlcpu / torch: {run['peer']['memory_ratio']:.2f}"
-        out.print(line, highlight=False)
-    out.print(f"timed: {run['timed_region']}.", highlight=False, soft_wrap=True)
+        emit_json({key: runs})
 
 
 def _gib(n):
     return f"{n / 2**30:.2f} GiB"
 
 
-def _render_model_run(run, what):
-    t = Table(title=f"ResNet-50 {what} | batch {run['batch']}, {run['image']}x{run['image']}, {run['threads']} "
-                    f"thread(s), {run['gflop_per_step']:.1f} GFLOP per step, peak {run['peak_gflops']:.0f} GFLOP/s")
-    cols = ["side", "images/s", "ms/step", "GFLOP/s", "% peak"]
+def _render_model_run(run, title):
+    rate, unit = (("tokens_per_second", "tokens/s") if "tokens_per_second" in run else ("images_per_second", "images/s"))
+    t = Table(title=f"{title} | batch {run['batch']}, {run['threads']} thread(s), {run['gflop_per_step']:.1f} GFLOP "
+                    f"per step, peak {run['peak_gflops']:.0f} GFLOP/s")
+    cols = ["side", unit, "ms/step", "GFLOP/s", "% peak"]
     mem = "memory" in run
     if mem:
         cols += ["peak RSS", "step memory"]
@@ -481,7 +459,7 @@ def _render_model_run(run, what):
         t.add_column(col, justify="left" if col == "side" else "right")
     sides = [("dlcpu", run)] + ([(run["peer"]["name"], run["peer"])] if "peer" in run else [])
     for name, side in sides:
-        cells = [name, f"{side['images_per_second']:.2f}", f"{side['seconds']['median_s'] * 1e3:.1f}",
+        cells = [name, f"{side[rate]:.2f}", f"{side['seconds']['median_s'] * 1e3:.1f}",
                  f"{side['gflops']:.1f}", f"{side['pct_peak']:.1f}"]
         if mem:
             m = side.get("memory")
@@ -489,7 +467,7 @@ def _render_model_run(run, what):
         t.add_row(*cells)
     out.print(t)
     if "peer" in run:
-        line = f"ratio (dlcpu images/s / torch images/s): {run['peer']['ratio']:.2f}"
+        line = f"ratio (dlcpu {unit} / torch {unit}): {run['peer']['ratio']:.2f}"
         if "memory_ratio" in run["peer"]:
             line += f"; step memory dlcpu / torch: {run['peer']['memory_ratio']:.2f}"
         out.print(line, highlight=False)

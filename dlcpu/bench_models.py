@@ -104,29 +104,52 @@ def _modules(module):
         yield from _modules(child)
 
 
-def _dlcpu_train_step(model, opt, x, labels):
+def _resnet_steps(spec, train, sides, torch=None):
+    """{side: step} for ResNet-50 on `spec` (batch, image, num_classes): a training step (SGD
+    with momentum and weight decay) or an eval-mode inference, for 'dlcpu' and/or 'torch' (the
+    channels_last twin, holding the dlcpu model's initial weights)."""
     from . import nn
 
-    def step():
-        logits = model(x)
-        _, g = nn.softmax_cross_entropy(logits, labels)
-        model.backward(g)
-        opt.step()
-        opt.zero_grad()
-    return step
+    model = _model("resnet50", spec["num_classes"])
+    x, labels = _problem(spec["batch"], spec["image"], spec["num_classes"])
+    steps = {}
+    if "torch" in sides:
+        twin = _peers.resnet_from(torch, model, memory_format=torch.channels_last)
+        xt, lt = torch.from_numpy(x), torch.from_numpy(labels)
+        if train:
+            topt = torch.optim.SGD(twin.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
 
+            def peer():
+                loss = torch.nn.functional.cross_entropy(twin(xt.contiguous(memory_format=torch.channels_last)), lt)
+                topt.zero_grad()
+                loss.backward()
+                topt.step()
+        else:
+            twin.eval()
 
-def _torch_train_step(torch, twin, x, labels):
-    opt = torch.optim.SGD(twin.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-    xt, lt = torch.from_numpy(x), torch.from_numpy(labels)
+            def peer():
+                with torch.inference_mode():
+                    twin(xt.contiguous(memory_format=torch.channels_last))
+        steps["torch"] = peer
+    if "dlcpu" in sides:
+        if train:
+            opt = nn.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
 
-    def step():
-        logits = twin(xt.contiguous(memory_format=torch.channels_last))
-        loss = torch.nn.functional.cross_entropy(logits, lt)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return step
+            def ours():
+                _, g = nn.softmax_cross_entropy(model(x), labels)
+                model.backward(g)
+                opt.step()
+                opt.zero_grad()
+            ours.opt = opt                      # dlcpu_breakdown times its calls
+        else:
+            model.eval()
+
+            def ours():
+                with nn.inference_mode():      # as the peer's torch.inference_mode: nothing kept for a backward
+                    model(x)
+        ours.model, ours.x = model, x
+        steps["dlcpu"] = ours
+    return steps
 
 
 def _tokens(spec, seed=0):
@@ -135,29 +158,42 @@ def _tokens(spec, seed=0):
     return rng.integers(0, spec["vocab"], shape), rng.integers(0, spec["vocab"], shape)
 
 
-def _dlcpu_gnmt_step(model, ids, targets):
+def _gnmt_steps(spec, train, sides, torch=None):
+    """{side: training step} of the GNMT-style model on `spec` (vocab, hidden, layers, seq,
+    batch), SGD with momentum, the twin holding the dlcpu model's initial weights."""
     from . import nn
 
-    opt = nn.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    if not train:
+        raise ValueError("bench: the GNMT workload times training steps only")
+    model = nn.gnmt(spec["vocab"], spec["hidden"], spec["layers"])
+    ids, targets = _tokens(spec)
+    steps = {}
+    if "torch" in sides:
+        twin = _peers.gnmt_from(torch, model)
+        topt = torch.optim.SGD(twin.parameters(), lr=1e-3, momentum=0.9)
+        it, tt = torch.from_numpy(ids), torch.from_numpy(targets)
 
-    def step():
-        model.loss(ids, targets)
-        model.backward()
-        opt.step()
-        opt.zero_grad()
-    return step
+        def peer():
+            loss = twin.loss(it, tt)
+            topt.zero_grad()
+            loss.backward()
+            topt.step()
+        steps["torch"] = peer
+    if "dlcpu" in sides:
+        opt = nn.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+        def ours():
+            model.loss(ids, targets)
+            model.backward()
+            opt.step()
+            opt.zero_grad()
+        steps["dlcpu"] = ours
+    return steps
 
 
-def _torch_gnmt_step(torch, twin, ids, targets):
-    opt = torch.optim.SGD(twin.parameters(), lr=1e-3, momentum=0.9)
-    it, tt = torch.from_numpy(ids), torch.from_numpy(targets)
-
-    def step():
-        loss = twin.loss(it, tt)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return step
+def _steps(spec, train, sides, torch=None):
+    """{side: step} of a workload spec ({'model': 'resnet50', ...} or {'model': 'gnmt', ...})."""
+    return (_resnet_steps if spec["model"] == "resnet50" else _gnmt_steps)(spec, train, sides, torch)
 
 
 def gnmt_flops(vocab, hidden, layers, seq, batch):
@@ -170,10 +206,6 @@ def gnmt_flops(vocab, hidden, layers, seq, batch):
     fwd += (layers - 1) * 2.0 * tokens * 4 * hidden * (2 * hidden)
     fwd += 2.0 * tokens * hidden * vocab
     return 3 * fwd
-
-
-def _twin(torch, model):
-    return _peers.resnet_from(torch, model, memory_format=torch.channels_last)
 
 
 # ------------------------------------------------------------------------------------ memory
@@ -193,42 +225,6 @@ def _peak_rss_bytes():
     raise OSError("no VmHWM line in /proc/self/status")
 
 
-def _make_step(side, spec, train, torch=None):
-    """The step function one side runs for a workload spec ({'model': 'resnet50', 'batch',
-    'image', 'num_classes'} or {'model': 'gnmt', 'vocab', 'hidden', 'layers', 'seq', 'batch'}),
-    building the dlcpu model first (the twin takes its weights from it)."""
-    from . import nn
-
-    if spec["model"] == "resnet50":
-        model = _model("resnet50", spec["num_classes"])
-        x, labels = _problem(spec["batch"], spec["image"], spec["num_classes"])
-        if side == "torch":
-            twin = _twin(torch, model)
-            if train:
-                return _torch_train_step(torch, twin, x, labels)
-            twin.eval()
-            xt = torch.from_numpy(x)
-
-            def peer():
-                with torch.inference_mode():
-                    twin(xt.contiguous(memory_format=torch.channels_last))
-            return peer
-        if train:
-            return _dlcpu_train_step(model, nn.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4),
-                                     x, labels)
-        model.eval()
-
-        def infer():
-            with nn.inference_mode():
-                model(x)
-        return infer
-    model = nn.gnmt(spec["vocab"], spec["hidden"], spec["layers"])
-    ids, targets = _tokens(spec)
-    if side == "torch":
-        return _torch_gnmt_step(torch, _peers.gnmt_from(torch, model), ids, targets)
-    return _dlcpu_gnmt_step(model, ids, targets)
-
-
 def _memory_child(side, spec, steps, n_threads, train, queue):
     """Run in a fresh process: peak RSS of `steps` steps of one side."""
     try:
@@ -243,7 +239,7 @@ def _memory_child(side, spec, steps, n_threads, train, queue):
 
         base = _rss_bytes()
         with threadpool_limits(limits=n_threads, user_api="openmp"):
-            step = _make_step(side, spec, train, torch)
+            step = _steps(spec, train, (side,), torch)[side]
             for _ in range(steps):
                 step()
         peak = _peak_rss_bytes()
@@ -254,7 +250,7 @@ def _memory_child(side, spec, steps, n_threads, train, queue):
 
 def peak_memory(side, spec, n_threads, train, steps=2):
     """{'peak_rss_bytes', 'rss_after_imports_bytes', 'step_bytes'} of one side on a workload spec
-    (see _make_step), measured in a fresh process (so neither side's allocations or caches count
+    (see _steps), measured in a fresh process (so neither side's allocations or caches count
     against the other)."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
@@ -330,9 +326,11 @@ class _TimedWU:
         return getattr(self._module, name)
 
 
-def dlcpu_breakdown(model, opt, x, labels, steps=2):
-    """Seconds per layer kind of dlcpu training steps (averaged over `steps`), with 'other' the
-    rest of each step's wall time (Python between the calls, residual adds done in NumPy)."""
+def dlcpu_breakdown(step, steps=2):
+    """Seconds per layer kind of a dlcpu training step (from _resnet_steps; averaged over
+    `steps`), with 'other' the rest of each step's wall time (Python between the calls,
+    residual adds done in NumPy)."""
+    opt = step.opt
     from . import conv, nn, norm, pool
     from .nn import layers, resnet
 
@@ -350,7 +348,6 @@ def dlcpu_breakdown(model, opt, x, labels, steps=2):
                 (resnet, "to_blocked", w("layout conversion", resnet.to_blocked)),
                 (nn, "softmax_cross_entropy", w("loss", nn.softmax_cross_entropy)),
                 (opt, "step", w("optimizer", opt.step)), (opt, "zero_grad", w("optimizer", opt.zero_grad))]
-    step = _dlcpu_train_step(model, opt, x, labels)
     with _patched(targets):
         step()                                       # warm-up, not counted
         timers.seconds = dict.fromkeys(KINDS, 0.0)
@@ -397,6 +394,24 @@ def torch_breakdown(torch, step, steps=2):
 
 
 # ------------------------------------------------------------------------------------ timing
+def _compare(steps, torch, n_threads, items, flops, peak_gflops, rate, peer_name, repeats, warmup):
+    """Time {side: step} interleaved at n_threads: the dlcpu side's figures, and under 'peer'
+    PyTorch's with the ratio of the rates (dlcpu / PyTorch, above 1: dlcpu faster)."""
+    from threadpoolctl import threadpool_limits
+
+    fns = [steps["dlcpu"]] + ([steps["torch"]] if torch is not None else [])
+    with threadpool_limits(limits=n_threads, user_api="openmp"), \
+            (torch_threads(torch, n_threads) if torch is not None else _nothing()):
+        times = time_interleaved(fns, repeats, warmup, settle=SETTLE_SECONDS)
+    out = _side(times[0], items, flops, peak_gflops, rate)
+    if torch is not None:
+        peer = _side(times[1], items, flops, peak_gflops, rate)
+        peer["name"] = f"torch {torch.__version__}{peer_name}"
+        peer["ratio"] = out[rate] / peer[rate]
+        out["peer"] = peer
+    return out
+
+
 def bench_train_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, repeats=5, warmup=1,
                          breakdown=False, memory=True, num_classes=1000):
     """Training images/s of nn.resnet50 and (compare='torch') its PyTorch twin in channels_last,
@@ -404,74 +419,38 @@ def bench_train_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, 
     breakdown, time per layer kind for both sides."""
     from threadpoolctl import threadpool_limits
 
-    from . import nn
-
     torch = _peers.require_torch("--compare torch") if compare == "torch" else None
-    model = _model("resnet50", num_classes)
-    x, labels = _problem(batch, image, num_classes)
-    flops = model_flops(model, x, train=True)
-    opt = nn.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
-    fns = [_dlcpu_train_step(model, opt, x, labels)]
-    if torch is not None:
-        fns.append(_torch_train_step(torch, _twin(torch, model), x, labels))
+    spec = {"model": "resnet50", "batch": batch, "image": image, "num_classes": num_classes}
+    steps = _steps(spec, True, ("dlcpu", "torch") if torch is not None else ("dlcpu",), torch)
+    flops = model_flops(steps["dlcpu"].model, steps["dlcpu"].x, train=True)
     out = {"model": "resnet50", "batch": batch, "image": image, "threads": n_threads, "gflop_per_step": flops / 1e9,
            "timed_region": TRAIN_TIMED_REGION}
-    with threadpool_limits(limits=n_threads, user_api="openmp"), \
-            (torch_threads(torch, n_threads) if torch is not None else _nothing()):
-        times = time_interleaved(fns, repeats, warmup, settle=SETTLE_SECONDS)
-        out.update(_side(times[0], batch, flops, peak_gflops))
-        if torch is not None:
-            peer = _side(times[1], batch, flops, peak_gflops)
-            peer["name"] = f"torch {torch.__version__}, channels_last"
-            peer["ratio"] = out["images_per_second"] / peer["images_per_second"]
-            out["peer"] = peer
-        if breakdown:
-            out["breakdown"] = dlcpu_breakdown(model, opt, x, labels)
+    out.update(_compare(steps, torch, n_threads, batch, flops, peak_gflops, "images_per_second", ", channels_last",
+                        repeats, warmup))
+    if breakdown:
+        with threadpool_limits(limits=n_threads, user_api="openmp"):
+            out["breakdown"] = dlcpu_breakdown(steps["dlcpu"])
             if torch is not None:
-                out["peer"]["breakdown"] = torch_breakdown(torch, fns[1])
+                with torch_threads(torch, n_threads):
+                    out["peer"]["breakdown"] = torch_breakdown(torch, steps["torch"])
     if memory:
-        spec = {"model": "resnet50", "batch": batch, "image": image, "num_classes": num_classes}
         _memories(out, spec, n_threads, True, torch is not None)
     return out
 
 
 def bench_infer_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, repeats=5, warmup=1,
                          num_classes=1000, memory=True):
-    """Eval-mode images/s of nn.resnet50 and its twin (channels_last, inference_mode), with each
-    side's peak memory (fresh process per side)."""
-    from threadpoolctl import threadpool_limits
-
+    """Eval-mode images/s of nn.resnet50 (under nn.inference_mode) and its twin (channels_last,
+    torch.inference_mode), with each side's peak memory (fresh process per side)."""
     torch = _peers.require_torch("--compare torch") if compare == "torch" else None
-    model = _model("resnet50", num_classes).eval()
-    x, _ = _problem(batch, image, num_classes)
-    flops = model_flops(model, x, train=False)
-    from . import nn
-
-    def ours():
-        with nn.inference_mode():      # as the peer's torch.inference_mode: nothing kept for a backward
-            model(x)
-    fns = [ours]
-    if torch is not None:
-        twin = _twin(torch, model).eval()
-        xt = torch.from_numpy(x)
-
-        def peer():
-            with torch.inference_mode():
-                twin(xt.contiguous(memory_format=torch.channels_last))
-        fns.append(peer)
+    spec = {"model": "resnet50", "batch": batch, "image": image, "num_classes": num_classes}
+    steps = _steps(spec, False, ("dlcpu", "torch") if torch is not None else ("dlcpu",), torch)
+    flops = model_flops(steps["dlcpu"].model, steps["dlcpu"].x, train=False)
     out = {"model": "resnet50", "batch": batch, "image": image, "threads": n_threads,
            "gflop_per_step": flops / 1e9, "timed_region": INFER_TIMED_REGION}
-    with threadpool_limits(limits=n_threads, user_api="openmp"), \
-            (torch_threads(torch, n_threads) if torch is not None else _nothing()):
-        times = time_interleaved(fns, repeats, warmup, settle=SETTLE_SECONDS)
-    out.update(_side(times[0], batch, flops, peak_gflops))
-    if torch is not None:
-        peer = _side(times[1], batch, flops, peak_gflops)
-        peer["name"] = f"torch {torch.__version__}, channels_last, inference_mode"
-        peer["ratio"] = out["images_per_second"] / peer["images_per_second"]
-        out["peer"] = peer
+    out.update(_compare(steps, torch, n_threads, batch, flops, peak_gflops, "images_per_second",
+                        ", channels_last, inference_mode", repeats, warmup))
     if memory:
-        spec = {"model": "resnet50", "batch": batch, "image": image, "num_classes": num_classes}
         _memories(out, spec, n_threads, False, torch is not None)
     return out
 
@@ -486,30 +465,14 @@ def bench_train_gnmt(vocab, hidden, layers, seq, batch, n_threads, peak_gflops, 
                      warmup=1, memory=True):
     """Training tokens/s of nn.gnmt and (compare='torch') its PyTorch twin, timed interleaved,
     with FLOPs, % of peak and peak memory (fresh process per side)."""
-    from threadpoolctl import threadpool_limits
-
-    from . import nn
-
     torch = _peers.require_torch("--compare torch") if compare == "torch" else None
     spec = {"model": "gnmt", "vocab": vocab, "hidden": hidden, "layers": layers, "seq": seq, "batch": batch}
-    model = nn.gnmt(vocab, hidden, layers)
-    ids, targets = _tokens(spec)
-    fns = [_dlcpu_gnmt_step(model, ids, targets)]
-    if torch is not None:
-        fns.append(_torch_gnmt_step(torch, _peers.gnmt_from(torch, model), ids, targets))
+    steps = _steps(spec, True, ("dlcpu", "torch") if torch is not None else ("dlcpu",), torch)
     flops = gnmt_flops(vocab, hidden, layers, seq, batch)
     out = {"model": "gnmt", **spec, "threads": n_threads, "gflop_per_step": flops / 1e9,
            "timed_region": GNMT_TIMED_REGION}
-    with threadpool_limits(limits=n_threads, user_api="openmp"), \
-            (torch_threads(torch, n_threads) if torch is not None else _nothing()):
-        times = time_interleaved(fns, repeats, warmup, settle=SETTLE_SECONDS)
-    tokens = seq * batch
-    out.update(_side(times[0], tokens, flops, peak_gflops, "tokens_per_second"))
-    if torch is not None:
-        peer = _side(times[1], tokens, flops, peak_gflops, "tokens_per_second")
-        peer["name"] = f"torch {torch.__version__}"
-        peer["ratio"] = out["tokens_per_second"] / peer["tokens_per_second"]
-        out["peer"] = peer
+    out.update(_compare(steps, torch, n_threads, seq * batch, flops, peak_gflops, "tokens_per_second", "",
+                        repeats, warmup))
     if memory:
         _memories(out, spec, n_threads, True, torch is not None)
     return out

@@ -353,10 +353,23 @@ def residual_end(bn, relu, h, shortcut):
     return y
 
 
-def residual_end_backward(bn, relu, y, dy):
-    """The gradient of the sum in residual_end (the shortcut's gradient, and bn's after its
-    own backward): ReLU's mask on dy."""
-    return relu.backward(dy)
+def shortcut_forward(shortcut, x):
+    """A residual block's shortcut: its layers in turn (a strided 1x1 conv + BN), or x itself."""
+    for m in shortcut:
+        x = m(x)
+    return x
+
+
+def residual_backward(relu, dy, main_backward, shortcut):
+    """The backward of relu(main(x) + shortcut(x)) ended by residual_end: the gradient of the
+    sum (ReLU's mask on dy) goes through main_backward and through the shortcut's layers, and
+    their input gradients add (None when the block computes no input gradient)."""
+    g = relu.backward(dy)
+    dx = main_backward(g)
+    ds = g
+    for m in reversed(shortcut):
+        ds = m.backward(ds)
+    return None if dx is None else BlockedTensor(dx.data + ds.data, dx.shape)
 
 
 @register
@@ -391,21 +404,13 @@ class BasicBlock(Module):
     def forward(self, x):
         _expect_blocked(x, self.describe(), self.args["in_channels"])
         h = self.conv2(self.bn1(self.conv1(x)))
-        s = x
-        for m in self.shortcut:
-            s = m(s)
-        self._y = residual_end(self.bn2, self.relu_out, h, s)
+        self._y = residual_end(self.bn2, self.relu_out, h, shortcut_forward(self.shortcut, x))
         return self._y
 
     def backward(self, dy):
-        g = residual_end_backward(self.bn2, self.relu_out, self._require_forward(self._y), dy)
-        dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(self.bn2.backward(g))))
-        ds = g
-        for m in reversed(self.shortcut):
-            ds = m.backward(ds)
-        if dx is None:
-            return None
-        return BlockedTensor(dx.data + ds.data, dx.shape)
+        self._require_forward(self._y)
+        return residual_backward(self.relu_out, dy, lambda g: self.conv1.backward(self.bn1.backward(
+            self.conv2.backward(self.bn2.backward(g)))), self.shortcut)
 
     def describe(self):
         a = self.args

@@ -28,8 +28,9 @@ from .layers import (
     MaxPool2d,
     ReLU,
     Sequential,
+    residual_backward,
     residual_end,
-    residual_end_backward,
+    shortcut_forward,
 )
 from .module import Module, _expect_blocked, check_int, check_ints, register
 
@@ -70,22 +71,13 @@ class Bottleneck(Module):
     def forward(self, x):
         _expect_blocked(x, self.describe(), self.args["in_channels"])
         h = self.conv3(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
-        s = x
-        for m in self.downsample:
-            s = m(s)
-        self._y = residual_end(self.bn3, self.relu, h, s)
+        self._y = residual_end(self.bn3, self.relu, h, shortcut_forward(self.downsample, x))
         return self._y
 
     def backward(self, dy):
-        g = residual_end_backward(self.bn3, self.relu, self._require_forward(self._y), dy)
-        dx = self.conv1.backward(self.bn1.backward(self.conv2.backward(self.bn2.backward(
-            self.conv3.backward(self.bn3.backward(g))))))
-        ds = g
-        for m in reversed(self.downsample):
-            ds = m.backward(ds)
-        if dx is None:
-            return None
-        return BlockedTensor(dx.data + ds.data, dx.shape)
+        self._require_forward(self._y)
+        return residual_backward(self.relu, dy, lambda g: self.conv1.backward(self.bn1.backward(self.conv2.backward(
+            self.bn2.backward(self.conv3.backward(self.bn3.backward(g)))))), self.downsample)
 
     def describe(self):
         a = self.args
