@@ -75,6 +75,11 @@ STARTUP_TIMEOUT = 60.0
 #: How long a wait spins on MPI_Test before it starts to sleep between polls (see
 #: Communicator.wait): longer than any allreduce of a step, far shorter than a stalled peer.
 SPIN_SECONDS = 0.25
+# How long a failing rank waits between printing its error and MPI_Abort.  Hydra forwards each
+# rank's stderr through its proxy on one socket and the abort request on another; when the abort
+# wins, the proxies are killed with the error line still unread, and the user sees a job that
+# ended with no reason (seen once in CI, a stalled-rank test that got only the epoch lines).
+ABORT_GRACE_SECONDS = 0.5
 
 
 class DistributedError(RuntimeError):
@@ -334,7 +339,17 @@ class Communicator:
 
     def abort(self, code=1):
         """End the whole job (every rank) with exit code `code`: what a rank does after an error
-        the others cannot know about, so that they do not wait for it until their deadline."""
+        the others cannot know about, so that they do not wait for it until their deadline.
+        Whatever this rank printed is flushed first and given ABORT_GRACE_SECONDS to reach the
+        launcher."""
+        import sys
+
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):     # a closed or broken stream has nothing to lose
+                pass
+        time.sleep(ABORT_GRACE_SECONDS)
         self.comm.Abort(code)
 
 
