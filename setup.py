@@ -46,6 +46,7 @@ EXTENSIONS = {
     "faults": "pyx/faults.pyx",
     "approx": "pyx/approx.pyx",
     "optim": "pyx/optim.pyx",
+    "precision": "pyx/precision.pyx",
 }
 
 PYX_DIR = "pyx"

@@ -5,6 +5,7 @@ Public API (small on purpose; the `dlcpu` command mirrors it):
     to_blocked, from_blocked, block_weights, unblock_weights,    layouts (BlockedTensor carries
     BlockedTensor                                                the logical shape)
     info                                                         machine, build, ISA, threads
+    dlcpu.precision                                              bf16, DFP-16, int8, ternary formats
     dlcpu.nn, dlcpu.train                                        layers, SGD, save/load, training
 """
 from ._version import __version__

@@ -574,3 +574,80 @@ def kernel_flavour_grad(op, x, impl, beta=1.0):
         return gelu_tanh_grad(x64)
     t = tanh_flavour(_gelu_inner32(x32), impl)
     return 0.5 * (1.0 + t) + 0.5 * x64 * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_A * x64 * x64)
+
+
+# ------------------------------------------------------------------------ number formats (precision)
+def bf16_bits_one(u):
+    """One fp32 bit pattern (a Python int) -> its bf16 pattern, VCVTNEPS2BF16's pseudocode step by
+    step (papers.md §5.3): zero/denormal -> signed zero, Inf kept, NaN quietened, else RNE."""
+    exponent = (u >> 23) & 0xFF
+    if exponent == 0:
+        return (u >> 16) & 0x8000
+    if exponent == 0xFF:
+        return (u >> 16) | 0x40 if u & 0x7FFFFF else u >> 16
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) & 0xFFFF
+
+
+def bf16_bits(u):
+    """bf16_bits_one over a uint32 array with numpy integer masks, for the exhaustive sweep.  The
+    rounding add wraps only for exponent-0xFF patterns, which the NaN/Inf rule replaces."""
+    u = np.asarray(u, np.uint32)
+    top = u >> np.uint32(16)
+    out = u + np.uint32(0x7FFF)
+    out += top & np.uint32(1)
+    out >>= np.uint32(16)
+    exponent = u & np.uint32(0x7F800000)
+    special = exponent == np.uint32(0x7F800000)
+    nan = special & ((u & np.uint32(0x7FFFFF)) != 0)
+    np.copyto(out, top, where=special)
+    np.copyto(out, top | np.uint32(0x40), where=nan)
+    np.copyto(out, top & np.uint32(0x8000), where=exponent == 0)
+    return out.astype(np.uint16)
+
+
+def dfp16_quantize(x, exponent, limit, rounding="nearest", draws=None):
+    """Mantissas of x (float32 values) at shared exponent E, in Python arithmetic: v = x * 2**-E
+    (exact as a Python float), nearest-even with round(), or stochastic: floor(|v|) + 1 when
+    draw < frac(|v|) * 2**32, sign restored; clamped to [-limit, limit]."""
+    out = []
+    for i, value in enumerate(np.asarray(x, np.float64).ravel().tolist()):
+        v = math.ldexp(value, -exponent)
+        if rounding == "nearest":
+            r = round(v)
+        else:
+            a = abs(v)
+            r = math.floor(a) + (1 if int(draws[i]) < (a - math.floor(a)) * 2.0 ** 32 else 0)
+            r = -r if v < 0 else r
+        out.append(max(-limit, min(limit, r)))
+    return np.array(out, np.int64).reshape(np.shape(x))
+
+
+def mix32(h):
+    """The 32-bit hash of kernels/convert.h (for the stochastic-rounding draws), on uint32 arrays."""
+    h = np.asarray(h, np.uint64) & 0xFFFFFFFF
+    h ^= h >> 16
+    h = (h * 0x7FEB352D) & 0xFFFFFFFF
+    h ^= h >> 15
+    h = (h * 0x846CA68B) & 0xFFFFFFFF
+    h ^= h >> 16
+    return h
+
+
+def stochastic_draws(seed, n):
+    """The draw of every element index < n (< 2**32) for `seed`, as the kernels make them."""
+    key = mix32(mix32(np.uint64(seed ^ 0x9E3779B9)) ^ 0)     # run 0 of 2**32 indices
+    return mix32(key ^ mix32(np.arange(n, dtype=np.uint64)))
+
+
+def ternary_brute_force(w):
+    """min over every t in {-1, 0, 1}^N (N <= 8) and alpha >= 0 of ||w - alpha*t||^2, float64:
+    for a fixed t the best alpha is max(0, w.t / t.t), leaving ||w||^2 - max(0, w.t)^2 / t.t."""
+    w = np.asarray(w, np.float64)
+    n = w.size
+    if n > 8:
+        raise ValueError("ternary_brute_force: 3**N assignments; N must be <= 8")
+    grid = np.array(np.meshgrid(*([[-1.0, 0.0, 1.0]] * n), indexing="ij")).reshape(n, -1).T
+    dots = grid @ w
+    counts = (grid != 0).sum(axis=1)
+    gain = np.where((counts > 0) & (dots > 0), dots ** 2 / np.maximum(counts, 1), 0.0)
+    return float(w @ w - gain.max())

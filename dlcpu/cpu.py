@@ -111,6 +111,7 @@ def cpu_model():
 def info():
     """Everything `dlcpu info` prints, as a dict."""
     from . import __version__
+    from .precision import native_formats
 
     compiler, flags = _cpu.build_info()
     try:
@@ -132,6 +133,8 @@ def info():
         "isa": isa,
         "isa_forced": isa_error is not None or _config.env_isa() is not None,
         "channel_block": CHANNEL_BLOCK,
+        # per number format, the CPU's instruction for its dot products (None: emulated, slower)
+        "format_instructions": native_formats(),
     }
     if isa_error:
         out["isa_error"] = isa_error

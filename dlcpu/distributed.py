@@ -25,7 +25,8 @@ The pieces, each usable on its own:
   order, so every rank issues the collectives in the same order whatever its timing (MPI's rule
   for non-blocking collectives).  ``finish()`` waits for the rest: that wait is the *exposed*
   communication.
-* bf16 compression — the scaled gradients are rounded to bf16 (round to nearest even) and summed
+* bf16 compression — the scaled gradients are rounded to bf16 (dlcpu.precision's rule: nearest
+  even, denormals to zero) and summed
   with an MPI user operation that adds in fp32 and rounds each partial sum back to bf16: half the
   bytes on the wire, about 3 significant digits per gradient.
 * ``Timeline`` — per-step spans of compute (forward, backward, optimizer) and communication (each
@@ -52,6 +53,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _validate
+from .precision import bf16_bits_to_fp32, fp32_to_bf16_bits
 
 #: what --dist and Communicator say when mpi4py (or an MPI library) is missing
 MPI_HINT = ('data-parallel training needs MPI: pip install "dlcpu[mpi]" (mpi4py and the mpich wheel, no '
@@ -182,30 +184,11 @@ def parse_bytes(text):
 
 
 # ------------------------------------------------------------------------------------ bf16 wire
-def to_bf16_bits(x):
-    """float32 array -> uint16 bf16 patterns, round to nearest even; NaN stays a quiet NaN."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = ((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16)).astype(np.uint16)
-    nan = np.isnan(x)
-    if nan.any():
-        rounded[nan] = ((u[nan] >> np.uint32(16)) | np.uint32(0x40)).astype(np.uint16)
-    return rounded
-
-
-def from_bf16_bits(bits, out=None):
-    """uint16 bf16 patterns -> float32 (exact)."""
-    wide = bits.astype(np.uint32) << np.uint32(16)
-    if out is None:
-        return wide.view(np.float32)
-    out[...] = wide.view(np.float32)
-    return out
-
-
 def _bf16_sum(inbuf, inoutbuf, datatype):
     """MPI user operation: inout = bf16(fp32(in) + fp32(inout)), elementwise (commutative)."""
     a = np.frombuffer(inbuf, dtype=np.uint16)
     b = np.frombuffer(inoutbuf, dtype=np.uint16)
-    b[...] = to_bf16_bits(from_bf16_bits(a) + from_bf16_bits(b))
+    b[...] = fp32_to_bf16_bits(bf16_bits_to_fp32(a) + bf16_bits_to_fp32(b))
 
 
 # -------------------------------------------------------------------------------- communicator
@@ -647,7 +630,7 @@ class GradientReducer:
         if self.share != 1.0:
             b.buffer *= np.float32(self.share)
         if self.compression == "bf16":
-            b.wire[...] = to_bf16_bits(b.buffer)
+            b.wire[...] = fp32_to_bf16_bits(b.buffer)
         b.started = time.perf_counter()
         b.request = self.comm.start_allreduce(b.wire, bf16=self.compression == "bf16")
         self._next = i + 1
@@ -673,7 +656,7 @@ class GradientReducer:
                 self.comm.wait(b.request, f"the allreduce of gradient bucket {i} ({b.nbytes} bytes)", deadline)
                 b.done = time.perf_counter()
             if self.compression == "bf16":
-                from_bf16_bits(b.wire, out=b.buffer)
+                b.buffer[...] = bf16_bits_to_fp32(b.wire)
         t1 = time.perf_counter()
         if self.timeline is not None:
             for i, b in enumerate(self.buckets):

@@ -1,0 +1,508 @@
+"""Number formats below fp32, and the exact conversions between them and fp32.
+
+    bits = fp32_to_bf16_bits(x)              # uint16 patterns, round to nearest even
+    x16 = bf16_bits_to_fp32(bits)            # exact
+    t = to_bf16(x); t.to_float32()           # the same, as a tensor that knows its format
+
+    d = to_dfp16(x, headroom=2)              # int16 mantissas + one shared exponent: I * 2**E
+    d = to_dfp16(g, rounding="stochastic", seed=7)
+    p = dfp_multiply(a, b); s = dfp_add(a, b); dfp_downconvert(s)    # the DFP-16 arithmetic rules
+
+    scales = int8_weight_scales(w)           # symmetric, one per output channel
+    cal = ActivationCalibrator(); cal.observe(batch) ...; q = to_int8(x, cal.scale, unsigned=cal.unsigned)
+
+    tw = ternarize(w, block=16, residual=1)  # W ~ sum_l alpha_l * t_l, alpha per (out channel, block)
+    tw.to_float32(levels=1)                  # residual levels switched off, least important first
+
+The formats (papers.md §3-§5):
+
+* **bf16** -- fp32's top 16 bits.  fp32 -> bf16 follows VCVTNEPS2BF16 on every ISA path, bit
+  for bit: round to nearest even; zero and denormal inputs become a zero of the same sign (the
+  instruction's DAZ/FTZ rule, chosen so that the AVX-512 path can use the instruction itself);
+  +-Inf is kept; a NaN keeps its sign and top payload bits and gets the quiet bit (0x0040), so it
+  never turns into Inf; a finite value that rounds past the largest bf16 becomes Inf.  bf16 ->
+  fp32 appends 16 zero bits.  Tested over all 2**32 fp32 patterns against a scalar reference.
+* **DFP-16** -- int16 mantissas I and one shared exponent E per tensor: x ~ I * 2**E.  E = e_max
+  - (P - 2) + headroom, where e_max is the binary exponent of max|x| (max|x| = 1.m * 2**e_max),
+  P = 16, so max|x| / 2**E lies in [2**(14 - headroom), 2**(15 - headroom)).  The issue writes
+  "- headroom"; with P = 16 that puts max|x| at 2**16 and overflows int16, so headroom here
+  *raises* E, as LIBXSMM's add_shift does (GxM trains with 2).  Mantissas round to nearest even
+  or stochastically (|v| rounds up with probability frac(|v|), seeded, independent of threads),
+  and are clamped so that neither the int16 nor the value I * 2**E can overflow; E is at least
+  -149, so I * 2**E is always an exact fp32 (to_float32 is exact).
+* **int8** -- symmetric scales: per output channel for weights (max|w_k| / 127), per tensor for
+  activations (max|x| / 127, or max / 255 unsigned after a ReLU), from a calibration over a few
+  batches.  q = round-half-even(x / scale) clamped to the range.
+* **ternary** -- per block of N weights along the input channels (one alpha per (output channel,
+  channel block, kernel tap)), the exact minimizer of ||w - alpha*t||^2 (sort-based, papers.md
+  §3.3); r residual levels ternarize what the previous levels left.
+
+NaN or Inf in a tensor being quantized to DFP-16 or int8 is refused: the shared exponent or the
+scale would be undefined and the result garbage.  bf16 represents both, so it converts them.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import cpu
+from ._ext import precision as _precision
+from ._validate import flag, float32_array, positive_int
+from .layout import CB
+
+#: The names `precision=` accepts across dlcpu (fp32 plus the formats of this module).
+PRECISIONS = ("fp32", "bf16", "dfp16", "int8", "ternary")
+#: DFP-16 mantissa bits (P of papers.md §4.2) and the default exponent headroom (GxM's add_shift).
+DFP16_BITS = 16
+DFP16_HEADROOM = 2
+#: The smallest shared exponent: I * 2**E stays a multiple of fp32's smallest denormal, so exact.
+DFP_MIN_EXPONENT = -149
+ROUNDINGS = ("nearest", "stochastic")
+_FP32_NONFINITE = 0x7F800000
+
+
+def check_precision(precision, fn):
+    """precision as one of PRECISIONS (ValueError naming the choices otherwise)."""
+    if not isinstance(precision, str) or precision.lower() not in PRECISIONS:
+        raise ValueError(f"{fn}: unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    return precision.lower()
+
+
+def native_formats(features=None):
+    """{format: the instruction that runs it natively on this CPU, or None (emulated, slower)}."""
+    f = cpu.features() if features is None else features
+    avx512 = "avx512" in cpu.supported_isas() if features is None else f.get("avx512f", False)
+    return {
+        "fp32": "vfmadd231ps (AVX-512)" if avx512 else ("vfmadd231ps (AVX2)" if f.get("fma") else None),
+        "bf16": "vdpbf16ps, vcvtneps2bf16 (avx512_bf16)" if avx512 and f.get("avx512_bf16") else None,
+        "dfp16": "vpdpwssd (avx512_vnni)" if avx512 and f.get("avx512_vnni") else None,
+        "int8": "vpdpbusd (avx512_vnni)" if avx512 and f.get("avx512_vnni") else None,
+        "ternary": "vpdpbusd (avx512_vnni)" if avx512 and f.get("avx512_vnni") else None,
+    }
+
+
+def _float32_input(a, name, fn):
+    """Any float32 array, made contiguous (read through a flat view)."""
+    return float32_array(a, name, fn)
+
+
+def _threads_and_isa(isa, n_threads):
+    return cpu.isa_code(isa), cpu.resolve_threads(n_threads)
+
+
+# ------------------------------------------------------------------------------------- bf16
+def fp32_to_bf16_bits(a, *, isa=None, n_threads=None, native=None):
+    """float32 array -> uint16 array of the same shape: the bf16 patterns (see the module doc).
+    native: on the AVX-512 path, use VCVTNEPS2BF16 (default: when the CPU has avx512_bf16; the
+    integer recipe gives the same bits)."""
+    fn = "fp32_to_bf16_bits"
+    a = _float32_input(a, "a", fn)
+    code, threads = _threads_and_isa(isa, n_threads)
+    has_native = cpu.features()["avx512_bf16"]
+    native = has_native if native is None else flag(native, "native", fn)
+    if native and not has_native:
+        raise ValueError(f"{fn}: native=True needs avx512_bf16, which this CPU lacks")
+    out = np.empty(a.shape, np.uint16)
+    _precision.f32_to_bf16(a.reshape(-1), out.reshape(-1), code, native, threads)
+    return out
+
+
+def bf16_bits_to_fp32(b, *, isa=None, n_threads=None):
+    """uint16 bf16 patterns -> float32 of the same shape (exact)."""
+    fn = "bf16_bits_to_fp32"
+    if not isinstance(b, np.ndarray) or b.dtype != np.uint16:
+        raise TypeError(f"{fn}: b must be a uint16 numpy array of bf16 patterns, got "
+                        f"{getattr(b, 'dtype', type(b).__name__)}")
+    b = np.ascontiguousarray(b)
+    code, threads = _threads_and_isa(isa, n_threads)
+    out = np.empty(b.shape, np.float32)
+    _precision.bf16_to_f32(b.reshape(-1), out.reshape(-1), code, threads)
+    return out
+
+
+def round_to_bf16(a, **kw):
+    """float32 values rounded to the nearest bf16 (returned as float32)."""
+    return bf16_bits_to_fp32(fp32_to_bf16_bits(a, **kw))
+
+
+@dataclass(frozen=True)
+class BF16Tensor:
+    """A tensor stored as bf16 patterns (uint16, the logical shape)."""
+    bits: np.ndarray
+
+    format = "bf16"
+
+    @property
+    def shape(self):
+        return self.bits.shape
+
+    def to_float32(self):
+        return bf16_bits_to_fp32(self.bits)
+
+
+def to_bf16(a, **kw):
+    """float32 array -> BF16Tensor."""
+    return BF16Tensor(fp32_to_bf16_bits(a, **kw))
+
+
+# ------------------------------------------------------------------------------------ DFP-16
+@dataclass(frozen=True)
+class DFPTensor:
+    """Dynamic fixed point: integer mantissas sharing one exponent, value = mantissas * 2**exponent.
+    int16 mantissas are DFP-16; products and sums (dfp_multiply, dfp_add) carry int64 ones until
+    dfp_downconvert brings them back to 16 bits."""
+    mantissas: np.ndarray
+    exponent: int
+
+    format = "dfp16"
+
+    @property
+    def shape(self):
+        return self.mantissas.shape
+
+    def to_float64(self):
+        return np.ldexp(self.mantissas.astype(np.float64), self.exponent)
+
+    def to_float32(self):
+        """The values as float32: exact for a DFP-16 tensor made by to_dfp16 (see the module doc)."""
+        return self.to_float64().astype(np.float32)
+
+
+def _absmax_bits(a, code, threads):
+    return int(_precision.absmax_bits(a.reshape(-1), code, threads))
+
+
+def _refuse_nonfinite(a, fn, what):
+    bad = np.flatnonzero(~np.isfinite(a.reshape(-1)))
+    index = np.unravel_index(bad[0], a.shape)
+    raise ValueError(f"{fn}: {what} is undefined for a tensor holding NaN or Inf: {a.reshape(-1)[bad[0]]} at "
+                     f"index {tuple(int(i) for i in index)} of shape {a.shape} ({bad.size} such values)")
+
+
+def dfp16_exponent(absmax, headroom=DFP16_HEADROOM):
+    """The shared exponent E for a tensor whose largest magnitude is absmax (see the module doc);
+    0 for an all-zero tensor."""
+    fn = "dfp16_exponent"
+    headroom = positive_int(headroom, "headroom", fn, minimum=0)
+    if headroom > DFP16_BITS - 2:
+        raise ValueError(f"{fn}: headroom must be <= {DFP16_BITS - 2} bits, got {headroom}")
+    absmax = float(absmax)
+    if not math.isfinite(absmax) or absmax < 0:
+        raise ValueError(f"{fn}: absmax must be finite and >= 0, got {absmax}")
+    if absmax == 0.0:
+        return 0
+    e_max = math.frexp(absmax)[1] - 1            # absmax = 1.m * 2**e_max
+    return max(DFP_MIN_EXPONENT, e_max - (DFP16_BITS - 2) + headroom)
+
+
+def dfp16_limit(exponent):
+    """The largest mantissa magnitude for shared exponent E: int16's 32767, or less where
+    I * 2**E would pass fp32's largest value (E > 113)."""
+    return min(2 ** (DFP16_BITS - 1) - 1, 2 ** (128 - int(exponent)) - 1)
+
+
+def to_dfp16(a, *, headroom=DFP16_HEADROOM, rounding="nearest", seed=0, isa=None, n_threads=None):
+    """float32 array -> DFPTensor with int16 mantissas and the shared exponent of dfp16_exponent.
+    rounding: 'nearest' (ties to even) or 'stochastic' (seeded by seed, a uint32; the same bits
+    on every ISA path and thread count)."""
+    fn = "to_dfp16"
+    a = _float32_input(a, "a", fn)
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"{fn}: rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+    seed = positive_int(seed, "seed", fn, minimum=0)
+    if seed >= 2 ** 32:
+        raise ValueError(f"{fn}: seed must be < 2**32, got {seed}")
+    code, threads = _threads_and_isa(isa, n_threads)
+    bits = _absmax_bits(a, code, threads) if a.size else 0
+    if bits >= _FP32_NONFINITE:
+        _refuse_nonfinite(a, fn, "the shared exponent")
+    absmax = float(np.array([bits], np.uint32).view(np.float32)[0])
+    exponent = dfp16_exponent(absmax, headroom)
+    out = np.zeros(a.shape, np.int16)
+    if a.size:
+        _precision.dfp16_quantize(a.reshape(-1), out.reshape(-1), math.ldexp(1.0, -exponent), dfp16_limit(exponent),
+                                  rounding == "stochastic", seed, code, threads)
+    return DFPTensor(out, exponent)
+
+
+def _dfp_pair(a, b, fn):
+    for name, t in (("a", a), ("b", b)):
+        if not isinstance(t, DFPTensor):
+            raise TypeError(f"{fn}: {name} must be a DFPTensor (from to_dfp16), got {type(t).__name__}")
+    if a.shape != b.shape:
+        raise ValueError(f"{fn}: shapes differ: a {a.shape}, b {b.shape}")
+
+
+def dfp_multiply(a, b):
+    """Elementwise product: mantissas multiply (int64, exact), exponents add."""
+    _dfp_pair(a, b, "dfp_multiply")
+    return DFPTensor(a.mantissas.astype(np.int64) * b.mantissas.astype(np.int64), a.exponent + b.exponent)
+
+
+def dfp_add(a, b):
+    """Elementwise sum at the larger exponent: the other operand's mantissas shift right
+    (arithmetically, rounding toward -Inf) by the exponent difference, then add (int64)."""
+    _dfp_pair(a, b, "dfp_add")
+    hi, lo = (a, b) if a.exponent >= b.exponent else (b, a)
+    shift = min(hi.exponent - lo.exponent, 63)
+    return DFPTensor(hi.mantissas.astype(np.int64) + (lo.mantissas.astype(np.int64) >> shift), hi.exponent)
+
+
+def dfp_downconvert(t, bits=DFP16_BITS):
+    """Wide mantissas (a product or a sum) -> `bits`-bit ones: shift right by the fewest bits R
+    that bring max|I| below 2**(bits-1) (arithmetic shift, toward -Inf), exponent + R."""
+    fn = "dfp_downconvert"
+    if not isinstance(t, DFPTensor):
+        raise TypeError(f"{fn}: t must be a DFPTensor, got {type(t).__name__}")
+    bits = positive_int(bits, "bits", fn, minimum=2)
+    if bits > 32:
+        raise ValueError(f"{fn}: bits must be <= 32, got {bits}")
+    m = t.mantissas.astype(np.int64)
+    # after an arithmetic shift the most negative value may keep one more bit than the positive
+    # one: shift until both the min and max fit in [-(2**(bits-1) - 1), 2**(bits-1) - 1]
+    limit = 2 ** (bits - 1) - 1
+    shift = 0
+    if m.size:
+        while max(int(m.max()) >> shift, -(int(m.min()) >> shift)) > limit:
+            shift += 1
+    dtype = np.int16 if bits <= 16 else np.int32
+    return DFPTensor((m >> shift).astype(dtype), t.exponent + shift)
+
+
+# -------------------------------------------------------------------------------------- int8
+@dataclass(frozen=True)
+class Int8Tensor:
+    """8-bit integers and their scale(s): value = data * scale.  data is int8 (symmetric) or
+    uint8 (unsigned, after a ReLU); scale is a float32 scalar or, with axis set, one per index
+    along that axis (per output channel for weights)."""
+    data: np.ndarray
+    scale: np.ndarray
+    axis: int | None = None
+
+    format = "int8"
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def unsigned(self):
+        return self.data.dtype == np.uint8
+
+    def to_float32(self):
+        return (self.data.astype(np.float32) * _broadcast_scale(self.scale, self.axis, self.data.ndim)).astype(np.float32)
+
+
+def _broadcast_scale(scale, axis, ndim):
+    if axis is None:
+        return np.float32(scale)
+    shape = [1] * ndim
+    shape[axis] = -1
+    return np.asarray(scale, np.float32).reshape(shape)
+
+
+def _axis(axis, ndim, fn):
+    if axis is None:
+        return None
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, (bool, np.bool_)) or not -ndim <= axis < ndim:
+        raise ValueError(f"{fn}: axis must be an int in [{-ndim}, {ndim}) for a {ndim}-d tensor, got {axis!r}")
+    return int(axis) % ndim
+
+
+def int8_weight_scales(w, axis=0):
+    """Symmetric per-channel scales max|w_k| / 127 along `axis` (the output channel; an all-zero
+    channel gets 1.0, its values quantize to 0 either way)."""
+    fn = "int8_weight_scales"
+    w = _float32_input(w, "w", fn)
+    if w.ndim < 1 or w.size == 0:
+        raise ValueError(f"{fn}: w must be a non-empty array, got shape {w.shape}")
+    axis = _axis(axis, w.ndim, fn)
+    if not np.isfinite(w).all():
+        _refuse_nonfinite(w, fn, "an int8 scale")
+    absmax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
+    return np.where(absmax > 0, absmax / np.float32(127), np.float32(1)).astype(np.float32)
+
+
+def to_int8(x, scale, *, axis=None, unsigned=False):
+    """float32 array -> Int8Tensor: round-half-even(x / scale), clamped to [-127, 127] (or
+    [0, 255] with unsigned=True).  scale: a positive number, or one per index along axis."""
+    fn = "to_int8"
+    x = _float32_input(x, "x", fn)
+    unsigned = flag(unsigned, "unsigned", fn)
+    axis = _axis(axis, x.ndim, fn)
+    scale = np.asarray(scale, np.float32)
+    want = () if axis is None else (x.shape[axis],)
+    if scale.shape != want:
+        raise ValueError(f"{fn}: scale must have shape {want} (one per index along axis={axis}) for x of shape "
+                         f"{x.shape}, got {scale.shape}")
+    if not (np.isfinite(scale).all() and (scale > 0).all()):
+        raise ValueError(f"{fn}: scales must be finite and > 0, got {scale.ravel()[:8].tolist()}")
+    if not np.isfinite(x).all():
+        _refuse_nonfinite(x, fn, "int8 quantization")
+    lo, hi, dtype = (0, 255, np.uint8) if unsigned else (-127, 127, np.int8)
+    q = np.rint(x / _broadcast_scale(scale, axis, x.ndim))
+    return Int8Tensor(np.clip(q, lo, hi).astype(dtype), scale, axis)
+
+
+class ActivationCalibrator:
+    """Per-tensor int8 activation scale from a few batches: observe() each batch; scale is the
+    largest |x| seen / 127, or / 255 when every value seen was >= 0 (after a ReLU: unsigned)."""
+
+    def __init__(self):
+        self.absmax = 0.0
+        self.minimum = math.inf
+        self.batches = 0
+
+    def observe(self, x):
+        fn = "ActivationCalibrator.observe"
+        x = _float32_input(x, "x", fn)
+        if x.size == 0:
+            raise ValueError(f"{fn}: x is empty (shape {x.shape})")
+        if not np.isfinite(x).all():
+            _refuse_nonfinite(x, fn, "an activation scale")
+        self.absmax = max(self.absmax, float(np.abs(x).max()))
+        self.minimum = min(self.minimum, float(x.min()))
+        self.batches += 1
+        return self
+
+    @property
+    def unsigned(self):
+        self._require()
+        return self.minimum >= 0.0
+
+    @property
+    def scale(self):
+        self._require()
+        if self.absmax == 0.0:
+            return np.float32(1.0)
+        return np.float32(self.absmax / (255.0 if self.unsigned else 127.0))
+
+    def _require(self):
+        if not self.batches:
+            raise RuntimeError("ActivationCalibrator: observe() at least one batch before asking for the scale")
+
+
+# ----------------------------------------------------------------------------------- ternary
+def ternarize_blocks(blocks):
+    """The exact minimizer of ||w - alpha*t||^2 over alpha >= 0, t in {-1, 0, 1}^N, for each row of
+    blocks (B, N): returns alpha (B,) float32, t (B, N) int8 and the threshold T (B,) float32 with
+    t = sign(w) where |w| > T.  Sort |w| descending (a_1 >= a_2 >= ...); the best support is the
+    top k* with k* = argmax (a_1 + ... + a_k)^2 / k, alpha* its mean, T* = a_(k*+1).  Only k that
+    end a run of equal magnitudes are candidates (the objective is quasi-convex within a run, so
+    an optimum never splits one), which makes the support exactly {|w| > T*}."""
+    fn = "ternarize_blocks"
+    w = _float32_input(blocks, "blocks", fn)
+    if w.ndim != 2 or 0 in w.shape:
+        raise ValueError(f"{fn}: blocks must be a non-empty 2-d (B, N) array, got shape {w.shape}")
+    if not np.isfinite(w).all():
+        _refuse_nonfinite(w, fn, "ternarization")
+    mag = np.abs(w.astype(np.float64))
+    a = -np.sort(-mag, axis=1)
+    sums = np.cumsum(a, axis=1)
+    k = np.arange(1, w.shape[1] + 1, dtype=np.float64)
+    nxt = np.concatenate([a[:, 1:], np.zeros((w.shape[0], 1))], axis=1)
+    candidate = (a > nxt) & (a > 0)
+    score = np.where(candidate, sums * sums / k, -1.0)
+    kstar = score.argmax(axis=1)
+    rows = np.arange(w.shape[0])
+    found = candidate[rows, kstar]
+    alpha = np.where(found, sums[rows, kstar] / (kstar + 1), 0.0)
+    threshold = np.where(found, nxt[rows, kstar], np.inf)
+    t = (np.sign(w) * (mag > threshold[:, None])).astype(np.int8)
+    return alpha.astype(np.float32), t, np.where(found, threshold, 0.0).astype(np.float32)
+
+
+def ternarize_blocks_twn(blocks):
+    """The TWN heuristic (Li & Liu 2016) for comparison: T = 0.7 * mean|w| per block, alpha the
+    mean |w| over the support.  Returns alpha, t like ternarize_blocks."""
+    w = _float32_input(blocks, "blocks", "ternarize_blocks_twn").astype(np.float64)
+    mag = np.abs(w)
+    support = mag > 0.7 * mag.mean(axis=1, keepdims=True)
+    count = support.sum(axis=1)
+    alpha = np.where(count > 0, (mag * support).sum(axis=1) / np.maximum(count, 1), 0.0)
+    return alpha.astype(np.float32), (np.sign(w) * support).astype(np.int8)
+
+
+@dataclass
+class TernaryWeights:
+    """Block-ternary weights with residual levels: W ~ sum over levels l of alpha_l * t_l.
+
+    shape: the weight's (K, C, *taps); block: N input channels per block (C is zero-padded to
+    whole 16-channel blocks, and N must divide that); alphas: (levels, K, C_pad/N, *taps) float32;
+    codes: (levels, K, C_pad, *taps) int8 in {-1, 0, 1}.  Level 0 is the base ternarization, level l
+    ternarizes what levels < l left; levels are switched off from the last (the least important:
+    each level's residual is smaller than the one before)."""
+    shape: tuple
+    block: int
+    alphas: np.ndarray
+    codes: np.ndarray
+
+    format = "ternary"
+
+    @property
+    def levels(self):
+        return self.alphas.shape[0]
+
+    def _levels(self, levels, fn):
+        if levels is None:
+            return self.levels
+        levels = positive_int(levels, "levels", fn, minimum=1)
+        if levels > self.levels:
+            raise ValueError(f"{fn}: levels must be <= {self.levels} (1 base + {self.levels - 1} residual), got {levels}")
+        return levels
+
+    def to_float32(self, levels=None):
+        """The reconstructed weight from the first `levels` levels (all by default), shape self.shape."""
+        n = self._levels(levels, "TernaryWeights.to_float32")
+        C = self.shape[1]
+        scale = np.repeat(self.alphas[:n], self.block, axis=2)          # (n, K, C_pad, *taps)
+        w = (scale * self.codes[:n]).sum(axis=0, dtype=np.float64)
+        return w[:, :C].astype(np.float32)
+
+    def relative_error(self, w, levels=None):
+        """||W - W_hat||_F / ||W||_F for the first `levels` levels."""
+        w = _float32_input(w, "w", "TernaryWeights.relative_error")
+        if w.shape != tuple(self.shape):
+            raise ValueError(f"TernaryWeights.relative_error: w has shape {w.shape}, these weights {tuple(self.shape)}")
+        norm = float(np.linalg.norm(w.astype(np.float64)))
+        diff = float(np.linalg.norm(w.astype(np.float64) - self.to_float32(levels)))
+        return diff / norm if norm else diff
+
+    def multiplications(self, levels=None):
+        """Multiplications per output position: one per block and level (the block's +-1 terms
+        are additions), against K * C * taps for the dense weight."""
+        n = self._levels(levels, "TernaryWeights.multiplications")
+        return n * int(np.prod(self.alphas.shape[1:]))
+
+
+def ternarize(w, *, block=16, residual=0):
+    """Weights (K, C, *taps) float32 -> TernaryWeights with 1 + residual levels, blocks of `block`
+    input channels per (output channel, tap)."""
+    fn = "ternarize"
+    w = _float32_input(w, "w", fn)
+    if w.ndim < 2 or 0 in w.shape:
+        raise ValueError(f"{fn}: w must be (K, C, *taps) with no empty dimension, got shape {w.shape}")
+    block = positive_int(block, "block", fn)
+    residual = positive_int(residual, "residual", fn, minimum=0)
+    K, C = w.shape[:2]
+    taps = w.shape[2:]
+    c_pad = -(-C // CB) * CB
+    if c_pad % block:
+        raise ValueError(f"{fn}: block={block} does not divide the padded input channels ({C} -> {c_pad}, "
+                         f"whole blocks of {CB})")
+    if not np.isfinite(w).all():
+        _refuse_nonfinite(w, fn, "ternarization")
+    padded = np.zeros((K, c_pad) + taps, np.float32)
+    padded[:, :C] = w
+    nb = c_pad // block
+    # rows of `block` channels: (K, nb, block, *taps) -> (K, nb, *taps, block)
+    grouped = np.moveaxis(padded.reshape((K, nb, block) + taps), 2, -1)
+    rows = grouped.reshape(-1, block)
+    alphas, codes = [], []
+    rest = rows
+    for _ in range(residual + 1):
+        alpha, t, _ = ternarize_blocks(rest)
+        alphas.append(alpha.reshape((K, nb) + taps))
+        codes.append(np.moveaxis(t.reshape((K, nb) + taps + (block,)), -1, 2).reshape((K, c_pad) + taps))
+        rest = (rest.astype(np.float64) - alpha[:, None].astype(np.float64) * t).astype(np.float32)
+    return TernaryWeights(tuple(w.shape), block, np.stack(alphas), np.stack(codes))

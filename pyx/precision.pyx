@@ -1,0 +1,67 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Format conversions on flat arrays (kernels/convert.h), split into chunks over threads.
+
+dlcpu/precision.py checks dtypes, sizes, finiteness and exponents first; these loops only walk
+the memory.  Chunks are 64K elements: large enough to hide the scheduling cost, and 2^32 is a
+multiple of the chunk size, so no chunk crosses a run of 2^32 element indices (the stochastic
+rounding's hash keys each such run separately).
+"""
+from libc.stdint cimport int16_t, int64_t, uint16_t, uint32_t
+from cython.parallel cimport prange
+
+import numpy as np
+
+cdef extern from "convert.h" nogil:
+    void dlcpu_f32_to_bf16(int isa, int native, const float *x, uint16_t *y, int64_t n)
+    void dlcpu_bf16_to_f32(int isa, const uint16_t *x, float *y, int64_t n)
+    uint32_t dlcpu_absmax_bits(int isa, const float *x, int64_t n)
+    void dlcpu_dfp16_quantize(int isa, const float *x, int16_t *y, int64_t n, double scale, int limit,
+                              int stochastic, uint32_t key, uint32_t first)
+    uint32_t dlcpu_mix32(uint32_t h)
+
+# 64K elements per chunk (see the module docstring)
+cdef int64_t CHUNK = 65536
+
+
+def f32_to_bf16(const float[::1] x, uint16_t[::1] y, int isa, bint native, int n_threads):
+    """y = the bf16 patterns of x (round to nearest even, denormals to signed zero)."""
+    cdef int64_t n = x.shape[0], c, lo
+    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static', num_threads=n_threads):
+        lo = c * CHUNK
+        dlcpu_f32_to_bf16(isa, native, &x[lo], &y[lo], min(CHUNK, n - lo))
+
+
+def bf16_to_f32(const uint16_t[::1] x, float[::1] y, int isa, int n_threads):
+    """y = the float32 values of the bf16 patterns x (exact)."""
+    cdef int64_t n = x.shape[0], c, lo
+    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static', num_threads=n_threads):
+        lo = c * CHUNK
+        dlcpu_bf16_to_f32(isa, &x[lo], &y[lo], min(CHUNK, n - lo))
+
+
+def absmax_bits(const float[::1] x, int isa, int n_threads):
+    """The largest |x| as a float32 bit pattern (>= 0x7F800000: x holds a NaN or an Inf)."""
+    cdef int64_t n = x.shape[0], c, lo
+    cdef int64_t chunks = (n + CHUNK - 1) // CHUNK
+    cdef uint32_t best = 0
+    cdef uint32_t[::1] parts = np.zeros(max(chunks, 1), np.uint32)
+    for c in prange(chunks, nogil=True, schedule='static', num_threads=n_threads):
+        lo = c * CHUNK
+        parts[c] = dlcpu_absmax_bits(isa, &x[lo], min(CHUNK, n - lo))
+    for c in range(chunks):
+        if parts[c] > best:
+            best = parts[c]
+    return best
+
+
+def dfp16_quantize(const float[::1] x, int16_t[::1] y, double scale, int limit, bint stochastic, uint32_t seed,
+                   int isa, int n_threads):
+    """y = round(x * scale) clamped to [-limit, limit]: nearest even, or stochastic with draws
+    from a hash of (seed, element index)."""
+    cdef int64_t n = x.shape[0], c, lo
+    cdef uint32_t key0 = dlcpu_mix32(seed ^ <uint32_t>2654435769)
+    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static', num_threads=n_threads):
+        lo = c * CHUNK
+        # the key of lo's run of 2^32 indices: the seed's hash mixed with the run number
+        dlcpu_dfp16_quantize(isa, &x[lo], &y[lo], min(CHUNK, n - lo), scale, limit, stochastic,
+                             dlcpu_mix32(key0 ^ <uint32_t>(lo >> 32)), <uint32_t>lo)  # the low 32 bits
