@@ -7,7 +7,7 @@ Every bound is a relative L2 error, ||got - want|| / ||want||, against the float
 
 #: fp32 results of any kernel (accumulations of up to 4608 terms, the ResNet-50 3x3 C=512 layers)
 F32 = 1e-5
-#: bf16 results (8 mantissa bits); for the precision level, not used by a kernel yet
+#: bf16 results (8 mantissa bits) against the float64 product of the unrounded fp32 inputs
 BF16 = 1e-2
 #: fp32 results of a whole network against its PyTorch twin (both in fp32, neither exact): each
 #: layer is within F32, and the differences compound through depth and BatchNorm's division by

@@ -12,12 +12,13 @@ import numpy as np
 _local = threading.local()
 
 
-def scratch(slot, shape):
-    """A float32 array of `shape` backed by this thread's buffer for `slot` (grown as needed).
-    Contents are undefined; the caller owns it until its next request for the same slot."""
+def scratch(slot, shape, dtype=np.float32):
+    """An array of `shape` (float32 unless dtype says otherwise) backed by this thread's buffer
+    for `slot` (grown as needed).  Contents are undefined; the caller owns it until its next
+    request for the same slot, which must ask for the same dtype."""
     size = int(np.prod(shape))
     buf = getattr(_local, slot, None)
-    if buf is None or buf.size < size:
-        buf = np.empty(max(size, 1), dtype=np.float32)
+    if buf is None or buf.size < size or buf.dtype != dtype:
+        buf = np.empty(max(size, 1), dtype=dtype)
         setattr(_local, slot, buf)
     return buf[:size].reshape(shape)

@@ -12,6 +12,9 @@
         a tuple of operands sharing one packed x (one product each); out=PackedMatrix writes (or,
         with accumulate=True, adds) the product straight into packed form, the layout in which
         the recurrent layers keep their weights and receive their gradients.
+        precision='bf16' rounds both operands to bf16 (y may be packed so once, with
+        pack_matmul_operand(y, precision='bf16')) and accumulates in fp32: VDPBF16PS where the
+        CPU has avx512_bf16, the same sums as FMAs elsewhere.
 """
 import functools
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from ._ext import brgemm as _brgemm
 from ._plans import Plan
 from ._validate import fits_in_memory, flag, not_aliased
 from ._workspace import scratch
+from .precision import check_precision, fp32_to_bf16_bits
 
 CB = cpu.CHANNEL_BLOCK
 VARIANTS = {"strd": 0, "offs": 1, "addr": 2}
@@ -165,10 +169,12 @@ def choose_gemm_split(m, n, K, isa, n_threads):
 @dataclass(frozen=True, eq=False)
 class PackedMatrix:
     """The right-hand operand of matmul, packed once (weights reused across calls):
-    data[n/16][K/16][16][16] of a (K, n) matrix."""
+    data[n/16][K/16][16][16] of a (K, n) matrix; float32, or for precision 'bf16' uint16 bf16
+    patterns with each block in VNNI pairs (flat index q*32 + m*2 + e holds row 2q + e, column m)."""
 
     data: np.ndarray
     shape: tuple
+    precision: str = "fp32"
 
     def __post_init__(self):
         # The kernels trust data's extent: check it against the logical shape once, here.
@@ -178,21 +184,42 @@ class PackedMatrix:
         if not ok:
             raise ValueError(f"PackedMatrix: shape must be a (K, n) pair of positive ints, got {self.shape!r}")
         K, n = self.shape
+        if self.precision not in _PACKED_DTYPES:
+            raise ValueError(f"PackedMatrix: precision must be one of {', '.join(_PACKED_DTYPES)}, got {self.precision!r}")
+        dtype = _PACKED_DTYPES[self.precision]
         expected = (-(-n // CB), -(-K // CB), CB, CB)
-        if (not isinstance(self.data, np.ndarray) or self.data.dtype != np.float32
+        if (not isinstance(self.data, np.ndarray) or self.data.dtype != dtype
                 or self.data.shape != expected or not self.data.flags.c_contiguous):
-            raise ValueError(f"PackedMatrix: data must be a C-contiguous float32 array of shape {expected} "
-                             f"for a ({K}, {n}) matrix; use pack_matmul_operand")
+            raise ValueError(f"PackedMatrix: data must be a C-contiguous {np.dtype(dtype).name} array of shape "
+                             f"{expected} for a ({K}, {n}) {self.precision} matrix; use pack_matmul_operand")
 
 
-def pack_matmul_operand(y, *, transpose=False, n_threads=None):
+#: matmul's precisions so far, and the dtype of a PackedMatrix in each
+_PACKED_DTYPES = {"fp32": np.float32, "bf16": np.uint16}
+
+
+def _matmul_precision(precision, fn):
+    precision = check_precision(precision, fn)
+    if precision not in _PACKED_DTYPES:
+        raise ValueError(f"{fn}: precision={precision!r} has no GEMM kernel yet; matmul runs "
+                         f"{' and '.join(_PACKED_DTYPES)}")
+    return precision
+
+
+def pack_matmul_operand(y, *, transpose=False, precision="fp32", n_threads=None):
     """Pack y (K, n) for repeated matmul(x, packed) calls; transpose=True packs y.T from y given
-    as (n, K), without a transposed copy."""
+    as (n, K), without a transposed copy.  precision='bf16' rounds y to bf16 (nearest even)."""
     transpose = flag(transpose, "transpose", "pack_matmul_operand")
+    precision = _matmul_precision(precision, "pack_matmul_operand")
     y = _f32(y, "y", 2, "pack_matmul_operand")
     K, n = y.shape[::-1] if transpose else y.shape
     if min(K, n) < 1:
         raise ValueError(f"pack_matmul_operand: empty operand {y.shape}")
+    if precision == "bf16":
+        n_threads = cpu.resolve_threads(n_threads)
+        yp = np.empty((-(-n // CB), -(-K // CB), CB, CB), dtype=np.uint16)
+        _brgemm.pack_gemm_b_bf16(fp32_to_bf16_bits(y, n_threads=n_threads), yp, transpose, n_threads)
+        return PackedMatrix(yp, (K, n), "bf16")
     yp = np.empty((-(-n // CB), -(-K // CB), CB, CB), dtype=np.float32)
     pack = _brgemm.pack_gemm_b_transposed if transpose else _brgemm.pack_gemm_b
     pack(y, yp, cpu.resolve_threads(n_threads))
@@ -204,6 +231,8 @@ def transpose_packed(packed, *, n_threads=None):
     unpacking): the recurrent backward needs W_ih and W_hh^T from weights kept as W^T."""
     if not isinstance(packed, PackedMatrix):
         raise TypeError(f"transpose_packed: expected a PackedMatrix, got {type(packed).__name__}")
+    if packed.precision != "fp32":
+        raise ValueError(f"transpose_packed: transposes fp32 packed matrices, got a {packed.precision} one")
     K, n = packed.shape
     data = np.empty((packed.data.shape[1], packed.data.shape[0], CB, CB), np.float32)
     _brgemm.transpose_packed(packed.data, data, cpu.resolve_threads(n_threads))
@@ -213,7 +242,8 @@ def transpose_packed(packed, *, n_threads=None):
 _NO_BIAS = np.empty(0, dtype=np.float32)
 
 
-def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, n_threads=None, isa=None):
+def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, precision="fp32", n_threads=None,
+           isa=None):
     """x @ y (+ bias) for float32 matrices (m, K) and (K, n), on BRGEMM calls over packed
     operands; y may be a PackedMatrix from pack_matmul_operand (packed once, reused).
     transpose_x=True computes x.T @ y from x of shape (K, m), packing x transposed on the fly.
@@ -222,8 +252,13 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, n_
 
     out: a PackedMatrix of shape (m, n) that receives the product in packed form (its padding
     left zero) and is returned; accumulate=True adds the product to it instead (a gradient
-    accumulated in the layout its weight is kept in).  One right-hand operand and no bias then."""
+    accumulated in the layout its weight is kept in).  One right-hand operand and no bias then.
+
+    precision='bf16': x and y are rounded to bf16 and the products summed in fp32 (the result
+    is float32); a packed y must have been packed with precision='bf16'.  transpose_x and a tuple
+    of operands are fp32-only."""
     fn = "matmul"
+    precision = _matmul_precision(precision, fn)
     transpose_x = flag(transpose_x, "transpose_x", fn)
     accumulate = flag(accumulate, "accumulate", fn)
     x = _f32(x, "x", 2, fn)
@@ -237,7 +272,12 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, n_
         raise ValueError(f"{fn}: out= takes one right-hand operand and no bias")
     m, K = x.shape[::-1] if transpose_x else x.shape
     checked = []
+    if precision != "fp32" and (transpose_x or many):
+        raise ValueError(f"{fn}: transpose_x and a tuple of right-hand operands run in fp32 only, not {precision}")
     for yi in ys:
+        if isinstance(yi, PackedMatrix) and yi.precision != precision:
+            raise ValueError(f"{fn}: y was packed for precision {yi.precision!r}, but the product runs in "
+                             f"{precision!r}; pack it with pack_matmul_operand(y, precision={precision!r})")
         if not isinstance(yi, PackedMatrix):
             yi = _f32(yi, "y", 2, fn)
         K2, n = yi.shape
@@ -251,6 +291,15 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, n_
     isa_name = cpu.resolve_isa(isa)
     T = choose_gemm_split(m, 16, K, isa_name, n_threads).rows   # rows per row tile depend on the ISA only
     kc = -(-K // CB)
+    if precision == "bf16":
+        native = _native_bf16(isa_name)
+        xp = scratch("gemm.x16", (-(-m // T), kc, T, CB), np.uint16)
+        _brgemm.pack_gemm_a_bf16(x, xp, cpu.ISA_CODES[isa_name], native, n_threads)
+        if not isinstance(y, PackedMatrix):
+            y = pack_matmul_operand(y, precision="bf16", n_threads=n_threads)
+        if out is not None:
+            _check_packed_out(out, (m, y.shape[1]), x, y, fn)
+        return _product(xp, y, m, kc, bias, n_threads, isa_name, fn, out, accumulate, native)
     xp = scratch("gemm.x", (-(-m // T), kc, T, CB))
     if transpose_x:
         _brgemm.pack_gemm_a_transposed(x, xp, n_threads)
@@ -273,7 +322,12 @@ def _check_packed_out(out, shape, x, y, fn):
     not_aliased(out.data, operands, fn)
 
 
-def _product(xp, y, m, kc, bias, n_threads, isa_name, fn, packed_out=None, accumulate=False):
+def _native_bf16(isa_name):
+    """Whether bf16 products run on VDPBF16PS: the AVX-512 path of a CPU with avx512_bf16."""
+    return isa_name == "avx512" and cpu.features()["avx512_bf16"]
+
+
+def _product(xp, y, m, kc, bias, n_threads, isa_name, fn, packed_out=None, accumulate=False, native=False):
     """One x @ y on an already packed x (into packed_out's packed form when given)."""
     n = y.shape[1]
     if isinstance(y, PackedMatrix):
@@ -290,8 +344,8 @@ def _product(xp, y, m, kc, bias, n_threads, isa_name, fn, packed_out=None, accum
         # block's rows 16 floats apart, and the padded rows (m % 16) are left as they are.
         data = packed_out.data
         c_rows = data.shape[1] * CB
-        if _brgemm.gemm_packed_f32(xp, yp, data.reshape(data.shape[0], c_rows * CB), _NO_BIAS, plan.c,
-                                   c_rows, accumulate):
+        if _brgemm.gemm_packed(xp, yp, data.reshape(data.shape[0], c_rows * CB), _NO_BIAS, plan.c,
+                               c_rows, accumulate, native):
             raise RuntimeError(f"{fn}: a BRGEMM call failed ({plan.summary()})")
         if not accumulate and m % CB:
             data[:, m // CB, m % CB:] = 0.0
@@ -304,6 +358,6 @@ def _product(xp, y, m, kc, bias, n_threads, isa_name, fn, packed_out=None, accum
         bias_p = np.zeros(n_pad, np.float32)
         bias_p[:n] = bias
     out = np.empty((m, n_pad), dtype=np.float32)
-    if _brgemm.gemm_packed_f32(xp, yp, out, bias_p, plan.c):
+    if _brgemm.gemm_packed(xp, yp, out, bias_p, plan.c, 0, False, native):
         raise RuntimeError(f"{fn}: a BRGEMM call failed ({plan.summary()})")
     return out if n_pad == n else np.ascontiguousarray(out[:, :n])

@@ -17,13 +17,14 @@ T, KC, NG and the thread split are the GEMM plan (dlcpu/gemm.py choose_gemm_spli
 as a GemmPlanStruct owning the C struct dlcpu_gemm_plan_t (pyx/kernels/plans.h), checked against
 the compiled tile table when it was made.
 """
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from cython.parallel cimport prange
 
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_f32_max_pixels,
-                            DLCPU_BR_STRD)
+                            dlcpu_brgemm_bf16_t, dlcpu_brgemm_bf16,
+                            dlcpu_f32_to_bf16, DLCPU_BR_STRD)
 from dlcpu_plans cimport dlcpu_gemm_plan_t, require_tiles
 
 
@@ -211,64 +212,105 @@ def transpose_packed(const float[:, :, :, ::1] src, float[:, :, :, ::1] dst, int
                     d[i * 16 + j] = s[j * 16 + i]
 
 
-cdef int gemm_block(const dlcpu_gemm_plan_t *g, const float *xp, const float *yp, float *out, int64_t t_lo,
-                    int64_t t_hi, int64_t g_lo, int64_t g_hi, int64_t Kc, int64_t ldc,
-                    const float *bias, int64_t c_rows, int accumulate) noexcept nogil:
+ctypedef fused gemm_operand:
+    float
+    uint16_t
+
+
+cdef inline int gemm_tile(const gemm_operand *a, const gemm_operand *b, float *c, const float *bias, int64_t batch,
+                          int64_t a_mstride, int64_t b_stride, int mv, int nc, int64_t ldc, int64_t c_mstride,
+                          int beta, int isa, int native) noexcept nogil:
+    """One BRGEMM call of the GEMM: strd blocks of 16 reduction values, fp32 or bf16 operands."""
+    cdef dlcpu_brgemm_f32_t p
+    cdef dlcpu_brgemm_bf16_t q
+    if gemm_operand is float:
+        p.kind = DLCPU_BR_STRD
+        p.b_trans = 0
+        p.k = 16
+        p.a = a
+        p.b = b
+        p.a_stride = 256
+        p.b_stride = b_stride
+        p.batch = batch
+        p.a_mstride = a_mstride
+        p.b_rstride = 0
+        p.mv = mv
+        p.nr = 1
+        p.nc = nc
+        p.c = c
+        p.ldc = ldc
+        p.c_rstride = 0
+        p.c_mstride = c_mstride
+        p.beta = beta
+        p.bias = bias
+        p.relu = 0
+        return dlcpu_brgemm_f32(&p, isa)
+    else:
+        q.kind = DLCPU_BR_STRD
+        q.k = 16
+        q.a = a
+        q.b = b
+        q.a_stride = 256
+        q.b_stride = b_stride
+        q.batch = batch
+        q.a_mstride = a_mstride
+        q.b_rstride = 0
+        q.mv = mv
+        q.nr = 1
+        q.nc = nc
+        q.c = c
+        q.ldc = ldc
+        q.c_rstride = 0
+        q.c_mstride = c_mstride
+        q.beta = beta
+        q.bias = bias
+        q.relu = 0
+        return dlcpu_brgemm_bf16(&q, isa, native)
+
+
+cdef int gemm_block(const dlcpu_gemm_plan_t *g, const gemm_operand *xp, const gemm_operand *yp, float *out,
+                    int64_t t_lo, int64_t t_hi, int64_t g_lo, int64_t g_hi, int64_t Kc, int64_t ldc,
+                    const float *bias, int64_t c_rows, int accumulate, int native) noexcept nogil:
     """One thread's share of the GEMM: row tiles t_lo..t_hi, 16-column blocks g_lo..g_hi.
     c_rows > 0 writes out in packed form, out[n/16][c_rows][16] (column block nb at nb*c_rows*16,
-    rows 16 floats apart); accumulate adds to out instead of overwriting it (beta=1 throughout)."""
+    rows 16 floats apart); accumulate adds to out instead of overwriting it (beta=1 throughout).
+    Operands are fp32 or bf16 (VNNI-paired Yp blocks, native: VDPBF16PS); blocks hold 256
+    elements either way, so the walk is the same."""
     cdef int64_t t, kc0, nchunk, grp0, grp1, nb
     cdef int64_t T = g.rows, m = g.m
-    cdef int isa = g.isa
-    cdef int mv, err = 0
-    cdef dlcpu_brgemm_f32_t p
-    p.kind = DLCPU_BR_STRD
-    p.b_trans = 0
-    p.k = 16
-    p.a_stride = 256
-    p.b_stride = T * 16
-    p.a_mstride = Kc * 256
-    p.b_rstride = 0
-    p.nr = 1
-    p.ldc = 16 if c_rows > 0 else ldc
-    p.c_rstride = 0
-    p.c_mstride = c_rows * 16 if c_rows > 0 else 16
-    p.bias = NULL
-    p.relu = 0
+    cdef int mv, beta, err = 0
+    cdef float *c
     kc0 = 0
     while kc0 < Kc:
         nchunk = min(<int64_t>g.kc_blocks, Kc - kc0)
-        p.batch = nchunk
-        p.beta = 1 if (kc0 > 0 or accumulate) else 0
+        beta = 1 if (kc0 > 0 or accumulate) else 0
         grp0 = g_lo
         while grp0 < g_hi:
             grp1 = min(g_hi, grp0 + g.group_cols // 16)
             for t in range(t_lo, t_hi):
-                p.nc = <int>min(T, m - t * T)
                 nb = grp0
                 while nb < grp1:
                     mv = 2 if nb + 2 <= grp1 else 1
-                    p.mv = mv
-                    p.a = yp + (nb * Kc + kc0) * 256
-                    p.b = xp + (t * Kc + kc0) * T * 16
-                    if c_rows > 0:
-                        p.c = out + (nb * c_rows + t * T) * 16
-                    else:
-                        p.c = out + t * T * ldc + nb * 16
+                    c = out + (nb * c_rows + t * T) * 16 if c_rows > 0 else out + t * T * ldc + nb * 16
                     # The bias joins in the first K chunk's epilogue (later chunks accumulate).
-                    p.bias = bias + nb * 16 if (bias != NULL and kc0 == 0) else NULL
-                    err |= dlcpu_brgemm_f32(&p, isa)
+                    err |= gemm_tile(yp + (nb * Kc + kc0) * 256, xp + (t * Kc + kc0) * T * 16, c,
+                                     bias + nb * 16 if (bias != NULL and kc0 == 0) else NULL, nchunk,
+                                     Kc * 256, T * 16, mv, <int>min(T, m - t * T), 16 if c_rows > 0 else ldc,
+                                     c_rows * 16 if c_rows > 0 else 16, beta, g.isa, native)
                     nb = nb + mv
             grp0 = grp1
         kc0 = kc0 + nchunk
     return err
 
 
-def gemm_packed_f32(const float[:, :, :, ::1] xp, const float[:, :, :, ::1] yp, float[:, ::1] out,
-                    const float[::1] bias, GemmPlanStruct plan, int64_t c_rows=0, bint accumulate=False):
+def gemm_packed(const gemm_operand[:, :, :, ::1] xp, const gemm_operand[:, :, :, ::1] yp, float[:, ::1] out,
+                const float[::1] bias, GemmPlanStruct plan, int64_t c_rows=0, bint accumulate=False,
+                bint native=False):
     """out[:m, :] = Xp @ Yp (+ bias, padded to out's width, or empty) on packed operands, as the
     plan says: threads split the row tiles (plan split_rows) or the 16-column blocks in pairs, so
     every thread keeps the mv=2 calls.  Python checked the operands against the plan.
+    Operands are both float32, or both uint16 bf16 patterns (Yp in VNNI pairs; native: the
+    VDPBF16PS kernels, for a CPU with avx512_bf16).
     c_rows > 0: out is the packed [n/16][c_rows][16] form (passed as a (n/16, c_rows*16) view) of
     the product, as matmul's right-hand operand; accumulate: out += the product."""
     cdef const dlcpu_gemm_plan_t *g = &plan.c
@@ -282,10 +324,48 @@ def gemm_packed_f32(const float[:, :, :, ::1] xp, const float[:, :, :, ::1] yp, 
         if g.split_rows:
             err += gemm_block(g, &xp[0, 0, 0, 0], &yp[0, 0, 0, 0], &out[0, 0],
                               tid * n_tiles // n_threads, (tid + 1) * n_tiles // n_threads, 0, ng,
-                              Kc, out.shape[1], b, c_rows, accumulate)
+                              Kc, out.shape[1], b, c_rows, accumulate, native)
         else:
             err += gemm_block(g, &xp[0, 0, 0, 0], &yp[0, 0, 0, 0], &out[0, 0], 0, n_tiles,
                               2 * (tid * n_pairs // n_threads),
                               min(ng, 2 * ((tid + 1) * n_pairs // n_threads)),
-                              Kc, out.shape[1], b, c_rows, accumulate)
+                              Kc, out.shape[1], b, c_rows, accumulate, native)
     return err
+
+
+def pack_gemm_a_bf16(const float[:, ::1] x, uint16_t[:, :, :, ::1] xp, int isa, bint native, int n_threads):
+    """X (m x K) -> bf16 row tiles Xp[m/T][K/16][T][16] (pack_gemm_a's layout), zero-padded,
+    rounding to nearest even on the way (convert.h, the same bits on every path)."""
+    cdef int64_t M = x.shape[0], K = x.shape[1], T = xp.shape[2], Kc = xp.shape[1]
+    cdef int64_t t, kc, j, row, width
+    for t in prange(xp.shape[0], nogil=True, schedule='static', num_threads=n_threads):
+        for kc in range(Kc):
+            for j in range(T):
+                row = t * T + j
+                width = min(16, K - kc * 16) if row < M else 0
+                if width > 0:
+                    dlcpu_f32_to_bf16(isa, native, &x[row, kc * 16], &xp[t, kc, j, 0], width)
+                if width < 16:
+                    memset(&xp[t, kc, j, width], 0, (16 - width) * sizeof(uint16_t))
+
+
+def pack_gemm_b_bf16(const uint16_t[:, ::1] y, uint16_t[:, :, :, ::1] yp, bint transposed, int n_threads):
+    """bf16 Y (K x n; or given as Y^T, n x K, with transposed) -> VNNI-paired Yp[n/16][K/16][16][16]:
+    block (nb, kc) holds, at flat index q*32 + m*2 + e, Y[kc*16 + 2q + e][nb*16 + m], zero-padded."""
+    cdef int64_t K = y.shape[1] if transposed else y.shape[0]
+    cdef int64_t n = y.shape[0] if transposed else y.shape[1]
+    cdef int64_t Kc = yp.shape[1]
+    cdef int64_t nb, kc, q, m, e, row, col
+    cdef uint16_t *dst
+    for nb in prange(yp.shape[0], nogil=True, schedule='static', num_threads=n_threads):
+        for kc in range(Kc):
+            dst = &yp[nb, kc, 0, 0]
+            for q in range(8):
+                for m in range(16):
+                    col = nb * 16 + m
+                    for e in range(2):
+                        row = kc * 16 + 2 * q + e
+                        if row < K and col < n:
+                            dst[q * 32 + m * 2 + e] = y[col, row] if transposed else y[row, col]
+                        else:
+                            dst[q * 32 + m * 2 + e] = 0

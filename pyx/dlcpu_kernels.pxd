@@ -1,5 +1,5 @@
 # Declarations of the C microkernels in pyx/kernels/*.h, shared by every driver module.
-from libc.stdint cimport int64_t
+from libc.stdint cimport int16_t, int64_t, uint16_t, uint32_t
 
 cdef extern from "isa.h" nogil:
     enum:
@@ -46,6 +46,39 @@ cdef extern from "brgemm_f32.h" nogil:
     int dlcpu_brgemm_f32(const dlcpu_brgemm_f32_t *p, int isa)
     int dlcpu_brgemm_f32_max_pixels(int isa, int mv)
     int dlcpu_brgemm_has_tile(int isa, int mv, int nr, int nc, int transposed)
+
+cdef extern from "brgemm_bf16.h" nogil:
+    ctypedef struct dlcpu_brgemm_bf16_t:
+        const uint16_t *a
+        const uint16_t *b
+        const int64_t *a_offs
+        const int64_t *b_offs
+        int64_t a_stride
+        int64_t b_stride
+        int64_t batch
+        int kind
+        int k
+        int mv
+        int nr
+        int nc
+        int64_t a_mstride
+        int64_t b_rstride
+        float *c
+        int64_t ldc
+        int64_t c_rstride
+        int64_t c_mstride
+        int beta
+        const float *bias
+        int relu
+    int dlcpu_brgemm_bf16(const dlcpu_brgemm_bf16_t *p, int isa, int native)
+
+cdef extern from "convert.h" nogil:
+    void dlcpu_f32_to_bf16(int isa, int native, const float *x, uint16_t *y, int64_t n)
+    void dlcpu_bf16_to_f32(int isa, const uint16_t *x, float *y, int64_t n)
+    uint32_t dlcpu_absmax_bits(int isa, const float *x, int64_t n)
+    void dlcpu_dfp16_quantize(int isa, const float *x, int16_t *y, int64_t n, double scale, int limit,
+                              int stochastic, uint32_t key, uint32_t first)
+    uint32_t dlcpu_mix32(uint32_t h)
 
 cdef extern from "conv_f32.h" nogil:
     void dlcpu_conv_pack_tile_f32(const float *x_img, float *tile, int64_t Cb, int64_t H, int64_t W,

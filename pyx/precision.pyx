@@ -11,13 +11,8 @@ from cython.parallel cimport prange
 
 import numpy as np
 
-cdef extern from "convert.h" nogil:
-    void dlcpu_f32_to_bf16(int isa, int native, const float *x, uint16_t *y, int64_t n)
-    void dlcpu_bf16_to_f32(int isa, const uint16_t *x, float *y, int64_t n)
-    uint32_t dlcpu_absmax_bits(int isa, const float *x, int64_t n)
-    void dlcpu_dfp16_quantize(int isa, const float *x, int16_t *y, int64_t n, double scale, int limit,
-                              int stochastic, uint32_t key, uint32_t first)
-    uint32_t dlcpu_mix32(uint32_t h)
+from dlcpu_kernels cimport (dlcpu_f32_to_bf16, dlcpu_bf16_to_f32, dlcpu_absmax_bits, dlcpu_dfp16_quantize,
+                            dlcpu_mix32)
 
 # 64K elements per chunk (see the module docstring)
 cdef int64_t CHUNK = 65536

@@ -63,7 +63,7 @@ typedef struct {
     int64_t tiles_h, tiles_w, tiles_per_item, kb_per_item, k_groups;
 } dlcpu_wino_plan_t;
 
-/* Plain GEMM out = X @ Y on packed operands (pyx/brgemm.pyx gemm_packed_f32). */
+/* Plain GEMM out = X @ Y on packed operands (pyx/brgemm.pyx gemm_packed). */
 typedef struct {
     int isa, n_threads;
     int rows;                   /* rows per X tile (one mv=2 call's pixels) */
