@@ -27,13 +27,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import cpu
+from . import precision as formats
 from ._ext import conv_direct as _direct
 from ._ext import conv_wu as _wu
 from ._ext import winograd as _wino
 from ._plans import Plan
 from ._validate import fits_in_memory, not_aliased, pair, positive_int
 from ._workspace import scratch
-from .layout import CB, BlockedTensor, block_weights, from_blocked, n_blocks, to_blocked
+from .layout import CB, BlockedTensor, block_weights, block_weights_bf16, from_blocked, n_blocks, to_bf16_blocked, to_blocked
 
 _TC = cpu.TILE_CONSTANTS
 
@@ -463,13 +464,16 @@ def choose_algorithm(shape, isa_name):
     return "winograd4" if _winograd4_wins(shape) else "direct"
 
 
-def _operand(t, kind, fn, name):
-    """(BlockedTensor or None, logical shape) for an array/BlockedTensor argument."""
+def _operand(t, kind, fn, name, precision="fp32"):
+    """(BlockedTensor or None, logical shape) for an array/BlockedTensor argument; a bf16
+    BlockedTensor only when the call runs in bf16."""
     layout = "NCHW" if kind == "activation" else "KCRS"
     if isinstance(t, BlockedTensor):
-        if t.kind != kind or t.dtype != np.float32:
+        allowed = ("fp32", "bf16") if precision == "bf16" else ("fp32",)
+        if t.kind != kind or t.precision not in allowed or t.dtype not in (np.float32, np.uint16):
             hint = "" if kind == "activation" else " (dlcpu.block_weights)"
-            raise TypeError(f"{fn}: {name} must be a float32 {kind} BlockedTensor{hint}")
+            raise TypeError(f"{fn}: {name} must be a {' or '.join(allowed)} {kind} BlockedTensor{hint} for "
+                            f"precision={precision!r}, got a {t.precision} {t.kind} one")
         return t, tuple(t.shape)
     if not isinstance(t, np.ndarray):
         raise TypeError(f"{fn}: {name} must be a numpy array or a BlockedTensor, got {type(t).__name__}")
@@ -478,11 +482,12 @@ def _operand(t, kind, fn, name):
     return None, tuple(t.shape)
 
 
-def _forward_into(x_data, w_data, bias_p, y, shape, isa_code, n_threads, relu):
-    """Run the planned forward kernel on blocked buffers; y has shape (N, Kb, P, Q, 16)."""
+def _forward_into(x_data, w_data, bias_p, y, shape, isa_code, n_threads, relu, native=False):
+    """Run the planned forward kernel on blocked buffers (fp32, or bf16 x and VNNI-paired bf16 w;
+    native: VDPBF16PS); y (fp32) has shape (N, Kb, P, Q, 16)."""
     plan, a_offs, b_offs = _cached_plan(shape, isa_code, n_threads, relu)
-    errors = _direct.conv2d_forward_f32(x_data.reshape(-1), w_data.reshape(-1), bias_p, y.reshape(-1),
-                                        plan.c, a_offs, b_offs, n_threads)
+    errors = _direct.conv2d_forward(x_data.reshape(-1), w_data.reshape(-1), bias_p, y.reshape(-1),
+                                    plan.c, a_offs, b_offs, n_threads, native)
     if errors:
         raise MemoryError(f"conv: could not allocate the per-thread input tile of {errors} work item(s) "
                           f"({plan.summary()})")
@@ -491,9 +496,13 @@ def _forward_into(x_data, w_data, bias_p, y, shape, isa_code, n_threads, relu):
 _NO_BIAS = np.empty(0, dtype=np.float32)
 
 
+#: conv2d's precisions so far
+CONV_PRECISIONS = ("fp32", "bf16")
+
+
 def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="auto",
-           n_threads=None, isa=None, out=None):
-    """2-D convolution (cross-correlation, as PyTorch and oneDNN define it), fp32.
+           n_threads=None, isa=None, out=None, precision="fp32"):
+    """2-D convolution (cross-correlation, as PyTorch and oneDNN define it), fp32 or bf16.
 
     x: (N, C, H, W) float32 array, or an activation BlockedTensor
     w: (K, C, R, S) float32 array, or a weight BlockedTensor (dlcpu.block_weights)
@@ -509,13 +518,23 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     recomputed by the direct algorithm, so 'auto' gives direct's result exactly there.  An explicit
     'winograd2'/'winograd4' (or prepared weights) has no such fallback: like every Winograd
     implementation, its transforms may turn an Inf into NaN (Inf - Inf) across the Inf's tiles.
+    precision='bf16': x and w are rounded to bf16 (or arrive as bf16 BlockedTensors: to_bf16_blocked,
+    block_weights_bf16, converted once and reused), products are summed in fp32 and the output is
+    fp32 (VDPBF16PS where the CPU has avx512_bf16); the direct algorithm only.
     """
+    precision = formats.check_precision(precision, "conv2d")
+    if precision not in CONV_PRECISIONS:
+        raise ValueError(f"conv2d: precision={precision!r} has no convolution kernel yet; conv2d runs "
+                         f"{' and '.join(CONV_PRECISIONS)}")
     if activation not in (None, "relu"):
         raise ValueError(f"conv2d: activation must be None or 'relu', got {activation!r}")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"conv2d: algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
-    xb, x_shape = _operand(x, "activation", "conv2d", "x")
+    xb, x_shape = _operand(x, "activation", "conv2d", "x", precision)
     prepared = w if isinstance(w, WinogradWeights) else None
+    if precision == "bf16" and (prepared is not None or algorithm not in ("auto", "direct")):
+        raise ValueError(f"conv2d: precision='bf16' runs the direct algorithm only, got algorithm={algorithm!r}"
+                         + (" and WinogradWeights" if prepared is not None else ""))
     if prepared is not None:
         wb, w_shape = None, prepared.shape
         if algorithm == "auto":
@@ -523,7 +542,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
         elif algorithm != prepared.algorithm:
             raise ValueError(f"conv2d: weights were prepared for {prepared.algorithm}, not {algorithm}")
     else:
-        wb, w_shape = _operand(w, "weight", "conv2d", "w")
+        wb, w_shape = _operand(w, "weight", "conv2d", "w", precision)
     blocked_in = xb is not None
     shape = conv_shape(x_shape, w_shape, stride, padding)
     if bias is not None:
@@ -554,6 +573,19 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
                                "bias": bias}, "conv2d")
     if xb is None:
         xb = to_blocked(x, n_threads)  # validates dtype/contiguity of x
+    if bias is None:
+        bias_p = _NO_BIAS
+    else:
+        bias_p = np.zeros(shape.Kb * CB, dtype=np.float32)
+        bias_p[: shape.K] = bias
+    y = out.data if out is not None else np.empty(out_shape, dtype=np.float32)
+    if precision == "bf16":
+        x16 = xb if xb.precision == "bf16" else to_bf16_blocked(xb, n_threads)
+        w16 = wb if wb is not None and wb.precision == "bf16" else block_weights_bf16(w if wb is None else wb, n_threads)
+        native = formats.native_bf16(cpu.ISA_BY_CODE[isa_code])
+        _forward_into(x16.data, w16.data, bias_p, y, shape, isa_code, n_threads, activation == "relu", native)
+        yb = out if out is not None else BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation")
+        return yb if blocked_in else from_blocked(yb, n_threads)
     auto = algorithm == "auto"
     if auto:
         algorithm = choose_algorithm(shape, cpu.ISA_BY_CODE[isa_code])
@@ -567,12 +599,6 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
                 algorithm, prepared = "direct", None
     if algorithm == "direct" and wb is None and prepared is None:
         wb = block_weights(w, n_threads)
-    if bias is None:
-        bias_p = _NO_BIAS
-    else:
-        bias_p = np.zeros(shape.Kb * CB, dtype=np.float32)
-        bias_p[: shape.K] = bias
-    y = out.data if out is not None else np.empty(out_shape, dtype=np.float32)
     if algorithm == "direct":
         if wb is None:
             raise ValueError("conv2d: WinogradWeights cannot run the direct algorithm; pass the weights themselves")

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import cpu
+from . import precision as formats
 from ._ext import brgemm as _brgemm
 from ._plans import Plan
 from ._validate import fits_in_memory, flag, not_aliased
 from ._workspace import scratch
-from .precision import check_precision, fp32_to_bf16_bits
 
 CB = cpu.CHANNEL_BLOCK
 VARIANTS = {"strd": 0, "offs": 1, "addr": 2}
@@ -199,7 +199,7 @@ _PACKED_DTYPES = {"fp32": np.float32, "bf16": np.uint16}
 
 
 def _matmul_precision(precision, fn):
-    precision = check_precision(precision, fn)
+    precision = formats.check_precision(precision, fn)
     if precision not in _PACKED_DTYPES:
         raise ValueError(f"{fn}: precision={precision!r} has no GEMM kernel yet; matmul runs "
                          f"{' and '.join(_PACKED_DTYPES)}")
@@ -218,7 +218,7 @@ def pack_matmul_operand(y, *, transpose=False, precision="fp32", n_threads=None)
     if precision == "bf16":
         n_threads = cpu.resolve_threads(n_threads)
         yp = np.empty((-(-n // CB), -(-K // CB), CB, CB), dtype=np.uint16)
-        _brgemm.pack_gemm_b_bf16(fp32_to_bf16_bits(y, n_threads=n_threads), yp, transpose, n_threads)
+        _brgemm.pack_gemm_b_bf16(formats.fp32_to_bf16_bits(y, n_threads=n_threads), yp, transpose, n_threads)
         return PackedMatrix(yp, (K, n), "bf16")
     yp = np.empty((-(-n // CB), -(-K // CB), CB, CB), dtype=np.float32)
     pack = _brgemm.pack_gemm_b_transposed if transpose else _brgemm.pack_gemm_b
@@ -292,7 +292,7 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
     T = choose_gemm_split(m, 16, K, isa_name, n_threads).rows   # rows per row tile depend on the ISA only
     kc = -(-K // CB)
     if precision == "bf16":
-        native = _native_bf16(isa_name)
+        native = formats.native_bf16(isa_name)
         xp = scratch("gemm.x16", (-(-m // T), kc, T, CB), np.uint16)
         _brgemm.pack_gemm_a_bf16(x, xp, cpu.ISA_CODES[isa_name], native, n_threads)
         if not isinstance(y, PackedMatrix):
@@ -320,11 +320,6 @@ def _check_packed_out(out, shape, x, y, fn):
         raise ValueError(f"{fn}: out is written in place and must be writeable (got a read-only array)")
     operands = {"x": x, "y": y.data if isinstance(y, PackedMatrix) else y}
     not_aliased(out.data, operands, fn)
-
-
-def _native_bf16(isa_name):
-    """Whether bf16 products run on VDPBF16PS: the AVX-512 path of a CPU with avx512_bf16."""
-    return isa_name == "avx512" and cpu.features()["avx512_bf16"]
 
 
 def _product(xp, y, m, kc, bias, n_threads, isa_name, fn, packed_out=None, accumulate=False, native=False):

@@ -5,6 +5,11 @@
 
 Channels that do not fill a block are zero-padded, and every dlcpu op keeps them zero, so a
 blocked tensor can flow from op to op without conversions.  Round trips are exact (pure copies).
+
+bf16 tensors (to_bf16_blocked, block_weights_bf16) are BlockedTensors of uint16 bf16 patterns
+with the same data shapes: activations in the same layout, weights with each 16x16 block in
+VNNI pairs, W[K/16][C/16][R][S][8][16k][2] (channels 2q and 2q+1 of output k side by side, the
+operand of one VDPBF16PS).  Their numpy() gives the fp32 values back (exactly the bf16 values).
 """
 from dataclasses import dataclass
 
@@ -12,6 +17,7 @@ import numpy as np
 
 from . import cpu
 from ._ext import layout as _layout
+from .precision import bf16_bits_to_fp32, fp32_to_bf16_bits
 
 CB = cpu.CHANNEL_BLOCK
 
@@ -27,6 +33,7 @@ class BlockedTensor:
     kind 'activation': shape (N, C, H, W), data (N, C/16, H, W, 16)
     kind 'weight':     shape (K, C, R, S), data (K/16, C/16, R, S, 16, 16)
     `scale` is reserved for the shared exponent/scale of DFP-16 and int8 tensors (None for fp32).
+    float32 data is fp32; uint16 data is bf16 (weights in VNNI pairs, see the module doc).
     """
 
     data: np.ndarray
@@ -56,9 +63,14 @@ class BlockedTensor:
     def dtype(self):
         return self.data.dtype
 
+    @property
+    def precision(self):
+        return "bf16" if self.data.dtype == np.uint16 else "fp32"
+
     def numpy(self):
-        """The logical tensor as a plain NCHW (or KCRS) array."""
-        return from_blocked(self) if self.kind == "activation" else unblock_weights(self)
+        """The logical tensor as a plain NCHW (or KCRS) float32 array."""
+        t = self if self.precision == "fp32" else _bf16_to_fp32_blocked(self)
+        return from_blocked(t) if self.kind == "activation" else unblock_weights(t)
 
     def __repr__(self):
         return f"BlockedTensor(kind={self.kind!r}, shape={tuple(self.shape)}, dtype={self.dtype}, data={tuple(self.data.shape)})"
@@ -122,3 +134,39 @@ def block_weights(w, n_threads=None):
 def unblock_weights(t, n_threads=None):
     """BlockedTensor (weight) -> KCRS float32."""
     return _unblocked(t, "weight", "unblock_weights", _layout.blocked_to_kcrs, n_threads)
+
+
+# ------------------------------------------------------------------------------------- bf16
+def _vnni_pairs(blocks):
+    """(..., 16c, 16k) -> (..., 8, 16k, 2): channels 2q, 2q+1 of each output side by side."""
+    lead = blocks.shape[:-2]
+    return np.ascontiguousarray(blocks.reshape(*lead, 8, 2, CB).swapaxes(-1, -2)).reshape(*lead, CB, CB)
+
+
+def _bf16_to_fp32_blocked(t):
+    data = t.data
+    if t.kind == "weight":      # undo the VNNI pairing: (..., 8, 16k, 2) -> (..., 16c, 16k)
+        lead = data.shape[:-2]
+        data = np.ascontiguousarray(data.reshape(*lead, 8, CB, 2).swapaxes(-1, -2)).reshape(*lead, CB, CB)
+    return BlockedTensor(bf16_bits_to_fp32(data), tuple(t.shape), t.kind)
+
+
+def to_bf16_blocked(x, n_threads=None):
+    """NCHW float32 array or fp32 activation BlockedTensor -> bf16 activation BlockedTensor
+    (round to nearest even, dlcpu.precision's rule)."""
+    if isinstance(x, BlockedTensor):
+        if x.kind != "activation" or x.precision != "fp32":
+            raise TypeError(f"to_bf16_blocked: expected an fp32 activation, got a {x.precision} {x.kind} BlockedTensor")
+    else:
+        x = to_blocked(x, n_threads)
+    return BlockedTensor(fp32_to_bf16_bits(x.data, n_threads=n_threads), tuple(x.shape), "activation")
+
+
+def block_weights_bf16(w, n_threads=None):
+    """KCRS float32 array or fp32 weight BlockedTensor -> bf16 weight BlockedTensor in VNNI pairs."""
+    if isinstance(w, BlockedTensor):
+        if w.kind != "weight" or w.precision != "fp32":
+            raise TypeError(f"block_weights_bf16: expected fp32 weights, got a {w.precision} {w.kind} BlockedTensor")
+    else:
+        w = block_weights(w, n_threads)
+    return BlockedTensor(_vnni_pairs(fp32_to_bf16_bits(w.data, n_threads=n_threads)), tuple(w.shape), "weight")

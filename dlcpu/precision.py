@@ -48,7 +48,8 @@ import numpy as np
 from . import cpu
 from ._ext import precision as _precision
 from ._validate import flag, float32_array, positive_int
-from .layout import CB
+
+CB = cpu.CHANNEL_BLOCK
 
 #: The names `precision=` accepts across dlcpu (fp32 plus the formats of this module).
 PRECISIONS = ("fp32", "bf16", "dfp16", "int8", "ternary")
@@ -79,6 +80,12 @@ def native_formats(features=None):
         "int8": "vpdpbusd (avx512_vnni)" if avx512 and f.get("avx512_vnni") else None,
         "ternary": "vpdpbusd (avx512_vnni)" if avx512 and f.get("avx512_vnni") else None,
     }
+
+
+def native_bf16(isa_name):
+    """Whether bf16 products run on VDPBF16PS: the AVX-512 path of a CPU with avx512_bf16 (the
+    other paths widen each pair to fp32 and use two FMAs)."""
+    return isa_name == "avx512" and cpu.features()["avx512_bf16"]
 
 
 def _float32_input(a, name, fn):

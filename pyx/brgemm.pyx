@@ -23,8 +23,7 @@ from libc.string cimport memcpy, memset
 from cython.parallel cimport prange
 
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_f32_max_pixels,
-                            dlcpu_brgemm_bf16_t, dlcpu_brgemm_bf16,
-                            dlcpu_f32_to_bf16, DLCPU_BR_STRD)
+                            brgemm_operand, brgemm_call, dlcpu_f32_to_bf16, DLCPU_BR_STRD)
 from dlcpu_plans cimport dlcpu_gemm_plan_t, require_tiles
 
 
@@ -212,63 +211,32 @@ def transpose_packed(const float[:, :, :, ::1] src, float[:, :, :, ::1] dst, int
                     d[i * 16 + j] = s[j * 16 + i]
 
 
-ctypedef fused gemm_operand:
-    float
-    uint16_t
-
-
-cdef inline int gemm_tile(const gemm_operand *a, const gemm_operand *b, float *c, const float *bias, int64_t batch,
-                          int64_t a_mstride, int64_t b_stride, int mv, int nc, int64_t ldc, int64_t c_mstride,
-                          int beta, int isa, int native) noexcept nogil:
+cdef inline int gemm_tile(const brgemm_operand *a, const brgemm_operand *b, float *c, const float *bias,
+                          int64_t batch, int64_t a_mstride, int64_t b_stride, int mv, int nc, int64_t ldc,
+                          int64_t c_mstride, int beta, int isa, int native) noexcept nogil:
     """One BRGEMM call of the GEMM: strd blocks of 16 reduction values, fp32 or bf16 operands."""
     cdef dlcpu_brgemm_f32_t p
-    cdef dlcpu_brgemm_bf16_t q
-    if gemm_operand is float:
-        p.kind = DLCPU_BR_STRD
-        p.b_trans = 0
-        p.k = 16
-        p.a = a
-        p.b = b
-        p.a_stride = 256
-        p.b_stride = b_stride
-        p.batch = batch
-        p.a_mstride = a_mstride
-        p.b_rstride = 0
-        p.mv = mv
-        p.nr = 1
-        p.nc = nc
-        p.c = c
-        p.ldc = ldc
-        p.c_rstride = 0
-        p.c_mstride = c_mstride
-        p.beta = beta
-        p.bias = bias
-        p.relu = 0
-        return dlcpu_brgemm_f32(&p, isa)
-    else:
-        q.kind = DLCPU_BR_STRD
-        q.k = 16
-        q.a = a
-        q.b = b
-        q.a_stride = 256
-        q.b_stride = b_stride
-        q.batch = batch
-        q.a_mstride = a_mstride
-        q.b_rstride = 0
-        q.mv = mv
-        q.nr = 1
-        q.nc = nc
-        q.c = c
-        q.ldc = ldc
-        q.c_rstride = 0
-        q.c_mstride = c_mstride
-        q.beta = beta
-        q.bias = bias
-        q.relu = 0
-        return dlcpu_brgemm_bf16(&q, isa, native)
+    p.kind = DLCPU_BR_STRD
+    p.b_trans = 0
+    p.k = 16
+    p.a_stride = 256
+    p.b_stride = b_stride
+    p.batch = batch
+    p.a_mstride = a_mstride
+    p.b_rstride = 0
+    p.mv = mv
+    p.nr = 1
+    p.nc = nc
+    p.ldc = ldc
+    p.c_rstride = 0
+    p.c_mstride = c_mstride
+    p.beta = beta
+    p.bias = bias
+    p.relu = 0
+    return brgemm_call(&p, a, b, c, isa, native)
 
 
-cdef int gemm_block(const dlcpu_gemm_plan_t *g, const gemm_operand *xp, const gemm_operand *yp, float *out,
+cdef int gemm_block(const dlcpu_gemm_plan_t *g, const brgemm_operand *xp, const brgemm_operand *yp, float *out,
                     int64_t t_lo, int64_t t_hi, int64_t g_lo, int64_t g_hi, int64_t Kc, int64_t ldc,
                     const float *bias, int64_t c_rows, int accumulate, int native) noexcept nogil:
     """One thread's share of the GEMM: row tiles t_lo..t_hi, 16-column blocks g_lo..g_hi.
@@ -303,7 +271,7 @@ cdef int gemm_block(const dlcpu_gemm_plan_t *g, const gemm_operand *xp, const ge
     return err
 
 
-def gemm_packed(const gemm_operand[:, :, :, ::1] xp, const gemm_operand[:, :, :, ::1] yp, float[:, ::1] out,
+def gemm_packed(const brgemm_operand[:, :, :, ::1] xp, const brgemm_operand[:, :, :, ::1] yp, float[:, ::1] out,
                 const float[::1] bias, GemmPlanStruct plan, int64_t c_rows=0, bint accumulate=False,
                 bint native=False):
     """out[:m, :] = Xp @ Yp (+ bias, padded to out's width, or empty) on packed operands, as the

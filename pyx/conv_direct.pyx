@@ -18,13 +18,18 @@ threads.  For each output-channel block pair (mv=2) or block, and each register 
 one BRGEMM call reduces over every (input-channel block, r, s) with beta=0 and bias/ReLU fused,
 so each output is written once, by one thread, in a fixed order: results do not depend on the
 thread count.  Python has validated every shape and pointer extent before this runs.
+
+The same walk runs fp32 and bf16 convolutions (fused type brgemm_operand): a bf16 input keeps
+the activation layout with 16 bf16 per pixel, bf16 weights hold each 16x16 block as VNNI pairs
+(the same 256 elements per block), so every offset is the same in elements; only the tile copy's
+pixel size and the kernel differ, and accumulation and output stay fp32.
 """
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange, parallel
 
-from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32,
-                            dlcpu_conv_item_input, dlcpu_transpose_16x16_f32, DLCPU_BR_OFFS)
+from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, brgemm_operand, brgemm_call, dlcpu_conv_item_input,
+                            dlcpu_conv_item_input_bf16, dlcpu_transpose_16x16_f32, DLCPU_BR_OFFS)
 from dlcpu_plans cimport (dlcpu_conv_plan_t, dlcpu_conv_shape_t, DLCPU_TILE_NONE, DLCPU_TILE_PADDED,
                           require_tiles)
 
@@ -44,8 +49,8 @@ cdef class ConvPlanStruct:
         return self.c
 
 
-cdef int run_tiles(const dlcpu_conv_plan_t *g, dlcpu_brgemm_f32_t *p, const float *base, float *y_kb,
-                   int64_t p0, int64_t p1) noexcept nogil:
+cdef int run_tiles(const dlcpu_conv_plan_t *g, dlcpu_brgemm_f32_t *p, const brgemm_operand *w_kb,
+                   const brgemm_operand *base, float *y_kb, int64_t p0, int64_t p1, int native) noexcept nogil:
     """Every register tile of output rows p0..p1 for one (image, K block): one call each."""
     cdef int64_t i0, q0, t0, npix, chunk
     cdef int nrr, ncc, err = 0
@@ -59,9 +64,8 @@ cdef int run_tiles(const dlcpu_conv_plan_t *g, dlcpu_brgemm_f32_t *p, const floa
                 ncc = <int>min(<int64_t>g.nc, Q - q0)
                 p.nr = nrr
                 p.nc = ncc
-                p.b = base + (i0 - p0) * p.b_rstride + q0 * 16
-                p.c = y_kb + (i0 * Q + q0) * 16
-                err |= dlcpu_brgemm_f32(p, g.isa)
+                err |= brgemm_call(p, w_kb, base + (i0 - p0) * p.b_rstride + q0 * 16, y_kb + (i0 * Q + q0) * 16,
+                                   g.isa, native)
                 q0 = q0 + ncc
             i0 = i0 + nrr
     else:
@@ -75,16 +79,14 @@ cdef int run_tiles(const dlcpu_conv_plan_t *g, dlcpu_brgemm_f32_t *p, const floa
         while t0 < npix:
             ncc = <int>min(chunk, npix - t0)
             p.nc = ncc
-            p.b = base + t0 * 16
-            p.c = y_kb + (p0 * Q + t0) * 16
-            err |= dlcpu_brgemm_f32(p, g.isa)
+            err |= brgemm_call(p, w_kb, base + t0 * 16, y_kb + (p0 * Q + t0) * 16, g.isa, native)
             t0 = t0 + ncc
     return err
 
 
-cdef int run_item(const dlcpu_conv_plan_t *g, int64_t item, const float *x, const float *w,
+cdef int run_item(const dlcpu_conv_plan_t *g, int64_t item, const brgemm_operand *x, const brgemm_operand *w,
                   const float *bias, float *y, const int64_t *a_offs, const int64_t *b_offs,
-                  int64_t batch, float *tile) noexcept nogil:
+                  int64_t batch, brgemm_operand *tile, int native) noexcept nogil:
     cdef const dlcpu_conv_shape_t *s = &g.s
     cdef int64_t rb = item % g.row_blocks
     cdef int64_t rest = item // g.row_blocks
@@ -96,10 +98,15 @@ cdef int run_item(const dlcpu_conv_plan_t *g, int64_t item, const float *x, cons
     cdef int64_t kb1 = min(s.Kb, kb0 + g.kb_per_group)
     cdef int64_t kb
     cdef int mv, err = 0
-    cdef const float *base = dlcpu_conv_item_input(g.tile_mode, x + n * s.Cb * s.H * s.W * 16, tile,
-                                                   s.Cb, s.H, s.W, p0, s.stride_h, s.stride_w, s.pad_h,
-                                                   s.pad_w, g.tile_rows, g.tile_phase_width)
+    cdef const brgemm_operand *base
     cdef dlcpu_brgemm_f32_t p
+    if brgemm_operand is float:
+        base = dlcpu_conv_item_input(g.tile_mode, x + n * s.Cb * s.H * s.W * 16, tile, s.Cb, s.H, s.W, p0,
+                                     s.stride_h, s.stride_w, s.pad_h, s.pad_w, g.tile_rows, g.tile_phase_width)
+    else:
+        base = dlcpu_conv_item_input_bf16(g.tile_mode, x + n * s.Cb * s.H * s.W * 16, tile, s.Cb, s.H, s.W, p0,
+                                          s.stride_h, s.stride_w, s.pad_h, s.pad_w, g.tile_rows,
+                                          g.tile_phase_width)
 
     p.kind = DLCPU_BR_OFFS
     p.b_trans = 0
@@ -119,17 +126,18 @@ cdef int run_item(const dlcpu_conv_plan_t *g, int64_t item, const float *x, cons
     while kb < kb1:
         mv = g.mv if kb + g.mv <= kb1 else 1
         p.mv = mv
-        p.a = w + kb * s.Cb * s.R * s.S * 256
         p.bias = bias + kb * 16 if bias != NULL else NULL
-        err |= run_tiles(g, &p, base, y + (n * s.Kb + kb) * s.P * s.Q * 16, p0, p1)
+        err |= run_tiles(g, &p, w + kb * s.Cb * s.R * s.S * 256, base, y + (n * s.Kb + kb) * s.P * s.Q * 16, p0, p1,
+                         native)
         kb = kb + mv
     return err
 
 
-def conv2d_forward_f32(const float[::1] x, const float[::1] w, const float[::1] bias,
-                       float[::1] y, ConvPlanStruct plan,
-                       const int64_t[::1] a_offs, const int64_t[::1] b_offs, int n_threads):
-    """Run a planned forward convolution on blocked buffers (flattened, C-contiguous).
+def conv2d_forward(const brgemm_operand[::1] x, const brgemm_operand[::1] w, const float[::1] bias,
+                   float[::1] y, ConvPlanStruct plan, const int64_t[::1] a_offs, const int64_t[::1] b_offs,
+                   int n_threads, bint native=False):
+    """Run a planned forward convolution on blocked buffers (flattened, C-contiguous): fp32, or
+    bf16 input and VNNI-paired bf16 weights (native: VDPBF16PS) with an fp32 output.
 
     Extents were checked in dlcpu/conv.py.  Returns the number of kernel calls that failed: 0,
     since the plan was checked against the tile table when it was made (a failed scratch
@@ -140,19 +148,21 @@ def conv2d_forward_f32(const float[::1] x, const float[::1] w, const float[::1] 
     cdef int64_t n_items = g.s.N * g.k_groups * g.row_blocks
     cdef int64_t item
     cdef int errors = 0
-    cdef float *tile = NULL
+    cdef brgemm_operand *tile = NULL
     cdef const float *bias_ptr = &bias[0] if bias.shape[0] > 0 else NULL
 
     with nogil, parallel(num_threads=n_threads):
         # Per-thread tile, allocated inside the region so its pages are first touched by the
         # thread that uses them.
-        tile = <float *> malloc(sizeof(float) * (g.tile_floats + 16)) if g.tile_mode != DLCPU_TILE_NONE else NULL
+        tile = NULL
+        if g.tile_mode != DLCPU_TILE_NONE:
+            tile = <brgemm_operand *> malloc(sizeof(brgemm_operand) * (g.tile_floats + 16))
         for item in prange(n_items, schedule='static'):
             if g.tile_mode != DLCPU_TILE_NONE and tile == NULL:
                 errors += 1
             else:
                 errors += run_item(g, item, &x[0], &w[0], bias_ptr, &y[0], &a_offs[0], &b_offs[0],
-                                   batch, tile)
+                                   batch, tile, native)
         free(tile)
     return errors
 

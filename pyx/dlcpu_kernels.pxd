@@ -81,15 +81,55 @@ cdef extern from "convert.h" nogil:
     uint32_t dlcpu_mix32(uint32_t h)
 
 cdef extern from "conv_f32.h" nogil:
-    void dlcpu_conv_pack_tile_f32(const float *x_img, float *tile, int64_t Cb, int64_t H, int64_t W,
-                                  int64_t ih0, int64_t TR, int64_t sw, int64_t PW, int64_t pad_w)
-    void dlcpu_conv_pack_subsampled_f32(const float *x_img, float *tile, int64_t Cb, int64_t H,
-                                        int64_t W, int64_t ih0, int64_t rows, int64_t sh,
-                                        int64_t iw0, int64_t cols, int64_t sw)
     void dlcpu_transpose_16x16_f32(const float *src, float *dst)
     const float *dlcpu_conv_item_input(int mode, const float *x_img, float *tile, int64_t Cb, int64_t H,
                                        int64_t W, int64_t p0, int64_t sh, int64_t sw, int64_t ph,
                                        int64_t pw, int64_t TR, int64_t PW)
+    const uint16_t *dlcpu_conv_item_input_bf16(int mode, const uint16_t *x_img, uint16_t *tile, int64_t Cb,
+                                               int64_t H, int64_t W, int64_t p0, int64_t sh, int64_t sw,
+                                               int64_t ph, int64_t pw, int64_t TR, int64_t PW)
 
 cdef extern from "peak.h" nogil:
     double dlcpu_peak_run(int isa, int64_t iters)
+
+
+# ------------------------------------------------------------------ one call, fp32 or bf16 operands
+ctypedef fused brgemm_operand:
+    float
+    uint16_t
+
+
+cdef inline int brgemm_call(dlcpu_brgemm_f32_t *p, const brgemm_operand *a, const brgemm_operand *b, float *c,
+                            int isa, int native) noexcept nogil:
+    """Run the BRGEMM that p describes (geometry, offsets, epilogue) on operands a, b (fp32, or
+    bf16 patterns in VNNI-paired blocks; native: VDPBF16PS) into c.  The drivers walk their
+    blocks once for both element types and call this per register tile."""
+    cdef dlcpu_brgemm_bf16_t q
+    if brgemm_operand is float:
+        p.a = a
+        p.b = b
+        p.c = c
+        return dlcpu_brgemm_f32(p, isa)
+    else:
+        q.a = a
+        q.b = b
+        q.c = c
+        q.a_offs = p.a_offs
+        q.b_offs = p.b_offs
+        q.a_stride = p.a_stride
+        q.b_stride = p.b_stride
+        q.batch = p.batch
+        q.kind = p.kind
+        q.k = p.k
+        q.mv = p.mv
+        q.nr = p.nr
+        q.nc = p.nc
+        q.a_mstride = p.a_mstride
+        q.b_rstride = p.b_rstride
+        q.ldc = p.ldc
+        q.c_rstride = p.c_rstride
+        q.c_mstride = p.c_mstride
+        q.beta = p.beta
+        q.bias = p.bias
+        q.relu = p.relu
+        return dlcpu_brgemm_bf16(&q, isa, native)

@@ -18,8 +18,9 @@
  * round (VDPBF16PS also flushes denormal inputs and outputs).  Callers compare against a float64
  * reference with bf16-sized tolerances.
  *
- * Register tiles follow brgemm_f32.h (mv groups of 16 outputs x nr rows x nc pixels); only the
- * nr = 1 tiles are built, which is what the GEMM driver asks for.
+ * Register tiles are brgemm_f32.h's (mv groups of 16 outputs x nr rows x nc pixels) and the
+ * instance tables list the same tiles, so a plan checked against the fp32 table (dlcpu/_plans.py)
+ * finds its bf16 kernels too.
  */
 #ifndef DLCPU_BRGEMM_BF16_H
 #define DLCPU_BRGEMM_BF16_H
@@ -72,15 +73,15 @@ static inline __attribute__((always_inline)) int32_t dlcpu_br16_pair(const uint1
 
 /* Epilogue shared by the AVX-512 bodies: beta, bias, ReLU, store. */
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
-dlcpu_br16_store_avx512(const dlcpu_brgemm_bf16_t *p, const __m512 *acc, const int MV, const int NC)
+dlcpu_br16_store_avx512(const dlcpu_brgemm_bf16_t *p, const __m512 *acc, const int MV, const int NP, const int NC)
 {
 #pragma GCC unroll 2
     for (int g = 0; g < MV; g++) {
         const __m512 bias = p->bias ? _mm512_loadu_ps(p->bias + 16 * g) : _mm512_setzero_ps();
 #pragma GCC unroll 28
-        for (int j = 0; j < NC; j++) {
-            float *c = p->c + g * p->c_mstride + j * p->ldc;
-            __m512 v = acc[g * NC + j];
+        for (int t = 0; t < NP; t++) {
+            float *c = p->c + g * p->c_mstride + (t / NC) * p->c_rstride + (t % NC) * p->ldc;
+            __m512 v = acc[g * NP + t];
             if (p->beta) v = _mm512_add_ps(v, _mm512_loadu_ps(c));
             v = _mm512_add_ps(v, bias);
             if (p->relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
@@ -91,12 +92,13 @@ dlcpu_br16_store_avx512(const dlcpu_brgemm_bf16_t *p, const __m512 *acc, const i
 
 /* ------------------------------------------------------------------ AVX-512 with avx512_bf16 */
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512BF16 void
-dlcpu_brgemm_bf16_native_body(const dlcpu_brgemm_bf16_t *p, const int MV, const int NC)
+dlcpu_brgemm_bf16_native_body(const dlcpu_brgemm_bf16_t *p, const int MV, const int NR, const int NC)
 {
     __m512 acc[DLCPU_AVX512_MAX_ACC];
+    const int NP = NR * NC;
     const int pairs = (p->k + 1) / 2;
 #pragma GCC unroll 28
-    for (int t = 0; t < MV * NC; t++) acc[t] = _mm512_setzero_ps();
+    for (int t = 0; t < MV * NP; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t i = 0; i < p->batch; i++) {
         const uint16_t *a, *b;
         dlcpu_br16_block(p, i, &a, &b);
@@ -110,26 +112,31 @@ dlcpu_brgemm_bf16_native_body(const dlcpu_brgemm_bf16_t *p, const int MV, const 
         for (int q = 0; q < pairs; q++) {
             const __m512bh w0 = (__m512bh)_mm512_loadu_si512(a + q * 32);
             const __m512bh w1 = MV > 1 ? (__m512bh)_mm512_loadu_si512(a + p->a_mstride + q * 32) : w0;
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; r++) {
+                const uint16_t *br = b + r * p->b_rstride + 2 * q;
 #pragma GCC unroll 28
-            for (int j = 0; j < NC; j++) {
-                const __m512bh x = (__m512bh)_mm512_set1_epi32(dlcpu_br16_pair(b + j * 16 + 2 * q));
-                acc[j] = _mm512_dpbf16_ps(acc[j], w0, x);
-                if (MV > 1) acc[NC + j] = _mm512_dpbf16_ps(acc[NC + j], w1, x);
+                for (int j = 0; j < NC; j++) {
+                    const __m512bh x = (__m512bh)_mm512_set1_epi32(dlcpu_br16_pair(br + j * 16));
+                    acc[r * NC + j] = _mm512_dpbf16_ps(acc[r * NC + j], w0, x);
+                    if (MV > 1) acc[NP + r * NC + j] = _mm512_dpbf16_ps(acc[NP + r * NC + j], w1, x);
+                }
             }
         }
     }
-    dlcpu_br16_store_avx512(p, acc, MV, NC);
+    dlcpu_br16_store_avx512(p, acc, MV, NP, NC);
 }
 
 /* ---------------------------------------------------------- AVX-512 without avx512_bf16 */
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
-dlcpu_brgemm_bf16_avx512_body(const dlcpu_brgemm_bf16_t *p, const int MV, const int NC)
+dlcpu_brgemm_bf16_avx512_body(const dlcpu_brgemm_bf16_t *p, const int MV, const int NR, const int NC)
 {
     __m512 acc[DLCPU_AVX512_MAX_ACC];
+    const int NP = NR * NC;
     const int pairs = (p->k + 1) / 2;
     const __m512i hi_mask = _mm512_set1_epi32((int)0xFFFF0000u);
 #pragma GCC unroll 28
-    for (int t = 0; t < MV * NC; t++) acc[t] = _mm512_setzero_ps();
+    for (int t = 0; t < MV * NP; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t i = 0; i < p->batch; i++) {
         const uint16_t *a, *b;
         dlcpu_br16_block(p, i, &a, &b);
@@ -141,27 +148,28 @@ dlcpu_brgemm_bf16_avx512_body(const dlcpu_brgemm_bf16_t *p, const int MV, const 
                 wo[g] = _mm512_castsi512_ps(_mm512_and_si512(w, hi_mask));      /* channel 2q+1 */
             }
 #pragma GCC unroll 28
-            for (int j = 0; j < NC; j++) {
-                const uint32_t v = (uint32_t)dlcpu_br16_pair(b + j * 16 + 2 * q);
+            for (int t = 0; t < NP; t++) {
+                const uint32_t v = (uint32_t)dlcpu_br16_pair(b + (t / NC) * p->b_rstride + (t % NC) * 16 + 2 * q);
                 const __m512 xe = _mm512_castsi512_ps(_mm512_set1_epi32((int)(v << 16)));
                 const __m512 xo = _mm512_castsi512_ps(_mm512_set1_epi32((int)(v & 0xFFFF0000u)));
                 for (int g = 0; g < MV; g++)
-                    acc[g * NC + j] = _mm512_fmadd_ps(wo[g], xo, _mm512_fmadd_ps(we[g], xe, acc[g * NC + j]));
+                    acc[g * NP + t] = _mm512_fmadd_ps(wo[g], xo, _mm512_fmadd_ps(we[g], xe, acc[g * NP + t]));
             }
         }
     }
-    dlcpu_br16_store_avx512(p, acc, MV, NC);
+    dlcpu_br16_store_avx512(p, acc, MV, NP, NC);
 }
 
 /* ------------------------------------------------------------------------------------- AVX2 */
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX2 void
-dlcpu_brgemm_bf16_avx2_body(const dlcpu_brgemm_bf16_t *p, const int MV, const int NC)
+dlcpu_brgemm_bf16_avx2_body(const dlcpu_brgemm_bf16_t *p, const int MV, const int NR, const int NC)
 {
-    __m256 acc[2 * DLCPU_AVX2_MAX_ACC];      /* group g, pixel j, half h at (g*NC + j)*2 + h */
+    __m256 acc[2 * DLCPU_AVX2_MAX_ACC];      /* group g, pixel t, half h at (g*NP + t)*2 + h */
+    const int NP = NR * NC;
     const int pairs = (p->k + 1) / 2;
     const __m256i hi_mask = _mm256_set1_epi32((int)0xFFFF0000u);
 #pragma GCC unroll 12
-    for (int t = 0; t < 2 * MV * NC; t++) acc[t] = _mm256_setzero_ps();
+    for (int t = 0; t < 2 * MV * NP; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t i = 0; i < p->batch; i++) {
         const uint16_t *a, *b;
         dlcpu_br16_block(p, i, &a, &b);
@@ -174,22 +182,22 @@ dlcpu_brgemm_bf16_avx2_body(const dlcpu_brgemm_bf16_t *p, const int MV, const in
                     wo[g * 2 + h] = _mm256_castsi256_ps(_mm256_and_si256(w, hi_mask));
                 }
 #pragma GCC unroll 6
-            for (int j = 0; j < NC; j++) {
-                const uint32_t v = (uint32_t)dlcpu_br16_pair(b + j * 16 + 2 * q);
+            for (int t = 0; t < NP; t++) {
+                const uint32_t v = (uint32_t)dlcpu_br16_pair(b + (t / NC) * p->b_rstride + (t % NC) * 16 + 2 * q);
                 const __m256 xe = _mm256_castsi256_ps(_mm256_set1_epi32((int)(v << 16)));
                 const __m256 xo = _mm256_castsi256_ps(_mm256_set1_epi32((int)(v & 0xFFFF0000u)));
-                for (int t = 0; t < 2 * MV; t++) {
-                    __m256 *c = &acc[((t >> 1) * NC + j) * 2 + (t & 1)];
-                    *c = _mm256_fmadd_ps(wo[t], xo, _mm256_fmadd_ps(we[t], xe, *c));
+                for (int u = 0; u < 2 * MV; u++) {
+                    __m256 *c = &acc[((u >> 1) * NP + t) * 2 + (u & 1)];
+                    *c = _mm256_fmadd_ps(wo[u], xo, _mm256_fmadd_ps(we[u], xe, *c));
                 }
             }
         }
     }
     for (int g = 0; g < MV; g++)
-        for (int j = 0; j < NC; j++)
+        for (int t = 0; t < NP; t++)
             for (int h = 0; h < 2; h++) {
-                float *c = p->c + g * p->c_mstride + j * p->ldc + 8 * h;
-                __m256 v = acc[(g * NC + j) * 2 + h];
+                float *c = p->c + g * p->c_mstride + (t / NC) * p->c_rstride + (t % NC) * p->ldc + 8 * h;
+                __m256 v = acc[(g * NP + t) * 2 + h];
                 if (p->beta) v = _mm256_add_ps(v, _mm256_loadu_ps(c));
                 if (p->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(p->bias + 16 * g + 8 * h));
                 if (p->relu) v = _mm256_max_ps(_mm256_setzero_ps(), v);
@@ -209,25 +217,26 @@ static inline float dlcpu_bf16_value(uint16_t h)
 static void dlcpu_brgemm_bf16_scalar(const dlcpu_brgemm_bf16_t *p)
 {
     float acc[DLCPU_SCALAR_MAX_ACC][16];
-    const int pairs = (p->k + 1) / 2;
+    const int pairs = (p->k + 1) / 2, NP = p->nr * p->nc;
     memset(acc, 0, sizeof(acc));
     for (int64_t i = 0; i < p->batch; i++) {
         const uint16_t *a, *b;
         dlcpu_br16_block(p, i, &a, &b);
         for (int g = 0; g < p->mv; g++)
-            for (int j = 0; j < p->nc; j++)
+            for (int t = 0; t < NP; t++)
                 for (int q = 0; q < pairs; q++) {
-                    const float xe = dlcpu_bf16_value(b[j * 16 + 2 * q]), xo = dlcpu_bf16_value(b[j * 16 + 2 * q + 1]);
+                    const uint16_t *x = b + (t / p->nc) * p->b_rstride + (t % p->nc) * 16 + 2 * q;
+                    const float xe = dlcpu_bf16_value(x[0]), xo = dlcpu_bf16_value(x[1]);
                     const uint16_t *w = a + g * p->a_mstride + q * 32;
                     for (int m = 0; m < 16; m++)
-                        acc[g * p->nc + j][m] += dlcpu_bf16_value(w[2 * m]) * xe + dlcpu_bf16_value(w[2 * m + 1]) * xo;
+                        acc[g * NP + t][m] += dlcpu_bf16_value(w[2 * m]) * xe + dlcpu_bf16_value(w[2 * m + 1]) * xo;
                 }
     }
     for (int g = 0; g < p->mv; g++)
-        for (int j = 0; j < p->nc; j++) {
-            float *c = p->c + g * p->c_mstride + j * p->ldc;
+        for (int t = 0; t < NP; t++) {
+            float *c = p->c + g * p->c_mstride + (t / p->nc) * p->c_rstride + (t % p->nc) * p->ldc;
             for (int m = 0; m < 16; m++) {
-                float v = acc[g * p->nc + j][m];
+                float v = acc[g * NP + t][m];
                 if (p->beta) v += c[m];
                 if (p->bias) v += p->bias[16 * g + m];
                 if (p->relu && v < 0.0f) v = 0.0f;
@@ -239,44 +248,46 @@ static void dlcpu_brgemm_bf16_scalar(const dlcpu_brgemm_bf16_t *p)
 /* ------------------------------------------------------------------------ instances, dispatch */
 typedef void (*dlcpu_brgemm_bf16_fn)(const dlcpu_brgemm_bf16_t *);
 
-#define DLCPU_BR16_INST(FLAVOUR, TARGET, MV, NC)                                                  \
-    static TARGET void dlcpu_brgemm_bf16_##FLAVOUR##_##MV##_##NC(const dlcpu_brgemm_bf16_t *p)    \
-    { dlcpu_brgemm_bf16_##FLAVOUR##_body(p, MV, NC); }
-#define DLCPU_BR16_SLOT(FLAVOUR, TARGET, MV, NC) [MV - 1][NC - 1] = dlcpu_brgemm_bf16_##FLAVOUR##_##MV##_##NC,
+#define DLCPU_BR16_INST(FLAVOUR, TARGET, MV, NR, NC)                                                  \
+    static TARGET void dlcpu_brgemm_bf16_##FLAVOUR##_##MV##_##NR##_##NC(const dlcpu_brgemm_bf16_t *p)     \
+    { dlcpu_brgemm_bf16_##FLAVOUR##_body(p, MV, NR, NC); }
+#define DLCPU_BR16_SLOT(FLAVOUR, TARGET, MV, NR, NC) \
+    [MV - 1][NR - 1][NC - 1] = dlcpu_brgemm_bf16_##FLAVOUR##_##MV##_##NR##_##NC,
 
-#define DLCPU_BR16_AVX512_TILES(X, F, T)                                                          \
-    X(F,T,1,1) X(F,T,1,2) X(F,T,1,3) X(F,T,1,4) X(F,T,1,5) X(F,T,1,6) X(F,T,1,7) X(F,T,1,8)        \
-    X(F,T,1,9) X(F,T,1,10) X(F,T,1,11) X(F,T,1,12) X(F,T,1,13) X(F,T,1,14) X(F,T,1,15)            \
-    X(F,T,1,16) X(F,T,1,17) X(F,T,1,18) X(F,T,1,19) X(F,T,1,20) X(F,T,1,21) X(F,T,1,22)           \
-    X(F,T,1,23) X(F,T,1,24) X(F,T,1,25) X(F,T,1,26) X(F,T,1,27) X(F,T,1,28)                       \
-    X(F,T,2,1) X(F,T,2,2) X(F,T,2,3) X(F,T,2,4) X(F,T,2,5) X(F,T,2,6) X(F,T,2,7) X(F,T,2,8)        \
-    X(F,T,2,9) X(F,T,2,10) X(F,T,2,11) X(F,T,2,12) X(F,T,2,13) X(F,T,2,14)
-#define DLCPU_BR16_AVX2_TILES(X, F, T)                                                            \
-    X(F,T,1,1) X(F,T,1,2) X(F,T,1,3) X(F,T,1,4) X(F,T,1,5) X(F,T,1,6) X(F,T,2,1) X(F,T,2,2) X(F,T,2,3)
+/* brgemm_f32.h's tile lists (DLCPU_BR_*_TILES), each entry X(ISA, MV, NR, NC), re-entered here
+ * for one bf16 flavour: the same tiles, so the same plans run. */
+#define DLCPU_BR16_ADAPT_native(ISA, MV, NR, NC) DLCPU_BR16_EMIT(native, DLCPU_TARGET_AVX512BF16, MV, NR, NC)
+#define DLCPU_BR16_ADAPT_avx512(ISA, MV, NR, NC) DLCPU_BR16_EMIT(avx512, DLCPU_TARGET_AVX512, MV, NR, NC)
+#define DLCPU_BR16_ADAPT_avx2(ISA, MV, NR, NC) DLCPU_BR16_EMIT(avx2, DLCPU_TARGET_AVX2, MV, NR, NC)
 
-DLCPU_BR16_AVX512_TILES(DLCPU_BR16_INST, native, DLCPU_TARGET_AVX512BF16)
-DLCPU_BR16_AVX512_TILES(DLCPU_BR16_INST, avx512, DLCPU_TARGET_AVX512)
-DLCPU_BR16_AVX2_TILES(DLCPU_BR16_INST, avx2, DLCPU_TARGET_AVX2)
+#define DLCPU_BR16_EMIT DLCPU_BR16_INST
+DLCPU_BR_AVX512_TILES(DLCPU_BR16_ADAPT_native)
+DLCPU_BR_AVX512_TILES(DLCPU_BR16_ADAPT_avx512)
+DLCPU_BR_AVX2_TILES(DLCPU_BR16_ADAPT_avx2)
+#undef DLCPU_BR16_EMIT
 
-static const dlcpu_brgemm_bf16_fn dlcpu_brgemm_bf16_native_table[DLCPU_BR_MAX_MV][DLCPU_BR_MAX_NC] = {
-    DLCPU_BR16_AVX512_TILES(DLCPU_BR16_SLOT, native, _)
+#define DLCPU_BR16_EMIT DLCPU_BR16_SLOT
+static const dlcpu_brgemm_bf16_fn dlcpu_brgemm_bf16_native_table[DLCPU_BR_MAX_MV][DLCPU_BR_MAX_NR][DLCPU_BR_MAX_NC] = {
+    DLCPU_BR_AVX512_TILES(DLCPU_BR16_ADAPT_native)
 };
-static const dlcpu_brgemm_bf16_fn dlcpu_brgemm_bf16_avx512_table[DLCPU_BR_MAX_MV][DLCPU_BR_MAX_NC] = {
-    DLCPU_BR16_AVX512_TILES(DLCPU_BR16_SLOT, avx512, _)
+static const dlcpu_brgemm_bf16_fn dlcpu_brgemm_bf16_avx512_table[DLCPU_BR_MAX_MV][DLCPU_BR_MAX_NR][DLCPU_BR_MAX_NC] = {
+    DLCPU_BR_AVX512_TILES(DLCPU_BR16_ADAPT_avx512)
 };
-static const dlcpu_brgemm_bf16_fn dlcpu_brgemm_bf16_avx2_table[DLCPU_BR_MAX_MV][DLCPU_BR_MAX_NC] = {
-    DLCPU_BR16_AVX2_TILES(DLCPU_BR16_SLOT, avx2, _)
+static const dlcpu_brgemm_bf16_fn dlcpu_brgemm_bf16_avx2_table[DLCPU_BR_MAX_MV][DLCPU_BR_MAX_NR][DLCPU_BR_MAX_NC] = {
+    DLCPU_BR_AVX2_TILES(DLCPU_BR16_ADAPT_avx2)
 };
+#undef DLCPU_BR16_EMIT
 
-/* The kernel for (isa, native, mv, nc) with nr = 1; NULL when that tile was not built. */
+/* The kernel for (isa, native, mv, nr, nc); NULL when that tile was not built. */
 static inline dlcpu_brgemm_bf16_fn dlcpu_brgemm_bf16_lookup(int isa, int native, int mv, int nr, int nc)
 {
-    if (mv < 1 || mv > DLCPU_BR_MAX_MV || nr != 1 || nc < 1 || nc > DLCPU_BR_MAX_NC)
+    if (mv < 1 || mv > DLCPU_BR_MAX_MV || nr < 1 || nr > DLCPU_BR_MAX_NR || nc < 1 || nc > DLCPU_BR_MAX_NC)
         return NULL;
     if (isa == DLCPU_ISA_AVX512)
-        return native ? dlcpu_brgemm_bf16_native_table[mv - 1][nc - 1] : dlcpu_brgemm_bf16_avx512_table[mv - 1][nc - 1];
-    if (isa == DLCPU_ISA_AVX2) return dlcpu_brgemm_bf16_avx2_table[mv - 1][nc - 1];
-    if (isa == DLCPU_ISA_SCALAR && mv * nc <= DLCPU_SCALAR_MAX_ACC) return dlcpu_brgemm_bf16_scalar;
+        return native ? dlcpu_brgemm_bf16_native_table[mv - 1][nr - 1][nc - 1]
+                      : dlcpu_brgemm_bf16_avx512_table[mv - 1][nr - 1][nc - 1];
+    if (isa == DLCPU_ISA_AVX2) return dlcpu_brgemm_bf16_avx2_table[mv - 1][nr - 1][nc - 1];
+    if (isa == DLCPU_ISA_SCALAR && mv * nr * nc <= DLCPU_SCALAR_MAX_ACC) return dlcpu_brgemm_bf16_scalar;
     return NULL;
 }
 

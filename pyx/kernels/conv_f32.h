@@ -9,6 +9,9 @@
  * The copy is paid once per work item and reused by every output-channel block, so it is a few
  * per mille of the FMAs of a ResNet-50 layer; a padded copy of the whole tensor instead would
  * cost 5-15% (it streams the full input through memory once more per call).
+ *
+ * The copies move whole 16-channel pixels and never look at the values, so they are written once
+ * for any element type: px is the bytes of one pixel (64 for fp32, 32 for bf16).
  */
 #ifndef DLCPU_CONV_F32_H
 #define DLCPU_CONV_F32_H
@@ -17,18 +20,18 @@
 #include "tiles.h"
 
 static inline void
-dlcpu_conv_pack_tile_f32(const float *x_img, float *tile, int64_t Cb, int64_t H, int64_t W,
-                         int64_t ih0, int64_t TR, int64_t sw, int64_t PW, int64_t pad_w)
+dlcpu_conv_pack_tile(const char *x_img, char *tile, int64_t Cb, int64_t H, int64_t W,
+                     int64_t ih0, int64_t TR, int64_t sw, int64_t PW, int64_t pad_w, int64_t px)
 {
     for (int64_t cb = 0; cb < Cb; cb++) {
         for (int64_t tr = 0; tr < TR; tr++) {
             const int64_t ih = ih0 + tr;
-            float *dst_row = tile + (cb * TR + tr) * sw * PW * 16;
+            char *dst_row = tile + (cb * TR + tr) * sw * PW * px;
             if (ih < 0 || ih >= H) {
-                memset(dst_row, 0, sizeof(float) * sw * PW * 16);
+                memset(dst_row, 0, px * sw * PW);
                 continue;
             }
-            const float *src_row = x_img + (cb * H + ih) * W * 16;
+            const char *src_row = x_img + (cb * H + ih) * W * px;
             if (sw == 1) {
                 /* Zeros, one contiguous copy, zeros.  pad_w may be negative (the backward pass
                  * crops): padded column pos holds input column pos - pad_w. */
@@ -36,17 +39,17 @@ dlcpu_conv_pack_tile_f32(const float *x_img, float *tile, int64_t Cb, int64_t H,
                 if (lo > PW) lo = PW;
                 if (hi > PW) hi = PW;
                 if (hi < lo) hi = lo;
-                memset(dst_row, 0, sizeof(float) * 16 * lo);
-                if (hi > lo) memcpy(dst_row + 16 * lo, src_row + 16 * (lo - pad_w), sizeof(float) * 16 * (hi - lo));
-                if (PW > hi) memset(dst_row + 16 * hi, 0, sizeof(float) * 16 * (PW - hi));
+                memset(dst_row, 0, px * lo);
+                if (hi > lo) memcpy(dst_row + px * lo, src_row + px * (lo - pad_w), px * (hi - lo));
+                if (PW > hi) memset(dst_row + px * hi, 0, px * (PW - hi));
                 continue;
             }
             for (int64_t ph = 0; ph < sw; ph++) {
-                float *dst = dst_row + ph * PW * 16;
+                char *dst = dst_row + ph * PW * px;
                 for (int64_t pos = 0; pos < PW; pos++) {
                     const int64_t iw = pos * sw + ph - pad_w;
-                    if (iw < 0 || iw >= W) memset(dst + pos * 16, 0, sizeof(float) * 16);
-                    else memcpy(dst + pos * 16, src_row + iw * 16, sizeof(float) * 16);
+                    if (iw < 0 || iw >= W) memset(dst + pos * px, 0, px);
+                    else memcpy(dst + pos * px, src_row + iw * px, px);
                 }
             }
         }
@@ -67,23 +70,23 @@ static inline void dlcpu_transpose_16x16_f32(const float *src, float *dst)
  * moves only the pixels that are used (the padded phase-split tile would move sh*sw times more).
  */
 static inline void
-dlcpu_conv_pack_subsampled_f32(const float *x_img, float *tile, int64_t Cb, int64_t H, int64_t W,
-                               int64_t ih0, int64_t rows, int64_t sh, int64_t iw0, int64_t cols,
-                               int64_t sw)
+dlcpu_conv_pack_subsampled(const char *x_img, char *tile, int64_t Cb, int64_t H, int64_t W,
+                           int64_t ih0, int64_t rows, int64_t sh, int64_t iw0, int64_t cols,
+                           int64_t sw, int64_t px)
 {
     for (int64_t cb = 0; cb < Cb; cb++) {
         for (int64_t i = 0; i < rows; i++) {
             const int64_t ih = ih0 + i * sh;
-            float *dst = tile + (cb * rows + i) * cols * 16;
+            char *dst = tile + (cb * rows + i) * cols * px;
             if (ih < 0 || ih >= H) {
-                memset(dst, 0, sizeof(float) * cols * 16);
+                memset(dst, 0, px * cols);
                 continue;
             }
-            const float *src_row = x_img + (cb * H + ih) * W * 16;
+            const char *src_row = x_img + (cb * H + ih) * W * px;
             for (int64_t j = 0; j < cols; j++) {
                 const int64_t iw = iw0 + j * sw;
-                if (iw < 0 || iw >= W) memset(dst + j * 16, 0, sizeof(float) * 16);
-                else memcpy(dst + j * 16, src_row + iw * 16, sizeof(float) * 16);
+                if (iw < 0 || iw >= W) memset(dst + j * px, 0, px);
+                else memcpy(dst + j * px, src_row + iw * px, px);
             }
         }
     }
@@ -91,19 +94,36 @@ dlcpu_conv_pack_subsampled_f32(const float *x_img, float *tile, int64_t Cb, int6
 
 /* Where one work item's B blocks start (tile mode DLCPU_TILE_*, tiles.h): the image in place, or a
  * freshly packed tile of the TR input rows from output row p0 on.  Shared by the forward and the
- * weight-update drivers. */
+ * weight-update drivers; px: bytes per pixel. */
+static inline const void *
+dlcpu_conv_item_input_px(int mode, const void *x_img, void *tile, int64_t Cb, int64_t H, int64_t W,
+                         int64_t p0, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t TR, int64_t PW,
+                         int64_t px)
+{
+    if (mode == DLCPU_TILE_PADDED) {
+        dlcpu_conv_pack_tile((const char *)x_img, (char *)tile, Cb, H, W, p0 * sh - ph, TR, sw, PW, pw, px);
+        return tile;
+    }
+    if (mode == DLCPU_TILE_SUBSAMPLED) {
+        dlcpu_conv_pack_subsampled((const char *)x_img, (char *)tile, Cb, H, W, p0 * sh - ph, TR, sh, -pw, PW, sw, px);
+        return tile;
+    }
+    return (const char *)x_img + p0 * W * px;
+}
+
 static inline const float *
 dlcpu_conv_item_input(int mode, const float *x_img, float *tile, int64_t Cb, int64_t H, int64_t W,
                       int64_t p0, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t TR, int64_t PW)
 {
-    if (mode == DLCPU_TILE_PADDED) {
-        dlcpu_conv_pack_tile_f32(x_img, tile, Cb, H, W, p0 * sh - ph, TR, sw, PW, pw);
-        return tile;
-    }
-    if (mode == DLCPU_TILE_SUBSAMPLED) {
-        dlcpu_conv_pack_subsampled_f32(x_img, tile, Cb, H, W, p0 * sh - ph, TR, sh, -pw, PW, sw);
-        return tile;
-    }
-    return x_img + p0 * W * 16;
+    return (const float *)dlcpu_conv_item_input_px(mode, x_img, tile, Cb, H, W, p0, sh, sw, ph, pw, TR, PW,
+                                                   16 * sizeof(float));
+}
+
+static inline const uint16_t *
+dlcpu_conv_item_input_bf16(int mode, const uint16_t *x_img, uint16_t *tile, int64_t Cb, int64_t H, int64_t W,
+                           int64_t p0, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t TR, int64_t PW)
+{
+    return (const uint16_t *)dlcpu_conv_item_input_px(mode, x_img, tile, Cb, H, W, p0, sh, sw, ph, pw, TR, PW,
+                                                      16 * sizeof(uint16_t));
 }
 #endif

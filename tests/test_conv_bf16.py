@@ -1,0 +1,103 @@
+"""conv2d(precision='bf16'): the direct convolution on bf16 operands with fp32 accumulation,
+against the float64 convolution of the bf16-rounded operands (every ISA path, the AVX-512 path
+with and without VDPBF16PS), PyTorch's bf16 convolution, and across thread counts."""
+import numpy as np
+import pytest
+from conftest import ISAS, assert_close, max_threads, needs_torch
+
+import dlcpu
+from dlcpu import _reference as ref
+from dlcpu import cpu, layout
+from dlcpu import precision as P
+
+NATIVE = cpu.features()["avx512_bf16"] and "avx512" in ISAS
+PATHS = [(isa, isa == "avx512" and NATIVE) for isa in ISAS] + ([("avx512", False)] if NATIVE else [])
+
+GEOMETRY = [
+    # n, c, k, h, w, r, s, stride, padding
+    (2, 3, 5, 9, 9, 3, 3, 1, 1),           # first layer: 3 channels, one odd pair padded by zeros
+    (1, 1, 1, 4, 4, 1, 1, 1, 0),
+    (2, 17, 33, 7, 6, 3, 3, 1, 1),         # one past the channel blocks
+    (1, 16, 16, 8, 8, 1, 1, 1, 0),         # 1x1 in place
+    (2, 20, 33, 11, 13, 3, 3, 2, 1),       # strided, padded tile
+    (1, 32, 48, 14, 14, 1, 1, 2, 0),       # strided 1x1: subsampled tile
+    (1, 8, 20, 10, 10, 7, 7, 2, 3),        # 7x7 stride 2
+    (1, 64, 64, 14, 14, 3, 3, 1, 1),       # res4-like 3x3, mv=2 with several rows per call
+    (1, 5, 7, 1, 40, 1, 3, (1, 3), 0),     # one-row image, stride 3 in w
+]
+
+
+def bf16_reference(x, w, b, stride, pad, relu=False):
+    st2 = stride if isinstance(stride, tuple) else (stride, stride)
+    pd2 = pad if isinstance(pad, tuple) else (pad, pad)
+    return ref.conv2d_forward(P.round_to_bf16(x).astype(np.float64), P.round_to_bf16(w).astype(np.float64), b,
+                              st2, pd2, relu)
+
+
+@pytest.mark.parametrize("isa,native", PATHS)
+@pytest.mark.parametrize("case", GEOMETRY, ids=str)
+def test_bf16_conv_against_float64(rng, monkeypatch, isa, native, case):
+    monkeypatch.setattr(P, "native_bf16", lambda name: native)
+    n, c, k, h, w, r, s, stride, pad = case
+    x = rng.uniform(-1, 1, (n, c, h, w)).astype(np.float32)
+    wt = rng.uniform(-1, 1, (k, c, r, s)).astype(np.float32)
+    b = rng.uniform(-1, 1, k).astype(np.float32)
+    for relu in (False, True):
+        y = dlcpu.conv2d(x, wt, b, stride, pad, "relu" if relu else None, precision="bf16", isa=isa)
+        assert y.dtype == np.float32
+        assert_close(y, bf16_reference(x, wt, b, stride, pad, relu))           # fp32 accumulation only
+    assert_close(y, ref.conv2d_forward(x, wt, b, *(((v, v) if not isinstance(v, tuple) else v)
+                                                  for v in (stride, pad)), True), dtype="bf16")
+
+
+def test_bf16_conv_blocked_operands_are_reused_and_match(rng):
+    x = rng.uniform(-1, 1, (2, 20, 9, 9)).astype(np.float32)
+    w = rng.uniform(-1, 1, (24, 20, 3, 3)).astype(np.float32)
+    x16, w16 = layout.to_bf16_blocked(x), layout.block_weights_bf16(w)
+    assert x16.precision == w16.precision == "bf16" and x16.dtype == w16.dtype == np.uint16
+    assert np.array_equal(x16.numpy(), P.round_to_bf16(x)) and np.array_equal(w16.numpy(), P.round_to_bf16(w))
+    assert np.array_equal(layout.block_weights_bf16(layout.block_weights(w)).data, w16.data)
+    yb = dlcpu.conv2d(x16, w16, None, 1, 1, precision="bf16")
+    assert isinstance(yb, layout.BlockedTensor) and yb.precision == "fp32"
+    assert np.array_equal(yb.numpy(), dlcpu.conv2d(x, w, None, 1, 1, precision="bf16"))
+    out = layout.BlockedTensor(np.empty_like(yb.data), yb.shape)
+    assert dlcpu.conv2d(x16, w16, None, 1, 1, precision="bf16", out=out) is out
+    assert np.array_equal(out.data, yb.data)
+
+
+def test_bf16_conv_is_thread_independent(rng):
+    x = rng.uniform(-1, 1, (3, 40, 15, 15)).astype(np.float32)
+    w = rng.uniform(-1, 1, (48, 40, 3, 3)).astype(np.float32)
+    one = dlcpu.conv2d(x, w, None, 2, 1, precision="bf16", n_threads=1)
+    assert np.array_equal(one, dlcpu.conv2d(x, w, None, 2, 1, precision="bf16", n_threads=max_threads()))
+
+
+@needs_torch
+def test_bf16_conv_against_pytorch(rng):
+    import torch
+
+    x = rng.uniform(-1, 1, (2, 32, 12, 12)).astype(np.float32)
+    w = rng.uniform(-1, 1, (40, 32, 3, 3)).astype(np.float32)
+    with torch.inference_mode():
+        theirs = torch.nn.functional.conv2d(torch.from_numpy(x).bfloat16(), torch.from_numpy(w).bfloat16(),
+                                            stride=1, padding=1).float().numpy()
+    ours = dlcpu.conv2d(x, w, None, 1, 1, precision="bf16")
+    assert_close(theirs, ours.astype(np.float64), dtype="bf16")     # PyTorch rounds its output to bf16
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda x, w: dlcpu.conv2d(x, w, precision="fp8"), ValueError, "unknown precision 'fp8'"),
+    (lambda x, w: dlcpu.conv2d(x, w, precision="int8"), ValueError, "no convolution kernel yet"),
+    (lambda x, w: dlcpu.conv2d(x, w, algorithm="winograd4", precision="bf16"), ValueError, "direct algorithm only"),
+    (lambda x, w: dlcpu.conv2d(layout.to_bf16_blocked(x), w), TypeError, "fp32 activation BlockedTensor"),
+    (lambda x, w: dlcpu.conv2d(x, layout.block_weights_bf16(w)), TypeError, "fp32 weight BlockedTensor"),
+    (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), layout.block_weights_bf16(w[:, :2]), precision="bf16"),
+     ValueError, "channels"),
+    (lambda x, w: layout.to_bf16_blocked(layout.to_bf16_blocked(x)), TypeError, "expected an fp32 activation"),
+    (lambda x, w: layout.block_weights_bf16(layout.to_blocked(x)), TypeError, "expected fp32 weights"),
+])
+def test_bf16_conv_bad_input(call, error, match):
+    x = np.ones((1, 3, 6, 6), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    with pytest.raises(error, match=match):
+        call(x, w)
