@@ -7,6 +7,7 @@ from rich.table import Table
 
 from .. import bench_models, benchmarks, cpu, workloads
 from ..conv import winograd_applies
+from ..precision import native_formats
 from ._output import JsonFlag, ThreadList, bad_option, command, emit_json, err, group, out, parse_choices, parse_threads, progress
 
 app = group("Benchmarks against the machine's peak and a peer library.")
@@ -214,6 +215,117 @@ def _render_conv(run, compare, check, show_plan):
         for r in run["layers"]:
             out.print(f"[bold]{r['name']}[/] {r['descriptor']}", highlight=False)
             out.print("  " + r["plan"].replace("\n", "\n  "), highlight=False, soft_wrap=True)
+
+
+# ------------------------------------------------------------------------------------- precision
+@command(app, "precision")
+def bench_precision(
+    layers: Annotated[str | None, typer.Option(
+        "--layers", metavar="<names>", help="Only ResNet-50 layers whose name contains one of these (comma list).")] = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Minibatch of the convolutions.")] = 4,
+    threads: ThreadList = None,
+    formats: Annotated[str, typer.Option(
+        "--formats", metavar="<list>",
+        help=f"Comma list of formats: {', '.join(benchmarks.PRECISION_FORMATS)} (the ones with kernels so far).")]
+        = ",".join(benchmarks.PRECISION_FORMATS),
+    gemm: Annotated[int, typer.Option("--gemm", min=0, help="Size of the square GEMM also timed (0: none).")] = 1024,
+    compare: Compare = None,
+    repeats: Repeats = 5,
+    as_json: JsonFlag = False,
+):
+    """The ResNet-50 convolutions and a GEMM in every format, one run: GFLOP/s, speedup over
+    fp32, error against float64, and PyTorch's bf16 as the peer."""
+    compare = _compare(compare)
+    fmts = parse_choices(formats, benchmarks.PRECISION_FORMATS, "--formats")
+    selected = [l.without_batch() for l in _by_name(workloads.resnet50_layers(), layers, "--layers", "layer")]
+    counts = parse_threads(threads)
+    _check_layer_sizes(selected, batch, counts, False, compare, False)
+    isa = cpu.resolve_isa()
+    runs = []
+    for n_threads in counts:
+        peak = benchmarks.measure_peak(n_threads, seconds=0.1, repeats=3)
+        results = []
+        with progress() as bar:
+            task = bar.add_task(f"precision, {n_threads} thread(s)", total=len(selected))
+            for l in selected:
+                bar.update(task, description=f"precision {l.name} ({n_threads}T)")
+                results.append(benchmarks.bench_precision_layer(l, batch, n_threads, peak["gflops"], formats=fmts,
+                                                                compare=compare, repeats=repeats))
+                bar.advance(task)
+        run = {"threads": n_threads, "batch": batch, "isa": isa, "peak_gflops": peak["gflops"],
+               "native": native_formats(), "layers": results, "total": benchmarks.precision_totals(results, fmts)}
+        if gemm:
+            with err.status(f"gemm {gemm}^3, {n_threads} thread(s)"):
+                run["gemm"] = benchmarks.bench_precision_gemm(gemm, n_threads, peak["gflops"], formats=fmts,
+                                                              compare=compare, repeats=repeats)
+        runs.append(run)
+        if not as_json:
+            _render_precision(run, fmts, compare)
+    if as_json:
+        emit_json({"flop_convention": benchmarks.FLOP_CONVENTION, "peak_factor": benchmarks.PEAK_FACTOR,
+                   "timed_path": "blocked activations in the format (bf16 arriving from the layer before), weights "
+                                 "converted once, fp32 output", "runs": runs})
+
+
+def _render_precision(run, fmts, compare):
+    t = Table(title=f"conv fwd by format | {run['threads']} thread(s), batch {run['batch']}, isa {run['isa']}, "
+                    f"fp32 peak {run['peak_gflops']:.0f} GFLOP/s")
+    t.add_column("layer", justify="left")
+    t.add_column("x", justify="right")
+    for f in fmts:
+        t.add_column(f"{f} GFLOP/s", justify="right")
+        t.add_column(f"{f} rel err", justify="right")
+    for f in fmts:
+        if f != "fp32" and "fp32" in fmts:
+            t.add_column(f"{f}/fp32", justify="right")
+    if compare:
+        t.add_column("torch bf16 GFLOP/s", justify="right")
+        t.add_column("torch rel err", justify="right")
+        for f in fmts:
+            if f != "fp32":
+                t.add_column(f"{f}/torch", justify="right")
+
+    def cells(gflops, rows, peer, ratio_of):
+        row = []
+        for f in fmts:
+            row += [f"{gflops[f]:.1f}", rows[f] if isinstance(rows[f], str) else f"{rows[f]:.1e}"]
+        row += [f"{ratio_of(f, 'fp32'):.2f}" for f in fmts if f != "fp32" and "fp32" in fmts]
+        if compare:
+            row += [f"{peer['gflops']:.1f}", peer["err"]] + [f"{ratio_of(f, 'peer'):.2f}" for f in fmts if f != "fp32"]
+        return row
+
+    for r in run["layers"]:
+        fr = r["formats"]
+        sec = {f: fr[f]["seconds"]["median_s"] for f in fmts}
+        peer = r.get("peer")
+        if peer:
+            sec["peer"] = peer["seconds"]["median_s"]
+        t.add_row(r["name"], str(r["count"]), *cells(
+            {f: fr[f]["gflops"] for f in fmts}, {f: fr[f]["rel_l2"] for f in fmts},
+            {"gflops": peer["gflops"], "err": f"{peer['rel_l2']:.1e}"} if peer else None,
+            lambda f, other, sec=sec: sec[other] / sec[f]))
+    tot = run["total"]
+    tf = tot["formats"]
+    secs = {f: tf[f]["seconds"] for f in fmts}
+    if "peer" in tot:
+        secs["peer"] = tot["peer"]["seconds"]
+    t.add_row("total (count-weighted)", "", *cells(
+        {f: tf[f]["gflops"] for f in fmts}, {f: "" for f in fmts},
+        {"gflops": tot["peer"]["gflops"], "err": ""} if "peer" in tot else None,
+        lambda f, other: secs[other] / secs[f]), style="bold")
+    out.print(t)
+    if "gemm" in run:
+        g = run["gemm"]
+        line = ", ".join(f"{f} {g['formats'][f]['gflops']:.1f} GFLOP/s ({g['formats'][f]['pct_peak']:.0f}% of its peak, "
+                         f"rel err {g['formats'][f]['rel_l2']:.1e})" for f in fmts)
+        if "peer" in g:
+            line += f"; torch bf16 {g['peer']['gflops']:.1f} GFLOP/s (rel err {g['peer']['rel_l2']:.1e})"
+        out.print(f"GEMM {g['size']}^3: {line}", highlight=False)
+    out.print("Speedups and ratios are time ratios within this run (>1: the named format / dlcpu faster). Errors: "
+              "relative L2 against float64 on the fp32 inputs (first image). bf16 peak = 2x the fp32 FMA peak. "
+              "dlcpu bf16 reads bf16 activations and writes fp32; the peer reads and writes bf16. Native "
+              "instructions: " + "; ".join(f"{k} {v or 'emulated'}" for k, v in run["native"].items()),
+              highlight=False)
 
 
 # ------------------------------------------------------------------------------------------ gemm

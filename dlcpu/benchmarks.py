@@ -16,7 +16,7 @@ from . import _peers, _tolerances, cpu
 from ._peers import torch_threads
 from ._validate import fits_in_memory
 from .conv import conv2d, conv2d_backward, conv_shape, describe_plan, prepare_winograd
-from .layout import CB, block_weights, n_blocks, to_blocked
+from .layout import CB, block_weights, block_weights_bf16, n_blocks, to_bf16_blocked, to_blocked
 
 FLOP_CONVENTION = "full taps: 2*N*K*P*Q*C*R*S (padding taps counted, as LIBXSMM)"
 
@@ -288,6 +288,135 @@ def bench_gemm(m, n, k, n_threads, peak_gflops, *, compare_numpy=True, repeats=5
     err = float(np.abs(matmul(x[:64], y, n_threads=n_threads, isa=isa) - x[:64].astype(np.float64) @ y).max())
     out["check_max_abs_err_first64rows"] = err
     return out
+
+
+# --------------------------------------------------------------------------------- precision
+#: the formats `bench precision` times: those the convolution and GEMM kernels run so far
+PRECISION_FORMATS = ("fp32", "bf16")
+#: dot-product peak of each format as a multiple of the measured fp32 FMA peak (VDPBF16PS does
+#: the FLOPs of two FMAs per lane; papers.md §5)
+PEAK_FACTOR = {"fp32": 1.0, "bf16": 2.0}
+
+
+def _precision_operands(x, w, fmt, n_threads):
+    """(x, w) as a network in `fmt` hands them to its convolution: blocked fp32, or bf16 (the
+    activation arriving in bf16 from the layer before, the weights converted once)."""
+    xb, wb = to_blocked(x, n_threads), block_weights(w, n_threads)
+    if fmt == "bf16":
+        return to_bf16_blocked(xb, n_threads), block_weights_bf16(wb, n_threads)
+    return xb, wb
+
+
+def _relative_error(got, want):
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300))
+
+
+def bench_precision_layer(layer, batch, n_threads, peak_gflops, *, formats=PRECISION_FORMATS, compare=None,
+                          repeats=7, warmup=2, seed=0):
+    """One convolution forward in every format, interleaved (and PyTorch's bf16 convolution in
+    channels_last with `compare`), plus each format's relative L2 error against the float64
+    convolution of the fp32 inputs on the first image.  Inputs are drawn from [-1, 1]."""
+    from . import _reference
+
+    shape = conv_layer_shape(layer, batch, compare=compare)
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (shape.N, layer.C, layer.H, layer.W)).astype(np.float32)
+    w = rng.uniform(-1, 1, (layer.K, layer.C, layer.R, layer.S)).astype(np.float32)
+    stride, pad = (layer.stride_h, layer.stride_w), (layer.pad_h, layer.pad_w)
+    fns = []
+    for fmt in formats:
+        xf, wf = _precision_operands(x, w, fmt, n_threads)
+        out = conv2d(xf, wf, stride=stride, padding=pad, algorithm="direct", precision=fmt, n_threads=n_threads)
+
+        def ours(xf=xf, wf=wf, out=out, fmt=fmt):
+            conv2d(xf, wf, stride=stride, padding=pad, algorithm="direct", precision=fmt, n_threads=n_threads, out=out)
+        fns.append(ours)
+    torch = None
+    if compare == "torch":
+        torch = _peers.require_torch("--compare torch")
+        xt = torch.from_numpy(x).bfloat16().contiguous(memory_format=torch.channels_last)
+        wt = torch.from_numpy(w).bfloat16().contiguous(memory_format=torch.channels_last)
+        fns.append(lambda: torch.nn.functional.conv2d(xt, wt, stride=stride, padding=pad))
+        with torch_threads(torch, n_threads), torch.inference_mode():
+            times = time_interleaved(fns, repeats, warmup)
+    else:
+        times = time_interleaved(fns, repeats, warmup)
+    flops = shape.flops()
+    want = _reference.conv2d_forward(x[:1], w, None, stride, pad)
+    rows = {}
+    for fmt, t in zip(formats, times):
+        sec = summarize(t)
+        gflops = flops / sec["median_s"] / 1e9
+        got = conv2d(x[:1], w, stride=stride, padding=pad, algorithm="direct", precision=fmt, n_threads=n_threads)
+        rows[fmt] = {"seconds": sec, "gflops": gflops, "pct_peak": 100.0 * gflops / (PEAK_FACTOR[fmt] * peak_gflops),
+                     "rel_l2": _relative_error(got, want)}
+    res = {"name": layer.name, "count": layer.count, "descriptor": layer.descriptor(shape.N), "gflop": flops / 1e9,
+           "formats": rows}
+    if torch is not None:
+        sec = summarize(times[-1])
+        with torch.inference_mode():
+            got = torch.nn.functional.conv2d(torch.from_numpy(x[:1]).bfloat16(), torch.from_numpy(w).bfloat16(),
+                                             stride=stride, padding=pad).float().numpy()
+        res["peer"] = {"name": f"torch {torch.__version__} conv2d bf16 channels_last", "seconds": sec,
+                       "gflops": flops / sec["median_s"] / 1e9, "rel_l2": _relative_error(got, want)}
+    return res
+
+
+def precision_totals(results, formats):
+    """Count-weighted GFLOP/s per format, its speedup over fp32 and, with a peer, the peer's
+    GFLOP/s and each format's ratio to it (peer time / dlcpu time)."""
+    flops = sum(r["count"] * r["gflop"] for r in results)
+    secs = {f: sum(r["count"] * r["formats"][f]["seconds"]["median_s"] for r in results) for f in formats}
+    total = {"gflop": flops, "formats": {f: {"seconds": secs[f], "gflops": flops / secs[f]} for f in formats}}
+    if "fp32" in secs:
+        for f in formats:
+            total["formats"][f]["speedup_vs_fp32"] = secs["fp32"] / secs[f]
+    if results and all("peer" in r for r in results):
+        peer = sum(r["count"] * r["peer"]["seconds"]["median_s"] for r in results)
+        total["peer"] = {"seconds": peer, "gflops": flops / peer}
+        for f in formats:
+            total["formats"][f]["ratio_vs_peer"] = peer / secs[f]
+    return total
+
+
+def bench_precision_gemm(size, n_threads, peak_gflops, *, formats=PRECISION_FORMATS, compare=None, repeats=5,
+                         warmup=1, seed=0):
+    """A size^3 GEMM in every format (the right-hand operand packed once, as a layer's weights;
+    the left one packed, and for bf16 converted, inside the timed call), and PyTorch's bf16
+    matmul with `compare`; errors against float64 on the first 64 rows."""
+    from .gemm import matmul, pack_matmul_operand
+
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (size, size)).astype(np.float32)
+    y = rng.uniform(-1, 1, (size, size)).astype(np.float32)
+    packed = {f: pack_matmul_operand(y, precision=f, n_threads=n_threads) for f in formats}
+    fns = [lambda f=f: matmul(x, packed[f], precision=f, n_threads=n_threads) for f in formats]
+    torch = None
+    if compare == "torch":
+        torch = _peers.require_torch("--compare torch")
+        xt, yt = torch.from_numpy(x).bfloat16(), torch.from_numpy(y).bfloat16()
+        fns.append(lambda: xt @ yt)
+        with torch_threads(torch, n_threads), torch.inference_mode():
+            times = time_interleaved(fns, repeats, warmup)
+    else:
+        times = time_interleaved(fns, repeats, warmup)
+    flops = 2.0 * size ** 3
+    want = x[:64].astype(np.float64) @ y
+    rows = {}
+    for f, t in zip(formats, times):
+        sec = summarize(t)
+        gflops = flops / sec["median_s"] / 1e9
+        rows[f] = {"seconds": sec, "gflops": gflops, "pct_peak": 100.0 * gflops / (PEAK_FACTOR[f] * peak_gflops),
+                   "rel_l2": _relative_error(matmul(x[:64], packed[f], precision=f, n_threads=n_threads), want)}
+    res = {"size": size, "threads": n_threads, "formats": rows}
+    if torch is not None:
+        sec = summarize(times[-1])
+        got = (torch.from_numpy(x[:64]).bfloat16() @ torch.from_numpy(y).bfloat16()).float().numpy()
+        res["peer"] = {"name": f"torch {torch.__version__} matmul bf16", "seconds": sec,
+                       "gflops": flops / sec["median_s"] / 1e9, "rel_l2": _relative_error(got, want)}
+        for f in formats:
+            rows[f]["ratio_vs_peer"] = sec["median_s"] / rows[f]["seconds"]["median_s"]
+    return res
 
 
 # -------------------------------------------------------------------------------------- train

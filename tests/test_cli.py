@@ -94,7 +94,30 @@ def test_bench_gemm_json():
     assert row["gflops"] > 0 and row["peer"]["ratio"] > 0 and row["check_max_abs_err_first64rows"] < 1e-3
 
 
+@needs_torch
+def test_bench_precision_json():
+    res = run("bench", "precision", "--layers", "res5b_branch2b", "--batch", "1", "--threads", "1", "--repeats", "1",
+              "--gemm", "64", "--compare", "torch", "--json")
+    assert res.returncode == 0, res.stderr
+    run0 = json.loads(res.stdout)["runs"][0]
+    layer = run0["layers"][0]
+    assert set(layer["formats"]) == {"fp32", "bf16"} and layer["peer"]["gflops"] > 0
+    assert layer["formats"]["fp32"]["rel_l2"] < 1e-5 < layer["formats"]["bf16"]["rel_l2"] < 1e-2
+    assert run0["total"]["formats"]["bf16"]["speedup_vs_fp32"] > 0 and "ratio_vs_peer" in run0["total"]["formats"]["bf16"]
+    assert run0["gemm"]["formats"]["bf16"]["rel_l2"] < 1e-2 and set(run0["native"]) >= {"bf16", "int8"}
+
+
+def test_bench_precision_table():
+    res = run("bench", "precision", "--layers", "res5b_branch2b", "--batch", "1", "--threads", "1", "--repeats", "1",
+              "--gemm", "0", "--formats", "bf16")
+    assert res.returncode == 0, res.stderr
+    assert "bf16 GFLOP/s" in res.stdout and "fp32 GFLOP/s" not in res.stdout and "GEMM" not in res.stdout
+
+
 BAD_OPTION_VALUES = [  # (args, what the one line must say): every command group, exit 2
+    (("bench", "precision", "--formats", "int4"), "'--formats'"),
+    (("bench", "precision", "--layers", "nosuchlayer"), "matches no layer"),
+    (("bench", "precision", "--gemm", "-1"), "'--gemm'"),
     (("bench", "conv", "--layer", "mb4ic64xx"), "cannot parse"),
     (("bench", "conv", "--layer", "ic3ih5oc4kh3dh1"), "dilation"),
     (("bench", "conv", "--layer", "ic3ih2oc4kh5"), "output size would be <= 0"),
