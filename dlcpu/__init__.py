@@ -12,8 +12,7 @@ from ._version import __version__
 from .conv import conv2d, conv2d_backward, prepare_winograd
 from .cpu import info
 from .gemm import brgemm, matmul
-from .layout import (BlockedTensor, block_weights, block_weights_bf16, from_blocked, to_bf16_blocked, to_blocked,
-                     unblock_weights)
+from .layout import BlockedTensor, block_weights, block_weights_bf16, from_blocked, to_bf16_blocked, to_blocked, unblock_weights
 
 __all__ = [
     "BlockedTensor",
