@@ -15,8 +15,8 @@ def info(as_json: JsonFlag = False):
     for key, value in data.items():
         if key == "features":
             value = " ".join(f"{k}{'' if v else '(no)'}" for k, v in value.items())
-        elif key == "format_instructions":
-            value = "; ".join(f"{k}: {v or 'emulated (no native instruction)'}" for k, v in value.items())
+        elif key == "format_kernels":
+            value = "; ".join(f"{k}: {v or 'no kernel yet'}" for k, v in value.items())
         elif isinstance(value, list):
             value = ", ".join(value)
         table.add_row(key, str(value))

@@ -17,6 +17,7 @@ from ._peers import torch_threads
 from ._validate import fits_in_memory
 from .conv import conv2d, conv2d_backward, conv_shape, describe_plan, prepare_winograd
 from .layout import CB, block_weights, block_weights_bf16, n_blocks, to_bf16_blocked, to_blocked
+from .precision import KERNEL_FORMATS, native_bf16
 
 FLOP_CONVENTION = "full taps: 2*N*K*P*Q*C*R*S (padding taps counted, as LIBXSMM)"
 
@@ -292,10 +293,11 @@ def bench_gemm(m, n, k, n_threads, peak_gflops, *, compare_numpy=True, repeats=5
 
 # --------------------------------------------------------------------------------- precision
 #: the formats `bench precision` times: those the convolution and GEMM kernels run so far
-PRECISION_FORMATS = ("fp32", "bf16")
-#: dot-product peak of each format as a multiple of the measured fp32 FMA peak (VDPBF16PS does
-#: the FLOPs of two FMAs per lane; papers.md §5)
-PEAK_FACTOR = {"fp32": 1.0, "bf16": 2.0}
+PRECISION_FORMATS = KERNEL_FORMATS
+def peak_factor(fmt):
+    """A format's dot-product peak as a multiple of the measured fp32 FMA peak: VDPBF16PS does
+    the FLOPs of two FMAs per lane (papers.md §5); the emulated bf16 path, one."""
+    return 2.0 if fmt == "bf16" and native_bf16(cpu.resolve_isa()) else 1.0
 
 
 def _precision_operands(x, w, fmt, n_threads):
@@ -348,7 +350,7 @@ def bench_precision_layer(layer, batch, n_threads, peak_gflops, *, formats=PRECI
         sec = summarize(t)
         gflops = flops / sec["median_s"] / 1e9
         got = conv2d(x[:1], w, stride=stride, padding=pad, algorithm="direct", precision=fmt, n_threads=n_threads)
-        rows[fmt] = {"seconds": sec, "gflops": gflops, "pct_peak": 100.0 * gflops / (PEAK_FACTOR[fmt] * peak_gflops),
+        rows[fmt] = {"seconds": sec, "gflops": gflops, "pct_peak": 100.0 * gflops / (peak_factor(fmt) * peak_gflops),
                      "rel_l2": _relative_error(got, want)}
     res = {"name": layer.name, "count": layer.count, "descriptor": layer.descriptor(shape.N), "gflop": flops / 1e9,
            "formats": rows}
@@ -406,7 +408,7 @@ def bench_precision_gemm(size, n_threads, peak_gflops, *, formats=PRECISION_FORM
     for f, t in zip(formats, times):
         sec = summarize(t)
         gflops = flops / sec["median_s"] / 1e9
-        rows[f] = {"seconds": sec, "gflops": gflops, "pct_peak": 100.0 * gflops / (PEAK_FACTOR[f] * peak_gflops),
+        rows[f] = {"seconds": sec, "gflops": gflops, "pct_peak": 100.0 * gflops / (peak_factor(f) * peak_gflops),
                    "rel_l2": _relative_error(matmul(x[:64], packed[f], precision=f, n_threads=n_threads), want)}
     res = {"size": size, "threads": n_threads, "formats": rows}
     if torch is not None:

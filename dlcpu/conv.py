@@ -473,7 +473,7 @@ def _operand(t, kind, fn, name, precision="fp32"):
         if t.kind != kind or t.precision not in allowed or t.dtype not in (np.float32, np.uint16):
             hint = "" if kind == "activation" else " (dlcpu.block_weights)"
             raise TypeError(f"{fn}: {name} must be a {' or '.join(allowed)} {kind} BlockedTensor{hint} for "
-                            f"precision={precision!r}, got a {t.precision} {t.kind} one")
+                            f"precision={precision!r}, got a {t.precision} {t.kind} one with {t.dtype} data")
         return t, tuple(t.shape)
     if not isinstance(t, np.ndarray):
         raise TypeError(f"{fn}: {name} must be a numpy array or a BlockedTensor, got {type(t).__name__}")
@@ -497,7 +497,7 @@ _NO_BIAS = np.empty(0, dtype=np.float32)
 
 
 #: conv2d's precisions so far
-CONV_PRECISIONS = ("fp32", "bf16")
+CONV_PRECISIONS = formats.KERNEL_FORMATS
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="auto",

@@ -133,8 +133,8 @@ def info():
         "isa": isa,
         "isa_forced": isa_error is not None or _config.env_isa() is not None,
         "channel_block": CHANNEL_BLOCK,
-        # per number format, the CPU's instruction for its dot products (None: emulated, slower)
-        "format_instructions": native_formats(),
+        # per number format: the instruction dlcpu's kernels use, 'emulated', or None (no kernel yet)
+        "format_kernels": native_formats(),
     }
     if isa_error:
         out["isa_error"] = isa_error

@@ -188,7 +188,8 @@ def _bf16_sum(inbuf, inoutbuf, datatype):
     """MPI user operation: inout = bf16(fp32(in) + fp32(inout)), elementwise (commutative)."""
     a = np.frombuffer(inbuf, dtype=np.uint16)
     b = np.frombuffer(inoutbuf, dtype=np.uint16)
-    b[...] = fp32_to_bf16_bits(bf16_bits_to_fp32(a) + bf16_bits_to_fp32(b))
+    # one thread: MPI runs this inside its progress engine, perhaps while compute threads are busy
+    b[...] = fp32_to_bf16_bits(bf16_bits_to_fp32(a, n_threads=1) + bf16_bits_to_fp32(b, n_threads=1), n_threads=1)
 
 
 # -------------------------------------------------------------------------------- communicator
@@ -630,7 +631,7 @@ class GradientReducer:
         if self.share != 1.0:
             b.buffer *= np.float32(self.share)
         if self.compression == "bf16":
-            b.wire[...] = fp32_to_bf16_bits(b.buffer)
+            b.wire[...] = fp32_to_bf16_bits(b.buffer, n_threads=1)
         b.started = time.perf_counter()
         b.request = self.comm.start_allreduce(b.wire, bf16=self.compression == "bf16")
         self._next = i + 1
@@ -656,7 +657,7 @@ class GradientReducer:
                 self.comm.wait(b.request, f"the allreduce of gradient bucket {i} ({b.nbytes} bytes)", deadline)
                 b.done = time.perf_counter()
             if self.compression == "bf16":
-                b.buffer[...] = bf16_bits_to_fp32(b.wire)
+                b.buffer[...] = bf16_bits_to_fp32(b.wire, n_threads=1)
         t1 = time.perf_counter()
         if self.timeline is not None:
             for i, b in enumerate(self.buckets):

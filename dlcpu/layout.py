@@ -33,13 +33,16 @@ class BlockedTensor:
     kind 'activation': shape (N, C, H, W), data (N, C/16, H, W, 16)
     kind 'weight':     shape (K, C, R, S), data (K/16, C/16, R, S, 16, 16)
     `scale` is reserved for the shared exponent/scale of DFP-16 and int8 tensors (None for fp32).
-    float32 data is fp32; uint16 data is bf16 (weights in VNNI pairs, see the module doc).
+    precision 'fp32' (float32 data) or 'bf16' (uint16 bf16 patterns, weights in VNNI pairs: see
+    the module doc); to_bf16_blocked and block_weights_bf16 make the bf16 ones, and uint16 data
+    is refused without precision='bf16', so a tensor in another 16-bit layout cannot pass for one.
     """
 
     data: np.ndarray
     shape: tuple
     kind: str = "activation"
     scale: object = None
+    precision: str = "fp32"
 
     def __post_init__(self):
         if self.kind not in ("activation", "weight"):
@@ -58,14 +61,15 @@ class BlockedTensor:
             )
         if not self.data.flags.c_contiguous:
             raise ValueError("BlockedTensor: data must be C-contiguous")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"BlockedTensor: precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if (self.precision == "bf16") != (self.data.dtype == np.uint16):
+            raise TypeError(f"BlockedTensor: precision={self.precision!r} does not match {self.data.dtype} data "
+                            "(bf16 tensors hold uint16 patterns; make them with to_bf16_blocked / block_weights_bf16)")
 
     @property
     def dtype(self):
         return self.data.dtype
-
-    @property
-    def precision(self):
-        return "bf16" if self.data.dtype == np.uint16 else "fp32"
 
     def numpy(self):
         """The logical tensor as a plain NCHW (or KCRS) float32 array."""
@@ -159,7 +163,7 @@ def to_bf16_blocked(x, n_threads=None):
             raise TypeError(f"to_bf16_blocked: expected an fp32 activation, got a {x.precision} {x.kind} BlockedTensor")
     else:
         x = to_blocked(x, n_threads)
-    return BlockedTensor(fp32_to_bf16_bits(x.data, n_threads=n_threads), tuple(x.shape), "activation")
+    return BlockedTensor(fp32_to_bf16_bits(x.data, n_threads=n_threads), tuple(x.shape), "activation", precision="bf16")
 
 
 def block_weights_bf16(w, n_threads=None):
@@ -169,4 +173,5 @@ def block_weights_bf16(w, n_threads=None):
             raise TypeError(f"block_weights_bf16: expected fp32 weights, got a {w.precision} {w.kind} BlockedTensor")
     else:
         w = block_weights(w, n_threads)
-    return BlockedTensor(_vnni_pairs(fp32_to_bf16_bits(w.data, n_threads=n_threads)), tuple(w.shape), "weight")
+    return BlockedTensor(_vnni_pairs(fp32_to_bf16_bits(w.data, n_threads=n_threads)), tuple(w.shape), "weight",
+                         precision="bf16")

@@ -2,7 +2,7 @@
 
     bits = fp32_to_bf16_bits(x)              # uint16 patterns, round to nearest even
     x16 = bf16_bits_to_fp32(bits)            # exact
-    t = to_bf16(x); t.to_float32()           # the same, as a tensor that knows its format
+    (bf16 activations and weights for the kernels: dlcpu.to_bf16_blocked, dlcpu.block_weights_bf16)
 
     d = to_dfp16(x, headroom=2)              # int16 mantissas + one shared exponent: I * 2**E
     d = to_dfp16(g, rounding="stochastic", seed=7)
@@ -69,28 +69,26 @@ def check_precision(precision, fn):
     return precision.lower()
 
 
+#: the formats with convolution and GEMM kernels so far (the others convert, but run nothing yet)
+KERNEL_FORMATS = ("fp32", "bf16")
+
+
 def native_formats(features=None):
-    """{format: the instruction that runs it natively on this CPU, or None (emulated, slower)}."""
+    """{format: how dlcpu's kernels run it on this CPU}: the instruction of its dot products,
+    'emulated' (a kernel, without the instruction: slower), or None (no kernel yet)."""
     f = cpu.features() if features is None else features
     avx512 = "avx512" in cpu.supported_isas() if features is None else f.get("avx512f", False)
-    return {
+    instructions = {
         "fp32": "vfmadd231ps (AVX-512)" if avx512 else ("vfmadd231ps (AVX2)" if f.get("fma") else None),
         "bf16": "vdpbf16ps, vcvtneps2bf16 (avx512_bf16)" if avx512 and f.get("avx512_bf16") else None,
-        "dfp16": "vpdpwssd (avx512_vnni)" if avx512 and f.get("avx512_vnni") else None,
-        "int8": "vpdpbusd (avx512_vnni)" if avx512 and f.get("avx512_vnni") else None,
-        "ternary": "vpdpbusd (avx512_vnni)" if avx512 and f.get("avx512_vnni") else None,
     }
+    return {fmt: (instructions.get(fmt) or "emulated") if fmt in KERNEL_FORMATS else None for fmt in PRECISIONS}
 
 
 def native_bf16(isa_name):
     """Whether bf16 products run on VDPBF16PS: the AVX-512 path of a CPU with avx512_bf16 (the
     other paths widen each pair to fp32 and use two FMAs)."""
     return isa_name == "avx512" and cpu.features()["avx512_bf16"]
-
-
-def _float32_input(a, name, fn):
-    """Any float32 array, made contiguous (read through a flat view)."""
-    return float32_array(a, name, fn)
 
 
 def _threads_and_isa(isa, n_threads):
@@ -103,7 +101,7 @@ def fp32_to_bf16_bits(a, *, isa=None, n_threads=None, native=None):
     native: on the AVX-512 path, use VCVTNEPS2BF16 (default: when the CPU has avx512_bf16; the
     integer recipe gives the same bits)."""
     fn = "fp32_to_bf16_bits"
-    a = _float32_input(a, "a", fn)
+    a = float32_array(a, "a", fn)
     code, threads = _threads_and_isa(isa, n_threads)
     has_native = cpu.features()["avx512_bf16"]
     native = has_native if native is None else flag(native, "native", fn)
@@ -132,26 +130,6 @@ def round_to_bf16(a, **kw):
     return bf16_bits_to_fp32(fp32_to_bf16_bits(a, **kw))
 
 
-@dataclass(frozen=True)
-class BF16Tensor:
-    """A tensor stored as bf16 patterns (uint16, the logical shape)."""
-    bits: np.ndarray
-
-    format = "bf16"
-
-    @property
-    def shape(self):
-        return self.bits.shape
-
-    def to_float32(self):
-        return bf16_bits_to_fp32(self.bits)
-
-
-def to_bf16(a, **kw):
-    """float32 array -> BF16Tensor."""
-    return BF16Tensor(fp32_to_bf16_bits(a, **kw))
-
-
 # ------------------------------------------------------------------------------------ DFP-16
 @dataclass(frozen=True)
 class DFPTensor:
@@ -161,7 +139,10 @@ class DFPTensor:
     mantissas: np.ndarray
     exponent: int
 
-    format = "dfp16"
+    @property
+    def format(self):
+        """'dfp16' for int16 mantissas, 'dfp32' / 'dfp64' for the wide ones of a product or sum."""
+        return f"dfp{self.mantissas.dtype.itemsize * 8}"
 
     @property
     def shape(self):
@@ -213,7 +194,7 @@ def to_dfp16(a, *, headroom=DFP16_HEADROOM, rounding="nearest", seed=0, isa=None
     rounding: 'nearest' (ties to even) or 'stochastic' (seeded by seed, a uint32; the same bits
     on every ISA path and thread count)."""
     fn = "to_dfp16"
-    a = _float32_input(a, "a", fn)
+    a = float32_array(a, "a", fn)
     if rounding not in ROUNDINGS:
         raise ValueError(f"{fn}: rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
     seed = positive_int(seed, "seed", fn, minimum=0)
@@ -320,7 +301,7 @@ def int8_weight_scales(w, axis=0):
     """Symmetric per-channel scales max|w_k| / 127 along `axis` (the output channel; an all-zero
     channel gets 1.0, its values quantize to 0 either way)."""
     fn = "int8_weight_scales"
-    w = _float32_input(w, "w", fn)
+    w = float32_array(w, "w", fn)
     if w.ndim < 1 or w.size == 0:
         raise ValueError(f"{fn}: w must be a non-empty array, got shape {w.shape}")
     axis = _axis(axis, w.ndim, fn)
@@ -334,7 +315,7 @@ def to_int8(x, scale, *, axis=None, unsigned=False):
     """float32 array -> Int8Tensor: round-half-even(x / scale), clamped to [-127, 127] (or
     [0, 255] with unsigned=True).  scale: a positive number, or one per index along axis."""
     fn = "to_int8"
-    x = _float32_input(x, "x", fn)
+    x = float32_array(x, "x", fn)
     unsigned = flag(unsigned, "unsigned", fn)
     axis = _axis(axis, x.ndim, fn)
     scale = np.asarray(scale, np.float32)
@@ -347,7 +328,9 @@ def to_int8(x, scale, *, axis=None, unsigned=False):
     if not np.isfinite(x).all():
         _refuse_nonfinite(x, fn, "int8 quantization")
     lo, hi, dtype = (0, 255, np.uint8) if unsigned else (-127, 127, np.int8)
-    q = np.rint(x / _broadcast_scale(scale, axis, x.ndim))
+    # the quotient in float64 is exact enough to round half-even correctly (a float32 quotient
+    # one ulp off a .5 tie rounds the wrong way)
+    q = np.rint(x.astype(np.float64) / _broadcast_scale(scale, axis, x.ndim).astype(np.float64))
     return Int8Tensor(np.clip(q, lo, hi).astype(dtype), scale, axis)
 
 
@@ -362,7 +345,7 @@ class ActivationCalibrator:
 
     def observe(self, x):
         fn = "ActivationCalibrator.observe"
-        x = _float32_input(x, "x", fn)
+        x = float32_array(x, "x", fn)
         if x.size == 0:
             raise ValueError(f"{fn}: x is empty (shape {x.shape})")
         if not np.isfinite(x).all():
@@ -398,7 +381,7 @@ def ternarize_blocks(blocks):
     end a run of equal magnitudes are candidates (the objective is quasi-convex within a run, so
     an optimum never splits one), which makes the support exactly {|w| > T*}."""
     fn = "ternarize_blocks"
-    w = _float32_input(blocks, "blocks", fn)
+    w = float32_array(blocks, "blocks", fn)
     if w.ndim != 2 or 0 in w.shape:
         raise ValueError(f"{fn}: blocks must be a non-empty 2-d (B, N) array, got shape {w.shape}")
     if not np.isfinite(w).all():
@@ -422,7 +405,7 @@ def ternarize_blocks(blocks):
 def ternarize_blocks_twn(blocks):
     """The TWN heuristic (Li & Liu 2016) for comparison: T = 0.7 * mean|w| per block, alpha the
     mean |w| over the support.  Returns alpha, t like ternarize_blocks."""
-    w = _float32_input(blocks, "blocks", "ternarize_blocks_twn").astype(np.float64)
+    w = float32_array(blocks, "blocks", "ternarize_blocks_twn").astype(np.float64)
     mag = np.abs(w)
     support = mag > 0.7 * mag.mean(axis=1, keepdims=True)
     count = support.sum(axis=1)
@@ -430,7 +413,7 @@ def ternarize_blocks_twn(blocks):
     return alpha.astype(np.float32), (np.sign(w) * support).astype(np.int8)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TernaryWeights:
     """Block-ternary weights with residual levels: W ~ sum over levels l of alpha_l * t_l.
 
@@ -468,7 +451,7 @@ class TernaryWeights:
 
     def relative_error(self, w, levels=None):
         """||W - W_hat||_F / ||W||_F for the first `levels` levels."""
-        w = _float32_input(w, "w", "TernaryWeights.relative_error")
+        w = float32_array(w, "w", "TernaryWeights.relative_error")
         if w.shape != tuple(self.shape):
             raise ValueError(f"TernaryWeights.relative_error: w has shape {w.shape}, these weights {tuple(self.shape)}")
         norm = float(np.linalg.norm(w.astype(np.float64)))
@@ -486,7 +469,7 @@ def ternarize(w, *, block=16, residual=0):
     """Weights (K, C, *taps) float32 -> TernaryWeights with 1 + residual levels, blocks of `block`
     input channels per (output channel, tap)."""
     fn = "ternarize"
-    w = _float32_input(w, "w", fn)
+    w = float32_array(w, "w", fn)
     if w.ndim < 2 or 0 in w.shape:
         raise ValueError(f"{fn}: w must be (K, C, *taps) with no empty dimension, got shape {w.shape}")
     block = positive_int(block, "block", fn)

@@ -103,7 +103,8 @@ cdef inline int brgemm_call(dlcpu_brgemm_f32_t *p, const brgemm_operand *a, cons
                             int isa, int native) noexcept nogil:
     """Run the BRGEMM that p describes (geometry, offsets, epilogue) on operands a, b (fp32, or
     bf16 patterns in VNNI-paired blocks; native: VDPBF16PS) into c.  The drivers walk their
-    blocks once for both element types and call this per register tile."""
+    blocks once for both element types and call this per register tile.  bf16 runs the strd and
+    offs variants with B not transposed (-1 otherwise, as for a tile the build lacks)."""
     cdef dlcpu_brgemm_bf16_t q
     if brgemm_operand is float:
         p.a = a
@@ -111,6 +112,8 @@ cdef inline int brgemm_call(dlcpu_brgemm_f32_t *p, const brgemm_operand *a, cons
         p.c = c
         return dlcpu_brgemm_f32(p, isa)
     else:
+        if p.b_trans or p.kind == DLCPU_BR_ADDR:    # no bf16 kernel reads transposed or pointer blocks
+            return -1
         q.a = a
         q.b = b
         q.c = c

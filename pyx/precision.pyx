@@ -21,6 +21,8 @@ cdef int64_t CHUNK = 65536
 def f32_to_bf16(const float[::1] x, uint16_t[::1] y, int isa, bint native, int n_threads):
     """y = the bf16 patterns of x (round to nearest even, denormals to signed zero)."""
     cdef int64_t n = x.shape[0], c, lo
+    if y.shape[0] != n:
+        raise ValueError(f"f32_to_bf16: x has {n} elements, y {y.shape[0]}")
     for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static', num_threads=n_threads):
         lo = c * CHUNK
         dlcpu_f32_to_bf16(isa, native, &x[lo], &y[lo], min(CHUNK, n - lo))
@@ -29,6 +31,8 @@ def f32_to_bf16(const float[::1] x, uint16_t[::1] y, int isa, bint native, int n
 def bf16_to_f32(const uint16_t[::1] x, float[::1] y, int isa, int n_threads):
     """y = the float32 values of the bf16 patterns x (exact)."""
     cdef int64_t n = x.shape[0], c, lo
+    if y.shape[0] != n:
+        raise ValueError(f"bf16_to_f32: x has {n} elements, y {y.shape[0]}")
     for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static', num_threads=n_threads):
         lo = c * CHUNK
         dlcpu_bf16_to_f32(isa, &x[lo], &y[lo], min(CHUNK, n - lo))
@@ -54,6 +58,8 @@ def dfp16_quantize(const float[::1] x, int16_t[::1] y, double scale, int limit, 
     """y = round(x * scale) clamped to [-limit, limit]: nearest even, or stochastic with draws
     from a hash of (seed, element index)."""
     cdef int64_t n = x.shape[0], c, lo
+    if y.shape[0] != n:
+        raise ValueError(f"dfp16_quantize: x has {n} elements, y {y.shape[0]}")
     cdef uint32_t key0 = dlcpu_mix32(seed ^ <uint32_t>2654435769)
     for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static', num_threads=n_threads):
         lo = c * CHUNK

@@ -65,6 +65,24 @@ def test_bf16_conv_blocked_operands_are_reused_and_match(rng):
     assert np.array_equal(out.data, yb.data)
 
 
+def test_bf16_conv_paths_agree_bit_for_bit(rng, monkeypatch):
+    x = rng.uniform(-1, 1, (2, 20, 11, 13)).astype(np.float32)
+    w = rng.uniform(-1, 1, (33, 20, 3, 3)).astype(np.float32)
+    results = []
+    for isa, native in PATHS:
+        monkeypatch.setattr(P, "native_bf16", lambda name, native=native: native)
+        results.append(dlcpu.conv2d(x, w, None, 2, 1, precision="bf16", isa=isa))
+    assert all(np.array_equal(r, results[0]) for r in results[1:])
+
+
+def test_hand_made_uint16_tensors_are_refused():
+    bits = P.fp32_to_bf16_bits(layout.block_weights(np.ones((4, 3, 3, 3), np.float32)).data)
+    with pytest.raises(TypeError, match="precision='fp32' does not match uint16"):
+        layout.BlockedTensor(bits, (4, 3, 3, 3), "weight")        # not VNNI-paired: must not pass for bf16
+    with pytest.raises(TypeError, match="precision='bf16' does not match float32"):
+        layout.BlockedTensor(np.zeros((1, 1, 2, 2, 16), np.float32), (1, 3, 2, 2), precision="bf16")
+
+
 def test_bf16_conv_is_thread_independent(rng):
     x = rng.uniform(-1, 1, (3, 40, 15, 15)).astype(np.float32)
     w = rng.uniform(-1, 1, (48, 40, 3, 3)).astype(np.float32)

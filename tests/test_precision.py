@@ -85,12 +85,11 @@ def test_bf16_any_length_and_thread_count(n, threads):
                               want.astype(np.uint32) << 16)
 
 
-def test_bf16_tensor_keeps_shape_and_strided_input():
+def test_bf16_keeps_shape_and_reads_strided_input():
     x = np.random.default_rng(0).standard_normal((3, 5, 8)).astype(np.float32)[:, ::2]
-    t = P.to_bf16(x)
-    assert t.shape == x.shape and t.bits.dtype == np.uint16
-    assert np.array_equal(t.to_float32(), x.astype(ml_dtypes.bfloat16).astype(np.float32))
-    assert np.array_equal(P.round_to_bf16(x), t.to_float32())
+    bits = P.fp32_to_bf16_bits(x)
+    assert bits.shape == x.shape and bits.dtype == np.uint16
+    assert np.array_equal(P.round_to_bf16(x), x.astype(ml_dtypes.bfloat16).astype(np.float32))
 
 
 # ------------------------------------------------------------------------------------ DFP-16
@@ -167,8 +166,9 @@ def test_dfp_arithmetic_rules():
     assert ((s.to_float64() <= exact) & (exact - s.to_float64() < 2.0 ** s.exponent)).all()   # floor
     same = P.dfp_add(a, a)
     assert np.array_equal(same.to_float64(), 2 * a.to_float64())    # no bits lost: exact
+    assert p.format == s.format == "dfp64" and a.format == "dfp16"
     d = P.dfp_downconvert(p)
-    assert d.mantissas.dtype == np.int16 and np.abs(d.mantissas.astype(np.int64)).max() <= 32767
+    assert d.mantissas.dtype == np.int16 and d.format == "dfp16" and np.abs(d.mantissas.astype(np.int64)).max() <= 32767
     assert np.abs(d.mantissas.astype(np.int64)).max() > 16383                  # the fewest bits shifted
     assert (np.abs(d.to_float64() - p.to_float64()) < 2.0 ** d.exponent).all()
     assert P.dfp_downconvert(P.DFPTensor(np.array([-40000, 3]), 0)).mantissas.tolist() == [-20000, 1]
@@ -187,6 +187,16 @@ def test_int8_weight_scales_and_round_trip():
     ref = np.clip(np.rint(w.astype(np.float64) / scales.reshape(-1, 1, 1, 1)), -127, 127)
     assert np.array_equal(q.data, ref)
     assert (np.abs(q.to_float32() - w) <= scales.reshape(-1, 1, 1, 1) / 2 * (1 + 1e-6)).all()
+
+
+def test_int8_rounds_half_even_on_the_exact_quotient():
+    scale = np.float32(0.1)
+    k = np.arange(-120, 121, dtype=np.float64)
+    # values at and one float32 ulp around every x.5 tie of x / scale
+    ties = ((k + 0.5) * float(scale)).astype(np.float32)
+    x = np.concatenate([ties, np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(-np.inf))])
+    want = np.clip(np.rint(x.astype(np.float64) / np.float64(scale)), -127, 127)
+    assert np.array_equal(P.to_int8(x, scale).data, want)
 
 
 def test_activation_calibration_over_batches():
@@ -276,7 +286,9 @@ def test_bad_input_is_refused_with_a_clear_error(call, error, match):
         call()
 
 
-def test_native_formats_names_the_instructions():
-    nf = P.native_formats({"avx512f": True, "fma": True, "avx512_bf16": True, "avx512_vnni": False})
-    assert nf["bf16"].startswith("vdpbf16ps") and nf["int8"] is None and nf["dfp16"] is None
+def test_native_formats_names_the_instructions_of_existing_kernels():
+    nf = P.native_formats({"avx512f": True, "fma": True, "avx512_bf16": True, "avx512_vnni": True})
+    assert nf["bf16"].startswith("vdpbf16ps") and nf["fp32"].startswith("vfmadd231ps")
+    assert nf["int8"] is None and nf["dfp16"] is None and nf["ternary"] is None      # no kernels yet
+    assert P.native_formats({"avx512f": True, "fma": True, "avx512_bf16": False})["bf16"] == "emulated"
     assert set(P.native_formats()) == set(P.PRECISIONS)

@@ -10,13 +10,16 @@
  * ceil(k/2) pairs; the padding channel of an odd k is zero in both operands.
  *
  * Paths, all accumulating in fp32:
- *   AVX-512 + avx512_bf16   VDPBF16PS: per lane, acc += a_even*b_even + a_odd*b_odd -- half the
- *                           instructions of the fp32 kernel for the same FLOPs;
- *   AVX-512, AVX2, scalar   the same sum as two FMAs on the pair widened to fp32 (a bf16 -> fp32
- *                           conversion is a 16-bit shift): correct everywhere, as fast as fp32.
- * The products of two bf16 values are exact in fp32, so the paths differ only in how the sums
- * round (VDPBF16PS also flushes denormal inputs and outputs).  Callers compare against a float64
- * reference with bf16-sized tolerances.
+ *   AVX-512 + avx512_bf16   VDPBF16PS: per lane, acc = (acc + a_odd*b_odd) + a_even*b_even, each
+ *                           step rounded -- half the instructions of the fp32 kernel for the
+ *                           same FLOPs;
+ *   AVX-512, AVX2, scalar   the same two steps as FMAs on the pair widened to fp32 (bf16 -> fp32
+ *                           is a 16-bit shift), odd channel first: correct everywhere, as fast
+ *                           as fp32.
+ * A product of two bf16 values is exact in fp32, so an FMA rounds exactly where VDPBF16PS does
+ * and the paths give the same bits (measured on this project's Zen CPU, tested); they can differ
+ * only where VDPBF16PS flushes a denormal input or output to zero.  Every channel of a block is
+ * read, padding too: padded channels must hold zeros, as the blocked layouts promise.
  *
  * Register tiles are brgemm_f32.h's (mv groups of 16 outputs x nr rows x nc pixels) and the
  * instance tables list the same tiles, so a plan checked against the fp32 table (dlcpu/_plans.py)
@@ -25,6 +28,7 @@
 #ifndef DLCPU_BRGEMM_BF16_H
 #define DLCPU_BRGEMM_BF16_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #include <immintrin.h>
@@ -153,7 +157,7 @@ dlcpu_brgemm_bf16_avx512_body(const dlcpu_brgemm_bf16_t *p, const int MV, const 
                 const __m512 xe = _mm512_castsi512_ps(_mm512_set1_epi32((int)(v << 16)));
                 const __m512 xo = _mm512_castsi512_ps(_mm512_set1_epi32((int)(v & 0xFFFF0000u)));
                 for (int g = 0; g < MV; g++)
-                    acc[g * NP + t] = _mm512_fmadd_ps(wo[g], xo, _mm512_fmadd_ps(we[g], xe, acc[g * NP + t]));
+                    acc[g * NP + t] = _mm512_fmadd_ps(we[g], xe, _mm512_fmadd_ps(wo[g], xo, acc[g * NP + t]));
             }
         }
     }
@@ -188,7 +192,7 @@ dlcpu_brgemm_bf16_avx2_body(const dlcpu_brgemm_bf16_t *p, const int MV, const in
                 const __m256 xo = _mm256_castsi256_ps(_mm256_set1_epi32((int)(v & 0xFFFF0000u)));
                 for (int u = 0; u < 2 * MV; u++) {
                     __m256 *c = &acc[((u >> 1) * NP + t) * 2 + (u & 1)];
-                    *c = _mm256_fmadd_ps(wo[u], xo, _mm256_fmadd_ps(we[u], xe, *c));
+                    *c = _mm256_fmadd_ps(we[u], xe, _mm256_fmadd_ps(wo[u], xo, *c));
                 }
             }
         }
@@ -229,7 +233,8 @@ static void dlcpu_brgemm_bf16_scalar(const dlcpu_brgemm_bf16_t *p)
                     const float xe = dlcpu_bf16_value(x[0]), xo = dlcpu_bf16_value(x[1]);
                     const uint16_t *w = a + g * p->a_mstride + q * 32;
                     for (int m = 0; m < 16; m++)
-                        acc[g * NP + t][m] += dlcpu_bf16_value(w[2 * m]) * xe + dlcpu_bf16_value(w[2 * m + 1]) * xo;
+                        acc[g * NP + t][m] = fmaf(dlcpu_bf16_value(w[2 * m]), xe,
+                                                  fmaf(dlcpu_bf16_value(w[2 * m + 1]), xo, acc[g * NP + t][m]));
                 }
     }
     for (int g = 0; g < p->mv; g++)

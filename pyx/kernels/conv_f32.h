@@ -1,7 +1,7 @@
 /*
  * Helpers of the blocked direct convolution that are not the BRGEMM itself.
  *
- * dlcpu_conv_pack_tile_f32 copies the input rows one work item needs into a per-thread tile that
+ * dlcpu_conv_pack_tile copies the input rows one work item needs into a per-thread tile that
  * is zero-padded (so no tap ever needs a bounds check) and, for a stride sw > 1, split into sw
  * column phases (so the pixels one BRGEMM call walks are always 16 floats apart, which is the
  * only pixel stride the microkernels are built for).  Tile layout:
