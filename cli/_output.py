@@ -169,7 +169,7 @@ def parse_choices(text, choices, option):
     values = [v.strip() for v in text.split(",") if v.strip()]
     if not values or any(v not in choices for v in values):
         raise bad_option(option, f"must be a comma list of {', '.join(choices)}, got {text!r}")
-    return values
+    return list(dict.fromkeys(values))       # each once, in the order given
 
 
 def check_output_path(path, option="--out"):

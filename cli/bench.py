@@ -23,7 +23,8 @@ MIN_PEAK_SECONDS = benchmarks.MIN_PEAK_SECONDS
 MAX_PEAK_SECONDS = benchmarks.MAX_PEAK_SECONDS
 
 Compare = Annotated[str | None, typer.Option("--compare", metavar="<peer>", help="Peer library to time in the same run: torch.")]
-Repeats = Annotated[int, typer.Option("--repeats", min=1, help="Timed repeats per measurement (the median is reported).")]
+Repeats = Annotated[int, typer.Option("--repeats", min=1, max=1000,
+                                      help="Timed repeats per measurement (the median is reported).")]
 
 
 def _compare(value):
@@ -84,7 +85,7 @@ def _select_layers(layer_descs, name_filter):
     return _by_name(layers, name_filter, "--layers", "layer")
 
 
-def _check_layer_sizes(selected, batch, counts, from_descriptors, compare, check):
+def _check_layer_sizes(selected, batch, counts, from_descriptors, compare, check, command="bench conv"):
     """Before any timing: every layer's geometry and memory at every run's minibatch
     (benchmarks.conv_layer_shape).  A layer that cannot run is a bad option value (exit 2), as
     an unparseable --layer is: the fault is --batch when the layer runs at minibatch 1, else
@@ -94,7 +95,7 @@ def _check_layer_sizes(selected, batch, counts, from_descriptors, compare, check
         for l in selected:
             run_layer = l.without_batch() if batch else l
             try:
-                benchmarks.conv_layer_shape(run_layer, mb, compare=compare, check=check)
+                benchmarks.conv_layer_shape(run_layer, mb, compare=compare, check=check, command=command)
             except ValueError as exc:
                 option = "--layer" if from_descriptors else "--threads"
                 if batch:
@@ -228,7 +229,8 @@ def bench_precision(
         "--formats", metavar="<list>",
         help=f"Comma list of formats: {', '.join(benchmarks.PRECISION_FORMATS)} (the ones with kernels so far).")]
         = ",".join(benchmarks.PRECISION_FORMATS),
-    gemm: Annotated[int, typer.Option("--gemm", min=0, help="Size of the square GEMM also timed (0: none).")] = 1024,
+    gemm: Annotated[int, typer.Option("--gemm", min=0, max=16384,
+                                      help="Size of the square GEMM also timed (0: none).")] = 1024,
     compare: Compare = None,
     repeats: Repeats = 5,
     as_json: JsonFlag = False,
@@ -239,7 +241,7 @@ def bench_precision(
     fmts = parse_choices(formats, benchmarks.PRECISION_FORMATS, "--formats")
     selected = [l.without_batch() for l in _by_name(workloads.resnet50_layers(), layers, "--layers", "layer")]
     counts = parse_threads(threads)
-    _check_layer_sizes(selected, batch, counts, False, compare, False)
+    _check_layer_sizes(selected, batch, counts, False, compare, False, "bench precision")
     isa = cpu.resolve_isa()
     runs = []
     for n_threads in counts:

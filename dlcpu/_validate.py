@@ -53,7 +53,7 @@ def float32_array(a, name, fn, shape=None, ndim=None):
         raise ValueError(f"{fn}: {name} must be {ndim}-d, got shape {a.shape}")
     if shape is not None and tuple(a.shape) != tuple(shape):
         raise ValueError(f"{fn}: {name} must have shape {tuple(shape)}, got {tuple(a.shape)}")
-    return np.ascontiguousarray(a)
+    return np.ascontiguousarray(a).reshape(a.shape)     # ascontiguousarray makes a 0-d array 1-d
 
 
 def blocked_activation(t, name, fn):

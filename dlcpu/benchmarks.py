@@ -201,13 +201,13 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", a
     return res
 
 
-def conv_layer_shape(layer, batch, *, compare=None, check=False):
+def conv_layer_shape(layer, batch, *, compare=None, check=False, command="bench conv"):
     """The ConvShape `bench_conv_layer` runs for `layer` at minibatch `batch`, after the checks
     that come before any allocation: the convolution's geometry (dlcpu.conv.conv_shape's rules)
     and the memory the benchmark's buffers need (dlcpu._validate.fits_in_memory): the float64
     random draws, the float32 x, w, dy, their blocked copies and the output, and with `compare`
     the peer's copies, with `check` the float64 reference.  ValueError names the layer."""
-    fn = f"bench conv, layer {layer.name} ({layer.descriptor(layer.shape(batch).N)})"
+    fn = f"{command}, layer {layer.name} ({layer.descriptor(layer.shape(batch).N)})"
     shape = layer.shape(batch)
     try:
         conv_shape((shape.N, shape.C, shape.H, shape.W), (shape.K, shape.C, shape.R, shape.S),
@@ -320,7 +320,7 @@ def bench_precision_layer(layer, batch, n_threads, peak_gflops, *, formats=PRECI
     convolution of the fp32 inputs on the first image.  Inputs are drawn from [-1, 1]."""
     from . import _reference
 
-    shape = conv_layer_shape(layer, batch, compare=compare)
+    shape = conv_layer_shape(layer, batch, compare=compare, command="bench precision")
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, (shape.N, layer.C, layer.H, layer.W)).astype(np.float32)
     w = rng.uniform(-1, 1, (layer.K, layer.C, layer.R, layer.S)).astype(np.float32)

@@ -184,7 +184,7 @@ class PackedMatrix:
         if not ok:
             raise ValueError(f"PackedMatrix: shape must be a (K, n) pair of positive ints, got {self.shape!r}")
         K, n = self.shape
-        if self.precision not in _PACKED_DTYPES:
+        if not isinstance(self.precision, str) or self.precision not in _PACKED_DTYPES:
             raise ValueError(f"PackedMatrix: precision must be one of {', '.join(_PACKED_DTYPES)}, got {self.precision!r}")
         dtype = _PACKED_DTYPES[self.precision]
         expected = (-(-n // CB), -(-K // CB), CB, CB)
@@ -287,6 +287,8 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
             raise ValueError(f"{fn}: empty operands: x {x.shape} @ y {(K2, n)}")
         checked.append(yi)
     fits_in_memory(4.0 * m * sum(-(-yi.shape[1] // CB) * CB for yi in checked), f"the product of x {x.shape}", fn)
+    if out is not None:
+        _check_packed_out(out, (m, checked[0].shape[1]), x, checked[0], fn)
     n_threads = cpu.resolve_threads(n_threads)
     isa_name = cpu.resolve_isa(isa)
     T = choose_gemm_split(m, 16, K, isa_name, n_threads).rows   # rows per row tile depend on the ISA only
@@ -297,16 +299,12 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
         _brgemm.pack_gemm_a_bf16(x, xp, cpu.ISA_CODES[isa_name], native, n_threads)
         if not isinstance(y, PackedMatrix):
             y = pack_matmul_operand(y, precision="bf16", n_threads=n_threads)
-        if out is not None:
-            _check_packed_out(out, (m, y.shape[1]), x, y, fn)
         return _product(xp, y, m, kc, bias, n_threads, isa_name, fn, out, accumulate, native)
     xp = scratch("gemm.x", (-(-m // T), kc, T, CB))
     if transpose_x:
         _brgemm.pack_gemm_a_transposed(x, xp, n_threads)
     else:
         _brgemm.pack_gemm_a(x, xp, n_threads)
-    if out is not None:
-        _check_packed_out(out, (m, checked[0].shape[1]), x, checked[0], fn)
     outs = tuple(_product(xp, yi, m, kc, bias, n_threads, isa_name, fn, out, accumulate) for yi in checked)
     return outs if many else outs[0]
 
@@ -314,6 +312,9 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
 def _check_packed_out(out, shape, x, y, fn):
     if not isinstance(out, PackedMatrix):
         raise TypeError(f"{fn}: out must be a PackedMatrix, got {type(out).__name__}")
+    if out.precision != "fp32":
+        raise ValueError(f"{fn}: out receives the fp32 product, so it must be an fp32 PackedMatrix, got a "
+                         f"{out.precision} one")
     if tuple(out.shape) != shape:
         raise ValueError(f"{fn}: out is a packed {tuple(out.shape)} matrix, the product is {shape}")
     if not out.data.flags.writeable:

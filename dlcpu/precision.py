@@ -59,6 +59,8 @@ DFP16_HEADROOM = 2
 #: The smallest shared exponent: I * 2**E stays a multiple of fp32's smallest denormal, so exact.
 DFP_MIN_EXPONENT = -149
 ROUNDINGS = ("nearest", "stochastic")
+#: most residual levels ternarize() makes (each pass costs a sort of every block)
+MAX_RESIDUAL = 15
 _FP32_NONFINITE = 0x7F800000
 
 
@@ -73,15 +75,19 @@ def check_precision(precision, fn):
 KERNEL_FORMATS = ("fp32", "bf16")
 
 
-def native_formats(features=None):
-    """{format: how dlcpu's kernels run it on this CPU}: the instruction of its dot products,
-    'emulated' (a kernel, without the instruction: slower), or None (no kernel yet)."""
+def native_formats(features=None, isa=None):
+    """{format: how dlcpu's kernels run it on the ISA path in use (DLCPU_ISA or the best the
+    CPU has)}: the instruction of its dot products, 'emulated' (a kernel without the
+    instruction: slower), or None (no kernel yet).  features: a dict as cpu.features() gives
+    (for tests); isa: a path name, by default the one in use."""
+    if features is not None and not isinstance(features, dict):
+        raise TypeError(f"native_formats: features must be a dict like cpu.features(), got {type(features).__name__}")
     f = cpu.features() if features is None else features
-    avx512 = "avx512" in cpu.supported_isas() if features is None else f.get("avx512f", False)
-    instructions = {
-        "fp32": "vfmadd231ps (AVX-512)" if avx512 else ("vfmadd231ps (AVX2)" if f.get("fma") else None),
-        "bf16": "vdpbf16ps, vcvtneps2bf16 (avx512_bf16)" if avx512 and f.get("avx512_bf16") else None,
-    }
+    if isa is None:
+        isa = cpu.resolve_isa() if features is None else ("avx512" if f.get("avx512f") else "avx2")
+    fp32 = {"avx512": "vfmadd231ps (AVX-512)", "avx2": "vfmadd231ps (AVX2)"}.get(isa)
+    instructions = {"fp32": fp32,
+                    "bf16": "vdpbf16ps, vcvtneps2bf16 (avx512_bf16)" if isa == "avx512" and f.get("avx512_bf16") else None}
     return {fmt: (instructions.get(fmt) or "emulated") if fmt in KERNEL_FORMATS else None for fmt in PRECISIONS}
 
 
@@ -103,10 +109,14 @@ def fp32_to_bf16_bits(a, *, isa=None, n_threads=None, native=None):
     fn = "fp32_to_bf16_bits"
     a = float32_array(a, "a", fn)
     code, threads = _threads_and_isa(isa, n_threads)
-    has_native = cpu.features()["avx512_bf16"]
-    native = has_native if native is None else flag(native, "native", fn)
-    if native and not has_native:
-        raise ValueError(f"{fn}: native=True needs avx512_bf16, which this CPU lacks")
+    on_avx512 = code == cpu.ISA_CODES["avx512"]
+    if native is None:           # the instruction where the path and the CPU have it
+        native = on_avx512 and cpu.features()["avx512_bf16"]
+    elif flag(native, "native", fn):
+        if not cpu.features()["avx512_bf16"]:
+            raise ValueError(f"{fn}: native=True needs avx512_bf16, which this CPU lacks")
+        if not on_avx512:
+            raise ValueError(f"{fn}: native=True runs on the avx512 path, not {cpu.ISA_BY_CODE[code]}")
     out = np.empty(a.shape, np.uint16)
     _precision.f32_to_bf16(a.reshape(-1), out.reshape(-1), code, native, threads)
     return out
@@ -118,7 +128,7 @@ def bf16_bits_to_fp32(b, *, isa=None, n_threads=None):
     if not isinstance(b, np.ndarray) or b.dtype != np.uint16:
         raise TypeError(f"{fn}: b must be a uint16 numpy array of bf16 patterns, got "
                         f"{getattr(b, 'dtype', type(b).__name__)}")
-    b = np.ascontiguousarray(b)
+    b = np.ascontiguousarray(b).reshape(b.shape)     # (a 0-d array stays 0-d)
     code, threads = _threads_and_isa(isa, n_threads)
     out = np.empty(b.shape, np.float32)
     _precision.bf16_to_f32(b.reshape(-1), out.reshape(-1), code, threads)
@@ -138,6 +148,14 @@ class DFPTensor:
     dfp_downconvert brings them back to 16 bits."""
     mantissas: np.ndarray
     exponent: int
+
+    def __post_init__(self):
+        m = self.mantissas
+        if not isinstance(m, np.ndarray) or m.dtype.kind != "i":
+            raise TypeError(f"DFPTensor: mantissas must be a numpy array of signed integers, got "
+                            f"{getattr(m, 'dtype', type(m).__name__)}")
+        if isinstance(self.exponent, (bool, np.bool_)) or not isinstance(self.exponent, (int, np.integer)):
+            raise TypeError(f"DFPTensor: exponent must be an int, got {self.exponent!r}")
 
     @property
     def format(self):
@@ -171,10 +189,13 @@ def dfp16_exponent(absmax, headroom=DFP16_HEADROOM):
     """The shared exponent E for a tensor whose largest magnitude is absmax (see the module doc);
     0 for an all-zero tensor."""
     fn = "dfp16_exponent"
-    headroom = positive_int(headroom, "headroom", fn, minimum=0)
-    if headroom > DFP16_BITS - 2:
-        raise ValueError(f"{fn}: headroom must be <= {DFP16_BITS - 2} bits, got {headroom}")
-    absmax = float(absmax)
+    headroom = _headroom(headroom, fn)
+    if isinstance(absmax, (bool, np.bool_)) or not isinstance(absmax, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: absmax must be a real number, got {absmax!r}")
+    try:
+        absmax = float(absmax)
+    except OverflowError:        # an int past float64's range
+        absmax = math.inf
     if not math.isfinite(absmax) or absmax < 0:
         raise ValueError(f"{fn}: absmax must be finite and >= 0, got {absmax}")
     if absmax == 0.0:
@@ -183,10 +204,25 @@ def dfp16_exponent(absmax, headroom=DFP16_HEADROOM):
     return max(DFP_MIN_EXPONENT, e_max - (DFP16_BITS - 2) + headroom)
 
 
+def _headroom(headroom, fn):
+    headroom = positive_int(headroom, "headroom", fn, minimum=0)
+    if headroom > DFP16_BITS - 2:
+        raise ValueError(f"{fn}: headroom must be <= {DFP16_BITS - 2} bits, got {headroom}")
+    return headroom
+
+
+#: the largest shared exponent dfp16_exponent gives: e_max 127 with the largest headroom
+DFP_MAX_EXPONENT = 127 - (DFP16_BITS - 2) + (DFP16_BITS - 2)
+
+
 def dfp16_limit(exponent):
     """The largest mantissa magnitude for shared exponent E: int16's 32767, or less where
     I * 2**E would pass fp32's largest value (E > 113)."""
-    return min(2 ** (DFP16_BITS - 1) - 1, 2 ** (128 - int(exponent)) - 1)
+    exponent = positive_int(exponent, "exponent", "dfp16_limit", minimum=DFP_MIN_EXPONENT)
+    if exponent > DFP_MAX_EXPONENT:
+        raise ValueError(f"dfp16_limit: exponent must be <= {DFP_MAX_EXPONENT} (fp32's largest binary exponent), "
+                         f"got {exponent}")
+    return min(2 ** (DFP16_BITS - 1) - 1, 2 ** (128 - exponent) - 1)
 
 
 def to_dfp16(a, *, headroom=DFP16_HEADROOM, rounding="nearest", seed=0, isa=None, n_threads=None):
@@ -195,6 +231,7 @@ def to_dfp16(a, *, headroom=DFP16_HEADROOM, rounding="nearest", seed=0, isa=None
     on every ISA path and thread count)."""
     fn = "to_dfp16"
     a = float32_array(a, "a", fn)
+    headroom = _headroom(headroom, fn)
     if rounding not in ROUNDINGS:
         raise ValueError(f"{fn}: rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
     seed = positive_int(seed, "seed", fn, minimum=0)
@@ -221,9 +258,22 @@ def _dfp_pair(a, b, fn):
         raise ValueError(f"{fn}: shapes differ: a {a.shape}, b {b.shape}")
 
 
+def _largest(t):
+    """max |mantissa| of t as a Python int (0 when empty)."""
+    return max(abs(int(t.mantissas.max())), abs(int(t.mantissas.min()))) if t.mantissas.size else 0
+
+
+def _fits_int64(bound, fn):
+    if bound >= 2 ** 63:
+        raise ValueError(f"{fn}: the result's mantissas could reach {bound}, past int64; bring the operands back to "
+                         "16 bits with dfp_downconvert first")
+
+
 def dfp_multiply(a, b):
-    """Elementwise product: mantissas multiply (int64, exact), exponents add."""
+    """Elementwise product: mantissas multiply (int64, exact), exponents add.  Refused when the
+    products could pass int64 (wide operands: dfp_downconvert them first)."""
     _dfp_pair(a, b, "dfp_multiply")
+    _fits_int64(_largest(a) * _largest(b), "dfp_multiply")
     return DFPTensor(a.mantissas.astype(np.int64) * b.mantissas.astype(np.int64), a.exponent + b.exponent)
 
 
@@ -231,6 +281,7 @@ def dfp_add(a, b):
     """Elementwise sum at the larger exponent: the other operand's mantissas shift right
     (arithmetically, rounding toward -Inf) by the exponent difference, then add (int64)."""
     _dfp_pair(a, b, "dfp_add")
+    _fits_int64(_largest(a) + _largest(b), "dfp_add")
     hi, lo = (a, b) if a.exponent >= b.exponent else (b, a)
     shift = min(hi.exponent - lo.exponent, 63)
     return DFPTensor(hi.mantissas.astype(np.int64) + (lo.mantissas.astype(np.int64) >> shift), hi.exponent)
@@ -292,7 +343,9 @@ def _broadcast_scale(scale, axis, ndim):
 def _axis(axis, ndim, fn):
     if axis is None:
         return None
-    if not isinstance(axis, (int, np.integer)) or isinstance(axis, (bool, np.bool_)) or not -ndim <= axis < ndim:
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, (bool, np.bool_)):
+        raise TypeError(f"{fn}: axis must be an int, got {axis!r}")
+    if not -ndim <= axis < ndim:
         raise ValueError(f"{fn}: axis must be an int in [{-ndim}, {ndim}) for a {ndim}-d tensor, got {axis!r}")
     return int(axis) % ndim
 
@@ -303,12 +356,25 @@ def int8_weight_scales(w, axis=0):
     fn = "int8_weight_scales"
     w = float32_array(w, "w", fn)
     if w.ndim < 1 or w.size == 0:
-        raise ValueError(f"{fn}: w must be a non-empty array, got shape {w.shape}")
+        raise ValueError(f"{fn}: w must be a non-empty array with an output-channel axis, got shape {w.shape}")
+    if axis is None:
+        raise TypeError(f"{fn}: axis must be an int (the output-channel axis), got None")
     axis = _axis(axis, w.ndim, fn)
     if not np.isfinite(w).all():
         _refuse_nonfinite(w, fn, "an int8 scale")
     absmax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
-    return np.where(absmax > 0, absmax / np.float32(127), np.float32(1)).astype(np.float32)
+    return np.array([_int8_scale(float(m), 127) for m in absmax], np.float32)
+
+
+def _int8_scale(absmax, levels):
+    """absmax / levels as a positive float32 that neither underflows to 0 (tiny values) nor
+    rounds up past absmax / levels (levels * scale must stay finite for fp32's largest value)."""
+    if absmax == 0.0:
+        return np.float32(1.0)
+    scale = np.float32(absmax / levels)
+    if float(scale) * levels > absmax:          # rounded up: take the float32 below
+        scale = np.nextafter(scale, np.float32(0))
+    return max(scale, np.float32(np.finfo(np.float32).smallest_subnormal))
 
 
 def to_int8(x, scale, *, axis=None, unsigned=False):
@@ -318,6 +384,8 @@ def to_int8(x, scale, *, axis=None, unsigned=False):
     x = float32_array(x, "x", fn)
     unsigned = flag(unsigned, "unsigned", fn)
     axis = _axis(axis, x.ndim, fn)
+    if isinstance(scale, (str, bytes)) or np.asarray(scale).dtype.kind not in "fiu":
+        raise TypeError(f"{fn}: scale must be a positive real number or an array of them, got {scale!r}")
     scale = np.asarray(scale, np.float32)
     want = () if axis is None else (x.shape[axis],)
     if scale.shape != want:
@@ -363,9 +431,7 @@ class ActivationCalibrator:
     @property
     def scale(self):
         self._require()
-        if self.absmax == 0.0:
-            return np.float32(1.0)
-        return np.float32(self.absmax / (255.0 if self.unsigned else 127.0))
+        return _int8_scale(self.absmax, 255 if self.unsigned else 127)
 
     def _require(self):
         if not self.batches:
@@ -373,6 +439,16 @@ class ActivationCalibrator:
 
 
 # ----------------------------------------------------------------------------------- ternary
+def _blocks(blocks, fn):
+    """A finite, non-empty (B, N) float32 array of weight blocks."""
+    w = float32_array(blocks, "blocks", fn)
+    if w.ndim != 2 or 0 in w.shape:
+        raise ValueError(f"{fn}: blocks must be a non-empty 2-d (B, N) array, got shape {w.shape}")
+    if not np.isfinite(w).all():
+        _refuse_nonfinite(w, fn, "ternarization")
+    return w
+
+
 def ternarize_blocks(blocks):
     """The exact minimizer of ||w - alpha*t||^2 over alpha >= 0, t in {-1, 0, 1}^N, for each row of
     blocks (B, N): returns alpha (B,) float32, t (B, N) int8 and the threshold T (B,) float32 with
@@ -380,12 +456,7 @@ def ternarize_blocks(blocks):
     top k* with k* = argmax (a_1 + ... + a_k)^2 / k, alpha* its mean, T* = a_(k*+1).  Only k that
     end a run of equal magnitudes are candidates (the objective is quasi-convex within a run, so
     an optimum never splits one), which makes the support exactly {|w| > T*}."""
-    fn = "ternarize_blocks"
-    w = float32_array(blocks, "blocks", fn)
-    if w.ndim != 2 or 0 in w.shape:
-        raise ValueError(f"{fn}: blocks must be a non-empty 2-d (B, N) array, got shape {w.shape}")
-    if not np.isfinite(w).all():
-        _refuse_nonfinite(w, fn, "ternarization")
+    w = _blocks(blocks, "ternarize_blocks")
     mag = np.abs(w.astype(np.float64))
     a = -np.sort(-mag, axis=1)
     sums = np.cumsum(a, axis=1)
@@ -405,7 +476,7 @@ def ternarize_blocks(blocks):
 def ternarize_blocks_twn(blocks):
     """The TWN heuristic (Li & Liu 2016) for comparison: T = 0.7 * mean|w| per block, alpha the
     mean |w| over the support.  Returns alpha, t like ternarize_blocks."""
-    w = float32_array(blocks, "blocks", "ternarize_blocks_twn").astype(np.float64)
+    w = _blocks(blocks, "ternarize_blocks_twn").astype(np.float64)
     mag = np.abs(w)
     support = mag > 0.7 * mag.mean(axis=1, keepdims=True)
     count = support.sum(axis=1)
@@ -474,6 +545,9 @@ def ternarize(w, *, block=16, residual=0):
         raise ValueError(f"{fn}: w must be (K, C, *taps) with no empty dimension, got shape {w.shape}")
     block = positive_int(block, "block", fn)
     residual = positive_int(residual, "residual", fn, minimum=0)
+    if residual > MAX_RESIDUAL:
+        raise ValueError(f"{fn}: residual must be <= {MAX_RESIDUAL} levels (each level shrinks what is left; "
+                         f"the Ternary Residual Networks paper uses a few), got {residual}")
     K, C = w.shape[:2]
     taps = w.shape[2:]
     c_pad = -(-C // CB) * CB

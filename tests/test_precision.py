@@ -199,6 +199,22 @@ def test_int8_rounds_half_even_on_the_exact_quotient():
     assert np.array_equal(P.to_int8(x, scale).data, want)
 
 
+def test_int8_scales_stay_positive_and_finite_at_the_ends_of_fp32():
+    tiny = np.array([[1e-45, 0.0]], np.float32)
+    scale = P.int8_weight_scales(tiny)
+    assert scale[0] > 0 and P.to_int8(tiny, scale, axis=0).data.tolist() == [[1, 0]]
+    big = np.array([[3.4028235e38, -3.4028235e38]], np.float32)
+    back = P.to_int8(big, P.int8_weight_scales(big), axis=0).to_float32()
+    assert np.isfinite(back).all() and np.allclose(back, big, rtol=1e-6)
+    assert P.ActivationCalibrator().observe(np.array([1e-45], np.float32)).scale > 0
+
+
+def test_zero_dimensional_arrays_keep_their_shape():
+    x = np.array(1.5, np.float32)
+    assert P.fp32_to_bf16_bits(x).shape == () and P.round_to_bf16(x).shape == ()
+    assert P.to_dfp16(x).mantissas.shape == () and P.to_int8(x, 0.1).data.shape == ()
+
+
 def test_activation_calibration_over_batches():
     rng = np.random.default_rng(4)
     cal = P.ActivationCalibrator()
@@ -280,6 +296,21 @@ def test_ternarize_layout_and_residual_levels():
     (lambda: P.dfp_add(P.to_dfp16(np.ones(2, np.float32)), P.to_dfp16(np.ones(3, np.float32))), ValueError,
      "shapes differ"),
     (lambda: P.dfp_multiply(np.ones(2), P.to_dfp16(np.ones(2, np.float32))), TypeError, "DFPTensor"),
+    (lambda: P.DFPTensor(np.ones(2, np.uint64), 0), TypeError, "signed integers"),
+    (lambda: P.DFPTensor(np.ones(2, np.int16), 0.5), TypeError, "exponent must be an int"),
+    (lambda: P.dfp_multiply(*[P.DFPTensor(np.array([2 ** 40]), 0)] * 2), ValueError, "past int64.*dfp_downconvert"),
+    (lambda: P.dfp_add(*[P.DFPTensor(np.array([2 ** 62]), 0)] * 2), ValueError, "past int64"),
+    (lambda: P.dfp16_exponent("3"), TypeError, "real number"),
+    (lambda: P.dfp16_limit(200), ValueError, "exponent must be <= 127"),
+    (lambda: P.ternarize(np.ones((2, 16), np.float32), residual=16), ValueError, "residual must be <= 15"),
+    (lambda: P.ternarize_blocks_twn(np.array([[1.0, np.nan]], np.float32)), ValueError, "ternarization"),
+    (lambda: P.ternarize_blocks_twn(np.ones(4, np.float32)), ValueError, r"\(B, N\)"),
+    (lambda: P.int8_weight_scales(np.ones((2, 2), np.float32), axis=None), TypeError, "axis must be an int"),
+    (lambda: P.to_int8(np.ones(2, np.float32), "0.5"), TypeError, "scale must be a positive real number"),
+    (lambda: P.to_int8(np.ones(2, np.float32), 1.0, axis=True), TypeError, "axis must be an int"),
+    (lambda: P.fp32_to_bf16_bits(np.ones(2, np.float32), isa="avx2", native=True), ValueError,
+     "runs on the avx512 path" if cpu.features()["avx512_bf16"] else "lacks"),
+    (lambda: P.native_formats("avx2"), TypeError, "features must be a dict"),
 ])
 def test_bad_input_is_refused_with_a_clear_error(call, error, match):
     with pytest.raises(error, match=match):
