@@ -212,7 +212,7 @@ def _join_ranks(options, batch, threads):
 
 def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=None, from_path=None,
            prune_scope="layer", loss="softmax", loss_gradient="exact", cell=None, activation_impl=None, seeds=None,
-           dist_args=None):
+           dist_args=None, precision="fp32"):
     """Shared body of the `dlcpu train` commands (model 'cnn' or 'rnn'): one run, or with more
     than one value of --loss/--cell/--activation-impl/--seeds a sweep over their product."""
     from .. import distributed
@@ -237,6 +237,10 @@ def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=
         raise bad_option("--prune-scope", f"must be 'layer' or 'global', got {prune_scope!r}")
     losses = _check_losses(loss)
     _check_choice("--loss-gradient", loss_gradient, GRADIENTS)
+    try:
+        precision = training.check_training_precision(model, precision)
+    except ValueError as exc:
+        raise bad_option("--precision", str(exc).removeprefix("train: ")) from None
     cells = _check_choices("--cell", cell, tuple(RNN_CELLS))
     impls = _check_choices("--activation-impl", activation_impl, ACTIVATION_IMPLS)
     seed_list = _check_seeds(seed, seeds)
@@ -257,31 +261,32 @@ def _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity=
             raise typer.Exit(EXIT_USAGE) from None      # rank 0 refused a path and says why
         initial = _initial_model_on_ranks(comm, from_path, model, cells)
         _train_one(model, epochs, batch, lr, n_threads, seed_list[0], out_path, as_json, sparsity, from_path, initial,
-                   prune_scope, losses[0], loss_gradient, cells[0], impls[0], options, comm)
+                   prune_scope, losses[0], loss_gradient, cells[0], impls[0], options, comm, precision=precision)
         return
     initial = _initial_model(from_path, model, cells)
     n_threads = threads or cpu.resolve_threads()
     if runs > 1:
         configs = training.sweep_configs(losses, cells, impls)
         _sweep(model, configs, seed_list, epochs=epochs, batch=batch, lr=lr, n_threads=n_threads, as_json=as_json,
-               sparsity=sparsity, from_path=from_path, prune_scope=prune_scope, loss_gradient=loss_gradient)
+               sparsity=sparsity, from_path=from_path, prune_scope=prune_scope, loss_gradient=loss_gradient,
+               precision=precision)
         return
     _train_one(model, epochs, batch, lr, n_threads, seed_list[0], out_path, as_json, sparsity, from_path, initial,
-               prune_scope, losses[0], loss_gradient, cells[0], impls[0])
+               prune_scope, losses[0], loss_gradient, cells[0], impls[0], precision=precision)
 
 
 def _train_one(model, epochs, batch, lr, n_threads, seed, out_path, as_json, sparsity, from_path, initial,
-               prune_scope, loss, loss_gradient, cell, activation_impl, dist=None, comm=None):
+               prune_scope, loss, loss_gradient, cell, activation_impl, dist=None, comm=None, precision="fp32"):
     """One training run: epoch lines on stderr, a summary line (or JSON) on stdout.  Data-parallel
     (dist, comm), rank 0 alone reports; an error on one rank ends the whole job."""
     if comm is None:
         return _run_training(model, epochs, batch, lr, n_threads, seed, out_path, as_json, sparsity, from_path,
-                             initial, prune_scope, loss, loss_gradient, cell, activation_impl)
+                             initial, prune_scope, loss, loss_gradient, cell, activation_impl, precision=precision)
     from .. import train as training
 
     try:
         _run_training(model, epochs, batch, lr, n_threads, seed, out_path, as_json, sparsity, from_path, initial,
-                      prune_scope, loss, loss_gradient, cell, activation_impl, dist, comm.rank)
+                      prune_scope, loss, loss_gradient, cell, activation_impl, dist, comm.rank, precision=precision)
     except training.TrainingDiverged:
         # every rank saw the same global loss and stops at the same step: rank 0 says so
         if comm.rank == 0:
@@ -300,7 +305,7 @@ def _train_one(model, epochs, batch, lr, n_threads, seed, out_path, as_json, spa
 
 
 def _run_training(model, epochs, batch, lr, n_threads, seed, out_path, as_json, sparsity, from_path, initial,
-                  prune_scope, loss, loss_gradient, cell, activation_impl, dist=None, rank=0):
+                  prune_scope, loss, loss_gradient, cell, activation_impl, dist=None, rank=0, precision="fp32"):
     """The training run itself (one process, or one rank of a data-parallel job: `rank`)."""
     from threadpoolctl import threadpool_limits
 
@@ -327,13 +332,14 @@ def _run_training(model, epochs, batch, lr, n_threads, seed, out_path, as_json, 
                                            on_step=None if quiet else on_step, on_epoch=on_epoch, model=model,
                                            prune=sparsity, init_from=initial, prune_scope=prune_scope, loss=loss,
                                            loss_gradient=loss_gradient, cell=cell, activation_impl=activation_impl,
-                                           dist=dist)
+                                           dist=dist, precision=precision)
     if quiet:
         return
     summary = {"dataset": "sklearn digits (1797 8x8 images)",
                "model": "digits_resnet (CNN)" if model == "cnn" else
                         f"digits_rnn ({(result.cell or 'lstm').upper()} over image rows)",
                "loss": result.loss, "loss_gradient": result.loss_gradient, "cell": result.cell,
+               "precision": result.precision,
                "activation_impl": result.activation_impl,
                "train_images": len(data.x_train),
                "test_images": len(data.x_test), "threads": n_threads, "epochs": epochs, "batch": batch,
@@ -387,7 +393,7 @@ def _run_label(model, config):
 
 
 def _sweep(model, configs, seeds, *, epochs, batch, lr, n_threads, as_json, sparsity, from_path, prune_scope,
-           loss_gradient):
+           loss_gradient, precision="fp32"):
     """A sweep: every (configuration, seed) in turn, each finished run a line on stderr; then the
     table of mean ± std per configuration (or JSON).  Ctrl-C or a failing run still reports the
     runs finished so far (exit 130, or 1 with the error's line)."""
@@ -398,7 +404,8 @@ def _sweep(model, configs, seeds, *, epochs, batch, lr, n_threads, as_json, spar
     total = len(configs) * len(seeds)
     settings = {"command": "digits" if model == "cnn" else "digits-rnn", "model": model, "epochs": epochs,
                 "batch": batch, "lr": lr, "threads": n_threads, "loss_gradient": loss_gradient, "from": from_path,
-                "prune": sparsity, "prune_scope": prune_scope if sparsity is not None else None, "seeds": seeds}
+                "prune": sparsity, "prune_scope": prune_scope if sparsity is not None else None, "seeds": seeds,
+                "precision": precision}
     done, stopped, failure = [], None, None
     try:
         with progress(TextColumn("{task.fields[status]}")) as bar:
@@ -416,7 +423,8 @@ def _sweep(model, configs, seeds, *, epochs, batch, lr, n_threads, as_json, spar
             with threadpool_limits(limits=n_threads, user_api="openmp"):
                 for run in training.sweep_digits(configs, seeds, model=model, on_start=on_start, on_step=on_step,
                                                  epochs=epochs, batch=batch, lr=lr, loss_gradient=loss_gradient,
-                                                 prune=sparsity, prune_scope=prune_scope, init_from=from_path):
+                                                 prune=sparsity, prune_scope=prune_scope, init_from=from_path,
+                                                 precision=precision):
                     done.append(run)
                     bar.update(task, completed=len(done))
                     err.print(f"run {len(done)}/{total}  {_run_label(model, run.config)}, seed {run.seed}: "
@@ -536,11 +544,16 @@ def _register(name, model, epochs_default, lr_default, doc):
             "--check-replicas", help="With --dist: after every step, check that all ranks' weights are bitwise "
                                      "identical (a checksum allgather).")] = False,
         overlap: Overlap = True,
+        precision: Annotated[str, typer.Option(
+            "--precision", metavar="<format>",
+            help="fp32, or bf16 for mixed precision: convolutions and the classifier multiply bf16-rounded operands; "
+                 "weights, batch-norm statistics, loss, gradients and SGD stay fp32 (the CNN only).")] = "fp32",
         as_json: JsonFlag = False,
     ):
         _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity, from_path, prune_scope,
                loss, loss_gradient, cell, activation_impl, seeds,
-               DistArgs(dist, fusion_threshold, compress, comm_core, timeline, comm_timeout, check_replicas, overlap))
+               DistArgs(dist, fusion_threshold, compress, comm_core, timeline, comm_timeout, check_replicas, overlap),
+               precision)
 
     if model != "rnn":
         sig = inspect.signature(train_command)

@@ -748,7 +748,7 @@ class ConvGrads(tuple):
 
 
 def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, accumulate_dw=None,
-                    n_threads=None, isa=None):
+                    n_threads=None, isa=None, precision="fp32"):
     """Gradients of y = conv2d(x, w, b, stride, padding) given dy = dL/dy.
 
     dx (bwd-data): the forward kernels on dy with channel-swapped, spatially flipped weights, one
@@ -759,14 +759,23 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     BlockedTensors in -> BlockedTensors out (db stays a plain (K,) array).
     accumulate_dw: with BlockedTensors, a writeable float32 array of w's blocked shape (a layer's
     gradient) to which dW is added in place by the kernels; dw is then that array, blocked.
+    precision='bf16' (mixed-precision training: w holds the fp32 master weights): dx from dy and
+    w rounded to bf16 on the bf16 kernels; dW from x and dy rounded to bf16, summed in fp32 by
+    the fp32 weight-update kernels (products of bf16 values are exact in fp32, so this is the
+    arithmetic of a bf16 weight update, at fp32 speed: no bf16 weight-update kernel yet); db,
+    outputs and accumulate_dw stay fp32.  x may be the bf16 BlockedTensor its forward read.
     """
     fn = "conv2d_backward"
+    precision = formats.check_precision(precision, fn)
+    if precision not in CONV_PRECISIONS:
+        raise ValueError(f"{fn}: precision={precision!r} has no convolution kernel yet; conv2d_backward runs "
+                         f"{' and '.join(CONV_PRECISIONS)}")
     need = (need,) if isinstance(need, str) else tuple(need)
     bad = [n for n in need if n not in ("dx", "dw", "db")]
     if bad or not need:
         raise ValueError(f"{fn}: need must name some of 'dx', 'dw', 'db', got {need!r}")
     dyb, dy_shape = _operand(dy, "activation", fn, "dy")
-    xb, x_shape = _operand(x, "activation", fn, "x")
+    xb, x_shape = _operand(x, "activation", fn, "x", precision)
     wb, w_shape = _operand(w, "weight", fn, "w")
     blocked_in = dyb is not None
     if (xb is not None) != blocked_in or (wb is not None) != blocked_in:
@@ -802,9 +811,16 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     if wb is None and "dx" in need:
         wb = block_weights(w, n_threads)
     dx = dw = db = None
-
+    bf16 = precision == "bf16"
+    if bf16 and xb is not None and "dw" in need:      # fp32 values of x and dy, rounded to bf16
+        xb = BlockedTensor(formats.bf16_bits_to_fp32(xb.data) if xb.precision == "bf16" else formats.round_to_bf16(xb.data),
+                           xb.shape)
     if "dx" in need:
-        dx_data = _backward_data(dyb.data, wb.data, shape, isa_code, n_threads)
+        if bf16:
+            dx_data = _backward_data(formats.fp32_to_bf16_bits(dyb.data, n_threads=n_threads), wb.data, shape,
+                                     isa_code, n_threads, formats.native_bf16(cpu.ISA_BY_CODE[isa_code]))
+        else:
+            dx_data = _backward_data(dyb.data, wb.data, shape, isa_code, n_threads)
         dx = BlockedTensor(dx_data, (shape.N, shape.C, shape.H, shape.W), "activation")
         if not blocked_in:
             dx = from_blocked(dx, n_threads)
@@ -814,7 +830,8 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
             dw_data = accumulate_dw
         else:
             dw_data = np.zeros((shape.Kb, shape.Cb, shape.R, shape.S, CB, CB), dtype=np.float32)
-        errors = _wu.conv2d_weight_grad_f32(xb.data.reshape(-1), dyb.data.reshape(-1), dw_data.reshape(-1),
+        dy_wu = formats.round_to_bf16(dyb.data, n_threads=n_threads) if bf16 else dyb.data
+        errors = _wu.conv2d_weight_grad_f32(xb.data.reshape(-1), dy_wu.reshape(-1), dw_data.reshape(-1),
                                             plan.c, n_threads, accumulate_dw is not None)
         if errors:
             raise MemoryError(f"{fn}: could not allocate the weight-update scratch of {errors} work item(s) "
@@ -828,19 +845,23 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     return ConvGrads(dx, dw, db)
 
 
-def _backward_data(dy_data, w_data, shape, isa_code, n_threads):
-    """dx in the blocked layout, from blocked dy and weights (see _stride_phases)."""
+def _backward_data(dy_data, w_data, shape, isa_code, n_threads, native=None):
+    """dx in the blocked layout, from blocked dy and fp32 weights (see _stride_phases).  native
+    not None: dy_data holds bf16 patterns and each phase's flipped weights are rounded to bf16
+    in VNNI pairs for the bf16 kernels (native: VDPBF16PS)."""
     s = shape
     strided = s.stride_h > 1 or s.stride_w > 1
     dx = (np.zeros if strided else np.empty)((s.N, s.Cb, s.H, s.W, CB), dtype=np.float32)
     for rho_h, rho_w, h0, w0, sub in _stride_phases(s):
         wt = scratch("conv.bwd_weights", (s.Cb, s.Kb, sub.R, sub.S, CB, CB))
         _direct.flip_transpose_weights(w_data, wt, rho_h, rho_w, s.stride_h, s.stride_w, n_threads)
+        if native is not None:
+            wt = block_weights_bf16(BlockedTensor(wt, (s.C, s.K, sub.R, sub.S), "weight"), n_threads).data
         if not strided:
-            _forward_into(dy_data, wt, _NO_BIAS, dx, sub, isa_code, n_threads, False)
+            _forward_into(dy_data, wt, _NO_BIAS, dx, sub, isa_code, n_threads, False, bool(native))
             continue
         part = scratch("conv.bwd_phase", (s.N, s.Cb, sub.P, sub.Q, CB))
-        _forward_into(dy_data, wt, _NO_BIAS, part, sub, isa_code, n_threads, False)
+        _forward_into(dy_data, wt, _NO_BIAS, part, sub, isa_code, n_threads, False, bool(native))
         dx[:, :, h0::s.stride_h, w0::s.stride_w, :][:, :, : sub.P, : sub.Q] = part
     return dx
 

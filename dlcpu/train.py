@@ -87,6 +87,7 @@ class TrainResult:
     cell: str = None                # 'lstm' or 'gru' for an RNN, None for the CNN
     activation_impl: str = None     # the RNN's sigmoid/tanh implementation, None for the CNN
     ranks: int = 1                  # data-parallel ranks (train_digits(dist=...)), 1 otherwise
+    precision: str = "fp32"         # the products' number format (train_digits(precision=...))
     rank: int = 0                   # this process's rank
     communication: dict = None      # DataParallel.comm_summary() of a data-parallel run
 
@@ -218,7 +219,7 @@ def digits_model(source):
 def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, width=16, seed=0,
                  out=None, on_step=None, on_epoch=None, data=None, model="cnn", prune=None, init_from=None,
                  prune_scope="layer", loss="softmax", loss_gradient="exact", activation_impl=None, cell=None,
-                 dist=None):
+                 dist=None, precision="fp32"):
     """Train on the digits split; returns TrainResult.  model 'cnn': nn.digits_resnet on the
     images; 'rnn': nn.digits_rnn (an LSTM, or a GRU with cell='gru') reading each image row by
     row.
@@ -238,6 +239,10 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
     trained model has exactly that fraction of zeros in every Conv2d/Linear/recurrent weight
     (prune_scope "layer") or over all of them together ("global").
     TrainResult.sparsity is the per-layer nn.sparsity_report of the trained model.
+
+    precision: 'fp32', or 'bf16' for mixed-precision training (Module.set_precision): the
+    convolutions and the classifier multiply bf16-rounded operands, while weights, batch-norm
+    statistics, the loss, the gradients and SGD stay fp32.  The RNN has no bf16 kernels yet.
 
     on_step(epoch, step, steps, loss) and on_epoch(EpochStats) feed progress displays.  With
     `out`, the model is saved after every epoch (atomically); a path that cannot be written is
@@ -259,6 +264,7 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
         raise type(exc)(f"train: {exc}") from None
     check_gradient(loss_gradient, "train")
     _check_rnn_options(model, cell, activation_impl)
+    precision = check_training_precision(model, precision)
     if out and not dist:
         nn.check_writable(out)  # before any training, not after the first epoch (data-parallel: rank 0's check)
     inputs = image_batch if model == "cnn" else row_sequence
@@ -287,6 +293,8 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
                       "the training and test set sizes, batch, epochs, seed and parameter count")
     if prune is not None:
         nn.prune(model, prune, scope=prune_scope)
+    model.set_precision(precision)
+    result.precision = precision
     opt = nn.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     rng = np.random.default_rng(seed)
     # the loss's keywords only for another kind than softmax (for which both gradients agree)
@@ -305,6 +313,21 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
     result.model = model
     result.sparsity = nn.sparsity_report(model)
     return result
+
+
+#: the formats train_digits trains in, per model kind
+TRAIN_PRECISIONS = {"cnn": ("fp32", "bf16"), "rnn": ("fp32",)}
+
+
+def check_training_precision(model, precision):
+    """precision for a `model` kind ('cnn' or 'rnn'), or ValueError naming what it trains in."""
+    from .precision import check_precision
+
+    precision = check_precision(precision, "train")
+    if precision not in TRAIN_PRECISIONS[model]:
+        raise ValueError(f"train: the digits {model.upper()} trains in {' or '.join(TRAIN_PRECISIONS[model])}, not "
+                         f"{precision} (no {precision} recurrent kernels yet)")
+    return precision
 
 
 def _data_parallel(model, dist):

@@ -38,7 +38,8 @@ def test_workloads_shipped():
 def test_public_api_is_small():
     assert set(dlcpu.__all__) == {"BlockedTensor", "block_weights", "brgemm", "conv2d", "conv2d_backward",
                                   "prepare_winograd", "from_blocked", "info",
-                                  "matmul", "to_blocked", "unblock_weights", "__version__"}
+                                  "matmul", "to_blocked", "unblock_weights", "__version__",
+                                  "to_bf16_blocked", "block_weights_bf16"}   # bf16 operands, converted once
 
 
 def test_descriptor_round_trip():

@@ -116,7 +116,16 @@ def test_bench_precision_table():
     assert "bf16 GFLOP/s" in res.stdout and "fp32 GFLOP/s" not in res.stdout and "GEMM" not in res.stdout
 
 
+def test_train_digits_bf16_json():
+    res = run("train", "digits", "--epochs", "1", "--threads", "1", "--precision", "bf16", "--json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["precision"] == "bf16" and data["test_accuracy"] > 0.3
+
+
 BAD_OPTION_VALUES = [  # (args, what the one line must say): every command group, exit 2
+    (("train", "digits", "--precision", "fp8"), "'--precision': unknown precision 'fp8'"),
+    (("train", "digits-rnn", "--precision", "bf16"), "'--precision': the digits RNN trains in fp32"),
     (("bench", "precision", "--formats", "int4"), "'--formats'"),
     (("bench", "precision", "--layers", "nosuchlayer"), "matches no layer"),
     (("bench", "precision", "--gemm", "-1"), "'--gemm'"),

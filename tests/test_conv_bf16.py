@@ -119,3 +119,45 @@ def test_bf16_conv_bad_input(call, error, match):
     w = np.ones((4, 3, 3, 3), np.float32)
     with pytest.raises(error, match=match):
         call(x, w)
+
+
+# ------------------------------------------------------------------ mixed-precision backward
+@pytest.mark.parametrize("isa,native", PATHS)
+@pytest.mark.parametrize("case", [(2, 3, 5, 9, 9, 3, 3, 1, 1), (2, 20, 33, 11, 13, 3, 3, 2, 1),
+                                  (1, 32, 48, 14, 14, 1, 1, 2, 0), (1, 17, 16, 8, 8, 1, 1, 1, 0)], ids=str)
+def test_bf16_backward_against_float64(rng, monkeypatch, isa, native, case):
+    """dx, dW and db of precision='bf16' equal the float64 gradients of the bf16-rounded dy, x
+    and w to fp32 accumulation, and the true gradients to bf16's precision."""
+    monkeypatch.setattr(P, "native_bf16", lambda name: native)
+    n, c, k, h, w, r, s, stride, pad = case
+    st2, pd2 = (stride, stride), (pad, pad)
+    x = rng.uniform(-1, 1, (n, c, h, w)).astype(np.float32)
+    wt = rng.uniform(-1, 1, (k, c, r, s)).astype(np.float32)
+    dy = rng.uniform(-1, 1, dlcpu.conv2d(x, wt, None, stride, pad).shape).astype(np.float32)
+    g = dlcpu.conv2d_backward(dy, x, wt, stride, pad, precision="bf16", isa=isa)
+    rounded = [P.round_to_bf16(a).astype(np.float64) for a in (dy, x, wt)]
+    dx, dw, _ = ref.conv2d_backward(*rounded, st2, pd2)
+    assert_close(g.dx, dx)
+    assert_close(g.dw, dw)
+    assert_close(g.db, dy.astype(np.float64).sum(axis=(0, 2, 3)))      # db from the fp32 dy
+    exact = ref.conv2d_backward(dy, x, wt, st2, pd2)
+    assert_close(g.dx, exact[0], dtype="bf16")
+    assert_close(g.dw, exact[1], dtype="bf16")
+
+
+def test_bf16_backward_blocked_with_the_forward_bf16_input_and_accumulate(rng):
+    x = rng.uniform(-1, 1, (2, 20, 9, 9)).astype(np.float32)
+    w = rng.uniform(-1, 1, (24, 20, 3, 3)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (2, 24, 9, 9)).astype(np.float32)
+    xb, wb, dyb = layout.to_blocked(x), layout.block_weights(w), layout.to_blocked(dy)
+    acc = np.zeros_like(wb.data)
+    g16 = dlcpu.conv2d_backward(dyb, layout.to_bf16_blocked(xb), wb, 1, 1, precision="bf16", accumulate_dw=acc)
+    g32 = dlcpu.conv2d_backward(dyb, xb, wb, 1, 1, precision="bf16")
+    assert np.array_equal(g16.dw.data, g32.dw.data) and np.array_equal(g16.dx.data, g32.dx.data)
+    assert g16.dw.data is acc
+    with pytest.raises(TypeError, match="fp32 weight BlockedTensor"):
+        dlcpu.conv2d_backward(dyb, xb, layout.block_weights_bf16(w), 1, 1, precision="bf16")
+    with pytest.raises(TypeError, match="fp32 activation BlockedTensor"):
+        dlcpu.conv2d_backward(dyb, layout.to_bf16_blocked(xb), wb, 1, 1)        # bf16 x needs precision='bf16'
+    with pytest.raises(ValueError, match="no convolution kernel yet"):
+        dlcpu.conv2d_backward(dyb, xb, wb, 1, 1, precision="int8")

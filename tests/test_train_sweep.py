@@ -19,7 +19,7 @@ from dlcpu.train import SweepConfig, SweepRun
 #: the keys of a single run's --json, as they were before sweeps existed
 SINGLE_RUN_KEYS = {"dataset", "model", "loss", "loss_gradient", "cell", "activation_impl", "train_images",
                    "test_images", "threads", "epochs", "batch", "lr", "seed", "test_accuracy", "seconds", "saved_to",
-                   "from", "prune", "prune_scope", "history", "sparsity", "ranks", "communication"}
+                   "from", "prune", "prune_scope", "history", "sparsity", "ranks", "communication", "precision"}
 
 
 def assert_bad_option(res, *needles):

@@ -13,6 +13,7 @@ from .. import norm, pool
 from ..conv import conv2d, conv2d_backward
 from ..gemm import matmul, pack_matmul_operand
 from ..layout import CB, BlockedTensor, block_weights, n_blocks, unblock_weights
+from ..precision import round_to_bf16
 from .module import (
     Module,
     Parameter,
@@ -36,6 +37,7 @@ class Conv2d(Module):
     `algorithm` is conv2d's (default 'auto'); dlcpu.faults pins it to 'direct' while it runs."""
 
     algorithm = "auto"
+    PRECISIONS = ("fp32", "bf16")
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, seed=0):
         super().__init__()
@@ -64,8 +66,10 @@ class Conv2d(Module):
     def forward(self, x):
         _expect_blocked(x, self.describe(), self.args["in_channels"])
         self._x = x
-        return conv2d(x, self.weight_b, None if self.bias is None else self.bias.data,
-                      stride=self.stride, padding=self.padding, algorithm=self.algorithm)
+        # bf16: the fp32 master weights are rounded to bf16 on every call (they change every step)
+        return conv2d(x, self.weight_b, None if self.bias is None else self.bias.data, stride=self.stride,
+                      padding=self.padding, algorithm="direct" if self.precision == "bf16" else self.algorithm,
+                      precision=self.precision)
 
     def backward(self, dy):
         x = self._require_forward(self._x)
@@ -74,7 +78,7 @@ class Conv2d(Module):
         need = (("dx",) if self.needs_input_grad else ()) + ("dw",) + (("db",) if self.bias is not None else ())
         # dW is added to weight.grad by the kernels (no zeroed temporary, no extra pass)
         g = conv2d_backward(dy, x, self.weight_b, self.stride, self.padding, need=need,
-                            accumulate_dw=self.weight.grad)
+                            accumulate_dw=self.weight.grad, precision=self.precision)
         if self.bias is not None:
             self.bias.grad += g.db
         return g.dx
@@ -251,7 +255,11 @@ class GlobalAvgPool(_OneCall):
 
 @register
 class Linear(Module):
-    """Fully connected layer on (N, in) float32 arrays; all three products on dlcpu.matmul."""
+    """Fully connected layer on (N, in) float32 arrays; all three products on dlcpu.matmul.
+    precision 'bf16' (set_precision): y and dx on the bf16 GEMM, dW from the bf16-rounded dy
+    and x summed in fp32 (the fp32 GEMM: its transposed operand has no bf16 packing yet)."""
+
+    PRECISIONS = ("fp32", "bf16")
 
     def __init__(self, in_features, out_features, bias=True, seed=0):
         super().__init__()
@@ -274,7 +282,8 @@ class Linear(Module):
         check_float32(self.describe(), "x", x)
         self._x = np.ascontiguousarray(x)
         # W^T packed straight from W (one pass; a transposed copy first was a second one)
-        y = matmul(self._x, pack_matmul_operand(self.weight.data, transpose=True))
+        p = self.precision
+        y = matmul(self._x, pack_matmul_operand(self.weight.data, transpose=True, precision=p), precision=p)
         if self.bias is not None:
             y += self.bias.data
         return y
@@ -286,10 +295,15 @@ class Linear(Module):
             raise ValueError(f"{self.describe()}: dy has shape {getattr(dy, 'shape', None)}, "
                              f"but the forward output has shape {want}")
         dy = np.ascontiguousarray(check_float32(self.describe(), "dy", dy))
-        self.weight.grad += matmul(np.ascontiguousarray(dy.T), x)
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0, dtype=np.float64).astype(np.float32)
-        return matmul(dy, self.weight.data)
+        if self.precision == "bf16":
+            dx = matmul(dy, self.weight.data, precision="bf16")
+            dy, x = round_to_bf16(dy), round_to_bf16(x)
+        else:
+            dx = matmul(dy, self.weight.data)
+        self.weight.grad += matmul(np.ascontiguousarray(dy.T), x)
+        return dx
 
     def state(self):
         out = {"weight": self.weight.data.copy()}

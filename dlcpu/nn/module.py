@@ -153,6 +153,36 @@ class Module:
     def eval(self):
         return self.train(False)
 
+    #: the number format of this layer's products ('fp32'; Conv2d and Linear also run 'bf16')
+    precision = "fp32"
+    #: the formats a layer with products (convolution, GEMM, recurrence) runs; None for layers
+    #: without (batch norm, pooling, activations, embeddings), which stay fp32 under set_precision
+    PRECISIONS = None
+
+    def set_precision(self, precision):
+        """Mixed-precision training and inference: every Conv2d and Linear in the tree runs its
+        products in `precision` ('fp32' or 'bf16': operands rounded to bf16, sums, weights,
+        gradients and the optimizer in fp32); every other layer (batch norm, pooling, the
+        loss) stays fp32.  Layers that have no kernel for the format (the recurrent ones) are
+        refused, naming the first, before anything changes.  Returns self."""
+        from ..precision import check_precision
+
+        precision = check_precision(precision, "set_precision")
+        tree = list(self._walk())
+        for m in tree:
+            if m.PRECISIONS is not None and precision not in m.PRECISIONS:
+                raise ValueError(f"set_precision: {m.describe()} has no {precision} kernels (it runs "
+                                 f"{', '.join(m.PRECISIONS)}); the model is left as it was")
+        for m in tree:
+            if m.PRECISIONS is not None:
+                m.precision = precision
+        return self
+
+    def _walk(self):
+        yield self
+        for child in self.children():
+            yield from child._walk()
+
     def __call__(self, x):
         y = self.forward(x)
         self._forward_kept_nothing = not _GRAD["enabled"]

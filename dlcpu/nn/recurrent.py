@@ -67,6 +67,8 @@ class _Recurrent(Module):
     model under another implementation).  An RNN with nonlinearity='relu' has no sigmoid or
     tanh: it accepts the argument, which then changes nothing."""
 
+    PRECISIONS = ("fp32",)      # no bf16 recurrent kernels yet (set_precision refuses them)
+
     cell = None
     gates = None
 

@@ -97,6 +97,8 @@ class LinearCrossEntropy(Module):
     backward(dloss=1.0) returns dL/dh and accumulates the weight and bias gradients.  Parameters
     weight (classes, in_features) and bias (classes,), initialized as torch.nn.Linear."""
 
+    PRECISIONS = ("fp32",)      # its blocked softmax reads fp32 logits; no bf16 path yet
+
     def __init__(self, in_features, num_classes, seed=0):
         super().__init__()
         check_ints("LinearCrossEntropy", in_features=in_features, num_classes=num_classes)
