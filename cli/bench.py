@@ -23,6 +23,10 @@ MIN_PEAK_SECONDS = benchmarks.MIN_PEAK_SECONDS
 MAX_PEAK_SECONDS = benchmarks.MAX_PEAK_SECONDS
 
 Compare = Annotated[str | None, typer.Option("--compare", metavar="<peer>", help="Peer library to time in the same run: torch.")]
+ModelPrecision = Annotated[str, typer.Option(
+    "--precision", metavar="<format>",
+    help="fp32, or bf16: dlcpu's Module.set_precision against PyTorch's autocast, with dlcpu's fp32 step timed in "
+         "the same rounds for the speedup.")]
 Repeats = Annotated[int, typer.Option("--repeats", min=1, max=1000,
                                       help="Timed repeats per measurement (the median is reported).")]
 
@@ -472,18 +476,20 @@ def bench_train_resnet50(
                                                                 "for the peer).")] = False,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure each side's peak RSS in a fresh "
                                                                       "process.")] = True,
+    precision: ModelPrecision = "fp32",
     as_json: JsonFlag = False,
 ):
     """ResNet-50 v1.5 training steps (forward, loss, backward, SGD with momentum) in images/s, against
     the same model in PyTorch (channels_last), with FLOPs, % of peak and peak memory."""
     compare = _compare(compare)
+    precision = _model_precision(precision)
     final = bench_models.resnet_final_size(image)
     if batch * final * final < 2:
         raise bad_option("--batch", f"at --image {image} the last stage is {final}x{final}, so batch norm in training "
                                     f"needs --batch >= 2, got {batch}")
     def measure(n_threads, peak, _):
         return bench_models.bench_train_resnet50(batch, image, n_threads, peak, compare=compare, repeats=repeats,
-                                                 breakdown=breakdown, memory=memory)
+                                                 breakdown=breakdown, memory=memory, precision=precision)
 
     _model_runs(threads, [None], measure, lambda n, _: f"ResNet-50 training, batch {batch}, {image}x{image}, {n} thread(s)",
                 f"ResNet-50 training | batch {batch}, {image}x{image}", "train_resnet50", as_json)
@@ -498,16 +504,18 @@ def bench_infer_resnet50(
     repeats: Repeats = 5,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure each side's peak RSS in a fresh "
                                                                       "process.")] = True,
+    precision: ModelPrecision = "fp32",
     as_json: JsonFlag = False,
 ):
     """ResNet-50 v1.5 eval-mode inference in images/s at each batch size, against the same model in
     PyTorch (channels_last, inference_mode), with each side's peak memory."""
     compare = _compare(compare)
+    precision = _model_precision(precision)
     batches = parse_threads(batch, option="--batch", maximum=4096)
 
     def measure(n_threads, peak, b):
         return bench_models.bench_infer_resnet50(b, image, n_threads, peak, compare=compare, repeats=repeats,
-                                                 memory=memory)
+                                                 memory=memory, precision=precision)
 
     _model_runs(threads, batches, measure, lambda n, b: f"ResNet-50 inference, batch {b}, {image}x{image}, {n} thread(s)",
                 f"ResNet-50 inference | {image}x{image}", "infer_resnet50", as_json)
@@ -540,6 +548,15 @@ def bench_train_gnmt(
     _model_runs(threads, [None], measure, lambda n, _: f"{what}, {n} thread(s)", what, "train_gnmt", as_json)
 
 
+def _model_precision(value):
+    """--precision of the ResNet-50 benchmarks: a format nn.resnet50 runs (set_precision)."""
+    from ..precision import KERNEL_FORMATS
+
+    if value not in KERNEL_FORMATS:
+        raise bad_option("--precision", f"must be one of {', '.join(KERNEL_FORMATS)}, got {value!r}")
+    return value
+
+
 def _model_runs(threads, cases, measure, status, title, key, as_json):
     """The loop every whole-model benchmark shares: per thread count, the machine's peak, then
     measure(n_threads, peak, case) for each case (a batch size, or None), each run rendered as
@@ -564,15 +581,18 @@ def _gib(n):
 
 def _render_model_run(run, title):
     rate, unit = (("tokens_per_second", "tokens/s") if "tokens_per_second" in run else ("images_per_second", "images/s"))
-    t = Table(title=f"{title} | batch {run['batch']}, {run['threads']} thread(s), {run['gflop_per_step']:.1f} GFLOP "
-                    f"per step, peak {run['peak_gflops']:.0f} GFLOP/s")
+    precision = f", {run['precision']}" if run.get("precision", "fp32") != "fp32" else ""
+    t = Table(title=f"{title}{precision} | batch {run['batch']}, {run['threads']} thread(s), {run['gflop_per_step']:.1f} "
+                    f"GFLOP per step, peak {run['peak_gflops']:.0f} GFLOP/s")
     cols = ["side", unit, "ms/step", "GFLOP/s", "% peak"]
     mem = "memory" in run
     if mem:
         cols += ["peak RSS", "step memory"]
     for col in cols:
         t.add_column(col, justify="left" if col == "side" else "right")
-    sides = [("dlcpu", run)] + ([(run["peer"]["name"], run["peer"])] if "peer" in run else [])
+    sides = ([(f"dlcpu {run['precision']}" if precision else "dlcpu", run)]
+             + ([(run["peer"]["name"], run["peer"])] if "peer" in run else [])
+             + ([("dlcpu fp32 (same rounds)", run["fp32"])] if "fp32" in run else []))
     for name, side in sides:
         cells = [name, f"{side[rate]:.2f}", f"{side['seconds']['median_s'] * 1e3:.1f}",
                  f"{side['gflops']:.1f}", f"{side['pct_peak']:.1f}"]
@@ -586,6 +606,8 @@ def _render_model_run(run, title):
         if "memory_ratio" in run["peer"]:
             line += f"; step memory dlcpu / torch: {run['peer']['memory_ratio']:.2f}"
         out.print(line, highlight=False)
+    if "fp32" in run:
+        out.print(f"{run['precision']} / fp32 (dlcpu {unit}): {run['fp32']['speedup']:.2f}", highlight=False)
     if "breakdown" in run:
         b = Table(title="time per step by layer kind (ms)")
         b.add_column("kind")

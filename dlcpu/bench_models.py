@@ -18,6 +18,7 @@ make (conv forward, backward-data and weight update; batch norm; pooling; eltwis
 conversions; optimizer) for a few extra steps, and the peer's from torch.profiler's self CPU time
 per operator, grouped into the same kinds.
 """
+import functools
 import multiprocessing
 import queue as _queue
 import resource
@@ -112,15 +113,19 @@ def _resnet_steps(spec, train, sides, torch=None):
 
     model = _model("resnet50", spec["num_classes"])
     x, labels = _problem(spec["batch"], spec["image"], spec["num_classes"])
+    precision = spec.get("precision", "fp32")
     steps = {}
     if "torch" in sides:
         twin = _peers.resnet_from(torch, model, memory_format=torch.channels_last)
         xt, lt = torch.from_numpy(x), torch.from_numpy(labels)
+        # bf16: PyTorch's own mixed precision, autocast (bf16 convolutions and GEMMs, fp32 weights)
+        autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
         if train:
             topt = torch.optim.SGD(twin.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
 
             def peer():
-                loss = torch.nn.functional.cross_entropy(twin(xt.contiguous(memory_format=torch.channels_last)), lt)
+                with autocast():
+                    loss = torch.nn.functional.cross_entropy(twin(xt.contiguous(memory_format=torch.channels_last)), lt)
                 topt.zero_grad()
                 loss.backward()
                 topt.step()
@@ -128,9 +133,10 @@ def _resnet_steps(spec, train, sides, torch=None):
             twin.eval()
 
             def peer():
-                with torch.inference_mode():
+                with torch.inference_mode(), autocast():
                     twin(xt.contiguous(memory_format=torch.channels_last))
         steps["torch"] = peer
+    model.set_precision(precision)
     if "dlcpu" in sides:
         if train:
             opt = nn.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
@@ -394,12 +400,14 @@ def torch_breakdown(torch, step, steps=2):
 
 
 # ------------------------------------------------------------------------------------ timing
-def _compare(steps, torch, n_threads, items, flops, peak_gflops, rate, peer_name, repeats, warmup):
+def _compare(steps, torch, n_threads, items, flops, peak_gflops, rate, peer_name, repeats, warmup, fp32_step=None):
     """Time {side: step} interleaved at n_threads: the dlcpu side's figures, and under 'peer'
-    PyTorch's with the ratio of the rates (dlcpu / PyTorch, above 1: dlcpu faster)."""
+    PyTorch's with the ratio of the rates (dlcpu / PyTorch, above 1: dlcpu faster).  fp32_step
+    (a run in another precision): dlcpu's fp32 step, timed in the same rounds, under 'fp32'
+    with the speedup of the precision over it."""
     from threadpoolctl import threadpool_limits
 
-    fns = [steps["dlcpu"]] + ([steps["torch"]] if torch is not None else [])
+    fns = [steps["dlcpu"]] + ([steps["torch"]] if torch is not None else []) + ([fp32_step] if fp32_step else [])
     with threadpool_limits(limits=n_threads, user_api="openmp"), \
             (torch_threads(torch, n_threads) if torch is not None else _nothing()):
         times = time_interleaved(fns, repeats, warmup, settle=SETTLE_SECONDS)
@@ -409,24 +417,40 @@ def _compare(steps, torch, n_threads, items, flops, peak_gflops, rate, peer_name
         peer["name"] = f"torch {torch.__version__}{peer_name}"
         peer["ratio"] = out[rate] / peer[rate]
         out["peer"] = peer
+    if fp32_step:
+        fp32 = _side(times[-1], items, flops, peak_gflops, rate)
+        fp32["speedup"] = out[rate] / fp32[rate]
+        out["fp32"] = fp32
     return out
 
 
+def _fp32_reference(spec, train, precision):
+    """dlcpu's fp32 step on the same workload, to time beside a run in another precision."""
+    if precision == "fp32":
+        return None
+    return _steps({**spec, "precision": "fp32"}, train, ("dlcpu",))["dlcpu"]
+
+
+def _peer_suffix(precision, mode=""):
+    return ", channels_last" + mode + (", autocast bf16" if precision == "bf16" else "")
+
+
 def bench_train_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, repeats=5, warmup=1,
-                         breakdown=False, memory=True, num_classes=1000):
+                         breakdown=False, memory=True, num_classes=1000, precision="fp32"):
     """Training images/s of nn.resnet50 and (compare='torch') its PyTorch twin in channels_last,
     timed interleaved; FLOPs, % of the FMA peak, peak memory (fresh process per side) and, with
-    breakdown, time per layer kind for both sides."""
+    breakdown, time per layer kind for both sides.  precision='bf16': dlcpu's set_precision and
+    PyTorch's autocast, with dlcpu's fp32 step timed in the same rounds for the speedup."""
     from threadpoolctl import threadpool_limits
 
     torch = _peers.require_torch("--compare torch") if compare == "torch" else None
-    spec = {"model": "resnet50", "batch": batch, "image": image, "num_classes": num_classes}
+    spec = {"model": "resnet50", "batch": batch, "image": image, "num_classes": num_classes, "precision": precision}
     steps = _steps(spec, True, ("dlcpu", "torch") if torch is not None else ("dlcpu",), torch)
     flops = model_flops(steps["dlcpu"].model, steps["dlcpu"].x, train=True)
     out = {"model": "resnet50", "batch": batch, "image": image, "threads": n_threads, "gflop_per_step": flops / 1e9,
-           "timed_region": TRAIN_TIMED_REGION}
-    out.update(_compare(steps, torch, n_threads, batch, flops, peak_gflops, "images_per_second", ", channels_last",
-                        repeats, warmup))
+           "precision": precision, "timed_region": TRAIN_TIMED_REGION}
+    out.update(_compare(steps, torch, n_threads, batch, flops, peak_gflops, "images_per_second",
+                        _peer_suffix(precision), repeats, warmup, _fp32_reference(spec, True, precision)))
     if breakdown:
         with threadpool_limits(limits=n_threads, user_api="openmp"):
             out["breakdown"] = dlcpu_breakdown(steps["dlcpu"])
@@ -439,17 +463,19 @@ def bench_train_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, 
 
 
 def bench_infer_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, repeats=5, warmup=1,
-                         num_classes=1000, memory=True):
+                         num_classes=1000, memory=True, precision="fp32"):
     """Eval-mode images/s of nn.resnet50 (under nn.inference_mode) and its twin (channels_last,
-    torch.inference_mode), with each side's peak memory (fresh process per side)."""
+    torch.inference_mode), with each side's peak memory (fresh process per side); precision as
+    bench_train_resnet50."""
     torch = _peers.require_torch("--compare torch") if compare == "torch" else None
-    spec = {"model": "resnet50", "batch": batch, "image": image, "num_classes": num_classes}
+    spec = {"model": "resnet50", "batch": batch, "image": image, "num_classes": num_classes, "precision": precision}
     steps = _steps(spec, False, ("dlcpu", "torch") if torch is not None else ("dlcpu",), torch)
     flops = model_flops(steps["dlcpu"].model, steps["dlcpu"].x, train=False)
     out = {"model": "resnet50", "batch": batch, "image": image, "threads": n_threads,
-           "gflop_per_step": flops / 1e9, "timed_region": INFER_TIMED_REGION}
+           "gflop_per_step": flops / 1e9, "precision": precision, "timed_region": INFER_TIMED_REGION}
     out.update(_compare(steps, torch, n_threads, batch, flops, peak_gflops, "images_per_second",
-                        ", channels_last, inference_mode", repeats, warmup))
+                        _peer_suffix(precision, ", inference_mode"), repeats, warmup,
+                        _fp32_reference(spec, False, precision)))
     if memory:
         _memories(out, spec, n_threads, False, torch is not None)
     return out

@@ -815,10 +815,11 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     if bf16 and xb is not None and "dw" in need:      # fp32 values of x and dy, rounded to bf16
         xb = BlockedTensor(formats.bf16_bits_to_fp32(xb.data) if xb.precision == "bf16" else formats.round_to_bf16(xb.data),
                            xb.shape)
+    dy16 = formats.fp32_to_bf16_bits(dyb.data, n_threads=n_threads) if bf16 and need != ("db",) else None
     if "dx" in need:
         if bf16:
-            dx_data = _backward_data(formats.fp32_to_bf16_bits(dyb.data, n_threads=n_threads), wb.data, shape,
-                                     isa_code, n_threads, formats.native_bf16(cpu.ISA_BY_CODE[isa_code]))
+            dx_data = _backward_data(dy16, wb.data, shape, isa_code, n_threads,
+                                     formats.native_bf16(cpu.ISA_BY_CODE[isa_code]))
         else:
             dx_data = _backward_data(dyb.data, wb.data, shape, isa_code, n_threads)
         dx = BlockedTensor(dx_data, (shape.N, shape.C, shape.H, shape.W), "activation")
@@ -830,7 +831,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
             dw_data = accumulate_dw
         else:
             dw_data = np.zeros((shape.Kb, shape.Cb, shape.R, shape.S, CB, CB), dtype=np.float32)
-        dy_wu = formats.round_to_bf16(dyb.data, n_threads=n_threads) if bf16 else dyb.data
+        dy_wu = formats.bf16_bits_to_fp32(dy16, n_threads=n_threads) if bf16 else dyb.data
         errors = _wu.conv2d_weight_grad_f32(xb.data.reshape(-1), dy_wu.reshape(-1), dw_data.reshape(-1),
                                             plan.c, n_threads, accumulate_dw is not None)
         if errors:
@@ -856,7 +857,7 @@ def _backward_data(dy_data, w_data, shape, isa_code, n_threads, native=None):
         wt = scratch("conv.bwd_weights", (s.Cb, s.Kb, sub.R, sub.S, CB, CB))
         _direct.flip_transpose_weights(w_data, wt, rho_h, rho_w, s.stride_h, s.stride_w, n_threads)
         if native is not None:
-            wt = block_weights_bf16(BlockedTensor(wt, (s.C, s.K, sub.R, sub.S), "weight"), n_threads).data
+            wt = formats.fp32_blocks_to_bf16_vnni(wt, n_threads=n_threads)
         if not strided:
             _forward_into(dy_data, wt, _NO_BIAS, dx, sub, isa_code, n_threads, False, bool(native))
             continue

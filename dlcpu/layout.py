@@ -17,7 +17,7 @@ import numpy as np
 
 from . import cpu
 from ._ext import layout as _layout
-from .precision import bf16_bits_to_fp32, fp32_to_bf16_bits
+from .precision import bf16_bits_to_fp32, fp32_blocks_to_bf16_vnni, fp32_to_bf16_bits
 
 CB = cpu.CHANNEL_BLOCK
 
@@ -141,12 +141,6 @@ def unblock_weights(t, n_threads=None):
 
 
 # ------------------------------------------------------------------------------------- bf16
-def _vnni_pairs(blocks):
-    """(..., 16c, 16k) -> (..., 8, 16k, 2): channels 2q, 2q+1 of each output side by side."""
-    lead = blocks.shape[:-2]
-    return np.ascontiguousarray(blocks.reshape(*lead, 8, 2, CB).swapaxes(-1, -2)).reshape(*lead, CB, CB)
-
-
 def _bf16_to_fp32_blocked(t):
     data = t.data
     if t.kind == "weight":      # undo the VNNI pairing: (..., 8, 16k, 2) -> (..., 16c, 16k)
@@ -173,5 +167,5 @@ def block_weights_bf16(w, n_threads=None):
             raise TypeError(f"block_weights_bf16: expected fp32 weights, got a {w.precision} {w.kind} BlockedTensor")
     else:
         w = block_weights(w, n_threads)
-    return BlockedTensor(_vnni_pairs(fp32_to_bf16_bits(w.data, n_threads=n_threads)), tuple(w.shape), "weight",
+    return BlockedTensor(fp32_blocks_to_bf16_vnni(w.data, n_threads=n_threads), tuple(w.shape), "weight",
                          precision="bf16")

@@ -122,6 +122,19 @@ def fp32_to_bf16_bits(a, *, isa=None, n_threads=None, native=None):
     return out
 
 
+def fp32_blocks_to_bf16_vnni(blocks, *, n_threads=None):
+    """float32 (..., 16, 16) weight blocks [16c][16k] -> uint16 bf16 blocks of the same shape in
+    VNNI pairs [8][16k][2] (the layout of dlcpu.block_weights_bf16), one pass."""
+    fn = "fp32_blocks_to_bf16_vnni"
+    blocks = float32_array(blocks, "blocks", fn)
+    if blocks.ndim < 2 or blocks.shape[-2:] != (CB, CB):
+        raise ValueError(f"{fn}: blocks must end in ({CB}, {CB}), got shape {blocks.shape}")
+    code, threads = _threads_and_isa(None, n_threads)
+    out = np.empty(blocks.shape, np.uint16)
+    _precision.f32_to_bf16_vnni(blocks.reshape(-1), out.reshape(-1), code, native_bf16(cpu.ISA_BY_CODE[code]), threads)
+    return out
+
+
 def bf16_bits_to_fp32(b, *, isa=None, n_threads=None):
     """uint16 bf16 patterns -> float32 of the same shape (exact)."""
     fn = "bf16_bits_to_fp32"

@@ -11,8 +11,8 @@ from cython.parallel cimport prange
 
 import numpy as np
 
-from dlcpu_kernels cimport (dlcpu_f32_to_bf16, dlcpu_bf16_to_f32, dlcpu_absmax_bits, dlcpu_dfp16_quantize,
-                            dlcpu_mix32)
+from dlcpu_kernels cimport (dlcpu_f32_to_bf16, dlcpu_f32_to_bf16_vnni, dlcpu_bf16_to_f32, dlcpu_absmax_bits,
+                            dlcpu_dfp16_quantize, dlcpu_mix32)
 
 # 64K elements per chunk (see the module docstring)
 cdef int64_t CHUNK = 65536
@@ -26,6 +26,17 @@ def f32_to_bf16(const float[::1] x, uint16_t[::1] y, int isa, bint native, int n
     for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static', num_threads=n_threads):
         lo = c * CHUNK
         dlcpu_f32_to_bf16(isa, native, &x[lo], &y[lo], min(CHUNK, n - lo))
+
+
+def f32_to_bf16_vnni(const float[::1] x, uint16_t[::1] y, int isa, bint native, int n_threads):
+    """Blocked fp32 weights (whole 16x16 blocks, flattened) -> bf16 blocks in VNNI pairs."""
+    cdef int64_t blocks = x.shape[0] // 256, b, lo, per = CHUNK // 256
+    if x.shape[0] % 256 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"f32_to_bf16_vnni: x must hold whole 256-element blocks and y as many, got {x.shape[0]}, "
+                         f"{y.shape[0]}")
+    for b in prange((blocks + per - 1) // per, nogil=True, schedule='static', num_threads=n_threads):
+        lo = b * per
+        dlcpu_f32_to_bf16_vnni(isa, native, &x[lo * 256], &y[lo * 256], min(per, blocks - lo))
 
 
 def bf16_to_f32(const uint16_t[::1] x, float[::1] y, int isa, int n_threads):

@@ -387,8 +387,20 @@ def test_bench_infer_resnet50_json():
     assert all(r["memory"]["step_bytes"] > 100e6 and r["peer"]["memory_ratio"] > 0 for r in runs)
 
 
+@needs_torch
+def test_bench_infer_resnet50_bf16_json():
+    """--precision bf16: dlcpu's set_precision against PyTorch's autocast, dlcpu fp32 in the same rounds."""
+    res = run("bench", "infer", "resnet50", "--batch", "1", "--image", "32", "--threads", "1", "--repeats", "1",
+              "--compare", "torch", "--precision", "bf16", "--no-memory", "--json")
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout)["infer_resnet50"][0]
+    assert r["precision"] == "bf16" and "autocast bf16" in r["peer"]["name"]
+    assert r["fp32"]["images_per_second"] > 0 and r["fp32"]["speedup"] > 0
+
+
 def test_bench_model_bad_options():
     for args, match in ((("train", "resnet50", "--image", "16"), "--image"), (("infer", "resnet50", "--batch", "0"), "--batch"),
+                        (("train", "resnet50", "--precision", "int8"), "'--precision': must be one of fp32, bf16"),
                         (("train", "resnet50", "--compare", "tf"), "--compare"),
                         (("train", "resnet50", "--image", "32", "--batch", "1"), "needs --batch >= 2")):
         res = run("bench", *args)

@@ -323,3 +323,13 @@ def test_native_formats_names_the_instructions_of_existing_kernels():
     assert nf["int8"] is None and nf["dfp16"] is None and nf["ternary"] is None      # no kernels yet
     assert P.native_formats({"avx512f": True, "fma": True, "avx512_bf16": False})["bf16"] == "emulated"
     assert set(P.native_formats()) == set(P.PRECISIONS)
+
+
+def test_vnni_blocks_pair_channels_for_each_output():
+    blocks = np.random.default_rng(6).standard_normal((3, 2, 16, 16)).astype(np.float32)     # [..][16c][16k]
+    got = P.fp32_blocks_to_bf16_vnni(blocks).reshape(3, 2, 8, 16, 2)                        # [..][q][k][e]
+    bits = P.fp32_to_bf16_bits(blocks)
+    for q, k, e in ((0, 0, 0), (0, 0, 1), (3, 7, 1), (7, 15, 0), (5, 2, 1)):
+        assert np.array_equal(got[:, :, q, k, e], bits[:, :, 2 * q + e, k])
+    with pytest.raises(ValueError, match=r"must end in \(16, 16\)"):
+        P.fp32_blocks_to_bf16_vnni(np.ones((4, 16), np.float32))

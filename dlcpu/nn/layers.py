@@ -12,7 +12,7 @@ import numpy as np
 from .. import norm, pool
 from ..conv import conv2d, conv2d_backward
 from ..gemm import matmul, pack_matmul_operand
-from ..layout import CB, BlockedTensor, block_weights, n_blocks, unblock_weights
+from ..layout import CB, BlockedTensor, block_weights, n_blocks, to_bf16_blocked, unblock_weights
 from ..precision import round_to_bf16
 from .module import (
     Module,
@@ -65,6 +65,8 @@ class Conv2d(Module):
 
     def forward(self, x):
         _expect_blocked(x, self.describe(), self.args["in_channels"])
+        if self.precision == "bf16" and x.precision == "fp32":   # converted once: the forward reads it, the backward's dW widens it
+            x = to_bf16_blocked(x)
         self._x = x
         # bf16: the fp32 master weights are rounded to bf16 on every call (they change every step)
         return conv2d(x, self.weight_b, None if self.bias is None else self.bias.data, stride=self.stride,

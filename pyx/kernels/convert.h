@@ -118,6 +118,20 @@ static inline void dlcpu_f32_to_bf16(int isa, int native, const float *x, uint16
         dlcpu_f32_to_bf16_scalar(u, y, n);
 }
 
+/* 16x16 fp32 weight blocks [16c][16k] -> bf16 blocks in VNNI pairs [8][16k][2] (channels 2q and
+ * 2q+1 of output k in one 32-bit word): each block converted, then its rows interleaved. */
+static inline void dlcpu_f32_to_bf16_vnni(int isa, int native, const float *x, uint16_t *y, int64_t blocks)
+{
+    uint16_t t[256];
+    for (int64_t b = 0; b < blocks; b++) {
+        dlcpu_f32_to_bf16(isa, native, x + b * 256, t, 256);
+        uint32_t *out = (uint32_t *)(y + b * 256);
+        for (int q = 0; q < 8; q++)
+            for (int k = 0; k < 16; k++)
+                out[q * 16 + k] = (uint32_t)t[2 * q * 16 + k] | ((uint32_t)t[(2 * q + 1) * 16 + k] << 16);
+    }
+}
+
 /* ------------------------------------------------------------------------------ bf16 -> fp32 */
 static void dlcpu_bf16_to_f32_scalar(const uint16_t *x, uint32_t *y, int64_t n)
 {
