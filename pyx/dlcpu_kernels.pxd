@@ -48,29 +48,7 @@ cdef extern from "brgemm_f32.h" nogil:
     int dlcpu_brgemm_has_tile(int isa, int mv, int nr, int nc, int transposed)
 
 cdef extern from "brgemm_bf16.h" nogil:
-    ctypedef struct dlcpu_brgemm_bf16_t:
-        const uint16_t *a
-        const uint16_t *b
-        const int64_t *a_offs
-        const int64_t *b_offs
-        int64_t a_stride
-        int64_t b_stride
-        int64_t batch
-        int kind
-        int k
-        int mv
-        int nr
-        int nc
-        int64_t a_mstride
-        int64_t b_rstride
-        float *c
-        int64_t ldc
-        int64_t c_rstride
-        int64_t c_mstride
-        int beta
-        const float *bias
-        int relu
-    int dlcpu_brgemm_bf16(const dlcpu_brgemm_bf16_t *p, int isa, int native)
+    int dlcpu_brgemm_bf16(const dlcpu_brgemm_f32_t *p, const uint16_t *a0, const uint16_t *b0, int isa, int native)
 
 cdef extern from "convert.h" nogil:
     void dlcpu_f32_to_bf16(int isa, int native, const float *x, uint16_t *y, int64_t n)
@@ -106,34 +84,10 @@ cdef inline int brgemm_call(dlcpu_brgemm_f32_t *p, const brgemm_operand *a, cons
     bf16 patterns in VNNI-paired blocks; native: VDPBF16PS) into c.  The drivers walk their
     blocks once for both element types and call this per register tile.  bf16 runs the strd and
     offs variants with B not transposed (-1 otherwise, as for a tile the build lacks)."""
-    cdef dlcpu_brgemm_bf16_t q
+    p.c = c
     if brgemm_operand is float:
         p.a = a
         p.b = b
-        p.c = c
         return dlcpu_brgemm_f32(p, isa)
     else:
-        if p.b_trans or p.kind == DLCPU_BR_ADDR:    # no bf16 kernel reads transposed or pointer blocks
-            return -1
-        q.a = a
-        q.b = b
-        q.c = c
-        q.a_offs = p.a_offs
-        q.b_offs = p.b_offs
-        q.a_stride = p.a_stride
-        q.b_stride = p.b_stride
-        q.batch = p.batch
-        q.kind = p.kind
-        q.k = p.k
-        q.mv = p.mv
-        q.nr = p.nr
-        q.nc = p.nc
-        q.a_mstride = p.a_mstride
-        q.b_rstride = p.b_rstride
-        q.ldc = p.ldc
-        q.c_rstride = p.c_rstride
-        q.c_mstride = p.c_mstride
-        q.beta = p.beta
-        q.bias = p.bias
-        q.relu = p.relu
-        return dlcpu_brgemm_bf16(&q, isa, native)
+        return dlcpu_brgemm_bf16(p, a, b, isa, native)

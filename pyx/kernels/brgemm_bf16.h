@@ -39,31 +39,19 @@
 #define DLCPU_TARGET_AVX512BF16 \
     __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,avx2,fma")))
 
-typedef struct {
-    const uint16_t *a, *b;              /* bases */
-    const int64_t *a_offs, *b_offs;     /* offs variant, in elements */
-    int64_t a_stride, b_stride;         /* strd variant, in elements */
-    int64_t batch;
-    int kind;                           /* DLCPU_BR_STRD or DLCPU_BR_OFFS */
-    int k;                              /* channels of one block, 1..16 (ceil(k/2) pairs are read) */
-    int mv, nr, nc;
-    int64_t a_mstride, b_rstride;
-    float *c;
-    int64_t ldc, c_rstride, c_mstride;
-    int beta;
-    const float *bias;
-    int relu;
-} dlcpu_brgemm_bf16_t;
-
+/* A call is described by brgemm_f32.h's dlcpu_brgemm_f32_t (geometry, offsets, C, epilogue);
+ * its float operand pointers are unused and the bf16 bases a0, b0 come beside it.  Block i's A
+ * and B (strd or offs; no bf16 kernel reads pointer arrays or transposed B): */
 static inline __attribute__((always_inline)) void
-dlcpu_br16_block(const dlcpu_brgemm_bf16_t *p, int64_t i, const uint16_t **a, const uint16_t **b)
+dlcpu_br16_block(const dlcpu_brgemm_f32_t *p, const uint16_t *a0, const uint16_t *b0, int64_t i,
+                 const uint16_t **a, const uint16_t **b)
 {
     if (p->kind == DLCPU_BR_STRD) {
-        *a = p->a + i * p->a_stride;
-        *b = p->b + i * p->b_stride;
+        *a = a0 + i * p->a_stride;
+        *b = b0 + i * p->b_stride;
     } else {
-        *a = p->a + p->a_offs[i];
-        *b = p->b + p->b_offs[i];
+        *a = a0 + p->a_offs[i];
+        *b = b0 + p->b_offs[i];
     }
 }
 
@@ -75,28 +63,10 @@ static inline __attribute__((always_inline)) int32_t dlcpu_br16_pair(const uint1
     return v;
 }
 
-/* Epilogue shared by the AVX-512 bodies: beta, bias, ReLU, store. */
-static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
-dlcpu_br16_store_avx512(const dlcpu_brgemm_bf16_t *p, const __m512 *acc, const int MV, const int NP, const int NC)
-{
-#pragma GCC unroll 2
-    for (int g = 0; g < MV; g++) {
-        const __m512 bias = p->bias ? _mm512_loadu_ps(p->bias + 16 * g) : _mm512_setzero_ps();
-#pragma GCC unroll 28
-        for (int t = 0; t < NP; t++) {
-            float *c = p->c + g * p->c_mstride + (t / NC) * p->c_rstride + (t % NC) * p->ldc;
-            __m512 v = acc[g * NP + t];
-            if (p->beta) v = _mm512_add_ps(v, _mm512_loadu_ps(c));
-            v = _mm512_add_ps(v, bias);
-            if (p->relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
-            _mm512_storeu_ps(c, v);
-        }
-    }
-}
-
 /* ------------------------------------------------------------------ AVX-512 with avx512_bf16 */
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512BF16 void
-dlcpu_brgemm_bf16_native_body(const dlcpu_brgemm_bf16_t *p, const int MV, const int NR, const int NC)
+dlcpu_brgemm_bf16_native_body(const dlcpu_brgemm_f32_t *p, const uint16_t *a0, const uint16_t *b0, const int MV,
+                              const int NR, const int NC)
 {
     __m512 acc[DLCPU_AVX512_MAX_ACC];
     const int NP = NR * NC;
@@ -105,10 +75,10 @@ dlcpu_brgemm_bf16_native_body(const dlcpu_brgemm_bf16_t *p, const int MV, const 
     for (int t = 0; t < MV * NP; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t i = 0; i < p->batch; i++) {
         const uint16_t *a, *b;
-        dlcpu_br16_block(p, i, &a, &b);
+        dlcpu_br16_block(p, a0, b0, i, &a, &b);
         if (i + 1 < p->batch) {
             const uint16_t *an, *bn;
-            dlcpu_br16_block(p, i + 1, &an, &bn);
+            dlcpu_br16_block(p, a0, b0, i + 1, &an, &bn);
             _mm_prefetch((const char *)an, _MM_HINT_T0);
             _mm_prefetch((const char *)(an + 128), _MM_HINT_T0);
             if (MV > 1) _mm_prefetch((const char *)(an + p->a_mstride), _MM_HINT_T0);
@@ -128,12 +98,13 @@ dlcpu_brgemm_bf16_native_body(const dlcpu_brgemm_bf16_t *p, const int MV, const 
             }
         }
     }
-    dlcpu_br16_store_avx512(p, acc, MV, NP, NC);
+    dlcpu_br_store_avx512(p, acc, MV, NP, NC);
 }
 
 /* ---------------------------------------------------------- AVX-512 without avx512_bf16 */
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
-dlcpu_brgemm_bf16_avx512_body(const dlcpu_brgemm_bf16_t *p, const int MV, const int NR, const int NC)
+dlcpu_brgemm_bf16_avx512_body(const dlcpu_brgemm_f32_t *p, const uint16_t *a0, const uint16_t *b0, const int MV,
+                              const int NR, const int NC)
 {
     __m512 acc[DLCPU_AVX512_MAX_ACC];
     const int NP = NR * NC;
@@ -143,7 +114,7 @@ dlcpu_brgemm_bf16_avx512_body(const dlcpu_brgemm_bf16_t *p, const int MV, const 
     for (int t = 0; t < MV * NP; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t i = 0; i < p->batch; i++) {
         const uint16_t *a, *b;
-        dlcpu_br16_block(p, i, &a, &b);
+        dlcpu_br16_block(p, a0, b0, i, &a, &b);
         for (int q = 0; q < pairs; q++) {
             __m512 we[2], wo[2];
             for (int g = 0; g < MV; g++) {
@@ -161,12 +132,13 @@ dlcpu_brgemm_bf16_avx512_body(const dlcpu_brgemm_bf16_t *p, const int MV, const 
             }
         }
     }
-    dlcpu_br16_store_avx512(p, acc, MV, NP, NC);
+    dlcpu_br_store_avx512(p, acc, MV, NP, NC);
 }
 
 /* ------------------------------------------------------------------------------------- AVX2 */
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX2 void
-dlcpu_brgemm_bf16_avx2_body(const dlcpu_brgemm_bf16_t *p, const int MV, const int NR, const int NC)
+dlcpu_brgemm_bf16_avx2_body(const dlcpu_brgemm_f32_t *p, const uint16_t *a0, const uint16_t *b0, const int MV,
+                              const int NR, const int NC)
 {
     __m256 acc[2 * DLCPU_AVX2_MAX_ACC];      /* group g, pixel t, half h at (g*NP + t)*2 + h */
     const int NP = NR * NC;
@@ -176,7 +148,7 @@ dlcpu_brgemm_bf16_avx2_body(const dlcpu_brgemm_bf16_t *p, const int MV, const in
     for (int t = 0; t < 2 * MV * NP; t++) acc[t] = _mm256_setzero_ps();
     for (int64_t i = 0; i < p->batch; i++) {
         const uint16_t *a, *b;
-        dlcpu_br16_block(p, i, &a, &b);
+        dlcpu_br16_block(p, a0, b0, i, &a, &b);
         for (int q = 0; q < pairs; q++) {
             __m256 we[4], wo[4];
             for (int g = 0; g < MV; g++)
@@ -197,16 +169,7 @@ dlcpu_brgemm_bf16_avx2_body(const dlcpu_brgemm_bf16_t *p, const int MV, const in
             }
         }
     }
-    for (int g = 0; g < MV; g++)
-        for (int t = 0; t < NP; t++)
-            for (int h = 0; h < 2; h++) {
-                float *c = p->c + g * p->c_mstride + (t / NC) * p->c_rstride + (t % NC) * p->ldc + 8 * h;
-                __m256 v = acc[(g * NP + t) * 2 + h];
-                if (p->beta) v = _mm256_add_ps(v, _mm256_loadu_ps(c));
-                if (p->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(p->bias + 16 * g + 8 * h));
-                if (p->relu) v = _mm256_max_ps(_mm256_setzero_ps(), v);
-                _mm256_storeu_ps(c, v);
-            }
+    dlcpu_br_store_avx2(p, acc, MV, NP, NC);
 }
 
 /* ----------------------------------------------------------------------------------- scalar */
@@ -218,14 +181,14 @@ static inline float dlcpu_bf16_value(uint16_t h)
     return f;
 }
 
-static void dlcpu_brgemm_bf16_scalar(const dlcpu_brgemm_bf16_t *p)
+static void dlcpu_brgemm_bf16_scalar(const dlcpu_brgemm_f32_t *p, const uint16_t *a0, const uint16_t *b0)
 {
     float acc[DLCPU_SCALAR_MAX_ACC][16];
     const int pairs = (p->k + 1) / 2, NP = p->nr * p->nc;
     memset(acc, 0, sizeof(acc));
     for (int64_t i = 0; i < p->batch; i++) {
         const uint16_t *a, *b;
-        dlcpu_br16_block(p, i, &a, &b);
+        dlcpu_br16_block(p, a0, b0, i, &a, &b);
         for (int g = 0; g < p->mv; g++)
             for (int t = 0; t < NP; t++)
                 for (int q = 0; q < pairs; q++) {
@@ -237,25 +200,16 @@ static void dlcpu_brgemm_bf16_scalar(const dlcpu_brgemm_bf16_t *p)
                                                   fmaf(dlcpu_bf16_value(w[2 * m + 1]), xo, acc[g * NP + t][m]));
                 }
     }
-    for (int g = 0; g < p->mv; g++)
-        for (int t = 0; t < NP; t++) {
-            float *c = p->c + g * p->c_mstride + (t / p->nc) * p->c_rstride + (t % p->nc) * p->ldc;
-            for (int m = 0; m < 16; m++) {
-                float v = acc[g * NP + t][m];
-                if (p->beta) v += c[m];
-                if (p->bias) v += p->bias[16 * g + m];
-                if (p->relu && v < 0.0f) v = 0.0f;
-                c[m] = v;
-            }
-        }
+    dlcpu_br_store_scalar(p, acc, NP);
 }
 
 /* ------------------------------------------------------------------------ instances, dispatch */
-typedef void (*dlcpu_brgemm_bf16_fn)(const dlcpu_brgemm_bf16_t *);
+typedef void (*dlcpu_brgemm_bf16_fn)(const dlcpu_brgemm_f32_t *, const uint16_t *, const uint16_t *);
 
 #define DLCPU_BR16_INST(FLAVOUR, TARGET, MV, NR, NC)                                                  \
-    static TARGET void dlcpu_brgemm_bf16_##FLAVOUR##_##MV##_##NR##_##NC(const dlcpu_brgemm_bf16_t *p)     \
-    { dlcpu_brgemm_bf16_##FLAVOUR##_body(p, MV, NR, NC); }
+    static TARGET void dlcpu_brgemm_bf16_##FLAVOUR##_##MV##_##NR##_##NC(                          \
+        const dlcpu_brgemm_f32_t *p, const uint16_t *a0, const uint16_t *b0)                         \
+    { dlcpu_brgemm_bf16_##FLAVOUR##_body(p, a0, b0, MV, NR, NC); }
 #define DLCPU_BR16_SLOT(FLAVOUR, TARGET, MV, NR, NC) \
     [MV - 1][NR - 1][NC - 1] = dlcpu_brgemm_bf16_##FLAVOUR##_##MV##_##NR##_##NC,
 
@@ -296,12 +250,14 @@ static inline dlcpu_brgemm_bf16_fn dlcpu_brgemm_bf16_lookup(int isa, int native,
     return NULL;
 }
 
-/* Run one call; 0, or -1 when no kernel exists for the tile. */
-static inline int dlcpu_brgemm_bf16(const dlcpu_brgemm_bf16_t *p, int isa, int native)
+/* Run one call described by p on bf16 operands a0, b0; 0, or -1 when no kernel exists for it
+ * (the tile, pointer-array blocks or transposed B). */
+static inline int dlcpu_brgemm_bf16(const dlcpu_brgemm_f32_t *p, const uint16_t *a0, const uint16_t *b0, int isa,
+                                    int native)
 {
     const dlcpu_brgemm_bf16_fn f = dlcpu_brgemm_bf16_lookup(isa, native, p->mv, p->nr, p->nc);
-    if (f == NULL || p->k < 1 || p->k > 16) return -1;
-    f(p);
+    if (f == NULL || p->kind == DLCPU_BR_ADDR || p->b_trans || p->k < 1 || p->k > 16) return -1;
+    f(p, a0, b0);
     return 0;
 }
 

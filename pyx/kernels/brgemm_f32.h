@@ -78,6 +78,62 @@ dlcpu_br_block(const dlcpu_brgemm_f32_t *p, int64_t i, const float **a, const fl
 
 /* The register budgets (DLCPU_*_MAX_ACC) and table bounds come from tiles.h. */
 
+/* Epilogues, shared by the fp32 and bf16 kernels (brgemm_bf16.h): the accumulator tile of group
+ * g, pixel t (row t / NC, column t % NC) gets beta*C, the bias and the ReLU, and is stored. */
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
+dlcpu_br_store_avx512(const dlcpu_brgemm_f32_t *p, const __m512 *acc, const int MV, const int NP, const int NC)
+{
+#pragma GCC unroll 2
+    for (int g = 0; g < MV; g++) {
+        const __m512 bias = p->bias ? _mm512_loadu_ps(p->bias + 16 * g) : _mm512_setzero_ps();
+#pragma GCC unroll 28
+        for (int t = 0; t < NP; t++) {
+            float *c = p->c + g * p->c_mstride + (t / NC) * p->c_rstride + (t % NC) * p->ldc;
+            __m512 v = acc[g * NP + t];
+            if (p->beta) v = _mm512_add_ps(v, _mm512_loadu_ps(c));
+            v = _mm512_add_ps(v, bias);
+            if (p->relu) v = _mm512_max_ps(_mm512_setzero_ps(), v); /* NaN passes through */
+            _mm512_storeu_ps(c, v);
+        }
+    }
+}
+
+/* AVX2: a 16-float group is two ymm halves, group g pixel t half h at acc[(g*NP + t)*2 + h]. */
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX2 void
+dlcpu_br_store_avx2(const dlcpu_brgemm_f32_t *p, const __m256 *acc, const int MV, const int NP, const int NC)
+{
+#pragma GCC unroll 2
+    for (int g = 0; g < MV; g++) {
+#pragma GCC unroll 12
+        for (int t = 0; t < NP; t++) {
+            float *c = p->c + g * p->c_mstride + (t / NC) * p->c_rstride + (t % NC) * p->ldc;
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                __m256 v = acc[(g * NP + t) * 2 + h];
+                if (p->beta) v = _mm256_add_ps(v, _mm256_loadu_ps(c + 8 * h));
+                if (p->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(p->bias + 16 * g + 8 * h));
+                if (p->relu) v = _mm256_max_ps(_mm256_setzero_ps(), v);
+                _mm256_storeu_ps(c + 8 * h, v);
+            }
+        }
+    }
+}
+
+static inline void dlcpu_br_store_scalar(const dlcpu_brgemm_f32_t *p, float (*acc)[16], int NP)
+{
+    for (int g = 0; g < p->mv; g++)
+        for (int t = 0; t < NP; t++) {
+            float *c = p->c + g * p->c_mstride + (t / p->nc) * p->c_rstride + (t % p->nc) * p->ldc;
+            for (int m = 0; m < 16; m++) {
+                float v = acc[g * NP + t][m];
+                if (p->beta) v += c[m];
+                if (p->bias) v += p->bias[16 * g + m];
+                if (p->relu && v < 0.0f) v = 0.0f;
+                c[m] = v;
+            }
+        }
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* AVX-512                                                                                     */
 /* ------------------------------------------------------------------------------------------ */
@@ -124,22 +180,7 @@ dlcpu_brgemm_f32_avx512_body(const dlcpu_brgemm_f32_t *p, const int MV, const in
         }
     }
 
-#pragma GCC unroll 2
-    for (int g = 0; g < MV; g++) {
-        const __m512 bias = p->bias ? _mm512_loadu_ps(p->bias + 16 * g) : _mm512_setzero_ps();
-#pragma GCC unroll 4
-        for (int r = 0; r < NR; r++) {
-#pragma GCC unroll 28
-            for (int j = 0; j < NC; j++) {
-                float *c = p->c + g * p->c_mstride + r * p->c_rstride + j * p->ldc;
-                __m512 v = acc[g * NP + r * NC + j];
-                if (p->beta) v = _mm512_add_ps(v, _mm512_loadu_ps(c));
-                v = _mm512_add_ps(v, bias);
-                if (p->relu) v = _mm512_max_ps(_mm512_setzero_ps(), v); /* NaN passes through */
-                _mm512_storeu_ps(c, v);
-            }
-        }
-    }
+    dlcpu_br_store_avx512(p, acc, MV, NP, NC);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -189,24 +230,7 @@ dlcpu_brgemm_f32_avx2_body(const dlcpu_brgemm_f32_t *p, const int MV, const int 
         }
     }
 
-#pragma GCC unroll 2
-    for (int g = 0; g < MV; g++) {
-#pragma GCC unroll 6
-        for (int r = 0; r < NR; r++) {
-#pragma GCC unroll 6
-            for (int j = 0; j < NC; j++) {
-                float *c = p->c + g * p->c_mstride + r * p->c_rstride + j * p->ldc;
-#pragma GCC unroll 2
-                for (int h = 0; h < 2; h++) {
-                    __m256 v = acc[g * 2 * NP + (r * NC + j) * 2 + h];
-                    if (p->beta) v = _mm256_add_ps(v, _mm256_loadu_ps(c + 8 * h));
-                    if (p->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(p->bias + 16 * g + 8 * h));
-                    if (p->relu) v = _mm256_max_ps(_mm256_setzero_ps(), v);
-                    _mm256_storeu_ps(c + 8 * h, v);
-                }
-            }
-        }
-    }
+    dlcpu_br_store_avx2(p, acc, MV, NP, NC);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -230,17 +254,7 @@ dlcpu_brgemm_f32_scalar(const dlcpu_brgemm_f32_t *p)
                         for (int m = 0; m < 16; m++) acc[g * NP + r * p->nc + j][m] += w[m] * x;
                     }
     }
-    for (int g = 0; g < p->mv; g++)
-        for (int t = 0; t < NP; t++) {
-            float *c = p->c + g * p->c_mstride + (t / p->nc) * p->c_rstride + (t % p->nc) * p->ldc;
-            for (int m = 0; m < 16; m++) {
-                float v = acc[g * NP + t][m];
-                if (p->beta) v += c[m];
-                if (p->bias) v += p->bias[16 * g + m];
-                if (p->relu && v < 0.0f) v = 0.0f;
-                c[m] = v;
-            }
-        }
+    dlcpu_br_store_scalar(p, acc, NP);
 }
 
 /* ------------------------------------------------------------------------------------------ */
