@@ -1,5 +1,6 @@
 """`dlcpu bench {peak,conv,gemm,lstm,train}`: the library's benchmark harness (dlcpu.benchmarks),
 rendered as tables or JSON.  No timing logic here: every number comes from dlcpu.benchmarks."""
+import functools
 from typing import Annotated
 
 import typer
@@ -46,6 +47,19 @@ def _by_name(items, name_filter, option, what):
     if not chosen:
         raise bad_option(option, f"{name_filter!r} matches no {what}")
     return chosen
+
+
+def _each_with_progress(items, what, n_threads, measure):
+    """[measure(item) for item in items] (layers or grid rows, each with a .name; measure a
+    functools.partial holding the run's settings), with a progress bar on stderr."""
+    results = []
+    with progress() as bar:
+        task = bar.add_task(f"{what}, {n_threads} thread(s)", total=len(items))
+        for item in items:
+            bar.update(task, description=f"{what} {item.name} ({n_threads}T)")
+            results.append(measure(item))
+            bar.advance(task)
+    return results
 
 
 # ------------------------------------------------------------------------------------------ peak
@@ -155,15 +169,9 @@ def bench_conv(
                 layers_run = [l for l in selected_run if winograd_applies(l.shape(mb))]
                 if not layers_run:
                     continue
-            results = []
-            with progress() as bar:
-                task = bar.add_task(f"conv {direction}, {n_threads} thread(s)", total=len(layers_run))
-                for l in layers_run:
-                    bar.update(task, description=f"conv {direction} {algorithm} {l.name} ({n_threads}T)")
-                    results.append(benchmarks.bench_conv_layer(
-                        l, mb, n_threads, peak["gflops"], direction=direction, algorithm=algorithm,
-                        compare=compare, check=check, repeats=repeats))
-                    bar.advance(task)
+            results = _each_with_progress(layers_run, f"conv {direction} {algorithm}", n_threads, functools.partial(
+                benchmarks.bench_conv_layer, batch=mb, n_threads=n_threads, peak_gflops=peak["gflops"],
+                direction=direction, algorithm=algorithm, compare=compare, check=check, repeats=repeats))
             total = benchmarks.conv_totals(results)
             any_failed |= any(r.check and not r.check["passed"] for r in results)
             runs.append({"threads": n_threads, "batch": mb, "isa": isa, "pass": direction,
@@ -250,14 +258,9 @@ def bench_precision(
     runs = []
     for n_threads in counts:
         peak = benchmarks.measure_peak(n_threads, seconds=0.1, repeats=3)
-        results = []
-        with progress() as bar:
-            task = bar.add_task(f"precision, {n_threads} thread(s)", total=len(selected))
-            for l in selected:
-                bar.update(task, description=f"precision {l.name} ({n_threads}T)")
-                results.append(benchmarks.bench_precision_layer(l, batch, n_threads, peak["gflops"], formats=fmts,
-                                                                compare=compare, repeats=repeats))
-                bar.advance(task)
+        results = _each_with_progress(selected, "precision", n_threads, functools.partial(
+            benchmarks.bench_precision_layer, batch=batch, n_threads=n_threads, peak_gflops=peak["gflops"],
+            formats=fmts, compare=compare, repeats=repeats))
         run = {"threads": n_threads, "batch": batch, "isa": isa, "peak_gflops": peak["gflops"],
                "native": native_formats(), "layers": results, "total": benchmarks.precision_totals(results, fmts)}
         if gemm:
@@ -388,14 +391,9 @@ def bench_lstm(
     runs = []
     for n_threads in counts:
         peak = benchmarks.measure_peak(n_threads, seconds=0.1, repeats=3)
-        rows = []
-        with progress() as bar:
-            task = bar.add_task(f"lstm, {n_threads} thread(s)", total=len(grid))
-            for g in grid:
-                bar.update(task, description=f"lstm {g.name} ({n_threads}T)")
-                rows.append(benchmarks.bench_lstm_layer(g, n_threads, peak["gflops"], cell=cell,
-                                                        compare=compare, repeats=repeats))
-                bar.advance(task)
+        rows = _each_with_progress(grid, cell, n_threads, functools.partial(
+            benchmarks.bench_lstm_layer, n_threads=n_threads, peak_gflops=peak["gflops"], cell=cell,
+            compare=compare, repeats=repeats))
         run = {"threads": n_threads, "cell": cell, "peak_gflops": peak["gflops"], "rows": rows}
         if compare:
             run["geomean_ratio"] = {k: benchmarks.geomean([r[k]["peer"]["ratio"] for r in rows])

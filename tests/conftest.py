@@ -39,3 +39,17 @@ except ImportError:
     HAVE_TORCH = False
 
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch (the peer oracle) is not installed")
+
+
+def randomize_batch_norms(torch, model, shift):
+    """Give every torch BatchNorm2d of `model` non-trivial running statistics and affine
+    parameters (means and biases in [-shift, shift], variances and scales in [0.5, 1.5]), so a
+    state dict carries values a fresh layer would not have."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-shift, shift)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-shift, shift)
+    return model

@@ -3,7 +3,7 @@ state dicts both ways, one training step (loss, every gradient, post-step logits
 the fused block end, save/load, and bad input."""
 import numpy as np
 import pytest
-from conftest import needs_torch
+from conftest import needs_torch, randomize_batch_norms
 
 import dlcpu
 from dlcpu import _peers, nn
@@ -84,13 +84,7 @@ def test_eval_logits_after_loading_a_torch_state_dict(rng, name):
     torch.manual_seed(0)
     a = MODELS[name](num_classes=10)
     twin = _peers.resnet(torch, a.args["block"], a.args["layers"], 10)
-    with torch.no_grad():      # non-trivial running statistics and affine parameters
-        for m in twin.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
+    randomize_batch_norms(torch, twin, 0.1)
     twin.eval()
     model = MODELS[name](num_classes=10, seed=9)
     result = model.load_state_dict(twin.state_dict())

@@ -3,7 +3,7 @@ layouts, both directions against a PyTorch twin built with the same module names
 refusals (missing, unexpected, wrong shape, wrong dtype)."""
 import numpy as np
 import pytest
-from conftest import needs_torch
+from conftest import needs_torch, randomize_batch_norms
 
 from dlcpu import nn, to_blocked
 
@@ -87,13 +87,7 @@ def test_torch_loads_dlcpu_and_dlcpu_loads_torch(rng):
 
     torch.manual_seed(3)
     other = torch_twin(torch)
-    with torch.no_grad():
-        for m in other.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
+    randomize_batch_norms(torch, other, 0.5)
     other.eval()
     mine = small_resnet(seed=9)
     mine.load_state_dict(other.state_dict())            # torch tensors, num_batches_tracked included
