@@ -164,7 +164,9 @@ class Module:
         products in `precision` ('fp32' or 'bf16': operands rounded to bf16, sums, weights,
         gradients and the optimizer in fp32); every other layer (batch norm, pooling, the
         loss) stays fp32.  Layers that have no kernel for the format (the recurrent ones) are
-        refused, naming the first, before anything changes.  Returns self."""
+        refused, naming the first, before anything changes.  Returns self.  The precision is
+        a way of running the model, not part of it: nn.save does not keep it, so call this again
+        after nn.load."""
         from ..precision import check_precision
 
         precision = check_precision(precision, "set_precision")
