@@ -247,8 +247,9 @@ def bench_precision(
     repeats: Repeats = 5,
     as_json: JsonFlag = False,
 ):
-    """The ResNet-50 convolutions and a GEMM in every format, one run: GFLOP/s, speedup over
-    fp32, error against float64, and PyTorch's bf16 as the peer."""
+    """The ResNet-50 convolutions and a GEMM in every format, one run: GFLOP/s (GOP/s for the
+    integer formats), speedup over fp32, error against float64, and PyTorch's bf16 convolution
+    and int8 quantized convolution as the peers."""
     compare = _compare(compare)
     fmts = parse_choices(formats, benchmarks.PRECISION_FORMATS, "--formats")
     selected = [l.without_batch() for l in _by_name(workloads.resnet50_layers(), layers, "--layers", "layer")]
@@ -273,8 +274,9 @@ def bench_precision(
     if as_json:
         emit_json({"flop_convention": benchmarks.FLOP_CONVENTION,
                    "peak_factor": {f: benchmarks.peak_factor(f) for f in fmts},
-                   "timed_path": "blocked activations in the format (bf16 arriving from the layer before), weights "
-                                 "converted once, fp32 output", "runs": runs})
+                   "timed_path": "blocked activations (bf16 arriving from the layer before; int8 and dfp16 "
+                                 "quantized from fp32 inside the step, int8 with a calibrated scale), weights converted "
+                                 "once, fp32 output", "runs": runs})
 
 
 def _render_precision(run, fmts, compare):
@@ -282,60 +284,52 @@ def _render_precision(run, fmts, compare):
                     f"fp32 peak {run['peak_gflops']:.0f} GFLOP/s")
     t.add_column("layer", justify="left")
     t.add_column("x", justify="right")
+    peered = [f for f in benchmarks.PEER_FORMATS if f in fmts] if compare else []
     for f in fmts:
-        t.add_column(f"{f} GFLOP/s", justify="right")
-        t.add_column(f"{f} rel err", justify="right")
+        t.add_column(f"{f} G/s", justify="right")
+        t.add_column(f"{f} err", justify="right")
     for f in fmts:
         if f != "fp32" and "fp32" in fmts:
             t.add_column(f"{f}/fp32", justify="right")
-    if compare:
-        t.add_column("torch bf16 GFLOP/s", justify="right")
-        t.add_column("torch rel err", justify="right")
-        for f in fmts:
-            if f != "fp32":
-                t.add_column(f"{f}/torch", justify="right")
+    for f in peered:
+        t.add_column(f"torch {f} G/s", justify="right")
+        t.add_column(f"{f}/torch", justify="right")
 
-    def cells(gflops, rows, peer, ratio_of):
+    def cells(gflops, errs, peers, secs):
         row = []
         for f in fmts:
-            row += [f"{gflops[f]:.1f}", rows[f] if isinstance(rows[f], str) else f"{rows[f]:.1e}"]
-        row += [f"{ratio_of(f, 'fp32'):.2f}" for f in fmts if f != "fp32" and "fp32" in fmts]
-        if compare:
-            row += [f"{peer['gflops']:.1f}", peer["err"]] + [f"{ratio_of(f, 'peer'):.2f}" for f in fmts if f != "fp32"]
+            row += [f"{gflops[f]:.1f}", errs[f] if isinstance(errs[f], str) else f"{errs[f]:.1e}"]
+        row += [f"{secs['fp32'] / secs[f]:.2f}" for f in fmts if f != "fp32" and "fp32" in fmts]
+        for f in peered:
+            row += [f"{peers[f]['gflops']:.1f}", f"{peers[f]['seconds'] / secs[f]:.2f}"] if f in peers else ["", ""]
         return row
 
     for r in run["layers"]:
         fr = r["formats"]
-        sec = {f: fr[f]["seconds"]["median_s"] for f in fmts}
-        peer = r.get("peer")
-        if peer:
-            sec["peer"] = peer["seconds"]["median_s"]
+        peers = {f: {"gflops": p["gflops"], "seconds": p["seconds"]["median_s"]} for f, p in r.get("peers", {}).items()}
         t.add_row(r["name"], str(r["count"]), *cells(
-            {f: fr[f]["gflops"] for f in fmts}, {f: fr[f]["rel_l2"] for f in fmts},
-            {"gflops": peer["gflops"], "err": f"{peer['rel_l2']:.1e}"} if peer else None,
-            lambda f, other, sec=sec: sec[other] / sec[f]))
+            {f: fr[f]["gflops"] for f in fmts}, {f: fr[f]["rel_l2"] for f in fmts}, peers,
+            {f: fr[f]["seconds"]["median_s"] for f in fmts}))
     tot = run["total"]
     tf = tot["formats"]
-    secs = {f: tf[f]["seconds"] for f in fmts}
-    if "peer" in tot:
-        secs["peer"] = tot["peer"]["seconds"]
     t.add_row("total (count-weighted)", "", *cells(
-        {f: tf[f]["gflops"] for f in fmts}, {f: "" for f in fmts},
-        {"gflops": tot["peer"]["gflops"], "err": ""} if "peer" in tot else None,
-        lambda f, other: secs[other] / secs[f]), style="bold")
+        {f: tf[f]["gflops"] for f in fmts}, {f: "" for f in fmts}, tot.get("peers", {}),
+        {f: tf[f]["seconds"] for f in fmts}), style="bold")
     out.print(t)
     if "gemm" in run:
         g = run["gemm"]
-        line = ", ".join(f"{f} {g['formats'][f]['gflops']:.1f} GFLOP/s ({g['formats'][f]['pct_peak']:.0f}% of its peak, "
+        line = ", ".join(f"{f} {g['formats'][f]['gflops']:.1f} G/s ({g['formats'][f]['pct_peak']:.0f}% of its peak, "
                          f"rel err {g['formats'][f]['rel_l2']:.1e})" for f in fmts)
         if "peer" in g:
             line += f"; torch bf16 {g['peer']['gflops']:.1f} GFLOP/s (rel err {g['peer']['rel_l2']:.1e})"
         out.print(f"GEMM {g['size']}^3: {line}", highlight=False)
-    out.print("Speedups and ratios are time ratios within this run (>1: the named format / dlcpu faster). Errors: "
-              "relative L2 against float64 on the fp32 inputs (first image). bf16 peak = 2x the fp32 FMA peak with vdpbf16ps (1x emulated). fp32: the direct algorithm. "
-              "dlcpu bf16 reads bf16 activations and writes fp32; the peer reads and writes bf16. Kernel "
-              "paths: " + "; ".join(f"{k} {v or 'no kernel yet'}" for k, v in run["native"].items()),
-              highlight=False)
+    out.print("G/s: GFLOP/s, or GOP/s for the integer formats (2 per multiply-add). Speedups and ratios are time "
+              "ratios within this run (>1: the named format / dlcpu faster). err: relative L2 against float64 on "
+              "the fp32 inputs (first image). Peaks per instruction: bf16 and dfp16 2x, int8 4x the fp32 FMA peak "
+              "(1x emulated). fp32: the direct algorithm. dlcpu bf16 reads bf16 activations; int8 and dfp16 "
+              "quantize their fp32 input inside the timed step (int8 with a calibrated scale); all write fp32. "
+              "The peers read and write bf16 / u8 (their input quantized beforehand). Kernel paths: "
+              + "; ".join(f"{k} {v or 'no kernel yet'}" for k, v in run["native"].items()), highlight=False)
 
 
 # ------------------------------------------------------------------------------------------ gemm
@@ -548,10 +542,10 @@ def bench_train_gnmt(
 
 def _model_precision(value):
     """--precision of the ResNet-50 benchmarks: a format nn.resnet50 runs (set_precision)."""
-    from ..precision import KERNEL_FORMATS
+    from ..nn import Conv2d
 
-    if value not in KERNEL_FORMATS:
-        raise bad_option("--precision", f"must be one of {', '.join(KERNEL_FORMATS)}, got {value!r}")
+    if value not in Conv2d.PRECISIONS:
+        raise bad_option("--precision", f"must be one of {', '.join(Conv2d.PRECISIONS)}, got {value!r}")
     return value
 
 

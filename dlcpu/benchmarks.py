@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _peers, _tolerances, cpu
+from . import _peers, _tolerances, cpu, quantized
 from ._peers import torch_threads
 from ._validate import fits_in_memory
 from .conv import conv2d, conv2d_backward, conv_shape, describe_plan, prepare_winograd
@@ -294,19 +294,73 @@ def bench_gemm(m, n, k, n_threads, peak_gflops, *, compare_numpy=True, repeats=5
 # --------------------------------------------------------------------------------- precision
 #: the formats `bench precision` times: those the convolution and GEMM kernels run so far
 PRECISION_FORMATS = KERNEL_FORMATS
+#: the formats with a PyTorch peer in `bench precision --compare torch`
+PEER_FORMATS = ("bf16", "int8")
+
+
 def peak_factor(fmt):
-    """A format's dot-product peak as a multiple of the measured fp32 FMA peak: VDPBF16PS does
-    the FLOPs of two FMAs per lane (papers.md §5); the emulated bf16 path, one."""
-    return 2.0 if fmt == "bf16" and native_bf16(cpu.resolve_isa()) else 1.0
-
-
-def _precision_operands(x, w, fmt, n_threads):
-    """(x, w) as a network in `fmt` hands them to its convolution: blocked fp32, or bf16 (the
-    activation arriving in bf16 from the layer before, the weights converted once)."""
-    xb, wb = to_blocked(x, n_threads), block_weights(w, n_threads)
+    """A format's dot-product peak as a multiple of the measured fp32 FMA peak, per instruction
+    and lane: VDPBF16PS and VPDPWSSD do 2 multiply-adds where VFMADD231PS does 1, VPDPBUSD 4
+    (papers.md §5; measured here: the four instructions issue at the same rate).  Emulated paths
+    (no avx512_bf16 / avx512_vnni): 1."""
+    isa = cpu.resolve_isa()
     if fmt == "bf16":
-        return to_bf16_blocked(xb, n_threads), block_weights_bf16(wb, n_threads)
-    return xb, wb
+        return 2.0 if native_bf16(isa) else 1.0
+    if fmt in quantized.INTEGER_FORMATS:
+        return (4.0 if fmt == "int8" else 2.0) if quantized.native_vnni(isa) else 1.0
+    return 1.0
+
+
+def _precision_step(x, w, fmt, stride, pad, n_threads):
+    """The forward step of a layer in `fmt`, as a network hands it its operands: blocked fp32 x
+    (bf16 for bf16: arriving so from the layer before), the weights converted once.  int8 and
+    dfp16 quantize x inside the step (int8 with a scale calibrated beforehand, DFP-16 with the
+    exponent of this tensor): dlcpu's layers write fp32, so the next layer's input must be
+    quantized again."""
+    xb, wb = to_blocked(x, n_threads), block_weights(w, n_threads)
+    kw = {"stride": stride, "padding": pad, "algorithm": "direct", "precision": fmt, "n_threads": n_threads}
+    if fmt == "bf16":
+        xb, wb = to_bf16_blocked(xb, n_threads), block_weights_bf16(wb, n_threads)
+    if fmt in quantized.INTEGER_FORMATS:
+        xq, wq = quantized.quantize_operands(fmt, xb, wb, None, n_threads=n_threads)
+        out = conv2d(xq, wq, **kw)
+        if fmt == "int8":
+            scale, unsigned = xq.scale[0], xq.scale[1] == 0
+
+            def step():
+                conv2d(quantized.to_int8_blocked(xb, scale, unsigned=unsigned, n_threads=n_threads), wq, out=out, **kw)
+        else:
+            def step():
+                conv2d(quantized.to_dfp16_blocked(xb, n_threads=n_threads), wq, out=out, **kw)
+        return step
+    out = conv2d(xb, wb, **kw)
+    return lambda: conv2d(xb, wb, out=out, **kw)
+
+
+def _torch_int8_conv(torch, x, w, stride, pad):
+    """PyTorch's quantized convolution on its x86 engine (FBGEMM/oneDNN): the input quantized
+    to quint8 once (a quantized network's layers hand u8 to each other), s8 weights per output
+    channel, the output requantized to quint8, channels_last.  Returns (run, dequantized output
+    of the first image)."""
+    from torch.ao.nn.quantized import Conv2d
+
+    torch.backends.quantized.engine = "x86"
+    k = w.shape[0]
+    s_w = np.maximum(np.abs(w).reshape(k, -1).max(axis=1), 1e-30) / 127
+    conv = Conv2d(x.shape[1], k, w.shape[2:], stride=stride, padding=pad)
+    qw = torch.quantize_per_channel(torch.from_numpy(w), torch.from_numpy(s_w.astype(np.float64)),
+                                    torch.zeros(k, dtype=torch.long), 0, torch.qint8)
+    conv.set_weight_bias(qw, None)
+    absmax = float(np.abs(x).max()) or 1.0
+    signed = bool((x < 0).any())
+    s_x, z_x = (absmax / 127, 128) if signed else (absmax / 255, 0)
+    with torch.inference_mode():
+        probe = torch.nn.functional.conv2d(torch.from_numpy(x[:1]), torch.from_numpy(w), stride=stride, padding=pad)
+        conv.scale, conv.zero_point = float(probe.abs().max()) / 127 or 1.0, 128
+        xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+        qx = torch.quantize_per_tensor(xt, s_x, z_x, torch.quint8)
+        first = conv(torch.quantize_per_tensor(torch.from_numpy(x[:1]), s_x, z_x, torch.quint8)).dequantize().numpy()
+    return (lambda: conv(qx)), first
 
 
 def _relative_error(got, want):
@@ -315,9 +369,10 @@ def _relative_error(got, want):
 
 def bench_precision_layer(layer, batch, n_threads, peak_gflops, *, formats=PRECISION_FORMATS, compare=None,
                           repeats=7, warmup=2, seed=0):
-    """One convolution forward in every format, interleaved (and PyTorch's bf16 convolution in
-    channels_last with `compare`), plus each format's relative L2 error against the float64
-    convolution of the fp32 inputs on the first image.  Inputs are drawn from [-1, 1]."""
+    """One convolution forward in every format, interleaved (and, with `compare`, PyTorch's bf16
+    convolution in channels_last and its int8 quantized convolution for those formats), plus
+    each one's relative L2 error against the float64 convolution of the fp32 inputs on the
+    first image.  Inputs are drawn from [-1, 1]."""
     from . import _reference
 
     shape = conv_layer_shape(layer, batch, compare=compare, command="bench precision")
@@ -325,21 +380,24 @@ def bench_precision_layer(layer, batch, n_threads, peak_gflops, *, formats=PRECI
     x = rng.uniform(-1, 1, (shape.N, layer.C, layer.H, layer.W)).astype(np.float32)
     w = rng.uniform(-1, 1, (layer.K, layer.C, layer.R, layer.S)).astype(np.float32)
     stride, pad = (layer.stride_h, layer.stride_w), (layer.pad_h, layer.pad_w)
-    fns = []
-    for fmt in formats:
-        xf, wf = _precision_operands(x, w, fmt, n_threads)
-        out = conv2d(xf, wf, stride=stride, padding=pad, algorithm="direct", precision=fmt, n_threads=n_threads)
-
-        def ours(xf=xf, wf=wf, out=out, fmt=fmt):
-            conv2d(xf, wf, stride=stride, padding=pad, algorithm="direct", precision=fmt, n_threads=n_threads, out=out)
-        fns.append(ours)
+    fns = [_precision_step(x, w, fmt, stride, pad, n_threads) for fmt in formats]
+    peers, peer_out = [], {}
     torch = None
     if compare == "torch":
         torch = _peers.require_torch("--compare torch")
-        xt = torch.from_numpy(x).bfloat16().contiguous(memory_format=torch.channels_last)
-        wt = torch.from_numpy(w).bfloat16().contiguous(memory_format=torch.channels_last)
-        fns.append(lambda: torch.nn.functional.conv2d(xt, wt, stride=stride, padding=pad))
         with torch_threads(torch, n_threads), torch.inference_mode():
+            if "bf16" in formats:
+                xt = torch.from_numpy(x).bfloat16().contiguous(memory_format=torch.channels_last)
+                wt = torch.from_numpy(w).bfloat16().contiguous(memory_format=torch.channels_last)
+                fns.append(lambda: torch.nn.functional.conv2d(xt, wt, stride=stride, padding=pad))
+                peers.append(("bf16", f"torch {torch.__version__} conv2d bf16 channels_last"))
+                peer_out["bf16"] = torch.nn.functional.conv2d(
+                    torch.from_numpy(x[:1]).bfloat16(), torch.from_numpy(w).bfloat16(), stride=stride,
+                    padding=pad).float().numpy()
+            if "int8" in formats:
+                run, peer_out["int8"] = _torch_int8_conv(torch, x, w, stride, pad)
+                fns.append(run)
+                peers.append(("int8", f"torch {torch.__version__} quantized conv2d int8 (x86 engine), channels_last"))
             times = time_interleaved(fns, repeats, warmup)
     else:
         times = time_interleaved(fns, repeats, warmup)
@@ -354,29 +412,29 @@ def bench_precision_layer(layer, batch, n_threads, peak_gflops, *, formats=PRECI
                      "rel_l2": _relative_error(got, want)}
     res = {"name": layer.name, "count": layer.count, "descriptor": layer.descriptor(shape.N), "gflop": flops / 1e9,
            "formats": rows}
-    if torch is not None:
-        sec = summarize(times[-1])
-        with torch.inference_mode():
-            got = torch.nn.functional.conv2d(torch.from_numpy(x[:1]).bfloat16(), torch.from_numpy(w).bfloat16(),
-                                             stride=stride, padding=pad).float().numpy()
-        res["peer"] = {"name": f"torch {torch.__version__} conv2d bf16 channels_last", "seconds": sec,
-                       "gflops": flops / sec["median_s"] / 1e9, "rel_l2": _relative_error(got, want)}
+    if peers:
+        res["peers"] = {}
+        for (fmt, name), t in zip(peers, times[len(formats):]):
+            sec = summarize(t)
+            res["peers"][fmt] = {"name": name, "seconds": sec, "gflops": flops / sec["median_s"] / 1e9,
+                                 "rel_l2": _relative_error(peer_out[fmt], want)}
     return res
 
 
 def precision_totals(results, formats):
-    """Count-weighted GFLOP/s per format, its speedup over fp32 and, with a peer, the peer's
-    GFLOP/s and each format's ratio to it (peer time / dlcpu time)."""
+    """Count-weighted GFLOP/s per format, its speedup over fp32 and, where every layer has a
+    PyTorch peer of that format, the peer's GFLOP/s and the format's ratio to it (peer time /
+    dlcpu time)."""
     flops = sum(r["count"] * r["gflop"] for r in results)
     secs = {f: sum(r["count"] * r["formats"][f]["seconds"]["median_s"] for r in results) for f in formats}
     total = {"gflop": flops, "formats": {f: {"seconds": secs[f], "gflops": flops / secs[f]} for f in formats}}
     if "fp32" in secs:
         for f in formats:
             total["formats"][f]["speedup_vs_fp32"] = secs["fp32"] / secs[f]
-    if results and all("peer" in r for r in results):
-        peer = sum(r["count"] * r["peer"]["seconds"]["median_s"] for r in results)
-        total["peer"] = {"seconds": peer, "gflops": flops / peer}
-        for f in formats:
+    for f in formats:
+        if results and all(f in r.get("peers", {}) for r in results):
+            peer = sum(r["count"] * r["peers"][f]["seconds"]["median_s"] for r in results)
+            total.setdefault("peers", {})[f] = {"seconds": peer, "gflops": flops / peer}
             total["formats"][f]["ratio_vs_peer"] = peer / secs[f]
     return total
 
@@ -384,7 +442,8 @@ def precision_totals(results, formats):
 def bench_precision_gemm(size, n_threads, peak_gflops, *, formats=PRECISION_FORMATS, compare=None, repeats=5,
                          warmup=1, seed=0):
     """A size^3 GEMM in every format (the right-hand operand packed once, as a layer's weights;
-    the left one packed, and for bf16 converted, inside the timed call), and PyTorch's bf16
+    the left one packed, and converted to bf16 or quantized to int8 / DFP-16, inside the timed
+    call), and PyTorch's bf16
     matmul with `compare`; errors against float64 on the first 64 rows."""
     from .gemm import matmul, pack_matmul_operand
 
@@ -416,8 +475,8 @@ def bench_precision_gemm(size, n_threads, peak_gflops, *, formats=PRECISION_FORM
         got = (torch.from_numpy(x[:64]).bfloat16() @ torch.from_numpy(y).bfloat16()).float().numpy()
         res["peer"] = {"name": f"torch {torch.__version__} matmul bf16", "seconds": sec,
                        "gflops": flops / sec["median_s"] / 1e9, "rel_l2": _relative_error(got, want)}
-        for f in formats:
-            rows[f]["ratio_vs_peer"] = sec["median_s"] / rows[f]["seconds"]["median_s"]
+        if "bf16" in rows:
+            rows["bf16"]["ratio_vs_peer"] = sec["median_s"] / rows["bf16"]["seconds"]["median_s"]
     return res
 
 

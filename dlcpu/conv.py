@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import cpu
+from . import cpu, quantized
 from . import precision as formats
 from ._ext import conv_direct as _direct
 from ._ext import conv_wu as _wu
@@ -465,12 +465,12 @@ def choose_algorithm(shape, isa_name):
 
 
 def _operand(t, kind, fn, name, precision="fp32"):
-    """(BlockedTensor or None, logical shape) for an array/BlockedTensor argument; a bf16
-    BlockedTensor only when the call runs in bf16."""
+    """(BlockedTensor or None, logical shape) for an array/BlockedTensor argument; a bf16, int8 or
+    dfp16 BlockedTensor only when the call runs in that precision."""
     layout = "NCHW" if kind == "activation" else "KCRS"
     if isinstance(t, BlockedTensor):
-        allowed = ("fp32", "bf16") if precision == "bf16" else ("fp32",)
-        if t.kind != kind or t.precision not in allowed or t.dtype not in (np.float32, np.uint16):
+        allowed = ("fp32", precision) if precision != "fp32" else ("fp32",)
+        if t.kind != kind or t.precision not in allowed:
             hint = "" if kind == "activation" else " (dlcpu.block_weights)"
             raise TypeError(f"{fn}: {name} must be a {' or '.join(allowed)} {kind} BlockedTensor{hint} for "
                             f"precision={precision!r}, got a {t.precision} {t.kind} one with {t.dtype} data")
@@ -482,12 +482,13 @@ def _operand(t, kind, fn, name, precision="fp32"):
     return None, tuple(t.shape)
 
 
-def _forward_into(x_data, w_data, bias_p, y, shape, isa_code, n_threads, relu, native=False):
-    """Run the planned forward kernel on blocked buffers (fp32, or bf16 x and VNNI-paired bf16 w;
-    native: VDPBF16PS); y (fp32) has shape (N, Kb, P, Q, 16)."""
+def _forward_into(x_data, w_data, bias_p, y, shape, isa_code, n_threads, relu, native=False, integer=None, fill=0):
+    """Run the planned forward kernel on blocked buffers (fp32; bf16 x and VNNI-paired bf16 w,
+    native: VDPBF16PS; or integer operands with their call description, dlcpu.quantized); y
+    (fp32) has shape (N, Kb, P, Q, 16)."""
     plan, a_offs, b_offs = _cached_plan(shape, isa_code, n_threads, relu)
     errors = _direct.conv2d_forward(x_data.reshape(-1), w_data.reshape(-1), bias_p, y.reshape(-1),
-                                    plan.c, a_offs, b_offs, n_threads, native)
+                                    plan.c, a_offs, b_offs, n_threads, native, integer, fill)
     if errors:
         raise MemoryError(f"conv: could not allocate the per-thread input tile of {errors} work item(s) "
                           f"({plan.summary()})")
@@ -498,6 +499,10 @@ _NO_BIAS = np.empty(0, dtype=np.float32)
 
 #: conv2d's precisions so far
 CONV_PRECISIONS = formats.KERNEL_FORMATS
+#: conv2d_backward's precisions so far (int8 and ternary are inference formats)
+BACKWARD_PRECISIONS = ("fp32", "bf16")
+#: the precisions that run the direct algorithm only
+_DIRECT_ONLY = ("bf16",) + quantized.INTEGER_FORMATS
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="auto",
@@ -521,6 +526,13 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     precision='bf16': x and w are rounded to bf16 (or arrive as bf16 BlockedTensors: to_bf16_blocked,
     block_weights_bf16, converted once and reused), products are summed in fp32 and the output is
     fp32 (VDPBF16PS where the CPU has avx512_bf16); the direct algorithm only.
+    precision='int8' / 'dfp16': x and w are quantized (dlcpu.quantized: u8 activations with a
+    per-tensor scale and s8 weights with per-output-channel scales; DFP-16 int16 mantissas with
+    shared exponents), or arrive quantized as BlockedTensors (to_int8_blocked, block_weights_int8,
+    to_dfp16_blocked, block_weights_dfp16: calibrated once, reused); the products are summed in
+    int32 (VPDPBUSD / VPDPWSSD where the CPU has avx512_vnni) in chains that provably cannot
+    overflow, and the output is fp32; the direct algorithm only.  NaN/Inf in a tensor being
+    quantized is refused (its scale or exponent would be undefined).
     """
     precision = formats.check_precision(precision, "conv2d")
     if precision not in CONV_PRECISIONS:
@@ -532,8 +544,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
         raise ValueError(f"conv2d: algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
     xb, x_shape = _operand(x, "activation", "conv2d", "x", precision)
     prepared = w if isinstance(w, WinogradWeights) else None
-    if precision == "bf16" and (prepared is not None or algorithm not in ("auto", "direct")):
-        raise ValueError(f"conv2d: precision='bf16' runs the direct algorithm only, got algorithm={algorithm!r}"
+    if precision in _DIRECT_ONLY and (prepared is not None or algorithm not in ("auto", "direct")):
+        raise ValueError(f"conv2d: precision={precision!r} runs the direct algorithm only, got algorithm={algorithm!r}"
                          + (" and WinogradWeights" if prepared is not None else ""))
     if prepared is not None:
         wb, w_shape = None, prepared.shape
@@ -573,6 +585,9 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
                                "bias": bias}, "conv2d")
     if xb is None:
         xb = to_blocked(x, n_threads)  # validates dtype/contiguity of x
+    if precision in quantized.INTEGER_FORMATS:
+        xq, wq = quantized.quantize_operands(precision, xb, wb, w, n_threads=n_threads, isa=cpu.ISA_BY_CODE[isa_code])
+        integer, fill = quantized.integer_call(precision, xq, wq, shape.Cb * shape.R * shape.S, shape.Kb * CB)
     if bias is None:
         bias_p = _NO_BIAS
     else:
@@ -584,6 +599,11 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
         w16 = wb if wb is not None and wb.precision == "bf16" else block_weights_bf16(w if wb is None else wb, n_threads)
         native = formats.native_bf16(cpu.ISA_BY_CODE[isa_code])
         _forward_into(x16.data, w16.data, bias_p, y, shape, isa_code, n_threads, activation == "relu", native)
+        yb = out if out is not None else BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation")
+        return yb if blocked_in else from_blocked(yb, n_threads)
+    if precision in quantized.INTEGER_FORMATS:
+        _forward_into(xq.data, quantized.kernel_view(wq), bias_p, y, shape, isa_code, n_threads, activation == "relu",
+                      quantized.native_vnni(cpu.ISA_BY_CODE[isa_code]), integer, fill)
         yb = out if out is not None else BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation")
         return yb if blocked_in else from_blocked(yb, n_threads)
     auto = algorithm == "auto"
@@ -767,9 +787,9 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     """
     fn = "conv2d_backward"
     precision = formats.check_precision(precision, fn)
-    if precision not in CONV_PRECISIONS:
-        raise ValueError(f"{fn}: precision={precision!r} has no convolution kernel yet; conv2d_backward runs "
-                         f"{' and '.join(CONV_PRECISIONS)}")
+    if precision not in BACKWARD_PRECISIONS:
+        raise ValueError(f"{fn}: precision={precision!r} has no backward kernels yet; conv2d_backward runs "
+                         f"{' and '.join(BACKWARD_PRECISIONS)}")
     need = (need,) if isinstance(need, str) else tuple(need)
     bad = [n for n in need if n not in ("dx", "dw", "db")]
     if bad or not need:

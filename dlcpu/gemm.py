@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import cpu
+from . import cpu, quantized
 from . import precision as formats
 from ._ext import brgemm as _brgemm
 from ._plans import Plan
@@ -170,11 +170,16 @@ def choose_gemm_split(m, n, K, isa, n_threads):
 class PackedMatrix:
     """The right-hand operand of matmul, packed once (weights reused across calls):
     data[n/16][K/16][16][16] of a (K, n) matrix; float32, or for precision 'bf16' uint16 bf16
-    patterns with each block in VNNI pairs (flat index q*32 + m*2 + e holds row 2q + e, column m)."""
+    patterns with each block in VNNI pairs (flat index q*32 + m*2 + e holds row 2q + e, column m),
+    'dfp16' int16 mantissas in the same pairs, 'int8' int8 values in VNNI quads (q*64 + m*4 + e
+    holds row 4q + e) with per-column scales (dlcpu.quantized)."""
 
     data: np.ndarray
     shape: tuple
     precision: str = "fp32"
+    #: int8: (per-column scales, per-(K block, column) int32 sums of the int8 values, for the
+    #: zero-point compensation); dfp16: (shared exponent, bound on |mantissa|); None otherwise
+    scale: object = None
 
     def __post_init__(self):
         # The kernels trust data's extent: check it against the logical shape once, here.
@@ -192,10 +197,13 @@ class PackedMatrix:
                 or self.data.shape != expected or not self.data.flags.c_contiguous):
             raise ValueError(f"PackedMatrix: data must be a C-contiguous {np.dtype(dtype).name} array of shape "
                              f"{expected} for a ({K}, {n}) {self.precision} matrix; use pack_matmul_operand")
+        if (self.scale is None) != (self.precision in ("fp32", "bf16")):
+            raise ValueError(f"PackedMatrix: a {self.precision} matrix " + ("has no scale" if self.scale is not None
+                             else "needs its scales or exponent") + "; use pack_matmul_operand")
 
 
 #: matmul's precisions so far, and the dtype of a PackedMatrix in each
-_PACKED_DTYPES = {"fp32": np.float32, "bf16": np.uint16}
+_PACKED_DTYPES = {"fp32": np.float32, "bf16": np.uint16, "dfp16": np.int16, "int8": np.int8}
 
 
 def _matmul_precision(precision, fn):
@@ -208,13 +216,16 @@ def _matmul_precision(precision, fn):
 
 def pack_matmul_operand(y, *, transpose=False, precision="fp32", n_threads=None):
     """Pack y (K, n) for repeated matmul(x, packed) calls; transpose=True packs y.T from y given
-    as (n, K), without a transposed copy.  precision='bf16' rounds y to bf16 (nearest even)."""
+    as (n, K), without a transposed copy.  precision='bf16' rounds y to bf16 (nearest even);
+    'int8' quantizes it symmetrically per column, 'dfp16' to int16 mantissas with one exponent."""
     transpose = flag(transpose, "transpose", "pack_matmul_operand")
     precision = _matmul_precision(precision, "pack_matmul_operand")
     y = _f32(y, "y", 2, "pack_matmul_operand")
     K, n = y.shape[::-1] if transpose else y.shape
     if min(K, n) < 1:
         raise ValueError(f"pack_matmul_operand: empty operand {y.shape}")
+    if precision in quantized.INTEGER_FORMATS:
+        return _pack_integer(y.T if transpose else y, precision, cpu.resolve_threads(n_threads))
     if precision == "bf16":
         n_threads = cpu.resolve_threads(n_threads)
         yp = np.empty((-(-n // CB), -(-K // CB), CB, CB), dtype=np.uint16)
@@ -255,8 +266,11 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
     accumulated in the layout its weight is kept in).  One right-hand operand and no bias then.
 
     precision='bf16': x and y are rounded to bf16 and the products summed in fp32 (the result
-    is float32); a packed y must have been packed with precision='bf16'.  transpose_x and a tuple
-    of operands are fp32-only."""
+    is float32); a packed y must have been packed with precision='bf16'.  precision='int8': x
+    quantized per tensor to u8 (zero point 128 when it holds negative values), y per column to
+    s8; 'dfp16': both to int16 mantissas with shared exponents; products summed in int32 chains
+    that provably cannot overflow (dlcpu.quantized), output float32.  transpose_x, out= and a
+    tuple of operands are fp32-only."""
     fn = "matmul"
     precision = _matmul_precision(precision, fn)
     transpose_x = flag(transpose_x, "transpose_x", fn)
@@ -293,6 +307,10 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
     isa_name = cpu.resolve_isa(isa)
     T = choose_gemm_split(m, 16, K, isa_name, n_threads).rows   # rows per row tile depend on the ISA only
     kc = -(-K // CB)
+    if precision in quantized.INTEGER_FORMATS:
+        if not isinstance(y, PackedMatrix):
+            y = pack_matmul_operand(y, precision=precision, n_threads=n_threads)
+        return _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn)
     if precision == "bf16":
         native = formats.native_bf16(isa_name)
         xp = scratch("gemm.x16", (-(-m // T), kc, T, CB), np.uint16)
@@ -307,6 +325,94 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
         _brgemm.pack_gemm_a(x, xp, n_threads)
     outs = tuple(_product(xp, yi, m, kc, bias, n_threads, isa_name, fn, out, accumulate) for yi in checked)
     return outs if many else outs[0]
+
+
+def _row_tiles(q, T, kc):
+    """(m, K) -> row tiles [m/T][K/16][T][16], zero-padded (numpy: the integer operands are small
+    next to their products)."""
+    m, K = q.shape
+    padded = np.zeros((-(-m // T) * T, kc * CB), q.dtype)
+    padded[:m, :K] = q
+    return np.ascontiguousarray(padded.reshape(-1, T, kc, CB).transpose(0, 2, 1, 3))
+
+
+def _pack_integer(y, precision, n_threads):
+    """pack_matmul_operand for int8 / dfp16: quantize y (K, n), pad, block [n/16][K/16][16k][16n]
+    and group the rows of each block for VNNI."""
+    fn = "pack_matmul_operand"
+    y = np.ascontiguousarray(y)
+    K, n = y.shape
+    kb, nb = -(-K // CB), -(-n // CB)
+    if precision == "int8":
+        scales = formats.int8_weight_scales(y, axis=1)
+        q = formats.to_int8(y, scales, axis=1).data
+    else:
+        d, bound = formats._to_dfp16(y, formats.DFP16_HEADROOM, "nearest", 0, cpu.isa_code(None), n_threads, fn,
+                                     within_headroom=True)
+        q = d.mantissas
+    padded = np.zeros((kb * CB, nb * CB), q.dtype)
+    padded[:K, :n] = q
+    blocks = np.ascontiguousarray(padded.reshape(kb, CB, nb, CB).transpose(2, 0, 1, 3))   # [nb][kb][16k][16n]
+    data = quantized._vnni_groups(blocks, quantized.GROUP[precision])
+    if precision == "int8":
+        sums = padded.astype(np.int64).reshape(kb, CB, nb * CB).sum(axis=1).astype(np.int32)     # (kb, n_pad)
+        pad_scales = np.ones(nb * CB, np.float32)
+        pad_scales[:n] = scales
+        return PackedMatrix(data, (K, n), "int8", (pad_scales, sums))
+    return PackedMatrix(data, (K, n), "dfp16", (d.exponent, int(bound)))
+
+
+def _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn):
+    """x @ y on the integer kernels: x quantized and packed here, y a PackedMatrix of the format."""
+    n = y.shape[1]
+    yp = y.data
+    n_pad = yp.shape[0] * CB
+    plan = choose_gemm_split(m, n, y.shape[0], isa_name, n_threads)
+    code = cpu.ISA_CODES[isa_name]
+    if precision == "int8":
+        absmax = formats._absmax(x, code, n_threads, fn, "int8 quantization")
+        unsigned = not bool((x < 0).any())
+        s_x = float(formats._int8_scale(absmax, quantized.U8_MAX if unsigned else quantized.INT8_WEIGHT_MAX))
+        z = 0 if unsigned else quantized.U8_ZERO_POINT
+        q = np.empty(x.shape, np.uint8)
+        formats._precision.quantize_u8(x.reshape(-1), q.reshape(-1), s_x, z, code, n_threads)
+        xp = _row_tiles(q, T, kc)
+        s_y, sums = y.scale
+        steps, blocks = quantized.chain_schedule("int8")
+        if plan.kc_blocks > blocks:
+            raise ValueError(f"{fn}: a K chunk of {plan.kc_blocks} blocks is longer than an int32 chain holds")
+        comp = None
+        if z:
+            starts = np.arange(0, kc, plan.kc_blocks)
+            comp = np.ascontiguousarray((z * np.add.reduceat(sums.astype(np.int64), starts, axis=0)).astype(np.int32))
+        scale = (np.float64(s_x) * s_y.astype(np.float64)).astype(np.float32)
+        spec = (quantized._U8S8, steps, blocks, scale, None, 0, None if comp is None else comp.reshape(-1))
+        view = yp.view(np.uint8)
+    else:
+        d, bound = formats._to_dfp16(x, formats.DFP16_HEADROOM, "nearest", 0, code, n_threads, fn,
+                                     within_headroom=True)
+        xp = _row_tiles(d.mantissas, T, kc)
+        e_y, bound_y = y.scale
+        steps, blocks = quantized.chain_schedule("dfp16", bound, bound_y)
+        e = d.exponent + e_y
+        if not -126 <= e <= 127:
+            raise ValueError(f"{fn}: the product's exponent E_x + E_y = {d.exponent} + {e_y} = {e} is outside fp32's "
+                             "normal range [-126, 127]; rescale the operands")
+        spec = (quantized._S16, steps, blocks, np.full(n_pad, np.ldexp(1.0, e), np.float32), None, 0, None)
+        view = yp
+    if xp.shape[2] != plan.rows:
+        raise ValueError(f"{fn}: x was packed in row tiles of {xp.shape[2]}, the plan needs {plan.rows}")
+    bias_p = _NO_BIAS
+    if bias is not None:
+        bias = _f32(bias, "bias", 1, fn)
+        if bias.shape != (n,):
+            raise ValueError(f"{fn}: bias must have shape ({n},), got {bias.shape}")
+        bias_p = np.zeros(n_pad, np.float32)
+        bias_p[:n] = bias
+    out = np.empty((m, n_pad), dtype=np.float32)
+    if _brgemm.gemm_packed(xp, view, out, bias_p, plan.c, 0, False, quantized.native_vnni(isa_name), spec):
+        raise RuntimeError(f"{fn}: a BRGEMM call failed ({plan.summary()})")
+    return out if n_pad == n else np.ascontiguousarray(out[:, :n])
 
 
 def _check_packed_out(out, shape, x, y, fn):

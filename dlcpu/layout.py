@@ -32,10 +32,12 @@ class BlockedTensor:
 
     kind 'activation': shape (N, C, H, W), data (N, C/16, H, W, 16)
     kind 'weight':     shape (K, C, R, S), data (K/16, C/16, R, S, 16, 16)
-    `scale` is reserved for the shared exponent/scale of DFP-16 and int8 tensors (None for fp32).
     precision 'fp32' (float32 data) or 'bf16' (uint16 bf16 patterns, weights in VNNI pairs: see
-    the module doc); to_bf16_blocked and block_weights_bf16 make the bf16 ones, and uint16 data
-    is refused without precision='bf16', so a tensor in another 16-bit layout cannot pass for one.
+    the module doc; to_bf16_blocked, block_weights_bf16), or the integer formats of
+    dlcpu.quantized: 'int8' (uint8 activations with scale (s_x, zero point); int8 weights in VNNI
+    quads with scale (per-channel scales, per-channel sums)) and 'dfp16' (int16 mantissas, weights
+    in VNNI pairs, scale (shared exponent, bound on |mantissa|)).  The data type must match the
+    precision, so a tensor in another layout of the same width cannot pass for one.
     """
 
     data: np.ndarray
@@ -61,23 +63,42 @@ class BlockedTensor:
             )
         if not self.data.flags.c_contiguous:
             raise ValueError("BlockedTensor: data must be C-contiguous")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"BlockedTensor: precision must be 'fp32' or 'bf16', got {self.precision!r}")
-        if (self.precision == "bf16") != (self.data.dtype == np.uint16):
-            raise TypeError(f"BlockedTensor: precision={self.precision!r} does not match {self.data.dtype} data "
-                            "(bf16 tensors hold uint16 patterns; make them with to_bf16_blocked / block_weights_bf16)")
+        if self.precision not in _DTYPES:
+            raise ValueError(f"BlockedTensor: precision must be one of {', '.join(_DTYPES)}, got {self.precision!r}")
+        dtype = _DTYPES[self.precision][self.kind]
+        if self.data.dtype != dtype:
+            raise TypeError(f"BlockedTensor: a {self.precision} {self.kind} holds {np.dtype(dtype)} data, got "
+                            f"{self.data.dtype} (make one with {_MAKERS[self.precision]})")
+        if (self.scale is None) != (self.precision in ("fp32", "bf16")):
+            raise ValueError(f"BlockedTensor: a {self.precision} tensor " + ("has no scale" if self.scale is not None
+                             else "needs its scale (exponent or scales)") + f", got scale={self.scale!r}")
 
     @property
     def dtype(self):
         return self.data.dtype
 
     def numpy(self):
-        """The logical tensor as a plain NCHW (or KCRS) float32 array."""
-        t = self if self.precision == "fp32" else _bf16_to_fp32_blocked(self)
+        """The logical tensor as a plain NCHW (or KCRS) float32 array (the values a bf16, int8 or
+        DFP-16 tensor stands for)."""
+        if self.precision in ("int8", "dfp16"):
+            from .quantized import dequantize
+            t = BlockedTensor(dequantize(self), tuple(self.shape), self.kind)
+        else:
+            t = self if self.precision == "fp32" else _bf16_to_fp32_blocked(self)
         return from_blocked(t) if self.kind == "activation" else unblock_weights(t)
 
     def __repr__(self):
         return f"BlockedTensor(kind={self.kind!r}, shape={tuple(self.shape)}, dtype={self.dtype}, data={tuple(self.data.shape)})"
+
+
+#: the element type of each precision's activations and weights, and what makes them
+_DTYPES = {"fp32": {"activation": np.float32, "weight": np.float32},
+           "bf16": {"activation": np.uint16, "weight": np.uint16},
+           "int8": {"activation": np.uint8, "weight": np.int8},
+           "dfp16": {"activation": np.int16, "weight": np.int16}}
+_MAKERS = {"fp32": "to_blocked / block_weights", "bf16": "to_bf16_blocked / block_weights_bf16",
+           "int8": "dlcpu.quantized.to_int8_blocked / block_weights_int8",
+           "dfp16": "dlcpu.quantized.to_dfp16_blocked / block_weights_dfp16"}
 
 
 def blocked_shape(shape, kind="activation"):

@@ -72,7 +72,7 @@ def check_precision(precision, fn):
 
 
 #: the formats with convolution and GEMM kernels so far (the others convert, but run nothing yet)
-KERNEL_FORMATS = ("fp32", "bf16")
+KERNEL_FORMATS = ("fp32", "bf16", "dfp16", "int8")
 
 
 def native_formats(features=None, isa=None):
@@ -86,8 +86,11 @@ def native_formats(features=None, isa=None):
     if isa is None:
         isa = cpu.resolve_isa() if features is None else ("avx512" if f.get("avx512f") else "avx2")
     fp32 = {"avx512": "vfmadd231ps (AVX-512)", "avx2": "vfmadd231ps (AVX2)"}.get(isa)
+    vnni = isa == "avx512" and f.get("avx512_vnni")
     instructions = {"fp32": fp32,
-                    "bf16": "vdpbf16ps, vcvtneps2bf16 (avx512_bf16)" if isa == "avx512" and f.get("avx512_bf16") else None}
+                    "bf16": "vdpbf16ps, vcvtneps2bf16 (avx512_bf16)" if isa == "avx512" and f.get("avx512_bf16") else None,
+                    "dfp16": "vpdpwssd (avx512_vnni)" if vnni else None,
+                    "int8": "vpdpbusd (avx512_vnni)" if vnni else None}
     return {fmt: (instructions.get(fmt) or "emulated") if fmt in KERNEL_FORMATS else None for fmt in PRECISIONS}
 
 
@@ -251,16 +254,34 @@ def to_dfp16(a, *, headroom=DFP16_HEADROOM, rounding="nearest", seed=0, isa=None
     if seed >= 2 ** 32:
         raise ValueError(f"{fn}: seed must be < 2**32, got {seed}")
     code, threads = _threads_and_isa(isa, n_threads)
+    return _to_dfp16(a, headroom, rounding, seed, code, threads, fn)[0]
+
+
+def _absmax(a, code, threads, fn, what):
+    """max|a| of a float32 array (0.0 when empty); NaN/Inf refused, naming `what` is undefined."""
     bits = _absmax_bits(a, code, threads) if a.size else 0
     if bits >= _FP32_NONFINITE:
-        _refuse_nonfinite(a, fn, "the shared exponent")
-    absmax = float(np.array([bits], np.uint32).view(np.float32)[0])
+        _refuse_nonfinite(a, fn, what)
+    return float(np.array([bits], np.uint32).view(np.float32)[0])
+
+
+def _to_dfp16(a, headroom, rounding, seed, code, threads, fn, within_headroom=False):
+    """to_dfp16 on checked arguments -> (DFPTensor, its largest |mantissa| or a bound on it:
+    rounding is monotonic, so with 'nearest' the largest is max|a| / 2**E rounded half-even,
+    exactly; a stochastic rounding is at most its ceiling; both clamped).  within_headroom: clamp
+    to 2**(15 - headroom) - 1 as well (the kernels' operands, dlcpu.quantized: the one value that
+    can round up to 2**(15 - headroom) loses an ulp, and int32 chains get twice as long)."""
+    absmax = _absmax(a, code, threads, fn, "the shared exponent")
     exponent = dfp16_exponent(absmax, headroom)
+    limit = dfp16_limit(exponent)
+    if within_headroom:
+        limit = min(limit, 2 ** (DFP16_BITS - 1 - headroom) - 1)
     out = np.zeros(a.shape, np.int16)
     if a.size:
-        _precision.dfp16_quantize(a.reshape(-1), out.reshape(-1), math.ldexp(1.0, -exponent), dfp16_limit(exponent),
+        _precision.dfp16_quantize(a.reshape(-1), out.reshape(-1), math.ldexp(1.0, -exponent), limit,
                                   rounding == "stochastic", seed, code, threads)
-    return DFPTensor(out, exponent)
+    top = math.ldexp(absmax, -exponent)                 # exact in float64
+    return DFPTensor(out, exponent), min(limit, round(top) if rounding == "nearest" else math.ceil(top))
 
 
 def _dfp_pair(a, b, fn):

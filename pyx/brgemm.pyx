@@ -17,13 +17,14 @@ T, KC, NG and the thread split are the GEMM plan (dlcpu/gemm.py choose_gemm_spli
 as a GemmPlanStruct owning the C struct dlcpu_gemm_plan_t (pyx/kernels/plans.h), checked against
 the compiled tile table when it was made.
 """
-from libc.stdint cimport int64_t, uint16_t
+from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from cython.parallel cimport prange
 
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_f32_max_pixels,
-                            brgemm_operand, brgemm_call, dlcpu_f32_to_bf16, DLCPU_BR_STRD)
+                            dlcpu_brgemm_int_t, brgemm_operand, brgemm_call, integer_call, dlcpu_f32_to_bf16,
+                            DLCPU_BR_STRD, DLCPU_INT_S16, DLCPU_INT_U8S8)
 from dlcpu_plans cimport dlcpu_gemm_plan_t, require_tiles
 
 
@@ -213,8 +214,9 @@ def transpose_packed(const float[:, :, :, ::1] src, float[:, :, :, ::1] dst, int
 
 cdef inline int gemm_tile(const brgemm_operand *a, const brgemm_operand *b, float *c, const float *bias,
                           int64_t batch, int64_t a_mstride, int64_t b_stride, int mv, int nc, int64_t ldc,
-                          int64_t c_mstride, int beta, int isa, int native) noexcept nogil:
-    """One BRGEMM call of the GEMM: strd blocks of 16 reduction values, fp32 or bf16 operands."""
+                          int64_t c_mstride, int beta, int isa, int native,
+                          const dlcpu_brgemm_int_t *q) noexcept nogil:
+    """One BRGEMM call of the GEMM: strd blocks of 16 reduction values, any operand type."""
     cdef dlcpu_brgemm_f32_t p
     p.kind = DLCPU_BR_STRD
     p.b_trans = 0
@@ -233,21 +235,25 @@ cdef inline int gemm_tile(const brgemm_operand *a, const brgemm_operand *b, floa
     p.beta = beta
     p.bias = bias
     p.relu = 0
-    return brgemm_call(&p, a, b, c, isa, native)
+    return brgemm_call(&p, a, b, c, isa, native, q)
 
 
 cdef int gemm_block(const dlcpu_gemm_plan_t *g, const brgemm_operand *xp, const brgemm_operand *yp, float *out,
                     int64_t t_lo, int64_t t_hi, int64_t g_lo, int64_t g_hi, int64_t Kc, int64_t ldc,
-                    const float *bias, int64_t c_rows, int accumulate, int native) noexcept nogil:
+                    const float *bias, int64_t c_rows, int accumulate, int native,
+                    const dlcpu_brgemm_int_t *q0, int64_t n_pad) noexcept nogil:
     """One thread's share of the GEMM: row tiles t_lo..t_hi, 16-column blocks g_lo..g_hi.
     c_rows > 0 writes out in packed form, out[n/16][c_rows][16] (column block nb at nb*c_rows*16,
     rows 16 floats apart); accumulate adds to out instead of overwriting it (beta=1 throughout).
-    Operands are fp32 or bf16 (VNNI-paired Yp blocks, native: VDPBF16PS); blocks hold 256
-    elements either way, so the walk is the same."""
+    Operands are fp32, bf16 (VNNI-paired Yp blocks, native: VDPBF16PS) or integers (q0: the
+    call's description; its per-column multipliers and compensation move with the column block,
+    and the compensation, one row of n_pad per K chunk, with the chunk); blocks hold 256 elements
+    in every format, so the walk is the same."""
     cdef int64_t t, kc0, nchunk, grp0, grp1, nb
     cdef int64_t T = g.rows, m = g.m
     cdef int mv, beta, err = 0
     cdef float *c
+    cdef dlcpu_brgemm_int_t q
     kc0 = 0
     while kc0 < Kc:
         nchunk = min(<int64_t>g.kc_blocks, Kc - kc0)
@@ -260,11 +266,17 @@ cdef int gemm_block(const dlcpu_gemm_plan_t *g, const brgemm_operand *xp, const 
                 while nb < grp1:
                     mv = 2 if nb + 2 <= grp1 else 1
                     c = out + (nb * c_rows + t * T) * 16 if c_rows > 0 else out + t * T * ldc + nb * 16
+                    if q0 != NULL:
+                        q = q0[0]
+                        q.scale = q0.scale + nb * 16 if q0.scale != NULL else NULL
+                        q.comp = (q0.comp + (kc0 // g.kc_blocks) * n_pad + nb * 16 if q0.comp != NULL
+                                  else NULL)
                     # The bias joins in the first K chunk's epilogue (later chunks accumulate).
                     err |= gemm_tile(yp + (nb * Kc + kc0) * 256, xp + (t * Kc + kc0) * T * 16, c,
                                      bias + nb * 16 if (bias != NULL and kc0 == 0) else NULL, nchunk,
                                      Kc * 256, T * 16, mv, <int>min(T, m - t * T), 16 if c_rows > 0 else ldc,
-                                     c_rows * 16 if c_rows > 0 else 16, beta, g.isa, native)
+                                     c_rows * 16 if c_rows > 0 else 16, beta, g.isa, native,
+                                     &q if q0 != NULL else NULL)
                     nb = nb + mv
             grp0 = grp1
         kc0 = kc0 + nchunk
@@ -273,12 +285,14 @@ cdef int gemm_block(const dlcpu_gemm_plan_t *g, const brgemm_operand *xp, const 
 
 def gemm_packed(const brgemm_operand[:, :, :, ::1] xp, const brgemm_operand[:, :, :, ::1] yp, float[:, ::1] out,
                 const float[::1] bias, GemmPlanStruct plan, int64_t c_rows=0, bint accumulate=False,
-                bint native=False):
+                bint native=False, tuple integer=None):
     """out[:m, :] = Xp @ Yp (+ bias, padded to out's width, or empty) on packed operands, as the
     plan says: threads split the row tiles (plan split_rows) or the 16-column blocks in pairs, so
     every thread keeps the mv=2 calls.  Python checked the operands against the plan.
     Operands are both float32, or both uint16 bf16 patterns (Yp in VNNI pairs; native: the
-    VDPBF16PS kernels, for a CPU with avx512_bf16).
+    VDPBF16PS kernels, for a CPU with avx512_bf16), or integers described by `integer`
+    (dlcpu_kernels.integer_call): uint8 Xp with int8 Yp (VNNI quads, viewed as uint8), or int16
+    both (VNNI pairs); native: VPDPBUSD / VPDPWSSD.
     c_rows > 0: out is the packed [n/16][c_rows][16] form (passed as a (n/16, c_rows*16) view) of
     the product, as matmul's right-hand operand; accumulate: out += the product."""
     cdef const dlcpu_gemm_plan_t *g = &plan.c
@@ -288,16 +302,30 @@ def gemm_packed(const brgemm_operand[:, :, :, ::1] xp, const brgemm_operand[:, :
     cdef int64_t tid
     cdef int err = 0
     cdef const float *b = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef dlcpu_brgemm_int_t q_int
+    cdef int want
+    cdef const dlcpu_brgemm_int_t *q = NULL
+    if brgemm_operand is uint8_t or brgemm_operand is int16_t:
+        if integer is None:
+            raise ValueError("gemm_packed: integer operands need their call description (integer=)")
+        q_int = integer_call(integer)
+        if brgemm_operand is int16_t:
+            want = DLCPU_INT_S16
+        else:
+            want = DLCPU_INT_U8S8
+        if q_int.format != want:
+            raise ValueError("gemm_packed: the call description's format does not match the operand type")
+        q = &q_int
     for tid in prange(n_threads, nogil=True, schedule='static', num_threads=n_threads):
         if g.split_rows:
             err += gemm_block(g, &xp[0, 0, 0, 0], &yp[0, 0, 0, 0], &out[0, 0],
                               tid * n_tiles // n_threads, (tid + 1) * n_tiles // n_threads, 0, ng,
-                              Kc, out.shape[1], b, c_rows, accumulate, native)
+                              Kc, out.shape[1], b, c_rows, accumulate, native, q, ng * 16)
         else:
             err += gemm_block(g, &xp[0, 0, 0, 0], &yp[0, 0, 0, 0], &out[0, 0], 0, n_tiles,
                               2 * (tid * n_pairs // n_threads),
                               min(ng, 2 * ((tid + 1) * n_pairs // n_threads)),
-                              Kc, out.shape[1], b, c_rows, accumulate, native)
+                              Kc, out.shape[1], b, c_rows, accumulate, native, q, ng * 16)
     return err
 
 

@@ -19,17 +19,21 @@ one BRGEMM call reduces over every (input-channel block, r, s) with beta=0 and b
 so each output is written once, by one thread, in a fixed order: results do not depend on the
 thread count.  Python has validated every shape and pointer extent before this runs.
 
-The same walk runs fp32 and bf16 convolutions (fused type brgemm_operand): a bf16 input keeps
-the activation layout with 16 bf16 per pixel, bf16 weights hold each 16x16 block as VNNI pairs
-(the same 256 elements per block), so every offset is the same in elements; only the tile copy's
-pixel size and the kernel differ, and accumulation and output stay fp32.
+The same walk runs every number format (fused type brgemm_operand): fp32; bf16 (16 bf16 per
+pixel, weight blocks as VNNI pairs); 8-bit (u8 activations, s8 weights or ternary codes in VNNI
+quads); int16 (DFP-16 mantissas in VNNI pairs).  Every weight block holds 256 elements and every
+pixel 16, so every offset is the same in elements; only the tile copy's pixel size (and padding
+byte: 128 for u8 activations with zero point 128) and the kernel differ, and the output is fp32.
+The integer kernels also take a dlcpu_brgemm_int_t (flush schedule, multipliers, zero-point
+compensation) whose per-output-channel pointers move with the K block as the bias does.
 """
-from libc.stdint cimport int64_t
+from libc.stdint cimport int16_t, int64_t, uint8_t
 from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange, parallel
 
-from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, brgemm_operand, brgemm_call, dlcpu_conv_item_input,
-                            dlcpu_conv_item_input_bf16, dlcpu_transpose_16x16_f32, DLCPU_BR_OFFS)
+from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_int_t, brgemm_operand, brgemm_call,
+                            dlcpu_conv_item_input_px, dlcpu_transpose_16x16_f32, integer_call, DLCPU_BR_OFFS,
+                            DLCPU_INT_S16, DLCPU_INT_U8S8)
 from dlcpu_plans cimport (dlcpu_conv_plan_t, dlcpu_conv_shape_t, DLCPU_TILE_NONE, DLCPU_TILE_PADDED,
                           require_tiles)
 
@@ -50,7 +54,8 @@ cdef class ConvPlanStruct:
 
 
 cdef int run_tiles(const dlcpu_conv_plan_t *g, dlcpu_brgemm_f32_t *p, const brgemm_operand *w_kb,
-                   const brgemm_operand *base, float *y_kb, int64_t p0, int64_t p1, int native) noexcept nogil:
+                   const brgemm_operand *base, float *y_kb, int64_t p0, int64_t p1, int native,
+                   const dlcpu_brgemm_int_t *q) noexcept nogil:
     """Every register tile of output rows p0..p1 for one (image, K block): one call each."""
     cdef int64_t i0, q0, t0, npix, chunk
     cdef int nrr, ncc, err = 0
@@ -65,7 +70,7 @@ cdef int run_tiles(const dlcpu_conv_plan_t *g, dlcpu_brgemm_f32_t *p, const brge
                 p.nr = nrr
                 p.nc = ncc
                 err |= brgemm_call(p, w_kb, base + (i0 - p0) * p.b_rstride + q0 * 16, y_kb + (i0 * Q + q0) * 16,
-                                   g.isa, native)
+                                   g.isa, native, q)
                 q0 = q0 + ncc
             i0 = i0 + nrr
     else:
@@ -79,14 +84,15 @@ cdef int run_tiles(const dlcpu_conv_plan_t *g, dlcpu_brgemm_f32_t *p, const brge
         while t0 < npix:
             ncc = <int>min(chunk, npix - t0)
             p.nc = ncc
-            err |= brgemm_call(p, w_kb, base + t0 * 16, y_kb + (p0 * Q + t0) * 16, g.isa, native)
+            err |= brgemm_call(p, w_kb, base + t0 * 16, y_kb + (p0 * Q + t0) * 16, g.isa, native, q)
             t0 = t0 + ncc
     return err
 
 
 cdef int run_item(const dlcpu_conv_plan_t *g, int64_t item, const brgemm_operand *x, const brgemm_operand *w,
                   const float *bias, float *y, const int64_t *a_offs, const int64_t *b_offs,
-                  int64_t batch, brgemm_operand *tile, int native) noexcept nogil:
+                  int64_t batch, brgemm_operand *tile, int native, const dlcpu_brgemm_int_t *q0,
+                  int fill) noexcept nogil:
     cdef const dlcpu_conv_shape_t *s = &g.s
     cdef int64_t rb = item % g.row_blocks
     cdef int64_t rest = item // g.row_blocks
@@ -99,14 +105,14 @@ cdef int run_item(const dlcpu_conv_plan_t *g, int64_t item, const brgemm_operand
     cdef int64_t kb
     cdef int mv, err = 0
     cdef const brgemm_operand *base
+    cdef int64_t wblk = s.Cb * s.R * s.S
     cdef dlcpu_brgemm_f32_t p
-    if brgemm_operand is float:
-        base = dlcpu_conv_item_input(g.tile_mode, x + n * s.Cb * s.H * s.W * 16, tile, s.Cb, s.H, s.W, p0,
-                                     s.stride_h, s.stride_w, s.pad_h, s.pad_w, g.tile_rows, g.tile_phase_width)
-    else:
-        base = dlcpu_conv_item_input_bf16(g.tile_mode, x + n * s.Cb * s.H * s.W * 16, tile, s.Cb, s.H, s.W, p0,
-                                          s.stride_h, s.stride_w, s.pad_h, s.pad_w, g.tile_rows,
-                                          g.tile_phase_width)
+    cdef dlcpu_brgemm_int_t q
+    if q0 != NULL:
+        q = q0[0]
+    base = <const brgemm_operand *> dlcpu_conv_item_input_px(
+        g.tile_mode, x + n * s.Cb * s.H * s.W * 16, tile, s.Cb, s.H, s.W, p0, s.stride_h, s.stride_w, s.pad_h,
+        s.pad_w, g.tile_rows, g.tile_phase_width, 16 * sizeof(brgemm_operand), fill)
 
     p.kind = DLCPU_BR_OFFS
     p.b_trans = 0
@@ -127,17 +133,25 @@ cdef int run_item(const dlcpu_conv_plan_t *g, int64_t item, const brgemm_operand
         mv = g.mv if kb + g.mv <= kb1 else 1
         p.mv = mv
         p.bias = bias + kb * 16 if bias != NULL else NULL
-        err |= run_tiles(g, &p, w + kb * s.Cb * s.R * s.S * 256, base, y + (n * s.Kb + kb) * s.P * s.Q * 16, p0, p1,
-                         native)
+        if q0 != NULL:      # per-output-channel multipliers move with the K block, as the bias does
+            q.scale = q0.scale + kb * 16 if q0.scale != NULL else NULL
+            q.comp = q0.comp + kb * 16 if q0.comp != NULL else NULL
+            q.block_scale = (q0.block_scale + kb * wblk * q0.block_groups * 16 if q0.block_scale != NULL
+                             else NULL)
+        err |= run_tiles(g, &p, w + kb * wblk * 256, base, y + (n * s.Kb + kb) * s.P * s.Q * 16, p0, p1,
+                         native, &q if q0 != NULL else NULL)
         kb = kb + mv
     return err
 
 
 def conv2d_forward(const brgemm_operand[::1] x, const brgemm_operand[::1] w, const float[::1] bias,
                    float[::1] y, ConvPlanStruct plan, const int64_t[::1] a_offs, const int64_t[::1] b_offs,
-                   int n_threads, bint native=False):
-    """Run a planned forward convolution on blocked buffers (flattened, C-contiguous): fp32, or
-    bf16 input and VNNI-paired bf16 weights (native: VDPBF16PS) with an fp32 output.
+                   int n_threads, bint native=False, tuple integer=None, int fill=0):
+    """Run a planned forward convolution on blocked buffers (flattened, C-contiguous), fp32 output:
+    fp32; bf16 input and VNNI-paired bf16 weights (native: VDPBF16PS); or integer operands with
+    `integer` describing the call (dlcpu_kernels.integer_call: uint8 x and int8 weights viewed as
+    uint8, or int16 both; native: VPDPBUSD / VPDPWSSD) and `fill` the byte that pads x (128 for
+    u8 activations with zero point 128).
 
     Extents were checked in dlcpu/conv.py.  Returns the number of kernel calls that failed: 0,
     since the plan was checked against the tile table when it was made (a failed scratch
@@ -150,6 +164,20 @@ def conv2d_forward(const brgemm_operand[::1] x, const brgemm_operand[::1] w, con
     cdef int errors = 0
     cdef brgemm_operand *tile = NULL
     cdef const float *bias_ptr = &bias[0] if bias.shape[0] > 0 else NULL
+    cdef dlcpu_brgemm_int_t q_int
+    cdef int want
+    cdef const dlcpu_brgemm_int_t *q = NULL
+    if brgemm_operand is uint8_t or brgemm_operand is int16_t:
+        if integer is None:
+            raise ValueError("conv2d_forward: integer operands need their call description (integer=)")
+        q_int = integer_call(integer)
+        if brgemm_operand is int16_t:
+            want = DLCPU_INT_S16
+        else:
+            want = DLCPU_INT_U8S8
+        if q_int.format != want:
+            raise ValueError("conv2d_forward: the call description's format does not match the operand type")
+        q = &q_int
 
     with nogil, parallel(num_threads=n_threads):
         # Per-thread tile, allocated inside the region so its pages are first touched by the
@@ -162,7 +190,7 @@ def conv2d_forward(const brgemm_operand[::1] x, const brgemm_operand[::1] w, con
                 errors += 1
             else:
                 errors += run_item(g, item, &x[0], &w[0], bias_ptr, &y[0], &a_offs[0], &b_offs[0],
-                                   batch, tile, native)
+                                   batch, tile, native, q, fill)
         free(tile)
     return errors
 

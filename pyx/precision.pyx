@@ -6,13 +6,13 @@ the memory.  Chunks are 64K elements: large enough to hide the scheduling cost, 
 multiple of the chunk size, so no chunk crosses a run of 2^32 element indices (the stochastic
 rounding's hash keys each such run separately).
 """
-from libc.stdint cimport int16_t, int64_t, uint16_t, uint32_t
+from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t, uint32_t
 from cython.parallel cimport prange
 
 import numpy as np
 
 from dlcpu_kernels cimport (dlcpu_f32_to_bf16, dlcpu_f32_to_bf16_vnni, dlcpu_bf16_to_f32, dlcpu_absmax_bits,
-                            dlcpu_dfp16_quantize, dlcpu_mix32)
+                            dlcpu_dfp16_quantize, dlcpu_mix32, dlcpu_quantize_u8)
 
 # 64K elements per chunk (see the module docstring)
 cdef int64_t CHUNK = 65536
@@ -77,3 +77,14 @@ def dfp16_quantize(const float[::1] x, int16_t[::1] y, double scale, int limit, 
         # the key of lo's run of 2^32 indices: the seed's hash mixed with the run number
         dlcpu_dfp16_quantize(isa, &x[lo], &y[lo], min(CHUNK, n - lo), scale, limit, stochastic,
                              dlcpu_mix32(key0 ^ <uint32_t>(lo >> 32)), <uint32_t>lo)  # the low 32 bits
+
+
+def quantize_u8(const float[::1] x, uint8_t[::1] y, double scale, int zero_point, int isa, int n_threads):
+    """y = clamp(round-half-even(x / scale) + zero_point, 0, 255) (u8 activations of the int8
+    kernels; the quotient in double, as dlcpu.precision.to_int8 rounds it)."""
+    cdef int64_t n = x.shape[0], c, lo
+    if y.shape[0] != n:
+        raise ValueError(f"quantize_u8: x has {n} elements, y {y.shape[0]}")
+    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static', num_threads=n_threads):
+        lo = c * CHUNK
+        dlcpu_quantize_u8(isa, &x[lo], &y[lo], min(CHUNK, n - lo), scale, zero_point)

@@ -85,7 +85,7 @@ def test_bf16_matmul_against_pytorch(rng):
 
 @pytest.mark.parametrize("call,error,match", [
     (lambda x, y: dlcpu.matmul(x, y, precision="fp8"), ValueError, "unknown precision 'fp8'"),
-    (lambda x, y: dlcpu.matmul(x, y, precision="int8"), ValueError, "no GEMM kernel yet"),
+    (lambda x, y: dlcpu.matmul(x, y, precision="ternary"), ValueError, "no GEMM kernel yet"),
     (lambda x, y: dlcpu.matmul(x, gemm.pack_matmul_operand(y), precision="bf16"), ValueError,
      "packed for precision 'fp32'"),
     (lambda x, y: dlcpu.matmul(x, gemm.pack_matmul_operand(y, precision="bf16")), ValueError,
@@ -97,7 +97,11 @@ def test_bf16_matmul_against_pytorch(rng):
      ValueError, "must be an fp32 PackedMatrix"),
     (lambda x, y: gemm.PackedMatrix(np.zeros((1, 1, 16, 16), np.float32), (3, 4), "bf16"), ValueError, "uint16"),
     (lambda x, y: gemm.PackedMatrix(np.zeros((1, 1, 16, 16), np.float32), (3, 4), "int8"), ValueError,
-     "precision must be one of fp32, bf16"),
+     "C-contiguous int8 array"),
+    (lambda x, y: gemm.PackedMatrix(np.zeros((1, 1, 16, 16), np.int8), (3, 4), "int8"), ValueError,
+     "needs its scales or exponent"),
+    (lambda x, y: gemm.PackedMatrix(np.zeros((1, 1, 16, 16), np.float32), (3, 4), "fp8"), ValueError,
+     "precision must be one of fp32, bf16, dfp16, int8"),
 ])
 def test_bf16_matmul_bad_input(call, error, match):
     x = np.ones((4, 3), np.float32)

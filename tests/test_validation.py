@@ -189,10 +189,11 @@ def test_pool_kernel_area_beyond_int_range_is_refused(rng):
         pool.avg_pool2d(_blocked(rng, 1, 16, 2, 2), (2**16, 2**16), padding=(2**15, 2**15))
 
 
-def test_unblock_weights_refuses_other_dtypes():
-    t = dlcpu.BlockedTensor(np.zeros((1, 1, 1, 1, 16, 16), np.float64), (16, 16, 1, 1), "weight")
+def test_blocked_tensors_of_other_dtypes_are_refused():
+    with pytest.raises(TypeError, match="a fp32 weight holds float32 data, got float64"):
+        dlcpu.BlockedTensor(np.zeros((1, 1, 1, 1, 16, 16), np.float64), (16, 16, 1, 1), "weight")
     with pytest.raises(TypeError, match="only float32"):
-        dlcpu.unblock_weights(t)
+        dlcpu.unblock_weights(dlcpu.block_weights_bf16(np.ones((16, 16, 1, 1), np.float32)))
 
 
 def test_tampered_recurrent_cache_is_refused(rng):

@@ -11,7 +11,9 @@
  * cost 5-15% (it streams the full input through memory once more per call).
  *
  * The copies move whole 16-channel pixels and never look at the values, so they are written once
- * for any element type: px is the bytes of one pixel (64 for fp32, 32 for bf16).
+ * for any element type: px is the bytes of one pixel (64 for fp32, 32 for bf16 and int16, 16 for
+ * 8-bit), and fill is the byte that pads (0; 128 for u8 activations stored with zero point 128,
+ * where the byte 128 is the value 0).
  */
 #ifndef DLCPU_CONV_F32_H
 #define DLCPU_CONV_F32_H
@@ -21,14 +23,14 @@
 
 static inline void
 dlcpu_conv_pack_tile(const char *x_img, char *tile, int64_t Cb, int64_t H, int64_t W,
-                     int64_t ih0, int64_t TR, int64_t sw, int64_t PW, int64_t pad_w, int64_t px)
+                     int64_t ih0, int64_t TR, int64_t sw, int64_t PW, int64_t pad_w, int64_t px, int fill)
 {
     for (int64_t cb = 0; cb < Cb; cb++) {
         for (int64_t tr = 0; tr < TR; tr++) {
             const int64_t ih = ih0 + tr;
             char *dst_row = tile + (cb * TR + tr) * sw * PW * px;
             if (ih < 0 || ih >= H) {
-                memset(dst_row, 0, px * sw * PW);
+                memset(dst_row, fill, px * sw * PW);
                 continue;
             }
             const char *src_row = x_img + (cb * H + ih) * W * px;
@@ -39,16 +41,16 @@ dlcpu_conv_pack_tile(const char *x_img, char *tile, int64_t Cb, int64_t H, int64
                 if (lo > PW) lo = PW;
                 if (hi > PW) hi = PW;
                 if (hi < lo) hi = lo;
-                memset(dst_row, 0, px * lo);
+                memset(dst_row, fill, px * lo);
                 if (hi > lo) memcpy(dst_row + px * lo, src_row + px * (lo - pad_w), px * (hi - lo));
-                if (PW > hi) memset(dst_row + px * hi, 0, px * (PW - hi));
+                if (PW > hi) memset(dst_row + px * hi, fill, px * (PW - hi));
                 continue;
             }
             for (int64_t ph = 0; ph < sw; ph++) {
                 char *dst = dst_row + ph * PW * px;
                 for (int64_t pos = 0; pos < PW; pos++) {
                     const int64_t iw = pos * sw + ph - pad_w;
-                    if (iw < 0 || iw >= W) memset(dst + pos * px, 0, px);
+                    if (iw < 0 || iw >= W) memset(dst + pos * px, fill, px);
                     else memcpy(dst + pos * px, src_row + iw * px, px);
                 }
             }
@@ -72,20 +74,20 @@ static inline void dlcpu_transpose_16x16_f32(const float *src, float *dst)
 static inline void
 dlcpu_conv_pack_subsampled(const char *x_img, char *tile, int64_t Cb, int64_t H, int64_t W,
                            int64_t ih0, int64_t rows, int64_t sh, int64_t iw0, int64_t cols,
-                           int64_t sw, int64_t px)
+                           int64_t sw, int64_t px, int fill)
 {
     for (int64_t cb = 0; cb < Cb; cb++) {
         for (int64_t i = 0; i < rows; i++) {
             const int64_t ih = ih0 + i * sh;
             char *dst = tile + (cb * rows + i) * cols * px;
             if (ih < 0 || ih >= H) {
-                memset(dst, 0, px * cols);
+                memset(dst, fill, px * cols);
                 continue;
             }
             const char *src_row = x_img + (cb * H + ih) * W * px;
             for (int64_t j = 0; j < cols; j++) {
                 const int64_t iw = iw0 + j * sw;
-                if (iw < 0 || iw >= W) memset(dst + j * px, 0, px);
+                if (iw < 0 || iw >= W) memset(dst + j * px, fill, px);
                 else memcpy(dst + j * px, src_row + iw * px, px);
             }
         }
@@ -94,18 +96,18 @@ dlcpu_conv_pack_subsampled(const char *x_img, char *tile, int64_t Cb, int64_t H,
 
 /* Where one work item's B blocks start (tile mode DLCPU_TILE_*, tiles.h): the image in place, or a
  * freshly packed tile of the TR input rows from output row p0 on.  Shared by the forward and the
- * weight-update drivers; px: bytes per pixel. */
+ * weight-update drivers; px: bytes per pixel, fill: the padding byte. */
 static inline const void *
 dlcpu_conv_item_input_px(int mode, const void *x_img, void *tile, int64_t Cb, int64_t H, int64_t W,
                          int64_t p0, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t TR, int64_t PW,
-                         int64_t px)
+                         int64_t px, int fill)
 {
     if (mode == DLCPU_TILE_PADDED) {
-        dlcpu_conv_pack_tile((const char *)x_img, (char *)tile, Cb, H, W, p0 * sh - ph, TR, sw, PW, pw, px);
+        dlcpu_conv_pack_tile((const char *)x_img, (char *)tile, Cb, H, W, p0 * sh - ph, TR, sw, PW, pw, px, fill);
         return tile;
     }
     if (mode == DLCPU_TILE_SUBSAMPLED) {
-        dlcpu_conv_pack_subsampled((const char *)x_img, (char *)tile, Cb, H, W, p0 * sh - ph, TR, sh, -pw, PW, sw, px);
+        dlcpu_conv_pack_subsampled((const char *)x_img, (char *)tile, Cb, H, W, p0 * sh - ph, TR, sh, -pw, PW, sw, px, fill);
         return tile;
     }
     return (const char *)x_img + p0 * W * px;
@@ -116,14 +118,7 @@ dlcpu_conv_item_input(int mode, const float *x_img, float *tile, int64_t Cb, int
                       int64_t p0, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t TR, int64_t PW)
 {
     return (const float *)dlcpu_conv_item_input_px(mode, x_img, tile, Cb, H, W, p0, sh, sw, ph, pw, TR, PW,
-                                                   16 * sizeof(float));
+                                                   16 * sizeof(float), 0);
 }
 
-static inline const uint16_t *
-dlcpu_conv_item_input_bf16(int mode, const uint16_t *x_img, uint16_t *tile, int64_t Cb, int64_t H, int64_t W,
-                           int64_t p0, int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t TR, int64_t PW)
-{
-    return (const uint16_t *)dlcpu_conv_item_input_px(mode, x_img, tile, Cb, H, W, p0, sh, sw, ph, pw, TR, PW,
-                                                      16 * sizeof(uint16_t));
-}
 #endif

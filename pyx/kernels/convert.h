@@ -371,4 +371,42 @@ static inline void dlcpu_dfp16_quantize(int isa, const float *x, int16_t *y, int
         dlcpu_dfp16_quantize_scalar(x, y, n, scale, limit, stochastic, key, first);
 }
 
+/* ------------------------------------------------------------------ u8 activations (int8 kernels) */
+/* y = clamp(round-half-even(x / scale) + zero_point, 0, 255), the quotient in double so that it
+ * rounds as dlcpu.precision.to_int8 (float64) does; x is finite (the caller checked). */
+static void dlcpu_quantize_u8_scalar(const float *x, uint8_t *y, int64_t n, double scale, int zero_point)
+{
+    for (int64_t i = 0; i < n; i++) {
+        double q = nearbyint((double)x[i] / scale) + zero_point;
+        q = q < 0.0 ? 0.0 : (q > 255.0 ? 255.0 : q);
+        y[i] = (uint8_t)q;
+    }
+}
+
+DLCPU_TARGET_AVX512 static void dlcpu_quantize_u8_avx512(const float *x, uint8_t *y, int64_t n, double scale,
+                                                        int zero_point)
+{
+    const __m512d s = _mm512_set1_pd(scale), zp = _mm512_set1_pd((double)zero_point);
+    const __m512d lo = _mm512_setzero_pd(), hi = _mm512_set1_pd(255.0);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 f = _mm512_loadu_ps(x + i);
+        __m512d a = _mm512_div_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(f)), s);
+        __m512d b = _mm512_div_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1))), s);
+        a = _mm512_add_pd(_mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zp);
+        b = _mm512_add_pd(_mm512_roundscale_pd(b, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zp);
+        a = _mm512_max_pd(_mm512_min_pd(a, hi), lo);
+        b = _mm512_max_pd(_mm512_min_pd(b, hi), lo);
+        const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvttpd_epi32(a)), _mm512_cvttpd_epi32(b), 1);
+        _mm_storeu_si128((__m128i *)(y + i), _mm512_cvtepi32_epi8(both));
+    }
+    dlcpu_quantize_u8_scalar(x + i, y + i, n - i, scale, zero_point);
+}
+
+static inline void dlcpu_quantize_u8(int isa, const float *x, uint8_t *y, int64_t n, double scale, int zero_point)
+{
+    if (isa == DLCPU_ISA_AVX512) dlcpu_quantize_u8_avx512(x, y, n, scale, zero_point);
+    else dlcpu_quantize_u8_scalar(x, y, n, scale, zero_point);
+}
+
 #endif

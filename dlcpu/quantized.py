@@ -1,0 +1,272 @@
+"""Integer operands of the BRGEMM kernels (pyx/kernels/brgemm_int.h): int8 and DFP-16 tensors in
+the blocked layouts, and the description of one integer call -- its flush schedule, multipliers
+and zero-point compensation -- with the proof that its int32 sums cannot overflow.
+
+    xq = to_int8_blocked(x)                  # u8 activations: scale s_x, zero point 0 or 128
+    wq = block_weights_int8(w)               # s8 weights in VNNI quads, one scale per output channel
+    xd = to_dfp16_blocked(x); wd = block_weights_dfp16(w)   # int16 mantissas, shared exponents
+    conv2d(xq, wq, precision="int8"); conv2d(xd, wd, precision="dfp16")
+
+Layouts (DESIGN.md §3): activations keep I[N][C/16][H][W][16] with uint8 or int16 elements;
+weights keep W[K/16][C/16][R][S] blocks of 256 elements, each block as VNNI groups -- int8 quads
+[4][16k][4] (channels 4q..4q+3 of output k side by side: one VPDPBUSD operand), int16 pairs
+[8][16k][2] (one VPDPWSSD operand).  Padded channels hold zero weights, so whatever the padded
+activation channels hold adds nothing.
+
+int8: x ~ s_x * (q_x - z) with z = 0 when every value is >= 0 (after a ReLU: u8 spans [0, 255]
+for [0, max]) and z = 128 otherwise (u8 = round(x / s_x) + 128 with s_x = max|x| / 127, so that
+VPDPBUSD's unsigned operand can carry signed data); w ~ s_w[k] * q_w, symmetric, |q_w| <= 127.
+Then  y[k] = s_x * s_w[k] * (sum q_w * q_x  -  z * sum q_w[k])  (+ bias): the kernel sums in
+int32, subtracts the compensation z * sum q_w[k] (exact, in int32) and multiplies once.  Zero
+padding around the image must be the value 0, so the tile copies pad with the byte z.
+
+DFP-16: x = I_x * 2**E_x, w = I_w * 2**E_w, y = 2**(E_x + E_w) * sum I_x * I_w, with
+dlcpu.precision.to_dfp16's exponent and rounding and one more clamp: |I| <= 2**(15 - headroom) - 1
+(only a value within half an ulp of the top can round up to 2**(15 - headroom); clamped, it loses
+that ulp, and the int32 chains get twice as long: 16 pairs instead of 15 with 2 bits).
+
+Why the sums cannot overflow: one VPDPBUSD adds four products of at most 255 * 127, one
+VPDPWSSD two of at most M_x * M_w, where M_x, M_w bound the mantissa magnitudes (M = 2**13 - 1
+with the default 2 bits of headroom).  A chain of n instructions stays below 2**31 when
+n * (that) <= 2**31 - 1; the kernel converts its int32 tile to fp32 and adds it into C after
+every such chain (int8: 4144 channel blocks, far beyond a ResNet layer's 4608 channels x taps /
+16 = 288; DFP-16 with 2 bits of headroom: 16 pairs, two channel blocks).  chain_schedule below is
+that arithmetic; tests check it against the worst case.
+"""
+import math
+
+import numpy as np
+
+from . import cpu
+from ._ext import precision as _precision
+from ._validate import positive_int
+from .layout import CB, BlockedTensor, block_weights, to_blocked
+from .precision import DFP16_HEADROOM, ROUNDINGS, _absmax, _headroom, _int8_scale, _to_dfp16, check_precision
+
+INT32_MAX = 2 ** 31 - 1
+#: the zero point of u8 activations that hold signed values
+U8_ZERO_POINT = 128
+#: the largest |q| of a symmetric int8 weight and the largest u8 activation
+INT8_WEIGHT_MAX, U8_MAX = 127, 255
+#: the integer formats with kernels, the element type of their activations and weights, and the
+#: channels one VNNI instruction sums per output (its group)
+INTEGER_FORMATS = ("int8", "dfp16")
+ACTIVATION_DTYPES = {"int8": np.uint8, "dfp16": np.int16}
+WEIGHT_DTYPES = {"int8": np.int8, "dfp16": np.int16}
+GROUP = {"int8": 4, "dfp16": 2}
+#: formats of brgemm_int.h's call description
+_U8S8, _S16 = 0, 1
+
+
+def native_vnni(isa_name):
+    """Whether the integer kernels run VPDPBUSD / VPDPWSSD: the AVX-512 path of a CPU with
+    avx512_vnni (the other paths form the same integer sums with VPMADDWD)."""
+    return isa_name == "avx512" and cpu.features()["avx512_vnni"]
+
+
+# ---------------------------------------------------------------------------------- layouts
+def _vnni_groups(blocks, group):
+    """(..., 16c, 16k) -> (..., 16c/group, 16k, group), returned as (..., 16, 16)."""
+    lead = blocks.shape[:-2]
+    g = blocks.reshape(*lead, CB // group, group, CB)
+    return np.ascontiguousarray(np.swapaxes(g, -1, -2)).reshape(*lead, CB, CB)
+
+
+def _from_vnni_groups(blocks, group):
+    lead = blocks.shape[:-2]
+    g = blocks.reshape(*lead, CB // group, CB, group)
+    return np.ascontiguousarray(np.swapaxes(g, -1, -2)).reshape(*lead, CB, CB)
+
+
+def _fp32_activation(x, fn, n_threads):
+    if isinstance(x, BlockedTensor):
+        if x.kind != "activation" or x.precision != "fp32":
+            raise TypeError(f"{fn}: expected an NCHW float32 array or an fp32 activation BlockedTensor, got a "
+                            f"{x.precision} {x.kind} BlockedTensor")
+        return x
+    return to_blocked(x, n_threads)
+
+
+def _fp32_weight(w, fn, n_threads):
+    if isinstance(w, BlockedTensor):
+        if w.kind != "weight" or w.precision != "fp32":
+            raise TypeError(f"{fn}: expected KCRS float32 weights or an fp32 weight BlockedTensor, got a "
+                            f"{w.precision} {w.kind} BlockedTensor")
+        return w
+    return block_weights(w, n_threads)
+
+
+# ------------------------------------------------------------------------------------- int8
+def to_int8_blocked(x, scale=None, *, unsigned=None, n_threads=None, isa=None):
+    """NCHW float32 (or an fp32 activation BlockedTensor) -> u8 activation BlockedTensor with
+    scale (s_x, zero_point).  scale=None: from this tensor (max|x| / 255 when no value is
+    negative, else max|x| / 127 with zero point 128); or a calibrated scale with `unsigned`
+    (dlcpu.precision.ActivationCalibrator's scale and unsigned).  NaN/Inf are refused."""
+    fn = "to_int8_blocked"
+    xb = _fp32_activation(x, fn, n_threads)
+    code, threads = cpu.isa_code(isa), cpu.resolve_threads(n_threads)
+    absmax = _absmax(xb.data, code, threads, fn, "int8 quantization")
+    if scale is None:
+        if unsigned is not None:
+            raise ValueError(f"{fn}: unsigned= goes with a calibrated scale; without one it follows the data")
+        unsigned = not bool((xb.data < 0).any())
+        scale = float(_int8_scale(absmax, U8_MAX if unsigned else INT8_WEIGHT_MAX))
+    else:
+        if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{fn}: scale must be a positive real number, got {scale!r}")
+        scale = float(np.float32(scale))
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"{fn}: scale must be finite and > 0, got {scale}")
+        if unsigned is None:
+            raise ValueError(f"{fn}: a calibrated scale needs unsigned=True/False (ActivationCalibrator.unsigned)")
+        unsigned = bool(unsigned)
+    zero_point = 0 if unsigned else U8_ZERO_POINT
+    out = np.empty(xb.data.shape, np.uint8)
+    _precision.quantize_u8(xb.data.reshape(-1), out.reshape(-1), scale, zero_point, code, threads)
+    return BlockedTensor(out, tuple(xb.shape), "activation", scale=(scale, zero_point), precision="int8")
+
+
+def block_weights_int8(w, *, n_threads=None):
+    """KCRS float32 (or an fp32 weight BlockedTensor) -> s8 weight BlockedTensor in VNNI quads,
+    scale = (per-output-channel scales, per-output-channel sums of the int8 weights) -- the sums
+    give the zero-point compensation.  Padded output channels get scale 1 and zero weights."""
+    fn = "block_weights_int8"
+    wb = _fp32_weight(w, fn, n_threads)
+    data = wb.data                                          # (Kb, Cb, R, S, 16c, 16k)
+    if not np.isfinite(data).all():
+        _absmax(data, cpu.isa_code(None), cpu.resolve_threads(n_threads), fn, "an int8 scale")
+    per_k = np.abs(np.moveaxis(data, -1, 1)).reshape(data.shape[0], CB, -1).max(axis=2).reshape(-1)
+    scales = np.array([_int8_scale(float(m), INT8_WEIGHT_MAX) for m in per_k], np.float32)
+    k_scale = scales.reshape(data.shape[0], 1, 1, 1, 1, CB).astype(np.float64)
+    q = np.clip(np.rint(data.astype(np.float64) / k_scale), -INT8_WEIGHT_MAX, INT8_WEIGHT_MAX).astype(np.int8)
+    sums = np.moveaxis(q.astype(np.int64), -1, 1).reshape(data.shape[0], CB, -1).sum(axis=2).reshape(-1)
+    return BlockedTensor(_vnni_groups(q, 4), tuple(wb.shape), "weight", scale=(scales, sums), precision="int8")
+
+
+# ------------------------------------------------------------------------------------ DFP-16
+def to_dfp16_blocked(x, *, headroom=DFP16_HEADROOM, rounding="nearest", seed=0, n_threads=None, isa=None):
+    """NCHW float32 (or an fp32 activation BlockedTensor) -> int16 activation BlockedTensor,
+    scale = (shared exponent E, bound on |mantissa|); dlcpu.precision.to_dfp16's rules."""
+    fn = "to_dfp16_blocked"
+    xb = _fp32_activation(x, fn, n_threads)
+    return _dfp16_blocked(xb, "activation", headroom, rounding, seed, n_threads, isa, fn)
+
+
+def block_weights_dfp16(w, *, headroom=DFP16_HEADROOM, rounding="nearest", seed=0, n_threads=None, isa=None):
+    """KCRS float32 (or an fp32 weight BlockedTensor) -> int16 weight BlockedTensor in VNNI pairs,
+    scale = (shared exponent E, bound on |mantissa|)."""
+    fn = "block_weights_dfp16"
+    wb = _fp32_weight(w, fn, n_threads)
+    return _dfp16_blocked(wb, "weight", headroom, rounding, seed, n_threads, isa, fn)
+
+
+def _dfp16_blocked(t, kind, headroom, rounding, seed, n_threads, isa, fn):
+    headroom = _headroom(headroom, fn)
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"{fn}: rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+    seed = positive_int(seed, "seed", fn, minimum=0)
+    if seed >= 2 ** 32:
+        raise ValueError(f"{fn}: seed must be < 2**32, got {seed}")
+    d, bound = _to_dfp16(t.data, headroom, rounding, seed, cpu.isa_code(isa), cpu.resolve_threads(n_threads), fn,
+                         within_headroom=True)
+    data = _vnni_groups(d.mantissas, 2) if kind == "weight" else d.mantissas
+    return BlockedTensor(data, tuple(t.shape), kind, scale=(d.exponent, bound), precision="dfp16")
+
+
+def dequantize(t):
+    """The float32 values a quantized BlockedTensor stands for, in its blocked fp32 layout."""
+    if t.precision == "int8":
+        if t.kind == "activation":
+            s, z = t.scale
+            return ((t.data.astype(np.float64) - z) * s).astype(np.float32)
+        q = _from_vnni_groups(t.data, 4).astype(np.float64)
+        return (q * t.scale[0].reshape(q.shape[0], 1, 1, 1, 1, CB)).astype(np.float32)
+    if t.precision == "dfp16":
+        m = t.data if t.kind == "activation" else _from_vnni_groups(t.data, 2)
+        return np.ldexp(m.astype(np.float64), t.scale[0]).astype(np.float32)
+    raise ValueError(f"dequantize: expected an int8 or dfp16 BlockedTensor, got {t.precision}")
+
+
+# ---------------------------------------------------------------------------- call description
+def chain_schedule(precision, x_bound=U8_MAX, w_bound=INT8_WEIGHT_MAX):
+    """(flush_steps, flush_blocks): how many VNNI groups inside a 16-channel block, and how many
+    blocks, one int32 chain may sum before it must be flushed into fp32 (module doc).  x_bound,
+    w_bound: the largest |activation| and |weight| integers."""
+    groups = CB // GROUP[precision]                           # instructions per full block
+    per_step = GROUP[precision] * int(x_bound) * int(w_bound)   # the most one instruction adds
+    steps = INT32_MAX // max(1, per_step)
+    if steps < 1:
+        raise ValueError(f"{precision}: one instruction can overflow int32 ({GROUP[precision]} x {x_bound} x {w_bound})")
+    if steps >= groups:
+        return groups, steps // groups
+    return steps, 1
+
+
+def integer_call(precision, xq, wq, n_blocks_per_call, k_pad):
+    """(spec, fill) for the integer kernels: spec is the tuple pyx's integer_call reads (format,
+    flush_steps, flush_blocks, per-output-channel multipliers, None, 0, compensation) and fill
+    the byte that pads the activations.  n_blocks_per_call: the blocks one call reduces."""
+    if precision == "int8":
+        s_x, z = xq.scale
+        s_w, sums = wq.scale
+        steps, blocks = chain_schedule("int8")
+        if n_blocks_per_call > blocks:
+            raise ValueError(f"int8: one output sums {n_blocks_per_call} blocks of {CB} channels (channels x taps), "
+                             f"more than the {blocks} an int32 chain provably holds (255 x 127 x {CB * blocks} < 2**31)")
+        scale = (np.float64(s_x) * s_w.astype(np.float64)).astype(np.float32)
+        comp = (z * sums).astype(np.int32) if z else None
+        return (_U8S8, steps, blocks, _padded(scale, k_pad, 1.0), None, 0, _padded(comp, k_pad, 0)), z
+    e_x, m_x = xq.scale
+    e_w, m_w = wq.scale
+    steps, blocks = chain_schedule("dfp16", m_x, m_w)
+    e = e_x + e_w
+    if not -126 <= e <= 127:
+        raise ValueError(f"dfp16: the product's exponent E_x + E_w = {e_x} + {e_w} = {e} is outside fp32's normal "
+                         "range [-126, 127]; rescale the operands")
+    scale = np.full(k_pad, math.ldexp(1.0, e), np.float32)
+    return (_S16, steps, blocks, scale, None, 0, None), 0
+
+
+def _padded(a, n, value):
+    if a is None or a.shape[0] == n:
+        return a
+    out = np.full(n, value, a.dtype)
+    out[: a.shape[0]] = a[:n]
+    return out
+
+
+def quantize_operands(precision, xb, wb, w, *, headroom=DFP16_HEADROOM, n_threads=None, isa=None):
+    """(activation, weight) BlockedTensors of `precision` for a convolution or GEMM, converting
+    whichever operand is not one already (xb: an activation BlockedTensor; wb: a weight
+    BlockedTensor or None with w the KCRS array)."""
+    precision = check_precision(precision, "quantize_operands")
+    if precision not in INTEGER_FORMATS:
+        raise ValueError(f"quantize_operands: expected one of {', '.join(INTEGER_FORMATS)}, got {precision!r}")
+    if precision == "int8":
+        xq = xb if xb.precision == "int8" else to_int8_blocked(xb, n_threads=n_threads, isa=isa)
+        wq = wb if wb is not None and wb.precision == "int8" else block_weights_int8(
+            wb if wb is not None else w, n_threads=n_threads)
+    else:
+        xq = xb if xb.precision == "dfp16" else to_dfp16_blocked(xb, headroom=headroom, n_threads=n_threads, isa=isa)
+        wq = wb if wb is not None and wb.precision == "dfp16" else block_weights_dfp16(
+            wb if wb is not None else w, headroom=headroom, n_threads=n_threads, isa=isa)
+    return xq, wq
+
+
+def kernel_view(t):
+    """The array the kernels read: int8 weights as uint8 (the same bytes; Cython's fused type
+    pairs them with the u8 activations)."""
+    data = t.data.reshape(-1)
+    return data.view(np.uint8) if data.dtype == np.int8 else data
+
+
+__all__ = [
+    "INTEGER_FORMATS",
+    "block_weights_dfp16",
+    "block_weights_int8",
+    "chain_schedule",
+    "dequantize",
+    "native_vnni",
+    "to_dfp16_blocked",
+    "to_int8_blocked",
+]

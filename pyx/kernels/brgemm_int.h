@@ -1,0 +1,456 @@
+/*
+ * Integer batch-reduce GEMM microkernels: C (+)= sum_i A_i * B_i with 8- or 16-bit integer
+ * operands, int32 accumulation and fp32 output -- for int8 (u8 activations x s8 weights),
+ * ternary weights (s8 codes in {-1, 0, 1}) and DFP-16 (int16 x int16).
+ *
+ * Layouts (DESIGN.md §3): A keeps the weights' blocks of 16 outputs with the reduction taken in
+ * groups -- int8 quads [4][16 outputs][4], int16 pairs [8][16][2] -- so one 512-bit load holds a
+ * group of channels for all 16 outputs; B keeps the activation layout (16 values per pixel) and
+ * one 32-bit broadcast feeds a group.  A block is 256 elements either way, so the drivers' element
+ * offsets are those of the fp32 and bf16 kernels.  Every channel of a block is read: padded
+ * channels must hold zero weights.
+ *
+ * Why the int32 sums are flushed: an int32 chain overflows silently.  A u8 x s8 product is at most
+ * 255 * 128 in magnitude, so 16,000 blocks fit; an int16 product of DFP-16 mantissas can reach
+ * 2**30, so a chain must be bounded by the mantissas' headroom (two bits of headroom: 16 pairs).
+ * The caller (dlcpu/quantized.py) proves the bound and sets the schedule: every flush_steps
+ * reduction groups inside a block, and after every flush_blocks blocks, the int32 tile is
+ * converted to fp32 and added, with its multiplier, into an fp32 tile of partial sums on the
+ * stack, and the int32 tile restarts at zero.  The partial sums live in L1, not in registers, so
+ * the register tile stays as large as the fp32 kernels' (a flush every 2 blocks costs 3 vector
+ * ops per 16 dot products).  The multiplier is
+ * one vector per output group (int8: s_x * s_w[k]; DFP-16: 2**(E_a + E_b)) or, for ternary
+ * weights, one per block of N channels (alpha_b * s_x) found beside the block (block_scale).
+ * The last flush subtracts the zero-point compensation (u8 activations stored as x + 128), adds
+ * beta*C and the bias, applies the ReLU and writes C once.
+ *
+ * Paths: AVX-512 with avx512_vnni (VPDPBUSD / VPDPWSSD); AVX-512BW and AVX2 without it, where a
+ * group's products are formed by VPMADDWD on 16-bit lanes (u8 and s8 widened first): exact
+ * integers either way, and the flush is the same fp32 arithmetic, so every path gives the same
+ * bits; a scalar path in plain C.  Same tile tables as brgemm_f32.h, so the same plans run.
+ */
+#ifndef DLCPU_BRGEMM_INT_H
+#define DLCPU_BRGEMM_INT_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <immintrin.h>
+#include "isa.h"
+#include "tiles.h"
+#include "brgemm_f32.h"
+
+#define DLCPU_TARGET_AVX512VNNI \
+    __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+#define DLCPU_TARGET_AVX512BW DLCPU_TARGET_AVX512
+
+enum { DLCPU_INT_U8S8 = 0, DLCPU_INT_S16 = 1 };
+
+/* What an integer call adds to dlcpu_brgemm_f32_t (geometry, offsets, C, bias, ReLU, beta). */
+typedef struct {
+    int format;                 /* DLCPU_INT_U8S8: B uint8, A int8;  DLCPU_INT_S16: both int16 */
+    int flush_steps;            /* groups (quads / pairs) per flush inside a block (>= a block's: none) */
+    int64_t flush_blocks;       /* blocks per flush */
+    const float *scale;         /* 16*mv multipliers (NULL: 1), when block_scale is NULL */
+    const float *block_scale;   /* or: per A block (256 elements at element offset o), the
+                                 * multipliers of its sub-blocks at block_scale + o/256*16*block_groups */
+    int block_groups;           /* sub-blocks per A block (16 / N for ternary blocks of N < 16) */
+    const int32_t *comp;        /* NULL or 16*mv int32 subtracted from the sums at the last flush */
+} dlcpu_brgemm_int_t;
+
+/* Block i's A and B as byte pointers (es: bytes per element). */
+static inline __attribute__((always_inline)) void
+dlcpu_bri_block(const dlcpu_brgemm_f32_t *p, const char *a0, const char *b0, int64_t i, int es,
+                const char **a, const char **b)
+{
+    if (p->kind == DLCPU_BR_STRD) {
+        *a = a0 + i * p->a_stride * es;
+        *b = b0 + i * p->b_stride * es;
+    } else {
+        *a = a0 + p->a_offs[i] * es;
+        *b = b0 + p->b_offs[i] * es;
+    }
+}
+
+static inline __attribute__((always_inline)) int32_t dlcpu_bri_word(const char *at)
+{
+    int32_t v;
+    memcpy(&v, at, sizeof v);
+    return v;
+}
+
+/* The multiplier vector of group g at a flush: a_g is the group's current A block, sub the
+ * sub-block the flush closes. */
+static inline __attribute__((always_inline)) const float *
+dlcpu_bri_multiplier(const dlcpu_brgemm_int_t *q, const char *a0, const char *a_g, int es, int g, int sub)
+{
+    if (q->block_scale)
+        return q->block_scale + ((int64_t)(a_g - a0) / es / 256 * q->block_groups + sub) * 16;
+    return q->scale ? q->scale + 16 * g : NULL;
+}
+
+/* ---------------------------------------------------------------------------- flush, AVX-512 */
+/* A flush adds the int32 tile, converted and multiplied, into the call's partial sums `part` (a
+ * contiguous fp32 tile on the stack: flushing into C itself, whose rows are a matrix row apart
+ * in the GEMM, measured 0.6x fp32 for DFP-16 from L1 set conflicts).  The last one adds the
+ * partial sums, beta*C and the bias, applies the ReLU and stores C:
+ *     v = fma(float(sum - comp), multiplier, part);  C = relu(v + beta*C + bias). */
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
+dlcpu_bri_flush_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, __m512i *acc, float *part,
+                       const char *a0, const char *a, int es, int sub, int first, int last, const int MV,
+                       const int NP, const int NC)
+{
+#pragma GCC unroll 2
+    for (int g = 0; g < MV; g++) {
+        const float *m = dlcpu_bri_multiplier(q, a0, a + g * p->a_mstride * es, es, g, sub);
+        const __m512 mul = m ? _mm512_loadu_ps(m) : _mm512_set1_ps(1.0f);
+        const __m512i comp = (last && q->comp) ? _mm512_loadu_si512(q->comp + 16 * g) : _mm512_setzero_si512();
+        const __m512 bias = (last && p->bias) ? _mm512_loadu_ps(p->bias + 16 * g) : _mm512_setzero_ps();
+#pragma GCC unroll 28
+        for (int t = 0; t < NP; t++) {
+            float *pt = part + (g * NP + t) * 16;
+            const __m512 s = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[g * NP + t], comp));
+            __m512 v = first ? _mm512_mul_ps(s, mul) : _mm512_fmadd_ps(s, mul, _mm512_load_ps(pt));
+            if (last) {
+                float *c = p->c + g * p->c_mstride + (t / NC) * p->c_rstride + (t % NC) * p->ldc;
+                if (p->beta) v = _mm512_add_ps(v, _mm512_loadu_ps(c));
+                v = _mm512_add_ps(v, bias);
+                if (p->relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
+                _mm512_storeu_ps(c, v);
+            } else {
+                _mm512_store_ps(pt, v);
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------- AVX-512 bodies (VNNI, BW) */
+/* One reduction group (quad or pair) of one block, at A column offset off (bytes), for every
+ * accumulator: VNNI when V, else VPMADDWD on widened 16-bit lanes. */
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512VNNI void
+dlcpu_bri_group_vnni(const dlcpu_brgemm_f32_t *p, __m512i *acc, const char *a, const char *b, int es, int S16,
+                     int gq, const int MV, const int NR, const int NC)
+{
+    const int NP = NR * NC;
+    const __m512i w0 = _mm512_loadu_si512(a + gq * 64);
+    const __m512i w1 = MV > 1 ? _mm512_loadu_si512(a + p->a_mstride * es + gq * 64) : w0;
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++) {
+        const char *br = b + (r * p->b_rstride) * es + gq * 4;
+#pragma GCC unroll 28
+        for (int j = 0; j < NC; j++) {
+            const __m512i x = _mm512_set1_epi32(dlcpu_bri_word(br + j * 16 * es));
+            if (S16) {
+                acc[r * NC + j] = _mm512_dpwssd_epi32(acc[r * NC + j], x, w0);
+                if (MV > 1) acc[NP + r * NC + j] = _mm512_dpwssd_epi32(acc[NP + r * NC + j], x, w1);
+            } else {
+                acc[r * NC + j] = _mm512_dpbusd_epi32(acc[r * NC + j], x, w0);
+                if (MV > 1) acc[NP + r * NC + j] = _mm512_dpbusd_epi32(acc[NP + r * NC + j], x, w1);
+            }
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
+dlcpu_bri_group_bw(const dlcpu_brgemm_f32_t *p, __m512i *acc, const char *a, const char *b, int es, int S16,
+                   int gq, const int MV, const int NR, const int NC)
+{
+    const int NP = NR * NC;
+    /* u8 x s8 quads as two 16-bit pairs: bytes (0, 2) and (1, 3) of each 32-bit lane */
+    const __m512i lo8 = _mm512_set1_epi16(0x00FF);
+    __m512i wl[2], wh[2];
+    for (int g = 0; g < MV; g++) {
+        const __m512i w = _mm512_loadu_si512(a + g * p->a_mstride * es + gq * 64);
+        if (S16) {
+            wl[g] = w;
+        } else {
+            wl[g] = _mm512_srai_epi16(_mm512_slli_epi16(w, 8), 8);
+            wh[g] = _mm512_srai_epi16(w, 8);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; r++) {
+        const char *br = b + (r * p->b_rstride) * es + gq * 4;
+#pragma GCC unroll 28
+        for (int j = 0; j < NC; j++) {
+            const __m512i x = _mm512_set1_epi32(dlcpu_bri_word(br + j * 16 * es));
+            if (S16) {
+                for (int g = 0; g < MV; g++)
+                    acc[g * NP + r * NC + j] = _mm512_add_epi32(acc[g * NP + r * NC + j], _mm512_madd_epi16(x, wl[g]));
+            } else {
+                const __m512i xl = _mm512_and_si512(x, lo8), xh = _mm512_srli_epi16(x, 8);
+                for (int g = 0; g < MV; g++)
+                    acc[g * NP + r * NC + j] = _mm512_add_epi32(
+                        acc[g * NP + r * NC + j],
+                        _mm512_add_epi32(_mm512_madd_epi16(xl, wl[g]), _mm512_madd_epi16(xh, wh[g])));
+            }
+        }
+    }
+}
+
+/* The walk of one call, shared by every path: chains of whole blocks (flush_steps >= a block's
+ * groups) or of a part of one block, each summed from zero in the int32 tile and then flushed
+ * (FLUSH: sub-block index, first, last).  A chain's loop holds only the dot products, so the
+ * tile stays in registers; the flush between chains is the only other work. */
+#define DLCPU_BRI_WALK(GROUP, ZERO, FLUSH)                                                              \
+    do {                                                                                                \
+        int first = 1, g0 = 0;                                                                          \
+        int64_t i = 0;                                                                                  \
+        while (i < p->batch) {                                                                          \
+            const char *a, *b;                                                                          \
+            int sub = 0;                                                                                \
+            ZERO;                                                                                       \
+            if (q->flush_steps >= groups) {                                                             \
+                const int64_t i1 = p->batch - i < q->flush_blocks ? p->batch : i + q->flush_blocks;     \
+                for (; i < i1; i++) {                                                                   \
+                    dlcpu_bri_block(p, a0, b0, i, es, &a, &b);                                          \
+                    if (i + 1 < p->batch) {                                                             \
+                        const char *an, *bn;                                                            \
+                        dlcpu_bri_block(p, a0, b0, i + 1, es, &an, &bn);                                \
+                        _mm_prefetch(an, _MM_HINT_T0);                                                  \
+                        _mm_prefetch(an + 128 * es, _MM_HINT_T0);                                       \
+                        if (MV > 1) _mm_prefetch(an + p->a_mstride * es, _MM_HINT_T0);                  \
+                    }                                                                                   \
+                    for (int gq = 0; gq < groups; gq++) GROUP;                                          \
+                }                                                                                       \
+            } else {                                                                                    \
+                const int g1 = groups - g0 < q->flush_steps ? groups : g0 + q->flush_steps;             \
+                dlcpu_bri_block(p, a0, b0, i, es, &a, &b);                                              \
+                for (int gq = g0; gq < g1; gq++) GROUP;                                                 \
+                sub = g0 / q->flush_steps;                                                              \
+                g0 = g1;                                                                                \
+                if (g0 == groups) {                                                                     \
+                    g0 = 0;                                                                             \
+                    i++;                                                                                \
+                }                                                                                       \
+            }                                                                                           \
+            FLUSH(sub, first, i == p->batch);                                                           \
+            first = 0;                                                                                  \
+        }                                                                                               \
+    } while (0)
+
+#define DLCPU_BRI_AVX512_BODY(NAME, TARGET, GROUP)                                                        \
+    static inline __attribute__((always_inline)) TARGET void                                              \
+    NAME(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const char *a0, const char *b0,         \
+         const int S16, const int MV, const int NR, const int NC)                                         \
+    {                                                                                                     \
+        __m512i acc[DLCPU_AVX512_MAX_ACC];                                                                \
+        float part[DLCPU_AVX512_MAX_ACC * 16] __attribute__((aligned(64)));                               \
+        const int NP = NR * NC, es = S16 ? 2 : 1;                                                         \
+        const int groups = S16 ? (p->k + 1) / 2 : (p->k + 3) / 4;                                         \
+        DLCPU_BRI_WALK(GROUP(p, acc, a, b, es, S16, gq, MV, NR, NC),                                      \
+                       _Pragma("GCC unroll 28") for (int t = 0; t < MV * NP; t++) acc[t] = _mm512_setzero_si512(), \
+                       DLCPU_BRI_FLUSH512);                                                               \
+    }
+#define DLCPU_BRI_FLUSH512(SUB, FIRST, LAST) \
+    dlcpu_bri_flush_avx512(p, q, acc, part, a0, a, es, SUB, FIRST, LAST, MV, NP, NC)
+
+DLCPU_BRI_AVX512_BODY(dlcpu_brgemm_int_vnni_body, DLCPU_TARGET_AVX512VNNI, dlcpu_bri_group_vnni)
+DLCPU_BRI_AVX512_BODY(dlcpu_brgemm_int_bw_body, DLCPU_TARGET_AVX512, dlcpu_bri_group_bw)
+
+/* -------------------------------------------------------------------------------------- AVX2 */
+/* A 16-lane group is two ymm halves: group g, pixel t, half h at acc[(g*NP + t)*2 + h]. */
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX2 void
+dlcpu_bri_flush_avx2(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, __m256i *acc, float *part,
+                     const char *a0, const char *a, int es, int sub, int first, int last, const int MV, const int NP,
+                     const int NC)
+{
+    for (int g = 0; g < MV; g++) {
+        const float *m = dlcpu_bri_multiplier(q, a0, a + g * p->a_mstride * es, es, g, sub);
+        for (int t = 0; t < NP; t++) {
+            float *c = p->c + g * p->c_mstride + (t / NC) * p->c_rstride + (t % NC) * p->ldc;
+            for (int h = 0; h < 2; h++) {
+                float *pt = part + (g * NP + t) * 16 + 8 * h;
+                const __m256 mul = m ? _mm256_loadu_ps(m + 8 * h) : _mm256_set1_ps(1.0f);
+                __m256i sum = acc[(g * NP + t) * 2 + h];
+                if (last && q->comp)
+                    sum = _mm256_sub_epi32(sum, _mm256_loadu_si256((const __m256i *)(q->comp + 16 * g + 8 * h)));
+                const __m256 s = _mm256_cvtepi32_ps(sum);
+                __m256 v = first ? _mm256_mul_ps(s, mul) : _mm256_fmadd_ps(s, mul, _mm256_loadu_ps(pt));
+                if (last) {
+                    if (p->beta) v = _mm256_add_ps(v, _mm256_loadu_ps(c + 8 * h));
+                    v = _mm256_add_ps(v, p->bias ? _mm256_loadu_ps(p->bias + 16 * g + 8 * h) : _mm256_setzero_ps());
+                    if (p->relu) v = _mm256_max_ps(_mm256_setzero_ps(), v);
+                    _mm256_storeu_ps(c + 8 * h, v);
+                } else {
+                    _mm256_storeu_ps(pt, v);
+                }
+            }
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX2 void
+dlcpu_bri_group_avx2(const dlcpu_brgemm_f32_t *p, __m256i *acc, const char *a, const char *b, int es, int S16, int gq,
+                     const int MV, const int NP, const int NC, __m256i lo8)
+{
+    __m256i wl[4], wh[4];
+    for (int u = 0; u < 2 * MV; u++) {
+        const __m256i w = _mm256_loadu_si256((const __m256i *)(a + (u >> 1) * p->a_mstride * es + gq * 64 + (u & 1) * 32));
+        if (S16) {
+            wl[u] = w;
+        } else {
+            wl[u] = _mm256_srai_epi16(_mm256_slli_epi16(w, 8), 8);
+            wh[u] = _mm256_srai_epi16(w, 8);
+        }
+    }
+    for (int t = 0; t < NP; t++) {
+        const __m256i x = _mm256_set1_epi32(dlcpu_bri_word(b + ((t / NC) * p->b_rstride + (t % NC) * 16) * es + gq * 4));
+        const __m256i xl = _mm256_and_si256(x, lo8), xh = _mm256_srli_epi16(x, 8);
+        for (int u = 0; u < 2 * MV; u++) {
+            __m256i *c = &acc[((u >> 1) * NP + t) * 2 + (u & 1)];
+            *c = S16 ? _mm256_add_epi32(*c, _mm256_madd_epi16(x, wl[u]))
+                     : _mm256_add_epi32(*c, _mm256_add_epi32(_mm256_madd_epi16(xl, wl[u]), _mm256_madd_epi16(xh, wh[u])));
+        }
+    }
+}
+
+#define DLCPU_BRI_FLUSH256(SUB, FIRST, LAST) \
+    dlcpu_bri_flush_avx2(p, q, acc, part, a0, a, es, SUB, FIRST, LAST, MV, NP, NC)
+
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX2 void
+dlcpu_brgemm_int_avx2_body(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const char *a0, const char *b0,
+                           const int S16, const int MV, const int NR, const int NC)
+{
+    __m256i acc[2 * DLCPU_AVX2_MAX_ACC];
+    float part[DLCPU_AVX2_MAX_ACC * 16];
+    const int NP = NR * NC, es = S16 ? 2 : 1;
+    const int groups = S16 ? (p->k + 1) / 2 : (p->k + 3) / 4;
+    const __m256i lo8 = _mm256_set1_epi16(0x00FF);
+    DLCPU_BRI_WALK(dlcpu_bri_group_avx2(p, acc, a, b, es, S16, gq, MV, NP, NC, lo8),
+                   for (int t = 0; t < 2 * MV * NP; t++) acc[t] = _mm256_setzero_si256(),
+                   DLCPU_BRI_FLUSH256);
+}
+
+/* ------------------------------------------------------------------------------------ scalar */
+static void dlcpu_bri_flush_scalar(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, int32_t (*acc)[16],
+                                   float (*part)[16], const char *a0, const char *a, int es, int sub, int first,
+                                   int last, int NP)
+{
+    for (int g = 0; g < p->mv; g++) {
+        const float *m = dlcpu_bri_multiplier(q, a0, a + g * p->a_mstride * es, es, g, sub);
+        for (int t = 0; t < NP; t++) {
+            float *c = p->c + g * p->c_mstride + (t / p->nc) * p->c_rstride + (t % p->nc) * p->ldc;
+            for (int l = 0; l < 16; l++) {
+                const int32_t sum = acc[g * NP + t][l] - ((last && q->comp) ? q->comp[16 * g + l] : 0);
+                const float s = (float)sum, mul = m ? m[l] : 1.0f;
+                float v = first ? s * mul : fmaf(s, mul, part[g * NP + t][l]);
+                if (last) {
+                    if (p->beta) v += c[l];
+                    v += p->bias ? p->bias[16 * g + l] : 0.0f;
+                    if (p->relu && v < 0.0f) v = 0.0f;
+                    c[l] = v;
+                } else {
+                    part[g * NP + t][l] = v;
+                }
+            }
+        }
+    }
+}
+
+static void dlcpu_bri_group_scalar(const dlcpu_brgemm_f32_t *p, int32_t (*acc)[16], const char *a, const char *b,
+                                   int es, int S16, int gq, int NP)
+{
+    const int per = S16 ? 2 : 4;
+    for (int g = 0; g < p->mv; g++)
+        for (int t = 0; t < NP; t++) {
+            const char *x = b + ((t / p->nc) * p->b_rstride + (t % p->nc) * 16 + gq * per) * es;
+            const char *w = a + (g * p->a_mstride + gq * 16 * per) * es;
+            for (int l = 0; l < 16; l++) {
+                int32_t s = 0;
+                for (int e = 0; e < per; e++) {
+                    if (S16)
+                        s += (int32_t)((const int16_t *)x)[e] * ((const int16_t *)w)[l * per + e];
+                    else
+                        s += (int32_t)((const uint8_t *)x)[e] * ((const int8_t *)w)[l * per + e];
+                }
+                acc[g * NP + t][l] += s;
+            }
+        }
+}
+
+#define DLCPU_BRI_FLUSH_SCALAR(SUB, FIRST, LAST) \
+    dlcpu_bri_flush_scalar(p, q, acc, part, a0, a, es, SUB, FIRST, LAST, NP)
+
+static void dlcpu_brgemm_int_scalar(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const char *a0,
+                                    const char *b0)
+{
+    int32_t acc[DLCPU_SCALAR_MAX_ACC][16];
+    float part[DLCPU_SCALAR_MAX_ACC][16];
+    const int S16 = q->format == DLCPU_INT_S16, es = S16 ? 2 : 1, NP = p->nr * p->nc, MV = p->mv;
+    const int groups = S16 ? (p->k + 1) / 2 : (p->k + 3) / 4;
+    DLCPU_BRI_WALK(dlcpu_bri_group_scalar(p, acc, a, b, es, S16, gq, NP), memset(acc, 0, sizeof(acc)),
+                   DLCPU_BRI_FLUSH_SCALAR);
+}
+
+/* ------------------------------------------------------------------------ instances, dispatch */
+typedef void (*dlcpu_brgemm_int_fn)(const dlcpu_brgemm_f32_t *, const dlcpu_brgemm_int_t *, const char *,
+                                    const char *);
+
+#define DLCPU_BRI_INST(FLAVOUR, TARGET, S16, MV, NR, NC)                                              \
+    static TARGET void dlcpu_brgemm_int_##FLAVOUR##_##S16##_##MV##_##NR##_##NC(                       \
+        const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const char *a0, const char *b0)     \
+    { dlcpu_brgemm_int_##FLAVOUR##_body(p, q, a0, b0, S16, MV, NR, NC); }
+#define DLCPU_BRI_SLOT(FLAVOUR, TARGET, S16, MV, NR, NC) \
+    [MV - 1][NR - 1][NC - 1] = dlcpu_brgemm_int_##FLAVOUR##_##S16##_##MV##_##NR##_##NC,
+
+/* brgemm_f32.h's tile lists, re-entered per flavour and format (0: u8 x s8, 1: int16). */
+#define DLCPU_BRI_vnni0(ISA, MV, NR, NC) DLCPU_BRI_EMIT(vnni, DLCPU_TARGET_AVX512VNNI, 0, MV, NR, NC)
+#define DLCPU_BRI_vnni1(ISA, MV, NR, NC) DLCPU_BRI_EMIT(vnni, DLCPU_TARGET_AVX512VNNI, 1, MV, NR, NC)
+#define DLCPU_BRI_bw0(ISA, MV, NR, NC) DLCPU_BRI_EMIT(bw, DLCPU_TARGET_AVX512, 0, MV, NR, NC)
+#define DLCPU_BRI_bw1(ISA, MV, NR, NC) DLCPU_BRI_EMIT(bw, DLCPU_TARGET_AVX512, 1, MV, NR, NC)
+#define DLCPU_BRI_avx20(ISA, MV, NR, NC) DLCPU_BRI_EMIT(avx2, DLCPU_TARGET_AVX2, 0, MV, NR, NC)
+#define DLCPU_BRI_avx21(ISA, MV, NR, NC) DLCPU_BRI_EMIT(avx2, DLCPU_TARGET_AVX2, 1, MV, NR, NC)
+
+#define DLCPU_BRI_EMIT DLCPU_BRI_INST
+DLCPU_BR_AVX512_TILES(DLCPU_BRI_vnni0)
+DLCPU_BR_AVX512_TILES(DLCPU_BRI_vnni1)
+DLCPU_BR_AVX512_TILES(DLCPU_BRI_bw0)
+DLCPU_BR_AVX512_TILES(DLCPU_BRI_bw1)
+DLCPU_BR_AVX2_TILES(DLCPU_BRI_avx20)
+DLCPU_BR_AVX2_TILES(DLCPU_BRI_avx21)
+#undef DLCPU_BRI_EMIT
+
+#define DLCPU_BRI_EMIT DLCPU_BRI_SLOT
+#define DLCPU_BRI_TABLE(NAME, LIST, ADAPT) \
+    static const dlcpu_brgemm_int_fn NAME[DLCPU_BR_MAX_MV][DLCPU_BR_MAX_NR][DLCPU_BR_MAX_NC] = { LIST(ADAPT) };
+DLCPU_BRI_TABLE(dlcpu_brgemm_int_vnni0_table, DLCPU_BR_AVX512_TILES, DLCPU_BRI_vnni0)
+DLCPU_BRI_TABLE(dlcpu_brgemm_int_vnni1_table, DLCPU_BR_AVX512_TILES, DLCPU_BRI_vnni1)
+DLCPU_BRI_TABLE(dlcpu_brgemm_int_bw0_table, DLCPU_BR_AVX512_TILES, DLCPU_BRI_bw0)
+DLCPU_BRI_TABLE(dlcpu_brgemm_int_bw1_table, DLCPU_BR_AVX512_TILES, DLCPU_BRI_bw1)
+DLCPU_BRI_TABLE(dlcpu_brgemm_int_avx20_table, DLCPU_BR_AVX2_TILES, DLCPU_BRI_avx20)
+DLCPU_BRI_TABLE(dlcpu_brgemm_int_avx21_table, DLCPU_BR_AVX2_TILES, DLCPU_BRI_avx21)
+#undef DLCPU_BRI_EMIT
+
+/* The kernel for (isa, native: avx512_vnni, format, tile); NULL when that tile was not built. */
+static inline dlcpu_brgemm_int_fn dlcpu_brgemm_int_lookup(int isa, int native, int s16, int mv, int nr, int nc)
+{
+    if (mv < 1 || mv > DLCPU_BR_MAX_MV || nr < 1 || nr > DLCPU_BR_MAX_NR || nc < 1 || nc > DLCPU_BR_MAX_NC)
+        return NULL;
+    if (isa == DLCPU_ISA_AVX512) {
+        if (native) return s16 ? dlcpu_brgemm_int_vnni1_table[mv - 1][nr - 1][nc - 1]
+                               : dlcpu_brgemm_int_vnni0_table[mv - 1][nr - 1][nc - 1];
+        return s16 ? dlcpu_brgemm_int_bw1_table[mv - 1][nr - 1][nc - 1] : dlcpu_brgemm_int_bw0_table[mv - 1][nr - 1][nc - 1];
+    }
+    if (isa == DLCPU_ISA_AVX2)
+        return s16 ? dlcpu_brgemm_int_avx21_table[mv - 1][nr - 1][nc - 1]
+                   : dlcpu_brgemm_int_avx20_table[mv - 1][nr - 1][nc - 1];
+    if (isa == DLCPU_ISA_SCALAR && mv * nr * nc <= DLCPU_SCALAR_MAX_ACC) return dlcpu_brgemm_int_scalar;
+    return NULL;
+}
+
+/* Run one call on integer operands a0 (weights) and b0 (activations); 0, or -1 when no kernel
+ * exists for it (the tile, pointer-array blocks, transposed B, or a schedule that flushes never). */
+static inline int dlcpu_brgemm_int(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const void *a0,
+                                   const void *b0, int isa, int native)
+{
+    const int s16 = q->format == DLCPU_INT_S16;
+    const dlcpu_brgemm_int_fn f = dlcpu_brgemm_int_lookup(isa, native, s16, p->mv, p->nr, p->nc);
+    if (f == NULL || p->kind == DLCPU_BR_ADDR || p->b_trans || p->k < 1 || p->k > 16 || q->flush_steps < 1 ||
+        q->flush_blocks < 1 || (q->block_scale && q->block_groups < 1))
+        return -1;
+    f(p, q, (const char *)a0, (const char *)b0);
+    return 0;
+}
+
+#endif

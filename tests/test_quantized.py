@@ -1,0 +1,284 @@
+"""Integer kernels (int8: u8 x s8 -> int32; DFP-16: int16 x int16 -> int32) under conv2d and
+matmul: against the float64 product of the dequantized operands (the kernels add no error beyond
+fp32 rounding of int32 sums), against the float64 product of the fp32 operands (the format's own
+error), bit for bit across ISA paths, VNNI and its emulation, and thread counts; the int32 chain
+bound; PyTorch's quantized convolution; bad input."""
+import numpy as np
+import pytest
+from conftest import ISAS, assert_close, max_threads, needs_torch, rel_l2
+
+import dlcpu
+from dlcpu import _reference as ref
+from dlcpu import cpu, gemm, layout
+from dlcpu import precision as P
+from dlcpu import quantized as Q
+
+VNNI = cpu.features()["avx512_vnni"] and "avx512" in ISAS
+PATHS = [(isa, isa == "avx512" and VNNI) for isa in ISAS] + ([("avx512", False)] if VNNI else [])
+FORMATS = ("int8", "dfp16")
+#: relative L2 error of the format itself against fp32 operands (uniform data in [-1, 1])
+FORMAT_RTOL = {"int8": 2e-2, "dfp16": 1e-3}
+
+GEOMETRY = [
+    # n, c, k, h, w, r, s, stride, padding
+    (2, 3, 5, 9, 9, 3, 3, 1, 1),           # first layer: 3 channels, one partial quad / pair
+    (1, 1, 1, 4, 4, 1, 1, 1, 0),
+    (2, 17, 33, 7, 6, 3, 3, 1, 1),         # one past the channel blocks
+    (1, 16, 16, 8, 8, 1, 1, 1, 0),         # 1x1 in place
+    (2, 20, 33, 11, 13, 3, 3, 2, 1),       # strided, padded tile
+    (1, 32, 48, 14, 14, 1, 1, 2, 0),       # strided 1x1: subsampled tile
+    (1, 8, 20, 10, 10, 7, 7, 2, 3),        # 7x7 stride 2
+    (1, 64, 64, 14, 14, 3, 3, 1, 1),       # res4-like 3x3, mv=2 with several rows per call
+]
+
+
+def set_native(monkeypatch, native):
+    monkeypatch.setattr(Q, "native_vnni", lambda name: native)
+
+
+def dequantized_reference(x, w, b, stride, pad, precision, relu=False):
+    """The float64 convolution of exactly the values the kernels multiply."""
+    xq, wq = Q.quantize_operands(precision, layout.to_blocked(x), None, w)
+    st2, pd2 = (stride, stride), (pad, pad)
+    return ref.conv2d_forward(xq.numpy().astype(np.float64), wq.numpy().astype(np.float64), b, st2, pd2, relu)
+
+
+@pytest.mark.parametrize("precision", FORMATS)
+@pytest.mark.parametrize("isa,native", PATHS)
+@pytest.mark.parametrize("case", GEOMETRY, ids=str)
+def test_integer_conv_against_float64(rng, monkeypatch, precision, isa, native, case):
+    set_native(monkeypatch, native)
+    n, c, k, h, w, r, s, stride, pad = case
+    for signed in (True, False):                 # zero point 128, or unsigned activations
+        x = rng.uniform(-1 if signed else 0, 1, (n, c, h, w)).astype(np.float32)
+        wt = rng.uniform(-1, 1, (k, c, r, s)).astype(np.float32)
+        b = rng.uniform(-1, 1, k).astype(np.float32)
+        for relu in (False, True):
+            y = dlcpu.conv2d(x, wt, b, stride, pad, "relu" if relu else None, precision=precision, isa=isa)
+            assert y.dtype == np.float32
+            assert_close(y, dequantized_reference(x, wt, b, stride, pad, precision, relu))   # fp32 rounding only
+        full = ref.conv2d_forward(x, wt, b, (stride, stride), (pad, pad), True)
+        assert rel_l2(y, full) <= FORMAT_RTOL[precision]
+
+
+@pytest.mark.parametrize("precision", FORMATS)
+def test_integer_conv_paths_and_threads_agree_bit_for_bit(rng, monkeypatch, precision):
+    x = rng.uniform(-1, 1, (2, 20, 11, 13)).astype(np.float32)
+    w = rng.uniform(-1, 1, (33, 20, 3, 3)).astype(np.float32)
+    results = []
+    for isa, native in PATHS:
+        set_native(monkeypatch, native)
+        results.append(dlcpu.conv2d(x, w, None, 2, 1, precision=precision, isa=isa))
+    results.append(dlcpu.conv2d(x, w, None, 2, 1, precision=precision, n_threads=1))
+    results.append(dlcpu.conv2d(x, w, None, 2, 1, precision=precision, n_threads=max_threads()))
+    assert all(np.array_equal(r, results[0]) for r in results[1:])
+
+
+def test_int8_zero_point_pads_with_the_value_zero(rng):
+    """Signed activations are stored as q + 128: the padding around the image must be 128 too,
+    or the border outputs would see -128 * w (a padded 7x7 makes most taps border taps)."""
+    x = rng.uniform(-1, 1, (1, 16, 5, 5)).astype(np.float32)
+    w = rng.uniform(-1, 1, (16, 16, 7, 7)).astype(np.float32)
+    y = dlcpu.conv2d(x, w, None, 1, 3, precision="int8")
+    assert_close(y, dequantized_reference(x, w, None, 1, 3, "int8"))
+
+
+@pytest.mark.parametrize("precision", FORMATS)
+def test_quantized_operands_are_reused_and_round_trip(rng, precision):
+    x = rng.uniform(-1, 1, (2, 20, 9, 9)).astype(np.float32)
+    w = rng.uniform(-1, 1, (24, 20, 3, 3)).astype(np.float32)
+    xq, wq = Q.quantize_operands(precision, layout.to_blocked(x), None, w)
+    assert xq.precision == wq.precision == precision
+    assert xq.dtype == Q.ACTIVATION_DTYPES[precision] and wq.dtype == Q.WEIGHT_DTYPES[precision]
+    assert rel_l2(xq.numpy(), x) < FORMAT_RTOL[precision] and rel_l2(wq.numpy(), w) < FORMAT_RTOL[precision]
+    yb = dlcpu.conv2d(xq, wq, None, 1, 1, precision=precision)
+    assert isinstance(yb, layout.BlockedTensor) and yb.precision == "fp32"
+    assert np.array_equal(yb.numpy(), dlcpu.conv2d(x, w, None, 1, 1, precision=precision))
+    out = layout.BlockedTensor(np.empty_like(yb.data), yb.shape)
+    assert dlcpu.conv2d(xq, wq, None, 1, 1, precision=precision, out=out) is out
+    assert np.array_equal(out.data, yb.data)
+
+
+def test_int8_weights_follow_the_symmetric_per_channel_rule(rng):
+    w = rng.uniform(-1, 1, (20, 5, 3, 3)).astype(np.float32)
+    wq = Q.block_weights_int8(w)
+    scales = P.int8_weight_scales(w, axis=0)
+    assert np.array_equal(wq.scale[0][:20], scales) and np.all(wq.scale[0][20:] == 1)
+    assert np.array_equal(wq.numpy(), P.to_int8(w, scales, axis=0).to_float32())
+    codes = P.to_int8(w, scales, axis=0).data.astype(np.int64)
+    assert np.array_equal(wq.scale[1][:20], codes.reshape(20, -1).sum(axis=1))
+
+
+def test_int8_activations_follow_to_int8(rng):
+    x = rng.uniform(-1, 1, (2, 5, 4, 4)).astype(np.float32)
+    xq = Q.to_int8_blocked(x)
+    s, z = xq.scale
+    assert z == 128 and s == P._int8_scale(float(np.abs(x).max()), 127)
+    assert np.array_equal(xq.numpy(), P.to_int8(x, s).to_float32())
+    pos = np.abs(x)
+    xq = Q.to_int8_blocked(pos)
+    assert xq.scale[1] == 0 and np.array_equal(xq.numpy(), P.to_int8(pos, xq.scale[0], unsigned=True).to_float32())
+    cal = P.ActivationCalibrator()
+    cal.observe(pos)
+    xq = Q.to_int8_blocked(pos, cal.scale, unsigned=cal.unsigned)
+    assert xq.scale == (float(np.float32(cal.scale)), 0)
+
+
+# ---------------------------------------------------------------------------- int32 chain bound
+def test_chain_schedule_is_the_int32_bound():
+    steps, blocks = Q.chain_schedule("int8")
+    assert steps == 4 and blocks == (2 ** 31 - 1) // (4 * 255 * 127) // 4
+    for mx, mw in [(8192, 8192), (8191, 8192), (4096, 8192), (32767, 32767), (1, 1)]:
+        steps, blocks = Q.chain_schedule("dfp16", mx, mw)
+        longest = steps * blocks * 2 * mx * mw            # the most one chain can sum
+        assert longest <= 2 ** 31 - 1
+        # and it is the longest: one step (inside a block) or one block more would break the bound
+        more = (steps + 1) * 2 * mx * mw if steps < 8 else (blocks + 1) * 8 * 2 * mx * mw
+        assert more > 2 ** 31 - 1
+
+
+@pytest.mark.parametrize("isa,native", PATHS)
+def test_dfp16_worst_case_chain_does_not_overflow(monkeypatch, isa, native):
+    """Every mantissa at its bound with the same sign, over 64 channels x 9 taps: the sums would
+    pass 2**31 in one int32 chain; flushed, the result is exact."""
+    set_native(monkeypatch, native)
+    x = np.full((1, 64, 5, 5), 1.0, np.float32)
+    w = np.full((16, 64, 3, 3), 1.0, np.float32)
+    for headroom in (0, 2):
+        xq = Q.to_dfp16_blocked(x, headroom=headroom)
+        wq = Q.block_weights_dfp16(w, headroom=headroom)
+        assert 2 * 64 * 9 * xq.scale[1] * wq.scale[1] > 2 ** 31
+        y = dlcpu.conv2d(xq, wq, None, 1, 0, precision="dfp16", isa=isa)
+        assert np.array_equal(y.numpy(), np.full((1, 16, 3, 3), 576.0, np.float32))
+
+
+def test_int8_reduction_longer_than_a_chain_is_refused():
+    _, blocks = Q.chain_schedule("int8")
+    c = (blocks + 1) * 16
+    x = np.ones((1, c, 1, 1), np.float32)
+    w = np.ones((1, c, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="int32 chain provably holds"):
+        dlcpu.conv2d(x, w, precision="int8")
+
+
+# ---------------------------------------------------------------------------------------- GEMM
+def kernel_dfp16(a, headroom=P.DFP16_HEADROOM):
+    """to_dfp16's values with the kernels' extra clamp |I| <= 2**(15 - headroom) - 1."""
+    d = P.to_dfp16(a, headroom=headroom)
+    top = 2 ** (15 - headroom) - 1
+    return np.ldexp(np.clip(d.mantissas, -top, top).astype(np.float64), d.exponent)
+
+
+def test_dfp16_kernel_operands_stay_within_the_headroom(rng):
+    x = rng.uniform(-1, 1, (1, 20, 8, 8)).astype(np.float32)
+    x[0, 0, 0, 0] = 1.0 - 2.0 ** -20        # rounds up to 2**13 without the clamp
+    xq = Q.to_dfp16_blocked(x)
+    assert xq.scale[1] == 2 ** 13 - 1 == np.abs(xq.data).max()
+    assert np.array_equal(xq.numpy(), kernel_dfp16(x).astype(np.float32))
+    assert Q.chain_schedule("dfp16", xq.scale[1], xq.scale[1]) == (8, 2)     # 16 pairs: two channel blocks
+
+
+@pytest.mark.parametrize("precision", FORMATS)
+@pytest.mark.parametrize("isa,native", PATHS)
+@pytest.mark.parametrize("m,k,n", [(5, 3, 7), (33, 40, 20), (100, 300, 70), (40, 1100, 33)])
+def test_integer_matmul_against_float64(rng, monkeypatch, precision, isa, native, m, k, n):
+    set_native(monkeypatch, native)
+    for signed in (True, False):
+        x = rng.uniform(-1 if signed else 0, 1, (m, k)).astype(np.float32)
+        y = rng.uniform(-1, 1, (k, n)).astype(np.float32)
+        b = rng.uniform(-1, 1, n).astype(np.float32)
+        packed = gemm.pack_matmul_operand(y, precision=precision)
+        got = gemm.matmul(x, packed, bias=b, precision=precision, isa=isa)
+        if precision == "int8":
+            s = P._int8_scale(float(np.abs(x).max()), 127 if signed else 255)
+            xd = P.to_int8(x, s, unsigned=not signed).to_float32()
+            yd = P.to_int8(y, P.int8_weight_scales(y, axis=1), axis=1).to_float32()
+        else:
+            xd, yd = kernel_dfp16(x), kernel_dfp16(y)
+        assert_close(got, xd.astype(np.float64) @ yd + b)
+        assert rel_l2(got, x.astype(np.float64) @ y + b) <= FORMAT_RTOL[precision]
+        assert np.array_equal(got, gemm.matmul(x, y, bias=b, precision=precision, isa=isa))
+
+
+def test_integer_matmul_is_thread_independent(rng):
+    x = rng.uniform(-1, 1, (70, 300)).astype(np.float32)
+    y = rng.uniform(-1, 1, (300, 90)).astype(np.float32)
+    for precision in FORMATS:
+        one = gemm.matmul(x, y, precision=precision, n_threads=1)
+        assert np.array_equal(one, gemm.matmul(x, y, precision=precision, n_threads=max_threads()))
+
+
+# ------------------------------------------------------------------------------------- PyTorch
+@needs_torch
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")
+def test_int8_conv_against_pytorch_quantized_conv(rng):
+    """The same u8 activations and s8 per-channel weights through PyTorch's x86 quantized
+    convolution and dlcpu's: PyTorch requantizes its output to u8 (scale s_out, zero point 128),
+    so the two agree to half an output step."""
+    import torch
+
+    x = rng.uniform(0, 1, (2, 32, 10, 10)).astype(np.float32)
+    w = rng.uniform(-1, 1, (40, 32, 3, 3)).astype(np.float32)
+    xq, wq = Q.to_int8_blocked(x), Q.block_weights_int8(w)
+    ours = dlcpu.conv2d(xq, wq, None, 1, 1, precision="int8").numpy()
+    s_out = float(np.abs(ours).max()) / 127
+    theirs = torch_quantized_conv(torch, x, w, xq.scale[0], wq.scale[0][:40], s_out)
+    assert np.abs(theirs - ours).max() <= 0.5 * s_out * 1.001
+
+
+def torch_quantized_conv(torch, x, w, s_x, s_w, s_out):
+    from torch.ao.nn.quantized import Conv2d
+
+    old = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "x86"
+    try:
+        conv = Conv2d(x.shape[1], w.shape[0], w.shape[2], padding=w.shape[2] // 2)
+        qw = torch.quantize_per_channel(torch.from_numpy(w), torch.from_numpy(s_w.astype(np.float64)),
+                                        torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
+        conv.set_weight_bias(qw, None)
+        conv.scale, conv.zero_point = s_out, 128
+        qx = torch.quantize_per_tensor(torch.from_numpy(x), float(s_x), 0, torch.quint8)
+        with torch.inference_mode():
+            return conv(qx).dequantize().numpy()
+    finally:
+        torch.backends.quantized.engine = old
+
+
+# ----------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("call,error,match", [
+    (lambda x, w: dlcpu.conv2d(np.full_like(x, np.nan), w, precision="int8"), ValueError,
+     "undefined for a tensor holding NaN or Inf"),
+    (lambda x, w: dlcpu.conv2d(x, np.full_like(w, np.inf), precision="int8"), ValueError, "NaN or Inf"),
+    (lambda x, w: dlcpu.conv2d(np.full_like(x, np.inf), w, precision="dfp16"), ValueError, "shared exponent"),
+    (lambda x, w: dlcpu.conv2d(x, w, precision="int8", algorithm="winograd4"), ValueError, "direct algorithm only"),
+    (lambda x, w: dlcpu.conv2d(Q.to_int8_blocked(x), w), TypeError, "fp32 activation BlockedTensor"),
+    (lambda x, w: dlcpu.conv2d(Q.to_int8_blocked(x), Q.block_weights_dfp16(w), precision="int8"), TypeError,
+     "fp32 or int8 weight BlockedTensor"),
+    (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), Q.block_weights_int8(w[:, :2]), precision="int8"),
+     ValueError, "channels"),
+    (lambda x, w: dlcpu.conv2d_backward(np.ones((1, 4, 6, 6), np.float32), x, w, 1, 1, precision="int8"),
+     ValueError, "no backward kernels"),
+    (lambda x, w: Q.to_int8_blocked(x, 0.1), ValueError, "needs unsigned"),
+    (lambda x, w: Q.to_int8_blocked(x, -1.0, unsigned=True), ValueError, "finite and > 0"),
+    (lambda x, w: Q.to_int8_blocked(x, unsigned=True), ValueError, "goes with a calibrated scale"),
+    (lambda x, w: Q.to_dfp16_blocked(x, headroom=-1), ValueError, "headroom"),
+    (lambda x, w: Q.to_dfp16_blocked(x, rounding="up"), ValueError, "rounding"),
+    (lambda x, w: Q.block_weights_int8(layout.to_blocked(x)), TypeError, "expected KCRS float32 weights"),
+    (lambda x, w: layout.BlockedTensor(np.zeros((1, 1, 6, 6, 16), np.uint8), (1, 3, 6, 6), precision="int8"),
+     ValueError, "needs its scale"),
+    (lambda x, w: layout.BlockedTensor(np.zeros((1, 1, 6, 6, 16), np.int8), (1, 3, 6, 6), scale=(1.0, 0),
+                                       precision="int8"), TypeError, "holds uint8 data"),
+    (lambda x, w: gemm.matmul(x[0, 0], gemm.pack_matmul_operand(w[:, 0, 0].T, precision="int8"), precision="dfp16"),
+     ValueError, "packed for precision 'int8'"),
+    (lambda x, w: gemm.matmul(np.full((2, 3), np.nan, np.float32), np.ones((3, 2), np.float32), precision="int8"),
+     ValueError, "NaN or Inf"),
+    (lambda x, w: gemm.pack_matmul_operand(np.full((3, 2), np.inf, np.float32), precision="dfp16"),
+     ValueError, "NaN or Inf"),
+    (lambda x, w: dlcpu.conv2d(np.full_like(x, 1e-30), np.full_like(w, 1e-30), precision="dfp16"), ValueError,
+     "outside fp32's normal range"),
+])
+def test_integer_bad_input(call, error, match):
+    x = np.ones((1, 3, 6, 6), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    with pytest.raises(error, match=match):
+        call(x, w)
