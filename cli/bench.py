@@ -274,9 +274,9 @@ def bench_precision(
     if as_json:
         emit_json({"flop_convention": benchmarks.FLOP_CONVENTION,
                    "peak_factor": {f: benchmarks.peak_factor(f) for f in fmts},
-                   "timed_path": "blocked activations (bf16 arriving from the layer before; int8 and dfp16 "
-                                 "quantized from fp32 inside the step, int8 with a calibrated scale), weights converted "
-                                 "once, fp32 output", "runs": runs})
+                   "timed_path": "blocked activations (bf16 and u8 arriving from the layer before; dfp16 "
+                                 "quantized from fp32 inside the step), weights converted once; output fp32, int8's u8 "
+                                 "(requantized in the epilogue with a calibrated scale)", "runs": runs})
 
 
 def _render_precision(run, fmts, compare):
@@ -326,9 +326,9 @@ def _render_precision(run, fmts, compare):
     out.print("G/s: GFLOP/s, or GOP/s for the integer formats (2 per multiply-add). Speedups and ratios are time "
               "ratios within this run (>1: the named format / dlcpu faster). err: relative L2 against float64 on "
               "the fp32 inputs (first image). Peaks per instruction: bf16 and dfp16 2x, int8 4x the fp32 FMA peak "
-              "(1x emulated). fp32: the direct algorithm. dlcpu bf16 reads bf16 activations; int8 and dfp16 "
-              "quantize their fp32 input inside the timed step (int8 with a calibrated scale); all write fp32. "
-              "The peers read and write bf16 / u8 (their input quantized beforehand). Kernel paths: "
+              "(1x emulated). fp32: the direct algorithm. dlcpu bf16 reads bf16 activations and writes fp32; "
+              "int8 reads u8 and writes u8 (requantized in the epilogue, calibrated scale), as PyTorch's int8 "
+              "does; dfp16 quantizes its fp32 input inside the timed step and writes fp32. Kernel paths: "
               + "; ".join(f"{k} {v or 'no kernel yet'}" for k, v in run["native"].items()), highlight=False)
 
 

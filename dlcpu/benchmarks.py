@@ -312,11 +312,11 @@ def peak_factor(fmt):
 
 
 def _precision_step(x, w, fmt, stride, pad, n_threads):
-    """The forward step of a layer in `fmt`, as a network hands it its operands: blocked fp32 x
-    (bf16 for bf16: arriving so from the layer before), the weights converted once.  int8 and
-    dfp16 quantize x inside the step (int8 with a scale calibrated beforehand, DFP-16 with the
-    exponent of this tensor): dlcpu's layers write fp32, so the next layer's input must be
-    quantized again."""
+    """The forward step of a layer in `fmt`, as a network hands it its operands: blocked fp32 x,
+    bf16 x for bf16 and u8 x for int8 (arriving so from the layer before), the weights converted
+    once.  int8 writes u8 (requantized in the epilogue with an output scale calibrated
+    beforehand: the next int8 layer's input), the others fp32; dfp16 quantizes x inside the step
+    (the exponent of this tensor), as a DFP-16 network must."""
     xb, wb = to_blocked(x, n_threads), block_weights(w, n_threads)
     kw = {"stride": stride, "padding": pad, "algorithm": "direct", "precision": fmt, "n_threads": n_threads}
     if fmt == "bf16":
@@ -325,10 +325,11 @@ def _precision_step(x, w, fmt, stride, pad, n_threads):
         xq, wq = quantized.quantize_operands(fmt, xb, wb, None, n_threads=n_threads)
         out = conv2d(xq, wq, **kw)
         if fmt == "int8":
-            scale, unsigned = xq.scale[0], xq.scale[1] == 0
+            out_scale = float(np.abs(out.data).max()) / quantized.INT8_WEIGHT_MAX or 1.0
+            out8 = conv2d(xq, wq, out_scale=out_scale, **kw)
 
             def step():
-                conv2d(quantized.to_int8_blocked(xb, scale, unsigned=unsigned, n_threads=n_threads), wq, out=out, **kw)
+                conv2d(xq, wq, out_scale=out_scale, out=out8, **kw)
         else:
             def step():
                 conv2d(quantized.to_dfp16_blocked(xb, n_threads=n_threads), wq, out=out, **kw)

@@ -506,7 +506,7 @@ _DIRECT_ONLY = ("bf16",) + quantized.INTEGER_FORMATS
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="auto",
-           n_threads=None, isa=None, out=None, precision="fp32"):
+           n_threads=None, isa=None, out=None, precision="fp32", out_scale=None):
     """2-D convolution (cross-correlation, as PyTorch and oneDNN define it), fp32 or bf16.
 
     x: (N, C, H, W) float32 array, or an activation BlockedTensor
@@ -532,7 +532,10 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     to_dfp16_blocked, block_weights_dfp16: calibrated once, reused); the products are summed in
     int32 (VPDPBUSD / VPDPWSSD where the CPU has avx512_vnni) in chains that provably cannot
     overflow, and the output is fp32; the direct algorithm only.  NaN/Inf in a tensor being
-    quantized is refused (its scale or exponent would be undefined).
+    quantized is refused (its scale or exponent would be undefined).  out_scale (int8, blocked
+    input only): the output is requantized in the kernels' epilogue to a u8 activation
+    BlockedTensor with that scale (zero point 0 after a ReLU, else 128) -- the next int8 layer's
+    input, one byte per value; `out` may then be such a tensor to reuse.
     """
     precision = formats.check_precision(precision, "conv2d")
     if precision not in CONV_PRECISIONS:
@@ -567,15 +570,20 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     n_threads = cpu.resolve_threads(n_threads)
     isa_code = cpu.isa_code(isa)
     out_shape = (shape.N, shape.Kb, shape.P, shape.Q, CB)
+    out_dtype = np.float32
+    if out_scale is not None:
+        out_scale = _out_scale(out_scale, precision, blocked_in)
+        out_dtype = np.uint8
     if out is not None:
         if not blocked_in:
             raise ValueError("conv2d: out= is only for the blocked path")
         y_shape = (shape.N, shape.K, shape.P, shape.Q)
+        kind = np.dtype(out_dtype).name
         if not isinstance(out, BlockedTensor):
-            raise TypeError(f"conv2d: out must be a float32 activation BlockedTensor, got {type(out).__name__}")
+            raise TypeError(f"conv2d: out must be a {kind} activation BlockedTensor, got {type(out).__name__}")
         if (out.kind != "activation" or out.data.shape != out_shape or tuple(out.shape) != y_shape
-                or out.dtype != np.float32):
-            raise ValueError(f"conv2d: out must be a float32 activation BlockedTensor of shape {y_shape} (data shape "
+                or out.dtype != out_dtype):
+            raise ValueError(f"conv2d: out must be a {kind} activation BlockedTensor of shape {y_shape} (data shape "
                              f"{out_shape}), got kind {out.kind!r}, shape {tuple(out.shape)}, data shape "
                              f"{tuple(out.data.shape)}, {out.dtype}")
         if not out.data.flags.writeable:
@@ -588,12 +596,15 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     if precision in quantized.INTEGER_FORMATS:
         xq, wq = quantized.quantize_operands(precision, xb, wb, w, n_threads=n_threads, isa=cpu.ISA_BY_CODE[isa_code])
         integer, fill = quantized.integer_call(precision, xq, wq, shape.Cb * shape.R * shape.S, shape.Kb * CB)
+        if out_scale is not None:
+            out_zero = 0 if activation == "relu" else quantized.U8_ZERO_POINT
+            integer += (float(np.float32(1.0) / np.float32(out_scale)), out_zero)
     if bias is None:
         bias_p = _NO_BIAS
     else:
         bias_p = np.zeros(shape.Kb * CB, dtype=np.float32)
         bias_p[: shape.K] = bias
-    y = out.data if out is not None else np.empty(out_shape, dtype=np.float32)
+    y = out.data if out is not None else np.empty(out_shape, dtype=out_dtype)
     if precision == "bf16":
         x16 = xb if xb.precision == "bf16" else to_bf16_blocked(xb, n_threads)
         w16 = wb if wb is not None and wb.precision == "bf16" else block_weights_bf16(w if wb is None else wb, n_threads)
@@ -604,6 +615,9 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     if precision in quantized.INTEGER_FORMATS:
         _forward_into(xq.data, quantized.kernel_view(wq), bias_p, y, shape, isa_code, n_threads, activation == "relu",
                       quantized.native_vnni(cpu.ISA_BY_CODE[isa_code]), integer, fill)
+        if out_scale is not None:
+            return BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation", scale=(out_scale, out_zero),
+                                 precision="int8")
         yb = out if out is not None else BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation")
         return yb if blocked_in else from_blocked(yb, n_threads)
     auto = algorithm == "auto"
@@ -629,6 +643,20 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
                       isa_code, n_threads, activation == "relu")
     yb = out if out is not None else BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation")
     return yb if blocked_in else from_blocked(yb, n_threads)
+
+
+def _out_scale(out_scale, precision, blocked_in):
+    """conv2d's out_scale as a positive finite float32 value."""
+    if precision != "int8":
+        raise ValueError(f"conv2d: out_scale requantizes an int8 convolution's output, not a {precision} one")
+    if not blocked_in:
+        raise ValueError("conv2d: out_scale gives a u8 BlockedTensor, so x must be a BlockedTensor (blocked path)")
+    if isinstance(out_scale, (bool, np.bool_)) or not isinstance(out_scale, (int, float, np.integer, np.floating)):
+        raise TypeError(f"conv2d: out_scale must be a positive real number, got {out_scale!r}")
+    value = float(np.float32(out_scale))
+    if not (np.isfinite(value) and value > 0 and np.isfinite(np.float32(1.0) / np.float32(value))):
+        raise ValueError(f"conv2d: out_scale must be finite and > 0 (with a finite float32 inverse), got {out_scale!r}")
+    return value
 
 
 # ==============================================================================================

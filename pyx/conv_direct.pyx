@@ -53,8 +53,13 @@ cdef class ConvPlanStruct:
         return self.c
 
 
+ctypedef fused conv_output:
+    float
+    uint8_t
+
+
 cdef int run_tiles(const dlcpu_conv_plan_t *g, dlcpu_brgemm_f32_t *p, const brgemm_operand *w_kb,
-                   const brgemm_operand *base, float *y_kb, int64_t p0, int64_t p1, int native,
+                   const brgemm_operand *base, conv_output *y_kb, int64_t p0, int64_t p1, int native,
                    const dlcpu_brgemm_int_t *q) noexcept nogil:
     """Every register tile of output rows p0..p1 for one (image, K block): one call each."""
     cdef int64_t i0, q0, t0, npix, chunk
@@ -69,8 +74,8 @@ cdef int run_tiles(const dlcpu_conv_plan_t *g, dlcpu_brgemm_f32_t *p, const brge
                 ncc = <int>min(<int64_t>g.nc, Q - q0)
                 p.nr = nrr
                 p.nc = ncc
-                err |= brgemm_call(p, w_kb, base + (i0 - p0) * p.b_rstride + q0 * 16, y_kb + (i0 * Q + q0) * 16,
-                                   g.isa, native, q)
+                err |= brgemm_call(p, w_kb, base + (i0 - p0) * p.b_rstride + q0 * 16,
+                                   <float *> (y_kb + (i0 * Q + q0) * 16), g.isa, native, q)
                 q0 = q0 + ncc
             i0 = i0 + nrr
     else:
@@ -84,13 +89,13 @@ cdef int run_tiles(const dlcpu_conv_plan_t *g, dlcpu_brgemm_f32_t *p, const brge
         while t0 < npix:
             ncc = <int>min(chunk, npix - t0)
             p.nc = ncc
-            err |= brgemm_call(p, w_kb, base + t0 * 16, y_kb + (p0 * Q + t0) * 16, g.isa, native, q)
+            err |= brgemm_call(p, w_kb, base + t0 * 16, <float *> (y_kb + (p0 * Q + t0) * 16), g.isa, native, q)
             t0 = t0 + ncc
     return err
 
 
 cdef int run_item(const dlcpu_conv_plan_t *g, int64_t item, const brgemm_operand *x, const brgemm_operand *w,
-                  const float *bias, float *y, const int64_t *a_offs, const int64_t *b_offs,
+                  const float *bias, conv_output *y, const int64_t *a_offs, const int64_t *b_offs,
                   int64_t batch, brgemm_operand *tile, int native, const dlcpu_brgemm_int_t *q0,
                   int fill) noexcept nogil:
     cdef const dlcpu_conv_shape_t *s = &g.s
@@ -145,13 +150,14 @@ cdef int run_item(const dlcpu_conv_plan_t *g, int64_t item, const brgemm_operand
 
 
 def conv2d_forward(const brgemm_operand[::1] x, const brgemm_operand[::1] w, const float[::1] bias,
-                   float[::1] y, ConvPlanStruct plan, const int64_t[::1] a_offs, const int64_t[::1] b_offs,
+                   conv_output[::1] y, ConvPlanStruct plan, const int64_t[::1] a_offs, const int64_t[::1] b_offs,
                    int n_threads, bint native=False, tuple integer=None, int fill=0):
     """Run a planned forward convolution on blocked buffers (flattened, C-contiguous), fp32 output:
     fp32; bf16 input and VNNI-paired bf16 weights (native: VDPBF16PS); or integer operands with
     `integer` describing the call (dlcpu_kernels.integer_call: uint8 x and int8 weights viewed as
     uint8, or int16 both; native: VPDPBUSD / VPDPWSSD) and `fill` the byte that pads x (128 for
-    u8 activations with zero point 128).
+    u8 activations with zero point 128).  y is fp32, or uint8 for an int8 call whose description
+    asks for a u8 output (requantized in the kernels' epilogue).
 
     Extents were checked in dlcpu/conv.py.  Returns the number of kernel calls that failed: 0,
     since the plan was checked against the tile table when it was made (a failed scratch
@@ -178,6 +184,11 @@ def conv2d_forward(const brgemm_operand[::1] x, const brgemm_operand[::1] w, con
         if q_int.format != want:
             raise ValueError("conv2d_forward: the call description's format does not match the operand type")
         q = &q_int
+    if conv_output is uint8_t:
+        if q == NULL or q_int.out_u8 == 0:
+            raise ValueError("conv2d_forward: a uint8 output needs an int8 call that asks for one")
+    elif q != NULL and q_int.out_u8 != 0:
+        raise ValueError("conv2d_forward: a call that asks for a uint8 output needs a uint8 y")
 
     with nogil, parallel(num_threads=n_threads):
         # Per-thread tile, allocated inside the region so its pages are first touched by the

@@ -62,6 +62,9 @@ cdef extern from "brgemm_int.h" nogil:
         const float *block_scale
         int block_groups
         const int32_t *comp
+        int out_u8
+        float out_inv_scale
+        int out_zero_point
     int dlcpu_brgemm_int(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const void *a0, const void *b0,
                          int isa, int native)
 
@@ -118,14 +121,18 @@ cdef inline int brgemm_call(dlcpu_brgemm_f32_t *p, const brgemm_operand *a, cons
 
 cdef inline dlcpu_brgemm_int_t integer_call(tuple spec) except *:
     """The dlcpu_brgemm_int_t of an integer call from the tuple dlcpu/quantized.py builds:
-    (format, flush_steps, flush_blocks, scale, block_scale, block_groups, comp), each array a
-    1-d contiguous float32 (int32 for comp) array or None.  The struct points into the arrays, so
-    the caller keeps the tuple alive while the kernels run."""
+    (format, flush_steps, flush_blocks, scale, block_scale, block_groups, comp[, out_inv_scale,
+    out_zero_point]), each array a 1-d contiguous float32 (int32 for comp) array or None; the two
+    last, when present, ask for a u8 output.  The struct points into the arrays, so the caller
+    keeps the tuple alive while the kernels run."""
     cdef dlcpu_brgemm_int_t q
     cdef const float[::1] scale
     cdef const float[::1] block_scale
     cdef const int32_t[::1] comp
-    fmt, flush_steps, flush_blocks, scale_a, block_a, block_groups, comp_a = spec
+    fmt, flush_steps, flush_blocks, scale_a, block_a, block_groups, comp_a = spec[:7]
+    q.out_u8 = len(spec) > 7
+    q.out_inv_scale = spec[7] if q.out_u8 else 1.0
+    q.out_zero_point = spec[8] if q.out_u8 else 0
     q.format = fmt
     q.flush_steps = flush_steps
     q.flush_blocks = flush_blocks

@@ -124,6 +124,32 @@ def test_int8_activations_follow_to_int8(rng):
     assert xq.scale == (float(np.float32(cal.scale)), 0)
 
 
+@pytest.mark.parametrize("isa,native", PATHS)
+@pytest.mark.parametrize("relu", [False, True])
+def test_int8_u8_output_is_the_requantized_fp32_output(rng, monkeypatch, isa, native, relu):
+    """out_scale: the epilogue writes clamp(rint(v / s_out) + z, 0, 255) of the fp32 result v
+    (z = 0 after a ReLU, else 128), v * (1/s_out) in float32, ties to even; out= reuses it."""
+    set_native(monkeypatch, native)
+    x = rng.uniform(-1, 1, (2, 20, 9, 9)).astype(np.float32)
+    w = rng.uniform(-1, 1, (33, 20, 3, 3)).astype(np.float32)
+    b = rng.uniform(-1, 1, 33).astype(np.float32)
+    xq, wq = Q.to_int8_blocked(x), Q.block_weights_int8(w)
+    act = "relu" if relu else None
+    y32 = dlcpu.conv2d(xq, wq, b, 1, 1, act, precision="int8", isa=isa)
+    s_out = float(np.float32(np.abs(y32.data).max() / 100))      # some values saturate at 255 / 0
+    y8 = dlcpu.conv2d(xq, wq, b, 1, 1, act, precision="int8", isa=isa, out_scale=s_out)
+    z = 0 if relu else 128
+    assert y8.precision == "int8" and y8.dtype == np.uint8 and y8.scale == (s_out, z)
+    inv = np.float32(1) / np.float32(s_out)
+    assert np.array_equal(y8.data, np.clip(np.rint(y32.data * inv) + z, 0, 255).astype(np.uint8))
+    w2 = rng.uniform(-1, 1, (8, 33, 1, 1)).astype(np.float32)
+    nxt = dlcpu.conv2d(y8, w2, precision="int8")                                   # u8 feeds the next layer
+    assert_close(nxt.numpy(), ref.conv2d_forward(y8.numpy().astype(np.float64), Q.block_weights_int8(w2).numpy(),
+                                                 None, (1, 1), (0, 0)))
+    again = dlcpu.conv2d(xq, wq, b, 1, 1, act, precision="int8", isa=isa, out_scale=s_out, out=y8)
+    assert again.data is y8.data and np.array_equal(again.data, y8.data)
+
+
 # ---------------------------------------------------------------------------- int32 chain bound
 def test_chain_schedule_is_the_int32_bound():
     steps, blocks = Q.chain_schedule("int8")
@@ -270,6 +296,13 @@ def torch_quantized_conv(torch, x, w, s_x, s_w, s_out):
                                        precision="int8"), TypeError, "holds uint8 data"),
     (lambda x, w: gemm.matmul(x[0, 0], gemm.pack_matmul_operand(w[:, 0, 0].T, precision="int8"), precision="dfp16"),
      ValueError, "packed for precision 'int8'"),
+    (lambda x, w: dlcpu.conv2d(x, w, precision="int8", out_scale=0.1), ValueError, "x must be a BlockedTensor"),
+    (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), w, precision="dfp16", out_scale=0.1), ValueError,
+     "not a dfp16 one"),
+    (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), w, precision="int8", out_scale=0.0), ValueError, "finite and > 0"),
+    (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), w, precision="int8", out_scale="1"), TypeError, "real number"),
+    (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), w, precision="int8", out_scale=0.1,
+                               out=dlcpu.conv2d(layout.to_blocked(x), w, padding=1)), ValueError, "uint8 activation"),
     (lambda x, w: gemm.matmul(np.full((2, 3), np.nan, np.float32), np.ones((3, 2), np.float32), precision="int8"),
      ValueError, "NaN or Inf"),
     (lambda x, w: gemm.pack_matmul_operand(np.full((3, 2), np.inf, np.float32), precision="dfp16"),
