@@ -500,7 +500,7 @@ _NO_BIAS = np.empty(0, dtype=np.float32)
 #: conv2d's precisions so far
 CONV_PRECISIONS = formats.KERNEL_FORMATS
 #: conv2d_backward's precisions so far (int8 and ternary are inference formats)
-BACKWARD_PRECISIONS = ("fp32", "bf16")
+BACKWARD_PRECISIONS = ("fp32", "bf16", "dfp16")
 #: the precisions that run the direct algorithm only
 _DIRECT_ONLY = ("bf16",) + quantized.INTEGER_FORMATS
 
@@ -812,6 +812,11 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     the fp32 weight-update kernels (products of bf16 values are exact in fp32, so this is the
     arithmetic of a bf16 weight update, at fp32 speed: no bf16 weight-update kernel yet); db,
     outputs and accumulate_dw stay fp32.  x may be the bf16 BlockedTensor its forward read.
+    precision='dfp16': the same with DFP-16 (dy gets its own shared exponent, nearest rounding;
+    dx on the int16 kernels with the flipped weights quantized per stride phase; dW by the fp32
+    weight-update kernels from the DFP-16 values of x and dy -- their products are not exact in
+    fp32, so dW differs from an int32 weight-update by fp32 rounding; no DFP-16 weight-update
+    kernel yet).  x may be the DFP-16 BlockedTensor its forward read.
     """
     fn = "conv2d_backward"
     precision = formats.check_precision(precision, fn)
@@ -860,12 +865,20 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
         wb = block_weights(w, n_threads)
     dx = dw = db = None
     bf16 = precision == "bf16"
+    dfp = precision == "dfp16"
+    isa_name = cpu.ISA_BY_CODE[isa_code]
+    dyq = quantized.to_dfp16_blocked(dyb, n_threads=n_threads, isa=isa_name) if dfp and need != ("db",) else None
+    if dfp and xb is not None and "dw" in need:       # the DFP-16 values of x (as its forward multiplied them)
+        xq = xb if xb.precision == "dfp16" else quantized.to_dfp16_blocked(xb, n_threads=n_threads, isa=isa_name)
+        xb = BlockedTensor(quantized.dequantize(xq), xb.shape)
     if bf16 and xb is not None and "dw" in need:      # fp32 values of x and dy, rounded to bf16
         xb = BlockedTensor(formats.bf16_bits_to_fp32(xb.data) if xb.precision == "bf16" else formats.round_to_bf16(xb.data),
                            xb.shape)
     dy16 = formats.fp32_to_bf16_bits(dyb.data, n_threads=n_threads) if bf16 and need != ("db",) else None
     if "dx" in need:
-        if bf16:
+        if dfp:
+            dx_data = _backward_data(dyq.data, wb.data, shape, isa_code, n_threads, dfp16=dyq)
+        elif bf16:
             dx_data = _backward_data(dy16, wb.data, shape, isa_code, n_threads,
                                      formats.native_bf16(cpu.ISA_BY_CODE[isa_code]))
         else:
@@ -879,7 +892,8 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
             dw_data = accumulate_dw
         else:
             dw_data = np.zeros((shape.Kb, shape.Cb, shape.R, shape.S, CB, CB), dtype=np.float32)
-        dy_wu = formats.bf16_bits_to_fp32(dy16, n_threads=n_threads) if bf16 else dyb.data
+        dy_wu = (formats.bf16_bits_to_fp32(dy16, n_threads=n_threads) if bf16 else quantized.dequantize(dyq) if dfp
+                 else dyb.data)
         errors = _wu.conv2d_weight_grad_f32(xb.data.reshape(-1), dy_wu.reshape(-1), dw_data.reshape(-1),
                                             plan.c, n_threads, accumulate_dw is not None)
         if errors:
@@ -894,23 +908,31 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     return ConvGrads(dx, dw, db)
 
 
-def _backward_data(dy_data, w_data, shape, isa_code, n_threads, native=None):
+def _backward_data(dy_data, w_data, shape, isa_code, n_threads, native=None, dfp16=None):
     """dx in the blocked layout, from blocked dy and fp32 weights (see _stride_phases).  native
     not None: dy_data holds bf16 patterns and each phase's flipped weights are rounded to bf16
-    in VNNI pairs for the bf16 kernels (native: VDPBF16PS)."""
+    in VNNI pairs for the bf16 kernels (native: VDPBF16PS).  dfp16: the DFP-16 BlockedTensor of
+    dy (dy_data its mantissas); each phase's flipped weights get their own shared exponent and
+    run on the integer kernels."""
     s = shape
     strided = s.stride_h > 1 or s.stride_w > 1
     dx = (np.zeros if strided else np.empty)((s.N, s.Cb, s.H, s.W, CB), dtype=np.float32)
     for rho_h, rho_w, h0, w0, sub in _stride_phases(s):
         wt = scratch("conv.bwd_weights", (s.Cb, s.Kb, sub.R, sub.S, CB, CB))
         _direct.flip_transpose_weights(w_data, wt, rho_h, rho_w, s.stride_h, s.stride_w, n_threads)
+        integer, fast = None, bool(native)
         if native is not None:
             wt = formats.fp32_blocks_to_bf16_vnni(wt, n_threads=n_threads)
+        elif dfp16 is not None:
+            wq = quantized.block_weights_dfp16(BlockedTensor(wt, (s.C, s.K, sub.R, sub.S), "weight"),
+                                               n_threads=n_threads, isa=cpu.ISA_BY_CODE[isa_code])
+            integer, _ = quantized.integer_call("dfp16", dfp16, wq, sub.Cb * sub.R * sub.S, sub.Kb * CB)
+            wt, fast = wq.data, quantized.native_vnni(cpu.ISA_BY_CODE[isa_code])
         if not strided:
-            _forward_into(dy_data, wt, _NO_BIAS, dx, sub, isa_code, n_threads, False, bool(native))
+            _forward_into(dy_data, wt, _NO_BIAS, dx, sub, isa_code, n_threads, False, fast, integer)
             continue
         part = scratch("conv.bwd_phase", (s.N, s.Cb, sub.P, sub.Q, CB))
-        _forward_into(dy_data, wt, _NO_BIAS, part, sub, isa_code, n_threads, False, bool(native))
+        _forward_into(dy_data, wt, _NO_BIAS, part, sub, isa_code, n_threads, False, fast, integer)
         dx[:, :, h0::s.stride_h, w0::s.stride_w, :][:, :, : sub.P, : sub.Q] = part
     return dx
 

@@ -173,6 +173,20 @@ def _dfp16_blocked(t, kind, headroom, rounding, seed, n_threads, isa, fn):
     return BlockedTensor(data, tuple(t.shape), kind, scale=(d.exponent, bound), precision="dfp16")
 
 
+def round_to_dfp16(a, *, headroom=DFP16_HEADROOM, n_threads=None, isa=None):
+    """The float32 values the DFP-16 kernels multiply for the float32 array a: its mantissas
+    (with the kernels' clamp, module doc) times 2**E; for weight updates that take DFP-16 values
+    in fp32."""
+    fn = "round_to_dfp16"
+    headroom = _headroom(headroom, fn)
+    a = np.ascontiguousarray(a)
+    if a.dtype != np.float32:
+        raise TypeError(f"{fn}: expected a float32 array, got {a.dtype}")
+    d, _ = _to_dfp16(a, headroom, "nearest", 0, cpu.isa_code(isa), cpu.resolve_threads(n_threads), fn,
+                     within_headroom=True)
+    return d.to_float32()
+
+
 def dequantize(t):
     """The float32 values a quantized BlockedTensor stands for, in its blocked fp32 layout."""
     if t.precision == "int8":
@@ -267,6 +281,7 @@ __all__ = [
     "chain_schedule",
     "dequantize",
     "native_vnni",
+    "round_to_dfp16",
     "to_dfp16_blocked",
     "to_int8_blocked",
 ]

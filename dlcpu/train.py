@@ -240,9 +240,10 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
     (prune_scope "layer") or over all of them together ("global").
     TrainResult.sparsity is the per-layer nn.sparsity_report of the trained model.
 
-    precision: 'fp32', or 'bf16' for mixed-precision training (Module.set_precision): the
-    convolutions and the classifier multiply bf16-rounded operands, while weights, batch-norm
-    statistics, the loss, the gradients and SGD stay fp32.  The RNN has no bf16 kernels yet.
+    precision: 'fp32', or 'bf16' / 'dfp16' for mixed-precision training (Module.set_precision):
+    the convolutions and the classifier multiply bf16-rounded (DFP-16-quantized) operands, while
+    weights, batch-norm statistics, the loss, the gradients and SGD stay fp32.  The RNN has no
+    bf16 or DFP-16 kernels yet.
 
     on_step(epoch, step, steps, loss) and on_epoch(EpochStats) feed progress displays.  With
     `out`, the model is saved after every epoch (atomically); a path that cannot be written is
@@ -316,7 +317,7 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
 
 
 #: the formats train_digits trains in, per model kind
-TRAIN_PRECISIONS = {"cnn": ("fp32", "bf16"), "rnn": ("fp32",)}
+TRAIN_PRECISIONS = {"cnn": ("fp32", "bf16", "dfp16"), "rnn": ("fp32",)}
 
 
 def check_training_precision(model, precision):

@@ -123,11 +123,12 @@ def test_bench_precision_table():
     assert "bf16 G/s" in res.stdout and "fp32 G/s" not in res.stdout and "GEMM" not in res.stdout
 
 
-def test_train_digits_bf16_json():
-    res = run("train", "digits", "--epochs", "1", "--threads", "1", "--precision", "bf16", "--json")
+@pytest.mark.parametrize("precision", ["bf16", "dfp16"])
+def test_train_digits_mixed_precision_json(precision):
+    res = run("train", "digits", "--epochs", "1", "--threads", "1", "--precision", precision, "--json")
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
-    assert data["precision"] == "bf16" and data["test_accuracy"] > 0.3
+    assert data["precision"] == precision and data["test_accuracy"] > 0.3
 
 
 BAD_OPTION_VALUES = [  # (args, what the one line must say): every command group, exit 2

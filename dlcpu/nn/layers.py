@@ -14,6 +14,7 @@ from ..conv import conv2d, conv2d_backward
 from ..gemm import matmul, pack_matmul_operand
 from ..layout import CB, BlockedTensor, block_weights, n_blocks, to_bf16_blocked, unblock_weights
 from ..precision import round_to_bf16
+from ..quantized import round_to_dfp16, to_dfp16_blocked
 from .module import (
     Module,
     Parameter,
@@ -37,7 +38,7 @@ class Conv2d(Module):
     `algorithm` is conv2d's (default 'auto'); dlcpu.faults pins it to 'direct' while it runs."""
 
     algorithm = "auto"
-    PRECISIONS = ("fp32", "bf16")
+    PRECISIONS = ("fp32", "bf16", "dfp16")
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, seed=0):
         super().__init__()
@@ -65,12 +66,15 @@ class Conv2d(Module):
 
     def forward(self, x):
         _expect_blocked(x, self.describe(), self.args["in_channels"])
-        if self.precision == "bf16" and x.precision == "fp32":   # converted once: the forward reads it, the backward's dW widens it
-            x = to_bf16_blocked(x)
+        if x.precision == "fp32":   # converted once: the forward reads it, the backward's dW widens it
+            if self.precision == "bf16":
+                x = to_bf16_blocked(x)
+            elif self.precision == "dfp16":
+                x = to_dfp16_blocked(x)
         self._x = x
-        # bf16: the fp32 master weights are rounded to bf16 on every call (they change every step)
+        # bf16 / dfp16: the fp32 master weights are converted on every call (they change every step)
         return conv2d(x, self.weight_b, None if self.bias is None else self.bias.data, stride=self.stride,
-                      padding=self.padding, algorithm="direct" if self.precision == "bf16" else self.algorithm,
+                      padding=self.padding, algorithm="direct" if self.precision != "fp32" else self.algorithm,
                       precision=self.precision)
 
     def backward(self, dy):
@@ -259,9 +263,10 @@ class GlobalAvgPool(_OneCall):
 class Linear(Module):
     """Fully connected layer on (N, in) float32 arrays; all three products on dlcpu.matmul.
     precision 'bf16' (set_precision): y and dx on the bf16 GEMM, dW from the bf16-rounded dy
-    and x summed in fp32 (the fp32 GEMM: its transposed operand has no bf16 packing yet)."""
+    and x summed in fp32 (the fp32 GEMM: its transposed operand has no bf16 packing yet);
+    'dfp16' the same with DFP-16 (the int16 GEMM, dW from the DFP-16 values)."""
 
-    PRECISIONS = ("fp32", "bf16")
+    PRECISIONS = ("fp32", "bf16", "dfp16")
 
     def __init__(self, in_features, out_features, bias=True, seed=0):
         super().__init__()
@@ -299,9 +304,10 @@ class Linear(Module):
         dy = np.ascontiguousarray(check_float32(self.describe(), "dy", dy))
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0, dtype=np.float64).astype(np.float32)
-        if self.precision == "bf16":
-            dx = matmul(dy, self.weight.data, precision="bf16")
-            dy, x = round_to_bf16(dy), round_to_bf16(x)
+        if self.precision != "fp32":
+            dx = matmul(dy, self.weight.data, precision=self.precision)
+            rounded = round_to_bf16 if self.precision == "bf16" else round_to_dfp16
+            dy, x = rounded(dy), rounded(x)
         else:
             dx = matmul(dy, self.weight.data)
         self.weight.grad += matmul(np.ascontiguousarray(dy.T), x)
