@@ -498,7 +498,7 @@ _NO_BIAS = np.empty(0, dtype=np.float32)
 
 
 #: conv2d's precisions so far
-CONV_PRECISIONS = formats.KERNEL_FORMATS
+CONV_PRECISIONS = formats.KERNEL_FORMATS + ("ternary",)
 #: conv2d_backward's precisions so far (int8 and ternary are inference formats)
 BACKWARD_PRECISIONS = ("fp32", "bf16", "dfp16")
 #: the precisions that run the direct algorithm only
@@ -506,7 +506,7 @@ _DIRECT_ONLY = ("bf16",) + quantized.INTEGER_FORMATS
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="auto",
-           n_threads=None, isa=None, out=None, precision="fp32", out_scale=None):
+           n_threads=None, isa=None, out=None, precision="fp32", out_scale=None, levels=None):
     """2-D convolution (cross-correlation, as PyTorch and oneDNN define it), fp32 or bf16.
 
     x: (N, C, H, W) float32 array, or an activation BlockedTensor
@@ -536,8 +536,18 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     input only): the output is requantized in the kernels' epilogue to a u8 activation
     BlockedTensor with that scale (zero point 0 after a ReLU, else 128) -- the next int8 layer's
     input, one byte per value; `out` may then be such a tensor to reuse.
+    precision='ternary': w is a dlcpu.precision.TernaryWeights (ternarize(w, block=N,
+    residual=r)) or its quantized.block_ternary_weights form, prepared once; x is quantized to
+    u8 as for int8 (or arrives so).  Each block of N input channels sums its +-1 codes times u8
+    activations in int32 and takes its alpha once (VPDPBUSD on the codes); `levels` (default
+    all) runs the first 1 + r' residual levels, switching the least important off.
     """
     precision = formats.check_precision(precision, "conv2d")
+    if precision == "ternary":
+        return _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_threads, isa, out, out_scale,
+                               levels)
+    if levels is not None:
+        raise ValueError(f"conv2d: levels= chooses the residual levels of ternary weights, not of {precision}")
     if precision not in CONV_PRECISIONS:
         raise ValueError(f"conv2d: precision={precision!r} has no convolution kernel yet; conv2d runs "
                          f"{' and '.join(CONV_PRECISIONS)}")
@@ -642,6 +652,60 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
         _forward_into(xb.data, wb.data if wb is not None else block_weights(w, n_threads).data, bias_p, y, shape,
                       isa_code, n_threads, activation == "relu")
     yb = out if out is not None else BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation")
+    return yb if blocked_in else from_blocked(yb, n_threads)
+
+
+def _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_threads, isa, out, out_scale, levels):
+    """conv2d(precision='ternary'): see conv2d."""
+    fn = "conv2d"
+    if algorithm not in ("auto", "direct"):
+        raise ValueError(f"{fn}: precision='ternary' runs the direct algorithm only, got algorithm={algorithm!r}")
+    if out is not None or out_scale is not None:
+        raise ValueError(f"{fn}: precision='ternary' writes a new fp32 output (no out= or out_scale= yet)")
+    if activation not in (None, "relu"):
+        raise ValueError(f"{fn}: activation must be None or 'relu', got {activation!r}")
+    if isinstance(w, formats.TernaryWeights):
+        w = quantized.block_ternary_weights(w)
+    if not isinstance(w, quantized.TernaryBlocked):
+        raise TypeError(f"{fn}: precision='ternary' takes w as dlcpu.precision.TernaryWeights (ternarize(w, block=N, "
+                        f"residual=r)) or quantized.block_ternary_weights of them, got {type(w).__name__}")
+    if levels is None:
+        levels = w.levels
+    levels = positive_int(levels, "levels", fn)
+    if levels > w.levels:
+        raise ValueError(f"{fn}: levels must be <= {w.levels} (1 base + {w.levels - 1} residual), got {levels}")
+    xb, x_shape = _operand(x, "activation", fn, "x", "int8")
+    blocked_in = xb is not None
+    shape = conv_shape(x_shape, w.shape, stride, padding)
+    bad_bias = bias is not None and (not isinstance(bias, np.ndarray) or bias.dtype != np.float32
+                                     or bias.shape != (shape.K,))
+    if bad_bias:
+        raise ValueError(f"{fn}: bias must be a float32 array of shape ({shape.K},), got "
+                         f"{getattr(bias, 'dtype', type(bias).__name__)} {getattr(bias, 'shape', '')}")
+    n_threads = cpu.resolve_threads(n_threads)
+    isa_code = cpu.isa_code(isa)
+    isa_name = cpu.ISA_BY_CODE[isa_code]
+    if xb is None:
+        xb = to_blocked(x, n_threads)
+    xq = xb if xb.precision == "int8" else quantized.to_int8_blocked(xb, n_threads=n_threads, isa=isa_name)
+    integer, fill, shift = quantized.ternary_call(xq, w, levels, shape.Kb * CB)
+    bias_p = shift.copy()
+    if bias is not None:
+        bias_p[: shape.K] += bias
+    bias_p = bias_p.astype(np.float32)
+    plan, a_offs, b_offs = _cached_plan(shape, isa_code, n_threads, activation == "relu")
+    # batch order (level, r, s, channel block): the channel blocks of one tap are adjacent, so a
+    # chain of N > 16 channels is N / 16 consecutive blocks with the same alpha
+    per_level = np.arange(shape.Cb * shape.R * shape.S).reshape(shape.Cb, shape.R, shape.S).transpose(1, 2, 0).ravel()
+    level_stride = shape.Kb * shape.Cb * shape.R * shape.S * CB * CB
+    a_t = np.concatenate([a_offs[per_level] + lvl * level_stride for lvl in range(levels)])
+    b_t = np.tile(b_offs[per_level], levels)
+    y = np.empty((shape.N, shape.Kb, shape.P, shape.Q, CB), np.float32)
+    errors = _direct.conv2d_forward(xq.data.reshape(-1), w.codes.reshape(-1).view(np.uint8), bias_p, y.reshape(-1),
+                                    plan.c, a_t, b_t, n_threads, quantized.native_vnni(isa_name), integer, fill)
+    if errors:
+        raise MemoryError(f"{fn}: could not allocate the per-thread input tile of {errors} work item(s)")
+    yb = BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation")
     return yb if blocked_in else from_blocked(yb, n_threads)
 
 

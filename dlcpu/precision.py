@@ -71,14 +71,14 @@ def check_precision(precision, fn):
     return precision.lower()
 
 
-#: the formats with convolution and GEMM kernels so far (the others convert, but run nothing yet)
+#: the formats with convolution and GEMM kernels (ternary weights: convolution only, conv2d)
 KERNEL_FORMATS = ("fp32", "bf16", "dfp16", "int8")
 
 
 def native_formats(features=None, isa=None):
     """{format: how dlcpu's kernels run it on the ISA path in use (DLCPU_ISA or the best the
     CPU has)}: the instruction of its dot products, 'emulated' (a kernel without the
-    instruction: slower), or None (no kernel yet).  features: a dict as cpu.features() gives
+    instruction: slower).  features: a dict as cpu.features() gives
     (for tests); isa: a path name, by default the one in use."""
     if features is not None and not isinstance(features, dict):
         raise TypeError(f"native_formats: features must be a dict like cpu.features(), got {type(features).__name__}")
@@ -90,8 +90,9 @@ def native_formats(features=None, isa=None):
     instructions = {"fp32": fp32,
                     "bf16": "vdpbf16ps, vcvtneps2bf16 (avx512_bf16)" if isa == "avx512" and f.get("avx512_bf16") else None,
                     "dfp16": "vpdpwssd (avx512_vnni)" if vnni else None,
-                    "int8": "vpdpbusd (avx512_vnni)" if vnni else None}
-    return {fmt: (instructions.get(fmt) or "emulated") if fmt in KERNEL_FORMATS else None for fmt in PRECISIONS}
+                    "int8": "vpdpbusd (avx512_vnni)" if vnni else None,
+                    "ternary": "vpdpbusd on +-1 codes (avx512_vnni)" if vnni else None}
+    return {fmt: instructions.get(fmt) or "emulated" for fmt in PRECISIONS}
 
 
 def native_bf16(isa_name):

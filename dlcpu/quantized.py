@@ -34,6 +34,7 @@ every such chain (int8: 4144 channel blocks, far beyond a ResNet layer's 4608 ch
 that arithmetic; tests check it against the worst case.
 """
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,7 +42,7 @@ from . import cpu
 from ._ext import precision as _precision
 from ._validate import positive_int
 from .layout import CB, BlockedTensor, block_weights, to_blocked
-from .precision import DFP16_HEADROOM, ROUNDINGS, _absmax, _headroom, _int8_scale, _to_dfp16, check_precision
+from .precision import DFP16_HEADROOM, ROUNDINGS, TernaryWeights, _absmax, _headroom, _int8_scale, _to_dfp16, check_precision
 
 INT32_MAX = 2 ** 31 - 1
 #: the zero point of u8 activations that hold signed values
@@ -187,6 +188,71 @@ def round_to_dfp16(a, *, headroom=DFP16_HEADROOM, n_threads=None, isa=None):
     return d.to_float32()
 
 
+# ----------------------------------------------------------------------------------- ternary
+@dataclass(frozen=True, eq=False)
+class TernaryBlocked:
+    """Block-ternary weights (dlcpu.precision.TernaryWeights) in the kernels' layout: codes
+    (levels, K/16, C/16, R, S, 16, 16) int8 in VNNI quads, alphas (levels, K/16, C/16, R, S,
+    groups, 16) float32 -- one 16-lane vector of alpha per (16-channel block, sub-block of N
+    channels), replicated over the blocks of one N-channel block when N > 16 -- and per level the
+    per-output-channel sums alpha * sum(t) (the zero-point compensation)."""
+    shape: tuple
+    block: int
+    codes: np.ndarray
+    alphas: np.ndarray
+    code_sums: np.ndarray
+
+    @property
+    def levels(self):
+        return self.codes.shape[0]
+
+
+def block_ternary_weights(tw):
+    """TernaryWeights of a (K, C, R, S) convolution -> TernaryBlocked."""
+    fn = "block_ternary_weights"
+    if not isinstance(tw, TernaryWeights):
+        raise TypeError(f"{fn}: expected dlcpu.precision.TernaryWeights (precision.ternarize), got {type(tw).__name__}")
+    if len(tw.shape) != 4:
+        raise ValueError(f"{fn}: expected the weights of a 2-d convolution (K, C, R, S), got shape {tw.shape}")
+    n = tw.block
+    if n % GROUP["int8"]:
+        raise ValueError(f"{fn}: the kernels sum channels in groups of {GROUP['int8']} (VPDPBUSD), so the block "
+                         f"size must be a multiple of 4, got {n}")
+    K, _, R, S = tw.shape
+    L, c_pad = tw.codes.shape[0], tw.codes.shape[2]
+    kb, cb = -(-K // CB), c_pad // CB
+    codes = np.zeros((L, kb * CB, c_pad, R, S), np.int8)
+    codes[:, :K] = tw.codes
+    # (L, Kb, 16k, Cb, 16c, R, S) -> (L, Kb, Cb, R, S, 16c, 16k)
+    blocks = codes.reshape(L, kb, CB, cb, CB, R, S).transpose(0, 1, 3, 5, 6, 4, 2)
+    groups = max(1, CB // n)
+    alphas = np.zeros((L, kb * CB, c_pad // n, R, S), np.float32)
+    alphas[:, :K] = tw.alphas
+    # one vector per (block, sub-block): the alpha of the N-block holding channels sub*N.. of block cb
+    first_channel = np.arange(cb)[:, None] * CB + np.arange(groups)[None, :] * min(n, CB)      # (Cb, groups)
+    a = alphas[:, :, first_channel // n]                                   # (L, Kpad, Cb, groups, R, S)
+    a = a.reshape(L, kb, CB, cb, groups, R, S).transpose(0, 1, 3, 5, 6, 4, 2)   # (L, Kb, Cb, R, S, groups, 16k)
+    sums = (tw.alphas.astype(np.float64) * tw.codes.reshape(L, K, c_pad // n, n, R, S).sum(axis=3)).reshape(L, K, -1)
+    return TernaryBlocked(tuple(tw.shape), n, _vnni_groups(np.ascontiguousarray(blocks), 4), np.ascontiguousarray(a),
+                          sums.sum(axis=2))
+
+
+def ternary_call(xq, tb, levels, k_pad):
+    """(spec, fill, bias shift) for a ternary convolution on `levels` levels: the multipliers are
+    alpha * s_x per block (found beside each block), the flush schedule one chain per N-channel
+    block; u8 activations with zero point z shift every output by -s_x * z * sum(alpha * t),
+    returned to be added to the bias (per output channel, float64)."""
+    s_x, z = xq.scale
+    n = tb.block
+    steps, blocks = (n // GROUP["int8"], 1) if n < CB else (CB // GROUP["int8"], n // CB)
+    block_scale = np.ascontiguousarray((tb.alphas[:levels] * np.float32(s_x)).reshape(-1))
+    shift = np.zeros(k_pad)
+    if z:
+        shift[: tb.code_sums.shape[1]] = -s_x * z * tb.code_sums[:levels].sum(axis=0)
+    groups = tb.alphas.shape[-2]
+    return (_U8S8, steps, blocks, None, block_scale, groups, None), z, shift
+
+
 def dequantize(t):
     """The float32 values a quantized BlockedTensor stands for, in its blocked fp32 layout."""
     if t.precision == "int8":
@@ -276,6 +342,8 @@ def kernel_view(t):
 
 __all__ = [
     "INTEGER_FORMATS",
+    "TernaryBlocked",
+    "block_ternary_weights",
     "block_weights_dfp16",
     "block_weights_int8",
     "chain_schedule",

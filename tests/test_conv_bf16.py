@@ -105,7 +105,7 @@ def test_bf16_conv_against_pytorch(rng):
 
 @pytest.mark.parametrize("call,error,match", [
     (lambda x, w: dlcpu.conv2d(x, w, precision="fp8"), ValueError, "unknown precision 'fp8'"),
-    (lambda x, w: dlcpu.conv2d(x, w, precision="ternary"), ValueError, "no convolution kernel yet"),
+    (lambda x, w: dlcpu.conv2d(x, w, precision="ternary"), TypeError, "takes w as dlcpu.precision.TernaryWeights"),
     (lambda x, w: dlcpu.conv2d(x, w, algorithm="winograd4", precision="bf16"), ValueError, "direct algorithm only"),
     (lambda x, w: dlcpu.conv2d(layout.to_bf16_blocked(x), w), TypeError, "fp32 activation BlockedTensor"),
     (lambda x, w: dlcpu.conv2d(x, layout.block_weights_bf16(w)), TypeError, "fp32 weight BlockedTensor"),

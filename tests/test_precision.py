@@ -321,9 +321,9 @@ def test_native_formats_names_the_instructions_of_existing_kernels():
     nf = P.native_formats({"avx512f": True, "fma": True, "avx512_bf16": True, "avx512_vnni": True})
     assert nf["bf16"].startswith("vdpbf16ps") and nf["fp32"].startswith("vfmadd231ps")
     assert nf["int8"].startswith("vpdpbusd") and nf["dfp16"].startswith("vpdpwssd")
-    assert nf["ternary"] is None                                                      # no kernel yet
+    assert nf["ternary"].startswith("vpdpbusd")
     old = P.native_formats({"avx512f": True, "fma": True, "avx512_bf16": False, "avx512_vnni": False})
-    assert old["bf16"] == old["int8"] == old["dfp16"] == "emulated"
+    assert old["bf16"] == old["int8"] == old["dfp16"] == old["ternary"] == "emulated"
     assert P.native_formats({"avx2": True, "fma": True}, isa="avx2")["int8"] == "emulated"
     assert set(P.native_formats()) == set(P.PRECISIONS)
 

@@ -315,3 +315,68 @@ def test_integer_bad_input(call, error, match):
     w = np.ones((4, 3, 3, 3), np.float32)
     with pytest.raises(error, match=match):
         call(x, w)
+
+
+# ------------------------------------------------------------------------------------- ternary
+@pytest.mark.parametrize("isa,native", PATHS)
+@pytest.mark.parametrize("case,block,residual", [
+    ((2, 3, 20, 9, 9, 3, 3, 1, 1), 16, 0),        # first layer: one quad of 3 channels per block
+    ((1, 32, 48, 7, 7, 3, 3, 2, 1), 8, 1),        # two sub-blocks per 16-channel block
+    ((2, 16, 16, 6, 6, 1, 1, 1, 0), 4, 2),        # a flush after every VPDPBUSD
+    ((1, 64, 33, 8, 8, 3, 3, 1, 1), 32, 1),       # one alpha over two adjacent channel blocks
+    ((1, 64, 20, 6, 6, 1, 1, 1, 0), 64, 0),
+], ids=str)
+def test_ternary_conv_against_float64(rng, monkeypatch, isa, native, case, block, residual):
+    """Every residual level count against the float64 convolution of the u8 activations' values
+    and the weights those levels reconstruct (TernaryWeights.to_float32(levels))."""
+    set_native(monkeypatch, native)
+    n, c, k, h, w, r, s, stride, pad = case
+    for signed in (True, False):
+        x = rng.uniform(-1 if signed else 0, 1, (n, c, h, w)).astype(np.float32)
+        wt = rng.uniform(-1, 1, (k, c, r, s)).astype(np.float32)
+        b = rng.uniform(-1, 1, k).astype(np.float32)
+        tw = P.ternarize(wt, block=block, residual=residual)
+        tb = Q.block_ternary_weights(tw)
+        xd = Q.to_int8_blocked(x).numpy().astype(np.float64)
+        for levels in range(1, residual + 2):
+            want = ref.conv2d_forward(xd, tw.to_float32(levels).astype(np.float64), b, (stride, stride), (pad, pad),
+                                      True)
+            got = dlcpu.conv2d(x, tb, b, stride, pad, "relu", precision="ternary", levels=levels, isa=isa)
+            assert_close(got, want)
+        assert np.array_equal(got, dlcpu.conv2d(x, tw, b, stride, pad, "relu", precision="ternary", isa=isa))
+
+
+def test_ternary_conv_paths_agree_and_levels_trade_error(rng, monkeypatch):
+    x = rng.uniform(0, 1, (1, 32, 9, 9)).astype(np.float32)
+    w = rng.uniform(-1, 1, (16, 32, 3, 3)).astype(np.float32)
+    tb = Q.block_ternary_weights(P.ternarize(w, block=16, residual=2))
+    results = []
+    for isa, native in PATHS:
+        set_native(monkeypatch, native)
+        results.append(dlcpu.conv2d(x, tb, None, 1, 1, precision="ternary", isa=isa))
+    assert all(np.array_equal(r, results[0]) for r in results[1:])
+    exact = ref.conv2d_forward(x, w, None, (1, 1), (1, 1))
+    errors = [rel_l2(dlcpu.conv2d(x, tb, None, 1, 1, precision="ternary", levels=lv), exact) for lv in (1, 2, 3)]
+    assert errors[0] > errors[1] > errors[2]
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda x, w: dlcpu.conv2d(x, w, precision="ternary"), TypeError, "TernaryWeights"),
+    (lambda x, w: dlcpu.conv2d(x, P.ternarize(w, block=2), precision="ternary"), ValueError, "multiple of 4"),
+    (lambda x, w: dlcpu.conv2d(x, P.ternarize(w, residual=1), precision="ternary", levels=3), ValueError,
+     "levels must be <= 2"),
+    (lambda x, w: dlcpu.conv2d(x, P.ternarize(w), precision="ternary", levels=0), ValueError, "levels"),
+    (lambda x, w: dlcpu.conv2d(x, w, precision="int8", levels=1), ValueError, "levels= chooses"),
+    (lambda x, w: dlcpu.conv2d(x, P.ternarize(w), precision="ternary", algorithm="winograd4"), ValueError,
+     "direct algorithm only"),
+    (lambda x, w: dlcpu.conv2d(x[:, :2], P.ternarize(w), precision="ternary"), ValueError, "channels"),
+    (lambda x, w: dlcpu.conv2d(np.full_like(x, np.nan), P.ternarize(w), precision="ternary"), ValueError, "NaN"),
+    (lambda x, w: P.ternarize(w, block=5), ValueError, "does not divide the padded input channels"),
+    (lambda x, w: P.ternarize(w, residual=-1), ValueError, "residual"),
+    (lambda x, w: Q.block_ternary_weights(w), TypeError, "expected dlcpu.precision.TernaryWeights"),
+])
+def test_ternary_bad_input(call, error, match):
+    x = np.ones((1, 3, 6, 6), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    with pytest.raises(error, match=match):
+        call(x, w)
