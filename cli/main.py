@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import bench, faults, info, scale, train
+from . import bench, faults, info, quantize, scale, train
 from ._output import command, group, run_app
 
 app = group("dlcpu: CPU deep-learning kernels, benchmarks and tools.")
@@ -38,6 +38,7 @@ def _root(
 
 
 command(app, "info")(info.info)
+command(app, "quantize")(quantize.quantize)
 app.add_typer(bench.app, name="bench")
 app.add_typer(train.app, name="train")
 app.add_typer(faults.app, name="faults")

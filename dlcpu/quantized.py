@@ -140,8 +140,30 @@ def block_weights_int8(w, *, n_threads=None):
     scales = np.array([_int8_scale(float(m), INT8_WEIGHT_MAX) for m in per_k], np.float32)
     k_scale = scales.reshape(data.shape[0], 1, 1, 1, 1, CB).astype(np.float64)
     q = np.clip(np.rint(data.astype(np.float64) / k_scale), -INT8_WEIGHT_MAX, INT8_WEIGHT_MAX).astype(np.int8)
-    sums = np.moveaxis(q.astype(np.int64), -1, 1).reshape(data.shape[0], CB, -1).sum(axis=2).reshape(-1)
-    return BlockedTensor(_vnni_groups(q, 4), tuple(wb.shape), "weight", scale=(scales, sums), precision="int8")
+    return _int8_weight_tensor(q, scales, tuple(wb.shape))
+
+
+def _int8_weight_tensor(q, scales, shape):
+    """The int8 weight BlockedTensor of blocked codes q (Kb, Cb, R, S, 16c, 16k) and padded scales."""
+    sums = np.moveaxis(q.astype(np.int64), -1, 1).reshape(q.shape[0], CB, -1).sum(axis=2).reshape(-1)
+    return BlockedTensor(_vnni_groups(q, 4), shape, "weight", scale=(scales, sums), precision="int8")
+
+
+def int8_weights_from_codes(codes, scales):
+    """The int8 weight BlockedTensor of KCRS int8 codes in [-127, 127] and their per-output-channel
+    scales (a saved quantized model: the codes are kept, not quantized again)."""
+    fn = "int8_weights_from_codes"
+    if not isinstance(codes, np.ndarray) or codes.dtype != np.int8 or codes.ndim != 4:
+        raise TypeError(f"{fn}: codes must be a 4-d int8 KCRS array, got {getattr(codes, 'dtype', type(codes).__name__)}")
+    if np.abs(codes.astype(np.int16)).max(initial=0) > INT8_WEIGHT_MAX:
+        raise ValueError(f"{fn}: codes must lie in [-127, 127] (symmetric int8)")
+    scales = np.asarray(scales, np.float32)
+    if scales.shape != (codes.shape[0],) or not (np.isfinite(scales).all() and (scales > 0).all()):
+        raise ValueError(f"{fn}: scales must be {codes.shape[0]} finite values > 0, got shape {scales.shape}")
+    q = block_weights(codes.astype(np.float32)).data.astype(np.int8)        # small integers: exact
+    padded = np.ones(q.shape[0] * CB, np.float32)
+    padded[: codes.shape[0]] = scales
+    return _int8_weight_tensor(q, padded, tuple(codes.shape))
 
 
 # ------------------------------------------------------------------------------------ DFP-16
@@ -348,6 +370,7 @@ __all__ = [
     "block_weights_int8",
     "chain_schedule",
     "dequantize",
+    "int8_weights_from_codes",
     "native_vnni",
     "round_to_dfp16",
     "to_dfp16_blocked",

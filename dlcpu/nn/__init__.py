@@ -22,6 +22,10 @@ from .models import digits_resnet, digits_rnn
 from .module import FORMAT_VERSION, Module, Parameter, grad_enabled, inference_mode
 from .optim import SGD
 from .prune import LayerSparsity, prune, sparsity_report, total_sparsity
+from .quantize import TARGETS as QUANTIZE_TARGETS
+from .quantize import Quantized, quantize
+from .quantize import conv_costs as quantize_costs
+from .quantize import weight_report as quantize_weight_report
 from .recurrent import GRU, LSTM, RNN, LastTimeStep
 from .resnet import Bottleneck, ResNet, resnet18, resnet50
 from .sequence import GNMT, Embedding, LinearCrossEntropy, gnmt
@@ -32,6 +36,7 @@ __all__ = [
     "GNMT",
     "GRU",
     "LSTM",
+    "QUANTIZE_TARGETS",
     "RNN",
     "SGD",
     "AvgPool2d",
@@ -49,6 +54,7 @@ __all__ = [
     "MaxPool2d",
     "Module",
     "Parameter",
+    "Quantized",
     "ReLU",
     "ResNet",
     "Sequential",
@@ -66,6 +72,9 @@ __all__ = [
     "parse_loss_kind",
     "predict_classes",
     "prune",
+    "quantize",
+    "quantize_costs",
+    "quantize_weight_report",
     "resnet18",
     "resnet50",
     "save",

@@ -39,6 +39,8 @@ class Conv2d(Module):
 
     algorithm = "auto"
     PRECISIONS = ("fp32", "bf16", "dfp16")
+    #: None, or the nn.quantize ConvQuantization this layer runs instead (inference only)
+    quant = None
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, seed=0):
         super().__init__()
@@ -66,6 +68,8 @@ class Conv2d(Module):
 
     def forward(self, x):
         _expect_blocked(x, self.describe(), self.args["in_channels"])
+        if self.quant is not None:
+            return self.quant.forward(x)
         if x.precision == "fp32":   # converted once: the forward reads it, the backward's dW widens it
             if self.precision == "bf16":
                 x = to_bf16_blocked(x)
@@ -78,6 +82,8 @@ class Conv2d(Module):
                       precision=self.precision)
 
     def backward(self, dy):
+        if self.quant is not None:
+            raise RuntimeError(f"{self.describe()}: a quantized convolution runs inference only")
         x = self._require_forward(self._x)
         # db is a reduction over all of dy: skipped for bias-free convolutions (every ResNet
         # conv; it took 35 ms of a 1.2 s ResNet-50 step at 224x224, batch 4)
@@ -90,7 +96,7 @@ class Conv2d(Module):
         return g.dx
 
     def state(self):
-        out = {"weight": unblock_weights(self.weight_b)}
+        out = self.quant.state() if self.quant is not None else {"weight": unblock_weights(self.weight_b)}
         if self.bias is not None:
             out["bias"] = self.bias.data.copy()
         return out
@@ -102,7 +108,10 @@ class Conv2d(Module):
 
     def load_state(self, state, prefix=""):
         shape = self.weight_b.shape
-        self.weight.data[...] = block_weights(_take(state, prefix + "weight", shape, self.describe())).data
+        if self.quant is not None:
+            self.quant.load_state(state, prefix, self.describe())
+        else:
+            self.weight.data[...] = block_weights(_take(state, prefix + "weight", shape, self.describe())).data
         if self.bias is not None:
             self.bias.data[...] = _take(state, prefix + "bias", self.bias.data.shape, self.describe())
 
