@@ -507,7 +507,8 @@ _DIRECT_ONLY = ("bf16",) + quantized.INTEGER_FORMATS
 
 def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="auto",
            n_threads=None, isa=None, out=None, precision="fp32", out_scale=None, levels=None):
-    """2-D convolution (cross-correlation, as PyTorch and oneDNN define it), fp32 or bf16.
+    """2-D convolution (cross-correlation, as PyTorch and oneDNN define it) in fp32, bf16, int8,
+    DFP-16 or with ternary weights.
 
     x: (N, C, H, W) float32 array, or an activation BlockedTensor
     w: (K, C, R, S) float32 array, or a weight BlockedTensor (dlcpu.block_weights)
@@ -598,6 +599,10 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
                              f"{tuple(out.data.shape)}, {out.dtype}")
         if not out.data.flags.writeable:
             raise ValueError("conv2d: out is written in place and must be writeable (its data is read-only)")
+        want = (out_scale, 0 if activation == "relu" else quantized.U8_ZERO_POINT) if out_scale is not None else None
+        if want is not None and out.scale != want:
+            raise ValueError(f"conv2d: out holds u8 values of scale {out.scale}, this call writes {want}; make out with "
+                             "the same out_scale and activation")
         not_aliased(out.data, {"x": xb.data, "w": wb.data if wb is not None else None,
                                "the Winograd weights": prepared.data if prepared is not None else None,
                                "bias": bias}, "conv2d")
@@ -626,6 +631,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
         _forward_into(xq.data, quantized.kernel_view(wq), bias_p, y, shape, isa_code, n_threads, activation == "relu",
                       quantized.native_vnni(cpu.ISA_BY_CODE[isa_code]), integer, fill)
         if out_scale is not None:
+            if out is not None:
+                return out
             return BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation", scale=(out_scale, out_zero),
                                  precision="int8")
         yb = out if out is not None else BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation")

@@ -200,6 +200,27 @@ class PackedMatrix:
         if (self.scale is None) != (self.precision in ("fp32", "bf16")):
             raise ValueError(f"PackedMatrix: a {self.precision} matrix " + ("has no scale" if self.scale is not None
                              else "needs its scales or exponent") + "; use pack_matmul_operand")
+        if self.scale is not None:
+            self._check_scale(K)
+
+    def _check_scale(self, K):
+        """The kernels read the per-column arrays by position and trust the DFP-16 bound."""
+        where = f"PackedMatrix: the scale of a {self.precision} matrix"
+        n_pad, kb = self.data.shape[0] * CB, self.data.shape[1]
+        ok = isinstance(self.scale, tuple) and len(self.scale) == 2
+        if ok and self.precision == "int8":
+            a, b = self.scale
+            ok = (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == (n_pad,) and bool(np.isfinite(a).all())
+                  and bool((a > 0).all()) and isinstance(b, np.ndarray) and b.dtype == np.int32 and b.shape == (kb, n_pad))
+        elif ok:
+            e, bound = self.scale
+            ok = (all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in (e, bound))
+                  and formats.DFP_MIN_EXPONENT <= e <= formats.DFP_MAX_EXPONENT and 0 <= bound <= 32767
+                  and int(np.abs(self.data.astype(np.int32)).max(initial=0)) <= bound)
+        if not ok:
+            raise ValueError(f"{where} does not describe its data (int8: float32 scales > 0 of shape ({n_pad},) and "
+                             f"int32 sums of shape ({kb}, {n_pad}); dfp16: (exponent, bound on |mantissa| that holds)); "
+                             "use pack_matmul_operand")
 
 
 #: matmul's precisions so far, and the dtype of a PackedMatrix in each
@@ -308,6 +329,9 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
     T = choose_gemm_split(m, 16, K, isa_name, n_threads).rows   # rows per row tile depend on the ISA only
     kc = -(-K // CB)
     if precision in quantized.INTEGER_FORMATS:
+        if out is not None:
+            raise ValueError(f"{fn}: out= and accumulate= take the fp32 product; precision={precision!r} returns a new "
+                             "array")
         if not isinstance(y, PackedMatrix):
             y = pack_matmul_operand(y, precision=precision, n_threads=n_threads)
         return _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn)
@@ -370,12 +394,7 @@ def _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn):
     plan = choose_gemm_split(m, n, y.shape[0], isa_name, n_threads)
     code = cpu.ISA_CODES[isa_name]
     if precision == "int8":
-        absmax = formats._absmax(x, code, n_threads, fn, "int8 quantization")
-        unsigned = not bool((x < 0).any())
-        s_x = float(formats._int8_scale(absmax, quantized.U8_MAX if unsigned else quantized.INT8_WEIGHT_MAX))
-        z = 0 if unsigned else quantized.U8_ZERO_POINT
-        q = np.empty(x.shape, np.uint8)
-        formats._precision.quantize_u8(x.reshape(-1), q.reshape(-1), s_x, z, code, n_threads)
+        q, s_x, z = quantized.quantize_u8(x, code, n_threads, fn)
         xp = _row_tiles(q, T, kc)
         s_y, sums = y.scale
         steps, blocks = quantized.chain_schedule("int8")
@@ -394,11 +413,8 @@ def _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn):
         xp = _row_tiles(d.mantissas, T, kc)
         e_y, bound_y = y.scale
         steps, blocks = quantized.chain_schedule("dfp16", bound, bound_y)
-        e = d.exponent + e_y
-        if not -126 <= e <= 127:
-            raise ValueError(f"{fn}: the product's exponent E_x + E_y = {d.exponent} + {e_y} = {e} is outside fp32's "
-                             "normal range [-126, 127]; rescale the operands")
-        spec = (quantized._S16, steps, blocks, np.full(n_pad, np.ldexp(1.0, e), np.float32), None, 0, None)
+        spec = (quantized._S16, steps, blocks, np.full(n_pad, quantized.product_exponent(d.exponent, e_y, fn), np.float32),
+                None, 0, None)
         view = yp
     if xp.shape[2] != plan.rows:
         raise ValueError(f"{fn}: x was packed in row tiles of {xp.shape[2]}, the plan needs {plan.rows}")

@@ -72,6 +72,8 @@ class BlockedTensor:
         if (self.scale is None) != (self.precision in ("fp32", "bf16")):
             raise ValueError(f"BlockedTensor: a {self.precision} tensor " + ("has no scale" if self.scale is not None
                              else "needs its scale (exponent or scales)") + f", got scale={self.scale!r}")
+        if self.scale is not None:
+            _check_scale(self)
 
     @property
     def dtype(self):
@@ -89,6 +91,37 @@ class BlockedTensor:
 
     def __repr__(self):
         return f"BlockedTensor(kind={self.kind!r}, shape={tuple(self.shape)}, dtype={self.dtype}, data={tuple(self.data.shape)})"
+
+
+def _check_scale(t):
+    """The scale tuple of an int8 / dfp16 BlockedTensor must describe its data (the kernels read
+    per-channel arrays by position and trust the DFP-16 bound for their int32 chains)."""
+    from .precision import DFP_MAX_EXPONENT, DFP_MIN_EXPONENT
+
+    where = f"BlockedTensor: the scale of a {t.precision} {t.kind}"
+    if not isinstance(t.scale, tuple) or len(t.scale) != 2:
+        raise TypeError(f"{where} must be a pair, got {t.scale!r}")
+    a, b = t.scale
+    if t.precision == "dfp16":
+        ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in (a, b))
+        if not ok or not DFP_MIN_EXPONENT <= a <= DFP_MAX_EXPONENT or not 0 <= b <= 32767:
+            raise ValueError(f"{where} must be (exponent in [{DFP_MIN_EXPONENT}, {DFP_MAX_EXPONENT}], bound on "
+                             f"|mantissa| in [0, 32767]), got {t.scale!r}")
+        top = int(np.abs(t.data.astype(np.int32)).max(initial=0))
+        if top > b:
+            raise ValueError(f"{where} says |mantissa| <= {b}, but the data holds {top}")
+    elif t.kind == "activation":
+        ok = isinstance(a, (float, np.floating)) and np.isfinite(a) and a > 0 and b in (0, 128) and \
+            isinstance(b, (int, np.integer)) and not isinstance(b, (bool, np.bool_))
+        if not ok:
+            raise ValueError(f"{where} must be (scale, zero point): a finite float > 0 and 0 or 128, got {t.scale!r}")
+    else:
+        k_pad = t.data.shape[0] * CB
+        ok = (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == (k_pad,) and isinstance(b, np.ndarray)
+              and b.dtype.kind == "i" and b.shape == (k_pad,))
+        if not ok or not (np.isfinite(a).all() and (a > 0).all()):
+            raise ValueError(f"{where} must be (float32 scales > 0, integer sums), each of shape ({k_pad},) (one per "
+                             "padded output channel); make it with dlcpu.quantized.block_weights_int8")
 
 
 #: the element type of each precision's activations and weights, and what makes them

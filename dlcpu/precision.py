@@ -535,6 +535,22 @@ class TernaryWeights:
 
     format = "ternary"
 
+    def __post_init__(self):
+        fn = "TernaryWeights"
+        shape, block, alphas, codes = self.shape, self.block, self.alphas, self.codes
+        if (not isinstance(shape, tuple) or len(shape) < 2 or not isinstance(block, (int, np.integer))
+                or block < 1 or not isinstance(alphas, np.ndarray) or not isinstance(codes, np.ndarray)):
+            raise TypeError(f"{fn}: expected shape (K, C, *taps), an int block and numpy alphas and codes "
+                            "(make them with ternarize)")
+        c_pad = -(-shape[1] // CB) * CB
+        levels = alphas.shape[0] if alphas.ndim else 0
+        if (c_pad % block or levels < 1 or codes.shape != (levels, shape[0], c_pad, *shape[2:])
+                or alphas.shape != (levels, shape[0], c_pad // block, *shape[2:])):
+            raise ValueError(f"{fn}: codes {codes.shape} and alphas {alphas.shape} do not describe weights of shape "
+                             f"{shape} in blocks of {block} (make them with ternarize)")
+        if codes.dtype != np.int8 or not np.isin(codes, (-1, 0, 1)).all() or not np.isfinite(alphas).all():
+            raise ValueError(f"{fn}: codes must be int8 in {{-1, 0, 1}} and alphas finite")
+
     @property
     def levels(self):
         return self.alphas.shape[0]

@@ -25,11 +25,11 @@ dlcpu.precision.to_dfp16's exponent and rounding and one more clamp: |I| <= 2**(
 (only a value within half an ulp of the top can round up to 2**(15 - headroom); clamped, it loses
 that ulp, and the int32 chains get twice as long: 16 pairs instead of 15 with 2 bits).
 
-Why the sums cannot overflow: one VPDPBUSD adds four products of at most 255 * 127, one
+Why the sums cannot overflow: one VPDPBUSD adds four products of at most 255 * 128, one
 VPDPWSSD two of at most M_x * M_w, where M_x, M_w bound the mantissa magnitudes (M = 2**13 - 1
 with the default 2 bits of headroom).  A chain of n instructions stays below 2**31 when
 n * (that) <= 2**31 - 1; the kernel converts its int32 tile to fp32 and adds it into C after
-every such chain (int8: 4144 channel blocks, far beyond a ResNet layer's 4608 channels x taps /
+every such chain (int8: 4112 channel blocks, far beyond a ResNet layer's 4608 channels x taps /
 16 = 288; DFP-16 with 2 bits of headroom: 16 pairs, two channel blocks).  chain_schedule below is
 that arithmetic; tests check it against the worst case.
 """
@@ -47,8 +47,10 @@ from .precision import DFP16_HEADROOM, ROUNDINGS, TernaryWeights, _absmax, _head
 INT32_MAX = 2 ** 31 - 1
 #: the zero point of u8 activations that hold signed values
 U8_ZERO_POINT = 128
-#: the largest |q| of a symmetric int8 weight and the largest u8 activation
+#: the largest |q| of a symmetric int8 weight and the largest u8 activation; the chain bound
+#: takes 128 (a hand-made int8 weight may hold -128)
 INT8_WEIGHT_MAX, U8_MAX = 127, 255
+INT8_CODE_BOUND = 128
 #: the integer formats with kernels, the element type of their activations and weights, and the
 #: channels one VNNI instruction sums per output (its group)
 INTEGER_FORMATS = ("int8", "dfp16")
@@ -106,25 +108,46 @@ def to_int8_blocked(x, scale=None, *, unsigned=None, n_threads=None, isa=None):
     fn = "to_int8_blocked"
     xb = _fp32_activation(x, fn, n_threads)
     code, threads = cpu.isa_code(isa), cpu.resolve_threads(n_threads)
-    absmax = _absmax(xb.data, code, threads, fn, "int8 quantization")
     if scale is None:
         if unsigned is not None:
             raise ValueError(f"{fn}: unsigned= goes with a calibrated scale; without one it follows the data")
-        unsigned = not bool((xb.data < 0).any())
-        scale = float(_int8_scale(absmax, U8_MAX if unsigned else INT8_WEIGHT_MAX))
-    else:
-        if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
-            raise TypeError(f"{fn}: scale must be a positive real number, got {scale!r}")
-        scale = float(np.float32(scale))
-        if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"{fn}: scale must be finite and > 0, got {scale}")
-        if unsigned is None:
-            raise ValueError(f"{fn}: a calibrated scale needs unsigned=True/False (ActivationCalibrator.unsigned)")
-        unsigned = bool(unsigned)
+        data, scale, zero_point = quantize_u8(xb.data, code, threads, fn)
+        return BlockedTensor(data, tuple(xb.shape), "activation", scale=(scale, zero_point), precision="int8")
+    _absmax(xb.data, code, threads, fn, "int8 quantization")         # NaN/Inf refused
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: scale must be a positive real number, got {scale!r}")
+    scale = float(np.float32(scale))
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"{fn}: scale must be finite and > 0, got {scale}")
+    if unsigned is None:
+        raise ValueError(f"{fn}: a calibrated scale needs unsigned=True/False (ActivationCalibrator.unsigned)")
+    unsigned = bool(unsigned)
     zero_point = 0 if unsigned else U8_ZERO_POINT
-    out = np.empty(xb.data.shape, np.uint8)
-    _precision.quantize_u8(xb.data.reshape(-1), out.reshape(-1), scale, zero_point, code, threads)
-    return BlockedTensor(out, tuple(xb.shape), "activation", scale=(scale, zero_point), precision="int8")
+    data, _, _ = quantize_u8(xb.data, code, threads, fn, scale, zero_point)
+    return BlockedTensor(data, tuple(xb.shape), "activation", scale=(scale, zero_point), precision="int8")
+
+
+def quantize_u8(a, code, threads, fn, scale=None, zero_point=None):
+    """(u8 array of a's shape, scale, zero point) of a float32 array: with scale None, the
+    per-tensor rule of the module doc (NaN/Inf refused); else that scale and zero point."""
+    if scale is None:
+        absmax = _absmax(a, code, threads, fn, "int8 quantization")
+        unsigned = not bool((a < 0).any())
+        scale = float(_int8_scale(absmax, U8_MAX if unsigned else INT8_WEIGHT_MAX))
+        zero_point = 0 if unsigned else U8_ZERO_POINT
+    out = np.empty(a.shape, np.uint8)
+    _precision.quantize_u8(a.reshape(-1), out.reshape(-1), scale, zero_point, code, threads)
+    return out, scale, zero_point
+
+
+def product_exponent(e_x, e_w, fn):
+    """2**(E_x + E_w), the multiplier of a DFP-16 product, as float32; refused outside fp32's
+    normal range (the operands' magnitudes are then too far apart or too extreme)."""
+    e = e_x + e_w
+    if not -126 <= e <= 127:
+        raise ValueError(f"{fn}: the product's exponent E_x + E_w = {e_x} + {e_w} = {e} is outside fp32's normal "
+                         "range [-126, 127]; rescale the operands")
+    return np.float32(math.ldexp(1.0, e))
 
 
 def block_weights_int8(w, *, n_threads=None):
@@ -223,6 +246,11 @@ class TernaryBlocked:
     codes: np.ndarray
     alphas: np.ndarray
     code_sums: np.ndarray
+    _made: bool = False
+
+    def __post_init__(self):
+        if not self._made:        # the kernels read these arrays by the shape: only block_ternary_weights makes one
+            raise TypeError("TernaryBlocked: make it with dlcpu.quantized.block_ternary_weights(TernaryWeights)")
 
     @property
     def levels(self):
@@ -237,9 +265,9 @@ def block_ternary_weights(tw):
     if len(tw.shape) != 4:
         raise ValueError(f"{fn}: expected the weights of a 2-d convolution (K, C, R, S), got shape {tw.shape}")
     n = tw.block
-    if n % GROUP["int8"]:
-        raise ValueError(f"{fn}: the kernels sum channels in groups of {GROUP['int8']} (VPDPBUSD), so the block "
-                         f"size must be a multiple of 4, got {n}")
+    if n % GROUP["int8"] or (CB % n and n % CB):
+        raise ValueError(f"{fn}: the kernels sum channels in groups of 4 (VPDPBUSD) within blocks of {CB}, so "
+                         f"the block size must be 4, 8, 16 or a multiple of 16, got {n}")
     K, _, R, S = tw.shape
     L, c_pad = tw.codes.shape[0], tw.codes.shape[2]
     kb, cb = -(-K // CB), c_pad // CB
@@ -256,7 +284,7 @@ def block_ternary_weights(tw):
     a = a.reshape(L, kb, CB, cb, groups, R, S).transpose(0, 1, 3, 5, 6, 4, 2)   # (L, Kb, Cb, R, S, groups, 16k)
     sums = (tw.alphas.astype(np.float64) * tw.codes.reshape(L, K, c_pad // n, n, R, S).sum(axis=3)).reshape(L, K, -1)
     return TernaryBlocked(tuple(tw.shape), n, _vnni_groups(np.ascontiguousarray(blocks), 4), np.ascontiguousarray(a),
-                          sums.sum(axis=2))
+                          sums.sum(axis=2), _made=True)
 
 
 def ternary_call(xq, tb, levels, k_pad):
@@ -290,7 +318,7 @@ def dequantize(t):
 
 
 # ---------------------------------------------------------------------------- call description
-def chain_schedule(precision, x_bound=U8_MAX, w_bound=INT8_WEIGHT_MAX):
+def chain_schedule(precision, x_bound=U8_MAX, w_bound=INT8_CODE_BOUND):
     """(flush_steps, flush_blocks): how many VNNI groups inside a 16-channel block, and how many
     blocks, one int32 chain may sum before it must be flushed into fp32 (module doc).  x_bound,
     w_bound: the largest |activation| and |weight| integers."""
@@ -314,18 +342,14 @@ def integer_call(precision, xq, wq, n_blocks_per_call, k_pad):
         steps, blocks = chain_schedule("int8")
         if n_blocks_per_call > blocks:
             raise ValueError(f"int8: one output sums {n_blocks_per_call} blocks of {CB} channels (channels x taps), "
-                             f"more than the {blocks} an int32 chain provably holds (255 x 127 x {CB * blocks} < 2**31)")
+                             f"more than the {blocks} an int32 chain provably holds (255 x 128 x {CB * blocks} < 2**31)")
         scale = (np.float64(s_x) * s_w.astype(np.float64)).astype(np.float32)
         comp = (z * sums).astype(np.int32) if z else None
         return (_U8S8, steps, blocks, _padded(scale, k_pad, 1.0), None, 0, _padded(comp, k_pad, 0)), z
     e_x, m_x = xq.scale
     e_w, m_w = wq.scale
     steps, blocks = chain_schedule("dfp16", m_x, m_w)
-    e = e_x + e_w
-    if not -126 <= e <= 127:
-        raise ValueError(f"dfp16: the product's exponent E_x + E_w = {e_x} + {e_w} = {e} is outside fp32's normal "
-                         "range [-126, 127]; rescale the operands")
-    scale = np.full(k_pad, math.ldexp(1.0, e), np.float32)
+    scale = np.full(k_pad, product_exponent(e_x, e_w, "dfp16"), np.float32)
     return (_S16, steps, blocks, scale, None, 0, None), 0
 
 
@@ -372,6 +396,8 @@ __all__ = [
     "dequantize",
     "int8_weights_from_codes",
     "native_vnni",
+    "product_exponent",
+    "quantize_u8",
     "round_to_dfp16",
     "to_dfp16_blocked",
     "to_int8_blocked",

@@ -153,7 +153,7 @@ def test_int8_u8_output_is_the_requantized_fp32_output(rng, monkeypatch, isa, na
 # ---------------------------------------------------------------------------- int32 chain bound
 def test_chain_schedule_is_the_int32_bound():
     steps, blocks = Q.chain_schedule("int8")
-    assert steps == 4 and blocks == (2 ** 31 - 1) // (4 * 255 * 127) // 4
+    assert steps == 4 and blocks == (2 ** 31 - 1) // (4 * 255 * 128) // 4
     for mx, mw in [(8192, 8192), (8191, 8192), (4096, 8192), (32767, 32767), (1, 1)]:
         steps, blocks = Q.chain_schedule("dfp16", mx, mw)
         longest = steps * blocks * 2 * mx * mw            # the most one chain can sum
@@ -362,7 +362,28 @@ def test_ternary_conv_paths_agree_and_levels_trade_error(rng, monkeypatch):
 
 @pytest.mark.parametrize("call,error,match", [
     (lambda x, w: dlcpu.conv2d(x, w, precision="ternary"), TypeError, "TernaryWeights"),
-    (lambda x, w: dlcpu.conv2d(x, P.ternarize(w, block=2), precision="ternary"), ValueError, "multiple of 4"),
+    (lambda x, w: dlcpu.conv2d(x, P.ternarize(w, block=2), precision="ternary"), ValueError, "must be 4, 8, 16"),
+    (lambda x, w: dlcpu.conv2d(np.ones((1, 48, 6, 6), np.float32), P.ternarize(np.ones((4, 48, 3, 3), np.float32),
+                                                                               block=12), precision="ternary"),
+     ValueError, "must be 4, 8, 16 or a multiple of 16, got 12"),
+    (lambda x, w: Q.TernaryBlocked((4, 3, 3, 3), 16, None, None, None), TypeError, "block_ternary_weights"),
+    (lambda x, w: P.TernaryWeights((4, 64, 3, 3), 16, P.ternarize(w).alphas, P.ternarize(w).codes), ValueError,
+     "do not describe weights of shape"),
+    (lambda x, w: layout.BlockedTensor(Q.to_dfp16_blocked(x).data * 2, (1, 3, 6, 6), scale=Q.to_dfp16_blocked(x).scale,
+                                       precision="dfp16"), ValueError, "but the data holds"),
+    (lambda x, w: layout.BlockedTensor(Q.to_int8_blocked(x).data, (1, 3, 6, 6), scale=(0.1, 300), precision="int8"),
+     ValueError, "0 or 128"),
+    (lambda x, w: layout.BlockedTensor(Q.block_weights_int8(w).data, (4, 3, 3, 3), "weight",
+                                       scale=(np.ones(1, np.float32), np.zeros(1, np.int64)), precision="int8"),
+     ValueError, "one per padded output"),
+    (lambda x, w: gemm.PackedMatrix(gemm.pack_matmul_operand(w[:, 0, 0], precision="int8").data, (4, 3), "int8",
+                                    (np.ones(1, np.float32), np.zeros((1, 1), np.int32))), ValueError,
+     "does not describe its data"),
+    (lambda x, w: gemm.matmul(x[0, 0], np.ones((6, 2), np.float32), precision="int8",
+                              out=gemm.pack_matmul_operand(np.ones((6, 2), np.float32))), ValueError, "out= and accumulate="),
+    (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), w, precision="int8", out_scale=0.5,
+                               out=dlcpu.conv2d(layout.to_blocked(x), w, precision="int8", out_scale=0.25)),
+     ValueError, "this call writes"),
     (lambda x, w: dlcpu.conv2d(x, P.ternarize(w, residual=1), precision="ternary", levels=3), ValueError,
      "levels must be <= 2"),
     (lambda x, w: dlcpu.conv2d(x, P.ternarize(w), precision="ternary", levels=0), ValueError, "levels"),

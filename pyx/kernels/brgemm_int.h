@@ -11,7 +11,7 @@
  * channels must hold zero weights.
  *
  * Why the int32 sums are flushed: an int32 chain overflows silently.  A u8 x s8 product is at most
- * 255 * 128 in magnitude, so 16,000 blocks fit; an int16 product of DFP-16 mantissas can reach
+ * 255 * 128 in magnitude, so 16,000 quads (4,112 blocks of 16 channels) fit; an int16 product of DFP-16 mantissas can reach
  * 2**30, so a chain must be bounded by the mantissas' headroom (two bits of headroom: 16 pairs).
  * The caller (dlcpu/quantized.py) proves the bound and sets the schedule: every flush_steps
  * reduction groups inside a block, and after every flush_blocks blocks, the int32 tile is
