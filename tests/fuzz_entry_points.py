@@ -20,7 +20,7 @@ import numpy as np
 
 import dlcpu
 from dlcpu import _reference as ref
-from dlcpu import approx, faults, gemm, nn, norm, pool, rnn
+from dlcpu import approx, faults, gemm, nn, norm, pool, quantized, rnn
 from dlcpu.approx.ktanh_table import PUBLISHED_TABLE, fit_ktanh_table
 
 try:
@@ -74,6 +74,51 @@ def b_conv2d(rng):
         return close(plain(y), ref.conv2d_forward(plain(kw["x"]), plain(kw["w"]), kw["bias"],
                                                   (s.stride_h, s.stride_w), (s.pad_h, s.pad_w)))
     return kw, check
+
+
+def b_conv2d_integer(rng):
+    """int8 / dfp16 / ternary: fp32 operands, or operands quantized beforehand (int8 sometimes
+    with a u8 output); checked against float64 on the values the kernels multiply."""
+    kw = conv_problem(rng, bool(rng.integers(2)))
+    precision = str(rng.choice(["int8", "dfp16", "ternary"]))
+    kw["precision"] = precision
+    if precision == "ternary":
+        tw = dlcpu.precision.ternarize(plain(kw["w"]), block=int(rng.choice([4, 8, 16])),
+                                       residual=int(rng.integers(0, 3)))
+        kw["w"] = tw if rng.integers(2) else quantized.block_ternary_weights(tw)
+        kw["levels"] = int(rng.integers(1, tw.levels + 1))
+    elif rng.integers(2):
+        xb = kw["x"] if isinstance(kw["x"], dlcpu.BlockedTensor) else dlcpu.to_blocked(kw["x"])
+        kw["x"], kw["w"] = quantized.quantize_operands(precision, xb, None, plain(kw["w"]))
+
+    def values(kw):
+        """(x, w) as float64 NCHW / KCRS values of what the kernels multiply."""
+        x = kw["x"] if isinstance(kw["x"], dlcpu.BlockedTensor) else dlcpu.to_blocked(kw["x"])
+        if precision == "ternary":
+            xq = x if x.precision == "int8" else quantized.to_int8_blocked(x)
+            tw = kw["w"] if isinstance(kw["w"], dlcpu.precision.TernaryWeights) else None
+            return xq.numpy(), (tw.to_float32(kw["levels"]) if tw is not None else None)
+        w = kw["w"]
+        xq, wq = quantized.quantize_operands(precision, x, w if isinstance(w, dlcpu.BlockedTensor) else None,
+                                             None if isinstance(w, dlcpu.BlockedTensor) else w)
+        return xq.numpy(), wq.numpy()
+
+    def check(kw, y):
+        x, w = values(kw)
+        if w is None:                 # TernaryBlocked: no logical weights kept to compare with
+            return True
+        s = dlcpu.conv.conv_shape(x.shape, w.shape, kw["stride"], kw["padding"])
+        return close(plain(y), ref.conv2d_forward(x, w, None, (s.stride_h, s.stride_w), (s.pad_h, s.pad_w)))
+    return kw, check
+
+
+def b_matmul_integer(rng):
+    m, k, n = (int(v) for v in rng.integers(1, 40, 3))
+    precision = str(rng.choice(["int8", "dfp16"]))
+    kw = {"x": f32(rng, m, k), "y": f32(rng, k, n), "precision": precision}
+    if rng.integers(2):
+        kw["y"] = gemm.pack_matmul_operand(kw["y"], precision=precision)
+    return kw, None
 
 
 def b_conv2d_out(rng):
@@ -605,6 +650,8 @@ ENTRY_POINTS = {
     "faults.weight_fault": (b_weight_fault, faults.weight_fault),
     "conv2d": (b_conv2d, dlcpu.conv2d),
     "conv2d(out=)": (b_conv2d_out, dlcpu.conv2d),
+    "conv2d(precision=int8|dfp16|ternary)": (b_conv2d_integer, dlcpu.conv2d),
+    "matmul(precision=int8|dfp16)": (b_matmul_integer, dlcpu.matmul),
     "conv2d_backward": (b_conv2d_backward, dlcpu.conv2d_backward),
     "prepare_winograd": (b_prepare_winograd, dlcpu.prepare_winograd),
     "matmul": (b_matmul, dlcpu.matmul),
