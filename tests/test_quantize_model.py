@@ -77,7 +77,9 @@ def test_a_quantized_file_for_another_shape_is_refused(trained, tmp_path):
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "dlcpu", *args], check=False, capture_output=True, text=True, timeout=600)
+    # from / : the installed package, not a source tree in the working directory
+    return subprocess.run([sys.executable, "-m", "dlcpu", *args], check=False, capture_output=True, text=True,
+                          timeout=600, cwd="/")
 
 
 def test_quantize_cli_reports_and_saves(trained, tmp_path):
