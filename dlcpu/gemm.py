@@ -418,6 +418,11 @@ def _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn):
         view = yp
     if xp.shape[2] != plan.rows:
         raise ValueError(f"{fn}: x was packed in row tiles of {xp.shape[2]}, the plan needs {plan.rows}")
+    return _fresh_product(xp, view, m, n, n_pad, bias, plan, fn, quantized.native_vnni(isa_name), spec)
+
+
+def _fresh_product(xp, yp, m, n, n_pad, bias, plan, fn, native, integer=None):
+    """A new (m, n) product of packed operands, with the bias padded to n_pad."""
     bias_p = _NO_BIAS
     if bias is not None:
         bias = _f32(bias, "bias", 1, fn)
@@ -426,7 +431,7 @@ def _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn):
         bias_p = np.zeros(n_pad, np.float32)
         bias_p[:n] = bias
     out = np.empty((m, n_pad), dtype=np.float32)
-    if _brgemm.gemm_packed(xp, view, out, bias_p, plan.c, 0, False, quantized.native_vnni(isa_name), spec):
+    if _brgemm.gemm_packed(xp, yp, out, bias_p, plan.c, 0, False, native, integer):
         raise RuntimeError(f"{fn}: a BRGEMM call failed ({plan.summary()})")
     return out if n_pad == n else np.ascontiguousarray(out[:, :n])
 
@@ -468,14 +473,4 @@ def _product(xp, y, m, kc, bias, n_threads, isa_name, fn, packed_out=None, accum
         if not accumulate and m % CB:
             data[:, m // CB, m % CB:] = 0.0
         return packed_out
-    bias_p = _NO_BIAS
-    if bias is not None:
-        bias = _f32(bias, "bias", 1, fn)
-        if bias.shape != (n,):
-            raise ValueError(f"{fn}: bias must have shape ({n},), got {bias.shape}")
-        bias_p = np.zeros(n_pad, np.float32)
-        bias_p[:n] = bias
-    out = np.empty((m, n_pad), dtype=np.float32)
-    if _brgemm.gemm_packed(xp, yp, out, bias_p, plan.c, 0, False, native):
-        raise RuntimeError(f"{fn}: a BRGEMM call failed ({plan.summary()})")
-    return out if n_pad == n else np.ascontiguousarray(out[:, :n])
+    return _fresh_product(xp, yp, m, n, n_pad, bias, plan, fn, native)

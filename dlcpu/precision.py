@@ -248,14 +248,20 @@ def to_dfp16(a, *, headroom=DFP16_HEADROOM, rounding="nearest", seed=0, isa=None
     on every ISA path and thread count)."""
     fn = "to_dfp16"
     a = float32_array(a, "a", fn)
+    headroom, seed = _dfp16_arguments(headroom, rounding, seed, fn)
+    code, threads = _threads_and_isa(isa, n_threads)
+    return _to_dfp16(a, headroom, rounding, seed, code, threads, fn)[0]
+
+
+def _dfp16_arguments(headroom, rounding, seed, fn):
+    """(headroom, seed) checked, and the rounding name, for every DFP-16 conversion."""
     headroom = _headroom(headroom, fn)
     if rounding not in ROUNDINGS:
         raise ValueError(f"{fn}: rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
     seed = positive_int(seed, "seed", fn, minimum=0)
     if seed >= 2 ** 32:
         raise ValueError(f"{fn}: seed must be < 2**32, got {seed}")
-    code, threads = _threads_and_isa(isa, n_threads)
-    return _to_dfp16(a, headroom, rounding, seed, code, threads, fn)[0]
+    return headroom, seed
 
 
 def _absmax(a, code, threads, fn, what):

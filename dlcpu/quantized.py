@@ -40,9 +40,17 @@ import numpy as np
 
 from . import cpu
 from ._ext import precision as _precision
-from ._validate import positive_int
 from .layout import CB, BlockedTensor, block_weights, to_blocked
-from .precision import DFP16_HEADROOM, ROUNDINGS, TernaryWeights, _absmax, _headroom, _int8_scale, _to_dfp16, check_precision
+from .precision import (
+    DFP16_HEADROOM,
+    TernaryWeights,
+    _absmax,
+    _dfp16_arguments,
+    _headroom,
+    _int8_scale,
+    _to_dfp16,
+    check_precision,
+)
 
 INT32_MAX = 2 ** 31 - 1
 #: the zero point of u8 activations that hold signed values
@@ -207,12 +215,7 @@ def block_weights_dfp16(w, *, headroom=DFP16_HEADROOM, rounding="nearest", seed=
 
 
 def _dfp16_blocked(t, kind, headroom, rounding, seed, n_threads, isa, fn):
-    headroom = _headroom(headroom, fn)
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"{fn}: rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
-    seed = positive_int(seed, "seed", fn, minimum=0)
-    if seed >= 2 ** 32:
-        raise ValueError(f"{fn}: seed must be < 2**32, got {seed}")
+    headroom, seed = _dfp16_arguments(headroom, rounding, seed, fn)
     d, bound = _to_dfp16(t.data, headroom, rounding, seed, cpu.isa_code(isa), cpu.resolve_threads(n_threads), fn,
                          within_headroom=True)
     data = _vnni_groups(d.mantissas, 2) if kind == "weight" else d.mantissas

@@ -23,8 +23,8 @@ from libc.string cimport memcpy, memset
 from cython.parallel cimport prange
 
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_f32_max_pixels,
-                            dlcpu_brgemm_int_t, brgemm_operand, brgemm_call, integer_call, dlcpu_f32_to_bf16,
-                            DLCPU_BR_STRD, DLCPU_INT_S16, DLCPU_INT_U8S8)
+                            dlcpu_brgemm_int_t, brgemm_operand, brgemm_call, integer_call_for, dlcpu_f32_to_bf16,
+                            DLCPU_BR_STRD)
 from dlcpu_plans cimport dlcpu_gemm_plan_t, require_tiles
 
 
@@ -303,18 +303,9 @@ def gemm_packed(const brgemm_operand[:, :, :, ::1] xp, const brgemm_operand[:, :
     cdef int err = 0
     cdef const float *b = &bias[0] if bias.shape[0] > 0 else NULL
     cdef dlcpu_brgemm_int_t q_int
-    cdef int want
     cdef const dlcpu_brgemm_int_t *q = NULL
     if brgemm_operand is uint8_t or brgemm_operand is int16_t:
-        if integer is None:
-            raise ValueError("gemm_packed: integer operands need their call description (integer=)")
-        q_int = integer_call(integer)
-        if brgemm_operand is int16_t:
-            want = DLCPU_INT_S16
-        else:
-            want = DLCPU_INT_U8S8
-        if q_int.format != want:
-            raise ValueError("gemm_packed: the call description's format does not match the operand type")
+        q_int = integer_call_for(&xp[0, 0, 0, 0], integer, "gemm_packed")
         q = &q_int
     for tid in prange(n_threads, nogil=True, schedule='static', num_threads=n_threads):
         if g.split_rows:

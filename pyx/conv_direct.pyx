@@ -32,8 +32,8 @@ from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange, parallel
 
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_int_t, brgemm_operand, brgemm_call,
-                            dlcpu_conv_item_input_px, dlcpu_transpose_16x16_f32, integer_call, DLCPU_BR_OFFS,
-                            DLCPU_INT_S16, DLCPU_INT_U8S8)
+                            dlcpu_conv_item_input_px, dlcpu_transpose_16x16_f32, integer_call_for,
+                            DLCPU_BR_OFFS)
 from dlcpu_plans cimport (dlcpu_conv_plan_t, dlcpu_conv_shape_t, DLCPU_TILE_NONE, DLCPU_TILE_PADDED,
                           require_tiles)
 
@@ -171,18 +171,9 @@ def conv2d_forward(const brgemm_operand[::1] x, const brgemm_operand[::1] w, con
     cdef brgemm_operand *tile = NULL
     cdef const float *bias_ptr = &bias[0] if bias.shape[0] > 0 else NULL
     cdef dlcpu_brgemm_int_t q_int
-    cdef int want
     cdef const dlcpu_brgemm_int_t *q = NULL
     if brgemm_operand is uint8_t or brgemm_operand is int16_t:
-        if integer is None:
-            raise ValueError("conv2d_forward: integer operands need their call description (integer=)")
-        q_int = integer_call(integer)
-        if brgemm_operand is int16_t:
-            want = DLCPU_INT_S16
-        else:
-            want = DLCPU_INT_U8S8
-        if q_int.format != want:
-            raise ValueError("conv2d_forward: the call description's format does not match the operand type")
+        q_int = integer_call_for(&x[0], integer, "conv2d_forward")
         q = &q_int
     if conv_output is uint8_t:
         if q == NULL or q_int.out_u8 == 0:

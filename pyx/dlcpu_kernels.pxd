@@ -150,3 +150,16 @@ cdef inline dlcpu_brgemm_int_t integer_call(tuple spec) except *:
         comp = comp_a
         q.comp = &comp[0]
     return q
+
+
+cdef inline dlcpu_brgemm_int_t integer_call_for(const brgemm_operand *operand, tuple spec, str fn) except *:
+    """integer_call(spec) for a driver whose operands are `operand`'s type (uint8: int8 and
+    ternary; int16: DFP-16), refusing a missing description or one of the other format."""
+    cdef dlcpu_brgemm_int_t q
+    cdef int want = DLCPU_INT_S16 if brgemm_operand is int16_t else DLCPU_INT_U8S8
+    if spec is None:
+        raise ValueError(f"{fn}: integer operands need their call description (integer=)")
+    q = integer_call(spec)
+    if q.format != want:
+        raise ValueError(f"{fn}: the call description's format does not match the operand type")
+    return q
