@@ -188,19 +188,27 @@ def _cell_activations(impl):
     return (lambda v: sigmoid_flavour(v, impl)), (lambda v: tanh_flavour(v, impl))
 
 
-def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, impl="exact"):
+def _no_rounding(a):
+    return a
+
+
+def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, impl="exact", rounding=None):
     """float64 LSTM, gate order i, f, g, o: returns y (T, N, K), h_T, c_T and the per-step
     (gates, c) needed by lstm_backward.  impl: the activation flavour ("exact", "fast", "ktanh";
     dlcpu.rnn's activation_impl); "ktanh" applies K-TanH to the float32 rounding of the float64
-    pre-activations, so a value the kernel rounds to the other side of a bf16 boundary differs."""
+    pre-activations, so a value the kernel rounds to the other side of a bf16 boundary differs.
+    rounding: a function applied to every operand of the two products (x, W_ih, h, W_hh) -- the
+    bf16 recurrent layers round exactly those -- the rest stays float64."""
+    q = rounding or _no_rounding
     sig, tanh = _cell_activations(impl)
     x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh))
     b = np.asarray(b_ih, np.float64) + np.asarray(b_hh, np.float64)
     h, c = np.asarray(h0, np.float64), np.asarray(c0, np.float64)
     K = w_hh.shape[1]
     ys, steps = [], []
+    qx, qw_ih, qw_hh = q(x), q(w_ih), q(w_hh)
     for t in range(x.shape[0]):
-        z = x[t] @ w_ih.T + h @ w_hh.T + b
+        z = qx[t] @ qw_ih.T + q(h) @ qw_hh.T + b
         i, f, g, o = sig(z[:, :K]), sig(z[:, K:2 * K]), tanh(z[:, 2 * K:3 * K]), sig(z[:, 3 * K:])
         c_prev, h_prev = c, h
         c = f * c_prev + i * g
@@ -210,10 +218,12 @@ def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, impl="exact"):
     return np.stack(ys), h, c, steps
 
 
-def lstm_backward(dy, x, w_ih, w_hh, steps, dh_T, dc_T, impl="exact"):
+def lstm_backward(dy, x, w_ih, w_hh, steps, dh_T, dc_T, impl="exact", rounding=None):
     """Backpropagation through time in float64: (dx, dw_ih, dw_hh, db, dh0, dc0).  impl: the
     forward's flavour; tanh(c) is recomputed with it and every derivative is the analytic one
-    evaluated at the flavour's values (1 - y^2, s (1 - s)), as the kernels do."""
+    evaluated at the flavour's values (1 - y^2, s (1 - s)), as the kernels do.  rounding: as
+    lstm_forward's, applied to the operands of every product (the gate gradients, x, h, W)."""
+    q = rounding or _no_rounding
     tanh = _cell_activations(impl)[1]
     dy, x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (dy, x, w_ih, w_hh))
     dh, dc = np.asarray(dh_T, np.float64).copy(), np.asarray(dc_T, np.float64).copy()
@@ -227,27 +237,29 @@ def lstm_backward(dy, x, w_ih, w_hh, steps, dh_T, dc_T, impl="exact"):
         dc = dc + dh * o * (1 - tc * tc)
         dz = np.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
                              dh * tc * o * (1 - o)], axis=1)
-        dx[t] = dz @ w_ih
-        dw_ih += dz.T @ x[t]
-        dw_hh += dz.T @ h_prev
+        qz = q(dz)
+        dx[t] = qz @ q(w_ih)
+        dw_ih += qz.T @ q(x[t])
+        dw_hh += qz.T @ q(h_prev)
         db += dz.sum(axis=0)
-        dh = dz @ w_hh
+        dh = qz @ q(w_hh)
         dc = dc * f
     return dx, dw_ih, dw_hh, db, dh, dc
 
 
-def gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, impl="exact"):
+def gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, impl="exact", rounding=None):
     """float64 GRU (PyTorch's formulation, gates r, z, n): y, h_T and per-step values.
     impl: the activation flavour, as lstm_forward's (gru_backward needs no flavour: it reads the
-    saved activations)."""
+    saved activations); rounding: as lstm_forward's."""
+    q = rounding or _no_rounding
     sig, tanh = _cell_activations(impl)
     x, w_ih, w_hh, b_ih, b_hh = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh, b_ih, b_hh))
     h = np.asarray(h0, np.float64)
     K = w_hh.shape[1]
     ys, steps = [], []
     for t in range(x.shape[0]):
-        gx = x[t] @ w_ih.T + b_ih
-        gh = h @ w_hh.T + b_hh
+        gx = q(x[t]) @ q(w_ih).T + b_ih
+        gh = q(h) @ q(w_hh).T + b_hh
         r = sig(gx[:, :K] + gh[:, :K])
         z = sig(gx[:, K:2 * K] + gh[:, K:2 * K])
         hn = gh[:, 2 * K:]
@@ -283,16 +295,17 @@ def gru_backward(dy, x, w_ih, w_hh, steps, dh_T):
     return dx, dw_ih, dw_hh, db_ih, db_hh, dh
 
 
-def rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, relu=False, impl="exact"):
+def rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, relu=False, impl="exact", rounding=None):
     """float64 vanilla RNN: y, h_T, per-step (y_t, h_{t-1}).  impl: the tanh flavour, as
-    lstm_forward's (no effect with relu)."""
+    lstm_forward's (no effect with relu); rounding: as lstm_forward's."""
+    q = rounding or _no_rounding
     tanh = _cell_activations(impl)[1]
     x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh))
     b = np.asarray(b_ih, np.float64) + np.asarray(b_hh, np.float64)
     h = np.asarray(h0, np.float64)
     ys, steps = [], []
     for t in range(x.shape[0]):
-        pre = x[t] @ w_ih.T + h @ w_hh.T + b
+        pre = q(x[t]) @ q(w_ih).T + q(h) @ q(w_hh).T + b
         h_prev, h = h, (np.maximum(pre, 0) if relu else tanh(pre))
         steps.append((h, h_prev))
         ys.append(h)

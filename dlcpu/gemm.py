@@ -291,7 +291,7 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
     quantized per tensor to u8 (zero point 128 when it holds negative values), y per column to
     s8; 'dfp16': both to int16 mantissas with shared exponents; products summed in int32 chains
     that provably cannot overflow (dlcpu.quantized), output float32.  transpose_x, out= and a
-    tuple of operands are fp32-only."""
+    tuple of operands take fp32 and bf16."""
     fn = "matmul"
     precision = _matmul_precision(precision, fn)
     transpose_x = flag(transpose_x, "transpose_x", fn)
@@ -307,8 +307,8 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
         raise ValueError(f"{fn}: out= takes one right-hand operand and no bias")
     m, K = x.shape[::-1] if transpose_x else x.shape
     checked = []
-    if precision != "fp32" and (transpose_x or many):
-        raise ValueError(f"{fn}: transpose_x and a tuple of right-hand operands run in fp32 only, not {precision}")
+    if precision not in ("fp32", "bf16") and (transpose_x or many):
+        raise ValueError(f"{fn}: transpose_x and a tuple of right-hand operands run in fp32 and bf16, not {precision}")
     for yi in ys:
         if isinstance(yi, PackedMatrix) and yi.precision != precision:
             raise ValueError(f"{fn}: y was packed for precision {yi.precision!r}, but the product runs in "
@@ -338,10 +338,14 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
     if precision == "bf16":
         native = formats.native_bf16(isa_name)
         xp = scratch("gemm.x16", (-(-m // T), kc, T, CB), np.uint16)
-        _brgemm.pack_gemm_a_bf16(x, xp, cpu.ISA_CODES[isa_name], native, n_threads)
-        if not isinstance(y, PackedMatrix):
-            y = pack_matmul_operand(y, precision="bf16", n_threads=n_threads)
-        return _product(xp, y, m, kc, bias, n_threads, isa_name, fn, out, accumulate, native)
+        # x.T for transpose_x: a transposed copy first (the bf16 packer reads rows; the operands
+        # this serves, gradient matrices of the recurrent layers, are small next to the product)
+        _brgemm.pack_gemm_a_bf16(np.ascontiguousarray(x.T) if transpose_x else x, xp, cpu.ISA_CODES[isa_name],
+                                 native, n_threads)
+        outs = tuple(_product(xp, yi if isinstance(yi, PackedMatrix) else
+                              pack_matmul_operand(yi, precision="bf16", n_threads=n_threads),
+                              m, kc, bias, n_threads, isa_name, fn, out, accumulate, native) for yi in checked)
+        return outs if many else outs[0]
     xp = scratch("gemm.x", (-(-m // T), kc, T, CB))
     if transpose_x:
         _brgemm.pack_gemm_a_transposed(x, xp, n_threads)

@@ -27,11 +27,12 @@ that layout and receive their gradients in it (weight_grads=), so a training ste
 nothing but those transposes, and inference packs nothing at all.
 """
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import cpu
+from . import precision as formats
 from ._ext import rnn as _rnn
 from ._plans import Plan
 from ._validate import fits_in_memory, positive_int
@@ -46,6 +47,18 @@ NONLINEARITIES = ("tanh", "relu")
 _GATES = {"lstm": LSTM_GATES, "gru": GRU_GATES, "rnn_tanh": RNN_GATES, "rnn_relu": RNN_GATES}
 _CELL_GATES = {"lstm": LSTM_GATES, "gru": GRU_GATES, "rnn": RNN_GATES}   # RecurrentWeights.cell
 _EMPTY = np.empty(0, np.float32)
+_EMPTY16 = np.empty(0, np.uint16)
+#: the formats the recurrent layers run: their GEMMs and recurrent products read operands rounded
+#: to the format and sum in fp32; states, cell math and carried gradients stay fp32
+RECURRENT_PRECISIONS = ("fp32", "bf16")
+
+
+def _recurrent_precision(precision, fn):
+    precision = formats.check_precision(precision, fn)
+    if precision not in RECURRENT_PRECISIONS:
+        raise ValueError(f"{fn}: precision={precision!r} has no recurrent kernel; the recurrent layers run "
+                         f"{' and '.join(RECURRENT_PRECISIONS)}")
+    return precision
 
 
 class RecurrentPlan(Plan, struct=_rnn.RecurrentPlanStruct, family="recurrent"):
@@ -106,6 +119,8 @@ class RecurrentWeights:
     recurrent: np.ndarray  # [gates][Kb][Kb][16][16]: per gate, output block, input block
     w_ih_p: PackedMatrix = None     # (gates*Kp, C) packed: dG @ w_ih_p gives dx (backward only)
     recurrent_t: np.ndarray = None  # [Kb][gates*Kb][16][16]: transposed blocks (backward only)
+    # bf16 copies of the operands above, made on a bf16 layer's first use (bf16_operands)
+    _bf16: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         # The time-loop drivers trust every extent here (sized by the plan from K and the cell):
@@ -161,6 +176,20 @@ class RecurrentWeights:
             object.__setattr__(self, "w_ih_p", transpose_packed(self.w_ih_t, n_threads=n_threads))
             object.__setattr__(self, "recurrent_t", transpose_packed(rec, n_threads=n_threads).data)
         return self.w_ih_p, self.recurrent_t
+
+    def bf16_operands(self, backward=False, n_threads=None):
+        """The bf16 twins of the forward operands (w_ih_t packed for precision='bf16', the
+        recurrent blocks in VNNI pairs), or with backward=True of the backward's (w_ih_p,
+        recurrent_t): rounded once, on first use, and kept with this object -- a training step
+        makes a new RecurrentWeights over its updated parameters, so it rounds them once per step.
+        Keep the fp32 arrays unchanged while this object is in use (as for the packed operands)."""
+        key = "backward" if backward else "forward"
+        if key not in self._bf16:
+            w_ih, rec = self.backward_operands(n_threads) if backward else (self.w_ih_t, self.recurrent)
+            self._bf16[key] = (
+                PackedMatrix(formats.fp32_blocks_to_bf16_vnni(w_ih.data, n_threads=n_threads), w_ih.shape, "bf16"),
+                formats.fp32_blocks_to_bf16_vnni(rec, n_threads=n_threads))
+        return self._bf16[key]
 
 
 def _f32(a, name, shape):
@@ -357,14 +386,15 @@ def _forward_setup(cell, prepare, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_thre
     return weights, x.reshape(T * N, C), H, T, N, K, kb, n_threads
 
 
-def _input_projection(weights, x2, n_threads, isa):
+def _input_projection(weights, x2, n_threads, isa, precision):
     """G = x.W_ih^T + b for all T at once: one large GEMM, before the time loop.
 
     The padded units' columns of W_ih^T are zero, so for finite x they come out exactly 0; but an
     Inf in x gives 0 * Inf = NaN there, the padded h turns NaN, and the next step's recurrent GEMM
     (0 * NaN) spreads it to every real unit where PyTorch stays finite.  Writing the padded
     columns back to 0 keeps them inert (a no-op for finite input)."""
-    G = matmul(x2, weights.w_ih_t, bias=weights.bias, n_threads=n_threads, isa=isa)
+    w_ih_t = weights.bf16_operands(n_threads=n_threads)[0] if precision == "bf16" else weights.w_ih_t
+    G = matmul(x2, w_ih_t, bias=weights.bias, precision=precision, n_threads=n_threads, isa=isa)
     kp = weights.Kb * CB
     if kp != weights.K:
         G.reshape(G.shape[0], weights.gates, kp)[:, :, weights.K:] = 0.0
@@ -384,13 +414,14 @@ class RecurrentCache(dict):
     def _check(self, fn):
         """Its entries must still agree with each other (a dict stays reachable): the time loops
         index every buffer by T, N and the weights' sizes."""
-        want = {"weights", "x", "G", "H", "Cs", "HN", "cell", "T", "N", "isa", "n_threads", "activation_impl"}
+        want = {"weights", "x", "G", "H", "Cs", "HN", "cell", "T", "N", "isa", "n_threads", "activation_impl",
+                "precision"}
         ok = set(self) == want and isinstance(self["weights"], RecurrentWeights)
         if ok:
             w, T, N = self["weights"], self["T"], self["N"]
             ok = (isinstance(T, int) and isinstance(N, int) and T >= 1 and N >= 1
                   and self["cell"] in _rnn.CELLS and self["cell"].split("_")[0] == w.cell
-                  and self["activation_impl"] in ACTIVATION_IMPLS)
+                  and self["activation_impl"] in ACTIVATION_IMPLS and self["precision"] in RECURRENT_PRECISIONS)
         if ok:
             kp = w.Kb * CB
             shapes = {"x": (T * N, w.C), "G": (T * N, w.gates * kp), "H": (T + 1, w.Kb, N, CB),
@@ -422,21 +453,31 @@ def _backward_setup(dy, cache, dh_T, cell):
     return w, T, N, K, kb, kb * CB, dY, _state(dh_T, "dh_T", N, K, kb)
 
 
-def _run_forward(cell, weights, x2, H, T, N, isa, n_threads, train, act, Cs=_EMPTY, HN=_EMPTY):
+def _native_bf16(isa):
+    return formats.native_bf16(cpu.ISA_BY_CODE[cpu.isa_code(isa)])
+
+
+def _run_forward(cell, weights, x2, H, T, N, isa, n_threads, train, act, precision, Cs=_EMPTY, HN=_EMPTY):
     """The input projection, the time loops on the cell's plan and the outputs, shared by every
     cell: (y (T, N, K), h_T (N, K), the cache for the backward or None unless train).  Cs: the
-    LSTM's cell states, HN: the GRU's W_hn h + b_hn per step (empty for the other cells)."""
-    G = _input_projection(weights, x2, n_threads, isa)
+    LSTM's cell states, HN: the GRU's W_hn h + b_hn per step (empty for the other cells).
+    bf16: the recurrent products read the bf16 weights and a bf16 shadow of H."""
+    G = _input_projection(weights, x2, n_threads, isa, precision)
     plan = choose_recurrent_tiles(cell, T, N, weights.Kb, cpu.isa_code(isa), n_threads, act)
     b_hn = weights.b_hn if HN.size else _EMPTY
+    Rb = Hb = _EMPTY16
+    if precision == "bf16":
+        Rb = weights.bf16_operands(n_threads=n_threads)[1].reshape(-1)
+        Hb = np.empty(H.shape, np.uint16)
+        Hb[0] = formats.fp32_to_bf16_bits(H[0], n_threads=n_threads)
     if _rnn.recurrent_forward_f32(plan.c, G.reshape(-1), weights.recurrent.reshape(-1), H.reshape(-1),
-                                  Cs.reshape(-1), HN.reshape(-1), b_hn):
+                                  Cs.reshape(-1), HN.reshape(-1), b_hn, Rb, Hb.reshape(-1), _native_bf16(isa)):
         raise RuntimeError(f"{weights.cell}_forward: a BRGEMM call failed ({plan.summary()})")
     y, h_T = _outputs(H, T, N, weights.K, weights.Kb * CB)
     cache = None
     if train:
         cache = RecurrentCache(x=x2, G=G, H=H, Cs=Cs, HN=HN, cell=cell, weights=weights, T=T, N=N, isa=isa,
-                               n_threads=n_threads, activation_impl=act)
+                               n_threads=n_threads, activation_impl=act, precision=precision)
     return y, h_T, cache
 
 
@@ -446,10 +487,15 @@ def _backward(cell, cache, dY, dh, dG, dGb, dc=_EMPTY, dGh=_EMPTY):
     plan = choose_recurrent_tiles(cell, T, N, w.Kb, cpu.isa_code(cache["isa"]), cache["n_threads"],
                                   cache["activation_impl"])
     _, recurrent_t = w.backward_operands(cache["n_threads"])
+    RTb = dGbb = _EMPTY16
+    if cache["precision"] == "bf16":
+        RTb = w.bf16_operands(backward=True, n_threads=cache["n_threads"])[1].reshape(-1)
+        dGbb = scratch("rnn.dgb16", (dGb.size,), np.uint16)
     if _rnn.recurrent_backward_f32(plan.c, cache["G"].reshape(-1), cache["H"].reshape(-1),
                                    cache["Cs"].reshape(-1), cache["HN"].reshape(-1),
                                    recurrent_t.reshape(-1), dY.reshape(-1), dh.reshape(-1), dc.reshape(-1),
-                                   dG.reshape(-1), dGh.reshape(-1), dGb.reshape(-1)):
+                                   dG.reshape(-1), dGh.reshape(-1), dGb.reshape(-1), RTb, dGbb,
+                                   _native_bf16(cache["isa"])):
         raise RuntimeError(f"{cell}_backward: a BRGEMM call failed ({plan.summary()})")
 
 
@@ -459,24 +505,26 @@ def _outputs(H, T, N, K, kp):
     return y, _unblock_state(H[T], N, K)
 
 
-def _input_grad(need_dx, dG, w, T, N, n_threads, isa):
+def _input_grad(need_dx, dG, w, T, N, n_threads, isa, precision):
     """dx = dG . W_ih over all T as one GEMM, or None when the caller does not need it."""
     if not need_dx:
         return None
-    w_ih_p, _ = w.backward_operands(n_threads)
-    return matmul(dG, w_ih_p, n_threads=n_threads, isa=isa).reshape(T, N, w.C)
+    w_ih_p = (w.bf16_operands(backward=True, n_threads=n_threads) if precision == "bf16"
+              else w.backward_operands(n_threads))[0]
+    return matmul(dG, w_ih_p, precision=precision, n_threads=n_threads, isa=isa).reshape(T, N, w.C)
 
 
-def _weight_grads(w, dG, x2, H, T, N, kp, gates, n_threads, isa, need_dx, into=None):
+def _weight_grads(w, dG, x2, H, T, N, kp, gates, n_threads, isa, need_dx, precision, into=None):
     """dx (or None), dW_ih and dW_hh from the pre-activation gradients dG (T*N, gates*Kp): one
     GEMM for dx, and dG^T packed once (transposed on the fly) for both weight gradients.  With
     `into` (checked pair of arrays in the kernels' layout) the weight gradients are added to them
-    instead, and come back as None."""
-    dx = _input_grad(need_dx, dG, w, T, N, n_threads, isa)
+    instead, and come back as None.  bf16: every product reads bf16 operands, sums in fp32."""
+    dx = _input_grad(need_dx, dG, w, T, N, n_threads, isa, precision)
     if into is not None:
-        _accumulate_weight_grads(w, into, dG, dG, x2, H, T, N, n_threads, isa)
+        _accumulate_weight_grads(w, into, dG, dG, x2, H, T, N, n_threads, isa, precision)
         return dx, None, None
-    dw_ih, dw_hh = matmul(dG, (x2, _packed_states(H, T, N)), transpose_x=True, n_threads=n_threads, isa=isa)
+    dw_ih, dw_hh = matmul(dG, (x2, _packed_states(H, T, N, precision)), transpose_x=True, precision=precision,
+                          n_threads=n_threads, isa=isa)
     return dx, _unpad_gate_rows(dw_ih, gates, w.K, kp), _unpad_gate_rows(dw_hh, gates, w.K, kp, cols=w.K)
 
 
@@ -498,7 +546,7 @@ def _check_weight_grads(fn, into, w):
     return tuple(into)
 
 
-def _accumulate_weight_grads(w, into, dG_x, dG_h, x2, H, T, N, n_threads, isa):
+def _accumulate_weight_grads(w, into, dG_x, dG_h, x2, H, T, N, n_threads, isa, precision):
     """into[0] += dW_ih and into[1] += dW_hh, written by the GEMMs straight into the kernels'
     layout: x^T @ dG_x and h^T @ dG_h (dG_x and dG_h are the same array except for the GRU),
     each gradient gate matrix packed once as the right-hand operand."""
@@ -506,9 +554,10 @@ def _accumulate_weight_grads(w, into, dG_x, dG_h, x2, H, T, N, n_threads, isa):
     packs = {}
     for target, dG, left, inputs in ((into[0], dG_x, x2, w.C), (into[1], dG_h, _state_rows(H, T, N), kp)):
         if id(dG) not in packs:
-            packs[id(dG)] = pack_matmul_operand(dG, n_threads=n_threads)
+            packs[id(dG)] = pack_matmul_operand(dG, precision=precision, n_threads=n_threads)
         out = PackedMatrix(target, (inputs, w.gates * kp))
-        matmul(left, packs[id(dG)], transpose_x=True, out=out, accumulate=True, n_threads=n_threads, isa=isa)
+        matmul(left, packs[id(dG)], transpose_x=True, out=out, accumulate=True, precision=precision,
+               n_threads=n_threads, isa=isa)
     _zero_gate_padding(into[0], w.gates, w.K, w.C)
     _zero_gate_padding(into[1], w.gates, w.K, w.K)
 
@@ -533,17 +582,21 @@ def _zero_gate_padding(a, gates, K, inputs):
         v[:, :, ib - 1, inputs % CB:, :] = 0.0
 
 
-def _packed_states(H, T, N):
+def _packed_states(H, T, N, precision="fp32"):
     """h_0..h_{T-1} from the blocked H [T+1][Kb][N][16] as the packed (T*N, Kp) right-hand
     operand of matmul: its layout [Kp/16][rows/16][16][16] is H's blocks with the step and batch
-    axes merged, so this is one copy (instead of unblocking to row-major and packing that)."""
+    axes merged, so this is one copy (instead of unblocking to row-major and packing that);
+    for bf16, rounded and paired from that copy."""
     kb = H.shape[1]
     rows = T * N
     rp = -(-rows // CB) * CB
     data = scratch("rnn.states", (kb, rp, CB))
     data[:, :rows] = H[:T].transpose(1, 0, 2, 3).reshape(kb, rows, CB)
     data[:, rows:] = 0.0
-    return PackedMatrix(data.reshape(kb, rp // CB, CB, CB), (rows, kb * CB))
+    data = data.reshape(kb, rp // CB, CB, CB)
+    if precision == "bf16":
+        return PackedMatrix(formats.fp32_blocks_to_bf16_vnni(data), (rows, kb * CB), "bf16")
+    return PackedMatrix(data, (rows, kb * CB))
 
 
 def _unpad_gate_rows(a, gates, K, kp, cols=None):
@@ -558,17 +611,20 @@ def _unpad_gate_rows(a, gates, K, kp, cols=None):
 
 
 def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None, *, weights=None,
-                 train=False, n_threads=None, isa=None, activation_impl="exact"):
+                 train=False, n_threads=None, isa=None, activation_impl="exact", precision="fp32"):
     """LSTM over a whole sequence; see the module docstring.  With train=True also returns the
     cache lstm_backward needs.  activation_impl: 'exact', 'fast' (rational tanh) or 'ktanh'
     (K-TanH) for every sigmoid and tanh of the cell, inside the fused gate tiles; the backward
-    uses the same flavour."""
+    uses the same flavour.  precision: 'fp32' or 'bf16' (RECURRENT_PRECISIONS): bf16 rounds the
+    operands of both products -- x and W_ih, h_{t-1} and W_hh -- and sums in fp32 (VDPBF16PS where
+    the CPU has avx512_bf16); the states and cell math stay fp32, and the backward runs bf16 too."""
     act = check_impl(activation_impl, "lstm_forward", "activation_impl")
+    precision = _recurrent_precision(precision, "lstm_forward")
     weights, x2, H, T, N, K, kb, n_threads = _forward_setup(
         "lstm", prepare_lstm, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
     Cs = np.empty_like(H)
     Cs[0] = _state(c0, "c0", N, K, kb)
-    y, h_T, cache = _run_forward("lstm", weights, x2, H, T, N, isa, n_threads, train, act, Cs=Cs)
+    y, h_T, cache = _run_forward("lstm", weights, x2, H, T, N, isa, n_threads, train, act, precision, Cs=Cs)
     out = (y, (h_T, _unblock_state(Cs[T], N, K)))
     return (*out, cache) if train else out
 
@@ -587,23 +643,24 @@ def lstm_backward(dy, cache, dh_T=None, dc_T=None, *, need_dx=True, weight_grads
     dGb = scratch("rnn.dgb", (LSTM_GATES * kb, N, CB))
     _backward("lstm", cache, dY, dh, dG, dGb, dc=dc)
     dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, LSTM_GATES, n_threads, isa, need_dx,
-                                     into)
+                                     cache["precision"], into)
     db = _unpad_gate_rows(_column_sums(dG), LSTM_GATES, K, kp)
     return dx, dw_ih, dw_hh, db, db.copy(), _unblock_state(dh, N, K), _unblock_state(dc, N, K)
 
 
 def gru_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, weights=None, train=False,
-                n_threads=None, isa=None, activation_impl="exact"):
+                n_threads=None, isa=None, activation_impl="exact", precision="fp32"):
     """GRU over a whole sequence (PyTorch's formulation, gate order r, z, n):
         r = s(W_ir x + b_ir + W_hr h + b_hr),  z = s(W_iz x + b_iz + W_hz h + b_hz)
         n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h
     Returns y (T, N, K) and h_T; with train=True also the cache gru_backward needs.
-    activation_impl: as lstm_forward's."""
+    activation_impl, precision: as lstm_forward's."""
     act = check_impl(activation_impl, "gru_forward", "activation_impl")
+    precision = _recurrent_precision(precision, "gru_forward")
     weights, x2, H, T, N, _, kb, n_threads = _forward_setup(
         "gru", prepare_gru, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
     HN = np.empty((T * N, kb * CB), np.float32)
-    y, h_T, cache = _run_forward("gru", weights, x2, H, T, N, isa, n_threads, train, act, HN=HN)
+    y, h_T, cache = _run_forward("gru", weights, x2, H, T, N, isa, n_threads, train, act, precision, HN=HN)
     return (y, h_T, cache) if train else (y, h_T)
 
 
@@ -621,31 +678,34 @@ def gru_backward(dy, cache, dh_T=None, *, need_dx=True, weight_grads=None):
     dGhb = scratch("rnn.dgb", (GRU_GATES * kb, N, CB))
     _backward("gru", cache, dY, dh, dGx, dGhb, dGh=dGh)
     # x-side and h-side gradients differ for GRU (r multiplies W_hn h + b_hn): separate GEMMs.
-    dx = _input_grad(need_dx, dGx, w, T, N, n_threads, isa)
+    precision = cache["precision"]
+    dx = _input_grad(need_dx, dGx, w, T, N, n_threads, isa, precision)
     if into is not None:
-        _accumulate_weight_grads(w, into, dGx, dGh, cache["x"], cache["H"], T, N, n_threads, isa)
+        _accumulate_weight_grads(w, into, dGx, dGh, cache["x"], cache["H"], T, N, n_threads, isa, precision)
         dw_ih = dw_hh = None
     else:
-        dw_ih = _unpad_gate_rows(matmul(dGx, cache["x"], transpose_x=True, n_threads=n_threads, isa=isa),
-                                 GRU_GATES, K, kp)
-        dw_hh = _unpad_gate_rows(matmul(dGh, _packed_states(cache["H"], T, N), transpose_x=True,
-                                        n_threads=n_threads, isa=isa), GRU_GATES, K, kp, cols=K)
+        dw_ih = _unpad_gate_rows(matmul(dGx, cache["x"], transpose_x=True, precision=precision, n_threads=n_threads,
+                                        isa=isa), GRU_GATES, K, kp)
+        dw_hh = _unpad_gate_rows(matmul(dGh, _packed_states(cache["H"], T, N, precision), transpose_x=True,
+                                        precision=precision, n_threads=n_threads, isa=isa), GRU_GATES, K, kp, cols=K)
     db_ih = _unpad_gate_rows(_column_sums(dGx), GRU_GATES, K, kp)
     db_hh = _unpad_gate_rows(_column_sums(dGh), GRU_GATES, K, kp)
     return dx, dw_ih, dw_hh, db_ih, db_hh, _unblock_state(dh, N, K)
 
 
 def rnn_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
-                weights=None, train=False, n_threads=None, isa=None, activation_impl="exact"):
+                weights=None, train=False, n_threads=None, isa=None, activation_impl="exact", precision="fp32"):
     """Vanilla RNN (torch.nn.RNN): h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh
     or relu.  Returns y (T, N, K) and h_T; with train=True also the cache rnn_backward needs.
-    activation_impl: the tanh flavour, as lstm_forward's (no effect with relu)."""
+    activation_impl: the tanh flavour, as lstm_forward's (no effect with relu); precision: as
+    lstm_forward's."""
     act = check_impl(activation_impl, "rnn_forward", "activation_impl")
+    precision = _recurrent_precision(precision, "rnn_forward")
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"rnn_forward: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     weights, x2, H, T, N, _, _, n_threads = _forward_setup(
         "rnn", prepare_rnn, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
-    y, h_T, cache = _run_forward(f"rnn_{nonlinearity}", weights, x2, H, T, N, isa, n_threads, train, act)
+    y, h_T, cache = _run_forward(f"rnn_{nonlinearity}", weights, x2, H, T, N, isa, n_threads, train, act, precision)
     return (y, h_T, cache) if train else (y, h_T)
 
 
@@ -661,6 +721,7 @@ def rnn_backward(dy, cache, dh_T=None, *, need_dx=True, weight_grads=None):
     dG = scratch("rnn.dg", (T * N, kp))
     dGb = scratch("rnn.dgb", (kb, N, CB))
     _backward(cache["cell"], cache, dY, dh, dG, dGb)
-    dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, RNN_GATES, n_threads, isa, need_dx, into)
+    dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, RNN_GATES, n_threads, isa, need_dx,
+                                     cache["precision"], into)
     db = _column_sums(dG[:, :K])
     return dx, dw_ih, dw_hh, db, db.copy(), _unblock_state(dh, N, K)

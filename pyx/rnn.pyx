@@ -18,12 +18,19 @@ dlcpu_rnn_plan_t (pyx/kernels/plans.h): cell, row tile, item counts, checked aga
 tile table when it was made.  Buffers a cell does not use are passed empty.
 
 Blocked states: H, Cs [T+1][Kb][N][16] (index 0: the initial state).
+
+bf16 (precision='bf16'): the recurrent products read bf16 operands -- the weight blocks in VNNI
+pairs, and a bf16 shadow of H (the backward: of the blocked gate gradients) that each item writes
+as soon as it has produced its tile of h, so the next step's calls (after the barrier) find it.
+Everything else stays fp32: the states, the cell math and the gradients the steps carry (dh, dc),
+as mixed-precision training wants.  The shadow is rounded once per value, to nearest even.
 """
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 from libc.string cimport memcpy
 from cython.parallel cimport prange, parallel
 
-from dlcpu_kernels cimport dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, DLCPU_BR_STRD
+from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_bf16, dlcpu_f32_to_bf16,
+                            DLCPU_BR_STRD)
 from dlcpu_plans cimport (dlcpu_rnn_plan_t, DLCPU_CELL_LSTM, DLCPU_CELL_GRU, DLCPU_CELL_RNN_TANH,
                           DLCPU_CELL_RNN_RELU, require_tiles)
 
@@ -91,11 +98,25 @@ cdef struct rnn_bufs:
     float *dG
     float *dGh
     float *dGb
+    # bf16 operands of the recurrent products (NULL in fp32): R's and RT's blocks in VNNI pairs,
+    # and the bf16 shadows of H and dGb (same element offsets: a block is 256 elements either way)
+    const uint16_t *Rb
+    const uint16_t *RTb
+    uint16_t *Hb
+    uint16_t *dGbb
+    int bf16                # the recurrent products run on the bf16 operands
+    int isa
+    int native              # VDPBF16PS (avx512_bf16) for the bf16 calls
 
 
 cdef inline float *ptr(float[::1] a) noexcept:
     """The buffer's start, or NULL for an empty (unused) buffer."""
     return &a[0] if a.shape[0] > 0 else NULL
+
+
+cdef inline uint16_t *ptr16(const uint16_t[::1] a) noexcept:
+    """The same for a bf16 buffer (empty: the layer runs fp32)."""
+    return <uint16_t *>&a[0] if a.shape[0] > 0 else NULL
 
 
 cdef struct item_tile_t:
@@ -145,6 +166,24 @@ cdef inline void recurrent_call(dlcpu_brgemm_f32_t *p, int64_t blocks, int64_t N
     p.relu = 0
 
 
+cdef inline int recurrent_gemm(dlcpu_brgemm_f32_t *p, const float *a, const uint16_t *a16, int64_t a_off,
+                               const float *b, const uint16_t *b16, int64_t b_off,
+                               const rnn_bufs *bufs) noexcept nogil:
+    """One recurrent BRGEMM on A = a + a_off, B = b + b_off: fp32, or on their bf16 twins a16, b16
+    at the same element offsets when the layer runs bf16."""
+    if a16 != NULL:
+        return dlcpu_brgemm_bf16(p, a16 + a_off, b16 + b_off, bufs.isa, bufs.native)
+    p.a = a + a_off
+    p.b = b + b_off
+    return dlcpu_brgemm_f32(p, bufs.isa)
+
+
+cdef inline void shadow_bf16(const rnn_bufs *bufs, const float *src, uint16_t *dst, int64_t n) noexcept nogil:
+    """dst[0:n] = bf16(src[0:n]) when the layer runs bf16 (dst is then a bf16 shadow)."""
+    if bufs.bf16:
+        dlcpu_f32_to_bf16(bufs.isa, bufs.native, src, dst, n)
+
+
 cdef inline void add_step_gradient(float *dh_blk, const float *dy_blk, int64_t n) noexcept nogil:
     """dh += dy_t: the step's total dh (from its output and from step t+1)."""
     cdef int64_t i
@@ -152,15 +191,17 @@ cdef inline void add_step_gradient(float *dh_blk, const float *dy_blk, int64_t n
         dh_blk[i] = dh_blk[i] + dy_blk[i]
 
 
-cdef inline void gates_to_blocked(float *dgb, const float *dg, const item_tile_t *s,
+cdef inline void gates_to_blocked(const rnn_bufs *b, const float *dg, const item_tile_t *s,
                                   int64_t gates) noexcept nogil:
     """Copy one tile's gate gradients from the row-major dG (dg: the tile's gate-0 corner) to the
-    blocked [gates*Kb][N][16] layout the recurrent BRGEMM reads as its B operand."""
-    cdef int64_t j, n
+    blocked [gates*Kb][N][16] layout b.dGb the recurrent BRGEMM reads as its B operand (and its
+    bf16 shadow)."""
+    cdef int64_t j, n, at
     for j in range(gates):
+        at = ((j * s.Kb + s.kb) * s.N + s.n0) * 16
         for n in range(s.rows):
-            memcpy(dgb + ((j * s.Kb + s.kb) * s.N + s.n0 + n) * 16, dg + n * s.ldg + j * s.Kp,
-                   16 * sizeof(float))
+            memcpy(b.dGb + at + n * 16, dg + n * s.ldg + j * s.Kp, 16 * sizeof(float))
+        shadow_bf16(b, b.dGb + at, b.dGbb + at, s.rows * 16)
 
 
 def pack_gate_weights(const float[:, ::1] w, int gates, float[:, :, :, ::1] out, int n_threads):
@@ -208,12 +249,12 @@ cdef int lstm_fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, 
     p.c_mstride = s.Kp
     p.beta = 1
     p.bias = NULL
-    p.b = b.H + t * s.state + s.n0 * 16
     for pair in range(2):   # gates (i, f), then (g, o)
-        p.a = b.R + ((2 * pair) * s.Kb + s.kb) * s.Kb * 256
         p.c = b.G + s.gate + 2 * pair * s.Kp
-        err |= dlcpu_brgemm_f32(&p, g.isa)
+        err |= recurrent_gemm(&p, b.R, b.Rb, ((2 * pair) * s.Kb + s.kb) * s.Kb * 256,
+                              b.H, b.Hb, t * s.state + s.n0 * 16, b)
     dlcpu_lstm_fwd_tile(b.G + s.gate, s.Kp, s.ldg, b.Cs + s.prev, b.Cs + s.next, b.H + s.next, s.rows, act)
+    shadow_bf16(b, b.H + s.next, b.Hb + s.next, s.rows * 16)
     return err
 
 
@@ -223,28 +264,27 @@ cdef int gru_fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, i
     cdef item_tile_t s = item_tile(g, t, item, 1)
     cdef int err = 0
     cdef dlcpu_brgemm_f32_t p
+    cdef int64_t h_at = t * s.state + s.n0 * 16
     recurrent_call(&p, s.Kb, s.N)
     p.nc = <int>s.rows
-    p.b = b.H + t * s.state + s.n0 * 16
     # r and z: onto the x-side pre-activations (beta=1), one call for the pair
     p.mv = 2
-    p.a = b.R + s.kb * s.Kb * 256
     p.a_mstride = s.Kb * s.Kb * 256
     p.c = b.G + s.gate
     p.ldc = s.ldg
     p.c_mstride = s.Kp
     p.beta = 1
     p.bias = NULL
-    err |= dlcpu_brgemm_f32(&p, g.isa)
+    err |= recurrent_gemm(&p, b.R, b.Rb, s.kb * s.Kb * 256, b.H, b.Hb, h_at, b)
     # n: W_hn h + b_hn kept apart (r multiplies it)
     p.mv = 1
-    p.a = b.R + (2 * s.Kb + s.kb) * s.Kb * 256
     p.c = b.HN + s.hn
     p.ldc = s.Kp
     p.beta = 0
     p.bias = b.b_hn + s.kb * 16
-    err |= dlcpu_brgemm_f32(&p, g.isa)
+    err |= recurrent_gemm(&p, b.R, b.Rb, (2 * s.Kb + s.kb) * s.Kb * 256, b.H, b.Hb, h_at, b)
     dlcpu_gru_fwd_tile(b.G + s.gate, s.Kp, s.ldg, b.HN + s.hn, s.Kp, b.H + s.prev, b.H + s.next, s.rows, act)
+    shadow_bf16(b, b.H + s.next, b.Hb + s.next, s.rows * 16)
     return err
 
 
@@ -259,18 +299,17 @@ cdef int rnn_fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, i
     recurrent_call(&p, s.Kb, s.N)
     p.mv = 2 if s.kb + 1 < s.Kb else 1
     p.nc = <int>s.rows
-    p.a = b.R + s.kb * s.Kb * 256
     p.a_mstride = s.Kb * 256
-    p.b = b.H + t * s.state + s.n0 * 16
     p.c = b.G + s.gate
     p.ldc = s.Kp
     p.c_mstride = 16
     p.beta = 1
     p.bias = NULL
-    err = dlcpu_brgemm_f32(&p, g.isa)
+    err = recurrent_gemm(&p, b.R, b.Rb, s.kb * s.Kb * 256, b.H, b.Hb, t * s.state + s.n0 * 16, b)
     for j in range(p.mv):   # hidden blocks kb and kb + 1
         dlcpu_rnn_fwd_tile(b.G + s.gate + j * 16, s.Kp, b.H + s.next + j * s.N * 16, s.rows,
                            g.cell == DLCPU_CELL_RNN_RELU, act)
+        shadow_bf16(b, b.H + s.next + j * s.N * 16, b.Hb + s.next + j * s.N * 16, s.rows * 16)
     return err
 
 
@@ -284,13 +323,27 @@ cdef inline int fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t
 
 
 def recurrent_forward_f32(RecurrentPlanStruct plan, float[::1] G, const float[::1] R, float[::1] H,
-                          float[::1] Cs, float[::1] HN, const float[::1] b_hn):
+                          float[::1] Cs, float[::1] HN, const float[::1] b_hn, const uint16_t[::1] Rb,
+                          uint16_t[::1] Hb, bint native):
     """Run the plan's T steps for its cell.  G (flattened (T*N, gates*Kp)) holds x.W_ih^T + b on
     entry and, on exit, the gate activations (LSTM, GRU: r, z, n) or the outputs h_t (RNN).
     Cs: LSTM cell states; HN, b_hn: the GRU's W_hn h + b_hn per step and b_hn (empty otherwise).
+    Rb, Hb: for bf16, R's blocks in VNNI pairs and H's bf16 shadow (Hb[0] = bf16(h0) on entry),
+    sized as R and H; empty for fp32.  native: VDPBF16PS.
     Returns the number of failed calls (0: the plan's tiles were checked when it was made)."""
     cdef const dlcpu_rnn_plan_t *g = &plan.c
     cdef rnn_bufs b
+    if Rb.shape[0] > 0 and (Rb.shape[0] != R.shape[0] or Hb.shape[0] != H.shape[0]):
+        raise ValueError("recurrent_forward_f32: Rb and Hb must both be empty or sized as R and H")
+    if Rb.shape[0] == 0 and Hb.shape[0] > 0:
+        raise ValueError("recurrent_forward_f32: Rb and Hb must both be empty or sized as R and H")
+    b.bf16 = Rb.shape[0] > 0
+    b.Rb = ptr16(Rb)
+    b.Hb = ptr16(Hb)
+    b.RTb = NULL
+    b.dGbb = NULL
+    b.isa = g.isa
+    b.native = native
     b.G = &G[0]
     b.H = &H[0]
     b.R = &R[0]
@@ -316,7 +369,7 @@ cdef void lstm_bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int6
     add_step_gradient(b.dh + s.blk, b.dY + s.prev, s.rows * 16)
     dlcpu_lstm_bwd_tile(b.G + s.gate, s.Kp, s.ldg, b.Cs + s.prev, b.Cs + s.next, b.dh + s.blk,
                         b.dc + s.blk, b.dc + s.blk, b.dG + s.gate, s.rows, act)
-    gates_to_blocked(b.dGb, b.dG + s.gate, &s, 4)
+    gates_to_blocked(b, b.dG + s.gate, &s, 4)
 
 
 cdef void gru_bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t,
@@ -326,7 +379,7 @@ cdef void gru_bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64
     # dh is read, then overwritten with dh*z (the direct part of dh_{t-1}) per element
     dlcpu_gru_bwd_tile(b.G + s.gate, s.Kp, s.ldg, b.HN + s.hn, s.Kp, b.H + s.prev, b.dh + s.blk,
                        b.dh + s.blk, b.dG + s.gate, b.dGh + s.gate, s.rows)
-    gates_to_blocked(b.dGb, b.dGh + s.gate, &s, 3)
+    gates_to_blocked(b, b.dGh + s.gate, &s, 3)
 
 
 cdef void rnn_bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t,
@@ -334,7 +387,7 @@ cdef void rnn_bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64
     cdef item_tile_t s = item_tile(g, t, item, 1)
     add_step_gradient(b.dh + s.blk, b.dY + s.prev, s.rows * 16)
     dlcpu_rnn_bwd_tile(b.G + s.gate, s.Kp, b.dh + s.blk, b.dG + s.gate, s.rows, g.cell == DLCPU_CELL_RNN_RELU)
-    gates_to_blocked(b.dGb, b.dG + s.gate, &s, 1)
+    gates_to_blocked(b, b.dG + s.gate, &s, 1)
 
 
 cdef inline void bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, int64_t item,
@@ -362,23 +415,34 @@ cdef int bwd_recurrent_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_
     p.c_mstride = s.N * 16
     p.beta = 1 if g.cell == DLCPU_CELL_GRU else 0
     p.bias = NULL
-    p.a = b.RT + s.kb * gates * s.Kb * 256
-    p.b = b.dGb + s.n0 * 16
     p.c = b.dh + s.blk
-    return dlcpu_brgemm_f32(&p, g.isa)
+    return recurrent_gemm(&p, b.RT, b.RTb, s.kb * gates * s.Kb * 256, b.dGb, b.dGbb, s.n0 * 16, b)
 
 
 def recurrent_backward_f32(RecurrentPlanStruct plan, const float[::1] G, const float[::1] H,
                            const float[::1] Cs, const float[::1] HN, const float[::1] RT,
                            const float[::1] dY, float[::1] dh, float[::1] dc, float[::1] dG,
-                           float[::1] dGh, float[::1] dGb):
+                           float[::1] dGh, float[::1] dGb, const uint16_t[::1] RTb, uint16_t[::1] dGbb,
+                           bint native):
     """Backpropagate through the plan's T steps for its cell.  dh (and dc, LSTM) hold dL/dh_T
     (dL/dc_T) on entry and dL/dh_0 (dL/dc_0) on exit; dG receives the pre-activation gate
     gradients of every step (row-major like G; for the GRU those of the x side, and dGh those of
     the h side), from which dlcpu/rnn.py computes dx, dW and db with large GEMMs.  Buffers the
-    cell does not use are empty."""
+    cell does not use are empty.  RTb, dGbb: for bf16, RT's blocks in VNNI pairs and dGb's bf16
+    shadow, sized as RT and dGb (empty for fp32).  native: VDPBF16PS."""
     cdef const dlcpu_rnn_plan_t *g = &plan.c
     cdef rnn_bufs b
+    if RTb.shape[0] > 0 and (RTb.shape[0] != RT.shape[0] or dGbb.shape[0] != dGb.shape[0]):
+        raise ValueError("recurrent_backward_f32: RTb and dGbb must both be empty or sized as RT and dGb")
+    if RTb.shape[0] == 0 and dGbb.shape[0] > 0:
+        raise ValueError("recurrent_backward_f32: RTb and dGbb must both be empty or sized as RT and dGb")
+    b.bf16 = RTb.shape[0] > 0
+    b.Rb = NULL
+    b.RTb = ptr16(RTb)
+    b.Hb = NULL
+    b.dGbb = ptr16(dGbb)
+    b.isa = g.isa
+    b.native = native
     b.G = <float *>&G[0]       # read only here: the struct is shared with the forward
     b.H = <float *>&H[0]
     b.Cs = <float *>&Cs[0] if Cs.shape[0] > 0 else NULL

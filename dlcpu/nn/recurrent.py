@@ -26,25 +26,25 @@ def check_activation_impl(layer, value):
     return check_impl(value, layer, "activation_impl")
 
 
-def _cell_ops(cell, nonlinearity, activation_impl="exact"):
+def _cell_ops(cell, nonlinearity, activation_impl="exact", precision="fp32"):
     """(forward, backward) of dlcpu.rnn for a cell, with uniform signatures:
     forward(x, weights, train) -> (y, cache); backward(dy, cache, need_dx, weight_grads) -> (dx or
     None, db_ih, db_hh), the weight gradients added to weight_grads.  The backward reads the
-    activation implementation from the cache."""
+    activation implementation and the precision from the cache."""
+    kw = {"activation_impl": activation_impl, "precision": precision}
     if cell == "lstm":
         def fwd(x, w, train):
-            y, (_h, _c), *cache = rnn.lstm_forward(x, weights=w, train=train, activation_impl=activation_impl)
+            y, (_h, _c), *cache = rnn.lstm_forward(x, weights=w, train=train, **kw)
             return y, (cache[0] if cache else None)
         backward = rnn.lstm_backward
     elif cell == "gru":
         def fwd(x, w, train):
-            y, _h, *cache = rnn.gru_forward(x, weights=w, train=train, activation_impl=activation_impl)
+            y, _h, *cache = rnn.gru_forward(x, weights=w, train=train, **kw)
             return y, (cache[0] if cache else None)
         backward = rnn.gru_backward
     else:
         def fwd(x, w, train):
-            y, _h, *cache = rnn.rnn_forward(x, weights=w, nonlinearity=nonlinearity, train=train,
-                                            activation_impl=activation_impl)
+            y, _h, *cache = rnn.rnn_forward(x, weights=w, nonlinearity=nonlinearity, train=train, **kw)
             return y, (cache[0] if cache else None)
         backward = rnn.rnn_backward
 
@@ -67,7 +67,7 @@ class _Recurrent(Module):
     model under another implementation).  An RNN with nonlinearity='relu' has no sigmoid or
     tanh: it accepts the argument, which then changes nothing."""
 
-    PRECISIONS = ("fp32",)      # no bf16 recurrent kernels yet (set_precision refuses them)
+    PRECISIONS = rnn.RECURRENT_PRECISIONS    # set_precision: bf16 rounds every product's operands
 
     cell = None
     gates = None
@@ -163,7 +163,7 @@ class _Recurrent(Module):
                              f"{a['input_size']}) array, got shape {getattr(x, 'shape', None)}")
         check_float32(self.describe(), "x", x)
         seq = np.ascontiguousarray(x.transpose(1, 0, 2) if a["batch_first"] else x)
-        fwd, _ = _cell_ops(self.cell, self.nonlinearity, self.activation_impl)
+        fwd, _ = _cell_ops(self.cell, self.nonlinearity, self.activation_impl, self.precision)
         self._caches = []
         for layer in range(a["num_layers"]):
             outs, caches = [], []
