@@ -546,9 +546,9 @@ def _register(name, model, epochs_default, lr_default, doc):
         overlap: Overlap = True,
         precision: Annotated[str, typer.Option(
             "--precision", metavar="<format>",
-            help="fp32, or bf16 / dfp16 for mixed precision: convolutions and the classifier multiply bf16-rounded "
-                 "(DFP-16-quantized) operands; weights, batch-norm statistics, loss, gradients and SGD stay fp32 "
-                 "(the CNN only).")] = "fp32",
+            help="fp32, or bf16 / dfp16 for mixed precision: convolutions, the recurrent layers and the classifier "
+                 "multiply bf16-rounded (DFP-16-quantized) operands; weights, batch-norm statistics, states, loss, "
+                 "gradients and SGD stay fp32.")] = "fp32",
         as_json: JsonFlag = False,
     ):
         _train(model, epochs, batch, lr, threads, seed, out_path, as_json, sparsity, from_path, prune_scope,

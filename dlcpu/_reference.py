@@ -192,23 +192,35 @@ def _no_rounding(a):
     return a
 
 
+_OPERANDS = ("x", "w_ih", "w_hh", "h", "grad")
+
+
+def _roundings(rounding):
+    """The recurrent twins' `rounding`: None, one function for every product operand, or a dict
+    naming one per operand -- "x" (the whole sequence at once), "w_ih", "w_hh", "h" (each step's
+    h_{t-1}), "grad" (each step's gate gradients) -- missing ones unrounded."""
+    if rounding is None or callable(rounding):
+        return dict.fromkeys(_OPERANDS, rounding or _no_rounding)
+    return {k: rounding.get(k, _no_rounding) for k in _OPERANDS}
+
+
 def lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, impl="exact", rounding=None):
     """float64 LSTM, gate order i, f, g, o: returns y (T, N, K), h_T, c_T and the per-step
     (gates, c) needed by lstm_backward.  impl: the activation flavour ("exact", "fast", "ktanh";
     dlcpu.rnn's activation_impl); "ktanh" applies K-TanH to the float32 rounding of the float64
     pre-activations, so a value the kernel rounds to the other side of a bf16 boundary differs.
-    rounding: a function applied to every operand of the two products (x, W_ih, h, W_hh) -- the
-    bf16 recurrent layers round exactly those -- the rest stays float64."""
-    q = rounding or _no_rounding
+    rounding: what the low-precision layers do to the operands of the two products (x, W_ih, h,
+    W_hh; see _roundings) -- the rest stays float64."""
+    q = _roundings(rounding)
     sig, tanh = _cell_activations(impl)
     x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh))
     b = np.asarray(b_ih, np.float64) + np.asarray(b_hh, np.float64)
     h, c = np.asarray(h0, np.float64), np.asarray(c0, np.float64)
     K = w_hh.shape[1]
     ys, steps = [], []
-    qx, qw_ih, qw_hh = q(x), q(w_ih), q(w_hh)
+    qx, qw_ih, qw_hh = q["x"](x), q["w_ih"](w_ih), q["w_hh"](w_hh)
     for t in range(x.shape[0]):
-        z = qx[t] @ qw_ih.T + q(h) @ qw_hh.T + b
+        z = qx[t] @ qw_ih.T + q["h"](h) @ qw_hh.T + b
         i, f, g, o = sig(z[:, :K]), sig(z[:, K:2 * K]), tanh(z[:, 2 * K:3 * K]), sig(z[:, 3 * K:])
         c_prev, h_prev = c, h
         c = f * c_prev + i * g
@@ -222,8 +234,8 @@ def lstm_backward(dy, x, w_ih, w_hh, steps, dh_T, dc_T, impl="exact", rounding=N
     """Backpropagation through time in float64: (dx, dw_ih, dw_hh, db, dh0, dc0).  impl: the
     forward's flavour; tanh(c) is recomputed with it and every derivative is the analytic one
     evaluated at the flavour's values (1 - y^2, s (1 - s)), as the kernels do.  rounding: as
-    lstm_forward's, applied to the operands of every product (the gate gradients, x, h, W)."""
-    q = rounding or _no_rounding
+    lstm_forward's, for the operands of every product (the gate gradients, x, h, W; x per step)."""
+    q = _roundings(rounding)
     tanh = _cell_activations(impl)[1]
     dy, x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (dy, x, w_ih, w_hh))
     dh, dc = np.asarray(dh_T, np.float64).copy(), np.asarray(dc_T, np.float64).copy()
@@ -237,12 +249,12 @@ def lstm_backward(dy, x, w_ih, w_hh, steps, dh_T, dc_T, impl="exact", rounding=N
         dc = dc + dh * o * (1 - tc * tc)
         dz = np.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
                              dh * tc * o * (1 - o)], axis=1)
-        qz = q(dz)
-        dx[t] = qz @ q(w_ih)
-        dw_ih += qz.T @ q(x[t])
-        dw_hh += qz.T @ q(h_prev)
+        qz = q["grad"](dz)
+        dx[t] = qz @ q["w_ih"](w_ih)
+        dw_ih += qz.T @ q["x"](x[t])
+        dw_hh += qz.T @ q["h"](h_prev)
         db += dz.sum(axis=0)
-        dh = qz @ q(w_hh)
+        dh = qz @ q["w_hh"](w_hh)
         dc = dc * f
     return dx, dw_ih, dw_hh, db, dh, dc
 
@@ -251,15 +263,16 @@ def gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, impl="exact", rounding=None):
     """float64 GRU (PyTorch's formulation, gates r, z, n): y, h_T and per-step values.
     impl: the activation flavour, as lstm_forward's (gru_backward needs no flavour: it reads the
     saved activations); rounding: as lstm_forward's."""
-    q = rounding or _no_rounding
+    q = _roundings(rounding)
     sig, tanh = _cell_activations(impl)
     x, w_ih, w_hh, b_ih, b_hh = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh, b_ih, b_hh))
     h = np.asarray(h0, np.float64)
     K = w_hh.shape[1]
+    qx, qw_ih, qw_hh = q["x"](x), q["w_ih"](w_ih), q["w_hh"](w_hh)
     ys, steps = [], []
     for t in range(x.shape[0]):
-        gx = q(x[t]) @ q(w_ih).T + b_ih
-        gh = q(h) @ q(w_hh).T + b_hh
+        gx = qx[t] @ qw_ih.T + b_ih
+        gh = q["h"](h) @ qw_hh.T + b_hh
         r = sig(gx[:, :K] + gh[:, :K])
         z = sig(gx[:, K:2 * K] + gh[:, K:2 * K])
         hn = gh[:, 2 * K:]
@@ -298,14 +311,15 @@ def gru_backward(dy, x, w_ih, w_hh, steps, dh_T):
 def rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, relu=False, impl="exact", rounding=None):
     """float64 vanilla RNN: y, h_T, per-step (y_t, h_{t-1}).  impl: the tanh flavour, as
     lstm_forward's (no effect with relu); rounding: as lstm_forward's."""
-    q = rounding or _no_rounding
+    q = _roundings(rounding)
     tanh = _cell_activations(impl)[1]
     x, w_ih, w_hh = (np.asarray(a, np.float64) for a in (x, w_ih, w_hh))
     b = np.asarray(b_ih, np.float64) + np.asarray(b_hh, np.float64)
     h = np.asarray(h0, np.float64)
+    qx, qw_ih, qw_hh = q["x"](x), q["w_ih"](w_ih), q["w_hh"](w_hh)
     ys, steps = [], []
     for t in range(x.shape[0]):
-        pre = q(x[t]) @ q(w_ih).T + q(h) @ q(w_hh).T + b
+        pre = qx[t] @ qw_ih.T + q["h"](h) @ qw_hh.T + b
         h_prev, h = h, (np.maximum(pre, 0) if relu else tanh(pre))
         steps.append((h, h_prev))
         ys.append(h)

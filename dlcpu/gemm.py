@@ -290,8 +290,8 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
     is float32); a packed y must have been packed with precision='bf16'.  precision='int8': x
     quantized per tensor to u8 (zero point 128 when it holds negative values), y per column to
     s8; 'dfp16': both to int16 mantissas with shared exponents; products summed in int32 chains
-    that provably cannot overflow (dlcpu.quantized), output float32.  transpose_x, out= and a
-    tuple of operands take fp32 and bf16."""
+    that provably cannot overflow (dlcpu.quantized), output float32; out= takes fp32 and bf16.
+    Outside fp32, transpose_x copies x transposed first."""
     fn = "matmul"
     precision = _matmul_precision(precision, fn)
     transpose_x = flag(transpose_x, "transpose_x", fn)
@@ -305,10 +305,12 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
         raise ValueError(f"{fn}: accumulate=True adds to `out`, so out must be given")
     if out is not None and (many or bias is not None):
         raise ValueError(f"{fn}: out= takes one right-hand operand and no bias")
+    if transpose_x and precision != "fp32":
+        # a transposed copy first: the low-precision packers read rows (the operands this serves,
+        # gradient matrices of the recurrent layers, are small next to their products)
+        x, transpose_x = np.ascontiguousarray(x.T), False
     m, K = x.shape[::-1] if transpose_x else x.shape
     checked = []
-    if precision not in ("fp32", "bf16") and (transpose_x or many):
-        raise ValueError(f"{fn}: transpose_x and a tuple of right-hand operands run in fp32 and bf16, not {precision}")
     for yi in ys:
         if isinstance(yi, PackedMatrix) and yi.precision != precision:
             raise ValueError(f"{fn}: y was packed for precision {yi.precision!r}, but the product runs in "
@@ -332,16 +334,14 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
         if out is not None:
             raise ValueError(f"{fn}: out= and accumulate= take the fp32 product; precision={precision!r} returns a new "
                              "array")
-        if not isinstance(y, PackedMatrix):
-            y = pack_matmul_operand(y, precision=precision, n_threads=n_threads)
-        return _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn)
+        outs = tuple(_integer_product(x, yi if isinstance(yi, PackedMatrix) else
+                                      pack_matmul_operand(yi, precision=precision, n_threads=n_threads),
+                                      m, kc, T, bias, n_threads, isa_name, precision, fn) for yi in checked)
+        return outs if many else outs[0]
     if precision == "bf16":
         native = formats.native_bf16(isa_name)
         xp = scratch("gemm.x16", (-(-m // T), kc, T, CB), np.uint16)
-        # x.T for transpose_x: a transposed copy first (the bf16 packer reads rows; the operands
-        # this serves, gradient matrices of the recurrent layers, are small next to the product)
-        _brgemm.pack_gemm_a_bf16(np.ascontiguousarray(x.T) if transpose_x else x, xp, cpu.ISA_CODES[isa_name],
-                                 native, n_threads)
+        _brgemm.pack_gemm_a_bf16(x, xp, cpu.ISA_CODES[isa_name], native, n_threads)
         outs = tuple(_product(xp, yi if isinstance(yi, PackedMatrix) else
                               pack_matmul_operand(yi, precision="bf16", n_threads=n_threads),
                               m, kc, bias, n_threads, isa_name, fn, out, accumulate, native) for yi in checked)

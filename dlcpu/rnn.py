@@ -27,13 +27,16 @@ that layout and receive their gradients in it (weight_grads=), so a training ste
 nothing but those transposes, and inference packs nothing at all.
 """
 import functools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import cpu
+from . import cpu, quantized
 from . import precision as formats
+from ._ext import precision as _precision
 from ._ext import rnn as _rnn
+from ._ext.rnn import RecurrentFormat
 from ._plans import Plan
 from ._validate import fits_in_memory, positive_int
 from ._workspace import scratch
@@ -47,18 +50,42 @@ NONLINEARITIES = ("tanh", "relu")
 _GATES = {"lstm": LSTM_GATES, "gru": GRU_GATES, "rnn_tanh": RNN_GATES, "rnn_relu": RNN_GATES}
 _CELL_GATES = {"lstm": LSTM_GATES, "gru": GRU_GATES, "rnn": RNN_GATES}   # RecurrentWeights.cell
 _EMPTY = np.empty(0, np.float32)
-_EMPTY16 = np.empty(0, np.uint16)
-#: the formats the recurrent layers run: their GEMMs and recurrent products read operands rounded
-#: to the format and sum in fp32; states, cell math and carried gradients stay fp32
-RECURRENT_PRECISIONS = ("fp32", "bf16")
+_EMPTY_U8 = np.empty(0, np.uint8)
+_EMPTY_U32 = np.empty(0, np.uint32)
+#: the formats the recurrent layers run: their GEMMs and recurrent products read operands in the
+#: format (bf16 rounded; int8 and DFP-16 quantized, summed in int32 chains), with fp32 sums,
+#: states, cell math and carried gradients.  The forward runs all of them; the backward (training)
+#: bf16 and DFP-16 -- int8 is for inference.
+RECURRENT_PRECISIONS = ("fp32", "bf16", "dfp16", "int8")
+TRAINING_PRECISIONS = ("fp32", "bf16", "dfp16")
 
 
-def _recurrent_precision(precision, fn):
+def _recurrent_precision(precision, fn, cell, train):
     precision = formats.check_precision(precision, fn)
     if precision not in RECURRENT_PRECISIONS:
         raise ValueError(f"{fn}: precision={precision!r} has no recurrent kernel; the recurrent layers run "
-                         f"{' and '.join(RECURRENT_PRECISIONS)}")
+                         f"{', '.join(RECURRENT_PRECISIONS)}")
+    if train and precision not in TRAINING_PRECISIONS:
+        raise ValueError(f"{fn}: precision={precision!r} runs inference only (train=False); training runs "
+                         f"{', '.join(TRAINING_PRECISIONS)}")
+    if cell == "rnn_relu" and precision in quantized.INTEGER_FORMATS:
+        raise ValueError(f"{fn}: precision={precision!r} needs a bounded hidden state (its scale is fixed for the "
+                         "whole sequence), and a ReLU RNN's is not; use nonlinearity='tanh', or fp32/bf16")
     return precision
+
+
+@dataclass(frozen=True)
+class _FormatOperands:
+    """One direction's weights in a format: w_ih packed for matmul(precision=...), the recurrent
+    blocks in the format's VNNI groups, and the constants the time loops need (int8: the
+    per-tensor scale of the recurrent weights and the column sums of their codes, per gate unit;
+    DFP-16: their exponent and largest |mantissa|)."""
+    w_ih: PackedMatrix
+    recurrent: np.ndarray
+    scale: float = 1.0
+    sums: np.ndarray = None
+    exponent: int = 0
+    bound: int = 0
 
 
 class RecurrentPlan(Plan, struct=_rnn.RecurrentPlanStruct, family="recurrent"):
@@ -119,8 +146,9 @@ class RecurrentWeights:
     recurrent: np.ndarray  # [gates][Kb][Kb][16][16]: per gate, output block, input block
     w_ih_p: PackedMatrix = None     # (gates*Kp, C) packed: dG @ w_ih_p gives dx (backward only)
     recurrent_t: np.ndarray = None  # [Kb][gates*Kb][16][16]: transposed blocks (backward only)
-    # bf16 copies of the operands above, made on a bf16 layer's first use (bf16_operands)
-    _bf16: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    # the operands above in the low-precision formats, made on a layer's first use of one
+    # (format_operands)
+    _formats: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         # The time-loop drivers trust every extent here (sized by the plan from K and the cell):
@@ -177,19 +205,46 @@ class RecurrentWeights:
             object.__setattr__(self, "recurrent_t", transpose_packed(rec, n_threads=n_threads).data)
         return self.w_ih_p, self.recurrent_t
 
-    def bf16_operands(self, backward=False, n_threads=None):
-        """The bf16 twins of the forward operands (w_ih_t packed for precision='bf16', the
-        recurrent blocks in VNNI pairs), or with backward=True of the backward's (w_ih_p,
-        recurrent_t): rounded once, on first use, and kept with this object -- a training step
-        makes a new RecurrentWeights over its updated parameters, so it rounds them once per step.
-        Keep the fp32 arrays unchanged while this object is in use (as for the packed operands)."""
-        key = "backward" if backward else "forward"
-        if key not in self._bf16:
+    def format_operands(self, precision, backward=False, n_threads=None):
+        """The forward operands (w_ih_t, the recurrent blocks) in `precision` ('bf16', 'int8',
+        'dfp16'), or with backward=True the backward's (w_ih_p, recurrent_t): converted once, on
+        first use, and kept with this object -- a training step makes a new RecurrentWeights over
+        its updated parameters, so it converts them once per step.  Keep the fp32 arrays unchanged
+        while this object is in use (as for the packed operands).  The recurrent weights are
+        quantized per tensor (one int8 scale, one DFP-16 exponent): a per-channel multiplier
+        would have to follow the calls' gate pairing."""
+        key = (precision, bool(backward))
+        if key not in self._formats:
             w_ih, rec = self.backward_operands(n_threads) if backward else (self.w_ih_t, self.recurrent)
-            self._bf16[key] = (
-                PackedMatrix(formats.fp32_blocks_to_bf16_vnni(w_ih.data, n_threads=n_threads), w_ih.shape, "bf16"),
-                formats.fp32_blocks_to_bf16_vnni(rec, n_threads=n_threads))
-        return self._bf16[key]
+            self._formats[key] = _format_operands(w_ih, rec, precision, n_threads)
+        return self._formats[key]
+
+
+def _unpacked(m):
+    """The dense (K, n) matrix of an fp32 PackedMatrix."""
+    nb, kb = m.data.shape[:2]
+    K, n = m.shape
+    return np.ascontiguousarray(m.data.transpose(1, 2, 0, 3).reshape(kb * CB, nb * CB)[:K, :n])
+
+
+def _format_operands(w_ih, rec, precision, n_threads):
+    """_FormatOperands of w_ih (an fp32 PackedMatrix) and rec (blocks [..][16 in][16 out])."""
+    fn = "the recurrent weights"
+    if precision == "bf16":
+        return _FormatOperands(PackedMatrix(formats.fp32_blocks_to_bf16_vnni(w_ih.data, n_threads=n_threads),
+                                            w_ih.shape, "bf16"),
+                               formats.fp32_blocks_to_bf16_vnni(rec, n_threads=n_threads))
+    packed = pack_matmul_operand(_unpacked(w_ih), precision=precision, n_threads=n_threads)
+    if precision == "int8":
+        absmax = formats._absmax(rec, cpu.isa_code(None), cpu.resolve_threads(n_threads), fn, "int8 quantization")
+        scale = absmax / 127.0 if absmax > 0 else 1.0
+        codes = np.clip(np.rint(rec.astype(np.float64) / scale), -127, 127).astype(np.int8)
+        sums = codes.astype(np.int64).sum(axis=(-3, -2)).reshape(-1)        # per output unit, in G's column order
+        return _FormatOperands(packed, quantized._vnni_groups(codes, quantized.GROUP["int8"]), scale=scale, sums=sums)
+    d, bound = formats._to_dfp16(rec, formats.DFP16_HEADROOM, "nearest", 0, cpu.isa_code(None),
+                                 cpu.resolve_threads(n_threads), fn, within_headroom=True)
+    return _FormatOperands(packed, quantized._vnni_groups(d.mantissas, quantized.GROUP["dfp16"]),
+                           exponent=d.exponent, bound=int(bound))
 
 
 def _f32(a, name, shape):
@@ -386,15 +441,15 @@ def _forward_setup(cell, prepare, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_thre
     return weights, x.reshape(T * N, C), H, T, N, K, kb, n_threads
 
 
-def _input_projection(weights, x2, n_threads, isa, precision):
+def _input_projection(weights, x2, n_threads, isa, precision, bias):
     """G = x.W_ih^T + b for all T at once: one large GEMM, before the time loop.
 
     The padded units' columns of W_ih^T are zero, so for finite x they come out exactly 0; but an
     Inf in x gives 0 * Inf = NaN there, the padded h turns NaN, and the next step's recurrent GEMM
     (0 * NaN) spreads it to every real unit where PyTorch stays finite.  Writing the padded
     columns back to 0 keeps them inert (a no-op for finite input)."""
-    w_ih_t = weights.bf16_operands(n_threads=n_threads)[0] if precision == "bf16" else weights.w_ih_t
-    G = matmul(x2, w_ih_t, bias=weights.bias, precision=precision, n_threads=n_threads, isa=isa)
+    w_ih_t = weights.w_ih_t if precision == "fp32" else weights.format_operands(precision, n_threads=n_threads).w_ih
+    G = matmul(x2, w_ih_t, bias=bias, precision=precision, n_threads=n_threads, isa=isa)
     kp = weights.Kb * CB
     if kp != weights.K:
         G.reshape(G.shape[0], weights.gates, kp)[:, :, weights.K:] = 0.0
@@ -453,25 +508,87 @@ def _backward_setup(dy, cache, dh_T, cell):
     return w, T, N, K, kb, kb * CB, dY, _state(dh_T, "dh_T", N, K, kb)
 
 
-def _native_bf16(isa):
-    return formats.native_bf16(cpu.ISA_BY_CODE[cpu.isa_code(isa)])
+_FP32_FORMAT_ARGS = ("fp32", _EMPTY_U8, _EMPTY_U8, _EMPTY_U32)
+
+
+def _bytes(a):
+    return a.reshape(-1).view(np.uint8)
+
+
+def _forward_format(weights, H, precision, isa, n_threads, fn):
+    """(RecurrentFormat, x-side bias, b_hn) of a forward in `precision`, with h0 (in H[0]) in the
+    format's shadow.  int8 and DFP-16 give h one scale for the whole sequence, from its bound:
+    max(1, max|h0|) (|h_t| < 1 after an LSTM or tanh cell; a GRU's h_t lies between its
+    candidate's and h_{t-1}'s).  int8's zero point adds 128 * (column sums of the codes) to every
+    product: a constant, taken off the bias here instead of subtracted at every flush."""
+    bias, b_hn = weights.bias, (weights.b_hn if weights.cell == "gru" else _EMPTY)
+    if precision == "fp32":
+        return RecurrentFormat(*_FP32_FORMAT_ARGS), bias, b_hn
+    code, threads = cpu.isa_code(isa), cpu.resolve_threads(n_threads)
+    name = cpu.ISA_BY_CODE[code]
+    ops = weights.format_operands(precision, n_threads=n_threads)
+    w = _bytes(ops.recurrent)
+    if precision == "bf16":
+        shadow = np.empty(H.shape, np.uint16)
+        shadow[0] = formats.fp32_to_bf16_bits(H[0], n_threads=threads)
+        return RecurrentFormat("bf16", w, _bytes(shadow), _EMPTY_U32, native=formats.native_bf16(name)), bias, b_hn
+    bound = max(1.0, formats._absmax(H[0], code, threads, fn, "the hidden state's scale"))
+    native = quantized.native_vnni(name)
+    if precision == "int8":
+        s_h = bound / 127.0
+        shadow = np.empty(H.shape, np.uint8)
+        _precision.quantize_u8(H[0].reshape(-1), shadow[0].reshape(-1), s_h, 128, code, threads)
+        mult = np.float32(s_h * ops.scale)
+        comp = (np.float64(mult) * 128.0 * ops.sums).astype(np.float32)      # per gate unit
+        kp = weights.Kb * CB
+        if weights.cell == "gru":     # the n gate's recurrent product is kept apart, with b_hn
+            bias = np.concatenate([bias[:2 * kp] - comp[:2 * kp], bias[2 * kp:]])
+            b_hn = b_hn - comp[2 * kp:]
+        else:
+            bias = bias - comp
+        steps, blocks = quantized.chain_schedule("int8")
+        return RecurrentFormat("int8", w, _bytes(shadow), _EMPTY_U32, quant=s_h, mult=mult, flush_steps=steps,
+                               flush_blocks=blocks, native=native), bias, b_hn
+    e_h = formats.dfp16_exponent(bound)
+    limit = min(formats.dfp16_limit(e_h), 2 ** (formats.DFP16_BITS - 1 - formats.DFP16_HEADROOM) - 1)
+    shadow = np.empty(H.shape, np.int16)
+    _precision.dfp16_quantize(H[0].reshape(-1), shadow[0].reshape(-1), math.ldexp(1.0, -e_h), limit, False, 0,
+                              code, threads)
+    steps, blocks = quantized.chain_schedule("dfp16", limit, ops.bound)
+    return RecurrentFormat("dfp16", w, _bytes(shadow), _EMPTY_U32, quant=math.ldexp(1.0, -e_h), limit=limit,
+                           mult=quantized.product_exponent(e_h, ops.exponent, fn), flush_steps=steps,
+                           flush_blocks=blocks, native=native), bias, b_hn
+
+
+def _backward_format(w, precision, dGb, gate_items, isa, n_threads):
+    """The RecurrentFormat of a backward's recurrent product: bf16, or DFP-16 with the step's
+    exponent taken from the step's largest |dG| (pyx/rnn.pyx quantize_gates)."""
+    if precision == "fp32":
+        return RecurrentFormat(*_FP32_FORMAT_ARGS)
+    name = cpu.ISA_BY_CODE[cpu.isa_code(isa)]
+    ops = w.format_operands(precision, backward=True, n_threads=n_threads)
+    if precision == "bf16":
+        shadow = scratch("rnn.dgb16", (dGb.size,), np.uint16)
+        return RecurrentFormat("bf16", _bytes(ops.recurrent), _bytes(shadow), _EMPTY_U32,
+                               native=formats.native_bf16(name))
+    shadow = scratch("rnn.dgb16", (dGb.size,), np.int16)
+    limit = 2 ** (formats.DFP16_BITS - 1 - formats.DFP16_HEADROOM) - 1
+    steps, blocks = quantized.chain_schedule("dfp16", limit, ops.bound)
+    return RecurrentFormat("dfp16", _bytes(ops.recurrent), _bytes(shadow), np.zeros(gate_items, np.uint32),
+                           limit=limit, w_exponent=ops.exponent, headroom=formats.DFP16_HEADROOM, flush_steps=steps,
+                           flush_blocks=blocks, native=quantized.native_vnni(name))
 
 
 def _run_forward(cell, weights, x2, H, T, N, isa, n_threads, train, act, precision, Cs=_EMPTY, HN=_EMPTY):
     """The input projection, the time loops on the cell's plan and the outputs, shared by every
     cell: (y (T, N, K), h_T (N, K), the cache for the backward or None unless train).  Cs: the
     LSTM's cell states, HN: the GRU's W_hn h + b_hn per step (empty for the other cells).
-    bf16: the recurrent products read the bf16 weights and a bf16 shadow of H."""
-    G = _input_projection(weights, x2, n_threads, isa, precision)
+    Other precisions: the products read the weights and a shadow of H in the format."""
+    fmt, bias, b_hn = _forward_format(weights, H, precision, isa, n_threads, f"{weights.cell}_forward")
+    G = _input_projection(weights, x2, n_threads, isa, precision, bias)
     plan = choose_recurrent_tiles(cell, T, N, weights.Kb, cpu.isa_code(isa), n_threads, act)
-    b_hn = weights.b_hn if HN.size else _EMPTY
-    Rb = Hb = _EMPTY16
-    if precision == "bf16":
-        Rb = weights.bf16_operands(n_threads=n_threads)[1].reshape(-1)
-        Hb = np.empty(H.shape, np.uint16)
-        Hb[0] = formats.fp32_to_bf16_bits(H[0], n_threads=n_threads)
     if _rnn.recurrent_forward_f32(plan.c, G.reshape(-1), weights.recurrent.reshape(-1), H.reshape(-1),
-                                  Cs.reshape(-1), HN.reshape(-1), b_hn, Rb, Hb.reshape(-1), _native_bf16(isa)):
+                                  Cs.reshape(-1), HN.reshape(-1), b_hn, fmt):
         raise RuntimeError(f"{weights.cell}_forward: a BRGEMM call failed ({plan.summary()})")
     y, h_T = _outputs(H, T, N, weights.K, weights.Kb * CB)
     cache = None
@@ -487,15 +604,14 @@ def _backward(cell, cache, dY, dh, dG, dGb, dc=_EMPTY, dGh=_EMPTY):
     plan = choose_recurrent_tiles(cell, T, N, w.Kb, cpu.isa_code(cache["isa"]), cache["n_threads"],
                                   cache["activation_impl"])
     _, recurrent_t = w.backward_operands(cache["n_threads"])
-    RTb = dGbb = _EMPTY16
-    if cache["precision"] == "bf16":
-        RTb = w.bf16_operands(backward=True, n_threads=cache["n_threads"])[1].reshape(-1)
-        dGbb = scratch("rnn.dgb16", (dGb.size,), np.uint16)
+    fmt = _backward_format(w, cache["precision"], dGb, plan.gate_items, cache["isa"], cache["n_threads"])
     if _rnn.recurrent_backward_f32(plan.c, cache["G"].reshape(-1), cache["H"].reshape(-1),
                                    cache["Cs"].reshape(-1), cache["HN"].reshape(-1),
                                    recurrent_t.reshape(-1), dY.reshape(-1), dh.reshape(-1), dc.reshape(-1),
-                                   dG.reshape(-1), dGh.reshape(-1), dGb.reshape(-1), RTb, dGbb,
-                                   _native_bf16(cache["isa"])):
+                                   dG.reshape(-1), dGh.reshape(-1), dGb.reshape(-1), fmt):
+        if cache["precision"] == "dfp16" and not (np.isfinite(dG).all() and np.isfinite(dGh).all()):
+            raise ValueError(f"{cell}_backward: the gate gradients hold NaN or Inf, where DFP-16's shared exponent "
+                             "is undefined (check dy and the forward's outputs)")
         raise RuntimeError(f"{cell}_backward: a BRGEMM call failed ({plan.summary()})")
 
 
@@ -509,8 +625,8 @@ def _input_grad(need_dx, dG, w, T, N, n_threads, isa, precision):
     """dx = dG . W_ih over all T as one GEMM, or None when the caller does not need it."""
     if not need_dx:
         return None
-    w_ih_p = (w.bf16_operands(backward=True, n_threads=n_threads) if precision == "bf16"
-              else w.backward_operands(n_threads))[0]
+    w_ih_p = (w.backward_operands(n_threads)[0] if precision == "fp32"
+              else w.format_operands(precision, backward=True, n_threads=n_threads).w_ih)
     return matmul(dG, w_ih_p, precision=precision, n_threads=n_threads, isa=isa).reshape(T, N, w.C)
 
 
@@ -555,6 +671,10 @@ def _accumulate_weight_grads(w, into, dG_x, dG_h, x2, H, T, N, n_threads, isa, p
     for target, dG, left, inputs in ((into[0], dG_x, x2, w.C), (into[1], dG_h, _state_rows(H, T, N), kp)):
         if id(dG) not in packs:
             packs[id(dG)] = pack_matmul_operand(dG, precision=precision, n_threads=n_threads)
+        if precision in quantized.INTEGER_FORMATS:   # integer products come back fresh: added packed
+            product = matmul(left, packs[id(dG)], transpose_x=True, precision=precision, n_threads=n_threads, isa=isa)
+            target += pack_matmul_operand(product, n_threads=n_threads).data.reshape(target.shape)
+            continue
         out = PackedMatrix(target, (inputs, w.gates * kp))
         matmul(left, packs[id(dG)], transpose_x=True, out=out, accumulate=True, precision=precision,
                n_threads=n_threads, isa=isa)
@@ -586,7 +706,10 @@ def _packed_states(H, T, N, precision="fp32"):
     """h_0..h_{T-1} from the blocked H [T+1][Kb][N][16] as the packed (T*N, Kp) right-hand
     operand of matmul: its layout [Kp/16][rows/16][16][16] is H's blocks with the step and batch
     axes merged, so this is one copy (instead of unblocking to row-major and packing that);
-    for bf16, rounded and paired from that copy."""
+    for bf16, rounded and paired from that copy; for the integer formats, the rows themselves
+    (matmul quantizes and packs them)."""
+    if precision in quantized.INTEGER_FORMATS:
+        return _state_rows(H, T, N)
     kb = H.shape[1]
     rows = T * N
     rp = -(-rows // CB) * CB
@@ -615,11 +738,15 @@ def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None
     """LSTM over a whole sequence; see the module docstring.  With train=True also returns the
     cache lstm_backward needs.  activation_impl: 'exact', 'fast' (rational tanh) or 'ktanh'
     (K-TanH) for every sigmoid and tanh of the cell, inside the fused gate tiles; the backward
-    uses the same flavour.  precision: 'fp32' or 'bf16' (RECURRENT_PRECISIONS): bf16 rounds the
-    operands of both products -- x and W_ih, h_{t-1} and W_hh -- and sums in fp32 (VDPBF16PS where
-    the CPU has avx512_bf16); the states and cell math stay fp32, and the backward runs bf16 too."""
+    uses the same flavour.  precision (RECURRENT_PRECISIONS): the operands of both products --
+    x and W_ih, h_{t-1} and W_hh -- in 'bf16' (rounded; VDPBF16PS where the CPU has
+    avx512_bf16), 'dfp16' (int16 mantissas, VPDPWSSD) or 'int8' (u8 x s8, VPDPBUSD), summed in
+    fp32 (int32 chains for the integer formats); x per tensor at each call, W per tensor once
+    (format_operands), h at one scale for the sequence from its bound.  States and cell math stay
+    fp32.  The backward runs the forward's precision: bf16 or dfp16 (the gate gradients take a
+    shared exponent per step); int8 is inference only."""
     act = check_impl(activation_impl, "lstm_forward", "activation_impl")
-    precision = _recurrent_precision(precision, "lstm_forward")
+    precision = _recurrent_precision(precision, "lstm_forward", "lstm", train)
     weights, x2, H, T, N, K, kb, n_threads = _forward_setup(
         "lstm", prepare_lstm, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
     Cs = np.empty_like(H)
@@ -656,7 +783,7 @@ def gru_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, weigh
     Returns y (T, N, K) and h_T; with train=True also the cache gru_backward needs.
     activation_impl, precision: as lstm_forward's."""
     act = check_impl(activation_impl, "gru_forward", "activation_impl")
-    precision = _recurrent_precision(precision, "gru_forward")
+    precision = _recurrent_precision(precision, "gru_forward", "gru", train)
     weights, x2, H, T, N, _, kb, n_threads = _forward_setup(
         "gru", prepare_gru, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
     HN = np.empty((T * N, kb * CB), np.float32)
@@ -700,9 +827,9 @@ def rnn_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, nonli
     activation_impl: the tanh flavour, as lstm_forward's (no effect with relu); precision: as
     lstm_forward's."""
     act = check_impl(activation_impl, "rnn_forward", "activation_impl")
-    precision = _recurrent_precision(precision, "rnn_forward")
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"rnn_forward: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    precision = _recurrent_precision(precision, "rnn_forward", f"rnn_{nonlinearity}", train)
     weights, x2, H, T, N, _, _, n_threads = _forward_setup(
         "rnn", prepare_rnn, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
     y, h_T, cache = _run_forward(f"rnn_{nonlinearity}", weights, x2, H, T, N, isa, n_threads, train, act, precision)

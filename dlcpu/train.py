@@ -243,7 +243,7 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
     precision: 'fp32', or 'bf16' / 'dfp16' for mixed-precision training (Module.set_precision):
     the convolutions and the classifier multiply bf16-rounded (DFP-16-quantized) operands, while
     weights, batch-norm statistics, the loss, the gradients and SGD stay fp32.  The RNN trains
-    in fp32 or bf16 (its LSTM/GRU products on bf16 operands, states and cell math fp32).
+    in the same formats (its LSTM/GRU products in the format, states and cell math fp32).
 
     on_step(epoch, step, steps, loss) and on_epoch(EpochStats) feed progress displays.  With
     `out`, the model is saved after every epoch (atomically); a path that cannot be written is
@@ -317,7 +317,7 @@ def train_digits(epochs=15, batch=64, lr=0.05, momentum=0.9, weight_decay=5e-4, 
 
 
 #: the formats train_digits trains in, per model kind
-TRAIN_PRECISIONS = {"cnn": ("fp32", "bf16", "dfp16"), "rnn": ("fp32", "bf16")}
+TRAIN_PRECISIONS = {"cnn": ("fp32", "bf16", "dfp16"), "rnn": ("fp32", "bf16", "dfp16")}
 
 
 def check_training_precision(model, precision):
@@ -326,8 +326,8 @@ def check_training_precision(model, precision):
 
     precision = check_precision(precision, "train")
     if precision not in TRAIN_PRECISIONS[model]:
-        raise ValueError(f"train: the digits {model.upper()} trains in {' or '.join(TRAIN_PRECISIONS[model])}, not "
-                         f"{precision} (the recurrent layers have no {precision} kernels)")
+        raise ValueError(f"train: the digits {model.upper()} trains in {', '.join(TRAIN_PRECISIONS[model])}, not "
+                         f"{precision} (int8 and ternary are for inference: dlcpu quantize)")
     return precision
 
 

@@ -19,18 +19,30 @@ tile table when it was made.  Buffers a cell does not use are passed empty.
 
 Blocked states: H, Cs [T+1][Kb][N][16] (index 0: the initial state).
 
-bf16 (precision='bf16'): the recurrent products read bf16 operands -- the weight blocks in VNNI
-pairs, and a bf16 shadow of H (the backward: of the blocked gate gradients) that each item writes
-as soon as it has produced its tile of h, so the next step's calls (after the barrier) find it.
-Everything else stays fp32: the states, the cell math and the gradients the steps carry (dh, dc),
-as mixed-precision training wants.  The shadow is rounded once per value, to nearest even.
+Low precision (RecurrentFormat): the recurrent products read the weight blocks in the format's
+VNNI groups (bf16 / int16 pairs, int8 quads) and a shadow of their B operand -- H in the forward,
+the blocked gate gradients in the backward -- in the format, written by the item that produces
+each tile, so the next phase's calls (after the barrier) find it.  Everything else stays fp32: the
+states, the cell math and the gradients the steps carry (dh, dc).
+  bf16    rounded to nearest even;
+  int8    (forward) h as u8 with zero point 128 and a fixed scale s_h = bound/127: h is bounded
+          (|h| < 1 after a tanh/sigmoid cell, or |h0|), so no per-step scale is needed; the
+          zero point's constant contribution was taken off the bias by dlcpu/rnn.py;
+  DFP-16  forward: h's mantissas at a fixed exponent from the same bound; backward: the gate
+          gradients are not bounded, so each step takes its shared exponent from the largest
+          |dG| of the step -- every gate item records its tile's largest, and after the barrier
+          a quantize phase derives the exponent (every thread the same) and writes the shadow.
+The integer products flush into fp32 after chains that provably cannot overflow (brgemm_int.h);
+the multiplier is s_h * s_W (int8) or 2**(E_h + E_W) (DFP-16, per step in the backward).
 """
-from libc.stdint cimport int64_t, uint16_t
+from libc.math cimport frexp, ldexp
+from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t, uint32_t
 from libc.string cimport memcpy
 from cython.parallel cimport prange, parallel
 
-from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_bf16, dlcpu_f32_to_bf16,
-                            DLCPU_BR_STRD)
+from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_bf16, dlcpu_brgemm_int_t,
+                            dlcpu_brgemm_int, dlcpu_f32_to_bf16, dlcpu_quantize_u8, dlcpu_dfp16_quantize,
+                            dlcpu_absmax_bits, DLCPU_BR_STRD, DLCPU_INT_U8S8, DLCPU_INT_S16)
 from dlcpu_plans cimport (dlcpu_rnn_plan_t, DLCPU_CELL_LSTM, DLCPU_CELL_GRU, DLCPU_CELL_RNN_TANH,
                           DLCPU_CELL_RNN_RELU, require_tiles)
 
@@ -98,15 +110,22 @@ cdef struct rnn_bufs:
     float *dG
     float *dGh
     float *dGb
-    # bf16 operands of the recurrent products (NULL in fp32): R's and RT's blocks in VNNI pairs,
-    # and the bf16 shadows of H and dGb (same element offsets: a block is 256 elements either way)
-    const uint16_t *Rb
-    const uint16_t *RTb
-    uint16_t *Hb
-    uint16_t *dGbb
-    int bf16                # the recurrent products run on the bf16 operands
+    # the format of the recurrent products (RecurrentFormat; fmt FMT_F32: none of the below)
+    int fmt
+    int elem                # bytes per element of w and shadow
+    const uint8_t *w        # the weight blocks (R forward, RT backward) in the format's groups
+    uint8_t *shadow         # the B operand (H forward, dGb backward) in the format, same offsets
+    double quant            # int8: s_h (u8 = rint(v / s_h) + 128); DFP-16 forward: 2**-E_h
+    int limit               # DFP-16: the largest |mantissa|
+    float mult              # integer formats, forward: the flush multiplier
+    int w_exponent          # DFP-16 backward: E of RT (the step's multiplier is 2**(E_dG + E_RT))
+    int headroom            # DFP-16 backward: bits kept free when the step's exponent is chosen
+    int flush_steps
+    int64_t flush_blocks
+    uint32_t *maxes         # DFP-16 backward: per gate item, its tile's largest |dG| (bits)
+    int64_t n_maxes
     int isa
-    int native              # VDPBF16PS (avx512_bf16) for the bf16 calls
+    int native              # VDPBF16PS (bf16) or VPDPBUSD/VPDPWSSD (integer formats)
 
 
 cdef inline float *ptr(float[::1] a) noexcept:
@@ -114,9 +133,64 @@ cdef inline float *ptr(float[::1] a) noexcept:
     return &a[0] if a.shape[0] > 0 else NULL
 
 
-cdef inline uint16_t *ptr16(const uint16_t[::1] a) noexcept:
-    """The same for a bf16 buffer (empty: the layer runs fp32)."""
-    return <uint16_t *>&a[0] if a.shape[0] > 0 else NULL
+cdef enum:
+    FMT_F32 = 0
+    FMT_BF16 = 1
+    FMT_INT8 = 2
+    FMT_DFP16 = 3
+
+
+#: format codes of RecurrentFormat, for dlcpu/rnn.py
+FORMATS = {"fp32": FMT_F32, "bf16": FMT_BF16, "int8": FMT_INT8, "dfp16": FMT_DFP16}
+_ELEM = {FMT_F32: 4, FMT_BF16: 2, FMT_INT8: 1, FMT_DFP16: 2}
+
+
+cdef class RecurrentFormat:
+    """The low-precision operands of one direction (forward or backward) of a recurrent layer's
+    time loops: the weight blocks in the format's VNNI groups, the shadow buffer the items write
+    (both as bytes, sized like the fp32 arrays they stand for), and the format's constants.
+    dlcpu/rnn.py builds it (and checks the sizes against the plan's buffers there)."""
+    cdef const uint8_t[::1] w
+    cdef uint8_t[::1] shadow
+    cdef uint32_t[::1] maxes
+    cdef int fmt, limit, w_exponent, headroom, flush_steps, native
+    cdef int64_t flush_blocks
+    cdef double quant
+    cdef float mult
+
+    def __init__(self, str fmt, w, shadow, maxes, double quant=0.0, int limit=0, float mult=0.0,
+                 int w_exponent=0, int headroom=0, int flush_steps=16, int64_t flush_blocks=1, bint native=0):
+        self.fmt = FORMATS[fmt]
+        self.w = w
+        self.shadow = shadow
+        self.maxes = maxes
+        if self.fmt != FMT_F32 and (self.w.shape[0] == 0 or self.shadow.shape[0] == 0
+                                    or self.w.shape[0] % _ELEM[self.fmt] or self.shadow.shape[0] % _ELEM[self.fmt]):
+            raise ValueError(f"RecurrentFormat: a {fmt} format needs its weights and shadow buffer")
+        if flush_steps < 1 or flush_blocks < 1:
+            raise ValueError("RecurrentFormat: the flush schedule must be positive")
+        self.quant, self.limit, self.mult = quant, limit, mult
+        self.w_exponent, self.headroom = w_exponent, headroom
+        self.flush_steps, self.flush_blocks, self.native = flush_steps, flush_blocks, native
+
+    def elements(self):
+        """(weight elements, shadow elements): what dlcpu/rnn.py checks against R/RT and H/dGb."""
+        if self.fmt == FMT_F32:
+            return 0, 0
+        return self.w.shape[0] // _ELEM[self.fmt], self.shadow.shape[0] // _ELEM[self.fmt]
+
+    cdef void fill(self, rnn_bufs *b, int isa):
+        b.fmt = self.fmt
+        b.elem = _ELEM[self.fmt]
+        b.w = &self.w[0] if self.w.shape[0] > 0 else NULL
+        b.shadow = &self.shadow[0] if self.shadow.shape[0] > 0 else NULL
+        b.maxes = &self.maxes[0] if self.maxes.shape[0] > 0 else NULL
+        b.n_maxes = self.maxes.shape[0]
+        b.quant, b.limit, b.mult = self.quant, self.limit, self.mult
+        b.w_exponent, b.headroom = self.w_exponent, self.headroom
+        b.flush_steps, b.flush_blocks = self.flush_steps, self.flush_blocks
+        b.isa = isa
+        b.native = self.native
 
 
 cdef struct item_tile_t:
@@ -166,22 +240,66 @@ cdef inline void recurrent_call(dlcpu_brgemm_f32_t *p, int64_t blocks, int64_t N
     p.relu = 0
 
 
-cdef inline int recurrent_gemm(dlcpu_brgemm_f32_t *p, const float *a, const uint16_t *a16, int64_t a_off,
-                               const float *b, const uint16_t *b16, int64_t b_off,
-                               const rnn_bufs *bufs) noexcept nogil:
-    """One recurrent BRGEMM on A = a + a_off, B = b + b_off: fp32, or on their bf16 twins a16, b16
-    at the same element offsets when the layer runs bf16."""
-    if a16 != NULL:
-        return dlcpu_brgemm_bf16(p, a16 + a_off, b16 + b_off, bufs.isa, bufs.native)
-    p.a = a + a_off
-    p.b = b + b_off
-    return dlcpu_brgemm_f32(p, bufs.isa)
+cdef inline int recurrent_gemm(dlcpu_brgemm_f32_t *p, const float *a, int64_t a_off, const float *b,
+                               int64_t b_off, const rnn_bufs *bufs, float mult) noexcept nogil:
+    """One recurrent BRGEMM on A = a + a_off, B = b + b_off: fp32, or in the layer's format on its
+    weight blocks and shadow at the same element offsets (mult: the integer formats' flush
+    multiplier for this call)."""
+    cdef dlcpu_brgemm_int_t q
+    cdef float scale[32]
+    cdef int i
+    if bufs.fmt == FMT_F32:
+        p.a = a + a_off
+        p.b = b + b_off
+        return dlcpu_brgemm_f32(p, bufs.isa)
+    if bufs.fmt == FMT_BF16:
+        return dlcpu_brgemm_bf16(p, <const uint16_t *>bufs.w + a_off, <const uint16_t *>bufs.shadow + b_off,
+                                 bufs.isa, bufs.native)
+    for i in range(32):
+        scale[i] = mult
+    q.format = DLCPU_INT_U8S8 if bufs.fmt == FMT_INT8 else DLCPU_INT_S16
+    q.flush_steps = bufs.flush_steps
+    q.flush_blocks = bufs.flush_blocks
+    q.scale = scale
+    q.block_scale = NULL
+    q.block_groups = 1
+    q.comp = NULL
+    q.out_u8 = 0
+    q.out_inv_scale = 1.0
+    q.out_zero_point = 0
+    return dlcpu_brgemm_int(p, &q, bufs.w + a_off * bufs.elem, bufs.shadow + b_off * bufs.elem, bufs.isa,
+                            bufs.native)
 
 
-cdef inline void shadow_bf16(const rnn_bufs *bufs, const float *src, uint16_t *dst, int64_t n) noexcept nogil:
-    """dst[0:n] = bf16(src[0:n]) when the layer runs bf16 (dst is then a bf16 shadow)."""
-    if bufs.bf16:
-        dlcpu_f32_to_bf16(bufs.isa, bufs.native, src, dst, n)
+cdef inline void to_shadow(const rnn_bufs *bufs, const float *src, int64_t off, int64_t n, double quant) noexcept nogil:
+    """shadow[off:off+n] = src[0:n] in the layer's format (nothing for fp32); quant: the integer
+    formats' quantizer (int8: s_h; DFP-16: 2**-E)."""
+    if bufs.fmt == FMT_BF16:
+        dlcpu_f32_to_bf16(bufs.isa, bufs.native, src, <uint16_t *>bufs.shadow + off, n)
+    elif bufs.fmt == FMT_INT8:
+        dlcpu_quantize_u8(bufs.isa, src, bufs.shadow + off, n, quant, 128)
+    elif bufs.fmt == FMT_DFP16:
+        dlcpu_dfp16_quantize(bufs.isa, src, <int16_t *>bufs.shadow + off, n, quant, bufs.limit, 0, 0, 0)
+
+
+cdef inline int step_exponent(const rnn_bufs *b) noexcept nogil:
+    """DFP-16 backward: the step's shared exponent of the gate gradients, from every gate item's
+    largest |dG| (precision.dfp16_exponent's rule; all threads compute the same); -1000 when a
+    gradient is NaN or Inf."""
+    cdef uint32_t m = 0
+    cdef int64_t i
+    cdef int e
+    cdef float v
+    for i in range(b.n_maxes):
+        if b.maxes[i] > m:
+            m = b.maxes[i]
+    if m >= 0x7F800000u:
+        return -1000
+    if m == 0:
+        return 0
+    memcpy(&v, &m, sizeof(float))
+    frexp(v, &e)
+    return max(-149, e - 1 - 14 + b.headroom)
 
 
 cdef inline void add_step_gradient(float *dh_blk, const float *dy_blk, int64_t n) noexcept nogil:
@@ -192,16 +310,37 @@ cdef inline void add_step_gradient(float *dh_blk, const float *dy_blk, int64_t n
 
 
 cdef inline void gates_to_blocked(const rnn_bufs *b, const float *dg, const item_tile_t *s,
-                                  int64_t gates) noexcept nogil:
+                                  int64_t gates, int64_t item) noexcept nogil:
     """Copy one tile's gate gradients from the row-major dG (dg: the tile's gate-0 corner) to the
-    blocked [gates*Kb][N][16] layout b.dGb the recurrent BRGEMM reads as its B operand (and its
-    bf16 shadow)."""
+    blocked [gates*Kb][N][16] layout b.dGb the recurrent BRGEMM reads as its B operand, and its
+    shadow (bf16), or for DFP-16 record the tile's largest |dG| (the shadow waits for the step's
+    exponent: quantize_gates)."""
     cdef int64_t j, n, at
+    cdef uint32_t m = 0, mj
     for j in range(gates):
         at = ((j * s.Kb + s.kb) * s.N + s.n0) * 16
         for n in range(s.rows):
             memcpy(b.dGb + at + n * 16, dg + n * s.ldg + j * s.Kp, 16 * sizeof(float))
-        shadow_bf16(b, b.dGb + at, b.dGbb + at, s.rows * 16)
+        if b.fmt == FMT_DFP16:
+            mj = dlcpu_absmax_bits(b.isa, b.dGb + at, s.rows * 16)
+            m = mj if mj > m else m
+        else:
+            to_shadow(b, b.dGb + at, at, s.rows * 16, 0.0)
+    if b.fmt == FMT_DFP16:
+        b.maxes[item] = m
+
+
+cdef void quantize_gates(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, int64_t item) noexcept nogil:
+    """DFP-16 backward: write one gate item's tile of the blocked gate gradients into the shadow at
+    the step's exponent."""
+    cdef item_tile_t s = item_tile(g, t, item, 1)
+    cdef int e = step_exponent(b)
+    cdef int64_t j, at
+    if e == -1000:
+        return
+    for j in range(g.gates):
+        at = ((j * s.Kb + s.kb) * s.N + s.n0) * 16
+        to_shadow(b, b.dGb + at, at, s.rows * 16, ldexp(1.0, -e))
 
 
 def pack_gate_weights(const float[:, ::1] w, int gates, float[:, :, :, ::1] out, int n_threads):
@@ -251,10 +390,10 @@ cdef int lstm_fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, 
     p.bias = NULL
     for pair in range(2):   # gates (i, f), then (g, o)
         p.c = b.G + s.gate + 2 * pair * s.Kp
-        err |= recurrent_gemm(&p, b.R, b.Rb, ((2 * pair) * s.Kb + s.kb) * s.Kb * 256,
-                              b.H, b.Hb, t * s.state + s.n0 * 16, b)
+        err |= recurrent_gemm(&p, b.R, ((2 * pair) * s.Kb + s.kb) * s.Kb * 256, b.H, t * s.state + s.n0 * 16, b,
+                              b.mult)
     dlcpu_lstm_fwd_tile(b.G + s.gate, s.Kp, s.ldg, b.Cs + s.prev, b.Cs + s.next, b.H + s.next, s.rows, act)
-    shadow_bf16(b, b.H + s.next, b.Hb + s.next, s.rows * 16)
+    to_shadow(b, b.H + s.next, s.next, s.rows * 16, b.quant)
     return err
 
 
@@ -275,16 +414,16 @@ cdef int gru_fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, i
     p.c_mstride = s.Kp
     p.beta = 1
     p.bias = NULL
-    err |= recurrent_gemm(&p, b.R, b.Rb, s.kb * s.Kb * 256, b.H, b.Hb, h_at, b)
+    err |= recurrent_gemm(&p, b.R, s.kb * s.Kb * 256, b.H, h_at, b, b.mult)
     # n: W_hn h + b_hn kept apart (r multiplies it)
     p.mv = 1
     p.c = b.HN + s.hn
     p.ldc = s.Kp
     p.beta = 0
     p.bias = b.b_hn + s.kb * 16
-    err |= recurrent_gemm(&p, b.R, b.Rb, (2 * s.Kb + s.kb) * s.Kb * 256, b.H, b.Hb, h_at, b)
+    err |= recurrent_gemm(&p, b.R, (2 * s.Kb + s.kb) * s.Kb * 256, b.H, h_at, b, b.mult)
     dlcpu_gru_fwd_tile(b.G + s.gate, s.Kp, s.ldg, b.HN + s.hn, s.Kp, b.H + s.prev, b.H + s.next, s.rows, act)
-    shadow_bf16(b, b.H + s.next, b.Hb + s.next, s.rows * 16)
+    to_shadow(b, b.H + s.next, s.next, s.rows * 16, b.quant)
     return err
 
 
@@ -305,11 +444,11 @@ cdef int rnn_fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, i
     p.c_mstride = 16
     p.beta = 1
     p.bias = NULL
-    err = recurrent_gemm(&p, b.R, b.Rb, s.kb * s.Kb * 256, b.H, b.Hb, t * s.state + s.n0 * 16, b)
+    err = recurrent_gemm(&p, b.R, s.kb * s.Kb * 256, b.H, t * s.state + s.n0 * 16, b, b.mult)
     for j in range(p.mv):   # hidden blocks kb and kb + 1
         dlcpu_rnn_fwd_tile(b.G + s.gate + j * 16, s.Kp, b.H + s.next + j * s.N * 16, s.rows,
                            g.cell == DLCPU_CELL_RNN_RELU, act)
-        shadow_bf16(b, b.H + s.next + j * s.N * 16, b.Hb + s.next + j * s.N * 16, s.rows * 16)
+        to_shadow(b, b.H + s.next + j * s.N * 16, s.next + j * s.N * 16, s.rows * 16, b.quant)
     return err
 
 
@@ -323,27 +462,18 @@ cdef inline int fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t
 
 
 def recurrent_forward_f32(RecurrentPlanStruct plan, float[::1] G, const float[::1] R, float[::1] H,
-                          float[::1] Cs, float[::1] HN, const float[::1] b_hn, const uint16_t[::1] Rb,
-                          uint16_t[::1] Hb, bint native):
+                          float[::1] Cs, float[::1] HN, const float[::1] b_hn, RecurrentFormat fmt):
     """Run the plan's T steps for its cell.  G (flattened (T*N, gates*Kp)) holds x.W_ih^T + b on
     entry and, on exit, the gate activations (LSTM, GRU: r, z, n) or the outputs h_t (RNN).
     Cs: LSTM cell states; HN, b_hn: the GRU's W_hn h + b_hn per step and b_hn (empty otherwise).
-    Rb, Hb: for bf16, R's blocks in VNNI pairs and H's bf16 shadow (Hb[0] = bf16(h0) on entry),
-    sized as R and H; empty for fp32.  native: VDPBF16PS.
+    fmt: the products' format: R's blocks in its groups and H's shadow, sized as R and H, whose
+    state 0 holds h0 in the format on entry.
     Returns the number of failed calls (0: the plan's tiles were checked when it was made)."""
     cdef const dlcpu_rnn_plan_t *g = &plan.c
     cdef rnn_bufs b
-    if Rb.shape[0] > 0 and (Rb.shape[0] != R.shape[0] or Hb.shape[0] != H.shape[0]):
-        raise ValueError("recurrent_forward_f32: Rb and Hb must both be empty or sized as R and H")
-    if Rb.shape[0] == 0 and Hb.shape[0] > 0:
-        raise ValueError("recurrent_forward_f32: Rb and Hb must both be empty or sized as R and H")
-    b.bf16 = Rb.shape[0] > 0
-    b.Rb = ptr16(Rb)
-    b.Hb = ptr16(Hb)
-    b.RTb = NULL
-    b.dGbb = NULL
-    b.isa = g.isa
-    b.native = native
+    if fmt.fmt != FMT_F32 and fmt.elements() != (R.shape[0], H.shape[0]):
+        raise ValueError("recurrent_forward_f32: the format's weights and shadow must be sized as R and H")
+    fmt.fill(&b, g.isa)
     b.G = &G[0]
     b.H = &H[0]
     b.R = &R[0]
@@ -369,7 +499,7 @@ cdef void lstm_bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int6
     add_step_gradient(b.dh + s.blk, b.dY + s.prev, s.rows * 16)
     dlcpu_lstm_bwd_tile(b.G + s.gate, s.Kp, s.ldg, b.Cs + s.prev, b.Cs + s.next, b.dh + s.blk,
                         b.dc + s.blk, b.dc + s.blk, b.dG + s.gate, s.rows, act)
-    gates_to_blocked(b, b.dG + s.gate, &s, 4)
+    gates_to_blocked(b, b.dG + s.gate, &s, 4, item)
 
 
 cdef void gru_bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t,
@@ -379,7 +509,7 @@ cdef void gru_bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64
     # dh is read, then overwritten with dh*z (the direct part of dh_{t-1}) per element
     dlcpu_gru_bwd_tile(b.G + s.gate, s.Kp, s.ldg, b.HN + s.hn, s.Kp, b.H + s.prev, b.dh + s.blk,
                        b.dh + s.blk, b.dG + s.gate, b.dGh + s.gate, s.rows)
-    gates_to_blocked(b, b.dGh + s.gate, &s, 3)
+    gates_to_blocked(b, b.dGh + s.gate, &s, 3, item)
 
 
 cdef void rnn_bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t,
@@ -387,7 +517,7 @@ cdef void rnn_bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64
     cdef item_tile_t s = item_tile(g, t, item, 1)
     add_step_gradient(b.dh + s.blk, b.dY + s.prev, s.rows * 16)
     dlcpu_rnn_bwd_tile(b.G + s.gate, s.Kp, b.dh + s.blk, b.dG + s.gate, s.rows, g.cell == DLCPU_CELL_RNN_RELU)
-    gates_to_blocked(b, b.dG + s.gate, &s, 1)
+    gates_to_blocked(b, b.dG + s.gate, &s, 1, item)
 
 
 cdef inline void bwd_gates_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, int64_t item,
@@ -416,33 +546,35 @@ cdef int bwd_recurrent_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_
     p.beta = 1 if g.cell == DLCPU_CELL_GRU else 0
     p.bias = NULL
     p.c = b.dh + s.blk
-    return recurrent_gemm(&p, b.RT, b.RTb, s.kb * gates * s.Kb * 256, b.dGb, b.dGbb, s.n0 * 16, b)
+    cdef float mult = 0.0
+    cdef int e
+    if b.fmt == FMT_DFP16:
+        e = step_exponent(b)
+        if e == -1000:
+            return 1            # a NaN/Inf gate gradient: no exponent (dlcpu/rnn.py names it)
+        mult = <float>ldexp(1.0, e + b.w_exponent)
+    return recurrent_gemm(&p, b.RT, s.kb * gates * s.Kb * 256, b.dGb, s.n0 * 16, b, mult)
 
 
 def recurrent_backward_f32(RecurrentPlanStruct plan, const float[::1] G, const float[::1] H,
                            const float[::1] Cs, const float[::1] HN, const float[::1] RT,
                            const float[::1] dY, float[::1] dh, float[::1] dc, float[::1] dG,
-                           float[::1] dGh, float[::1] dGb, const uint16_t[::1] RTb, uint16_t[::1] dGbb,
-                           bint native):
+                           float[::1] dGh, float[::1] dGb, RecurrentFormat fmt):
     """Backpropagate through the plan's T steps for its cell.  dh (and dc, LSTM) hold dL/dh_T
     (dL/dc_T) on entry and dL/dh_0 (dL/dc_0) on exit; dG receives the pre-activation gate
     gradients of every step (row-major like G; for the GRU those of the x side, and dGh those of
     the h side), from which dlcpu/rnn.py computes dx, dW and db with large GEMMs.  Buffers the
-    cell does not use are empty.  RTb, dGbb: for bf16, RT's blocks in VNNI pairs and dGb's bf16
-    shadow, sized as RT and dGb (empty for fp32).  native: VDPBF16PS."""
+    cell does not use are empty.  fmt: the recurrent product's format: RT's blocks in its groups
+    and dGb's shadow, sized as RT and dGb (DFP-16: and one maximum per gate item)."""
     cdef const dlcpu_rnn_plan_t *g = &plan.c
     cdef rnn_bufs b
-    if RTb.shape[0] > 0 and (RTb.shape[0] != RT.shape[0] or dGbb.shape[0] != dGb.shape[0]):
-        raise ValueError("recurrent_backward_f32: RTb and dGbb must both be empty or sized as RT and dGb")
-    if RTb.shape[0] == 0 and dGbb.shape[0] > 0:
-        raise ValueError("recurrent_backward_f32: RTb and dGbb must both be empty or sized as RT and dGb")
-    b.bf16 = RTb.shape[0] > 0
-    b.Rb = NULL
-    b.RTb = ptr16(RTb)
-    b.Hb = NULL
-    b.dGbb = ptr16(dGbb)
-    b.isa = g.isa
-    b.native = native
+    if fmt.fmt != FMT_F32 and fmt.elements() != (RT.shape[0], dGb.shape[0]):
+        raise ValueError("recurrent_backward_f32: the format's weights and shadow must be sized as RT and dGb")
+    if fmt.fmt == FMT_DFP16 and fmt.maxes.shape[0] != g.gate_items:
+        raise ValueError("recurrent_backward_f32: DFP-16 needs one maximum per gate item")
+    if fmt.fmt == FMT_INT8:
+        raise ValueError("recurrent_backward_f32: int8 has no backward")
+    fmt.fill(&b, g.isa)
     b.G = <float *>&G[0]       # read only here: the struct is shared with the forward
     b.H = <float *>&H[0]
     b.Cs = <float *>&Cs[0] if Cs.shape[0] > 0 else NULL
@@ -462,6 +594,9 @@ def recurrent_backward_f32(RecurrentPlanStruct plan, const float[::1] G, const f
             t = g.T - 1 - step
             for item in prange(g.gate_items, schedule='static'):
                 bwd_gates_item(g, &b, t, item, &act)
+            if b.fmt == FMT_DFP16:
+                for item in prange(g.gate_items, schedule='static'):
+                    quantize_gates(g, &b, t, item)
             for item in prange(g.pair_items, schedule='static'):
                 errors += bwd_recurrent_item(g, &b, item)
     return errors

@@ -123,7 +123,8 @@ def test_bench_precision_table():
     assert "bf16 G/s" in res.stdout and "fp32 G/s" not in res.stdout and "GEMM" not in res.stdout
 
 
-@pytest.mark.parametrize("model,precision", [("digits", "bf16"), ("digits", "dfp16"), ("digits-rnn", "bf16")])
+@pytest.mark.parametrize("model,precision", [("digits", "bf16"), ("digits", "dfp16"), ("digits-rnn", "bf16"),
+                                             ("digits-rnn", "dfp16")])
 def test_train_digits_mixed_precision_json(model, precision):
     res = run("train", model, "--epochs", "1", "--threads", "1", "--precision", precision, "--json")
     assert res.returncode == 0, res.stderr
@@ -133,7 +134,7 @@ def test_train_digits_mixed_precision_json(model, precision):
 
 BAD_OPTION_VALUES = [  # (args, what the one line must say): every command group, exit 2
     (("train", "digits", "--precision", "fp8"), "'--precision': unknown precision 'fp8'"),
-    (("train", "digits-rnn", "--precision", "dfp16"), "'--precision': the digits RNN trains in fp32 or bf16"),
+    (("train", "digits-rnn", "--precision", "int8"), "'--precision': the digits RNN trains in fp32, bf16, dfp16"),
     (("bench", "precision", "--formats", "int4"), "'--formats'"),
     (("bench", "precision", "--layers", "nosuchlayer"), "matches no layer"),
     (("bench", "precision", "--gemm", "-1"), "'--gemm'"),

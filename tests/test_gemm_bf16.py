@@ -90,7 +90,6 @@ def test_bf16_matmul_against_pytorch(rng):
      "packed for precision 'fp32'"),
     (lambda x, y: dlcpu.matmul(x, gemm.pack_matmul_operand(y, precision="bf16")), ValueError,
      "packed for precision 'bf16'"),
-    (lambda x, y: dlcpu.matmul(x.T.copy(), y, transpose_x=True, precision="int8"), ValueError, "fp32 and bf16"),
     (lambda x, y: gemm.transpose_packed(gemm.pack_matmul_operand(y, precision="bf16")), ValueError, "fp32 packed"),
     (lambda x, y: dlcpu.matmul(x, y, precision="bf16", out=gemm.pack_matmul_operand(np.ones((4, 4), np.float32),
                                                                                   precision="bf16")),

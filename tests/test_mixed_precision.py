@@ -21,9 +21,9 @@ def test_set_precision_reaches_the_product_layers_only():
 
 
 def test_set_precision_refuses_layers_without_kernels_and_changes_nothing():
-    model = nn.Sequential(nn.Linear(4, 4), nn.LSTM(4, 4))
-    with pytest.raises(ValueError, match="LSTM.*no dfp16 kernels.*left as it was"):
-        model.set_precision("dfp16")
+    model = nn.Sequential(nn.LSTM(4, 4), nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="LSTM.*no int8 kernels.*left as it was"):
+        model.set_precision("int8")
     assert model.modules[0].precision == "fp32"
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
         model.set_precision("fp16")
@@ -65,8 +65,8 @@ def test_train_digits_in_bf16_learns_and_reports_its_precision():
     result = training.train_digits(epochs=2, batch=64, precision="bf16", seed=0)
     assert result.precision == "bf16" and result.test_accuracy > 0.6
     assert {m.precision for m in result.model._walk() if isinstance(m, nn.Conv2d)} == {"bf16"}
-    with pytest.raises(ValueError, match="RNN trains in fp32 or bf16, not dfp16"):
-        training.train_digits(epochs=1, model="rnn", precision="dfp16")
+    with pytest.raises(ValueError, match="RNN trains in fp32, bf16, dfp16, not int8"):
+        training.train_digits(epochs=1, model="rnn", precision="int8")
     rnn_result = training.train_digits(epochs=2, batch=64, model="rnn", precision="bf16", seed=0)
     assert rnn_result.precision == "bf16" and rnn_result.test_accuracy > 0.5
     assert {m.precision for m in rnn_result.model._walk() if isinstance(m, nn.LSTM)} == {"bf16"}
@@ -141,7 +141,7 @@ def test_train_digits_in_dfp16_learns_and_reports_its_precision():
     result = training.train_digits(epochs=2, batch=64, precision="dfp16", seed=0)
     assert result.precision == "dfp16" and result.test_accuracy > 0.6
     assert {m.precision for m in result.model._walk() if isinstance(m, (nn.Conv2d, nn.Linear))} == {"dfp16"}
-    with pytest.raises(ValueError, match="RNN trains in fp32 or bf16, not dfp16"):
-        training.train_digits(epochs=1, model="rnn", precision="dfp16")
+    with pytest.raises(ValueError, match="CNN trains in fp32, bf16, dfp16, not ternary"):
+        training.train_digits(epochs=1, precision="ternary")
     with pytest.raises(ValueError, match="has no int8 kernels"):
         nn.digits_resnet(8, seed=0).set_precision("int8")

@@ -67,7 +67,7 @@ class _Recurrent(Module):
     model under another implementation).  An RNN with nonlinearity='relu' has no sigmoid or
     tanh: it accepts the argument, which then changes nothing."""
 
-    PRECISIONS = rnn.RECURRENT_PRECISIONS    # set_precision: bf16 rounds every product's operands
+    PRECISIONS = rnn.TRAINING_PRECISIONS    # set_precision: every product on operands in the format
 
     cell = None
     gates = None
