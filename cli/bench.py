@@ -375,6 +375,12 @@ def bench_lstm(
     threads: ThreadList = None,
     compare: Compare = None,
     repeats: Repeats = 5,
+    precision: Annotated[str, typer.Option(
+        "--precision", metavar="<formats>",
+        help="Comma list of number formats to time in the same run, each on its own copy of the layer: fp32, "
+             "bf16, dfp16 (inference and training step), int8 (inference). The first training format fills the "
+             "main table and is the one compared with PyTorch's fp32 module; the others get a speed-up over fp32.",
+    )] = "fp32",
     as_json: JsonFlag = False,
 ):
     """nn.LSTM/GRU/RNN inference and training step (with SGD) over the LSTM grid, module against
@@ -382,6 +388,7 @@ def bench_lstm(
     compare = _compare(compare)
     if cell not in benchmarks.RNN_CELLS:
         raise bad_option("--cell", f"must be one of {', '.join(benchmarks.RNN_CELLS)}, got {cell!r}")
+    precisions = _recurrent_precisions(precision)
     grid = _by_name(workloads.lstm_layers(), layers, "--layers", "row of the LSTM grid")
     counts = parse_threads(threads)
     runs = []
@@ -389,8 +396,9 @@ def bench_lstm(
         peak = benchmarks.measure_peak(n_threads, seconds=0.1, repeats=3)
         rows = _each_with_progress(grid, cell, n_threads, functools.partial(
             benchmarks.bench_lstm_layer, n_threads=n_threads, peak_gflops=peak["gflops"], cell=cell,
-            compare=compare, repeats=repeats))
-        run = {"threads": n_threads, "cell": cell, "peak_gflops": peak["gflops"], "rows": rows}
+            compare=compare, repeats=repeats, precisions=precisions))
+        run = {"threads": n_threads, "cell": cell, "peak_gflops": peak["gflops"], "precisions": list(precisions),
+               "rows": rows}
         if compare:
             run["geomean_ratio"] = {k: benchmarks.geomean([r[k]["peer"]["ratio"] for r in rows])
                                     for k in ("infer", "train")}
@@ -401,10 +409,42 @@ def bench_lstm(
         emit_json({"lstm": runs})
 
 
+def _recurrent_precisions(value):
+    """--precision of bench lstm: distinct formats, a training one first (it fills the main table)."""
+    from ..rnn import RECURRENT_PRECISIONS, TRAINING_PRECISIONS
+
+    names = [v.strip().lower() for v in value.split(",") if v.strip()]
+    bad = [v for v in names if v not in RECURRENT_PRECISIONS]
+    if not names or bad:
+        raise bad_option("--precision", f"must be a comma list of {', '.join(RECURRENT_PRECISIONS)}, got {value!r}")
+    names = list(dict.fromkeys(names))
+    training = [v for v in names if v in TRAINING_PRECISIONS]
+    if not training:
+        raise bad_option("--precision", f"int8 times inference only; list a training format "
+                                        f"({', '.join(TRAINING_PRECISIONS)}) with it")
+    return tuple([training[0]] + [v for v in names if v != training[0]])
+
+
+def _render_lstm_precisions(run):
+    t = Table(title=f"number formats | {run['threads']} thread(s): GFLOP/s (speed-up over fp32 in the same run)")
+    for col in ["row"] + [f"{p} {kind}" for p in run["precisions"] for kind in ("infer", "train")]:
+        t.add_column(col, justify="left" if col == "row" else "right")
+    for r in run["rows"]:
+        cells = [r["name"]]
+        for p in run["precisions"]:
+            for kind in ("infer", "train"):
+                e = r["precisions"][p].get(kind)
+                cells.append("-" if e is None else f"{e['gflops']:.1f}" + (f" ({e['vs_fp32']:.2f}x)" if "vs_fp32" in e
+                                                                             else ""))
+        t.add_row(*cells)
+    out.print(t)
+
+
 def _render_lstm(run, compare):
     cell, rows = run["cell"], run["rows"]
     gates = benchmarks.RNN_CELLS[cell]
-    t = Table(title=f"nn.{cell.upper()} f32 | {run['threads']} thread(s), peak {run['peak_gflops']:.0f} GFLOP/s "
+    t = Table(title=f"nn.{cell.upper()} {run['precisions'][0]} | {run['threads']} thread(s), peak "
+                    f"{run['peak_gflops']:.0f} GFLOP/s "
                     f"(forward FLOPs 2*T*N*{gates}K*(C+K); training step 3x that)")
     cols = ["row", "N", "C", "K", "T", "infer GFLOP/s", "% peak"]
     if compare:
@@ -426,6 +466,8 @@ def _render_lstm(run, compare):
         t.add_row("geometric mean", "", "", "", "", "", "", "", f"{gm['infer']:.2f}", "", "", "",
                   f"{gm['train']:.2f}", style="bold")
     out.print(t)
+    if len(run["precisions"]) > 1:
+        _render_lstm_precisions(run)
     out.print(f"timed: {benchmarks.LSTM_TIMED_REGION}.", highlight=False, soft_wrap=True)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _peers, _tolerances, cpu, quantized
+from . import _peers, _tolerances, cpu, quantized, rnn
 from ._peers import torch_threads
 from ._validate import fits_in_memory
 from .conv import conv2d, conv2d_backward, conv_shape, describe_plan, prepare_winograd
@@ -565,12 +565,16 @@ def recurrent_problem(T, N, C, K, gates=4, seed=0):
 
 
 def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None, repeats=5,
-                     warmup=1, seed=0):
+                     warmup=1, seed=0, precisions=("fp32",)):
     """Module against module for cell 'lstm', 'gru' or 'rnn' (tanh) on one row of the LSTM grid:
     eval-mode inference on fixed weights, and a whole training step (forward, backward with dx,
     SGD with momentum; 3x the forward GEMM FLOPs) that updates the weights, as a training loop
     does (DESIGN.md section 9).  The peer is torch.nn.LSTM / GRU / RNN loaded with the same state
-    dict, timed interleaved."""
+    dict, timed interleaved.  precisions: the number formats to time (rnn.RECURRENT_PRECISIONS;
+    int8 infers only, on weights quantized once: rnn's forward with prepared weights), each on
+    its own copy of the layer in the same interleaved run; the first
+    fills the row's infer/train entries, and every format gets an entry under "precisions" with
+    its speed-up over fp32 when fp32 is among them."""
     from threadpoolctl import threadpool_limits
 
     from . import nn
@@ -580,21 +584,40 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None
     gates = RNN_CELLS[cell]
     T, N, C, K = layer.T, layer.N, layer.C, layer.K
     x, dy, _, _, _ = recurrent_problem(T, N, C, K, gates, seed)
-    model = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell](C, K, seed=seed)
-    opt = nn.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    kinds = []      # (precision, "infer" | "train") of each of our timed functions, in order
+    fns = []
+    for precision in precisions:
+        m = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell](C, K, seed=seed).set_precision(precision)
+        o = nn.SGD(m.parameters(), lr=1e-4, momentum=0.9)
 
-    def ours_infer():
-        model.eval()
-        model(x)
+        def ours_infer(m=m):
+            m.eval()
+            m(x)
 
-    def ours_train():
-        model.train()
-        model.zero_grad()
-        model(x)
-        model.backward(dy)
-        opt.step()
+        def ours_train(m=m, o=o):
+            m.train()
+            m.zero_grad()
+            m(x)
+            m.backward(dy)
+            o.step()
 
-    fns = [ours_infer, ours_train]
+        if precision == "int8":
+            # int8 inference with the weights quantized once, as a deployed model runs (nn.quantize
+            # does the same for convolutions); the module would re-quantize them at every call
+            params = [m.params[f"{n}_l0"].data for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            prepared = rnn.weights_from_packed(m.cell, *params, C, K)
+            forward = {"lstm": rnn.lstm_forward, "gru": rnn.gru_forward, "rnn": rnn.rnn_forward}[cell]
+
+            def ours_infer(prepared=prepared, forward=forward):
+                forward(x, weights=prepared, precision="int8")
+        fns.append(ours_infer)
+        kinds.append((precision, "infer"))
+        if precision in rnn.TRAINING_PRECISIONS:
+            fns.append(ours_train)
+            kinds.append((precision, "train"))
+        if precision == precisions[0]:
+            model = m
+    ours = len(fns)
     torch = None
     if compare == "torch":
         torch = _peers.require_torch("--compare torch")
@@ -623,15 +646,24 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None
             times = time_interleaved(fns, repeats, warmup)
     flops = layer.forward_flops() * gates // 4
     out = {"name": layer.name, "cell": cell, "N": N, "C": C, "K": K, "T": T, "gflop_forward": flops / 1e9,
-           "timed_region": LSTM_TIMED_REGION}
-    for i, (kind, f) in enumerate((("infer", flops), ("train", 3 * flops))):
+           "timed_region": LSTM_TIMED_REGION, "precisions": {}}
+    work = {"infer": flops, "train": 3 * flops}
+    for i, (precision, kind) in enumerate(kinds):
         s = summarize(times[i])
-        out[kind] = {"seconds": s, "gflops": f / s["median_s"] / 1e9,
-                     "pct_peak": 100.0 * f / s["median_s"] / 1e9 / peak_gflops}
-        if torch is not None:
-            ps = summarize(times[2 + i])
-            out[kind]["peer"] = {"name": f"torch {torch.__version__} nn.{cell.upper()}", "seconds": ps,
-                                 "gflops": f / ps["median_s"] / 1e9, "ratio": ps["median_s"] / s["median_s"]}
+        entry = {"seconds": s, "gflops": work[kind] / s["median_s"] / 1e9,
+                 "pct_peak": 100.0 * work[kind] / s["median_s"] / 1e9 / peak_gflops}
+        out["precisions"].setdefault(precision, {})[kind] = entry
+        if precision == precisions[0]:
+            out[kind] = entry
+            if torch is not None:
+                ps = summarize(times[ours + (kind == "train")])
+                entry["peer"] = {"name": f"torch {torch.__version__} nn.{cell.upper()}", "seconds": ps,
+                                 "gflops": work[kind] / ps["median_s"] / 1e9, "ratio": ps["median_s"] / s["median_s"]}
+    fp32 = out["precisions"].get("fp32", {})
+    for entries in out["precisions"].values():
+        for kind, entry in entries.items():
+            if kind in fp32:
+                entry["vs_fp32"] = fp32[kind]["seconds"]["median_s"] / entry["seconds"]["median_s"]
     return out
 
 

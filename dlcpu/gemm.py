@@ -25,7 +25,7 @@ from . import cpu, quantized
 from . import precision as formats
 from ._ext import brgemm as _brgemm
 from ._plans import Plan
-from ._validate import fits_in_memory, flag, not_aliased
+from ._validate import fits_in_memory, flag, not_aliased, positive_int
 from ._workspace import scratch
 
 CB = cpu.CHANNEL_BLOCK
@@ -223,28 +223,74 @@ class PackedMatrix:
                              "use pack_matmul_operand")
 
 
-#: matmul's precisions so far, and the dtype of a PackedMatrix in each
+#: the dtype of a PackedMatrix in each precision (ternary operands are a PackedTernary)
 _PACKED_DTYPES = {"fp32": np.float32, "bf16": np.uint16, "dfp16": np.int16, "int8": np.int8}
 
 
 def _matmul_precision(precision, fn):
-    precision = formats.check_precision(precision, fn)
-    if precision not in _PACKED_DTYPES:
-        raise ValueError(f"{fn}: precision={precision!r} has no GEMM kernel yet; matmul runs "
-                         f"{' and '.join(_PACKED_DTYPES)}")
-    return precision
+    return formats.check_precision(precision, fn)
 
 
-def pack_matmul_operand(y, *, transpose=False, precision="fp32", n_threads=None):
+@dataclass(frozen=True, eq=False)
+class PackedTernary:
+    """A block-ternary right-hand operand of matmul (pack_matmul_operand(y, precision='ternary',
+    block=N, residual=r)): y (K, n) ~ sum over levels of alpha * t, with the ternarization of
+    dlcpu.precision.ternarize -- blocks of N rows of one column (the reduction runs along the
+    rows, as a convolution's blocks run along input channels), one alpha per (column, block,
+    level).  codes [n/16][levels*K/16][16][16] int8 in VNNI quads, the levels one after another
+    along K (so a product on the first l levels reads the first l*K/16 blocks of each column
+    block), alphas [n/16][levels*K/16][groups][16] float32 beside them, code_sums (levels, n)
+    alpha * sum(t) per column (the zero-point compensation).  Made only by pack_matmul_operand."""
+
+    shape: tuple
+    block: int
+    codes: np.ndarray
+    alphas: np.ndarray
+    code_sums: np.ndarray
+    _made: bool = False
+
+    def __post_init__(self):
+        if not self._made:       # the kernels read these arrays by the shape
+            raise TypeError("PackedTernary: make it with pack_matmul_operand(y, precision='ternary', block=N, "
+                            "residual=r)")
+
+    @property
+    def levels(self):
+        return self.code_sums.shape[0]
+
+    precision = "ternary"
+
+
+def _pack_ternary(y, block, residual):
+    """pack_matmul_operand for ternary: y (K, n) ternarized as the weights of a (n, K, 1, 1)
+    convolution (blocks along K) and its blocks reordered column block first."""
+    tb = quantized.block_ternary_weights(formats.ternarize(np.ascontiguousarray(y.T)[:, :, None, None], block=block,
+                                                           residual=residual))
+    L, nb, kb = tb.codes.shape[:3]
+    codes = np.ascontiguousarray(tb.codes.reshape(L, nb, kb, CB, CB).swapaxes(0, 1).reshape(nb, L * kb, CB, CB))
+    groups = tb.alphas.shape[-2]
+    alphas = np.ascontiguousarray(tb.alphas.reshape(L, nb, kb, groups, CB).swapaxes(0, 1)
+                                  .reshape(nb, L * kb, groups, CB))
+    return PackedTernary(tuple(y.shape), tb.block, codes, alphas, tb.code_sums, _made=True)
+
+
+def pack_matmul_operand(y, *, transpose=False, precision="fp32", n_threads=None, block=16, residual=0):
     """Pack y (K, n) for repeated matmul(x, packed) calls; transpose=True packs y.T from y given
     as (n, K), without a transposed copy.  precision='bf16' rounds y to bf16 (nearest even);
-    'int8' quantizes it symmetrically per column, 'dfp16' to int16 mantissas with one exponent."""
-    transpose = flag(transpose, "transpose", "pack_matmul_operand")
-    precision = _matmul_precision(precision, "pack_matmul_operand")
-    y = _f32(y, "y", 2, "pack_matmul_operand")
+    'int8' quantizes it symmetrically per column, 'dfp16' to int16 mantissas with one exponent;
+    'ternary' ternarizes it in blocks of `block` rows per column with `residual` extra levels
+    (a PackedTernary; block and residual are for ternary only)."""
+    fn = "pack_matmul_operand"
+    transpose = flag(transpose, "transpose", fn)
+    precision = _matmul_precision(precision, fn)
+    y = _f32(y, "y", 2, fn)
     K, n = y.shape[::-1] if transpose else y.shape
     if min(K, n) < 1:
         raise ValueError(f"pack_matmul_operand: empty operand {y.shape}")
+    if precision == "ternary":
+        return _pack_ternary(y.T if transpose else y, block, residual)
+    if (block, residual) != (16, 0):
+        raise ValueError(f"{fn}: block= and residual= are for precision='ternary', not {precision!r}")
     if precision in quantized.INTEGER_FORMATS:
         return _pack_integer(y.T if transpose else y, precision, cpu.resolve_threads(n_threads))
     if precision == "bf16":
@@ -275,7 +321,7 @@ _NO_BIAS = np.empty(0, dtype=np.float32)
 
 
 def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, precision="fp32", n_threads=None,
-           isa=None):
+           isa=None, levels=None):
     """x @ y (+ bias) for float32 matrices (m, K) and (K, n), on BRGEMM calls over packed
     operands; y may be a PackedMatrix from pack_matmul_operand (packed once, reused).
     transpose_x=True computes x.T @ y from x of shape (K, m), packing x transposed on the fly.
@@ -291,9 +337,13 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
     quantized per tensor to u8 (zero point 128 when it holds negative values), y per column to
     s8; 'dfp16': both to int16 mantissas with shared exponents; products summed in int32 chains
     that provably cannot overflow (dlcpu.quantized), output float32; out= takes fp32 and bf16.
-    Outside fp32, transpose_x copies x transposed first."""
+    'ternary': y a PackedTernary (or dense y, ternarized with blocks of 16 and no residual), x
+    quantized to u8; levels= runs the first `levels` levels (default all).  Outside fp32,
+    transpose_x copies x transposed first."""
     fn = "matmul"
     precision = _matmul_precision(precision, fn)
+    if levels is not None and precision != "ternary":
+        raise ValueError(f"{fn}: levels= chooses the residual levels of ternary weights, not of {precision}")
     transpose_x = flag(transpose_x, "transpose_x", fn)
     accumulate = flag(accumulate, "accumulate", fn)
     x = _f32(x, "x", 2, fn)
@@ -312,10 +362,15 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
     m, K = x.shape[::-1] if transpose_x else x.shape
     checked = []
     for yi in ys:
+        if isinstance(yi, PackedTernary) and precision != "ternary":
+            raise ValueError(f"{fn}: y was packed for precision 'ternary', but the product runs in {precision!r}")
+        if precision == "ternary" and isinstance(yi, PackedMatrix):
+            raise ValueError(f"{fn}: y was packed for precision {yi.precision!r}; pack it with "
+                             "pack_matmul_operand(y, precision='ternary', block=N, residual=r)")
         if isinstance(yi, PackedMatrix) and yi.precision != precision:
             raise ValueError(f"{fn}: y was packed for precision {yi.precision!r}, but the product runs in "
                              f"{precision!r}; pack it with pack_matmul_operand(y, precision={precision!r})")
-        if not isinstance(yi, PackedMatrix):
+        if not isinstance(yi, (PackedMatrix, PackedTernary)):
             yi = _f32(yi, "y", 2, fn)
         K2, n = yi.shape
         if K != K2:
@@ -330,6 +385,12 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
     isa_name = cpu.resolve_isa(isa)
     T = choose_gemm_split(m, 16, K, isa_name, n_threads).rows   # rows per row tile depend on the ISA only
     kc = -(-K // CB)
+    if precision == "ternary":
+        if out is not None:
+            raise ValueError(f"{fn}: out= and accumulate= take the fp32 product; precision='ternary' returns a new array")
+        outs = tuple(_ternary_product(x, yi if isinstance(yi, PackedTernary) else _pack_ternary(yi, 16, 0), m, T, bias,
+                                      levels, n_threads, isa_name, fn) for yi in checked)
+        return outs if many else outs[0]
     if precision in quantized.INTEGER_FORMATS:
         if out is not None:
             raise ValueError(f"{fn}: out= and accumulate= take the fp32 product; precision={precision!r} returns a new "
@@ -423,6 +484,38 @@ def _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn):
     if xp.shape[2] != plan.rows:
         raise ValueError(f"{fn}: x was packed in row tiles of {xp.shape[2]}, the plan needs {plan.rows}")
     return _fresh_product(xp, view, m, n, n_pad, bias, plan, fn, quantized.native_vnni(isa_name), spec)
+
+
+def _ternary_product(x, y, m, T, bias, levels, n_threads, isa_name, fn):
+    """x @ y for a PackedTernary y on its first `levels` levels: x quantized to u8 and repeated
+    once per level along K (each copy meets one level's codes), every N-row block summed in its
+    own int32 chain and multiplied by alpha * s_x (found beside the block), the zero point's
+    shift added to the bias."""
+    levels = y.levels if levels is None else positive_int(levels, "levels", fn)
+    if levels > y.levels:
+        raise ValueError(f"{fn}: levels must be <= {y.levels} (1 base + {y.levels - 1} residual), got {levels}")
+    K, n = y.shape
+    kb = y.codes.shape[1] // y.levels
+    code = cpu.ISA_CODES[isa_name]
+    q, s_x, z = quantized.quantize_u8(x, code, n_threads, fn)
+    rep = np.full((m, levels, kb * CB), z, np.uint8)
+    rep[:, :, :K] = q[:, None, :]
+    xp = _row_tiles(rep.reshape(m, levels * kb * CB), T, levels * kb)
+    plan = choose_gemm_split(m, n, levels * kb * CB, isa_name, n_threads)
+    N = y.block
+    steps, blocks = (N // quantized.GROUP["int8"], 1) if N < CB else (CB // quantized.GROUP["int8"], N // CB)
+    if plan.kc_blocks % blocks:
+        raise ValueError(f"{fn}: a K chunk of {plan.kc_blocks} blocks would split a ternary block of {N} rows; "
+                         "use block=4, 8 or 16 for this shape")
+    if xp.shape[2] != plan.rows:
+        raise ValueError(f"{fn}: x was packed in row tiles of {xp.shape[2]}, the plan needs {plan.rows}")
+    if bias is not None and (_f32(bias, "bias", 1, fn).shape != (n,)):
+        raise ValueError(f"{fn}: bias must have shape ({n},), got {np.shape(bias)}")
+    shift = -s_x * z * y.code_sums[:levels].sum(axis=0) if z else np.zeros(n)
+    total = shift if bias is None else shift + bias
+    spec = (quantized._U8S8, steps, blocks, None, (y.alphas * np.float32(s_x)).reshape(-1), y.alphas.shape[2], None)
+    return _fresh_product(xp, y.codes.view(np.uint8), m, n, y.codes.shape[0] * CB, total.astype(np.float32), plan,
+                          fn, quantized.native_vnni(isa_name), spec)
 
 
 def _fresh_product(xp, yp, m, n, n_pad, bias, plan, fn, native, integer=None):

@@ -404,7 +404,16 @@ def int8_weight_scales(w, axis=0):
     if not np.isfinite(w).all():
         _refuse_nonfinite(w, fn, "an int8 scale")
     absmax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
-    return np.array([_int8_scale(float(m), 127) for m in absmax], np.float32)
+    return _int8_scales(absmax, 127)
+
+
+def _int8_scales(absmax, levels):
+    """_int8_scale over an array of maxima (vectorized: a GEMM operand has thousands of columns)."""
+    a = np.asarray(absmax, np.float64)
+    s = (a / levels).astype(np.float32)
+    s = np.where(s.astype(np.float64) * levels > a, np.nextafter(s, np.float32(0)), s)
+    s = np.maximum(s, np.finfo(np.float32).smallest_subnormal)
+    return np.where(a == 0.0, np.float32(1.0), s).astype(np.float32)
 
 
 def _int8_scale(absmax, levels):

@@ -55,8 +55,8 @@ _EMPTY_U32 = np.empty(0, np.uint32)
 #: the formats the recurrent layers run: their GEMMs and recurrent products read operands in the
 #: format (bf16 rounded; int8 and DFP-16 quantized, summed in int32 chains), with fp32 sums,
 #: states, cell math and carried gradients.  The forward runs all of them; the backward (training)
-#: bf16 and DFP-16 -- int8 is for inference.
-RECURRENT_PRECISIONS = ("fp32", "bf16", "dfp16", "int8")
+#: bf16 and DFP-16 -- int8 and ternary are for inference.
+RECURRENT_PRECISIONS = ("fp32", "bf16", "dfp16", "int8", "ternary")
 TRAINING_PRECISIONS = ("fp32", "bf16", "dfp16")
 
 
@@ -68,10 +68,20 @@ def _recurrent_precision(precision, fn, cell, train):
     if train and precision not in TRAINING_PRECISIONS:
         raise ValueError(f"{fn}: precision={precision!r} runs inference only (train=False); training runs "
                          f"{', '.join(TRAINING_PRECISIONS)}")
-    if cell == "rnn_relu" and precision in quantized.INTEGER_FORMATS:
+    if cell == "rnn_relu" and precision in ("int8", "dfp16", "ternary"):
         raise ValueError(f"{fn}: precision={precision!r} needs a bounded hidden state (its scale is fixed for the "
                          "whole sequence), and a ReLU RNN's is not; use nonlinearity='tanh', or fp32/bf16")
     return precision
+
+
+def _ternary_args(precision, block, residual, levels, fn):
+    """(block, residual, levels) for precision 'ternary', None otherwise (where they must be unset)."""
+    if precision == "ternary":
+        return (positive_int(block, "block", fn), positive_int(residual, "residual", fn, minimum=0),
+                None if levels is None else positive_int(levels, "levels", fn))
+    if (block, residual, levels) != (16, 0, None):
+        raise ValueError(f"{fn}: block=, residual= and levels= describe ternary weights, not {precision}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -79,13 +89,16 @@ class _FormatOperands:
     """One direction's weights in a format: w_ih packed for matmul(precision=...), the recurrent
     blocks in the format's VNNI groups, and the constants the time loops need (int8: the
     per-tensor scale of the recurrent weights and the column sums of their codes, per gate unit;
-    DFP-16: their exponent and largest |mantissa|)."""
-    w_ih: PackedMatrix
+    DFP-16: their exponent and largest |mantissa|; ternary: the alphas beside the code blocks
+    (gates*Kb, levels*Kb, groups, 16), alpha * sum(t) per level and gate unit, the block size)."""
+    w_ih: object
     recurrent: np.ndarray
     scale: float = 1.0
     sums: np.ndarray = None
     exponent: int = 0
     bound: int = 0
+    alphas: np.ndarray = None
+    block: int = 0
 
 
 class RecurrentPlan(Plan, struct=_rnn.RecurrentPlanStruct, family="recurrent"):
@@ -205,18 +218,19 @@ class RecurrentWeights:
             object.__setattr__(self, "recurrent_t", transpose_packed(rec, n_threads=n_threads).data)
         return self.w_ih_p, self.recurrent_t
 
-    def format_operands(self, precision, backward=False, n_threads=None):
+    def format_operands(self, precision, backward=False, n_threads=None, block=16, residual=0):
         """The forward operands (w_ih_t, the recurrent blocks) in `precision` ('bf16', 'int8',
-        'dfp16'), or with backward=True the backward's (w_ih_p, recurrent_t): converted once, on
+        'dfp16', 'ternary' with blocks of `block` inputs and `residual` extra levels), or with
+        backward=True the backward's (w_ih_p, recurrent_t): converted once, on
         first use, and kept with this object -- a training step makes a new RecurrentWeights over
         its updated parameters, so it converts them once per step.  Keep the fp32 arrays unchanged
         while this object is in use (as for the packed operands).  The recurrent weights are
         quantized per tensor (one int8 scale, one DFP-16 exponent): a per-channel multiplier
         would have to follow the calls' gate pairing."""
-        key = (precision, bool(backward))
+        key = (precision, bool(backward)) + ((block, residual) if precision == "ternary" else ())
         if key not in self._formats:
             w_ih, rec = self.backward_operands(n_threads) if backward else (self.w_ih_t, self.recurrent)
-            self._formats[key] = _format_operands(w_ih, rec, precision, n_threads)
+            self._formats[key] = _format_operands(w_ih, rec, precision, n_threads, block, residual)
         return self._formats[key]
 
 
@@ -227,22 +241,58 @@ def _unpacked(m):
     return np.ascontiguousarray(m.data.transpose(1, 2, 0, 3).reshape(kb * CB, nb * CB)[:K, :n])
 
 
-def _format_operands(w_ih, rec, precision, n_threads):
-    """_FormatOperands of w_ih (an fp32 PackedMatrix) and rec (blocks [..][16 in][16 out])."""
+def _ternary_operands(w_ih, rec, block, residual):
+    """_FormatOperands for ternary: W_ih as matmul's PackedTernary; W_hh ternarized per gate unit
+    over its padded inputs (blocks of `block` inputs), its codes reordered so that each (gate,
+    output block) row holds every level's Kb input blocks one after another."""
+    gates, kb = rec.shape[:2]
+    kp = kb * CB
+    dense = np.ascontiguousarray(rec.transpose(0, 1, 4, 2, 3).reshape(gates * kp, kp))   # [g*Kp + u][c]
+    tb = quantized.block_ternary_weights(formats.ternarize(dense[:, :, None, None], block=block, residual=residual))
+    L = tb.levels
+    codes = np.ascontiguousarray(tb.codes.reshape(L, gates * kb, kb, CB, CB).swapaxes(0, 1)
+                                 .reshape(gates, kb, L * kb, CB, CB))
+    groups = tb.alphas.shape[-2]
+    alphas = np.ascontiguousarray(tb.alphas.reshape(L, gates * kb, kb, groups, CB).swapaxes(0, 1)
+                                  .reshape(gates * kb, L * kb, groups, CB))
+    return _FormatOperands(pack_matmul_operand(_unpacked(w_ih), precision="ternary", block=block, residual=residual),
+                           codes, sums=tb.code_sums, alphas=alphas, block=tb.block)
+
+
+def _format_operands(w_ih, rec, precision, n_threads, block=16, residual=0):
+    """_FormatOperands of w_ih (an fp32 PackedMatrix) and rec (blocks [..][16 in][16 out]),
+    converted from their packed blocks directly: a training step pays this for every layer, so
+    it stays a few vectorized passes (no unpacking to the dense matrix and packing again)."""
     fn = "the recurrent weights"
+    code, threads = cpu.isa_code(None), cpu.resolve_threads(n_threads)
+    if precision == "ternary":
+        return _ternary_operands(w_ih, rec, block, residual)
     if precision == "bf16":
-        return _FormatOperands(PackedMatrix(formats.fp32_blocks_to_bf16_vnni(w_ih.data, n_threads=n_threads),
+        return _FormatOperands(PackedMatrix(formats.fp32_blocks_to_bf16_vnni(w_ih.data, n_threads=threads),
                                             w_ih.shape, "bf16"),
-                               formats.fp32_blocks_to_bf16_vnni(rec, n_threads=n_threads))
-    packed = pack_matmul_operand(_unpacked(w_ih), precision=precision, n_threads=n_threads)
+                               formats.fp32_blocks_to_bf16_vnni(rec, n_threads=threads))
     if precision == "int8":
-        absmax = formats._absmax(rec, cpu.isa_code(None), cpu.resolve_threads(n_threads), fn, "int8 quantization")
-        scale = absmax / 127.0 if absmax > 0 else 1.0
-        codes = np.clip(np.rint(rec.astype(np.float64) / scale), -127, 127).astype(np.int8)
-        sums = codes.astype(np.int64).sum(axis=(-3, -2)).reshape(-1)        # per output unit, in G's column order
+        # w_ih: symmetric per column (output unit) as pack_matmul_operand quantizes, padding 0
+        data = w_ih.data
+        nb, kb = data.shape[:2]
+        scales = formats._int8_scales(np.abs(data).max(axis=(1, 2)), 127)                     # (nb, 16)
+        codes = np.clip(np.rint(data / scales[:, None, None, :].astype(np.float64)), -127, 127).astype(np.int8)
+        sums = np.ascontiguousarray(codes.sum(axis=2, dtype=np.int32).transpose(1, 0, 2).reshape(kb, nb * CB))
+        packed = PackedMatrix(quantized._vnni_groups(codes, quantized.GROUP["int8"]), w_ih.shape, "int8",
+                              (scales.reshape(-1), sums))
+        # recurrent: one scale for the tensor (its multiplier must not depend on the gate pairing)
+        absmax = formats._absmax(rec, code, threads, fn, "int8 quantization")
+        scale = float(formats._int8_scales([absmax], 127)[0])
+        q16 = np.empty(rec.shape, np.int16)
+        _precision.dfp16_quantize(rec.reshape(-1), q16.reshape(-1), 1.0 / scale, 127, False, 0, code, threads)
+        codes = q16.astype(np.int8)
+        sums = codes.sum(axis=(-3, -2), dtype=np.int64).reshape(-1)        # per output unit, in G's column order
         return _FormatOperands(packed, quantized._vnni_groups(codes, quantized.GROUP["int8"]), scale=scale, sums=sums)
-    d, bound = formats._to_dfp16(rec, formats.DFP16_HEADROOM, "nearest", 0, cpu.isa_code(None),
-                                 cpu.resolve_threads(n_threads), fn, within_headroom=True)
+    d, bound = formats._to_dfp16(w_ih.data, formats.DFP16_HEADROOM, "nearest", 0, code, threads, fn,
+                                 within_headroom=True)
+    packed = PackedMatrix(quantized._vnni_groups(d.mantissas, quantized.GROUP["dfp16"]), w_ih.shape, "dfp16",
+                          (d.exponent, int(bound)))
+    d, bound = formats._to_dfp16(rec, formats.DFP16_HEADROOM, "nearest", 0, code, threads, fn, within_headroom=True)
     return _FormatOperands(packed, quantized._vnni_groups(d.mantissas, quantized.GROUP["dfp16"]),
                            exponent=d.exponent, bound=int(bound))
 
@@ -441,15 +491,20 @@ def _forward_setup(cell, prepare, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_thre
     return weights, x.reshape(T * N, C), H, T, N, K, kb, n_threads
 
 
-def _input_projection(weights, x2, n_threads, isa, precision, bias):
+def _input_projection(weights, x2, n_threads, isa, precision, bias, ternary=None):
     """G = x.W_ih^T + b for all T at once: one large GEMM, before the time loop.
 
     The padded units' columns of W_ih^T are zero, so for finite x they come out exactly 0; but an
     Inf in x gives 0 * Inf = NaN there, the padded h turns NaN, and the next step's recurrent GEMM
     (0 * NaN) spreads it to every real unit where PyTorch stays finite.  Writing the padded
     columns back to 0 keeps them inert (a no-op for finite input)."""
-    w_ih_t = weights.w_ih_t if precision == "fp32" else weights.format_operands(precision, n_threads=n_threads).w_ih
-    G = matmul(x2, w_ih_t, bias=bias, precision=precision, n_threads=n_threads, isa=isa)
+    if precision == "ternary":
+        block, residual, levels = ternary
+        w_ih_t = weights.format_operands("ternary", n_threads=n_threads, block=block, residual=residual).w_ih
+        G = matmul(x2, w_ih_t, bias=bias, precision="ternary", levels=levels, n_threads=n_threads, isa=isa)
+    else:
+        w_ih_t = weights.w_ih_t if precision == "fp32" else weights.format_operands(precision, n_threads=n_threads).w_ih
+        G = matmul(x2, w_ih_t, bias=bias, precision=precision, n_threads=n_threads, isa=isa)
     kp = weights.Kb * CB
     if kp != weights.K:
         G.reshape(G.shape[0], weights.gates, kp)[:, :, weights.K:] = 0.0
@@ -515,7 +570,7 @@ def _bytes(a):
     return a.reshape(-1).view(np.uint8)
 
 
-def _forward_format(weights, H, precision, isa, n_threads, fn):
+def _forward_format(weights, H, precision, isa, n_threads, fn, ternary=None):
     """(RecurrentFormat, x-side bias, b_hn) of a forward in `precision`, with h0 (in H[0]) in the
     format's shadow.  int8 and DFP-16 give h one scale for the whole sequence, from its bound:
     max(1, max|h0|) (|h_t| < 1 after an LSTM or tanh cell; a GRU's h_t lies between its
@@ -523,15 +578,17 @@ def _forward_format(weights, H, precision, isa, n_threads, fn):
     product: a constant, taken off the bias here instead of subtracted at every flush."""
     bias, b_hn = weights.bias, (weights.b_hn if weights.cell == "gru" else _EMPTY)
     if precision == "fp32":
-        return RecurrentFormat(*_FP32_FORMAT_ARGS), bias, b_hn
+        return RecurrentFormat(*_FP32_FORMAT_ARGS), bias, b_hn, None
     code, threads = cpu.isa_code(isa), cpu.resolve_threads(n_threads)
     name = cpu.ISA_BY_CODE[code]
+    if precision == "ternary":
+        return _ternary_format(weights, H, code, threads, fn, *ternary)
     ops = weights.format_operands(precision, n_threads=n_threads)
     w = _bytes(ops.recurrent)
     if precision == "bf16":
         shadow = np.empty(H.shape, np.uint16)
         shadow[0] = formats.fp32_to_bf16_bits(H[0], n_threads=threads)
-        return RecurrentFormat("bf16", w, _bytes(shadow), _EMPTY_U32, native=formats.native_bf16(name)), bias, b_hn
+        return RecurrentFormat("bf16", w, _bytes(shadow), _EMPTY_U32, native=formats.native_bf16(name)), bias, b_hn, None
     bound = max(1.0, formats._absmax(H[0], code, threads, fn, "the hidden state's scale"))
     native = quantized.native_vnni(name)
     if precision == "int8":
@@ -539,16 +596,10 @@ def _forward_format(weights, H, precision, isa, n_threads, fn):
         shadow = np.empty(H.shape, np.uint8)
         _precision.quantize_u8(H[0].reshape(-1), shadow[0].reshape(-1), s_h, 128, code, threads)
         mult = np.float32(s_h * ops.scale)
-        comp = (np.float64(mult) * 128.0 * ops.sums).astype(np.float32)      # per gate unit
-        kp = weights.Kb * CB
-        if weights.cell == "gru":     # the n gate's recurrent product is kept apart, with b_hn
-            bias = np.concatenate([bias[:2 * kp] - comp[:2 * kp], bias[2 * kp:]])
-            b_hn = b_hn - comp[2 * kp:]
-        else:
-            bias = bias - comp
+        bias, b_hn = _zero_point_off_bias(weights, bias, b_hn, np.float64(mult) * 128.0 * ops.sums)
         steps, blocks = quantized.chain_schedule("int8")
         return RecurrentFormat("int8", w, _bytes(shadow), _EMPTY_U32, quant=s_h, mult=mult, flush_steps=steps,
-                               flush_blocks=blocks, native=native), bias, b_hn
+                               flush_blocks=blocks, native=native), bias, b_hn, None
     e_h = formats.dfp16_exponent(bound)
     limit = min(formats.dfp16_limit(e_h), 2 ** (formats.DFP16_BITS - 1 - formats.DFP16_HEADROOM) - 1)
     shadow = np.empty(H.shape, np.int16)
@@ -557,7 +608,41 @@ def _forward_format(weights, H, precision, isa, n_threads, fn):
     steps, blocks = quantized.chain_schedule("dfp16", limit, ops.bound)
     return RecurrentFormat("dfp16", w, _bytes(shadow), _EMPTY_U32, quant=math.ldexp(1.0, -e_h), limit=limit,
                            mult=quantized.product_exponent(e_h, ops.exponent, fn), flush_steps=steps,
-                           flush_blocks=blocks, native=native), bias, b_hn
+                           flush_blocks=blocks, native=native), bias, b_hn, None
+
+
+def _zero_point_off_bias(weights, bias, b_hn, comp):
+    """The u8 zero point adds comp (per gate unit) to every recurrent product: take it off the
+    x-side bias, or for the GRU's n gate (whose recurrent product is kept apart) off b_hn."""
+    comp = comp.astype(np.float32)
+    kp = weights.Kb * CB
+    if weights.cell == "gru":
+        return np.concatenate([bias[:2 * kp] - comp[:2 * kp], bias[2 * kp:]]), b_hn - comp[2 * kp:]
+    return bias - comp, b_hn
+
+
+def _ternary_format(weights, H, code, threads, fn, block, residual, levels):
+    """The forward's RecurrentFormat for ternary weights: as int8's u8 shadow of h (one copy per
+    level run), the multipliers alpha * s_h beside every code block, a chain per block of N."""
+    ops = weights.format_operands("ternary", n_threads=threads, block=block, residual=residual)
+    stored = ops.sums.shape[0]
+    levels = stored if levels is None else positive_int(levels, "levels", fn)
+    if levels > stored:
+        raise ValueError(f"{fn}: levels must be <= {stored} (1 base + {stored - 1} residual), got {levels}")
+    bound = max(1.0, formats._absmax(H[0], code, threads, fn, "the hidden state's scale"))
+    s_h = bound / 127.0
+    shadow = np.empty((H.shape[0], levels) + H.shape[1:], np.uint8)
+    _precision.quantize_u8(H[0].reshape(-1), shadow[0, 0].reshape(-1), s_h, 128, code, threads)
+    shadow[0, 1:] = shadow[0, 0]
+    bias, b_hn = weights.bias, (weights.b_hn if weights.cell == "gru" else _EMPTY)
+    bias, b_hn = _zero_point_off_bias(weights, bias, b_hn, s_h * 128.0 * ops.sums[:levels].sum(axis=0))
+    n = ops.block
+    steps, blocks = (n // quantized.GROUP["int8"], 1) if n < CB else (CB // quantized.GROUP["int8"], n // CB)
+    fmt = RecurrentFormat("ternary", _bytes(ops.recurrent), _bytes(shadow), _EMPTY_U32, quant=s_h,
+                          flush_steps=steps, flush_blocks=blocks, native=quantized.native_vnni(cpu.ISA_BY_CODE[code]),
+                          levels=levels, row_levels=stored, block_scale=(ops.alphas * np.float32(s_h)).reshape(-1),
+                          block_groups=ops.alphas.shape[2])
+    return fmt, bias, b_hn, levels
 
 
 def _backward_format(w, precision, dGb, gate_items, isa, n_threads):
@@ -579,13 +664,15 @@ def _backward_format(w, precision, dGb, gate_items, isa, n_threads):
                            flush_blocks=blocks, native=quantized.native_vnni(name))
 
 
-def _run_forward(cell, weights, x2, H, T, N, isa, n_threads, train, act, precision, Cs=_EMPTY, HN=_EMPTY):
+def _run_forward(cell, weights, x2, H, T, N, isa, n_threads, train, act, precision, Cs=_EMPTY, HN=_EMPTY,
+                 ternary=None):
     """The input projection, the time loops on the cell's plan and the outputs, shared by every
     cell: (y (T, N, K), h_T (N, K), the cache for the backward or None unless train).  Cs: the
     LSTM's cell states, HN: the GRU's W_hn h + b_hn per step (empty for the other cells).
     Other precisions: the products read the weights and a shadow of H in the format."""
-    fmt, bias, b_hn = _forward_format(weights, H, precision, isa, n_threads, f"{weights.cell}_forward")
-    G = _input_projection(weights, x2, n_threads, isa, precision, bias)
+    fmt, bias, b_hn, levels = _forward_format(weights, H, precision, isa, n_threads, f"{weights.cell}_forward",
+                                              ternary)
+    G = _input_projection(weights, x2, n_threads, isa, precision, bias, ternary and ternary[:2] + (levels,))
     plan = choose_recurrent_tiles(cell, T, N, weights.Kb, cpu.isa_code(isa), n_threads, act)
     if _rnn.recurrent_forward_f32(plan.c, G.reshape(-1), weights.recurrent.reshape(-1), H.reshape(-1),
                                   Cs.reshape(-1), HN.reshape(-1), b_hn, fmt):
@@ -734,7 +821,8 @@ def _unpad_gate_rows(a, gates, K, kp, cols=None):
 
 
 def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None, *, weights=None,
-                 train=False, n_threads=None, isa=None, activation_impl="exact", precision="fp32"):
+                 train=False, n_threads=None, isa=None, activation_impl="exact", precision="fp32", block=16,
+                 residual=0, levels=None):
     """LSTM over a whole sequence; see the module docstring.  With train=True also returns the
     cache lstm_backward needs.  activation_impl: 'exact', 'fast' (rational tanh) or 'ktanh'
     (K-TanH) for every sigmoid and tanh of the cell, inside the fused gate tiles; the backward
@@ -744,14 +832,18 @@ def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None
     fp32 (int32 chains for the integer formats); x per tensor at each call, W per tensor once
     (format_operands), h at one scale for the sequence from its bound.  States and cell math stay
     fp32.  The backward runs the forward's precision: bf16 or dfp16 (the gate gradients take a
-    shared exponent per step); int8 is inference only."""
+    shared exponent per step); int8 is inference only.  'ternary' (inference): both weight
+    matrices block-ternary (precision.ternarize: blocks of `block` inputs, `residual` extra
+    levels; made once per RecurrentWeights) on u8 x and h; levels= runs the first levels."""
     act = check_impl(activation_impl, "lstm_forward", "activation_impl")
     precision = _recurrent_precision(precision, "lstm_forward", "lstm", train)
+    ternary = _ternary_args(precision, block, residual, levels, "lstm_forward")
     weights, x2, H, T, N, K, kb, n_threads = _forward_setup(
         "lstm", prepare_lstm, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
     Cs = np.empty_like(H)
     Cs[0] = _state(c0, "c0", N, K, kb)
-    y, h_T, cache = _run_forward("lstm", weights, x2, H, T, N, isa, n_threads, train, act, precision, Cs=Cs)
+    y, h_T, cache = _run_forward("lstm", weights, x2, H, T, N, isa, n_threads, train, act, precision, Cs=Cs,
+                                 ternary=ternary)
     out = (y, (h_T, _unblock_state(Cs[T], N, K)))
     return (*out, cache) if train else out
 
@@ -776,18 +868,20 @@ def lstm_backward(dy, cache, dh_T=None, dc_T=None, *, need_dx=True, weight_grads
 
 
 def gru_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, weights=None, train=False,
-                n_threads=None, isa=None, activation_impl="exact", precision="fp32"):
+                n_threads=None, isa=None, activation_impl="exact", precision="fp32", block=16, residual=0, levels=None):
     """GRU over a whole sequence (PyTorch's formulation, gate order r, z, n):
         r = s(W_ir x + b_ir + W_hr h + b_hr),  z = s(W_iz x + b_iz + W_hz h + b_hz)
         n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h
     Returns y (T, N, K) and h_T; with train=True also the cache gru_backward needs.
-    activation_impl, precision: as lstm_forward's."""
+    activation_impl, precision, block, residual, levels: as lstm_forward's."""
     act = check_impl(activation_impl, "gru_forward", "activation_impl")
     precision = _recurrent_precision(precision, "gru_forward", "gru", train)
+    ternary = _ternary_args(precision, block, residual, levels, "gru_forward")
     weights, x2, H, T, N, _, kb, n_threads = _forward_setup(
         "gru", prepare_gru, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
     HN = np.empty((T * N, kb * CB), np.float32)
-    y, h_T, cache = _run_forward("gru", weights, x2, H, T, N, isa, n_threads, train, act, precision, HN=HN)
+    y, h_T, cache = _run_forward("gru", weights, x2, H, T, N, isa, n_threads, train, act, precision, HN=HN,
+                                 ternary=ternary)
     return (y, h_T, cache) if train else (y, h_T)
 
 
@@ -821,18 +915,21 @@ def gru_backward(dy, cache, dh_T=None, *, need_dx=True, weight_grads=None):
 
 
 def rnn_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
-                weights=None, train=False, n_threads=None, isa=None, activation_impl="exact", precision="fp32"):
+                weights=None, train=False, n_threads=None, isa=None, activation_impl="exact", precision="fp32",
+                block=16, residual=0, levels=None):
     """Vanilla RNN (torch.nn.RNN): h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), act tanh
     or relu.  Returns y (T, N, K) and h_T; with train=True also the cache rnn_backward needs.
-    activation_impl: the tanh flavour, as lstm_forward's (no effect with relu); precision: as
-    lstm_forward's."""
+    activation_impl: the tanh flavour, as lstm_forward's (no effect with relu); precision, block,
+    residual, levels: as lstm_forward's."""
     act = check_impl(activation_impl, "rnn_forward", "activation_impl")
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"rnn_forward: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
     precision = _recurrent_precision(precision, "rnn_forward", f"rnn_{nonlinearity}", train)
+    ternary = _ternary_args(precision, block, residual, levels, "rnn_forward")
     weights, x2, H, T, N, _, _, n_threads = _forward_setup(
         "rnn", prepare_rnn, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
-    y, h_T, cache = _run_forward(f"rnn_{nonlinearity}", weights, x2, H, T, N, isa, n_threads, train, act, precision)
+    y, h_T, cache = _run_forward(f"rnn_{nonlinearity}", weights, x2, H, T, N, isa, n_threads, train, act, precision,
+                                 ternary=ternary)
     return (y, h_T, cache) if train else (y, h_T)
 
 

@@ -239,7 +239,7 @@ cdef inline int gemm_tile(const brgemm_operand *a, const brgemm_operand *b, floa
 
 
 cdef int gemm_block(const dlcpu_gemm_plan_t *g, const brgemm_operand *xp, const brgemm_operand *yp, float *out,
-                    int64_t t_lo, int64_t t_hi, int64_t g_lo, int64_t g_hi, int64_t Kc, int64_t ldc,
+                    int64_t t_lo, int64_t t_hi, int64_t g_lo, int64_t g_hi, int64_t Kc, int64_t y_kc, int64_t ldc,
                     const float *bias, int64_t c_rows, int accumulate, int native,
                     const dlcpu_brgemm_int_t *q0, int64_t n_pad) noexcept nogil:
     """One thread's share of the GEMM: row tiles t_lo..t_hi, 16-column blocks g_lo..g_hi.
@@ -247,8 +247,10 @@ cdef int gemm_block(const dlcpu_gemm_plan_t *g, const brgemm_operand *xp, const 
     rows 16 floats apart); accumulate adds to out instead of overwriting it (beta=1 throughout).
     Operands are fp32, bf16 (VNNI-paired Yp blocks, native: VDPBF16PS) or integers (q0: the
     call's description; its per-column multipliers and compensation move with the column block,
-    and the compensation, one row of n_pad per K chunk, with the chunk); blocks hold 256 elements
-    in every format, so the walk is the same."""
+    and the compensation, one row of n_pad per K chunk, with the chunk; per-block multipliers
+    (ternary) with the call's first block); blocks hold 256 elements in every format, so the walk
+    is the same.  Yp holds y_kc >= Kc blocks per column block, of which the first Kc are used
+    (ternary: the residual levels switched on)."""
     cdef int64_t t, kc0, nchunk, grp0, grp1, nb
     cdef int64_t T = g.rows, m = g.m
     cdef int mv, beta, err = 0
@@ -271,10 +273,12 @@ cdef int gemm_block(const dlcpu_gemm_plan_t *g, const brgemm_operand *xp, const 
                         q.scale = q0.scale + nb * 16 if q0.scale != NULL else NULL
                         q.comp = (q0.comp + (kc0 // g.kc_blocks) * n_pad + nb * 16 if q0.comp != NULL
                                   else NULL)
+                        q.block_scale = (q0.block_scale + (nb * y_kc + kc0) * q0.block_groups * 16
+                                         if q0.block_scale != NULL else NULL)
                     # The bias joins in the first K chunk's epilogue (later chunks accumulate).
-                    err |= gemm_tile(yp + (nb * Kc + kc0) * 256, xp + (t * Kc + kc0) * T * 16, c,
+                    err |= gemm_tile(yp + (nb * y_kc + kc0) * 256, xp + (t * Kc + kc0) * T * 16, c,
                                      bias + nb * 16 if (bias != NULL and kc0 == 0) else NULL, nchunk,
-                                     Kc * 256, T * 16, mv, <int>min(T, m - t * T), 16 if c_rows > 0 else ldc,
+                                     y_kc * 256, T * 16, mv, <int>min(T, m - t * T), 16 if c_rows > 0 else ldc,
                                      c_rows * 16 if c_rows > 0 else 16, beta, g.isa, native,
                                      &q if q0 != NULL else NULL)
                     nb = nb + mv
@@ -304,6 +308,8 @@ def gemm_packed(const brgemm_operand[:, :, :, ::1] xp, const brgemm_operand[:, :
     cdef const float *b = &bias[0] if bias.shape[0] > 0 else NULL
     cdef dlcpu_brgemm_int_t q_int
     cdef const dlcpu_brgemm_int_t *q = NULL
+    if yp.shape[1] < Kc:
+        raise ValueError(f"gemm_packed: Yp has {yp.shape[1]} K blocks per column block, Xp {Kc}")
     if brgemm_operand is uint8_t or brgemm_operand is int16_t:
         q_int = integer_call_for(&xp[0, 0, 0, 0], integer, "gemm_packed")
         q = &q_int
@@ -311,12 +317,12 @@ def gemm_packed(const brgemm_operand[:, :, :, ::1] xp, const brgemm_operand[:, :
         if g.split_rows:
             err += gemm_block(g, &xp[0, 0, 0, 0], &yp[0, 0, 0, 0], &out[0, 0],
                               tid * n_tiles // n_threads, (tid + 1) * n_tiles // n_threads, 0, ng,
-                              Kc, out.shape[1], b, c_rows, accumulate, native, q, ng * 16)
+                              Kc, yp.shape[1], out.shape[1], b, c_rows, accumulate, native, q, ng * 16)
         else:
             err += gemm_block(g, &xp[0, 0, 0, 0], &yp[0, 0, 0, 0], &out[0, 0], 0, n_tiles,
                               2 * (tid * n_pairs // n_threads),
                               min(ng, 2 * ((tid + 1) * n_pairs // n_threads)),
-                              Kc, out.shape[1], b, c_rows, accumulate, native, q, ng * 16)
+                              Kc, yp.shape[1], out.shape[1], b, c_rows, accumulate, native, q, ng * 16)
     return err
 
 

@@ -28,6 +28,10 @@ states, the cell math and the gradients the steps carry (dh, dc).
   int8    (forward) h as u8 with zero point 128 and a fixed scale s_h = bound/127: h is bounded
           (|h| < 1 after a tanh/sigmoid cell, or |h0|), so no per-step scale is needed; the
           zero point's constant contribution was taken off the bias by dlcpu/rnn.py;
+  ternary (forward) as int8, with block-ternary W_hh codes: every block of N inputs is one int32
+          chain flushed with its own alpha * s_h (block_scale), and each residual level is another
+          Kb blocks of the batch -- the shadow holds one copy of h per level, so a call's batch
+          reads level l's codes against copy l;
   DFP-16  forward: h's mantissas at a fixed exponent from the same bound; backward: the gate
           gradients are not bounded, so each step takes its shared exponent from the largest
           |dG| of the step -- every gate item records its tile's largest, and after the barrier
@@ -124,6 +128,11 @@ cdef struct rnn_bufs:
     int64_t flush_blocks
     uint32_t *maxes         # DFP-16 backward: per gate item, its tile's largest |dG| (bits)
     int64_t n_maxes
+    const float *block_scale    # ternary: alpha * s_h per (A block, sub-block), 16 lanes each
+    int block_groups        # ternary: sub-blocks of N channels per A block
+    int levels              # ternary: residual levels run (1 otherwise)
+    int64_t rowb            # A blocks per (gate, output block) row: Kb * the levels stored
+    int64_t sh_state        # the shadow's elements per state: levels copies of [Kb][N][16]
     int isa
     int native              # VDPBF16PS (bf16) or VPDPBUSD/VPDPWSSD (integer formats)
 
@@ -138,11 +147,12 @@ cdef enum:
     FMT_BF16 = 1
     FMT_INT8 = 2
     FMT_DFP16 = 3
+    FMT_TERNARY = 4
 
 
 #: format codes of RecurrentFormat, for dlcpu/rnn.py
-FORMATS = {"fp32": FMT_F32, "bf16": FMT_BF16, "int8": FMT_INT8, "dfp16": FMT_DFP16}
-_ELEM = {FMT_F32: 4, FMT_BF16: 2, FMT_INT8: 1, FMT_DFP16: 2}
+FORMATS = {"fp32": FMT_F32, "bf16": FMT_BF16, "int8": FMT_INT8, "dfp16": FMT_DFP16, "ternary": FMT_TERNARY}
+_ELEM = {FMT_F32: 4, FMT_BF16: 2, FMT_INT8: 1, FMT_DFP16: 2, FMT_TERNARY: 1}
 
 
 cdef class RecurrentFormat:
@@ -153,13 +163,15 @@ cdef class RecurrentFormat:
     cdef const uint8_t[::1] w
     cdef uint8_t[::1] shadow
     cdef uint32_t[::1] maxes
-    cdef int fmt, limit, w_exponent, headroom, flush_steps, native
+    cdef const float[::1] block_scale
+    cdef int fmt, limit, w_exponent, headroom, flush_steps, native, levels, row_levels, block_groups
     cdef int64_t flush_blocks
     cdef double quant
     cdef float mult
 
     def __init__(self, str fmt, w, shadow, maxes, double quant=0.0, int limit=0, float mult=0.0,
-                 int w_exponent=0, int headroom=0, int flush_steps=16, int64_t flush_blocks=1, bint native=0):
+                 int w_exponent=0, int headroom=0, int flush_steps=16, int64_t flush_blocks=1, bint native=0,
+                 int levels=1, int row_levels=1, block_scale=None, int block_groups=1):
         self.fmt = FORMATS[fmt]
         self.w = w
         self.shadow = shadow
@@ -169,6 +181,14 @@ cdef class RecurrentFormat:
             raise ValueError(f"RecurrentFormat: a {fmt} format needs its weights and shadow buffer")
         if flush_steps < 1 or flush_blocks < 1:
             raise ValueError("RecurrentFormat: the flush schedule must be positive")
+        if (levels < 1 or levels > row_levels or block_groups < 1
+                or (self.fmt == FMT_TERNARY) != (block_scale is not None)):
+            raise ValueError("RecurrentFormat: ternary takes block_scale (and levels, block_groups); others do not")
+        if self.fmt == FMT_TERNARY and (self.w.shape[0] // 256 * block_groups * 16 != block_scale.shape[0]):
+            raise ValueError("RecurrentFormat: one block_scale vector per ternary sub-block")
+        self.levels, self.row_levels, self.block_groups = levels, row_levels, block_groups
+        if block_scale is not None:
+            self.block_scale = block_scale
         self.quant, self.limit, self.mult = quant, limit, mult
         self.w_exponent, self.headroom = w_exponent, headroom
         self.flush_steps, self.flush_blocks, self.native = flush_steps, flush_blocks, native
@@ -177,9 +197,11 @@ cdef class RecurrentFormat:
         """(weight elements, shadow elements): what dlcpu/rnn.py checks against R/RT and H/dGb."""
         if self.fmt == FMT_F32:
             return 0, 0
-        return self.w.shape[0] // _ELEM[self.fmt], self.shadow.shape[0] // _ELEM[self.fmt]
+        return (self.w.shape[0] // _ELEM[self.fmt] // self.row_levels,
+                self.shadow.shape[0] // _ELEM[self.fmt] // self.levels)
 
-    cdef void fill(self, rnn_bufs *b, int isa):
+    cdef void fill(self, rnn_bufs *b, int isa, int64_t state):
+        """Point b at this format's buffers; state: the elements of one fp32 state [Kb][N][16]."""
         b.fmt = self.fmt
         b.elem = _ELEM[self.fmt]
         b.w = &self.w[0] if self.w.shape[0] > 0 else NULL
@@ -191,6 +213,10 @@ cdef class RecurrentFormat:
         b.flush_steps, b.flush_blocks = self.flush_steps, self.flush_blocks
         b.isa = isa
         b.native = self.native
+        b.levels = self.levels
+        b.block_groups = self.block_groups
+        b.block_scale = &self.block_scale[0] if self.fmt == FMT_TERNARY else NULL
+        b.sh_state = state * self.levels
 
 
 cdef struct item_tile_t:
@@ -241,10 +267,10 @@ cdef inline void recurrent_call(dlcpu_brgemm_f32_t *p, int64_t blocks, int64_t N
 
 
 cdef inline int recurrent_gemm(dlcpu_brgemm_f32_t *p, const float *a, int64_t a_off, const float *b,
-                               int64_t b_off, const rnn_bufs *bufs, float mult) noexcept nogil:
+                               int64_t b_off, int64_t bq_off, const rnn_bufs *bufs, float mult) noexcept nogil:
     """One recurrent BRGEMM on A = a + a_off, B = b + b_off: fp32, or in the layer's format on its
-    weight blocks and shadow at the same element offsets (mult: the integer formats' flush
-    multiplier for this call)."""
+    weight blocks at a_off and its shadow at bq_off (mult: the integer formats' flush multiplier
+    for this call; ternary: the alphas beside the blocks)."""
     cdef dlcpu_brgemm_int_t q
     cdef float scale[32]
     cdef int i
@@ -253,21 +279,25 @@ cdef inline int recurrent_gemm(dlcpu_brgemm_f32_t *p, const float *a, int64_t a_
         p.b = b + b_off
         return dlcpu_brgemm_f32(p, bufs.isa)
     if bufs.fmt == FMT_BF16:
-        return dlcpu_brgemm_bf16(p, <const uint16_t *>bufs.w + a_off, <const uint16_t *>bufs.shadow + b_off,
+        return dlcpu_brgemm_bf16(p, <const uint16_t *>bufs.w + a_off, <const uint16_t *>bufs.shadow + bq_off,
                                  bufs.isa, bufs.native)
     for i in range(32):
         scale[i] = mult
-    q.format = DLCPU_INT_U8S8 if bufs.fmt == FMT_INT8 else DLCPU_INT_S16
+    q.format = DLCPU_INT_S16 if bufs.fmt == FMT_DFP16 else DLCPU_INT_U8S8
     q.flush_steps = bufs.flush_steps
     q.flush_blocks = bufs.flush_blocks
     q.scale = scale
     q.block_scale = NULL
     q.block_groups = 1
+    if bufs.fmt == FMT_TERNARY:
+        q.scale = NULL
+        q.block_scale = bufs.block_scale + a_off // 256 * bufs.block_groups * 16
+        q.block_groups = bufs.block_groups
     q.comp = NULL
     q.out_u8 = 0
     q.out_inv_scale = 1.0
     q.out_zero_point = 0
-    return dlcpu_brgemm_int(p, &q, bufs.w + a_off * bufs.elem, bufs.shadow + b_off * bufs.elem, bufs.isa,
+    return dlcpu_brgemm_int(p, &q, bufs.w + a_off * bufs.elem, bufs.shadow + bq_off * bufs.elem, bufs.isa,
                             bufs.native)
 
 
@@ -276,10 +306,22 @@ cdef inline void to_shadow(const rnn_bufs *bufs, const float *src, int64_t off, 
     formats' quantizer (int8: s_h; DFP-16: 2**-E)."""
     if bufs.fmt == FMT_BF16:
         dlcpu_f32_to_bf16(bufs.isa, bufs.native, src, <uint16_t *>bufs.shadow + off, n)
-    elif bufs.fmt == FMT_INT8:
+    elif bufs.fmt == FMT_INT8 or bufs.fmt == FMT_TERNARY:
         dlcpu_quantize_u8(bufs.isa, src, bufs.shadow + off, n, quant, 128)
     elif bufs.fmt == FMT_DFP16:
         dlcpu_dfp16_quantize(bufs.isa, src, <int16_t *>bufs.shadow + off, n, quant, bufs.limit, 0, 0, 0)
+
+
+cdef inline void shadow_h(const rnn_bufs *b, const float *src, int64_t t, int64_t blk, int64_t n,
+                          int64_t state) noexcept nogil:
+    """State t's tile (at blk) of h into the shadow: one copy per ternary level (levels 1: once)."""
+    cdef int64_t first = t * b.sh_state + blk
+    cdef int lvl
+    if b.fmt == FMT_F32:
+        return
+    to_shadow(b, src, first, n, b.quant)
+    for lvl in range(1, b.levels):
+        memcpy(b.shadow + (first + lvl * state) * b.elem, b.shadow + first * b.elem, n * b.elem)
 
 
 cdef inline int step_exponent(const rnn_bufs *b) noexcept nogil:
@@ -380,8 +422,8 @@ cdef int lstm_fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, 
     cdef int err = 0
     cdef int pair
     cdef dlcpu_brgemm_f32_t p
-    recurrent_call(&p, s.Kb, s.N)
-    p.a_mstride = s.Kb * s.Kb * 256
+    recurrent_call(&p, s.Kb * b.levels, s.N)
+    p.a_mstride = s.Kb * b.rowb * 256
     p.mv = 2
     p.nc = <int>s.rows
     p.ldc = s.ldg
@@ -390,10 +432,10 @@ cdef int lstm_fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, 
     p.bias = NULL
     for pair in range(2):   # gates (i, f), then (g, o)
         p.c = b.G + s.gate + 2 * pair * s.Kp
-        err |= recurrent_gemm(&p, b.R, ((2 * pair) * s.Kb + s.kb) * s.Kb * 256, b.H, t * s.state + s.n0 * 16, b,
-                              b.mult)
+        err |= recurrent_gemm(&p, b.R, ((2 * pair) * s.Kb + s.kb) * b.rowb * 256, b.H, t * s.state + s.n0 * 16,
+                              t * b.sh_state + s.n0 * 16, b, b.mult)
     dlcpu_lstm_fwd_tile(b.G + s.gate, s.Kp, s.ldg, b.Cs + s.prev, b.Cs + s.next, b.H + s.next, s.rows, act)
-    to_shadow(b, b.H + s.next, s.next, s.rows * 16, b.quant)
+    shadow_h(b, b.H + s.next, t + 1, s.blk, s.rows * 16, s.state)
     return err
 
 
@@ -404,26 +446,27 @@ cdef int gru_fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, i
     cdef int err = 0
     cdef dlcpu_brgemm_f32_t p
     cdef int64_t h_at = t * s.state + s.n0 * 16
-    recurrent_call(&p, s.Kb, s.N)
+    cdef int64_t hq_at = t * b.sh_state + s.n0 * 16
+    recurrent_call(&p, s.Kb * b.levels, s.N)
     p.nc = <int>s.rows
     # r and z: onto the x-side pre-activations (beta=1), one call for the pair
     p.mv = 2
-    p.a_mstride = s.Kb * s.Kb * 256
+    p.a_mstride = s.Kb * b.rowb * 256
     p.c = b.G + s.gate
     p.ldc = s.ldg
     p.c_mstride = s.Kp
     p.beta = 1
     p.bias = NULL
-    err |= recurrent_gemm(&p, b.R, s.kb * s.Kb * 256, b.H, h_at, b, b.mult)
+    err |= recurrent_gemm(&p, b.R, s.kb * b.rowb * 256, b.H, h_at, hq_at, b, b.mult)
     # n: W_hn h + b_hn kept apart (r multiplies it)
     p.mv = 1
     p.c = b.HN + s.hn
     p.ldc = s.Kp
     p.beta = 0
     p.bias = b.b_hn + s.kb * 16
-    err |= recurrent_gemm(&p, b.R, (2 * s.Kb + s.kb) * s.Kb * 256, b.H, h_at, b, b.mult)
+    err |= recurrent_gemm(&p, b.R, (2 * s.Kb + s.kb) * b.rowb * 256, b.H, h_at, hq_at, b, b.mult)
     dlcpu_gru_fwd_tile(b.G + s.gate, s.Kp, s.ldg, b.HN + s.hn, s.Kp, b.H + s.prev, b.H + s.next, s.rows, act)
-    to_shadow(b, b.H + s.next, s.next, s.rows * 16, b.quant)
+    shadow_h(b, b.H + s.next, t + 1, s.blk, s.rows * 16, s.state)
     return err
 
 
@@ -435,20 +478,21 @@ cdef int rnn_fwd_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_t t, i
     cdef int64_t j
     cdef int err
     cdef dlcpu_brgemm_f32_t p
-    recurrent_call(&p, s.Kb, s.N)
+    recurrent_call(&p, s.Kb * b.levels, s.N)
     p.mv = 2 if s.kb + 1 < s.Kb else 1
     p.nc = <int>s.rows
-    p.a_mstride = s.Kb * 256
+    p.a_mstride = b.rowb * 256
     p.c = b.G + s.gate
     p.ldc = s.Kp
     p.c_mstride = 16
     p.beta = 1
     p.bias = NULL
-    err = recurrent_gemm(&p, b.R, s.kb * s.Kb * 256, b.H, t * s.state + s.n0 * 16, b, b.mult)
+    err = recurrent_gemm(&p, b.R, s.kb * b.rowb * 256, b.H, t * s.state + s.n0 * 16, t * b.sh_state + s.n0 * 16, b,
+                         b.mult)
     for j in range(p.mv):   # hidden blocks kb and kb + 1
         dlcpu_rnn_fwd_tile(b.G + s.gate + j * 16, s.Kp, b.H + s.next + j * s.N * 16, s.rows,
                            g.cell == DLCPU_CELL_RNN_RELU, act)
-        to_shadow(b, b.H + s.next + j * s.N * 16, s.next + j * s.N * 16, s.rows * 16, b.quant)
+        shadow_h(b, b.H + s.next + j * s.N * 16, t + 1, s.blk + j * s.N * 16, s.rows * 16, s.state)
     return err
 
 
@@ -472,8 +516,10 @@ def recurrent_forward_f32(RecurrentPlanStruct plan, float[::1] G, const float[::
     cdef const dlcpu_rnn_plan_t *g = &plan.c
     cdef rnn_bufs b
     if fmt.fmt != FMT_F32 and fmt.elements() != (R.shape[0], H.shape[0]):
-        raise ValueError("recurrent_forward_f32: the format's weights and shadow must be sized as R and H")
-    fmt.fill(&b, g.isa)
+        raise ValueError("recurrent_forward_f32: the format's weights and shadow must be sized as R and H "
+                         "(times the ternary levels)")
+    fmt.fill(&b, g.isa, g.Kb * g.N * 16)
+    b.rowb = g.Kb * fmt.row_levels
     b.G = &G[0]
     b.H = &H[0]
     b.R = &R[0]
@@ -553,7 +599,7 @@ cdef int bwd_recurrent_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_
         if e == -1000:
             return 1            # a NaN/Inf gate gradient: no exponent (dlcpu/rnn.py names it)
         mult = <float>ldexp(1.0, e + b.w_exponent)
-    return recurrent_gemm(&p, b.RT, s.kb * gates * s.Kb * 256, b.dGb, s.n0 * 16, b, mult)
+    return recurrent_gemm(&p, b.RT, s.kb * gates * s.Kb * 256, b.dGb, s.n0 * 16, s.n0 * 16, b, mult)
 
 
 def recurrent_backward_f32(RecurrentPlanStruct plan, const float[::1] G, const float[::1] H,
@@ -572,9 +618,10 @@ def recurrent_backward_f32(RecurrentPlanStruct plan, const float[::1] G, const f
         raise ValueError("recurrent_backward_f32: the format's weights and shadow must be sized as RT and dGb")
     if fmt.fmt == FMT_DFP16 and fmt.maxes.shape[0] != g.gate_items:
         raise ValueError("recurrent_backward_f32: DFP-16 needs one maximum per gate item")
-    if fmt.fmt == FMT_INT8:
-        raise ValueError("recurrent_backward_f32: int8 has no backward")
-    fmt.fill(&b, g.isa)
+    if fmt.fmt == FMT_INT8 or fmt.fmt == FMT_TERNARY:
+        raise ValueError("recurrent_backward_f32: int8 and ternary have no backward")
+    fmt.fill(&b, g.isa, g.Kb * g.N * 16)
+    b.rowb = g.Kb
     b.G = <float *>&G[0]       # read only here: the struct is shared with the forward
     b.H = <float *>&H[0]
     b.Cs = <float *>&Cs[0] if Cs.shape[0] > 0 else NULL

@@ -85,7 +85,7 @@ def test_bf16_matmul_against_pytorch(rng):
 
 @pytest.mark.parametrize("call,error,match", [
     (lambda x, y: dlcpu.matmul(x, y, precision="fp8"), ValueError, "unknown precision 'fp8'"),
-    (lambda x, y: dlcpu.matmul(x, y, precision="ternary"), ValueError, "no GEMM kernel yet"),
+    (lambda x, y: dlcpu.matmul(x, y, precision="bf16", levels=1), ValueError, "levels= chooses"),
     (lambda x, y: dlcpu.matmul(x, gemm.pack_matmul_operand(y), precision="bf16"), ValueError,
      "packed for precision 'fp32'"),
     (lambda x, y: dlcpu.matmul(x, gemm.pack_matmul_operand(y, precision="bf16")), ValueError,

@@ -21,8 +21,8 @@ def test_set_precision_reaches_the_product_layers_only():
 
 
 def test_set_precision_refuses_layers_without_kernels_and_changes_nothing():
-    model = nn.Sequential(nn.LSTM(4, 4), nn.Linear(4, 4))
-    with pytest.raises(ValueError, match="LSTM.*no int8 kernels.*left as it was"):
+    model = nn.Sequential(nn.Linear(4, 4), nn.LSTM(4, 4), nn.Conv2d(4, 4, 3))
+    with pytest.raises(ValueError, match="Conv2d.*no int8 kernels.*left as it was"):
         model.set_precision("int8")
     assert model.modules[0].precision == "fp32"
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
@@ -145,3 +145,32 @@ def test_train_digits_in_dfp16_learns_and_reports_its_precision():
         training.train_digits(epochs=1, precision="ternary")
     with pytest.raises(ValueError, match="has no int8 kernels"):
         nn.digits_resnet(8, seed=0).set_precision("int8")
+
+
+@pytest.mark.parametrize("precision,bound", [("int8", 2e-2), ("ternary", 0.6)])
+def test_linear_dynamic_quantization_for_inference(rng, precision, bound):
+    """set_precision('int8' | 'ternary') on Linear: the forward is matmul in that format on the
+    layer's weights (quantized at each call), within the format's error of fp32; backward refuses."""
+    layer = nn.Linear(40, 24, seed=1)
+    layer.bias.data[:] = rng.uniform(-1, 1, 24).astype(np.float32)
+    x = rng.uniform(-1, 1, (9, 40)).astype(np.float32)
+    want = layer(x)
+    layer.set_precision(precision)
+    got = layer(x)
+    direct = dlcpu.matmul(x, np.ascontiguousarray(layer.weight.data.T), precision=precision) + layer.bias.data
+    np.testing.assert_array_equal(got, direct)
+    assert 1e-4 < np.linalg.norm(got - want) / np.linalg.norm(want) <= bound
+    with pytest.raises(RuntimeError, match="runs inference only"):
+        layer.backward(np.ones_like(got))
+
+
+def test_lstm_dynamic_int8_inference_and_training_refused(rng):
+    layer = nn.LSTM(12, 20, seed=3)
+    x = rng.uniform(-1, 1, (6, 5, 12)).astype(np.float32)
+    want = layer(x)
+    layer.set_precision("int8").eval()
+    got = layer(x)
+    assert 1e-4 < np.linalg.norm(got - want) / np.linalg.norm(want) <= 2e-2
+    layer.train()
+    with pytest.raises(ValueError, match="runs inference only"):
+        layer(x)

@@ -401,3 +401,55 @@ def test_ternary_bad_input(call, error, match):
     w = np.ones((4, 3, 3, 3), np.float32)
     with pytest.raises(error, match=match):
         call(x, w)
+
+
+# ---------------------------------------------------------------------------------- ternary GEMM
+@pytest.mark.parametrize("isa,native", PATHS)
+@pytest.mark.parametrize("shape,block,residual", [
+    ((5, 3, 7), 16, 0), ((33, 40, 20), 8, 1), ((17, 16, 48), 4, 2), ((64, 64, 33), 32, 1), ((20, 64, 16), 64, 0),
+], ids=str)
+def test_ternary_matmul_against_float64(rng, monkeypatch, isa, native, shape, block, residual):
+    """matmul(precision='ternary') on every level count against the float64 product of x's u8
+    values and the weights those levels reconstruct."""
+    set_native(monkeypatch, native)
+    m, K, n = shape
+    for signed in (True, False):
+        x = rng.uniform(-1 if signed else 0, 1, (m, K)).astype(np.float32)
+        y = rng.uniform(-1, 1, (K, n)).astype(np.float32)
+        b = rng.uniform(-1, 1, n).astype(np.float32)
+        yt = gemm.pack_matmul_operand(y, precision="ternary", block=block, residual=residual)
+        q, s, z = Q.quantize_u8(x, cpu.isa_code(None), 1, "test")
+        xd = (q.astype(np.float64) - z) * s
+        tw = P.ternarize(np.ascontiguousarray(y.T)[:, :, None, None], block=block, residual=residual)
+        for levels in range(1, residual + 2):
+            want = xd @ tw.to_float32(levels)[:, :, 0, 0].T.astype(np.float64) + b
+            got = dlcpu.matmul(x, yt, bias=b, precision="ternary", levels=levels, isa=isa)
+            assert_close(got, want)
+        assert np.array_equal(got, dlcpu.matmul(x, yt, bias=b, precision="ternary", isa=isa, n_threads=1))
+
+
+def test_ternary_matmul_levels_trade_error_and_bad_input(rng):
+    x = rng.uniform(-1, 1, (40, 64)).astype(np.float32)
+    y = rng.uniform(-1, 1, (64, 24)).astype(np.float32)
+    yt = gemm.pack_matmul_operand(y, precision="ternary", block=16, residual=2)
+    exact = x.astype(np.float64) @ y
+    errors = [rel_l2(dlcpu.matmul(x, yt, precision="ternary", levels=lv), exact) for lv in (1, 2, 3)]
+    assert errors[0] > errors[1] > errors[2]
+    assert np.array_equal(dlcpu.matmul(x, y, precision="ternary"),
+                          dlcpu.matmul(x, gemm.pack_matmul_operand(y, precision="ternary"), precision="ternary"))
+    for call, match in [
+        (lambda: dlcpu.matmul(x, yt, precision="ternary", levels=4), "levels must be <= 3"),
+        (lambda: dlcpu.matmul(x, yt, precision="ternary", levels=0), "levels"),
+        (lambda: dlcpu.matmul(x, yt, precision="int8"), "packed for precision 'ternary'"),
+        (lambda: dlcpu.matmul(x, gemm.pack_matmul_operand(y), precision="ternary"), "packed for precision 'fp32'"),
+        (lambda: dlcpu.matmul(x[:, :10], yt, precision="ternary"), "inner dimensions"),
+        (lambda: dlcpu.matmul(x, yt, bias=np.ones(3, np.float32), precision="ternary"), "bias must have shape"),
+        (lambda: gemm.pack_matmul_operand(y, precision="ternary", block=12), "block=12 does not divide"),
+        (lambda: gemm.pack_matmul_operand(y, precision="ternary", block=2), "must be 4, 8, 16"),
+        (lambda: gemm.pack_matmul_operand(y, precision="ternary", residual=-1), "residual"),
+        (lambda: gemm.pack_matmul_operand(y, precision="int8", block=8), "for precision='ternary'"),
+        (lambda: gemm.PackedTernary((4, 4), 16, None, None, None), "make it with pack_matmul_operand"),
+        (lambda: dlcpu.matmul(np.full_like(x, np.nan), yt, precision="ternary"), "NaN"),
+    ]:
+        with pytest.raises((ValueError, TypeError), match=match):
+            call()

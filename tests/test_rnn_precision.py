@@ -113,8 +113,7 @@ def test_bf16_prepared_weights_round_once(rng):
     np.testing.assert_array_equal(y1, y2)
 
 
-@pytest.mark.parametrize("precision,match", [("fp8", "unknown precision 'fp8'"),
-                                             ("ternary", "no recurrent kernel"), (16, "unknown precision")])
+@pytest.mark.parametrize("precision,match", [("fp8", "unknown precision 'fp8'"), (16, "unknown precision")])
 def test_bad_precision_name(rng, precision, match):
     x, w_ih, w_hh, _b_ih, _b_hh, _h0, _c0 = problem(rng, 2, 3, 4, 5)
     for call in (lambda: rnn.lstm_forward(x, w_ih, w_hh, precision=precision),
@@ -146,10 +145,11 @@ def test_nn_recurrent_layer_bf16_gradients(rng, cls):
 
 
 # ------------------------------------------------------------------------------ int8 and DFP-16
-def integer_roundings(precision, x, w_ih, w_hh, h0):
+def integer_roundings(precision, x, w_ih, w_hh, h0, block=16, residual=0, levels=None):
     """The twin's rounding= for the integer formats, operand by operand, as dlcpu/rnn.py
-    quantizes: x per tensor (int8: u8 with zero point 128 when signed; DFP-16: shared exponent),
-    W_ih per output unit (int8) or per tensor (DFP-16), W_hh per tensor, h on one fixed scale from
+    quantizes: x per tensor (int8, ternary: u8 with zero point 128 when signed; DFP-16: shared
+    exponent), W_ih per output unit (int8) or per tensor (DFP-16), W_hh per tensor, both
+    block-ternary per output unit (ternary, the first `levels` levels), h on one fixed scale from
     max(1, max|h0|)."""
     code, threads = cpu.isa_code(None), 1
     bound = max(1.0, float(np.abs(h0).max()))
@@ -173,10 +173,16 @@ def integer_roundings(precision, x, w_ih, w_hh, h0):
         s = P.int8_weight_scales(w, axis=0)
         return P.to_int8(w, s, axis=0).data.astype(np.float64) * s[:, None]
 
-    s_w = float(np.abs(w_hh).max()) / 127.0
+    def ternary(w):
+        tw = P.ternarize(np.asarray(w, np.float32)[:, :, None, None], block=block, residual=residual)
+        return tw.to_float32(levels)[:, :, 0, 0].astype(np.float64)
+
+    s_w = float(P._int8_scales([np.abs(w_hh).max()], 127)[0])
     s_h = bound / 127.0
-    return {"x": u8, "w_ih": per_row, "w_hh": lambda w: np.clip(np.rint(w / s_w), -127, 127) * s_w,
-            "h": lambda h: (np.clip(np.rint(np.float32(h) / s_h) + 128, 0, 255) - 128) * s_h}
+    h = {"h": lambda h: (np.clip(np.rint(np.float32(h) / s_h) + 128, 0, 255) - 128) * s_h}
+    if precision == "ternary":
+        return {"x": u8, "w_ih": ternary, "w_hh": ternary, **h}
+    return {"x": u8, "w_ih": per_row, "w_hh": lambda w: np.clip(np.rint(w * (1.0 / s_w)), -127, 127) * s_w, **h}
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -266,3 +272,47 @@ def test_nn_lstm_trains_in_dfp16(rng):
         grads[prec] = [p.grad.copy() for p in layer.parameters()]
     for a, b in zip(grads["dfp16"], grads["fp32"]):
         assert 1e-7 < rel(a, b.astype(np.float64)) <= 2e-3
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("size,block,residual", [((3, 7, 16, 7), 16, 0), ((2, 16, 33, 16), 8, 1),
+                                                 ((4, 9, 7, 33), 4, 2), ((2, 5, 64, 40), 16, 1)], ids=str)
+def test_ternary_forward_against_the_quantized_twin(rng, isa, cell, size, block, residual):
+    """Ternary weights on both products, every level count: the outputs agree with the float64
+    twin on the same u8 activations and reconstructed weights (exact int32 sums, alpha per block)."""
+    T, N, C, K = size
+    gates = {"lstm": 4, "gru": 3}.get(cell, 1)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = problem(rng, T, N, C, K, gates=gates)
+    w = getattr(rnn, f"prepare_{cell.split('_')[0]}")(w_ih, w_hh, b_ih, b_hh)
+    for levels in range(1, residual + 2):
+        q = integer_roundings("ternary", x, w_ih, w_hh, h0, block, residual, levels)
+        kw = {"precision": "ternary", "isa": isa, "block": block, "residual": residual, "levels": levels}
+        if cell == "lstm":
+            y, _ = rnn.lstm_forward(x, weights=w, h0=h0, c0=c0, **kw)
+            want = ref.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, rounding=q)[0]
+        elif cell == "gru":
+            y, _ = rnn.gru_forward(x, weights=w, h0=h0, **kw)
+            want = ref.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, rounding=q)[0]
+        else:
+            y, _ = rnn.rnn_forward(x, weights=w, h0=h0, **kw)
+            want = ref.rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, rounding=q)[0]
+        assert rel(y, want) <= 1e-4, f"levels {levels}: {rel(y, want):.2e}"
+
+
+def test_ternary_levels_trade_error_and_bad_input(rng):
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = problem(rng, 4, 8, 32, 32)
+    exact = ref.lstm_forward(x, w_ih, w_hh, b_ih, b_hh, h0, c0)[0]
+    w = rnn.prepare_lstm(w_ih, w_hh, b_ih, b_hh)
+    errors = [rel(rnn.lstm_forward(x, weights=w, h0=h0, c0=c0, precision="ternary", residual=2, levels=lv)[0], exact)
+              for lv in (1, 2, 3)]
+    assert errors[0] > errors[1] > errors[2]
+    for call, match in [
+        (lambda: rnn.lstm_forward(x, weights=w, precision="ternary", residual=2, levels=4), "levels must be <= 3"),
+        (lambda: rnn.lstm_forward(x, weights=w, precision="ternary", block=12), "block=12 does not divide"),
+        (lambda: rnn.lstm_forward(x, weights=w, precision="ternary", train=True), "inference only"),
+        (lambda: rnn.lstm_forward(x, weights=w, precision="int8", levels=2), "describe ternary weights"),
+        (lambda: rnn.lstm_forward(x, weights=w, precision="ternary", residual=-1), "residual"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            call()

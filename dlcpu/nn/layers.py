@@ -13,8 +13,7 @@ from .. import norm, pool
 from ..conv import conv2d, conv2d_backward
 from ..gemm import matmul, pack_matmul_operand
 from ..layout import CB, BlockedTensor, block_weights, n_blocks, to_bf16_blocked, unblock_weights
-from ..precision import round_to_bf16
-from ..quantized import round_to_dfp16, to_dfp16_blocked
+from ..quantized import to_dfp16_blocked
 from .module import (
     Module,
     Parameter,
@@ -271,11 +270,12 @@ class GlobalAvgPool(_OneCall):
 @register
 class Linear(Module):
     """Fully connected layer on (N, in) float32 arrays; all three products on dlcpu.matmul.
-    precision 'bf16' (set_precision): y and dx on the bf16 GEMM, dW from the bf16-rounded dy
-    and x summed in fp32 (the fp32 GEMM: its transposed operand has no bf16 packing yet);
-    'dfp16' the same with DFP-16 (the int16 GEMM, dW from the DFP-16 values)."""
+    precision (set_precision): 'bf16' or 'dfp16' run y, dx and dW on that format's GEMM (fp32
+    sums and master weights); 'int8' and 'ternary' are dynamic quantization for inference, as
+    PyTorch's quantize_dynamic: the weights quantized at each forward (int8 per output unit,
+    ternary in blocks of 16 inputs), x per tensor to u8; backward refuses them."""
 
-    PRECISIONS = ("fp32", "bf16", "dfp16")
+    PRECISIONS = ("fp32", "bf16", "dfp16", "int8", "ternary")
 
     def __init__(self, in_features, out_features, bias=True, seed=0):
         super().__init__()
@@ -313,13 +313,11 @@ class Linear(Module):
         dy = np.ascontiguousarray(check_float32(self.describe(), "dy", dy))
         if self.bias is not None:
             self.bias.grad += dy.sum(axis=0, dtype=np.float64).astype(np.float32)
-        if self.precision != "fp32":
-            dx = matmul(dy, self.weight.data, precision=self.precision)
-            rounded = round_to_bf16 if self.precision == "bf16" else round_to_dfp16
-            dy, x = rounded(dy), rounded(x)
-        else:
-            dx = matmul(dy, self.weight.data)
-        self.weight.grad += matmul(np.ascontiguousarray(dy.T), x)
+        p = self.precision
+        if p in ("int8", "ternary"):
+            raise RuntimeError(f"{self.describe()}: precision {p!r} runs inference only; train in fp32, bf16 or dfp16")
+        dx = matmul(dy, self.weight.data, precision=p)
+        self.weight.grad += matmul(dy, x, transpose_x=True, precision=p)
         return dx
 
     def state(self):

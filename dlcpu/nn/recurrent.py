@@ -67,7 +67,8 @@ class _Recurrent(Module):
     model under another implementation).  An RNN with nonlinearity='relu' has no sigmoid or
     tanh: it accepts the argument, which then changes nothing."""
 
-    PRECISIONS = rnn.TRAINING_PRECISIONS    # set_precision: every product on operands in the format
+    # set_precision: every product on operands in the format (int8: inference only, rnn.TRAINING_PRECISIONS)
+    PRECISIONS = rnn.RECURRENT_PRECISIONS
 
     cell = None
     gates = None
