@@ -76,8 +76,15 @@ def native_vnni(isa_name):
 
 
 # ---------------------------------------------------------------------------------- layouts
-def _vnni_groups(blocks, group):
+def _vnni_groups(blocks, group, n_threads=None):
     """(..., 16c, 16k) -> (..., 16c/group, 16k, group), returned as (..., 16, 16)."""
+    if blocks.dtype in (np.int8, np.uint8, np.int16) and blocks.size:
+        src = np.ascontiguousarray(blocks)
+        as_signed = np.int16 if src.dtype == np.int16 else np.int8
+        out = np.empty(src.shape, src.dtype)
+        _precision.group_block_rows(src.reshape(-1).view(as_signed), out.reshape(-1).view(as_signed), group,
+                                    cpu.resolve_threads(n_threads))
+        return out
     lead = blocks.shape[:-2]
     g = blocks.reshape(*lead, CB // group, group, CB)
     return np.ascontiguousarray(np.swapaxes(g, -1, -2)).reshape(*lead, CB, CB)

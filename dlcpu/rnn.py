@@ -9,6 +9,8 @@ torch.nn.LSTM):
     y, h_T = rnn_forward(x, w_ih, w_hh, b_ih, b_hh, h0, nonlinearity="tanh"|"relu")  # K rows
 
 x (T, N, C), w_ih (4K, C), w_hh (4K, K), biases (4K,), gate order i, f, g, o; h0/c0 (N, K).
+Every forward takes precision='fp32' | 'bf16' | 'dfp16' | 'int8' | 'ternary' (lstm_forward says
+what each quantizes; bf16 and dfp16 train too), the time loops reading a shadow of h in the format.
 
 How it runs (pyx/rnn.pyx, pyx/kernels/rnn_f32.h; one forward and one backward time-loop driver
 for every cell, run by a RecurrentPlan from choose_recurrent_tiles):
