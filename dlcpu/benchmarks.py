@@ -548,7 +548,9 @@ LSTM_TIMED_REGION = ("module against module, same initial weights: inference = a
                      "torch.nn.LSTM/GRU/RNN under torch.inference_mode; training step = zero_grad, forward, "
                      "backward with the input gradient (dx), and an SGD step with momentum 0.9 that updates "
                      "the weights (so each step's transposed operands are made from new weights) against the "
-                     "same torch step (x.requires_grad, torch.optim.SGD)")
+                     "same torch step (x.requires_grad, torch.optim.SGD). Other formats (--precision): bf16 and "
+                     "dfp16 modules convert their weights inside every call, as a training step must; int8 "
+                     "inference is timed on weights quantized once (dlcpu.rnn's forward on prepared weights)")
 
 
 def recurrent_problem(T, N, C, K, gates=4, seed=0):

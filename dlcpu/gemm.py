@@ -253,6 +253,18 @@ class PackedTernary:
         if not self._made:       # the kernels read these arrays by the shape
             raise TypeError("PackedTernary: make it with pack_matmul_operand(y, precision='ternary', block=N, "
                             "residual=r)")
+        # and a copy with fields replaced must still describe itself (dataclasses.replace passes _made)
+        K, n = self.shape
+        L = self.code_sums.shape[0] if isinstance(self.code_sums, np.ndarray) and self.code_sums.ndim == 2 else 0
+        kb, nb = -(-K // CB), -(-n // CB)
+        ok = (L >= 1 and isinstance(self.codes, np.ndarray) and self.codes.dtype == np.int8
+              and self.codes.shape == (nb, L * kb, CB, CB) and isinstance(self.alphas, np.ndarray)
+              and self.alphas.dtype == np.float32 and self.block in (4, 8) + tuple(range(16, kb * CB + 1, 16))
+              and (kb * CB) % self.block == 0 and self.alphas.shape == (nb, L * kb, max(1, CB // self.block), CB)
+              and self.code_sums.shape[1] >= n)
+        if not ok:
+            raise ValueError(f"PackedTernary: codes, alphas and code_sums do not describe a ({K}, {n}) matrix in "
+                             f"blocks of {self.block}; use pack_matmul_operand(y, precision='ternary', ...)")
 
     @property
     def levels(self):
@@ -504,7 +516,7 @@ def _ternary_product(x, y, m, T, bias, levels, n_threads, isa_name, fn):
     plan = choose_gemm_split(m, n, levels * kb * CB, isa_name, n_threads)
     N = y.block
     steps, blocks = (N // quantized.GROUP["int8"], 1) if N < CB else (CB // quantized.GROUP["int8"], N // CB)
-    if plan.kc_blocks % blocks:
+    if plan.kc_blocks < levels * kb and plan.kc_blocks % blocks:
         raise ValueError(f"{fn}: a K chunk of {plan.kc_blocks} blocks would split a ternary block of {N} rows; "
                          "use block=4, 8 or 16 for this shape")
     if xp.shape[2] != plan.rows:

@@ -55,7 +55,7 @@ _EMPTY = np.empty(0, np.float32)
 _EMPTY_U8 = np.empty(0, np.uint8)
 _EMPTY_U32 = np.empty(0, np.uint32)
 #: the formats the recurrent layers run: their GEMMs and recurrent products read operands in the
-#: format (bf16 rounded; int8 and DFP-16 quantized, summed in int32 chains), with fp32 sums,
+#: format (bf16 rounded; int8, DFP-16 and ternary quantized, summed in int32 chains), with fp32 sums,
 #: states, cell math and carried gradients.  The forward runs all of them; the backward (training)
 #: bf16 and DFP-16 -- int8 and ternary are for inference.
 RECURRENT_PRECISIONS = ("fp32", "bf16", "dfp16", "int8", "ternary")
@@ -277,6 +277,7 @@ def _format_operands(w_ih, rec, precision, n_threads, block=16, residual=0):
         # w_ih: symmetric per column (output unit) as pack_matmul_operand quantizes, padding 0
         data = w_ih.data
         nb, kb = data.shape[:2]
+        formats._absmax(data, code, threads, fn, "int8 quantization")            # NaN/Inf refused, named
         scales = formats._int8_scales(np.abs(data).max(axis=(1, 2)), 127)                     # (nb, 16)
         codes = np.clip(np.rint(data / scales[:, None, None, :].astype(np.float64)), -127, 127).astype(np.int8)
         sums = np.ascontiguousarray(codes.sum(axis=2, dtype=np.int32).transpose(1, 0, 2).reshape(kb, nb * CB))
@@ -533,7 +534,7 @@ class RecurrentCache(dict):
             w, T, N = self["weights"], self["T"], self["N"]
             ok = (isinstance(T, int) and isinstance(N, int) and T >= 1 and N >= 1
                   and self["cell"] in _rnn.CELLS and self["cell"].split("_")[0] == w.cell
-                  and self["activation_impl"] in ACTIVATION_IMPLS and self["precision"] in RECURRENT_PRECISIONS)
+                  and self["activation_impl"] in ACTIVATION_IMPLS and self["precision"] in TRAINING_PRECISIONS)
         if ok:
             kp = w.Kb * CB
             shapes = {"x": (T * N, w.C), "G": (T * N, w.gates * kp), "H": (T + 1, w.Kb, N, CB),
@@ -591,7 +592,7 @@ def _forward_format(weights, H, precision, isa, n_threads, fn, ternary=None):
         shadow = np.empty(H.shape, np.uint16)
         shadow[0] = formats.fp32_to_bf16_bits(H[0], n_threads=threads)
         return RecurrentFormat("bf16", w, _bytes(shadow), _EMPTY_U32, native=formats.native_bf16(name)), bias, b_hn, None
-    bound = max(1.0, formats._absmax(H[0], code, threads, fn, "the hidden state's scale"))
+    bound = _state_bound(weights, H, code, threads, fn)
     native = quantized.native_vnni(name)
     if precision == "int8":
         s_h = bound / 127.0
@@ -613,6 +614,23 @@ def _forward_format(weights, H, precision, isa, n_threads, fn, ternary=None):
                            flush_blocks=blocks, native=native), bias, b_hn, None
 
 
+def _state_bound(weights, H, code, threads, fn):
+    """The bound on |h| that fixes the integer formats' scale of h for the whole sequence: 1 for
+    the LSTM and the tanh RNN, whose h_t lies in (-1, 1) -- an h0 outside it is refused (every
+    later h would be quantized on its coarse scale); max(1, max|h0|) for the GRU, whose h_t is a
+    convex combination of its candidate's and h_{t-1}.  The biases and c0 must be finite too: a
+    NaN in the state would be quantized to a finite code and hidden."""
+    absmax = formats._absmax(H[0], code, threads, fn, "the hidden state's scale")
+    for name, a in (("bias", weights.bias), ("b_hn", weights.b_hn)):
+        if a.size and not np.isfinite(a).all():
+            raise ValueError(f"{fn}: the {name} holds NaN or Inf, which the integer formats cannot carry in h")
+    if weights.cell != "gru" and absmax > 1.0:
+        raise ValueError(f"{fn}: the integer formats quantize h on one scale for the sequence, |h| <= 1 for this "
+                         f"cell, but h0 reaches {absmax:.3g}; pass an h0 within [-1, 1] (what the cell produces), "
+                         "or use fp32/bf16")
+    return max(1.0, absmax)
+
+
 def _zero_point_off_bias(weights, bias, b_hn, comp):
     """The u8 zero point adds comp (per gate unit) to every recurrent product: take it off the
     x-side bias, or for the GRU's n gate (whose recurrent product is kept apart) off b_hn."""
@@ -631,7 +649,7 @@ def _ternary_format(weights, H, code, threads, fn, block, residual, levels):
     levels = stored if levels is None else positive_int(levels, "levels", fn)
     if levels > stored:
         raise ValueError(f"{fn}: levels must be <= {stored} (1 base + {stored - 1} residual), got {levels}")
-    bound = max(1.0, formats._absmax(H[0], code, threads, fn, "the hidden state's scale"))
+    bound = _state_bound(weights, H, code, threads, fn)
     s_h = bound / 127.0
     shadow = np.empty((H.shape[0], levels) + H.shape[1:], np.uint8)
     _precision.quantize_u8(H[0].reshape(-1), shadow[0, 0].reshape(-1), s_h, 128, code, threads)
@@ -698,9 +716,13 @@ def _backward(cell, cache, dY, dh, dG, dGb, dc=_EMPTY, dGh=_EMPTY):
                                    cache["Cs"].reshape(-1), cache["HN"].reshape(-1),
                                    recurrent_t.reshape(-1), dY.reshape(-1), dh.reshape(-1), dc.reshape(-1),
                                    dG.reshape(-1), dGh.reshape(-1), dGb.reshape(-1), fmt):
-        if cache["precision"] == "dfp16" and not (np.isfinite(dG).all() and np.isfinite(dGh).all()):
-            raise ValueError(f"{cell}_backward: the gate gradients hold NaN or Inf, where DFP-16's shared exponent "
-                             "is undefined (check dy and the forward's outputs)")
+        if cache["precision"] == "dfp16":
+            if not (np.isfinite(dG).all() and np.isfinite(dGh).all()):
+                raise ValueError(f"{cell}_backward: the gate gradients hold NaN or Inf, where DFP-16's shared exponent "
+                                 "is undefined (check dy and the forward's outputs)")
+            raise ValueError(f"{cell}_backward: at some step the DFP-16 product exponent E_dG + E_W left fp32's normal "
+                             "range [-126, 127] (gate gradients and recurrent weights too far apart in magnitude); "
+                             "rescale dy or train in bf16")
         raise RuntimeError(f"{cell}_backward: a BRGEMM call failed ({plan.summary()})")
 
 
@@ -844,6 +866,8 @@ def lstm_forward(x, w_ih=None, w_hh=None, b_ih=None, b_hh=None, h0=None, c0=None
         "lstm", prepare_lstm, x, weights, w_ih, w_hh, b_ih, b_hh, h0, n_threads)
     Cs = np.empty_like(H)
     Cs[0] = _state(c0, "c0", N, K, kb)
+    if precision in ("int8", "dfp16", "ternary") and not np.isfinite(Cs[0]).all():
+        raise ValueError(f"lstm_forward: c0 holds NaN or Inf, which precision={precision!r} cannot carry in h")
     y, h_T, cache = _run_forward("lstm", weights, x2, H, T, N, isa, n_threads, train, act, precision, Cs=Cs,
                                  ternary=ternary)
     out = (y, (h_T, _unblock_state(Cs[T], N, K)))

@@ -327,7 +327,7 @@ def check_training_precision(model, precision):
     precision = check_precision(precision, "train")
     if precision not in TRAIN_PRECISIONS[model]:
         raise ValueError(f"train: the digits {model.upper()} trains in {', '.join(TRAIN_PRECISIONS[model])}, not "
-                         f"{precision} (int8 and ternary are for inference: dlcpu quantize)")
+                         f"{precision} (int8 and ternary are inference formats)")
     return precision
 
 

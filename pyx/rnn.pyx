@@ -158,8 +158,9 @@ _ELEM = {FMT_F32: 4, FMT_BF16: 2, FMT_INT8: 1, FMT_DFP16: 2, FMT_TERNARY: 1}
 cdef class RecurrentFormat:
     """The low-precision operands of one direction (forward or backward) of a recurrent layer's
     time loops: the weight blocks in the format's VNNI groups, the shadow buffer the items write
-    (both as bytes, sized like the fp32 arrays they stand for), and the format's constants.
-    dlcpu/rnn.py builds it (and checks the sizes against the plan's buffers there)."""
+    (both as bytes, sized like the fp32 arrays they stand for, times the ternary levels), and the
+    format's constants.  dlcpu/rnn.py builds it; the constructor checks what the kernels index by
+    (levels, sub-blocks, multipliers) and the drivers check the sizes against the plan's buffers."""
     cdef const uint8_t[::1] w
     cdef uint8_t[::1] shadow
     cdef uint32_t[::1] maxes
@@ -181,11 +182,19 @@ cdef class RecurrentFormat:
             raise ValueError(f"RecurrentFormat: a {fmt} format needs its weights and shadow buffer")
         if flush_steps < 1 or flush_blocks < 1:
             raise ValueError("RecurrentFormat: the flush schedule must be positive")
-        if (levels < 1 or levels > row_levels or block_groups < 1
-                or (self.fmt == FMT_TERNARY) != (block_scale is not None)):
-            raise ValueError("RecurrentFormat: ternary takes block_scale (and levels, block_groups); others do not")
-        if self.fmt == FMT_TERNARY and (self.w.shape[0] // 256 * block_groups * 16 != block_scale.shape[0]):
-            raise ValueError("RecurrentFormat: one block_scale vector per ternary sub-block")
+        if (self.fmt == FMT_TERNARY) != (block_scale is not None):
+            raise ValueError("RecurrentFormat: ternary takes block_scale; the other formats do not")
+        if self.fmt != FMT_TERNARY and (levels, row_levels, block_groups) != (1, 1, 1):
+            raise ValueError("RecurrentFormat: levels, row_levels and block_groups are 1 outside ternary")
+        if levels < 1 or levels > row_levels:
+            raise ValueError(f"RecurrentFormat: levels must lie in [1, row_levels={row_levels}], got {levels}")
+        # the kernel reads sub-block g / flush_steps of a block's block_groups multipliers
+        if self.fmt == FMT_TERNARY and block_groups != max(1, 4 // flush_steps):
+            raise ValueError(f"RecurrentFormat: {block_groups} multipliers per block for chains of {flush_steps} "
+                             f"quads; the kernel reads {max(1, 4 // flush_steps)}")
+        if self.fmt == FMT_TERNARY and (self.w.shape[0] % (256 * row_levels)
+                                        or self.w.shape[0] // 256 * block_groups * 16 != block_scale.shape[0]):
+            raise ValueError("RecurrentFormat: one block_scale vector per ternary sub-block of whole levels")
         self.levels, self.row_levels, self.block_groups = levels, row_levels, block_groups
         if block_scale is not None:
             self.block_scale = block_scale
@@ -596,8 +605,8 @@ cdef int bwd_recurrent_item(const dlcpu_rnn_plan_t *g, const rnn_bufs *b, int64_
     cdef int e
     if b.fmt == FMT_DFP16:
         e = step_exponent(b)
-        if e == -1000:
-            return 1            # a NaN/Inf gate gradient: no exponent (dlcpu/rnn.py names it)
+        if e == -1000 or e + b.w_exponent < -126 or e + b.w_exponent > 127:
+            return 1            # a NaN/Inf gate gradient, or a multiplier past fp32 (dlcpu/rnn.py names it)
         mult = <float>ldexp(1.0, e + b.w_exponent)
     return recurrent_gemm(&p, b.RT, s.kb * gates * s.Kb * 256, b.dGb, s.n0 * 16, s.n0 * 16, b, mult)
 

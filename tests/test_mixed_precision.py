@@ -162,6 +162,8 @@ def test_linear_dynamic_quantization_for_inference(rng, precision, bound):
     assert 1e-4 < np.linalg.norm(got - want) / np.linalg.norm(want) <= bound
     with pytest.raises(RuntimeError, match="runs inference only"):
         layer.backward(np.ones_like(got))
+    if layer.bias is not None:
+        assert not layer.bias.grad.any()        # refused before anything changed
 
 
 def test_lstm_dynamic_int8_inference_and_training_refused(rng):
@@ -172,5 +174,8 @@ def test_lstm_dynamic_int8_inference_and_training_refused(rng):
     got = layer(x)
     assert 1e-4 < np.linalg.norm(got - want) / np.linalg.norm(want) <= 2e-2
     layer.train()
-    with pytest.raises(ValueError, match="runs inference only"):
+    with pytest.raises(RuntimeError, match="runs inference only; call .eval"):
         layer(x)
+    relu = nn.RNN(12, 20, nonlinearity="relu")
+    with pytest.raises(ValueError, match="no int8 kernels"):
+        relu.set_precision("int8")

@@ -435,6 +435,9 @@ def test_ternary_matmul_levels_trade_error_and_bad_input(rng):
     exact = x.astype(np.float64) @ y
     errors = [rel_l2(dlcpu.matmul(x, yt, precision="ternary", levels=lv), exact) for lv in (1, 2, 3)]
     assert errors[0] > errors[1] > errors[2]
+    y48 = np.ascontiguousarray(y[:48])          # one K chunk holds the whole block of 48 rows
+    assert dlcpu.matmul(x[:, :48], gemm.pack_matmul_operand(y48, precision="ternary", block=48),
+                        precision="ternary").shape == (40, 24)
     assert np.array_equal(dlcpu.matmul(x, y, precision="ternary"),
                           dlcpu.matmul(x, gemm.pack_matmul_operand(y, precision="ternary"), precision="ternary"))
     for call, match in [
@@ -449,6 +452,7 @@ def test_ternary_matmul_levels_trade_error_and_bad_input(rng):
         (lambda: gemm.pack_matmul_operand(y, precision="ternary", residual=-1), "residual"),
         (lambda: gemm.pack_matmul_operand(y, precision="int8", block=8), "for precision='ternary'"),
         (lambda: gemm.PackedTernary((4, 4), 16, None, None, None), "make it with pack_matmul_operand"),
+        (lambda: __import__("dataclasses").replace(yt, block=4), "do not describe"),
         (lambda: dlcpu.matmul(np.full_like(x, np.nan), yt, precision="ternary"), "NaN"),
     ]:
         with pytest.raises((ValueError, TypeError), match=match):

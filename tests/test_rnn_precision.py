@@ -255,6 +255,8 @@ def test_integer_bad_input(rng):
     dy = np.full(y.shape, np.inf, np.float32)
     with pytest.raises(ValueError, match="NaN or Inf"):
         rnn.lstm_backward(dy, cache)
+    with pytest.raises(ValueError, match="product exponent"):       # 2**(E_dG + E_W) below fp32's normals
+        rnn.lstm_backward(np.full(y.shape, 1e-36, np.float32), cache)
 
 
 def test_nn_lstm_trains_in_dfp16(rng):
@@ -316,3 +318,31 @@ def test_ternary_levels_trade_error_and_bad_input(rng):
     ]:
         with pytest.raises(ValueError, match=match):
             call()
+
+
+def test_integer_formats_refuse_what_they_cannot_carry(rng):
+    """h0 beyond the cell's range (its scale would coarsen every later h), NaN in c0 or the bias
+    (a NaN h would be quantized to a finite code), NaN weights; the internal RecurrentFormat
+    refuses level/sub-block descriptions the kernels would index past."""
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = problem(rng, 3, 4, 8, 8)
+    nan_w = w_ih.copy()
+    nan_w[0, 0] = np.nan
+    nan_b = b_ih.copy()
+    nan_b[3] = np.nan
+    for precision in ("int8", "dfp16", "ternary"):
+        for kw, match in [({"h0": h0 * 100}, "h0 reaches"), ({"c0": np.full_like(c0, np.nan)}, "c0 holds NaN"),
+                          ({"b_ih": nan_b}, "bias holds NaN"), ({"w_ih": nan_w}, "NaN")]:
+            args = {"w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh, "h0": h0, "c0": c0, **kw}
+            with pytest.raises(ValueError, match=match):
+                rnn.lstm_forward(x, precision=precision, **args)
+    gru = problem(rng, 3, 4, 8, 8, gates=3)
+    y, _ = rnn.gru_forward(x, *gru[1:5], h0=h0 * 3, precision="int8")       # a GRU's h stays within max(1, |h0|)
+    want = ref.gru_forward(x, *gru[1:5], h0 * 3)[0]
+    assert rel(y, want) < 5e-2
+    from dlcpu._ext.rnn import RecurrentFormat
+    e8, e32 = np.empty(0, np.uint8), np.empty(0, np.uint32)
+    with pytest.raises(ValueError, match="1 outside ternary"):
+        RecurrentFormat("fp32", e8, e8, e32, levels=2, row_levels=2)
+    with pytest.raises(ValueError, match="the kernel reads 4"):
+        RecurrentFormat("ternary", np.zeros(256, np.uint8), np.zeros(256, np.uint8), e32, flush_steps=1,
+                        block_scale=np.ones(16, np.float32), block_groups=1)

@@ -311,11 +311,11 @@ class Linear(Module):
             raise ValueError(f"{self.describe()}: dy has shape {getattr(dy, 'shape', None)}, "
                              f"but the forward output has shape {want}")
         dy = np.ascontiguousarray(check_float32(self.describe(), "dy", dy))
-        if self.bias is not None:
-            self.bias.grad += dy.sum(axis=0, dtype=np.float64).astype(np.float32)
         p = self.precision
         if p in ("int8", "ternary"):
             raise RuntimeError(f"{self.describe()}: precision {p!r} runs inference only; train in fp32, bf16 or dfp16")
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=0, dtype=np.float64).astype(np.float32)
         dx = matmul(dy, self.weight.data, precision=p)
         self.weight.grad += matmul(dy, x, transpose_x=True, precision=p)
         return dx

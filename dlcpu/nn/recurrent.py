@@ -87,6 +87,8 @@ class _Recurrent(Module):
         if self.cell == "rnn":
             self.args["nonlinearity"] = nonlinearity
         self.nonlinearity = nonlinearity
+        if nonlinearity == "relu":     # an unbounded h: no fixed scale for the integer formats (dlcpu.rnn)
+            self.PRECISIONS = ("fp32", "bf16")
         self.activation_impl = activation_impl
         self.directions = 2 if bidirectional else 1
         # every layer and direction: gates*hidden x (inputs + hidden + 2 biases) parameters, each
@@ -163,6 +165,9 @@ class _Recurrent(Module):
             raise ValueError(f"{self.describe()}: expected a ({'N, T' if a['batch_first'] else 'T, N'}, "
                              f"{a['input_size']}) array, got shape {getattr(x, 'shape', None)}")
         check_float32(self.describe(), "x", x)
+        if self.training and self.precision not in rnn.TRAINING_PRECISIONS:
+            raise RuntimeError(f"{self.describe()}: precision {self.precision!r} runs inference only; call .eval() "
+                               f"first, or train in {', '.join(rnn.TRAINING_PRECISIONS)}")
         seq = np.ascontiguousarray(x.transpose(1, 0, 2) if a["batch_first"] else x)
         fwd, _ = _cell_ops(self.cell, self.nonlinearity, self.activation_impl, self.precision)
         self._caches = []
