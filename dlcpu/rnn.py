@@ -28,6 +28,7 @@ the two transposed operands it needs on first use.  nn.LSTM/GRU/RNN keep their p
 that layout and receive their gradients in it (weight_grads=), so a training step packs
 nothing but those transposes, and inference packs nothing at all.
 """
+import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
@@ -614,6 +615,18 @@ def _forward_format(weights, H, precision, isa, n_threads, fn, ternary=None):
                            flush_blocks=blocks, native=native), bias, b_hn, None
 
 
+@contextlib.contextmanager
+def _errors_named(fn):
+    """Errors of the layer's GEMMs (a DFP-16 product exponent past fp32, say) named after the
+    layer's function, which is what the caller called."""
+    try:
+        yield
+    except ValueError as exc:
+        if not str(exc).startswith("matmul: "):
+            raise
+        raise ValueError(f"{fn}: {str(exc).removeprefix('matmul: ')}") from None
+
+
 def _state_bound(weights, H, code, threads, fn):
     """The bound on |h| that fixes the integer formats' scale of h for the whole sequence: 1 for
     the LSTM and the tanh RNN, whose h_t lies in (-1, 1) -- an h0 outside it is refused (every
@@ -692,7 +705,8 @@ def _run_forward(cell, weights, x2, H, T, N, isa, n_threads, train, act, precisi
     Other precisions: the products read the weights and a shadow of H in the format."""
     fmt, bias, b_hn, levels = _forward_format(weights, H, precision, isa, n_threads, f"{weights.cell}_forward",
                                               ternary)
-    G = _input_projection(weights, x2, n_threads, isa, precision, bias, ternary and ternary[:2] + (levels,))
+    with _errors_named(f"{weights.cell}_forward"):
+        G = _input_projection(weights, x2, n_threads, isa, precision, bias, ternary and ternary[:2] + (levels,))
     plan = choose_recurrent_tiles(cell, T, N, weights.Kb, cpu.isa_code(isa), n_threads, act)
     if _rnn.recurrent_forward_f32(plan.c, G.reshape(-1), weights.recurrent.reshape(-1), H.reshape(-1),
                                   Cs.reshape(-1), HN.reshape(-1), b_hn, fmt):
@@ -887,8 +901,9 @@ def lstm_backward(dy, cache, dh_T=None, dc_T=None, *, need_dx=True, weight_grads
     dG = scratch("rnn.dg", (T * N, LSTM_GATES * kp))
     dGb = scratch("rnn.dgb", (LSTM_GATES * kb, N, CB))
     _backward("lstm", cache, dY, dh, dG, dGb, dc=dc)
-    dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, LSTM_GATES, n_threads, isa, need_dx,
-                                     cache["precision"], into)
+    with _errors_named("lstm_backward"):
+        dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, LSTM_GATES, n_threads, isa, need_dx,
+                                         cache["precision"], into)
     db = _unpad_gate_rows(_column_sums(dG), LSTM_GATES, K, kp)
     return dx, dw_ih, dw_hh, db, db.copy(), _unblock_state(dh, N, K), _unblock_state(dc, N, K)
 
@@ -926,15 +941,17 @@ def gru_backward(dy, cache, dh_T=None, *, need_dx=True, weight_grads=None):
     _backward("gru", cache, dY, dh, dGx, dGhb, dGh=dGh)
     # x-side and h-side gradients differ for GRU (r multiplies W_hn h + b_hn): separate GEMMs.
     precision = cache["precision"]
-    dx = _input_grad(need_dx, dGx, w, T, N, n_threads, isa, precision)
-    if into is not None:
-        _accumulate_weight_grads(w, into, dGx, dGh, cache["x"], cache["H"], T, N, n_threads, isa, precision)
-        dw_ih = dw_hh = None
-    else:
-        dw_ih = _unpad_gate_rows(matmul(dGx, cache["x"], transpose_x=True, precision=precision, n_threads=n_threads,
-                                        isa=isa), GRU_GATES, K, kp)
-        dw_hh = _unpad_gate_rows(matmul(dGh, _packed_states(cache["H"], T, N, precision), transpose_x=True,
-                                        precision=precision, n_threads=n_threads, isa=isa), GRU_GATES, K, kp, cols=K)
+    with _errors_named("gru_backward"):
+        dx = _input_grad(need_dx, dGx, w, T, N, n_threads, isa, precision)
+        if into is not None:
+            _accumulate_weight_grads(w, into, dGx, dGh, cache["x"], cache["H"], T, N, n_threads, isa, precision)
+            dw_ih = dw_hh = None
+        else:
+            dw_ih = _unpad_gate_rows(matmul(dGx, cache["x"], transpose_x=True, precision=precision,
+                                            n_threads=n_threads, isa=isa), GRU_GATES, K, kp)
+            dw_hh = _unpad_gate_rows(matmul(dGh, _packed_states(cache["H"], T, N, precision), transpose_x=True,
+                                            precision=precision, n_threads=n_threads, isa=isa), GRU_GATES, K, kp,
+                                     cols=K)
     db_ih = _unpad_gate_rows(_column_sums(dGx), GRU_GATES, K, kp)
     db_hh = _unpad_gate_rows(_column_sums(dGh), GRU_GATES, K, kp)
     return dx, dw_ih, dw_hh, db_ih, db_hh, _unblock_state(dh, N, K)
@@ -971,7 +988,8 @@ def rnn_backward(dy, cache, dh_T=None, *, need_dx=True, weight_grads=None):
     dG = scratch("rnn.dg", (T * N, kp))
     dGb = scratch("rnn.dgb", (kb, N, CB))
     _backward(cache["cell"], cache, dY, dh, dG, dGb)
-    dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, RNN_GATES, n_threads, isa, need_dx,
-                                     cache["precision"], into)
+    with _errors_named("rnn_backward"):
+        dx, dw_ih, dw_hh = _weight_grads(w, dG, cache["x"], cache["H"], T, N, kp, RNN_GATES, n_threads, isa, need_dx,
+                                         cache["precision"], into)
     db = _column_sums(dG[:, :K])
     return dx, dw_ih, dw_hh, db, db.copy(), _unblock_state(dh, N, K)

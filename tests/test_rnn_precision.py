@@ -257,6 +257,8 @@ def test_integer_bad_input(rng):
         rnn.lstm_backward(dy, cache)
     with pytest.raises(ValueError, match="product exponent"):       # 2**(E_dG + E_W) below fp32's normals
         rnn.lstm_backward(np.full(y.shape, 1e-36, np.float32), cache)
+    with pytest.raises(ValueError, match="^lstm_forward: the product's exponent"):   # the input GEMM's, named as called
+        rnn.lstm_forward(x * 1e-20, w_ih * 1e-20, w_hh, precision="dfp16")
 
 
 def test_nn_lstm_trains_in_dfp16(rng):
