@@ -14,7 +14,9 @@
         the recurrent layers keep their weights and receive their gradients.
         precision='bf16' rounds both operands to bf16 (y may be packed so once, with
         pack_matmul_operand(y, precision='bf16')) and accumulates in fp32: VDPBF16PS where the
-        CPU has avx512_bf16, the same sums as FMAs elsewhere.
+        CPU has avx512_bf16, the same sums as FMAs elsewhere.  'int8', 'dfp16' and 'ternary'
+        (a PackedTernary of block-ternary weights, levels= at run time) sum integers in int32
+        chains on brgemm_int.h's kernels.
 """
 import functools
 from dataclasses import dataclass

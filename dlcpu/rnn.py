@@ -575,11 +575,11 @@ def _bytes(a):
 
 
 def _forward_format(weights, H, precision, isa, n_threads, fn, ternary=None):
-    """(RecurrentFormat, x-side bias, b_hn) of a forward in `precision`, with h0 (in H[0]) in the
-    format's shadow.  int8 and DFP-16 give h one scale for the whole sequence, from its bound:
-    max(1, max|h0|) (|h_t| < 1 after an LSTM or tanh cell; a GRU's h_t lies between its
-    candidate's and h_{t-1}'s).  int8's zero point adds 128 * (column sums of the codes) to every
-    product: a constant, taken off the bias here instead of subtracted at every flush."""
+    """(RecurrentFormat, x-side bias, b_hn, ternary levels run) of a forward in `precision`, with
+    h0 (in H[0]) in the format's shadow.  int8, DFP-16 and ternary give h one scale for the whole
+    sequence, from its bound (_state_bound).  int8's zero point adds 128 * (column sums of the
+    codes) to every product: a constant, taken off the bias here instead of subtracted at every
+    flush."""
     bias, b_hn = weights.bias, (weights.b_hn if weights.cell == "gru" else _EMPTY)
     if precision == "fp32":
         return RecurrentFormat(*_FP32_FORMAT_ARGS), bias, b_hn, None
