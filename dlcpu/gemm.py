@@ -229,10 +229,6 @@ class PackedMatrix:
 _PACKED_DTYPES = {"fp32": np.float32, "bf16": np.uint16, "dfp16": np.int16, "int8": np.int8}
 
 
-def _matmul_precision(precision, fn):
-    return formats.check_precision(precision, fn)
-
-
 @dataclass(frozen=True, eq=False)
 class PackedTernary:
     """A block-ternary right-hand operand of matmul (pack_matmul_operand(y, precision='ternary',
@@ -296,7 +292,7 @@ def pack_matmul_operand(y, *, transpose=False, precision="fp32", n_threads=None,
     (a PackedTernary; block and residual are for ternary only)."""
     fn = "pack_matmul_operand"
     transpose = flag(transpose, "transpose", fn)
-    precision = _matmul_precision(precision, fn)
+    precision = formats.check_precision(precision, fn)
     y = _f32(y, "y", 2, fn)
     K, n = y.shape[::-1] if transpose else y.shape
     if min(K, n) < 1:
@@ -355,7 +351,7 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
     quantized to u8; levels= runs the first `levels` levels (default all).  Outside fp32,
     transpose_x copies x transposed first."""
     fn = "matmul"
-    precision = _matmul_precision(precision, fn)
+    precision = formats.check_precision(precision, fn)
     if levels is not None and precision != "ternary":
         raise ValueError(f"{fn}: levels= chooses the residual levels of ternary weights, not of {precision}")
     transpose_x = flag(transpose_x, "transpose_x", fn)

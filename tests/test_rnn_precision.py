@@ -124,24 +124,27 @@ def test_bad_precision_name(rng, precision, match):
 
 
 @pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
-def test_nn_recurrent_layer_bf16_gradients(rng, cls):
-    """set_precision('bf16') on a recurrent layer: the gradients it accumulates are the bf16
-    backward's, within bf16's bound of fp32's, with fp32 master weights left untouched."""
+@pytest.mark.parametrize("precision,bound", [("bf16", BF16), ("dfp16", 2e-3)])
+def test_nn_recurrent_layer_gradients(rng, cls, precision, bound):
+    """set_precision(bf16 | dfp16) on a recurrent layer: the outputs and the gradients it
+    accumulates are the format's, within its bound of fp32's (and not fp32's own), with fp32 master
+    weights left untouched."""
     layer = cls(12, 20, seed=3)
     x = rng.uniform(-1, 1, (6, 5, 12)).astype(np.float32)
     dy = rng.uniform(-1, 1, (6, 5, 20)).astype(np.float32)
-    grads = {}
-    for prec in ("fp32", "bf16"):
+    results = {}
+    for prec in ("fp32", precision):
         layer.set_precision(prec)
         for p in layer.parameters():
             p.grad[...] = 0.0
         y = layer(x)
         layer.backward(dy)
-        grads[prec] = (y, [p.grad.copy() for p in layer.parameters()])
+        results[prec] = (y, [p.grad.copy() for p in layer.parameters()])
         assert all(p.data.dtype == np.float32 for p in layer.parameters())
-    assert rel(grads["bf16"][0], grads["fp32"][0].astype(np.float64)) <= BF16
-    for a, b in zip(grads["bf16"][1], grads["fp32"][1]):
-        assert 1e-6 < rel(a, b.astype(np.float64)) <= BF16
+    (y_q, g_q), (y_f, g_f) = results[precision], results["fp32"]
+    assert 1e-7 < rel(y_q, y_f.astype(np.float64)) <= bound
+    for a, b in zip(g_q, g_f):
+        assert 1e-7 < rel(a, b.astype(np.float64)) <= bound
 
 
 # ------------------------------------------------------------------------------ int8 and DFP-16
@@ -259,23 +262,6 @@ def test_integer_bad_input(rng):
         rnn.lstm_backward(np.full(y.shape, 1e-36, np.float32), cache)
     with pytest.raises(ValueError, match="^lstm_forward: the product's exponent"):   # the input GEMM's, named as called
         rnn.lstm_forward(x * 1e-20, w_ih * 1e-20, w_hh, precision="dfp16")
-
-
-def test_nn_lstm_trains_in_dfp16(rng):
-    """set_precision('dfp16') on a recurrent layer: its gradients within 2e-3 of fp32's."""
-    layer = nn.LSTM(12, 20, seed=3)
-    x = rng.uniform(-1, 1, (6, 5, 12)).astype(np.float32)
-    dy = rng.uniform(-1, 1, (6, 5, 20)).astype(np.float32)
-    grads = {}
-    for prec in ("fp32", "dfp16"):
-        layer.set_precision(prec)
-        for p in layer.parameters():
-            p.grad[...] = 0.0
-        layer(x)
-        layer.backward(dy)
-        grads[prec] = [p.grad.copy() for p in layer.parameters()]
-    for a, b in zip(grads["dfp16"], grads["fp32"]):
-        assert 1e-7 < rel(a, b.astype(np.float64)) <= 2e-3
 
 
 @pytest.mark.parametrize("isa", ISAS)
