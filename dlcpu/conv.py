@@ -534,9 +534,12 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     int32 (VPDPBUSD / VPDPWSSD where the CPU has avx512_vnni) in chains that provably cannot
     overflow, and the output is fp32; the direct algorithm only.  NaN/Inf in a tensor being
     quantized is refused (its scale or exponent would be undefined).  out_scale (int8, blocked
-    input only): the output is requantized in the kernels' epilogue to a u8 activation
-    BlockedTensor with that scale (zero point 0 after a ReLU, else 128) -- the next int8 layer's
-    input, one byte per value; `out` may then be such a tensor to reuse.
+    input only): the kernels' epilogue writes u8 codes of that scale (zero point 0 after a ReLU,
+    else 128), a u8 activation BlockedTensor -- the next int8 layer's input, one byte per value;
+    `out` may then be such a tensor to reuse.  The scales are folded as oneDNN folds them: code
+    = clamp(rint(float(sum - comp) * m[k] + b'[k]), 0, 255) in float32, ties to even, with
+    m = s_x*s_w/out_scale and b' = bias/out_scale + zero point each rounded once from float64,
+    which is the float64 code of the exact sum to within a rounding of two float32 values.
     precision='ternary': w is a dlcpu.precision.TernaryWeights (ternarize(w, block=N,
     residual=r)) or its quantized.block_ternary_weights form, prepared once; x is quantized to
     u8 as for int8 (or arrives so).  Each block of N input channels sums its +-1 codes times u8
@@ -610,11 +613,13 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
         xb = to_blocked(x, n_threads)  # validates dtype/contiguity of x
     if precision in quantized.INTEGER_FORMATS:
         xq, wq = quantized.quantize_operands(precision, xb, wb, w, n_threads=n_threads, isa=cpu.ISA_BY_CODE[isa_code])
-        integer, fill = quantized.integer_call(precision, xq, wq, shape.Cb * shape.R * shape.S, shape.Kb * CB)
-        if out_scale is not None:
-            out_zero = 0 if activation == "relu" else quantized.U8_ZERO_POINT
-            integer += (float(np.float32(1.0) / np.float32(out_scale)), out_zero)
-    if bias is None:
+        integer, fill = quantized.integer_call(precision, xq, wq, shape.Cb * shape.R * shape.S, shape.Kb * CB,
+                                               out_scale)
+    if out_scale is not None:
+        # u8 codes: zero point 0 after a ReLU (whose clamp at code 0 it then is), else 128
+        out_zero = 0 if activation == "relu" else quantized.U8_ZERO_POINT
+        bias_p = quantized.output_code_bias(bias, shape.Kb * CB, out_scale, out_zero)
+    elif bias is None:
         bias_p = _NO_BIAS
     else:
         bias_p = np.zeros(shape.Kb * CB, dtype=np.float32)

@@ -342,10 +342,13 @@ def chain_schedule(precision, x_bound=U8_MAX, w_bound=INT8_CODE_BOUND):
     return steps, 1
 
 
-def integer_call(precision, xq, wq, n_blocks_per_call, k_pad):
+def integer_call(precision, xq, wq, n_blocks_per_call, k_pad, out_scale=None):
     """(spec, fill) for the integer kernels: spec is the tuple pyx's integer_call reads (format,
-    flush_steps, flush_blocks, per-output-channel multipliers, None, 0, compensation) and fill
-    the byte that pads the activations.  n_blocks_per_call: the blocks one call reduces."""
+    flush_steps, flush_blocks, per-output-channel multipliers, None, 0, compensation[, "u8"]) and
+    fill the byte that pads the activations.  n_blocks_per_call: the blocks one call reduces.
+    out_scale (int8): the call writes u8 output codes of that scale, so its multipliers are
+    s_x * s_w[k] / out_scale, each rounded once from float64 (the bias must be in code units
+    too: output_code_bias)."""
     if precision == "int8":
         s_x, z = xq.scale
         s_w, sums = wq.scale
@@ -353,14 +356,30 @@ def integer_call(precision, xq, wq, n_blocks_per_call, k_pad):
         if n_blocks_per_call > blocks:
             raise ValueError(f"int8: one output sums {n_blocks_per_call} blocks of {CB} channels (channels x taps), "
                              f"more than the {blocks} an int32 chain provably holds (255 x 128 x {CB * blocks} < 2**31)")
-        scale = (np.float64(s_x) * s_w.astype(np.float64)).astype(np.float32)
+        scale = np.float64(s_x) * s_w.astype(np.float64)
+        if out_scale is not None:
+            scale = scale / np.float64(out_scale)
         comp = (z * sums).astype(np.int32) if z else None
-        return (_U8S8, steps, blocks, _padded(scale, k_pad, 1.0), None, 0, _padded(comp, k_pad, 0)), z
+        spec = (_U8S8, steps, blocks, _padded(scale.astype(np.float32), k_pad, 1.0), None, 0, _padded(comp, k_pad, 0))
+        return spec + (("u8",) if out_scale is not None else ()), z
+    if out_scale is not None:
+        raise ValueError(f"integer_call: u8 output codes come from int8 calls, not {precision}")
     e_x, m_x = xq.scale
     e_w, m_w = wq.scale
     steps, blocks = chain_schedule("dfp16", m_x, m_w)
     scale = np.full(k_pad, product_exponent(e_x, e_w, "dfp16"), np.float32)
     return (_S16, steps, blocks, scale, None, 0, None), 0
+
+
+def output_code_bias(bias, k_pad, out_scale, zero_point):
+    """The bias of a call writing u8 output codes, in code units with the zero point inside:
+    bias / out_scale + zero_point per output channel (padded channels: the zero point), each
+    rounded once from float64, so that the kernels' epilogue is one FMA, a clamp and a
+    conversion (pyx/kernels/brgemm_int.h)."""
+    b = np.zeros(k_pad)
+    if bias is not None:
+        b[: len(bias)] = np.asarray(bias, dtype=np.float64) / np.float64(out_scale)
+    return (b + zero_point).astype(np.float32)
 
 
 def _padded(a, n, value):
@@ -406,6 +425,7 @@ __all__ = [
     "dequantize",
     "int8_weights_from_codes",
     "native_vnni",
+    "output_code_bias",
     "product_exponent",
     "quantize_u8",
     "round_to_dfp16",

@@ -63,8 +63,6 @@ cdef extern from "brgemm_int.h" nogil:
         int block_groups
         const int32_t *comp
         int out_u8
-        float out_inv_scale
-        int out_zero_point
     int dlcpu_brgemm_int(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const void *a0, const void *b0,
                          int isa, int native)
 
@@ -121,9 +119,9 @@ cdef inline int brgemm_call(dlcpu_brgemm_f32_t *p, const brgemm_operand *a, cons
 
 cdef inline dlcpu_brgemm_int_t integer_call(tuple spec) except *:
     """The dlcpu_brgemm_int_t of an integer call from the tuple dlcpu/quantized.py builds:
-    (format, flush_steps, flush_blocks, scale, block_scale, block_groups, comp[, out_inv_scale,
-    out_zero_point]), each array a 1-d contiguous float32 (int32 for comp) array or None; the two
-    last, when present, ask for a u8 output.  The struct points into the arrays, so the caller
+    (format, flush_steps, flush_blocks, scale, block_scale, block_groups, comp[, "u8"]), each
+    array a 1-d contiguous float32 (int32 for comp) array or None; a last "u8" asks for u8 output
+    codes (the multipliers and the bias then in code units: brgemm_int.h).  The struct points into the arrays, so the caller
     keeps the tuple alive while the kernels run."""
     cdef dlcpu_brgemm_int_t q
     cdef const float[::1] scale
@@ -131,8 +129,8 @@ cdef inline dlcpu_brgemm_int_t integer_call(tuple spec) except *:
     cdef const int32_t[::1] comp
     fmt, flush_steps, flush_blocks, scale_a, block_a, block_groups, comp_a = spec[:7]
     q.out_u8 = len(spec) > 7
-    q.out_inv_scale = spec[7] if q.out_u8 else 1.0
-    q.out_zero_point = spec[8] if q.out_u8 else 0
+    if q.out_u8 and spec[7:] != ("u8",):
+        raise ValueError(f"integer_call: the optional last element asks for u8 output codes with 'u8', got {spec[7:]}")
     q.format = fmt
     q.flush_steps = flush_steps
     q.flush_blocks = flush_blocks

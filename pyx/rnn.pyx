@@ -304,8 +304,6 @@ cdef inline int recurrent_gemm(dlcpu_brgemm_f32_t *p, const float *a, int64_t a_
         q.block_groups = bufs.block_groups
     q.comp = NULL
     q.out_u8 = 0
-    q.out_inv_scale = 1.0
-    q.out_zero_point = 0
     return dlcpu_brgemm_int(p, &q, bufs.w + a_off * bufs.elem, bufs.shadow + bq_off * bufs.elem, bufs.isa,
                             bufs.native)
 

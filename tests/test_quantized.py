@@ -126,22 +126,32 @@ def test_int8_activations_follow_to_int8(rng):
 
 @pytest.mark.parametrize("isa,native", PATHS)
 @pytest.mark.parametrize("relu", [False, True])
-def test_int8_u8_output_is_the_requantized_fp32_output(rng, monkeypatch, isa, native, relu):
-    """out_scale: the epilogue writes clamp(rint(v / s_out) + z, 0, 255) of the fp32 result v
-    (z = 0 after a ReLU, else 128), v * (1/s_out) in float32, ties to even; out= reuses it."""
+def test_int8_u8_output_codes_are_the_float64_codes(rng, monkeypatch, isa, native, relu):
+    """out_scale: the epilogue writes clamp(rint(v / s_out + z), 0, 255) of the convolution v of
+    the quantized operands (z = 0 after a ReLU, else 128), with the scales folded into one
+    float32 FMA: equal to the float64 code away from ties, never more than one code off, the
+    clamps exact; the codes feed the next layer; out= reuses them."""
     set_native(monkeypatch, native)
-    x = rng.uniform(-1, 1, (2, 20, 9, 9)).astype(np.float32)
-    w = rng.uniform(-1, 1, (33, 20, 3, 3)).astype(np.float32)
-    b = rng.uniform(-1, 1, 33).astype(np.float32)
-    xq, wq = Q.to_int8_blocked(x), Q.block_weights_int8(w)
-    act = "relu" if relu else None
-    y32 = dlcpu.conv2d(xq, wq, b, 1, 1, act, precision="int8", isa=isa)
-    s_out = float(np.float32(np.abs(y32.data).max() / 100))      # some values saturate at 255 / 0
-    y8 = dlcpu.conv2d(xq, wq, b, 1, 1, act, precision="int8", isa=isa, out_scale=s_out)
-    z = 0 if relu else 128
-    assert y8.precision == "int8" and y8.dtype == np.uint8 and y8.scale == (s_out, z)
-    inv = np.float32(1) / np.float32(s_out)
-    assert np.array_equal(y8.data, np.clip(np.rint(y32.data * inv) + z, 0, 255).astype(np.uint8))
+    for signed in (True, False):
+        x = rng.uniform(-1 if signed else 0, 1, (2, 20, 9, 9)).astype(np.float32)
+        w = rng.uniform(-1, 1, (33, 20, 3, 3)).astype(np.float32)
+        b = rng.uniform(-1, 1, 33).astype(np.float32)
+        xq, wq = Q.to_int8_blocked(x), Q.block_weights_int8(w)
+        act = "relu" if relu else None
+        y32 = dlcpu.conv2d(xq, wq, b, 1, 1, act, precision="int8", isa=isa)
+        s_out = float(np.float32(np.abs(y32.data).max() / 300))      # codes past 255 and below 0
+        y8 = dlcpu.conv2d(xq, wq, b, 1, 1, act, precision="int8", isa=isa, out_scale=s_out)
+        z = 0 if relu else 128
+        assert y8.precision == "int8" and y8.dtype == np.uint8 and y8.scale == (s_out, z)
+        v = dequantized_reference(x, w, None, 1, 1, "int8") / s_out + (b.astype(np.float64) / s_out)[None, :, None, None]
+        if relu:
+            v = np.maximum(v, 0)
+        want = np.clip(np.rint(v + z), 0, 255)
+        got = layout.from_blocked(layout.BlockedTensor(y8.data.astype(np.float32), y8.shape)).astype(np.float64)
+        assert np.abs(got - want).max() <= 1
+        away = np.abs(np.abs(v + z - np.floor(v + z)) - 0.5) > 1e-3
+        assert np.array_equal(got[away], want[away])
+        assert (got == 255).any() and (got == 0).any()                # both clamps were exercised
     w2 = rng.uniform(-1, 1, (8, 33, 1, 1)).astype(np.float32)
     nxt = dlcpu.conv2d(y8, w2, precision="int8")                                   # u8 feeds the next layer
     assert_close(nxt.numpy(), ref.conv2d_forward(y8.numpy().astype(np.float64), Q.block_weights_int8(w2).numpy(),

@@ -22,8 +22,9 @@
  * one vector per output group (int8: s_x * s_w[k]; DFP-16: 2**(E_a + E_b)) or, for ternary
  * weights, one per block of N channels (alpha_b * s_x) found beside the block (block_scale).
  * The last flush subtracts the zero-point compensation (u8 activations stored as x + 128), adds
- * beta*C and the bias, applies the ReLU and writes C once: fp32, or requantized to u8 for the
- * next int8 layer (out_u8), so that int8 activations pass from layer to layer in 1 byte.
+ * beta*C and the bias, applies the ReLU and writes C once: fp32, or u8 codes for the next int8
+ * layer (out_u8: scales folded by the caller), so that int8 activations pass from layer to layer
+ * in 1 byte.
  *
  * Paths: AVX-512 with avx512_vnni (VPDPBUSD / VPDPWSSD); AVX-512BW and AVX2 without it, where a
  * group's products are formed by VPMADDWD on 16-bit lanes (u8 and s8 widened first): exact
@@ -57,23 +58,26 @@ typedef struct {
                                  * multipliers of its sub-blocks at block_scale + o/256*16*block_groups */
     int block_groups;           /* sub-blocks per A block (16 / N for ternary blocks of N < 16) */
     const int32_t *comp;        /* NULL or 16*mv int32 subtracted from the sums at the last flush */
-    int out_u8;                 /* 1: C is uint8 (same element strides), requantized as below; beta 0 */
-    float out_inv_scale;        /* C = clamp(rint(v * out_inv_scale) + out_zero_point, 0, 255) */
-    int out_zero_point;
+    int out_u8;                 /* 1: C is uint8 output codes (same element strides), beta 0: the
+                                 * multipliers and the bias arrive in code units, the zero point
+                                 * inside the bias, and C = min(rint(max(v, 0)), 255) (below) */
 } dlcpu_brgemm_int_t;
 
-/* The u8 requantization of one output value v (the last flush's result after bias and ReLU):
- * clamp(rint(v * inv_scale) + zero_point, 0, 255), rounding half to even.  The AVX-512 path does
- * it in integers after min(v * inv_scale, 512) (VCVTPS2DQ, VPADDD, VPMAXSD, VPMOVUSDB: 5 ops
- * instead of 8 in float, measured 15% on the 1x1 layers, whose epilogue is a third of the
- * work); this is the same arithmetic, a NaN (which finite inputs cannot produce) giving 255. */
-static inline uint8_t dlcpu_bri_requantize(float v, float inv_scale, int zero_point)
+/* The u8 code of one output value v, already in code units (the caller folded 1/s_out into the
+ * multipliers and 1/s_out and the zero point z into the bias, as oneDNN folds its scales):
+ * min(rint(max(v, 0)), 255), rounding half to even.  A ReLU needs no op of its own: it comes
+ * with z = 0, where it is the clamp at code 0.  The AVX-512 path is VMAXPS, VCVTPS2DQ and
+ * VPMOVUSDB, whose unsigned saturation gives 255 for anything above it -- even a value past
+ * int32, converted to 0x80000000 -- so the epilogue of a one-flush call is 5 ops after the dot
+ * products (with the FMA of the sums and the compensation) where requantizing the fp32 result
+ * took 9: on res2a_branch1 (1x1, 64 -> 256 channels, 56x56), whose calls sum only 16 quads per
+ * output, dlcpu / PyTorch int8 went from 0.89 to 1.05 (1 thread, each in one run).  This is the same arithmetic; NaN (which finite inputs cannot
+ * produce) gives 0, as VMAXPS(v, 0) returns its second operand for a NaN. */
+static inline uint8_t dlcpu_bri_output_code(float v)
 {
-    float r = v * inv_scale;
-    r = r < 512.0f ? r : 512.0f;
-    r = r > -512.0f ? r : -512.0f;
-    const int i = (int)nearbyintf(r) + zero_point;
-    return (uint8_t)(i < 0 ? 0 : (i > 255 ? 255 : i));
+    if (!(v > 0.0f)) return 0;
+    if (v >= 255.0f) return 255;
+    return (uint8_t)(int)nearbyintf(v);
 }
 
 /* Where output (g, pixel t) of a u8 C lives: p->c holds a uint8_t pointer when q->out_u8. */
@@ -115,14 +119,12 @@ dlcpu_bri_multiplier(const dlcpu_brgemm_int_t *q, const char *a0, const char *a_
 }
 
 /* ---------------------------------------------------------------------------- flush, AVX-512 */
-/* Store one finished output vector: fp32, or requantized to u8 (dlcpu_bri_requantize's rule). */
+/* Store one finished output vector: fp32, or its u8 codes (dlcpu_bri_output_code's rule). */
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
 dlcpu_bri_store_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, __m512 v, int g, int t, const int NC)
 {
     if (q->out_u8) {
-        const __m512 r = _mm512_min_ps(_mm512_mul_ps(v, _mm512_set1_ps(q->out_inv_scale)), _mm512_set1_ps(512.0f));
-        __m512i i = _mm512_add_epi32(_mm512_cvtps_epi32(r), _mm512_set1_epi32(q->out_zero_point));
-        i = _mm512_max_epi32(i, _mm512_setzero_si512());
+        const __m512i i = _mm512_cvtps_epi32(_mm512_max_ps(v, _mm512_setzero_ps()));
         _mm_storeu_si128((__m128i *)dlcpu_bri_c8(p, g, t, NC), _mm512_cvtusepi32_epi8(i));
     } else {
         _mm512_storeu_ps(p->c + g * p->c_mstride + (t / NC) * p->c_rstride + (t % NC) * p->ldc, v);
@@ -153,7 +155,7 @@ dlcpu_bri_flush_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q,
             const __m512 s = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[g * NP + t], comp));
             if (first && last && !p->beta) {          /* one flush: the bias joins in the same FMA */
                 __m512 v = _mm512_fmadd_ps(s, mul, bias);
-                if (p->relu && !(q->out_u8 && q->out_zero_point == 0))   /* else the clamp at 0 is the ReLU */
+                if (p->relu && !q->out_u8)            /* a u8 output's clamp at code 0 is the ReLU */
                     v = _mm512_max_ps(_mm512_setzero_ps(), v);
                 dlcpu_bri_store_avx512(p, q, v, g, t, NC);
                 continue;
@@ -163,7 +165,7 @@ dlcpu_bri_flush_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q,
                 float *c = p->c + g * p->c_mstride + (t / NC) * p->c_rstride + (t % NC) * p->ldc;
                 if (p->beta) v = _mm512_add_ps(v, _mm512_loadu_ps(c));
                 v = _mm512_add_ps(v, bias);
-                if (p->relu) v = _mm512_max_ps(_mm512_setzero_ps(), v);
+                if (p->relu && !q->out_u8) v = _mm512_max_ps(_mm512_setzero_ps(), v);
                 if (q->out_u8) {
                     dlcpu_bri_store_avx512(p, q, v, g, t, NC);
                 } else {
@@ -330,13 +332,13 @@ dlcpu_bri_flush_avx2(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, _
                     }
                 }
                 if (last) {
-                    if (p->relu) v = _mm256_max_ps(_mm256_setzero_ps(), v);
+                    if (p->relu && !q->out_u8) v = _mm256_max_ps(_mm256_setzero_ps(), v);
                     if (q->out_u8) {
                         float lanes[8];
                         _mm256_storeu_ps(lanes, v);
                         for (int l = 0; l < 8; l++)
                             dlcpu_bri_c8(p, g, t, NC)[8 * h + l] =
-                                dlcpu_bri_requantize(lanes[l], q->out_inv_scale, q->out_zero_point);
+                                dlcpu_bri_output_code(lanes[l]);
                     } else {
                         _mm256_storeu_ps(c + 8 * h, v);
                     }
@@ -413,9 +415,9 @@ static void dlcpu_bri_flush_scalar(const dlcpu_brgemm_f32_t *p, const dlcpu_brge
                     }
                 }
                 if (last) {
-                    if (p->relu && v < 0.0f) v = 0.0f;
+                    if (p->relu && !q->out_u8 && v < 0.0f) v = 0.0f;
                     if (q->out_u8)
-                        dlcpu_bri_c8(p, g, t, p->nc)[l] = dlcpu_bri_requantize(v, q->out_inv_scale, q->out_zero_point);
+                        dlcpu_bri_c8(p, g, t, p->nc)[l] = dlcpu_bri_output_code(v);
                     else
                         c[l] = v;
                 } else {
