@@ -884,10 +884,10 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     accumulate_dw: with BlockedTensors, a writeable float32 array of w's blocked shape (a layer's
     gradient) to which dW is added in place by the kernels; dw is then that array, blocked.
     precision='bf16' (mixed-precision training: w holds the fp32 master weights): dx from dy and
-    w rounded to bf16 on the bf16 kernels; dW from x and dy rounded to bf16, summed in fp32 by
-    the fp32 weight-update kernels (products of bf16 values are exact in fp32, so this is the
-    arithmetic of a bf16 weight update, at fp32 speed: no bf16 weight-update kernel yet); db,
-    outputs and accumulate_dw stay fp32.  x may be the bf16 BlockedTensor its forward read.
+    w rounded to bf16 on the bf16 kernels; dW from x and dy rounded to bf16 on the bf16
+    weight-update kernels (VDPBF16PS on pixel pairs, fp32 sums; pyx/conv_wu.pyx), or, where x or
+    dy holds NaN/Inf, the fp32 weight-update kernels on the same bf16 values (IEEE propagation);
+    db, outputs and accumulate_dw stay fp32.  x may be the bf16 BlockedTensor its forward read.
     precision='dfp16': the same with DFP-16 (dy gets its own shared exponent, nearest rounding;
     dx on the int16 kernels with the flipped weights quantized per stride phase; dW by the fp32
     weight-update kernels from the DFP-16 values of x and dy -- their products are not exact in
@@ -947,10 +947,8 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     if dfp and xb is not None and "dw" in need:       # the DFP-16 values of x (as its forward multiplied them)
         xq = xb if xb.precision == "dfp16" else quantized.to_dfp16_blocked(xb, n_threads=n_threads, isa=isa_name)
         xb = BlockedTensor(quantized.dequantize(xq), xb.shape)
-    if bf16 and xb is not None and "dw" in need:      # fp32 values of x and dy, rounded to bf16
-        xb = BlockedTensor(formats.bf16_bits_to_fp32(xb.data) if xb.precision == "bf16" else formats.round_to_bf16(xb.data),
-                           xb.shape)
     dy16 = formats.fp32_to_bf16_bits(dyb.data, n_threads=n_threads) if bf16 and need != ("db",) else None
+    # (bf16: dx and dW both read these patterns of dy, converted once)
     if "dx" in need:
         if dfp:
             dx_data = _backward_data(dyq.data, wb.data, shape, isa_code, n_threads, dfp16=dyq)
@@ -968,10 +966,16 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
             dw_data = accumulate_dw
         else:
             dw_data = np.zeros((shape.Kb, shape.Cb, shape.R, shape.S, CB, CB), dtype=np.float32)
-        dy_wu = (formats.bf16_bits_to_fp32(dy16, n_threads=n_threads) if bf16 else quantized.dequantize(dyq) if dfp
-                 else dyb.data)
-        errors = _wu.conv2d_weight_grad_f32(xb.data.reshape(-1), dy_wu.reshape(-1), dw_data.reshape(-1),
-                                            plan.c, n_threads, accumulate_dw is not None)
+        errors = 0
+        done = bf16 and _weight_grad_bf16(xb, dy16, dw_data, shape, isa_code, n_threads, accumulate_dw is not None)
+        if bf16 and not done:           # NaN/Inf met: IEEE propagation by the fp32 kernels on the bf16 values
+            xb = BlockedTensor(formats.bf16_bits_to_fp32(xb.data) if xb.precision == "bf16"
+                               else formats.round_to_bf16(xb.data), xb.shape)
+        if not done:
+            dy_wu = (formats.bf16_bits_to_fp32(dy16, n_threads=n_threads) if bf16 else quantized.dequantize(dyq)
+                     if dfp else dyb.data)
+            errors = _wu.conv2d_weight_grad_f32(xb.data.reshape(-1), dy_wu.reshape(-1), dw_data.reshape(-1),
+                                                plan.c, n_threads, accumulate_dw is not None)
         if errors:
             raise MemoryError(f"{fn}: could not allocate the weight-update scratch of {errors} work item(s) "
                               f"({plan.summary()})")
@@ -982,6 +986,23 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
         # float64 accumulation in NumPy's fixed pairwise order: exact enough, thread-independent.
         db = dyb.data.sum(axis=(0, 2, 3), dtype=np.float64).reshape(-1)[: shape.K].astype(np.float32)
     return ConvGrads(dx, dw, db)
+
+
+def _weight_grad_bf16(xb, dy16, dw_data, shape, isa_code, n_threads, accumulate):
+    """dW by the bf16 weight-update kernels (pyx/conv_wu.pyx: VDPBF16PS on pixel pairs of x and dy
+    rounded to bf16 -- dy16 holds dy's patterns -- summed in fp32) into dw_data; False, with dw_data untouched, when x or dy
+    holds NaN/Inf (the caller then takes the fp32 kernels, whose IEEE propagation the zero
+    padding of the pixel pairs would not keep)."""
+    x16 = xb.data if xb.precision == "bf16" else formats.fp32_to_bf16_bits(xb.data, n_threads=n_threads)
+    geometry = (shape.N, shape.C, shape.H, shape.W, shape.K, shape.P, shape.Q, shape.R, shape.S, shape.stride_h,
+                shape.stride_w, shape.pad_h, shape.pad_w)
+    native = formats.native_bf16(cpu.ISA_BY_CODE[isa_code])
+    errors, nonfinite = _wu.conv2d_weight_grad_bf16(x16.reshape(-1), dy16.reshape(-1), dw_data.reshape(-1),
+                                                    geometry, isa_code, native, n_threads, accumulate)
+    if errors:
+        raise MemoryError(f"conv2d_backward: the bf16 weight update could not allocate its scratch or found no "
+                          f"kernel for {errors} call(s) (shape {shape})")
+    return not nonfinite
 
 
 def _backward_data(dy_data, w_data, shape, isa_code, n_threads, native=None, dfp16=None):

@@ -1,5 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Convolution weight update (dL/dW), fp32: the driver around the transposed-B BRGEMM.
+"""Convolution weight update (dL/dW): the fp32 driver around the transposed-B BRGEMM, and the bf16
+driver around the bf16 BRGEMM on pixel pairs (conv2d_weight_grad_bf16, below).
 
     dW[kb][cb][r][s][16c][16k] = sum_{n,p,q} x[n][cb][p*sh-ph+r][q*sw-pw+s][c] dy[n][kb][p][q][k]
 
@@ -9,12 +10,15 @@ table when it was made.  Work items are (K group, C group) pairs; each reduces i
 every image and output row in a fixed order, so dW does not depend on the thread count.  The
 input reaches the kernels as in the forward driver (tile modes of tiles.h, conv_f32.h).
 """
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 from libc.stdlib cimport malloc, free
+from libc.string cimport memset, memcpy
 from cython.parallel cimport prange, parallel
 
-from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_has_tile,
-                            dlcpu_conv_item_input, DLCPU_BR_OFFS)
+import numpy as np
+
+from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_has_tile, dlcpu_brgemm_bf16,
+                            dlcpu_bf16_to_vnni, dlcpu_conv_item_input, DLCPU_BR_OFFS)
 from dlcpu_plans cimport dlcpu_wu_plan_t, dlcpu_conv_shape_t, DLCPU_TILE_NONE, DLCPU_TILE_PADDED, DLCPU_TILE_SUBSAMPLED
 
 
@@ -165,3 +169,179 @@ def conv2d_weight_grad_f32(const float[::1] x, const float[::1] dy, float[::1] d
         free(tile)
         free(offs)
     return errors
+
+
+# ------------------------------------------------------------------------------------------ bf16
+# dW = sum over pixels of dy (x) x: the reduction runs over pixels, so VDPBF16PS needs pixel
+# *pairs* in both operands.  Two reformatting passes over the bf16 patterns (the ones the
+# forward and bwd-data kernels read, converted once) give them:
+#   dy -> [N][Kb][F/16][8 pairs][16 k][2]: each image's output pixels flattened (F = P*Q, padded
+#         with zeros to whole blocks of 16), in the VNNI pairs of the weight layout, so a block
+#         of 16 pixels is the A block of the forward kernels;
+#   x  -> one channel-major copy per (tap column s, row phase rho < stride_h):
+#         [S*sh][N][Cb][16 c][Fx], where pixel f = i*Q + q holds x[i*sh + rho - ph][q*sw + s - pw]
+#         (zero outside the image).  Tap (r, s) then reads, for output pixel g = p*Q + q, the
+#         copy (s, r % sh) at g + (r // sh)*Q: the flattened output pixels map to consecutive
+#         positions, so a pixel pair is one 32-bit word and a block of 16 output pixels is a
+#         window of that row at any alignment.
+# The forward's bf16 kernel then runs unchanged with its pixel rows as input channels
+# (b_rstride = Fx, c_rstride = one dW row) and nc = 1: a call is mv <= 2 groups of 16 outputs x
+# nr <= 4 channels (8 accumulators), reducing over every image and pixel block of one tap in one
+# chain, so each dW block is written once (beta = accumulate) by one thread: dW does not depend
+# on the thread count.  Pixels past F are zero in dy; the x words they meet may be real pixels,
+# which is harmless unless they are Inf/NaN (0 * Inf): the passes count non-finite values and
+# the caller then takes the fp32 kernels' IEEE route.
+
+cdef inline bint bf16_nonfinite(uint16_t v) noexcept nogil:
+    return (v & 0x7F80) == 0x7F80
+
+
+cdef struct WuBf16Geometry:
+    int64_t N, C, H, W, Cb, Kb, P, Q, R, S, sh, sw, ph, pw, F, Fb, Ib, Fx
+
+
+cdef int64_t copy_x_item(const WuBf16Geometry *g, int64_t item, const uint16_t *x16, uint16_t *xt) noexcept nogil:
+    """The channel-major copy (s, rho, n, cb) = item of x; returns the non-finite values read."""
+    cdef int64_t cb = item % g.Cb
+    cdef int64_t n = (item // g.Cb) % g.N
+    cdef int64_t rho = (item // (g.Cb * g.N)) % g.sh
+    cdef int64_t s = item // (g.Cb * g.N * g.sh)
+    cdef int64_t rc = min(<int64_t>16, g.C - cb * 16)
+    cdef uint16_t *dst = xt + item * 16 * g.Fx
+    cdef const uint16_t *src
+    cdef int64_t i, q, row, col, c, f, bad = 0
+    for i in range(g.Ib):
+        row = i * g.sh + rho - g.ph
+        for q in range(g.Q):
+            f = i * g.Q + q
+            col = q * g.sw + s - g.pw
+            if 0 <= row < g.H and 0 <= col < g.W:
+                src = x16 + (((n * g.Cb + cb) * g.H + row) * g.W + col) * 16
+                for c in range(rc):
+                    dst[c * g.Fx + f] = src[c]
+                    bad += bf16_nonfinite(src[c])
+            else:
+                for c in range(rc):
+                    dst[c * g.Fx + f] = 0
+    for c in range(rc):
+        memset(dst + c * g.Fx + g.Ib * g.Q, 0, 16 * sizeof(uint16_t))
+    return bad
+
+
+cdef int64_t dy_item(const WuBf16Geometry *g, int64_t item, const uint16_t *dy16, uint16_t *dyv, uint16_t *tail,
+                     int isa) noexcept nogil:
+    """Image-and-K-block `item` of dy's bf16 patterns into VNNI pixel pairs; returns the Inf/NaN
+    values met (-1 when the tail tile is missing)."""
+    cdef const uint16_t *src = dy16 + item * g.F * 16
+    cdef uint16_t *dst = dyv + item * g.Fb * 256
+    cdef int64_t bad = dlcpu_bf16_to_vnni(isa, src, dst, g.F // 16)
+    if g.F % 16:
+        if tail == NULL:
+            return -1
+        memset(tail, 0, 256 * sizeof(uint16_t))
+        memcpy(tail, src + (g.F // 16) * 256, (g.F % 16) * 16 * sizeof(uint16_t))
+        bad += dlcpu_bf16_to_vnni(isa, tail, dst + (g.F // 16) * 256, 1)
+    return bad
+
+
+cdef int wu_bf16_item(const WuBf16Geometry *g, int64_t item, const uint16_t *xt, const uint16_t *dyv, float *dw,
+                      int64_t *a_offs, int64_t *b_offs, int isa, bint native, int max_acc,
+                      bint accumulate) noexcept nogil:
+    """dW blocks of K blocks (2*kg, 2*kg + 1) x C block cb, every tap: one call per tap and group
+    of <= 4 channels; returns the failed calls."""
+    cdef int64_t cb = item % g.Cb
+    cdef int64_t kb0 = (item // g.Cb) * 2
+    cdef int64_t mv = min(<int64_t>2, g.Kb - kb0)
+    cdef int64_t rc = min(<int64_t>16, g.C - cb * 16)
+    cdef int64_t nr_max = min(<int64_t>4, max_acc // mv)
+    cdef int64_t n, blk, r, s, j0
+    cdef int err = 0
+    cdef dlcpu_brgemm_f32_t p
+    for n in range(g.N):
+        for blk in range(g.Fb):
+            a_offs[n * g.Fb + blk] = ((n * g.Kb + kb0) * g.Fb + blk) * 256
+    p.kind = DLCPU_BR_OFFS
+    p.a_offs = a_offs
+    p.b_offs = b_offs
+    p.batch = g.N * g.Fb
+    p.k = 16
+    p.mv = <int>mv
+    p.nc = 1
+    p.a_mstride = g.Fb * 256
+    p.b_rstride = g.Fx
+    p.ldc = 16
+    p.c_rstride = 16
+    p.c_mstride = g.Cb * g.R * g.S * 256
+    p.beta = accumulate
+    p.bias = NULL
+    p.relu = 0
+    p.b_trans = 0
+    for r in range(g.R):
+        for s in range(g.S):
+            for n in range(g.N):
+                for blk in range(g.Fb):
+                    b_offs[n * g.Fb + blk] = ((((s * g.sh + r % g.sh) * g.N + n) * g.Cb + cb) * 16 * g.Fx
+                                              + (r // g.sh) * g.Q + blk * 16)
+            j0 = 0
+            while j0 < rc:
+                p.nr = <int>min(nr_max, rc - j0)
+                p.c = dw + (((kb0 * g.Cb + cb) * g.R + r) * g.S + s) * 256 + j0 * 16
+                err += dlcpu_brgemm_bf16(&p, dyv, xt + j0 * g.Fx, isa, native) != 0
+                j0 = j0 + p.nr
+    return err
+
+
+def conv2d_weight_grad_bf16(const uint16_t[::1] x16, const uint16_t[::1] dy16, float[::1] dw, tuple geometry,
+                            int isa, bint native, int n_threads, bint accumulate=False):
+    """dW on blocked buffers (flattened): x16 and dy16 the bf16 patterns of the input
+    [N][Cb][H][W][16] and of dy [N][Kb][P][Q][16], dw fp32 [Kb][Cb][R][S][16][16], overwritten, or
+    added to with accumulate (rows of padded input channels are not touched).  geometry = (N, C,
+    H, W, K, P, Q, R, S, stride_h, stride_w, pad_h, pad_w).  Returns (failed calls or
+    allocations, non-finite values met in x and dy); with a non-finite value dw is left
+    unwritten and the caller computes it by the fp32 kernels (see above)."""
+    cdef WuBf16Geometry g
+    cdef int64_t K
+    g.N, g.C, g.H, g.W, K, g.P, g.Q, g.R, g.S, g.sh, g.sw, g.ph, g.pw = geometry
+    g.Cb = (g.C + 15) // 16
+    g.Kb = (K + 15) // 16
+    g.F = g.P * g.Q
+    g.Fb = (g.F + 15) // 16
+    g.Ib = g.P + (g.R - 1) // g.sh
+    g.Fx = g.Ib * g.Q + 16      # 16 zeros past the last row: a block of 16 pixels ends inside
+    if (x16.shape[0] != g.N * g.Cb * g.H * g.W * 16 or dy16.shape[0] != g.N * g.Kb * g.F * 16
+            or dw.shape[0] != g.Kb * g.Cb * g.R * g.S * 256):
+        raise ValueError(f"conv2d_weight_grad_bf16: buffer sizes {x16.shape[0]}, {dy16.shape[0]}, {dw.shape[0]} do "
+                         f"not match the geometry {geometry}")
+    cdef int max_acc = 28 if isa == 2 else (6 if isa == 1 else 16)
+    xt_a = np.empty(g.S * g.sh * g.N * g.Cb * 16 * g.Fx, dtype=np.uint16)
+    dyv_a = np.empty(g.N * g.Kb * g.Fb * 256, dtype=np.uint16)
+    cdef uint16_t[::1] xt = xt_a
+    cdef uint16_t[::1] dyv = dyv_a
+    cdef int64_t nonfinite = 0, nonfinite_x = 0, errors = 0, got
+    cdef int64_t item
+    cdef uint16_t *tail = NULL
+    cdef int64_t *offs = NULL
+    for item in prange(g.S * g.sh * g.N * g.Cb, schedule='static', nogil=True, num_threads=n_threads):
+        nonfinite_x += copy_x_item(&g, item, &x16[0], &xt[0])
+    with nogil, parallel(num_threads=n_threads):
+        tail = <uint16_t *> malloc(256 * sizeof(uint16_t))
+        for item in prange(g.N * g.Kb, schedule='static'):
+            got = dy_item(&g, item, &dy16[0], &dyv[0], tail, isa)
+            if got < 0:
+                errors += 1
+            else:
+                nonfinite += got
+        free(tail)
+    nonfinite += nonfinite_x
+    if nonfinite or errors:
+        return errors, nonfinite
+    with nogil, parallel(num_threads=n_threads):
+        offs = <int64_t *> malloc(sizeof(int64_t) * 2 * g.N * g.Fb)
+        for item in prange(((g.Kb + 1) // 2) * g.Cb, schedule='static'):
+            if offs == NULL:
+                errors += 1
+            else:
+                errors += wu_bf16_item(&g, item, &xt[0], &dyv[0], &dw[0], offs, offs + g.N * g.Fb, isa, native,
+                                       max_acc, accumulate)
+        free(offs)
+    return errors, 0

@@ -69,6 +69,7 @@ cdef extern from "brgemm_int.h" nogil:
 cdef extern from "convert.h" nogil:
     void dlcpu_f32_to_bf16(int isa, int native, const float *x, uint16_t *y, int64_t n)
     void dlcpu_f32_to_bf16_vnni(int isa, int native, const float *x, uint16_t *y, int64_t blocks)
+    int64_t dlcpu_bf16_to_vnni(int isa, const uint16_t *x, uint16_t *y, int64_t blocks)
     void dlcpu_bf16_to_f32(int isa, const uint16_t *x, float *y, int64_t n)
     uint32_t dlcpu_absmax_bits(int isa, const float *x, int64_t n)
     void dlcpu_dfp16_quantize(int isa, const float *x, int16_t *y, int64_t n, double scale, int limit,

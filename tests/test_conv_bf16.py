@@ -9,6 +9,7 @@ import dlcpu
 from dlcpu import _reference as ref
 from dlcpu import cpu, layout
 from dlcpu import precision as P
+from dlcpu._ext import conv_wu as _wu
 
 NATIVE = cpu.features()["avx512_bf16"] and "avx512" in ISAS
 PATHS = [(isa, isa == "avx512" and NATIVE) for isa in ISAS] + ([("avx512", False)] if NATIVE else [])
@@ -123,14 +124,17 @@ def test_bf16_conv_bad_input(call, error, match):
 
 # ------------------------------------------------------------------ mixed-precision backward
 @pytest.mark.parametrize("isa,native", PATHS)
-@pytest.mark.parametrize("case", [(2, 3, 5, 9, 9, 3, 3, 1, 1), (2, 20, 33, 11, 13, 3, 3, 2, 1),
-                                  (1, 32, 48, 14, 14, 1, 1, 2, 0), (1, 17, 16, 8, 8, 1, 1, 1, 0)], ids=str)
+@pytest.mark.parametrize("case", GEOMETRY + [(1, 17, 16, 8, 8, 1, 1, 1, 0), (3, 40, 70, 5, 7, 3, 3, 1, 1)], ids=str)
 def test_bf16_backward_against_float64(rng, monkeypatch, isa, native, case):
     """dx, dW and db of precision='bf16' equal the float64 gradients of the bf16-rounded dy, x
-    and w to fp32 accumulation, and the true gradients to bf16's precision."""
+    and w to fp32 accumulation, and the true gradients to bf16's precision.  dW runs on the bf16
+    weight-update kernels (the fp32 ones are not called): pixel counts P*Q off the blocks of 16
+    (odd 35, 81), strides in one direction, 7x7 taps, channel counts off the blocks, odd K blocks."""
     monkeypatch.setattr(P, "native_bf16", lambda name: native)
+    monkeypatch.setattr(_wu, "conv2d_weight_grad_f32", None)          # finite input: never the fp32 route
     n, c, k, h, w, r, s, stride, pad = case
-    st2, pd2 = (stride, stride), (pad, pad)
+    st2 = stride if isinstance(stride, tuple) else (stride, stride)
+    pd2 = pad if isinstance(pad, tuple) else (pad, pad)
     x = rng.uniform(-1, 1, (n, c, h, w)).astype(np.float32)
     wt = rng.uniform(-1, 1, (k, c, r, s)).astype(np.float32)
     dy = rng.uniform(-1, 1, dlcpu.conv2d(x, wt, None, stride, pad).shape).astype(np.float32)
@@ -143,6 +147,25 @@ def test_bf16_backward_against_float64(rng, monkeypatch, isa, native, case):
     exact = ref.conv2d_backward(dy, x, wt, st2, pd2)
     assert_close(g.dx, exact[0], dtype="bf16")
     assert_close(g.dw, exact[1], dtype="bf16")
+
+
+def test_bf16_weight_update_is_thread_independent_and_keeps_nan_inf(rng):
+    """dW of precision='bf16' is the same bits on 1 and all threads (each dW block is summed by one
+    thread in a fixed order); with Inf/NaN in x or dy it is exactly the fp32 weight update of the
+    bf16 values (the zero padding of the pixel pairs would otherwise add 0 * Inf terms)."""
+    x = rng.uniform(-1, 1, (2, 40, 13, 11)).astype(np.float32)
+    w = rng.uniform(-1, 1, (48, 40, 3, 3)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (2, 48, 7, 6)).astype(np.float32)
+    one = dlcpu.conv2d_backward(dy, x, w, 2, 1, need="dw", precision="bf16", n_threads=1).dw
+    assert np.array_equal(one, dlcpu.conv2d_backward(dy, x, w, 2, 1, need="dw", precision="bf16",
+                                                     n_threads=max_threads()).dw)
+    for name in ("x", "dy"):
+        for bad in (np.inf, np.nan, 3.4e38):             # 3.4e38 is finite in fp32 and rounds to bf16's Inf
+            xx, dd = x.copy(), dy.copy()
+            (xx if name == "x" else dd)[1, 5, 3, 4] = bad
+            got = dlcpu.conv2d_backward(dd, xx, w, 2, 1, need="dw", precision="bf16").dw
+            want = dlcpu.conv2d_backward(P.round_to_bf16(dd), P.round_to_bf16(xx), w, 2, 1, need="dw").dw
+            assert np.array_equal(got, want, equal_nan=True) and not np.isfinite(got).all()
 
 
 def test_bf16_backward_blocked_with_the_forward_bf16_input_and_accumulate(rng):

@@ -118,17 +118,53 @@ static inline void dlcpu_f32_to_bf16(int isa, int native, const float *x, uint16
         dlcpu_f32_to_bf16_scalar(u, y, n);
 }
 
-/* 16x16 fp32 weight blocks [16c][16k] -> bf16 blocks in VNNI pairs [8][16k][2] (channels 2q and
- * 2q+1 of output k in one 32-bit word): each block converted, then its rows interleaved. */
+/* Rows 2q and 2q+1 of bf16 blocks [16 rows][16 k] interleaved into VNNI words (row 2q in the low
+ * half); returns how many of the values are Inf or NaN (exponent all ones), counted on the way. */
+DLCPU_TARGET_AVX512 static inline int64_t dlcpu_bf16_vnni_avx512(const uint16_t *x, uint32_t *out, int64_t blocks)
+{
+    const __m256i e = _mm256_set1_epi16(0x7F80);
+    int64_t bad = 0;
+    for (int64_t b = 0; b < blocks; b++)
+        for (int q = 0; q < 8; q++) {
+            const __m256i lo = _mm256_loadu_si256((const __m256i *)(x + b * 256 + 2 * q * 16));
+            const __m256i hi = _mm256_loadu_si256((const __m256i *)(x + b * 256 + (2 * q + 1) * 16));
+            bad += __builtin_popcount(_mm256_cmpeq_epi16_mask(_mm256_and_si256(lo, e), e)) +
+                   __builtin_popcount(_mm256_cmpeq_epi16_mask(_mm256_and_si256(hi, e), e));
+            _mm512_storeu_si512(out + b * 128 + q * 16,
+                                _mm512_or_si512(_mm512_cvtepu16_epi32(lo), _mm512_slli_epi32(_mm512_cvtepu16_epi32(hi), 16)));
+        }
+    return bad;
+}
+
+static inline int64_t dlcpu_bf16_vnni_scalar(const uint16_t *x, uint32_t *out, int64_t blocks)
+{
+    int64_t bad = 0;
+    for (int64_t b = 0; b < blocks; b++)
+        for (int q = 0; q < 8; q++)
+            for (int k = 0; k < 16; k++) {
+                const uint16_t lo = x[b * 256 + 2 * q * 16 + k], hi = x[b * 256 + (2 * q + 1) * 16 + k];
+                bad += ((lo & 0x7F80) == 0x7F80) + ((hi & 0x7F80) == 0x7F80);
+                out[b * 128 + q * 16 + k] = (uint32_t)lo | ((uint32_t)hi << 16);
+            }
+    return bad;
+}
+
+/* bf16 blocks [16 rows][16 k] -> VNNI pairs [8][16k][2] (rows 2q and 2q+1 of column k in one
+ * 32-bit word): a move, the same bits on every path; returns the Inf/NaN values it moved. */
+static inline int64_t dlcpu_bf16_to_vnni(int isa, const uint16_t *x, uint16_t *y, int64_t blocks)
+{
+    if (isa == DLCPU_ISA_AVX512) return dlcpu_bf16_vnni_avx512(x, (uint32_t *)y, blocks);
+    return dlcpu_bf16_vnni_scalar(x, (uint32_t *)y, blocks);
+}
+
+/* 16x16 fp32 blocks [16 rows][16 k] -> bf16 blocks in VNNI pairs [8][16k][2]: the weights' input
+ * channels, or the weight update's pixels.  Each block is converted, then its rows interleaved. */
 static inline void dlcpu_f32_to_bf16_vnni(int isa, int native, const float *x, uint16_t *y, int64_t blocks)
 {
     uint16_t t[256];
     for (int64_t b = 0; b < blocks; b++) {
         dlcpu_f32_to_bf16(isa, native, x + b * 256, t, 256);
-        uint32_t *out = (uint32_t *)(y + b * 256);
-        for (int q = 0; q < 8; q++)
-            for (int k = 0; k < 16; k++)
-                out[q * 16 + k] = (uint32_t)t[2 * q * 16 + k] | ((uint32_t)t[(2 * q + 1) * 16 + k] << 16);
+        dlcpu_bf16_to_vnni(isa, t, y + b * 256, 1);
     }
 }
 
