@@ -239,7 +239,8 @@ def bench_precision(
     threads: ThreadList = None,
     formats: Annotated[str, typer.Option(
         "--formats", metavar="<list>",
-        help=f"Comma list of formats: {', '.join(benchmarks.PRECISION_FORMATS)} (the ones with kernels so far).")]
+        help=f"Comma list of formats: {', '.join(benchmarks.PRECISION_FORMATS)} (ternary has its own "
+        "timing: docs/performance.md).")]
         = ",".join(benchmarks.PRECISION_FORMATS),
     gemm: Annotated[int, typer.Option("--gemm", min=0, max=16384,
                                       help="Size of the square GEMM also timed (0: none).")] = 1024,

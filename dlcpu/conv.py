@@ -889,10 +889,10 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     dy holds NaN/Inf, the fp32 weight-update kernels on the same bf16 values (IEEE propagation);
     db, outputs and accumulate_dw stay fp32.  x may be the bf16 BlockedTensor its forward read.
     precision='dfp16': the same with DFP-16 (dy gets its own shared exponent, nearest rounding;
-    dx on the int16 kernels with the flipped weights quantized per stride phase; dW by the fp32
-    weight-update kernels from the DFP-16 values of x and dy -- their products are not exact in
-    fp32, so dW differs from an int32 weight-update by fp32 rounding; no DFP-16 weight-update
-    kernel yet).  x may be the DFP-16 BlockedTensor its forward read.
+    dx on the int16 kernels with the flipped weights quantized per stride phase; dW on the int16
+    weight-update kernels, VPDPWSSD on pixel pairs of the mantissas of x and dy, int32 chains
+    flushed to fp32 within the bound their headroom proves, times 2**(E_x + E_dy)).  x may be
+    the DFP-16 BlockedTensor its forward read.
     """
     fn = "conv2d_backward"
     precision = formats.check_precision(precision, fn)
@@ -945,8 +945,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     isa_name = cpu.ISA_BY_CODE[isa_code]
     dyq = quantized.to_dfp16_blocked(dyb, n_threads=n_threads, isa=isa_name) if dfp and need != ("db",) else None
     if dfp and xb is not None and "dw" in need:       # the DFP-16 values of x (as its forward multiplied them)
-        xq = xb if xb.precision == "dfp16" else quantized.to_dfp16_blocked(xb, n_threads=n_threads, isa=isa_name)
-        xb = BlockedTensor(quantized.dequantize(xq), xb.shape)
+        xb = xb if xb.precision == "dfp16" else quantized.to_dfp16_blocked(xb, n_threads=n_threads, isa=isa_name)
     dy16 = formats.fp32_to_bf16_bits(dyb.data, n_threads=n_threads) if bf16 and need != ("db",) else None
     # (bf16: dx and dW both read these patterns of dy, converted once)
     if "dx" in need:
@@ -967,13 +966,13 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
         else:
             dw_data = np.zeros((shape.Kb, shape.Cb, shape.R, shape.S, CB, CB), dtype=np.float32)
         errors = 0
-        done = bf16 and _weight_grad_bf16(xb, dy16, dw_data, shape, isa_code, n_threads, accumulate_dw is not None)
+        done = (bf16 or dfp) and _weight_grad_pairs(xb, dy16 if bf16 else dyq, dw_data, shape, isa_code, n_threads,
+                                                    accumulate_dw is not None)
         if bf16 and not done:           # NaN/Inf met: IEEE propagation by the fp32 kernels on the bf16 values
             xb = BlockedTensor(formats.bf16_bits_to_fp32(xb.data) if xb.precision == "bf16"
                                else formats.round_to_bf16(xb.data), xb.shape)
         if not done:
-            dy_wu = (formats.bf16_bits_to_fp32(dy16, n_threads=n_threads) if bf16 else quantized.dequantize(dyq)
-                     if dfp else dyb.data)
+            dy_wu = formats.bf16_bits_to_fp32(dy16, n_threads=n_threads) if bf16 else dyb.data
             errors = _wu.conv2d_weight_grad_f32(xb.data.reshape(-1), dy_wu.reshape(-1), dw_data.reshape(-1),
                                                 plan.c, n_threads, accumulate_dw is not None)
         if errors:
@@ -988,20 +987,26 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     return ConvGrads(dx, dw, db)
 
 
-def _weight_grad_bf16(xb, dy16, dw_data, shape, isa_code, n_threads, accumulate):
-    """dW by the bf16 weight-update kernels (pyx/conv_wu.pyx: VDPBF16PS on pixel pairs of x and dy
-    rounded to bf16 -- dy16 holds dy's patterns -- summed in fp32) into dw_data; False, with dw_data untouched, when x or dy
-    holds NaN/Inf (the caller then takes the fp32 kernels, whose IEEE propagation the zero
-    padding of the pixel pairs would not keep)."""
-    x16 = xb.data if xb.precision == "bf16" else formats.fp32_to_bf16_bits(xb.data, n_threads=n_threads)
+def _weight_grad_pairs(xb, dy16, dw_data, shape, isa_code, n_threads, accumulate):
+    """dW into dw_data by the pair weight-update kernels (pyx/conv_wu.pyx): VDPBF16PS on pixel pairs
+    of x and dy rounded to bf16 (dy16: dy's bf16 patterns), or VPDPWSSD on their DFP-16 mantissas
+    (xb and dy16 DFP-16 BlockedTensors), summed in fp32.  False, with dw_data untouched, when
+    bf16 x or dy holds NaN/Inf (the caller then takes the fp32 kernels, whose IEEE propagation the
+    zero padding of the pixel pairs would not keep); DFP-16 tensors are finite by construction."""
     geometry = (shape.N, shape.C, shape.H, shape.W, shape.K, shape.P, shape.Q, shape.R, shape.S, shape.stride_h,
                 shape.stride_w, shape.pad_h, shape.pad_w)
-    native = formats.native_bf16(cpu.ISA_BY_CODE[isa_code])
-    errors, nonfinite = _wu.conv2d_weight_grad_bf16(x16.reshape(-1), dy16.reshape(-1), dw_data.reshape(-1),
-                                                    geometry, isa_code, native, n_threads, accumulate)
+    isa_name = cpu.ISA_BY_CODE[isa_code]
+    if isinstance(dy16, BlockedTensor):             # DFP-16: dy plays the weights' part (the A operand)
+        integer, _ = quantized.integer_call("dfp16", xb, dy16, 0, shape.Kb * CB)
+        x16, dy16, native = xb.data.view(np.uint16), dy16.data.view(np.uint16), quantized.native_vnni(isa_name)
+    else:
+        integer, native = None, formats.native_bf16(isa_name)
+        x16 = xb.data if xb.precision == "bf16" else formats.fp32_to_bf16_bits(xb.data, n_threads=n_threads)
+    errors, nonfinite = _wu.conv2d_weight_grad_pairs(x16.reshape(-1), dy16.reshape(-1), dw_data.reshape(-1), geometry,
+                                                     isa_code, native, n_threads, accumulate, integer)
     if errors:
-        raise MemoryError(f"conv2d_backward: the bf16 weight update could not allocate its scratch or found no "
-                          f"kernel for {errors} call(s) (shape {shape})")
+        raise MemoryError(f"conv2d_backward: the {'DFP-16' if integer else 'bf16'} weight update could not allocate "
+                          f"its scratch or found no kernel for {errors} call(s) (shape {shape})")
     return not nonfinite
 
 

@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Convolution weight update (dL/dW): the fp32 driver around the transposed-B BRGEMM, and the bf16
-driver around the bf16 BRGEMM on pixel pairs (conv2d_weight_grad_bf16, below).
+and DFP-16 driver around the pair BRGEMMs, VDPBF16PS and VPDPWSSD, on pixel pairs
+(conv2d_weight_grad_pairs, below).
 
     dW[kb][cb][r][s][16c][16k] = sum_{n,p,q} x[n][cb][p*sh-ph+r][q*sw-pw+s][c] dy[n][kb][p][q][k]
 
@@ -18,7 +19,9 @@ from cython.parallel cimport prange, parallel
 import numpy as np
 
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_has_tile, dlcpu_brgemm_bf16,
-                            dlcpu_bf16_to_vnni, dlcpu_conv_item_input, DLCPU_BR_OFFS)
+                            dlcpu_brgemm_int_t, dlcpu_brgemm_int, integer_call,
+                            dlcpu_bf16_to_vnni, dlcpu_u16_pixels_to_rows_avx512, dlcpu_conv_item_input,
+                            DLCPU_BR_OFFS)
 from dlcpu_plans cimport dlcpu_wu_plan_t, dlcpu_conv_shape_t, DLCPU_TILE_NONE, DLCPU_TILE_PADDED, DLCPU_TILE_SUBSAMPLED
 
 
@@ -171,10 +174,11 @@ def conv2d_weight_grad_f32(const float[::1] x, const float[::1] dy, float[::1] d
     return errors
 
 
-# ------------------------------------------------------------------------------------------ bf16
-# dW = sum over pixels of dy (x) x: the reduction runs over pixels, so VDPBF16PS needs pixel
-# *pairs* in both operands.  Two reformatting passes over the bf16 patterns (the ones the
-# forward and bwd-data kernels read, converted once) give them:
+# ------------------------------------------------------------------------------- bf16 and DFP-16
+# dW = sum over pixels of dy (x) x: the reduction runs over pixels, so VDPBF16PS (and VPDPWSSD
+# for DFP-16's int16 mantissas: the same pair layouts) needs pixel *pairs* in both operands.
+# Two reformatting passes over the 16-bit values (the ones the forward and bwd-data kernels
+# read, converted once) give them:
 #   dy -> [N][Kb][F/16][8 pairs][16 k][2]: each image's output pixels flattened (F = P*Q, padded
 #         with zeros to whole blocks of 16), in the VNNI pairs of the weight layout, so a block
 #         of 16 pixels is the A block of the forward kernels;
@@ -184,7 +188,7 @@ def conv2d_weight_grad_f32(const float[::1] x, const float[::1] dy, float[::1] d
 #         copy (s, r % sh) at g + (r // sh)*Q: the flattened output pixels map to consecutive
 #         positions, so a pixel pair is one 32-bit word and a block of 16 output pixels is a
 #         window of that row at any alignment.
-# The forward's bf16 kernel then runs unchanged with its pixel rows as input channels
+# The forward's bf16 (or int16) kernel then runs unchanged with its pixel rows as input channels
 # (b_rstride = Fx, c_rstride = one dW row) and nc = 1: a call is mv <= 2 groups of 16 outputs x
 # nr <= 4 channels (8 accumulators), reducing over every image and pixel block of one tap in one
 # chain, so each dW block is written once (beta = accumulate) by one thread: dW does not depend
@@ -200,7 +204,8 @@ cdef struct WuBf16Geometry:
     int64_t N, C, H, W, Cb, Kb, P, Q, R, S, sh, sw, ph, pw, F, Fb, Ib, Fx
 
 
-cdef int64_t copy_x_item(const WuBf16Geometry *g, int64_t item, const uint16_t *x16, uint16_t *xt) noexcept nogil:
+cdef int64_t copy_x_item(const WuBf16Geometry *g, int64_t item, const uint16_t *x16, uint16_t *xt,
+                         int isa) noexcept nogil:
     """The channel-major copy (s, rho, n, cb) = item of x; returns the non-finite values read."""
     cdef int64_t cb = item % g.Cb
     cdef int64_t n = (item // g.Cb) % g.N
@@ -210,11 +215,20 @@ cdef int64_t copy_x_item(const WuBf16Geometry *g, int64_t item, const uint16_t *
     cdef uint16_t *dst = xt + item * 16 * g.Fx
     cdef const uint16_t *src
     cdef int64_t i, q, row, col, c, f, bad = 0
+    cdef int64_t q_in0 = max(<int64_t>0, (g.pw - s + g.sw - 1) // g.sw)          # first q with col >= 0
+    cdef int64_t q_in1 = min(g.Q, (g.W - 1 + g.pw - s) // g.sw + 1) if g.W - 1 + g.pw - s >= 0 else 0
     for i in range(g.Ib):
         row = i * g.sh + rho - g.ph
-        for q in range(g.Q):
+        q = 0
+        while q < g.Q:
             f = i * g.Q + q
             col = q * g.sw + s - g.pw
+            if isa == 2 and 0 <= row < g.H and q_in0 <= q and q + 16 <= q_in1:
+                # 16 pixels inside the image: gathered a channel pair at a time
+                bad += dlcpu_u16_pixels_to_rows_avx512(x16 + (((n * g.Cb + cb) * g.H + row) * g.W + col) * 16,
+                                                       g.sw * 16, <int>rc, dst + f, g.Fx)
+                q += 16
+                continue
             if 0 <= row < g.H and 0 <= col < g.W:
                 src = x16 + (((n * g.Cb + cb) * g.H + row) * g.W + col) * 16
                 for c in range(rc):
@@ -223,6 +237,7 @@ cdef int64_t copy_x_item(const WuBf16Geometry *g, int64_t item, const uint16_t *
             else:
                 for c in range(rc):
                     dst[c * g.Fx + f] = 0
+            q += 1
     for c in range(rc):
         memset(dst + c * g.Fx + g.Ib * g.Q, 0, 16 * sizeof(uint16_t))
     return bad
@@ -244,9 +259,9 @@ cdef int64_t dy_item(const WuBf16Geometry *g, int64_t item, const uint16_t *dy16
     return bad
 
 
-cdef int wu_bf16_item(const WuBf16Geometry *g, int64_t item, const uint16_t *xt, const uint16_t *dyv, float *dw,
-                      int64_t *a_offs, int64_t *b_offs, int isa, bint native, int max_acc,
-                      bint accumulate) noexcept nogil:
+cdef int wu_pairs_item(const WuBf16Geometry *g, int64_t item, const uint16_t *xt, const uint16_t *dyv, float *dw,
+                       int64_t *a_offs, int64_t *b_offs, int isa, bint native, int max_acc, bint accumulate,
+                       const dlcpu_brgemm_int_t *q) noexcept nogil:
     """dW blocks of K blocks (2*kg, 2*kg + 1) x C block cb, every tap: one call per tap and group
     of <= 4 channels; returns the failed calls."""
     cdef int64_t cb = item % g.Cb
@@ -286,19 +301,25 @@ cdef int wu_bf16_item(const WuBf16Geometry *g, int64_t item, const uint16_t *xt,
             while j0 < rc:
                 p.nr = <int>min(nr_max, rc - j0)
                 p.c = dw + (((kb0 * g.Cb + cb) * g.R + r) * g.S + s) * 256 + j0 * 16
-                err += dlcpu_brgemm_bf16(&p, dyv, xt + j0 * g.Fx, isa, native) != 0
+                if q == NULL:
+                    err += dlcpu_brgemm_bf16(&p, dyv, xt + j0 * g.Fx, isa, native) != 0
+                else:
+                    err += dlcpu_brgemm_int(&p, q, dyv, xt + j0 * g.Fx, isa, native) != 0
                 j0 = j0 + p.nr
     return err
 
 
-def conv2d_weight_grad_bf16(const uint16_t[::1] x16, const uint16_t[::1] dy16, float[::1] dw, tuple geometry,
-                            int isa, bint native, int n_threads, bint accumulate=False):
-    """dW on blocked buffers (flattened): x16 and dy16 the bf16 patterns of the input
-    [N][Cb][H][W][16] and of dy [N][Kb][P][Q][16], dw fp32 [Kb][Cb][R][S][16][16], overwritten, or
-    added to with accumulate (rows of padded input channels are not touched).  geometry = (N, C,
-    H, W, K, P, Q, R, S, stride_h, stride_w, pad_h, pad_w).  Returns (failed calls or
-    allocations, non-finite values met in x and dy); with a non-finite value dw is left
-    unwritten and the caller computes it by the fp32 kernels (see above)."""
+def conv2d_weight_grad_pairs(const uint16_t[::1] x16, const uint16_t[::1] dy16, float[::1] dw, tuple geometry,
+                             int isa, bint native, int n_threads, bint accumulate=False, tuple integer=None):
+    """dW on blocked buffers (flattened): x16 and dy16 the 16-bit values of the input
+    [N][Cb][H][W][16] and of dy [N][Kb][P][Q][16] -- bf16 patterns, or with `integer` (the
+    DFP-16 call of dlcpu/quantized.py integer_call: multiplier 2**(E_x + E_dy) and the flush
+    schedule of the two tensors' mantissa bounds) int16 DFP-16 mantissas, viewed as uint16, on
+    the int16 kernels (VPDPWSSD) -- dw fp32 [Kb][Cb][R][S][16][16], overwritten, or added to with
+    accumulate (rows of padded input channels are not touched).  geometry = (N, C, H, W, K, P,
+    Q, R, S, stride_h, stride_w, pad_h, pad_w).  Returns (failed calls or allocations, non-finite
+    bf16 values met in x and dy); with a non-finite value dw is left unwritten and the caller
+    computes it by the fp32 kernels (see above).  Integers are never non-finite."""
     cdef WuBf16Geometry g
     cdef int64_t K
     g.N, g.C, g.H, g.W, K, g.P, g.Q, g.R, g.S, g.sh, g.sw, g.ph, g.pw = geometry
@@ -320,9 +341,11 @@ def conv2d_weight_grad_bf16(const uint16_t[::1] x16, const uint16_t[::1] dy16, f
     cdef int64_t nonfinite = 0, nonfinite_x = 0, errors = 0, got
     cdef int64_t item
     cdef uint16_t *tail = NULL
+    cdef dlcpu_brgemm_int_t q_int
+    cdef const dlcpu_brgemm_int_t *q = NULL
     cdef int64_t *offs = NULL
     for item in prange(g.S * g.sh * g.N * g.Cb, schedule='static', nogil=True, num_threads=n_threads):
-        nonfinite_x += copy_x_item(&g, item, &x16[0], &xt[0])
+        nonfinite_x += copy_x_item(&g, item, &x16[0], &xt[0], isa)
     with nogil, parallel(num_threads=n_threads):
         tail = <uint16_t *> malloc(256 * sizeof(uint16_t))
         for item in prange(g.N * g.Kb, schedule='static'):
@@ -333,6 +356,10 @@ def conv2d_weight_grad_bf16(const uint16_t[::1] x16, const uint16_t[::1] dy16, f
                 nonfinite += got
         free(tail)
     nonfinite += nonfinite_x
+    if integer is not None:
+        nonfinite = 0                         # the exponent pattern test means nothing for int16
+        q_int = integer_call(integer)
+        q = &q_int
     if nonfinite or errors:
         return errors, nonfinite
     with nogil, parallel(num_threads=n_threads):
@@ -341,7 +368,7 @@ def conv2d_weight_grad_bf16(const uint16_t[::1] x16, const uint16_t[::1] dy16, f
             if offs == NULL:
                 errors += 1
             else:
-                errors += wu_bf16_item(&g, item, &xt[0], &dyv[0], &dw[0], offs, offs + g.N * g.Fb, isa, native,
-                                       max_acc, accumulate)
+                errors += wu_pairs_item(&g, item, &xt[0], &dyv[0], &dw[0], offs, offs + g.N * g.Fb, isa, native,
+                                        max_acc, accumulate, q)
         free(offs)
     return errors, 0

