@@ -428,7 +428,8 @@ def _recurrent_precisions(value):
 
 
 def _render_lstm_precisions(run):
-    t = Table(title=f"number formats | {run['threads']} thread(s): GFLOP/s (speed-up over fp32 in the same run)")
+    t = Table(title=f"number formats | {run['threads']} thread(s): GFLOP/s (speed-up over fp32 in the same run)"
+                    "; PyTorch's same format: GFLOP/s, ratio = its time / ours")
     for col in ["row"] + [f"{p} {kind}" for p in run["precisions"] for kind in ("infer", "train")]:
         t.add_column(col, justify="left" if col == "row" else "right")
     for r in run["rows"]:
@@ -436,8 +437,10 @@ def _render_lstm_precisions(run):
         for p in run["precisions"]:
             for kind in ("infer", "train"):
                 e = r["precisions"][p].get(kind)
-                cells.append("-" if e is None else f"{e['gflops']:.1f}" + (f" ({e['vs_fp32']:.2f}x)" if "vs_fp32" in e
-                                                                             else ""))
+                text = "-" if e is None else f"{e['gflops']:.1f}" + (f" ({e['vs_fp32']:.2f}x)" if "vs_fp32" in e else "")
+                if e is not None and "peer" in e:
+                    text += f"; torch {e['peer']['gflops']:.1f}, ratio {e['peer']['ratio']:.2f}"
+                cells.append(text)
         t.add_row(*cells)
     out.print(t)
 
@@ -479,22 +482,32 @@ def bench_train_digits(
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Timed epochs per framework (median reported).")] = 3,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Images per training step.")] = 64,
     threads: ThreadList = None,
+    precision: Annotated[str, typer.Option(
+        "--precision", metavar="<format>",
+        help="fp32, bf16 or dfp16: dlcpu's Module.set_precision, with its fp32 model timed in the same rounds for the "
+             "speed-up; PyTorch runs bf16 under autocast (dfp16, which it lacks: fp32).")] = "fp32",
     as_json: JsonFlag = False,
 ):
     """Training images/s of the digits CNN: dlcpu vs the same model in PyTorch, same data and run."""
+    precision = _model_precision(precision)
     rows = []
     for n_threads in parse_threads(threads):
         with err.status(f"training throughput, {n_threads} thread(s)"):
-            rows.append(benchmarks.bench_train_digits(epochs, batch, n_threads))
+            rows.append(benchmarks.bench_train_digits(epochs, batch, n_threads, precision=precision))
     if as_json:
         emit_json({"train_digits": rows})
         return
-    t = Table(title=f"digits CNN training throughput (batch {batch}, forward+backward+SGD, median of {epochs} epochs)")
-    for col in ("threads", "dlcpu img/s", "torch img/s", "ratio"):
+    t = Table(title=f"digits CNN training throughput, {precision} (batch {batch}, forward+backward+SGD, median of "
+                    f"{epochs} epochs)")
+    cols = ["threads", f"dlcpu {precision} img/s"] + (["dlcpu fp32 img/s", f"{precision}/fp32"]
+                                                       if precision != "fp32" else [])
+    for col in cols + [rows[0]["peer"]["name"] + " img/s", "ratio"]:
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(str(r["threads"]), f"{r['images_per_second']:.0f}", f"{r['peer']['images_per_second']:.0f}",
-                  f"{r['peer']['ratio']:.2f}")
+        cells = [str(r["threads"]), f"{r['images_per_second']:.0f}"]
+        if "fp32" in r:
+            cells += [f"{r['fp32']['images_per_second']:.0f}", f"{r['fp32']['speedup']:.2f}"]
+        t.add_row(*cells, f"{r['peer']['images_per_second']:.0f}", f"{r['peer']['ratio']:.2f}")
     out.print(t)
     out.print("ratio = dlcpu images/s / torch images/s (>1: dlcpu faster)", highlight=False)
 
@@ -587,7 +600,7 @@ def bench_train_gnmt(
 
 
 def _model_precision(value):
-    """--precision of the ResNet-50 benchmarks: a format nn.resnet50 runs (set_precision)."""
+    """--precision of the whole-model benchmarks (digits, ResNet-50): a format Module.set_precision takes."""
     from ..nn import Conv2d
 
     if value not in Conv2d.PRECISIONS:

@@ -108,9 +108,10 @@ def recurrent(torch, cell, weights, *, num_layers=1, bidirectional=False, batch_
     return m
 
 
-def digits_train_step(torch, x_train, y_train, lr=0.05, seed=0):
+def digits_train_step(torch, x_train, y_train, lr=0.05, seed=0, autocast=False):
     """step(idx): one SGD step of the digits_resnet twin on x_train[idx] (the peer side of
-    `dlcpu bench train digits`; same optimizer settings as dlcpu.train)."""
+    `dlcpu bench train digits`; same optimizer settings as dlcpu.train); autocast: forward and
+    loss under torch.autocast("cpu", dtype=torch.bfloat16), PyTorch's mixed precision."""
     torch.manual_seed(seed)
     model = digits_resnet(torch)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
@@ -119,7 +120,8 @@ def digits_train_step(torch, x_train, y_train, lr=0.05, seed=0):
 
     def step(idx):
         i = torch.from_numpy(idx)
-        loss = loss_fn(model(xt[i]), yt[i])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn(model(xt[i]), yt[i])
         opt.zero_grad()
         loss.backward()
         opt.step()

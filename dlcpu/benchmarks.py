@@ -488,15 +488,16 @@ def bench_precision_gemm(size, n_threads, peak_gflops, *, formats=PRECISION_FORM
 
 
 # -------------------------------------------------------------------------------------- train
-def train_throughput(framework, data, epochs, batch, lr=0.05, seed=0, threads=1):
+def train_throughput(framework, data, epochs, batch, lr=0.05, seed=0, threads=1, precision="fp32"):
     """Images/s of the training loop (forward, loss, backward, SGD step) for 'dlcpu' or 'torch'
-    (the digits_resnet twin from dlcpu._peers), and the per-epoch seconds."""
+    (the digits_resnet twin from dlcpu._peers), and the per-epoch seconds.  precision: dlcpu's
+    set_precision (mixed precision); for torch, "bf16" runs under autocast and the rest in fp32."""
     n = len(data.x_train)
     rng = np.random.default_rng(seed)
     if framework == "dlcpu":
         from . import nn
 
-        model = nn.digits_resnet(16, seed=seed)
+        model = nn.digits_resnet(16, seed=seed).set_precision(precision)
         opt = nn.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
 
         def step(idx):
@@ -508,7 +509,8 @@ def train_throughput(framework, data, epochs, batch, lr=0.05, seed=0, threads=1)
     else:
         torch = _peers.require_torch("bench train")
         torch.set_num_threads(threads)
-        step = _peers.digits_train_step(torch, data.x_train, data.y_train, lr=lr, seed=seed)
+        step = _peers.digits_train_step(torch, data.x_train, data.y_train, lr=lr, seed=seed,
+                                        autocast=precision == "bf16")
     times = []
     for _ in range(epochs):
         perm = rng.permutation(n)
@@ -519,26 +521,41 @@ def train_throughput(framework, data, epochs, batch, lr=0.05, seed=0, threads=1)
     return n / float(np.median(times)), times
 
 
-def bench_train_digits(epochs, batch, n_threads, seed=0):
-    """Digits CNN training images/s, dlcpu vs the same model in PyTorch (alternating epochs)."""
+def bench_train_digits(epochs, batch, n_threads, seed=0, precision="fp32"):
+    """Digits CNN training images/s, dlcpu vs the same model in PyTorch (alternating epochs).
+    precision bf16 / dfp16: dlcpu's mixed-precision model, with dlcpu fp32 timed in the same
+    rounds for the speed-up, against PyTorch under autocast bf16 (for dfp16, which PyTorch
+    lacks: its fp32 model)."""
     from threadpoolctl import threadpool_limits
 
     from . import train
 
     torch = _peers.require_torch("bench train")
     data = train.load_digits_split(seed)
+    runs = {"ours": precision, "peer": precision if precision == "bf16" else "fp32"}
+    if precision != "fp32":
+        runs["fp32"] = "fp32"
+    rates = {k: [] for k in runs}
+
+    def epoch(kind):
+        framework = "torch" if kind == "peer" else "dlcpu"
+        return train_throughput(framework, data, 1, batch, seed=seed, threads=n_threads, precision=runs[kind])[0]
+
     with threadpool_limits(limits=n_threads, user_api="openmp"), torch_threads(torch, n_threads):
-        train_throughput("dlcpu", data, 1, batch, seed=seed)   # warm-up (plans, pages)
-        train_throughput("torch", data, 1, batch, seed=seed, threads=n_threads)
-        ours, peer = [], []
+        for kind in runs:
+            epoch(kind)                        # warm-up (plans, pages)
         for _ in range(epochs):
-            ours.append(train_throughput("dlcpu", data, 1, batch, seed=seed)[0])
-            time.sleep(SETTLE_SECONDS)
-            peer.append(train_throughput("torch", data, 1, batch, seed=seed, threads=n_threads)[0])
-            time.sleep(SETTLE_SECONDS)
-    mine, theirs = statistics.median(ours), statistics.median(peer)
-    return {"threads": n_threads, "batch": batch, "epochs": epochs, "images_per_second": mine,
-            "peer": {"name": f"torch {torch.__version__}", "images_per_second": theirs, "ratio": mine / theirs}}
+            for kind in runs:
+                rates[kind].append(epoch(kind))
+                time.sleep(SETTLE_SECONDS)
+    mine, theirs = statistics.median(rates["ours"]), statistics.median(rates["peer"])
+    peer_name = f"torch {torch.__version__}" + (" under autocast bf16" if runs["peer"] == "bf16" else "")
+    row = {"threads": n_threads, "batch": batch, "epochs": epochs, "precision": precision, "images_per_second": mine,
+           "peer": {"name": peer_name, "images_per_second": theirs, "ratio": mine / theirs}}
+    if "fp32" in rates:
+        fp32 = statistics.median(rates["fp32"])
+        row["fp32"] = {"images_per_second": fp32, "speedup": mine / fp32}
+    return row
 
 
 # -------------------------------------------------------------------------------------- lstm
@@ -550,7 +567,10 @@ LSTM_TIMED_REGION = ("module against module, same initial weights: inference = a
                      "the weights (so each step's transposed operands are made from new weights) against the "
                      "same torch step (x.requires_grad, torch.optim.SGD). Other formats (--precision): bf16 and "
                      "dfp16 modules convert their weights inside every call, as a training step must; int8 "
-                     "inference is timed on weights quantized once (dlcpu.rnn's forward on prepared weights)")
+                     "inference is timed on weights quantized once (dlcpu.rnn's forward on prepared weights); "
+                     "with --compare torch each format has PyTorch's own where one exists: bf16 = the same "
+                     "module and step under torch.autocast(cpu, bfloat16), int8 = quantize_dynamic (qint8 "
+                     "weights, activations quantized per call; LSTM and GRU)")
 
 
 def recurrent_problem(T, N, C, K, gates=4, seed=0):
@@ -640,6 +660,8 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None
             topt.step()
 
         fns += [peer_infer, peer_train]
+        format_peers = _recurrent_format_peers(torch, cell, model.state(), xt, dyt, precisions)
+        fns += [fn for _, _, fn, _ in format_peers]
     with threadpool_limits(limits=n_threads, user_api="openmp"):
         if torch is not None:
             with torch_threads(torch, n_threads):
@@ -657,16 +679,72 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None
         out["precisions"].setdefault(precision, {})[kind] = entry
         if precision == precisions[0]:
             out[kind] = entry
-            if torch is not None:
-                ps = summarize(times[ours + (kind == "train")])
-                entry["peer"] = {"name": f"torch {torch.__version__} nn.{cell.upper()}", "seconds": ps,
-                                 "gflops": work[kind] / ps["median_s"] / 1e9, "ratio": ps["median_s"] / s["median_s"]}
+    if torch is not None:
+        # each format against PyTorch's own (fp32 module; bf16 under autocast; int8 quantize_dynamic),
+        # timed right after ours; the first format's entries are also the row's, so the main table
+        # compares like with like.  A format PyTorch lacks (DFP-16; int8 RNN) gets none.
+        fp32_peer = f"torch {torch.__version__} nn.{cell.upper()}"
+        peer_runs = [("fp32", "infer", fp32_peer), ("fp32", "train", fp32_peer)]
+        peer_runs += [(precision, kind, name) for precision, kind, _, name in format_peers]
+        for j, (precision, kind, name) in enumerate(peer_runs):
+            entry = out["precisions"].get(precision, {}).get(kind)
+            if entry is not None:
+                ps = summarize(times[ours + j])
+                entry["peer"] = {"name": name, "seconds": ps, "gflops": work[kind] / ps["median_s"] / 1e9,
+                                 "ratio": ps["median_s"] / entry["seconds"]["median_s"]}
+        for j, kind in enumerate(("infer", "train")):
+            if kind in out and "peer" not in out[kind]:      # a first format PyTorch lacks: its fp32 module
+                ps = summarize(times[ours + j])
+                out[kind]["peer"] = {"name": f"{fp32_peer} fp32 (PyTorch has no {precisions[0]})", "seconds": ps,
+                                     "gflops": work[kind] / ps["median_s"] / 1e9,
+                                     "ratio": ps["median_s"] / out[kind]["seconds"]["median_s"]}
     fp32 = out["precisions"].get("fp32", {})
     for entries in out["precisions"].values():
         for kind, entry in entries.items():
             if kind in fp32:
                 entry["vs_fp32"] = fp32[kind]["seconds"]["median_s"] / entry["seconds"]["median_s"]
     return out
+
+
+def _recurrent_format_peers(torch, cell, state, xt, dyt, precisions):
+    """PyTorch's own version of each format we time, as (precision, kind, fn, name): bf16 inference
+    and training step under torch.autocast("cpu", dtype=torch.bfloat16) (its oneDNN bf16 RNN);
+    int8 inference by torch.ao.quantization.quantize_dynamic (qint8 weights, activations
+    quantized per call; LSTM and GRU only: it has no quantized nn.RNN).  DFP-16 has no PyTorch
+    counterpart."""
+    peers = []
+    if "bf16" in precisions:
+        twin = _peers.recurrent(torch, cell, state)
+        opt = torch.optim.SGD(twin.parameters(), lr=1e-4, momentum=0.9)
+
+        def bf16_infer():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                twin(xt)
+
+        def bf16_train():
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y, _ = twin(xt)
+            y.float().backward(dyt)
+            opt.step()
+
+        name = f"torch {torch.__version__} nn.{cell.upper()} under autocast bf16"
+        peers += [("bf16", "infer", bf16_infer, name), ("bf16", "train", bf16_train, name)]
+    if "int8" in precisions and cell in ("lstm", "gru"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")      # quantize_dynamic's deprecation notice
+            qtwin = torch.ao.quantization.quantize_dynamic(_peers.recurrent(torch, cell, state),
+                                                           {torch.nn.LSTM, torch.nn.GRU}, dtype=torch.qint8)
+
+        def int8_infer():
+            with torch.inference_mode():
+                qtwin(xt.detach())
+
+        name = f"torch {torch.__version__} quantize_dynamic nn.{cell.upper()} (qint8 weights, dynamic activations)"
+        peers.append(("int8", "infer", int8_infer, name))
+    return peers
 
 
 def geomean(values):

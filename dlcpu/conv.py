@@ -966,13 +966,19 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
         else:
             dw_data = np.zeros((shape.Kb, shape.Cb, shape.R, shape.S, CB, CB), dtype=np.float32)
         errors = 0
-        done = (bf16 or dfp) and _weight_grad_pairs(xb, dy16 if bf16 else dyq, dw_data, shape, isa_code, n_threads,
-                                                    accumulate_dw is not None)
-        if bf16 and not done:           # NaN/Inf met: IEEE propagation by the fp32 kernels on the bf16 values
-            xb = BlockedTensor(formats.bf16_bits_to_fp32(xb.data) if xb.precision == "bf16"
-                               else formats.round_to_bf16(xb.data), xb.shape)
+        pairs = (bf16 or dfp) and shape.N * shape.K * shape.C * shape.R * shape.S * shape.P * shape.Q >= PAIR_WU_MIN_MACS
+        done = pairs and _weight_grad_pairs(xb, dy16 if bf16 else dyq, dw_data, shape, isa_code, n_threads,
+                                            accumulate_dw is not None)
         if not done:
-            dy_wu = formats.bf16_bits_to_fp32(dy16, n_threads=n_threads) if bf16 else dyb.data
+            # fp32 kernels on the format's values: small problems (below), or bf16 NaN/Inf (IEEE propagation)
+            if bf16:
+                xb = BlockedTensor(formats.bf16_bits_to_fp32(xb.data) if xb.precision == "bf16"
+                                   else formats.round_to_bf16(xb.data), xb.shape)
+                dy_wu = formats.bf16_bits_to_fp32(dy16, n_threads=n_threads)
+            elif dfp:
+                xb, dy_wu = BlockedTensor(quantized.dequantize(xb), xb.shape), quantized.dequantize(dyq)
+            else:
+                dy_wu = dyb.data
             errors = _wu.conv2d_weight_grad_f32(xb.data.reshape(-1), dy_wu.reshape(-1), dw_data.reshape(-1),
                                                 plan.c, n_threads, accumulate_dw is not None)
         if errors:
@@ -985,6 +991,15 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
         # float64 accumulation in NumPy's fixed pairwise order: exact enough, thread-independent.
         db = dyb.data.sum(axis=(0, 2, 3), dtype=np.float64).reshape(-1)[: shape.K].astype(np.float32)
     return ConvGrads(dx, dw, db)
+
+
+# Below this many multiply-adds a bf16 / DFP-16 weight update runs the fp32 kernels on the format's
+# values (the same products, summed in another order): the pair kernels' reformatting passes and
+# parallel regions cost more than their products save.  Measured 2026-12-02 (Zen 4, 1 thread):
+# the digits CNN's convolutions (batch 64, 8x8, 16-32 channels: 9-19M multiply-adds) made a bf16
+# training epoch 0.114 s with the pair kernels and 0.093 s without (fp32: 0.101 s), while the
+# smallest ResNet-50 update at batch 4 (51M) gains on them (0.97-1.2x the fp32 update).
+PAIR_WU_MIN_MACS = 1 << 25
 
 
 def _weight_grad_pairs(xb, dy16, dw_data, shape, isa_code, n_threads, accumulate):
@@ -1002,8 +1017,10 @@ def _weight_grad_pairs(xb, dy16, dw_data, shape, isa_code, n_threads, accumulate
     else:
         integer, native = None, formats.native_bf16(isa_name)
         x16 = xb.data if xb.precision == "bf16" else formats.fp32_to_bf16_bits(xb.data, n_threads=n_threads)
+    n_xt, n_dyv = _wu.pairs_scratch_sizes(geometry)
+    xt, dyv = scratch("conv.wu_x_pairs", (n_xt,), np.uint16), scratch("conv.wu_dy_pairs", (n_dyv,), np.uint16)
     errors, nonfinite = _wu.conv2d_weight_grad_pairs(x16.reshape(-1), dy16.reshape(-1), dw_data.reshape(-1), geometry,
-                                                     isa_code, native, n_threads, accumulate, integer)
+                                                     xt, dyv, isa_code, native, n_threads, accumulate, integer)
     if errors:
         raise MemoryError(f"conv2d_backward: the {'DFP-16' if integer else 'bf16'} weight update could not allocate "
                           f"its scratch or found no kernel for {errors} call(s) (shape {shape})")

@@ -16,13 +16,12 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 from cython.parallel cimport prange, parallel
 
-import numpy as np
-
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_has_tile, dlcpu_brgemm_bf16,
                             dlcpu_brgemm_int_t, dlcpu_brgemm_int, integer_call,
                             dlcpu_bf16_to_vnni, dlcpu_u16_pixels_to_rows_avx512, dlcpu_conv_item_input,
-                            DLCPU_BR_OFFS)
-from dlcpu_plans cimport dlcpu_wu_plan_t, dlcpu_conv_shape_t, DLCPU_TILE_NONE, DLCPU_TILE_PADDED, DLCPU_TILE_SUBSAMPLED
+                            DLCPU_BR_OFFS, DLCPU_ISA_AVX512)
+from dlcpu_plans cimport (dlcpu_wu_plan_t, dlcpu_conv_shape_t, dlcpu_max_acc, DLCPU_TILE_NONE, DLCPU_TILE_PADDED,
+                          DLCPU_TILE_SUBSAMPLED)
 
 
 cdef class WeightGradPlanStruct:
@@ -200,13 +199,13 @@ cdef inline bint bf16_nonfinite(uint16_t v) noexcept nogil:
     return (v & 0x7F80) == 0x7F80
 
 
-cdef struct WuBf16Geometry:
+cdef struct WuPairsGeometry:
     int64_t N, C, H, W, Cb, Kb, P, Q, R, S, sh, sw, ph, pw, F, Fb, Ib, Fx
 
 
-cdef int64_t copy_x_item(const WuBf16Geometry *g, int64_t item, const uint16_t *x16, uint16_t *xt,
+cdef int64_t copy_x_item(const WuPairsGeometry *g, int64_t item, const uint16_t *x16, uint16_t *xt,
                          int isa) noexcept nogil:
-    """The channel-major copy (s, rho, n, cb) = item of x; returns the non-finite values read."""
+    """The channel-major copy (s, rho, n, cb) = item of x; returns the bf16 Inf/NaN patterns read."""
     cdef int64_t cb = item % g.Cb
     cdef int64_t n = (item // g.Cb) % g.N
     cdef int64_t rho = (item // (g.Cb * g.N)) % g.sh
@@ -214,39 +213,41 @@ cdef int64_t copy_x_item(const WuBf16Geometry *g, int64_t item, const uint16_t *
     cdef int64_t rc = min(<int64_t>16, g.C - cb * 16)
     cdef uint16_t *dst = xt + item * 16 * g.Fx
     cdef const uint16_t *src
-    cdef int64_t i, q, row, col, c, f, bad = 0
-    cdef int64_t q_in0 = max(<int64_t>0, (g.pw - s + g.sw - 1) // g.sw)          # first q with col >= 0
-    cdef int64_t q_in1 = min(g.Q, (g.W - 1 + g.pw - s) // g.sw + 1) if g.W - 1 + g.pw - s >= 0 else 0
+    cdef int64_t i, q, j, npx, row, c, f0, bad = 0
+    # the pixels q_in0 <= q < q_in1 of a row read columns inside the image; the rest are padding
+    cdef int64_t q_in0 = min(g.Q, max(<int64_t>0, (g.pw - s + g.sw - 1) // g.sw))
+    cdef int64_t q_in1 = max(q_in0, min(g.Q, (g.W - 1 + g.pw - s) // g.sw + 1) if g.W - 1 + g.pw - s >= 0 else 0)
     for i in range(g.Ib):
         row = i * g.sh + rho - g.ph
-        q = 0
-        while q < g.Q:
-            f = i * g.Q + q
-            col = q * g.sw + s - g.pw
-            if isa == 2 and 0 <= row < g.H and q_in0 <= q and q + 16 <= q_in1:
-                # 16 pixels inside the image: gathered a channel pair at a time
-                bad += dlcpu_u16_pixels_to_rows_avx512(x16 + (((n * g.Cb + cb) * g.H + row) * g.W + col) * 16,
-                                                       g.sw * 16, <int>rc, dst + f, g.Fx)
-                q += 16
-                continue
-            if 0 <= row < g.H and 0 <= col < g.W:
-                src = x16 + (((n * g.Cb + cb) * g.H + row) * g.W + col) * 16
-                for c in range(rc):
-                    dst[c * g.Fx + f] = src[c]
-                    bad += bf16_nonfinite(src[c])
+        f0 = i * g.Q
+        if not 0 <= row < g.H:
+            for c in range(rc):
+                memset(dst + c * g.Fx + f0, 0, g.Q * sizeof(uint16_t))
+            continue
+        for c in range(rc):
+            memset(dst + c * g.Fx + f0, 0, q_in0 * sizeof(uint16_t))
+            memset(dst + c * g.Fx + f0 + q_in1, 0, (g.Q - q_in1) * sizeof(uint16_t))
+        q = q_in0
+        while q < q_in1:
+            npx = min(<int64_t>16, q_in1 - q)
+            src = x16 + (((n * g.Cb + cb) * g.H + row) * g.W + q * g.sw + s - g.pw) * 16
+            if isa == DLCPU_ISA_AVX512:         # up to 16 pixels, gathered a channel pair at a time
+                bad += dlcpu_u16_pixels_to_rows_avx512(src, g.sw * 16, <int>npx, <int>rc, dst + f0 + q, g.Fx)
             else:
-                for c in range(rc):
-                    dst[c * g.Fx + f] = 0
-            q += 1
+                for j in range(npx):
+                    for c in range(rc):
+                        dst[c * g.Fx + f0 + q + j] = src[j * g.sw * 16 + c]
+                        bad += bf16_nonfinite(src[j * g.sw * 16 + c])
+            q += npx
     for c in range(rc):
         memset(dst + c * g.Fx + g.Ib * g.Q, 0, 16 * sizeof(uint16_t))
     return bad
 
 
-cdef int64_t dy_item(const WuBf16Geometry *g, int64_t item, const uint16_t *dy16, uint16_t *dyv, uint16_t *tail,
+cdef int64_t dy_item(const WuPairsGeometry *g, int64_t item, const uint16_t *dy16, uint16_t *dyv, uint16_t *tail,
                      int isa) noexcept nogil:
-    """Image-and-K-block `item` of dy's bf16 patterns into VNNI pixel pairs; returns the Inf/NaN
-    values met (-1 when the tail tile is missing)."""
+    """Image-and-K-block `item` of dy's 16-bit values into VNNI pixel pairs; returns the bf16
+    Inf/NaN patterns met (-1 when the tail tile is missing)."""
     cdef const uint16_t *src = dy16 + item * g.F * 16
     cdef uint16_t *dst = dyv + item * g.Fb * 256
     cdef int64_t bad = dlcpu_bf16_to_vnni(isa, src, dst, g.F // 16)
@@ -259,7 +260,7 @@ cdef int64_t dy_item(const WuBf16Geometry *g, int64_t item, const uint16_t *dy16
     return bad
 
 
-cdef int wu_pairs_item(const WuBf16Geometry *g, int64_t item, const uint16_t *xt, const uint16_t *dyv, float *dw,
+cdef int wu_pairs_item(const WuPairsGeometry *g, int64_t item, const uint16_t *xt, const uint16_t *dyv, float *dw,
                        int64_t *a_offs, int64_t *b_offs, int isa, bint native, int max_acc, bint accumulate,
                        const dlcpu_brgemm_int_t *q) noexcept nogil:
     """dW blocks of K blocks (2*kg, 2*kg + 1) x C block cb, every tap: one call per tap and group
@@ -309,18 +310,8 @@ cdef int wu_pairs_item(const WuBf16Geometry *g, int64_t item, const uint16_t *xt
     return err
 
 
-def conv2d_weight_grad_pairs(const uint16_t[::1] x16, const uint16_t[::1] dy16, float[::1] dw, tuple geometry,
-                             int isa, bint native, int n_threads, bint accumulate=False, tuple integer=None):
-    """dW on blocked buffers (flattened): x16 and dy16 the 16-bit values of the input
-    [N][Cb][H][W][16] and of dy [N][Kb][P][Q][16] -- bf16 patterns, or with `integer` (the
-    DFP-16 call of dlcpu/quantized.py integer_call: multiplier 2**(E_x + E_dy) and the flush
-    schedule of the two tensors' mantissa bounds) int16 DFP-16 mantissas, viewed as uint16, on
-    the int16 kernels (VPDPWSSD) -- dw fp32 [Kb][Cb][R][S][16][16], overwritten, or added to with
-    accumulate (rows of padded input channels are not touched).  geometry = (N, C, H, W, K, P,
-    Q, R, S, stride_h, stride_w, pad_h, pad_w).  Returns (failed calls or allocations, non-finite
-    bf16 values met in x and dy); with a non-finite value dw is left unwritten and the caller
-    computes it by the fp32 kernels (see above).  Integers are never non-finite."""
-    cdef WuBf16Geometry g
+cdef WuPairsGeometry pairs_geometry(tuple geometry):
+    cdef WuPairsGeometry g
     cdef int64_t K
     g.N, g.C, g.H, g.W, K, g.P, g.Q, g.R, g.S, g.sh, g.sw, g.ph, g.pw = geometry
     g.Cb = (g.C + 15) // 16
@@ -329,15 +320,35 @@ def conv2d_weight_grad_pairs(const uint16_t[::1] x16, const uint16_t[::1] dy16, 
     g.Fb = (g.F + 15) // 16
     g.Ib = g.P + (g.R - 1) // g.sh
     g.Fx = g.Ib * g.Q + 16      # 16 zeros past the last row: a block of 16 pixels ends inside
+    return g
+
+
+def pairs_scratch_sizes(tuple geometry):
+    """(elements of the x copies, elements of dy's pixel pairs) conv2d_weight_grad_pairs needs
+    for `geometry` (the caller passes reused buffers: fresh ones cost page faults every call)."""
+    cdef WuPairsGeometry g = pairs_geometry(geometry)
+    return g.S * g.sh * g.N * g.Cb * 16 * g.Fx, g.N * g.Kb * g.Fb * 256
+
+
+def conv2d_weight_grad_pairs(const uint16_t[::1] x16, const uint16_t[::1] dy16, float[::1] dw, tuple geometry,
+                             uint16_t[::1] xt, uint16_t[::1] dyv, int isa, bint native, int n_threads,
+                             bint accumulate=False, tuple integer=None):
+    """dW on blocked buffers (flattened): x16 and dy16 the 16-bit values of the input
+    [N][Cb][H][W][16] and of dy [N][Kb][P][Q][16] -- bf16 patterns, or with `integer` (the
+    DFP-16 call of dlcpu/quantized.py integer_call: multiplier 2**(E_x + E_dy) and the flush
+    schedule of the two tensors' mantissa bounds) int16 DFP-16 mantissas, viewed as uint16, on
+    the int16 kernels (VPDPWSSD) -- dw fp32 [Kb][Cb][R][S][16][16], overwritten, or added to with
+    accumulate (rows of padded input channels are not touched).  geometry = (N, C, H, W, K, P,
+    Q, R, S, stride_h, stride_w, pad_h, pad_w).  Returns (failed calls or allocations, non-finite
+    bf16 values met in x and dy); with a non-finite value dw is left unwritten and the caller
+    computes it by the fp32 kernels (see above).  Integers are never non-finite.  xt and dyv:
+    scratch of pairs_scratch_sizes(geometry) elements, overwritten."""
+    cdef WuPairsGeometry g = pairs_geometry(geometry)
     if (x16.shape[0] != g.N * g.Cb * g.H * g.W * 16 or dy16.shape[0] != g.N * g.Kb * g.F * 16
-            or dw.shape[0] != g.Kb * g.Cb * g.R * g.S * 256):
-        raise ValueError(f"conv2d_weight_grad_bf16: buffer sizes {x16.shape[0]}, {dy16.shape[0]}, {dw.shape[0]} do "
-                         f"not match the geometry {geometry}")
-    cdef int max_acc = 28 if isa == 2 else (6 if isa == 1 else 16)
-    xt_a = np.empty(g.S * g.sh * g.N * g.Cb * 16 * g.Fx, dtype=np.uint16)
-    dyv_a = np.empty(g.N * g.Kb * g.Fb * 256, dtype=np.uint16)
-    cdef uint16_t[::1] xt = xt_a
-    cdef uint16_t[::1] dyv = dyv_a
+            or dw.shape[0] != g.Kb * g.Cb * g.R * g.S * 256 or (xt.shape[0], dyv.shape[0]) != pairs_scratch_sizes(geometry)):
+        raise ValueError(f"conv2d_weight_grad_pairs: buffer sizes {x16.shape[0]}, {dy16.shape[0]}, {dw.shape[0]}, "
+                         f"{xt.shape[0]}, {dyv.shape[0]} do not match the geometry {geometry}")
+    cdef int max_acc = dlcpu_max_acc(isa)
     cdef int64_t nonfinite = 0, nonfinite_x = 0, errors = 0, got
     cdef int64_t item
     cdef uint16_t *tail = NULL

@@ -70,7 +70,7 @@ cdef extern from "convert.h" nogil:
     void dlcpu_f32_to_bf16(int isa, int native, const float *x, uint16_t *y, int64_t n)
     void dlcpu_f32_to_bf16_vnni(int isa, int native, const float *x, uint16_t *y, int64_t blocks)
     int64_t dlcpu_bf16_to_vnni(int isa, const uint16_t *x, uint16_t *y, int64_t blocks)
-    int64_t dlcpu_u16_pixels_to_rows_avx512(const uint16_t *x, int64_t pixel_stride, int rc, uint16_t *y,
+    int64_t dlcpu_u16_pixels_to_rows_avx512(const uint16_t *x, int64_t pixel_stride, int n, int rc, uint16_t *y,
                                             int64_t row_stride)
     void dlcpu_bf16_to_f32(int isa, const uint16_t *x, float *y, int64_t n)
     uint32_t dlcpu_absmax_bits(int isa, const float *x, int64_t n)

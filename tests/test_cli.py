@@ -161,6 +161,7 @@ BAD_OPTION_VALUES = [  # (args, what the one line must say): every command group
     (("bench", "lstm", "--cell", "transformer"), "'--cell': must be one of lstm, gru, rnn"),
     (("bench", "lstm", "--threads", "two"), "'--threads'"),
     (("bench", "train", "digits", "--epochs", "0"), "'--epochs'"),
+    (("bench", "train", "digits", "--precision", "int8"), "'--precision': must be one of fp32, bf16, dfp16"),
     (("train", "digits", "--batch", "0"), "'--batch'"),
     (("train", "digits", "--lr", "0"), "'--lr'"),
     (("train", "digits", "--threads", "0"), "'--threads'"),
@@ -363,6 +364,35 @@ def test_bench_gru_json():
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)["lstm"][0]
     assert data["cell"] == "gru" and data["rows"][0]["train"]["gflops"] > 0
+
+
+@needs_torch
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_bench_lstm_formats_have_pytorch_peers_of_their_format(cell):
+    """--precision with --compare torch: bf16 against PyTorch under autocast, int8 against its
+    quantize_dynamic (GRU/LSTM only: PyTorch has no quantized nn.RNN), DFP-16 against nothing."""
+    res = run("bench", "lstm", "--cell", cell, "--layers", "lstm_256_256", "--threads", "1", "--repeats", "1",
+              "--precision", "fp32,bf16,dfp16,int8", "--compare", "torch", "--json")
+    assert res.returncode == 0, res.stderr
+    formats = json.loads(res.stdout)["lstm"][0]["rows"][0]["precisions"]
+    assert "autocast bf16" in formats["bf16"]["train"]["peer"]["name"]
+    assert formats["bf16"]["infer"]["peer"]["ratio"] > 0
+    assert "peer" not in formats["dfp16"]["infer"] and "train" not in formats["int8"]
+    if cell == "gru":
+        assert "quantize_dynamic" in formats["int8"]["infer"]["peer"]["name"]
+    else:
+        assert "peer" not in formats["int8"]["infer"]
+
+
+@needs_torch
+def test_bench_train_digits_bf16_json():
+    """--precision bf16: dlcpu's bf16 model, its fp32 model in the same rounds, PyTorch under
+    autocast."""
+    res = run("bench", "train", "digits", "--precision", "bf16", "--epochs", "1", "--threads", "1", "--json")
+    assert res.returncode == 0, res.stderr
+    row = json.loads(res.stdout)["train_digits"][0]
+    assert row["precision"] == "bf16" and row["images_per_second"] > 0 and row["fp32"]["speedup"] > 0
+    assert "autocast bf16" in row["peer"]["name"] and row["peer"]["ratio"] > 0
 
 
 def test_train_digits_rnn_json():

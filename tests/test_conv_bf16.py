@@ -7,7 +7,7 @@ from conftest import ISAS, assert_close, max_threads, needs_torch
 
 import dlcpu
 from dlcpu import _reference as ref
-from dlcpu import cpu, layout
+from dlcpu import conv, cpu, layout
 from dlcpu import precision as P
 from dlcpu._ext import conv_wu as _wu
 
@@ -131,6 +131,7 @@ def test_bf16_backward_against_float64(rng, monkeypatch, isa, native, case):
     weight-update kernels (the fp32 ones are not called): pixel counts P*Q off the blocks of 16
     (odd 35, 81), strides in one direction, 7x7 taps, channel counts off the blocks, odd K blocks."""
     monkeypatch.setattr(P, "native_bf16", lambda name: native)
+    monkeypatch.setattr(conv, "PAIR_WU_MIN_MACS", 0)                   # the pair kernels at every size
     monkeypatch.setattr(_wu, "conv2d_weight_grad_f32", None)          # finite input: never the fp32 route
     n, c, k, h, w, r, s, stride, pad = case
     st2 = stride if isinstance(stride, tuple) else (stride, stride)
@@ -149,10 +150,11 @@ def test_bf16_backward_against_float64(rng, monkeypatch, isa, native, case):
     assert_close(g.dw, exact[1], dtype="bf16")
 
 
-def test_bf16_weight_update_is_thread_independent_and_keeps_nan_inf(rng):
+def test_bf16_weight_update_is_thread_independent_and_keeps_nan_inf(rng, monkeypatch):
     """dW of precision='bf16' is the same bits on 1 and all threads (each dW block is summed by one
     thread in a fixed order); with Inf/NaN in x or dy it is exactly the fp32 weight update of the
     bf16 values (the zero padding of the pixel pairs would otherwise add 0 * Inf terms)."""
+    monkeypatch.setattr(conv, "PAIR_WU_MIN_MACS", 0)
     x = rng.uniform(-1, 1, (2, 40, 13, 11)).astype(np.float32)
     w = rng.uniform(-1, 1, (48, 40, 3, 3)).astype(np.float32)
     dy = rng.uniform(-1, 1, (2, 48, 7, 6)).astype(np.float32)
@@ -166,6 +168,23 @@ def test_bf16_weight_update_is_thread_independent_and_keeps_nan_inf(rng):
             got = dlcpu.conv2d_backward(dd, xx, w, 2, 1, need="dw", precision="bf16").dw
             want = dlcpu.conv2d_backward(P.round_to_bf16(dd), P.round_to_bf16(xx), w, 2, 1, need="dw").dw
             assert np.array_equal(got, want, equal_nan=True) and not np.isfinite(got).all()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "dfp16"])
+def test_small_weight_updates_take_the_fp32_kernels_on_the_formats_values(rng, monkeypatch, precision):
+    """Below conv.PAIR_WU_MIN_MACS multiply-adds dW runs the fp32 kernels on the bf16 / DFP-16
+    values (the pair kernels' reformatting would cost more): the same gradient to fp32 summation
+    order, and the pair kernels are not called."""
+    x = rng.uniform(-1, 1, (4, 16, 8, 8)).astype(np.float32)
+    w = rng.uniform(-1, 1, (32, 16, 3, 3)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (4, 32, 8, 8)).astype(np.float32)
+    assert 4 * 32 * 16 * 9 * 64 < conv.PAIR_WU_MIN_MACS
+    monkeypatch.setattr(conv, "PAIR_WU_MIN_MACS", 0)
+    pairs = dlcpu.conv2d_backward(dy, x, w, 1, 1, need="dw", precision=precision).dw
+    monkeypatch.undo()
+    monkeypatch.setattr(_wu, "conv2d_weight_grad_pairs", None)
+    small = dlcpu.conv2d_backward(dy, x, w, 1, 1, need="dw", precision=precision).dw
+    assert_close(small, pairs.astype(np.float64))
 
 
 def test_bf16_backward_blocked_with_the_forward_bf16_input_and_accumulate(rng):

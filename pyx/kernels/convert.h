@@ -157,26 +157,28 @@ static inline int64_t dlcpu_bf16_to_vnni(int isa, const uint16_t *x, uint16_t *y
     return dlcpu_bf16_vnni_scalar(x, (uint32_t *)y, blocks);
 }
 
-/* 16 pixels of 16-bit values (pixel j at x + j*pixel_stride, 16 channels each) -> the first rc
- * channels as rows of 16 pixels (channel c at y + c*row_stride), for the weight update's
- * channel-major copies of x: one gather per channel pair, split into its two rows (0.5 cycle per
- * value where the scalar loop took ~3 on this project's Zen 4).  Returns the Inf/NaN patterns
- * (bf16 exponent all ones) among the values moved. */
+/* n <= 16 pixels of 16-bit values (pixel j at x + j*pixel_stride, 16 channels each) -> the first
+ * rc channels as rows of n pixels (channel c at y + c*row_stride), for the weight update's
+ * channel-major copies of x: one masked gather per channel pair, split into its two rows (0.5
+ * cycle per value where the scalar loop took ~3 on this project's Zen 4).  Returns the Inf/NaN
+ * patterns (bf16 exponent all ones) among the values moved. */
 DLCPU_TARGET_AVX512 static inline int64_t dlcpu_u16_pixels_to_rows_avx512(const uint16_t *x, int64_t pixel_stride,
-                                                                          int rc, uint16_t *y, int64_t row_stride)
+                                                                          int n, int rc, uint16_t *y,
+                                                                          int64_t row_stride)
 {
     const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                            _mm512_set1_epi32((int)pixel_stride));
+    const __mmask16 k = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
     const __m256i e = _mm256_set1_epi16(0x7F80);
     int64_t bad = 0;
     for (int c = 0; c < rc; c += 2) {
-        const __m512i v = _mm512_i32gather_epi32(idx, (const void *)(x + c), 2);
+        const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, idx, (const void *)(x + c), 2);
         const __m256i lo = _mm512_cvtepi32_epi16(v);
-        _mm256_storeu_si256((__m256i *)(y + c * row_stride), lo);
+        _mm256_mask_storeu_epi16(y + c * row_stride, k, lo);
         bad += __builtin_popcount(_mm256_cmpeq_epi16_mask(_mm256_and_si256(lo, e), e));
         if (c + 1 < rc) {
             const __m256i hi = _mm512_cvtepi32_epi16(_mm512_srli_epi32(v, 16));
-            _mm256_storeu_si256((__m256i *)(y + (c + 1) * row_stride), hi);
+            _mm256_mask_storeu_epi16(y + (c + 1) * row_stride, k, hi);
             bad += __builtin_popcount(_mm256_cmpeq_epi16_mask(_mm256_and_si256(hi, e), e));
         }
     }
