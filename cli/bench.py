@@ -380,7 +380,8 @@ def bench_lstm(
         "--precision", metavar="<formats>",
         help="Comma list of number formats to time in the same run, each on its own copy of the layer: fp32, "
              "bf16, dfp16 (inference and training step), int8 (inference). The first training format fills the "
-             "main table and is the one compared with PyTorch's fp32 module; the others get a speed-up over fp32.",
+             "main table; every format gets its speed-up over fp32 and, with --compare torch, PyTorch's same "
+             "format (fp32; bf16 under autocast; int8 quantize_dynamic; none for dfp16).",
     )] = "fp32",
     as_json: JsonFlag = False,
 ):

@@ -708,7 +708,8 @@ def bench_lstm_layer(layer, n_threads, peak_gflops, *, cell="lstm", compare=None
 
 def _recurrent_format_peers(torch, cell, state, xt, dyt, precisions):
     """PyTorch's own version of each format we time, as (precision, kind, fn, name): bf16 inference
-    and training step under torch.autocast("cpu", dtype=torch.bfloat16) (its oneDNN bf16 RNN);
+    and training step under torch.autocast("cpu", dtype=torch.bfloat16) (PyTorch's own choice of bf16
+    kernels for the cell);
     int8 inference by torch.ao.quantization.quantize_dynamic (qint8 weights, activations
     quantized per call; LSTM and GRU only: it has no quantized nn.RNN).  DFP-16 has no PyTorch
     counterpart."""

@@ -885,14 +885,16 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     gradient) to which dW is added in place by the kernels; dw is then that array, blocked.
     precision='bf16' (mixed-precision training: w holds the fp32 master weights): dx from dy and
     w rounded to bf16 on the bf16 kernels; dW from x and dy rounded to bf16 on the bf16
-    weight-update kernels (VDPBF16PS on pixel pairs, fp32 sums; pyx/conv_wu.pyx), or, where x or
-    dy holds NaN/Inf, the fp32 weight-update kernels on the same bf16 values (IEEE propagation);
+    weight-update kernels (VDPBF16PS on pixel pairs, fp32 sums; pyx/conv_wu.pyx), or, below
+    PAIR_WU_MIN_MACS multiply-adds or where x or dy holds NaN/Inf, the fp32 weight-update kernels
+    on the same bf16 values (the same products summed in another order; IEEE propagation);
     db, outputs and accumulate_dw stay fp32.  x may be the bf16 BlockedTensor its forward read.
     precision='dfp16': the same with DFP-16 (dy gets its own shared exponent, nearest rounding;
     dx on the int16 kernels with the flipped weights quantized per stride phase; dW on the int16
     weight-update kernels, VPDPWSSD on pixel pairs of the mantissas of x and dy, int32 chains
-    flushed to fp32 within the bound their headroom proves, times 2**(E_x + E_dy)).  x may be
-    the DFP-16 BlockedTensor its forward read.
+    flushed to fp32 within the bound their headroom proves, times 2**(E_x + E_dy); below
+    PAIR_WU_MIN_MACS multiply-adds, or when 2**(E_x + E_dy) is outside fp32's normal range, the
+    fp32 kernels on the DFP-16 values).  x may be the DFP-16 BlockedTensor its forward read.
     """
     fn = "conv2d_backward"
     precision = formats.check_precision(precision, fn)
@@ -1007,11 +1009,15 @@ def _weight_grad_pairs(xb, dy16, dw_data, shape, isa_code, n_threads, accumulate
     of x and dy rounded to bf16 (dy16: dy's bf16 patterns), or VPDPWSSD on their DFP-16 mantissas
     (xb and dy16 DFP-16 BlockedTensors), summed in fp32.  False, with dw_data untouched, when
     bf16 x or dy holds NaN/Inf (the caller then takes the fp32 kernels, whose IEEE propagation the
-    zero padding of the pixel pairs would not keep); DFP-16 tensors are finite by construction."""
+    zero padding of the pixel pairs would not keep), or when a DFP-16 product's multiplier
+    2**(E_x + E_dy) falls outside fp32's normal range (tiny operands: the fp32 kernels on the
+    dequantized values still give their tiny gradient)."""
     geometry = (shape.N, shape.C, shape.H, shape.W, shape.K, shape.P, shape.Q, shape.R, shape.S, shape.stride_h,
                 shape.stride_w, shape.pad_h, shape.pad_w)
     isa_name = cpu.ISA_BY_CODE[isa_code]
     if isinstance(dy16, BlockedTensor):             # DFP-16: dy plays the weights' part (the A operand)
+        if not -126 <= xb.scale[0] + dy16.scale[0] <= 127:
+            return False        # 2**(E_x + E_dy) outside fp32's normal range: the fp32 kernels keep the tiny dW
         integer, _ = quantized.integer_call("dfp16", xb, dy16, 0, shape.Kb * CB)
         x16, dy16, native = xb.data.view(np.uint16), dy16.data.view(np.uint16), quantized.native_vnni(isa_name)
     else:

@@ -359,6 +359,9 @@ def integer_call(precision, xq, wq, n_blocks_per_call, k_pad, out_scale=None):
         scale = np.float64(s_x) * s_w.astype(np.float64)
         if out_scale is not None:
             scale = scale / np.float64(out_scale)
+            if not np.all(scale <= np.finfo(np.float32).max):
+                raise ValueError(f"conv2d: out_scale={out_scale!r} is too small for these operands: s_x * s_w / out_scale "
+                                 f"reaches {scale.max():.3g}, past float32's range (codes would be undefined)")
         comp = (z * sums).astype(np.int32) if z else None
         spec = (_U8S8, steps, blocks, _padded(scale.astype(np.float32), k_pad, 1.0), None, 0, _padded(comp, k_pad, 0))
         return spec + (("u8",) if out_scale is not None else ()), z
@@ -379,6 +382,9 @@ def output_code_bias(bias, k_pad, out_scale, zero_point):
     b = np.zeros(k_pad)
     if bias is not None:
         b[: len(bias)] = np.asarray(bias, dtype=np.float64) / np.float64(out_scale)
+    if not np.all(np.abs(b) <= np.finfo(np.float32).max):
+        raise ValueError(f"conv2d: out_scale={out_scale!r} is too small for this bias: bias / out_scale reaches "
+                         f"{np.abs(b).max():.3g}, past float32's range (codes would be undefined)")
     return (b + zero_point).astype(np.float32)
 
 

@@ -181,8 +181,8 @@ def conv2d_weight_grad_f32(const float[::1] x, const float[::1] dy, float[::1] d
 #   dy -> [N][Kb][F/16][8 pairs][16 k][2]: each image's output pixels flattened (F = P*Q, padded
 #         with zeros to whole blocks of 16), in the VNNI pairs of the weight layout, so a block
 #         of 16 pixels is the A block of the forward kernels;
-#   x  -> one channel-major copy per (tap column s, row phase rho < stride_h):
-#         [S*sh][N][Cb][16 c][Fx], where pixel f = i*Q + q holds x[i*sh + rho - ph][q*sw + s - pw]
+#   x  -> one channel-major copy per (tap column s, row phase rho < min(R, stride_h)):
+#         [S][nph][N][Cb][min(16, C) c][Fx], where pixel f = i*Q + q holds x[i*sh + rho - ph][q*sw + s - pw]
 #         (zero outside the image).  Tap (r, s) then reads, for output pixel g = p*Q + q, the
 #         copy (s, r % sh) at g + (r // sh)*Q: the flattened output pixels map to consecutive
 #         positions, so a pixel pair is one 32-bit word and a block of 16 output pixels is a
@@ -201,6 +201,8 @@ cdef inline bint bf16_nonfinite(uint16_t v) noexcept nogil:
 
 cdef struct WuPairsGeometry:
     int64_t N, C, H, W, Cb, Kb, P, Q, R, S, sh, sw, ph, pw, F, Fb, Ib, Fx
+    int64_t nph     # row phases copied: min(R, stride_h) (phases >= R are never read)
+    int64_t CR      # channel rows per copy: min(16, C) (C = 3: 3 rows, not 16)
 
 
 cdef int64_t copy_x_item(const WuPairsGeometry *g, int64_t item, const uint16_t *x16, uint16_t *xt,
@@ -208,10 +210,10 @@ cdef int64_t copy_x_item(const WuPairsGeometry *g, int64_t item, const uint16_t 
     """The channel-major copy (s, rho, n, cb) = item of x; returns the bf16 Inf/NaN patterns read."""
     cdef int64_t cb = item % g.Cb
     cdef int64_t n = (item // g.Cb) % g.N
-    cdef int64_t rho = (item // (g.Cb * g.N)) % g.sh
-    cdef int64_t s = item // (g.Cb * g.N * g.sh)
+    cdef int64_t rho = (item // (g.Cb * g.N)) % g.nph
+    cdef int64_t s = item // (g.Cb * g.N * g.nph)
     cdef int64_t rc = min(<int64_t>16, g.C - cb * 16)
-    cdef uint16_t *dst = xt + item * 16 * g.Fx
+    cdef uint16_t *dst = xt + item * g.CR * g.Fx
     cdef const uint16_t *src
     cdef int64_t i, q, j, npx, row, c, f0, bad = 0
     # the pixels q_in0 <= q < q_in1 of a row read columns inside the image; the rest are padding
@@ -296,7 +298,7 @@ cdef int wu_pairs_item(const WuPairsGeometry *g, int64_t item, const uint16_t *x
         for s in range(g.S):
             for n in range(g.N):
                 for blk in range(g.Fb):
-                    b_offs[n * g.Fb + blk] = ((((s * g.sh + r % g.sh) * g.N + n) * g.Cb + cb) * 16 * g.Fx
+                    b_offs[n * g.Fb + blk] = ((((s * g.nph + r % g.sh) * g.N + n) * g.Cb + cb) * g.CR * g.Fx
                                               + (r // g.sh) * g.Q + blk * 16)
             j0 = 0
             while j0 < rc:
@@ -320,6 +322,8 @@ cdef WuPairsGeometry pairs_geometry(tuple geometry):
     g.Fb = (g.F + 15) // 16
     g.Ib = g.P + (g.R - 1) // g.sh
     g.Fx = g.Ib * g.Q + 16      # 16 zeros past the last row: a block of 16 pixels ends inside
+    g.nph = min(g.R, g.sh)
+    g.CR = min(<int64_t>16, g.C)
     return g
 
 
@@ -327,7 +331,7 @@ def pairs_scratch_sizes(tuple geometry):
     """(elements of the x copies, elements of dy's pixel pairs) conv2d_weight_grad_pairs needs
     for `geometry` (the caller passes reused buffers: fresh ones cost page faults every call)."""
     cdef WuPairsGeometry g = pairs_geometry(geometry)
-    return g.S * g.sh * g.N * g.Cb * 16 * g.Fx, g.N * g.Kb * g.Fb * 256
+    return g.S * g.nph * g.N * g.Cb * g.CR * g.Fx, g.N * g.Kb * g.Fb * 256
 
 
 def conv2d_weight_grad_pairs(const uint16_t[::1] x16, const uint16_t[::1] dy16, float[::1] dw, tuple geometry,
@@ -355,7 +359,7 @@ def conv2d_weight_grad_pairs(const uint16_t[::1] x16, const uint16_t[::1] dy16, 
     cdef dlcpu_brgemm_int_t q_int
     cdef const dlcpu_brgemm_int_t *q = NULL
     cdef int64_t *offs = NULL
-    for item in prange(g.S * g.sh * g.N * g.Cb, schedule='static', nogil=True, num_threads=n_threads):
+    for item in prange(g.S * g.nph * g.N * g.Cb, schedule='static', nogil=True, num_threads=n_threads):
         nonfinite_x += copy_x_item(&g, item, &x16[0], &xt[0], isa)
     with nogil, parallel(num_threads=n_threads):
         tail = <uint16_t *> malloc(256 * sizeof(uint16_t))
