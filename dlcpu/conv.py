@@ -962,7 +962,6 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
         if not blocked_in:
             dx = from_blocked(dx, n_threads)
     if "dw" in need:
-        plan = _cached_weight_grad_plan(shape, isa_code, n_threads)
         if accumulate_dw is not None:
             dw_data = accumulate_dw
         else:
@@ -981,6 +980,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
                 xb, dy_wu = BlockedTensor(quantized.dequantize(xb), xb.shape), quantized.dequantize(dyq)
             else:
                 dy_wu = dyb.data
+            plan = _cached_weight_grad_plan(shape, isa_code, n_threads)
             errors = _wu.conv2d_weight_grad_f32(xb.data.reshape(-1), dy_wu.reshape(-1), dw_data.reshape(-1),
                                                 plan.c, n_threads, accumulate_dw is not None)
         if errors:

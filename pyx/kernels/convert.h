@@ -159,8 +159,9 @@ static inline int64_t dlcpu_bf16_to_vnni(int isa, const uint16_t *x, uint16_t *y
 
 /* n <= 16 pixels of 16-bit values (pixel j at x + j*pixel_stride, 16 channels each) -> the first
  * rc channels as rows of n pixels (channel c at y + c*row_stride), for the weight update's
- * channel-major copies of x: one masked gather per channel pair, split into its two rows (0.5
- * cycle per value where the scalar loop took ~3 on this project's Zen 4).  Returns the Inf/NaN
+ * channel-major copies of x: one masked gather per channel pair, split into its two rows (the
+ * scalar loop it replaces was 12% of res2a_branch1's bf16 weight update under perf; with the
+ * gathers that update went from 0.89x to 1.03x the fp32 one, 1 thread).  Returns the Inf/NaN
  * patterns (bf16 exponent all ones) among the values moved. */
 DLCPU_TARGET_AVX512 static inline int64_t dlcpu_u16_pixels_to_rows_avx512(const uint16_t *x, int64_t pixel_stride,
                                                                           int n, int rc, uint16_t *y,
