@@ -34,7 +34,7 @@ from ._ext import winograd as _wino
 from ._plans import Plan
 from ._validate import fits_in_memory, not_aliased, pair, positive_int
 from ._workspace import scratch
-from .layout import CB, BlockedTensor, block_weights, block_weights_bf16, from_blocked, n_blocks, to_bf16_blocked, to_blocked
+from .layout import CB, BlockedTensor, block_weights, from_blocked, n_blocks, to_bf16_blocked, to_blocked
 
 _TC = cpu.TILE_CONSTANTS
 
@@ -627,9 +627,14 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     y = out.data if out is not None else np.empty(out_shape, dtype=out_dtype)
     if precision == "bf16":
         x16 = xb if xb.precision == "bf16" else to_bf16_blocked(xb, n_threads)
-        w16 = wb if wb is not None and wb.precision == "bf16" else block_weights_bf16(w if wb is None else wb, n_threads)
+        if wb is not None and wb.precision == "bf16":
+            w16 = wb.data
+        else:   # fp32 (master) weights: rounded for this call into a reused buffer
+            wb = wb if wb is not None else block_weights(w, n_threads)
+            w16 = formats.fp32_blocks_to_bf16_vnni(wb.data, n_threads=n_threads,
+                                                   out=scratch("conv.fwd_weights_bf16", wb.data.shape, np.uint16))
         native = formats.native_bf16(cpu.ISA_BY_CODE[isa_code])
-        _forward_into(x16.data, w16.data, bias_p, y, shape, isa_code, n_threads, activation == "relu", native)
+        _forward_into(x16.data, w16, bias_p, y, shape, isa_code, n_threads, activation == "relu", native)
         yb = out if out is not None else BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation")
         return yb if blocked_in else from_blocked(yb, n_threads)
     if precision in quantized.INTEGER_FORMATS:
@@ -831,14 +836,17 @@ def _cached_weight_grad_plan(shape, isa, n_threads):
     return choose_weight_grad_blocking(shape, isa, n_threads)
 
 
+@functools.lru_cache(maxsize=256)
 def _stride_phases(shape):
     """Backward-data sub-problems, one per stride phase (rho_h, rho_w) that has taps.
 
     dx at rows h = rho_h - pad_h + sh*m (likewise columns) is a stride-1 correlation of dy with
     the phase's taps r = rho_h + sh*j, flipped; each phase is a forward problem on dy with
     asymmetric padding chosen so that its output rows are exactly the dx rows of the phase.
-    Yields (rho_h, rho_w, first dx row, first dx col, ConvShape of the sub-problem)."""
+    A tuple of (rho_h, rho_w, first dx row, first dx col, ConvShape of the sub-problem), cached
+    per shape (recomputing the four phases of a stride-2 layer took 10 us of every call)."""
     s = shape
+    phases = []
     # Phases at or beyond the filter size have no taps (their dx stays zero): looping over them
     # made a stride of 10**7 run for minutes.
     for rho_h in range(min(s.stride_h, s.R)):
@@ -855,7 +863,9 @@ def _stride_phases(shape):
             sub = ConvShape(s.N, s.K, s.C, s.P, s.Q, jh, jw, 1, 1, top, left,
                             pad_bottom=(m_hi - m_lo) - 1 + jh - s.P - top,
                             pad_right=(n_hi - n_lo) - 1 + jw - s.Q - left)
-            yield rho_h, rho_w, rho_h - s.pad_h + s.stride_h * m_lo, rho_w - s.pad_w + s.stride_w * n_lo, sub
+            phases.append((rho_h, rho_w, rho_h - s.pad_h + s.stride_h * m_lo, rho_w - s.pad_w + s.stride_w * n_lo,
+                           sub))
+    return tuple(phases)
 
 
 class ConvGrads(tuple):
@@ -972,10 +982,16 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
                                             accumulate_dw is not None)
         if not done:
             # fp32 kernels on the format's values: small problems (below), or bf16 NaN/Inf (IEEE propagation)
-            if bf16:
-                xb = BlockedTensor(formats.bf16_bits_to_fp32(xb.data) if xb.precision == "bf16"
-                                   else formats.round_to_bf16(xb.data), xb.shape)
-                dy_wu = formats.bf16_bits_to_fp32(dy16, n_threads=n_threads)
+            if bf16:   # (widened into reused buffers: fresh ones page-faulted on every small step)
+                x_wu = scratch("conv.wu_x_bf16", xb.data.shape)
+                if xb.precision == "bf16":
+                    formats.bf16_bits_to_fp32(xb.data, n_threads=n_threads, out=x_wu)
+                else:
+                    formats.bf16_bits_to_fp32(formats.fp32_to_bf16_bits(xb.data, n_threads=n_threads),
+                                              n_threads=n_threads, out=x_wu)
+                xb = BlockedTensor(x_wu, xb.shape)
+                dy_wu = formats.bf16_bits_to_fp32(dy16, n_threads=n_threads,
+                                                  out=scratch("conv.wu_dy_bf16", dy16.shape))
             elif dfp:
                 xb, dy_wu = BlockedTensor(quantized.dequantize(xb), xb.shape), quantized.dequantize(dyq)
             else:
@@ -1047,7 +1063,8 @@ def _backward_data(dy_data, w_data, shape, isa_code, n_threads, native=None, dfp
         _direct.flip_transpose_weights(w_data, wt, rho_h, rho_w, s.stride_h, s.stride_w, n_threads)
         integer, fast = None, bool(native)
         if native is not None:
-            wt = formats.fp32_blocks_to_bf16_vnni(wt, n_threads=n_threads)
+            wt = formats.fp32_blocks_to_bf16_vnni(wt, n_threads=n_threads,
+                                                  out=scratch("conv.bwd_weights_bf16", wt.shape, np.uint16))
         elif dfp16 is not None:
             wq = quantized.block_weights_dfp16(BlockedTensor(wt, (s.C, s.K, sub.R, sub.S), "weight"),
                                                n_threads=n_threads, isa=cpu.ISA_BY_CODE[isa_code])

@@ -47,7 +47,7 @@ import numpy as np
 
 from . import cpu
 from ._ext import precision as _precision
-from ._validate import flag, float32_array, positive_int
+from ._validate import flag, float32_array, not_aliased, positive_int
 
 CB = cpu.CHANNEL_BLOCK
 
@@ -126,28 +126,42 @@ def fp32_to_bf16_bits(a, *, isa=None, n_threads=None, native=None):
     return out
 
 
-def fp32_blocks_to_bf16_vnni(blocks, *, n_threads=None):
+def _out_array(out, shape, dtype, fn, inputs):
+    """A fresh array, or `out` checked to be a writeable C-contiguous array of that shape and
+    dtype that overlaps none of `inputs` (callers converting every step reuse one buffer
+    instead of faulting in a new one)."""
+    if out is None:
+        return np.empty(shape, dtype)
+    if (not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != tuple(shape)
+            or not out.flags.c_contiguous or not out.flags.writeable):
+        raise ValueError(f"{fn}: out must be a writeable C-contiguous {np.dtype(dtype)} array of shape {tuple(shape)}, "
+                         f"got {getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+    not_aliased(out, inputs, fn)
+    return out
+
+
+def fp32_blocks_to_bf16_vnni(blocks, *, n_threads=None, out=None):
     """float32 (..., 16, 16) weight blocks [16c][16k] -> uint16 bf16 blocks of the same shape in
-    VNNI pairs [8][16k][2] (the layout of dlcpu.block_weights_bf16), one pass."""
+    VNNI pairs [8][16k][2] (the layout of dlcpu.block_weights_bf16), one pass; into `out` if given."""
     fn = "fp32_blocks_to_bf16_vnni"
     blocks = float32_array(blocks, "blocks", fn)
     if blocks.ndim < 2 or blocks.shape[-2:] != (CB, CB):
         raise ValueError(f"{fn}: blocks must end in ({CB}, {CB}), got shape {blocks.shape}")
     code, threads = _threads_and_isa(None, n_threads)
-    out = np.empty(blocks.shape, np.uint16)
+    out = _out_array(out, blocks.shape, np.uint16, fn, {"blocks": blocks})
     _precision.f32_to_bf16_vnni(blocks.reshape(-1), out.reshape(-1), code, native_bf16(cpu.ISA_BY_CODE[code]), threads)
     return out
 
 
-def bf16_bits_to_fp32(b, *, isa=None, n_threads=None):
-    """uint16 bf16 patterns -> float32 of the same shape (exact)."""
+def bf16_bits_to_fp32(b, *, isa=None, n_threads=None, out=None):
+    """uint16 bf16 patterns -> float32 of the same shape (exact); into `out` if given."""
     fn = "bf16_bits_to_fp32"
     if not isinstance(b, np.ndarray) or b.dtype != np.uint16:
         raise TypeError(f"{fn}: b must be a uint16 numpy array of bf16 patterns, got "
                         f"{getattr(b, 'dtype', type(b).__name__)}")
     b = np.ascontiguousarray(b).reshape(b.shape)     # (a 0-d array stays 0-d)
     code, threads = _threads_and_isa(isa, n_threads)
-    out = np.empty(b.shape, np.float32)
+    out = _out_array(out, b.shape, np.float32, fn, {"b": b})
     _precision.bf16_to_f32(b.reshape(-1), out.reshape(-1), code, threads)
     return out
 

@@ -336,3 +336,28 @@ def test_vnni_blocks_pair_channels_for_each_output():
         assert np.array_equal(got[:, :, q, k, e], bits[:, :, 2 * q + e, k])
     with pytest.raises(ValueError, match=r"must end in \(16, 16\)"):
         P.fp32_blocks_to_bf16_vnni(np.ones((4, 16), np.float32))
+
+
+def test_bf16_conversions_write_into_out():
+    """out= (the conv backward's reused buffers): the same values as a fresh result, in the
+    caller's array; a buffer of the wrong kind, or one overlapping the input, is refused."""
+    rng = np.random.default_rng(8)
+    blocks = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    out = np.full(blocks.shape, 7, np.uint16)
+    assert P.fp32_blocks_to_bf16_vnni(blocks, out=out) is out
+    assert np.array_equal(out, P.fp32_blocks_to_bf16_vnni(blocks))
+    bits = P.fp32_to_bf16_bits(rng.standard_normal((5, 33)).astype(np.float32))
+    wide = np.full(bits.shape, np.nan, np.float32)
+    assert P.bf16_bits_to_fp32(bits, out=wide) is wide
+    assert np.array_equal(wide, P.bf16_bits_to_fp32(bits))
+    bad = {"dtype": np.zeros(bits.shape, np.float64), "shape": np.zeros((5, 32), np.float32),
+           "layout": np.zeros((33, 5), np.float32).T, "read-only": np.zeros(bits.shape, np.float32)}
+    bad["read-only"].flags.writeable = False
+    for arr in bad.values():
+        with pytest.raises(ValueError, match=r"out must be a writeable C-contiguous float32 array of shape \(5, 33\)"):
+            P.bf16_bits_to_fp32(bits, out=arr)
+    with pytest.raises(ValueError, match="out must be .*uint16"):
+        P.fp32_blocks_to_bf16_vnni(blocks, out=np.zeros(blocks.shape, np.int16))
+    buf = np.zeros(1024, np.uint16)                         # out's bytes cover the patterns
+    with pytest.raises(ValueError, match="overlaps b"):
+        P.bf16_bits_to_fp32(buf[:256], out=buf.view(np.float32)[:256])
