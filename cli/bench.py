@@ -143,6 +143,10 @@ def bench_conv(
     check: Annotated[bool, typer.Option(
         "--check", help="Verify every layer against the float64 reference (bounds: dlcpu._tolerances); exit 1 if one fails.")] = False,
     show_plan: Annotated[bool, typer.Option("--show-plan", help="Print each layer's blocking plan.")] = False,
+    precision: Annotated[str, typer.Option(
+        "--precision", metavar="<formats>",
+        help="Comma list of formats: fp32, bf16, dfp16 (mixed-precision training: x in the format, dy and the fp32 "
+        "weights converted in the timed call; the direct algorithm). The bf16 peer runs on bf16 tensors.")] = "fp32",
     repeats: Repeats = 7,
     as_json: JsonFlag = False,
 ):
@@ -150,6 +154,12 @@ def bench_conv(
     compare = _compare(compare)
     directions = parse_choices(passes, benchmarks.PASSES, "--pass")
     algorithms = parse_choices(algs, ALGORITHMS, "--alg")
+    precisions = parse_choices(precision, benchmarks.CONV_PRECISIONS, "--precision")
+    if precisions != ["fp32"] and algorithms != ["direct"]:
+        raise bad_option("--alg", f"the bf16 and DFP-16 convolutions run the direct algorithm only, got {algs!r}")
+    if "dfp16" in precisions and check:
+        raise bad_option("--check", "DFP-16 quantizes dy and each stride phase's weights per call; its error "
+                         "against float64 is in `dlcpu bench precision`")
     selected = _select_layers(layer, layers)
     counts = parse_threads(threads)
     _check_layer_sizes(selected, batch, counts, bool(layer), compare, check)
@@ -163,7 +173,8 @@ def bench_conv(
         else:
             selected_run = selected
         peak = benchmarks.measure_peak(n_threads, seconds=0.1, repeats=3)
-        for direction, algorithm in [(d, a) for d in directions for a in (algorithms if d == "fwd" else ["direct"])]:
+        for direction, algorithm, fmt in [(d, a, p) for d in directions for a in (algorithms if d == "fwd" else ["direct"])
+                                          for p in precisions]:
             layers_run = selected_run
             if algorithm != "direct":  # Winograd covers 3x3 stride-1 layers only
                 layers_run = [l for l in selected_run if winograd_applies(l.shape(mb))]
@@ -171,16 +182,19 @@ def bench_conv(
                     continue
             results = _each_with_progress(layers_run, f"conv {direction} {algorithm}", n_threads, functools.partial(
                 benchmarks.bench_conv_layer, batch=mb, n_threads=n_threads, peak_gflops=peak["gflops"],
-                direction=direction, algorithm=algorithm, compare=compare, check=check, repeats=repeats))
+                direction=direction, algorithm=algorithm, compare=compare, check=check, repeats=repeats,
+                precision=fmt))
             total = benchmarks.conv_totals(results)
             any_failed |= any(r.check and not r.check["passed"] for r in results)
             runs.append({"threads": n_threads, "batch": mb, "isa": isa, "pass": direction,
-                         "algorithm": algorithm, "peak_gflops": peak["gflops"],
+                         "algorithm": algorithm, "precision": fmt, "peak_gflops": peak["gflops"],
+                         "format_peak_gflops": peak["gflops"] * benchmarks.peak_factor(fmt),
                          "layers": [r.__dict__ for r in results], "total": total})
             if not as_json:
                 _render_conv(runs[-1], compare, check, show_plan)
     if as_json:
-        emit_json({"flop_convention": benchmarks.FLOP_CONVENTION, "dtype": "f32",
+        emit_json({"flop_convention": benchmarks.FLOP_CONVENTION, "dtype": "f32" if precisions == ["fp32"] else
+                   "each run's precision", "timed_region": benchmarks.CONV_TIMED_REGION,
                    "timed_path": "blocked in, blocked out (no layout conversion)", "runs": runs})
     if any_failed:
         raise typer.Exit(1)
@@ -188,8 +202,9 @@ def bench_conv(
 
 def _render_conv(run, compare, check, show_plan):
     alg = "" if run["algorithm"] == "direct" else f" {run['algorithm']}"
-    t = Table(title=f"conv {run['pass']}{alg} f32 | {run['threads']} thread(s), batch {run['batch']}, isa {run['isa']}, "
-                    f"peak {run['peak_gflops']:.0f} GFLOP/s")
+    fmt = {"fp32": "f32"}.get(run["precision"], run["precision"])
+    t = Table(title=f"conv {run['pass']}{alg} {fmt} | {run['threads']} thread(s), batch {run['batch']}, isa {run['isa']}, "
+                    f"peak {run['format_peak_gflops']:.0f} GFLOP/s")
     for col in ("layer", "x", "GFLOP", "ms", "GFLOP/s", "% peak"):
         t.add_column(col, justify="left" if col == "layer" else "right")
     if compare:
@@ -209,7 +224,7 @@ def _render_conv(run, compare, check, show_plan):
         t.add_row(*row)
     tot = run["total"]
     row = ["total (count-weighted)", "", f"{tot['gflop']:.2f}", f"{tot['seconds'] * 1e3:.2f}",
-           f"{tot['gflops']:.1f}", f"{100 * tot['gflops'] / run['peak_gflops']:.1f}"]
+           f"{tot['gflops']:.1f}", f"{100 * tot['gflops'] / run['format_peak_gflops']:.1f}"]
     if compare:
         row += [f"{tot.get('peer_gflops', 0):.1f}", "", f"{tot.get('ratio', 0):.2f}"]
     if check:

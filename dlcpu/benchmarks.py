@@ -123,17 +123,37 @@ class ConvResult:
 
 
 PASSES = ("fwd", "bwd_d", "bwd_w")
+#: what `bench conv` times, for its JSON
+CONV_TIMED_REGION = ("dlcpu: one conv2d / conv2d_backward call, blocked in and out; bf16 / dfp16: x in the format "
+                     "(converted once, as a layer's forward keeps it), the fp32 weights and dy converted inside the "
+                     "call. Peer: one torch call in the faster of NCHW and channels_last (bf16 tensors for bf16).")
+#: the formats `bench conv --precision` times every pass in (the training formats: int8 has no
+#: backward; its forward is in `bench precision`)
+CONV_PRECISIONS = ("fp32", "bf16", "dfp16")
 
 
 def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", algorithm="direct",
-                     compare=None, check=False, repeats=7, warmup=2, isa=None, seed=0):
+                     compare=None, check=False, repeats=7, warmup=2, isa=None, seed=0, precision="fp32"):
     """Time one convolution pass in the blocked path (and the peer, interleaved).
 
     direction: 'fwd' (y from x, w), 'bwd_d' (dx from dy, w) or 'bwd_w' (dW from x, dy).  Every
     pass does the same FLOPs as the forward.  Peers: torch conv2d, torch.nn.grad.conv2d_input,
-    torch.nn.grad.conv2d_weight, each in the faster of NCHW and channels_last."""
+    torch.nn.grad.conv2d_weight, each in the faster of NCHW and channels_last.
+
+    precision 'bf16' / 'dfp16' (direct algorithm): each pass as a mixed-precision nn.Conv2d
+    step calls it.  x arrives in the format (the layer's forward converts it once and keeps it
+    for dW); fp32 dy and the fp32 master weights are converted inside the timed call.  % of
+    peak is against the format's dot-product peak (peak_factor).  The bf16 peer runs
+    PyTorch on bf16 tensors; PyTorch has no DFP-16, so that peer is its fp32 pass."""
     if direction not in PASSES:
         raise ValueError(f"--pass must be among {', '.join(PASSES)}, got {direction!r}")
+    if precision not in CONV_PRECISIONS:
+        raise ValueError(f"--precision must be among {', '.join(CONV_PRECISIONS)}, got {precision!r}")
+    if precision != "fp32" and algorithm != "direct":
+        raise ValueError(f"--precision {precision} runs the direct algorithm only, got --alg {algorithm}")
+    if precision == "dfp16" and check:
+        raise ValueError("--check compares with float64 on the operands' values, which a DFP-16 backward quantizes "
+                         "per call (dy, each stride phase's weights); check DFP-16 with `dlcpu bench precision`")
     shape = conv_layer_shape(layer, batch, compare=compare, check=check)
     mb = shape.N
     rng = np.random.default_rng(seed)
@@ -143,7 +163,15 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", a
     xb, wb, dyb = to_blocked(x, n_threads), block_weights(w, n_threads), to_blocked(dy, n_threads)
     stride, pad = (layer.stride_h, layer.stride_w), (layer.pad_h, layer.pad_w)
     kw = {"n_threads": n_threads, "isa": isa}
-    if direction == "fwd":
+    # x as a layer's forward hands it on (and keeps it for dW): in the format, converted once
+    xin = {"fp32": lambda: xb, "bf16": lambda: to_bf16_blocked(xb, n_threads),
+           "dfp16": lambda: quantized.to_dfp16_blocked(xb, n_threads=n_threads)}[precision]()
+    if direction == "fwd" and precision != "fp32":
+        out = conv2d(xin, wb, stride=stride, padding=pad, precision=precision, **kw)  # first touch
+
+        def ours():
+            conv2d(xin, wb, stride=stride, padding=pad, out=out, precision=precision, **kw)
+    elif direction == "fwd":
         # Winograd weights are transformed once, outside the timed region (as a oneDNN user
         # creates the primitive once).
         wk = wb if algorithm == "direct" else prepare_winograd(wb, algorithm, n_threads=n_threads)
@@ -155,17 +183,18 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", a
         need = ("dx",) if direction == "bwd_d" else ("dw",)
 
         def ours():
-            conv2d_backward(dyb, xb, wb, stride, pad, need=need, **kw)
+            conv2d_backward(dyb, xin, wb, stride, pad, need=need, precision=precision, **kw)
 
     fns, peer_layouts, peer_name = [ours], [], ""
     torch = None
     if compare == "torch":
         torch = _peers.require_torch("--compare torch")
         peer_layouts = ["nchw", "channels_last"]
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         for fmt in (torch.contiguous_format, torch.channels_last):
-            xt = torch.from_numpy(x).contiguous(memory_format=fmt)
-            wt = torch.from_numpy(w).contiguous(memory_format=fmt)
-            dyt = torch.from_numpy(dy).contiguous(memory_format=fmt)
+            xt = torch.from_numpy(x).to(dtype).contiguous(memory_format=fmt)
+            wt = torch.from_numpy(w).to(dtype).contiguous(memory_format=fmt)
+            dyt = torch.from_numpy(dy).to(dtype).contiguous(memory_format=fmt)
             if direction == "fwd":
                 peer_name = "conv2d"
                 fns.append(lambda xt=xt, wt=wt: torch.nn.functional.conv2d(xt, wt, stride=stride, padding=pad))
@@ -185,19 +214,20 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", a
     gflops = flops / ours_t["median_s"] / 1e9
     res = ConvResult(
         name=layer.name, count=layer.count, descriptor=layer.descriptor(mb), gflop=flops / 1e9,
-        seconds=ours_t, gflops=gflops, pct_peak=100.0 * gflops / peak_gflops,
+        seconds=ours_t, gflops=gflops, pct_peak=100.0 * gflops / (peak_gflops * peak_factor(precision)),
         plan=describe_plan(shape, direction, isa, n_threads, algorithm),
     )
     if peer_layouts:
         per_layout = {lay: summarize(t) for lay, t in zip(peer_layouts, times[1:])}
         best = min(per_layout, key=lambda k: per_layout[k]["median_s"])
         peer_s = per_layout[best]["median_s"]
-        res.peer = {"name": f"torch {torch.__version__} {peer_name}", "layout": best,
+        res.peer = {"name": f"torch {torch.__version__} {peer_name}" + (" bf16" if precision == "bf16" else ""),
+                    "layout": best,
                     "seconds": per_layout[best], "gflops": flops / peer_s / 1e9,
                     "ratio": peer_s / ours_t["median_s"],
                     "gflops_by_layout": {k: flops / v["median_s"] / 1e9 for k, v in per_layout.items()}}
     if check:
-        res.check = check_conv_layer(x, w, dy, stride, pad, direction, n_threads, isa, algorithm)
+        res.check = check_conv_layer(x, w, dy, stride, pad, direction, n_threads, isa, algorithm, precision)
     return res
 
 
@@ -228,16 +258,23 @@ def conv_layer_shape(layer, batch, *, compare=None, check=False, command="bench 
     return shape
 
 
-def check_conv_layer(x, w, dy, stride, pad, direction, n_threads, isa=None, algorithm="direct"):
+def check_conv_layer(x, w, dy, stride, pad, direction, n_threads, isa=None, algorithm="direct", precision="fp32"):
+    """The pass against float64 on the values it multiplies (bf16: x, w and dy rounded to bf16,
+    whose products fp32 holds exactly, so the fp32 bound applies)."""
     from . import _reference
+    from .precision import round_to_bf16
 
     tolerance = _tolerances.conv_check_f32(algorithm)
+    kw = {"n_threads": n_threads, "isa": isa, "precision": precision}
     if direction == "fwd":
-        got = conv2d(x, w, stride=stride, padding=pad, n_threads=n_threads, isa=isa, algorithm=algorithm)
+        got = conv2d(x, w, stride=stride, padding=pad, algorithm=algorithm, **kw)
+    else:
+        g = conv2d_backward(dy, x, w, stride, pad, need=("dx",) if direction == "bwd_d" else ("dw",), **kw)
+    if precision == "bf16":
+        x, w, dy = round_to_bf16(x), round_to_bf16(w), round_to_bf16(dy)
+    if direction == "fwd":
         want = _reference.conv2d_forward(x, w, None, stride, pad)
     else:
-        g = conv2d_backward(dy, x, w, stride, pad, n_threads=n_threads, isa=isa,
-                            need=("dx",) if direction == "bwd_d" else ("dw",))
         dx, dw, _ = _reference.conv2d_backward(dy, x, w, stride, pad)
         got, want = (g.dx, dx) if direction == "bwd_d" else (g.dw, dw)
     err = float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-300))

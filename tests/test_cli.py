@@ -85,6 +85,32 @@ def test_bench_conv_layer_check_json():
         assert "ratio" in run0["total"] and run0["layers"][0]["peer"]["layout"] in ("nchw", "channels_last")
 
 
+def test_bench_conv_precision_times_every_pass_in_the_format():
+    """--precision bf16,dfp16: each pass as a mixed-precision layer calls it, bf16 checked
+    against float64 on the rounded operands; the peer runs bf16 tensors."""
+    args = ["bench", "conv", "--layer", "mb2ic16ih10oc32oh5kh3ph1sh2", "--pass", "fwd,bwd_d,bwd_w",
+            "--precision", "bf16,dfp16", "--threads", "1", "--repeats", "1", "--json"]
+    if HAVE_TORCH:
+        args += ["--compare", "torch"]
+    res = run(*args)
+    assert res.returncode == 0, res.stderr
+    runs = json.loads(res.stdout)["runs"]
+    assert [(r["pass"], r["precision"]) for r in runs] == [(p, f) for p in ("fwd", "bwd_d", "bwd_w")
+                                                           for f in ("bf16", "dfp16")]
+    for r in runs:
+        assert r["total"]["gflops"] > 0 and r["format_peak_gflops"] >= r["peak_gflops"]
+        if HAVE_TORCH:
+            assert r["layers"][0]["peer"]["name"].endswith(" bf16") == (r["precision"] == "bf16")
+    res = run("bench", "conv", "--layer", "mb2ic16ih10oc32oh5kh3ph1sh2", "--pass", "bwd_w", "--precision", "bf16",
+              "--threads", "1", "--repeats", "1", "--check", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["runs"][0]["layers"][0]["check"]["passed"]
+    for bad, why in ((["--precision", "int8"], "--precision"), (["--precision", "bf16", "--alg", "winograd4"], "--alg"),
+                     (["--precision", "dfp16", "--check"], "--check")):
+        res = run("bench", "conv", "--layers", "res5b_branch2b", "--threads", "1", "--repeats", "1", *bad)
+        assert res.returncode == 2 and why in res.stderr, (bad, res.stderr)
+
+
 def test_bench_conv_table_filter():
     res = run("bench", "conv", "--layers", "res5b_branch2b", "--batch", "1", "--threads", "1", "--repeats", "1")
     assert res.returncode == 0, res.stderr
