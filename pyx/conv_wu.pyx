@@ -18,8 +18,9 @@ from cython.parallel cimport prange, parallel
 
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_has_tile, dlcpu_brgemm_bf16,
                             dlcpu_brgemm_int_t, dlcpu_brgemm_int, integer_call,
-                            dlcpu_bf16_to_vnni, dlcpu_u16_pixels_to_rows_avx512, dlcpu_conv_item_input,
-                            DLCPU_BR_OFFS, DLCPU_ISA_AVX512)
+                            dlcpu_bf16_to_vnni, dlcpu_u16_transpose16_avx512, dlcpu_u16_transpose16_scalar,
+                            dlcpu_u16_window_avx512, dlcpu_u16_window_scalar, dlcpu_conv_item_input,
+                            DLCPU_BR_OFFS, DLCPU_ISA_AVX512, DLCPU_BR_ROWS_MAX_NR)
 from dlcpu_plans cimport (dlcpu_wu_plan_t, dlcpu_conv_shape_t, dlcpu_max_acc, DLCPU_TILE_NONE, DLCPU_TILE_PADDED,
                           DLCPU_TILE_SUBSAMPLED)
 
@@ -186,18 +187,15 @@ def conv2d_weight_grad_f32(const float[::1] x, const float[::1] dy, float[::1] d
 #         (zero outside the image).  Tap (r, s) then reads, for output pixel g = p*Q + q, the
 #         copy (s, r % sh) at g + (r // sh)*Q: the flattened output pixels map to consecutive
 #         positions, so a pixel pair is one 32-bit word and a block of 16 output pixels is a
-#         window of that row at any alignment.
-# The forward's bf16 (or int16) kernel then runs unchanged with its pixel rows as input channels
-# (b_rstride = Fx, c_rstride = one dW row) and nc = 1: a call is mv <= 2 groups of 16 outputs x
-# nr <= 4 channels (8 accumulators), reducing over every image and pixel block of one tap in one
-# chain, so each dW block is written once (beta = accumulate) by one thread: dW does not depend
-# on the thread count.  Pixels past F are zero in dy; the x words they meet may be real pixels,
+#         window of that row at any alignment.  Each image's channel block is transposed once
+#         (kernels/convert.h) and every copy row is a window of its channel rows.
+# The forward's bf16 (or int16) kernel then runs with its pixel rows as input channels (b_rstride
+# = Fx, c_rstride = one dW row) and nc = 1: a call is mv <= 2 groups of 16 outputs x nr <= 16
+# channels (the row tiles of brgemm_f32.h; 4 off AVX-512), reducing over every image and pixel
+# block of one tap in one chain, so each dW block is written once (beta = accumulate) by one
+# thread: dW does not depend on the thread count.  Pixels past F are zero in dy; the x words they meet may be real pixels,
 # which is harmless unless they are Inf/NaN (0 * Inf): the passes count non-finite values and
 # the caller then takes the fp32 kernels' IEEE route.
-
-cdef inline bint bf16_nonfinite(uint16_t v) noexcept nogil:
-    return (v & 0x7F80) == 0x7F80
-
 
 cdef struct WuPairsGeometry:
     int64_t N, C, H, W, Cb, Kb, P, Q, R, S, sh, sw, ph, pw, F, Fb, Ib, Fx
@@ -205,44 +203,58 @@ cdef struct WuPairsGeometry:
     int64_t CR      # channel rows per copy: min(16, C) (C = 3: 3 rows, not 16)
 
 
-cdef int64_t copy_x_item(const WuPairsGeometry *g, int64_t item, const uint16_t *x16, uint16_t *xt,
-                         int isa) noexcept nogil:
-    """The channel-major copy (s, rho, n, cb) = item of x; returns the bf16 Inf/NaN patterns read."""
+cdef int64_t copy_x_image(const WuPairsGeometry *g, int64_t item, const uint16_t *x16, uint16_t *xt,
+                          uint16_t *chan, int isa) noexcept nogil:
+    """Every channel-major copy (s, rho) of image and channel block (n, cb) = item: the block
+    transposed once into `chan` ([16][H*W], thread scratch), then each copy row a window of
+    its channel rows (zero at padding, and for the 16 positions past the last row); returns
+    the bf16 Inf/NaN patterns in the block."""
     cdef int64_t cb = item % g.Cb
-    cdef int64_t n = (item // g.Cb) % g.N
-    cdef int64_t rho = (item // (g.Cb * g.N)) % g.nph
-    cdef int64_t s = item // (g.Cb * g.N * g.nph)
+    cdef int64_t n = item // g.Cb
     cdef int64_t rc = min(<int64_t>16, g.C - cb * 16)
-    cdef uint16_t *dst = xt + item * g.CR * g.Fx
-    cdef const uint16_t *src
-    cdef int64_t i, q, j, npx, row, c, f0, bad = 0
-    # the pixels q_in0 <= q < q_in1 of a row read columns inside the image; the rest are padding
-    cdef int64_t q_in0 = min(g.Q, max(<int64_t>0, (g.pw - s + g.sw - 1) // g.sw))
-    cdef int64_t q_in1 = max(q_in0, min(g.Q, (g.W - 1 + g.pw - s) // g.sw + 1) if g.W - 1 + g.pw - s >= 0 else 0)
-    for i in range(g.Ib):
-        row = i * g.sh + rho - g.ph
-        f0 = i * g.Q
-        if not 0 <= row < g.H:
+    cdef int64_t hw = g.H * g.W
+    cdef const uint16_t *src = x16 + item * hw * 16
+    cdef uint16_t *dst
+    cdef int64_t j, s, rho, c, i, row, bad = 0
+    for j in range(0, hw, 16):
+        if isa == DLCPU_ISA_AVX512:
+            bad += dlcpu_u16_transpose16_avx512(src + j * 16, <int>min(<int64_t>16, hw - j), chan + j, hw)
+        else:
+            bad += dlcpu_u16_transpose16_scalar(src + j * 16, <int>min(<int64_t>16, hw - j), chan + j, hw)
+    if g.sh == 1 and g.sw == 1 and g.Q == g.W:
+        # stride 1, as wide as the input: copy position f = i*Q + q reads channel-row element
+        # f - ph*W + s - pw, one window for the whole copy (zero past the image rows); then the
+        # |s - pw| columns per row that wrapped into the next or previous row are cleared.
+        # Per-row windows of 8 pixels made the digits layers' copies 25% of their update.
+        for s in range(g.S):
+            dst = xt + ((s * g.N + n) * g.Cb + cb) * g.CR * g.Fx
             for c in range(rc):
-                memset(dst + c * g.Fx + f0, 0, g.Q * sizeof(uint16_t))
-            continue
-        for c in range(rc):
-            memset(dst + c * g.Fx + f0, 0, q_in0 * sizeof(uint16_t))
-            memset(dst + c * g.Fx + f0 + q_in1, 0, (g.Q - q_in1) * sizeof(uint16_t))
-        q = q_in0
-        while q < q_in1:
-            npx = min(<int64_t>16, q_in1 - q)
-            src = x16 + (((n * g.Cb + cb) * g.H + row) * g.W + q * g.sw + s - g.pw) * 16
-            if isa == DLCPU_ISA_AVX512:         # up to 16 pixels, gathered a channel pair at a time
-                bad += dlcpu_u16_pixels_to_rows_avx512(src, g.sw * 16, <int>npx, <int>rc, dst + f0 + q, g.Fx)
-            else:
-                for j in range(npx):
-                    for c in range(rc):
-                        dst[c * g.Fx + f0 + q + j] = src[j * g.sw * 16 + c]
-                        bad += bf16_nonfinite(src[j * g.sw * 16 + c])
-            q += npx
-    for c in range(rc):
-        memset(dst + c * g.Fx + g.Ib * g.Q, 0, 16 * sizeof(uint16_t))
+                if isa == DLCPU_ISA_AVX512:
+                    dlcpu_u16_window_avx512(chan + c * hw, hw, s - g.pw - g.ph * g.W, 1, g.Ib * g.Q, dst + c * g.Fx)
+                else:
+                    dlcpu_u16_window_scalar(chan + c * hw, hw, s - g.pw - g.ph * g.W, 1, g.Ib * g.Q, dst + c * g.Fx)
+                for i in range(g.Ib):
+                    for j in range(max(<int64_t>0, g.pw - s)):
+                        dst[c * g.Fx + i * g.Q + j] = 0
+                    for j in range(max(<int64_t>0, g.W - (s - g.pw)), g.Q):
+                        dst[c * g.Fx + i * g.Q + j] = 0
+                memset(dst + c * g.Fx + g.Ib * g.Q, 0, (g.Fx - g.Ib * g.Q) * sizeof(uint16_t))
+        return bad
+    for s in range(g.S):
+        for rho in range(g.nph):
+            dst = xt + (((s * g.nph + rho) * g.N + n) * g.Cb + cb) * g.CR * g.Fx
+            for c in range(rc):
+                for i in range(g.Ib):
+                    row = i * g.sh + rho - g.ph
+                    if not 0 <= row < g.H:
+                        memset(dst + c * g.Fx + i * g.Q, 0, g.Q * sizeof(uint16_t))
+                    elif isa == DLCPU_ISA_AVX512:
+                        dlcpu_u16_window_avx512(chan + c * hw + row * g.W, g.W, s - g.pw, g.sw, g.Q,
+                                                dst + c * g.Fx + i * g.Q)
+                    else:
+                        dlcpu_u16_window_scalar(chan + c * hw + row * g.W, g.W, s - g.pw, g.sw, g.Q,
+                                                dst + c * g.Fx + i * g.Q)
+                memset(dst + c * g.Fx + g.Ib * g.Q, 0, (g.Fx - g.Ib * g.Q) * sizeof(uint16_t))
     return bad
 
 
@@ -271,7 +283,12 @@ cdef int wu_pairs_item(const WuPairsGeometry *g, int64_t item, const uint16_t *x
     cdef int64_t kb0 = (item // g.Cb) * 2
     cdef int64_t mv = min(<int64_t>2, g.Kb - kb0)
     cdef int64_t rc = min(<int64_t>16, g.C - cb * 16)
-    cdef int64_t nr_max = min(<int64_t>4, max_acc // mv)
+    # channel rows per call: up to 16 on AVX-512 (the row tiles; 14 with two K blocks), else the
+    # forward tiles' 4; the rows are split into equal calls (16 -> 8 + 8 with two K blocks: the
+    # same dy loads per product as 14 + 2, and no 4-accumulator call)
+    cdef int64_t nr_max = min(<int64_t>(DLCPU_BR_ROWS_MAX_NR if isa == DLCPU_ISA_AVX512 else 4), max_acc // mv)
+    cdef int64_t n_calls = (rc + nr_max - 1) // nr_max
+    cdef int64_t nr_each = (rc + n_calls - 1) // n_calls
     cdef int64_t n, blk, r, s, j0
     cdef int err = 0
     cdef dlcpu_brgemm_f32_t p
@@ -302,7 +319,7 @@ cdef int wu_pairs_item(const WuPairsGeometry *g, int64_t item, const uint16_t *x
                                               + (r // g.sh) * g.Q + blk * 16)
             j0 = 0
             while j0 < rc:
-                p.nr = <int>min(nr_max, rc - j0)
+                p.nr = <int>min(nr_each, rc - j0)
                 p.c = dw + (((kb0 * g.Cb + cb) * g.R + r) * g.S + s) * 256 + j0 * 16
                 if q == NULL:
                     err += dlcpu_brgemm_bf16(&p, dyv, xt + j0 * g.Fx, isa, native) != 0
@@ -359,8 +376,15 @@ def conv2d_weight_grad_pairs(const uint16_t[::1] x16, const uint16_t[::1] dy16, 
     cdef dlcpu_brgemm_int_t q_int
     cdef const dlcpu_brgemm_int_t *q = NULL
     cdef int64_t *offs = NULL
-    for item in prange(g.S * g.nph * g.N * g.Cb, schedule='static', nogil=True, num_threads=n_threads):
-        nonfinite_x += copy_x_item(&g, item, &x16[0], &xt[0], isa)
+    cdef uint16_t *chan = NULL
+    with nogil, parallel(num_threads=n_threads):
+        chan = <uint16_t *> malloc(sizeof(uint16_t) * 16 * g.H * g.W)
+        for item in prange(g.N * g.Cb, schedule='static'):
+            if chan == NULL:
+                errors += 1
+            else:
+                nonfinite_x += copy_x_image(&g, item, &x16[0], &xt[0], chan, isa)
+        free(chan)
     with nogil, parallel(num_threads=n_threads):
         tail = <uint16_t *> malloc(256 * sizeof(uint16_t))
         for item in prange(g.N * g.Kb, schedule='static'):

@@ -13,6 +13,10 @@ cdef extern from "threads.h" nogil:
     int dlcpu_omp_max_threads()
     int dlcpu_omp_thread_num()
 
+cdef extern from "tiles.h" nogil:
+    enum:
+        DLCPU_BR_ROWS_MAX_NR
+
 cdef extern from "brgemm_f32.h" nogil:
     enum:
         DLCPU_BR_STRD
@@ -70,8 +74,10 @@ cdef extern from "convert.h" nogil:
     void dlcpu_f32_to_bf16(int isa, int native, const float *x, uint16_t *y, int64_t n)
     void dlcpu_f32_to_bf16_vnni(int isa, int native, const float *x, uint16_t *y, int64_t blocks)
     int64_t dlcpu_bf16_to_vnni(int isa, const uint16_t *x, uint16_t *y, int64_t blocks)
-    int64_t dlcpu_u16_pixels_to_rows_avx512(const uint16_t *x, int64_t pixel_stride, int n, int rc, uint16_t *y,
-                                            int64_t row_stride)
+    int64_t dlcpu_u16_transpose16_avx512(const uint16_t *x, int n, uint16_t *y, int64_t ys)
+    int64_t dlcpu_u16_transpose16_scalar(const uint16_t *x, int n, uint16_t *y, int64_t ys)
+    void dlcpu_u16_window_avx512(const uint16_t *src, int64_t w, int64_t col0, int64_t sw, int64_t nq, uint16_t *dst)
+    void dlcpu_u16_window_scalar(const uint16_t *src, int64_t w, int64_t col0, int64_t sw, int64_t nq, uint16_t *dst)
     void dlcpu_bf16_to_f32(int isa, const uint16_t *x, float *y, int64_t n)
     uint32_t dlcpu_absmax_bits(int isa, const float *x, int64_t n)
     void dlcpu_dfp16_quantize(int isa, const float *x, int16_t *y, int64_t n, double scale, int limit,

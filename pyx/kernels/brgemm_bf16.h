@@ -86,7 +86,7 @@ dlcpu_brgemm_bf16_native_body(const dlcpu_brgemm_f32_t *p, const uint16_t *a0, c
         for (int q = 0; q < pairs; q++) {
             const __m512bh w0 = (__m512bh)_mm512_loadu_si512(a + q * 32);
             const __m512bh w1 = MV > 1 ? (__m512bh)_mm512_loadu_si512(a + p->a_mstride + q * 32) : w0;
-#pragma GCC unroll 4
+#pragma GCC unroll 16
             for (int r = 0; r < NR; r++) {
                 const uint16_t *br = b + r * p->b_rstride + 2 * q;
 #pragma GCC unroll 28
@@ -223,6 +223,8 @@ typedef void (*dlcpu_brgemm_bf16_fn)(const dlcpu_brgemm_f32_t *, const uint16_t 
 DLCPU_BR_AVX512_TILES(DLCPU_BR16_ADAPT_native)
 DLCPU_BR_AVX512_TILES(DLCPU_BR16_ADAPT_avx512)
 DLCPU_BR_AVX2_TILES(DLCPU_BR16_ADAPT_avx2)
+DLCPU_BR_AVX512_ROW_TILES(DLCPU_BR16_ADAPT_native)
+DLCPU_BR_AVX512_ROW_TILES(DLCPU_BR16_ADAPT_avx512)
 #undef DLCPU_BR16_EMIT
 
 #define DLCPU_BR16_EMIT DLCPU_BR16_SLOT
@@ -237,9 +239,22 @@ static const dlcpu_brgemm_bf16_fn dlcpu_brgemm_bf16_avx2_table[DLCPU_BR_MAX_MV][
 };
 #undef DLCPU_BR16_EMIT
 
+#define DLCPU_BR16_ROW_SLOT(FLAVOUR, TARGET, MV, NR, NC) [MV - 1][NR - 1] = dlcpu_brgemm_bf16_##FLAVOUR##_##MV##_##NR##_##NC,
+#define DLCPU_BR16_EMIT DLCPU_BR16_ROW_SLOT
+static const dlcpu_brgemm_bf16_fn dlcpu_brgemm_bf16_native_rows[DLCPU_BR_MAX_MV][DLCPU_BR_ROWS_MAX_NR] = {
+    DLCPU_BR_AVX512_ROW_TILES(DLCPU_BR16_ADAPT_native)
+};
+static const dlcpu_brgemm_bf16_fn dlcpu_brgemm_bf16_avx512_rows[DLCPU_BR_MAX_MV][DLCPU_BR_ROWS_MAX_NR] = {
+    DLCPU_BR_AVX512_ROW_TILES(DLCPU_BR16_ADAPT_avx512)
+};
+#undef DLCPU_BR16_EMIT
+
 /* The kernel for (isa, native, mv, nr, nc); NULL when that tile was not built. */
 static inline dlcpu_brgemm_bf16_fn dlcpu_brgemm_bf16_lookup(int isa, int native, int mv, int nr, int nc)
 {
+    if (isa == DLCPU_ISA_AVX512 && nc == 1 && mv >= 1 && mv <= DLCPU_BR_MAX_MV && nr > DLCPU_BR_MAX_NR
+            && nr <= DLCPU_BR_ROWS_MAX_NR)     /* a row tile (NULL past 14 rows with mv = 2) */
+        return native ? dlcpu_brgemm_bf16_native_rows[mv - 1][nr - 1] : dlcpu_brgemm_bf16_avx512_rows[mv - 1][nr - 1];
     if (mv < 1 || mv > DLCPU_BR_MAX_MV || nr < 1 || nr > DLCPU_BR_MAX_NR || nc < 1 || nc > DLCPU_BR_MAX_NC)
         return NULL;
     if (isa == DLCPU_ISA_AVX512)

@@ -293,6 +293,16 @@ typedef void (*dlcpu_brgemm_f32_fn)(const dlcpu_brgemm_f32_t *);
     X(AVX512,2,3,1) X(AVX512,2,3,2) X(AVX512,2,3,3) X(AVX512,2,3,4)                                      \
     X(AVX512,2,4,1) X(AVX512,2,4,2) X(AVX512,2,4,3)
 
+/* Row tiles beyond DLCPU_BR_MAX_NR: one pixel column of up to 16 rows (mv=2: 14, within the 28
+ * accumulators), instantiated by the bf16 and int16 kernels only.  The pair weight update runs
+ * them with input channels as rows: with one K block its 4-row tiles held 4 accumulators, and
+ * VDPBF16PS waited on its own latency (the 8x8 digits layers ran at 17% of the bf16 peak). */
+#define DLCPU_BR_AVX512_ROW_TILES(X)                                                              \
+    X(AVX512,1,5,1) X(AVX512,1,6,1) X(AVX512,1,7,1) X(AVX512,1,8,1) X(AVX512,1,9,1) X(AVX512,1,10,1)            \
+    X(AVX512,1,11,1) X(AVX512,1,12,1) X(AVX512,1,13,1) X(AVX512,1,14,1) X(AVX512,1,15,1) X(AVX512,1,16,1)           \
+    X(AVX512,2,5,1) X(AVX512,2,6,1) X(AVX512,2,7,1) X(AVX512,2,8,1) X(AVX512,2,9,1) X(AVX512,2,10,1)            \
+    X(AVX512,2,11,1) X(AVX512,2,12,1) X(AVX512,2,13,1) X(AVX512,2,14,1)
+
 #define DLCPU_BR_AVX2_TILES(X)                                                                    \
     X(AVX2,1,1,1) X(AVX2,1,1,2) X(AVX2,1,1,3) X(AVX2,1,1,4) X(AVX2,1,1,5) X(AVX2,1,1,6)                 \
     X(AVX2,1,2,1) X(AVX2,1,2,2) X(AVX2,1,2,3) X(AVX2,1,3,1) X(AVX2,1,3,2) X(AVX2,1,4,1)                 \

@@ -188,7 +188,7 @@ dlcpu_bri_group_vnni(const dlcpu_brgemm_f32_t *p, __m512i *acc, const char *a, c
     const int NP = NR * NC;
     const __m512i w0 = _mm512_loadu_si512(a + gq * 64);
     const __m512i w1 = MV > 1 ? _mm512_loadu_si512(a + p->a_mstride * es + gq * 64) : w0;
-#pragma GCC unroll 4
+#pragma GCC unroll 16
     for (int r = 0; r < NR; r++) {
         const char *br = b + (r * p->b_rstride) * es + gq * 4;
 #pragma GCC unroll 28
@@ -222,7 +222,7 @@ dlcpu_bri_group_bw(const dlcpu_brgemm_f32_t *p, __m512i *acc, const char *a, con
             wh[g] = _mm512_srai_epi16(w, 8);
         }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 16
     for (int r = 0; r < NR; r++) {
         const char *br = b + (r * p->b_rstride) * es + gq * 4;
 #pragma GCC unroll 28
@@ -489,6 +489,8 @@ DLCPU_BR_AVX512_TILES(DLCPU_BRI_bw0)
 DLCPU_BR_AVX512_TILES(DLCPU_BRI_bw1)
 DLCPU_BR_AVX2_TILES(DLCPU_BRI_avx20)
 DLCPU_BR_AVX2_TILES(DLCPU_BRI_avx21)
+DLCPU_BR_AVX512_ROW_TILES(DLCPU_BRI_vnni1)
+DLCPU_BR_AVX512_ROW_TILES(DLCPU_BRI_bw1)
 #undef DLCPU_BRI_EMIT
 
 #define DLCPU_BRI_EMIT DLCPU_BRI_SLOT
@@ -503,8 +505,23 @@ DLCPU_BRI_TABLE(dlcpu_brgemm_int_avx21_table, DLCPU_BR_AVX2_TILES, DLCPU_BRI_avx
 #undef DLCPU_BRI_EMIT
 
 /* The kernel for (isa, native: avx512_vnni, format, tile); NULL when that tile was not built. */
+/* Row tiles (brgemm_f32.h) of the int16 kernels: the DFP-16 pair weight update's calls. */
+#define DLCPU_BRI_ROW_SLOT(FLAVOUR, TARGET, S16, MV, NR, NC) \
+    [MV - 1][NR - 1] = dlcpu_brgemm_int_##FLAVOUR##_##S16##_##MV##_##NR##_##NC,
+#define DLCPU_BRI_EMIT DLCPU_BRI_ROW_SLOT
+static const dlcpu_brgemm_int_fn dlcpu_brgemm_int_vnni1_rows[DLCPU_BR_MAX_MV][DLCPU_BR_ROWS_MAX_NR] = {
+    DLCPU_BR_AVX512_ROW_TILES(DLCPU_BRI_vnni1)
+};
+static const dlcpu_brgemm_int_fn dlcpu_brgemm_int_bw1_rows[DLCPU_BR_MAX_MV][DLCPU_BR_ROWS_MAX_NR] = {
+    DLCPU_BR_AVX512_ROW_TILES(DLCPU_BRI_bw1)
+};
+#undef DLCPU_BRI_EMIT
+
 static inline dlcpu_brgemm_int_fn dlcpu_brgemm_int_lookup(int isa, int native, int s16, int mv, int nr, int nc)
 {
+    if (isa == DLCPU_ISA_AVX512 && s16 && nc == 1 && mv >= 1 && mv <= DLCPU_BR_MAX_MV && nr > DLCPU_BR_MAX_NR
+            && nr <= DLCPU_BR_ROWS_MAX_NR)     /* a row tile (NULL past 14 rows with mv = 2) */
+        return native ? dlcpu_brgemm_int_vnni1_rows[mv - 1][nr - 1] : dlcpu_brgemm_int_bw1_rows[mv - 1][nr - 1];
     if (mv < 1 || mv > DLCPU_BR_MAX_MV || nr < 1 || nr > DLCPU_BR_MAX_NR || nc < 1 || nc > DLCPU_BR_MAX_NC)
         return NULL;
     if (isa == DLCPU_ISA_AVX512) {

@@ -157,33 +157,118 @@ static inline int64_t dlcpu_bf16_to_vnni(int isa, const uint16_t *x, uint16_t *y
     return dlcpu_bf16_vnni_scalar(x, (uint32_t *)y, blocks);
 }
 
-/* n <= 16 pixels of 16-bit values (pixel j at x + j*pixel_stride, 16 channels each) -> the first
- * rc channels as rows of n pixels (channel c at y + c*row_stride), for the weight update's
- * channel-major copies of x: one masked gather per channel pair, split into its two rows (the
- * scalar loop it replaces was 12% of res2a_branch1's bf16 weight update under perf; with the
- * gathers that update went from 0.89x to 1.03x the fp32 one, 1 thread).  Returns the Inf/NaN
- * patterns (bf16 exponent all ones) among the values moved. */
-DLCPU_TARGET_AVX512 static inline int64_t dlcpu_u16_pixels_to_rows_avx512(const uint16_t *x, int64_t pixel_stride,
-                                                                          int n, int rc, uint16_t *y,
-                                                                          int64_t row_stride)
+/* ------------------------------------------------- the weight update's channel-major copies */
+/* The pair weight update (pyx/conv_wu.pyx) needs x channel-major: each image's channel block is
+ * transposed once ([H*W][16] -> [16][H*W]), then each (tap column, row phase) copy takes windows
+ * of those channel rows.  Measured on the digits layers (8x8, 16 channels, batch 256, 1 thread):
+ * one masked gather per channel pair and 16 positions made the copies 25% of the update, about
+ * 40 cycles a gather on Zen 4; per-row gathers with a memset per padding run had been 45%. */
+
+/* Rows j < n of a [16 rows][16] block of 16-bit values (row j at x + 16*j; the rest read as 0)
+ * -> its 16 columns as rows of n values (column c at y + c*ys).  Three rounds of unpacks
+ * transpose each 8x8 quarter inside the 128-bit lanes, one lane exchange joins the halves.
+ * Returns the bf16 Inf/NaN patterns among the values moved. */
+DLCPU_TARGET_AVX512 static inline int64_t dlcpu_u16_transpose16_avx512(const uint16_t *x, int n, uint16_t *y,
+                                                                        int64_t ys)
 {
-    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                           _mm512_set1_epi32((int)pixel_stride));
-    const __mmask16 k = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
+    const __mmask16 rows = n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
     const __m256i e = _mm256_set1_epi16(0x7F80);
+    __m256i r[16], c[16];
     int64_t bad = 0;
-    for (int c = 0; c < rc; c += 2) {
-        const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), k, idx, (const void *)(x + c), 2);
-        const __m256i lo = _mm512_cvtepi32_epi16(v);
-        _mm256_mask_storeu_epi16(y + c * row_stride, k, lo);
-        bad += __builtin_popcount(_mm256_cmpeq_epi16_mask(_mm256_and_si256(lo, e), e));
-        if (c + 1 < rc) {
-            const __m256i hi = _mm512_cvtepi32_epi16(_mm512_srli_epi32(v, 16));
-            _mm256_mask_storeu_epi16(y + (c + 1) * row_stride, k, hi);
-            bad += __builtin_popcount(_mm256_cmpeq_epi16_mask(_mm256_and_si256(hi, e), e));
+    for (int j = 0; j < 16; j++) {
+        r[j] = (rows >> j & 1) ? _mm256_loadu_si256((const __m256i *)(x + 16 * j)) : _mm256_setzero_si256();
+        bad += __builtin_popcount(_mm256_cmpeq_epi16_mask(_mm256_and_si256(r[j], e), e));
+    }
+    for (int h = 0; h < 2; h++) {          /* rows 8h..8h+7: column k (lane 0) and k + 8 (lane 1) */
+        const __m256i *q = r + 8 * h;
+        __m256i a[8], b[8];
+        for (int k = 0; k < 4; k++) {
+            a[2 * k] = _mm256_unpacklo_epi16(q[2 * k], q[2 * k + 1]);
+            a[2 * k + 1] = _mm256_unpackhi_epi16(q[2 * k], q[2 * k + 1]);
+        }
+        for (int k = 0; k < 2; k++) {
+            b[4 * k] = _mm256_unpacklo_epi32(a[4 * k], a[4 * k + 2]);
+            b[4 * k + 1] = _mm256_unpackhi_epi32(a[4 * k], a[4 * k + 2]);
+            b[4 * k + 2] = _mm256_unpacklo_epi32(a[4 * k + 1], a[4 * k + 3]);
+            b[4 * k + 3] = _mm256_unpackhi_epi32(a[4 * k + 1], a[4 * k + 3]);
+        }
+        for (int k = 0; k < 4; k++) {
+            c[8 * h + 2 * k] = _mm256_unpacklo_epi64(b[k], b[k + 4]);
+            c[8 * h + 2 * k + 1] = _mm256_unpackhi_epi64(b[k], b[k + 4]);
         }
     }
+    for (int k = 0; k < 8; k++) {
+        _mm256_mask_storeu_epi16(y + k * ys, rows, _mm256_permute2x128_si256(c[k], c[8 + k], 0x20));
+        _mm256_mask_storeu_epi16(y + (k + 8) * ys, rows, _mm256_permute2x128_si256(c[k], c[8 + k], 0x31));
+    }
     return bad;
+}
+
+static inline int64_t dlcpu_u16_transpose16_scalar(const uint16_t *x, int n, uint16_t *y, int64_t ys)
+{
+    int64_t bad = 0;
+    for (int j = 0; j < n; j++)
+        for (int c = 0; c < 16; c++) {
+            y[c * ys + j] = x[16 * j + c];
+            bad += (x[16 * j + c] & 0x7F80) == 0x7F80;
+        }
+    return bad;
+}
+
+/* dst[q] = src[col0 + q*sw] where that column lies in [0, w), else 0, for q < nq: one row of a
+ * copy, read from a channel row of w values.  AVX-512 for strides 1 and 2 (32 outputs a step:
+ * a masked load, or two and a permute keeping the even columns), a loop otherwise. */
+DLCPU_TARGET_AVX512 static inline void dlcpu_u16_window_avx512(const uint16_t *src, int64_t w, int64_t col0,
+                                                              int64_t sw, int64_t nq, uint16_t *dst)
+{
+    if (sw > 2) {
+        for (int64_t q = 0; q < nq; q++) {
+            const int64_t col = col0 + q * sw;
+            dst[q] = (col >= 0 && col < w) ? src[col] : 0;
+        }
+        return;
+    }
+    const __m512i even = _mm512_set_epi16(62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32,
+                                          30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    for (int64_t q = 0; q < nq; q += 32) {
+        const int64_t nout = nq - q < 32 ? nq - q : 32;
+        const __mmask32 out = nout == 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << nout) - 1u);
+        const int64_t first = col0 + q * sw;          /* the column of lane 0 */
+        __m512i v;
+        if (sw == 1) {
+            /* lanes l with 0 <= first + l < w (masked lanes are never read) */
+            const int64_t lo = first < 0 ? -first : 0, hi = w - first;
+            __mmask32 m = 0;
+            if (hi > lo && lo < 32) {
+                const int64_t top = hi < 32 ? hi : 32;
+                m = (__mmask32)(((top >= 32 ? 0xFFFFFFFFu : ((1u << top) - 1u))) & ~((1u << lo) - 1u));
+            }
+            v = _mm512_maskz_loadu_epi16(m & out, src + first);
+        } else {
+            __m512i half[2];
+            for (int h = 0; h < 2; h++) {
+                const int64_t f = first + 32 * h;     /* 32 columns f..f+31; the even ones are used */
+                const int64_t lo = f < 0 ? -f : 0, hi = w - f;
+                __mmask32 m = 0;
+                if (hi > lo && lo < 32) {
+                    const int64_t top = hi < 32 ? hi : 32;
+                    m = (__mmask32)(((top >= 32 ? 0xFFFFFFFFu : ((1u << top) - 1u))) & ~((1u << lo) - 1u));
+                }
+                half[h] = _mm512_maskz_loadu_epi16(m, src + f);
+            }
+            v = _mm512_permutex2var_epi16(half[0], even, half[1]);
+        }
+        _mm512_mask_storeu_epi16(dst + q, out, v);
+    }
+}
+
+static inline void dlcpu_u16_window_scalar(const uint16_t *src, int64_t w, int64_t col0, int64_t sw, int64_t nq,
+                                           uint16_t *dst)
+{
+    for (int64_t q = 0; q < nq; q++) {
+        const int64_t col = col0 + q * sw;
+        dst[q] = (col >= 0 && col < w) ? src[col] : 0;
+    }
 }
 
 /* 16x16 fp32 blocks [16 rows][16 k] -> bf16 blocks in VNNI pairs [8][16k][2]: the weights' input

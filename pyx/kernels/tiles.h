@@ -29,6 +29,9 @@
 #define DLCPU_BR_MAX_NR 4
 #define DLCPU_BR_MAX_NC 28
 #define DLCPU_BRT_MAX_NC 16
+/* Row tiles (nc = 1, up to 16 rows) of the bf16 and int16 kernels, built for the AVX-512 paths:
+ * the pair weight update's calls, whose rows are input channels (pyx/conv_wu.pyx). */
+#define DLCPU_BR_ROWS_MAX_NR 16
 
 /* How a direct-convolution work item gets its input (pyx/conv_direct.pyx, pyx/conv_wu.pyx). */
 enum {
