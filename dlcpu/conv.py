@@ -896,14 +896,15 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     precision='bf16' (mixed-precision training: w holds the fp32 master weights): dx from dy and
     w rounded to bf16 on the bf16 kernels; dW from x and dy rounded to bf16 on the bf16
     weight-update kernels (VDPBF16PS on pixel pairs, fp32 sums; pyx/conv_wu.pyx), or, below
-    PAIR_WU_MIN_MACS multiply-adds or where x or dy holds NaN/Inf, the fp32 weight-update kernels
+    PAIR_WU_MIN_MACS multiply-adds or PAIR_WU_MIN_K output channels or where x or dy holds
+    NaN/Inf, the fp32 weight-update kernels
     on the same bf16 values (the same products summed in another order; IEEE propagation);
     db, outputs and accumulate_dw stay fp32.  x may be the bf16 BlockedTensor its forward read.
     precision='dfp16': the same with DFP-16 (dy gets its own shared exponent, nearest rounding;
     dx on the int16 kernels with the flipped weights quantized per stride phase; dW on the int16
     weight-update kernels, VPDPWSSD on pixel pairs of the mantissas of x and dy, int32 chains
     flushed to fp32 within the bound their headroom proves, times 2**(E_x + E_dy); below
-    PAIR_WU_MIN_MACS multiply-adds, or when 2**(E_x + E_dy) is outside fp32's normal range, the
+    PAIR_WU_MIN_MACS multiply-adds or PAIR_WU_MIN_K output channels, or when 2**(E_x + E_dy) is outside fp32's normal range, the
     fp32 kernels on the DFP-16 values).  x may be the DFP-16 BlockedTensor its forward read.
     """
     fn = "conv2d_backward"
@@ -977,7 +978,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
         else:
             dw_data = np.zeros((shape.Kb, shape.Cb, shape.R, shape.S, CB, CB), dtype=np.float32)
         errors = 0
-        pairs = (bf16 or dfp) and shape.N * shape.K * shape.C * shape.R * shape.S * shape.P * shape.Q >= PAIR_WU_MIN_MACS
+        pairs = (bf16 or dfp) and _pair_weight_update_pays(shape)
         done = pairs and _weight_grad_pairs(xb, dy16 if bf16 else dyq, dw_data, shape, isa_code, n_threads,
                                             accumulate_dw is not None)
         if not done:
@@ -1011,13 +1012,25 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     return ConvGrads(dx, dw, db)
 
 
-# Below this many multiply-adds a bf16 / DFP-16 weight update runs the fp32 kernels on the format's
-# values (the same products, summed in another order): the pair kernels' reformatting passes and
-# parallel regions cost more than their products save.  Measured 2026-12-02 (Zen 4, 1 thread):
-# the digits CNN's convolutions (batch 64, 8x8, 16-32 channels: 9-19M multiply-adds) made a bf16
-# training epoch 0.114 s with the pair kernels and 0.093 s without (fp32: 0.101 s), while the
-# smallest ResNet-50 update at batch 4 (51M) gains on them (0.97-1.2x the fp32 update).
+# A bf16 / DFP-16 weight update runs the fp32 kernels on the format's values (the same products,
+# summed in another order) below PAIR_WU_MIN_MACS multiply-adds or PAIR_WU_MIN_K output
+# channels: there the pair kernels' reformatting passes (x's channel-major copies, dy's pixel
+# pairs) and parallel regions cost more than their products save.  Measured (Zen 4, 1 thread):
+# - 2026-12-02, the digits CNN at batch 64 (8x8, 16-32 channels, 9-19M multiply-adds): a bf16
+#   training epoch took 0.114 s with the pair kernels, 0.093 s without (fp32: 0.101 s);
+# - 2026-12-02, after the row tiles and transposed copies, batch 256 (38M): the pair update of
+#   the 16- and 32-channel 3x3 layers 0.91 / 0.84 ms against 0.88 / 0.82 on the fp32 kernels,
+#   and 1.15 against 0.51 ms for the stride-2 16 -> 32 one (4x4 output rows);
+# while every ResNet-50 layer (K >= 64; the smallest update at batch 4 has 51M) gains on them
+# (1.0-2.3x the fp32 update; docs/performance.md).
 PAIR_WU_MIN_MACS = 1 << 25
+PAIR_WU_MIN_K = 64
+
+
+def _pair_weight_update_pays(shape):
+    """Whether a bf16 / DFP-16 weight update of this shape runs the pair kernels (see above)."""
+    macs = shape.N * shape.K * shape.C * shape.R * shape.S * shape.P * shape.Q
+    return shape.K >= PAIR_WU_MIN_K and macs >= PAIR_WU_MIN_MACS
 
 
 def _weight_grad_pairs(xb, dy16, dw_data, shape, isa_code, n_threads, accumulate):

@@ -131,7 +131,8 @@ def test_bf16_backward_against_float64(rng, monkeypatch, isa, native, case):
     weight-update kernels (the fp32 ones are not called): pixel counts P*Q off the blocks of 16
     (odd 35, 81), strides in one direction, 7x7 taps, channel counts off the blocks, odd K blocks."""
     monkeypatch.setattr(P, "native_bf16", lambda name: native)
-    monkeypatch.setattr(conv, "PAIR_WU_MIN_MACS", 0)                   # the pair kernels at every size
+    monkeypatch.setattr(conv, "PAIR_WU_MIN_MACS", 0)
+    monkeypatch.setattr(conv, "PAIR_WU_MIN_K", 0)                   # the pair kernels at every size
     monkeypatch.setattr(_wu, "conv2d_weight_grad_f32", None)          # finite input: never the fp32 route
     n, c, k, h, w, r, s, stride, pad = case
     st2 = stride if isinstance(stride, tuple) else (stride, stride)
@@ -155,6 +156,7 @@ def test_bf16_weight_update_is_thread_independent_and_keeps_nan_inf(rng, monkeyp
     thread in a fixed order); with Inf/NaN in x or dy it is exactly the fp32 weight update of the
     bf16 values (the zero padding of the pixel pairs would otherwise add 0 * Inf terms)."""
     monkeypatch.setattr(conv, "PAIR_WU_MIN_MACS", 0)
+    monkeypatch.setattr(conv, "PAIR_WU_MIN_K", 0)
     x = rng.uniform(-1, 1, (2, 40, 13, 11)).astype(np.float32)
     w = rng.uniform(-1, 1, (48, 40, 3, 3)).astype(np.float32)
     dy = rng.uniform(-1, 1, (2, 48, 7, 6)).astype(np.float32)
@@ -172,19 +174,26 @@ def test_bf16_weight_update_is_thread_independent_and_keeps_nan_inf(rng, monkeyp
 
 @pytest.mark.parametrize("precision", ["bf16", "dfp16"])
 def test_small_weight_updates_take_the_fp32_kernels_on_the_formats_values(rng, monkeypatch, precision):
-    """Below conv.PAIR_WU_MIN_MACS multiply-adds dW runs the fp32 kernels on the bf16 / DFP-16
-    values (the pair kernels' reformatting would cost more): the same gradient to fp32 summation
-    order, and the pair kernels are not called."""
+    """Below conv.PAIR_WU_MIN_MACS multiply-adds, or below conv.PAIR_WU_MIN_K output channels at
+    any size, dW runs the fp32 kernels on the bf16 / DFP-16 values (the pair kernels'
+    reformatting would cost more): the same gradient to fp32 summation order, and the pair
+    kernels are not called."""
     x = rng.uniform(-1, 1, (4, 16, 8, 8)).astype(np.float32)
     w = rng.uniform(-1, 1, (32, 16, 3, 3)).astype(np.float32)
     dy = rng.uniform(-1, 1, (4, 32, 8, 8)).astype(np.float32)
     assert 4 * 32 * 16 * 9 * 64 < conv.PAIR_WU_MIN_MACS
     monkeypatch.setattr(conv, "PAIR_WU_MIN_MACS", 0)
+    monkeypatch.setattr(conv, "PAIR_WU_MIN_K", 0)
     pairs = dlcpu.conv2d_backward(dy, x, w, 1, 1, need="dw", precision=precision).dw
     monkeypatch.undo()
+    monkeypatch.setattr(conv, "PAIR_WU_MIN_MACS", 0)         # large enough, but 32 < PAIR_WU_MIN_K channels
     monkeypatch.setattr(_wu, "conv2d_weight_grad_pairs", None)
+    assert 32 < conv.PAIR_WU_MIN_K
     small = dlcpu.conv2d_backward(dy, x, w, 1, 1, need="dw", precision=precision).dw
     assert_close(small, pairs.astype(np.float64))
+    monkeypatch.undo()
+    monkeypatch.setattr(_wu, "conv2d_weight_grad_pairs", None)
+    assert_close(dlcpu.conv2d_backward(dy, x, w, 1, 1, need="dw", precision=precision).dw, pairs.astype(np.float64))
 
 
 def test_bf16_backward_blocked_with_the_forward_bf16_input_and_accumulate(rng):

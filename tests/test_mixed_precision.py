@@ -101,7 +101,8 @@ def test_dfp16_conv_backward_against_float64(rng, monkeypatch, isa, native, case
     from dlcpu._ext import conv_wu
 
     monkeypatch.setattr(Q, "native_vnni", lambda name: native)
-    monkeypatch.setattr(dlcpu.conv, "PAIR_WU_MIN_MACS", 0)            # the pair kernels at every size
+    monkeypatch.setattr(dlcpu.conv, "PAIR_WU_MIN_MACS", 0)
+    monkeypatch.setattr(dlcpu.conv, "PAIR_WU_MIN_K", 0)            # the pair kernels at every size
     monkeypatch.setattr(conv_wu, "conv2d_weight_grad_f32", None)
     from dlcpu import _reference as ref
 
@@ -126,6 +127,7 @@ def test_dfp16_weight_update_threads_accumulate_and_forward_input(rng, monkeypat
     accumulate_dw, and the same from the DFP-16 BlockedTensor the forward read as from the fp32
     x it came from."""
     monkeypatch.setattr(dlcpu.conv, "PAIR_WU_MIN_MACS", 0)
+    monkeypatch.setattr(dlcpu.conv, "PAIR_WU_MIN_K", 0)
     x = rng.uniform(-1, 1, (2, 40, 13, 11)).astype(np.float32)
     w = rng.uniform(-1, 1, (48, 40, 3, 3)).astype(np.float32)
     dy = rng.uniform(-1, 1, (2, 48, 7, 6)).astype(np.float32)
