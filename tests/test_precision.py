@@ -121,6 +121,20 @@ def test_dfp16_matches_python_arithmetic(isa, threads, rounding):
     assert err.max() <= bound
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_dfp16_nearest_rounds_ties_to_even_on_every_path(isa):
+    """Codes k + 1/2 (exact in fp32 after the power-of-two scale) round to the even neighbour, on
+    the fp32 path (AVX-512, scales that are fp32 normals) as on the double ones."""
+    e = P.dfp16_exponent(8.0)
+    k = np.arange(-2000, 2000, dtype=np.float64)
+    x = np.concatenate([[8.0], (k + 0.5) * 2.0 ** e, k * 2.0 ** e + 2.0 ** (e - 30)]).astype(np.float32)
+    t = P.to_dfp16(x, isa=isa)
+    assert t.exponent == e
+    halves = t.mantissas[1:4001].astype(np.int64)
+    assert np.array_equal(halves, np.where(k % 2 == 0, k, k + 1).astype(np.int64))   # ties to even
+    assert np.array_equal(t.mantissas[4001:], k.astype(np.int16))                      # just above k: k
+
+
 def test_dfp16_to_float32_is_exact_at_the_ends_of_fp32():
     for x in (np.array([3.4028235e38, -1.0e38, 5.0], np.float32),          # FLT_MAX: must not round to Inf
               np.array([2.0 ** -149, 3 * 2.0 ** -149, -1e-44, 0.0], np.float32),   # denormals only
