@@ -11,7 +11,7 @@ with the same data shapes: activations in the same layout, weights with each 16x
 VNNI pairs, W[K/16][C/16][R][S][8][16k][2] (channels 2q and 2q+1 of output k side by side, the
 operand of one VDPBF16PS).  Their numpy() gives the fp32 values back (exactly the bf16 values).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +45,10 @@ class BlockedTensor:
     kind: str = "activation"
     scale: object = None
     precision: str = "fp32"
+    #: set by dlcpu's own quantizer (quantized._dfp16_blocked), whose scale comes from the data:
+    #: the DFP-16 bound is then not checked by a scan of the data (that scan, three NumPy passes,
+    #: cost more than quantizing dy in a DFP-16 weight update at 2 threads)
+    _bound_from_data: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.kind not in ("activation", "weight"):
@@ -73,7 +77,7 @@ class BlockedTensor:
             raise ValueError(f"BlockedTensor: a {self.precision} tensor " + ("has no scale" if self.scale is not None
                              else "needs its scale (exponent or scales)") + f", got scale={self.scale!r}")
         if self.scale is not None:
-            _check_scale(self)
+            _check_scale(self, scan=not self._bound_from_data)
 
     @property
     def dtype(self):
@@ -93,9 +97,10 @@ class BlockedTensor:
         return f"BlockedTensor(kind={self.kind!r}, shape={tuple(self.shape)}, dtype={self.dtype}, data={tuple(self.data.shape)})"
 
 
-def _check_scale(t):
+def _check_scale(t, scan=True):
     """The scale tuple of an int8 / dfp16 BlockedTensor must describe its data (the kernels read
-    per-channel arrays by position and trust the DFP-16 bound for their int32 chains)."""
+    per-channel arrays by position and trust the DFP-16 bound for their int32 chains; scan=False:
+    the bound was computed from the data by the quantizer, and is not re-checked)."""
     from .precision import DFP_MAX_EXPONENT, DFP_MIN_EXPONENT
 
     where = f"BlockedTensor: the scale of a {t.precision} {t.kind}"
@@ -107,7 +112,7 @@ def _check_scale(t):
         if not ok or not DFP_MIN_EXPONENT <= a <= DFP_MAX_EXPONENT or not 0 <= b <= 32767:
             raise ValueError(f"{where} must be (exponent in [{DFP_MIN_EXPONENT}, {DFP_MAX_EXPONENT}], bound on "
                              f"|mantissa| in [0, 32767]), got {t.scale!r}")
-        top = int(np.abs(t.data.astype(np.int32)).max(initial=0))
+        top = max(int(t.data.max(initial=0)), -int(t.data.min(initial=0))) if scan else 0
         if top > b:
             raise ValueError(f"{where} says |mantissa| <= {b}, but the data holds {top}")
     elif t.kind == "activation":

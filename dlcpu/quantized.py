@@ -226,7 +226,8 @@ def _dfp16_blocked(t, kind, headroom, rounding, seed, n_threads, isa, fn):
     d, bound = _to_dfp16(t.data, headroom, rounding, seed, cpu.isa_code(isa), cpu.resolve_threads(n_threads), fn,
                          within_headroom=True)
     data = _vnni_groups(d.mantissas, 2) if kind == "weight" else d.mantissas
-    return BlockedTensor(data, tuple(t.shape), kind, scale=(d.exponent, bound), precision="dfp16")
+    return BlockedTensor(data, tuple(t.shape), kind, scale=(d.exponent, bound), precision="dfp16",
+                         _bound_from_data=True)
 
 
 def round_to_dfp16(a, *, headroom=DFP16_HEADROOM, n_threads=None, isa=None):
