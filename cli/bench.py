@@ -194,7 +194,7 @@ def bench_conv(
                 _render_conv(runs[-1], compare, check, show_plan)
     if as_json:
         emit_json({"flop_convention": benchmarks.FLOP_CONVENTION, "dtype": "f32" if precisions == ["fp32"] else
-                   "each run's precision", "timed_region": benchmarks.CONV_TIMED_REGION,
+                   ",".join(precisions), "precisions": precisions, "timed_region": benchmarks.CONV_TIMED_REGION,
                    "timed_path": "blocked in, blocked out (no layout conversion)", "runs": runs})
     if any_failed:
         raise typer.Exit(1)
@@ -231,9 +231,11 @@ def _render_conv(run, compare, check, show_plan):
         row.append("")
     t.add_row(*row, style="bold")
     out.print(t)
+    peer_format = {"bf16": " on bf16 tensors", "dfp16": " in fp32 (PyTorch has no DFP-16)"}.get(run["precision"], "")
     out.print(f"ratio = peer time / dlcpu time (>1: dlcpu faster). FLOPs: {benchmarks.FLOP_CONVENTION}. "
-              "dlcpu timed blocked-in/blocked-out; the peer in the faster of NCHW and channels_last.",
-              highlight=False)
+              f"dlcpu timed blocked-in/blocked-out; the peer{peer_format} in the faster of NCHW and channels_last."
+              + (" x in the format, dy and the fp32 weights converted in the timed call; % peak of the format's "
+                 "dot-product peak." if run["precision"] != "fp32" else ""), highlight=False)
     if show_plan:
         tc = cpu.TILE_CONSTANTS
         out.print(f"plans ({run['pass']}{alg}); register budgets from pyx/kernels/tiles.h: "

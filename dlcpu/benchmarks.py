@@ -215,7 +215,7 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", a
     res = ConvResult(
         name=layer.name, count=layer.count, descriptor=layer.descriptor(mb), gflop=flops / 1e9,
         seconds=ours_t, gflops=gflops, pct_peak=100.0 * gflops / (peak_gflops * peak_factor(precision)),
-        plan=describe_plan(shape, direction, isa, n_threads, algorithm),
+        plan=_format_plan(shape, direction, isa, n_threads, algorithm, precision),
     )
     if peer_layouts:
         per_layout = {lay: summarize(t) for lay, t in zip(peer_layouts, times[1:])}
@@ -229,6 +229,22 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", a
     if check:
         res.check = check_conv_layer(x, w, dy, stride, pad, direction, n_threads, isa, algorithm, precision)
     return res
+
+
+def _format_plan(shape, direction, isa, n_threads, algorithm, precision):
+    """What `--show-plan` prints for a pass in `precision`: the fp32 plan, whose blocking the bf16
+    and int16 kernels share, or the pair weight update, which has no plan of its own."""
+    plan = describe_plan(shape, direction, isa, n_threads, algorithm)
+    if precision == "fp32":
+        return plan
+    if direction != "bwd_w":
+        return f"{precision} kernels with the blocking of:\n{plan}"
+    from .conv import _pair_weight_update_pays
+
+    if _pair_weight_update_pays(shape):
+        return (f"{precision} pair weight update (pyx/conv_wu.pyx): dy in VNNI pixel pairs, x in channel-major copies "
+                "per tap column and row phase, one chain per tap of up to 16 input channels x 2 output blocks")
+    return f"fp32 weight-update kernels on the {precision} values (below the pair kernels' size):\n{plan}"
 
 
 def conv_layer_shape(layer, batch, *, compare=None, check=False, command="bench conv"):

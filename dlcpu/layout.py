@@ -11,7 +11,7 @@ with the same data shapes: activations in the same layout, weights with each 16x
 VNNI pairs, W[K/16][C/16][R][S][8][16k][2] (channels 2q and 2q+1 of output k side by side, the
 operand of one VDPBF16PS).  Their numpy() gives the fp32 values back (exactly the bf16 values).
 """
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, InitVar, dataclass
 
 import numpy as np
 
@@ -45,12 +45,14 @@ class BlockedTensor:
     kind: str = "activation"
     scale: object = None
     precision: str = "fp32"
-    #: set by dlcpu's own quantizer (quantized._dfp16_blocked), whose scale comes from the data:
-    #: the DFP-16 bound is then not checked by a scan of the data (that scan, three NumPy passes,
-    #: cost more than quantizing dy in a DFP-16 weight update at 2 threads)
-    _bound_from_data: bool = field(default=False, repr=False, compare=False)
+    _: KW_ONLY
+    #: passed by dlcpu's own quantizer (quantized._dfp16_blocked), whose scale comes from the
+    #: data: the DFP-16 bound is then not checked by a scan of the data (that scan, three NumPy
+    #: passes, cost more than quantizing dy in a DFP-16 weight update at 2 threads).  An init-only
+    #: argument, so dataclasses.replace(t, data=...) scans the new data again.
+    _bound_from_data: InitVar[bool] = False
 
-    def __post_init__(self):
+    def __post_init__(self, _bound_from_data):
         if self.kind not in ("activation", "weight"):
             raise ValueError(f"BlockedTensor: kind must be 'activation' or 'weight', got {self.kind!r}")
         if not isinstance(self.data, np.ndarray):
@@ -77,7 +79,7 @@ class BlockedTensor:
             raise ValueError(f"BlockedTensor: a {self.precision} tensor " + ("has no scale" if self.scale is not None
                              else "needs its scale (exponent or scales)") + f", got scale={self.scale!r}")
         if self.scale is not None:
-            _check_scale(self, scan=not self._bound_from_data)
+            _check_scale(self, scan=not _bound_from_data)
 
     @property
     def dtype(self):

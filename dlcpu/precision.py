@@ -132,10 +132,15 @@ def _out_array(out, shape, dtype, fn, inputs):
     instead of faulting in a new one)."""
     if out is None:
         return np.empty(shape, dtype)
-    if (not isinstance(out, np.ndarray) or out.dtype != dtype or out.shape != tuple(shape)
-            or not out.flags.c_contiguous or not out.flags.writeable):
-        raise ValueError(f"{fn}: out must be a writeable C-contiguous {np.dtype(dtype)} array of shape {tuple(shape)}, "
-                         f"got {getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}")
+    want = f"a writeable C-contiguous {np.dtype(dtype)} array of shape {tuple(shape)}"
+    if not isinstance(out, np.ndarray) or isinstance(out, np.matrix) or out.dtype != dtype:
+        raise TypeError(f"{fn}: out must be {want}, got {type(out).__name__}"
+                        + (f" of {out.dtype}" if isinstance(out, np.ndarray) else ""))
+    why = ("its shape is " + str(out.shape) if out.shape != tuple(shape) else
+           "it is not C-contiguous" if not out.flags.c_contiguous else
+           "it is read-only" if not out.flags.writeable else None)
+    if why:
+        raise ValueError(f"{fn}: out must be {want}, but {why}")
     not_aliased(out, inputs, fn)
     return out
 

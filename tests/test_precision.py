@@ -364,13 +364,17 @@ def test_bf16_conversions_write_into_out():
     wide = np.full(bits.shape, np.nan, np.float32)
     assert P.bf16_bits_to_fp32(bits, out=wide) is wide
     assert np.array_equal(wide, P.bf16_bits_to_fp32(bits))
-    bad = {"dtype": np.zeros(bits.shape, np.float64), "shape": np.zeros((5, 32), np.float32),
-           "layout": np.zeros((33, 5), np.float32).T, "read-only": np.zeros(bits.shape, np.float32)}
-    bad["read-only"].flags.writeable = False
-    for arr in bad.values():
-        with pytest.raises(ValueError, match=r"out must be a writeable C-contiguous float32 array of shape \(5, 33\)"):
+    read_only = np.zeros(bits.shape, np.float32)
+    read_only.flags.writeable = False
+    for arr, error, why in ((np.zeros(bits.shape, np.float64), TypeError, "got ndarray of float64"),
+                            (np.zeros(bits.shape, np.float32).view(np.matrix), TypeError, "got matrix"),
+                            (np.zeros((5, 32), np.float32), ValueError, r"its shape is \(5, 32\)"),
+                            (np.zeros((33, 5), np.float32).T, ValueError, "not C-contiguous"),
+                            (read_only, ValueError, "read-only")):
+        with pytest.raises(error, match=r"out must be a writeable C-contiguous float32 array of shape \(5, 33\).*"
+                           + why):
             P.bf16_bits_to_fp32(bits, out=arr)
-    with pytest.raises(ValueError, match="out must be .*uint16"):
+    with pytest.raises(TypeError, match="out must be .*uint16"):
         P.fp32_blocks_to_bf16_vnni(blocks, out=np.zeros(blocks.shape, np.int16))
     buf = np.zeros(1024, np.uint16)                         # out's bytes cover the patterns
     with pytest.raises(ValueError, match="overlaps b"):

@@ -3,6 +3,8 @@ matmul: against the float64 product of the dequantized operands (the kernels add
 fp32 rounding of int32 sums), against the float64 product of the fp32 operands (the format's own
 error), bit for bit across ISA paths, VNNI and its emulation, and thread counts; the int32 chain
 bound; PyTorch's quantized convolution; bad input."""
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import ISAS, assert_close, max_threads, needs_torch, rel_l2
@@ -212,6 +214,19 @@ def test_dfp16_kernel_operands_stay_within_the_headroom(rng):
     assert xq.scale[1] == 2 ** 13 - 1 == np.abs(xq.data).max()
     assert np.array_equal(xq.numpy(), kernel_dfp16(x).astype(np.float32))
     assert Q.chain_schedule("dfp16", xq.scale[1], xq.scale[1]) == (8, 2)     # 16 pairs: two channel blocks
+
+
+def test_dfp16_bound_is_trusted_only_as_the_quantizer_made_it(rng):
+    """The quantizer's DFP-16 tensors skip the scan of their data against their bound; a copy
+    with other data (dataclasses.replace) or one built by hand is scanned again, so mantissas
+    past the bound the kernels trust for their int32 chains are refused."""
+    xq = Q.to_dfp16_blocked(rng.uniform(-1, 1, (1, 20, 8, 8)).astype(np.float32))
+    big = np.full_like(xq.data, 32767)
+    with pytest.raises(ValueError, match="but the data holds 32767"):
+        dataclasses.replace(xq, data=big)
+    with pytest.raises(ValueError, match="but the data holds 32767"):
+        layout.BlockedTensor(big, xq.shape, "activation", xq.scale, "dfp16")
+    assert dataclasses.replace(xq).scale == xq.scale            # its own data passes the scan
 
 
 @pytest.mark.parametrize("precision", FORMATS)

@@ -504,7 +504,6 @@ DLCPU_BRI_TABLE(dlcpu_brgemm_int_avx20_table, DLCPU_BR_AVX2_TILES, DLCPU_BRI_avx
 DLCPU_BRI_TABLE(dlcpu_brgemm_int_avx21_table, DLCPU_BR_AVX2_TILES, DLCPU_BRI_avx21)
 #undef DLCPU_BRI_EMIT
 
-/* The kernel for (isa, native: avx512_vnni, format, tile); NULL when that tile was not built. */
 /* Row tiles (brgemm_f32.h) of the int16 kernels: the DFP-16 pair weight update's calls. */
 #define DLCPU_BRI_ROW_SLOT(FLAVOUR, TARGET, S16, MV, NR, NC) \
     [MV - 1][NR - 1] = dlcpu_brgemm_int_##FLAVOUR##_##S16##_##MV##_##NR##_##NC,
@@ -517,6 +516,7 @@ static const dlcpu_brgemm_int_fn dlcpu_brgemm_int_bw1_rows[DLCPU_BR_MAX_MV][DLCP
 };
 #undef DLCPU_BRI_EMIT
 
+/* The kernel for (isa, native: avx512_vnni, format, tile); NULL when that tile was not built. */
 static inline dlcpu_brgemm_int_fn dlcpu_brgemm_int_lookup(int isa, int native, int s16, int mv, int nr, int nc)
 {
     if (isa == DLCPU_ISA_AVX512 && s16 && nc == 1 && mv >= 1 && mv <= DLCPU_BR_MAX_MV && nr > DLCPU_BR_MAX_NR
