@@ -151,6 +151,30 @@ def test_bf16_backward_against_float64(rng, monkeypatch, isa, native, case):
     assert_close(g.dw, exact[1], dtype="bf16")
 
 
+@pytest.mark.parametrize("precision", ["bf16", "dfp16"])
+@pytest.mark.parametrize("k", [16, 40])
+def test_pair_weight_update_row_tiles_for_every_leftover_channel_count(rng, monkeypatch, precision, k):
+    """The pair weight update puts input channels on the rows of its row tiles (AVX-512: 1 to 16
+    rows with one K block, up to 14 with two), so every channel count mod 16 picks another tile:
+    C = 1..16 and 30 against the float64 gradient of the format's values of dy and x, on every
+    ISA path.  K = 16 calls the one-K-block tiles, K = 40 the two-block ones plus a leftover."""
+    from dlcpu import quantized as Q
+
+    monkeypatch.setattr(conv, "PAIR_WU_MIN_MACS", 0)
+    monkeypatch.setattr(conv, "PAIR_WU_MIN_K", 0)
+    monkeypatch.setattr(_wu, "conv2d_weight_grad_f32", None)          # never the fp32 route
+    to_format = P.round_to_bf16 if precision == "bf16" else Q.round_to_dfp16
+    for isa in ISAS:
+        for c in list(range(1, 17)) + [30]:
+            x = rng.uniform(-1, 1, (2, c, 7, 5)).astype(np.float32)
+            wt = rng.uniform(-1, 1, (k, c, 3, 3)).astype(np.float32)
+            dy = rng.uniform(-1, 1, (2, k, 7, 5)).astype(np.float32)
+            dw = dlcpu.conv2d_backward(dy, x, wt, 1, 1, need="dw", precision=precision, isa=isa).dw
+            want = ref.conv2d_backward(to_format(dy).astype(np.float64), to_format(x).astype(np.float64),
+                                       wt.astype(np.float64), (1, 1), (1, 1))[1]
+            assert_close(dw, want)
+
+
 def test_bf16_weight_update_is_thread_independent_and_keeps_nan_inf(rng, monkeypatch):
     """dW of precision='bf16' is the same bits on 1 and all threads (each dW block is summed by one
     thread in a fixed order); with Inf/NaN in x or dy it is exactly the fp32 weight update of the
