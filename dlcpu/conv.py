@@ -1052,10 +1052,11 @@ def _weight_grad_pairs(xb, dy16, dw_data, shape, isa_code, n_threads, accumulate
     else:
         integer, native = None, formats.native_bf16(isa_name)
         x16 = xb.data if xb.precision == "bf16" else formats.fp32_to_bf16_bits(xb.data, n_threads=n_threads)
-    n_xt, n_dyv = _wu.pairs_scratch_sizes(geometry)
+    n_xt, n_dyv, n_chan = _wu.pairs_scratch_sizes(geometry, n_threads)
     xt, dyv = scratch("conv.wu_x_pairs", (n_xt,), np.uint16), scratch("conv.wu_dy_pairs", (n_dyv,), np.uint16)
+    chan = scratch("conv.wu_x_transposed", (n_chan,), np.uint16)
     errors, nonfinite = _wu.conv2d_weight_grad_pairs(x16.reshape(-1), dy16.reshape(-1), dw_data.reshape(-1), geometry,
-                                                     xt, dyv, isa_code, native, n_threads, accumulate, integer)
+                                                     xt, dyv, chan, isa_code, native, n_threads, accumulate, integer)
     if errors:
         raise MemoryError(f"conv2d_backward: the {'DFP-16' if integer else 'bf16'} weight update could not allocate "
                           f"its scratch or found no kernel for {errors} call(s) (shape {shape})")

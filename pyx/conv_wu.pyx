@@ -14,7 +14,7 @@ input reaches the kernels as in the forward driver (tile modes of tiles.h, conv_
 from libc.stdint cimport int64_t, uint16_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
-from cython.parallel cimport prange, parallel
+from cython.parallel cimport prange, parallel, threadid
 
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_has_tile, dlcpu_brgemm_bf16,
                             dlcpu_brgemm_int_t, dlcpu_brgemm_int, integer_call,
@@ -344,15 +344,18 @@ cdef WuPairsGeometry pairs_geometry(tuple geometry):
     return g
 
 
-def pairs_scratch_sizes(tuple geometry):
-    """(elements of the x copies, elements of dy's pixel pairs) conv2d_weight_grad_pairs needs
-    for `geometry` (the caller passes reused buffers: fresh ones cost page faults every call)."""
+def pairs_scratch_sizes(tuple geometry, int n_threads):
+    """(elements of the x copies, of dy's pixel pairs, of the per-thread transposed channel
+    blocks) conv2d_weight_grad_pairs needs for `geometry` on n_threads threads (the caller passes
+    reused buffers: fresh ones cost page faults every call -- a 56x56 image's transpose alone is
+    200 KB per thread)."""
     cdef WuPairsGeometry g = pairs_geometry(geometry)
-    return g.S * g.nph * g.N * g.Cb * g.CR * g.Fx, g.N * g.Kb * g.Fb * 256
+    return g.S * g.nph * g.N * g.Cb * g.CR * g.Fx, g.N * g.Kb * g.Fb * 256, max(n_threads, 1) * 16 * g.H * g.W
 
 
 def conv2d_weight_grad_pairs(const uint16_t[::1] x16, const uint16_t[::1] dy16, float[::1] dw, tuple geometry,
-                             uint16_t[::1] xt, uint16_t[::1] dyv, int isa, bint native, int n_threads,
+                             uint16_t[::1] xt, uint16_t[::1] dyv, uint16_t[::1] chan, int isa, bint native,
+                             int n_threads,
                              bint accumulate=False, tuple integer=None):
     """dW on blocked buffers (flattened): x16 and dy16 the 16-bit values of the input
     [N][Cb][H][W][16] and of dy [N][Kb][P][Q][16] -- bf16 patterns, or with `integer` (the
@@ -362,13 +365,15 @@ def conv2d_weight_grad_pairs(const uint16_t[::1] x16, const uint16_t[::1] dy16, 
     accumulate (rows of padded input channels are not touched).  geometry = (N, C, H, W, K, P,
     Q, R, S, stride_h, stride_w, pad_h, pad_w).  Returns (failed calls or allocations, non-finite
     bf16 values met in x and dy); with a non-finite value dw is left unwritten and the caller
-    computes it by the fp32 kernels (see above).  Integers are never non-finite.  xt and dyv:
-    scratch of pairs_scratch_sizes(geometry) elements, overwritten."""
+    computes it by the fp32 kernels (see above).  Integers are never non-finite.  xt, dyv and
+    chan: scratch of pairs_scratch_sizes(geometry, n_threads) elements, overwritten."""
     cdef WuPairsGeometry g = pairs_geometry(geometry)
     if (x16.shape[0] != g.N * g.Cb * g.H * g.W * 16 or dy16.shape[0] != g.N * g.Kb * g.F * 16
-            or dw.shape[0] != g.Kb * g.Cb * g.R * g.S * 256 or (xt.shape[0], dyv.shape[0]) != pairs_scratch_sizes(geometry)):
+            or dw.shape[0] != g.Kb * g.Cb * g.R * g.S * 256
+            or (xt.shape[0], dyv.shape[0], chan.shape[0]) != pairs_scratch_sizes(geometry, n_threads)):
         raise ValueError(f"conv2d_weight_grad_pairs: buffer sizes {x16.shape[0]}, {dy16.shape[0]}, {dw.shape[0]}, "
-                         f"{xt.shape[0]}, {dyv.shape[0]} do not match the geometry {geometry}")
+                         f"{xt.shape[0]}, {dyv.shape[0]}, {chan.shape[0]} do not match the geometry {geometry} "
+                         f"on {n_threads} threads")
     cdef int max_acc = dlcpu_max_acc(isa)
     cdef int64_t nonfinite = 0, nonfinite_x = 0, errors = 0, got
     cdef int64_t item
@@ -376,15 +381,11 @@ def conv2d_weight_grad_pairs(const uint16_t[::1] x16, const uint16_t[::1] dy16, 
     cdef dlcpu_brgemm_int_t q_int
     cdef const dlcpu_brgemm_int_t *q = NULL
     cdef int64_t *offs = NULL
-    cdef uint16_t *chan = NULL
+    cdef uint16_t *own_chan = NULL
     with nogil, parallel(num_threads=n_threads):
-        chan = <uint16_t *> malloc(sizeof(uint16_t) * 16 * g.H * g.W)
+        own_chan = &chan[0] + threadid() * 16 * g.H * g.W       # this thread's slice (at most n_threads)
         for item in prange(g.N * g.Cb, schedule='static'):
-            if chan == NULL:
-                errors += 1
-            else:
-                nonfinite_x += copy_x_image(&g, item, &x16[0], &xt[0], chan, isa)
-        free(chan)
+            nonfinite_x += copy_x_image(&g, item, &x16[0], &xt[0], own_chan, isa)
     with nogil, parallel(num_threads=n_threads):
         tail = <uint16_t *> malloc(256 * sizeof(uint16_t))
         for item in prange(g.N * g.Kb, schedule='static'):
