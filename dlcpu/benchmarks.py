@@ -126,7 +126,8 @@ PASSES = ("fwd", "bwd_d", "bwd_w")
 #: what `bench conv` times, for its JSON
 CONV_TIMED_REGION = ("dlcpu: one conv2d / conv2d_backward call, blocked in and out; bf16 / dfp16: x in the format "
                      "(converted once, as a layer's forward keeps it), the fp32 weights and dy converted inside the "
-                     "call. Peer: one torch call in the faster of NCHW and channels_last (bf16 tensors for bf16).")
+                     "call. Peer: one torch call in the faster of NCHW and channels_last; for bf16 the same region: x in "
+                     "bf16 made once, the fp32 weights and dy cast to bf16 inside the timed call.")
 #: the formats `bench conv --precision` times every pass in (the training formats: int8 has no
 #: backward; its forward is in `bench precision`)
 CONV_PRECISIONS = ("fp32", "bf16", "dfp16")
@@ -144,7 +145,9 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", a
     step calls it.  x arrives in the format (the layer's forward converts it once and keeps it
     for dW); fp32 dy and the fp32 master weights are converted inside the timed call.  % of
     peak is against the format's dot-product peak (peak_factor).  The bf16 peer runs
-    PyTorch on bf16 tensors; PyTorch has no DFP-16, so that peer is its fp32 pass."""
+    PyTorch on bf16 tensors with the same timed region: bf16 x made once, the fp32 weights and dy
+    cast inside (.to(bfloat16) is a no-op in fp32).  PyTorch has no DFP-16, so that peer is its
+    fp32 pass."""
     if direction not in PASSES:
         raise ValueError(f"--pass must be among {', '.join(PASSES)}, got {direction!r}")
     if precision not in CONV_PRECISIONS:
@@ -190,20 +193,24 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", a
     if compare == "torch":
         torch = _peers.require_torch("--compare torch")
         peer_layouts = ["nchw", "channels_last"]
+        # The same timed region as ours: x in the format (made once, as the layer's forward keeps
+        # it), the fp32 weights and dy cast inside the call (as autocast casts them every step).
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         for fmt in (torch.contiguous_format, torch.channels_last):
             xt = torch.from_numpy(x).to(dtype).contiguous(memory_format=fmt)
-            wt = torch.from_numpy(w).to(dtype).contiguous(memory_format=fmt)
-            dyt = torch.from_numpy(dy).to(dtype).contiguous(memory_format=fmt)
+            wt = torch.from_numpy(w).contiguous(memory_format=fmt)
+            dyt = torch.from_numpy(dy).contiguous(memory_format=fmt)
             if direction == "fwd":
                 peer_name = "conv2d"
-                fns.append(lambda xt=xt, wt=wt: torch.nn.functional.conv2d(xt, wt, stride=stride, padding=pad))
+                fns.append(lambda xt=xt, wt=wt: torch.nn.functional.conv2d(xt, wt.to(dtype), stride=stride, padding=pad))
             elif direction == "bwd_d":
                 peer_name = "nn.grad.conv2d_input"
-                fns.append(lambda wt=wt, dyt=dyt: torch.nn.grad.conv2d_input(x.shape, wt, dyt, stride=stride, padding=pad))
+                fns.append(lambda wt=wt, dyt=dyt: torch.nn.grad.conv2d_input(x.shape, wt.to(dtype), dyt.to(dtype),
+                                                                             stride=stride, padding=pad))
             else:
                 peer_name = "nn.grad.conv2d_weight"
-                fns.append(lambda xt=xt, dyt=dyt: torch.nn.grad.conv2d_weight(xt, w.shape, dyt, stride=stride, padding=pad))
+                fns.append(lambda xt=xt, dyt=dyt: torch.nn.grad.conv2d_weight(xt, w.shape, dyt.to(dtype), stride=stride,
+                                                                              padding=pad))
     flops = shape.flops()
     if torch is not None:
         with torch_threads(torch, n_threads), torch.inference_mode():
