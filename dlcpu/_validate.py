@@ -4,6 +4,7 @@ The kernels run `nogil` with bounds checks off, so the Python layer must prove e
 a call: these helpers raise ValueError (a rule about values or shapes) or TypeError (a wrong kind
 of object or dtype), always naming the function, the argument and what was given.
 """
+import functools
 import os
 
 import numpy as np
@@ -75,6 +76,7 @@ def not_aliased(out, inputs, fn):
                              f"overwrote — pass a separate buffer")
 
 
+@functools.lru_cache(maxsize=1)
 def _memory_bytes():
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -88,8 +90,11 @@ def _gib(n):
 
 def fits_in_memory(n_bytes, what, fn):
     """Refuse up front a problem whose buffers could never be allocated, saying how much it needs
-    (numpy would otherwise fail deep inside, or the kernels' int64 offsets could overflow)."""
+    (numpy would otherwise fail deep inside, or the kernels' int64 offsets could overflow).
+    what: a description, or a function making one (called only on failure: hot paths format
+    nothing)."""
     limit = _memory_bytes()
     if n_bytes > limit:
+        what = what() if callable(what) else what
         raise ValueError(f"{fn}: {what} would need {_gib(n_bytes)}, more than this machine's "
                          f"{_gib(limit)} of memory")

@@ -37,7 +37,13 @@ _FEATURE_BITS = {
 
 
 def features():
-    """Dict feature name -> bool, from the CPU (cpuid via __builtin_cpu_supports)."""
+    """Dict feature name -> bool, from the CPU (cpuid via __builtin_cpu_supports); a fresh copy."""
+    return dict(_features())
+
+
+@functools.lru_cache(maxsize=1)
+def _features():
+    # (cached: the small-call paths ask for a feature on every conversion; the CPU does not change)
     bits = _cpu.cpu_features()
     return {name: bool(bits & bit) for name, bit in _FEATURE_BITS.items()}
 

@@ -132,17 +132,21 @@ def _out_array(out, shape, dtype, fn, inputs):
     instead of faulting in a new one)."""
     if out is None:
         return np.empty(shape, dtype)
-    want = f"a writeable C-contiguous {np.dtype(dtype)} array of shape {tuple(shape)}"
+    # (the message is built only on failure: this runs on every small conversion of a step)
     if not isinstance(out, np.ndarray) or isinstance(out, np.matrix) or out.dtype != dtype:
-        raise TypeError(f"{fn}: out must be {want}, got {type(out).__name__}"
+        raise TypeError(f"{fn}: out must be {_out_wanted(shape, dtype)}, got {type(out).__name__}"
                         + (f" of {out.dtype}" if isinstance(out, np.ndarray) else ""))
-    why = ("its shape is " + str(out.shape) if out.shape != tuple(shape) else
-           "it is not C-contiguous" if not out.flags.c_contiguous else
-           "it is read-only" if not out.flags.writeable else None)
-    if why:
-        raise ValueError(f"{fn}: out must be {want}, but {why}")
+    flags = out.flags
+    if out.shape != tuple(shape) or not flags.c_contiguous or not flags.writeable:
+        why = ("its shape is " + str(out.shape) if out.shape != tuple(shape) else
+               "it is not C-contiguous" if not flags.c_contiguous else "it is read-only")
+        raise ValueError(f"{fn}: out must be {_out_wanted(shape, dtype)}, but {why}")
     not_aliased(out, inputs, fn)
     return out
+
+
+def _out_wanted(shape, dtype):
+    return f"a writeable C-contiguous {np.dtype(dtype)} array of shape {tuple(shape)}"
 
 
 def fp32_blocks_to_bf16_vnni(blocks, *, n_threads=None, out=None):

@@ -18,12 +18,20 @@ from dlcpu_kernels cimport (dlcpu_f32_to_bf16, dlcpu_f32_to_bf16_vnni, dlcpu_bf1
 cdef int64_t CHUNK = 65536
 
 
+cdef inline int team(int64_t n, int n_threads) noexcept nogil:
+    """Threads for a pass over n elements: no more than its chunks.  A conversion of one chunk
+    (every activation of the digits CNN) then starts no second thread, whose wake-up costs more
+    than the pass."""
+    cdef int64_t chunks = (n + CHUNK - 1) // CHUNK
+    return 1 if chunks < 1 else <int>chunks if chunks < n_threads else n_threads
+
+
 def f32_to_bf16(const float[::1] x, uint16_t[::1] y, int isa, bint native, int n_threads):
     """y = the bf16 patterns of x (round to nearest even, denormals to signed zero)."""
     cdef int64_t n = x.shape[0], c, lo
     if y.shape[0] != n:
         raise ValueError(f"f32_to_bf16: x has {n} elements, y {y.shape[0]}")
-    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static', num_threads=n_threads):
+    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static', num_threads=team(n, n_threads)):
         lo = c * CHUNK
         dlcpu_f32_to_bf16(isa, native, &x[lo], &y[lo], min(CHUNK, n - lo))
 
@@ -34,7 +42,7 @@ def f32_to_bf16_vnni(const float[::1] x, uint16_t[::1] y, int isa, bint native, 
     if x.shape[0] % 256 or y.shape[0] != x.shape[0]:
         raise ValueError(f"f32_to_bf16_vnni: x must hold whole 256-element blocks and y as many, got {x.shape[0]}, "
                          f"{y.shape[0]}")
-    for b in prange((blocks + per - 1) // per, nogil=True, schedule='static', num_threads=n_threads):
+    for b in prange((blocks + per - 1) // per, nogil=True, schedule='static', num_threads=team(x.shape[0], n_threads)):
         lo = b * per
         dlcpu_f32_to_bf16_vnni(isa, native, &x[lo * 256], &y[lo * 256], min(per, blocks - lo))
 
@@ -44,7 +52,7 @@ def bf16_to_f32(const uint16_t[::1] x, float[::1] y, int isa, int n_threads):
     cdef int64_t n = x.shape[0], c, lo
     if y.shape[0] != n:
         raise ValueError(f"bf16_to_f32: x has {n} elements, y {y.shape[0]}")
-    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static', num_threads=n_threads):
+    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static', num_threads=team(n, n_threads)):
         lo = c * CHUNK
         dlcpu_bf16_to_f32(isa, &x[lo], &y[lo], min(CHUNK, n - lo))
 
@@ -55,7 +63,7 @@ def absmax_bits(const float[::1] x, int isa, int n_threads):
     cdef int64_t chunks = (n + CHUNK - 1) // CHUNK
     cdef uint32_t best = 0
     cdef uint32_t[::1] parts = np.zeros(max(chunks, 1), np.uint32)
-    for c in prange(chunks, nogil=True, schedule='static', num_threads=n_threads):
+    for c in prange(chunks, nogil=True, schedule='static', num_threads=team(n, n_threads)):
         lo = c * CHUNK
         parts[c] = dlcpu_absmax_bits(isa, &x[lo], min(CHUNK, n - lo))
     for c in range(chunks):
@@ -72,7 +80,7 @@ def dfp16_quantize(const float[::1] x, int16_t[::1] y, double scale, int limit, 
     if y.shape[0] != n:
         raise ValueError(f"dfp16_quantize: x has {n} elements, y {y.shape[0]}")
     cdef uint32_t key0 = dlcpu_mix32(seed ^ <uint32_t>2654435769)
-    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static', num_threads=n_threads):
+    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static', num_threads=team(n, n_threads)):
         lo = c * CHUNK
         # the key of lo's run of 2^32 indices: the seed's hash mixed with the run number
         dlcpu_dfp16_quantize(isa, &x[lo], &y[lo], min(CHUNK, n - lo), scale, limit, stochastic,
@@ -85,7 +93,7 @@ def quantize_u8(const float[::1] x, uint8_t[::1] y, double scale, int zero_point
     cdef int64_t n = x.shape[0], c, lo
     if y.shape[0] != n:
         raise ValueError(f"quantize_u8: x has {n} elements, y {y.shape[0]}")
-    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static', num_threads=n_threads):
+    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static', num_threads=team(n, n_threads)):
         lo = c * CHUNK
         dlcpu_quantize_u8(isa, &x[lo], &y[lo], min(CHUNK, n - lo), scale, zero_point)
 
