@@ -27,13 +27,13 @@ byte: 128 for u8 activations with zero point 128) and the kernel differ, and the
 The integer kernels also take a dlcpu_brgemm_int_t (flush schedule, multipliers, zero-point
 compensation) whose per-output-channel pointers move with the K block as the bias does.
 """
-from libc.stdint cimport int16_t, int64_t, uint8_t
+from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t
 from libc.stdlib cimport malloc, free
 from cython.parallel cimport prange, parallel
 
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_int_t, brgemm_operand, brgemm_call,
-                            dlcpu_conv_item_input_px, dlcpu_transpose_16x16_f32, integer_call_for,
-                            DLCPU_BR_OFFS)
+                            dlcpu_conv_item_input_px, dlcpu_transpose_16x16_f32,
+                            dlcpu_transpose_16x16_f32_to_bf16_vnni, integer_call_for, DLCPU_BR_OFFS)
 from dlcpu_plans cimport (dlcpu_conv_plan_t, dlcpu_conv_shape_t, DLCPU_TILE_NONE, DLCPU_TILE_PADDED,
                           require_tiles)
 
@@ -218,3 +218,25 @@ def flip_transpose_weights(const float[:, :, :, :, :, ::1] wb, float[:, :, :, :,
                 s = rho_w + sw * (Jw - 1 - i)
                 dlcpu_transpose_16x16_f32(src + (((kb * Cb + cb) * R + r) * S + s) * 256,
                                           dst + ((ck * Jh + j) * Jw + i) * 256)
+
+
+def flip_transpose_weights_bf16(const float[:, :, :, :, :, ::1] wb, uint16_t[:, :, :, :, :, ::1] out,
+                                int rho_h, int rho_w, int sh, int sw, int isa, bint native, int n_threads):
+    """flip_transpose_weights, rounded to bf16 in VNNI pairs on the way (the layout and bits of
+    dlcpu.precision.fp32_blocks_to_bf16_vnni): one pass per stride phase instead of a flip into
+    fp32 scratch and a conversion pass over it.  A mixed-precision bwd-data call makes these
+    every step (the master weights change)."""
+    cdef int64_t Kb = wb.shape[0], Cb = wb.shape[1], R = wb.shape[2], S = wb.shape[3]
+    cdef int64_t Jh = out.shape[2], Jw = out.shape[3]
+    cdef int64_t ck, kb, cb, j, i, r, s
+    cdef const float *src = &wb[0, 0, 0, 0, 0, 0]
+    cdef uint16_t *dst = &out[0, 0, 0, 0, 0, 0]
+    for ck in prange(Cb * Kb, nogil=True, schedule='static', num_threads=n_threads):
+        cb = ck // Kb
+        kb = ck % Kb
+        for j in range(Jh):
+            r = rho_h + sh * (Jh - 1 - j)
+            for i in range(Jw):
+                s = rho_w + sw * (Jw - 1 - i)
+                dlcpu_transpose_16x16_f32_to_bf16_vnni(isa, native, src + (((kb * Cb + cb) * R + r) * S + s) * 256,
+                                                       dst + ((ck * Jh + j) * Jw + i) * 256)

@@ -87,6 +87,7 @@ cdef extern from "convert.h" nogil:
 
 cdef extern from "conv_f32.h" nogil:
     void dlcpu_transpose_16x16_f32(const float *src, float *dst)
+    void dlcpu_transpose_16x16_f32_to_bf16_vnni(int isa, int native, const float *src, uint16_t *dst)
     const float *dlcpu_conv_item_input(int mode, const float *x_img, float *tile, int64_t Cb, int64_t H,
                                        int64_t W, int64_t p0, int64_t sh, int64_t sw, int64_t ph,
                                        int64_t pw, int64_t TR, int64_t PW)

@@ -175,6 +175,30 @@ def test_pair_weight_update_row_tiles_for_every_leftover_channel_count(rng, monk
             assert_close(dw, want)
 
 
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_bf16_bwd_data_weights_are_the_flipped_weights_rounded(rng, stride):
+    """The fused flip + bf16 VNNI pass of a bf16 bwd-data phase gives the bits of the fp32 flip
+    followed by fp32_blocks_to_bf16_vnni, on every ISA path, for every stride phase (rounding
+    ties, NaN, Inf and denormals included)."""
+    from dlcpu._ext import conv_direct as _direct
+
+    w = rng.uniform(-1, 1, (40, 20, 3, 3)).astype(np.float32)
+    w.reshape(-1)[:6] = [np.nan, np.inf, -np.inf, 1e-40, 1 + 2.0 ** -8, -(1 + 3 * 2.0 ** -8)]
+    wb = layout.block_weights(w).data
+    kb, cb = wb.shape[:2]
+    for isa in ISAS:
+        code = dlcpu.cpu.ISA_CODES[isa]
+        for rho_h in range(stride):
+            for rho_w in range(stride):
+                taps_h, taps_w = len(range(rho_h, 3, stride)), len(range(rho_w, 3, stride))
+                flipped = np.empty((cb, kb, taps_h, taps_w, 16, 16), np.float32)
+                _direct.flip_transpose_weights(wb, flipped, rho_h, rho_w, stride, stride, 2)
+                fused = np.empty(flipped.shape, np.uint16)
+                _direct.flip_transpose_weights_bf16(wb, fused, rho_h, rho_w, stride, stride, code, P.native_bf16(isa),
+                                                    max_threads())
+                assert np.array_equal(fused, P.fp32_blocks_to_bf16_vnni(flipped))
+
+
 def test_bf16_weight_update_is_thread_independent_and_keeps_nan_inf(rng, monkeypatch):
     """dW of precision='bf16' is the same bits on 1 and all threads (each dW block is summed by one
     thread in a fixed order); with Inf/NaN in x or dy it is exactly the fp32 weight update of the
@@ -197,27 +221,36 @@ def test_bf16_weight_update_is_thread_independent_and_keeps_nan_inf(rng, monkeyp
 
 
 @pytest.mark.parametrize("precision", ["bf16", "dfp16"])
-def test_small_weight_updates_take_the_fp32_kernels_on_the_formats_values(rng, monkeypatch, precision):
+@pytest.mark.parametrize("case", [(8, 3, 1, 1), (8, 1, 2, 0), (9, 1, 2, 0), (9, 1, (2, 3), 0), (7, 1, 2, 1)], ids=str)
+def test_small_weight_updates_take_the_fp32_kernels_on_the_formats_values(rng, monkeypatch, precision, case):
     """Below conv.PAIR_WU_MIN_MACS multiply-adds, or below conv.PAIR_WU_MIN_K output channels at
     any size, dW runs the fp32 kernels on the bf16 / DFP-16 values (the pair kernels'
     reformatting would cost more): the same gradient to fp32 summation order, and the pair
-    kernels are not called."""
-    x = rng.uniform(-1, 1, (4, 16, 8, 8)).astype(np.float32)
-    w = rng.uniform(-1, 1, (32, 16, 3, 3)).astype(np.float32)
-    dy = rng.uniform(-1, 1, (4, 32, 8, 8)).astype(np.float32)
+    kernels are not called.  Strided 1x1 without padding converts only the pixels it reads and
+    runs as a stride-1 1x1 on them (odd sizes, unequal strides); with padding it does not."""
+    h, r, stride, pad = case
+    x = rng.uniform(-1, 1, (4, 16, h, h)).astype(np.float32)
+    w = rng.uniform(-1, 1, (32, 16, r, r)).astype(np.float32)
+    dy = rng.uniform(-1, 1, dlcpu.conv2d(x, w, None, stride, pad).shape).astype(np.float32)
     assert 4 * 32 * 16 * 9 * 64 < conv.PAIR_WU_MIN_MACS
     monkeypatch.setattr(conv, "PAIR_WU_MIN_MACS", 0)
     monkeypatch.setattr(conv, "PAIR_WU_MIN_K", 0)
-    pairs = dlcpu.conv2d_backward(dy, x, w, 1, 1, need="dw", precision=precision).dw
+    pairs = dlcpu.conv2d_backward(dy, x, w, stride, pad, need="dw", precision=precision).dw
     monkeypatch.undo()
     monkeypatch.setattr(conv, "PAIR_WU_MIN_MACS", 0)         # large enough, but 32 < PAIR_WU_MIN_K channels
     monkeypatch.setattr(_wu, "conv2d_weight_grad_pairs", None)
     assert 32 < conv.PAIR_WU_MIN_K
-    small = dlcpu.conv2d_backward(dy, x, w, 1, 1, need="dw", precision=precision).dw
+    small = dlcpu.conv2d_backward(dy, x, w, stride, pad, need="dw", precision=precision).dw
     assert_close(small, pairs.astype(np.float64))
     monkeypatch.undo()
     monkeypatch.setattr(_wu, "conv2d_weight_grad_pairs", None)
-    assert_close(dlcpu.conv2d_backward(dy, x, w, 1, 1, need="dw", precision=precision).dw, pairs.astype(np.float64))
+    small = dlcpu.conv2d_backward(dy, x, w, stride, pad, need="dw", precision=precision).dw
+    assert_close(small, pairs.astype(np.float64))
+    if precision == "bf16":      # the float64 gradient of the rounded operands
+        st2, pd2 = (stride, stride) if isinstance(stride, int) else stride, (pad, pad)
+        want = ref.conv2d_backward(P.round_to_bf16(dy).astype(np.float64), P.round_to_bf16(x).astype(np.float64),
+                                   w.astype(np.float64), st2, pd2)[1]
+        assert_close(small, want)
 
 
 def test_bf16_backward_blocked_with_the_forward_bf16_input_and_accumulate(rng):

@@ -18,6 +18,7 @@
 #ifndef DLCPU_CONV_F32_H
 #define DLCPU_CONV_F32_H
 #include <stdint.h>
+#include "convert.h"
 #include <string.h>
 #include "tiles.h"
 
@@ -63,6 +64,15 @@ static inline void dlcpu_transpose_16x16_f32(const float *src, float *dst)
 {
     for (int k = 0; k < 16; k++)
         for (int c = 0; c < 16; c++) dst[k * 16 + c] = src[c * 16 + k];
+}
+
+/* The same block transposed, then rounded to bf16 in VNNI pairs (dlcpu_f32_to_bf16_vnni's bits):
+ * the bwd-data weights of a mixed-precision step, in one pass. */
+static inline void dlcpu_transpose_16x16_f32_to_bf16_vnni(int isa, int native, const float *src, uint16_t *dst)
+{
+    float t[256];
+    dlcpu_transpose_16x16_f32(src, t);
+    dlcpu_f32_to_bf16_vnni(isa, native, t, dst, 1);
 }
 
 /*
