@@ -215,3 +215,29 @@ def test_lstm_dynamic_int8_inference_and_training_refused(rng):
     relu = nn.RNN(12, 20, nonlinearity="relu")
     with pytest.raises(ValueError, match="no int8 kernels"):
         relu.set_precision("int8")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "dfp16"])
+def test_residual_blocks_convert_their_input_once_for_both_convolutions(rng, monkeypatch, precision):
+    """A block whose first conv and shortcut conv both read x in the same format converts x once
+    and hands both the same tensor; outputs and gradients are the bits of converting it twice."""
+    from dlcpu.nn import layers, resnet
+
+    x = dlcpu.to_blocked(rng.uniform(-1, 1, (2, 16, 9, 9)).astype(np.float32))
+    for make in (lambda: nn.BasicBlock(16, 32, 2, seed=3), lambda: resnet.Bottleneck(16, 8, 2, seed=3)):
+        results = []
+        for shared in (True, False):
+            if not shared:
+                monkeypatch.setattr(layers, "shared_input", lambda first, shortcut, x: x)
+                monkeypatch.setattr(resnet, "shared_input", lambda first, shortcut, x: x)
+            block = make().set_precision(precision)
+            y = block(x)
+            first, short = block.conv1, (block.shortcut if hasattr(block, "shortcut") else block.downsample)[0]
+            assert (first._x is short._x) == shared and first._x.precision == precision
+            dy = np.random.default_rng(5).uniform(-1, 1, y.numpy().shape).astype(np.float32)
+            dx = block.backward(dlcpu.to_blocked(dy))
+            results.append((y.numpy(), dx.numpy(), [p.grad.copy() for p in block.parameters()]))
+        (y1, dx1, g1), (y2, dx2, g2) = results
+        assert np.array_equal(y1, y2) and np.array_equal(dx1, dx2)
+        assert all(np.array_equal(a, b) for a, b in zip(g1, g2))
+        monkeypatch.undo()

@@ -30,6 +30,7 @@ from .layers import (
     Sequential,
     residual_backward,
     residual_end,
+    shared_input,
     shortcut_forward,
 )
 from .module import Module, _expect_blocked, check_int, check_ints, register
@@ -70,6 +71,7 @@ class Bottleneck(Module):
 
     def forward(self, x):
         _expect_blocked(x, self.describe(), self.args["in_channels"])
+        x = shared_input(self.conv1, self.downsample, x)
         h = self.conv3(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
         self._y = residual_end(self.bn3, self.relu, h, shortcut_forward(self.downsample, x))
         return self._y
