@@ -1114,8 +1114,7 @@ def _backward_data(dy_data, w_data, shape, isa_code, n_threads, native=None, dfp
         integer, fast = None, bool(native)
         if native is not None:      # flipped and rounded in one pass
             wt = scratch("conv.bwd_weights_bf16", (s.Cb, s.Kb, sub.R, sub.S, CB, CB), np.uint16)
-            _direct.flip_transpose_weights_bf16(w_data, wt, rho_h, rho_w, s.stride_h, s.stride_w, isa_code, fast,
-                                                n_threads)
+            _direct.flip_transpose_weights(w_data, wt, rho_h, rho_w, s.stride_h, s.stride_w, n_threads, isa_code, fast)
         else:
             wt = scratch("conv.bwd_weights", (s.Cb, s.Kb, sub.R, sub.S, CB, CB))
             _direct.flip_transpose_weights(w_data, wt, rho_h, rho_w, s.stride_h, s.stride_w, n_threads)

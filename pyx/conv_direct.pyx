@@ -197,18 +197,26 @@ def conv2d_forward(const brgemm_operand[::1] x, const brgemm_operand[::1] w, con
     return errors
 
 
-def flip_transpose_weights(const float[:, :, :, :, :, ::1] wb, float[:, :, :, :, :, ::1] out,
-                           int rho_h, int rho_w, int sh, int sw, int n_threads):
+ctypedef fused flipped_weight:
+    float         # fp32 kernels
+    uint16_t      # bf16 kernels: rounded in VNNI pairs
+
+
+def flip_transpose_weights(const float[:, :, :, :, :, ::1] wb, flipped_weight[:, :, :, :, :, ::1] out,
+                           int rho_h, int rho_w, int sh, int sw, int n_threads, int isa=0, bint native=False):
     """Backward-data weights for one stride phase (rho_h, rho_w):
         out[cb][kb][j][i][k][c] = wb[kb][cb][rho_h + sh*(Jh-1-j)][rho_w + sw*(Jw-1-i)][c][k]
     (channels swapped, taps of the phase only, spatially flipped), so that the forward kernels
     run on dy compute dx at that phase's positions.  Written in output order, one 16x16
-    transpose per block."""
+    transpose per block.  A uint16 `out` gets the blocks rounded to bf16 in VNNI pairs on the
+    way (the bits of dlcpu.precision.fp32_blocks_to_bf16_vnni on the ISA path `isa`, native:
+    VCVTNEPS2BF16): a mixed-precision step makes these every step (the master weights change),
+    in one pass instead of a flip into fp32 scratch and a conversion pass over it."""
     cdef int64_t Kb = wb.shape[0], Cb = wb.shape[1], R = wb.shape[2], S = wb.shape[3]
     cdef int64_t Jh = out.shape[2], Jw = out.shape[3]
     cdef int64_t ck, kb, cb, j, i, r, s
     cdef const float *src = &wb[0, 0, 0, 0, 0, 0]
-    cdef float *dst = &out[0, 0, 0, 0, 0, 0]
+    cdef flipped_weight *dst = &out[0, 0, 0, 0, 0, 0]
     for ck in prange(Cb * Kb, nogil=True, schedule='static', num_threads=n_threads):
         cb = ck // Kb
         kb = ck % Kb
@@ -216,27 +224,10 @@ def flip_transpose_weights(const float[:, :, :, :, :, ::1] wb, float[:, :, :, :,
             r = rho_h + sh * (Jh - 1 - j)
             for i in range(Jw):
                 s = rho_w + sw * (Jw - 1 - i)
-                dlcpu_transpose_16x16_f32(src + (((kb * Cb + cb) * R + r) * S + s) * 256,
-                                          dst + ((ck * Jh + j) * Jw + i) * 256)
-
-
-def flip_transpose_weights_bf16(const float[:, :, :, :, :, ::1] wb, uint16_t[:, :, :, :, :, ::1] out,
-                                int rho_h, int rho_w, int sh, int sw, int isa, bint native, int n_threads):
-    """flip_transpose_weights, rounded to bf16 in VNNI pairs on the way (the layout and bits of
-    dlcpu.precision.fp32_blocks_to_bf16_vnni): one pass per stride phase instead of a flip into
-    fp32 scratch and a conversion pass over it.  A mixed-precision bwd-data call makes these
-    every step (the master weights change)."""
-    cdef int64_t Kb = wb.shape[0], Cb = wb.shape[1], R = wb.shape[2], S = wb.shape[3]
-    cdef int64_t Jh = out.shape[2], Jw = out.shape[3]
-    cdef int64_t ck, kb, cb, j, i, r, s
-    cdef const float *src = &wb[0, 0, 0, 0, 0, 0]
-    cdef uint16_t *dst = &out[0, 0, 0, 0, 0, 0]
-    for ck in prange(Cb * Kb, nogil=True, schedule='static', num_threads=n_threads):
-        cb = ck // Kb
-        kb = ck % Kb
-        for j in range(Jh):
-            r = rho_h + sh * (Jh - 1 - j)
-            for i in range(Jw):
-                s = rho_w + sw * (Jw - 1 - i)
-                dlcpu_transpose_16x16_f32_to_bf16_vnni(isa, native, src + (((kb * Cb + cb) * R + r) * S + s) * 256,
-                                                       dst + ((ck * Jh + j) * Jw + i) * 256)
+                if flipped_weight is float:
+                    dlcpu_transpose_16x16_f32(src + (((kb * Cb + cb) * R + r) * S + s) * 256,
+                                              dst + ((ck * Jh + j) * Jw + i) * 256)
+                else:
+                    dlcpu_transpose_16x16_f32_to_bf16_vnni(isa, native,
+                                                           src + (((kb * Cb + cb) * R + r) * S + s) * 256,
+                                                           dst + ((ck * Jh + j) * Jw + i) * 256)

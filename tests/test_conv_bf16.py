@@ -194,8 +194,8 @@ def test_bf16_bwd_data_weights_are_the_flipped_weights_rounded(rng, stride):
                 flipped = np.empty((cb, kb, taps_h, taps_w, 16, 16), np.float32)
                 _direct.flip_transpose_weights(wb, flipped, rho_h, rho_w, stride, stride, 2)
                 fused = np.empty(flipped.shape, np.uint16)
-                _direct.flip_transpose_weights_bf16(wb, fused, rho_h, rho_w, stride, stride, code, P.native_bf16(isa),
-                                                    max_threads())
+                _direct.flip_transpose_weights(wb, fused, rho_h, rho_w, stride, stride, max_threads(), code,
+                                               P.native_bf16(isa))
                 assert np.array_equal(fused, P.fp32_blocks_to_bf16_vnni(flipped))
 
 
