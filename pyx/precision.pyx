@@ -42,7 +42,8 @@ def f32_to_bf16_vnni(const float[::1] x, uint16_t[::1] y, int isa, bint native, 
     if x.shape[0] % 256 or y.shape[0] != x.shape[0]:
         raise ValueError(f"f32_to_bf16_vnni: x must hold whole 256-element blocks and y as many, got {x.shape[0]}, "
                          f"{y.shape[0]}")
-    for b in prange((blocks + per - 1) // per, nogil=True, schedule='static', num_threads=team(x.shape[0], n_threads)):
+    cdef int threads = team(x.shape[0], n_threads)       # (a memoryview read inside the pragma breaks debug builds)
+    for b in prange((blocks + per - 1) // per, nogil=True, schedule='static', num_threads=threads):
         lo = b * per
         dlcpu_f32_to_bf16_vnni(isa, native, &x[lo * 256], &y[lo * 256], min(per, blocks - lo))
 
