@@ -267,7 +267,7 @@ def get_plan(shape, isa=None, n_threads=None, activation=None):
 def conv_shape(x_shape, w_shape, stride=1, padding=0):
     """Validate the geometry and return the ConvShape; raises ValueError naming the rule."""
     key = (tuple(x_shape), tuple(w_shape), stride, padding)
-    if _plain_ints(key):    # a layer's every call asks again: 8 us of checks, 0.6 us cached
+    if _plain_ints(key):    # a layer asks again on every call: 7.6 us of checks, 1.8 us cached
         return _cached_conv_shape(*key)
     return _checked_conv_shape(*key)
 
