@@ -194,7 +194,8 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", a
         torch = _peers.require_torch("--compare torch")
         peer_layouts = ["nchw", "channels_last"]
         # The same timed region as ours: x in the format (made once, as the layer's forward keeps
-        # it), the fp32 weights and dy cast inside the call (as autocast casts them every step).
+        # it), the fp32 weights and fp32 dy cast inside the call, as dlcpu converts them inside its
+        # own.  (Under autocast, a backward gets bf16 dy and reuses the forward's bf16 weights.)
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         for fmt in (torch.contiguous_format, torch.channels_last):
             xt = torch.from_numpy(x).to(dtype).contiguous(memory_format=fmt)

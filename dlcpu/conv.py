@@ -1025,8 +1025,8 @@ def _format_values_for_weight_grad(xb, dy_format, shape, n_threads):
     """(x, dy, shape) for the fp32 weight-update kernels on the values of a bf16 / DFP-16 update:
     x (a bf16, DFP-16 or fp32 BlockedTensor) and dy (bf16 patterns, or dy's DFP-16
     BlockedTensor) in fp32.  A strided 1x1 convolution without padding reads one input pixel in
-    stride_h * stride_w, so only those are converted, and dW is that of the stride-1 1x1 on them
-    (the same products).  On the digits CNN's 16 -> 32 stride-2 shortcut at batch 64 and 2
+    stride_h * stride_w, so only those are taken (before any conversion) and converted, and dW
+    is that of the stride-1 1x1 on them (the same products).  On the digits CNN's 16 -> 32 stride-2 shortcut at batch 64 and 2
     threads, widening all of x to read a quarter of it took 54 of the update's 93 us; the
     update now takes 70 us (2026-12-02)."""
     s = shape
@@ -1036,12 +1036,12 @@ def _format_values_for_weight_grad(xb, dy_format, shape, n_threads):
     def used_pixels(a):
         return np.ascontiguousarray(a[:, :, ::s.stride_h, ::s.stride_w][:, :, : s.P, : s.Q]) if subsample else a
 
+    x_used = used_pixels(xb.data)       # (conversions are elementwise: the same bits either way)
     if isinstance(dy_format, BlockedTensor):                        # DFP-16
-        x_wu = quantized.dequantize(xb) if xb.precision == "dfp16" else xb.data
-        x_wu, dy_wu = used_pixels(x_wu), quantized.dequantize(dy_format)
+        x_wu = quantized.dfp16_values(x_used, xb.scale[0]) if xb.precision == "dfp16" else x_used
+        dy_wu = quantized.dequantize(dy_format)
     else:       # bf16, widened into reused buffers (fresh ones page-faulted on every small step)
-        x16 = xb.data if xb.precision == "bf16" else formats.fp32_to_bf16_bits(xb.data, n_threads=n_threads)
-        x16 = used_pixels(x16)
+        x16 = x_used if xb.precision == "bf16" else formats.fp32_to_bf16_bits(x_used, n_threads=n_threads)
         x_wu = formats.bf16_bits_to_fp32(x16, n_threads=n_threads, out=scratch("conv.wu_x_bf16", x16.shape))
         dy_wu = formats.bf16_bits_to_fp32(dy_format, n_threads=n_threads,
                                           out=scratch("conv.wu_dy_bf16", dy_format.shape))

@@ -314,6 +314,11 @@ def ternary_call(xq, tb, levels, k_pad):
     return (_U8S8, steps, blocks, None, block_scale, groups, None), z, shift
 
 
+def dfp16_values(mantissas, exponent):
+    """float32 mantissas * 2**exponent, rounded once (the product is exact in float64)."""
+    return np.ldexp(mantissas.astype(np.float64), exponent).astype(np.float32)
+
+
 def dequantize(t):
     """The float32 values a quantized BlockedTensor stands for, in its blocked fp32 layout."""
     if t.precision == "int8":
@@ -324,7 +329,7 @@ def dequantize(t):
         return (q * t.scale[0].reshape(q.shape[0], 1, 1, 1, 1, CB)).astype(np.float32)
     if t.precision == "dfp16":
         m = t.data if t.kind == "activation" else _from_vnni_groups(t.data, 2)
-        return np.ldexp(m.astype(np.float64), t.scale[0]).astype(np.float32)
+        return dfp16_values(m, t.scale[0])
     raise ValueError(f"dequantize: expected an int8 or dfp16 BlockedTensor, got {t.precision}")
 
 

@@ -348,9 +348,9 @@ def pairs_scratch_sizes(tuple geometry, int n_threads):
     """(elements of the x copies, of dy's pixel pairs, of the per-thread transposed channel
     blocks) conv2d_weight_grad_pairs needs for `geometry` on n_threads threads (the caller passes
     reused buffers: fresh ones cost page faults every call -- a 56x56 image's transpose alone is
-    200 KB per thread)."""
+    100 KB per thread)."""
     cdef WuPairsGeometry g = pairs_geometry(geometry)
-    return g.S * g.nph * g.N * g.Cb * g.CR * g.Fx, g.N * g.Kb * g.Fb * 256, max(n_threads, 1) * 16 * g.H * g.W
+    return g.S * g.nph * g.N * g.Cb * g.CR * g.Fx, g.N * g.Kb * g.Fb * 256, n_threads * 16 * g.H * g.W
 
 
 def conv2d_weight_grad_pairs(const uint16_t[::1] x16, const uint16_t[::1] dy16, float[::1] dw, tuple geometry,
@@ -368,6 +368,8 @@ def conv2d_weight_grad_pairs(const uint16_t[::1] x16, const uint16_t[::1] dy16, 
     computes it by the fp32 kernels (see above).  Integers are never non-finite.  xt, dyv and
     chan: scratch of pairs_scratch_sizes(geometry, n_threads) elements, overwritten."""
     cdef WuPairsGeometry g = pairs_geometry(geometry)
+    if n_threads < 1:       # chan holds n_threads slices (num_threads(0) would mean all cores)
+        raise ValueError(f"conv2d_weight_grad_pairs: n_threads must be >= 1, got {n_threads}")
     if (x16.shape[0] != g.N * g.Cb * g.H * g.W * 16 or dy16.shape[0] != g.N * g.Kb * g.F * 16
             or dw.shape[0] != g.Kb * g.Cb * g.R * g.S * 256
             or (xt.shape[0], dyv.shape[0], chan.shape[0]) != pairs_scratch_sizes(geometry, n_threads)):

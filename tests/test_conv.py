@@ -205,3 +205,20 @@ def test_bad_input(change, exc, match):
     args.update(change)
     with pytest.raises(exc, match=match):
         dlcpu.conv2d(args.pop("x"), args.pop("w"), **args, **extra)
+
+
+def test_conv_shape_cache_answers_only_what_the_checks_would():
+    """conv_shape caches geometries of plain ints; a bool (equal to 1 and hashed alike), numpy
+    ints and lists take the checks, and an invalid geometry fails every time it is asked."""
+    from dlcpu import conv
+
+    x, w = (1, 3, 8, 8), (4, 3, 3, 3)
+    plain = conv.conv_shape(x, w, 1, 1)
+    assert conv.conv_shape(x, w, 1, 1) is plain                      # cached
+    assert conv.conv_shape(x, w, np.int64(1), [1, 1]) == plain       # checked, the same answer
+    for stride, padding in ((True, 1), ((1, True), 1), (1, False), (1, (True, 1))):
+        with pytest.raises(TypeError, match="must be an int or an \\(h, w\\) pair of ints"):
+            conv.conv_shape(x, w, stride, padding)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="padding must be >= 0"):
+            conv.conv_shape(x, w, 1, -1)
