@@ -215,6 +215,12 @@ def flip_transpose_weights(const float[:, :, :, :, :, ::1] wb, flipped_weight[:,
     cdef int64_t Kb = wb.shape[0], Cb = wb.shape[1], R = wb.shape[2], S = wb.shape[3]
     cdef int64_t Jh = out.shape[2], Jw = out.shape[3]
     cdef int64_t ck, kb, cb, j, i, r, s
+    # the loop reads taps rho + stride*t of wb and writes every block of out: prove both extents
+    if (not 0 <= rho_h < sh or not 0 <= rho_w < sw or wb.shape[4] != 16 or wb.shape[5] != 16
+            or (out.shape[0], out.shape[1], out.shape[4], out.shape[5]) != (Cb, Kb, 16, 16)
+            or Jh != (R - rho_h + sh - 1) // sh or Jw != (S - rho_w + sw - 1) // sw):
+        raise ValueError(f"flip_transpose_weights: out {tuple(out.shape)[:6]} is not phase ({rho_h}, {rho_w}) of "
+                         f"weights {tuple(wb.shape)[:6]} at stride ({sh}, {sw})")
     cdef const float *src = &wb[0, 0, 0, 0, 0, 0]
     cdef flipped_weight *dst = &out[0, 0, 0, 0, 0, 0]
     for ck in prange(Cb * Kb, nogil=True, schedule='static', num_threads=n_threads):

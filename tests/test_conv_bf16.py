@@ -197,6 +197,11 @@ def test_bf16_bwd_data_weights_are_the_flipped_weights_rounded(rng, stride):
                 _direct.flip_transpose_weights(wb, fused, rho_h, rho_w, stride, stride, max_threads(), code,
                                                P.native_bf16(isa))
                 assert np.array_equal(fused, P.fp32_blocks_to_bf16_vnni(flipped))
+    wrong = np.empty((cb, kb, 1, 3, 16, 16), np.uint16)       # not the taps of any phase at stride 2
+    with pytest.raises(ValueError, match="is not phase"):
+        _direct.flip_transpose_weights(wb, wrong, 0, 0, 2, 2, 1)
+    with pytest.raises(ValueError, match="is not phase"):              # a phase past the stride
+        _direct.flip_transpose_weights(wb, np.empty((cb, kb, 1, 1, 16, 16), np.float32), 2, 2, 2, 2, 1)
 
 
 def test_bf16_weight_update_is_thread_independent_and_keeps_nan_inf(rng, monkeypatch):
