@@ -8,7 +8,7 @@ Build-time switches (environment variables):
     DLCPU_NO_OPENMP=1    serial kernels instead of OpenMP ones
     DLCPU_BOUNDSCHECK=1  debug build: Cython boundscheck, wraparound and initializedcheck on in
                          every module, whatever the files' `# cython:` lines say, compiled at
-                         -O1 (half the -O3 compile time; its kernels are slower); `dlcpu info`
+                         -Og (a seventh of the -O3 compile time; its kernels are slower); `dlcpu info`
                          shows DLCPU_BOUNDSCHECK=1 in compile_flags
     DLCPU_BUILD_JOBS=N   parallel jobs for Cython and the C compiler (default: the usable CPUs)
 
@@ -55,9 +55,12 @@ KERNEL_DIR = os.path.join(PYX_DIR, "kernels")
 CYTHON_BUILD_DIR = os.path.join("build", "cython")
 
 BASE_CFLAGS = ["-O3", "-fno-strict-aliasing", "-Wno-unused-function", "-Wno-unreachable-code"]
-#: a debug build's optimization level: gcc 12 compiles the microkernel tables at -O1 in half the
-#: time of -O3 (conv_direct 78 against 141 s, brgemm 83 against 149 s with the checks on)
-DEBUG_OPT = "-O1"
+#: a debug build's optimization level, gcc's level for debugging.  With the checks on, gcc 12
+#: compiles the microkernel tables at -Og in a quarter of the -O1 time and a seventh of -O3's
+#: (conv_direct 19 against 86 and 141 s, brgemm 20 against 77 and 149 s); its convolutions run
+#: as fast as -O1's, its matmul packing 3x slower (256^3: 0.75 against 0.26 ms).  -O0 compiled
+#: in 14 s but ran the kernels 15-18x slower (measured 2026-12-02).
+DEBUG_OPT = "-Og"
 OPENMP_FLAG = "-fopenmp"
 
 #: what DLCPU_BOUNDSCHECK=1 switches on in every module

@@ -210,4 +210,4 @@ def test_sdist_installs_in_a_fresh_venv(sdist, tmp_path):
     info = json.loads(res.stdout)
     assert info["version"] == dlcpu.__version__
     assert "DLCPU_BOUNDSCHECK=1" in info["compile_flags"]
-    assert "-O1" in info["compile_flags"].split() and "-O3" not in info["compile_flags"].split()
+    assert "-Og" in info["compile_flags"].split() and "-O3" not in info["compile_flags"].split()
