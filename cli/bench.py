@@ -294,7 +294,10 @@ def bench_precision(
                    "peak_factor": {f: benchmarks.peak_factor(f) for f in fmts},
                    "timed_path": "blocked activations in the format (arriving so from the layer before; "
                                  "the conversion of a bf16 or dfp16 input is not timed), weights converted once; "
-                                 "output fp32, int8's u8 (requantized in the epilogue with a calibrated scale)",
+                                 "output fp32, int8's u8 (requantized in the epilogue with a calibrated scale); "
+                                 "GEMM: the right operand packed once, the fp32 left one converted inside every "
+                                 "call (PyTorch's bf16 matmul too: its right operand cast once, its left one "
+                                 "in the call)",
                    "runs": runs})
 
 

@@ -511,8 +511,9 @@ def bench_precision_gemm(size, n_threads, peak_gflops, *, formats=PRECISION_FORM
                          warmup=1, seed=0):
     """A size^3 GEMM in every format (the right-hand operand packed once, as a layer's weights;
     the left one packed, and converted to bf16 or quantized to int8 / DFP-16, inside the timed
-    call), and PyTorch's bf16
-    matmul with `compare`; errors against float64 on the first 64 rows."""
+    call), and PyTorch's bf16 matmul with `compare` in the same region (the right-hand operand
+    cast to bf16 once, the fp32 left one cast inside the timed call); errors against float64 on
+    the first 64 rows."""
     from .gemm import matmul, pack_matmul_operand
 
     rng = np.random.default_rng(seed)
@@ -523,8 +524,10 @@ def bench_precision_gemm(size, n_threads, peak_gflops, *, formats=PRECISION_FORM
     torch = None
     if compare == "torch":
         torch = _peers.require_torch("--compare torch")
-        xt, yt = torch.from_numpy(x).bfloat16(), torch.from_numpy(y).bfloat16()
-        fns.append(lambda: xt @ yt)
+        # dlcpu converts the fp32 left operand inside its call: so does the peer (before, its x
+        # was cast outside the timer, and its region held less than dlcpu's)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y).bfloat16()
+        fns.append(lambda: xt.bfloat16() @ yt)
         with torch_threads(torch, n_threads), torch.inference_mode():
             times = time_interleaved(fns, repeats, warmup)
     else:

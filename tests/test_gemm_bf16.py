@@ -107,3 +107,24 @@ def test_bf16_matmul_bad_input(call, error, match):
     y = np.ones((3, 4), np.float32)
     with pytest.raises(error, match=match):
         call(x, y)
+
+
+@needs_torch
+def test_bench_gemm_peer_casts_its_left_operand_inside_the_timed_call(monkeypatch):
+    """bench precision's GEMM: dlcpu converts the fp32 left operand in every timed call, so the
+    PyTorch peer must cast its own there too, not once before the timer."""
+    import torch
+
+    from dlcpu import benchmarks
+
+    casts = []
+    real = torch.Tensor.bfloat16
+    monkeypatch.setattr(torch.Tensor, "bfloat16", lambda self, *a, **k: casts.append(tuple(self.shape)) or
+                        real(self, *a, **k))
+    repeats, warmup = 4, 1
+    res = benchmarks.bench_precision_gemm(32, 1, 100.0, formats=("bf16",), compare="torch", repeats=repeats,
+                                          warmup=warmup)
+    # the right operand once before timing and the two operands of the error check; the rest
+    # are the left operand's, one in every warm-up and timed call (a timing may loop a call)
+    assert len(casts) - 3 >= repeats + warmup, casts
+    assert res["peer"]["rel_l2"] < 1e-2 and res["formats"]["bf16"]["ratio_vs_peer"] > 0
