@@ -351,7 +351,10 @@ def _render_precision(run, fmts, compare):
               "(1x emulated). fp32: the direct algorithm. dlcpu bf16 reads bf16 activations and writes fp32; "
               "dfp16 reads int16 mantissas and writes fp32 (the conversions of bf16 and dfp16 inputs are "
               "passes of their own, not timed); int8 reads u8 and writes u8 (requantized in the epilogue, "
-              "calibrated scale), as PyTorch's int8 does. Kernel paths: "
+              "calibrated scale), as PyTorch's int8 does. "
+              + ("GEMM: the right operand packed once; the fp32 left one converted inside every call, on both "
+                 "sides (PyTorch casts it to bf16 in its call). " if "gemm" in run else "")
+              + "Kernel paths: "
               + "; ".join(f"{k} {v or 'no kernel yet'}" for k, v in run["native"].items()), highlight=False)
 
 
