@@ -241,11 +241,16 @@ def test_failure_while_running_exits_1_with_one_line(tmp_path):
     assert not out.exists() and os.listdir(tmp_path) == []  # diverged in epoch 1: nothing saved, no temp files
 
 
+#: a command line prefix that runs a program with SIGINT back to its default action: a shell starts
+#: background jobs (a suite run with `... &`) with it ignored, and a Python started so installs no
+#: KeyboardInterrupt handler, so a Ctrl-C test would see its program run to the end
+WITH_DEFAULT_SIGINT = [sys.executable, "-c", ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                                              "os.execv(sys.argv[1], sys.argv[1:])")]
+
+
 def test_ctrl_c_during_training_is_one_line_and_leaves_no_temp_file(tmp_path):
     out = tmp_path / "m.npz"
-    # SIGINT back to its default first: a shell starts background jobs with it ignored
-    reset_sigint = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
-    proc = subprocess.Popen([sys.executable, "-c", reset_sigint, DLCPU, "train", "digits", "--epochs", "500", "--threads", "1",
+    proc = subprocess.Popen([*WITH_DEFAULT_SIGINT, DLCPU, "train", "digits", "--epochs", "500", "--threads", "1",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
     first = proc.stderr.readline()  # an epoch line: the model has been saved once
     assert first.startswith("epoch"), first

@@ -13,12 +13,11 @@ import shutil
 import signal
 import struct
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from test_cli import DLCPU, assert_one_line_error, run  # the CLI runner and the one-line error rule
+from test_cli import DLCPU, WITH_DEFAULT_SIGINT, assert_one_line_error, run  # the CLI runner and the one-line error rule
 
 OUTCOMES = ("masked", "sdc1", "sdc5", "due")
 
@@ -353,11 +352,7 @@ def _count_lines(path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_interrupted_campaign_resumes_to_the_same_records(cnn, big_campaign, tmp_path, sig):
     path = str(tmp_path / "int.jsonl")
-    # SIGINT back to its default first: a suite run in the background by a shell (`... &`)
-    # inherits it ignored, a Python started so installs no KeyboardInterrupt handler, and the
-    # campaign would run to its end (as test_cli's Ctrl-C test does)
-    reset_sigint = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
-    args = [sys.executable, "-c", reset_sigint, DLCPU, "faults", "campaign", cnn, *BIG, "--out", path]
+    args = [*WITH_DEFAULT_SIGINT, DLCPU, "faults", "campaign", cnn, *BIG, "--out", path]
     proc = subprocess.Popen(args, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "COLUMNS": "200"})
     try:

@@ -6,12 +6,11 @@ import math
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import DLCPU, assert_one_line_error, run
+from test_cli import DLCPU, WITH_DEFAULT_SIGINT, assert_one_line_error, run
 
 from dlcpu import train
 from dlcpu.train import SweepConfig, SweepRun
@@ -214,8 +213,7 @@ def test_cli_single_run_text_is_unchanged():
 
 
 def test_cli_ctrl_c_prints_the_finished_runs_and_exits_130():
-    reset_sigint = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
-    proc = subprocess.Popen([sys.executable, "-c", reset_sigint, DLCPU, "train", "digits", "--epochs", "2",
+    proc = subprocess.Popen([*WITH_DEFAULT_SIGINT, DLCPU, "train", "digits", "--epochs", "2",
                              "--threads", "1", "--seeds", ",".join(map(str, range(50)))],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
                             env={**os.environ, "COLUMNS": "200"})
