@@ -400,6 +400,15 @@ def _precision_step(x, w, fmt, stride, pad, n_threads):
     return lambda: conv2d(xb, wb, out=out, **kw)
 
 
+def int8_peer_full_range():
+    """Whether PyTorch's x86 int8 engine sums u8 x s8 products exactly on this CPU: with
+    avx512_vnni (VPDPBUSD).  Without it, FBGEMM forms pairs of products in saturating int16
+    (VPMADDUBSW; 2 * 255 * 127 > 32767) and PyTorch's docs ask for 7-bit activations
+    (reduce_range), which the peer then gets: on an AVX2-only CPU, full-range codes put its error
+    at 0.18 against float64 (res2a_branch2b, measured)."""
+    return bool(cpu.features()["avx512_vnni"])
+
+
 def _torch_int8_conv(torch, x, w, stride, pad):
     """PyTorch's quantized convolution on its x86 engine (FBGEMM/oneDNN): the input quantized
     to quint8 once (a quantized network's layers hand u8 to each other), s8 weights per output
@@ -417,6 +426,8 @@ def _torch_int8_conv(torch, x, w, stride, pad):
     absmax = float(np.abs(x).max()) or 1.0
     signed = bool((x < 0).any())
     s_x, z_x = (absmax / 127, 128) if signed else (absmax / 255, 0)
+    if not int8_peer_full_range():      # 7-bit codes, its reduce_range rule for such CPUs
+        s_x, z_x = (absmax / 63, 64) if signed else (absmax / 127, 0)
     with torch.inference_mode():
         probe = torch.nn.functional.conv2d(torch.from_numpy(x[:1]), torch.from_numpy(w), stride=stride, padding=pad)
         conv.scale, conv.zero_point = float(probe.abs().max()) / 127 or 1.0, 128
@@ -460,7 +471,8 @@ def bench_precision_layer(layer, batch, n_threads, peak_gflops, *, formats=PRECI
             if "int8" in formats:
                 run, peer_out["int8"] = _torch_int8_conv(torch, x, w, stride, pad)
                 fns.append(run)
-                peers.append(("int8", f"torch {torch.__version__} quantized conv2d int8 (x86 engine), channels_last"))
+                peers.append(("int8", f"torch {torch.__version__} quantized conv2d int8 (x86 engine), channels_last"
+                              + ("" if int8_peer_full_range() else ", 7-bit activations (reduce_range: no VNNI)")))
             times = time_interleaved(fns, repeats, warmup)
     else:
         times = time_interleaved(fns, repeats, warmup)

@@ -77,7 +77,8 @@ def test_plan_fields_are_checked():
 def test_pass_plans_cover_every_pass():
     assert [t for t, _ in pass_plans(RES3, "fwd")] == ["forward"]
     assert isinstance(pass_plans(RES3, "fwd", "winograd4")[0][1], WinogradPlan)
-    assert isinstance(pass_plans(RES3, "fwd", "auto", "avx512")[0][1], WinogradPlan)
+    if "avx512" in cpu.supported_isas():          # its crossover; another ISA's plan needs that ISA
+        assert isinstance(pass_plans(RES3, "fwd", "auto", "avx512")[0][1], WinogradPlan)
     assert isinstance(pass_plans(RES3, "bwd_w")[0][1], WeightGradPlan)
     phases = pass_plans(STRIDED, "bwd_d")
     assert len(phases) == 4 and all(isinstance(p, ConvPlan) for _, p in phases)
