@@ -273,15 +273,22 @@ class PackedTernary:
 
 def _pack_ternary(y, block, residual):
     """pack_matmul_operand for ternary: y (K, n) ternarized as the weights of a (n, K, 1, 1)
-    convolution (blocks along K) and its blocks reordered column block first."""
-    tb = quantized.block_ternary_weights(formats.ternarize(np.ascontiguousarray(y.T)[:, :, None, None], block=block,
-                                                           residual=residual))
+    convolution (blocks along K)."""
+    return packed_ternary_from(formats.ternarize(np.ascontiguousarray(y.T)[:, :, None, None], block=block,
+                                                 residual=residual))
+
+
+def packed_ternary_from(tw):
+    """The PackedTernary of y (K, n) from the TernaryWeights of its transpose as (n, K, 1, 1)
+    convolution weights (what nn.quantize keeps of a Linear layer): blocked as a convolution's,
+    then reordered column block first."""
+    tb = quantized.block_ternary_weights(tw)
     L, nb, kb = tb.codes.shape[:3]
     codes = np.ascontiguousarray(tb.codes.reshape(L, nb, kb, CB, CB).swapaxes(0, 1).reshape(nb, L * kb, CB, CB))
     groups = tb.alphas.shape[-2]
     alphas = np.ascontiguousarray(tb.alphas.reshape(L, nb, kb, groups, CB).swapaxes(0, 1)
                                   .reshape(nb, L * kb, groups, CB))
-    return PackedTernary(tuple(y.shape), tb.block, codes, alphas, tb.code_sums, _made=True)
+    return PackedTernary((tw.shape[1], tw.shape[0]), tb.block, codes, alphas, tb.code_sums, _made=True)
 
 
 def pack_matmul_operand(y, *, transpose=False, precision="fp32", n_threads=None, block=16, residual=0):
@@ -331,7 +338,7 @@ _NO_BIAS = np.empty(0, dtype=np.float32)
 
 
 def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, precision="fp32", n_threads=None,
-           isa=None, levels=None):
+           isa=None, levels=None, x_scale=None, x_unsigned=None):
     """x @ y (+ bias) for float32 matrices (m, K) and (K, n), on BRGEMM calls over packed
     operands; y may be a PackedMatrix from pack_matmul_operand (packed once, reused).
     transpose_x=True computes x.T @ y from x of shape (K, m), packing x transposed on the fly.
@@ -348,12 +355,22 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
     s8; 'dfp16': both to int16 mantissas with shared exponents; products summed in int32 chains
     that provably cannot overflow (dlcpu.quantized), output float32; out= takes fp32 and bf16.
     'ternary': y a PackedTernary (or dense y, ternarized with blocks of 16 and no residual), x
-    quantized to u8; levels= runs the first `levels` levels (default all).  Outside fp32,
+    quantized to u8; levels= runs the first `levels` levels (default all).  int8 and ternary
+    take a calibrated x_scale (with x_unsigned: zero point 0, else 128) in place of x's own
+    max|x|, as a statically quantized layer does (values beyond it saturate).  Outside fp32,
     transpose_x copies x transposed first."""
     fn = "matmul"
     precision = formats.check_precision(precision, fn)
     if levels is not None and precision != "ternary":
         raise ValueError(f"{fn}: levels= chooses the residual levels of ternary weights, not of {precision}")
+    u8_scale = None
+    if x_scale is not None or x_unsigned is not None:
+        if precision not in ("int8", "ternary"):
+            raise ValueError(f"{fn}: x_scale= and x_unsigned= set the u8 quantization of x for precision 'int8' "
+                             f"or 'ternary', not {precision!r}")
+        if x_scale is None:
+            raise ValueError(f"{fn}: x_unsigned= goes with a calibrated x_scale")
+        u8_scale = quantized.calibrated_u8_scale(x_scale, x_unsigned, fn, ("x_scale", "x_unsigned"))
     transpose_x = flag(transpose_x, "transpose_x", fn)
     accumulate = flag(accumulate, "accumulate", fn)
     x = _f32(x, "x", 2, fn)
@@ -399,7 +416,7 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
         if out is not None:
             raise ValueError(f"{fn}: out= and accumulate= take the fp32 product; precision='ternary' returns a new array")
         outs = tuple(_ternary_product(x, yi if isinstance(yi, PackedTernary) else _pack_ternary(yi, 16, 0), m, T, bias,
-                                      levels, n_threads, isa_name, fn) for yi in checked)
+                                      levels, n_threads, isa_name, fn, u8_scale) for yi in checked)
         return outs if many else outs[0]
     if precision in quantized.INTEGER_FORMATS:
         if out is not None:
@@ -407,7 +424,7 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
                              "array")
         outs = tuple(_integer_product(x, yi if isinstance(yi, PackedMatrix) else
                                       pack_matmul_operand(yi, precision=precision, n_threads=n_threads),
-                                      m, kc, T, bias, n_threads, isa_name, precision, fn) for yi in checked)
+                                      m, kc, T, bias, n_threads, isa_name, precision, fn, u8_scale) for yi in checked)
         return outs if many else outs[0]
     if precision == "bf16":
         native = formats.native_bf16(isa_name)
@@ -441,27 +458,49 @@ def _pack_integer(y, precision, n_threads):
     fn = "pack_matmul_operand"
     y = np.ascontiguousarray(y)
     K, n = y.shape
-    kb, nb = -(-K // CB), -(-n // CB)
     if precision == "int8":
         scales = formats.int8_weight_scales(y, axis=1)
-        q = formats.to_int8(y, scales, axis=1).data
-    else:
-        d, bound = formats._to_dfp16(y, formats.DFP16_HEADROOM, "nearest", 0, cpu.isa_code(None), n_threads, fn,
-                                     within_headroom=True)
-        q = d.mantissas
+        return packed_int8_from(formats.to_int8(y, scales, axis=1).data, scales)
+    d, bound = formats._to_dfp16(y, formats.DFP16_HEADROOM, "nearest", 0, cpu.isa_code(None), n_threads, fn,
+                                 within_headroom=True)
+    return PackedMatrix(_integer_blocks(d.mantissas, "dfp16"), (K, n), "dfp16", (d.exponent, int(bound)))
+
+
+def _integer_blocks(q, precision):
+    """Integer codes q (K, n), zero-padded and blocked [n/16][K/16][16k][16n], the rows of each
+    block grouped for VNNI."""
+    K, n = q.shape
+    kb, nb = -(-K // CB), -(-n // CB)
     padded = np.zeros((kb * CB, nb * CB), q.dtype)
     padded[:K, :n] = q
     blocks = np.ascontiguousarray(padded.reshape(kb, CB, nb, CB).transpose(2, 0, 1, 3))   # [nb][kb][16k][16n]
-    data = quantized._vnni_groups(blocks, quantized.GROUP[precision])
-    if precision == "int8":
-        sums = padded.astype(np.int64).reshape(kb, CB, nb * CB).sum(axis=1).astype(np.int32)     # (kb, n_pad)
-        pad_scales = np.ones(nb * CB, np.float32)
-        pad_scales[:n] = scales
-        return PackedMatrix(data, (K, n), "int8", (pad_scales, sums))
-    return PackedMatrix(data, (K, n), "dfp16", (d.exponent, int(bound)))
+    return quantized._vnni_groups(blocks, quantized.GROUP[precision])
 
 
-def _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn):
+def packed_int8_from(q, scales):
+    """The int8 PackedMatrix of y (K, n) from its codes q (K, n) int8 and per-column scales (n,)
+    (pack_matmul_operand's quantization, or codes nn.quantize kept), with the per-(K block,
+    column) sums of the codes that give the zero-point compensation."""
+    K, n = q.shape
+    kb, nb = -(-K // CB), -(-n // CB)
+    padded = np.zeros((kb * CB, nb * CB), np.int64)
+    padded[:K, :n] = q
+    sums = padded.reshape(kb, CB, nb * CB).sum(axis=1).astype(np.int32)                     # (kb, n_pad)
+    pad_scales = np.ones(nb * CB, np.float32)
+    pad_scales[:n] = scales
+    return PackedMatrix(_integer_blocks(q, "int8"), (K, n), "int8", (pad_scales, sums))
+
+
+def _u8_activations(x, code, n_threads, fn, u8_scale):
+    """quantize_u8 of x: from its own max|x|, or with a calibrated (scale, zero point), NaN/Inf
+    refused either way."""
+    if u8_scale is None:
+        return quantized.quantize_u8(x, code, n_threads, fn)
+    quantized._absmax(x, code, n_threads, fn, "int8 quantization")
+    return quantized.quantize_u8(x, code, n_threads, fn, *u8_scale)
+
+
+def _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn, u8_scale=None):
     """x @ y on the integer kernels: x quantized and packed here, y a PackedMatrix of the format."""
     n = y.shape[1]
     yp = y.data
@@ -469,7 +508,7 @@ def _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn):
     plan = choose_gemm_split(m, n, y.shape[0], isa_name, n_threads)
     code = cpu.ISA_CODES[isa_name]
     if precision == "int8":
-        q, s_x, z = quantized.quantize_u8(x, code, n_threads, fn)
+        q, s_x, z = _u8_activations(x, code, n_threads, fn, u8_scale)
         xp = _row_tiles(q, T, kc)
         s_y, sums = y.scale
         steps, blocks = quantized.chain_schedule("int8")
@@ -496,7 +535,7 @@ def _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn):
     return _fresh_product(xp, view, m, n, n_pad, bias, plan, fn, quantized.native_vnni(isa_name), spec)
 
 
-def _ternary_product(x, y, m, T, bias, levels, n_threads, isa_name, fn):
+def _ternary_product(x, y, m, T, bias, levels, n_threads, isa_name, fn, u8_scale=None):
     """x @ y for a PackedTernary y on its first `levels` levels: x quantized to u8 and repeated
     once per level along K (each copy meets one level's codes), every N-row block summed in its
     own int32 chain and multiplied by alpha * s_x (found beside the block), the zero point's
@@ -507,7 +546,7 @@ def _ternary_product(x, y, m, T, bias, levels, n_threads, isa_name, fn):
     K, n = y.shape
     kb = y.codes.shape[1] // y.levels
     code = cpu.ISA_CODES[isa_name]
-    q, s_x, z = quantized.quantize_u8(x, code, n_threads, fn)
+    q, s_x, z = _u8_activations(x, code, n_threads, fn, u8_scale)
     rep = np.full((m, levels, kb * CB), z, np.uint8)
     rep[:, :, :K] = q[:, None, :]
     xp = _row_tiles(rep.reshape(m, levels * kb * CB), T, levels * kb)

@@ -128,18 +128,25 @@ def to_int8_blocked(x, scale=None, *, unsigned=None, n_threads=None, isa=None):
             raise ValueError(f"{fn}: unsigned= goes with a calibrated scale; without one it follows the data")
         data, scale, zero_point = quantize_u8(xb.data, code, threads, fn)
         return BlockedTensor(data, tuple(xb.shape), "activation", scale=(scale, zero_point), precision="int8")
+    scale, zero_point = calibrated_u8_scale(scale, unsigned, fn)
     _absmax(xb.data, code, threads, fn, "int8 quantization")         # NaN/Inf refused
-    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{fn}: scale must be a positive real number, got {scale!r}")
-    scale = float(np.float32(scale))
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"{fn}: scale must be finite and > 0, got {scale}")
-    if unsigned is None:
-        raise ValueError(f"{fn}: a calibrated scale needs unsigned=True/False (ActivationCalibrator.unsigned)")
-    unsigned = bool(unsigned)
-    zero_point = 0 if unsigned else U8_ZERO_POINT
     data, _, _ = quantize_u8(xb.data, code, threads, fn, scale, zero_point)
     return BlockedTensor(data, tuple(xb.shape), "activation", scale=(scale, zero_point), precision="int8")
+
+
+def calibrated_u8_scale(scale, unsigned, fn, names=("scale", "unsigned")):
+    """(scale, zero point) of a calibrated per-tensor u8 quantization, checked: scale a finite
+    positive number (as float32), unsigned a bool (zero point 0; else 128)."""
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: {names[0]} must be a positive real number, got {scale!r}")
+    scale = float(np.float32(scale))
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"{fn}: {names[0]} must be finite and > 0, got {scale}")
+    if unsigned is None:
+        raise ValueError(f"{fn}: a calibrated {names[0]} needs {names[1]}=True/False (ActivationCalibrator.unsigned)")
+    if not isinstance(unsigned, (bool, np.bool_)):
+        raise TypeError(f"{fn}: {names[1]} must be True or False, got {unsigned!r}")
+    return scale, 0 if unsigned else U8_ZERO_POINT
 
 
 def quantize_u8(a, code, threads, fn, scale=None, zero_point=None):
@@ -191,17 +198,26 @@ def int8_weights_from_codes(codes, scales):
     """The int8 weight BlockedTensor of KCRS int8 codes in [-127, 127] and their per-output-channel
     scales (a saved quantized model: the codes are kept, not quantized again)."""
     fn = "int8_weights_from_codes"
-    if not isinstance(codes, np.ndarray) or codes.dtype != np.int8 or codes.ndim != 4:
-        raise TypeError(f"{fn}: codes must be a 4-d int8 KCRS array, got {getattr(codes, 'dtype', type(codes).__name__)}")
+    scales = check_int8_codes(codes, scales, 4, "KCRS", fn)
+    q = block_weights(codes.astype(np.float32)).data.astype(np.int8)        # small integers: exact
+    padded = np.ones(q.shape[0] * CB, np.float32)
+    padded[: codes.shape[0]] = scales
+    return _int8_weight_tensor(q, padded, tuple(codes.shape))
+
+
+def check_int8_codes(codes, scales, ndim, layout, fn):
+    """Symmetric int8 weight codes (an ndim-d int8 array, `layout` naming its axes, output
+    channel first) and their per-output-channel scales, checked: codes in [-127, 127], scales
+    finite and > 0.  Returns the scales as float32."""
+    if not isinstance(codes, np.ndarray) or codes.dtype != np.int8 or codes.ndim != ndim:
+        raise TypeError(f"{fn}: codes must be a {ndim}-d int8 {layout} array, got "
+                        f"{getattr(codes, 'dtype', type(codes).__name__)}")
     if np.abs(codes.astype(np.int16)).max(initial=0) > INT8_WEIGHT_MAX:
         raise ValueError(f"{fn}: codes must lie in [-127, 127] (symmetric int8)")
     scales = np.asarray(scales, np.float32)
     if scales.shape != (codes.shape[0],) or not (np.isfinite(scales).all() and (scales > 0).all()):
         raise ValueError(f"{fn}: scales must be {codes.shape[0]} finite values > 0, got shape {scales.shape}")
-    q = block_weights(codes.astype(np.float32)).data.astype(np.int8)        # small integers: exact
-    padded = np.ones(q.shape[0] * CB, np.float32)
-    padded[: codes.shape[0]] = scales
-    return _int8_weight_tensor(q, padded, tuple(codes.shape))
+    return scales
 
 
 # ------------------------------------------------------------------------------------ DFP-16

@@ -490,3 +490,54 @@ def test_ternary_matmul_levels_trade_error_and_bad_input(rng):
     ]:
         with pytest.raises((ValueError, TypeError), match=match):
             call()
+
+
+@pytest.mark.parametrize("precision", ["int8", "ternary"])
+@pytest.mark.parametrize("unsigned", [True, False])
+def test_matmul_with_a_calibrated_activation_scale(rng, precision, unsigned):
+    """x_scale= quantizes x with a fixed (calibrated) scale: x's u8 codes are rint(x/s) (+128 when
+    signed), saturating past the scale's range; the product is then the float64 product of
+    those codes' values.  With x's own scale it is the dynamic product, bit for bit."""
+    m, K, n = 19, 40, 24
+    x = rng.uniform(0 if unsigned else -1, 1, (m, K)).astype(np.float32)
+    y = rng.uniform(-1, 1, (K, n)).astype(np.float32)
+    b = rng.uniform(-1, 1, n).astype(np.float32)
+    packed = gemm.pack_matmul_operand(y, precision=precision, **({"residual": 1} if precision == "ternary" else {}))
+    if precision == "int8":
+        s_w = P.int8_weight_scales(y, axis=1)
+        w = P.to_int8(y, s_w, axis=1).data.astype(np.float64) * s_w
+    else:
+        w = P.ternarize(np.ascontiguousarray(y.T)[:, :, None, None], block=16, residual=1).to_float32()[:, :, 0, 0].T
+    z = 0 if unsigned else 128
+    for scale in (0.5 / (255 if unsigned else 127), 2.0 / 255):        # half the range (saturates), twice it
+        q = np.clip(np.rint(x.astype(np.float64) / np.float32(scale)) + z, 0, 255)
+        want = ((q - z) * np.float32(scale)) @ w + b
+        got = dlcpu.matmul(x, packed, bias=b, precision=precision, x_scale=scale, x_unsigned=unsigned)
+        assert_close(got, want)
+    _, s_own, _ = Q.quantize_u8(x, cpu.isa_code(None), 1, "test")
+    assert np.array_equal(dlcpu.matmul(x, packed, bias=b, precision=precision, x_scale=s_own, x_unsigned=unsigned),
+                          dlcpu.matmul(x, packed, bias=b, precision=precision))
+
+
+@pytest.mark.parametrize("kw,error,match", [
+    ({"precision": "fp32", "x_scale": 0.1, "x_unsigned": True}, ValueError, "'int8' or 'ternary', not 'fp32'"),
+    ({"precision": "int8", "x_unsigned": True}, ValueError, "x_unsigned= goes with a calibrated x_scale"),
+    ({"precision": "int8", "x_scale": 0.1}, ValueError, "needs x_unsigned=True/False"),
+    ({"precision": "int8", "x_scale": 0.0, "x_unsigned": True}, ValueError, "x_scale must be finite and > 0"),
+    ({"precision": "int8", "x_scale": float("nan"), "x_unsigned": True}, ValueError, "x_scale must be finite"),
+    ({"precision": "ternary", "x_scale": "1", "x_unsigned": True}, TypeError, "x_scale must be a positive real"),
+    ({"precision": "int8", "x_scale": 0.1, "x_unsigned": "no"}, TypeError, "x_unsigned must be True or False"),
+])
+def test_matmul_calibrated_scale_bad_input(rng, kw, error, match):
+    x = rng.uniform(-1, 1, (8, 32)).astype(np.float32)
+    y = rng.uniform(-1, 1, (32, 16)).astype(np.float32)
+    with pytest.raises(error, match=match):
+        dlcpu.matmul(x, y, **kw)
+
+
+def test_matmul_calibrated_scale_refuses_nan_in_x(rng):
+    x = rng.uniform(-1, 1, (8, 32)).astype(np.float32)
+    x[3, 5] = np.inf
+    y = gemm.pack_matmul_operand(rng.uniform(-1, 1, (32, 16)).astype(np.float32), precision="int8")
+    with pytest.raises(ValueError, match="Inf"):
+        dlcpu.matmul(x, y, precision="int8", x_scale=0.01, x_unsigned=False)
