@@ -22,11 +22,13 @@ def quantize(
     calibration: Annotated[int, typer.Option("--calibration-batches", min=1, max=100,
                                              help="Training batches of 64 images that set the activation "
                                                   "scales.")] = 4,
+    fp32_linear: Annotated[bool, typer.Option("--fp32-linear", help="Keep the classifier (Linear layers) in "
+                                              "fp32, as ternary networks usually keep their last layer.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="The train/test split of `dlcpu train digits`.")] = 0,
     as_json: JsonFlag = False,
 ):
-    """Quantize a digits CNN's convolutions to int8 or block-ternary weights (u8 activations,
-    calibrated), save it, and report accuracy, weight error, multiplications and size against
+    """Quantize a digits CNN's convolutions and classifier to int8 or block-ternary weights (u8
+    activations, calibrated), save it, and report accuracy, weight error, multiplications and size against
     fp32 (ternary: for every number of residual levels)."""
     if to not in nn.QUANTIZE_TARGETS:
         raise bad_option("--to", f"must be one of {', '.join(nn.QUANTIZE_TARGETS)}, got {to!r}")
@@ -46,7 +48,8 @@ def quantize(
                          "`dlcpu train digits` saves), got " + (convs[0].describe() if convs else "no Conv2d"))
     data = training.load_digits_split(seed)
     batches = [training.image_batch(data.x_train[i:i + 64]) for i in range(0, min(len(data.x_train), 64 * calibration), 64)]
-    q = nn.quantize(model, to, batches, block=block, residual=residual)
+    linear = not fp32_linear
+    q = nn.quantize(model, to, batches, block=block, residual=residual, linear=linear)
     nn.save(q, out_path)
     costs = nn.quantize_costs(model, training.image_batch(data.x_test[:1]))
     rows = [{"format": "fp32", "levels": None, "test_accuracy": training.evaluate(model, data.x_test, data.y_test),
@@ -57,22 +60,25 @@ def quantize(
             reloaded.set_levels(levels)
         rows.append({"format": to, "levels": levels,
                      "test_accuracy": training.evaluate(reloaded, data.x_test, data.y_test),
-                     **nn.quantize_weight_report(model, costs, to, block, residual, levels)})
+                     **nn.quantize_weight_report(model, costs, to, block, residual, levels, linear)})
     result = {"model": model_path, "saved_to": out_path, "to": to, "block": block if to == "ternary" else None,
-              "residual": residual if to == "ternary" else None, "calibration_images": sum(len(b.data) for b in batches),
+              "residual": residual if to == "ternary" else None, "linear": linear, "calibration_images": sum(len(b.data) for b in batches),
               "test_images": len(data.x_test), "rows": rows}
     if as_json:
         emit_json(result)
         return
     t = Table(title=f"quantized {model_path} -> {out_path} | {to}"
-                    + (f", blocks of {block} channels, {residual} residual level(s)" if to == "ternary" else ""))
+                    + (f", blocks of {block} channels, {residual} residual level(s)" if to == "ternary" else "")
+                    + ("" if linear else ", fp32 classifier"))
     for col in ("format", "levels", "test accuracy", "rel. weight error", "multiplications / image", "weight bytes"):
         t.add_column(col, justify="left" if col == "format" else "right")
     for r in rows:
         t.add_row(r["format"], "" if r["levels"] is None else str(r["levels"]), f"{100 * r['test_accuracy']:.2f}%",
                   f"{r['rel_weight_error']:.3f}", f"{r['multiplications']:,}", f"{r['weight_bytes']:,}")
     out.print(t)
-    out.print("Convolutions only (batch norm and the classifier stay fp32); multiplications per image: dense = one "
+    out.print(("Convolutions and classifier quantized (batch norm stays fp32)" if linear else
+               "Convolutions quantized (the classifier and batch norm stay fp32)")
+              + "; multiplications per image: dense = one "
               "per weight and output position, ternary = one per block, tap, output channel, level and position "
               "(the +-1 terms are additions); weight bytes: fp32 4 per weight, int8 1 + a scale per channel, "
               "ternary 2 bits per code and level + an alpha per block. Activations: u8 with scales calibrated on "

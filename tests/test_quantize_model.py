@@ -27,22 +27,94 @@ def logits(model, data):
         return model(training.image_batch(data.x_test[:64]))
 
 
-@pytest.mark.parametrize("to,kw", [("int8", {}), ("ternary", {"block": 16, "residual": 2}),
-                                   ("ternary", {"block": 4, "residual": 0})])
-def test_quantized_model_runs_saves_and_loads(trained, tmp_path, to, kw):
+@pytest.mark.parametrize("to,kw,loss", [
+    ("int8", {}, 0.01), ("ternary", {"block": 16, "residual": 2}, 0.01),
+    ("ternary", {"block": 4, "residual": 0, "linear": False}, 0.2),     # fp32 classifier: 90% (98.9% fp32)
+    ("ternary", {"block": 4, "residual": 0}, 0.4),                      # a ternary one too: 78%
+])
+def test_quantized_model_runs_saves_and_loads(trained, tmp_path, to, kw, loss):
     model, _, data, calibration = trained
     before = logits(model, data).copy()
     q = nn.quantize(model, to, calibration, **kw)
     assert np.array_equal(logits(model, data), before)          # the original model is left as it was
+    assert q.args["linear"] is kw.get("linear", True)
     acc_fp32 = training.evaluate(model, data.x_test, data.y_test)
     acc_q = training.evaluate(q, data.x_test, data.y_test)
-    assert acc_q > acc_fp32 - (0.01 if to == "int8" or kw["residual"] else 0.2)
+    assert acc_q > acc_fp32 - loss
     path = tmp_path / "q.npz"
     nn.save(q, path)
     loaded = nn.load(path)
     assert isinstance(loaded, nn.Quantized) and np.array_equal(logits(loaded, data), logits(q, data))
     with pytest.raises(RuntimeError, match="inference only"):
         q.backward(np.ones((64, 10), np.float32))
+
+
+def test_the_classifier_is_quantized_and_saved_as_codes(trained, tmp_path):
+    """The Linear classifier runs on matmul's int8 kernel with its calibrated input scale: its
+    logits are those of matmul on the saved codes, and the file holds codes, not fp32 weights."""
+    model, _, _, calibration = trained
+    q = nn.quantize(model, "int8", calibration)
+    fc = [m for m in q._walk() if isinstance(m, nn.Linear)]
+    assert len(fc) == 1 and fc[0].quant is not None and q.args["linear"] is True
+    x = np.ascontiguousarray(np.random.default_rng(1).uniform(0, 2, (5, fc[0].args["in_features"])).astype(np.float32))
+    lq = fc[0].quant
+    want = dlcpu.matmul(x, dlcpu.gemm.packed_int8_from(np.ascontiguousarray(lq.codes.T), lq.scales),
+                        bias=fc[0].bias.data, precision="int8", x_scale=lq.act_scale, x_unsigned=lq.act_unsigned)
+    w = lq.codes.astype(np.float64) * lq.scales[:, None]
+    assert np.array_equal(fc[0](x), want) and np.abs(w - fc[0].weight.data).max() <= lq.scales.max() / 2 + 1e-7
+    path = tmp_path / "q.npz"
+    nn.save(q, path)
+    with np.load(path) as f:
+        assert any(k.endswith("weight_q") and f[k].shape == (10, fc[0].args["in_features"]) and f[k].dtype == np.int8
+                   for k in f.files)
+        assert not any(k.endswith("weight") and f[k].ndim >= 2 for k in f.files)    # no fp32 weight matrix left
+    with pytest.raises(RuntimeError, match="inference only"):
+        fc[0].backward(np.ones((5, 10), np.float32))
+
+
+def test_a_file_from_before_linear_layers_were_quantized_loads(trained, tmp_path):
+    """A file written before Linear layers were quantized -- no `linear` in its configuration,
+    the classifier's fp32 weight in place of codes -- loads with an fp32 classifier."""
+    model, _, data, calibration = trained
+    q = nn.quantize(model, "int8", calibration)
+    path = tmp_path / "q.npz"
+    nn.save(q, path)
+    with np.load(path) as f:
+        files = dict(f.items())
+    config = json.loads(str(files["__config__"]))
+    del config["args"]["linear"]
+    files["__config__"] = np.array(json.dumps(config))
+    fc = next(m for m in model._walk() if isinstance(m, nn.Linear))
+    prefix = next(k for k in files if k.endswith("weight_q") and files[k].ndim == 2)[:-len("weight_q")]
+    for name in ("weight_q", "weight_scale", "act_scale", "act_unsigned"):
+        del files[prefix + name]
+    files[prefix + "weight"] = fc.weight.data
+    old = tmp_path / "old.npz"
+    np.savez(old, **files)
+    loaded = nn.load(old)
+    assert loaded.args["linear"] is False
+    assert all(m.quant is None for m in loaded._walk() if isinstance(m, nn.Linear))
+    assert training.evaluate(loaded, data.x_test, data.y_test) > training.evaluate(model, data.x_test,
+                                                                                    data.y_test) - 0.01
+
+
+def test_models_quantize_by_their_layers(rng):
+    """A model of Linear layers alone quantizes (int8 and ternary, calibrated on its inputs);
+    one with a recurrent layer is refused, pointing at the dynamic path."""
+    mlp = nn.Sequential(nn.Linear(40, 32, seed=1), nn.Tanh(), nn.Linear(32, 8, seed=2))
+    batches = [rng.standard_normal((16, 40)).astype(np.float32) for _ in range(3)]
+    x = batches[0]
+    with nn.inference_mode():
+        exact = mlp(x).copy()
+        for to, kw in (("int8", {}), ("ternary", {"block": 8, "residual": 2})):
+            q = nn.quantize(mlp, to, batches, **kw)
+            got = q(x)
+            err = np.linalg.norm(got - exact) / np.linalg.norm(exact)
+            assert err < (0.03 if to == "int8" else 0.3), (to, err)
+            assert all(m.quant is not None for m in q._walk() if isinstance(m, nn.Linear))
+    rnn = nn.Sequential(nn.LSTM(8, 16), nn.LastTimeStep(), nn.Linear(16, 4))
+    with pytest.raises(ValueError, match=r"recurrent layer.*set_precision\('int8'\)"):
+        nn.quantize(rnn, "int8", [np.zeros((5, 2, 8), np.float32)])
 
 
 def test_residual_levels_trade_accuracy_for_multiplications(trained):
@@ -89,8 +161,19 @@ def test_quantize_cli_reports_and_saves(trained, tmp_path):
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     assert [r["levels"] for r in data["rows"]] == [None, 2, 1] and data["rows"][0]["format"] == "fp32"
-    assert data["rows"][1]["test_accuracy"] > 0.8 and out.exists()
+    assert data["rows"][1]["test_accuracy"] > 0.8 and out.exists() and data["linear"] is True
     assert isinstance(dlcpu.nn.load(out), nn.Quantized)
+    # --fp32-linear: the classifier's 320 weights stay 4 bytes each, and its multiplications dense
+    res = run("quantize", path, "--to", "ternary", "--block", "8", "--residual", "1", "--fp32-linear", "--out",
+              str(out), "--json")
+    assert res.returncode == 0, res.stderr
+    kept = json.loads(res.stdout)
+    assert kept["linear"] is False and nn.load(out).args["linear"] is False
+    fc = next(m for m in nn.load(path)._walk() if isinstance(m, nn.Linear))
+    k, c = fc.weight.data.shape
+    for both, conv_only in zip(data["rows"][1:], kept["rows"][1:]):        # dense k*c against one per block of 8
+        assert conv_only["multiplications"] - both["multiplications"] == k * c - both["levels"] * k * (c // 8)
+        assert conv_only["weight_bytes"] > both["weight_bytes"]
 
 
 @pytest.mark.parametrize("args,code,what", [

@@ -24,7 +24,7 @@ from .optim import SGD
 from .prune import LayerSparsity, prune, sparsity_report, total_sparsity
 from .quantize import TARGETS as QUANTIZE_TARGETS
 from .quantize import Quantized, quantize
-from .quantize import conv_costs as quantize_costs
+from .quantize import layer_costs as quantize_costs
 from .quantize import weight_report as quantize_weight_report
 from .recurrent import GRU, LSTM, RNN, LastTimeStep
 from .resnet import Bottleneck, ResNet, resnet18, resnet50

@@ -283,6 +283,8 @@ class Linear(Module):
     ternary in blocks of 16 inputs), x per tensor to u8; backward refuses them."""
 
     PRECISIONS = ("fp32", "bf16", "dfp16", "int8", "ternary")
+    #: None, or the nn.quantize LinearQuantization this layer runs instead (inference only)
+    quant = None
 
     def __init__(self, in_features, out_features, bias=True, seed=0):
         super().__init__()
@@ -303,6 +305,8 @@ class Linear(Module):
             shape = getattr(x, "shape", None)
             raise ValueError(f"{self.describe()}: expected a (N, {self.args['in_features']}) array, got shape {shape}")
         check_float32(self.describe(), "x", x)
+        if self.quant is not None:
+            return self.quant.forward(np.ascontiguousarray(x))
         self._x = np.ascontiguousarray(x)
         # W^T packed straight from W (one pass; a transposed copy first was a second one)
         p = self.precision
@@ -312,6 +316,8 @@ class Linear(Module):
         return y
 
     def backward(self, dy):
+        if self.quant is not None:
+            raise RuntimeError(f"{self.describe()}: a quantized Linear layer runs inference only")
         x = self._require_forward(self._x)
         want = (x.shape[0], self.args["out_features"])
         if getattr(dy, "shape", None) != want:
@@ -328,13 +334,16 @@ class Linear(Module):
         return dx
 
     def state(self):
-        out = {"weight": self.weight.data.copy()}
+        out = self.quant.state() if self.quant is not None else {"weight": self.weight.data.copy()}
         if self.bias is not None:
             out["bias"] = self.bias.data.copy()
         return out
 
     def load_state(self, state, prefix=""):
-        self.weight.data[...] = _take(state, prefix + "weight", self.weight.data.shape, self.describe())
+        if self.quant is not None:
+            self.quant.load_state(state, prefix, self.describe())
+        else:
+            self.weight.data[...] = _take(state, prefix + "weight", self.weight.data.shape, self.describe())
         if self.bias is not None:
             self.bias.data[...] = _take(state, prefix + "bias", self.bias.data.shape, self.describe())
 

@@ -1,23 +1,25 @@
-"""Post-training quantization of a model's convolutions: int8 or block-ternary weights with
-calibrated u8 activations, saved and loaded like any model.
+"""Post-training quantization of a model's convolutions and Linear layers: int8 or block-ternary
+weights with calibrated u8 activations, saved and loaded like any model.
 
     q = nn.quantize(model, "ternary", calibration=[xb1, xb2], block=16, residual=1)
     nn.save(q, "digits-ternary.npz"); q = nn.load("digits-ternary.npz")
     q.set_levels(1)                         # residual levels off, least important first
 
-What changes: every Conv2d runs on the integer kernels (conv2d(precision='int8' | 'ternary')):
-int8 weights symmetric per output channel, or TernaryWeights (alpha per output channel, block of
-N input channels and tap; 1 + residual levels); its input quantized to u8 with a per-tensor
-scale calibrated on a few batches (max |x| seen; unsigned when no value seen was negative, after
-a ReLU).  Batch norm, pooling, the residual adds and the classifier stay fp32 (the classifier of
-the digits CNN is 320 multiplications of 5,000).  Inference only: backward is refused.
+What changes: every Conv2d runs on the integer kernels (conv2d(precision='int8' | 'ternary')),
+every Linear layer on matmul's: int8 weights symmetric per output channel (unit), or
+TernaryWeights (alpha per output channel, block of N input channels and tap; 1 + residual
+levels); each layer's input quantized to u8 with a per-tensor scale calibrated on a few batches
+(max |x| seen; unsigned when no value seen was negative, after a ReLU).  Batch norm, pooling and
+the residual adds stay fp32.  Inference only: backward is refused.  Recurrent layers are
+refused: they quantize dynamically (set_precision('int8'), as PyTorch's quantize_dynamic).
 
 Design: a Quantized module wraps the original model, whose configuration it keeps, and hangs a
-ConvQuantization on each of its Conv2d (by position in the walk), so any model built of Conv2d
-layers quantizes without knowing its structure, and nn.load rebuilds it from the configuration.
-The file holds the quantized weights (int8 codes or ternary codes and alphas) and activation
-scales instead of the fp32 convolution weights; a file for another architecture or shape is
-refused by the shape checks of load.
+ConvQuantization or LinearQuantization on each of its Conv2d and Linear layers (by position in
+the walk), so any model built of them quantizes without knowing its structure, and nn.load
+rebuilds it from the configuration.  The file holds the quantized weights (int8 codes or ternary
+codes and alphas) and activation scales instead of the fp32 weights; a file for another
+architecture or shape is refused by the shape checks of load.  Files written before Linear
+layers were quantized (their configuration has no `linear`) load with fp32 Linear layers.
 """
 import numpy as np
 
@@ -25,55 +27,54 @@ from .. import precision as formats
 from .. import quantized
 from .._validate import positive_int
 from ..conv import conv2d
+from ..gemm import matmul, packed_int8_from, packed_ternary_from
 from ..layout import BlockedTensor, unblock_weights
 from .module import Module, _take, register
+from .recurrent import _Recurrent
 
 #: the formats quantize() converts to
 TARGETS = ("int8", "ternary")
 
 
-class ConvQuantization:
-    """The quantized form of one Conv2d: its weights in `fmt` and its input's u8 scale."""
+class _Quantization:
+    """What the quantized form of a Conv2d or Linear layer holds: its weights in `fmt` and the
+    u8 scale of its input.  The subclasses say how the weights are laid out and run."""
 
-    def __init__(self, conv, fmt, block, residual):
-        self.conv, self.fmt, self.block, self.residual = conv, fmt, block, residual
+    def __init__(self, layer, fmt, block, residual):
+        self.layer, self.fmt, self.block, self.residual = layer, fmt, block, residual
         self.levels = residual + 1
         self.act_scale, self.act_unsigned = 1.0, True
-        self.weights = None       # BlockedTensor (int8) or TernaryBlocked
+        self.weights = None       # what the kernel reads (set_weights / load_state)
         self.ternary = None       # TernaryWeights (the logical codes and alphas, for state())
 
-    def set_weights(self, w):
-        """Quantize fp32 KCRS weights."""
-        if self.fmt == "int8":
-            self.weights = quantized.block_weights_int8(w)
-        else:
-            self.ternary = formats.ternarize(w, block=self.block, residual=self.residual)
-            self.weights = quantized.block_ternary_weights(self.ternary)
+    def weight_shape(self):
+        """The layer's weights as (K, C, R, S) convolution weights."""
+        return _weight_shape(self.layer)
 
-    def forward(self, x):
-        conv = self.conv
-        xq = quantized.to_int8_blocked(x, self.act_scale, unsigned=self.act_unsigned)
-        bias = None if conv.bias is None else conv.bias.data
+    def int8_shape(self):
+        """The shape the int8 codes are saved in."""
+        return self.weight_shape()
+
+    def set_weights(self, w):
+        """Quantize the layer's fp32 weights (its own layout: KCRS or (out, in))."""
         if self.fmt == "int8":
-            return conv2d(xq, self.weights, bias, conv.stride, conv.padding, precision="int8")
-        return conv2d(xq, self.weights, bias, conv.stride, conv.padding, precision="ternary", levels=self.levels)
+            self._set_int8(w)
+        else:
+            self._set_ternary(formats.ternarize(w.reshape(self.weight_shape()), block=self.block,
+                                                residual=self.residual))
 
     def state(self):
         out = {"act_scale": np.array(self.act_scale, np.float32), "act_unsigned": np.array(self.act_unsigned)}
         if self.fmt == "int8":
-            scales, _ = self.weights.scale
-            k = self.conv.args["out_channels"]
-            out["weight_q"] = _int8_codes(self.weights)
-            out["weight_scale"] = scales[:k].copy()
+            out["weight_q"], out["weight_scale"] = self._int8_state()
         else:
             out["codes"], out["alphas"] = self.ternary.codes, self.ternary.alphas
         return out
 
     def state_shapes(self):
-        k, c = self.conv.args["out_channels"], self.conv.args["in_channels"]
-        r, s = self.conv.weight_b.shape[2:]
+        k, c, r, s = self.weight_shape()
         if self.fmt == "int8":
-            return {"weight_q": (k, c, r, s), "weight_scale": (k,)}
+            return {"weight_q": self.int8_shape(), "weight_scale": (k,)}
         c_pad = -(-c // quantized.CB) * quantized.CB
         return {"codes": (self.levels, k, c_pad, r, s), "alphas": (self.levels, k, c_pad // self.block, r, s)}
 
@@ -96,7 +97,7 @@ class ConvQuantization:
             raw[name] = arr
         if self.fmt == "int8":
             try:
-                self.weights = quantized.int8_weights_from_codes(raw["weight_q"], raw["weight_scale"])
+                self._int8_from_codes(raw["weight_q"], raw["weight_scale"])
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"model file entries {prefix + 'weight_q'!r} / 'weight_scale' for {where}: {exc}") from None
         else:
@@ -104,8 +105,64 @@ class ConvQuantization:
             if codes.dtype != np.int8 or not np.isin(codes, (-1, 0, 1)).all() or not np.isfinite(alphas).all():
                 raise ValueError(f"model file entries for {where}: ternary codes must be int8 in {{-1, 0, 1}} and "
                                  "alphas finite")
-            self.ternary = formats.TernaryWeights(tuple(self.conv.weight_b.shape), self.block, alphas, codes)
-            self.weights = quantized.block_ternary_weights(self.ternary)
+            self._set_ternary(formats.TernaryWeights(self.weight_shape(), self.block, alphas, codes))
+
+
+class ConvQuantization(_Quantization):
+    """A Conv2d's: int8 weights symmetric per output channel (a blocked int8 weight tensor) or
+    block-ternary (TernaryBlocked), run by conv2d on u8 input."""
+
+    def _set_int8(self, w):
+        self.weights = quantized.block_weights_int8(w)
+
+    def _int8_state(self):
+        scales, _ = self.weights.scale
+        return _int8_codes(self.weights), scales[:self.layer.args["out_channels"]].copy()
+
+    def _int8_from_codes(self, codes, scales):
+        self.weights = quantized.int8_weights_from_codes(codes, scales)
+
+    def _set_ternary(self, tw):
+        self.ternary, self.weights = tw, quantized.block_ternary_weights(tw)
+
+    def forward(self, x):
+        conv = self.layer
+        xq = quantized.to_int8_blocked(x, self.act_scale, unsigned=self.act_unsigned)
+        bias = None if conv.bias is None else conv.bias.data
+        if self.fmt == "int8":
+            return conv2d(xq, self.weights, bias, conv.stride, conv.padding, precision="int8")
+        return conv2d(xq, self.weights, bias, conv.stride, conv.padding, precision="ternary", levels=self.levels)
+
+
+class LinearQuantization(_Quantization):
+    """A Linear layer's: W^T packed once for matmul -- int8 per output unit, or block-ternary
+    with blocks of N inputs (a 1x1 convolution's blocks) -- and x quantized to u8 with the
+    calibrated scale (PyTorch's static quantized Linear; set_precision's dynamic int8 instead
+    quantizes both at every call)."""
+
+    def int8_shape(self):
+        return self.weight_shape()[:2]
+
+    def _set_int8(self, w):
+        scales = formats.int8_weight_scales(w, axis=0)
+        self._int8_from_codes(formats.to_int8(w, scales, axis=0).data, scales)
+
+    def _int8_state(self):
+        return self.codes, self.scales
+
+    def _int8_from_codes(self, codes, scales):
+        scales = quantized.check_int8_codes(codes, scales, 2, "(out, in)", "int8 Linear weights")
+        self.codes, self.scales = codes, scales
+        self.weights = packed_int8_from(np.ascontiguousarray(codes.T), scales)
+
+    def _set_ternary(self, tw):
+        self.ternary, self.weights = tw, packed_ternary_from(tw)
+
+    def forward(self, x):
+        lin = self.layer
+        bias = None if lin.bias is None else lin.bias.data
+        return matmul(x, self.weights, bias=bias, precision=self.fmt, x_scale=self.act_scale,
+                      x_unsigned=self.act_unsigned, levels=self.levels if self.fmt == "ternary" else None)
 
 
 def _int8_codes(wq):
@@ -120,12 +177,35 @@ def _convs(model):
     return [m for m in model._walk() if isinstance(m, Conv2d)]
 
 
+def _layers(model, linear=True):
+    """The layers quantize() converts, in walk order: every Conv2d and (linear) every Linear."""
+    from .layers import Conv2d, Linear
+
+    kinds = (Conv2d, Linear) if linear else (Conv2d,)
+    return [m for m in model._walk() if isinstance(m, kinds)]
+
+
+def _quantization(layer, to, block, residual):
+    from .layers import Conv2d
+
+    return (ConvQuantization if isinstance(layer, Conv2d) else LinearQuantization)(layer, to, block, residual)
+
+
+def _fp32_weights(layer):
+    """A Conv2d's KCRS or a Linear's (out, in) fp32 weights."""
+    from .layers import Conv2d
+
+    return unblock_weights(layer.weight_b) if isinstance(layer, Conv2d) else layer.weight.data
+
+
 @register
 class Quantized(Module):
-    """A model whose convolutions run quantized (see the module doc); args: the wrapped model's
-    configuration, the format ('int8' or 'ternary') and, for ternary, block and residual."""
+    """A model whose convolutions and Linear layers run quantized (see the module doc); args:
+    the wrapped model's configuration, the format ('int8' or 'ternary'), for ternary block and
+    residual, and `linear`: False keeps the Linear layers fp32 (files written before Linear
+    layers were quantized load so)."""
 
-    def __init__(self, model, to="int8", block=16, residual=0):
+    def __init__(self, model, to="int8", block=16, residual=0, linear=False):
         super().__init__()
         from .io import build
 
@@ -139,13 +219,21 @@ class Quantized(Module):
                                  f"got {block}")
             if residual > formats.MAX_RESIDUAL:
                 raise ValueError(f"Quantized: residual must be <= {formats.MAX_RESIDUAL}, got {residual}")
+        if not isinstance(linear, (bool, np.bool_)):
+            raise TypeError(f"Quantized: linear must be True or False, got {linear!r}")
         self.inner = build(model, "Quantized model") if isinstance(model, dict) else model
-        self.args = {"model": self.inner.config(), "to": to, "block": block, "residual": residual}
-        convs = _convs(self.inner)
-        if not convs:
-            raise ValueError("Quantized: the model has no Conv2d to quantize")
-        for conv in convs:
-            conv.quant = ConvQuantization(conv, to, block, residual)
+        self.args = {"model": self.inner.config(), "to": to, "block": block, "residual": residual,
+                     "linear": bool(linear)}
+        recurrent = [m.describe() for m in self.inner._walk() if isinstance(m, _Recurrent)]
+        if recurrent:
+            raise ValueError(f"Quantized: {recurrent[0]} is a recurrent layer, which quantizes dynamically: call "
+                             f"model.eval().set_precision({to!r}) instead (weights quantized once, activations per "
+                             "call)")
+        layers = _layers(self.inner, linear)
+        if not layers:
+            raise ValueError("Quantized: the model has no Conv2d" + (" or Linear" if linear else "") + " to quantize")
+        for layer in layers:
+            layer.quant = _quantization(layer, to, block, residual)
         self.eval()
 
     def train(self, mode=True):
@@ -171,8 +259,8 @@ class Quantized(Module):
         if levels > self.args["residual"] + 1:
             raise ValueError(f"Quantized.set_levels: levels must be <= {self.args['residual'] + 1} (1 base + "
                              f"{self.args['residual']} residual), got {levels}")
-        for conv in _convs(self.inner):
-            conv.quant.levels = levels
+        for layer in _layers(self.inner, self.args["linear"]):
+            layer.quant.levels = levels
         return self
 
     def describe(self):
@@ -181,10 +269,16 @@ class Quantized(Module):
                                          else ")")
 
 
-def quantize(model, to, calibration, *, block=16, residual=0):
+def quantize(model, to, calibration, *, block=16, residual=0, linear=True):
     """A Quantized copy of `model` (left as it is): calibration is an iterable of input batches
-    (blocked activations) that set each convolution's u8 input scale."""
+    (what the model takes) that set each quantized layer's u8 input scale.  linear=False keeps
+    the Linear layers fp32, as ternary networks usually keep their last layer (on the digits
+    CNN, ternary blocks of 4 without residual levels: 90% with an fp32 classifier, 78% with a
+    ternary one; docs/performance.md).  One calibration
+    batch then runs through the quantized copy, so that a shape its kernels refuse (a ternary
+    block that splits a Linear layer's K chunk) is named here rather than at first use."""
     from .io import build
+    from .module import inference_mode
 
     if to not in TARGETS:
         raise ValueError(f"quantize: to must be one of {', '.join(TARGETS)}, got {to!r}")
@@ -193,74 +287,85 @@ def quantize(model, to, calibration, *, block=16, residual=0):
     copy = build(model.config(), "quantize: model configuration")
     copy.load_state(model.state())
     model = copy
-    convs = _convs(model)
-    calibrators = {id(c): formats.ActivationCalibrator() for c in convs}
-    originals = {}
-    for conv in convs:
-        originals[id(conv)] = conv.forward
+    if not isinstance(linear, (bool, np.bool_)):
+        raise TypeError(f"quantize: linear must be True or False, got {linear!r}")
+    q = Quantized(model, to, block, residual, linear=linear)     # refuses what it cannot quantize, first
+    layers = _layers(model, linear)
+    for layer in layers:
+        layer.quant, layer.calibrator = None, formats.ActivationCalibrator()
 
-        def observe(x, conv=conv):
-            calibrators[id(conv)].observe(x.data)
-            return originals[id(conv)](x)
-        conv.forward = observe
-    seen = 0
+        def observe(x, layer=layer, forward=layer.forward):
+            layer.calibrator.observe(x.data if isinstance(x, BlockedTensor) else x)
+            return forward(x)
+        layer.forward = observe
+    first = None
     try:
-        from .module import inference_mode
-
-        was = [m.training for m in model._walk()]
-        for m in model._walk():
-            m.training = False
         with inference_mode():
             for batch in calibration:
                 model(batch)
-                seen += 1
+                first = batch if first is None else first
     finally:
-        for conv in convs:
-            del conv.forward
-        for m, t in zip(model._walk(), was):
-            m.training = t
-    if not seen:
+        for layer in layers:
+            del layer.forward
+    if first is None:
         raise ValueError("quantize: calibration gave no batches")
-    q = Quantized(model, to, block, residual)
-    for conv in convs:
-        cal = calibrators[id(conv)]
-        conv.quant.act_scale, conv.quant.act_unsigned = float(cal.scale), bool(cal.unsigned)
-        conv.quant.set_weights(unblock_weights(conv.weight_b))
+    for layer in layers:
+        cal = layer.__dict__.pop("calibrator")
+        layer.quant = _quantization(layer, to, block, residual)
+        layer.quant.act_scale, layer.quant.act_unsigned = float(cal.scale), bool(cal.unsigned)
+        layer.quant.set_weights(_fp32_weights(layer))
+    with inference_mode():
+        q(first)
     return q
 
 
 # ------------------------------------------------------------------------------------ report
-def conv_costs(model, x):
-    """Per Conv2d of `model` (in walk order): (K, C, R, S, output positions per image), from one
+def layer_costs(model, x):
+    """Per Conv2d and Linear layer of `model` (in walk order, as quantize() converts them): (K,
+    C, R, S, output positions per image) -- a Linear layer is (out, in, 1, 1, 1) -- from one
     forward of x (a batch of one image is enough)."""
-    convs = _convs(model)
-    seen = {}
-    handles = [c.register_output_hook(lambda m, y: seen.__setitem__(id(m), y.shape[2] * y.shape[3]) or y) for c in convs]
-    try:
-        from .module import inference_mode
+    from .module import inference_mode
 
+    layers = _layers(model)
+    seen = {}
+
+    def positions(m, y):
+        seen[id(m)] = y.shape[2] * y.shape[3] if isinstance(y, BlockedTensor) else 1
+        return y
+    handles = [m.register_output_hook(positions) for m in layers]
+    try:
         with inference_mode():
             model(x)
     finally:
         for h in handles:
             h.remove()
-    return [(c.args["out_channels"], c.args["in_channels"], *c.weight_b.shape[2:], seen[id(c)]) for c in convs]
+    return [(*_weight_shape(m), seen[id(m)]) for m in layers]
 
 
-def weight_report(model, costs, to="fp32", block=16, residual=0, levels=None):
-    """For the convolutions of `model` (costs from conv_costs) in format `to`: relative weight
-    error ||W - W_q|| / ||W|| over all of them, multiplications per image (dense: one per
-    weight and output position; ternary blocks: one per block of N channels, tap, output
-    channel, level and output position -- the +-1 terms are additions), and bytes of weights
-    (fp32 4; int8 1 + a 4-byte scale per output channel; ternary 2 bits per code per level + a
-    4-byte alpha per block)."""
+def _weight_shape(layer):
+    from .layers import Conv2d
+
+    if isinstance(layer, Conv2d):
+        return (layer.args["out_channels"], layer.args["in_channels"], *layer.weight_b.shape[2:])
+    return (layer.args["out_features"], layer.args["in_features"], 1, 1)
+
+
+def weight_report(model, costs, to="fp32", block=16, residual=0, levels=None, linear=True):
+    """For the Conv2d and Linear layers of `model` (costs from layer_costs) in format `to` (with
+    linear=False, the Linear layers in fp32): relative weight error ||W - W_q|| / ||W|| over
+    all of them, multiplications per image (dense: one per weight and output position; ternary
+    blocks: one per block of N channels, tap, output channel, level and output position -- the
+    +-1 terms are additions), and bytes of weights (fp32 4; int8 1 + a 4-byte scale per output
+    channel; ternary 2 bits per code per level + a 4-byte alpha per block)."""
+    from .layers import Linear
+
     err2 = norm2 = 0.0
     mults = size = 0
     levels = residual + 1 if levels is None else levels
-    for conv, (k, c, r, s, positions) in zip(_convs(model), costs):
-        w = unblock_weights(conv.weight_b).astype(np.float64)
+    for layer, (k, c, r, s, positions) in zip(_layers(model), costs):
+        w = _fp32_weights(layer).reshape(k, c, r, s).astype(np.float64)
         norm2 += float((w * w).sum())
-        if to == "fp32":
+        if to == "fp32" or (isinstance(layer, Linear) and not linear):
             mults += k * c * r * s * positions
             size += 4 * w.size
         elif to == "int8":
