@@ -323,7 +323,11 @@ def quantize(model, to, calibration, *, block=16, residual=0, linear=True):
 def layer_costs(model, x):
     """Per Conv2d and Linear layer of `model` (in walk order, as quantize() converts them): (K,
     C, R, S, output positions per image) -- a Linear layer is (out, in, 1, 1, 1) -- from one
-    forward of x (a batch of one image is enough)."""
+    forward of x (a batch of one image is enough).  The forward runs in eval mode, each
+    module's mode restored after: in training mode it would fold x's batch statistics into
+    the model's batch-norm running estimates (a loaded model is in training mode; one image
+    of the digits test set so moved the fp32 accuracy dlcpu quantize reported from 98.89% to
+    98.33%)."""
     from .module import inference_mode
 
     layers = _layers(model)
@@ -333,12 +337,16 @@ def layer_costs(model, x):
         seen[id(m)] = y.shape[2] * y.shape[3] if isinstance(y, BlockedTensor) else 1
         return y
     handles = [m.register_output_hook(positions) for m in layers]
+    modes = [(m, m.training) for m in model._walk()]
     try:
+        model.eval()
         with inference_mode():
             model(x)
     finally:
         for h in handles:
             h.remove()
+        for m, mode in modes:
+            m.training = mode
     return [(*_weight_shape(m), seen[id(m)]) for m in layers]
 
 
