@@ -273,8 +273,8 @@ def quantize(model, to, calibration, *, block=16, residual=0, linear=True):
     """A Quantized copy of `model` (left as it is): calibration is an iterable of input batches
     (what the model takes) that set each quantized layer's u8 input scale.  linear=False keeps
     the Linear layers fp32, as ternary networks usually keep their last layer (on the digits
-    CNN, ternary blocks of 4 without residual levels: 90% with an fp32 classifier, 78% with a
-    ternary one; docs/performance.md).  One calibration
+    CNN, ternary blocks of 4 run on one level: 75% with an fp32 classifier, 54% with a ternary
+    one; docs/performance.md).  One calibration
     batch then runs through the quantized copy, so that a shape its kernels refuse (a ternary
     block that splits a Linear layer's K chunk) is named here rather than at first use."""
     from .io import build
