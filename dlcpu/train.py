@@ -171,8 +171,8 @@ def _adopt_rnn_options(model, where, cell, activation_impl):
 def load_pretrained(source, model="cnn"):
     """The model to fine-tune as `model` ('cnn' or 'rnn'): `source` is a path of a file written
     by nn.save (or a Module already loaded).  ValueError, naming the file, for a missing file, a
-    file that is not a dlcpu model, a model of the other kind (recurrent layers or not) or one
-    that does not map digits to 10 classes."""
+    file that is not a dlcpu model, a quantized model (nn.quantize: inference only), a model of
+    the other kind (recurrent layers or not) or one that does not map digits to 10 classes."""
     if model not in MODEL_KINDS:
         raise ValueError(f"train: model must be 'cnn' or 'rnn', got {model!r}")
     if isinstance(source, nn.Module):
@@ -184,6 +184,10 @@ def load_pretrained(source, model="cnn"):
         m = nn.load(where)
     else:
         raise TypeError(f"train: init_from must be a model file path or a dlcpu.nn Module, got {type(source).__name__}")
+    if isinstance(m, nn.Quantized):
+        raise ValueError(  # noqa: TRY004 (a file's content, not an argument's type)
+            f"{where} holds a quantized model ({m.describe()}, inference only): training and fault campaigns take the "
+            "fp32 model it was quantized from")
     kind = "rnn" if _has_recurrent(m) else "cnn"
     if kind != model:
         raise ValueError(f"{where} holds {MODEL_KINDS[kind]}, not {MODEL_KINDS[model]}")

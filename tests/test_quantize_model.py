@@ -192,6 +192,21 @@ def test_quantize_cli_reports_and_saves(trained, tmp_path):
         assert conv_only["weight_bytes"] > both["weight_bytes"]
 
 
+def test_a_quantized_file_is_refused_where_an_fp32_model_is_needed(trained, tmp_path):
+    """Fine-tuning and fault campaigns take fp32 models: a quantized file gets a clear error
+    (it used to end in Quantized.train's RuntimeError, with a traceback)."""
+    model, _, _, calibration = trained
+    path = tmp_path / "q.npz"
+    nn.save(nn.quantize(model, "int8", calibration), path)
+    with pytest.raises(ValueError, match="holds a quantized model"):
+        training.load_pretrained(str(path))
+    for args in (("faults", "inject", str(path), "--list"), ("train", "digits", "--from", str(path), "--epochs",
+                                                               "1", "--out", str(tmp_path / "t.npz"))):
+        res = run(*args)
+        assert res.returncode in (1, 2) and "holds a quantized model" in res.stderr and "Traceback" not in res.stderr, \
+            res.stderr
+
+
 @pytest.mark.parametrize("args,code,what", [
     (("--to", "fp8"), 2, "'--to'"),
     (("--to", "ternary", "--residual", "-1"), 2, "'--residual'"),
