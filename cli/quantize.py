@@ -13,8 +13,8 @@ from ._output import JsonFlag, bad_option, check_output_path, emit_json, out
 def quantize(
     model_path: Annotated[str, typer.Argument(metavar="MODEL", help="A digits CNN file written by `dlcpu train digits`.")],
     to: Annotated[str, typer.Option("--to", metavar="<format>", help="int8 or ternary.")] = "int8",
-    block: Annotated[int, typer.Option("--block", help="Ternary: input channels per block (a multiple of 4 "
-                                                       "dividing the channels padded to 16).")] = 16,
+    block: Annotated[int, typer.Option("--block", help="Ternary: input channels (or the classifier's inputs) "
+                                                       "per block (a multiple of 4 dividing them padded to 16).")] = 16,
     residual: Annotated[int, typer.Option("--residual", help="Ternary: residual levels on top of the base "
                                                              "ternarization.")] = 0,
     out_path: Annotated[str | None, typer.Option("--out", metavar="<file>", help="Where to save the quantized "

@@ -282,6 +282,9 @@ def packed_ternary_from(tw):
     """The PackedTernary of y (K, n) from the TernaryWeights of its transpose as (n, K, 1, 1)
     convolution weights (what nn.quantize keeps of a Linear layer): blocked as a convolution's,
     then reordered column block first."""
+    if not isinstance(tw, formats.TernaryWeights) or tuple(tw.shape[2:]) != (1, 1):
+        raise ValueError(f"packed_ternary_from: expected the TernaryWeights of (n, K, 1, 1) weights, got "
+                         f"{getattr(tw, 'shape', type(tw).__name__)}")
     tb = quantized.block_ternary_weights(tw)
     L, nb, kb = tb.codes.shape[:3]
     codes = np.ascontiguousarray(tb.codes.reshape(L, nb, kb, CB, CB).swapaxes(0, 1).reshape(nb, L * kb, CB, CB))
@@ -357,7 +360,8 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
     'ternary': y a PackedTernary (or dense y, ternarized with blocks of 16 and no residual), x
     quantized to u8; levels= runs the first `levels` levels (default all).  int8 and ternary
     take a calibrated x_scale (with x_unsigned: zero point 0, else 128) in place of x's own
-    max|x|, as a statically quantized layer does (values beyond it saturate).  Outside fp32,
+    max|x|, as a statically quantized layer does (values beyond its range saturate; with
+    x_unsigned=True that range starts at 0, so negative values become 0).  Outside fp32,
     transpose_x copies x transposed first."""
     fn = "matmul"
     precision = formats.check_precision(precision, fn)
@@ -481,6 +485,10 @@ def packed_int8_from(q, scales):
     """The int8 PackedMatrix of y (K, n) from its codes q (K, n) int8 and per-column scales (n,)
     (pack_matmul_operand's quantization, or codes nn.quantize kept), with the per-(K block,
     column) sums of the codes that give the zero-point compensation."""
+    fn = "packed_int8_from"
+    if not isinstance(q, np.ndarray) or q.ndim != 2 or min(q.shape) < 1:
+        raise ValueError(f"{fn}: q must be a non-empty (K, n) int8 array, got {getattr(q, 'shape', type(q).__name__)}")
+    scales = quantized.check_int8_codes(np.ascontiguousarray(q.T), scales, 2, "(n, K)", fn)
     K, n = q.shape
     kb, nb = -(-K // CB), -(-n // CB)
     padded = np.zeros((kb * CB, nb * CB), np.int64)
@@ -518,7 +526,7 @@ def _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn, u
         if z:
             starts = np.arange(0, kc, plan.kc_blocks)
             comp = np.ascontiguousarray((z * np.add.reduceat(sums.astype(np.int64), starts, axis=0)).astype(np.int32))
-        scale = (np.float64(s_x) * s_y.astype(np.float64)).astype(np.float32)
+        scale = _float32_multipliers(np.float64(s_x) * s_y.astype(np.float64), fn)
         spec = (quantized._U8S8, steps, blocks, scale, None, 0, None if comp is None else comp.reshape(-1))
         view = yp.view(np.uint8)
     else:
@@ -533,6 +541,15 @@ def _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn, u
     if xp.shape[2] != plan.rows:
         raise ValueError(f"{fn}: x was packed in row tiles of {xp.shape[2]}, the plan needs {plan.rows}")
     return _fresh_product(xp, view, m, n, n_pad, bias, plan, fn, quantized.native_vnni(isa_name), spec)
+
+
+def _float32_multipliers(values, fn):
+    """float64 multipliers (x's scale times the weights') or shifts of a product as the float32
+    the kernels apply: refused where they overflow float32 (an x_scale or weight scale too large)."""
+    values = np.asarray(values, np.float64)
+    if not (np.abs(values) <= np.finfo(np.float32).max).all():
+        raise ValueError(f"{fn}: x's scale times the weights' scales overflows float32; use a smaller x_scale")
+    return values.astype(np.float32)
 
 
 def _ternary_product(x, y, m, T, bias, levels, n_threads, isa_name, fn, u8_scale=None):
@@ -560,10 +577,12 @@ def _ternary_product(x, y, m, T, bias, levels, n_threads, isa_name, fn, u8_scale
         raise ValueError(f"{fn}: x was packed in row tiles of {xp.shape[2]}, the plan needs {plan.rows}")
     if bias is not None and (_f32(bias, "bias", 1, fn).shape != (n,)):
         raise ValueError(f"{fn}: bias must have shape ({n},), got {np.shape(bias)}")
-    shift = -s_x * z * y.code_sums[:levels].sum(axis=0) if z else np.zeros(n)
+    shift = -s_x * z * y.code_sums[:levels].sum(axis=0).astype(np.float64) if z else np.zeros(n)
     total = shift if bias is None else shift + bias
-    spec = (quantized._U8S8, steps, blocks, None, (y.alphas * np.float32(s_x)).reshape(-1), y.alphas.shape[2], None)
-    return _fresh_product(xp, y.codes.view(np.uint8), m, n, y.codes.shape[0] * CB, total.astype(np.float32), plan,
+    multipliers = _float32_multipliers(y.alphas.astype(np.float64) * s_x, fn)
+    total = _float32_multipliers(total, fn)
+    spec = (quantized._U8S8, steps, blocks, None, multipliers.reshape(-1), y.alphas.shape[2], None)
+    return _fresh_product(xp, y.codes.view(np.uint8), m, n, y.codes.shape[0] * CB, total, plan,
                           fn, quantized.native_vnni(isa_name), spec)
 
 

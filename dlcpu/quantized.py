@@ -214,6 +214,8 @@ def check_int8_codes(codes, scales, ndim, layout, fn):
                         f"{getattr(codes, 'dtype', type(codes).__name__)}")
     if np.abs(codes.astype(np.int16)).max(initial=0) > INT8_WEIGHT_MAX:
         raise ValueError(f"{fn}: codes must lie in [-127, 127] (symmetric int8)")
+    if np.asarray(scales).dtype.kind not in "fiu":
+        raise TypeError(f"{fn}: scales must be real numbers, got {np.asarray(scales).dtype}")
     scales = np.asarray(scales, np.float32)
     if scales.shape != (codes.shape[0],) or not (np.isfinite(scales).all() and (scales > 0).all()):
         raise ValueError(f"{fn}: scales must be {codes.shape[0]} finite values > 0, got shape {scales.shape}")

@@ -118,6 +118,8 @@ def b_matmul_integer(rng):
     kw = {"x": f32(rng, m, k), "y": f32(rng, k, n), "precision": precision}
     if rng.integers(2):
         kw["y"] = gemm.pack_matmul_operand(kw["y"], precision=precision)
+    if precision == "int8" and rng.integers(2):          # a calibrated activation scale
+        kw["x_scale"], kw["x_unsigned"] = float(rng.uniform(1e-3, 2e-2)), bool(rng.integers(2))
     return kw, None
 
 

@@ -113,7 +113,7 @@ def test_models_quantize_by_their_layers(rng):
             assert err < (0.03 if to == "int8" else 0.3), (to, err)
             assert all(m.quant is not None for m in q._walk() if isinstance(m, nn.Linear))
     rnn = nn.Sequential(nn.LSTM(8, 16), nn.LastTimeStep(), nn.Linear(16, 4))
-    with pytest.raises(ValueError, match=r"recurrent layer.*set_precision\('int8'\)"):
+    with pytest.raises(ValueError, match=r"recurrent layer.*quantize dynamically.*set_precision\('int8' or"):
         nn.quantize(rnn, "int8", [np.zeros((5, 2, 8), np.float32)])
 
 
@@ -131,6 +131,41 @@ def test_costs_leave_the_model_as_it_was(trained, tmp_path):
     assert all(np.array_equal(before[k], after[k]) for k in before)
     fc = next(m for m in model._walk() if isinstance(m, nn.Linear))
     assert costs[-1] == (*fc.weight.data.shape, 1, 1, 1) and costs[0][-1] == 64     # 8x8 positions
+
+
+def test_quantized_linear_layers_levels_and_refusals(rng, tmp_path):
+    """Levels switch on the Linear layers too; a quantized model refuses set_precision; the
+    wrapper's default keeps Linear layers fp32 and says how to quantize them; a ternary block
+    one Linear layer cannot take is refused by quantize(), naming the layer."""
+    mlp = nn.Sequential(nn.Linear(40, 32, seed=1), nn.Tanh(), nn.Linear(32, 8, seed=2))
+    batches = [rng.standard_normal((16, 40)).astype(np.float32) for _ in range(2)]
+    q = nn.quantize(mlp, "ternary", batches, block=8, residual=2)
+    with nn.inference_mode():
+        outs = [q.set_levels(levels)(batches[0]).copy() for levels in (1, 2, 3)]
+        exact = mlp(batches[0])
+    errors = [np.linalg.norm(o - exact) for o in outs]
+    assert errors[0] > errors[1] > errors[2]
+    assert q.describe() == "Quantized(ternary, block 8, residual 2)"
+    with pytest.raises(ValueError, match="a quantized model runs ternary"):
+        q.set_precision("bf16")
+    with pytest.raises(ValueError, match=r"no Conv2d \(linear=True quantizes Linear layers\)"):
+        nn.Quantized(mlp, "int8")
+    kept = nn.Quantized(nn.Sequential(nn.Conv2d(3, 8, 3, seed=1)), "int8")
+    assert kept.describe() == "Quantized(int8, fp32 Linear)"
+    with pytest.raises(ValueError, match=r"quantize: Linear\(40->32\): .*block=32.*linear=False keeps"):
+        nn.quantize(mlp, "ternary", batches, block=32)          # 40 inputs pad to 48
+    # a saved Linear layer's codes outside [-127, 127], or an act_unsigned that is not a bool
+    path = tmp_path / "q.npz"
+    nn.save(nn.quantize(mlp, "int8", batches), path)
+    with np.load(path) as f:
+        files = dict(f.items())
+    key = next(k for k in files if k.endswith("weight_q"))
+    for name, value, match in ((key, np.full_like(files[key], -128), r"\[-127, 127\]"),
+                               (key[:-len("weight_q")] + "act_unsigned", np.array(1), "boolean scalar entry")):
+        bad = dict(files, **{name: value})
+        np.savez(tmp_path / "bad.npz", **bad)
+        with pytest.raises(ValueError, match=match):
+            nn.load(tmp_path / "bad.npz")
 
 
 def test_residual_levels_trade_accuracy_for_multiplications(trained):

@@ -535,6 +535,33 @@ def test_matmul_calibrated_scale_bad_input(rng, kw, error, match):
         dlcpu.matmul(x, y, **kw)
 
 
+def test_static_quantization_helpers_bad_input(rng):
+    """packed_int8_from / packed_ternary_from check what they are given; a scale whose
+    products overflow float32 is refused; unsigned= of a calibrated scale is a bool."""
+    q = rng.integers(-127, 128, (32, 16)).astype(np.int8)
+    s = np.full(16, 0.01, np.float32)
+    assert gemm.packed_int8_from(q, s).shape == (32, 16)
+    for args, error, match in [
+        ((np.full((32, 16), -128, np.int8), s), ValueError, r"\[-127, 127\]"),
+        ((q, s[:3]), ValueError, "16 finite values > 0"),
+        ((q, np.zeros(16, np.float32)), ValueError, "finite values > 0"),
+        ((q[0], s), ValueError, r"\(K, n\) int8 array"),
+        ((q.astype(np.int16), s), TypeError, "int8"),
+        ((q, np.full(16, "a")), TypeError, "real numbers"),
+    ]:
+        with pytest.raises(error, match=match):
+            gemm.packed_int8_from(*args)
+    conv_tw = P.ternarize(rng.uniform(-1, 1, (16, 16, 3, 3)).astype(np.float32), block=16)
+    with pytest.raises(ValueError, match=r"\(n, K, 1, 1\)"):
+        gemm.packed_ternary_from(conv_tw)
+    x = rng.uniform(-1, 1, (8, 32)).astype(np.float32)
+    yt = gemm.pack_matmul_operand(rng.uniform(-1, 1, (32, 16)).astype(np.float32), precision="ternary")
+    with pytest.raises(ValueError, match="overflows float32"):
+        dlcpu.matmul(x, yt, precision="ternary", x_scale=1e37, x_unsigned=False)
+    with pytest.raises(TypeError, match="unsigned must be True or False"):
+        Q.to_int8_blocked(rng.uniform(0, 1, (1, 16, 4, 4)).astype(np.float32), 0.01, unsigned=1)
+
+
 def test_matmul_calibrated_scale_refuses_nan_in_x(rng):
     x = rng.uniform(-1, 1, (8, 32)).astype(np.float32)
     x[3, 5] = np.inf

@@ -280,7 +280,9 @@ class Linear(Module):
     precision (set_precision): 'bf16' or 'dfp16' run y, dx and dW on that format's GEMM (fp32
     sums and master weights); 'int8' and 'ternary' are dynamic quantization for inference, as
     PyTorch's quantize_dynamic: the weights quantized at each forward (int8 per output unit,
-    ternary in blocks of 16 inputs), x per tensor to u8; backward refuses them."""
+    ternary in blocks of 16 inputs), x per tensor to u8; backward refuses them.  nn.quantize
+    quantizes it statically instead: weights quantized once and kept, x with a calibrated
+    scale (its `quant`, which the forward then runs)."""
 
     PRECISIONS = ("fp32", "bf16", "dfp16", "int8", "ternary")
     #: None, or the nn.quantize LinearQuantization this layer runs instead (inference only)

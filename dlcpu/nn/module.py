@@ -166,8 +166,9 @@ class Module:
         has the DFP-16 rules), and so do the recurrent layers (states and cell math in fp32);
         every other layer (batch norm, pooling, the loss) stays fp32.  'int8' and 'ternary'
         (Linear and recurrent layers; not a ReLU RNN) are dynamic quantization for inference:
-        weights quantized at each forward, activations per tensor; a convolutional model
-        quantizes with nn.quantize instead.  A layer that has no kernel for the format is refused, naming the
+        weights quantized at each forward, activations per tensor; nn.quantize quantizes
+        convolutions and Linear layers statically instead (weights once, activation scales
+        calibrated).  A layer that has no kernel for the format is refused, naming the
         first, before anything changes.  Returns self.  The precision is
         a way of running the model, not part of it: nn.save does not keep it, so call this again
         after nn.load."""

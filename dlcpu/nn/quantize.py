@@ -79,10 +79,14 @@ class _Quantization:
         return {"codes": (self.levels, k, c_pad, r, s), "alphas": (self.levels, k, c_pad // self.block, r, s)}
 
     def load_state(self, state, prefix, where):
+        raw_scale = state.get(prefix + "act_scale")
+        if raw_scale is None or np.asarray(raw_scale).dtype.kind != "f":
+            raise ValueError(f"model file entry {prefix + 'act_scale'!r} for {where} must be a float scalar, got "
+                             f"{'nothing' if raw_scale is None else np.asarray(raw_scale).dtype}")
         scale = _take(state, prefix + "act_scale", (), where)
         unsigned = state.get(prefix + "act_unsigned")
-        if unsigned is None or np.asarray(unsigned).shape != ():
-            raise ValueError(f"model file has no scalar entry {prefix + 'act_unsigned'!r} for {where}")
+        if unsigned is None or np.asarray(unsigned).shape != () or np.asarray(unsigned).dtype != np.bool_:
+            raise ValueError(f"model file has no boolean scalar entry {prefix + 'act_unsigned'!r} for {where}")
         if not (np.isfinite(scale) and scale > 0):
             raise ValueError(f"model file entry {prefix + 'act_scale'!r} for {where} must be finite and > 0, got {scale}")
         self.act_scale, self.act_unsigned = float(scale), bool(unsigned)
@@ -102,9 +106,10 @@ class _Quantization:
                 raise ValueError(f"model file entries {prefix + 'weight_q'!r} / 'weight_scale' for {where}: {exc}") from None
         else:
             codes, alphas = raw["codes"], raw["alphas"].astype(np.float32)
-            if codes.dtype != np.int8 or not np.isin(codes, (-1, 0, 1)).all() or not np.isfinite(alphas).all():
+            if (codes.dtype != np.int8 or not np.isin(codes, (-1, 0, 1)).all() or raw["alphas"].dtype.kind != "f"
+                    or not (np.isfinite(alphas).all() and (alphas >= 0).all())):
                 raise ValueError(f"model file entries for {where}: ternary codes must be int8 in {{-1, 0, 1}} and "
-                                 "alphas finite")
+                                 "alphas finite floats >= 0")
             self._set_ternary(formats.TernaryWeights(self.weight_shape(), self.block, alphas, codes))
 
 
@@ -148,7 +153,7 @@ class LinearQuantization(_Quantization):
         self._int8_from_codes(formats.to_int8(w, scales, axis=0).data, scales)
 
     def _int8_state(self):
-        return self.codes, self.scales
+        return self.codes.copy(), self.scales.copy()
 
     def _int8_from_codes(self, codes, scales):
         scales = quantized.check_int8_codes(codes, scales, 2, "(out, in)", "int8 Linear weights")
@@ -169,12 +174,6 @@ def _int8_codes(wq):
     """The int8 codes of a block_weights_int8 tensor in KCRS."""
     data = quantized._from_vnni_groups(wq.data, quantized.GROUP["int8"]).astype(np.float32)
     return unblock_weights(BlockedTensor(data, wq.shape, "weight")).astype(np.int8)
-
-
-def _convs(model):
-    from .layers import Conv2d
-
-    return [m for m in model._walk() if isinstance(m, Conv2d)]
 
 
 def _layers(model, linear=True):
@@ -202,8 +201,11 @@ def _fp32_weights(layer):
 class Quantized(Module):
     """A model whose convolutions and Linear layers run quantized (see the module doc); args:
     the wrapped model's configuration, the format ('int8' or 'ternary'), for ternary block and
-    residual, and `linear`: False keeps the Linear layers fp32 (files written before Linear
-    layers were quantized load so)."""
+    residual, and `linear`: True quantizes the Linear layers too (what quantize() does by
+    default); the default False keeps them fp32, as files written before Linear layers were
+    quantized (their configuration has no `linear`) need.  A quantized layer's fp32 weight
+    parameter is not used (after nn.load it holds its initialization): its quantized form is
+    its `quant`."""
 
     def __init__(self, model, to="int8", block=16, residual=0, linear=False):
         super().__init__()
@@ -226,12 +228,14 @@ class Quantized(Module):
                      "linear": bool(linear)}
         recurrent = [m.describe() for m in self.inner._walk() if isinstance(m, _Recurrent)]
         if recurrent:
-            raise ValueError(f"Quantized: {recurrent[0]} is a recurrent layer, which quantizes dynamically: call "
-                             f"model.eval().set_precision({to!r}) instead (weights quantized once, activations per "
-                             "call)")
+            raise ValueError(f"Quantized: {recurrent[0]} is a recurrent layer; recurrent layers quantize dynamically "
+                             "(weights quantized once, activations per call) through set_precision('int8' or "
+                             "'ternary') where the layers support it")
         layers = _layers(self.inner, linear)
         if not layers:
-            raise ValueError("Quantized: the model has no Conv2d" + (" or Linear" if linear else "") + " to quantize")
+            raise ValueError("Quantized: the model has no Conv2d" + (" or Linear" if linear else
+                                                                   " (linear=True quantizes Linear layers)")
+                             + " to quantize")
         for layer in layers:
             layer.quant = _quantization(layer, to, block, residual)
         self.eval()
@@ -251,6 +255,12 @@ class Quantized(Module):
     def backward(self, dy):
         raise RuntimeError("Quantized.backward: a quantized model runs inference only")
 
+    def set_precision(self, precision):
+        """Refused: the quantized layers run their own format (the precision of the fp32 model
+        is set before quantizing it)."""
+        raise ValueError(f"Quantized.set_precision: a quantized model runs {self.args['to']}; set the precision of "
+                         f"the fp32 model instead, got {precision!r}")
+
     def set_levels(self, levels):
         """Ternary: run the first `levels` levels (1 = no residual); returns self."""
         if self.args["to"] != "ternary":
@@ -265,16 +275,16 @@ class Quantized(Module):
 
     def describe(self):
         a = self.args
-        return f"Quantized({a['to']}" + (f", block {a['block']}, residual {a['residual']})" if a["to"] == "ternary"
-                                         else ")")
+        return (f"Quantized({a['to']}" + (f", block {a['block']}, residual {a['residual']}" if a["to"] == "ternary"
+                                          else "") + ("" if a["linear"] else ", fp32 Linear") + ")")
 
 
 def quantize(model, to, calibration, *, block=16, residual=0, linear=True):
     """A Quantized copy of `model` (left as it is): calibration is an iterable of input batches
     (what the model takes) that set each quantized layer's u8 input scale.  linear=False keeps
-    the Linear layers fp32, as ternary networks usually keep their last layer (on the digits
-    CNN, ternary blocks of 4 run on one level: 75% with an fp32 classifier, 54% with a ternary
-    one; docs/performance.md).  One calibration
+    the Linear layers fp32, as ternary networks usually keep their last layer (with residual
+    levels switched off, the classifier's format moved the digits CNN's accuracy by 20 points
+    on one trained model; docs/performance.md).  One calibration
     batch then runs through the quantized copy, so that a shape its kernels refuse (a ternary
     block that splits a Linear layer's K chunk) is named here rather than at first use."""
     from .io import build
@@ -282,14 +292,16 @@ def quantize(model, to, calibration, *, block=16, residual=0, linear=True):
 
     if to not in TARGETS:
         raise ValueError(f"quantize: to must be one of {', '.join(TARGETS)}, got {to!r}")
+    if not isinstance(linear, (bool, np.bool_)):
+        raise TypeError(f"quantize: linear must be True or False, got {linear!r}")
     if isinstance(model, Quantized):
         raise ValueError("quantize: the model is quantized already")  # noqa: TRY004 (a state, not a type)
     copy = build(model.config(), "quantize: model configuration")
     copy.load_state(model.state())
     model = copy
-    if not isinstance(linear, (bool, np.bool_)):
-        raise TypeError(f"quantize: linear must be True or False, got {linear!r}")
-    q = Quantized(model, to, block, residual, linear=linear)     # refuses what it cannot quantize, first
+    # the wrapper first: it refuses what it cannot quantize (and puts the copy in eval mode)
+    # before any calibration; its layers' quantizations are made again below, once calibrated
+    q = Quantized(model, to, block, residual, linear=linear)
     layers = _layers(model, linear)
     for layer in layers:
         layer.quant, layer.calibrator = None, formats.ActivationCalibrator()
@@ -313,9 +325,17 @@ def quantize(model, to, calibration, *, block=16, residual=0, linear=True):
         cal = layer.__dict__.pop("calibrator")
         layer.quant = _quantization(layer, to, block, residual)
         layer.quant.act_scale, layer.quant.act_unsigned = float(cal.scale), bool(cal.unsigned)
-        layer.quant.set_weights(_fp32_weights(layer))
-    with inference_mode():
-        q(first)
+        try:
+            layer.quant.set_weights(_fp32_weights(layer))
+        except ValueError as exc:
+            raise ValueError(f"quantize: {layer.describe()}: {exc}" + ("; linear=False keeps Linear layers fp32"
+                                                                       if isinstance(layer.quant, LinearQuantization)
+                                                                       else "")) from None
+    try:
+        with inference_mode():
+            q(first)
+    except ValueError as exc:
+        raise ValueError(f"quantize: the quantized model does not run: {exc}") from None
     return q
 
 
