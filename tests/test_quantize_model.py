@@ -22,6 +22,14 @@ def trained(tmp_path_factory):
     return result.model, str(path), data, calibration
 
 
+def saved_entries(model, tmp_path):
+    """The entries of the file nn.save writes for `model` (to edit into a bad file)."""
+    path = tmp_path / "saved.npz"
+    nn.save(model, path)
+    with np.load(path) as f:
+        return dict(f.items())
+
+
 def logits(model, data):
     with nn.inference_mode():
         return model(training.image_batch(data.x_test[:64]))
@@ -76,11 +84,7 @@ def test_a_file_from_before_linear_layers_were_quantized_loads(trained, tmp_path
     """A file written before Linear layers were quantized -- no `linear` in its configuration,
     the classifier's fp32 weight in place of codes -- loads with an fp32 classifier."""
     model, _, data, calibration = trained
-    q = nn.quantize(model, "int8", calibration)
-    path = tmp_path / "q.npz"
-    nn.save(q, path)
-    with np.load(path) as f:
-        files = dict(f.items())
+    files = saved_entries(nn.quantize(model, "int8", calibration), tmp_path)
     config = json.loads(str(files["__config__"]))
     del config["args"]["linear"]
     files["__config__"] = np.array(json.dumps(config))
@@ -155,10 +159,7 @@ def test_quantized_linear_layers_levels_and_refusals(rng, tmp_path):
     with pytest.raises(ValueError, match=r"quantize: Linear\(40->32\): .*block=32.*linear=False keeps"):
         nn.quantize(mlp, "ternary", batches, block=32)          # 40 inputs pad to 48
     # a saved Linear layer's codes outside [-127, 127], or an act_unsigned that is not a bool
-    path = tmp_path / "q.npz"
-    nn.save(nn.quantize(mlp, "int8", batches), path)
-    with np.load(path) as f:
-        files = dict(f.items())
+    files = saved_entries(nn.quantize(mlp, "int8", batches), tmp_path)
     key = next(k for k in files if k.endswith("weight_q"))
     for name, value, match in ((key, np.full_like(files[key], -128), r"\[-127, 127\]"),
                                (key[:-len("weight_q")] + "act_unsigned", np.array(1), "boolean scalar entry")):
@@ -186,11 +187,7 @@ def test_residual_levels_trade_accuracy_for_multiplications(trained):
 
 def test_a_quantized_file_for_another_shape_is_refused(trained, tmp_path):
     model, _, _, calibration = trained
-    q = nn.quantize(model, "int8", calibration)
-    path = tmp_path / "q.npz"
-    nn.save(q, path)
-    with np.load(path) as f:
-        files = dict(f.items())
+    files = saved_entries(nn.quantize(model, "int8", calibration), tmp_path)
     key = next(k for k in files if k.endswith("weight_q") and files[k].shape[1] > 1)
     files[key] = files[key][:, :1]
     bad = tmp_path / "bad.npz"
