@@ -57,11 +57,18 @@ def float32_array(a, name, fn, shape=None, ndim=None):
     return np.ascontiguousarray(a).reshape(a.shape)     # ascontiguousarray makes a 0-d array 1-d
 
 
+#: dlcpu.layout.BlockedTensor, looked up at the first check: layout imports the extensions, so
+#: this module does not import it at load time (and an import statement in the check itself
+#: cost a microsecond on every call, a dozen times per layer of a small training step)
+_BLOCKED_TENSOR = []
+
+
 def blocked_activation(t, name, fn):
     """A float32 activation BlockedTensor (its data shape was checked when it was made)."""
-    from .layout import BlockedTensor  # layout imports the extensions; keep this module light
-
-    if not isinstance(t, BlockedTensor) or t.kind != "activation":
+    if not _BLOCKED_TENSOR:
+        from .layout import BlockedTensor
+        _BLOCKED_TENSOR.append(BlockedTensor)
+    if not isinstance(t, _BLOCKED_TENSOR[0]) or t.kind != "activation":
         raise TypeError(f"{fn}: {name} must be an activation BlockedTensor, got {type(t).__name__}")
     if t.dtype != np.float32:
         raise TypeError(f"{fn}: {name} must be float32, got {t.dtype}")

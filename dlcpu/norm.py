@@ -72,9 +72,9 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, *, ep
         if tuple(residual.shape) != tuple(x.shape):
             raise ValueError(f"{fn}: residual has shape {tuple(residual.shape)} but x has {tuple(x.shape)}")
     cb = x.data.shape[1]
-    for name, v in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
-        float32_array(v, name, fn, shape=(cb * CB,))
+    gamma, beta = (float32_array(v, name, fn, shape=(cb * CB,)) for name, v in (("gamma", gamma), ("beta", beta)))
     for name, v in (("running_mean", running_mean), ("running_var", running_var)):
+        float32_array(v, name, fn, shape=(cb * CB,))
         if training and not v.flags.writeable:
             raise ValueError(f"{fn}: {name} is updated in place in training mode and must be writeable")
     training, relu = flag(training, "training", fn), flag(relu, "relu", fn)
@@ -91,28 +91,22 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, *, ep
         # refuses the same)
         raise ValueError(f"{fn}: training mode needs more than one value per channel to normalize over, got x of "
                          f"shape {tuple(x.shape)} (N*H*W = 1)")
-    if training:
-        mean = np.empty((cb, CB))
-        var = np.empty((cb, CB))
-        _norm.batchnorm_stats(x.data, mean, var, n_threads, cpu.isa_code(None))
-        m = x.data.shape[0] * x.data.shape[2] * x.data.shape[3]
-        unbiased = var * (m / max(m - 1, 1))
-        running_mean *= 1 - momentum
-        running_mean += (momentum * mean.reshape(-1)).astype(np.float32)
-        running_var *= 1 - momentum
-        running_var += (momentum * unbiased.reshape(-1)).astype(np.float32)
-        mean = mean.astype(np.float32).reshape(-1)
-        var = var.astype(np.float32).reshape(-1)
-    else:
-        mean, var = running_mean, running_var
-    invstd = (1.0 / np.sqrt(var.astype(np.float64) + eps)).astype(np.float32)
-    scale = gamma * invstd
-    shift = beta - mean * scale
+    isa = cpu.isa_code(None)
+    # mean, invstd, scale, shift: (C/16, 16) rows of one array (the running statistics are
+    # updated in place in training mode)
+    coefficients = np.empty((4, cb, CB), np.float32)
+    mean, invstd, scale, shift = coefficients
+    # the kernel takes contiguous, writeable running statistics: others (a strided view, a
+    # read-only array in eval mode) go through a copy, written back after an update
+    running = [v if v.flags.c_contiguous and v.flags.writeable else v.copy() for v in (running_mean, running_var)]
+    _norm.batchnorm_coefficients(x.data, gamma, beta, *running, training, float(momentum), float(eps),
+                                 mean, invstd, scale, shift, n_threads, isa)
+    for given, used in zip((running_mean, running_var), running):
+        if training and used is not given:
+            given[...] = used
     y = np.empty_like(x.data)
-    _norm.batchnorm_apply(x.data, _blocks(scale, cb), _blocks(shift, cb), y, bool(relu), n_threads,
-                          None if residual is None else residual.data, cpu.isa_code(None))
-    saved = BatchNormSaved(x, _blocks(mean, cb), _blocks(invstd, cb), _blocks(gamma, cb), bool(training),
-                           y if relu and residual is None else _NO_OUTPUT)
+    _norm.batchnorm_apply(x.data, scale, shift, y, relu, n_threads, None if residual is None else residual.data, isa)
+    saved = BatchNormSaved(x, mean, invstd, _blocks(gamma, cb), training, y if relu and residual is None else _NO_OUTPUT)
     return BlockedTensor(y, x.shape), saved
 
 

@@ -118,20 +118,20 @@ def avg_pool2d_backward(dy, x_shape, kernel, stride=None, padding=0, *, n_thread
     return x_like
 
 
-def global_avg_pool(x):
+def global_avg_pool(x, *, n_threads=None):
     """(N, C) float32 means over H and W of an activation BlockedTensor."""
     blocked_activation(x, "x", "global_avg_pool")
     n, c, _h, _w = x.shape
-    return x.data.mean(axis=(2, 3), dtype=np.float32).reshape(n, -1)[:, :c].copy()
+    y = np.empty((n, c), np.float32)
+    _pool.global_avg_pool_forward(x.data, y, cpu.resolve_threads(n_threads))
+    return y
 
 
-def global_avg_pool_backward(dy, x_shape):
+def global_avg_pool_backward(dy, x_shape, *, n_threads=None):
     fn = "global_avg_pool_backward"
     n, c, h, w = shape4(x_shape, "x_shape", fn)
     dy = float32_array(dy, "dy", fn, shape=(n, c))
     fits_in_memory(4 * int(np.prod(blocked_shape((n, c, h, w)), dtype=np.float64)), f"dx of shape {(n, c, h, w)}", fn)
-    cbs = -(-c // CB)
-    g = np.zeros((n, cbs * CB), np.float32)
-    g[:, :c] = dy / (h * w)
-    dx = np.broadcast_to(g.reshape(n, cbs, 1, 1, CB), (n, cbs, h, w, CB))
-    return BlockedTensor(np.ascontiguousarray(dx), (n, c, h, w))
+    dx = np.empty(blocked_shape((n, c, h, w)), np.float32)
+    _pool.global_avg_pool_backward(dy, dx, cpu.resolve_threads(n_threads))
+    return BlockedTensor(dx, (n, c, h, w))

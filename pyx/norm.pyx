@@ -10,6 +10,7 @@ the two channel sums and one for dx.  A ReLU after the normalization can be fuse
 """
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
+from libc.math cimport sqrt
 from cython.parallel cimport prange, parallel
 
 cdef extern from "norm_f32.h" nogil:
@@ -45,12 +46,54 @@ cdef void stats_block(const float[:, :, :, :, ::1] x, int64_t cb, double *mean,
         var[lane] = acc[lane] / (N * HW)
 
 
-def batchnorm_stats(const float[:, :, :, :, ::1] x, double[:, ::1] mean, double[:, ::1] var,
-                    int n_threads, int isa=0):
-    """Per-channel mean and biased variance over (N, H, W); mean/var are (C/16, 16)."""
-    cdef int64_t cb
-    for cb in prange(x.shape[1], nogil=True, schedule='static', num_threads=n_threads):
-        stats_block(x, cb, &mean[cb, 0], &var[cb, 0], isa)
+def batchnorm_coefficients(const float[:, :, :, :, ::1] x, const float[::1] gamma, const float[::1] beta,
+                           float[::1] running_mean, float[::1] running_var, bint training, double momentum,
+                           double eps, float[:, ::1] mean, float[:, ::1] invstd, float[:, ::1] scale,
+                           float[:, ::1] shift, int n_threads, int isa=0):
+    """Everything the forward needs before its normalizing pass, in one call: in training mode
+    the batch statistics of x (batchnorm_stats), folded into the running ones (momentum, the
+    unbiased variance, as PyTorch); then, from the batch (training) or running (eval)
+    statistics, per channel: mean, invstd = 1/sqrt(var + eps), scale = gamma*invstd and
+    shift = beta - mean*scale.  The outputs are (C/16, 16) float32.
+
+    The per-channel arithmetic is the float32/float64 sequence of NumPy operations it replaced
+    (identical results); as a dozen NumPy calls on 16-element arrays it cost 20-25 us per
+    forward, more than the statistics pass over the digits CNN's 64x16x8x8 activations."""
+    cdef int64_t Cb = x.shape[1], cb, lane, c
+    cdef double m = x.shape[0] * x.shape[2] * x.shape[3]
+    cdef double bessel = m / (m - 1 if m > 1 else 1)
+    cdef float keep = <float>(1.0 - momentum)
+    cdef float mu, var, t
+    # the batch statistics in double: mean_d[cb*16 + lane], then var_d (same layout)
+    cdef double *mean_d = NULL
+    cdef double *var_d
+    if training:
+        mean_d = <double *> malloc(sizeof(double) * 2 * Cb * 16)
+        if mean_d == NULL:
+            raise MemoryError("batchnorm_forward: cannot allocate the statistics")
+        var_d = mean_d + Cb * 16
+        for cb in prange(Cb, nogil=True, schedule='static', num_threads=n_threads):
+            stats_block(x, cb, mean_d + cb * 16, var_d + cb * 16, isa)
+    with nogil:
+        for cb in range(Cb):
+            for lane in range(16):
+                c = cb * 16 + lane
+                if training:
+                    running_mean[c] = running_mean[c] * keep
+                    running_mean[c] = running_mean[c] + <float>(momentum * mean_d[c])
+                    running_var[c] = running_var[c] * keep
+                    running_var[c] = running_var[c] + <float>(momentum * (var_d[c] * bessel))
+                    mu = <float>mean_d[c]
+                    var = <float>var_d[c]
+                else:
+                    mu = running_mean[c]
+                    var = running_var[c]
+                mean[cb, lane] = mu
+                invstd[cb, lane] = <float>(1.0 / sqrt(<double>var + eps))
+                scale[cb, lane] = gamma[c] * invstd[cb, lane]
+                t = mu * scale[cb, lane]
+                shift[cb, lane] = beta[c] - t
+    free(mean_d)
 
 
 def batchnorm_apply(const float[:, :, :, :, ::1] x, const float[:, ::1] scale,

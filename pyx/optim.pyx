@@ -20,6 +20,14 @@ def sgd_momentum_f32(float[::1] p, const float[::1] g, float[::1] v, float lr, f
     # Chunks of 64K elements (256 KiB of each array): enough work per thread to hide the
     # scheduling cost; a small parameter stays on one thread.
     chunk = 65536
+    if n == 0:
+        return
+    if n <= chunk:
+        # one chunk: no parallel region (opening one for a single work item cost 2-3 us per
+        # parameter at 2 threads, most of a small model's step)
+        with nogil:
+            dlcpu_sgd_f32(isa, &p[0], &g[0], &v[0], n, lr, momentum, weight_decay)
+        return
     for c in prange((n + chunk - 1) // chunk, nogil=True, schedule='static', num_threads=n_threads):
         lo = c * chunk
         dlcpu_sgd_f32(isa, &p[lo], &g[lo], &v[lo], min(chunk, n - lo), lr, momentum, weight_decay)

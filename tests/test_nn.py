@@ -432,6 +432,36 @@ def test_files_of_the_previous_layout_still_load(tmp_path):
     assert np.array_equal(nn.load(path).eval()(x), model.eval()(x))
 
 
+def test_sgd_rechecks_arrays_replaced_between_steps(rng):
+    """SGD remembers which parameters' arrays it checked for its fused step; arrays replaced
+    after a step (a strided gradient, a float64 velocity, read-only weights) are checked again
+    and take the NumPy update, or its error, instead of the kernel."""
+    w0 = rng.standard_normal(40).astype(np.float32)
+    g = rng.standard_normal(40).astype(np.float32)
+    p = nn.Parameter(w0.copy())
+    opt = nn.SGD([p], lr=0.1, momentum=0.9, weight_decay=0.01)
+    w, v = w0.astype(np.float64), np.zeros(40)
+
+    def expect():
+        nonlocal w, v
+        v = 0.9 * v + g + 0.01 * w
+        w = w - 0.1 * v
+        np.testing.assert_allclose(p.data, w, rtol=1e-5, atol=1e-6)
+
+    p.grad[...] = g
+    opt.step()
+    expect()
+    p.grad = np.repeat(g, 2)[::2]              # a strided gradient: the NumPy loop
+    opt.step()
+    expect()
+    opt.velocity[0] = opt.velocity[0].astype(np.float64)
+    opt.step()
+    expect()
+    p.data.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        opt.step()
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("size", [1, 17, 65536, 140000])
 @pytest.mark.parametrize("weight_decay", [0.0, 5e-4])

@@ -78,13 +78,33 @@ def test_pool_errors():
         pool.max_pool2d(np.zeros((1, 2, 4, 4), np.float32), 2)
 
 
-def test_global_avg_pool(rng):
-    x = rng.standard_normal((3, 20, 5, 4)).astype(np.float32)
-    y = pool.global_avg_pool(dlcpu.to_blocked(x))
-    assert_close(y, x.astype(np.float64).mean(axis=(2, 3)))
+@pytest.mark.parametrize("shape", [(3, 20, 5, 4), (2, 16, 1, 1), (5, 33, 3, 7), (1, 1, 2, 2)])
+@pytest.mark.parametrize("threads", [1, None])
+def test_global_avg_pool(rng, shape, threads):
+    """Against the float64 twin, at and around block boundaries, 1 and all threads; the padding
+    lanes of dx stay 0 (a later layer sums over them)."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = pool.global_avg_pool(dlcpu.to_blocked(x), n_threads=threads)
+    assert y.shape == shape[:2] and y.dtype == np.float32
+    assert_close(y, ref.global_avg_pool(x))
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    dx = pool.global_avg_pool_backward(dy, x.shape)
-    assert_close(dx.numpy(), np.broadcast_to(dy[:, :, None, None] / 20.0, x.shape))
+    dx = pool.global_avg_pool_backward(dy, shape, n_threads=threads)
+    assert_close(dx.numpy(), ref.global_avg_pool_backward(dy, shape))
+    n, cb, h, w, _ = dx.data.shape
+    channels_last = dx.data.transpose(0, 2, 3, 1, 4).reshape(n, h, w, cb * 16)
+    assert np.all(channels_last[..., shape[1]:] == 0)
+
+
+@needs_torch
+def test_global_avg_pool_matches_torch(rng):
+    import torch
+    x = rng.standard_normal((4, 40, 7, 7)).astype(np.float32)
+    xt = torch.from_numpy(x).requires_grad_()
+    yt = torch.nn.functional.adaptive_avg_pool2d(xt, 1).flatten(1)
+    dy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    yt.backward(torch.from_numpy(dy))
+    assert_close(pool.global_avg_pool(dlcpu.to_blocked(x)), yt.detach().numpy())
+    assert_close(pool.global_avg_pool_backward(dy, x.shape).numpy(), xt.grad.numpy())
 
 
 def bn_args(c):
@@ -197,6 +217,60 @@ def test_batchnorm_against_torch(rng):
     dx, dgamma, _ = norm.batchnorm_backward(dlcpu.to_blocked(dy), saved)
     assert_close(dx.numpy(), xt.grad.numpy())
     assert_close(dgamma[:20], bn.weight.grad.numpy())
+
+
+def test_batchnorm_statistics_update_as_numpy_does(monkeypatch, rng):
+    """The per-channel step of the forward (running statistics, invstd, scale, shift) runs in
+    one kernel call; its float32 arithmetic is NumPy's sequence, bit for bit (y is compared on
+    the scalar path, which multiplies and adds separately as NumPy does)."""
+    x = (rng.standard_normal((3, 20, 4, 5)) * 2 + 0.5).astype(np.float32)
+    gamma, beta, rm, rv = bn_args(20)
+    rm[:20] = rng.standard_normal(20).astype(np.float32)
+    rv[:20] = rng.uniform(0.5, 2, 20).astype(np.float32)
+    rm0, rv0 = rm.copy(), rv.copy()
+    y, _ = norm.batchnorm_forward(dlcpu.to_blocked(x), gamma, beta, rm, rv, True, momentum=0.3)
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axis=(0, 2, 3)), x64.var(axis=(0, 2, 3))
+    m = 3 * 4 * 5
+    want_rm, want_rv = rm0[:20].copy(), rv0[:20].copy()
+    want_rm *= np.float32(0.7)
+    want_rm += (0.3 * mean).astype(np.float32)
+    want_rv *= np.float32(0.7)
+    want_rv += (0.3 * (var * (m / (m - 1)))).astype(np.float32)
+    # the statistics themselves are summed in another order than NumPy's: equal to an ulp
+    np.testing.assert_array_max_ulp(rm[:20], want_rm, 2)
+    np.testing.assert_array_max_ulp(rv[:20], want_rv, 2)
+    # eval mode: the coefficients from the running statistics, exactly as NumPy computes them
+    invstd = (1.0 / np.sqrt(rv.astype(np.float64) + 1e-5)).astype(np.float32)
+    scale = gamma * invstd
+    shift = beta - rm * scale
+    monkeypatch.setenv("DLCPU_ISA", "scalar")
+    y, saved = norm.batchnorm_forward(dlcpu.to_blocked(x), gamma, beta, rm, rv, False)
+    assert np.array_equal(saved.invstd.reshape(-1), invstd) and np.array_equal(saved.mean.reshape(-1), rm)
+    want = x * scale[:20, None, None] + shift[:20, None, None]
+    assert np.array_equal(y.numpy(), want)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_running_statistics_strided_or_read_only(rng, training):
+    """Running statistics that are strided views are updated in place like contiguous ones;
+    read-only ones work in eval mode (nothing is written) and are refused in training."""
+    x = dlcpu.to_blocked(rng.standard_normal((2, 20, 3, 3)).astype(np.float32))
+    gamma, beta, rm, rv = bn_args(20)
+    srm, srv = np.repeat(rm, 2)[::2], np.repeat(rv, 2)[::2]
+    y, _ = norm.batchnorm_forward(x, gamma, beta, rm, rv, training)
+    ys, _ = norm.batchnorm_forward(x, gamma, beta, srm, srv, training)
+    assert np.array_equal(y.data, ys.data)
+    assert np.array_equal(srm, rm) and np.array_equal(srv, rv)
+    assert training == bool(rm.any())
+    frozen_rm, frozen_rv = rm.copy(), rv.copy()
+    frozen_rm.flags.writeable = frozen_rv.flags.writeable = False
+    if training:
+        with pytest.raises(ValueError, match="running_mean is updated in place in training mode"):
+            norm.batchnorm_forward(x, gamma, beta, frozen_rm, frozen_rv, True)
+    else:
+        yf, _ = norm.batchnorm_forward(x, gamma, beta, frozen_rm, frozen_rv, False)
+        assert np.array_equal(yf.data, y.data)
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -37,11 +37,23 @@ class SGD:
                 raise TypeError(f"SGD: params must be dlcpu.nn Parameters (model.parameters()), item {i} is {type(p).__name__}")
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.velocity = [np.zeros_like(p.data) for p in self.params]
+        # per parameter, the (data, grad, velocity) arrays last found fusable: the same objects
+        # need only their writeable flags checked again (the full check, three overlap tests
+        # and more, cost 2.4 us per parameter: half of the digits CNN's 20-parameter step)
+        self._fusable_arrays = [None] * len(self.params)
+
+    def _fused(self, i, p, v):
+        known = self._fusable_arrays[i]
+        if known is not None and known[0] is p.data and known[1] is p.grad and known[2] is v:
+            return p.data.flags.writeable and v.flags.writeable
+        ok = _fusable(p, v)
+        self._fusable_arrays[i] = (p.data, p.grad, v) if ok else None
+        return ok
 
     def step(self):
         n_threads, isa = cpu.resolve_threads(None), cpu.isa_code(None)
-        for p, v in zip(self.params, self.velocity):
-            if p.mask is None and _fusable(p, v):
+        for i, (p, v) in enumerate(zip(self.params, self.velocity)):
+            if p.mask is None and self._fused(i, p, v):
                 # one fused pass (pyx/optim.pyx), the same arithmetic as the loop below
                 _optim.sgd_momentum_f32(p.data.reshape(-1), p.grad.reshape(-1), v.reshape(-1), self.lr,
                                         self.momentum, self.weight_decay, isa, n_threads)

@@ -80,11 +80,45 @@ dlcpu_relu_mask_avx512(const float *dy, const float *y, float *g, int64_t n)
     dlcpu_relu_mask_scalar(dy + j, y + j, g + j, n - j);
 }
 
+/* The AVX2 paths of the element loops: each 16-lane pixel is two 8-float halves (the clamp
+ * keeps NaN).  Measured on a 2-core Zen 5 without AVX-512, BN + ReLU on the digits CNN's
+ * 64x16x8x8: the scalar loops took about 30 us per pass. */
+DLCPU_TARGET_AVX2 static void
+dlcpu_bn_apply_plane_avx2(const float *x, const float *res, float *y, const float *scale, const float *shift,
+                          int64_t hw, int relu)
+{
+    const __m256 zero = _mm256_setzero_ps();
+    for (int half = 0; half < 16; half += 8) {
+        const __m256 a = _mm256_loadu_ps(scale + half), b = _mm256_loadu_ps(shift + half);
+        for (int64_t i = 0; i < hw; i++) {
+            const int64_t j = i * 16 + half;
+            __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + j), a), b);
+            if (res != 0)
+                v = _mm256_add_ps(v, _mm256_loadu_ps(res + j));
+            if (relu)
+                v = _mm256_blendv_ps(v, zero, _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+            _mm256_storeu_ps(y + j, v);
+        }
+    }
+}
+
+DLCPU_TARGET_AVX2 static void
+dlcpu_relu_mask_avx2(const float *dy, const float *y, float *g, int64_t n)
+{
+    const __m256 zero = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(g + j, _mm256_and_ps(_mm256_cmp_ps(_mm256_loadu_ps(y + j), zero, _CMP_GT_OQ),
+                                              _mm256_loadu_ps(dy + j)));
+    dlcpu_relu_mask_scalar(dy + j, y + j, g + j, n - j);
+}
+
 static inline void
 dlcpu_bn_apply_plane(int isa, const float *x, const float *res, float *y, const float *scale, const float *shift,
                      int64_t hw, int relu)
 {
     if (isa == DLCPU_ISA_AVX512) dlcpu_bn_apply_plane_avx512(x, res, y, scale, shift, hw, relu);
+    else if (isa == DLCPU_ISA_AVX2) dlcpu_bn_apply_plane_avx2(x, res, y, scale, shift, hw, relu);
     else dlcpu_bn_apply_plane_scalar(x, res, y, scale, shift, hw, relu);
 }
 
@@ -92,6 +126,7 @@ static inline void
 dlcpu_relu_mask(int isa, const float *dy, const float *y, float *g, int64_t n)
 {
     if (isa == DLCPU_ISA_AVX512) dlcpu_relu_mask_avx512(dy, y, g, n);
+    else if (isa == DLCPU_ISA_AVX2) dlcpu_relu_mask_avx2(dy, y, g, n);
     else dlcpu_relu_mask_scalar(dy, y, g, n);
 }
 
@@ -100,8 +135,8 @@ dlcpu_relu_mask(int isa, const float *dy, const float *y, float *g, int64_t n)
  * into 16 doubles per lane in pixel order, so the result does not depend on the thread count.
  * Compiled without -march, the plain loops ran as scalar double code: the reductions were
  * compute-bound (a ResNet-50 step spent 106-139 ms in batch norm at 1 thread, against 90 ms
- * for PyTorch).  The AVX-512 paths widen each 16-float vector into two 8-double halves; they
- * may round differently from the scalar path (fused multiply-adds), never by more than fp32
+ * for PyTorch).  The AVX-512 paths widen each 16-float vector into two 8-double halves, the
+ * AVX2 paths each 8-float half into two 4-double quarters; both may round differently from the scalar path (fused multiply-adds), never by more than fp32
  * rounding of each term.
  */
 
@@ -210,20 +245,99 @@ DLCPU_TARGET_AVX512 static void dlcpu_bn_dx_avx512(const float *dy, const float 
     }
 }
 
+/* The AVX2 paths of the reductions: a pixel's 16 lanes are two 8-float halves, each widened
+ * into two 4-double quarters; the 16 double accumulators are four vectors. */
+DLCPU_TARGET_AVX2 static inline __m256d dlcpu_lo4_pd(__m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
+DLCPU_TARGET_AVX2 static inline __m256d dlcpu_hi4_pd(__m256 v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
+
+DLCPU_TARGET_AVX2 static void dlcpu_bn_sum_avx2(const float *x, int64_t hw, double *acc)
+{
+    for (int half = 0; half < 16; half += 8) {
+        __m256d lo = _mm256_loadu_pd(acc + half), hi = _mm256_loadu_pd(acc + half + 4);
+        for (int64_t i = 0; i < hw; i++) {
+            const __m256 v = _mm256_loadu_ps(x + i * 16 + half);
+            lo = _mm256_add_pd(lo, dlcpu_lo4_pd(v));
+            hi = _mm256_add_pd(hi, dlcpu_hi4_pd(v));
+        }
+        _mm256_storeu_pd(acc + half, lo);
+        _mm256_storeu_pd(acc + half + 4, hi);
+    }
+}
+
+DLCPU_TARGET_AVX2 static void dlcpu_bn_sqdev_avx2(const float *x, int64_t hw, const double *mean, double *acc)
+{
+    for (int half = 0; half < 16; half += 8) {
+        __m256d lo = _mm256_loadu_pd(acc + half), hi = _mm256_loadu_pd(acc + half + 4);
+        const __m256d mlo = _mm256_loadu_pd(mean + half), mhi = _mm256_loadu_pd(mean + half + 4);
+        for (int64_t i = 0; i < hw; i++) {
+            const __m256 v = _mm256_loadu_ps(x + i * 16 + half);
+            const __m256d dlo = _mm256_sub_pd(dlcpu_lo4_pd(v), mlo), dhi = _mm256_sub_pd(dlcpu_hi4_pd(v), mhi);
+            lo = _mm256_fmadd_pd(dlo, dlo, lo);
+            hi = _mm256_fmadd_pd(dhi, dhi, hi);
+        }
+        _mm256_storeu_pd(acc + half, lo);
+        _mm256_storeu_pd(acc + half + 4, hi);
+    }
+}
+
+DLCPU_TARGET_AVX2 static void dlcpu_bn_grad_sums_avx2(const float *dy, const float *x, int64_t hw, const float *mean,
+                                                      const float *invstd, double *sb, double *sg)
+{
+    for (int half = 0; half < 16; half += 8) {
+        __m256d blo = _mm256_loadu_pd(sb + half), bhi = _mm256_loadu_pd(sb + half + 4);
+        __m256d glo = _mm256_loadu_pd(sg + half), ghi = _mm256_loadu_pd(sg + half + 4);
+        const __m256 m = _mm256_loadu_ps(mean + half), is = _mm256_loadu_ps(invstd + half);
+        for (int64_t i = 0; i < hw; i++) {
+            const int64_t j = i * 16 + half;
+            const __m256 d = _mm256_loadu_ps(dy + j);
+            const __m256 p = _mm256_mul_ps(_mm256_mul_ps(d, _mm256_sub_ps(_mm256_loadu_ps(x + j), m)), is);
+            blo = _mm256_add_pd(blo, dlcpu_lo4_pd(d));
+            bhi = _mm256_add_pd(bhi, dlcpu_hi4_pd(d));
+            glo = _mm256_add_pd(glo, dlcpu_lo4_pd(p));
+            ghi = _mm256_add_pd(ghi, dlcpu_hi4_pd(p));
+        }
+        _mm256_storeu_pd(sb + half, blo);
+        _mm256_storeu_pd(sb + half + 4, bhi);
+        _mm256_storeu_pd(sg + half, glo);
+        _mm256_storeu_pd(sg + half + 4, ghi);
+    }
+}
+
+DLCPU_TARGET_AVX2 static void dlcpu_bn_dx_avx2(const float *dy, const float *x, float *dx, int64_t hw,
+                                               const float *mean, const float *invstd, const float *k1,
+                                               const float *k2, const float *k3)
+{
+    for (int half = 0; half < 16; half += 8) {
+        const __m256 m = _mm256_loadu_ps(mean + half), is = _mm256_loadu_ps(invstd + half);
+        const __m256 a = _mm256_loadu_ps(k1 + half), b = _mm256_loadu_ps(k2 + half), c = _mm256_loadu_ps(k3 + half);
+        for (int64_t i = 0; i < hw; i++) {
+            const int64_t j = i * 16 + half;
+            const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), m), is);
+            const __m256 t = _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(dy + j), b), _mm256_mul_ps(xh, c));
+            _mm256_storeu_ps(dx + j, _mm256_mul_ps(a, t));
+        }
+    }
+}
+
 static inline void dlcpu_bn_sum(int isa, const float *x, int64_t hw, double *acc)
 {
-    if (isa == DLCPU_ISA_AVX512) dlcpu_bn_sum_avx512(x, hw, acc); else dlcpu_bn_sum_scalar(x, hw, acc);
+    if (isa == DLCPU_ISA_AVX512) dlcpu_bn_sum_avx512(x, hw, acc);
+    else if (isa == DLCPU_ISA_AVX2) dlcpu_bn_sum_avx2(x, hw, acc);
+    else dlcpu_bn_sum_scalar(x, hw, acc);
 }
 
 static inline void dlcpu_bn_sqdev(int isa, const float *x, int64_t hw, const double *mean, double *acc)
 {
-    if (isa == DLCPU_ISA_AVX512) dlcpu_bn_sqdev_avx512(x, hw, mean, acc); else dlcpu_bn_sqdev_scalar(x, hw, mean, acc);
+    if (isa == DLCPU_ISA_AVX512) dlcpu_bn_sqdev_avx512(x, hw, mean, acc);
+    else if (isa == DLCPU_ISA_AVX2) dlcpu_bn_sqdev_avx2(x, hw, mean, acc);
+    else dlcpu_bn_sqdev_scalar(x, hw, mean, acc);
 }
 
 static inline void dlcpu_bn_grad_sums(int isa, const float *dy, const float *x, int64_t hw, const float *mean,
                                       const float *invstd, double *sb, double *sg)
 {
     if (isa == DLCPU_ISA_AVX512) dlcpu_bn_grad_sums_avx512(dy, x, hw, mean, invstd, sb, sg);
+    else if (isa == DLCPU_ISA_AVX2) dlcpu_bn_grad_sums_avx2(dy, x, hw, mean, invstd, sb, sg);
     else dlcpu_bn_grad_sums_scalar(dy, x, hw, mean, invstd, sb, sg);
 }
 
@@ -231,6 +345,7 @@ static inline void dlcpu_bn_dx(int isa, const float *dy, const float *x, float *
                                const float *invstd, const float *k1, const float *k2, const float *k3)
 {
     if (isa == DLCPU_ISA_AVX512) dlcpu_bn_dx_avx512(dy, x, dx, hw, mean, invstd, k1, k2, k3);
+    else if (isa == DLCPU_ISA_AVX2) dlcpu_bn_dx_avx2(dy, x, dx, hw, mean, invstd, k1, k2, k3);
     else dlcpu_bn_dx_scalar(dy, x, dx, hw, mean, invstd, k1, k2, k3);
 }
 #endif
