@@ -763,8 +763,9 @@ class WeightGradPlan(Plan, struct=_wu.WeightGradPlanStruct, family="weight updat
     """How the weight update is cut into transposed-B BRGEMM calls (struct dlcpu_wu_plan_t,
     pyx/conv_wu.pyx: wu_item).
 
-    Items are (K group, C group) pairs; one item reduces its dW blocks over every image and
-    output row, `rows_per_block` rows (one call's batch) at a time."""
+    Items are (K group, C group) pairs; one item reduces its dW blocks over every image (or,
+    with image_splits > 1, over one range of images into a copy of dW, the copies summed at the
+    end) and output row, `rows_per_block` rows (one call's batch) at a time."""
 
     __slots__ = ()
 
@@ -773,7 +774,7 @@ class WeightGradPlan(Plan, struct=_wu.WeightGradPlanStruct, family="weight updat
                 f"tile<= {self.nr} taps x {self.nc} dW rows (max_acc {self.max_acc}) "
                 f"loop={'K inside C' if self.k_inner else 'C inside K'} rows/call={self.rows_per_block} "
                 f"({self.row_blocks} blocks) images/call={self.images_per_block} "
-                f"items={self.k_groups} K x {self.c_groups} C groups "
+                f"items={self.k_groups} K x {self.c_groups} C groups x {self.image_splits} image range(s) "
                 f"scratch={self.tile_floats * self.images_per_block * 4 // 1024} KiB/thread")
 
 
@@ -783,6 +784,9 @@ _WU_PIXELS_PER_CALL = 256
 # choose_weight_grad_blocking).  192, 384 and 768 KiB measured within this shared machine's
 # noise (+-15%) on the ResNet-50 layers at 2 threads; 384 KiB is the middle of that range.
 _WU_REREAD_BYTES = 384 * 1024
+# Weight updates with fewer dW blocks (Kb * Cb) than this split their images into ranges
+# (image_splits): enough work units for 4 threads.
+_WU_SPLIT_BELOW_BLOCKS = 4
 
 
 def choose_weight_grad_blocking(shape, isa="avx512", n_threads=1):
@@ -839,12 +843,24 @@ def choose_weight_grad_blocking(shape, isa="avx512", n_threads=1):
                "(sized for the whole problem, so sums do not depend on the thread count)")
     if images > 1:
         why.append(f"images/call={images}: small images share a call (res5b_branch2b 352 -> 404 GFLOP/s)")
+    # Few dW blocks (the digits CNN's 16 -> 16 layers: one) leave threads idle whatever the
+    # item split: the images are then cut into ranges, each reduced into its own copy of dW and
+    # summed at the end.  The ranges depend on the shape only, so the sums' grouping does not
+    # depend on the thread count.
+    image_blocks = -(-s.N // images)
+    splits = 1
+    if s.Kb * s.Cb < _WU_SPLIT_BELOW_BLOCKS:
+        splits = max(1, min(image_blocks, _WU_SPLIT_BELOW_BLOCKS // (s.Kb * s.Cb)))
+    if splits > 1:
+        why.append(f"image ranges={splits}: {s.Kb * s.Cb} dW block(s) give at most {s.Kb * s.Cb} work item(s), so "
+                   "ranges of images reduce into copies of dW summed at the end (digits 16 -> 16 layer, batch 64, "
+                   "2 threads: 265 -> 150 us)")
     tile_rows, phase_width, tile_floats = _tile_geometry(s, mode, hb, cb_per_item)
     return WeightGradPlan(
         why, s=s.geometry(), isa=isa_code, n_threads=n_threads, tile_mode=mode, max_acc=max_acc, nc=nc, nr=nr,
         k_inner=int(k_inner), rows_per_block=hb, row_blocks=row_blocks, images_per_block=images,
         kb_per_item=kb_per_item, k_groups=k_groups, cb_per_item=cb_per_item, c_groups=c_groups,
-        tile_rows=tile_rows, tile_phase_width=phase_width, tile_floats=tile_floats)
+        tile_rows=tile_rows, tile_phase_width=phase_width, tile_floats=tile_floats, image_splits=splits)
 
 
 @functools.lru_cache(maxsize=256)

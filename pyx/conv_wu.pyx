@@ -12,7 +12,7 @@ every image and output row in a fixed order, so dW does not depend on the thread
 input reaches the kernels as in the forward driver (tile modes of tiles.h, conv_f32.h).
 """
 from libc.stdint cimport int64_t, uint16_t
-from libc.stdlib cimport malloc, free
+from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memset, memcpy
 from cython.parallel cimport prange, parallel, threadid
 
@@ -36,6 +36,8 @@ cdef class WeightGradPlanStruct:
         cdef int nc, nr, ncc
         if not 1 <= self.c.nc <= self.c.max_acc:
             raise ValueError(f"weight-update plan: nc={self.c.nc} must lie in 1..max_acc={self.c.max_acc}")
+        if not 1 <= self.c.image_splits <= self.c.s.N:
+            raise ValueError(f"weight-update plan: image_splits={self.c.image_splits} must lie in 1..N={self.c.s.N}")
         for nc in range(1, self.c.nc + 1):
             for nr in range(1, min(self.c.nr, self.c.max_acc // nc) + 1):
                 for ncc in range(1, nc + 1):
@@ -48,9 +50,11 @@ cdef class WeightGradPlanStruct:
         return self.c
 
 
-cdef int wu_item(const dlcpu_wu_plan_t *g, int64_t item, const float *x, const float *dy, float *dw,
-                 float *tile, int64_t *a_offs, int64_t *b_offs, bint accumulate) noexcept nogil:
-    """dW blocks of one (K group, C group): reduce over every image and output row.
+cdef int wu_item(const dlcpu_wu_plan_t *g, int64_t item, int64_t n_begin, int64_t n_end, const float *x,
+                 const float *dy, float *dw, float *tile, int64_t *a_offs, int64_t *b_offs,
+                 bint accumulate) noexcept nogil:
+    """dW blocks of one (K group, C group): reduce over the images [n_begin, n_end) and every
+    output row.
 
     One call's batch is the rows of one row block of `images_per_block` images (several small
     images per call keep the dW tile's load/store and the call overhead small next to the FMAs)."""
@@ -87,9 +91,9 @@ cdef int wu_item(const dlcpu_wu_plan_t *g, int64_t item, const float *x, const f
     p.b_rstride = 16              # ... and one tile position further
     p.bias = NULL
     p.relu = 0
-    n0 = 0
-    while n0 < s.N:
-        n1 = min(s.N, n0 + g.images_per_block)
+    n0 = n_begin
+    while n0 < n_end:
+        n1 = min(n_end, n0 + g.images_per_block)
         for rb in range(g.row_blocks):
             p0 = rb * g.rows_per_block
             p1 = min(s.P, p0 + g.rows_per_block)
@@ -153,24 +157,48 @@ def conv2d_weight_grad_f32(const float[::1] x, const float[::1] dy, float[::1] d
     input channels are never written), or, with accumulate, hold the gradient dW is added to (a
     layer's accumulated .grad: no zeroed temporary and no extra pass).  Returns the number of
     failed calls (0 unless a scratch allocation failed: the plan's tiles were checked when it
-    was made)."""
+    was made).
+
+    With image_splits > 1 a work unit is (item, image range): range 0 reduces into dw, the
+    others into zeroed partial copies that are then added to dw in range order, so the sums
+    are grouped by the plan alone, never by the thread count."""
     cdef const dlcpu_wu_plan_t *g = &plan.c
     cdef int64_t n_items = g.k_groups * g.c_groups
     cdef int64_t ipb = g.images_per_block, hb = g.rows_per_block
-    cdef int64_t item
+    cdef int64_t splits = g.image_splits
+    cdef int64_t image_blocks = (g.s.N + ipb - 1) // ipb
+    cdef int64_t size = dw.shape[0]
+    cdef int64_t unit, item, part, n_begin, n_end, i, j
     cdef int errors = 0
     cdef float *tile = NULL
     cdef int64_t *offs = NULL
+    cdef float *partial = NULL
+    if splits > 1:
+        partial = <float *> calloc((splits - 1) * size, sizeof(float))
+        if partial == NULL:
+            raise MemoryError(f"conv2d_backward: cannot allocate {splits - 1} partial weight gradients")
     with nogil, parallel(num_threads=n_threads):
         tile = <float *> malloc(sizeof(float) * (g.tile_floats * ipb + 16)) if g.tile_mode != DLCPU_TILE_NONE else NULL
         offs = <int64_t *> malloc(sizeof(int64_t) * 2 * ipb * hb)
-        for item in prange(n_items, schedule='static'):
+        for unit in prange(n_items * splits, schedule='static'):
+            item = unit // splits
+            part = unit % splits
+            # whole blocks of images_per_block images, as evenly as they divide
+            n_begin = min(g.s.N, image_blocks * part // splits * ipb)
+            n_end = min(g.s.N, image_blocks * (part + 1) // splits * ipb)
             if (g.tile_mode != DLCPU_TILE_NONE and tile == NULL) or offs == NULL:
                 errors += 1
-            else:
-                errors += wu_item(g, item, &x[0], &dy[0], &dw[0], tile, offs, offs + ipb * hb, accumulate)
+            elif n_begin < n_end:
+                errors += wu_item(g, item, n_begin, n_end, &x[0], &dy[0],
+                                  &dw[0] if part == 0 else partial + (part - 1) * size,
+                                  tile, offs, offs + ipb * hb, accumulate if part == 0 else False)
         free(tile)
         free(offs)
+    if splits > 1:
+        for i in prange(size, nogil=True, schedule='static', num_threads=n_threads):
+            for j in range(splits - 1):
+                dw[i] += partial[j * size + i]
+        free(partial)
     return errors
 
 

@@ -37,6 +37,7 @@ cdef extern from "plans.h" nogil:
         int64_t rows_per_block, row_blocks, images_per_block
         int64_t kb_per_item, k_groups, cb_per_item, c_groups
         int64_t tile_rows, tile_phase_width, tile_floats
+        int64_t image_splits
 
     ctypedef struct dlcpu_wino_plan_t:
         dlcpu_conv_shape_t s

@@ -104,7 +104,7 @@ def test_weight_grad_grouping_ignores_threads():
 
     for layer in resnet50_layers():
         plans = [choose_weight_grad_blocking(layer.shape(4), "avx512", t) for t in (1, 2, 3, 16)]
-        assert len({(p.rows_per_block, p.images_per_block, p.row_blocks) for p in plans}) == 1, layer.name
+        assert len({(p.rows_per_block, p.images_per_block, p.row_blocks, p.image_splits) for p in plans}) == 1, layer.name
     shape = conv_shape((2, 256, 14, 14), (256, 256, 3, 3), 1, 1)
     assert len({choose_weight_grad_blocking(shape, "avx512", t).rows_per_block for t in (1, 2, 5)}) == 1
 
@@ -113,6 +113,43 @@ def test_weight_grad_bitwise_on_budget_bound_shape(rng):
     x, wt, dy = problem(rng, 2, 256, 64, 14, 14, 3, 3, 1, 1)
     dws = [dlcpu.conv2d_backward(dy, x, wt, 1, 1, need="dw", n_threads=t).dw for t in (1, 2, 3)]
     assert np.array_equal(dws[0], dws[1]) and np.array_equal(dws[0], dws[2])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n, c, k, hw, stride", [(64, 16, 16, 8, 1), (9, 16, 16, 8, 1), (24, 3, 20, 9, 2),
+                                                 (20, 16, 32, 6, 1)])
+def test_weight_grad_image_ranges(rng, isa, n, c, k, hw, stride):
+    """Few dW blocks (Kb*Cb < 4) split the images into ranges reduced separately and summed:
+    against the float64 twin, added onto an existing gradient, and bitwise the same at 1, 2, 3
+    threads (the ranges come from the shape).  9 images in blocks of 4 give uneven ranges."""
+    from dlcpu.conv import choose_weight_grad_blocking, conv_shape
+
+    shape = conv_shape((n, c, hw, hw), (k, c, 3, 3), stride, 1)
+    plans = [choose_weight_grad_blocking(shape, isa, t) for t in (1, 2, 3)]
+    assert len({p.image_splits for p in plans}) == 1 and plans[0].image_splits > 1, plans[0]
+    x, wt, dy = problem(rng, n, c, k, hw, hw, 3, 3, stride, 1)
+    _, dw_ref, _ = ref.conv2d_backward(dy, x, wt, (stride, stride), (1, 1))
+    xb, wb, dyb = dlcpu.to_blocked(x), dlcpu.block_weights(wt), dlcpu.to_blocked(dy)
+    start = dlcpu.block_weights(rng.uniform(-1, 1, wt.shape).astype(np.float32))
+    grads = []
+    for t in (1, 2, 3):
+        grad = start.data.copy()
+        dlcpu.conv2d_backward(dyb, xb, wb, stride, 1, need="dw", accumulate_dw=grad, n_threads=t, isa=isa)
+        grads.append(grad)
+    assert np.array_equal(grads[0], grads[1]) and np.array_equal(grads[0], grads[2])
+    got = dlcpu.unblock_weights(dlcpu.BlockedTensor(grads[0], wb.shape, "weight")) - start.numpy()
+    assert_close(got, dw_ref)
+    padded = grads[0] - start.data
+    assert not padded[:, -1, :, :, (c - 1) % 16 + 1:, :].any(), "padded input channels of dW stay untouched"
+
+
+def test_weight_grad_plan_refuses_bad_image_splits():
+    from dlcpu.conv import WeightGradPlan, choose_weight_grad_blocking, conv_shape
+
+    fields = choose_weight_grad_blocking(conv_shape((8, 16, 8, 8), (16, 16, 3, 3), 1, 1), "scalar", 2).as_dict()
+    for bad in (0, 9):
+        with pytest.raises(ValueError, match="image_splits"):
+            WeightGradPlan(**{**fields, "image_splits": bad})
 
 
 def test_blocked_path_and_need(rng):

@@ -51,6 +51,7 @@ typedef struct {
     int64_t rows_per_block, row_blocks, images_per_block;
     int64_t kb_per_item, k_groups, cb_per_item, c_groups;
     int64_t tile_rows, tile_phase_width, tile_floats;
+    int64_t image_splits;       /* image ranges reduced separately, then summed (few items) */
 } dlcpu_wu_plan_t;
 
 /* Winograd F(m x m, 3 x 3), m = alpha - 2: work items are (block of tiles, K group). */
