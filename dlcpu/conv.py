@@ -1125,7 +1125,8 @@ def _backward_data(dy_data, w_data, shape, isa_code, n_threads, native=None, dfp
     run on the integer kernels."""
     s = shape
     strided = s.stride_h > 1 or s.stride_w > 1
-    dx = (np.zeros if strided else np.empty)((s.N, s.Cb, s.H, s.W, CB), dtype=np.float32)
+    dx = np.empty((s.N, s.Cb, s.H, s.W, CB), dtype=np.float32)
+    zeroed = not strided      # a strided pass: the first phase's scatter clears dx as it goes
     for rho_h, rho_w, h0, w0, sub in _stride_phases(s):
         integer, fast = None, bool(native)
         if native is not None:      # flipped and rounded in one pass
@@ -1144,7 +1145,10 @@ def _backward_data(dy_data, w_data, shape, isa_code, n_threads, native=None, dfp
             continue
         part = scratch("conv.bwd_phase", (s.N, s.Cb, sub.P, sub.Q, CB))
         _forward_into(dy_data, wt, _NO_BIAS, part, sub, isa_code, n_threads, False, fast, integer)
-        dx[:, :, h0::s.stride_h, w0::s.stride_w, :][:, :, : sub.P, : sub.Q] = part
+        _direct.scatter_stride_phase(part, dx, h0, w0, s.stride_h, s.stride_w, not zeroed, n_threads)
+        zeroed = True
+    if not zeroed:            # no phase has a tap (a stride past the kernel): dx is all zero
+        dx.fill(0.0)
     return dx
 
 

@@ -29,6 +29,7 @@ compensation) whose per-output-channel pointers move with the K block as the bia
 """
 from libc.stdint cimport int16_t, int64_t, uint8_t, uint16_t
 from libc.stdlib cimport malloc, free
+from libc.string cimport memset
 from cython.parallel cimport prange, parallel
 
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_int_t, brgemm_operand, brgemm_call,
@@ -237,3 +238,40 @@ def flip_transpose_weights(const float[:, :, :, :, :, ::1] wb, flipped_weight[:,
                     dlcpu_transpose_16x16_f32_to_bf16_vnni(isa, native,
                                                            src + (((kb * Cb + cb) * R + r) * S + s) * 256,
                                                            dst + ((ck * Jh + j) * Jw + i) * 256)
+
+
+cdef void scatter_plane(const float *part, int64_t part_w, float *plane, int64_t W, int64_t h0, int64_t w0,
+                        int64_t sh, int64_t sw, int64_t rows, int64_t cols, int64_t zero_pixels) noexcept nogil:
+    """One (image, channel block) plane of a stride phase: pixel (p, q) of the phase's result
+    to dx pixel (h0 + p*sh, w0 + q*sw); zero_pixels > 0 clears the plane's pixels first."""
+    cdef int64_t p, q, lane
+    cdef const float *src
+    cdef float *dst
+    if zero_pixels > 0:
+        memset(plane, 0, sizeof(float) * 16 * zero_pixels)
+    for p in range(rows):
+        for q in range(cols):
+            src = part + (p * part_w + q) * 16
+            dst = plane + ((h0 + p * sh) * W + w0 + q * sw) * 16
+            for lane in range(16):
+                dst[lane] = src[lane]
+
+
+def scatter_stride_phase(const float[:, :, :, :, ::1] part, float[:, :, :, :, ::1] dx, int64_t h0, int64_t w0,
+                         int64_t sh, int64_t sw, bint zero_first, int n_threads):
+    """A strided backward-data pass's phase result into dx: dx[n, cb, h0 + p*sh, w0 + q*sw] =
+    part[n, cb, p, q] for every pixel (p, q) of part.  zero_first: each dx plane is cleared
+    first, by the thread that then writes it (the first phase of a pass; positions no phase
+    reaches stay 0).  One (image, channel block) plane per work item, in parallel: as a NumPy
+    strided assignment (plus np.zeros) it ran on one thread, 2 ms for a 4 x 256 x 56 x 56 dx."""
+    cdef int64_t N = dx.shape[0], Cb = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef int64_t rows = part.shape[2], cols = part.shape[3], nc, n, cb
+    if (part.shape[0] != N or part.shape[1] != Cb or h0 < 0 or w0 < 0 or sh < 1 or sw < 1
+            or (rows > 0 and h0 + (rows - 1) * sh >= H) or (cols > 0 and w0 + (cols - 1) * sw >= W)):
+        raise ValueError(f"scatter_stride_phase: a phase of shape {tuple(part.shape)[:4]} at ({h0}, {w0}) "
+                         f"with stride ({sh}, {sw}) does not fit dx of shape {tuple(dx.shape)[:4]}")
+    for nc in prange(N * Cb, nogil=True, schedule='static', num_threads=n_threads):
+        n = nc // Cb
+        cb = nc % Cb
+        scatter_plane(&part[n, cb, 0, 0, 0] if rows > 0 and cols > 0 else NULL, cols, &dx[n, cb, 0, 0, 0], W,
+                      h0, w0, sh, sw, rows, cols, H * W if zero_first else 0)

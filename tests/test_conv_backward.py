@@ -152,6 +152,22 @@ def test_weight_grad_plan_refuses_bad_image_splits():
             WeightGradPlan(**{**fields, "image_splits": bad})
 
 
+def test_stride_phase_scatter_refuses_a_phase_that_does_not_fit():
+    """The strided backward-data pass writes each phase's result into dx with a Cython
+    scatter; a phase that would land outside dx is refused before any write."""
+    from dlcpu._ext import conv_direct
+
+    dx = np.zeros((2, 1, 7, 7, 16), np.float32)
+    part = np.ones((2, 1, 4, 4, 16), np.float32)
+    conv_direct.scatter_stride_phase(part, dx, 0, 0, 2, 2, True, 1)     # rows 0, 2, 4, 6
+    assert dx[:, :, ::2, ::2].all() and not dx[:, :, 1::2].any() and not dx[:, :, :, 1::2].any()
+    for h0, w0, sh in ((1, 0, 2), (0, 1, 2), (0, 0, 3)):
+        with pytest.raises(ValueError, match="does not fit dx"):
+            conv_direct.scatter_stride_phase(part, dx, h0, w0, sh, 2, False, 1)
+    with pytest.raises(ValueError, match="does not fit dx"):
+        conv_direct.scatter_stride_phase(part[:1], dx, 0, 0, 2, 2, False, 1)
+
+
 def test_blocked_path_and_need(rng):
     x, wt, dy = problem(rng, 2, 20, 24, 8, 9, 3, 3, 1, 1)
     xb, wb, dyb = dlcpu.to_blocked(x), dlcpu.block_weights(wt), dlcpu.to_blocked(dy)
