@@ -70,6 +70,12 @@ def blocked_activation(t, name, fn):
         _BLOCKED_TENSOR.append(BlockedTensor)
     if not isinstance(t, _BLOCKED_TENSOR[0]) or t.kind != "activation":
         raise TypeError(f"{fn}: {name} must be an activation BlockedTensor, got {type(t).__name__}")
+    n, c, h, w = t.shape
+    if t.data.shape != (n, -(-c // 16), h, w, 16):
+        # the tensor is frozen but its array is not: `data.shape = ...` can re-view it, and the
+        # kernels index the data by the logical shape
+        raise ValueError(f"{fn}: {name}'s data has shape {t.data.shape}, but its logical shape {tuple(t.shape)} "
+                         f"needs {(n, -(-c // 16), h, w, 16)} (was its data reshaped after the tensor was made?)")
     if t.dtype != np.float32:
         raise TypeError(f"{fn}: {name} must be float32, got {t.dtype}")
     return t

@@ -763,9 +763,10 @@ class WeightGradPlan(Plan, struct=_wu.WeightGradPlanStruct, family="weight updat
     """How the weight update is cut into transposed-B BRGEMM calls (struct dlcpu_wu_plan_t,
     pyx/conv_wu.pyx: wu_item).
 
-    Items are (K group, C group) pairs; one item reduces its dW blocks over every image (or,
-    with image_splits > 1, over one range of images into a copy of dW, the copies summed at the
-    end) and output row, `rows_per_block` rows (one call's batch) at a time."""
+    Items are (K group, C group) pairs; one item reduces its dW blocks over every image and
+    output row, `rows_per_block` rows (one call's batch) at a time.  With image_splits > 1 a
+    work unit is (item, range of images): the first range reduces into dW itself, the others
+    into zeroed copies that are added to dW in range order at the end."""
 
     __slots__ = ()
 
@@ -785,7 +786,8 @@ _WU_PIXELS_PER_CALL = 256
 # noise (+-15%) on the ResNet-50 layers at 2 threads; 384 KiB is the middle of that range.
 _WU_REREAD_BYTES = 384 * 1024
 # Weight updates with fewer dW blocks (Kb * Cb) than this split their images into ranges
-# (image_splits): enough work units for 4 threads.
+# (image_splits): at least this many work units (4 threads' worth), when the batch has that many
+# blocks of images_per_block images.
 _WU_SPLIT_BELOW_BLOCKS = 4
 
 
@@ -850,11 +852,11 @@ def choose_weight_grad_blocking(shape, isa="avx512", n_threads=1):
     image_blocks = -(-s.N // images)
     splits = 1
     if s.Kb * s.Cb < _WU_SPLIT_BELOW_BLOCKS:
-        splits = max(1, min(image_blocks, _WU_SPLIT_BELOW_BLOCKS // (s.Kb * s.Cb)))
+        splits = max(1, min(image_blocks, -(-_WU_SPLIT_BELOW_BLOCKS // (s.Kb * s.Cb))))
     if splits > 1:
         why.append(f"image ranges={splits}: {s.Kb * s.Cb} dW block(s) give at most {s.Kb * s.Cb} work item(s), so "
                    "ranges of images reduce into copies of dW summed at the end (digits 16 -> 16 layer, batch 64, "
-                   "2 threads: 265 -> 150 us)")
+                   "2 threads: 265 -> 147 us)")
     tile_rows, phase_width, tile_floats = _tile_geometry(s, mode, hb, cb_per_item)
     return WeightGradPlan(
         why, s=s.geometry(), isa=isa_code, n_threads=n_threads, tile_mode=mode, max_acc=max_acc, nc=nc, nr=nr,

@@ -92,12 +92,12 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, *, ep
         raise ValueError(f"{fn}: training mode needs more than one value per channel to normalize over, got x of "
                          f"shape {tuple(x.shape)} (N*H*W = 1)")
     isa = cpu.isa_code(None)
-    # mean, invstd, scale, shift: (C/16, 16) rows of one array (the running statistics are
-    # updated in place in training mode)
+    # the kernel's outputs mean, invstd, scale, shift: (C/16, 16) rows of one array
     coefficients = np.empty((4, cb, CB), np.float32)
     mean, invstd, scale, shift = coefficients
-    # the kernel takes contiguous, writeable running statistics: others (a strided view, a
-    # read-only array in eval mode) go through a copy, written back after an update
+    # the kernel updates the running statistics in place in training mode; it takes contiguous,
+    # writeable arrays: others (a strided view, a read-only array in eval mode) go through a
+    # copy, written back after an update
     running = [v if v.flags.c_contiguous and v.flags.writeable else v.copy() for v in (running_mean, running_var)]
     _norm.batchnorm_coefficients(x.data, gamma, beta, *running, training, float(momentum), float(eps),
                                  mean, invstd, scale, shift, n_threads, isa)

@@ -8,7 +8,8 @@ and DFP-16 driver around the pair BRGEMMs, VDPBF16PS and VPDPWSSD, on pixel pair
 The plan (dlcpu/conv.py choose_weight_grad_blocking) arrives as a WeightGradPlanStruct owning the
 C struct dlcpu_wu_plan_t (pyx/kernels/plans.h), checked against the compiled transposed-B tile
 table when it was made.  Work items are (K group, C group) pairs; each reduces its dW blocks over
-every image and output row in a fixed order, so dW does not depend on the thread count.  The
+every image and output row in a fixed order (or, with the plan's image_splits > 1, over one range
+of images, the ranges summed in order at the end), so dW does not depend on the thread count.  The
 input reaches the kernels as in the forward driver (tile modes of tiles.h, conv_f32.h).
 """
 from libc.stdint cimport int64_t, uint16_t
@@ -34,10 +35,16 @@ cdef class WeightGradPlanStruct:
     def __init__(self, dict fields):
         self.c = fields
         cdef int nc, nr, ncc
+        cdef int64_t image_blocks
         if not 1 <= self.c.nc <= self.c.max_acc:
             raise ValueError(f"weight-update plan: nc={self.c.nc} must lie in 1..max_acc={self.c.max_acc}")
-        if not 1 <= self.c.image_splits <= self.c.s.N:
-            raise ValueError(f"weight-update plan: image_splits={self.c.image_splits} must lie in 1..N={self.c.s.N}")
+        if self.c.images_per_block < 1:
+            raise ValueError(f"weight-update plan: images_per_block={self.c.images_per_block} must be >= 1")
+        # every range must hold at least one block of images_per_block images
+        image_blocks = (self.c.s.N + self.c.images_per_block - 1) // self.c.images_per_block
+        if not 1 <= self.c.image_splits <= image_blocks:
+            raise ValueError(f"weight-update plan: image_splits={self.c.image_splits} must lie in 1..{image_blocks}, the "
+                             f"blocks of images_per_block={self.c.images_per_block} images in N={self.c.s.N}")
         for nc in range(1, self.c.nc + 1):
             for nr in range(1, min(self.c.nr, self.c.max_acc // nc) + 1):
                 for ncc in range(1, nc + 1):

@@ -153,6 +153,8 @@ def global_avg_pool_forward(const float[:, :, :, :, ::1] x, float[:, ::1] y, int
     count (padding lanes are not read into y)."""
     cdef int64_t N = x.shape[0], Cb = x.shape[1], HW = x.shape[2] * x.shape[3], C = y.shape[1]
     cdef int64_t n, cb
+    if y.shape[0] != N or not 16 * (Cb - 1) < C <= 16 * Cb:
+        raise ValueError(f"global_avg_pool: y {tuple(y.shape)[:2]} does not match x {tuple(x.shape)}")
     for n in prange(N, nogil=True, schedule='static', num_threads=n_threads):
         for cb in range(Cb):
             mean_of_plane(&x[n, cb, 0, 0, 0], HW, &y[n, cb * 16], min(16, C - cb * 16))
@@ -162,6 +164,8 @@ def global_avg_pool_backward(const float[:, ::1] dy, float[:, :, :, :, ::1] dx, 
     """dx[n, c, h, w] = dy[n, c] / (H*W) at every pixel; padding lanes (c >= C) are 0."""
     cdef int64_t N = dx.shape[0], Cb = dx.shape[1], HW = dx.shape[2] * dx.shape[3], C = dy.shape[1]
     cdef int64_t n, cb
+    if dy.shape[0] != N or not 16 * (Cb - 1) < C <= 16 * Cb:
+        raise ValueError(f"global_avg_pool_backward: dy {tuple(dy.shape)[:2]} does not match dx {tuple(dx.shape)}")
     for n in prange(N, nogil=True, schedule='static', num_threads=n_threads):
         for cb in range(Cb):
             fill_plane(&dx[n, cb, 0, 0, 0], HW, &dy[n, cb * 16], min(16, C - cb * 16))

@@ -457,8 +457,13 @@ def test_sgd_rechecks_arrays_replaced_between_steps(rng):
     opt.velocity[0] = opt.velocity[0].astype(np.float64)
     opt.step()
     expect()
+    # the same arrays, fused and remembered, then made read-only: NumPy's error, not the kernel's
+    p.grad, opt.velocity[0] = g.copy(), opt.velocity[0].astype(np.float32)
+    opt.step()
+    expect()
+    assert opt._fusable_arrays[0] is not None
     p.data.flags.writeable = False
-    with pytest.raises(ValueError, match="read-only"):
+    with pytest.raises(ValueError, match="output array is read-only"):
         opt.step()
 
 

@@ -95,6 +95,17 @@ def test_global_avg_pool(rng, shape, threads):
     assert np.all(channels_last[..., shape[1]:] == 0)
 
 
+def test_blocked_data_reshaped_after_the_fact_is_refused():
+    """BlockedTensor is frozen but its array is not: a re-viewed data array must not reach a
+    kernel that indexes it by the logical shape (global_avg_pool wrote past its output)."""
+    xb = dlcpu.to_blocked(np.ones((2, 16, 4, 4), np.float32))
+    xb.data.shape = (16, 1, 1, 2, 16)
+    for call in (lambda: pool.global_avg_pool(xb), lambda: pool.max_pool2d(xb, 2),
+                 lambda: norm.batchnorm_forward(xb, *bn_args(16), True)):
+        with pytest.raises(ValueError, match="was its data reshaped"):
+            call()
+
+
 @needs_torch
 def test_global_avg_pool_matches_torch(rng):
     import torch
@@ -221,34 +232,45 @@ def test_batchnorm_against_torch(rng):
 
 def test_batchnorm_statistics_update_as_numpy_does(monkeypatch, rng):
     """The per-channel step of the forward (running statistics, invstd, scale, shift) runs in
-    one kernel call; its float32 arithmetic is NumPy's sequence, bit for bit (y is compared on
-    the scalar path, which multiplies and adds separately as NumPy does)."""
-    x = (rng.standard_normal((3, 20, 4, 5)) * 2 + 0.5).astype(np.float32)
-    gamma, beta, rm, rv = bn_args(20)
-    rm[:20] = rng.standard_normal(20).astype(np.float32)
-    rv[:20] = rng.uniform(0.5, 2, 20).astype(np.float32)
-    rm0, rv0 = rm.copy(), rv.copy()
-    y, _ = norm.batchnorm_forward(dlcpu.to_blocked(x), gamma, beta, rm, rv, True, momentum=0.3)
-    x64 = x.astype(np.float64)
-    mean, var = x64.mean(axis=(0, 2, 3)), x64.var(axis=(0, 2, 3))
-    m = 3 * 4 * 5
-    want_rm, want_rv = rm0[:20].copy(), rv0[:20].copy()
+    one kernel call; its float32/float64 arithmetic is the NumPy sequence it replaced, bit for
+    bit.  On the scalar path (separate multiplies and adds, as NumPy) the statistics are sums in
+    the kernel's order (image, then pixel; float64), so everything can be compared exactly."""
+    monkeypatch.setenv("DLCPU_ISA", "scalar")
+    n, c, h, w = 3, 20, 4, 5
+    x = (rng.standard_normal((n, c, h, w)) * 2 + 0.5).astype(np.float32)
+    gamma, beta, rm, rv = bn_args(c)
+    rm[:c] = rng.standard_normal(c).astype(np.float32)
+    rv[:c] = rng.uniform(0.5, 2, c).astype(np.float32)
+    want_rm, want_rv = rm.copy(), rv.copy()
+    y, saved = norm.batchnorm_forward(dlcpu.to_blocked(x), gamma, beta, rm, rv, True, momentum=0.3, eps=1e-3)
+
+    def kernel_order_sum(v):                    # per channel, sequential over (n, h, w)
+        return np.cumsum(v.transpose(1, 0, 2, 3).reshape(c, -1), axis=1)[:, -1]
+
+    m = n * h * w
+    mean, var = np.zeros(gamma.shape), np.zeros(gamma.shape)      # padding lanes: 0 and 0
+    mean[:c] = kernel_order_sum(x.astype(np.float64)) / m
+    var[:c] = kernel_order_sum((x.astype(np.float64) - mean[None, :c, None, None]) ** 2) / m
     want_rm *= np.float32(0.7)
     want_rm += (0.3 * mean).astype(np.float32)
     want_rv *= np.float32(0.7)
     want_rv += (0.3 * (var * (m / (m - 1)))).astype(np.float32)
-    # the statistics themselves are summed in another order than NumPy's: equal to an ulp
-    np.testing.assert_array_max_ulp(rm[:20], want_rm, 2)
-    np.testing.assert_array_max_ulp(rv[:20], want_rv, 2)
-    # eval mode: the coefficients from the running statistics, exactly as NumPy computes them
-    invstd = (1.0 / np.sqrt(rv.astype(np.float64) + 1e-5)).astype(np.float32)
-    scale = gamma * invstd
-    shift = beta - rm * scale
-    monkeypatch.setenv("DLCPU_ISA", "scalar")
+    assert np.array_equal(rm, want_rm) and np.array_equal(rv, want_rv)
+    mean32, var32 = mean.astype(np.float32), var.astype(np.float32)
+
+    def coefficients(mu, variance, eps):
+        invstd = (1.0 / np.sqrt(variance.astype(np.float64) + eps)).astype(np.float32)
+        scale = gamma * invstd
+        return invstd, scale, beta - mu * scale
+
+    invstd, scale, shift = coefficients(mean32, var32, 1e-3)
+    assert np.array_equal(saved.mean.reshape(-1), mean32) and np.array_equal(saved.invstd.reshape(-1), invstd)
+    assert np.array_equal(y.numpy(), x * scale[:c, None, None] + shift[:c, None, None])
+    # eval mode: the same coefficients from the running statistics
     y, saved = norm.batchnorm_forward(dlcpu.to_blocked(x), gamma, beta, rm, rv, False)
+    invstd, scale, shift = coefficients(rm, rv, 1e-5)
     assert np.array_equal(saved.invstd.reshape(-1), invstd) and np.array_equal(saved.mean.reshape(-1), rm)
-    want = x * scale[:20, None, None] + shift[:20, None, None]
-    assert np.array_equal(y.numpy(), want)
+    assert np.array_equal(y.numpy(), x * scale[:c, None, None] + shift[:c, None, None])
 
 
 @pytest.mark.parametrize("training", [True, False])
