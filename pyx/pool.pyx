@@ -148,24 +148,27 @@ cdef void fill_plane(float *plane, int64_t hw, const float *dy, int64_t lanes) n
             plane[i * 16 + lane] = g[lane]
 
 
+cdef check_rows(int64_t n_rows, int64_t C, int64_t N, int64_t Cb, str fn):
+    """The (N, C) rows must match the blocked tensor's N images and Cb channel blocks."""
+    if n_rows != N or not 16 * (Cb - 1) < C <= 16 * Cb:
+        raise ValueError(f"{fn}: rows of shape ({n_rows}, {C}) do not match a blocked tensor of {N} images "
+                         f"and {Cb} channel blocks")
+
+
 def global_avg_pool_forward(const float[:, :, :, :, ::1] x, float[:, ::1] y, int n_threads):
     """y[n, c] = the mean over (h, w) of x's channel c; y is (N, C), C the logical channel
     count (padding lanes are not read into y)."""
-    cdef int64_t N = x.shape[0], Cb = x.shape[1], HW = x.shape[2] * x.shape[3], C = y.shape[1]
-    cdef int64_t n, cb
-    if y.shape[0] != N or not 16 * (Cb - 1) < C <= 16 * Cb:
-        raise ValueError(f"global_avg_pool: y {tuple(y.shape)[:2]} does not match x {tuple(x.shape)}")
-    for n in prange(N, nogil=True, schedule='static', num_threads=n_threads):
-        for cb in range(Cb):
+    cdef int64_t n, cb, HW = x.shape[2] * x.shape[3], C = y.shape[1]
+    check_rows(y.shape[0], C, x.shape[0], x.shape[1], "global_avg_pool")
+    for n in prange(x.shape[0], nogil=True, schedule='static', num_threads=n_threads):
+        for cb in range(x.shape[1]):
             mean_of_plane(&x[n, cb, 0, 0, 0], HW, &y[n, cb * 16], min(16, C - cb * 16))
 
 
 def global_avg_pool_backward(const float[:, ::1] dy, float[:, :, :, :, ::1] dx, int n_threads):
     """dx[n, c, h, w] = dy[n, c] / (H*W) at every pixel; padding lanes (c >= C) are 0."""
-    cdef int64_t N = dx.shape[0], Cb = dx.shape[1], HW = dx.shape[2] * dx.shape[3], C = dy.shape[1]
-    cdef int64_t n, cb
-    if dy.shape[0] != N or not 16 * (Cb - 1) < C <= 16 * Cb:
-        raise ValueError(f"global_avg_pool_backward: dy {tuple(dy.shape)[:2]} does not match dx {tuple(dx.shape)}")
-    for n in prange(N, nogil=True, schedule='static', num_threads=n_threads):
-        for cb in range(Cb):
+    cdef int64_t n, cb, HW = dx.shape[2] * dx.shape[3], C = dy.shape[1]
+    check_rows(dy.shape[0], C, dx.shape[0], dx.shape[1], "global_avg_pool_backward")
+    for n in prange(dx.shape[0], nogil=True, schedule='static', num_threads=n_threads):
+        for cb in range(dx.shape[1]):
             fill_plane(&dx[n, cb, 0, 0, 0], HW, &dy[n, cb * 16], min(16, C - cb * 16))
