@@ -150,7 +150,6 @@ def avg_pool2d_backward(dy, x_shape, kernel, stride, padding):
     return dx[:, :, ph:ph + h, pw:pw + w]
 
 
-
 def global_avg_pool(x):
     """(N, C) means over H and W, float64."""
     return np.asarray(x, np.float64).mean(axis=(2, 3))
@@ -160,6 +159,7 @@ def global_avg_pool_backward(dy, x_shape):
     """dy[n, c] / (H*W) at every pixel of channel c."""
     n, c, h, w = x_shape
     return np.broadcast_to(np.asarray(dy, np.float64)[:, :, None, None] / (h * w), (n, c, h, w)).copy()
+
 
 def batchnorm_forward(x, gamma, beta, eps=1e-5):
     """Training-mode batch norm over (N, H, W): returns (y, mean, biased var)."""

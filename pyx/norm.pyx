@@ -51,9 +51,9 @@ def batchnorm_coefficients(const float[:, :, :, :, ::1] x, const float[::1] gamm
                            double eps, float[:, ::1] mean, float[:, ::1] invstd, float[:, ::1] scale,
                            float[:, ::1] shift, int n_threads, int isa=0):
     """Everything the forward needs before its normalizing pass, in one call: in training mode
-    the batch statistics of x (stats_block per channel block), folded into the running ones (momentum, the
-    unbiased variance, as PyTorch); then, from the batch (training) or running (eval)
-    statistics, per channel: mean, invstd = 1/sqrt(var + eps), scale = gamma*invstd and
+    the batch statistics of x (stats_block per channel block), folded into the running ones
+    (momentum, the unbiased variance, as PyTorch); then, from the batch (training) or running
+    (eval) statistics, per channel: mean, invstd = 1/sqrt(var + eps), scale = gamma*invstd and
     shift = beta - mean*scale.  The outputs are (C/16, 16) float32.
 
     The per-channel arithmetic is the float32/float64 sequence of NumPy operations it replaced

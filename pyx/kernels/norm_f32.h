@@ -138,8 +138,8 @@ dlcpu_relu_mask(int isa, const float *dy, const float *y, float *g, int64_t n)
  * Compiled without -march, the plain loops ran as scalar double code: the reductions were
  * compute-bound (a ResNet-50 step spent 106-139 ms in batch norm at 1 thread, against 90 ms
  * for PyTorch).  The AVX-512 paths widen each 16-float vector into two 8-double halves, the
- * AVX2 paths each 8-float half into two 4-double quarters; both may round differently from the scalar path (fused multiply-adds), never by more than fp32
- * rounding of each term.
+ * AVX2 paths each 8-float half into two 4-double quarters; both may round differently from
+ * the scalar path (fused multiply-adds), never by more than fp32 rounding of each term.
  */
 
 /* acc[lane] += sum_i x[i][lane] */
@@ -247,61 +247,72 @@ DLCPU_TARGET_AVX512 static void dlcpu_bn_dx_avx512(const float *dy, const float 
     }
 }
 
-/* The AVX2 paths of the reductions: a pixel's 16 lanes are two 8-float halves, each widened
- * into two 4-double quarters; the 16 double accumulators are four vectors. */
+/* The AVX2 paths of the reductions and of dx: a pixel's 16 lanes are two 8-float halves (h),
+ * each widened into two 4-double quarters, so the 16 double accumulators are four vectors.
+ * Pixel-outer, so each pixel's cache line is read once (a ResNet-50 plane does not fit L1). */
 DLCPU_TARGET_AVX2 static inline __m256d dlcpu_lo4_pd(__m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
 DLCPU_TARGET_AVX2 static inline __m256d dlcpu_hi4_pd(__m256 v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
 
 DLCPU_TARGET_AVX2 static void dlcpu_bn_sum_avx2(const float *x, int64_t hw, double *acc)
 {
-    for (int half = 0; half < 16; half += 8) {
-        __m256d lo = _mm256_loadu_pd(acc + half), hi = _mm256_loadu_pd(acc + half + 4);
-        for (int64_t i = 0; i < hw; i++) {
-            const __m256 v = _mm256_loadu_ps(x + i * 16 + half);
-            lo = _mm256_add_pd(lo, dlcpu_lo4_pd(v));
-            hi = _mm256_add_pd(hi, dlcpu_hi4_pd(v));
+    __m256d a[4];
+    for (int q = 0; q < 4; q++)
+        a[q] = _mm256_loadu_pd(acc + 4 * q);
+    for (int64_t i = 0; i < hw; i++)
+        for (int h = 0; h < 2; h++) {
+            const __m256 v = _mm256_loadu_ps(x + i * 16 + 8 * h);
+            a[2 * h] = _mm256_add_pd(a[2 * h], dlcpu_lo4_pd(v));
+            a[2 * h + 1] = _mm256_add_pd(a[2 * h + 1], dlcpu_hi4_pd(v));
         }
-        _mm256_storeu_pd(acc + half, lo);
-        _mm256_storeu_pd(acc + half + 4, hi);
-    }
+    for (int q = 0; q < 4; q++)
+        _mm256_storeu_pd(acc + 4 * q, a[q]);
 }
 
 DLCPU_TARGET_AVX2 static void dlcpu_bn_sqdev_avx2(const float *x, int64_t hw, const double *mean, double *acc)
 {
-    for (int half = 0; half < 16; half += 8) {
-        __m256d lo = _mm256_loadu_pd(acc + half), hi = _mm256_loadu_pd(acc + half + 4);
-        const __m256d mlo = _mm256_loadu_pd(mean + half), mhi = _mm256_loadu_pd(mean + half + 4);
-        for (int64_t i = 0; i < hw; i++) {
-            const __m256 v = _mm256_loadu_ps(x + i * 16 + half);
-            const __m256d dlo = _mm256_sub_pd(dlcpu_lo4_pd(v), mlo), dhi = _mm256_sub_pd(dlcpu_hi4_pd(v), mhi);
-            lo = _mm256_fmadd_pd(dlo, dlo, lo);
-            hi = _mm256_fmadd_pd(dhi, dhi, hi);
-        }
-        _mm256_storeu_pd(acc + half, lo);
-        _mm256_storeu_pd(acc + half + 4, hi);
+    __m256d a[4], m[4];
+    for (int q = 0; q < 4; q++) {
+        a[q] = _mm256_loadu_pd(acc + 4 * q);
+        m[q] = _mm256_loadu_pd(mean + 4 * q);
     }
+    for (int64_t i = 0; i < hw; i++)
+        for (int h = 0; h < 2; h++) {
+            const __m256 v = _mm256_loadu_ps(x + i * 16 + 8 * h);
+            const __m256d dlo = _mm256_sub_pd(dlcpu_lo4_pd(v), m[2 * h]);
+            const __m256d dhi = _mm256_sub_pd(dlcpu_hi4_pd(v), m[2 * h + 1]);
+            a[2 * h] = _mm256_fmadd_pd(dlo, dlo, a[2 * h]);
+            a[2 * h + 1] = _mm256_fmadd_pd(dhi, dhi, a[2 * h + 1]);
+        }
+    for (int q = 0; q < 4; q++)
+        _mm256_storeu_pd(acc + 4 * q, a[q]);
 }
 
 DLCPU_TARGET_AVX2 static void dlcpu_bn_grad_sums_avx2(const float *dy, const float *x, int64_t hw, const float *mean,
                                                       const float *invstd, double *sb, double *sg)
 {
-    for (int half = 0; half < 16; half += 8) {
-        __m256d blo = _mm256_loadu_pd(sb + half), bhi = _mm256_loadu_pd(sb + half + 4);
-        __m256d glo = _mm256_loadu_pd(sg + half), ghi = _mm256_loadu_pd(sg + half + 4);
-        const __m256 m = _mm256_loadu_ps(mean + half), is = _mm256_loadu_ps(invstd + half);
-        for (int64_t i = 0; i < hw; i++) {
-            const int64_t j = i * 16 + half;
+    __m256d b[4], g[4];
+    __m256 m[2], is[2];
+    for (int q = 0; q < 4; q++) {
+        b[q] = _mm256_loadu_pd(sb + 4 * q);
+        g[q] = _mm256_loadu_pd(sg + 4 * q);
+    }
+    for (int h = 0; h < 2; h++) {
+        m[h] = _mm256_loadu_ps(mean + 8 * h);
+        is[h] = _mm256_loadu_ps(invstd + 8 * h);
+    }
+    for (int64_t i = 0; i < hw; i++)
+        for (int h = 0; h < 2; h++) {
+            const int64_t j = i * 16 + 8 * h;
             const __m256 d = _mm256_loadu_ps(dy + j);
-            const __m256 p = _mm256_mul_ps(_mm256_mul_ps(d, _mm256_sub_ps(_mm256_loadu_ps(x + j), m)), is);
-            blo = _mm256_add_pd(blo, dlcpu_lo4_pd(d));
-            bhi = _mm256_add_pd(bhi, dlcpu_hi4_pd(d));
-            glo = _mm256_add_pd(glo, dlcpu_lo4_pd(p));
-            ghi = _mm256_add_pd(ghi, dlcpu_hi4_pd(p));
+            const __m256 p = _mm256_mul_ps(_mm256_mul_ps(d, _mm256_sub_ps(_mm256_loadu_ps(x + j), m[h])), is[h]);
+            b[2 * h] = _mm256_add_pd(b[2 * h], dlcpu_lo4_pd(d));
+            b[2 * h + 1] = _mm256_add_pd(b[2 * h + 1], dlcpu_hi4_pd(d));
+            g[2 * h] = _mm256_add_pd(g[2 * h], dlcpu_lo4_pd(p));
+            g[2 * h + 1] = _mm256_add_pd(g[2 * h + 1], dlcpu_hi4_pd(p));
         }
-        _mm256_storeu_pd(sb + half, blo);
-        _mm256_storeu_pd(sb + half + 4, bhi);
-        _mm256_storeu_pd(sg + half, glo);
-        _mm256_storeu_pd(sg + half + 4, ghi);
+    for (int q = 0; q < 4; q++) {
+        _mm256_storeu_pd(sb + 4 * q, b[q]);
+        _mm256_storeu_pd(sg + 4 * q, g[q]);
     }
 }
 
@@ -309,16 +320,21 @@ DLCPU_TARGET_AVX2 static void dlcpu_bn_dx_avx2(const float *dy, const float *x, 
                                                const float *mean, const float *invstd, const float *k1,
                                                const float *k2, const float *k3)
 {
-    for (int half = 0; half < 16; half += 8) {
-        const __m256 m = _mm256_loadu_ps(mean + half), is = _mm256_loadu_ps(invstd + half);
-        const __m256 a = _mm256_loadu_ps(k1 + half), b = _mm256_loadu_ps(k2 + half), c = _mm256_loadu_ps(k3 + half);
-        for (int64_t i = 0; i < hw; i++) {
-            const int64_t j = i * 16 + half;
-            const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), m), is);
-            const __m256 t = _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(dy + j), b), _mm256_mul_ps(xh, c));
-            _mm256_storeu_ps(dx + j, _mm256_mul_ps(a, t));
-        }
+    __m256 m[2], is[2], a[2], b[2], c[2];
+    for (int h = 0; h < 2; h++) {
+        m[h] = _mm256_loadu_ps(mean + 8 * h);
+        is[h] = _mm256_loadu_ps(invstd + 8 * h);
+        a[h] = _mm256_loadu_ps(k1 + 8 * h);
+        b[h] = _mm256_loadu_ps(k2 + 8 * h);
+        c[h] = _mm256_loadu_ps(k3 + 8 * h);
     }
+    for (int64_t i = 0; i < hw; i++)
+        for (int h = 0; h < 2; h++) {
+            const int64_t j = i * 16 + 8 * h;
+            const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), m[h]), is[h]);
+            const __m256 t = _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(dy + j), b[h]), _mm256_mul_ps(xh, c[h]));
+            _mm256_storeu_ps(dx + j, _mm256_mul_ps(a[h], t));
+        }
 }
 
 static inline void dlcpu_bn_sum(int isa, const float *x, int64_t hw, double *acc)
