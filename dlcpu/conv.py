@@ -480,12 +480,13 @@ def choose_algorithm(shape, isa_name):
     return "winograd4" if _winograd4_wins(shape) else "direct"
 
 
-def _operand(t, kind, fn, name, precision="fp32"):
+def _operand(t, kind, fn, name, precision="fp32", allowed=None):
     """(BlockedTensor or None, logical shape) for an array/BlockedTensor argument; a bf16, int8 or
-    dfp16 BlockedTensor only when the call runs in that precision."""
+    dfp16 BlockedTensor only when the call runs in that precision (or the formats `allowed`)."""
     layout = "NCHW" if kind == "activation" else "KCRS"
     if isinstance(t, BlockedTensor):
-        allowed = ("fp32", precision) if precision != "fp32" else ("fp32",)
+        if allowed is None:
+            allowed = ("fp32", precision) if precision != "fp32" else ("fp32",)
         if t.kind != kind or t.precision not in allowed:
             hint = "" if kind == "activation" else " (dlcpu.block_weights)"
             raise TypeError(f"{fn}: {name} must be a {' or '.join(allowed)} {kind} BlockedTensor{hint} for "
@@ -933,7 +934,9 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     PAIR_WU_MIN_MACS multiply-adds or PAIR_WU_MIN_K output channels or where x or dy holds
     NaN/Inf, the fp32 weight-update kernels
     on the same bf16 values (the same products summed in another order; IEEE propagation);
-    db, outputs and accumulate_dw stay fp32.  x may be the bf16 BlockedTensor its forward read.
+    db, outputs and accumulate_dw stay fp32.  x may be the bf16 BlockedTensor its forward read,
+    and dy a bf16 BlockedTensor (batchnorm_backward(out_precision='bf16') writes one: it is
+    rounded once, where it was made; db then sums its values).
     precision='dfp16': the same with DFP-16 (dy gets its own shared exponent, nearest rounding;
     dx on the int16 kernels with the flipped weights quantized per stride phase; dW on the int16
     weight-update kernels, VPDPWSSD on pixel pairs of the mantissas of x and dy, int32 chains
@@ -950,7 +953,7 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     bad = [n for n in need if n not in ("dx", "dw", "db")]
     if bad or not need:
         raise ValueError(f"{fn}: need must name some of 'dx', 'dw', 'db', got {need!r}")
-    dyb, dy_shape = _operand(dy, "activation", fn, "dy")
+    dyb, dy_shape = _operand(dy, "activation", fn, "dy", precision, ("fp32", "bf16") if precision == "bf16" else ("fp32",))
     xb, x_shape = _operand(x, "activation", fn, "x", precision)
     wb, w_shape = _operand(w, "weight", fn, "w")
     blocked_in = dyb is not None
@@ -993,8 +996,10 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
     dyq = quantized.to_dfp16_blocked(dyb, n_threads=n_threads, isa=isa_name) if dfp and need != ("db",) else None
     if dfp and xb is not None and "dw" in need:       # the DFP-16 values of x (as its forward multiplied them)
         xb = xb if xb.precision == "dfp16" else quantized.to_dfp16_blocked(xb, n_threads=n_threads, isa=isa_name)
-    dy16 = formats.fp32_to_bf16_bits(dyb.data, n_threads=n_threads) if bf16 and need != ("db",) else None
-    # (bf16: dx and dW both read these patterns of dy, converted once)
+    if bf16 and dyb.precision == "bf16":
+        dy16 = dyb.data
+    else:   # (bf16: dx and dW both read these patterns of dy, converted once)
+        dy16 = formats.fp32_to_bf16_bits(dyb.data, n_threads=n_threads) if bf16 and need != ("db",) else None
     if "dx" in need:
         if dfp:
             dx_data = _backward_data(dyq.data, wb.data, shape, isa_code, n_threads, dfp16=dyq)
@@ -1034,7 +1039,8 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
         # float64 accumulation in NumPy's fixed order: exact enough, thread-independent.  Images
         # first, then pixels, each over contiguous rows: one sum over axes (0, 2, 3) took 2.4x
         # as long (46 against 19 us on a 64x32x4x4 dy, measured 2026-12-02).
-        per_pixel = dyb.data.sum(axis=0, dtype=np.float64)
+        dy_values = dyb.data if dyb.precision == "fp32" else formats.bf16_bits_to_fp32(dyb.data, n_threads=n_threads)
+        per_pixel = dy_values.sum(axis=0, dtype=np.float64)
         db = per_pixel.reshape(shape.Kb, -1, CB).sum(axis=1).reshape(-1)[: shape.K].astype(np.float32)
     return ConvGrads(dx, dw, db)
 

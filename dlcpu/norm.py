@@ -9,6 +9,12 @@
     g = relu_backward(dy, y)                                # the gradient of the sum (and the shortcut's)
     dx, dgamma, dbeta = batchnorm_backward(g, saved)
 
+out_precision='bf16' (mixed-precision training) writes y or dx as a bf16 BlockedTensor: the
+patterns dlcpu.precision.fp32_to_bf16_bits gives for the fp32 result, rounded inside the kernel
+(no fp32 tensor in memory), for a bf16 convolution that reads them as they are.  A fused ReLU's
+backward then masks by the bf16 output: it passes dy where that is > 0, which differs from the
+fp32 output only where y was an fp32 denormal (bf16 conversion makes those zero).
+
 `saved` is an opaque BatchNormSaved; every argument is checked before a nogil kernel runs.
 gamma, beta and the running statistics are padded to whole channel blocks (C/16*16 floats);
 padded channels have gamma = beta = 0, so they stay zero.  Statistics are float64 sums in a
@@ -18,11 +24,21 @@ the last bits between ISA paths, whose reductions are vectorized differently).
 import numpy as np
 
 from . import cpu
+from . import precision as formats
 from ._ext import norm as _norm
 from ._validate import blocked_activation, flag, float32_array
 from .layout import CB, BlockedTensor
 
 _NO_OUTPUT = np.empty((0, 1, 1, 1, CB), np.float32)
+_NO_BF16 = np.empty((0, 1, 1, 1, CB), np.uint16)
+#: the formats batchnorm_forward and batchnorm_backward write (out_precision)
+OUT_PRECISIONS = ("fp32", "bf16")
+
+
+def _out_precision(value, fn):
+    if value not in OUT_PRECISIONS:
+        raise ValueError(f"{fn}: out_precision must be one of {', '.join(OUT_PRECISIONS)}, got {value!r}")
+    return value
 
 
 class BatchNormSaved:
@@ -46,7 +62,7 @@ class BatchNormSaved:
             ok = all(isinstance(v, np.ndarray) and v.dtype == np.float32 and v.flags.c_contiguous and v.shape == stats
                      for v in (self.mean, self.invstd, self.gamma))
             ok = (ok and isinstance(self.training, bool) and isinstance(self.y, np.ndarray)
-                  and self.y.dtype == np.float32 and self.y.flags.c_contiguous
+                  and self.y.dtype in (np.float32, np.uint16) and self.y.flags.c_contiguous
                   and self.y.shape in (x.data.shape, _NO_OUTPUT.shape))
         if not ok:
             raise ValueError(f"{fn}: saved is not a consistent BatchNormSaved (its parts were changed after "
@@ -58,15 +74,17 @@ def _blocks(v, cb):
 
 
 def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, *, eps=1e-5,
-                      momentum=0.1, relu=False, residual=None, n_threads=None):
+                      momentum=0.1, relu=False, residual=None, out_precision="fp32", n_threads=None):
     """Normalize (training: batch statistics, updating the running ones in place; eval: the
     running ones), scale, shift, optional fused ReLU.  Returns (y, saved-for-backward).
 
     residual: a blocked tensor of x's shape added before the ReLU (a ResNet block's shortcut).
     Its backward takes the gradient of the sum, relu_backward(dy, y) with relu=True, which is
-    also the residual's gradient: batchnorm_backward then applies no mask of its own."""
+    also the residual's gradient: batchnorm_backward then applies no mask of its own.
+    out_precision: 'fp32' or 'bf16' (y as a bf16 BlockedTensor; see the module doc)."""
     fn = "batchnorm_forward"
     blocked_activation(x, "x", fn)
+    out_precision = _out_precision(out_precision, fn)
     if residual is not None:
         blocked_activation(residual, "residual", fn)
         if tuple(residual.shape) != tuple(x.shape):
@@ -104,15 +122,23 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, training, *, ep
     for given, used in zip((running_mean, running_var), running):
         if training and used is not given:
             given[...] = used
-    y = np.empty_like(x.data)
-    _norm.batchnorm_apply(x.data, scale, shift, y, relu, n_threads, None if residual is None else residual.data, isa)
+    res = None if residual is None else residual.data
+    if out_precision == "bf16":
+        y = np.empty(x.data.shape, np.uint16)
+        _norm.batchnorm_apply_bf16(x.data, scale, shift, y, relu, n_threads, res, isa,
+                                   formats.native_bf16(cpu.ISA_BY_CODE[isa]))
+    else:
+        y = np.empty_like(x.data)
+        _norm.batchnorm_apply(x.data, scale, shift, y, relu, n_threads, res, isa)
     saved = BatchNormSaved(x, mean, invstd, _blocks(gamma, cb), training, y if relu and residual is None else _NO_OUTPUT)
-    return BlockedTensor(y, x.shape), saved
+    return BlockedTensor(y, x.shape, "activation", precision=out_precision), saved
 
 
-def batchnorm_backward(dy, saved, *, n_threads=None):
-    """(dx, dgamma, dbeta) with dgamma/dbeta padded like gamma (float32)."""
+def batchnorm_backward(dy, saved, *, out_precision="fp32", n_threads=None):
+    """(dx, dgamma, dbeta) with dgamma/dbeta padded like gamma (float32); out_precision 'bf16'
+    returns dx as a bf16 BlockedTensor (see the module doc)."""
     fn = "batchnorm_backward"
+    out_precision = _out_precision(out_precision, fn)
     if not isinstance(saved, BatchNormSaved):
         raise TypeError(f"{fn}: saved must be the BatchNormSaved that batchnorm_forward returned, got {type(saved).__name__}")
     saved._check(fn)
@@ -121,18 +147,26 @@ def batchnorm_backward(dy, saved, *, n_threads=None):
     if tuple(dy.shape) != tuple(x.shape):
         raise ValueError(f"{fn}: dy has shape {tuple(dy.shape)} but the forward input was {tuple(x.shape)}")
     cb = x.data.shape[1]
-    dx = np.empty_like(x.data)
+    bf16 = out_precision == "bf16"
+    dx = _NO_OUTPUT if bf16 else np.empty_like(x.data)
+    dx16 = np.empty(x.data.shape, np.uint16) if bf16 else _NO_BF16
     dgamma = np.empty((cb, CB))
     dbeta = np.empty((cb, CB))
-    _norm.batchnorm_backward(dy.data, x.data, mean, invstd, gamma, dx, dgamma, dbeta, training, y,
-                             cpu.resolve_threads(n_threads), cpu.isa_code(None))
-    return BlockedTensor(dx, x.shape), dgamma.reshape(-1).astype(np.float32), dbeta.reshape(-1).astype(np.float32)
+    isa = cpu.isa_code(None)
+    y32, y16 = (_NO_OUTPUT, y) if y.dtype == np.uint16 else (y, _NO_BF16)
+    _norm.batchnorm_backward(dy.data, x.data, mean, invstd, gamma, dx, dgamma, dbeta, training, y32,
+                             cpu.resolve_threads(n_threads), isa, y16, dx16, formats.native_bf16(cpu.ISA_BY_CODE[isa]))
+    return (BlockedTensor(dx16 if bf16 else dx, x.shape, "activation", precision=out_precision),
+            dgamma.reshape(-1).astype(np.float32), dbeta.reshape(-1).astype(np.float32))
 
 
 def relu_backward(dy, y, *, n_threads=None):
-    """dx = dy where y > 0 (y: the ReLU's output), else 0."""
+    """dx = dy where y > 0 (y: the ReLU's output, fp32 or a bf16 one from
+    batchnorm_forward(out_precision='bf16'), which is widened first), else 0."""
     fn = "relu_backward"
     blocked_activation(dy, "dy", fn)
+    if isinstance(y, BlockedTensor) and y.kind == "activation" and y.precision == "bf16":
+        y = BlockedTensor(formats.bf16_bits_to_fp32(y.data, n_threads=n_threads), y.shape)
     blocked_activation(y, "y", fn)
     if tuple(dy.shape) != tuple(y.shape):
         raise ValueError(f"{fn}: dy has shape {tuple(dy.shape)} but the ReLU's output y has shape {tuple(y.shape)}")

@@ -241,3 +241,93 @@ def test_residual_blocks_convert_their_input_once_for_both_convolutions(rng, mon
         assert np.array_equal(y1, y2) and np.array_equal(dx1, dx2)
         assert all(np.array_equal(a, b) for a, b in zip(g1, g2))
         monkeypatch.undo()
+
+
+def _batchnorms(model):
+    from dlcpu.nn.layers import BatchNorm2d
+
+    return [m for m in model._walk() if isinstance(m, BatchNorm2d)]
+
+
+def _step_outputs(model, x, dy_seed=7):
+    y = model(x)
+    out = y.numpy() if hasattr(y, "numpy") else y
+    dy = np.random.default_rng(dy_seed).uniform(-1, 1, out.shape).astype(np.float32)
+    dx = model.backward(dlcpu.to_blocked(dy) if hasattr(y, "numpy") else dy)
+    return out, None if dx is None else dx.numpy(), [p.grad.copy() for p in model.parameters()]
+
+
+def test_bf16_batchnorm_hands_its_convolutions_bf16_and_changes_no_bit(rng):
+    """set_precision('bf16') links each batch norm to the bf16 convolutions next to it: it writes
+    bf16 where a convolution reads its output or input gradient directly (never into a residual
+    sum or a pool), and the step's outputs and gradients are the bits of the fp32 hand-over."""
+    from dlcpu.nn import resnet
+
+    images = rng.uniform(0, 1, (4, 1, 8, 8)).astype(np.float32)
+    block_x = dlcpu.to_blocked(rng.uniform(-1, 1, (2, 16, 9, 9)).astype(np.float32))
+    cases = [(lambda: nn.digits_resnet(seed=1), dlcpu.to_blocked(images),
+              # stem bn (its output: block 1's conv and residual), block 1 bn1, bn2, block 2 bn1, bn2, shortcut bn
+              [("fp32", "bf16"), ("bf16", "bf16"), ("fp32", "bf16"), ("bf16", "bf16"), ("fp32", "bf16"),
+               ("fp32", "bf16")]),
+             (lambda: resnet.Bottleneck(16, 8, 2, seed=3), block_x,
+              [("bf16", "bf16"), ("bf16", "bf16"), ("fp32", "bf16"), ("fp32", "bf16")])]
+    for make, x, links in cases:
+        linked = make().set_precision("bf16")
+        assert [(b.out_precision, b.dx_precision) for b in _batchnorms(linked)] == links
+        unlinked = make().set_precision("bf16")
+        for b in _batchnorms(unlinked):
+            b.out_precision = b.dx_precision = "fp32"
+        (y1, dx1, g1), (y2, dx2, g2) = _step_outputs(linked, x), _step_outputs(unlinked, x)
+        assert np.array_equal(y1, y2) and (dx1 is None) == (dx2 is None)
+        assert dx1 is None or np.array_equal(dx1, dx2)
+        assert all(np.array_equal(a, b) for a, b in zip(g1, g2))
+        # the links follow the precision back to fp32
+        assert all((b.out_precision, b.dx_precision) == ("fp32", "fp32")
+                   for b in _batchnorms(linked.set_precision("fp32")))
+
+
+def test_bf16_batchnorm_output_hook_sees_fp32(rng):
+    """A hook on a linked batch norm's output (a fault injection) sees fp32, as without links;
+    the convolution after it converts, and the result is unchanged."""
+    x = dlcpu.to_blocked(rng.uniform(-1, 1, (2, 16, 6, 6)).astype(np.float32))
+    block = nn.BasicBlock(16, 16, 1, seed=2).set_precision("bf16")
+    seen = []
+    plain = block(x).numpy()
+    with block.bn1.register_output_hook(lambda m, y: seen.append(y.precision) or y):
+        hooked = block(x).numpy()
+    assert seen == ["fp32"] and np.array_equal(plain, hooked)
+    assert block(x).numpy().tobytes() == plain.tobytes() and seen == ["fp32"]
+
+
+def test_conv_layers_widen_bf16_activations_they_do_not_run(rng):
+    """A bf16 activation or gradient reaching an fp32 or DFP-16 Conv2d (a precision changed by
+    hand after set_precision linked the batch norms) is widened, exactly."""
+    x = rng.uniform(-1, 1, (2, 16, 5, 5)).astype(np.float32)
+    x16 = dlcpu.to_bf16_blocked(x)
+    x_values = dlcpu.to_blocked(P.bf16_bits_to_fp32(P.fp32_to_bf16_bits(x)))
+    for precision in ("fp32", "dfp16"):
+        a = nn.Conv2d(16, 16, 3, 1, 1, seed=4).set_precision(precision)
+        b = nn.Conv2d(16, 16, 3, 1, 1, seed=4).set_precision(precision)
+        ya, yb = a(x16), b(x_values)
+        assert np.array_equal(ya.data, yb.data)
+        dy = rng.uniform(-1, 1, (2, 16, 5, 5)).astype(np.float32)
+        da = a.backward(dlcpu.to_bf16_blocked(dy))
+        db = b.backward(dlcpu.to_blocked(P.bf16_bits_to_fp32(P.fp32_to_bf16_bits(dy))))
+        assert np.array_equal(da.data, db.data) and np.array_equal(a.weight.grad, b.weight.grad)
+        assert np.array_equal(a.bias.grad, b.bias.grad)
+
+
+def test_conv_backward_reads_a_bf16_dy_as_its_rounded_values(rng):
+    """conv2d_backward(precision='bf16') with dy a bf16 BlockedTensor: the bits of passing dy in
+    fp32 (which it rounds itself), db included; other precisions refuse a bf16 dy."""
+    x = dlcpu.to_blocked(rng.uniform(-1, 1, (2, 20, 7, 7)).astype(np.float32))
+    w = dlcpu.block_weights(rng.uniform(-1, 1, (33, 20, 3, 3)).astype(np.float32))
+    dy = rng.uniform(-1, 1, (2, 33, 4, 4)).astype(np.float32)
+    a = dlcpu.conv2d_backward(dlcpu.to_bf16_blocked(dy), x, w, 2, 1, precision="bf16")
+    b = dlcpu.conv2d_backward(dlcpu.to_blocked(P.bf16_bits_to_fp32(P.fp32_to_bf16_bits(dy))), x, w, 2, 1,
+                              precision="bf16")
+    for u, v in zip(a, b):
+        assert np.array_equal(getattr(u, "data", u), getattr(v, "data", v))
+    for precision in ("fp32", "dfp16"):
+        with pytest.raises(TypeError, match=f"dy must be a fp32 activation BlockedTensor for precision='{precision}'"):
+            dlcpu.conv2d_backward(dlcpu.to_bf16_blocked(dy), x, w, 2, 1, precision=precision)

@@ -345,3 +345,68 @@ def test_batchnorm_training_needs_two_values_per_channel():
         norm.batchnorm_forward(x, gamma, beta, rm, rv, True)
     y, _ = norm.batchnorm_forward(x, gamma, beta, rm, rv, False)   # eval mode is fine
     assert y.shape == (1, 16, 1, 1)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("c", [1, 16, 33])
+@pytest.mark.parametrize("relu,residual", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_bf16_outputs_are_the_rounded_fp32_ones(monkeypatch, rng, isa, c, relu, residual, training):
+    """out_precision='bf16': y and dx are the patterns of rounding the fp32 results (the
+    conversion dlcpu.precision makes), on every ISA path and thread count; the backward of a
+    fused ReLU masks by the bf16 output with the same result; the statistics do not change."""
+    monkeypatch.setenv("DLCPU_ISA", isa)
+    x = dlcpu.to_blocked((rng.standard_normal((3, c, 5, 7)) * 2 + 0.5).astype(np.float32))
+    x.data[0, 0, 0, 0, 0] = np.nan      # IEEE propagation through both paths
+    r = dlcpu.to_blocked(rng.standard_normal((3, c, 5, 7)).astype(np.float32)) if residual else None
+    dy = dlcpu.to_blocked(rng.standard_normal((3, c, 5, 7)).astype(np.float32))
+    for threads in (1, max_threads()):
+        out = {}
+        for fmt in ("fp32", "bf16"):
+            gamma, beta, rm, rv = bn_args(c)
+            y, saved = norm.batchnorm_forward(x, gamma, beta, rm, rv, training, relu=relu, residual=r,
+                                              out_precision=fmt, n_threads=threads)
+            assert y.precision == fmt and y.shape == x.shape
+            # the gradient the fused-ReLU block end hands back: dy masked by its output
+            g = norm.relu_backward(dy, y, n_threads=threads) if residual else dy
+            out[fmt] = (y, rm, rv, norm.batchnorm_backward(g, saved, n_threads=threads),
+                        norm.batchnorm_backward(g, saved, out_precision="bf16", n_threads=threads))
+        (y32, rm32, rv32, b32, b32h), (y16, rm16, rv16, b16, b16h) = out["fp32"], out["bf16"]
+        assert np.array_equal(y16.data, dlcpu.precision.fp32_to_bf16_bits(y32.data))
+        assert np.array_equal(rm32, rm16, equal_nan=True) and np.array_equal(rv32, rv16, equal_nan=True)
+        for grads in (b16, b32h, b16h):     # the mask by the bf16 output, the bf16 dx
+            dx = grads[0] if grads[0].precision == "fp32" else None
+            if dx is not None:
+                assert np.array_equal(dx.data, b32[0].data, equal_nan=True)
+            else:
+                assert np.array_equal(grads[0].data, dlcpu.precision.fp32_to_bf16_bits(b32[0].data))
+            assert np.array_equal(grads[1], b32[1], equal_nan=True)
+            assert np.array_equal(grads[2], b32[2], equal_nan=True)
+
+
+def test_batchnorm_bf16_relu_mask_drops_outputs_that_round_to_zero():
+    """The documented difference of masking by the bf16 output: an fp32 denormal output is a
+    bf16 zero (the conversion's denormal rule), so the ReLU's backward stops its gradient."""
+    c = 16
+    x = dlcpu.to_blocked(np.full((1, c, 2, 2), 1e-39, np.float32))    # an fp32 denormal
+    gamma, beta, rm, rv = np.ones(c, np.float32), np.zeros(c, np.float32), np.zeros(c, np.float32), np.ones(c, np.float32)
+    # eval mode with variance 1 and eps far below its ulp: scale 1, shift 0, y = x exactly
+    y32, s32 = norm.batchnorm_forward(x, gamma, beta, rm, rv, False, relu=True, eps=1e-30)
+    y16, s16 = norm.batchnorm_forward(x, gamma, beta, rm, rv, False, relu=True, eps=1e-30, out_precision="bf16")
+    assert (y32.data[:, :, :, :, :c] > 0).all() and not y16.data.any()
+    dy = dlcpu.to_blocked(np.ones((1, c, 2, 2), np.float32))
+    assert (norm.batchnorm_backward(dy, s32)[0].data == 1).all()
+    assert not norm.batchnorm_backward(dy, s16)[0].data.any()
+
+
+def test_batchnorm_out_precision_errors(rng):
+    x = dlcpu.to_blocked(rng.standard_normal((2, 16, 3, 3)).astype(np.float32))
+    gamma, beta, rm, rv = bn_args(16)
+    for bad in ("fp16", "int8", None, 16):
+        with pytest.raises(ValueError, match="out_precision must be one of fp32, bf16"):
+            norm.batchnorm_forward(x, gamma, beta, rm, rv, True, out_precision=bad)
+    y, saved = norm.batchnorm_forward(x, gamma, beta, rm, rv, True, relu=True, out_precision="bf16")
+    with pytest.raises(ValueError, match="out_precision must be one of fp32, bf16"):
+        norm.batchnorm_backward(x, saved, out_precision="dfp16")
+    with pytest.raises(TypeError, match="dy must be float32"):     # a bf16 gradient is not read
+        norm.batchnorm_backward(y, saved)

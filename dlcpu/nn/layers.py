@@ -13,6 +13,7 @@ from .. import norm, pool
 from ..conv import conv2d, conv2d_backward
 from ..gemm import matmul, pack_matmul_operand
 from ..layout import CB, BlockedTensor, block_weights, n_blocks, to_bf16_blocked, unblock_weights
+from ..precision import bf16_bits_to_fp32
 from ..quantized import to_dfp16_blocked
 from .module import (
     Module,
@@ -79,7 +80,9 @@ class Conv2d(Module):
     def format_input(self, x):
         """x in this layer's format: an fp32 activation converted once (the forward reads it,
         the backward's dW reuses it); one already in the format as it is.  A block whose
-        shortcut reads the same x converts it once for both (shared_input)."""
+        shortcut reads the same x converts it once for both (shared_input).  A bf16 activation
+        reaching a layer of another format is widened first (exact)."""
+        x = _widened(x, self.precision)
         if x.precision == "fp32" and self.quant is None:
             if self.precision == "bf16":
                 return to_bf16_blocked(x)
@@ -95,7 +98,7 @@ class Conv2d(Module):
         # conv; it took 35 ms of a 1.2 s ResNet-50 step at 224x224, batch 4)
         need = (("dx",) if self.needs_input_grad else ()) + ("dw",) + (("db",) if self.bias is not None else ())
         # dW is added to weight.grad by the kernels (no zeroed temporary, no extra pass)
-        g = conv2d_backward(dy, x, self.weight_b, self.stride, self.padding, need=need,
+        g = conv2d_backward(_widened(dy, self.precision), x, self.weight_b, self.stride, self.padding, need=need,
                             accumulate_dw=self.weight.grad, precision=self.precision)
         if self.bias is not None:
             self.bias.grad += g.db
@@ -126,13 +129,42 @@ class Conv2d(Module):
         return f"Conv2d({a['in_channels']}->{a['out_channels']}, k={a['kernel_size']}, s={a['stride']}, p={a['padding']})"
 
 
+def _widened(t, precision):
+    """A bf16 activation as fp32 for a layer that does not run bf16 (exact), else t."""
+    if t.precision == "bf16" and precision != "bf16":
+        return BlockedTensor(bf16_bits_to_fp32(t.data), t.shape)
+    return t
+
+
+def _reads_bf16(layer):
+    """'bf16' when `layer` is a convolution that reads bf16 activations and gradients as they
+    are (its precision is bf16), else 'fp32'."""
+    return "bf16" if isinstance(layer, Conv2d) and layer.quant is None and layer.precision == "bf16" else "fp32"
+
+
+def link_batchnorm(bn, before, after):
+    """Mixed precision: `bn` writes its output in `after`'s format and its input gradient in
+    `before`'s, where that layer is a bf16 convolution that reads it directly (None: no such
+    layer, or the tensor has other readers: a residual sum, a pool).  The bf16 patterns are the
+    ones that convolution would round the fp32 tensor to, without the fp32 tensor's pass through
+    memory: 2 of the digits CNN's 5 forward conversions and 6 of its backward ones."""
+    bn.dx_precision = _reads_bf16(before)
+    bn.out_precision = _reads_bf16(after)
+
+
 @register
 class BatchNorm2d(Module):
     """Batch normalization over (N, H, W) per channel, fp32 statistics; relu=True fuses a
     following ReLU into the same passes (forward and backward).
 
     Training mode normalizes with the batch's mean and biased variance and updates the running
-    estimates (unbiased variance, momentum 0.1, as PyTorch); eval mode uses the running ones."""
+    estimates (unbiased variance, momentum 0.1, as PyTorch); eval mode uses the running ones.
+    out_precision / dx_precision: the formats of its output and input gradient ('fp32'; 'bf16'
+    where a container's link_formats found a bf16 convolution reading them; an output hook
+    always sees fp32)."""
+
+    out_precision = "fp32"
+    dx_precision = "fp32"
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, relu=False):
         super().__init__()
@@ -163,12 +195,14 @@ class BatchNorm2d(Module):
         y, self._saved = norm.batchnorm_forward(x, self.weight.data, self.bias.data, self.running_mean,
                                                 self.running_var, self.training, eps=self.eps,
                                                 momentum=self.momentum,
-                                                relu=self.relu if relu is None else relu, residual=residual)
+                                                relu=self.relu if relu is None else relu, residual=residual,
+                                                out_precision="fp32" if self._output_hooks else self.out_precision)
         self.num_batches_tracked += bool(self.training)     # counted once the forward succeeded
         return y
 
     def backward(self, dy):
-        dx, dgamma, dbeta = norm.batchnorm_backward(dy, self._require_forward(self._saved))
+        dx, dgamma, dbeta = norm.batchnorm_backward(dy, self._require_forward(self._saved),
+                                                    out_precision=self.dx_precision)
         self.weight.grad += dgamma
         self.bias.grad += dbeta
         return dx
@@ -378,6 +412,12 @@ class Sequential(Module):
             dy = m.backward(dy)
         return dy
 
+    def link_formats(self):
+        mods = self.modules
+        for i, m in enumerate(mods):
+            if isinstance(m, BatchNorm2d):
+                link_batchnorm(m, mods[i - 1] if i > 0 else None, mods[i + 1] if i + 1 < len(mods) else None)
+
     def config(self):
         return {"type": "Sequential", "args": {"modules": [m.config() for m in self.modules]}}
 
@@ -470,6 +510,12 @@ class BasicBlock(Module):
         self._require_forward(self._y)
         return residual_backward(self.relu_out, dy, lambda g: self.conv1.backward(self.bn1.backward(
             self.conv2.backward(self.bn2.backward(g)))), self.shortcut)
+
+    def link_formats(self):
+        link_batchnorm(self.bn1, self.conv1, self.conv2)
+        link_batchnorm(self.bn2, self.conv2, None)      # its output: the residual sum
+        if self.shortcut:
+            link_batchnorm(self.shortcut[1], self.shortcut[0], None)
 
     def describe(self):
         a = self.args

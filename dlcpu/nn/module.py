@@ -183,7 +183,14 @@ class Module:
         for m in tree:
             if m.PRECISIONS is not None:
                 m.precision = precision
+        for m in tree:
+            m.link_formats()
         return self
+
+    def link_formats(self):
+        """After set_precision: tell this container's batch-norm layers which neighbours read
+        bf16 activations as they are (layers.link_batchnorm), so they write bf16 themselves
+        instead of fp32 that the neighbour rounds.  Containers override it; others have none."""
 
     def _walk(self):
         yield self

@@ -28,6 +28,7 @@ from .layers import (
     MaxPool2d,
     ReLU,
     Sequential,
+    link_batchnorm,
     residual_backward,
     residual_end,
     shared_input,
@@ -80,6 +81,13 @@ class Bottleneck(Module):
         self._require_forward(self._y)
         return residual_backward(self.relu, dy, lambda g: self.conv1.backward(self.bn1.backward(self.conv2.backward(
             self.bn2.backward(self.conv3.backward(self.bn3.backward(g)))))), self.downsample)
+
+    def link_formats(self):
+        link_batchnorm(self.bn1, self.conv1, self.conv2)
+        link_batchnorm(self.bn2, self.conv2, self.conv3)
+        link_batchnorm(self.bn3, self.conv3, None)      # its output: the residual sum
+        if self.downsample:
+            link_batchnorm(self.downsample[1], self.downsample[0], None)
 
     def describe(self):
         a = self.args
@@ -164,6 +172,9 @@ class ResNet(Module):
         for stage in (self.layer4, self.layer3, self.layer2, self.layer1):
             g = stage.backward(g)
         self.conv1.backward(self.bn1.backward(self.maxpool.backward(g)))   # no input gradient: None
+
+    def link_formats(self):
+        link_batchnorm(self.bn1, self.conv1, None)      # its output: the max pool
 
     def describe(self):
         a = self.args
