@@ -267,7 +267,8 @@ def bench_precision(
 ):
     """The ResNet-50 convolutions and a GEMM in every format, one run: GFLOP/s (GOP/s for the
     integer formats), speedup over fp32, error against float64, and PyTorch's bf16 convolution
-    and int8 quantized convolution as the peers."""
+    and int8 quantized convolution as the peers.  int8 activations are as wide as the peer's: 8
+    bits, or 7 on a CPU without avx512_vnni (PyTorch's reduce_range)."""
     compare = _compare(compare)
     fmts = parse_choices(formats, benchmarks.PRECISION_FORMATS, "--formats")
     selected = [l.without_batch() for l in _by_name(workloads.resnet50_layers(), layers, "--layers", "layer")]
@@ -281,7 +282,8 @@ def bench_precision(
             benchmarks.bench_precision_layer, batch=batch, n_threads=n_threads, peak_gflops=peak["gflops"],
             formats=fmts, compare=compare, repeats=repeats))
         run = {"threads": n_threads, "batch": batch, "isa": isa, "peak_gflops": peak["gflops"],
-               "native": native_formats(), "layers": results, "total": benchmarks.precision_totals(results, fmts)}
+               "native": native_formats(), "int8_activation_bits": benchmarks.int8_activation_bits(),
+               "layers": results, "total": benchmarks.precision_totals(results, fmts)}
         if gemm:
             with err.status(f"gemm {gemm}^3, {n_threads} thread(s)"):
                 run["gemm"] = benchmarks.bench_precision_gemm(gemm, n_threads, peak["gflops"], formats=fmts,
@@ -303,7 +305,8 @@ def bench_precision(
 
 def _render_precision(run, fmts, compare):
     t = Table(title=f"conv fwd by format | {run['threads']} thread(s), batch {run['batch']}, isa {run['isa']}, "
-                    f"fp32 peak {run['peak_gflops']:.0f} GFLOP/s")
+                    f"fp32 peak {run['peak_gflops']:.0f} GFLOP/s"
+                    + (f", int8 activations {run['int8_activation_bits']}-bit" if "int8" in fmts else ""))
     t.add_column("layer", justify="left")
     t.add_column("x", justify="right")
     peered = [f for f in benchmarks.PEER_FORMATS if f in fmts] if compare else []

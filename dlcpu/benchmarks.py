@@ -383,8 +383,12 @@ def _precision_step(x, w, fmt, stride, pad, n_threads):
     kw = {"stride": stride, "padding": pad, "algorithm": "direct", "precision": fmt, "n_threads": n_threads}
     if fmt == "bf16":
         xb, wb = to_bf16_blocked(xb, n_threads), block_weights_bf16(wb, n_threads)
-    if fmt in quantized.INTEGER_FORMATS:
+    if fmt == "int8":   # activations as wide as the peer's (int8_activation_bits)
+        xq = quantized.to_int8_blocked(xb, bits=int8_activation_bits(), n_threads=n_threads)
+        wq = quantized.block_weights_int8(wb, n_threads=n_threads)
+    elif fmt in quantized.INTEGER_FORMATS:
         xq, wq = quantized.quantize_operands(fmt, xb, wb, None, n_threads=n_threads)
+    if fmt in quantized.INTEGER_FORMATS:
         out = conv2d(xq, wq, **kw)
         if fmt == "int8":
             out_scale = float(np.abs(out.data).max()) / quantized.INT8_WEIGHT_MAX or 1.0
@@ -407,6 +411,13 @@ def int8_peer_full_range():
     (reduce_range), which the peer then gets: on an AVX2-only CPU, full-range codes put its error
     at 0.18 against float64 (res2a_branch2b, measured)."""
     return bool(cpu.features()["avx512_vnni"])
+
+
+def int8_activation_bits():
+    """The code width of `bench precision`'s int8 activations: the peer's, so both quantize
+    alike -- 8 bits with avx512_vnni, 7 without (PyTorch's reduce_range there; dlcpu's AVX2
+    kernels then pair products in VPMADDUBSW, quantized.u8_format)."""
+    return 8 if int8_peer_full_range() else 7
 
 
 def _torch_int8_conv(torch, x, w, stride, pad):
@@ -484,7 +495,7 @@ def bench_precision_layer(layer, batch, n_threads, peak_gflops, *, formats=PRECI
         gflops = flops / sec["median_s"] / 1e9
         got = conv2d(x[:1], w, stride=stride, padding=pad, algorithm="direct", precision=fmt, n_threads=n_threads)
         if fmt == "int8":       # the error of what the timed step writes: u8, requantized as the peer's
-            xq1 = quantized.to_int8_blocked(x[:1])
+            xq1 = quantized.to_int8_blocked(x[:1], bits=int8_activation_bits())
             wq = quantized.block_weights_int8(w)
             out_scale = float(np.abs(got).max()) / quantized.INT8_WEIGHT_MAX or 1.0
             got = conv2d(xq1, wq, stride=stride, padding=pad, precision="int8", out_scale=out_scale).numpy()

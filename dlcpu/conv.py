@@ -632,7 +632,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     if precision in quantized.INTEGER_FORMATS:
         xq, wq = quantized.quantize_operands(precision, xb, wb, w, n_threads=n_threads, isa=cpu.ISA_BY_CODE[isa_code])
         integer, fill = quantized.integer_call(precision, xq, wq, shape.Cb * shape.R * shape.S, shape.Kb * CB,
-                                               out_scale)
+                                               out_scale, cpu.ISA_BY_CODE[isa_code])
     if out_scale is not None:
         # u8 codes: zero point 0 after a ReLU (whose clamp at code 0 it then is), else 128
         out_zero = 0 if activation == "relu" else quantized.U8_ZERO_POINT
@@ -726,7 +726,7 @@ def _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_thread
     if xb is None:
         xb = to_blocked(x, n_threads)
     xq = xb if xb.precision == "int8" else quantized.to_int8_blocked(xb, n_threads=n_threads, isa=isa_name)
-    integer, fill, shift = quantized.ternary_call(xq, w, levels, shape.Kb * CB)
+    integer, fill, shift = quantized.ternary_call(xq, w, levels, shape.Kb * CB, isa_name)
     bias_p = shift.copy()
     if bias is not None:
         bias_p[: shape.K] += bias

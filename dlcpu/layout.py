@@ -118,10 +118,12 @@ def _check_scale(t, scan=True):
         if top > b:
             raise ValueError(f"{where} says |mantissa| <= {b}, but the data holds {top}")
     elif t.kind == "activation":
-        ok = isinstance(a, (float, np.floating)) and np.isfinite(a) and a > 0 and b in (0, 128) and \
+        # zero point 0 (unsigned data), 128 (signed) or 64 (signed in 7-bit codes)
+        ok = isinstance(a, (float, np.floating)) and np.isfinite(a) and a > 0 and b in (0, 64, 128) and \
             isinstance(b, (int, np.integer)) and not isinstance(b, (bool, np.bool_))
         if not ok:
-            raise ValueError(f"{where} must be (scale, zero point): a finite float > 0 and 0 or 128, got {t.scale!r}")
+            raise ValueError(f"{where} must be (scale, zero point): a finite float > 0 and 0, 64 or 128, got "
+                             f"{t.scale!r}")
     else:
         k_pad = t.data.shape[0] * CB
         ok = (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == (k_pad,) and isinstance(b, np.ndarray)

@@ -16,6 +16,8 @@ activation channels hold adds nothing.
 int8: x ~ s_x * (q_x - z) with z = 0 when every value is >= 0 (after a ReLU: u8 spans [0, 255]
 for [0, max]) and z = 128 otherwise (u8 = round(x / s_x) + 128 with s_x = max|x| / 127, so that
 VPDPBUSD's unsigned operand can carry signed data); w ~ s_w[k] * q_w, symmetric, |q_w| <= 127.
+7-bit activations (to_int8_blocked(bits=7)) use codes 0..127 and z = 0 or 64: coarser, and
+exact in AVX2's VPMADDUBSW, which the kernels then use (u8_format).
 Then  y[k] = s_x * s_w[k] * (sum q_w * q_x  -  z * sum q_w[k])  (+ bias): the kernel sums in
 int32, subtracts the compensation z * sum q_w[k] (exact, in int32) and multiplies once.  Zero
 padding around the image must be the value 0, so the tile copies pad with the byte z.
@@ -65,8 +67,12 @@ INTEGER_FORMATS = ("int8", "dfp16")
 ACTIVATION_DTYPES = {"int8": np.uint8, "dfp16": np.int16}
 WEIGHT_DTYPES = {"int8": np.int8, "dfp16": np.int16}
 GROUP = {"int8": 4, "dfp16": 2}
-#: formats of brgemm_int.h's call description
-_U8S8, _S16 = 0, 1
+#: formats of brgemm_int.h's call description (U7S8: u8 codes that are all <= 127)
+_U8S8, _S16, _U7S8 = 0, 1, 2
+#: the activation code widths to_int8_blocked quantizes to: 8 bits, or 7 (codes 0..127, zero
+#: point 64 for signed data; PyTorch's reduce_range), which AVX2 multiplies twice as fast
+ACTIVATION_BITS = (8, 7)
+U7_MAX = 127
 
 
 def native_vnni(isa_name):
@@ -115,28 +121,32 @@ def _fp32_weight(w, fn, n_threads):
 
 
 # ------------------------------------------------------------------------------------- int8
-def to_int8_blocked(x, scale=None, *, unsigned=None, n_threads=None, isa=None):
+def to_int8_blocked(x, scale=None, *, unsigned=None, bits=8, n_threads=None, isa=None):
     """NCHW float32 (or an fp32 activation BlockedTensor) -> u8 activation BlockedTensor with
     scale (s_x, zero_point).  scale=None: from this tensor (max|x| / 255 when no value is
     negative, else max|x| / 127 with zero point 128); or a calibrated scale with `unsigned`
-    (dlcpu.precision.ActivationCalibrator's scale and unsigned).  NaN/Inf are refused."""
+    (dlcpu.precision.ActivationCalibrator's scale and unsigned).  bits=7: codes 0..127 (max|x| /
+    127, or max|x| / 63 with zero point 64; a calibrated scale's codes clamped at 127), which
+    the AVX2 kernels multiply in half the instructions (ACTIVATION_BITS).  NaN/Inf are refused."""
     fn = "to_int8_blocked"
+    if not isinstance(bits, (int, np.integer)) or isinstance(bits, (bool, np.bool_)) or bits not in ACTIVATION_BITS:
+        raise ValueError(f"{fn}: bits must be 8 or 7 (the u8 codes' width), got {bits!r}")
     xb = _fp32_activation(x, fn, n_threads)
     code, threads = cpu.isa_code(isa), cpu.resolve_threads(n_threads)
     if scale is None:
         if unsigned is not None:
             raise ValueError(f"{fn}: unsigned= goes with a calibrated scale; without one it follows the data")
-        data, scale, zero_point = quantize_u8(xb.data, code, threads, fn)
+        data, scale, zero_point = quantize_u8(xb.data, code, threads, fn, bits=bits)
         return BlockedTensor(data, tuple(xb.shape), "activation", scale=(scale, zero_point), precision="int8")
-    scale, zero_point = calibrated_u8_scale(scale, unsigned, fn)
+    scale, zero_point = calibrated_u8_scale(scale, unsigned, fn, bits=bits)
     _absmax(xb.data, code, threads, fn, "int8 quantization")         # NaN/Inf refused
-    data, _, _ = quantize_u8(xb.data, code, threads, fn, scale, zero_point)
+    data, _, _ = quantize_u8(xb.data, code, threads, fn, scale, zero_point, bits=bits)
     return BlockedTensor(data, tuple(xb.shape), "activation", scale=(scale, zero_point), precision="int8")
 
 
-def calibrated_u8_scale(scale, unsigned, fn, names=("scale", "unsigned")):
+def calibrated_u8_scale(scale, unsigned, fn, names=("scale", "unsigned"), bits=8):
     """(scale, zero point) of a calibrated per-tensor u8 quantization, checked: scale a finite
-    positive number (as float32), unsigned a bool (zero point 0; else 128)."""
+    positive number (as float32), unsigned a bool (zero point 0; else 128, or 64 for 7 bits)."""
     if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
         raise TypeError(f"{fn}: {names[0]} must be a positive real number, got {scale!r}")
     scale = float(np.float32(scale))
@@ -146,20 +156,38 @@ def calibrated_u8_scale(scale, unsigned, fn, names=("scale", "unsigned")):
         raise ValueError(f"{fn}: a calibrated {names[0]} needs {names[1]}=True/False (ActivationCalibrator.unsigned)")
     if not isinstance(unsigned, (bool, np.bool_)):
         raise TypeError(f"{fn}: {names[1]} must be True or False, got {unsigned!r}")
-    return scale, 0 if unsigned else U8_ZERO_POINT
+    return scale, 0 if unsigned else U8_ZERO_POINT >> (8 - bits)
 
 
-def quantize_u8(a, code, threads, fn, scale=None, zero_point=None):
+def quantize_u8(a, code, threads, fn, scale=None, zero_point=None, bits=8):
     """(u8 array of a's shape, scale, zero point) of a float32 array: with scale None, the
-    per-tensor rule of the module doc (NaN/Inf refused); else that scale and zero point."""
+    per-tensor rule of the module doc (NaN/Inf refused); else that scale and zero point.
+    bits=7: codes 0..127 (from the data: max|x| / 127, or / 63 with zero point 64; a given
+    scale's codes clamped at 127)."""
     if scale is None:
         absmax = _absmax(a, code, threads, fn, "int8 quantization")
         unsigned = not bool((a < 0).any())
-        scale = float(_int8_scale(absmax, U8_MAX if unsigned else INT8_WEIGHT_MAX))
-        zero_point = 0 if unsigned else U8_ZERO_POINT
+        top = (1 << bits) - 1
+        scale = float(_int8_scale(absmax, top if unsigned else top >> 1))
+        zero_point = 0 if unsigned else U8_ZERO_POINT >> (8 - bits)
+        clamp = False       # (max|x| / scale rounds to at most `top` codes)
+    else:
+        clamp = bits == 7
     out = np.empty(a.shape, np.uint8)
     _precision.quantize_u8(a.reshape(-1), out.reshape(-1), scale, zero_point, code, threads)
+    if clamp:
+        np.minimum(out, U7_MAX, out=out)
     return out, scale, zero_point
+
+
+def u8_format(xq, isa_name):
+    """The integer call format for u8 activations xq on the `isa_name` path: U7S8 where the AVX2
+    kernels can form pairs of products in VPMADDUBSW exactly (every code, and the zero point that
+    fills the padding, at most 127: any tensor of 7-bit codes, whatever made it), else U8S8.
+    The other paths sum both alike, so they skip the scan of the codes."""
+    if isa_name != "avx2" or xq.scale[1] > U7_MAX:
+        return _U8S8
+    return _U7S8 if int(xq.data.max(initial=0)) <= U7_MAX else _U8S8
 
 
 def product_exponent(e_x, e_w, fn):
@@ -316,11 +344,11 @@ def block_ternary_weights(tw):
                           sums.sum(axis=2), _made=True)
 
 
-def ternary_call(xq, tb, levels, k_pad):
+def ternary_call(xq, tb, levels, k_pad, isa_name=None):
     """(spec, fill, bias shift) for a ternary convolution on `levels` levels: the multipliers are
     alpha * s_x per block (found beside each block), the flush schedule one chain per N-channel
     block; u8 activations with zero point z shift every output by -s_x * z * sum(alpha * t),
-    returned to be added to the bias (per output channel, float64)."""
+    returned to be added to the bias (per output channel, float64).  isa_name: as integer_call."""
     s_x, z = xq.scale
     n = tb.block
     steps, blocks = (n // GROUP["int8"], 1) if n < CB else (CB // GROUP["int8"], n // CB)
@@ -329,7 +357,7 @@ def ternary_call(xq, tb, levels, k_pad):
     if z:
         shift[: tb.code_sums.shape[1]] = -s_x * z * tb.code_sums[:levels].sum(axis=0)
     groups = tb.alphas.shape[-2]
-    return (_U8S8, steps, blocks, None, block_scale, groups, None), z, shift
+    return (u8_format(xq, isa_name), steps, blocks, None, block_scale, groups, None), z, shift
 
 
 def dfp16_values(mantissas, exponent):
@@ -366,13 +394,13 @@ def chain_schedule(precision, x_bound=U8_MAX, w_bound=INT8_CODE_BOUND):
     return steps, 1
 
 
-def integer_call(precision, xq, wq, n_blocks_per_call, k_pad, out_scale=None):
+def integer_call(precision, xq, wq, n_blocks_per_call, k_pad, out_scale=None, isa_name=None):
     """(spec, fill) for the integer kernels: spec is the tuple pyx's integer_call reads (format,
     flush_steps, flush_blocks, per-output-channel multipliers, None, 0, compensation[, "u8"]) and
     fill the byte that pads the activations.  n_blocks_per_call: the blocks one call reduces.
     out_scale (int8): the call writes u8 output codes of that scale, so its multipliers are
     s_x * s_w[k] / out_scale, each rounded once from float64 (the bias must be in code units
-    too: output_code_bias)."""
+    too: output_code_bias).  isa_name: the path that runs it (int8: u8_format's choice)."""
     if precision == "int8":
         s_x, z = xq.scale
         s_w, sums = wq.scale
@@ -387,7 +415,8 @@ def integer_call(precision, xq, wq, n_blocks_per_call, k_pad, out_scale=None):
                 raise ValueError(f"conv2d: out_scale={out_scale!r} is too small for these operands: s_x * s_w / out_scale "
                                  f"reaches {scale.max():.3g}, past float32's range (codes would be undefined)")
         comp = (z * sums).astype(np.int32) if z else None
-        spec = (_U8S8, steps, blocks, _padded(scale.astype(np.float32), k_pad, 1.0), None, 0, _padded(comp, k_pad, 0))
+        spec = (u8_format(xq, isa_name), steps, blocks, _padded(scale.astype(np.float32), k_pad, 1.0), None, 0,
+                _padded(comp, k_pad, 0))
         return spec + (("u8",) if out_scale is not None else ()), z
     if out_scale is not None:
         raise ValueError(f"integer_call: u8 output codes come from int8 calls, not {precision}")

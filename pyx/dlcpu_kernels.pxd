@@ -58,6 +58,7 @@ cdef extern from "brgemm_int.h" nogil:
     enum:
         DLCPU_INT_U8S8
         DLCPU_INT_S16
+        DLCPU_INT_U7S8
     ctypedef struct dlcpu_brgemm_int_t:
         int format
         int flush_steps
@@ -141,6 +142,8 @@ cdef inline dlcpu_brgemm_int_t integer_call(tuple spec) except *:
     q.out_u8 = len(spec) > 7
     if q.out_u8 and spec[7:] != ("u8",):
         raise ValueError(f"integer_call: the optional last element asks for u8 output codes with 'u8', got {spec[7:]}")
+    if fmt not in (DLCPU_INT_U8S8, DLCPU_INT_S16, DLCPU_INT_U7S8):
+        raise ValueError(f"integer_call: unknown format code {fmt!r}")
     q.format = fmt
     q.flush_steps = flush_steps
     q.flush_blocks = flush_blocks
@@ -162,12 +165,13 @@ cdef inline dlcpu_brgemm_int_t integer_call(tuple spec) except *:
 
 cdef inline dlcpu_brgemm_int_t integer_call_for(const brgemm_operand *operand, tuple spec, str fn) except *:
     """integer_call(spec) for a driver whose operands are `operand`'s type (uint8: int8 and
-    ternary; int16: DFP-16), refusing a missing description or one of the other format."""
+    ternary, 8- or 7-bit codes; int16: DFP-16), refusing a missing description or one of the
+    other format."""
     cdef dlcpu_brgemm_int_t q
     cdef int want = DLCPU_INT_S16 if brgemm_operand is int16_t else DLCPU_INT_U8S8
     if spec is None:
         raise ValueError(f"{fn}: integer operands need their call description (integer=)")
     q = integer_call(spec)
-    if q.format != want:
+    if q.format != want and not (q.format == DLCPU_INT_U7S8 and want == DLCPU_INT_U8S8):
         raise ValueError(f"{fn}: the call description's format does not match the operand type")
     return q

@@ -140,6 +140,8 @@ def test_bench_precision_json():
     assert "ratio_vs_peer" not in total["dfp16"]
     assert run0["gemm"]["formats"]["bf16"]["rel_l2"] < 1e-2 and run0["gemm"]["formats"]["int8"]["rel_l2"] < 3e-2
     assert set(run0["native"]) >= {"bf16", "int8"}
+    # int8 activations as wide as the peer's: 7-bit codes where PyTorch needs reduce_range
+    assert run0["int8_activation_bits"] == (8 if dlcpu.cpu.features()["avx512_vnni"] else 7)
 
 
 def test_bench_precision_table():

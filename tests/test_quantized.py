@@ -405,7 +405,7 @@ def test_ternary_conv_paths_agree_and_levels_trade_error(rng, monkeypatch):
     (lambda x, w: layout.BlockedTensor(Q.to_dfp16_blocked(x).data * 2, (1, 3, 6, 6), scale=Q.to_dfp16_blocked(x).scale,
                                        precision="dfp16"), ValueError, "but the data holds"),
     (lambda x, w: layout.BlockedTensor(Q.to_int8_blocked(x).data, (1, 3, 6, 6), scale=(0.1, 300), precision="int8"),
-     ValueError, "0 or 128"),
+     ValueError, "0, 64 or 128"),
     (lambda x, w: layout.BlockedTensor(Q.block_weights_int8(w).data, (4, 3, 3, 3), "weight",
                                        scale=(np.ones(1, np.float32), np.zeros(1, np.int64)), precision="int8"),
      ValueError, "one per padded output"),
@@ -568,3 +568,107 @@ def test_matmul_calibrated_scale_refuses_nan_in_x(rng):
     y = gemm.pack_matmul_operand(rng.uniform(-1, 1, (32, 16)).astype(np.float32), precision="int8")
     with pytest.raises(ValueError, match="Inf"):
         dlcpu.matmul(x, y, precision="int8", x_scale=0.01, x_unsigned=False)
+
+
+def test_int8_7bit_activations_follow_the_rule(rng):
+    """bits=7: codes 0..127; max|x| / 63 with zero point 64 for signed data, max|x| / 127 with
+    zero point 0 for unsigned; a calibrated scale's codes clamp at 127.  Against the float64
+    rule (round half to even)."""
+    x = rng.uniform(-1, 1, (2, 5, 4, 4)).astype(np.float32)
+    for data, levels, zero in ((x, 63, 64), (np.abs(x), 127, 0)):
+        xq = Q.to_int8_blocked(data, bits=7)
+        s, z = xq.scale
+        assert z == zero and s == P._int8_scale(float(np.abs(data).max()), levels)
+        codes = np.clip(np.rint(data.astype(np.float64) / s) + z, 0, 127)
+        assert np.array_equal(xq.numpy(), ((codes - z) * s).astype(np.float32))
+        assert int(xq.data.max()) <= 127
+    pos = np.abs(x)
+    small = float(pos.max()) / 300        # a calibrated scale that the data overflows
+    xq = Q.to_int8_blocked(pos, small, unsigned=True, bits=7)
+    assert xq.scale == (float(np.float32(small)), 0) and int(xq.data.max()) == 127
+    assert Q.to_int8_blocked(x, small, unsigned=False, bits=7).scale[1] == 64
+    assert int(Q.to_int8_blocked(pos, small, unsigned=True).data.max()) == 255      # 8 bits: clamps at 255
+    for bad in (6, 9, True, 7.0, "7"):
+        with pytest.raises(ValueError, match="bits must be 8 or 7"):
+            Q.to_int8_blocked(x, bits=bad)
+
+
+def test_u8_format_takes_the_7bit_kernels_only_where_they_are_exact(rng):
+    """The AVX2 path pairs products in VPMADDUBSW for tensors whose codes and zero point are all
+    <= 127; other paths and other tensors keep the widening kernels."""
+    x = rng.uniform(-1, 1, (1, 20, 5, 5)).astype(np.float32)
+    seven, eight = Q.to_int8_blocked(x, bits=7), Q.to_int8_blocked(x)
+    assert Q.u8_format(seven, "avx2") == Q._U7S8
+    assert Q.u8_format(eight, "avx2") == Q._U8S8           # codes up to 255, zero point 128
+    assert Q.u8_format(seven, "avx512") == Q._U8S8 and Q.u8_format(seven, "scalar") == Q._U8S8
+    small = Q.to_int8_blocked(np.abs(x) * 0.1, 1.0, unsigned=True)    # 8-bit codes that happen to be small
+    assert int(small.data.max()) <= 127 and Q.u8_format(small, "avx2") == Q._U7S8
+    padded = dataclasses.replace(small, scale=(small.scale[0], 128))  # the padding fill 128 does not fit
+    assert Q.u8_format(padded, "avx2") == Q._U8S8
+
+
+@pytest.mark.parametrize("case", GEOMETRY, ids=str)
+def test_int8_7bit_conv_agrees_on_every_path_bit_for_bit(rng, monkeypatch, case):
+    """7-bit activations run the VPMADDUBSW kernels on AVX2 and the 8-bit ones elsewhere: the
+    same exact int32 sums, so the same bits on every path and thread count, and the float64
+    convolution of the dequantized operands.  The extreme operands (every code 127 against
+    weights of +-127, pairs summing to 32,258 in int16) included."""
+    n, c, k, h, w, r, s, stride, pad = case
+    wt = rng.uniform(-1, 1, (k, c, r, s)).astype(np.float32)
+    extreme = np.where(rng.uniform(size=(k, c, r, s)) < 0.5, -1.0, 1.0).astype(np.float32)
+    for signed, weights in ((True, wt), (False, wt), (False, extreme)):
+        x = rng.uniform(-1 if signed else 0, 1, (n, c, h, w)).astype(np.float32)
+        if weights is extreme:
+            x[...] = 1.0                                   # every code 127
+        xq, wq = Q.to_int8_blocked(x, bits=7), Q.block_weights_int8(weights)
+        want = ref.conv2d_forward(xq.numpy().astype(np.float64), wq.numpy().astype(np.float64), None,
+                                  (stride, stride), (pad, pad))
+        results = []
+        for isa, native in PATHS:
+            set_native(monkeypatch, native)
+            results.append(dlcpu.conv2d(xq, wq, None, stride, pad, precision="int8", isa=isa).numpy())
+        results.append(dlcpu.conv2d(xq, wq, None, stride, pad, precision="int8", n_threads=1).numpy())
+        assert all(np.array_equal(r_, results[0]) for r_ in results[1:])
+        assert_close(results[0], want)
+
+
+def test_ternary_conv_on_7bit_activations_agrees_on_every_path(rng, monkeypatch):
+    x = Q.to_int8_blocked(rng.uniform(-1, 1, (2, 32, 9, 9)).astype(np.float32), bits=7)
+    tw = P.ternarize(rng.uniform(-1, 1, (20, 32, 3, 3)).astype(np.float32), block=8, residual=1)
+    tb = Q.block_ternary_weights(tw)
+    results = []
+    for isa, native in PATHS:
+        set_native(monkeypatch, native)
+        results.append(dlcpu.conv2d(x, tb, None, 1, 1, precision="ternary", isa=isa).numpy())
+    assert all(np.array_equal(r_, results[0]) for r_ in results[1:])
+    want = ref.conv2d_forward(x.numpy().astype(np.float64), tw.to_float32().astype(np.float64), None, (1, 1), (1, 1))
+    assert_close(results[0], want)
+
+
+def test_bench_precision_quantizes_int8_as_wide_as_its_peer(monkeypatch):
+    monkeypatch.setattr(benchmarks, "int8_peer_full_range", lambda: False)
+    assert benchmarks.int8_activation_bits() == 7
+    monkeypatch.setattr(benchmarks, "int8_peer_full_range", lambda: True)
+    assert benchmarks.int8_activation_bits() == 8
+
+
+@pytest.mark.parametrize("bits", [8, 7])
+def test_int8_u8_output_codes_agree_on_every_path(rng, monkeypatch, bits):
+    """The vector epilogues (AVX-512: VPMOVUSDB; AVX2: two unsigned packs) write the scalar
+    path's u8 codes bit for bit, both clamps and ties included, after a 1x1 layer whose outputs
+    sum few quads and a 3x3 one."""
+    for c, k, r, pad in ((64, 40, 1, 0), (20, 33, 3, 1)):
+        x = rng.uniform(-1, 1, (2, c, 7, 9)).astype(np.float32)
+        xq = Q.to_int8_blocked(x, bits=bits)
+        wq = Q.block_weights_int8(rng.uniform(-1, 1, (k, c, r, r)).astype(np.float32))
+        b = rng.uniform(-1, 1, k).astype(np.float32)
+        y32 = dlcpu.conv2d(xq, wq, b, 1, pad, precision="int8", isa="scalar")
+        top = float(np.abs(y32.data).max() / 300)          # codes past 255 and below 0
+        for act, s_out in ((None, top), ("relu", top),
+                           (None, 0.5 * float(xq.scale[0] * wq.scale[0].min()))):    # the last: many ties
+            codes = []
+            for isa, native in PATHS:
+                set_native(monkeypatch, native)
+                codes.append(dlcpu.conv2d(xq, wq, b, 1, pad, act, precision="int8", isa=isa, out_scale=s_out).data)
+            assert all(np.array_equal(cd, codes[0]) for cd in codes[1:])
+            assert (codes[0] == 255).any() and (codes[0] == 0).any()
