@@ -503,8 +503,16 @@ class ActivationCalibrator:
 
     @property
     def scale(self):
+        return self.scale_for(8)
+
+    def scale_for(self, bits):
+        """The scale of codes `bits` wide: 8 (`scale`), or 7 (quantized.to_int8_blocked(bits=7):
+        the largest |x| / 127 unsigned, / 63 signed)."""
         self._require()
-        return _int8_scale(self.absmax, 255 if self.unsigned else 127)
+        if bits not in (7, 8) or isinstance(bits, (bool, np.bool_)):
+            raise ValueError(f"ActivationCalibrator.scale_for: bits must be 8 or 7, got {bits!r}")
+        top = (1 << int(bits)) - 1
+        return _int8_scale(self.absmax, top if self.unsigned else top >> 1)
 
     def _require(self):
         if not self.batches:

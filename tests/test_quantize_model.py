@@ -244,6 +244,7 @@ def test_a_quantized_file_is_refused_where_an_fp32_model_is_needed(trained, tmp_
     (("--to", "ternary", "--residual", "-1"), 2, "'--residual'"),
     (("--to", "ternary", "--block", "12"), 1, "does not divide the padded input channels"),
     (("--to", "ternary", "--block", "2"), 1, "multiple of 4"),
+    (("--act-bits", "6"), 2, "'--act-bits'"),
     ((), 2, "'--out'"),
 ])
 def test_quantize_cli_bad_options(trained, tmp_path, args, code, what):
@@ -251,3 +252,40 @@ def test_quantize_cli_bad_options(trained, tmp_path, args, code, what):
     out = () if args == () else ("--out", str(tmp_path / "x.npz"))
     res = run("quantize", path, *args, *out)
     assert res.returncode == code and what in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("to,kw", [("int8", {}), ("ternary", {"block": 16, "residual": 1})])
+def test_7bit_activations_quantize_save_and_load(trained, tmp_path, to, kw):
+    """act_bits=7: every convolution's input in 7-bit codes (scale max|x| / 127 or / 63, as
+    ActivationCalibrator.scale_for(7)); the classifier keeps 8.  Accuracy within a point of the
+    8-bit model; the width survives save and load; bad widths are refused."""
+    model, _, data, calibration = trained
+    q8 = nn.quantize(model, to, calibration, **kw)
+    q7 = nn.quantize(model, to, calibration, act_bits=7, **kw)
+    convs7 = [m.quant for m in q7._walk() if isinstance(m, nn.Conv2d)]
+    convs8 = [m.quant for m in q8._walk() if isinstance(m, nn.Conv2d)]
+    assert all(c.act_bits == 7 for c in convs7) and "7-bit activations" in q7.describe()
+    for c7, c8 in zip(convs7, convs8):      # half the codes for the same range (to float32 rounding)
+        assert c7.act_unsigned == c8.act_unsigned
+        assert c7.act_scale / c8.act_scale == pytest.approx(255 / 127 if c7.act_unsigned else 127 / 63, rel=1e-6)
+    fc = next(m.quant for m in q7._walk() if isinstance(m, nn.Linear))
+    assert not hasattr(fc, "act_bits") or fc.act_bits == 8
+    acc7 = training.evaluate(q7, data.x_test, data.y_test)
+    assert acc7 > training.evaluate(q8, data.x_test, data.y_test) - 0.01
+    path = tmp_path / "q7.npz"
+    nn.save(q7, path)
+    loaded = nn.load(path)
+    assert loaded.args["act_bits"] == 7 and np.array_equal(logits(loaded, data), logits(q7, data))
+    for bad in (6, 8.0, True, "7"):
+        with pytest.raises(ValueError, match="act_bits must be 8 or 7"):
+            nn.quantize(model, to, calibration, act_bits=bad, **kw)
+
+
+def test_quantize_cli_7bit_activations(trained, tmp_path):
+    _, path, _, _ = trained
+    out = tmp_path / "q7.npz"
+    res = run("quantize", path, "--to", "int8", "--act-bits", "7", "--out", str(out), "--json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["act_bits"] == 7 and nn.load(out).args["act_bits"] == 7
+    assert data["rows"][1]["test_accuracy"] > data["rows"][0]["test_accuracy"] - 0.02

@@ -43,7 +43,7 @@ class _Quantization:
     def __init__(self, layer, fmt, block, residual):
         self.layer, self.fmt, self.block, self.residual = layer, fmt, block, residual
         self.levels = residual + 1
-        self.act_scale, self.act_unsigned = 1.0, True
+        self.act_scale, self.act_unsigned, self.act_bits = 1.0, True, 8
         self.weights = None       # what the kernel reads (set_weights / load_state)
         self.ternary = None       # TernaryWeights (the logical codes and alphas, for state())
 
@@ -132,7 +132,7 @@ class ConvQuantization(_Quantization):
 
     def forward(self, x):
         conv = self.layer
-        xq = quantized.to_int8_blocked(x, self.act_scale, unsigned=self.act_unsigned)
+        xq = quantized.to_int8_blocked(x, self.act_scale, unsigned=self.act_unsigned, bits=self.act_bits)
         bias = None if conv.bias is None else conv.bias.data
         if self.fmt == "int8":
             return conv2d(xq, self.weights, bias, conv.stride, conv.padding, precision="int8")
@@ -184,10 +184,16 @@ def _layers(model, linear=True):
     return [m for m in model._walk() if isinstance(m, kinds)]
 
 
-def _quantization(layer, to, block, residual):
+def _quantization(layer, to, block, residual, act_bits=8):
+    """The quantized form of a Conv2d (its input codes act_bits wide) or Linear layer (8 bits:
+    matmul's kernels have no 7-bit flavour)."""
     from .layers import Conv2d
 
-    return (ConvQuantization if isinstance(layer, Conv2d) else LinearQuantization)(layer, to, block, residual)
+    if isinstance(layer, Conv2d):
+        q = ConvQuantization(layer, to, block, residual)
+        q.act_bits = act_bits
+        return q
+    return LinearQuantization(layer, to, block, residual)
 
 
 def _fp32_weights(layer):
@@ -203,11 +209,12 @@ class Quantized(Module):
     the wrapped model's configuration, the format ('int8' or 'ternary'), for ternary block and
     residual, and `linear`: True quantizes the Linear layers too (what quantize() does by
     default); the default False keeps them fp32, as files written before Linear layers were
-    quantized (their configuration has no `linear`) need.  A quantized layer's fp32 weight
-    parameter is not used (after nn.load it holds its initialization): its quantized form is
-    its `quant`."""
+    quantized (their configuration has no `linear`) need; act_bits 8 or 7: the width of the
+    convolutions' u8 input codes (7: PyTorch's reduce_range, which AVX2 multiplies twice as
+    fast; Linear layers keep 8).  A quantized layer's fp32 weight parameter is not used (after
+    nn.load it holds its initialization): its quantized form is its `quant`."""
 
-    def __init__(self, model, to="int8", block=16, residual=0, linear=False):
+    def __init__(self, model, to="int8", block=16, residual=0, linear=False, act_bits=8):
         super().__init__()
         from .io import build
 
@@ -223,9 +230,10 @@ class Quantized(Module):
                 raise ValueError(f"Quantized: residual must be <= {formats.MAX_RESIDUAL}, got {residual}")
         if not isinstance(linear, (bool, np.bool_)):
             raise TypeError(f"Quantized: linear must be True or False, got {linear!r}")
+        act_bits = _act_bits(act_bits, "Quantized")
         self.inner = build(model, "Quantized model") if isinstance(model, dict) else model
         self.args = {"model": self.inner.config(), "to": to, "block": block, "residual": residual,
-                     "linear": bool(linear)}
+                     "linear": bool(linear), "act_bits": act_bits}
         recurrent = [m.describe() for m in self.inner._walk() if isinstance(m, _Recurrent)]
         if recurrent:
             raise ValueError(f"Quantized: {recurrent[0]} is a recurrent layer; recurrent layers quantize dynamically "
@@ -237,7 +245,7 @@ class Quantized(Module):
                                                                    " (linear=True quantizes Linear layers)")
                              + " to quantize")
         for layer in layers:
-            layer.quant = _quantization(layer, to, block, residual)
+            layer.quant = _quantization(layer, to, block, residual, act_bits)
         self.eval()
 
     def train(self, mode=True):
@@ -276,17 +284,26 @@ class Quantized(Module):
     def describe(self):
         a = self.args
         return (f"Quantized({a['to']}" + (f", block {a['block']}, residual {a['residual']}" if a["to"] == "ternary"
-                                          else "") + ("" if a["linear"] else ", fp32 Linear") + ")")
+                                          else "") + ("" if a["linear"] else ", fp32 Linear")
+                + (f", {a['act_bits']}-bit activations" if a.get("act_bits", 8) != 8 else "") + ")")
 
 
-def quantize(model, to, calibration, *, block=16, residual=0, linear=True):
+def _act_bits(value, fn):
+    if isinstance(value, (bool, np.bool_)) or value not in quantized.ACTIVATION_BITS or not isinstance(
+            value, (int, np.integer)):
+        raise ValueError(f"{fn}: act_bits must be 8 or 7 (the convolutions' u8 input codes), got {value!r}")
+    return int(value)
+
+
+def quantize(model, to, calibration, *, block=16, residual=0, linear=True, act_bits=8):
     """A Quantized copy of `model` (left as it is): calibration is an iterable of input batches
     (what the model takes) that set each quantized layer's u8 input scale.  linear=False keeps
     the Linear layers fp32, as ternary networks usually keep their last layer (with residual
     levels switched off, the classifier's format moved the digits CNN's accuracy by 20 points
     on one trained model; docs/performance.md).  One calibration
     batch then runs through the quantized copy, so that a shape its kernels refuse (a ternary
-    block that splits a Linear layer's K chunk) is named here rather than at first use."""
+    block that splits a Linear layer's K chunk) is named here rather than at first use.
+    act_bits=7 quantizes the convolutions' inputs to 7-bit codes (Quantized)."""
     from .io import build
     from .module import inference_mode
 
@@ -301,7 +318,8 @@ def quantize(model, to, calibration, *, block=16, residual=0, linear=True):
     model = copy
     # the wrapper first: it refuses what it cannot quantize (and puts the copy in eval mode)
     # before any calibration; its layers' quantizations are made again below, once calibrated
-    q = Quantized(model, to, block, residual, linear=linear)
+    q = Quantized(model, to, block, residual, linear=linear, act_bits=act_bits)
+    act_bits = q.args["act_bits"]
     layers = _layers(model, linear)
     for layer in layers:
         layer.quant, layer.calibrator = None, formats.ActivationCalibrator()
@@ -323,8 +341,9 @@ def quantize(model, to, calibration, *, block=16, residual=0, linear=True):
         raise ValueError("quantize: calibration gave no batches")
     for layer in layers:
         cal = layer.__dict__.pop("calibrator")
-        layer.quant = _quantization(layer, to, block, residual)
-        layer.quant.act_scale, layer.quant.act_unsigned = float(cal.scale), bool(cal.unsigned)
+        layer.quant = _quantization(layer, to, block, residual, act_bits)
+        layer.quant.act_scale = float(cal.scale_for(getattr(layer.quant, "act_bits", 8)))
+        layer.quant.act_unsigned = bool(cal.unsigned)
         try:
             layer.quant.set_weights(_fp32_weights(layer))
         except ValueError as exc:
