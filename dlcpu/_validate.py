@@ -77,7 +77,8 @@ def blocked_activation(t, name, fn):
         raise ValueError(f"{fn}: {name}'s data has shape {t.data.shape}, but its logical shape {tuple(t.shape)} "
                          f"needs {(n, -(-c // 16), h, w, 16)} (was its data reshaped after the tensor was made?)")
     if t.dtype != np.float32:
-        raise TypeError(f"{fn}: {name} must be float32, got {t.dtype}")
+        what = f"a {t.precision} tensor of {t.dtype}" if t.precision != "fp32" else str(t.dtype)
+        raise TypeError(f"{fn}: {name} must be float32, got {what}")
     return t
 
 

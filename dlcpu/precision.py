@@ -509,7 +509,7 @@ class ActivationCalibrator:
         """The scale of codes `bits` wide: 8 (`scale`), or 7 (quantized.to_int8_blocked(bits=7):
         the largest |x| / 127 unsigned, / 63 signed)."""
         self._require()
-        if bits not in (7, 8) or isinstance(bits, (bool, np.bool_)):
+        if not isinstance(bits, (int, np.integer)) or isinstance(bits, (bool, np.bool_)) or bits not in (7, 8):
             raise ValueError(f"ActivationCalibrator.scale_for: bits must be 8 or 7, got {bits!r}")
         top = (1 << int(bits)) - 1
         return _int8_scale(self.absmax, top if self.unsigned else top >> 1)

@@ -70,7 +70,8 @@ GROUP = {"int8": 4, "dfp16": 2}
 #: formats of brgemm_int.h's call description (U7S8: u8 codes that are all <= 127)
 _U8S8, _S16, _U7S8 = 0, 1, 2
 #: the activation code widths to_int8_blocked quantizes to: 8 bits, or 7 (codes 0..127, zero
-#: point 64 for signed data; PyTorch's reduce_range), which AVX2 multiplies twice as fast
+#: point 64 for signed data; PyTorch's reduce_range), which the AVX2 kernels multiply in half the
+#: instructions (the AVX-512 paths run both alike)
 ACTIVATION_BITS = (8, 7)
 U7_MAX = 127
 
@@ -131,6 +132,7 @@ def to_int8_blocked(x, scale=None, *, unsigned=None, bits=8, n_threads=None, isa
     fn = "to_int8_blocked"
     if not isinstance(bits, (int, np.integer)) or isinstance(bits, (bool, np.bool_)) or bits not in ACTIVATION_BITS:
         raise ValueError(f"{fn}: bits must be 8 or 7 (the u8 codes' width), got {bits!r}")
+    bits = int(bits)        # (a NumPy int8 would shift in its own width)
     xb = _fp32_activation(x, fn, n_threads)
     code, threads = cpu.isa_code(isa), cpu.resolve_threads(n_threads)
     if scale is None:
@@ -170,12 +172,11 @@ def quantize_u8(a, code, threads, fn, scale=None, zero_point=None, bits=8):
         top = (1 << bits) - 1
         scale = float(_int8_scale(absmax, top if unsigned else top >> 1))
         zero_point = 0 if unsigned else U8_ZERO_POINT >> (8 - bits)
-        clamp = False       # (max|x| / scale rounds to at most `top` codes)
-    else:
-        clamp = bits == 7
     out = np.empty(a.shape, np.uint8)
     _precision.quantize_u8(a.reshape(-1), out.reshape(-1), scale, zero_point, code, threads)
-    if clamp:
+    if bits == 7:
+        # a given scale can put codes past 127, and so can a scale from the data when it is
+        # subnormal (_int8_scale rounds it down): the clamp keeps every code 7 bits wide
         np.minimum(out, U7_MAX, out=out)
     return out, scale, zero_point
 

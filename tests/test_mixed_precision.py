@@ -286,6 +286,35 @@ def test_bf16_batchnorm_hands_its_convolutions_bf16_and_changes_no_bit(rng):
                    for b in _batchnorms(linked.set_precision("fp32")))
 
 
+def test_bf16_batchnorm_keeps_fp32_gradients_for_a_biased_conv_and_for_quantization(rng):
+    """A conv with a bias gets its batch norm's input gradient in fp32 (its bias gradient sums
+    it: rounding would add noise to a near-zero sum), so every bit matches the unlinked step,
+    the bias gradient included.  A bf16 model wrapped in nn.Quantized hands its quantized convs
+    fp32 again (they quantize fp32 activations)."""
+    x = dlcpu.to_blocked(rng.uniform(-1, 1, (2, 16, 6, 6)).astype(np.float32))
+
+    def make():
+        return nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, seed=1), nn.BatchNorm2d(16, relu=True),
+                             nn.Conv2d(16, 16, 3, 1, 1, bias=False, seed=2), nn.BatchNorm2d(16)).set_precision("bf16")
+    linked = make()
+    assert [(b.out_precision, b.dx_precision) for b in _batchnorms(linked)] == [("bf16", "fp32"), ("fp32", "bf16")]
+    unlinked = make()
+    for b in _batchnorms(unlinked):
+        b.out_precision = b.dx_precision = "fp32"
+    (y1, dx1, g1), (y2, dx2, g2) = _step_outputs(linked, x), _step_outputs(unlinked, x)
+    assert np.array_equal(y1, y2) and np.array_equal(dx1, dx2)
+    assert all(np.array_equal(a, b) for a, b in zip(g1, g2))          # the first conv's bias gradient too
+    import sys
+
+    nq = sys.modules["dlcpu.nn.quantize"]       # (dlcpu.nn.quantize is also the function's name)
+    model = nn.digits_resnet(seed=0).set_precision("bf16")
+    q = nn.Quantized(model, "int8", linear=True)
+    for layer in nq._layers(model, True):            # weights as nn.quantize sets them (unit input scales)
+        layer.quant.set_weights(nq._fp32_weights(layer))
+    assert all((b.out_precision, b.dx_precision) == ("fp32", "fp32") for b in _batchnorms(q))
+    assert q(dlcpu.to_blocked(rng.uniform(0, 1, (2, 1, 8, 8)).astype(np.float32))).shape == (2, 10)
+
+
 def test_bf16_batchnorm_output_hook_sees_fp32(rng):
     """A hook on a linked batch norm's output (a fault injection) sees fp32, as without links;
     the convolution after it converts, and the result is unchanged."""

@@ -588,9 +588,17 @@ def test_int8_7bit_activations_follow_the_rule(rng):
     assert xq.scale == (float(np.float32(small)), 0) and int(xq.data.max()) == 127
     assert Q.to_int8_blocked(x, small, unsigned=False, bits=7).scale[1] == 64
     assert int(Q.to_int8_blocked(pos, small, unsigned=True).data.max()) == 255      # 8 bits: clamps at 255
-    for bad in (6, 9, True, 7.0, "7"):
+    for bad in (6, 9, True, 7.0, "7", np.array([7, 8])):
         with pytest.raises(ValueError, match="bits must be 8 or 7"):
             Q.to_int8_blocked(x, bits=bad)
+    for small_int in (np.int8(8), np.uint8(8), np.int16(7), np.int8(7)):     # NumPy ints: as Python's
+        for data in (x, pos):
+            got = Q.to_int8_blocked(data, bits=small_int)
+            want = Q.to_int8_blocked(data, bits=int(small_int))
+            assert got.scale == want.scale and type(got.scale[1]) is int and np.array_equal(got.data, want.data)
+    tiny = np.full((1, 3, 2, 2), 2.65e-43, np.float32)     # a subnormal scale, rounded down: still <= 127
+    assert int(Q.to_int8_blocked(tiny, bits=7).data.max()) <= 127
+    assert int(Q.to_int8_blocked(-tiny, bits=7).data.min()) >= 0
 
 
 def test_u8_format_takes_the_7bit_kernels_only_where_they_are_exact(rng):

@@ -68,8 +68,8 @@ class Conv2d(Module):
 
     def forward(self, x):
         _expect_blocked(x, self.describe(), self.args["in_channels"])
-        if self.quant is not None:
-            return self.quant.forward(x)
+        if self.quant is not None:      # (a bf16 input: from a batch norm linked before quantization)
+            return self.quant.forward(_widened(x, "int8"))
         x = self.format_input(x)
         self._x = x
         # bf16 / dfp16: the fp32 master weights are converted on every call (they change every step)
@@ -136,19 +136,23 @@ def _widened(t, precision):
     return t
 
 
-def _reads_bf16(layer):
-    """'bf16' when `layer` is a convolution that reads bf16 activations and gradients as they
-    are (its precision is bf16), else 'fp32'."""
-    return "bf16" if isinstance(layer, Conv2d) and layer.quant is None and layer.precision == "bf16" else "fp32"
+def _reads_bf16(layer, gradient=False):
+    """'bf16' when `layer` is a convolution that reads bf16 activations (or, gradient=True, its
+    output gradient) as they are: its precision is bf16, and for the gradient it has no bias,
+    whose gradient sums dy in fp32 (a near-zero sum of rounded values would be mostly rounding
+    noise).  Else 'fp32'."""
+    ok = isinstance(layer, Conv2d) and layer.quant is None and layer.precision == "bf16"
+    return "bf16" if ok and not (gradient and layer.bias is not None) else "fp32"
 
 
 def link_batchnorm(bn, before, after):
     """Mixed precision: `bn` writes its output in `after`'s format and its input gradient in
     `before`'s, where that layer is a bf16 convolution that reads it directly (None: no such
-    layer, or the tensor has other readers: a residual sum, a pool).  The bf16 patterns are the
-    ones that convolution would round the fp32 tensor to, without the fp32 tensor's pass through
-    memory: 2 of the digits CNN's 5 forward conversions and 6 of its backward ones."""
-    bn.dx_precision = _reads_bf16(before)
+    layer, or the tensor has other readers: a residual sum, a pool; `before` with a bias keeps
+    an fp32 gradient).  The bf16 patterns are the ones that convolution would round the fp32
+    tensor to, without the fp32 tensor's pass through memory: 2 of the digits CNN's 5 forward
+    conversions and 6 of its backward ones."""
+    bn.dx_precision = _reads_bf16(before, gradient=True)
     bn.out_precision = _reads_bf16(after)
 
 

@@ -246,6 +246,8 @@ class Quantized(Module):
                              + " to quantize")
         for layer in layers:
             layer.quant = _quantization(layer, to, block, residual, act_bits)
+        for m in self.inner._walk():      # batch norms linked to bf16 convolutions hand over fp32 again
+            m.link_formats()
         self.eval()
 
     def train(self, mode=True):
@@ -289,8 +291,8 @@ class Quantized(Module):
 
 
 def _act_bits(value, fn):
-    if isinstance(value, (bool, np.bool_)) or value not in quantized.ACTIVATION_BITS or not isinstance(
-            value, (int, np.integer)):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or \
+            value not in quantized.ACTIVATION_BITS:
         raise ValueError(f"{fn}: act_bits must be 8 or 7 (the convolutions' u8 input codes), got {value!r}")
     return int(value)
 

@@ -53,7 +53,8 @@ enum { DLCPU_INT_U8S8 = 0, DLCPU_INT_S16 = 1, DLCPU_INT_U7S8 = 2 };
 
 /* What an integer call adds to dlcpu_brgemm_f32_t (geometry, offsets, C, bias, ReLU, beta). */
 typedef struct {
-    int format;                 /* DLCPU_INT_U8S8: B uint8, A int8;  DLCPU_INT_S16: both int16 */
+    int format;                 /* DLCPU_INT_U8S8: B uint8, A int8 (U7S8: B's codes all <= 127);
+                                 * DLCPU_INT_S16: both int16 */
     int flush_steps;            /* groups (quads / pairs) per flush inside a block (>= a block's: none) */
     int64_t flush_blocks;       /* blocks per flush */
     const float *scale;         /* 16*mv multipliers (NULL: 1), when block_scale is NULL */
