@@ -24,7 +24,7 @@ def quantize(
                                                   "scales.")] = 4,
     fp32_linear: Annotated[bool, typer.Option("--fp32-linear", help="Keep the classifier (Linear layers) in "
                                               "fp32, as ternary networks usually keep their last layer.")] = False,
-    act_bits: Annotated[int, typer.Option("--act-bits", help="Width of the convolutions' u8 input codes: 8, or 7 "
+    act_bits: Annotated[int, typer.Option("--act-bits", help="Width of the quantized layers' u8 input codes: 8, or 7 "
                                           "(PyTorch's reduce_range; the AVX2 kernels multiply 7-bit codes in "
                                           "half the instructions).")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="The train/test split of `dlcpu train digits`.")] = 0,

@@ -341,7 +341,7 @@ _NO_BIAS = np.empty(0, dtype=np.float32)
 
 
 def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, precision="fp32", n_threads=None,
-           isa=None, levels=None, x_scale=None, x_unsigned=None):
+           isa=None, levels=None, x_scale=None, x_unsigned=None, x_bits=8):
     """x @ y (+ bias) for float32 matrices (m, K) and (K, n), on BRGEMM calls over packed
     operands; y may be a PackedMatrix from pack_matmul_operand (packed once, reused).
     transpose_x=True computes x.T @ y from x of shape (K, m), packing x transposed on the fly.
@@ -361,20 +361,25 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
     quantized to u8; levels= runs the first `levels` levels (default all).  int8 and ternary
     take a calibrated x_scale (with x_unsigned: zero point 0, else 128) in place of x's own
     max|x|, as a statically quantized layer does (values beyond its range saturate; with
-    x_unsigned=True that range starts at 0, so negative values become 0).  Outside fp32,
-    transpose_x copies x transposed first."""
+    x_unsigned=True that range starts at 0, so negative values become 0).  x_bits=7 quantizes x
+    to 7-bit codes (quantized.to_int8_blocked's bits=7; zero point 64 for signed values), which
+    the AVX2 kernels multiply in half the instructions.  Outside fp32, transpose_x copies x
+    transposed first."""
     fn = "matmul"
     precision = formats.check_precision(precision, fn)
     if levels is not None and precision != "ternary":
         raise ValueError(f"{fn}: levels= chooses the residual levels of ternary weights, not of {precision}")
     u8_scale = None
+    x_bits = quantized.check_activation_bits(x_bits, fn, "x_bits")
+    if x_bits != 8 and precision not in ("int8", "ternary"):
+        raise ValueError(f"{fn}: x_bits= sets the u8 codes of x for precision 'int8' or 'ternary', not {precision!r}")
     if x_scale is not None or x_unsigned is not None:
         if precision not in ("int8", "ternary"):
             raise ValueError(f"{fn}: x_scale= and x_unsigned= set the u8 quantization of x for precision 'int8' "
                              f"or 'ternary', not {precision!r}")
         if x_scale is None:
             raise ValueError(f"{fn}: x_unsigned= goes with a calibrated x_scale")
-        u8_scale = quantized.calibrated_u8_scale(x_scale, x_unsigned, fn, ("x_scale", "x_unsigned"))
+        u8_scale = quantized.calibrated_u8_scale(x_scale, x_unsigned, fn, ("x_scale", "x_unsigned"), x_bits)
     transpose_x = flag(transpose_x, "transpose_x", fn)
     accumulate = flag(accumulate, "accumulate", fn)
     x = _f32(x, "x", 2, fn)
@@ -420,7 +425,7 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
         if out is not None:
             raise ValueError(f"{fn}: out= and accumulate= take the fp32 product; precision='ternary' returns a new array")
         outs = tuple(_ternary_product(x, yi if isinstance(yi, PackedTernary) else _pack_ternary(yi, 16, 0), m, T, bias,
-                                      levels, n_threads, isa_name, fn, u8_scale) for yi in checked)
+                                      levels, n_threads, isa_name, fn, u8_scale, x_bits) for yi in checked)
         return outs if many else outs[0]
     if precision in quantized.INTEGER_FORMATS:
         if out is not None:
@@ -428,7 +433,8 @@ def matmul(x, y, *, bias=None, transpose_x=False, out=None, accumulate=False, pr
                              "array")
         outs = tuple(_integer_product(x, yi if isinstance(yi, PackedMatrix) else
                                       pack_matmul_operand(yi, precision=precision, n_threads=n_threads),
-                                      m, kc, T, bias, n_threads, isa_name, precision, fn, u8_scale) for yi in checked)
+                                      m, kc, T, bias, n_threads, isa_name, precision, fn, u8_scale, x_bits)
+                     for yi in checked)
         return outs if many else outs[0]
     if precision == "bf16":
         native = formats.native_bf16(isa_name)
@@ -499,16 +505,16 @@ def packed_int8_from(q, scales):
     return PackedMatrix(_integer_blocks(q, "int8"), (K, n), "int8", (pad_scales, sums))
 
 
-def _u8_activations(x, code, n_threads, fn, u8_scale):
-    """quantize_u8 of x: from its own max|x|, or with a calibrated (scale, zero point), NaN/Inf
-    refused either way."""
+def _u8_activations(x, code, n_threads, fn, u8_scale, bits=8):
+    """quantize_u8 of x in codes `bits` wide: from its own max|x|, or with a calibrated (scale,
+    zero point), NaN/Inf refused either way."""
     if u8_scale is None:
-        return quantized.quantize_u8(x, code, n_threads, fn)
+        return quantized.quantize_u8(x, code, n_threads, fn, bits=bits)
     quantized._absmax(x, code, n_threads, fn, "int8 quantization")
-    return quantized.quantize_u8(x, code, n_threads, fn, *u8_scale)
+    return quantized.quantize_u8(x, code, n_threads, fn, *u8_scale, bits=bits)
 
 
-def _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn, u8_scale=None):
+def _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn, u8_scale=None, x_bits=8):
     """x @ y on the integer kernels: x quantized and packed here, y a PackedMatrix of the format."""
     n = y.shape[1]
     yp = y.data
@@ -516,8 +522,8 @@ def _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn, u
     plan = choose_gemm_split(m, n, y.shape[0], isa_name, n_threads)
     code = cpu.ISA_CODES[isa_name]
     if precision == "int8":
-        q, s_x, z = _u8_activations(x, code, n_threads, fn, u8_scale)
-        xp = _row_tiles(q, T, kc)
+        q, s_x, z = _u8_activations(x, code, n_threads, fn, u8_scale, x_bits)
+        xp = _row_tiles(q, T, kc)       # (padded with code 0)
         s_y, sums = y.scale
         steps, blocks = quantized.chain_schedule("int8")
         if plan.kc_blocks > blocks:
@@ -527,7 +533,8 @@ def _integer_product(x, y, m, kc, T, bias, n_threads, isa_name, precision, fn, u
             starts = np.arange(0, kc, plan.kc_blocks)
             comp = np.ascontiguousarray((z * np.add.reduceat(sums.astype(np.int64), starts, axis=0)).astype(np.int32))
         scale = _float32_multipliers(np.float64(s_x) * s_y.astype(np.float64), fn)
-        spec = (quantized._U8S8, steps, blocks, scale, None, 0, None if comp is None else comp.reshape(-1))
+        spec = (quantized.u8_codes_format(q, z, isa_name), steps, blocks, scale, None, 0,
+                None if comp is None else comp.reshape(-1))
         view = yp.view(np.uint8)
     else:
         d, bound = formats._to_dfp16(x, formats.DFP16_HEADROOM, "nearest", 0, code, n_threads, fn,
@@ -552,7 +559,7 @@ def _float32_multipliers(values, fn):
     return values.astype(np.float32)
 
 
-def _ternary_product(x, y, m, T, bias, levels, n_threads, isa_name, fn, u8_scale=None):
+def _ternary_product(x, y, m, T, bias, levels, n_threads, isa_name, fn, u8_scale=None, x_bits=8):
     """x @ y for a PackedTernary y on its first `levels` levels: x quantized to u8 and repeated
     once per level along K (each copy meets one level's codes), every N-row block summed in its
     own int32 chain and multiplied by alpha * s_x (found beside the block), the zero point's
@@ -563,7 +570,7 @@ def _ternary_product(x, y, m, T, bias, levels, n_threads, isa_name, fn, u8_scale
     K, n = y.shape
     kb = y.codes.shape[1] // y.levels
     code = cpu.ISA_CODES[isa_name]
-    q, s_x, z = _u8_activations(x, code, n_threads, fn, u8_scale)
+    q, s_x, z = _u8_activations(x, code, n_threads, fn, u8_scale, x_bits)
     rep = np.full((m, levels, kb * CB), z, np.uint8)
     rep[:, :, :K] = q[:, None, :]
     xp = _row_tiles(rep.reshape(m, levels * kb * CB), T, levels * kb)
@@ -581,7 +588,8 @@ def _ternary_product(x, y, m, T, bias, levels, n_threads, isa_name, fn, u8_scale
     total = shift if bias is None else shift + bias
     multipliers = _float32_multipliers(y.alphas.astype(np.float64) * s_x, fn)
     total = _float32_multipliers(total, fn)
-    spec = (quantized._U8S8, steps, blocks, None, multipliers.reshape(-1), y.alphas.shape[2], None)
+    spec = (quantized.u8_codes_format(q, z, isa_name), steps, blocks, None, multipliers.reshape(-1),
+            y.alphas.shape[2], None)
     return _fresh_product(xp, y.codes.view(np.uint8), m, n, y.codes.shape[0] * CB, total, plan,
                           fn, quantized.native_vnni(isa_name), spec)
 

@@ -130,9 +130,7 @@ def to_int8_blocked(x, scale=None, *, unsigned=None, bits=8, n_threads=None, isa
     127, or max|x| / 63 with zero point 64; a calibrated scale's codes clamped at 127), which
     the AVX2 kernels multiply in half the instructions (ACTIVATION_BITS).  NaN/Inf are refused."""
     fn = "to_int8_blocked"
-    if not isinstance(bits, (int, np.integer)) or isinstance(bits, (bool, np.bool_)) or bits not in ACTIVATION_BITS:
-        raise ValueError(f"{fn}: bits must be 8 or 7 (the u8 codes' width), got {bits!r}")
-    bits = int(bits)        # (a NumPy int8 would shift in its own width)
+    bits = check_activation_bits(bits, fn)
     xb = _fp32_activation(x, fn, n_threads)
     code, threads = cpu.isa_code(isa), cpu.resolve_threads(n_threads)
     if scale is None:
@@ -144,6 +142,14 @@ def to_int8_blocked(x, scale=None, *, unsigned=None, bits=8, n_threads=None, isa
     _absmax(xb.data, code, threads, fn, "int8 quantization")         # NaN/Inf refused
     data, _, _ = quantize_u8(xb.data, code, threads, fn, scale, zero_point, bits=bits)
     return BlockedTensor(data, tuple(xb.shape), "activation", scale=(scale, zero_point), precision="int8")
+
+
+def check_activation_bits(bits, fn, name="bits"):
+    """bits as a Python int in ACTIVATION_BITS (a NumPy int8 would shift in its own width), or
+    ValueError."""
+    if not isinstance(bits, (int, np.integer)) or isinstance(bits, (bool, np.bool_)) or bits not in ACTIVATION_BITS:
+        raise ValueError(f"{fn}: {name} must be 8 or 7 (the u8 codes' width), got {bits!r}")
+    return int(bits)
 
 
 def calibrated_u8_scale(scale, unsigned, fn, names=("scale", "unsigned"), bits=8):
@@ -186,9 +192,14 @@ def u8_format(xq, isa_name):
     kernels can form pairs of products in VPMADDUBSW exactly (every code, and the zero point that
     fills the padding, at most 127: any tensor of 7-bit codes, whatever made it), else U8S8.
     The other paths sum both alike, so they skip the scan of the codes."""
-    if isa_name != "avx2" or xq.scale[1] > U7_MAX:
+    return u8_codes_format(xq.data, xq.scale[1], isa_name)
+
+
+def u8_codes_format(codes, zero_point, isa_name):
+    """u8_format for a u8 array and its zero point (matmul's packed activations)."""
+    if isa_name != "avx2" or zero_point > U7_MAX:
         return _U8S8
-    return _U7S8 if int(xq.data.max(initial=0)) <= U7_MAX else _U8S8
+    return _U7S8 if int(codes.max(initial=0)) <= U7_MAX else _U8S8
 
 
 def product_exponent(e_x, e_w, fn):

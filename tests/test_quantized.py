@@ -653,6 +653,35 @@ def test_ternary_conv_on_7bit_activations_agrees_on_every_path(rng, monkeypatch)
     assert_close(results[0], want)
 
 
+@pytest.mark.parametrize("precision", ["int8", "ternary"])
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_matmul_7bit_x_agrees_on_every_path(rng, monkeypatch, precision, calibrated):
+    """matmul(x_bits=7): x in 7-bit codes (the VPMADDUBSW kernels on AVX2), the same bits on
+    every path, and the float64 product of the values it multiplies."""
+    x = rng.uniform(-1, 1, (37, 70)).astype(np.float32)
+    w = rng.uniform(-1, 1, (70, 40)).astype(np.float32)
+    y = gemm.pack_matmul_operand(w, precision=precision)
+    kw = {"x_scale": float(np.abs(x).max()) / 50, "x_unsigned": False} if calibrated else {}
+    results = []
+    for isa, native in PATHS:
+        set_native(monkeypatch, native)
+        results.append(gemm.matmul(x, y, precision=precision, isa=isa, x_bits=7, **kw))
+    assert all(np.array_equal(r_, results[0]) for r_ in results[1:])
+    if calibrated:      # codes clamped at 127: zero point 64, scale x_scale
+        s = np.float32(kw["x_scale"])
+        xv = (np.clip(np.rint(x.astype(np.float64) / s) + 64, 0, 127) - 64) * s
+    else:
+        s = P._int8_scale(float(np.abs(x).max()), 63)
+        xv = (np.rint(x.astype(np.float64) / s)) * s
+    wv = Q.block_weights_int8(w.T[:, :, None, None]).numpy()[:, :, 0, 0].T if precision == "int8" else \
+        P.ternarize(w.T[:, :, None, None], block=16, residual=0).to_float32()[:, :, 0, 0].T
+    assert_close(results[0], xv @ wv.astype(np.float64))
+    with pytest.raises(ValueError, match="x_bits must be 8 or 7"):
+        gemm.matmul(x, y, precision=precision, x_bits=6)
+    with pytest.raises(ValueError, match="x_bits= sets the u8 codes of x"):
+        gemm.matmul(x, w, precision="bf16", x_bits=7)
+
+
 def test_bench_precision_quantizes_int8_as_wide_as_its_peer(monkeypatch):
     monkeypatch.setattr(benchmarks, "int8_peer_full_range", lambda: False)
     assert benchmarks.int8_activation_bits() == 7

@@ -167,7 +167,8 @@ class LinearQuantization(_Quantization):
         lin = self.layer
         bias = None if lin.bias is None else lin.bias.data
         return matmul(x, self.weights, bias=bias, precision=self.fmt, x_scale=self.act_scale,
-                      x_unsigned=self.act_unsigned, levels=self.levels if self.fmt == "ternary" else None)
+                      x_unsigned=self.act_unsigned, x_bits=self.act_bits,
+                      levels=self.levels if self.fmt == "ternary" else None)
 
 
 def _int8_codes(wq):
@@ -185,15 +186,12 @@ def _layers(model, linear=True):
 
 
 def _quantization(layer, to, block, residual, act_bits=8):
-    """The quantized form of a Conv2d (its input codes act_bits wide) or Linear layer (8 bits:
-    matmul's kernels have no 7-bit flavour)."""
+    """The quantized form of a Conv2d or Linear layer, its input codes act_bits wide."""
     from .layers import Conv2d
 
-    if isinstance(layer, Conv2d):
-        q = ConvQuantization(layer, to, block, residual)
-        q.act_bits = act_bits
-        return q
-    return LinearQuantization(layer, to, block, residual)
+    q = (ConvQuantization if isinstance(layer, Conv2d) else LinearQuantization)(layer, to, block, residual)
+    q.act_bits = act_bits
+    return q
 
 
 def _fp32_weights(layer):
@@ -210,8 +208,8 @@ class Quantized(Module):
     residual, and `linear`: True quantizes the Linear layers too (what quantize() does by
     default); the default False keeps them fp32, as files written before Linear layers were
     quantized (their configuration has no `linear`) need; act_bits 8 or 7: the width of the
-    convolutions' u8 input codes (7: PyTorch's reduce_range, which AVX2 multiplies twice as
-    fast; Linear layers keep 8).  A quantized layer's fp32 weight parameter is not used (after
+    quantized layers' u8 input codes (7: PyTorch's reduce_range, which the AVX2 kernels multiply
+    in half the instructions).  A quantized layer's fp32 weight parameter is not used (after
     nn.load it holds its initialization): its quantized form is its `quant`."""
 
     def __init__(self, model, to="int8", block=16, residual=0, linear=False, act_bits=8):
@@ -293,7 +291,7 @@ class Quantized(Module):
 def _act_bits(value, fn):
     if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or \
             value not in quantized.ACTIVATION_BITS:
-        raise ValueError(f"{fn}: act_bits must be 8 or 7 (the convolutions' u8 input codes), got {value!r}")
+        raise ValueError(f"{fn}: act_bits must be 8 or 7 (the quantized layers' u8 input codes), got {value!r}")
     return int(value)
 
 
@@ -305,7 +303,7 @@ def quantize(model, to, calibration, *, block=16, residual=0, linear=True, act_b
     on one trained model; docs/performance.md).  One calibration
     batch then runs through the quantized copy, so that a shape its kernels refuse (a ternary
     block that splits a Linear layer's K chunk) is named here rather than at first use.
-    act_bits=7 quantizes the convolutions' inputs to 7-bit codes (Quantized)."""
+    act_bits=7 quantizes the quantized layers' inputs to 7-bit codes (Quantized)."""
     from .io import build
     from .module import inference_mode
 
@@ -344,7 +342,7 @@ def quantize(model, to, calibration, *, block=16, residual=0, linear=True, act_b
     for layer in layers:
         cal = layer.__dict__.pop("calibrator")
         layer.quant = _quantization(layer, to, block, residual, act_bits)
-        layer.quant.act_scale = float(cal.scale_for(getattr(layer.quant, "act_bits", 8)))
+        layer.quant.act_scale = float(cal.scale_for(act_bits))
         layer.quant.act_unsigned = bool(cal.unsigned)
         try:
             layer.quant.set_weights(_fp32_weights(layer))
