@@ -63,8 +63,9 @@ def float32_array(a, name, fn, shape=None, ndim=None):
 _BLOCKED_TENSOR = []
 
 
-def blocked_activation(t, name, fn):
-    """A float32 activation BlockedTensor (its data shape was checked when it was made)."""
+def blocked_activation(t, name, fn, precision="fp32"):
+    """A float32 activation BlockedTensor (its data shape was checked when it was made), or with
+    precision='bf16' a bf16 one (uint16 patterns)."""
     if not _BLOCKED_TENSOR:
         from .layout import BlockedTensor
         _BLOCKED_TENSOR.append(BlockedTensor)
@@ -76,9 +77,11 @@ def blocked_activation(t, name, fn):
         # kernels index the data by the logical shape
         raise ValueError(f"{fn}: {name}'s data has shape {t.data.shape}, but its logical shape {tuple(t.shape)} "
                          f"needs {(n, -(-c // 16), h, w, 16)} (was its data reshaped after the tensor was made?)")
-    if t.dtype != np.float32:
+    # (the dtype too: an array's dtype can be re-set after the tensor was made)
+    if t.precision != precision or t.dtype != (np.float32 if precision == "fp32" else np.uint16):
+        want = "float32" if precision == "fp32" else precision
         what = f"a {t.precision} tensor of {t.dtype}" if t.precision != "fp32" else str(t.dtype)
-        raise TypeError(f"{fn}: {name} must be float32, got {what}")
+        raise TypeError(f"{fn}: {name} must be {want}, got {what}")
     return t
 
 

@@ -165,11 +165,8 @@ def relu_backward(dy, y, *, n_threads=None):
     batchnorm_forward(out_precision='bf16'), which is widened first), else 0."""
     fn = "relu_backward"
     blocked_activation(dy, "dy", fn)
-    if isinstance(y, BlockedTensor) and y.kind == "activation" and y.precision == "bf16":
-        n, c, h, w = y.shape
-        if y.data.shape != (n, -(-c // CB), h, w, CB):
-            raise ValueError(f"{fn}: y's data has shape {y.data.shape}, but its logical shape {tuple(y.shape)} needs "
-                             f"{(n, -(-c // CB), h, w, CB)} (was its data reshaped after the tensor was made?)")
+    if isinstance(y, BlockedTensor) and y.precision == "bf16":
+        blocked_activation(y, "y", fn, "bf16")
         y = BlockedTensor(formats.bf16_bits_to_fp32(y.data, n_threads=n_threads), y.shape)
     blocked_activation(y, "y", fn)
     if tuple(dy.shape) != tuple(y.shape):

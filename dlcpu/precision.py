@@ -475,6 +475,27 @@ def to_int8(x, scale, *, axis=None, unsigned=False):
     return Int8Tensor(np.clip(q, lo, hi).astype(dtype), scale, axis)
 
 
+#: the widths of u8 activation codes: 8 bits, or 7 (codes 0..127, zero point 64 for signed
+#: data; PyTorch's reduce_range), which the AVX2 int8 kernels multiply in half the instructions
+#: (dlcpu.quantized.u8_format; the AVX-512 paths run both alike)
+ACTIVATION_BITS = (8, 7)
+
+
+def check_activation_bits(bits, fn, name="bits"):
+    """bits as a Python int in ACTIVATION_BITS (a NumPy int8 would shift in its own width), or
+    ValueError."""
+    if not isinstance(bits, (int, np.integer)) or isinstance(bits, (bool, np.bool_)) or bits not in ACTIVATION_BITS:
+        raise ValueError(f"{fn}: {name} must be 8 or 7 (the u8 codes' width), got {bits!r}")
+    return int(bits)
+
+
+def u8_code_range(bits, unsigned):
+    """(levels, zero point) of u8 codes `bits` wide: unsigned data spans codes 0..2**bits - 1
+    from zero point 0; signed data +-(2**(bits-1) - 1) around zero point 2**(bits-1)."""
+    top = (1 << bits) - 1
+    return (top, 0) if unsigned else (top >> 1, 1 << (bits - 1))
+
+
 class ActivationCalibrator:
     """Per-tensor int8 activation scale from a few batches: observe() each batch; scale is the
     largest |x| seen / 127, or / 255 when every value seen was >= 0 (after a ReLU: unsigned)."""
@@ -509,10 +530,8 @@ class ActivationCalibrator:
         """The scale of codes `bits` wide: 8 (`scale`), or 7 (quantized.to_int8_blocked(bits=7):
         the largest |x| / 127 unsigned, / 63 signed)."""
         self._require()
-        if not isinstance(bits, (int, np.integer)) or isinstance(bits, (bool, np.bool_)) or bits not in (7, 8):
-            raise ValueError(f"ActivationCalibrator.scale_for: bits must be 8 or 7, got {bits!r}")
-        top = (1 << int(bits)) - 1
-        return _int8_scale(self.absmax, top if self.unsigned else top >> 1)
+        levels, _ = u8_code_range(check_activation_bits(bits, "ActivationCalibrator.scale_for"), self.unsigned)
+        return _int8_scale(self.absmax, levels)
 
     def _require(self):
         if not self.batches:

@@ -51,7 +51,9 @@ from .precision import (
     _headroom,
     _int8_scale,
     _to_dfp16,
+    check_activation_bits,
     check_precision,
+    u8_code_range,
 )
 
 INT32_MAX = 2 ** 31 - 1
@@ -69,10 +71,8 @@ WEIGHT_DTYPES = {"int8": np.int8, "dfp16": np.int16}
 GROUP = {"int8": 4, "dfp16": 2}
 #: formats of brgemm_int.h's call description (U7S8: u8 codes that are all <= 127)
 _U8S8, _S16, _U7S8 = 0, 1, 2
-#: the activation code widths to_int8_blocked quantizes to: 8 bits, or 7 (codes 0..127, zero
-#: point 64 for signed data; PyTorch's reduce_range), which the AVX2 kernels multiply in half the
-#: instructions (the AVX-512 paths run both alike)
-ACTIVATION_BITS = (8, 7)
+#: the largest 7-bit code (ACTIVATION_BITS, from dlcpu.precision: the widths to_int8_blocked
+#: quantizes to)
 U7_MAX = 127
 
 
@@ -128,7 +128,7 @@ def to_int8_blocked(x, scale=None, *, unsigned=None, bits=8, n_threads=None, isa
     negative, else max|x| / 127 with zero point 128); or a calibrated scale with `unsigned`
     (dlcpu.precision.ActivationCalibrator's scale and unsigned).  bits=7: codes 0..127 (max|x| /
     127, or max|x| / 63 with zero point 64; a calibrated scale's codes clamped at 127), which
-    the AVX2 kernels multiply in half the instructions (ACTIVATION_BITS).  NaN/Inf are refused."""
+    the AVX2 kernels multiply in half the instructions (precision.ACTIVATION_BITS).  NaN/Inf are refused."""
     fn = "to_int8_blocked"
     bits = check_activation_bits(bits, fn)
     xb = _fp32_activation(x, fn, n_threads)
@@ -144,14 +144,6 @@ def to_int8_blocked(x, scale=None, *, unsigned=None, bits=8, n_threads=None, isa
     return BlockedTensor(data, tuple(xb.shape), "activation", scale=(scale, zero_point), precision="int8")
 
 
-def check_activation_bits(bits, fn, name="bits"):
-    """bits as a Python int in ACTIVATION_BITS (a NumPy int8 would shift in its own width), or
-    ValueError."""
-    if not isinstance(bits, (int, np.integer)) or isinstance(bits, (bool, np.bool_)) or bits not in ACTIVATION_BITS:
-        raise ValueError(f"{fn}: {name} must be 8 or 7 (the u8 codes' width), got {bits!r}")
-    return int(bits)
-
-
 def calibrated_u8_scale(scale, unsigned, fn, names=("scale", "unsigned"), bits=8):
     """(scale, zero point) of a calibrated per-tensor u8 quantization, checked: scale a finite
     positive number (as float32), unsigned a bool (zero point 0; else 128, or 64 for 7 bits)."""
@@ -164,7 +156,7 @@ def calibrated_u8_scale(scale, unsigned, fn, names=("scale", "unsigned"), bits=8
         raise ValueError(f"{fn}: a calibrated {names[0]} needs {names[1]}=True/False (ActivationCalibrator.unsigned)")
     if not isinstance(unsigned, (bool, np.bool_)):
         raise TypeError(f"{fn}: {names[1]} must be True or False, got {unsigned!r}")
-    return scale, 0 if unsigned else U8_ZERO_POINT >> (8 - bits)
+    return scale, u8_code_range(bits, unsigned)[1]
 
 
 def quantize_u8(a, code, threads, fn, scale=None, zero_point=None, bits=8):
@@ -175,9 +167,8 @@ def quantize_u8(a, code, threads, fn, scale=None, zero_point=None, bits=8):
     if scale is None:
         absmax = _absmax(a, code, threads, fn, "int8 quantization")
         unsigned = not bool((a < 0).any())
-        top = (1 << bits) - 1
-        scale = float(_int8_scale(absmax, top if unsigned else top >> 1))
-        zero_point = 0 if unsigned else U8_ZERO_POINT >> (8 - bits)
+        levels, zero_point = u8_code_range(bits, unsigned)
+        scale = float(_int8_scale(absmax, levels))
     out = np.empty(a.shape, np.uint8)
     _precision.quantize_u8(a.reshape(-1), out.reshape(-1), scale, zero_point, code, threads)
     if bits == 7:

@@ -410,3 +410,19 @@ def test_batchnorm_out_precision_errors(rng):
         norm.batchnorm_backward(x, saved, out_precision="dfp16")
     with pytest.raises(TypeError, match="dy must be float32"):     # a bf16 gradient is not read
         norm.batchnorm_backward(y, saved)
+
+
+def test_relu_backward_checks_a_bf16_output_and_reset_dtypes(rng):
+    """A bf16 y is checked as bf16 (its data shape), then widened; an array whose dtype was re-set
+    after its tensor was made is refused, not reinterpreted."""
+    y = dlcpu.to_bf16_blocked(np.maximum(rng.standard_normal((2, 17, 3, 3)), 0).astype(np.float32))
+    dy = dlcpu.to_blocked(rng.standard_normal((2, 17, 3, 3)).astype(np.float32))
+    widened = dlcpu.BlockedTensor(dlcpu.precision.bf16_bits_to_fp32(y.data), y.shape)
+    assert np.array_equal(norm.relu_backward(dy, y).data, norm.relu_backward(dy, widened).data)
+    y.data.shape = (2, 2, 9, 1, 16)
+    with pytest.raises(ValueError, match="relu_backward: y's data has shape"):
+        norm.relu_backward(dy, y)
+    bad = dlcpu.to_blocked(np.ones((2, 17, 3, 3), np.float32))
+    bad.data.dtype = np.int32
+    with pytest.raises(TypeError, match="relu_backward: y must be float32, got int32"):
+        norm.relu_backward(dy, bad)

@@ -228,7 +228,7 @@ class Quantized(Module):
                 raise ValueError(f"Quantized: residual must be <= {formats.MAX_RESIDUAL}, got {residual}")
         if not isinstance(linear, (bool, np.bool_)):
             raise TypeError(f"Quantized: linear must be True or False, got {linear!r}")
-        act_bits = _act_bits(act_bits, "Quantized")
+        act_bits = quantized.check_activation_bits(act_bits, "Quantized", "act_bits")
         self.inner = build(model, "Quantized model") if isinstance(model, dict) else model
         self.args = {"model": self.inner.config(), "to": to, "block": block, "residual": residual,
                      "linear": bool(linear), "act_bits": act_bits}
@@ -287,12 +287,6 @@ class Quantized(Module):
                                           else "") + ("" if a["linear"] else ", fp32 Linear")
                 + (f", {a['act_bits']}-bit activations" if a.get("act_bits", 8) != 8 else "") + ")")
 
-
-def _act_bits(value, fn):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or \
-            value not in quantized.ACTIVATION_BITS:
-        raise ValueError(f"{fn}: act_bits must be 8 or 7 (the quantized layers' u8 input codes), got {value!r}")
-    return int(value)
 
 
 def quantize(model, to, calibration, *, block=16, residual=0, linear=True, act_bits=8):
