@@ -524,7 +524,7 @@ _DIRECT_ONLY = ("bf16",) + quantized.INTEGER_FORMATS
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="auto",
-           n_threads=None, isa=None, out=None, precision="fp32", out_scale=None, levels=None):
+           n_threads=None, isa=None, out=None, precision="fp32", out_scale=None, out_bits=8, levels=None):
     """2-D convolution (cross-correlation, as PyTorch and oneDNN define it) in fp32, bf16, int8,
     DFP-16 or with ternary weights.
 
@@ -554,8 +554,9 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     quantized is refused (its scale or exponent would be undefined).  out_scale (int8, blocked
     input only): the kernels' epilogue writes u8 codes of that scale (zero point 0 after a ReLU,
     else 128), a u8 activation BlockedTensor -- the next int8 layer's input, one byte per value;
-    `out` may then be such a tensor to reuse.  The scales are folded as oneDNN folds them: code
-    = clamp(rint(float(sum - comp) * m[k] + b'[k]), 0, 255) in float32, ties to even, with
+    `out` may then be such a tensor to reuse.  out_bits=7 writes 7-bit codes (0..127, zero point
+    0 after a ReLU, else 64), as to_int8_blocked(bits=7) does.  The scales are folded as oneDNN
+    folds them: code = clamp(rint(float(sum - comp) * m[k] + b'[k]), 0, 255 or 127) in float32, ties to even, with
     m = s_x*s_w/out_scale and b' = bias/out_scale + zero point each rounded once from float64,
     which is the float64 code of the exact sum to within a rounding of two float32 values.
     precision='ternary': w is a dlcpu.precision.TernaryWeights (ternarize(w, block=N,
@@ -566,8 +567,10 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     """
     precision = formats.check_precision(precision, "conv2d")
     if precision == "ternary":
-        return _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_threads, isa, out, out_scale,
-                               levels)
+        if out is not None or out_scale is not None or out_bits != 8:
+            raise ValueError("conv2d: precision='ternary' writes a new fp32 output (no out=, out_scale= or out_bits= "
+                             "yet)")
+        return _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_threads, isa, levels)
     if levels is not None:
         raise ValueError(f"conv2d: levels= chooses the residual levels of ternary weights, not of {precision}")
     if precision not in CONV_PRECISIONS:
@@ -605,7 +608,13 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     out_dtype = np.float32
     if out_scale is not None:
         out_scale = _out_scale(out_scale, precision, blocked_in)
+        out_bits = quantized.check_activation_bits(out_bits, "conv2d", "out_bits")
+        # zero point 0 after a ReLU (whose clamp at code 0 it then is), else the signed one
+        out_zero = formats.u8_code_range(out_bits, activation == "relu")[1]
         out_dtype = np.uint8
+    elif out_bits != 8:
+        raise ValueError(f"conv2d: out_bits sets the width of the u8 codes out_scale asks for; without out_scale "
+                         f"the output is fp32, got out_bits={out_bits!r}")
     if out is not None:
         if not blocked_in:
             raise ValueError("conv2d: out= is only for the blocked path")
@@ -620,7 +629,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
                              f"{tuple(out.data.shape)}, {out.dtype}")
         if not out.data.flags.writeable:
             raise ValueError("conv2d: out is written in place and must be writeable (its data is read-only)")
-        want = (out_scale, 0 if activation == "relu" else quantized.U8_ZERO_POINT) if out_scale is not None else None
+        want = (out_scale, out_zero) if out_scale is not None else None
         if want is not None and out.scale != want:
             raise ValueError(f"conv2d: out holds u8 values of scale {out.scale}, this call writes {want}; make out with "
                              "the same out_scale and activation")
@@ -632,10 +641,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     if precision in quantized.INTEGER_FORMATS:
         xq, wq = quantized.quantize_operands(precision, xb, wb, w, n_threads=n_threads, isa=cpu.ISA_BY_CODE[isa_code])
         integer, fill = quantized.integer_call(precision, xq, wq, shape.Cb * shape.R * shape.S, shape.Kb * CB,
-                                               out_scale, cpu.ISA_BY_CODE[isa_code])
+                                               out_scale, cpu.ISA_BY_CODE[isa_code], out_bits)
     if out_scale is not None:
-        # u8 codes: zero point 0 after a ReLU (whose clamp at code 0 it then is), else 128
-        out_zero = 0 if activation == "relu" else quantized.U8_ZERO_POINT
         bias_p = quantized.output_code_bias(bias, shape.Kb * CB, out_scale, out_zero)
     elif bias is None:
         bias_p = _NO_BIAS
@@ -693,13 +700,11 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     return yb if blocked_in else from_blocked(yb, n_threads)
 
 
-def _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_threads, isa, out, out_scale, levels):
+def _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_threads, isa, levels):
     """conv2d(precision='ternary'): see conv2d."""
     fn = "conv2d"
     if algorithm not in ("auto", "direct"):
         raise ValueError(f"{fn}: precision='ternary' runs the direct algorithm only, got algorithm={algorithm!r}")
-    if out is not None or out_scale is not None:
-        raise ValueError(f"{fn}: precision='ternary' writes a new fp32 output (no out= or out_scale= yet)")
     if activation not in (None, "relu"):
         raise ValueError(f"{fn}: activation must be None or 'relu', got {activation!r}")
     if isinstance(w, formats.TernaryWeights):

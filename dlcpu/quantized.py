@@ -397,13 +397,14 @@ def chain_schedule(precision, x_bound=U8_MAX, w_bound=INT8_CODE_BOUND):
     return steps, 1
 
 
-def integer_call(precision, xq, wq, n_blocks_per_call, k_pad, out_scale=None, isa_name=None):
+def integer_call(precision, xq, wq, n_blocks_per_call, k_pad, out_scale=None, isa_name=None, out_bits=8):
     """(spec, fill) for the integer kernels: spec is the tuple pyx's integer_call reads (format,
     flush_steps, flush_blocks, per-output-channel multipliers, None, 0, compensation[, "u8"]) and
     fill the byte that pads the activations.  n_blocks_per_call: the blocks one call reduces.
     out_scale (int8): the call writes u8 output codes of that scale, so its multipliers are
     s_x * s_w[k] / out_scale, each rounded once from float64 (the bias must be in code units
-    too: output_code_bias).  isa_name: the path that runs it (int8: u8_format's choice)."""
+    too: output_code_bias), at most 255, or 127 with out_bits=7.  isa_name: the path that runs
+    it (int8: u8_format's choice)."""
     if precision == "int8":
         s_x, z = xq.scale
         s_w, sums = wq.scale
@@ -420,7 +421,7 @@ def integer_call(precision, xq, wq, n_blocks_per_call, k_pad, out_scale=None, is
         comp = (z * sums).astype(np.int32) if z else None
         spec = (u8_format(xq, isa_name), steps, blocks, _padded(scale.astype(np.float32), k_pad, 1.0), None, 0,
                 _padded(comp, k_pad, 0))
-        return spec + (("u8",) if out_scale is not None else ()), z
+        return spec + (() if out_scale is None else ("u8",) if out_bits == 8 else ("u7",)), z
     if out_scale is not None:
         raise ValueError(f"integer_call: u8 output codes come from int8 calls, not {precision}")
     e_x, m_x = xq.scale

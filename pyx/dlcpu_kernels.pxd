@@ -132,16 +132,20 @@ cdef inline dlcpu_brgemm_int_t integer_call(tuple spec) except *:
     """The dlcpu_brgemm_int_t of an integer call from the tuple dlcpu/quantized.py builds:
     (format, flush_steps, flush_blocks, scale, block_scale, block_groups, comp[, "u8"]), each
     array a 1-d contiguous float32 (int32 for comp) array or None; a last "u8" asks for u8 output
-    codes (the multipliers and the bias then in code units: brgemm_int.h).  The struct points into the arrays, so the caller
+    codes, "u7" for 7-bit ones (at most 127; the multipliers and the bias then in code units:
+    brgemm_int.h).  The struct points into the arrays, so the caller
     keeps the tuple alive while the kernels run."""
     cdef dlcpu_brgemm_int_t q
     cdef const float[::1] scale
     cdef const float[::1] block_scale
     cdef const int32_t[::1] comp
     fmt, flush_steps, flush_blocks, scale_a, block_a, block_groups, comp_a = spec[:7]
-    q.out_u8 = len(spec) > 7
-    if q.out_u8 and spec[7:] != ("u8",):
-        raise ValueError(f"integer_call: the optional last element asks for u8 output codes with 'u8', got {spec[7:]}")
+    q.out_u8 = 0
+    if len(spec) > 7:
+        if spec[7:] not in (("u8",), ("u7",)):
+            raise ValueError(f"integer_call: the optional last element asks for u8 output codes with 'u8' (codes "
+                             f"0..255) or 'u7' (0..127), got {spec[7:]}")
+        q.out_u8 = 255 if spec[7] == "u8" else 127
     if fmt not in (DLCPU_INT_U8S8, DLCPU_INT_S16, DLCPU_INT_U7S8):
         raise ValueError(f"integer_call: unknown format code {fmt!r}")
     q.format = fmt

@@ -128,12 +128,15 @@ def test_int8_activations_follow_to_int8(rng):
 
 @pytest.mark.parametrize("isa,native", PATHS)
 @pytest.mark.parametrize("relu", [False, True])
-def test_int8_u8_output_codes_are_the_float64_codes(rng, monkeypatch, isa, native, relu):
-    """out_scale: the epilogue writes clamp(rint(v / s_out + z), 0, 255) of the convolution v of
-    the quantized operands (z = 0 after a ReLU, else 128), with the scales folded into one
-    float32 FMA: equal to the float64 code away from ties, never more than one code off, the
-    clamps exact; the codes feed the next layer; out= reuses them."""
+@pytest.mark.parametrize("out_bits", [8, 7])
+def test_int8_u8_output_codes_are_the_float64_codes(rng, monkeypatch, isa, native, relu, out_bits):
+    """out_scale: the epilogue writes clamp(rint(v / s_out + z), 0, top) of the convolution v of
+    the quantized operands (z = 0 after a ReLU, else 128; out_bits=7: top 127 and z 0 or 64,
+    to_int8_blocked(bits=7)'s codes), with the scales folded into one float32 FMA: equal to the
+    float64 code away from ties, never more than one code off, the clamps exact; the codes feed
+    the next layer; out= reuses them."""
     set_native(monkeypatch, native)
+    top = (1 << out_bits) - 1
     for signed in (True, False):
         x = rng.uniform(-1 if signed else 0, 1, (2, 20, 9, 9)).astype(np.float32)
         w = rng.uniform(-1, 1, (33, 20, 3, 3)).astype(np.float32)
@@ -142,23 +145,23 @@ def test_int8_u8_output_codes_are_the_float64_codes(rng, monkeypatch, isa, nativ
         act = "relu" if relu else None
         y32 = dlcpu.conv2d(xq, wq, b, 1, 1, act, precision="int8", isa=isa)
         s_out = float(np.float32(np.abs(y32.data).max() / 300))      # codes past 255 and below 0
-        y8 = dlcpu.conv2d(xq, wq, b, 1, 1, act, precision="int8", isa=isa, out_scale=s_out)
-        z = 0 if relu else 128
+        y8 = dlcpu.conv2d(xq, wq, b, 1, 1, act, precision="int8", isa=isa, out_scale=s_out, out_bits=out_bits)
+        z = 0 if relu else (top + 1) // 2
         assert y8.precision == "int8" and y8.dtype == np.uint8 and y8.scale == (s_out, z)
         v = dequantized_reference(x, w, None, 1, 1, "int8") / s_out + (b.astype(np.float64) / s_out)[None, :, None, None]
         if relu:
             v = np.maximum(v, 0)
-        want = np.clip(np.rint(v + z), 0, 255)
+        want = np.clip(np.rint(v + z), 0, top)
         got = layout.from_blocked(layout.BlockedTensor(y8.data.astype(np.float32), y8.shape)).astype(np.float64)
         assert np.abs(got - want).max() <= 1
         away = np.abs(np.abs(v + z - np.floor(v + z)) - 0.5) > 1e-3
         assert np.array_equal(got[away], want[away])
-        assert (got == 255).any() and (got == 0).any()                # both clamps were exercised
+        assert (got == top).any() and (got == 0).any()                # both clamps were exercised
     w2 = rng.uniform(-1, 1, (8, 33, 1, 1)).astype(np.float32)
     nxt = dlcpu.conv2d(y8, w2, precision="int8")                                   # u8 feeds the next layer
     assert_close(nxt.numpy(), ref.conv2d_forward(y8.numpy().astype(np.float64), Q.block_weights_int8(w2).numpy(),
                                                  None, (1, 1), (0, 0)))
-    again = dlcpu.conv2d(xq, wq, b, 1, 1, act, precision="int8", isa=isa, out_scale=s_out, out=y8)
+    again = dlcpu.conv2d(xq, wq, b, 1, 1, act, precision="int8", isa=isa, out_scale=s_out, out_bits=out_bits, out=y8)
     assert again.data is y8.data and np.array_equal(again.data, y8.data)
 
 
@@ -334,6 +337,15 @@ def torch_quantized_conv(torch, x, w, s_x, s_w, s_out):
     (lambda x, w: dlcpu.conv2d(layout.to_blocked(np.abs(x)), w, np.full(w.shape[0], 1e30, np.float32),
                                precision="int8", out_scale=1e-10), ValueError, "too small for this bias"),
     (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), w, precision="int8", out_scale="1"), TypeError, "real number"),
+    (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), w, precision="int8", out_scale=0.1, out_bits=6), ValueError,
+     "out_bits must be 8 or 7"),
+    (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), w, precision="int8", out_bits=7), ValueError,
+     "without out_scale the output is fp32"),
+    (lambda x, w: dlcpu.conv2d(x, P.ternarize(w), precision="ternary", out_bits=7), ValueError,
+     "no out=, out_scale= or out_bits="),
+    (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), w, precision="int8", out_scale=0.1, out_bits=7,
+                               out=dlcpu.conv2d(layout.to_blocked(x), w, precision="int8", out_scale=0.1)),
+     ValueError, "this call writes"),
     (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), w, precision="int8", out_scale=0.1,
                                out=dlcpu.conv2d(layout.to_blocked(x), w, padding=1)), ValueError, "uint8 activation"),
     (lambda x, w: gemm.matmul(np.full((2, 3), np.nan, np.float32), np.ones((3, 2), np.float32), precision="int8"),
@@ -690,10 +702,12 @@ def test_bench_precision_quantizes_int8_as_wide_as_its_peer(monkeypatch):
 
 
 @pytest.mark.parametrize("bits", [8, 7])
-def test_int8_u8_output_codes_agree_on_every_path(rng, monkeypatch, bits):
-    """The vector epilogues (AVX-512: VPMOVUSDB; AVX2: two unsigned packs) write the scalar
-    path's u8 codes bit for bit, both clamps and ties included, after a 1x1 layer whose outputs
-    sum few quads and a 3x3 one."""
+@pytest.mark.parametrize("out_bits", [8, 7])
+def test_int8_u8_output_codes_agree_on_every_path(rng, monkeypatch, bits, out_bits):
+    """The vector epilogues (AVX-512: VPMOVUSDB, with a clamp at 127 for 7-bit codes; AVX2: two
+    unsigned packs) write the scalar path's u8 codes bit for bit, both clamps and ties included,
+    after a 1x1 layer whose outputs sum few quads and a 3x3 one."""
+    top_code = (1 << out_bits) - 1
     for c, k, r, pad in ((64, 40, 1, 0), (20, 33, 3, 1)):
         x = rng.uniform(-1, 1, (2, c, 7, 9)).astype(np.float32)
         xq = Q.to_int8_blocked(x, bits=bits)
@@ -706,6 +720,7 @@ def test_int8_u8_output_codes_agree_on_every_path(rng, monkeypatch, bits):
             codes = []
             for isa, native in PATHS:
                 set_native(monkeypatch, native)
-                codes.append(dlcpu.conv2d(xq, wq, b, 1, pad, act, precision="int8", isa=isa, out_scale=s_out).data)
+                codes.append(dlcpu.conv2d(xq, wq, b, 1, pad, act, precision="int8", isa=isa, out_scale=s_out,
+                                          out_bits=out_bits).data)
             assert all(np.array_equal(cd, codes[0]) for cd in codes[1:])
-            assert (codes[0] == 255).any() and (codes[0] == 0).any()
+            assert (codes[0] == top_code).any() and (codes[0] == 0).any() and codes[0].max() == top_code

@@ -62,14 +62,16 @@ typedef struct {
                                  * multipliers of its sub-blocks at block_scale + o/256*16*block_groups */
     int block_groups;           /* sub-blocks per A block (16 / N for ternary blocks of N < 16) */
     const int32_t *comp;        /* NULL or 16*mv int32 subtracted from the sums at the last flush */
-    int out_u8;                 /* 1: C is uint8 output codes (same element strides), beta 0: the
-                                 * multipliers and the bias arrive in code units, the zero point
-                                 * inside the bias, and C = min(rint(max(v, 0)), 255) (below) */
+    int out_u8;                 /* 0: C is fp32; else C is uint8 output codes (same element
+                                 * strides) and out_u8 the largest code, 255 or 127 (7-bit codes
+                                 * for a next layer that reads them), beta 0: the multipliers and
+                                 * the bias arrive in code units, the zero point inside the bias,
+                                 * and C = min(rint(max(v, 0)), out_u8) (below) */
 } dlcpu_brgemm_int_t;
 
 /* The u8 code of one output value v, already in code units (the caller folded 1/s_out into the
  * multipliers and 1/s_out and the zero point z into the bias, as oneDNN folds its scales):
- * min(rint(max(v, 0)), 255), rounding half to even.  A ReLU needs no op of its own: it comes
+ * min(rint(max(v, 0)), max_code), rounding half to even (max_code 255, or 127 for 7-bit codes).  A ReLU needs no op of its own: it comes
  * with z = 0, where it is the clamp at code 0.  The AVX-512 path is VMAXPS, VCVTPS2DQ and
  * VPMOVUSDB, whose unsigned saturation gives 255 for anything above it -- even a value past
  * int32, converted to 0x80000000 -- so the epilogue of a one-flush call is 5 ops after the dot
@@ -77,10 +79,10 @@ typedef struct {
  * took 9: on res2a_branch1 (1x1, 64 -> 256 channels, 56x56), whose calls sum only 16 quads per
  * output, dlcpu / PyTorch int8 went from 0.89 to 1.05 (1 thread, each in one run).  This is the same arithmetic; NaN (which finite inputs cannot
  * produce) gives 0, as VMAXPS(v, 0) returns its second operand for a NaN. */
-static inline uint8_t dlcpu_bri_output_code(float v)
+static inline uint8_t dlcpu_bri_output_code(float v, int max_code)
 {
     if (!(v > 0.0f)) return 0;
-    if (v >= 255.0f) return 255;
+    if (v >= (float)max_code) return (uint8_t)max_code;
     return (uint8_t)(int)nearbyintf(v);
 }
 
@@ -128,7 +130,10 @@ static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
 dlcpu_bri_store_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, __m512 v, int g, int t, const int NC)
 {
     if (q->out_u8) {
-        const __m512i i = _mm512_cvtps_epi32(_mm512_max_ps(v, _mm512_setzero_ps()));
+        __m512 clamped = _mm512_max_ps(v, _mm512_setzero_ps());
+        if (q->out_u8 < 255)        /* 7-bit codes: VPMOVUSDB saturates at 255 only */
+            clamped = _mm512_min_ps(clamped, _mm512_set1_ps((float)q->out_u8));
+        const __m512i i = _mm512_cvtps_epi32(clamped);
         _mm_storeu_si128((__m128i *)dlcpu_bri_c8(p, g, t, NC), _mm512_cvtusepi32_epi8(i));
     } else {
         _mm512_storeu_ps(p->c + g * p->c_mstride + (t / NC) * p->c_rstride + (t % NC) * p->ldc, v);
@@ -339,13 +344,13 @@ dlcpu_bri_flush_avx2(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, _
                     if (p->relu && !q->out_u8) v = _mm256_max_ps(_mm256_setzero_ps(), v);
                     if (q->out_u8) {
                         /* dlcpu_bri_output_code on 8 lanes: VMAXPS(v, 0) takes 0 for NaN, the
-                         * clamp at 255 keeps VCVTPS2DQ (nearest even, as nearbyintf) in range,
+                         * clamp at the largest code keeps VCVTPS2DQ (nearest even, as nearbyintf) in range,
                          * and two unsigned packs give the bytes in lane order.  One element at a
                          * time, this epilogue was most of a 1x1 layer whose outputs sum only
                          * 16 quads: res2a_branch1 (64 -> 256 channels) ran at 0.42x PyTorch's
                          * int8 convolution on an AVX2-only CPU. */
                         const __m256 clamped = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()),
-                                                             _mm256_set1_ps(255.0f));
+                                                             _mm256_set1_ps((float)q->out_u8));
                         const __m256i codes = _mm256_cvtps_epi32(clamped);
                         const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(codes),
                                                                _mm256_extracti128_si256(codes, 1));
@@ -443,7 +448,7 @@ static void dlcpu_bri_flush_scalar(const dlcpu_brgemm_f32_t *p, const dlcpu_brge
                 if (last) {
                     if (p->relu && !q->out_u8 && v < 0.0f) v = 0.0f;
                     if (q->out_u8)
-                        dlcpu_bri_c8(p, g, t, p->nc)[l] = dlcpu_bri_output_code(v);
+                        dlcpu_bri_c8(p, g, t, p->nc)[l] = dlcpu_bri_output_code(v, q->out_u8);
                     else
                         c[l] = v;
                 } else {
@@ -575,7 +580,8 @@ static inline int dlcpu_brgemm_int(const dlcpu_brgemm_f32_t *p, const dlcpu_brge
 {
     const dlcpu_brgemm_int_fn f = dlcpu_brgemm_int_lookup(isa, native, q->format, p->mv, p->nr, p->nc);
     if (f == NULL || p->kind == DLCPU_BR_ADDR || p->b_trans || p->k < 1 || p->k > 16 || q->flush_steps < 1 ||
-        q->flush_blocks < 1 || (q->block_scale && q->block_groups < 1) || (q->out_u8 && p->beta))
+        q->flush_blocks < 1 || (q->block_scale && q->block_groups < 1) || (q->out_u8 && p->beta) ||
+        (q->out_u8 != 0 && q->out_u8 != 127 && q->out_u8 != 255))
         return -1;
     f(p, q, (const char *)a0, (const char *)b0);
     return 0;
