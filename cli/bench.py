@@ -582,13 +582,17 @@ def bench_infer_resnet50(
     repeats: Repeats = 5,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Measure each side's peak RSS in a fresh "
                                                                       "process.")] = True,
-    precision: ModelPrecision = "fp32",
+    precision: Annotated[str, typer.Option(
+        "--precision", metavar="<format>",
+        help="fp32; bf16: dlcpu's Module.set_precision against PyTorch's autocast; int8: nn.quantize's model "
+             "(u8 activations between layers, calibrated on the images) against PyTorch's FX-quantized one; dlcpu's "
+             "fp32 model timed in the same rounds for the speedup.")] = "fp32",
     as_json: JsonFlag = False,
 ):
     """ResNet-50 v1.5 eval-mode inference in images/s at each batch size, against the same model in
     PyTorch (channels_last, inference_mode), with each side's peak memory."""
     compare = _compare(compare)
-    precision = _model_precision(precision)
+    precision = _model_precision(precision, inference=True)
     batches = parse_threads(batch, option="--batch", maximum=4096)
 
     def measure(n_threads, peak, b):
@@ -626,12 +630,14 @@ def bench_train_gnmt(
     _model_runs(threads, [None], measure, lambda n, _: f"{what}, {n} thread(s)", what, "train_gnmt", as_json)
 
 
-def _model_precision(value):
-    """--precision of the whole-model benchmarks (digits, ResNet-50): a format Module.set_precision takes."""
+def _model_precision(value, inference=False):
+    """--precision of the whole-model benchmarks (digits, ResNet-50): a format Module.set_precision
+    takes, or for inference int8 (nn.quantize)."""
     from ..nn import Conv2d
 
-    if value not in Conv2d.PRECISIONS:
-        raise bad_option("--precision", f"must be one of {', '.join(Conv2d.PRECISIONS)}, got {value!r}")
+    allowed = Conv2d.PRECISIONS + (("int8",) if inference else ())
+    if value not in allowed:
+        raise bad_option("--precision", f"must be one of {', '.join(allowed)}, got {value!r}")
     return value
 
 
@@ -686,6 +692,9 @@ def _render_model_run(run, title):
         out.print(line, highlight=False)
     if "fp32" in run:
         out.print(f"{run['precision']} / fp32 (dlcpu {unit}): {run['fp32']['speedup']:.2f}", highlight=False)
+    if "error_vs_fp32" in run:
+        out.print("logits error against the fp32 model (relative L2): " + ", ".join(
+            f"{side} {e:.4f}" for side, e in run["error_vs_fp32"].items()), highlight=False)
     if "breakdown" in run:
         b = Table(title="time per step by layer kind (ms)")
         b.add_column("kind")

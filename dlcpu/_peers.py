@@ -292,6 +292,29 @@ def resnet_from(torch, model, memory_format=None):
     return twin
 
 
+def quantized_model(torch, twin, example, reduce_range):
+    """PyTorch's post-training static int8 form of an eval-mode twin (FX graph mode on the x86
+    engine): batch norms folded into the convolutions, ReLUs fused, u8 activations from layer to
+    layer (the residual adds too: quantized add_relu), calibrated on `example` with the rules of
+    dlcpu's nn.quantize -- per-tensor activation scales from the largest value seen (7-bit
+    codes with reduce_range, as dlcpu's act_bits=7) and symmetric per-output-channel weights."""
+    import warnings
+
+    from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver, QConfig, QConfigMapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = "x86"
+    qconfig = QConfig(activation=MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=reduce_range),
+                      weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8,
+                                                                qscheme=torch.per_channel_symmetric))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")          # FX quantization's deprecation notice
+        prepared = prepare_fx(twin.eval(), QConfigMapping().set_global(qconfig), example_inputs=(example,))
+        with torch.inference_mode():
+            prepared(example)
+        return convert_fx(prepared)
+
+
 def gnmt(torch, vocab, hidden, layers):
     """The PyTorch twin of nn.GNMT: torch.nn.Embedding, a bidirectional torch.nn.LSTM of hidden/2
     units per direction, unidirectional ones (residuals from the third layer on) and a Linear

@@ -65,7 +65,7 @@ _BLOCKED_TENSOR = []
 
 def blocked_activation(t, name, fn, precision="fp32"):
     """A float32 activation BlockedTensor (its data shape was checked when it was made), or with
-    precision='bf16' a bf16 one (uint16 patterns)."""
+    precision='bf16' a bf16 one (uint16 patterns), with 'int8' u8 codes."""
     if not _BLOCKED_TENSOR:
         from .layout import BlockedTensor
         _BLOCKED_TENSOR.append(BlockedTensor)
@@ -78,7 +78,7 @@ def blocked_activation(t, name, fn, precision="fp32"):
         raise ValueError(f"{fn}: {name}'s data has shape {t.data.shape}, but its logical shape {tuple(t.shape)} "
                          f"needs {(n, -(-c // 16), h, w, 16)} (was its data reshaped after the tensor was made?)")
     # (the dtype too: an array's dtype can be re-set after the tensor was made)
-    if t.precision != precision or t.dtype != (np.float32 if precision == "fp32" else np.uint16):
+    if t.precision != precision or t.dtype != {"fp32": np.float32, "bf16": np.uint16, "int8": np.uint8}[precision]:
         want = "float32" if precision == "fp32" else precision
         what = f"a {t.precision} tensor of {t.dtype}" if t.precision != "fp32" else str(t.dtype)
         raise TypeError(f"{fn}: {name} must be {want}, got {what}")

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from . import _peers
-from .benchmarks import SETTLE_SECONDS, summarize, time_interleaved, torch_threads
+from .benchmarks import SETTLE_SECONDS, int8_activation_bits, summarize, time_interleaved, torch_threads
 
 TRAIN_TIMED_REGION = ("one training step each side: NCHW float32 images -> the computing layout (dlcpu blocked, "
                       "PyTorch channels_last), forward, softmax cross-entropy, backward, SGD (momentum 0.9, "
@@ -114,10 +114,15 @@ def _resnet_steps(spec, train, sides, torch=None):
     model = _model("resnet50", spec["num_classes"])
     x, labels = _problem(spec["batch"], spec["image"], spec["num_classes"])
     precision = spec.get("precision", "fp32")
+    if precision == "int8" and train:
+        raise ValueError("bench: int8 times inference only (nn.quantize), not training")
     steps = {}
     if "torch" in sides:
         twin = _peers.resnet_from(torch, model, memory_format=torch.channels_last)
         xt, lt = torch.from_numpy(x), torch.from_numpy(labels)
+        if precision == "int8":      # calibrated on the timed images, as dlcpu's side below
+            twin = _peers.quantized_model(torch, twin, xt.contiguous(memory_format=torch.channels_last),
+                                          int8_activation_bits() == 7)
         # bf16: PyTorch's own mixed precision, autocast (bf16 convolutions and GEMMs, fp32 weights)
         autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
         if train:
@@ -134,9 +139,14 @@ def _resnet_steps(spec, train, sides, torch=None):
 
             def peer():
                 with torch.inference_mode(), autocast():
-                    twin(xt.contiguous(memory_format=torch.channels_last))
+                    return twin(xt.contiguous(memory_format=torch.channels_last))
         steps["torch"] = peer
-    model.set_precision(precision)
+    runs = model
+    if precision == "int8":
+        model.eval()
+        runs = nn.quantize(model, "int8", [x], act_bits=int8_activation_bits())
+    else:
+        model.set_precision(precision)
     if "dlcpu" in sides:
         if train:
             opt = nn.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
@@ -152,8 +162,8 @@ def _resnet_steps(spec, train, sides, torch=None):
 
             def ours():
                 with nn.inference_mode():      # as the peer's torch.inference_mode: nothing kept for a backward
-                    model(x)
-        ours.model, ours.x = model, x
+                    return runs(x)
+        ours.model, ours.x = model, x          # (the fp32 model: FLOPs and the breakdown's layers)
         steps["dlcpu"] = ours
     return steps
 
@@ -432,7 +442,8 @@ def _fp32_reference(spec, train, precision):
 
 
 def _peer_suffix(precision, mode=""):
-    return ", channels_last" + mode + (", autocast bf16" if precision == "bf16" else "")
+    return ", channels_last" + mode + {"bf16": ", autocast bf16", "int8": ", FX-quantized int8 (x86 engine)"}.get(
+        precision, "")
 
 
 def bench_train_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, repeats=5, warmup=1,
@@ -466,16 +477,24 @@ def bench_infer_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, 
                          num_classes=1000, memory=True, precision="fp32"):
     """Eval-mode images/s of nn.resnet50 (under nn.inference_mode) and its twin (channels_last,
     torch.inference_mode), with each side's peak memory (fresh process per side); precision as
-    bench_train_resnet50."""
+    bench_train_resnet50, or 'int8': nn.quantize's model against PyTorch's FX-quantized twin
+    (_peers.quantized_model), both calibrated once on the timed images outside the timer, with
+    each side's logits error against the fp32 model."""
     torch = _peers.require_torch("--compare torch") if compare == "torch" else None
     spec = {"model": "resnet50", "batch": batch, "image": image, "num_classes": num_classes, "precision": precision}
     steps = _steps(spec, False, ("dlcpu", "torch") if torch is not None else ("dlcpu",), torch)
     flops = model_flops(steps["dlcpu"].model, steps["dlcpu"].x, train=False)
     out = {"model": "resnet50", "batch": batch, "image": image, "threads": n_threads,
            "gflop_per_step": flops / 1e9, "precision": precision, "timed_region": INFER_TIMED_REGION}
+    fp32_step = _fp32_reference(spec, False, precision)
     out.update(_compare(steps, torch, n_threads, batch, flops, peak_gflops, "images_per_second",
-                        _peer_suffix(precision, ", inference_mode"), repeats, warmup,
-                        _fp32_reference(spec, False, precision)))
+                        _peer_suffix(precision, ", inference_mode"), repeats, warmup, fp32_step))
+    if precision == "int8":
+        # what the quantization costs in the logits, each side against dlcpu's fp32 model (the
+        # same weights; PyTorch's fp32 twin agrees with it to ~1e-6)
+        exact = fp32_step()
+        out["error_vs_fp32"] = {side: float(np.linalg.norm(np.asarray(step()) - exact) / np.linalg.norm(exact))
+                                for side, step in steps.items()}
     if memory:
         _memories(out, spec, n_threads, False, torch is not None)
     return out

@@ -500,13 +500,16 @@ def _operand(t, kind, fn, name, precision="fp32", allowed=None):
     return None, tuple(t.shape)
 
 
-def _forward_into(x_data, w_data, bias_p, y, shape, isa_code, n_threads, relu, native=False, integer=None, fill=0):
+def _forward_into(x_data, w_data, bias_p, y, shape, isa_code, n_threads, relu, native=False, integer=None, fill=0,
+                  residual=None, residual_scale=0.0):
     """Run the planned forward kernel on blocked buffers (fp32; bf16 x and VNNI-paired bf16 w,
     native: VDPBF16PS; or integer operands with their call description, dlcpu.quantized); y
-    (fp32) has shape (N, Kb, P, Q, 16)."""
+    (fp32, or u8 codes) has shape (N, Kb, P, Q, 16); residual: u8 codes of y's shape added in
+    the epilogue times residual_scale."""
     plan, a_offs, b_offs = _cached_plan(shape, isa_code, n_threads, relu)
     errors = _direct.conv2d_forward(x_data.reshape(-1), w_data.reshape(-1), bias_p, y.reshape(-1),
-                                    plan.c, a_offs, b_offs, n_threads, native, integer, fill)
+                                    plan.c, a_offs, b_offs, n_threads, native, integer, fill,
+                                    None if residual is None else residual.reshape(-1), residual_scale)
     if errors:
         raise MemoryError(f"conv: could not allocate the per-thread input tile of {errors} work item(s) "
                           f"({plan.summary()})")
@@ -524,7 +527,8 @@ _DIRECT_ONLY = ("bf16",) + quantized.INTEGER_FORMATS
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="auto",
-           n_threads=None, isa=None, out=None, precision="fp32", out_scale=None, out_bits=8, levels=None):
+           n_threads=None, isa=None, out=None, precision="fp32", out_scale=None, out_bits=8, residual=None,
+           levels=None):
     """2-D convolution (cross-correlation, as PyTorch and oneDNN define it) in fp32, bf16, int8,
     DFP-16 or with ternary weights.
 
@@ -555,8 +559,10 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     input only): the kernels' epilogue writes u8 codes of that scale (zero point 0 after a ReLU,
     else 128), a u8 activation BlockedTensor -- the next int8 layer's input, one byte per value;
     `out` may then be such a tensor to reuse.  out_bits=7 writes 7-bit codes (0..127, zero point
-    0 after a ReLU, else 64), as to_int8_blocked(bits=7) does.  The scales are folded as oneDNN
-    folds them: code = clamp(rint(float(sum - comp) * m[k] + b'[k]), 0, 255 or 127) in float32, ties to even, with
+    0 after a ReLU, else 64), as to_int8_blocked(bits=7) does.  residual (with out_scale): a u8
+    activation BlockedTensor of the output's shape added before the activation and the clamp --
+    relu(conv + bias + residual), a ResNet block's end, in the epilogue (oneDNN's sum post-op),
+    its codes weighted by s_r / out_scale.  The scales are folded as oneDNN folds them: code = clamp(rint(float(sum - comp) * m[k] + b'[k]), 0, 255 or 127) in float32, ties to even, with
     m = s_x*s_w/out_scale and b' = bias/out_scale + zero point each rounded once from float64,
     which is the float64 code of the exact sum to within a rounding of two float32 values.
     precision='ternary': w is a dlcpu.precision.TernaryWeights (ternarize(w, block=N,
@@ -567,9 +573,9 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     """
     precision = formats.check_precision(precision, "conv2d")
     if precision == "ternary":
-        if out is not None or out_scale is not None or out_bits != 8:
-            raise ValueError("conv2d: precision='ternary' writes a new fp32 output (no out=, out_scale= or out_bits= "
-                             "yet)")
+        if out is not None or out_scale is not None or out_bits != 8 or residual is not None:
+            raise ValueError("conv2d: precision='ternary' writes a new fp32 output (no out=, out_scale=, out_bits= or "
+                             "residual= yet)")
         return _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_threads, isa, levels)
     if levels is not None:
         raise ValueError(f"conv2d: levels= chooses the residual levels of ternary weights, not of {precision}")
@@ -612,9 +618,11 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
         # zero point 0 after a ReLU (whose clamp at code 0 it then is), else the signed one
         out_zero = formats.u8_code_range(out_bits, activation == "relu")[1]
         out_dtype = np.uint8
-    elif out_bits != 8:
-        raise ValueError(f"conv2d: out_bits sets the width of the u8 codes out_scale asks for; without out_scale "
-                         f"the output is fp32, got out_bits={out_bits!r}")
+    elif out_bits != 8 or residual is not None:
+        raise ValueError("conv2d: out_bits and residual go with out_scale (u8 output codes); without out_scale "
+                         f"the output is fp32, got out_bits={out_bits!r}, residual={type(residual).__name__}")
+    if residual is not None:
+        _check_residual(residual, (shape.N, shape.K, shape.P, shape.Q), out_shape)
     if out is not None:
         if not blocked_in:
             raise ValueError("conv2d: out= is only for the blocked path")
@@ -634,6 +642,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
             raise ValueError(f"conv2d: out holds u8 values of scale {out.scale}, this call writes {want}; make out with "
                              "the same out_scale and activation")
         not_aliased(out.data, {"x": xb.data, "w": wb.data if wb is not None else None,
+                               "residual": None if residual is None else residual.data,
                                "the Winograd weights": prepared.data if prepared is not None else None,
                                "bias": bias}, "conv2d")
     if xb is None:
@@ -642,8 +651,17 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
         xq, wq = quantized.quantize_operands(precision, xb, wb, w, n_threads=n_threads, isa=cpu.ISA_BY_CODE[isa_code])
         integer, fill = quantized.integer_call(precision, xq, wq, shape.Cb * shape.R * shape.S, shape.Kb * CB,
                                                out_scale, cpu.ISA_BY_CODE[isa_code], out_bits)
+    residual_scale = 0.0
+    if residual is not None:      # its zero point z_r joins the bias: + (s_r / out_scale) * (r - z_r)
+        ratio = np.float64(residual.scale[0]) / np.float64(out_scale)
+        residual_scale = float(np.float32(ratio))
+        if not 0 < residual_scale < np.inf:
+            raise ValueError(f"conv2d: the residual's scale {residual.scale[0]} over out_scale={out_scale} is outside "
+                             "float32's normal range")
+        out_zero_shifted = out_zero - ratio * residual.scale[1]
     if out_scale is not None:
-        bias_p = quantized.output_code_bias(bias, shape.Kb * CB, out_scale, out_zero)
+        bias_p = quantized.output_code_bias(bias, shape.Kb * CB, out_scale,
+                                            out_zero if residual is None else out_zero_shifted)
     elif bias is None:
         bias_p = _NO_BIAS
     else:
@@ -667,7 +685,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
         return yb if blocked_in else from_blocked(yb, n_threads)
     if precision in quantized.INTEGER_FORMATS:
         _forward_into(xq.data, quantized.kernel_view(wq), bias_p, y, shape, isa_code, n_threads, activation == "relu",
-                      quantized.native_vnni(cpu.ISA_BY_CODE[isa_code]), integer, fill)
+                      quantized.native_vnni(cpu.ISA_BY_CODE[isa_code]), integer, fill,
+                      None if residual is None else residual.data, residual_scale)
         if out_scale is not None:
             if out is not None:
                 return out
@@ -750,6 +769,19 @@ def _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_thread
         raise MemoryError(f"{fn}: could not allocate the per-thread input tile of {errors} work item(s)")
     yb = BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation")
     return yb if blocked_in else from_blocked(yb, n_threads)
+
+
+def _check_residual(residual, y_shape, data_shape):
+    """conv2d's residual: a u8 activation BlockedTensor of the output's shape."""
+    if not isinstance(residual, BlockedTensor) or residual.precision != "int8" or residual.kind != "activation":
+        raise TypeError(f"conv2d: residual must be a u8 activation BlockedTensor (dlcpu.quantized.to_int8_blocked), "
+                        f"got {type(residual).__name__}"
+                        + (f" of precision {residual.precision!r}" if isinstance(residual, BlockedTensor) else ""))
+    if tuple(residual.shape) != y_shape or residual.data.shape != data_shape:
+        raise ValueError(f"conv2d: residual must have the output's shape {y_shape} (data shape {data_shape}), got "
+                         f"{tuple(residual.shape)} (data shape {tuple(residual.data.shape)})")
+    if not residual.data.flags.c_contiguous:
+        raise ValueError("conv2d: residual's data must be C-contiguous")
 
 
 def _out_scale(out_scale, precision, blocked_in):

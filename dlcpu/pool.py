@@ -49,8 +49,8 @@ class MaxPoolSaved:
                              "max_pool2d made it)")
 
 
-def _geometry(x, kernel, stride, padding, fn):
-    blocked_activation(x, "x", fn)
+def _geometry(x, kernel, stride, padding, fn, precision="fp32"):
+    blocked_activation(x, "x", fn, precision)
     r, s = pair(kernel, "kernel", fn)
     sh, sw = pair(kernel if stride is None else stride, "stride", fn)
     ph, pw = pair(padding, "padding", fn)
@@ -72,7 +72,14 @@ def _geometry(x, kernel, stride, padding, fn):
 
 
 def max_pool2d(x, kernel, stride=None, padding=0, *, n_threads=None):
-    """Returns (y, saved): y a BlockedTensor, saved what max_pool2d_backward needs."""
+    """Returns (y, saved): y a BlockedTensor, saved what max_pool2d_backward needs.  u8 codes (an
+    int8 activation BlockedTensor: a quantized model's) pool to codes of the same scale, with
+    saved None (inference only): the max code is the max value's code."""
+    if isinstance(x, BlockedTensor) and x.precision == "int8":
+        geo, out_shape = _geometry(x, kernel, stride, padding, "max_pool2d", "int8")
+        y = np.empty((out_shape[0], x.data.shape[1], out_shape[2], out_shape[3], CB), np.uint8)
+        _pool.max_pool_u8(x.data, y, *geo, cpu.resolve_threads(n_threads))
+        return BlockedTensor(y, out_shape, "activation", scale=x.scale, precision="int8"), None
     geo, out_shape = _geometry(x, kernel, stride, padding, "max_pool2d")
     y = np.empty((out_shape[0], x.data.shape[1], out_shape[2], out_shape[3], CB), np.float32)
     arg = np.empty(y.shape, np.int32)

@@ -526,11 +526,15 @@ class ActivationCalibrator:
     def scale(self):
         return self.scale_for(8)
 
-    def scale_for(self, bits):
+    def scale_for(self, bits, unsigned=None):
         """The scale of codes `bits` wide: 8 (`scale`), or 7 (quantized.to_int8_blocked(bits=7):
-        the largest |x| / 127 unsigned, / 63 signed)."""
+        the largest |x| / 127 unsigned, / 63 signed).  unsigned: None follows the data (`unsigned`);
+        False asks for signed codes whatever was seen (a tensor that may go negative later)."""
         self._require()
-        levels, _ = u8_code_range(check_activation_bits(bits, "ActivationCalibrator.scale_for"), self.unsigned)
+        if unsigned not in (None, False):
+            raise ValueError(f"ActivationCalibrator.scale_for: unsigned must be None or False, got {unsigned!r}")
+        levels, _ = u8_code_range(check_activation_bits(bits, "ActivationCalibrator.scale_for"),
+                                  self.unsigned if unsigned is None else False)
         return _int8_scale(self.absmax, levels)
 
     def _require(self):

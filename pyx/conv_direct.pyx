@@ -152,13 +152,16 @@ cdef int run_item(const dlcpu_conv_plan_t *g, int64_t item, const brgemm_operand
 
 def conv2d_forward(const brgemm_operand[::1] x, const brgemm_operand[::1] w, const float[::1] bias,
                    conv_output[::1] y, ConvPlanStruct plan, const int64_t[::1] a_offs, const int64_t[::1] b_offs,
-                   int n_threads, bint native=False, tuple integer=None, int fill=0):
+                   int n_threads, bint native=False, tuple integer=None, int fill=0,
+                   const uint8_t[::1] residual=None, float residual_scale=0):
     """Run a planned forward convolution on blocked buffers (flattened, C-contiguous), fp32 output:
     fp32; bf16 input and VNNI-paired bf16 weights (native: VDPBF16PS); or integer operands with
     `integer` describing the call (dlcpu_kernels.integer_call: uint8 x and int8 weights viewed as
     uint8, or int16 both; native: VPDPBUSD / VPDPWSSD) and `fill` the byte that pads x (128 for
     u8 activations with zero point 128).  y is fp32, or uint8 for an int8 call whose description
-    asks for a u8 output (requantized in the kernels' epilogue).
+    asks for a u8 output (requantized in the kernels' epilogue).  residual (u8 output only): u8
+    codes laid out as y, added times residual_scale before the clamp (brgemm_int.h's res_scale;
+    their zero point is in the bias).
 
     Extents were checked in dlcpu/conv.py.  Returns the number of kernel calls that failed: 0,
     since the plan was checked against the tile table when it was made (a failed scratch
@@ -181,6 +184,14 @@ def conv2d_forward(const brgemm_operand[::1] x, const brgemm_operand[::1] w, con
             raise ValueError("conv2d_forward: a uint8 output needs an int8 call that asks for one")
     elif q != NULL and q_int.out_u8 != 0:
         raise ValueError("conv2d_forward: a call that asks for a uint8 output needs a uint8 y")
+    if residual is not None:
+        if conv_output is not uint8_t:
+            raise ValueError("conv2d_forward: a residual joins a uint8 output only")
+        if residual.shape[0] != y.shape[0] or residual_scale == 0:
+            raise ValueError(f"conv2d_forward: the residual must have y's {y.shape[0]} codes and a nonzero scale, "
+                             f"got {residual.shape[0]} and {residual_scale}")
+        q_int.res_scale = residual_scale
+        q_int.res_offset = <int64_t>(<const char *>&residual[0] - <const char *>&y[0])
 
     with nogil, parallel(num_threads=n_threads):
         # Per-thread tile, allocated inside the region so its pages are first touched by the

@@ -68,6 +68,8 @@ cdef extern from "brgemm_int.h" nogil:
         int block_groups
         const int32_t *comp
         int out_u8
+        float res_scale
+        int64_t res_offset
     int dlcpu_brgemm_int(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const void *a0, const void *b0,
                          int isa, int native)
 
@@ -141,6 +143,8 @@ cdef inline dlcpu_brgemm_int_t integer_call(tuple spec) except *:
     cdef const int32_t[::1] comp
     fmt, flush_steps, flush_blocks, scale_a, block_a, block_groups, comp_a = spec[:7]
     q.out_u8 = 0
+    q.res_scale = 0
+    q.res_offset = 0
     if len(spec) > 7:
         if spec[7:] not in (("u8",), ("u7",)):
             raise ValueError(f"integer_call: the optional last element asks for u8 output codes with 'u8' (codes "

@@ -14,13 +14,15 @@ Padding taps are skipped, never read.  Each (image, block) plane is written by o
 fixed order, so results do not depend on the thread count.  dlcpu/pool.py has checked every
 extent before these run.
 """
-from libc.stdint cimport int64_t, int32_t
+from libc.stdint cimport int64_t, int32_t, uint8_t
 from libc.string cimport memset
 from cython.parallel cimport prange
 
 cdef extern from "pool_f32.h" nogil:
     void dlcpu_max_window(int isa, const float *plane, int64_t W, int64_t h0, int64_t w0, int64_t r0,
                           int64_t r1, int64_t s0, int64_t s1, float *y16, int32_t *arg16)
+    void dlcpu_max_window_u8(const uint8_t *plane, int64_t W, int64_t h0, int64_t w0, int64_t r0, int64_t r1,
+                             int64_t s0, int64_t s1, uint8_t *y16)
 
 cdef enum:
     POOL_MAX = 0
@@ -113,6 +115,23 @@ def pool_pass(const float[:, :, :, :, ::1] src, float[:, :, :, :, ::1] dst, int3
                     route_to_winners(&dst[n, cb, 0, 0, 0], H * W, &arg[n, cb, p, q, 0], &src[n, cb, p, q, 0])
                 else:
                     spread_window(&dst[n, cb, 0, 0, 0], W, win, scale, &src[n, cb, p, q, 0])
+
+
+def max_pool_u8(const uint8_t[:, :, :, :, ::1] x, uint8_t[:, :, :, :, ::1] y, int R, int S, int sh, int sw,
+                int ph, int pw, int n_threads):
+    """Max pooling of u8 codes (a quantized model's activations), forward only: y = the largest
+    code in each window, lane by lane (pool_f32.h's dlcpu_max_window_u8)."""
+    cdef int64_t N = y.shape[0], Cb = y.shape[1], H = x.shape[2], W = x.shape[3], P = y.shape[2], Q = y.shape[3]
+    cdef int64_t nc, n, cb, p, q
+    cdef window_t win
+    for nc in prange(N * Cb, nogil=True, schedule='static', num_threads=n_threads):
+        n = nc // Cb
+        cb = nc % Cb
+        for p in range(P):
+            for q in range(Q):
+                win = window_at(p, q, R, S, sh, sw, ph, pw, H, W)
+                dlcpu_max_window_u8(&x[n, cb, 0, 0, 0], W, win.h0, win.w0, win.r0, win.r1, win.s0, win.s1,
+                                    &y[n, cb, p, q, 0])
 
 
 # Global average pooling: the bridge from a blocked activation to a Linear layer's (N, C) rows.

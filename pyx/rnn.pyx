@@ -304,6 +304,8 @@ cdef inline int recurrent_gemm(dlcpu_brgemm_f32_t *p, const float *a, int64_t a_
         q.block_groups = bufs.block_groups
     q.comp = NULL
     q.out_u8 = 0
+    q.res_scale = 0
+    q.res_offset = 0
     return dlcpu_brgemm_int(p, &q, bufs.w + a_off * bufs.elem, bufs.shadow + bq_off * bufs.elem, bufs.isa,
                             bufs.native)
 

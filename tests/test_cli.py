@@ -470,6 +470,19 @@ def test_bench_infer_resnet50_bf16_json():
     assert r["fp32"]["images_per_second"] > 0 and r["fp32"]["speedup"] > 0
 
 
+@needs_torch
+def test_bench_infer_resnet50_int8_json():
+    """--precision int8: nn.quantize's model against PyTorch's FX-quantized twin, both calibrated on
+    the images, with dlcpu fp32 in the same rounds and each side's logits error against fp32."""
+    res = run("bench", "infer", "resnet50", "--batch", "2", "--image", "32", "--threads", "1", "--repeats", "1",
+              "--compare", "torch", "--precision", "int8", "--no-memory", "--json")
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout)["infer_resnet50"][0]
+    assert r["precision"] == "int8" and "FX-quantized int8" in r["peer"]["name"]
+    assert r["fp32"]["speedup"] > 0 and r["peer"]["ratio"] > 0
+    assert 0 < r["error_vs_fp32"]["dlcpu"] < 0.1 and 0 < r["error_vs_fp32"]["torch"] < 0.1
+
+
 def test_bench_model_bad_options():
     for args, match in ((("train", "resnet50", "--image", "16"), "--image"), (("infer", "resnet50", "--batch", "0"), "--batch"),
                         (("train", "resnet50", "--precision", "int8"), "'--precision': must be one of fp32, bf16"),

@@ -30,6 +30,30 @@ def test_max_pool(monkeypatch, rng, isa, case):
 
 
 @pytest.mark.parametrize("case", POOLS, ids=str)
+@pytest.mark.parametrize("bits", [8, 7])
+def test_max_pool_of_u8_codes(monkeypatch, rng, case, bits):
+    """u8 codes (a quantized model's) pool to the codes of the pooled values, exactly: the max
+    code of each window, with the input's scale and zero point, at 1 and all threads; the
+    padded channels keep the zero point; no backward."""
+    n, c, h, w, k, s, p = case
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    xq = dlcpu.quantized.to_int8_blocked(x, bits=bits)
+    want = ref.max_pool2d(dlcpu.layout.from_blocked(dlcpu.layout.BlockedTensor(xq.data.astype(np.float32), x.shape)),
+                          k, s, p)
+    for threads in ("1", str(max_threads())):
+        monkeypatch.setenv("DLCPU_NUM_THREADS", threads)
+        y, saved = pool.max_pool2d(xq, k, s, p)
+        assert saved is None and y.precision == "int8" and y.scale == xq.scale
+        codes = dlcpu.layout.from_blocked(dlcpu.layout.BlockedTensor(y.data.astype(np.float32), y.shape))
+        assert np.array_equal(codes, want)
+        assert np.array_equal(y.numpy(), ref.max_pool2d(xq.numpy(), k, s, p))
+        if c % 16:
+            assert (y.data[:, -1, :, :, c % 16:] == xq.scale[1]).all()
+    with pytest.raises(TypeError, match="MaxPoolSaved"):
+        pool.max_pool2d_backward(dlcpu.to_blocked(np.zeros(y.shape, np.float32)), saved)
+
+
+@pytest.mark.parametrize("case", POOLS, ids=str)
 def test_avg_pool(rng, case):
     n, c, h, w, k, s, p = case
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)

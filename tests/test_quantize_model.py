@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import max_threads
 
 import dlcpu
 from dlcpu import nn
@@ -288,3 +289,195 @@ def test_quantize_cli_7bit_activations(trained, tmp_path):
     data = json.loads(res.stdout)
     assert data["act_bits"] == 7 and nn.load(out).args["act_bits"] == 7
     assert data["rows"][1]["test_accuracy"] > data["rows"][0]["test_accuracy"] - 0.02
+
+
+# ----------------------------------------------------------------- u8 activations between layers
+def unfolded(q, block_ends_only=False):
+    """A copy of the quantized model `q` whose layers run one by one (no batch norm folded, no
+    block end in an epilogue; block_ends_only: only the block ends unfolded): what the folds
+    must reproduce to within one code per layer."""
+    copy = nn.Quantized(q.args["model"], q.args["to"], q.args["block"], q.args["residual"], linear=q.args["linear"],
+                        act_bits=q.args["act_bits"])
+    copy.load_state(q.state())
+    for m in copy._walk():
+        if isinstance(m, nn.Conv2d):
+            m.quant.out_scale = m.quant.ends_block = None
+            if not block_ends_only:
+                m.quant.fold = None
+        if isinstance(m, nn.BatchNorm2d) and not block_ends_only:
+            m.folded = False
+    return copy
+
+
+def randomize_batch_norms(model, rng):
+    for m in model._walk():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.C
+            m.running_mean[:c] = rng.uniform(-0.3, 0.3, c)
+            m.running_var[:c] = rng.uniform(0.5, 2.0, c)
+            m.weight.data[:c] = rng.uniform(0.5, 1.5, c)
+            m.bias.data[:c] = rng.uniform(-0.3, 0.3, c)
+
+
+@pytest.mark.parametrize("bits", [8, 7])
+def test_int8_blocks_hand_u8_codes_to_each_other(trained, bits):
+    """In an int8 digits CNN, bn1 of each block folds into conv1, the shortcut's batch norm
+    into its convolution, and each block's end into its last convolution: the blocks hand u8
+    codes to each other (the first block's output is the second's input codes), and the model
+    gives the logits and accuracy of the same layers run one by one."""
+    model, _, data, calibration = trained
+    q = nn.quantize(model, "int8", calibration, act_bits=bits)
+    blocks = [m for m in q._walk() if isinstance(m, nn.BasicBlock)]
+    assert len(blocks) == 2
+    for b in blocks:
+        assert b.conv1.quant.fold == (b.bn1, b.conv2, ()) and b.bn1.folded and b.bn2.folded
+        assert b.conv2.quant.ends_block is not None and b.conv2.quant.out_scale > 0
+    sc = blocks[1].shortcut[0].quant
+    assert sc.fold[1] == "residual" and sc.out_scale > 0
+    seen = []
+    handle = blocks[1].register_output_hook(lambda m, y: seen.append(y) or y)
+    x = training.image_batch(data.x_test[:64])
+    with nn.inference_mode():
+        blocks[0].register_output_hook(lambda m, y: seen.append(y) or y)
+        q(x)
+    handle.remove()
+    # hooks on the blocks themselves do not stop the folds inside them
+    assert all(y.precision == "int8" and y.dtype == np.uint8 for y in seen)
+    assert seen[0].scale == blocks[1].conv1.quant.input_format()[:2]
+    assert seen[0].data.max() <= (1 << bits) - 1
+    ref = unfolded(q)
+    got, want = logits(q, data), logits(ref, data)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.02
+    assert abs(training.evaluate(q, data.x_test, data.y_test) - training.evaluate(ref, data.x_test, data.y_test)) \
+        <= 0.005
+
+
+@pytest.mark.parametrize("bits", [8, 7])
+@pytest.mark.parametrize("downsample", [False, True])
+def test_folded_bottleneck_codes_are_the_layers_codes(rng, monkeypatch, bits, downsample):
+    """A bottleneck with random batch-norm statistics, int8: the block's u8 output codes equal,
+    within one code (and exactly away from ties), the codes of the float64 block end computed
+    from the codes its own layers handed over -- bn3 and the residual folded into conv3's
+    epilogue, bn1 / bn2 / the shortcut's batch norm into theirs -- at 1 and all threads."""
+    from dlcpu.nn.resnet import Bottleneck
+
+    block = Bottleneck(32, 16 if downsample else 8, 2 if downsample else 1, seed=3)
+    randomize_batch_norms(block, rng)
+    x = np.maximum(rng.standard_normal((2, 32, 9, 9)), 0).astype(np.float32)
+    xb = dlcpu.layout.to_blocked(x)
+    q = nn.quantize(block, "int8", [xb], act_bits=bits)
+    inner = q.inner
+    assert inner.conv3.quant.ends_block is not None and inner.bn3.folded
+    outs = []
+    for threads in ("1", str(max_threads())):
+        monkeypatch.setenv("DLCPU_NUM_THREADS", threads)
+        with nn.inference_mode():
+            outs.append(q(xb))
+    assert np.array_equal(outs[0].data, outs[1].data)
+    y = outs[0]
+    top = (1 << bits) - 1
+    assert y.precision == "int8" and y.scale == (np.float32(inner.conv3.quant.out_scale).item(), 0)
+    with nn.inference_mode():
+        xq = inner.conv1.quant.input_codes(xb)
+        h = inner.bn2(inner.conv2(inner.bn1(inner.conv1(xq))))      # conv2's codes, as the fold reads them
+        s = xq
+        for m in inner.downsample:
+            s = m(s)
+        assert h.precision == "int8" and s.precision == "int8"
+    k = inner.conv3.args["out_channels"]
+    w = dlcpu.quantized.dequantize(inner.conv3.quant.weights)
+    conv = dlcpu._reference.conv2d_forward(h.numpy().astype(np.float64),
+                                           dlcpu.layout.unblock_weights(dlcpu.layout.BlockedTensor(
+                                               w, inner.conv3.quant.weights.shape, "weight")).astype(np.float64),
+                                           None, (1, 1), (0, 0))
+    bn = inner.bn3
+    inv = bn.weight.data[:k].astype(np.float64) / np.sqrt(bn.running_var[:k].astype(np.float64) + bn.eps)
+    v = (conv - bn.running_mean[:k, None, None].astype(np.float64)) * inv[:, None, None] \
+        + bn.bias.data[:k, None, None] + s.numpy().astype(np.float64)
+    v = np.maximum(v, 0) / y.scale[0]
+    want = np.clip(np.rint(v), 0, top)
+    got = dlcpu.layout.from_blocked(dlcpu.layout.BlockedTensor(y.data.astype(np.float32), y.shape))
+    assert np.abs(got - want).max() <= 1
+    away = np.abs(np.abs(v - np.floor(v)) - 0.5) > 1e-3
+    assert np.array_equal(got[away], want[away])
+    assert (got == 0).any() and got.max() >= top // 2
+
+
+def test_folds_step_aside_for_hooks_and_negative_gammas(trained):
+    """An output hook on a folded batch norm sees its fp32 output (the fold does not apply at
+    that call), and so does a block whose batch norm has gamma <= 0 in a channel; the model
+    then gives the logits of its layers run one by one."""
+    model, _, data, calibration = trained
+    q = nn.quantize(model, "int8", calibration)
+    ref = unfolded(q)
+    block = next(m for m in q._walk() if isinstance(m, nn.BasicBlock))
+    seen = []
+    with block.bn1.register_output_hook(lambda m, y: seen.append(y.precision) or y), \
+            block.bn2.register_output_hook(lambda m, y: seen.append(y.precision) or y):
+        with_hooks = logits(q, data).copy()
+    assert seen == ["fp32", "fp32"]
+    assert np.linalg.norm(with_hooks - logits(ref, data)) / np.linalg.norm(logits(ref, data)) < 0.02
+    block.bn1.weight.data[:3] *= 2            # a batch norm changed in place: the folds follow it
+    fresh = nn.Quantized(q.args["model"], "int8", linear=True)
+    fresh.load_state(q.state())
+    assert np.array_equal(logits(q, data), logits(fresh, data))
+    block.bn2.weight.data[0] = -block.bn2.weight.data[0]
+    ref.load_state(q.state())
+    assert block.conv2.quant.block_end(block.conv1) is None
+    assert np.linalg.norm(logits(q, data) - logits(unfolded(q), data)) < 0.02 * np.linalg.norm(logits(ref, data))
+
+
+def test_u8_block_outputs_save_load_and_old_files(trained, tmp_path):
+    """The block ends' output scales are saved; a file without them (written before the block
+    ends were folded) loads and runs its block ends one by one; a bad scale or u8 codes of
+    another scale are refused."""
+    model, _, data, calibration = trained
+    q = nn.quantize(model, "int8", calibration)
+    entries = saved_entries(q, tmp_path)
+    scales = [k for k in entries if k.endswith("out_scale")]
+    assert len(scales) == 3                       # two block ends and the second block's shortcut
+    old = {k: v for k, v in entries.items() if not k.endswith("out_scale")}
+    path = tmp_path / "old.npz"
+    np.savez(path, **old)
+    loaded = nn.load(path)
+    assert all(m.quant.out_scale is None for m in loaded._walk() if isinstance(m, nn.Conv2d))
+    assert np.array_equal(logits(loaded, data), logits(unfolded(q, block_ends_only=True), data))
+    bad = dict(entries)
+    bad[scales[0]] = np.array(-1.0, np.float32)
+    np.savez(path, **bad)
+    with pytest.raises(ValueError, match="out_scale.*finite float scalar > 0"):
+        nn.load(path)
+    block = [m for m in q._walk() if isinstance(m, nn.BasicBlock)][1]
+    x = dlcpu.quantized.to_int8_blocked(np.ones((2, 16, 8, 8), np.float32), 0.5, unsigned=True)
+    with pytest.raises(ValueError, match="u8 input must hold 8-bit codes of scale"), nn.inference_mode():
+        block(x)
+
+
+def test_quantized_resnet_hands_u8_codes_from_the_stem_on(rng):
+    """A quantized ResNet: the stem convolution folds bn1 and its ReLU and writes the first
+    block's input codes, which the max pool pools as codes; every block end is folded.  The
+    logits are those of the layers run one by one (to the codes' rounding), and a hook on the
+    max pool sees fp32 (the stem then runs one by one)."""
+    from dlcpu.nn.resnet import ResNet
+
+    model = ResNet("bottleneck", [1, 2, 1, 1], num_classes=10, seed=1)
+    randomize_batch_norms(model, rng)
+    model.eval()
+    x = np.abs(rng.standard_normal((2, 3, 40, 40))).astype(np.float32)
+    q = nn.quantize(model, "int8", [x])
+    inner = q.inner
+    assert inner.conv1.quant.fold == (inner.bn1, inner.layer1.modules[0].conv1, (inner.maxpool,))
+    blocks = [m for m in inner._walk() if type(m).__name__ == "Bottleneck"]
+    assert len(blocks) == 5 and all(b.conv3.quant.ends_block is not None for b in blocks)
+    seen = []
+    forward = inner.maxpool._forward
+    inner.maxpool._forward = lambda v: (seen.append(v.precision), forward(v))[1]
+    with nn.inference_mode():
+        got = q(x)
+        want = unfolded(q)(x)
+    assert seen == ["int8"]
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.03
+    seen.clear()
+    with inner.maxpool.register_output_hook(lambda m, y: y), nn.inference_mode():
+        hooked = q(x)
+    assert seen == ["fp32"] and np.linalg.norm(hooked - want) / np.linalg.norm(want) < 0.03

@@ -165,6 +165,64 @@ def test_int8_u8_output_codes_are_the_float64_codes(rng, monkeypatch, isa, nativ
     assert again.data is y8.data and np.array_equal(again.data, y8.data)
 
 
+@pytest.mark.parametrize("out_bits", [8, 7])
+@pytest.mark.parametrize("relu", [False, True])
+def test_int8_residual_joins_the_u8_epilogue(rng, monkeypatch, out_bits, relu):
+    """residual: u8 codes r (scale s_r, zero point z_r) join before the clamp, code =
+    clamp(rint(v / s_out + (s_r / s_out) (r - z_r) + z), 0, top) -- a ResNet block end in the
+    epilogue -- within one code of float64 and equal away from ties, bit for bit on every path;
+    signed and unsigned residuals, 1x1 and strided 3x3 layers."""
+    top = (1 << out_bits) - 1
+    reached = set()
+    for c, k, r, stride, pad in ((64, 40, 1, 1, 0), (20, 33, 3, 2, 1)):
+        x = rng.uniform(0, 1, (2, c, 9, 11)).astype(np.float32)
+        w = rng.uniform(-1, 1, (k, c, r, r)).astype(np.float32)
+        b = rng.uniform(-1, 1, k).astype(np.float32)
+        xq, wq = Q.to_int8_blocked(x), Q.block_weights_int8(w)      # as dequantized_reference quantizes them
+        y32 = dlcpu.conv2d(xq, wq, b, stride, pad, precision="int8", isa="scalar")
+        for signed in (True, False):
+            res = rng.uniform(-1 if signed else 0, 1, y32.shape).astype(np.float32) * float(np.abs(y32.data).max())
+            rq = Q.to_int8_blocked(res, bits=out_bits)
+            s_out = float(np.float32(np.abs(y32.data).max() / 150))    # both clamps reached
+            act = "relu" if relu else None
+            codes = []
+            for isa, native in PATHS:
+                set_native(monkeypatch, native)
+                codes.append(dlcpu.conv2d(xq, wq, b, stride, pad, act, precision="int8", isa=isa, out_scale=s_out,
+                                          out_bits=out_bits, residual=rq))
+            assert all(np.array_equal(cd.data, codes[0].data) for cd in codes[1:])
+            z = 0 if relu else (top + 1) // 2
+            assert codes[0].scale == (s_out, z)
+            v = (dequantized_reference(x, w, None, stride, pad, "int8") + b.astype(np.float64)[None, :, None, None]
+                 + rq.numpy().astype(np.float64)) / s_out
+            v = np.maximum(v, 0) if relu else v
+            want = np.clip(np.rint(v + z), 0, top)
+            got = layout.from_blocked(layout.BlockedTensor(codes[0].data.astype(np.float32), y32.shape))
+            assert np.abs(got - want).max() <= 1
+            away = np.abs(np.abs(v + z - np.floor(v + z)) - 0.5) > 1e-3
+            assert np.array_equal(got[away], want[away])
+            reached.update({top} & set(np.unique(got)) | {0} & set(np.unique(got)))
+    assert reached == {0, top}                                           # both clamps were exercised
+
+
+def test_int8_residual_bad_input(rng):
+    x = Q.to_int8_blocked(rng.uniform(0, 1, (1, 16, 6, 6)).astype(np.float32))
+    w = Q.block_weights_int8(rng.uniform(-1, 1, (16, 16, 1, 1)).astype(np.float32))
+    y = dlcpu.conv2d(x, w, precision="int8", out_scale=0.1)
+    with pytest.raises(ValueError, match="go with out_scale"):
+        dlcpu.conv2d(x, w, precision="int8", residual=y)
+    with pytest.raises(TypeError, match="u8 activation BlockedTensor"):
+        dlcpu.conv2d(x, w, precision="int8", out_scale=0.1, residual=layout.to_blocked(np.ones((1, 16, 6, 6),
+                                                                                              np.float32)))
+    with pytest.raises(ValueError, match="the output's shape"):
+        dlcpu.conv2d(x, w, precision="int8", out_scale=0.1, stride=2, residual=y)
+    with pytest.raises(ValueError, match="out= and residual|overlap|alias"):
+        dlcpu.conv2d(x, w, precision="int8", out_scale=0.1, residual=y, out=y)
+    with pytest.raises(ValueError, match="residual= yet"):
+        dlcpu.conv2d(x, P.ternarize(rng.uniform(-1, 1, (16, 16, 1, 1)).astype(np.float32)), precision="ternary",
+                     residual=y)
+
+
 # ---------------------------------------------------------------------------- int32 chain bound
 def test_chain_schedule_is_the_int32_bound():
     steps, blocks = Q.chain_schedule("int8")
@@ -342,7 +400,7 @@ def torch_quantized_conv(torch, x, w, s_x, s_w, s_out):
     (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), w, precision="int8", out_bits=7), ValueError,
      "without out_scale the output is fp32"),
     (lambda x, w: dlcpu.conv2d(x, P.ternarize(w), precision="ternary", out_bits=7), ValueError,
-     "no out=, out_scale= or out_bits="),
+     "no out=, out_scale=, out_bits= or"),
     (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), w, precision="int8", out_scale=0.1, out_bits=7,
                                out=dlcpu.conv2d(layout.to_blocked(x), w, precision="int8", out_scale=0.1)),
      ValueError, "this call writes"),

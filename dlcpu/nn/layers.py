@@ -14,7 +14,7 @@ from ..conv import conv2d, conv2d_backward
 from ..gemm import matmul, pack_matmul_operand
 from ..layout import CB, BlockedTensor, block_weights, n_blocks, to_bf16_blocked, unblock_weights
 from ..precision import bf16_bits_to_fp32
-from ..quantized import to_dfp16_blocked
+from ..quantized import dequantize, to_dfp16_blocked
 from .module import (
     Module,
     Parameter,
@@ -130,9 +130,13 @@ class Conv2d(Module):
 
 
 def _widened(t, precision):
-    """A bf16 activation as fp32 for a layer that does not run bf16 (exact), else t."""
+    """A bf16 activation as fp32 for a layer that does not run bf16 (exact), u8 codes (a
+    quantized block's output) as the fp32 values they stand for for a layer that does not read
+    them, else t."""
     if t.precision == "bf16" and precision != "bf16":
         return BlockedTensor(bf16_bits_to_fp32(t.data), t.shape)
+    if t.precision == "int8" and precision != "int8":
+        return BlockedTensor(dequantize(t), t.shape)
     return t
 
 
@@ -145,15 +149,47 @@ def _reads_bf16(layer, gradient=False):
     return "bf16" if ok and not (gradient and layer.bias is not None) else "fp32"
 
 
-def link_batchnorm(bn, before, after):
+def link_batchnorm(bn, before, after, through=()):
     """Mixed precision: `bn` writes its output in `after`'s format and its input gradient in
     `before`'s, where that layer is a bf16 convolution that reads it directly (None: no such
     layer, or the tensor has other readers: a residual sum, a pool; `before` with a bias keeps
     an fp32 gradient).  The bf16 patterns are the ones that convolution would round the fp32
     tensor to, without the fp32 tensor's pass through memory: 2 of the digits CNN's 5 forward
-    conversions and 6 of its backward ones."""
+    conversions and 6 of its backward ones.  In a quantized model, an int8 `before` folds `bn`
+    when a quantized convolution reads its output: `after` itself, or the block `after` begins
+    with (its first_conv), past `through` (a max pool, which pools u8 codes as they are)."""
     bn.dx_precision = _reads_bf16(before, gradient=True)
-    bn.out_precision = _reads_bf16(after)
+    bn.out_precision = "fp32" if through else _reads_bf16(after)
+    if isinstance(before, Conv2d) and before.quant is not None:
+        reader = after if isinstance(after, Conv2d) else getattr(after, "first_conv", None)
+        before.quant.link_output(bn, reader, through)   # nn.quantize: folded into an int8 epilogue
+    else:
+        bn.folded = False
+
+
+def link_residual(last, bn, relu, shortcut):
+    """A block's end relu(bn(last(h)) + shortcut(x)), after link_batchnorm on its batch norms:
+    in a quantized model, the block's last convolution folds the end into its epilogue and the
+    shortcut's convolution its batch norm (nn.quantize's ConvQuantization)."""
+    from .quantize import RESIDUAL
+
+    if last.quant is None:
+        return
+    if shortcut and shortcut[0].quant is not None:
+        shortcut[0].quant.link_output(shortcut[1], RESIDUAL)
+    last.quant.link_residual(bn, relu, shortcut)
+
+
+def quantized_block(first, last, main, x):
+    """A quantized block's output as u8 codes, its end folded into `last` (link_residual), or
+    None where that cannot apply at this call (the block then runs its layers one by one).
+    main(codes): the input of `last` from the block input's codes, which `first` and the
+    shortcut share."""
+    end = None if last.quant is None else last.quant.block_end(first)
+    if end is None:
+        return None
+    x = first.quant.input_codes(x)
+    return end(main(x), x)
 
 
 @register
@@ -169,6 +205,9 @@ class BatchNorm2d(Module):
 
     out_precision = "fp32"
     dx_precision = "fp32"
+    #: True in a quantized model whose int8 convolution before it applies it (and its ReLU) in
+    #: its epilogue (nn.quantize's ConvQuantization.link_output): the u8 codes it writes pass
+    folded = False
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, relu=False):
         super().__init__()
@@ -196,6 +235,9 @@ class BatchNorm2d(Module):
         """relu(bn(x) (+ residual)); residual and relu (default: the layer's own) are for a
         ResNet block's fused end (residual_end), whose backward takes the gradient of the sum."""
         _expect_blocked(x, self.describe(), self.C)
+        if self.folded and x.precision == "int8":
+            return x            # applied by the int8 convolution that wrote these codes
+        x = _widened(x, "fp32")
         y, self._saved = norm.batchnorm_forward(x, self.weight.data, self.bias.data, self.running_mean,
                                                 self.running_var, self.training, eps=self.eps,
                                                 momentum=self.momentum,
@@ -234,7 +276,10 @@ class BatchNorm2d(Module):
 
 class _OneCall(Module):
     """A parameterless layer whose forward is one library call: subclasses define
-    _forward(x) -> (y, what the backward needs) and _backward(dy, that)."""
+    _forward(x) -> (y, what the backward needs) and _backward(dy, that).  `reads`: the format
+    its input is widened to unless it is in it already (the max pool takes u8 codes too)."""
+
+    reads = "fp32"
 
     def __init__(self):
         super().__init__()
@@ -243,7 +288,7 @@ class _OneCall(Module):
 
     def forward(self, x):
         _expect_blocked(x, self.describe(), None)
-        y, self._saved = self._forward(x)
+        y, self._saved = self._forward(_widened(x, self.reads))
         return y
 
     def backward(self, dy):
@@ -285,6 +330,8 @@ class _Pool2d(_OneCall):
 
 @register
 class MaxPool2d(_Pool2d):
+    reads = "int8"          # u8 codes pool as they are (a quantized model's stem: pool.max_pool2d)
+
     def _forward(self, x):
         return pool.max_pool2d(x, *self._window())   # (y, MaxPoolSaved)
 
@@ -445,19 +492,25 @@ def residual_end(bn, relu, h, shortcut):
 
 
 def shortcut_forward(shortcut, x):
-    """A residual block's shortcut: its layers in turn (a strided 1x1 conv + BN), or x itself."""
+    """A residual block's shortcut: its layers in turn (a strided 1x1 conv + BN), or x itself,
+    as fp32 (the residual sum's operand)."""
     for m in shortcut:
         x = m(x)
-    return x
+    return _widened(x, "fp32")
 
 
 def shared_input(first, shortcut, x):
     """x for a block's first conv and its shortcut conv, both of which read it: converted once
     when both run in the same low-precision format (a second conversion of the same activation
-    was 12-19 us of a digits step's 16 -> 32 block at batch 64), else x as it is (each layer
-    converts its own)."""
-    if shortcut and isinstance(shortcut[0], Conv2d) and shortcut[0].precision == first.precision != "fp32" \
-            and first.quant is None and shortcut[0].quant is None:
+    was 12-19 us of a digits step's 16 -> 32 block at batch 64), quantized once to u8 when both
+    are quantized with the same input scale, else x as it is (each layer converts its own)."""
+    if not (shortcut and isinstance(shortcut[0], Conv2d)):
+        return x
+    if first.quant is not None and shortcut[0].quant is not None:
+        # nn.quantize: both calibrated on this tensor, so their u8 codes are the same
+        same = first.quant.input_format() == shortcut[0].quant.input_format()
+        return first.quant.input_codes(x) if same else x
+    if shortcut[0].precision == first.precision != "fp32" and first.quant is None and shortcut[0].quant is None:
         return first.format_input(x)
     return x
 
@@ -498,6 +551,11 @@ class BasicBlock(Module):
     def children(self):
         return [self.conv1, self.bn1, self.conv2, self.bn2, self.relu_out, *self.shortcut]
 
+    @property
+    def first_conv(self):
+        """The convolution that reads the block's input (with the shortcut)."""
+        return self.conv1
+
     def named_state_children(self):
         """torchvision's names: conv1, bn1, conv2, bn2 and the shortcut as downsample.0/.1."""
         names = ["conv1", "bn1", "conv2", "bn2", "relu"] + [f"downsample.{j}" for j in range(len(self.shortcut))]
@@ -505,6 +563,10 @@ class BasicBlock(Module):
 
     def forward(self, x):
         _expect_blocked(x, self.describe(), self.args["in_channels"])
+        y = quantized_block(self.conv1, self.conv2, lambda v: self.bn1(self.conv1(v)), x)
+        if y is not None:
+            self._y = y
+            return y
         x = shared_input(self.conv1, self.shortcut, x)
         h = self.conv2(self.bn1(self.conv1(x)))
         self._y = residual_end(self.bn2, self.relu_out, h, shortcut_forward(self.shortcut, x))
@@ -520,6 +582,7 @@ class BasicBlock(Module):
         link_batchnorm(self.bn2, self.conv2, None)      # its output: the residual sum
         if self.shortcut:
             link_batchnorm(self.shortcut[1], self.shortcut[0], None)
+        link_residual(self.conv2, self.bn2, self.relu_out, self.shortcut)
 
     def describe(self):
         a = self.args

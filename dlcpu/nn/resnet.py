@@ -29,6 +29,8 @@ from .layers import (
     ReLU,
     Sequential,
     link_batchnorm,
+    link_residual,
+    quantized_block,
     residual_backward,
     residual_end,
     shared_input,
@@ -65,6 +67,11 @@ class Bottleneck(Module):
     def children(self):
         return [self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3, self.relu, *self.downsample]
 
+    @property
+    def first_conv(self):
+        """The convolution that reads the block's input (with the shortcut)."""
+        return self.conv1
+
     def named_state_children(self):
         names = ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "relu"]
         names += [f"downsample.{j}" for j in range(len(self.downsample))]
@@ -72,6 +79,10 @@ class Bottleneck(Module):
 
     def forward(self, x):
         _expect_blocked(x, self.describe(), self.args["in_channels"])
+        y = quantized_block(self.conv1, self.conv3, lambda v: self.bn2(self.conv2(self.bn1(self.conv1(v)))), x)
+        if y is not None:
+            self._y = y
+            return y
         x = shared_input(self.conv1, self.downsample, x)
         h = self.conv3(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
         self._y = residual_end(self.bn3, self.relu, h, shortcut_forward(self.downsample, x))
@@ -88,6 +99,7 @@ class Bottleneck(Module):
         link_batchnorm(self.bn3, self.conv3, None)      # its output: the residual sum
         if self.downsample:
             link_batchnorm(self.downsample[1], self.downsample[0], None)
+        link_residual(self.conv3, self.bn3, self.relu, self.downsample)
 
     def describe(self):
         a = self.args
@@ -174,7 +186,8 @@ class ResNet(Module):
         self.conv1.backward(self.bn1.backward(self.maxpool.backward(g)))   # no input gradient: None
 
     def link_formats(self):
-        link_batchnorm(self.bn1, self.conv1, None)      # its output: the max pool
+        # its output: the max pool, then the first block (a quantized stem hands it u8 codes)
+        link_batchnorm(self.bn1, self.conv1, self.layer1.modules[0], through=[self.maxpool])
 
     def describe(self):
         a = self.args

@@ -67,6 +67,13 @@ typedef struct {
                                  * for a next layer that reads them), beta 0: the multipliers and
                                  * the bias arrive in code units, the zero point inside the bias,
                                  * and C = min(rint(max(v, 0)), out_u8) (below) */
+    float res_scale;            /* u8 output only, 0: none.  Else a residual joins before the
+                                 * clamp, v += res_scale * r with r the u8 code res_offset bytes
+                                 * after the output's (a tensor laid out as C: the shortcut of a
+                                 * ResNet block, whose zero point the caller folded into the
+                                 * bias), as oneDNN's sum post-op: relu(conv + shortcut) in u8
+                                 * with no fp32 tensor and no pass of its own */
+    int64_t res_offset;
 } dlcpu_brgemm_int_t;
 
 /* The u8 code of one output value v, already in code units (the caller folded 1/s_out into the
@@ -130,6 +137,10 @@ static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
 dlcpu_bri_store_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, __m512 v, int g, int t, const int NC)
 {
     if (q->out_u8) {
+        if (q->res_scale != 0.0f) {
+            const __m128i r = _mm_loadu_si128((const __m128i *)(dlcpu_bri_c8(p, g, t, NC) + q->res_offset));
+            v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(r)), _mm512_set1_ps(q->res_scale), v);
+        }
         __m512 clamped = _mm512_max_ps(v, _mm512_setzero_ps());
         if (q->out_u8 < 255)        /* 7-bit codes: VPMOVUSDB saturates at 255 only */
             clamped = _mm512_min_ps(clamped, _mm512_set1_ps((float)q->out_u8));
@@ -343,6 +354,12 @@ dlcpu_bri_flush_avx2(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, _
                 if (last) {
                     if (p->relu && !q->out_u8) v = _mm256_max_ps(_mm256_setzero_ps(), v);
                     if (q->out_u8) {
+                        if (q->res_scale != 0.0f) {
+                            const __m128i r = _mm_loadl_epi64(
+                                (const __m128i *)(dlcpu_bri_c8(p, g, t, NC) + 8 * h + q->res_offset));
+                            v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(r)),
+                                                _mm256_set1_ps(q->res_scale), v);
+                        }
                         /* dlcpu_bri_output_code on 8 lanes: VMAXPS(v, 0) takes 0 for NaN, the
                          * clamp at the largest code keeps VCVTPS2DQ (nearest even, as nearbyintf) in range,
                          * and two unsigned packs give the bytes in lane order.  One element at a
@@ -447,8 +464,11 @@ static void dlcpu_bri_flush_scalar(const dlcpu_brgemm_f32_t *p, const dlcpu_brge
                 }
                 if (last) {
                     if (p->relu && !q->out_u8 && v < 0.0f) v = 0.0f;
-                    if (q->out_u8)
-                        dlcpu_bri_c8(p, g, t, p->nc)[l] = dlcpu_bri_output_code(v, q->out_u8);
+                    if (q->out_u8) {
+                        uint8_t *code = dlcpu_bri_c8(p, g, t, p->nc) + l;
+                        if (q->res_scale != 0.0f) v = fmaf((float)code[q->res_offset], q->res_scale, v);
+                        *code = dlcpu_bri_output_code(v, q->out_u8);
+                    }
                     else
                         c[l] = v;
                 } else {
@@ -581,7 +601,7 @@ static inline int dlcpu_brgemm_int(const dlcpu_brgemm_f32_t *p, const dlcpu_brge
     const dlcpu_brgemm_int_fn f = dlcpu_brgemm_int_lookup(isa, native, q->format, p->mv, p->nr, p->nc);
     if (f == NULL || p->kind == DLCPU_BR_ADDR || p->b_trans || p->k < 1 || p->k > 16 || q->flush_steps < 1 ||
         q->flush_blocks < 1 || (q->block_scale && q->block_groups < 1) || (q->out_u8 && p->beta) ||
-        (q->out_u8 != 0 && q->out_u8 != 127 && q->out_u8 != 255))
+        (q->out_u8 != 0 && q->out_u8 != 127 && q->out_u8 != 255) || (q->res_scale != 0.0f && !q->out_u8))
         return -1;
     f(p, q, (const char *)a0, (const char *)b0);
     return 0;
