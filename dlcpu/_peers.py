@@ -295,9 +295,11 @@ def resnet_from(torch, model, memory_format=None):
 def quantized_model(torch, twin, example, reduce_range):
     """PyTorch's post-training static int8 form of an eval-mode twin (FX graph mode on the x86
     engine): batch norms folded into the convolutions, ReLUs fused, u8 activations from layer to
-    layer (the residual adds too: quantized add_relu), calibrated on `example` with the rules of
-    dlcpu's nn.quantize -- per-tensor activation scales from the largest value seen (7-bit
-    codes with reduce_range, as dlcpu's act_bits=7) and symmetric per-output-channel weights."""
+    layer (the residual adds too: quantized add_relu), calibrated on `example`: per-tensor
+    activation scales from the range seen (MinMaxObserver, affine: its zero point follows the
+    minimum where dlcpu's codes start at 0 after a ReLU or sit at the middle), 7-bit codes with
+    reduce_range (as dlcpu's act_bits=7), and symmetric per-output-channel weights, as dlcpu's.
+    Sets the process's quantized engine to x86 (what it runs on)."""
     import warnings
 
     from torch.ao.quantization import MinMaxObserver, PerChannelMinMaxObserver, QConfig, QConfigMapping

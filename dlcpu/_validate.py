@@ -79,7 +79,7 @@ def blocked_activation(t, name, fn, precision="fp32"):
                          f"needs {(n, -(-c // 16), h, w, 16)} (was its data reshaped after the tensor was made?)")
     # (the dtype too: an array's dtype can be re-set after the tensor was made)
     if t.precision != precision or t.dtype != {"fp32": np.float32, "bf16": np.uint16, "int8": np.uint8}[precision]:
-        want = "float32" if precision == "fp32" else precision
+        want = {"fp32": "float32", "bf16": "bf16 (uint16 patterns)", "int8": "int8 (uint8 codes)"}[precision]
         what = f"a {t.precision} tensor of {t.dtype}" if t.precision != "fp32" else str(t.dtype)
         raise TypeError(f"{fn}: {name} must be {want}, got {what}")
     return t

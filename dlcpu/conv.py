@@ -562,7 +562,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     0 after a ReLU, else 64), as to_int8_blocked(bits=7) does.  residual (with out_scale): a u8
     activation BlockedTensor of the output's shape added before the activation and the clamp --
     relu(conv + bias + residual), a ResNet block's end, in the epilogue (oneDNN's sum post-op),
-    its codes weighted by s_r / out_scale.  The scales are folded as oneDNN folds them: code = clamp(rint(float(sum - comp) * m[k] + b'[k]), 0, 255 or 127) in float32, ties to even, with
+    its codes weighted by s_r / out_scale.  The scales are folded as oneDNN folds them: code =
+    clamp(rint(float(sum - comp) * m[k] + b'[k]), 0, 255 or 127) in float32, ties to even, with
     m = s_x*s_w/out_scale and b' = bias/out_scale + zero point each rounded once from float64,
     which is the float64 code of the exact sum to within a rounding of two float32 values.
     precision='ternary': w is a dlcpu.precision.TernaryWeights (ternarize(w, block=N,
@@ -655,7 +656,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     if residual is not None:      # its zero point z_r joins the bias: + (s_r / out_scale) * (r - z_r)
         ratio = np.float64(residual.scale[0]) / np.float64(out_scale)
         residual_scale = float(np.float32(ratio))
-        if not 0 < residual_scale < np.inf:
+        if not np.finfo(np.float32).tiny <= residual_scale <= np.finfo(np.float32).max:
             raise ValueError(f"conv2d: the residual's scale {residual.scale[0]} over out_scale={out_scale} is outside "
                              "float32's normal range")
         out_zero_shifted = out_zero - ratio * residual.scale[1]
@@ -776,7 +777,8 @@ def _check_residual(residual, y_shape, data_shape):
     if not isinstance(residual, BlockedTensor) or residual.precision != "int8" or residual.kind != "activation":
         raise TypeError(f"conv2d: residual must be a u8 activation BlockedTensor (dlcpu.quantized.to_int8_blocked), "
                         f"got {type(residual).__name__}"
-                        + (f" of precision {residual.precision!r}" if isinstance(residual, BlockedTensor) else ""))
+                        + (f" of kind {residual.kind!r} and precision {residual.precision!r}"
+                           if isinstance(residual, BlockedTensor) else ""))
     if tuple(residual.shape) != y_shape or residual.data.shape != data_shape:
         raise ValueError(f"conv2d: residual must have the output's shape {y_shape} (data shape {data_shape}), got "
                          f"{tuple(residual.shape)} (data shape {tuple(residual.data.shape)})")

@@ -526,15 +526,15 @@ class ActivationCalibrator:
     def scale(self):
         return self.scale_for(8)
 
-    def scale_for(self, bits, unsigned=None):
+    def scale_for(self, bits, signed=False):
         """The scale of codes `bits` wide: 8 (`scale`), or 7 (quantized.to_int8_blocked(bits=7):
-        the largest |x| / 127 unsigned, / 63 signed).  unsigned: None follows the data (`unsigned`);
-        False asks for signed codes whatever was seen (a tensor that may go negative later)."""
+        the largest |x| / 127 unsigned, / 63 signed), unsigned when every value seen was >= 0
+        (`unsigned`) unless signed=True asks for signed codes (a tensor that may go negative)."""
         self._require()
-        if unsigned not in (None, False):
-            raise ValueError(f"ActivationCalibrator.scale_for: unsigned must be None or False, got {unsigned!r}")
+        if not isinstance(signed, (bool, np.bool_)):
+            raise TypeError(f"ActivationCalibrator.scale_for: signed must be True or False, got {signed!r}")
         levels, _ = u8_code_range(check_activation_bits(bits, "ActivationCalibrator.scale_for"),
-                                  self.unsigned if unsigned is None else False)
+                                  self.unsigned and not signed)
         return _int8_scale(self.absmax, levels)
 
     def _require(self):

@@ -439,10 +439,11 @@ def output_code_bias(bias, k_pad, out_scale, zero_point):
     b = np.zeros(k_pad)
     if bias is not None:
         b[: len(bias)] = np.asarray(bias, dtype=np.float64) / np.float64(out_scale)
+    b += zero_point       # (a residual's zero point shifts it too: conv2d(residual=))
     if not np.all(np.abs(b) <= np.finfo(np.float32).max):
-        raise ValueError(f"conv2d: out_scale={out_scale!r} is too small for this bias: bias / out_scale reaches "
-                         f"{np.abs(b).max():.3g}, past float32's range (codes would be undefined)")
-    return (b + zero_point).astype(np.float32)
+        raise ValueError(f"conv2d: out_scale={out_scale!r} is too small for this bias: bias / out_scale (+ the zero "
+                         f"points) reaches {np.abs(b).max():.3g}, past float32's range (codes would be undefined)")
+    return b.astype(np.float32)
 
 
 def _padded(a, n, value):

@@ -341,10 +341,12 @@ def test_int8_blocks_hand_u8_codes_to_each_other(trained, bits):
         blocks[0].register_output_hook(lambda m, y: seen.append(y) or y)
         q(x)
     handle.remove()
-    # hooks on the blocks themselves do not stop the folds inside them
-    assert all(y.precision == "int8" and y.dtype == np.uint8 for y in seen)
-    assert seen[0].scale == blocks[1].conv1.quant.input_format()[:2]
-    assert seen[0].data.max() <= (1 << bits) - 1
+    # a hook on a block sees fp32 values, the codes' (the folds inside it still ran)
+    for y, b in zip(seen, blocks):
+        scale = np.float32(b.conv2.quant.out_scale)
+        codes = y.data / scale
+        assert y.precision == "fp32" and np.abs(codes - np.rint(codes)).max() < 1e-3
+        assert codes.max() <= (1 << bits) - 1 + 1e-3
     ref = unfolded(q)
     got, want = logits(q, data), logits(ref, data)
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.02
@@ -372,7 +374,7 @@ def test_folded_bottleneck_codes_are_the_layers_codes(rng, monkeypatch, bits, do
     for threads in ("1", str(max_threads())):
         monkeypatch.setenv("DLCPU_NUM_THREADS", threads)
         with nn.inference_mode():
-            outs.append(q(xb))
+            outs.append(q.inner(xb))          # the block's own output: u8 codes (q(x) widens them)
     assert np.array_equal(outs[0].data, outs[1].data)
     y = outs[0]
     top = (1 << bits) - 1
@@ -381,8 +383,9 @@ def test_folded_bottleneck_codes_are_the_layers_codes(rng, monkeypatch, bits, do
         xq = inner.conv1.quant.input_codes(xb)
         h = inner.bn2(inner.conv2(inner.bn1(inner.conv1(xq))))      # conv2's codes, as the fold reads them
         s = xq
-        for m in inner.downsample:
-            s = m(s)
+        if inner.downsample:      # the shortcut's codes as the block end makes them (its fold)
+            sq = inner.downsample[0].quant
+            s = sq.forward(xq, sq._fold_now(in_block_end=True))
         assert h.precision == "int8" and s.precision == "int8"
     k = inner.conv3.args["out_channels"]
     w = dlcpu.quantized.dequantize(inner.conv3.quant.weights)
@@ -447,10 +450,62 @@ def test_u8_block_outputs_save_load_and_old_files(trained, tmp_path):
     np.savez(path, **bad)
     with pytest.raises(ValueError, match="out_scale.*finite float scalar > 0"):
         nn.load(path)
-    block = [m for m in q._walk() if isinstance(m, nn.BasicBlock)][1]
-    x = dlcpu.quantized.to_int8_blocked(np.ones((2, 16, 8, 8), np.float32), 0.5, unsigned=True)
-    with pytest.raises(ValueError, match="u8 input must hold 8-bit codes of scale"), nn.inference_mode():
-        block(x)
+
+
+def test_codes_of_another_scale_and_models_ending_in_a_block(rng):
+    """A max pool that drops a block's largest value hands the next layer codes of the block's
+    scale, not of the next layer's calibrated one: the kernels take them as they are.  A model
+    that ends in a block gives fp32 (the values of its codes), as unfolded."""
+    x = dlcpu.layout.to_blocked(rng.standard_normal((2, 8, 9, 9)).astype(np.float32))
+    for model in (nn.Sequential(nn.Conv2d(8, 16, 3, 1, 1, seed=1), nn.BatchNorm2d(16, relu=True),
+                                nn.BasicBlock(16, 16, seed=2), nn.MaxPool2d(1, 2), nn.Conv2d(16, 16, 3, 1, 1, seed=3)),
+                  nn.Sequential(nn.BasicBlock(8, 16, 2, seed=4))):
+        randomize_batch_norms(model, rng)
+        model.eval()
+        q = nn.quantize(model, "int8", [x])
+        with nn.inference_mode():
+            got, want, exact = q(x), unfolded(q)(x), model(x)
+        assert got.precision == "fp32" and got.dtype == np.float32
+        assert np.linalg.norm(got.data - want.data) / np.linalg.norm(want.data) < 0.03
+        assert np.linalg.norm(got.data - exact.data) / np.linalg.norm(exact.data) < 0.05
+
+
+@pytest.mark.parametrize("where", ["relu", "conv3", "bn3"])
+def test_a_hook_at_a_block_end_runs_the_block_one_by_one(rng, where):
+    """A hook on the block end's layers (or its shortcut) stops the block's folds, the
+    shortcut's included: the hook sees, and the block gives, exactly what the layers run one by
+    one give."""
+    from dlcpu.nn.resnet import Bottleneck
+
+    block = Bottleneck(32, 16, 2, seed=3)
+    randomize_batch_norms(block, rng)
+    x = dlcpu.layout.to_blocked(np.maximum(rng.standard_normal((2, 32, 9, 9)), 0).astype(np.float32))
+    q = nn.quantize(block, "int8", [x])
+    ref = unfolded(q)
+    outs = []
+    for model in (q, ref):
+        seen = []
+        with getattr(model.inner, where).register_output_hook(lambda m, y, seen=seen: seen.append(y.data.copy()) or y), \
+                nn.inference_mode():
+            outs.append((model(x).data, seen[0]))
+    assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])
+
+
+def test_fault_injection_on_a_quantized_model_folds_nothing(rng):
+    """dlcpu.faults hooks every layer in its golden run, which stops the folds; its faulty runs
+    must then fold nothing either: a run with no fault (a flip of bit 0 twice cancels, so here
+    an injection of no flips: run_from) gives the golden logits exactly."""
+    from dlcpu.faults.inject import GoldenRun
+    from dlcpu.nn.resnet import ResNet
+
+    model = ResNet("basic", [1, 1, 1, 1], num_classes=10, seed=2)
+    randomize_batch_norms(model, rng)
+    model.eval()
+    x = np.abs(rng.standard_normal((4, 3, 32, 32))).astype(np.float32)
+    q = nn.quantize(model, "int8", [x])
+    golden = GoldenRun(q, dlcpu.layout.to_blocked(x))
+    assert np.array_equal(golden.run_from(0, golden.kept[0]), golden.logits)
+    assert all(m.quant.folding for m in q._walk() if isinstance(m, nn.Conv2d))    # restored after
 
 
 def test_quantized_resnet_hands_u8_codes_from_the_stem_on(rng):

@@ -121,15 +121,23 @@ class GoldenRun:
 
     @contextmanager
     def direct_convolutions(self):
-        """Run the model's Conv2d layers with algorithm='direct' inside the block."""
+        """Run the model's Conv2d layers with algorithm='direct' inside the block, and a
+        quantized model's layers one by one: the golden run hooks every layer, which stops
+        the folds of nn.quantize (ConvQuantization.folding), so a faulty run, which hooks one,
+        must not fold either, or its other layers would round differently."""
         saved = [m.algorithm for m in self._convs]
+        quants = [m.quant for m in self._convs if getattr(m.quant, "folding", False)]
         for m in self._convs:
             m.algorithm = "direct"
+        for q in quants:
+            q.folding = False
         try:
             yield
         finally:
             for m, a in zip(self._convs, saved):
                 m.algorithm = a
+            for q in quants:
+                del q.folding          # back to the class default
 
     @property
     def predictions(self):

@@ -156,8 +156,9 @@ def link_batchnorm(bn, before, after, through=()):
     an fp32 gradient).  The bf16 patterns are the ones that convolution would round the fp32
     tensor to, without the fp32 tensor's pass through memory: 2 of the digits CNN's 5 forward
     conversions and 6 of its backward ones.  In a quantized model, an int8 `before` folds `bn`
-    when a quantized convolution reads its output: `after` itself, or the block `after` begins
-    with (its first_conv), past `through` (a max pool, which pools u8 codes as they are)."""
+    when `bn` ends in a ReLU and a quantized convolution reads its output: `after` itself, or
+    the first_conv of the block `after`, past `through` (a max pool, which pools u8 codes as
+    they are)."""
     bn.dx_precision = _reads_bf16(before, gradient=True)
     bn.out_precision = "fp32" if through else _reads_bf16(after)
     if isinstance(before, Conv2d) and before.quant is not None:
@@ -205,8 +206,9 @@ class BatchNorm2d(Module):
 
     out_precision = "fp32"
     dx_precision = "fp32"
-    #: True in a quantized model whose int8 convolution before it applies it (and its ReLU) in
-    #: its epilogue (nn.quantize's ConvQuantization.link_output): the u8 codes it writes pass
+    #: True in a quantized model where the int8 convolution before it applies it (and its ReLU)
+    #: in its epilogue (nn.quantize's ConvQuantization.link_output / link_residual): the u8
+    #: codes that convolution writes then pass through this layer unchanged
     folded = False
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, relu=False):
@@ -527,8 +529,17 @@ def residual_backward(relu, dy, main_backward, shortcut):
     return None if dx is None else BlockedTensor(dx.data + ds.data, dx.shape)
 
 
+class ResidualBlock(Module):
+    """What the residual blocks (BasicBlock, resnet.Bottleneck) share: the convolution that
+    reads the block's input, with the shortcut, is conv1."""
+
+    @property
+    def first_conv(self):
+        return self.conv1
+
+
 @register
-class BasicBlock(Module):
+class BasicBlock(ResidualBlock):
     """ResNet basic block: relu(bn2(conv3x3(relu(bn1(conv3x3_s(x))))) + shortcut(x)), the
     shortcut a strided 1x1 conv + BN when the shape changes, else the identity (the first ReLU
     is fused into bn1)."""
@@ -550,11 +561,6 @@ class BasicBlock(Module):
 
     def children(self):
         return [self.conv1, self.bn1, self.conv2, self.bn2, self.relu_out, *self.shortcut]
-
-    @property
-    def first_conv(self):
-        """The convolution that reads the block's input (with the shortcut)."""
-        return self.conv1
 
     def named_state_children(self):
         """torchvision's names: conv1, bn1, conv2, bn2 and the shortcut as downsample.0/.1."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import _validate
 from ..layout import BlockedTensor
+from ..quantized import dequantize
 
 FORMAT_VERSION = 1
 
@@ -204,6 +205,9 @@ class Module:
             for attr in _SAVED_STATE:
                 if getattr(self, attr, None) is not None:
                     setattr(self, attr, None)
+        if self._output_hooks and isinstance(y, BlockedTensor) and y.precision == "int8":
+            # a quantized block's u8 codes: a hook sees (and may change) the values they stand for
+            y = BlockedTensor(dequantize(y), y.shape)
         for hook in self._output_hooks:
             y = hook(self, y)
         return y

@@ -132,8 +132,14 @@ class ConvQuantization(_Quantization):
         them: layers._widened).
     That removes, per block, the fp32 outputs' trips through memory, the batch-norm and
     residual passes and the next layers' quantization passes.  Where a fold cannot apply at a
-    call (an output hook: a fault injection sees fp32; gamma <= 0 in some channel, where an
-    int8 weight scale would not be positive), the layers run one by one."""
+    call (an output hook on a layer inside it; gamma <= 0 in some channel, where an int8 weight
+    scale would not be positive; `folding` off), the layers run one by one.  Outside a block,
+    codes are invisible: an output hook sees fp32 (Module.__call__), and so does the caller of
+    a Quantized model."""
+
+    #: False runs the layers one by one (dlcpu.faults, whose golden run hooks every layer,
+    #: turns it off so that its faulty runs take the same arithmetic)
+    folding = True
 
     #: (batch norm, reader, through) when this layer folds the batch norm after it: reader the
     #: Conv2d reading its output past the layers `through` (a max pool), or RESIDUAL (a
@@ -184,14 +190,12 @@ class ConvQuantization(_Quantization):
 
     def input_codes(self, x):
         """x as this layer's u8 input codes: an fp32 activation quantized with the calibrated
-        scale; codes another layer wrote (a folded batch norm, a block's output or its input
-        shared with the shortcut) used as they are, once their scale is checked."""
+        scale; codes another layer wrote (a folded batch norm, a block's output, pooled or not,
+        or its input shared with the shortcut) as they are: the kernels take their scale and
+        zero point, whatever they are (a max pool that drops the largest value keeps its
+        input's scale, larger than the calibrated one of its output)."""
         if x.precision != "int8":
             return quantized.to_int8_blocked(x, self.act_scale, unsigned=self.act_unsigned, bits=self.act_bits)
-        scale, zero_point, bits = self.input_format()
-        if x.scale != (scale, zero_point):
-            raise ValueError(f"{self.layer.describe()}: its u8 input must hold {bits}-bit codes of scale "
-                             f"{(scale, zero_point)} (its calibrated input), got scale {x.scale}")
         return x
 
     def _folded_weights(self, bn):
@@ -223,13 +227,18 @@ class ConvQuantization(_Quantization):
         weights = BlockedTensor(self.weights.data, self.weights.shape, "weight", scale=(scales, sums), precision="int8")
         return weights, shift.astype(np.float32)
 
-    def _fold_now(self):
+    def _fold_now(self, in_block_end=False):
         """conv2d's (weights, bias, activation, out_scale) for this call's fold, or None: no fold,
-        or one that cannot apply now (the class doc)."""
+        or one that cannot apply now (the class doc).  A shortcut's fold applies only inside its
+        block's folded end (in_block_end): else the block runs one by one."""
+        if self.fold is None or not self.folding:
+            return None
         bn, reader, through = self.fold
         if self.layer._output_hooks or bn._output_hooks or any(m._output_hooks for m in through):
             return None
         if reader is RESIDUAL:
+            if not in_block_end:
+                return None
             scale, activation = self.out_scale, None
         elif reader.quant.act_unsigned and reader.quant.act_bits == self.act_bits:
             scale, activation = reader.quant.act_scale, "relu"
@@ -238,13 +247,14 @@ class ConvQuantization(_Quantization):
         folded = None if scale is None else self._folded_weights(bn)
         return None if folded is None else (*folded, activation, scale)
 
-    def forward(self, x):
+    def forward(self, x, fold=None):
+        """The layer on x; fold: a _fold_now result to apply (default: this call's own)."""
         conv = self.layer
         xq = self.input_codes(x)
         bias = None if conv.bias is None else conv.bias.data
         if self.fmt == "ternary":
             return conv2d(xq, self.weights, bias, conv.stride, conv.padding, precision="ternary", levels=self.levels)
-        fold = None if self.fold is None else self._fold_now()
+        fold = fold or self._fold_now()
         if fold is None:
             return conv2d(xq, self.weights, bias, conv.stride, conv.padding, precision="int8")
         weights, shift, activation, scale = fold
@@ -256,25 +266,26 @@ class ConvQuantization(_Quantization):
         (h, x) -> the block's output codes, h this layer's input and x the block's (fp32 or
         u8), or None where the block must run its layers one by one (the class doc).  `first`:
         the block's first convolution, whose input codes the shortcut shares."""
-        if self.ends_block is None or self.out_scale is None or first.quant is None:
+        if (self.ends_block is None or self.out_scale is None or first.quant is None or not self.folding
+                or self.layer._output_hooks):
             return None
         bn, relu, shortcut = self.ends_block
-        if self.layer._output_hooks or bn._output_hooks or relu._output_hooks:
+        if bn._output_hooks or relu._output_hooks:
             return None
-        if shortcut and (shortcut[0].quant.input_format() != first.quant.input_format()
-                         or shortcut[0].quant.fold is None or shortcut[0].quant._fold_now() is None):
-            return None
+        shortcut_fold = None
+        if shortcut:
+            shortcut_fold = shortcut[0].quant._fold_now(in_block_end=True)
+            if shortcut_fold is None or shortcut[0].quant.input_format() != first.quant.input_format():
+                return None
         folded = self._folded_weights(bn)
         if folded is None:
             return None
         weights, shift = folded
         conv = self.layer
 
-        def end(h, x):
-            xq = first.quant.input_codes(x)
-            s = xq
-            for m in shortcut:          # the shortcut conv, then its batch norm (folded: passes)
-                s = m(s)
+        def end(h, xq):
+            # the shortcut: its convolution with its batch norm folded in (that module passes)
+            s = shortcut[0].quant.forward(xq, shortcut_fold) if shortcut else xq
             return conv2d(self.input_codes(h), weights, shift, conv.stride, conv.padding, "relu", precision="int8",
                           out_scale=self.out_scale, out_bits=self.act_bits, residual=s)
         return end
@@ -425,7 +436,10 @@ class Quantized(Module):
         return [self.inner]
 
     def forward(self, x):
-        return self.inner(x)
+        y = self.inner(x)       # a model ending in a block hands back its u8 codes' values
+        if isinstance(y, BlockedTensor) and y.precision == "int8":
+            return BlockedTensor(quantized.dequantize(y), y.shape)
+        return y
 
     def backward(self, dy):
         raise RuntimeError("Quantized.backward: a quantized model runs inference only")
@@ -482,15 +496,15 @@ def quantize(model, to, calibration, *, block=16, residual=0, linear=True, act_b
     q = Quantized(model, to, block, residual, linear=linear, act_bits=act_bits)
     act_bits = q.args["act_bits"]
     layers = _layers(model, linear)
-    # the outputs whose u8 codes a layer writes for a block end (ConvQuantization.out_scale):
-    # a shortcut's batch norm (signed codes) and a block's final ReLU, as the links found them
-    outputs = {}
+    # the outputs whose u8 codes a layer writes for a block end (ConvQuantization.out_scale),
+    # as the links found them: a block's final ReLU, and a shortcut's batch norm (signed codes)
+    outputs = {}          # layer -> (the module whose output it stands for, signed)
     for layer in layers:
         quant = layer.quant
         if getattr(quant, "ends_block", None) is not None:
-            outputs[layer] = (quant.ends_block[1], None)
+            outputs[layer] = (quant.ends_block[1], False)
         elif getattr(quant, "fold", None) is not None and quant.fold[1] is RESIDUAL:
-            outputs[layer] = (quant.fold[0], False)
+            outputs[layer] = (quant.fold[0], True)
     handles = []
     for layer, (module, _) in outputs.items():
         cal = layer.out_calibrator = formats.ActivationCalibrator()

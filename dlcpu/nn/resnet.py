@@ -27,6 +27,7 @@ from .layers import (
     Linear,
     MaxPool2d,
     ReLU,
+    ResidualBlock,
     Sequential,
     link_batchnorm,
     link_residual,
@@ -40,7 +41,7 @@ from .module import Module, _expect_blocked, check_int, check_ints, register
 
 
 @register
-class Bottleneck(Module):
+class Bottleneck(ResidualBlock):
     """ResNet v1.5 bottleneck: relu(bn3(conv1x1(relu(bn2(conv3x3_s(relu(bn1(conv1x1(x))))))))
     + shortcut(x)), width = planes, output 4*planes channels; the stride sits on the 3x3 conv
     (v1.5), and the shortcut is a strided 1x1 conv + BN when the shape changes."""
@@ -66,11 +67,6 @@ class Bottleneck(Module):
 
     def children(self):
         return [self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3, self.relu, *self.downsample]
-
-    @property
-    def first_conv(self):
-        """The convolution that reads the block's input (with the shortcut)."""
-        return self.conv1
 
     def named_state_children(self):
         names = ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "relu"]

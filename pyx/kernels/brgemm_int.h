@@ -78,14 +78,17 @@ typedef struct {
 
 /* The u8 code of one output value v, already in code units (the caller folded 1/s_out into the
  * multipliers and 1/s_out and the zero point z into the bias, as oneDNN folds its scales):
- * min(rint(max(v, 0)), max_code), rounding half to even (max_code 255, or 127 for 7-bit codes).  A ReLU needs no op of its own: it comes
- * with z = 0, where it is the clamp at code 0.  The AVX-512 path is VMAXPS, VCVTPS2DQ and
- * VPMOVUSDB, whose unsigned saturation gives 255 for anything above it -- even a value past
- * int32, converted to 0x80000000 -- so the epilogue of a one-flush call is 5 ops after the dot
- * products (with the FMA of the sums and the compensation) where requantizing the fp32 result
- * took 9: on res2a_branch1 (1x1, 64 -> 256 channels, 56x56), whose calls sum only 16 quads per
- * output, dlcpu / PyTorch int8 went from 0.89 to 1.05 (1 thread, each in one run).  This is the same arithmetic; NaN (which finite inputs cannot
- * produce) gives 0, as VMAXPS(v, 0) returns its second operand for a NaN. */
+ * min(rint(max(v, 0)), max_code), rounding half to even (max_code 255, or 127 for 7-bit
+ * codes).  A ReLU needs no op of its own: it comes with z = 0, where it is the clamp at code 0.
+ * The AVX-512 path is VMAXPS, VCVTPS2DQ and VPMOVUSDB, whose unsigned saturation gives 255 for
+ * anything above it -- even a value past int32, converted to 0x80000000 -- so the epilogue of a
+ * one-flush call is 5 ops after the dot products (with the FMA of the sums and the
+ * compensation; a 7-bit clamp adds a VMINPS, a residual a load, a widening and an FMA) where
+ * requantizing the fp32 result took 9: on res2a_branch1 (1x1, 64 -> 256 channels, 56x56), whose
+ * calls sum only 16 quads per output, dlcpu / PyTorch int8 went from 0.89 to 1.05 (1 thread,
+ * each in one run).  This is the same arithmetic.  NaN gives 0, as VMAXPS(v, 0) returns its
+ * second operand for a NaN; it needs an overflow, which conv2d's checks of the multipliers and
+ * the bias rule out for finite operands. */
 static inline uint8_t dlcpu_bri_output_code(float v, int max_code)
 {
     if (!(v > 0.0f)) return 0;
