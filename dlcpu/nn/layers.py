@@ -13,13 +13,13 @@ from .. import norm, pool
 from ..conv import conv2d, conv2d_backward
 from ..gemm import matmul, pack_matmul_operand
 from ..layout import CB, BlockedTensor, block_weights, n_blocks, to_bf16_blocked, unblock_weights
-from ..precision import bf16_bits_to_fp32
-from ..quantized import dequantize, to_dfp16_blocked
+from ..quantized import to_dfp16_blocked
 from .module import (
     Module,
     Parameter,
     _expect_blocked,
     _take,
+    _widened,
     check_bool,
     check_float,
     check_float32,
@@ -127,17 +127,6 @@ class Conv2d(Module):
     def describe(self):
         a = self.args
         return f"Conv2d({a['in_channels']}->{a['out_channels']}, k={a['kernel_size']}, s={a['stride']}, p={a['padding']})"
-
-
-def _widened(t, precision):
-    """A bf16 activation as fp32 for a layer that does not run bf16 (exact), u8 codes (a
-    quantized block's output) as the fp32 values they stand for for a layer that does not read
-    them, else t."""
-    if t.precision == "bf16" and precision != "bf16":
-        return BlockedTensor(bf16_bits_to_fp32(t.data), t.shape)
-    if t.precision == "int8" and precision != "int8":
-        return BlockedTensor(dequantize(t), t.shape)
-    return t
 
 
 def _reads_bf16(layer, gradient=False):

@@ -20,9 +20,21 @@ import numpy as np
 
 from .. import _validate
 from ..layout import BlockedTensor
+from ..precision import bf16_bits_to_fp32
 from ..quantized import dequantize
 
 FORMAT_VERSION = 1
+
+
+def _widened(t, precision):
+    """An activation BlockedTensor in a form a layer of `precision` reads: bf16 as fp32 for a
+    layer that does not run bf16 (exact), u8 codes (a quantized block's output) as the fp32
+    values they stand for for a layer that does not read them, else t as it is."""
+    if t.precision == "bf16" and precision != "bf16":
+        return BlockedTensor(bf16_bits_to_fp32(t.data), t.shape)
+    if t.precision == "int8" and precision != "int8":
+        return BlockedTensor(dequantize(t), t.shape)
+    return t
 
 _REGISTRY = {}
 
@@ -205,9 +217,9 @@ class Module:
             for attr in _SAVED_STATE:
                 if getattr(self, attr, None) is not None:
                     setattr(self, attr, None)
-        if self._output_hooks and isinstance(y, BlockedTensor) and y.precision == "int8":
+        if self._output_hooks and isinstance(y, BlockedTensor):
             # a quantized block's u8 codes: a hook sees (and may change) the values they stand for
-            y = BlockedTensor(dequantize(y), y.shape)
+            y = _widened(y, "fp32")
         for hook in self._output_hooks:
             y = hook(self, y)
         return y

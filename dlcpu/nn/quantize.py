@@ -31,7 +31,7 @@ from .._validate import positive_int
 from ..conv import conv2d
 from ..gemm import matmul, packed_int8_from, packed_ternary_from
 from ..layout import BlockedTensor, unblock_weights
-from .module import Module, _take, register
+from .module import Module, _take, _widened, register
 from .recurrent import _Recurrent
 
 #: the formats quantize() converts to
@@ -129,7 +129,7 @@ class ConvQuantization(_Quantization):
       - the block end relu(bn(conv(h)) + shortcut) of a block's last convolution: the shortcut
         codes join in the same epilogue (conv2d's residual), and the block hands u8 codes at
         the calibrated scale of its output to the next block (a layer that wants fp32 widens
-        them: layers._widened).
+        them: module._widened).
     That removes, per block, the fp32 outputs' trips through memory, the batch-norm and
     residual passes and the next layers' quantization passes.  Where a fold cannot apply at a
     call (an output hook on a layer inside it; gamma <= 0 in some channel, where an int8 weight
@@ -437,9 +437,7 @@ class Quantized(Module):
 
     def forward(self, x):
         y = self.inner(x)       # a model ending in a block hands back its u8 codes' values
-        if isinstance(y, BlockedTensor) and y.precision == "int8":
-            return BlockedTensor(quantized.dequantize(y), y.shape)
-        return y
+        return _widened(y, "fp32") if isinstance(y, BlockedTensor) else y
 
     def backward(self, dy):
         raise RuntimeError("Quantized.backward: a quantized model runs inference only")
