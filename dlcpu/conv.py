@@ -570,14 +570,13 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     residual=r)) or its quantized.block_ternary_weights form, prepared once; x is quantized to
     u8 as for int8 (or arrives so).  Each block of N input channels sums its +-1 codes times u8
     activations in int32 and takes its alpha once (VPDPBUSD on the codes); `levels` (default
-    all) runs the first 1 + r' residual levels, switching the least important off.
+    all) runs the first 1 + r' residual levels, switching the least important off.  out_scale,
+    out_bits, residual and out work as for int8, with multipliers alpha * s_x / out_scale.
     """
     precision = formats.check_precision(precision, "conv2d")
     if precision == "ternary":
-        if out is not None or out_scale is not None or out_bits != 8 or residual is not None:
-            raise ValueError("conv2d: precision='ternary' writes a new fp32 output (no out=, out_scale=, out_bits= or "
-                             "residual= yet)")
-        return _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_threads, isa, levels)
+        return _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_threads, isa, levels, out,
+                               out_scale, out_bits, residual)
     if levels is not None:
         raise ValueError(f"conv2d: levels= chooses the residual levels of ternary weights, not of {precision}")
     if precision not in CONV_PRECISIONS:
@@ -611,41 +610,10 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
             raise TypeError(f"conv2d: bias must be float32, got {bias.dtype}")
     n_threads = cpu.resolve_threads(n_threads)
     isa_code = cpu.isa_code(isa)
-    out_shape = (shape.N, shape.Kb, shape.P, shape.Q, CB)
-    out_dtype = np.float32
-    if out_scale is not None:
-        out_scale = _out_scale(out_scale, precision, blocked_in)
-        out_bits = quantized.check_activation_bits(out_bits, "conv2d", "out_bits")
-        # zero point 0 after a ReLU (whose clamp at code 0 it then is), else the signed one
-        out_zero = formats.u8_code_range(out_bits, activation == "relu")[1]
-        out_dtype = np.uint8
-    elif out_bits != 8 or residual is not None:
-        raise ValueError("conv2d: out_bits and residual go with out_scale (u8 output codes); without out_scale "
-                         f"the output is fp32, got out_bits={out_bits!r}, residual={type(residual).__name__}")
-    if residual is not None:
-        _check_residual(residual, (shape.N, shape.K, shape.P, shape.Q), out_shape)
-    if out is not None:
-        if not blocked_in:
-            raise ValueError("conv2d: out= is only for the blocked path")
-        y_shape = (shape.N, shape.K, shape.P, shape.Q)
-        kind = np.dtype(out_dtype).name
-        if not isinstance(out, BlockedTensor):
-            raise TypeError(f"conv2d: out must be a {kind} activation BlockedTensor, got {type(out).__name__}")
-        if (out.kind != "activation" or out.data.shape != out_shape or tuple(out.shape) != y_shape
-                or out.dtype != out_dtype):
-            raise ValueError(f"conv2d: out must be a {kind} activation BlockedTensor of shape {y_shape} (data shape "
-                             f"{out_shape}), got kind {out.kind!r}, shape {tuple(out.shape)}, data shape "
-                             f"{tuple(out.data.shape)}, {out.dtype}")
-        if not out.data.flags.writeable:
-            raise ValueError("conv2d: out is written in place and must be writeable (its data is read-only)")
-        want = (out_scale, out_zero) if out_scale is not None else None
-        if want is not None and out.scale != want:
-            raise ValueError(f"conv2d: out holds u8 values of scale {out.scale}, this call writes {want}; make out with "
-                             "the same out_scale and activation")
-        not_aliased(out.data, {"x": xb.data, "w": wb.data if wb is not None else None,
-                               "residual": None if residual is None else residual.data,
-                               "the Winograd weights": prepared.data if prepared is not None else None,
-                               "bias": bias}, "conv2d")
+    out_shape, out_dtype, out_scale, out_zero, out_bits = _output_options(
+        out, out_scale, out_bits, residual, activation, precision, blocked_in, shape,
+        {"x": None if xb is None else xb.data, "w": wb.data if wb is not None else None,
+         "the Winograd weights": prepared.data if prepared is not None else None, "bias": bias})
     if xb is None:
         xb = to_blocked(x, n_threads)  # validates dtype/contiguity of x
     if precision in quantized.INTEGER_FORMATS:
@@ -653,16 +621,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
         integer, fill = quantized.integer_call(precision, xq, wq, shape.Cb * shape.R * shape.S, shape.Kb * CB,
                                                out_scale, cpu.ISA_BY_CODE[isa_code], out_bits)
     residual_scale = 0.0
-    if residual is not None:      # its zero point z_r joins the bias: + (s_r / out_scale) * (r - z_r)
-        ratio = np.float64(residual.scale[0]) / np.float64(out_scale)
-        residual_scale = float(np.float32(ratio))
-        if not np.finfo(np.float32).tiny <= residual_scale <= np.finfo(np.float32).max:
-            raise ValueError(f"conv2d: the residual's scale {residual.scale[0]} over out_scale={out_scale} is outside "
-                             "float32's normal range")
-        out_zero_shifted = out_zero - ratio * residual.scale[1]
     if out_scale is not None:
-        bias_p = quantized.output_code_bias(bias, shape.Kb * CB, out_scale,
-                                            out_zero if residual is None else out_zero_shifted)
+        bias_p, residual_scale = _code_bias(bias, shape.Kb * CB, out_scale, out_zero, residual)
     elif bias is None:
         bias_p = _NO_BIAS
     else:
@@ -682,19 +642,12 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
             # 34 us forward on the digits CNN's 16 -> 16 layer at batch 1, 2 threads, AVX2)
             _convert.f32_to_bf16_vnni(wb.data.reshape(-1), w16.reshape(-1), isa_code, native, n_threads)
         _forward_into(x16.data, w16, bias_p, y, shape, isa_code, n_threads, activation == "relu", native)
-        yb = out if out is not None else BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation")
-        return yb if blocked_in else from_blocked(yb, n_threads)
+        return _conv_result(y, shape, out, None, None, blocked_in, n_threads)
     if precision in quantized.INTEGER_FORMATS:
         _forward_into(xq.data, quantized.kernel_view(wq), bias_p, y, shape, isa_code, n_threads, activation == "relu",
                       quantized.native_vnni(cpu.ISA_BY_CODE[isa_code]), integer, fill,
                       None if residual is None else residual.data, residual_scale)
-        if out_scale is not None:
-            if out is not None:
-                return out
-            return BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation", scale=(out_scale, out_zero),
-                                 precision="int8")
-        yb = out if out is not None else BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation")
-        return yb if blocked_in else from_blocked(yb, n_threads)
+        return _conv_result(y, shape, out, out_scale, out_zero, blocked_in, n_threads)
     auto = algorithm == "auto"
     if auto:
         algorithm = choose_algorithm(shape, cpu.ISA_BY_CODE[isa_code])
@@ -716,11 +669,11 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
         # Non-finite input under 'auto': recompute by the direct algorithm (see the docstring).
         _forward_into(xb.data, wb.data if wb is not None else block_weights(w, n_threads).data, bias_p, y, shape,
                       isa_code, n_threads, activation == "relu")
-    yb = out if out is not None else BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation")
-    return yb if blocked_in else from_blocked(yb, n_threads)
+    return _conv_result(y, shape, out, None, None, blocked_in, n_threads)
 
 
-def _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_threads, isa, levels):
+def _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_threads, isa, levels, out, out_scale,
+                    out_bits, residual):
     """conv2d(precision='ternary'): see conv2d."""
     fn = "conv2d"
     if algorithm not in ("auto", "direct"):
@@ -748,14 +701,20 @@ def _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_thread
     n_threads = cpu.resolve_threads(n_threads)
     isa_code = cpu.isa_code(isa)
     isa_name = cpu.ISA_BY_CODE[isa_code]
+    out_shape, out_dtype, out_scale, out_zero, out_bits = _output_options(
+        out, out_scale, out_bits, residual, activation, "ternary", blocked_in, shape,
+        {"x": None if xb is None else xb.data, "w": w.codes, "the alphas": w.alphas, "bias": bias})
     if xb is None:
         xb = to_blocked(x, n_threads)
     xq = xb if xb.precision == "int8" else quantized.to_int8_blocked(xb, n_threads=n_threads, isa=isa_name)
-    integer, fill, shift = quantized.ternary_call(xq, w, levels, shape.Kb * CB, isa_name)
-    bias_p = shift.copy()
+    integer, fill, shift = quantized.ternary_call(xq, w, levels, shape.Kb * CB, isa_name, out_scale, out_bits)
     if bias is not None:
-        bias_p[: shape.K] += bias
-    bias_p = bias_p.astype(np.float32)
+        shift[: shape.K] += bias
+    residual_scale = 0.0
+    if out_scale is not None:
+        bias_p, residual_scale = _code_bias(shift, shape.Kb * CB, out_scale, out_zero, residual)
+    else:
+        bias_p = shift.astype(np.float32)
     plan, a_offs, b_offs = _cached_plan(shape, isa_code, n_threads, activation == "relu")
     # batch order (level, r, s, channel block): the channel blocks of one tap are adjacent, so a
     # chain of N > 16 channels is N / 16 consecutive blocks with the same alpha
@@ -763,12 +722,77 @@ def _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_thread
     level_stride = shape.Kb * shape.Cb * shape.R * shape.S * CB * CB
     a_t = np.concatenate([a_offs[per_level] + lvl * level_stride for lvl in range(levels)])
     b_t = np.tile(b_offs[per_level], levels)
-    y = np.empty((shape.N, shape.Kb, shape.P, shape.Q, CB), np.float32)
+    y = out.data if out is not None else np.empty(out_shape, out_dtype)
     errors = _direct.conv2d_forward(xq.data.reshape(-1), w.codes.reshape(-1).view(np.uint8), bias_p, y.reshape(-1),
-                                    plan.c, a_t, b_t, n_threads, quantized.native_vnni(isa_name), integer, fill)
+                                    plan.c, a_t, b_t, n_threads, quantized.native_vnni(isa_name), integer, fill,
+                                    None if residual is None else residual.data.reshape(-1), residual_scale)
     if errors:
         raise MemoryError(f"{fn}: could not allocate the per-thread input tile of {errors} work item(s)")
-    yb = BlockedTensor(y, (shape.N, shape.K, shape.P, shape.Q), "activation")
+    return _conv_result(y, shape, out, out_scale, out_zero, blocked_in, n_threads)
+
+
+def _output_options(out, out_scale, out_bits, residual, activation, precision, blocked_in, shape, operands):
+    """conv2d's out / out_scale / out_bits / residual checked against the call: (the output's data
+    shape, its dtype, out_scale as float32 or None, the codes' zero point or None, out_bits).
+    operands: name -> array that out must not overlap."""
+    out_shape = (shape.N, shape.Kb, shape.P, shape.Q, CB)
+    y_shape = (shape.N, shape.K, shape.P, shape.Q)
+    out_dtype, out_zero = np.float32, None
+    if out_scale is not None:
+        out_scale = _out_scale(out_scale, precision, blocked_in)
+        out_bits = quantized.check_activation_bits(out_bits, "conv2d", "out_bits")
+        # zero point 0 after a ReLU (whose clamp at code 0 it then is), else the signed one
+        out_zero = formats.u8_code_range(out_bits, activation == "relu")[1]
+        out_dtype = np.uint8
+    elif out_bits != 8 or residual is not None:
+        raise ValueError("conv2d: out_bits and residual go with out_scale (u8 output codes); without out_scale "
+                         f"the output is fp32, got out_bits={out_bits!r}, residual={type(residual).__name__}")
+    if residual is not None:
+        _check_residual(residual, y_shape, out_shape)
+    if out is None:
+        return out_shape, out_dtype, out_scale, out_zero, out_bits
+    if not blocked_in:
+        raise ValueError("conv2d: out= is only for the blocked path")
+    kind = np.dtype(out_dtype).name
+    if not isinstance(out, BlockedTensor):
+        raise TypeError(f"conv2d: out must be a {kind} activation BlockedTensor, got {type(out).__name__}")
+    if (out.kind != "activation" or out.data.shape != out_shape or tuple(out.shape) != y_shape
+            or out.dtype != out_dtype):
+        raise ValueError(f"conv2d: out must be a {kind} activation BlockedTensor of shape {y_shape} (data shape "
+                         f"{out_shape}), got kind {out.kind!r}, shape {tuple(out.shape)}, data shape "
+                         f"{tuple(out.data.shape)}, {out.dtype}")
+    if not out.data.flags.writeable:
+        raise ValueError("conv2d: out is written in place and must be writeable (its data is read-only)")
+    want = (out_scale, out_zero) if out_scale is not None else None
+    if want is not None and out.scale != want:
+        raise ValueError(f"conv2d: out holds u8 values of scale {out.scale}, this call writes {want}; make out with "
+                         "the same out_scale and activation")
+    not_aliased(out.data, {**operands, "residual": None if residual is None else residual.data}, "conv2d")
+    return out_shape, out_dtype, out_scale, out_zero, out_bits
+
+
+def _code_bias(bias, k_pad, out_scale, out_zero, residual):
+    """(bias in code units with the zero points inside, the residual's weight) of a call writing
+    u8 codes: a residual's zero point z_r joins the bias, + (s_r / out_scale) * (r - z_r)."""
+    if residual is None:
+        return quantized.output_code_bias(bias, k_pad, out_scale, out_zero), 0.0
+    ratio = np.float64(residual.scale[0]) / np.float64(out_scale)
+    residual_scale = float(np.float32(ratio))
+    if not np.finfo(np.float32).tiny <= residual_scale <= np.finfo(np.float32).max:
+        raise ValueError(f"conv2d: the residual's scale {residual.scale[0]} over out_scale={out_scale} is outside "
+                         "float32's normal range")
+    return quantized.output_code_bias(bias, k_pad, out_scale, out_zero - ratio * residual.scale[1]), residual_scale
+
+
+def _conv_result(y, shape, out, out_scale, out_zero, blocked_in, n_threads):
+    """What conv2d returns for its output data y: `out` when given; u8 codes as an int8 activation
+    BlockedTensor; fp32 as a BlockedTensor on the blocked path, else NCHW."""
+    if out is not None:       # (the blocked path only: _output_options)
+        return out
+    y_shape = (shape.N, shape.K, shape.P, shape.Q)
+    if out_scale is not None:
+        return BlockedTensor(y, y_shape, "activation", scale=(out_scale, out_zero), precision="int8")
+    yb = BlockedTensor(y, y_shape, "activation")
     return yb if blocked_in else from_blocked(yb, n_threads)
 
 
@@ -788,8 +812,9 @@ def _check_residual(residual, y_shape, data_shape):
 
 def _out_scale(out_scale, precision, blocked_in):
     """conv2d's out_scale as a positive finite float32 value."""
-    if precision != "int8":
-        raise ValueError(f"conv2d: out_scale requantizes an int8 convolution's output, not a {precision} one")
+    if precision not in ("int8", "ternary"):
+        raise ValueError(f"conv2d: out_scale requantizes an int8 or ternary convolution's output, not a {precision} "
+                         "one")
     if not blocked_in:
         raise ValueError("conv2d: out_scale gives a u8 BlockedTensor, so x must be a BlockedTensor (blocked path)")
     if isinstance(out_scale, (bool, np.bool_)) or not isinstance(out_scale, (int, float, np.integer, np.floating)):

@@ -588,7 +588,7 @@ def _ternary_product(x, y, m, T, bias, levels, n_threads, isa_name, fn, u8_scale
     total = shift if bias is None else shift + bias
     multipliers = _float32_multipliers(y.alphas.astype(np.float64) * s_x, fn)
     total = _float32_multipliers(total, fn)
-    spec = (quantized.u8_codes_format(q, z, isa_name), steps, blocks, None, multipliers.reshape(-1),
+    spec = (quantized.ternary_format(isa_name), steps, blocks, None, multipliers.reshape(-1),
             y.alphas.shape[2], None)
     return _fresh_product(xp, y.codes.view(np.uint8), m, n, y.codes.shape[0] * CB, total, plan,
                           fn, quantized.native_vnni(isa_name), spec)

@@ -218,9 +218,13 @@ def test_int8_residual_bad_input(rng):
         dlcpu.conv2d(x, w, precision="int8", out_scale=0.1, stride=2, residual=y)
     with pytest.raises(ValueError, match="out= and residual|overlap|alias"):
         dlcpu.conv2d(x, w, precision="int8", out_scale=0.1, residual=y, out=y)
-    with pytest.raises(ValueError, match="residual= yet"):
-        dlcpu.conv2d(x, P.ternarize(rng.uniform(-1, 1, (16, 16, 1, 1)).astype(np.float32)), precision="ternary",
-                     residual=y)
+    tw = P.ternarize(rng.uniform(-1, 1, (16, 16, 1, 1)).astype(np.float32))
+    with pytest.raises(ValueError, match="go with out_scale"):
+        dlcpu.conv2d(x, tw, precision="ternary", residual=y)
+    with pytest.raises(ValueError, match="the output's shape"):
+        dlcpu.conv2d(x, tw, precision="ternary", out_scale=0.1, stride=2, residual=y)
+    with pytest.raises(ValueError, match="overlap|alias"):
+        dlcpu.conv2d(x, tw, precision="ternary", out_scale=0.1, residual=y, out=y)
 
 
 # ---------------------------------------------------------------------------- int32 chain bound
@@ -400,7 +404,17 @@ def torch_quantized_conv(torch, x, w, s_x, s_w, s_out):
     (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), w, precision="int8", out_bits=7), ValueError,
      "without out_scale the output is fp32"),
     (lambda x, w: dlcpu.conv2d(x, P.ternarize(w), precision="ternary", out_bits=7), ValueError,
-     "no out=, out_scale=, out_bits= or"),
+     "without out_scale the output is fp32"),
+    (lambda x, w: dlcpu.conv2d(x, P.ternarize(w), precision="ternary", out_scale=0.1), ValueError,
+     "x must be a BlockedTensor"),
+    (lambda x, w: dlcpu.conv2d(layout.to_blocked(x * 1e4), P.ternarize(w), precision="ternary", out_scale=2e-38),
+     ValueError, "is too small for these operands"),
+    (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), P.ternarize(w), precision="ternary", out_scale=0.1,
+                               out=dlcpu.conv2d(layout.to_blocked(x), P.ternarize(w), precision="ternary",
+                                                out_scale=0.2)), ValueError, "this call writes"),
+    (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), P.ternarize(w), precision="ternary", out_scale=0.1,
+                               out=layout.to_blocked(np.ones((1, 4, 4, 4), np.float32))), ValueError,
+     "uint8 activation BlockedTensor"),
     (lambda x, w: dlcpu.conv2d(layout.to_blocked(x), w, precision="int8", out_scale=0.1, out_bits=7,
                                out=dlcpu.conv2d(layout.to_blocked(x), w, precision="int8", out_scale=0.1)),
      ValueError, "this call writes"),
@@ -447,6 +461,77 @@ def test_ternary_conv_against_float64(rng, monkeypatch, isa, native, case, block
             got = dlcpu.conv2d(x, tb, b, stride, pad, "relu", precision="ternary", levels=levels, isa=isa)
             assert_close(got, want)
         assert np.array_equal(got, dlcpu.conv2d(x, tw, b, stride, pad, "relu", precision="ternary", isa=isa))
+
+
+@pytest.mark.parametrize("out_bits", [8, 7])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("case,block,residual", [
+    ((2, 3, 20, 9, 9, 3, 3, 1, 1), 16, 1),        # first layer: one quad of 3 channels per block
+    ((1, 32, 40, 7, 7, 3, 3, 2, 1), 8, 1),        # two sub-blocks per 16-channel block, strided
+    ((1, 64, 33, 6, 6, 1, 1, 1, 0), 32, 0),       # one alpha over two adjacent channel blocks
+], ids=str)
+def test_ternary_u8_output_codes_are_the_float64_codes(rng, monkeypatch, case, block, residual, relu, out_bits):
+    """out_scale / residual on ternary weights: the epilogue writes clamp(rint(v / s_out + (s_r /
+    s_out)(r - z_r) + z), 0, top) of the convolution v of the u8 values and the weights the levels
+    reconstruct -- within one code of float64 and equal away from ties -- bit for bit on every
+    path, for every level count; the codes feed the next layer and out= reuses them."""
+    n, c, k, h, w, r, s, stride, pad = case
+    top = (1 << out_bits) - 1
+    z = 0 if relu else (top + 1) // 2
+    act = "relu" if relu else None
+    reached = set()
+    for signed in (True, False):
+        x = rng.uniform(-1 if signed else 0, 1, (n, c, h, w)).astype(np.float32)
+        wt = rng.uniform(-1, 1, (k, c, r, s)).astype(np.float32)
+        b = rng.uniform(-1, 1, k).astype(np.float32)
+        tw = P.ternarize(wt, block=block, residual=residual)
+        tb = Q.block_ternary_weights(tw)
+        xq = Q.to_int8_blocked(x)
+        xd = xq.numpy().astype(np.float64)
+        for levels in range(1, residual + 2):
+            v = ref.conv2d_forward(xd, tw.to_float32(levels).astype(np.float64), b, (stride, stride), (pad, pad))
+            s_out = float(np.float32(np.abs(v).max() / 300))             # codes past 255 and below 0
+            res = rng.uniform(-1 if signed else 0, 1, v.shape).astype(np.float32) * float(np.abs(v).max())
+            for rq in (None, Q.to_int8_blocked(res, bits=out_bits)):
+                codes = []
+                for isa, native in PATHS:
+                    set_native(monkeypatch, native)
+                    codes.append(dlcpu.conv2d(xq, tb, b, stride, pad, act, precision="ternary", levels=levels,
+                                              isa=isa, out_scale=s_out, out_bits=out_bits, residual=rq))
+                assert all(np.array_equal(cd.data, codes[0].data) for cd in codes[1:])
+                y8 = codes[0]
+                assert y8.precision == "int8" and y8.dtype == np.uint8 and y8.scale == (s_out, z)
+                u = (v + (0 if rq is None else rq.numpy().astype(np.float64))) / s_out
+                u = np.maximum(u, 0) if relu else u
+                want = np.clip(np.rint(u + z), 0, top)
+                got = layout.from_blocked(layout.BlockedTensor(y8.data.astype(np.float32), y8.shape))
+                assert np.abs(got - want).max() <= 1
+                away = np.abs(np.abs(u + z - np.floor(u + z)) - 0.5) > 1e-3
+                assert np.array_equal(got[away], want[away])
+                reached.update({0, top} & set(np.unique(got)))
+    assert reached == {0, top}                                           # both clamps were exercised
+    nxt = dlcpu.conv2d(y8, P.ternarize(rng.uniform(-1, 1, (8, k, 1, 1)).astype(np.float32)), precision="ternary")
+    assert nxt.precision == "fp32" and np.isfinite(nxt.data).all()      # u8 feeds the next layer
+    again = dlcpu.conv2d(xq, tb, b, stride, pad, act, precision="ternary", out_scale=s_out, out_bits=out_bits,
+                         out=y8)
+    assert again is y8
+
+
+def test_ternary_format_pairs_any_u8_codes(rng, monkeypatch):
+    """Ternary weights take VPMADDUBSW (U7S8) on AVX2 whatever the codes, since a pair sums to at
+    most 2 * 255: codes at 255 give the scalar path's bits, as int8's U7S8 needs codes <= 127."""
+    assert Q.ternary_format("avx2") == Q._U7S8 and Q.ternary_format("scalar") == Q._U8S8
+    x = np.full((1, 64, 5, 5), 1.0, np.float32)
+    x[0, :, 0, 0] = -1.0                                  # signed: zero point 128, codes 1..255
+    w = np.sign(rng.uniform(-1, 1, (16, 64, 3, 3))).astype(np.float32)
+    tb = Q.block_ternary_weights(P.ternarize(w, block=64))
+    xq = Q.to_int8_blocked(x)
+    assert xq.data.max() == 255
+    results = [dlcpu.conv2d(xq, tb, None, 1, 1, precision="ternary", isa=isa) for isa in ISAS]
+    assert all(np.array_equal(r.data, results[0].data) for r in results[1:])
+    assert_close(results[0].numpy(), ref.conv2d_forward(xq.numpy().astype(np.float64),
+                                                        P.ternarize(w, block=64).to_float32().astype(np.float64),
+                                                        None, (1, 1), (1, 1)))
 
 
 def test_ternary_conv_paths_agree_and_levels_trade_error(rng, monkeypatch):
