@@ -357,6 +357,24 @@ def block_ternary_weights(tw):
                           sums.sum(axis=2), _made=True)
 
 
+def scale_ternary_outputs(tb, factors):
+    """TernaryBlocked `tb` with output channel k's alphas (every level and block) times
+    factors[k] -- a batch norm's gamma / sqrt(var + eps) folded in -- sharing tb's codes; None
+    where a scaled alpha leaves float32.  A factor may be negative: the kernels apply alpha as a
+    plain multiplier."""
+    factors = np.asarray(factors, np.float64)
+    K = tb.shape[0]
+    if factors.shape != (K,):
+        raise ValueError(f"scale_ternary_outputs: expected {K} factors (one per output channel), got {factors.shape}")
+    padded = np.ones(tb.alphas.shape[1] * CB)
+    padded[:K] = factors
+    alphas = tb.alphas * padded.reshape(1, -1, 1, 1, 1, 1, CB)
+    if not (np.abs(alphas) <= np.finfo(np.float32).max).all():
+        return None
+    return TernaryBlocked(tb.shape, tb.block, tb.codes, alphas.astype(np.float32), tb.code_sums * factors,
+                          _made=True)
+
+
 def ternary_call(xq, tb, levels, k_pad, isa_name=None, out_scale=None, out_bits=8):
     """(spec, fill, bias shift) for a ternary convolution on `levels` levels: the multipliers are
     alpha * s_x per block (found beside each block), the flush schedule one chain per N-channel

@@ -9,6 +9,7 @@ import pytest
 from conftest import max_threads
 
 import dlcpu
+from dlcpu import _reference as reference
 from dlcpu import nn
 from dlcpu import train as training
 
@@ -320,13 +321,14 @@ def randomize_batch_norms(model, rng):
 
 
 @pytest.mark.parametrize("bits", [8, 7])
-def test_int8_blocks_hand_u8_codes_to_each_other(trained, bits):
-    """In an int8 digits CNN, bn1 of each block folds into conv1, the shortcut's batch norm
-    into its convolution, and each block's end into its last convolution: the blocks hand u8
-    codes to each other (the first block's output is the second's input codes), and the model
-    gives the logits and accuracy of the same layers run one by one."""
+@pytest.mark.parametrize("to,kw", [("int8", {}), ("ternary", {"block": 16, "residual": 2})])
+def test_quantized_blocks_hand_u8_codes_to_each_other(trained, bits, to, kw):
+    """In an int8 or ternary digits CNN, bn1 of each block folds into conv1, the shortcut's
+    batch norm into its convolution, and each block's end into its last convolution: the blocks
+    hand u8 codes to each other (the first block's output is the second's input codes), and the
+    model gives the logits and accuracy of the same layers run one by one."""
     model, _, data, calibration = trained
-    q = nn.quantize(model, "int8", calibration, act_bits=bits)
+    q = nn.quantize(model, to, calibration, act_bits=bits, **kw)
     blocks = [m for m in q._walk() if isinstance(m, nn.BasicBlock)]
     assert len(blocks) == 2
     for b in blocks:
@@ -356,18 +358,26 @@ def test_int8_blocks_hand_u8_codes_to_each_other(trained, bits):
 
 @pytest.mark.parametrize("bits", [8, 7])
 @pytest.mark.parametrize("downsample", [False, True])
-def test_folded_bottleneck_codes_are_the_layers_codes(rng, monkeypatch, bits, downsample):
-    """A bottleneck with random batch-norm statistics, int8: the block's u8 output codes equal,
-    within one code (and exactly away from ties), the codes of the float64 block end computed
-    from the codes its own layers handed over -- bn3 and the residual folded into conv3's
-    epilogue, bn1 / bn2 / the shortcut's batch norm into theirs -- at 1 and all threads."""
+@pytest.mark.parametrize("to,kw,levels", [("int8", {}, None), ("ternary", {"block": 8, "residual": 1}, 1),
+                                          ("ternary", {"block": 16, "residual": 1}, 2)])
+def test_folded_bottleneck_codes_are_the_layers_codes(rng, monkeypatch, bits, downsample, to, kw, levels):
+    """A bottleneck with random batch-norm statistics (a negative gamma for ternary, whose
+    alphas take any sign), int8 or ternary on some of its levels: the block's u8 output codes
+    equal, within one code (and exactly away from ties), the codes of the float64 block end
+    computed from the codes its own layers handed over -- bn3 and the residual folded into
+    conv3's epilogue, bn1 / bn2 / the shortcut's batch norm into theirs -- at 1 and all
+    threads."""
     from dlcpu.nn.resnet import Bottleneck
 
     block = Bottleneck(32, 16 if downsample else 8, 2 if downsample else 1, seed=3)
     randomize_batch_norms(block, rng)
+    if to == "ternary":
+        block.bn3.weight.data[1] = -block.bn3.weight.data[1]
     x = np.maximum(rng.standard_normal((2, 32, 9, 9)), 0).astype(np.float32)
     xb = dlcpu.layout.to_blocked(x)
-    q = nn.quantize(block, "int8", [xb], act_bits=bits)
+    q = nn.quantize(block, to, [xb], act_bits=bits, **kw)
+    if levels is not None:
+        q.set_levels(levels)
     inner = q.inner
     assert inner.conv3.quant.ends_block is not None and inner.bn3.folded
     outs = []
@@ -388,11 +398,12 @@ def test_folded_bottleneck_codes_are_the_layers_codes(rng, monkeypatch, bits, do
             s = sq.forward(xq, sq._fold_now(in_block_end=True))
         assert h.precision == "int8" and s.precision == "int8"
     k = inner.conv3.args["out_channels"]
-    w = dlcpu.quantized.dequantize(inner.conv3.quant.weights)
-    conv = dlcpu._reference.conv2d_forward(h.numpy().astype(np.float64),
-                                           dlcpu.layout.unblock_weights(dlcpu.layout.BlockedTensor(
-                                               w, inner.conv3.quant.weights.shape, "weight")).astype(np.float64),
-                                           None, (1, 1), (0, 0))
+    if to == "ternary":
+        w = inner.conv3.quant.ternary.to_float32(levels)
+    else:
+        w = dlcpu.layout.unblock_weights(dlcpu.layout.BlockedTensor(dlcpu.quantized.dequantize(inner.conv3.quant.weights),
+                                                                    inner.conv3.quant.weights.shape, "weight"))
+    conv = reference.conv2d_forward(h.numpy().astype(np.float64), w.astype(np.float64), None, (1, 1), (0, 0))
     bn = inner.bn3
     inv = bn.weight.data[:k].astype(np.float64) / np.sqrt(bn.running_var[:k].astype(np.float64) + bn.eps)
     v = (conv - bn.running_mean[:k, None, None].astype(np.float64)) * inv[:, None, None] \
@@ -508,7 +519,8 @@ def test_fault_injection_on_a_quantized_model_folds_nothing(rng):
     assert all(m.quant.folding for m in q._walk() if isinstance(m, nn.Conv2d))    # restored after
 
 
-def test_quantized_resnet_hands_u8_codes_from_the_stem_on(rng):
+@pytest.mark.parametrize("to,kw", [("int8", {}), ("ternary", {"block": 16, "residual": 2})])
+def test_quantized_resnet_hands_u8_codes_from_the_stem_on(rng, to, kw):
     """A quantized ResNet: the stem convolution folds bn1 and its ReLU and writes the first
     block's input codes, which the max pool pools as codes; every block end is folded.  The
     logits are those of the layers run one by one (to the codes' rounding), and a hook on the
@@ -519,7 +531,7 @@ def test_quantized_resnet_hands_u8_codes_from_the_stem_on(rng):
     randomize_batch_norms(model, rng)
     model.eval()
     x = np.abs(rng.standard_normal((2, 3, 40, 40))).astype(np.float32)
-    q = nn.quantize(model, "int8", [x])
+    q = nn.quantize(model, to, [x], **kw)
     inner = q.inner
     assert inner.conv1.quant.fold == (inner.bn1, inner.layer1.modules[0].conv1, (inner.maxpool,))
     blocks = [m for m in inner._walk() if type(m).__name__ == "Bottleneck"]

@@ -144,7 +144,7 @@ def link_batchnorm(bn, before, after, through=()):
     layer, or the tensor has other readers: a residual sum, a pool; `before` with a bias keeps
     an fp32 gradient).  The bf16 patterns are the ones that convolution would round the fp32
     tensor to, without the fp32 tensor's pass through memory: 2 of the digits CNN's 5 forward
-    conversions and 6 of its backward ones.  In a quantized model, an int8 `before` folds `bn`
+    conversions and 6 of its backward ones.  In a quantized model, a quantized `before` folds `bn`
     when `bn` ends in a ReLU and a quantized convolution reads its output: `after` itself, or
     the first_conv of the block `after`, past `through` (a max pool, which pools u8 codes as
     they are)."""
@@ -152,7 +152,7 @@ def link_batchnorm(bn, before, after, through=()):
     bn.out_precision = "fp32" if through else _reads_bf16(after)
     if isinstance(before, Conv2d) and before.quant is not None:
         reader = after if isinstance(after, Conv2d) else getattr(after, "first_conv", None)
-        before.quant.link_output(bn, reader, through)   # nn.quantize: folded into an int8 epilogue
+        before.quant.link_output(bn, reader, through)   # nn.quantize: folded into its epilogue
     else:
         bn.folded = False
 
@@ -195,7 +195,7 @@ class BatchNorm2d(Module):
 
     out_precision = "fp32"
     dx_precision = "fp32"
-    #: True in a quantized model where the int8 convolution before it applies it (and its ReLU)
+    #: True in a quantized model where the quantized convolution before it applies it (and its ReLU)
     #: in its epilogue (nn.quantize's ConvQuantization.link_output / link_residual): the u8
     #: codes that convolution writes then pass through this layer unchanged
     folded = False
@@ -227,7 +227,7 @@ class BatchNorm2d(Module):
         ResNet block's fused end (residual_end), whose backward takes the gradient of the sum."""
         _expect_blocked(x, self.describe(), self.C)
         if self.folded and x.precision == "int8":
-            return x            # applied by the int8 convolution that wrote these codes
+            return x            # applied by the quantized convolution that wrote these codes
         x = _widened(x, "fp32")
         y, self._saved = norm.batchnorm_forward(x, self.weight.data, self.bias.data, self.running_mean,
                                                 self.running_var, self.training, eps=self.eps,

@@ -9,8 +9,10 @@ What changes: every Conv2d runs on the integer kernels (conv2d(precision='int8' 
 every Linear layer on matmul's: int8 weights symmetric per output channel (unit), or
 TernaryWeights (alpha per output channel, block of N input channels and tap; 1 + residual
 levels); each layer's input quantized to u8 with a per-tensor scale calibrated on a few batches
-(max |x| seen; unsigned when no value seen was negative, after a ReLU).  Batch norm, pooling and
-the residual adds stay fp32.  Inference only: backward is refused.  Recurrent layers are
+(max |x| seen; unsigned when no value seen was negative, after a ReLU).  A batch norm after a
+quantized convolution folds into it and the codes pass to the next layer as u8 where the
+containers link them (ConvQuantization); elsewhere batch norm, pooling and the residual adds
+run in fp32.  Inference only: backward is refused.  Recurrent layers are
 refused: they quantize dynamically (set_precision('int8'), as PyTorch's quantize_dynamic).
 
 Design: a Quantized module wraps the original model, whose configuration it keeps, and hangs a
@@ -119,11 +121,12 @@ class ConvQuantization(_Quantization):
     """A Conv2d's: int8 weights symmetric per output channel (a blocked int8 weight tensor) or
     block-ternary (TernaryBlocked), run by conv2d on u8 input.
 
-    int8 activations stay u8 from layer to layer where the model's containers say who reads
-    what (their link_formats): a batch norm right after an int8 convolution folds into that
-    convolution's epilogue -- gamma / sqrt(var + eps) joins the per-channel weight scales, the
-    shift the bias, as PyTorch's fused quantized modules hold them -- and the convolution writes
-    u8 codes (conv2d's out_scale) for the reader:
+    Activations stay u8 from layer to layer where the model's containers say who reads what
+    (their link_formats): a batch norm right after a quantized convolution folds into that
+    convolution's epilogue -- gamma / sqrt(var + eps) joins the per-channel weight scales (int8)
+    or every alpha of the output channel (ternary), the shift the bias, as PyTorch's fused
+    quantized modules hold them -- and the convolution writes u8 codes (conv2d's out_scale) for
+    the reader:
       - bn1 / bn2 of a block (ReLU fused): the next convolution's input codes;
       - a shortcut's batch norm: signed codes at its calibrated output scale, for the block end;
       - the block end relu(bn(conv(h)) + shortcut) of a block's last convolution: the shortcut
@@ -132,8 +135,8 @@ class ConvQuantization(_Quantization):
         them: module._widened).
     That removes, per block, the fp32 outputs' trips through memory, the batch-norm and
     residual passes and the next layers' quantization passes.  Where a fold cannot apply at a
-    call (an output hook on a layer inside it; gamma <= 0 in some channel, where an int8 weight
-    scale would not be positive; `folding` off), the layers run one by one.  Outside a block,
+    call (an output hook on a layer inside it; gamma <= 0 in some channel of an int8 layer,
+    whose weight scales must stay positive; `folding` off), the layers run one by one.  Outside a block,
     codes are invisible: an output hook sees fp32 (Module.__call__), and so does the caller of
     a Quantized model."""
 
@@ -165,21 +168,20 @@ class ConvQuantization(_Quantization):
         self.ternary, self.weights = tw, quantized.block_ternary_weights(tw)
 
     def link_output(self, bn, after, through=()):
-        """Fold `bn` (this layer's only reader) into this layer's epilogue when it can: int8,
-        and `after` (bn's only reader, past the layers `through`) is a quantized Conv2d with bn
-        ending in a ReLU, or RESIDUAL (bn is a shortcut's).  Sets bn.folded, which lets the u8
-        codes through."""
+        """Fold `bn` (this layer's only reader) into this layer's epilogue when it can: `after`
+        (bn's only reader, past the layers `through`) is a quantized Conv2d with bn ending in a
+        ReLU, or RESIDUAL (bn is a shortcut's).  Sets bn.folded, which lets the u8 codes
+        through."""
         from .layers import Conv2d
 
-        ok = self.fmt == "int8" and (after is RESIDUAL or (bn.relu and isinstance(after, Conv2d)
-                                                           and after.quant is not None))
+        ok = after is RESIDUAL or (bn.relu and isinstance(after, Conv2d) and after.quant is not None)
         self.fold = (bn, after, tuple(through)) if ok else None
         bn.folded = ok
 
     def link_residual(self, bn, relu, shortcut):
-        """This int8 layer ends a residual block: relu(bn(this) + shortcut(x)), `shortcut` the
+        """This layer ends a residual block: relu(bn(this) + shortcut(x)), `shortcut` the
         block's shortcut layers ([]: the identity)."""
-        ok = self.fmt == "int8" and all(m.quant is not None for m in shortcut[:1])
+        ok = all(m.quant is not None for m in shortcut[:1])
         self.ends_block = (bn, relu, list(shortcut)) if ok else None
         bn.folded = bn.folded or ok
 
@@ -199,9 +201,9 @@ class ConvQuantization(_Quantization):
         return x
 
     def _folded_weights(self, bn):
-        """(weights, bias) with `bn` (eval mode) folded in, or None where gamma / sqrt(var + eps)
-        is not > 0 in every channel or a scale leaves float32 (an int8 weight scale must be a
-        positive float32).  Kept while the weights and the batch norm's values stay the same:
+        """(weights, bias) with `bn` (eval mode) folded in, or None where a scale leaves float32
+        or, for int8, gamma / sqrt(var + eps) is not > 0 in every channel (an int8 weight scale
+        must be a positive float32; a ternary alpha may be negative).  Kept while the weights and the batch norm's values stay the same:
         made anew at every call, they were 3.8 of a 160 ms int8 ResNet-50 forward (57 folds)."""
         k = self.layer.args["out_channels"]
         key = (bn.eps, bn.weight.data[:k].tobytes(), bn.bias.data[:k].tobytes(),
@@ -216,14 +218,19 @@ class ConvQuantization(_Quantization):
 
     def _fold_weights(self, bn, k):
         inv = bn.weight.data[:k].astype(np.float64) / np.sqrt(bn.running_var[:k].astype(np.float64) + bn.eps)
+        shift = bn.bias.data[:k] - bn.running_mean[:k] * inv
+        if self.layer.bias is not None:
+            shift += self.layer.bias.data * inv
+        if not np.isfinite(inv).all():
+            return None
+        if self.fmt == "ternary":
+            weights = quantized.scale_ternary_outputs(self.weights, inv)
+            return None if weights is None else (weights, shift.astype(np.float32))
         s_w, sums = self.weights.scale
         scales = s_w.copy()
         scales[:k] = s_w[:k] * inv
         if not (np.isfinite(scales).all() and (scales > 0).all()):
             return None
-        shift = bn.bias.data[:k] - bn.running_mean[:k] * inv
-        if self.layer.bias is not None:
-            shift += self.layer.bias.data * inv
         weights = BlockedTensor(self.weights.data, self.weights.shape, "weight", scale=(scales, sums), precision="int8")
         return weights, shift.astype(np.float32)
 
@@ -247,19 +254,21 @@ class ConvQuantization(_Quantization):
         folded = None if scale is None else self._folded_weights(bn)
         return None if folded is None else (*folded, activation, scale)
 
+    def _levels(self):
+        """conv2d's levels= for this layer: the ternary levels switched on, None for int8."""
+        return self.levels if self.fmt == "ternary" else None
+
     def forward(self, x, fold=None):
         """The layer on x; fold: a _fold_now result to apply (default: this call's own)."""
         conv = self.layer
         xq = self.input_codes(x)
-        bias = None if conv.bias is None else conv.bias.data
-        if self.fmt == "ternary":
-            return conv2d(xq, self.weights, bias, conv.stride, conv.padding, precision="ternary", levels=self.levels)
         fold = fold or self._fold_now()
         if fold is None:
-            return conv2d(xq, self.weights, bias, conv.stride, conv.padding, precision="int8")
+            bias = None if conv.bias is None else conv.bias.data
+            return conv2d(xq, self.weights, bias, conv.stride, conv.padding, precision=self.fmt, levels=self._levels())
         weights, shift, activation, scale = fold
-        return conv2d(xq, weights, shift, conv.stride, conv.padding, activation, precision="int8",
-                      out_scale=scale, out_bits=self.act_bits)
+        return conv2d(xq, weights, shift, conv.stride, conv.padding, activation, precision=self.fmt,
+                      out_scale=scale, out_bits=self.act_bits, levels=self._levels())
 
     def block_end(self, first):
         """The folded end of the residual block this layer ends, for this call: a function
@@ -286,8 +295,8 @@ class ConvQuantization(_Quantization):
         def end(h, xq):
             # the shortcut: its convolution with its batch norm folded in (that module passes)
             s = shortcut[0].quant.forward(xq, shortcut_fold) if shortcut else xq
-            return conv2d(self.input_codes(h), weights, shift, conv.stride, conv.padding, "relu", precision="int8",
-                          out_scale=self.out_scale, out_bits=self.act_bits, residual=s)
+            return conv2d(self.input_codes(h), weights, shift, conv.stride, conv.padding, "relu", precision=self.fmt,
+                          out_scale=self.out_scale, out_bits=self.act_bits, residual=s, levels=self._levels())
         return end
 
     def state(self):
