@@ -585,8 +585,9 @@ def bench_infer_resnet50(
     precision: Annotated[str, typer.Option(
         "--precision", metavar="<format>",
         help="fp32; bf16: dlcpu's Module.set_precision against PyTorch's autocast; int8: nn.quantize's model "
-             "(u8 activations between layers, calibrated on the images) against PyTorch's FX-quantized one; dlcpu's "
-             "fp32 model timed in the same rounds for the speedup.")] = "fp32",
+             "(u8 activations between layers, calibrated on the images) against PyTorch's quantized one (PT2E "
+             "compiled by inductor where torchao is installed, else FX); dlcpu's fp32 model timed in the same "
+             "rounds for the speedup.")] = "fp32",
     as_json: JsonFlag = False,
 ):
     """ResNet-50 v1.5 eval-mode inference in images/s at each batch size, against the same model in

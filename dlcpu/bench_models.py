@@ -119,10 +119,12 @@ def _resnet_steps(spec, train, sides, torch=None):
     steps = {}
     if "torch" in sides:
         twin = _peers.resnet_from(torch, model, memory_format=torch.channels_last)
+        twin.train(train)
         xt, lt = torch.from_numpy(x), torch.from_numpy(labels)
+        int8_path = None
         if precision == "int8":      # calibrated on the timed images, as dlcpu's side below
-            twin = _peers.quantized_model(torch, twin, xt.contiguous(memory_format=torch.channels_last),
-                                          int8_activation_bits() == 7)
+            twin, int8_path = _peers.quantized_model(torch, twin, xt.contiguous(memory_format=torch.channels_last),
+                                                     int8_activation_bits() == 7)
         # bf16: PyTorch's own mixed precision, autocast (bf16 convolutions and GEMMs, fp32 weights)
         autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
         if train:
@@ -135,11 +137,10 @@ def _resnet_steps(spec, train, sides, torch=None):
                 loss.backward()
                 topt.step()
         else:
-            twin.eval()
-
             def peer():
                 with torch.inference_mode(), autocast():
                     return twin(xt.contiguous(memory_format=torch.channels_last))
+        peer.int8_path = int8_path              # (the peer's name says which int8 path ran)
         steps["torch"] = peer
     runs = model
     if precision == "int8":
@@ -441,9 +442,11 @@ def _fp32_reference(spec, train, precision):
     return _steps({**spec, "precision": "fp32"}, train, ("dlcpu",))["dlcpu"]
 
 
-def _peer_suffix(precision, mode=""):
-    return ", channels_last" + mode + {"bf16": ", autocast bf16", "int8": ", FX-quantized int8 (x86 engine)"}.get(
-        precision, "")
+def _peer_suffix(precision, mode="", peer=None):
+    """The peer's name after its version: layout, mode and low-precision path (int8: the one
+    _peers.quantized_model took)."""
+    int8_path = getattr(peer, "int8_path", None)
+    return ", channels_last" + mode + {"bf16": ", autocast bf16", "int8": f", {int8_path}"}.get(precision, "")
 
 
 def bench_train_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, repeats=5, warmup=1,
@@ -477,8 +480,8 @@ def bench_infer_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, 
                          num_classes=1000, memory=True, precision="fp32"):
     """Eval-mode images/s of nn.resnet50 (under nn.inference_mode) and its twin (channels_last,
     torch.inference_mode), with each side's peak memory (fresh process per side); precision as
-    bench_train_resnet50, or 'int8': nn.quantize's model against PyTorch's FX-quantized twin
-    (_peers.quantized_model), both calibrated once on the timed images outside the timer, with
+    bench_train_resnet50, or 'int8': nn.quantize's model against PyTorch's quantized twin
+    (_peers.quantized_model: PT2E + inductor where torchao is installed, else FX), both calibrated once on the timed images outside the timer, with
     each side's logits error against the fp32 model."""
     torch = _peers.require_torch("--compare torch") if compare == "torch" else None
     spec = {"model": "resnet50", "batch": batch, "image": image, "num_classes": num_classes, "precision": precision}
@@ -488,7 +491,7 @@ def bench_infer_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, 
            "gflop_per_step": flops / 1e9, "precision": precision, "timed_region": INFER_TIMED_REGION}
     fp32_step = _fp32_reference(spec, False, precision)
     out.update(_compare(steps, torch, n_threads, batch, flops, peak_gflops, "images_per_second",
-                        _peer_suffix(precision, ", inference_mode"), repeats, warmup, fp32_step))
+                        _peer_suffix(precision, ", inference_mode", steps.get("torch")), repeats, warmup, fp32_step))
     if precision == "int8":
         # what the quantization costs in the logits, each side against dlcpu's fp32 model (the
         # same weights; PyTorch's fp32 twin agrees with it to ~1e-6)
