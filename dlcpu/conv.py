@@ -642,12 +642,12 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
             # 34 us forward on the digits CNN's 16 -> 16 layer at batch 1, 2 threads, AVX2)
             _convert.f32_to_bf16_vnni(wb.data.reshape(-1), w16.reshape(-1), isa_code, native, n_threads)
         _forward_into(x16.data, w16, bias_p, y, shape, isa_code, n_threads, activation == "relu", native)
-        return _conv_result(y, shape, out, None, None, blocked_in, n_threads)
+        return _conv_result(y, shape, out, None, None, 8, blocked_in, n_threads)
     if precision in quantized.INTEGER_FORMATS:
         _forward_into(xq.data, quantized.kernel_view(wq), bias_p, y, shape, isa_code, n_threads, activation == "relu",
                       quantized.native_vnni(cpu.ISA_BY_CODE[isa_code]), integer, fill,
                       None if residual is None else residual.data, residual_scale)
-        return _conv_result(y, shape, out, out_scale, out_zero, blocked_in, n_threads)
+        return _conv_result(y, shape, out, out_scale, out_zero, out_bits, blocked_in, n_threads)
     auto = algorithm == "auto"
     if auto:
         algorithm = choose_algorithm(shape, cpu.ISA_BY_CODE[isa_code])
@@ -669,7 +669,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
         # Non-finite input under 'auto': recompute by the direct algorithm (see the docstring).
         _forward_into(xb.data, wb.data if wb is not None else block_weights(w, n_threads).data, bias_p, y, shape,
                       isa_code, n_threads, activation == "relu")
-    return _conv_result(y, shape, out, None, None, blocked_in, n_threads)
+    return _conv_result(y, shape, out, None, None, 8, blocked_in, n_threads)
 
 
 def _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_threads, isa, levels, out, out_scale,
@@ -728,7 +728,7 @@ def _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_thread
                                     None if residual is None else residual.data.reshape(-1), residual_scale)
     if errors:
         raise MemoryError(f"{fn}: could not allocate the per-thread input tile of {errors} work item(s)")
-    return _conv_result(y, shape, out, out_scale, out_zero, blocked_in, n_threads)
+    return _conv_result(y, shape, out, out_scale, out_zero, out_bits, blocked_in, n_threads)
 
 
 def _output_options(out, out_scale, out_bits, residual, activation, precision, blocked_in, shape, operands):
@@ -767,6 +767,9 @@ def _output_options(out, out_scale, out_bits, residual, activation, precision, b
     if want is not None and out.scale != want:
         raise ValueError(f"conv2d: out holds u8 values of scale {out.scale}, this call writes {want}; make out with "
                          "the same out_scale and activation")
+    if want is not None and out.code_bound is not None and out_bits != 7:
+        raise ValueError(f"conv2d: out holds 7-bit codes (code_bound {out.code_bound}), this call writes {out_bits}-bit "
+                         "ones; make out with the same out_bits")
     not_aliased(out.data, {**operands, "residual": None if residual is None else residual.data}, "conv2d")
     return out_shape, out_dtype, out_scale, out_zero, out_bits
 
@@ -784,14 +787,16 @@ def _code_bias(bias, k_pad, out_scale, out_zero, residual):
     return quantized.output_code_bias(bias, k_pad, out_scale, out_zero - ratio * residual.scale[1]), residual_scale
 
 
-def _conv_result(y, shape, out, out_scale, out_zero, blocked_in, n_threads):
+def _conv_result(y, shape, out, out_scale, out_zero, out_bits, blocked_in, n_threads):
     """What conv2d returns for its output data y: `out` when given; u8 codes as an int8 activation
-    BlockedTensor; fp32 as a BlockedTensor on the blocked path, else NCHW."""
+    BlockedTensor (7-bit ones say so: code_bound); fp32 as a BlockedTensor on the blocked path,
+    else NCHW."""
     if out is not None:       # (the blocked path only: _output_options)
         return out
     y_shape = (shape.N, shape.K, shape.P, shape.Q)
     if out_scale is not None:
-        return BlockedTensor(y, y_shape, "activation", scale=(out_scale, out_zero), precision="int8")
+        return BlockedTensor(y, y_shape, "activation", scale=(out_scale, out_zero), precision="int8",
+                             _code_bound=quantized.U7_MAX if out_bits == 7 else None)
     yb = BlockedTensor(y, y_shape, "activation")
     return yb if blocked_in else from_blocked(yb, n_threads)
 

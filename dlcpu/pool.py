@@ -79,7 +79,8 @@ def max_pool2d(x, kernel, stride=None, padding=0, *, n_threads=None):
         geo, out_shape = _geometry(x, kernel, stride, padding, "max_pool2d", "int8")
         y = np.empty((out_shape[0], x.data.shape[1], out_shape[2], out_shape[3], CB), np.uint8)
         _pool.max_pool_u8(x.data, y, *geo, cpu.resolve_threads(n_threads))
-        return BlockedTensor(y, out_shape, "activation", scale=x.scale, precision="int8"), None
+        return BlockedTensor(y, out_shape, "activation", scale=x.scale, precision="int8",
+                             _code_bound=x.code_bound), None      # (a maximum of codes is no larger)
     geo, out_shape = _geometry(x, kernel, stride, padding, "max_pool2d")
     y = np.empty((out_shape[0], x.data.shape[1], out_shape[2], out_shape[3], CB), np.float32)
     arg = np.empty(y.shape, np.int32)

@@ -137,11 +137,19 @@ def to_int8_blocked(x, scale=None, *, unsigned=None, bits=8, n_threads=None, isa
         if unsigned is not None:
             raise ValueError(f"{fn}: unsigned= goes with a calibrated scale; without one it follows the data")
         data, scale, zero_point = quantize_u8(xb.data, code, threads, fn, bits=bits)
-        return BlockedTensor(data, tuple(xb.shape), "activation", scale=(scale, zero_point), precision="int8")
+        return BlockedTensor(data, tuple(xb.shape), "activation", scale=(scale, zero_point), precision="int8",
+                             _code_bound=_bound_of(bits))
     scale, zero_point = calibrated_u8_scale(scale, unsigned, fn, bits=bits)
     _absmax(xb.data, code, threads, fn, "int8 quantization")         # NaN/Inf refused
     data, _, _ = quantize_u8(xb.data, code, threads, fn, scale, zero_point, bits=bits)
-    return BlockedTensor(data, tuple(xb.shape), "activation", scale=(scale, zero_point), precision="int8")
+    return BlockedTensor(data, tuple(xb.shape), "activation", scale=(scale, zero_point), precision="int8",
+                         _code_bound=_bound_of(bits))
+
+
+def _bound_of(bits):
+    """BlockedTensor's _code_bound for codes `bits` wide: 127 for 7-bit codes, None for 8-bit
+    ones (every byte is a code: nothing to say)."""
+    return U7_MAX if bits == 7 else None
 
 
 def calibrated_u8_scale(scale, unsigned, fn, names=("scale", "unsigned"), bits=8):
@@ -182,7 +190,10 @@ def u8_format(xq, isa_name):
     """The integer call format for u8 activations xq on the `isa_name` path: U7S8 where the AVX2
     kernels can form pairs of products in VPMADDUBSW exactly (every code, and the zero point that
     fills the padding, at most 127: any tensor of 7-bit codes, whatever made it), else U8S8.
-    The other paths sum both alike, so they skip the scan of the codes."""
+    The other paths sum both alike, so they skip the scan of the codes, and so does a tensor
+    whose maker bounds its codes (BlockedTensor.code_bound)."""
+    if isa_name == "avx2" and xq.code_bound is not None and xq.code_bound <= U7_MAX and xq.scale[1] <= U7_MAX:
+        return _U7S8
     return u8_codes_format(xq.data, xq.scale[1], isa_name)
 
 

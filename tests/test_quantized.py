@@ -11,7 +11,7 @@ from conftest import ISAS, assert_close, max_threads, needs_torch, rel_l2
 
 import dlcpu
 from dlcpu import _reference as ref
-from dlcpu import benchmarks, cpu, gemm, layout
+from dlcpu import benchmarks, cpu, gemm, layout, pool
 from dlcpu import precision as P
 from dlcpu import quantized as Q
 
@@ -842,6 +842,34 @@ def test_bench_precision_quantizes_int8_as_wide_as_its_peer(monkeypatch):
     assert benchmarks.int8_activation_bits() == 7
     monkeypatch.setattr(benchmarks, "int8_peer_full_range", lambda: True)
     assert benchmarks.int8_activation_bits() == 8
+
+
+def test_7bit_codes_carry_their_bound_and_skip_the_scan(rng, monkeypatch):
+    """7-bit codes made by dlcpu say so (code_bound 127): to_int8_blocked(bits=7), conv2d's int8
+    and ternary epilogues with out_bits=7 and the u8 max pool of such codes; u8_format then picks
+    VPMADDUBSW on AVX2 without scanning the codes.  8-bit codes, a replaced copy and hand-made
+    tensors carry no bound (and are scanned); a wrong bound and an 8-bit write into a 7-bit out=
+    are refused."""
+    x = rng.uniform(-1, 1, (2, 20, 8, 8)).astype(np.float32)
+    w = rng.uniform(-1, 1, (24, 20, 3, 3)).astype(np.float32)
+    x7, x8 = Q.to_int8_blocked(x, bits=7), Q.to_int8_blocked(x)
+    assert x7.code_bound == 127 and x8.code_bound is None
+    wq, tw = Q.block_weights_int8(w), P.ternarize(w)
+    made = [dlcpu.conv2d(x7, wq, None, 1, 1, "relu", precision="int8", out_scale=0.05, out_bits=7),
+            dlcpu.conv2d(x7, tw, None, 1, 1, precision="ternary", out_scale=0.05, out_bits=7)]
+    made.append(pool.max_pool2d(made[0], 3, 2, 1)[0])
+    assert all(t.code_bound == 127 and t.data.max() <= 127 for t in made)
+    assert dlcpu.conv2d(x7, wq, None, 1, 1, precision="int8", out_scale=0.05).code_bound is None
+    assert dataclasses.replace(x7, data=x7.data.copy()).code_bound is None
+    scans = []
+    monkeypatch.setattr(Q, "u8_codes_format", lambda *a: scans.append(a) or Q._U8S8)
+    assert [Q.u8_format(t, "avx2") for t in (x7, *made)] == [Q._U7S8] * 4 and not scans
+    Q.u8_format(x8, "avx2")
+    assert len(scans) == 1
+    with pytest.raises(ValueError, match="code bound .127. is for 7-bit u8 activations"):
+        layout.BlockedTensor(x8.data, x8.shape, scale=x8.scale, precision="int8", _code_bound=255)
+    with pytest.raises(ValueError, match="out holds 7-bit codes"):
+        dlcpu.conv2d(x7, wq, None, 1, 1, "relu", precision="int8", out_scale=0.05, out=made[0])
 
 
 @pytest.mark.parametrize("bits", [8, 7])
