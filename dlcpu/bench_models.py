@@ -481,8 +481,9 @@ def bench_infer_resnet50(batch, image, n_threads, peak_gflops, *, compare=None, 
     """Eval-mode images/s of nn.resnet50 (under nn.inference_mode) and its twin (channels_last,
     torch.inference_mode), with each side's peak memory (fresh process per side); precision as
     bench_train_resnet50, or 'int8': nn.quantize's model against PyTorch's quantized twin
-    (_peers.quantized_model: PT2E + inductor where torchao is installed, else FX), both calibrated once on the timed images outside the timer, with
-    each side's logits error against the fp32 model."""
+    (_peers.quantized_model: PT2E + inductor where torchao is installed, else FX), both
+    calibrated once on the timed images outside the timer, with each side's logits error
+    against the fp32 model."""
     torch = _peers.require_torch("--compare torch") if compare == "torch" else None
     spec = {"model": "resnet50", "batch": batch, "image": image, "num_classes": num_classes, "precision": precision}
     steps = _steps(spec, False, ("dlcpu", "torch") if torch is not None else ("dlcpu",), torch)

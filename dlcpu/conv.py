@@ -569,7 +569,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     precision='ternary': w is a dlcpu.precision.TernaryWeights (ternarize(w, block=N,
     residual=r)) or its quantized.block_ternary_weights form, prepared once; x is quantized to
     u8 as for int8 (or arrives so).  Each block of N input channels sums its +-1 codes times u8
-    activations in int32 and takes its alpha once (VPDPBUSD on the codes); `levels` (default
+    activations in int32 and takes its alpha once (VPDPBUSD on the codes, VPMADDUBSW pairs on
+    AVX2); `levels` (default
     all) runs the first 1 + r' residual levels, switching the least important off.  out_scale,
     out_bits, residual and out work as for int8, with multipliers alpha * s_x / out_scale.
     """
@@ -796,7 +797,7 @@ def _conv_result(y, shape, out, out_scale, out_zero, out_bits, blocked_in, n_thr
     y_shape = (shape.N, shape.K, shape.P, shape.Q)
     if out_scale is not None:
         return BlockedTensor(y, y_shape, "activation", scale=(out_scale, out_zero), precision="int8",
-                             _code_bound=quantized.U7_MAX if out_bits == 7 else None)
+                             _code_bound=quantized.code_bound_of(out_bits))
     yb = BlockedTensor(y, y_shape, "activation")
     return yb if blocked_in else from_blocked(yb, n_threads)
 
@@ -824,8 +825,10 @@ def _out_scale(out_scale, precision, blocked_in):
         raise ValueError("conv2d: out_scale gives a u8 BlockedTensor, so x must be a BlockedTensor (blocked path)")
     if isinstance(out_scale, (bool, np.bool_)) or not isinstance(out_scale, (int, float, np.integer, np.floating)):
         raise TypeError(f"conv2d: out_scale must be a positive real number, got {out_scale!r}")
-    value = float(np.float32(out_scale))
-    if not (np.isfinite(value) and value > 0 and np.isfinite(np.float32(1.0) / np.float32(value))):
+    with np.errstate(over="ignore", divide="ignore"):        # (refused below, without a warning)
+        value = float(np.float32(out_scale))
+        inverse_finite = value > 0 and np.isfinite(np.float32(1.0) / np.float32(value))
+    if not (np.isfinite(value) and inverse_finite):
         raise ValueError(f"conv2d: out_scale must be finite and > 0 (with a finite float32 inverse), got {out_scale!r}")
     return value
 

@@ -86,16 +86,22 @@ class BlockedTensor:
                              else "needs its scale (exponent or scales)") + f", got scale={self.scale!r}")
         if self.scale is not None:
             _check_scale(self, scan=not _bound_from_data)
-        if _code_bound is not None and not (self.precision == "int8" and self.kind == "activation"
-                                            and _code_bound == 127):
-            raise ValueError(f"BlockedTensor: a code bound (127) is for 7-bit u8 activations, got {_code_bound!r} "
-                             f"on a {self.precision} {self.kind}")
+        if _code_bound is not None:
+            ok = (self.precision == "int8" and self.kind == "activation" and self.scale[1] in (0, 64)
+                  and isinstance(_code_bound, (int, np.integer)) and _code_bound == 127)
+            if not ok:
+                raise ValueError(f"BlockedTensor: a code bound (127) is for 7-bit u8 activations (zero point 0 or 64), "
+                                 f"got {_code_bound!r} on a {self.precision} {self.kind} of scale {self.scale!r}")
+            _code_bound = int(_code_bound)
         object.__setattr__(self, "_codes_at_most", _code_bound)
 
     @property
     def code_bound(self):
         """The largest u8 code the data holds, as its maker guarantees it (127 for 7-bit codes
-        made by dlcpu), or None: not known (quantized.u8_format then scans the codes)."""
+        made by dlcpu), or None: not known (quantized.u8_format then scans the codes).  It is
+        trusted, not checked: code that writes codes above 127 into `data` in place must wrap
+        them anew (dataclasses.replace drops the bound), or the AVX2 kernels' VPMADDUBSW pairs
+        saturate and give wrong sums."""
         return self._codes_at_most
 
     @property

@@ -435,6 +435,15 @@ def test_integer_bad_input(call, error, match):
 
 
 # ------------------------------------------------------------------------------------- ternary
+def ternary_problem(rng, case, block, residual, signed):
+    """(x, bias, TernaryWeights, their TernaryBlocked) of a convolution case (n, c, k, h, w, r,
+    s, stride, padding): uniform x (signed or >= 0), weights and bias."""
+    n, c, k, h, w, r, s = case[:7]
+    x = rng.uniform(-1 if signed else 0, 1, (n, c, h, w)).astype(np.float32)
+    tw = P.ternarize(rng.uniform(-1, 1, (k, c, r, s)).astype(np.float32), block=block, residual=residual)
+    return x, rng.uniform(-1, 1, k).astype(np.float32), tw, Q.block_ternary_weights(tw)
+
+
 @pytest.mark.parametrize("isa,native", PATHS)
 @pytest.mark.parametrize("case,block,residual", [
     ((2, 3, 20, 9, 9, 3, 3, 1, 1), 16, 0),        # first layer: one quad of 3 channels per block
@@ -447,13 +456,9 @@ def test_ternary_conv_against_float64(rng, monkeypatch, isa, native, case, block
     """Every residual level count against the float64 convolution of the u8 activations' values
     and the weights those levels reconstruct (TernaryWeights.to_float32(levels))."""
     set_native(monkeypatch, native)
-    n, c, k, h, w, r, s, stride, pad = case
+    stride, pad = case[-2:]
     for signed in (True, False):
-        x = rng.uniform(-1 if signed else 0, 1, (n, c, h, w)).astype(np.float32)
-        wt = rng.uniform(-1, 1, (k, c, r, s)).astype(np.float32)
-        b = rng.uniform(-1, 1, k).astype(np.float32)
-        tw = P.ternarize(wt, block=block, residual=residual)
-        tb = Q.block_ternary_weights(tw)
+        x, b, tw, tb = ternary_problem(rng, case, block, residual, signed)
         xd = Q.to_int8_blocked(x).numpy().astype(np.float64)
         for levels in range(1, residual + 2):
             want = ref.conv2d_forward(xd, tw.to_float32(levels).astype(np.float64), b, (stride, stride), (pad, pad),
@@ -475,17 +480,13 @@ def test_ternary_u8_output_codes_are_the_float64_codes(rng, monkeypatch, case, b
     s_out)(r - z_r) + z), 0, top) of the convolution v of the u8 values and the weights the levels
     reconstruct -- within one code of float64 and equal away from ties -- bit for bit on every
     path, for every level count; the codes feed the next layer and out= reuses them."""
-    n, c, k, h, w, r, s, stride, pad = case
+    k, stride, pad = case[2], case[-2], case[-1]
     top = (1 << out_bits) - 1
     z = 0 if relu else (top + 1) // 2
     act = "relu" if relu else None
     reached = set()
     for signed in (True, False):
-        x = rng.uniform(-1 if signed else 0, 1, (n, c, h, w)).astype(np.float32)
-        wt = rng.uniform(-1, 1, (k, c, r, s)).astype(np.float32)
-        b = rng.uniform(-1, 1, k).astype(np.float32)
-        tw = P.ternarize(wt, block=block, residual=residual)
-        tb = Q.block_ternary_weights(tw)
+        x, b, tw, tb = ternary_problem(rng, case, block, residual, signed)
         xq = Q.to_int8_blocked(x)
         xd = xq.numpy().astype(np.float64)
         for levels in range(1, residual + 2):
@@ -510,11 +511,16 @@ def test_ternary_u8_output_codes_are_the_float64_codes(rng, monkeypatch, case, b
                 assert np.array_equal(got[away], want[away])
                 reached.update({0, top} & set(np.unique(got)))
     assert reached == {0, top}                                           # both clamps were exercised
-    nxt = dlcpu.conv2d(y8, P.ternarize(rng.uniform(-1, 1, (8, k, 1, 1)).astype(np.float32)), precision="ternary")
-    assert nxt.precision == "fp32" and np.isfinite(nxt.data).all()      # u8 feeds the next layer
+    t2 = P.ternarize(rng.uniform(-1, 1, (8, k, 1, 1)).astype(np.float32))
+    assert_close(dlcpu.conv2d(y8, t2, precision="ternary").numpy(),     # u8 feeds the next layer
+                 ref.conv2d_forward(y8.numpy().astype(np.float64), t2.to_float32().astype(np.float64), None,
+                                    (1, 1), (0, 0)))
+    kept = y8.data.copy()
+    y8.data[...] = 0
     again = dlcpu.conv2d(xq, tb, b, stride, pad, act, precision="ternary", out_scale=s_out, out_bits=out_bits,
-                         out=y8)
-    assert again is y8
+                         residual=rq, out=y8)
+    assert again is y8 and np.array_equal(y8.data, kept)                # out= was written again
+    assert not (tb.codes.flags.writeable or tb.alphas.flags.writeable)  # (ternary_call keeps multipliers)
 
 
 def test_ternary_format_pairs_any_u8_codes(rng, monkeypatch):
@@ -866,8 +872,11 @@ def test_7bit_codes_carry_their_bound_and_skip_the_scan(rng, monkeypatch):
     assert [Q.u8_format(t, "avx2") for t in (x7, *made)] == [Q._U7S8] * 4 and not scans
     Q.u8_format(x8, "avx2")
     assert len(scans) == 1
-    with pytest.raises(ValueError, match="code bound .127. is for 7-bit u8 activations"):
-        layout.BlockedTensor(x8.data, x8.shape, scale=x8.scale, precision="int8", _code_bound=255)
+    for bound, scale in ((255, (0.1, 0)), (127, (0.1, 128)), (127.0, (0.1, 0))):
+        with pytest.raises(ValueError, match="code bound .127. is for 7-bit u8 activations"):
+            layout.BlockedTensor(x7.data, x7.shape, scale=scale, precision="int8", _code_bound=bound)
+    assert type(layout.BlockedTensor(x7.data, x7.shape, scale=x7.scale, precision="int8",
+                                     _code_bound=np.uint8(127)).code_bound) is int
     with pytest.raises(ValueError, match="out holds 7-bit codes"):
         dlcpu.conv2d(x7, wq, None, 1, 1, "relu", precision="int8", out_scale=0.05, out=made[0])
 
