@@ -326,62 +326,72 @@ DLCPU_BRI_AVX512_BODY(dlcpu_brgemm_int_vnni_body, DLCPU_TARGET_AVX512VNNI, dlcpu
 DLCPU_BRI_AVX512_BODY(dlcpu_brgemm_int_bw_body, DLCPU_TARGET_AVX512, dlcpu_bri_group_bw)
 
 /* -------------------------------------------------------------------------------------- AVX2 */
-/* A 16-lane group is two ymm halves: group g, pixel t, half h at acc[(g*NP + t)*2 + h]. */
+/* A 16-lane group is two ymm halves: group g, pixel t, half h at acc[(g*NP + t)*2 + h].
+ *
+ * The call's fields are read once, before the loop: the u8 codes are stored through a char
+ * pointer, which may alias anything, so fields read inside the loop were reloaded from memory
+ * after every store (perf on a 64 -> 256 1x1 layer: reloads of q->out_u8 and tests of
+ * q->res_scale among the epilogue's hottest instructions).  The u8 codes of a whole 16-lane
+ * vector leave in one 16-byte store: VPACKUSDW of both halves, VPERMQ back into lane order,
+ * VPACKUSWB (5 ops where two 8-byte stores took 8). */
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX2 void
 dlcpu_bri_flush_avx2(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, __m256i *acc, float *part,
                      const char *a0, const char *a, int es, int sub, int first, int last, const int MV, const int NP,
                      const int NC)
 {
+    const int out_u8 = q->out_u8, relu = p->relu, beta = p->beta;
+    const int32_t *const comp = last ? q->comp : NULL;
+    const float *const bias_all = p->bias;
+    const float res_scale = q->res_scale;
+    const int64_t res_offset = q->res_offset;
+    const __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps((float)out_u8), rs = _mm256_set1_ps(res_scale);
     for (int g = 0; g < MV; g++) {
         const float *m = dlcpu_bri_multiplier(q, a0, a + g * p->a_mstride * es, es, g, sub);
         for (int t = 0; t < NP; t++) {
             float *c = p->c + g * p->c_mstride + (t / NC) * p->c_rstride + (t % NC) * p->ldc;
+            __m256 v[2];
             for (int h = 0; h < 2; h++) {
                 float *pt = part + (g * NP + t) * 16 + 8 * h;
                 const __m256 mul = m ? _mm256_loadu_ps(m + 8 * h) : _mm256_set1_ps(1.0f);
                 __m256i sum = acc[(g * NP + t) * 2 + h];
-                if (last && q->comp)
-                    sum = _mm256_sub_epi32(sum, _mm256_loadu_si256((const __m256i *)(q->comp + 16 * g + 8 * h)));
+                if (comp)
+                    sum = _mm256_sub_epi32(sum, _mm256_loadu_si256((const __m256i *)(comp + 16 * g + 8 * h)));
                 const __m256 s = _mm256_cvtepi32_ps(sum);
-                const __m256 bias = p->bias ? _mm256_loadu_ps(p->bias + 16 * g + 8 * h) : _mm256_setzero_ps();
-                __m256 v;
-                if (first && last && !p->beta) {          /* one flush: bias in the same FMA (as AVX-512) */
-                    v = _mm256_fmadd_ps(s, mul, bias);
+                const __m256 bias = bias_all ? _mm256_loadu_ps(bias_all + 16 * g + 8 * h) : zero;
+                if (first && last && !beta) {          /* one flush: bias in the same FMA (as AVX-512) */
+                    v[h] = _mm256_fmadd_ps(s, mul, bias);
                 } else {
-                    v = first ? _mm256_mul_ps(s, mul) : _mm256_fmadd_ps(s, mul, _mm256_loadu_ps(pt));
+                    v[h] = first ? _mm256_mul_ps(s, mul) : _mm256_fmadd_ps(s, mul, _mm256_loadu_ps(pt));
                     if (last) {
-                        if (p->beta) v = _mm256_add_ps(v, _mm256_loadu_ps(c + 8 * h));
-                        v = _mm256_add_ps(v, bias);
+                        if (beta) v[h] = _mm256_add_ps(v[h], _mm256_loadu_ps(c + 8 * h));
+                        v[h] = _mm256_add_ps(v[h], bias);
                     }
                 }
-                if (last) {
-                    if (p->relu && !q->out_u8) v = _mm256_max_ps(_mm256_setzero_ps(), v);
-                    if (q->out_u8) {
-                        if (q->res_scale != 0.0f) {
-                            const __m128i r = _mm_loadl_epi64(
-                                (const __m128i *)(dlcpu_bri_c8(p, g, t, NC) + 8 * h + q->res_offset));
-                            v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(r)),
-                                                _mm256_set1_ps(q->res_scale), v);
-                        }
-                        /* dlcpu_bri_output_code on 8 lanes: VMAXPS(v, 0) takes 0 for NaN, the
-                         * clamp at the largest code keeps VCVTPS2DQ (nearest even, as nearbyintf) in range,
-                         * and two unsigned packs give the bytes in lane order.  One element at a
-                         * time, this epilogue was most of a 1x1 layer whose outputs sum only
-                         * 16 quads: res2a_branch1 (64 -> 256 channels) ran at 0.42x PyTorch's
-                         * int8 convolution on an AVX2-only CPU. */
-                        const __m256 clamped = _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()),
-                                                             _mm256_set1_ps((float)q->out_u8));
-                        const __m256i codes = _mm256_cvtps_epi32(clamped);
-                        const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(codes),
-                                                               _mm256_extracti128_si256(codes, 1));
-                        _mm_storel_epi64((__m128i *)(dlcpu_bri_c8(p, g, t, NC) + 8 * h),
-                                         _mm_packus_epi16(words, words));
-                    } else {
-                        _mm256_storeu_ps(c + 8 * h, v);
-                    }
-                } else {
-                    _mm256_storeu_ps(pt, v);
+                if (!last) {
+                    _mm256_storeu_ps(pt, v[h]);
+                } else if (!out_u8) {
+                    _mm256_storeu_ps(c + 8 * h, relu ? _mm256_max_ps(zero, v[h]) : v[h]);
                 }
+            }
+            if (last && out_u8) {
+                uint8_t *codes_at = dlcpu_bri_c8(p, g, t, NC);
+                __m256i codes[2];
+                for (int h = 0; h < 2; h++) {
+                    if (res_scale != 0.0f) {
+                        const __m128i r = _mm_loadl_epi64((const __m128i *)(codes_at + 8 * h + res_offset));
+                        v[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(r)), rs, v[h]);
+                    }
+                    /* dlcpu_bri_output_code on 8 lanes: VMAXPS(v, 0) takes 0 for NaN, the clamp
+                     * at the largest code keeps VCVTPS2DQ (nearest even, as nearbyintf) in
+                     * range.  One element at a time, this epilogue was most of a 1x1 layer whose
+                     * outputs sum only 16 quads: res2a_branch1 (64 -> 256 channels) ran at 0.42x
+                     * PyTorch's int8 convolution on an AVX2-only CPU. */
+                    codes[h] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v[h], zero), top));
+                }
+                /* VPACKUSDW packs within 128-bit lanes: [lo 0-3, hi 0-3 | lo 4-7, hi 4-7] */
+                const __m256i words = _mm256_permute4x64_epi64(_mm256_packus_epi32(codes[0], codes[1]), 0xD8);
+                _mm_storeu_si128((__m128i *)codes_at, _mm_packus_epi16(_mm256_castsi256_si128(words),
+                                                                       _mm256_extracti128_si256(words, 1)));
             }
         }
     }
