@@ -570,9 +570,9 @@ def conv2d(x, w, bias=None, stride=1, padding=0, activation=None, *, algorithm="
     residual=r)) or its quantized.block_ternary_weights form, prepared once; x is quantized to
     u8 as for int8 (or arrives so).  Each block of N input channels sums its +-1 codes times u8
     activations in int32 and takes its alpha once (VPDPBUSD on the codes, VPMADDUBSW pairs on
-    AVX2); `levels` (default
-    all) runs the first 1 + r' residual levels, switching the least important off.  out_scale,
-    out_bits, residual and out work as for int8, with multipliers alpha * s_x / out_scale.
+    AVX2); `levels` (default all) runs the first 1 + r' residual levels, switching the least
+    important off.  out_scale, out_bits, residual and out work as for int8, with multipliers
+    alpha * s_x / out_scale.
     """
     precision = formats.check_precision(precision, "conv2d")
     if precision == "ternary":

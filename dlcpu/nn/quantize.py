@@ -136,9 +136,9 @@ class ConvQuantization(_Quantization):
     That removes, per block, the fp32 outputs' trips through memory, the batch-norm and
     residual passes and the next layers' quantization passes.  Where a fold cannot apply at a
     call (an output hook on a layer inside it; gamma <= 0 in some channel of an int8 layer,
-    whose weight scales must stay positive; `folding` off), the layers run one by one.  Outside a block,
-    codes are invisible: an output hook sees fp32 (Module.__call__), and so does the caller of
-    a Quantized model."""
+    whose weight scales must stay positive; `folding` off), the layers run one by one.  Outside
+    a block, codes are invisible: an output hook sees fp32 (Module.__call__), and so does the
+    caller of a Quantized model."""
 
     #: False runs the layers one by one (dlcpu.faults, whose golden run hooks every layer,
     #: turns it off so that its faulty runs take the same arithmetic)
