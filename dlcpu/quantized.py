@@ -377,6 +377,9 @@ def scale_ternary_outputs(tb, factors):
     factors[k] -- a batch norm's gamma / sqrt(var + eps) folded in -- sharing tb's codes; None
     where a scaled alpha leaves float32.  A factor may be negative: the kernels apply alpha as a
     plain multiplier."""
+    if not isinstance(tb, TernaryBlocked):
+        raise TypeError(f"scale_ternary_outputs: expected a TernaryBlocked (block_ternary_weights), got "
+                        f"{type(tb).__name__}")
     factors = np.asarray(factors, np.float64)
     K = tb.shape[0]
     if factors.shape != (K,):

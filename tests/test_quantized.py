@@ -589,6 +589,9 @@ def test_ternary_conv_paths_agree_and_levels_trade_error(rng, monkeypatch):
     (lambda x, w: P.ternarize(w, block=5), ValueError, "does not divide the padded input channels"),
     (lambda x, w: P.ternarize(w, residual=-1), ValueError, "residual"),
     (lambda x, w: Q.block_ternary_weights(w), TypeError, "expected dlcpu.precision.TernaryWeights"),
+    (lambda x, w: Q.scale_ternary_outputs(P.ternarize(w), np.ones(4)), TypeError, "expected a TernaryBlocked"),
+    (lambda x, w: Q.scale_ternary_outputs(Q.block_ternary_weights(P.ternarize(w)), np.ones(3)), ValueError,
+     "expected 4 factors"),
 ])
 def test_ternary_bad_input(call, error, match):
     x = np.ones((1, 3, 6, 6), np.float32)
