@@ -240,13 +240,15 @@ def bench_conv_layer(layer, batch, n_threads, peak_gflops, *, direction="fwd", a
 
 
 def _format_plan(shape, direction, isa, n_threads, algorithm, precision):
-    """What `--show-plan` prints for a pass in `precision`: the fp32 plan, whose blocking the bf16
-    and int16 kernels share, or the pair weight update, which has no plan of its own."""
+    """What `--show-plan` prints for a pass in `precision`: the plan its kernels run (the fp32
+    blocking, which the bf16 kernels share; the integer kernels' own AVX2 tile), or the pair
+    weight update, which has no plan of its own."""
+    if direction != "bwd_w":
+        plan = describe_plan(shape, direction, isa, n_threads, algorithm, precision)
+        return plan if precision == "fp32" else f"{precision} kernels with the blocking of:\n{plan}"
     plan = describe_plan(shape, direction, isa, n_threads, algorithm)
     if precision == "fp32":
         return plan
-    if direction != "bwd_w":
-        return f"{precision} kernels with the blocking of:\n{plan}"
     from .conv import _pair_weight_update_pays
 
     if _pair_weight_update_pays(shape):

@@ -158,8 +158,10 @@ class ConvPlan(Plan, struct=_direct.ConvPlanStruct, family="direct conv"):
                 f"scratch={self.tile_floats * 4 // 1024} KiB/thread")
 
 
-def choose_conv_blocking(shape, isa="avx512", n_threads=1, relu=False):
-    """Pick the register block, work decomposition and input handling for one forward conv."""
+def choose_conv_blocking(shape, isa="avx512", n_threads=1, relu=False, integer=False):
+    """Pick the register block, work decomposition and input handling for one forward conv.
+    integer: the call runs the integer kernels (int8, ternary, DFP-16: pyx/kernels/brgemm_int.h),
+    whose AVX2 register tile differs from the fp32 one (below)."""
     if isinstance(isa, str):
         isa_name, isa_code = isa, cpu.ISA_CODES[isa]
     else:
@@ -171,9 +173,20 @@ def choose_conv_blocking(shape, isa="avx512", n_threads=1, relu=False):
     # mv=2 shares each input broadcast between two output-channel blocks: 262 vs 243 GFLOP/s
     # (99% vs 92% of peak) on the res2 3x3 rows, measured with the standalone kernel.
     mv = 2 if Kb >= 2 and isa_name != "scalar" else 1
+    # AVX2's integer kernels cannot take the weights as a memory operand of the multiply the way
+    # an FMA does (VPMADDUBSW's memory operand is the weights, measured slower as inline asm), so
+    # each output block keeps its 2 weight ymm in registers beside the broadcast, the ones vector
+    # of the pair sums and a product: mv=2 x 3 pixels needs 18 of the 16 ymm and spilled 3
+    # accumulators in the quad loop, mv=1 x 6 pixels spills one.  The folded int8 ResNet-50
+    # (batch 4, 7-bit codes) ran its convolutions 7% faster with mv=1 (114.9 against 123.0 ms, 2
+    # threads; 8-bit codes 187.1 against 200.2 ms), 6 pixels ahead of 5.
+    integer_avx2 = integer and isa_name == "avx2"
+    if integer_avx2:
+        mv = 1
     budget = cpu.max_accumulators(isa_name) // mv
     why.append(f"mv={mv}: " + ("Kb>=2, each broadcast feeds 2 FMAs (262 vs 243 GFLOP/s on res2 3x3)" if mv == 2
-                               else ("one K block" if Kb < 2 else "scalar path")))
+                               else "AVX2 integer kernels: the weights of two blocks and 6 pixels would spill"
+                               if integer_avx2 else ("one K block" if Kb < 2 else "scalar path")))
     why.append(f"register budget: {cpu.max_accumulators(isa_name)} accumulators on {isa_name} "
                f"(tiles.h) -> {budget} pixels per call")
 
@@ -250,19 +263,27 @@ def batch_offsets(shape, plan):
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_plan(shape, isa, n_threads, relu):
+def _cached_plan(shape, isa, n_threads, relu, integer=False):
     """Plan (with its C struct) and offset arrays, built once per shape: building the driver's
     arguments on every call cost ~30 us, 10% of a 0.3 ms layer."""
-    plan = choose_conv_blocking(shape, isa, n_threads, relu)
+    plan = choose_conv_blocking(shape, isa, n_threads, relu, integer)
     a_offs, b_offs = batch_offsets(shape, plan)
     a_offs.setflags(write=False)
     b_offs.setflags(write=False)
     return plan, a_offs, b_offs
 
 
-def get_plan(shape, isa=None, n_threads=None, activation=None):
-    """The cached plan for a ConvShape (what conv2d would run)."""
-    return _cached_plan(shape, cpu.isa_code(isa), cpu.resolve_threads(n_threads), activation == "relu")[0]
+def get_plan(shape, isa=None, n_threads=None, activation=None, precision="fp32"):
+    """The cached plan for a ConvShape (what conv2d would run in that precision)."""
+    return _cached_plan(shape, cpu.isa_code(isa), cpu.resolve_threads(n_threads), activation == "relu",
+                        _integer_kernels(precision))[0]
+
+
+def _integer_kernels(precision):
+    """Whether a precision's convolutions run the integer kernels (their own AVX2 tile)."""
+    if precision not in CONV_PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(CONV_PRECISIONS)}")
+    return precision in quantized.INTEGER_FORMATS + ("ternary",)
 
 
 def conv_shape(x_shape, w_shape, stride=1, padding=0):
@@ -506,7 +527,7 @@ def _forward_into(x_data, w_data, bias_p, y, shape, isa_code, n_threads, relu, n
     native: VDPBF16PS; or integer operands with their call description, dlcpu.quantized); y
     (fp32, or u8 codes) has shape (N, Kb, P, Q, 16); residual: u8 codes of y's shape added in
     the epilogue times residual_scale."""
-    plan, a_offs, b_offs = _cached_plan(shape, isa_code, n_threads, relu)
+    plan, a_offs, b_offs = _cached_plan(shape, isa_code, n_threads, relu, integer is not None)
     errors = _direct.conv2d_forward(x_data.reshape(-1), w_data.reshape(-1), bias_p, y.reshape(-1),
                                     plan.c, a_offs, b_offs, n_threads, native, integer, fill,
                                     None if residual is None else residual.reshape(-1), residual_scale)
@@ -716,7 +737,7 @@ def _ternary_conv2d(x, w, bias, stride, padding, activation, algorithm, n_thread
         bias_p, residual_scale = _code_bias(shift, shape.Kb * CB, out_scale, out_zero, residual)
     else:
         bias_p = shift.astype(np.float32)
-    plan, a_offs, b_offs = _cached_plan(shape, isa_code, n_threads, activation == "relu")
+    plan, a_offs, b_offs = _cached_plan(shape, isa_code, n_threads, activation == "relu", True)
     # batch order (level, r, s, channel block): the channel blocks of one tap are adjacent, so a
     # chain of N > 16 channels is N / 16 consecutive blocks with the same alpha
     per_level = np.arange(shape.Cb * shape.R * shape.S).reshape(shape.Cb, shape.R, shape.S).transpose(1, 2, 0).ravel()
@@ -1240,24 +1261,27 @@ def _backward_data(dy_data, w_data, shape, isa_code, n_threads, native=None, dfp
     return dx
 
 
-def pass_plans(shape, direction="fwd", algorithm="direct", isa=None, n_threads=None):
+def pass_plans(shape, direction="fwd", algorithm="direct", isa=None, n_threads=None, precision="fp32"):
     """Every plan one pass would run, as (title, plan) pairs: the forward plan, the Winograd
     plan, the weight-update plan, or for bwd-data the forward plan on dy of each stride phase.
-    The same cached plans conv2d / conv2d_backward use (what `--show-plan` prints)."""
+    The same cached plans conv2d / conv2d_backward use (what `--show-plan` prints); precision
+    picks the integer kernels' tile where they run (int8 and ternary forward, DFP-16 forward and
+    backward-data)."""
     isa_code = cpu.isa_code(isa)
     n_threads = cpu.resolve_threads(n_threads)
+    integer = _integer_kernels(precision)
     if direction == "fwd" and algorithm == "auto":
         algorithm = choose_algorithm(shape, cpu.ISA_BY_CODE[isa_code])
     if direction == "fwd" and algorithm != "direct":
         return [(f"forward {algorithm}", _cached_winograd_plan(shape, _ALPHA[algorithm], isa_code, n_threads, False))]
     if direction == "fwd":
-        return [("forward", _cached_plan(shape, isa_code, n_threads, False)[0])]
+        return [("forward", _cached_plan(shape, isa_code, n_threads, False, integer)[0])]
     if direction == "bwd_w":
         return [("weight update", _cached_weight_grad_plan(shape, isa_code, n_threads))]
     if direction != "bwd_d":
         raise ValueError(f"pass_plans: direction must be fwd, bwd_d or bwd_w, got {direction!r}")
     return [((f"bwd-data phase ({rh},{rw}): forward on dy, {sub.R}x{sub.S} flipped taps, pad "
-             f"({sub.pad_h},{sub.pad_w},{sub.pad_b},{sub.pad_r})"), _cached_plan(sub, isa_code, n_threads, False)[0])
+             f"({sub.pad_h},{sub.pad_w},{sub.pad_b},{sub.pad_r})"), _cached_plan(sub, isa_code, n_threads, False, integer)[0])
             for rh, rw, _, _, sub in _stride_phases(shape)]
 
 
@@ -1271,9 +1295,9 @@ def _winograd4_wins(shape):
     return shape.C >= 128 and shape.K >= 128 and shape.P >= 14 and shape.Q >= 14
 
 
-def describe_plan(shape, direction="fwd", isa=None, n_threads=None, algorithm="direct"):
+def describe_plan(shape, direction="fwd", isa=None, n_threads=None, algorithm="direct", precision="fp32"):
     """Every plan a pass over a ConvShape runs, each titled and with the rules that fired, as text
     (what `dlcpu bench conv --show-plan` prints).  direction: 'fwd' (algorithm 'direct', 'auto',
     'winograd2' or 'winograd4'), 'bwd_d' (one forward plan per stride phase) or 'bwd_w'."""
     return "\n".join(f"{title}\n  {plan.describe()}".replace("\n", "\n  ").rstrip()
-                     for title, plan in pass_plans(shape, direction, algorithm, isa, n_threads))
+                     for title, plan in pass_plans(shape, direction, algorithm, isa, n_threads, precision))

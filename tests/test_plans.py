@@ -95,6 +95,51 @@ def test_plans_are_the_ones_that_run(rng):
     assert pass_plans(shape, "fwd", n_threads=1)[0][1] is pass_plans(shape, "fwd", n_threads=1)[0][1]
 
 
+def test_integer_kernels_take_their_own_avx2_tile():
+    """AVX2's integer kernels run one output block by 6 pixels (mv=2 x 3 spilled accumulators);
+    fp32 and bf16 on AVX2, and every precision on the other paths, keep the shared tile."""
+    fp32, integer = choose_conv_blocking(RES3, "avx2", 1), choose_conv_blocking(RES3, "avx2", 1, integer=True)
+    assert (fp32.mv, fp32.nc) == (2, 3)
+    assert (integer.mv, integer.nr, integer.nc) == (1, 1, 6) and "AVX2 integer" in integer.describe()
+    for isa in ("scalar", "avx512"):
+        assert choose_conv_blocking(RES3, isa, 1, integer=True).as_dict() == choose_conv_blocking(RES3, isa, 1).as_dict()
+    if "avx2" not in cpu.supported_isas():
+        return                                 # the cached plans below are those of a path this CPU runs
+    for precision in ("int8", "ternary", "dfp16"):
+        plan = dlcpu.conv.get_plan(RES3, "avx2", 1, precision=precision)
+        assert plan.as_dict() == integer.as_dict()
+        assert pass_plans(RES3, "fwd", isa="avx2", n_threads=1, precision=precision)[0][1] is plan
+    assert dlcpu.conv.get_plan(RES3, "avx2", 1, precision="bf16").mv == 2
+    assert all(p.mv == 1 for _, p in pass_plans(STRIDED, "bwd_d", isa="avx2", n_threads=1, precision="dfp16"))
+    # an int8 conv2d runs that plan: asking for it afterwards is a cache hit, not a new plan
+    x = np.random.default_rng(0).uniform(0, 1, (4, 128, 28, 28)).astype(np.float32)
+    w = np.random.default_rng(1).uniform(-1, 1, (128, 128, 3, 3)).astype(np.float32)
+    dlcpu.conv._cached_plan.cache_clear()
+    dlcpu.conv2d(x, w, None, 1, 1, precision="int8", isa="avx2", n_threads=1)
+    before = dlcpu.conv._cached_plan.cache_info()
+    dlcpu.conv.get_plan(RES3, "avx2", 1, precision="int8")
+    after = dlcpu.conv._cached_plan.cache_info()
+    assert (after.hits, after.misses) == (before.hits + 1, before.misses)
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        dlcpu.conv.get_plan(RES3, "avx2", 1, precision="fp8")
+
+
+@pytest.mark.skipif("avx2" not in cpu.supported_isas(), reason="needs the AVX2 path")
+@pytest.mark.parametrize("hw,stride", [(12, 1), (6, 2), (3, 1), (20, 1)], ids=str)
+def test_integer_avx2_tiles_give_the_scalar_bits(rng, hw, stride):
+    """The integer tile's pixel blocks at the widths that make its odd calls: 6 + 6 (12),
+    3 x 2 rows (stride 2 on 6), 1 pixel x several rows (3: rows stacked), 5 + 5 + 5 + 5 (20)."""
+    from dlcpu import quantized as Q
+
+    x = rng.uniform(0, 1, (2, 24, hw, hw)).astype(np.float32)
+    w = rng.uniform(-1, 1, (40, 24, 3, 3)).astype(np.float32)
+    for bits in (7, 8):
+        xq, wq = Q.to_int8_blocked(x, bits=bits), Q.block_weights_int8(w)
+        got = [dlcpu.conv2d(xq, wq, None, stride, 1, precision="int8", isa=isa, n_threads=1).numpy()
+               for isa in ("avx2", "scalar")]
+        assert np.array_equal(got[0], got[1]), bits
+
+
 def test_gemm_plan():
     from dlcpu.gemm import GemmPlan, choose_gemm_split
 
