@@ -173,13 +173,13 @@ def choose_conv_blocking(shape, isa="avx512", n_threads=1, relu=False, integer=F
     # mv=2 shares each input broadcast between two output-channel blocks: 262 vs 243 GFLOP/s
     # (99% vs 92% of peak) on the res2 3x3 rows, measured with the standalone kernel.
     mv = 2 if Kb >= 2 and isa_name != "scalar" else 1
-    # AVX2's integer kernels cannot take the weights as a memory operand of the multiply the way
-    # an FMA does (VPMADDUBSW's memory operand is the weights, measured slower as inline asm), so
-    # each output block keeps its 2 weight ymm in registers beside the broadcast, the ones vector
-    # of the pair sums and a product: mv=2 x 3 pixels needs 18 of the 16 ymm and spilled 3
-    # accumulators in the quad loop, mv=1 x 6 pixels spills one.  The folded int8 ResNet-50
-    # (batch 4, 7-bit codes) ran its convolutions 7% faster with mv=1 (114.9 against 123.0 ms, 2
-    # threads; 8-bit codes 187.1 against 200.2 ms), 6 pixels ahead of 5.
+    # AVX2's integer kernels hold more per output block than the FMA kernels: the 7-bit flavour
+    # keeps the block's 2 weight vectors in registers (as VPMADDUBSW's memory operand, through
+    # inline asm, they measured slower), the broadcast, the vector of ones that sums its pairs
+    # and a product.  mv=2 x 3 pixels needs 18 of the 16 ymm and spilled 3 accumulators in the
+    # quad loop; mv=1 x 6 pixels spills one.  The folded int8 ResNet-50 (batch 4, 7-bit codes)
+    # ran its convolutions 7% faster with mv=1 (114.9 against 123.0 ms, 2 threads; 8-bit codes
+    # 187.1 against 200.2 ms), 6 pixels ahead of 5.
     integer_avx2 = integer and isa_name == "avx2"
     if integer_avx2:
         mv = 1

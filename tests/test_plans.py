@@ -125,13 +125,13 @@ def test_integer_kernels_take_their_own_avx2_tile():
 
 
 @pytest.mark.skipif("avx2" not in cpu.supported_isas(), reason="needs the AVX2 path")
-@pytest.mark.parametrize("hw,stride", [(12, 1), (6, 2), (3, 1), (20, 1)], ids=str)
+@pytest.mark.parametrize("hw,stride", [((12, 12), 1), ((6, 6), 2), ((8, 1), 1), ((20, 20), 1)], ids=str)
 def test_integer_avx2_tiles_give_the_scalar_bits(rng, hw, stride):
-    """The integer tile's pixel blocks at the widths that make its odd calls: 6 + 6 (12),
-    3 x 2 rows (stride 2 on 6), 1 pixel x several rows (3: rows stacked), 5 + 5 + 5 + 5 (20)."""
+    """The integer tile's pixel blocks at the widths that make its odd calls: 6 + 6 pixels (12
+    columns), 3 pixels x 2 rows (stride 2 on 6), 1 pixel x 4 rows (1 column), 5 + 5 + 5 + 5 (20)."""
     from dlcpu import quantized as Q
 
-    x = rng.uniform(0, 1, (2, 24, hw, hw)).astype(np.float32)
+    x = rng.uniform(0, 1, (2, 24, *hw)).astype(np.float32)
     w = rng.uniform(-1, 1, (40, 24, 3, 3)).astype(np.float32)
     for bits in (7, 8):
         xq, wq = Q.to_int8_blocked(x, bits=bits), Q.block_weights_int8(w)
