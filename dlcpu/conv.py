@@ -276,14 +276,13 @@ def _cached_plan(shape, isa, n_threads, relu, integer=False):
 def get_plan(shape, isa=None, n_threads=None, activation=None, precision="fp32"):
     """The cached plan for a ConvShape (what conv2d would run in that precision)."""
     return _cached_plan(shape, cpu.isa_code(isa), cpu.resolve_threads(n_threads), activation == "relu",
-                        _integer_kernels(precision))[0]
+                        _integer_kernels(precision, "get_plan"))[0]
 
 
-def _integer_kernels(precision):
-    """Whether a precision's convolutions run the integer kernels (their own AVX2 tile)."""
-    if precision not in CONV_PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(CONV_PRECISIONS)}")
-    return precision in quantized.INTEGER_FORMATS + ("ternary",)
+def _integer_kernels(precision, fn):
+    """Whether a precision's convolutions run the integer kernels (their own AVX2 tile); the
+    name is checked as conv2d checks it."""
+    return formats.check_precision(precision, fn) in quantized.INTEGER_FORMATS + ("ternary",)
 
 
 def conv_shape(x_shape, w_shape, stride=1, padding=0):
@@ -1269,7 +1268,7 @@ def pass_plans(shape, direction="fwd", algorithm="direct", isa=None, n_threads=N
     backward-data)."""
     isa_code = cpu.isa_code(isa)
     n_threads = cpu.resolve_threads(n_threads)
-    integer = _integer_kernels(precision)
+    integer = _integer_kernels(precision, "pass_plans")
     if direction == "fwd" and algorithm == "auto":
         algorithm = choose_algorithm(shape, cpu.ISA_BY_CODE[isa_code])
     if direction == "fwd" and algorithm != "direct":

@@ -120,8 +120,11 @@ def test_integer_kernels_take_their_own_avx2_tile():
     dlcpu.conv.get_plan(RES3, "avx2", 1, precision="int8")
     after = dlcpu.conv._cached_plan.cache_info()
     assert (after.hits, after.misses) == (before.hits + 1, before.misses)
-    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+    assert dlcpu.conv.get_plan(RES3, "avx2", 1, precision="INT8") is dlcpu.conv.get_plan(RES3, "avx2", 1, precision="int8")
+    with pytest.raises(ValueError, match="get_plan: unknown precision 'fp8'"):
         dlcpu.conv.get_plan(RES3, "avx2", 1, precision="fp8")
+    with pytest.raises(ValueError, match="pass_plans: unknown precision None"):
+        pass_plans(RES3, "fwd", isa="avx2", n_threads=1, precision=None)
 
 
 @pytest.mark.skipif("avx2" not in cpu.supported_isas(), reason="needs the AVX2 path")
