@@ -135,68 +135,68 @@ dlcpu_bri_multiplier(const dlcpu_brgemm_int_t *q, const char *a0, const char *a_
 }
 
 /* ---------------------------------------------------------------------------- flush, AVX-512 */
-/* Store one finished output vector: fp32, or its u8 codes (dlcpu_bri_output_code's rule). */
-static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
-dlcpu_bri_store_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, __m512 v, int g, int t, const int NC)
-{
-    if (q->out_u8) {
-        if (q->res_scale != 0.0f) {
-            const __m128i r = _mm_loadu_si128((const __m128i *)(dlcpu_bri_c8(p, g, t, NC) + q->res_offset));
-            v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(r)), _mm512_set1_ps(q->res_scale), v);
-        }
-        __m512 clamped = _mm512_max_ps(v, _mm512_setzero_ps());
-        if (q->out_u8 < 255)        /* 7-bit codes: VPMOVUSDB saturates at 255 only */
-            clamped = _mm512_min_ps(clamped, _mm512_set1_ps((float)q->out_u8));
-        const __m512i i = _mm512_cvtps_epi32(clamped);
-        _mm_storeu_si128((__m128i *)dlcpu_bri_c8(p, g, t, NC), _mm512_cvtusepi32_epi8(i));
-    } else {
-        _mm512_storeu_ps(p->c + g * p->c_mstride + (t / NC) * p->c_rstride + (t % NC) * p->ldc, v);
-    }
-}
-
 /* A flush adds the int32 tile, converted and multiplied, into the call's partial sums `part` (a
  * contiguous fp32 tile on the stack: flushing into C itself, whose rows are a matrix row apart
  * in the GEMM, measured 0.6x fp32 for DFP-16 from L1 set conflicts).  The last one adds the
  * partial sums, beta*C and the bias, applies the ReLU and stores C:
  *     v = fma(float(sum - comp), multiplier, part);  C = relu(v + beta*C + bias),
  * or, for a call of one chain with beta 0 (most convolutions), C = relu(fma(float(sum - comp),
- * multiplier, bias)). */
+ * multiplier, bias)).  A u8 output vector is VMAXPS, (a VMINPS for 7-bit codes), VCVTPS2DQ and
+ * VPMOVUSDB (dlcpu_bri_output_code's rule), with a residual first: a load, a widening and an FMA.
+ *
+ * The call's fields are read once, before the loop, as in the AVX2 flush: the u8 codes leave
+ * through a char pointer, which may alias anything, so fields read inside the loop were
+ * reloaded and tested again after every store -- perf on res2a_branch1 (1x1, 64 -> 256, whose
+ * outputs sum only 16 quads) showed 17 scalar loads, compares and branches beside each vector's
+ * 5 ops. */
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
 dlcpu_bri_flush_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, __m512i *acc, float *part,
                        const char *a0, const char *a, int es, int sub, int first, int last, const int MV,
                        const int NP, const int NC)
 {
+    const int out_u8 = q->out_u8, relu = p->relu && !out_u8, beta = p->beta;  /* a u8 clamp is the ReLU */
+    const int32_t *const comp_all = last ? q->comp : NULL;
+    const float *const bias_all = last ? p->bias : NULL;
+    const float res_scale = q->res_scale;
+    const int64_t res_offset = q->res_offset, ldc = p->ldc, c_rstride = p->c_rstride, c_mstride = p->c_mstride;
+    float *const c0 = p->c;
+    const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps((float)out_u8), rs = _mm512_set1_ps(res_scale);
 #pragma GCC unroll 2
     for (int g = 0; g < MV; g++) {
         const float *m = dlcpu_bri_multiplier(q, a0, a + g * p->a_mstride * es, es, g, sub);
         const __m512 mul = m ? _mm512_loadu_ps(m) : _mm512_set1_ps(1.0f);
-        const __m512i comp = (last && q->comp) ? _mm512_loadu_si512(q->comp + 16 * g) : _mm512_setzero_si512();
-        const __m512 bias = (last && p->bias) ? _mm512_loadu_ps(p->bias + 16 * g) : _mm512_setzero_ps();
+        const __m512i comp = comp_all ? _mm512_loadu_si512(comp_all + 16 * g) : _mm512_setzero_si512();
+        const __m512 bias = bias_all ? _mm512_loadu_ps(bias_all + 16 * g) : zero;
 #pragma GCC unroll 28
         for (int t = 0; t < NP; t++) {
             float *pt = part + (g * NP + t) * 16;
+            const int64_t at = g * c_mstride + (t / NC) * c_rstride + (t % NC) * ldc;   /* elements */
             const __m512 s = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[g * NP + t], comp));
-            if (first && last && !p->beta) {          /* one flush: the bias joins in the same FMA */
-                __m512 v = _mm512_fmadd_ps(s, mul, bias);
-                if (p->relu && !q->out_u8)            /* a u8 output's clamp at code 0 is the ReLU */
-                    v = _mm512_max_ps(_mm512_setzero_ps(), v);
-                dlcpu_bri_store_avx512(p, q, v, g, t, NC);
+            __m512 v;
+            if (first && last && !beta) {             /* one flush: the bias joins in the same FMA */
+                v = _mm512_fmadd_ps(s, mul, bias);
+            } else {
+                v = first ? _mm512_mul_ps(s, mul) : _mm512_fmadd_ps(s, mul, _mm512_load_ps(pt));
+                if (!last) {
+                    _mm512_store_ps(pt, v);
+                    continue;
+                }
+                if (beta) v = _mm512_add_ps(v, _mm512_loadu_ps(c0 + at));
+                v = _mm512_add_ps(v, bias);
+            }
+            if (!out_u8) {
+                _mm512_storeu_ps(c0 + at, relu ? _mm512_max_ps(zero, v) : v);
                 continue;
             }
-            __m512 v = first ? _mm512_mul_ps(s, mul) : _mm512_fmadd_ps(s, mul, _mm512_load_ps(pt));
-            if (last) {
-                float *c = p->c + g * p->c_mstride + (t / NC) * p->c_rstride + (t % NC) * p->ldc;
-                if (p->beta) v = _mm512_add_ps(v, _mm512_loadu_ps(c));
-                v = _mm512_add_ps(v, bias);
-                if (p->relu && !q->out_u8) v = _mm512_max_ps(_mm512_setzero_ps(), v);
-                if (q->out_u8) {
-                    dlcpu_bri_store_avx512(p, q, v, g, t, NC);
-                } else {
-                    _mm512_storeu_ps(c, v);
-                }
-            } else {
-                _mm512_store_ps(pt, v);
+            uint8_t *codes_at = (uint8_t *)c0 + at;
+            if (res_scale != 0.0f) {
+                const __m128i r = _mm_loadu_si128((const __m128i *)(codes_at + res_offset));
+                v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(r)), rs, v);
             }
+            __m512 clamped = _mm512_max_ps(v, zero);
+            if (out_u8 < 255)                         /* 7-bit codes: VPMOVUSDB saturates at 255 only */
+                clamped = _mm512_min_ps(clamped, top);
+            _mm_storeu_si128((__m128i *)codes_at, _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(clamped)));
         }
     }
 }
@@ -265,15 +265,20 @@ dlcpu_bri_group_bw(const dlcpu_brgemm_f32_t *p, __m512i *acc, const char *a, con
     }
 }
 
-/* Prefetch block i's A and B into L1 while block i-1 runs.  B is what missed: a 1x1 layer
- * reads each 16-channel block's pixels from its own plane, H*W*16 bytes from the last block's,
- * a jump across pages that the hardware prefetchers do not follow, so every block of a call
- * began with a wait on L2 (the fp32 kernels prefetch B too).  Each row of the tile is
- * prefetched at its first and last byte (6 pixels of u8 codes are 96 bytes: two lines).
+/* AVX2 path only: prefetch block i's A and B into L1 while block i-1 runs.  B is what missed: a
+ * 1x1 layer reads each 16-channel block's pixels from its own plane, H*W*16 bytes from the last
+ * block's, a jump across pages that the hardware prefetchers of the AVX2-only machine did not
+ * follow, so every block of a call began with a wait on L2 (the fp32 kernels prefetch B too).
+ * Each row of the tile is prefetched at its first and last byte (6 pixels of u8 codes are 96
+ * bytes: two lines).
  * Measured with two builds asked in turn, layer by layer (int8, 7-bit codes, batch 4, one
  * thread): res3b_branch2a (1x1, 512 -> 128) 1.16x, res2a_branch2b (3x3, 64) 1.06x, conv1
  * 1.05x.  Prefetching B only where it lies 4 KiB or more from block i-1's was slower than
- * always (0.92-0.96x on those layers): the taps of a padded tile miss L1 too. */
+ * always (0.92-0.96x on those layers): the taps of a padded tile miss L1 too.  The AVX-512
+ * bodies do not prefetch: on the AVX-512 machine (AMD EPYC, avx512_vnni) the same walk without
+ * it ran the 1x1 layers 1.01-1.09x faster at one thread (res2a_branch2a 1.09x, 11 paired rounds)
+ * and the whole table 1.03x count-weighted (0.99x at two threads, within the noise); prefetching
+ * every line of A as well gained nothing (1.00x). */
 static inline __attribute__((always_inline)) void
 dlcpu_bri_prefetch_next(const dlcpu_brgemm_f32_t *p, const char *a0, const char *b0, int64_t i, int es,
                         const int MV, const int NR, const int NC)
@@ -293,8 +298,9 @@ dlcpu_bri_prefetch_next(const dlcpu_brgemm_f32_t *p, const char *a0, const char 
 /* The walk of one call, shared by every path: chains of whole blocks (flush_steps >= a block's
  * groups) or of a part of one block, each summed from zero in the int32 tile and then flushed
  * (FLUSH: sub-block index, first, last).  A chain's loop holds only the dot products, so the
- * tile stays in registers; the flush between chains is the only other work. */
-#define DLCPU_BRI_WALK(GROUP, ZERO, FLUSH)                                                              \
+ * tile stays in registers; the flush between chains is the only other work.  PREFETCH: whether
+ * a chain of whole blocks prefetches the next block (dlcpu_bri_prefetch_next: AVX2 only). */
+#define DLCPU_BRI_WALK(GROUP, ZERO, FLUSH, PREFETCH)                                                    \
     do {                                                                                                \
         int first = 1, g0 = 0;                                                                          \
         int64_t i = 0;                                                                                  \
@@ -306,7 +312,8 @@ dlcpu_bri_prefetch_next(const dlcpu_brgemm_f32_t *p, const char *a0, const char 
                 const int64_t i1 = p->batch - i < q->flush_blocks ? p->batch : i + q->flush_blocks;     \
                 for (; i < i1; i++) {                                                                   \
                     dlcpu_bri_block(p, a0, b0, i, es, &a, &b);                                          \
-                    if (i + 1 < p->batch) dlcpu_bri_prefetch_next(p, a0, b0, i + 1, es, MV, NR, NC);    \
+                    if (PREFETCH && i + 1 < p->batch)                                                   \
+                        dlcpu_bri_prefetch_next(p, a0, b0, i + 1, es, MV, NR, NC);                      \
                     for (int gq = 0; gq < groups; gq++) GROUP;                                          \
                 }                                                                                       \
             } else {                                                                                    \
@@ -325,9 +332,9 @@ dlcpu_bri_prefetch_next(const dlcpu_brgemm_f32_t *p, const char *a0, const char 
         }                                                                                               \
     } while (0)
 
-#define DLCPU_BRI_AVX512_BODY(NAME, TARGET, GROUP)                                                        \
-    static inline __attribute__((always_inline)) TARGET void                                              \
-    NAME(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const char *a0, const char *b0,         \
+#define DLCPU_BRI_AVX512_BODY(NAME, TARGET, GROUP)                                                      \
+    static inline __attribute__((always_inline)) TARGET void                                            \
+    NAME(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const char *a0, const char *b0,      \
          const int S16, const int MV, const int NR, const int NC)                                         \
     {                                                                                                     \
         __m512i acc[DLCPU_AVX512_MAX_ACC];                                                                \
@@ -336,7 +343,7 @@ dlcpu_bri_prefetch_next(const dlcpu_brgemm_f32_t *p, const char *a0, const char 
         const int groups = S16 ? (p->k + 1) / 2 : (p->k + 3) / 4;                                         \
         DLCPU_BRI_WALK(GROUP(p, acc, a, b, es, S16, gq, MV, NR, NC),                                      \
                        _Pragma("GCC unroll 28") for (int t = 0; t < MV * NP; t++) acc[t] = _mm512_setzero_si512(), \
-                       DLCPU_BRI_FLUSH512);                                                               \
+                       DLCPU_BRI_FLUSH512, 0);                                                            \
     }
 #define DLCPU_BRI_FLUSH512(SUB, FIRST, LAST) \
     dlcpu_bri_flush_avx512(p, q, acc, part, a0, a, es, SUB, FIRST, LAST, MV, NP, NC)
@@ -469,7 +476,7 @@ dlcpu_brgemm_int_avx2_body(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t
     const __m256i lo8 = _mm256_set1_epi16(0x00FF);
     DLCPU_BRI_WALK(dlcpu_bri_group_avx2(p, acc, a, b, es, FMT, gq, MV, NP, NC, lo8),
                    for (int t = 0; t < 2 * MV * NP; t++) acc[t] = _mm256_setzero_si256(),
-                   DLCPU_BRI_FLUSH256);
+                   DLCPU_BRI_FLUSH256, 1);
 }
 
 /* ------------------------------------------------------------------------------------ scalar */
@@ -543,7 +550,7 @@ static void dlcpu_brgemm_int_scalar(const dlcpu_brgemm_f32_t *p, const dlcpu_brg
     const int S16 = q->format == DLCPU_INT_S16, es = S16 ? 2 : 1, NR = p->nr, NC = p->nc, NP = NR * NC, MV = p->mv;
     const int groups = S16 ? (p->k + 1) / 2 : (p->k + 3) / 4;
     DLCPU_BRI_WALK(dlcpu_bri_group_scalar(p, acc, a, b, es, S16, gq, NP), memset(acc, 0, sizeof(acc)),
-                   DLCPU_BRI_FLUSH_SCALAR);
+                   DLCPU_BRI_FLUSH_SCALAR, 0);
 }
 
 /* ------------------------------------------------------------------------ instances, dispatch */
