@@ -141,7 +141,7 @@ dlcpu_bri_multiplier(const dlcpu_brgemm_int_t *q, const char *a0, const char *a_
  * partial sums, beta*C and the bias, applies the ReLU and stores C:
  *     v = fma(float(sum - comp), multiplier, part);  C = relu(v + beta*C + bias),
  * or, for a call of one chain with beta 0 (most convolutions), C = relu(fma(float(sum - comp),
- * multiplier, bias)).  A u8 output vector is VMAXPS, (a VMINPS for 7-bit codes), VCVTPS2DQ and
+ * multiplier, bias)).  A u8 output vector is VMAXPS (and VMINPS for 7-bit codes), VCVTPS2DQ and
  * VPMOVUSDB (dlcpu_bri_output_code's rule), with a residual first: a load, a widening and an FMA.
  *
  * The call's fields are read once, before the loop, as in the AVX2 flush: the u8 codes leave
@@ -276,9 +276,10 @@ dlcpu_bri_group_bw(const dlcpu_brgemm_f32_t *p, __m512i *acc, const char *a, con
  * 1.05x.  Prefetching B only where it lies 4 KiB or more from block i-1's was slower than
  * always (0.92-0.96x on those layers): the taps of a padded tile miss L1 too.  The AVX-512
  * bodies do not prefetch: on the AVX-512 machine (AMD EPYC, avx512_vnni) the same walk without
- * it ran the 1x1 layers 1.01-1.09x faster at one thread (res2a_branch2a 1.09x, 11 paired rounds)
- * and the whole table 1.03x count-weighted (0.99x at two threads, within the noise); prefetching
- * every line of A as well gained nothing (1.00x). */
+ * it ran conv1 and five 1x1 layers 1.01-1.09x faster at one thread (res2a_branch2a 1.09x, 11
+ * paired rounds) and the whole table 1.03x count-weighted (0.99x at two threads, within the
+ * noise); prefetching every line of A as well gained nothing (1.00x).  The scalar path, a plain
+ * C reference whose speed is not a target, does not prefetch either. */
 static inline __attribute__((always_inline)) void
 dlcpu_bri_prefetch_next(const dlcpu_brgemm_f32_t *p, const char *a0, const char *b0, int64_t i, int es,
                         const int MV, const int NR, const int NC)
@@ -312,7 +313,7 @@ dlcpu_bri_prefetch_next(const dlcpu_brgemm_f32_t *p, const char *a0, const char 
                 const int64_t i1 = p->batch - i < q->flush_blocks ? p->batch : i + q->flush_blocks;     \
                 for (; i < i1; i++) {                                                                   \
                     dlcpu_bri_block(p, a0, b0, i, es, &a, &b);                                          \
-                    if (PREFETCH && i + 1 < p->batch)                                                   \
+                    if ((PREFETCH) && i + 1 < p->batch)                                                 \
                         dlcpu_bri_prefetch_next(p, a0, b0, i + 1, es, MV, NR, NC);                      \
                     for (int gq = 0; gq < groups; gq++) GROUP;                                          \
                 }                                                                                       \
@@ -332,9 +333,9 @@ dlcpu_bri_prefetch_next(const dlcpu_brgemm_f32_t *p, const char *a0, const char 
         }                                                                                               \
     } while (0)
 
-#define DLCPU_BRI_AVX512_BODY(NAME, TARGET, GROUP)                                                      \
-    static inline __attribute__((always_inline)) TARGET void                                            \
-    NAME(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const char *a0, const char *b0,      \
+#define DLCPU_BRI_AVX512_BODY(NAME, TARGET, GROUP)                                                        \
+    static inline __attribute__((always_inline)) TARGET void                                              \
+    NAME(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const char *a0, const char *b0,        \
          const int S16, const int MV, const int NR, const int NC)                                         \
     {                                                                                                     \
         __m512i acc[DLCPU_AVX512_MAX_ACC];                                                                \
