@@ -144,20 +144,92 @@ dlcpu_bri_multiplier(const dlcpu_brgemm_int_t *q, const char *a0, const char *a_
  * multiplier, bias)).  A u8 output vector is VMAXPS (and VMINPS for 7-bit codes), VCVTPS2DQ and
  * VPMOVUSDB (dlcpu_bri_output_code's rule), with a residual first: a load, a widening and an FMA.
  *
- * The call's fields are read once, before the loop, as in the AVX2 flush: the u8 codes leave
- * through a char pointer, which may alias anything, so fields read inside the loop were
- * reloaded and tested again after every store -- perf on res2a_branch1 (1x1, 64 -> 256, whose
- * outputs sum only 16 quads) showed 17 scalar loads, compares and branches beside each vector's
- * 5 ops. */
+ * Each flush decides everything before its loop over the tile.  The call's fields are read into
+ * locals: the u8 codes leave through a char pointer, which may alias anything, so a field read
+ * inside the loop was reloaded and tested again after every store (perf on res2a_branch1, 1x1,
+ * 64 -> 256, whose outputs sum only 16 quads: 17 scalar loads, compares and branches beside each
+ * vector's 5 ops).  And the kind of flush picks one of three loops whose flags are constants of
+ * each copy -- partial (not the call's last), codes (the one flush of a call writing 8-bit
+ * codes) and general (the rest) -- as GCC hoists no test out of a fully unrolled tile: one loop
+ * testing first/last/beta, the output kind, the residual and the 7-bit clamp at every vector
+ * still spent some 12 scalar ops on them beside each vector's 6 on res2a_branch1.  With the
+ * codes loop the standalone kernel ran that layer's calls 1.10x faster (1.25 -> 1.13 ms, batch 4,
+ * one thread), the 128 -> 512 1x1's 1.06x and the 256 -> 1024 one's 1.03x.  Every loop does the
+ * same ops in the same order as the one it replaced, so the bits are those of before. */
+
+/* The codes loop: the one flush of a call of one chain (beta 0) writing 8-bit codes -- most int8
+ * convolutions.  RES: a residual joins. */
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
+dlcpu_bri_codes_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const __m512i *acc,
+                       const char *a0, const char *a, int es, int sub, const int RES, const int MV, const int NP,
+                       const int NC)
+{
+    const int64_t res_offset = q->res_offset, ldc = p->ldc, c_rstride = p->c_rstride, c_mstride = p->c_mstride;
+    uint8_t *const c0 = (uint8_t *)p->c;
+    const __m512 zero = _mm512_setzero_ps(), rs = _mm512_set1_ps(q->res_scale);
+#pragma GCC unroll 2
+    for (int g = 0; g < MV; g++) {
+        const float *m = dlcpu_bri_multiplier(q, a0, a + g * p->a_mstride * es, es, g, sub);
+        const __m512 mul = m ? _mm512_loadu_ps(m) : _mm512_set1_ps(1.0f);
+        const __m512i comp = q->comp ? _mm512_loadu_si512(q->comp + 16 * g) : _mm512_setzero_si512();
+        const __m512 bias = p->bias ? _mm512_loadu_ps(p->bias + 16 * g) : zero;
+#pragma GCC unroll 28
+        for (int t = 0; t < NP; t++) {
+            uint8_t *codes_at = c0 + g * c_mstride + (t / NC) * c_rstride + (t % NC) * ldc;
+            __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[g * NP + t], comp)), mul, bias);
+            if (RES) {
+                const __m128i r = _mm_loadu_si128((const __m128i *)(codes_at + res_offset));
+                v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(r)), rs, v);
+            }
+            _mm_storeu_si128((__m128i *)codes_at,
+                             _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(_mm512_max_ps(v, zero))));
+        }
+    }
+}
+
+/* A flush before the call's last (DFP-16 chains flush every 2 blocks; ternary ones at every
+ * block of N channels): the tile's sums times their multipliers go into the partial sums, which
+ * they start when FIRST (a constant of each copy, so nothing is tested per vector).  The
+ * compensation, the bias and C wait for the last flush. */
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
+dlcpu_bri_partial_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const __m512i *acc, float *part,
+                         const char *a0, const char *a, int es, int sub, const int FIRST, const int MV, const int NP)
+{
+#pragma GCC unroll 2
+    for (int g = 0; g < MV; g++) {
+        const float *m = dlcpu_bri_multiplier(q, a0, a + g * p->a_mstride * es, es, g, sub);
+        const __m512 mul = m ? _mm512_loadu_ps(m) : _mm512_set1_ps(1.0f);
+#pragma GCC unroll 28
+        for (int t = 0; t < NP; t++) {
+            float *pt = part + (g * NP + t) * 16;
+            const __m512 s = _mm512_cvtepi32_ps(acc[g * NP + t]);
+            _mm512_store_ps(pt, FIRST ? _mm512_mul_ps(s, mul) : _mm512_fmadd_ps(s, mul, _mm512_load_ps(pt)));
+        }
+    }
+}
+
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
 dlcpu_bri_flush_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, __m512i *acc, float *part,
                        const char *a0, const char *a, int es, int sub, int first, int last, const int MV,
                        const int NP, const int NC)
 {
+    if (!last) {
+        if (first)
+            dlcpu_bri_partial_avx512(p, q, acc, part, a0, a, es, sub, 1, MV, NP);
+        else
+            dlcpu_bri_partial_avx512(p, q, acc, part, a0, a, es, sub, 0, MV, NP);
+        return;
+    }
     const int out_u8 = q->out_u8, relu = p->relu && !out_u8, beta = p->beta;  /* a u8 clamp is the ReLU */
-    const int32_t *const comp_all = last ? q->comp : NULL;
-    const float *const bias_all = last ? p->bias : NULL;
     const float res_scale = q->res_scale;
+    if (es == 1 && first && !beta && out_u8 == 255) {   /* es 1: int16 calls never write codes */
+        if (res_scale != 0.0f)
+            dlcpu_bri_codes_avx512(p, q, acc, a0, a, es, sub, 1, MV, NP, NC);
+        else
+            dlcpu_bri_codes_avx512(p, q, acc, a0, a, es, sub, 0, MV, NP, NC);
+        return;
+    }
+    /* The other last flushes: fp32 output, 7-bit codes, or partial sums to add. */
     const int64_t res_offset = q->res_offset, ldc = p->ldc, c_rstride = p->c_rstride, c_mstride = p->c_mstride;
     float *const c0 = p->c;
     const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps((float)out_u8), rs = _mm512_set1_ps(res_scale);
@@ -165,22 +237,17 @@ dlcpu_bri_flush_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q,
     for (int g = 0; g < MV; g++) {
         const float *m = dlcpu_bri_multiplier(q, a0, a + g * p->a_mstride * es, es, g, sub);
         const __m512 mul = m ? _mm512_loadu_ps(m) : _mm512_set1_ps(1.0f);
-        const __m512i comp = comp_all ? _mm512_loadu_si512(comp_all + 16 * g) : _mm512_setzero_si512();
-        const __m512 bias = bias_all ? _mm512_loadu_ps(bias_all + 16 * g) : zero;
+        const __m512i comp = q->comp ? _mm512_loadu_si512(q->comp + 16 * g) : _mm512_setzero_si512();
+        const __m512 bias = p->bias ? _mm512_loadu_ps(p->bias + 16 * g) : zero;
 #pragma GCC unroll 28
         for (int t = 0; t < NP; t++) {
-            float *pt = part + (g * NP + t) * 16;
             const int64_t at = g * c_mstride + (t / NC) * c_rstride + (t % NC) * ldc;   /* elements */
             const __m512 s = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[g * NP + t], comp));
             __m512 v;
-            if (first && last && !beta) {             /* one flush: the bias joins in the same FMA */
+            if (first && !beta) {                     /* one flush: the bias joins in the same FMA */
                 v = _mm512_fmadd_ps(s, mul, bias);
             } else {
-                v = first ? _mm512_mul_ps(s, mul) : _mm512_fmadd_ps(s, mul, _mm512_load_ps(pt));
-                if (!last) {
-                    _mm512_store_ps(pt, v);
-                    continue;
-                }
+                v = first ? _mm512_mul_ps(s, mul) : _mm512_fmadd_ps(s, mul, _mm512_load_ps(part + (g * NP + t) * 16));
                 if (beta) v = _mm512_add_ps(v, _mm512_loadu_ps(c0 + at));
                 v = _mm512_add_ps(v, bias);
             }
@@ -361,15 +428,106 @@ DLCPU_BRI_AVX512_BODY(dlcpu_brgemm_int_bw_body, DLCPU_TARGET_AVX512, dlcpu_bri_g
  * q->res_scale among the epilogue's hottest instructions).  The u8 codes of a whole 16-lane
  * vector leave in one 16-byte store: VPACKUSDW of both halves, VPERMQ back into lane order,
  * VPACKUSWB (5 ops where two 8-byte stores took 8). */
+/* v + res_scale * r for the 8 u8 residual codes at r8. */
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX2 __m256
+dlcpu_bri_residual_avx2(__m256 v, const uint8_t *r8, __m256 rs)
+{
+    const __m128i r = _mm_loadl_epi64((const __m128i *)r8);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(r)), rs, v);
+}
+
+/* The 16 u8 codes of one output vector (two halves v), stored at codes_at.
+ * dlcpu_bri_output_code on 8 lanes: VMAXPS(v, 0) takes 0 for NaN, the clamp at the largest code
+ * keeps VCVTPS2DQ (nearest even, as nearbyintf) in range.  One element at a time, this epilogue
+ * was most of a 1x1 layer whose outputs sum only 16 quads: res2a_branch1 (64 -> 256 channels)
+ * ran at 0.42x PyTorch's int8 convolution on an AVX2-only CPU. */
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX2 void
+dlcpu_bri_store_codes_avx2(uint8_t *codes_at, const __m256 *v, __m256 zero, __m256 top)
+{
+    const __m256i lo = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v[0], zero), top));
+    const __m256i hi = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v[1], zero), top));
+    /* VPACKUSDW packs within 128-bit lanes: [lo 0-3, hi 0-3 | lo 4-7, hi 4-7] */
+    const __m256i words = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8);
+    _mm_storeu_si128((__m128i *)codes_at, _mm_packus_epi16(_mm256_castsi256_si128(words),
+                                                           _mm256_extracti128_si256(words, 1)));
+}
+
+/* The one flush of a call of one chain writing codes, with nothing tested per vector (as
+ * dlcpu_bri_codes_avx512; RES a constant of each copy).  Either code width: the clamp at the
+ * largest code is an op of every vector here. */
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX2 void
+dlcpu_bri_codes_avx2(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const __m256i *acc,
+                     const char *a0, const char *a, int es, int sub, const int RES, const int MV, const int NP,
+                     const int NC)
+{
+    const int64_t res_offset = q->res_offset, ldc = p->ldc, c_rstride = p->c_rstride, c_mstride = p->c_mstride;
+    uint8_t *const c0 = (uint8_t *)p->c;
+    const __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps((float)q->out_u8), rs = _mm256_set1_ps(q->res_scale);
+    for (int g = 0; g < MV; g++) {
+        const float *m = dlcpu_bri_multiplier(q, a0, a + g * p->a_mstride * es, es, g, sub);
+        __m256 mul[2], bias[2];
+        __m256i comp[2];
+        for (int h = 0; h < 2; h++) {
+            mul[h] = m ? _mm256_loadu_ps(m + 8 * h) : _mm256_set1_ps(1.0f);
+            comp[h] = q->comp ? _mm256_loadu_si256((const __m256i *)(q->comp + 16 * g + 8 * h)) : _mm256_setzero_si256();
+            bias[h] = p->bias ? _mm256_loadu_ps(p->bias + 16 * g + 8 * h) : zero;
+        }
+        for (int t = 0; t < NP; t++) {
+            uint8_t *codes_at = c0 + g * c_mstride + (t / NC) * c_rstride + (t % NC) * ldc;
+            __m256 v[2];
+            for (int h = 0; h < 2; h++) {
+                v[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[(g * NP + t) * 2 + h], comp[h])), mul[h],
+                                       bias[h]);
+                if (RES) v[h] = dlcpu_bri_residual_avx2(v[h], codes_at + 8 * h + res_offset, rs);
+            }
+            dlcpu_bri_store_codes_avx2(codes_at, v, zero, top);
+        }
+    }
+}
+
+/* The partial loop (as dlcpu_bri_partial_avx512): a flush before the call's last. */
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX2 void
+dlcpu_bri_partial_avx2(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const __m256i *acc, float *part,
+                       const char *a0, const char *a, int es, int sub, const int FIRST, const int MV, const int NP)
+{
+    for (int g = 0; g < MV; g++) {
+        const float *m = dlcpu_bri_multiplier(q, a0, a + g * p->a_mstride * es, es, g, sub);
+        __m256 mul[2];
+        for (int h = 0; h < 2; h++) mul[h] = m ? _mm256_loadu_ps(m + 8 * h) : _mm256_set1_ps(1.0f);
+        for (int t = 0; t < NP; t++)
+            for (int h = 0; h < 2; h++) {
+                float *pt = part + (g * NP + t) * 16 + 8 * h;
+                const __m256 s = _mm256_cvtepi32_ps(acc[(g * NP + t) * 2 + h]);
+                _mm256_storeu_ps(pt, FIRST ? _mm256_mul_ps(s, mul[h]) : _mm256_fmadd_ps(s, mul[h], _mm256_loadu_ps(pt)));
+            }
+    }
+}
+
+/* Picks the partial, codes or general loop, as dlcpu_bri_flush_avx512 does. */
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX2 void
 dlcpu_bri_flush_avx2(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, __m256i *acc, float *part,
                      const char *a0, const char *a, int es, int sub, int first, int last, const int MV, const int NP,
                      const int NC)
 {
+    if (!last) {
+        if (first)
+            dlcpu_bri_partial_avx2(p, q, acc, part, a0, a, es, sub, 1, MV, NP);
+        else
+            dlcpu_bri_partial_avx2(p, q, acc, part, a0, a, es, sub, 0, MV, NP);
+        return;
+    }
     const int out_u8 = q->out_u8, relu = p->relu, beta = p->beta;
-    const int32_t *const comp = last ? q->comp : NULL;
+    const int32_t *const comp = q->comp;
     const float *const bias_all = p->bias;
     const float res_scale = q->res_scale;
+    if (es == 1 && first && !beta && out_u8) {         /* es 1: int16 calls never write codes */
+        if (res_scale != 0.0f)
+            dlcpu_bri_codes_avx2(p, q, acc, a0, a, es, sub, 1, MV, NP, NC);
+        else
+            dlcpu_bri_codes_avx2(p, q, acc, a0, a, es, sub, 0, MV, NP, NC);
+        return;
+    }
+    /* The general loop: fp32 output, or partial sums to add. */
     const int64_t res_offset = q->res_offset;
     const __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps((float)out_u8), rs = _mm256_set1_ps(res_scale);
     for (int g = 0; g < MV; g++) {
@@ -378,47 +536,27 @@ dlcpu_bri_flush_avx2(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, _
             float *c = p->c + g * p->c_mstride + (t / NC) * p->c_rstride + (t % NC) * p->ldc;
             __m256 v[2];
             for (int h = 0; h < 2; h++) {
-                float *pt = part + (g * NP + t) * 16 + 8 * h;
                 const __m256 mul = m ? _mm256_loadu_ps(m + 8 * h) : _mm256_set1_ps(1.0f);
                 __m256i sum = acc[(g * NP + t) * 2 + h];
                 if (comp)
                     sum = _mm256_sub_epi32(sum, _mm256_loadu_si256((const __m256i *)(comp + 16 * g + 8 * h)));
                 const __m256 s = _mm256_cvtepi32_ps(sum);
                 const __m256 bias = bias_all ? _mm256_loadu_ps(bias_all + 16 * g + 8 * h) : zero;
-                if (first && last && !beta) {          /* one flush: bias in the same FMA (as AVX-512) */
+                if (first && !beta) {                  /* one flush: bias in the same FMA (as AVX-512) */
                     v[h] = _mm256_fmadd_ps(s, mul, bias);
                 } else {
-                    v[h] = first ? _mm256_mul_ps(s, mul) : _mm256_fmadd_ps(s, mul, _mm256_loadu_ps(pt));
-                    if (last) {
-                        if (beta) v[h] = _mm256_add_ps(v[h], _mm256_loadu_ps(c + 8 * h));
-                        v[h] = _mm256_add_ps(v[h], bias);
-                    }
+                    v[h] = first ? _mm256_mul_ps(s, mul)
+                                 : _mm256_fmadd_ps(s, mul, _mm256_loadu_ps(part + (g * NP + t) * 16 + 8 * h));
+                    if (beta) v[h] = _mm256_add_ps(v[h], _mm256_loadu_ps(c + 8 * h));
+                    v[h] = _mm256_add_ps(v[h], bias);
                 }
-                if (!last) {
-                    _mm256_storeu_ps(pt, v[h]);
-                } else if (!out_u8) {
-                    _mm256_storeu_ps(c + 8 * h, relu ? _mm256_max_ps(zero, v[h]) : v[h]);
-                }
+                if (!out_u8) _mm256_storeu_ps(c + 8 * h, relu ? _mm256_max_ps(zero, v[h]) : v[h]);
             }
-            if (last && out_u8) {
+            if (out_u8) {
                 uint8_t *codes_at = dlcpu_bri_c8(p, g, t, NC);
-                __m256i codes[2];
-                for (int h = 0; h < 2; h++) {
-                    if (res_scale != 0.0f) {
-                        const __m128i r = _mm_loadl_epi64((const __m128i *)(codes_at + 8 * h + res_offset));
-                        v[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(r)), rs, v[h]);
-                    }
-                    /* dlcpu_bri_output_code on 8 lanes: VMAXPS(v, 0) takes 0 for NaN, the clamp
-                     * at the largest code keeps VCVTPS2DQ (nearest even, as nearbyintf) in
-                     * range.  One element at a time, this epilogue was most of a 1x1 layer whose
-                     * outputs sum only 16 quads: res2a_branch1 (64 -> 256 channels) ran at 0.42x
-                     * PyTorch's int8 convolution on an AVX2-only CPU. */
-                    codes[h] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v[h], zero), top));
-                }
-                /* VPACKUSDW packs within 128-bit lanes: [lo 0-3, hi 0-3 | lo 4-7, hi 4-7] */
-                const __m256i words = _mm256_permute4x64_epi64(_mm256_packus_epi32(codes[0], codes[1]), 0xD8);
-                _mm_storeu_si128((__m128i *)codes_at, _mm_packus_epi16(_mm256_castsi256_si128(words),
-                                                                       _mm256_extracti128_si256(words, 1)));
+                if (res_scale != 0.0f)
+                    for (int h = 0; h < 2; h++) v[h] = dlcpu_bri_residual_avx2(v[h], codes_at + 8 * h + res_offset, rs);
+                dlcpu_bri_store_codes_avx2(codes_at, v, zero, top);
             }
         }
     }
