@@ -153,9 +153,12 @@ dlcpu_bri_multiplier(const dlcpu_brgemm_int_t *q, const char *a0, const char *a_
  * codes) and general (the rest) -- as GCC hoists no test out of a fully unrolled tile: one loop
  * testing first/last/beta, the output kind, the residual and the 7-bit clamp at every vector
  * still spent some 12 scalar ops on them beside each vector's 6 on res2a_branch1.  With the
- * codes loop the standalone kernel ran that layer's calls 1.10x faster (1.25 -> 1.13 ms, batch 4,
- * one thread), the 128 -> 512 1x1's 1.06x and the 256 -> 1024 one's 1.03x.  Every loop does the
- * same ops in the same order as the one it replaced, so the bits are those of before. */
+ * codes loop the standalone kernel ran that layer's calls 1.04-1.10x faster (batch 4, one
+ * thread), the 128 -> 512 1x1's 1.06x and the 256 -> 1024 one's 1.03x (AVX2: res2a_branch1
+ * 1.11-1.20x); the whole int8 ResNet-50 table 1.07-1.09x.  With the codes loop alone, GCC laid
+ * out the int16 instances' remaining loop so that DFP-16 ran 0.92x; the partial loop made it
+ * 1.05x.  Every loop does the same ops in the same order as the one it replaced, so the bits
+ * are those of before. */
 
 /* The codes loop: the one flush of a call of one chain (beta 0) writing 8-bit codes -- most int8
  * convolutions.  RES: a residual joins. */
