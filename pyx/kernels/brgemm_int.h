@@ -144,24 +144,46 @@ dlcpu_bri_multiplier(const dlcpu_brgemm_int_t *q, const char *a0, const char *a_
  * multiplier, bias)).  A u8 output vector is VMAXPS (and VMINPS for 7-bit codes), VCVTPS2DQ and
  * VPMOVUSDB (dlcpu_bri_output_code's rule), with a residual first: a load, a widening and an FMA.
  *
- * Each flush decides everything before its loop over the tile.  The call's fields are read into
- * locals: the u8 codes leave through a char pointer, which may alias anything, so a field read
- * inside the loop was reloaded and tested again after every store (perf on res2a_branch1, 1x1,
- * 64 -> 256, whose outputs sum only 16 quads: 17 scalar loads, compares and branches beside each
- * vector's 5 ops).  And the kind of flush picks one of three loops whose flags are constants of
- * each copy -- partial (not the call's last), codes (the one flush of a call writing 8-bit
- * codes) and general (the rest) -- as GCC hoists no test out of a fully unrolled tile: one loop
- * testing first/last/beta, the output kind, the residual and the 7-bit clamp at every vector
- * still spent some 12 scalar ops on them beside each vector's 6 on res2a_branch1.  With the
+ * The flush reads the call's fields into locals before its loop over the tile: the u8 codes
+ * leave through a char pointer, which may alias anything, so a field read inside the loop was
+ * reloaded and tested again after every store (perf on res2a_branch1, 1x1, 64 -> 256, whose
+ * outputs sum only 16 quads: 17 scalar loads, compares and branches per output vector).  And it
+ * picks one of three loops: partial (every flush before the call's last) and codes (the one
+ * flush of a call writing codes up to 255, most int8 convolutions) test nothing per vector,
+ * their flags being constants of each copy; general (every other last flush: fp32 output, 7-bit
+ * codes, partial sums to add) keeps its tests.  GCC hoists no test out of a fully unrolled tile,
+ * and one loop testing first/last/beta, the output kind, the residual and the 7-bit clamp at
+ * every vector spent some 12 scalar ops on them per output vector on res2a_branch1.  With the
  * codes loop the standalone kernel ran that layer's calls 1.04-1.10x faster (batch 4, one
  * thread), the 128 -> 512 1x1's 1.06x and the 256 -> 1024 one's 1.03x (AVX2: res2a_branch1
  * 1.11-1.20x); the whole int8 ResNet-50 table 1.07-1.09x.  With the codes loop alone, GCC laid
  * out the int16 instances' remaining loop so that DFP-16 ran 0.92x; the partial loop made it
  * 1.05x.  Every loop does the same ops in the same order as the one it replaced, so the bits
- * are those of before. */
+ * are those of before (docs/performance.md, "integer flushes with nothing tested per vector"). */
 
-/* The codes loop: the one flush of a call of one chain (beta 0) writing 8-bit codes -- most int8
- * convolutions.  RES: a residual joins. */
+/* What a last flush applies to group g: its multipliers (1 where the call has none), its
+ * compensation and its bias (0 where the call has none). */
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
+dlcpu_bri_last_vectors_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const char *a0, const char *a,
+                              int es, int g, int sub, __m512 *mul, __m512i *comp, __m512 *bias)
+{
+    const float *m = dlcpu_bri_multiplier(q, a0, a + g * p->a_mstride * es, es, g, sub);
+    *mul = m ? _mm512_loadu_ps(m) : _mm512_set1_ps(1.0f);
+    *comp = q->comp ? _mm512_loadu_si512(q->comp + 16 * g) : _mm512_setzero_si512();
+    *bias = p->bias ? _mm512_loadu_ps(p->bias + 16 * g) : _mm512_setzero_ps();
+}
+
+/* v + res_scale * r for the 16 u8 residual codes at r16. */
+static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 __m512
+dlcpu_bri_residual_avx512(__m512 v, const uint8_t *r16, __m512 rs)
+{
+    const __m128i r = _mm_loadu_si128((const __m128i *)r16);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(r)), rs, v);
+}
+
+/* The codes loop: the one flush of a call of one chain (beta 0) writing codes up to 255 (7-bit
+ * codes, which need a VMINPS, take the general loop) -- most int8 convolutions.  RES: a residual
+ * joins. */
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
 dlcpu_bri_codes_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const __m512i *acc,
                        const char *a0, const char *a, int es, int sub, const int RES, const int MV, const int NP,
@@ -172,28 +194,25 @@ dlcpu_bri_codes_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q,
     const __m512 zero = _mm512_setzero_ps(), rs = _mm512_set1_ps(q->res_scale);
 #pragma GCC unroll 2
     for (int g = 0; g < MV; g++) {
-        const float *m = dlcpu_bri_multiplier(q, a0, a + g * p->a_mstride * es, es, g, sub);
-        const __m512 mul = m ? _mm512_loadu_ps(m) : _mm512_set1_ps(1.0f);
-        const __m512i comp = q->comp ? _mm512_loadu_si512(q->comp + 16 * g) : _mm512_setzero_si512();
-        const __m512 bias = p->bias ? _mm512_loadu_ps(p->bias + 16 * g) : zero;
+        __m512 mul, bias;
+        __m512i comp;
+        dlcpu_bri_last_vectors_avx512(p, q, a0, a, es, g, sub, &mul, &comp, &bias);
 #pragma GCC unroll 28
         for (int t = 0; t < NP; t++) {
             uint8_t *codes_at = c0 + g * c_mstride + (t / NC) * c_rstride + (t % NC) * ldc;
             __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[g * NP + t], comp)), mul, bias);
-            if (RES) {
-                const __m128i r = _mm_loadu_si128((const __m128i *)(codes_at + res_offset));
-                v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(r)), rs, v);
-            }
+            if (RES) v = dlcpu_bri_residual_avx512(v, codes_at + res_offset, rs);
             _mm_storeu_si128((__m128i *)codes_at,
                              _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(_mm512_max_ps(v, zero))));
         }
     }
 }
 
-/* A flush before the call's last (DFP-16 chains flush every 2 blocks; ternary ones at every
- * block of N channels): the tile's sums times their multipliers go into the partial sums, which
- * they start when FIRST (a constant of each copy, so nothing is tested per vector).  The
- * compensation, the bias and C wait for the last flush. */
+/* The partial loop: a flush before the call's last (DFP-16 chains flush every 2 blocks, ternary
+ * ones at every block of N channels, int8 ones only past 4,112 blocks): the tile's sums times
+ * their multipliers go into the partial sums, which they start when FIRST (a constant of each
+ * copy, so nothing is tested per vector).  The compensation, the bias and C wait for the last
+ * flush.  `part` is 64-byte aligned (the body declares it so): aligned loads and stores. */
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX512 void
 dlcpu_bri_partial_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, const __m512i *acc, float *part,
                          const char *a0, const char *a, int es, int sub, const int FIRST, const int MV, const int NP)
@@ -232,16 +251,15 @@ dlcpu_bri_flush_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q,
             dlcpu_bri_codes_avx512(p, q, acc, a0, a, es, sub, 0, MV, NP, NC);
         return;
     }
-    /* The other last flushes: fp32 output, 7-bit codes, or partial sums to add. */
+    /* The general loop: every other last flush -- fp32 output, 7-bit codes, partial sums to add. */
     const int64_t res_offset = q->res_offset, ldc = p->ldc, c_rstride = p->c_rstride, c_mstride = p->c_mstride;
     float *const c0 = p->c;
     const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps((float)out_u8), rs = _mm512_set1_ps(res_scale);
 #pragma GCC unroll 2
     for (int g = 0; g < MV; g++) {
-        const float *m = dlcpu_bri_multiplier(q, a0, a + g * p->a_mstride * es, es, g, sub);
-        const __m512 mul = m ? _mm512_loadu_ps(m) : _mm512_set1_ps(1.0f);
-        const __m512i comp = q->comp ? _mm512_loadu_si512(q->comp + 16 * g) : _mm512_setzero_si512();
-        const __m512 bias = p->bias ? _mm512_loadu_ps(p->bias + 16 * g) : zero;
+        __m512 mul, bias;
+        __m512i comp;
+        dlcpu_bri_last_vectors_avx512(p, q, a0, a, es, g, sub, &mul, &comp, &bias);
 #pragma GCC unroll 28
         for (int t = 0; t < NP; t++) {
             const int64_t at = g * c_mstride + (t / NC) * c_rstride + (t % NC) * ldc;   /* elements */
@@ -259,10 +277,7 @@ dlcpu_bri_flush_avx512(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q,
                 continue;
             }
             uint8_t *codes_at = (uint8_t *)c0 + at;
-            if (res_scale != 0.0f) {
-                const __m128i r = _mm_loadu_si128((const __m128i *)(codes_at + res_offset));
-                v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(r)), rs, v);
-            }
+            if (res_scale != 0.0f) v = dlcpu_bri_residual_avx512(v, codes_at + res_offset, rs);
             __m512 clamped = _mm512_max_ps(v, zero);
             if (out_u8 < 255)                         /* 7-bit codes: VPMOVUSDB saturates at 255 only */
                 clamped = _mm512_min_ps(clamped, top);
@@ -425,12 +440,13 @@ DLCPU_BRI_AVX512_BODY(dlcpu_brgemm_int_bw_body, DLCPU_TARGET_AVX512, dlcpu_bri_g
 /* -------------------------------------------------------------------------------------- AVX2 */
 /* A 16-lane group is two ymm halves: group g, pixel t, half h at acc[(g*NP + t)*2 + h].
  *
- * The call's fields are read once, before the loop: the u8 codes are stored through a char
- * pointer, which may alias anything, so fields read inside the loop were reloaded from memory
- * after every store (perf on a 64 -> 256 1x1 layer: reloads of q->out_u8 and tests of
- * q->res_scale among the epilogue's hottest instructions).  The u8 codes of a whole 16-lane
- * vector leave in one 16-byte store: VPACKUSDW of both halves, VPERMQ back into lane order,
- * VPACKUSWB (5 ops where two 8-byte stores took 8). */
+ * The flush has the AVX-512 flush's three loops.  Its fields are read before its loops (the u8
+ * codes are stored through a char pointer, which may alias anything: perf on a 64 -> 256 1x1
+ * layer found reloads of q->out_u8 and tests of q->res_scale among the epilogue's hottest
+ * instructions); the general loop still reads C's strides per pixel.  The u8 codes of a whole
+ * 16-lane vector leave in one 16-byte store: VPACKUSDW of both halves, VPERMQ back into lane
+ * order, VPACKUSWB (5 ops where two 8-byte stores took 8). */
+
 /* v + res_scale * r for the 8 u8 residual codes at r8. */
 static inline __attribute__((always_inline)) DLCPU_TARGET_AVX2 __m256
 dlcpu_bri_residual_avx2(__m256 v, const uint8_t *r8, __m256 rs)
@@ -530,7 +546,8 @@ dlcpu_bri_flush_avx2(const dlcpu_brgemm_f32_t *p, const dlcpu_brgemm_int_t *q, _
             dlcpu_bri_codes_avx2(p, q, acc, a0, a, es, sub, 0, MV, NP, NC);
         return;
     }
-    /* The general loop: fp32 output, or partial sums to add. */
+    /* The general loop: every other last flush -- fp32 output, partial sums to add, codes of a
+     * call of several chains. */
     const int64_t res_offset = q->res_offset;
     const __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps((float)out_u8), rs = _mm256_set1_ps(res_scale);
     for (int g = 0; g < MV; g++) {
