@@ -338,6 +338,7 @@ class _TimedWU:
     def __init__(self, module, timers):
         self._module = module
         self.conv2d_weight_grad_f32 = timers.wrap("conv bwd-weights", module.conv2d_weight_grad_f32)
+        self.conv2d_weight_grad_bf16_values = timers.wrap("conv bwd-weights", module.conv2d_weight_grad_bf16_values)
 
     def __getattr__(self, name):
         return getattr(self._module, name)

@@ -1124,8 +1124,10 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
             else:
                 x_wu, dy_wu, wu_shape = xb.data, dyb.data, shape
             plan = _cached_weight_grad_plan(wu_shape, isa_code, n_threads)
-            errors = _wu.conv2d_weight_grad_f32(x_wu.reshape(-1), dy_wu.reshape(-1), dw_data.reshape(-1),
-                                                plan.c, n_threads, accumulate_dw is not None)
+            # (bf16: the patterns themselves, which the kernels widen image block by image block)
+            kernel = _wu.conv2d_weight_grad_bf16_values if x_wu.dtype == np.uint16 else _wu.conv2d_weight_grad_f32
+            errors = kernel(x_wu.reshape(-1), dy_wu.reshape(-1), dw_data.reshape(-1), plan.c, n_threads,
+                            accumulate_dw is not None)
         if errors:
             raise MemoryError(f"{fn}: could not allocate the weight-update scratch of {errors} work item(s) "
                               f"({plan.summary()})")
@@ -1143,9 +1145,11 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, need=("dx", "dw", "db"), *, a
 
 
 def _format_values_for_weight_grad(xb, dy_format, shape, isa_code, n_threads):
-    """(x, dy, shape) for the fp32 weight-update kernels on the values of a bf16 / DFP-16 update:
-    x (a bf16, DFP-16 or fp32 BlockedTensor) and dy (bf16 patterns, or dy's DFP-16
-    BlockedTensor) in fp32.  A strided 1x1 convolution without padding reads one input pixel in
+    """(x, dy, shape) for the fp32 weight-update kernels on the values of a bf16 / DFP-16 update,
+    from x (a bf16, DFP-16 or fp32 BlockedTensor) and dy (bf16 patterns, or dy's DFP-16
+    BlockedTensor): DFP-16 as fp32 values; bf16 as the bf16 patterns (uint16), which
+    conv2d_weight_grad_bf16_values widens inside its work items.  A strided 1x1 convolution
+    without padding reads one input pixel in
     stride_h * stride_w, so only those are taken (before any conversion) and converted, and dW
     is that of the stride-1 1x1 on them (the same products).  On the digits CNN's 16 -> 32 stride-2 shortcut at batch 64 and 2
     threads, widening all of x to read a quarter of it took 54 of the update's 93 us; the
@@ -1161,14 +1165,9 @@ def _format_values_for_weight_grad(xb, dy_format, shape, isa_code, n_threads):
     if isinstance(dy_format, BlockedTensor):                        # DFP-16
         x_wu = quantized.dfp16_values(x_used, xb.scale[0]) if xb.precision == "dfp16" else x_used
         dy_wu = quantized.dequantize(dy_format)
-    else:       # bf16, widened into reused buffers (fresh ones page-faulted on every small step)
-        x16 = x_used if xb.precision == "bf16" else formats.fp32_to_bf16_bits(x_used, n_threads=n_threads)
-        # by the kernel itself: both are contiguous uint16 arrays made or checked above (the
-        # public conversion's checks, twice per update, cost 12 of a 73 us backward on the
-        # digits CNN's 16 -> 16 layer at batch 1, 2 threads, AVX2)
-        x_wu, dy_wu = scratch("conv.wu_x_bf16", x16.shape), scratch("conv.wu_dy_bf16", dy_format.shape)
-        _convert.bf16_to_f32(x16.reshape(-1), x_wu.reshape(-1), isa_code, n_threads)
-        _convert.bf16_to_f32(dy_format.reshape(-1), dy_wu.reshape(-1), isa_code, n_threads)
+    else:       # bf16: the patterns, contiguous uint16 arrays made or checked above
+        x_wu = x_used if xb.precision == "bf16" else formats.fp32_to_bf16_bits(x_used, n_threads=n_threads)
+        dy_wu = dy_format
     if subsample:
         s = ConvShape(s.N, s.C, s.K, s.P, s.Q, 1, 1)
     return x_wu, dy_wu, s

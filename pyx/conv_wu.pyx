@@ -19,7 +19,7 @@ from cython.parallel cimport prange, parallel, threadid
 
 from dlcpu_kernels cimport (dlcpu_brgemm_f32_t, dlcpu_brgemm_f32, dlcpu_brgemm_has_tile, dlcpu_brgemm_bf16,
                             dlcpu_brgemm_int_t, dlcpu_brgemm_int, integer_call,
-                            dlcpu_bf16_to_vnni, dlcpu_u16_transpose16_avx512, dlcpu_u16_transpose16_scalar,
+                            dlcpu_bf16_to_vnni, dlcpu_bf16_to_f32, dlcpu_u16_transpose16_avx512, dlcpu_u16_transpose16_scalar,
                             dlcpu_u16_window_avx512, dlcpu_u16_window_scalar, dlcpu_conv_item_input,
                             DLCPU_BR_OFFS, DLCPU_ISA_AVX512, DLCPU_BR_ROWS_MAX_NR)
 from dlcpu_plans cimport (dlcpu_wu_plan_t, dlcpu_conv_shape_t, dlcpu_max_acc, DLCPU_TILE_NONE, DLCPU_TILE_PADDED,
@@ -58,13 +58,18 @@ cdef class WeightGradPlanStruct:
 
 
 cdef int wu_item(const dlcpu_wu_plan_t *g, int64_t item, int64_t n_begin, int64_t n_end, const float *x,
-                 const float *dy, float *dw, float *tile, int64_t *a_offs, int64_t *b_offs,
-                 bint accumulate) noexcept nogil:
+                 const float *dy, const uint16_t *x16, const uint16_t *dy16, float *xw, float *dyw, int isa,
+                 float *dw, float *tile, int64_t *a_offs, int64_t *b_offs, bint accumulate) noexcept nogil:
     """dW blocks of one (K group, C group): reduce over the images [n_begin, n_end) and every
     output row.
 
     One call's batch is the rows of one row block of `images_per_block` images (several small
-    images per call keep the dW tile's load/store and the call overhead small next to the FMAs)."""
+    images per call keep the dW tile's load/store and the call overhead small next to the FMAs).
+
+    x16 / dy16 not NULL (x and dy then unused): bf16 patterns, widened (exactly) block of images
+    by block of images into this thread's xw ([image][cb0:cb1][H][W][16]) and dyw
+    ([image][kb0:kb1][P][Q][16]) just before the calls read them: the same fp32 values, the same
+    sums, with no pass of its own over all of x and dy (see conv2d_weight_grad_bf16_values)."""
     cdef const dlcpu_conv_shape_t *s = &g.s
     cdef int64_t cg = item % g.c_groups
     cdef int64_t kg = item // g.c_groups
@@ -78,6 +83,14 @@ cdef int wu_item(const dlcpu_wu_plan_t *g, int64_t item, int64_t n_begin, int64_
     cdef int64_t n0, n1, m, i, rb, p0, p1, kb, cb, r, s_, j0, rows_c, phase, taps, t0, nc
     cdef int err = 0
     cdef bint first = not accumulate      # the first call overwrites dW, unless adding to it
+    cdef bint widen = x16 != NULL
+    cdef int64_t x_run = ncb * s.H * s.W * 16                    # one image's cb0:cb1 blocks
+    cdef int64_t dy_run = (kb1 - kb0) * s.P * s.Q * 16           # one image's kb0:kb1 blocks
+    # dy's A operand of block kb: dy_at + (kb - dy_kb0) * P*Q*16, image m (dy_kbs blocks each)
+    # (m - dy_m0) images further
+    cdef const float *dy_at = dy
+    cdef int64_t dy_kbs = s.Kb, dy_kb0 = 0, dy_m0 = 0
+    cdef const float *x_src
     cdef const float *x_img
     cdef const float *x_img_m
     cdef const float *bbase
@@ -98,22 +111,30 @@ cdef int wu_item(const dlcpu_wu_plan_t *g, int64_t item, int64_t n_begin, int64_
     p.b_rstride = 16              # ... and one tile position further
     p.bias = NULL
     p.relu = 0
+    if widen:
+        dy_at, dy_kbs, dy_kb0 = dyw, kb1 - kb0, kb0
     n0 = n_begin
     while n0 < n_end:
         n1 = min(n_end, n0 + g.images_per_block)
+        if widen:
+            for m in range(n0, n1):
+                dlcpu_bf16_to_f32(isa, x16 + (m * s.Cb + cb0) * s.H * s.W * 16, xw + (m - n0) * x_run, x_run)
+                dlcpu_bf16_to_f32(isa, dy16 + (m * s.Kb + kb0) * s.P * s.Q * 16, dyw + (m - n0) * dy_run, dy_run)
+            dy_m0 = n0
         for rb in range(g.row_blocks):
             p0 = rb * g.rows_per_block
             p1 = min(s.P, p0 + g.rows_per_block)
             x_img = NULL
             for m in range(n0, n1):
-                x_img_m = dlcpu_conv_item_input(g.tile_mode, x + (m * s.Cb + cb0) * s.H * s.W * 16,
+                x_src = xw + (m - n0) * x_run if widen else x + (m * s.Cb + cb0) * s.H * s.W * 16
+                x_img_m = dlcpu_conv_item_input(g.tile_mode, x_src,
                                                 tile + (m - n0) * g.tile_floats, ncb, s.H, s.W, p0,
                                                 s.stride_h, sw, s.pad_h, s.pad_w, g.tile_rows,
                                                 g.tile_phase_width)
                 if m == n0:
                     x_img = x_img_m
                 for i in range(p1 - p0):
-                    a_offs[(m - n0) * (p1 - p0) + i] = (m * s.Kb * s.P + p0 + i) * s.Q * 16
+                    a_offs[(m - n0) * (p1 - p0) + i] = ((m - dy_m0) * dy_kbs * s.P + p0 + i) * s.Q * 16
                     b_offs[(m - n0) * (p1 - p0) + i] = (x_img_m - x_img) + i * b_row_stride
             p.batch = (n1 - n0) * (p1 - p0)
             p.beta = 0 if first else 1
@@ -125,7 +146,7 @@ cdef int wu_item(const dlcpu_wu_plan_t *g, int64_t item, int64_t n_begin, int64_
                     else:
                         kb = kb0 + outer
                         cb = cb0 + inner
-                    p.a = dy + kb * s.P * s.Q * 16
+                    p.a = dy_at + (kb - dy_kb0) * s.P * s.Q * 16
                     # Rows of the dW block that are real input channels (C=3: only 3 of 16).
                     rows_c = min(<int64_t>16, s.C - cb * 16)
                     for r in range(s.R):
@@ -158,6 +179,57 @@ cdef int wu_item(const dlcpu_wu_plan_t *g, int64_t item, int64_t n_begin, int64_
     return err
 
 
+cdef int weight_grad(const dlcpu_wu_plan_t *g, const float *x, const float *dy, const uint16_t *x16,
+                     const uint16_t *dy16, float *dw, int64_t size, int n_threads, bint accumulate) except -1:
+    """The driver of conv2d_weight_grad_f32 and conv2d_weight_grad_bf16_values (below); x16 and
+    dy16 NULL: fp32 x and dy."""
+    cdef int64_t n_items = g.k_groups * g.c_groups
+    cdef int64_t ipb = g.images_per_block, hb = g.rows_per_block
+    cdef int64_t splits = g.image_splits
+    cdef int64_t image_blocks = (g.s.N + ipb - 1) // ipb
+    cdef int64_t unit, item, part, n_begin, n_end, i, j
+    cdef int errors = 0
+    cdef bint widen = x16 != NULL
+    cdef float *tile = NULL
+    cdef int64_t *offs = NULL
+    cdef float *xw = NULL
+    cdef float *dyw = NULL
+    cdef float *partial = NULL
+    if splits > 1:
+        partial = <float *> calloc((splits - 1) * size, sizeof(float))
+        if partial == NULL:
+            raise MemoryError(f"conv2d_backward: cannot allocate {splits - 1} partial weight gradients")
+    with nogil, parallel(num_threads=n_threads):
+        tile = <float *> malloc(sizeof(float) * (g.tile_floats * ipb + 16)) if g.tile_mode != DLCPU_TILE_NONE else NULL
+        offs = <int64_t *> malloc(sizeof(int64_t) * 2 * ipb * hb)
+        if widen:       # one block of images' channel / output-channel blocks of one work item
+            xw = <float *> malloc(sizeof(float) * ipb * g.cb_per_item * g.s.H * g.s.W * 16)
+            dyw = <float *> malloc(sizeof(float) * ipb * g.kb_per_item * g.s.P * g.s.Q * 16)
+        for unit in prange(n_items * splits, schedule='static'):
+            item = unit // splits
+            part = unit % splits
+            # whole blocks of images_per_block images, as evenly as they divide
+            n_begin = min(g.s.N, image_blocks * part // splits * ipb)
+            n_end = min(g.s.N, image_blocks * (part + 1) // splits * ipb)
+            if ((g.tile_mode != DLCPU_TILE_NONE and tile == NULL) or offs == NULL
+                    or (widen and (xw == NULL or dyw == NULL))):
+                errors += 1
+            elif n_begin < n_end:
+                errors += wu_item(g, item, n_begin, n_end, x, dy, x16, dy16, xw, dyw, g.isa,
+                                  dw if part == 0 else partial + (part - 1) * size,
+                                  tile, offs, offs + ipb * hb, accumulate if part == 0 else False)
+        free(tile)
+        free(offs)
+        free(xw)
+        free(dyw)
+    if splits > 1:
+        for i in prange(size, nogil=True, schedule='static', num_threads=n_threads):
+            for j in range(splits - 1):
+                dw[i] += partial[j * size + i]
+        free(partial)
+    return errors
+
+
 def conv2d_weight_grad_f32(const float[::1] x, const float[::1] dy, float[::1] dw,
                            WeightGradPlanStruct plan, int n_threads, bint accumulate=False):
     """dW on blocked buffers (flattened); dw must be zero-filled by the caller (rows of padded
@@ -169,44 +241,22 @@ def conv2d_weight_grad_f32(const float[::1] x, const float[::1] dy, float[::1] d
     With image_splits > 1 a work unit is (item, image range): range 0 reduces into dw, the
     others into zeroed partial copies that are then added to dw in range order, so the sums
     are grouped by the plan alone, never by the thread count."""
-    cdef const dlcpu_wu_plan_t *g = &plan.c
-    cdef int64_t n_items = g.k_groups * g.c_groups
-    cdef int64_t ipb = g.images_per_block, hb = g.rows_per_block
-    cdef int64_t splits = g.image_splits
-    cdef int64_t image_blocks = (g.s.N + ipb - 1) // ipb
-    cdef int64_t size = dw.shape[0]
-    cdef int64_t unit, item, part, n_begin, n_end, i, j
-    cdef int errors = 0
-    cdef float *tile = NULL
-    cdef int64_t *offs = NULL
-    cdef float *partial = NULL
-    if splits > 1:
-        partial = <float *> calloc((splits - 1) * size, sizeof(float))
-        if partial == NULL:
-            raise MemoryError(f"conv2d_backward: cannot allocate {splits - 1} partial weight gradients")
-    with nogil, parallel(num_threads=n_threads):
-        tile = <float *> malloc(sizeof(float) * (g.tile_floats * ipb + 16)) if g.tile_mode != DLCPU_TILE_NONE else NULL
-        offs = <int64_t *> malloc(sizeof(int64_t) * 2 * ipb * hb)
-        for unit in prange(n_items * splits, schedule='static'):
-            item = unit // splits
-            part = unit % splits
-            # whole blocks of images_per_block images, as evenly as they divide
-            n_begin = min(g.s.N, image_blocks * part // splits * ipb)
-            n_end = min(g.s.N, image_blocks * (part + 1) // splits * ipb)
-            if (g.tile_mode != DLCPU_TILE_NONE and tile == NULL) or offs == NULL:
-                errors += 1
-            elif n_begin < n_end:
-                errors += wu_item(g, item, n_begin, n_end, &x[0], &dy[0],
-                                  &dw[0] if part == 0 else partial + (part - 1) * size,
-                                  tile, offs, offs + ipb * hb, accumulate if part == 0 else False)
-        free(tile)
-        free(offs)
-    if splits > 1:
-        for i in prange(size, nogil=True, schedule='static', num_threads=n_threads):
-            for j in range(splits - 1):
-                dw[i] += partial[j * size + i]
-        free(partial)
-    return errors
+    return weight_grad(&plan.c, &x[0], &dy[0], NULL, NULL, &dw[0], dw.shape[0], n_threads, accumulate)
+
+
+def conv2d_weight_grad_bf16_values(const uint16_t[::1] x16, const uint16_t[::1] dy16, float[::1] dw,
+                                   WeightGradPlanStruct plan, int n_threads, bint accumulate=False):
+    """conv2d_weight_grad_f32 on the values of bf16 patterns x16 and dy16 (blocked, flattened):
+    the same fp32 kernels, calls and sums as on their widened copies, so the same bits.  Each
+    work item widens the images it is about to reduce into its thread's scratch, so the update
+    makes no separate widening pass over all of x and dy.  Those passes ran on one thread (one
+    conversion chunk), twice per layer: on the digits CNN at batch 64, 2 threads, they took 210 of
+    the bf16 step's 3,070 us (docs/performance.md, issue 13's sixteenth part)."""
+    cdef const dlcpu_conv_shape_t *s = &plan.c.s
+    if x16.shape[0] != s.N * s.Cb * s.H * s.W * 16 or dy16.shape[0] != s.N * s.Kb * s.P * s.Q * 16:
+        raise ValueError(f"conv2d_weight_grad_bf16_values: x16 has {x16.shape[0]} elements and dy16 {dy16.shape[0]}; "
+                         f"the plan's shape needs {s.N * s.Cb * s.H * s.W * 16} and {s.N * s.Kb * s.P * s.Q * 16}")
+    return weight_grad(&plan.c, NULL, NULL, &x16[0], &dy16[0], &dw[0], dw.shape[0], n_threads, accumulate)
 
 
 # ------------------------------------------------------------------------------- bf16 and DFP-16

@@ -258,6 +258,43 @@ def test_small_weight_updates_take_the_fp32_kernels_on_the_formats_values(rng, m
         assert_close(small, want)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", GEOMETRY + [(9, 16, 16, 8, 8, 3, 3, 1, 1), (3, 48, 80, 5, 5, 3, 3, 1, 1)], ids=str)
+def test_small_bf16_weight_updates_widen_inside_their_work_items_bit_for_bit(rng, monkeypatch, isa, case):
+    """The fp32 weight update on bf16 values reads the bf16 patterns and widens each block of
+    images inside its work item (conv2d_weight_grad_bf16_values): dW is bit for bit the fp32
+    update of the rounded x and dy, on every ISA path, with the padded, subsampled and in-place
+    input tiles, several image ranges (9 images of 16 -> 16), several K and C groups (48 -> 80),
+    1 and all threads, and added to an accumulated gradient.  The fp32 entry is not called."""
+    monkeypatch.setattr(_wu, "conv2d_weight_grad_pairs", None)           # the fp32 kernels at every size
+    n, c, k, h, w, r, s, stride, pad = case
+    x = rng.uniform(-1, 1, (n, c, h, w)).astype(np.float32)
+    wt = rng.uniform(-1, 1, (k, c, r, s)).astype(np.float32)
+    dy = rng.uniform(-1, 1, dlcpu.conv2d(x, wt, None, stride, pad).shape).astype(np.float32)
+    want = dlcpu.conv2d_backward(P.round_to_bf16(dy), P.round_to_bf16(x), wt, stride, pad, need="dw", isa=isa).dw
+    wb, start = layout.block_weights(wt), rng.uniform(-1, 1, layout.block_weights(wt).data.shape).astype(np.float32)
+    want_acc = dlcpu.conv2d_backward(layout.to_blocked(P.round_to_bf16(dy)), layout.to_blocked(P.round_to_bf16(x)),
+                                     wb, stride, pad, need="dw", isa=isa, accumulate_dw=start.copy()).dw.data
+    monkeypatch.setattr(_wu, "conv2d_weight_grad_f32", None)
+    for threads in (1, max_threads()):
+        got = dlcpu.conv2d_backward(dy, x, wt, stride, pad, need="dw", precision="bf16", isa=isa, n_threads=threads)
+        assert np.array_equal(got.dw, want)
+        acc = start.copy()
+        dlcpu.conv2d_backward(layout.to_blocked(dy), layout.to_blocked(x), wb, stride, pad, need="dw",
+                              precision="bf16", isa=isa, n_threads=threads, accumulate_dw=acc)
+        assert np.array_equal(acc, want_acc)
+
+
+def test_bf16_values_weight_update_refuses_operands_of_another_shape(rng):
+    plan = conv._cached_weight_grad_plan(conv.conv_shape((2, 16, 8, 8), (16, 16, 3, 3), 1, 1), cpu.isa_code(None), 1)
+    x16 = np.zeros(2 * 8 * 8 * 16, np.uint16)
+    dw = np.zeros(16 * 16 * 9, np.float32)
+    with pytest.raises(ValueError, match="x16 has 2032 elements and dy16 2048; the plan's shape needs 2048 and 2048"):
+        _wu.conv2d_weight_grad_bf16_values(x16[:-16], x16, dw, plan.c, 1)
+    with pytest.raises(ValueError, match="the plan's shape needs 2048 and 2048"):
+        _wu.conv2d_weight_grad_bf16_values(x16, x16[:-16], dw, plan.c, 1)
+
+
 def test_bf16_backward_blocked_with_the_forward_bf16_input_and_accumulate(rng):
     x = rng.uniform(-1, 1, (2, 20, 9, 9)).astype(np.float32)
     w = rng.uniform(-1, 1, (24, 20, 3, 3)).astype(np.float32)
