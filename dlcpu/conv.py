@@ -1149,11 +1149,10 @@ def _format_values_for_weight_grad(xb, dy_format, shape, isa_code, n_threads):
     from x (a bf16, DFP-16 or fp32 BlockedTensor) and dy (bf16 patterns, or dy's DFP-16
     BlockedTensor): DFP-16 as fp32 values; bf16 as the bf16 patterns (uint16), which
     conv2d_weight_grad_bf16_values widens inside its work items.  A strided 1x1 convolution
-    without padding reads one input pixel in
-    stride_h * stride_w, so only those are taken (before any conversion) and converted, and dW
-    is that of the stride-1 1x1 on them (the same products).  On the digits CNN's 16 -> 32 stride-2 shortcut at batch 64 and 2
-    threads, widening all of x to read a quarter of it took 54 of the update's 93 us; the
-    update now takes 70 us (2026-12-02)."""
+    without padding reads one input pixel in stride_h * stride_w, so only those are taken (before
+    any conversion) and dW is that of the stride-1 1x1 on them (the same products).  On the
+    digits CNN's 16 -> 32 stride-2 shortcut at batch 64 and 2 threads, widening all of x to read
+    a quarter of it took 54 of the update's 93 us (2026-12-02)."""
     s = shape
     subsample = (s.R == s.S == 1 and (s.stride_h > 1 or s.stride_w > 1) and s.pad_h == s.pad_w == 0
                  and s.pad_bottom is None and s.pad_right is None)

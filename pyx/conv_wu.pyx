@@ -58,8 +58,8 @@ cdef class WeightGradPlanStruct:
 
 
 cdef int wu_item(const dlcpu_wu_plan_t *g, int64_t item, int64_t n_begin, int64_t n_end, const float *x,
-                 const float *dy, const uint16_t *x16, const uint16_t *dy16, float *xw, float *dyw, int isa,
-                 float *dw, float *tile, int64_t *a_offs, int64_t *b_offs, bint accumulate) noexcept nogil:
+                 const float *dy, const uint16_t *x16, const uint16_t *dy16, float *xw, float *dyw, float *dw,
+                 float *tile, int64_t *a_offs, int64_t *b_offs, bint accumulate) noexcept nogil:
     """dW blocks of one (K group, C group): reduce over the images [n_begin, n_end) and every
     output row.
 
@@ -118,8 +118,8 @@ cdef int wu_item(const dlcpu_wu_plan_t *g, int64_t item, int64_t n_begin, int64_
         n1 = min(n_end, n0 + g.images_per_block)
         if widen:
             for m in range(n0, n1):
-                dlcpu_bf16_to_f32(isa, x16 + (m * s.Cb + cb0) * s.H * s.W * 16, xw + (m - n0) * x_run, x_run)
-                dlcpu_bf16_to_f32(isa, dy16 + (m * s.Kb + kb0) * s.P * s.Q * 16, dyw + (m - n0) * dy_run, dy_run)
+                dlcpu_bf16_to_f32(g.isa, x16 + (m * s.Cb + cb0) * s.H * s.W * 16, xw + (m - n0) * x_run, x_run)
+                dlcpu_bf16_to_f32(g.isa, dy16 + (m * s.Kb + kb0) * s.P * s.Q * 16, dyw + (m - n0) * dy_run, dy_run)
             dy_m0 = n0
         for rb in range(g.row_blocks):
             p0 = rb * g.rows_per_block
@@ -202,9 +202,9 @@ cdef int weight_grad(const dlcpu_wu_plan_t *g, const float *x, const float *dy, 
     with nogil, parallel(num_threads=n_threads):
         tile = <float *> malloc(sizeof(float) * (g.tile_floats * ipb + 16)) if g.tile_mode != DLCPU_TILE_NONE else NULL
         offs = <int64_t *> malloc(sizeof(int64_t) * 2 * ipb * hb)
-        if widen:       # one block of images' channel / output-channel blocks of one work item
-            xw = <float *> malloc(sizeof(float) * ipb * g.cb_per_item * g.s.H * g.s.W * 16)
-            dyw = <float *> malloc(sizeof(float) * ipb * g.kb_per_item * g.s.P * g.s.Q * 16)
+        # bf16: one block of images' channel / output-channel blocks of one work item
+        xw = <float *> malloc(sizeof(float) * ipb * g.cb_per_item * g.s.H * g.s.W * 16) if widen else NULL
+        dyw = <float *> malloc(sizeof(float) * ipb * g.kb_per_item * g.s.P * g.s.Q * 16) if widen else NULL
         for unit in prange(n_items * splits, schedule='static'):
             item = unit // splits
             part = unit % splits
@@ -215,7 +215,7 @@ cdef int weight_grad(const dlcpu_wu_plan_t *g, const float *x, const float *dy, 
                     or (widen and (xw == NULL or dyw == NULL))):
                 errors += 1
             elif n_begin < n_end:
-                errors += wu_item(g, item, n_begin, n_end, x, dy, x16, dy16, xw, dyw, g.isa,
+                errors += wu_item(g, item, n_begin, n_end, x, dy, x16, dy16, xw, dyw,
                                   dw if part == 0 else partial + (part - 1) * size,
                                   tile, offs, offs + ipb * hb, accumulate if part == 0 else False)
         free(tile)
@@ -250,12 +250,17 @@ def conv2d_weight_grad_bf16_values(const uint16_t[::1] x16, const uint16_t[::1] 
     the same fp32 kernels, calls and sums as on their widened copies, so the same bits.  Each
     work item widens the images it is about to reduce into its thread's scratch, so the update
     makes no separate widening pass over all of x and dy.  Those passes ran on one thread (one
-    conversion chunk), twice per layer: on the digits CNN at batch 64, 2 threads, they took 210 of
-    the bf16 step's 3,070 us (docs/performance.md, issue 13's sixteenth part)."""
+    conversion chunk), twice per layer: on the digits CNN at batch 64, 2 threads, they and the
+    Python around them took 235 us of a 3.1 ms bf16 step (docs/performance.md, "the small bf16
+    weight updates widen inside their work items").  With several K groups each widens x again
+    (and dy with several C groups): the kernels took 468 us instead of 430 there, 493 in all."""
     cdef const dlcpu_conv_shape_t *s = &plan.c.s
     if x16.shape[0] != s.N * s.Cb * s.H * s.W * 16 or dy16.shape[0] != s.N * s.Kb * s.P * s.Q * 16:
         raise ValueError(f"conv2d_weight_grad_bf16_values: x16 has {x16.shape[0]} elements and dy16 {dy16.shape[0]}; "
                          f"the plan's shape needs {s.N * s.Cb * s.H * s.W * 16} and {s.N * s.Kb * s.P * s.Q * 16}")
+    if dw.shape[0] != s.Kb * s.Cb * s.R * s.S * 256:
+        raise ValueError(f"conv2d_weight_grad_bf16_values: dw has {dw.shape[0]} elements; the plan's shape needs "
+                         f"{s.Kb * s.Cb * s.R * s.S * 256}")
     return weight_grad(&plan.c, NULL, NULL, &x16[0], &dy16[0], &dw[0], dw.shape[0], n_threads, accumulate)
 
 

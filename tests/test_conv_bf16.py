@@ -258,15 +258,22 @@ def test_small_weight_updates_take_the_fp32_kernels_on_the_formats_values(rng, m
         assert_close(small, want)
 
 
+# Shapes whose small bf16 weight updates reach every branch of the driver at 2 threads (checked
+# by the test after the next): 9 images of 16 -> 16 (image ranges, several images per block),
+# 48 -> 80 (K groups), 40 -> 16 and 48 -> 16 (K inner, C groups; the second with row blocks),
+# a padded strided 1x1 (the subsampled tile; without padding it runs as a stride-1 1x1).
+WIDEN_CASES = GEOMETRY + [(9, 16, 16, 8, 8, 3, 3, 1, 1), (3, 48, 80, 5, 5, 3, 3, 1, 1), (5, 40, 16, 6, 6, 3, 3, 1, 1),
+                          (2, 48, 16, 30, 30, 3, 3, 1, 1), (3, 20, 24, 9, 9, 1, 1, 2, 1)]
+
+
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("case", GEOMETRY + [(9, 16, 16, 8, 8, 3, 3, 1, 1), (3, 48, 80, 5, 5, 3, 3, 1, 1)], ids=str)
+@pytest.mark.parametrize("case", WIDEN_CASES, ids=str)
 def test_small_bf16_weight_updates_widen_inside_their_work_items_bit_for_bit(rng, monkeypatch, isa, case):
     """The fp32 weight update on bf16 values reads the bf16 patterns and widens each block of
     images inside its work item (conv2d_weight_grad_bf16_values): dW is bit for bit the fp32
-    update of the rounded x and dy, on every ISA path, with the padded, subsampled and in-place
-    input tiles, several image ranges (9 images of 16 -> 16), several K and C groups (48 -> 80),
-    1 and all threads, and added to an accumulated gradient.  The fp32 entry is not called."""
-    monkeypatch.setattr(_wu, "conv2d_weight_grad_pairs", None)           # the fp32 kernels at every size
+    update of the rounded x and dy, on every ISA path, at 1 and all threads, and added to an
+    accumulated gradient.  Neither the fp32 entry nor the pair kernels are called."""
+    monkeypatch.setattr(_wu, "conv2d_weight_grad_pairs", None)          # (every case is below the pair sizes)
     n, c, k, h, w, r, s, stride, pad = case
     x = rng.uniform(-1, 1, (n, c, h, w)).astype(np.float32)
     wt = rng.uniform(-1, 1, (k, c, r, s)).astype(np.float32)
@@ -285,6 +292,29 @@ def test_small_bf16_weight_updates_widen_inside_their_work_items_bit_for_bit(rng
         assert np.array_equal(acc, want_acc)
 
 
+def test_the_widening_cases_reach_every_branch_of_the_driver(rng, monkeypatch):
+    """WIDEN_CASES at 2 threads plan every input tile (0 in place, 1 padded, 2 subsampled), K
+    outer and inner, several K groups, C groups, row blocks, image ranges and images per block."""
+    seen = []
+    plan_for = conv._cached_weight_grad_plan
+
+    def recorded(shape, isa, n_threads):
+        plan = plan_for(shape, isa, n_threads)
+        seen.append(plan.c.fields())
+        return plan
+
+    monkeypatch.setattr(conv, "_cached_weight_grad_plan", recorded)
+    for n, c, k, h, w, r, s, stride, pad in WIDEN_CASES:
+        x = rng.uniform(-1, 1, (n, c, h, w)).astype(np.float32)
+        wt = rng.uniform(-1, 1, (k, c, r, s)).astype(np.float32)
+        dy = rng.uniform(-1, 1, dlcpu.conv2d(x, wt, None, stride, pad).shape).astype(np.float32)
+        dlcpu.conv2d_backward(dy, x, wt, stride, pad, need="dw", precision="bf16", n_threads=2)
+    assert len(seen) == len(WIDEN_CASES)
+    assert {f["tile_mode"] for f in seen} == {0, 1, 2} and {f["k_inner"] for f in seen} == {0, 1}
+    for field in ("k_groups", "c_groups", "row_blocks", "image_splits", "images_per_block"):
+        assert max(f[field] for f in seen) > 1, field
+
+
 def test_bf16_values_weight_update_refuses_operands_of_another_shape(rng):
     plan = conv._cached_weight_grad_plan(conv.conv_shape((2, 16, 8, 8), (16, 16, 3, 3), 1, 1), cpu.isa_code(None), 1)
     x16 = np.zeros(2 * 8 * 8 * 16, np.uint16)
@@ -293,6 +323,8 @@ def test_bf16_values_weight_update_refuses_operands_of_another_shape(rng):
         _wu.conv2d_weight_grad_bf16_values(x16[:-16], x16, dw, plan.c, 1)
     with pytest.raises(ValueError, match="the plan's shape needs 2048 and 2048"):
         _wu.conv2d_weight_grad_bf16_values(x16, x16[:-16], dw, plan.c, 1)
+    with pytest.raises(ValueError, match="dw has 2303 elements; the plan's shape needs 2304"):
+        _wu.conv2d_weight_grad_bf16_values(x16, x16, dw[:-1], plan.c, 1)
 
 
 def test_bf16_backward_blocked_with_the_forward_bf16_input_and_accumulate(rng):
