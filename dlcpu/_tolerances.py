@@ -1,5 +1,5 @@
 """Accuracy bounds, written once: the tests (tests/conftest.py), `dlcpu bench conv --check` and
-the README all cite this module.
+the user's guide (docs/guide.md) all cite this module.
 
 Every bound is a relative L2 error, ||got - want|| / ||want||, against the float64 reference
 (dlcpu._reference) with inputs drawn uniformly from [-1, 1].

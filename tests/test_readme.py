@@ -1,15 +1,16 @@
-"""Every code block in README.md runs, so the user's guide cannot drift from the code.
+"""Every code block in README.md and docs/guide.md runs, so the user's guide cannot drift from
+the code.
 
-- ```python blocks are executed in order, in one shared namespace (later blocks use names that
-  earlier ones define), each as its own test, in a temporary working directory.
+- ```python blocks are executed in order, one shared namespace per document (later blocks use
+  names that earlier ones define), each as its own test, in a temporary working directory.
 - ```bash blocks: every line that starts with `dlcpu ` runs with the installed `dlcpu` command
   and must exit 0; so does every `mpiexec ... dlcpu ...` line, with the mpiexec installed beside
   the Python running the tests (skipped without MPI, unless DLCPU_REQUIRE_MPI=1).  A block right after `<!-- readme-test: skip (reason) -->` is skipped with
   that reason (installing packages, long benchmarks).
 - Blocks in any other language (```text, or none: output shown as text) are not code.
-- The README's relative links point at files and headings that exist.
+- The documents' relative links point at files and headings that exist.
 
-The README sits next to tests/, in the source tree; the code under test is the installed package.
+The documents sit next to tests/, in the source tree; the code under test is the installed package.
 """
 import os
 import re
@@ -21,13 +22,16 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "guide.md"
+DOCS = (README, GUIDE)
 
 FENCE = re.compile(r"^```(\S*)\s*$")
 SKIP_MARK = re.compile(r"^<!--\s*readme-test:\s*skip\s*\((.+)\)\s*-->\s*$")
 
 
-def parse_blocks(text):
+def parse_blocks(text, name="README.md"):
     """[(language, first line number, code, skip reason or None)] of the fenced blocks."""
     blocks = []
     lines = text.splitlines()
@@ -45,7 +49,7 @@ def parse_blocks(text):
         while j < len(lines) and not lines[j].startswith("```"):
             j += 1
         if j == len(lines):
-            raise ValueError(f"README.md: the code block opened on line {i + 1} is never closed")
+            raise ValueError(f"{name}: the code block opened on line {i + 1} is never closed")
         skip = SKIP_MARK.match(last_nonblank)
         blocks.append((lang, start + 1, "\n".join(lines[start:j]) + "\n", skip.group(1) if skip else None))
         last_nonblank = ""
@@ -53,33 +57,42 @@ def parse_blocks(text):
     return blocks
 
 
-BLOCKS = parse_blocks(README.read_text(encoding="utf-8")) if README.is_file() else []
-PYTHON = [b for b in BLOCKS if b[0] in ("python", "py")]
-BASH = [b for b in BLOCKS if b[0] in ("bash", "sh", "shell", "console")]
+def doc_blocks(doc):
+    """(doc, language, line, code, skip) of every fenced block of one document."""
+    if not doc.is_file():
+        return []
+    return [(doc, *b) for b in parse_blocks(doc.read_text(encoding="utf-8"), doc.name)]
+
+
+BLOCKS = [b for doc in DOCS for b in doc_blocks(doc)]
+PYTHON = [b for b in BLOCKS if b[1] in ("python", "py")]
+BASH = [b for b in BLOCKS if b[1] in ("bash", "sh", "shell", "console")]
 needs_readme = pytest.mark.skipif(not README.is_file(), reason=f"{README} is not there (tests run outside a source tree)")
 
 
 def _id(block):
-    return f"line{block[1]}"
+    return f"{block[0].stem}-line{block[2]}"
 
 
 # ------------------------------------------------------------------------------------ python
 @pytest.fixture(scope="module")
-def namespace():
-    return {"__name__": "__readme__"}
+def namespaces():
+    """One namespace per document, shared by its blocks in order."""
+    return {}
 
 
 @needs_readme
 @pytest.mark.parametrize("block", PYTHON, ids=[_id(b) for b in PYTHON])
-def test_python_block(block, namespace, tmp_path, monkeypatch):
-    _, line, code, skip = block
+def test_python_block(block, namespaces, tmp_path, monkeypatch):
+    doc, _, line, code, skip = block
+    namespace = namespaces.setdefault(doc, {"__name__": "__readme__"})
     if skip:
         pytest.skip(skip)
     if namespace.get("__failed__"):
-        pytest.skip(f"an earlier README block failed (line {namespace['__failed__']})")
+        pytest.skip(f"an earlier {doc.name} block failed (line {namespace['__failed__']})")
     monkeypatch.chdir(tmp_path)
-    # Padding with blank lines makes tracebacks name the README's own line numbers.
-    compiled = compile("\n" * (line - 1) + code, str(README), "exec")
+    # Padding with blank lines makes tracebacks name the document's own line numbers.
+    compiled = compile("\n" * (line - 1) + code, str(doc), "exec")
     try:
         exec(compiled, namespace)  # noqa: S102 -- running the README is the point
     except BaseException:
@@ -121,19 +134,19 @@ def argv_of(cmd, exe):
 @needs_readme
 @pytest.mark.parametrize("block", BASH, ids=[_id(b) for b in BASH])
 def test_bash_block(block, tmp_path):
-    _, line, code, skip = block
+    doc, _, line, code, skip = block
     if skip:
         pytest.skip(skip)
     cmds = commands(code)
     if not cmds:
-        pytest.skip(f"the bash block on line {line} has no dlcpu command")
+        pytest.skip(f"the bash block on {doc.name} line {line} has no dlcpu command")
     exe = dlcpu_executable()
     if exe is None:
         pytest.fail("the dlcpu command is not installed")
     for cmd in cmds:
         res = subprocess.run(argv_of(cmd, exe), check=False, capture_output=True, text=True, cwd=tmp_path, timeout=300)
         assert res.returncode == 0, (
-            f"README line {line}: `{cmd}` exited {res.returncode}\n"
+            f"{doc.name} line {line}: `{cmd}` exited {res.returncode}\n"
             f"stdout:\n{res.stdout[-2000:]}\nstderr:\n{res.stderr[-2000:]}")
 
 
@@ -156,19 +169,28 @@ def anchors(path):
 
 
 @needs_readme
-def test_relative_links_resolve():
-    text = README.read_text(encoding="utf-8")
+@pytest.mark.parametrize("doc", DOCS, ids=[d.name for d in DOCS])
+def test_relative_links_resolve(doc):
+    text = doc.read_text(encoding="utf-8")
     broken = []
     for target in re.findall(r"\]\(([^)\s]+)\)", text):
         if re.match(r"^[a-z]+:", target):
             continue  # http(s), mailto: not checked here
         path, _, anchor = target.partition("#")
-        file = (README.parent / path) if path else README
+        file = (doc.parent / path) if path else doc
         if not file.exists():
             broken.append(f"{target}: no file {file}")
         elif anchor and file.suffix == ".md" and anchor not in anchors(file):
             broken.append(f"{target}: no heading #{anchor} in {file.name}")
-    assert not broken, "broken links in README.md:\n" + "\n".join(broken)
+    assert not broken, f"broken links in {doc.name}:\n" + "\n".join(broken)
+
+
+@needs_readme
+def test_both_documents_have_runnable_examples():
+    """A renamed or emptied guide would otherwise leave its examples silently untested."""
+    for doc in DOCS:
+        langs = [b[1] for b in BLOCKS if b[0] == doc]
+        assert "python" in langs and "bash" in langs, f"{doc} has no python or no bash block"
 
 
 # ------------------------------------------------------------------------------- the harness
@@ -186,19 +208,21 @@ def test_a_failing_block_fails(tmp_path, monkeypatch):
     """The runners really run the code: a python block that raises fails its test (and later
     blocks are skipped, not run on a half-built namespace); a dlcpu command that exits non-zero
     fails its test."""
-    ns = {}
-    test_python_block(("python", 3, "ok = 1\n", None), ns, tmp_path, monkeypatch)
+    namespaces = {}
+    doc = README
+    test_python_block((doc, "python", 3, "ok = 1\n", None), namespaces, tmp_path, monkeypatch)
+    ns = namespaces[doc]
     assert ns["ok"] == 1
     with pytest.raises(ZeroDivisionError) as info:
-        test_python_block(("python", 7, "1 / 0\n", None), ns, tmp_path, monkeypatch)
+        test_python_block((doc, "python", 7, "1 / 0\n", None), namespaces, tmp_path, monkeypatch)
     assert info.traceback[-1].lineno + 1 == 7  # reported at the README's own line
     with pytest.raises(pytest.skip.Exception):
-        test_python_block(("python", 9, "ok = 2\n", None), ns, tmp_path, monkeypatch)
+        test_python_block((doc, "python", 9, "ok = 2\n", None), namespaces, tmp_path, monkeypatch)
     assert ns["ok"] == 1
     if dlcpu_executable() is None:
         pytest.skip("the dlcpu command is not installed")
     with pytest.raises(AssertionError, match="exited 2"):
-        test_bash_block(("bash", 1, "dlcpu no-such-command\n", None), tmp_path)
+        test_bash_block((doc, "bash", 1, "dlcpu no-such-command\n", None), tmp_path)
 
 
 def test_slug_matches_github():
