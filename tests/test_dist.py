@@ -167,7 +167,7 @@ def test_sdist_holds_what_a_build_needs(sdist):
         names = {n[len(top):] for n in tar.getnames() if n.startswith(top)}
     needed = {"LICENSE", "README.md", "pyproject.toml", "setup.py", "MANIFEST.in"}
     for pattern in ("pyx/*.pyx", "pyx/*.pxd", "pyx/*.pxi", "pyx/kernels/*.h", "cli/*.py", "dlcpu/**/*.py",
-                    "dlcpu/workloads/*.csv"):
+                    "dlcpu/workloads/*.csv", "docs/*.md"):
         needed |= {Path(p).relative_to(ROOT).as_posix() for p in glob.glob(str(ROOT / pattern), recursive=True)
                    if "__pycache__" not in p}
     assert not needed - names, f"missing from the sdist: {sorted(needed - names)}"
